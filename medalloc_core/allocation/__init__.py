@@ -1,0 +1,1 @@
+"""From forecasts to decisions: newsvendor bed/staff plans, regional LP, an RL environment."""

@@ -1,0 +1,1 @@
+"""Privacy accounting and the node's persistent privacy ledger."""

@@ -1,0 +1,1 @@
+"""Flower ServerApp: the coordinator that aggregates hospital updates into one shared model."""

@@ -1,0 +1,1 @@
+"""Simulated federations, scenarios and benchmarks for researchers."""
