@@ -60,6 +60,7 @@ class Refusal(IntEnum):
     LEDGER_CORRUPT = 1002  # the ledger cannot be trusted: the node trains nothing until fixed
     DATA_INVALID = 1003  # the node's records fail the data contract
     REQUEST_INVALID = 1004  # the coordinator's request cannot be honoured (wrong model, bad config)
+    NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
 
     @property
     def slug(self) -> str:

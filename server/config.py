@@ -42,9 +42,9 @@ class RunConfig:
     seed: int = 0
     # --- the shared model and its input windows
     model: str = "mlp"
-    lookback: int = 28  # days of history per input window
-    horizon: int = 7  # days forecast
-    hidden_size: int = 64
+    history: int = 56  # L: days of history per input window (8 weeks)
+    horizon: int = 14  # H: days forecast (2 weeks)
+    hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
     # --- DP-SGD on each node (per-example privacy; the node's ledger enforces the budget)
     dp_noise_multiplier: float = 1.0
@@ -72,7 +72,7 @@ class RunConfig:
     secagg_num_shares: int = 3
     secagg_reconstruction_threshold: int = 2
     # --- outputs
-    out_dir: str = "results/flwr-run"  # metrics.jsonl, final model
+    out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
     resume: bool = False
     # --- simulation only: ignored by any node whose node config names its own data-path
@@ -85,7 +85,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGY_NAMES:
             raise RunConfigError(f"strategy '{self.strategy}' is unknown; choose one of {', '.join(_STRATEGY_NAMES)}")
-        positive_ints = ("num_server_rounds", "min_available_nodes", "local_epochs", "batch_size", "lookback", "horizon")
+        positive_ints = ("num_server_rounds", "min_available_nodes", "local_epochs", "batch_size", "history", "horizon", "hidden")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise RunConfigError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
@@ -135,13 +135,8 @@ class RunConfig:
 
     @property
     def out_path(self) -> Path:
-        """Folder for metrics.jsonl and the final model."""
+        """Folder for metrics.jsonl and the final model (``out-dir``; see ``server.app.resolve_out_dir`` when empty)."""
         return Path(self.out_dir)
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """Folder for per-round checkpoints."""
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.out_path / "checkpoints"
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case mapping, the inverse of ``from_mapping`` (stored with checkpoints)."""
