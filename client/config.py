@@ -99,7 +99,7 @@ class NodeConfig:
         run = context.run_config if run_config is None else run_config
         if "data-path" in node:
             return cls._from_node(node)
-        if "partition-id" in node and run.get("simulation-data-dir"):
+        if "partition-id" in node:
             return cls._from_simulation(node, run)
         raise NodeConfigError(
             "this node has no 'data-path' in its node config; start it with "
@@ -127,7 +127,14 @@ class NodeConfig:
 
     @classmethod
     def _from_simulation(cls, node: Mapping[str, Any], run: Mapping[str, Any]) -> NodeConfig:
-        folder = Path(str(run["simulation-data-dir"]))
+        if run.get("simulation-data-dir"):
+            folder = Path(str(run["simulation-data-dir"]))
+        else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
+            folder = ensure_simulation_region(
+                hospitals=int(node.get("num-partitions", 1)),  # type: ignore[arg-type]
+                days=int(run.get("simulation-days", 730)),  # type: ignore[arg-type]
+                seed=int(run.get("simulation-region-seed", 0)),  # type: ignore[arg-type]
+            )
         files = hospital_files(folder)
         partition = int(node["partition-id"])  # type: ignore[arg-type]
         if not 0 <= partition < len(files):
@@ -144,6 +151,34 @@ class NodeConfig:
             hospital_id=data_path.stem,
             simulated=True,
         )
+
+
+def ensure_simulation_region(*, hospitals: int, days: int, seed: int) -> Path:
+    """The region folder for a simulation run without ``simulation-data-dir``; generated on first use.
+
+    Every virtual node computes the same path (temp dir, named by hospitals/days/seed); the
+    first to arrive generates the region into a private folder and renames it into place, so
+    concurrent nodes never see a half-written region.
+    """
+    import os
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"medalloc-simulation-region-h{hospitals}-d{days}-s{seed}"
+    if (folder / "region.json").is_file():
+        return folder
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    write_region(generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed)), staging / "region")
+    try:
+        os.rename(staging / "region", folder)
+    except OSError:  # another node won the race; its region is identical (same config, same seed)
+        pass
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def hospital_files(folder: Path) -> list[Path]:

@@ -37,8 +37,8 @@ class RunConfig:
     round_timeout: float = 3600.0  # seconds to wait for replies before closing a round
     # --- local training, proposed to nodes (each node caps these with its own config)
     local_epochs: int = 1
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 256  # DP-SGD noise per step shrinks as 1 / batch size
+    lr: float = 0.01
     seed: int = 0
     # --- the shared model and its input windows
     model: str = "mlp"
@@ -47,7 +47,7 @@ class RunConfig:
     hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
     # --- DP-SGD on each node (per-example privacy; the node's ledger enforces the budget)
-    dp_noise_multiplier: float = 1.0
+    dp_noise_multiplier: float = 1.3
     dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
     dp_max_grad_norm: float = 1.0
     # --- strategy parameters
