@@ -202,7 +202,7 @@ def test_metadata_records_the_true_parameters(region: Region, tmp_path: Path) ->
         assert h["beds"] == hospital.beds
         assert 0 <= h["epidemic_lag_days"] <= SMALL.max_lag_days
         for unit, params in h["unit_parameters"].items():
-            assert params["los_mean_days"] > 0 and params["beds"] >= 2
+            assert params["los_mean_days"] > 0 and params["nominal_beds"] >= 2
             frame = hospital.daily[hospital.daily[c.UNIT] == unit]
             assert params["overflow_days"] == int((frame[c.CENSUS] > frame[c.CAPACITY]).sum())
     assert {"date": "2023-12-25", "name": "Christmas Day"} in meta["public_holidays"]
