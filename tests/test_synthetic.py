@@ -129,6 +129,31 @@ def test_surgical_admissions_drop_at_weekends(region: Region) -> None:
     assert monday > surgical[(surgical.index.day_of_week >= 1) & ~weekend].mean()  # Monday peak
 
 
+def test_fewer_surgical_admissions_on_weekday_holidays() -> None:
+    reg = generate_region(RegionConfig(hospitals=4, days=730, seed=17, short_history_fraction=0.0))
+    daily = _region_daily(reg)
+    surgical = daily[daily[c.UNIT] == "surgical"].groupby(c.DATE)[c.ADMISSIONS].sum()
+    holidays = {pd.Timestamp(h["date"]) for h in reg.metadata["public_holidays"]}
+    weekday = surgical.index.day_of_week < 5
+    on_holiday = surgical.index.isin(list(holidays))
+    assert (weekday & on_holiday).sum() >= 10
+    assert surgical[weekday & on_holiday].mean() < 0.7 * surgical[weekday & ~on_holiday].mean()
+
+
+def test_noisy_hospitals_have_overdispersed_counts() -> None:
+    base = RegionConfig(hospitals=4, days=400, seed=19, noisy_fraction=0.0, short_history_fraction=0.0)
+    quiet, noisy = generate_region(base), generate_region(replace(base, noisy_fraction=1.0))
+    flagged = [m["hospital_id"] for m in noisy.metadata["hospitals"] if m["noisy"]]
+    assert len(flagged) == 2  # the smaller half
+    for hid in flagged:
+        spreads = []
+        for reg in (quiet, noisy):
+            daily = next(h.daily for h in reg.hospitals if h.hospital_id == hid)
+            medical = daily.loc[daily[c.UNIT] == "medical", c.ADMISSIONS].to_numpy().astype(float)
+            spreads.append(np.var(np.diff(medical)) / medical.mean())
+        assert spreads[1] > 1.3 * spreads[0], (hid, spreads)
+
+
 def test_public_holidays_follow_the_documented_calendar() -> None:
     assert easter_sunday(2024) == date(2024, 3, 31)
     assert easter_sunday(2025) == date(2025, 4, 20)
@@ -290,12 +315,18 @@ def test_encounters_agree_with_the_daily_shape_of_the_same_seed(tmp_path: Path) 
         pd.testing.assert_frame_equal(derived, expected, check_dtype=False)
 
 
-def test_readmitted_patients_reuse_ids() -> None:
-    reg = generate_region(RegionConfig(hospitals=1, days=60, seed=3, min_beds=300, shape="encounters"))
+def test_returning_patients_reuse_ids_without_overlapping_stays() -> None:
+    reg = generate_region(RegionConfig(hospitals=1, days=90, seed=3, min_beds=300, shape="encounters"))
     enc = reg.hospitals[0].encounters
     assert enc is not None
     stays_per_patient = enc[c.PATIENT_ID].value_counts()
     assert 0.02 < (stays_per_patient > 1).sum() / len(stays_per_patient) < 0.2
+    repeat = enc[enc[c.PATIENT_ID].isin(stays_per_patient[stays_per_patient > 1].index)]
+    repeat = repeat.sort_values([c.PATIENT_ID, c.ADMIT_TIME])
+    previous_end = repeat.groupby(c.PATIENT_ID)[c.DISCHARGE_TIME].shift()
+    has_previous = previous_end.notna() | repeat.duplicated(c.PATIENT_ID)
+    assert not previous_end[has_previous].isna().any()  # an open stay never has a successor
+    assert (repeat.loc[has_previous, c.ADMIT_TIME] > previous_end[has_previous]).all()
 
 
 # --- validation (written on branch data) ---------------------------------------------------------
@@ -308,6 +339,14 @@ def test_written_files_pass_validation(shape: str, fmt: str, tmp_path: Path) -> 
     for path in write_region(reg, tmp_path, shape=shape, fmt=fmt)[:-1]:  # type: ignore[arg-type]
         report = validation.validate_file(path)
         assert report.ok, [str(p) for p in report.problems]
+    # and the loader reads back exactly the generator's daily records, from either shape
+    for hospital in reg.hospitals:
+        frame = validation.load_unit_records(tmp_path / f"{hospital.hospital_id}.{fmt}").frame
+        frame = frame[frame[c.DATE] >= hospital.daily[c.DATE].min()]
+        columns = [c.DATE, c.UNIT, c.ADMISSIONS, c.DISCHARGES, c.CENSUS]
+        expected = hospital.daily.sort_values([c.UNIT, c.DATE])[columns].reset_index(drop=True)
+        got = frame.sort_values([c.UNIT, c.DATE])[columns].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
 # --- configuration -----------------------------------------------------------------------------

@@ -274,13 +274,9 @@ def _encounters(
     discharge = np.where(dis_day < config.days, discharge, np.datetime64("NaT"))
     order = np.lexsort((unit_code, admit))  # by admit time, ties in unit order
     n = order.size
-    # Pseudonymous patients: a share of stays belong to a patient seen earlier.
-    patient = np.arange(n)
-    again = rng.random(n) < config.readmission_prob
-    again[:1] = False  # the first stay has nobody earlier to be
-    idx = np.flatnonzero(again)
-    patient[idx] = rng.integers(0, idx)  # an earlier stay's patient number
-    patient = patient[patient]  # follow one step so reused numbers point at first-seen patients
+    patient = _patients(
+        (admit_day * 1440 + admit_min)[order], (dis_day * 1440 + dis_min)[order], config.readmission_prob, rng
+    )
     return pd.DataFrame(
         {
             c.ENCOUNTER_ID: _numbered(f"{hospital_id}-E", np.arange(n)),
@@ -290,6 +286,30 @@ def _encounters(
             c.DISCHARGE_TIME: discharge[order].astype("datetime64[s]"),
         }
     )
+
+
+def _patients(admit: np.ndarray, discharge: np.ndarray, readmission_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Patient number per stay (stays sorted by admission): first-time patients and returners.
+
+    A share ``readmission_prob`` of stays is linked to one earlier stay discharged before it
+    starts, each earlier stay to at most one later one, so every patient's stays form a chain
+    that never overlaps. Numbers count patients in order of their first stay.
+    """
+    n = admit.size
+    predecessor = np.full(n, -1)
+    by_discharge = np.argsort(discharge, kind="stable")
+    candidates = np.searchsorted(discharge[by_discharge], admit, side="left")  # discharged before admit
+    returning = np.flatnonzero((rng.random(n) < readmission_prob) & (candidates > 0))
+    earlier = by_discharge[(rng.random(returning.size) * candidates[returning]).astype(np.int64)]
+    _, first = np.unique(earlier, return_index=True)  # an earlier stay gets one successor at most
+    predecessor[returning[first]] = earlier[first]
+    root = np.where(predecessor >= 0, predecessor, np.arange(n))
+    while True:  # pointer jumping: log(chain length) rounds
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    return np.unique(root, return_inverse=True)[1]
 
 
 def _numbered(prefix: str, numbers: np.ndarray) -> np.ndarray:
