@@ -315,15 +315,8 @@ def _check_unit_records(frame: pd.DataFrame, findings: _Findings, summary: dict[
     summary["frequency"] = frequency.value
     _summarise_range(keyed, summary)
     if frequency is Frequency.WEEKLY:
-        monday = keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.weekday, unit="D")
-        _report_duplicates(
-            pd.DataFrame({DATE: monday, UNIT: keyed[UNIT]}),
-            findings,
-            DATE,
-            lambda i, first: f"second row for unit {keyed.at[i, UNIT]} in the ISO week of {monday[i]:%Y-%m-%d} "
-            f"(first at row {first}); expected one row per unit and week",
-        )
-        keyed = keyed.assign(**{DATE: monday})
+        # All of a weekly unit's dates are whole weeks apart, so they stay distinct on Mondays.
+        keyed = keyed.assign(**{DATE: keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.weekday, unit="D")})
     if findings.has_errors:
         return None
 
@@ -340,6 +333,8 @@ def _infer_frequency(keyed: pd.DataFrame, findings: _Findings) -> Frequency:
     with 1-day steps is daily, and a daily unit with two 7-day steps in a row (three dates
     a week apart) mixes frequencies; a single longer step is a gap, not a change.
     """
+    if keyed.empty:
+        return Frequency.DAILY
     ordered = keyed.sort_values([UNIT, DATE])
     step = ordered.groupby(UNIT)[DATE].diff().dt.days
     by_unit = step.groupby(ordered[UNIT])
@@ -349,7 +344,8 @@ def _infer_frequency(keyed: pd.DataFrame, findings: _Findings) -> Frequency:
 
     week_step = step.eq(7)
     week_run = week_step & week_step.groupby(ordered[UNIT]).shift(1, fill_value=False)
-    mixed_rows = week_run & ordered[UNIT].map(daily_units & by_unit.apply(lambda s: bool(s.eq(1).any())))
+    has_day_steps = by_unit.apply(lambda s: bool(s.eq(1).any()))
+    mixed_rows = week_run & ordered[UNIT].map(daily_units & has_day_steps).astype(bool)
     for unit in ordered.loc[mixed_rows, UNIT].unique()[:PROBLEMS_PER_CHECK]:
         label = mixed_rows[mixed_rows & ordered[UNIT].eq(unit)].index[0]
         findings.add(
