@@ -316,7 +316,7 @@ def _check_unit_records(frame: pd.DataFrame, findings: _Findings, summary: dict[
     _summarise_range(keyed, summary)
     if frequency is Frequency.WEEKLY:
         # All of a weekly unit's dates are whole weeks apart, so they stay distinct on Mondays.
-        keyed = keyed.assign(**{DATE: keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.weekday, unit="D")})
+        keyed = keyed.assign(**{DATE: keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.day_of_week, unit="D")})
     if findings.has_errors:
         return None
 

@@ -13,7 +13,7 @@ import pytest
 from medalloc_core.contract import DataContractError
 from medalloc_core.io import read_table
 
-DAILY_CSV = "date,unit,admissions,census,note\n2024-01-01,ICU,3,10,first\n2024-01-02,ICU,1,\n"
+DAILY_CSV = "date,unit,admissions,census,note\n2024-01-01,ICU,3,10,first\n2024-01-02,ICU,1,,\n"
 
 
 def write_parquet(path: Path) -> None:
@@ -133,3 +133,35 @@ def test_row_with_too_many_fields_names_the_row(tmp_path: Path) -> None:
     path.write_text("date,unit,census\n2024-01-01,ICU,1\n2024-01-02,ICU,2,7\n")
     (message,) = errors_of(path)
     assert "row 3" in message and "4 fields" in message
+
+
+def test_every_row_with_the_wrong_number_of_fields_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("date,unit,census\n2024-01-01,ICU\n2024-01-02,ICU,2\n2024-01-03,ICU,3,x,y\n")
+    assert errors_of(path) == [
+        f"error: {path}, row 2: has 2 fields; expected 3, one per header column",
+        f"error: {path}, row 4: has 5 fields; expected 3, one per header column",
+    ]
+
+
+def test_whitespace_only_lines_count_as_rows(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("date,unit,census\n   \n2024-01-02,ICU,2\n\n2024-01-04,ICU,4\n")
+    frame = read_table(path)
+    assert (frame.index + 2).tolist() == [3, 5]
+    assert frame["census"].tolist() == ["2", "4"]
+
+
+def test_quoted_values_may_hold_commas_and_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text('date,unit,census,note\n2024-01-01,"ICU, north",2,"two\nlines"\n')
+    frame = read_table(path)
+    assert frame.loc[0].tolist() == ["2024-01-01", "ICU, north", "2", "two\nlines"]
+
+
+def test_a_repeated_header_name_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("date,unit,census,census\n2024-01-01,ICU,2,3\n")
+    assert errors_of(path) == [
+        f"error: {path}, row 1, column 'census': column 'census' appears more than once in the header; expected unique column names"
+    ]

@@ -303,7 +303,7 @@ def test_weekly_frequency_is_inferred_and_dates_moved_to_the_iso_monday(tmp_path
     assert report.ok and report.summary["frequency"] == "weekly"
     records = load_unit_records(path)
     assert records.frequency is Frequency.WEEKLY
-    assert (records.frame["date"].dt.weekday == 0).all()
+    assert (records.frame["date"].dt.day_of_week == 0).all()
     assert records.frame["date"].iloc[0] == pd.Timestamp("2024-01-01")
 
 
