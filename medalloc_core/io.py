@@ -50,6 +50,7 @@ def read_table(path: Path) -> pd.DataFrame:
         string (empty cells are missing), extra columns kept. Fully blank CSV lines are
         dropped but the index keeps each record's position, so a record's spreadsheet row
         is ``index + 2`` (header = row 1), also after blank lines.
+        ``frame.attrs["format"]`` says what was detected: ``"csv"`` or ``"parquet"``.
 
     Raises
     ------
@@ -70,10 +71,9 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
     if not data.strip():
         raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")])
-    if data[:4] == PARQUET_MAGIC:
-        frame = _read_parquet(name, data)
-    else:
-        frame = _read_csv(name, data)
+    file_format = "parquet" if data[:4] == PARQUET_MAGIC else "csv"
+    frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
+    frame.attrs["format"] = file_format
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
         raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")])

@@ -59,7 +59,7 @@ class ValidationReport:
     """What validating one file found.
 
     ``problems`` lists errors and warnings in the order found; ``summary`` holds what a
-    person checks at a glance: ``file``, ``shape``, ``frequency``, ``units``,
+    person checks at a glance: ``file``, ``format`` (csv/parquet, from the bytes), ``shape``, ``frequency``, ``units``,
     ``date_start``, ``date_end``, ``rows``, ``gaps`` (missing periods inside the units'
     ranges) and, for encounter files, ``encounters`` and ``open_stays``.
     """
@@ -193,7 +193,7 @@ def _inspect(path: Path) -> tuple[ValidationReport, UnitRecords | None]:
         return ValidationReport(path, list(exc.problems), summary), None
     frame = _canonical_columns(raw)
     shape = detect_shape(list(frame.columns))
-    summary.update(shape=shape, rows=len(frame))
+    summary.update(format=raw.attrs.get("format"), shape=shape, rows=len(frame))
     if shape == "encounters":
         daily = _check_encounters(frame, findings, summary)
     else:

@@ -49,6 +49,7 @@ def test_parquet_is_detected_from_the_bytes_whatever_the_name(tmp_path: Path) ->
     path = tmp_path / "looks_like.csv"
     write_parquet(path)
     frame = read_table(path)
+    assert frame.attrs["format"] == "parquet"
     assert frame["date"].tolist() == ["2024-01-01", "2024-01-02"]
     assert frame["admissions"].tolist()[0] == "3" and frame["admissions"].isna().tolist() == [False, True]
     assert frame["census"].tolist() == ["10", "11"]
@@ -58,7 +59,8 @@ def test_parquet_is_detected_from_the_bytes_whatever_the_name(tmp_path: Path) ->
 def test_csv_named_parquet_is_read_as_csv(tmp_path: Path) -> None:
     path = tmp_path / "looks_like.parquet"
     path.write_text(DAILY_CSV)
-    assert read_table(path)["unit"].tolist() == ["ICU", "ICU"]
+    frame = read_table(path)
+    assert frame.attrs["format"] == "csv" and frame["unit"].tolist() == ["ICU", "ICU"]
 
 
 def test_timezone_aware_parquet_times_keep_their_local_wall_clock(tmp_path: Path) -> None:

@@ -205,6 +205,7 @@ def test_daily_csv_three_years_six_units(tmp_path: Path) -> None:
     assert report.ok and report.problems == []
     assert report.summary == {
         "file": str(path),
+        "format": "csv",
         "shape": "daily",
         "rows": 6 * 1096,
         "columns_ignored": ["ward_manager"],
@@ -233,7 +234,8 @@ def test_daily_parquet_loads_the_same_records_as_csv(tmp_path: Path) -> None:
     typed = frame.assign(date=pd.to_datetime(frame["date"]).dt.date)
     parquet_path = tmp_path / "h.parquet"
     pq.write_table(pa.Table.from_pandas(typed, preserve_index=False), parquet_path)
-    assert validate_file(parquet_path).ok
+    report = validate_file(parquet_path)
+    assert report.ok and report.summary["format"] == "parquet"
     from_parquet = load_unit_records(parquet_path)
     pd.testing.assert_frame_equal(from_parquet.frame, load_unit_records(csv_path).frame)
 

@@ -67,6 +67,7 @@ def _summary_table(summary: dict[str, object]) -> Table:
     table = Table(show_header=False, box=None, padding=(0, 2))
     units = summary.get("units", [])
     shown = {
+        "format": summary.get("format"),
         "shape": summary.get("shape"),
         "frequency": summary.get("frequency"),
         "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) else units,
