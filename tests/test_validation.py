@@ -372,3 +372,19 @@ def test_overlapping_stays_of_one_patient_are_a_warning(tmp_path: Path) -> None:
 def test_problem_str_is_the_documented_line() -> None:
     problem = Problem("h.csv", "'-1' is negative", row=3, column="census")
     assert str(problem) == "error: h.csv, row 3, column 'census': '-1' is negative"
+
+
+def test_the_examples_in_docs_data_md_behave_as_documented(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    daily_csv, stays_csv = [block.split("```", 1)[0] for block in docs.split("```csv\n")[1:3]]
+    daily = write(tmp_path, daily_csv, "st-marys-daily.csv")
+    report = validate_file(daily)
+    assert report.ok and report.summary["columns_ignored"] == ["ward_manager"]
+    assert sorted((w.row, w.column) for w in report.warnings) == [(7, "census"), (7, "date")]
+    for warning in report.warnings:
+        assert str(warning).replace(str(tmp_path), "/data/medalloc") in docs
+    records = load_unit_records(write(tmp_path, stays_csv, "st-marys-stays.csv"))
+    documented = docs.split("The example above gives:")[1].split("\n\n")[1].splitlines()[2:]
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in documented]
+    derived = records.frame.assign(date=records.frame["date"].dt.strftime("%Y-%m-%d")).astype(str)
+    assert derived.values.tolist() == table
