@@ -259,8 +259,8 @@ def _parse_counts(frame: pd.DataFrame, column: str, findings: _Findings) -> pd.S
     number = pd.to_numeric(text, errors="coerce").astype("float64")
     empty = text.isna()
     not_number = ~empty & number.isna()
-    huge = ~np.isfinite(number.fillna(0.0)) | (number.abs() > MAX_COUNT)
-    negative = ~huge & (number < 0)
+    negative = number < 0
+    huge = ~negative & (~np.isfinite(number.fillna(0.0)) | (number > MAX_COUNT))
     fractional = ~huge & ~negative & number.notna() & (number != np.round(number))
     findings.rows(empty, column, lambda i: f"empty {column}; {_COUNT_EXPECTED} (leave the whole column out if it is not recorded)")
     findings.rows(not_number, column, lambda i: f"{_show(text[i])} is not a number; {_COUNT_EXPECTED}")
@@ -313,10 +313,10 @@ def _check_unit_records(frame: pd.DataFrame, findings: _Findings, summary: dict[
     keyed = keyed.loc[~keyed[[DATE, UNIT]].duplicated(keep="first")]
     frequency = _infer_frequency(keyed, findings)
     summary["frequency"] = frequency.value
-    _summarise_range(keyed, summary)
     if frequency is Frequency.WEEKLY:
         # All of a weekly unit's dates are whole weeks apart, so they stay distinct on Mondays.
         keyed = keyed.assign(**{DATE: keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.day_of_week, unit="D")})
+    _summarise_range(keyed, summary)
     if findings.has_errors:
         return None
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from medalloc_core.cli import app
@@ -113,3 +114,16 @@ def test_real_subprocess_reports_errors_without_a_traceback(tmp_path: Path) -> N
     assert f"error: {huge}, row 2, column 'census': '99999999999999999999' is implausibly large" in completed.stdout
     assert f"error: {missing}: no such file" in completed.stdout
     assert (garbage.read_bytes(), huge.read_bytes()) == before
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing real fails this way today; this pins the safety net a future bug would hit.
+    def broken(path: Path) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr("medalloc_core.cli.validate.validate_file", broken)
+    path = write(tmp_path, "good.csv", GOOD)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert f"error: {path}: could not be validated (RuntimeError: simulated bug)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -73,6 +73,8 @@ ERROR_CASES: dict[str, tuple[str | bytes, int | None, str | None, str]] = {
     "day-first-date": ("date,unit,census\n01/02/2024,ICU,3\n", 2, "date", "expected an ISO date YYYY-MM-DD"),
     "empty-date": ("date,unit,census\n2024-01-01,ICU,3\n,ICU,4\n", 3, "date", "empty date"),
     "empty-unit": ("date,unit,census\n2024-01-01, ,3\n", 2, "unit", "empty unit"),
+    "huge-negative-count": ("date,unit,census\n2024-01-01,ICU,-1e300\n", 2, "census", "'-1e300' is negative"),
+    "infinite-count": ("date,unit,census\n2024-01-01,ICU,inf\n", 2, "census", "'inf' is implausibly large"),
     "negative-count": ("date,unit,census\n2024-01-01,ICU,3\n2024-01-02,ICU,-2\n", 3, "census", "'-2' is negative"),
     "non-integer-count": ("date,unit,admissions\n2024-01-01,ICU,2.5\n", 2, "admissions", "'2.5' is not a whole number"),
     "non-numeric-count": ("date,unit,admissions\n2024-01-01,ICU,three\n", 2, "admissions", "'three' is not a number"),
@@ -303,6 +305,7 @@ def test_weekly_frequency_is_inferred_and_dates_moved_to_the_iso_monday(tmp_path
     path = write(tmp_path, "date,unit,admissions,discharges\n" + rows)
     report = validate_file(path)
     assert report.ok and report.summary["frequency"] == "weekly"
+    assert (report.summary["date_start"], report.summary["date_end"]) == ("2024-01-01", "2024-02-19")
     records = load_unit_records(path)
     assert records.frequency is Frequency.WEEKLY
     assert (records.frame["date"].dt.day_of_week == 0).all()

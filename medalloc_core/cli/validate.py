@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -16,6 +17,8 @@ from medalloc_core.validation import ValidationReport, validate_file
 # does not flood the terminal.
 SHOWN_PER_FILE = 50
 EXIT_INVALID = 2
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +36,12 @@ def validate(
     console = Console(soft_wrap=True, highlight=False)
     failed = 0
     for path in paths:
-        report = validate_file(path)
+        try:
+            report = validate_file(path)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
+            logger.debug("validating %s failed", path, exc_info=True)
+            message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
+            report = ValidationReport(path, [Problem(str(path), message)])
         _show_report(console, report)
         failed += not report.ok
     if len(paths) > 1:
