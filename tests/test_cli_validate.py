@@ -80,8 +80,13 @@ def test_output_is_capped_for_a_badly_broken_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     problem_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(problem_lines) == SHOWN_PER_FILE
-    assert f"... and 52 more problem(s) in {path}" in result.output  # 2 checks x (50 + 1 count line) - 50 shown
+    # 50 row lines, then each check's count line: 3000 bad dates and 3000 fractions, 50 listed of each.
+    assert len(problem_lines) == SHOWN_PER_FILE + 2
+    assert problem_lines[-2:] == [
+        f"error: {path}, column 'census': ... and 2,950 more row(s) with the same problem (not listed)",
+        f"error: {path}, column 'date': ... and 2,950 more row(s) with the same problem (not listed)",
+    ]
+    assert f"... and 50 more problem(s) in {path}" in result.output  # 2 x 50 listed rows - 50 shown
 
 
 def test_validation_never_modifies_the_files(tmp_path: Path) -> None:

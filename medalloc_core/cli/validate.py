@@ -60,15 +60,22 @@ def _show_report(console: Console, report: ValidationReport) -> None:
     else:
         console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
     ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
-    for problem in ordered[:SHOWN_PER_FILE]:
+    shown = ordered[:SHOWN_PER_FILE]
+    # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
+    counts = [p for p in ordered[SHOWN_PER_FILE:] if p.row is None and p.column is not None]
+    for problem in shown + counts:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(f"[{style}]{escape(str(problem))}[/{style}]")
-    if len(ordered) > SHOWN_PER_FILE:
-        console.print(f"... and {len(ordered) - SHOWN_PER_FILE} more problem(s) in {name} (fix the ones above and run again)")
+    hidden = len(ordered) - len(shown) - len(counts)
+    if hidden:
+        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
 
 
-def _position(problem: Problem) -> tuple[int, str]:
-    return (problem.row if problem.row is not None else 0, problem.column or "")
+def _position(problem: Problem) -> tuple[int, int, str]:
+    """File-wide problems first, then by row, then the per-column "... and N more" counts."""
+    if problem.row is None:
+        return (2 if problem.column else 0, 0, problem.column or "")
+    return (1, problem.row, problem.column or "")
 
 
 def _summary_table(summary: dict[str, object]) -> Table:
