@@ -26,6 +26,8 @@ _KNOWN_BINARY_MAGIC: dict[bytes, str] = {
     b"\x1f\x8b": "a gzip archive: decompress it first",
     b"%PDF": "a PDF document, not a table",
     b"SQLite format 3": "a SQLite database: export the table as CSV",
+    b"\xff\xfe": "UTF-16 text (Excel's 'Unicode Text'), not UTF-8: re-export as 'CSV UTF-8'",
+    b"\xfe\xff": "UTF-16 text, not UTF-8: re-export as 'CSV UTF-8'",
 }
 _BINARY_SNIFF_BYTES = 8192
 _RAGGED_SHOWN = 50  # rows with the wrong number of fields listed before giving up

@@ -119,10 +119,11 @@ def test_not_utf8_names_the_byte_offset_and_row(tmp_path: Path) -> None:
     [
         (b"\x00\x01\x02\x89garbage\xff\xfe" * 10, "binary data"),
         (b"PK\x03\x04" + b"\x00" * 40, "Excel"),
+        ("date,unit,census\n2024-01-01,ICU,1\n".encode("utf-16"), "UTF-16 text"),
         (b"PAR1" + b"\x13" * 40, "truncated or corrupt"),
         (b"PAR1" + b"\x13" * 40 + b"PAR1", "Parquet file could not be read"),
     ],
-    ids=["nul-bytes", "xlsx", "parquet-no-footer", "parquet-corrupt"],
+    ids=["nul-bytes", "xlsx", "utf-16", "parquet-no-footer", "parquet-corrupt"],
 )
 def test_binary_garbage_is_named_not_parsed(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "h.csv"
