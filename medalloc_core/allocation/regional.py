@@ -212,7 +212,7 @@ def neighbour_pairs(distances: np.ndarray, k: int) -> np.ndarray:
     return np.argwhere(allowed)
 
 
-def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float]) -> tuple[list[str], list[pd.Timestamp], np.ndarray, np.ndarray, np.ndarray]:
+def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float] | pd.DataFrame) -> tuple[list[str], list[pd.Timestamp], np.ndarray, np.ndarray, np.ndarray]:
     """Pivot shared quantiles to (H, D, K) and check everything a solver would choke on."""
     missing = [c for c in SHARED_COLUMNS if c not in shared.columns]
     if missing:
@@ -240,12 +240,22 @@ def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float]) -> tup
     if crossing.any():
         bad = cube.index[crossing.any(axis=1)][0]
         raise ValueError(f"quantiles cross at hospital-day {bad}: values must not decrease with q")
-    absent = [h for h in hospitals if h not in capacity]
-    if absent:
-        raise ValueError(f"no capacity for hospital(s) {absent}")
-    cap = np.array([float(capacity[h]) for h in hospitals])
+    if isinstance(capacity, pd.DataFrame):
+        need = [c for c in (HOSPITAL, DATE, "capacity") if c not in capacity.columns]
+        if need:
+            raise ValueError(f"capacity frame lacks column(s) {need}; expected hospital, date, capacity")
+        by_day = capacity.assign(**{DATE: pd.to_datetime(capacity[DATE]), HOSPITAL: capacity[HOSPITAL].astype(str)})
+        grid = by_day.set_index([HOSPITAL, DATE])["capacity"].astype(float).reindex(full)
+        if grid.isna().any():
+            raise ValueError(f"no capacity for hospital-day {grid.index[grid.isna().to_numpy()][0]}")
+        cap = grid.to_numpy().reshape(len(hospitals), len(dates))
+    else:
+        absent = [h for h in hospitals if h not in capacity]
+        if absent:
+            raise ValueError(f"no capacity for hospital(s) {absent}")
+        cap = np.repeat(np.array([float(capacity[h]) for h in hospitals])[:, None], len(dates), axis=1)
     if not np.isfinite(cap).all() or (cap < 0).any():
-        raise ValueError(f"capacities must be finite and >= 0, got { {h: capacity[h] for h in hospitals} }")
+        raise ValueError("capacities must be finite and >= 0")
     return hospitals, dates, levels, values.reshape(len(hospitals), len(dates), levels.size), cap
 
 
@@ -291,7 +301,7 @@ def _whole_surge(surge: np.ndarray, pool: float) -> np.ndarray:
 # ------------------------------------------------------------------ the LP
 def plan_region(
     shared: pd.DataFrame,
-    capacity: Mapping[str, float],
+    capacity: Mapping[str, float] | pd.DataFrame,
     config: RegionalConfig = RegionalConfig(),
     *,
     distances: np.ndarray | None = None,
@@ -304,8 +314,9 @@ def plan_region(
         Each hospital's census forecast quantiles per day: columns ``hospital, date, q, value``
         (the output of :func:`share_forecast` / :func:`hospital_totals`, concatenated). This and
         ``capacity`` are all a hospital shares: no records, no unit detail, no patients.
-    capacity : Mapping[str, float]
-        Beds each hospital staffs itself per day (before any surge).
+    capacity : Mapping[str, float] or pd.DataFrame
+        Beds each hospital staffs itself (before any surge): one number per hospital, or a
+        frame ``hospital, date, capacity`` when it changes by day.
     config : RegionalConfig
         Pool size, costs, limits, scenarios, copula correlation and seed.
     distances : np.ndarray, optional
@@ -358,7 +369,7 @@ def plan_region(
     cols = np.concatenate([s_col, off_u + r_all, x_col, x_col])
     data = np.concatenate([-np.ones(n_u), -np.ones(n_u), -np.ones(row_from.size), np.ones(row_to.size)])
     cap_rows = sp.csr_array((data, (rows, cols)), shape=(n_u, n_s + n_u + n_x))
-    b_cap = (np.repeat(cap, n_d)[None, :] - demand.reshape(k, hd)).ravel()
+    b_cap = (cap.reshape(1, hd) - demand.reshape(k, hd)).ravel()
     # Pool rows: Σ_h s[h, d] <= S
     pool_rows = sp.csr_array(
         (np.ones(hd), (np.tile(np.arange(n_d), n_h), np.arange(hd))), shape=(n_d, n_s + n_u + n_x)
@@ -388,14 +399,14 @@ def plan_region(
         np.add.at(out, (slice(None), pairs[:, 0]), x)
         np.add.at(inn, (slice(None), pairs[:, 1]), x)
     load = demand - unserved - out + inn
-    cap_with_surge = cap[:, None] + surge
-    idle_surge = np.clip(cap_with_surge[None] - np.maximum(load, cap[None, :, None]), 0.0, None)
+    cap_with_surge = cap + surge
+    idle_surge = np.clip(cap_with_surge[None] - np.maximum(load, cap[None]), 0.0, None)
     date_index = pd.DatetimeIndex(dates)
     hd_frame = pd.DataFrame(
         {
             HOSPITAL: np.repeat(hospitals, n_d),
             DATE: np.tile(date_index, n_h),
-            "capacity": np.repeat(cap, n_d),
+            "capacity": cap.ravel(),
             "surge_beds": surge.ravel(),
             "expected_demand": demand.mean(0).ravel(),
             "expected_unserved": unserved.mean(0).ravel(),
