@@ -149,3 +149,16 @@ def test_allocate_region_happy_path(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "regional.png").exists()
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_allocate_region_surge_only_fills_empty_physical_beds(tmp_path: Path) -> None:
+    # A staffs 10 of its 11 physical beds: however busy it is, at most 1 surge bed fits there.
+    path = write_forecast(forecast_frame({("A", "ward"): [(13.0, 14.0, 15.0)], ("B", "ward"): [(4.0, 5.0, 6.0)]}), tmp_path / "f.csv")
+    (tmp_path / "cap.csv").write_text("hospital,unit,beds,staffed\nA,ward,11,10\nB,ward,14,10\n")
+    result = runner.invoke(app, ["allocate-region", "--forecast", str(path), "--capacity", str(tmp_path / "cap.csv"),
+                                 "--out", str(tmp_path / "r"), "--pool", "3", "--scenarios", "4"])
+    assert result.exit_code == 0, result.output
+    days = pd.read_csv(tmp_path / "r" / "hospital_days.csv").set_index("hospital")
+    assert days.loc["A", "surge_beds"] == pytest.approx(1.0)
+    assert days.loc["A", "capacity"] == 10.0
+    assert days.loc["A", "expected_transfers_out"] > 0  # the rest goes to B

@@ -158,3 +158,10 @@ def test_invalid_costs_and_ratios_are_refused() -> None:
     with pytest.raises(ValueError, match="nurse ratios"):
         PlanConfig(nurse_ratios={"ICU": 0.0})
     assert math.isclose(UnitCosts(3.0, 1.0).critical_ratio, 0.75)
+
+
+def test_change_from_the_staffed_baseline() -> None:
+    frame = forecast_frame({("H000", "ward"): [(8.0, 10.0, 14.0)]})
+    capacity = pd.DataFrame({"unit": ["ward"], "beds": [20], "staffed": [9]})
+    plan = plan_hospital(frame, capacity, PlanConfig(costs=UnitCosts(7.0, 3.0)))  # staffs 12
+    assert (plan["baseline_staffed"].iloc[0], plan["change_from_baseline"].iloc[0]) == (9, 3)

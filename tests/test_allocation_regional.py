@@ -199,3 +199,27 @@ def test_analytic_gaussian_sigma_reference_and_bound() -> None:
     assert sigma == pytest.approx(3.7306, abs=1e-3)
     assert sigma < math.sqrt(2 * math.log(1.25 / 1e-5))
     assert gaussian_sigma(epsilon=1.0, delta=1e-5, n_values=4) == pytest.approx(2 * sigma, rel=1e-6)
+
+
+def test_allowed_pairs_pair_limits_and_distance_restrict_transfers() -> None:
+    # A needs 14 on 10 beds; B and C have 5 free each. Only A->C is allowed, at most 3 a day:
+    # 3 transfers (6) + 1 unserved (10) = 16.
+    demand = shared({"A": [14], "B": [5], "C": [5]})
+    caps = {"A": 10, "B": 10, "C": 10}
+    only_c = config(surge_pool=0, allowed_pairs=(("A", "C"),), pair_limits={("A", "C"): 3.0})
+    plan = plan_region(demand, caps, only_c, distances=NEAR)
+    assert plan.costs["total"] == pytest.approx(16.0)
+    assert set(plan.transfers["to_hospital"]) == {"C"}
+    # Everyone 50 km apart, transfers capped at 40 km: nothing can move, 4 unserved = 40.
+    far = np.full((3, 3), 50.0) - 50.0 * np.eye(3)
+    plan = plan_region(demand, caps, config(surge_pool=0, max_transfer_km=40.0), distances=far)
+    assert plan.costs["total"] == pytest.approx(40.0) and plan.transfers.empty
+    with pytest.raises(ValueError, match=r"allowed_pairs name hospital\(s\) \['Z'\]"):
+        plan_region(demand, caps, config(allowed_pairs=(("A", "Z"),)), distances=NEAR)
+
+
+def test_capacity_can_change_by_day() -> None:
+    # A has 10 beds on day 1 and 12 on day 2, demand 12 both days, pool 5: surge 2 then 0.
+    by_day = pd.DataFrame({"hospital": ["A", "A"], "date": pd.to_datetime(["2026-03-02", "2026-03-03"]), "capacity": [10, 12]})
+    plan = plan_region(shared({"A": [12, 12]}), by_day, config(surge_pool=5, neighbours=0))
+    np.testing.assert_allclose(plan.surge["surge_beds"], [2.0, 0.0], atol=1e-7)

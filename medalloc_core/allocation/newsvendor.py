@@ -28,6 +28,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
     HOSPITAL, UNIT, DATE, "demand_p10", "demand_p50", "demand_p90", "critical_ratio", "newsvendor_beds",
     "staffed_beds", "physical_beds", "capped", "nurses_per_shift", "nurse_shifts", "p_overflow",
     "p_exceed_physical", "flag_physical", "expected_unserved", "expected_idle", "expected_cost",
+    "baseline_staffed", "change_from_baseline",
 )
 
 
@@ -104,16 +105,19 @@ def quantile_matrix(forecast: pd.DataFrame, target: str = CENSUS) -> tuple[pd.Da
     return wide.index.to_frame(index=False), wide.columns.to_numpy(dtype=float), wide.to_numpy(dtype=float)
 
 
-def _capacity_lookup(capacity: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
-    """Physical beds per key row; ValueError naming the unit when one is missing."""
+def _capacity_lookup(capacity: pd.DataFrame, keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Physical beds and staffed baseline per key row; ValueError naming the unit when one is missing."""
     on = [HOSPITAL, UNIT] if HOSPITAL in capacity.columns else [UNIT]
     if on == [UNIT] and keys[HOSPITAL].nunique() > 1:
         raise ValueError("the forecast covers several hospitals; the capacity table needs a 'hospital' column")
-    merged = keys.merge(capacity[[*on, BEDS]], on=on, how="left")
+    table = capacity.assign(**{STAFFED: capacity[STAFFED] if STAFFED in capacity.columns else capacity[BEDS]})
+    merged = keys.merge(table[[*on, BEDS, STAFFED]], on=on, how="left")
     if merged[BEDS].isna().any():
         missing = merged.loc[merged[BEDS].isna(), on].drop_duplicates().to_dict("records")
         raise ValueError(f"no capacity for {missing}; add these units to the capacity table")
-    return merged[BEDS].to_numpy(dtype=float)
+    if (merged[BEDS] < 0).any():
+        raise ValueError("physical beds must be >= 0")
+    return merged[BEDS].to_numpy(dtype=float), merged[STAFFED].to_numpy(dtype=float)
 
 
 def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanConfig = PlanConfig()) -> pd.DataFrame:
@@ -137,10 +141,11 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
         ``physical_beds``; ``p_overflow`` = P(D > staffed_beds) = 1 - F(staffed_beds);
         ``p_exceed_physical`` = 1 - F(physical_beds), ``flag_physical`` when it exceeds the
         threshold; ``nurses_per_shift`` = ceil(staffed_beds / ratio), ``nurse_shifts`` per
-        day; expected unserved patient-days, idle bed-days and their cost.
+        day; expected unserved patient-days, idle bed-days and their cost; the staffed
+        baseline from the capacity table (``staffed``, else ``beds``) and the change from it.
     """
     keys, levels, values = quantile_matrix(forecast)
-    physical = _capacity_lookup(capacity, keys)
+    physical, baseline = _capacity_lookup(capacity, keys)
     units = keys[UNIT].astype(str).tolist()
     unit_costs = [config.costs_for(u) for u in units]
     cr = np.array([c.critical_ratio for c in unit_costs])
@@ -175,12 +180,9 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     plan["expected_unserved"] = unserved
     plan["expected_idle"] = idle
     plan["expected_cost"] = c_u * unserved + c_o * idle
+    plan["baseline_staffed"] = baseline.astype("int64")
+    plan["change_from_baseline"] = plan["staffed_beds"] - plan["baseline_staffed"]  # beds to open (+) or close (-)
     if plan["capped"].any():
         logger.warning("%d unit-days need more beds than physically exist; capped and flagged", int(plan["capped"].sum()))
     return plan.loc[:, list(PLAN_COLUMNS)]
 
-
-def staffed_from_capacity_table(capacity: pd.DataFrame) -> dict[str, int]:
-    """Staffed baseline per unit from a capacity table (``staffed`` column, else ``beds``)."""
-    column = STAFFED if STAFFED in capacity.columns else BEDS
-    return {str(u): int(v) for u, v in zip(capacity[UNIT], capacity[column], strict=True)}

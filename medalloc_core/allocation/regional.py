@@ -50,6 +50,9 @@ class RegionalConfig:
     transfer_limit: float = math.inf  # max patient-days per (from, to, day)
     max_surge: float | Mapping[str, float] | None = None  # per hospital-day cap (e.g. free physical beds)
     neighbours: int = 5  # transfers only to the k nearest hospitals (and back): keeps the LP sparse
+    max_transfer_km: float = math.inf  # and only between hospitals at most this far apart
+    allowed_pairs: tuple[tuple[str, str], ...] | None = None  # explicit (from, to) list; replaces neighbours
+    pair_limits: Mapping[tuple[str, str], float] = field(default_factory=dict)  # per (from, to) daily cap
     scenarios: int = 20  # K demand scenarios
     correlation: float = 0.5  # Gaussian-copula correlation of demand across hospitals on a day
     seed: int = 0
@@ -342,8 +345,20 @@ def plan_region(
     distances = np.asarray(distances, dtype=float)
     if distances.shape != (n_h, n_h):
         raise ValueError(f"distances must be ({n_h}, {n_h}) for {n_h} hospitals, got {distances.shape}")
-    pairs = neighbour_pairs(distances, config.neighbours)
+    if config.allowed_pairs is not None:
+        index = {h: i for i, h in enumerate(hospitals)}
+        unknown = sorted({h for pair in config.allowed_pairs for h in pair if h not in index})
+        if unknown:
+            raise ValueError(f"allowed_pairs name hospital(s) {unknown} that shared no forecast")
+        pairs = np.array([(index[a], index[b]) for a, b in config.allowed_pairs if a != b], dtype=int).reshape(-1, 2)
+    else:
+        pairs = neighbour_pairs(distances, config.neighbours)
+    if len(pairs):
+        pairs = pairs[distances[pairs[:, 0], pairs[:, 1]] <= config.max_transfer_km]
     n_p = len(pairs)
+    pair_limit = np.array(
+        [float(config.pair_limits.get((hospitals[a], hospitals[b]), config.transfer_limit)) for a, b in pairs]
+    )
     pair_cost = config.transfer_cost + config.transfer_cost_per_km * distances[pairs[:, 0], pairs[:, 1]] if n_p else np.zeros(0)
     demand = draw_scenarios(levels, values, scenarios=k, correlation=config.correlation, seed=config.seed, tail=config.tail)
 
@@ -380,7 +395,7 @@ def plan_region(
         [
             np.zeros(n_s + n_u + n_x),
             np.concatenate(
-                [np.repeat(_max_surge(config, hospitals), n_d), demand.ravel(), np.full(n_x, config.transfer_limit)]
+                [np.repeat(_max_surge(config, hospitals), n_d), demand.ravel(), np.tile(np.repeat(pair_limit, n_d), k)]
             ),
         ]
     )

@@ -158,7 +158,9 @@ def allocate(
 
 def allocate_region(
     forecast: list[Path] = typer.Option(..., "--forecast", help="Shared forecast CSV(s): hospital, date, q, value (or full forecast frames)."),
-    capacity: Path = typer.Option(..., "--capacity", help="CSV with hospital, beds (beds each hospital staffs itself)."),
+    capacity: Path = typer.Option(
+        ..., "--capacity", help="CSV with hospital, beds[, staffed]: staffed (else beds) is the base; surge fills beds - staffed."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for the regional plan."),
     pool: float = typer.Option(20.0, "--pool", help="Surge beds-with-staff that can be moved, per day."),
     under_cost: float = typer.Option(10.0, "--under-cost"),
@@ -171,7 +173,7 @@ def allocate_region(
     force: bool = typer.Option(False, "--force", help="Replace an existing regional plan in --out."),
 ) -> None:
     """The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles."""
-    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, VALUE, read_capacity
+    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, STAFFED, VALUE, read_capacity
     from medalloc_core.allocation.plots import plot_regional
     from medalloc_core.allocation.regional import RegionalConfig, RegionalSolveError, hospital_totals, plan_region, write_regional_plan
 
@@ -198,10 +200,14 @@ def allocate_region(
         caps = read_capacity(capacity)
         if HOSPITAL not in caps.columns:
             caps = caps.rename(columns={UNIT: HOSPITAL})
-        cap_map = caps.groupby(HOSPITAL)[BEDS].sum().to_dict()
+        # Each hospital's own staffed beds are its base; surge can fill its empty physical beds.
+        totals = caps.groupby(HOSPITAL)[[BEDS, STAFFED]].sum()
+        cap_map = totals[STAFFED].astype(float).to_dict()
+        room = (totals[BEDS] - totals[STAFFED]).astype(float).to_dict()
         config = RegionalConfig(
             surge_pool=pool, under_cost=under_cost, surge_cost=surge_cost, transfer_cost=transfer_cost,
             neighbours=neighbours, scenarios=scenarios, correlation=correlation, seed=seed,
+            max_surge=room if any(v > 0 for v in room.values()) else None,
         )
         plan = plan_region(pd.concat(frames, ignore_index=True), cap_map, config)
     except (_BadInput, DataContractError, ValueError, RegionalSolveError, OSError, pd.errors.ParserError) as exc:
