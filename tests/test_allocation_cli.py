@@ -162,3 +162,12 @@ def test_allocate_region_surge_only_fills_empty_physical_beds(tmp_path: Path) ->
     assert days.loc["A", "surge_beds"] == pytest.approx(1.0)
     assert days.loc["A", "capacity"] == 10.0
     assert days.loc["A", "expected_transfers_out"] > 0  # the rest goes to B
+
+
+def test_allocate_region_bad_number_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("hospital,date,q,value\nA,2026-03-02,0.5,12\nA,2026-03-03,0.5,lots\n")
+    (tmp_path / "cap.csv").write_text("hospital,beds\nA,10\n")
+    result = runner.invoke(app, ["allocate-region", "--forecast", str(tmp_path / "s.csv"), "--capacity", str(tmp_path / "cap.csv"),
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "row 3, column 'value': 'lots' is not a number" in result.output

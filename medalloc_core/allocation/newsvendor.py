@@ -151,6 +151,8 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     cr = np.array([c.critical_ratio for c in unit_costs])
     c_u = np.array([c.under_cost for c in unit_costs])
     c_o = np.array([c.over_cost for c in unit_costs])
+    if levels.size == 1:
+        logger.warning("the forecast has a single quantile level (%s): treated as certain demand, no risk shown", levels[0])
     outside = (cr < levels[0]) | (cr > levels[-1])
     if outside.any():
         logger.warning(

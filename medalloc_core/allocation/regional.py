@@ -222,6 +222,10 @@ def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float] | pd.Da
         raise ValueError(f"shared forecast lacks column(s) {missing}; expected {list(SHARED_COLUMNS)}")
     if shared.empty:
         raise ValueError("no hospitals: the shared forecast is empty")
+    dates_parsed = pd.to_datetime(shared[DATE], errors="coerce")
+    if dates_parsed.isna().any():
+        raise ValueError(f"unparsable date '{shared[DATE].iloc[int(dates_parsed.isna().to_numpy().argmax())]}' in the shared forecast")
+    shared = shared.assign(**{DATE: dates_parsed.dt.normalize(), HOSPITAL: shared[HOSPITAL].astype(str)})
     if shared[VALUE].isna().any() or not np.isfinite(shared[VALUE].to_numpy(dtype=float)).all():
         bad = shared.loc[~np.isfinite(shared[VALUE].to_numpy(dtype=float)), [HOSPITAL, DATE, Q]].iloc[0].to_dict()
         raise ValueError(f"forecast value is NaN or infinite at {bad}")

@@ -143,11 +143,14 @@ def allocate(
     except (_BadInput, DataContractError, ValueError) as exc:
         _fail(str(exc))
         return
-    out.mkdir(parents=True, exist_ok=True)
     written = plan.copy()
     written[DATE] = pd.to_datetime(written[DATE]).dt.strftime("%Y-%m-%d")
-    written.to_csv(plan_csv, index=False, float_format="%.4f")
-    plot_plan(plan, plan_png)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written.to_csv(plan_csv, index=False, float_format="%.4f")
+        plot_plan(plan, plan_png)
+    except OSError as exc:
+        _fail(f"cannot write the plan to {out}: {exc}")
     _out.print(_summary_table(plan))
     ratio = config.costs.critical_ratio
     _out.print(
@@ -192,6 +195,12 @@ def allocate_region(
             missing = [c for c in (HOSPITAL, DATE, Q, VALUE) if c not in raw.columns]
             if missing:
                 raise _BadInput(f"{path}: missing column(s) {missing}; expected hospital, date, q, value")
+            for column in (Q, VALUE):
+                parsed = pd.to_numeric(raw[column], errors="coerce")
+                if parsed.isna().any():
+                    i = int(parsed.isna().to_numpy().argmax())
+                    raise _BadInput(f"{path}, row {i + 2}, column '{column}': '{raw[column].iloc[i]}' is not a number")
+                raw[column] = parsed.astype(float)
             raw[DATE] = pd.to_datetime(raw[DATE], errors="coerce")
             if raw[DATE].isna().any():
                 raise _BadInput(f"{path}, row {int(raw[DATE].isna().to_numpy().argmax()) + 2}: unparsable date")
@@ -213,8 +222,11 @@ def allocate_region(
     except (_BadInput, DataContractError, ValueError, RegionalSolveError, OSError, pd.errors.ParserError) as exc:
         _fail(str(exc))
         return
-    write_regional_plan(plan, out, overwrite=force)
-    plot_regional(plan, out / "regional.png")
+    try:
+        write_regional_plan(plan, out, overwrite=force)
+        plot_regional(plan, out / "regional.png")
+    except OSError as exc:
+        _fail(f"cannot write the regional plan to {out}: {exc}")
     table = Table(title=f"Regional plan: {plan.hospital_days[HOSPITAL].nunique()} hospitals, {plan.scenarios} scenarios")
     for name in ("cost part", "expected cost"):
         table.add_column(name, justify="right")
