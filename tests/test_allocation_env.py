@@ -118,3 +118,20 @@ def test_bad_environment_inputs_are_refused() -> None:
         HospitalBedEnv(np.ones((10, 2)), np.array([3]))
     with pytest.raises(ValueError, match="finite"):
         HospitalBedEnv(np.full((10, 1), np.nan), np.array([3]))
+
+
+def test_from_daily_records() -> None:
+    census = seasonal_poisson_census(21, {"ICU": 8.0, "medical": 30.0}, seed=3)
+    dates = pd.date_range("2026-01-05", periods=21)  # a Monday
+    daily = pd.concat(
+        [pd.DataFrame({"date": dates, "unit": u, "census": census[:, i].astype(int), "admissions": 2, "capacity": cap})
+         for i, (u, cap) in enumerate((("ICU", 12), ("medical", 40)))],
+        ignore_index=True,
+    ).sample(frac=1.0, random_state=0)  # row order must not matter
+    env = HospitalBedEnv.from_daily(daily)
+    assert env.units == ["ICU", "medical"]
+    np.testing.assert_array_equal(env.capacity, [12, 40])
+    np.testing.assert_array_equal(env.demand, census)
+    obs, _ = env.reset(seed=0)
+    assert obs["day_of_week"] == 0  # day 7 after a Monday is a Monday
+    assert obs["recent_admissions"].shape == (2, 7) and (obs["recent_admissions"] == 2).all()

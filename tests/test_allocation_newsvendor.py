@@ -165,3 +165,19 @@ def test_change_from_the_staffed_baseline() -> None:
     capacity = pd.DataFrame({"unit": ["ward"], "beds": [20], "staffed": [9]})
     plan = plan_hospital(frame, capacity, PlanConfig(costs=UnitCosts(7.0, 3.0)))  # staffs 12
     assert (plan["baseline_staffed"].iloc[0], plan["change_from_baseline"].iloc[0]) == (9, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mids=st.lists(st.floats(0.0, 80.0), min_size=1, max_size=5),
+    spread=st.floats(0.0, 30.0),
+    beds=st.integers(0, 60),
+    under=st.floats(0.1, 50.0),
+)
+def test_plan_never_exceeds_physical_beds(mids: list[float], spread: float, beds: int, under: float) -> None:
+    frame = forecast_frame({("H", "ward"): [(max(m - spread, 0.0), m, m + spread) for m in mids]})
+    plan = plan_hospital(frame, pd.DataFrame({"unit": ["ward"], "beds": [beds]}), PlanConfig(costs=UnitCosts(under, 1.0)))
+    assert (plan["staffed_beds"] <= beds).all() and (plan["staffed_beds"] >= 0).all()
+    assert ((plan["p_overflow"] >= -1e-12) & (plan["p_overflow"] <= 1 + 1e-12)).all()
+    uncapped = ~plan["capped"]
+    assert (plan.loc[uncapped, "p_overflow"] <= 1 - plan.loc[uncapped, "critical_ratio"] + 1e-9).all()

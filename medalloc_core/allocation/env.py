@@ -13,10 +13,12 @@ are idle. Reward = -(c_u · unserved + c_o · idle + c_change · |staffing chang
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 
 try:
     import gymnasium as gym
@@ -27,7 +29,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without 
         name=exc.name,
     ) from exc
 
+from medalloc_core.allocation.newsvendor import BED_TOLERANCE
 from medalloc_core.allocation.quantiles import Tail, quantile_at
+from medalloc_core.contract import ADMISSIONS, CAPACITY, CENSUS, DATE, UNIT
 
 HISTORY_DAYS = 7  # days of admissions/census the agent sees (one week: the weekly cycle)
 
@@ -95,6 +99,7 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
             raise ValueError(f"capacity must be {n_units} non-negative bed counts, got {capacity}")
         self.demand = demand
         self.capacity = capacity
+        self.units: list[str] = [f"unit{i}" for i in range(n_units)]  # names, set by from_daily
         self.admissions = np.zeros_like(demand) if admissions is None else np.asarray(admissions, dtype=float)
         if self.admissions.shape != demand.shape:
             raise ValueError(f"admissions must have the demand's shape {demand.shape}")
@@ -127,6 +132,39 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._t = HISTORY_DAYS
         self._end = HISTORY_DAYS + self.episode_days
         self._previous = capacity.copy()
+
+    @classmethod
+    def from_daily(
+        cls, daily: pd.DataFrame, *, capacity: Mapping[str, int] | None = None, **kwargs: Any
+    ) -> HospitalBedEnv:
+        """Build from one hospital's daily records (contract columns ``date, unit, census``
+        [, ``admissions``, ``capacity``]), e.g. ``Hospital.daily`` from the synthetic generator.
+
+        Units are in sorted order (``env.units``); physical beds default to the largest
+        ``capacity`` (else census) seen per unit. Missing days are forward-filled.
+        """
+        frame = daily.assign(**{DATE: pd.to_datetime(daily[DATE])})
+        census = frame.pivot_table(index=DATE, columns=UNIT, values=CENSUS, aggfunc="sum").asfreq("D").ffill()
+        units = [str(u) for u in census.columns]
+        admissions = None
+        if ADMISSIONS in frame.columns:
+            admissions = (
+                frame.pivot_table(index=DATE, columns=UNIT, values=ADMISSIONS, aggfunc="sum")
+                .reindex(index=census.index, columns=census.columns).fillna(0.0).to_numpy()
+            )
+        if capacity is None:
+            source = CAPACITY if CAPACITY in frame.columns else CENSUS
+            largest = frame.groupby(UNIT)[source].max()
+            capacity = {u: int(largest[u]) for u in units}
+        missing = [u for u in units if u not in capacity]
+        if missing:
+            raise ValueError(f"no physical beds given for unit(s) {missing}")
+        env = cls(
+            census.to_numpy(dtype=float), np.array([capacity[u] for u in units]), admissions=admissions,
+            start_weekday=int(census.index[0].day_of_week), **kwargs,
+        )
+        env.units = units
+        return env
 
     # --- gymnasium API ------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -203,7 +241,7 @@ class NewsvendorPolicy:
     def __call__(self, observation: dict[str, Any]) -> np.ndarray:
         quantiles = np.asarray(observation["forecast"], dtype=float)[:, 0, :]  # (U, L): tomorrow
         ratio = self.under_cost / (self.under_cost + self.over_cost)
-        beds = np.ceil(quantile_at(np.array(self.quantile_levels), quantiles, ratio, tail=self.tail) - 1e-9)
+        beds = np.ceil(quantile_at(np.array(self.quantile_levels), quantiles, ratio, tail=self.tail) - BED_TOLERANCE)
         return np.minimum(beds, np.array(self.capacity)).astype(np.int64)
 
 

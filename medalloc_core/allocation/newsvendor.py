@@ -21,6 +21,10 @@ from medalloc_core.contract import CENSUS, DATE, UNIT
 
 logger = logging.getLogger(__name__)
 
+# Fractions of a bed below this are floating-point noise: demand up to s + TOL counts as fitting s beds,
+# both when rounding the quantile up and when reading P(demand > s), so the two always agree.
+BED_TOLERANCE = 1e-6
+
 # Patients per nurse per shift; typical safe-staffing ratios (ICU 1:2, wards 1:4-1:5).
 DEFAULT_NURSE_RATIOS: Mapping[str, float] = {"icu": 2.0, "medical": 5.0, "surgical": 5.0, "paediatric": 4.0, "pediatric": 4.0}
 
@@ -160,11 +164,11 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
             sorted(set(np.round(cr[outside], 4).tolist())), levels[0], levels[-1], config.tail,
         )
     demand_at_cr = quantile_at(levels, values, cr, tail=config.tail)
-    newsvendor = np.ceil(demand_at_cr - 1e-9)  # whole beds; the tolerance keeps 12.0000000001 at 12
+    newsvendor = np.ceil(demand_at_cr - BED_TOLERANCE)  # whole beds; keeps 12.0000000001 at 12
     staffed = np.minimum(newsvendor, physical)
     ratio = np.array([config.nurse_ratio_for(u) for u in units])
-    nurses = np.ceil(staffed / ratio - 1e-9)
-    p_exceed_phys = 1.0 - cdf_at(levels, values, physical, tail=config.tail)
+    nurses = np.ceil(staffed / ratio - BED_TOLERANCE)
+    p_exceed_phys = 1.0 - cdf_at(levels, values, physical + BED_TOLERANCE, tail=config.tail)
     unserved, idle = expected_shortfall_and_idle(levels, values, staffed, tail=config.tail)
     plan = keys.copy()
     for name, level in (("demand_p10", 0.1), ("demand_p50", 0.5), ("demand_p90", 0.9)):
@@ -176,7 +180,7 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     plan["capped"] = newsvendor > physical
     plan["nurses_per_shift"] = nurses.astype("int64")
     plan["nurse_shifts"] = (nurses * config.shifts_per_day).astype("int64")
-    plan["p_overflow"] = 1.0 - cdf_at(levels, values, staffed, tail=config.tail)
+    plan["p_overflow"] = 1.0 - cdf_at(levels, values, staffed + BED_TOLERANCE, tail=config.tail)
     plan["p_exceed_physical"] = p_exceed_phys
     plan["flag_physical"] = p_exceed_phys > config.physical_risk_threshold
     plan["expected_unserved"] = unserved

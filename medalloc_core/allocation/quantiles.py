@@ -105,15 +105,17 @@ def cdf_at(levels: np.ndarray, values: np.ndarray, x: float | np.ndarray, *, tai
     for k in range(levels.size - 1):
         lo_v, hi_v = values[:, k], values[:, k + 1]
         span = hi_v - lo_v
-        frac = np.where(span > 0, (x - lo_v) / np.where(span > 0, span, 1.0), 1.0)
+        with np.errstate(over="ignore"):  # a span of 1e-300 overflows to inf, which the clip turns into 1
+            frac = np.where(span > 0, (x - lo_v) / np.where(span > 0, span, 1.0), 1.0)
         p = levels[k] + np.clip(frac, 0.0, 1.0) * (levels[k + 1] - levels[k])
         best = np.where(x >= lo_v, np.maximum(best, p), best)
     q_lo, q_hi = values[:, 0], values[:, -1]
     if tail == "normal":
         sigma = tail_scale(levels, values)
         safe = np.where(sigma > 0, sigma, 1.0)
-        upper = ndtr(ndtri(levels[-1]) + (x - q_hi) / safe)
-        lower = ndtr(ndtri(levels[0]) + (x - q_lo) / safe)
+        with np.errstate(over="ignore"):  # a tiny sigma sends z to ±inf, where ndtr is exact
+            upper = ndtr(ndtri(levels[-1]) + (x - q_hi) / safe)
+            lower = ndtr(ndtri(levels[0]) + (x - q_lo) / safe)
         degenerate = sigma <= 0
         best = np.where(x >= q_hi, np.where(degenerate, 1.0, upper), best)
         best = np.where(x < q_lo, np.where(degenerate, 0.0, lower), best)
