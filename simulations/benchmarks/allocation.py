@@ -248,6 +248,67 @@ def _lp_timing(console: Console) -> None:
     console.print(table)
 
 
+def rolling_seasonal_forecasts(demand: np.ndarray, *, weeks: int = 8) -> np.ndarray:
+    """(T, U, 1, L) next-day quantiles known before each day: last week's same weekday plus the
+    empirical quantiles of that rule's errors over the previous ``weeks`` weeks (zeros until then)."""
+    n_days, n_units = demand.shape
+    out = np.zeros((n_days, n_units, 1, len(LEVELS)))
+    errors = np.full_like(demand, np.nan)
+    errors[7:] = demand[7:] - demand[:-7]
+    for t in range(7 + 7 * weeks, n_days):
+        window = errors[t - 7 * weeks : t]  # errors observed before day t
+        spread = np.nanquantile(window, LEVELS, axis=0).T  # (U, L)
+        out[t, :, 0, :] = np.maximum(demand[t - 7][:, None] + spread, 0.0)
+    return out
+
+
+def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, console: Console) -> None:
+    """Every policy on the same episodes of one hospital's bed environment (needs gymnasium)."""
+    try:
+        from medalloc_core.allocation.env import CapacityPolicy, EnvCosts, HospitalBedEnv, LastWeekPolicy, NewsvendorPolicy, run_episode
+    except ModuleNotFoundError:
+        console.print("[yellow]gymnasium not installed: skipping the environment comparison (pip install 'medalloc[rl]')")
+        return
+    hospital = sorted(daily[HOSPITAL].unique())[0]
+    base = HospitalBedEnv.from_daily(daily[daily[HOSPITAL] == hospital])
+    forecasts = rolling_seasonal_forecasts(base.demand)
+    oracle = np.repeat(base.demand[:, :, None, None], len(LEVELS), axis=3)
+    env_costs = EnvCosts(under_cost=costs.under_cost, over_cost=costs.over_cost)
+    episode = 28
+    capacity = tuple(int(c) for c in base.capacity)
+    policies = {
+        "newsvendor (oracle forecast)": (oracle, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
+        "newsvendor (seasonal-naive)": (forecasts, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
+        "last week's census": (forecasts, LastWeekPolicy()),
+        "last week's census + 10%": (forecasts, _Buffered(1.10)),
+        "staff every bed": (forecasts, CapacityPolicy(capacity)),
+    }
+    table = Table(title=f"Bed environment, {hospital} ({', '.join(base.units)}): 10 episodes of {episode} days, same seeds")
+    for c in ("policy", "mean cost", "overflow pd", "idle bd", "cost / oracle"):
+        table.add_column(c, justify="left" if c == "policy" else "right", no_wrap=c == "policy")
+    results = {}
+    first = 7 + 7 * 8  # the rolling forecast needs 8 weeks of errors
+    for name, (fc, policy) in policies.items():
+        env = HospitalBedEnv(base.demand[first:], base.capacity, admissions=base.admissions[first:], forecasts=fc[first:],
+                             quantile_levels=LEVELS, costs=env_costs, episode_days=episode)
+        runs = [run_episode(env, policy, seed=seed + i) for i in range(10)]
+        results[name] = (np.mean([r.total_cost for r in runs]), np.mean([r.overflow_days for r in runs]), np.mean([r.idle_bed_days for r in runs]))
+    reference = results["newsvendor (oracle forecast)"][0]
+    for name, (cost, over, idle) in results.items():
+        table.add_row(name, f"{cost:.1f}", f"{over:.1f}", f"{idle:.1f}", f"{cost / reference:.2f}" if reference > 0 else "-")
+    console.print(table)
+
+
+@dataclass(frozen=True)
+class _Buffered:
+    """Last week's census times a safety factor: the rule of thumb many wards use."""
+
+    factor: float
+
+    def __call__(self, observation: dict) -> np.ndarray:  # type: ignore[type-arg]
+        return np.ceil(np.asarray(observation["recent_census"])[:, 0] * self.factor).astype(np.int64)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hospitals", type=int, default=10)
@@ -289,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                   "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's")
     console.print(f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "
                   f"transfer {costs.transfer_cost} + {costs.transfer_cost_per_km}/km, pool {costs.surge_pool:.0f} beds/day")
+    _policy_comparison(daily, costs, args.seed, console)
     if not args.skip_timing:
         _lp_timing(console)
     return 0
