@@ -135,3 +135,9 @@ def test_from_daily_records() -> None:
     obs, _ = env.reset(seed=0)
     assert obs["day_of_week"] == 0  # day 7 after a Monday is a Monday
     assert obs["recent_admissions"].shape == (2, 7) and (obs["recent_admissions"] == 2).all()
+
+
+def test_episode_reports_its_demand() -> None:
+    demand = np.array([[3, 3, 4, 4, 3, 4, 4, 5, 8, 3]], dtype=float).T
+    env = HospitalBedEnv(demand, np.array([6]), episode_days=3)
+    assert run_episode(env, CapacityPolicy((6,)), seed=0).demand_days == 16.0

@@ -275,22 +275,24 @@ class EpisodeResult:
     staffing_changes: float
     days: int
     daily_cost: tuple[float, ...]
+    demand_days: float = 0.0  # patient-days of demand in the episode (served + unserved)
 
 
 def run_episode(env: HospitalBedEnv, policy: Policy, seed: int) -> EpisodeResult:
     """Run ``policy`` for one episode from ``env.reset(seed=seed)`` and add up the costs."""
     observation, _ = env.reset(seed=seed)
-    unserved = idle = changes = 0.0
+    unserved = idle = changes = demand = 0.0
     daily: list[float] = []
     while True:
         observation, reward, terminated, truncated, info = env.step(policy(observation))
         unserved += float(info["unserved"].sum())
         idle += float(info["idle"].sum())
         changes += float(info["change"].sum())
+        demand += float(info["demand"].sum())
         daily.append(-reward)
         if terminated or truncated:
             break
     return EpisodeResult(
         total_cost=float(math.fsum(daily)), overflow_days=unserved, idle_bed_days=idle,
-        staffing_changes=changes, days=len(daily), daily_cost=tuple(daily),
+        staffing_changes=changes, days=len(daily), daily_cost=tuple(daily), demand_days=demand,
     )
