@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast, write_forecast
+from medalloc_core.allocation.regional import share_forecast, write_shared
 from medalloc_core.cli import app
 from medalloc_core.contract import DataContractError
 from tests.allocation_fixtures import forecast_frame
@@ -171,3 +172,21 @@ def test_allocate_region_bad_number_exits_2(tmp_path: Path) -> None:
                                  "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "row 3, column 'value': 'lots' is not a number" in result.output
+
+
+def test_shared_tables_written_by_hospitals_feed_allocate_region(tmp_path: Path) -> None:
+    # Each hospital writes only its shared table (with DP noise: epsilon spent through the hook).
+    spent: list[float] = []
+    paths = []
+    for hospital, triple in (("A", (11.0, 12.0, 13.0)), ("B", (4.0, 5.0, 6.0))):
+        frame = forecast_frame({(hospital, "ICU"): [triple] * 3, (hospital, "ward"): [triple] * 3})
+        shared = share_forecast(frame, epsilon=50.0, seed=0, on_release=spent.append)
+        paths.append(write_shared(shared, tmp_path / f"{hospital}.csv"))
+    assert spent == [50.0, 50.0]
+    assert pd.read_csv(paths[0]).columns.tolist() == ["hospital", "date", "q", "value"]
+    (tmp_path / "cap.csv").write_text("hospital,beds\nA,20\nB,20\n")
+    args = ["allocate-region", "--capacity", str(tmp_path / "cap.csv"), "--out", str(tmp_path / "r"), "--pool", "6"]
+    result = runner.invoke(app, [*args, "--forecast", str(paths[0]), "--forecast", str(paths[1])])
+    assert result.exit_code == 0, result.output
+    days = pd.read_csv(tmp_path / "r" / "hospital_days.csv")
+    assert set(days["hospital"]) == {"A", "B"} and len(days) == 6

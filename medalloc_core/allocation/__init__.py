@@ -20,6 +20,7 @@ from medalloc_core.allocation.regional import (
     plan_region,
     share_forecast,
     write_regional_plan,
+    write_shared,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "share_forecast",
     "write_forecast",
     "write_regional_plan",
+    "write_shared",
 ]

@@ -173,23 +173,25 @@ def write_forecast(frame: pd.DataFrame, path: Path, *, overwrite: bool = False) 
     return path
 
 
-def read_capacity(path: Path) -> pd.DataFrame:
+def read_capacity(path: Path, *, key: str = UNIT) -> pd.DataFrame:
     """Read a capacity table: columns ``unit, beds`` (+ optional ``hospital``, ``staffed``).
 
-    Returns a frame with ``unit`` (and ``hospital`` if present) as str, ``beds`` int >= 0 and
-    ``staffed`` int (defaults to ``beds`` when absent). Raises DataContractError naming row
-    and column for missing, negative, fractional or duplicate entries.
+    With ``key="hospital"`` the table has one row per hospital instead (``hospital, beds[, staffed]``,
+    the regional plan's input). Returns ``key`` (and ``hospital`` if present) as str, ``beds``
+    int >= 0 and ``staffed`` int (defaults to ``beds`` when absent). Raises DataContractError
+    naming row and column for missing, negative, fractional or duplicate entries.
     """
     file = str(path)
     raw = _read_csv(Path(path))
-    missing = [c for c in (UNIT, BEDS) if c not in raw.columns]
+    missing = [c for c in (key, BEDS) if c not in raw.columns]
     if missing:
         raise DataContractError(
-            [Problem(file, f"missing column(s) {missing}; a capacity table has columns unit, beds [, staffed, hospital]")]
+            [Problem(file, f"missing column(s) {missing}; a capacity table has columns {key}, beds [, staffed"
+                     f"{', hospital' if key == UNIT else ''}]")]
         )
     problems: list[Problem] = []
-    for i in np.flatnonzero(raw[UNIT].isna().to_numpy()):
-        problems.append(Problem(file, "is empty; expected a unit name", row=_row(int(i)), column=UNIT))
+    for i in np.flatnonzero(raw[key].isna().to_numpy()):
+        problems.append(Problem(file, f"is empty; expected a {key} name", row=_row(int(i)), column=key))
     columns = [BEDS] + ([STAFFED] if STAFFED in raw.columns else [])
     parsed = {c: _numeric(raw, c, file, problems) for c in columns}
     for c, values in parsed.items():
@@ -200,18 +202,16 @@ def read_capacity(path: Path) -> pd.DataFrame:
             )
     if problems:
         raise DataContractError(problems)
-    out = pd.DataFrame({UNIT: raw[UNIT].str.strip().astype(str), BEDS: parsed[BEDS].astype("int64")})
-    if HOSPITAL in raw.columns:
+    out = pd.DataFrame({key: raw[key].str.strip().astype(str), BEDS: parsed[BEDS].astype("int64")})
+    if key == UNIT and HOSPITAL in raw.columns:
         out.insert(0, HOSPITAL, raw[HOSPITAL].str.strip().astype(str))
     out[STAFFED] = parsed[STAFFED].astype("int64") if STAFFED in parsed else out[BEDS]
     keys = [c for c in (HOSPITAL, UNIT) if c in out.columns]
     for i in np.flatnonzero(out.duplicated(keys).to_numpy()):
-        problems.append(Problem(file, f"duplicate {'/'.join(keys)}; one row per unit", row=_row(int(i)), column=UNIT))
+        problems.append(Problem(file, f"duplicate {'/'.join(keys)}; one row per {key}", row=_row(int(i)), column=key))
     bad_staffed = out[STAFFED] > out[BEDS]
     for i in np.flatnonzero(bad_staffed.to_numpy()):
-        problems.append(
-            Problem(file, "staffed beds exceed physical beds", row=_row(int(i)), column=STAFFED)
-        )
+        problems.append(Problem(file, "staffed beds exceed physical beds", row=_row(int(i)), column=STAFFED))
     if problems:
         raise DataContractError(problems)
     return out

@@ -193,6 +193,21 @@ def share_forecast(
     return noisy
 
 
+def write_shared(shared: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
+    """Write a shared table (``hospital, date, q, value``) as the CSV `medalloc allocate-region` reads."""
+    path = Path(path)
+    missing = [c for c in SHARED_COLUMNS if c not in shared.columns]
+    if missing:
+        raise ValueError(f"shared table lacks column(s) {missing}; expected {list(SHARED_COLUMNS)}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    out = shared.loc[:, list(SHARED_COLUMNS)].copy()
+    out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return path
+
+
 # ------------------------------------------------------------------ inputs to the LP
 def synthetic_distances(hospitals: list[str], *, seed: int, extent_km: float = 100.0) -> np.ndarray:
     """Euclidean km between hospitals placed uniformly in a square region (seeded); (H, H)."""

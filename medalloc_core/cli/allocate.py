@@ -206,9 +206,10 @@ def allocate_region(
                 raise _BadInput(f"{path}, row {int(raw[DATE].isna().to_numpy().argmax()) + 2}: unparsable date")
             raw[HOSPITAL] = raw[HOSPITAL].astype(str)
             frames.append(raw)
-        caps = read_capacity(capacity)
+        header = pd.read_csv(capacity, nrows=0).columns if capacity.exists() else []
+        caps = read_capacity(capacity, key=UNIT if UNIT in header else HOSPITAL)
         if HOSPITAL not in caps.columns:
-            caps = caps.rename(columns={UNIT: HOSPITAL})
+            raise _BadInput(f"{capacity}: the regional capacity table needs a 'hospital' column")
         # Each hospital's own staffed beds are its base; surge can fill its empty physical beds.
         totals = caps.groupby(HOSPITAL)[[BEDS, STAFFED]].sum()
         cap_map = totals[STAFFED].astype(float).to_dict()
