@@ -223,3 +223,10 @@ def test_capacity_can_change_by_day() -> None:
     by_day = pd.DataFrame({"hospital": ["A", "A"], "date": pd.to_datetime(["2026-03-02", "2026-03-03"]), "capacity": [10, 12]})
     plan = plan_region(shared({"A": [12, 12]}), by_day, config(surge_pool=5, neighbours=0))
     np.testing.assert_allclose(plan.surge["surge_beds"], [2.0, 0.0], atol=1e-7)
+
+
+def test_unseeded_release_differs_each_time() -> None:
+    frame = forecast_frame({("A", "ward"): [(10.0, 20.0, 30.0)] * 5})
+    a = share_forecast(frame, epsilon=1.0, seed=None)
+    b = share_forecast(frame, epsilon=1.0, seed=None)
+    assert not np.allclose(a["value"], b["value"])

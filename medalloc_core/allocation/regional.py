@@ -150,7 +150,7 @@ def share_forecast(
     delta: float | None = None,
     mechanism: Literal["laplace", "gaussian"] = "laplace",
     sensitivity: float = 1.0,
-    seed: int,
+    seed: int | None,
     on_release: Callable[[float], None] | None = None,
 ) -> pd.DataFrame:
     """What one hospital sends the coordinator: census quantiles per day, optionally with DP noise.
@@ -167,6 +167,12 @@ def share_forecast(
     ``on_release(epsilon)`` is called *before* any noise is drawn or anything returned, so a
     ledger that refuses by raising stops the release. With ``epsilon=None`` nothing is noised
     and nothing is reported.
+
+    ``seed`` is required so that the choice is explicit: a fixed seed makes the noise
+    reproducible (for experiments) — and removable by anyone who knows the seed, so a real
+    release must pass ``seed=None`` (fresh OS entropy). numpy's generator is not a
+    cryptographic one and floating-point Laplace sampling has known side channels; this is a
+    research-grade mechanism.
     """
     shared = hospital_totals(forecast)
     if shared[HOSPITAL].nunique() != 1:
