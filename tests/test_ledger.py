@@ -387,3 +387,31 @@ def test_ledger_path_that_cannot_be_read_as_a_file_is_corrupt(tmp_path: Path) ->
     with pytest.raises(LedgerCorrupt, match="unreadable"):
         open_rdp(path)
     assert path.is_dir() and not any(path.iterdir())
+
+
+SPENDER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from medalloc_core.privacy.ledger import PrivacyLedger
+    path, name = sys.argv[1], sys.argv[2]
+    ledger = PrivacyLedger.open(path, epsilon_budget=1000.0, delta=1e-5, accountant="rdp")
+    for i in range(15):
+        ledger.spend("sha256:" + "a" * 64, noise_multiplier=2.0, sample_rate=0.01, steps=10,
+                     run_id=f"{name}-{i}")
+    """
+)
+
+
+def test_two_processes_spending_at_once_lose_no_spend(ledger_path: Path) -> None:
+    open_rdp(ledger_path, budget=1000.0)
+    workers = [
+        subprocess.Popen([sys.executable, "-c", SPENDER_SCRIPT, str(ledger_path), name], cwd=REPO,
+                         stderr=subprocess.PIPE)
+        for name in ("p", "q")
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr.decode()
+    runs = [s.run_id for e in PrivacyLedger.load(ledger_path).entries() for s in e.spends]
+    assert sorted(runs) == sorted([f"{n}-{i}" for n in ("p", "q") for i in range(15)])
+    assert PrivacyLedger.load(ledger_path).history() == [(2.0, 0.01, 10)] * 30
