@@ -402,6 +402,7 @@ SPENDER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two interpreters importing torch/opacus: ~10-20 s on a loaded machine
 def test_two_processes_spending_at_once_lose_no_spend(ledger_path: Path) -> None:
     open_rdp(ledger_path, budget=1000.0)
     workers = [

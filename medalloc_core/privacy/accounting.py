@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -68,14 +69,16 @@ def validate_history_item(noise_multiplier: float, sample_rate: float, steps: in
     steps
         Number of noisy steps, an integer >= 0.
     """
-    if not (isinstance(noise_multiplier, (int, float)) and math.isfinite(noise_multiplier)):
+    if isinstance(noise_multiplier, bool) or not (
+        isinstance(noise_multiplier, numbers.Real) and math.isfinite(noise_multiplier)
+    ):
         raise ValueError(f"noise_multiplier must be a finite number, got {noise_multiplier!r}")
     if noise_multiplier <= 0:
         raise ValueError(
             f"noise_multiplier must be > 0 (got {noise_multiplier}); zero noise gives no "
             "differential privacy. Use DP with a positive noise multiplier or train without DP."
         )
-    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+    if isinstance(sample_rate, bool) or not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
         raise ValueError(
             f"sample_rate must be in (0, 1] (batch size / number of training windows), "
             f"got {sample_rate!r}"
