@@ -116,6 +116,7 @@ def test_prv_failure_falls_back_to_rdp_and_logs_why(caplog: pytest.LogCaptureFix
     assert "using the RDP bound" in caplog.text and "Floating point" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order:UserWarning")  # from rdp_reference itself
 def test_prv_pathological_history_falls_back_to_rdp(caplog: pytest.LogCaptureFixture) -> None:
     # Almost no noise: PRV would discretise on ~1e8 points (minutes, GBs); we go to RDP first.
     history = [(0.05, 0.9, 100)]
