@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
-import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medalloc_core.contract import DataContractError, Problem
@@ -24,9 +26,11 @@ _KNOWN_BINARY_MAGIC: dict[bytes, str] = {
     b"\x1f\x8b": "a gzip archive: decompress it first",
     b"%PDF": "a PDF document, not a table",
     b"SQLite format 3": "a SQLite database: export the table as CSV",
+    b"\xff\xfe": "UTF-16 text (Excel's 'Unicode Text'), not UTF-8: re-export as 'CSV UTF-8'",
+    b"\xfe\xff": "UTF-16 text, not UTF-8: re-export as 'CSV UTF-8'",
 }
 _BINARY_SNIFF_BYTES = 8192
-_BAD_LINE = re.compile(r"line (\d+), saw (\d+)")
+_RAGGED_SHOWN = 50  # rows with the wrong number of fields listed before giving up
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -48,6 +52,7 @@ def read_table(path: Path) -> pd.DataFrame:
         string (empty cells are missing), extra columns kept. Fully blank CSV lines are
         dropped but the index keeps each record's position, so a record's spreadsheet row
         is ``index + 2`` (header = row 1), also after blank lines.
+        ``frame.attrs["format"]`` says what was detected: ``"csv"`` or ``"parquet"``.
 
     Raises
     ------
@@ -68,10 +73,9 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
     if not data.strip():
         raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")])
-    if data[:4] == PARQUET_MAGIC:
-        frame = _read_parquet(name, data)
-    else:
-        frame = _read_csv(name, data)
+    file_format = "parquet" if data[:4] == PARQUET_MAGIC else "csv"
+    frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
+    frame.attrs["format"] = file_format
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
         raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")])
@@ -86,7 +90,7 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataContractError([Problem(name, f"Parquet file could not be read ({exc}); re-export it")]) from None
-    columns: dict[str, pd.Series] = {}
+    columns: dict[str, pa.ChunkedArray] = {}
     for column_name, column in zip(table.column_names, table.columns):
         if pa.types.is_timestamp(column.type) and column.type.tz is not None:
             # Hospital days are local days: keep the wall-clock time the stay was recorded in.
@@ -97,8 +101,8 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
             raise DataContractError(
                 [Problem(name, f"has type {column.type}, which cannot be read as text; expected plain values", column=column_name)]
             ) from None
-        columns[column_name] = pd.Series(as_text.to_pylist(), dtype=str, name=column_name)
-    return pd.DataFrame(columns)
+        columns[column_name] = as_text
+    return pa.table(columns).to_pandas()
 
 
 def _read_csv(name: str, data: bytes) -> pd.DataFrame:
@@ -125,24 +129,52 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
                 )
             ]
         ) from None
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-            skipinitialspace=True,
+    return _parse_csv(name, text, data.removeprefix(b"\xef\xbb\xbf"))
+
+
+def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
+    """Parse CSV text with pyarrow (all columns as strings), keeping each record's row position."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    names = [column.strip() or f"unnamed_{i + 1}" for i, column in enumerate(header)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataContractError(
+            [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
         )
-    except pd.errors.EmptyDataError:
-        raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")]) from None
-    except pd.errors.ParserError as exc:
-        match = _BAD_LINE.search(str(exc))
-        if match:
-            line, saw = int(match.group(1)), int(match.group(2))
-            raise DataContractError(
-                [Problem(name, f"has {saw} fields but the header has fewer; expected one value per header column", row=line)]
-            ) from None
-        raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc})")]) from None
+    skipped: list[int] = []
+    ragged: list[Problem] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        skipped.append(row.number)
+        if row.text.strip():
+            ragged.append(
+                Problem(
+                    name,
+                    f"has {row.actual_columns} fields; expected {row.expected_columns}, one per header column",
+                    row=row.number,
+                )
+            )
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            parse_options=pacsv.ParseOptions(
+                ignore_empty_lines=False, newlines_in_values=True, invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+            ),
+        )
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]) from None
+    if ragged:
+        raise DataContractError(ragged[:_RAGGED_SHOWN])
+    frame = table.to_pandas()
+    if skipped:
+        # Whitespace-only lines were skipped: keep the other records at their spreadsheet rows.
+        rows = np.setdiff1d(np.arange(2, 2 + len(frame) + len(skipped)), skipped)
+        frame.index = pd.Index(rows - 2)
     blank = frame.isna().all(axis=1)
     return frame.loc[~blank]

@@ -29,13 +29,13 @@ _SCALAR_METRICS: tuple[str, ...] = ("mae", "rmse", "wape", "mase", "pinball", "c
 
 
 # ----------------------------------------------------------------------------- validation
-def _as_actuals(y: np.ndarray) -> np.ndarray:
+def _as_actuals(y: np.ndarray, what: str = "actuals") -> np.ndarray:
     y = np.asarray(y, dtype=float)
     if y.ndim not in (2, 3):
-        raise ValueError(f"actuals must have shape (N, H) or (N, H, T); got shape {y.shape}")
+        raise ValueError(f"{what} must have shape (N, H) or (N, H, T); got shape {y.shape}")
     if not np.all(np.isfinite(y)):
         raise ValueError(
-            f"actuals contain {int(np.sum(~np.isfinite(y)))} non-finite value(s); "
+            f"{what} contain {int(np.sum(~np.isfinite(y)))} non-finite value(s); "
             "drop those forecast origins before scoring"
         )
     return y
@@ -223,8 +223,8 @@ def interval_coverage(
 
 def interval_width(lower: np.ndarray, upper: np.ndarray, *, per_horizon: bool = False) -> np.ndarray | float:
     """Mean width ``upper - lower`` of the prediction interval, in series units (beds, patients)."""
-    lower = _as_actuals(lower)
-    upper = np.asarray(upper, dtype=float)
+    lower = _as_actuals(lower, "interval lower bounds")
+    upper = _as_actuals(upper, "interval upper bounds")
     if upper.shape != lower.shape:
         raise ValueError(f"upper bound shape {upper.shape} does not match lower bound shape {lower.shape}")
     if np.any(lower > upper):

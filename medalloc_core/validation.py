@@ -59,7 +59,7 @@ class ValidationReport:
     """What validating one file found.
 
     ``problems`` lists errors and warnings in the order found; ``summary`` holds what a
-    person checks at a glance: ``file``, ``shape``, ``frequency``, ``units``,
+    person checks at a glance: ``file``, ``format`` (csv/parquet, from the bytes), ``shape``, ``frequency``, ``units``,
     ``date_start``, ``date_end``, ``rows``, ``gaps`` (missing periods inside the units'
     ranges) and, for encounter files, ``encounters`` and ``open_stays``.
     """
@@ -193,7 +193,7 @@ def _inspect(path: Path) -> tuple[ValidationReport, UnitRecords | None]:
         return ValidationReport(path, list(exc.problems), summary), None
     frame = _canonical_columns(raw)
     shape = detect_shape(list(frame.columns))
-    summary.update(shape=shape, rows=len(frame))
+    summary.update(format=raw.attrs.get("format"), shape=shape, rows=len(frame))
     if shape == "encounters":
         daily = _check_encounters(frame, findings, summary)
     else:
@@ -259,8 +259,8 @@ def _parse_counts(frame: pd.DataFrame, column: str, findings: _Findings) -> pd.S
     number = pd.to_numeric(text, errors="coerce").astype("float64")
     empty = text.isna()
     not_number = ~empty & number.isna()
-    huge = ~np.isfinite(number.fillna(0.0)) | (number.abs() > MAX_COUNT)
-    negative = ~huge & (number < 0)
+    negative = number < 0
+    huge = ~negative & (~np.isfinite(number.fillna(0.0)) | (number > MAX_COUNT))
     fractional = ~huge & ~negative & number.notna() & (number != np.round(number))
     findings.rows(empty, column, lambda i: f"empty {column}; {_COUNT_EXPECTED} (leave the whole column out if it is not recorded)")
     findings.rows(not_number, column, lambda i: f"{_show(text[i])} is not a number; {_COUNT_EXPECTED}")
@@ -313,17 +313,10 @@ def _check_unit_records(frame: pd.DataFrame, findings: _Findings, summary: dict[
     keyed = keyed.loc[~keyed[[DATE, UNIT]].duplicated(keep="first")]
     frequency = _infer_frequency(keyed, findings)
     summary["frequency"] = frequency.value
-    _summarise_range(keyed, summary)
     if frequency is Frequency.WEEKLY:
-        monday = keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.weekday, unit="D")
-        _report_duplicates(
-            pd.DataFrame({DATE: monday, UNIT: keyed[UNIT]}),
-            findings,
-            DATE,
-            lambda i, first: f"second row for unit {keyed.at[i, UNIT]} in the ISO week of {monday[i]:%Y-%m-%d} "
-            f"(first at row {first}); expected one row per unit and week",
-        )
-        keyed = keyed.assign(**{DATE: monday})
+        # All of a weekly unit's dates are whole weeks apart, so they stay distinct on Mondays.
+        keyed = keyed.assign(**{DATE: keyed[DATE] - pd.to_timedelta(keyed[DATE].dt.day_of_week, unit="D")})
+    _summarise_range(keyed, summary)
     if findings.has_errors:
         return None
 
@@ -340,6 +333,8 @@ def _infer_frequency(keyed: pd.DataFrame, findings: _Findings) -> Frequency:
     with 1-day steps is daily, and a daily unit with two 7-day steps in a row (three dates
     a week apart) mixes frequencies; a single longer step is a gap, not a change.
     """
+    if keyed.empty:
+        return Frequency.DAILY
     ordered = keyed.sort_values([UNIT, DATE])
     step = ordered.groupby(UNIT)[DATE].diff().dt.days
     by_unit = step.groupby(ordered[UNIT])
@@ -349,7 +344,8 @@ def _infer_frequency(keyed: pd.DataFrame, findings: _Findings) -> Frequency:
 
     week_step = step.eq(7)
     week_run = week_step & week_step.groupby(ordered[UNIT]).shift(1, fill_value=False)
-    mixed_rows = week_run & ordered[UNIT].map(daily_units & by_unit.apply(lambda s: bool(s.eq(1).any())))
+    has_day_steps = by_unit.apply(lambda s: bool(s.eq(1).any()))
+    mixed_rows = week_run & ordered[UNIT].map(daily_units & has_day_steps).astype(bool)
     for unit in ordered.loc[mixed_rows, UNIT].unique()[:PROBLEMS_PER_CHECK]:
         label = mixed_rows[mixed_rows & ordered[UNIT].eq(unit)].index[0]
         findings.add(

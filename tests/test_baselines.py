@@ -133,6 +133,13 @@ def test_holt_winters_update_keeps_parameters_and_moves_state() -> None:
         model.update(x[::-1].copy())
 
 
+def test_holt_winters_fit_emits_no_warnings() -> None:
+    # statsmodels deprecations (e.g. the old random_state argument) must not reach users
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HoltWinters().fit(_seasonal_series(100, seed=8, noise=3.0)).predict(10)
+
+
 def test_holt_winters_without_trend() -> None:
     q = HoltWinters(trend=None).fit(_seasonal_series(90)).predict(5)
     assert q.shape == (5, 3) and np.all(np.diff(q, axis=1) >= 0)
@@ -153,6 +160,7 @@ def test_fit_returns_self_and_keeps_hyperparameters(name: str) -> None:
     assert model.fit(_seasonal_series(60)) is model
     assert {k: v for k, v in vars(model).items() if not k.endswith("_")} == before
     assert model.n_obs_ == 60 and model.history_.shape == (60,)
+    assert model.fit(_seasonal_series(60), start="2024-01-01").start_ == "2024-01-01"
 
 
 @pytest.mark.parametrize("levels", [(0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -16,8 +17,8 @@ _SHAPES = ("daily", "encounters")
 _FORMATS = ("csv", "parquet")
 
 
-def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+def _fail(console: Console, message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -96,7 +97,7 @@ def generate(
             _fail(console, f"cannot write the region to {out}: {exc}")
 
     Console().print(_summary_table(region))
-    console.print(f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False)
+    console.print(f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -77,7 +77,7 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
 
     spends_table = Table(title="Spends (σ noise multiplier, q sample rate)", title_justify="left")
     spends_table.add_column("when (UTC)", no_wrap=True)
-    spends_table.add_column("run", min_width=4)
+    spends_table.add_column("run", min_width=4, overflow="fold")
     spends_table.add_column("dataset", no_wrap=True)
     for column in ("σ", "q", "steps", "ε data", "ε node"):
         spends_table.add_column(column, justify="right", no_wrap=True)

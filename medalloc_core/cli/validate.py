@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -16,6 +17,8 @@ from medalloc_core.validation import ValidationReport, validate_file
 # does not flood the terminal.
 SHOWN_PER_FILE = 50
 EXIT_INVALID = 2
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +36,12 @@ def validate(
     console = Console(soft_wrap=True, highlight=False)
     failed = 0
     for path in paths:
-        report = validate_file(path)
+        try:
+            report = validate_file(path)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
+            logger.debug("validating %s failed", path, exc_info=True)
+            message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
+            report = ValidationReport(path, [Problem(str(path), message)])
         _show_report(console, report)
         failed += not report.ok
     if len(paths) > 1:
@@ -52,21 +60,29 @@ def _show_report(console: Console, report: ValidationReport) -> None:
     else:
         console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
     ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
-    for problem in ordered[:SHOWN_PER_FILE]:
+    shown = ordered[:SHOWN_PER_FILE]
+    # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
+    counts = [p for p in ordered[SHOWN_PER_FILE:] if p.row is None and p.column is not None]
+    for problem in shown + counts:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(f"[{style}]{escape(str(problem))}[/{style}]")
-    if len(ordered) > SHOWN_PER_FILE:
-        console.print(f"... and {len(ordered) - SHOWN_PER_FILE} more problem(s) in {name} (fix the ones above and run again)")
+    hidden = len(ordered) - len(shown) - len(counts)
+    if hidden:
+        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
 
 
-def _position(problem: Problem) -> tuple[int, str]:
-    return (problem.row if problem.row is not None else 0, problem.column or "")
+def _position(problem: Problem) -> tuple[int, int, str]:
+    """File-wide problems first, then by row, then the per-column "... and N more" counts."""
+    if problem.row is None:
+        return (2 if problem.column else 0, 0, problem.column or "")
+    return (1, problem.row, problem.column or "")
 
 
 def _summary_table(summary: dict[str, object]) -> Table:
     table = Table(show_header=False, box=None, padding=(0, 2))
     units = summary.get("units", [])
     shown = {
+        "format": summary.get("format"),
         "shape": summary.get("shape"),
         "frequency": summary.get("frequency"),
         "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) else units,

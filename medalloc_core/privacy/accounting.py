@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -11,6 +12,7 @@ from typing import Literal
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 __all__ = [
     "ACCOUNTANTS",
@@ -44,6 +46,10 @@ PRV_EPS_ERROR = 0.01
 RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 # Above this the mechanism offers no meaningful protection; Opacus uses the same ceiling.
 _MAX_NOISE = 1e6
+# PRV discretises the privacy loss on a grid of this many points at most (~10 float64 arrays
+# of it live at once: ~300 MB). Typical node histories need ~1e5-1e6 points; a pathological
+# one (almost no noise) can need 1e9 and minutes of swapping, so it goes to RDP instead.
+_PRV_MAX_GRID_POINTS = 4_000_000
 
 
 class TargetUnreachable(ValueError):
@@ -63,14 +69,16 @@ def validate_history_item(noise_multiplier: float, sample_rate: float, steps: in
     steps
         Number of noisy steps, an integer >= 0.
     """
-    if not (isinstance(noise_multiplier, (int, float)) and math.isfinite(noise_multiplier)):
+    if isinstance(noise_multiplier, bool) or not (
+        isinstance(noise_multiplier, numbers.Real) and math.isfinite(noise_multiplier)
+    ):
         raise ValueError(f"noise_multiplier must be a finite number, got {noise_multiplier!r}")
     if noise_multiplier <= 0:
         raise ValueError(
             f"noise_multiplier must be > 0 (got {noise_multiplier}); zero noise gives no "
             "differential privacy. Use DP with a positive noise multiplier or train without DP."
         )
-    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+    if isinstance(sample_rate, bool) or not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
         raise ValueError(
             f"sample_rate must be in (0, 1] (batch size / number of training windows), "
             f"got {sample_rate!r}"
@@ -130,13 +138,37 @@ def _rdp_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
     return float(eps)
 
 
+def _prv_grid_points(history: Sequence[HistoryItem], delta_error: float) -> float:
+    """Size of the grid PRVAccountant would discretise on (its own formula, evaluated first)."""
+    prvs = [PoissonSubsampledGaussianPRV(rate, noise) for noise, rate, _ in history]
+    steps = [s for _, _, s in history]
+    half_width = compute_safe_domain_size(
+        prvs=prvs, max_self_compositions=steps, eps_error=PRV_EPS_ERROR, delta_error=delta_error
+    )
+    mesh = PRV_EPS_ERROR / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    return 2 * half_width / mesh
+
+
 def _prv_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
     accountant = PRVAccountant()
     accountant.history = list(history)
     # PRVAccountant.get_epsilon returns eps_upper = estimate + eps_error at delta - delta_error:
-    # an upper bound. np.log(0) inside the PRV's cdf at the support's edge is expected.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+    # an upper bound. log(0)/exp overflow at the edges of the PRV's support are expected (a
+    # non-finite result is caught by the caller), and the RDP accountant it uses to size its
+    # domain warns about edge orders; keep both out of the user's terminal, in our log.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"), warnings.catch_warnings(
+        record=True
+    ) as caught:
+        warnings.simplefilter("always")
+        points = _prv_grid_points(history, delta_error=delta / 1000)  # Opacus' default delta_error
+        if not points <= _PRV_MAX_GRID_POINTS:
+            raise ValueError(
+                f"PRV would need a grid of {points:.3g} points (limit {_PRV_MAX_GRID_POINTS:.0g})"
+            )
+        epsilon = float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+    for warning in caught:
+        logger.debug("PRV accountant: %s", warning.message)
+    return epsilon
 
 
 def epsilon_for(

@@ -204,7 +204,7 @@ def _simulate_hospital(
         stays_by_unit[unit] = stays
         units_meta[unit] = {
             "bed_share": round(share, 6),
-            "beds": unit_beds,
+            "nominal_beds": unit_beds,
             "los_distribution": "lognormal, capped at warmup_days",
             "los_mean_days": round(los_mean, 6),
             "los_sigma": profile.los_sigma,
@@ -259,37 +259,62 @@ def _encounters(
     Includes every stay still present at the first output day (its admit time precedes the
     daily series), and leaves ``discharge_time`` empty (NaT) for stays open at the end.
     """
+    names = np.array(list(stays_by_unit))  # unit names as a numpy str array
     parts = []
-    for unit, st in stays_by_unit.items():
+    for code, st in enumerate(stays_by_unit.values()):
         keep = st.discharge_day >= first_day
         parts.append(
-            (np.full(int(keep.sum()), unit, dtype=object), st.admit_day[keep], st.admit_minute[keep],
+            (np.full(int(keep.sum()), code), st.admit_day[keep], st.admit_minute[keep],
              st.discharge_day[keep], st.discharge_minute[keep])
         )
-    unit = np.concatenate([p[0] for p in parts])
-    admit_day, admit_min, dis_day, dis_min = (np.concatenate([p[k] for p in parts]) for k in range(1, 5))
+    unit_code, admit_day, admit_min, dis_day, dis_min = (np.concatenate([p[k] for p in parts]) for k in range(5))
     origin = np.datetime64(config.start_date, "m")
     admit = origin + (admit_day * 1440 + admit_min).astype("timedelta64[m]")
     discharge = origin + (dis_day * 1440 + dis_min).astype("timedelta64[m]")
     discharge = np.where(dis_day < config.days, discharge, np.datetime64("NaT"))
-    order = np.lexsort((unit.astype(str), admit))
+    order = np.lexsort((unit_code, admit))  # by admit time, ties in unit order
     n = order.size
-    # Pseudonymous patients: a share of stays belong to a patient seen earlier.
-    patient = np.arange(n)
-    again = rng.random(n) < config.readmission_prob
-    again[0] = False
-    idx = np.flatnonzero(again)
-    patient[idx] = rng.integers(0, idx)  # an earlier stay's patient number
-    patient = patient[patient]  # follow one step so reused numbers point at first-seen patients
+    patient = _patients(
+        (admit_day * 1440 + admit_min)[order], (dis_day * 1440 + dis_min)[order], config.readmission_prob, rng
+    )
     return pd.DataFrame(
         {
-            c.ENCOUNTER_ID: [f"{hospital_id}-E{i:07d}" for i in range(n)],
-            c.PATIENT_ID: [f"{hospital_id}-P{p:07d}" for p in patient],
-            c.UNIT: unit[order].astype(str),
-            c.ADMIT_TIME: pd.to_datetime(admit[order]).astype("datetime64[s]"),
-            c.DISCHARGE_TIME: pd.to_datetime(discharge[order]).astype("datetime64[s]"),
+            c.ENCOUNTER_ID: _numbered(f"{hospital_id}-E", np.arange(n)),
+            c.PATIENT_ID: _numbered(f"{hospital_id}-P", patient),
+            c.UNIT: names[unit_code[order]],
+            c.ADMIT_TIME: admit[order].astype("datetime64[s]"),
+            c.DISCHARGE_TIME: discharge[order].astype("datetime64[s]"),
         }
     )
+
+
+def _patients(admit: np.ndarray, discharge: np.ndarray, readmission_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Patient number per stay (stays sorted by admission): first-time patients and returners.
+
+    A share ``readmission_prob`` of stays is linked to one earlier stay discharged before it
+    starts, each earlier stay to at most one later one, so every patient's stays form a chain
+    that never overlaps. Numbers count patients in order of their first stay.
+    """
+    n = admit.size
+    predecessor = np.full(n, -1)
+    by_discharge = np.argsort(discharge, kind="stable")
+    candidates = np.searchsorted(discharge[by_discharge], admit, side="left")  # discharged before admit
+    returning = np.flatnonzero((rng.random(n) < readmission_prob) & (candidates > 0))
+    earlier = by_discharge[(rng.random(returning.size) * candidates[returning]).astype(np.int64)]
+    _, first = np.unique(earlier, return_index=True)  # an earlier stay gets one successor at most
+    predecessor[returning[first]] = earlier[first]
+    root = np.where(predecessor >= 0, predecessor, np.arange(n))
+    while True:  # pointer jumping: log(chain length) rounds
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    return np.unique(root, return_inverse=True)[1]
+
+
+def _numbered(prefix: str, numbers: np.ndarray) -> np.ndarray:
+    """``prefix`` + zero-padded 7-digit numbers, vectorised (millions of ids per second)."""
+    return np.strings.add(prefix, np.strings.zfill(numbers.astype(np.str_), 7))
 
 
 def generate_region(config: RegionConfig, *, progress: Callable[[str], None] | None = None) -> Region:

@@ -29,7 +29,7 @@ def existing_region_files(out_dir: Path) -> list[Path]:
 
 def write_region(
     region: Region,
-    out_dir: Path,
+    out_dir: Path | str,
     *,
     shape: RecordShape = "daily",
     fmt: str = "csv",
