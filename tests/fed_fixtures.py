@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client import protocol
-
-
-@contextmanager
-def task_identity(run_id: int = 1, node_id: int = 1, task_id: int = 1) -> Iterator[None]:
-    """Messages need a task identity (set by Flower's runtime); set one for the test and restore it."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, node_id, task_id
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+from simulations.local_grid import task_identity  # noqa: F401  (Messages need Flower's task identity)
 
 
 def record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -56,59 +44,9 @@ def error_reply(node_id: int, code: int, reason: str, global_arrays: ArrayRecord
 
 
 # ------------------------------------------------------------------ an in-process grid
-from collections.abc import Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from flwr.app import Context  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
-
-
-class DirectGrid(Grid):
-    """Delivers each message straight to a real ClientApp with that node's Context; no transport.
-
-    The end-to-end simulation test covers Flower's transport; this lets the round loop,
-    checkpoints and resume be tested in seconds. A ClientApp exception becomes an error reply,
-    as Flower's runtime does.
-    """
-
-    def __init__(self, app: ClientApp, node_configs: dict[int, dict]) -> None:
-        self.app = app
-        self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
-            for node, cfg in node_configs.items()
-        }
-        self.calls: list[tuple[int, str]] = []
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - not used by the round loop
-        pass
-
-    @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages):  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            self.calls.append((node, message.metadata.message_type))
-            try:
-                replies.append(self.app(message, self.contexts[node]))
-            except Exception as exc:  # as Flower: an exception in the ClientApp is an error reply
-                replies.append(Message(error=Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message))
-        return replies
+from simulations.local_grid import LocalGrid as DirectGrid  # noqa: E402,F401  (real ClientApps, no transport)
 
 
 def small_region(folder: Path, *, hospitals: int = 3, days: int = 200, seed: int = 0) -> Path:
