@@ -291,11 +291,6 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_mapping({k: v for k, v in {**context.run_config, **extra}.items() if "." not in k})
-        if config.secure_aggregation:
-            from server.secure import run_secure_federation
-
-            run_secure_federation(grid, context, config)
-            return
         run_federation(grid, config, run_id=context.run_id, on_round=on_round)
 
     return app

@@ -32,11 +32,11 @@ class RunConfig:
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
-    min_available_nodes: int = 2
-    min_train_nodes: int = 2
+    min_available_nodes: int = 5  # the local-simulation federation's 5 virtual nodes
+    min_train_nodes: int = 5
     round_timeout: float = 3600.0  # seconds to wait for replies before closing a round
     # --- local training, proposed to nodes (each node caps these with its own config)
-    local_epochs: int = 1
+    local_epochs: int = 2
     batch_size: int = 256  # DP-SGD noise per step shrinks as 1 / batch size
     lr: float = 0.01
     seed: int = 0
@@ -67,10 +67,8 @@ class RunConfig:
     client_dp_noise_multiplier: float = 1.0
     client_dp_clipping_norm: float = 1.0
     client_dp_delta: float = 1e-5
-    # --- secure aggregation (SecAgg+, legacy workflow; FedAvg only)
+    # --- secure aggregation: not available (see docs/coordinator.md#secure-aggregation)
     secure_aggregation: bool = False
-    secagg_num_shares: int = 3
-    secagg_reconstruction_threshold: int = 2
     # --- outputs
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
@@ -102,10 +100,14 @@ class RunConfig:
             raise RunConfigError(f"trimmed-beta must be in [0, 0.5), got {self.trimmed_beta}")
         if self.client_dp and (self.client_dp_noise_multiplier <= 0 or self.client_dp_clipping_norm <= 0):
             raise RunConfigError("client-dp needs client-dp-noise-multiplier > 0 and client-dp-clipping-norm > 0")
-        if self.secure_aggregation and self.strategy != "fedavg":
-            raise RunConfigError("secure-aggregation = true works only with strategy = 'fedavg' (SecAgg+ sums updates)")
-        if self.secure_aggregation and self.client_dp:
-            raise RunConfigError("secure-aggregation and client-dp cannot be combined in this version")
+        if self.secure_aggregation:
+            raise RunConfigError(
+                "secure-aggregation = true is not supported: Flower 1.41 offers SecAgg+ only through its legacy "
+                "workflow API, and it would hide each update from the reply checks; updates are protected by TLS, "
+                "each node's DP-SGD and optionally client-dp (see docs/coordinator.md, 'Secure aggregation')"
+            )
+        if self.resume and not self.out_dir:
+            raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:
             raise RunConfigError("targets must name at least one column, e.g. 'admissions,census'")
 

@@ -25,13 +25,18 @@ def forecast_plot(path: Path, hospital: str, dataset: HospitalDataset, y: np.nda
     fig, axes = plt.subplots(len(targets), 1, figsize=(9, 3.2 * len(targets)), squeeze=False)
     for t, target in enumerate(targets):
         ax = axes[t, 0]
-        units, counts = np.unique(test.units, return_counts=True)
+        units = np.unique(test.units)
         volumes = {u: np.abs(y[test.units == u, :, t]).sum() for u in units}
         unit = max(volumes, key=volumes.get)  # type: ignore[arg-type]
         rows = np.flatnonzero(test.units == unit)
         rows = rows[np.argsort(test.target_start[rows])]
         starts = test.target_start[rows]
-        ax.plot(starts, y[rows, 0, t], color="black", lw=1.4, label="actual")
+        actual: dict[np.datetime64, float] = {}
+        for r, start in zip(rows, starts, strict=True):  # every window's H days: the whole test period
+            for h in range(H):
+                actual[start + h * np.timedelta64(1, "D")] = float(y[r, h, t])
+        days_all = sorted(actual)
+        ax.plot(days_all, [actual[d] for d in days_all], color="black", lw=1.4, label="actual")
         for k, r in enumerate(rows[::H]):
             days = starts[0] + (np.flatnonzero(rows == r)[0] + np.arange(H)) * np.timedelta64(1, "D")
             ax.fill_between(days, q[r, :, t, lo], q[r, :, t, hi], color="tab:blue", alpha=0.25, label="P10-P90" if k == 0 else None)
@@ -75,7 +80,7 @@ def comparison_plot(path: Path, per_method: Mapping[str, Mapping[str, Mapping[st
     ax.set_xticks(x, hospitals)
     ax.set_ylabel(metric.upper())
     ax.set_title(f"test {metric.upper()} per hospital (lower is better)")
-    ax.legend(fontsize=8, ncols=min(len(methods), 4))
+    ax.legend(fontsize=8, ncols=min(len(methods), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         "Each node: DP-SGD (1 epoch, tiny MLP) + privacy-ledger spend per round, ~100 days of data. "
         "startup = time to the end of round 1 minus one steady round (Ray, actors, ServerApp; actors start inside round 1). "
         "s / round = mean of rounds 2+. "
-        "overhead ratio = Flower s/round / plain-loop s/round (both run the same ClientApp code). "
+        "overhead ratio = Flower s/round / plain-loop s/round (both run the same ClientApp code; Ray runs "
+        "one node per CPU at a time, the plain loop one node after another, so below 1 means parallelism won). "
         "peak memory = summed RSS of this process and its children (Ray)."
     )
     console.print(table)
