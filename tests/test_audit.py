@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +97,16 @@ def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(quick: tupl
 
 
 # ----------------------------------------------------------------------------- data and plumbing (fast)
+
+
+def test_the_command_and_the_library_agree_on_names_and_defaults() -> None:
+    from medalloc_core.cli import audit as cli_audit
+    from medalloc_core.privacy import audit as library
+
+    assert cli_audit.LEDGER_NAME == library.LEDGER_NAME
+    defaults = {p.name: p.default for p in inspect.signature(cli_audit.audit).parameters.values()}
+    assert defaults["noise_multiplier"].default == DEFAULT_AUDIT_DP.noise_multiplier
+    assert defaults["max_grad_norm"].default == DEFAULT_AUDIT_DP.max_grad_norm
 
 
 def test_audit_data_is_seeded_and_canaries_are_out_of_distribution() -> None:

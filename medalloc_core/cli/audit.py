@@ -7,27 +7,23 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medalloc_core.privacy.audit import (
-    DEFAULT_AUDIT_DP,
-    FULL_SETTING,
-    LEDGER_NAME,
-    LOW_FPR,
-    QUICK_SETTING,
-    AuditReport,
-    run_audit,
-)
-from medalloc_core.training import DPConfig
+if TYPE_CHECKING:
+    from medalloc_core.privacy.audit import AuditReport
+
+# torch, Opacus and the training code load only when the command runs: every other command
+# (and `medalloc --help`) starts without them.
 
 REPORT_NAME = "audit.json"
 CANARIES_NAME = "canaries.csv"
 FIGURE_NAME = "canary-losses.png"
+LEDGER_NAME = "audit-ledger.json"  # = medalloc_core.privacy.audit.LEDGER_NAME (checked by the tests)
 _OUTPUTS = (REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER_NAME)
 
 
@@ -47,7 +43,7 @@ def _table(report: AuditReport) -> Table:
     )
     table.add_column("run", no_wrap=True)
     for name in (
-        "steps", "ledger ε", "canary AUC", f"TPR at {LOW_FPR:.0%} FPR", "real AUC", "v/r",
+        "steps", "ledger ε", "canary AUC", f"TPR at {s.low_fpr:.0%} FPR", "real AUC", "v/r",
         f"ε lower bound ({1 - s.beta:.0%})",
     ):
         table.add_column(name, justify="right")
@@ -125,8 +121,9 @@ def audit(
     quick: bool = typer.Option(False, "--quick", help="Smaller setting (600 canaries, ~10 s) instead of the full one (1500, ~1 min)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Directory for audit.json, canaries.csv, canary-losses.png and the DP run's ledger."),
     seed: int | None = typer.Option(None, "--seed", "-s", help="Seed for data, canaries and training (default 0)."),
-    noise_multiplier: float = typer.Option(DEFAULT_AUDIT_DP.noise_multiplier or 1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
-    max_grad_norm: float = typer.Option(DEFAULT_AUDIT_DP.max_grad_norm, "--max-grad-norm", help="Clipping norm C of the DP run (default 1.0)."),
+    # Defaults = medalloc_core.privacy.audit.DEFAULT_AUDIT_DP (checked by the tests).
+    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Clipping norm C of the DP run (default 1.0)."),
 ) -> None:
     """Audit DP training empirically: train with and without DP on canaries, attack both, compare with the ledger.
 
@@ -145,6 +142,9 @@ def audit(
         earlier = [name for name in _OUTPUTS if (out / name).exists()]
         if earlier:
             _fail(console, f"{out} already holds audit results ({', '.join(earlier)}); choose another --out")
+    from medalloc_core.privacy.audit import DEFAULT_AUDIT_DP, FULL_SETTING, QUICK_SETTING, run_audit
+    from medalloc_core.training import DPConfig
+
     setting = QUICK_SETTING if quick else FULL_SETTING
     if seed is not None:
         setting = replace(setting, seed=seed)

@@ -38,7 +38,6 @@ __all__ = [
     "DEFAULT_AUDIT_DP",
     "FULL_SETTING",
     "LEDGER_NAME",
-    "LOW_FPR",
     "QUICK_SETTING",
     "AuditData",
     "AuditReport",
@@ -59,8 +58,6 @@ DEFAULT_AUDIT_DP = DPConfig(noise_multiplier=1.0)
 _AUDIT_LEDGER_BUDGET = 1e9
 # The DP run's fresh ledger, inside the audit's working directory.
 LEDGER_NAME = "audit-ledger.json"
-# FPR at which the TPR of the loss-threshold attack is reported ("TPR at low FPR").
-LOW_FPR = 0.05
 
 
 @dataclass(frozen=True)
@@ -96,6 +93,8 @@ class AuditSetting:
         the non-private model to memorise nearly every included canary.
     beta
         Significance of the one-run bound (default 0.05: 95 % confidence).
+    low_fpr
+        The false-positive rate at which the attack's TPR is reported (default 0.05).
     """
 
     seed: int = 0
@@ -111,13 +110,14 @@ class AuditSetting:
     batch_size: int = 64
     lr: float = 3e-3
     beta: float = 0.05
+    low_fpr: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("days", "history", "horizon", "real_windows", "canaries", "hidden", "layers", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AuditSetting.{name}={getattr(self, name)} must be >= 1")
-        if self.canary_level <= 0 or self.lr <= 0 or not 0 < self.beta < 1:
-            raise ValueError("AuditSetting needs canary_level > 0, lr > 0 and 0 < beta < 1")
+        if self.canary_level <= 0 or self.lr <= 0 or not 0 < self.beta < 1 or not 0 <= self.low_fpr <= 1:
+            raise ValueError("AuditSetting needs canary_level > 0, lr > 0, 0 < beta < 1 and 0 <= low_fpr <= 1")
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class AuditRun:
     delta: float  # the delta the one-run bound is computed at (the ledger's)
     ledger_epsilon: float | None  # what the ledger recorded for exactly these steps; None without DP
     canary_auc: float  # loss-threshold MIA, included vs excluded canaries
-    canary_tpr_at_low_fpr: float  # at FPR <= LOW_FPR
+    canary_tpr_at_low_fpr: float  # at FPR <= setting.low_fpr
     real_auc: float  # loss-threshold MIA on real windows, trained vs held out
     member_canary_loss: float  # mean pinball loss of included canaries
     nonmember_canary_loss: float  # ... and of excluded ones
@@ -320,7 +320,7 @@ def audit_run(
         delta=delta,
         ledger_epsilon=ledger_epsilon,
         canary_auc=mia_auc(scores[data.canary_in], scores[~data.canary_in]),
-        canary_tpr_at_low_fpr=tpr_at_fpr(scores[data.canary_in], scores[~data.canary_in], fpr=LOW_FPR),
+        canary_tpr_at_low_fpr=tpr_at_fpr(scores[data.canary_in], scores[~data.canary_in], fpr=setting.low_fpr),
         real_auc=mia_auc(-real_loss[data.real_in], -real_loss[~data.real_in]),
         member_canary_loss=float(canary_loss[data.canary_in].mean()),
         nonmember_canary_loss=float(canary_loss[~data.canary_in].mean()),
