@@ -118,7 +118,7 @@ def _write_figure(path: Path, report: AuditReport, included: list[bool]) -> None
 
 
 def audit(
-    quick: bool = typer.Option(False, "--quick", help="Smaller setting (600 canaries, ~10 s) instead of the full one (1500, ~1 min)."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller setting (600 canaries, ~10 s of CPU) instead of the default one (1500 canaries, ~25 s)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Directory for audit.json, canaries.csv, canary-losses.png and the DP run's ledger."),
     seed: int | None = typer.Option(None, "--seed", "-s", help="Seed for data, canaries and training (default 0)."),
     # Defaults = medalloc_core.privacy.audit.DEFAULT_AUDIT_DP (checked by the tests).
