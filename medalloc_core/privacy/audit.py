@@ -360,8 +360,8 @@ def run_audit(
     """
     say = progress or (lambda _stage: None)
     threads = torch.get_num_threads()
-    # One thread: the same numbers on every machine (a parallel matmul may sum in another
-    # order), and faster for a model this small than threads contending for shared cores.
+    # One thread: the core count cannot change the order of a matmul's sums (same seed, same
+    # numbers), and a model this small trains faster than with threads contending for cores.
     torch.set_num_threads(1)
     try:
         say("building canaries")
