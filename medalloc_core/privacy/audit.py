@@ -303,7 +303,12 @@ def audit_run(
         result = train_local(model, train, config=config, dp=dp, ledger=ledger, fingerprint=data.fingerprint(), run_id="privacy-audit")
         history = ledger.history()
         # The ledger must hold exactly what was trained: one spend, these steps, this noise.
-        assert history == [(result.noise_multiplier, result.sample_rate, result.steps)], f"ledger {history} vs run {result}"
+        # Otherwise comparing with its epsilon would audit something else.
+        if history != [(result.noise_multiplier, result.sample_rate, result.steps)]:
+            raise RuntimeError(
+                f"the ledger recorded {history}, but training took {result.steps} steps at sigma="
+                f"{result.noise_multiplier} and q={result.sample_rate}; the audit cannot compare them"
+            )
         ledger_epsilon = ledger.epsilon_spent()
     canary_loss = _losses(model, data.canary_X, data.canary_y)
     real_loss = _losses(model, data.real_X, data.real_y)
