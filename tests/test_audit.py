@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from medalloc_core.privacy.audit import (
 )
 from medalloc_core.privacy.audit_stats import one_run_audit
 from medalloc_core.privacy.ledger import PrivacyLedger
-from medalloc_core.training import DPConfig
+from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 runner = CliRunner()
 # A few seconds of training: for plumbing, not for conclusions.
@@ -68,6 +70,50 @@ def test_audit_is_sound_and_the_attack_has_power(quick: tuple[AuditReport, Path]
     # the reported bound is what the statistics give for the stored per-canary losses
     again = one_run_audit(-np.asarray(no_dp.canary_losses), np.asarray(report.canary_included), beta=0.05, delta=1e-5)
     assert again == no_dp.one_run
+
+
+class _UnderReportingLedger:
+    """Fault injection: a broken node that trains with one noise and records another."""
+
+    def __init__(self, ledger: PrivacyLedger, claimed_noise: float) -> None:
+        self.ledger, self.claimed_noise = ledger, claimed_noise
+
+    def spend(self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int, run_id: str) -> float:
+        return self.ledger.spend(fingerprint, noise_multiplier=self.claimed_noise, sample_rate=sample_rate, steps=steps, run_id=run_id)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """As run_audit does: a small MLP trains fastest on one thread of a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_soundness_check_catches_training_that_spends_more_than_recorded(tmp_path: Path) -> None:
+    """Train without noise but record sigma = 8: the attack proves more than the ledger claims."""
+    setting = QUICK_SETTING
+    data = build_audit_data(setting)
+    train = data.train_set()
+    model = build_model(
+        ForecasterConfig(
+            model="mlp", history=setting.history, horizon=setting.horizon, n_features=train.X.shape[2],
+            n_targets=train.y.shape[2], hidden=setting.hidden, layers=setting.layers,
+        ),
+        seed=setting.seed,
+    )
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=100.0, delta=1e-5)
+    config = TrainConfig(epochs=setting.epochs, batch_size=setting.batch_size, lr=setting.lr, seed=setting.seed)
+    train_local(model, train, config=config, dp=DPConfig(noise_multiplier=0.0), ledger=_UnderReportingLedger(ledger, 8.0), fingerprint="sha256:broken", run_id="bug")
+    claimed = ledger.epsilon_spent()
+    with torch.no_grad():
+        losses = pinball_loss_per_sample(model(data.canary_X), data.canary_y, model.config.quantiles).numpy()
+    proved = one_run_audit(-losses, data.canary_in, beta=0.05, delta=1e-5).epsilon_lower_bound
+    assert claimed < 2.0  # what the broken node would report
+    assert proved > claimed + 1.0  # and what the audit proves it really spent, at 95 %
 
 
 @pytest.mark.slow
@@ -126,6 +172,7 @@ def test_audit_data_is_seeded_and_canaries_are_out_of_distribution() -> None:
     assert len(train) == int(a.real_in.sum() + a.canary_in.sum())
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_dp_run_spends_through_a_fresh_ledger(tmp_path: Path) -> None:
     data = build_audit_data(TINY)
     ledger = tmp_path / LEDGER_NAME
