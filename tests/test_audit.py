@@ -193,6 +193,8 @@ def test_settings_that_cannot_work_are_refused() -> None:
         AuditSetting(canaries=0)
     with pytest.raises(ValueError, match="beta"):
         AuditSetting(beta=1.0)
+    with pytest.raises(ValueError, match="seed"):
+        AuditSetting(seed=-1)
     with pytest.raises(ValueError, match="fewer than canaries=5000"):
         build_audit_data(replace(TINY, canaries=5000))
 
@@ -202,6 +204,7 @@ def test_settings_that_cannot_work_are_refused() -> None:
     [
         (["--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
         (["--max-grad-norm", "-1"], "--max-grad-norm must be > 0"),
+        (["--seed", "-3"], "--seed must be >= 0"),
     ],
 )
 def test_medalloc_audit_refuses_bad_arguments(args: list[str], message: str) -> None:

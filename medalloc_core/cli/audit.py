@@ -136,6 +136,8 @@ def audit(
         _fail(console, f"--noise-multiplier must be > 0, got {noise_multiplier}; the non-private run is always included")
     if max_grad_norm <= 0:
         _fail(console, f"--max-grad-norm must be > 0, got {max_grad_norm}")
+    if seed is not None and seed < 0:
+        _fail(console, f"--seed must be >= 0, got {seed}")
     if out is not None:
         if out.exists() and not out.is_dir():
             _fail(console, f"--out {out} is a file; give a directory")

@@ -113,6 +113,8 @@ class AuditSetting:
     low_fpr: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"AuditSetting.seed={self.seed} must be >= 0 (numpy seeds are non-negative)")
         for name in ("days", "history", "horizon", "real_windows", "canaries", "hidden", "layers", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AuditSetting.{name}={getattr(self, name)} must be >= 1")
