@@ -19,6 +19,7 @@ from medalloc_core.contract import DataContractError, Problem
 logger = logging.getLogger(__name__)
 
 PARQUET_MAGIC = b"PAR1"
+UTF8_BOM = b"\xef\xbb\xbf"
 # Formats people export by mistake; naming them turns "garbage" into a fix.
 _KNOWN_BINARY_MAGIC: dict[bytes, str] = {
     b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook is one): export the sheet as CSV",
@@ -71,7 +72,7 @@ def read_table(path: Path) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as exc:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
-    if not data.strip():
+    if not data.removeprefix(UTF8_BOM).strip():
         raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")])
     file_format = "parquet" if data[:4] == PARQUET_MAGIC else "csv"
     frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
@@ -110,10 +111,22 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
     for magic, what in _KNOWN_BINARY_MAGIC.items():
         if head.startswith(magic):
             raise DataContractError([Problem(name, f"is {what}; expected a CSV or Parquet file")])
-    if b"\x00" in head:
-        offset = head.index(b"\x00")
+    if _looks_utf16(head):
         raise DataContractError(
-            [Problem(name, f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet")]
+            [Problem(name, "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; expected a CSV or Parquet file")]
+        )
+    # Text never holds a NUL byte: anywhere in the file, not only in the sniffed head, it
+    # means binary data or a corrupt export (and would otherwise end up inside a value).
+    offset = data.find(b"\x00")
+    if offset >= 0:
+        raise DataContractError(
+            [
+                Problem(
+                    name,
+                    f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet",
+                    row=data.count(b"\n", 0, offset) + 1,
+                )
+            ]
         )
     try:
         text = data.decode("utf-8-sig")
@@ -129,7 +142,17 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
                 )
             ]
         ) from None
-    return _parse_csv(name, text, data.removeprefix(b"\xef\xbb\xbf"))
+    return _parse_csv(name, text, data.removeprefix(UTF8_BOM))
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a BOM: mostly-ASCII text puts a NUL in (nearly) every other byte, and only there."""
+    if len(head) < 4:
+        return False
+    for nul_side, other in ((head[1::2], head[0::2]), (head[0::2], head[1::2])):
+        if nul_side.count(0) >= 0.6 * len(nul_side) and other.count(0) <= 0.05 * len(other):
+            return True
+    return False
 
 
 def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
@@ -168,6 +191,9 @@ def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
             ),
         )
     except (pa.ArrowException, ValueError) as exc:
+        if len(text.strip().splitlines()) <= 1:
+            # A header cut short without its line end: pyarrow cannot skip it and says so cryptically.
+            raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")]) from None
         raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]) from None
     if ragged:
         raise DataContractError(ragged[:_RAGGED_SHOWN])

@@ -1,0 +1,206 @@
+"""Fuzz the loaders and ``medalloc validate`` with generated malformed files: a clear error, exit 2, no traceback, file untouched."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medalloc_core.io import read_table
+from medalloc_core.contract import DataContractError
+from simulations.fuzz.checks import check, check_subprocess, write_mutant
+from simulations.fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
+
+# The suite must try at least this many generated files (asserted, so it cannot shrink
+# silently); MAIN_EXAMPLES is sized to about 20-30 s on a shared 2-core machine.
+MIN_FILES = 300
+MAIN_EXAMPLES = 300
+GARBAGE_EXAMPLES = 60
+MIN_PER_CLASS = 10
+
+_FUZZ = settings(
+    derandomize=True,  # same files on every run and in CI
+    database=None,  # no example database: nothing replayed from an earlier run
+    deadline=None,  # one file goes through the library and the CLI: timing varies on a busy machine
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def fuzz(max_examples: int) -> settings:
+    """The deterministic fuzz settings with a number of examples."""
+    return settings(_FUZZ, max_examples=max_examples)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_loader_warnings() -> Iterator[None]:
+    # load_unit_records logs every warning of every accidentally valid file.
+    logger = logging.getLogger("medalloc_core.validation")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+def _run(mutant: Mutant, tried: Counter[str], failed: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = check(mutant, write_mutant(mutant, Path(tmp)))
+    tried[mutant.mutation] += 1
+    if not outcome.passed:
+        failed.append(f"{mutant.mutation} ({mutant.kind} {mutant.fmt}: {mutant.detail}): {'; '.join(outcome.failures)}")
+
+
+@pytest.mark.slow
+def test_every_mutation_class_fails_cleanly_and_leaves_the_file_untouched() -> None:
+    """Hundreds of seeded mutants of valid daily/encounter CSV and Parquet files through validate_file, load_unit_records and the CLI."""
+    tried: Counter[str] = Counter()
+    failed: list[str] = []
+    expected_valid = Counter[str]()
+
+    @fuzz(MAIN_EXAMPLES)
+    @given(mutation=st.sampled_from(list(MUTATIONS)), rnd=st.randoms(use_true_random=False))
+    def one(mutation: str, rnd: random.Random) -> None:
+        mutant = mutate(mutation, rnd)
+        expected_valid[mutant.mutation] += mutant.expect.valid is not False
+        _run(mutant, tried, failed)
+
+    one()
+    total = sum(tried.values())
+    print(f"\nfuzz: tried {total} files, passed {total - len(failed)}, of which {sum(expected_valid.values())} "
+          f"accidentally valid or undecided by the oracle; per class {dict(tried)}")
+    assert not failed, f"{len(failed)} of {total} files broke a promise:\n" + "\n".join(failed[:15])
+    assert total >= MIN_FILES
+    assert set(tried) == set(MUTATIONS) and min(tried.values()) >= MIN_PER_CLASS, tried
+    # Most mutants must really be malformed, or the suite proves little about bad input.
+    assert sum(expected_valid.values()) <= 0.1 * total, expected_valid
+
+
+@fuzz(GARBAGE_EXAMPLES)
+@given(
+    noise=st.binary(max_size=2048),
+    head=st.sampled_from([b"", b"PAR1", b"\xef\xbb\xbf", b"date,unit,census\n"]),
+    tail=st.sampled_from([b"", b"PAR1"]),
+)
+def test_arbitrary_bytes_are_refused_with_a_named_file(noise: bytes, head: bytes, tail: bytes) -> None:
+    """Any bytes, bare or dressed as Parquet/CSV, are refused (a table needs a date, a unit and a count)."""
+    mutant = Mutant("binary_garbage", "daily", "csv", f"{len(noise)} random bytes", head + noise + tail, Expect(False))
+    tried: Counter[str] = Counter()
+    failed: list[str] = []
+    _run(mutant, tried, failed)
+    assert not failed, failed
+
+
+@fuzz(40)
+@given(kind=st.sampled_from(["daily", "encounters"]), fraction=st.floats(0, 1, exclude_max=True))
+def test_truncated_csv_passes_exactly_when_the_oracle_says_it_still_holds(kind: str, fraction: float) -> None:
+    """A CSV cut anywhere: at a record boundary it is valid (exit 0), elsewhere the broken row is named."""
+    base = bases()[kind]
+    data = base.csv[: int(fraction * len(base.csv))]
+    mutant = Mutant("truncated", kind, "csv", f"cut at {len(data)}", data, truncation_oracle(base, data))
+    tried: Counter[str] = Counter()
+    failed: list[str] = []
+    _run(mutant, tried, failed)
+    assert not failed, failed
+
+
+_SMALL = "date,unit,admissions,census\n2024-01-01,ICU,2,10\n2024-01-02,ICU,3,1\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "valid", "row"),
+    [
+        (_SMALL, True, None),  # at a line end: the first records of a valid file
+        (_SMALL + "2024-01-03,ICU,2,", False, 4),  # the last record lost its census
+        (_SMALL + "2024-01-03,I", False, 4),  # too few fields
+        (_SMALL + "2024-01-03,ICU,2,1", True, None),  # census 12 cut to 1: still a count
+        ("date,unit,adm", False, None),  # inside the header
+        (_SMALL[:40], False, 2),  # the only record cut short
+    ],
+)
+def test_truncation_oracle_on_hand_made_cuts(data: str, valid: bool, row: int | None) -> None:
+    """The oracle the fuzz test trusts, checked by hand on prefixes of a small file, then against the validator."""
+    base = Base("daily", ("date", "unit", "admissions", "census"), (), b"", b"", pa.table({}))
+    expect = truncation_oracle(base, data.encode())
+    assert (expect.valid, expect.row) == (valid, row)
+    tried: Counter[str] = Counter()
+    failed: list[str] = []
+    _run(Mutant("truncated", "daily", "csv", "hand", data.encode(), expect), tried, failed)
+    assert not failed, failed
+
+
+def _one_malformed_per_class(directory: Path) -> list[Path]:
+    paths = []
+    for mutation in MUTATIONS:
+        for attempt in range(100):
+            mutant = mutate(mutation, random.Random(f"subprocess-{mutation}-{attempt}"))
+            if mutant.expect.valid is False:
+                paths.append(write_mutant(mutant, directory, f"{mutation}-{mutant.kind}-{mutant.fmt}"))
+                break
+    return paths
+
+
+@pytest.mark.slow
+def test_real_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
+    """``python -m medalloc_core.cli validate``: one malformed file per class in one process, plus three files alone."""
+    paths = _one_malformed_per_class(tmp_path)
+    assert len(paths) == len(MUTATIONS)
+    failures = check_subprocess(paths)
+    assert not failures, failures
+    for path in (paths[0], paths[list(MUTATIONS).index("binary_garbage")], paths[list(MUTATIONS).index("parquet_byte_flip")]):
+        assert not check_subprocess([path]), path
+
+
+# ----------------------------------------------------------- regressions found by this fuzzing
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(DataContractError) as caught:
+        read_table(path)
+    return str(caught.value.problems[0])
+
+
+def test_a_nul_byte_after_the_first_8_kib_is_refused_with_its_row(tmp_path: Path) -> None:
+    """A NUL deep inside a CSV used to end up inside a unit name and the file passed."""
+    rows = "".join(f"2024-01-{d:02d},ICU,{d},{d}\n" for d in range(1, 29)) * 20
+    text = "date,unit,admissions,census\n" + rows
+    data = text.encode()
+    at = data.index(b"ICU", 9000) + 1
+    path = tmp_path / "nul.csv"
+    path.write_bytes(data[:at] + b"\x00" + data[at:])
+    message = _message(path)
+    row = data.count(b"\n", 0, at) + 1
+    assert f"row {row}:" in message and f"byte 0x00 at offset {at}" in message
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_bom_is_named_utf16(tmp_path: Path, codec: str) -> None:
+    """UTF-16 without a byte-order mark used to be reported as 'binary data'."""
+    path = tmp_path / "export.csv"
+    path.write_bytes("date,unit,census\n2024-01-01,Réa,1\n".encode(codec))
+    assert "UTF-16 text without a byte-order mark" in _message(path)
+
+
+def test_a_file_holding_only_a_utf8_bom_is_empty(tmp_path: Path) -> None:
+    """A BOM alone used to surface pyarrow's 'Empty CSV file' wording."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf \n")
+    assert "file is empty" in _message(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bases_are_valid(fmt: str) -> None:
+    """The files every mutation starts from pass, or a 'must fail' would prove nothing."""
+    for kind in ("daily", "encounters"):
+        base = bases()[kind]
+        mutant = Mutant("none", kind, fmt, "unchanged", base.csv if fmt == "csv" else base.parquet, Expect(True))
+        tried: Counter[str] = Counter()
+        failed: list[str] = []
+        _run(mutant, tried, failed)
+        assert not failed, failed
