@@ -88,9 +88,13 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
     if data[-4:] != PARQUET_MAGIC:
         raise DataContractError([Problem(name, "starts like Parquet but is truncated or corrupt (no PAR1 footer); re-export it")])
     try:
-        table = pq.read_table(io.BytesIO(data))
+        # Repeated column names make pyarrow fail with an internal dump: name them as for CSV.
+        repeated = _repeated(pq.read_schema(io.BytesIO(data)).names)
+        table = None if repeated else pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataContractError([Problem(name, f"Parquet file could not be read ({exc}); re-export it")]) from None
+    if table is None:
+        raise DataContractError(_repeated_problems(name, repeated))
     columns: dict[str, pa.ChunkedArray] = {}
     for column_name, column in zip(table.column_names, table.columns):
         if pa.types.is_timestamp(column.type) and column.type.tz is not None:
@@ -119,15 +123,8 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
     # means binary data or a corrupt export (and would otherwise end up inside a value).
     offset = data.find(b"\x00")
     if offset >= 0:
-        raise DataContractError(
-            [
-                Problem(
-                    name,
-                    f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet",
-                    row=data.count(b"\n", 0, offset) + 1,
-                )
-            ]
-        )
+        message = f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet"
+        raise DataContractError([Problem(name, message, row=_text_row(data, offset))])
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -145,6 +142,25 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
     return _parse_csv(name, text, data.removeprefix(UTF8_BOM))
 
 
+def _repeated(names: list[str]) -> list[str]:
+    """Column names that occur more than once (after stripping whitespace)."""
+    stripped = [str(n).strip() for n in names]
+    return sorted({n for n in stripped if stripped.count(n) > 1})
+
+
+def _repeated_problems(name: str, repeated: list[str]) -> list[Problem]:
+    return [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
+
+
+def _text_row(data: bytes, offset: int) -> int | None:
+    """The row holding ``offset`` when everything before it is UTF-8 text; None for binary data, where rows mean nothing."""
+    try:
+        data[:offset].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return data.count(b"\n", 0, offset) + 1 if offset else None
+
+
 def _looks_utf16(head: bytes) -> bool:
     """UTF-16 without a BOM: mostly-ASCII text puts a NUL in (nearly) every other byte, and only there."""
     if len(head) < 4:
@@ -159,11 +175,9 @@ def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
     """Parse CSV text with pyarrow (all columns as strings), keeping each record's row position."""
     header = next(csv.reader(io.StringIO(text)), [])
     names = [column.strip() or f"unnamed_{i + 1}" for i, column in enumerate(header)]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = _repeated(names)
     if repeated:
-        raise DataContractError(
-            [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
-        )
+        raise DataContractError(_repeated_problems(name, repeated))
     skipped: list[int] = []
     ragged: list[Problem] = []
 

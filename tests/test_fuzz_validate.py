@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import logging
 import random
 import tempfile
@@ -10,22 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medalloc_core.io import read_table
 from medalloc_core.contract import DataContractError
+from medalloc_core.io import read_table
+from medalloc_core.validation import load_unit_records, validate_file
 from simulations.fuzz.checks import check, check_subprocess, write_mutant
 from simulations.fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
 
-# The suite must try at least this many generated files (asserted, so it cannot shrink
-# silently); MAIN_EXAMPLES is sized to about 20-30 s on a shared 2-core machine.
+# The suite must try at least MIN_FILES generated files (asserted, so it cannot shrink
+# silently): PER_CLASS seeded mutants of every class, about 20 s on a shared 2-core machine.
 MIN_FILES = 300
-MAIN_EXAMPLES = 300
+PER_CLASS = 22
 GARBAGE_EXAMPLES = 60
-MIN_PER_CLASS = 10
-
 _FUZZ = settings(
     derandomize=True,  # same files on every run and in CI
     database=None,  # no example database: nothing replayed from an earlier run
@@ -57,29 +59,43 @@ def _run(mutant: Mutant, tried: Counter[str], failed: list[str]) -> None:
         failed.append(f"{mutant.mutation} ({mutant.kind} {mutant.fmt}: {mutant.detail}): {'; '.join(outcome.failures)}")
 
 
-@pytest.mark.slow
-def test_every_mutation_class_fails_cleanly_and_leaves_the_file_untouched() -> None:
-    """Hundreds of seeded mutants of valid daily/encounter CSV and Parquet files through validate_file, load_unit_records and the CLI."""
+def test_the_suite_tries_at_least_min_files() -> None:
+    """Removing a class or lowering PER_CLASS below the promised count fails here."""
+    assert len(MUTATIONS) * PER_CLASS >= MIN_FILES
+    assert len(MUTATIONS) >= 15
+
+
+# Share of a class's mutants that may be valid or undecided: a byte flip often lands in a
+# data page and just changes a value; the other classes break the contract by construction.
+MAY_PASS_SHARE = {"parquet_byte_flip": 0.5}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_mutation_class_fails_cleanly_and_leaves_the_file_untouched(mutation: str) -> None:
+    """PER_CLASS seeded mutants of valid daily/encounter CSV and Parquet files through validate_file, load_unit_records and the CLI."""
     tried: Counter[str] = Counter()
     failed: list[str] = []
-    expected_valid = Counter[str]()
+    may_pass = 0
+    distinct: set[bytes] = set()
 
-    @fuzz(MAIN_EXAMPLES)
-    @given(mutation=st.sampled_from(list(MUTATIONS)), rnd=st.randoms(use_true_random=False))
-    def one(mutation: str, rnd: random.Random) -> None:
-        mutant = mutate(mutation, rnd)
-        expected_valid[mutant.mutation] += mutant.expect.valid is not False
+    # A seed per example rather than st.randoms(): hypothesis stops early once a mutator with
+    # few random choices has no new choice sequence left, and the count must not shrink.
+    @fuzz(PER_CLASS)
+    @given(seed=st.integers(0, 2**64 - 1))
+    def one(seed: int) -> None:
+        nonlocal may_pass
+        mutant = mutate(mutation, random.Random(seed))
+        may_pass += mutant.expect.valid is not False
+        distinct.add(hashlib.sha256(mutant.data).digest())
         _run(mutant, tried, failed)
 
     one()
-    total = sum(tried.values())
-    print(f"\nfuzz: tried {total} files, passed {total - len(failed)}, of which {sum(expected_valid.values())} "
-          f"accidentally valid or undecided by the oracle; per class {dict(tried)}")
+    total = tried[mutation]
+    print(f"\nfuzz {mutation}: tried {total} ({len(distinct)} distinct), passed {total - len(failed)}, "
+          f"{may_pass} valid or undecided by the oracle")
     assert not failed, f"{len(failed)} of {total} files broke a promise:\n" + "\n".join(failed[:15])
-    assert total >= MIN_FILES
-    assert set(tried) == set(MUTATIONS) and min(tried.values()) >= MIN_PER_CLASS, tried
-    # Most mutants must really be malformed, or the suite proves little about bad input.
-    assert sum(expected_valid.values()) <= 0.1 * total, expected_valid
+    assert total >= PER_CLASS
+    assert may_pass <= MAY_PASS_SHARE.get(mutation, 0.25) * total, "most mutants must really be malformed"
 
 
 @fuzz(GARBAGE_EXAMPLES)
@@ -192,6 +208,37 @@ def test_a_file_holding_only_a_utf8_bom_is_empty(tmp_path: Path) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf \n")
     assert "file is empty" in _message(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "column"),
+    [
+        ("date,unit,census\n2024-01-01,ICU,1\n9999-12-31,ICU,1\n", "date"),
+        ("date,unit,census\n1677-09-21,ICU,1\n2024-01-02,ICU,1\n", "date"),
+        ("encounter_id,patient_id,unit,admit_time,discharge_time\nE1,P1,ICU,2024-01-01 10:00,2262-04-12 10:00\n", "discharge_time"),
+    ],
+)
+def test_dates_beyond_nanosecond_timestamps_are_errors_not_crashes(tmp_path: Path, content: str, column: str) -> None:
+    """A year like 9999 used to raise OutOfBoundsDatetime out of validate_file and load_unit_records."""
+    path = tmp_path / "far.csv"
+    path.write_text(content)
+    report = validate_file(path)
+    assert [(p.row, p.column) for p in report.errors] == [(3 if column == "date" and "9999" in content else 2, column)]
+    assert "is outside the dates MedAlloc can handle (1678-01-01 .. 2261-12-31)" in report.errors[0].message
+    with pytest.raises(DataContractError):
+        load_unit_records(path)
+
+
+def test_parquet_with_a_repeated_column_name_is_named_like_csv(tmp_path: Path) -> None:
+    """pyarrow's 'Multiple matches for FieldRef' dump used to be the message."""
+    days = pa.array([datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)])
+    table = pa.Table.from_arrays([days, pa.array(["ICU", "ICU"]), pa.array([1, 2]), pa.array([3, 4])], names=["date", "unit", "census", "census"])
+    path = tmp_path / "twice.parquet"
+    pq.write_table(table, path)
+    report = validate_file(path)
+    assert [(p.row, p.column, p.message) for p in report.errors] == [
+        (1, "census", "column 'census' appears more than once in the header; expected unique column names")
+    ]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

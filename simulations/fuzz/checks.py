@@ -29,6 +29,7 @@ class Outcome:
     mutant: Mutant
     valid: bool | None  # what validate_file said (None: it raised)
     failures: tuple[str, ...]
+    first_error: str = ""  # the first error validate_file reported, as the CLI prints it
 
     @property
     def passed(self) -> bool:
@@ -57,7 +58,8 @@ def check(mutant: Mutant, path: Path) -> Outcome:
     _cli(mutant, path, valid, failures)
     if _fingerprint(path) != before:
         failures.append("the input file or its directory changed")
-    return Outcome(mutant, valid, tuple(failures))
+    first = str(report.errors[0]) if report is not None and report.errors else ""
+    return Outcome(mutant, valid, tuple(failures), first)
 
 
 def check_subprocess(paths: list[Path], expected_exit: int = EXIT_INVALID, timeout: float = 120) -> list[str]:

@@ -139,15 +139,15 @@ class _Edit:
             writer.writerow(self.header)
             writer.writerows(self.rows)
             return text.getvalue().encode("utf-8")
-        columns = {}
+        columns = []  # a list, not a dict: a mutant may repeat a column name
         for i, name in enumerate(self.header):
             if name in self.typed:
-                columns[name] = self.typed[name]
+                columns.append(self.typed[name])
             elif name in self.changed or name not in self.base.table.column_names:
-                columns[name] = pa.array([row[i] or None for row in self.rows], pa.string())
+                columns.append(pa.array([row[i] or None for row in self.rows], pa.string()))
             else:
-                columns[name] = self.base.table.column(name).take(pa.array(self.source, pa.int64()))
-        return _parquet_bytes(pa.table(columns))
+                columns.append(self.base.table.column(name).take(pa.array(self.source, pa.int64())))
+        return _parquet_bytes(pa.Table.from_arrays(columns, names=self.header))
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -172,7 +172,12 @@ def truncated(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     """Cut the file at a random byte; a CSV cut can leave a valid file (see :func:`truncation_oracle`)."""
     data = base.csv if fmt == "csv" else base.parquet
     cut = rnd.randrange(len(data))
-    expect = truncation_oracle(base, data[:cut]) if fmt == "csv" else Expect(False, keywords=("truncated", "empty"))
+    if fmt == "csv":
+        expect = truncation_oracle(base, data[:cut])
+    elif cut < len(b"PAR1"):  # "PAR" is not yet Parquet: it reads as a CSV header without records
+        expect = Expect(False, keywords=("empty", "no records"))
+    else:
+        expect = Expect(False, keywords=("truncated",))
     return Mutant("truncated", base.kind, fmt, f"cut at byte {cut} of {len(data)}", data[:cut], expect)
 
 
@@ -233,7 +238,7 @@ def wrong_type(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 _BAD_DATES = ("2023-02-30", "2023-02-29", "2023-13-01", "yesterday", "31/12/2023", "12/31/2023", "2023-1-5",
               "20230105", "2023-01-05T25:00", "2023-01-05 10:00+01:00", "2023-01-05Z", "0000-00-00", "",
-              "  ", "2023-01-05 10:61", "１２３４-01-01", "2023–01–05")
+              "  ", "2023-01-05 10:61", "１２３４-01-01", "2023–01–05", "9999-12-31", "0001-01-01", "2262-04-12 00:00")
 
 
 def bad_date(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -252,7 +257,7 @@ def bad_date(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     i = _pick_row(edit, rnd)
     value = rnd.choice(choices)
     edit.set(i, column, value)
-    keywords = ("empty",) if not value.strip() else ("not a valid date",)
+    keywords = ("empty",) if not value.strip() else ("not a valid date", "outside the dates")
     return Mutant("bad_date", base.kind, fmt, f"{column} row {_row(i)} = {value!r}", edit.to_bytes(fmt),
                   Expect(False, _row(i), column, keywords))
 
@@ -346,7 +351,7 @@ def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def binary_garbage(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """Random bytes (bare, after a PAR1 header, between PAR1 header and footer) or the file zipped/gzipped."""
+    """Random bytes (bare, after a PAR1 header, between PAR1 header and footer), the file zipped/gzipped, or a CSV with a NUL byte."""
     choice = rnd.choice(["random", "par1-head", "par1-both", "gzip", "zip", "nul-in-text"])
     size = rnd.randint(1, 4096)
     noise = rnd.randbytes(size)
@@ -364,9 +369,10 @@ def binary_garbage(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         with zipfile.ZipFile(sink, "w") as archive:
             archive.writestr(zipfile.ZipInfo("H000.csv", (2024, 1, 1, 0, 0, 0)), original)
         data = sink.getvalue()
-    else:
+    else:  # a text file with one NUL byte anywhere: still not text
         at = rnd.randrange(len(base.csv))
         data = base.csv[:at] + b"\x00" + base.csv[at:]
+        fmt = "csv"
     return Mutant("binary_garbage", base.kind, fmt, f"{choice} ({len(data)} bytes)", data, Expect(False))
 
 
@@ -375,11 +381,7 @@ _FOREIGN_NAMES = (("Réanimation", "latin-1"), ("Säuglinge", "latin-1"), ("Ward
 
 
 def wrong_encoding(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """A unit (or patient) name in latin-1/cp1252 bytes, or the whole file in UTF-16 with or without BOM.
-
-    Parquet stores strings as UTF-8 by definition, so for a Parquet base the CSV export is
-    what gets the wrong encoding (people re-export both).
-    """
+    """A unit (or patient) name in latin-1/cp1252 bytes, or the whole file in UTF-16 with or without BOM (CSV only: Parquet strings are UTF-8 by definition)."""
     edit = _Edit.of(base)
     whole = rnd.random() < 0.3
     if whole:
@@ -436,6 +438,17 @@ def missing_column(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     return Mutant("missing_column", base.kind, fmt, f"dropped {', '.join(drop)}", edit.to_bytes(fmt), expect)
 
 
+def duplicate_column(base: Base, fmt: str, rnd: random.Random) -> Mutant:
+    """Two columns with one name: a column renamed to another's name, with or without surrounding spaces."""
+    edit = _Edit.of(base)
+    target, renamed = rnd.sample(range(len(edit.header)), 2)
+    name = edit.header[target]
+    spelled = rnd.choice([name, f" {name}", f"{name} "])
+    edit.header[renamed] = spelled  # Parquet: an exact repeat copies the column, a spaced one holds text
+    return Mutant("duplicate_column", base.kind, fmt, f"column {renamed + 1} renamed {spelled!r}", edit.to_bytes(fmt),
+                  Expect(False, 1, name, ("appears more than once",)))
+
+
 def discharge_before_admit(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     """A stay discharged 1 minute to 3 days before its admission."""
     edit = _Edit.of(base)
@@ -449,7 +462,7 @@ def discharge_before_admit(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """A record with a field too many or too few (an unquoted comma, a lost cell); Parquet bases get a CSV export."""
+    """A record with a field too many or too few (an unquoted comma, a lost cell)."""
     edit = _Edit.of(base)
     i = _pick_row(edit, rnd)
     if rnd.random() < 0.5:
@@ -461,7 +474,7 @@ def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def parquet_byte_flip(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """Flip 1-8 random bytes of the Parquet file (a CSV base is converted first); the oracle decides what must happen."""
+    """Flip 1-8 random bytes of the Parquet file; the oracle decides what must happen."""
     data = bytearray(base.parquet)
     positions = sorted(rnd.sample(range(len(data)), rnd.randint(1, 8)))
     for p in positions:
@@ -491,29 +504,32 @@ def _closed_stay(edit: _Edit, rnd: random.Random) -> int:
 
 
 Mutator = Callable[[Base, str, random.Random], Mutant]
+CSV_ONLY = ("csv",)
 
-#: Every mutation class by name, in the order reports list them, with the bases it applies
-#: to (counts exist only in daily files; admissions and discharges as times only in stays).
-MUTATIONS: dict[str, tuple[Mutator, tuple[str, ...]]] = {
-    "truncated": (truncated, KINDS),
-    "wrong_type": (wrong_type, KINDS),
-    "bad_date": (bad_date, KINDS),
-    "huge_number": (huge_number, ("daily",)),
-    "negative_count": (negative_count, ("daily",)),
-    "duplicate_rows": (duplicate_rows, KINDS),
-    "mixed_frequency": (mixed_frequency, ("daily",)),
-    "binary_garbage": (binary_garbage, KINDS),
-    "wrong_encoding": (wrong_encoding, KINDS),
-    "empty": (empty, KINDS),
-    "missing_column": (missing_column, KINDS),
-    "discharge_before_admit": (discharge_before_admit, ("encounters",)),
-    "ragged_rows": (ragged_rows, KINDS),
-    "parquet_byte_flip": (parquet_byte_flip, KINDS),
+#: Every mutation class by name, in the order reports list them, with the bases (kind and
+#: format) it applies to: counts exist only in daily files, times only in stays; a wrong
+#: text encoding or a ragged row only in CSV, a byte flip is the Parquet analogue.
+MUTATIONS: dict[str, tuple[Mutator, tuple[str, ...], tuple[str, ...]]] = {
+    "truncated": (truncated, KINDS, FORMATS),
+    "wrong_type": (wrong_type, KINDS, FORMATS),
+    "bad_date": (bad_date, KINDS, FORMATS),
+    "huge_number": (huge_number, ("daily",), FORMATS),
+    "negative_count": (negative_count, ("daily",), FORMATS),
+    "duplicate_rows": (duplicate_rows, KINDS, FORMATS),
+    "mixed_frequency": (mixed_frequency, ("daily",), FORMATS),
+    "binary_garbage": (binary_garbage, KINDS, FORMATS),
+    "wrong_encoding": (wrong_encoding, KINDS, CSV_ONLY),
+    "empty": (empty, KINDS, FORMATS),
+    "duplicate_column": (duplicate_column, KINDS, FORMATS),
+    "missing_column": (missing_column, KINDS, FORMATS),
+    "discharge_before_admit": (discharge_before_admit, ("encounters",), FORMATS),
+    "ragged_rows": (ragged_rows, KINDS, CSV_ONLY),
+    "parquet_byte_flip": (parquet_byte_flip, KINDS, ("parquet",)),
 }
 
 
 def mutate(mutation: str, rnd: random.Random) -> Mutant:
-    """Apply one mutation class to a base (daily or encounters, CSV or Parquet) that ``rnd`` picks."""
-    mutator, kinds = MUTATIONS[mutation]
-    kind, fmt = rnd.choice(kinds), rnd.choice(FORMATS)
+    """Apply one mutation class to a base (daily or encounters, CSV or Parquet, as the class allows) that ``rnd`` picks."""
+    mutator, kinds, formats = MUTATIONS[mutation]
+    kind, fmt = rnd.choice(kinds), rnd.choice(formats)
     return mutator(bases()[kind], fmt, rnd)
