@@ -59,8 +59,9 @@ def read_table(path: Path) -> pd.DataFrame:
     ------
     DataContractError
         If the path does not exist or is not a file, the file is empty, is not UTF-8 text
-        (the byte offset and row are named), is some other binary format, or cannot be
-        parsed as CSV/Parquet.
+        (the byte offset and row are named; UTF-16 is named with or without a BOM), holds
+        a NUL byte anywhere, is some other binary format, repeats a column name, or cannot
+        be parsed as CSV/Parquet.
     """
     name = str(path)
     path = Path(path)
@@ -99,7 +100,19 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
     for column_name, column in zip(table.column_names, table.columns):
         if pa.types.is_timestamp(column.type) and column.type.tz is not None:
             # Hospital days are local days: keep the wall-clock time the stay was recorded in.
-            column = pc.local_timestamp(column)
+            try:
+                column = pc.local_timestamp(column)
+            except (pa.ArrowException, ValueError):
+                raise DataContractError(
+                    [
+                        Problem(
+                            name,
+                            f"has time zone {column.type.tz!r}, which is not a known zone; "
+                            "expected timestamps without a time zone or with an IANA zone such as 'Europe/London'",
+                            column=column_name,
+                        )
+                    ]
+                ) from None
         try:
             as_text = pc.cast(column, pa.string())
         except (pa.ArrowException, ValueError):

@@ -62,7 +62,7 @@ def _run(mutant: Mutant, tried: Counter[str], failed: list[str]) -> None:
 def test_the_suite_tries_at_least_min_files() -> None:
     """Removing a class or lowering PER_CLASS below the promised count fails here."""
     assert len(MUTATIONS) * PER_CLASS >= MIN_FILES
-    assert len(MUTATIONS) >= 15
+    assert len(MUTATIONS) >= 16
 
 
 # Share of a class's mutants that may be valid or undecided: a byte flip often lands in a
@@ -239,6 +239,18 @@ def test_parquet_with_a_repeated_column_name_is_named_like_csv(tmp_path: Path) -
     assert [(p.row, p.column, p.message) for p in report.errors] == [
         (1, "census", "column 'census' appears more than once in the header; expected unique column names")
     ]
+
+
+def test_parquet_timestamps_in_an_unknown_time_zone_are_named(tmp_path: Path) -> None:
+    """pyarrow's ArrowInvalid ('Cannot locate or parse timezone') used to escape validate_file and load_unit_records."""
+    stamps = pa.array([0, 86_400], pa.timestamp("s", tz="Not/AZone"))
+    path = tmp_path / "zoned.parquet"
+    pq.write_table(pa.table({"date": stamps, "unit": ["ICU", "ICU"], "census": [1, 2]}), path)
+    report = validate_file(path)
+    assert [(p.row, p.column) for p in report.errors] == [(None, "date")]
+    assert "has time zone 'Not/AZone', which is not a known zone" in report.errors[0].message
+    with pytest.raises(DataContractError):
+        load_unit_records(path)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -473,6 +473,29 @@ def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
                   Expect(False, _row(i), None, ("fields; expected",)))
 
 
+def parquet_types(base: Base, fmt: str, rnd: random.Random) -> Mutant:
+    """A required Parquet column of a type that is no plain value: list, struct, non-UTF-8 binary, null, time of day, unknown time zone."""
+    edit = _Edit.of(base)
+    required = [c.DATE, c.UNIT, *c.COUNT_COLUMNS] if base.kind == "daily" else [c.ENCOUNTER_ID, c.PATIENT_ID, c.UNIT, c.ADMIT_TIME]
+    column = rnd.choice(required)
+    kinds = ["list", "struct", "binary", "null", "unknown-zone"] + (["time"] if column != c.UNIT and base.kind == "daily" else [])
+    kind = rnd.choice(kinds)
+    n = len(edit.rows)
+    text = [edit.get(i, column) for i in range(n)]
+    arrays = {
+        "list": lambda: pa.array([[v] for v in text]),
+        "struct": lambda: pa.array([{"value": v} for v in text]),
+        "binary": lambda: pa.array([b"\xff" + v.encode() for v in text], pa.binary()),
+        "null": lambda: pa.nulls(n),
+        "time": lambda: pa.array([60 * i for i in range(n)], pa.time32("s")),
+        "unknown-zone": lambda: pa.array([86_400 * i for i in range(n)], pa.timestamp("s", tz="Mars/Olympus_Mons")),
+    }
+    edit.typed[column] = arrays[kind]()
+    keywords = {"null": ("empty",), "time": ("not a valid date", "not a number"), "unknown-zone": ("not a known zone",)}
+    return Mutant("parquet_types", base.kind, fmt, f"{column} as {kind}", edit.to_bytes(fmt),
+                  Expect(False, None, column, keywords.get(kind, ("cannot be read as text",))))
+
+
 def parquet_byte_flip(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     """Flip 1-8 random bytes of the Parquet file; the oracle decides what must happen."""
     data = bytearray(base.parquet)
@@ -524,6 +547,7 @@ MUTATIONS: dict[str, tuple[Mutator, tuple[str, ...], tuple[str, ...]]] = {
     "missing_column": (missing_column, KINDS, FORMATS),
     "discharge_before_admit": (discharge_before_admit, ("encounters",), FORMATS),
     "ragged_rows": (ragged_rows, KINDS, CSV_ONLY),
+    "parquet_types": (parquet_types, KINDS, ("parquet",)),
     "parquet_byte_flip": (parquet_byte_flip, KINDS, ("parquet",)),
 }
 
