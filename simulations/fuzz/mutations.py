@@ -331,9 +331,9 @@ def duplicate_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     """Daily and weekly rows in one file: one unit thinned to weekly, or weekly after up to two daily weeks."""
     edit = _Edit.of(base)
-    units = sorted({row[edit.header.index(c.UNIT)] for row in edit.rows})
-    unit = rnd.choice(units)
-    dates = sorted({row[0] for row in edit.rows})
+    date_at, unit_at = edit.header.index(c.DATE), edit.header.index(c.UNIT)
+    unit = rnd.choice(sorted({row[unit_at] for row in edit.rows}))
+    dates = sorted({row[date_at] for row in edit.rows})
     across = rnd.random() < 0.5
     if across:  # this unit weekly, the others daily
         kept = set(dates[rnd.randrange(7)::7])
@@ -342,7 +342,7 @@ def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         start = rnd.randrange(2, 14)
         kept = set(dates[:start]) | set(dates[start + 6::7])
         keyword = f"unit {unit} mixes daily and weekly rows"
-    keep = [k for k, row in enumerate(edit.rows) if row[1] != unit or row[0] in kept]
+    keep = [k for k, row in enumerate(edit.rows) if row[unit_at] != unit or row[date_at] in kept]
     edit.rows = [edit.rows[k] for k in keep]
     edit.source = [edit.source[k] for k in keep]
     how = "weekly unit among daily ones" if across else "daily then weekly"
