@@ -208,20 +208,20 @@ def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Fr
     """``(n, C)`` calendar channels for ``dates`` (without the missing flag), in ``covariate_names`` order."""
     columns: list[np.ndarray] = []
     if frequency is Frequency.DAILY and spec.day_of_week != "none":
-        dow = dates.dayofweek.to_numpy()
+        dow = dates.day_of_week.to_numpy()
         if spec.day_of_week == "sincos":
             columns += [np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)]
         else:
             columns += [(dow == d).astype(np.float64) for d in range(7)]
     if spec.year_position:
-        phase = 2 * np.pi * (dates.dayofyear.to_numpy() - 1) / _DAYS_PER_YEAR
+        phase = 2 * np.pi * (dates.day_of_year.to_numpy() - 1) / _DAYS_PER_YEAR
         columns += [np.sin(phase), np.cos(phase)]
     if spec.holidays:
         holidays = pd.DatetimeIndex(spec.holidays)
         if frequency is Frequency.DAILY:
             flag = dates.isin(holidays)
         else:  # a week (dated its Monday) is a holiday week when any of its 7 days is one
-            week_of = holidays - pd.to_timedelta(holidays.dayofweek, unit="D")
+            week_of = holidays - pd.to_timedelta(holidays.day_of_week, unit="D")
             flag = dates.isin(week_of)
         columns.append(np.asarray(flag, dtype=np.float64))
     if not columns:
