@@ -147,6 +147,7 @@ class TrainResult:
     sample_rate: float | None  # Poisson sampling rate q (None: not private)
     epsilon_spent_this_call: float | None  # epsilon of this call alone at DPConfig.delta
     seconds: float  # wall time of the optimisation loop
+    cpu_seconds: float = 0.0  # process CPU time of the loop: what benchmarks compare on a shared machine
 
 
 # ----------------------------------------------------------------------------- per-sample clipping
@@ -193,21 +194,21 @@ class LinearClipper:
         records, self._records = self._records, []
         if len({id(m) for m, _, _ in records}) != len(records):
             raise ValueError("grad_sample_mode='linear' needs each Linear used once per forward")
-        sums = {id(p): torch.zeros_like(p) for p in self.model.parameters()}
-        if x.shape[0] == 0:
-            return [sums[id(p)] for p in self.model.parameters()], per_sample.detach()
+        if x.shape[0] == 0:  # an empty Poisson batch: nothing to sum (DP-SGD still adds noise)
+            return [torch.zeros_like(p) for p in self.model.parameters()], per_sample.detach()
         outs = torch.autograd.grad(per_sample.sum(), [z for _, _, z in records])  # each (B, d_out)
         norms2 = torch.zeros(x.shape[0], dtype=x.dtype)
         for (m, a, _), g in zip(records, outs):
             g2 = g.pow(2).sum(1)
-            norms2 += g2 * a.pow(2).sum(1) + (g2 if m.bias is not None else 0.0)
+            norms2 += g2 * (a.pow(2).sum(1) + (1.0 if m.bias is not None else 0.0))
         # Opacus' formula, so that both paths clip identically: C / (||g_i|| + 1e-6), at most 1.
         coef = (max_grad_norm / (norms2.sqrt() + 1e-6)).clamp(max=1.0)  # (B,)
+        sums: dict[int, torch.Tensor] = {}
         for (m, a, _), g in zip(records, outs):
             cg = g * coef[:, None]  # (B, d_out)
-            sums[id(m.weight)] += cg.T @ a  # (d_out, d_in)
+            sums[id(m.weight)] = cg.T @ a  # (d_out, d_in)
             if m.bias is not None:
-                sums[id(m.bias)] += cg.sum(0)
+                sums[id(m.bias)] = cg.sum(0)
         return [sums[id(p)] for p in self.model.parameters()], per_sample.detach()
 
     def close(self) -> None:
@@ -287,9 +288,13 @@ class _LinearDPStepper:
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         sums, per_sample = self.clipper.clipped_sum(x, y, self.quantiles, self.C)
-        for p, s in zip(self.model.parameters(), sums):
-            noise = torch.normal(0.0, self.sigma * self.C, size=p.shape, generator=self.gen) if self.sigma else 0.0
-            p.grad = (s + noise) / self.B  # the mean over the *expected* batch, as DP-SGD accounts it
+        params = list(self.model.parameters())
+        if self.sigma:  # one draw for all parameters: N(0, sigma^2 C^2) per coordinate
+            noise = torch.randn(sum(p.numel() for p in params), generator=self.gen).mul_(self.sigma * self.C)
+            for s, n in zip(sums, noise.split([p.numel() for p in params])):
+                s.add_(n.view_as(s))
+        for p, s in zip(params, sums):
+            p.grad = s.div_(self.B)  # the mean over the *expected* batch, as DP-SGD accounts it
         return float(per_sample.mean()) if len(per_sample) else 0.0
 
     def close(self) -> None:
@@ -419,7 +424,7 @@ def train_local(
         logger.debug("DP training: mode=%s sigma=%.4g q=%.4g steps=%d", mode, sigma, sample_rate, steps_planned)
 
     steps, loss_sum = 0, 0.0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     try:
         for _ in range(config.epochs):
@@ -434,9 +439,9 @@ def train_local(
                 steps += 1
     finally:
         stepper.close()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.zero_grad(set_to_none=True)
-    return TrainResult(len(train), steps, loss_sum / max(steps, 1), sigma, sample_rate, epsilon, seconds)
+    return TrainResult(len(train), steps, loss_sum / max(steps, 1), sigma, sample_rate, epsilon, seconds, cpu_seconds)
 
 
 # ----------------------------------------------------------------------------- evaluation
