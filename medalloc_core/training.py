@@ -339,8 +339,10 @@ class _OpacusStepper:
         self.dp_optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
-        self.gsm.cleanup() if hasattr(self.gsm, "cleanup") else None
+        # Public GradSampleModule API: drop the hooks and the grad_sample attributes; the
+        # caller keeps its own reference to the unwrapped model, whose parameters were trained.
         self.gsm.remove_hooks()
+        self.gsm.cleanup()
 
 
 def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -403,7 +405,10 @@ def train_local(
         steps_planned = config.epochs * len(loader)
         sigma = dp.noise_multiplier
         if sigma is None:
-            from medalloc_core.privacy.accounting import noise_multiplier_for  # on its own branch until merged
+            try:  # imported lazily: the accounting module is on its own branch until merged
+                from medalloc_core.privacy.accounting import noise_multiplier_for
+            except ImportError as err:
+                raise ImportError("DPConfig(target_epsilon=...) needs medalloc_core.privacy.accounting; pass noise_multiplier instead") from err
 
             sigma = noise_multiplier_for(
                 target_epsilon=dp.target_epsilon, delta=dp.delta, sample_rate=sample_rate,
@@ -450,9 +455,10 @@ def train_local(
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
     """Quantile forecasts ``(N, H, T, Q)`` in the scaled space (``scaler.inverse_transform`` for beds)."""
+    was_training = model.training
     model.eval()
-    parts = [model(X[i : i + batch_size]) for i in range(0, max(len(X), 1), batch_size) if len(X[i : i + batch_size])]
-    model.train()
+    parts = [model(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+    model.train(was_training)
     if not parts:
         c = model.config  # type: ignore[union-attr]
         return np.zeros((0, c.horizon, c.n_targets, len(c.quantiles)), dtype=np.float32)

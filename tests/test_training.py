@@ -28,7 +28,7 @@ def ds():
 
 
 def small(model: str = "mlp") -> ForecasterConfig:
-    return ForecasterConfig(model=model, history=L, horizon=H, n_features=7, hidden=16, channels=8, levels=2)
+    return ForecasterConfig(model=model, history=L, horizon=H, n_features=7, hidden=16, channels=4, levels=1)
 
 
 def params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,7 +53,7 @@ def per_sample_grads(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 @pytest.mark.parametrize("mode", ["linear", "hooks", "ghost"])
 def test_dp_with_no_clipping_and_no_noise_is_plain_sgd_on_the_poisson_batches(ds, mode):
     model = "mlp" if mode == "linear" else "tcn"
-    data = subset(ds.train, 120)
+    data = subset(ds.train, 120 if mode == "linear" else 48)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer="sgd", seed=5)
     net = build_model(small(model), seed=1)
     ref = build_model(small(model), seed=1)
@@ -71,7 +71,7 @@ def test_dp_with_no_clipping_and_no_noise_is_plain_sgd_on_the_poisson_batches(ds
             (pinball_loss_per_sample(ref(x), y, ref.config.quantiles).sum() / expected_b).backward()
             opt.step()
             steps += 1
-    assert res.steps == steps == 2 * 8
+    assert res.steps == steps == 2 * len(loader)
     for (n, a), b in zip(net.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=n)
 
@@ -195,3 +195,18 @@ def test_plain_training_learns_and_predict_evaluate_shapes(ds):
     assert after["pinball"] < 0.9 * before
     pred = predict(net, ds.test.X)
     assert pred.shape == (len(ds.test), H, 2, 3) and (np.diff(pred, axis=-1) >= 0).all()
+
+
+@pytest.mark.parametrize("mode", ["linear", "hooks"])
+def test_empty_poisson_batches_take_a_noise_only_step(ds, mode):
+    data = subset(ds.train, 3)  # batch 1 of 3: q = 1/3, an empty batch has probability (2/3)^3 per step
+    model = "mlp" if mode == "linear" else "tcn"
+    loader = _loader(data, 1, 0, poisson=True)
+    sizes = [len(x) for _ in range(4) for x, _ in loader]
+    assert 0 in sizes  # this seed does draw empty batches
+    net = build_model(small(model), seed=0)
+    before = params(net)
+    res = train_local(net, data, config=TrainConfig(epochs=4, batch_size=1, seed=0), dp=DPConfig(noise_multiplier=1.0, grad_sample_mode=mode, accountant="rdp"))
+    assert res.steps == 12  # 3 Poisson batches per epoch, empty ones included
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in net.named_parameters())
