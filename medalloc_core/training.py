@@ -400,9 +400,13 @@ def train_local(
     if dp is None:
         stepper = _PlainStepper(model, quantiles)
     else:
-        sample_rate = 1 / len(loader)  # Opacus: q = 1 / batches per epoch
-        expected_batch_size = int(len(train) * sample_rate)
+        assert isinstance(loader, DPDataLoader)
+        # The Poisson rate the sampler really uses (1 / ceil(n / batch_size)) and the batches it
+        # really draws per epoch (int(1 / q), which float rounding can make one less).
+        sample_rate = loader.sample_rate
         steps_planned = config.epochs * len(loader)
+        # Divisor of the noisy sum, as Opacus' make_private computes it, so every mode agrees.
+        expected_batch_size = int(len(train) / len(loader))
         sigma = dp.noise_multiplier
         if sigma is None:
             try:  # imported lazily: the accounting module is on its own branch until merged
