@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -262,7 +262,11 @@ def _resolve_mode(model: nn.Module, mode: str) -> str:
 
 
 class _Stepper(Protocol):
-    def grads(self, x: torch.Tensor, y: torch.Tensor) -> float: ...  # fills p.grad, returns batch loss
+    """Fills ``p.grad`` for one batch (privatised or not); the shared loop does the rest."""
+
+    def zero_grad(self) -> None: ...
+
+    def grads(self, x: torch.Tensor, y: torch.Tensor) -> float: ...  # returns the batch's mean loss
 
     def close(self) -> None: ...
 
@@ -270,6 +274,9 @@ class _Stepper(Protocol):
 class _PlainStepper:
     def __init__(self, model: nn.Module, quantiles: tuple[float, ...]) -> None:
         self.model, self.quantiles = model, quantiles
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = pinball_loss_per_sample(self.model(x), y, self.quantiles).mean()
@@ -285,6 +292,9 @@ class _LinearDPStepper:
         self.model, self.quantiles = model, quantiles
         self.clipper = LinearClipper(model)
         self.C, self.sigma, self.B, self.gen = max_grad_norm, noise_multiplier, expected_batch_size, noise_generator
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         sums, per_sample = self.clipper.clipped_sum(x, y, self.quantiles, self.C)
@@ -343,11 +353,6 @@ class _OpacusStepper:
         # caller keeps its own reference to the unwrapped model, whose parameters were trained.
         self.gsm.remove_hooks()
         self.gsm.cleanup()
-
-
-def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for x, y in loader:
-        yield x, y
 
 
 def train_local(
@@ -437,11 +442,8 @@ def train_local(
     model.train()
     try:
         for _ in range(config.epochs):
-            for x, y in _batches(loader):
-                if isinstance(stepper, _OpacusStepper):
-                    stepper.zero_grad()
-                else:
-                    optimizer.zero_grad(set_to_none=True)
+            for x, y in loader:
+                stepper.zero_grad()
                 loss_sum += stepper.grads(x, y)
                 _add_proximal_grad(model, global_params, config.fedprox_mu)
                 optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad

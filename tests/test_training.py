@@ -218,3 +218,31 @@ def test_empty_poisson_batches_take_a_noise_only_step(ds, mode):
     assert res.steps == 12  # 3 Poisson batches per epoch, empty ones included
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert any(not torch.equal(before[n], p) for n, p in net.named_parameters())
+
+
+@pytest.mark.parametrize("mode", ["linear", "hooks", "ghost"])
+def test_one_sample_update_is_clipped_to_the_bound(ds, mode):
+    # one window, batch 1: q = 1 (always sampled), expected batch 1; sigma 0 and SGD lr 1 make
+    # the parameter change exactly the clipped per-sample gradient
+    model = "mlp" if mode == "linear" else "tcn"
+    net = build_model(small(model), seed=0)
+    before = torch.cat([p.detach().flatten() for p in net.parameters()])
+    C = 1e-3
+    train_local(net, subset(ds.train, 1), config=TrainConfig(epochs=1, batch_size=1, lr=1.0, optimizer="sgd"),
+                dp=DPConfig(noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode, accountant="rdp"))
+    step = torch.cat([p.detach().flatten() for p in net.parameters()]) - before
+    assert C * 0.99 < step.norm() <= C * (1 + 1e-4)  # the raw gradient is far larger, so it was clipped to C
+
+
+def test_target_epsilon_calibration_when_accounting_is_merged(ds):
+    accounting = pytest.importorskip("medalloc_core.privacy.accounting")  # on the privacy branch until merged
+    from opacus.accountants import PRVAccountant
+
+    data = subset(ds.train, 100)
+    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=2, batch_size=16),
+                      dp=DPConfig(target_epsilon=2.0, planned_rounds=3, delta=1e-5))
+    expected = accounting.noise_multiplier_for(target_epsilon=2.0, delta=1e-5, sample_rate=1 / 7, steps=3 * 2 * 7, accountant="prv")
+    assert res.noise_multiplier == expected
+    acct = PRVAccountant()
+    acct.history = [(res.noise_multiplier, 1 / 7, 3 * 2 * 7)]
+    assert acct.get_epsilon(delta=1e-5) <= 2.0 + 1e-6  # three such calls stay within the target
