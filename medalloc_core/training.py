@@ -394,7 +394,6 @@ def train_local(
     if global_params is not None:
         global_params = [g.detach().clone() for g in global_params]
     quantiles: tuple[float, ...] = tuple(model.config.quantiles)  # type: ignore[union-attr]
-    torch.manual_seed(config.seed)  # dropout, if a config turns it on
     loader = _loader(train, config.batch_size, config.seed, poisson=dp is not None)
     optimizer = _optimizer(list(model.parameters()), config)
 
@@ -441,13 +440,17 @@ def train_local(
     start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     try:
-        for _ in range(config.epochs):
-            for x, y in loader:
-                stepper.zero_grad()
-                loss_sum += stepper.grads(x, y)
-                _add_proximal_grad(model, global_params, config.fedprox_mu)
-                optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad
-                steps += 1
+        # The global RNG (dropout, if a config turns it on) is seeded inside a fork, so the
+        # caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            for _ in range(config.epochs):
+                for x, y in loader:
+                    stepper.zero_grad()
+                    loss_sum += stepper.grads(x, y)
+                    _add_proximal_grad(model, global_params, config.fedprox_mu)
+                    optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad
+                    steps += 1
     finally:
         stepper.close()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

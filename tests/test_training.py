@@ -246,3 +246,11 @@ def test_target_epsilon_calibration_when_accounting_is_merged(ds):
     acct = PRVAccountant()
     acct.history = [(res.noise_multiplier, 1 / 7, 3 * 2 * 7)]
     assert acct.get_epsilon(delta=1e-5) <= 2.0 + 1e-6  # three such calls stay within the target
+
+
+def test_training_leaves_the_callers_random_state_alone(ds):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_local(build_model(small(), seed=0), subset(ds.train, 40), config=TrainConfig(epochs=1, batch_size=20, seed=9))
+    assert torch.equal(torch.rand(3), expected)
