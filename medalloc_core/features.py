@@ -229,8 +229,27 @@ def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Fr
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def _complete_series(records: UnitRecords, spec: WindowSpec) -> list[_Series]:
-    """Reindex every unit to a complete calendar; interpolate gaps, never shift dates."""
+def _fill(frame: pd.DataFrame, cuts: Sequence[int]) -> np.ndarray:
+    """Linear interpolation within each segment between ``cuts``; a segment never borrows later data.
+
+    Interpolating across a split boundary would put a validation value into a training
+    window's history, so each segment is filled on its own (edges from its nearest observed
+    value); a segment with nothing observed is carried forward from the past.
+    """
+    bounds = [0, *cuts, len(frame)]
+    parts = [
+        frame.iloc[a:b].interpolate(method="linear", limit_direction="both") for a, b in zip(bounds, bounds[1:])
+    ]
+    return pd.concat(parts).ffill().to_numpy()  # the first period is always observed
+
+
+def _complete_series(records: UnitRecords, spec: WindowSpec, *, split: bool = True) -> list[_Series]:
+    """Reindex every unit to a complete calendar; interpolate gaps, never shift dates.
+
+    With ``split`` gaps are filled within each of train/val/test separately (no data flows
+    backwards across a boundary); without it (forecasting from the end of the data, when all
+    of it is the past) the whole series is one segment.
+    """
     missing_targets = [t for t in spec.targets if t not in records.count_columns]
     if missing_targets:
         raise ValueError(
@@ -253,7 +272,7 @@ def _complete_series(records: UnitRecords, spec: WindowSpec) -> list[_Series]:
             logger.info("unit %s: %d of %d periods missing, filled by linear interpolation", unit, missing.sum(), len(dates))
         # Linear interpolation between the neighbouring observed periods; a count series has no
         # better local guess, and the was_missing channel tells the model which ones are guesses.
-        filled = full.interpolate(method="linear", limit_direction="both").to_numpy()
+        filled = _fill(full, _boundaries(len(dates), spec, str(unit)) if split else ())
         cov = calendar_covariates(dates, spec, records.frequency)
         if spec.missing_flag:
             cov = np.concatenate([cov, missing[:, None].astype(np.float32)], axis=1)
@@ -374,7 +393,7 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
     """
     spec = dataset.spec
     assert spec.history is not None and spec.horizon is not None
-    series = _complete_series(records, spec)
+    series = _complete_series(records, spec, split=False)
     X, units, starts = [], [], []
     for s in series:
         if s.unit not in dataset.scaler.mean:

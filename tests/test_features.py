@@ -171,3 +171,20 @@ def test_forecast_inputs_are_the_last_window(recs, ds):
         assert fut.target_start[k] == np.datetime64(raw.index.max() + pd.Timedelta(days=1))
         # the last test window's history ends 14 days before the data does
         assert np.array_equal(fut.X[k, :-14].numpy(), ds.test.X[ds.test.units == unit][-1, 14:].numpy())
+
+
+def test_gap_across_the_validation_boundary_does_not_leak_into_training():
+    # 300 days: validation starts at day 188; days 170..199 are missing (a gap longer than H
+    # that spans the boundary). Interpolating across it would put day-200 (validation) values
+    # into the history of training windows.
+    recs = records(days=300, drop=list(range(170, 200)))
+    base = prepare_hospital(recs, WindowSpec())
+    frame = recs.frame.copy()
+    late = frame[DATE] >= pd.Timestamp("2023-01-01") + pd.Timedelta(days=188)
+    frame.loc[late, [ADMISSIONS, CENSUS]] = frame.loc[late, [ADMISSIONS, CENSUS]] * 50 + 3
+    changed = prepare_hospital(UnitRecords(frame, recs.frequency, recs.source, recs.shape), WindowSpec())
+    assert len(base.train) > 0
+    assert np.array_equal(changed.train.X.numpy(), base.train.X.numpy())
+    # and no training target lies in the gap (windows with a filled target are dropped)
+    gap = (pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(170, 200), unit="D")).to_numpy()
+    assert not np.isin(base.train.target_dates(Frequency.DAILY), gap).any()
