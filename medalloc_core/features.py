@@ -67,7 +67,7 @@ class WindowSpec:
     targets: tuple[str, ...] = (ADMISSIONS, CENSUS)
     day_of_week: str = "sincos"
     year_position: bool = True
-    holidays: tuple[pd.Timestamp, ...] = ()
+    holidays: tuple[pd.Timestamp | str, ...] = ()  # normalised to Timestamps in __post_init__
     missing_flag: bool = True
     val_periods: int | None = None
     test_periods: int | None = None
@@ -296,7 +296,7 @@ def _boundaries(n: int, spec: WindowSpec, unit: str) -> tuple[int, int]:
     return val_start, test_start
 
 
-def fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
+def _fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
     """Mean and floored std per (unit, target) over the training periods, observed values only."""
     mean, scale = {}, {}
     for s in series:
@@ -366,7 +366,7 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
     """
     spec = spec.resolved(records.frequency)
     series = _complete_series(records, spec)
-    scaler = fit_scaler(series, spec)
+    scaler = _fit_scaler(series, spec)
     parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
     for s in series:
         val_start, test_start = _boundaries(len(s.dates), spec, s.unit)
