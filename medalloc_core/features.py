@@ -67,7 +67,7 @@ class WindowSpec:
     targets: tuple[str, ...] = (ADMISSIONS, CENSUS)
     day_of_week: str = "sincos"
     year_position: bool = True
-    holidays: tuple[pd.Timestamp, ...] = ()
+    holidays: tuple[pd.Timestamp | str, ...] = ()  # normalised to Timestamps in __post_init__
     missing_flag: bool = True
     val_periods: int | None = None
     test_periods: int | None = None
@@ -208,20 +208,20 @@ def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Fr
     """``(n, C)`` calendar channels for ``dates`` (without the missing flag), in ``covariate_names`` order."""
     columns: list[np.ndarray] = []
     if frequency is Frequency.DAILY and spec.day_of_week != "none":
-        dow = dates.dayofweek.to_numpy()
+        dow = dates.day_of_week.to_numpy()
         if spec.day_of_week == "sincos":
             columns += [np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)]
         else:
             columns += [(dow == d).astype(np.float64) for d in range(7)]
     if spec.year_position:
-        phase = 2 * np.pi * (dates.dayofyear.to_numpy() - 1) / _DAYS_PER_YEAR
+        phase = 2 * np.pi * (dates.day_of_year.to_numpy() - 1) / _DAYS_PER_YEAR
         columns += [np.sin(phase), np.cos(phase)]
     if spec.holidays:
         holidays = pd.DatetimeIndex(spec.holidays)
         if frequency is Frequency.DAILY:
             flag = dates.isin(holidays)
         else:  # a week (dated its Monday) is a holiday week when any of its 7 days is one
-            week_of = holidays - pd.to_timedelta(holidays.dayofweek, unit="D")
+            week_of = holidays - pd.to_timedelta(holidays.day_of_week, unit="D")
             flag = dates.isin(week_of)
         columns.append(np.asarray(flag, dtype=np.float64))
     if not columns:
@@ -229,8 +229,27 @@ def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Fr
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def _complete_series(records: UnitRecords, spec: WindowSpec) -> list[_Series]:
-    """Reindex every unit to a complete calendar; interpolate gaps, never shift dates."""
+def _fill(frame: pd.DataFrame, cuts: Sequence[int]) -> np.ndarray:
+    """Linear interpolation within each segment between ``cuts``; a segment never borrows later data.
+
+    Interpolating across a split boundary would put a validation value into a training
+    window's history, so each segment is filled on its own (edges from its nearest observed
+    value); a segment with nothing observed is carried forward from the past.
+    """
+    bounds = [0, *cuts, len(frame)]
+    parts = [
+        frame.iloc[a:b].interpolate(method="linear", limit_direction="both") for a, b in zip(bounds, bounds[1:])
+    ]
+    return pd.concat(parts).ffill().to_numpy()  # the first period is always observed
+
+
+def _complete_series(records: UnitRecords, spec: WindowSpec, *, split: bool = True) -> list[_Series]:
+    """Reindex every unit to a complete calendar; interpolate gaps, never shift dates.
+
+    With ``split`` gaps are filled within each of train/val/test separately (no data flows
+    backwards across a boundary); without it (forecasting from the end of the data, when all
+    of it is the past) the whole series is one segment.
+    """
     missing_targets = [t for t in spec.targets if t not in records.count_columns]
     if missing_targets:
         raise ValueError(
@@ -253,7 +272,7 @@ def _complete_series(records: UnitRecords, spec: WindowSpec) -> list[_Series]:
             logger.info("unit %s: %d of %d periods missing, filled by linear interpolation", unit, missing.sum(), len(dates))
         # Linear interpolation between the neighbouring observed periods; a count series has no
         # better local guess, and the was_missing channel tells the model which ones are guesses.
-        filled = full.interpolate(method="linear", limit_direction="both").to_numpy()
+        filled = _fill(full, _boundaries(len(dates), spec, str(unit)) if split else ())
         cov = calendar_covariates(dates, spec, records.frequency)
         if spec.missing_flag:
             cov = np.concatenate([cov, missing[:, None].astype(np.float32)], axis=1)
@@ -277,7 +296,7 @@ def _boundaries(n: int, spec: WindowSpec, unit: str) -> tuple[int, int]:
     return val_start, test_start
 
 
-def fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
+def _fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
     """Mean and floored std per (unit, target) over the training periods, observed values only."""
     mean, scale = {}, {}
     for s in series:
@@ -347,7 +366,7 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
     """
     spec = spec.resolved(records.frequency)
     series = _complete_series(records, spec)
-    scaler = fit_scaler(series, spec)
+    scaler = _fit_scaler(series, spec)
     parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
     for s in series:
         val_start, test_start = _boundaries(len(s.dates), spec, s.unit)
@@ -374,7 +393,7 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
     """
     spec = dataset.spec
     assert spec.history is not None and spec.horizon is not None
-    series = _complete_series(records, spec)
+    series = _complete_series(records, spec, split=False)
     X, units, starts = [], [], []
     for s in series:
         if s.unit not in dataset.scaler.mean:

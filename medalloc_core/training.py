@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,6 +147,7 @@ class TrainResult:
     sample_rate: float | None  # Poisson sampling rate q (None: not private)
     epsilon_spent_this_call: float | None  # epsilon of this call alone at DPConfig.delta
     seconds: float  # wall time of the optimisation loop
+    cpu_seconds: float = 0.0  # process CPU time of the loop: what benchmarks compare on a shared machine
 
 
 # ----------------------------------------------------------------------------- per-sample clipping
@@ -193,21 +194,21 @@ class LinearClipper:
         records, self._records = self._records, []
         if len({id(m) for m, _, _ in records}) != len(records):
             raise ValueError("grad_sample_mode='linear' needs each Linear used once per forward")
-        sums = {id(p): torch.zeros_like(p) for p in self.model.parameters()}
-        if x.shape[0] == 0:
-            return [sums[id(p)] for p in self.model.parameters()], per_sample.detach()
+        if x.shape[0] == 0:  # an empty Poisson batch: nothing to sum (DP-SGD still adds noise)
+            return [torch.zeros_like(p) for p in self.model.parameters()], per_sample.detach()
         outs = torch.autograd.grad(per_sample.sum(), [z for _, _, z in records])  # each (B, d_out)
         norms2 = torch.zeros(x.shape[0], dtype=x.dtype)
         for (m, a, _), g in zip(records, outs):
             g2 = g.pow(2).sum(1)
-            norms2 += g2 * a.pow(2).sum(1) + (g2 if m.bias is not None else 0.0)
+            norms2 += g2 * (a.pow(2).sum(1) + (1.0 if m.bias is not None else 0.0))
         # Opacus' formula, so that both paths clip identically: C / (||g_i|| + 1e-6), at most 1.
         coef = (max_grad_norm / (norms2.sqrt() + 1e-6)).clamp(max=1.0)  # (B,)
+        sums: dict[int, torch.Tensor] = {}
         for (m, a, _), g in zip(records, outs):
             cg = g * coef[:, None]  # (B, d_out)
-            sums[id(m.weight)] += cg.T @ a  # (d_out, d_in)
+            sums[id(m.weight)] = cg.T @ a  # (d_out, d_in)
             if m.bias is not None:
-                sums[id(m.bias)] += cg.sum(0)
+                sums[id(m.bias)] = cg.sum(0)
         return [sums[id(p)] for p in self.model.parameters()], per_sample.detach()
 
     def close(self) -> None:
@@ -261,7 +262,11 @@ def _resolve_mode(model: nn.Module, mode: str) -> str:
 
 
 class _Stepper(Protocol):
-    def grads(self, x: torch.Tensor, y: torch.Tensor) -> float: ...  # fills p.grad, returns batch loss
+    """Fills ``p.grad`` for one batch (privatised or not); the shared loop does the rest."""
+
+    def zero_grad(self) -> None: ...
+
+    def grads(self, x: torch.Tensor, y: torch.Tensor) -> float: ...  # returns the batch's mean loss
 
     def close(self) -> None: ...
 
@@ -269,6 +274,9 @@ class _Stepper(Protocol):
 class _PlainStepper:
     def __init__(self, model: nn.Module, quantiles: tuple[float, ...]) -> None:
         self.model, self.quantiles = model, quantiles
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = pinball_loss_per_sample(self.model(x), y, self.quantiles).mean()
@@ -285,11 +293,18 @@ class _LinearDPStepper:
         self.clipper = LinearClipper(model)
         self.C, self.sigma, self.B, self.gen = max_grad_norm, noise_multiplier, expected_batch_size, noise_generator
 
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         sums, per_sample = self.clipper.clipped_sum(x, y, self.quantiles, self.C)
-        for p, s in zip(self.model.parameters(), sums):
-            noise = torch.normal(0.0, self.sigma * self.C, size=p.shape, generator=self.gen) if self.sigma else 0.0
-            p.grad = (s + noise) / self.B  # the mean over the *expected* batch, as DP-SGD accounts it
+        params = list(self.model.parameters())
+        if self.sigma:  # one draw for all parameters: N(0, sigma^2 C^2) per coordinate
+            noise = torch.randn(sum(p.numel() for p in params), generator=self.gen).mul_(self.sigma * self.C)
+            for s, n in zip(sums, noise.split([p.numel() for p in params])):
+                s.add_(n.view_as(s))
+        for p, s in zip(params, sums):
+            p.grad = s.div_(self.B)  # the mean over the *expected* batch, as DP-SGD accounts it
         return float(per_sample.mean()) if len(per_sample) else 0.0
 
     def close(self) -> None:
@@ -334,13 +349,10 @@ class _OpacusStepper:
         self.dp_optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
-        self.gsm.cleanup() if hasattr(self.gsm, "cleanup") else None
+        # Public GradSampleModule API: drop the hooks and the grad_sample attributes; the
+        # caller keeps its own reference to the unwrapped model, whose parameters were trained.
         self.gsm.remove_hooks()
-
-
-def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for x, y in loader:
-        yield x, y
+        self.gsm.cleanup()
 
 
 def train_local(
@@ -382,7 +394,6 @@ def train_local(
     if global_params is not None:
         global_params = [g.detach().clone() for g in global_params]
     quantiles: tuple[float, ...] = tuple(model.config.quantiles)  # type: ignore[union-attr]
-    torch.manual_seed(config.seed)  # dropout, if a config turns it on
     loader = _loader(train, config.batch_size, config.seed, poisson=dp is not None)
     optimizer = _optimizer(list(model.parameters()), config)
 
@@ -393,12 +404,19 @@ def train_local(
     if dp is None:
         stepper = _PlainStepper(model, quantiles)
     else:
-        sample_rate = 1 / len(loader)  # Opacus: q = 1 / batches per epoch
-        expected_batch_size = int(len(train) * sample_rate)
+        assert isinstance(loader, DPDataLoader)
+        # The Poisson rate the sampler really uses (1 / ceil(n / batch_size)) and the batches it
+        # really draws per epoch (int(1 / q), which float rounding can make one less).
+        sample_rate = loader.sample_rate
         steps_planned = config.epochs * len(loader)
+        # Divisor of the noisy sum, as Opacus' make_private computes it, so every mode agrees.
+        expected_batch_size = int(len(train) / len(loader))
         sigma = dp.noise_multiplier
         if sigma is None:
-            from medalloc_core.privacy.accounting import noise_multiplier_for  # on its own branch until merged
+            try:  # imported lazily: the accounting module is on its own branch until merged
+                from medalloc_core.privacy.accounting import noise_multiplier_for
+            except ImportError as err:
+                raise ImportError("DPConfig(target_epsilon=...) needs medalloc_core.privacy.accounting; pass noise_multiplier instead") from err
 
             sigma = noise_multiplier_for(
                 target_epsilon=dp.target_epsilon, delta=dp.delta, sample_rate=sample_rate,
@@ -407,7 +425,7 @@ def train_local(
         if ledger is not None:
             assert fingerprint is not None
             # Ask first: a refusal raises here, before any parameter has moved.
-            total = ledger.spend(fingerprint, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_planned, run_id=run_id)
+            total = ledger.spend(fingerprint, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_planned, run_id=run_id or "local-training")
             logger.info("ledger accepted %d steps at sigma=%.4g q=%.4g; cumulative epsilon %.4g", steps_planned, sigma, sample_rate, total)
         epsilon = _epsilon(sigma, sample_rate, steps_planned, dp.delta, dp.accountant)
         noise_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -419,24 +437,25 @@ def train_local(
         logger.debug("DP training: mode=%s sigma=%.4g q=%.4g steps=%d", mode, sigma, sample_rate, steps_planned)
 
     steps, loss_sum = 0, 0.0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     try:
-        for _ in range(config.epochs):
-            for x, y in _batches(loader):
-                if isinstance(stepper, _OpacusStepper):
+        # The global RNG (dropout, if a config turns it on) is seeded inside a fork, so the
+        # caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            for _ in range(config.epochs):
+                for x, y in loader:
                     stepper.zero_grad()
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                loss_sum += stepper.grads(x, y)
-                _add_proximal_grad(model, global_params, config.fedprox_mu)
-                optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad
-                steps += 1
+                    loss_sum += stepper.grads(x, y)
+                    _add_proximal_grad(model, global_params, config.fedprox_mu)
+                    optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad
+                    steps += 1
     finally:
         stepper.close()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.zero_grad(set_to_none=True)
-    return TrainResult(len(train), steps, loss_sum / max(steps, 1), sigma, sample_rate, epsilon, seconds)
+    return TrainResult(len(train), steps, loss_sum / max(steps, 1), sigma, sample_rate, epsilon, seconds, cpu_seconds)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -445,9 +464,10 @@ def train_local(
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
     """Quantile forecasts ``(N, H, T, Q)`` in the scaled space (``scaler.inverse_transform`` for beds)."""
+    was_training = model.training
     model.eval()
-    parts = [model(X[i : i + batch_size]) for i in range(0, max(len(X), 1), batch_size) if len(X[i : i + batch_size])]
-    model.train()
+    parts = [model(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+    model.train(was_training)
     if not parts:
         c = model.config  # type: ignore[union-attr]
         return np.zeros((0, c.horizon, c.n_targets, len(c.quantiles)), dtype=np.float32)
