@@ -102,7 +102,7 @@ def seasonal_naive_forecast(history: pd.DataFrame, origin: pd.Timestamp, horizon
 class NeuralSettings:
     """The federation trained inside the benchmark: small enough for a few minutes on 2 cores."""
 
-    rounds: int = 3
+    rounds: int = 8
     local_epochs: int = 1
     history: int = 28
     hidden: int = 32
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-neural", action="store_true", help="no federated / local-only models (seconds instead of minutes)")
-    parser.add_argument("--rounds", type=int, default=3, help="federated rounds (local-only replays the same DP spend)")
+    parser.add_argument("--rounds", type=int, default=8, help="federated rounds (local-only replays the same DP spend)")
     args = parser.parse_args(argv)
     console = Console(width=130)  # wide enough for the table when piped to a file
     logging.basicConfig(level=logging.ERROR)
