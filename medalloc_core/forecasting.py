@@ -142,7 +142,8 @@ def forecast_records(
     config: ForecasterConfig = model.config  # type: ignore[assignment]
     resolved = check_compatible(config, spec, records)
     try:
-        dataset = dataset or prepare_hospital(records, resolved)
+        if dataset is None:
+            dataset = prepare_hospital(records, resolved)
         inputs = forecast_inputs(records, dataset)
     except ValueError as exc:
         raise ModelDataMismatch(

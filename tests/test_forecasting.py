@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medalloc_core.allocation.forecast_io import read_forecast, write_forecast
-from medalloc_core.contract import CENSUS, DATE, UNIT, Frequency, UnitRecords
+from medalloc_core.contract import CENSUS, DATE, UNIT, UnitRecords
 from medalloc_core.features import WindowSpec, prepare_hospital
 from medalloc_core.forecasting import ModelDataMismatch, forecast_records, holdout_forecasts
 from medalloc_core.model_io import ModelFileError, load_model, save_model
@@ -60,20 +60,19 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_checkpoint_folder_loads_latest_round_with_the_federation_window_rule(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
+    from client.task import state_arrays, window_spec
+    from server.checkpoint import Checkpoint, save_checkpoint
+    from server.config import RunConfig
 
-    ckpt = tmp_path / "results" / "checkpoints"
-    ckpt.mkdir(parents=True)
+    run = RunConfig.from_mapping({"history": 14, "horizon": 7, "targets": "census", "hidden": 8})
     config = ForecasterConfig(history=14, horizon=7, n_features=7, n_targets=1, hidden=8)
-    for r in (1, 2):
-        model = build_model(config, seed=r)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / f"round-{r:04d}.safetensors")
-        (ckpt / f"round-{r:04d}.json").write_text(json.dumps({
-            "round": r, "model-config": config.to_dict(),
-            "run-config": {"history": 14, "horizon": 7, "targets": "census"}}))
+    for r in (1, 2):  # written by the coordinator's own checkpoint code
+        save_checkpoint(tmp_path / "results" / "checkpoints", Checkpoint(
+            round=r, arrays=state_arrays(build_model(config, seed=r)), strategy="fedavg",
+            model_config=config.to_dict(), run_config=run.to_dict()))
     loaded = load_model(tmp_path / "results")
     assert loaded.path.name == "round-0002.safetensors"
-    assert loaded.spec == WindowSpec(history=14, horizon=7, targets=("census",), val_periods=28, test_periods=28)
+    assert loaded.spec == window_spec(history=14, horizon=7, targets=("census",))  # what the nodes trained with
     x = torch.randn(2, 14, 7)
     np.testing.assert_array_equal(predict(loaded.model, x), predict(build_model(config, seed=2), x))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +22,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _summary(frame, levels: tuple[float, ...]) -> Table:  # type: ignore[no-untyped-def]
+def _summary(frame: pd.DataFrame, levels: tuple[float, ...]) -> Table:
     from medalloc_core.allocation.forecast_io import Q, TARGET, VALUE
 
     lo, hi = levels[0], levels[-1]
