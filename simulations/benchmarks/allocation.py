@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=130)  # wide enough for the table when piped to a file
     logging.basicConfig(level=logging.ERROR)
+    import torch
+
+    torch.set_num_threads(1)  # as the simulation runner: small models, a shared CPU, and the same numbers every run
 
     daily = (_toy_region if args.toy_region else _synthetic_region)(args.hospitals, args.days + args.horizon, args.seed)
     daily[DATE] = pd.to_datetime(daily[DATE])
