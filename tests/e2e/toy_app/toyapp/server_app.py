@@ -1,0 +1,27 @@
+"""Toy ServerApp: FedAvg over a one-number model; writes metrics.jsonl and the final model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    out = Path(str(context.run_config["output-dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = FedAvg(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord([np.zeros(1)]),
+        num_rounds=int(context.run_config["num-server-rounds"]),
+    )
+    with (out / "metrics.jsonl").open("w", encoding="utf-8") as f:
+        for rnd, metrics in sorted(result.evaluate_metrics_clientapp.items()):
+            f.write(json.dumps({"round": rnd, **dict(metrics)}) + "\n")
+    np.save(out / "final_model.npy", result.arrays.to_numpy_ndarrays()[0])
