@@ -13,13 +13,19 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    out = Path(str(context.run_config["output-dir"]))
+    cfg = context.run_config
+    out = Path(str(cfg["out-dir"]))
     out.mkdir(parents=True, exist_ok=True)
-    strategy = FedAvg(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
+    nodes = int(cfg["min-train-nodes"])
+    strategy = FedAvg(
+        min_train_nodes=nodes,
+        min_evaluate_nodes=nodes,
+        min_available_nodes=int(cfg["min-available-nodes"]),
+    )
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord([np.zeros(1)]),
-        num_rounds=int(context.run_config["num-server-rounds"]),
+        num_rounds=int(cfg["num-server-rounds"]),
     )
     with (out / "metrics.jsonl").open("w", encoding="utf-8") as f:
         for rnd, metrics in sorted(result.evaluate_metrics_clientapp.items()):
