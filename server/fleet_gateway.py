@@ -60,8 +60,12 @@ class GatewayConfig:
     ca_certfile: Path
 
 
-def create_app(config: GatewayConfig) -> Starlette:
-    """A Starlette app that forwards Fleet API calls to ``config.superlink`` over TLS."""
+def create_app(config: GatewayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """A Starlette app that forwards Fleet API calls to ``config.superlink`` over TLS.
+
+    ``transport`` replaces the network connection to the SuperLink (tests use
+    ``httpx.MockTransport``); by default it is a TLS connection checked against the CA.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,6 +73,7 @@ def create_app(config: GatewayConfig) -> Starlette:
             base_url=f"https://{config.superlink}",
             verify=str(config.ca_certfile),
             timeout=_UPSTREAM_TIMEOUT,
+            transport=transport,
         ) as client:
             app.state.client = client
             yield
