@@ -1,0 +1,105 @@
+"""`medalloc generate`: write a synthetic hospital region for experiments and demos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medalloc_core import contract as c
+from medalloc_core.synthetic import Region, RegionConfig, existing_region_files, generate_region, write_region
+
+_SHAPES = ("daily", "encounters")
+_FORMATS = ("csv", "parquet")
+
+
+def _fail(console: Console, message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+_UNIT_CODES = {"icu": "I", "medical": "M", "surgical": "S", "paediatric": "P"}
+
+
+def _summary_table(region: Region) -> Table:
+    """One row per hospital: size, units, days and what a planner looks at first."""
+    table = Table(title=f"Synthetic region: {len(region.hospitals)} hospitals (seed {region.config.seed})")
+    for name, justify in (
+        ("hospital", "left"), ("beds", "right"), ("units", "left"), ("mix", "left"),
+        ("days", "right"), ("adm/day", "right"), ("census", "right"), ("overflow", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for hospital, meta in zip(region.hospitals, region.metadata["hospitals"], strict=True):
+        daily = hospital.daily
+        per_day = daily.groupby(c.DATE)[[c.ADMISSIONS, c.CENSUS]].sum()
+        over = int((daily[c.CENSUS] > daily[c.CAPACITY]).sum())
+        table.add_row(
+            hospital.hospital_id,
+            str(hospital.beds),
+            "".join(_UNIT_CODES.get(u, u) for u in meta["units"]),
+            {"general": "gen", "paediatric": "paed", "surgical": "surg"}.get(meta["case_mix"], meta["case_mix"]),
+            str(len(per_day)),
+            f"{per_day[c.ADMISSIONS].mean():.1f}",
+            f"{per_day[c.CENSUS].mean():.1f}",
+            f"{over / len(daily):.1%}",
+        )
+    table.caption = (
+        "units: I=ICU M=medical S=surgical P=paediatric; mix: general or specialty centre; "
+        "days: records (short histories start later); overflow: unit-days with census > capacity"
+    )
+    return table
+
+
+def generate(
+    hospitals: int = typer.Option(10, "--hospitals", "-n", help="Number of hospitals in the region."),
+    days: int = typer.Option(730, "--days", "-d", help="Days of records per full-history hospital."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Random seed: same seed, same bytes."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for H000.csv, ... and region.json."),
+    shape: str = typer.Option("daily", "--shape", help="'daily' unit records or 'encounters' (patient stays)."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="'csv' or 'parquet'."),
+    start: str = typer.Option("2023-01-01", "--start", help="First date, YYYY-MM-DD."),
+    force: bool = typer.Option(False, "--force", help="Replace a region already in --out."),
+) -> None:
+    """Generate a synthetic region (one file per hospital plus region.json with the true parameters)."""
+    console = Console(stderr=True)
+    if shape not in _SHAPES:
+        _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
+    if fmt not in _FORMATS:
+        _fail(console, f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+    if out.exists() and not out.is_dir():
+        _fail(console, f"--out {out} is a file; give a directory")
+    earlier = existing_region_files(out)
+    if earlier and not force:
+        _fail(
+            console,
+            f"{out} already holds a region ({len(earlier)} files, e.g. {earlier[0].name}); "
+            "choose another --out or pass --force to replace it",
+        )
+    try:
+        config = RegionConfig(hospitals=hospitals, days=days, seed=seed, start=start, shape=shape)  # type: ignore[arg-type]
+    except ValueError as exc:
+        _fail(console, str(exc))
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("simulating hospitals", total=hospitals)
+        region = generate_region(config, progress=lambda _hid: bar.advance(task))
+        bar.update(task, description="writing files")
+        try:
+            paths = write_region(region, out, shape=shape, fmt=fmt, overwrite=force)  # type: ignore[arg-type]
+        except OSError as exc:
+            _fail(console, f"cannot write the region to {out}: {exc}")
+
+    Console().print(_summary_table(region))
+    console.print(f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``generate`` to the ``medalloc`` app."""
+    app.command("generate")(generate)

@@ -1,0 +1,99 @@
+"""``medalloc validate PATH...``: check hospital files against the data contract, read-only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from medalloc_core.contract import Problem
+from medalloc_core.validation import ValidationReport, validate_file
+
+# Lines of problems shown per file; the rest are counted, so a broken million-row file
+# does not flood the terminal.
+SHOWN_PER_FILE = 50
+EXIT_INVALID = 2
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``validate`` command to the ``medalloc`` app."""
+    app.command(name="validate")(validate)
+
+
+def validate(
+    paths: list[Path] = typer.Argument(..., help="Daily/weekly unit-records or encounter files, CSV or Parquet.", show_default=False),
+) -> None:
+    """Check hospital files against the data contract (docs/data.md); never modifies them.
+
+    Exits 0 when every file is valid (warnings allowed) and 2 when any file has an error.
+    """
+    console = Console(soft_wrap=True, highlight=False)
+    failed = 0
+    for path in paths:
+        try:
+            report = validate_file(path)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
+            logger.debug("validating %s failed", path, exc_info=True)
+            message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
+            report = ValidationReport(path, [Problem(str(path), message)])
+        _show_report(console, report)
+        failed += not report.ok
+    if len(paths) > 1:
+        style = "red" if failed else "green"
+        console.print(f"[{style}]{len(paths) - failed} of {len(paths)} file(s) valid[/{style}]")
+    if failed:
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _show_report(console: Console, report: ValidationReport) -> None:
+    name = escape(str(report.path))
+    errors, warnings = report.errors, report.warnings
+    if report.ok:
+        console.print(f"[green]OK[/green] {name}")
+        console.print(_summary_table(report.summary))
+    else:
+        console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
+    ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
+    shown = ordered[:SHOWN_PER_FILE]
+    # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
+    counts = [p for p in ordered[SHOWN_PER_FILE:] if p.row is None and p.column is not None]
+    for problem in shown + counts:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[{style}]{escape(str(problem))}[/{style}]")
+    hidden = len(ordered) - len(shown) - len(counts)
+    if hidden:
+        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
+
+
+def _position(problem: Problem) -> tuple[int, int, str]:
+    """File-wide problems first, then by row, then the per-column "... and N more" counts."""
+    if problem.row is None:
+        return (2 if problem.column else 0, 0, problem.column or "")
+    return (1, problem.row, problem.column or "")
+
+
+def _summary_table(summary: dict[str, object]) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    units = summary.get("units", [])
+    shown = {
+        "format": summary.get("format"),
+        "shape": summary.get("shape"),
+        "frequency": summary.get("frequency"),
+        "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) else units,
+        "date range": f"{summary.get('date_start')} .. {summary.get('date_end')}",
+        "rows": summary.get("rows"),
+        "gaps": summary.get("gaps"),
+    }
+    if "encounters" in summary:
+        shown["stays (open)"] = f"{summary['encounters']} ({summary['open_stays']} open)"
+    if summary.get("columns_ignored"):
+        shown["ignored columns"] = ", ".join(map(str, summary["columns_ignored"]))  # type: ignore[call-overload]
+    for key, value in shown.items():
+        table.add_row(key, escape(str(value)))
+    return table

@@ -1,0 +1,180 @@
+"""Read a hospital's table, CSV or Parquet detected from the bytes, as strings, without touching the file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from medalloc_core.contract import DataContractError, Problem
+
+logger = logging.getLogger(__name__)
+
+PARQUET_MAGIC = b"PAR1"
+# Formats people export by mistake; naming them turns "garbage" into a fix.
+_KNOWN_BINARY_MAGIC: dict[bytes, str] = {
+    b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook is one): export the sheet as CSV",
+    b"\xd0\xcf\x11\xe0": "an old Excel/Office document: export the sheet as CSV",
+    b"\x1f\x8b": "a gzip archive: decompress it first",
+    b"%PDF": "a PDF document, not a table",
+    b"SQLite format 3": "a SQLite database: export the table as CSV",
+    b"\xff\xfe": "UTF-16 text (Excel's 'Unicode Text'), not UTF-8: re-export as 'CSV UTF-8'",
+    b"\xfe\xff": "UTF-16 text, not UTF-8: re-export as 'CSV UTF-8'",
+}
+_BINARY_SNIFF_BYTES = 8192
+_RAGGED_SHOWN = 50  # rows with the wrong number of fields listed before giving up
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table with every column as string.
+
+    The format is decided from the file's bytes (Parquet starts and ends with ``PAR1``),
+    never from its name, so a Parquet file called ``.csv`` still reads. The file is opened
+    read-only and never written.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+
+    Returns
+    -------
+    pd.DataFrame
+        The raw table: column names stripped of surrounding whitespace, every value a
+        string (empty cells are missing), extra columns kept. Fully blank CSV lines are
+        dropped but the index keeps each record's position, so a record's spreadsheet row
+        is ``index + 2`` (header = row 1), also after blank lines.
+        ``frame.attrs["format"]`` says what was detected: ``"csv"`` or ``"parquet"``.
+
+    Raises
+    ------
+    DataContractError
+        If the path does not exist or is not a file, the file is empty, is not UTF-8 text
+        (the byte offset and row are named), is some other binary format, or cannot be
+        parsed as CSV/Parquet.
+    """
+    name = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise DataContractError([Problem(name, "no such file")])
+    if not path.is_file():
+        raise DataContractError([Problem(name, "not a regular file (a directory?); give the path of a .csv or .parquet file")])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
+    if not data.strip():
+        raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")])
+    file_format = "parquet" if data[:4] == PARQUET_MAGIC else "csv"
+    frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
+    frame.attrs["format"] = file_format
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")])
+    logger.debug("read %s: %d rows, columns %s", name, len(frame), list(frame.columns))
+    return frame
+
+
+def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
+    if data[-4:] != PARQUET_MAGIC:
+        raise DataContractError([Problem(name, "starts like Parquet but is truncated or corrupt (no PAR1 footer); re-export it")])
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataContractError([Problem(name, f"Parquet file could not be read ({exc}); re-export it")]) from None
+    columns: dict[str, pa.ChunkedArray] = {}
+    for column_name, column in zip(table.column_names, table.columns):
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            # Hospital days are local days: keep the wall-clock time the stay was recorded in.
+            column = pc.local_timestamp(column)
+        try:
+            as_text = pc.cast(column, pa.string())
+        except (pa.ArrowException, ValueError):
+            raise DataContractError(
+                [Problem(name, f"has type {column.type}, which cannot be read as text; expected plain values", column=column_name)]
+            ) from None
+        columns[column_name] = as_text
+    return pa.table(columns).to_pandas()
+
+
+def _read_csv(name: str, data: bytes) -> pd.DataFrame:
+    head = data[:_BINARY_SNIFF_BYTES]
+    for magic, what in _KNOWN_BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise DataContractError([Problem(name, f"is {what}; expected a CSV or Parquet file")])
+    if b"\x00" in head:
+        offset = head.index(b"\x00")
+        raise DataContractError(
+            [Problem(name, f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet")]
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data.count(b"\n", 0, exc.start) + 1
+        raise DataContractError(
+            [
+                Problem(
+                    name,
+                    f"not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} cannot be decoded; "
+                    "re-export the file as UTF-8 CSV",
+                    row=row,
+                )
+            ]
+        ) from None
+    return _parse_csv(name, text, data.removeprefix(b"\xef\xbb\xbf"))
+
+
+def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
+    """Parse CSV text with pyarrow (all columns as strings), keeping each record's row position."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    names = [column.strip() or f"unnamed_{i + 1}" for i, column in enumerate(header)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataContractError(
+            [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
+        )
+    skipped: list[int] = []
+    ragged: list[Problem] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        skipped.append(row.number)
+        if row.text.strip():
+            ragged.append(
+                Problem(
+                    name,
+                    f"has {row.actual_columns} fields; expected {row.expected_columns}, one per header column",
+                    row=row.number,
+                )
+            )
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            parse_options=pacsv.ParseOptions(
+                ignore_empty_lines=False, newlines_in_values=True, invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+            ),
+        )
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]) from None
+    if ragged:
+        raise DataContractError(ragged[:_RAGGED_SHOWN])
+    frame = table.to_pandas()
+    if skipped:
+        # Whitespace-only lines were skipped: keep the other records at their spreadsheet rows.
+        rows = np.setdiff1d(np.arange(2, 2 + len(frame) + len(skipped)), skipped)
+        frame.index = pd.Index(rows - 2)
+    blank = frame.isna().all(axis=1)
+    return frame.loc[~blank]
