@@ -293,3 +293,53 @@ def test_toy_app_through_documented_deployment(harness: ProcessHarness, tmp_path
     assert not (fed.node_dir("H003") / "privacy-ledger.json").exists()
 
     _check_restart_keeps_registrations(fed, ids)
+
+
+REAL_APP_READY = all((REPO / p).is_file() for p in ("server/app.py", "client/app.py", "medalloc_core/cli/privacy.py"))
+# Small and quick: the documented run is 20 rounds of the default model.
+REAL_APP_FAST_CONFIG = (
+    "num-server-rounds=3 local-epochs=1 batch-size=32 lookback=14 horizon=7 hidden-size=16"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not REAL_APP_READY,
+    reason="MedAlloc's ServerApp/ClientApp (branch federation: server/app.py, client/app.py, "
+    "medalloc privacy) are not merged into this branch yet",
+)
+def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_path: Path) -> None:
+    """The documented commands with MedAlloc itself: `flwr run .` from the project directory.
+
+    The run must complete, the global model must evaluate better on the hospitals' held-out
+    weeks at the end than at the start (round 0, the initial model, when the ServerApp
+    reports it; otherwise the first round), and every registered hospital's privacy ledger
+    must show the rounds it trained, within its budget; the refused hospital has no ledger.
+    """
+    fed = Federation(harness, tmp_path)
+    data = generate_region(fed, hospitals=4, days=150)
+    ids, _ = _deploy(fed, data, validate=True)
+
+    run_id = fed.run(REPO, REAL_APP_FAST_CONFIG)
+    run, seen = fed.wait_run(run_id, timeout=420)
+    log = fed.sh("log", f"flwr log {run_id} medalloc --show", fed.coord_env(), cwd=fed.coord).stdout
+    assert run["status"] == "finished:completed", f"{run}\n{log[-4000:]}"
+    assert "flwr-serverapp" in seen
+
+    out = fed.coord / "results" / "run-001"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = {r["round"]: r["eval-loss"] for r in rows if "eval-loss" in r}
+    assert max(evals) == 3, rows
+    assert evals[3] < evals[min(evals)], evals
+
+    for hospital in ("H000", "H001", "H002"):
+        ledger = fed.node_dir(hospital) / "privacy-ledger.json"
+        env = fed.node_env(hospital)
+        fed.ok(f"privacy-{hospital}", fed.node_block("privacy", hospital), env, cwd=fed.node_dir(hospital))
+        report = json.loads(fed.ok(f"privacy-json-{hospital}", f"medalloc privacy --ledger {ledger} --json",
+                                   env, cwd=fed.node_dir(hospital)))
+        spends = [s for entry in report["entries"] for s in entry["spends"]]
+        assert len(spends) == 3, report
+        assert report["epsilon_budget"] == 8.0
+        assert 0 < report["epsilon_spent"] <= 8.0
+    assert not (fed.node_dir("H003") / "privacy-ledger.json").exists()
