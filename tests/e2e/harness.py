@@ -112,7 +112,11 @@ class ProcessHarness:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment every harness process gets: the caller's, plus the tag."""
-        env = {**os.environ, _TAG_VAR: self.tag, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ, _TAG_VAR: self.tag, "PYTHONUNBUFFERED": "1",
+            # Tests never call out to Flower Labs (telemetry, update check).
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
         env.update(extra)
         return env
 

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -110,9 +111,10 @@ class Federation:
         block = adapt(self.hospital[name], extra or {})
         return block.replace(NODE_DOC_DIR, str(self.node_dir(hospital))).replace("H000", hospital)
 
-    def sh(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60):
-        result = self.harness.run(name, ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
-        return result
+    def sh(
+        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return self.harness.run(name, ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
 
     def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60) -> str:
         result = self.sh(name, script, env, cwd=cwd, timeout=timeout)
