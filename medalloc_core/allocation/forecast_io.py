@@ -1,0 +1,248 @@
+"""Read and write forecast frames and capacity tables, with errors that name file, row and column."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT, DataContractError, Problem
+
+logger = logging.getLogger(__name__)
+
+# --- forecast frame: one row per (hospital, unit, date, target, quantile level) ----------
+HOSPITAL = "hospital"
+TARGET = "target"
+Q = "q"  # quantile level in (0, 1)
+VALUE = "value"  # patients (admissions) or occupied beds (census)
+FORECAST_COLUMNS: tuple[str, ...] = (HOSPITAL, UNIT, DATE, TARGET, Q, VALUE)
+TARGETS: tuple[str, ...] = ("admissions", "census")
+
+# --- capacity table: one row per unit (optionally per hospital) ---------------------------
+BEDS = "beds"  # physical beds
+STAFFED = "staffed"  # optional staffed baseline
+
+
+def _row(index: int) -> int:
+    """Spreadsheet row of a 0-based data index (header is row 1)."""
+    return index + 2
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataContractError([Problem(str(path), "file not found")])
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataContractError([Problem(str(path), f"not a readable CSV file: {exc}")]) from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise DataContractError([Problem(str(path), "file has a header but no rows")])
+    return frame
+
+
+def _numeric(frame: pd.DataFrame, column: str, file: str, problems: list[Problem]) -> pd.Series:
+    """Parse a column as float; every unparsable or missing cell becomes a Problem."""
+    values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    for i in np.flatnonzero(values.isna().to_numpy()):
+        raw = frame[column].iloc[i]
+        what = "is empty" if pd.isna(raw) else f"'{raw}' is not a number"
+        problems.append(Problem(file, f"{what}; expected a number", row=_row(int(i)), column=column))
+    return values
+
+
+def read_forecast(path: Path) -> pd.DataFrame:
+    """Read and validate a forecast frame written by ``medalloc forecast`` (or :func:`write_forecast`).
+
+    Parameters
+    ----------
+    path : Path
+        CSV with columns ``hospital, unit, date, target, q, value``.
+
+    Returns
+    -------
+    pd.DataFrame
+        Typed frame: ``hospital``/``unit``/``target`` str, ``date`` datetime64 (midnight),
+        ``q`` float in (0, 1), ``value`` float >= 0, sorted by hospital, unit, target, date, q.
+
+    Raises
+    ------
+    DataContractError
+        With every problem found: missing columns, unparsable dates or numbers, q outside
+        (0, 1), negative or non-finite values, duplicate rows, unknown targets, crossing
+        quantiles (a higher level with a lower value on the same series and day).
+    """
+    file = str(path)
+    raw = _read_csv(Path(path))
+    missing = [c for c in FORECAST_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DataContractError(
+            [Problem(file, f"missing column(s) {missing}; a forecast frame has columns {list(FORECAST_COLUMNS)}")]
+        )
+    problems: list[Problem] = []
+    for column in (HOSPITAL, UNIT, TARGET):
+        for i in np.flatnonzero(raw[column].isna().to_numpy()):
+            problems.append(Problem(file, "is empty; expected a name", row=_row(int(i)), column=column))
+    dates = pd.to_datetime(raw[DATE], errors="coerce", format="mixed")
+    for i in np.flatnonzero(dates.isna().to_numpy()):
+        problems.append(
+            Problem(file, f"'{raw[DATE].iloc[i]}' is not a date; expected YYYY-MM-DD", row=_row(int(i)), column=DATE)
+        )
+    q = _numeric(raw, Q, file, problems)
+    value = _numeric(raw, VALUE, file, problems)
+    bad_q = q.notna() & ~((q > 0) & (q < 1))
+    for i in np.flatnonzero(bad_q.to_numpy()):
+        problems.append(Problem(file, f"quantile level {q.iloc[i]} is outside (0, 1)", row=_row(int(i)), column=Q))
+    bad_v = value.notna() & (~np.isfinite(value) | (value < 0))
+    for i in np.flatnonzero(bad_v.to_numpy()):
+        problems.append(
+            Problem(file, f"value {value.iloc[i]} must be finite and >= 0 (patients or beds)", row=_row(int(i)), column=VALUE)
+        )
+    target = raw[TARGET].str.strip().str.lower()
+    bad_t = target.notna() & ~target.isin(TARGETS)
+    for i in np.flatnonzero(bad_t.to_numpy()):
+        problems.append(
+            Problem(file, f"unknown target '{raw[TARGET].iloc[i]}'; expected one of {list(TARGETS)}", row=_row(int(i)), column=TARGET)
+        )
+    if any(p.severity == "error" for p in problems):
+        raise DataContractError(problems)
+
+    frame = pd.DataFrame(
+        {
+            HOSPITAL: raw[HOSPITAL].str.strip().astype(str),
+            UNIT: raw[UNIT].str.strip().astype(str),
+            DATE: dates.dt.normalize(),
+            TARGET: target.astype(str),
+            Q: q.round(6),
+            VALUE: value,
+        }
+    )
+    keys = [HOSPITAL, UNIT, TARGET, DATE, Q]
+    dup = frame.duplicated(keys, keep="first")
+    for i in np.flatnonzero(dup.to_numpy()):
+        problems.append(Problem(file, "duplicate (hospital, unit, target, date, q); each quantile appears once", row=_row(int(i))))
+    problems.extend(_crossing_problems(frame, file))
+    if problems:
+        raise DataContractError(problems)
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def _crossing_problems(frame: pd.DataFrame, file: str) -> list[Problem]:
+    """One Problem per row whose value is below the value of a lower quantile level of its series-day."""
+    order = frame.reset_index().sort_values([HOSPITAL, UNIT, TARGET, DATE, Q], kind="stable")
+    running_max = order.groupby([HOSPITAL, UNIT, TARGET, DATE], sort=False)[VALUE].cummax()
+    crossing = order[VALUE] < running_max - 1e-9
+    return [
+        Problem(
+            file,
+            f"quantiles cross: q={order[Q].loc[i]} has value {order[VALUE].loc[i]} below a lower level's "
+            f"{running_max.loc[i]}; quantile values must not decrease with q",
+            row=_row(int(order["index"].loc[i])),
+            column=VALUE,
+        )
+        for i in order.index[crossing.to_numpy()]
+    ]
+
+
+def write_forecast(frame: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
+    """Write a forecast frame as CSV with ISO dates; refuses to overwrite unless asked.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        Columns ``hospital, unit, date, target, q, value`` (extra columns are dropped).
+    path : Path
+        Destination CSV.
+    overwrite : bool, default False
+        Replace an existing file.
+    """
+    path = Path(path)
+    missing = [c for c in FORECAST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"forecast frame lacks column(s) {missing}; expected {list(FORECAST_COLUMNS)}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    out = frame.loc[:, list(FORECAST_COLUMNS)].copy()
+    out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return path
+
+
+def read_capacity(path: Path, *, key: str = UNIT) -> pd.DataFrame:
+    """Read a capacity table: columns ``unit, beds`` (+ optional ``hospital``, ``staffed``).
+
+    With ``key="hospital"`` the table has one row per hospital instead (``hospital, beds[, staffed]``,
+    the regional plan's input). Returns ``key`` (and ``hospital`` if present) as str, ``beds``
+    int >= 0 and ``staffed`` int (defaults to ``beds`` when absent). Raises DataContractError
+    naming row and column for missing, negative, fractional or duplicate entries.
+    """
+    file = str(path)
+    raw = _read_csv(Path(path))
+    missing = [c for c in (key, BEDS) if c not in raw.columns]
+    if missing:
+        raise DataContractError(
+            [Problem(file, f"missing column(s) {missing}; a capacity table has columns {key}, beds [, staffed"
+                     f"{', hospital' if key == UNIT else ''}]")]
+        )
+    problems: list[Problem] = []
+    for i in np.flatnonzero(raw[key].isna().to_numpy()):
+        problems.append(Problem(file, f"is empty; expected a {key} name", row=_row(int(i)), column=key))
+    columns = [BEDS] + ([STAFFED] if STAFFED in raw.columns else [])
+    parsed = {c: _numeric(raw, c, file, problems) for c in columns}
+    for c, values in parsed.items():
+        bad = values.notna() & ((values < 0) | (values != np.floor(values)) | ~np.isfinite(values))
+        for i in np.flatnonzero(bad.to_numpy()):
+            problems.append(
+                Problem(file, f"{values.iloc[i]} must be a whole number of beds >= 0", row=_row(int(i)), column=c)
+            )
+    if problems:
+        raise DataContractError(problems)
+    out = pd.DataFrame({key: raw[key].str.strip().astype(str), BEDS: parsed[BEDS].astype("int64")})
+    if key == UNIT and HOSPITAL in raw.columns:
+        out.insert(0, HOSPITAL, raw[HOSPITAL].str.strip().astype(str))
+    out[STAFFED] = parsed[STAFFED].astype("int64") if STAFFED in parsed else out[BEDS]
+    keys = [c for c in (HOSPITAL, UNIT) if c in out.columns]
+    for i in np.flatnonzero(out.duplicated(keys).to_numpy()):
+        problems.append(Problem(file, f"duplicate {'/'.join(keys)}; one row per {key}", row=_row(int(i)), column=key))
+    bad_staffed = out[STAFFED] > out[BEDS]
+    for i in np.flatnonzero(bad_staffed.to_numpy()):
+        problems.append(Problem(file, "staffed beds exceed physical beds", row=_row(int(i)), column=STAFFED))
+    if problems:
+        raise DataContractError(problems)
+    return out
+
+
+def capacity_from_records(path: Path) -> pd.DataFrame:
+    """Derive physical beds per unit from a hospital's daily records.
+
+    Uses the largest ``capacity`` seen per unit when the column exists, else the largest
+    ``census`` (a lower bound on physical beds: logged as a warning, because a plan capped
+    at it can never staff above what was ever occupied).
+    """
+    file = str(path)
+    raw = _read_csv(Path(path))
+    if UNIT not in raw.columns or not ({CAPACITY, CENSUS} & set(raw.columns)):
+        raise DataContractError(
+            [Problem(file, f"need columns '{UNIT}' and '{CAPACITY}' (or '{CENSUS}') to derive capacity")]
+        )
+    column = CAPACITY if CAPACITY in raw.columns else CENSUS
+    if column == CENSUS:
+        logger.warning("%s has no '%s' column; using the largest census per unit as physical beds", file, CAPACITY)
+    problems: list[Problem] = []
+    values = pd.to_numeric(raw[column], errors="coerce")
+    for i in np.flatnonzero((values.notna() & (values < 0)).to_numpy()):
+        problems.append(Problem(file, f"{values.iloc[i]} is negative", row=_row(int(i)), column=column))
+    if problems:
+        raise DataContractError(problems)
+    frame = pd.DataFrame({UNIT: raw[UNIT].astype(str).str.strip(), BEDS: values}).dropna()
+    if frame.empty:
+        raise DataContractError([Problem(file, f"no numeric '{column}' values to derive capacity from", column=column)])
+    beds = frame.groupby(UNIT)[BEDS].max().apply(lambda v: int(math.ceil(v)))
+    out = beds.rename(BEDS).reset_index()
+    out[STAFFED] = out[BEDS]
+    return out

@@ -1,0 +1,243 @@
+"""`medalloc allocate` (a hospital's bed/staff plan) and `medalloc allocate-region` (the coordinator's surge plan)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medalloc_core.contract import DATE, UNIT, DataContractError
+
+logger = logging.getLogger(__name__)
+_out = Console()
+_err = Console(stderr=True)
+
+
+class _BadInput(Exception):
+    """Input the user must fix; shown as one message, exit status 2."""
+
+
+def _parse_mapping(text: str | None, option: str) -> dict[str, float]:
+    """Parse 'ICU=2,medical=5' into {'ICU': 2.0, 'medical': 5.0}."""
+    if not text:
+        return {}
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise _BadInput(f"{option}: '{item}' is not NAME=NUMBER (e.g. ICU=2,medical=5)") from None
+    return out
+
+
+def _read_unit_config(path: Path) -> tuple[dict[str, object], dict[str, float]]:
+    """Per-unit costs and nurse ratios from a CSV: unit[, under_cost, over_cost, nurse_ratio]."""
+    from medalloc_core.allocation.newsvendor import UnitCosts
+
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise _BadInput(f"{path}: cannot read unit config: {exc}") from None
+    if UNIT not in frame.columns:
+        raise _BadInput(f"{path}: unit config needs a 'unit' column (plus under_cost, over_cost, nurse_ratio)")
+    costs: dict[str, object] = {}
+    ratios: dict[str, float] = {}
+    for i, row in frame.iterrows():
+        where = f"{path}, row {int(i) + 2}"
+        try:
+            if "under_cost" in frame.columns and "over_cost" in frame.columns and pd.notna(row["under_cost"]):
+                costs[str(row[UNIT])] = UnitCosts(float(row["under_cost"]), float(row["over_cost"]))
+            if "nurse_ratio" in frame.columns and pd.notna(row["nurse_ratio"]):
+                ratios[str(row[UNIT])] = float(row["nurse_ratio"])
+        except (ValueError, TypeError) as exc:
+            raise _BadInput(f"{where}: {exc}") from None
+    return costs, ratios
+
+
+def _fail(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _guard_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
+    resolved_inputs = {p.resolve() for p in inputs}
+    for path in outputs:
+        if path.resolve() in resolved_inputs:
+            raise _BadInput(f"{path} is one of the inputs; choose another --out")
+        if path.exists() and not force:
+            raise _BadInput(f"{path} already exists; pass --force to replace it, or choose another --out")
+
+
+def _summary_table(plan: pd.DataFrame) -> Table:
+    table = Table(title="Bed and staff plan", show_lines=False)
+    # staffed: min–max over the days; nurses: the most per shift; risk: mean P(demand > staffed)
+    for name in ("hospital", "unit", "days", "P50", "staffed", "beds", "nurses", "risk", "flagged"):
+        table.add_column(name, justify="right" if name not in ("hospital", "unit") else "left")
+    for (hospital, unit), g in plan.groupby(["hospital", UNIT], sort=True):
+        flagged = int(g["flag_physical"].sum())
+        table.add_row(
+            str(hospital), str(unit), str(len(g)), f"{g['demand_p50'].mean():.1f}",
+            f"{g['staffed_beds'].min()}–{g['staffed_beds'].max()}", str(int(g["physical_beds"].max())),
+            str(int(g["nurses_per_shift"].max())), f"{g['p_overflow'].mean():.1%}",
+            f"[red]{flagged}[/]" if flagged else "0",
+        )
+    return table
+
+
+def allocate(
+    forecast: Path = typer.Option(..., "--forecast", help="Forecast frame CSV (hospital, unit, date, target, q, value)."),
+    out: Path = typer.Option(..., "--out", help="Directory for plan.csv and plan.png."),
+    capacity: Path | None = typer.Option(None, "--capacity", help="Capacity CSV: unit, beds[, staffed, hospital]."),
+    capacity_from: Path | None = typer.Option(
+        None, "--capacity-from", help="Daily records CSV; physical beds = largest capacity (or census) per unit."
+    ),
+    under_cost: float = typer.Option(10.0, "--under-cost", help="Cost of an unserved patient-day (overflow, diversion)."),
+    over_cost: float = typer.Option(1.0, "--over-cost", help="Cost of an idle staffed bed-day (nurse time)."),
+    nurse_ratio: str | None = typer.Option(
+        None, "--nurse-ratio", help="Patients per nurse per shift, e.g. ICU=2,medical=5,surgical=5,paediatric=4."
+    ),
+    default_nurse_ratio: float = typer.Option(4.0, "--default-nurse-ratio", help="Ratio for units not named."),
+    unit_config: Path | None = typer.Option(
+        None, "--unit-config", help="CSV with unit[, under_cost, over_cost, nurse_ratio] per unit (overrides the flags)."
+    ),
+    shifts: int = typer.Option(3, "--shifts", help="Nursing shifts per day."),
+    risk_threshold: float = typer.Option(
+        0.05, "--risk-threshold", help="Flag a day when P(demand > physical beds) exceeds this."
+    ),
+    tail: str = typer.Option("normal", "--tail", help="Beyond the outer quantiles: 'normal' (fitted) or 'clamp'."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing plan in --out."),
+) -> None:
+    """Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast."""
+    from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast
+    from medalloc_core.allocation.newsvendor import DEFAULT_NURSE_RATIOS, PlanConfig, UnitCosts, plan_hospital
+    from medalloc_core.allocation.plots import plot_plan
+
+    try:
+        if (capacity is None) == (capacity_from is None):
+            raise _BadInput("give exactly one of --capacity CAP.csv or --capacity-from DATA.csv")
+        if tail not in ("normal", "clamp"):
+            raise _BadInput(f"--tail must be 'normal' or 'clamp', got '{tail}'")
+        plan_csv, plan_png = out / "plan.csv", out / "plan.png"
+        inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
+        _guard_outputs([plan_csv, plan_png], inputs, force)
+        ratios = {**DEFAULT_NURSE_RATIOS, **_parse_mapping(nurse_ratio, "--nurse-ratio")}
+        unit_costs: dict[str, object] = {}
+        if unit_config is not None:
+            unit_costs, unit_ratios = _read_unit_config(unit_config)
+            ratios.update(unit_ratios)
+        config = PlanConfig(
+            costs=UnitCosts(under_cost, over_cost), unit_costs=unit_costs, nurse_ratios=ratios,  # type: ignore[arg-type]
+            default_nurse_ratio=default_nurse_ratio, shifts_per_day=shifts,
+            physical_risk_threshold=risk_threshold, tail=tail,  # type: ignore[arg-type]
+        )
+        frame = read_forecast(forecast)
+        beds = read_capacity(capacity) if capacity is not None else capacity_from_records(capacity_from)  # type: ignore[arg-type]
+        plan = plan_hospital(frame, beds, config)
+    except (_BadInput, DataContractError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    written = plan.copy()
+    written[DATE] = pd.to_datetime(written[DATE]).dt.strftime("%Y-%m-%d")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written.to_csv(plan_csv, index=False, float_format="%.4f")
+        plot_plan(plan, plan_png)
+    except OSError as exc:
+        _fail(f"cannot write the plan to {out}: {exc}")
+    _out.print(_summary_table(plan))
+    ratio = config.costs.critical_ratio
+    _out.print(
+        f"critical ratio c_u/(c_u+c_o) = {ratio:.3f}: staffed to the P{ratio * 100:.0f} of census demand.\n"
+        f"wrote {plan_csv} and {plan_png}"
+    )
+
+
+def allocate_region(
+    forecast: list[Path] = typer.Option(..., "--forecast", help="Shared forecast CSV(s): hospital, date, q, value (or full forecast frames)."),
+    capacity: Path = typer.Option(
+        ..., "--capacity", help="CSV with hospital, beds[, staffed]: staffed (else beds) is the base; surge fills beds - staffed."
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the regional plan."),
+    pool: float = typer.Option(20.0, "--pool", help="Surge beds-with-staff that can be moved, per day."),
+    under_cost: float = typer.Option(10.0, "--under-cost"),
+    surge_cost: float = typer.Option(1.0, "--surge-cost", help="Cost of a deployed surge bed-day."),
+    transfer_cost: float = typer.Option(2.0, "--transfer-cost", help="Fixed cost per transferred patient-day."),
+    neighbours: int = typer.Option(5, "--neighbours", help="Transfers only between each hospital's k nearest."),
+    scenarios: int = typer.Option(20, "--scenarios"),
+    correlation: float = typer.Option(0.5, "--correlation", help="Copula correlation of demand across hospitals (0..1)."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing regional plan in --out."),
+) -> None:
+    """The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles."""
+    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, STAFFED, VALUE, read_capacity
+    from medalloc_core.allocation.plots import plot_regional
+    from medalloc_core.allocation.regional import RegionalConfig, RegionalSolveError, hospital_totals, plan_region, write_regional_plan
+
+    try:
+        names = ("surge.csv", "transfers.csv", "hospital_days.csv", "costs.csv", "regional.png")
+        _guard_outputs([out / n for n in names], [*forecast, capacity], force)
+        frames = []
+        for path in forecast:
+            raw = pd.read_csv(path) if path.exists() else None
+            if raw is None:
+                raise _BadInput(f"{path}: file not found")
+            if "target" in raw.columns:
+                from medalloc_core.allocation.forecast_io import read_forecast
+
+                raw = hospital_totals(read_forecast(path))
+            missing = [c for c in (HOSPITAL, DATE, Q, VALUE) if c not in raw.columns]
+            if missing:
+                raise _BadInput(f"{path}: missing column(s) {missing}; expected hospital, date, q, value")
+            for column in (Q, VALUE):
+                parsed = pd.to_numeric(raw[column], errors="coerce")
+                if parsed.isna().any():
+                    i = int(parsed.isna().to_numpy().argmax())
+                    raise _BadInput(f"{path}, row {i + 2}, column '{column}': '{raw[column].iloc[i]}' is not a number")
+                raw[column] = parsed.astype(float)
+            raw[DATE] = pd.to_datetime(raw[DATE], errors="coerce")
+            if raw[DATE].isna().any():
+                raise _BadInput(f"{path}, row {int(raw[DATE].isna().to_numpy().argmax()) + 2}: unparsable date")
+            raw[HOSPITAL] = raw[HOSPITAL].astype(str)
+            frames.append(raw)
+        header = pd.read_csv(capacity, nrows=0).columns if capacity.exists() else []
+        caps = read_capacity(capacity, key=UNIT if UNIT in header else HOSPITAL)
+        if HOSPITAL not in caps.columns:
+            raise _BadInput(f"{capacity}: the regional capacity table needs a 'hospital' column")
+        # Each hospital's own staffed beds are its base; surge can fill its empty physical beds.
+        totals = caps.groupby(HOSPITAL)[[BEDS, STAFFED]].sum()
+        cap_map = totals[STAFFED].astype(float).to_dict()
+        room = (totals[BEDS] - totals[STAFFED]).astype(float).to_dict()
+        config = RegionalConfig(
+            surge_pool=pool, under_cost=under_cost, surge_cost=surge_cost, transfer_cost=transfer_cost,
+            neighbours=neighbours, scenarios=scenarios, correlation=correlation, seed=seed,
+            max_surge=room if any(v > 0 for v in room.values()) else None,
+        )
+        plan = plan_region(pd.concat(frames, ignore_index=True), cap_map, config)
+    except (_BadInput, DataContractError, ValueError, RegionalSolveError, OSError, pd.errors.ParserError) as exc:
+        _fail(str(exc))
+        return
+    try:
+        write_regional_plan(plan, out, overwrite=force)
+        plot_regional(plan, out / "regional.png")
+    except OSError as exc:
+        _fail(f"cannot write the regional plan to {out}: {exc}")
+    table = Table(title=f"Regional plan: {plan.hospital_days[HOSPITAL].nunique()} hospitals, {plan.scenarios} scenarios")
+    for name in ("cost part", "expected cost"):
+        table.add_column(name, justify="right")
+    for part in ("surge", "unserved", "transfer", "total"):
+        table.add_row(part, f"{plan.costs[part]:.1f}")
+    _out.print(table)
+    _out.print(f"wrote {', '.join(str(out / n) for n in names)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `allocate` and `allocate-region` to the medalloc app."""
+    app.command("allocate")(allocate)
+    app.command("allocate-region")(allocate_region)

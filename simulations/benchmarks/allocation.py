@@ -1,0 +1,365 @@
+"""Which forecast makes the cheapest plan? Plans from several forecasts scored against the true future.
+
+Run: ``python -m simulations.benchmarks.allocation [--hospitals 10 --horizon 14 --seed 0]``.
+
+Each method's forecast goes through the same two decisions — unit staffing by the newsvendor
+rule, then the regional surge pool by the stochastic LP — and the true demand then arrives:
+overflow beyond staffed beds plus surge is relieved by transfers to neighbours with free staffed
+beds (the regional LP solved on the truth, pool fixed), the rest is unserved. Costs: c_u per
+unserved patient-day, c_o per idle staffed (or surge) bed-day, the transfer cost per patient-day
+moved. ``cost / oracle`` compares each method with the plan made knowing the future.
+
+The synthetic region comes from ``medalloc_core.synthetic`` (``--toy-region`` uses a small
+seasonal-Poisson region instead when that module is not installed). The federated DP and
+local-only neural forecasts plug in at :func:`neural_forecasts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, TARGET, VALUE
+from medalloc_core.allocation.newsvendor import PlanConfig, UnitCosts, plan_hospital
+from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, synthetic_distances
+from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
+
+logger = logging.getLogger(__name__)
+LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class BenchmarkCosts:
+    """The cost model every method is scored with (one idle staffed bed-day = 1)."""
+
+    under_cost: float = 10.0
+    over_cost: float = 1.0
+    transfer_cost: float = 2.0
+    transfer_cost_per_km: float = 0.02
+    surge_pool: float = 20.0
+    scenarios: int = 20
+    neighbours: int = 3
+    seed: int = 0
+
+
+# ------------------------------------------------------------------ forecasts
+def oracle_forecast(truth: pd.DataFrame) -> pd.DataFrame:
+    """The future itself as a degenerate distribution: every quantile equals the true census."""
+    return _from_point_and_spread(truth, truth[CENSUS].to_numpy(dtype=float), np.zeros(len(truth)))
+
+
+def noisy_oracle_forecast(truth: pd.DataFrame, *, relative_sd: float = 0.1, seed: int) -> pd.DataFrame:
+    """Sanity method: a median off the truth by N(0, relative_sd) with honest normal quantiles around it."""
+    rng = np.random.default_rng(seed)
+    y = truth[CENSUS].to_numpy(dtype=float)
+    return _from_point_and_spread(truth, y * (1 + relative_sd * rng.standard_normal(len(y))), relative_sd * np.maximum(y, 1.0))
+
+
+def _from_point_and_spread(keys: pd.DataFrame, median: np.ndarray, sd: np.ndarray) -> pd.DataFrame:
+    from scipy.special import ndtri
+
+    parts = []
+    for q in LEVELS:
+        parts.append(keys[[HOSPITAL, UNIT, DATE]].assign(**{TARGET: CENSUS, Q: q, VALUE: np.maximum(median + ndtri(q) * sd, 0.0)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def seasonal_naive_forecast(history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, window_days: int = 365) -> pd.DataFrame:
+    """Same weekday last week, with quantiles from the empirical errors of that rule.
+
+    For horizon h (days after ``origin``), the point is the census 7·ceil(h/7) days earlier
+    (the latest same weekday observed); the quantiles add the empirical quantiles of
+    ``y_t - y_{t - 7·ceil(h/7)}`` over the last ``window_days`` of history.
+    """
+    rows = []
+    for (hospital, unit), g in history.groupby([HOSPITAL, UNIT], sort=True):
+        y = g.set_index(DATE)[CENSUS].astype(float).asfreq("D").ffill()
+        y = y[y.index <= origin]
+        for h in range(1, horizon + 1):
+            lag = 7 * int(np.ceil(h / 7))
+            target_date = origin + pd.Timedelta(days=h)
+            point = float(y.get(target_date - pd.Timedelta(days=lag), y.iloc[-1]))
+            recent = y.iloc[-window_days:]
+            errors = (recent - recent.shift(lag)).dropna().to_numpy()
+            spread = np.quantile(errors, LEVELS) if errors.size >= 20 else np.zeros(len(LEVELS))
+            for q, e in zip(LEVELS, spread, strict=True):
+                rows.append({HOSPITAL: hospital, UNIT: unit, DATE: target_date, TARGET: CENSUS, Q: q, VALUE: max(point + e, 0.0)})
+    frame = pd.DataFrame(rows)
+    # Quantiles of errors are sorted, so values are too; max(., 0) keeps that order.
+    return frame
+
+
+def neural_forecasts(history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, seed: int) -> dict[str, pd.DataFrame]:
+    """LEAD HOOK: the federated DP and local-only forecasts for the same origin and horizon.
+
+    Return ``{"federated-dp": frame, "local-only": frame}`` in the forecast-frame format
+    (``hospital, unit, date, target, q, value``) once the forecasting and federation work is
+    merged (``medalloc_core.forecasting``); every frame returned here is scored like the others.
+    """
+    return {}
+
+
+# ------------------------------------------------------------------ scoring
+def evaluate_plans(
+    truth: pd.DataFrame,
+    forecasts: dict[str, pd.DataFrame],
+    capacity: pd.DataFrame,
+    costs: BenchmarkCosts = BenchmarkCosts(),
+) -> pd.DataFrame:
+    """Score the plan each forecast leads to against the true census.
+
+    Parameters
+    ----------
+    truth : pd.DataFrame
+        ``hospital, unit, date, census`` for the planned days.
+    forecasts : dict[str, pd.DataFrame]
+        Method name -> forecast frame covering the same hospitals, units and days.
+    capacity : pd.DataFrame
+        ``hospital, unit, beds`` (physical beds).
+    costs : BenchmarkCosts
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per method: unit-plan overflow and idle bed-days, surge bed-days, realised
+        transfers and unserved patient-days after the regional stage, ``total_cost`` (realised
+        decision cost: c_u·unserved + c_o·idle + transfers), ``running_cost`` (that plus c_o per
+        true patient-day, the same for every method), and when an ``"oracle"`` method is present
+        ``excess_cost`` = total_cost - oracle's and ``cost_ratio`` = running_cost / oracle's.
+    """
+    plan_config = PlanConfig(costs=UnitCosts(costs.under_cost, costs.over_cost))
+    hospitals = sorted(truth[HOSPITAL].unique().tolist())
+    distances = synthetic_distances(hospitals, seed=costs.seed)
+    day_truth = truth.groupby([HOSPITAL, DATE], as_index=False)[CENSUS].sum()
+    realised_demand = pd.concat(
+        [day_truth.rename(columns={CENSUS: VALUE}).assign(**{Q: q}) for q in (0.1, 0.5, 0.9)], ignore_index=True
+    )
+    rows = []
+    for name, forecast in forecasts.items():
+        unit_plan = plan_hospital(forecast, capacity, plan_config).merge(truth, on=[HOSPITAL, UNIT, DATE], how="inner")
+        if len(unit_plan) != len(truth):
+            raise ValueError(f"forecast '{name}' does not cover every (hospital, unit, date) of the truth")
+        short = np.maximum(unit_plan[CENSUS] - unit_plan["staffed_beds"], 0)
+        idle = np.maximum(unit_plan["staffed_beds"] - unit_plan[CENSUS], 0)
+        staffed = unit_plan.groupby([HOSPITAL, DATE], as_index=False)["staffed_beds"].sum().rename(columns={"staffed_beds": "capacity"})
+        regional = RegionalConfig(
+            surge_pool=costs.surge_pool, under_cost=costs.under_cost, surge_cost=costs.over_cost,
+            transfer_cost=costs.transfer_cost, transfer_cost_per_km=costs.transfer_cost_per_km,
+            neighbours=costs.neighbours, scenarios=costs.scenarios, seed=costs.seed,
+        )
+        surge = plan_region(hospital_totals(forecast), staffed, regional, distances=distances).surge
+        beds = staffed.merge(surge, on=[HOSPITAL, DATE])
+        beds["capacity"] = beds["capacity"] + beds["surge_beds_whole"]
+        # The truth arrives: transfers and unserved are the LP's recourse on the real demand.
+        realised = plan_region(
+            realised_demand, beds[[HOSPITAL, DATE, "capacity"]],
+            RegionalConfig(surge_pool=0.0, under_cost=costs.under_cost, surge_cost=costs.over_cost,
+                           transfer_cost=costs.transfer_cost, transfer_cost_per_km=costs.transfer_cost_per_km,
+                           neighbours=costs.neighbours, scenarios=1, seed=costs.seed),
+            distances=distances,
+        )
+        hd = realised.hospital_days
+        idle_after = np.maximum(hd["capacity"] - (hd["expected_demand"] - hd["expected_unserved"]
+                                                  - hd["expected_transfers_out"] + hd["expected_transfers_in"]), 0.0)
+        total = costs.under_cost * hd["expected_unserved"].sum() + costs.over_cost * idle_after.sum() + realised.costs["transfer"]
+        rows.append(
+            {
+                "method": name,
+                "overflow_pd": float(short.sum()),
+                "idle_bd": float(idle.sum()),
+                "surge_bd": float(surge["surge_beds_whole"].sum()),
+                "transfers_pd": float(hd["expected_transfers_out"].sum()),
+                "unserved_pd": float(hd["expected_unserved"].sum()),
+                "idle_after_bd": float(idle_after.sum()),
+                "total_cost": float(total),
+            }
+        )
+    table = pd.DataFrame(rows)
+    # The decision cost of perfect foresight can be 0, so the ratio is taken on the running cost:
+    # every occupied bed-day costs c_o as well (the same for every method), which turns the
+    # decision cost c_o·idle + c_u·unserved into c_o·staffed + (c_u + c_o)·unserved: same
+    # optimal decisions, a ratio that stays finite.
+    table["running_cost"] = table["total_cost"] + costs.over_cost * float(truth[CENSUS].sum())
+    if "oracle" in forecasts:
+        oracle = table.loc[table["method"] == "oracle"].iloc[0]
+        table["excess_cost"] = table["total_cost"] - float(oracle["total_cost"])
+        table["cost_ratio"] = table["running_cost"] / float(oracle["running_cost"])
+    return table
+
+
+# ------------------------------------------------------------------ regions
+def _synthetic_region(hospitals: int, days: int, seed: int) -> pd.DataFrame:
+    try:
+        from medalloc_core.synthetic import RegionConfig, generate_region
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            "medalloc_core.synthetic is not installed on this branch (it is built on the 'synthetic' branch); "
+            "rerun with --toy-region for a small seasonal-Poisson region"
+        ) from exc
+    region = generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed, short_history_fraction=0.0))
+    return pd.concat([h.daily.assign(**{HOSPITAL: h.hospital_id}) for h in region.hospitals], ignore_index=True)
+
+
+def _toy_region(hospitals: int, days: int, seed: int) -> pd.DataFrame:
+    """Seasonal Poisson census (weekly cycle, slow annual wave) for hospitals of two units."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2024-01-01", periods=days, freq="D")
+    t = np.arange(days)
+    frames = []
+    for h in range(hospitals):
+        for unit, base in (("ICU", rng.uniform(6, 20)), ("medical", rng.uniform(30, 120))):
+            mean = base * (1 + 0.12 * np.cos(2 * np.pi * (t % 7 - 1) / 7)) * (1 + 0.15 * np.cos(2 * np.pi * (t - 15 + 30 * h) / 365))
+            census = rng.poisson(mean)
+            frames.append(pd.DataFrame({HOSPITAL: f"H{h:03d}", UNIT: unit, DATE: dates, CENSUS: census,
+                                        CAPACITY: int(np.ceil(base * 1.25))}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _lp_timing(console: Console) -> None:
+    """The regional LP's size and solve time at 10, 25 and 50 hospitals (14 days, 20 scenarios)."""
+    table = Table(title="Regional LP solve time (14 days, 20 scenarios, 5 neighbours)")
+    for c in ("hospitals", "variables", "constraints", "seconds", "seconds / 10 hospitals"):
+        table.add_column(c, justify="right")
+    rng = np.random.default_rng(0)
+    base_time = None
+    for n in (10, 25, 50):
+        rows = []
+        for h in range(n):
+            level = rng.uniform(50, 300)
+            for d in pd.date_range("2026-01-01", periods=14):
+                m = level * (1 + 0.1 * rng.standard_normal())
+                rows += [{HOSPITAL: f"H{h:03d}", DATE: d, Q: q, VALUE: max(m * (1 + z * 0.1), 0)} for q, z in ((0.1, -1.28), (0.5, 0), (0.9, 1.28))]
+        shared = pd.DataFrame(rows)
+        cap = shared[shared[Q] == 0.5].groupby(HOSPITAL)[VALUE].median().to_dict()
+        start = time.perf_counter()
+        plan_region(shared, cap, RegionalConfig(surge_pool=5 * n, scenarios=20, neighbours=5))
+        seconds = time.perf_counter() - start
+        pairs = 2 * 5 * n  # upper bound on directed neighbour pairs
+        base_time = base_time or seconds
+        table.add_row(str(n), f"~{14 * n * (1 + 20) + 20 * 14 * pairs:,}", f"{20 * 14 * n + 14:,}", f"{seconds:.2f}", f"{seconds / (n / 10):.2f}")
+    console.print(table)
+
+
+def rolling_seasonal_forecasts(demand: np.ndarray, *, weeks: int = 8) -> np.ndarray:
+    """(T, U, 1, L) next-day quantiles known before each day: last week's same weekday plus the
+    empirical quantiles of that rule's errors over the previous ``weeks`` weeks (zeros until then)."""
+    n_days, n_units = demand.shape
+    out = np.zeros((n_days, n_units, 1, len(LEVELS)))
+    errors = np.full_like(demand, np.nan)
+    errors[7:] = demand[7:] - demand[:-7]
+    for t in range(7 + 7 * weeks, n_days):
+        window = errors[t - 7 * weeks : t]  # errors observed before day t
+        spread = np.nanquantile(window, LEVELS, axis=0).T  # (U, L)
+        out[t, :, 0, :] = np.maximum(demand[t - 7][:, None] + spread, 0.0)
+    return out
+
+
+def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, console: Console) -> None:
+    """Every policy on the same episodes of one hospital's bed environment (needs gymnasium)."""
+    try:
+        from medalloc_core.allocation.env import CapacityPolicy, EnvCosts, HospitalBedEnv, LastWeekPolicy, NewsvendorPolicy, run_episode
+    except ModuleNotFoundError:
+        console.print("[yellow]gymnasium not installed: skipping the environment comparison (pip install 'medalloc[rl]')")
+        return
+    hospital = sorted(daily[HOSPITAL].unique())[0]
+    base = HospitalBedEnv.from_daily(daily[daily[HOSPITAL] == hospital])
+    forecasts = rolling_seasonal_forecasts(base.demand)
+    oracle = np.repeat(base.demand[:, :, None, None], len(LEVELS), axis=3)
+    env_costs = EnvCosts(under_cost=costs.under_cost, over_cost=costs.over_cost)
+    episode = 28
+    capacity = tuple(int(c) for c in base.capacity)
+    policies = {
+        "newsvendor (oracle forecast)": (oracle, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
+        "newsvendor (seasonal-naive)": (forecasts, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
+        "last week's census": (forecasts, LastWeekPolicy()),
+        "last week's census + 10%": (forecasts, _Buffered(1.10)),
+        "staff every bed": (forecasts, CapacityPolicy(capacity)),
+    }
+    table = Table(title=f"Bed environment, {hospital} ({', '.join(base.units)}): 10 episodes of {episode} days, same seeds")
+    for c in ("policy", "mean cost", "overflow pd", "idle bd", "excess over oracle", "cost / oracle"):
+        table.add_column(c, justify="left" if c == "policy" else "right", no_wrap=c == "policy")
+    results = {}
+    first = 7 + 7 * 8  # the rolling forecast needs 8 weeks of errors
+    for name, (fc, policy) in policies.items():
+        env = HospitalBedEnv(base.demand[first:], base.capacity, admissions=base.admissions[first:], forecasts=fc[first:],
+                             quantile_levels=LEVELS, costs=env_costs, episode_days=episode)
+        runs = [run_episode(env, policy, seed=seed + i) for i in range(10)]
+        results[name] = (
+            np.mean([r.total_cost for r in runs]), np.mean([r.overflow_days for r in runs]),
+            np.mean([r.idle_bed_days for r in runs]), np.mean([r.demand_days for r in runs]),
+        )
+    reference, _, _, demand = results["newsvendor (oracle forecast)"]
+    running = reference + costs.over_cost * demand  # the same running-cost ratio as the plan table
+    for name, (cost, over, idle, _) in results.items():
+        ratio = (cost + costs.over_cost * demand) / running
+        table.add_row(name, f"{cost:.1f}", f"{over:.1f}", f"{idle:.1f}", f"{cost - reference:.1f}", f"{ratio:.3f}")
+    console.print(table)
+
+
+@dataclass(frozen=True)
+class _Buffered:
+    """Last week's census times a safety factor: the rule of thumb many wards use."""
+
+    factor: float
+
+    def __call__(self, observation: dict) -> np.ndarray:  # type: ignore[type-arg]
+        return np.ceil(np.asarray(observation["recent_census"])[:, 0] * self.factor).astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hospitals", type=int, default=10)
+    parser.add_argument("--days", type=int, default=400, help="history days before the forecast origin")
+    parser.add_argument("--horizon", type=int, default=14)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic")
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args(argv)
+    console = Console(width=130)  # wide enough for the table when piped to a file
+    logging.basicConfig(level=logging.ERROR)
+
+    daily = (_toy_region if args.toy_region else _synthetic_region)(args.hospitals, args.days + args.horizon, args.seed)
+    daily[DATE] = pd.to_datetime(daily[DATE])
+    origin = daily[DATE].max() - pd.Timedelta(days=args.horizon)
+    history = daily[daily[DATE] <= origin]
+    truth = daily[daily[DATE] > origin][[HOSPITAL, UNIT, DATE, CENSUS]].reset_index(drop=True)
+    capacity = daily.groupby([HOSPITAL, UNIT], as_index=False)[CAPACITY].max().rename(columns={CAPACITY: BEDS})
+    forecasts = {
+        "oracle": oracle_forecast(truth),
+        "noisy-oracle": noisy_oracle_forecast(truth, seed=args.seed),
+        "seasonal-naive": seasonal_naive_forecast(history, origin, args.horizon),
+        **neural_forecasts(history, origin, args.horizon, seed=args.seed),
+    }
+    costs = BenchmarkCosts(surge_pool=2.0 * args.hospitals, seed=args.seed)
+    with console.status("planning and scoring each forecast"):
+        table = evaluate_plans(truth, forecasts, capacity, costs)
+    source = "toy seasonal-Poisson region" if args.toy_region else "medalloc_core.synthetic region"
+    out = Table(title=f"Plans vs the true future: {args.hospitals} hospitals, {args.horizon} days, {source}, seed {args.seed}")
+    labels = {"method": "method", "overflow_pd": "overflow pd (units)", "idle_bd": "idle bd (units)", "surge_bd": "surge bd",
+              "transfers_pd": "transfers pd", "unserved_pd": "unserved pd", "total_cost": "decision cost", "excess_cost": "excess over oracle",
+              "cost_ratio": "cost / oracle"}
+    for key, label in labels.items():
+        out.add_column(label, justify="left" if key == "method" else "right", no_wrap=key == "method")
+    for _, row in table.iterrows():
+        out.add_row(row["method"], *(f"{row[k]:.1f}" for k in list(labels)[1:-1]), f"{row['cost_ratio']:.3f}")
+    console.print(out)
+    console.print("pd = patient-days, bd = bed-days; decision cost = c_u·unserved + c_o·idle + transfers; "
+                  "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's")
+    console.print(f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "
+                  f"transfer {costs.transfer_cost} + {costs.transfer_cost_per_km}/km, pool {costs.surge_pool:.0f} beds/day")
+    _policy_comparison(daily, costs, args.seed, console)
+    if not args.skip_timing:
+        _lp_timing(console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
