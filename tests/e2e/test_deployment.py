@@ -352,6 +352,8 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
     evals = {rnd: loss for rnd, loss in evals.items() if loss is not None}
     assert max(evals) == 2, rows
     assert evals[2] < evals[min(evals)], evals  # round 0 is the initial model, evaluated by the hospitals
+    assert (out / "final_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").glob("round-*.json")) == ["round-0001.json", "round-0002.json"]
 
     # Each registered hospital's ledger records one spend per round it trained in (its
     # reply accepted, or dropped by the coordinator's checks after training), and no more.
