@@ -350,8 +350,8 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = {r["round"]: (r.get("evaluate") or {}).get("eval-loss") for r in rows}
     evals = {rnd: loss for rnd, loss in evals.items() if loss is not None}
-    assert max(evals) == 2, rows
-    assert evals[2] < evals[min(evals)], evals  # round 0 is the initial model, evaluated by the hospitals
+    assert 0 in evals and max(evals) == 2, f"expected round 0 (the initial model) to round 2: {rows}"
+    assert evals[2] < evals[0], evals
     assert (out / "final_model.safetensors").is_file()
     assert sorted(p.name for p in (out / "checkpoints").glob("round-*.json")) == ["round-0001.json", "round-0002.json"]
 
