@@ -19,6 +19,7 @@ from medalloc_core.contract import DataContractError, Problem
 logger = logging.getLogger(__name__)
 
 PARQUET_MAGIC = b"PAR1"
+UTF8_BOM = b"\xef\xbb\xbf"
 # Formats people export by mistake; naming them turns "garbage" into a fix.
 _KNOWN_BINARY_MAGIC: dict[bytes, str] = {
     b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook is one): export the sheet as CSV",
@@ -58,8 +59,9 @@ def read_table(path: Path) -> pd.DataFrame:
     ------
     DataContractError
         If the path does not exist or is not a file, the file is empty, is not UTF-8 text
-        (the byte offset and row are named), is some other binary format, or cannot be
-        parsed as CSV/Parquet.
+        (the byte offset and row are named; UTF-16 is named with or without a BOM), holds
+        a NUL byte anywhere, is some other binary format, repeats a column name, or cannot
+        be parsed as CSV/Parquet.
     """
     name = str(path)
     path = Path(path)
@@ -71,7 +73,7 @@ def read_table(path: Path) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as exc:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
-    if not data.strip():
+    if not data.removeprefix(UTF8_BOM).strip():
         raise DataContractError([Problem(name, "file is empty; expected a header row and at least one record")])
     file_format = "parquet" if data[:4] == PARQUET_MAGIC else "csv"
     frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
@@ -87,14 +89,30 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
     if data[-4:] != PARQUET_MAGIC:
         raise DataContractError([Problem(name, "starts like Parquet but is truncated or corrupt (no PAR1 footer); re-export it")])
     try:
-        table = pq.read_table(io.BytesIO(data))
+        # Repeated column names make pyarrow fail with an internal dump: name them as for CSV.
+        repeated = _repeated(pq.read_schema(io.BytesIO(data)).names)
+        table = None if repeated else pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataContractError([Problem(name, f"Parquet file could not be read ({exc}); re-export it")]) from None
+    if table is None:
+        raise DataContractError(_repeated_problems(name, repeated))
     columns: dict[str, pa.ChunkedArray] = {}
     for column_name, column in zip(table.column_names, table.columns):
         if pa.types.is_timestamp(column.type) and column.type.tz is not None:
             # Hospital days are local days: keep the wall-clock time the stay was recorded in.
-            column = pc.local_timestamp(column)
+            try:
+                column = pc.local_timestamp(column)
+            except (pa.ArrowException, ValueError):
+                raise DataContractError(
+                    [
+                        Problem(
+                            name,
+                            f"has time zone {column.type.tz!r}, which is not a known zone; "
+                            "expected timestamps without a time zone or with an IANA zone such as 'Europe/London'",
+                            column=column_name,
+                        )
+                    ]
+                ) from None
         try:
             as_text = pc.cast(column, pa.string())
         except (pa.ArrowException, ValueError):
@@ -110,11 +128,16 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
     for magic, what in _KNOWN_BINARY_MAGIC.items():
         if head.startswith(magic):
             raise DataContractError([Problem(name, f"is {what}; expected a CSV or Parquet file")])
-    if b"\x00" in head:
-        offset = head.index(b"\x00")
+    if _looks_utf16(head):
         raise DataContractError(
-            [Problem(name, f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet")]
+            [Problem(name, "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; expected a CSV or Parquet file")]
         )
+    # Text never holds a NUL byte: anywhere in the file, not only in the sniffed head, it
+    # means binary data or a corrupt export (and would otherwise end up inside a value).
+    offset = data.find(b"\x00")
+    if offset >= 0:
+        message = f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet"
+        raise DataContractError([Problem(name, message, row=_text_row(data, offset))])
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -129,18 +152,45 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
                 )
             ]
         ) from None
-    return _parse_csv(name, text, data.removeprefix(b"\xef\xbb\xbf"))
+    return _parse_csv(name, text, data.removeprefix(UTF8_BOM))
+
+
+def _repeated(names: list[str]) -> list[str]:
+    """Column names that occur more than once (after stripping whitespace)."""
+    stripped = [str(n).strip() for n in names]
+    return sorted({n for n in stripped if stripped.count(n) > 1})
+
+
+def _repeated_problems(name: str, repeated: list[str]) -> list[Problem]:
+    return [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
+
+
+def _text_row(data: bytes, offset: int) -> int | None:
+    """The row holding ``offset`` when everything before it is UTF-8 text; None for binary data, where rows mean nothing."""
+    try:
+        data[:offset].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return data.count(b"\n", 0, offset) + 1 if offset else None
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a BOM: mostly-ASCII text puts a NUL in (nearly) every other byte, and only there."""
+    if len(head) < 4:
+        return False
+    for nul_side, other in ((head[1::2], head[0::2]), (head[0::2], head[1::2])):
+        if nul_side.count(0) >= 0.6 * len(nul_side) and other.count(0) <= 0.05 * len(other):
+            return True
+    return False
 
 
 def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
     """Parse CSV text with pyarrow (all columns as strings), keeping each record's row position."""
     header = next(csv.reader(io.StringIO(text)), [])
     names = [column.strip() or f"unnamed_{i + 1}" for i, column in enumerate(header)]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = _repeated(names)
     if repeated:
-        raise DataContractError(
-            [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
-        )
+        raise DataContractError(_repeated_problems(name, repeated))
     skipped: list[int] = []
     ragged: list[Problem] = []
 
@@ -168,6 +218,9 @@ def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
             ),
         )
     except (pa.ArrowException, ValueError) as exc:
+        if len(text.strip().splitlines()) <= 1:
+            # A header cut short without its line end: pyarrow cannot skip it and says so cryptically.
+            raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")]) from None
         raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]) from None
     if ragged:
         raise DataContractError(ragged[:_RAGGED_SHOWN])

@@ -50,6 +50,10 @@ CENSUS_TOLERANCE_BEDS = 2
 CENSUS_TOLERANCE_FRACTION = 0.05
 
 _DATE_PATTERN = r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"
+# Dates are held as datetime64[ns], which spans 1677-09-21 .. 2262-04-11; whole years inside
+# that, so a weekly date moved back to its Monday still fits.
+FIRST_DATE = pd.Timestamp("1678-01-01")
+LAST_DATE = pd.Timestamp("2261-12-31 23:59:59")
 _DATE_EXPECTED = "expected an ISO date YYYY-MM-DD (optionally with a time HH:MM[:SS], no UTC offset)"
 _COUNT_EXPECTED = f"expected a whole number from 0 to {MAX_COUNT:,}"
 
@@ -247,9 +251,18 @@ def _parse_dates(frame: pd.DataFrame, column: str, findings: _Findings, *, requi
     empty = text.isna()
     well_formed = text.str.fullmatch(_DATE_PATTERN).fillna(False).astype(bool)
     parsed = pd.to_datetime(text.where(well_formed), format="ISO8601", errors="coerce")
+    # A typo like 9999-12-31 parses (pandas picks a coarser unit) but cannot be held in nanoseconds.
+    out_of_range = parsed.notna() & ~parsed.between(FIRST_DATE, LAST_DATE)
+    parsed = parsed.mask(out_of_range)
     if required:
         findings.rows(empty, column, lambda i: f"empty {column}; {_DATE_EXPECTED}")
-    findings.rows(~empty & parsed.isna(), column, lambda i: f"{_show(text[i])} is not a valid date; {_DATE_EXPECTED}")
+    findings.rows(
+        out_of_range,
+        column,
+        lambda i: f"{_show(text[i])} is outside the dates MedAlloc can handle "
+        f"({FIRST_DATE:%Y-%m-%d} .. {LAST_DATE:%Y-%m-%d}); {_DATE_EXPECTED}",
+    )
+    findings.rows(~empty & ~out_of_range & parsed.isna(), column, lambda i: f"{_show(text[i])} is not a valid date; {_DATE_EXPECTED}")
     return parsed.astype(DATE_DTYPE)
 
 

@@ -1,0 +1,136 @@
+"""``medalloc privacy``: what a node's privacy ledger says has been spent, and what is left."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+
+
+def _report(ledger: PrivacyLedger) -> dict[str, Any]:
+    entries = ledger.entries()
+    spent = ledger.epsilon_spent()
+    return {
+        "ledger": str(ledger.path),
+        "accountant": ledger.accountant,
+        "delta": ledger.delta,
+        "epsilon_budget": ledger.epsilon_budget,
+        "epsilon_spent": spent,
+        "epsilon_remaining": ledger.remaining(),
+        "created": ledger.created,
+        "budget_changes": [
+            {"timestamp": c.timestamp, "previous": c.previous, "new": c.new}
+            for c in ledger.budget_changes()
+        ],
+        "entries": [
+            {
+                "fingerprint": entry.fingerprint,
+                "epsilon": entry.epsilon,
+                "first_spend": entry.first_spend,
+                "last_spend": entry.last_spend,
+                "spends": [
+                    {
+                        "timestamp": s.timestamp,
+                        "run_id": s.run_id,
+                        "noise_multiplier": s.noise_multiplier,
+                        "sample_rate": s.sample_rate,
+                        "steps": s.steps,
+                        "epsilon_entry_after": s.epsilon_entry_after,
+                        "epsilon_node_after": s.epsilon_node_after,
+                    }
+                    for s in entry.spends
+                ],
+            }
+            for entry in entries
+        ],
+    }
+
+
+def _short(fingerprint: str) -> str:
+    digest = fingerprint.removeprefix("sha256:")
+    return digest[:12] if len(digest) > 12 else digest
+
+
+def _when(timestamp: str | None) -> str:
+    return "—" if timestamp is None else timestamp[:16].replace("T", " ")  # minutes, UTC
+
+
+def _print_report(report: dict[str, Any], console: Console) -> None:
+    entries_table = Table(title=f"Privacy ledger {report['ledger']}", title_justify="left")
+    for column in ("dataset", "spends", "first spend (UTC)", "last spend (UTC)", "ε dataset"):
+        entries_table.add_column(column, justify="right" if column in ("spends", "ε dataset") else "left", no_wrap=True)
+    for entry in report["entries"]:
+        entries_table.add_row(
+            _short(entry["fingerprint"]),
+            str(len(entry["spends"])),
+            _when(entry["first_spend"]),
+            _when(entry["last_spend"]),
+            f"{entry['epsilon']:.3f}",
+        )
+    console.print(entries_table)
+
+    spends_table = Table(title="Spends (σ noise multiplier, q sample rate)", title_justify="left")
+    spends_table.add_column("when (UTC)", no_wrap=True)
+    spends_table.add_column("run", min_width=4, overflow="fold")
+    spends_table.add_column("dataset", no_wrap=True)
+    for column in ("σ", "q", "steps", "ε data", "ε node"):
+        spends_table.add_column(column, justify="right", no_wrap=True)
+    rows = sorted(
+        ((s, entry["fingerprint"]) for entry in report["entries"] for s in entry["spends"]),
+        key=lambda pair: pair[0]["timestamp"],
+    )
+    for spend, fingerprint in rows:
+        spends_table.add_row(
+            _when(spend["timestamp"]),
+            spend["run_id"],
+            _short(fingerprint)[:8],
+            f"{spend['noise_multiplier']:.4g}",
+            f"{spend['sample_rate']:.4g}",
+            str(spend["steps"]),
+            f"{spend['epsilon_entry_after']:.3f}",
+            f"{spend['epsilon_node_after']:.3f}",
+        )
+    if rows:
+        console.print(spends_table)
+    else:
+        console.print("No spends recorded yet.")
+
+    for change in report["budget_changes"]:
+        console.print(
+            f"[yellow]Budget changed[/yellow] {_when(change['timestamp'])}: "
+            f"ε {change['previous']:g} → {change['new']:g}"
+        )
+    spent, budget, left = report["epsilon_spent"], report["epsilon_budget"], report["epsilon_remaining"]
+    style = "red" if left <= 0 else ("yellow" if spent > 0.8 * budget else "green")
+    console.print(
+        f"[bold]Node total[/bold] (all datasets composed, {report['accountant'].upper()} accountant): "
+        f"ε spent [{style}]{spent:.3f}[/{style}] of budget {budget:g} at δ={report['delta']:g}; "
+        f"[{style}]{left:.3f} left[/{style}]."
+    )
+
+
+def privacy(
+    ledger: Path = typer.Option(..., "--ledger", help="Path of the node's privacy ledger (JSON)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (for machines)."),
+) -> None:
+    """Show a node's privacy ledger: each dataset, each spend, and the budget left."""
+    try:
+        report = _report(PrivacyLedger.load(ledger))
+    except LedgerError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_report(report, Console(highlight=False))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``privacy`` command to ``app``."""
+    app.command(name="privacy")(privacy)

@@ -1,0 +1,679 @@
+"""The node's privacy ledger: a persisted, checksummed, cumulative history of DP spends."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medalloc_core.privacy.accounting import (
+    ACCOUNTANTS,
+    DEFAULT_ACCOUNTANT,
+    AccountantName,
+    HistoryItem,
+    compact_history,
+    epsilon_for,
+    validate_history_item,
+)
+
+__all__ = [
+    "LEDGER_FORMAT",
+    "LEDGER_VERSION",
+    "BudgetChange",
+    "LedgerConfigMismatch",
+    "LedgerCorrupt",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerMissing",
+    "PrivacyBudgetExceeded",
+    "PrivacyLedger",
+    "Spend",
+]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FORMAT = "medalloc-privacy-ledger"
+LEDGER_VERSION = 1
+
+
+class LedgerError(Exception):
+    """Base class of privacy-ledger errors; the message says what the operator should do."""
+
+
+class LedgerCorrupt(LedgerError):
+    """The ledger file cannot be trusted (unreadable, truncated, invalid, checksum mismatch).
+
+    Training must stop: starting again from zero would forget what was already spent.
+    """
+
+
+class LedgerMissing(LedgerError):
+    """No ledger exists at the path (and nothing suggests one was lost)."""
+
+
+class LedgerConfigMismatch(LedgerError):
+    """The caller's budget, delta or accountant differ from the ledger's own."""
+
+
+class PrivacyBudgetExceeded(LedgerError):
+    """A spend would take the node's cumulative epsilon above its budget; nothing was recorded."""
+
+    def __init__(self, message: str, *, projected_epsilon: float, epsilon_budget: float) -> None:
+        super().__init__(message)
+        self.projected_epsilon = projected_epsilon
+        self.epsilon_budget = epsilon_budget
+
+
+@dataclass(frozen=True)
+class Spend:
+    """One recorded DP training run on one dataset entry."""
+
+    timestamp: str  # UTC, ISO 8601
+    run_id: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon_entry_after: float  # this entry's own history composed, after this spend
+    epsilon_node_after: float  # every entry on the node composed (what the budget enforces)
+
+    def history_item(self) -> HistoryItem:
+        """The accountant history item ``(noise_multiplier, sample_rate, steps)``."""
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """All spends on one dataset, keyed by the fingerprint of the data actually used."""
+
+    fingerprint: str
+    spends: tuple[Spend, ...]
+    epsilon: float  # this entry's own history composed (reporting; the budget is node-wide)
+
+    @property
+    def first_spend(self) -> str | None:
+        """Timestamp of the first spend, or None."""
+        return self.spends[0].timestamp if self.spends else None
+
+    @property
+    def last_spend(self) -> str | None:
+        """Timestamp of the latest spend, or None."""
+        return self.spends[-1].timestamp if self.spends else None
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """An explicit, recorded change of the node's epsilon budget."""
+
+    timestamp: str
+    previous: float
+    new: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file.
+
+    Temp file in the same directory, fsync, ``os.replace`` (atomic on POSIX), fsync the
+    directory so the rename itself survives a power cut.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # no patient data inside: numbers and fingerprints only
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fix_hint(path: Path) -> str:
+    backup = path.with_name(path.name + ".bak")
+    return (
+        f"Training on this node is refused until an operator acts. The ledger was not "
+        f"modified. Inspect {path}; if {backup} exists and is valid "
+        f"(`medalloc privacy --ledger {backup}`), stop all training on this node and restore "
+        f"it with `cp {backup} {path}` — note that spends recorded after that backup are then "
+        "lost, so add them back from your run logs or lower the budget accordingly. Never "
+        "delete the ledger to start again: that would forget the privacy already spent."
+    )
+
+
+def _spend_from_json(raw: Any, where: str) -> Spend:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+    expected = {
+        "timestamp": str,
+        "run_id": str,
+        "noise_multiplier": (int, float),
+        "sample_rate": (int, float),
+        "steps": int,
+        "epsilon_entry_after": (int, float),
+        "epsilon_node_after": (int, float),
+    }
+    for key, kind in expected.items():
+        if key not in raw:
+            raise ValueError(f"{where}: missing field {key!r}")
+        if isinstance(raw[key], bool) or not isinstance(raw[key], kind):
+            raise ValueError(f"{where}: field {key!r} has the wrong type ({raw[key]!r})")
+    validate_history_item(float(raw["noise_multiplier"]), float(raw["sample_rate"]), raw["steps"])
+    return Spend(
+        timestamp=raw["timestamp"],
+        run_id=raw["run_id"],
+        noise_multiplier=float(raw["noise_multiplier"]),
+        sample_rate=float(raw["sample_rate"]),
+        steps=int(raw["steps"]),
+        epsilon_entry_after=float(raw["epsilon_entry_after"]),
+        epsilon_node_after=float(raw["epsilon_node_after"]),
+    )
+
+
+def _spend_to_json(spend: Spend) -> dict[str, Any]:
+    return {
+        "timestamp": spend.timestamp,
+        "run_id": spend.run_id,
+        "noise_multiplier": spend.noise_multiplier,
+        "sample_rate": spend.sample_rate,
+        "steps": spend.steps,
+        "epsilon_entry_after": spend.epsilon_entry_after,
+        "epsilon_node_after": spend.epsilon_node_after,
+    }
+
+
+@dataclass(frozen=True)
+class _State:
+    """A verified, parsed ledger body."""
+
+    created: str
+    accountant: AccountantName
+    delta: float
+    epsilon_budget: float
+    budget_changes: tuple[BudgetChange, ...]
+    entries: dict[str, tuple[Spend, ...]]
+
+    @classmethod
+    def new(cls, *, epsilon_budget: float, delta: float, accountant: AccountantName) -> _State:
+        return cls(_now(), accountant, delta, epsilon_budget, (), {})
+
+    @classmethod
+    def from_body(cls, body: Any) -> _State:
+        if not isinstance(body, dict):
+            raise ValueError("body is not an object")
+        for key in ("created", "accountant", "delta", "epsilon_budget", "budget_changes", "entries"):
+            if key not in body:
+                raise ValueError(f"body lacks field {key!r}")
+        accountant = body["accountant"]
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {accountant!r}")
+        delta, budget = body["delta"], body["epsilon_budget"]
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            raise ValueError(f"delta {delta!r} is not in (0, 1)")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise ValueError(f"epsilon_budget {budget!r} is not > 0")
+        if not isinstance(body["budget_changes"], list) or not isinstance(body["entries"], dict):
+            raise ValueError("budget_changes must be a list and entries an object")
+        changes = []
+        for i, raw in enumerate(body["budget_changes"]):
+            if not isinstance(raw, dict) or set(raw) != {"timestamp", "previous", "new"}:
+                raise ValueError(f"budget_changes[{i}] is malformed")
+            changes.append(BudgetChange(str(raw["timestamp"]), float(raw["previous"]), float(raw["new"])))
+        entries: dict[str, tuple[Spend, ...]] = {}
+        for fingerprint, spends in body["entries"].items():
+            if not isinstance(spends, list):
+                raise ValueError(f"entry {fingerprint}: spends must be a list")
+            entries[fingerprint] = tuple(
+                _spend_from_json(raw, f"entry {fingerprint} spend {i}") for i, raw in enumerate(spends)
+            )
+        return cls(
+            created=str(body["created"]),
+            accountant=accountant,
+            delta=float(delta),
+            epsilon_budget=float(budget),
+            budget_changes=tuple(changes),
+            entries=entries,
+        )
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "accountant": self.accountant,
+            "delta": self.delta,
+            "epsilon_budget": self.epsilon_budget,
+            "budget_changes": [
+                {"timestamp": c.timestamp, "previous": c.previous, "new": c.new}
+                for c in self.budget_changes
+            ],
+            "entries": {fp: [_spend_to_json(s) for s in spends] for fp, spends in self.entries.items()},
+        }
+
+    def history(self, fingerprint: str | None = None) -> list[HistoryItem]:
+        if fingerprint is not None:
+            return [s.history_item() for s in self.entries.get(fingerprint, ())]
+        return [s.history_item() for spends in self.entries.values() for s in spends]
+
+
+def _serialise(state: _State) -> bytes:
+    body = state.to_body()
+    document = {
+        "format": LEDGER_FORMAT,
+        "version": LEDGER_VERSION,
+        "body_sha256": _checksum(body),
+        "body": body,
+    }
+    return (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _read_state(path: Path) -> _State:
+    """Read and verify the ledger at ``path``; raise LedgerCorrupt / LedgerMissing."""
+    backup = path.with_name(path.name + ".bak")
+    if not path.exists():
+        if backup.exists():
+            raise LedgerCorrupt(
+                f"privacy ledger {path} is missing but its backup {backup} exists: the ledger "
+                f"was deleted or moved. {_fix_hint(path)}"
+            )
+        raise LedgerMissing(
+            f"no privacy ledger at {path}. Check the path (the node's ledger path is in its "
+            "config); a ledger is created by the first DP training run on the node."
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable ({exc}). {_fix_hint(path)}") from exc
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is not valid JSON ({exc}); it may be truncated. {_fix_hint(path)}"
+        ) from exc
+    if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+        raise LedgerCorrupt(f"{path} is not a MedAlloc privacy ledger. {_fix_hint(path)}")
+    if document.get("version") != LEDGER_VERSION:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} has version {document.get('version')!r}; this MedAlloc "
+            f"reads version {LEDGER_VERSION}. Use the MedAlloc release that wrote it."
+        )
+    body = document.get("body")
+    stored = document.get("body_sha256")
+    try:
+        actual = _checksum(body) if isinstance(body, dict) else None
+    except ValueError:  # NaN or infinity smuggled into the body
+        actual = None
+    if actual is None or stored != actual:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} fails its checksum (stored {stored!r}, content hashes to "
+            f"{actual!r}): it was edited or damaged. {_fix_hint(path)}"
+        )
+    try:
+        return _State.from_body(body)
+    except (ValueError, TypeError) as exc:
+        raise LedgerCorrupt(f"privacy ledger {path} is malformed ({exc}). {_fix_hint(path)}") from exc
+
+
+class PrivacyLedger:
+    """A node's persistent record of every DP spend on its data, enforcing one budget.
+
+    The budget is enforced on the composition of *all* spends on the node, across every
+    dataset entry: a changed dataset (new days appended) still holds the earlier records,
+    so composing everything is an upper bound for any record. Per-entry epsilon is reported.
+
+    Every read goes to disk (another process may have spent since), is checksum-verified,
+    and a corrupt or unreadable file raises :class:`LedgerCorrupt` instead of starting from
+    zero. Writes hold an exclusive ``flock`` on ``<path>.lock``, are atomic (temp file, fsync,
+    rename, directory fsync) and keep the previous version as ``<path>.bak``.
+
+    Create or attach with :meth:`open`; read an existing ledger for reporting with :meth:`load`.
+    """
+
+    def __init__(self, path: Path, state: _State) -> None:
+        self.path = path
+        self._state = state
+        self._epsilon_cache: dict[tuple[HistoryItem, ...], float] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        epsilon_budget: float,
+        delta: float,
+        accountant: AccountantName = DEFAULT_ACCOUNTANT,
+        allow_budget_change: bool = False,
+    ) -> PrivacyLedger:
+        """Open the ledger at ``path``, creating it if absent.
+
+        Parameters
+        ----------
+        path
+            The ledger file (JSON). Its directory must exist and be writable.
+        epsilon_budget
+            The node's lifetime epsilon budget (> 0). For an existing ledger it must equal
+            the stored budget unless ``allow_budget_change`` is True; the change is then
+            recorded in the ledger's ``budget_changes``.
+        delta
+            The delta all epsilons are reported at; must equal an existing ledger's delta
+            (epsilons at different deltas cannot be compared or composed here).
+        accountant
+            ``"prv"`` (default) or ``"rdp"``; must match an existing ledger's accountant.
+        allow_budget_change
+            Explicit operator consent to change an existing ledger's budget. Default False.
+
+        Raises
+        ------
+        LedgerCorrupt
+            The file exists but cannot be trusted, or is missing while its backup exists.
+        LedgerConfigMismatch
+            delta or accountant differ, or the budget differs without consent.
+        """
+        path = Path(path)
+        if isinstance(epsilon_budget, bool) or not (
+            isinstance(epsilon_budget, (int, float)) and math.isfinite(epsilon_budget) and epsilon_budget > 0
+        ):
+            raise ValueError(f"epsilon_budget must be a finite number > 0, got {epsilon_budget!r}")
+        if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and 0 < delta < 1):
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        if not path.parent.is_dir():
+            raise LedgerError(f"directory {path.parent} for the privacy ledger does not exist; create it first")
+        with _exclusive_lock(path):
+            try:
+                state = _read_state(path)
+            except LedgerMissing:
+                state = _State.new(epsilon_budget=float(epsilon_budget), delta=float(delta), accountant=accountant)
+                _write_atomic(path, _serialise(state))
+                logger.info(
+                    "created privacy ledger %s (budget epsilon=%g at delta=%g, %s accountant)",
+                    path,
+                    epsilon_budget,
+                    delta,
+                    accountant,
+                )
+                return cls(path, state)
+            _remove_stray_temp_files(path)
+            if state.delta != float(delta):
+                raise LedgerConfigMismatch(
+                    f"privacy ledger {path} accounts at delta={state.delta:g}, but delta={delta:g} "
+                    "was requested. Use the ledger's delta; epsilons at different deltas cannot "
+                    "be composed. A new delta needs a governance decision, not a new ledger."
+                )
+            if state.accountant != accountant:
+                raise LedgerConfigMismatch(
+                    f"privacy ledger {path} uses the {state.accountant!r} accountant, but "
+                    f"{accountant!r} was requested; configure the node with "
+                    f"accountant={state.accountant!r}."
+                )
+            if state.epsilon_budget != float(epsilon_budget):
+                if not allow_budget_change:
+                    raise LedgerConfigMismatch(
+                        f"privacy ledger {path} has budget epsilon={state.epsilon_budget:g}, but "
+                        f"{epsilon_budget:g} was requested. A budget is not changed silently: "
+                        "configure the node with the ledger's budget, or, if your governance "
+                        "approved a change, pass allow_budget_change=True (it is recorded)."
+                    )
+                change = BudgetChange(_now(), state.epsilon_budget, float(epsilon_budget))
+                state = _State(
+                    created=state.created,
+                    accountant=state.accountant,
+                    delta=state.delta,
+                    epsilon_budget=float(epsilon_budget),
+                    budget_changes=(*state.budget_changes, change),
+                    entries=state.entries,
+                )
+                _commit(path, state)
+                logger.warning(
+                    "privacy budget of %s changed from %g to %g (recorded in the ledger)",
+                    path,
+                    change.previous,
+                    change.new,
+                )
+        return cls(path, state)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
+        """Open an existing ledger with its stored budget, delta and accountant (for reports).
+
+        Raises
+        ------
+        LedgerMissing
+            Nothing at ``path`` (and no backup).
+        LedgerCorrupt
+            As for :meth:`open`.
+        """
+        path = Path(path)
+        return cls(path, _read_state(path))
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def epsilon_budget(self) -> float:
+        """The node's lifetime epsilon budget."""
+        return self._refresh().epsilon_budget
+
+    @property
+    def delta(self) -> float:
+        """The delta every epsilon in this ledger is reported at."""
+        return self._state.delta
+
+    @property
+    def accountant(self) -> AccountantName:
+        """The accountant (``"prv"`` or ``"rdp"``) this ledger composes with."""
+        return self._state.accountant
+
+    @property
+    def created(self) -> str:
+        """UTC ISO timestamp of the ledger's creation."""
+        return self._state.created
+
+    def budget_changes(self) -> tuple[BudgetChange, ...]:
+        """Every recorded budget change, oldest first."""
+        return self._refresh().budget_changes
+
+    # ------------------------------------------------------------------ queries
+    def history(self, fingerprint: str | None = None) -> list[HistoryItem]:
+        """Accountant history of one entry, or of the whole node when ``fingerprint`` is None.
+
+        Pass the node's history to ``noise_multiplier_for(history=...)`` to size the noise
+        of the next run so that it fits the remaining budget.
+        """
+        return self._refresh().history(fingerprint)
+
+    def epsilon_spent(self, fingerprint: str | None = None) -> float:
+        """Cumulative epsilon at the ledger's delta: the node's (default) or one entry's."""
+        return self._epsilon(self._refresh().history(fingerprint))
+
+    def remaining(self) -> float:
+        """Budget minus the node's cumulative epsilon, floored at 0."""
+        state = self._refresh()
+        return max(0.0, state.epsilon_budget - self._epsilon(state.history()))
+
+    def entries(self) -> list[LedgerEntry]:
+        """Dataset entries in order of first spend, each with its spends and own epsilon."""
+        state = self._refresh()
+        ordered = sorted(state.entries.items(), key=lambda kv: (kv[1][0].timestamp if kv[1] else "", kv[0]))
+        return [
+            LedgerEntry(fingerprint=fp, spends=spends, epsilon=self._epsilon(state.history(fp)))
+            for fp, spends in ordered
+        ]
+
+    def projected_epsilon(
+        self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int
+    ) -> float:
+        """The node's cumulative epsilon if this run were recorded (nothing is written).
+
+        ``fingerprint`` names the data entry; the projection composes every entry on the
+        node, since the budget is enforced on that.
+        """
+        _check_fingerprint(fingerprint)
+        validate_history_item(noise_multiplier, sample_rate, steps)
+        state = self._refresh()
+        return self._epsilon([*state.history(), (float(noise_multiplier), float(sample_rate), int(steps))])
+
+    # ------------------------------------------------------------------ the one write
+    def spend(
+        self,
+        fingerprint: str,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        run_id: str,
+    ) -> float:
+        """Check the node's budget, then record a DP run; return the new cumulative epsilon.
+
+        Call this *before* training (it reserves the spend): if it raises, train nothing.
+
+        Raises
+        ------
+        PrivacyBudgetExceeded
+            The projected cumulative epsilon exceeds the budget; nothing was written.
+        LedgerCorrupt
+            The file on disk cannot be trusted; nothing was written.
+        """
+        _check_fingerprint(fingerprint)
+        validate_history_item(noise_multiplier, sample_rate, steps)
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
+        item = (float(noise_multiplier), float(sample_rate), int(steps))
+        with _exclusive_lock(self.path):
+            state = _read_state(self.path)  # fresh: another process may have spent
+            self._state = state
+            spent = self._epsilon(state.history())
+            projected = self._epsilon([*state.history(), item])
+            if projected > state.epsilon_budget:
+                raise PrivacyBudgetExceeded(
+                    f"refused: run {run_id!r} (noise_multiplier={item[0]:g}, "
+                    f"sample_rate={item[1]:g}, steps={item[2]}) would take this node's "
+                    f"cumulative epsilon from {spent:.4f} to {projected:.4f} at "
+                    f"delta={state.delta:g}, above its budget {state.epsilon_budget:g} "
+                    f"(remaining {max(0.0, state.epsilon_budget - spent):.4f}). Nothing was "
+                    "recorded or trained. Use more noise, fewer steps or a lower sample rate "
+                    "(noise_multiplier_for gives the smallest noise that fits), or stop "
+                    "training on this data.",
+                    projected_epsilon=projected,
+                    epsilon_budget=state.epsilon_budget,
+                )
+            entry_after = self._epsilon([*state.history(fingerprint), item])
+            spend = Spend(
+                timestamp=_now(),
+                run_id=run_id,
+                noise_multiplier=item[0],
+                sample_rate=item[1],
+                steps=item[2],
+                epsilon_entry_after=entry_after,
+                epsilon_node_after=projected,
+            )
+            entries = dict(state.entries)
+            entries[fingerprint] = (*entries.get(fingerprint, ()), spend)
+            new_state = _State(
+                created=state.created,
+                accountant=state.accountant,
+                delta=state.delta,
+                epsilon_budget=state.epsilon_budget,
+                budget_changes=state.budget_changes,
+                entries=entries,
+            )
+            _commit(self.path, new_state)
+            self._state = new_state
+        logger.info(
+            "privacy spend recorded: run %s on %s, node epsilon %.4f of %g (delta=%g)",
+            run_id,
+            fingerprint[:19],
+            projected,
+            new_state.epsilon_budget,
+            new_state.delta,
+        )
+        return projected
+
+    # ------------------------------------------------------------------ internals
+    def _refresh(self) -> _State:
+        self._state = _read_state(self.path)
+        return self._state
+
+    def _epsilon(self, history: list[HistoryItem]) -> float:
+        key = tuple(compact_history(history))
+        if key not in self._epsilon_cache:
+            self._epsilon_cache[key] = epsilon_for(
+                key, delta=self._state.delta, accountant=self._state.accountant
+            )
+        return self._epsilon_cache[key]
+
+    def __repr__(self) -> str:
+        return f"PrivacyLedger({str(self.path)!r}, accountant={self._state.accountant!r})"
+
+
+def _check_fingerprint(fingerprint: str) -> None:
+    if not isinstance(fingerprint, str) or not fingerprint.strip():
+        raise ValueError(
+            f"fingerprint must be a non-empty string (use fingerprint_frame(df)), got {fingerprint!r}"
+        )
+
+
+def _commit(path: Path, state: _State) -> None:
+    """Write ``state`` atomically, keeping the current (verified) file as ``<path>.bak``."""
+    backup = path.with_name(path.name + ".bak")
+    if path.exists():
+        _write_atomic(backup, path.read_bytes())
+    _write_atomic(path, _serialise(state))
+
+
+def _remove_stray_temp_files(path: Path) -> None:
+    """Delete temp files a crashed writer left behind (we hold the lock: no writer is live)."""
+    for stray in path.parent.glob(f".{path.name}.*.tmp"):
+        logger.warning("removing %s left by an interrupted ledger write; %s is intact", stray, path)
+        with contextlib.suppress(OSError):
+            stray.unlink()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold ``flock(LOCK_EX)`` on ``<path>.lock`` so spends of two processes never interleave."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - closed below, after unlocking
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot open the ledger lock file {lock_path} ({exc}); the ledger's directory "
+            "must be writable by the node"
+        ) from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
