@@ -173,34 +173,53 @@ def _write_new(path: Path, data: bytes, *, secret: bool) -> None:
         handle.write(data)
 
 
-def write_certificates(out_dir: Path, *, hosts: list[str], valid_days: int = 825) -> CertificatePaths:
-    """Make a CA and a server certificate for ``hosts`` and write them into ``out_dir``.
+def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Read an existing CA (``ca.key`` + ``ca.crt``) made by :func:`write_certificates`."""
+    try:
+        cert = x509.load_pem_x509_certificate((ca_dir / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((ca_dir / CA_KEY).read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"cannot read the CA in {ca_dir} ({CA_CERT} and {CA_KEY}): {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise CertificateError(f"{ca_dir / CA_KEY} is not the private key of {ca_dir / CA_CERT}")
+    return key, cert
 
-    Refuses (``CertificateError``) when any of the four files already exists: replacing a
-    CA silently would lock every hospital out until they fetch the new ``ca.crt``.
+
+def write_certificates(
+    out_dir: Path, *, hosts: list[str], valid_days: int = 825, ca_dir: Path | None = None
+) -> CertificatePaths:
+    """Write a SuperLink server certificate for ``hosts`` into ``out_dir``, and a new CA unless given one.
+
+    With ``ca_dir`` (a directory holding ``ca.crt`` and ``ca.key`` from an earlier call) the
+    server certificate is signed by that CA, so hospitals keep their ``ca.crt``: that is how
+    an expiring or re-addressed server certificate is renewed. Without it a new CA is made
+    and written into ``out_dir`` too. Refuses (``CertificateError``) when any file it would
+    write already exists: a silently replaced CA would lock every hospital out.
     """
     paths = CertificatePaths(
-        ca_cert=out_dir / CA_CERT,
-        ca_key=out_dir / CA_KEY,
+        ca_cert=(ca_dir or out_dir) / CA_CERT,
+        ca_key=(ca_dir or out_dir) / CA_KEY,
         server_cert=out_dir / SERVER_CERT,
         server_key=out_dir / SERVER_KEY,
     )
-    existing = [str(p) for p in vars(paths).values() if p.exists()]
+    to_write = [paths.server_cert, paths.server_key] + ([] if ca_dir else [paths.ca_cert, paths.ca_key])
+    existing = [str(p) for p in to_write if p.exists()]
     if existing:
         raise CertificateError(
             f"refusing to overwrite existing certificate files: {', '.join(existing)}; "
             "choose another --out directory or move them away first"
         )
-    ca_key, ca_cert = make_ca(valid_days=valid_days)
+    ca_key, ca_cert = _load_ca(ca_dir) if ca_dir else make_ca(valid_days=valid_days)
     server_key, server_cert = make_server_certificate(
         ca_key, ca_cert, hosts=hosts, valid_days=valid_days
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_new(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)
-    _write_new(paths.ca_key, _key_pem(ca_key), secret=True)
+    if ca_dir is None:
+        _write_new(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)
+        _write_new(paths.ca_key, _key_pem(ca_key), secret=True)
     _write_new(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), secret=False)
     _write_new(paths.server_key, _key_pem(server_key), secret=True)
-    logger.info("wrote CA and server certificate for %s into %s", hosts, out_dir)
+    logger.info("wrote server certificate for %s into %s", hosts, out_dir)
     return paths
 
 
@@ -215,13 +234,17 @@ def main(
     ],
     out: Annotated[Path, typer.Option("--out", help="Directory for ca.crt, ca.key, server.pem, server.key.")],
     valid_days: Annotated[int, typer.Option("--valid-days", help="Validity in days.")] = 825,
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", help="Directory with an existing ca.crt and ca.key: sign with it, make no new CA."),
+    ] = None,
 ) -> None:
-    """Create a private CA and a SuperLink server certificate signed by it."""
+    """Create a private CA and a SuperLink server certificate signed by it (or renew with --ca)."""
     from rich.console import Console
 
     console = Console(soft_wrap=True)
     try:
-        paths = write_certificates(out, hosts=host, valid_days=valid_days)
+        paths = write_certificates(out, hosts=host, valid_days=valid_days, ca_dir=ca)
     except CertificateError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -217,3 +217,23 @@ def test_gateway_answers_502_when_the_superlink_is_down() -> None:
 
     (response,) = _through_gateway([("POST", "/v1/fleet/send-node-heartbeat", b"", {})], httpx.MockTransport(down))
     assert response.status_code == 502  # the SuperNode's retry logic treats 502 as transient
+
+
+def test_renewal_with_an_existing_ca_keeps_hospitals_ca_crt(certs, tmp_path: Path) -> None:
+    ca_before = certs.ca_cert.read_bytes()
+    renewed = write_certificates(tmp_path / "renewed", hosts=["10.0.0.5"], ca_dir=certs.ca_cert.parent)
+    assert renewed.ca_cert == certs.ca_cert and certs.ca_cert.read_bytes() == ca_before
+    assert sorted(p.name for p in (tmp_path / "renewed").iterdir()) == ["server.key", "server.pem"]
+    ca = x509.load_pem_x509_certificate(ca_before)
+    server = x509.load_pem_x509_certificate(renewed.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    # A key that does not belong to the certificate is refused, with both file names.
+    other = write_certificates(tmp_path / "other", hosts=["127.0.0.1"])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(certs.ca_cert, mixed / "ca.crt")
+    shutil.copy(other.ca_key, mixed / "ca.key")
+    with pytest.raises(CertificateError, match="is not the private key of"):
+        write_certificates(tmp_path / "x", hosts=["127.0.0.1"], ca_dir=mixed)
+    result = CliRunner().invoke(certs_cli, ["--host", "127.0.0.1", "--out", str(tmp_path / "y"), "--ca", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "cannot read the CA" in result.output
