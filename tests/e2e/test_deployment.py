@@ -334,13 +334,14 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
     data = generate_region(fed, hospitals=4, days=150)
     ids, _ = _deploy(fed, data, validate=True)
 
-    # `flwr run .` rewrites the app's pyproject.toml when it has a [tool.flwr.federations]
-    # table (flwr/cli/config_migration.py), so it runs on a copy, never on the checkout.
+    # `flwr run .` rewrites the app's pyproject.toml when it has an active
+    # [tool.flwr.federations] table (flwr/cli/config_migration.py): it runs on a copy, never
+    # on the checkout, and the copy must come out unchanged (docs/deploy.md says so).
     app = tmp_path / "medalloc-src"
     shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
-    pyproject_before = (REPO / "pyproject.toml").read_bytes()
+    pyproject_before = (app / "pyproject.toml").read_bytes()
     run_id = fed.run(app, fast_run_config(app))
-    assert (REPO / "pyproject.toml").read_bytes() == pyproject_before
+    assert (app / "pyproject.toml").read_bytes() == pyproject_before, "flwr run rewrote pyproject.toml"
     run, seen = fed.wait_run(run_id, timeout=420)
     log = fed.sh("log", f"flwr log {run_id} medalloc --show", fed.coord_env(), cwd=fed.coord).stdout
     assert run["status"] == "finished:completed", f"{run}\n{log[-4000:]}"
