@@ -1,0 +1,412 @@
+"""Supervised windows for the forecaster: calendar covariates, a time-ordered split and per-series scaling.
+
+One hospital's records become ``(X, y)`` windows: ``X`` is ``(N, L, F)`` (the scaled target
+series plus calendar covariates over the last ``L`` periods) and ``y`` is ``(N, H, T)`` (the
+scaled targets over the next ``H`` periods). Each unit's series is split in time: the last
+``test_periods`` are test, the ``val_periods`` before them validation, everything earlier
+training. A window belongs to a split only when *all* its target periods fall inside it, so no
+training target lies in validation/test and no validation target lies in test. Scaling
+statistics come from the training periods only. History may reach back into earlier splits:
+at forecast time the model sees the recent past too, so that is not leakage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
+
+logger = logging.getLogger(__name__)
+
+# (history L, horizon H, validation periods, test periods) when the spec leaves them unset.
+_DEFAULTS: dict[Frequency, tuple[int, int, int, int]] = {
+    Frequency.DAILY: (56, 14, 56, 56),  # 8 weeks of history, 2 weeks ahead, 8 + 8 weeks held out
+    Frequency.WEEKLY: (26, 4, 13, 13),  # half a year of history, a month ahead, a quarter each held out
+}
+_DAYS_PER_YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What to forecast from what, and how to split it.
+
+    Parameters
+    ----------
+    history, horizon
+        ``L`` and ``H`` in periods. ``None`` picks the frequency default: daily ``L=56, H=14``,
+        weekly ``L=26, H=4``.
+    targets
+        Count columns to forecast (default admissions and census); each must be in the records.
+    day_of_week
+        ``"sincos"`` (2 channels, default), ``"onehot"`` (7 channels) or ``"none"``. Ignored for
+        weekly data (every row is a Monday).
+    year_position
+        Add sin/cos of the position in the year (2 channels; default on).
+    holidays
+        Dates flagged by a 0/1 holiday channel; empty (default) adds no channel. For weekly data
+        a week is flagged when any of its days is a holiday.
+    missing_flag
+        Add a 0/1 channel marking periods that were missing and filled by interpolation
+        (default on; the channel is added even when nothing is missing, so F does not depend on
+        the data).
+    val_periods, test_periods
+        Held-out periods at the end of every unit's series. ``None``: daily 56/56, weekly 13/13.
+    scale_floor
+        Lower bound on a series' scale, in patients/beds (default 1.0): a near-constant series
+        (a 4-bed unit that is always full) would otherwise be divided by ~0.
+    """
+
+    history: int | None = None
+    horizon: int | None = None
+    targets: tuple[str, ...] = (ADMISSIONS, CENSUS)
+    day_of_week: str = "sincos"
+    year_position: bool = True
+    holidays: tuple[pd.Timestamp | str, ...] = ()  # normalised to Timestamps in __post_init__
+    missing_flag: bool = True
+    val_periods: int | None = None
+    test_periods: int | None = None
+    scale_floor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("WindowSpec.targets is empty; name at least one count column, e.g. ('census',)")
+        if self.day_of_week not in ("sincos", "onehot", "none"):
+            raise ValueError(f"WindowSpec.day_of_week={self.day_of_week!r}; use 'sincos', 'onehot' or 'none'")
+        for name in ("history", "horizon", "val_periods", "test_periods"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"WindowSpec.{name}={value}; it must be a positive number of periods")
+        if self.scale_floor <= 0:
+            raise ValueError(f"WindowSpec.scale_floor={self.scale_floor}; it must be > 0")
+        object.__setattr__(self, "holidays", tuple(pd.Timestamp(d).normalize() for d in self.holidays))
+
+    def resolved(self, frequency: Frequency) -> WindowSpec:
+        """Return a copy with every ``None`` replaced by the default for ``frequency``."""
+        L, H, val, test = _DEFAULTS[frequency]
+        return replace(
+            self,
+            history=self.history or L,
+            horizon=self.horizon or H,
+            val_periods=self.val_periods or val,
+            test_periods=self.test_periods or test,
+        )
+
+    def covariate_names(self, frequency: Frequency) -> tuple[str, ...]:
+        """Names of the calendar/missing covariate channels, in feature order."""
+        names: list[str] = []
+        if frequency is Frequency.DAILY and self.day_of_week == "sincos":
+            names += ["dow_sin", "dow_cos"]
+        elif frequency is Frequency.DAILY and self.day_of_week == "onehot":
+            names += [f"dow_{d}" for d in range(7)]
+        if self.year_position:
+            names += ["year_sin", "year_cos"]
+        if self.holidays:
+            names.append("holiday")
+        if self.missing_flag:
+            names.append("was_missing")
+        return tuple(names)
+
+    def feature_names(self, frequency: Frequency) -> tuple[str, ...]:
+        """All ``F`` input channels: the scaled targets first, then the covariates."""
+        return tuple(f"{t}_scaled" for t in self.targets) + self.covariate_names(frequency)
+
+
+@dataclass(frozen=True)
+class SeriesScaler:
+    """Per-(unit, target) standardisation fitted on the training periods.
+
+    ``mean[unit]`` and ``scale[unit]`` are ``(T,)`` arrays; scaled = (value - mean) / scale.
+    ``scale`` is the training-period standard deviation, floored at ``WindowSpec.scale_floor``,
+    so one global model sees a 30-bed and a 1,500-bed hospital on the same footing.
+    """
+
+    targets: tuple[str, ...]
+    mean: dict[str, np.ndarray]
+    scale: dict[str, np.ndarray]
+
+    def transform(self, values: np.ndarray, unit: str) -> np.ndarray:
+        """Scale ``(..., T)`` raw values of one unit."""
+        return (values - self.mean[unit]) / self.scale[unit]
+
+    def inverse_transform(self, values: np.ndarray, units: Sequence[str]) -> np.ndarray:
+        """Back to patients/beds.
+
+        ``values`` is ``(N, H, T)`` or ``(N, H, T, Q)`` in scaled space with ``units[i]`` the unit
+        of row ``i``. Scales are positive, so quantile order is preserved.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if len(units) != values.shape[0]:
+            raise ValueError(f"inverse_transform got {values.shape[0]} rows but {len(units)} units")
+        mean = np.stack([self.mean[u] for u in units])  # (N, T)
+        scale = np.stack([self.scale[u] for u in units])  # (N, T)
+        shape = (values.shape[0], 1, values.shape[2]) + (1,) * (values.ndim - 3)
+        return values * scale.reshape(shape) + mean.reshape(shape)
+
+
+@dataclass(frozen=True)
+class WindowSet:
+    """Supervised windows of one split.
+
+    ``X``: ``(N, L, F)`` float32; ``y``: ``(N, H, T)`` float32 in scaled space; ``units[i]`` the
+    unit of window ``i``; ``target_start[i]`` the date of its first target period.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    units: np.ndarray
+    target_start: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def target_dates(self, frequency: Frequency) -> np.ndarray:
+        """``(N, H)`` datetime64 array: the date of every target period."""
+        H = self.y.shape[1]
+        step = np.timedelta64(frequency.period.days, "D")
+        return self.target_start[:, None] + np.arange(H)[None, :] * step
+
+
+@dataclass(frozen=True)
+class HospitalDataset:
+    """One hospital's windows, split in time, with the fitted scalers and the spec that made them."""
+
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+    scaler: SeriesScaler
+    spec: WindowSpec  # resolved: no None left
+    frequency: Frequency
+    feature_names: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.spec.targets)
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One unit on a complete calendar: filled values, which periods were missing, covariates."""
+
+    unit: str
+    dates: pd.DatetimeIndex
+    values: np.ndarray  # (n, T) float64, gaps interpolated
+    missing: np.ndarray  # (n,) bool
+    covariates: np.ndarray  # (n, C) float32
+
+
+def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Frequency) -> np.ndarray:
+    """``(n, C)`` calendar channels for ``dates`` (without the missing flag), in ``covariate_names`` order."""
+    columns: list[np.ndarray] = []
+    if frequency is Frequency.DAILY and spec.day_of_week != "none":
+        dow = dates.day_of_week.to_numpy()
+        if spec.day_of_week == "sincos":
+            columns += [np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)]
+        else:
+            columns += [(dow == d).astype(np.float64) for d in range(7)]
+    if spec.year_position:
+        phase = 2 * np.pi * (dates.day_of_year.to_numpy() - 1) / _DAYS_PER_YEAR
+        columns += [np.sin(phase), np.cos(phase)]
+    if spec.holidays:
+        holidays = pd.DatetimeIndex(spec.holidays)
+        if frequency is Frequency.DAILY:
+            flag = dates.isin(holidays)
+        else:  # a week (dated its Monday) is a holiday week when any of its 7 days is one
+            week_of = holidays - pd.to_timedelta(holidays.day_of_week, unit="D")
+            flag = dates.isin(week_of)
+        columns.append(np.asarray(flag, dtype=np.float64))
+    if not columns:
+        return np.zeros((len(dates), 0), dtype=np.float32)
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _fill(frame: pd.DataFrame, cuts: Sequence[int]) -> np.ndarray:
+    """Linear interpolation within each segment between ``cuts``; a segment never borrows later data.
+
+    Interpolating across a split boundary would put a validation value into a training
+    window's history, so each segment is filled on its own (edges from its nearest observed
+    value); a segment with nothing observed is carried forward from the past.
+    """
+    bounds = [0, *cuts, len(frame)]
+    parts = [
+        frame.iloc[a:b].interpolate(method="linear", limit_direction="both") for a, b in zip(bounds, bounds[1:])
+    ]
+    return pd.concat(parts).ffill().to_numpy()  # the first period is always observed
+
+
+def _complete_series(records: UnitRecords, spec: WindowSpec, *, split: bool = True) -> list[_Series]:
+    """Reindex every unit to a complete calendar; interpolate gaps, never shift dates.
+
+    With ``split`` gaps are filled within each of train/val/test separately (no data flows
+    backwards across a boundary); without it (forecasting from the end of the data, when all
+    of it is the past) the whole series is one segment.
+    """
+    missing_targets = [t for t in spec.targets if t not in records.count_columns]
+    if missing_targets:
+        raise ValueError(
+            f"{records.source}: target column(s) {missing_targets} not in the records "
+            f"(present: {records.count_columns}); set WindowSpec.targets to columns the file has"
+        )
+    freq = "D" if records.frequency is Frequency.DAILY else "W-MON"
+    series = []
+    for unit, frame in records.frame.groupby(UNIT, sort=True):
+        frame = frame.set_index(DATE).sort_index()
+        dates = pd.date_range(frame.index.min(), frame.index.max(), freq=freq)
+        if not frame.index.isin(dates).all():
+            raise ValueError(
+                f"{records.source}: unit {unit!r} has dates off the {records.frequency.value} calendar "
+                "(weekly records must be dated Mondays)"
+            )
+        full = frame[list(spec.targets)].astype("float64").reindex(dates)
+        missing = full.isna().any(axis=1).to_numpy()
+        if missing.any():
+            logger.info("unit %s: %d of %d periods missing, filled by linear interpolation", unit, missing.sum(), len(dates))
+        # Linear interpolation between the neighbouring observed periods; a count series has no
+        # better local guess, and the was_missing channel tells the model which ones are guesses.
+        filled = _fill(full, _boundaries(len(dates), spec, str(unit)) if split else ())
+        cov = calendar_covariates(dates, spec, records.frequency)
+        if spec.missing_flag:
+            cov = np.concatenate([cov, missing[:, None].astype(np.float32)], axis=1)
+        series.append(_Series(str(unit), dates, filled, missing, cov))
+    return series
+
+
+def _boundaries(n: int, spec: WindowSpec, unit: str) -> tuple[int, int]:
+    """Index of the first validation and the first test period of a series of length ``n``."""
+    assert spec.history and spec.horizon and spec.val_periods and spec.test_periods
+    val_start = n - spec.test_periods - spec.val_periods
+    test_start = n - spec.test_periods
+    need = spec.history + spec.horizon
+    if val_start < need or spec.val_periods < spec.horizon or spec.test_periods < spec.horizon:
+        raise ValueError(
+            f"unit {unit!r} has {n} periods; with L={spec.history}, H={spec.horizon}, "
+            f"val={spec.val_periods}, test={spec.test_periods} it needs at least "
+            f"{need + spec.val_periods + spec.test_periods} periods and val/test >= H; "
+            "use shorter windows or fewer held-out periods"
+        )
+    return val_start, test_start
+
+
+def _fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
+    """Mean and floored std per (unit, target) over the training periods, observed values only."""
+    mean, scale = {}, {}
+    for s in series:
+        val_start, _ = _boundaries(len(s.dates), spec, s.unit)
+        observed = s.values[:val_start][~s.missing[:val_start]]
+        if len(observed) == 0:
+            raise ValueError(f"unit {s.unit!r} has no observed values in its training period")
+        mean[s.unit] = observed.mean(axis=0)
+        scale[s.unit] = np.maximum(observed.std(axis=0), spec.scale_floor)
+    return SeriesScaler(spec.targets, mean, scale)
+
+
+def _inputs(s: _Series, scaler: SeriesScaler) -> np.ndarray:
+    """``(n, F)`` per-period features: scaled targets then covariates."""
+    return np.concatenate([scaler.transform(s.values, s.unit), s.covariates], axis=1).astype(np.float32)
+
+
+def _windows(s: _Series, scaler: SeriesScaler, spec: WindowSpec, lo: int, hi: int) -> WindowSet:
+    """Windows whose H targets all lie in periods ``[lo, hi)`` and none of them was missing."""
+    L, H = spec.history, spec.horizon
+    assert L is not None and H is not None
+    feats = _inputs(s, scaler)
+    scaled = scaler.transform(s.values, s.unit).astype(np.float32)
+    starts = [
+        t for t in range(max(lo, L), hi - H + 1) if not s.missing[t : t + H].any()
+    ]  # t = index of the first target period
+    X = np.stack([feats[t - L : t] for t in starts]) if starts else np.zeros((0, L, feats.shape[1]), np.float32)
+    y = np.stack([scaled[t : t + H] for t in starts]) if starts else np.zeros((0, H, scaled.shape[1]), np.float32)
+    return WindowSet(
+        torch.from_numpy(X),
+        torch.from_numpy(y),
+        np.array([s.unit] * len(starts), dtype=object),
+        s.dates[starts].to_numpy() if starts else np.array([], dtype="datetime64[ns]"),
+    )
+
+
+def _concat(sets: list[WindowSet]) -> WindowSet:
+    return WindowSet(
+        torch.cat([w.X for w in sets]),
+        torch.cat([w.y for w in sets]),
+        np.concatenate([w.units for w in sets]),
+        np.concatenate([w.target_start for w in sets]),
+    )
+
+
+def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
+    """Turn one hospital's records into split, scaled, supervised windows.
+
+    Parameters
+    ----------
+    records
+        Validated unit records (daily or weekly).
+    spec
+        What to forecast; ``None`` fields take the defaults for ``records.frequency``.
+
+    Returns
+    -------
+    HospitalDataset
+        ``train``/``val``/``test`` windows of every unit and the scaler fitted on training
+        periods only.
+
+    Raises
+    ------
+    ValueError
+        A target column is absent, a unit's series is too short for the split, or dates are
+        off the calendar.
+    """
+    spec = spec.resolved(records.frequency)
+    series = _complete_series(records, spec)
+    scaler = _fit_scaler(series, spec)
+    parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
+    for s in series:
+        val_start, test_start = _boundaries(len(s.dates), spec, s.unit)
+        parts["train"].append(_windows(s, scaler, spec, 0, val_start))
+        parts["val"].append(_windows(s, scaler, spec, val_start, test_start))
+        parts["test"].append(_windows(s, scaler, spec, test_start, len(s.dates)))
+    return HospitalDataset(
+        train=_concat(parts["train"]),
+        val=_concat(parts["val"]),
+        test=_concat(parts["test"]),
+        scaler=scaler,
+        spec=spec,
+        frequency=records.frequency,
+        feature_names=spec.feature_names(records.frequency),
+    )
+
+
+def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet:
+    """The inference windows: the last ``L`` periods of every unit, to forecast the ``H`` after the data.
+
+    ``y`` is empty (``(U, H, T)`` of NaN: the future is unknown); ``target_start`` is the
+    period after each unit's last date. Scaling uses ``dataset.scaler`` (fitted on training
+    periods), so forecasts come back to beds/patients with ``dataset.scaler.inverse_transform``.
+    """
+    spec = dataset.spec
+    assert spec.history is not None and spec.horizon is not None
+    series = _complete_series(records, spec, split=False)
+    X, units, starts = [], [], []
+    for s in series:
+        if s.unit not in dataset.scaler.mean:
+            raise ValueError(f"unit {s.unit!r} was not in the data the scaler was fitted on")
+        if len(s.dates) < spec.history:
+            raise ValueError(f"unit {s.unit!r} has {len(s.dates)} periods; forecasting needs the last {spec.history}")
+        X.append(_inputs(s, dataset.scaler)[-spec.history :])
+        units.append(s.unit)
+        starts.append((s.dates[-1] + records.frequency.period).to_datetime64())
+    T = len(spec.targets)
+    return WindowSet(
+        torch.from_numpy(np.stack(X)),
+        torch.full((len(X), spec.horizon, T), float("nan")),
+        np.array(units, dtype=object),
+        np.array(starts, dtype="datetime64[ns]"),
+    )

@@ -1,0 +1,227 @@
+"""The shared forecasters: config, a non-crossing quantile head, an MLP and a causal TCN, the pinball loss.
+
+Every model maps ``x: (B, L, F)`` to ``(B, H, T, Q)`` quantiles in the scaled space, uses only
+layers Opacus can compute per-sample gradients for (Linear, Conv1d, GroupNorm; no BatchNorm,
+dropout off by default) and is registered in ``MODELS`` so one contract test covers them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    """Everything needed to rebuild a forecaster; stored with every checkpoint."""
+
+    model: str = "mlp"  # key in MODELS
+    history: int = 56  # L: input periods (8 weeks of days)
+    horizon: int = 14  # H: forecast periods (2 weeks of days)
+    n_features: int = 7  # F: 2 targets + dow sin/cos + year sin/cos + was_missing
+    n_targets: int = 2  # T: admissions and census
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # an 80% interval around the median
+    hidden: int = 128  # MLP width; small data (a few hundred windows per hospital) needs no more
+    layers: int = 1  # MLP hidden layers; 1 beat 2 under DP on the toy region (docs/forecasting.md)
+    channels: int = 32  # TCN channels per causal conv layer
+    kernel_size: int = 3  # TCN kernel; 2 convs per block, dilations 1,2,4,8: receptive field 1+2*2*15 = 61 >= L
+    levels: int = 4  # TCN residual blocks, dilation 2**i
+    dropout: float = 0.0  # off: DP noise already regularises, and dropout makes DP steps noisier
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        q = self.quantiles
+        if not q or any(not 0 < a < 1 for a in q) or any(b <= a for a, b in zip(q, q[1:])):
+            raise ValueError(f"quantiles {q} must be strictly increasing levels in (0, 1)")
+        for name in ("history", "horizon", "n_features", "n_targets", "hidden", "layers", "channels", "kernel_size", "levels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ForecasterConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ForecasterConfig.dropout={self.dropout} must be in [0, 1)")
+        object.__setattr__(self, "quantiles", tuple(float(a) for a in q))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (quantiles as a list)."""
+        d = asdict(self)
+        d["quantiles"] = list(self.quantiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ForecasterConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (a checkpoint from another version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ForecasterConfig keys {sorted(unknown)}")
+        d = dict(d)
+        if "quantiles" in d:
+            d["quantiles"] = tuple(d["quantiles"])
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- quantile head
+
+
+class QuantileHead(nn.Module):
+    """Linear map to ``(B, H, T, Q)`` quantiles that cannot cross.
+
+    It predicts the quantile nearest 0.5 directly and the others as cumulative softplus
+    increments above and below it, so ``q[..., i] <= q[..., i + 1]`` by construction.
+    """
+
+    def __init__(self, in_features: int, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.H, self.T, self.Q = config.horizon, config.n_targets, len(config.quantiles)
+        self.anchor = min(range(self.Q), key=lambda i: abs(config.quantiles[i] - 0.5))
+        self.proj = nn.Linear(in_features, self.H * self.T * self.Q)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        raw = self.proj(h).view(-1, self.H, self.T, self.Q)  # (B, H, T, Q)
+        a = self.anchor
+        mid = raw[..., a : a + 1]  # (B, H, T, 1)
+        up = mid + torch.cumsum(F.softplus(raw[..., a + 1 :]), dim=-1)  # (B, H, T, Q-a-1)
+        down = mid - torch.cumsum(F.softplus(raw[..., :a]).flip(-1), dim=-1).flip(-1)  # (B, H, T, a)
+        return torch.cat([down, mid, up], dim=-1)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLPForecaster(nn.Module):
+    """Flattened window -> ``layers`` x (Linear, GELU) -> quantile head.
+
+    Only Linear layers carry parameters, which also lets training use the exact one-backward
+    per-sample clipping in ``training`` (the cheapest DP path; see docs/forecasting.md).
+    """
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.history * config.n_features
+        blocks: list[nn.Module] = []
+        for _ in range(config.layers):
+            blocks += [nn.Linear(width, config.hidden), nn.GELU()]
+            if config.dropout:
+                blocks.append(nn.Dropout(config.dropout))
+            width = config.hidden
+        self.body = nn.Sequential(*blocks)
+        self.head = QuantileHead(width, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        return self.head(self.body(x.flatten(1)))  # (B, L*F) -> (B, hidden) -> (B, H, T, Q)
+
+
+# ----------------------------------------------------------------------------- TCN
+
+
+class CausalBlock(nn.Module):
+    """Two dilated causal Conv1d layers with GroupNorm and a residual connection."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.pad = (kernel_size - 1) * dilation  # left padding only: period t never sees t+1
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel_size, dilation=dilation)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel_size, dilation=dilation)
+        self.norm1 = nn.GroupNorm(1, c_out)  # LayerNorm over channels and time; DP-safe, unlike BatchNorm
+        self.norm2 = nn.GroupNorm(1, c_out)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, L) -> (B, C_out, L)
+        h = self.drop(F.gelu(self.norm1(self.conv1(F.pad(x, (self.pad, 0))))))
+        h = self.drop(F.gelu(self.norm2(self.conv2(F.pad(h, (self.pad, 0))))))
+        return h + self.skip(x)
+
+
+class TCNForecaster(nn.Module):
+    """Causal temporal convolutions over the window; the last period's features feed the quantile head."""
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        blocks = []
+        c_in = config.n_features
+        for i in range(config.levels):
+            blocks.append(CausalBlock(c_in, config.channels, config.kernel_size, 2**i, config.dropout))
+            c_in = config.channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = QuantileHead(config.channels, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        h = self.blocks(x.transpose(1, 2))  # (B, F, L) -> (B, C, L)
+        return self.head(h[:, :, -1])  # (B, C) -> (B, H, T, Q)
+
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLPForecaster, "tcn": TCNForecaster}
+
+
+def build_model(config: ForecasterConfig, *, seed: int | None = None) -> nn.Module:
+    """Instantiate ``config.model``; with ``seed`` the initial weights are reproducible."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MODELS[config.model](config)
+    return MODELS[config.model](config)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def pinball_loss_per_sample(pred: torch.Tensor, target: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
+    """Mean pinball (quantile) loss of each sample: ``(B, H, T, Q)``, ``(B, H, T)`` -> ``(B,)``.
+
+    For level q and error e = y - yhat the loss is max(q e, (q - 1) e); the per-sample form is
+    what DP training clips (one patient-window = one privacy unit of the gradient).
+    """
+    assert pred.shape[:-1] == target.shape and pred.shape[-1] == len(quantiles), f"pred {tuple(pred.shape)} vs target {tuple(target.shape)}"
+    q = torch.tensor(quantiles, dtype=pred.dtype, device=pred.device)  # (Q,)
+    err = target.unsqueeze(-1) - pred  # (B, H, T, Q)
+    return torch.maximum(q * err, (q - 1) * err).flatten(1).mean(dim=1)
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
+    """Batch mean of ``pinball_loss_per_sample``."""
+    return pinball_loss_per_sample(pred, target, quantiles).mean()
+
+
+class PinballLoss(nn.Module):
+    """Criterion form with a ``reduction`` ("mean", "sum", "none"), as Opacus' ghost clipping expects."""
+
+    def __init__(self, quantiles: tuple[float, ...], reduction: str = "mean") -> None:
+        super().__init__()
+        self.quantiles = tuple(quantiles)
+        self.reduction = reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per = pinball_loss_per_sample(pred, target, self.quantiles)
+        if self.reduction == "none":
+            return per
+        return per.sum() if self.reduction == "sum" else per.mean()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ForecasterConfig",
+    "MODELS",
+    "MLPForecaster",
+    "TCNForecaster",
+    "QuantileHead",
+    "build_model",
+    "pinball_loss",
+    "pinball_loss_per_sample",
+    "PinballLoss",
+    "count_parameters",
+]
