@@ -1,0 +1,310 @@
+"""Faults in a real Flower federation on loopback: a SuperNode killed mid-round, a torn ledger, the ServerApp killed.
+
+One coordinator (SuperLink with TLS, ``--database`` and node authentication, behind the Fleet
+gateway, set up by the commands of docs/deploy.md) and three hospitals, shared by the tests of
+this module to keep it within a few minutes on a small machine:
+
+- H000 is killed (its whole process group: SuperNode, SuperExec, ClientApp, as a crashed
+  machine would be) in the middle of round 2, right after its ledger recorded the round's
+  spend, and started again with the same key;
+- H001 stays up throughout;
+- H002's privacy ledger is torn (as a crash half-way through a non-atomic write would leave it)
+  before its node starts: it must refuse every round and leave the file as it is.
+
+Every spend in a node's ledger is named ``run-<flower run id>/round-<r>``, so the ledgers can
+be matched round by round against the coordinator's ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from medalloc_core.privacy.ledger import PrivacyLedger
+from tests.e2e.harness import Proc, ProcessHarness, cmdline, tagged_pids
+from tests.e2e.test_deployment import COPY_IGNORE, REPO, Federation, exec_last, free_port, generate_region
+
+pytestmark = pytest.mark.slow
+
+HOSPITALS = ("H000", "H001", "H002")
+KILLED, STEADY, TORN = HOSPITALS
+BUDGET, DELTA = 8.0, 1e-5  # as in docs/hospital.md's node config
+# Tiny model, few windows: every round is a few seconds of DP-SGD per node. fraction-evaluate=0
+# keeps each round to one ClientApp launch per node. round-timeout bounds the wait for a node
+# that died holding the round's message.
+ROUND_TIMEOUT = 20
+FAST = (
+    "local-epochs=2 batch-size=16 lr=0.05 history=14 horizon=7 hidden=16 fraction-evaluate=0 "
+    f"min-available-nodes=2 min-train-nodes=2 round-timeout={ROUND_TIMEOUT}"
+)
+
+
+@dataclass
+class Region:
+    """The running federation the tests share."""
+
+    fed: Federation
+    nodes: dict[str, Proc]
+    ids: dict[str, str]  # hospital -> SuperNode id
+    app: Path
+    torn_bytes: bytes
+
+    def ledger(self, hospital: str) -> Path:
+        return self.fed.node_dir(hospital) / "privacy-ledger.json"
+
+    def spends(self, hospital: str) -> list[str]:
+        """The run ids (``run-<id>/round-<r>``) of every spend in the node's ledger, in order."""
+        ledger = PrivacyLedger.load(self.ledger(hospital))
+        assert ledger.epsilon_spent() <= BUDGET
+        return [s.run_id for entry in ledger.entries() for s in entry.spends]
+
+    def start_node(self, hospital: str, name: str) -> Proc:
+        """``Federation.start_supernode`` under another log name (a restart keeps the first log)."""
+        block = self.fed.node_block("supernode", hospital, {
+            "superlink.example.org:9092": f"127.0.0.1:{self.fed.gateway_port}",
+            "--port 9094": f"--port {free_port()}",
+        })
+        proc = self.fed.harness.start(name, ["bash", "-c", exec_last(block)], cwd=self.fed.root,
+                                      env=self.fed.node_env(hospital))
+        self.nodes[hospital] = proc
+        return proc
+
+    def submit(self, out: Path, extra: str = "") -> str:
+        return self.fed.run(self.app, f'{FAST} out-dir="{out}" {extra}'.strip())
+
+
+def tear_ledger(path: Path) -> bytes:
+    """A valid ledger with one spend, cut in the middle as a crash during a plain write would leave it."""
+    ledger = PrivacyLedger.open(path, epsilon_budget=BUDGET, delta=DELTA)
+    ledger.spend("ab" * 32, noise_multiplier=1.3, sample_rate=0.1, steps=10, run_id="before-the-crash")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
+    root = tmp_path_factory.mktemp("faults")
+    harness = ProcessHarness(root)
+    try:
+        fed = Federation(harness, root)
+        data = generate_region(fed, hospitals=len(HOSPITALS), days=180)
+        fed.start_coordinator()
+        for hospital in HOSPITALS:
+            fed.prepare_hospital(hospital, data[hospital], validate=False)
+        ids = {hospital: fed.register(hospital) for hospital in HOSPITALS}
+        torn = tear_ledger(fed.node_dir(TORN) / "privacy-ledger.json")
+        app = root / "medalloc-src"
+        shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+        reg = Region(fed, {}, ids, app, torn)
+        for hospital in HOSPITALS:
+            reg.start_node(hospital, f"supernode-{hospital}")
+        for hospital in HOSPITALS:
+            assert reg.nodes[hospital].wait_for_log(r"SuperNode ID: (\d+)", timeout=90)[1] == ids[hospital]
+        yield reg
+    finally:
+        left = harness.stop_all()
+        assert not left, f"Flower processes still running after teardown: {left}"
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def statuses(rows: list[dict], node_id: str) -> dict[int, str]:
+    """Round -> the coordinator's verdict on the node's reply (rounds it never answered are absent)."""
+    return {r["round"]: o["status"] for r in rows if r["round"] > 0 for o in r["outcomes"] if o["node"] == node_id}
+
+
+def wait_for_spend(ledger: Path, tag: str, *, timeout: float) -> float:
+    """Poll the ledger file (atomically replaced, so always whole) until it names ``tag``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ledger.exists() and f'"{tag}"' in ledger.read_text():
+            return time.monotonic()
+        time.sleep(0.01)
+    raise AssertionError(f"{ledger} never recorded a spend for {tag}")
+
+
+def group_members(pgid: int, tag: str) -> list[str]:
+    """Live harness processes in process group ``pgid``."""
+    found = []
+    for pid in tagged_pids(tag):
+        try:
+            if os.getpgid(pid) == pgid:
+                found.append(f"{pid}: {cmdline(pid)}")
+        except ProcessLookupError:
+            pass
+    return found
+
+
+def check_ledger_matches(
+    reg: Region, rows: list[dict], run_id: str, *, may_have_spent: set[int], who: tuple[str, ...] = (KILLED,)
+) -> dict[int, int]:
+    """The node ledgers against the coordinator's log, for one run; returns H000's spends per round.
+
+    A node that trained (its reply accepted, or dropped by the checks after training) has exactly
+    one spend for that round; a round in ``may_have_spent`` (the node died after its ledger
+    recorded the spend, before replying; or the ServerApp died before the reply came) may have
+    one for the nodes in ``who``, never two; no other round has any.
+    """
+    counts = {}
+    for hospital in (KILLED, STEADY):
+        trained = {rnd for rnd, s in statuses(rows, reg.ids[hospital]).items() if s in ("accepted", "dropped")}
+        tags = [t for t in reg.spends(hospital) if t.startswith(f"run-{run_id}/")]
+        per_round = Counter(int(t.rsplit("round-", 1)[1]) for t in tags)
+        assert all(n == 1 for n in per_round.values()), (hospital, tags)  # never twice
+        assert trained <= set(per_round), (hospital, trained, tags)  # never lost
+        allowed = trained | (may_have_spent if hospital in who else set())
+        assert set(per_round) <= allowed, (hospital, trained, tags)
+        counts[hospital] = per_round
+    return counts[KILLED]
+
+
+def run_status(fed: Federation, run_id: str) -> str:
+    return fed.flwr_json(f"status-{run_id}", f"list medalloc --run-id {run_id}")["runs"][0]["status"]
+
+
+def wait_for_file(path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
+    """H000 killed in round 2 after its spend: round 2 completes with H001; H000 is back by round 3.
+
+    The torn ledger: H002 refuses every round with ``ledger-corrupt``, the run goes on without
+    it, and its file is byte for byte what the crash left (never reset).
+    """
+    fed, out = region.fed, region.fed.coord / "results" / "kill-node"
+    # min-available-nodes=3: round 3 waits until H000 is back, so it rejoins a later round.
+    run_id = region.submit(out, "num-server-rounds=3 min-available-nodes=3 round-timeout=120")
+
+    killed = region.nodes[KILLED]
+    spent_at = wait_for_spend(region.ledger(KILLED), f"run-{run_id}/round-2", timeout=90)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.popen.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (left := group_members(killed.pid, fed.harness.tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"the killed node left processes behind: {left}"
+
+    # The SuperLink refuses to activate a node it still counts as online (Flower 1.41: until
+    # 2 missed heartbeats of 30 s), so a restarted node exits with code 305 until then; a
+    # service manager's restart-on-failure does what this loop does.
+    attempts = 0
+    while True:
+        attempts += 1
+        restarted = region.start_node(KILLED, f"supernode-H000-restart-{attempts}")
+        match = restarted.wait_for_log(r"SuperNode ID: (\d+)|Exit Code: 305", timeout=90)
+        if match[1]:
+            break
+        restarted.popen.wait(timeout=30)
+        assert time.monotonic() - spent_at < 150, "the killed node could not rejoin within 150 s"
+        time.sleep(5)
+    assert match[1] == region.ids[KILLED]
+    back_after = time.monotonic() - spent_at
+
+    run, _ = fed.wait_run(run_id, timeout=240)
+    assert run["status"] == "finished:completed", run
+    rows = metrics(out)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert all(r["model-updated"] for r in rows), rows
+
+    killed_status = statuses(rows, region.ids[KILLED])
+    assert killed_status.get(1) == "accepted", killed_status
+    # No reply, or Flower's node-unavailable error once the SuperLink marks it offline.
+    assert killed_status.get(2, "failed") == "failed", f"H000 answered round 2 before it was killed: {killed_status}"
+    assert killed_status.get(3) == "accepted", f"H000 did not rejoin round 3: {killed_status}"
+    assert statuses(rows, region.ids[STEADY]) == {1: "accepted", 2: "accepted", 3: "accepted"}
+    assert rows[1]["nodes"]["accepted"] == 1  # round 2 completed with the one healthy node left
+
+    torn_status = statuses(rows, region.ids[TORN])
+    assert torn_status == {1: "refused", 2: "refused", 3: "refused"}, torn_status
+    reasons = {o["reason"] for r in rows for o in r["outcomes"] if o["node"] == region.ids[TORN]}
+    assert all(reason.startswith("ledger-corrupt") for reason in reasons), reasons
+    assert region.ledger(TORN).read_bytes() == region.torn_bytes, "the torn ledger was modified"
+    assert not list(fed.node_dir(TORN).glob(".privacy-ledger.json.*.tmp"))
+    assert "privacy ledger" in region.nodes[TORN].read_log()
+
+    # The killed node spent for round 2 (the spend precedes training) and never again for it.
+    per_round = check_ledger_matches(region, rows, run_id, may_have_spent={2})
+    assert per_round == {1: 1, 2: 1, 3: 1}, per_round
+    print(f"H000 back {back_after:.1f} s after its round-2 spend ({attempts} start(s)); "
+          f"round 2 took {rows[1]['seconds']} s, round 3 {rows[2]['seconds']} s; H000 round 2: {killed_status.get(2)}")
+
+
+def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> None:
+    """The ServerApp SIGKILLed after round 1's checkpoint; ``resume = true`` finishes the run.
+
+    A reference run of 2 rounds goes through uninterrupted; a second one with the same config
+    is killed right after its round-1 checkpoint, stopped with ``flwr stop`` and submitted
+    again with the same out-dir and ``resume=true``. The resumed final model equals the
+    reference's (same seed: same initial model, same node seeds per round and hospital, same
+    DP noise), and every node's ledger holds exactly the spends of the rounds it trained
+    (the killed run's round 2 at most once: its messages may have reached the nodes).
+    """
+    fed = region.fed
+    for hospital in HOSPITALS:  # the previous test may have left a node down
+        assert region.nodes[hospital].popen.poll() is None or hospital == TORN, hospital
+    ref_out, out = fed.coord / "results" / "reference", fed.coord / "results" / "crash"
+    ref_id = region.submit(ref_out, "num-server-rounds=2")
+    assert fed.wait_run(ref_id, timeout=180)[0]["status"] == "finished:completed"
+
+    crashed_id = region.submit(out, "num-server-rounds=2")
+    wait_for_file(out / "checkpoints" / "round-0001.json", timeout=120)
+    killed_at = time.monotonic()
+    serverapps = [pid for pid in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(pid)]
+    assert len(serverapps) == 1, serverapps
+    os.kill(serverapps[0], signal.SIGKILL)
+    status_after_kill = run_status(fed, crashed_id)
+    fed.ok("stop", f"flwr stop {crashed_id} medalloc", fed.coord_env(), cwd=fed.coord)
+    deadline = time.monotonic() + 30
+    while not (stopped := run_status(fed, crashed_id)).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert stopped.startswith("finished:"), stopped
+    assert not (out / "final_model.safetensors").exists()
+
+    round_one = (out / "metrics.jsonl").read_text().splitlines()[0]
+    resumed_id = region.submit(out, "num-server-rounds=2 resume=true")
+    assert fed.wait_run(resumed_id, timeout=180)[0]["status"] == "finished:completed"
+    recovered = time.monotonic() - killed_at
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == round_one  # round 1 kept, not redone
+
+    rows, ref_rows = metrics(out), metrics(ref_out)
+    assert [r["round"] for r in rows] == [r["round"] for r in ref_rows] == [1, 2]
+    reference = load_file(ref_out / "final_model.safetensors")
+    final = load_file(out / "final_model.safetensors")
+    assert reference.keys() == final.keys()
+    worst = max(float(np.max(np.abs(final[k] - reference[k]))) for k in final)
+    for key in final:
+        np.testing.assert_allclose(final[key], reference[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert rows[1]["train"]["train-loss"] == pytest.approx(ref_rows[1]["train"]["train-loss"], rel=1e-6)
+
+    # Ledgers: the reference run and the resumed round exactly once per trained round; the
+    # killed run's round 1 exactly once and its round 2 at most once (a node that got the
+    # message before the ServerApp died trained and spent, its reply went nowhere).
+    check_ledger_matches(region, ref_rows, ref_id, may_have_spent=set())
+    check_ledger_matches(region, rows[:1], crashed_id, may_have_spent={2}, who=(KILLED, STEADY))
+    check_ledger_matches(region, rows[1:], resumed_id, may_have_spent=set())
+    for hospital in (KILLED, STEADY):
+        tags = region.spends(hospital)
+        assert f"run-{crashed_id}/round-1" in tags and f"run-{resumed_id}/round-2" in tags, tags
+        assert not any(t.startswith(f"run-{resumed_id}/round-1") for t in tags), tags
+    assert region.ledger(TORN).read_bytes() == region.torn_bytes
+    print(f"run {crashed_id}: '{status_after_kill}' right after the kill, '{stopped}' after flwr stop; "
+          f"resumed run done {recovered:.1f} s after the kill; max |final - reference| = {worst:.3g}")
