@@ -159,11 +159,11 @@ def _only_metric_record(message: Message) -> MetricRecord | None:
     return records[0] if len(records) == 1 else None
 
 
-def _error_outcome(message: Message) -> NodeOutcome:
+def _error_outcome(message: Message, node_id: int) -> NodeOutcome:
     code = message.error.code
     reason = message.error.reason or ""
     status = "refused" if code in {r.value for r in protocol.Refusal} else "failed"
-    return NodeOutcome(message.metadata.src_node_id, status, reason)
+    return NodeOutcome(node_id, status, reason)
 
 
 # ------------------------------------------------------------------------- the wrapper
@@ -188,6 +188,7 @@ class ReplyFilter(Strategy):
         self.uniform_weights = uniform_weights
         self.report = RoundReport()
         self._global: ArrayRecord | None = None
+        self._sent: list[Message] = []
 
     def __repr__(self) -> str:
         return f"ReplyFilter({self.strategy!r})"
@@ -210,7 +211,8 @@ class ReplyFilter(Strategy):
         """Remember the global arrays each reply is checked against, then delegate."""
         self._global = arrays
         self.report = RoundReport()
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -228,8 +230,9 @@ class ReplyFilter(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate unchanged."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        """Delegate, remembering the messages (see ``_addressee``)."""
+        self._sent = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Drop replies with bad metrics and aggregate the rest with the wrapped strategy."""
@@ -239,14 +242,22 @@ class ReplyFilter(Strategy):
         return self.strategy.aggregate_evaluate(server_round, accepted)
 
     # -- shared -----------------------------------------------------------------------
+    def _addressees(self) -> dict[str, int]:
+        """Message id -> destination node of the requests last sent (ids are set when the Grid pushes them)."""
+        return {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent if m.metadata.message_id}
+
     def _screen(self, server_round: int, replies: list[Message], *, train: bool) -> list[Message]:
         phase = "train" if train else "evaluate"
         outcomes: list[NodeOutcome] = []
         accepted: list[Message] = []
+        addressee = self._addressees()
         for message in replies:
             node = message.metadata.src_node_id
             if message.has_error():
-                outcome = _error_outcome(message)
+                # Errors the SuperLink writes itself (node unavailable, message expired) come
+                # from the SuperLink's own node id: name the node the request went to.
+                node = addressee.get(message.metadata.reply_to_message_id, node)
+                outcome = _error_outcome(message, node)
                 logger.warning(
                     "round %s %s: node %s %s: %s", server_round, phase, node, outcome.status, outcome.reason
                 )

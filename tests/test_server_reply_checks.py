@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from client import protocol
@@ -120,6 +120,29 @@ def test_refusals_and_failures_are_recorded_not_aggregated():
     assert arrays is not None
     np.testing.assert_allclose(arrays["w"].numpy(), honest(0)["w"])
     assert [(o.node_id, o.status) for o in f.report.train] == [(1, "accepted"), (2, "refused"), (3, "failed")]
+
+
+def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node():
+    """Regression: Flower's node-unavailable reply comes from the SuperLink (node id 1), not the node.
+
+    Found on real processes (tests/e2e/test_faults.py): a SuperNode killed mid-round showed up
+    in metrics.jsonl as node "1". The reply names the request it answers; the outcome must
+    name the request's destination.
+    """
+    g = record(GLOBAL)
+    f = ReplyFilter(fedavg(), ReplyLimits(max_update_norm=10.0, max_examples=10_000))
+    sent = list(f.configure_train(1, g, __import__("flwr").app.ConfigRecord(), _Grid()))  # type: ignore[arg-type]
+    for message in sent:  # what the Grid does when it pushes them
+        message.metadata.__dict__["_message_id"] = message.object_id
+    lost = sent[4]
+    unavailable = Message(error=Error(code=0, reason="Error: Node Unavailable"), reply_to=lost)
+    unavailable.metadata.__dict__["_src_node_id"] = 1  # flwr SUPERLINK_NODE_ID, as the SuperLink writes it
+    assert unavailable.metadata.src_node_id == 1 and lost.metadata.dst_node_id != 1
+    replies = [train_reply(sent[0].metadata.dst_node_id, honest(0), train_metrics(), g), unavailable]
+    f.aggregate_train(1, replies)
+    assert [(o.node_id, o.status) for o in f.report.train] == [
+        (sent[0].metadata.dst_node_id, "accepted"), (lost.metadata.dst_node_id, "failed")
+    ]
 
 
 def test_inflated_but_plausible_count_is_clamped_to_ratio_times_median():

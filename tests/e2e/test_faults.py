@@ -44,11 +44,13 @@ BUDGET, DELTA = 8.0, 1e-5  # as in docs/hospital.md's node config
 # Tiny model, few windows: every round is a few seconds of DP-SGD per node. fraction-evaluate=0
 # keeps each round to one ClientApp launch per node. round-timeout bounds the wait for a node
 # that died holding the round's message.
-ROUND_TIMEOUT = 20
-FAST = (
-    "local-epochs=2 batch-size=16 lr=0.05 history=14 horizon=7 hidden=16 fraction-evaluate=0 "
-    f"min-available-nodes=2 min-train-nodes=2 round-timeout={ROUND_TIMEOUT}"
-)
+ROUND_TIMEOUT = 60
+# Noise 4 keeps a round's epsilon small enough for the ~8 rounds each node trains here within
+# the documented budget of 8 (a node refuses a round above its budget).
+FAST = {
+    "dp-noise-multiplier": 4.0, "local-epochs": 1, "batch-size": 16, "lr": 0.05, "history": 14, "horizon": 7, "hidden": 16,
+    "fraction-evaluate": 0, "min-available-nodes": 2, "min-train-nodes": 2, "round-timeout": ROUND_TIMEOUT,
+}
 
 
 @dataclass
@@ -81,8 +83,10 @@ class Region:
         self.nodes[hospital] = proc
         return proc
 
-    def submit(self, out: Path, extra: str = "") -> str:
-        return self.fed.run(self.app, f'{FAST} out-dir="{out}" {extra}'.strip())
+    def submit(self, out: Path, **overrides: object) -> str:
+        """``flwr run`` with the fast config, ``out-dir`` and ``overrides`` (Python names: round_timeout)."""
+        config = {**FAST, "out-dir": f'"{out}"'} | {k.replace("_", "-"): v for k, v in overrides.items()}
+        return self.fed.run(self.app, " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items()))
 
 
 def tear_ledger(path: Path) -> bytes:
@@ -191,8 +195,9 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
     it, and its file is byte for byte what the crash left (never reset).
     """
     fed, out = region.fed, region.fed.coord / "results" / "kill-node"
-    # min-available-nodes=3: round 3 waits until H000 is back, so it rejoins a later round.
-    run_id = region.submit(out, "num-server-rounds=3 min-available-nodes=3 round-timeout=120")
+    # min-available-nodes=3 and min-train-nodes=3: round 3 waits until H000 is back and samples
+    # it (with min-train-nodes=2 Flower sizes the sample before waiting and may leave it out).
+    run_id = region.submit(out, num_server_rounds=3, min_available_nodes=3, min_train_nodes=3, round_timeout=90)
 
     killed = region.nodes[KILLED]
     spent_at = wait_for_spend(region.ledger(KILLED), f"run-{run_id}/round-2", timeout=90)
@@ -227,8 +232,11 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
 
     killed_status = statuses(rows, region.ids[KILLED])
     assert killed_status.get(1) == "accepted", killed_status
-    # No reply, or Flower's node-unavailable error once the SuperLink marks it offline.
-    assert killed_status.get(2, "failed") == "failed", f"H000 answered round 2 before it was killed: {killed_status}"
+    # Round 2 ends when the SuperLink marks H000 offline and answers for it (before round-timeout).
+    assert killed_status.get(2) == "failed", f"H000 answered round 2, or its loss went unnamed: {killed_status}"
+    lost = [o["reason"] for o in rows[1]["outcomes"] if o["node"] == region.ids[KILLED]]
+    assert "Node Unavailable" in lost[0], lost
+    assert rows[1]["seconds"] < 90, rows[1]
     assert killed_status.get(3) == "accepted", f"H000 did not rejoin round 3: {killed_status}"
     assert statuses(rows, region.ids[STEADY]) == {1: "accepted", 2: "accepted", 3: "accepted"}
     assert rows[1]["nodes"]["accepted"] == 1  # round 2 completed with the one healthy node left
@@ -262,10 +270,10 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
     for hospital in HOSPITALS:  # the previous test may have left a node down
         assert region.nodes[hospital].popen.poll() is None or hospital == TORN, hospital
     ref_out, out = fed.coord / "results" / "reference", fed.coord / "results" / "crash"
-    ref_id = region.submit(ref_out, "num-server-rounds=2")
+    ref_id = region.submit(ref_out, num_server_rounds=2)
     assert fed.wait_run(ref_id, timeout=180)[0]["status"] == "finished:completed"
 
-    crashed_id = region.submit(out, "num-server-rounds=2")
+    crashed_id = region.submit(out, num_server_rounds=2)
     wait_for_file(out / "checkpoints" / "round-0001.json", timeout=120)
     killed_at = time.monotonic()
     serverapps = [pid for pid in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(pid)]
@@ -280,19 +288,21 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
     assert not (out / "final_model.safetensors").exists()
 
     round_one = (out / "metrics.jsonl").read_text().splitlines()[0]
-    resumed_id = region.submit(out, "num-server-rounds=2 resume=true")
+    resumed_id = region.submit(out, num_server_rounds=2, resume=True)
     assert fed.wait_run(resumed_id, timeout=180)[0]["status"] == "finished:completed"
     recovered = time.monotonic() - killed_at
     assert (out / "metrics.jsonl").read_text().splitlines()[0] == round_one  # round 1 kept, not redone
 
     rows, ref_rows = metrics(out), metrics(ref_out)
     assert [r["round"] for r in rows] == [r["round"] for r in ref_rows] == [1, 2]
+    for row in (*rows, *ref_rows):  # both runs saw the same replies, or the models cannot match
+        assert row["nodes"] == {"accepted": 2, "refused": 1, "sampled": 3}, row
     reference = load_file(ref_out / "final_model.safetensors")
     final = load_file(out / "final_model.safetensors")
     assert reference.keys() == final.keys()
     worst = max(float(np.max(np.abs(final[k] - reference[k]))) for k in final)
     for key in final:
-        np.testing.assert_allclose(final[key], reference[key], rtol=1e-6, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(final[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert rows[1]["train"]["train-loss"] == pytest.approx(ref_rows[1]["train"]["train-loss"], rel=1e-6)
 
     # Ledgers: the reference run and the resumed round exactly once per trained round; the
