@@ -34,12 +34,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from client import protocol
+from server.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +212,26 @@ class SilentMod:
         from client.app import refusal
 
         return refusal(msg, protocol.Refusal.REQUEST_INVALID, "simulated: this node's update is withheld")
+
+
+# ------------------------------------------------------------------ scoring the honest hospitals
+def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], config: RunConfig) -> float:
+    """Pooled WAPE of the global model's median forecast on the test splits of ``files`` (the honest hospitals).
+
+    Pooled (sum of absolute errors over sum of actuals across hospitals) rather than a mean
+    of per-hospital WAPEs, so a small hospital's noisy ratio cannot dominate. Computed here,
+    from the hospitals' files, because in an attacked run the federated evaluation would mix
+    in the attackers' own test splits.
+    """
+    from client.task import build_from_arrays, load_local_data, model_config, test_forecasts, window_spec
+
+    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    model = build_from_arrays(model_config(spec, model=config.model, hidden=config.hidden), arrays)
+    levels = list(model.config.quantiles)  # type: ignore[union-attr]
+    median = levels.index(min(levels, key=lambda level: abs(level - 0.5)))
+    error = scale = 0.0
+    for path in files:
+        y, q = test_forecasts(model, load_local_data(path, spec).dataset)  # (N, H, T), (N, H, T, Q)
+        error += float(np.abs(y - q[..., median]).sum())
+        scale += float(np.abs(y).sum())
+    return error / scale if scale > 0 else float("nan")

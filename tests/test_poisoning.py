@@ -14,10 +14,9 @@ from flwr.app import Context, Message, MessageType
 
 from client import protocol
 from client.app import make_client_app
-from client import task
 from server.app import METRICS_FILE, FederationResult, run_federation
 from server.config import RunConfig
-from simulations.attacks import ATTACK_KINDS, CAUGHT_KINDS, Attack, AttackMod, SilentMod, corrupt_arrays, node_index
+from simulations.attacks import ATTACK_KINDS, CAUGHT_KINDS, Attack, AttackMod, SilentMod, corrupt_arrays, honest_wape, node_index
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 HOSPITALS = 5
@@ -74,18 +73,9 @@ def fedavg(replies: Mapping[int, tuple[dict[str, np.ndarray], int]], weights: Ma
     return {k: sum(weights[n] * replies[n][0][k].astype(np.float64) for n in weights) / total for k in keys}
 
 
-def honest_wape(region: Path, arrays: Mapping[str, np.ndarray], hospitals: Collection[int]) -> float:
-    """Pooled WAPE of the median forecast on the test splits of ``hospitals``."""
-    spec = task.window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
-    model = task.build_from_arrays(task.model_config(spec, model="mlp", hidden=TINY["hidden"]), arrays)
-    err = scale = 0.0
-    for i in hospitals:
-        y, q = task.test_forecasts(model, task.load_local_data(region / f"H{i:03d}.csv", spec).dataset)
-        levels = list(model.config.quantiles)
-        median = q[..., levels.index(min(levels, key=lambda level: abs(level - 0.5)))]
-        err += float(np.abs(y - median).sum())
-        scale += float(np.abs(y).sum())
-    return err / scale
+def wape(region: Path, arrays: Mapping[str, np.ndarray], hospitals: Collection[int]) -> float:
+    config = RunConfig.from_mapping(TINY)
+    return honest_wape(arrays, [region / f"H{i:03d}.csv" for i in hospitals], config)
 
 
 # ------------------------------------------------------------------ pure corruption
@@ -222,6 +212,6 @@ def test_robust_strategy_keeps_the_error_of_the_clean_run_where_fedavg_does_not(
         accepted = [o for r in log if r["round"] > 0 for o in r["outcomes"] if int(o["node"]) == attacker + 1]
         assert [o["status"] for o in accepted] == ["accepted", "accepted"]  # the checks cannot see it
         assert all(o["update-norm"] == pytest.approx(99.0, rel=1e-4) for o in accepted)
-        ratios[strategy] = honest_wape(region, hit.arrays, honest) / honest_wape(region, clean.arrays, honest)
+        ratios[strategy] = wape(region, hit.arrays, honest) / wape(region, clean.arrays, honest)
     assert ratios["fedmedian"] < 1.5, ratios
     assert ratios["fedavg"] > 2 * ratios["fedmedian"], ratios
