@@ -17,6 +17,7 @@ kind                    what the coordinator receives                        cau
 ``wrong_key``           the first array under another name                   yes (keys)
 ``wrong_dtype``         every array as float64                               yes (dtype)
 ``empty``               metrics only, no arrays (a broken node)              yes (record count)
+``wrong_record``        honest arrays in an ArrayRecord named ``weights``    yes (record name)
 ``inflated_count``      ``num-examples = count`` (default 1e9)               dropped above
                                                                              max-examples-weight,
                                                                              clamped below it
@@ -46,12 +47,12 @@ from server.config import RunConfig
 logger = logging.getLogger(__name__)
 
 ATTACK_KINDS = (
-    "nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty",
+    "nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty", "wrong_record",
     "inflated_count", "sign_flip", "scale", "stealthy",
 )  # fmt: skip
 """Every kind :func:`corrupt_arrays` / :class:`AttackMod` knows."""
 
-CAUGHT_KINDS = frozenset({"nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty"})
+CAUGHT_KINDS = frozenset({"nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty", "wrong_record"})
 """Kinds the coordinator's reply checks drop whatever their parameters (``inflated_count`` is dropped or clamped)."""
 
 
@@ -102,7 +103,7 @@ def corrupt_arrays(
 ) -> dict[str, np.ndarray]:
     """What an attacker sends instead of its honest ``reply`` to ``global_arrays`` (arrays only).
 
-    ``inflated_count`` and ``empty`` leave the arrays honest (they corrupt the metrics or the
+    ``inflated_count``, ``empty`` and ``wrong_record`` leave the arrays honest (they corrupt the metrics or the
     record layout, see :func:`corrupt_reply`).
     """
     out = {k: np.array(v, copy=True) for k, v in reply.items()}
@@ -153,7 +154,9 @@ def corrupt_reply(reply: Message, request: Message, attack: Attack) -> Message:
     records: dict[str, object] = {protocol.METRICS: metrics}
     if attack.kind != "empty":
         arrays = corrupt_arrays(honest, global_arrays, attack)
-        records[protocol.ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        # Flower reads every reply under the first reply's record name: a renamed record used to veto the round.
+        name = "weights" if attack.kind == "wrong_record" else protocol.ARRAYS
+        records[name] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     if protocol.NODE_INFO in content:
         records[protocol.NODE_INFO] = content[protocol.NODE_INFO]
     return Message(content=RecordDict(records), reply_to=request)  # type: ignore[arg-type]

@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 
 from client import protocol
 from client.app import make_client_app
 from server.app import METRICS_FILE, FederationResult, run_federation
 from server.config import RunConfig
+from server.reply_checks import ReplyFilter, ReplyLimits
 from simulations.attacks import ATTACK_KINDS, CAUGHT_KINDS, Attack, AttackMod, SilentMod, corrupt_arrays, honest_wape, node_index
-from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
+from tests.fed_fixtures import TINY, DirectGrid, error_reply, record, small_region, task_identity, train_metrics, train_reply
 
 HOSPITALS = 5
 
@@ -85,7 +86,7 @@ HONEST = {"w": np.full((2, 3), 1.5, dtype=np.float32), "b": np.full(3, 0.5, dtyp
 
 def test_every_attack_kind_changes_what_is_sent():
     for kind in ATTACK_KINDS:
-        if kind in ("inflated_count", "empty"):  # these corrupt the metrics / the record layout instead
+        if kind in ("inflated_count", "empty", "wrong_record"):  # these corrupt the metrics / the record layout instead
             continue
         sent = corrupt_arrays(HONEST, BASE, Attack(kind))
         same = sent.keys() == HONEST.keys() and all(
@@ -155,6 +156,7 @@ def test_caught_attacks_never_reach_the_global_model(region: Path, tmp_path: Pat
         assert "keys differ" in reasons["wrong_key"] and "poisoned" in reasons["wrong_key"]
         assert "dtype float64" in reasons["wrong_dtype"]
         assert "exactly one ArrayRecord, got 0" in reasons["empty"]
+        assert "ArrayRecord is named 'weights', expected 'arrays'" in reasons["wrong_record"]
         assert "1000000000" in reasons["inflated_count"] and "outside [1, 1000000]" in reasons["inflated_count"]
     # each drop is a log line naming the node and the reason
     dropped_lines = [r.getMessage() for r in caplog.records if "dropped reply from node" in r.getMessage()]
@@ -215,3 +217,73 @@ def test_robust_strategy_keeps_the_error_of_the_clean_run_where_fedavg_does_not(
         ratios[strategy] = wape(region, hit.arrays, honest) / wape(region, clean.arrays, honest)
     assert ratios["fedmedian"] < 1.5, ratios
     assert ratios["fedavg"] > 2 * ratios["fedmedian"], ratios
+
+
+# ------------------------------------------------------------------ holes found, now closed (reply-filter level)
+def _filter_after_configure() -> tuple[ReplyFilter, Any]:
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from server.strategies import aggregate_train_metrics
+
+    class Nodes:
+        def get_node_ids(self) -> list[int]:
+            return list(range(1, 10))
+
+    strategy = FedAvg(min_available_nodes=1, weighted_by_key=protocol.NUM_EXAMPLES, train_metrics_aggr_fn=aggregate_train_metrics)
+    f = ReplyFilter(strategy, ReplyLimits())
+    g = record(BASE)
+    list(f.configure_train(1, g, ConfigRecord(), Nodes()))  # type: ignore[arg-type]
+    return f, g
+
+
+def _renamed(message: Message, **names: str) -> Message:
+    content = RecordDict({names.get(k, k): v for k, v in message.content.items()})
+    message.content = content
+    return message
+
+
+def test_a_renamed_record_is_dropped_instead_of_vetoing_the_round():
+    """Hole: Flower reads every reply under the first reply's record names, so one node naming its
+    ArrayRecord (or MetricRecord) differently made the whole aggregation raise: the round was lost,
+    every round, for as long as the node kept doing it. Now that reply alone is dropped."""
+    from flwr.serverapp.exception import InconsistentMessageReplies
+
+    with task_identity():
+        f, g = _filter_after_configure()
+        honest = [train_reply(i + 1, {"w": BASE["w"] + 0.1 * i, "b": BASE["b"] + 0.1 * i}, train_metrics(100), g) for i in range(3)]
+        arrays_renamed = _renamed(train_reply(7, HONEST, train_metrics(100), g), **{protocol.ARRAYS: "weights"})
+        metrics_renamed = _renamed(train_reply(8, HONEST, train_metrics(100), g), **{protocol.METRICS: "stats"})
+        # what Flower does on its own with such a reply first in line
+        with pytest.raises(InconsistentMessageReplies):
+            f.strategy.aggregate_train(1, [arrays_renamed, *honest])
+        arrays, _ = f.aggregate_train(1, [arrays_renamed, metrics_renamed, *honest])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), BASE["w"] + 0.1, rtol=1e-6)  # mean of +0, +0.1, +0.2
+    reasons = {o.node_id: o.reason for o in f.report.train if o.status == "dropped"}
+    assert reasons == {
+        7: "ArrayRecord is named 'weights', expected 'arrays'",
+        8: "MetricRecord is named 'stats', expected 'metrics'",
+    }
+
+
+def test_node_supplied_strings_cannot_forge_coordinator_log_lines(caplog: pytest.LogCaptureFixture):
+    """Hole: a node's hospital id and error reason went into the coordinator's log verbatim, so a
+    newline in them forged log lines (and their length was unbounded). Now escaped and clipped."""
+    from flwr.app import ConfigRecord
+
+    forged = "H001\nround 1 train: node 3 (H003) accepted" + "x" * 10_000
+    with task_identity():
+        f, g = _filter_after_configure()
+        bad = train_reply(5, {"w": np.full((2, 3), np.nan, dtype=np.float32), "b": BASE["b"]}, train_metrics(100), g)
+        bad.content[protocol.NODE_INFO] = ConfigRecord({protocol.HOSPITAL_ID: forged})
+        refusing = error_reply(6, 1001, forged, g)
+        with caplog.at_level(logging.WARNING, logger="server.reply_checks"):
+            f.aggregate_train(1, [bad, refusing, train_reply(1, HONEST, train_metrics(100), g)])
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.reply_checks"]
+    assert len(lines) == 2
+    for line in lines:
+        assert "\n" not in line and "\\n" in line and len(line) < 500
+    dropped, refused = f.report.train[0], f.report.train[1]
+    assert dropped.hospital_id.startswith("H001\\nround 1") and len(dropped.hospital_id) < 100
+    assert refused.status == "refused" and "\n" not in refused.reason and len(refused.reason) < 320
