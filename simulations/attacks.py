@@ -103,8 +103,8 @@ def corrupt_arrays(
 ) -> dict[str, np.ndarray]:
     """What an attacker sends instead of its honest ``reply`` to ``global_arrays`` (arrays only).
 
-    ``inflated_count``, ``empty`` and ``wrong_record`` leave the arrays honest (they corrupt the metrics or the
-    record layout, see :func:`corrupt_reply`).
+    ``inflated_count``, ``empty`` and ``wrong_record`` leave the arrays honest (they corrupt
+    the metrics or the record layout, see :func:`corrupt_reply`).
     """
     out = {k: np.array(v, copy=True) for k, v in reply.items()}
     first = next(iter(out))

@@ -10,8 +10,8 @@ ratio attacked / clean (1.00 = the attack changed nothing).
 
 Run ``python -m simulations.benchmarks.poisoning`` (10 hospitals; 10/20/30% attackers;
 FedAvg, FedMedian, FedTrimmedAvg, Krum; a NaN attack the checks drop, and a sign-flipped x10
-update and a "stealthy" one rescaled to just under the norm bound, which they cannot see),
-``--quick`` for a 5-hospital smoke run under a minute.
+update they cannot see; ``--attacks nan,sign_flip:10,stealthy`` adds one rescaled to just
+under the norm bound), ``--quick`` for a 5-hospital smoke run under a minute.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=150, help="days of records per hospital (default 150: small data)")
     parser.add_argument("--strategies", default="fedavg,fedmedian,fedtrimmedavg,krum", help="comma-separated strategy names")
     parser.add_argument(
-        "--attacks", default="nan,sign_flip:10,stealthy", help="comma-separated attacks, KIND or KIND:FACTOR (default nan,sign_flip:10,stealthy)"
+        "--attacks", default="nan,sign_flip:10",
+        help="comma-separated attacks, KIND or KIND:FACTOR (default nan,sign_flip:10; add stealthy for the worst case under the norm bound)",
     )
     parser.add_argument("--shares", default="0.1,0.2,0.3", help="comma-separated attacker shares (default 0.1,0.2,0.3)")
     parser.add_argument("--seed", type=int, default=0, help="region, model and training seed (default 0)")
