@@ -425,7 +425,7 @@ def train_local(
         if ledger is not None:
             assert fingerprint is not None
             # Ask first: a refusal raises here, before any parameter has moved.
-            total = ledger.spend(fingerprint, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_planned, run_id=run_id)
+            total = ledger.spend(fingerprint, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_planned, run_id=run_id or "local-training")
             logger.info("ledger accepted %d steps at sigma=%.4g q=%.4g; cumulative epsilon %.4g", steps_planned, sigma, sample_rate, total)
         epsilon = _epsilon(sigma, sample_rate, steps_planned, dp.delta, dp.accountant)
         noise_gen = torch.Generator().manual_seed(config.seed + 1)

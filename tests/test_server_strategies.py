@@ -119,6 +119,7 @@ def test_run_config_reads_kebab_keys_and_coerces_toml_ints():
         ({"local-epochs": 2.5}, "whole number"),
         ({"secure-aggregation": True}, "not supported: Flower 1.41 offers SecAgg"),
         ({"client-dp": "yes"}, "true or false"),
+        ({"resume": True}, "resume = true needs out-dir"),
     ],
 )
 def test_run_config_errors_say_how_to_fix(values, match):

@@ -107,6 +107,16 @@ def test_bad_scenarios_name_the_problem(text: str, match: str):
         parse_scenario(tomllib.loads(text))
 
 
+def test_show_default_prints_the_embedded_scenario_verbatim():
+    import tomllib
+
+    from simulations.scenario import default_scenario_text
+
+    result = CliRunner().invoke(cli, ["simulate", "--show-default"])
+    assert result.exit_code == 0 and result.output == default_scenario_text()
+    assert tomllib.loads(result.output)["federation"]["strategy"] == "fedavg"
+
+
 def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nlr = 'fast'\n")

@@ -18,6 +18,8 @@ from medalloc_core.training import (
     train_local,
 )
 from tests.forecast_fixtures import records
+from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 
 L, H = 14, 4
 
@@ -135,59 +137,66 @@ def test_fedprox_pulls_towards_global_weights(ds):
     assert 0 < prox < 0.8 * free
 
 
-class RecordingLedgerDouble:
-    """Stands in for PrivacyLedger (on another branch until merged): records what it was asked."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-
-    def spend(self, fingerprint, *, noise_multiplier, sample_rate, steps, run_id):
-        self.calls.append(dict(fingerprint=fingerprint, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, run_id=run_id))
-        return 1.0
+FP = "sha256:" + "ab" * 32  # a well-formed dataset fingerprint
 
 
-class RefusingLedgerDouble:
-    """Stands in for PrivacyLedger refusing the spend (the real one raises PrivacyBudgetExceeded)."""
-
-    class Refused(RuntimeError):
-        pass
-
-    def spend(self, fingerprint, *, noise_multiplier, sample_rate, steps, run_id):
-        raise self.Refused(f"budget exceeded for {fingerprint}")
+def real_ledger(tmp_path, *, budget: float = 50.0, accountant: str = "rdp") -> PrivacyLedger:
+    return PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=budget, delta=1e-5, accountant=accountant)
 
 
-def test_ledger_is_asked_for_the_exact_planned_run(ds):
+def test_ledger_is_asked_for_the_exact_planned_run(ds, tmp_path):
     data = subset(ds.train, 100)  # 100 windows, batch 16 -> 7 Poisson batches per epoch, q = 1/7
-    ledger = RecordingLedgerDouble()
-    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=3, batch_size=16), dp=DPConfig(noise_multiplier=1.3), ledger=ledger, fingerprint="abc", run_id="r1")
-    assert ledger.calls == [dict(fingerprint="abc", noise_multiplier=1.3, sample_rate=1 / 7, steps=21, run_id="r1")]
+    ledger = real_ledger(tmp_path)
+    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=3, batch_size=16), dp=DPConfig(noise_multiplier=1.3), ledger=ledger, fingerprint=FP, run_id="r1")
+    assert ledger.history(FP) == [(1.3, 1 / 7, 21)]
+    assert [s.run_id for e in ledger.entries() for s in e.spends] == ["r1"]
     assert res.steps == 21 and res.sample_rate == 1 / 7 and res.noise_multiplier == 1.3
+    # the ledger's cumulative epsilon is the accountant's for exactly that history
+    assert ledger.epsilon_spent() == pytest.approx(epsilon_for([(1.3, 1 / 7, 21)], delta=1e-5, accountant="rdp"))
     # epsilon of the call from Opacus' PRV accountant; more noise, less epsilon
     quieter = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=3, batch_size=16), dp=DPConfig(noise_multiplier=2.6))
     assert 0 < quieter.epsilon_spent_this_call < res.epsilon_spent_this_call < np.inf
 
 
-def test_ledger_gets_the_samplers_true_rate_when_float_rounding_drops_a_batch(ds):
+def test_ledger_gets_the_samplers_true_rate_when_float_rounding_drops_a_batch(ds, tmp_path):
     # 93 windows, batch 1: q = 1/93, but Opacus' sampler draws int(1 / (1/93)) = 92 batches per epoch
-    ledger = RecordingLedgerDouble()
+    ledger = real_ledger(tmp_path)
     data = WindowSet(ds.train.X[:93], ds.train.y[:93], ds.train.units[:93], ds.train.target_start[:93])
-    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=1, batch_size=1), dp=DPConfig(noise_multiplier=1.0, accountant="rdp"), ledger=ledger, fingerprint="f")
-    assert ledger.calls[0]["sample_rate"] == 1 / 93 and ledger.calls[0]["steps"] == 92 == res.steps
+    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=1, batch_size=1), dp=DPConfig(noise_multiplier=1.0, accountant="rdp"), ledger=ledger, fingerprint=FP)
+    assert ledger.history(FP) == [(1.0, 1 / 93, 92)] and res.steps == 92
 
 
-def test_budget_refusal_happens_before_any_parameter_changes(ds):
+def test_budget_refusal_happens_before_any_parameter_changes(ds, tmp_path):
+    ledger = real_ledger(tmp_path, budget=0.5)
+    ledger_bytes = (tmp_path / "ledger.json").read_bytes()
     net = build_model(small(), seed=0)
     before = params(net)
-    with pytest.raises(RefusingLedgerDouble.Refused):
-        train_local(net, subset(ds.train, 100), config=TrainConfig(epochs=1), dp=DPConfig(noise_multiplier=1.0), ledger=RefusingLedgerDouble(), fingerprint="abc")
+    with pytest.raises(PrivacyBudgetExceeded):
+        train_local(net, subset(ds.train, 100), config=TrainConfig(epochs=1), dp=DPConfig(noise_multiplier=1.0), ledger=ledger, fingerprint=FP)
     after = params(net)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in net.parameters())
+    assert (tmp_path / "ledger.json").read_bytes() == ledger_bytes  # nothing recorded either
 
 
-def test_ledger_without_dp_or_fingerprint_is_an_error(ds):
+def test_budget_is_cumulative_over_calls_and_refuses_the_call_that_would_exceed_it(ds, tmp_path):
+    data = subset(ds.train, 100)
+    one_call = epsilon_for([(1.0, 1 / 7, 7)], delta=1e-5, accountant="rdp")
+    two_calls = epsilon_for([(1.0, 1 / 7, 14)], delta=1e-5, accountant="rdp")
+    ledger = real_ledger(tmp_path, budget=(two_calls + one_call) / 2)  # room for one call, not two
+    cfg, dp = TrainConfig(epochs=1, batch_size=16), DPConfig(noise_multiplier=1.0)
+    train_local(build_model(small(), seed=0), data, config=cfg, dp=dp, ledger=ledger, fingerprint=FP)
+    # a restart: the node reopens its ledger from disk; the spend is still there
+    reopened = PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=ledger.epsilon_budget, delta=1e-5, accountant="rdp")
+    with pytest.raises(PrivacyBudgetExceeded):
+        train_local(build_model(small(), seed=0), data, config=cfg, dp=dp, ledger=reopened, fingerprint=FP)
+    assert reopened.epsilon_spent() == pytest.approx(one_call)
+    assert reopened.epsilon_spent() <= reopened.epsilon_budget
+
+
+def test_ledger_without_dp_or_fingerprint_is_an_error(ds, tmp_path):
     with pytest.raises(ValueError, match="fingerprint"):
-        train_local(build_model(small(), seed=0), ds.train, config=TrainConfig(), dp=DPConfig(noise_multiplier=1.0), ledger=RecordingLedgerDouble())
+        train_local(build_model(small(), seed=0), ds.train, config=TrainConfig(), dp=DPConfig(noise_multiplier=1.0), ledger=real_ledger(tmp_path))
     with pytest.raises(ValueError, match="exactly one"):
         DPConfig(noise_multiplier=1.0, target_epsilon=3.0)
     with pytest.raises(TypeError):

@@ -92,7 +92,7 @@ def simulate(
     from simulations.scenario import ScenarioError, default_scenario_text, load_scenario
 
     if show_default:
-        console.print(default_scenario_text(), highlight=False, markup=False)
+        typer.echo(default_scenario_text(), nl=False)  # verbatim: rich would wrap long lines and break the TOML
         return
     try:
         scenario = load_scenario(config)
