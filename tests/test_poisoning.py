@@ -194,6 +194,21 @@ def test_a_caught_attacker_leaves_the_same_model_as_a_silent_one(region: Path, t
         np.testing.assert_allclose(attacked.arrays[key], value, rtol=1e-6, atol=1e-7)
 
 
+def test_when_every_node_attacks_the_round_is_skipped_and_the_model_kept(region: Path, tmp_path: Path):
+    """All five nodes send NaN: nothing is aggregated, the run ends normally with the initial model."""
+    from client.task import model_config, state_arrays, window_spec
+    from medalloc_core.models import build_model
+
+    result, log = federate(region, tmp_path / "out", hospitals=range(HOSPITALS), mods=[AttackMod(Attack("nan"), attackers=range(HOSPITALS))], rounds=1)
+    assert log[-1]["model-updated"] is False and log[-1]["nodes"] == {"sampled": HOSPITALS, "dropped": HOSPITALS}
+    config = RunConfig.from_mapping(TINY)
+    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    initial = state_arrays(build_model(model_config(spec, model=config.model, hidden=config.hidden), seed=config.seed))
+    assert result.arrays.keys() == initial.keys()
+    for key, value in initial.items():
+        np.testing.assert_array_equal(result.arrays[key], value)
+
+
 # ------------------------------------------------------------------ attacks no check can catch
 @pytest.mark.slow
 def test_robust_strategy_keeps_the_error_of_the_clean_run_where_fedavg_does_not(region: Path, tmp_path: Path):
