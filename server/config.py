@@ -32,8 +32,8 @@ class RunConfig:
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
-    min_available_nodes: int = 5  # the local-simulation federation's 5 virtual nodes
-    min_train_nodes: int = 5
+    min_available_nodes: int = 2  # wait for this many; fraction-train = 1 samples every connected node
+    min_train_nodes: int = 2
     round_timeout: float = 3600.0  # seconds to wait for replies before closing a round
     # --- local training, proposed to nodes (each node caps these with its own config)
     local_epochs: int = 2
