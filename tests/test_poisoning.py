@@ -142,8 +142,8 @@ def test_caught_attacks_never_reach_the_global_model(region: Path, tmp_path: Pat
 
     rounds = [r for r in log if r["round"] > 0]
     assert [r["model-updated"] for r in rounds] == [True, True]
-    for record in rounds:
-        by_node = {int(o["node"]) - 1: o for o in record["outcomes"]}
+    for round_log in rounds:
+        by_node = {int(o["node"]) - 1: o for o in round_log["outcomes"]}
         assert {i for i, o in by_node.items() if o["status"] == "accepted"} == {0, 1, 2, 3}
         for i in kinds:
             if i == 3:
