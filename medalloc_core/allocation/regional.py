@@ -152,6 +152,7 @@ def share_forecast(
     sensitivity: float = 1.0,
     seed: int | None,
     on_release: Callable[[float], None] | None = None,
+    noise_scale: float | None = None,
 ) -> pd.DataFrame:
     """What one hospital sends the coordinator: census quantiles per day, optionally with DP noise.
 
@@ -167,6 +168,10 @@ def share_forecast(
     ``on_release(epsilon)`` is called *before* any noise is drawn or anything returned, so a
     ledger that refuses by raising stops the release. With ``epsilon=None`` nothing is noised
     and nothing is reported.
+
+    ``noise_scale`` replaces the calibrated per-value scale (Laplace scale or Gaussian sigma)
+    with a larger one, e.g. the sigma a privacy ledger's accountant calibrated (see
+    ``medalloc_core.allocation.sharing``); a smaller one raises ``ValueError``.
 
     ``seed`` is required so that the choice is explicit: a fixed seed makes the noise
     reproducible (for experiments) — and removable by anyone who knows the seed, so a real
@@ -188,6 +193,10 @@ def share_forecast(
         if delta is None:
             raise ValueError("the Gaussian mechanism needs delta")
         scale = gaussian_sigma(epsilon=epsilon, delta=delta, n_values=n, sensitivity=sensitivity)
+    if noise_scale is not None:
+        if not noise_scale >= scale * (1 - 1e-9):
+            raise ValueError(f"noise_scale={noise_scale:.6g} is below the {mechanism} scale {scale:.6g} that epsilon={epsilon} needs")
+        scale = float(noise_scale)
     if on_release is not None:
         on_release(epsilon)
     rng = np.random.default_rng(seed)

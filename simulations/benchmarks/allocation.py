@@ -11,7 +11,8 @@ moved. ``cost / oracle`` compares each method with the plan made knowing the fut
 
 The synthetic region comes from ``medalloc_core.synthetic`` (``--toy-region`` uses a small
 seasonal-Poisson region instead when that module is not installed). The federated DP and
-local-only neural forecasts plug in at :func:`neural_forecasts`.
+local-only DP forecasts are trained in the run by :func:`neural_forecasts` (a few minutes at 10
+hospitals; ``--skip-neural`` leaves them out, ``--rounds`` sets the federation's length).
 """
 
 from __future__ import annotations
@@ -97,14 +98,110 @@ def seasonal_naive_forecast(history: pd.DataFrame, origin: pd.Timestamp, horizon
     return frame
 
 
-def neural_forecasts(history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, seed: int) -> dict[str, pd.DataFrame]:
-    """LEAD HOOK: the federated DP and local-only forecasts for the same origin and horizon.
+@dataclass(frozen=True)
+class NeuralSettings:
+    """The federation trained inside the benchmark: small enough for a few minutes on 2 cores."""
 
-    Return ``{"federated-dp": frame, "local-only": frame}`` in the forecast-frame format
-    (``hospital, unit, date, target, q, value``) once the forecasting and federation work is
-    merged (``medalloc_core.forecasting``); every frame returned here is scored like the others.
+    rounds: int = 8
+    local_epochs: int = 1
+    history: int = 28
+    hidden: int = 32
+    batch_size: int = 64
+    lr: float = 0.01
+    noise_multiplier: float = 1.0
+    epsilon_budget: float = 10.0
+    delta: float = 1e-5
+
+
+def neural_forecasts(
+    history: pd.DataFrame,
+    origin: pd.Timestamp,
+    horizon: int,
+    *,
+    seed: int,
+    settings: NeuralSettings = NeuralSettings(),
+    report: dict[str, object] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The federated DP and local-only DP forecasts for the ``horizon`` days after ``origin``.
+
+    Trained here with the project's own code: each hospital's history (``date <= origin``) is
+    written as its own file; the federation is the real ServerApp round loop
+    (``server.app.run_federation``) and ClientApp, delivered in-process by
+    ``simulations.local_grid.LocalGrid`` (no Ray), DP-SGD on every node with its own ledger.
+    The final model is read back with ``medalloc_core.model_io.load_model`` and applied to each
+    hospital's records by ``medalloc_core.forecasting.forecast_records`` (what ``medalloc
+    forecast`` does). Local-only DP: each hospital alone, replaying its federated ledger
+    history (same noise, sampling rate and total steps, hence the same epsilon).
+
+    ``report``, when given, receives ``epsilon`` per method (max over hospitals) and timings.
     """
-    return {}
+    import tempfile
+    from pathlib import Path
+
+    from client.app import make_client_app
+    from client.task import window_spec
+    from medalloc_core.features import prepare_hospital
+    from medalloc_core.forecasting import forecast_records
+    from medalloc_core.model_io import load_model
+    from medalloc_core.models import build_model
+    from medalloc_core.privacy.accounting import epsilon_for
+    from medalloc_core.privacy.ledger import PrivacyLedger
+    from medalloc_core.training import DPConfig, TrainConfig, train_local
+    from medalloc_core.validation import load_unit_records
+    from server.app import run_federation
+    from server.config import RunConfig
+    from simulations.local_grid import LocalGrid, task_identity
+
+    s = settings
+    report = report if report is not None else {}
+    with tempfile.TemporaryDirectory(prefix="medalloc-alloc-bench-") as tmp:
+        region, out = Path(tmp) / "region", Path(tmp) / "federation"
+        region.mkdir()
+        past = history[history[DATE] <= origin]
+        hospitals = sorted(past[HOSPITAL].unique().tolist())
+        for hid in hospitals:
+            frame = past[past[HOSPITAL] == hid].drop(columns=[HOSPITAL]).sort_values([UNIT, DATE])
+            frame.assign(**{DATE: frame[DATE].dt.strftime("%Y-%m-%d")}).to_csv(region / f"{hid}.csv", index=False)
+        keys = {
+            "simulation-data-dir": str(region), "out-dir": str(out), "num-server-rounds": s.rounds,
+            "min-available-nodes": len(hospitals), "min-train-nodes": len(hospitals), "fraction-evaluate": 0.0,
+            "history": s.history, "horizon": horizon, "hidden": s.hidden, "batch-size": s.batch_size,
+            "local-epochs": s.local_epochs, "lr": s.lr, "dp-noise-multiplier": s.noise_multiplier, "seed": seed,
+            "simulation-epsilon-budget": s.epsilon_budget, "simulation-delta": s.delta,
+        }
+        began = time.perf_counter()
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's per-round INFO lines would bury the tables
+        for handler in logging.getLogger("flwr").handlers:
+            handler.setLevel(logging.ERROR)
+        grid = LocalGrid(make_client_app(keys), {i + 1: {"partition-id": i, "num-partitions": len(hospitals)} for i in range(len(hospitals))})
+        with task_identity():
+            run_federation(grid, RunConfig.from_mapping(keys))
+        report["federation_s"] = time.perf_counter() - began
+        saved = load_model(out)  # the results folder: its final_model.safetensors, as `medalloc forecast --model` reads it
+
+        began = time.perf_counter()
+        federated, local, eps_fed, eps_local = [], [], {}, {}
+        spec = window_spec(history=s.history, horizon=horizon, targets=saved.spec.targets)
+        for hid in hospitals:
+            records = load_unit_records(region / f"{hid}.csv")
+            federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid))
+            ledger_history = PrivacyLedger.load(region / "ledgers" / f"{hid}.json").history()
+            eps_fed[hid] = epsilon_for(ledger_history, delta=s.delta)
+            sigma, rate = ledger_history[0][0], ledger_history[0][1]
+            steps = sum(int(h[2]) for h in ledger_history)
+            batches = max(1, round(1 / rate))
+            model = build_model(saved.config, seed=seed)
+            dataset = prepare_hospital(records, spec)
+            result = train_local(
+                model, dataset.train,
+                config=TrainConfig(epochs=max(1, round(steps / batches)), batch_size=s.batch_size, lr=s.lr, seed=seed),
+                dp=DPConfig(noise_multiplier=sigma, delta=s.delta),
+            )
+            eps_local[hid] = epsilon_for([(sigma, result.sample_rate, result.steps)], delta=s.delta)  # type: ignore[list-item]
+            local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset))
+        report["local_s"] = time.perf_counter() - began
+    report["epsilon"] = {"federated-dp": max(eps_fed.values()), "local-only-dp": max(eps_local.values())}
+    return {"federated-dp": pd.concat(federated, ignore_index=True), "local-only-dp": pd.concat(local, ignore_index=True)}
 
 
 # ------------------------------------------------------------------ scoring
@@ -322,9 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-neural", action="store_true", help="no federated / local-only models (seconds instead of minutes)")
+    parser.add_argument("--rounds", type=int, default=8, help="federated rounds (local-only replays the same DP spend)")
     args = parser.parse_args(argv)
     console = Console(width=130)  # wide enough for the table when piped to a file
     logging.basicConfig(level=logging.ERROR)
+    import torch
+
+    torch.set_num_threads(1)  # as the simulation runner: small models, a shared CPU, and the same numbers every run
 
     daily = (_toy_region if args.toy_region else _synthetic_region)(args.hospitals, args.days + args.horizon, args.seed)
     daily[DATE] = pd.to_datetime(daily[DATE])
@@ -336,8 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         "oracle": oracle_forecast(truth),
         "noisy-oracle": noisy_oracle_forecast(truth, seed=args.seed),
         "seasonal-naive": seasonal_naive_forecast(history, origin, args.horizon),
-        **neural_forecasts(history, origin, args.horizon, seed=args.seed),
     }
+    neural: dict[str, object] = {}
+    if not args.skip_neural:
+        with console.status(f"training the federated DP and local-only DP models ({args.rounds} rounds)"):
+            forecasts |= neural_forecasts(history, origin, args.horizon, seed=args.seed,
+                                          settings=NeuralSettings(rounds=args.rounds), report=neural)
     costs = BenchmarkCosts(surge_pool=2.0 * args.hospitals, seed=args.seed)
     with console.status("planning and scoring each forecast"):
         table = evaluate_plans(truth, forecasts, capacity, costs)
@@ -353,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(out)
     console.print("pd = patient-days, bd = bed-days; decision cost = c_u·unserved + c_o·idle + transfers; "
                   "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's")
+    if neural:
+        eps = neural["epsilon"]
+        console.print(f"privacy at delta=1e-5 (max over hospitals): federated-dp epsilon {eps['federated-dp']:.2f}, "  # type: ignore[index]
+                      f"local-only-dp epsilon {eps['local-only-dp']:.2f}; training took {neural['federation_s']:.0f} s "
+                      f"(federation) + {neural['local_s']:.0f} s (local-only and forecasts)")
     console.print(f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "
                   f"transfer {costs.transfer_cost} + {costs.transfer_cost_per_km}/km, pool {costs.surge_pool:.0f} beds/day")
     _policy_comparison(daily, costs, args.seed, console)

@@ -1,0 +1,257 @@
+"""Flower ClientApp: a hospital node that trains the shared forecaster with DP-SGD on its own records.
+
+Per round the node reads its own ``NodeConfig``, loads and validates its file, trains the
+global model locally with DP-SGD (asking its privacy ledger first) and replies with the new
+arrays and aggregate metrics only. The coordinator proposes epochs, noise and clipping; the
+node caps them with its own config, and its ledger has the last word. A round the node
+declines (budget exhausted, ledger corrupt, invalid data, a request it cannot honour) is
+answered with a Flower ``Error`` carrying a ``protocol.Refusal`` code, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from client import protocol
+from client.config import NodeConfig, NodeConfigError
+from client.protocol import Refusal
+from client.task import LocalData, build_from_arrays, evaluate_local, load_local_data, spec_from_json
+from medalloc_core.contract import DataContractError
+from medalloc_core.models import ForecasterConfig
+from medalloc_core.privacy.fingerprint import fingerprint_frame
+from medalloc_core.privacy.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.training import DPConfig, TrainConfig, train_local
+
+logger = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """Internal: carries a refusal from deep in a handler to the reply."""
+
+    def __init__(self, code: Refusal, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def refusal(message: Message, code: Refusal, detail: str) -> Message:
+    """The reply for a declined round: ``Error(code, "<slug>: <detail>")``. ``detail`` must hold no data."""
+    return Message(error=Error(code=int(code), reason=f"{code.slug}: {detail}"), reply_to=message)
+
+
+# ------------------------------------------------------------------ request parsing
+def _request(message: Message) -> tuple[ArrayRecord, ConfigRecord, ForecasterConfig]:
+    try:
+        arrays = message.content[protocol.ARRAYS]
+        config = message.content[protocol.CONFIG]
+        model_config = ForecasterConfig.from_dict(json.loads(str(config[protocol.MODEL_CONFIG])))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise _Refused(Refusal.REQUEST_INVALID, f"cannot read the request ({exc})") from exc
+    assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)
+    return arrays, config, model_config
+
+
+def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
+    try:
+        node = NodeConfig.from_context(context, run_config=run_config)
+    except NodeConfigError as exc:
+        logger.error("node configuration: %s", exc)
+        raise _Refused(Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log") from exc
+    torch.set_num_threads(node.threads)
+    if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator creates it
+        node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    return node
+
+
+def _data(node: NodeConfig, config: ConfigRecord) -> LocalData:
+    try:
+        spec = spec_from_json(str(config[protocol.WINDOW_SPEC]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise _Refused(Refusal.REQUEST_INVALID, f"cannot read the window spec ({exc})") from exc
+    try:
+        return load_local_data(node.data_path, spec)
+    except DataContractError as exc:
+        # The problems name rows and values of the hospital's file: they stay in the node's log.
+        logger.error("%s", exc)
+        errors = sum(1 for p in exc.problems if p.severity == "error")
+        raise _Refused(Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's file; see the node's log") from exc
+    except (OSError, ValueError) as exc:
+        logger.error("%s: %s", node.data_path, exc)
+        raise _Refused(Refusal.DATA_INVALID, "the node's file cannot be windowed for this model; see the node's log") from exc
+
+
+def _model(model_config: ForecasterConfig, arrays: ArrayRecord, data: LocalData) -> Any:
+    if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
+        raise _Refused(
+            Refusal.REQUEST_INVALID,
+            f"model expects F={model_config.n_features}, T={model_config.n_targets}; "
+            f"the node's windows have F={data.dataset.n_features}, T={data.dataset.n_targets}",
+        )
+    try:
+        return build_from_arrays(model_config, {k: v.numpy() for k, v in arrays.items()})
+    except (ValueError, TypeError) as exc:
+        raise _Refused(Refusal.REQUEST_INVALID, f"global arrays do not fit the model ({exc})") from exc
+
+
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise _Refused(Refusal.REQUEST_INVALID, f"'{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+# ------------------------------------------------------------------ the two handlers
+def handle_train(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
+    """Train the global model on this node's data with DP-SGD, within the node's limits and ledger.
+
+    ``run_config`` replaces ``context.run_config`` when given (see ``make_client_app``).
+    """
+    try:
+        node = _node(context, run_config)
+        arrays, config, model_config = _request(message)
+        data = _data(node, config)
+        model = _model(model_config, arrays, data)
+        server_round = int(_number(config, protocol.SERVER_ROUND, 0))
+        proposed_epochs = int(_number(config, protocol.LOCAL_EPOCHS, 1))
+        epochs = max(1, min(proposed_epochs, node.max_local_epochs))
+        noise = max(_number(config, protocol.DP_NOISE_MULTIPLIER, node.min_noise_multiplier), node.min_noise_multiplier)
+        target = _number(config, protocol.DP_TARGET_EPSILON, 0.0)
+        clip = min(_number(config, protocol.DP_MAX_GRAD_NORM, node.max_grad_norm), node.max_grad_norm)
+        mu = max(_number(config, protocol.PROXIMAL_MU, 0.0), 0.0)
+        batch_size = int(_number(config, protocol.BATCH_SIZE, 64))
+        lr = _number(config, protocol.LR, 1e-3)
+        if batch_size < 1 or lr <= 0 or clip <= 0:
+            raise _Refused(Refusal.REQUEST_INVALID, "batch-size, lr and dp-max-grad-norm must be positive")
+        train = data.dataset.train
+        if target > 0:
+            noise = max(noise, _noise_for_target(target, node, n=len(train), batch_size=batch_size, epochs=epochs))
+        seed = _seed(int(_number(config, protocol.SEED, 0)), server_round, node.hospital_id)
+        try:
+            ledger = PrivacyLedger.open(node.ledger_path, epsilon_budget=node.epsilon_budget, delta=node.delta, accountant=node.accountant)
+            result = train_local(
+                model,
+                train,
+                config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, fedprox_mu=mu, seed=seed),
+                dp=DPConfig(noise_multiplier=noise, max_grad_norm=clip, delta=node.delta, accountant=node.accountant),
+                ledger=ledger,
+                fingerprint=fingerprint_frame(data.records.frame),
+                global_params=[p.detach().clone() for p in model.parameters()] if mu > 0 else None,
+                run_id=f"{config.get(protocol.RUN_TAG, 'federation')}/round-{server_round}",
+            )
+        except PrivacyBudgetExceeded as exc:
+            logger.warning("%s: %s", node.hospital_id, exc)
+            raise _Refused(
+                Refusal.PRIVACY_BUDGET_EXCEEDED,
+                f"this round would take the node's epsilon to {exc.projected_epsilon:.3f}, above its budget {exc.epsilon_budget:g}",
+            ) from exc
+        except LedgerError as exc:
+            logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
+            raise _Refused(Refusal.LEDGER_CORRUPT, f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger") from exc
+        epsilon, left = ledger.epsilon_spent(), ledger.remaining()
+    except _Refused as refused:
+        logger.warning("declining train round: %s", refused.detail)
+        return refusal(message, refused.code, refused.detail)
+
+    logger.info(
+        "%s round %s: %s windows, loss %.4f, sigma %.3g, node epsilon %.3f (%.3f left)",
+        node.hospital_id, server_round, result.num_examples, result.loss, noise, epsilon, left,
+    )
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: int(result.num_examples),
+            protocol.TRAIN_LOSS: float(result.loss),
+            protocol.EPSILON: float(epsilon),
+            protocol.EPSILON_BUDGET_LEFT: float(left),
+            protocol.NOISE_MULTIPLIER: float(noise),
+            protocol.LOCAL_EPOCHS_USED: int(epochs),
+        }
+    )
+    content = RecordDict(
+        {
+            protocol.ARRAYS: ArrayRecord(model.state_dict()),
+            protocol.METRICS: metrics,
+            protocol.NODE_INFO: ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id}),
+        }
+    )
+    return Message(content=content, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
+    """Score the global model on this node's test split; only aggregate metrics leave the node."""
+    try:
+        node = _node(context, run_config)
+        arrays, config, model_config = _request(message)
+        data = _data(node, config)
+        model = _model(model_config, arrays, data)
+        scores = evaluate_local(model, data.dataset)
+    except _Refused as refused:
+        logger.warning("declining evaluate round: %s", refused.detail)
+        return refusal(message, refused.code, refused.detail)
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: int(scores["n"]),
+            protocol.EVAL_LOSS: scores["loss"],
+            protocol.EVAL_MAE: scores["mae"],
+            protocol.EVAL_WAPE: scores["wape"],
+        }
+    )
+    content = RecordDict({protocol.METRICS: metrics, protocol.NODE_INFO: ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id})})
+    return Message(content=content, reply_to=message)
+
+
+def _noise_for_target(target: float, node: NodeConfig, *, n: int, batch_size: int, epochs: int) -> float:
+    """Noise for a per-round epsilon target, with the same sampling rate and steps ``train_local`` will use."""
+    from medalloc_core.privacy.accounting import noise_multiplier_for
+
+    batches = max(1, math.ceil(n / batch_size))
+    return noise_multiplier_for(
+        target_epsilon=target, delta=node.delta, sample_rate=1 / batches, steps=epochs * batches, accountant=node.accountant
+    )
+
+
+def _seed(base: int, server_round: int, hospital_id: str) -> int:
+    """Different per node and round, identical across reruns of the same run config."""
+    return (base * 1_000_003 + server_round * 10_007 + zlib.crc32(hospital_id.encode())) % (2**31)
+
+
+# ------------------------------------------------------------------ the app
+def make_client_app(run_config: Mapping[str, Any] | None = None, *, mods: Sequence[Mod] = ()) -> ClientApp:
+    """Build the ClientApp; ``run_config`` supplies run-config keys Flower's Python simulation API cannot pass.
+
+    ``mods`` are Flower client mods wrapped around both handlers, first = outermost (the
+    poisoning tests and benchmark wrap an honest node in ``simulations.attacks.AttackMod``).
+
+    ``flwr.simulation.run_simulation`` gives virtual nodes an empty run config, so the
+    simulation runner hands its (simulation-only) keys here. Under ``flwr run`` and on real
+    SuperNodes ``run_config`` is ``None`` and Flower's own run config is used unchanged.
+    """
+    extra = dict(run_config or {})
+    app = ClientApp(mods=list(mods))
+
+    def fused(context: Context) -> Mapping[str, Any] | None:
+        # Flower forbids changing context.run_config, so the fused mapping is passed along instead.
+        return {**context.run_config, **extra} if extra else None
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, run_config=fused(context))
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return handle_evaluate(message, context, run_config=fused(context))
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,199 @@
+"""A hospital node's own configuration: read once from the SuperNode's node config into a frozen ``NodeConfig``.
+
+On a real node everything comes from ``flower-supernode --node-config "data-path='...'
+ledger-path='...' privacy-epsilon-budget=8.0"``; the coordinator's run config cannot change
+any of it. Only in simulation, where Flower gives a virtual node nothing but
+``partition-id``/``num-partitions``, are the data file, ledger and budget taken from the
+simulation-only run-config keys (``simulation-data-dir``, ``simulation-epsilon-budget``,
+``simulation-delta``): partition ``i`` is the ``i``-th hospital file of that folder, the node's
+*own* file, never a slice of a shared dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+
+DATA_SUFFIXES = (".csv", ".parquet")
+
+
+class NodeConfigError(ValueError):
+    """The node's configuration is incomplete or invalid; the message says which key to set."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What a hospital node decides for itself.
+
+    Parameters
+    ----------
+    data_path : Path
+        The hospital's unit-records file (CSV or Parquet).
+    ledger_path : Path
+        The node's privacy ledger (JSON); created on first use.
+    epsilon_budget : float
+        Lifetime epsilon budget of this node; the ledger refuses any round beyond it.
+    delta : float (default: 1e-5)
+        Delta every epsilon is reported at.
+    hospital_id : str
+        Name used in logs and in the reply's node info (default: the data file's stem).
+    max_local_epochs : int (default: 5)
+        The most local epochs per round the node accepts, whatever the coordinator proposes.
+    min_noise_multiplier : float (default: 0.5)
+        The least DP-SGD noise the node accepts; a smaller proposal is raised to it.
+    max_grad_norm : float (default: 1.0)
+        The largest per-example clipping bound the node accepts.
+    accountant : str (default: "prv")
+        Privacy accountant of the ledger ("prv" or "rdp").
+    threads : int (default: 1)
+        CPU threads torch may use while training. The forecaster is small: one thread is
+        fastest, and more oversubscribe a shared machine (one DP round took 0.2 s on one
+        thread and 7 s on two on the 2-core development box).
+    simulated : bool
+        True when the values came from simulation run-config keys.
+    """
+
+    data_path: Path
+    ledger_path: Path
+    epsilon_budget: float
+    delta: float = 1e-5
+    hospital_id: str = ""
+    max_local_epochs: int = 5
+    min_noise_multiplier: float = 0.5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    threads: int = 1
+    simulated: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
+            raise NodeConfigError(f"privacy-epsilon-budget must be a finite number > 0, got {self.epsilon_budget}")
+        if not 0 < self.delta < 1:
+            raise NodeConfigError(f"privacy-delta must be in (0, 1), got {self.delta}")
+        if self.max_local_epochs < 1:
+            raise NodeConfigError(f"max-local-epochs must be >= 1, got {self.max_local_epochs}")
+        if self.min_noise_multiplier <= 0:
+            raise NodeConfigError("min-noise-multiplier must be > 0: a node never trains without DP noise")
+        if self.max_grad_norm <= 0:
+            raise NodeConfigError(f"max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.threads < 1:
+            raise NodeConfigError(f"torch-threads must be >= 1, got {self.threads}")
+        if self.accountant not in ("prv", "rdp"):
+            raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {self.accountant!r}")
+        if not self.hospital_id:
+            object.__setattr__(self, "hospital_id", self.data_path.stem)
+
+    @classmethod
+    def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
+        """Read the node's config; fall back to the simulation run-config keys only when ``data-path`` is absent.
+
+        ``run_config`` replaces ``context.run_config`` (Flower's Python simulation API leaves
+        a virtual node's run config empty, so the simulation runner passes its own).
+        """
+        node = context.node_config
+        run = context.run_config if run_config is None else run_config
+        if "data-path" in node:
+            return cls._from_node(node)
+        if "partition-id" in node:
+            return cls._from_simulation(node, run)
+        raise NodeConfigError(
+            "this node has no 'data-path' in its node config; start it with "
+            "flower-supernode --node-config \"data-path='/path/records.csv' ledger-path='/path/ledger.json' "
+            "privacy-epsilon-budget=8.0\""
+        )
+
+    @classmethod
+    def _from_node(cls, node: Mapping[str, Any]) -> NodeConfig:
+        for key in ("ledger-path", "privacy-epsilon-budget"):
+            if key not in node:
+                raise NodeConfigError(f"node config has 'data-path' but no '{key}'; a node must set its own {key}")
+        return cls(
+            data_path=Path(str(node["data-path"])),
+            ledger_path=Path(str(node["ledger-path"])),
+            epsilon_budget=_number(node, "privacy-epsilon-budget"),
+            delta=_number(node, "privacy-delta", 1e-5),
+            hospital_id=str(node.get("hospital-id", "")),
+            max_local_epochs=int(_number(node, "max-local-epochs", 5)),
+            min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
+            max_grad_norm=_number(node, "max-grad-norm", 1.0),
+            accountant=str(node.get("privacy-accountant", "prv")),
+            threads=int(_number(node, "torch-threads", 1)),
+        )
+
+    @classmethod
+    def _from_simulation(cls, node: Mapping[str, Any], run: Mapping[str, Any]) -> NodeConfig:
+        if run.get("simulation-data-dir"):
+            folder = Path(str(run["simulation-data-dir"]))
+        else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
+            folder = ensure_simulation_region(
+                hospitals=int(node.get("num-partitions", 1)),  # type: ignore[arg-type]
+                days=int(run.get("simulation-days", 730)),  # type: ignore[arg-type]
+                seed=int(run.get("simulation-region-seed", 0)),  # type: ignore[arg-type]
+            )
+        files = hospital_files(folder)
+        partition = int(node["partition-id"])  # type: ignore[arg-type]
+        if not 0 <= partition < len(files):
+            raise NodeConfigError(
+                f"virtual node {partition} has no hospital file: {folder} holds {len(files)}; "
+                "run as many virtual nodes as hospital files"
+            )
+        data_path = files[partition]
+        return cls(
+            data_path=data_path,
+            ledger_path=folder / "ledgers" / f"{data_path.stem}.json",
+            epsilon_budget=_number(run, "simulation-epsilon-budget", 10.0),
+            delta=_number(run, "simulation-delta", 1e-5),
+            hospital_id=data_path.stem,
+            simulated=True,
+        )
+
+
+def ensure_simulation_region(*, hospitals: int, days: int, seed: int) -> Path:
+    """The region folder for a simulation run without ``simulation-data-dir``; generated on first use.
+
+    Every virtual node computes the same path (temp dir, named by hospitals/days/seed); the
+    first to arrive generates the region into a private folder and renames it into place, so
+    concurrent nodes never see a half-written region.
+    """
+    import os
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"medalloc-simulation-region-h{hospitals}-d{days}-s{seed}"
+    if (folder / "region.json").is_file():
+        return folder
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    write_region(generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed)), staging / "region")
+    try:
+        os.rename(staging / "region", folder)
+    except OSError:  # another node won the race; its region is identical (same config, same seed)
+        pass
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def hospital_files(folder: Path) -> list[Path]:
+    """The hospital files of a region folder, sorted by name (``H000.csv``, ``H001.csv``, ...)."""
+    if not folder.is_dir():
+        raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+
+
+def _number(values: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    if key not in values:
+        if default is None:
+            raise NodeConfigError(f"'{key}' is required")
+        return default
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise NodeConfigError(f"'{key}' must be a number, got {value!r}")
+    return float(value)

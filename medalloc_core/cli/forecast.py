@@ -1,0 +1,85 @@
+"""`medalloc forecast`: apply the federation's shared model to this hospital's own records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medalloc_core.contract import DATE, UNIT, DataContractError
+
+logger = logging.getLogger(__name__)
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _summary(frame: pd.DataFrame, levels: tuple[float, ...]) -> Table:
+    from medalloc_core.allocation.forecast_io import Q, TARGET, VALUE
+
+    lo, hi = levels[0], levels[-1]
+    mid = min(levels, key=lambda q: abs(q - 0.5))
+    table = Table(title="Forecast (mean over the horizon)")
+    for name in ("unit", "target", "from", "to", f"P{lo * 100:g}", f"P{mid * 100:g}", f"P{hi * 100:g}"):
+        table.add_column(name, justify="left" if name in ("unit", "target") else "right")
+    for (unit, target), g in frame.groupby([UNIT, TARGET], sort=True):
+        means = g.groupby(Q)[VALUE].mean()
+        table.add_row(str(unit), str(target), str(g[DATE].min().date()), str(g[DATE].max().date()),
+                      f"{means[lo]:.1f}", f"{means[mid]:.1f}", f"{means[hi]:.1f}")
+    return table
+
+
+def forecast(
+    model: Path = typer.Option(..., "--model", "-m", help="The shared model: final_model.safetensors, a results folder or a checkpoint (file or folder)."),
+    data: Path = typer.Option(..., "--data", "-d", help="This hospital's records (daily/weekly unit records or encounters; CSV or Parquet)."),
+    out: Path = typer.Option(Path("forecast"), "--out", "-o", help="Folder for forecast.csv and forecast.png."),
+    hospital: str | None = typer.Option(None, "--hospital", help="Name in the hospital column (default: the data file's name without extension)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing forecast.csv / forecast.png in --out."),
+) -> None:
+    """Quantile forecasts per unit, day and target for the periods after your data ends (forecast.csv + forecast.png)."""
+    from medalloc_core.allocation.forecast_io import write_forecast
+    from medalloc_core.forecast_plot import plot_forecast
+    from medalloc_core.forecasting import ModelDataMismatch, forecast_records
+    from medalloc_core.model_io import ModelFileError, load_model
+    from medalloc_core.validation import load_unit_records
+
+    csv_path, png_path = out / "forecast.csv", out / "forecast.png"
+    for path in (csv_path, png_path):
+        if path.resolve() in {data.resolve(), model.resolve()}:
+            _fail(f"{path} is one of the inputs; choose another --out")
+        if path.exists() and not force:
+            _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
+    try:
+        saved = load_model(model)
+        records = load_unit_records(data)
+        frame = forecast_records(saved.model, saved.spec, records, hospital=hospital or data.stem)
+    except DataContractError as exc:
+        _fail(f"{data} does not meet the data contract (run `medalloc validate {data}` for the full report):\n{exc}")
+        return
+    except (ModelFileError, ModelDataMismatch) as exc:
+        _fail(str(exc))
+        return
+    try:
+        write_forecast(frame, csv_path, overwrite=force)
+        plot_forecast(records.frame, frame, png_path, history_periods=2 * saved.config.history)
+    except OSError as exc:
+        _fail(f"cannot write the forecast to {out}: {exc}")
+    _out.print(_summary(frame, saved.config.quantiles))
+    _out.print(
+        f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
+        f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `forecast` to the medalloc app."""
+    app.command("forecast")(forecast)

@@ -1,0 +1,83 @@
+"""`medalloc share`: the DP-noised census quantiles a hospital sends the coordinator, charged to its privacy ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from medalloc_core.contract import DataContractError
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def share(
+    forecast: Path = typer.Option(..., "--forecast", help="This hospital's forecast.csv (from `medalloc forecast`)."),
+    data: Path = typer.Option(..., "--data", help="The records the forecast was made from; their fingerprint keys the ledger entry."),
+    ledger: Path = typer.Option(..., "--ledger", help="This node's privacy ledger (the one DP-SGD training spends from)."),
+    epsilon: float = typer.Option(..., "--epsilon", help="Epsilon of this release alone."),
+    delta: float | None = typer.Option(None, "--delta", help="Delta; must equal the ledger's (default: the ledger's)."),
+    sensitivity: float = typer.Option(1.0, "--sensitivity", help="How much one patient moves one shared number (beds)."),
+    out: Path = typer.Option(Path("shared.csv"), "--out", "-o", help="The table to send: hospital, date, q, value."),
+    epsilon_budget: float | None = typer.Option(None, "--epsilon-budget", help="Create the ledger with this budget if it does not exist yet."),
+    seed: int | None = typer.Option(None, "--seed", help="Only for experiments: a known seed makes the noise removable."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+) -> None:
+    """Add Gaussian DP noise to your census quantiles for the regional plan and record the epsilon in your ledger."""
+    from medalloc_core.allocation.forecast_io import read_forecast
+    from medalloc_core.allocation.regional import write_shared
+    from medalloc_core.allocation.sharing import share_with_ledger
+    from medalloc_core.privacy.accounting import TargetUnreachable
+    from medalloc_core.privacy.fingerprint import fingerprint_frame
+    from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+    from medalloc_core.validation import load_unit_records
+
+    if out.resolve() in {forecast.resolve(), data.resolve(), ledger.resolve()}:
+        _fail(f"{out} is one of the inputs; choose another --out")
+    if out.exists() and not force:
+        _fail(f"{out} already exists; pass --force to replace it (and spend epsilon again), or choose another --out")
+    if not epsilon > 0:
+        _fail(f"--epsilon must be > 0, got {epsilon}")
+    try:
+        frame = read_forecast(forecast)
+        if frame["hospital"].nunique() != 1:
+            raise ValueError(f"{forecast} holds {frame['hospital'].nunique()} hospitals; share one hospital's forecast")
+        fingerprint = fingerprint_frame(load_unit_records(data).frame)
+        if ledger.exists() or epsilon_budget is None:
+            node = PrivacyLedger.load(ledger)
+        else:
+            node = PrivacyLedger.open(ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-5)
+        if delta is not None and delta != node.delta:
+            raise ValueError(f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; epsilons at different deltas do not compose")
+        first, last = frame["date"].min().date(), frame["date"].max().date()
+        result = share_with_ledger(frame, ledger=node, fingerprint=fingerprint, epsilon=epsilon, sensitivity=sensitivity,
+                                   seed=seed, run_id=f"share:{frame['hospital'].iloc[0]}:{first}..{last}")
+    except LedgerError as exc:
+        _fail(f"{exc}\nNothing was shared.")
+        return
+    except (DataContractError, ValueError, TargetUnreachable) as exc:
+        _fail(f"{exc}\nNothing was shared.")
+        return
+    try:
+        write_shared(result.shared, out, overwrite=force)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc} (the epsilon is already recorded in {ledger})")
+    _out.print(
+        f"shared {result.n_values} numbers with Gaussian noise σ={result.sigma:.2f} beds each "
+        f"(noise multiplier {result.noise_multiplier:.4g} at sample rate 1, one step).\n"
+        f"this release: ε={result.epsilon_release:.3f} at δ={node.delta:g}; node total now ε={result.epsilon_node_after:.3f} "
+        f"of {node.epsilon_budget:g} (see `medalloc privacy --ledger {ledger}`).\nwrote {out}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `share` to the medalloc app."""
+    app.command("share")(share)

@@ -1,0 +1,300 @@
+"""Flower ServerApp: the coordinator's round loop with reply checks, round metrics, checkpoints and resume.
+
+The loop is Flower's ``Strategy.start`` written out (configure -> send_and_receive ->
+aggregate, for train then evaluate) so that it can start at a round other than 1 after a
+resume, write ``metrics.jsonl`` and a checkpoint after every round, and survive a round whose
+aggregation fails (the global model is then kept, the failure logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam
+
+from client import protocol
+from client.task import model_config, spec_to_json, state_arrays, window_spec
+from medalloc_core.models import build_model
+from medalloc_core.atomic import atomic_write_bytes
+from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint, save_model
+from server.config import RunConfig, RunConfigError
+from server.reply_checks import NodeOutcome, outcomes_by_status
+from server.strategies import BuiltStrategy, build_strategy, client_dp_epsilon
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_MODEL = "final_model.safetensors"
+
+
+@dataclass
+class FederationResult:
+    """What a finished run leaves behind (also written to the out dir)."""
+
+    arrays: dict[str, np.ndarray]
+    model_config: dict[str, Any]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path = Path(".")
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------ helpers
+def _to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+
+
+def _metrics_dict(record: MetricRecord | None) -> dict[str, float]:
+    return {} if record is None else {k: v for k, v in record.items() if not isinstance(v, list)}  # type: ignore[misc]
+
+
+def _outcome_json(outcome: NodeOutcome) -> dict[str, Any]:
+    row: dict[str, Any] = {"node": str(outcome.node_id), "status": outcome.status}
+    if outcome.hospital_id:
+        row["hospital"] = outcome.hospital_id
+    if outcome.reason:
+        row["reason"] = outcome.reason
+    if protocol.EPSILON in outcome.metrics:
+        row["epsilon"] = outcome.metrics[protocol.EPSILON]
+    if outcome.update_norm is not None:
+        row["update-norm"] = round(outcome.update_norm, 6)
+    return row
+
+
+def strategy_state(built: BuiltStrategy, releases: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The strategy state a resume needs: FedAdam's moments (arrays) and the client-DP release count."""
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(built.base, FedAdam):
+        for name in ("m_t", "v_t"):
+            for key, value in (getattr(built.base, name) or {}).items():
+                arrays[f"{name}/{key}"] = np.asarray(value)
+    return arrays, {"client-dp-releases": releases}
+
+
+def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, Any]) -> int:
+    """Put FedAdam's moments back; return the client-DP release count."""
+    if isinstance(built.base, FedAdam):
+        for name in ("m_t", "v_t"):
+            prefix = f"{name}/"
+            restored = {k[len(prefix) :]: np.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+            setattr(built.base, name, restored or None)
+    return int(scalars.get("client-dp-releases", 0))
+
+
+def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
+    """The run's output folder; an existing one is only reused with ``resume = true``."""
+    out = config.out_path if config.out_dir else Path("results") / f"run-{run_id}"
+    if not config.resume and (out / METRICS_FILE).exists():
+        raise RunConfigError(
+            f"{out} already holds a run ({METRICS_FILE} exists); set resume=true to continue it "
+            "or choose another out-dir (results are never overwritten)"
+        )
+    return out
+
+
+def _truncate_log(path: Path, last_round: int) -> None:
+    """Drop log lines after the checkpointed round (they describe rounds the resume redoes)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= last_round]
+    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")
+
+
+def _append_log(path: Path, record: Mapping[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------ the run
+def run_federation(
+    grid: Grid, config: RunConfig, *, run_id: int = 0, on_round: RoundCallback | None = None
+) -> FederationResult:
+    """Run ``config.num_server_rounds`` rounds (or the rest of them after a resume) and save the results.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's Grid, connecting to the SuperLink (real or simulated).
+    config : RunConfig
+        The run configuration.
+    run_id : int (default: 0)
+        Flower's run id; names the output folder when ``out-dir`` is empty.
+    on_round : callable, optional
+        Called with each round's log record after it is written (progress display).
+    """
+    out = resolve_out_dir(config, run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / METRICS_FILE
+    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    mconfig = model_config(spec, model=config.model, hidden=config.hidden)
+    model_json = mconfig.to_dict()
+    sampled = max(config.min_train_nodes, config.min_available_nodes)
+    built = build_strategy(config, num_sampled_nodes=sampled)
+
+    arrays = state_arrays(build_model(mconfig, seed=config.seed))
+    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
+    start, releases = 1, 0
+    if config.resume:
+        checkpoint = latest_checkpoint(checkpoint_dir)
+        if checkpoint is None:
+            logger.warning("resume = true but no checkpoint in %s: starting from round 1", checkpoint_dir)
+        else:
+            if checkpoint.strategy != config.strategy or checkpoint.model_config != model_json:
+                raise RunConfigError(
+                    f"the checkpoint of round {checkpoint.round} was made with strategy '{checkpoint.strategy}' and "
+                    f"model {checkpoint.model_config}; this run asks for '{config.strategy}' and {model_json}"
+                )
+            arrays = checkpoint.arrays
+            start = checkpoint.round + 1
+            releases = restore_strategy_state(built, checkpoint.strategy_arrays, checkpoint.strategy_state)
+            _truncate_log(log_path, checkpoint.round)
+            logger.info("resuming after round %s from its checkpoint", checkpoint.round)
+    result = FederationResult(arrays=arrays, model_config=model_json, out_dir=out)
+    built.strategy.summary()
+    record_arrays = _to_record(arrays)
+
+    def train_config(server_round: int) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                protocol.LOCAL_EPOCHS: config.local_epochs,
+                protocol.BATCH_SIZE: config.batch_size,
+                protocol.LR: config.lr,
+                protocol.DP_NOISE_MULTIPLIER: config.dp_noise_multiplier,
+                protocol.DP_TARGET_EPSILON: config.dp_target_epsilon,
+                protocol.DP_MAX_GRAD_NORM: config.dp_max_grad_norm,
+                protocol.PROXIMAL_MU: config.proximal_mu if config.strategy == "fedprox" else 0.0,
+                protocol.MODEL_CONFIG: json.dumps(model_json),
+                protocol.WINDOW_SPEC: spec_to_json(spec),
+                protocol.RUN_TAG: f"run-{run_id}",
+                protocol.SEED: config.seed,
+            }
+        )
+
+    def eval_config() -> ConfigRecord:
+        return ConfigRecord({protocol.MODEL_CONFIG: json.dumps(model_json), protocol.WINDOW_SPEC: spec_to_json(spec)})
+
+    def evaluate_round(server_round: int) -> MetricRecord | None:
+        replies = grid.send_and_receive(
+            messages=built.strategy.configure_evaluate(server_round, record_arrays, eval_config(), grid),
+            timeout=config.round_timeout,
+        )
+        try:
+            return built.strategy.aggregate_evaluate(server_round, replies)
+        except Exception:  # a broken aggregation must not end the federation
+            logger.exception("round %s: evaluation aggregation failed", server_round)
+            return None
+
+    if start == 1 and config.fraction_evaluate > 0:
+        initial = evaluate_round(0)
+        record = {"round": 0, "time": datetime.now(UTC).isoformat(), "evaluate": _metrics_dict(initial)}
+        _append_log(log_path, record)
+        result.rounds.append(record)
+        if on_round:
+            on_round(record)
+
+    for server_round in range(start, config.num_server_rounds + 1):
+        began = time.perf_counter()
+        logger.info("[ROUND %s/%s]", server_round, config.num_server_rounds)
+        replies = list(
+            grid.send_and_receive(
+                messages=built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
+                timeout=config.round_timeout,
+            )
+        )
+        try:
+            new_arrays, train_metrics = built.strategy.aggregate_train(server_round, replies)
+        except Exception:  # never crash the coordinator on one round's aggregation
+            logger.exception("round %s: aggregation failed; the global model is kept", server_round)
+            new_arrays, train_metrics = None, None
+        if new_arrays is not None:
+            record_arrays = new_arrays
+            if built.dp is not None:
+                releases += 1
+        train_outcomes = list(built.strategy.report.train)
+        eval_metrics = evaluate_round(server_round) if config.fraction_evaluate > 0 else None
+        epsilons = [o.metrics[protocol.EPSILON] for o in train_outcomes if protocol.EPSILON in o.metrics]
+        record = {
+            "round": server_round,
+            "time": datetime.now(UTC).isoformat(),
+            "seconds": round(time.perf_counter() - began, 3),
+            "strategy": config.strategy,
+            "model-updated": new_arrays is not None,
+            "train": _metrics_dict(train_metrics),
+            "evaluate": _metrics_dict(eval_metrics),
+            "nodes": {"sampled": len(replies), **outcomes_by_status(train_outcomes)},
+            "epsilon-max": max(epsilons) if epsilons else None,
+            "epsilon-mean": float(np.mean(epsilons)) if epsilons else None,
+            "outcomes": [_outcome_json(o) for o in train_outcomes],
+        }
+        if built.dp is not None:
+            record["client-dp-epsilon"] = client_dp_epsilon(
+                noise_multiplier=config.client_dp_noise_multiplier, releases=releases, delta=config.client_dp_delta
+            )
+        _append_log(log_path, record)
+        state_arrays_, state_scalars = strategy_state(built, releases)
+        save_checkpoint(
+            checkpoint_dir,
+            Checkpoint(
+                round=server_round,
+                arrays=_to_arrays(record_arrays),
+                strategy=config.strategy,
+                model_config=model_json,
+                run_config=config.to_dict(),
+                strategy_arrays=state_arrays_,
+                strategy_state=state_scalars,
+            ),
+        )
+        result.rounds.append(record)
+        if on_round:
+            on_round(record)
+
+    result.arrays = _to_arrays(record_arrays)
+    save_model(
+        out / FINAL_MODEL,
+        result.arrays,
+        {
+            "model-config": model_json,
+            "window-spec": json.loads(spec_to_json(spec)),
+            "rounds": config.num_server_rounds,
+            "strategy": config.strategy,
+            "run-config": config.to_dict(),
+        },
+    )
+    logger.info("final model written to %s", out / FINAL_MODEL)
+    return result
+
+
+def make_server_app(
+    run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None
+) -> ServerApp:
+    """Build the ServerApp; ``run_config`` is fused over Flower's run config (the simulation runner's keys).
+
+    ``on_round`` receives every round's log record (the runner's progress display).
+    """
+    extra = dict(run_config or {})
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = RunConfig.from_mapping({k: v for k, v in {**context.run_config, **extra}.items() if "." not in k})
+        run_federation(grid, config, run_id=context.run_id, on_round=on_round)
+
+    return app
+
+
+app = make_server_app()

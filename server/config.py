@@ -1,0 +1,174 @@
+"""The coordinator's run configuration: ``[tool.flwr.app.config]`` read once into a frozen, typed ``RunConfig``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+
+_STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+
+
+class RunConfigError(ValueError):
+    """A run-config value is missing its type, out of range, or unknown."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the ServerApp needs to run a federation; defaults match ``pyproject.toml``.
+
+    Each field is the snake_case form of a kebab-case key in ``[tool.flwr.app.config]``
+    (``num_server_rounds`` <- ``num-server-rounds``). Override any of them with
+    ``flwr run . --run-config "strategy='fedprox' num-server-rounds=10"``.
+    """
+
+    # --- rounds and sampling
+    num_server_rounds: int = 5
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_available_nodes: int = 2  # wait for this many; fraction-train = 1 samples every connected node
+    min_train_nodes: int = 2
+    round_timeout: float = 3600.0  # seconds to wait for replies before closing a round
+    # --- local training, proposed to nodes (each node caps these with its own config)
+    local_epochs: int = 2
+    batch_size: int = 256  # DP-SGD noise per step shrinks as 1 / batch size
+    lr: float = 0.01
+    seed: int = 0
+    # --- the shared model and its input windows
+    model: str = "mlp"
+    history: int = 56  # L: days of history per input window (8 weeks)
+    horizon: int = 14  # H: days forecast (2 weeks)
+    hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
+    targets: str = "admissions,census"  # comma-separated target columns
+    # --- DP-SGD on each node (per-example privacy; the node's ledger enforces the budget)
+    dp_noise_multiplier: float = 1.3
+    dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
+    dp_max_grad_norm: float = 1.0
+    # --- strategy parameters
+    proximal_mu: float = 0.01  # FedProx
+    server_lr: float = 0.1  # FedAdam eta
+    server_beta1: float = 0.9  # FedAdam
+    server_beta2: float = 0.99  # FedAdam
+    server_tau: float = 1e-3  # FedAdam
+    trimmed_beta: float = 0.2  # FedTrimmedAvg: fraction cut from each tail
+    krum_malicious_nodes: int = 0  # Krum: f, needs more than 2f + 2 replies
+    # --- reply checks
+    max_update_norm: float = 100.0
+    max_examples_weight: int = 1_000_000
+    max_weight_ratio: float = 10.0
+    # --- client-level DP on the aggregate (Flower's DP strategy wrapper)
+    client_dp: bool = False
+    client_dp_noise_multiplier: float = 1.0
+    client_dp_clipping_norm: float = 1.0
+    client_dp_delta: float = 1e-5
+    # --- secure aggregation: not available (see docs/coordinator.md#secure-aggregation)
+    secure_aggregation: bool = False
+    # --- outputs
+    out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
+    checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
+    resume: bool = False
+    # --- simulation only: ignored by any node whose node config names its own data-path
+    simulation_data_dir: str = ""  # region folder with one H000.csv... per virtual node
+    simulation_epsilon_budget: float = 10.0
+    simulation_delta: float = 1e-5
+    simulation_days: int = 730  # used by `flwr run .` to generate the region when absent
+    simulation_region_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in _STRATEGY_NAMES:
+            raise RunConfigError(f"strategy '{self.strategy}' is unknown; choose one of {', '.join(_STRATEGY_NAMES)}")
+        positive_ints = ("num_server_rounds", "min_available_nodes", "local_epochs", "batch_size", "history", "horizon", "hidden")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise RunConfigError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
+        if self.min_train_nodes < 0:
+            raise RunConfigError(f"min-train-nodes must be >= 0, got {self.min_train_nodes}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RunConfigError(f"{_kebab(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr <= 0 or self.dp_max_grad_norm <= 0:
+            raise RunConfigError("lr and dp-max-grad-norm must be > 0")
+        if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
+            raise RunConfigError("dp-noise-multiplier and dp-target-epsilon must be >= 0")
+        if not 0.0 <= self.trimmed_beta < 0.5:
+            raise RunConfigError(f"trimmed-beta must be in [0, 0.5), got {self.trimmed_beta}")
+        if self.client_dp and (self.client_dp_noise_multiplier <= 0 or self.client_dp_clipping_norm <= 0):
+            raise RunConfigError("client-dp needs client-dp-noise-multiplier > 0 and client-dp-clipping-norm > 0")
+        if self.secure_aggregation:
+            raise RunConfigError(
+                "secure-aggregation = true is not supported: Flower 1.41 offers SecAgg+ only through its legacy "
+                "workflow API, and it would hide each update from the reply checks; updates are protected by TLS, "
+                "each node's DP-SGD and optionally client-dp (see docs/coordinator.md, 'Secure aggregation')"
+            )
+        if self.resume and not self.out_dir:
+            raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
+        if not self.target_list:
+            raise RunConfigError("targets must name at least one column, e.g. 'admissions,census'")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from kebab-case keys (unknown keys are an error: a typo must not pass silently)."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise RunConfigError(f"unknown run-config key '{key}'; known keys: {', '.join(sorted(map(_kebab, known)))}")
+            kwargs[name] = _coerce(key, value, known[name].default)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_context(cls, context: Context) -> RunConfig:
+        """Read ``context.run_config`` once; keys that belong to other apps' namespaces are ignored."""
+        return cls.from_mapping({k: v for k, v in context.run_config.items() if "." not in k})
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def target_list(self) -> tuple[str, ...]:
+        """The target columns as a tuple."""
+        return tuple(t.strip() for t in self.targets.split(",") if t.strip())
+
+    @property
+    def out_path(self) -> Path:
+        """Folder for metrics.jsonl and the final model (``out-dir``; see ``server.app.resolve_out_dir`` when empty)."""
+        return Path(self.out_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case mapping, the inverse of ``from_mapping`` (stored with checkpoints)."""
+        return {_kebab(k): v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        """``to_dict`` as JSON."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a TOML/CLI value to the field's type; TOML gives ints where floats are meant."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        raise RunConfigError(f"run-config '{key}' must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise RunConfigError(f"run-config '{key}' must be a whole number, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RunConfigError(f"run-config '{key}' must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise RunConfigError(f"run-config '{key}' must be a string, got {value!r}")
+    return value

@@ -1,0 +1,140 @@
+"""A simulation scenario: one TOML file (or the embedded default) read into a frozen ``Scenario``."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medalloc_core.synthetic import RegionConfig
+from server.config import RunConfig, RunConfigError
+
+_SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "output", "simulation"}
+_COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
+_BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
+
+
+class ScenarioError(ValueError):
+    """The scenario file is unreadable or names an unknown key or value; the message says which."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything one simulation run needs; built by ``load_scenario``.
+
+    ``region`` holds ``RegionConfig`` keyword arguments and ``federation`` run-config keys
+    (kebab-case, as in ``[tool.flwr.app.config]``); both are validated on load.
+    """
+
+    name: str
+    region: dict[str, Any]
+    federation: dict[str, Any]
+    epsilon_budget: float = 10.0
+    delta: float = 1e-5
+    local_only: bool = True
+    local_only_dp: bool = True
+    centralized: bool = True
+    baselines: tuple[str, ...] = ("seasonal_naive", "holt_winters")
+    forecast_plots: int = 3
+    client_cpus: float = 1.0
+    source: str = "embedded default"
+    text: str = field(default="", compare=False)  # the TOML as read, copied into the results folder
+
+    @property
+    def hospitals(self) -> int:
+        """Number of hospitals (= virtual nodes)."""
+        return int(self.region_config().hospitals)
+
+    def region_config(self) -> RegionConfig:
+        """The region to generate."""
+        return RegionConfig(**{k.replace("-", "_"): v for k, v in self.region.items()})
+
+    def run_config(self, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
+        """Run-config keys for the ServerApp/ClientApp of this scenario."""
+        keys: dict[str, Any] = {"min-available-nodes": self.hospitals, "min-train-nodes": self.hospitals}
+        keys |= self.federation
+        keys |= {
+            "simulation-data-dir": str(data_dir),
+            "simulation-epsilon-budget": self.epsilon_budget,
+            "simulation-delta": self.delta,
+            "out-dir": str(out_dir),
+        }
+        return keys
+
+    def federation_config(self, *, data_dir: Path, out_dir: Path) -> RunConfig:
+        """The typed run config (validates every key)."""
+        return RunConfig.from_mapping(self.run_config(data_dir=data_dir, out_dir=out_dir))
+
+
+def default_scenario_text() -> str:
+    """The embedded default scenario (package data), as TOML text."""
+    return resources.files("simulations").joinpath("scenarios/default.toml").read_text(encoding="utf-8")
+
+
+def load_scenario(path: Path | None = None) -> Scenario:
+    """Read a scenario file, or the embedded default when ``path`` is None; raises ``ScenarioError``."""
+    if path is None:
+        text, source = default_scenario_text(), "embedded default"
+    else:
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise ScenarioError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML ({exc})") from exc
+    return parse_scenario(raw, source=source, text=text)
+
+
+def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str = "") -> Scenario:
+    """Validate a parsed TOML document and build the ``Scenario``."""
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise ScenarioError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+    region = dict(raw.get("region", {}))
+    federation = dict(raw.get("federation", {}))
+    privacy = dict(raw.get("privacy", {}))
+    comparisons = dict(raw.get("comparisons", {}))
+    output = dict(raw.get("output", {}))
+    simulation = dict(raw.get("simulation", {}))
+    for name, section, known in (
+        ("privacy", privacy, {"epsilon-budget", "delta"}),
+        ("comparisons", comparisons, _COMPARISON_KEYS),
+        ("output", output, {"forecast-plots"}),
+        ("simulation", simulation, {"client-cpus"}),
+    ):
+        extra = set(section) - known
+        if extra:
+            raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [{name}]; known: {sorted(known)}")
+    baselines = tuple(comparisons.get("baselines", ("seasonal_naive", "holt_winters")))
+    bad = [b for b in baselines if b not in _BASELINES]
+    if bad:
+        raise ScenarioError(f"{source}: unknown baseline(s) {bad} in [comparisons]; choose from {list(_BASELINES)}")
+    try:
+        scenario = Scenario(
+            name=str(raw.get("name", Path(source).stem)),
+            region=region,
+            federation=federation,
+            epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
+            delta=float(privacy.get("delta", 1e-5)),
+            local_only=bool(comparisons.get("local-only", True)),
+            local_only_dp=bool(comparisons.get("local-only-dp", True)),
+            centralized=bool(comparisons.get("centralized", True)),
+            baselines=baselines,
+            forecast_plots=int(output.get("forecast-plots", 3)),
+            client_cpus=float(simulation.get("client-cpus", 1.0)),
+            source=source,
+            text=text,
+        )
+        scenario.region_config()
+        scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+    except (TypeError, ValueError, RunConfigError) as exc:
+        raise ScenarioError(f"{source}: {exc}") from exc
+    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0:
+        raise ScenarioError(f"{source}: [privacy] needs epsilon-budget > 0 and 0 < delta < 1")
+    if scenario.client_cpus <= 0:
+        raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
+    return scenario

@@ -1,0 +1,181 @@
+"""ClientApp: node-owned config, the node's caps over the coordinator's proposal, the ledger's last word, clean refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from client import protocol
+from client.app import handle_evaluate, handle_train, make_client_app
+from client.config import NodeConfig, NodeConfigError
+from client.protocol import Refusal
+from client.task import model_config, spec_to_json, state_arrays, window_spec
+from medalloc_core.models import build_model
+from tests.fed_fixtures import TINY, record, request, small_region, task_identity
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    with task_identity():
+        yield
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_region(tmp_path_factory.mktemp("client") / "r")
+
+
+SPEC = window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
+MODEL = model_config(SPEC, model="mlp", hidden=TINY["hidden"])
+
+
+def _config(**overrides) -> dict:
+    values = {
+        protocol.SERVER_ROUND: 1,
+        protocol.LOCAL_EPOCHS: 1,
+        protocol.BATCH_SIZE: 32,
+        protocol.LR: 0.01,
+        protocol.DP_NOISE_MULTIPLIER: 1.0,
+        protocol.DP_TARGET_EPSILON: 0.0,
+        protocol.DP_MAX_GRAD_NORM: 1.0,
+        protocol.PROXIMAL_MU: 0.0,
+        protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
+        protocol.WINDOW_SPEC: spec_to_json(SPEC),
+        protocol.RUN_TAG: "test",
+        protocol.SEED: 0,
+    }
+    values.update(overrides)
+    return values
+
+
+def _node(tmp_path: Path, data: Path, **extra) -> Context:
+    config = {"data-path": str(data), "ledger-path": str(tmp_path / "ledger.json"), "privacy-epsilon-budget": 20.0} | extra
+    return Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
+
+
+def _global() -> dict[str, np.ndarray]:
+    return state_arrays(build_model(MODEL, seed=0))
+
+
+# ------------------------------------------------------------------ NodeConfig
+def test_node_config_from_a_supernode_ignores_simulation_keys(tmp_path: Path, region: Path):
+    ctx = Context(
+        run_id=1, node_id=5,
+        node_config={"data-path": str(region / "H001.csv"), "ledger-path": "/l.json", "privacy-epsilon-budget": 4.0, "max-local-epochs": 2},
+        state=RecordDict(),
+        # a coordinator trying to raise the node's budget through the run config: ignored
+        run_config={"simulation-data-dir": str(region), "simulation-epsilon-budget": 1000.0},
+    )
+    node = NodeConfig.from_context(ctx)
+    assert node.data_path == region / "H001.csv" and node.epsilon_budget == 4.0 and node.max_local_epochs == 2
+    assert node.hospital_id == "H001" and not node.simulated
+
+
+def test_node_config_in_simulation_maps_partition_to_its_own_file(region: Path):
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 3}, state=RecordDict(), run_config={})
+    node = NodeConfig.from_context(ctx, run_config={"simulation-data-dir": str(region), "simulation-epsilon-budget": 3.0})
+    assert node.data_path == region / "H002.csv" and node.ledger_path == region / "ledgers" / "H002.json"
+    assert node.epsilon_budget == 3.0 and node.simulated
+    with pytest.raises(NodeConfigError, match="has no hospital file"):
+        NodeConfig.from_context(
+            Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(), run_config={}),
+            run_config={"simulation-data-dir": str(region)},
+        )
+
+
+@pytest.mark.parametrize(
+    ("node_config", "match"),
+    [
+        ({}, "no 'data-path'"),
+        ({"data-path": "/x.csv"}, "no 'ledger-path'"),
+        ({"data-path": "/x.csv", "ledger-path": "/l", "privacy-epsilon-budget": -1.0}, "finite number > 0"),
+        ({"data-path": "/x.csv", "ledger-path": "/l", "privacy-epsilon-budget": 1.0, "min-noise-multiplier": 0.0}, "never trains without DP"),
+    ],
+)
+def test_node_config_errors_name_the_key(node_config: dict, match: str):
+    with pytest.raises(NodeConfigError, match=match):
+        NodeConfig.from_context(Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={}))
+
+
+# ------------------------------------------------------------------ train
+def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, region: Path):
+    g = _global()
+    proposal = _config(**{protocol.LOCAL_EPOCHS: 50, protocol.DP_NOISE_MULTIPLIER: 0.1, protocol.DP_MAX_GRAD_NORM: 10.0})
+    ctx = _node(tmp_path, region / "H000.csv", **{"max-local-epochs": 2, "min-noise-multiplier": 0.8, "max-grad-norm": 0.5})
+    reply = handle_train(request(5, record(g), proposal), ctx)
+    assert not reply.has_error()
+    content = reply.content
+    assert set(content.array_records) == {protocol.ARRAYS} and set(content.metric_records) == {protocol.METRICS}
+    assert set(content.config_records) == {protocol.NODE_INFO}
+    assert dict(content[protocol.NODE_INFO]) == {protocol.HOSPITAL_ID: "H000"}
+    metrics = content[protocol.METRICS]
+    assert set(metrics) == protocol.TRAIN_METRIC_KEYS
+    # the node's caps win over the proposal
+    assert metrics[protocol.LOCAL_EPOCHS_USED] == 2 and metrics[protocol.NOISE_MULTIPLIER] == pytest.approx(0.8)
+    arrays = {k: v.numpy() for k, v in content[protocol.ARRAYS].items()}
+    assert set(arrays) == set(g) and any(not np.allclose(arrays[k], g[k]) for k in g)
+    # the epsilon it reports is the ledger's, cumulative and within the budget
+    body = json.loads((tmp_path / "ledger.json").read_text())["body"]
+    spends = [s for entry in body["entries"].values() for s in entry]
+    assert len(spends) == 1 and spends[0]["noise_multiplier"] == pytest.approx(0.8)
+    assert metrics[protocol.EPSILON] == pytest.approx(spends[0]["epsilon_node_after"])
+    assert 0 < metrics[protocol.EPSILON] <= 20.0
+    assert metrics[protocol.EPSILON_BUDGET_LEFT] == pytest.approx(20.0 - metrics[protocol.EPSILON])
+
+
+def test_exhausted_budget_is_a_clean_refusal_and_nothing_is_trained(tmp_path: Path, region: Path):
+    ctx = _node(tmp_path, region / "H000.csv", **{"privacy-epsilon-budget": 0.05})
+    reply = handle_train(request(5, record(_global()), _config()), ctx)
+    assert reply.has_error() and reply.error.code == Refusal.PRIVACY_BUDGET_EXCEEDED
+    assert reply.error.reason.startswith("privacy-budget-exceeded: ") and "above its budget 0.05" in reply.error.reason
+    body = json.loads((tmp_path / "ledger.json").read_text())["body"]
+    assert body["entries"] == {}  # nothing recorded
+
+
+def test_corrupt_ledger_is_a_clean_refusal(tmp_path: Path, region: Path):
+    ctx = _node(tmp_path, region / "H000.csv")
+    assert not handle_train(request(5, record(_global()), _config()), ctx).has_error()
+    text = (tmp_path / "ledger.json").read_text()
+    (tmp_path / "ledger.json").write_text(text.replace('"steps": ', '"steps": 1'))  # edit a spend by hand
+    reply = handle_train(request(5, record(_global()), _config()), ctx)
+    assert reply.has_error() and reply.error.code == Refusal.LEDGER_CORRUPT
+
+
+def test_invalid_data_is_refused_without_leaking_its_contents(tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,unit,admissions\n2024-01-01,icu,7\n2024-01-02,icu,secret-value-42\n")
+    reply = handle_train(request(5, record(_global()), _config()), _node(tmp_path, bad))
+    assert reply.has_error() and reply.error.code == Refusal.DATA_INVALID
+    assert "secret-value-42" not in reply.error.reason and "row" not in reply.error.reason
+
+
+def test_a_global_model_that_does_not_fit_is_refused(tmp_path: Path, region: Path):
+    wrong = _config(**{protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict() | {"n_features": 3})})
+    reply = handle_train(request(5, record(_global()), wrong), _node(tmp_path, region / "H000.csv"))
+    assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID and "F=3" in reply.error.reason
+    reply = handle_train(request(5, record({"w": np.zeros(3, np.float32)}), _config()), _node(tmp_path, region / "H000.csv"))
+    assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID
+
+
+def test_node_without_data_path_refuses_through_the_app(tmp_path: Path):
+    app = make_client_app()
+    ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    reply = app(request(5, record(_global()), _config()), ctx)
+    assert reply.has_error() and reply.error.code == Refusal.NODE_MISCONFIGURED
+
+
+# ------------------------------------------------------------------ evaluate
+def test_evaluate_reports_test_metrics_in_original_units(tmp_path: Path, region: Path):
+    ctx = _node(tmp_path, region / "H002.csv")
+    req = request(5, record(_global()), {protocol.MODEL_CONFIG: _config()[protocol.MODEL_CONFIG], protocol.WINDOW_SPEC: spec_to_json(SPEC)}, train=False)
+    reply = handle_evaluate(req, ctx)
+    assert not reply.has_error()
+    metrics = reply.content[protocol.METRICS]
+    assert set(metrics) == protocol.EVAL_METRIC_KEYS
+    assert metrics[protocol.NUM_EXAMPLES] > 0 and metrics[protocol.EVAL_MAE] > 0 and 0 < metrics[protocol.EVAL_WAPE] < 5
+    assert not (tmp_path / "ledger.json").exists()  # evaluation spends no privacy budget and opens no ledger
+    assert ConfigRecord  # imported for the type of node info

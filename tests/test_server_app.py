@@ -1,0 +1,73 @@
+"""The ServerApp's round loop with real ClientApps (delivered in-process): refusals, client-level DP, round logs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import make_client_app
+from client.protocol import Refusal
+from server.app import METRICS_FILE, run_federation
+from server.checkpoint import latest_checkpoint
+from server.config import RunConfig
+from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_region(tmp_path_factory.mktemp("app") / "r")
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+
+
+def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: Path, tmp_path: Path):
+    nodes = {
+        i + 1: {
+            "data-path": str(region / f"H00{i}.csv"),
+            "ledger-path": str(tmp_path / f"ledger{i}.json"),
+            "privacy-epsilon-budget": 0.05 if i == 2 else 20.0,  # node 3 cannot afford a round
+        }
+        for i in range(3)
+    }
+    keys = {"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "min-available-nodes": 3, "min-train-nodes": 3} | TINY
+    grid = DirectGrid(make_client_app(), nodes)
+    with task_identity():
+        result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
+    record = _log(tmp_path / "out")[-1]
+    assert record["round"] == 1 and record["model-updated"] is True
+    assert record["nodes"] == {"sampled": 3, "accepted": 2, "refused": 1}
+    refused = [o for o in record["outcomes"] if o["status"] == "refused"]
+    assert refused[0]["node"] == "3" and refused[0]["reason"].startswith("privacy-budget-exceeded")
+    assert record["train"]["num-nodes"] == 2
+    assert all(np.isfinite(v).all() for v in result.arrays.values())
+    # the refusing node evaluated fine: evaluation spends no budget
+    assert record["evaluate"]["num-nodes"] == 3
+    assert not json.loads((tmp_path / "ledger2.json").read_text())["body"]["entries"]
+    assert Refusal.PRIVACY_BUDGET_EXCEEDED.slug == "privacy-budget-exceeded"
+
+
+def test_client_level_dp_option_runs_and_reports_its_epsilon(region: Path, tmp_path: Path):
+    keys = {
+        "simulation-data-dir": str(region), "out-dir": str(tmp_path / "out"), "num-server-rounds": 2,
+        "min-available-nodes": 3, "min-train-nodes": 3, "client-dp": True, "client-dp-noise-multiplier": 1.0,
+        "client-dp-clipping-norm": 0.5, "simulation-epsilon-budget": 50.0,
+    } | TINY
+    grid = DirectGrid(make_client_app(keys), {1: {"partition-id": 0}, 2: {"partition-id": 1}, 3: {"partition-id": 2}})
+    with task_identity():
+        result = run_federation(grid, RunConfig.from_mapping(keys), run_id=4)
+    rounds = [r for r in _log(tmp_path / "out") if r["round"] > 0]
+    eps = [r["client-dp-epsilon"] for r in rounds]
+    assert all(r["model-updated"] for r in rounds)
+    assert 0 < eps[0] < eps[1] and all(math.isfinite(e) for e in eps)
+    # each round's client-level epsilon is the Gaussian mechanism's, composed: the same numbers as the formula
+    from server.strategies import client_dp_epsilon
+
+    assert eps[1] == pytest.approx(client_dp_epsilon(noise_multiplier=1.0, releases=2, delta=1e-5))
+    assert latest_checkpoint(tmp_path / "out" / "checkpoints").strategy_state == {"client-dp-releases": 2}
+    assert all(np.isfinite(v).all() for v in result.arrays.values())

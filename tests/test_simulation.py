@@ -1,0 +1,131 @@
+"""`medalloc simulate` end to end on Flower's Simulation Engine (Ray), plus the scenario and CLI error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medalloc_core.cli import app as cli
+from medalloc_core.privacy.ledger import PrivacyLedger
+from simulations.runner import ResultsExist, prepare_out_dir, run_scenario
+from simulations.scenario import ScenarioError, load_scenario, parse_scenario
+
+SMALL = """
+name = "test"
+[region]
+hospitals = 3
+days = 240
+seed = 3
+short_history_fraction = 0.0
+min_beds = 60
+max_beds = 300
+[federation]
+num-server-rounds = 2
+local-epochs = 2
+history = 14
+horizon = 7
+hidden = 16
+batch-size = 32
+lr = 0.01
+[privacy]
+epsilon-budget = 12.0
+[comparisons]
+baselines = ["seasonal_naive", "holt_winters"]
+[output]
+forecast-plots = 2
+"""
+
+
+@pytest.mark.slow
+def test_small_simulation_writes_every_result_and_learns(tmp_path: Path):
+    scenario_file = tmp_path / "small.toml"
+    scenario_file.write_text(SMALL)
+    out = tmp_path / "results"
+    summary = run_scenario(load_scenario(scenario_file), out)
+
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["nodes"] == {"sampled": 3, "accepted": 3} for r in rounds[1:])
+    assert (out / "final_model.safetensors").stat().st_size > 0
+    assert json.loads((out / "final_model.json").read_text())["model-config"]["hidden"] == 16
+    for png in ["metrics_per_round.png", "comparison_wape.png", "forecast_H000.png", "forecast_H001.png"]:
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "scenario.toml").read_text() == SMALL
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(on_disk["methods"]) == {"federated", "initial model", "local only", "local only DP", "centralized", "seasonal_naive", "holt_winters"}
+    fed = on_disk["methods"]["federated"]
+    assert set(fed["per_hospital"]) == {"H000", "H001", "H002"}
+    # the federated model beats the initial one on the test split (pinball: the loss it is trained on)
+    assert fed["overall"]["volume_weighted"]["pinball"] < on_disk["methods"]["initial model"]["overall"]["volume_weighted"]["pinball"]
+    # every node spent privacy, within its own budget, and the summary reports what the ledgers hold
+    for hid in ("H000", "H001", "H002"):
+        ledger = PrivacyLedger.load(out / "region" / "ledgers" / f"{hid}.json")
+        assert 0 < ledger.epsilon_spent() <= 12.0
+        assert summary["federation"]["epsilon_per_hospital"][hid] == pytest.approx(ledger.epsilon_spent())
+        # local-only DP replays exactly the federated spend
+        assert on_disk["local_only_dp_epsilon"][hid] == pytest.approx(ledger.epsilon_spent(), rel=0.02)
+
+    with pytest.raises(ResultsExist, match="--force"):
+        run_scenario(load_scenario(scenario_file), out)
+
+
+def test_results_folder_is_never_replaced_without_force_nor_if_foreign(tmp_path: Path):
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    with pytest.raises(ResultsExist, match="--force"):
+        prepare_out_dir(foreign, force=False)
+    with pytest.raises(ResultsExist, match="not a MedAlloc results folder"):
+        prepare_out_dir(foreign, force=True)
+    assert (foreign / "chapter1.tex").read_text() == "precious"
+
+
+def test_embedded_default_scenario_needs_no_file():
+    scenario = load_scenario()
+    assert scenario.source == "embedded default" and scenario.hospitals == 5
+    assert scenario.federation["strategy"] == "fedavg"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[federation]\nstrategy = 'fedsgd'\n", "strategy 'fedsgd' is unknown"),
+        ("[federation]\nnum-rounds = 3\n", "unknown run-config key 'num-rounds'"),
+        ("[region]\nhospitals = 0\n", "hospitals must be at least 1"),
+        ("[comparisons]\nbaselines = ['arima']\n", "unknown baseline"),
+        ("[extras]\nx = 1\n", "unknown section"),
+    ],
+)
+def test_bad_scenarios_name_the_problem(text: str, match: str):
+    import tomllib
+
+    with pytest.raises(ScenarioError, match=match):
+        parse_scenario(tomllib.loads(text))
+
+
+def test_show_default_prints_the_embedded_scenario_verbatim():
+    import tomllib
+
+    from simulations.scenario import default_scenario_text
+
+    result = CliRunner().invoke(cli, ["simulate", "--show-default"])
+    assert result.exit_code == 0 and result.output == default_scenario_text()
+    assert tomllib.loads(result.output)["federation"]["strategy"] == "fedavg"
+
+
+def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation]\nlr = 'fast'\n")
+    result = CliRunner().invoke(cli, ["simulate", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "run-config 'lr' must be a number" in result.output
+    missing = CliRunner().invoke(cli, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "cannot read the scenario" in missing.output
+    existing = tmp_path / "done"
+    existing.mkdir()
+    (existing / "summary.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["simulate", "--out", str(existing)])
+    assert result.exit_code == 2 and "--force" in result.output
