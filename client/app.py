@@ -14,13 +14,14 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from client import protocol
 from client.config import NodeConfig, NodeConfigError
@@ -225,15 +226,18 @@ def _seed(base: int, server_round: int, hospital_id: str) -> int:
 
 
 # ------------------------------------------------------------------ the app
-def make_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
+def make_client_app(run_config: Mapping[str, Any] | None = None, *, mods: Sequence[Mod] = ()) -> ClientApp:
     """Build the ClientApp; ``run_config`` supplies run-config keys Flower's Python simulation API cannot pass.
+
+    ``mods`` are Flower client mods wrapped around both handlers, first = outermost (the
+    poisoning tests and benchmark wrap an honest node in ``simulations.attacks.AttackMod``).
 
     ``flwr.simulation.run_simulation`` gives virtual nodes an empty run config, so the
     simulation runner hands its (simulation-only) keys here. Under ``flwr run`` and on real
     SuperNodes ``run_config`` is ``None`` and Flower's own run config is used unchanged.
     """
     extra = dict(run_config or {})
-    app = ClientApp()
+    app = ClientApp(mods=list(mods))
 
     def fused(context: Context) -> Mapping[str, Any] | None:
         # Flower forbids changing context.run_config, so the fused mapping is passed along instead.

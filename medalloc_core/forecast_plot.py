@@ -47,7 +47,7 @@ def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, path: Path, *, 
         ax.tick_params(axis="x", labelrotation=30)
     for ax in axes.ravel()[len(units):]:
         ax.axis("off")
-    axes.ravel()[0].legend(loc="upper left", fontsize=8)
+    axes.ravel()[0].legend(loc="best", fontsize=8, framealpha=0.6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.features import WindowSpec
 from medalloc_core.models import ForecasterConfig, build_model
 
@@ -73,19 +72,6 @@ def spec_to_dict(spec: WindowSpec) -> dict[str, Any]:
             "val_periods": spec.val_periods, "test_periods": spec.test_periods}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     path: Path,
     model: nn.Module,
@@ -122,14 +108,14 @@ def save_model(
             raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
     data = st_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     meta = dict(extra or {})
     clash = {"model-config", "window-spec", "sha256", "format-version"} & set(meta)
     if clash:
         raise ValueError(f"extra metadata may not set {sorted(clash)}")
     meta |= {"model-config": config.to_dict(), "window-spec": spec_json,
              "sha256": hashlib.sha256(data).hexdigest(), "format-version": FORMAT_VERSION}
-    _atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
+    atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
     logger.info("model saved to %s", path)
     return path
 

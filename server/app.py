@@ -25,7 +25,8 @@ from flwr.serverapp.strategy import FedAdam
 from client import protocol
 from client.task import model_config, spec_to_json, state_arrays, window_spec
 from medalloc_core.models import build_model
-from server.checkpoint import Checkpoint, atomic_write_bytes, latest_checkpoint, save_checkpoint, save_model
+from medalloc_core.atomic import atomic_write_bytes
+from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint, save_model
 from server.config import RunConfig, RunConfigError
 from server.reply_checks import NodeOutcome, outcomes_by_status
 from server.strategies import BuiltStrategy, build_strategy, client_dp_epsilon

@@ -148,10 +148,21 @@ class RoundReport:
     evaluate: list[NodeOutcome] = field(default_factory=list)
 
 
+def _untrusted(text: object, limit: int = 80) -> str:
+    """A node-supplied string made safe for one log line: control characters escaped, at most ``limit`` characters.
+
+    A hostile node chooses its hospital id, record names and error reasons; unescaped, a
+    newline in them would forge coordinator log lines, and their length is unbounded.
+    """
+    value = str(text)
+    clipped = value[:limit] + ("..." if len(value) > limit else "")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in clipped)
+
+
 def _hospital_id(message: Message) -> str:
     info = message.content.config_records.get(protocol.NODE_INFO)
     value = info.get(protocol.HOSPITAL_ID, "") if info is not None else ""
-    return str(value)
+    return _untrusted(value) if value else ""
 
 
 def _only_metric_record(message: Message) -> MetricRecord | None:
@@ -161,7 +172,7 @@ def _only_metric_record(message: Message) -> MetricRecord | None:
 
 def _error_outcome(message: Message, node_id: int) -> NodeOutcome:
     code = message.error.code
-    reason = message.error.reason or ""
+    reason = _untrusted(message.error.reason or "", limit=300)
     status = "refused" if code in {r.value for r in protocol.Refusal} else "failed"
     return NodeOutcome(node_id, status, reason)
 
@@ -266,6 +277,7 @@ class ReplyFilter(Strategy):
             reason, norm = self._check(message, train=train)
             hospital = _hospital_id(message)
             if reason is not None:
+                reason = _untrusted(reason, limit=300)  # may quote node-chosen keys and names
                 logger.warning(
                     "round %s %s: dropped reply from node %s%s: %s",
                     server_round,
@@ -294,12 +306,18 @@ class ReplyFilter(Strategy):
         metrics = _only_metric_record(message)
         if metrics is None:
             return f"expected exactly one MetricRecord, got {len(content.metric_records)}", None
+        if protocol.METRICS not in content.metric_records:
+            # Flower reads every reply's records under the *first* reply's record name: one node
+            # naming its record differently would make it reject the whole round's aggregation.
+            return f"MetricRecord is named '{_untrusted(next(iter(content.metric_records)))}', expected '{protocol.METRICS}'", None
         required = protocol.TRAIN_METRIC_KEYS if train else protocol.EVAL_METRIC_KEYS
         reason = check_metrics(metrics, required=required, max_examples=self.limits.max_examples)
         if reason is not None or not train:
             return reason, None
         if len(content.array_records) != 1:
             return f"expected exactly one ArrayRecord, got {len(content.array_records)}", None
+        if protocol.ARRAYS not in content.array_records:
+            return f"ArrayRecord is named '{_untrusted(next(iter(content.array_records)))}', expected '{protocol.ARRAYS}'", None
         assert self._global is not None
         arrays = next(iter(content.array_records.values()))
         reason = check_arrays(arrays, self._global)

@@ -43,7 +43,7 @@ def forecast_plot(path: Path, hospital: str, dataset: HospitalDataset, y: np.nda
             ax.plot(days, q[r, :, t, mid], color="tab:blue", lw=1.4, label=f"{H}-day forecast (median)" if k == 0 else None)
         ax.set_title(f"{hospital}, unit {unit}: {target}")
         ax.set_ylabel("patients" if target != "census" else "occupied beds")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="best", fontsize=8, framealpha=0.6)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -71,6 +71,8 @@ def simulate_federation(
     """Run the project's ServerApp and ClientApp on Flower's Simulation Engine (Ray backend), one virtual node per hospital."""
     from flwr.simulation import run_simulation
 
+    # No accelerators are used; this opts in to Ray's future behaviour and silences its warning about it.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     backend = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {

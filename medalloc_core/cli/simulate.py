@@ -107,6 +107,9 @@ def simulate(
     logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's own INFO/WARNING lines would drown the progress display
     for h in logging.getLogger("flwr").handlers:
         h.setLevel(logging.ERROR)
+    # The generated region has overflow days by design; the validator's per-file warnings about
+    # them are for hospitals checking real data (`medalloc validate`), not for this display.
+    logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     console.print(
         f"[bold]MedAlloc simulation[/] '{scenario.name}' ({scenario.source}): {scenario.hospitals} hospitals, "
         f"{scenario.federation.get('num-server-rounds', 5)} rounds of {scenario.federation.get('strategy', 'fedavg')} -> {out}",

@@ -9,13 +9,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
@@ -131,35 +131,6 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file.
-
-    Temp file in the same directory, fsync, ``os.replace`` (atomic on POSIX), fsync the
-    directory so the rename itself survives a power cut.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # no patient data inside: numbers and fingerprints only
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _fix_hint(path: Path) -> str:
@@ -417,7 +388,7 @@ class PrivacyLedger:
                 state = _read_state(path)
             except LedgerMissing:
                 state = _State.new(epsilon_budget=float(epsilon_budget), delta=float(delta), accountant=accountant)
-                _write_atomic(path, _serialise(state))
+                atomic_write_bytes(path, _serialise(state))
                 logger.info(
                     "created privacy ledger %s (budget epsilon=%g at delta=%g, %s accountant)",
                     path,
@@ -648,8 +619,8 @@ def _commit(path: Path, state: _State) -> None:
     """Write ``state`` atomically, keeping the current (verified) file as ``<path>.bak``."""
     backup = path.with_name(path.name + ".bak")
     if path.exists():
-        _write_atomic(backup, path.read_bytes())
-    _write_atomic(path, _serialise(state))
+        atomic_write_bytes(backup, path.read_bytes())
+    atomic_write_bytes(path, _serialise(state))
 
 
 def _remove_stray_temp_files(path: Path) -> None:
