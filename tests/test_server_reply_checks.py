@@ -134,14 +134,14 @@ def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node()
     sent = list(f.configure_train(1, g, __import__("flwr").app.ConfigRecord(), _Grid()))  # type: ignore[arg-type]
     for message in sent:  # what the Grid does when it pushes them
         message.metadata.__dict__["_message_id"] = message.object_id
-    lost = sent[4]
+    honest_one, lost = [m for m in sent if m.metadata.dst_node_id != 1][:2]  # the sample's order is random
     unavailable = Message(error=Error(code=0, reason="Error: Node Unavailable"), reply_to=lost)
     unavailable.metadata.__dict__["_src_node_id"] = 1  # flwr SUPERLINK_NODE_ID, as the SuperLink writes it
     assert unavailable.metadata.src_node_id == 1 and lost.metadata.dst_node_id != 1
-    replies = [train_reply(sent[0].metadata.dst_node_id, honest(0), train_metrics(), g), unavailable]
+    replies = [train_reply(honest_one.metadata.dst_node_id, honest(0), train_metrics(), g), unavailable]
     f.aggregate_train(1, replies)
     assert [(o.node_id, o.status) for o in f.report.train] == [
-        (sent[0].metadata.dst_node_id, "accepted"), (lost.metadata.dst_node_id, "failed")
+        (honest_one.metadata.dst_node_id, "accepted"), (lost.metadata.dst_node_id, "failed")
     ]
 
 
