@@ -8,9 +8,22 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from client import protocol
-from server.reply_checks import ReplyFilter, ReplyLimits, check_arrays, check_metrics, clamp_weights, update_norm
+from server.reply_checks import (
+    ReplyFilter,
+    ReplyLimits,
+    check_arrays,
+    check_metrics,
+    clamp_weights,
+    update_norm,
+)
 from server.strategies import aggregate_eval_metrics, aggregate_train_metrics
-from tests.fed_fixtures import error_reply, record, task_identity, train_metrics, train_reply
+from tests.fed_fixtures import (
+    error_reply,
+    record,
+    task_identity,
+    train_metrics,
+    train_reply,
+)
 
 GLOBAL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import time
@@ -34,7 +33,14 @@ from safetensors.numpy import load_file
 
 from medalloc_core.privacy.ledger import PrivacyLedger
 from tests.e2e.harness import Proc, ProcessHarness, cmdline, tagged_pids
-from tests.e2e.test_deployment import COPY_IGNORE, REPO, Federation, exec_last, free_port, generate_region
+from tests.e2e.test_deployment import (
+    COPY_IGNORE,
+    REPO,
+    Federation,
+    exec_last,
+    free_port,
+    generate_region,
+)
 
 pytestmark = pytest.mark.slow
 
