@@ -1,0 +1,380 @@
+"""End to end on real Flower processes, driven by the commands in docs/deploy.md and docs/hospital.md.
+
+A SuperLink with TLS, a persistent database and node authentication behind the Fleet
+gateway; hospital SuperNodes with generated keys; a run started with ``flwr run``; an
+unregistered node refused; the Control API refused through the gateway. Each ``bash
+e2e:NAME`` block of the two pages is executed as written, after a small table of asserted
+substitutions (free ports for the documented ones, temporary directories for ``/srv/medalloc``
+and ``/opt/medalloc-node``), so the pages cannot drift from what works.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e.harness import Proc, ProcessHarness, cmdline, free_port, tagged_pids
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_APP = Path(__file__).parent / "toy_app"
+BIN = Path(sys.executable).parent
+COORD_DOC_DIR = "/srv/medalloc"
+NODE_DOC_DIR = "/opt/medalloc-node"
+# flwr.supercore.exit.ExitCode.SUPERNODE_CONNECTION_ERROR; Flower logs this code, but the
+# process exit status is 1 for every error code (flwr/supercore/exit/exit.py, flwr_exit).
+SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
+
+
+def doc_blocks(page: Path) -> dict[str, str]:
+    """The ``bash e2e:NAME`` code blocks of a docs page, by name."""
+    text = page.read_text(encoding="utf-8")
+    blocks = {m[1]: m[2] for m in re.finditer(r"^```bash e2e:(\S+)\n(.*?)^```", text, re.M | re.S)}
+    assert blocks, f"no e2e blocks in {page}"
+    return blocks
+
+
+def adapt(block: str, substitutions: dict[str, str]) -> str:
+    """Apply the test's substitutions, each of which must occur in the documented command.
+
+    Ports and addresses are asserted so that a changed page fails here instead of running
+    something else; the documented directories are swapped for temporary ones where they occur.
+    """
+    for old, new in substitutions.items():
+        assert old in block, f"the docs no longer contain {old!r} in:\n{block}"
+        block = block.replace(old, new)
+    return block
+
+
+def exec_last(block: str) -> str:
+    """Make bash ``exec`` the block's last command, so the started PID is that process."""
+    commands = re.split(r"(?<!\\)\n", block.strip())
+    commands[-1] = "exec " + commands[-1]
+    return "\n".join(commands)
+
+
+def wait_port(port: int, proc: Proc, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.popen.poll() is None, f"{proc.name} exited early:\n{proc.read_log()[-3000:]}"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{proc.name} never listened on {port}:\n{proc.read_log()[-3000:]}")
+
+
+@dataclass
+class Federation:
+    """One coordinator and its hospitals on loopback, set up through the documented commands."""
+
+    harness: ProcessHarness
+    root: Path
+    deploy: dict[str, str] = field(default_factory=lambda: doc_blocks(REPO / "docs" / "deploy.md"))
+    hospital: dict[str, str] = field(default_factory=lambda: doc_blocks(REPO / "docs" / "hospital.md"))
+    link_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.coord = self.root / "coordinator"
+        self.coord.mkdir(parents=True)
+        shim = self.root / "bin"
+        shim.mkdir()
+        # What `pip install .` would put on PATH: the `medalloc` console script.
+        (shim / "medalloc").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m medalloc_core.cli "$@"\n')
+        (shim / "medalloc").chmod(0o755)
+        self.path = f"{shim}:{BIN}:/usr/bin:/bin"
+
+    # ---------------------------------------------------------------- environments
+    def coord_env(self) -> dict[str, str]:
+        return self.harness.env(HOME=str(self.root / "coordinator-home"), PATH=self.path, PYTHONPATH=str(REPO))
+
+    def node_dir(self, hospital: str) -> Path:
+        return self.root / f"node-{hospital}"
+
+    def node_env(self, hospital: str) -> dict[str, str]:
+        return self.harness.env(HOME=str(self.root / f"home-{hospital}"), PATH=self.path, PYTHONPATH=str(REPO))
+
+    def coord_block(self, name: str, extra: dict[str, str] | None = None) -> str:
+        return adapt(self.deploy[name], extra or {}).replace(COORD_DOC_DIR, str(self.coord))
+
+    def node_block(self, name: str, hospital: str, extra: dict[str, str] | None = None) -> str:
+        block = adapt(self.hospital[name], extra or {})
+        return block.replace(NODE_DOC_DIR, str(self.node_dir(hospital))).replace("H000", hospital)
+
+    def sh(
+        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return self.harness.run(name, ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
+
+    def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60) -> str:
+        result = self.sh(name, script, env, cwd=cwd, timeout=timeout)
+        assert result.returncode == 0, f"{name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    # ---------------------------------------------------------------- coordinator
+    def start_coordinator(self) -> None:
+        env = self.coord_env()
+        self.ok("workdir", self.coord_block("workdir"), env, cwd=self.root)
+        self.ok("certs", self.coord_block("certs"), env, cwd=self.root)
+        self.start_superlink()
+        gateway = self.coord_block(
+            "gateway", {"0.0.0.0:9092": f"127.0.0.1:{self.gateway_port}", "9091": str(self.link_port)}
+        )
+        self.gateway = self.harness.start("gateway", ["bash", "-c", exec_last(gateway)], cwd=self.root, env=env)
+        wait_port(self.gateway_port, self.gateway, timeout=60)
+        self.ok("flwr-config", self.coord_block("flwr-config", {"9091": str(self.link_port)}), env, cwd=self.root)
+
+    def start_superlink(self) -> None:
+        block = self.coord_block("superlink", {"--port 9091": f"--port {self.link_port}"})
+        name = f"superlink-{sum(p.name.startswith('superlink') for p in self.harness.procs)}"
+        self.superlink = self.harness.start(name, ["bash", "-c", exec_last(block)], cwd=self.root, env=self.coord_env())
+        self.superlink.wait_for_log(r"Uvicorn running on https://", timeout=60)
+        wait_port(self.link_port, self.superlink, timeout=30)
+
+    def register(self, hospital: str) -> str:
+        shutil.copy(self.node_dir(hospital) / "keys" / f"{hospital}.pub", self.coord / "hospital-keys")
+        out = self.ok(f"register-{hospital}", self.coord_block("register").replace("H000", hospital),
+                      self.coord_env(), cwd=self.root)
+        return re.search(r"SuperNode (\d+) registered successfully", out)[1]
+
+    def flwr_json(self, name: str, args: str, *, cwd: Path | None = None) -> dict:
+        out = self.ok(name, f"flwr {args} --format json", self.coord_env(), cwd=cwd or self.coord)
+        return json.loads(out[out.index("{"):])
+
+    def node_ids(self) -> dict[str, str]:
+        nodes = self.flwr_json("list-json", "supernode list medalloc")["nodes"]
+        return {n["node-id"]: n["status"] for n in nodes}
+
+    # ---------------------------------------------------------------- hospitals
+    def prepare_hospital(self, hospital: str, data: Path, *, validate: bool) -> None:
+        node = self.node_dir(hospital)
+        (node / "data").mkdir(parents=True)
+        shutil.copy(data, node / "data" / f"{hospital}.csv")
+        shutil.copy(self.coord / "certs" / "ca.crt", node / "ca.crt")
+        env = self.node_env(hospital)
+        if validate:
+            self.ok(f"validate-{hospital}", self.node_block("validate", hospital), env, cwd=node)
+        out = self.ok(f"keys-{hospital}", self.node_block("keys", hospital), env, cwd=node)
+        assert "SHA256:" in out
+
+    def start_supernode(self, hospital: str) -> Proc:
+        block = self.node_block("supernode", hospital, {
+            "superlink.example.org:9092": f"127.0.0.1:{self.gateway_port}",
+            "--port 9094": f"--port {free_port()}",
+        })
+        return self.harness.start(f"supernode-{hospital}", ["bash", "-c", exec_last(block)],
+                                  cwd=self.root, env=self.node_env(hospital))
+
+    # ---------------------------------------------------------------- runs
+    def run(self, app_dir: Path, extra_run_config: str) -> str:
+        block = self.coord_block("run").rstrip() + f" --run-config '{extra_run_config}'"
+        out = self.ok("flwr-run", block, self.coord_env(), cwd=app_dir, timeout=120)
+        return re.search(r"Successfully started run (\d+)", out)[1]
+
+    def wait_run(self, run_id: str, *, timeout: float) -> tuple[dict, set[str]]:
+        """Poll until the run finishes; also note which Flower processes carried our tag meanwhile."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in tagged_pids(self.harness.tag):
+                if m := re.search(r"flwr-serverapp|flwr-clientapp|flower-superexec", cmdline(pid)):
+                    seen.add(m[0])
+            run = self.flwr_json("list-run", f"list medalloc --run-id {run_id}")["runs"][0]
+            if run["status"].startswith("finished"):
+                return run, seen
+            time.sleep(2)
+        log = self.sh("log", f"flwr log {run_id} medalloc --show", self.coord_env(), cwd=self.coord).stdout
+        raise AssertionError(f"run {run_id} did not finish in {timeout}s; ServerApp log:\n{log[-4000:]}")
+
+
+def _deploy(fed: Federation, data: dict[str, Path], *, validate: bool) -> tuple[dict[str, str], Proc]:
+    """Coordinator up, hospitals keyed, all but the last registered and started; returns node ids."""
+    fed.start_coordinator()
+    *members, intruder = data
+    for hospital in data:
+        fed.prepare_hospital(hospital, data[hospital], validate=validate and hospital != intruder)
+    ids = {hospital: fed.register(hospital) for hospital in members}
+    nodes = {hospital: fed.start_supernode(hospital) for hospital in data}
+    for hospital in members:
+        logged = nodes[hospital].wait_for_log(r"SuperNode ID: (\d+)", timeout=90)[1]
+        assert logged == ids[hospital]
+
+    # The unregistered hospital is refused at activation and exits by itself.
+    refused = nodes[intruder]
+    refused.popen.wait(timeout=90)
+    assert refused.popen.returncode == 1, refused.read_log()[-2000:]
+    assert SUPERNODE_CONNECTION_ERROR in refused.read_log()
+    assert "Failed to activate SuperNode" in refused.read_log()
+    assert "SuperNode ID" not in refused.read_log()
+
+    # The SuperLink knows exactly the registered nodes, all online.
+    deadline = time.monotonic() + 30
+    while set((listed := fed.node_ids()).values()) != {"online"} and time.monotonic() < deadline:
+        time.sleep(1)
+    assert listed == {ids[h]: "online" for h in members}
+    fed.ok("list", fed.coord_block("list"), fed.coord_env(), cwd=fed.coord)
+
+    # Through the gateway the Control API is refused (so is registering a key there).
+    conf = fed.root / "coordinator-home" / ".flwr" / "config.toml"
+    with conf.open("a", encoding="utf-8") as f:
+        f.write(f'\n[superlink.via-gateway]\naddress = "127.0.0.1:{fed.gateway_port}"\n'
+                f'root-certificates = "{fed.coord / "certs" / "ca.crt"}"\n')
+    for args in ("supernode list via-gateway",
+                 f"supernode register {fed.node_dir(intruder) / 'keys' / (intruder + '.pub')} via-gateway"):
+        refused_cli = fed.sh("via-gateway", f"flwr {args}", fed.coord_env(), cwd=fed.coord)
+        assert refused_cli.returncode != 0
+        assert "403" in refused_cli.stdout + refused_cli.stderr
+    assert len(fed.node_ids()) == len(members)
+    return ids, refused
+
+
+def _check_restart_keeps_registrations(fed: Federation, ids: dict[str, str]) -> None:
+    """``--database``: a restarted SuperLink still knows the registered hospitals."""
+    fed.superlink.popen.terminate()
+    fed.superlink.popen.wait(timeout=30)
+    fed.start_superlink()
+    assert set(fed.node_ids()) == set(ids.values())
+
+
+def generate_region(fed: Federation, hospitals: int, days: int) -> dict[str, Path]:
+    """Hospital files from the project's own generator (``medalloc generate``)."""
+    out = fed.root / "region"
+    fed.ok("generate", f"medalloc generate --hospitals {hospitals} --days {days} --seed 0 --out {out}",
+           fed.coord_env(), cwd=fed.root)
+    return {f"H{i:03d}": out / f"H{i:03d}.csv" for i in range(hospitals)}
+
+
+@pytest.mark.slow
+def test_toy_app_through_documented_deployment(harness: ProcessHarness, tmp_path: Path) -> None:
+    """The documented commands with a throwaway app: proves TLS, node auth, gateway, `flwr run`.
+
+    The toy model is one number fitted by squared error to each hospital's daily admissions;
+    with lr = 0.5 one local step lands on the local mean, so after FedAvg (weighted by rows)
+    the global model is the pooled mean and its federated evaluation loss is the pooled
+    variance: both are computed here by hand from the generated files.
+    """
+    app = tmp_path / "toy_app"
+    shutil.copytree(TOY_APP, app)
+    fed = Federation(harness, tmp_path)
+    data = generate_region(fed, hospitals=4, days=60)
+    ids, _ = _deploy(fed, data, validate=True)
+
+    run_id = fed.run(app, "num-server-rounds=2 lr=0.5")
+    run, seen = fed.wait_run(run_id, timeout=150)
+    assert run["status"] == "finished:completed", run
+    assert "flwr-serverapp" in seen  # the ServerApp process carried the tag: teardown can find it
+
+    out = fed.coord / "results" / "run-001"
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    admissions = np.concatenate(
+        [np.loadtxt(data[h], delimiter=",", skiprows=1, usecols=2) for h in ("H000", "H001", "H002")]
+    )
+    pooled_mean = float(admissions.mean())
+    initial_loss = float(np.mean(admissions**2))  # the initial model is w = 0
+    final_loss = float(np.mean((admissions - pooled_mean) ** 2))
+    assert float(np.load(out / "final_model.npy")[0]) == pytest.approx(pooled_mean, rel=1e-9)
+    assert rounds[-1]["eval-loss"] == pytest.approx(final_loss, rel=1e-6)
+    assert final_loss < initial_loss
+
+    # Every registered node trained each round; the refused one never ran anything.
+    for hospital in ("H000", "H001", "H002"):
+        ledger = fed.node_dir(hospital) / "privacy-ledger.json"
+        entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+        assert [e["run"] for e in entries] == [int(run_id)] * 2
+    assert not (fed.node_dir("H003") / "privacy-ledger.json").exists()
+
+    _check_restart_keeps_registrations(fed, ids)
+
+
+COPY_IGNORE = (".git", ".venv", "results", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build", "dist")
+REAL_APP_READY = all((REPO / p).is_file() for p in ("server/app.py", "client/app.py", "medalloc_core/cli/privacy.py"))
+# Small and quick: the documented run is 20 rounds of the default model. Only the keys the
+# app's [tool.flwr.app.config] declares are passed (Flower refuses unknown keys), so a
+# renamed model-size key makes the run slower, not the test wrong.
+REAL_APP_FAST_CONFIG = {
+    # DP-SGD noise on a mean gradient is noise-multiplier x clip / batch: batches of 128 keep
+    # it well under the signal, so two rounds reliably beat the initial model.
+    "num-server-rounds": 2, "local-epochs": 2, "batch-size": 128, "lr": 0.05,
+    "history": 14, "lookback": 14, "horizon": 7, "hidden": 16, "hidden-size": 16,
+}
+
+
+def fast_run_config(app_dir: Path) -> str:
+    import tomllib
+
+    declared = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert "num-server-rounds" in declared
+    return " ".join(f"{k}={v}" for k, v in REAL_APP_FAST_CONFIG.items() if k in declared)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not REAL_APP_READY,
+    reason="MedAlloc's ServerApp/ClientApp (branch federation: server/app.py, client/app.py, "
+    "medalloc privacy) are not merged into this branch yet",
+)
+def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_path: Path) -> None:
+    """The documented commands with MedAlloc itself: `flwr run .` from the project directory.
+
+    The run must complete, the global model must evaluate better on the hospitals' held-out
+    weeks at the end than at the start (round 0, the initial model, when the ServerApp
+    reports it; otherwise the first round), and every registered hospital's privacy ledger
+    must show the rounds it trained, within its budget; the refused hospital has no ledger.
+    """
+    fed = Federation(harness, tmp_path)
+    data = generate_region(fed, hospitals=4, days=365)
+    ids, _ = _deploy(fed, data, validate=True)
+
+    # `flwr run .` rewrites the app's pyproject.toml when it has an active
+    # [tool.flwr.federations] table (flwr/cli/config_migration.py): it runs on a copy,
+    # never on the checkout.
+    app = tmp_path / "medalloc-src"
+    shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+    checkout_pyproject = (REPO / "pyproject.toml").read_bytes()
+    run_id = fed.run(app, fast_run_config(app))
+    assert (REPO / "pyproject.toml").read_bytes() == checkout_pyproject
+    run, seen = fed.wait_run(run_id, timeout=420)
+    log = fed.sh("log", f"flwr log {run_id} medalloc --show", fed.coord_env(), cwd=fed.coord).stdout
+    assert run["status"] == "finished:completed", f"{run}\n{log[-4000:]}"
+    assert "flwr-serverapp" in seen
+
+    out = fed.coord / "results" / "run-001"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = {r["round"]: (r.get("evaluate") or {}).get("eval-loss") for r in rows}
+    evals = {rnd: loss for rnd, loss in evals.items() if loss is not None}
+    assert 0 in evals and max(evals) == 2, f"expected round 0 (the initial model) to round 2: {rows}"
+    assert evals[2] < evals[0], evals
+    assert (out / "final_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").glob("round-*.json")) == ["round-0001.json", "round-0002.json"]
+
+    # Each registered hospital's ledger records one spend per round it trained in (its
+    # reply accepted, or dropped by the coordinator's checks after training), and no more.
+    for hospital in ("H000", "H001", "H002"):
+        trained = [
+            r["round"] for r in rows for o in r.get("outcomes", [])
+            if o["node"] == ids[hospital] and o["status"] in ("accepted", "dropped")
+        ]
+        ledger = fed.node_dir(hospital) / "privacy-ledger.json"
+        env = fed.node_env(hospital)
+        if hospital == "H000":  # the documented command, once; the JSON form for the checks
+            fed.ok(f"privacy-{hospital}", fed.node_block("privacy", hospital), env, cwd=fed.node_dir(hospital))
+        report = json.loads(fed.ok(f"privacy-json-{hospital}", f"medalloc privacy --ledger {ledger} --json",
+                                   env, cwd=fed.node_dir(hospital)))
+        spends = [s for entry in report["entries"] for s in entry["spends"]]
+        assert trained, f"{hospital} trained in no round: {rows}"
+        assert len(spends) == len(trained), (hospital, trained, spends, rows)
+        assert all(run_id in s["run_id"] for s in spends), spends
+        assert report["epsilon_budget"] == 8.0
+        assert 0 < report["epsilon_spent"] <= 8.0
+    assert not (fed.node_dir("H003") / "privacy-ledger.json").exists()

@@ -1,0 +1,1 @@
+"""Toy Flower App for the deployment tests: federated estimation of a mean."""
