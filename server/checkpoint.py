@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -124,7 +125,10 @@ def _load_verified(path: Path, expected: str | None) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: cannot read ({exc})") from exc
     if expected is not None and _sha256(data) != expected:
         raise CheckpointError(f"{path}: SHA-256 does not match its checkpoint record; the file was altered or torn")
-    return dict(st_load(data))
+    try:
+        return dict(st_load(data))
+    except SafetensorError as exc:  # e.g. a pickle dressed as a checkpoint: refused, never unpickled
+        raise CheckpointError(f"{path}: not a safetensors file ({exc})") from exc
 
 
 def latest_checkpoint(directory: Path) -> Checkpoint | None:
