@@ -160,13 +160,20 @@ def write_forecast(frame: pd.DataFrame, path: Path, *, overwrite: bool = False) 
     overwrite : bool, default False
         Replace an existing file.
     """
+    return write_dated_csv(frame, path, columns=FORECAST_COLUMNS, what="forecast frame", overwrite=overwrite)
+
+
+def write_dated_csv(
+    frame: pd.DataFrame, path: Path, *, columns: tuple[str, ...], what: str, overwrite: bool = False
+) -> Path:
+    """Write ``columns`` of ``frame`` as CSV with ISO dates; refuses to replace a file unless ``overwrite``."""
     path = Path(path)
-    missing = [c for c in FORECAST_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"forecast frame lacks column(s) {missing}; expected {list(FORECAST_COLUMNS)}")
+        raise ValueError(f"{what} lacks column(s) {missing}; expected {list(columns)}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    out = frame.loc[:, list(FORECAST_COLUMNS)].copy()
+    out = frame.loc[:, list(columns)].copy()
     out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False)

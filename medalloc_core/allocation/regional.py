@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 from scipy.special import ndtr
 
-from medalloc_core.allocation.forecast_io import HOSPITAL, Q, TARGET, VALUE
+from medalloc_core.allocation.forecast_io import HOSPITAL, Q, TARGET, VALUE, write_dated_csv
 from medalloc_core.allocation.quantiles import Tail, quantile_at
 from medalloc_core.contract import CENSUS, DATE
 
@@ -210,17 +210,7 @@ def share_forecast(
 
 def write_shared(shared: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
     """Write a shared table (``hospital, date, q, value``) as the CSV `medalloc allocate-region` reads."""
-    path = Path(path)
-    missing = [c for c in SHARED_COLUMNS if c not in shared.columns]
-    if missing:
-        raise ValueError(f"shared table lacks column(s) {missing}; expected {list(SHARED_COLUMNS)}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    out = shared.loc[:, list(SHARED_COLUMNS)].copy()
-    out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
-    return path
+    return write_dated_csv(shared, path, columns=SHARED_COLUMNS, what="shared table", overwrite=overwrite)
 
 
 # ------------------------------------------------------------------ inputs to the LP
