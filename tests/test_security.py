@@ -116,7 +116,7 @@ def test_no_code_path_unpickles_what_it_reads() -> None:
     assert offenders == []
 
 
-def _leak_patterns(frame: pd.DataFrame, run: int = 7) -> list[re.Pattern[str]]:
+def leak_patterns(frame: pd.DataFrame, run: int = 7) -> list[re.Pattern[str]]:
     """Ways a hospital's records could show up in text: a CSV row, a whitespace-separated row, a run of values."""
     patterns = []
     counts = ["admissions", "discharges", "census", "capacity"]
@@ -156,7 +156,7 @@ def test_no_record_reaches_a_log_or_the_coordinators_files(tmp_path: Path, caplo
     )
     assert (out / METRICS_FILE).is_file()
     records = pd.read_csv(region / "H000.csv")
-    patterns = _leak_patterns(records)
+    patterns = leak_patterns(records)
     assert patterns and any(p.search(records.head(60).to_csv(index=False)) for p in patterns)  # they do find records
     leaked = [p.pattern for p in patterns if p.search(logs) or p.search(coordinator_files)]
     assert leaked == []

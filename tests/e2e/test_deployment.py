@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.e2e.harness import Proc, ProcessHarness, cmdline, free_port, tagged_pids
+from tests.test_security import leak_patterns
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_APP = Path(__file__).parent / "toy_app"
@@ -378,3 +380,14 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
         assert report["epsilon_budget"] == 8.0
         assert 0 < report["epsilon_spent"] <= 8.0
     assert not (fed.node_dir("H003") / "privacy-ledger.json").exists()
+
+    # No record of a hospital's file and no private key line reaches any process's log (nodes,
+    # SuperLink, gateway, ServerApp) or any file the coordinator keeps.
+    texts = [p.read_text(errors="replace") for p in harness.root.rglob("*.log")]
+    texts += [p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl"}]
+    assert texts and any("round" in t.lower() for t in texts)  # the logs are there to scan
+    patterns = leak_patterns(pd.read_csv(data["H000"]))
+    assert [p.pattern for p in patterns if any(p.search(t) for t in texts)] == []
+    key = (fed.node_dir("H000") / "keys" / "H000").read_text().splitlines()
+    secret_lines = [line for line in key if line.strip() and not line.startswith("-----")]
+    assert secret_lines and not any(line in t for t in texts for line in secret_lines)
