@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medalloc_core.contract import Frequency, UnitRecords
-from medalloc_core.features import HospitalDataset, WindowSpec, prepare_hospital
+from medalloc_core.features import HospitalDataset, WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.metrics import mae, wape
 from medalloc_core.models import ForecasterConfig, build_model
 from medalloc_core.training import evaluate, predict
@@ -30,14 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ the shared model's shape
-def window_spec(*, history: int, horizon: int, targets: tuple[str, ...]) -> WindowSpec:
-    """The federation's input windows: daily data, the default calendar covariates, held-out periods sized to the horizon.
-
-    Validation and test each hold ``max(horizon, 28)`` days, so a 730-day hospital keeps
-    most of its history for training while the test split still spans several forecasts.
-    """
-    held_out = max(horizon, 28)
-    return WindowSpec(history=history, horizon=horizon, targets=targets, val_periods=held_out, test_periods=held_out)
+window_spec = federation_window_spec  # the name the ServerApp, runner and benchmarks use
 
 
 def model_config(spec: WindowSpec, *, model: str, hidden: int) -> ForecasterConfig:

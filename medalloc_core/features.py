@@ -410,3 +410,14 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
         np.array(units, dtype=object),
         np.array(starts, dtype="datetime64[ns]"),
     )
+
+
+def federation_window_spec(*, history: int, horizon: int, targets: tuple[str, ...]) -> WindowSpec:
+    """The federation's input windows: daily data, the default calendar covariates, held-out periods sized to the horizon.
+
+    Validation and test each hold ``max(horizon, 28)`` days, so a 730-day hospital keeps
+    most of its history for training while the test split still spans several forecasts.
+    Nodes train with it and model files without a stored spec are read back with it.
+    """
+    held_out = max(horizon, 28)
+    return WindowSpec(history=history, horizon=horizon, targets=targets, val_periods=held_out, test_periods=held_out)

@@ -12,7 +12,7 @@ The on-disk format is the one the coordinator already writes (``server/checkpoin
 checkpoint (``round-000r.json`` / ``.safetensors``) or a checkpoint folder (latest round). A
 checkpoint's JSON has no ``window-spec``; it is rebuilt from its ``run-config`` with the
 federation's rule (validation and test each ``max(horizon, 28)`` days, as
-``client.task.window_spec``).
+``medalloc_core.features.federation_window_spec``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.features import WindowSpec
+from medalloc_core.features import WindowSpec, federation_window_spec
 from medalloc_core.models import ForecasterConfig, build_model
 
 logger = logging.getLogger(__name__)
@@ -154,11 +154,9 @@ def _spec_from_meta(meta: Mapping[str, Any], config: ForecasterConfig, where: Pa
                               val_periods=int(raw["val_periods"]), test_periods=int(raw["test_periods"]))
         run = meta.get("run-config") or {}
         if "targets" in run:  # a per-round checkpoint: the federation's window rule
-            horizon = int(run.get("horizon", config.horizon))
-            held_out = max(horizon, 28)
             targets = tuple(t.strip() for t in str(run["targets"]).split(",") if t.strip())
-            return WindowSpec(history=int(run.get("history", config.history)), horizon=horizon, targets=targets,
-                              val_periods=held_out, test_periods=held_out)
+            return federation_window_spec(history=int(run.get("history", config.history)),
+                                          horizon=int(run.get("horizon", config.horizon)), targets=targets)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{where}: window spec is malformed ({exc})") from exc
     raise ModelFileError(f"{where}: no window-spec (nor a run-config with targets); cannot tell what the model forecasts")
