@@ -10,30 +10,40 @@ answered with a Flower ``Error`` carrying a ``protocol.Refusal`` code, never a c
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from client import protocol
-from client.config import NodeConfig, NodeConfigError
-from client.protocol import Refusal
-from client.task import LocalData, build_from_arrays, evaluate_local, load_local_data, spec_from_json
+from medalloc_core import protocol
 from medalloc_core.contract import DataContractError
-from medalloc_core.models import ForecasterConfig
+from medalloc_core.features import WindowSpec
+from medalloc_core.models import ForecasterConfig, build_from_arrays
+from medalloc_core.privacy.accounting import noise_multiplier_for
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.plan import DPPlan
+from medalloc_core.protocol import (
+    EvaluateInstruction,
+    EvaluateReply,
+    ProtocolError,
+    Refusal,
+    TrainInstruction,
+    TrainReply,
+)
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
+from .config import NodeConfig, NodeConfigError
+from .task import LocalData, evaluate_local, load_local_data
+
 logger = logging.getLogger(__name__)
+
+_I = TypeVar("_I", bound=EvaluateInstruction)
 
 
 class _Refused(Exception):
@@ -51,15 +61,17 @@ def refusal(message: Message, code: Refusal, detail: str) -> Message:
 
 
 # ------------------------------------------------------------------ request parsing
-def _request(message: Message) -> tuple[ArrayRecord, ConfigRecord, ForecasterConfig]:
+def _request(message: Message, kind: type[_I]) -> tuple[ArrayRecord, _I]:
+    """The request's global arrays and its typed instruction; a missing or malformed field is a refusal."""
     try:
-        arrays = message.content[protocol.ARRAYS]
-        config = message.content[protocol.CONFIG]
-        model_config = ForecasterConfig.from_dict(json.loads(str(config[protocol.MODEL_CONFIG])))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise _Refused(Refusal.REQUEST_INVALID, f"cannot read the request ({exc})") from exc
-    assert isinstance(arrays, ArrayRecord) and isinstance(config, ConfigRecord)
-    return arrays, config, model_config
+        arrays = message.content.array_records[protocol.ARRAYS]
+        config = message.content.config_records[protocol.CONFIG]
+    except KeyError as exc:
+        raise _Refused(Refusal.REQUEST_INVALID, f"the request has no {exc} record") from exc
+    try:
+        return arrays, kind.from_dict(config)  # type: ignore[return-value]
+    except ProtocolError as exc:
+        raise _Refused(Refusal.REQUEST_INVALID, f"cannot read the request: {exc}") from exc
 
 
 def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
@@ -67,28 +79,30 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
         node = NodeConfig.from_context(context, run_config=run_config)
     except NodeConfigError as exc:
         logger.error("node configuration: %s", exc)
-        raise _Refused(Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log") from exc
+        raise _Refused(
+            Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log"
+        ) from exc
     torch.set_num_threads(node.threads)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator creates it
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     return node
 
 
-def _data(node: NodeConfig, config: ConfigRecord) -> LocalData:
-    try:
-        spec = spec_from_json(str(config[protocol.WINDOW_SPEC]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise _Refused(Refusal.REQUEST_INVALID, f"cannot read the window spec ({exc})") from exc
+def _data(node: NodeConfig, spec: WindowSpec) -> LocalData:
     try:
         return load_local_data(node.data_path, spec)
     except DataContractError as exc:
         # The problems name rows and values of the hospital's file: they stay in the node's log.
         logger.error("%s", exc)
         errors = sum(1 for p in exc.problems if p.severity == "error")
-        raise _Refused(Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's file; see the node's log") from exc
+        raise _Refused(
+            Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's file; see the node's log"
+        ) from exc
     except (OSError, ValueError) as exc:
         logger.error("%s: %s", node.data_path, exc)
-        raise _Refused(Refusal.DATA_INVALID, "the node's file cannot be windowed for this model; see the node's log") from exc
+        raise _Refused(
+            Refusal.DATA_INVALID, "the node's file cannot be windowed for this model; see the node's log"
+        ) from exc
 
 
 def _model(model_config: ForecasterConfig, arrays: ArrayRecord, data: LocalData) -> Any:
@@ -104,11 +118,14 @@ def _model(model_config: ForecasterConfig, arrays: ArrayRecord, data: LocalData)
         raise _Refused(Refusal.REQUEST_INVALID, f"global arrays do not fit the model ({exc})") from exc
 
 
-def _number(config: ConfigRecord, key: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
-        raise _Refused(Refusal.REQUEST_INVALID, f"'{key}' must be a finite number, got {value!r}")
-    return float(value)
+def _reply(
+    message: Message, metrics: Mapping[str, int | float], node: NodeConfig, arrays: ArrayRecord | None = None
+) -> Message:
+    records: dict[str, Any] = {protocol.METRICS: MetricRecord(dict(metrics))}
+    if arrays is not None:
+        records[protocol.ARRAYS] = arrays
+    records[protocol.NODE_INFO] = ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id})
+    return Message(content=RecordDict(records), reply_to=message)
 
 
 # ------------------------------------------------------------------ the two handlers
@@ -119,35 +136,41 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
     """
     try:
         node = _node(context, run_config)
-        arrays, config, model_config = _request(message)
-        data = _data(node, config)
-        model = _model(model_config, arrays, data)
-        server_round = int(_number(config, protocol.SERVER_ROUND, 0))
-        proposed_epochs = int(_number(config, protocol.LOCAL_EPOCHS, 1))
-        epochs = max(1, min(proposed_epochs, node.max_local_epochs))
-        noise = max(_number(config, protocol.DP_NOISE_MULTIPLIER, node.min_noise_multiplier), node.min_noise_multiplier)
-        target = _number(config, protocol.DP_TARGET_EPSILON, 0.0)
-        clip = min(_number(config, protocol.DP_MAX_GRAD_NORM, node.max_grad_norm), node.max_grad_norm)
-        mu = max(_number(config, protocol.PROXIMAL_MU, 0.0), 0.0)
-        batch_size = int(_number(config, protocol.BATCH_SIZE, 64))
-        lr = _number(config, protocol.LR, 1e-3)
-        if batch_size < 1 or lr <= 0 or clip <= 0:
-            raise _Refused(Refusal.REQUEST_INVALID, "batch-size, lr and dp-max-grad-norm must be positive")
+        arrays, ask = _request(message, TrainInstruction)
+        data = _data(node, ask.window_spec)
+        model = _model(ask.model_config, arrays, data)
+        epochs = min(ask.local_epochs, node.max_local_epochs)
+        noise = max(ask.dp_noise_multiplier, node.min_noise_multiplier)
+        clip = min(ask.dp_max_grad_norm, node.max_grad_norm)
         train = data.dataset.train
-        if target > 0:
-            noise = max(noise, _noise_for_target(target, node, n=len(train), batch_size=batch_size, epochs=epochs))
-        seed = _seed(int(_number(config, protocol.SEED, 0)), server_round, node.hospital_id)
+        plan = DPPlan(n_examples=len(train), batch_size=ask.batch_size, epochs=epochs)
+        if ask.dp_target_epsilon > 0:
+            noise = max(
+                noise,
+                noise_multiplier_for(
+                    target_epsilon=ask.dp_target_epsilon,
+                    delta=node.delta,
+                    sample_rate=plan.sample_rate,
+                    steps=plan.steps,
+                    accountant=node.accountant,  # type: ignore[arg-type]
+                ),
+            )
+        seed = _seed(ask.seed, ask.server_round, node.hospital_id)
         try:
-            ledger = PrivacyLedger.open(node.ledger_path, epsilon_budget=node.epsilon_budget, delta=node.delta, accountant=node.accountant)
+            ledger = PrivacyLedger.open(
+                node.ledger_path, epsilon_budget=node.epsilon_budget, delta=node.delta, accountant=node.accountant
+            )
             result = train_local(
                 model,
                 train,
-                config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, fedprox_mu=mu, seed=seed),
+                config=TrainConfig(
+                    epochs=epochs, batch_size=ask.batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed
+                ),
                 dp=DPConfig(noise_multiplier=noise, max_grad_norm=clip, delta=node.delta, accountant=node.accountant),
                 ledger=ledger,
                 fingerprint=fingerprint_frame(data.records.frame),
-                global_params=[p.detach().clone() for p in model.parameters()] if mu > 0 else None,
-                run_id=f"{config.get(protocol.RUN_TAG, 'federation')}/round-{server_round}",
+                global_params=[p.detach().clone() for p in model.parameters()] if ask.proximal_mu > 0 else None,
+                run_id=f"{ask.run_tag}/round-{ask.server_round}",
             )
         except PrivacyBudgetExceeded as exc:
             logger.warning("%s: %s", node.hospital_id, exc)
@@ -157,7 +180,10 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
             ) from exc
         except LedgerError as exc:
             logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-            raise _Refused(Refusal.LEDGER_CORRUPT, f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger") from exc
+            raise _Refused(
+                Refusal.LEDGER_CORRUPT,
+                f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger",
+            ) from exc
         epsilon, left = ledger.epsilon_spent(), ledger.remaining()
     except _Refused as refused:
         logger.warning("declining train round: %s", refused.detail)
@@ -165,59 +191,40 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
 
     logger.info(
         "%s round %s: %s windows, loss %.4f, sigma %.3g, node epsilon %.3f (%.3f left)",
-        node.hospital_id, server_round, result.num_examples, result.loss, noise, epsilon, left,
+        node.hospital_id,
+        ask.server_round,
+        result.num_examples,
+        result.loss,
+        noise,
+        epsilon,
+        left,
     )
-    metrics = MetricRecord(
-        {
-            protocol.NUM_EXAMPLES: int(result.num_examples),
-            protocol.TRAIN_LOSS: float(result.loss),
-            protocol.EPSILON: float(epsilon),
-            protocol.EPSILON_BUDGET_LEFT: float(left),
-            protocol.NOISE_MULTIPLIER: float(noise),
-            protocol.LOCAL_EPOCHS_USED: int(epochs),
-        }
+    reply = TrainReply(
+        num_examples=int(result.num_examples),
+        train_loss=float(result.loss),
+        epsilon=float(epsilon),
+        epsilon_budget_left=float(left),
+        noise_multiplier=float(noise),
+        local_epochs_used=float(epochs),
     )
-    content = RecordDict(
-        {
-            protocol.ARRAYS: ArrayRecord(model.state_dict()),
-            protocol.METRICS: metrics,
-            protocol.NODE_INFO: ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id}),
-        }
-    )
-    return Message(content=content, reply_to=message)
+    return _reply(message, reply.metrics(), node, ArrayRecord(model.state_dict()))
 
 
 def handle_evaluate(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
     """Score the global model on this node's test split; only aggregate metrics leave the node."""
     try:
         node = _node(context, run_config)
-        arrays, config, model_config = _request(message)
-        data = _data(node, config)
-        model = _model(model_config, arrays, data)
+        arrays, ask = _request(message, EvaluateInstruction)
+        data = _data(node, ask.window_spec)
+        model = _model(ask.model_config, arrays, data)
         scores = evaluate_local(model, data.dataset)
     except _Refused as refused:
         logger.warning("declining evaluate round: %s", refused.detail)
         return refusal(message, refused.code, refused.detail)
-    metrics = MetricRecord(
-        {
-            protocol.NUM_EXAMPLES: int(scores["n"]),
-            protocol.EVAL_LOSS: scores["loss"],
-            protocol.EVAL_MAE: scores["mae"],
-            protocol.EVAL_WAPE: scores["wape"],
-        }
+    reply = EvaluateReply(
+        num_examples=int(scores["n"]), eval_loss=scores["loss"], eval_mae=scores["mae"], eval_wape=scores["wape"]
     )
-    content = RecordDict({protocol.METRICS: metrics, protocol.NODE_INFO: ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id})})
-    return Message(content=content, reply_to=message)
-
-
-def _noise_for_target(target: float, node: NodeConfig, *, n: int, batch_size: int, epochs: int) -> float:
-    """Noise for a per-round epsilon target, with the same sampling rate and steps ``train_local`` will use."""
-    from medalloc_core.privacy.accounting import noise_multiplier_for
-
-    batches = max(1, math.ceil(n / batch_size))
-    return noise_multiplier_for(
-        target_epsilon=target, delta=node.delta, sample_rate=1 / batches, steps=epochs * batches, accountant=node.accountant
-    )
+    return _reply(message, reply.metrics(), node)
 
 
 def _seed(base: int, server_round: int, hospital_id: str) -> int:

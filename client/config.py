@@ -104,7 +104,7 @@ class NodeConfig:
         raise NodeConfigError(
             "this node has no 'data-path' in its node config; start it with "
             "flower-supernode --node-config \"data-path='/path/records.csv' ledger-path='/path/ledger.json' "
-            "privacy-epsilon-budget=8.0\""
+            'privacy-epsilon-budget=8.0"'
         )
 
     @classmethod

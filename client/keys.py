@@ -79,9 +79,7 @@ def generate_key_pair(private_key_path: Path, *, comment: str | None = None) -> 
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    public_bytes = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public_bytes = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     label = comment if comment is not None else private_key_path.name
     public_line = public_bytes + (b" " + label.encode("utf-8") if label else b"") + b"\n"
 

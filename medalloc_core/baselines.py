@@ -26,9 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _h_step_residual_quantiles(
-    errors_by_step: list[np.ndarray], horizon: int, quantiles: np.ndarray
-) -> np.ndarray:
+def _h_step_residual_quantiles(errors_by_step: list[np.ndarray], horizon: int, quantiles: np.ndarray) -> np.ndarray:
     """Empirical quantiles of in-sample h-step errors, shape (H, Q).
 
     ``errors_by_step[h - 1]`` holds the in-sample errors ``actual - forecast`` made h steps
@@ -184,7 +182,7 @@ class BaselineForecaster:
 
 # ----------------------------------------------------------------------------- seasonal naive
 class SeasonalNaive(BaselineForecaster):
-    """"Same day last week": the forecast repeats the last observed season.
+    """ "Same day last week": the forecast repeats the last observed season.
 
     Quantiles are the point forecast plus the empirical quantiles of this method's own
     in-sample h-step-ahead errors (each step its own distribution, so bands widen with the
@@ -353,7 +351,9 @@ class HoltWinters(BaselineForecaster):
         return 2 * self.season  # what the seasonal naive fallback needs
 
     def _why_min_history(self) -> str:
-        return f"two seasons of {self.season} for the seasonal naive fallback; {self.min_fit_seasons} to fit Holt-Winters"
+        return (
+            f"two seasons of {self.season} for the seasonal naive fallback; {self.min_fit_seasons} to fit Holt-Winters"
+        )
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -364,7 +364,9 @@ class HoltWinters(BaselineForecaster):
         if not isinstance(self.n_paths, (int, np.integer)) or self.n_paths < 10:
             raise ValueError(f"n_paths must be an integer >= 10; got {self.n_paths!r}")
         if self.min_fit_seasons < 2:
-            raise ValueError(f"min_fit_seasons must be >= 2 (statsmodels needs two seasons); got {self.min_fit_seasons!r}")
+            raise ValueError(
+                f"min_fit_seasons must be >= 2 (statsmodels needs two seasons); got {self.min_fit_seasons!r}"
+            )
 
     def _model(self, history: np.ndarray, **init: Any) -> Any:
         from statsmodels.tsa.holtwinters import ExponentialSmoothing
@@ -404,10 +406,18 @@ class HoltWinters(BaselineForecaster):
             return
         self.fallback_ = False
         self.results_ = results
-        self.params_ = {k: results.params[k] for k in (
-            "smoothing_level", "smoothing_trend", "smoothing_seasonal", "damping_trend",
-            "initial_level", "initial_trend", "initial_seasons",
-        )}
+        self.params_ = {
+            k: results.params[k]
+            for k in (
+                "smoothing_level",
+                "smoothing_trend",
+                "smoothing_seasonal",
+                "damping_trend",
+                "initial_level",
+                "initial_trend",
+                "initial_seasons",
+            )
+        }
 
     def update(self, history: np.ndarray, *, start: Any = None) -> HoltWinters:
         """Re-run the smoothing filter over a longer history with the parameters (smoothing

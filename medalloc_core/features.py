@@ -13,8 +13,9 @@ at forecast time the model sees the recent past too, so that is not leakage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,8 @@ _DEFAULTS: dict[Frequency, tuple[int, int, int, int]] = {
     Frequency.WEEKLY: (26, 4, 13, 13),  # half a year of history, a month ahead, a quarter each held out
 }
 _DAYS_PER_YEAR = 365.25
+# The WindowSpec fields a federation varies: sent to nodes each round and stored in model files.
+WIRE_KEYS = ("history", "horizon", "targets", "val_periods", "test_periods")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,35 @@ class WindowSpec:
             val_periods=self.val_periods or val,
             test_periods=self.test_periods or test,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The federation's fields (``WIRE_KEYS``) as JSON-able values; the spec must be resolved."""
+        missing = [k for k in WIRE_KEYS if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"window spec has unset {missing}; pass spec.resolved(frequency)")
+        return {k: list(self.targets) if k == "targets" else getattr(self, k) for k in WIRE_KEYS}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> WindowSpec:
+        """Inverse of ``to_dict``: exactly ``WIRE_KEYS``, whole positive numbers and target names.
+
+        Raises ``ValueError`` naming the offending key; calendar options take their defaults.
+        """
+        if not isinstance(raw, Mapping) or set(raw) != set(WIRE_KEYS):
+            got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
+            raise ValueError(f"a window spec has exactly the keys {list(WIRE_KEYS)}; got {got}")
+        values: dict[str, Any] = {}
+        for key in WIRE_KEYS:
+            value = raw[key]
+            if key == "targets":
+                if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+                    raise ValueError(f"window spec 'targets' must be a list of column names, got {value!r}")
+                values[key] = tuple(value)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"window spec '{key}' must be a whole number >= 1, got {value!r}")
+            else:
+                values[key] = value
+        return cls(**values)
 
     def covariate_names(self, frequency: Frequency) -> tuple[str, ...]:
         """Names of the calendar/missing covariate channels, in feature order."""
@@ -237,9 +269,7 @@ def _fill(frame: pd.DataFrame, cuts: Sequence[int]) -> np.ndarray:
     value); a segment with nothing observed is carried forward from the past.
     """
     bounds = [0, *cuts, len(frame)]
-    parts = [
-        frame.iloc[a:b].interpolate(method="linear", limit_direction="both") for a, b in zip(bounds, bounds[1:])
-    ]
+    parts = [frame.iloc[a:b].interpolate(method="linear", limit_direction="both") for a, b in zip(bounds, bounds[1:])]
     return pd.concat(parts).ffill().to_numpy()  # the first period is always observed
 
 
@@ -269,7 +299,9 @@ def _complete_series(records: UnitRecords, spec: WindowSpec, *, split: bool = Tr
         full = frame[list(spec.targets)].astype("float64").reindex(dates)
         missing = full.isna().any(axis=1).to_numpy()
         if missing.any():
-            logger.info("unit %s: %d of %d periods missing, filled by linear interpolation", unit, missing.sum(), len(dates))
+            logger.info(
+                "unit %s: %d of %d periods missing, filled by linear interpolation", unit, missing.sum(), len(dates)
+            )
         # Linear interpolation between the neighbouring observed periods; a count series has no
         # better local guess, and the was_missing channel tells the model which ones are guesses.
         filled = _fill(full, _boundaries(len(dates), spec, str(unit)) if split else ())

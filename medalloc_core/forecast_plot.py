@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never opens a window on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from medalloc_core.allocation.forecast_io import Q, TARGET, VALUE  # noqa: E402
+from medalloc_core.allocation.forecast_io import TARGET, VALUE, Q  # noqa: E402
 from medalloc_core.contract import CENSUS, DATE, UNIT  # noqa: E402
 
 
@@ -39,13 +39,20 @@ def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, path: Path, *, 
         wide = fc[fc[UNIT] == unit].pivot_table(index=DATE, columns=Q, values=VALUE).sort_index()
         x = pd.to_datetime(wide.index)
         for i, (lo, hi) in enumerate(pairs):
-            ax.fill_between(x, wide[lo], wide[hi], color="tab:blue", alpha=0.15 + 0.15 * i, lw=0,
-                            label=f"P{lo * 100:g}–P{hi * 100:g}")
+            ax.fill_between(
+                x,
+                wide[lo],
+                wide[hi],
+                color="tab:blue",
+                alpha=0.15 + 0.15 * i,
+                lw=0,
+                label=f"P{lo * 100:g}–P{hi * 100:g}",
+            )
         ax.plot(x, wide[median], color="tab:blue", lw=1.8, label=f"P{median * 100:g}")
         ax.set_title(f"{unit} · {target}")
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", labelrotation=30)
-    for ax in axes.ravel()[len(units):]:
+    for ax in axes.ravel()[len(units) :]:
         ax.axis("off")
     axes.ravel()[0].legend(loc="best", fontsize=8, framealpha=0.6)
     fig.tight_layout()

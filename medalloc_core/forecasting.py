@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from medalloc_core.allocation.forecast_io import FORECAST_COLUMNS, HOSPITAL, Q, TARGET, TARGETS, VALUE
+from medalloc_core.allocation.forecast_io import FORECAST_COLUMNS, HOSPITAL, TARGET, TARGETS, VALUE, Q
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.features import HospitalDataset, WindowSet, WindowSpec, forecast_inputs, prepare_hospital
 from medalloc_core.models import ForecasterConfig
@@ -59,7 +59,11 @@ def check_compatible(config: ForecasterConfig, spec: WindowSpec, records: UnitRe
             f"{where}: the model expects {config.n_features} input channels, these {records.frequency.value} "
             f"records give {features} ({', '.join(resolved.feature_names(records.frequency))}){hint}"
         )
-    if (resolved.history, resolved.horizon, len(resolved.targets)) != (config.history, config.horizon, config.n_targets):
+    if (resolved.history, resolved.horizon, len(resolved.targets)) != (
+        config.history,
+        config.horizon,
+        config.n_targets,
+    ):
         raise ModelDataMismatch(
             f"{where}: window spec L={resolved.history}, H={resolved.horizon}, targets={list(resolved.targets)} "
             f"does not match the model (L={config.history}, H={config.horizon}, T={config.n_targets})"
@@ -152,16 +156,26 @@ def forecast_records(
         ) from exc
     units = list(inputs.units)
     values = dataset.scaler.inverse_transform(predict(model, inputs.X), units)  # (U, H, T, Q)
-    frame = windows_to_frame(values, inputs, hospital=hospital, targets=resolved.targets,
-                             levels=tuple(config.quantiles), frequency=records.frequency)
+    frame = windows_to_frame(
+        values,
+        inputs,
+        hospital=hospital,
+        targets=resolved.targets,
+        levels=tuple(config.quantiles),
+        frequency=records.frequency,
+    )
     dropped = sorted(set(resolved.targets) - set(TARGETS))
     if dropped:
         logger.warning("forecast frame keeps %s only; dropping %s", list(TARGETS), dropped)
         frame = frame[frame[TARGET].isin(TARGETS)]
-    return frame.loc[:, list(FORECAST_COLUMNS)].sort_values([UNIT, TARGET, DATE, Q], kind="stable").reset_index(drop=True)
+    return (
+        frame.loc[:, list(FORECAST_COLUMNS)].sort_values([UNIT, TARGET, DATE, Q], kind="stable").reset_index(drop=True)
+    )
 
 
-def holdout_forecasts(model: nn.Module, dataset: HospitalDataset, *, hospital: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout_forecasts(
+    model: nn.Module, dataset: HospitalDataset, *, hospital: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The forecasts and actuals of every test window, in beds/patients, for evaluations.
 
     Returns ``(forecast, actual)``: the forecast frame plus an ``origin`` column (test windows
@@ -174,8 +188,10 @@ def holdout_forecasts(model: nn.Module, dataset: HospitalDataset, *, hospital: s
     pred = dataset.scaler.inverse_transform(predict(model, test.X), units)  # (N, H, T, Q)
     truth = dataset.scaler.inverse_transform(test.y.numpy(), units)  # (N, H, T)
     targets = tuple(dataset.spec.targets)
-    forecast = windows_to_frame(pred, test, hospital=hospital, targets=targets, levels=tuple(config.quantiles),
-                                frequency=dataset.frequency)
-    actual = windows_to_frame(truth[..., None], test, hospital=hospital, targets=targets, levels=(0.5,),
-                              frequency=dataset.frequency).drop(columns=[Q])
+    forecast = windows_to_frame(
+        pred, test, hospital=hospital, targets=targets, levels=tuple(config.quantiles), frequency=dataset.frequency
+    )
+    actual = windows_to_frame(
+        truth[..., None], test, hospital=hospital, targets=targets, levels=(0.5,), frequency=dataset.frequency
+    ).drop(columns=[Q])
     return forecast, actual

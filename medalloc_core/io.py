@@ -68,7 +68,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataContractError([Problem(name, "no such file")])
     if not path.is_file():
-        raise DataContractError([Problem(name, "not a regular file (a directory?); give the path of a .csv or .parquet file")])
+        raise DataContractError(
+            [Problem(name, "not a regular file (a directory?); give the path of a .csv or .parquet file")]
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -87,7 +89,9 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
     if data[-4:] != PARQUET_MAGIC:
-        raise DataContractError([Problem(name, "starts like Parquet but is truncated or corrupt (no PAR1 footer); re-export it")])
+        raise DataContractError(
+            [Problem(name, "starts like Parquet but is truncated or corrupt (no PAR1 footer); re-export it")]
+        )
     try:
         # Repeated column names make pyarrow fail with an internal dump: name them as for CSV.
         repeated = _repeated(pq.read_schema(io.BytesIO(data)).names)
@@ -117,7 +121,13 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
             as_text = pc.cast(column, pa.string())
         except (pa.ArrowException, ValueError):
             raise DataContractError(
-                [Problem(name, f"has type {column.type}, which cannot be read as text; expected plain values", column=column_name)]
+                [
+                    Problem(
+                        name,
+                        f"has type {column.type}, which cannot be read as text; expected plain values",
+                        column=column_name,
+                    )
+                ]
             ) from None
         columns[column_name] = as_text
     return pa.table(columns).to_pandas()
@@ -130,7 +140,12 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
             raise DataContractError([Problem(name, f"is {what}; expected a CSV or Parquet file")])
     if _looks_utf16(head):
         raise DataContractError(
-            [Problem(name, "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; expected a CSV or Parquet file")]
+            [
+                Problem(
+                    name,
+                    "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; expected a CSV or Parquet file",
+                )
+            ]
         )
     # Text never holds a NUL byte: anywhere in the file, not only in the sniffed head, it
     # means binary data or a corrupt export (and would otherwise end up inside a value).
@@ -162,7 +177,12 @@ def _repeated(names: list[str]) -> list[str]:
 
 
 def _repeated_problems(name: str, repeated: list[str]) -> list[Problem]:
-    return [Problem(name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n) for n in repeated]
+    return [
+        Problem(
+            name, f"column '{n}' appears more than once in the header; expected unique column names", row=1, column=n
+        )
+        for n in repeated
+    ]
 
 
 def _text_row(data: bytes, offset: int) -> int | None:
@@ -220,8 +240,12 @@ def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
     except (pa.ArrowException, ValueError) as exc:
         if len(text.strip().splitlines()) <= 1:
             # A header cut short without its line end: pyarrow cannot skip it and says so cryptically.
-            raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")]) from None
-        raise DataContractError([Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]) from None
+            raise DataContractError(
+                [Problem(name, "file has a header but no records; expected at least one record")]
+            ) from None
+        raise DataContractError(
+            [Problem(name, f"cannot be parsed as CSV ({exc}); expected comma-separated text")]
+        ) from None
     if ragged:
         raise DataContractError(ragged[:_RAGGED_SHOWN])
     frame = table.to_pandas()

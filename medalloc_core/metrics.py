@@ -151,8 +151,7 @@ def mase_scale(history: np.ndarray, season: int = 7) -> float | np.ndarray:
         raise ValueError(f"season must be a positive number of periods; got {season}")
     if history.shape[0] <= season:
         raise ValueError(
-            f"history has {history.shape[0]} periods; the MASE scale with season {season} "
-            f"needs at least {season + 1}"
+            f"history has {history.shape[0]} periods; the MASE scale with season {season} needs at least {season + 1}"
         )
     if not np.all(np.isfinite(history)):
         raise ValueError("history contains non-finite values")
@@ -290,9 +289,7 @@ def forecast_metrics(
         "rmse": both(rmse, y, point),
         "wape": both(wape, y, point),
         "mase": (
-            both(mase, y, point, scale=mase_scale)
-            if mase_scale is not None
-            else (math.nan, [math.nan] * horizon)
+            both(mase, y, point, scale=mase_scale) if mase_scale is not None else (math.nan, [math.nan] * horizon)
         ),
         "pinball": both(pinball_loss, y, q_forecast, quantiles=levels),
         "coverage": both(interval_coverage, y, lower, upper),

@@ -1,18 +1,17 @@
-"""Save and load a forecaster as safetensors arrays plus a JSON sidecar; nothing is pickled.
+"""The one model-file format: safetensors arrays plus a JSON sidecar, for final models and round checkpoints.
 
-The on-disk format is the one the coordinator already writes (``server/checkpoint.py``):
+- ``NAME.safetensors`` — the parameters (``state_dict`` names); nothing is pickled.
+- ``NAME.json`` — ``format-version``, ``model-config`` (:class:`ForecasterConfig`),
+  ``window-spec`` (``WindowSpec.to_dict``), ``sha256`` of the array file and ``digest``, a
+  SHA-256 over the sidecar's other fields *and* the arrays, so that editing either (relabelled
+  quantiles, other targets) is refused instead of silently changing what a forecast means.
+  Writers add their own fields (a checkpoint: ``round``, ``strategy``, ``run-config``,
+  ``strategy-state``); the digest covers them too.
 
-- ``NAME.safetensors`` — the model's parameters (``state_dict`` names);
-- ``NAME.json`` — ``model-config`` (:class:`ForecasterConfig` as a dict), ``window-spec``
-  (history, horizon, targets, val_periods, test_periods), ``sha256`` of the array file and
-  ``format-version``; anything else the writer adds (rounds, strategy, run-config) is kept.
-
-:func:`load_model` also reads what a federation leaves behind: the final model of
-``medalloc simulate`` (``<results>/final_model.safetensors``), a results folder, a per-round
-checkpoint (``round-000r.json`` / ``.safetensors``) or a checkpoint folder (latest round). A
-checkpoint's JSON has no ``window-spec``; it is rebuilt from its ``run-config`` with the
-federation's rule (validation and test each ``max(horizon, 28)`` days, as
-``medalloc_core.features.federation_window_spec``).
+The sidecar is written last and is the commit marker. Names: a federation's final model is
+``<out>/final_model.safetensors``; its round checkpoints are
+``<out>/checkpoints/round-000r.safetensors`` (``server.checkpoint``). :func:`load_model` reads
+any of them, a results folder (its final model) or a checkpoint folder (its latest round).
 """
 
 from __future__ import annotations
@@ -26,22 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 from torch import nn
 
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.features import WindowSpec, federation_window_spec
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.features import WindowSpec
+from medalloc_core.models import ForecasterConfig, build_model, load_arrays, state_arrays
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one format for final models and checkpoints, with a digest binding config and weights
 FINAL_MODEL_NAME = "final_model.safetensors"  # what `medalloc simulate` and the ServerApp write
 _ROUND = re.compile(r"^round-(\d{4,})\.json$")
-_SPEC_KEYS = ("history", "horizon", "targets", "val_periods", "test_periods")
+_RESERVED = frozenset({"model-config", "window-spec", "sha256", "digest", "format-version"})
 
 
 class ModelFileError(ValueError):
@@ -63,13 +62,96 @@ class SavedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def spec_to_dict(spec: WindowSpec) -> dict[str, Any]:
-    """The ``window-spec`` JSON of a resolved spec (the keys the federation sends to nodes)."""
-    missing = [k for k in _SPEC_KEYS if getattr(spec, k) is None]
-    if missing:
-        raise ValueError(f"window spec has unset {missing}; pass spec.resolved(frequency)")
-    return {"history": spec.history, "horizon": spec.horizon, "targets": list(spec.targets),
-            "val_periods": spec.val_periods, "test_periods": spec.test_periods}
+def _digest(meta: Mapping[str, Any], arrays_sha256: str) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n" + arrays_sha256
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_model_files(
+    path: Path,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    config: ForecasterConfig,
+    spec: WindowSpec,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """The one writer: ``path`` (safetensors) then its JSON sidecar, each atomically; returns the sidecar.
+
+    ``extra`` holds the writer's own JSON-able fields; it may not set the format's keys.
+    """
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a model file ends in .safetensors")
+    spec_json = spec.to_dict()
+    if (spec.history, spec.horizon, len(spec.targets)) != (config.history, config.horizon, config.n_targets):
+        raise ValueError(f"window spec {spec_json} does not match the model config {config.to_dict()}")
+    clash = _RESERVED & set(extra or {})
+    if clash:
+        raise ValueError(f"extra metadata may not set {sorted(clash)}")
+    data = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    sha = hashlib.sha256(data).hexdigest()
+    meta: dict[str, Any] = dict(extra or {}) | {
+        "format-version": FORMAT_VERSION,
+        "model-config": config.to_dict(),
+        "window-spec": spec_json,
+        "sha256": sha,
+    }
+    meta["digest"] = _digest(meta, sha)
+    sidecar = sidecar_of(path)
+    atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
+    return sidecar
+
+
+def read_model_files(sidecar: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The one reader: the sidecar's fields and the arrays, verified against ``sha256`` and ``digest``.
+
+    Raises ``ModelFileError`` for a missing, unreadable, altered or foreign file; never unpickles.
+    """
+    arrays_path = arrays_of(sidecar)
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{sidecar}: missing; a model is NAME.safetensors plus NAME.json (its config)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{sidecar}: not a model's JSON sidecar ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("model-config"), dict):
+        raise ModelFileError(f"{sidecar}: has no 'model-config'; not a MedAlloc model")
+    if meta.get("format-version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{sidecar}: format-version {meta.get('format-version')!r}; this MedAlloc reads version {FORMAT_VERSION} "
+            "(re-export the model with this version)"
+        )
+    try:
+        data = arrays_path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{arrays_path}: cannot read the model's arrays ({exc})") from exc
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != meta.get("sha256"):
+        raise ModelFileError(
+            f"{arrays_path}: SHA-256 differs from the one in {sidecar.name}; the file was altered or torn"
+        )
+    if meta.get("digest") != _digest(meta, sha):
+        raise ModelFileError(
+            f"{sidecar}: digest does not match its fields and arrays; the sidecar was edited (its config, targets or "
+            "quantiles no longer describe these weights)"
+        )
+    try:
+        arrays = dict(st_load(data))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{arrays_path}: not a safetensors file ({exc})") from exc
+    return meta, arrays
+
+
+def sidecar_of(path: Path) -> Path:
+    """``NAME.json`` beside ``NAME.safetensors``."""
+    return path.with_name(path.name.removesuffix(".safetensors") + ".json")
+
+
+def arrays_of(sidecar: Path) -> Path:
+    """``NAME.safetensors`` beside ``NAME.json``."""
+    return sidecar.with_name(sidecar.name.removesuffix(".json") + ".safetensors")
 
 
 def save_model(
@@ -96,26 +178,10 @@ def save_model(
         Replace existing files; default False raises ``FileExistsError``.
     """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: a model file ends in .safetensors")
-    config: ForecasterConfig = model.config  # type: ignore[assignment]
-    spec_json = spec_to_dict(spec)
-    if (spec.history, spec.horizon, len(spec.targets)) != (config.history, config.horizon, config.n_targets):
-        raise ValueError(f"window spec {spec_json} does not match the model config {config.to_dict()}")
-    sidecar = path.with_suffix(".json")
-    for p in (path, sidecar):
+    for p in (path, sidecar_of(path)):
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
-    data = st_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-    meta = dict(extra or {})
-    clash = {"model-config", "window-spec", "sha256", "format-version"} & set(meta)
-    if clash:
-        raise ValueError(f"extra metadata may not set {sorted(clash)}")
-    meta |= {"model-config": config.to_dict(), "window-spec": spec_json,
-             "sha256": hashlib.sha256(data).hexdigest(), "format-version": FORMAT_VERSION}
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
+    write_model_files(path, state_arrays(model), config=model.config, spec=spec, extra=extra)  # type: ignore[arg-type]
     logger.info("model saved to %s", path)
     return path
 
@@ -129,7 +195,9 @@ def resolve_model_path(path: Path) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise ModelFileError(f"{path}: no such file or folder; pass the final model (final_model.safetensors) or a checkpoint")
+        raise ModelFileError(
+            f"{path}: no such file or folder; pass the final model (final_model.safetensors) or a checkpoint"
+        )
     if path.is_dir():
         if (path / FINAL_MODEL_NAME).is_file():
             return (path / FINAL_MODEL_NAME).with_suffix(".json")
@@ -139,76 +207,40 @@ def resolve_model_path(path: Path) -> Path:
                 return rounds[-1][1]
         raise ModelFileError(f"{path}: folder holds neither {FINAL_MODEL_NAME} nor round-*.json checkpoints")
     if path.suffix == ".safetensors":
-        return path.with_name(path.name[: -len(".safetensors")] + ".json")
+        return sidecar_of(path)
     if path.suffix == ".json":
         return path
     raise ModelFileError(f"{path}: not a model file; expected NAME.safetensors with NAME.json beside it")
 
 
-def _spec_from_meta(meta: Mapping[str, Any], config: ForecasterConfig, where: Path) -> WindowSpec:
-    try:
-        if "window-spec" in meta:
-            raw = meta["window-spec"]
-            return WindowSpec(history=int(raw["history"]), horizon=int(raw["horizon"]),
-                              targets=tuple(str(t) for t in raw["targets"]),
-                              val_periods=int(raw["val_periods"]), test_periods=int(raw["test_periods"]))
-        run = meta.get("run-config") or {}
-        if "targets" in run:  # a per-round checkpoint: the federation's window rule
-            targets = tuple(t.strip() for t in str(run["targets"]).split(",") if t.strip())
-            return federation_window_spec(history=int(run.get("history", config.history)),
-                                          horizon=int(run.get("horizon", config.horizon)), targets=targets)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{where}: window spec is malformed ({exc})") from exc
-    raise ModelFileError(f"{where}: no window-spec (nor a run-config with targets); cannot tell what the model forecasts")
-
-
 def load_model(path: Path) -> SavedModel:
-    """Load a model saved by :func:`save_model`, the ServerApp's final model or a round checkpoint.
+    """Load a model: a final model, a round checkpoint, a results folder or a checkpoint folder.
 
     Raises
     ------
     ModelFileError
-        The path is missing or not a model, the JSON is unreadable or lacks ``model-config``,
-        the arrays' SHA-256 differs from the recorded one, or names/shapes do not fit the config.
+        The path is missing or not a model, the JSON is unreadable, the arrays or the sidecar
+        were altered (``sha256`` / ``digest``), or names/shapes do not fit the config.
     """
     sidecar = resolve_model_path(path)
-    stem = sidecar.name[: -len(".json")]
-    arrays_path = sidecar.with_name(stem + ".safetensors")
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(f"{sidecar}: missing; a model is NAME.safetensors plus NAME.json (its config)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{sidecar}: not a model's JSON sidecar ({exc})") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("model-config"), dict):
-        raise ModelFileError(f"{sidecar}: has no 'model-config'; not a MedAlloc model")
+    meta, arrays = read_model_files(sidecar)
     try:
         config = ForecasterConfig.from_dict(meta["model-config"])
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{sidecar}: model-config is invalid ({exc})") from exc
-    spec = _spec_from_meta(meta, config, sidecar)
+    try:
+        spec = WindowSpec.from_dict(meta.get("window-spec"))
+    except ValueError as exc:
+        raise ModelFileError(f"{sidecar}: window-spec is malformed ({exc})") from exc
     if (spec.history, spec.horizon, len(spec.targets)) != (config.history, config.horizon, config.n_targets):
-        raise ModelFileError(f"{sidecar}: window spec (L={spec.history}, H={spec.horizon}, targets={list(spec.targets)}) "
-                             f"contradicts model-config (L={config.history}, H={config.horizon}, T={config.n_targets})")
-    try:
-        data = arrays_path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{arrays_path}: cannot read the model's arrays ({exc})") from exc
-    expected = meta.get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ModelFileError(f"{arrays_path}: SHA-256 differs from the one in {sidecar.name}; the file was altered or torn")
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{arrays_path}: not a safetensors file ({exc})") from exc
+        raise ModelFileError(
+            f"{sidecar}: window spec (L={spec.history}, H={spec.horizon}, targets={list(spec.targets)}) "
+            f"contradicts model-config (L={config.history}, H={config.horizon}, T={config.n_targets})"
+        )
     model = build_model(config)
-    own = model.state_dict()
-    if set(own) != set(tensors):
-        raise ModelFileError(f"{arrays_path}: parameter names do not fit a '{config.model}' model "
-                             f"(missing {sorted(set(own) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(own))[:3]})")
-    for key, tensor in own.items():
-        if tuple(tensors[key].shape) != tuple(tensor.shape):
-            raise ModelFileError(f"{arrays_path}: '{key}' has shape {tuple(tensors[key].shape)}, the config needs {tuple(tensor.shape)}")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    try:
+        load_arrays(model, arrays)
+    except ValueError as exc:
+        raise ModelFileError(f"{arrays_of(sidecar)}: the arrays do not fit a '{config.model}' model ({exc})") from exc
     model.eval()
-    return SavedModel(model=model, config=config, spec=spec, path=arrays_path, metadata=meta)
+    return SavedModel(model=model, config=config, spec=spec, path=arrays_of(sidecar), metadata=meta)

@@ -7,12 +7,17 @@ dropout off by default) and is registered in ``MODELS`` so one contract test cov
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from medalloc_core.contract import Frequency
+from medalloc_core.features import WindowSpec
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,17 @@ class ForecasterConfig:
         q = self.quantiles
         if not q or any(not 0 < a < 1 for a in q) or any(b <= a for a, b in zip(q, q[1:])):
             raise ValueError(f"quantiles {q} must be strictly increasing levels in (0, 1)")
-        for name in ("history", "horizon", "n_features", "n_targets", "hidden", "layers", "channels", "kernel_size", "levels"):
+        for name in (
+            "history",
+            "horizon",
+            "n_features",
+            "n_targets",
+            "hidden",
+            "layers",
+            "channels",
+            "kernel_size",
+            "levels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ForecasterConfig.{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.dropout < 1:
@@ -50,6 +65,22 @@ class ForecasterConfig:
         d = asdict(self)
         d["quantiles"] = list(self.quantiles)
         return d
+
+    @classmethod
+    def for_spec(
+        cls, spec: WindowSpec, *, model: str, hidden: int, frequency: Frequency = Frequency.DAILY
+    ) -> ForecasterConfig:
+        """The config whose inputs and outputs fit ``spec`` (F and T follow from the spec, not from any hospital)."""
+        resolved = spec.resolved(frequency)
+        assert resolved.history is not None and resolved.horizon is not None
+        return cls(
+            model=model,
+            history=resolved.history,
+            horizon=resolved.horizon,
+            n_features=len(resolved.feature_names(frequency)),
+            n_targets=len(resolved.targets),
+            hidden=hidden,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ForecasterConfig:
@@ -114,7 +145,9 @@ class MLPForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), (
+            f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        )
         return self.head(self.body(x.flatten(1)))  # (B, L*F) -> (B, hidden) -> (B, H, T, Q)
 
 
@@ -156,7 +189,9 @@ class TCNForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        assert x.ndim == 3 and x.shape[1:] == (c.history, c.n_features), (
+            f"expected (B, {c.history}, {c.n_features}), got {tuple(x.shape)}"
+        )
         h = self.blocks(x.transpose(1, 2))  # (B, F, L) -> (B, C, L)
         return self.head(h[:, :, -1])  # (B, C) -> (B, H, T, Q)
 
@@ -182,7 +217,9 @@ def pinball_loss_per_sample(pred: torch.Tensor, target: torch.Tensor, quantiles:
     For level q and error e = y - yhat the loss is max(q e, (q - 1) e); the per-sample form is
     what DP training clips (one patient-window = one privacy unit of the gradient).
     """
-    assert pred.shape[:-1] == target.shape and pred.shape[-1] == len(quantiles), f"pred {tuple(pred.shape)} vs target {tuple(target.shape)}"
+    assert pred.shape[:-1] == target.shape and pred.shape[-1] == len(quantiles), (
+        f"pred {tuple(pred.shape)} vs target {tuple(target.shape)}"
+    )
     q = torch.tensor(quantiles, dtype=pred.dtype, device=pred.device)  # (Q,)
     err = target.unsqueeze(-1) - pred  # (B, H, T, Q)
     return torch.maximum(q * err, (q - 1) * err).flatten(1).mean(dim=1)
@@ -225,3 +262,32 @@ __all__ = [
     "PinballLoss",
     "count_parameters",
 ]
+
+
+# ----------------------------------------------------------------------------- model <-> arrays
+
+
+def state_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters as named float32 numpy arrays (the form sent over the wire and saved)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load named arrays into ``model`` strictly: every key and shape must match (``ValueError`` otherwise)."""
+    own = model.state_dict()
+    if set(own) != set(arrays):
+        missing, unexpected = sorted(set(own) - set(arrays))[:3], sorted(set(arrays) - set(own))[:3]
+        raise ValueError(f"parameter names differ: missing {missing}, unexpected {unexpected}")
+    for key, tensor in own.items():
+        if tuple(arrays[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"parameter '{key}' has shape {tuple(arrays[key].shape)}, the model expects {tuple(tensor.shape)}"
+            )
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()})
+
+
+def build_from_arrays(config: ForecasterConfig, arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """A forecaster of ``config`` holding ``arrays``."""
+    model = build_model(config)
+    load_arrays(model, arrays)
+    return model

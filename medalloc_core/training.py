@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medalloc_core.features import WindowSet
 from medalloc_core.models import PinballLoss, pinball_loss_per_sample
+from medalloc_core.privacy.accounting import epsilon_for, noise_multiplier_for
+from medalloc_core.privacy.plan import DPPlan
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,9 @@ class DPConfig:
 class LedgerLike(Protocol):
     """What training needs from ``medalloc_core.privacy.ledger.PrivacyLedger``."""
 
-    def spend(self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int, run_id: str) -> float: ...
+    def spend(
+        self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int, run_id: str
+    ) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,9 @@ class LinearClipper:
                 raise ValueError("grad_sample_mode='linear' needs (B, d) inputs to every Linear; use an Opacus mode")
             self._records.append((module, inputs[0].detach(), output))  # type: ignore[arg-type]
 
-    def clipped_sum(self, x: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, ...], max_grad_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def clipped_sum(
+        self, x: torch.Tensor, y: torch.Tensor, quantiles: tuple[float, ...], max_grad_norm: float
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Sum over the batch of per-sample gradients clipped to ``max_grad_norm``.
 
         Returns one tensor per parameter (in ``model.parameters()`` order) and the per-sample
@@ -221,11 +227,13 @@ class LinearClipper:
 # ----------------------------------------------------------------------------- the shared loop
 
 
-def _loader(data: WindowSet, batch_size: int, seed: int, *, poisson: bool) -> DataLoader:
+def _loader(data: WindowSet, batch_size: int, seed: int, *, plan: DPPlan | None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    base = DataLoader(TensorDataset(data.X, data.y), batch_size=batch_size, shuffle=True, generator=generator)
-    # DPDataLoader keeps base's generator: the Poisson draws are reproducible under the seed.
-    return DPDataLoader.from_data_loader(base) if poisson else base
+    dataset = TensorDataset(data.X, data.y)
+    if plan is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    # Poisson sampling at the plan's rate, drawn from the seeded generator.
+    return DPDataLoader(dataset, sample_rate=plan.sample_rate, generator=generator)
 
 
 def _optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -242,17 +250,6 @@ def _add_proximal_grad(model: nn.Module, global_params: Sequence[torch.Tensor] |
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         p.grad.add_(p.detach() - g, alpha=mu)
-
-
-def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    """Epsilon of ``steps`` DP-SGD steps alone, with Opacus' own accountants."""
-    if noise_multiplier == 0:
-        return math.inf
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    acct = PRVAccountant() if accountant == "prv" else RDPAccountant()
-    acct.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acct.get_epsilon(delta=delta))
 
 
 def _resolve_mode(model: nn.Module, mode: str) -> str:
@@ -288,7 +285,16 @@ class _PlainStepper:
 
 
 class _LinearDPStepper:
-    def __init__(self, model: nn.Module, quantiles: tuple[float, ...], *, max_grad_norm: float, noise_multiplier: float, expected_batch_size: int, noise_generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        quantiles: tuple[float, ...],
+        *,
+        max_grad_norm: float,
+        noise_multiplier: float,
+        expected_batch_size: int,
+        noise_generator: torch.Generator,
+    ) -> None:
         self.model, self.quantiles = model, quantiles
         self.clipper = LinearClipper(model)
         self.C, self.sigma, self.B, self.gen = max_grad_norm, noise_multiplier, expected_batch_size, noise_generator
@@ -314,7 +320,18 @@ class _LinearDPStepper:
 class _OpacusStepper:
     """Opacus GradSampleModule + DPOptimizer; clip and noise in ``pre_step``, the update is ours."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, quantiles: tuple[float, ...], *, mode: str, max_grad_norm: float, noise_multiplier: float, noise_generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: DataLoader,
+        quantiles: tuple[float, ...],
+        *,
+        mode: str,
+        max_grad_norm: float,
+        noise_multiplier: float,
+        noise_generator: torch.Generator,
+    ) -> None:
         from opacus import PrivacyEngine
 
         # secure_mode stays off: a seeded generator gives reproducible runs; Opacus warns about
@@ -394,46 +411,70 @@ def train_local(
     if global_params is not None:
         global_params = [g.detach().clone() for g in global_params]
     quantiles: tuple[float, ...] = tuple(model.config.quantiles)  # type: ignore[union-attr]
-    loader = _loader(train, config.batch_size, config.seed, poisson=dp is not None)
+    plan = DPPlan(n_examples=len(train), batch_size=config.batch_size, epochs=config.epochs) if dp is not None else None
+    loader = _loader(train, config.batch_size, config.seed, plan=plan)
     optimizer = _optimizer(list(model.parameters()), config)
 
     sigma: float | None = None
     sample_rate: float | None = None
     epsilon: float | None = None
     stepper: _Stepper
-    if dp is None:
+    if dp is None or plan is None:
         stepper = _PlainStepper(model, quantiles)
     else:
-        assert isinstance(loader, DPDataLoader)
-        # The Poisson rate the sampler really uses (1 / ceil(n / batch_size)) and the batches it
-        # really draws per epoch (int(1 / q), which float rounding can make one less).
-        sample_rate = loader.sample_rate
-        steps_planned = config.epochs * len(loader)
-        # Divisor of the noisy sum, as Opacus' make_private computes it, so every mode agrees.
-        expected_batch_size = int(len(train) / len(loader))
+        sample_rate, steps_planned, expected_batch_size = plan.sample_rate, plan.steps, plan.expected_batch_size
         sigma = dp.noise_multiplier
         if sigma is None:
-            try:  # imported lazily: the accounting module is on its own branch until merged
-                from medalloc_core.privacy.accounting import noise_multiplier_for
-            except ImportError as err:
-                raise ImportError("DPConfig(target_epsilon=...) needs medalloc_core.privacy.accounting; pass noise_multiplier instead") from err
-
+            assert dp.target_epsilon is not None
             sigma = noise_multiplier_for(
-                target_epsilon=dp.target_epsilon, delta=dp.delta, sample_rate=sample_rate,
-                steps=steps_planned * dp.planned_rounds, accountant=dp.accountant,
+                target_epsilon=dp.target_epsilon,
+                delta=dp.delta,
+                sample_rate=sample_rate,
+                steps=steps_planned * dp.planned_rounds,
+                accountant=dp.accountant,  # type: ignore[arg-type]
             )
         if ledger is not None:
             assert fingerprint is not None
             # Ask first: a refusal raises here, before any parameter has moved.
-            total = ledger.spend(fingerprint, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_planned, run_id=run_id or "local-training")
-            logger.info("ledger accepted %d steps at sigma=%.4g q=%.4g; cumulative epsilon %.4g", steps_planned, sigma, sample_rate, total)
-        epsilon = _epsilon(sigma, sample_rate, steps_planned, dp.delta, dp.accountant)
+            total = ledger.spend(
+                fingerprint,
+                noise_multiplier=sigma,
+                sample_rate=sample_rate,
+                steps=steps_planned,
+                run_id=run_id or "local-training",
+            )
+            logger.info(
+                "ledger accepted %d steps at sigma=%.4g q=%.4g; cumulative epsilon %.4g",
+                steps_planned,
+                sigma,
+                sample_rate,
+                total,
+            )
+        epsilon = (
+            epsilon_for([plan.history_item(sigma)], delta=dp.delta, accountant=dp.accountant) if sigma > 0 else math.inf
+        )  # type: ignore[arg-type]
         noise_gen = torch.Generator().manual_seed(config.seed + 1)
         mode = _resolve_mode(model, dp.grad_sample_mode)
         if mode == "linear":
-            stepper = _LinearDPStepper(model, quantiles, max_grad_norm=dp.max_grad_norm, noise_multiplier=sigma, expected_batch_size=expected_batch_size, noise_generator=noise_gen)
+            stepper = _LinearDPStepper(
+                model,
+                quantiles,
+                max_grad_norm=dp.max_grad_norm,
+                noise_multiplier=sigma,
+                expected_batch_size=expected_batch_size,
+                noise_generator=noise_gen,
+            )
         else:
-            stepper = _OpacusStepper(model, optimizer, loader, quantiles, mode=mode, max_grad_norm=dp.max_grad_norm, noise_multiplier=sigma, noise_generator=noise_gen)
+            stepper = _OpacusStepper(
+                model,
+                optimizer,
+                loader,
+                quantiles,
+                mode=mode,
+                max_grad_norm=dp.max_grad_norm,
+                noise_multiplier=sigma,
+                noise_generator=noise_gen,
+            )
         logger.debug("DP training: mode=%s sigma=%.4g q=%.4g steps=%d", mode, sigma, sample_rate, steps_planned)
 
     steps, loss_sum = 0, 0.0
@@ -483,5 +524,7 @@ def evaluate(model: nn.Module, data: WindowSet) -> dict[str, float]:
     pred = torch.from_numpy(predict(model, data.X))
     out = {"pinball": float(pinball_loss_per_sample(pred, data.y, quantiles).mean()), "num_examples": float(len(data))}
     for t in range(data.y.shape[2]):
-        out[f"pinball_t{t}"] = float(pinball_loss_per_sample(pred[:, :, t : t + 1], data.y[:, :, t : t + 1], quantiles).mean())
+        out[f"pinball_t{t}"] = float(
+            pinball_loss_per_sample(pred[:, :, t : t + 1], data.y[:, :, t : t + 1], quantiles).mean()
+        )
     return out

@@ -160,7 +160,9 @@ class _Findings:
         self.file = file
         self.problems: list[Problem] = []
 
-    def add(self, message: str, *, row: int | None = None, column: str | None = None, severity: Severity = "error") -> None:
+    def add(
+        self, message: str, *, row: int | None = None, column: str | None = None, severity: Severity = "error"
+    ) -> None:
         self.problems.append(Problem(self.file, message, row=row, column=column, severity=severity))
 
     def rows(
@@ -230,7 +232,9 @@ def _missing_columns(frame: pd.DataFrame, required: tuple[str, ...], findings: _
     if missing and len(found) == 1:
         for separator, label in ((";", "semicolons"), ("\t", "tabs")):
             if separator in found[0]:
-                findings.add(f"the header looks separated by {label}; expected commas (export as comma-separated CSV)", row=1)
+                findings.add(
+                    f"the header looks separated by {label}; expected commas (export as comma-separated CSV)", row=1
+                )
     return bool(missing)
 
 
@@ -259,10 +263,16 @@ def _parse_dates(frame: pd.DataFrame, column: str, findings: _Findings, *, requi
     findings.rows(
         out_of_range,
         column,
-        lambda i: f"{_show(text[i])} is outside the dates MedAlloc can handle "
-        f"({FIRST_DATE:%Y-%m-%d} .. {LAST_DATE:%Y-%m-%d}); {_DATE_EXPECTED}",
+        lambda i: (
+            f"{_show(text[i])} is outside the dates MedAlloc can handle "
+            f"({FIRST_DATE:%Y-%m-%d} .. {LAST_DATE:%Y-%m-%d}); {_DATE_EXPECTED}"
+        ),
     )
-    findings.rows(~empty & ~out_of_range & parsed.isna(), column, lambda i: f"{_show(text[i])} is not a valid date; {_DATE_EXPECTED}")
+    findings.rows(
+        ~empty & ~out_of_range & parsed.isna(),
+        column,
+        lambda i: f"{_show(text[i])} is not a valid date; {_DATE_EXPECTED}",
+    )
     return parsed.astype(DATE_DTYPE)
 
 
@@ -275,9 +285,13 @@ def _parse_counts(frame: pd.DataFrame, column: str, findings: _Findings) -> pd.S
     negative = number < 0
     huge = ~negative & (~np.isfinite(number.fillna(0.0)) | (number > MAX_COUNT))
     fractional = ~huge & ~negative & number.notna() & (number != np.round(number))
-    findings.rows(empty, column, lambda i: f"empty {column}; {_COUNT_EXPECTED} (leave the whole column out if it is not recorded)")
+    findings.rows(
+        empty, column, lambda i: f"empty {column}; {_COUNT_EXPECTED} (leave the whole column out if it is not recorded)"
+    )
     findings.rows(not_number, column, lambda i: f"{_show(text[i])} is not a number; {_COUNT_EXPECTED}")
-    findings.rows(huge, column, lambda i: f"{_show(text[i])} is implausibly large; {_COUNT_EXPECTED} per unit and period")
+    findings.rows(
+        huge, column, lambda i: f"{_show(text[i])} is implausibly large; {_COUNT_EXPECTED} per unit and period"
+    )
     findings.rows(negative, column, lambda i: f"{_show(text[i])} is negative; {_COUNT_EXPECTED}")
     findings.rows(fractional, column, lambda i: f"{_show(text[i])} is not a whole number; {_COUNT_EXPECTED}")
     return number.where(~(empty | not_number | huge | negative | fractional))
@@ -289,7 +303,9 @@ def _check_units(frame: pd.DataFrame, findings: _Findings) -> pd.Series:
     return unit
 
 
-def _report_duplicates(keys: pd.DataFrame, findings: _Findings, column: str, describe: Callable[[Any, Any], str]) -> None:
+def _report_duplicates(
+    keys: pd.DataFrame, findings: _Findings, column: str, describe: Callable[[Any, Any], str]
+) -> None:
     """Flag every repeat of a key after its first row, naming that first row."""
     repeated = keys.duplicated(keep="first")
     if not repeated.any():
@@ -320,8 +336,10 @@ def _check_unit_records(frame: pd.DataFrame, findings: _Findings, summary: dict[
         keyed[[DATE, UNIT]],
         findings,
         DATE,
-        lambda i, first: f"duplicate (date, unit) = ({keyed.at[i, DATE]:%Y-%m-%d}, {keyed.at[i, UNIT]}), "
-        f"first at row {first}; expected one row per date and unit",
+        lambda i, first: (
+            f"duplicate (date, unit) = ({keyed.at[i, DATE]:%Y-%m-%d}, {keyed.at[i, UNIT]}), "
+            f"first at row {first}; expected one row per date and unit"
+        ),
     )
     keyed = keyed.loc[~keyed[[DATE, UNIT]].duplicated(keep="first")]
     frequency = _infer_frequency(keyed, findings)
@@ -454,8 +472,12 @@ def _check_encounters(frame: pd.DataFrame, findings: _Findings, summary: dict[st
     summary["columns_ignored"] = [c for c in frame.columns if c not in ENCOUNTER_COLUMNS]
     encounter_id = _text(frame, ENCOUNTER_ID)
     patient_id = _text(frame, PATIENT_ID)
-    findings.rows(encounter_id.isna(), ENCOUNTER_ID, lambda i: "empty encounter_id; expected an identifier unique to the stay")
-    findings.rows(patient_id.isna(), PATIENT_ID, lambda i: "empty patient_id; expected the (pseudonymised) patient identifier")
+    findings.rows(
+        encounter_id.isna(), ENCOUNTER_ID, lambda i: "empty encounter_id; expected an identifier unique to the stay"
+    )
+    findings.rows(
+        patient_id.isna(), PATIENT_ID, lambda i: "empty patient_id; expected the (pseudonymised) patient identifier"
+    )
     units = _check_units(frame, findings)
     admit = _parse_dates(frame, ADMIT_TIME, findings, required=True)
     discharge = _parse_dates(frame, DISCHARGE_TIME, findings, required=False)
@@ -463,8 +485,10 @@ def _check_encounters(frame: pd.DataFrame, findings: _Findings, summary: dict[st
     findings.rows(
         backwards,
         DISCHARGE_TIME,
-        lambda i: f"discharge {discharge[i]:%Y-%m-%d %H:%M} is before admission {admit[i]:%Y-%m-%d %H:%M}; "
-        "expected discharge at or after admit_time",
+        lambda i: (
+            f"discharge {discharge[i]:%Y-%m-%d %H:%M} is before admission {admit[i]:%Y-%m-%d %H:%M}; "
+            "expected discharge at or after admit_time"
+        ),
     )
     with_id = encounter_id.dropna()
     _report_duplicates(

@@ -8,7 +8,6 @@ aggregation fails (the global model is then kept, the failure logged).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,19 +21,21 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
-from client import protocol
-from client.task import model_config, spec_to_json, state_arrays, window_spec
-from medalloc_core.models import build_model
-from medalloc_core.atomic import atomic_write_bytes
-from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint, save_model
-from server.config import RunConfig, RunConfigError
-from server.reply_checks import NodeOutcome, outcomes_by_status
-from server.strategies import BuiltStrategy, build_strategy, client_dp_epsilon
+from medalloc_core import protocol
+from medalloc_core.features import federation_window_spec
+from medalloc_core.model_io import FINAL_MODEL_NAME, write_model_files
+from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
+from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
+
+from .checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
+from .config import RunConfig, RunConfigError
+from .reply_checks import NodeOutcome, outcomes_by_status
+from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-FINAL_MODEL = "final_model.safetensors"
+FINAL_MODEL = FINAL_MODEL_NAME
 
 
 @dataclass
@@ -42,12 +43,12 @@ class FederationResult:
     """What a finished run leaves behind (also written to the out dir)."""
 
     arrays: dict[str, np.ndarray]
-    model_config: dict[str, Any]
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    model_config: ForecasterConfig
+    rounds: list[RoundRecord] = field(default_factory=list)
     out_dir: Path = Path(".")
 
 
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
 
 
 # ------------------------------------------------------------------ helpers
@@ -107,19 +108,6 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
     return out
 
 
-def _truncate_log(path: Path, last_round: int) -> None:
-    """Drop log lines after the checkpointed round (they describe rounds the resume redoes)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= last_round]
-    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")
-
-
-def _append_log(path: Path, record: Mapping[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 # ------------------------------------------------------------------ the run
 def run_federation(
     grid: Grid, config: RunConfig, *, run_id: int = 0, on_round: RoundCallback | None = None
@@ -140,9 +128,8 @@ def run_federation(
     out = resolve_out_dir(config, run_id)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / METRICS_FILE
-    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
-    mconfig = model_config(spec, model=config.model, hidden=config.hidden)
-    model_json = mconfig.to_dict()
+    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     sampled = max(config.min_train_nodes, config.min_available_nodes)
     built = build_strategy(config, num_sampled_nodes=sampled)
 
@@ -154,43 +141,45 @@ def run_federation(
         if checkpoint is None:
             logger.warning("resume = true but no checkpoint in %s: starting from round 1", checkpoint_dir)
         else:
-            if checkpoint.strategy != config.strategy or checkpoint.model_config != model_json:
+            if checkpoint.strategy != config.strategy or checkpoint.model_config != mconfig:
                 raise RunConfigError(
                     f"the checkpoint of round {checkpoint.round} was made with strategy '{checkpoint.strategy}' and "
-                    f"model {checkpoint.model_config}; this run asks for '{config.strategy}' and {model_json}"
+                    f"model {checkpoint.model_config.to_dict()}; this run asks for '{config.strategy}' and {mconfig.to_dict()}"
                 )
             arrays = checkpoint.arrays
             start = checkpoint.round + 1
             releases = restore_strategy_state(built, checkpoint.strategy_arrays, checkpoint.strategy_state)
-            _truncate_log(log_path, checkpoint.round)
+            truncate_rounds(log_path, checkpoint.round)
             logger.info("resuming after round %s from its checkpoint", checkpoint.round)
-    result = FederationResult(arrays=arrays, model_config=model_json, out_dir=out)
+    result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
 
     def train_config(server_round: int) -> ConfigRecord:
-        return ConfigRecord(
-            {
-                protocol.LOCAL_EPOCHS: config.local_epochs,
-                protocol.BATCH_SIZE: config.batch_size,
-                protocol.LR: config.lr,
-                protocol.DP_NOISE_MULTIPLIER: config.dp_noise_multiplier,
-                protocol.DP_TARGET_EPSILON: config.dp_target_epsilon,
-                protocol.DP_MAX_GRAD_NORM: config.dp_max_grad_norm,
-                protocol.PROXIMAL_MU: config.proximal_mu if config.strategy == "fedprox" else 0.0,
-                protocol.MODEL_CONFIG: json.dumps(model_json),
-                protocol.WINDOW_SPEC: spec_to_json(spec),
-                protocol.RUN_TAG: f"run-{run_id}",
-                protocol.SEED: config.seed,
-            }
+        instruction = TrainInstruction(
+            server_round=server_round,
+            model_config=mconfig,
+            window_spec=spec,
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            proximal_mu=config.proximal_mu if config.strategy == "fedprox" else 0.0,
+            dp_noise_multiplier=config.dp_noise_multiplier,
+            dp_target_epsilon=config.dp_target_epsilon,
+            dp_max_grad_norm=config.dp_max_grad_norm,
+            run_tag=f"run-{run_id}",
+            seed=config.seed,
         )
+        return ConfigRecord(instruction.to_dict())
 
-    def eval_config() -> ConfigRecord:
-        return ConfigRecord({protocol.MODEL_CONFIG: json.dumps(model_json), protocol.WINDOW_SPEC: spec_to_json(spec)})
+    def eval_config(server_round: int) -> ConfigRecord:
+        return ConfigRecord(
+            EvaluateInstruction(server_round=server_round, model_config=mconfig, window_spec=spec).to_dict()
+        )
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
         replies = grid.send_and_receive(
-            messages=built.strategy.configure_evaluate(server_round, record_arrays, eval_config(), grid),
+            messages=built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid),
             timeout=config.round_timeout,
         )
         try:
@@ -201,8 +190,8 @@ def run_federation(
 
     if start == 1 and config.fraction_evaluate > 0:
         initial = evaluate_round(0)
-        record = {"round": 0, "time": datetime.now(UTC).isoformat(), "evaluate": _metrics_dict(initial)}
-        _append_log(log_path, record)
+        record = RoundRecord(round=0, time=datetime.now(UTC).isoformat(), evaluate=_metrics_dict(initial))
+        append_round(log_path, record)
         result.rounds.append(record)
         if on_round:
             on_round(record)
@@ -228,24 +217,25 @@ def run_federation(
         train_outcomes = list(built.strategy.report.train)
         eval_metrics = evaluate_round(server_round) if config.fraction_evaluate > 0 else None
         epsilons = [o.metrics[protocol.EPSILON] for o in train_outcomes if protocol.EPSILON in o.metrics]
-        record = {
-            "round": server_round,
-            "time": datetime.now(UTC).isoformat(),
-            "seconds": round(time.perf_counter() - began, 3),
-            "strategy": config.strategy,
-            "model-updated": new_arrays is not None,
-            "train": _metrics_dict(train_metrics),
-            "evaluate": _metrics_dict(eval_metrics),
-            "nodes": {"sampled": len(replies), **outcomes_by_status(train_outcomes)},
-            "epsilon-max": max(epsilons) if epsilons else None,
-            "epsilon-mean": float(np.mean(epsilons)) if epsilons else None,
-            "outcomes": [_outcome_json(o) for o in train_outcomes],
-        }
-        if built.dp is not None:
-            record["client-dp-epsilon"] = client_dp_epsilon(
+        record = RoundRecord(
+            round=server_round,
+            time=datetime.now(UTC).isoformat(),
+            seconds=round(time.perf_counter() - began, 3),
+            strategy=config.strategy,
+            model_updated=new_arrays is not None,
+            train=_metrics_dict(train_metrics),
+            evaluate=_metrics_dict(eval_metrics),
+            nodes={"sampled": len(replies), **outcomes_by_status(train_outcomes)},
+            epsilon_max=max(epsilons) if epsilons else None,
+            epsilon_mean=float(np.mean(epsilons)) if epsilons else None,
+            outcomes=[_outcome_json(o) for o in train_outcomes],
+            client_dp_epsilon=client_dp_epsilon(
                 noise_multiplier=config.client_dp_noise_multiplier, releases=releases, delta=config.client_dp_delta
             )
-        _append_log(log_path, record)
+            if built.dp is not None
+            else None,
+        )
+        append_round(log_path, record)
         state_arrays_, state_scalars = strategy_state(built, releases)
         save_checkpoint(
             checkpoint_dir,
@@ -253,7 +243,8 @@ def run_federation(
                 round=server_round,
                 arrays=_to_arrays(record_arrays),
                 strategy=config.strategy,
-                model_config=model_json,
+                model_config=mconfig,
+                window_spec=spec,
                 run_config=config.to_dict(),
                 strategy_arrays=state_arrays_,
                 strategy_state=state_scalars,
@@ -264,24 +255,18 @@ def run_federation(
             on_round(record)
 
     result.arrays = _to_arrays(record_arrays)
-    save_model(
+    write_model_files(
         out / FINAL_MODEL,
         result.arrays,
-        {
-            "model-config": model_json,
-            "window-spec": json.loads(spec_to_json(spec)),
-            "rounds": config.num_server_rounds,
-            "strategy": config.strategy,
-            "run-config": config.to_dict(),
-        },
+        config=mconfig,
+        spec=spec,
+        extra={"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
     logger.info("final model written to %s", out / FINAL_MODEL)
     return result
 
 
-def make_server_app(
-    run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None
-) -> ServerApp:
+def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:
     """Build the ServerApp; ``run_config`` is fused over Flower's run config (the simulation runner's keys).
 
     ``on_round`` receives every round's log record (the runner's progress display).

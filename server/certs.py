@@ -51,7 +51,9 @@ class CertificatePaths:
     server_key: Path
 
 
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
 
 
 def _subject_alt_names(hosts: list[str]) -> list[x509.GeneralName]:
@@ -89,7 +91,7 @@ def make_ca(
         raise CertificateError(f"valid_days must be at least 1, got {valid_days}")
     key = ec.generate_private_key(_CURVE)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -101,9 +103,15 @@ def make_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -137,7 +145,7 @@ def make_server_certificate(
         raise CertificateError(f"valid_days must be at least 1, got {valid_days}")
     sans = _subject_alt_names(hosts)
     key = ec.generate_private_key(_CURVE)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
@@ -149,9 +157,7 @@ def make_server_certificate(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     return key, cert
@@ -210,9 +216,7 @@ def write_certificates(
             "choose another --out directory or move them away first"
         )
     ca_key, ca_cert = _load_ca(ca_dir) if ca_dir else make_ca(valid_days=valid_days)
-    server_key, server_cert = make_server_certificate(
-        ca_key, ca_cert, hosts=hosts, valid_days=valid_days
-    )
+    server_key, server_cert = make_server_certificate(ca_key, ca_cert, hosts=hosts, valid_days=valid_days)
     out_dir.mkdir(parents=True, exist_ok=True)
     if ca_dir is None:
         _write_new(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)

@@ -83,7 +83,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGY_NAMES:
             raise RunConfigError(f"strategy '{self.strategy}' is unknown; choose one of {', '.join(_STRATEGY_NAMES)}")
-        positive_ints = ("num_server_rounds", "min_available_nodes", "local_epochs", "batch_size", "history", "horizon", "hidden")
+        positive_ints = (
+            "num_server_rounds",
+            "min_available_nodes",
+            "local_epochs",
+            "batch_size",
+            "history",
+            "horizon",
+            "hidden",
+        )
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise RunConfigError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
@@ -120,7 +128,9 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise RunConfigError(f"unknown run-config key '{key}'; known keys: {', '.join(sorted(map(_kebab, known)))}")
+                raise RunConfigError(
+                    f"unknown run-config key '{key}'; known keys: {', '.join(sorted(map(_kebab, known)))}"
+                )
             kwargs[name] = _coerce(key, value, known[name].default)
         return cls(**kwargs)
 

@@ -34,8 +34,16 @@ FLEET_PREFIX = "/v1/fleet/"
 # Hop-by-hop headers (RFC 9110 7.6.1) and those httpx/uvicorn recompute.
 _DROP_HEADERS = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
         "content-encoding",
     }
 )
@@ -82,15 +90,11 @@ def create_app(config: GatewayConfig, *, transport: httpx.AsyncBaseTransport | N
         client: httpx.AsyncClient = request.app.state.client
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
         try:
-            upstream = await client.post(
-                request.url.path, content=await request.body(), headers=headers
-            )
+            upstream = await client.post(request.url.path, content=await request.body(), headers=headers)
         except httpx.TransportError as exc:
             logger.warning("SuperLink unreachable at %s: %s", config.superlink, exc)
             return PlainTextResponse("SuperLink unreachable", status_code=502)
-        out_headers = {
-            k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_HEADERS
-        }
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_HEADERS}
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
     async def refuse(request: Request) -> Response:
@@ -135,8 +139,13 @@ def main(
     app = create_app(GatewayConfig(superlink=superlink, ca_certfile=ssl_ca_certfile))
     logger.info("forwarding %s* on %s:%s to https://%s", FLEET_PREFIX, host, port, superlink)
     uvicorn.run(
-        app, host=host, port=port, ssl_certfile=str(ssl_certfile),
-        ssl_keyfile=str(ssl_keyfile), log_level="warning", workers=1,
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=str(ssl_certfile),
+        ssl_keyfile=str(ssl_keyfile),
+        log_level="warning",
+        workers=1,
     )
 
 

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from client import protocol
+from medalloc_core import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -269,9 +269,7 @@ class ReplyFilter(Strategy):
                 # from the SuperLink's own node id: name the node the request went to.
                 node = addressee.get(message.metadata.reply_to_message_id, node)
                 outcome = _error_outcome(message, node)
-                logger.warning(
-                    "round %s %s: node %s %s: %s", server_round, phase, node, outcome.status, outcome.reason
-                )
+                logger.warning("round %s %s: node %s %s: %s", server_round, phase, node, outcome.status, outcome.reason)
                 outcomes.append(outcome)
                 continue
             reason, norm = self._check(message, train=train)
@@ -309,7 +307,10 @@ class ReplyFilter(Strategy):
         if protocol.METRICS not in content.metric_records:
             # Flower reads every reply's records under the *first* reply's record name: one node
             # naming its record differently would make it reject the whole round's aggregation.
-            return f"MetricRecord is named '{_untrusted(next(iter(content.metric_records)))}', expected '{protocol.METRICS}'", None
+            return (
+                f"MetricRecord is named '{_untrusted(next(iter(content.metric_records)))}', expected '{protocol.METRICS}'",
+                None,
+            )
         required = protocol.TRAIN_METRIC_KEYS if train else protocol.EVAL_METRIC_KEYS
         reason = check_metrics(metrics, required=required, max_examples=self.limits.max_examples)
         if reason is not None or not train:
@@ -317,7 +318,10 @@ class ReplyFilter(Strategy):
         if len(content.array_records) != 1:
             return f"expected exactly one ArrayRecord, got {len(content.array_records)}", None
         if protocol.ARRAYS not in content.array_records:
-            return f"ArrayRecord is named '{_untrusted(next(iter(content.array_records)))}', expected '{protocol.ARRAYS}'", None
+            return (
+                f"ArrayRecord is named '{_untrusted(next(iter(content.array_records)))}', expected '{protocol.ARRAYS}'",
+                None,
+            )
         assert self._global is not None
         arrays = next(iter(content.array_records.values()))
         reason = check_arrays(arrays, self._global)

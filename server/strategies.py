@@ -24,9 +24,11 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from client import protocol
-from server.config import RunConfig
-from server.reply_checks import ReplyFilter, ReplyLimits
+from medalloc_core import protocol
+from medalloc_core.privacy.accounting import epsilon_for
+
+from .config import RunConfig
+from .reply_checks import ReplyFilter, ReplyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +71,14 @@ def aggregate_eval_metrics(records: list[RecordDict], weight_key: str) -> Metric
 
 
 def client_dp_epsilon(*, noise_multiplier: float, releases: int, delta: float) -> float:
-    """Client-level epsilon after ``releases`` noisy aggregates, by Opacus' RDP analysis, without sampling amplification.
+    """Client-level epsilon after ``releases`` noisy aggregates, by RDP, without sampling amplification.
 
     Each round releases the mean of updates clipped to C plus N(0, (sigma C / n)^2) noise: a
     Gaussian mechanism of noise multiplier sigma for adding or removing one hospital. Rounds
     compose; no subsampling amplification is claimed (q = 1), which is an upper bound whatever
     fraction of nodes a round samples.
     """
-    if releases == 0:
-        return 0.0
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-    from opacus.accountants.rdp import RDPAccountant
-
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=releases, orders=orders)
-    epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
-    return float(epsilon)
+    return epsilon_for([(noise_multiplier, 1.0, releases)], delta=delta, accountant="rdp")
 
 
 # ------------------------------------------------------------------ registry

@@ -41,8 +41,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from client import protocol
-from server.config import RunConfig
+from medalloc.server.config import RunConfig
+from medalloc_core import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ ATTACK_KINDS = (
 )  # fmt: skip
 """Every kind :func:`corrupt_arrays` / :class:`AttackMod` knows."""
 
-CAUGHT_KINDS = frozenset({"nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty", "wrong_record"})
+CAUGHT_KINDS = frozenset(
+    {"nan", "inf", "huge_norm", "wrong_shape", "wrong_key", "wrong_dtype", "empty", "wrong_record"}
+)
 """Kinds the coordinator's reply checks drop whatever their parameters (``inflated_count`` is dropped or clamped)."""
 
 
@@ -111,7 +113,9 @@ def corrupt_arrays(
     update = {k: out[k].astype(np.float64) - np.asarray(global_arrays[k], dtype=np.float64) for k in out}
 
     def moved(scale: float) -> dict[str, np.ndarray]:
-        return {k: (np.asarray(global_arrays[k], dtype=np.float64) + scale * update[k]).astype(out[k].dtype) for k in out}
+        return {
+            k: (np.asarray(global_arrays[k], dtype=np.float64) + scale * update[k]).astype(out[k].dtype) for k in out
+        }
 
     kind = attack.kind
     if kind == "nan":
@@ -130,7 +134,11 @@ def corrupt_arrays(
         out = moved(-attack.norm / norm) if norm > 0 else out
     elif kind == "wrong_shape":
         value = out[first]
-        out[first] = np.concatenate([value, np.zeros((1, *value.shape[1:]), dtype=value.dtype)]) if value.ndim else value.reshape(1)
+        out[first] = (
+            np.concatenate([value, np.zeros((1, *value.shape[1:]), dtype=value.dtype)])
+            if value.ndim
+            else value.reshape(1)
+        )
     elif kind == "wrong_key":
         out = {(f"{k}.poisoned" if k == first else k): v for k, v in out.items()}
     elif kind == "wrong_dtype":
@@ -212,7 +220,7 @@ class SilentMod:
         reply = call_next(msg, ctxt)
         if msg.metadata.message_type != MessageType.TRAIN or node_index(ctxt) not in self.silent:
             return reply
-        from client.app import refusal
+        from medalloc.client.app import refusal
 
         return refusal(msg, protocol.Refusal.REQUEST_INVALID, "simulated: this node's update is withheld")
 
@@ -226,10 +234,12 @@ def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], confi
     from the hospitals' files, because in an attacked run the federated evaluation would mix
     in the attackers' own test splits.
     """
-    from client.task import build_from_arrays, load_local_data, model_config, test_forecasts, window_spec
+    from medalloc.client.task import load_local_data, test_forecasts
+    from medalloc_core.features import federation_window_spec
+    from medalloc_core.models import ForecasterConfig, build_from_arrays
 
-    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
-    model = build_from_arrays(model_config(spec, model=config.model, hidden=config.hidden), arrays)
+    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    model = build_from_arrays(ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden), arrays)
     levels = list(model.config.quantiles)  # type: ignore[union-attr]
     median = levels.index(min(levels, key=lambda level: abs(level - 0.5)))
     error = scale = 0.0

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.task import LocalData, test_forecasts
+from medalloc.client.task import LocalData, test_forecasts
 from medalloc_core.baselines import BASELINES, rolling_origin_forecasts
 from medalloc_core.contract import DATE, UNIT
 from medalloc_core.features import WindowSet
@@ -41,13 +41,29 @@ def score(y: np.ndarray, q: np.ndarray, quantiles: tuple[float, ...]) -> dict[st
 
 def overall(per_hospital: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Volume-weighted and unweighted means over hospitals (``metrics.aggregate_over_hospitals``)."""
-    cleaned = {h: {k: m[k] for k in SCALAR_KEYS} | {"per_horizon": m["per_horizon"] | {"mase": [float("nan")] * len(m["per_horizon"]["mae"])}, "mase": float("nan")} for h, m in per_hospital.items()}
+    cleaned = {
+        h: {k: m[k] for k in SCALAR_KEYS}
+        | {
+            "per_horizon": m["per_horizon"] | {"mase": [float("nan")] * len(m["per_horizon"]["mae"])},
+            "mase": float("nan"),
+        }
+        for h, m in per_hospital.items()
+    }
     combined = aggregate_over_hospitals(cleaned, {h: m["volume"] for h, m in per_hospital.items()})
-    return {kind: {k: v for k, v in values.items() if k not in ("per_horizon", "mase")} for kind, values in combined.items()}
+    return {
+        kind: {k: v for k, v in values.items() if k not in ("per_horizon", "mase")} for kind, values in combined.items()
+    }
 
 
 def _train(
-    config: ForecasterConfig, data: WindowSet, *, epochs: int, batch_size: int, lr: float, seed: int, dp: DPConfig | None = None
+    config: ForecasterConfig,
+    data: WindowSet,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    dp: DPConfig | None = None,
 ) -> torch.nn.Module:
     model = build_model(config, seed=seed)
     train_local(model, data, config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), dp=dp)
@@ -130,5 +146,7 @@ def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...])
         for t, target in enumerate(ds.spec.targets):
             series = unit_frame[target].astype("float64").reindex(dates).interpolate(limit_direction="both").to_numpy()
             factory = lambda: BASELINES[name](season=7, quantiles=quantiles)  # noqa: E731
-            out[rows, :, t, :] = rolling_origin_forecasts(series, origins.tolist(), H, factory, refit_every=len(origins))
+            out[rows, :, t, :] = rolling_origin_forecasts(
+                series, origins.tolist(), H, factory, refit_every=len(origins)
+            )
     return out

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from medalloc_core.features import HospitalDataset  # noqa: E402
+from medalloc_core.features import HospitalDataset
+from medalloc_core.rounds import RoundRecord
 
 
-def forecast_plot(path: Path, hospital: str, dataset: HospitalDataset, y: np.ndarray, q: np.ndarray, quantiles: Sequence[float]) -> None:
+def forecast_plot(
+    path: Path, hospital: str, dataset: HospitalDataset, y: np.ndarray, q: np.ndarray, quantiles: Sequence[float]
+) -> None:
     """For each target, the busiest unit's test period: actuals and back-to-back H-day forecasts with their P10-P90 band."""
     test = dataset.test
     H = y.shape[1]
     levels = list(quantiles)
-    lo, mid, hi = levels.index(min(levels)), min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5)), levels.index(max(levels))
+    lo, mid, hi = (
+        levels.index(min(levels)),
+        min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5)),
+        levels.index(max(levels)),
+    )
     targets = dataset.spec.targets
     fig, axes = plt.subplots(len(targets), 1, figsize=(9, 3.2 * len(targets)), squeeze=False)
     for t, target in enumerate(targets):
@@ -39,8 +45,12 @@ def forecast_plot(path: Path, hospital: str, dataset: HospitalDataset, y: np.nda
         ax.plot(days_all, [actual[d] for d in days_all], color="black", lw=1.4, label="actual")
         for k, r in enumerate(rows[::H]):
             days = starts[0] + (np.flatnonzero(rows == r)[0] + np.arange(H)) * np.timedelta64(1, "D")
-            ax.fill_between(days, q[r, :, t, lo], q[r, :, t, hi], color="tab:blue", alpha=0.25, label="P10-P90" if k == 0 else None)
-            ax.plot(days, q[r, :, t, mid], color="tab:blue", lw=1.4, label=f"{H}-day forecast (median)" if k == 0 else None)
+            ax.fill_between(
+                days, q[r, :, t, lo], q[r, :, t, hi], color="tab:blue", alpha=0.25, label="P10-P90" if k == 0 else None
+            )
+            ax.plot(
+                days, q[r, :, t, mid], color="tab:blue", lw=1.4, label=f"{H}-day forecast (median)" if k == 0 else None
+            )
         ax.set_title(f"{hospital}, unit {unit}: {target}")
         ax.set_ylabel("patients" if target != "census" else "occupied beds")
         ax.legend(loc="best", fontsize=8, framealpha=0.6)
@@ -50,16 +60,23 @@ def forecast_plot(path: Path, hospital: str, dataset: HospitalDataset, y: np.nda
     plt.close(fig)
 
 
-def rounds_plot(path: Path, rounds: Sequence[Mapping[str, Any]]) -> None:
+def rounds_plot(path: Path, rounds: Sequence[RoundRecord]) -> None:
     """Federated evaluation MAE/WAPE and training loss per round (round 0 = the initial model)."""
-    ev = [(r["round"], r.get("evaluate", {})) for r in rounds if r.get("evaluate")]
-    tr = [(r["round"], r.get("train", {})) for r in rounds if r.get("train")]
+    ev = [(r.round, r.evaluate) for r in rounds if r.evaluate]
+    tr = [(r.round, r.train) for r in rounds if r.train]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, key, title in zip(axes[:2], ("eval-mae", "eval-wape"), ("test MAE (patients/beds)", "test WAPE"), strict=True):
+    for ax, key, title in zip(
+        axes[:2], ("eval-mae", "eval-wape"), ("test MAE (patients/beds)", "test WAPE"), strict=True
+    ):
         ax.plot([r for r, m in ev if key in m], [m[key] for r, m in ev if key in m], marker="o")
         ax.set_title(title)
         ax.set_xlabel("round")
-    axes[2].plot([r for r, m in tr if "train-loss" in m], [m["train-loss"] for r, m in tr if "train-loss" in m], marker="o", color="tab:orange")
+    axes[2].plot(
+        [r for r, m in tr if "train-loss" in m],
+        [m["train-loss"] for r, m in tr if "train-loss" in m],
+        marker="o",
+        color="tab:orange",
+    )
     axes[2].set_title("train pinball loss (scaled)")
     axes[2].set_xlabel("round")
     fig.tight_layout()
@@ -67,7 +84,9 @@ def rounds_plot(path: Path, rounds: Sequence[Mapping[str, Any]]) -> None:
     plt.close(fig)
 
 
-def comparison_plot(path: Path, per_method: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str = "wape") -> None:
+def comparison_plot(
+    path: Path, per_method: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str = "wape"
+) -> None:
     """Grouped bars: ``metric`` per hospital for every method."""
     methods = list(per_method)
     hospitals = sorted({h for m in per_method.values() for h in m})

@@ -20,16 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.app import make_client_app
-from client.config import hospital_files
-from client.task import LocalData, build_from_arrays, load_local_data, model_config, test_forecasts, window_spec
-from medalloc_core.models import build_model
+from medalloc.client.app import make_client_app
+from medalloc.client.config import hospital_files
+from medalloc.client.task import LocalData, load_local_data, test_forecasts
+from medalloc.server.app import FINAL_MODEL, make_server_app
+from medalloc_core.features import federation_window_spec
+from medalloc_core.model_io import read_model_files, sidecar_of
+from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
 from medalloc_core.privacy.ledger import PrivacyLedger
+from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
-from server.app import FINAL_MODEL, METRICS_FILE, make_server_app
-from simulations import comparisons as cmp
-from simulations import plots
-from simulations.scenario import Scenario, default_scenario_text
+
+from . import comparisons as cmp
+from . import plots
+from .scenario import Scenario, default_scenario_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class Progress:
     def advance(self, description: str | None = None) -> None:
         """One step of the current phase is done."""
 
-    def round(self, record: dict[str, Any]) -> None:
+    def round(self, record: RoundRecord) -> None:
         """A federated round finished (its metrics.jsonl record)."""
 
 
@@ -58,15 +62,23 @@ def prepare_out_dir(out: Path, *, force: bool) -> None:
     """Create ``out``; an existing non-empty folder needs ``force`` and must hold a previous run's scenario.toml."""
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise ResultsExist(f"{out} already exists and is not empty; choose another --out or pass --force to replace it")
+            raise ResultsExist(
+                f"{out} already exists and is not empty; choose another --out or pass --force to replace it"
+            )
         if not (out / SCENARIO_FILE).is_file():
-            raise ResultsExist(f"{out} is not a MedAlloc results folder (no {SCENARIO_FILE}); refusing to delete it, even with --force")
+            raise ResultsExist(
+                f"{out} is not a MedAlloc results folder (no {SCENARIO_FILE}); refusing to delete it, even with --force"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
 def simulate_federation(
-    run_config: dict[str, Any], num_nodes: int, *, client_cpus: float = 1.0, on_round: Callable[[dict[str, Any]], None] | None = None
+    run_config: dict[str, Any],
+    num_nodes: int,
+    *,
+    client_cpus: float = 1.0,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> None:
     """Run the project's ServerApp and ClientApp on Flower's Simulation Engine (Ray backend), one virtual node per hospital."""
     from flwr.simulation import run_simulation
@@ -97,7 +109,9 @@ def _ledger_history(path: Path) -> tuple[list[tuple[float, float, int]], float]:
     return [tuple(h) for h in ledger.history()], float(ledger.epsilon_spent())  # type: ignore[misc]
 
 
-def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def run_scenario(
+    scenario: Scenario, out: Path, *, force: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Run ``scenario`` and write its results folder; returns the summary (also in ``summary.json``).
 
     Raises ``ResultsExist`` when ``out`` holds anything and ``force`` is false.
@@ -123,13 +137,13 @@ def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress
     progress.phase("federation (starting Ray)", total=config.num_server_rounds)
     simulate_federation(run_config, len(files), client_cpus=scenario.client_cpus, on_round=progress.round)
     timings["federation"] = time.perf_counter() - began
-    rounds = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
-    final_arrays = _load_final(out)
+    rounds = read_rounds(out / METRICS_FILE)
+    final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
     # --- the same test windows for every method ------------------------------------------
     began = time.perf_counter()
-    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
-    mconfig = model_config(spec, model=config.model, hidden=config.hidden)
+    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     quantiles = tuple(mconfig.quantiles)
     progress.phase("scoring the federated model", total=len(files))
     data: dict[str, LocalData] = {p.stem: load_local_data(p, spec) for p in files}
@@ -162,8 +176,14 @@ def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress
         methods["local only DP"] = {}
         for hid, d in data.items():
             result = cmp.local_only_dp(
-                mconfig, d, history=histories[hid], batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                max_grad_norm=config.dp_max_grad_norm, delta=scenario.delta,
+                mconfig,
+                d,
+                history=histories[hid],
+                batch_size=config.batch_size,
+                lr=config.lr,
+                seed=config.seed,
+                max_grad_norm=config.dp_max_grad_norm,
+                delta=scenario.delta,
             )
             if result is not None:
                 y, q, eps = result
@@ -173,7 +193,9 @@ def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress
     if scenario.centralized:
         progress.phase("centralized (pooled, no privacy)", total=1)
         pooled = cmp.centralized(mconfig, data, **train_kwargs)
-        methods["centralized"] = {hid: cmp.score(*test_forecasts(pooled, d.dataset), quantiles) for hid, d in data.items()}
+        methods["centralized"] = {
+            hid: cmp.score(*test_forecasts(pooled, d.dataset), quantiles) for hid, d in data.items()
+        }
         progress.advance()
     for name in scenario.baselines:
         progress.phase(f"baseline: {name}", total=len(data))
@@ -204,7 +226,7 @@ def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress
             "strategy": config.strategy,
             "rounds": config.num_server_rounds,
             "local_epochs": config.local_epochs,
-            "last_round": rounds[-1] if rounds else None,
+            "last_round": rounds[-1].to_dict() if rounds else None,
             "epsilon_budget": scenario.epsilon_budget,
             "delta": scenario.delta,
             "epsilon_per_hospital": epsilons,
@@ -218,9 +240,3 @@ def run_scenario(scenario: Scenario, out: Path, *, force: bool = False, progress
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
     return summary
-
-
-def _load_final(out: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    return dict(load_file(out / FINAL_MODEL))

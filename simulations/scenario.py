@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medalloc.server.config import RunConfig, RunConfigError
 from medalloc_core.synthetic import RegionConfig
-from server.config import RunConfig, RunConfigError
 
 _SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "output", "simulation"}
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
@@ -70,7 +70,11 @@ class Scenario:
 
 def default_scenario_text() -> str:
     """The embedded default scenario (package data), as TOML text."""
-    return resources.files("simulations").joinpath("scenarios/default.toml").read_text(encoding="utf-8")
+    return (
+        resources.files(__package__ or "medalloc.simulations")
+        .joinpath("scenarios/default.toml")
+        .read_text(encoding="utf-8")
+    )
 
 
 def load_scenario(path: Path | None = None) -> Scenario:

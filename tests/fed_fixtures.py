@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-from client import protocol
-from simulations.local_grid import task_identity  # noqa: F401  (Messages need Flower's task identity)
+from medalloc.simulations.local_grid import task_identity  # noqa: F401  (Messages need Flower's task identity)
+from medalloc_core import protocol
 
 
 def record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -33,7 +33,9 @@ def train_metrics(num_examples: float = 100, **overrides: float) -> dict[str, fl
     return values
 
 
-def train_reply(node_id: int, arrays: Mapping[str, np.ndarray], metrics: Mapping[str, float], global_arrays: ArrayRecord) -> Message:
+def train_reply(
+    node_id: int, arrays: Mapping[str, np.ndarray], metrics: Mapping[str, float], global_arrays: ArrayRecord
+) -> Message:
     req = request(node_id, global_arrays)
     content = RecordDict({protocol.ARRAYS: record(arrays), protocol.METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
     return Message(content, reply_to=req)
@@ -46,14 +48,16 @@ def error_reply(node_id: int, code: int, reason: str, global_arrays: ArrayRecord
 # ------------------------------------------------------------------ an in-process grid
 from pathlib import Path  # noqa: E402
 
-from simulations.local_grid import LocalGrid as DirectGrid  # noqa: E402,F401  (real ClientApps, no transport)
+from medalloc.simulations.local_grid import LocalGrid as DirectGrid  # noqa: E402,F401  (real ClientApps, no transport)
 
 
 def small_region(folder: Path, *, hospitals: int = 3, days: int = 200, seed: int = 0) -> Path:
     """A tiny synthetic region (one CSV per hospital) for federation tests."""
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
 
-    region = generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed, short_history_fraction=0.0, min_beds=60, max_beds=300))
+    region = generate_region(
+        RegionConfig(hospitals=hospitals, days=days, seed=seed, short_history_fraction=0.0, min_beds=60, max_beds=300)
+    )
     write_region(region, folder)
     return folder
 

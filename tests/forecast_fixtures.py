@@ -27,7 +27,9 @@ def unit_frame(unit: str, days: int, base: float, *, seed: int, start: str = "20
     return pd.DataFrame({DATE: dates, UNIT: unit, ADMISSIONS: adm, DISCHARGES: dis, CENSUS: census})
 
 
-def records(units: dict[str, float] | None = None, days: int = 300, *, seed: int = 0, drop: list[int] | None = None) -> UnitRecords:
+def records(
+    units: dict[str, float] | None = None, days: int = 300, *, seed: int = 0, drop: list[int] | None = None
+) -> UnitRecords:
     """UnitRecords of a few units; ``drop`` removes those day indices from every unit (gaps)."""
     units = units or {"icu": 4.0, "ward": 40.0}
     frames = []

@@ -63,9 +63,7 @@ def test_prv_epsilon_is_opacus_upper_bound_and_tighter_than_rdp() -> None:
 
 def test_heterogeneous_history_composes() -> None:
     history = [(1.0, 0.01, 1000), (2.0, 0.1, 200)]
-    assert epsilon_for(history, delta=1e-5, accountant="rdp") == pytest.approx(
-        rdp_reference(history, 1e-5), rel=1e-12
-    )
+    assert epsilon_for(history, delta=1e-5, accountant="rdp") == pytest.approx(rdp_reference(history, 1e-5), rel=1e-12)
     single = epsilon_for(history[:1], delta=1e-5, accountant="rdp")
     assert epsilon_for(history, delta=1e-5, accountant="rdp") > single
 
@@ -135,9 +133,7 @@ def test_prv_pathological_history_falls_back_to_rdp(caplog: pytest.LogCaptureFix
 )
 def test_prv_never_reports_more_than_rdp(noise: float, rate: float, steps: int) -> None:
     history = [(noise, rate, steps)]
-    assert epsilon_for(history, delta=1e-5, accountant="prv") <= epsilon_for(
-        history, delta=1e-5, accountant="rdp"
-    )
+    assert epsilon_for(history, delta=1e-5, accountant="prv") <= epsilon_for(history, delta=1e-5, accountant="rdp")
 
 
 @settings(max_examples=20, deadline=None)
@@ -162,9 +158,7 @@ def test_rdp_epsilon_monotone_in_steps_and_decreasing_in_noise(
     rate=st.floats(0.002, 0.2),
     steps=st.integers(1, 300),
 )
-def test_prv_epsilon_monotone_in_steps_and_decreasing_in_noise(
-    noise: float, rate: float, steps: int
-) -> None:
+def test_prv_epsilon_monotone_in_steps_and_decreasing_in_noise(noise: float, rate: float, steps: int) -> None:
     eps = epsilon_for([(noise, rate, steps)], delta=1e-5)
     assert epsilon_for([(noise, rate, 2 * steps)], delta=1e-5) >= eps
     assert epsilon_for([(1.5 * noise, rate, steps)], delta=1e-5) <= eps
@@ -182,9 +176,7 @@ def test_noise_for_target_agrees_with_opacus_search_and_is_safe() -> None:
 
 def test_prv_noise_for_target_is_safe_and_smaller_than_rdp() -> None:
     sigma_prv = noise_multiplier_for(target_epsilon=3.0, delta=1e-5, sample_rate=0.02, steps=500)
-    sigma_rdp = noise_multiplier_for(
-        target_epsilon=3.0, delta=1e-5, sample_rate=0.02, steps=500, accountant="rdp"
-    )
+    sigma_rdp = noise_multiplier_for(target_epsilon=3.0, delta=1e-5, sample_rate=0.02, steps=500, accountant="rdp")
     assert epsilon_for([(sigma_prv, 0.02, 500)], delta=1e-5) <= 3.0
     assert sigma_prv < sigma_rdp  # the tighter accountant buys less noise for the same epsilon
 
@@ -195,22 +187,28 @@ def test_prv_noise_for_target_is_safe_and_smaller_than_rdp() -> None:
     target=st.floats(0.3, 12.0),
     rate=st.floats(0.001, 0.5),
     steps=st.integers(1, 3000),
-    past=st.lists(
-        st.tuples(st.floats(1.0, 8.0), st.floats(0.001, 0.1), st.integers(1, 200)), max_size=3
-    ),
+    past=st.lists(st.tuples(st.floats(1.0, 8.0), st.floats(0.001, 0.1), st.integers(1, 200)), max_size=3),
 )
 def test_noise_for_target_never_overshoots(target, rate, steps, past) -> None:
     already = epsilon_for(past, delta=1e-5, accountant="rdp")
     if already >= target:
         with pytest.raises(TargetUnreachable):
             noise_multiplier_for(
-                target_epsilon=target, delta=1e-5, sample_rate=rate, steps=steps,
-                accountant="rdp", history=past,
+                target_epsilon=target,
+                delta=1e-5,
+                sample_rate=rate,
+                steps=steps,
+                accountant="rdp",
+                history=past,
             )
         return
     sigma = noise_multiplier_for(
-        target_epsilon=target, delta=1e-5, sample_rate=rate, steps=steps,
-        accountant="rdp", history=past,
+        target_epsilon=target,
+        delta=1e-5,
+        sample_rate=rate,
+        steps=steps,
+        accountant="rdp",
+        history=past,
     )
     eps = epsilon_for([*past, (sigma, rate, steps)], delta=1e-5, accountant="rdp")
     assert eps <= target
@@ -224,6 +222,10 @@ def test_target_already_spent_is_unreachable_with_how_to_fix() -> None:
     past = [(1.0, 0.01, 1000)]  # RDP epsilon 2.10 at 1e-5
     with pytest.raises(TargetUnreachable, match="already spent epsilon=2.1"):
         noise_multiplier_for(
-            target_epsilon=2.0, delta=1e-5, sample_rate=0.01, steps=10,
-            accountant="rdp", history=past,
+            target_epsilon=2.0,
+            delta=1e-5,
+            sample_rate=0.01,
+            steps=10,
+            accountant="rdp",
+            history=past,
         )

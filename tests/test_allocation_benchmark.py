@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations.benchmarks.allocation import (
+from medalloc.simulations.benchmarks.allocation import (
     BenchmarkCosts,
     evaluate_plans,
     oracle_forecast,
@@ -16,9 +16,12 @@ from simulations.benchmarks.allocation import (
 
 def _truth(days: int = 3) -> pd.DataFrame:
     dates = pd.date_range("2026-03-02", periods=days)
-    rows = [{"hospital": h, "unit": u, "date": d, "census": c}
-            for h, units in {"A": {"ICU": 8, "ward": 30}, "B": {"ward": 20}}.items()
-            for u, c in units.items() for d in dates]
+    rows = [
+        {"hospital": h, "unit": u, "date": d, "census": c}
+        for h, units in {"A": {"ICU": 8, "ward": 30}, "B": {"ward": 20}}.items()
+        for u, c in units.items()
+        for d in dates
+    ]
     return pd.DataFrame(rows)
 
 
@@ -29,7 +32,9 @@ COSTS = BenchmarkCosts(scenarios=3, neighbours=1, surge_pool=5)
 def test_oracle_costs_nothing_and_a_two_bed_buffer_costs_its_idle_beds() -> None:
     truth = _truth()
     buffered = oracle_forecast(truth.assign(census=truth["census"] + 2))
-    table = evaluate_plans(truth, {"oracle": oracle_forecast(truth), "buffer": buffered}, CAPACITY, COSTS).set_index("method")
+    table = evaluate_plans(truth, {"oracle": oracle_forecast(truth), "buffer": buffered}, CAPACITY, COSTS).set_index(
+        "method"
+    )
     assert table.loc["oracle", "total_cost"] == pytest.approx(0.0)
     assert table.loc["oracle", "cost_ratio"] == pytest.approx(1.0)
     # 3 units x 3 days x 2 idle beds = 18 idle bed-days at cost 1; nothing overflows, no surge needed

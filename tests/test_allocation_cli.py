@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from medalloc.cli import app
 from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast, write_forecast
 from medalloc_core.allocation.regional import share_forecast, write_shared
-from medalloc_core.cli import app
 from medalloc_core.contract import DataContractError
 from tests.allocation_fixtures import forecast_frame
 
@@ -89,8 +89,21 @@ def test_allocate_happy_path_writes_plan_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "plan"
     result = runner.invoke(
         app,
-        ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(out),
-         "--under-cost", "7", "--over-cost", "3", "--nurse-ratio", "ICU=2,medical=5"],
+        [
+            "allocate",
+            "--forecast",
+            str(forecast),
+            "--capacity",
+            str(capacity),
+            "--out",
+            str(out),
+            "--under-cost",
+            "7",
+            "--over-cost",
+            "3",
+            "--nurse-ratio",
+            "ICU=2,medical=5",
+        ],
     )
     assert result.exit_code == 0, result.output
     plan = pd.read_csv(out / "plan.csv")
@@ -102,17 +115,24 @@ def test_allocate_happy_path_writes_plan_and_plot(tmp_path: Path) -> None:
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Bed and staff plan" in result.output
     before = (out / "plan.csv").read_bytes()
-    again = runner.invoke(app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(out)])
+    again = runner.invoke(
+        app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(out)]
+    )
     assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
     assert (out / "plan.csv").read_bytes() == before  # untouched
-    forced = runner.invoke(app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(out), "--force"])
+    forced = runner.invoke(
+        app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(out), "--force"]
+    )
     assert forced.exit_code == 0, forced.output
 
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda f, c: f.write_text(f.read_text().replace("census,0.5,10.0", "census,0.5,x", 1)), "row 3, column 'value'"),
+        (
+            lambda f, c: f.write_text(f.read_text().replace("census,0.5,10.0", "census,0.5,x", 1)),
+            "row 3, column 'value'",
+        ),
         (lambda f, c: c.write_text("unit,beds\nICU,13\n"), "no capacity for"),
         (lambda f, c: f.unlink(), "file not found"),
     ],
@@ -120,7 +140,9 @@ def test_allocate_happy_path_writes_plan_and_plot(tmp_path: Path) -> None:
 def test_allocate_bad_input_exits_2_without_traceback(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
     forecast, capacity = _write_inputs(tmp_path)
     mutate(forecast, capacity)
-    result = runner.invoke(app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["allocate", "--forecast", str(forecast), "--capacity", str(capacity), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2, result.output
     assert expected in result.output
     assert "Traceback" not in result.output
@@ -140,7 +162,17 @@ def test_allocate_region_happy_path(tmp_path: Path) -> None:
     ]
     paths = [write_forecast(f, tmp_path / f"{h}.csv") for f, h in zip(frames, "AB", strict=True)]
     (tmp_path / "cap.csv").write_text("hospital,unit,beds\nA,ward,10\nB,ward,10\n")
-    args = ["allocate-region", "--capacity", str(tmp_path / "cap.csv"), "--out", str(tmp_path / "r"), "--pool", "1", "--scenarios", "5"]
+    args = [
+        "allocate-region",
+        "--capacity",
+        str(tmp_path / "cap.csv"),
+        "--out",
+        str(tmp_path / "r"),
+        "--pool",
+        "1",
+        "--scenarios",
+        "5",
+    ]
     for p in paths:
         args += ["--forecast", str(p)]
     result = runner.invoke(app, args)
@@ -154,10 +186,26 @@ def test_allocate_region_happy_path(tmp_path: Path) -> None:
 
 def test_allocate_region_surge_only_fills_empty_physical_beds(tmp_path: Path) -> None:
     # A staffs 10 of its 11 physical beds: however busy it is, at most 1 surge bed fits there.
-    path = write_forecast(forecast_frame({("A", "ward"): [(13.0, 14.0, 15.0)], ("B", "ward"): [(4.0, 5.0, 6.0)]}), tmp_path / "f.csv")
+    path = write_forecast(
+        forecast_frame({("A", "ward"): [(13.0, 14.0, 15.0)], ("B", "ward"): [(4.0, 5.0, 6.0)]}), tmp_path / "f.csv"
+    )
     (tmp_path / "cap.csv").write_text("hospital,unit,beds,staffed\nA,ward,11,10\nB,ward,14,10\n")
-    result = runner.invoke(app, ["allocate-region", "--forecast", str(path), "--capacity", str(tmp_path / "cap.csv"),
-                                 "--out", str(tmp_path / "r"), "--pool", "3", "--scenarios", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "allocate-region",
+            "--forecast",
+            str(path),
+            "--capacity",
+            str(tmp_path / "cap.csv"),
+            "--out",
+            str(tmp_path / "r"),
+            "--pool",
+            "3",
+            "--scenarios",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     days = pd.read_csv(tmp_path / "r" / "hospital_days.csv").set_index("hospital")
     assert days.loc["A", "surge_beds"] == pytest.approx(1.0)
@@ -168,8 +216,18 @@ def test_allocate_region_surge_only_fills_empty_physical_beds(tmp_path: Path) ->
 def test_allocate_region_bad_number_exits_2(tmp_path: Path) -> None:
     (tmp_path / "s.csv").write_text("hospital,date,q,value\nA,2026-03-02,0.5,12\nA,2026-03-03,0.5,lots\n")
     (tmp_path / "cap.csv").write_text("hospital,beds\nA,10\n")
-    result = runner.invoke(app, ["allocate-region", "--forecast", str(tmp_path / "s.csv"), "--capacity", str(tmp_path / "cap.csv"),
-                                 "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app,
+        [
+            "allocate-region",
+            "--forecast",
+            str(tmp_path / "s.csv"),
+            "--capacity",
+            str(tmp_path / "cap.csv"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 2
     assert "row 3, column 'value': 'lots' is not a number" in result.output
 

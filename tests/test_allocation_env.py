@@ -40,7 +40,9 @@ class Scripted:
 def test_scripted_episode_costs_match_a_hand_computation() -> None:
     # One unit, 6 physical beds; 7 history days (last one: census 4), then demand 5, 8, 3.
     demand = np.array([[3, 3, 4, 4, 3, 4, 4, 5, 8, 3]], dtype=float).T
-    env = HospitalBedEnv(demand, np.array([6]), costs=EnvCosts(under_cost=10, over_cost=1, change_cost=0.5), episode_days=3)
+    env = HospitalBedEnv(
+        demand, np.array([6]), costs=EnvCosts(under_cost=10, over_cost=1, change_cost=0.5), episode_days=3
+    )
     # Actions 6, 9 (clipped to 6), 2. Staffing before the episode = yesterday's census 4.
     # day 1: D=5, s=6 -> idle 1 -> 1;  change |6-4|=2 -> 1.0   => 2.0
     # day 2: D=8, s=6 -> unserved 2 -> 20; change 0             => 20.0
@@ -75,14 +77,18 @@ def _forecast_env(days: int = 50, episode_days: int | None = 20) -> tuple[Hospit
     spread = np.sqrt(np.maximum(demand, 1.0)) * 1.2816
     forecasts = np.stack([demand - spread, demand, demand + spread], axis=-1)[:, :, None, :]  # (T, U, 1, 3)
     capacity = np.array([12, 40])
-    env = HospitalBedEnv(demand, capacity, forecasts=np.maximum(forecasts, 0), quantile_levels=LEVELS, episode_days=episode_days)
+    env = HospitalBedEnv(
+        demand, capacity, forecasts=np.maximum(forecasts, 0), quantile_levels=LEVELS, episode_days=episode_days
+    )
     return env, capacity
 
 
 def test_passes_gymnasium_check_env_with_and_without_forecasts() -> None:
     env, _ = _forecast_env()
     check_env(env, skip_render_check=True)
-    check_env(HospitalBedEnv(seasonal_poisson_census(20, {"ward": 10.0}, seed=1), np.array([15])), skip_render_check=True)
+    check_env(
+        HospitalBedEnv(seasonal_poisson_census(20, {"ward": 10.0}, seed=1), np.array([15])), skip_render_check=True
+    )
 
 
 def test_same_seed_same_episode_and_policies_share_the_protocol() -> None:
@@ -106,7 +112,9 @@ def test_newsvendor_policy_agrees_with_the_hospital_plan() -> None:
     obs, _ = env.reset(seed=0)
     tomorrow = obs["forecast"][:, 0, :].astype(float)
     frame = forecast_frame({("H", "ICU"): [tuple(tomorrow[0])], ("H", "medical"): [tuple(tomorrow[1])]})
-    plan = plan_hospital(frame, pd.DataFrame({"unit": ["ICU", "medical"], "beds": capacity}), PlanConfig(costs=UnitCosts(10, 1)))
+    plan = plan_hospital(
+        frame, pd.DataFrame({"unit": ["ICU", "medical"], "beds": capacity}), PlanConfig(costs=UnitCosts(10, 1))
+    )
     policy = NewsvendorPolicy(LEVELS, tuple(capacity.tolist()), under_cost=10, over_cost=1)
     np.testing.assert_array_equal(policy(obs), plan["staffed_beds"].to_numpy())
 
@@ -124,8 +132,12 @@ def test_from_daily_records() -> None:
     census = seasonal_poisson_census(21, {"ICU": 8.0, "medical": 30.0}, seed=3)
     dates = pd.date_range("2026-01-05", periods=21)  # a Monday
     daily = pd.concat(
-        [pd.DataFrame({"date": dates, "unit": u, "census": census[:, i].astype(int), "admissions": 2, "capacity": cap})
-         for i, (u, cap) in enumerate((("ICU", 12), ("medical", 40)))],
+        [
+            pd.DataFrame(
+                {"date": dates, "unit": u, "census": census[:, i].astype(int), "admissions": 2, "capacity": cap}
+            )
+            for i, (u, cap) in enumerate((("ICU", 12), ("medical", 40)))
+        ],
         ignore_index=True,
     ).sample(frac=1.0, random_state=0)  # row order must not matter
     env = HospitalBedEnv.from_daily(daily)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
-from simulations.benchmarks.allocation import (
+from medalloc.simulations.benchmarks.allocation import (
     BenchmarkCosts,
     NeuralSettings,
     _synthetic_region,
@@ -14,6 +13,7 @@ from simulations.benchmarks.allocation import (
     neural_forecasts,
     oracle_forecast,
 )
+from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
 
 
 @pytest.mark.slow

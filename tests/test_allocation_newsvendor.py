@@ -176,7 +176,9 @@ def test_change_from_the_staffed_baseline() -> None:
 )
 def test_plan_never_exceeds_physical_beds(mids: list[float], spread: float, beds: int, under: float) -> None:
     frame = forecast_frame({("H", "ward"): [(max(m - spread, 0.0), m, m + spread) for m in mids]})
-    plan = plan_hospital(frame, pd.DataFrame({"unit": ["ward"], "beds": [beds]}), PlanConfig(costs=UnitCosts(under, 1.0)))
+    plan = plan_hospital(
+        frame, pd.DataFrame({"unit": ["ward"], "beds": [beds]}), PlanConfig(costs=UnitCosts(under, 1.0))
+    )
     assert (plan["staffed_beds"] <= beds).all() and (plan["staffed_beds"] >= 0).all()
     assert ((plan["p_overflow"] >= -1e-12) & (plan["p_overflow"] <= 1 + 1e-12)).all()
     uncapped = ~plan["capped"]

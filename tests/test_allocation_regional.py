@@ -30,7 +30,9 @@ def shared(demand: dict[str, list[float]], start: str = "2026-03-02") -> pd.Data
     for hospital, days in demand.items():
         for i, d in enumerate(days):
             for q in LEVELS:
-                rows.append({"hospital": hospital, "date": pd.Timestamp(start) + pd.Timedelta(days=i), "q": q, "value": d})
+                rows.append(
+                    {"hospital": hospital, "date": pd.Timestamp(start) + pd.Timedelta(days=i), "q": q, "value": d}
+                )
     return pd.DataFrame(rows)
 
 
@@ -64,7 +66,9 @@ def test_three_hospitals_pool_then_transfers() -> None:
     # A: 15 on 10 beds (+5), B: 13 on 10 (+3), C: 6 on 10 (4 free). Pool 4.
     # Unserved (10) is dearer than either remedy, so all 8 extra patient-days are covered:
     # 4 by surge (4 * 1) and 4 by transfers into C (4 * 2): total 12, nothing unserved.
-    plan = plan_region(shared({"A": [15], "B": [13], "C": [6]}), {"A": 10, "B": 10, "C": 10}, config(surge_pool=4), distances=NEAR)
+    plan = plan_region(
+        shared({"A": [15], "B": [13], "C": [6]}), {"A": 10, "B": 10, "C": 10}, config(surge_pool=4), distances=NEAR
+    )
     assert plan.costs["total"] == pytest.approx(12.0)
     assert plan.costs["surge"] == pytest.approx(4.0) and plan.costs["transfer"] == pytest.approx(8.0)
     assert plan.hospital_days["expected_unserved"].sum() == pytest.approx(0.0, abs=1e-7)
@@ -75,7 +79,10 @@ def test_pool_is_per_day_and_moves_between_hospitals() -> None:
     # Day 1: A needs 3 extra; day 2: B needs 3 extra; pool 3 per day, no transfers allowed.
     # Surge goes to A on day 1 and to B on day 2: cost 6, nothing unserved.
     plan = plan_region(
-        shared({"A": [13, 8], "B": [8, 13]}), {"A": 10, "B": 10}, config(surge_pool=3, neighbours=0), distances=NEAR[:2, :2]
+        shared({"A": [13, 8], "B": [8, 13]}),
+        {"A": 10, "B": 10},
+        config(surge_pool=3, neighbours=0),
+        distances=NEAR[:2, :2],
     )
     s = plan.surge.pivot(index="date", columns="hospital", values="surge_beds").to_numpy()
     np.testing.assert_allclose(s, [[3.0, 0.0], [0.0, 3.0]], atol=1e-7)
@@ -121,7 +128,9 @@ def test_load_never_exceeds_capacity_plus_surge() -> None:
     assert (plan.load >= -1e-6).all()
     assert (plan.surge.groupby("date")["surge_beds"].sum() <= 10 + 1e-6).all()
     assert (plan.surge.groupby("date")["surge_beds_whole"].sum() <= 10).all()
-    again = plan_region(share, {f"H{h}": 28 for h in range(6)}, RegionalConfig(surge_pool=10, scenarios=8, neighbours=2))
+    again = plan_region(
+        share, {f"H{h}": 28 for h in range(6)}, RegionalConfig(surge_pool=10, scenarios=8, neighbours=2)
+    )
     assert again.costs == plan.costs  # same seed, same numbers
 
 
@@ -185,8 +194,17 @@ def test_release_hook_is_told_epsilon_before_release_and_can_stop_it() -> None:
 def test_laplace_noise_has_the_stated_scale() -> None:
     # 2000 days x 1 level, sensitivity 1 per value: L1 sensitivity 2000, epsilon 2000 -> scale 1.
     # For Laplace(b), E|noise| = b.
-    rows = [{"hospital": "A", "unit": "ward", "date": pd.Timestamp("2026-01-01") + pd.Timedelta(days=i),
-             "target": "census", "q": 0.5, "value": 500.0} for i in range(2000)]
+    rows = [
+        {
+            "hospital": "A",
+            "unit": "ward",
+            "date": pd.Timestamp("2026-01-01") + pd.Timedelta(days=i),
+            "target": "census",
+            "q": 0.5,
+            "value": 500.0,
+        }
+        for i in range(2000)
+    ]
     noisy = share_forecast(pd.DataFrame(rows), epsilon=2000.0, seed=5)
     assert laplace_scale(epsilon=2000.0, n_values=2000) == 1.0
     assert np.mean(np.abs(noisy["value"] - 500.0)) == pytest.approx(1.0, rel=0.08)
@@ -220,7 +238,9 @@ def test_allowed_pairs_pair_limits_and_distance_restrict_transfers() -> None:
 
 def test_capacity_can_change_by_day() -> None:
     # A has 10 beds on day 1 and 12 on day 2, demand 12 both days, pool 5: surge 2 then 0.
-    by_day = pd.DataFrame({"hospital": ["A", "A"], "date": pd.to_datetime(["2026-03-02", "2026-03-03"]), "capacity": [10, 12]})
+    by_day = pd.DataFrame(
+        {"hospital": ["A", "A"], "date": pd.to_datetime(["2026-03-02", "2026-03-03"]), "capacity": [10, 12]}
+    )
     plan = plan_region(shared({"A": [12, 12]}), by_day, config(surge_pool=5, neighbours=0))
     np.testing.assert_allclose(plan.surge["surge_beds"], [2.0, 0.0], atol=1e-7)
 

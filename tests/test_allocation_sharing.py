@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from medalloc.cli import app
 from medalloc_core.allocation.regional import gaussian_sigma, share_forecast
 from medalloc_core.allocation.sharing import calibrate_share_noise, share_with_ledger
-from medalloc_core.cli import app
 from medalloc_core.privacy.accounting import epsilon_for, noise_multiplier_for
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
@@ -25,8 +25,13 @@ TRAINING = (1.3, 0.05, 200)  # a DP-SGD spend already on the node: (sigma, q, st
 
 def _forecast(days: int = 7) -> pd.DataFrame:
     dates = pd.date_range("2026-03-02", periods=days)
-    rows = [{"hospital": "H1", "unit": u, "date": d, "target": t, "q": q, "value": base + 10 * q}
-            for u, base in (("icu", 8.0), ("ward", 30.0)) for d in dates for t in ("admissions", "census") for q in LEVELS]
+    rows = [
+        {"hospital": "H1", "unit": u, "date": d, "target": t, "q": q, "value": base + 10 * q}
+        for u, base in (("icu", 8.0), ("ward", 30.0))
+        for d in dates
+        for t in ("admissions", "census")
+        for q in LEVELS
+    ]
     return pd.DataFrame(rows)
 
 
@@ -38,11 +43,15 @@ def node(tmp_path: Path) -> tuple[Path, Path, str]:
     recs.frame.assign(date=recs.frame["date"].dt.strftime("%Y-%m-%d")).to_csv(data, index=False)
     fp = fingerprint_frame(load_unit_records(data).frame)
     ledger = PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=10.0, delta=1e-5)
-    ledger.spend(fp, noise_multiplier=TRAINING[0], sample_rate=TRAINING[1], steps=TRAINING[2], run_id="federation/round-1")
+    ledger.spend(
+        fp, noise_multiplier=TRAINING[0], sample_rate=TRAINING[1], steps=TRAINING[2], run_id="federation/round-1"
+    )
     return data, ledger.path, fp
 
 
-def test_ledger_epsilon_after_a_share_is_the_accountants_epsilon_of_the_combined_history(node: tuple[Path, Path, str]) -> None:
+def test_ledger_epsilon_after_a_share_is_the_accountants_epsilon_of_the_combined_history(
+    node: tuple[Path, Path, str],
+) -> None:
     _, path, fp = node
     ledger = PrivacyLedger.load(path)
     before = ledger.epsilon_spent()
@@ -61,7 +70,9 @@ def test_ledger_epsilon_after_a_share_is_the_accountants_epsilon_of_the_combined
     assert sorted(PrivacyLedger.load(path).history(fp)) == sorted([TRAINING, (z, 1.0, 1)])
 
 
-def test_noise_has_the_recorded_scale_and_is_reproducible_only_by_seed(node: tuple[Path, Path, str], tmp_path: Path) -> None:
+def test_noise_has_the_recorded_scale_and_is_reproducible_only_by_seed(
+    node: tuple[Path, Path, str], tmp_path: Path
+) -> None:
     # one quantile level so per-day sorting does not reorder: the differences are the raw noise
     frame = _forecast(days=400)
     frame = frame[frame["q"] == 0.5]
@@ -83,7 +94,9 @@ def test_calibration_handles_sample_rate_one_with_both_accountants() -> None:
         z, sigma = calibrate_share_noise(epsilon=2.0, delta=1e-5, n_values=4, sensitivity=2.0, accountant=accountant)
         assert epsilon_for([(z, 1.0, 1)], delta=1e-5, accountant=accountant) <= 2.0
         assert sigma == pytest.approx(z * 2.0 * 2.0)
-        assert z >= gaussian_sigma(epsilon=2.0, delta=1e-5, n_values=1)  # analytic Gaussian is exact; accountants bound it
+        assert z >= gaussian_sigma(
+            epsilon=2.0, delta=1e-5, n_values=1
+        )  # analytic Gaussian is exact; accountants bound it
 
 
 def test_cli_share_records_the_release_and_writes_the_table(node: tuple[Path, Path, str], tmp_path: Path) -> None:
@@ -91,18 +104,51 @@ def test_cli_share_records_the_release_and_writes_the_table(node: tuple[Path, Pa
     fc = tmp_path / "forecast.csv"
     _forecast().assign(date=lambda f: f["date"].dt.strftime("%Y-%m-%d")).to_csv(fc, index=False)
     out = tmp_path / "shared.csv"
-    result = runner.invoke(app, ["share", "--forecast", str(fc), "--data", str(data), "--ledger", str(path),
-                                 "--epsilon", "1", "--out", str(out), "--seed", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "share",
+            "--forecast",
+            str(fc),
+            "--data",
+            str(data),
+            "--ledger",
+            str(path),
+            "--epsilon",
+            "1",
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     shared = pd.read_csv(out)
     assert list(shared.columns) == ["hospital", "date", "q", "value"] and len(shared) == 21
     assert (shared.groupby("date")["value"].apply(lambda v: v.is_monotonic_increasing)).all()
     z = noise_multiplier_for(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=1)
-    assert PrivacyLedger.load(path).epsilon_spent() == pytest.approx(epsilon_for([TRAINING, (z, 1.0, 1)], delta=1e-5), rel=1e-9)
+    assert PrivacyLedger.load(path).epsilon_spent() == pytest.approx(
+        epsilon_for([TRAINING, (z, 1.0, 1)], delta=1e-5), rel=1e-9
+    )
     assert PrivacyLedger.load(path).entries()[0].spends[-1].run_id == "share:H1:2026-03-02..2026-03-08"
     # again without --force: refused before anything is spent
     before = path.read_bytes()
-    result = runner.invoke(app, ["share", "--forecast", str(fc), "--data", str(data), "--ledger", str(path), "--epsilon", "1", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "share",
+            "--forecast",
+            str(fc),
+            "--data",
+            str(data),
+            "--ledger",
+            str(path),
+            "--epsilon",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2 and "already exists" in result.output and path.read_bytes() == before
 
 
@@ -112,8 +158,22 @@ def test_refusal_releases_nothing_and_leaves_the_ledger_unchanged(node: tuple[Pa
     _forecast().to_csv(fc, index=False)
     before = path.read_bytes()
     out = tmp_path / "shared.csv"
-    result = runner.invoke(app, ["share", "--forecast", str(fc), "--data", str(data), "--ledger", str(path),
-                                 "--epsilon", "9.5", "--out", str(out)])  # training already spent ~1.5 of 10
+    result = runner.invoke(
+        app,
+        [
+            "share",
+            "--forecast",
+            str(fc),
+            "--data",
+            str(data),
+            "--ledger",
+            str(path),
+            "--epsilon",
+            "9.5",
+            "--out",
+            str(out),
+        ],
+    )  # training already spent ~1.5 of 10
     assert result.exit_code == 2
     assert "refused" in result.output and "Nothing was shared" in result.output and "Traceback" not in result.output
     assert not out.exists()
@@ -123,6 +183,22 @@ def test_refusal_releases_nothing_and_leaves_the_ledger_unchanged(node: tuple[Pa
         share_with_ledger(_forecast(), ledger=ledger, fingerprint=fp, epsilon=9.5, seed=0, run_id="share:x")
     assert path.read_bytes() == before
     # a delta other than the ledger's is refused too
-    result = runner.invoke(app, ["share", "--forecast", str(fc), "--data", str(data), "--ledger", str(path),
-                                 "--epsilon", "0.5", "--delta", "1e-6", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "share",
+            "--forecast",
+            str(fc),
+            "--data",
+            str(data),
+            "--ledger",
+            str(path),
+            "--epsilon",
+            "0.5",
+            "--delta",
+            "1e-6",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2 and "delta" in result.output and not out.exists() and path.read_bytes() == before

@@ -13,7 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
+from medalloc.cli import app
+from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
 from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.privacy.audit import (
     DEFAULT_AUDIT_DP,
@@ -27,7 +28,6 @@ from medalloc_core.privacy.audit import (
 )
 from medalloc_core.privacy.audit_stats import one_run_audit
 from medalloc_core.privacy.ledger import PrivacyLedger
-from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 runner = CliRunner()
@@ -55,7 +55,9 @@ def test_audit_is_sound_and_the_attack_has_power(quick: tuple[AuditReport, Path]
 
     # The ledger's epsilon is Opacus' accounting of exactly the steps taken, nothing else.
     assert PrivacyLedger.load(workdir / LEDGER_NAME).history() == [(1.0, dp.sample_rate, dp.steps)]
-    assert dp.ledger_epsilon == pytest.approx(epsilon_for([(1.0, dp.sample_rate, dp.steps)], delta=1e-5, accountant="prv"))
+    assert dp.ledger_epsilon == pytest.approx(
+        epsilon_for([(1.0, dp.sample_rate, dp.steps)], delta=1e-5, accountant="prv")
+    )
 
     # Soundness: the empirical lower bound stays below what the ledger claims.
     assert dp.ledger_epsilon is not None and dp.epsilon_lower_bound <= dp.ledger_epsilon
@@ -79,7 +81,9 @@ class _UnderReportingLedger:
         self.ledger, self.claimed_noise = ledger, claimed_noise
 
     def spend(self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int, run_id: str) -> float:
-        return self.ledger.spend(fingerprint, noise_multiplier=self.claimed_noise, sample_rate=sample_rate, steps=steps, run_id=run_id)
+        return self.ledger.spend(
+            fingerprint, noise_multiplier=self.claimed_noise, sample_rate=sample_rate, steps=steps, run_id=run_id
+        )
 
 
 @pytest.fixture
@@ -100,14 +104,27 @@ def test_the_soundness_check_catches_training_that_spends_more_than_recorded(tmp
     train = data.train_set()
     model = build_model(
         ForecasterConfig(
-            model="mlp", history=setting.history, horizon=setting.horizon, n_features=train.X.shape[2],
-            n_targets=train.y.shape[2], hidden=setting.hidden, layers=setting.layers,
+            model="mlp",
+            history=setting.history,
+            horizon=setting.horizon,
+            n_features=train.X.shape[2],
+            n_targets=train.y.shape[2],
+            hidden=setting.hidden,
+            layers=setting.layers,
         ),
         seed=setting.seed,
     )
     ledger = PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=100.0, delta=1e-5)
     config = TrainConfig(epochs=setting.epochs, batch_size=setting.batch_size, lr=setting.lr, seed=setting.seed)
-    train_local(model, train, config=config, dp=DPConfig(noise_multiplier=0.0), ledger=_UnderReportingLedger(ledger, 8.0), fingerprint="sha256:broken", run_id="bug")
+    train_local(
+        model,
+        train,
+        config=config,
+        dp=DPConfig(noise_multiplier=0.0),
+        ledger=_UnderReportingLedger(ledger, 8.0),
+        fingerprint="sha256:broken",
+        run_id="bug",
+    )
     claimed = ledger.epsilon_spent()
     with torch.no_grad():
         losses = pinball_loss_per_sample(model(data.canary_X), data.canary_y, model.config.quantiles).numpy()
@@ -117,7 +134,9 @@ def test_the_soundness_check_catches_training_that_spends_more_than_recorded(tmp
 
 
 @pytest.mark.slow
-def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(quick: tuple[AuditReport, Path], tmp_path: Path) -> None:
+def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(
+    quick: tuple[AuditReport, Path], tmp_path: Path
+) -> None:
     report, _ = quick
     out = tmp_path / "audit"
     result = runner.invoke(app, ["audit", "--quick", "--out", str(out)])
@@ -146,7 +165,7 @@ def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(quick: tupl
 
 
 def test_the_command_and_the_library_agree_on_names_and_defaults() -> None:
-    from medalloc_core.cli import audit as cli_audit
+    from medalloc.cli import audit as cli_audit
     from medalloc_core.privacy import audit as library
 
     assert cli_audit.LEDGER_NAME == library.LEDGER_NAME

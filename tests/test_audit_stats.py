@@ -52,7 +52,11 @@ def test_tpr_at_fpr_hand_case() -> None:
     assert tpr_at_fpr(members, nonmembers, fpr=1.0) == 1.0
 
 
-@given(st.lists(finite, min_size=1, max_size=25), st.lists(finite, min_size=1, max_size=25), st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0]))
+@given(
+    st.lists(finite, min_size=1, max_size=25),
+    st.lists(finite, min_size=1, max_size=25),
+    st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0]),
+)
 def test_tpr_at_fpr_is_the_best_real_threshold(members: list[float], nonmembers: list[float], fpr: float) -> None:
     a, b = np.asarray(members), np.asarray(nonmembers)
     best = 0.0
@@ -92,7 +96,10 @@ def test_pure_dp_p_value_is_the_binomial_tail() -> None:
         assert one_run_p_value(m=200, r=r, v=v, epsilon=eps, delta=0.0) == pytest.approx(binom.sf(v - 1, r, expit(eps)))
 
 
-@pytest.mark.parametrize(("m", "r", "v", "eps", "delta"), [(100, 40, 35, 1.0, 1e-3), (500, 100, 90, 1.5, 1e-5), (50, 50, 50, 3.0, 1e-2), (30, 10, 4, 0.2, 0.05)])
+@pytest.mark.parametrize(
+    ("m", "r", "v", "eps", "delta"),
+    [(100, 40, 35, 1.0, 1e-3), (500, 100, 90, 1.5, 1e-5), (50, 50, 50, 3.0, 1e-2), (30, 10, 4, 0.2, 0.05)],
+)
 def test_approximate_dp_p_value_matches_the_papers_loop(m: int, r: int, v: int, eps: float, delta: float) -> None:
     ours = one_run_p_value(m=m, r=r, v=v, epsilon=eps, delta=delta)
     # Ours is the paper's bound minimised over u <= v (P[V >= v] <= P[V >= u]): valid, never looser.
@@ -188,7 +195,11 @@ def test_perfect_scores_give_the_closed_form_at_the_bonferroni_level() -> None:
     included = rng.random(200) < 0.5
     scores = np.where(included, 1.0, 0.0) + rng.normal(0, 0.01, 200)  # separable
     result = one_run_audit(scores, included, beta=0.05, delta=0.0)
-    assert (result.canaries, result.included, result.choices) == (200, int(included.sum()), len(DEFAULT_GUESS_FRACTIONS))
+    assert (result.canaries, result.included, result.choices) == (
+        200,
+        int(included.sum()),
+        len(DEFAULT_GUESS_FRACTIONS),
+    )
     # the widest choice (25 % in, 25 % out) is all right: r = v = 100
     assert (result.k_plus, result.k_minus, result.guesses, result.correct) == (50, 50, 100, 100)
     assert result.epsilon_lower_bound == pytest.approx(logit((0.05 / 6) ** (1 / 100)), abs=1e-5)
@@ -214,7 +225,9 @@ def _randomized_response_bounds(eps: float, delta: float, *, m: int, trials: int
         truthful = (rng.random(m) < delta) | (rng.random(m) < expit(eps))
         answer = np.where(truthful, s, ~s)
         scores = answer + rng.random(m) * 0.1  # the auditor's score: the answer, ties broken at random
-        bounds.append(one_run_audit(scores, s, beta=0.05, delta=delta, guess_fractions=((0.3, 0.3),)).epsilon_lower_bound)
+        bounds.append(
+            one_run_audit(scores, s, beta=0.05, delta=delta, guess_fractions=((0.3, 0.3),)).epsilon_lower_bound
+        )
     return np.asarray(bounds)
 
 

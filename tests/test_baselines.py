@@ -65,9 +65,7 @@ def test_moving_average_exact() -> None:
     #   P10 pos 0.2 -> -3 + 0.2*3 = -2.4 ; P50 -> 0 ; P90 pos 1.8 -> 0 + 0.8*3 = 2.4
     # step 2 errors (origins 2..3): x4-6, x5-6 = 0, 3 -> P10 0.3, P50 1.5, P90 2.7
     # step 3 errors (origin 2): x5-6 = 3 -> 3, 3, 3 ; step 4 has no in-sample error: reuses step 3
-    np.testing.assert_allclose(
-        q, [[3.6, 6.0, 8.4], [6.3, 7.5, 8.7], [9.0, 9.0, 9.0], [9.0, 9.0, 9.0]]
-    )
+    np.testing.assert_allclose(q, [[3.6, 6.0, 8.4], [6.3, 7.5, 8.7], [9.0, 9.0, 9.0], [9.0, 9.0, 9.0]])
     assert MovingAverage(window=3).fit(x).level_ == pytest.approx(6.0)
 
 

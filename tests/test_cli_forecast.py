@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
+from medalloc.cli import app
 from medalloc_core.features import WindowSpec, prepare_hospital
 from medalloc_core.model_io import save_model
 from medalloc_core.models import ForecasterConfig, build_model
@@ -25,12 +25,22 @@ SPEC = WindowSpec(history=14, horizon=7, val_periods=14, test_periods=14)
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """One generated hospital (CSV) and a model trained on it with train_local, saved with model_io."""
     folder = tmp_path_factory.mktemp("region")
-    config = RegionConfig(hospitals=1, days=150, seed=4, min_beds=40, max_beds=80, short_history_fraction=0.0,
-                          specialty_centres=0, warmup_days=30)
+    config = RegionConfig(
+        hospitals=1,
+        days=150,
+        seed=4,
+        min_beds=40,
+        max_beds=80,
+        short_history_fraction=0.0,
+        specialty_centres=0,
+        warmup_days=30,
+    )
     data = next(p for p in write_region(generate_region(config), folder) if p.suffix == ".csv")
     records = load_unit_records(data)
     dataset = prepare_hospital(records, SPEC)
-    model = build_model(ForecasterConfig(history=14, horizon=7, n_features=dataset.n_features, n_targets=2, hidden=16), seed=0)
+    model = build_model(
+        ForecasterConfig(history=14, horizon=7, n_features=dataset.n_features, n_targets=2, hidden=16), seed=0
+    )
     train_local(model, dataset.train, config=TrainConfig(epochs=3, batch_size=32, lr=0.01))
     return data, save_model(folder / "model" / "final_model.safetensors", model, spec=dataset.spec)
 
@@ -38,7 +48,9 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_forecast_then_allocate_makes_a_plan(hospital: tuple[Path, Path], tmp_path: Path) -> None:
     data, model = hospital
     out = tmp_path / "fc"
-    result = runner.invoke(app, ["forecast", "--model", str(model.parent), "--data", str(data), "--out", str(out), "--hospital", "H000"])
+    result = runner.invoke(
+        app, ["forecast", "--model", str(model.parent), "--data", str(data), "--out", str(out), "--hospital", "H000"]
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "forecast.csv", parse_dates=["date"])
     source = pd.read_csv(data, parse_dates=["date"])
@@ -53,7 +65,9 @@ def test_forecast_then_allocate_makes_a_plan(hospital: tuple[Path, Path], tmp_pa
     assert (out / "forecast.png").stat().st_size > 10_000
 
     plan_dir = tmp_path / "plan"
-    result = runner.invoke(app, ["allocate", "--forecast", str(out / "forecast.csv"), "--capacity-from", str(data), "--out", str(plan_dir)])
+    result = runner.invoke(
+        app, ["allocate", "--forecast", str(out / "forecast.csv"), "--capacity-from", str(data), "--out", str(plan_dir)]
+    )
     assert result.exit_code == 0, result.output
     plan = pd.read_csv(plan_dir / "plan.csv")
     assert len(plan) == 7 * source["unit"].nunique()
@@ -61,9 +75,14 @@ def test_forecast_then_allocate_makes_a_plan(hospital: tuple[Path, Path], tmp_pa
 
     # never overwritten without --force; with it, the same numbers again
     before = (out / "forecast.csv").read_bytes()
-    result = runner.invoke(app, ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), "--hospital", "H000"])
+    result = runner.invoke(
+        app, ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), "--hospital", "H000"]
+    )
     assert result.exit_code == 2 and "already exists" in result.output
-    result = runner.invoke(app, ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), "--hospital", "H000", "--force"])
+    result = runner.invoke(
+        app,
+        ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), "--hospital", "H000", "--force"],
+    )
     assert result.exit_code == 0 and (out / "forecast.csv").read_bytes() == before
 
 
@@ -80,23 +99,33 @@ def test_bad_data_is_a_clear_error(hospital: tuple[Path, Path], tmp_path: Path) 
 def test_model_that_does_not_fit_the_data_is_refused(hospital: tuple[Path, Path], tmp_path: Path) -> None:
     data, model = hospital
     # a weekly model (no day-of-week channels) on daily data
-    weekly = save_model(tmp_path / "weekly.safetensors", build_model(ForecasterConfig(history=14, horizon=7, n_features=5, n_targets=2, hidden=8)), spec=SPEC)
+    weekly = save_model(
+        tmp_path / "weekly.safetensors",
+        build_model(ForecasterConfig(history=14, horizon=7, n_features=5, n_targets=2, hidden=8)),
+        spec=SPEC,
+    )
     result = runner.invoke(app, ["forecast", "--model", str(weekly), "--data", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "weekly" in result.output
     # data without a column the model forecasts
     census_only = tmp_path / "census_only.csv"
     pd.read_csv(data).drop(columns=["admissions"]).to_csv(census_only, index=False)
-    result = runner.invoke(app, ["forecast", "--model", str(model), "--data", str(census_only), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["forecast", "--model", str(model), "--data", str(census_only), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "admissions" in result.output
     # a history longer than the data holds
     long_spec = WindowSpec(history=140, horizon=7, val_periods=14, test_periods=14)
-    long = save_model(tmp_path / "long.safetensors", build_model(ForecasterConfig(history=140, horizon=7, hidden=8)), spec=long_spec)
+    long = save_model(
+        tmp_path / "long.safetensors", build_model(ForecasterConfig(history=140, horizon=7, hidden=8)), spec=long_spec
+    )
     result = runner.invoke(app, ["forecast", "--model", str(long), "--data", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "L=140" in result.output
     # a file that is not a model
     result = runner.invoke(app, ["forecast", "--model", str(data), "--data", str(data), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a model file" in result.output
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
-    result = runner.invoke(app, ["forecast", "--model", str(tmp_path / "x.json"), "--data", str(data), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["forecast", "--model", str(tmp_path / "x.json"), "--data", str(data), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "model-config" in result.output
     assert not (tmp_path / "o").exists()

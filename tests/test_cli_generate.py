@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from medalloc.cli import app
 from medalloc_core import contract as c
-from medalloc_core.cli import app
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
+from medalloc.cli import app
 from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.privacy.ledger import PrivacyLedger
 

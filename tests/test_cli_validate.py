@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
-from medalloc_core.cli.validate import SHOWN_PER_FILE
+from medalloc.cli import app
+from medalloc.cli.validate import SHOWN_PER_FILE
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_real_subprocess_reports_errors_without_a_traceback(tmp_path: Path) -> N
     missing = tmp_path / "missing.parquet"
     before = garbage.read_bytes(), huge.read_bytes()
     completed = subprocess.run(
-        [sys.executable, "-m", "medalloc_core.cli", "validate", str(garbage), str(huge), str(missing)],
+        [sys.executable, "-m", "medalloc.cli", "validate", str(garbage), str(huge), str(missing)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -126,7 +126,7 @@ def test_an_unexpected_failure_is_one_line_and_exit_2(tmp_path: Path, monkeypatc
     def broken(path: Path) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("medalloc_core.cli.validate.validate_file", broken)
+    monkeypatch.setattr("medalloc.cli.validate.validate_file", broken)
     path = write(tmp_path, "good.csv", GOOD)
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from client import protocol
-from client.app import handle_evaluate, handle_train, make_client_app
-from client.config import NodeConfig, NodeConfigError
-from client.protocol import Refusal
-from client.task import model_config, spec_to_json, state_arrays, window_spec
-from medalloc_core.models import build_model
+from medalloc.client.app import handle_evaluate, handle_train, make_client_app
+from medalloc.client.config import NodeConfig, NodeConfigError
+from medalloc_core import protocol
+from medalloc_core.features import federation_window_spec
+from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.protocol import EvaluateInstruction, Refusal
 from tests.fed_fixtures import TINY, record, request, small_region, task_identity
 
 
@@ -29,8 +29,8 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_region(tmp_path_factory.mktemp("client") / "r")
 
 
-SPEC = window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
-MODEL = model_config(SPEC, model="mlp", hidden=TINY["hidden"])
+SPEC = federation_window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
+MODEL = ForecasterConfig.for_spec(SPEC, model="mlp", hidden=TINY["hidden"])
 
 
 def _config(**overrides) -> dict:
@@ -44,7 +44,7 @@ def _config(**overrides) -> dict:
         protocol.DP_MAX_GRAD_NORM: 1.0,
         protocol.PROXIMAL_MU: 0.0,
         protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
-        protocol.WINDOW_SPEC: spec_to_json(SPEC),
+        protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
         protocol.RUN_TAG: "test",
         protocol.SEED: 0,
     }
@@ -53,7 +53,11 @@ def _config(**overrides) -> dict:
 
 
 def _node(tmp_path: Path, data: Path, **extra) -> Context:
-    config = {"data-path": str(data), "ledger-path": str(tmp_path / "ledger.json"), "privacy-epsilon-budget": 20.0} | extra
+    config = {
+        "data-path": str(data),
+        "ledger-path": str(tmp_path / "ledger.json"),
+        "privacy-epsilon-budget": 20.0,
+    } | extra
     return Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
 
 
@@ -64,8 +68,14 @@ def _global() -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------ NodeConfig
 def test_node_config_from_a_supernode_ignores_simulation_keys(tmp_path: Path, region: Path):
     ctx = Context(
-        run_id=1, node_id=5,
-        node_config={"data-path": str(region / "H001.csv"), "ledger-path": "/l.json", "privacy-epsilon-budget": 4.0, "max-local-epochs": 2},
+        run_id=1,
+        node_id=5,
+        node_config={
+            "data-path": str(region / "H001.csv"),
+            "ledger-path": "/l.json",
+            "privacy-epsilon-budget": 4.0,
+            "max-local-epochs": 2,
+        },
         state=RecordDict(),
         # a coordinator trying to raise the node's budget through the run config: ignored
         run_config={"simulation-data-dir": str(region), "simulation-epsilon-budget": 1000.0},
@@ -76,8 +86,12 @@ def test_node_config_from_a_supernode_ignores_simulation_keys(tmp_path: Path, re
 
 
 def test_node_config_in_simulation_maps_partition_to_its_own_file(region: Path):
-    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 3}, state=RecordDict(), run_config={})
-    node = NodeConfig.from_context(ctx, run_config={"simulation-data-dir": str(region), "simulation-epsilon-budget": 3.0})
+    ctx = Context(
+        run_id=1, node_id=5, node_config={"partition-id": 2, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
+    node = NodeConfig.from_context(
+        ctx, run_config={"simulation-data-dir": str(region), "simulation-epsilon-budget": 3.0}
+    )
     assert node.data_path == region / "H002.csv" and node.ledger_path == region / "ledgers" / "H002.json"
     assert node.epsilon_budget == 3.0 and node.simulated
     with pytest.raises(NodeConfigError, match="has no hospital file"):
@@ -93,19 +107,28 @@ def test_node_config_in_simulation_maps_partition_to_its_own_file(region: Path):
         ({}, "no 'data-path'"),
         ({"data-path": "/x.csv"}, "no 'ledger-path'"),
         ({"data-path": "/x.csv", "ledger-path": "/l", "privacy-epsilon-budget": -1.0}, "finite number > 0"),
-        ({"data-path": "/x.csv", "ledger-path": "/l", "privacy-epsilon-budget": 1.0, "min-noise-multiplier": 0.0}, "never trains without DP"),
+        (
+            {"data-path": "/x.csv", "ledger-path": "/l", "privacy-epsilon-budget": 1.0, "min-noise-multiplier": 0.0},
+            "never trains without DP",
+        ),
     ],
 )
 def test_node_config_errors_name_the_key(node_config: dict, match: str):
     with pytest.raises(NodeConfigError, match=match):
-        NodeConfig.from_context(Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={}))
+        NodeConfig.from_context(
+            Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
+        )
 
 
 # ------------------------------------------------------------------ train
 def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, region: Path):
     g = _global()
-    proposal = _config(**{protocol.LOCAL_EPOCHS: 50, protocol.DP_NOISE_MULTIPLIER: 0.1, protocol.DP_MAX_GRAD_NORM: 10.0})
-    ctx = _node(tmp_path, region / "H000.csv", **{"max-local-epochs": 2, "min-noise-multiplier": 0.8, "max-grad-norm": 0.5})
+    proposal = _config(
+        **{protocol.LOCAL_EPOCHS: 50, protocol.DP_NOISE_MULTIPLIER: 0.1, protocol.DP_MAX_GRAD_NORM: 10.0}
+    )
+    ctx = _node(
+        tmp_path, region / "H000.csv", **{"max-local-epochs": 2, "min-noise-multiplier": 0.8, "max-grad-norm": 0.5}
+    )
     reply = handle_train(request(5, record(g), proposal), ctx)
     assert not reply.has_error()
     content = reply.content
@@ -157,7 +180,9 @@ def test_a_global_model_that_does_not_fit_is_refused(tmp_path: Path, region: Pat
     wrong = _config(**{protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict() | {"n_features": 3})})
     reply = handle_train(request(5, record(_global()), wrong), _node(tmp_path, region / "H000.csv"))
     assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID and "F=3" in reply.error.reason
-    reply = handle_train(request(5, record({"w": np.zeros(3, np.float32)}), _config()), _node(tmp_path, region / "H000.csv"))
+    reply = handle_train(
+        request(5, record({"w": np.zeros(3, np.float32)}), _config()), _node(tmp_path, region / "H000.csv")
+    )
     assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID
 
 
@@ -171,7 +196,12 @@ def test_node_without_data_path_refuses_through_the_app(tmp_path: Path):
 # ------------------------------------------------------------------ evaluate
 def test_evaluate_reports_test_metrics_in_original_units(tmp_path: Path, region: Path):
     ctx = _node(tmp_path, region / "H002.csv")
-    req = request(5, record(_global()), {protocol.MODEL_CONFIG: _config()[protocol.MODEL_CONFIG], protocol.WINDOW_SPEC: spec_to_json(SPEC)}, train=False)
+    req = request(
+        5,
+        record(_global()),
+        EvaluateInstruction(server_round=1, model_config=MODEL, window_spec=SPEC).to_dict(),
+        train=False,
+    )
     reply = handle_evaluate(req, ctx)
     assert not reply.has_error()
     metrics = reply.content[protocol.METRICS]

@@ -21,20 +21,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 from typer.testing import CliRunner
 
-from client.keys import KeyFileExistsError, fingerprint, generate_key_pair
-from client.keys import cli as keys_cli
-from server.certs import CertificateError, write_certificates
-from server.certs import cli as certs_cli
-from server.fleet_gateway import GatewayConfig, create_app
+from medalloc.client.keys import KeyFileExistsError, fingerprint, generate_key_pair
+from medalloc.client.keys import cli as keys_cli
+from medalloc.server.certs import CertificateError, write_certificates
+from medalloc.server.certs import cli as certs_cli
+from medalloc.server.fleet_gateway import GatewayConfig, create_app
 
 # --------------------------------------------------------------------------- certificates
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory):
-    return write_certificates(
-        tmp_path_factory.mktemp("certs"), hosts=["superlink.example.org", "127.0.0.1"]
-    )
+    return write_certificates(tmp_path_factory.mktemp("certs"), hosts=["superlink.example.org", "127.0.0.1"])
 
 
 def test_server_certificate_is_issued_by_the_ca_for_every_host(certs) -> None:
@@ -235,5 +233,7 @@ def test_renewal_with_an_existing_ca_keeps_hospitals_ca_crt(certs, tmp_path: Pat
     shutil.copy(other.ca_key, mixed / "ca.key")
     with pytest.raises(CertificateError, match="is not the private key of"):
         write_certificates(tmp_path / "x", hosts=["127.0.0.1"], ca_dir=mixed)
-    result = CliRunner().invoke(certs_cli, ["--host", "127.0.0.1", "--out", str(tmp_path / "y"), "--ca", str(tmp_path / "nope")])
+    result = CliRunner().invoke(
+        certs_cli, ["--host", "127.0.0.1", "--out", str(tmp_path / "y"), "--ca", str(tmp_path / "nope")]
+    )
     assert result.exit_code == 2 and "cannot read the CA" in result.output

@@ -33,7 +33,15 @@ def _raw(recs: UnitRecords, unit: str) -> pd.DataFrame:
 def test_daily_defaults_and_shapes(ds):
     spec = ds.spec
     assert (spec.history, spec.horizon, spec.val_periods, spec.test_periods) == (56, 14, 56, 56)
-    assert ds.feature_names == ("admissions_scaled", "census_scaled", "dow_sin", "dow_cos", "year_sin", "year_cos", "was_missing")
+    assert ds.feature_names == (
+        "admissions_scaled",
+        "census_scaled",
+        "dow_sin",
+        "dow_cos",
+        "year_sin",
+        "year_cos",
+        "was_missing",
+    )
     # per unit: train windows = (400 - 112) - 56 - 14 + 1 = 219; val = test = 56 - 14 + 1 = 43
     assert len(ds.train) == 2 * 219 and len(ds.val) == 2 * 43 and len(ds.test) == 2 * 43
     assert tuple(ds.train.X.shape) == (438, 56, 7) and tuple(ds.train.y.shape) == (438, 14, 2)
@@ -45,7 +53,11 @@ def test_targets_never_cross_split_boundaries(recs, ds):
         last = _raw(recs, unit).index.max()
         test_start = last - pd.Timedelta(days=55)
         val_start = test_start - pd.Timedelta(days=56)
-        for split, lo, hi in [(ds.train, None, val_start), (ds.val, val_start, test_start), (ds.test, test_start, last + pd.Timedelta(days=1))]:
+        for split, lo, hi in [
+            (ds.train, None, val_start),
+            (ds.val, val_start, test_start),
+            (ds.test, test_start, last + pd.Timedelta(days=1)),
+        ]:
             dates = split.target_dates(Frequency.DAILY)[split.units == unit]
             assert len(dates) > 0
             assert (dates < np.datetime64(hi)).all()
@@ -109,7 +121,9 @@ def test_gaps_are_interpolated_flagged_and_never_shift_dates():
     for unit in recs.units:
         raw = _raw(recs, unit)
         # a window whose history spans the gap: was_missing is 1 on exactly the gap days
-        w2 = np.flatnonzero((d.train.units == unit) & (d.train.target_start == np.datetime64(pd.Timestamp("2023-05-01"))))[0]
+        w2 = np.flatnonzero(
+            (d.train.units == unit) & (d.train.target_start == np.datetime64(pd.Timestamp("2023-05-01")))
+        )[0]
         hist_dates = pd.date_range(end=pd.Timestamp("2023-04-30"), periods=56)
         flags = d.train.X[w2, :, -1].numpy()
         np.testing.assert_array_equal(flags, hist_dates.isin(gap).astype(np.float32))
@@ -167,7 +181,9 @@ def test_forecast_inputs_are_the_last_window(recs, ds):
     assert tuple(fut.X.shape) == (2, 56, 7)
     for k, unit in enumerate(fut.units):
         raw = _raw(recs, unit)[[ADMISSIONS, CENSUS]].astype(float)
-        np.testing.assert_allclose(fut.X[k, :, :2].numpy(), ds.scaler.transform(raw.to_numpy()[-56:], unit), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            fut.X[k, :, :2].numpy(), ds.scaler.transform(raw.to_numpy()[-56:], unit), rtol=1e-5, atol=1e-5
+        )
         assert fut.target_start[k] == np.datetime64(raw.index.max() + pd.Timedelta(days=1))
         # the last test window's history ends 14 days before the data does
         assert np.array_equal(fut.X[k, :-14].numpy(), ds.test.X[ds.test.units == unit][-1, 14:].numpy())

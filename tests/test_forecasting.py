@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from medalloc_core import model_io
 from medalloc_core.allocation.forecast_io import read_forecast, write_forecast
 from medalloc_core.contract import CENSUS, DATE, UNIT, UnitRecords
 from medalloc_core.features import WindowSpec, prepare_hospital
@@ -49,8 +51,22 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path) -> None:
         load_model(path)
     junk = tmp_path / "notes.safetensors"
     junk.write_text("hello")
-    junk.with_suffix(".json").write_text(json.dumps({"model-config": CONFIG.to_dict(), "window-spec": {
-        "history": 14, "horizon": 7, "targets": ["admissions", "census"], "val_periods": 14, "test_periods": 14}}))
+    meta = {
+        "model-config": CONFIG.to_dict(),
+        "window-spec": {
+            "history": 14,
+            "horizon": 7,
+            "targets": ["admissions", "census"],
+            "val_periods": 14,
+            "test_periods": 14,
+        },
+    }
+    junk.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="format-version"):  # a sidecar of no known format
+        load_model(junk)
+    meta |= {"format-version": model_io.FORMAT_VERSION, "sha256": hashlib.sha256(b"hello").hexdigest()}
+    meta["digest"] = model_io._digest(meta, meta["sha256"])  # consistent hashes over bytes that are no model
+    junk.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="not a safetensors file"):
         load_model(junk)
     csv = tmp_path / "data.csv"
@@ -59,20 +75,31 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path) -> None:
         load_model(csv)
 
 
-def test_checkpoint_folder_loads_latest_round_with_the_federation_window_rule(tmp_path: Path) -> None:
-    from client.task import state_arrays, window_spec
-    from server.checkpoint import Checkpoint, save_checkpoint
-    from server.config import RunConfig
+def test_checkpoint_folder_loads_latest_round_with_its_window_spec(tmp_path: Path) -> None:
+    from medalloc.server.checkpoint import Checkpoint, save_checkpoint
+    from medalloc.server.config import RunConfig
+    from medalloc_core.features import federation_window_spec
+    from medalloc_core.models import state_arrays
 
     run = RunConfig.from_mapping({"history": 14, "horizon": 7, "targets": "census", "hidden": 8})
     config = ForecasterConfig(history=14, horizon=7, n_features=7, n_targets=1, hidden=8)
     for r in (1, 2):  # written by the coordinator's own checkpoint code
-        save_checkpoint(tmp_path / "results" / "checkpoints", Checkpoint(
-            round=r, arrays=state_arrays(build_model(config, seed=r)), strategy="fedavg",
-            model_config=config.to_dict(), run_config=run.to_dict()))
+        save_checkpoint(
+            tmp_path / "results" / "checkpoints",
+            Checkpoint(
+                round=r,
+                arrays=state_arrays(build_model(config, seed=r)),
+                strategy="fedavg",
+                model_config=config,
+                window_spec=federation_window_spec(history=14, horizon=7, targets=("census",)),
+                run_config=run.to_dict(),
+            ),
+        )
     loaded = load_model(tmp_path / "results")
     assert loaded.path.name == "round-0002.safetensors"
-    assert loaded.spec == window_spec(history=14, horizon=7, targets=("census",))  # what the nodes trained with
+    assert loaded.spec == federation_window_spec(
+        history=14, horizon=7, targets=("census",)
+    )  # what the nodes trained with
     x = torch.randn(2, 14, 7)
     np.testing.assert_array_equal(predict(loaded.model, x), predict(build_model(config, seed=2), x))
 
@@ -95,7 +122,11 @@ def test_forecast_covers_every_unit_target_day_and_level_after_the_data_end() ->
 
     x = forecast_inputs(recs, ds).X[[1]]  # units sorted: icu, ward
     scaled = predict(model, x)[0, 2, 1, 1]  # third day, census, median
-    got = frame[(frame[UNIT] == "ward") & (frame["target"] == CENSUS) & (frame["q"] == 0.5)].sort_values(DATE)["value"].iloc[2]
+    got = (
+        frame[(frame[UNIT] == "ward") & (frame["target"] == CENSUS) & (frame["q"] == 0.5)]
+        .sort_values(DATE)["value"]
+        .iloc[2]
+    )
     assert got == pytest.approx(max(scaled * std + mean, 0.0), rel=1e-5)
 
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medalloc.fuzz.checks import check, check_subprocess, write_mutant
+from medalloc.fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
 from medalloc_core.contract import DataContractError
 from medalloc_core.io import read_table
 from medalloc_core.validation import load_unit_records, validate_file
-from simulations.fuzz.checks import check, check_subprocess, write_mutant
-from simulations.fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
 
 # The suite must try at least MIN_FILES generated files (asserted, so it cannot shrink
 # silently): PER_CLASS seeded mutants of every class, about 20 s on a shared 2-core machine.
@@ -54,7 +54,11 @@ def _failures(mutant: Mutant) -> list[str]:
     """Write the mutant to a fresh directory and check it; empty when every promise held."""
     with tempfile.TemporaryDirectory() as tmp:
         outcome = check(mutant, write_mutant(mutant, Path(tmp)))
-    return [f"{mutant.mutation} ({mutant.kind} {mutant.fmt}: {mutant.detail}): {'; '.join(outcome.failures)}"] if outcome.failures else []
+    return (
+        [f"{mutant.mutation} ({mutant.kind} {mutant.fmt}: {mutant.detail}): {'; '.join(outcome.failures)}"]
+        if outcome.failures
+        else []
+    )
 
 
 def test_the_suite_tries_at_least_min_files() -> None:
@@ -90,8 +94,10 @@ def test_mutation_class_fails_cleanly_and_leaves_the_file_untouched(mutation: st
 
     one()
     total = tried
-    print(f"\nfuzz {mutation}: tried {total} ({len(distinct)} distinct), passed {total - len(failed)}, "
-          f"{may_pass} valid or undecided by the oracle")
+    print(
+        f"\nfuzz {mutation}: tried {total} ({len(distinct)} distinct), passed {total - len(failed)}, "
+        f"{may_pass} valid or undecided by the oracle"
+    )
     assert not failed, f"{len(failed)} of {total} files broke a promise:\n" + "\n".join(failed[:15])
     assert total >= PER_CLASS
     assert may_pass <= MAY_PASS_SHARE.get(mutation, 0.25) * total, "most mutants must really be malformed"
@@ -154,12 +160,16 @@ def _one_malformed_per_class(directory: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_real_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
-    """``python -m medalloc_core.cli validate``: one malformed file per class in one process, plus three files alone."""
+    """``python -m medalloc.cli validate``: one malformed file per class in one process, plus three files alone."""
     paths = _one_malformed_per_class(tmp_path)
     assert len(paths) == len(MUTATIONS)
     failures = check_subprocess(paths)
     assert not failures, failures
-    for path in (paths[0], paths[list(MUTATIONS).index("binary_garbage")], paths[list(MUTATIONS).index("parquet_byte_flip")]):
+    for path in (
+        paths[0],
+        paths[list(MUTATIONS).index("binary_garbage")],
+        paths[list(MUTATIONS).index("parquet_byte_flip")],
+    ):
         assert not check_subprocess([path]), path
 
 
@@ -205,7 +215,10 @@ def test_a_file_holding_only_a_utf8_bom_is_empty(tmp_path: Path) -> None:
     [
         ("date,unit,census\n2024-01-01,ICU,1\n9999-12-31,ICU,1\n", "date"),
         ("date,unit,census\n1677-09-21,ICU,1\n2024-01-02,ICU,1\n", "date"),
-        ("encounter_id,patient_id,unit,admit_time,discharge_time\nE1,P1,ICU,2024-01-01 10:00,2262-04-12 10:00\n", "discharge_time"),
+        (
+            "encounter_id,patient_id,unit,admit_time,discharge_time\nE1,P1,ICU,2024-01-01 10:00,2262-04-12 10:00\n",
+            "discharge_time",
+        ),
     ],
 )
 def test_dates_beyond_nanosecond_timestamps_are_errors_not_crashes(tmp_path: Path, content: str, column: str) -> None:
@@ -222,7 +235,9 @@ def test_dates_beyond_nanosecond_timestamps_are_errors_not_crashes(tmp_path: Pat
 def test_parquet_with_a_repeated_column_name_is_named_like_csv(tmp_path: Path) -> None:
     """pyarrow's 'Multiple matches for FieldRef' dump used to be the message."""
     days = pa.array([datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)])
-    table = pa.Table.from_arrays([days, pa.array(["ICU", "ICU"]), pa.array([1, 2]), pa.array([3, 4])], names=["date", "unit", "census", "census"])
+    table = pa.Table.from_arrays(
+        [days, pa.array(["ICU", "ICU"]), pa.array([1, 2]), pa.array([3, 4])], names=["date", "unit", "census", "census"]
+    )
     path = tmp_path / "twice.parquet"
     pq.write_table(table, path)
     report = validate_file(path)

@@ -56,9 +56,7 @@ def test_ledger_epsilon_matches_accountant_rdp(ledger_path: Path) -> None:
     first = ledger.spend(FP_A, noise_multiplier=1.0, sample_rate=0.01, steps=1000, run_id="r1")
     assert first == pytest.approx(2.1013652716430564, rel=1e-9)
     second = ledger.spend(FP_A, noise_multiplier=2.0, sample_rate=0.1, steps=200, run_id="r2")
-    assert second == pytest.approx(
-        epsilon_for([(1.0, 0.01, 1000), (2.0, 0.1, 200)], delta=DELTA, accountant="rdp")
-    )
+    assert second == pytest.approx(epsilon_for([(1.0, 0.01, 1000), (2.0, 0.1, 200)], delta=DELTA, accountant="rdp"))
     assert ledger.history() == [(1.0, 0.01, 1000), (2.0, 0.1, 200)]
 
 
@@ -75,7 +73,11 @@ def test_noise_from_accounting_fits_the_remaining_budget(ledger_path: Path) -> N
     ledger = open_rdp(ledger_path, budget=3.0)
     ledger.spend(FP_A, noise_multiplier=1.0, sample_rate=0.01, steps=1000, run_id="r1")
     sigma = noise_multiplier_for(
-        target_epsilon=3.0, delta=DELTA, sample_rate=0.05, steps=300, accountant="rdp",
+        target_epsilon=3.0,
+        delta=DELTA,
+        sample_rate=0.05,
+        steps=300,
+        accountant="rdp",
         history=ledger.history(),
     )
     after = ledger.spend(FP_A, noise_multiplier=sigma, sample_rate=0.05, steps=300, run_id="r2")
@@ -239,7 +241,10 @@ def test_crash_between_temp_write_and_replace_keeps_previous_ledger(ledger_path:
     before = ledger_path.read_bytes()
     result = subprocess.run(
         [sys.executable, "-c", CRASH_SCRIPT, str(ledger_path)],
-        cwd=REPO, capture_output=True, timeout=120, check=False,
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 9, result.stderr.decode()
     strays = list(ledger_path.parent.glob(".ledger.json.*.tmp"))
@@ -265,16 +270,13 @@ def test_changed_dataset_gets_new_entry_but_budget_composes(ledger_path: Path) -
     after = ledger.spend(FP_B, noise_multiplier=1.0, sample_rate=0.01, steps=500, run_id="r2")
     entries = {e.fingerprint: e for e in ledger.entries()}
     assert set(entries) == {FP_A, FP_B}
-    assert entries[FP_B].epsilon == pytest.approx(
-        epsilon_for([(1.0, 0.01, 500)], delta=DELTA, accountant="rdp")
-    )
+    assert entries[FP_B].epsilon == pytest.approx(epsilon_for([(1.0, 0.01, 500)], delta=DELTA, accountant="rdp"))
     # the node total composes both entries: more than either alone
     assert after == pytest.approx(epsilon_for([(1.0, 0.01, 1500)], delta=DELTA, accountant="rdp"))
     assert after > entries[FP_A].epsilon
     # a third dataset cannot start from a fresh budget
     with pytest.raises(PrivacyBudgetExceeded):
-        ledger.spend("sha256:" + "c" * 64, noise_multiplier=1.0, sample_rate=0.01, steps=1000,
-                     run_id="r3")
+        ledger.spend("sha256:" + "c" * 64, noise_multiplier=1.0, sample_rate=0.01, steps=1000, run_id="r3")
 
 
 def _frame(seed: int = 0) -> pd.DataFrame:
@@ -325,8 +327,7 @@ def test_fingerprint_changes_with_the_data() -> None:
 def test_refingerprinting_same_data_never_gives_a_fresh_budget(tmp_path: Path) -> None:
     frame = _frame()
     ledger = open_rdp(tmp_path / "ledger.json", budget=3.0)
-    ledger.spend(fingerprint_frame(frame), noise_multiplier=1.0, sample_rate=0.01, steps=1000,
-                 run_id="r1")
+    ledger.spend(fingerprint_frame(frame), noise_multiplier=1.0, sample_rate=0.01, steps=1000, run_id="r1")
     frame.to_csv(tmp_path / "again.csv", index=False)
     again = fingerprint_frame(pd.read_csv(tmp_path / "again.csv", dtype=str).iloc[::-1])
     assert [e.fingerprint for e in ledger.entries()] == [again]
@@ -366,8 +367,7 @@ def test_random_spends_and_reopens_never_exceed_budget(tmp_path: Path, operation
         _, fingerprint, noise, rate, steps = op
         before = path.read_bytes()
         try:
-            after = ledger.spend(fingerprint, noise_multiplier=noise, sample_rate=rate, steps=steps,
-                                 run_id=f"r{i}")
+            after = ledger.spend(fingerprint, noise_multiplier=noise, sample_rate=rate, steps=steps, run_id=f"r{i}")
         except PrivacyBudgetExceeded:
             assert path.read_bytes() == before
             assert epsilon_for([*accepted, (noise, rate, steps)], delta=DELTA, accountant="rdp") > budget
@@ -406,8 +406,9 @@ SPENDER_SCRIPT = textwrap.dedent(
 def test_two_processes_spending_at_once_lose_no_spend(ledger_path: Path) -> None:
     open_rdp(ledger_path, budget=1000.0)
     workers = [
-        subprocess.Popen([sys.executable, "-c", SPENDER_SCRIPT, str(ledger_path), name], cwd=REPO,
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", SPENDER_SCRIPT, str(ledger_path), name], cwd=REPO, stderr=subprocess.PIPE
+        )
         for name in ("p", "q")
     ]
     for worker in workers:

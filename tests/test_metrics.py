@@ -223,7 +223,10 @@ def test_aggregate_over_hospitals_weighted_and_unweighted() -> None:
 def test_volume_weighted_wape_equals_pooled_wape() -> None:
     rng = np.random.default_rng(1)
     ys = {"A": rng.poisson(50, (4, 3)).astype(float), "B": rng.poisson(5, (4, 3)).astype(float)}
-    qs = {h: np.sort(np.stack([y * 0.8, y + rng.normal(0, 2, y.shape), y * 1.3 + 1], axis=-1), axis=-1) for h, y in ys.items()}
+    qs = {
+        h: np.sort(np.stack([y * 0.8, y + rng.normal(0, 2, y.shape), y * 1.3 + 1], axis=-1), axis=-1)
+        for h, y in ys.items()
+    }
     levels = (0.1, 0.5, 0.9)
     per_hospital = {h: forecast_metrics(ys[h], qs[h], quantiles=levels) for h in ys}
     agg = aggregate_over_hospitals(per_hospital, {h: float(np.abs(y).sum()) for h, y in ys.items()})

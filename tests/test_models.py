@@ -40,7 +40,11 @@ def test_output_shape(name):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**16), scale=st.floats(0.01, 1e3), quantiles=st.sampled_from([(0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95), (0.5,), (0.5, 0.9), (0.02, 0.1)]))
+@given(
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.01, 1e3),
+    quantiles=st.sampled_from([(0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95), (0.5,), (0.5, 0.9), (0.02, 0.1)]),
+)
 def test_quantiles_never_cross(seed, scale, quantiles):
     for name in MODELS:
         net = build_model(tiny(name, quantiles=quantiles), seed=seed % 97)

@@ -12,13 +12,31 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from client import protocol
-from client.app import make_client_app
-from server.app import METRICS_FILE, FederationResult, run_federation
-from server.config import RunConfig
-from server.reply_checks import ReplyFilter, ReplyLimits
-from simulations.attacks import ATTACK_KINDS, CAUGHT_KINDS, Attack, AttackMod, SilentMod, corrupt_arrays, honest_wape, node_index
-from tests.fed_fixtures import TINY, DirectGrid, error_reply, record, small_region, task_identity, train_metrics, train_reply
+from medalloc.client.app import make_client_app
+from medalloc.server.app import METRICS_FILE, FederationResult, run_federation
+from medalloc.server.config import RunConfig
+from medalloc.server.reply_checks import ReplyFilter, ReplyLimits
+from medalloc.simulations.attacks import (
+    ATTACK_KINDS,
+    CAUGHT_KINDS,
+    Attack,
+    AttackMod,
+    SilentMod,
+    corrupt_arrays,
+    honest_wape,
+    node_index,
+)
+from medalloc_core import protocol
+from tests.fed_fixtures import (
+    TINY,
+    DirectGrid,
+    error_reply,
+    record,
+    small_region,
+    task_identity,
+    train_metrics,
+    train_reply,
+)
 
 HOSPITALS = 5
 
@@ -54,8 +72,11 @@ def federate(
               "min-train-nodes": len(hospitals), "fraction-evaluate": 0.0, "local-epochs": 1} | TINY | keys  # fmt: skip
     nodes = {
         i + 1: {
-            "partition-id": i, "data-path": str(region / f"H{i:03d}.csv"), "ledger-path": str(out / "ledgers" / f"{i}.json"),
-            "privacy-epsilon-budget": 1000.0, "privacy-accountant": "rdp",
+            "partition-id": i,
+            "data-path": str(region / f"H{i:03d}.csv"),
+            "ledger-path": str(out / "ledgers" / f"{i}.json"),
+            "privacy-epsilon-budget": 1000.0,
+            "privacy-accountant": "rdp",
         }  # fmt: skip
         for i in hospitals
     }
@@ -67,7 +88,9 @@ def federate(
     return result, log
 
 
-def fedavg(replies: Mapping[int, tuple[dict[str, np.ndarray], int]], weights: Mapping[int, float]) -> dict[str, np.ndarray]:
+def fedavg(
+    replies: Mapping[int, tuple[dict[str, np.ndarray], int]], weights: Mapping[int, float]
+) -> dict[str, np.ndarray]:
     """FedAvg by hand, in float64."""
     total = sum(weights.values())
     keys = replies[next(iter(weights))][0].keys()
@@ -137,7 +160,7 @@ def test_caught_attacks_never_reach_the_global_model(region: Path, tmp_path: Pat
         (region_nodes / f"H{i:03d}.csv").symlink_to(region / f"H{i % HOSPITALS:03d}.csv")
     recorder = Recorder()
     mods = [recorder, *[AttackMod(attack, attackers=[i]) for i, attack in kinds.items()]]
-    with caplog.at_level(logging.WARNING, logger="server.reply_checks"):
+    with caplog.at_level(logging.WARNING, logger="medalloc.server.reply_checks"):
         result, log = federate(region_nodes, tmp_path / "out", hospitals=hospitals, mods=mods, rounds=2)
 
     rounds = [r for r in log if r["round"] > 0]
@@ -187,7 +210,13 @@ def test_caught_attacks_never_reach_the_global_model(region: Path, tmp_path: Pat
 def test_a_caught_attacker_leaves_the_same_model_as_a_silent_one(region: Path, tmp_path: Path):
     """Second reference: a huge-norm attacker vs the same node withholding its update, same seeds, robust strategy."""
     honest = range(HOSPITALS)
-    attacked, _ = federate(region, tmp_path / "a", hospitals=honest, mods=[AttackMod(Attack("huge_norm"), attackers=[2])], strategy="fedmedian")
+    attacked, _ = federate(
+        region,
+        tmp_path / "a",
+        hospitals=honest,
+        mods=[AttackMod(Attack("huge_norm"), attackers=[2])],
+        strategy="fedmedian",
+    )
     silent, log = federate(region, tmp_path / "s", hospitals=honest, mods=[SilentMod(silent=[2])], strategy="fedmedian")
     assert [r["nodes"].get("refused") for r in log if r["round"] > 0] == [1, 1]
     for key, value in silent.arrays.items():
@@ -196,14 +225,22 @@ def test_a_caught_attacker_leaves_the_same_model_as_a_silent_one(region: Path, t
 
 def test_when_every_node_attacks_the_round_is_skipped_and_the_model_kept(region: Path, tmp_path: Path):
     """All five nodes send NaN: nothing is aggregated, the run ends normally with the initial model."""
-    from client.task import model_config, state_arrays, window_spec
-    from medalloc_core.models import build_model
+    from medalloc_core.features import federation_window_spec
+    from medalloc_core.models import ForecasterConfig, build_model, state_arrays
 
-    result, log = federate(region, tmp_path / "out", hospitals=range(HOSPITALS), mods=[AttackMod(Attack("nan"), attackers=range(HOSPITALS))], rounds=1)
+    result, log = federate(
+        region,
+        tmp_path / "out",
+        hospitals=range(HOSPITALS),
+        mods=[AttackMod(Attack("nan"), attackers=range(HOSPITALS))],
+        rounds=1,
+    )
     assert log[-1]["model-updated"] is False and log[-1]["nodes"] == {"sampled": HOSPITALS, "dropped": HOSPITALS}
     config = RunConfig.from_mapping(TINY)
-    spec = window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
-    initial = state_arrays(build_model(model_config(spec, model=config.model, hidden=config.hidden), seed=config.seed))
+    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    initial = state_arrays(
+        build_model(ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden), seed=config.seed)
+    )
     assert result.arrays.keys() == initial.keys()
     for key, value in initial.items():
         np.testing.assert_array_equal(result.arrays[key], value)
@@ -221,7 +258,9 @@ def test_robust_strategy_keeps_the_error_of_the_clean_run_where_fedavg_does_not(
     honest = [i for i in range(HOSPITALS) if i != attacker]
     ratios = {}
     for strategy in ("fedavg", "fedmedian"):
-        clean, _ = federate(region, tmp_path / f"{strategy}-clean", hospitals=range(HOSPITALS), mods=[], strategy=strategy)
+        clean, _ = federate(
+            region, tmp_path / f"{strategy}-clean", hospitals=range(HOSPITALS), mods=[], strategy=strategy
+        )
         hit, log = federate(
             region, tmp_path / f"{strategy}-hit", hospitals=range(HOSPITALS),
             mods=[AttackMod(Attack("stealthy"), attackers=[attacker])], strategy=strategy,
@@ -239,13 +278,15 @@ def _filter_after_configure() -> tuple[ReplyFilter, Any]:
     from flwr.app import ConfigRecord
     from flwr.serverapp.strategy import FedAvg
 
-    from server.strategies import aggregate_train_metrics
+    from medalloc.server.strategies import aggregate_train_metrics
 
     class Nodes:
         def get_node_ids(self) -> list[int]:
             return list(range(1, 10))
 
-    strategy = FedAvg(min_available_nodes=1, weighted_by_key=protocol.NUM_EXAMPLES, train_metrics_aggr_fn=aggregate_train_metrics)
+    strategy = FedAvg(
+        min_available_nodes=1, weighted_by_key=protocol.NUM_EXAMPLES, train_metrics_aggr_fn=aggregate_train_metrics
+    )
     f = ReplyFilter(strategy, ReplyLimits())
     g = record(BASE)
     list(f.configure_train(1, g, ConfigRecord(), Nodes()))  # type: ignore[arg-type]
@@ -266,7 +307,10 @@ def test_a_renamed_record_is_dropped_instead_of_vetoing_the_round():
 
     with task_identity():
         f, g = _filter_after_configure()
-        honest = [train_reply(i + 1, {"w": BASE["w"] + 0.1 * i, "b": BASE["b"] + 0.1 * i}, train_metrics(100), g) for i in range(3)]
+        honest = [
+            train_reply(i + 1, {"w": BASE["w"] + 0.1 * i, "b": BASE["b"] + 0.1 * i}, train_metrics(100), g)
+            for i in range(3)
+        ]
         arrays_renamed = _renamed(train_reply(7, HONEST, train_metrics(100), g), **{protocol.ARRAYS: "weights"})
         metrics_renamed = _renamed(train_reply(8, HONEST, train_metrics(100), g), **{protocol.METRICS: "stats"})
         # what Flower does on its own with such a reply first in line
@@ -293,9 +337,9 @@ def test_node_supplied_strings_cannot_forge_coordinator_log_lines(caplog: pytest
         bad = train_reply(5, {"w": np.full((2, 3), np.nan, dtype=np.float32), "b": BASE["b"]}, train_metrics(100), g)
         bad.content[protocol.NODE_INFO] = ConfigRecord({protocol.HOSPITAL_ID: forged})
         refusing = error_reply(6, 1001, forged, g)
-        with caplog.at_level(logging.WARNING, logger="server.reply_checks"):
+        with caplog.at_level(logging.WARNING, logger="medalloc.server.reply_checks"):
             f.aggregate_train(1, [bad, refusing, train_reply(1, HONEST, train_metrics(100), g)])
-    lines = [r.getMessage() for r in caplog.records if r.name == "server.reply_checks"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medalloc.server.reply_checks"]
     assert len(lines) == 2
     for line in lines:
         assert "\n" not in line and "\\n" in line and len(line) < 500

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from client.app import make_client_app
-from medalloc_core.features import WindowSpec
+from medalloc.client.app import make_client_app
+from medalloc.server.app import METRICS_FILE, run_federation
+from medalloc.server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from medalloc.server.config import RunConfig
+from medalloc_core import model_io
+from medalloc_core.features import WindowSpec, federation_window_spec
 from medalloc_core.model_io import ModelFileError, load_model, save_model
 from medalloc_core.models import ForecasterConfig, build_model
-from server.app import METRICS_FILE, run_federation
-from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from server.config import RunConfig
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,13 +50,17 @@ def _swap_arrays(safetensors_path: Path, sidecar: Path, data: bytes) -> None:
     safetensors_path.write_bytes(data)
     meta = json.loads(sidecar.read_text())
     meta["sha256"] = hashlib.sha256(data).hexdigest()
+    meta["digest"] = model_io._digest(meta, meta["sha256"])
     sidecar.write_text(json.dumps(meta))
 
 
 def test_a_pickled_model_file_is_refused_and_never_executed(tmp_path: Path) -> None:
     config = ForecasterConfig(history=14, horizon=7, n_features=8, n_targets=2, hidden=8)
-    path = save_model(tmp_path / "model.safetensors", build_model(config, seed=0),
-                      spec=WindowSpec(history=14, horizon=7, val_periods=28, test_periods=28))
+    path = save_model(
+        tmp_path / "model.safetensors",
+        build_model(config, seed=0),
+        spec=WindowSpec(history=14, horizon=7, val_periods=28, test_periods=28),
+    )
     marker = tmp_path / "pwned"
     _swap_arrays(path, path.with_suffix(".json"), _malicious_pickle(tmp_path / "evil.pt", marker))
 
@@ -66,8 +71,16 @@ def test_a_pickled_model_file_is_refused_and_never_executed(tmp_path: Path) -> N
 
 def test_a_pickled_checkpoint_is_refused_and_never_executed(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
-    marker_json = save_checkpoint(folder, Checkpoint(round=1, arrays={"w": torch.zeros(3).numpy()}, strategy="fedavg",
-                                                     model_config={"history": 14}))
+    marker_json = save_checkpoint(
+        folder,
+        Checkpoint(
+            round=1,
+            arrays={"w": torch.zeros(3).numpy()},
+            strategy="fedavg",
+            model_config=ForecasterConfig(history=14),
+            window_spec=federation_window_spec(history=14, horizon=14, targets=("admissions", "census")),
+        ),
+    )
     marker = tmp_path / "pwned"
     arrays = marker_json.with_suffix(".safetensors")
     _swap_arrays(arrays, marker_json, _malicious_pickle(tmp_path / "evil.pt", marker))
@@ -106,8 +119,17 @@ def test_no_code_path_unpickles_what_it_reads() -> None:
             for call in _calls(ast.parse(path.read_text(), filename=str(path))):
                 name = _name(call.func)
                 where = f"{path.relative_to(REPO)}:{call.lineno} {name}"
-                if name in {"pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads",
-                            "pd.read_pickle", "pandas.read_pickle", "dill.load", "dill.loads", "marshal.loads"}:
+                if name in {
+                    "pickle.load",
+                    "pickle.loads",
+                    "cloudpickle.load",
+                    "cloudpickle.loads",
+                    "pd.read_pickle",
+                    "pandas.read_pickle",
+                    "dill.load",
+                    "dill.loads",
+                    "marshal.loads",
+                }:
                     offenders.append(where)
                 elif name == "torch.load" and _keyword(call, "weights_only") is not True:
                     offenders.append(where + " without weights_only=True")
@@ -127,7 +149,7 @@ def leak_patterns(frame: pd.DataFrame, run: int = 7) -> list[re.Pattern[str]]:
     for unit, series in frame.groupby("unit"):
         census = series["census"].astype(str).tolist()
         for start in range(0, len(census) - run, run):
-            chunk = census[start:start + run]
+            chunk = census[start : start + run]
             patterns.append(re.compile(r"[\s,\[]+".join(chunk)))  # list, numpy and CSV renderings
     return patterns
 
@@ -138,21 +160,31 @@ def test_no_record_reaches_a_log_or_the_coordinators_files(tmp_path: Path, caplo
     out = tmp_path / "out"
     (out / "ledgers").mkdir(parents=True)
     nodes = {
-        i + 1: {"partition-id": i, "data-path": str(region / f"H{i:03d}.csv"),
-                "ledger-path": str(out / "ledgers" / f"{i}.json"), "privacy-epsilon-budget": 100.0,
-                "privacy-accountant": "rdp"}
+        i + 1: {
+            "partition-id": i,
+            "data-path": str(region / f"H{i:03d}.csv"),
+            "ledger-path": str(out / "ledgers" / f"{i}.json"),
+            "privacy-epsilon-budget": 100.0,
+            "privacy-accountant": "rdp",
+        }
         for i in range(3)
     }
-    config = {"out-dir": str(out), "num-server-rounds": 2, "min-available-nodes": 3, "min-train-nodes": 3,
-              "local-epochs": 1} | TINY
+    config = {
+        "out-dir": str(out),
+        "num-server-rounds": 2,
+        "min-available-nodes": 3,
+        "min-train-nodes": 3,
+        "local-epochs": 1,
+    } | TINY
     with caplog.at_level(logging.DEBUG), task_identity():
         run_federation(DirectGrid(make_client_app(), nodes), RunConfig.from_mapping(config))
 
     logs = "\n".join(r.getMessage() for r in caplog.records)
     assert "round" in logs.lower()  # the run did log: an empty capture would prove nothing
     coordinator_files = "\n".join(
-        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl"}
-        and "ledgers" not in p.parts
+        p.read_text(errors="replace")
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix in {".json", ".jsonl"} and "ledgers" not in p.parts
     )
     assert (out / METRICS_FILE).is_file()
     records = pd.read_csv(region / "H000.csv")

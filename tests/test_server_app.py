@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.app import make_client_app
-from client.protocol import Refusal
-from server.app import METRICS_FILE, run_federation
-from server.checkpoint import latest_checkpoint
-from server.config import RunConfig
+from medalloc.client.app import make_client_app
+from medalloc.server.app import METRICS_FILE, run_federation
+from medalloc.server.checkpoint import latest_checkpoint
+from medalloc.server.config import RunConfig
+from medalloc_core.protocol import Refusal
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 
@@ -35,7 +35,12 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
         }
         for i in range(3)
     }
-    keys = {"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "min-available-nodes": 3, "min-train-nodes": 3} | TINY
+    keys = {
+        "out-dir": str(tmp_path / "out"),
+        "num-server-rounds": 1,
+        "min-available-nodes": 3,
+        "min-train-nodes": 3,
+    } | TINY
     grid = DirectGrid(make_client_app(), nodes)
     with task_identity():
         result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
@@ -54,9 +59,15 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
 
 def test_client_level_dp_option_runs_and_reports_its_epsilon(region: Path, tmp_path: Path):
     keys = {
-        "simulation-data-dir": str(region), "out-dir": str(tmp_path / "out"), "num-server-rounds": 2,
-        "min-available-nodes": 3, "min-train-nodes": 3, "client-dp": True, "client-dp-noise-multiplier": 1.0,
-        "client-dp-clipping-norm": 0.5, "simulation-epsilon-budget": 50.0,
+        "simulation-data-dir": str(region),
+        "out-dir": str(tmp_path / "out"),
+        "num-server-rounds": 2,
+        "min-available-nodes": 3,
+        "min-train-nodes": 3,
+        "client-dp": True,
+        "client-dp-noise-multiplier": 1.0,
+        "client-dp-clipping-norm": 0.5,
+        "simulation-epsilon-budget": 50.0,
     } | TINY
     grid = DirectGrid(make_client_app(keys), {1: {"partition-id": 0}, 2: {"partition-id": 1}, 3: {"partition-id": 2}})
     with task_identity():
@@ -66,7 +77,7 @@ def test_client_level_dp_option_runs_and_reports_its_epsilon(region: Path, tmp_p
     assert all(r["model-updated"] for r in rounds)
     assert 0 < eps[0] < eps[1] and all(math.isfinite(e) for e in eps)
     # each round's client-level epsilon is the Gaussian mechanism's, composed: the same numbers as the formula
-    from server.strategies import client_dp_epsilon
+    from medalloc.server.strategies import client_dp_epsilon
 
     assert eps[1] == pytest.approx(client_dp_epsilon(noise_multiplier=1.0, releases=2, delta=1e-5))
     assert latest_checkpoint(tmp_path / "out" / "checkpoints").strategy_state == {"client-dp-releases": 2}

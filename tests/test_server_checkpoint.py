@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.app import make_client_app
-from server.app import METRICS_FILE, restore_strategy_state, run_federation, strategy_state
-from server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from server.config import RunConfig, RunConfigError
-from server.strategies import build_strategy
+from medalloc.client.app import make_client_app
+from medalloc.server.app import METRICS_FILE, restore_strategy_state, run_federation, strategy_state
+from medalloc.server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from medalloc.server.config import RunConfig, RunConfigError
+from medalloc.server.strategies import build_strategy
+from medalloc_core.features import federation_window_spec
+from medalloc_core.models import ForecasterConfig
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 
@@ -21,7 +23,8 @@ def _ckpt(r: int, value: float) -> Checkpoint:
         round=r,
         arrays={"w": np.full((2, 3), value, dtype=np.float32), "b": np.arange(3, dtype=np.float32)},
         strategy="fedadam",
-        model_config={"model": "mlp", "hidden": 8},
+        model_config=ForecasterConfig(hidden=8),
+        window_spec=federation_window_spec(history=56, horizon=14, targets=("admissions", "census")),
         run_config={"num-server-rounds": 5},
         strategy_arrays={"m_t/w": np.ones((2, 3)), "v_t/w": np.full((2, 3), 2.0)},
         strategy_state={"client-dp-releases": r},
@@ -31,7 +34,7 @@ def _ckpt(r: int, value: float) -> Checkpoint:
 def test_round_trip_restores_every_field(tmp_path: Path):
     marker = save_checkpoint(tmp_path, _ckpt(3, 0.5))
     loaded = load_checkpoint(marker)
-    assert loaded.round == 3 and loaded.strategy == "fedadam" and loaded.model_config == {"model": "mlp", "hidden": 8}
+    assert loaded.round == 3 and loaded.strategy == "fedadam" and loaded.model_config == ForecasterConfig(hidden=8)
     np.testing.assert_array_equal(loaded.arrays["w"], np.full((2, 3), 0.5, dtype=np.float32))
     assert loaded.arrays["w"].dtype == np.float32
     np.testing.assert_array_equal(loaded.strategy_arrays["v_t/w"], np.full((2, 3), 2.0))
@@ -72,8 +75,18 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(region: Path, out: Path, rounds: int, **extra) -> tuple[DirectGrid, object]:
-    keys = {"simulation-data-dir": str(region), "out-dir": str(out), "num-server-rounds": rounds,
-            "min-available-nodes": 3, "min-train-nodes": 3, "seed": 1} | TINY | extra
+    keys = (
+        {
+            "simulation-data-dir": str(region),
+            "out-dir": str(out),
+            "num-server-rounds": rounds,
+            "min-available-nodes": 3,
+            "min-train-nodes": 3,
+            "seed": 1,
+        }
+        | TINY
+        | extra
+    )
     grid = DirectGrid(make_client_app(keys), {1: {"partition-id": 0}, 2: {"partition-id": 1}, 3: {"partition-id": 2}})
     with task_identity():
         result = run_federation(grid, RunConfig.from_mapping(keys), run_id=7)

@@ -7,8 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from client import protocol
-from server.reply_checks import (
+from medalloc.server.reply_checks import (
     ReplyFilter,
     ReplyLimits,
     check_arrays,
@@ -16,7 +15,8 @@ from server.reply_checks import (
     clamp_weights,
     update_norm,
 )
-from server.strategies import aggregate_eval_metrics, aggregate_train_metrics
+from medalloc.server.strategies import aggregate_eval_metrics, aggregate_train_metrics
+from medalloc_core import protocol
 from tests.fed_fixtures import (
     error_reply,
     record,
@@ -117,7 +117,9 @@ def test_without_the_filter_flower_lets_a_nan_reply_poison_the_model():
     # The reason the filter exists: Flower's FedAvg averages whatever arrives.
     g = record(GLOBAL)
     nan = honest(0) | {"w": np.full((2, 3), np.nan, dtype=np.float32)}
-    arrays, _ = fedavg().aggregate_train(1, [train_reply(1, honest(0), train_metrics(), g), train_reply(2, nan, train_metrics(), g)])
+    arrays, _ = fedavg().aggregate_train(
+        1, [train_reply(1, honest(0), train_metrics(), g), train_reply(2, nan, train_metrics(), g)]
+    )
     assert arrays is not None and np.isnan(arrays["w"].numpy()).all()
 
 
@@ -154,7 +156,8 @@ def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node()
     replies = [train_reply(honest_one.metadata.dst_node_id, honest(0), train_metrics(), g), unavailable]
     f.aggregate_train(1, replies)
     assert [(o.node_id, o.status) for o in f.report.train] == [
-        (honest_one.metadata.dst_node_id, "accepted"), (lost.metadata.dst_node_id, "failed")
+        (honest_one.metadata.dst_node_id, "accepted"),
+        (lost.metadata.dst_node_id, "failed"),
     ]
 
 
@@ -201,7 +204,9 @@ def test_robust_strategy_also_only_sees_checked_replies():
 # ------------------------------------------------------------------ the pure functions
 def test_check_arrays_decodes_rather_than_trusting_declared_metadata():
     g = record(GLOBAL)
-    lying = ArrayRecord({"w": Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=b"not numpy"), "b": Array(GLOBAL["b"])})
+    lying = ArrayRecord(
+        {"w": Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=b"not numpy"), "b": Array(GLOBAL["b"])}
+    )
     assert "cannot be decoded" in check_arrays(lying, g)
     assert check_arrays(record(honest(0)), g) is None
 
@@ -215,8 +220,12 @@ def test_check_metrics_rejects_fractional_and_boolean_counts():
     required = protocol.EVAL_METRIC_KEYS
     base = {protocol.NUM_EXAMPLES: 10, protocol.EVAL_LOSS: 0.2, protocol.EVAL_MAE: 3.0, protocol.EVAL_WAPE: 0.1}
     assert check_metrics(MetricRecord(base), required=required, max_examples=100) is None
-    assert "whole number" in check_metrics(MetricRecord(base | {protocol.NUM_EXAMPLES: 10.5}), required=required, max_examples=100)
-    assert "outside" in check_metrics(MetricRecord(base | {protocol.NUM_EXAMPLES: 101}), required=required, max_examples=100)
+    assert "whole number" in check_metrics(
+        MetricRecord(base | {protocol.NUM_EXAMPLES: 10.5}), required=required, max_examples=100
+    )
+    assert "outside" in check_metrics(
+        MetricRecord(base | {protocol.NUM_EXAMPLES: 101}), required=required, max_examples=100
+    )
 
 
 def test_clamp_weights_leaves_an_honest_spread_alone():

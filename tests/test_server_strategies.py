@@ -9,10 +9,10 @@ import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedProx
 
-from client import protocol
-from server.config import RunConfig, RunConfigError
-from server.reply_checks import ReplyFilter
-from server.strategies import STRATEGIES, build_strategy, client_dp_epsilon
+from medalloc.server.config import RunConfig, RunConfigError
+from medalloc.server.reply_checks import ReplyFilter
+from medalloc.server.strategies import STRATEGIES, build_strategy, client_dp_epsilon
+from medalloc_core import protocol
 from tests.fed_fixtures import record, task_identity, train_metrics, train_reply
 
 GLOBAL = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
@@ -66,7 +66,13 @@ def test_registry_maps_names_to_flower_classes():
 
 
 def test_client_level_dp_wraps_the_strategy_and_adds_noise_of_the_calibrated_size():
-    config = RunConfig(client_dp=True, client_dp_noise_multiplier=2.0, client_dp_clipping_norm=0.5, min_available_nodes=4, min_train_nodes=4)
+    config = RunConfig(
+        client_dp=True,
+        client_dp_noise_multiplier=2.0,
+        client_dp_clipping_norm=0.5,
+        min_available_nodes=4,
+        min_train_nodes=4,
+    )
     built = build_strategy(config, num_sampled_nodes=4)
     assert isinstance(built.dp, DifferentialPrivacyServerSideFixedClipping)
     assert built.strategy.uniform_weights
@@ -103,7 +109,13 @@ def test_client_dp_epsilon_reference_values():
 
 # ------------------------------------------------------------------ RunConfig
 def test_run_config_reads_kebab_keys_and_coerces_toml_ints():
-    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"num-server-rounds": 3, "lr": 1, "strategy": "krum", "client-dp": True})
+    ctx = Context(
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={"num-server-rounds": 3, "lr": 1, "strategy": "krum", "client-dp": True},
+    )
     config = RunConfig.from_context(ctx)
     assert config.num_server_rounds == 3 and config.lr == 1.0 and isinstance(config.lr, float)
     assert config.strategy == "krum" and config.client_dp is True

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app as cli
+from medalloc.cli import app as cli
+from medalloc.simulations.runner import ResultsExist, prepare_out_dir, run_scenario
+from medalloc.simulations.scenario import ScenarioError, load_scenario, parse_scenario
 from medalloc_core.privacy.ledger import PrivacyLedger
-from simulations.runner import ResultsExist, prepare_out_dir, run_scenario
-from simulations.scenario import ScenarioError, load_scenario, parse_scenario
 
 SMALL = """
 name = "test"
@@ -56,11 +56,22 @@ def test_small_simulation_writes_every_result_and_learns(tmp_path: Path):
     assert (out / "scenario.toml").read_text() == SMALL
 
     on_disk = json.loads((out / "summary.json").read_text())
-    assert set(on_disk["methods"]) == {"federated", "initial model", "local only", "local only DP", "centralized", "seasonal_naive", "holt_winters"}
+    assert set(on_disk["methods"]) == {
+        "federated",
+        "initial model",
+        "local only",
+        "local only DP",
+        "centralized",
+        "seasonal_naive",
+        "holt_winters",
+    }
     fed = on_disk["methods"]["federated"]
     assert set(fed["per_hospital"]) == {"H000", "H001", "H002"}
     # the federated model beats the initial one on the test split (pinball: the loss it is trained on)
-    assert fed["overall"]["volume_weighted"]["pinball"] < on_disk["methods"]["initial model"]["overall"]["volume_weighted"]["pinball"]
+    assert (
+        fed["overall"]["volume_weighted"]["pinball"]
+        < on_disk["methods"]["initial model"]["overall"]["volume_weighted"]["pinball"]
+    )
     # every node spent privacy, within its own budget, and the summary reports what the ledgers hold
     for hid in ("H000", "H001", "H002"):
         ledger = PrivacyLedger.load(out / "region" / "ledgers" / f"{hid}.json")
@@ -110,7 +121,7 @@ def test_bad_scenarios_name_the_problem(text: str, match: str):
 def test_show_default_prints_the_embedded_scenario_verbatim():
     import tomllib
 
-    from simulations.scenario import default_scenario_text
+    from medalloc.simulations.scenario import default_scenario_text
 
     result = CliRunner().invoke(cli, ["simulate", "--show-default"])
     assert result.exit_code == 0 and result.output == default_scenario_text()
@@ -122,7 +133,9 @@ def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp
     bad.write_text("[federation]\nlr = 'fast'\n")
     result = CliRunner().invoke(cli, ["simulate", "--config", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "run-config 'lr' must be a number" in result.output
-    missing = CliRunner().invoke(cli, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")])
+    missing = CliRunner().invoke(
+        cli, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
+    )
     assert missing.exit_code == 2 and "cannot read the scenario" in missing.output
     existing = tmp_path / "done"
     existing.mkdir()

@@ -196,8 +196,14 @@ def test_admissions_rise_during_the_metadata_wave_peaks() -> None:
 
 def test_hospital_lags_match_the_cross_correlation_peak() -> None:
     cfg = RegionConfig(
-        hospitals=4, days=730, seed=4, min_beds=400, seasonality_scale=0.0, epidemic_amplitude=0.4,
-        short_history_fraction=0.0, noisy_fraction=0.0,
+        hospitals=4,
+        days=730,
+        seed=4,
+        min_beds=400,
+        seasonality_scale=0.0,
+        epidemic_amplitude=0.4,
+        short_history_fraction=0.0,
+        noisy_fraction=0.0,
     )
     reg = generate_region(cfg)
     curve = np.asarray(reg.metadata["epidemic"]["curve"])

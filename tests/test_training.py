@@ -8,6 +8,9 @@ import torch
 
 from medalloc_core.features import WindowSet, WindowSpec, prepare_hospital
 from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.plan import DPPlan
 from medalloc_core.training import (
     DPConfig,
     LinearClipper,
@@ -18,8 +21,6 @@ from medalloc_core.training import (
     train_local,
 )
 from tests.forecast_fixtures import records
-from medalloc_core.privacy.accounting import epsilon_for
-from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 
 L, H = 14, 4
 
@@ -59,11 +60,15 @@ def test_dp_with_no_clipping_and_no_noise_is_plain_sgd_on_the_poisson_batches(ds
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer="sgd", seed=5)
     net = build_model(small(model), seed=1)
     ref = build_model(small(model), seed=1)
-    res = train_local(net, data, config=cfg, dp=DPConfig(noise_multiplier=0.0, max_grad_norm=1e6, grad_sample_mode=mode))
+    res = train_local(
+        net, data, config=cfg, dp=DPConfig(noise_multiplier=0.0, max_grad_norm=1e6, grad_sample_mode=mode)
+    )
 
     # The reference: the same seeded Poisson batches, summed per-sample loss over the *expected*
     # batch size (what DP-SGD divides by), the same SGD.
-    loader = _loader(data, cfg.batch_size, cfg.seed, poisson=True)
+    loader = _loader(
+        data, cfg.batch_size, cfg.seed, plan=DPPlan(n_examples=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs)
+    )
     expected_b = int(len(data) * (1 / len(loader)))
     opt = torch.optim.SGD(ref.parameters(), lr=cfg.lr, momentum=0.9)
     steps = 0
@@ -88,7 +93,9 @@ def test_linear_clipping_matches_per_sample_reference_and_respects_bound(ds):
     clipper = LinearClipper(net)
     try:
         sums, _ = clipper.clipped_sum(x, y, net.config.quantiles, C)
-        torch.testing.assert_close(torch.cat([s.flatten() for s in sums]), torch.stack(clipped).sum(0), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            torch.cat([s.flatten() for s in sums]), torch.stack(clipped).sum(0), rtol=1e-4, atol=1e-6
+        )
         for i in range(len(x)):  # one sample at a time: its clipped gradient's norm is at most C
             one, _ = clipper.clipped_sum(x[i : i + 1], y[i : i + 1], net.config.quantiles, C)
             assert torch.cat([s.flatten() for s in one]).norm() <= C * (1 + 1e-5)
@@ -107,7 +114,9 @@ def test_same_seed_same_parameters(ds, model):
     runs = []
     for seed in (7, 7, 8):
         net = build_model(small(model), seed=0)
-        train_local(net, data, config=TrainConfig(epochs=1, batch_size=20, seed=seed), dp=DPConfig(noise_multiplier=1.0))
+        train_local(
+            net, data, config=TrainConfig(epochs=1, batch_size=20, seed=seed), dp=DPConfig(noise_multiplier=1.0)
+        )
         runs.append(params(net))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
@@ -116,7 +125,12 @@ def test_same_seed_same_parameters(ds, model):
 def test_opacus_mode_returns_the_original_module(ds):
     net = build_model(small("tcn"), seed=0)
     names = [n for n, _ in net.named_parameters()]
-    train_local(net, subset(ds.train, 40), config=TrainConfig(epochs=1, batch_size=20), dp=DPConfig(noise_multiplier=1.0, grad_sample_mode="hooks"))
+    train_local(
+        net,
+        subset(ds.train, 40),
+        config=TrainConfig(epochs=1, batch_size=20),
+        dp=DPConfig(noise_multiplier=1.0, grad_sample_mode="hooks"),
+    )
     assert [n for n, _ in net.named_parameters()] == names
     assert all(not hasattr(p, "grad_sample") for p in net.parameters())
     net(ds.train.X[:3]).sum().backward()  # no Opacus hook left behind
@@ -147,14 +161,27 @@ def real_ledger(tmp_path, *, budget: float = 50.0, accountant: str = "rdp") -> P
 def test_ledger_is_asked_for_the_exact_planned_run(ds, tmp_path):
     data = subset(ds.train, 100)  # 100 windows, batch 16 -> 7 Poisson batches per epoch, q = 1/7
     ledger = real_ledger(tmp_path)
-    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=3, batch_size=16), dp=DPConfig(noise_multiplier=1.3), ledger=ledger, fingerprint=FP, run_id="r1")
+    res = train_local(
+        build_model(small(), seed=0),
+        data,
+        config=TrainConfig(epochs=3, batch_size=16),
+        dp=DPConfig(noise_multiplier=1.3),
+        ledger=ledger,
+        fingerprint=FP,
+        run_id="r1",
+    )
     assert ledger.history(FP) == [(1.3, 1 / 7, 21)]
     assert [s.run_id for e in ledger.entries() for s in e.spends] == ["r1"]
     assert res.steps == 21 and res.sample_rate == 1 / 7 and res.noise_multiplier == 1.3
     # the ledger's cumulative epsilon is the accountant's for exactly that history
     assert ledger.epsilon_spent() == pytest.approx(epsilon_for([(1.3, 1 / 7, 21)], delta=1e-5, accountant="rdp"))
     # epsilon of the call from Opacus' PRV accountant; more noise, less epsilon
-    quieter = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=3, batch_size=16), dp=DPConfig(noise_multiplier=2.6))
+    quieter = train_local(
+        build_model(small(), seed=0),
+        data,
+        config=TrainConfig(epochs=3, batch_size=16),
+        dp=DPConfig(noise_multiplier=2.6),
+    )
     assert 0 < quieter.epsilon_spent_this_call < res.epsilon_spent_this_call < np.inf
 
 
@@ -162,7 +189,14 @@ def test_ledger_gets_the_samplers_true_rate_when_float_rounding_drops_a_batch(ds
     # 93 windows, batch 1: q = 1/93, but Opacus' sampler draws int(1 / (1/93)) = 92 batches per epoch
     ledger = real_ledger(tmp_path)
     data = WindowSet(ds.train.X[:93], ds.train.y[:93], ds.train.units[:93], ds.train.target_start[:93])
-    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=1, batch_size=1), dp=DPConfig(noise_multiplier=1.0, accountant="rdp"), ledger=ledger, fingerprint=FP)
+    res = train_local(
+        build_model(small(), seed=0),
+        data,
+        config=TrainConfig(epochs=1, batch_size=1),
+        dp=DPConfig(noise_multiplier=1.0, accountant="rdp"),
+        ledger=ledger,
+        fingerprint=FP,
+    )
     assert ledger.history(FP) == [(1.0, 1 / 93, 92)] and res.steps == 92
 
 
@@ -172,7 +206,14 @@ def test_budget_refusal_happens_before_any_parameter_changes(ds, tmp_path):
     net = build_model(small(), seed=0)
     before = params(net)
     with pytest.raises(PrivacyBudgetExceeded):
-        train_local(net, subset(ds.train, 100), config=TrainConfig(epochs=1), dp=DPConfig(noise_multiplier=1.0), ledger=ledger, fingerprint=FP)
+        train_local(
+            net,
+            subset(ds.train, 100),
+            config=TrainConfig(epochs=1),
+            dp=DPConfig(noise_multiplier=1.0),
+            ledger=ledger,
+            fingerprint=FP,
+        )
     after = params(net)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in net.parameters())
@@ -187,7 +228,9 @@ def test_budget_is_cumulative_over_calls_and_refuses_the_call_that_would_exceed_
     cfg, dp = TrainConfig(epochs=1, batch_size=16), DPConfig(noise_multiplier=1.0)
     train_local(build_model(small(), seed=0), data, config=cfg, dp=dp, ledger=ledger, fingerprint=FP)
     # a restart: the node reopens its ledger from disk; the spend is still there
-    reopened = PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=ledger.epsilon_budget, delta=1e-5, accountant="rdp")
+    reopened = PrivacyLedger.open(
+        tmp_path / "ledger.json", epsilon_budget=ledger.epsilon_budget, delta=1e-5, accountant="rdp"
+    )
     with pytest.raises(PrivacyBudgetExceeded):
         train_local(build_model(small(), seed=0), data, config=cfg, dp=dp, ledger=reopened, fingerprint=FP)
     assert reopened.epsilon_spent() == pytest.approx(one_call)
@@ -196,7 +239,13 @@ def test_budget_is_cumulative_over_calls_and_refuses_the_call_that_would_exceed_
 
 def test_ledger_without_dp_or_fingerprint_is_an_error(ds, tmp_path):
     with pytest.raises(ValueError, match="fingerprint"):
-        train_local(build_model(small(), seed=0), ds.train, config=TrainConfig(), dp=DPConfig(noise_multiplier=1.0), ledger=real_ledger(tmp_path))
+        train_local(
+            build_model(small(), seed=0),
+            ds.train,
+            config=TrainConfig(),
+            dp=DPConfig(noise_multiplier=1.0),
+            ledger=real_ledger(tmp_path),
+        )
     with pytest.raises(ValueError, match="exactly one"):
         DPConfig(noise_multiplier=1.0, target_epsilon=3.0)
     with pytest.raises(TypeError):
@@ -218,12 +267,17 @@ def test_plain_training_learns_and_predict_evaluate_shapes(ds):
 def test_empty_poisson_batches_take_a_noise_only_step(ds, mode):
     data = subset(ds.train, 3)  # batch 1 of 3: q = 1/3, an empty batch has probability (2/3)^3 per step
     model = "mlp" if mode == "linear" else "tcn"
-    loader = _loader(data, 1, 0, poisson=True)
+    loader = _loader(data, 1, 0, plan=DPPlan(n_examples=len(data), batch_size=1, epochs=1))
     sizes = [len(x) for _ in range(4) for x, _ in loader]
     assert 0 in sizes  # this seed does draw empty batches
     net = build_model(small(model), seed=0)
     before = params(net)
-    res = train_local(net, data, config=TrainConfig(epochs=4, batch_size=1, seed=0), dp=DPConfig(noise_multiplier=1.0, grad_sample_mode=mode, accountant="rdp"))
+    res = train_local(
+        net,
+        data,
+        config=TrainConfig(epochs=4, batch_size=1, seed=0),
+        dp=DPConfig(noise_multiplier=1.0, grad_sample_mode=mode, accountant="rdp"),
+    )
     assert res.steps == 12  # 3 Poisson batches per epoch, empty ones included
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert any(not torch.equal(before[n], p) for n, p in net.named_parameters())
@@ -237,8 +291,12 @@ def test_one_sample_update_is_clipped_to_the_bound(ds, mode):
     net = build_model(small(model), seed=0)
     before = torch.cat([p.detach().flatten() for p in net.parameters()])
     C = 1e-3
-    train_local(net, subset(ds.train, 1), config=TrainConfig(epochs=1, batch_size=1, lr=1.0, optimizer="sgd"),
-                dp=DPConfig(noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode, accountant="rdp"))
+    train_local(
+        net,
+        subset(ds.train, 1),
+        config=TrainConfig(epochs=1, batch_size=1, lr=1.0, optimizer="sgd"),
+        dp=DPConfig(noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode, accountant="rdp"),
+    )
     step = torch.cat([p.detach().flatten() for p in net.parameters()]) - before
     assert C * 0.99 < step.norm() <= C * (1 + 1e-4)  # the raw gradient is far larger, so it was clipped to C
 
@@ -248,9 +306,15 @@ def test_target_epsilon_calibration_when_accounting_is_merged(ds):
     from opacus.accountants import PRVAccountant
 
     data = subset(ds.train, 100)
-    res = train_local(build_model(small(), seed=0), data, config=TrainConfig(epochs=2, batch_size=16),
-                      dp=DPConfig(target_epsilon=2.0, planned_rounds=3, delta=1e-5))
-    expected = accounting.noise_multiplier_for(target_epsilon=2.0, delta=1e-5, sample_rate=1 / 7, steps=3 * 2 * 7, accountant="prv")
+    res = train_local(
+        build_model(small(), seed=0),
+        data,
+        config=TrainConfig(epochs=2, batch_size=16),
+        dp=DPConfig(target_epsilon=2.0, planned_rounds=3, delta=1e-5),
+    )
+    expected = accounting.noise_multiplier_for(
+        target_epsilon=2.0, delta=1e-5, sample_rate=1 / 7, steps=3 * 2 * 7, accountant="prv"
+    )
     assert res.noise_multiplier == expected
     acct = PRVAccountant()
     acct.history = [(res.noise_multiplier, 1 / 7, 3 * 2 * 7)]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
+from medalloc.cli import app
 from medalloc_core.contract import DataContractError, Frequency, Problem
 from medalloc_core.validation import PROBLEMS_PER_CHECK, load_unit_records, validate_file
 
@@ -69,7 +69,12 @@ ERROR_CASES: dict[str, tuple[str | bytes, int | None, str | None, str]] = {
         "missing required column 'discharge_time'",
     ),
     "no-count-column": ("date,unit,note\n2024-01-01,ICU,x\n", 1, None, "no count column"),
-    "unparseable-date": ("date,unit,census\n2024-01-01,ICU,3\n2024-02-30,ICU,4\n", 3, "date", "'2024-02-30' is not a valid date"),
+    "unparseable-date": (
+        "date,unit,census\n2024-01-01,ICU,3\n2024-02-30,ICU,4\n",
+        3,
+        "date",
+        "'2024-02-30' is not a valid date",
+    ),
     "day-first-date": ("date,unit,census\n01/02/2024,ICU,3\n", 2, "date", "expected an ISO date YYYY-MM-DD"),
     "empty-date": ("date,unit,census\n2024-01-01,ICU,3\n,ICU,4\n", 3, "date", "empty date"),
     "empty-unit": ("date,unit,census\n2024-01-01, ,3\n", 2, "unit", "empty unit"),
@@ -98,7 +103,12 @@ ERROR_CASES: dict[str, tuple[str | bytes, int | None, str | None, str]] = {
         "discharge_time",
         "discharge 2024-01-02 09:00 is before admission 2024-01-03 10:00",
     ),
-    "unparseable-admit-time": (ENCOUNTER_HEADER + "E1,P1,ICU,yesterday,\n", 2, "admit_time", "'yesterday' is not a valid date"),
+    "unparseable-admit-time": (
+        ENCOUNTER_HEADER + "E1,P1,ICU,yesterday,\n",
+        2,
+        "admit_time",
+        "'yesterday' is not a valid date",
+    ),
     "utc-offset-admit-time": (
         ENCOUNTER_HEADER + "E1,P1,ICU,2024-01-01T10:00+01:00,\n",
         2,
@@ -355,8 +365,12 @@ def test_warnings_do_not_fail_and_are_logged_by_the_loader(tmp_path: Path, caplo
 
 def test_census_within_tolerance_is_not_flagged(tmp_path: Path) -> None:
     # Off by 2 beds (the tolerance) on a census of 20: fine; off by 3: a warning.
-    within = write(tmp_path, "date,unit,admissions,discharges,census\n2024-01-01,W,0,0,20\n2024-01-02,W,0,0,22\n", "a.csv")
-    beyond = write(tmp_path, "date,unit,admissions,discharges,census\n2024-01-01,W,0,0,20\n2024-01-02,W,0,0,23\n", "b.csv")
+    within = write(
+        tmp_path, "date,unit,admissions,discharges,census\n2024-01-01,W,0,0,20\n2024-01-02,W,0,0,22\n", "a.csv"
+    )
+    beyond = write(
+        tmp_path, "date,unit,admissions,discharges,census\n2024-01-01,W,0,0,20\n2024-01-02,W,0,0,23\n", "b.csv"
+    )
     assert validate_file(within).warnings == []
     assert [w.row for w in validate_file(beyond).warnings] == [3]
 

@@ -150,7 +150,9 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
         if ADMISSIONS in frame.columns:
             admissions = (
                 frame.pivot_table(index=DATE, columns=UNIT, values=ADMISSIONS, aggfunc="sum")
-                .reindex(index=census.index, columns=census.columns).fillna(0.0).to_numpy()
+                .reindex(index=census.index, columns=census.columns)
+                .fillna(0.0)
+                .to_numpy()
             )
         if capacity is None:
             source = CAPACITY if CAPACITY in frame.columns else CENSUS
@@ -160,14 +162,19 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
         if missing:
             raise ValueError(f"no physical beds given for unit(s) {missing}")
         env = cls(
-            census.to_numpy(dtype=float), np.array([capacity[u] for u in units]), admissions=admissions,
-            start_weekday=int(census.index[0].day_of_week), **kwargs,
+            census.to_numpy(dtype=float),
+            np.array([capacity[u] for u in units]),
+            admissions=admissions,
+            start_weekday=int(census.index[0].day_of_week),
+            **kwargs,
         )
         env.units = units
         return env
 
     # --- gymnasium API ------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
         latest = self.demand.shape[0] - self.episode_days
         self._t = int(self.np_random.integers(HISTORY_DAYS, latest + 1)) if latest > HISTORY_DAYS else HISTORY_DAYS
@@ -293,6 +300,11 @@ def run_episode(env: HospitalBedEnv, policy: Policy, seed: int) -> EpisodeResult
         if terminated or truncated:
             break
     return EpisodeResult(
-        total_cost=float(math.fsum(daily)), overflow_days=unserved, idle_bed_days=idle,
-        staffing_changes=changes, days=len(daily), daily_cost=tuple(daily), demand_days=demand,
+        total_cost=float(math.fsum(daily)),
+        overflow_days=unserved,
+        idle_bed_days=idle,
+        staffing_changes=changes,
+        days=len(daily),
+        daily_cost=tuple(daily),
+        demand_days=demand,
     )

@@ -100,13 +100,23 @@ def read_forecast(path: Path) -> pd.DataFrame:
     bad_v = value.notna() & (~np.isfinite(value) | (value < 0))
     for i in np.flatnonzero(bad_v.to_numpy()):
         problems.append(
-            Problem(file, f"value {value.iloc[i]} must be finite and >= 0 (patients or beds)", row=_row(int(i)), column=VALUE)
+            Problem(
+                file,
+                f"value {value.iloc[i]} must be finite and >= 0 (patients or beds)",
+                row=_row(int(i)),
+                column=VALUE,
+            )
         )
     target = raw[TARGET].str.strip().str.lower()
     bad_t = target.notna() & ~target.isin(TARGETS)
     for i in np.flatnonzero(bad_t.to_numpy()):
         problems.append(
-            Problem(file, f"unknown target '{raw[TARGET].iloc[i]}'; expected one of {list(TARGETS)}", row=_row(int(i)), column=TARGET)
+            Problem(
+                file,
+                f"unknown target '{raw[TARGET].iloc[i]}'; expected one of {list(TARGETS)}",
+                row=_row(int(i)),
+                column=TARGET,
+            )
         )
     if any(p.severity == "error" for p in problems):
         raise DataContractError(problems)
@@ -124,7 +134,9 @@ def read_forecast(path: Path) -> pd.DataFrame:
     keys = [HOSPITAL, UNIT, TARGET, DATE, Q]
     dup = frame.duplicated(keys, keep="first")
     for i in np.flatnonzero(dup.to_numpy()):
-        problems.append(Problem(file, "duplicate (hospital, unit, target, date, q); each quantile appears once", row=_row(int(i))))
+        problems.append(
+            Problem(file, "duplicate (hospital, unit, target, date, q); each quantile appears once", row=_row(int(i)))
+        )
     problems.extend(_crossing_problems(frame, file))
     if problems:
         raise DataContractError(problems)
@@ -193,8 +205,13 @@ def read_capacity(path: Path, *, key: str = UNIT) -> pd.DataFrame:
     missing = [c for c in (key, BEDS) if c not in raw.columns]
     if missing:
         raise DataContractError(
-            [Problem(file, f"missing column(s) {missing}; a capacity table has columns {key}, beds [, staffed"
-                     f"{', hospital' if key == UNIT else ''}]")]
+            [
+                Problem(
+                    file,
+                    f"missing column(s) {missing}; a capacity table has columns {key}, beds [, staffed"
+                    f"{', hospital' if key == UNIT else ''}]",
+                )
+            ]
         )
     problems: list[Problem] = []
     for i in np.flatnonzero(raw[key].isna().to_numpy()):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, STAFFED, TARGET, VALUE
+from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, TARGET, VALUE, Q
 from medalloc_core.allocation.quantiles import Tail, cdf_at, expected_shortfall_and_idle, quantile_at
 from medalloc_core.contract import CENSUS, DATE, UNIT
 
@@ -26,13 +26,36 @@ logger = logging.getLogger(__name__)
 BED_TOLERANCE = 1e-6
 
 # Patients per nurse per shift; typical safe-staffing ratios (ICU 1:2, wards 1:4-1:5).
-DEFAULT_NURSE_RATIOS: Mapping[str, float] = {"icu": 2.0, "medical": 5.0, "surgical": 5.0, "paediatric": 4.0, "pediatric": 4.0}
+DEFAULT_NURSE_RATIOS: Mapping[str, float] = {
+    "icu": 2.0,
+    "medical": 5.0,
+    "surgical": 5.0,
+    "paediatric": 4.0,
+    "pediatric": 4.0,
+}
 
 PLAN_COLUMNS: tuple[str, ...] = (
-    HOSPITAL, UNIT, DATE, "demand_p10", "demand_p50", "demand_p90", "critical_ratio", "newsvendor_beds",
-    "staffed_beds", "physical_beds", "capped", "nurses_per_shift", "nurse_shifts", "p_overflow",
-    "p_exceed_physical", "flag_physical", "expected_unserved", "expected_idle", "expected_cost",
-    "baseline_staffed", "change_from_baseline",
+    HOSPITAL,
+    UNIT,
+    DATE,
+    "demand_p10",
+    "demand_p50",
+    "demand_p90",
+    "critical_ratio",
+    "newsvendor_beds",
+    "staffed_beds",
+    "physical_beds",
+    "capped",
+    "nurses_per_shift",
+    "nurse_shifts",
+    "p_overflow",
+    "p_exceed_physical",
+    "flag_physical",
+    "expected_unserved",
+    "expected_idle",
+    "expected_cost",
+    "baseline_staffed",
+    "change_from_baseline",
 )
 
 
@@ -98,7 +121,9 @@ def quantile_matrix(forecast: pd.DataFrame, target: str = CENSUS) -> tuple[pd.Da
     sub = forecast[forecast[TARGET] == target]
     if sub.empty:
         targets = sorted(forecast[TARGET].unique().tolist())
-        raise ValueError(f"the forecast has no '{target}' rows (targets present: {targets}); beds are planned on census")
+        raise ValueError(
+            f"the forecast has no '{target}' rows (targets present: {targets}); beds are planned on census"
+        )
     wide = sub.pivot_table(index=[HOSPITAL, UNIT, DATE], columns=Q, values=VALUE, aggfunc="first")
     if wide.isna().any().any():
         bad = wide[wide.isna().any(axis=1)].index[0]
@@ -156,12 +181,17 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     c_u = np.array([c.under_cost for c in unit_costs])
     c_o = np.array([c.over_cost for c in unit_costs])
     if levels.size == 1:
-        logger.warning("the forecast has a single quantile level (%s): treated as certain demand, no risk shown", levels[0])
+        logger.warning(
+            "the forecast has a single quantile level (%s): treated as certain demand, no risk shown", levels[0]
+        )
     outside = (cr < levels[0]) | (cr > levels[-1])
     if outside.any():
         logger.warning(
             "critical ratio %s lies outside the forecast's levels [%s, %s]; using the %s tail beyond them",
-            sorted(set(np.round(cr[outside], 4).tolist())), levels[0], levels[-1], config.tail,
+            sorted(set(np.round(cr[outside], 4).tolist())),
+            levels[0],
+            levels[-1],
+            config.tail,
         )
     demand_at_cr = quantile_at(levels, values, cr, tail=config.tail)
     newsvendor = np.ceil(demand_at_cr - BED_TOLERANCE)  # whole beds; keeps 12.0000000001 at 12
@@ -189,6 +219,7 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     plan["baseline_staffed"] = baseline.astype("int64")
     plan["change_from_baseline"] = plan["staffed_beds"] - plan["baseline_staffed"]  # beds to open (+) or close (-)
     if plan["capped"].any():
-        logger.warning("%d unit-days need more beds than physically exist; capped and flagged", int(plan["capped"].sum()))
+        logger.warning(
+            "%d unit-days need more beds than physically exist; capped and flagged", int(plan["capped"].sum())
+        )
     return plan.loc[:, list(PLAN_COLUMNS)]
-

@@ -32,12 +32,19 @@ def plot_plan(plan: pd.DataFrame, path: Path) -> Path:
         ax.plot(x, g["physical_beds"], color="black", ls="--", lw=1, label="physical beds")
         flagged = g[g["flag_physical"]]
         if not flagged.empty:
-            ax.scatter(pd.to_datetime(flagged[DATE]), flagged["physical_beds"], marker="v", s=60, color="tab:red",
-                       zorder=5, label="risk above physical beds")
+            ax.scatter(
+                pd.to_datetime(flagged[DATE]),
+                flagged["physical_beds"],
+                marker="v",
+                s=60,
+                color="tab:red",
+                zorder=5,
+                label="risk above physical beds",
+            )
         ax.set_title(f"{hospital} · {unit}")
         ax.set_ylabel("beds")
         ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(groups):]:
+    for ax in axes.ravel()[len(groups) :]:
         ax.set_visible(False)
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     for ax in axes.ravel()[1 : len(groups)]:
@@ -57,7 +64,9 @@ def plot_plan(plan: pd.DataFrame, path: Path) -> Path:
 def plot_regional(plan: RegionalPlan, path: Path) -> Path:
     """Per hospital over the horizon: surge bed-days received, expected unserved and net transfers."""
     hd = plan.hospital_days
-    per = hd.groupby(HOSPITAL)[["surge_beds", "expected_unserved", "expected_transfers_in", "expected_transfers_out"]].sum()
+    per = hd.groupby(HOSPITAL)[
+        ["surge_beds", "expected_unserved", "expected_transfers_in", "expected_transfers_out"]
+    ].sum()
     per["net_transfers_in"] = per["expected_transfers_in"] - per["expected_transfers_out"]
     fig, axes = plt.subplots(3, 1, figsize=(max(7, 0.25 * len(per)), 8), sharex=True)
     axes[0].bar(per.index, per["surge_beds"], color="tab:green")
@@ -71,7 +80,8 @@ def plot_regional(plan: RegionalPlan, path: Path) -> Path:
     costs = plan.costs
     fig.suptitle(
         f"Regional plan ({plan.scenarios} scenarios): expected cost {costs['total']:.0f} = surge {costs['surge']:.0f}"
-        f" + unserved {costs['unserved']:.0f} + transfers {costs['transfer']:.0f}", fontsize=10,
+        f" + unserved {costs['unserved']:.0f} + transfers {costs['transfer']:.0f}",
+        fontsize=10,
     )
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")

@@ -142,9 +142,7 @@ def expected_shortfall_and_idle(
     return np.maximum(q - s, 0.0).mean(axis=1), np.maximum(s - q, 0.0).mean(axis=1)
 
 
-def sample(
-    levels: np.ndarray, values: np.ndarray, uniforms: np.ndarray, *, tail: Tail = "normal"
-) -> np.ndarray:
+def sample(levels: np.ndarray, values: np.ndarray, uniforms: np.ndarray, *, tail: Tail = "normal") -> np.ndarray:
     """Demand draws by inverse transform: Q(u) for uniforms of shape (N, M) -> (N, M)."""
     u = np.clip(np.asarray(uniforms, dtype=float), 1e-9, 1 - 1e-9)
     return quantile_at(levels, values, u, tail=tail)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 from scipy.special import ndtr
 
-from medalloc_core.allocation.forecast_io import HOSPITAL, Q, TARGET, VALUE, write_dated_csv
+from medalloc_core.allocation.forecast_io import HOSPITAL, TARGET, VALUE, Q, write_dated_csv
 from medalloc_core.allocation.quantiles import Tail, quantile_at
 from medalloc_core.contract import CENSUS, DATE
 
@@ -59,7 +59,14 @@ class RegionalConfig:
     tail: Tail = "normal"
 
     def __post_init__(self) -> None:
-        for name in ("surge_pool", "under_cost", "surge_cost", "transfer_cost", "transfer_cost_per_km", "transfer_limit"):
+        for name in (
+            "surge_pool",
+            "under_cost",
+            "surge_cost",
+            "transfer_cost",
+            "transfer_cost_per_km",
+            "transfer_limit",
+        ):
             value = getattr(self, name)
             if not (value >= 0) or (math.isnan(value)):
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -195,7 +202,9 @@ def share_forecast(
         scale = gaussian_sigma(epsilon=epsilon, delta=delta, n_values=n, sensitivity=sensitivity)
     if noise_scale is not None:
         if not noise_scale >= scale * (1 - 1e-9):
-            raise ValueError(f"noise_scale={noise_scale:.6g} is below the {mechanism} scale {scale:.6g} that epsilon={epsilon} needs")
+            raise ValueError(
+                f"noise_scale={noise_scale:.6g} is below the {mechanism} scale {scale:.6g} that epsilon={epsilon} needs"
+            )
         scale = float(noise_scale)
     if on_release is not None:
         on_release(epsilon)
@@ -235,7 +244,9 @@ def neighbour_pairs(distances: np.ndarray, k: int) -> np.ndarray:
     return np.argwhere(allowed)
 
 
-def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float] | pd.DataFrame) -> tuple[list[str], list[pd.Timestamp], np.ndarray, np.ndarray, np.ndarray]:
+def _validate_inputs(
+    shared: pd.DataFrame, capacity: Mapping[str, float] | pd.DataFrame
+) -> tuple[list[str], list[pd.Timestamp], np.ndarray, np.ndarray, np.ndarray]:
     """Pivot shared quantiles to (H, D, K) and check everything a solver would choke on."""
     missing = [c for c in SHARED_COLUMNS if c not in shared.columns]
     if missing:
@@ -244,7 +255,9 @@ def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float] | pd.Da
         raise ValueError("no hospitals: the shared forecast is empty")
     dates_parsed = pd.to_datetime(shared[DATE], errors="coerce")
     if dates_parsed.isna().any():
-        raise ValueError(f"unparsable date '{shared[DATE].iloc[int(dates_parsed.isna().to_numpy().argmax())]}' in the shared forecast")
+        raise ValueError(
+            f"unparsable date '{shared[DATE].iloc[int(dates_parsed.isna().to_numpy().argmax())]}' in the shared forecast"
+        )
     shared = shared.assign(**{DATE: dates_parsed.dt.normalize(), HOSPITAL: shared[HOSPITAL].astype(str)})
     if shared[VALUE].isna().any() or not np.isfinite(shared[VALUE].to_numpy(dtype=float)).all():
         bad = shared.loc[~np.isfinite(shared[VALUE].to_numpy(dtype=float)), [HOSPITAL, DATE, Q]].iloc[0].to_dict()
@@ -286,7 +299,9 @@ def _validate_inputs(shared: pd.DataFrame, capacity: Mapping[str, float] | pd.Da
     return hospitals, dates, levels, values.reshape(len(hospitals), len(dates), levels.size), cap
 
 
-def draw_scenarios(levels: np.ndarray, values: np.ndarray, *, scenarios: int, correlation: float, seed: int, tail: Tail = "normal") -> np.ndarray:
+def draw_scenarios(
+    levels: np.ndarray, values: np.ndarray, *, scenarios: int, correlation: float, seed: int, tail: Tail = "normal"
+) -> np.ndarray:
     """Demand scenarios (K, H, D) from quantiles (H, D, L) under a one-factor Gaussian copula.
 
     On each scenario-day, hospital h's uniform is Φ(√ρ·Z_day + √(1-ρ)·ε_h): ρ = 1 is
@@ -383,8 +398,12 @@ def plan_region(
     pair_limit = np.array(
         [float(config.pair_limits.get((hospitals[a], hospitals[b]), config.transfer_limit)) for a, b in pairs]
     )
-    pair_cost = config.transfer_cost + config.transfer_cost_per_km * distances[pairs[:, 0], pairs[:, 1]] if n_p else np.zeros(0)
-    demand = draw_scenarios(levels, values, scenarios=k, correlation=config.correlation, seed=config.seed, tail=config.tail)
+    pair_cost = (
+        config.transfer_cost + config.transfer_cost_per_km * distances[pairs[:, 0], pairs[:, 1]] if n_p else np.zeros(0)
+    )
+    demand = draw_scenarios(
+        levels, values, scenarios=k, correlation=config.correlation, seed=config.seed, tail=config.tail
+    )
 
     # Variable layout: s[h, d] | u[k, h, d] | x[k, p, d]
     hd = n_h * n_d
@@ -410,9 +429,7 @@ def plan_region(
     cap_rows = sp.csr_array((data, (rows, cols)), shape=(n_u, n_s + n_u + n_x))
     b_cap = (cap.reshape(1, hd) - demand.reshape(k, hd)).ravel()
     # Pool rows: Σ_h s[h, d] <= S
-    pool_rows = sp.csr_array(
-        (np.ones(hd), (np.tile(np.arange(n_d), n_h), np.arange(hd))), shape=(n_d, n_s + n_u + n_x)
-    )
+    pool_rows = sp.csr_array((np.ones(hd), (np.tile(np.arange(n_d), n_h), np.arange(hd))), shape=(n_d, n_s + n_u + n_x))
     a_ub = sp.vstack([cap_rows, pool_rows], format="csr")
     b_ub = np.concatenate([b_cap, np.full(n_d, config.surge_pool)])
     bounds = np.column_stack(
@@ -423,10 +440,20 @@ def plan_region(
             ),
         ]
     )
-    logger.info("regional LP: %d hospitals, %d days, %d scenarios, %d pairs -> %d vars, %d rows", n_h, n_d, k, n_p, c.size, a_ub.shape[0])
+    logger.info(
+        "regional LP: %d hospitals, %d days, %d scenarios, %d pairs -> %d vars, %d rows",
+        n_h,
+        n_d,
+        k,
+        n_p,
+        c.size,
+        a_ub.shape[0],
+    )
     result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if result.status != 0 or result.x is None:
-        raise RegionalSolveError(f"HiGHS did not find an optimal regional plan (status {result.status}): {result.message}")
+        raise RegionalSolveError(
+            f"HiGHS did not find an optimal regional plan (status {result.status}): {result.message}"
+        )
 
     z = result.x
     surge = z[:n_s].reshape(n_h, n_d)
@@ -477,16 +504,26 @@ def plan_region(
     if not math.isclose(costs["total"], float(result.fun), rel_tol=1e-6, abs_tol=1e-6):
         logger.warning("cost breakdown %.6g differs from the LP objective %.6g", costs["total"], result.fun)
     return RegionalPlan(
-        surge=surge_frame, transfers=transfers, hospital_days=hd_frame, costs=costs, scenarios=k,
-        solver_message=str(result.message), load=load, capacity_with_surge=cap_with_surge,
+        surge=surge_frame,
+        transfers=transfers,
+        hospital_days=hd_frame,
+        costs=costs,
+        scenarios=k,
+        solver_message=str(result.message),
+        load=load,
+        capacity_with_surge=cap_with_surge,
     )
 
 
 def write_regional_plan(plan: RegionalPlan, out_dir: Path, *, overwrite: bool = False) -> list[Path]:
     """Write surge.csv, transfers.csv, hospital_days.csv and costs.csv; refuses to overwrite unless asked."""
     out_dir = Path(out_dir)
-    names = {"surge.csv": plan.surge, "transfers.csv": plan.transfers, "hospital_days.csv": plan.hospital_days,
-             "costs.csv": pd.DataFrame([plan.costs])}
+    names = {
+        "surge.csv": plan.surge,
+        "transfers.csv": plan.transfers,
+        "hospital_days.csv": plan.hospital_days,
+        "costs.csv": pd.DataFrame([plan.costs]),
+    }
     existing = [out_dir / n for n in names if (out_dir / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass overwrite=True to replace the regional plan")
@@ -499,4 +536,3 @@ def write_regional_plan(plan: RegionalPlan, out_dir: Path, *, overwrite: bool = 
         frame.to_csv(out_dir / name, index=False)
         paths.append(out_dir / name)
     return paths
-

@@ -93,17 +93,33 @@ def share_with_ledger(
         The node's cumulative epsilon would exceed its budget: nothing recorded, nothing released.
     """
     n = len(hospital_totals(forecast))
-    z, sigma = calibrate_share_noise(epsilon=epsilon, delta=ledger.delta, n_values=n, sensitivity=sensitivity,
-                                     accountant=ledger.accountant)
+    z, sigma = calibrate_share_noise(
+        epsilon=epsilon, delta=ledger.delta, n_values=n, sensitivity=sensitivity, accountant=ledger.accountant
+    )
     after: list[float] = []
 
     def charge(_epsilon: float) -> None:  # called by share_forecast before any noise is drawn
         after.append(ledger.spend(fingerprint, noise_multiplier=z, sample_rate=1.0, steps=1, run_id=run_id))
 
-    shared = share_forecast(forecast, epsilon=epsilon, delta=ledger.delta, mechanism="gaussian", sensitivity=sensitivity,
-                            seed=seed, on_release=charge, noise_scale=sigma)
+    shared = share_forecast(
+        forecast,
+        epsilon=epsilon,
+        delta=ledger.delta,
+        mechanism="gaussian",
+        sensitivity=sensitivity,
+        seed=seed,
+        on_release=charge,
+        noise_scale=sigma,
+    )
     if not after:
         raise RuntimeError("share_forecast released without charging the ledger")
     eps_alone = epsilon_for([(z, 1.0, 1)], delta=ledger.delta, accountant=ledger.accountant)  # type: ignore[arg-type]
-    logger.info("shared %d values, sigma %.3g beds (z=%.4g); release epsilon %.4g, node epsilon %.4g", n, sigma, z, eps_alone, after[0])
+    logger.info(
+        "shared %d values, sigma %.3g beds (z=%.4g); release epsilon %.4g, node epsilon %.4g",
+        n,
+        sigma,
+        z,
+        eps_alone,
+        after[0],
+    )
     return ShareResult(shared, n, z, sigma, eps_alone, after[0])

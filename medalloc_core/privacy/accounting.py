@@ -80,8 +80,7 @@ def validate_history_item(noise_multiplier: float, sample_rate: float, steps: in
         )
     if isinstance(sample_rate, bool) or not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
         raise ValueError(
-            f"sample_rate must be in (0, 1] (batch size / number of training windows), "
-            f"got {sample_rate!r}"
+            f"sample_rate must be in (0, 1] (batch size / number of training windows), got {sample_rate!r}"
         )
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -98,9 +97,7 @@ def compact_history(history: Iterable[Sequence[float]]) -> list[HistoryItem]:
     steps_by_setting: dict[tuple[float, float], int] = {}
     for item in history:
         if len(item) != 3:
-            raise ValueError(
-                f"history items are (noise_multiplier, sample_rate, steps), got {item!r}"
-            )
+            raise ValueError(f"history items are (noise_multiplier, sample_rate, steps), got {item!r}")
         noise, rate, steps = float(item[0]), float(item[1]), item[2]
         validate_history_item(noise, rate, steps)  # type: ignore[arg-type]
         if steps == 0:
@@ -124,9 +121,7 @@ def _rdp_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
     rdp = np.zeros(len(RDP_ORDERS))
     for noise, rate, steps in history:
         rdp = rdp + np.asarray(
-            rdp_analysis.compute_rdp(
-                q=rate, noise_multiplier=noise, steps=steps, orders=list(RDP_ORDERS)
-            )
+            rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=list(RDP_ORDERS))
         )
     # Opacus warns when the best order is at the edge of the grid (the bound is then looser
     # than it could be, still valid); record it in our log instead of the user's terminal.
@@ -156,15 +151,11 @@ def _prv_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
     # an upper bound. log(0)/exp overflow at the edges of the PRV's support are expected (a
     # non-finite result is caught by the caller), and the RDP accountant it uses to size its
     # domain warns about edge orders; keep both out of the user's terminal, in our log.
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"), warnings.catch_warnings(
-        record=True
-    ) as caught:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         points = _prv_grid_points(history, delta_error=delta / 1000)  # Opacus' default delta_error
         if not points <= _PRV_MAX_GRID_POINTS:
-            raise ValueError(
-                f"PRV would need a grid of {points:.3g} points (limit {_PRV_MAX_GRID_POINTS:.0g})"
-            )
+            raise ValueError(f"PRV would need a grid of {points:.3g} points (limit {_PRV_MAX_GRID_POINTS:.0g})")
         epsilon = float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
     for warning in caught:
         logger.debug("PRV accountant: %s", warning.message)

@@ -115,7 +115,17 @@ class AuditSetting:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise ValueError(f"AuditSetting.seed={self.seed} must be >= 0 (numpy seeds are non-negative)")
-        for name in ("days", "history", "horizon", "real_windows", "canaries", "hidden", "layers", "epochs", "batch_size"):
+        for name in (
+            "days",
+            "history",
+            "horizon",
+            "real_windows",
+            "canaries",
+            "hidden",
+            "layers",
+            "epochs",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"AuditSetting.{name}={getattr(self, name)} must be >= 1")
         if self.canary_level <= 0 or self.lr <= 0 or not 0 < self.beta < 1 or not 0 <= self.low_fpr <= 1:
@@ -178,7 +188,9 @@ def build_audit_data(setting: AuditSetting) -> AuditData:
     canary_X = spare_X[torch.from_numpy(rng.permutation(len(spare_X))[: setting.canaries])]
     T = dataset.train.y.shape[2]
     signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(setting.canaries, 1, T))
-    canary_y = torch.from_numpy(np.broadcast_to(signs * setting.canary_level, (setting.canaries, setting.horizon, T)).copy())
+    canary_y = torch.from_numpy(
+        np.broadcast_to(signs * setting.canary_level, (setting.canaries, setting.horizon, T)).copy()
+    )
     return AuditData(
         real_X=dataset.train.X[torch.from_numpy(real_idx)],
         real_y=dataset.train.y[torch.from_numpy(real_idx)],
@@ -286,9 +298,13 @@ def audit_run(
     train = data.train_set()
     model = build_model(
         ForecasterConfig(
-            model="mlp", history=setting.history, horizon=setting.horizon,
-            n_features=train.X.shape[2], n_targets=train.y.shape[2],
-            hidden=setting.hidden, layers=setting.layers,
+            model="mlp",
+            history=setting.history,
+            horizon=setting.horizon,
+            n_features=train.X.shape[2],
+            n_targets=train.y.shape[2],
+            hidden=setting.hidden,
+            layers=setting.layers,
         ),
         seed=setting.seed,
     )
@@ -300,9 +316,15 @@ def audit_run(
     else:
         assert ledger_path is not None
         if ledger_path.exists():
-            raise FileExistsError(f"{ledger_path} already exists; the audit needs a fresh ledger so its epsilon covers this run only")
-        ledger = PrivacyLedger.open(ledger_path, epsilon_budget=_AUDIT_LEDGER_BUDGET, delta=dp.delta, accountant=dp.accountant)  # type: ignore[arg-type]
-        result = train_local(model, train, config=config, dp=dp, ledger=ledger, fingerprint=data.fingerprint(), run_id="privacy-audit")
+            raise FileExistsError(
+                f"{ledger_path} already exists; the audit needs a fresh ledger so its epsilon covers this run only"
+            )
+        ledger = PrivacyLedger.open(
+            ledger_path, epsilon_budget=_AUDIT_LEDGER_BUDGET, delta=dp.delta, accountant=dp.accountant
+        )  # type: ignore[arg-type]
+        result = train_local(
+            model, train, config=config, dp=dp, ledger=ledger, fingerprint=data.fingerprint(), run_id="privacy-audit"
+        )
         history = ledger.history()
         # The ledger must hold exactly what was trained: one spend, these steps, this noise.
         # Otherwise comparing with its epsilon would audit something else.
@@ -338,7 +360,10 @@ def audit_run(
     )
     logger.info(
         "audit %s: canary AUC %.3f, one-run epsilon >= %.3f (ledger epsilon %s)",
-        label, run.canary_auc, run.epsilon_lower_bound, ledger_epsilon,
+        label,
+        run.canary_auc,
+        run.epsilon_lower_bound,
+        ledger_epsilon,
     )
     return run
 

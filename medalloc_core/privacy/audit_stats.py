@@ -244,7 +244,12 @@ def canary_guesses(scores: Sequence[float] | np.ndarray, *, k_plus: int, k_minus
 # beta / len(choices) (Bonferroni): choosing the best after seeing the scores would otherwise
 # overstate the confidence.
 DEFAULT_GUESS_FRACTIONS: tuple[tuple[float, float], ...] = (
-    (0.05, 0.0), (0.1, 0.0), (0.2, 0.0), (0.05, 0.05), (0.1, 0.1), (0.25, 0.25),
+    (0.05, 0.0),
+    (0.1, 0.0),
+    (0.2, 0.0),
+    (0.05, 0.05),
+    (0.1, 0.1),
+    (0.25, 0.25),
 )
 
 
@@ -305,7 +310,9 @@ def one_run_audit(
     best: OneRunAudit | None = None
     for plus_fraction, minus_fraction in guess_fractions:
         if not (0 <= plus_fraction <= 1 and 0 <= minus_fraction <= 1 and 0 < plus_fraction + minus_fraction <= 1):
-            raise ValueError(f"guess fractions ({plus_fraction}, {minus_fraction}) must be in [0, 1] with a sum in (0, 1]")
+            raise ValueError(
+                f"guess fractions ({plus_fraction}, {minus_fraction}) must be in [0, 1] with a sum in (0, 1]"
+            )
         # A positive fraction guesses at least one canary, so small audits still guess.
         k_plus = max(1, round(plus_fraction * m)) if plus_fraction else 0
         k_minus = max(1, round(minus_fraction * m)) if minus_fraction else 0

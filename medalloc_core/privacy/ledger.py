@@ -124,9 +124,7 @@ def _now() -> str:
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -246,8 +244,7 @@ class _State:
             "delta": self.delta,
             "epsilon_budget": self.epsilon_budget,
             "budget_changes": [
-                {"timestamp": c.timestamp, "previous": c.previous, "new": c.new}
-                for c in self.budget_changes
+                {"timestamp": c.timestamp, "previous": c.previous, "new": c.new} for c in self.budget_changes
             ],
             "entries": {fp: [_spend_to_json(s) for s in spends] for fp, spends in self.entries.items()},
         }
@@ -502,9 +499,7 @@ class PrivacyLedger:
             for fp, spends in ordered
         ]
 
-    def projected_epsilon(
-        self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int
-    ) -> float:
+    def projected_epsilon(self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """The node's cumulative epsilon if this run were recorded (nothing is written).
 
         ``fingerprint`` names the data entry; the projection composes every entry on the
@@ -599,9 +594,7 @@ class PrivacyLedger:
     def _epsilon(self, history: list[HistoryItem]) -> float:
         key = tuple(compact_history(history))
         if key not in self._epsilon_cache:
-            self._epsilon_cache[key] = epsilon_for(
-                key, delta=self._state.delta, accountant=self._state.accountant
-            )
+            self._epsilon_cache[key] = epsilon_for(key, delta=self._state.delta, accountant=self._state.accountant)
         return self._epsilon_cache[key]
 
     def __repr__(self) -> str:
@@ -610,9 +603,7 @@ class PrivacyLedger:
 
 def _check_fingerprint(fingerprint: str) -> None:
     if not isinstance(fingerprint, str) or not fingerprint.strip():
-        raise ValueError(
-            f"fingerprint must be a non-empty string (use fingerprint_frame(df)), got {fingerprint!r}"
-        )
+        raise ValueError(f"fingerprint must be a non-empty string (use fingerprint_frame(df)), got {fingerprint!r}")
 
 
 def _commit(path: Path, state: _State) -> None:
@@ -639,8 +630,7 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         handle = open(lock_path, "a+b")  # noqa: SIM115 - closed below, after unlocking
     except OSError as exc:
         raise LedgerError(
-            f"cannot open the ledger lock file {lock_path} ({exc}); the ledger's directory "
-            "must be writable by the node"
+            f"cannot open the ledger lock file {lock_path} ({exc}); the ledger's directory must be writable by the node"
         ) from exc
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

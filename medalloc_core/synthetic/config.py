@@ -36,31 +36,55 @@ class UnitProfile:
 
 UNIT_PROFILES: dict[str, UnitProfile] = {
     "icu": UnitProfile(
-        los_mean=4.0, los_sigma=0.9, bed_share=0.08,
+        los_mean=4.0,
+        los_sigma=0.9,
+        bed_share=0.08,
         # emergencies dominate: a weak weekly pattern
         dow=(1.05, 1.03, 1.02, 1.0, 1.0, 0.95, 0.95),
-        holiday_factor=0.95, seasonal_amplitude=0.12, epidemic_sensitivity=1.3,
-        min_hospital_beds=80, admit_hour=14.0, admit_hour_sd=6.0,
+        holiday_factor=0.95,
+        seasonal_amplitude=0.12,
+        epidemic_sensitivity=1.3,
+        min_hospital_beds=80,
+        admit_hour=14.0,
+        admit_hour_sd=6.0,
     ),
     "medical": UnitProfile(
-        los_mean=5.0, los_sigma=0.8, bed_share=0.50,
+        los_mean=5.0,
+        los_sigma=0.8,
+        bed_share=0.50,
         # Monday peak from weekend GP closures, quieter weekends
         dow=(1.15, 1.05, 1.02, 1.0, 1.0, 0.9, 0.88),
-        holiday_factor=0.85, seasonal_amplitude=0.12, epidemic_sensitivity=1.0,
-        min_hospital_beds=0, admit_hour=15.0, admit_hour_sd=5.0,
+        holiday_factor=0.85,
+        seasonal_amplitude=0.12,
+        epidemic_sensitivity=1.0,
+        min_hospital_beds=0,
+        admit_hour=15.0,
+        admit_hour_sd=5.0,
     ),
     "surgical": UnitProfile(
-        los_mean=3.5, los_sigma=0.85, bed_share=0.30,
+        los_mean=3.5,
+        los_sigma=0.85,
+        bed_share=0.30,
         # elective lists run Monday..Friday; weekends carry emergencies only
         dow=(1.30, 1.20, 1.15, 1.10, 1.0, 0.45, 0.40),
-        holiday_factor=0.45, seasonal_amplitude=0.03, epidemic_sensitivity=0.0,
-        min_hospital_beds=0, admit_hour=9.0, admit_hour_sd=3.0,
+        holiday_factor=0.45,
+        seasonal_amplitude=0.03,
+        epidemic_sensitivity=0.0,
+        min_hospital_beds=0,
+        admit_hour=9.0,
+        admit_hour_sd=3.0,
     ),
     "paediatric": UnitProfile(
-        los_mean=2.5, los_sigma=0.75, bed_share=0.12,
+        los_mean=2.5,
+        los_sigma=0.75,
+        bed_share=0.12,
         dow=(1.08, 1.03, 1.0, 1.0, 1.0, 0.95, 0.94),
-        holiday_factor=0.9, seasonal_amplitude=0.25, epidemic_sensitivity=0.9,
-        min_hospital_beds=150, admit_hour=16.0, admit_hour_sd=5.0,
+        holiday_factor=0.9,
+        seasonal_amplitude=0.25,
+        epidemic_sensitivity=0.9,
+        min_hospital_beds=150,
+        admit_hour=16.0,
+        admit_hour_sd=5.0,
     ),
 }
 
@@ -128,8 +152,10 @@ class RegionConfig:
         except (TypeError, ValueError):
             raise ValueError(f"start must be an ISO date YYYY-MM-DD, got {self.start!r}") from None
         need(self.shape in ("daily", "encounters"), f"shape must be 'daily' or 'encounters', got {self.shape!r}")
-        need(1 <= self.min_beds <= self.max_beds,
-             f"need 1 <= min_beds <= max_beds, got {self.min_beds} and {self.max_beds}")
+        need(
+            1 <= self.min_beds <= self.max_beds,
+            f"need 1 <= min_beds <= max_beds, got {self.min_beds} and {self.max_beds}",
+        )
         need(self.size_skew > 0, f"size_skew must be positive, got {self.size_skew}")
         need(0 < self.target_occupancy <= 1.2, f"target_occupancy must be in (0, 1.2], got {self.target_occupancy}")
         need(self.warmup_days >= 30, f"warmup_days must be at least 30, got {self.warmup_days}")
@@ -137,7 +163,9 @@ class RegionConfig:
         need(self.seasonality_scale >= 0, "seasonality_scale must be >= 0")
         need(1 <= self.winter_peak_doy <= 366, "winter_peak_doy must be in 1..366")
         need(self.epidemic_amplitude >= 0, "epidemic_amplitude must be >= 0")
-        need(0 < self.wave_gap_days[0] <= self.wave_gap_days[1], "wave_gap_days must be (low, high) with 0 < low <= high")
+        need(
+            0 < self.wave_gap_days[0] <= self.wave_gap_days[1], "wave_gap_days must be (low, high) with 0 < low <= high"
+        )
         need(1 < self.wave_r0[0] <= self.wave_r0[1], "wave_r0 must be (low, high) with 1 < low <= high")
         need(0 < self.wave_intensity[0] <= self.wave_intensity[1], "wave_intensity must be (low, high), positive")
         need(self.infectious_days > 0, "infectious_days must be positive")
@@ -150,8 +178,10 @@ class RegionConfig:
         need(self.capacity_changes_per_year >= 0, "capacity_changes_per_year must be >= 0")
         need(0 <= self.readmission_prob < 1, "readmission_prob must be in [0, 1)")
         unknown = set(self.units) - set(UNIT_PROFILES)
-        need(not unknown and "medical" in self.units,
-             f"units must include 'medical' and only come from {sorted(UNIT_PROFILES)}, got {self.units}")
+        need(
+            not unknown and "medical" in self.units,
+            f"units must include 'medical' and only come from {sorted(UNIT_PROFILES)}, got {self.units}",
+        )
 
     @property
     def start_date(self) -> date:

@@ -101,11 +101,7 @@ def _unit_shares(plan: _HospitalPlan, config: RegionConfig, rng: np.random.Gener
     if plan.specialty is not None:
         base = {u: s for u, s in SPECIALTY_SHARES[plan.specialty].items() if u in config.units}
     else:
-        base = {
-            u: UNIT_PROFILES[u].bed_share
-            for u in config.units
-            if plan.beds >= UNIT_PROFILES[u].min_hospital_beds
-        }
+        base = {u: UNIT_PROFILES[u].bed_share for u in config.units if plan.beds >= UNIT_PROFILES[u].min_hospital_beds}
     jitter = rng.gamma(60.0, 1.0 / 60.0, size=len(base))  # about +/-13 % per unit
     raw = np.array(list(base.values())) * jitter
     return {u: float(s) for u, s in zip(base, raw / raw.sum(), strict=True)}
@@ -214,9 +210,7 @@ def _simulate_hospital(
             "winter_amplitude": round(seasonal, 6),
             "epidemic_sensitivity": profile.epidemic_sensitivity,
             "capacity_base": capacity_base,
-            "capacity_changes": [
-                {"date": str((dates[ch["day"]]).date()), "delta": ch["delta"]} for ch in changes
-            ],
+            "capacity_changes": [{"date": str((dates[ch["day"]]).date()), "delta": ch["delta"]} for ch in changes],
             "overflow_days": int((census > capacity).sum()),
         }
     daily = pd.concat(frames, ignore_index=True)
@@ -224,9 +218,7 @@ def _simulate_hospital(
     daily = daily.sort_values([c.DATE, c.UNIT], key=lambda s: s.map(unit_rank) if s.name == c.UNIT else s)
     daily = daily.reset_index(drop=True)
     encounters = (
-        _encounters(hospital_id, stays_by_unit, config, plan.first_day, rng)
-        if config.shape == "encounters"
-        else None
+        _encounters(hospital_id, stays_by_unit, config, plan.first_day, rng) if config.shape == "encounters" else None
     )
     meta = {
         "hospital_id": hospital_id,
@@ -264,8 +256,13 @@ def _encounters(
     for code, st in enumerate(stays_by_unit.values()):
         keep = st.discharge_day >= first_day
         parts.append(
-            (np.full(int(keep.sum()), code), st.admit_day[keep], st.admit_minute[keep],
-             st.discharge_day[keep], st.discharge_minute[keep])
+            (
+                np.full(int(keep.sum()), code),
+                st.admit_day[keep],
+                st.admit_minute[keep],
+                st.discharge_day[keep],
+                st.discharge_minute[keep],
+            )
         )
     unit_code, admit_day, admit_min, dis_day, dis_min = (np.concatenate([p[k] for p in parts]) for k in range(5))
     origin = np.datetime64(config.start_date, "m")
@@ -288,7 +285,9 @@ def _encounters(
     )
 
 
-def _patients(admit: np.ndarray, discharge: np.ndarray, readmission_prob: float, rng: np.random.Generator) -> np.ndarray:
+def _patients(
+    admit: np.ndarray, discharge: np.ndarray, readmission_prob: float, rng: np.random.Generator
+) -> np.ndarray:
     """Patient number per stay (stays sorted by admission): first-time patients and returners.
 
     A share ``readmission_prob`` of stays is linked to one earlier stay discharged before it
@@ -337,7 +336,9 @@ def generate_region(config: RegionConfig, *, progress: Callable[[str], None] | N
     region_rng = np.random.default_rng(region_seq)
     plans = _plan_hospitals(config, region_rng)
     grid_first = -config.warmup_days - config.max_lag_days
-    curve, waves = regional_curve(config, region_rng, grid_first, config.warmup_days + config.max_lag_days + config.days)
+    curve, waves = regional_curve(
+        config, region_rng, grid_first, config.warmup_days + config.max_lag_days + config.days
+    )
     calendar = day_grid(config.start_date, -config.warmup_days, config.warmup_days + config.days)
 
     hospitals, hospital_meta = [], []
@@ -367,8 +368,7 @@ def generate_region(config: RegionConfig, *, progress: Callable[[str], None] | N
             "model": "sum of independent SIR waves, each normalised to peak = intensity",
             "infectious_days": config.infectious_days,
             "waves": [
-                {"start": day(w.start), "peak": day(w.peak), "r0": w.r0, "intensity": w.intensity}
-                for w in waves
+                {"start": day(w.start), "peak": day(w.peak), "r0": w.r0, "intensity": w.intensity} for w in waves
             ],
             "curve_start": str(start),
             "curve": [round(float(x), 6) for x in out_curve],

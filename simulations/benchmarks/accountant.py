@@ -60,8 +60,18 @@ def main() -> None:
     """Run the grid and print one table of epsilons and ratios."""
     console = Console()
     table = Table(title="Ledger epsilon vs independent accountants (ratios: 1.000 = identical)")
-    for column in ("σ", "q", "steps", "δ", "ε RDP (Opacus fn)", "ledger rdp / RDP", "ε ledger prv",
-                   "prv / RDP", "PLD (dp_accounting)", "prv s"):
+    for column in (
+        "σ",
+        "q",
+        "steps",
+        "δ",
+        "ε RDP (Opacus fn)",
+        "ledger rdp / RDP",
+        "ε ledger prv",
+        "prv / RDP",
+        "PLD (dp_accounting)",
+        "prv s",
+    ):
         table.add_column(column, justify="right")
     ratios: list[float] = []
     rdp_agreement: list[float] = []
@@ -80,15 +90,19 @@ def main() -> None:
             ratios.append(via_prv / reference)
             rdp_agreement.append(via_rdp / reference)
             table.add_row(
-                f"{noise:g}", f"{rate:g}", str(steps), f"{delta:g}", f"{reference:.3f}",
-                f"{via_rdp / reference:.6f}", f"{via_prv:.3f}", f"{via_prv / reference:.3f}",
-                "—" if pld is None else f"{pld:.3f}", f"{prv_seconds:.2f}",
+                f"{noise:g}",
+                f"{rate:g}",
+                str(steps),
+                f"{delta:g}",
+                f"{reference:.3f}",
+                f"{via_rdp / reference:.6f}",
+                f"{via_prv:.3f}",
+                f"{via_prv / reference:.3f}",
+                "—" if pld is None else f"{pld:.3f}",
+                f"{prv_seconds:.2f}",
             )
     console.print(table)
-    console.print(
-        f"ledger (rdp) vs Opacus RDP functions: max |ratio-1| = "
-        f"{max(abs(r - 1) for r in rdp_agreement):.2e}"
-    )
+    console.print(f"ledger (rdp) vs Opacus RDP functions: max |ratio-1| = {max(abs(r - 1) for r in rdp_agreement):.2e}")
     console.print(
         f"PRV/RDP over {len(ratios)} settings: mean {statistics.mean(ratios):.3f}, "
         f"min {min(ratios):.3f}, max {max(ratios):.3f} (PRV is the ledger's default: "

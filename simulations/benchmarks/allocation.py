@@ -28,10 +28,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, TARGET, VALUE
+from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, TARGET, VALUE, Q
 from medalloc_core.allocation.newsvendor import PlanConfig, UnitCosts, plan_hospital
 from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, synthetic_distances
 from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
+
+from ..logs import quiet_flower
 
 logger = logging.getLogger(__name__)
 LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -61,7 +63,9 @@ def noisy_oracle_forecast(truth: pd.DataFrame, *, relative_sd: float = 0.1, seed
     """Sanity method: a median off the truth by N(0, relative_sd) with honest normal quantiles around it."""
     rng = np.random.default_rng(seed)
     y = truth[CENSUS].to_numpy(dtype=float)
-    return _from_point_and_spread(truth, y * (1 + relative_sd * rng.standard_normal(len(y))), relative_sd * np.maximum(y, 1.0))
+    return _from_point_and_spread(
+        truth, y * (1 + relative_sd * rng.standard_normal(len(y))), relative_sd * np.maximum(y, 1.0)
+    )
 
 
 def _from_point_and_spread(keys: pd.DataFrame, median: np.ndarray, sd: np.ndarray) -> pd.DataFrame:
@@ -69,11 +73,17 @@ def _from_point_and_spread(keys: pd.DataFrame, median: np.ndarray, sd: np.ndarra
 
     parts = []
     for q in LEVELS:
-        parts.append(keys[[HOSPITAL, UNIT, DATE]].assign(**{TARGET: CENSUS, Q: q, VALUE: np.maximum(median + ndtri(q) * sd, 0.0)}))
+        parts.append(
+            keys[[HOSPITAL, UNIT, DATE]].assign(
+                **{TARGET: CENSUS, Q: q, VALUE: np.maximum(median + ndtri(q) * sd, 0.0)}
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
-def seasonal_naive_forecast(history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, window_days: int = 365) -> pd.DataFrame:
+def seasonal_naive_forecast(
+    history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, window_days: int = 365
+) -> pd.DataFrame:
     """Same weekday last week, with quantiles from the empirical errors of that rule.
 
     For horizon h (days after ``origin``), the point is the census 7·ceil(h/7) days earlier
@@ -92,7 +102,16 @@ def seasonal_naive_forecast(history: pd.DataFrame, origin: pd.Timestamp, horizon
             errors = (recent - recent.shift(lag)).dropna().to_numpy()
             spread = np.quantile(errors, LEVELS) if errors.size >= 20 else np.zeros(len(LEVELS))
             for q, e in zip(LEVELS, spread, strict=True):
-                rows.append({HOSPITAL: hospital, UNIT: unit, DATE: target_date, TARGET: CENSUS, Q: q, VALUE: max(point + e, 0.0)})
+                rows.append(
+                    {
+                        HOSPITAL: hospital,
+                        UNIT: unit,
+                        DATE: target_date,
+                        TARGET: CENSUS,
+                        Q: q,
+                        VALUE: max(point + e, 0.0),
+                    }
+                )
     frame = pd.DataFrame(rows)
     # Quantiles of errors are sorted, so values are too; max(., 0) keeps that order.
     return frame
@@ -138,9 +157,10 @@ def neural_forecasts(
     import tempfile
     from pathlib import Path
 
-    from client.app import make_client_app
-    from client.task import window_spec
-    from medalloc_core.features import prepare_hospital
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import run_federation
+    from medalloc.server.config import RunConfig
+    from medalloc_core.features import federation_window_spec, prepare_hospital
     from medalloc_core.forecasting import forecast_records
     from medalloc_core.model_io import load_model
     from medalloc_core.models import build_model
@@ -148,9 +168,8 @@ def neural_forecasts(
     from medalloc_core.privacy.ledger import PrivacyLedger
     from medalloc_core.training import DPConfig, TrainConfig, train_local
     from medalloc_core.validation import load_unit_records
-    from server.app import run_federation
-    from server.config import RunConfig
-    from simulations.local_grid import LocalGrid, task_identity
+
+    from ..local_grid import LocalGrid, task_identity
 
     s = settings
     report = report if report is not None else {}
@@ -163,25 +182,39 @@ def neural_forecasts(
             frame = past[past[HOSPITAL] == hid].drop(columns=[HOSPITAL]).sort_values([UNIT, DATE])
             frame.assign(**{DATE: frame[DATE].dt.strftime("%Y-%m-%d")}).to_csv(region / f"{hid}.csv", index=False)
         keys = {
-            "simulation-data-dir": str(region), "out-dir": str(out), "num-server-rounds": s.rounds,
-            "min-available-nodes": len(hospitals), "min-train-nodes": len(hospitals), "fraction-evaluate": 0.0,
-            "history": s.history, "horizon": horizon, "hidden": s.hidden, "batch-size": s.batch_size,
-            "local-epochs": s.local_epochs, "lr": s.lr, "dp-noise-multiplier": s.noise_multiplier, "seed": seed,
-            "simulation-epsilon-budget": s.epsilon_budget, "simulation-delta": s.delta,
+            "simulation-data-dir": str(region),
+            "out-dir": str(out),
+            "num-server-rounds": s.rounds,
+            "min-available-nodes": len(hospitals),
+            "min-train-nodes": len(hospitals),
+            "fraction-evaluate": 0.0,
+            "history": s.history,
+            "horizon": horizon,
+            "hidden": s.hidden,
+            "batch-size": s.batch_size,
+            "local-epochs": s.local_epochs,
+            "lr": s.lr,
+            "dp-noise-multiplier": s.noise_multiplier,
+            "seed": seed,
+            "simulation-epsilon-budget": s.epsilon_budget,
+            "simulation-delta": s.delta,
         }
         began = time.perf_counter()
-        logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's per-round INFO lines would bury the tables
-        for handler in logging.getLogger("flwr").handlers:
-            handler.setLevel(logging.ERROR)
-        grid = LocalGrid(make_client_app(keys), {i + 1: {"partition-id": i, "num-partitions": len(hospitals)} for i in range(len(hospitals))})
+        quiet_flower()  # Flower's own INFO lines would bury the display
+        grid = LocalGrid(
+            make_client_app(keys),
+            {i + 1: {"partition-id": i, "num-partitions": len(hospitals)} for i in range(len(hospitals))},
+        )
         with task_identity():
             run_federation(grid, RunConfig.from_mapping(keys))
         report["federation_s"] = time.perf_counter() - began
-        saved = load_model(out)  # the results folder: its final_model.safetensors, as `medalloc forecast --model` reads it
+        saved = load_model(
+            out
+        )  # the results folder: its final_model.safetensors, as `medalloc forecast --model` reads it
 
         began = time.perf_counter()
         federated, local, eps_fed, eps_local = [], [], {}, {}
-        spec = window_spec(history=s.history, horizon=horizon, targets=saved.spec.targets)
+        spec = federation_window_spec(history=s.history, horizon=horizon, targets=saved.spec.targets)
         for hid in hospitals:
             records = load_unit_records(region / f"{hid}.csv")
             federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid))
@@ -193,7 +226,8 @@ def neural_forecasts(
             model = build_model(saved.config, seed=seed)
             dataset = prepare_hospital(records, spec)
             result = train_local(
-                model, dataset.train,
+                model,
+                dataset.train,
                 config=TrainConfig(epochs=max(1, round(steps / batches)), batch_size=s.batch_size, lr=s.lr, seed=seed),
                 dp=DPConfig(noise_multiplier=sigma, delta=s.delta),
             )
@@ -201,7 +235,10 @@ def neural_forecasts(
             local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset))
         report["local_s"] = time.perf_counter() - began
     report["epsilon"] = {"federated-dp": max(eps_fed.values()), "local-only-dp": max(eps_local.values())}
-    return {"federated-dp": pd.concat(federated, ignore_index=True), "local-only-dp": pd.concat(local, ignore_index=True)}
+    return {
+        "federated-dp": pd.concat(federated, ignore_index=True),
+        "local-only-dp": pd.concat(local, ignore_index=True),
+    }
 
 
 # ------------------------------------------------------------------ scoring
@@ -246,27 +283,56 @@ def evaluate_plans(
             raise ValueError(f"forecast '{name}' does not cover every (hospital, unit, date) of the truth")
         short = np.maximum(unit_plan[CENSUS] - unit_plan["staffed_beds"], 0)
         idle = np.maximum(unit_plan["staffed_beds"] - unit_plan[CENSUS], 0)
-        staffed = unit_plan.groupby([HOSPITAL, DATE], as_index=False)["staffed_beds"].sum().rename(columns={"staffed_beds": "capacity"})
+        staffed = (
+            unit_plan.groupby([HOSPITAL, DATE], as_index=False)["staffed_beds"]
+            .sum()
+            .rename(columns={"staffed_beds": "capacity"})
+        )
         regional = RegionalConfig(
-            surge_pool=costs.surge_pool, under_cost=costs.under_cost, surge_cost=costs.over_cost,
-            transfer_cost=costs.transfer_cost, transfer_cost_per_km=costs.transfer_cost_per_km,
-            neighbours=costs.neighbours, scenarios=costs.scenarios, seed=costs.seed,
+            surge_pool=costs.surge_pool,
+            under_cost=costs.under_cost,
+            surge_cost=costs.over_cost,
+            transfer_cost=costs.transfer_cost,
+            transfer_cost_per_km=costs.transfer_cost_per_km,
+            neighbours=costs.neighbours,
+            scenarios=costs.scenarios,
+            seed=costs.seed,
         )
         surge = plan_region(hospital_totals(forecast), staffed, regional, distances=distances).surge
         beds = staffed.merge(surge, on=[HOSPITAL, DATE])
         beds["capacity"] = beds["capacity"] + beds["surge_beds_whole"]
         # The truth arrives: transfers and unserved are the LP's recourse on the real demand.
         realised = plan_region(
-            realised_demand, beds[[HOSPITAL, DATE, "capacity"]],
-            RegionalConfig(surge_pool=0.0, under_cost=costs.under_cost, surge_cost=costs.over_cost,
-                           transfer_cost=costs.transfer_cost, transfer_cost_per_km=costs.transfer_cost_per_km,
-                           neighbours=costs.neighbours, scenarios=1, seed=costs.seed),
+            realised_demand,
+            beds[[HOSPITAL, DATE, "capacity"]],
+            RegionalConfig(
+                surge_pool=0.0,
+                under_cost=costs.under_cost,
+                surge_cost=costs.over_cost,
+                transfer_cost=costs.transfer_cost,
+                transfer_cost_per_km=costs.transfer_cost_per_km,
+                neighbours=costs.neighbours,
+                scenarios=1,
+                seed=costs.seed,
+            ),
             distances=distances,
         )
         hd = realised.hospital_days
-        idle_after = np.maximum(hd["capacity"] - (hd["expected_demand"] - hd["expected_unserved"]
-                                                  - hd["expected_transfers_out"] + hd["expected_transfers_in"]), 0.0)
-        total = costs.under_cost * hd["expected_unserved"].sum() + costs.over_cost * idle_after.sum() + realised.costs["transfer"]
+        idle_after = np.maximum(
+            hd["capacity"]
+            - (
+                hd["expected_demand"]
+                - hd["expected_unserved"]
+                - hd["expected_transfers_out"]
+                + hd["expected_transfers_in"]
+            ),
+            0.0,
+        )
+        total = (
+            costs.under_cost * hd["expected_unserved"].sum()
+            + costs.over_cost * idle_after.sum()
+            + realised.costs["transfer"]
+        )
         rows.append(
             {
                 "method": name,
@@ -313,10 +379,23 @@ def _toy_region(hospitals: int, days: int, seed: int) -> pd.DataFrame:
     frames = []
     for h in range(hospitals):
         for unit, base in (("ICU", rng.uniform(6, 20)), ("medical", rng.uniform(30, 120))):
-            mean = base * (1 + 0.12 * np.cos(2 * np.pi * (t % 7 - 1) / 7)) * (1 + 0.15 * np.cos(2 * np.pi * (t - 15 + 30 * h) / 365))
+            mean = (
+                base
+                * (1 + 0.12 * np.cos(2 * np.pi * (t % 7 - 1) / 7))
+                * (1 + 0.15 * np.cos(2 * np.pi * (t - 15 + 30 * h) / 365))
+            )
             census = rng.poisson(mean)
-            frames.append(pd.DataFrame({HOSPITAL: f"H{h:03d}", UNIT: unit, DATE: dates, CENSUS: census,
-                                        CAPACITY: int(np.ceil(base * 1.25))}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        HOSPITAL: f"H{h:03d}",
+                        UNIT: unit,
+                        DATE: dates,
+                        CENSUS: census,
+                        CAPACITY: int(np.ceil(base * 1.25)),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -333,7 +412,10 @@ def _lp_timing(console: Console) -> None:
             level = rng.uniform(50, 300)
             for d in pd.date_range("2026-01-01", periods=14):
                 m = level * (1 + 0.1 * rng.standard_normal())
-                rows += [{HOSPITAL: f"H{h:03d}", DATE: d, Q: q, VALUE: max(m * (1 + z * 0.1), 0)} for q, z in ((0.1, -1.28), (0.5, 0), (0.9, 1.28))]
+                rows += [
+                    {HOSPITAL: f"H{h:03d}", DATE: d, Q: q, VALUE: max(m * (1 + z * 0.1), 0)}
+                    for q, z in ((0.1, -1.28), (0.5, 0), (0.9, 1.28))
+                ]
         shared = pd.DataFrame(rows)
         cap = shared[shared[Q] == 0.5].groupby(HOSPITAL)[VALUE].median().to_dict()
         start = time.perf_counter()
@@ -341,7 +423,13 @@ def _lp_timing(console: Console) -> None:
         seconds = time.perf_counter() - start
         pairs = 2 * 5 * n  # upper bound on directed neighbour pairs
         base_time = base_time or seconds
-        table.add_row(str(n), f"~{14 * n * (1 + 20) + 20 * 14 * pairs:,}", f"{20 * 14 * n + 14:,}", f"{seconds:.2f}", f"{seconds / (n / 10):.2f}")
+        table.add_row(
+            str(n),
+            f"~{14 * n * (1 + 20) + 20 * 14 * pairs:,}",
+            f"{20 * 14 * n + 14:,}",
+            f"{seconds:.2f}",
+            f"{seconds / (n / 10):.2f}",
+        )
     console.print(table)
 
 
@@ -362,9 +450,18 @@ def rolling_seasonal_forecasts(demand: np.ndarray, *, weeks: int = 8) -> np.ndar
 def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, console: Console) -> None:
     """Every policy on the same episodes of one hospital's bed environment (needs gymnasium)."""
     try:
-        from medalloc_core.allocation.env import CapacityPolicy, EnvCosts, HospitalBedEnv, LastWeekPolicy, NewsvendorPolicy, run_episode
+        from medalloc_core.allocation.env import (
+            CapacityPolicy,
+            EnvCosts,
+            HospitalBedEnv,
+            LastWeekPolicy,
+            NewsvendorPolicy,
+            run_episode,
+        )
     except ModuleNotFoundError:
-        console.print("[yellow]gymnasium not installed: skipping the environment comparison (pip install 'medalloc[rl]')")
+        console.print(
+            "[yellow]gymnasium not installed: skipping the environment comparison (pip install 'medalloc[rl]')"
+        )
         return
     hospital = sorted(daily[HOSPITAL].unique())[0]
     base = HospitalBedEnv.from_daily(daily[daily[HOSPITAL] == hospital])
@@ -375,23 +472,37 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
     capacity = tuple(int(c) for c in base.capacity)
     policies = {
         "newsvendor (oracle forecast)": (oracle, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
-        "newsvendor (seasonal-naive)": (forecasts, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
+        "newsvendor (seasonal-naive)": (
+            forecasts,
+            NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost),
+        ),
         "last week's census": (forecasts, LastWeekPolicy()),
         "last week's census + 10%": (forecasts, _Buffered(1.10)),
         "staff every bed": (forecasts, CapacityPolicy(capacity)),
     }
-    table = Table(title=f"Bed environment, {hospital} ({', '.join(base.units)}): 10 episodes of {episode} days, same seeds")
+    table = Table(
+        title=f"Bed environment, {hospital} ({', '.join(base.units)}): 10 episodes of {episode} days, same seeds"
+    )
     for c in ("policy", "mean cost", "overflow pd", "idle bd", "excess over oracle", "cost / oracle"):
         table.add_column(c, justify="left" if c == "policy" else "right", no_wrap=c == "policy")
     results = {}
     first = 7 + 7 * 8  # the rolling forecast needs 8 weeks of errors
     for name, (fc, policy) in policies.items():
-        env = HospitalBedEnv(base.demand[first:], base.capacity, admissions=base.admissions[first:], forecasts=fc[first:],
-                             quantile_levels=LEVELS, costs=env_costs, episode_days=episode)
+        env = HospitalBedEnv(
+            base.demand[first:],
+            base.capacity,
+            admissions=base.admissions[first:],
+            forecasts=fc[first:],
+            quantile_levels=LEVELS,
+            costs=env_costs,
+            episode_days=episode,
+        )
         runs = [run_episode(env, policy, seed=seed + i) for i in range(10)]
         results[name] = (
-            np.mean([r.total_cost for r in runs]), np.mean([r.overflow_days for r in runs]),
-            np.mean([r.idle_bed_days for r in runs]), np.mean([r.demand_days for r in runs]),
+            np.mean([r.total_cost for r in runs]),
+            np.mean([r.overflow_days for r in runs]),
+            np.mean([r.idle_bed_days for r in runs]),
+            np.mean([r.demand_days for r in runs]),
         )
     reference, _, _, demand = results["newsvendor (oracle forecast)"]
     running = reference + costs.over_cost * demand  # the same running-cost ratio as the plan table
@@ -417,9 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=400, help="history days before the forecast origin")
     parser.add_argument("--horizon", type=int, default=14)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic")
+    parser.add_argument(
+        "--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic"
+    )
     parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--skip-neural", action="store_true", help="no federated / local-only models (seconds instead of minutes)")
+    parser.add_argument(
+        "--skip-neural", action="store_true", help="no federated / local-only models (seconds instead of minutes)"
+    )
     parser.add_argument("--rounds", type=int, default=8, help="federated rounds (local-only replays the same DP spend)")
     args = parser.parse_args(argv)
     console = Console(width=130)  # wide enough for the table when piped to a file
@@ -442,30 +557,52 @@ def main(argv: list[str] | None = None) -> int:
     neural: dict[str, object] = {}
     if not args.skip_neural:
         with console.status(f"training the federated DP and local-only DP models ({args.rounds} rounds)"):
-            forecasts |= neural_forecasts(history, origin, args.horizon, seed=args.seed,
-                                          settings=NeuralSettings(rounds=args.rounds), report=neural)
+            forecasts |= neural_forecasts(
+                history,
+                origin,
+                args.horizon,
+                seed=args.seed,
+                settings=NeuralSettings(rounds=args.rounds),
+                report=neural,
+            )
     costs = BenchmarkCosts(surge_pool=2.0 * args.hospitals, seed=args.seed)
     with console.status("planning and scoring each forecast"):
         table = evaluate_plans(truth, forecasts, capacity, costs)
     source = "toy seasonal-Poisson region" if args.toy_region else "medalloc_core.synthetic region"
-    out = Table(title=f"Plans vs the true future: {args.hospitals} hospitals, {args.horizon} days, {source}, seed {args.seed}")
-    labels = {"method": "method", "overflow_pd": "overflow pd (units)", "idle_bd": "idle bd (units)", "surge_bd": "surge bd",
-              "transfers_pd": "transfers pd", "unserved_pd": "unserved pd", "total_cost": "decision cost", "excess_cost": "excess over oracle",
-              "cost_ratio": "cost / oracle"}
+    out = Table(
+        title=f"Plans vs the true future: {args.hospitals} hospitals, {args.horizon} days, {source}, seed {args.seed}"
+    )
+    labels = {
+        "method": "method",
+        "overflow_pd": "overflow pd (units)",
+        "idle_bd": "idle bd (units)",
+        "surge_bd": "surge bd",
+        "transfers_pd": "transfers pd",
+        "unserved_pd": "unserved pd",
+        "total_cost": "decision cost",
+        "excess_cost": "excess over oracle",
+        "cost_ratio": "cost / oracle",
+    }
     for key, label in labels.items():
         out.add_column(label, justify="left" if key == "method" else "right", no_wrap=key == "method")
     for _, row in table.iterrows():
         out.add_row(row["method"], *(f"{row[k]:.1f}" for k in list(labels)[1:-1]), f"{row['cost_ratio']:.3f}")
     console.print(out)
-    console.print("pd = patient-days, bd = bed-days; decision cost = c_u·unserved + c_o·idle + transfers; "
-                  "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's")
+    console.print(
+        "pd = patient-days, bd = bed-days; decision cost = c_u·unserved + c_o·idle + transfers; "
+        "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's"
+    )
     if neural:
         eps = neural["epsilon"]
-        console.print(f"privacy at delta=1e-5 (max over hospitals): federated-dp epsilon {eps['federated-dp']:.2f}, "  # type: ignore[index]
-                      f"local-only-dp epsilon {eps['local-only-dp']:.2f}; training took {neural['federation_s']:.0f} s "
-                      f"(federation) + {neural['local_s']:.0f} s (local-only and forecasts)")
-    console.print(f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "
-                  f"transfer {costs.transfer_cost} + {costs.transfer_cost_per_km}/km, pool {costs.surge_pool:.0f} beds/day")
+        console.print(
+            f"privacy at delta=1e-5 (max over hospitals): federated-dp epsilon {eps['federated-dp']:.2f}, "  # type: ignore[index]
+            f"local-only-dp epsilon {eps['local-only-dp']:.2f}; training took {neural['federation_s']:.0f} s "
+            f"(federation) + {neural['local_s']:.0f} s (local-only and forecasts)"
+        )
+    console.print(
+        f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "
+        f"transfer {costs.transfer_cost} + {costs.transfer_cost_per_km}/km, pool {costs.surge_pool:.0f} beds/day"
+    )
     _policy_comparison(daily, costs, args.seed, console)
     if not args.skip_timing:
         _lp_timing(console)

@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medalloc_core.baselines import BaselineForecaster, HoltWinters, MovingAverage, SeasonalNaive, rolling_origin_forecasts
+from medalloc_core.baselines import (
+    BaselineForecaster,
+    HoltWinters,
+    MovingAverage,
+    SeasonalNaive,
+    rolling_origin_forecasts,
+)
 from medalloc_core.metrics import forecast_metrics
 
 
@@ -71,13 +77,19 @@ def main() -> None:
     rows = []
     for label, factory, refit_every in candidates:
         start, cpu_start = time.perf_counter(), time.process_time()
-        q = np.stack([rolling_origin_forecasts(s, origins, args.horizon, factory, refit_every=refit_every) for s in region])
+        q = np.stack(
+            [rolling_origin_forecasts(s, origins, args.horizon, factory, refit_every=refit_every) for s in region]
+        )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        m = forecast_metrics(y.reshape(-1, args.horizon), q.reshape(-1, args.horizon, q.shape[-1]), quantiles=(0.1, 0.5, 0.9))
+        m = forecast_metrics(
+            y.reshape(-1, args.horizon), q.reshape(-1, args.horizon, q.shape[-1]), quantiles=(0.1, 0.5, 0.9)
+        )
         rows.append((label, seconds, cpu, m["wape"], m["pinball"], m["coverage"]))
     reference = rows[2][1]
     # wall seconds depend on what else the machine runs; CPU seconds are this process's own work
-    print(f"{'method':38s} {'wall s':>7s} {'CPU s':>7s} {'x HW-refit':>10s} {'WAPE':>7s} {'pinball':>8s} {'P10-P90 cov':>11s}")
+    print(
+        f"{'method':38s} {'wall s':>7s} {'CPU s':>7s} {'x HW-refit':>10s} {'WAPE':>7s} {'pinball':>8s} {'P10-P90 cov':>11s}"
+    )
     for label, seconds, cpu, w, p, c in rows:
         print(f"{label:38s} {seconds:7.2f} {cpu:7.2f} {seconds / reference:10.2f} {w:7.3f} {p:8.3f} {c:11.3f}")
 

@@ -51,7 +51,17 @@ def toy_records(units: dict[str, float], days: int, seed: int) -> UnitRecords:
         for i in range(days):
             dis[i] = rng.binomial(prev, 0.2)
             census[i] = prev = prev + adm[i] - dis[i]
-        frames.append(pd.DataFrame({DATE: pd.date_range("2023-01-01", periods=days), UNIT: name, ADMISSIONS: adm, DISCHARGES: dis, CENSUS: census}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    DATE: pd.date_range("2023-01-01", periods=days),
+                    UNIT: name,
+                    ADMISSIONS: adm,
+                    DISCHARGES: dis,
+                    CENSUS: census,
+                }
+            )
+        )
     return UnitRecords(pd.concat(frames, ignore_index=True), Frequency.DAILY, Path("toy"), "daily")
 
 
@@ -61,7 +71,9 @@ def dataset() -> HospitalDataset:
 
 
 def config(model: str, ds: HospitalDataset) -> ForecasterConfig:
-    return ForecasterConfig(model=model, history=ds.spec.history or 56, horizon=ds.spec.horizon or 14, n_features=ds.n_features)
+    return ForecasterConfig(
+        model=model, history=ds.spec.history or 56, horizon=ds.spec.horizon or 14, n_features=ds.n_features
+    )
 
 
 def _subset(w: WindowSet, n: int) -> WindowSet:
@@ -89,8 +101,12 @@ def _exactness(model: str, mode: str, ds: HospitalDataset) -> float:
         rows.append(g * min(1.0, MAX_GRAD_NORM / (g.norm().item() + 1e-6)))
     net.zero_grad(set_to_none=True)
     reference = torch.stack(rows).sum(0)
-    train_local(net, data, config=TrainConfig(epochs=1, batch_size=len(data), lr=1.0, optimizer="sgd"),
-                dp=DPConfig(noise_multiplier=0.0, max_grad_norm=MAX_GRAD_NORM, grad_sample_mode=mode, accountant="rdp"))
+    train_local(
+        net,
+        data,
+        config=TrainConfig(epochs=1, batch_size=len(data), lr=1.0, optimizer="sgd"),
+        dp=DPConfig(noise_multiplier=0.0, max_grad_norm=MAX_GRAD_NORM, grad_sample_mode=mode, accountant="rdp"),
+    )
     got = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters())]) * len(data)
     return float((got - reference).abs().max() / reference.abs().max())
 
@@ -110,7 +126,9 @@ def worker(model: str, mode: str, windows: int, epochs: int, reps: int) -> dict[
     cfg = TrainConfig(epochs=epochs, batch_size=BATCH)
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode, accountant="rdp")
     plain_t, dp_t = [], []
-    train_local(build_model(config(model, ds), seed=0), _subset(data, 64), config=TrainConfig(epochs=1, batch_size=BATCH))  # warm-up
+    train_local(
+        build_model(config(model, ds), seed=0), _subset(data, 64), config=TrainConfig(epochs=1, batch_size=BATCH)
+    )  # warm-up
     rss0 = _maxrss_mb()
     for r in range(reps):
         res = train_local(build_model(config(model, ds), seed=r), data, config=cfg)
@@ -146,14 +164,25 @@ def accuracy(epochs: int, seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, flo
             for seed in seeds:
                 net = build_model(config(model, ds), seed=seed)
                 dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, accountant="prv") if private else None
-                res = train_local(net, ds.train, config=TrainConfig(epochs=epochs, batch_size=BATCH, lr=3e-3, seed=seed), dp=dp)
+                res = train_local(
+                    net, ds.train, config=TrainConfig(epochs=epochs, batch_size=BATCH, lr=3e-3, seed=seed), dp=dp
+                )
                 val.append(evaluate(net, ds.val)["pinball"])
                 test.append(evaluate(net, ds.test)["pinball"])
                 secs.append(res.cpu_seconds)
                 eps = res.epsilon_spent_this_call if res.epsilon_spent_this_call is not None else float("nan")
                 n_params = sum(p.numel() for p in net.parameters())
-            rows.append({"model": model, "dp": "yes" if private else "no", "val_pinball": statistics.mean(val),
-                         "test_pinball": statistics.mean(test), "seconds": statistics.mean(secs), "epsilon": eps, "params": float(n_params)})
+            rows.append(
+                {
+                    "model": model,
+                    "dp": "yes" if private else "no",
+                    "val_pinball": statistics.mean(val),
+                    "test_pinball": statistics.mean(test),
+                    "seconds": statistics.mean(secs),
+                    "epsilon": eps,
+                    "params": float(n_params),
+                }
+            )
     return rows
 
 
@@ -173,8 +202,21 @@ def main(
     console = Console()
     modes, runs = (QUICK_MODES, QUICK_RUNS) if quick else (MODES, RUNS)
     console = Console(width=max(console.width, 150))
-    table = Table(title=f"DP-SGD step cost (batch {BATCH}, sigma 1, C 1, 1 thread, process CPU time per step; best of N plain/DP runs taken alternately)")
-    for col in ("model", "mode", "exact (rel err)", "steps x N", "plain ms/step", "DP ms/step", "DP/plain", "DP/plain (medians)", "peak RSS MB", "DP extra RSS MB"):
+    table = Table(
+        title=f"DP-SGD step cost (batch {BATCH}, sigma 1, C 1, 1 thread, process CPU time per step; best of N plain/DP runs taken alternately)"
+    )
+    for col in (
+        "model",
+        "mode",
+        "exact (rel err)",
+        "steps x N",
+        "plain ms/step",
+        "DP ms/step",
+        "DP/plain",
+        "DP/plain (medians)",
+        "peak RSS MB",
+        "DP extra RSS MB",
+    ):
         table.add_column(col, justify="right" if col not in ("model", "mode") else "left")
     start = time.perf_counter()
     with console.status("measuring...") as status:
@@ -182,28 +224,60 @@ def main(
             for mode in model_modes:
                 status.update(f"measuring {model} / {mode}")
                 windows, epochs, reps = runs[model]
-                out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.dp_overhead", "--worker", f"{model},{mode},{windows},{epochs},{reps}"],
-                                     capture_output=True, text=True, check=False)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "simulations.benchmarks.dp_overhead",
+                        "--worker",
+                        f"{model},{mode},{windows},{epochs},{reps}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if out.returncode != 0:
-                    table.add_row(model, mode, "failed", "", "", "", "", "", "", out.stderr.strip().splitlines()[-1][:60])
+                    table.add_row(
+                        model, mode, "failed", "", "", "", "", "", "", out.stderr.strip().splitlines()[-1][:60]
+                    )
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 exact = f"{'yes' if r['max_rel_err'] < 1e-4 else 'NO'} ({r['max_rel_err']:.1e})"
-                table.add_row(model, mode, exact, f"{r['steps']:.0f} x {reps}", f"{r['plain_ms']:.2f}", f"{r['dp_ms']:.2f}", f"{r['dp_ms'] / r['plain_ms']:.2f}x",
-                              f"{r['dp_ms_median'] / r['plain_ms_median']:.2f}x",
-                              f"{r['rss_plain_mb']:.0f}", f"{r['rss_dp_extra_mb']:.1f}")
+                table.add_row(
+                    model,
+                    mode,
+                    exact,
+                    f"{r['steps']:.0f} x {reps}",
+                    f"{r['plain_ms']:.2f}",
+                    f"{r['dp_ms']:.2f}",
+                    f"{r['dp_ms'] / r['plain_ms']:.2f}x",
+                    f"{r['dp_ms_median'] / r['plain_ms_median']:.2f}x",
+                    f"{r['rss_plain_mb']:.0f}",
+                    f"{r['rss_dp_extra_mb']:.1f}",
+                )
     console.print(table)
     if not quick:
         with console.status("training for accuracy..."):
             rows = accuracy(epochs=5)
-        acc = Table(title="Accuracy on the toy region (3 units, 730 days; 5 epochs, batch 64, lr 3e-3; DP: sigma 1.0, C 1.0; mean of seeds 0, 1)")
+        acc = Table(
+            title="Accuracy on the toy region (3 units, 730 days; 5 epochs, batch 64, lr 3e-3; DP: sigma 1.0, C 1.0; mean of seeds 0, 1)"
+        )
         for col in ("model", "dp", "params", "val pinball", "test pinball", "train CPU s", "epsilon (delta 1e-5)"):
             acc.add_column(col)
         for r in rows:
-            acc.add_row(str(r["model"]), str(r["dp"]), f"{r['params']:.0f}", f"{r['val_pinball']:.4f}", f"{r['test_pinball']:.4f}", f"{r['seconds']:.1f}",
-                        "-" if r["dp"] == "no" else f"{r['epsilon']:.2f}")
+            acc.add_row(
+                str(r["model"]),
+                str(r["dp"]),
+                f"{r['params']:.0f}",
+                f"{r['val_pinball']:.4f}",
+                f"{r['test_pinball']:.4f}",
+                f"{r['seconds']:.1f}",
+                "-" if r["dp"] == "no" else f"{r['epsilon']:.2f}",
+            )
         console.print(acc)
-    console.print(f"total {time.perf_counter() - start:.0f} s; exact = clipped gradient sum within 1e-4 of a per-sample reference (C={MAX_GRAD_NORM})")
+    console.print(
+        f"total {time.perf_counter() - start:.0f} s; exact = clipped gradient sum within 1e-4 of a per-sample reference (C={MAX_GRAD_NORM})"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..logs import quiet_flower
+
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
@@ -91,17 +93,31 @@ def _region(folder: Path, hospitals: int, days: int) -> None:
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
 
     config = RegionConfig(
-        hospitals=hospitals, days=days, seed=0, min_beds=30, max_beds=80, short_history_fraction=0.0,
-        specialty_centres=0, warmup_days=30,
+        hospitals=hospitals,
+        days=days,
+        seed=0,
+        min_beds=30,
+        max_beds=80,
+        short_history_fraction=0.0,
+        specialty_centres=0,
+        warmup_days=30,
     )
     write_region(generate_region(config), folder)
 
 
 def _keys(region: Path, out: Path, hospitals: int, rounds: int) -> dict[str, Any]:
     return {
-        "simulation-data-dir": str(region), "out-dir": str(out), "num-server-rounds": rounds,
-        "min-available-nodes": hospitals, "min-train-nodes": hospitals, "fraction-evaluate": 0.0,
-        "history": 14, "horizon": 7, "hidden": 16, "batch-size": 64, "local-epochs": 1,
+        "simulation-data-dir": str(region),
+        "out-dir": str(out),
+        "num-server-rounds": rounds,
+        "min-available-nodes": hospitals,
+        "min-train-nodes": hospitals,
+        "fraction-evaluate": 0.0,
+        "history": 14,
+        "horizon": 7,
+        "hidden": 16,
+        "batch-size": 64,
+        "local-epochs": 1,
         "simulation-epsilon-budget": 1000.0,
     }
 
@@ -116,11 +132,12 @@ def _fresh_copy(region: Path, into: Path) -> Path:
 
 def bench(hospitals: int, rounds: int, days: int, work: Path) -> dict[str, float]:
     """Run one size on the Simulation Engine and in the plain loop; return the measurements."""
-    from client.app import make_client_app
-    from server.app import run_federation
-    from server.config import RunConfig
-    from simulations.local_grid import LocalGrid, task_identity
-    from simulations.runner import simulate_federation
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import run_federation
+    from medalloc.server.config import RunConfig
+
+    from ..local_grid import LocalGrid, task_identity
+    from ..runner import simulate_federation
 
     base = work / f"region-{hospitals}"
     began = time.perf_counter()
@@ -144,23 +161,36 @@ def bench(hospitals: int, rounds: int, days: int, work: Path) -> dict[str, float
     # --- the same work in a plain loop ---------------------------------------------------
     region = _fresh_copy(base, work / f"loop-{hospitals}")
     keys = _keys(region, work / f"loop-out-{hospitals}", hospitals, rounds)
-    grid = LocalGrid(make_client_app(keys), {i + 1: {"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)})
+    grid = LocalGrid(
+        make_client_app(keys), {i + 1: {"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)}
+    )
     started = time.perf_counter()
     with task_identity():
         result = run_federation(grid, RunConfig.from_mapping(keys))
     loop_total = time.perf_counter() - started
-    loop_steady = [r["seconds"] for r in result.rounds[1:]] or [result.rounds[0]["seconds"]]
+    loop_steady = [r.seconds or 0.0 for r in result.rounds[1:]] or [result.rounds[0].seconds or 0.0]
     loop_round = sum(loop_steady) / len(loop_steady)
     return {
-        "hospitals": hospitals, "rounds": rounds, "generate_s": generate_s, "startup_s": startup, "sim_round_s": sim_round,
-        "sim_total_s": total, "loop_round_s": loop_round, "loop_total_s": loop_total, "overhead": sim_round / loop_round,
+        "hospitals": hospitals,
+        "rounds": rounds,
+        "generate_s": generate_s,
+        "startup_s": startup,
+        "sim_round_s": sim_round,
+        "sim_total_s": total,
+        "loop_round_s": loop_round,
+        "loop_total_s": loop_total,
+        "overhead": sim_round / loop_round,
         "peak_mb": memory.peak_mb,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,100", help="comma-separated hospital counts (default 10,100; add 1000 for the full sweep)")
+    parser.add_argument(
+        "--sizes",
+        default="10,100",
+        help="comma-separated hospital counts (default 10,100; add 1000 for the full sweep)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds per run (default 3, at least 2)")
     parser.add_argument("--days", type=int, default=100, help="days of records per hospital (default 100: tiny data)")
     parser.add_argument("--quick", action="store_true", help="3 hospitals, 2 rounds: a smoke run")
@@ -168,9 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [3] if args.quick else [int(s) for s in args.sizes.split(",")]
     rounds = 2 if args.quick else max(2, args.rounds)
     logging.basicConfig(level=logging.ERROR)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    for handler in logging.getLogger("flwr").handlers:
-        handler.setLevel(logging.ERROR)
+    quiet_flower()  # Flower's own INFO lines would bury the display
     torch.set_num_threads(1)
     console = Console()
     rows = []
@@ -178,13 +206,28 @@ def main(argv: list[str] | None = None) -> None:
         for n in sizes:
             console.print(f"[bold]{n} hospitals[/], {rounds} round(s) ...")
             rows.append(bench(n, rounds, args.days, Path(tmp)))
-    table = Table(title=f"Federation scale on {os.cpu_count()} CPU(s): Flower Simulation Engine (Ray) vs the same work in a plain loop")
-    for name in ("hospitals", "startup s", "s / round (Flower)", "s / round (plain loop)", "overhead ratio", "peak memory MB", "total s (Flower)"):
+    table = Table(
+        title=f"Federation scale on {os.cpu_count()} CPU(s): Flower Simulation Engine (Ray) vs the same work in a plain loop"
+    )
+    for name in (
+        "hospitals",
+        "startup s",
+        "s / round (Flower)",
+        "s / round (plain loop)",
+        "overhead ratio",
+        "peak memory MB",
+        "total s (Flower)",
+    ):
         table.add_column(name, justify="right")
     for r in rows:
         table.add_row(
-            str(r["hospitals"]), f"{r['startup_s']:.1f}", f"{r['sim_round_s']:.2f}", f"{r['loop_round_s']:.2f}",
-            f"{r['overhead']:.2f}x", f"{r['peak_mb']:.0f}", f"{r['sim_total_s']:.1f}",
+            str(r["hospitals"]),
+            f"{r['startup_s']:.1f}",
+            f"{r['sim_round_s']:.2f}",
+            f"{r['loop_round_s']:.2f}",
+            f"{r['overhead']:.2f}x",
+            f"{r['peak_mb']:.0f}",
+            f"{r['sim_total_s']:.1f}",
         )
     table.caption = (
         "Each node: DP-SGD (1 epoch, tiny MLP) + privacy-ledger spend per round, ~100 days of data. "

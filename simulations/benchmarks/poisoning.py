@@ -31,6 +31,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..logs import quiet_flower
+
 
 def _region(folder: Path, hospitals: int, days: int, seed: int) -> list[Path]:
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
@@ -44,7 +46,7 @@ def _region(folder: Path, hospitals: int, days: int, seed: int) -> list[Path]:
 
 
 def _attack(name: str) -> Any:
-    from simulations.attacks import Attack
+    from ..attacks import Attack
 
     kind, _, factor = name.partition(":")
     return Attack(kind, factor=float(factor)) if factor else Attack(kind)
@@ -54,17 +56,21 @@ def run_one(
     files: list[Path], work: Path, keys: dict[str, Any], *, attack: Any = None, attackers: frozenset[int] = frozenset()
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """One federation over ``files`` (node i = hospital i); returns the final arrays and the round log."""
-    from client.app import make_client_app
-    from server.app import run_federation
-    from server.config import RunConfig
-    from simulations.attacks import AttackMod
-    from simulations.local_grid import LocalGrid, task_identity
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import run_federation
+    from medalloc.server.config import RunConfig
+
+    from ..attacks import AttackMod
+    from ..local_grid import LocalGrid, task_identity
 
     work.mkdir(parents=True)
     nodes = {
         i + 1: {
-            "partition-id": i, "data-path": str(path), "ledger-path": str(work / f"ledger-{i}.json"),
-            "privacy-epsilon-budget": 1000.0, "privacy-accountant": "rdp",
+            "partition-id": i,
+            "data-path": str(path),
+            "ledger-path": str(work / f"ledger-{i}.json"),
+            "privacy-epsilon-budget": 1000.0,
+            "privacy-accountant": "rdp",
         }  # fmt: skip
         for i, path in enumerate(files)
     }
@@ -77,8 +83,9 @@ def run_one(
 
 def bench(args: argparse.Namespace, work: Path, console: Console) -> list[dict[str, Any]]:
     """Every (strategy, attack, share) cell; the clean run of a strategy is shared by its cells."""
-    from server.config import RunConfig
-    from simulations.attacks import honest_wape
+    from medalloc.server.config import RunConfig
+
+    from ..attacks import honest_wape
 
     files = _region(work / "region", args.hospitals, args.days, args.seed)
     shares = [float(s) for s in args.shares.split(",")]
@@ -109,8 +116,14 @@ def bench(args: argparse.Namespace, work: Path, console: Console) -> list[dict[s
                     attackers = frozenset(order[: counts[share]])
                     honest = [f for i, f in enumerate(files) if i not in attackers]
                     began = time.perf_counter()
-                    hit, rounds = run_one(files, work / f"{strategy}-{attack.label}-{share}".replace(" ", "_"), keys, attack=attack, attackers=attackers)
-                    outcomes = [o for r in rounds if r["round"] > 0 for o in r["outcomes"] if int(o["node"]) - 1 in attackers]
+                    hit, rounds = run_one(
+                        files,
+                        work / f"{strategy}-{attack.label}-{share}".replace(" ", "_"),
+                        keys,
+                        attack=attack,
+                        attackers=attackers,
+                    )
+                    outcomes = [o for r in rounds if r.round > 0 for o in r.outcomes if int(o["node"]) - 1 in attackers]
                     clean_err = honest_wape(clean, honest, config)
                     hit_err = honest_wape(hit, honest, config)
                     row["cells"][share] = {
@@ -130,9 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hospitals", type=int, default=10, help="hospitals in the region (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds per run (default 3)")
     parser.add_argument("--days", type=int, default=150, help="days of records per hospital (default 150: small data)")
-    parser.add_argument("--strategies", default="fedavg,fedmedian,fedtrimmedavg,krum", help="comma-separated strategy names")
     parser.add_argument(
-        "--attacks", default="nan,sign_flip:10",
+        "--strategies", default="fedavg,fedmedian,fedtrimmedavg,krum", help="comma-separated strategy names"
+    )
+    parser.add_argument(
+        "--attacks",
+        default="nan,sign_flip:10",
         help="comma-separated attacks, KIND or KIND:FACTOR (default nan,sign_flip:10; add stealthy for the worst case under the norm bound)",
     )
     parser.add_argument("--shares", default="0.1,0.2,0.3", help="comma-separated attacker shares (default 0.1,0.2,0.3)")
@@ -141,13 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.hospitals, args.strategies, args.attacks, args.shares = 5, "fedavg,fedmedian", "sign_flip:10", "0.2"
-    import server.app  # noqa: F401  (Flower installs its log handlers on import: silence them after)
-
     logging.basicConfig(level=logging.ERROR)
-    for name in ("flwr", "server", "client", "medalloc_core", "simulations"):
+    for name in ("medalloc", "medalloc_core"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for handler in logging.getLogger("flwr").handlers:
-        handler.setLevel(logging.ERROR)
+    quiet_flower()
     torch.set_num_threads(1)
     console = Console()
     began = time.perf_counter()

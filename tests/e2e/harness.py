@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _TAG_VAR = "MEDALLOC_E2E_TAG"
-FLOWER_PROCESS = re.compile(
-    r"flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp"
-)
+FLOWER_PROCESS = re.compile(r"flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp")
 
 
 def free_port() -> int:
@@ -113,9 +111,12 @@ class ProcessHarness:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment every harness process gets: the caller's, plus the tag."""
         env = {
-            **os.environ, _TAG_VAR: self.tag, "PYTHONUNBUFFERED": "1",
+            **os.environ,
+            _TAG_VAR: self.tag,
+            "PYTHONUNBUFFERED": "1",
             # Tests never call out to Flower Labs (telemetry, update check).
-            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
         }
         env.update(extra)
         return env
@@ -126,8 +127,13 @@ class ProcessHarness:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as handle:
             popen = subprocess.Popen(
-                argv, cwd=cwd, env={**env, _TAG_VAR: self.tag}, stdout=handle,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                cwd=cwd,
+                env={**env, _TAG_VAR: self.tag},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -138,8 +144,13 @@ class ProcessHarness:
     ) -> subprocess.CompletedProcess[str]:
         """Run a one-shot command to completion; its output is also kept in the log dir."""
         result = subprocess.run(
-            argv, cwd=cwd, env={**env, _TAG_VAR: self.tag}, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            argv,
+            cwd=cwd,
+            env={**env, _TAG_VAR: self.tag},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -162,11 +173,7 @@ class ProcessHarness:
         # Children (SuperExec, flwr-serverapp, flwr-clientapp) exit when they see their
         # parent gone; give them the same grace, then stop any stragglers by PID.
         _stop_pids(tagged_pids(self.tag), grace=grace)
-        return [
-            f"{pid}: {cmdline(pid)}"
-            for pid in tagged_pids(self.tag)
-            if FLOWER_PROCESS.search(cmdline(pid))
-        ]
+        return [f"{pid}: {cmdline(pid)}" for pid in tagged_pids(self.tag) if FLOWER_PROCESS.search(cmdline(pid))]
 
 
 def _stop_pids(pids: list[int], *, grace: float) -> None:

@@ -92,7 +92,7 @@ class Federation:
         shim = self.root / "bin"
         shim.mkdir()
         # What `pip install .` would put on PATH: the `medalloc` console script.
-        (shim / "medalloc").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m medalloc_core.cli "$@"\n')
+        (shim / "medalloc").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m medalloc.cli "$@"\n')
         (shim / "medalloc").chmod(0o755)
         self.path = f"{shim}:{BIN}:/usr/bin:/bin"
 
@@ -145,13 +145,17 @@ class Federation:
 
     def register(self, hospital: str) -> str:
         shutil.copy(self.node_dir(hospital) / "keys" / f"{hospital}.pub", self.coord / "hospital-keys")
-        out = self.ok(f"register-{hospital}", self.coord_block("register").replace("H000", hospital),
-                      self.coord_env(), cwd=self.root)
+        out = self.ok(
+            f"register-{hospital}",
+            self.coord_block("register").replace("H000", hospital),
+            self.coord_env(),
+            cwd=self.root,
+        )
         return re.search(r"SuperNode (\d+) registered successfully", out)[1]
 
     def flwr_json(self, name: str, args: str, *, cwd: Path | None = None) -> dict:
         out = self.ok(name, f"flwr {args} --format json", self.coord_env(), cwd=cwd or self.coord)
-        return json.loads(out[out.index("{"):])
+        return json.loads(out[out.index("{") :])
 
     def node_ids(self) -> dict[str, str]:
         nodes = self.flwr_json("list-json", "supernode list medalloc")["nodes"]
@@ -170,12 +174,17 @@ class Federation:
         assert "SHA256:" in out
 
     def start_supernode(self, hospital: str) -> Proc:
-        block = self.node_block("supernode", hospital, {
-            "superlink.example.org:9092": f"127.0.0.1:{self.gateway_port}",
-            "--port 9094": f"--port {free_port()}",
-        })
-        return self.harness.start(f"supernode-{hospital}", ["bash", "-c", exec_last(block)],
-                                  cwd=self.root, env=self.node_env(hospital))
+        block = self.node_block(
+            "supernode",
+            hospital,
+            {
+                "superlink.example.org:9092": f"127.0.0.1:{self.gateway_port}",
+                "--port 9094": f"--port {free_port()}",
+            },
+        )
+        return self.harness.start(
+            f"supernode-{hospital}", ["bash", "-c", exec_last(block)], cwd=self.root, env=self.node_env(hospital)
+        )
 
     # ---------------------------------------------------------------- runs
     def run(self, app_dir: Path, extra_run_config: str) -> str:
@@ -229,10 +238,14 @@ def _deploy(fed: Federation, data: dict[str, Path], *, validate: bool) -> tuple[
     # Through the gateway the Control API is refused (so is registering a key there).
     conf = fed.root / "coordinator-home" / ".flwr" / "config.toml"
     with conf.open("a", encoding="utf-8") as f:
-        f.write(f'\n[superlink.via-gateway]\naddress = "127.0.0.1:{fed.gateway_port}"\n'
-                f'root-certificates = "{fed.coord / "certs" / "ca.crt"}"\n')
-    for args in ("supernode list via-gateway",
-                 f"supernode register {fed.node_dir(intruder) / 'keys' / (intruder + '.pub')} via-gateway"):
+        f.write(
+            f'\n[superlink.via-gateway]\naddress = "127.0.0.1:{fed.gateway_port}"\n'
+            f'root-certificates = "{fed.coord / "certs" / "ca.crt"}"\n'
+        )
+    for args in (
+        "supernode list via-gateway",
+        f"supernode register {fed.node_dir(intruder) / 'keys' / (intruder + '.pub')} via-gateway",
+    ):
         refused_cli = fed.sh("via-gateway", f"flwr {args}", fed.coord_env(), cwd=fed.coord)
         assert refused_cli.returncode != 0
         assert "403" in refused_cli.stdout + refused_cli.stderr
@@ -251,8 +264,12 @@ def _check_restart_keeps_registrations(fed: Federation, ids: dict[str, str]) -> 
 def generate_region(fed: Federation, hospitals: int, days: int) -> dict[str, Path]:
     """Hospital files from the project's own generator (``medalloc generate``)."""
     out = fed.root / "region"
-    fed.ok("generate", f"medalloc generate --hospitals {hospitals} --days {days} --seed 0 --out {out}",
-           fed.coord_env(), cwd=fed.root)
+    fed.ok(
+        "generate",
+        f"medalloc generate --hospitals {hospitals} --days {days} --seed 0 --out {out}",
+        fed.coord_env(),
+        cwd=fed.root,
+    )
     return {f"H{i:03d}": out / f"H{i:03d}.csv" for i in range(hospitals)}
 
 
@@ -300,15 +317,22 @@ def test_toy_app_through_documented_deployment(harness: ProcessHarness, tmp_path
 
 
 COPY_IGNORE = (".git", ".venv", "results", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build", "dist")
-REAL_APP_READY = all((REPO / p).is_file() for p in ("server/app.py", "client/app.py", "medalloc_core/cli/privacy.py"))
+REAL_APP_READY = all((REPO / p).is_file() for p in ("server/app.py", "client/app.py", "medalloc/cli/privacy.py"))
 # Small and quick: the documented run is 20 rounds of the default model. Only the keys the
 # app's [tool.flwr.app.config] declares are passed (Flower refuses unknown keys), so a
 # renamed model-size key makes the run slower, not the test wrong.
 REAL_APP_FAST_CONFIG = {
     # DP-SGD noise on a mean gradient is noise-multiplier x clip / batch: batches of 128 keep
     # it well under the signal, so two rounds reliably beat the initial model.
-    "num-server-rounds": 2, "local-epochs": 2, "batch-size": 128, "lr": 0.05,
-    "history": 14, "lookback": 14, "horizon": 7, "hidden": 16, "hidden-size": 16,
+    "num-server-rounds": 2,
+    "local-epochs": 2,
+    "batch-size": 128,
+    "lr": 0.05,
+    "history": 14,
+    "lookback": 14,
+    "horizon": 7,
+    "hidden": 16,
+    "hidden-size": 16,
 }
 
 
@@ -364,15 +388,23 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
     # reply accepted, or dropped by the coordinator's checks after training), and no more.
     for hospital in ("H000", "H001", "H002"):
         trained = [
-            r["round"] for r in rows for o in r.get("outcomes", [])
+            r["round"]
+            for r in rows
+            for o in r.get("outcomes", [])
             if o["node"] == ids[hospital] and o["status"] in ("accepted", "dropped")
         ]
         ledger = fed.node_dir(hospital) / "privacy-ledger.json"
         env = fed.node_env(hospital)
         if hospital == "H000":  # the documented command, once; the JSON form for the checks
             fed.ok(f"privacy-{hospital}", fed.node_block("privacy", hospital), env, cwd=fed.node_dir(hospital))
-        report = json.loads(fed.ok(f"privacy-json-{hospital}", f"medalloc privacy --ledger {ledger} --json",
-                                   env, cwd=fed.node_dir(hospital)))
+        report = json.loads(
+            fed.ok(
+                f"privacy-json-{hospital}",
+                f"medalloc privacy --ledger {ledger} --json",
+                env,
+                cwd=fed.node_dir(hospital),
+            )
+        )
         spends = [s for entry in report["entries"] for s in entry["spends"]]
         assert trained, f"{hospital} trained in no round: {rows}"
         assert len(spends) == len(trained), (hospital, trained, spends, rows)

@@ -54,8 +54,17 @@ ROUND_TIMEOUT = 60
 # Noise 4 keeps a round's epsilon small enough for the ~8 rounds each node trains here within
 # the documented budget of 8 (a node refuses a round above its budget).
 FAST = {
-    "dp-noise-multiplier": 4.0, "local-epochs": 1, "batch-size": 16, "lr": 0.05, "history": 14, "horizon": 7, "hidden": 16,
-    "fraction-evaluate": 0, "min-available-nodes": 2, "min-train-nodes": 2, "round-timeout": ROUND_TIMEOUT,
+    "dp-noise-multiplier": 4.0,
+    "local-epochs": 1,
+    "batch-size": 16,
+    "lr": 0.05,
+    "history": 14,
+    "horizon": 7,
+    "hidden": 16,
+    "fraction-evaluate": 0,
+    "min-available-nodes": 2,
+    "min-train-nodes": 2,
+    "round-timeout": ROUND_TIMEOUT,
 }
 
 
@@ -80,19 +89,26 @@ class Region:
 
     def start_node(self, hospital: str, name: str) -> Proc:
         """``Federation.start_supernode`` under another log name (a restart keeps the first log)."""
-        block = self.fed.node_block("supernode", hospital, {
-            "superlink.example.org:9092": f"127.0.0.1:{self.fed.gateway_port}",
-            "--port 9094": f"--port {free_port()}",
-        })
-        proc = self.fed.harness.start(name, ["bash", "-c", exec_last(block)], cwd=self.fed.root,
-                                      env=self.fed.node_env(hospital))
+        block = self.fed.node_block(
+            "supernode",
+            hospital,
+            {
+                "superlink.example.org:9092": f"127.0.0.1:{self.fed.gateway_port}",
+                "--port 9094": f"--port {free_port()}",
+            },
+        )
+        proc = self.fed.harness.start(
+            name, ["bash", "-c", exec_last(block)], cwd=self.fed.root, env=self.fed.node_env(hospital)
+        )
         self.nodes[hospital] = proc
         return proc
 
     def submit(self, out: Path, **overrides: object) -> str:
         """``flwr run`` with the fast config, ``out-dir`` and ``overrides`` (Python names: round_timeout)."""
         config = {**FAST, "out-dir": f'"{out}"'} | {k.replace("_", "-"): v for k, v in overrides.items()}
-        return self.fed.run(self.app, " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items()))
+        return self.fed.run(
+            self.app, " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in config.items())
+        )
 
 
 def tear_ledger(path: Path) -> bytes:
@@ -260,8 +276,10 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
     # The killed node spent for round 2 (the spend precedes training) and never again for it.
     per_round = check_ledger_matches(region, rows, run_id, may_have_spent={2})
     assert per_round == {1: 1, 2: 1, 3: 1}, per_round
-    print(f"H000 back {back_after:.1f} s after its round-2 spend ({attempts} start(s)); "
-          f"round 2 took {rows[1]['seconds']} s, round 3 {rows[2]['seconds']} s; H000 round 2: {killed_status.get(2)}")
+    print(
+        f"H000 back {back_after:.1f} s after its round-2 spend ({attempts} start(s)); "
+        f"round 2 took {rows[1]['seconds']} s, round 3 {rows[2]['seconds']} s; H000 round 2: {killed_status.get(2)}"
+    )
 
 
 def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> None:
@@ -326,8 +344,10 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
         assert f"run-{crashed_id}/round-1" in tags and f"run-{resumed_id}/round-2" in tags, tags
         assert not any(t.startswith(f"run-{resumed_id}/round-1") for t in tags), tags
     assert region.ledger(TORN).read_bytes() == region.torn_bytes
-    print(f"run {crashed_id}: '{status_after_kill}' right after the kill, '{stopped}' after flwr stop; "
-          f"resumed run done {recovered:.1f} s after the kill; max |final - reference| = {worst:.3g}")
+    print(
+        f"run {crashed_id}: '{status_after_kill}' right after the kill, '{stopped}' after flwr stop; "
+        f"resumed run done {recovered:.1f} s after the kill; max |final - reference| = {worst:.3g}"
+    )
 
 
 def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
@@ -346,7 +366,9 @@ def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
     fed.superlink.popen.terminate()
     fed.superlink.popen.wait(timeout=30)
     deadline = time.monotonic() + 20
-    while (apps := [p for p in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(p)]) and time.monotonic() < deadline:
+    while (
+        apps := [p for p in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(p)]
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     serverapp_survived = bool(apps)
     fed.start_superlink()
@@ -357,7 +379,9 @@ def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
     status_after_restart = status
     # Never two ServerApps on one out-dir: the old one must be gone before a resume starts.
     deadline = time.monotonic() + 60
-    while (apps := [p for p in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(p)]) and time.monotonic() < deadline:
+    while (
+        apps := [p for p in tagged_pids(fed.harness.tag) if "flwr-serverapp" in cmdline(p)]
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not apps, f"the interrupted run's ServerApp is still running: {apps}"
     resumed_id = None
@@ -377,5 +401,7 @@ def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
     else:
         check_ledger_matches(region, rows[:1], run_id, may_have_spent={2}, who=(KILLED, STEADY))
         check_ledger_matches(region, rows[1:], resumed_id, may_have_spent=set())
-    print(f"SuperLink restart: ServerApp survived: {serverapp_survived}; run {run_id} '{status_after_restart}' "
-          f"60 s after the restart; resumed: {resumed_id is not None}; done {recovered:.1f} s after the stop")
+    print(
+        f"SuperLink restart: ServerApp survived: {serverapp_survived}; run {run_id} '{status_after_restart}' "
+        f"60 s after the restart; resumed: {resumed_id is not None}; done {recovered:.1f} s after the stop"
+    )

@@ -29,9 +29,7 @@ def train(msg: Message, context: Context) -> Message:
     w = w - lr * 2.0 * (w - data.mean())
     with Path(str(context.node_config["ledger-path"])).open("a", encoding="utf-8") as f:
         f.write(json.dumps({"run": context.run_id, "steps": 1}) + "\n")
-    content = RecordDict(
-        {"arrays": ArrayRecord([w]), "metrics": MetricRecord({"num-examples": len(data)})}
-    )
+    content = RecordDict({"arrays": ArrayRecord([w]), "metrics": MetricRecord({"num-examples": len(data)})})
     return Message(content=content, reply_to=msg)
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from medalloc_core.cli import app
+from medalloc.cli import app
 from medalloc_core.contract import DataContractError, Problem
 from medalloc_core.validation import ValidationReport, load_unit_records, validate_file
-from simulations.fuzz.mutations import Expect, Mutant
+
+from .mutations import Expect, Mutant
 
 EXIT_OK, EXIT_INVALID = 0, 2
 _RUNNER = CliRunner()
@@ -63,9 +64,9 @@ def check(mutant: Mutant, path: Path) -> Outcome:
 
 
 def check_subprocess(paths: list[Path], expected_exit: int = EXIT_INVALID, timeout: float = 120) -> list[str]:
-    """``python -m medalloc_core.cli validate PATHS`` in a real process: no traceback, the expected exit, an error per file."""
+    """``python -m medalloc.cli validate PATHS`` in a real process: no traceback, the expected exit, an error per file."""
     result = subprocess.run(
-        [sys.executable, "-m", "medalloc_core.cli", "validate", *map(str, paths)],
+        [sys.executable, "-m", "medalloc.cli", "validate", *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -25,8 +25,7 @@ def _report(ledger: PrivacyLedger) -> dict[str, Any]:
         "epsilon_remaining": ledger.remaining(),
         "created": ledger.created,
         "budget_changes": [
-            {"timestamp": c.timestamp, "previous": c.previous, "new": c.new}
-            for c in ledger.budget_changes()
+            {"timestamp": c.timestamp, "previous": c.previous, "new": c.new} for c in ledger.budget_changes()
         ],
         "entries": [
             {

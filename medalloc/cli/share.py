@@ -20,14 +20,24 @@ def _fail(message: str) -> None:
 
 def share(
     forecast: Path = typer.Option(..., "--forecast", help="This hospital's forecast.csv (from `medalloc forecast`)."),
-    data: Path = typer.Option(..., "--data", help="The records the forecast was made from; their fingerprint keys the ledger entry."),
-    ledger: Path = typer.Option(..., "--ledger", help="This node's privacy ledger (the one DP-SGD training spends from)."),
+    data: Path = typer.Option(
+        ..., "--data", help="The records the forecast was made from; their fingerprint keys the ledger entry."
+    ),
+    ledger: Path = typer.Option(
+        ..., "--ledger", help="This node's privacy ledger (the one DP-SGD training spends from)."
+    ),
     epsilon: float = typer.Option(..., "--epsilon", help="Epsilon of this release alone."),
     delta: float | None = typer.Option(None, "--delta", help="Delta; must equal the ledger's (default: the ledger's)."),
-    sensitivity: float = typer.Option(1.0, "--sensitivity", help="How much one patient moves one shared number (beds)."),
+    sensitivity: float = typer.Option(
+        1.0, "--sensitivity", help="How much one patient moves one shared number (beds)."
+    ),
     out: Path = typer.Option(Path("shared.csv"), "--out", "-o", help="The table to send: hospital, date, q, value."),
-    epsilon_budget: float | None = typer.Option(None, "--epsilon-budget", help="Create the ledger with this budget if it does not exist yet."),
-    seed: int | None = typer.Option(None, "--seed", help="Only for experiments: a known seed makes the noise removable."),
+    epsilon_budget: float | None = typer.Option(
+        None, "--epsilon-budget", help="Create the ledger with this budget if it does not exist yet."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Only for experiments: a known seed makes the noise removable."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Add Gaussian DP noise to your census quantiles for the regional plan and record the epsilon in your ledger."""
@@ -55,10 +65,19 @@ def share(
         else:
             node = PrivacyLedger.open(ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-5)
         if delta is not None and delta != node.delta:
-            raise ValueError(f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; epsilons at different deltas do not compose")
+            raise ValueError(
+                f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; epsilons at different deltas do not compose"
+            )
         first, last = frame["date"].min().date(), frame["date"].max().date()
-        result = share_with_ledger(frame, ledger=node, fingerprint=fingerprint, epsilon=epsilon, sensitivity=sensitivity,
-                                   seed=seed, run_id=f"share:{frame['hospital'].iloc[0]}:{first}..{last}")
+        result = share_with_ledger(
+            frame,
+            ledger=node,
+            fingerprint=fingerprint,
+            epsilon=epsilon,
+            sensitivity=sensitivity,
+            seed=seed,
+            run_id=f"share:{frame['hospital'].iloc[0]}:{first}..{last}",
+        )
     except LedgerError as exc:
         _fail(f"{exc}\nNothing was shared.")
         return

@@ -29,8 +29,14 @@ def _summary_table(region: Region) -> Table:
     """One row per hospital: size, units, days and what a planner looks at first."""
     table = Table(title=f"Synthetic region: {len(region.hospitals)} hospitals (seed {region.config.seed})")
     for name, justify in (
-        ("hospital", "left"), ("beds", "right"), ("units", "left"), ("mix", "left"),
-        ("days", "right"), ("adm/day", "right"), ("census", "right"), ("overflow", "right"),
+        ("hospital", "left"),
+        ("beds", "right"),
+        ("units", "left"),
+        ("mix", "left"),
+        ("days", "right"),
+        ("adm/day", "right"),
+        ("census", "right"),
+        ("overflow", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for hospital, meta in zip(region.hospitals, region.metadata["hospitals"], strict=True):
@@ -85,8 +91,12 @@ def generate(
         _fail(console, str(exc))
 
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task("simulating hospitals", total=hospitals)
         region = generate_region(config, progress=lambda _hid: bar.advance(task))
@@ -97,7 +107,9 @@ def generate(
             _fail(console, f"cannot write the region to {out}: {exc}")
 
     Console().print(_summary_table(region))
-    console.print(f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -83,29 +83,40 @@ def _summary_table(plan: pd.DataFrame) -> Table:
     for (hospital, unit), g in plan.groupby(["hospital", UNIT], sort=True):
         flagged = int(g["flag_physical"].sum())
         table.add_row(
-            str(hospital), str(unit), str(len(g)), f"{g['demand_p50'].mean():.1f}",
-            f"{g['staffed_beds'].min()}–{g['staffed_beds'].max()}", str(int(g["physical_beds"].max())),
-            str(int(g["nurses_per_shift"].max())), f"{g['p_overflow'].mean():.1%}",
+            str(hospital),
+            str(unit),
+            str(len(g)),
+            f"{g['demand_p50'].mean():.1f}",
+            f"{g['staffed_beds'].min()}–{g['staffed_beds'].max()}",
+            str(int(g["physical_beds"].max())),
+            str(int(g["nurses_per_shift"].max())),
+            f"{g['p_overflow'].mean():.1%}",
             f"[red]{flagged}[/]" if flagged else "0",
         )
     return table
 
 
 def allocate(
-    forecast: Path = typer.Option(..., "--forecast", help="Forecast frame CSV (hospital, unit, date, target, q, value)."),
+    forecast: Path = typer.Option(
+        ..., "--forecast", help="Forecast frame CSV (hospital, unit, date, target, q, value)."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for plan.csv and plan.png."),
     capacity: Path | None = typer.Option(None, "--capacity", help="Capacity CSV: unit, beds[, staffed, hospital]."),
     capacity_from: Path | None = typer.Option(
         None, "--capacity-from", help="Daily records CSV; physical beds = largest capacity (or census) per unit."
     ),
-    under_cost: float = typer.Option(10.0, "--under-cost", help="Cost of an unserved patient-day (overflow, diversion)."),
+    under_cost: float = typer.Option(
+        10.0, "--under-cost", help="Cost of an unserved patient-day (overflow, diversion)."
+    ),
     over_cost: float = typer.Option(1.0, "--over-cost", help="Cost of an idle staffed bed-day (nurse time)."),
     nurse_ratio: str | None = typer.Option(
         None, "--nurse-ratio", help="Patients per nurse per shift, e.g. ICU=2,medical=5,surgical=5,paediatric=4."
     ),
     default_nurse_ratio: float = typer.Option(4.0, "--default-nurse-ratio", help="Ratio for units not named."),
     unit_config: Path | None = typer.Option(
-        None, "--unit-config", help="CSV with unit[, under_cost, over_cost, nurse_ratio] per unit (overrides the flags)."
+        None,
+        "--unit-config",
+        help="CSV with unit[, under_cost, over_cost, nurse_ratio] per unit (overrides the flags).",
     ),
     shifts: int = typer.Option(3, "--shifts", help="Nursing shifts per day."),
     risk_threshold: float = typer.Option(
@@ -133,9 +144,13 @@ def allocate(
             unit_costs, unit_ratios = _read_unit_config(unit_config)
             ratios.update(unit_ratios)
         config = PlanConfig(
-            costs=UnitCosts(under_cost, over_cost), unit_costs=unit_costs, nurse_ratios=ratios,  # type: ignore[arg-type]
-            default_nurse_ratio=default_nurse_ratio, shifts_per_day=shifts,
-            physical_risk_threshold=risk_threshold, tail=tail,  # type: ignore[arg-type]
+            costs=UnitCosts(under_cost, over_cost),
+            unit_costs=unit_costs,
+            nurse_ratios=ratios,  # type: ignore[arg-type]
+            default_nurse_ratio=default_nurse_ratio,
+            shifts_per_day=shifts,
+            physical_risk_threshold=risk_threshold,
+            tail=tail,  # type: ignore[arg-type]
         )
         frame = read_forecast(forecast)
         beds = read_capacity(capacity) if capacity is not None else capacity_from_records(capacity_from)  # type: ignore[arg-type]
@@ -160,9 +175,13 @@ def allocate(
 
 
 def allocate_region(
-    forecast: list[Path] = typer.Option(..., "--forecast", help="Shared forecast CSV(s): hospital, date, q, value (or full forecast frames)."),
+    forecast: list[Path] = typer.Option(
+        ..., "--forecast", help="Shared forecast CSV(s): hospital, date, q, value (or full forecast frames)."
+    ),
     capacity: Path = typer.Option(
-        ..., "--capacity", help="CSV with hospital, beds[, staffed]: staffed (else beds) is the base; surge fills beds - staffed."
+        ...,
+        "--capacity",
+        help="CSV with hospital, beds[, staffed]: staffed (else beds) is the base; surge fills beds - staffed.",
     ),
     out: Path = typer.Option(..., "--out", help="Directory for the regional plan."),
     pool: float = typer.Option(20.0, "--pool", help="Surge beds-with-staff that can be moved, per day."),
@@ -171,14 +190,22 @@ def allocate_region(
     transfer_cost: float = typer.Option(2.0, "--transfer-cost", help="Fixed cost per transferred patient-day."),
     neighbours: int = typer.Option(5, "--neighbours", help="Transfers only between each hospital's k nearest."),
     scenarios: int = typer.Option(20, "--scenarios"),
-    correlation: float = typer.Option(0.5, "--correlation", help="Copula correlation of demand across hospitals (0..1)."),
+    correlation: float = typer.Option(
+        0.5, "--correlation", help="Copula correlation of demand across hospitals (0..1)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Replace an existing regional plan in --out."),
 ) -> None:
     """The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles."""
-    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, Q, STAFFED, VALUE, read_capacity
+    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, VALUE, Q, read_capacity
     from medalloc_core.allocation.plots import plot_regional
-    from medalloc_core.allocation.regional import RegionalConfig, RegionalSolveError, hospital_totals, plan_region, write_regional_plan
+    from medalloc_core.allocation.regional import (
+        RegionalConfig,
+        RegionalSolveError,
+        hospital_totals,
+        plan_region,
+        write_regional_plan,
+    )
 
     try:
         names = ("surge.csv", "transfers.csv", "hospital_days.csv", "costs.csv", "regional.png")
@@ -215,8 +242,14 @@ def allocate_region(
         cap_map = totals[STAFFED].astype(float).to_dict()
         room = (totals[BEDS] - totals[STAFFED]).astype(float).to_dict()
         config = RegionalConfig(
-            surge_pool=pool, under_cost=under_cost, surge_cost=surge_cost, transfer_cost=transfer_cost,
-            neighbours=neighbours, scenarios=scenarios, correlation=correlation, seed=seed,
+            surge_pool=pool,
+            under_cost=under_cost,
+            surge_cost=surge_cost,
+            transfer_cost=transfer_cost,
+            neighbours=neighbours,
+            scenarios=scenarios,
+            correlation=correlation,
+            seed=seed,
             max_surge=room if any(v > 0 for v in room.values()) else None,
         )
         plan = plan_region(pd.concat(frames, ignore_index=True), cap_map, config)
@@ -228,7 +261,9 @@ def allocate_region(
         plot_regional(plan, out / "regional.png")
     except OSError as exc:
         _fail(f"cannot write the regional plan to {out}: {exc}")
-    table = Table(title=f"Regional plan: {plan.hospital_days[HOSPITAL].nunique()} hospitals, {plan.scenarios} scenarios")
+    table = Table(
+        title=f"Regional plan: {plan.hospital_days[HOSPITAL].nunique()} hospitals, {plan.scenarios} scenarios"
+    )
     for name in ("cost part", "expected cost"):
         table.add_column(name, justify="right")
     for part in ("surge", "unserved", "transfer", "total"):

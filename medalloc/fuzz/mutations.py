@@ -89,7 +89,9 @@ def bases(seed: int = 7) -> dict[str, Base]:
     out: dict[str, Base] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
-            config = RegionConfig(hospitals=1, days=28, seed=seed, shape=kind, min_beds=150, max_beds=200, warmup_days=30)
+            config = RegionConfig(
+                hospitals=1, days=28, seed=seed, shape=kind, min_beds=150, max_beds=200, warmup_days=30
+            )
             region = generate_region(config)
             data = {}
             for fmt in FORMATS:
@@ -218,27 +220,66 @@ def wrong_type(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         column = rnd.choice([c.ENCOUNTER_ID, c.PATIENT_ID, c.UNIT])
         i = _pick_row(edit, rnd)
         edit.set(i, column, rnd.choice(["", "  "]))
-        return Mutant("wrong_type", base.kind, fmt, f"{column} row {_row(i)} emptied", edit.to_bytes(fmt),
-                      Expect(False, _row(i), column, ("empty",)))
+        return Mutant(
+            "wrong_type",
+            base.kind,
+            fmt,
+            f"{column} row {_row(i)} emptied",
+            edit.to_bytes(fmt),
+            Expect(False, _row(i), column, ("empty",)),
+        )
     column = rnd.choice(c.COUNT_COLUMNS)
     if fmt == "parquet" and rnd.random() < 0.4:
         # A whole column of the wrong Parquet type: every row is wrong, so row 2 is named.
         kind = rnd.choice(["float", "bool"])
         n = len(edit.rows)
-        edit.typed[column] = pa.array([i + 0.5 for i in range(n)]) if kind == "float" else pa.array([i % 2 == 0 for i in range(n)])
+        edit.typed[column] = (
+            pa.array([i + 0.5 for i in range(n)]) if kind == "float" else pa.array([i % 2 == 0 for i in range(n)])
+        )
         keyword = "not a whole number" if kind == "float" else "not a number"
-        return Mutant("wrong_type", base.kind, fmt, f"{column} as a {kind} column", edit.to_bytes(fmt),
-                      Expect(False, 2, column, (keyword,)))
+        return Mutant(
+            "wrong_type",
+            base.kind,
+            fmt,
+            f"{column} as a {kind} column",
+            edit.to_bytes(fmt),
+            Expect(False, 2, column, (keyword,)),
+        )
     i = _pick_row(edit, rnd)
     value = rnd.choice(_WRONG_TYPES)
     edit.set(i, column, value)
-    return Mutant("wrong_type", base.kind, fmt, f"{column} row {_row(i)} = {value!r}", edit.to_bytes(fmt),
-                  Expect(False, _row(i), column, ("not a number", "not a whole number", "empty")))
+    return Mutant(
+        "wrong_type",
+        base.kind,
+        fmt,
+        f"{column} row {_row(i)} = {value!r}",
+        edit.to_bytes(fmt),
+        Expect(False, _row(i), column, ("not a number", "not a whole number", "empty")),
+    )
 
 
-_BAD_DATES = ("2023-02-30", "2023-02-29", "2023-13-01", "yesterday", "31/12/2023", "12/31/2023", "2023-1-5",
-              "20230105", "2023-01-05T25:00", "2023-01-05 10:00+01:00", "2023-01-05Z", "0000-00-00", "",
-              "  ", "2023-01-05 10:61", "１２３４-01-01", "2023–01–05", "9999-12-31", "0001-01-01", "2262-04-12 00:00")
+_BAD_DATES = (
+    "2023-02-30",
+    "2023-02-29",
+    "2023-13-01",
+    "yesterday",
+    "31/12/2023",
+    "12/31/2023",
+    "2023-1-5",
+    "20230105",
+    "2023-01-05T25:00",
+    "2023-01-05 10:00+01:00",
+    "2023-01-05Z",
+    "0000-00-00",
+    "",
+    "  ",
+    "2023-01-05 10:61",
+    "１２３４-01-01",
+    "2023–01–05",
+    "9999-12-31",
+    "0001-01-01",
+    "2262-04-12 00:00",
+)
 
 
 def bad_date(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -252,18 +293,41 @@ def bad_date(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     if fmt == "parquet" and base.kind == "encounters" and rnd.random() < 0.25:
         # Epoch seconds stored as integers: a number, not a date.
         edit.typed[column] = pa.array([1_672_531_200 + 3600 * i for i in range(len(edit.rows))], pa.int64())
-        return Mutant("bad_date", base.kind, fmt, f"{column} as epoch integers", edit.to_bytes(fmt),
-                      Expect(False, 2, column, ("not a valid date",)))
+        return Mutant(
+            "bad_date",
+            base.kind,
+            fmt,
+            f"{column} as epoch integers",
+            edit.to_bytes(fmt),
+            Expect(False, 2, column, ("not a valid date",)),
+        )
     i = _pick_row(edit, rnd)
     value = rnd.choice(choices)
     edit.set(i, column, value)
     keywords = ("empty",) if not value.strip() else ("not a valid date", "outside the dates")
-    return Mutant("bad_date", base.kind, fmt, f"{column} row {_row(i)} = {value!r}", edit.to_bytes(fmt),
-                  Expect(False, _row(i), column, keywords))
+    return Mutant(
+        "bad_date",
+        base.kind,
+        fmt,
+        f"{column} row {_row(i)} = {value!r}",
+        edit.to_bytes(fmt),
+        Expect(False, _row(i), column, keywords),
+    )
 
 
-_HUGE = ("1e30", str(2**70), "99999999999999999999", "100001", "1e400", "inf", "Infinity", "1E+300",
-         str(2**63), str(2**64 + 1), "9" * 400)
+_HUGE = (
+    "1e30",
+    str(2**70),
+    "99999999999999999999",
+    "100001",
+    "1e400",
+    "inf",
+    "Infinity",
+    "1E+300",
+    str(2**63),
+    str(2**64 + 1),
+    "9" * 400,
+)
 
 
 def huge_number(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -276,19 +340,32 @@ def huge_number(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         values = [int(v) for v in edit.base.table.column(column).to_pylist()]
         big = {"float64": 1e30, "decimal128": Decimal(2**70), "uint64": 2**64 - 1, "int64": 2**63 - 1}[kind]
         arrays = {
-            "float64": lambda: pa.array([float(v) for v in values[:i]] + [big] + [float(v) for v in values[i + 1:]]),
-            "decimal128": lambda: pa.array([Decimal(v) for v in values[:i]] + [big] + [Decimal(v) for v in values[i + 1:]],
-                                           pa.decimal128(38, 0)),
-            "uint64": lambda: pa.array(values[:i] + [big] + values[i + 1:], pa.uint64()),
-            "int64": lambda: pa.array(values[:i] + [big] + values[i + 1:], pa.int64()),
+            "float64": lambda: pa.array([float(v) for v in values[:i]] + [big] + [float(v) for v in values[i + 1 :]]),
+            "decimal128": lambda: pa.array(
+                [Decimal(v) for v in values[:i]] + [big] + [Decimal(v) for v in values[i + 1 :]], pa.decimal128(38, 0)
+            ),
+            "uint64": lambda: pa.array(values[:i] + [big] + values[i + 1 :], pa.uint64()),
+            "int64": lambda: pa.array(values[:i] + [big] + values[i + 1 :], pa.int64()),
         }
         edit.typed[column] = arrays[kind]()
-        return Mutant("huge_number", base.kind, fmt, f"{column} row {_row(i)} = {big} as {kind}", edit.to_bytes(fmt),
-                      Expect(False, _row(i), column, ("implausibly large",)))
+        return Mutant(
+            "huge_number",
+            base.kind,
+            fmt,
+            f"{column} row {_row(i)} = {big} as {kind}",
+            edit.to_bytes(fmt),
+            Expect(False, _row(i), column, ("implausibly large",)),
+        )
     value = rnd.choice(_HUGE)
     edit.set(i, column, value)
-    return Mutant("huge_number", base.kind, fmt, f"{column} row {_row(i)} = {value[:30]!r}", edit.to_bytes(fmt),
-                  Expect(False, _row(i), column, ("implausibly large",)))
+    return Mutant(
+        "huge_number",
+        base.kind,
+        fmt,
+        f"{column} row {_row(i)} = {value[:30]!r}",
+        edit.to_bytes(fmt),
+        Expect(False, _row(i), column, ("implausibly large",)),
+    )
 
 
 _NEGATIVE = ("-1", "-100", "-0.5", "-1e30", str(-(2**70)), "-inf", "-99999999999999999999", " -3 ")
@@ -303,12 +380,24 @@ def negative_count(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         values = [int(v) for v in edit.base.table.column(column).to_pylist()]
         values[i] = -rnd.randint(1, 2**63 - 1)
         edit.typed[column] = pa.array(values, pa.int64())
-        return Mutant("negative_count", base.kind, fmt, f"{column} row {_row(i)} = {values[i]} as int64", edit.to_bytes(fmt),
-                      Expect(False, _row(i), column, ("negative",)))
+        return Mutant(
+            "negative_count",
+            base.kind,
+            fmt,
+            f"{column} row {_row(i)} = {values[i]} as int64",
+            edit.to_bytes(fmt),
+            Expect(False, _row(i), column, ("negative",)),
+        )
     value = rnd.choice(_NEGATIVE)
     edit.set(i, column, value)
-    return Mutant("negative_count", base.kind, fmt, f"{column} row {_row(i)} = {value!r}", edit.to_bytes(fmt),
-                  Expect(False, _row(i), column, ("negative",)))
+    return Mutant(
+        "negative_count",
+        base.kind,
+        fmt,
+        f"{column} row {_row(i)} = {value!r}",
+        edit.to_bytes(fmt),
+        Expect(False, _row(i), column, ("negative",)),
+    )
 
 
 def duplicate_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -325,7 +414,9 @@ def duplicate_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         expect = Expect(False, _row(j), c.DATE, ("duplicate (date, unit)", f"first at row {_row(i)}"))
     else:
         expect = Expect(False, _row(j), c.ENCOUNTER_ID, (f"first at row {_row(i)}",))
-    return Mutant("duplicate_rows", base.kind, fmt, f"row {_row(i)} repeated as row {_row(j)}", edit.to_bytes(fmt), expect)
+    return Mutant(
+        "duplicate_rows", base.kind, fmt, f"row {_row(i)} repeated as row {_row(j)}", edit.to_bytes(fmt), expect
+    )
 
 
 def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -336,18 +427,19 @@ def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     dates = sorted({row[date_at] for row in edit.rows})
     across = rnd.random() < 0.5
     if across:  # this unit weekly, the others daily
-        kept = set(dates[rnd.randrange(7)::7])
+        kept = set(dates[rnd.randrange(7) :: 7])
         keyword = f"unit {unit} is weekly while other units are daily"
     else:  # daily for two weeks, then weekly
         start = rnd.randrange(2, 14)
-        kept = set(dates[:start]) | set(dates[start + 6::7])
+        kept = set(dates[:start]) | set(dates[start + 6 :: 7])
         keyword = f"unit {unit} mixes daily and weekly rows"
     keep = [k for k, row in enumerate(edit.rows) if row[unit_at] != unit or row[date_at] in kept]
     edit.rows = [edit.rows[k] for k in keep]
     edit.source = [edit.source[k] for k in keep]
     how = "weekly unit among daily ones" if across else "daily then weekly"
-    return Mutant("mixed_frequency", base.kind, fmt, f"{unit}: {how}", edit.to_bytes(fmt),
-                  Expect(False, None, c.DATE, (keyword,)))
+    return Mutant(
+        "mixed_frequency", base.kind, fmt, f"{unit}: {how}", edit.to_bytes(fmt), Expect(False, None, c.DATE, (keyword,))
+    )
 
 
 def binary_garbage(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -376,8 +468,14 @@ def binary_garbage(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     return Mutant("binary_garbage", base.kind, fmt, f"{choice} ({len(data)} bytes)", data, Expect(False))
 
 
-_FOREIGN_NAMES = (("Réanimation", "latin-1"), ("Säuglinge", "latin-1"), ("Ward–3", "cp1252"), ("Ärzte", "cp1252"),
-                  ("Intensiv-Süd", "cp1252"), ("ICU ±", "latin-1"))
+_FOREIGN_NAMES = (
+    ("Réanimation", "latin-1"),
+    ("Säuglinge", "latin-1"),
+    ("Ward–3", "cp1252"),
+    ("Ärzte", "cp1252"),
+    ("Intensiv-Süd", "cp1252"),
+    ("ICU ±", "latin-1"),
+)
 
 
 def wrong_encoding(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -387,15 +485,23 @@ def wrong_encoding(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     if whole:
         codec = rnd.choice(["utf-16", "utf-16-le", "utf-16-be"])
         data = base.csv.decode("utf-8").encode(codec)
-        return Mutant("wrong_encoding", base.kind, fmt, f"whole file as {codec}", data, Expect(False, keywords=("UTF-16",)))
+        return Mutant(
+            "wrong_encoding", base.kind, fmt, f"whole file as {codec}", data, Expect(False, keywords=("UTF-16",))
+        )
     name, codec = rnd.choice(_FOREIGN_NAMES)
     column = c.UNIT if base.kind == "daily" else rnd.choice([c.UNIT, c.PATIENT_ID])
     i = _pick_row(edit, rnd)
     marker = "\x01MARK\x01"
     edit.set(i, column, marker)
     data = edit.to_bytes("csv").replace(marker.encode(), name.encode(codec))
-    return Mutant("wrong_encoding", base.kind, fmt, f"{column} row {_row(i)} = {name!r} in {codec}", data,
-                  Expect(False, _row(i), None, ("not UTF-8",)))
+    return Mutant(
+        "wrong_encoding",
+        base.kind,
+        fmt,
+        f"{column} row {_row(i)} = {name!r} in {codec}",
+        data,
+        Expect(False, _row(i), None, ("not UTF-8",)),
+    )
 
 
 def empty(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -420,7 +526,9 @@ def empty(base: Base, fmt: str, rnd: random.Random) -> Mutant:
             "header+blank": header + b"\n\n\n   \n",
             "header+commas": header + b"\n" + b"," * (len(base.header) - 1) + b"\n",
         }[choice]
-    return Mutant("empty", base.kind, fmt, choice, data, Expect(False, keywords=("empty", "no records", "no count column")))
+    return Mutant(
+        "empty", base.kind, fmt, choice, data, Expect(False, keywords=("empty", "no records", "no count column"))
+    )
 
 
 def missing_column(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -445,8 +553,14 @@ def duplicate_column(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     name = edit.header[target]
     spelled = rnd.choice([name, f" {name}", f"{name} "])
     edit.header[renamed] = spelled  # Parquet: an exact repeat copies the column, a spaced one holds text
-    return Mutant("duplicate_column", base.kind, fmt, f"column {renamed + 1} renamed {spelled!r}", edit.to_bytes(fmt),
-                  Expect(False, 1, name, ("appears more than once",)))
+    return Mutant(
+        "duplicate_column",
+        base.kind,
+        fmt,
+        f"column {renamed + 1} renamed {spelled!r}",
+        edit.to_bytes(fmt),
+        Expect(False, 1, name, ("appears more than once",)),
+    )
 
 
 def discharge_before_admit(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -457,8 +571,14 @@ def discharge_before_admit(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     minutes = rnd.randint(1, 3 * 24 * 60)
     discharge = admit - timedelta(minutes=minutes)
     edit.set(i, c.DISCHARGE_TIME, f"{discharge:%Y-%m-%d %H:%M:%S}")
-    return Mutant("discharge_before_admit", base.kind, fmt, f"row {_row(i)} discharged {minutes} min before admission",
-                  edit.to_bytes(fmt), Expect(False, _row(i), c.DISCHARGE_TIME, ("before admission",)))
+    return Mutant(
+        "discharge_before_admit",
+        base.kind,
+        fmt,
+        f"row {_row(i)} discharged {minutes} min before admission",
+        edit.to_bytes(fmt),
+        Expect(False, _row(i), c.DISCHARGE_TIME, ("before admission",)),
+    )
 
 
 def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -469,16 +589,28 @@ def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
         edit.rows[i].insert(rnd.randrange(len(edit.rows[i]) + 1), "x")
     else:
         del edit.rows[i][rnd.randrange(len(edit.rows[i]))]
-    return Mutant("ragged_rows", base.kind, fmt, f"row {_row(i)} has {len(edit.rows[i])} fields", edit.to_bytes("csv"),
-                  Expect(False, _row(i), None, ("fields; expected",)))
+    return Mutant(
+        "ragged_rows",
+        base.kind,
+        fmt,
+        f"row {_row(i)} has {len(edit.rows[i])} fields",
+        edit.to_bytes("csv"),
+        Expect(False, _row(i), None, ("fields; expected",)),
+    )
 
 
 def parquet_types(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     """A required Parquet column of a type that is no plain value: list, struct, non-UTF-8 binary, null, time of day, unknown time zone."""
     edit = _Edit.of(base)
-    required = [c.DATE, c.UNIT, *c.COUNT_COLUMNS] if base.kind == "daily" else [c.ENCOUNTER_ID, c.PATIENT_ID, c.UNIT, c.ADMIT_TIME]
+    required = (
+        [c.DATE, c.UNIT, *c.COUNT_COLUMNS]
+        if base.kind == "daily"
+        else [c.ENCOUNTER_ID, c.PATIENT_ID, c.UNIT, c.ADMIT_TIME]
+    )
     column = rnd.choice(required)
-    kinds = ["list", "struct", "binary", "null", "unknown-zone"] + (["time"] if column != c.UNIT and base.kind == "daily" else [])
+    kinds = ["list", "struct", "binary", "null", "unknown-zone"] + (
+        ["time"] if column != c.UNIT and base.kind == "daily" else []
+    )
     kind = rnd.choice(kinds)
     n = len(edit.rows)
     text = [edit.get(i, column) for i in range(n)]
@@ -492,8 +624,14 @@ def parquet_types(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     }
     edit.typed[column] = arrays[kind]()
     keywords = {"null": ("empty",), "time": ("not a valid date", "not a number"), "unknown-zone": ("not a known zone",)}
-    return Mutant("parquet_types", base.kind, fmt, f"{column} as {kind}", edit.to_bytes(fmt),
-                  Expect(False, None, column, keywords.get(kind, ("cannot be read as text",))))
+    return Mutant(
+        "parquet_types",
+        base.kind,
+        fmt,
+        f"{column} as {kind}",
+        edit.to_bytes(fmt),
+        Expect(False, None, column, keywords.get(kind, ("cannot be read as text",))),
+    )
 
 
 def parquet_byte_flip(base: Base, fmt: str, rnd: random.Random) -> Mutant:
@@ -503,7 +641,9 @@ def parquet_byte_flip(base: Base, fmt: str, rnd: random.Random) -> Mutant:
     for p in positions:
         data[p] ^= rnd.randint(1, 255)
     flipped = bytes(data)
-    return Mutant("parquet_byte_flip", base.kind, fmt, f"flipped bytes at {positions}", flipped, flip_oracle(base, flipped))
+    return Mutant(
+        "parquet_byte_flip", base.kind, fmt, f"flipped bytes at {positions}", flipped, flip_oracle(base, flipped)
+    )
 
 
 def flip_oracle(base: Base, data: bytes) -> Expect:

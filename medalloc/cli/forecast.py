@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 
 
 def _summary(frame: pd.DataFrame, levels: tuple[float, ...]) -> Table:
-    from medalloc_core.allocation.forecast_io import Q, TARGET, VALUE
+    from medalloc_core.allocation.forecast_io import TARGET, VALUE, Q
 
     lo, hi = levels[0], levels[-1]
     mid = min(levels, key=lambda q: abs(q - 0.5))
@@ -32,16 +32,32 @@ def _summary(frame: pd.DataFrame, levels: tuple[float, ...]) -> Table:
         table.add_column(name, justify="left" if name in ("unit", "target") else "right")
     for (unit, target), g in frame.groupby([UNIT, TARGET], sort=True):
         means = g.groupby(Q)[VALUE].mean()
-        table.add_row(str(unit), str(target), str(g[DATE].min().date()), str(g[DATE].max().date()),
-                      f"{means[lo]:.1f}", f"{means[mid]:.1f}", f"{means[hi]:.1f}")
+        table.add_row(
+            str(unit),
+            str(target),
+            str(g[DATE].min().date()),
+            str(g[DATE].max().date()),
+            f"{means[lo]:.1f}",
+            f"{means[mid]:.1f}",
+            f"{means[hi]:.1f}",
+        )
     return table
 
 
 def forecast(
-    model: Path = typer.Option(..., "--model", "-m", help="The shared model: final_model.safetensors, a results folder or a checkpoint (file or folder)."),
-    data: Path = typer.Option(..., "--data", "-d", help="This hospital's records (daily/weekly unit records or encounters; CSV or Parquet)."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="The shared model: final_model.safetensors, a results folder or a checkpoint (file or folder).",
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="This hospital's records (daily/weekly unit records or encounters; CSV or Parquet)."
+    ),
     out: Path = typer.Option(Path("forecast"), "--out", "-o", help="Folder for forecast.csv and forecast.png."),
-    hospital: str | None = typer.Option(None, "--hospital", help="Name in the hospital column (default: the data file's name without extension)."),
+    hospital: str | None = typer.Option(
+        None, "--hospital", help="Name in the hospital column (default: the data file's name without extension)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing forecast.csv / forecast.png in --out."),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends (forecast.csv + forecast.png)."""

@@ -13,6 +13,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from medalloc_core.rounds import RoundRecord
+
 
 def _fail(console: Console, message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -34,8 +36,14 @@ def _results_table(summary: dict[str, Any]) -> Table:
     for method, result in summary["methods"].items():
         m = result["overall"]["volume_weighted"]
         eps = privacy.get(method)
-        table.add_row(method, _fmt(m["mae"], ".2f"), _fmt(m["wape"]), _fmt(m["pinball"], ".2f"), _fmt(m["coverage"], ".2f"),
-                      _fmt(eps, ".2f") if method in privacy else "no DP" if method in ("local only", "centralized") else "-")
+        table.add_row(
+            method,
+            _fmt(m["mae"], ".2f"),
+            _fmt(m["wape"]),
+            _fmt(m["pinball"], ".2f"),
+            _fmt(m["coverage"], ".2f"),
+            _fmt(eps, ".2f") if method in privacy else "no DP" if method in ("local only", "centralized") else "-",
+        )
     table.caption = f"epsilon at delta={fed['delta']:g}; each node's budget {fed['epsilon_budget']:g}. Lower MAE/WAPE/pinball is better."
     return table
 
@@ -49,7 +57,9 @@ class _RichProgress:
 
     def phase(self, name: str, total: int | None = None) -> None:
         if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 1, total=self.progress.tasks[-1].total or 1)
+            self.progress.update(
+                self.task, completed=self.progress.tasks[-1].total or 1, total=self.progress.tasks[-1].total or 1
+            )
         self.task = self.progress.add_task(name, total=total)
 
     def advance(self, description: str | None = None) -> None:
@@ -57,28 +67,34 @@ class _RichProgress:
         if description:
             self.progress.update(self.task, description=description)
 
-    def round(self, record: dict[str, Any]) -> None:
-        r = record["round"]
+    def round(self, record: RoundRecord) -> None:
+        r = record.round
         if r == 0:
-            ev = record.get("evaluate", {})
-            self.progress.update(self.task, description=f"federation: initial model, test MAE {_fmt(ev.get('eval-mae'), '.2f')}")
+            ev = record.evaluate
+            self.progress.update(
+                self.task, description=f"federation: initial model, test MAE {_fmt(ev.get('eval-mae'), '.2f')}"
+            )
             return
-        nodes = record.get("nodes", {})
-        ev, tr = record.get("evaluate", {}), record.get("train", {})
+        nodes = record.nodes
+        ev, tr = record.evaluate, record.train
         self.progress.update(
             self.task,
             advance=1,
             description=(
                 f"federation round {r}: {nodes.get('accepted', 0)}/{nodes.get('sampled', 0)} nodes, "
                 f"loss {_fmt(tr.get('train-loss'))}, test MAE {_fmt(ev.get('eval-mae'), '.2f')}, "
-                f"epsilon max {_fmt(record.get('epsilon-max'), '.2f')}"
+                f"epsilon max {_fmt(record.epsilon_max, '.2f')}"
             ),
         )
 
 
 def simulate(
-    config: Path | None = typer.Option(None, "--config", "-c", help="Scenario TOML; without it the embedded default scenario runs."),
-    out: Path = typer.Option(Path("results/default"), "--out", "-o", help="Results folder (must not exist unless --force)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Scenario TOML; without it the embedded default scenario runs."
+    ),
+    out: Path = typer.Option(
+        Path("results/default"), "--out", "-o", help="Results folder (must not exist unless --force)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing results folder of an earlier simulation."),
     show_default: bool = typer.Option(False, "--show-default", help="Print the embedded default scenario and exit."),
 ) -> None:
@@ -88,8 +104,9 @@ def simulate(
     """
     console = Console()
     # Flower and Ray are heavy: import them only when this command runs.
-    from simulations.runner import ResultsExist, run_scenario
-    from simulations.scenario import ScenarioError, default_scenario_text, load_scenario
+    from medalloc.simulations.logs import quiet_flower
+    from medalloc.simulations.runner import ResultsExist, run_scenario
+    from medalloc.simulations.scenario import ScenarioError, default_scenario_text, load_scenario
 
     if show_default:
         typer.echo(default_scenario_text(), nl=False)  # verbatim: rich would wrap long lines and break the TOML
@@ -104,9 +121,7 @@ def simulate(
     handler = RichHandler(console=console, show_path=False, markup=False)
     root = logging.getLogger()
     root.handlers = [handler]
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's own INFO/WARNING lines would drown the progress display
-    for h in logging.getLogger("flwr").handlers:
-        h.setLevel(logging.ERROR)
+    quiet_flower()  # Flower's own INFO lines would bury the display
     # The generated region has overflow days by design; the validator's per-file warnings about
     # them are for hospitals checking real data (`medalloc validate`), not for this display.
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
@@ -116,7 +131,13 @@ def simulate(
         highlight=False,
     )
     began = time.perf_counter()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console) as progress:
             summary = run_scenario(scenario, out, force=force, progress=_RichProgress(progress))

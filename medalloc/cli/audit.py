@@ -43,7 +43,12 @@ def _table(report: AuditReport) -> Table:
     )
     table.add_column("run", no_wrap=True)
     for name in (
-        "steps", "ledger ε", "canary AUC", f"TPR at {s.low_fpr:.0%} FPR", "real AUC", "v/r",
+        "steps",
+        "ledger ε",
+        "canary AUC",
+        f"TPR at {s.low_fpr:.0%} FPR",
+        "real AUC",
+        "v/r",
         f"ε lower bound ({1 - s.beta:.0%})",
     ):
         table.add_column(name, justify="right")
@@ -88,7 +93,9 @@ def _write_canaries(path: Path, report: AuditReport, included: list[bool]) -> No
     with path.open("x", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["canary", "included", "loss_no_dp", "loss_dp"])
-        for i, (inc, a, b) in enumerate(zip(included, report.no_dp.canary_losses, report.dp.canary_losses, strict=True)):
+        for i, (inc, a, b) in enumerate(
+            zip(included, report.no_dp.canary_losses, report.dp.canary_losses, strict=True)
+        ):
             writer.writerow([i, int(inc), f"{a:.6g}", f"{b:.6g}"])
 
 
@@ -118,8 +125,14 @@ def _write_figure(path: Path, report: AuditReport, included: list[bool]) -> None
 
 
 def audit(
-    quick: bool = typer.Option(False, "--quick", help="Smaller setting (600 canaries, ~10 s of CPU) instead of the default one (1500 canaries, ~25 s)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for audit.json, canaries.csv, canary-losses.png and the DP run's ledger."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Smaller setting (600 canaries, ~10 s of CPU) instead of the default one (1500 canaries, ~25 s).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Directory for audit.json, canaries.csv, canary-losses.png and the DP run's ledger."
+    ),
     seed: int | None = typer.Option(None, "--seed", "-s", help="Seed for data, canaries and training (default 0)."),
     # Defaults = medalloc_core.privacy.audit.DEFAULT_AUDIT_DP (checked by the tests).
     noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
@@ -133,7 +146,9 @@ def audit(
     """
     console = Console(stderr=True)
     if noise_multiplier <= 0:
-        _fail(console, f"--noise-multiplier must be > 0, got {noise_multiplier}; the non-private run is always included")
+        _fail(
+            console, f"--noise-multiplier must be > 0, got {noise_multiplier}; the non-private run is always included"
+        )
     if max_grad_norm <= 0:
         _fail(console, f"--max-grad-norm must be > 0, got {max_grad_norm}")
     if seed is not None and seed < 0:
@@ -150,11 +165,19 @@ def audit(
     setting = QUICK_SETTING if quick else FULL_SETTING
     if seed is not None:
         setting = replace(setting, seed=seed)
-    dp = DPConfig(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=DEFAULT_AUDIT_DP.delta, accountant=DEFAULT_AUDIT_DP.accountant)
+    dp = DPConfig(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        delta=DEFAULT_AUDIT_DP.delta,
+        accountant=DEFAULT_AUDIT_DP.accountant,
+    )
 
     with Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), TimeElapsedColumn(),
-        console=console, transient=True,
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task("starting", total=None)
 
@@ -179,7 +202,9 @@ def audit(
             handle.write(json.dumps(report.to_dict(), indent=2) + "\n")
         _write_canaries(out / CANARIES_NAME, report, included)
         _write_figure(out / FIGURE_NAME, report, included)
-        console.print(f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}", highlight=False)
+        console.print(
+            f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}", highlight=False
+        )
     if not (report.sound and report.powerful):
         raise typer.Exit(code=1)
 

@@ -1,6 +1,6 @@
 """Fuzz campaign: thousands of malformed files through the loaders and ``medalloc validate``, a table per mutation class.
 
-Run ``python -m simulations.fuzz_validate --files 1400 --seed 0``. Every file is a seeded
+Run ``python -m medalloc.fuzz --files 1400 --seed 0``. Every file is a seeded
 mutation of a valid generated daily or encounter file (CSV or Parquet); it passes when
 validate_file, load_unit_records and the CLI give a clear error naming the file (and the
 row/column the class has) with exit 2, or exit 0 where an oracle shows the mutation left
@@ -25,8 +25,8 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from simulations.fuzz.checks import Outcome, check, write_mutant
-from simulations.fuzz.mutations import MUTATIONS, mutate
+from .checks import Outcome, check, write_mutant
+from .mutations import MUTATIONS, mutate
 
 EXAMPLE_WIDTH = 100
 
@@ -55,8 +55,16 @@ def _table(results: list[tuple[Outcome, float, str]]) -> Table:
     for result in results:
         by_class[result[0].mutant.mutation].append(result)
     table = Table(title="medalloc validate under malformed input")
-    for name, justify in (("mutation class", "left"), ("tried", "right"), ("must fail", "right"), ("may pass", "right"),
-                          ("passed", "right"), ("failed", "right"), ("ms/file", "right"), ("example error (or failure)", "left")):
+    for name, justify in (
+        ("mutation class", "left"),
+        ("tried", "right"),
+        ("must fail", "right"),
+        ("may pass", "right"),
+        ("passed", "right"),
+        ("failed", "right"),
+        ("ms/file", "right"),
+        ("example error (or failure)", "left"),
+    ):
         last = name.startswith("example")
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis" if last else "fold")  # type: ignore[arg-type]
     for name in MUTATIONS:
@@ -77,8 +85,16 @@ def _table(results: list[tuple[Outcome, float, str]]) -> Table:
     passed = sum(o.passed for o, _, _ in results)
     must_fail = sum(o.mutant.expect.valid is False for o, _, _ in results)
     table.add_section()
-    table.add_row("all", str(len(results)), str(must_fail), str(len(results) - must_fail), str(passed),
-                  str(len(results) - passed), f"{statistics.median(s for _, s, _ in results) * 1000:.0f}", "")
+    table.add_row(
+        "all",
+        str(len(results)),
+        str(must_fail),
+        str(len(results) - must_fail),
+        str(passed),
+        str(len(results) - passed),
+        f"{statistics.median(s for _, s, _ in results) * 1000:.0f}",
+        "",
+    )
     return table
 
 
@@ -118,9 +134,13 @@ def main() -> None:
     failed = [o for o, _, _ in results if not o.passed]
     for outcome in failed[:30]:
         m = outcome.mutant
-        console.print(f"[red]FAILED[/red] {m.mutation} ({m.kind} {m.fmt}: {escape(m.detail)}): {escape('; '.join(outcome.failures))}")
-    console.print(f"tried {len(results)} files, passed {len(results) - len(failed)}, failed {len(failed)} "
-                  f"(seed {args.seed}, {elapsed:.0f} s)")
+        console.print(
+            f"[red]FAILED[/red] {m.mutation} ({m.kind} {m.fmt}: {escape(m.detail)}): {escape('; '.join(outcome.failures))}"
+        )
+    console.print(
+        f"tried {len(results)} files, passed {len(results) - len(failed)}, failed {len(failed)} "
+        f"(seed {args.seed}, {elapsed:.0f} s)"
+    )
     sys.exit(1 if failed else 0)
 
 

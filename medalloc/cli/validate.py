@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    paths: list[Path] = typer.Argument(..., help="Daily/weekly unit-records or encounter files, CSV or Parquet.", show_default=False),
+    paths: list[Path] = typer.Argument(
+        ..., help="Daily/weekly unit-records or encounter files, CSV or Parquet.", show_default=False
+    ),
 ) -> None:
     """Check hospital files against the data contract (docs/data.md); never modifies them.
 

@@ -1,0 +1,5 @@
+"""Allow ``python -m medalloc``."""
+
+from medalloc.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""Allow ``python -m medalloc.cli``."""
+
+from medalloc.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""The layers hold: the import graph of the source tree, read from the code itself (AST), obeys the architecture.
+
+medalloc_core (the library) imports no Flower and nothing above it; client/ and server/ (the
+two Flower apps) import each other never and the simulations/CLI never; simulations/ sits
+above both apps; the CLI (medalloc/cli) is on top. Inside client/, server/ and simulations/
+their own modules are imported relatively, because Flower loads the apps from the FAB as
+top-level ``client.app`` / ``server.app`` while the installed package names them
+``medalloc.client`` / ``medalloc.server``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Source folder -> the dotted names it is known by once installed.
+PACKAGES = {
+    "medalloc_core": "medalloc_core",
+    "client": "medalloc.client",
+    "server": "medalloc.server",
+    "simulations": "medalloc.simulations",
+    "medalloc": "medalloc",
+}
+# What each layer must never import (prefix match on the absolute module name).
+FORBIDDEN = {
+    "medalloc_core": ("flwr", "medalloc", "client", "server", "simulations", "ray"),
+    "client": ("medalloc.server", "medalloc.simulations", "medalloc.cli", "server", "simulations", "client"),
+    "server": ("medalloc.client", "medalloc.simulations", "medalloc.cli", "client", "simulations", "server"),
+    "simulations": ("medalloc.cli", "client", "server", "simulations"),
+    "medalloc": ("client", "server", "simulations"),
+}
+
+
+def _modules(folder: str) -> list[Path]:
+    root = REPO / folder
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in ``path``, relative ones resolved by installed names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    folder = REPO / path.relative_to(REPO).parts[0]
+    here = PACKAGES[folder.name].split(".") + list(path.relative_to(folder).parts[:-1])
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+    return found
+
+
+def _violations(folder: str) -> list[str]:
+    out = []
+    for path in _modules(folder):
+        for line, name in imports_of(path):
+            for banned in FORBIDDEN[folder]:
+                if name == banned or name.startswith(banned + "."):
+                    if folder in ("client", "server", "simulations") and name.startswith(PACKAGES[folder]):
+                        continue  # a relative import resolved to its own package
+                    out.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    return out
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_layer_imports_nothing_it_must_not(folder: str) -> None:
+    assert _violations(folder) == []
+
+
+def test_the_check_sees_a_violation() -> None:
+    # The checker itself must be able to fail: a core module importing flwr and a client module
+    # importing the server are both reported.
+    bad_core = REPO / "medalloc_core" / "_layer_probe_tmp.py"
+    bad_client = REPO / "client" / "_layer_probe_tmp.py"
+    try:
+        bad_core.write_text("import flwr.app\nfrom medalloc.simulations import runner\n")
+        bad_client.write_text("from medalloc.server.app import run_federation\nfrom client.task import x\n")
+        assert [v.split(" imports ")[1] for v in _violations("medalloc_core")] == ["flwr.app", "medalloc.simulations"]
+        assert [v.split(" imports ")[1] for v in _violations("client")] == ["medalloc.server.app", "client.task"]
+    finally:
+        bad_core.unlink(missing_ok=True)
+        bad_client.unlink(missing_ok=True)
+
+
+def test_relative_imports_resolve_inside_their_package() -> None:
+    names = {name for _, name in imports_of(REPO / "client" / "app.py")}
+    assert "medalloc.client.config" in names and "medalloc.client.task" in names
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_graph(folder: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``folder`` it imports at module level (function-local imports excluded)."""
+    modules = {_module_name(p): p for p in _modules(folder)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                candidates = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in modules and c != name}
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_library_has_no_import_cycles() -> None:
+    graph = _top_level_graph("medalloc_core")
+    # Package __init__ modules re-export their children; a child importing its own package's
+    # __init__ is Python's normal package import, not a design cycle.
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # the check can fail
