@@ -176,7 +176,8 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
             logger.warning("%s: %s", node.hospital_id, exc)
             raise _Refused(
                 Refusal.PRIVACY_BUDGET_EXCEEDED,
-                f"this round would take the node's epsilon to {exc.projected_epsilon:.3f}, above its budget {exc.epsilon_budget:g}",
+                f"this round would take the node's epsilon to {exc.projected_epsilon:.3f}, "
+                f"above its budget {exc.epsilon_budget:g}",
             ) from exc
         except LedgerError as exc:
             logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)

@@ -7,7 +7,7 @@ generator and the forecaster agree on one vocabulary (see docs/data.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +34,7 @@ RecordShape = Literal["daily", "encounters"]
 Severity = Literal["error", "warning"]
 
 
-class Frequency(str, Enum):
+class Frequency(StrEnum):
     """Sampling frequency of unit records; weekly means one row per ISO week (dated its Monday)."""
 
     DAILY = "daily"

@@ -445,7 +445,8 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
 
 
 def federation_window_spec(*, history: int, horizon: int, targets: tuple[str, ...]) -> WindowSpec:
-    """The federation's input windows: daily data, the default calendar covariates, held-out periods sized to the horizon.
+    """The federation's input windows: daily data, the default calendar covariates, held-out
+    periods sized to the horizon.
 
     Validation and test each hold ``max(horizon, 28)`` days, so a 730-day hospital keeps
     most of its history for training while the test split still spans several forecasts.

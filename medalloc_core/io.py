@@ -143,7 +143,8 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
             [
                 Problem(
                     name,
-                    "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; expected a CSV or Parquet file",
+                    "is UTF-16 text without a byte-order mark, not UTF-8: re-export as 'CSV UTF-8'; "
+                    "expected a CSV or Parquet file",
                 )
             ]
         )
@@ -151,7 +152,10 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
     # means binary data or a corrupt export (and would otherwise end up inside a value).
     offset = data.find(b"\x00")
     if offset >= 0:
-        message = f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; expected UTF-8 CSV text or Parquet"
+        message = (
+            f"looks like binary data (byte 0x00 at offset {offset}), not CSV or Parquet; "
+            "expected UTF-8 CSV text or Parquet"
+        )
         raise DataContractError([Problem(name, message, row=_text_row(data, offset))])
     try:
         text = data.decode("utf-8-sig")
@@ -186,7 +190,8 @@ def _repeated_problems(name: str, repeated: list[str]) -> list[Problem]:
 
 
 def _text_row(data: bytes, offset: int) -> int | None:
-    """The row holding ``offset`` when everything before it is UTF-8 text; None for binary data, where rows mean nothing."""
+    """The row holding ``offset`` when everything before it is UTF-8 text; None for binary data,
+    where rows mean nothing."""
     try:
         data[:offset].decode("utf-8")
     except UnicodeDecodeError:

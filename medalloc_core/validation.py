@@ -391,7 +391,8 @@ def _infer_frequency(keyed: pd.DataFrame, findings: _Findings) -> Frequency:
         for unit in minority[minority].index[:PROBLEMS_PER_CHECK]:
             label = ordered.index[ordered[UNIT].eq(unit).to_numpy()][1]
             findings.add(
-                f"unit {unit} is {kind} while other units are {other}; expected one frequency (daily or weekly) per file",
+                f"unit {unit} is {kind} while other units are {other}; "
+                "expected one frequency (daily or weekly) per file",
                 row=int(label) + ROW_OFFSET,
                 column=DATE,
             )
@@ -521,7 +522,8 @@ def _warn_overlapping_stays(stays: pd.DataFrame, findings: _Findings) -> None:
     label = overlap.index[overlap.to_numpy()][0]
     findings.add(
         f"{int(overlap.sum())} stay(s) start while the same patient's previous stay is still open; first here "
-        f"(patient {_show(ordered.at[label, PATIENT_ID])}); both are counted in the census until the first is discharged",
+        f"(patient {_show(ordered.at[label, PATIENT_ID])}); "
+        "both are counted in the census until the first is discharged",
         row=int(label) + ROW_OFFSET,
         column=ADMIT_TIME,
         severity="warning",

@@ -144,7 +144,8 @@ def run_federation(
             if checkpoint.strategy != config.strategy or checkpoint.model_config != mconfig:
                 raise RunConfigError(
                     f"the checkpoint of round {checkpoint.round} was made with strategy '{checkpoint.strategy}' and "
-                    f"model {checkpoint.model_config.to_dict()}; this run asks for '{config.strategy}' and {mconfig.to_dict()}"
+                    f"model {checkpoint.model_config.to_dict()}; "
+                    f"this run asks for '{config.strategy}' and {mconfig.to_dict()}"
                 )
             arrays = checkpoint.arrays
             start = checkpoint.round + 1

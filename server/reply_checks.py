@@ -308,7 +308,8 @@ class ReplyFilter(Strategy):
             # Flower reads every reply's records under the *first* reply's record name: one node
             # naming its record differently would make it reject the whole round's aggregation.
             return (
-                f"MetricRecord is named '{_untrusted(next(iter(content.metric_records)))}', expected '{protocol.METRICS}'",
+                f"MetricRecord is named '{_untrusted(next(iter(content.metric_records)))}', "
+                f"expected '{protocol.METRICS}'",
                 None,
             )
         required = protocol.TRAIN_METRIC_KEYS if train else protocol.EVAL_METRIC_KEYS

@@ -115,7 +115,8 @@ def local_only_dp(
 def centralized(
     config: ForecasterConfig, hospitals: Mapping[str, LocalData], *, epochs: int, batch_size: int, lr: float, seed: int
 ) -> torch.nn.Module:
-    """One model on every hospital's training windows pooled (each scaled by its own scaler): the no-privacy upper bound."""
+    """One model on every hospital's training windows pooled (each scaled by its own scaler):
+    the no-privacy upper bound."""
     pooled = WindowSet(
         torch.cat([d.dataset.train.X for d in hospitals.values()]),
         torch.cat([d.dataset.train.y for d in hospitals.values()]),

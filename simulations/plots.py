@@ -18,7 +18,8 @@ from medalloc_core.rounds import RoundRecord
 def forecast_plot(
     path: Path, hospital: str, dataset: HospitalDataset, y: np.ndarray, q: np.ndarray, quantiles: Sequence[float]
 ) -> None:
-    """For each target, the busiest unit's test period: actuals and back-to-back H-day forecasts with their P10-P90 band."""
+    """For each target, the busiest unit's test period: actuals and back-to-back H-day forecasts
+    with their P10-P90 band."""
     test = dataset.test
     H = y.shape[1]
     levels = list(quantiles)

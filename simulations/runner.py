@@ -80,7 +80,8 @@ def simulate_federation(
     client_cpus: float = 1.0,
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> None:
-    """Run the project's ServerApp and ClientApp on Flower's Simulation Engine (Ray backend), one virtual node per hospital."""
+    """Run the project's ServerApp and ClientApp on Flower's Simulation Engine (Ray backend),
+    one virtual node per hospital."""
     from flwr.simulation import run_simulation
 
     # No accelerators are used; this opts in to Ray's future behaviour and silences its warning about it.

@@ -11,7 +11,8 @@ from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, F
 
 
 def unit_frame(unit: str, days: int, base: float, *, seed: int, start: str = "2023-01-01") -> pd.DataFrame:
-    """Seasonal Poisson admissions; discharges Binomial(census, 0.2); census_t = census_{t-1} + adm_t - dis_t exactly."""
+    """Seasonal Poisson admissions; discharges Binomial(census, 0.2);
+    census_t = census_{t-1} + adm_t - dis_t exactly."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=days, freq="D")
     t = np.arange(days)

@@ -108,8 +108,8 @@ def test_quiet_convergence_only_silences_convergence_warnings() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with _quiet_convergence():
-            warnings.warn("optimizer stopped", ConvergenceWarning)
-            warnings.warn("something else", UserWarning)
+            warnings.warn("optimizer stopped", ConvergenceWarning, stacklevel=1)
+            warnings.warn("something else", UserWarning, stacklevel=1)
     assert [w.category for w in caught] == [UserWarning]
 
 

@@ -1,4 +1,5 @@
-"""ClientApp: node-owned config, the node's caps over the coordinator's proposal, the ledger's last word, clean refusals."""
+"""ClientApp: node-owned config, the node's caps over the coordinator's proposal, the ledger's last word,
+clean refusals."""
 
 from __future__ import annotations
 

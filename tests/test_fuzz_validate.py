@@ -1,4 +1,5 @@
-"""Fuzz the loaders and ``medalloc validate`` with generated malformed files: a clear error, exit 2, no traceback, file untouched."""
+"""Fuzz the loaders and ``medalloc validate`` with generated malformed files: a clear error, exit 2,
+no traceback, file untouched."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ MAY_PASS_SHARE = {"parquet_byte_flip": 0.5}
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_mutation_class_fails_cleanly_and_leaves_the_file_untouched(mutation: str) -> None:
-    """PER_CLASS seeded mutants of valid daily/encounter CSV and Parquet files through validate_file, load_unit_records and the CLI."""
+    """PER_CLASS seeded mutants of valid daily/encounter CSV and Parquet files through validate_file,
+    load_unit_records and the CLI."""
     tried = 0
     failed: list[str] = []
     may_pass = 0

@@ -166,5 +166,6 @@ def test_a_repeated_header_name_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "h.csv"
     path.write_text("date,unit,census,census\n2024-01-01,ICU,2,3\n")
     assert errors_of(path) == [
-        f"error: {path}, row 1, column 'census': column 'census' appears more than once in the header; expected unique column names"
+        f"error: {path}, row 1, column 'census': column 'census' appears more than once in the header; "
+        "expected unique column names"
     ]

@@ -113,8 +113,9 @@ def test_every_attack_kind_changes_what_is_sent():
             continue
         sent = corrupt_arrays(HONEST, BASE, Attack(kind))
         same = sent.keys() == HONEST.keys() and all(
-            sent[k].shape == HONEST[k].shape and sent[k].dtype == HONEST[k].dtype and np.array_equal(sent[k], HONEST[k]) for k in HONEST
-        )  # fmt: skip
+            sent[k].shape == HONEST[k].shape and sent[k].dtype == HONEST[k].dtype and np.array_equal(sent[k], HONEST[k])
+            for k in HONEST
+        )
         assert not same, kind
 
 

@@ -6,6 +6,7 @@ import ast
 import hashlib
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 
@@ -39,7 +40,7 @@ class _Payload:
 def _malicious_pickle(path: Path, marker: Path) -> bytes:
     torch.save({"weight": _Payload(marker)}, path)
     data = path.read_bytes()
-    with pytest.raises(Exception):  # sanity: our own safe loader refuses it too...
+    with pytest.raises(pickle.UnpicklingError):  # sanity: our own safe loader refuses it too...
         torch.load(path, weights_only=True)
     assert not marker.exists()
     return data
@@ -146,7 +147,7 @@ def leak_patterns(frame: pd.DataFrame, run: int = 7) -> list[re.Pattern[str]]:
         values = [str(getattr(row, c)) for c in counts]
         patterns.append(re.compile(re.escape(",".join([str(row.date), str(row.unit), *values]))))
         patterns.append(re.compile(r"\s+".join([re.escape(str(row.unit)), *map(re.escape, values)])))
-    for unit, series in frame.groupby("unit"):
+    for _unit, series in frame.groupby("unit"):
         census = series["census"].astype(str).tolist()
         for start in range(0, len(census) - run, run):
             chunk = census[start : start + run]

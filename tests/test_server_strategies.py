@@ -1,4 +1,5 @@
-"""Strategy registry and run config: every registered strategy builds and aggregates checked replies; client-level DP adds calibrated noise."""
+"""Strategy registry and run config: every registered strategy builds and aggregates checked replies;
+client-level DP adds calibrated noise."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def forecast(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing forecast.csv / forecast.png in --out."),
 ) -> None:
-    """Quantile forecasts per unit, day and target for the periods after your data ends (forecast.csv + forecast.png)."""
+    """Quantile forecasts per unit, day and target for the periods after your data ends
+    (forecast.csv + forecast.png)."""
     from medalloc_core.allocation.forecast_io import write_forecast
     from medalloc_core.forecast_plot import plot_forecast
     from medalloc_core.forecasting import ModelDataMismatch, forecast_records
@@ -98,4 +99,6 @@ def forecast(
 
 def register(app: typer.Typer) -> None:
     """Add `forecast` to the medalloc app."""
-    app.command("forecast")(forecast)
+    # The docstring wraps its one-sentence summary; typer's rich command list would keep that
+    # line break, so it gets the sentence on one line.
+    app.command("forecast", help=" ".join((forecast.__doc__ or "").split()))(forecast)

@@ -66,7 +66,8 @@ def share(
             node = PrivacyLedger.open(ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-5)
         if delta is not None and delta != node.delta:
             raise ValueError(
-                f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; epsilons at different deltas do not compose"
+                f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; "
+                "epsilons at different deltas do not compose"
             )
         first, last = frame["date"].min().date(), frame["date"].max().date()
         result = share_with_ledger(
@@ -91,7 +92,8 @@ def share(
     _out.print(
         f"shared {result.n_values} numbers with Gaussian noise σ={result.sigma:.2f} beds each "
         f"(noise multiplier {result.noise_multiplier:.4g} at sample rate 1, one step).\n"
-        f"this release: ε={result.epsilon_release:.3f} at δ={node.delta:g}; node total now ε={result.epsilon_node_after:.3f} "
+        f"this release: ε={result.epsilon_release:.3f} at δ={node.delta:g}; "
+        f"node total now ε={result.epsilon_node_after:.3f} "
         f"of {node.epsilon_budget:g} (see `medalloc privacy --ledger {ledger}`).\nwrote {out}",
         highlight=False,
     )

@@ -44,7 +44,10 @@ def _results_table(summary: dict[str, Any]) -> Table:
             _fmt(m["coverage"], ".2f"),
             _fmt(eps, ".2f") if method in privacy else "no DP" if method in ("local only", "centralized") else "-",
         )
-    table.caption = f"epsilon at delta={fed['delta']:g}; each node's budget {fed['epsilon_budget']:g}. Lower MAE/WAPE/pinball is better."
+    table.caption = (
+        f"epsilon at delta={fed['delta']:g}; each node's budget {fed['epsilon_budget']:g}. "
+        "Lower MAE/WAPE/pinball is better."
+    )
     return table
 
 
@@ -127,7 +130,8 @@ def simulate(
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     console.print(
         f"[bold]MedAlloc simulation[/] '{scenario.name}' ({scenario.source}): {scenario.hospitals} hospitals, "
-        f"{scenario.federation.get('num-server-rounds', 5)} rounds of {scenario.federation.get('strategy', 'fedavg')} -> {out}",
+        f"{scenario.federation.get('num-server-rounds', 5)} rounds of "
+        f"{scenario.federation.get('strategy', 'fedavg')} -> {out}",
         highlight=False,
     )
     began = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Fuzz campaign: thousands of malformed files through the loaders and ``medalloc validate``, a table per mutation class.
+"""Fuzz campaign: thousands of malformed files through the loaders and ``medalloc validate``,
+a table per mutation class.
 
 Run ``python -m medalloc.fuzz --files 1400 --seed 0``. Every file is a seeded
 mutation of a valid generated daily or encounter file (CSV or Parquet); it passes when
@@ -115,7 +116,7 @@ def _base_table(results: list[tuple[Outcome, float, str]]) -> Table:
 
 def main() -> None:
     """Run the campaign and print the per-class table, the per-base table and every failure."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--files", type=int, default=1400, help="files to generate and check (default 1400)")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed; same seed, same files (default 0)")
     args = parser.parse_args()
@@ -135,7 +136,8 @@ def main() -> None:
     for outcome in failed[:30]:
         m = outcome.mutant
         console.print(
-            f"[red]FAILED[/red] {m.mutation} ({m.kind} {m.fmt}: {escape(m.detail)}): {escape('; '.join(outcome.failures))}"
+            f"[red]FAILED[/red] {m.mutation} ({m.kind} {m.fmt}: {escape(m.detail)}): "
+            f"{escape('; '.join(outcome.failures))}"
         )
     console.print(
         f"tried {len(results)} files, passed {len(results) - len(failed)}, failed {len(failed)} "

@@ -64,7 +64,8 @@ def check(mutant: Mutant, path: Path) -> Outcome:
 
 
 def check_subprocess(paths: list[Path], expected_exit: int = EXIT_INVALID, timeout: float = 120) -> list[str]:
-    """``python -m medalloc.cli validate PATHS`` in a real process: no traceback, the expected exit, an error per file."""
+    """``python -m medalloc.cli validate PATHS`` in a real process: no traceback, the expected exit,
+    an error per file."""
     result = subprocess.run(
         [sys.executable, "-m", "medalloc.cli", "validate", *map(str, paths)],
         capture_output=True,

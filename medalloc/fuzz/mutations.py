@@ -184,7 +184,10 @@ def truncated(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def truncation_oracle(base: Base, data: bytes) -> Expect:
-    """Is a prefix of a valid CSV still valid? Only when it ends at a record boundary or inside a last field that stays valid."""
+    """Is a prefix of a valid CSV still valid?
+
+    Only when it ends at a record boundary or inside a last field that stays valid.
+    """
     if not data.strip():
         return Expect(False, keywords=("empty",))
     lines = data.split(b"\n")
@@ -443,7 +446,8 @@ def mixed_frequency(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def binary_garbage(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """Random bytes (bare, after a PAR1 header, between PAR1 header and footer), the file zipped/gzipped, or a CSV with a NUL byte."""
+    """Random bytes (bare, after a PAR1 header, between PAR1 header and footer), the file
+    zipped/gzipped, or a CSV with a NUL byte."""
     choice = rnd.choice(["random", "par1-head", "par1-both", "gzip", "zip", "nul-in-text"])
     size = rnd.randint(1, 4096)
     noise = rnd.randbytes(size)
@@ -479,7 +483,8 @@ _FOREIGN_NAMES = (
 
 
 def wrong_encoding(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """A unit (or patient) name in latin-1/cp1252 bytes, or the whole file in UTF-16 with or without BOM (CSV only: Parquet strings are UTF-8 by definition)."""
+    """A unit (or patient) name in latin-1/cp1252 bytes, or the whole file in UTF-16 with or
+    without BOM (CSV only: Parquet strings are UTF-8 by definition)."""
     edit = _Edit.of(base)
     whole = rnd.random() < 0.3
     if whole:
@@ -600,7 +605,8 @@ def ragged_rows(base: Base, fmt: str, rnd: random.Random) -> Mutant:
 
 
 def parquet_types(base: Base, fmt: str, rnd: random.Random) -> Mutant:
-    """A required Parquet column of a type that is no plain value: list, struct, non-UTF-8 binary, null, time of day, unknown time zone."""
+    """A required Parquet column of a type that is no plain value: list, struct, non-UTF-8
+    binary, null, time of day, unknown time zone."""
     edit = _Edit.of(base)
     required = (
         [c.DATE, c.UNIT, *c.COUNT_COLUMNS]
@@ -693,7 +699,8 @@ MUTATIONS: dict[str, tuple[Mutator, tuple[str, ...], tuple[str, ...]]] = {
 
 
 def mutate(mutation: str, rnd: random.Random) -> Mutant:
-    """Apply one mutation class to a base (daily or encounters, CSV or Parquet, as the class allows) that ``rnd`` picks."""
+    """Apply one mutation class to a base (daily or encounters, CSV or Parquet, as the class
+    allows) that ``rnd`` picks."""
     mutator, kinds, formats = MUTATIONS[mutation]
     kind, fmt = rnd.choice(kinds), rnd.choice(formats)
     return mutator(bases()[kind], fmt, rnd)

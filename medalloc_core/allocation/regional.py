@@ -256,7 +256,8 @@ def _validate_inputs(
     dates_parsed = pd.to_datetime(shared[DATE], errors="coerce")
     if dates_parsed.isna().any():
         raise ValueError(
-            f"unparsable date '{shared[DATE].iloc[int(dates_parsed.isna().to_numpy().argmax())]}' in the shared forecast"
+            f"unparsable date '{shared[DATE].iloc[int(dates_parsed.isna().to_numpy().argmax())]}' "
+            "in the shared forecast"
         )
     shared = shared.assign(**{DATE: dates_parsed.dt.normalize(), HOSPITAL: shared[HOSPITAL].astype(str)})
     if shared[VALUE].isna().any() or not np.isfinite(shared[VALUE].to_numpy(dtype=float)).all():

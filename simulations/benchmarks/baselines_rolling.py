@@ -88,7 +88,8 @@ def main() -> None:
     reference = rows[2][1]
     # wall seconds depend on what else the machine runs; CPU seconds are this process's own work
     print(
-        f"{'method':38s} {'wall s':>7s} {'CPU s':>7s} {'x HW-refit':>10s} {'WAPE':>7s} {'pinball':>8s} {'P10-P90 cov':>11s}"
+        f"{'method':38s} {'wall s':>7s} {'CPU s':>7s} {'x HW-refit':>10s} "
+        f"{'WAPE':>7s} {'pinball':>8s} {'P10-P90 cov':>11s}"
     )
     for label, seconds, cpu, w, p, c in rows:
         print(f"{label:38s} {seconds:7.2f} {cpu:7.2f} {seconds / reference:10.2f} {w:7.3f} {p:8.3f} {c:11.3f}")

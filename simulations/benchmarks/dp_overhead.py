@@ -203,7 +203,8 @@ def main(
     modes, runs = (QUICK_MODES, QUICK_RUNS) if quick else (MODES, RUNS)
     console = Console(width=max(console.width, 150))
     table = Table(
-        title=f"DP-SGD step cost (batch {BATCH}, sigma 1, C 1, 1 thread, process CPU time per step; best of N plain/DP runs taken alternately)"
+        title=f"DP-SGD step cost (batch {BATCH}, sigma 1, C 1, 1 thread, process CPU time per step; "
+        "best of N plain/DP runs taken alternately)"
     )
     for col in (
         "model",
@@ -260,7 +261,8 @@ def main(
         with console.status("training for accuracy..."):
             rows = accuracy(epochs=5)
         acc = Table(
-            title="Accuracy on the toy region (3 units, 730 days; 5 epochs, batch 64, lr 3e-3; DP: sigma 1.0, C 1.0; mean of seeds 0, 1)"
+            title="Accuracy on the toy region (3 units, 730 days; 5 epochs, batch 64, lr 3e-3; "
+            "DP: sigma 1.0, C 1.0; mean of seeds 0, 1)"
         )
         for col in ("model", "dp", "params", "val pinball", "test pinball", "train CPU s", "epsilon (delta 1e-5)"):
             acc.add_column(col)
@@ -276,7 +278,8 @@ def main(
             )
         console.print(acc)
     console.print(
-        f"total {time.perf_counter() - start:.0f} s; exact = clipped gradient sum within 1e-4 of a per-sample reference (C={MAX_GRAD_NORM})"
+        f"total {time.perf_counter() - start:.0f} s; "
+        f"exact = clipped gradient sum within 1e-4 of a per-sample reference (C={MAX_GRAD_NORM})"
     )
 
 

@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"[bold]{n} hospitals[/], {rounds} round(s) ...")
             rows.append(bench(n, rounds, args.days, Path(tmp)))
     table = Table(
-        title=f"Federation scale on {os.cpu_count()} CPU(s): Flower Simulation Engine (Ray) vs the same work in a plain loop"
+        title=f"Federation scale on {os.cpu_count()} CPU(s): "
+        "Flower Simulation Engine (Ray) vs the same work in a plain loop"
     )
     for name in (
         "hospitals",
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     table.caption = (
         "Each node: DP-SGD (1 epoch, tiny MLP) + privacy-ledger spend per round, ~100 days of data. "
-        "startup = time to the end of round 1 minus one steady round (Ray, actors, ServerApp; actors start inside round 1). "
+        "startup = time to the end of round 1 minus one steady round "
+        "(Ray, actors, ServerApp; actors start inside round 1). "
         "s / round = mean of rounds 2+. "
         "overhead ratio = Flower s/round / plain-loop s/round (both run the same ClientApp code; Ray runs "
         "one node per CPU at a time, the plain loop one node after another, so below 1 means parallelism won). "

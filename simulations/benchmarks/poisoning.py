@@ -127,7 +127,8 @@ def bench(args: argparse.Namespace, work: Path, console: Console) -> list[dict[s
                     clean_err = honest_wape(clean, honest, config)
                     hit_err = honest_wape(hit, honest, config)
                     row["cells"][share] = {
-                        "attackers": len(attackers), "clean": clean_err, "attacked": hit_err, "ratio": hit_err / clean_err,
+                        "attackers": len(attackers), "clean": clean_err, "attacked": hit_err,
+                        "ratio": hit_err / clean_err,
                         "dropped": sum(o["status"] == "dropped" for o in outcomes), "replies": len(outcomes),
                         "seconds": time.perf_counter() - began,
                     }  # fmt: skip
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--attacks",
         default="nan,sign_flip:10",
-        help="comma-separated attacks, KIND or KIND:FACTOR (default nan,sign_flip:10; add stealthy for the worst case under the norm bound)",
+        help="comma-separated attacks, KIND or KIND:FACTOR "
+        "(default nan,sign_flip:10; add stealthy for the worst case under the norm bound)",
     )
     parser.add_argument("--shares", default="0.1,0.2,0.3", help="comma-separated attacker shares (default 0.1,0.2,0.3)")
     parser.add_argument("--seed", type=int, default=0, help="region, model and training seed (default 0)")
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     shares = [float(s) for s in args.shares.split(",")]
     table = Table(
-        title=f"Poisoning: honest hospitals' test WAPE, attacked / clean ({args.hospitals} hospitals, {args.rounds} rounds, seed {args.seed})"
+        title=f"Poisoning: honest hospitals' test WAPE, attacked / clean "
+        f"({args.hospitals} hospitals, {args.rounds} rounds, seed {args.seed})"
     )
     for name in ("strategy", "attack", "clean WAPE"):
         table.add_column(name, justify="left" if name != "clean WAPE" else "right")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         "Attackers train honestly, then corrupt their reply: nan = one NaN weight (the reply checks drop it); "
         "sign_flip xk = global - k x update; stealthy = the flipped update rescaled to norm 99, just under the "
         "default bound of 100 (both accepted by construction). "
-        f"Krum assumes f = {max(max(1, round(s * args.hospitals)) for s in shares)} malicious nodes; FedTrimmedAvg cuts 20% per tail. "
+        f"Krum assumes f = {max(max(1, round(s * args.hospitals)) for s in shares)} malicious nodes; "
+        "FedTrimmedAvg cuts 20% per tail. "
         f"Every node: DP-SGD (1 epoch, tiny MLP) and a privacy ledger; {os.cpu_count()} CPU(s), "
         f"{time.perf_counter() - began:.0f} s in all."
     )
