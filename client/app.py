@@ -152,7 +152,7 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
                     delta=node.delta,
                     sample_rate=plan.sample_rate,
                     steps=plan.steps,
-                    accountant=node.accountant,  # type: ignore[arg-type]
+                    accountant=node.accountant,
                 ),
             )
         seed = _seed(ask.seed, ask.server_round, node.hospital_id)

@@ -19,11 +19,20 @@ from typing import Any
 
 from flwr.app import Context
 
+from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
+
 DATA_SUFFIXES = (".csv", ".parquet")
 
 
 class NodeConfigError(ValueError):
     """The node's configuration is incomplete or invalid; the message says which key to set."""
+
+
+def _accountant(value: object) -> AccountantName:
+    """``value`` as the ledger's accountant name, or a ``NodeConfigError`` naming the choices."""
+    if value not in ACCOUNTANTS:
+        raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class NodeConfig:
         The least DP-SGD noise the node accepts; a smaller proposal is raised to it.
     max_grad_norm : float (default: 1.0)
         The largest per-example clipping bound the node accepts.
-    accountant : str (default: "prv")
+    accountant : {"prv", "rdp"} (default: "prv")
         Privacy accountant of the ledger ("prv" or "rdp").
     threads : int (default: 1)
         CPU threads torch may use while training. The forecaster is small: one thread is
@@ -66,7 +75,7 @@ class NodeConfig:
     max_local_epochs: int = 5
     min_noise_multiplier: float = 0.5
     max_grad_norm: float = 1.0
-    accountant: str = "prv"
+    accountant: AccountantName = "prv"
     threads: int = 1
     simulated: bool = False
 
@@ -83,8 +92,7 @@ class NodeConfig:
             raise NodeConfigError(f"max-grad-norm must be > 0, got {self.max_grad_norm}")
         if self.threads < 1:
             raise NodeConfigError(f"torch-threads must be >= 1, got {self.threads}")
-        if self.accountant not in ("prv", "rdp"):
-            raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {self.accountant!r}")
+        _accountant(self.accountant)
         if not self.hospital_id:
             object.__setattr__(self, "hospital_id", self.data_path.stem)
 
@@ -121,7 +129,7 @@ class NodeConfig:
             max_local_epochs=int(_number(node, "max-local-epochs", 5)),
             min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
             max_grad_norm=_number(node, "max-grad-norm", 1.0),
-            accountant=str(node.get("privacy-accountant", "prv")),
+            accountant=_accountant(str(node.get("privacy-accountant", "prv"))),
             threads=int(_number(node, "torch-threads", 1)),
         )
 
@@ -131,12 +139,12 @@ class NodeConfig:
             folder = Path(str(run["simulation-data-dir"]))
         else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
             folder = ensure_simulation_region(
-                hospitals=int(node.get("num-partitions", 1)),  # type: ignore[arg-type]
-                days=int(run.get("simulation-days", 730)),  # type: ignore[arg-type]
-                seed=int(run.get("simulation-region-seed", 0)),  # type: ignore[arg-type]
+                hospitals=int(node.get("num-partitions", 1)),
+                days=int(run.get("simulation-days", 730)),
+                seed=int(run.get("simulation-region-seed", 0)),
             )
         files = hospital_files(folder)
-        partition = int(node["partition-id"])  # type: ignore[arg-type]
+        partition = int(node["partition-id"])
         if not 0 <= partition < len(files):
             raise NodeConfigError(
                 f"virtual node {partition} has no hospital file: {folder} holds {len(files)}; "

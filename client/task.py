@@ -13,11 +13,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from medalloc_core.contract import Frequency, UnitRecords
 from medalloc_core.features import HospitalDataset, WindowSpec, prepare_hospital
 from medalloc_core.metrics import mae, wape
+from medalloc_core.models import Forecaster
 from medalloc_core.training import evaluate, predict
 from medalloc_core.validation import load_unit_records
 
@@ -56,7 +56,7 @@ def _load_cached(path: Path, mtime_ns: int, size: int, spec: WindowSpec) -> Loca
 
 
 # ------------------------------------------------------------------ evaluation
-def test_forecasts(model: nn.Module, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
+def test_forecasts(model: Forecaster, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
     """Actuals ``(N, H, T)`` and quantile forecasts ``(N, H, T, Q)`` on the test split, in patients/beds."""
     test = dataset.test
     units = list(test.units)
@@ -66,7 +66,7 @@ def test_forecasts(model: nn.Module, dataset: HospitalDataset) -> tuple[np.ndarr
     return y, q
 
 
-def evaluate_local(model: nn.Module, dataset: HospitalDataset) -> dict[str, float]:
+def evaluate_local(model: Forecaster, dataset: HospitalDataset) -> dict[str, float]:
     """Test-split metrics a node may share: scaled pinball loss, and MAE and WAPE of the median in original units."""
     if len(dataset.test) == 0:
         raise ValueError("the test split has no windows")
@@ -82,6 +82,6 @@ def evaluate_local(model: nn.Module, dataset: HospitalDataset) -> dict[str, floa
     }
 
 
-def _median_index(model: nn.Module) -> int:
-    levels: tuple[float, ...] = tuple(model.config.quantiles)  # type: ignore[union-attr]
+def _median_index(model: Forecaster) -> int:
+    levels: tuple[float, ...] = tuple(model.config.quantiles)
     return min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))

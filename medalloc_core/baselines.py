@@ -16,7 +16,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class BaselineForecaster:
         if np.any((levels <= 0) | (levels >= 1)) or np.any(np.diff(levels) <= 0):
             raise ValueError(f"quantiles must be strictly increasing levels in (0, 1); got {self.quantiles!r}")
 
-    def fit(self, history: np.ndarray, *, start: Any = None) -> BaselineForecaster:
+    def fit(self, history: np.ndarray, *, start: Any = None) -> Self:
         """Learn from one series' history (oldest first) and return ``self``.
 
         Parameters
@@ -142,7 +142,7 @@ class BaselineForecaster:
         self._fit(history)
         return self
 
-    def update(self, history: np.ndarray, *, start: Any = None) -> BaselineForecaster:
+    def update(self, history: np.ndarray, *, start: Any = None) -> Self:
         """Condition on a longer history without re-estimating parameters; returns ``self``.
 
         Used by :func:`rolling_origin_forecasts` between refits. Baselines with nothing to
@@ -325,6 +325,13 @@ class HoltWinters(BaselineForecaster):
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
     """
 
+    # Set by fit: the statsmodels results and their parameters, or None on the fallback path,
+    # where naive_ forecasts instead.
+    fallback_: bool
+    results_: Any
+    params_: dict[str, Any] | None
+    naive_: SeasonalNaive
+
     def __init__(
         self,
         season: int = 7,
@@ -419,21 +426,21 @@ class HoltWinters(BaselineForecaster):
             )
         }
 
-    def update(self, history: np.ndarray, *, start: Any = None) -> HoltWinters:
+    def update(self, history: np.ndarray, *, start: Any = None) -> Self:
         """Re-run the smoothing filter over a longer history with the parameters (smoothing
         weights and initial states) already estimated; no optimisation, so it costs a few ms.
 
         The new history must extend the old one (same first period). A fallback model, or one
         never fitted, is simply fitted again.
         """
-        if getattr(self, "params_", None) is None:
+        params = getattr(self, "params_", None)
+        if params is None:
             return self.fit(history, start=start)
         new = np.asarray(history, dtype=float)
         if new.ndim != 1 or new.size < self.n_obs_ or not np.array_equal(new[: self.n_obs_], self.history_):
             raise ValueError("update() needs the fitted history extended by newer periods; call fit() instead")
         if not np.all(np.isfinite(new)) or np.any(new < 0):
             raise ValueError("history contains missing, non-finite or negative values")
-        params = self.params_
         self.history_ = new
         self.n_obs_ = int(new.size)
         self.start_ = start if start is not None else self.start_

@@ -108,7 +108,7 @@ class WindowSpec:
         return {k: list(self.targets) if k == "targets" else getattr(self, k) for k in WIRE_KEYS}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> WindowSpec:
+    def from_dict(cls, raw: object) -> WindowSpec:
         """Inverse of ``to_dict``: exactly ``WIRE_KEYS``, whole positive numbers and target names.
 
         Raises ``ValueError`` naming the offending key; calendar options take their defaults.

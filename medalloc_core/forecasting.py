@@ -12,12 +12,11 @@ import logging
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from medalloc_core.allocation.forecast_io import FORECAST_COLUMNS, HOSPITAL, TARGET, TARGETS, VALUE, Q
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.features import HospitalDataset, WindowSet, WindowSpec, forecast_inputs, prepare_hospital
-from medalloc_core.models import ForecasterConfig
+from medalloc_core.models import Forecaster, ForecasterConfig
 from medalloc_core.training import predict
 
 logger = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def windows_to_frame(
 
 
 def forecast_records(
-    model: nn.Module,
+    model: Forecaster,
     spec: WindowSpec,
     records: UnitRecords,
     *,
@@ -143,7 +142,7 @@ def forecast_records(
         The model does not fit the records (see :func:`check_compatible`) or a unit's series is
         too short for the model's history and held-out periods.
     """
-    config: ForecasterConfig = model.config  # type: ignore[assignment]
+    config = model.config
     resolved = check_compatible(config, spec, records)
     try:
         if dataset is None:
@@ -174,7 +173,7 @@ def forecast_records(
 
 
 def holdout_forecasts(
-    model: nn.Module, dataset: HospitalDataset, *, hospital: str
+    model: Forecaster, dataset: HospitalDataset, *, hospital: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The forecasts and actuals of every test window, in beds/patients, for evaluations.
 
@@ -182,7 +181,7 @@ def holdout_forecasts(
     overlap, so a date is forecast from several origins), and the actuals
     ``hospital, unit, origin, date, target, value`` of the same windows.
     """
-    config: ForecasterConfig = model.config  # type: ignore[assignment]
+    config = model.config
     test = dataset.test
     units = list(test.units)
     pred = dataset.scaler.inverse_transform(predict(model, test.X), units)  # (N, H, T, Q)

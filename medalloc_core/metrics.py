@@ -71,7 +71,7 @@ def _as_quantiles(
     return y, q_forecast, levels
 
 
-def _level_index(quantiles: Sequence[float], level: float) -> int:
+def _level_index(quantiles: Sequence[float] | np.ndarray, level: float) -> int:
     """Index of ``level`` in ``quantiles`` (within 1e-9), or a ValueError naming the levels present."""
     hits = np.flatnonzero(np.isclose(np.asarray(quantiles, dtype=float), level, rtol=0.0, atol=1e-9))
     if hits.size == 0:

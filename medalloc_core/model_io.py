@@ -29,11 +29,10 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
-from torch import nn
 
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.features import WindowSpec
-from medalloc_core.models import ForecasterConfig, build_model, load_arrays, state_arrays
+from medalloc_core.models import Forecaster, ForecasterConfig, build_model, load_arrays, state_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class SavedModel:
     expects and the held-out periods that fix which days its per-series scalers are fitted on.
     """
 
-    model: nn.Module
+    model: Forecaster
     config: ForecasterConfig
     spec: WindowSpec
     path: Path  # the safetensors file read
@@ -156,7 +155,7 @@ def arrays_of(sidecar: Path) -> Path:
 
 def save_model(
     path: Path,
-    model: nn.Module,
+    model: Forecaster,
     *,
     spec: WindowSpec,
     extra: Mapping[str, Any] | None = None,
@@ -181,7 +180,7 @@ def save_model(
     for p in (path, sidecar_of(path)):
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
-    write_model_files(path, state_arrays(model), config=model.config, spec=spec, extra=extra)  # type: ignore[arg-type]
+    write_model_files(path, state_arrays(model), config=model.config, spec=spec, extra=extra)
     logger.info("model saved to %s", path)
     return path
 

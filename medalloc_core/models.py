@@ -120,10 +120,23 @@ class QuantileHead(nn.Module):
         return torch.cat([down, mid, up], dim=-1)
 
 
+# ----------------------------------------------------------------------------- forecasters
+
+
+class Forecaster(nn.Module):
+    """What every registered forecaster is: a module that keeps the ``ForecasterConfig`` it was built from.
+
+    ``config`` is declared here so that code holding any forecaster reads it typed
+    (``nn.Module.__getattr__`` would otherwise type it ``Tensor | Module``).
+    """
+
+    config: ForecasterConfig
+
+
 # ----------------------------------------------------------------------------- MLP
 
 
-class MLPForecaster(nn.Module):
+class MLPForecaster(Forecaster):
     """Flattened window -> ``layers`` x (Linear, GELU) -> quantile head.
 
     Only Linear layers carry parameters, which also lets training use the exact one-backward
@@ -173,7 +186,7 @@ class CausalBlock(nn.Module):
         return h + self.skip(x)
 
 
-class TCNForecaster(nn.Module):
+class TCNForecaster(Forecaster):
     """Causal temporal convolutions over the window; the last period's features feed the quantile head."""
 
     def __init__(self, config: ForecasterConfig) -> None:
@@ -196,10 +209,10 @@ class TCNForecaster(nn.Module):
         return self.head(h[:, :, -1])  # (B, C) -> (B, H, T, Q)
 
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLPForecaster, "tcn": TCNForecaster}
+MODELS: dict[str, type[Forecaster]] = {"mlp": MLPForecaster, "tcn": TCNForecaster}
 
 
-def build_model(config: ForecasterConfig, *, seed: int | None = None) -> nn.Module:
+def build_model(config: ForecasterConfig, *, seed: int | None = None) -> Forecaster:
     """Instantiate ``config.model``; with ``seed`` the initial weights are reproducible."""
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -252,6 +265,7 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "ForecasterConfig",
+    "Forecaster",
     "MODELS",
     "MLPForecaster",
     "TCNForecaster",
@@ -286,7 +300,7 @@ def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()})
 
 
-def build_from_arrays(config: ForecasterConfig, arrays: Mapping[str, np.ndarray]) -> nn.Module:
+def build_from_arrays(config: ForecasterConfig, arrays: Mapping[str, np.ndarray]) -> Forecaster:
     """A forecaster of ``config`` holding ``arrays``."""
     model = build_model(config)
     load_arrays(model, arrays)

@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medalloc_core.features import WindowSet
-from medalloc_core.models import PinballLoss, pinball_loss_per_sample
-from medalloc_core.privacy.accounting import epsilon_for, noise_multiplier_for
+from medalloc_core.models import Forecaster, PinballLoss, pinball_loss_per_sample
+from medalloc_core.privacy.accounting import AccountantName, epsilon_for, noise_multiplier_for
 from medalloc_core.privacy.plan import DPPlan
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class DPConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     grad_sample_mode: str = "auto"
-    accountant: str = "prv"
+    accountant: AccountantName = "prv"
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -373,7 +373,7 @@ class _OpacusStepper:
 
 
 def train_local(
-    model: nn.Module,
+    model: Forecaster,
     train: WindowSet,
     *,
     config: TrainConfig,
@@ -410,7 +410,7 @@ def train_local(
         raise ValueError("a ledger needs dp settings and the data fingerprint it is keyed by")
     if global_params is not None:
         global_params = [g.detach().clone() for g in global_params]
-    quantiles: tuple[float, ...] = tuple(model.config.quantiles)  # type: ignore[union-attr]
+    quantiles: tuple[float, ...] = tuple(model.config.quantiles)
     plan = DPPlan(n_examples=len(train), batch_size=config.batch_size, epochs=config.epochs) if dp is not None else None
     loader = _loader(train, config.batch_size, config.seed, plan=plan)
     optimizer = _optimizer(list(model.parameters()), config)
@@ -431,7 +431,7 @@ def train_local(
                 delta=dp.delta,
                 sample_rate=sample_rate,
                 steps=steps_planned * dp.planned_rounds,
-                accountant=dp.accountant,  # type: ignore[arg-type]
+                accountant=dp.accountant,
             )
         if ledger is not None:
             assert fingerprint is not None
@@ -452,7 +452,7 @@ def train_local(
             )
         epsilon = (
             epsilon_for([plan.history_item(sigma)], delta=dp.delta, accountant=dp.accountant) if sigma > 0 else math.inf
-        )  # type: ignore[arg-type]
+        )
         noise_gen = torch.Generator().manual_seed(config.seed + 1)
         mode = _resolve_mode(model, dp.grad_sample_mode)
         if mode == "linear":
@@ -503,22 +503,22 @@ def train_local(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+def predict(model: Forecaster, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
     """Quantile forecasts ``(N, H, T, Q)`` in the scaled space (``scaler.inverse_transform`` for beds)."""
     was_training = model.training
     model.eval()
     parts = [model(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
     model.train(was_training)
     if not parts:
-        c = model.config  # type: ignore[union-attr]
+        c = model.config
         return np.zeros((0, c.horizon, c.n_targets, len(c.quantiles)), dtype=np.float32)
     return torch.cat(parts).numpy()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: WindowSet) -> dict[str, float]:
+def evaluate(model: Forecaster, data: WindowSet) -> dict[str, float]:
     """Scaled pinball loss (and per-target pinball) of ``model`` on ``data``; NaN when empty."""
-    quantiles = tuple(model.config.quantiles)  # type: ignore[union-attr]
+    quantiles = tuple(model.config.quantiles)
     if len(data) == 0:
         return {"pinball": float("nan"), "num_examples": 0.0}
     pred = torch.from_numpy(predict(model, data.X))

@@ -173,7 +173,7 @@ def corrupt_reply(reply: Message, request: Message, attack: Attack) -> Message:
 # ------------------------------------------------------------------ the client mod
 def node_index(context: Context) -> int:
     """Which node this is: ``partition-id`` in a simulation, otherwise Flower's node id."""
-    return int(context.node_config.get("partition-id", context.node_id))  # type: ignore[arg-type]
+    return int(context.node_config.get("partition-id", context.node_id))
 
 
 class AttackMod:
@@ -240,7 +240,7 @@ def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], confi
 
     spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
     model = build_from_arrays(ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden), arrays)
-    levels = list(model.config.quantiles)  # type: ignore[union-attr]
+    levels = list(model.config.quantiles)
     median = levels.index(min(levels, key=lambda level: abs(level - 0.5)))
     error = scale = 0.0
     for path in files:

@@ -8,6 +8,7 @@ windows, and ``score`` turns them into ``forecast_metrics``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,23 +18,29 @@ import pandas as pd
 import torch
 
 from medalloc.client.task import LocalData, test_forecasts
-from medalloc_core.baselines import BASELINES, rolling_origin_forecasts
+from medalloc_core.baselines import make_baseline, rolling_origin_forecasts
 from medalloc_core.contract import DATE, UNIT
 from medalloc_core.features import WindowSet
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.models import Forecaster, ForecasterConfig, build_model
 from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 
 SCALAR_KEYS = ("mae", "rmse", "wape", "pinball", "coverage", "width")
+# The daily series' weekly period, under each baseline's own parameter name.
+WEEKLY_PARAMS: dict[str, dict[str, int]] = {
+    "seasonal_naive": {"season": 7},
+    "moving_average": {"window": 7},
+    "holt_winters": {"season": 7},
+}
 
 
 def score(y: np.ndarray, q: np.ndarray, quantiles: tuple[float, ...]) -> dict[str, Any]:
     """forecast_metrics without the per-horizon detail, plus the scored volume (for weighting)."""
     metrics = forecast_metrics(y, q, quantiles=quantiles)
-    out = {k: float(metrics[k]) for k in SCALAR_KEYS}
+    out: dict[str, Any] = {k: float(metrics[k]) for k in SCALAR_KEYS}
     out["per_horizon"] = {k: metrics["per_horizon"][k] for k in SCALAR_KEYS}
     out["volume"] = float(np.abs(y).sum())
     return out
@@ -64,7 +71,7 @@ def _train(
     lr: float,
     seed: int,
     dp: DPConfig | None = None,
-) -> torch.nn.Module:
+) -> Forecaster:
     model = build_model(config, seed=seed)
     train_local(model, data, config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), dp=dp)
     return model
@@ -114,7 +121,7 @@ def local_only_dp(
 
 def centralized(
     config: ForecasterConfig, hospitals: Mapping[str, LocalData], *, epochs: int, batch_size: int, lr: float, seed: int
-) -> torch.nn.Module:
+) -> Forecaster:
     """One model on every hospital's training windows pooled (each scaled by its own scaler):
     the no-privacy upper bound."""
     pooled = WindowSet(
@@ -139,6 +146,7 @@ def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...])
     test = ds.test
     out = np.empty((len(test), H, T, len(quantiles)))
     frame = data.records.frame
+    factory = functools.partial(make_baseline, name, quantiles=quantiles, **WEEKLY_PARAMS[name])
     for unit in np.unique(test.units):
         rows = np.flatnonzero(test.units == unit)
         unit_frame = frame[frame[UNIT] == unit].set_index(DATE).sort_index()
@@ -146,7 +154,6 @@ def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...])
         origins = dates.get_indexer(pd.DatetimeIndex(test.target_start[rows])) - 1
         for t, target in enumerate(ds.spec.targets):
             series = unit_frame[target].astype("float64").reindex(dates).interpolate(limit_direction="both").to_numpy()
-            factory = lambda: BASELINES[name](season=7, quantiles=quantiles)  # noqa: E731
             out[rows, :, t, :] = rolling_origin_forecasts(
                 series, origins.tolist(), H, factory, refit_every=len(origins)
             )

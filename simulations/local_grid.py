@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 
@@ -43,7 +44,7 @@ class LocalGrid(Grid):
         }
         self.calls: list[tuple[int, str]] = []
 
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - the round loop does not use it
+    def set_run(self, run: Run) -> None:  # pragma: no cover - the round loop does not use it
         raise NotImplementedError
 
     @property

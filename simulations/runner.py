@@ -159,7 +159,8 @@ def run_scenario(
         y, q = test_forecasts(federated, d.dataset)
         forecasts[hid] = (y, q)
         methods["federated"][hid] = cmp.score(y, q, quantiles)
-        methods["initial model"][hid] = cmp.score(*test_forecasts(initial, d.dataset), quantiles)
+        y0, q0 = test_forecasts(initial, d.dataset)
+        methods["initial model"][hid] = cmp.score(y0, q0, quantiles)
         histories[hid], epsilons[hid] = _ledger_history(region_dir / "ledgers" / f"{hid}.json")
         progress.advance()
     epochs = config.num_server_rounds * config.local_epochs
@@ -194,9 +195,10 @@ def run_scenario(
     if scenario.centralized:
         progress.phase("centralized (pooled, no privacy)", total=1)
         pooled = cmp.centralized(mconfig, data, **train_kwargs)
-        methods["centralized"] = {
-            hid: cmp.score(*test_forecasts(pooled, d.dataset), quantiles) for hid, d in data.items()
-        }
+        methods["centralized"] = {}
+        for hid, d in data.items():
+            y, q = test_forecasts(pooled, d.dataset)
+            methods["centralized"][hid] = cmp.score(y, q, quantiles)
         progress.advance()
     for name in scenario.baselines:
         progress.phase(f"baseline: {name}", total=len(data))

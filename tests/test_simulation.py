@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -93,6 +94,28 @@ def test_results_folder_is_never_replaced_without_force_nor_if_foreign(tmp_path:
     with pytest.raises(ResultsExist, match="not a MedAlloc results folder"):
         prepare_out_dir(foreign, force=True)
     assert (foreign / "chapter1.tex").read_text() == "precious"
+
+
+def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: Path):
+    """Each name [comparisons] baselines accepts builds (moving_average takes ``window``, not
+    ``season``) and forecasts every test window: finite, non-crossing, better than zeros."""
+    from medalloc.client.task import load_local_data
+    from medalloc.simulations import comparisons as cmp
+    from medalloc.simulations.scenario import _BASELINES
+    from medalloc_core.features import federation_window_spec
+    from tests.fed_fixtures import small_region
+
+    path = sorted(small_region(tmp_path / "region", hospitals=1, days=150).glob("*.csv"))[0]
+    data = load_local_data(path, federation_window_spec(history=14, horizon=7, targets=("admissions", "census")))
+    test = data.dataset.test
+    y = data.dataset.scaler.inverse_transform(test.y.numpy(), list(test.units))  # (N, H, T)
+    quantiles = (0.1, 0.5, 0.9)
+    assert set(_BASELINES) == set(cmp.WEEKLY_PARAMS)
+    for name in _BASELINES:
+        q = cmp.baseline_forecasts(name, data, quantiles)
+        assert q.shape == (*y.shape, len(quantiles)), name
+        assert np.isfinite(q).all() and (np.diff(q, axis=-1) >= 0).all(), name
+        assert cmp.score(y, q, quantiles)["wape"] < 1.0, name
 
 
 def test_embedded_default_scenario_needs_no_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import typer
@@ -12,7 +13,12 @@ from rich.table import Table
 
 from medalloc_core.contract import DATE, UNIT, DataContractError
 
+if TYPE_CHECKING:  # imported where used, to keep the CLI's start fast
+    from medalloc_core.allocation.newsvendor import UnitCosts
+    from medalloc_core.allocation.quantiles import Tail
+
 logger = logging.getLogger(__name__)
+_TAILS: tuple[Tail, ...] = ("normal", "clamp")
 _out = Console()
 _err = Console(stderr=True)
 
@@ -37,7 +43,7 @@ def _parse_mapping(text: str | None, option: str) -> dict[str, float]:
     return out
 
 
-def _read_unit_config(path: Path) -> tuple[dict[str, object], dict[str, float]]:
+def _read_unit_config(path: Path) -> tuple[dict[str, UnitCosts], dict[str, float]]:
     """Per-unit costs and nurse ratios from a CSV: unit[, under_cost, over_cost, nurse_ratio]."""
     from medalloc_core.allocation.newsvendor import UnitCosts
 
@@ -47,7 +53,7 @@ def _read_unit_config(path: Path) -> tuple[dict[str, object], dict[str, float]]:
         raise _BadInput(f"{path}: cannot read unit config: {exc}") from None
     if UNIT not in frame.columns:
         raise _BadInput(f"{path}: unit config needs a 'unit' column (plus under_cost, over_cost, nurse_ratio)")
-    costs: dict[str, object] = {}
+    costs: dict[str, UnitCosts] = {}
     ratios: dict[str, float] = {}
     for i, row in frame.iterrows():
         where = f"{path}, row {int(i) + 2}"
@@ -133,24 +139,24 @@ def allocate(
     try:
         if (capacity is None) == (capacity_from is None):
             raise _BadInput("give exactly one of --capacity CAP.csv or --capacity-from DATA.csv")
-        if tail not in ("normal", "clamp"):
+        if tail not in _TAILS:
             raise _BadInput(f"--tail must be 'normal' or 'clamp', got '{tail}'")
         plan_csv, plan_png = out / "plan.csv", out / "plan.png"
         inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
         _guard_outputs([plan_csv, plan_png], inputs, force)
         ratios = {**DEFAULT_NURSE_RATIOS, **_parse_mapping(nurse_ratio, "--nurse-ratio")}
-        unit_costs: dict[str, object] = {}
+        unit_costs: dict[str, UnitCosts] = {}
         if unit_config is not None:
             unit_costs, unit_ratios = _read_unit_config(unit_config)
             ratios.update(unit_ratios)
         config = PlanConfig(
             costs=UnitCosts(under_cost, over_cost),
             unit_costs=unit_costs,
-            nurse_ratios=ratios,  # type: ignore[arg-type]
+            nurse_ratios=ratios,
             default_nurse_ratio=default_nurse_ratio,
             shifts_per_day=shifts,
             physical_risk_threshold=risk_threshold,
-            tail=tail,  # type: ignore[arg-type]
+            tail=tail,
         )
         frame = read_forecast(forecast)
         beds = read_capacity(capacity) if capacity is not None else capacity_from_records(capacity_from)  # type: ignore[arg-type]

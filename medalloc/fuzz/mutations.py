@@ -32,7 +32,7 @@ from medalloc_core import contract as c
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region
 
 FORMATS: tuple[str, ...] = ("csv", "parquet")
-KINDS: tuple[str, ...] = ("daily", "encounters")
+KINDS: tuple[c.RecordShape, ...] = ("daily", "encounters")
 # The contract's date pattern and bound, restated from docs/data.md so the oracles do not
 # depend on the validator they judge.
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")

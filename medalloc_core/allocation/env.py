@@ -119,12 +119,14 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
             raise ValueError(f"episode_days must be in [1, {available}], got {episode_days}")
         horizon, n_levels = (forecasts.shape[2], forecasts.shape[3]) if forecasts is not None else (1, 1)
         ceiling = float(max(demand.max(), self.admissions.max(), capacity.max(), 1.0)) * 10
+        # Kept typed: gymnasium declares observation_space as a plain Space, which has no items.
+        self._forecast_space = spaces.Box(0.0, ceiling, shape=(n_units, horizon, n_levels), dtype=np.float32)
         self.observation_space = spaces.Dict(
             {
                 "census": spaces.Box(0.0, ceiling, shape=(n_units,), dtype=np.float32),
                 "recent_census": spaces.Box(0.0, ceiling, shape=(n_units, HISTORY_DAYS), dtype=np.float32),
                 "recent_admissions": spaces.Box(0.0, ceiling, shape=(n_units, HISTORY_DAYS), dtype=np.float32),
-                "forecast": spaces.Box(0.0, ceiling, shape=(n_units, horizon, n_levels), dtype=np.float32),
+                "forecast": self._forecast_space,
                 "day_of_week": spaces.Discrete(7),
             }
         )
@@ -217,12 +219,12 @@ class HospitalBedEnv(gym.Env[dict[str, Any], np.ndarray]):
         if self.forecasts is not None:
             forecast = self.forecasts[t]
         else:
-            forecast = np.zeros(self.observation_space["forecast"].shape)
+            forecast = np.zeros(self._forecast_space.shape)
         return {
             "census": self.demand[t - 1].astype(np.float32),
             "recent_census": self.demand[window].T.astype(np.float32),
             "recent_admissions": self.admissions[window].T.astype(np.float32),
-            "forecast": np.clip(forecast, 0.0, self.observation_space["forecast"].high).astype(np.float32),
+            "forecast": np.clip(forecast, 0.0, self._forecast_space.high).astype(np.float32),
             "day_of_week": int((self.start_weekday + t) % 7),
         }
 

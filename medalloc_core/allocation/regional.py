@@ -463,8 +463,10 @@ def plan_region(
     out = np.zeros((k, n_h, n_d))
     inn = np.zeros((k, n_h, n_d))
     if n_p:
-        np.add.at(out, (slice(None), pairs[:, 0]), x)
-        np.add.at(inn, (slice(None), pairs[:, 1]), x)
+        # numpy's stub types ufunc.at's indices as an integer array only; a tuple of index
+        # objects (slices, arrays) is documented and accepted at runtime.
+        np.add.at(out, (slice(None), pairs[:, 0]), x)  # type: ignore[arg-type]
+        np.add.at(inn, (slice(None), pairs[:, 1]), x)  # type: ignore[arg-type]
     load = demand - unserved - out + inn
     cap_with_surge = cap + surge
     idle_surge = np.clip(cap_with_surge[None] - np.maximum(load, cap[None]), 0.0, None)

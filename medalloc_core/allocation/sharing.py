@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from medalloc_core.allocation.regional import hospital_totals, share_forecast
-from medalloc_core.privacy.accounting import epsilon_for, noise_multiplier_for
+from medalloc_core.privacy.accounting import AccountantName, epsilon_for, noise_multiplier_for
 from medalloc_core.privacy.ledger import PrivacyLedger
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ShareResult:
 
 
 def calibrate_share_noise(
-    *, epsilon: float, delta: float, n_values: int, sensitivity: float, accountant: str
+    *, epsilon: float, delta: float, n_values: int, sensitivity: float, accountant: AccountantName
 ) -> tuple[float, float]:
     """``(noise_multiplier, per-value sigma)`` for a Gaussian release of ``n_values`` numbers at (ε, δ).
 
@@ -53,7 +53,7 @@ def calibrate_share_noise(
     """
     if n_values < 1 or not sensitivity > 0:
         raise ValueError(f"need n_values >= 1 and sensitivity > 0, got {n_values}, {sensitivity}")
-    z = noise_multiplier_for(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant)  # type: ignore[arg-type]
+    z = noise_multiplier_for(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant)
     return z, z * sensitivity * math.sqrt(n_values)
 
 
@@ -113,7 +113,7 @@ def share_with_ledger(
     )
     if not after:
         raise RuntimeError("share_forecast released without charging the ledger")
-    eps_alone = epsilon_for([(z, 1.0, 1)], delta=ledger.delta, accountant=ledger.accountant)  # type: ignore[arg-type]
+    eps_alone = epsilon_for([(z, 1.0, 1)], delta=ledger.delta, accountant=ledger.accountant)
     logger.info(
         "shared %d values, sigma %.3g beds (z=%.4g); release epsilon %.4g, node epsilon %.4g",
         n,

@@ -26,7 +26,7 @@ import torch
 
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.features import WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.models import Forecaster, ForecasterConfig, build_model, pinball_loss_per_sample
 from medalloc_core.privacy.audit_stats import OneRunAudit, mia_auc, one_run_audit, tpr_at_fpr
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.synthetic import RegionConfig, generate_region
@@ -266,8 +266,8 @@ class AuditReport:
 
 
 @torch.no_grad()
-def _losses(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    quantiles = tuple(model.config.quantiles)  # type: ignore[union-attr]
+def _losses(model: Forecaster, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    quantiles = tuple(model.config.quantiles)
     pred = torch.from_numpy(predict(model, X))
     return pinball_loss_per_sample(pred, y, quantiles).numpy().astype(np.float64)
 
@@ -321,7 +321,7 @@ def audit_run(
             )
         ledger = PrivacyLedger.open(
             ledger_path, epsilon_budget=_AUDIT_LEDGER_BUDGET, delta=dp.delta, accountant=dp.accountant
-        )  # type: ignore[arg-type]
+        )
         result = train_local(
             model, train, config=config, dp=dp, ledger=ledger, fingerprint=data.fingerprint(), run_id="privacy-audit"
         )

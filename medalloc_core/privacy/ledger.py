@@ -146,7 +146,7 @@ def _fix_hint(path: Path) -> str:
 def _spend_from_json(raw: Any, where: str) -> Spend:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
-    expected = {
+    expected: dict[str, type | tuple[type, ...]] = {
         "timestamp": str,
         "run_id": str,
         "noise_multiplier": (int, float),

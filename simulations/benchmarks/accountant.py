@@ -13,6 +13,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from rich.console import Console
 from rich.table import Table
 
+from medalloc_core.privacy.accounting import AccountantName
 from medalloc_core.privacy.ledger import PrivacyLedger
 
 # Opacus' standard orders, written out so the reference does not go through our module.
@@ -38,7 +39,7 @@ def independent_rdp(noise: float, rate: float, steps: int, delta: float) -> floa
 def google_pld(noise: float, rate: float, steps: int, delta: float) -> float | None:
     """Google dp_accounting's PLD epsilon, if that package happens to be installed."""
     try:
-        import dp_accounting  # type: ignore[import-not-found]
+        import dp_accounting
     except ImportError:
         return None
     event = dp_accounting.SelfComposedDpEvent(
@@ -49,10 +50,12 @@ def google_pld(noise: float, rate: float, steps: int, delta: float) -> float | N
     return float(accountant.get_epsilon(delta))
 
 
-def ledger_epsilon(directory: Path, accountant: str, noise: float, rate: float, steps: int, delta: float) -> float:
+def ledger_epsilon(
+    directory: Path, accountant: AccountantName, noise: float, rate: float, steps: int, delta: float
+) -> float:
     """Epsilon recorded by a fresh PrivacyLedger for one spend."""
     path = directory / f"{accountant}-{noise}-{rate}-{steps}-{delta}.json"
-    ledger = PrivacyLedger.open(path, epsilon_budget=1e6, delta=delta, accountant=accountant)  # type: ignore[arg-type]
+    ledger = PrivacyLedger.open(path, epsilon_budget=1e6, delta=delta, accountant=accountant)
     return ledger.spend(FINGERPRINT, noise_multiplier=noise, sample_rate=rate, steps=steps, run_id="bench")
 
 

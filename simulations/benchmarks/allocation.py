@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -132,6 +133,14 @@ class NeuralSettings:
     delta: float = 1e-5
 
 
+class NeuralReport(TypedDict, total=False):
+    """What :func:`neural_forecasts` reports: epsilon per method (max over hospitals) and timings."""
+
+    epsilon: dict[str, float]
+    federation_s: float
+    local_s: float
+
+
 def neural_forecasts(
     history: pd.DataFrame,
     origin: pd.Timestamp,
@@ -139,7 +148,7 @@ def neural_forecasts(
     *,
     seed: int,
     settings: NeuralSettings = NeuralSettings(),
-    report: dict[str, object] | None = None,
+    report: NeuralReport | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The federated DP and local-only DP forecasts for the ``horizon`` days after ``origin``.
 
@@ -456,6 +465,7 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
             HospitalBedEnv,
             LastWeekPolicy,
             NewsvendorPolicy,
+            Policy,
             run_episode,
         )
     except ModuleNotFoundError:
@@ -470,7 +480,7 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
     env_costs = EnvCosts(under_cost=costs.under_cost, over_cost=costs.over_cost)
     episode = 28
     capacity = tuple(int(c) for c in base.capacity)
-    policies = {
+    policies: dict[str, tuple[np.ndarray, Policy]] = {
         "newsvendor (oracle forecast)": (oracle, NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost)),
         "newsvendor (seasonal-naive)": (
             forecasts,
@@ -518,7 +528,7 @@ class _Buffered:
 
     factor: float
 
-    def __call__(self, observation: dict) -> np.ndarray:  # type: ignore[type-arg]
+    def __call__(self, observation: dict[str, Any]) -> np.ndarray:
         return np.ceil(np.asarray(observation["recent_census"])[:, 0] * self.factor).astype(np.int64)
 
 
@@ -554,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         "noisy-oracle": noisy_oracle_forecast(truth, seed=args.seed),
         "seasonal-naive": seasonal_naive_forecast(history, origin, args.horizon),
     }
-    neural: dict[str, object] = {}
+    neural: NeuralReport = {}
     if not args.skip_neural:
         with console.status(f"training the federated DP and local-only DP models ({args.rounds} rounds)"):
             forecasts |= neural_forecasts(
@@ -595,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if neural:
         eps = neural["epsilon"]
         console.print(
-            f"privacy at delta=1e-5 (max over hospitals): federated-dp epsilon {eps['federated-dp']:.2f}, "  # type: ignore[index]
+            f"privacy at delta=1e-5 (max over hospitals): federated-dp epsilon {eps['federated-dp']:.2f}, "
             f"local-only-dp epsilon {eps['local-only-dp']:.2f}; training took {neural['federation_s']:.0f} s "
             f"(federation) + {neural['local_s']:.0f} s (local-only and forecasts)"
         )

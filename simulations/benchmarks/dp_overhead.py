@@ -97,7 +97,11 @@ def _exactness(model: str, mode: str, ds: HospitalDataset) -> float:
     for i in range(len(data)):
         net.zero_grad()
         pinball_loss_per_sample(net(data.X[i : i + 1]), data.y[i : i + 1], net.config.quantiles).sum().backward()
-        g = torch.cat([p.grad.flatten() for p in net.parameters()])
+        parts = []
+        for p in net.parameters():
+            assert p.grad is not None, "the loss reaches every parameter"
+            parts.append(p.grad.flatten())
+        g = torch.cat(parts)
         rows.append(g * min(1.0, MAX_GRAD_NORM / (g.norm().item() + 1e-6)))
     net.zero_grad(set_to_none=True)
     reference = torch.stack(rows).sum(0)
@@ -196,8 +200,8 @@ def main(
 ) -> None:
     """Print the DP overhead table (and, without --quick, the accuracy table)."""
     if worker_spec:  # subprocess mode: one (model, mode) measurement as JSON on stdout
-        model, mode, windows, epochs, reps = worker_spec.split(",")
-        print(json.dumps(worker(model, mode, int(windows), int(epochs), int(reps))))
+        name, grad_mode, windows_text, epochs_text, reps_text = worker_spec.split(",")
+        print(json.dumps(worker(name, grad_mode, int(windows_text), int(epochs_text), int(reps_text))))
         return
     console = Console()
     modes, runs = (QUICK_MODES, QUICK_RUNS) if quick else (MODES, RUNS)

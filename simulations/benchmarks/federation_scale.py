@@ -24,13 +24,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from ..logs import quiet_flower
+
+if TYPE_CHECKING:
+    from medalloc_core.rounds import RoundRecord
 
 
 def _descendants(pid: int) -> list[int]:
@@ -147,14 +150,14 @@ def bench(hospitals: int, rounds: int, days: int, work: Path) -> dict[str, float
     # --- Flower's Simulation Engine ------------------------------------------------------
     region = _fresh_copy(base, work / f"sim-{hospitals}")
     keys = _keys(region, work / f"sim-out-{hospitals}", hospitals, rounds)
-    seen: list[tuple[float, dict[str, Any]]] = []
+    seen: list[tuple[float, RoundRecord]] = []
     started = time.perf_counter()
     with PeakMemory() as memory:
         simulate_federation(keys, hospitals, on_round=lambda r: seen.append((time.perf_counter(), r)))
     total = time.perf_counter() - started
     # Ray starts its actors lazily, inside round 1: steady state is round 2 on, and startup is
     # everything before round 1 would have ended at the steady pace.
-    steady = [r["seconds"] for _, r in seen[1:]] or [seen[0][1]["seconds"]]
+    steady = [r.seconds or 0.0 for _, r in seen[1:]] or [seen[0][1].seconds or 0.0]
     sim_round = sum(steady) / len(steady)
     startup = seen[0][0] - started - sim_round
 

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..logs import quiet_flower
+
+if TYPE_CHECKING:
+    from medalloc_core.rounds import RoundRecord
 
 
 def _region(folder: Path, hospitals: int, days: int, seed: int) -> list[Path]:
@@ -54,7 +57,7 @@ def _attack(name: str) -> Any:
 
 def run_one(
     files: list[Path], work: Path, keys: dict[str, Any], *, attack: Any = None, attackers: frozenset[int] = frozenset()
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+) -> tuple[dict[str, np.ndarray], list[RoundRecord]]:
     """One federation over ``files`` (node i = hospital i); returns the final arrays and the round log."""
     from medalloc.client.app import make_client_app
     from medalloc.server.app import run_federation
