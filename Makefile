@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= results/default
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/medalloc simulate --out $(OUT)
 
-test: install-dev
-	$(BIN)/python -m pytest
+# lint and types first (seconds), then the suite on both cores
+test: install-dev lint
+	$(BIN)/python -m pytest -n 2
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

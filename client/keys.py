@@ -1,4 +1,4 @@
-"""A hospital node's authentication key pair, in the format Flower 1.41 expects.
+"""A hospital node's authentication key pair, in the format Flower 1.42 expects.
 
 Run as ``python -m client.keys --out keys/H000``. It writes ``keys/H000`` (the private key,
 OpenSSH format, owner-only) and ``keys/H000.pub`` (``ecdsa-sha2-nistp384 ...``, one line).

@@ -110,7 +110,7 @@ class RunConfig:
             raise RunConfigError("client-dp needs client-dp-noise-multiplier > 0 and client-dp-clipping-norm > 0")
         if self.secure_aggregation:
             raise RunConfigError(
-                "secure-aggregation = true is not supported: Flower 1.41 offers SecAgg+ only through its legacy "
+                "secure-aggregation = true is not supported: Flower 1.42 offers SecAgg+ only through its legacy "
                 "workflow API, and it would hide each update from the reply checks; updates are protected by TLS, "
                 "each node's DP-SGD and optionally client-dp (see docs/coordinator.md, 'Secure aggregation')"
             )

@@ -1,6 +1,6 @@
 """A TLS gateway that exposes only the SuperLink's Fleet API to hospitals.
 
-Flower 1.41 serves the Fleet, Control and Runtime APIs on one HTTPS port, and in the
+Flower 1.42 serves the Fleet, Control and Runtime APIs on one HTTPS port, and in the
 open-source build the Control API has no authentication: whoever reaches that port can
 register their own node key, start and stop runs, list nodes and pull run logs. So the
 SuperLink listens on loopback only and this gateway, on the address hospitals dial,

@@ -332,7 +332,7 @@ class ReplyFilter(Strategy):
         if self.limits.max_update_norm and norm > self.limits.max_update_norm:
             return f"update norm {norm:.4g} exceeds the bound {self.limits.max_update_norm:.4g}", norm
         if self.uniform_weights and norm == 0.0:
-            # Flower's DP clipping divides by the update norm (flwr 1.41): a no-op update would
+            # Flower's DP clipping divides by the update norm (flwr 1.42): a no-op update would
             # crash the round's aggregation, and it carries nothing to aggregate anyway.
             return "update is exactly zero (nothing trained)", norm
         return None, norm

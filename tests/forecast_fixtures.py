@@ -1,4 +1,4 @@
-"""Small hand-built hospital records for the forecasting tests (the synthetic generator lives on another branch)."""
+"""Small hand-built hospital records for the forecasting tests: exact, tiny, independent of the synthetic generator."""
 
 from __future__ import annotations
 

@@ -335,7 +335,7 @@ def test_returning_patients_reuse_ids_without_overlapping_stays() -> None:
     assert (repeat.loc[has_previous, c.ADMIT_TIME] > previous_end[has_previous]).all()
 
 
-# --- validation (written on branch data) ---------------------------------------------------------
+# --- validation of generated files ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(("shape", "fmt"), [("daily", "csv"), ("daily", "parquet"), ("encounters", "csv")])

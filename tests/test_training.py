@@ -301,9 +301,10 @@ def test_one_sample_update_is_clipped_to_the_bound(ds, mode):
     assert C * 0.99 < step.norm() <= C * (1 + 1e-4)  # the raw gradient is far larger, so it was clipped to C
 
 
-def test_target_epsilon_calibration_when_accounting_is_merged(ds):
-    accounting = pytest.importorskip("medalloc_core.privacy.accounting")  # on the privacy branch until merged
+def test_target_epsilon_calibration(ds):
     from opacus.accountants import PRVAccountant
+
+    from medalloc_core.privacy import accounting
 
     data = subset(ds.train, 100)
     res = train_local(

@@ -32,6 +32,7 @@ from rich.table import Table
 from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, TARGET, VALUE, Q
 from medalloc_core.allocation.newsvendor import PlanConfig, UnitCosts, plan_hospital
 from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, synthetic_distances
+from medalloc_core.baselines import SeasonalNaive
 from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
 
 from ..logs import quiet_flower
@@ -85,37 +86,23 @@ def _from_point_and_spread(keys: pd.DataFrame, median: np.ndarray, sd: np.ndarra
 def seasonal_naive_forecast(
     history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, window_days: int = 365
 ) -> pd.DataFrame:
-    """Same weekday last week, with quantiles from the empirical errors of that rule.
+    """Same weekday last week (``medalloc_core.baselines.SeasonalNaive``) per hospital unit, as a forecast frame.
 
-    For horizon h (days after ``origin``), the point is the census 7·ceil(h/7) days earlier
-    (the latest same weekday observed); the quantiles add the empirical quantiles of
-    ``y_t - y_{t - 7·ceil(h/7)}`` over the last ``window_days`` of history.
+    Fitted on the last ``window_days`` of census up to ``origin``; its quantiles come from the
+    rule's own in-sample h-step errors, as everywhere else in the project.
     """
     rows = []
     for (hospital, unit), g in history.groupby([HOSPITAL, UNIT], sort=True):
         y = g.set_index(DATE)[CENSUS].astype(float).asfreq("D").ffill()
-        y = y[y.index <= origin]
+        y = y[y.index <= origin].iloc[-window_days:]
+        quantiles = SeasonalNaive(season=7, quantiles=LEVELS).fit(y.to_numpy()).predict(horizon)  # (H, Q)
         for h in range(1, horizon + 1):
-            lag = 7 * int(np.ceil(h / 7))
             target_date = origin + pd.Timedelta(days=h)
-            point = float(y.get(target_date - pd.Timedelta(days=lag), y.iloc[-1]))
-            recent = y.iloc[-window_days:]
-            errors = (recent - recent.shift(lag)).dropna().to_numpy()
-            spread = np.quantile(errors, LEVELS) if errors.size >= 20 else np.zeros(len(LEVELS))
-            for q, e in zip(LEVELS, spread, strict=True):
+            for q, value in zip(LEVELS, quantiles[h - 1], strict=True):
                 rows.append(
-                    {
-                        HOSPITAL: hospital,
-                        UNIT: unit,
-                        DATE: target_date,
-                        TARGET: CENSUS,
-                        Q: q,
-                        VALUE: max(point + e, 0.0),
-                    }
+                    {HOSPITAL: hospital, UNIT: unit, DATE: target_date, TARGET: CENSUS, Q: q, VALUE: float(value)}
                 )
-    frame = pd.DataFrame(rows)
-    # Quantiles of errors are sorted, so values are too; max(., 0) keeps that order.
-    return frame
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
@@ -369,13 +356,8 @@ def evaluate_plans(
 
 # ------------------------------------------------------------------ regions
 def _synthetic_region(hospitals: int, days: int, seed: int) -> pd.DataFrame:
-    try:
-        from medalloc_core.synthetic import RegionConfig, generate_region
-    except ModuleNotFoundError as exc:
-        raise SystemExit(
-            "medalloc_core.synthetic is not installed on this branch (it is built on the 'synthetic' branch); "
-            "rerun with --toy-region for a small seasonal-Poisson region"
-        ) from exc
+    from medalloc_core.synthetic import RegionConfig, generate_region
+
     region = generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed, short_history_fraction=0.0))
     return pd.concat([h.daily.assign(**{HOSPITAL: h.hospital_id}) for h in region.hospitals], ignore_index=True)
 

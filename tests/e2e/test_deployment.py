@@ -317,7 +317,6 @@ def test_toy_app_through_documented_deployment(harness: ProcessHarness, tmp_path
 
 
 COPY_IGNORE = (".git", ".venv", "results", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build", "dist")
-REAL_APP_READY = all((REPO / p).is_file() for p in ("server/app.py", "client/app.py", "medalloc/cli/privacy.py"))
 # Small and quick: the documented run is 20 rounds of the default model. Only the keys the
 # app's [tool.flwr.app.config] declares are passed (Flower refuses unknown keys), so a
 # renamed model-size key makes the run slower, not the test wrong.
@@ -345,11 +344,6 @@ def fast_run_config(app_dir: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not REAL_APP_READY,
-    reason="MedAlloc's ServerApp/ClientApp (branch federation: server/app.py, client/app.py, "
-    "medalloc privacy) are not merged into this branch yet",
-)
 def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_path: Path) -> None:
     """The documented commands with MedAlloc itself: `flwr run .` from the project directory.
 

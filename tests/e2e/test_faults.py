@@ -230,7 +230,7 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
         time.sleep(0.1)
     assert not left, f"the killed node left processes behind: {left}"
 
-    # The SuperLink refuses to activate a node it still counts as online (Flower 1.41: until
+    # The SuperLink refuses to activate a node it still counts as online (Flower 1.42: until
     # 2 missed heartbeats of 30 s), so a restarted node exits with code 305 until then; a
     # service manager's restart-on-failure does what this loop does.
     attempts = 0
@@ -353,7 +353,7 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
 def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
     """The SuperLink stopped after round 1's checkpoint and started again on the same ``--database``.
 
-    What Flower 1.41 does with the run in flight is recorded (printed) rather than assumed; the
+    What Flower 1.42 does with the run in flight is recorded (printed) rather than assumed; the
     test requires that the run either completes by itself or, once stopped, is finished by
     ``resume=true`` from the round-1 checkpoint, with the hospitals reconnected and the
     ledgers consistent.
