@@ -59,10 +59,9 @@ def _load_cached(path: Path, mtime_ns: int, size: int, spec: WindowSpec) -> Loca
 def test_forecasts(model: Forecaster, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
     """Actuals ``(N, H, T)`` and quantile forecasts ``(N, H, T, Q)`` on the test split, in patients/beds."""
     test = dataset.test
-    units = list(test.units)
     pred = predict(model, test.X)  # (N, H, T, Q) scaled
-    y = dataset.scaler.inverse_transform(test.y.numpy(), units)
-    q = dataset.scaler.inverse_transform(pred, units)
+    y = dataset.to_original(test.y.numpy(), test)
+    q = dataset.to_original(pred, test)
     return y, q
 
 

@@ -31,6 +31,9 @@ _DEFAULTS: dict[Frequency, tuple[int, int, int, int]] = {
     Frequency.WEEKLY: (26, 4, 13, 13),  # half a year of history, a month ahead, a quarter each held out
 }
 _DAYS_PER_YEAR = 365.25
+SCALINGS = ("series", "window")
+SEASON = 7  # the weekly cycle the window scaling measures its spread over (daily data)
+PROFILE_WEEKS = 26  # the weekly profile channel averages up to half a year before the origin
 # The WindowSpec fields a federation varies: sent to nodes each round and stored in model files.
 WIRE_KEYS = ("history", "horizon", "targets", "val_periods", "test_periods")
 
@@ -61,8 +64,17 @@ class WindowSpec:
     val_periods, test_periods
         Held-out periods at the end of every unit's series. ``None``: daily 56/56, weekly 13/13.
     scale_floor
-        Lower bound on a series' scale, in patients/beds (default 1.0): a near-constant series
-        (a 4-bed unit that is always full) would otherwise be divided by ~0.
+        Lower bound on a series' (or a window's) scale, in patients/beds (default 1.0): a
+        near-constant series (a 4-bed unit that is always full) would otherwise be divided by ~0.
+    scaling
+        ``"series"`` (default): every (unit, target) series is standardised with its
+        training-period mean and std (``SeriesScaler``). ``"window"``: every window is
+        normalised by its own inputs only: ``loc`` = mean of its last 7 input periods,
+        ``scale`` = mean absolute seasonal difference ``|x_t - x_{t-7}|`` over the window
+        (floored at ``scale_floor``); its targets use the same ``loc``/``scale``. No statistic
+        is fitted on the training periods, so a record changes only the windows that contain
+        it (what per-window DP clipping assumes), and a hospital with a short history needs no
+        training period to be scaled. The hybrid model expects it.
     """
 
     history: int | None = None
@@ -75,6 +87,7 @@ class WindowSpec:
     val_periods: int | None = None
     test_periods: int | None = None
     scale_floor: float = 1.0
+    scaling: str = "series"
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -85,6 +98,8 @@ class WindowSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"WindowSpec.{name}={value}; it must be a positive number of periods")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"WindowSpec.scaling={self.scaling!r}; use one of {SCALINGS}")
         if self.scale_floor <= 0:
             raise ValueError(f"WindowSpec.scale_floor={self.scale_floor}; it must be > 0")
         object.__setattr__(self, "holidays", tuple(pd.Timestamp(d).normalize() for d in self.holidays))
@@ -105,17 +120,24 @@ class WindowSpec:
         missing = [k for k in WIRE_KEYS if getattr(self, k) is None]
         if missing:
             raise ValueError(f"window spec has unset {missing}; pass spec.resolved(frequency)")
-        return {k: list(self.targets) if k == "targets" else getattr(self, k) for k in WIRE_KEYS}
+        out = {k: list(self.targets) if k == "targets" else getattr(self, k) for k in WIRE_KEYS}
+        if self.scaling != "series":  # only when set, so files and messages of series-scaled models are unchanged
+            out["scaling"] = self.scaling
+        return out
 
     @classmethod
     def from_dict(cls, raw: object) -> WindowSpec:
-        """Inverse of ``to_dict``: exactly ``WIRE_KEYS``, whole positive numbers and target names.
+        """Inverse of ``to_dict``: ``WIRE_KEYS`` (plus ``scaling`` when it is not "series").
+
+        Whole positive numbers and target names.
 
         Raises ``ValueError`` naming the offending key; calendar options take their defaults.
         """
-        if not isinstance(raw, Mapping) or set(raw) != set(WIRE_KEYS):
+        if not isinstance(raw, Mapping) or not set(WIRE_KEYS) <= set(raw) <= {*WIRE_KEYS, "scaling"}:
             got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
-            raise ValueError(f"a window spec has exactly the keys {list(WIRE_KEYS)}; got {got}")
+            raise ValueError(
+                f"a window spec has exactly the keys {list(WIRE_KEYS)} (and optionally 'scaling'); got {got}"
+            )
         values: dict[str, Any] = {}
         for key in WIRE_KEYS:
             value = raw[key]
@@ -127,6 +149,10 @@ class WindowSpec:
                 raise ValueError(f"window spec '{key}' must be a whole number >= 1, got {value!r}")
             else:
                 values[key] = value
+        if "scaling" in raw:
+            if raw["scaling"] not in SCALINGS:
+                raise ValueError(f"window spec 'scaling' must be one of {SCALINGS}, got {raw['scaling']!r}")
+            values["scaling"] = raw["scaling"]
         return cls(**values)
 
     def covariate_names(self, frequency: Frequency) -> tuple[str, ...]:
@@ -145,8 +171,17 @@ class WindowSpec:
         return tuple(names)
 
     def feature_names(self, frequency: Frequency) -> tuple[str, ...]:
-        """All ``F`` input channels: the scaled targets first, then the covariates."""
-        return tuple(f"{t}_scaled" for t in self.targets) + self.covariate_names(frequency)
+        """All ``F`` input channels: the scaled targets first, then the covariates.
+
+        Under ``scaling="window"`` each target also brings ``{t}_profile`` (its weekly profile
+        over up to the last ``PROFILE_WEEKS`` weeks before the origin, in window units, laid
+        along the window's days) and ``{t}_log_level`` (log1p of the window's ``loc`` / 5,
+        constant along the window), in that order after the scaled targets.
+        """
+        names = tuple(f"{t}_scaled" for t in self.targets)
+        if self.scaling == "window":
+            names += tuple(f"{t}_profile" for t in self.targets) + tuple(f"{t}_log_level" for t in self.targets)
+        return names + self.covariate_names(frequency)
 
 
 @dataclass(frozen=True)
@@ -193,9 +228,24 @@ class WindowSet:
     y: torch.Tensor
     units: np.ndarray
     target_start: np.ndarray
+    loc: np.ndarray | None = None  # (N, T) per-window location when the spec scales by window
+    scale: np.ndarray | None = None  # (N, T) per-window scale (> 0)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+    def select(self, rows: np.ndarray) -> WindowSet:
+        """The windows at ``rows`` (indices or a boolean mask), in that order."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        return WindowSet(
+            self.X[t],
+            self.y[t],
+            self.units[idx],
+            self.target_start[idx],
+            None if self.loc is None else self.loc[idx],
+            None if self.scale is None else self.scale[idx],
+        )
 
     def target_dates(self, frequency: Frequency) -> np.ndarray:
         """``(N, H)`` datetime64 array: the date of every target period."""
@@ -211,7 +261,7 @@ class HospitalDataset:
     train: WindowSet
     val: WindowSet
     test: WindowSet
-    scaler: SeriesScaler
+    scaler: SeriesScaler | None  # None under scaling="window": nothing is fitted on the data
     spec: WindowSpec  # resolved: no None left
     frequency: Frequency
     feature_names: tuple[str, ...]
@@ -219,6 +269,21 @@ class HospitalDataset:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def to_original(self, values: np.ndarray, windows: WindowSet) -> np.ndarray:
+        """``(N, H, T)`` or ``(N, H, T, Q)`` model-space values of ``windows`` back in patients/beds.
+
+        Uses the windows' own ``loc``/``scale`` under ``scaling="window"`` and the series
+        scaler otherwise. Scales are positive, so quantile order is preserved.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if windows.loc is None or windows.scale is None:
+            assert self.scaler is not None, "a series-scaled dataset carries its scaler"
+            return self.scaler.inverse_transform(values, list(windows.units))
+        if values.shape[0] != len(windows):
+            raise ValueError(f"to_original got {values.shape[0]} rows for {len(windows)} windows")
+        shape = (values.shape[0], 1, values.shape[2]) + (1,) * (values.ndim - 3)
+        return values * windows.scale.reshape(shape) + windows.loc.reshape(shape)
 
     @property
     def n_targets(self) -> int:
@@ -342,35 +407,91 @@ def _fit_scaler(series: Iterable[_Series], spec: WindowSpec) -> SeriesScaler:
 
 
 def _inputs(s: _Series, scaler: SeriesScaler) -> np.ndarray:
-    """``(n, F)`` per-period features: scaled targets then covariates."""
+    """``(n, F)`` per-period features of series scaling: scaled targets then covariates."""
     return np.concatenate([scaler.transform(s.values, s.unit), s.covariates], axis=1).astype(np.float32)
 
 
-def _windows(s: _Series, scaler: SeriesScaler, spec: WindowSpec, lo: int, hi: int) -> WindowSet:
+def window_stats(history: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window ``loc`` and ``scale`` from the inputs alone: ``(N, L, T)`` raw values -> two ``(N, T)``.
+
+    ``loc`` is the mean of the last 7 periods (one week, so the weekday mix is balanced);
+    ``scale`` the mean absolute seasonal difference ``|x_t - x_{t-7}|`` over the window (the
+    MASE scale: how much the series moves beyond its weekly pattern), at least ``floor``.
+    Windows shorter than two weeks use the lag-1 difference instead.
+    """
+    history = np.asarray(history, dtype=np.float64)
+    lag = SEASON if history.shape[1] > SEASON else 1
+    loc = history[:, -min(SEASON, history.shape[1]) :].mean(axis=1)
+    spread = np.abs(history[:, lag:] - history[:, :-lag]).mean(axis=1)
+    return loc, np.maximum(spread, floor)
+
+
+def window_channels(
+    values: np.ndarray, starts: Sequence[int], history: int, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The window-scaled target channels of windows whose first target period is ``starts[i]``.
+
+    ``values`` is one unit's ``(n, T)`` raw series. Returns ``X`` ``(N, L, 3T)`` — the scaled
+    targets, their long weekly profile and their log level (see ``WindowSpec.feature_names``) —
+    and ``loc``, ``scale`` ``(N, T)``. Only periods before each start are read.
+    """
+    L, T = history, values.shape[1]
+    N = len(starts)
+    raw = np.stack([values[t - L : t] for t in starts]) if N else np.zeros((0, L, T))
+    loc, scale = window_stats(raw, floor)
+    scaled = (raw - loc[:, None, :]) / scale[:, None, :]
+    profile = np.zeros((N, L, T))
+    positions = np.arange(L)
+    for i, t in enumerate(starts):
+        weeks = min(PROFILE_WEEKS, t // SEASON)
+        past = values[t - SEASON * weeks : t].reshape(weeks, SEASON, T)  # whole weeks ending at the origin
+        weekly = (past - past.mean(axis=1, keepdims=True)).mean(axis=0)  # (7, T): week position 0 = day t - 7*weeks
+        profile[i] = weekly[(positions - L) % SEASON] / scale[i]  # window day j is day t - L + j
+    log_level = np.broadcast_to((np.log1p(np.maximum(loc, 0.0)) / 5.0)[:, None, :], (N, L, T))
+    return np.concatenate([scaled, profile, log_level], axis=2), loc, scale
+
+
+def _windows(s: _Series, scaler: SeriesScaler | None, spec: WindowSpec, lo: int, hi: int) -> WindowSet:
     """Windows whose H targets all lie in periods ``[lo, hi)`` and none of them was missing."""
     L, H = spec.history, spec.horizon
     assert L is not None and H is not None
-    feats = _inputs(s, scaler)
-    scaled = scaler.transform(s.values, s.unit).astype(np.float32)
     starts = [
         t for t in range(max(lo, L), hi - H + 1) if not s.missing[t : t + H].any()
     ]  # t = index of the first target period
-    X = np.stack([feats[t - L : t] for t in starts]) if starts else np.zeros((0, L, feats.shape[1]), np.float32)
-    y = np.stack([scaled[t : t + H] for t in starts]) if starts else np.zeros((0, H, scaled.shape[1]), np.float32)
+    cov = s.covariates.astype(np.float32)
+    loc = scale = None
+    if scaler is None:  # window scaling: each window normalised by its own inputs
+        channels, loc, scale = window_channels(s.values, starts, L, spec.scale_floor)
+        covariates = (
+            np.stack([cov[t - L : t] for t in starts]) if starts else np.zeros((0, L, cov.shape[1]), np.float32)
+        )
+        X = np.concatenate([channels, covariates], axis=2)
+        y = np.stack([s.values[t : t + H] for t in starts]) if starts else np.zeros((0, H, s.values.shape[1]))
+        y = (y - loc[:, None, :]) / scale[:, None, :]
+    else:
+        feats = _inputs(s, scaler)
+        targets = scaler.transform(s.values, s.unit)
+        X = np.stack([feats[t - L : t] for t in starts]) if starts else np.zeros((0, L, feats.shape[1]), np.float32)
+        y = np.stack([targets[t : t + H] for t in starts]) if starts else np.zeros((0, H, targets.shape[1]))
     return WindowSet(
-        torch.from_numpy(X),
-        torch.from_numpy(y),
+        torch.from_numpy(X.astype(np.float32)),
+        torch.from_numpy(y.astype(np.float32)),
         np.array([s.unit] * len(starts), dtype=object),
         s.dates[starts].to_numpy() if starts else np.array([], dtype="datetime64[ns]"),
+        loc,
+        scale,
     )
 
 
 def _concat(sets: list[WindowSet]) -> WindowSet:
+    window_scaled = all(w.loc is not None for w in sets)
     return WindowSet(
         torch.cat([w.X for w in sets]),
         torch.cat([w.y for w in sets]),
         np.concatenate([w.units for w in sets]),
         np.concatenate([w.target_start for w in sets]),
+        np.concatenate([w.loc for w in sets if w.loc is not None]) if window_scaled and sets else None,
+        np.concatenate([w.scale for w in sets if w.scale is not None]) if window_scaled and sets else None,
     )
 
 
@@ -398,7 +519,7 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
     """
     spec = spec.resolved(records.frequency)
     series = _complete_series(records, spec)
-    scaler = _fit_scaler(series, spec)
+    scaler = _fit_scaler(series, spec) if spec.scaling == "series" else None
     parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
     for s in series:
         val_start, test_start = _boundaries(len(s.dates), spec, s.unit)
@@ -420,27 +541,41 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
     """The inference windows: the last ``L`` periods of every unit, to forecast the ``H`` after the data.
 
     ``y`` is empty (``(U, H, T)`` of NaN: the future is unknown); ``target_start`` is the
-    period after each unit's last date. Scaling uses ``dataset.scaler`` (fitted on training
-    periods), so forecasts come back to beds/patients with ``dataset.scaler.inverse_transform``.
+    period after each unit's last date. Scaling follows ``dataset.spec.scaling`` (the series
+    scaler fitted on training periods, or each window's own statistics), so forecasts come back
+    to beds/patients with ``dataset.to_original(values, windows)``.
     """
     spec = dataset.spec
     assert spec.history is not None and spec.horizon is not None
     series = _complete_series(records, spec, split=False)
     X, units, starts = [], [], []
+    locs: list[np.ndarray] = []
+    scales: list[np.ndarray] = []
     for s in series:
-        if s.unit not in dataset.scaler.mean:
+        if dataset.scaler is not None and s.unit not in dataset.scaler.mean:
             raise ValueError(f"unit {s.unit!r} was not in the data the scaler was fitted on")
         if len(s.dates) < spec.history:
             raise ValueError(f"unit {s.unit!r} has {len(s.dates)} periods; forecasting needs the last {spec.history}")
-        X.append(_inputs(s, dataset.scaler)[-spec.history :])
+        if dataset.scaler is None:
+            channels, unit_loc, unit_scale = window_channels(s.values, [len(s.dates)], spec.history, spec.scale_floor)
+            X.append(np.concatenate([channels[0], s.covariates[-spec.history :]], axis=1))
+            locs.append(unit_loc[0])
+            scales.append(unit_scale[0])
+        else:
+            X.append(_inputs(s, dataset.scaler)[-spec.history :])
         units.append(s.unit)
         starts.append((s.dates[-1] + records.frequency.period).to_datetime64())
     T = len(spec.targets)
+    inputs = np.stack(X)
+    loc = np.stack(locs) if locs else None
+    scale = np.stack(scales) if scales else None
     return WindowSet(
-        torch.from_numpy(np.stack(X)),
+        torch.from_numpy(inputs.astype(np.float32)),
         torch.full((len(X), spec.horizon, T), float("nan")),
         np.array(units, dtype=object),
         np.array(starts, dtype="datetime64[ns]"),
+        loc,
+        scale,
     )
 
 

@@ -153,8 +153,7 @@ def forecast_records(
             f"{records.source}: {exc} (the model reads L={resolved.history} {records.frequency.value} periods and its "
             f"scalers are fitted on all but the last {resolved.val_periods}+{resolved.test_periods})"
         ) from exc
-    units = list(inputs.units)
-    values = dataset.scaler.inverse_transform(predict(model, inputs.X), units)  # (U, H, T, Q)
+    values = dataset.to_original(predict(model, inputs.X), inputs)  # (U, H, T, Q)
     frame = windows_to_frame(
         values,
         inputs,
@@ -183,9 +182,8 @@ def holdout_forecasts(
     """
     config = model.config
     test = dataset.test
-    units = list(test.units)
-    pred = dataset.scaler.inverse_transform(predict(model, test.X), units)  # (N, H, T, Q)
-    truth = dataset.scaler.inverse_transform(test.y.numpy(), units)  # (N, H, T)
+    pred = dataset.to_original(predict(model, test.X), test)  # (N, H, T, Q)
+    truth = dataset.to_original(test.y.numpy(), test)  # (N, H, T)
     targets = tuple(dataset.spec.targets)
     forecast = windows_to_frame(
         pred, test, hospital=hospital, targets=targets, levels=tuple(config.quantiles), frequency=dataset.frequency

@@ -209,7 +209,89 @@ class TCNForecaster(Forecaster):
         return self.head(h[:, :, -1])  # (B, C) -> (B, H, T, Q)
 
 
-MODELS: dict[str, type[Forecaster]] = {"mlp": MLPForecaster, "tcn": TCNForecaster}
+# ----------------------------------------------------------------------------- hybrid
+
+
+def _inv_softplus(v: torch.Tensor) -> torch.Tensor:
+    return v + torch.log(-torch.expm1(-v))  # log(exp(v) - 1), stable for large v
+
+
+class HybridForecaster(Forecaster):
+    """A classical forecast computed from the window itself, plus a learned correction.
+
+    Expects window scaling (``WindowSpec(scaling="window")``): for each of the ``T`` targets
+    the input has the window ``(x - loc) / scale`` (``loc`` = the window's last-week mean,
+    ``scale`` = its seasonal spread, so one unit is "how much the series moves beyond its
+    weekly pattern"), the weekly profile over up to 26 weeks before the origin, and the log
+    level; channels ``[0, T)``, ``[T, 2T)``, ``[2T, 3T)``. Each target is forecast on its own
+    with shared weights (channel-independent), so one set of weights serves admissions-only
+    hospitals and ones with admissions and census; covariate channels are ignored.
+
+    The classical part (no parameters): the last week's level plus the long weekly profile —
+    "last week's level, this weekday's usual deviation", an additive Holt-Winters with fixed
+    smoothing — and a P10/P90 band of the standard-normal quantiles in units of the window's
+    spread. The network (``layers`` x (Linear, GELU), then a zero-initialised Linear) reads
+    the window, the profile and the level and adds a correction to the median and log-scale
+    corrections to the gaps between quantiles. Untrained, the model *is* the classical
+    forecast; a hospital unlike anything in training still gets at least the classical
+    forecast's shape. Quantiles cannot cross (cumulative softplus gaps).
+    """
+
+    z_anchor: torch.Tensor  # () standard-normal quantile of the level nearest 0.5
+    gap_bias: torch.Tensor  # (Q-1,) softplus^-1 of the standard-normal gaps between levels
+    season_index: torch.Tensor  # (H,) h % 7: which of the last 7 inputs shares forecast day h's weekday
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        assert config.history >= 7, f"the hybrid model needs L >= 7 (a week); got {config.history}"
+        assert config.n_features >= 3 * config.n_targets, (
+            "the hybrid model needs window scaling (3 channels per target)"
+        )
+        self.config = config
+        blocks: list[nn.Module] = []
+        width = config.history + 7 + 1  # window, weekly profile, log level
+        for _ in range(config.layers):
+            blocks += [nn.Linear(width, config.hidden), nn.GELU()]
+            width = config.hidden
+        self.body = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, config.horizon * len(config.quantiles))
+        nn.init.zeros_(self.out.weight)  # untrained = the classical forecast
+        nn.init.zeros_(self.out.bias)
+        levels = torch.tensor(config.quantiles, dtype=torch.float64)
+        z = torch.special.ndtri(levels).float()  # (Q,) standard-normal quantiles
+        self.anchor = min(range(len(levels)), key=lambda i: abs(config.quantiles[i] - 0.5))
+        # Not parameters and not in state_dict: derived from the config, never sent or averaged.
+        self.register_buffer("z_anchor", z[self.anchor].clone(), persistent=False)
+        self.register_buffer("gap_bias", _inv_softplus(z[1:] - z[:-1]), persistent=False)
+        self.register_buffer("season_index", torch.arange(config.horizon) % 7, persistent=False)
+
+    def classical(self, u: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        """``(B, T, L)`` window and ``(B, T, 7)`` profile of its last week -> ``(B, T, H)``."""
+        level = u[..., -7:].mean(-1, keepdim=True)  # (B, T, 1)
+        return level + profile[..., self.season_index]  # forecast day h has the weekday of input L-7+(h%7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        T = c.n_targets
+        assert x.ndim == 3 and x.shape[1] == c.history and x.shape[2] >= 3 * T, (
+            f"expected (B, {c.history}, >={3 * T}), got {tuple(x.shape)}"
+        )
+        u = x[:, :, :T].transpose(1, 2)  # (B, T, L)
+        profile = x[:, -7:, T : 2 * T].transpose(1, 2)  # (B, T, 7)
+        log_level = x[:, -1:, 2 * T : 3 * T].transpose(1, 2)  # (B, T, 1)
+        base = self.classical(u, profile)  # (B, T, H)
+        inputs = torch.cat(
+            [u.clamp(-20.0, 20.0), profile.clamp(-20.0, 20.0), log_level], dim=-1
+        )  # the clamp bounds a freak window
+        raw = self.out(self.body(inputs)).view(u.shape[0], T, c.horizon, len(c.quantiles))  # (B, T, H, Q)
+        a = self.anchor
+        mid = (base + self.z_anchor + raw[..., a]).unsqueeze(-1)  # (B, T, H, 1)
+        up = mid + torch.cumsum(F.softplus(raw[..., a + 1 :] + self.gap_bias[a:]), dim=-1)
+        down = mid - torch.cumsum(F.softplus(raw[..., :a] + self.gap_bias[:a]).flip(-1), dim=-1).flip(-1)
+        return torch.cat([down, mid, up], dim=-1).transpose(1, 2)  # (B, H, T, Q)
+
+
+MODELS: dict[str, type[Forecaster]] = {"mlp": MLPForecaster, "tcn": TCNForecaster, "hybrid": HybridForecaster}
 
 
 def build_model(config: ForecasterConfig, *, seed: int | None = None) -> Forecaster:
@@ -269,6 +351,7 @@ __all__ = [
     "MODELS",
     "MLPForecaster",
     "TCNForecaster",
+    "HybridForecaster",
     "QuantileHead",
     "build_model",
     "pinball_loss",

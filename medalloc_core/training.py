@@ -158,7 +158,10 @@ class TrainResult:
 
 
 class LinearClipper:
-    """Exact per-sample clipping for models whose parameters all sit in 2-D-input ``nn.Linear`` layers.
+    """Exact per-sample clipping for models whose parameters all sit in ``nn.Linear`` layers.
+
+    Inputs may be ``(B, d)`` or ``(B, T, d)`` (a layer applied to ``T`` rows of each sample, as
+    the channel-independent hybrid does); the ``(B, T, d)`` case uses the Gram-matrix norm below.
 
     For a linear layer ``z = a W^T + b`` the per-sample gradient is ``g_i a_i^T`` (weight) and
     ``g_i`` (bias), with ``g_i = dloss_i/dz_i``; so ``||grad_i||^2 = ||g_i||^2 (||a_i||^2 + 1)``
@@ -183,8 +186,10 @@ class LinearClipper:
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if torch.is_grad_enabled():
-            if inputs[0].ndim != 2:
-                raise ValueError("grad_sample_mode='linear' needs (B, d) inputs to every Linear; use an Opacus mode")
+            if inputs[0].ndim not in (2, 3):
+                raise ValueError(
+                    "grad_sample_mode='linear' needs (B, d) or (B, T, d) inputs to every Linear; use an Opacus mode"
+                )
             self._records.append((module, inputs[0].detach(), output))  # type: ignore[arg-type]
 
     def clipped_sum(
@@ -202,19 +207,33 @@ class LinearClipper:
             raise ValueError("grad_sample_mode='linear' needs each Linear used once per forward")
         if x.shape[0] == 0:  # an empty Poisson batch: nothing to sum (DP-SGD still adds noise)
             return [torch.zeros_like(p) for p in self.model.parameters()], per_sample.detach()
-        outs = torch.autograd.grad(per_sample.sum(), [z for _, _, z in records])  # each (B, d_out)
+        outs = torch.autograd.grad(per_sample.sum(), [z for _, _, z in records])  # each (B, d_out) or (B, T, d_out)
         norms2 = torch.zeros(x.shape[0], dtype=x.dtype)
         for (m, a, _), g in zip(records, outs):
-            g2 = g.pow(2).sum(1)
-            norms2 += g2 * (a.pow(2).sum(1) + (1.0 if m.bias is not None else 0.0))
+            if a.ndim == 2:
+                g2 = g.pow(2).sum(1)
+                norms2 += g2 * (a.pow(2).sum(1) + (1.0 if m.bias is not None else 0.0))
+            else:
+                # A layer applied to T rows of each sample: its gradient is sum_t g_t a_t^T, whose
+                # squared norm is sum_{t,t'} (g_t . g_t')(a_t . a_t') (the Gram-matrix "ghost norm").
+                gg = g @ g.transpose(1, 2)  # (B, T, T)
+                norms2 += (gg * (a @ a.transpose(1, 2))).sum((1, 2))
+                if m.bias is not None:
+                    norms2 += g.sum(1).pow(2).sum(1)
         # Opacus' formula, so that both paths clip identically: C / (||g_i|| + 1e-6), at most 1.
         coef = (max_grad_norm / (norms2.sqrt() + 1e-6)).clamp(max=1.0)  # (B,)
         sums: dict[int, torch.Tensor] = {}
         for (m, a, _), g in zip(records, outs):
-            cg = g * coef[:, None]  # (B, d_out)
-            sums[id(m.weight)] = cg.T @ a  # (d_out, d_in)
-            if m.bias is not None:
-                sums[id(m.bias)] = cg.sum(0)
+            if a.ndim == 2:
+                cg = g * coef[:, None]  # (B, d_out)
+                sums[id(m.weight)] = cg.T @ a  # (d_out, d_in)
+                if m.bias is not None:
+                    sums[id(m.bias)] = cg.sum(0)
+            else:
+                cg = g * coef[:, None, None]  # (B, T, d_out)
+                sums[id(m.weight)] = torch.einsum("bto,bti->oi", cg, a)  # (d_out, d_in)
+                if m.bias is not None:
+                    sums[id(m.bias)] = cg.sum((0, 1))
         return [sums[id(p)] for p in self.model.parameters()], per_sample.detach()
 
     def close(self) -> None:

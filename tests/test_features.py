@@ -204,3 +204,60 @@ def test_gap_across_the_validation_boundary_does_not_leak_into_training():
     # and no training target lies in the gap (windows with a filled target are dropped)
     gap = (pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(170, 200), unit="D")).to_numpy()
     assert not np.isin(base.train.target_dates(Frequency.DAILY), gap).any()
+
+
+def test_window_scaling_uses_each_windows_own_inputs_only(recs):
+    spec = WindowSpec(history=28, horizon=14, scaling="window")
+    ds = prepare_hospital(recs, spec)
+    assert ds.scaler is None  # nothing is fitted on the training periods
+    assert ds.feature_names[:6] == (
+        "admissions_scaled",
+        "census_scaled",
+        "admissions_profile",
+        "census_profile",
+        "admissions_log_level",
+        "census_log_level",
+    )
+    w = ds.train
+    i = len(w) // 2
+    unit, start = w.units[i], pd.Timestamp(w.target_start[i])
+    raw = _raw(recs, unit)[[ADMISSIONS, CENSUS]].astype(float)
+    before = raw.loc[start - pd.Timedelta(days=28) : start - pd.Timedelta(days=1)].to_numpy()  # the 28 input days
+    after = raw.loc[start : start + pd.Timedelta(days=13)].to_numpy()
+    loc = before[-7:].mean(axis=0)
+    scale = np.maximum(np.abs(before[7:] - before[:-7]).mean(axis=0), 1.0)
+    np.testing.assert_allclose(w.loc[i], loc)
+    np.testing.assert_allclose(w.scale[i], scale)
+    np.testing.assert_allclose(w.X[i, :, :2].numpy(), (before - loc) / scale, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w.y[i].numpy(), (after - loc) / scale, rtol=1e-5, atol=1e-5)
+    # back to patients/beds with the window's own statistics
+    np.testing.assert_allclose(ds.to_original(w.y[i : i + 1].numpy(), w.select(np.array([i])))[0], after, rtol=1e-5)
+    # the profile channel: the weekday pattern of up to 26 whole weeks before the origin, in window units
+    past = raw.loc[: start - pd.Timedelta(days=1)].to_numpy()
+    weeks = min(26, len(past) // 7)
+    block = past[len(past) - 7 * weeks :].reshape(weeks, 7, 2)
+    weekly = (block - block.mean(axis=1, keepdims=True)).mean(axis=0) / scale
+    np.testing.assert_allclose(w.X[i, -7:, 2:4].numpy(), weekly, rtol=1e-4, atol=1e-5)
+
+
+def test_window_scaling_is_untouched_by_a_change_outside_the_window(recs):
+    """A record changes only the windows that contain it (what per-window clipping and source release assume)."""
+    spec = WindowSpec(history=28, horizon=14, scaling="window", year_position=False)
+    ds = prepare_hospital(recs, spec)
+    frame = recs.frame.copy()
+    first = frame[DATE].min()
+    frame.loc[frame[DATE] == first, CENSUS] += 500  # one day, at the very start
+    changed = prepare_hospital(UnitRecords(frame, recs.frequency, recs.source, recs.shape), spec)
+    late = pd.DatetimeIndex(ds.train.target_start) > first + pd.Timedelta(days=7 * 27 + 28)
+    assert late.any()
+    torch.testing.assert_close(ds.train.X[late], changed.train.X[late])
+    torch.testing.assert_close(ds.train.y[late], changed.train.y[late])
+
+
+def test_window_spec_wire_form_keeps_the_scaling():
+    spec = WindowSpec(history=28, horizon=14, val_periods=28, test_periods=28, scaling="window")
+    assert WindowSpec.from_dict(spec.to_dict()) == spec
+    series = WindowSpec(history=28, horizon=14, val_periods=28, test_periods=28)
+    assert "scaling" not in series.to_dict()  # files of series-scaled models are unchanged
+    with pytest.raises(ValueError, match="scaling"):
+        WindowSpec.from_dict(series.to_dict() | {"scaling": "global"})

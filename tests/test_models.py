@@ -22,7 +22,7 @@ from medalloc_core.models import (
 
 
 def tiny(model: str, **kw) -> ForecasterConfig:
-    base = dict(model=model, history=12, horizon=3, n_features=5, n_targets=2, hidden=16, channels=8, levels=2)
+    base = dict(model=model, history=12, horizon=3, n_features=7, n_targets=2, hidden=16, channels=8, levels=2)
     base.update(kw)
     return ForecasterConfig(**base)
 
@@ -34,9 +34,9 @@ def name(request) -> str:
 
 def test_output_shape(name):
     net = build_model(tiny(name), seed=0)
-    assert tuple(net(torch.randn(4, 12, 5)).shape) == (4, 3, 2, 3)
+    assert tuple(net(torch.randn(4, 12, 7)).shape) == (4, 3, 2, 3)
     with pytest.raises(AssertionError, match="expected"):
-        net(torch.randn(4, 11, 5))
+        net(torch.randn(4, 11, 7))
 
 
 @settings(max_examples=15, deadline=None)
@@ -48,7 +48,7 @@ def test_output_shape(name):
 def test_quantiles_never_cross(seed, scale, quantiles):
     for name in MODELS:
         net = build_model(tiny(name, quantiles=quantiles), seed=seed % 97)
-        x = torch.randn(8, 12, 5, generator=torch.Generator().manual_seed(seed)) * scale
+        x = torch.randn(8, 12, 7, generator=torch.Generator().manual_seed(seed)) * scale
         out = net(x)
         assert out.shape[-1] == len(quantiles)
         assert (out[..., 1:] >= out[..., :-1]).all()
@@ -76,9 +76,15 @@ def test_opacus_validator_accepts(name):
 
 
 def test_gradient_reaches_every_parameter(name):
+    """After one optimiser step (the hybrid's zero-initialised output layer blocks gradients at step 0 by design)."""
     net = build_model(tiny(name), seed=0)
-    loss = pinball_loss(net(torch.randn(6, 12, 5)), torch.randn(6, 3, 2), net.config.quantiles)
-    loss.backward()
+    x, y = torch.randn(6, 12, 7), torch.randn(6, 3, 2)
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):
+        optimiser.zero_grad()
+        pinball_loss(net(x), y, net.config.quantiles).backward()
+        if _ == 0:
+            optimiser.step()
     for n, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
 

@@ -328,3 +328,25 @@ def test_training_leaves_the_callers_random_state_alone(ds):
     torch.manual_seed(123)
     train_local(build_model(small(), seed=0), subset(ds.train, 40), config=TrainConfig(epochs=1, batch_size=20, seed=9))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_linear_clipping_is_exact_for_layers_applied_to_several_rows_per_sample():
+    """The hybrid applies its Linear layers to T target rows of each window: the Gram-matrix norm must be exact."""
+    torch.manual_seed(0)
+    net = build_model(ForecasterConfig(model="hybrid", history=L, horizon=H, n_features=7, n_targets=2, hidden=16))
+    with torch.no_grad():  # leave the zero-initialised state, where every gradient below the output is 0
+        for p in net.parameters():
+            p.normal_(0.0, 0.3)
+    x, y = torch.randn(9, L, 7), torch.randn(9, H, 2)
+    C = 0.05
+    rows = per_sample_grads(net, x, y)
+    assert max(r.norm() for r in rows) > C
+    clipped = [r * min(1.0, C / (r.norm().item() + 1e-6)) for r in rows]
+    clipper = LinearClipper(net)
+    try:
+        sums, _ = clipper.clipped_sum(x, y, net.config.quantiles, C)
+    finally:
+        clipper.close()
+    torch.testing.assert_close(
+        torch.cat([s.flatten() for s in sums]), torch.stack(clipped).sum(0), rtol=1e-4, atol=1e-6
+    )
