@@ -7,9 +7,9 @@ from importlib import resources
 import pytest
 import torch
 
+from medalloc.simulations import pretrain
 from medalloc_core.models import ForecasterConfig, build_model
 from medalloc_core.pretrained import PRETRAINED_NAME, PretrainedMismatch, load_pretrained, pretrained_info
-from medalloc.simulations import pretrain
 
 
 def _config(**kw) -> ForecasterConfig:
