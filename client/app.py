@@ -36,7 +36,7 @@ from medalloc_core.protocol import (
     TrainInstruction,
     TrainReply,
 )
-from medalloc_core.training import DPConfig, TrainConfig, train_local
+from medalloc_core.training import DPConfig, TrainConfig, adaptive_batch_size, train_local
 
 from .config import NodeConfig, NodeConfigError
 from .task import LocalData, evaluate_local, load_local_data
@@ -143,7 +143,9 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
         noise = max(ask.dp_noise_multiplier, node.min_noise_multiplier)
         clip = min(ask.dp_max_grad_norm, node.max_grad_norm)
         train = data.dataset.train
-        plan = DPPlan(n_examples=len(train), batch_size=ask.batch_size, epochs=epochs)
+        # A small hospital would otherwise sample at rate 1 (no amplification): warned before any spend.
+        batch_size = adaptive_batch_size(len(train), ask.batch_size)
+        plan = DPPlan(n_examples=len(train), batch_size=batch_size, epochs=epochs)
         if ask.dp_target_epsilon > 0:
             noise = max(
                 noise,
@@ -164,7 +166,7 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
                 model,
                 train,
                 config=TrainConfig(
-                    epochs=epochs, batch_size=ask.batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed
+                    epochs=epochs, batch_size=batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed
                 ),
                 dp=DPConfig(noise_multiplier=noise, max_grad_norm=clip, delta=node.delta, accountant=node.accountant),
                 ledger=ledger,

@@ -518,6 +518,27 @@ def train_local(
     return TrainResult(len(train), steps, loss_sum / max(steps, 1), sigma, sample_rate, epsilon, seconds, cpu_seconds)
 
 
+def adaptive_batch_size(n_windows: int, batch_size: int, *, min_batches: int = 4, warn: bool = True) -> int:
+    """``batch_size``, lowered so an epoch has at least ``min_batches`` batches.
+
+    Under DP a batch as large as the dataset means Poisson sampling at rate 1: no
+    amplification by subsampling, and the node spends its budget several times faster. Logged
+    when it changes, before anything is spent.
+    """
+    if n_windows <= 0:
+        return batch_size
+    adapted = max(1, min(batch_size, n_windows // min_batches))
+    if adapted < batch_size and warn:
+        logger.warning(
+            "%d training windows: batch size lowered from %d to %d so that sampling stays at rate <= 1/%d",
+            n_windows,
+            batch_size,
+            adapted,
+            min_batches,
+        )
+    return adapted
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 

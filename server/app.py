@@ -46,6 +46,7 @@ class FederationResult:
     model_config: ForecasterConfig
     rounds: list[RoundRecord] = field(default_factory=list)
     out_dir: Path = Path(".")
+    final_model_written: bool = False  # False when no round aggregated anything (every node refused, ...)
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -257,6 +258,15 @@ def run_federation(
             on_round(record)
 
     result.arrays = _to_arrays(record_arrays)
+    if start == 1 and not any(r.model_updated for r in result.rounds if r.round > 0):
+        # The global model is still the initial one: saving it as "the final model" would hand
+        # hospitals an untrained model under a trained one's name.
+        logger.error(
+            "no round aggregated any update (%s); no final model written. Refusals: %s",
+            ", ".join(f"round {r.round}: {r.nodes}" for r in result.rounds if r.round > 0) or "no rounds",
+            refusal_summary(result.rounds) or "none",
+        )
+        return result
     write_model_files(
         out / FINAL_MODEL,
         result.arrays,
@@ -265,7 +275,19 @@ def run_federation(
         extra={"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
     logger.info("final model written to %s", out / FINAL_MODEL)
+    result.final_model_written = True
     return result
+
+
+def refusal_summary(rounds: list[RoundRecord]) -> dict[str, int]:
+    """How often each reason ended a node's round (``"refused: privacy-budget-exceeded: ..."``), over ``rounds``."""
+    counts: dict[str, int] = {}
+    for record in rounds:
+        for outcome in record.outcomes or []:
+            if outcome.get("status") != "accepted":
+                key = f"{outcome.get('status')}: {str(outcome.get('reason', '')).split(':')[0] or 'no reason given'}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:

@@ -23,7 +23,7 @@ import torch
 from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
 from medalloc.client.task import LocalData, load_local_data, test_forecasts
-from medalloc.server.app import FINAL_MODEL, make_server_app
+from medalloc.server.app import FINAL_MODEL, make_server_app, refusal_summary
 from medalloc_core.features import federation_window_spec
 from medalloc_core.model_io import read_model_files, sidecar_of
 from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
@@ -39,6 +39,17 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 SCENARIO_FILE = "scenario.toml"
+
+
+class FederationFailed(RuntimeError):
+    """No round aggregated anything (every node refused or failed): there is no trained model to compare.
+
+    ``refusals`` counts each reason a node gave; the results folder keeps ``metrics.jsonl``.
+    """
+
+    def __init__(self, message: str, refusals: dict[str, int]) -> None:
+        super().__init__(message)
+        self.refusals = refusals
 
 
 class ResultsExist(FileExistsError):
@@ -138,9 +149,16 @@ def run_scenario(
 
     # --- the region: one file per hospital --------------------------------------------
     began = time.perf_counter()
-    progress.phase(f"generating {scenario.hospitals} hospitals")
     region_dir = out / "region"
-    write_region(generate_region(scenario.region_config()), region_dir)
+    if scenario.data is not None:
+        # Copies: the virtual nodes keep their ledgers beside their files, never in the researcher's folder.
+        progress.phase(f"copying {scenario.hospitals} hospital files")
+        region_dir.mkdir()
+        for path in scenario.data.files:
+            shutil.copy2(path, region_dir / path.name)
+    else:
+        progress.phase(f"generating {scenario.hospitals} hospitals")
+        write_region(generate_region(scenario.region_config()), region_dir)
     files = hospital_files(region_dir)
     timings["region"] = time.perf_counter() - began
 
@@ -152,6 +170,13 @@ def run_scenario(
     simulate_federation(run_config, len(files), client_cpus=scenario.client_cpus, on_round=progress.round)
     timings["federation"] = time.perf_counter() - began
     rounds = read_rounds(out / METRICS_FILE)
+    if not (out / FINAL_MODEL).exists():
+        refusals = refusal_summary(rounds)
+        raise FederationFailed(
+            f"no round of the federation aggregated any update, so there is no trained model (and no "
+            f"{FINAL_MODEL} was written); {out / METRICS_FILE} has every round's node outcomes",
+            refusals,
+        )
     final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
     # --- the same test windows for every method ------------------------------------------

@@ -11,9 +11,20 @@ from typing import Any
 from medalloc.server.config import RunConfig, RunConfigError
 from medalloc_core.synthetic import RegionConfig
 
+from .real_files import DataDirError, DataDirPlan, inspect_data_dir
+
 _SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "output", "simulation"}
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
 _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
+# [federation] keys the runner sets itself: a scenario that sets them would be silently overridden.
+_RUNNER_KEYS = {
+    "simulation-data-dir": "[region] data-dir",
+    "simulation-epsilon-budget": "[privacy] epsilon-budget",
+    "simulation-delta": "[privacy] delta",
+    "simulation-days": "[region] days",
+    "simulation-region-seed": "[region] seed",
+    "out-dir": "medalloc simulate --out",
+}
 
 
 class ScenarioError(ValueError):
@@ -41,14 +52,17 @@ class Scenario:
     client_cpus: float = 1.0
     source: str = "embedded default"
     text: str = field(default="", compare=False)  # the TOML as read, copied into the results folder
+    data: DataDirPlan | None = None  # [region] data-dir: the researcher's own files instead of a generated region
 
     @property
     def hospitals(self) -> int:
         """Number of hospitals (= virtual nodes)."""
-        return int(self.region_config().hospitals)
+        return len(self.data.files) if self.data is not None else int(self.region_config().hospitals)
 
     def region_config(self) -> RegionConfig:
-        """The region to generate."""
+        """The region to generate (not for a scenario with ``[region] data-dir``)."""
+        if self.data is not None:
+            raise ValueError("this scenario runs on the files of [region] data-dir; it generates no region")
         return RegionConfig(**{k.replace("-", "_"): v for k, v in self.region.items()})
 
     def run_config(self, *, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -113,6 +127,26 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         extra = set(section) - known
         if extra:
             raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [{name}]; known: {sorted(known)}")
+    owned = sorted(set(federation) & set(_RUNNER_KEYS))
+    if owned:
+        fixes = "; ".join(f"'{k}': use {_RUNNER_KEYS[k]}" for k in owned)
+        raise ScenarioError(f"{source}: [federation] must not set {owned}: the runner sets them ({fixes})")
+    data: DataDirPlan | None = None
+    if "data-dir" in region:
+        unused = sorted(k for k in region if k != "data-dir")
+        if unused:
+            raise ScenarioError(
+                f"{source}: [region] {unused} are generator settings and unused with data-dir; remove them, "
+                "or remove data-dir to generate a region"
+            )
+        folder = Path(str(region["data-dir"])).expanduser()
+        if not folder.is_absolute() and Path(source).is_file():
+            folder = Path(source).resolve().parent / folder  # relative to the scenario file, as a reader expects
+        try:
+            data = inspect_data_dir(folder.resolve(), federation)
+        except DataDirError as exc:
+            raise ScenarioError(f"{source}: {exc}") from exc
+        federation.setdefault("targets", ",".join(data.targets))  # the targets follow the columns present
     baselines = tuple(comparisons.get("baselines", ("seasonal_naive", "holt_winters")))
     bad = [b for b in baselines if b not in _BASELINES]
     if bad:
@@ -132,8 +166,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             client_cpus=float(simulation.get("client-cpus", 1.0)),
             source=source,
             text=text,
+            data=data,
         )
-        scenario.region_config()
+        if data is None:
+            scenario.region_config()
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc

@@ -108,7 +108,7 @@ def simulate(
     console = Console()
     # Flower and Ray are heavy: import them only when this command runs.
     from medalloc.simulations.logs import quiet_flower
-    from medalloc.simulations.runner import ResultsExist, run_scenario
+    from medalloc.simulations.runner import FederationFailed, ResultsExist, run_scenario
     from medalloc.simulations.scenario import ScenarioError, default_scenario_text, load_scenario
 
     if show_default:
@@ -147,6 +147,16 @@ def simulate(
             summary = run_scenario(scenario, out, force=force, progress=_RichProgress(progress))
     except ResultsExist as exc:
         _fail(console, str(exc))
+    except FederationFailed as exc:
+        table = Table(title="why nodes did not contribute (node-rounds)")
+        table.add_column("outcome: reason")
+        table.add_column("count", justify="right")
+        for reason, count in sorted(exc.refusals.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, str(count))
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        if exc.refusals:
+            console.print(table)
+        raise typer.Exit(code=1) from None
     console.print(_results_table(summary))
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "

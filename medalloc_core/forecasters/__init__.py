@@ -33,8 +33,9 @@ from medalloc_core.forecasters.classical import (
 )
 from medalloc_core.forecasters.ensemble import Ensemble
 from medalloc_core.forecasters.federated import Federated, fedavg
-from medalloc_core.forecasters.neural import LocalOnly, NeuralForecaster, adaptive_batch_size, predict_origins
+from medalloc_core.forecasters.neural import LocalOnly, NeuralForecaster, predict_origins
 from medalloc_core.forecasters.zeroshot import Fracast
+from medalloc_core.training import adaptive_batch_size
 
 __all__ = [
     "FORECASTERS",

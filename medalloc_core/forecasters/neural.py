@@ -14,11 +14,19 @@ from medalloc_core.forecasters.base import Forecaster, HospitalData, Origins, po
 from medalloc_core.metrics import DEFAULT_QUANTILES
 from medalloc_core.models import Forecaster as Network
 from medalloc_core.models import ForecasterConfig, build_model
-from medalloc_core.training import DPConfig, TrainConfig, TrainResult, evaluate, predict, train_local
+from medalloc_core.training import (
+    DPConfig,
+    TrainConfig,
+    TrainResult,
+    adaptive_batch_size,
+    evaluate,
+    predict,
+    train_local,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalOnly", "NeuralForecaster", "adaptive_batch_size", "predict_origins"]
+__all__ = ["LocalOnly", "NeuralForecaster", "predict_origins"]
 
 
 class NeuralForecaster(Forecaster):
@@ -177,27 +185,6 @@ def predict_origins(model: Network, hospital: HospitalData, spec: WindowSpec, or
         ) from None
     chosen = windows.select(rows)
     return ds.to_original(predict(model, chosen.X), chosen)
-
-
-def adaptive_batch_size(n_windows: int, batch_size: int, *, min_batches: int = 4, warn: bool = True) -> int:
-    """``batch_size``, lowered so an epoch has at least ``min_batches`` batches.
-
-    Under DP a batch as large as the dataset means Poisson sampling at rate 1: no
-    amplification by subsampling, and the node spends its budget several times faster. Logged
-    when it changes, before anything is spent.
-    """
-    if n_windows <= 0:
-        return batch_size
-    adapted = max(1, min(batch_size, n_windows // min_batches))
-    if adapted < batch_size and warn:
-        logger.warning(
-            "%d training windows: batch size lowered from %d to %d so that sampling stays at rate <= 1/%d",
-            n_windows,
-            batch_size,
-            adapted,
-            min_batches,
-        )
-    return adapted
 
 
 class LocalOnly(Forecaster):

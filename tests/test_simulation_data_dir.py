@@ -1,0 +1,154 @@
+"""`medalloc simulate` over a folder of the researcher's own files (`[region] data-dir`), and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from medalloc.cli import app as cli
+from medalloc.simulations.runner import run_scenario
+from medalloc.simulations.scenario import ScenarioError, load_scenario
+
+FEDERATION = """
+[federation]
+num-server-rounds = 2
+local-epochs = 1
+history = 14
+horizon = 7
+hidden = 16
+batch-size = 32
+lr = 0.01
+[privacy]
+epsilon-budget = 12.0
+[comparisons]
+local-only-dp = false
+baselines = ["seasonal_naive"]
+[output]
+forecast-plots = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """A folder made by `medalloc generate`, exactly as a researcher would make it."""
+    out = tmp_path_factory.mktemp("generated")
+    result = CliRunner().invoke(
+        cli, ["generate", "--hospitals", "3", "--days", "200", "--seed", "5", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def admissions_only(generated, tmp_path_factory) -> Path:
+    """The same hospitals with nothing but admissions, as many small clinics export them."""
+    out = tmp_path_factory.mktemp("admissions")
+    for path in sorted(generated.glob("H*.csv")):
+        pd.read_csv(path)[["date", "unit", "admissions"]].to_csv(out / path.name, index=False)
+    return out
+
+
+def _scenario(tmp_path: Path, region: str, federation: str = FEDERATION) -> Path:
+    path = tmp_path / "scenario.toml"
+    path.write_text(f'name = "data-dir"\n[region]\n{region}\n{federation}')
+    return path
+
+
+def test_a_generated_folder_gives_one_node_per_file_and_both_targets(tmp_path, generated):
+    scenario = load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"'))
+    assert scenario.hospitals == 3
+    assert scenario.federation["targets"] == "admissions,census"
+    assert [p.name for p in scenario.data.files] == ["H000.csv", "H001.csv", "H002.csv"]
+
+
+def test_targets_follow_the_columns_present(tmp_path, admissions_only):
+    scenario = load_scenario(_scenario(tmp_path, f'data-dir = "{admissions_only}"'))
+    assert scenario.federation["targets"] == "admissions"
+
+
+def test_a_relative_data_dir_is_read_from_the_scenario_files_folder(tmp_path, generated):
+    (tmp_path / "files").symlink_to(generated)
+    assert load_scenario(_scenario(tmp_path, 'data-dir = "files"')).hospitals == 3
+
+
+def test_generator_keys_beside_data_dir_are_refused(tmp_path, generated):
+    with pytest.raises(ScenarioError, match=r"\['days', 'hospitals'\] are generator settings and unused with data-dir"):
+        load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"\nhospitals = 3\ndays = 100'))
+
+
+def test_runner_keys_in_federation_are_refused_not_ignored(tmp_path, generated):
+    federation = FEDERATION.replace("[federation]", f'[federation]\nsimulation-data-dir = "{generated}"')
+    with pytest.raises(ScenarioError, match=r"'simulation-data-dir': use \[region\] data-dir"):
+        load_scenario(_scenario(tmp_path, "hospitals = 3", federation))
+
+
+def test_a_target_a_file_lacks_names_the_file_and_the_option(tmp_path, admissions_only):
+    federation = FEDERATION.replace("[federation]", '[federation]\ntargets = "admissions,census"')
+    with pytest.raises(ScenarioError, match=r"H000.csv: no \['census'\] column.*set \[federation\] targets"):
+        load_scenario(_scenario(tmp_path, f'data-dir = "{admissions_only}"', federation))
+
+
+def test_a_history_too_short_for_the_windows_names_the_option(tmp_path, generated):
+    federation = FEDERATION.replace("history = 14", "history = 140")
+    with pytest.raises(
+        ScenarioError,
+        match=r"unit '\w+': \d+ days; the federation needs history 140 .* set \[federation\] history = \d+",
+    ):
+        load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"', federation))
+
+
+def test_a_broken_file_is_reported_with_its_row(tmp_path, generated):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    frame = pd.read_csv(generated / "H000.csv")
+    frame.loc[3, "admissions"] = -4
+    frame.to_csv(broken / "H000.csv", index=False)
+    with pytest.raises(ScenarioError, match=r"H000.csv, row 5, column 'admissions'"):
+        load_scenario(_scenario(tmp_path, f'data-dir = "{broken}"'))
+
+
+@pytest.mark.slow
+def test_simulate_runs_on_a_generated_folder_and_leaves_it_untouched(tmp_path, generated):
+    before = sorted(p.name for p in generated.iterdir())
+    out = tmp_path / "results"
+    summary = run_scenario(load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"')), out)
+    assert summary["hospitals"] == ["H000", "H001", "H002"]
+    assert {"federated", "local only", "centralized", "seasonal_naive"} <= set(summary["methods"])
+    assert (out / "final_model.safetensors").is_file()
+    assert sorted(p.name for p in generated.iterdir()) == before  # ledgers live in the results folder
+    ledgers = sorted(p.name for p in (out / "region" / "ledgers").iterdir() if p.suffix == ".json")
+    assert ledgers == ["H000.json", "H001.json", "H002.json"]
+
+
+@pytest.mark.slow
+def test_simulate_runs_on_an_admissions_only_folder(tmp_path, admissions_only):
+    out = tmp_path / "results"
+    result = CliRunner().invoke(
+        cli, ["simulate", "--config", str(_scenario(tmp_path, f'data-dir = "{admissions_only}"')), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    model = json.loads((out / "final_model.json").read_text())
+    assert model["window-spec"]["targets"] == ["admissions"]
+    assert model["model-config"]["n_targets"] == 1
+    federated = json.loads((out / "summary.json").read_text())["methods"]["federated"]["overall"]["volume_weighted"]
+    assert 0 < federated["wape"] < 1
+
+
+@pytest.mark.slow
+def test_a_federation_where_every_node_refuses_exits_non_zero_without_a_final_model(tmp_path, generated):
+    federation = FEDERATION.replace("epsilon-budget = 12.0", "epsilon-budget = 0.01")  # no round fits the budget
+    out = tmp_path / "results"
+    result = CliRunner().invoke(
+        cli,
+        ["simulate", "--config", str(_scenario(tmp_path, f'data-dir = "{generated}"', federation)), "--out", str(out)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "no round of the federation aggregated any update" in result.output
+    assert "privacy-budget-exceeded" in result.output
+    assert not (out / "final_model.safetensors").exists()
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["model-updated"] is False for r in rounds if r["round"] > 0)
