@@ -579,13 +579,20 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
     )
 
 
-def federation_window_spec(*, history: int, horizon: int, targets: tuple[str, ...]) -> WindowSpec:
+# Models that normalise each window by its own inputs (window scaling); every other model uses series scaling.
+WINDOW_SCALED_MODELS = frozenset({"hybrid"})
+
+
+def federation_window_spec(*, history: int, horizon: int, targets: tuple[str, ...], model: str = "mlp") -> WindowSpec:
     """The federation's input windows: daily data, the default calendar covariates, held-out
-    periods sized to the horizon.
+    periods sized to the horizon, the scaling ``model`` needs.
 
     Validation and test each hold ``max(horizon, 28)`` days, so a 730-day hospital keeps
     most of its history for training while the test split still spans several forecasts.
     Nodes train with it and model files without a stored spec are read back with it.
     """
     held_out = max(horizon, 28)
-    return WindowSpec(history=history, horizon=horizon, targets=targets, val_periods=held_out, test_periods=held_out)
+    scaling = "window" if model in WINDOW_SCALED_MODELS else "series"
+    return WindowSpec(
+        history=history, horizon=horizon, targets=targets, val_periods=held_out, test_periods=held_out, scaling=scaling
+    )

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import FedAdam
 from medalloc_core import protocol
 from medalloc_core.features import federation_window_spec
 from medalloc_core.model_io import FINAL_MODEL_NAME, write_model_files
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.models import Forecaster, ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
 
@@ -98,6 +98,18 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
     return int(scalars.get("client-dp-releases", 0))
 
 
+def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
+    """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``)."""
+    if config.init == "pretrained":
+        from medalloc_core.pretrained import PretrainedMismatch, load_pretrained
+
+        try:
+            return load_pretrained(mconfig)
+        except PretrainedMismatch as exc:
+            raise RunConfigError(str(exc)) from exc
+    return build_model(mconfig, seed=config.seed)
+
+
 def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
     """The run's output folder; an existing one is only reused with ``resume = true``."""
     out = config.out_path if config.out_dir else Path("results") / f"run-{run_id}"
@@ -129,12 +141,14 @@ def run_federation(
     out = resolve_out_dir(config, run_id)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / METRICS_FILE
-    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    spec = federation_window_spec(
+        history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model
+    )
     mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     sampled = max(config.min_train_nodes, config.min_available_nodes)
     built = build_strategy(config, num_sampled_nodes=sampled)
 
-    arrays = state_arrays(build_model(mconfig, seed=config.seed))
+    arrays = state_arrays(initial_model(config, mconfig))
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
     start, releases = 1, 0
     if config.resume:

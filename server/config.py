@@ -46,6 +46,7 @@ class RunConfig:
     horizon: int = 14  # H: days forecast (2 weeks)
     hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
+    init: str = "none"  # "pretrained": the hybrid starts from the shipped public weights (no privacy cost)
     # --- DP-SGD on each node (per-example privacy; the node's ledger enforces the budget)
     dp_noise_multiplier: float = 1.3
     dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
@@ -118,6 +119,10 @@ class RunConfig:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:
             raise RunConfigError("targets must name at least one column, e.g. 'admissions,census'")
+        if self.init not in ("none", "pretrained"):
+            raise RunConfigError(f"init must be 'none' or 'pretrained', got {self.init!r}")
+        if self.init == "pretrained" and self.model != "hybrid":
+            raise RunConfigError("init = 'pretrained' needs model = 'hybrid' (the only model with public weights)")
 
     # ------------------------------------------------------------------ constructors
     @classmethod

@@ -238,7 +238,9 @@ def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], confi
     from medalloc_core.features import federation_window_spec
     from medalloc_core.models import ForecasterConfig, build_from_arrays
 
-    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    spec = federation_window_spec(
+        history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model
+    )
     model = build_from_arrays(ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden), arrays)
     levels = list(model.config.quantiles)
     median = levels.index(min(levels, key=lambda level: abs(level - 0.5)))

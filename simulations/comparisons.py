@@ -24,7 +24,7 @@ from medalloc_core.features import WindowSet
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.models import Forecaster, ForecasterConfig, build_model
 from medalloc_core.privacy.accounting import epsilon_for
-from medalloc_core.training import DPConfig, TrainConfig, train_local
+from medalloc_core.training import DPConfig, TrainConfig, adaptive_batch_size, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,30 @@ def _train(
     lr: float,
     seed: int,
     dp: DPConfig | None = None,
+    init: str = "none",
 ) -> Forecaster:
-    model = build_model(config, seed=seed)
+    if init == "pretrained":  # the same public start as the federation (run config ``init``)
+        from medalloc_core.pretrained import load_pretrained
+
+        model = load_pretrained(config)
+    else:
+        model = build_model(config, seed=seed)
     train_local(model, data, config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), dp=dp)
     return model
 
 
 def local_only(
-    config: ForecasterConfig, data: LocalData, *, epochs: int, batch_size: int, lr: float, seed: int
+    config: ForecasterConfig,
+    data: LocalData,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    init: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each hospital alone, no privacy: the same model and optimiser, as many epochs as the whole federation ran."""
-    model = _train(config, data.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    model = _train(config, data.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
     return test_forecasts(model, data.dataset)
 
 
@@ -95,6 +108,7 @@ def local_only_dp(
     seed: int,
     max_grad_norm: float,
     delta: float,
+    init: str = "none",
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
     """Each hospital alone with DP-SGD spending exactly what its federated participation spent.
 
@@ -114,13 +128,22 @@ def local_only_dp(
     batches = max(1, round(1 / rate))
     epochs = max(1, round(steps / batches))
     dp = DPConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm, delta=delta, accountant="prv")
-    model = _train(config, data.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp=dp)
+    train = data.dataset.train
+    batch_size = adaptive_batch_size(len(train), batch_size, warn=False)  # the batch the node itself used
+    model = _train(config, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp=dp, init=init)
     y, q = test_forecasts(model, data.dataset)
     return y, q, float(epsilon_for([(sigma, rate, epochs * batches)], delta=delta))
 
 
 def centralized(
-    config: ForecasterConfig, hospitals: Mapping[str, LocalData], *, epochs: int, batch_size: int, lr: float, seed: int
+    config: ForecasterConfig,
+    hospitals: Mapping[str, LocalData],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    init: str = "none",
 ) -> Forecaster:
     """One model on every hospital's training windows pooled (each scaled by its own scaler):
     the no-privacy upper bound."""
@@ -130,7 +153,7 @@ def centralized(
         np.concatenate([d.dataset.train.units for d in hospitals.values()]),
         np.concatenate([d.dataset.train.target_start for d in hospitals.values()]),
     )
-    return _train(config, pooled, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    return _train(config, pooled, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
 
 
 def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...]) -> np.ndarray:

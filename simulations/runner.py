@@ -23,10 +23,10 @@ import torch
 from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
 from medalloc.client.task import LocalData, load_local_data, test_forecasts
-from medalloc.server.app import FINAL_MODEL, make_server_app, refusal_summary
+from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary
 from medalloc_core.features import federation_window_spec
 from medalloc_core.model_io import read_model_files, sidecar_of
-from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
+from medalloc_core.models import ForecasterConfig, build_from_arrays
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
@@ -181,7 +181,9 @@ def run_scenario(
 
     # --- the same test windows for every method ------------------------------------------
     began = time.perf_counter()
-    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
+    spec = federation_window_spec(
+        history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model
+    )
     mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     quantiles = tuple(mconfig.quantiles)
     progress.phase("scoring the federated model", total=len(files))
@@ -191,7 +193,7 @@ def run_scenario(
     epsilons: dict[str, float] = {}
     histories: dict[str, list[tuple[float, float, int]]] = {}
     federated = build_from_arrays(mconfig, final_arrays)
-    initial = build_model(mconfig, seed=config.seed)
+    initial = initial_model(config, mconfig)
     methods["federated"], methods["initial model"] = {}, {}
     for hid, d in data.items():
         y, q = test_forecasts(federated, d.dataset)
@@ -207,6 +209,7 @@ def run_scenario(
         "batch_size": config.batch_size,
         "lr": config.lr,
         "seed": config.seed,
+        "init": config.init,
     }
 
     if scenario.local_only:
@@ -229,6 +232,7 @@ def run_scenario(
                 seed=config.seed,
                 max_grad_norm=config.dp_max_grad_norm,
                 delta=scenario.delta,
+                init=config.init,
             )
             if result is not None:
                 y, q, eps = result

@@ -152,3 +152,22 @@ def test_a_federation_where_every_node_refuses_exits_non_zero_without_a_final_mo
     assert not (out / "final_model.safetensors").exists()
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["model-updated"] is False for r in rounds if r["round"] > 0)
+
+
+@pytest.mark.slow
+def test_the_hybrid_model_federates_from_the_public_weights(tmp_path, generated):
+    federation = (
+        FEDERATION.replace("history = 14", "history = 28")
+        .replace("horizon = 7", "horizon = 14")
+        .replace("hidden = 16", 'hidden = 64\nmodel = "hybrid"\ninit = "pretrained"')
+    )
+    out = tmp_path / "results"
+    summary = run_scenario(load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"', federation)), out)
+    model = json.loads((out / "final_model.json").read_text())
+    assert model["model-config"]["model"] == "hybrid"
+    assert model["window-spec"]["scaling"] == "window"
+    methods = summary["methods"]
+    # the initial model is the public pretrained one, not the classical start: it already beats seasonal naive
+    initial = methods["initial model"]["overall"]["volume_weighted"]
+    naive = methods["seasonal_naive"]["overall"]["volume_weighted"]
+    assert initial["pinball"] < naive["pinball"]
