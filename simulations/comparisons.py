@@ -8,19 +8,16 @@ windows, and ``score`` turns them into ``forecast_metrics``.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medalloc.client.task import LocalData, test_forecasts
-from medalloc_core.baselines import make_baseline, rolling_origin_forecasts
-from medalloc_core.contract import DATE, UNIT
 from medalloc_core.features import WindowSet
+from medalloc_core.forecasters import Classical, HospitalData, Origins
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.models import Forecaster, ForecasterConfig, build_model
 from medalloc_core.privacy.accounting import epsilon_for
@@ -29,12 +26,6 @@ from medalloc_core.training import DPConfig, TrainConfig, adaptive_batch_size, t
 logger = logging.getLogger(__name__)
 
 SCALAR_KEYS = ("mae", "rmse", "wape", "pinball", "coverage", "width")
-# The daily series' weekly period, under each baseline's own parameter name.
-WEEKLY_PARAMS: dict[str, dict[str, int]] = {
-    "seasonal_naive": {"season": 7},
-    "moving_average": {"window": 7},
-    "holt_winters": {"season": 7},
-}
 
 
 def score(y: np.ndarray, q: np.ndarray, quantiles: tuple[float, ...]) -> dict[str, Any]:
@@ -159,25 +150,14 @@ def centralized(
 def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...]) -> np.ndarray:
     """A classical baseline's forecasts for exactly the test windows of ``data`` (same origins, same horizon).
 
-    Each (unit, target) series is put on a complete daily calendar (gaps interpolated, as the
-    forecaster's features do); the baseline is fitted once on the data up to the first test
-    origin and conditioned on newer data at later origins (``refit_every`` = all origins).
+    Through the one forecaster interface (``medalloc_core.forecasters.Classical``): each
+    (unit, target) series on a complete daily calendar (gaps interpolated, as the features do),
+    fitted once on the data up to the first test origin and conditioned on newer data at later
+    origins (``refit_every`` = all origins).
     """
-    ds = data.dataset
-    H, T = ds.spec.horizon, len(ds.spec.targets)
-    assert H is not None
-    test = ds.test
-    out = np.empty((len(test), H, T, len(quantiles)))
-    frame = data.records.frame
-    factory = functools.partial(make_baseline, name, quantiles=quantiles, **WEEKLY_PARAMS[name])
-    for unit in np.unique(test.units):
-        rows = np.flatnonzero(test.units == unit)
-        unit_frame = frame[frame[UNIT] == unit].set_index(DATE).sort_index()
-        dates = pd.date_range(unit_frame.index.min(), unit_frame.index.max(), freq="D")
-        origins = dates.get_indexer(pd.DatetimeIndex(test.target_start[rows])) - 1
-        for t, target in enumerate(ds.spec.targets):
-            series = unit_frame[target].astype("float64").reindex(dates).interpolate(limit_direction="both").to_numpy()
-            out[rows, :, t, :] = rolling_origin_forecasts(
-                series, origins.tolist(), H, factory, refit_every=len(origins)
-            )
-    return out
+    test = data.dataset.test
+    if len(test) == 0:
+        return np.empty((0, *test.y.shape[1:], len(quantiles)))
+    hospital = HospitalData(str(data.records.source), data.records, data.dataset.spec)
+    forecaster = Classical(name, season=7, refit_every=len(test), quantiles=quantiles)
+    return forecaster.fit({hospital.name: hospital}).predict(hospital, Origins.of(test))
