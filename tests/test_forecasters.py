@@ -199,3 +199,16 @@ def test_adaptive_batch_keeps_several_batches_per_epoch(caplog):
 def test_every_registered_forecaster_is_a_forecaster():
     assert all(issubclass(cls, Forecaster) for cls in FORECASTERS.values())
     assert math.isfinite(len(FORECASTERS))
+
+
+def test_federated_dp_sgd_spends_at_most_the_target_per_hospital(hospitals):
+    """Per-window DP-SGD through the hybrid's exact (B, T, d) clipping: each node's rounds compose to <= target."""
+    from medalloc_core.forecasters import Federated
+    from medalloc_core.training import DPConfig
+
+    dp = DPConfig(target_epsilon=2.0, planned_rounds=2, delta=1e-6, accountant="rdp")
+    fed = Federated(NeuralForecaster(hidden=8, batch_size=32, dp=dp), rounds=2).fit(hospitals)
+    spent = fed.epsilon_spent(delta=1e-6)
+    assert set(spent) == set(hospitals)
+    assert all(0 < e <= 2.0 * 1.01 for e in spent.values()), spent
+    assert all(len(results) == 2 and results[0].noise_multiplier for results in fed.results_.values())
