@@ -134,8 +134,8 @@ def _fields(message) -> dict[str, set[str]]:
 def test_every_reply_kind_is_on_the_allow_list(tmp_path: Path, region: Path):
     ctx = _node(tmp_path / "node", region / "H000.csv")
     replies = {
-        "train/source": _train(ctx),
-        "evaluate/source": _evaluate(ctx),
+        "train": _train(ctx),
+        "evaluate": _evaluate(ctx),
         "refusal": _train(ctx, **{REPRODUCIBLE: True}),
     }
     broken = _node(tmp_path / "broken", tmp_path / "absent.csv")
@@ -152,7 +152,7 @@ def test_every_reply_kind_is_on_the_allow_list(tmp_path: Path, region: Path):
             assert any(detail.startswith(t) for t in templates), detail
     for treatments in protocol.REPLY_ALLOW_LIST.values():
         for keys in treatments.values():
-            assert set(keys.values()) <= {protocol.PUBLIC, protocol.POST_PROCESSING, protocol.DP_SGD}
+            assert set(keys.values()) <= {protocol.PUBLIC, protocol.POST_PROCESSING}
 
 
 def _with_extra_stay(src: Path, dst: Path, *, unit: str, start: int, nights: int) -> None:
@@ -212,7 +212,7 @@ def test_the_node_reports_and_enforces_patient_level_epsilon(tmp_path: Path, reg
         eps[0] == pytest.approx(0.8, abs=1e-3) and eps == [eps[0]] * 3
     )  # the release is charged once: rounds are free
     metrics = rounds[0].content[protocol.METRICS]
-    assert metrics[protocol.DELTA] == 1e-6 and metrics[protocol.STAY_CAP] == 14
+    assert metrics[protocol.DELTA] == 1e-6 and metrics[protocol.STAY_CAP_DAYS] == 14
     from medalloc_core.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger.load(tmp_path / "node" / "ledger.json")
