@@ -68,9 +68,13 @@ def gaussian_noise_multiplier(*, epsilon: float, delta: float) -> float:
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
     z = brentq(lambda v: gaussian_delta(epsilon, noise_multiplier=v) - delta, _Z_MIN, _Z_MAX, xtol=1e-12, rtol=1e-12)
-    # Nudge up until the guarantee provably holds (brentq may land a hair on the wrong side).
-    while gaussian_delta(epsilon, noise_multiplier=z) > delta:
-        z *= 1 + 1e-9
+    # Nudge up until the guarantee holds as the ledger will compute it (brentq, and the
+    # bisection of gaussian_epsilon, may each land a hair on the wrong side).
+    while (
+        gaussian_delta(epsilon, noise_multiplier=z) > delta
+        or gaussian_epsilon(noise_multiplier=z, delta=delta) > epsilon
+    ):
+        z *= 1 + 1e-8
     return float(z)
 
 
