@@ -14,8 +14,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from rich.console import Console
 from rich.table import Table
 
-from medalloc_core.privacy.accounting import AccountantName
-from medalloc_core.privacy.accounting import PRV_EPS_ERROR
+from medalloc_core.privacy.accounting import PRV_EPS_ERROR, AccountantName
 from medalloc_core.privacy.ledger import PrivacyLedger
 
 # Opacus' standard orders, written out so the reference does not go through our module.
