@@ -260,3 +260,20 @@ def test_the_release_is_sized_with_the_ledgers_history(tmp_path: Path, region: P
     reply = _train(_node(folder, region / "H000.csv", **{"privacy-epsilon-budget": 1.0}), **{"patient-epsilon": 5.0})
     eps = float(reply.content[protocol.METRICS][protocol.EPSILON])
     assert 0.99 <= eps <= 1.0  # capped by the budget, with the share composed in
+
+
+def test_dp_sgd_without_a_seed_draws_from_the_os_and_never_repeats(region: Path):
+    """train_local(seed=None): sampling and noise from the OS CSPRNG; a seed repeats (research only)."""
+    from medalloc.client.task import load_local_data
+    from medalloc_core.training import DPConfig, TrainConfig, train_local
+
+    train = load_local_data(region / "H000.csv", SPEC).dataset.train
+
+    def run(seed: int | None) -> np.ndarray:
+        model = build_model(MODEL, seed=0)
+        config = TrainConfig(epochs=1, batch_size=32, lr=0.01, seed=seed)
+        train_local(model, train, config=config, dp=DPConfig(noise_multiplier=1.0))
+        return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+
+    assert np.array_equal(run(7), run(7))
+    assert not np.allclose(run(None), run(None))
