@@ -92,6 +92,11 @@ class WindowSetTrainer:
         return len(train)
 
 
+def _score(forecast: tuple[np.ndarray, np.ndarray], quantiles: tuple[float, ...]) -> dict[str, object]:
+    y, q = forecast
+    return cmp.score(y, q, quantiles)
+
+
 def main() -> None:
     """Train and score every method; print one table."""
     console = Console()
@@ -101,20 +106,20 @@ def main() -> None:
     spec = federation_window_spec(history=L, horizon=H, targets=(ADMISSIONS, CENSUS))
     config = ForecasterConfig.for_spec(spec, model="mlp", hidden=64)
     quantiles = tuple(config.quantiles)
-    truth = {}
-    for h in region.hospitals:
-        records = UnitRecords(h.daily, Frequency.DAILY, Path(h.hospital_id), "daily")
-        truth[h.hospital_id] = LocalData(records, prepare_hospital(records, spec))
+    truth: dict[str, LocalData] = {}
+    for hospital in region.hospitals:
+        records = UnitRecords(hospital.daily, Frequency.DAILY, Path(hospital.hospital_id), "daily")
+        truth[hospital.hospital_id] = LocalData(records, prepare_hospital(records, spec))
     rows: dict[str, dict[str, dict[str, object]]] = {}
     settings: dict[str, str] = {}
 
     model = _fedavg(config, [WindowSetTrainer(d.dataset) for d in truth.values()])
-    rows["no privacy"] = {h: cmp.score(*test_forecasts(model, d.dataset), quantiles) for h, d in truth.items()}
+    rows["no privacy"] = {h: _score(test_forecasts(model, d.dataset), quantiles) for h, d in truth.items()}
     settings["no privacy"] = "true counts"
     for eps in (0.5, 1.0, 2.0, 4.0):
         plan = ReleasePlan.calibrate(epsilon=eps, delta=DELTA, max_stay_days=STAY)
         rng = np.random.default_rng(SEED)
-        released = {}
+        released: dict[str, cmp.ReleasedHospital] = {}
         for h, d in truth.items():
             rel = release_records(d.records, plan, rng=rng)
             rel_data = LocalData(rel, prepare_hospital(rel, spec))
@@ -122,14 +127,14 @@ def main() -> None:
             released[h] = cmp.ReleasedHospital(rel_data, true_scaled, plan)
         model = _fedavg(config, [WindowSetTrainer(r.released.dataset) for r in released.values()])
         name = f"source release ε {eps:g}"
-        rows[name] = {h: cmp.score(*cmp.score_on_truth(model, r), quantiles) for h, r in released.items()}
+        rows[name] = {h: _score(cmp.score_on_truth(model, r), quantiles) for h, r in released.items()}
         settings[name] = f"sd adm {plan.noise_sd[ADMISSIONS]:.1f}, census {plan.noise_sd[CENSUS]:.1f}"
     for eps in (1.0, 4.0):
         keep_q = 1 - (1 - DP_SGD_KEEP) ** 2
         z = noise_multiplier_for(target_epsilon=eps, delta=DELTA, sample_rate=keep_q, steps=DP_SGD_STEPS)
         model = _fedavg(config, [WindowSetTrainer(d.dataset, sigma=4 * z) for d in truth.values()])
         name = f"DP-SGD patient ε {eps:g}"
-        rows[name] = {h: cmp.score(*test_forecasts(model, d.dataset), quantiles) for h, d in truth.items()}
+        rows[name] = {h: _score(test_forecasts(model, d.dataset), quantiles) for h, d in truth.items()}
         settings[name] = f"σ {4 * z:.1f}, {DP_SGD_STEPS} stride-sampled steps"
     for baseline in ("holt_winters", "seasonal_naive"):
         rows[baseline] = {}
