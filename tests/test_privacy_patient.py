@@ -277,3 +277,19 @@ def test_dp_sgd_without_a_seed_draws_from_the_os_and_never_repeats(region: Path)
 
     assert np.array_equal(run(7), run(7))
     assert not np.allclose(run(None), run(None))
+
+
+# ------------------------------------------------------------------ the audit of the new claims
+@pytest.mark.slow
+def test_the_patient_level_audit_passes_and_its_attacks_have_power():
+    """medalloc audit's patient part: the replay fails (and succeeds with known seeds), canary stays prove no more
+    than the ledger's epsilon (and > 1 without noise), eval-reply membership is near chance (and perfect on true
+    counts, what nodes replied before)."""
+    from medalloc.simulations.patient_audit import run_patient_audit
+
+    audit = run_patient_audit(quick=True)
+    assert audit.replay_diff_seeded == 0.0 and audit.replay_diff_secure > 1e-3
+    assert audit.canary_bound <= audit.epsilon == pytest.approx(1.0, abs=1e-6)
+    assert audit.canary_bound_power > 2.0
+    assert audit.eval_auc_true_counts == 1.0 and audit.eval_auc_released < 0.75
+    assert audit.passed
