@@ -293,3 +293,27 @@ def test_the_patient_level_audit_passes_and_its_attacks_have_power():
     assert audit.canary_bound_power > 2.0
     assert audit.eval_auc_true_counts == 1.0 and audit.eval_auc_released < 0.75
     assert audit.passed
+
+
+def test_a_share_release_is_on_the_allow_list_and_composes_with_the_release(tmp_path: Path, region: Path):
+    """`medalloc share`'s table: only allow-listed columns, charged as a Gaussian 'share' on the patient ledger."""
+    from medalloc_core.allocation.sharing import share_with_ledger
+    from medalloc_core.privacy.ledger import PrivacyLedger
+
+    ctx = _node(tmp_path / "node", region / "H000.csv", **{"privacy-epsilon-budget": 1.5})
+    assert not _train(ctx).has_error()  # the release, at the proposed 1.0
+    ledger = PrivacyLedger.load(tmp_path / "node" / "ledger.json")
+    dates = pd.date_range("2026-03-02", periods=7)
+    forecast = pd.DataFrame(
+        [
+            {"hospital": "H000", "unit": u, "date": d, "target": "census", "q": q, "value": 20.0 + 10 * q}
+            for u in ("icu", "medical")
+            for d in dates
+            for q in (0.1, 0.5, 0.9)
+        ]
+    )
+    result = share_with_ledger(forecast, ledger=ledger, fingerprint="share-fp", epsilon=0.3, seed=None, run_id="s")
+    assert set(result.shared.columns) <= set(protocol.REPLY_ALLOW_LIST["share"]["table"])
+    spends = PrivacyLedger.load(tmp_path / "node" / "ledger.json").spends()
+    assert [s.mechanism for s in spends] == ["source-release", "share"]
+    assert result.epsilon_node_after == pytest.approx(1.0557, abs=2e-3)  # Gaussians compose exactly, not 1.3
