@@ -289,8 +289,7 @@ def _prepare(
     data = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     ledger = _ledger(node)
-    tag = ask.run_tag if isinstance(ask, TrainInstruction) else "federation"
-    released = _released(node, ask, ledger, data, tag)
+    released = _released(node, ask, ledger, data, ask.run_tag)
     return node, ask, model, released, ledger
 
 

@@ -165,6 +165,7 @@ class EvaluateInstruction:
     max_stay_days: int  # a proposal: the node protects stays of max(its own, this) nights
     reproducible_noise: bool  # research only; a real node refuses True
     seed: int
+    run_tag: str  # names the federation run in the node's privacy ledger (its release may come first)
 
     def to_dict(self) -> dict[str, Scalar]:
         """The ``ConfigRecord`` values of the request."""
@@ -177,6 +178,7 @@ class EvaluateInstruction:
             MAX_STAY_DAYS: self.max_stay_days,
             REPRODUCIBLE_NOISE: self.reproducible_noise,
             SEED: self.seed,
+            RUN_TAG: self.run_tag,
         }
 
     @classmethod
@@ -196,7 +198,6 @@ class TrainInstruction(EvaluateInstruction):
     dp_noise_multiplier: float  # a proposal: the node raises it to its own minimum
     dp_target_epsilon: float  # per round; 0 = use the noise multiplier
     dp_max_grad_norm: float
-    run_tag: str  # names the federation run in the node's privacy ledger
 
     def to_dict(self) -> dict[str, Scalar]:
         """The ``ConfigRecord`` values of the request."""
@@ -208,7 +209,6 @@ class TrainInstruction(EvaluateInstruction):
             DP_NOISE_MULTIPLIER: self.dp_noise_multiplier,
             DP_TARGET_EPSILON: self.dp_target_epsilon,
             DP_MAX_GRAD_NORM: self.dp_max_grad_norm,
-            RUN_TAG: self.run_tag,
         }
 
     @classmethod
@@ -223,7 +223,6 @@ class TrainInstruction(EvaluateInstruction):
             dp_noise_multiplier=_field(raw, DP_NOISE_MULTIPLIER, float, minimum=0),
             dp_target_epsilon=_field(raw, DP_TARGET_EPSILON, float, minimum=0),
             dp_max_grad_norm=_field(raw, DP_MAX_GRAD_NORM, float, above=0),
-            run_tag=_field(raw, RUN_TAG, str),
         )
 
 
@@ -237,6 +236,7 @@ def _evaluate_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         "max_stay_days": _field(raw, MAX_STAY_DAYS, int, minimum=1),
         "reproducible_noise": _field(raw, REPRODUCIBLE_NOISE, bool),
         "seed": _field(raw, SEED, int),
+        "run_tag": _field(raw, RUN_TAG, str),
     }
 
 

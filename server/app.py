@@ -174,6 +174,7 @@ def run_federation(
         "max_stay_days": config.max_stay_days,
         "reproducible_noise": config.simulation_reproducible_noise,
         "seed": config.seed,
+        "run_tag": f"run-{run_id}",
     }
     if config.simulation_reproducible_noise:
         logger.warning(
@@ -193,7 +194,6 @@ def run_federation(
             dp_noise_multiplier=config.dp_noise_multiplier,
             dp_target_epsilon=config.dp_target_epsilon,
             dp_max_grad_norm=config.dp_max_grad_norm,
-            run_tag=f"run-{run_id}",
             **privacy_fields,
         )
         # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; our

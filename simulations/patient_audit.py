@@ -205,6 +205,7 @@ def eval_membership(work: Path, data: Path, *, epsilon: float, trials: int, seed
         patient_epsilon=epsilon,
         max_stay_days=14,
         reproducible_noise=False,
+        run_tag="audit",
         seed=0,
     ).to_dict()
     released, raw, coins = [], [], []

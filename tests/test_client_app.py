@@ -231,6 +231,7 @@ def test_evaluate_reports_test_metrics_in_original_units(tmp_path: Path, region:
             max_stay_days=14,
             reproducible_noise=False,
             seed=0,
+            run_tag="test",
         ).to_dict(),
         train=False,
     )
