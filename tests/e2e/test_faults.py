@@ -112,8 +112,16 @@ class Region:
 
 def tear_ledger(path: Path) -> bytes:
     """A valid ledger with one spend, cut in the middle as a crash during a plain write would leave it."""
-    ledger = PrivacyLedger.open(path, epsilon_budget=BUDGET, delta=DELTA)
-    ledger.spend("ab" * 32, noise_multiplier=1.3, sample_rate=0.1, steps=10, run_id="before-the-crash")
+    ledger = PrivacyLedger.open(path, epsilon_budget=BUDGET, delta=DELTA, unit="patient", max_stay_days=14)
+    ledger.spend(
+        "ab" * 32,
+        noise_multiplier=4.5,
+        sample_rate=1.0,
+        steps=1,
+        run_id="before-the-crash",
+        mechanism="source-release",
+        days=("2024-01-01", "2024-06-30"),
+    )
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
     return path.read_bytes()
