@@ -40,7 +40,7 @@ from medalloc_core.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.privacy.audit_stats import mia_auc
 from medalloc_core.privacy.release import ReleasePlan
 from medalloc_core.privacy.stay_audit import canary_stay_audit
-from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
+from medalloc_core.protocol import EvaluateInstruction, EvaluateReply, TrainInstruction
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region
 
 from .local_grid import task_identity
@@ -215,7 +215,7 @@ def eval_membership(work: Path, data: Path, *, epsilon: float, trials: int, seed
         reply = handle_evaluate(_message(config, train=False), ctx)
         if reply.has_error():
             raise RuntimeError(f"the node refused the audit's evaluation: {reply.error.reason}")
-        mae = float(reply.content[protocol.METRICS][protocol.EVAL_MAE])
+        mae = EvaluateReply.from_metrics(reply.content.metric_records[protocol.METRICS]).eval_mae
         side = np.sign(truth[True] - truth[False])
         middle = (truth[True] + truth[False]) / 2
         released.append(side * (mae - middle))  # > 0: on the side of "with the stay"
