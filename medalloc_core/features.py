@@ -495,7 +495,7 @@ def _concat(sets: list[WindowSet]) -> WindowSet:
     )
 
 
-def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
+def prepare_hospital(records: UnitRecords, spec: WindowSpec, *, scaler: SeriesScaler | None = None) -> HospitalDataset:
     """Turn one hospital's records into split, scaled, supervised windows.
 
     Parameters
@@ -504,12 +504,16 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
         Validated unit records (daily or weekly).
     spec
         What to forecast; ``None`` fields take the defaults for ``records.frequency``.
+    scaler
+        Series scaling only: use this scaler instead of fitting one (e.g. the one fitted on the
+        node's released counts, to window its true counts the way the model was trained).
+        Refused under ``scaling="window"``, which fits nothing.
 
     Returns
     -------
     HospitalDataset
         ``train``/``val``/``test`` windows of every unit and the scaler fitted on training
-        periods only.
+        periods only (``None`` under window scaling).
 
     Raises
     ------
@@ -519,7 +523,14 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
     """
     spec = spec.resolved(records.frequency)
     series = _complete_series(records, spec)
-    scaler = _fit_scaler(series, spec) if spec.scaling == "series" else None
+    if spec.scaling == "window":
+        # Each window is normalised by its own inputs: nothing is fitted, so no scaler to give.
+        if scaler is not None:
+            raise ValueError("a scaler was given but spec.scaling is 'window' (windows scale themselves)")
+    elif scaler is None:
+        scaler = _fit_scaler(series, spec)
+    # else: a given scaler (e.g. fitted on the node's released counts, to score true counts with
+    # the scaling the model was trained with) is used as is.
     parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
     for s in series:
         val_start, test_start = _boundaries(len(s.dates), spec, s.unit)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from medalloc.client.task import LocalData, test_forecasts
-from medalloc_core.features import WindowSet
+from medalloc_core.features import WindowSet, prepare_hospital
 from medalloc_core.forecasters import Classical, HospitalData, Origins
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.models import Forecaster, ForecasterConfig, build_model
-from medalloc_core.privacy.accounting import epsilon_for
-from medalloc_core.training import DPConfig, TrainConfig, adaptive_batch_size, train_local
+from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
+from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -89,41 +90,55 @@ def local_only(
     return test_forecasts(model, data.dataset)
 
 
+@dataclass(frozen=True)
+class ReleasedHospital:
+    """One hospital as a node sees it after its source release, and as the researcher scores it.
+
+    ``released`` trains (its scaler fitted on released counts: post-processing); ``truth`` holds
+    the TRUE windows scaled with that same scaler, so a model trained on the release is scored on
+    what really happened, from true inputs (what a node feeds its model locally at forecast time).
+    """
+
+    released: LocalData
+    truth: LocalData
+    plan: ReleasePlan
+
+
+def released_hospital(true: LocalData, store: ReleaseStore) -> ReleasedHospital:
+    """Pair a hospital's true data with its node's stored release (``<ledger>.released.csv``)."""
+    if store.plan is None:
+        raise ValueError(f"nothing released at {store.path}: the node refused or never ran")
+    records = store.records()
+    released = LocalData(records, prepare_hospital(records, true.dataset.spec))
+    truth = LocalData(true.records, prepare_hospital(true.records, true.dataset.spec, scaler=released.dataset.scaler))
+    return ReleasedHospital(released, truth, store.plan)
+
+
+def score_on_truth(model: Forecaster, hospital: ReleasedHospital) -> tuple[np.ndarray, np.ndarray]:
+    """Test forecasts of a model trained on released counts, from true inputs, bands freed of the release noise."""
+    y, q = test_forecasts(model, hospital.truth.dataset)
+    sd = np.array([hospital.plan.noise_sd.get(t, 0.0) for t in hospital.truth.dataset.spec.targets])  # (T,)
+    return y, deflate_bands(q, sd, tuple(model.config.quantiles))
+
+
 def local_only_dp(
     config: ForecasterConfig,
-    data: LocalData,
+    hospital: ReleasedHospital,
     *,
-    history: list[tuple[float, float, int]],
+    epochs: int,
     batch_size: int,
     lr: float,
     seed: int,
-    max_grad_norm: float,
-    delta: float,
     init: str = "none",
-) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Each hospital alone with DP-SGD spending exactly what its federated participation spent.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each hospital alone at the same patient-level epsilon: trained on its own release (post-processing).
 
-    ``history`` is the node's ledger history for the federation run (``(sigma, q, steps)``
-    per round). Training replays it: the same noise, sampling rate and total steps, hence the
-    same epsilon. Returns ``None`` when the node spent nothing (it refused every round).
-    Not charged to the node's ledger: it is a counterfactual for the comparison.
+    The release is the node's own, so federated and local-only spend the very same epsilon per
+    patient; nothing more is charged.
     """
-    if not history:
-        return None
-    sigmas = {round(h[0], 12) for h in history}
-    rates = {round(h[1], 12) for h in history}
-    if len(sigmas) != 1 or len(rates) != 1:
-        logger.warning("local-only DP: the node's rounds used different noise or sampling; replaying the first")
-    sigma, rate = history[0][0], history[0][1]
-    steps = sum(int(h[2]) for h in history)
-    batches = max(1, round(1 / rate))
-    epochs = max(1, round(steps / batches))
-    dp = DPConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm, delta=delta, accountant="prv")
-    train = data.dataset.train
-    batch_size = adaptive_batch_size(len(train), batch_size, warn=False)  # the batch the node itself used
-    model = _train(config, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp=dp, init=init)
-    y, q = test_forecasts(model, data.dataset)
-    return y, q, float(epsilon_for([(sigma, rate, epochs * batches)], delta=delta))
+    train = hospital.released.dataset.train
+    model = _train(config, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
+    return score_on_truth(model, hospital)
 
 
 def centralized(

@@ -19,8 +19,13 @@ _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
 # [federation] keys the runner sets itself: a scenario that sets them would be silently overridden.
 _RUNNER_KEYS = {
     "simulation-data-dir": "[region] data-dir",
-    "simulation-epsilon-budget": "[privacy] epsilon-budget",
+    "simulation-epsilon-budget": "[privacy] epsilon",
     "simulation-delta": "[privacy] delta",
+    "simulation-max-stay-days": "[privacy] max-stay-days",
+    "simulation-reproducible-noise": "[privacy] reproducible-noise",
+    "patient-epsilon": "[privacy] epsilon",
+    "max-stay-days": "[privacy] max-stay-days",
+    "privacy-mechanism": "[privacy] mechanism",
     "simulation-days": "[region] days",
     "simulation-region-seed": "[region] seed",
     "out-dir": "medalloc simulate --out",
@@ -42,8 +47,10 @@ class Scenario:
     name: str
     region: dict[str, Any]
     federation: dict[str, Any]
-    epsilon_budget: float = 10.0
-    delta: float = 1e-5
+    epsilon_budget: float = 1.0  # per patient: each node's budget and the run's patient-epsilon
+    delta: float = 1e-6
+    max_stay_days: int = 14
+    reproducible_noise: bool = False  # research only (logged): noise from the run's seed
     local_only: bool = True
     local_only_dp: bool = True
     centralized: bool = True
@@ -73,6 +80,10 @@ class Scenario:
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
             "simulation-delta": self.delta,
+            "simulation-max-stay-days": self.max_stay_days,
+            "simulation-reproducible-noise": self.reproducible_noise,
+            "patient-epsilon": self.epsilon_budget,
+            "max-stay-days": self.max_stay_days,
             "out-dir": str(out_dir),
         }
         return keys
@@ -119,7 +130,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
     for name, section, known in (
-        ("privacy", privacy, {"epsilon-budget", "delta"}),
+        ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
         ("comparisons", comparisons, _COMPARISON_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -156,8 +167,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             name=str(raw.get("name", Path(source).stem)),
             region=region,
             federation=federation,
-            epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
-            delta=float(privacy.get("delta", 1e-5)),
+            epsilon_budget=float(privacy.get("epsilon", 1.0)),
+            delta=float(privacy.get("delta", 1e-6)),
+            max_stay_days=int(privacy.get("max-stay-days", 14)),
+            reproducible_noise=bool(privacy.get("reproducible-noise", False)),
             local_only=bool(comparisons.get("local-only", True)),
             local_only_dp=bool(comparisons.get("local-only-dp", True)),
             centralized=bool(comparisons.get("centralized", True)),
@@ -173,8 +186,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc
-    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0:
-        raise ScenarioError(f"{source}: [privacy] needs epsilon-budget > 0 and 0 < delta < 1")
+    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0 or scenario.max_stay_days < 1:
+        raise ScenarioError(f"{source}: [privacy] needs epsilon > 0, 0 < delta < 1 and max-stay-days >= 1")
+    if privacy.get("mechanism", "source") != "source":
+        raise ScenarioError(
+            f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
+            "not offered)"
+        )
     if scenario.client_cpus <= 0:
         raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
     return scenario

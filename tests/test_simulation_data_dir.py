@@ -23,7 +23,8 @@ hidden = 16
 batch-size = 32
 lr = 0.01
 [privacy]
-epsilon-budget = 12.0
+epsilon = 1.0
+reproducible-noise = true
 [comparisons]
 local-only-dp = false
 baselines = ["seasonal_naive"]
@@ -120,7 +121,7 @@ def test_simulate_runs_on_a_generated_folder_and_leaves_it_untouched(tmp_path, g
     assert {"federated", "local only", "centralized", "seasonal_naive"} <= set(summary["methods"])
     assert (out / "final_model.safetensors").is_file()
     assert sorted(p.name for p in generated.iterdir()) == before  # ledgers live in the results folder
-    ledgers = sorted(p.name for p in (out / "region" / "ledgers").iterdir() if p.suffix == ".json")
+    ledgers = sorted(p.name for p in (out / "region" / "ledgers").glob("H???.json"))
     assert ledgers == ["H000.json", "H001.json", "H002.json"]
 
 
@@ -140,7 +141,9 @@ def test_simulate_runs_on_an_admissions_only_folder(tmp_path, admissions_only):
 
 @pytest.mark.slow
 def test_a_federation_where_every_node_refuses_exits_non_zero_without_a_final_model(tmp_path, generated):
-    federation = FEDERATION.replace("epsilon-budget = 12.0", "epsilon-budget = 0.01")  # no round fits the budget
+    # Every file has discharges, but a node releases admissions and census only (its release-columns):
+    # it cannot train on a column it never released, and says so before spending anything.
+    federation = FEDERATION.replace("[federation]", '[federation]\ntargets = "discharges"')
     out = tmp_path / "results"
     result = CliRunner().invoke(
         cli,
@@ -148,10 +151,12 @@ def test_a_federation_where_every_node_refuses_exits_non_zero_without_a_final_mo
     )
     assert result.exit_code == 1, result.output
     assert "no round of the federation aggregated any update" in result.output
-    assert "privacy-budget-exceeded" in result.output
+    assert "request-invalid" in result.output
     assert not (out / "final_model.safetensors").exists()
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["model-updated"] is False for r in rounds if r["round"] > 0)
+    ledgers = out / "region" / "ledgers"
+    assert not any(ledgers.glob("*.released.csv"))  # refused before any release: nothing spent
 
 
 @pytest.mark.slow
