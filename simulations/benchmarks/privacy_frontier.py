@@ -9,8 +9,9 @@ on the hospitals' true counts:
 
 - ``federated``: the hybrid model, starting from the public pretrained weights, fine-tuned by
   federated averaging (5 rounds x 1 local epoch) on every node's counts released once at
-  patient-level epsilon E (the source-release mechanism of docs/privacy.md: training on the
-  release is post-processing); at forecast time the node reads its own true recent counts;
+  patient-level epsilon E (``medalloc_core.privacy.release``, the very mechanism a node runs,
+  docs/privacy.md: training on the release is post-processing); at forecast time the node
+  reads its own true recent counts;
 - ``local only DP``: each hospital fine-tunes the same start alone on its release at E;
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, no privacy;
@@ -54,9 +55,8 @@ from medalloc_core.forecasters import (
     NeuralForecaster,
     SeasonalNaiveForecaster,
 )
+from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
-
-from .release_noise import release_for_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,25 @@ def build_hospitals(family: Family) -> dict[str, HospitalData]:
     return out
 
 
+def release(
+    hospitals: dict[str, HospitalData], *, epsilon: float, seed: int
+) -> tuple[dict[str, HospitalData], dict[str, ReleasePlan]]:
+    """Every hospital's source release at patient-level ``epsilon``: the mechanism a node runs.
+
+    ``ReleasePlan.calibrate`` + ``release_records`` (``medalloc_core.privacy.release``) over the
+    columns the hospital has among a node's default release-columns (admissions, census), as
+    the ClientApp chooses them. The noise is seeded: a research run (a node draws it from the OS).
+    """
+    out, plans = {}, {}
+    for i, (name, hospital) in enumerate(hospitals.items()):
+        columns = tuple(c for c in (ADMISSIONS, CENSUS) if c in hospital.records.count_columns)
+        plan = ReleasePlan.calibrate(epsilon=epsilon, delta=DELTA, max_stay_days=MAX_STAY_DAYS, columns=columns)
+        rng = np.random.default_rng([seed, i, int(epsilon * 1000)])
+        out[name] = HospitalData(name, release_records(hospital.records, plan, rng=rng), hospital.spec)
+        plans[name] = plan
+    return out, plans
+
+
 def _hybrid(*, epochs: int) -> NeuralForecaster:
     return NeuralForecaster(model="hybrid", init="pretrained", epochs=epochs, batch_size=BATCH, lr=FINE_TUNE_LR)
 
@@ -165,11 +184,7 @@ def run_family(family: Family, *, zero_shot: bool, seed: int = 0) -> dict[str, A
     score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS))
     for eps in EPSILONS:
         tag = f"@ {eps:g}"
-        released = (
-            hospitals
-            if math.isinf(eps)
-            else release_for_benchmark(hospitals, epsilon=eps, delta=DELTA, max_stay_days=MAX_STAY_DAYS, seed=seed)
-        )
+        released = hospitals if math.isinf(eps) else release(hospitals, epsilon=eps, seed=seed)[0]
         score(
             f"federated {tag}",
             Federated(_hybrid(epochs=LOCAL_EPOCHS), rounds=ROUNDS, local_epochs=LOCAL_EPOCHS),
