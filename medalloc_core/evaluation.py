@@ -52,20 +52,27 @@ def evaluation_spec(
 
 
 def rolling_origins(hospital: HospitalData, *, n_origins: int = N_ORIGINS, stride: int | None = None) -> Origins:
-    """Up to ``n_origins`` origins per unit, ``stride`` days apart (default: the horizon), from the first held-out day.
+    """Up to ``n_origins`` origins per unit, ``stride`` days apart, from the first held-out day.
 
-    Origins whose targets include a missing day are skipped (nothing is scored on a guess);
-    a unit that keeps fewer than half of them is logged.
+    The default stride spreads the origins evenly over the held-out period, the last one
+    forecasting its last ``horizon`` days (16 weeks, horizon 14, 8 origins: one every 14 days,
+    forecasts that tile the period). Origins whose targets include a missing day are skipped
+    (nothing is scored on a guess); a unit that keeps fewer than half of them is logged.
     """
     ds = hospital.dataset()
     spec = ds.spec
-    assert spec.horizon is not None
-    stride = stride or spec.horizon
+    assert spec.horizon is not None and spec.test_periods is not None
+    if stride is None:
+        stride = (spec.test_periods - spec.horizon) // (n_origins - 1) if n_origins > 1 else spec.horizon
+    if stride < 1 or (n_origins - 1) * stride + spec.horizon > spec.test_periods:
+        raise ValueError(
+            f"{n_origins} origins {stride} days apart with horizon {spec.horizon} do not fit in "
+            f"{spec.test_periods} held-out days; hold out more days or ask for fewer origins"
+        )
     test = ds.test
     units, starts = [], []
     for unit in sorted(set(test.units)):
         dates = np.sort(test.target_start[test.units == unit])
-        assert spec.test_periods is not None
         last = pd.Timestamp(hospital.records.frame.loc[hospital.records.frame[UNIT] == unit, DATE].max())
         first = last - pd.Timedelta(days=spec.test_periods - 1)  # the first held-out day
         wanted = [(first + pd.Timedelta(days=k * stride)).to_datetime64() for k in range(n_origins)]

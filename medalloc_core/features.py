@@ -594,16 +594,31 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
 WINDOW_SCALED_MODELS = frozenset({"hybrid"})
 
 
-def federation_window_spec(*, history: int, horizon: int, targets: tuple[str, ...], model: str = "mlp") -> WindowSpec:
+def federation_window_spec(
+    *,
+    history: int,
+    horizon: int,
+    targets: tuple[str, ...],
+    model: str = "mlp",
+    val_periods: int | None = None,
+    test_periods: int | None = None,
+) -> WindowSpec:
     """The federation's input windows: daily data, the default calendar covariates, held-out
-    periods sized to the horizon, the scaling ``model`` needs.
+    periods, the scaling ``model`` needs.
 
-    Validation and test each hold ``max(horizon, 28)`` days, so a 730-day hospital keeps
-    most of its history for training while the test split still spans several forecasts.
-    Nodes train with it and model files without a stored spec are read back with it.
+    Validation and test each hold ``max(horizon, 28)`` days unless given, so a 730-day
+    hospital keeps most of its history for training while the test split still spans several
+    forecasts. ``medalloc simulate`` holds out more (``[evaluation] weeks``): nodes never train
+    on a day its rolling-origin evaluation scores. Nodes train with it and model files without
+    a stored spec are read back with it.
     """
     held_out = max(horizon, 28)
     scaling = "window" if model in WINDOW_SCALED_MODELS else "series"
     return WindowSpec(
-        history=history, horizon=horizon, targets=targets, val_periods=held_out, test_periods=held_out, scaling=scaling
+        history=history,
+        horizon=horizon,
+        targets=targets,
+        val_periods=val_periods or held_out,
+        test_periods=test_periods or held_out,
+        scaling=scaling,
     )

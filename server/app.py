@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
+from medalloc_core.features import WindowSpec, federation_window_spec
 from medalloc_core.model_io import FINAL_MODEL_NAME, write_model_files
 from medalloc_core.models import Forecaster, ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
@@ -134,6 +134,18 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
     return out
 
 
+def window_spec(config: RunConfig) -> WindowSpec:
+    """The windows every node builds for this run (history, horizon, targets, held-out days, scaling)."""
+    return federation_window_spec(
+        history=config.history,
+        horizon=config.horizon,
+        targets=config.target_list,
+        model=config.model,
+        val_periods=config.validation_days or None,
+        test_periods=config.test_days or None,
+    )
+
+
 # ------------------------------------------------------------------ the run
 def run_federation(
     grid: Grid, config: RunConfig, *, run_id: int = 0, on_round: RoundCallback | None = None
@@ -154,9 +166,7 @@ def run_federation(
     out = resolve_out_dir(config, run_id)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / METRICS_FILE
-    spec = federation_window_spec(
-        history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model
-    )
+    spec = window_spec(config)
     mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     sampled = max(config.min_train_nodes, config.min_available_nodes)
     built = build_strategy(config, num_sampled_nodes=sampled)

@@ -48,6 +48,10 @@ class RunConfig:
     hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
     init: str = "none"  # "pretrained": the hybrid starts from the shipped public weights (no privacy cost)
+    # Days each node holds out at the end of every unit: never trained on. 0 = max(horizon, 28).
+    # `medalloc simulate` sets test-days to its rolling-origin evaluation weeks ([evaluation]).
+    validation_days: int = 0
+    test_days: int = 0
     # --- patient-level privacy on each node (the node caps it by its own budget; its ledger has the last word)
     privacy_mechanism: str = "source"  # each day's counts released once per node with Gaussian noise
     patient_epsilon: float = 1.0  # the most this run may spend per patient (stay) on each node
@@ -111,6 +115,10 @@ class RunConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise RunConfigError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("validation_days", "test_days"):
+            days = getattr(self, name)
+            if days < 0 or 0 < days < self.horizon:
+                raise RunConfigError(f"{_kebab(name)} must be 0 (the default) or >= horizon {self.horizon}, got {days}")
         if self.min_train_nodes < 0:
             raise RunConfigError(f"min-train-nodes must be >= 0, got {self.min_train_nodes}")
         for name in ("fraction_train", "fraction_evaluate"):

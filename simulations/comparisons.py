@@ -1,9 +1,14 @@
-"""The methods a federation is compared with, all scored on each hospital's same test windows.
+"""The methods a federation is compared with, all scored at the same rolling origins of every hospital.
 
-local-only (each hospital alone, with and without DP), centralized (pooled windows, no
-privacy: the upper bound) and the classical baselines (seasonal naive, Holt-Winters). Every
-method returns quantile forecasts ``(N, H, T, Q)`` in patients/beds for a hospital's test
-windows, and ``score`` turns them into ``forecast_metrics``.
+``medalloc simulate`` scores every method through the one forecaster interface
+(``medalloc_core.forecasters``) at the same origins (``medalloc_core.evaluation``): the
+federated model as the federation left it, the model it started from, each hospital alone
+(on its true counts; on its own source release, from the run's start and from scratch),
+centralized training on pooled true counts (the no-privacy upper bound) and the classical
+baselines refitted at every origin. Networks train on data before the held-out weeks only
+(the nodes' window spec holds them out too) and forecast from the hospital's TRUE recent counts,
+as a node does locally. ``released_hospital`` / ``score_on_truth`` / ``baseline_forecasts``
+serve the patient-privacy benchmark's test-split scoring.
 """
 
 from __future__ import annotations
@@ -11,18 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medalloc.client.task import LocalData, test_forecasts
-from medalloc_core.features import WindowSet, prepare_hospital
-from medalloc_core.forecasters import Classical, HospitalData, Origins
+from medalloc_core.evaluation import rolling_origins
+from medalloc_core.features import WindowSpec, prepare_hospital
+from medalloc_core.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
-from medalloc_core.models import Forecaster, ForecasterConfig, build_model
+from medalloc_core.models import Forecaster as Network
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
-from medalloc_core.training import DPConfig, TrainConfig, train_local
+from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)
 
@@ -54,42 +60,6 @@ def overall(per_hospital: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _train(
-    config: ForecasterConfig,
-    data: WindowSet,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    dp: DPConfig | None = None,
-    init: str = "none",
-) -> Forecaster:
-    if init == "pretrained":  # the same public start as the federation (run config ``init``)
-        from medalloc_core.pretrained import load_pretrained
-
-        model = load_pretrained(config)
-    else:
-        model = build_model(config, seed=seed)
-    train_local(model, data, config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), dp=dp)
-    return model
-
-
-def local_only(
-    config: ForecasterConfig,
-    data: LocalData,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    init: str = "none",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each hospital alone, no privacy: the same model and optimiser, as many epochs as the whole federation ran."""
-    model = _train(config, data.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
-    return test_forecasts(model, data.dataset)
-
-
 @dataclass(frozen=True)
 class ReleasedHospital:
     """One hospital as a node sees it after its source release, and as the researcher scores it.
@@ -114,52 +84,11 @@ def released_hospital(true: LocalData, store: ReleaseStore) -> ReleasedHospital:
     return ReleasedHospital(released, truth, store.plan)
 
 
-def score_on_truth(model: Forecaster, hospital: ReleasedHospital) -> tuple[np.ndarray, np.ndarray]:
+def score_on_truth(model: Network, hospital: ReleasedHospital) -> tuple[np.ndarray, np.ndarray]:
     """Test forecasts of a model trained on released counts, from true inputs, bands freed of the release noise."""
     y, q = test_forecasts(model, hospital.truth.dataset)
     sd = np.array([hospital.plan.noise_sd.get(t, 0.0) for t in hospital.truth.dataset.spec.targets])  # (T,)
     return y, deflate_bands(q, sd, tuple(model.config.quantiles))
-
-
-def local_only_dp(
-    config: ForecasterConfig,
-    hospital: ReleasedHospital,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    init: str = "none",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each hospital alone at the same patient-level epsilon: trained on its own release (post-processing).
-
-    The release is the node's own, so federated and local-only spend the very same epsilon per
-    patient; nothing more is charged.
-    """
-    train = hospital.released.dataset.train
-    model = _train(config, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
-    return score_on_truth(model, hospital)
-
-
-def centralized(
-    config: ForecasterConfig,
-    hospitals: Mapping[str, LocalData],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    init: str = "none",
-) -> Forecaster:
-    """One model on every hospital's training windows pooled (each scaled by its own scaler):
-    the no-privacy upper bound."""
-    pooled = WindowSet(
-        torch.cat([d.dataset.train.X for d in hospitals.values()]),
-        torch.cat([d.dataset.train.y for d in hospitals.values()]),
-        np.concatenate([d.dataset.train.units for d in hospitals.values()]),
-        np.concatenate([d.dataset.train.target_start for d in hospitals.values()]),
-    )
-    return _train(config, pooled, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, init=init)
 
 
 def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...]) -> np.ndarray:
@@ -176,3 +105,128 @@ def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...])
     hospital = HospitalData(str(data.records.source), data.records, data.dataset.spec)
     forecaster = Classical(name, season=7, refit_every=len(test), quantiles=quantiles)
     return forecaster.fit({hospital.name: hospital}).predict(hospital, Origins.of(test))
+
+
+# ----------------------------------------------------------------------------- rolling-origin comparison
+@dataclass(frozen=True)
+class Evaluation:
+    """Every hospital as the methods see it, and the origins every method is scored at.
+
+    ``truth``: the hospital's own files; ``released``: its node's stored source release (absent
+    for a node that released nothing), what the private methods train on; ``origins``: the
+    same rolling origins for every method; ``actuals``: the true values after each origin.
+    """
+
+    truth: dict[str, HospitalData]
+    released: dict[str, HospitalData]
+    plans: dict[str, ReleasePlan]
+    origins: dict[str, Origins]
+    actuals: dict[str, np.ndarray]
+
+
+def evaluation_data(files: Mapping[str, Path], ledgers: Path, spec: WindowSpec, *, n_origins: int) -> Evaluation:
+    """Load each hospital's file and its node's release (``<ledgers>/<id>.json.released.csv``), pick the origins.
+
+    ``spec`` is the nodes' own window spec, so the held-out weeks are exactly the days no node
+    trained on.
+    """
+    truth = {hid: HospitalData(hid, load_unit_records(path), spec) for hid, path in files.items()}
+    released, plans = {}, {}
+    for hid in truth:
+        store = ReleaseStore.open(ledgers / f"{hid}.json.released.csv")
+        if store.plan is not None:
+            released[hid] = HospitalData(hid, store.records(), spec)
+            plans[hid] = store.plan
+    origins = {hid: rolling_origins(h, n_origins=n_origins) for hid, h in truth.items()}
+    actuals = {hid: h.actuals(origins[hid]) for hid, h in truth.items()}
+    return Evaluation(truth, released, plans, origins, actuals)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: an unfitted forecaster and the data it learns from (``"truth"`` or ``"released"``).
+
+    ``every_hospital``: a model that exists whether or not a node released (the federation's) is
+    scored on every hospital, its inputs scaled from the node's release where there is one.
+    """
+
+    forecaster: Forecaster
+    trains_on: str  # "truth": the hospitals' true files; "released": each node's own source release
+    every_hospital: bool = False
+
+
+def methods(
+    *,
+    model: str,
+    hidden: int,
+    init: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    final: Mapping[str, np.ndarray],
+    initial: Mapping[str, np.ndarray],
+    local_only: bool,
+    local_only_dp: bool,
+    centralized: bool,
+    baselines: tuple[str, ...],
+    quantiles: tuple[float, ...],
+) -> dict[str, Method]:
+    """The compared methods, in table order; ``final`` / ``initial`` are the federation's last and first weights.
+
+    Every network learner has the federation's model, optimiser and as many epochs as the
+    whole federation ran (``epochs`` = rounds x local epochs). "Local only DP" starts where the
+    federation started (``init``); with ``init = "pretrained"`` it is also run from scratch, so
+    that what federation adds over a hospital alone is measured against both.
+    """
+
+    def neural(start: str | Mapping[str, np.ndarray] | None, n_epochs: int) -> NeuralForecaster:
+        return NeuralForecaster(
+            model=model,
+            hidden=hidden,
+            init=start,
+            epochs=n_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            quantiles=quantiles,
+        )
+
+    start = "pretrained" if init == "pretrained" else None
+    out = {
+        # Scaled (series scaling) with the scaler of the releases it learned from, as on the nodes.
+        "federated": Method(neural(final, 0), "released", every_hospital=True),
+        "initial model": Method(neural(initial, 0), "truth"),
+    }
+    if local_only:
+        out["local only"] = Method(LocalOnly(neural(start, epochs)), "truth")
+    if local_only_dp:
+        out["local only DP"] = Method(LocalOnly(neural(start, epochs)), "released")
+        if start is not None:
+            out["local only DP (from scratch)"] = Method(LocalOnly(neural(None, epochs)), "released")
+    if centralized:
+        out["centralized"] = Method(neural(start, epochs), "truth")
+    for name in baselines:
+        out[name] = Method(Classical(name, season=7, quantiles=quantiles), "truth")
+    return out
+
+
+def run_method(method: Method, evaluation: Evaluation) -> dict[str, np.ndarray]:
+    """Fit ``method`` on what it learns from, forecast every hospital at its origins from its true counts.
+
+    A private method is scored on the hospitals whose node released its counts (a node that
+    refused every round has no release to learn from); the rest on every hospital.
+    """
+    if method.trains_on == "released":
+        fit_on = evaluation.released
+        if isinstance(method.forecaster, NeuralForecaster) and not isinstance(
+            method.forecaster.init, (str, type(None))
+        ):
+            # the federated model exists for every hospital; a node without a release is scored from its truth
+            fit_on = {hid: evaluation.released.get(hid, h) for hid, h in evaluation.truth.items()}
+    else:
+        fit_on = evaluation.truth
+    if not fit_on:
+        return {}
+    forecaster = method.forecaster.fit(fit_on)
+    return {hid: forecaster.predict(evaluation.truth[hid], evaluation.origins[hid]) for hid in fit_on}

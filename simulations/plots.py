@@ -11,16 +11,21 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medalloc_core.features import HospitalDataset
+from medalloc_core.forecasters import Origins
 from medalloc_core.rounds import RoundRecord
 
 
 def forecast_plot(
-    path: Path, hospital: str, dataset: HospitalDataset, y: np.ndarray, q: np.ndarray, quantiles: Sequence[float]
+    path: Path,
+    hospital: str,
+    origins: Origins,
+    y: np.ndarray,
+    q: np.ndarray,
+    quantiles: Sequence[float],
+    targets: Sequence[str],
 ) -> None:
-    """For each target, the busiest unit's test period: actuals and back-to-back H-day forecasts
-    with their P10-P90 band."""
-    test = dataset.test
+    """For each target, the busiest unit's held-out weeks: actuals and the H-day forecast from every
+    rolling origin with its P10-P90 band."""
     H = y.shape[1]
     levels = list(quantiles)
     lo, mid, hi = (
@@ -28,31 +33,27 @@ def forecast_plot(
         min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5)),
         levels.index(max(levels)),
     )
-    targets = dataset.spec.targets
+    units = np.asarray(origins.units)
     fig, axes = plt.subplots(len(targets), 1, figsize=(9, 3.2 * len(targets)), squeeze=False)
     for t, target in enumerate(targets):
         ax = axes[t, 0]
-        units = np.unique(test.units)
-        volumes = {u: np.abs(y[test.units == u, :, t]).sum() for u in units}
+        volumes = {u: np.nansum(np.abs(y[units == u, :, t])) for u in np.unique(units)}
         unit = max(volumes, key=volumes.get)  # type: ignore[arg-type]
-        rows = np.flatnonzero(test.units == unit)
-        rows = rows[np.argsort(test.target_start[rows])]
-        starts = test.target_start[rows]
+        rows = np.flatnonzero(units == unit)
+        rows = rows[np.argsort(origins.target_start[rows])]
         actual: dict[np.datetime64, float] = {}
-        for r, start in zip(rows, starts, strict=True):  # every window's H days: the whole test period
-            for h in range(H):
-                actual[start + h * np.timedelta64(1, "D")] = float(y[r, h, t])
-        days_all = sorted(actual)
-        ax.plot(days_all, [actual[d] for d in days_all], color="black", lw=1.4, label="actual")
-        for k, r in enumerate(rows[::H]):
-            days = starts[0] + (np.flatnonzero(rows == r)[0] + np.arange(H)) * np.timedelta64(1, "D")
+        for k, r in enumerate(rows):
+            days = origins.target_start[r] + np.arange(H) * np.timedelta64(1, "D")
+            actual.update({d: float(v) for d, v in zip(days, y[r, :, t], strict=True)})
             ax.fill_between(
                 days, q[r, :, t, lo], q[r, :, t, hi], color="tab:blue", alpha=0.25, label="P10-P90" if k == 0 else None
             )
             ax.plot(
                 days, q[r, :, t, mid], color="tab:blue", lw=1.4, label=f"{H}-day forecast (median)" if k == 0 else None
             )
-        ax.set_title(f"{hospital}, unit {unit}: {target}")
+        days_all = sorted(actual)
+        ax.plot(days_all, [actual[d] for d in days_all], color="black", lw=1.0, marker=".", ms=3, label="actual")
+        ax.set_title(f"{hospital}, unit {unit}: {target} ({len(rows)} rolling origins)")
         ax.set_ylabel("patients" if target != "census" else "occupied beds")
         ax.legend(loc="best", fontsize=8, framealpha=0.6)
     fig.autofmt_xdate()

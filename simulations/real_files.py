@@ -39,12 +39,9 @@ class DataDirPlan:
     shortest_days: int
 
 
-def held_out_days(horizon: int) -> int:
-    """Validation and test days each node holds out (``features.federation_window_spec``)."""
-    return max(horizon, 28)
-
-
-def inspect_data_dir(folder: Path, federation: Mapping[str, Any]) -> DataDirPlan:
+def inspect_data_dir(
+    folder: Path, federation: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None
+) -> DataDirPlan:
     """Validate every hospital file of ``folder`` against the data contract and the federation's windows.
 
     Parameters
@@ -53,13 +50,16 @@ def inspect_data_dir(folder: Path, federation: Mapping[str, Any]) -> DataDirPlan
         One file per hospital (``.csv`` or ``.parquet``, daily unit records).
     federation
         The scenario's ``[federation]`` keys (``history``, ``horizon``, ``targets`` when set).
+    evaluation
+        The scenario's ``[evaluation]`` keys (``weeks`` held out, default 16; ``origins``,
+        default 8; ``validation-days``, default 28).
 
     Raises
     ------
     DataDirError
         No hospital files; a file breaks the data contract or is weekly; a ``targets`` column is
         missing from a file; no default target is in every file; a unit is too short for
-        ``history + horizon`` plus the held-out validation and test days.
+        ``history + horizon`` plus the validation days and the held-out weeks.
     """
     if not folder.is_dir():
         raise DataDirError(f"[region] data-dir {folder} is not a folder")
@@ -96,21 +96,25 @@ def inspect_data_dir(folder: Path, federation: Mapping[str, Any]) -> DataDirPlan
             f"no file column set in {folder} includes admissions or census in every file; "
             "set [federation] targets to a count column every file has"
         )
-    need = history + horizon + 2 * held_out_days(horizon)
+    evaluation = evaluation or {}
+    weeks, val = int(evaluation.get("weeks", 16)), int(evaluation.get("validation-days", 28))
+    need = history + horizon + val + 7 * weeks
     shortest = None
     for path, recs in records.items():
         for unit, days in _unit_days(recs.frame).items():
             shortest = days if shortest is None else min(shortest, days)
             if days < need:
-                fits = days - horizon - 2 * held_out_days(horizon)
+                fits = (days - history - horizon - val) // 7
+                origins = int(evaluation.get("origins", 8))
                 hint = (
-                    f"set [federation] history = {fits // 7 * 7 if fits >= 14 else fits} (or lower)"
-                    if fits >= 7
-                    else "it is too short for any window: remove the unit or the file from the folder"
+                    f"set [evaluation] weeks = {fits} (and origins <= {7 * fits - horizon + 1} to fit) to hold out "
+                    f"less, or lower [federation] history"
+                    if fits >= 1 and 7 * fits >= horizon
+                    else "it is too short for the evaluation: remove the unit or the file from the folder"
                 )
                 raise DataDirError(
-                    f"{path}, unit {unit!r}: {days} days; the federation needs history {history} + horizon "
-                    f"{horizon} + validation {held_out_days(horizon)} + test {held_out_days(horizon)} = {need}; {hint}"
+                    f"{path}, unit {unit!r}: {days} days; each unit needs history {history} + horizon {horizon} + "
+                    f"validation {val} + {weeks} held-out weeks for {origins} forecast origins = {need}; {hint}"
                 )
     return DataDirPlan(files, targets, int(shortest or 0))
 

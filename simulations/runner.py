@@ -22,13 +22,10 @@ import torch
 
 from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
-from medalloc.client.task import LocalData, load_local_data, test_forecasts
-from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary
-from medalloc_core.features import federation_window_spec
+from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary, window_spec
 from medalloc_core.model_io import read_model_files, sidecar_of
-from medalloc_core.models import ForecasterConfig, build_from_arrays
+from medalloc_core.models import ForecasterConfig, state_arrays
 from medalloc_core.privacy.ledger import PrivacyLedger
-from medalloc_core.privacy.release import ReleaseStore
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
 
@@ -185,85 +182,64 @@ def run_scenario(
         )
     final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
-    # --- the same test windows for every method ------------------------------------------
+    # --- rolling-origin evaluation: the same origins for every method -----------------------
+    # The nodes' own window spec: its held-out weeks ([evaluation] weeks) are days no node
+    # trained on, and every other method trains on the same days before them.
     began = time.perf_counter()
-    spec = federation_window_spec(
-        history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model
-    )
+    spec = window_spec(config)
     mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
     quantiles = tuple(mconfig.quantiles)
-    progress.phase("scoring the federated model", total=len(files))
-    data: dict[str, LocalData] = {p.stem: load_local_data(p, spec) for p in files}
+    progress.phase("rolling-origin evaluation: loading files and releases", total=1)
+    ledgers = region_dir / "ledgers"
+    evaluation = cmp.evaluation_data({p.stem: p for p in files}, ledgers, spec, n_origins=scenario.eval_origins)
+    epsilons = {hid: _patient_epsilon(ledgers / f"{hid}.json") for hid in evaluation.truth}
+    progress.advance()
+    compared = cmp.methods(
+        model=config.model,
+        hidden=config.hidden,
+        init=config.init,
+        epochs=config.num_server_rounds * config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        final=final_arrays,
+        initial=state_arrays(initial_model(config, mconfig)),
+        local_only=scenario.local_only,
+        local_only_dp=scenario.local_only_dp,
+        centralized=scenario.centralized,
+        baselines=scenario.baselines,
+        quantiles=quantiles,
+    )
     methods: dict[str, dict[str, dict[str, Any]]] = {}
-    forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    epsilons: dict[str, float | None] = {}
-    released: dict[str, cmp.ReleasedHospital] = {}
-    federated = build_from_arrays(mconfig, final_arrays)
-    initial = initial_model(config, mconfig)
-    methods["federated"], methods["initial model"] = {}, {}
-    for hid, d in data.items():
-        ledger_path = region_dir / "ledgers" / f"{hid}.json"
-        epsilons[hid] = _patient_epsilon(ledger_path)
-        store = ReleaseStore.open(ledger_path.with_name(ledger_path.name + ".released.csv"))
-        if store.plan is not None:
-            # The model learned from the node's release; scored on the truth, from true inputs.
-            released[hid] = cmp.released_hospital(d, store)
-            y, q = cmp.score_on_truth(federated, released[hid])
-        else:
-            y, q = test_forecasts(federated, d.dataset)
-        forecasts[hid] = (y, q)
-        methods["federated"][hid] = cmp.score(y, q, quantiles)
-        y0, q0 = test_forecasts(initial, d.dataset)
-        methods["initial model"][hid] = cmp.score(y0, q0, quantiles)
+    forecasts: dict[str, np.ndarray] = {}
+    method_epsilon: dict[str, dict[str, float]] = {}
+    for name, method in compared.items():
+        learns = "each node's release" if method.trains_on == "released" else "true counts"
+        progress.phase(f"{name} (from {learns})", total=1)
+        predicted = cmp.run_method(method, evaluation)
+        methods[name] = {hid: cmp.score(evaluation.actuals[hid], q, quantiles) for hid, q in predicted.items()}
+        if method.trains_on == "released":  # the node's own release: its patient-level epsilon, nothing more
+            method_epsilon[name] = {hid: float(epsilons[hid] or 0.0) for hid in predicted if hid in evaluation.released}
+        if name == "federated":
+            forecasts = predicted
         progress.advance()
-    epochs = config.num_server_rounds * config.local_epochs
-    train_kwargs: dict[str, Any] = {
-        "epochs": epochs,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-        "init": config.init,
-    }
-
-    if scenario.local_only:
-        progress.phase("local-only (no DP)", total=len(data))
-        methods["local only"] = {}
-        for hid, d in data.items():
-            methods["local only"][hid] = cmp.score(*cmp.local_only(mconfig, d, **train_kwargs), quantiles)
-            progress.advance()
-    local_dp_eps: dict[str, float] = {}
-    if scenario.local_only_dp:
-        progress.phase("local-only (its own release, same epsilon)", total=len(data))
-        methods["local only DP"] = {}
-        for hid in data:
-            if hid in released:  # the same release the node federated with: the same patient-level epsilon
-                y, q = cmp.local_only_dp(mconfig, released[hid], **train_kwargs)
-                methods["local only DP"][hid] = cmp.score(y, q, quantiles)
-                local_dp_eps[hid] = float(epsilons[hid] or 0.0)
-            progress.advance()
-    if scenario.centralized:
-        progress.phase("centralized (pooled, no privacy)", total=1)
-        pooled = cmp.centralized(mconfig, data, **train_kwargs)
-        methods["centralized"] = {}
-        for hid, d in data.items():
-            y, q = test_forecasts(pooled, d.dataset)
-            methods["centralized"][hid] = cmp.score(y, q, quantiles)
-        progress.advance()
-    for name in scenario.baselines:
-        progress.phase(f"baseline: {name}", total=len(data))
-        methods[name] = {}
-        for hid, d in data.items():
-            y = forecasts[hid][0]
-            methods[name][hid] = cmp.score(y, cmp.baseline_forecasts(name, d, quantiles), quantiles)
-            progress.advance()
     timings["comparisons"] = time.perf_counter() - began
 
     # --- plots -------------------------------------------------------------------------
-    progress.phase("plots", total=2 + min(scenario.forecast_plots, len(data)))
+    hospitals = list(evaluation.truth)
+    progress.phase("plots", total=2 + min(scenario.forecast_plots, len(hospitals)))
     plot_dir = out / "plots"
     plot_dir.mkdir()
-    for hid in list(data)[: scenario.forecast_plots]:
-        plots.forecast_plot(plot_dir / f"forecast_{hid}.png", hid, data[hid].dataset, *forecasts[hid], quantiles)
+    for hid in hospitals[: scenario.forecast_plots]:
+        plots.forecast_plot(
+            plot_dir / f"forecast_{hid}.png",
+            hid,
+            evaluation.origins[hid],
+            evaluation.actuals[hid],
+            forecasts[hid],
+            quantiles,
+            spec.targets,
+        )
         progress.advance()
     plots.rounds_plot(plot_dir / "metrics_per_round.png", rounds)
     progress.advance()
@@ -273,7 +249,7 @@ def run_scenario(
     summary = {
         "scenario": scenario.name,
         "source": scenario.source,
-        "hospitals": list(data),
+        "hospitals": hospitals,
         "federation": {
             "strategy": config.strategy,
             "rounds": config.num_server_rounds,
@@ -282,6 +258,20 @@ def run_scenario(
             "epsilon_budget": scenario.epsilon_budget,
             "delta": scenario.delta,
             "epsilon_per_hospital": epsilons,
+        },
+        # Rolling-origin evaluation: every unit's last `weeks` weeks held out from all training
+        # (the nodes' included) and forecast from `origins` origins, the same for every method.
+        "evaluation": {
+            "weeks": scenario.eval_weeks,
+            "validation_days": scenario.validation_days,
+            "origins_per_unit": scenario.eval_origins,
+            "origins_per_hospital": {hid: len(o) for hid, o in evaluation.origins.items()},
+            "first_origin": {
+                hid: str(np.min(o.target_start).astype("datetime64[D]"))
+                for hid, o in evaluation.origins.items()
+                if len(o)
+            },
+            "horizon": config.horizon,
         },
         # The headline: epsilon per patient (a stay of up to max_stay_days nights) at delta, the
         # largest over the nodes, lifetime; every private method spends exactly this.
@@ -297,7 +287,9 @@ def run_scenario(
         "methods": {
             name: {"overall": cmp.overall(per_h), "per_hospital": per_h} for name, per_h in methods.items() if per_h
         },
-        "local_only_dp_epsilon": local_dp_eps,
+        # Per private method and hospital: the patient-level epsilon of the release it trained on.
+        "method_epsilon": method_epsilon,
+        "local_only_dp_epsilon": method_epsilon.get("local only DP", {}),
         "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
     }

@@ -13,7 +13,8 @@ from medalloc_core.synthetic import RegionConfig
 
 from .real_files import DataDirError, DataDirPlan, inspect_data_dir
 
-_SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "output", "simulation"}
+_SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "evaluation", "output", "simulation"}
+_EVALUATION_KEYS = {"weeks", "origins", "validation-days"}
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
 _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
 # [federation] keys the runner sets itself: a scenario that sets them would be silently overridden.
@@ -28,6 +29,8 @@ _RUNNER_KEYS = {
     "privacy-mechanism": "[privacy] mechanism",
     "simulation-days": "[region] days",
     "simulation-region-seed": "[region] seed",
+    "test-days": "[evaluation] weeks",
+    "validation-days": "[evaluation] validation-days",
     "out-dir": "medalloc simulate --out",
 }
 
@@ -55,6 +58,11 @@ class Scenario:
     local_only_dp: bool = True
     centralized: bool = True
     baselines: tuple[str, ...] = ("seasonal_naive", "holt_winters")
+    # Rolling-origin evaluation: every unit's last `eval_weeks` weeks are held out from training
+    # (nodes included) and scored from `eval_origins` origins; `validation_days` before them too.
+    eval_weeks: int = 16
+    eval_origins: int = 8
+    validation_days: int = 28
     forecast_plots: int = 3
     client_cpus: float = 1.0
     source: str = "embedded default"
@@ -84,9 +92,17 @@ class Scenario:
             "simulation-reproducible-noise": self.reproducible_noise,
             "patient-epsilon": self.epsilon_budget,
             "max-stay-days": self.max_stay_days,
+            "test-days": 7 * self.eval_weeks,
+            "validation-days": self.validation_days,
             "out-dir": str(out_dir),
         }
         return keys
+
+    def days_needed(self) -> int:
+        """The fewest days a unit needs: one training window, then the validation days and the held-out weeks."""
+        history = int(self.federation.get("history", 56))
+        horizon = int(self.federation.get("horizon", 14))
+        return history + horizon + self.validation_days + 7 * self.eval_weeks
 
     def federation_config(self, *, data_dir: Path, out_dir: Path) -> RunConfig:
         """The typed run config (validates every key)."""
@@ -127,11 +143,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     federation = dict(raw.get("federation", {}))
     privacy = dict(raw.get("privacy", {}))
     comparisons = dict(raw.get("comparisons", {}))
+    evaluation = dict(raw.get("evaluation", {}))
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
     for name, section, known in (
         ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
         ("comparisons", comparisons, _COMPARISON_KEYS),
+        ("evaluation", evaluation, _EVALUATION_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
     ):
@@ -154,7 +172,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         if not folder.is_absolute() and Path(source).is_file():
             folder = Path(source).resolve().parent / folder  # relative to the scenario file, as a reader expects
         try:
-            data = inspect_data_dir(folder.resolve(), federation)
+            data = inspect_data_dir(folder.resolve(), federation, evaluation)
         except DataDirError as exc:
             raise ScenarioError(f"{source}: {exc}") from exc
         federation.setdefault("targets", ",".join(data.targets))  # the targets follow the columns present
@@ -175,6 +193,9 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             local_only_dp=bool(comparisons.get("local-only-dp", True)),
             centralized=bool(comparisons.get("centralized", True)),
             baselines=baselines,
+            eval_weeks=int(evaluation.get("weeks", 16)),
+            eval_origins=int(evaluation.get("origins", 8)),
+            validation_days=int(evaluation.get("validation-days", 28)),
             forecast_plots=int(output.get("forecast-plots", 3)),
             client_cpus=float(simulation.get("client-cpus", 1.0)),
             source=source,
@@ -183,7 +204,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         )
         if data is None:
             scenario.region_config()
+        _check_evaluation(scenario)  # before the run config, whose test-days it sets
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+    except ScenarioError:
+        raise
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc
     if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0 or scenario.max_stay_days < 1:
@@ -196,3 +220,37 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     if scenario.client_cpus <= 0:
         raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
     return scenario
+
+
+def _check_evaluation(scenario: Scenario) -> None:
+    """The rolling-origin evaluation fits the horizon and, for a generated region, its shortest hospital."""
+    source, horizon = scenario.source, int(scenario.federation.get("horizon", 14))
+    weeks, origins, val = scenario.eval_weeks, scenario.eval_origins, scenario.validation_days
+    if weeks < 1 or origins < 1 or val < horizon:
+        raise ScenarioError(
+            f"{source}: [evaluation] needs weeks >= 1, origins >= 1 and validation-days >= horizon {horizon}"
+        )
+    if origins - 1 + horizon > 7 * weeks:
+        raise ScenarioError(
+            f"{source}: [evaluation] {origins} origins of {horizon}-day forecasts do not fit in {weeks} weeks; "
+            "hold out more weeks or ask for fewer origins"
+        )
+    if scenario.data is not None:
+        return  # inspect_data_dir checked every unit of every file
+    region = scenario.region_config()
+    # A hospital that "joined late" starts at most 60 % into the period (medalloc_core.synthetic.region).
+    shortest = region.days if region.short_history_fraction == 0 else max(region.days - int(0.6 * region.days), 28)
+    need = scenario.days_needed()
+    if shortest < need:
+        fits = (shortest - need + 7 * weeks) // 7
+        raise ScenarioError(
+            f"{source}: every unit needs {need} days (history + horizon + [evaluation] validation-days {val} + "
+            f"{weeks} held-out weeks), but [region] days = {region.days}"
+            + (
+                f" with short_history_fraction > 0 gives hospitals as short as {shortest} days"
+                if shortest < region.days
+                else ""
+            )
+            + f"; raise [region] days, or set [evaluation] weeks = {fits} or fewer (and origins to fit)"
+            + (", or short_history_fraction = 0" if shortest < region.days else "")
+        )

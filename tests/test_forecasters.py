@@ -119,6 +119,49 @@ def test_forecasts_use_only_data_before_the_origin(name, hospitals):
     )
 
 
+def test_fit_never_reads_the_held_out_weeks(name, hospitals):
+    """Rolling-origin evaluation scores the held-out weeks: changing them before ``fit`` changes no forecast."""
+    altered = {}
+    for n, hospital in hospitals.items():
+        frame = hospital.records.frame.copy()
+        last = frame.groupby(UNIT)[DATE].transform("max")
+        held_out = frame[DATE] > last - pd.Timedelta(days=7 * WEEKS)
+        frame.loc[held_out, [ADMISSIONS, CENSUS]] = frame.loc[held_out, [ADMISSIONS, CENSUS]] * 5 + 100
+        altered[n] = HospitalData(n, _records(frame, n), hospital.spec)
+    on_truth = make_forecaster(name, **_tiny_params(name)).fit(hospitals)
+    on_altered = make_forecaster(name, **_tiny_params(name)).fit(altered)
+    for hospital in hospitals.values():
+        origins = rolling_origins(hospital)
+        np.testing.assert_allclose(
+            on_altered.predict(hospital, origins), on_truth.predict(hospital, origins), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_a_network_scores_with_the_scaler_of_the_counts_it_learned_from(hospitals):
+    """Series scaling: weights given as they are (a federation's), inputs scaled as in training (the release's)."""
+    from medalloc_core.forecasters import predict_origins
+    from medalloc_core.models import state_arrays
+
+    hospital = next(iter(hospitals.values()))
+    frame = hospital.records.frame.copy()
+    noise = np.random.default_rng(0).normal(0, 10, size=(len(frame), 2))
+    frame[[ADMISSIONS, CENSUS]] = frame[[ADMISSIONS, CENSUS]].astype(float) + noise
+    released = HospitalData(hospital.name, _records(frame, hospital.name), hospital.spec)
+    trained = NeuralForecaster(model="mlp", hidden=8, epochs=1, batch_size=32).fit({hospital.name: released})
+    arrays = state_arrays(trained.model_)
+    given = NeuralForecaster(model="mlp", hidden=8, init=arrays, epochs=0).fit({hospital.name: released})
+    assert all(np.array_equal(v, arrays[k]) for k, v in state_arrays(given.model_).items())
+    origins = rolling_origins(hospital)
+    spec = given.model_spec(hospital.spec)
+    q = given.predict(hospital, origins)
+    np.testing.assert_allclose(q, trained.predict(hospital, origins), rtol=1e-6)
+    scaler = released.dataset(spec).scaler
+    expected = np.clip(predict_origins(given.model_, hospital, spec, origins, scaler=scaler), 0, None)
+    np.testing.assert_allclose(q, np.maximum.accumulate(expected, axis=-1), rtol=1e-5, atol=1e-5)
+    own = predict_origins(given.model_, hospital, spec, origins)  # a scaler fitted on the true counts instead
+    assert not np.allclose(own, expected)
+
+
 def test_refit_with_the_same_seed_is_reproducible(name, hospitals):
     hospital = next(iter(hospitals.values()))
     origins = rolling_origins(hospital)
@@ -140,13 +183,20 @@ def test_evaluation_scores_every_hospital_at_the_same_origins(hospitals):
 
 def test_rolling_origins_tile_the_held_out_weeks(hospitals):
     hospital = next(iter(hospitals.values()))
-    origins = rolling_origins(hospital)  # default stride = horizon
+    origins = rolling_origins(hospital, n_origins=WEEKS)  # spread evenly: here one every horizon
     last = hospital.records.frame[DATE].max()
     for unit in hospital.records.units:
         starts = np.sort(origins.target_start[origins.units == unit])
         assert len(starts) == WEEKS
         assert np.all(np.diff(starts) == np.timedelta64(HORIZON, "D"))
         assert pd.Timestamp(starts[0]) == last - pd.Timedelta(days=7 * WEEKS - 1)  # the first held-out day
+    spread = rolling_origins(hospital)  # 8 origins over 4 weeks: 3 days apart, the last forecast ends on the last day
+    for unit in hospital.records.units:
+        starts = np.sort(spread.target_start[spread.units == unit])
+        assert len(starts) == 8 and np.all(np.diff(starts) == np.timedelta64(3, "D"))
+        assert pd.Timestamp(starts[-1]) + pd.Timedelta(days=HORIZON - 1) <= last
+    with pytest.raises(ValueError, match="do not fit in 28 held-out days"):
+        rolling_origins(hospital, n_origins=30)
 
 
 def test_origins_reject_mismatched_lengths():

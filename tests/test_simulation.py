@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -86,6 +87,21 @@ def test_small_simulation_writes_every_result_and_learns(tmp_path: Path):
     assert on_disk["privacy"]["epsilon_max"] == pytest.approx(4.0, abs=1e-3) and on_disk["privacy"]["delta"] == 1e-6
     assert rounds[-1]["privacy"]["epsilon-max"] == pytest.approx(4.0, abs=1e-3)
 
+    # rolling-origin evaluation: the nodes held out the 16 scored weeks (and 28 validation days) from training,
+    # and every method was scored at the same 8 origins per unit spread over them
+    spec = json.loads((out / "final_model.json").read_text())["window-spec"]
+    assert spec["test_periods"] == 16 * 7 and spec["val_periods"] == 28
+    evaluation = on_disk["evaluation"]
+    assert evaluation["weeks"] == 16 and evaluation["origins_per_unit"] == 8
+    region = out / "region"
+    for hid in ("H000", "H001", "H002"):
+        frame = pd.read_csv(region / f"{hid}.csv", parse_dates=["date"])
+        assert evaluation["origins_per_hospital"][hid] == 8 * frame["unit"].nunique()
+        first_held_out = frame["date"].max() - pd.Timedelta(days=16 * 7 - 1)
+        assert evaluation["first_origin"][hid] == str(first_held_out.date())
+    per_hospital = {m: v["per_hospital"] for m, v in on_disk["methods"].items()}
+    assert all(set(v) == {"H000", "H001", "H002"} for v in per_hospital.values())
+
     with pytest.raises(ResultsExist, match="--force"):
         run_scenario(load_scenario(scenario_file), out)
 
@@ -136,6 +152,13 @@ def test_embedded_default_scenario_needs_no_file():
         ("[region]\nhospitals = 0\n", "hospitals must be at least 1"),
         ("[comparisons]\nbaselines = ['arima']\n", "unknown baseline"),
         ("[extras]\nx = 1\n", "unknown section"),
+        ("[evaluation]\nhorizon = 7\n", r"unknown key\(s\) \['horizon'\] in \[evaluation\]"),
+        ("[evaluation]\nweeks = 1\norigins = 8\n", "8 origins of 14-day forecasts do not fit in 1 weeks"),
+        ("[federation]\ntest-days = 56\n", r"'test-days': use \[evaluation\] weeks"),
+        (
+            "[region]\ndays = 300\nshort_history_fraction = 0.4\n",
+            r"every unit needs 210 days .* as short as 120 days; raise \[region\] days, or set \[evaluation\] weeks",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_problem(text: str, match: str):
@@ -169,3 +192,22 @@ def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp
     (existing / "summary.json").write_text("{}")
     result = CliRunner().invoke(cli, ["simulate", "--out", str(existing)])
     assert result.exit_code == 2 and "--force" in result.output
+
+
+def test_the_verdict_says_whether_federated_beats_holt_winters_and_by_how_much():
+    from medalloc.cli.simulate import verdict
+
+    def summary(fed_wape: float, fed_pinball: float) -> dict:
+        return {
+            "methods": {
+                "federated": {"overall": {"volume_weighted": {"wape": fed_wape, "pinball": fed_pinball}}},
+                "holt_winters": {"overall": {"volume_weighted": {"wape": 0.120, "pinball": 2.80}}},
+            },
+            "method_epsilon": {"federated": {"H000": 1.0, "H001": 0.98}},
+        }
+
+    assert verdict(summary(0.114, 2.66)) == (
+        "Federated at patient-level epsilon 1.00 against Holt-Winters: WAPE 0.114 vs 0.120 (0.950x, 5.0 % below); "
+        "pinball loss 2.660 vs 2.800 (0.950x, 5.0 % below)."
+    )
+    assert "WAPE 0.131 vs 0.120 (1.092x, MISSES by 9.2 %)" in verdict(summary(0.131, 2.70))

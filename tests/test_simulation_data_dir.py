@@ -38,7 +38,7 @@ def generated(tmp_path_factory) -> Path:
     """A folder made by `medalloc generate`, exactly as a researcher would make it."""
     out = tmp_path_factory.mktemp("generated")
     result = CliRunner().invoke(
-        cli, ["generate", "--hospitals", "3", "--days", "200", "--seed", "5", "--out", str(out)]
+        cli, ["generate", "--hospitals", "3", "--days", "460", "--seed", "5", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     return out
@@ -97,9 +97,26 @@ def test_a_history_too_short_for_the_windows_names_the_option(tmp_path, generate
     federation = FEDERATION.replace("history = 14", "history = 140")
     with pytest.raises(
         ScenarioError,
-        match=r"unit '\w+': \d+ days; the federation needs history 140 .* set \[federation\] history = \d+",
+        match=r"unit '\w+': \d+ days; each unit needs history 140 .* 16 held-out weeks for 8 forecast origins = 287; "
+        r"set \[evaluation\] weeks = \d+ .* or lower \[federation\] history",
     ):
         load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"', federation))
+
+
+def test_files_too_short_for_sixteen_held_out_weeks_name_the_weeks_that_fit(tmp_path, generated):
+    """The generated files hold 16 weeks; 120-day ones do not, and the message says how many weeks (and origins) fit."""
+    short = tmp_path / "short"
+    short.mkdir()
+    for path in sorted(generated.glob("H*.csv")):
+        frame = pd.read_csv(path)
+        frame[frame["date"] >= sorted(frame["date"].unique())[-120]].to_csv(short / path.name, index=False)
+    with pytest.raises(
+        ScenarioError,
+        match=r"H000.csv, unit '\w+': 120 days; .* set \[evaluation\] weeks = 10 \(and origins <= 64 to fit\)",
+    ):
+        load_scenario(_scenario(tmp_path, f'data-dir = "{short}"'))
+    fewer = FEDERATION + "[evaluation]\nweeks = 10\norigins = 8\n"
+    assert load_scenario(_scenario(tmp_path, f'data-dir = "{short}"', fewer)).eval_weeks == 10
 
 
 def test_a_broken_file_is_reported_with_its_row(tmp_path, generated):

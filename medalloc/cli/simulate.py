@@ -25,15 +25,25 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _title(summary: dict[str, Any]) -> str:
+    ev = summary["evaluation"]
+    return (
+        f"Rolling-origin accuracy, {len(summary['hospitals'])} hospitals: {ev['origins_per_unit']} origins per unit "
+        f"over its last {ev['weeks']} weeks, held out from all training (volume-weighted over hospitals)"
+    )
+
+
 def _results_table(summary: dict[str, Any]) -> Table:
     fed, pv = summary["federation"], summary["privacy"]
     header = f"epsilon per patient (stays <= {pv['max_stay_days']} d)"
-    table = Table(title=f"Test-period accuracy, {len(summary['hospitals'])} hospitals (volume-weighted over hospitals)")
+    table = Table(title=_title(summary))
     for name in ("method", "MAE", "WAPE", "pinball", "P10-P90 coverage", header):
         table.add_column(name, justify="left" if name == "method" else "right")
-    eps_fed = max((e for e in fed["epsilon_per_hospital"].values() if e is not None), default=None)
-    eps_local = max(summary["local_only_dp_epsilon"].values(), default=None)
-    privacy = {"federated": eps_fed, "local only DP": eps_local, "initial model": 0.0}
+    # Each private method spends exactly its nodes' release: the largest patient-level epsilon over them.
+    privacy: dict[str, float | None] = {
+        method: max(per.values(), default=None) for method, per in summary["method_epsilon"].items()
+    }
+    privacy["initial model"] = 0.0
     for method, result in summary["methods"].items():
         m = result["overall"]["volume_weighted"]
         eps = privacy.get(method)
@@ -52,6 +62,21 @@ def _results_table(summary: dict[str, Any]) -> Table:
         + "Lower MAE/WAPE/pinball is better."
     )
     return table
+
+
+def verdict(summary: dict[str, Any]) -> str | None:
+    """One sentence: is the federated model at or below Holt-Winters on WAPE and pinball, and by how much."""
+    methods = summary["methods"]
+    if "federated" not in methods or "holt_winters" not in methods:
+        return None
+    fed, hw = methods["federated"]["overall"]["volume_weighted"], methods["holt_winters"]["overall"]["volume_weighted"]
+    eps = max(summary["method_epsilon"].get("federated", {}).values(), default=0.0)
+    parts = []
+    for key, label in (("wape", "WAPE"), ("pinball", "pinball loss")):
+        ratio = fed[key] / hw[key]
+        how = f"{100 * (1 - ratio):.1f} % below" if ratio <= 1 else f"MISSES by {100 * (ratio - 1):.1f} %"
+        parts.append(f"{label} {fed[key]:.3f} vs {hw[key]:.3f} ({ratio:.3f}x, {how})")
+    return f"Federated at patient-level epsilon {eps:.2f} against Holt-Winters: " + "; ".join(parts) + "."
 
 
 class _RichProgress:
@@ -161,6 +186,9 @@ def simulate(
             console.print(table)
         raise typer.Exit(code=1) from None
     console.print(_results_table(summary))
+    line = verdict(summary)
+    if line:
+        console.print(line, highlight=False)
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
         f"{out}/final_model.safetensors, plots in {out}/plots",

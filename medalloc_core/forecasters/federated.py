@@ -72,6 +72,7 @@ class Federated(Forecaster):
         first = next(iter(hospitals.values()))
         self.config_ = base.model_config(first)
         self.model_ = base.initial_model(self.config_)
+        self.scalers_ = base.scalers(hospitals)
         windows = {n: h.dataset(base.model_spec(h.spec)).train for n, h in hospitals.items()}
         empty = [n for n, w in windows.items() if len(w) == 0]
         if empty:
@@ -128,4 +129,5 @@ class Federated(Forecaster):
         return out
 
     def _predict(self, hospital: HospitalData, origins: Origins) -> np.ndarray:
-        return predict_origins(self.model_, hospital, self.base.model_spec(hospital.spec), origins)
+        spec = self.base.model_spec(hospital.spec)
+        return predict_origins(self.model_, hospital, spec, origins, scaler=self.scalers_.get(hospital.name))

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from medalloc_core.features import WindowSet, WindowSpec
+from medalloc_core.features import SeriesScaler, WindowSet, WindowSpec, prepare_hospital
 from medalloc_core.forecasters.base import Forecaster, HospitalData, Origins, pooled_windows
 from medalloc_core.metrics import DEFAULT_QUANTILES
 from medalloc_core.models import Forecaster as Network
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
 from medalloc_core.training import (
     DPConfig,
     TrainConfig,
@@ -39,10 +39,11 @@ class NeuralForecaster(Forecaster):
         (series scaling).
     hidden, layers : int, default 64, 1
         Network width and depth (``ForecasterConfig``).
-    init : str or None, default None
+    init : str, mapping or None, default None
         ``"pretrained"``: start from the shipped public weights (``medalloc_core.pretrained``,
         hybrid only); ``None``: from the seeded initial weights (for the hybrid that is the
-        classical forecast).
+        classical forecast); a mapping of parameter arrays: from those weights (e.g. a
+        federation's final model, scored as it is with ``epochs=0``).
     epochs, batch_size, lr : int, int, float, default 5, 256, 1e-3
         Adam on the pinball loss (``training.TrainConfig``); ``epochs=0`` keeps the starting
         weights (the pretrained model used zero-shot).
@@ -62,6 +63,10 @@ class NeuralForecaster(Forecaster):
     ----------
     model_ : Network          the trained network
     train_result_ : TrainResult or None   what the last training call reported
+    scalers_ : dict               series scaling only: per hospital fitted on, the scaler of its
+                                  training data; forecasts for that hospital scale their inputs
+                                  with it, as in training (a node trained on its released counts
+                                  feeds its true counts through the released scaler)
     """
 
     def __init__(
@@ -69,7 +74,7 @@ class NeuralForecaster(Forecaster):
         model: str = "hybrid",
         hidden: int = 64,
         layers: int = 1,
-        init: str | None = None,
+        init: str | Mapping[str, np.ndarray] | None = None,
         epochs: int = 5,
         batch_size: int = 256,
         lr: float = 1e-3,
@@ -92,8 +97,8 @@ class NeuralForecaster(Forecaster):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.init not in (None, "pretrained"):
-            raise ValueError(f"init={self.init!r}; use None or 'pretrained'")
+        if not (self.init is None or self.init == "pretrained" or isinstance(self.init, Mapping)):
+            raise ValueError(f"init={self.init!r}; use None, 'pretrained' or a mapping of parameter arrays")
         if self.init == "pretrained" and self.model != "hybrid":
             raise ValueError("init='pretrained' exists for model='hybrid' only")
         if self.epochs < 0:
@@ -120,13 +125,25 @@ class NeuralForecaster(Forecaster):
         )
 
     def initial_model(self, config: ForecasterConfig) -> Network:
-        """The untrained network: seeded weights, or the shipped pretrained ones."""
+        """The starting network: seeded weights, the shipped pretrained ones, or the given arrays."""
+        if isinstance(self.init, Mapping):
+            given: Network = build_from_arrays(config, dict(self.init))
+            return given
         if self.init == "pretrained":
             from medalloc_core.pretrained import load_pretrained
 
             return load_pretrained(config)
         network: Network = build_model(config, seed=self.seed)
         return network
+
+    def scalers(self, hospitals: Mapping[str, HospitalData]) -> dict[str, SeriesScaler]:
+        """Per hospital, the scaler of its training data under this model's spec (none under window scaling)."""
+        out = {}
+        for name, hospital in hospitals.items():
+            scaler = hospital.dataset(self.model_spec(hospital.spec)).scaler
+            if scaler is not None:
+                out[name] = scaler
+        return out
 
     def train_config(self, n_windows: int) -> TrainConfig:
         """Optimiser settings; the batch adapts to small datasets (see ``adaptive_batch_size``)."""
@@ -140,6 +157,7 @@ class NeuralForecaster(Forecaster):
         first = next(iter(hospitals.values()))
         self.config_ = self.model_config(first)
         self.model_ = self.initial_model(self.config_)
+        self.scalers_ = self.scalers(hospitals)
         sets = [h.dataset(self.model_spec(h.spec)) for h in hospitals.values()]
         train = pooled_windows([d.train for d in sets])
         val = pooled_windows([d.val for d in sets])
@@ -166,12 +184,23 @@ class NeuralForecaster(Forecaster):
         self.model_.load_state_dict(best)
 
     def _predict(self, hospital: HospitalData, origins: Origins) -> np.ndarray:
-        return predict_origins(self.model_, hospital, self.model_spec(hospital.spec), origins)
+        spec = self.model_spec(hospital.spec)
+        return predict_origins(self.model_, hospital, spec, origins, scaler=self.scalers_.get(hospital.name))
 
 
-def predict_origins(model: Network, hospital: HospitalData, spec: WindowSpec, origins: Origins) -> np.ndarray:
-    """A network's forecasts in patients/beds for the windows of ``hospital`` that start at ``origins``."""
-    ds = hospital.dataset(spec)
+def predict_origins(
+    model: Network, hospital: HospitalData, spec: WindowSpec, origins: Origins, *, scaler: SeriesScaler | None = None
+) -> np.ndarray:
+    """A network's forecasts in patients/beds for the windows of ``hospital`` that start at ``origins``.
+
+    ``scaler`` (series scaling only): scale the hospital's inputs with it instead of one fitted
+    on this data, e.g. the scaler of the released counts the network was trained on.
+    """
+    ds = (
+        hospital.dataset(spec)
+        if scaler is None or spec.scaling == "window"
+        else prepare_hospital(hospital.records, spec, scaler=scaler)
+    )
     windows = pooled_windows([ds.train, ds.val, ds.test])
     index = {(str(u), np.datetime64(d, "ns")): i for i, (u, d) in enumerate(zip(windows.units, windows.target_start))}
     try:
