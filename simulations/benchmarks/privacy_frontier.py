@@ -1,6 +1,6 @@
 """Accuracy against privacy: pinball and WAPE (ratios to Holt-Winters) per scenario family and epsilon.
 
-    python -m simulations.benchmarks.privacy_frontier [--quick] [--families NAMES] [--out DIR] [--figure PNG]
+    python -m simulations.benchmarks.privacy_frontier [--quick] [--families NAMES] [--epsilons LIST] [--out DIR]
 
 For each scenario family (the default region; many small hospitals; short histories of
 100-200 days; an epidemic shock; an admissions-only region) every method forecasts the same
@@ -13,6 +13,8 @@ on the hospitals' true counts:
   docs/privacy.md: training on the release is post-processing); at forecast time the node
   reads its own true recent counts;
 - ``local only DP``: each hospital fine-tunes the same start alone on its release at E;
+- ``local only DP (scratch)``: each hospital alone on its release at E, from the hybrid's own
+  initial weights (the classical forecast, no public pretraining; lr 1e-3);
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
@@ -20,9 +22,11 @@ on the hospitals' true counts:
 - ``fracast``: the zero-shot model from PyPI (optional: ``pip install 'medalloc[zeroshot]'``).
 
 Numbers are volume-weighted over hospitals (metrics.aggregate_over_hospitals) and printed as
-ratios to Holt-Winters (below 1 = better). Training runs in one process (the federation's
-maths without Flower, ``medalloc_core.forecasters.Federated``) on one torch thread; release
-noise is seeded (research), a real node draws it from the OS.
+ratios to Holt-Winters (below 1 = better); a second table per family gives the federated model
+against centralized training and, for the family's shortest-history hospitals (the shortest
+third, at least one), against each hospital training alone at the same epsilon. Training runs
+in one process (the federation's maths without Flower, ``medalloc_core.forecasters.Federated``)
+on one torch thread; release noise is seeded (research), a real node draws it from the OS.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ MAX_STAY_DAYS = 14
 HISTORY, HORIZON = 28, 14  # the pretrained weights' shape
 ROUNDS, LOCAL_EPOCHS = 5, 1
 FINE_TUNE_LR = 3e-4  # small steps from the pretrained start (1e-3 was worse on 4 of 5 families)
+SCRATCH_LR = 1e-3  # from the classical-forecast init there is no pretrained start to stay near
 BATCH = 256
 
 
@@ -152,24 +157,37 @@ def release(
     return out, plans
 
 
-def _hybrid(*, epochs: int) -> NeuralForecaster:
-    return NeuralForecaster(model="hybrid", init="pretrained", epochs=epochs, batch_size=BATCH, lr=FINE_TUNE_LR)
+def _hybrid(*, epochs: int, pretrained: bool = True) -> NeuralForecaster:
+    if pretrained:
+        return NeuralForecaster(model="hybrid", init="pretrained", epochs=epochs, batch_size=BATCH, lr=FINE_TUNE_LR)
+    return NeuralForecaster(model="hybrid", init=None, epochs=epochs, batch_size=BATCH, lr=SCRATCH_LR)
 
 
-def run_family(family: Family, *, zero_shot: bool, seed: int = 0) -> dict[str, Any]:
+def shortest_hospitals(hospitals: dict[str, HospitalData]) -> list[str]:
+    """The shortest third of the hospitals (at least one) by days of records."""
+    days = {n: int(h.records.frame[DATE].nunique()) for n, h in hospitals.items()}
+    return sorted(days, key=lambda n: (days[n], n))[: max(1, math.ceil(len(days) / 3))]
+
+
+def run_family(
+    family: Family, *, zero_shot: bool, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0
+) -> dict[str, Any]:
     """Every method on one family; returns overall metrics per method (private ones per epsilon)."""
     began = time.perf_counter()
     hospitals = build_hospitals(family)
+    shortest = shortest_hospitals(hospitals)
     origins = {n: rolling_origins(h) for n, h in hospitals.items()}
     actuals = {n: h.actuals(origins[n]) for n, h in hospitals.items()}
     quantiles = (0.1, 0.5, 0.9)
     forecasts: dict[str, dict[str, np.ndarray]] = {}
     scored: dict[str, dict[str, Any]] = {}
+    scored_shortest: dict[str, dict[str, Any]] = {}
 
     def record(label: str, preds: dict[str, np.ndarray], seconds: float) -> None:
         forecasts[label] = preds
         per = {n: score_forecasts(actuals[n], preds[n], quantiles) for n in hospitals}
         scored[label] = overall(per)["volume_weighted"] | {"seconds": round(seconds, 1)}
+        scored_shortest[label] = overall({n: per[n] for n in shortest})["volume_weighted"]
 
     def score(label: str, forecaster: Forecaster, train: dict[str, HospitalData] | None = None) -> None:
         t0 = time.perf_counter()
@@ -182,7 +200,7 @@ def run_family(family: Family, *, zero_shot: bool, seed: int = 0) -> dict[str, A
         score("fracast (zero-shot)", Fracast())
     score("pretrained (no training)", _hybrid(epochs=0))
     score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS))
-    for eps in EPSILONS:
+    for eps in epsilons:
         tag = f"@ {eps:g}"
         released = hospitals if math.isinf(eps) else release(hospitals, epsilon=eps, seed=seed)[0]
         score(
@@ -191,6 +209,11 @@ def run_family(family: Family, *, zero_shot: bool, seed: int = 0) -> dict[str, A
             released,
         )
         score(f"local only DP {tag}", LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS)), released)
+        score(
+            f"local only DP (scratch) {tag}",
+            LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS, pretrained=False)),
+            released,
+        )
         mixed = {n: 0.5 * forecasts[f"federated {tag}"][n] + 0.5 * forecasts["holt_winters"][n] for n in hospitals}
         record(f"federated + HW {tag}", mixed, 0.0)
     days = [int(h.records.frame[DATE].nunique()) for h in hospitals.values()]
@@ -201,20 +224,28 @@ def run_family(family: Family, *, zero_shot: bool, seed: int = 0) -> dict[str, A
         "days_min_max": [min(days), max(days)],
         "targets": list(family.targets),
         "origins": sum(len(o) for o in origins.values()),
+        "epsilons": list(epsilons),
+        "shortest": {n: int(hospitals[n].records.frame[DATE].nunique()) for n in shortest},
         "methods": scored,
+        "methods_shortest": scored_shortest,
         "seconds": round(time.perf_counter() - began, 1),
     }
 
 
 # ----------------------------------------------------------------------------- output
-PRIVATE = ("federated", "local only DP", "federated + HW")
+PRIVATE = ("federated", "local only DP", "local only DP (scratch)", "federated + HW")
+
+
+def _eps_label(e: float) -> str:
+    return "no DP" if math.isinf(e) else f"{e:g}"
 
 
 def ratio_table(result: dict[str, Any]) -> Table:
     """Rows: methods; columns: pinball and WAPE ratios to Holt-Winters at each epsilon."""
     m = result["methods"]
     hw = m["holt_winters"]
-    eps_cols = [("no DP" if math.isinf(e) else f"{e:g}") for e in EPSILONS]
+    epsilons = [float(e) for e in result["epsilons"]]
+    eps_cols = [_eps_label(e) for e in epsilons]
     table = Table(
         title=f"{result['family']}: {result['hospitals']} hospitals, {result['units']} units, "
         f"{result['days_min_max'][0]}-{result['days_min_max'][1]} days, {result['origins']} origins "
@@ -228,9 +259,31 @@ def ratio_table(result: dict[str, Any]) -> Table:
         return f"{v['pinball'] / hw['pinball']:.3f} / {v['wape'] / hw['wape']:.3f} [{v['coverage']:.2f}]"
 
     for name in PRIVATE:
-        table.add_row(name, *[cell(m[f"{name} @ {e:g}"]) for e in EPSILONS])
+        table.add_row(name, *[cell(m[f"{name} @ {e:g}"]) for e in epsilons])
     for name in [k for k in m if "@" not in k]:
-        table.add_row(name, *[cell(m[name])] * len(EPSILONS))
+        table.add_row(name, *[cell(m[name])] * len(epsilons))
+    return table
+
+
+def goal_table(result: dict[str, Any]) -> Table:
+    """The federated model against centralized, and against local-only on the shortest histories."""
+    m, s = result["methods"], result["methods_shortest"]
+    epsilons = [float(e) for e in result["epsilons"]]
+    shortest = ", ".join(f"{n} {d} d" for n, d in result["shortest"].items())
+    table = Table(title=f"{result['family']}: federated pinball / WAPE as ratios (shortest: {shortest})")
+    table.add_column("federated against")
+    for e in epsilons:
+        table.add_column(f"eps {_eps_label(e)}", justify="right")
+
+    def ratio(a: dict[str, float], b: dict[str, float]) -> str:
+        return f"{a['pinball'] / b['pinball']:.3f} / {a['wape'] / b['wape']:.3f}"
+
+    table.add_row("centralized (goal <= 1.05)", *[ratio(m[f"federated @ {e:g}"], m["centralized"]) for e in epsilons])
+    for other in ("local only DP", "local only DP (scratch)"):
+        table.add_row(
+            f"{other}, shortest (goal <= 0.8)",
+            *[ratio(s[f"federated @ {e:g}"], s[f"{other} @ {e:g}"]) for e in epsilons],
+        )
     return table
 
 
@@ -243,13 +296,20 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), sharey=True)
     axes = np.atleast_1d(axes)
-    xs = np.arange(len(EPSILONS))
-    labels = ["no DP" if math.isinf(e) else f"{e:g}" for e in EPSILONS]
     for ax, result in zip(axes, results):
+        epsilons = [float(e) for e in result["epsilons"]]
+        xs = np.arange(len(epsilons))
+        labels = [_eps_label(e) for e in epsilons]
         m = result["methods"]
         hw = m["holt_winters"]["pinball"]
-        for name, style in (("federated", "o-"), ("local only DP", "s--"), ("federated + HW", "^:")):
-            ax.plot(xs, [m[f"{name} @ {e:g}"]["pinball"] / hw for e in EPSILONS], style, label=name)
+        styles = (
+            ("federated", "o-"),
+            ("local only DP", "s--"),
+            ("local only DP (scratch)", "x--"),
+            ("federated + HW", "^:"),
+        )
+        for name, style in styles:
+            ax.plot(xs, [m[f"{name} @ {e:g}"]["pinball"] / hw for e in epsilons], style, label=name)
         lines: tuple[tuple[str, Any], ...] = (
             ("centralized", ":"),
             ("pretrained (no training)", "-."),
@@ -266,7 +326,8 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
                     label=name,
                 )
         ax.axhline(1.0, color="red", linewidth=1, label="Holt-Winters")
-        ax.axvline(2, color="green", alpha=0.2, linewidth=8)  # epsilon 1: the goal
+        if 1.0 in epsilons:
+            ax.axvline(epsilons.index(1.0), color="green", alpha=0.2, linewidth=8)  # epsilon 1: the goal
         ax.set_xticks(xs, labels)
         ax.set_title(result["family"], fontsize=10)
         ax.set_xlabel("patient-level epsilon (delta 1e-6)")
@@ -287,7 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         "--figure", type=Path, default=None, help="PNG of the frontier (default: OUT/privacy_frontier.png)"
     )
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the fracast comparison")
+    parser.add_argument(
+        "--epsilons",
+        default=",".join(_eps_label(e).replace("no DP", "inf") for e in EPSILONS),
+        help="comma-separated patient-level epsilons, 'inf' for no DP (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the (research) release noise")
     args = parser.parse_args(argv)
+    try:
+        epsilons = tuple(float(e) for e in args.epsilons.split(","))
+    except ValueError:
+        parser.error(f"--epsilons {args.epsilons!r}: expected numbers separated by commas, e.g. 0.5,1,inf")
+    if any(not e > 0 for e in epsilons):
+        parser.error(f"--epsilons {args.epsilons!r}: every epsilon must be > 0")
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas/statsmodels deprecations, not ours to fix here
     torch.set_num_threads(1)
@@ -296,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     results = []
     for family in chosen:
-        result = run_family(family, zero_shot=not args.no_zero_shot)
+        result = run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
         results.append(result)
         console.print(ratio_table(result))
+        console.print(goal_table(result))
         console.print(f"  ({result['seconds']:.0f} s)")
     if not (Fracast.available() or args.no_zero_shot):
         console.print("fracast not installed: pip install 'medalloc[zeroshot]' to add the zero-shot comparison")
