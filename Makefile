@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= results/default
 
-.PHONY: run test lint types install install-dev bench clean
+.PHONY: run test lint types install install-dev os-packages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,25 @@ run: install
 	$(BIN)/medalloc simulate --out $(OUT)
 
 # lint and types first (seconds), then the suite on both cores
-test: install-dev lint
+test: install-dev os-packages lint
 	$(BIN)/python -m pytest -n 2
+
+# OS packages the tests start for real: PostgreSQL's server binaries (the OMOP reader's tests run a
+# throwaway cluster of their own). Installed with apt-get where missing and we are root (CI) or have
+# sudo; otherwise the tests that need them skip and say why. The drop-in stops Debian's package
+# from creating and starting a system-wide "main" cluster: the tests start and stop their own.
+OS_PACKAGES := postgresql
+PG_DROPIN := /etc/postgresql-common/createcluster.d/medalloc-no-main-cluster.conf
+os-packages:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+		else echo "os-packages: $(OS_PACKAGES) not installed and no root: the PostgreSQL tests will skip"; exit 0; fi; \
+		$$SUDO mkdir -p $(dir $(PG_DROPIN)) && echo "create_main_cluster = false" | $$SUDO tee $(PG_DROPIN) >/dev/null; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(OS_PACKAGES); \
+	fi
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -198,11 +198,10 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
         if kind == "omop":
             from medalloc_core.sources.omop import read_omop
 
-            location = source.location
-            database = source.is_url
-            if not database and Path(location).is_file():  # an SQLite file given by path
-                location, database = f"sqlite:///{Path(location).resolve()}", True
-            stays, problems, summary = read_omop(location, source.mapping.omop, database=database)
+            location, database, label = source.location, source.is_url, None
+            if not database and Path(location).is_file():  # an SQLite file given by its path: named by it
+                location, database, label = f"sqlite:///{Path(location).resolve()}", True, source.location
+            stays, problems, summary = read_omop(location, source.mapping.omop, database=database, label=label)
         else:
             from medalloc_core.sources.fhir import read_fhir
 

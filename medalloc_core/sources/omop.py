@@ -112,7 +112,7 @@ class _Source:
 class _Database(_Source):
     """A CDM in a SQL database, opened read-only: SQLite file or PostgreSQL server."""
 
-    def __init__(self, url: str, schema: str) -> None:
+    def __init__(self, url: str, schema: str, label: str | None = None) -> None:
         try:
             from sqlalchemy import create_engine, inspect
             from sqlalchemy.engine import make_url
@@ -127,7 +127,7 @@ class _Database(_Source):
             raise DataContractError(
                 [_problem(url, "is not a database URL; expected e.g. sqlite:///omop.db or postgresql://user@host/db")]
             ) from None
-        self.display = parsed.render_as_string(hide_password=True)
+        self.display = label or parsed.render_as_string(hide_password=True)
         backend = parsed.get_backend_name()
         if backend not in _SCHEMES:
             raise DataContractError(
@@ -252,7 +252,7 @@ class _Export(_Source):
 
 
 def read_omop(
-    location: str, mapping: OmopMapping, *, database: bool
+    location: str, mapping: OmopMapping, *, database: bool, label: str | None = None
 ) -> tuple[pd.DataFrame | None, list, dict[str, Any]]:
     """Read a CDM into typed stays, checked record by record.
 
@@ -264,6 +264,9 @@ def read_omop(
         Which visits are stays and which care sites are units.
     database
         Whether ``location`` is a SQLAlchemy URL.
+    label
+        How problems name the database (default: the URL, password hidden); an SQLite file
+        given by its path is named by that path.
 
     Returns
     -------
@@ -280,7 +283,7 @@ def read_omop(
     OmopUnavailable
         When a database is given but the ``omop`` extra is not installed.
     """
-    source: _Source = _Database(location, mapping.schema) if database else _Export(Path(location))
+    source: _Source = _Database(location, mapping.schema, label) if database else _Export(Path(location))
     try:
         return _Reader(source, mapping).run()
     finally:
