@@ -1,4 +1,4 @@
-"""OMOP CDM v5.4 in: the same hospital from SQLite, PostgreSQL, CSV and Parquet exports gives the hand-worked daily records.
+"""OMOP CDM v5.4 in: one hospital from SQLite, PostgreSQL, CSV and Parquet exports gives the hand-worked records.
 
 Errors name the table file or database, the record (its id), the column and what was
 expected; validating never writes (the SQLite file is byte-identical, the PostgreSQL session
