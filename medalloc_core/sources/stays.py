@@ -217,7 +217,7 @@ def finish(
         return None
     _warn_overlaps(stays, findings, fields[ADMIT_TIME])
     daily = encounters_to_daily(stays[list(STAY_COLUMNS)])
-    summary.update(frequency=Frequency.DAILY.value, gaps=0, daily_rows=len(daily), rows=len(stays))
+    summary.update(frequency=Frequency.DAILY.value, gaps=0, daily_rows=len(daily))
     summary["units"] = sorted(daily[UNIT].unique().tolist())
     summary["date_start"] = f"{daily['date'].min():%Y-%m-%d}"
     summary["date_end"] = f"{daily['date'].max():%Y-%m-%d}"
