@@ -1,4 +1,4 @@
-"""``medalloc validate`` on OMOP databases and FHIR exports: the same summaries, error lines and exit codes as for files."""
+"""``medalloc validate`` on OMOP databases and FHIR exports: the same summaries, error lines and exit codes."""
 
 from __future__ import annotations
 
