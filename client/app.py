@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError
+from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.features import WindowSpec
 from medalloc_core.models import ForecasterConfig, build_from_arrays
 from medalloc_core.privacy.accounting import noise_multiplier_for
@@ -39,6 +39,7 @@ from medalloc_core.protocol import (
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 from .config import NodeConfig, NodeConfigError
+from .hints import data_hint, window_hint
 from .task import LocalData, evaluate_local, load_local_data
 
 logger = logging.getLogger(__name__)
@@ -90,18 +91,23 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
 
 def _data(node: NodeConfig, spec: WindowSpec) -> LocalData:
     try:
-        return load_local_data(node.data_path, spec)
+        return load_local_data(node.data_source, spec)
+    except NodeConfigError as exc:  # the site mapping file named by data-mapping
+        logger.error("node configuration: %s", exc)
+        raise _Refused(
+            Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log"
+        ) from exc
     except DataContractError as exc:
-        # The problems name rows and values of the hospital's file: they stay in the node's log.
-        logger.error("%s", exc)
+        # The problems name rows and values of the hospital's data: they stay in the node's log.
+        logger.error("%s\n%s", exc, data_hint(node))
         errors = sum(1 for p in exc.problems if p.severity == "error")
         raise _Refused(
-            Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's file; see the node's log"
+            Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's data; see the node's log"
         ) from exc
     except (OSError, ValueError) as exc:
-        logger.error("%s: %s", node.data_path, exc)
+        logger.error("%s: %s; %s", node.data_source_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise _Refused(
-            Refusal.DATA_INVALID, "the node's file cannot be windowed for this model; see the node's log"
+            Refusal.DATA_INVALID, "the node's data cannot be windowed for this model; see the node's log"
         ) from exc
 
 
