@@ -1,4 +1,4 @@
-"""A simulated federation whose nodes read different formats: OMOP (SQLite, CSV export), FHIR (NDJSON, Bundle), contract files.
+"""A simulated federation whose nodes read different formats: OMOP (SQLite, CSV), FHIR (NDJSON, Bundle), contract files.
 
 ``medalloc generate --shape mixed`` writes one hospital of each kind; every virtual node finds
 its own source in the region folder (simulation-data-dir), reads it through the same
