@@ -153,6 +153,13 @@ class NodeConfig:
         )
 
     @classmethod
+    def from_node_config(cls, node: Mapping[str, Any]) -> NodeConfig:
+        """A real node's config from its ``--node-config`` keys (what ``medalloc node check`` reads too)."""
+        if "data-path" not in node:
+            raise NodeConfigError("the node config has no 'data-path'; set it to the node's data (file, folder or URL)")
+        return cls._from_node(node)
+
+    @classmethod
     def _from_node(cls, node: Mapping[str, Any]) -> NodeConfig:
         for key in ("ledger-path", "privacy-epsilon-budget"):
             if key not in node:

@@ -69,6 +69,7 @@ class Refusal(IntEnum):
     DATA_INVALID = 1003  # the node's records fail the data contract
     REQUEST_INVALID = 1004  # the coordinator's request cannot be honoured (wrong model, bad config)
     NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
+    APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
 
     @property
     def slug(self) -> str:
