@@ -156,13 +156,16 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
     days = data.records.frame.groupby("unit")["date"].agg(lambda d: (d.max() - d.min()).days + 1)
     short = days[days < need]
     shortest = f"shortest unit {days.idxmin()} has {int(days.min())} days" if len(days) else "no unit"
+    if len(short):
+        names = ", ".join(f"{unit} {int(n)}" for unit, n in short.items())
+        result.add(
+            section, "history", "fail", f"too short: {need} days needed per unit; days: {names}", window_hint(resolved)
+        )
+        return
     try:
         dataset = prepare_hospital(data.records, spec)
     except ValueError as exc:
-        result.add(section, "history", "fail", f"too short for the federation's windows: {exc}", window_hint(resolved))
-        return
-    if len(short):
-        result.add(section, "history", "fail", f"{shortest}; {need} needed", window_hint(resolved))
+        result.add(section, "history", "fail", f"cannot be windowed: {exc}", window_hint(resolved))
         return
     result.add(
         section,

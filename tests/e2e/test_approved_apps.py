@@ -70,7 +70,7 @@ class Nodes:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    def start_gated_node(self, hospital: str, data: Path, approve: Path) -> tuple[Path, Proc]:
+    def start_gated_node(self, hospital: str, data: Path, approve: Path) -> tuple[Path, Proc, Proc]:
         home = self.root / f"node-{hospital}"
         home.mkdir()
         approved = home / "approved-apps.toml"
@@ -100,7 +100,6 @@ class Nodes:
             cwd=home,
             env=env,
         )
-        node.wait_for_log(r"SuperNode ID: \d+", timeout=90)
         gate = self.harness.start(
             f"exec-{hospital}",
             [
@@ -117,8 +116,7 @@ class Nodes:
             cwd=home,
             env=env,
         )
-        gate.wait_for_log(r"running only the 1 app\(s\) approved in", timeout=60)
-        return home, gate
+        return home, node, gate
 
     def run(self, app: Path) -> str:
         out = self.root / f"results-{app.name}"
@@ -162,9 +160,11 @@ def test_only_the_approved_app_runs_on_a_gated_node(harness: ProcessHarness, tmp
     region = tmp_path / "region"
     nodes.medalloc("generate", "generate", "-n", "3", "-d", "40", "--out", str(region), home=tmp_path)
     nodes.start_superlink()
-    homes, gates = {}, {}
+    homes, supernodes, gates = {}, {}, {}
     for k, hospital in enumerate(("H000", "H001")):
-        homes[hospital], gates[hospital] = nodes.start_gated_node(hospital, region / f"H00{k}.csv", approved_app)
+        homes[hospital], supernodes[hospital], gates[hospital] = nodes.start_gated_node(
+            hospital, region / f"H00{k}.csv", approved_app
+        )
 
     # Flower's own signature check, for comparison: it refuses an app `flwr run` uploads.
     trusting = tmp_path / "node-H002"
@@ -195,7 +195,10 @@ def test_only_the_approved_app_runs_on_a_gated_node(harness: ProcessHarness, tmp
         cwd=trusting,
         env=nodes.env(trusting),
     )
-    flower_signed_only.wait_for_log(r"SuperNode ID: \d+", timeout=90)
+    for proc in (*supernodes.values(), flower_signed_only):
+        proc.wait_for_log(r"SuperNode ID: \d+", timeout=90)
+    for gate in gates.values():
+        gate.wait_for_log(r"running only the 1 app\(s\) approved in", timeout=60)
 
     # 1. The approved app: both gated hospitals train, the trusted-entities node refuses it.
     good = nodes.run(approved_app)
