@@ -71,11 +71,8 @@ class _Table:
 
     def origin(self, ids: pd.Series) -> pd.DataFrame:
         """The origin columns of every row: file, row and the record's id."""
-        in_db = self.rows is None
-        record = ids.map(
-            lambda v: f"table {self.name}, {_ID[self.name]} {v}" if in_db else f"{_ID[self.name]} {v}",
-            na_action=None,
-        )
+        prefix = f"table {self.name}, {_ID[self.name]} " if self.rows is None else f"{_ID[self.name]} "
+        record = prefix + ids.astype("string").fillna("(empty)")
         return pd.DataFrame(
             {
                 "_file": self.file,
@@ -188,7 +185,7 @@ class _Database(_Source):
         )
         try:
             with self.engine.connect() as connection:
-                rows = connection.execute(query).fetchall()
+                rows = [tuple(row) for row in connection.execute(query)]  # Row objects make pandas crawl
         except Exception as exc:  # noqa: BLE001 - see __init__
             raise DataContractError([_problem(self.display, f"table {table}: {_db_error(exc)}")]) from None
         frame = pd.DataFrame.from_records(rows, columns=columns)

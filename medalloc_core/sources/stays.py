@@ -158,6 +158,29 @@ def parse_ints(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
     Accepts ints, integral floats (a driver's NULL-able integer column) and decimal text.
     """
+    present = values.notna()
+    held = values[present]
+    kinds = set(held.map(type).unique())
+    if kinds <= {str}:  # exported files and text columns: vectorised (an id of 19 digits may overflow int64)
+        text = held.str.strip()
+        fits = text.str.fullmatch(r"[+-]?\d{1,18}").fillna(False).astype(bool)
+        out = pd.Series(pd.NA, index=values.index, dtype="Int64")
+        out.loc[fits.index[fits]] = text[fits].astype("int64").to_numpy()
+        bad = pd.Series(False, index=values.index)
+        bad.loc[fits.index[~fits]] = True
+        if (~fits).any():  # the rare long ids: the exact, slow path decides
+            slow, slow_bad = _parse_ints_slowly(values[bad])
+            out.loc[slow.index] = slow
+            bad.loc[slow.index] = slow_bad
+        return out, bad
+    if kinds <= {int, np.int64}:  # a database driver's integers
+        return pd.Series(pd.array(values.tolist(), dtype="Int64"), index=values.index), pd.Series(
+            False, index=values.index
+        )
+    return _parse_ints_slowly(values)
+
+
+def _parse_ints_slowly(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     present = values.notna().to_numpy()
     numbers = [_as_int(v) if p else None for v, p in zip(values.to_numpy(dtype=object), present)]
     bad = np.array([p and n is None for n, p in zip(numbers, present)], dtype=bool)
