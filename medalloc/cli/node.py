@@ -4,6 +4,7 @@
   ``.fab`` file, or given) to the node's approved-apps file.
 - ``medalloc node hash``: print the FAB hash ``flwr run`` submits for a source folder (for a
   coordinator to publish with a release).
+- ``medalloc node start``: the SuperNode and that gate together, as one command.
 - ``medalloc node exec``: the SuperExec for ``flower-supernode --isolation process`` that runs
   only approved apps.
 - ``medalloc node check``: what the node will use, checked; exit 2 when anything is wrong.
@@ -154,6 +155,41 @@ def node_exec(
         root_certificates=str(root_certificates) if root_certificates else None,
         parent_pid=parent_pid,
     )
+
+
+# ---------------------------------------------------------------------- start
+@node_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def start(
+    ctx: typer.Context,
+    node_config: str = typer.Option(..., "--node-config", help="The node's config (TOML file or key=value pairs)."),
+    port: int = typer.Option(9094, "--port", help="The SuperNode's Runtime API port on 127.0.0.1."),
+) -> None:
+    """Start the SuperNode with the approved-apps gate: flower-supernode --isolation process + medalloc node exec.
+
+    Every other option goes to flower-supernode as given (--superlink, --root-certificates,
+    --auth-supernode-private-key, ...). Exits with the SuperNode's status; stops both together.
+    """
+    import os
+
+    from medalloc.node.approved import ApprovalError, read_approved
+    from medalloc.node.supervisor import gate_argv, supernode_argv, supervise
+
+    keys = _node_config(node_config)
+    if not keys.get("approved-apps"):
+        _fail("the node config has no 'approved-apps'; set it to the file `medalloc node approve` writes")
+    try:
+        read_approved(Path(str(keys["approved-apps"])))
+    except ApprovalError as exc:
+        _fail(str(exc))
+    if not 0 < port < 65536:
+        _fail(f"--port must be a TCP port, got {port}")
+    try:
+        supernode = supernode_argv(ctx.args, node_config=node_config, port=port)
+    except ValueError as exc:
+        _fail(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    status = supervise(supernode, gate_argv(node_config=node_config, port=port, parent_pid=os.getpid()))
+    raise typer.Exit(status)
 
 
 # ---------------------------------------------------------------------- check

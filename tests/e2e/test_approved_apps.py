@@ -1,7 +1,8 @@
 """A node runs only the app versions its data owner approved: real SuperLink, SuperNodes and ``medalloc node exec``.
 
 Two hospitals run ``flower-supernode --isolation process`` with the approved-apps gate as
-their SuperExec, each having approved the toy app (``medalloc node approve --app``). The
+their SuperExec (H000 as the two processes, H001 through ``medalloc node start``, which runs
+both), each having approved the toy app (``medalloc node approve --app``). The
 approved app trains on both. An altered copy (one extra line that would copy the hospital's
 records out) is refused by both: never unpacked, never imported, never trained, and each
 node's log names the hash and the file to approve it in. A third SuperNode uses Flower's own
@@ -70,7 +71,11 @@ class Nodes:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    def start_gated_node(self, hospital: str, data: Path, approve: Path) -> tuple[Path, Proc, Proc]:
+    def start_gated_node(
+        self, hospital: str, data: Path, approve: Path, *, one_command: bool
+    ) -> tuple[Path, Proc, Proc]:
+        """A hospital whose node runs only what it approved: ``medalloc node start`` (``one_command``), or the two
+        processes it combines, ``flower-supernode --isolation process`` and ``medalloc node exec``."""
         home = self.root / f"node-{hospital}"
         home.mkdir()
         approved = home / "approved-apps.toml"
@@ -83,38 +88,19 @@ class Nodes:
         )
         port = free_port()
         env = self.env(home, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
+        superlink = ["--insecure", "--superlink", f"127.0.0.1:{self.link_port}"]
+        if one_command:
+            argv = [sys.executable, "-m", "medalloc.cli", "node", "start", *superlink]
+            argv += ["--node-config", str(node_toml), "--port", str(port)]
+            node = self.harness.start(f"node-{hospital}", argv, cwd=home, env=env)
+            return home, node, node
+        node_argv = [str(BIN / "flower-supernode"), *superlink, "--isolation", "process", "--port", str(port)]
         node = self.harness.start(
-            f"supernode-{hospital}",
-            [
-                str(BIN / "flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{self.link_port}",
-                "--isolation",
-                "process",
-                "--port",
-                str(port),
-                "--node-config",
-                str(node_toml),
-            ],
-            cwd=home,
-            env=env,
+            f"supernode-{hospital}", [*node_argv, "--node-config", str(node_toml)], cwd=home, env=env
         )
+        gate_argv = [sys.executable, "-m", "medalloc.cli", "node", "exec", "--node-config", str(node_toml)]
         gate = self.harness.start(
-            f"exec-{hospital}",
-            [
-                sys.executable,
-                "-m",
-                "medalloc.cli",
-                "node",
-                "exec",
-                "--node-config",
-                str(node_toml),
-                "--runtime-api-address",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=home,
-            env=env,
+            f"exec-{hospital}", [*gate_argv, "--runtime-api-address", f"127.0.0.1:{port}"], cwd=home, env=env
         )
         return home, node, gate
 
@@ -163,7 +149,7 @@ def test_only_the_approved_app_runs_on_a_gated_node(harness: ProcessHarness, tmp
     homes, supernodes, gates = {}, {}, {}
     for k, hospital in enumerate(("H000", "H001")):
         homes[hospital], supernodes[hospital], gates[hospital] = nodes.start_gated_node(
-            hospital, region / f"H00{k}.csv", approved_app
+            hospital, region / f"H00{k}.csv", approved_app, one_command=hospital == "H001"
         )
 
     # Flower's own signature check, for comparison: it refuses an app `flwr run` uploads.
