@@ -28,7 +28,8 @@ SourceFormat = Literal["auto", "contract", "omop", "fhir"]
 FORMATS: tuple[str, ...] = ("auto", "contract", "omop", "fhir")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_OMOP_TABLE = re.compile(r"^visit_occurrence\.(csv|parquet)$", re.I)
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+_OMOP_TABLE = re.compile(r"^(visit_occurrence|visit_detail|care_site)\.(csv|parquet)$", re.I)
 
 __all__ = [
     "FORMATS",
@@ -114,6 +115,8 @@ class DataSource:
                 return "contract"  # reported by the contract reader: a folder is not a file
             if path.suffix.lower() == ".ndjson":
                 return "fhir"
+            if path.suffix.lower() in _SQLITE_SUFFIXES:  # named as a database: say so when it is not one
+                return "omop"
             with path.open("rb") as handle:
                 head = handle.read(64)
         except OSError:
