@@ -26,7 +26,7 @@ from medalloc_core.features import WindowSpec
 from medalloc_core.models import ForecasterConfig, build_from_arrays
 from medalloc_core.privacy.accounting import noise_multiplier_for
 from medalloc_core.privacy.fingerprint import fingerprint_frame
-from medalloc_core.privacy.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.plan import DPPlan
 from medalloc_core.protocol import (
     EvaluateInstruction,
@@ -39,7 +39,7 @@ from medalloc_core.protocol import (
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 from .config import NodeConfig, NodeConfigError
-from .hints import data_hint, window_hint
+from .hints import data_hint, ledger_hint, window_hint
 from .task import LocalData, evaluate_local, load_local_data
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ def handle_train(message: Message, context: Context, *, run_config: Mapping[str,
                 f"above its budget {exc.epsilon_budget:g}",
             ) from exc
         except LedgerError as exc:
-            logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
+            hint = ledger_hint(node) if isinstance(exc, LedgerConfigMismatch) else ""
+            logger.error("%s: privacy ledger %s: %s %s", node.hospital_id, node.ledger_path, exc, hint)
             raise _Refused(
                 Refusal.LEDGER_CORRUPT,
                 f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger",

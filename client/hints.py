@@ -32,3 +32,33 @@ def window_hint(spec: WindowSpec) -> str:
         f"need at least {need} days per unit; ask the coordinator for a shorter 'history' or 'horizon', "
         "or join when every unit has that much history (`medalloc node check` shows it before joining)"
     )
+
+
+def ledger_hint(node: NodeConfig) -> str:
+    """For a ledger that disagrees with the node config: which node-config key to set to what.
+
+    The ledger's budget, delta and accountant are fixed when it is created; the node config
+    must repeat them. Reads the ledger (read-only) to name the differing key and its value.
+    """
+    from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+
+    try:
+        ledger = PrivacyLedger.load(node.ledger_path)
+    except (LedgerError, OSError):
+        return (
+            f"the ledger named by node-config 'ledger-path' ({node.ledger_path}) cannot be read: restore it "
+            "(docs/privacy.md); never delete it"
+        )
+    fixes = []
+    if ledger.accountant != node.accountant:
+        fixes.append(f"privacy-accountant='{ledger.accountant}'")
+    if ledger.delta != node.delta:
+        fixes.append(f"privacy-delta={ledger.delta:g}")
+    if ledger.epsilon_budget != node.epsilon_budget:
+        fixes.append(f"privacy-epsilon-budget={ledger.epsilon_budget:g}")
+    if not fixes:
+        return "see `medalloc privacy --ledger " + str(node.ledger_path) + "`"
+    return (
+        "set node-config " + " ".join(fixes) + " (the values this ledger was created with; a different budget "
+        "is a governance decision, docs/privacy.md, never an edit of the ledger)"
+    )
