@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "share",
     "allocate",
     "simulate",
+    "report",
     "audit",
 )
 

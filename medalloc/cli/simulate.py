@@ -100,6 +100,11 @@ def simulate(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing results folder of an earlier simulation."),
     show_default: bool = typer.Option(False, "--show-default", help="Print the embedded default scenario and exit."),
+    report: bool = typer.Option(
+        True,
+        "--report/--no-report",
+        help="After the run, plan beds and the region from the final model (allocation/) and write report.html.",
+    ),
 ) -> None:
     """Simulate a federation of synthetic hospitals and compare it with local-only, centralized and classical baselines.
 
@@ -148,9 +153,17 @@ def simulate(
     except ResultsExist as exc:
         _fail(console, str(exc))
     console.print(_results_table(summary))
+    page = ""
+    if report:
+        from medalloc.simulations.plans import write_run_plans
+        from medalloc_core.report import write_report
+
+        with console.status("planning beds and the region from the final model; writing the report"):
+            write_run_plans(out, plots=scenario.forecast_plots)
+            page = f", the allocation plan in {out}/allocation and the one-page report {write_report(out)}"
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
-        f"{out}/final_model.safetensors, plots in {out}/plots",
+        f"{out}/final_model.safetensors, plots in {out}/plots{page}",
         highlight=False,
     )
 

@@ -11,8 +11,12 @@ area for 20 random orders. Rows:
 
 - ``integrated-gradients`` and ``occlusion``: the two methods ``medalloc explain`` offers;
 - ``control: random map``: a random attribution map (what a meaningless explanation scores);
+- ``control: |x - baseline|``: how far each cell is from the baseline, no model at all — how
+  much of a ratio above 1 comes from the inputs alone (integrated gradients multiply by it);
+- ``control: untrained model``: integrated gradients of the same architecture before training
+  (attributions of a model that has learnt nothing);
 - ``control: other model``: integrated gradients of a differently seeded model trained on the
-  same data (attributions that are plausible but not this model's).
+  same data (plausible attributions, but not this model's).
 
 ``ratio`` = mean area (attribution order) / mean area (random orders): above 1 the
 attributions find the inputs the model uses; ``wins`` = share of windows where the attribution
@@ -40,7 +44,14 @@ from medalloc_core.synthetic import RegionConfig, generate_region
 from medalloc_core.training import TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
-SOURCES = ("integrated-gradients", "occlusion", "control: random map", "control: other model")
+SOURCES = (
+    "integrated-gradients",
+    "occlusion",
+    "control: random map",
+    "control: |x - baseline|",
+    "control: untrained model",
+    "control: other model",
+)
 
 
 @dataclass
@@ -103,6 +114,7 @@ def run(hospitals: int, windows: int, seed: int, epochs: int, console: Console) 
         began = time.perf_counter()
         model = _train(config, datasets, seed, epochs)
         other = _train(config, datasets, seed + 1, epochs)
+        untrained = build_model(config, seed=seed + 2).eval()
         console.print(f"{architecture}: trained two models in {time.perf_counter() - began:.0f} s", highlight=False)
         tallies = {s: _Tally.empty() for s in SOURCES}
         rng = np.random.default_rng(seed)
@@ -120,14 +132,21 @@ def run(hospitals: int, windows: int, seed: int, epochs: int, console: Console) 
                 fn_other = ForecastFunction(
                     other, target_index=t_index, quantile_index=q_index, mean=scaler[0], scale=scaler[1]
                 )
+                fn_untrained = ForecastFunction(
+                    untrained, target_index=t_index, quantile_index=q_index, mean=scaler[0], scale=scaler[1]
+                )
                 for row in rows:
                     x = test.X[row].numpy()
                     for source in SOURCES:
                         began = time.perf_counter()
                         if source == "control: random map":
                             scores = rng.standard_normal(x.shape)
+                        elif source == "control: |x - baseline|":
+                            scores = np.abs(x - baseline)
                         elif source == "control: other model":
                             scores = attribute(fn_other, x, baseline).values
+                        elif source == "control: untrained model":
+                            scores = attribute(fn_untrained, x, baseline).values
                         else:
                             scores = attribute(fn, x, baseline, method=source).values
                         curve = deletion_curve(fn, x, baseline, scores, seed=int(rng.integers(1 << 31)))
