@@ -55,21 +55,25 @@ def write_run_plans(out: Path, *, plots: int = 3) -> Path:
     folder = out / ALLOCATION_DIR
     saved = load_model(out)
     files = hospital_files(out / "region")
-    validation_log = logging.getLogger("medalloc_core.validation")
-    level = validation_log.level
-    validation_log.setLevel(logging.ERROR)  # the generated region's overflow warnings are by design
+    # The generated region's overflow days and the default critical ratio beyond the forecast's P90
+    # are by design here; their warnings are for a hospital planning on its own data.
+    quiet = [logging.getLogger(name) for name in ("medalloc_core.validation", "medalloc_core.allocation.newsvendor")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
     try:
         forecasts, capacities = [], []
         for path in files:
             records = load_unit_records(path)
             forecasts.append(forecast_records(saved.model, saved.spec, records, hospital=path.stem))
             capacities.append(capacity_from_records(path).assign(**{HOSPITAL: path.stem}))
+        forecast = pd.concat(forecasts, ignore_index=True)
+        capacity = pd.concat(capacities, ignore_index=True)
+        config = PlanConfig()
+        plan = plan_hospital(forecast, capacity, config)
     finally:
-        validation_log.setLevel(level)
-    forecast = pd.concat(forecasts, ignore_index=True)
-    capacity = pd.concat(capacities, ignore_index=True)
-    config = PlanConfig()
-    plan = plan_hospital(forecast, capacity, config)
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
     folder.mkdir(parents=True, exist_ok=True)
     write_forecast(forecast, folder / "forecast.csv", overwrite=True)
     written = plan.assign(**{DATE: pd.to_datetime(plan[DATE]).dt.strftime("%Y-%m-%d")})

@@ -6,12 +6,16 @@ current census, its last 7 days of census, the forecast quantiles for tomorrow a
 (all divided by the unit's physical beds, so one network fits units of any size). It acts
 through one of two parameterisations:
 
-- ``"absolute"``: staffed beds = a fraction of the physical beds, ``round((a + 1) / 2 · beds)``
-  for ``a ∈ [-1, 1]`` — the policy must learn the whole mapping from observations to beds;
-- ``"residual"``: staffed beds = the forecast median plus ``a`` times twice the forecast's
-  outer spread (e.g. P90 − P10), rounded and clipped to ``[0, beds]`` — the policy learns how far
-  above or below the median to staff, which is the question the newsvendor rule answers with
-  its critical ratio.
+- ``"absolute"``: the environment's own action, a whole number of staffed beds per unit in
+  ``[0, physical beds]`` — the policy must learn the whole mapping from observations to beds;
+- ``"residual"``: per unit one of 21 offsets ``a ∈ {-1, -0.9, ..., 1}``; staffed beds = the
+  forecast median plus ``a`` times twice the forecast's outer spread (e.g. P90 − P10), rounded
+  and clipped to ``[0, beds]`` — the policy learns how far above or below the median to staff,
+  which is the question the newsvendor rule answers with its critical ratio.
+
+Both are discrete (categorical policies): staffing is counted in beds, and a Gaussian policy
+clipped to a range lets its mean drift past the bound when one side is ten times dearer (seen in
+this project's first attempt, where it learned to staff nearly every bed).
 
 Rewards are divided by the hospital's physical beds (a fixed scale, the same for every policy
 and seed) so that PPO's default step sizes suit hospitals of any size. A trained policy is a
@@ -49,6 +53,7 @@ logger = logging.getLogger(__name__)
 ActionMode = Literal["absolute", "residual"]
 ACTION_MODES: tuple[ActionMode, ...] = ("absolute", "residual")
 RESIDUAL_SPREADS = 2.0  # a = ±1 staffs the median ± 2 × (outer spread): far past any sensible quantile
+RESIDUAL_STEPS = 21  # a ∈ {-1, -0.9, ..., 1}: steps of 0.2 spreads, about half a standard deviation of demand
 
 
 def _median_index(levels: tuple[float, ...]) -> int:
@@ -95,15 +100,25 @@ class PolicyView:
         ]
         return np.concatenate(parts).astype(np.float32)
 
-    def beds(self, action: np.ndarray, observation: dict[str, Any]) -> np.ndarray:
-        """Staffed beds ``(U,)`` for an action in ``[-1, 1]^U``."""
-        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+    @property
+    def action_space(self) -> spaces.MultiDiscrete:
+        """One discrete choice per unit: an offset step (residual) or a bed count (absolute)."""
         if self.mode == "absolute":
-            raw = (a + 1.0) / 2.0 * self.capacity
+            return spaces.MultiDiscrete(self.capacity + 1)
+        return spaces.MultiDiscrete(np.full(len(self.capacity), RESIDUAL_STEPS))
+
+    def offset(self, action: np.ndarray) -> np.ndarray:
+        """Residual choice -> ``a`` in [-1, 1] (steps of 0.1)."""
+        return -1.0 + 2.0 * np.asarray(action, dtype=np.float64).reshape(-1) / (RESIDUAL_STEPS - 1)
+
+    def beds(self, action: np.ndarray, observation: dict[str, Any]) -> np.ndarray:
+        """Staffed beds ``(U,)`` for an action of ``action_space``, as the module docstring says."""
+        if self.mode == "absolute":
+            raw = np.asarray(action, dtype=np.float64).reshape(-1)
         else:
             forecast = np.asarray(observation["forecast"], dtype=np.float64)[:, 0, :]
             spread = np.maximum(forecast[:, -1] - forecast[:, 0], 1.0)
-            raw = forecast[:, self.median] + a * RESIDUAL_SPREADS * spread
+            raw = forecast[:, self.median] + self.offset(action) * RESIDUAL_SPREADS * spread
         return np.clip(np.rint(raw), 0, self.capacity).astype(np.int64)
 
 
@@ -117,7 +132,7 @@ class StaffingEnv(gym.Env[np.ndarray, np.ndarray]):
         self.env = env
         self.view = PolicyView(env.capacity, env.quantile_levels, mode)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.view.size,), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(len(env.capacity),), dtype=np.float32)
+        self.action_space = self.view.action_space
         self.reward_scale = float(max(env.capacity.sum(), 1))
         self._last: dict[str, Any] = {}
 

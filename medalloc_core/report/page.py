@@ -247,7 +247,8 @@ def _privacy_section(summary: Mapping[str, Any]) -> str:
     else:
         body += '<p class="note">summary.json reports no per-node privacy spend.</p>'
     if scalars:
-        body += table(["setting", "value"], [[esc(k), esc(v)] for k, v in scalars.items()], table_id="privacy-settings")
+        shown = [[esc(k), esc(f"{v:.4g}" if isinstance(v, float) else v)] for k, v in scalars.items()]
+        body += table(["setting", "value"], shown, table_id="privacy-settings")
     return _section("privacy", "Privacy spent per node", body)
 
 
