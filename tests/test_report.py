@@ -204,6 +204,22 @@ def test_missing_parts_are_said_to_be_missing(tmp_path: Path) -> None:
     assert "No allocation plan in this results folder" in html
 
 
+def test_odd_types_in_the_files_show_as_missing_not_as_a_crash(tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    (folder / "allocation").mkdir(parents=True)
+    summary = {"hospitals": "H000", "methods": {"federated": 3, "x": {"overall": []}}, "federation": [1], "files": 7}
+    (folder / "summary.json").write_text(json.dumps(summary | {"timing_seconds": "slow"}))
+    (folder / "metrics.jsonl").write_text(
+        '{"round": 1, "nodes": [], "outcomes": {"a": 1}, "train": 5}\n[1]\nnot json\n'
+    )
+    (folder / "allocation" / "plan.csv").write_text(
+        "hospital,unit,staffed_beds,demand_p50,physical_beds,p_overflow\nH,u,x,y,z,w\n"
+    )
+    html = build_report(folder)
+    assert "The plan files could not be read" in html
+    assert 'id="comparison"' in html and 'id="rounds"' in html
+
+
 def test_command_writes_the_page_and_keeps_other_files(results: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(results)])
     assert result.exit_code == 0, result.output

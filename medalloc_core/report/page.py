@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,27 @@ def _walk(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, .
             yield from _walk(child, (*path, str(key)))
 
 
+def _at(value: Any, *keys: str, default: Any = None) -> Any:
+    """``value[k1][k2]...`` through mappings only; ``default`` when a step is missing or not a mapping.
+
+    summary.json is read, not trusted: a field of an unexpected type shows as missing, never as a crash.
+    """
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _hospitals(summary: Mapping[str, Any]) -> list[str]:
+    listed = summary.get("hospitals")
+    return [str(h) for h in listed] if isinstance(listed, list) else []
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -105,7 +126,7 @@ def per_hospital_privacy(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]
     Returns ``{"federation.epsilon_per_hospital": {"H000": 2.1, ...}, ...}``; maps under
     ``methods`` (accuracy) are left out.
     """
-    hospitals = {str(h) for h in summary.get("hospitals", [])}
+    hospitals = set(_hospitals(summary))
     found: dict[str, dict[str, Any]] = {}
     for path, value in _walk(summary):
         if not path or path[0] == "methods" or not isinstance(value, Mapping) or not value:
@@ -159,10 +180,11 @@ def _scenario_section(results: Path, summary: Mapping[str, Any]) -> str:
     except tomllib.TOMLDecodeError as exc:
         parsed = {}
         logger.warning("%s: not valid TOML (%s)", path, exc)
-    fed = summary.get("federation", {}) if isinstance(summary.get("federation"), Mapping) else {}
+    fed = _mapping(summary.get("federation"))
+    hospitals = _hospitals(summary)
     body = (
         f"<p>Scenario <b>{esc(summary.get('scenario', '?'))}</b> ({esc(summary.get('source', 'unknown source'))}): "
-        f"{len(summary.get('hospitals', []))} hospitals ({esc(', '.join(map(str, summary.get('hospitals', []))))}), "
+        f"{len(hospitals)} hospitals ({esc(', '.join(hospitals))}), "
         f"{esc(fed.get('rounds', '?'))} rounds of {esc(fed.get('strategy', '?'))} with "
         f"{esc(fed.get('local_epochs', '?'))} local epochs per round.</p>"
     )
@@ -176,19 +198,15 @@ def _scenario_section(results: Path, summary: Mapping[str, Any]) -> str:
 
 
 def _comparison_section(results: Path, summary: Mapping[str, Any]) -> str:
-    methods = summary.get("methods", {})
-    if not isinstance(methods, Mapping) or not methods:
+    methods = _mapping(summary.get("methods"))
+    if not methods:
         return _section("comparison", "Accuracy", '<p class="note">summary.json holds no method results.</p>')
-    wapes = {
-        m: r.get("overall", {}).get("volume_weighted", {}).get("wape")
-        for m, r in methods.items()
-        if isinstance(r, Mapping)
-    }
+    wapes = {m: _at(r, "overall", "volume_weighted", "wape") for m, r in methods.items()}
     finite = {m: w for m, w in wapes.items() if _is_number(w) and math.isfinite(w)}
     best = min(finite, key=lambda m: finite[m]) if finite else None
     rows, classes = [], []
     for method, result in methods.items():
-        overall = result.get("overall", {}).get("volume_weighted", {}) if isinstance(result, Mapping) else {}
+        overall = _mapping(_at(result, "overall", "volume_weighted"))
         row = [cell(str(method), numeric=False, data={"method": method})]
         for key, (_, digits) in METRICS.items():
             value = overall.get(key)
@@ -204,10 +222,10 @@ def _comparison_section(results: Path, summary: Mapping[str, Any]) -> str:
     )
     body += table(headers, rows, numeric=[False] + [True] * len(METRICS), table_id="comparison", row_classes=classes)
     per_rows = []
-    hospitals = [str(h) for h in summary.get("hospitals", [])]
+    hospitals = _hospitals(summary)
     for method, result in methods.items():
-        per = result.get("per_hospital", {}) if isinstance(result, Mapping) else {}
-        per_rows.append([esc(method), *(esc(number(per.get(h, {}).get("wape"), 3)) for h in hospitals)])
+        per = _mapping(_at(result, "per_hospital"))
+        per_rows.append([esc(method), *(esc(number(_at(per, h, "wape"), 3)) for h in hospitals)])
     body += (
         "<details><summary>WAPE per hospital</summary>"
         + table(["method", *hospitals], per_rows, numeric=[False] + [True] * len(hospitals))
@@ -229,7 +247,7 @@ def _heading(label: str) -> str:
 def _privacy_section(summary: Mapping[str, Any]) -> str:
     columns = per_hospital_privacy(summary)
     scalars = privacy_scalars(summary)
-    hospitals = [str(h) for h in summary.get("hospitals", [])]
+    hospitals = _hospitals(summary)
     body = (
         "<p>What each node spent of its own privacy budget, as its ledger records it (every number below "
         "comes from summary.json as written by the run).</p>"
@@ -261,8 +279,8 @@ def _rounds_section(results: Path, rounds: list[dict[str, Any]]) -> str:
     if rounds:
         rows = []
         for r in rounds:
-            nodes = r.get("nodes", {}) or {}
-            train, evaluate = r.get("train", {}) or {}, r.get("evaluate", {}) or {}
+            nodes = _mapping(r.get("nodes"))
+            train, evaluate = _mapping(r.get("train")), _mapping(r.get("evaluate"))
             rows.append(
                 [
                     esc(r["round"]),
@@ -299,7 +317,8 @@ def _rounds_section(results: Path, rounds: list[dict[str, Any]]) -> str:
 def _refusals_section(rounds: list[dict[str, Any]]) -> str:
     rows = []
     for r in rounds:
-        for outcome in r.get("outcomes", []) or []:
+        outcomes = r.get("outcomes")
+        for outcome in outcomes if isinstance(outcomes, list) else []:
             if not isinstance(outcome, Mapping) or outcome.get("status") == "accepted":
                 continue
             rows.append(
@@ -375,8 +394,8 @@ def _allocation_section(results: Path) -> str:
     settings = folder / "settings.json"
     if settings.is_file():
         try:
-            body += f"<p>{esc(json.loads(settings.read_text(encoding='utf-8')).get('description', ''))}</p>"
-        except (OSError, json.JSONDecodeError):
+            body += f"<p>{esc(_at(json.loads(settings.read_text(encoding='utf-8')), 'description', default=''))}</p>"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
     plan = _read_csv(folder / "plan.csv")
     if plan is not None and {"hospital", "unit", "staffed_beds", "demand_p50"} <= set(plan.columns):
@@ -432,7 +451,7 @@ def _allocation_section(results: Path) -> str:
 
 
 def _files_section(results: Path, summary: Mapping[str, Any]) -> str:
-    timing = summary.get("timing_seconds", {})
+    timing = _mapping(summary.get("timing_seconds"))
     body = ""
     if isinstance(timing, Mapping) and timing:
         body += table(
@@ -449,17 +468,17 @@ def _files_section(results: Path, summary: Mapping[str, Any]) -> str:
 
 
 def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
-    fed = summary.get("federation", {}) if isinstance(summary.get("federation"), Mapping) else {}
-    federated = summary.get("methods", {}).get("federated", {}) if isinstance(summary.get("methods"), Mapping) else {}
-    wape = (
-        federated.get("overall", {}).get("volume_weighted", {}).get("wape") if isinstance(federated, Mapping) else None
-    )
-    eps = [v for v in (fed.get("epsilon_per_hospital") or {}).values() if _is_number(v)]
+    fed = _mapping(summary.get("federation"))
+    wape = _at(summary, "methods", "federated", "overall", "volume_weighted", "wape")
+    eps = [v for v in _mapping(fed.get("epsilon_per_hospital")).values() if _is_number(v)]
     not_accepted = sum(
-        1 for r in rounds for o in (r.get("outcomes") or []) if isinstance(o, Mapping) and o.get("status") != "accepted"
+        1
+        for r in rounds
+        for o in (r.get("outcomes") if isinstance(r.get("outcomes"), list) else [])
+        if isinstance(o, Mapping) and o.get("status") != "accepted"
     )
     cards = [
-        (str(len(summary.get("hospitals", []))), "hospitals"),
+        (str(len(_hospitals(summary))), "hospitals"),
         (str(fed.get("rounds", "–")), f"rounds of {fed.get('strategy', '?')}"),
         (number(wape, 3), "federated test WAPE"),
         (number(max(eps), 2) if eps else "–", "largest ε spent by a node"),
@@ -470,6 +489,17 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
         + "".join(f'<div class="card"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in cards)
         + "</div>"
     )
+
+
+def _safely(section: Callable[[Path], str], results: Path) -> str:
+    """A section built from CSV files another tool wrote: an unreadable value shows as a note, not a crash."""
+    try:
+        return section(results)
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.warning("%s: left out of the report (%s)", section.__name__, exc)
+        return _section(
+            "allocation", "Allocation plan", f'<p class="note">The plan files could not be read: {esc(exc)}</p>'
+        )
 
 
 # ------------------------------------------------------------------ the page
@@ -500,11 +530,11 @@ def build_report(results: Path) -> str:
         _rounds_section(results, rounds),
         _refusals_section(rounds),
         _forecast_section(results),
-        _allocation_section(results),
+        _safely(_allocation_section, results),
         _files_section(results, summary),
     ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    subtitle = f"{results.resolve().name} · {len(summary.get('hospitals', []))} hospitals · report made {stamp}"
+    subtitle = f"{results.resolve().name} · {len(_hospitals(summary))} hospitals · report made {stamp}"
     return page(f"MedAlloc run: {summary.get('scenario', results.name)}", subtitle, NAV, sections)
 
 
