@@ -471,12 +471,11 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
     fed = _mapping(summary.get("federation"))
     wape = _at(summary, "methods", "federated", "overall", "volume_weighted", "wape")
     eps = [v for v in _mapping(fed.get("epsilon_per_hospital")).values() if _is_number(v)]
-    not_accepted = sum(
-        1
-        for r in rounds
-        for o in (r.get("outcomes") if isinstance(r.get("outcomes"), list) else [])
-        if isinstance(o, Mapping) and o.get("status") != "accepted"
-    )
+    not_accepted = 0
+    for r in rounds:
+        outcomes = r.get("outcomes")
+        for o in outcomes if isinstance(outcomes, list) else []:
+            not_accepted += int(isinstance(o, Mapping) and o.get("status") != "accepted")
     cards = [
         (str(len(_hospitals(summary))), "hospitals"),
         (str(fed.get("rounds", "–")), f"rounds of {fed.get('strategy', '?')}"),
