@@ -16,6 +16,7 @@ from medalloc_core.allocation.learned import (  # noqa: E402
     PPOSettings,
     RandomPolicy,
     StaffingEnv,
+    continue_training,
     train_policy,
 )
 from tests.allocation_fixtures import LEVELS, seasonal_poisson_census  # noqa: E402
@@ -78,6 +79,10 @@ def test_training_is_deterministic_under_a_seed() -> None:
     assert any(not np.array_equal(first[k], other[k]) for k in first)
     env = test()
     assert run_episode(env, runs[0], 7) == run_episode(env, runs[1], 7)
+    # training in chunks of whole rollouts gives the same policy (the benchmark's learning curve relies on it)
+    chunked = continue_training(train_policy(train, mode="absolute", steps=512, seed=3, settings=SMALL), 512)
+    assert chunked.steps == 1024
+    assert all(np.array_equal(first[k], v) for k, v in chunked.parameters().items())
 
 
 def test_actions_map_to_beds_as_documented() -> None:

@@ -236,6 +236,18 @@ def train_policy(
     return LearnedPolicy(model=model, view=view, steps=steps, seed=seed)
 
 
+def continue_training(policy: LearnedPolicy, steps: int) -> LearnedPolicy:
+    """Train ``policy`` for ``steps`` more environment steps (in place; returned for chaining).
+
+    Training in chunks gives the same policy as one call for the total (PPO's rollouts and
+    minibatches continue from where they stopped), so a learning curve costs no extra training.
+    """
+    if steps > 0:
+        policy.model.learn(total_timesteps=steps, reset_num_timesteps=False)
+        policy.steps += steps
+    return policy
+
+
 @dataclass(frozen=True)
 class RandomPolicy:
     """Staff a uniformly random number of beds in ``[0, physical beds]`` per unit: the floor any learner must clear."""

@@ -47,7 +47,14 @@ from medalloc_core.allocation.env import (
     Policy,
     run_episode,
 )
-from medalloc_core.allocation.learned import RandomPolicy, train_policy
+from medalloc_core.allocation.learned import (
+    RESIDUAL_SPREADS,
+    LearnedPolicy,
+    PPOSettings,
+    RandomPolicy,
+    continue_training,
+    train_policy,
+)
 from medalloc_core.allocation.quantiles import quantile_at
 from medalloc_core.synthetic import RegionConfig, generate_region
 
@@ -137,14 +144,61 @@ def run(*, steps: int, episodes: int, seed: int, change_cost: float, console: Co
         _score(test, CapacityPolicy(capacity), seeds, "staff every bed"),
         _score(test, RandomPolicy(capacity, seed=seed), seeds, "random"),
     ]
+    # Checkpoints at whole PPO rollouts: training in chunks then gives the same policy as one run.
+    rollout = PPOSettings().n_steps
+    total = max(rollout, steps // rollout * rollout)
+    checkpoints = sorted(
+        {max(rollout, total // 4 // rollout * rollout), max(rollout, total // 2 // rollout * rollout), total}
+    )
+    curve: list[tuple[int, float, float]] = []
+    residual: LearnedPolicy | None = None
     for mode in ("residual", "absolute"):
-        began = time.perf_counter()
-        learned = train_policy(segment(FIRST_DAY, split, forecasts), mode=mode, steps=steps, seed=seed)
+        began, done = time.perf_counter(), 0
+        learned = train_policy(segment(FIRST_DAY, split, forecasts), mode=mode, steps=0, seed=seed)
+        for checkpoint in checkpoints if mode == "residual" else [total]:
+            continue_training(learned, checkpoint - done)
+            done = checkpoint
+            if mode == "residual":
+                curve.append((checkpoint, time.perf_counter() - began, _score(test, learned, seeds, "").cost))
         seconds = time.perf_counter() - began
-        rows.append(_score(test, learned, seeds, f"PPO ({mode})", f"{steps:,} steps, {seconds:.0f} s"))
+        rows.append(_score(test, learned, seeds, f"PPO ({mode})", f"{total:,} steps, {seconds:.0f} s"))
+        if mode == "residual":
+            residual = learned
     _table(rows, console, costs.over_cost)
-    _why(rows, base, forecasts, split, costs, console)
+    _curve(curve, rows[1].cost, console)
+    assert residual is not None
+    _why(rows, base, forecasts, split, costs, console, residual, test, seeds)
     return rows
+
+
+def _curve(curve: list[tuple[int, float, float]], newsvendor: float, console: Console) -> None:
+    table = Table(title="PPO (residual): held-out cost as training goes on (the same episodes)")
+    for column in ("training steps", "seconds", "cost", "cost / newsvendor's"):
+        table.add_column(column, justify="right")
+    for steps, seconds, cost in curve:
+        table.add_row(f"{steps:,}", f"{seconds:.0f}", f"{cost:.0f}", f"{cost / newsvendor:.2f}")
+    console.print(table)
+
+
+def _offsets(
+    env: HospitalBedEnv, policy: LearnedPolicy, seeds: list[int], ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit-day of the held-out episodes: the offset PPO chose and the one the newsvendor rule amounts to."""
+    chosen, rule = [], []
+    levels = np.array(LEVELS)
+    for seed in seeds:
+        observation, _ = env.reset(seed=seed)
+        while True:
+            action, _ = policy.model.predict(policy.view.vector(observation), deterministic=True)
+            forecast = np.asarray(observation["forecast"], dtype=float)[:, 0, :]
+            spread = np.maximum(forecast[:, -1] - forecast[:, 0], 1.0)
+            median = forecast[:, policy.view.median]
+            chosen.append(policy.view.offset(action))
+            rule.append((quantile_at(levels, forecast, ratio) - median) / (RESIDUAL_SPREADS * spread))
+            observation, _, terminated, truncated, _ = env.step(policy(observation))
+            if terminated or truncated:
+                break
+    return np.concatenate(chosen), np.concatenate(rule)
 
 
 def _table(rows: list[Row], console: Console, over_cost: float) -> None:
@@ -176,7 +230,15 @@ def _table(rows: list[Row], console: Console, over_cost: float) -> None:
 
 
 def _why(
-    rows: list[Row], base: HospitalBedEnv, forecasts: np.ndarray, split: int, costs: EnvCosts, console: Console
+    rows: list[Row],
+    base: HospitalBedEnv,
+    forecasts: np.ndarray,
+    split: int,
+    costs: EnvCosts,
+    console: Console,
+    residual: LearnedPolicy,
+    test: HospitalBedEnv,
+    seeds: list[int],
 ) -> None:
     by_name = {r.name: r for r in rows}
     newsvendor = by_name["newsvendor (forecast quantile at 10/11)"]
@@ -206,11 +268,21 @@ def _why(
         "returns, with no knowledge of the cost structure the rule is built on.",
         highlight=False,
     )
+    chosen, rule = _offsets(test, residual, seeds, ratio)
+    console.print(
+        f"What PPO (residual) does instead, per held-out unit-day: it staffs the median + a × 2 × (P90 − P10) with a = "
+        f"{chosen.mean():+.2f} on average (spread {chosen.std():.2f} across unit-days); the newsvendor rule amounts to "
+        f"a = {rule.mean():+.2f} (spread {rule.std():.2f}). Mean |difference| {np.abs(chosen - rule).mean():.2f}: "
+        "the learned offsets scatter around the rule's instead of tracking it.",
+        highlight=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100_000, help="PPO training steps (days) per learned policy")
+    parser.add_argument(
+        "--steps", type=int, default=98_304, help="PPO training steps (days) per learned policy (48 rollouts of 2048)"
+    )
     parser.add_argument("--episodes", type=int, default=20, help="held-out evaluation episodes per policy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--change-cost", type=float, default=0.0, help="cost per bed of staffing change per day")
