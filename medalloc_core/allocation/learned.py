@@ -123,7 +123,7 @@ class PolicyView:
 
 
 class StaffingEnv(gym.Env[np.ndarray, np.ndarray]):
-    """``HospitalBedEnv`` as PPO sees it: a flat observation, a continuous action per unit, scaled reward."""
+    """``HospitalBedEnv`` as PPO sees it: a flat observation, a discrete choice per unit, scaled reward."""
 
     metadata = {"render_modes": []}
 
