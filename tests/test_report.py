@@ -78,6 +78,7 @@ def make_results(folder: Path) -> Path:
             # a field the privacy branch adds: the report must show it without being told
             "patient_epsilon_per_hospital": {"H000": 0.91, "H001": 0.77, HOSTILE: 0.5},
         },
+        "privacy": {"unit": "patient", "epsilon_max": 2.345678, "delta": 1e-6, "meaning": "a stay of up to 28 nights"},
         "methods": methods,
         "local_only_dp_epsilon": {"H000": 2.3, "H001": 1.4},
         "timing_seconds": {"region": 0.5, "federation": 40.0},
@@ -173,6 +174,11 @@ def test_privacy_columns_are_whatever_summary_reports(results: Path) -> None:
     html = build_report(results)
     assert 'data-field="federation.patient_epsilon_per_hospital" data-hospital="H000" data-value="0.91"' in html
     assert ">2.346<" in html  # H000's epsilon, three decimals
+    assert "What the guarantee means:</b> a stay of up to 28 nights" in html
+    assert "largest ε per patient spent by a node" in html
+    settings = html[html.index('id="privacy-settings"') :]
+    assert re.search(r"privacy\.epsilon_max</td><td[^>]*>2\.346</td>", settings)  # scalars: 4 significant digits
+    assert "federation.epsilon_per_hospital.H000" not in settings  # per-hospital maps are columns, not rows
 
 
 def test_refusals_and_dropped_replies_are_listed(results: Path) -> None:
@@ -308,7 +314,8 @@ horizon = 7
 hidden = 16
 batch-size = 32
 [privacy]
-epsilon-budget = 12.0
+epsilon = 4.0
+reproducible-noise = true
 [comparisons]
 local-only-dp = false
 centralized = false
@@ -337,3 +344,5 @@ def test_simulate_writes_a_report_that_chromium_renders(tmp_path: Path) -> None:
             f'data-field="federation.epsilon_per_hospital" data-hospital="{hospital}" data-value="{epsilon!r}"' in html
         )
     assert (out / "allocation" / "regional" / "binding_constraints.csv").is_file()
+    if "privacy" in summary:  # the patient-level headline the privacy work added to summary.json
+        assert "What the guarantee means:" in html

@@ -252,6 +252,9 @@ def _privacy_section(summary: Mapping[str, Any]) -> str:
         "<p>What each node spent of its own privacy budget, as its ledger records it (every number below "
         "comes from summary.json as written by the run).</p>"
     )
+    meaning = _at(summary, "privacy", "meaning")
+    if isinstance(meaning, str) and meaning:
+        body += f'<p id="privacy-meaning"><b>What the guarantee means:</b> {esc(meaning)}</p>'
     if columns:
         headers = ["hospital", *(_heading(label) for label in columns)]
         rows = []
@@ -471,6 +474,7 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
     fed = _mapping(summary.get("federation"))
     wape = _at(summary, "methods", "federated", "overall", "volume_weighted", "wape")
     eps = [v for v in _mapping(fed.get("epsilon_per_hospital")).values() if _is_number(v)]
+    unit = f" per {_at(summary, 'privacy', 'unit')}" if isinstance(_at(summary, "privacy", "unit"), str) else ""
     not_accepted = 0
     for r in rounds:
         outcomes = r.get("outcomes")
@@ -480,7 +484,7 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
         (str(len(_hospitals(summary))), "hospitals"),
         (str(fed.get("rounds", "–")), f"rounds of {fed.get('strategy', '?')}"),
         (number(wape, 3), "federated test WAPE"),
-        (number(max(eps), 2) if eps else "–", "largest ε spent by a node"),
+        (number(max(eps), 2) if eps else "–", f"largest ε{unit} spent by a node"),
         (str(not_accepted), "replies not aggregated"),
     ]
     return (
