@@ -148,8 +148,8 @@ def privacy_scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
     for path, value in _walk(summary):
         if not path or path[0] == "methods" or isinstance(value, Mapping | list):
             continue
-        if ".".join(path[:-1]) in maps:
-            continue
+        if ".".join(path[:-1]) in maps or "last_round" in path or path[-1] == "meaning":
+            continue  # the maps are columns, the last round is in the round table, the meaning is its own line
         label = ".".join(path)
         if any(word in label.lower() for word in _PRIVACY_WORDS):
             out[label] = value
