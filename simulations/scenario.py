@@ -31,8 +31,10 @@ class Scenario:
     name: str
     region: dict[str, Any]
     federation: dict[str, Any]
-    epsilon_budget: float = 10.0
-    delta: float = 1e-5
+    epsilon_budget: float = 1.0  # per patient: each node's budget and the run's patient-epsilon
+    delta: float = 1e-6
+    max_stay_days: int = 14
+    reproducible_noise: bool = False  # research only (logged): noise from the run's seed
     local_only: bool = True
     local_only_dp: bool = True
     centralized: bool = True
@@ -59,6 +61,10 @@ class Scenario:
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
             "simulation-delta": self.delta,
+            "simulation-max-stay-days": self.max_stay_days,
+            "simulation-reproducible-noise": self.reproducible_noise,
+            "patient-epsilon": self.epsilon_budget,
+            "max-stay-days": self.max_stay_days,
             "out-dir": str(out_dir),
         }
         return keys
@@ -105,7 +111,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
     for name, section, known in (
-        ("privacy", privacy, {"epsilon-budget", "delta"}),
+        ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
         ("comparisons", comparisons, _COMPARISON_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -122,8 +128,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             name=str(raw.get("name", Path(source).stem)),
             region=region,
             federation=federation,
-            epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
-            delta=float(privacy.get("delta", 1e-5)),
+            epsilon_budget=float(privacy.get("epsilon", 1.0)),
+            delta=float(privacy.get("delta", 1e-6)),
+            max_stay_days=int(privacy.get("max-stay-days", 14)),
+            reproducible_noise=bool(privacy.get("reproducible-noise", False)),
             local_only=bool(comparisons.get("local-only", True)),
             local_only_dp=bool(comparisons.get("local-only-dp", True)),
             centralized=bool(comparisons.get("centralized", True)),
@@ -137,8 +145,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc
-    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0:
-        raise ScenarioError(f"{source}: [privacy] needs epsilon-budget > 0 and 0 < delta < 1")
+    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0 or scenario.max_stay_days < 1:
+        raise ScenarioError(f"{source}: [privacy] needs epsilon > 0, 0 < delta < 1 and max-stay-days >= 1")
+    if privacy.get("mechanism", "source") != "source":
+        raise ScenarioError(
+            f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
+            "not offered)"
+        )
     if scenario.client_cpus <= 0:
         raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
     return scenario
