@@ -92,12 +92,12 @@ def test_short_history_names_the_run_config_keys(tmp_path: Path, caplog: pytest.
 def test_ledger_mismatch_names_the_node_config_key(
     tmp_path: Path, region: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=4.0, delta=1e-5)
+    PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=4.0, delta=1e-6, unit="patient", max_stay_days=14)
     with caplog.at_level(logging.ERROR, logger="medalloc.client.app"):
         reply = _train(tmp_path, str(region / "H000.sqlite"))
-    assert reply.error.code == Refusal.LEDGER_CORRUPT
+    assert reply.error.code == Refusal.LEDGER_CONFIG_MISMATCH
     log = _logged(caplog)
-    assert "set node-config privacy-epsilon-budget=4" in log, log
+    assert "set node-config privacy-epsilon-budget=4 " in log, log
 
 
 def test_bad_mapping_file_is_a_node_config_problem(

@@ -140,7 +140,7 @@ def test_a_ready_node_passes_and_shows_what_it_will_use(
         "data/validation": "valid: omop (sqlite), 4 unit(s) (icu, medical, paediatric, surgical)",
         "data/inpatient visits": "(visit_concept_id in 9201, 262, 8717, 32037)",
         "data/history": "needed (history 14, horizon 7, 28 + 28 held out); windows train",
-        "privacy/budget": "privacy-epsilon-budget 8 at privacy-delta 1e-05",
+        "privacy/budget": "privacy-epsilon-budget 8 at privacy-delta 1e-06",
         "privacy/ledger": "none yet; the first round creates it (nothing spent)",
         "apps/approved": "(node-config 'approved-apps'): 1 app(s)",
         "apps/sha256": "medalloc-tests/toyapp 0.1.0, approved by DPO",
@@ -185,7 +185,7 @@ def test_each_problem_fails_and_names_what_to_set(
     elif breakage == "no-approved":
         config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("approved-apps")))
     elif breakage == "ledger-budget":
-        PrivacyLedger.open(ready_node["node"] / "privacy-ledger.json", epsilon_budget=4.0, delta=1e-5)
+        PrivacyLedger.open(ready_node["node"] / "privacy-ledger.json", epsilon_budget=4.0, delta=1e-6)
     elif breakage == "key-mode":
         ready_node["key"].chmod(0o644)
     elif breakage == "bad-data":
