@@ -129,7 +129,7 @@ def test_embedded_default_scenario_needs_no_file():
     [
         ("[federation]\nstrategy = 'fedsgd'\n", "strategy 'fedsgd' is unknown"),
         ("[federation]\nnum-rounds = 3\n", "unknown run-config key 'num-rounds'"),
-        ("[region]\nhospitals = 0\n", "hospitals must be at least 1"),
+        ("[region]\nhospitals = 0\n", "hospitals must be from 1 to 1000"),
         ("[comparisons]\nbaselines = ['arima']\n", "unknown baseline"),
         ("[extras]\nx = 1\n", "unknown section"),
     ],

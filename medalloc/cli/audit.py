@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -145,12 +146,15 @@ def audit(
     1 when either check fails; 2 on bad arguments.
     """
     console = Console(stderr=True)
-    if noise_multiplier <= 0:
+    # `not 0 < x < inf` also refuses NaN, which every comparison fails.
+    if not 0 < noise_multiplier < math.inf:
         _fail(
-            console, f"--noise-multiplier must be > 0, got {noise_multiplier}; the non-private run is always included"
+            console,
+            f"--noise-multiplier must be a finite number > 0, got {noise_multiplier}; "
+            "the non-private run is always included",
         )
-    if max_grad_norm <= 0:
-        _fail(console, f"--max-grad-norm must be > 0, got {max_grad_norm}")
+    if not 0 < max_grad_norm < math.inf:
+        _fail(console, f"--max-grad-norm must be a finite number > 0, got {max_grad_norm}")
     if seed is not None and seed < 0:
         _fail(console, f"--seed must be >= 0, got {seed}")
     if out is not None:

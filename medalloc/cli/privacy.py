@@ -117,12 +117,24 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
 def privacy(
     ledger: Path = typer.Option(..., "--ledger", help="Path of the node's privacy ledger (JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (for machines)."),
+    upgrade: bool = typer.Option(
+        False, "--upgrade", help="Rewrite a version-1 (unkeyed) ledger under a new ledger key, once."
+    ),
 ) -> None:
     """Show a node's privacy ledger: each dataset, each spend, and the budget left."""
+    from rich.markup import escape
+
+    from medalloc_core.privacy.ledger import upgrade_ledger
+
     try:
+        if upgrade:
+            key = upgrade_ledger(ledger)
+            Console(stderr=True).print(
+                f"upgraded {ledger}; its key is {key} (back it up with the ledger)", highlight=False
+            )
         report = _report(PrivacyLedger.load(ledger))
     except LedgerError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
