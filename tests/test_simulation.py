@@ -155,7 +155,7 @@ def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nlr = 'fast'\n")
     result = CliRunner().invoke(cli, ["simulate", "--config", str(bad), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "run-config 'lr' must be a number" in result.output
+    assert result.exit_code == 2 and "run-config 'lr' must be a finite number" in result.output
     missing = CliRunner().invoke(
         cli, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
     )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,7 +30,7 @@ _OUTPUTS = (REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER_NAME)
 
 
 def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -207,7 +208,9 @@ def audit(
         _write_canaries(out / CANARIES_NAME, report, included)
         _write_figure(out / FIGURE_NAME, report, included)
         console.print(
-            f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}", highlight=False
+            f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}",
+            highlight=False,
+            markup=False,
         )
     if not (report.sound and report.powerful):
         raise typer.Exit(code=1)

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +19,7 @@ _FORMATS = ("csv", "parquet")
 
 
 def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -108,7 +109,10 @@ def generate(
 
     Console().print(_summary_table(region))
     console.print(
-        f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True
+        f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
 
 

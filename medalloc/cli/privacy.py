@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
@@ -61,7 +62,7 @@ def _when(timestamp: str | None) -> str:
 
 
 def _print_report(report: dict[str, Any], console: Console) -> None:
-    entries_table = Table(title=f"Privacy ledger {report['ledger']}", title_justify="left")
+    entries_table = Table(title=f"Privacy ledger {escape(str(report['ledger']))}", title_justify="left")
     for column in ("dataset", "spends", "first spend (UTC)", "last spend (UTC)", "ε dataset"):
         entries_table.add_column(column, justify="right" if column in ("spends", "ε dataset") else "left", no_wrap=True)
     for entry in report["entries"]:
@@ -87,7 +88,7 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
     for spend, fingerprint in rows:
         spends_table.add_row(
             _when(spend["timestamp"]),
-            spend["run_id"],
+            escape(str(spend["run_id"])),
             _short(fingerprint)[:8],
             f"{spend['noise_multiplier']:.4g}",
             f"{spend['sample_rate']:.4g}",
@@ -122,15 +123,13 @@ def privacy(
     ),
 ) -> None:
     """Show a node's privacy ledger: each dataset, each spend, and the budget left."""
-    from rich.markup import escape
-
     from medalloc_core.privacy.ledger import upgrade_ledger
 
     try:
         if upgrade:
             key = upgrade_ledger(ledger)
             Console(stderr=True).print(
-                f"upgraded {ledger}; its key is {key} (back it up with the ledger)", highlight=False
+                f"upgraded {ledger}; its key is {key} (back it up with the ledger)", highlight=False, markup=False
             )
         report = _report(PrivacyLedger.load(ledger))
     except LedgerError as exc:

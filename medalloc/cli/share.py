@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medalloc_core.contract import DataContractError
 
@@ -18,7 +19,7 @@ _err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -109,6 +110,7 @@ def share(
         f"node total now ε={result.epsilon_node_after:.3f} "
         f"of {node.epsilon_budget:g} (see `medalloc privacy --ledger {ledger}`).\nwrote {out}",
         highlight=False,
+        markup=False,
     )
 
 

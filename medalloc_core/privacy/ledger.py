@@ -313,45 +313,56 @@ def upgrade_ledger(path: str | os.PathLike[str]) -> Path:
     """Rewrite a version-1 ledger (unkeyed SHA-256) as version 2 under a new node key; returns the key's path.
 
     The old checksum must hold, and no key may exist yet (an existing key with a version-1
-    file means someone replaced a keyed ledger by an unkeyed one: that is refused).
+    file means someone replaced a keyed ledger by an unkeyed one: that is refused). The checks
+    run once before the lock is taken, so a refused upgrade leaves no file behind (not even the
+    lock file), and again under the lock before anything is written.
     """
     path = Path(path)
+    _upgradable_state(path)
     with _exclusive_lock(path):
-        try:
-            document = json.loads(path.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise LedgerMissing(f"no privacy ledger at {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise LedgerCorrupt(f"privacy ledger {path} is unreadable or not JSON ({exc}). {_fix_hint(path)}") from None
-        if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
-            raise LedgerCorrupt(f"{path} is not a MedAlloc privacy ledger. {_fix_hint(path)}")
-        if document.get("version") != _UNKEYED_VERSION:
-            raise LedgerError(
-                f"privacy ledger {path} is version {document.get('version')!r}; only version 1 is upgraded"
-            )
-        if ledger_key_path(path).exists():
-            raise LedgerCorrupt(
-                f"privacy ledger {path} is version 1 but a ledger key {ledger_key_path(path)} exists: a keyed "
-                f"ledger was replaced by an unkeyed one. {_fix_hint(path)}"
-            )
-        body = document.get("body")
-        try:
-            ok = isinstance(body, dict) and document.get("body_sha256") == _checksum(body)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise LedgerCorrupt(
-                f"privacy ledger {path} fails its version-1 checksum: it was edited or damaged. {_fix_hint(path)}"
-            )
-        try:
-            state = _State.from_body(body)
-        except (ValueError, TypeError) as exc:
-            raise LedgerCorrupt(f"privacy ledger {path} is malformed ({exc}). {_fix_hint(path)}") from exc
+        state = _upgradable_state(path)
         key = _create_key(path)
         atomic_write_bytes(path.with_name(path.name + ".v1"), path.read_bytes())
         atomic_write_bytes(path, _serialise(state, key))
     logger.info("upgraded privacy ledger %s to version %d (key %s)", path, LEDGER_VERSION, ledger_key_path(path))
     return ledger_key_path(path)
+
+
+def _upgradable_state(path: Path) -> _State:
+    """The state of an intact, unkeyed version-1 ledger at ``path``; LedgerError saying why it is not one."""
+    try:
+        if path.stat().st_size > MAX_LEDGER_BYTES:
+            raise LedgerCorrupt(f"privacy ledger {path} is over {MAX_LEDGER_BYTES} bytes. {_fix_hint(path)}")
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise LedgerMissing(f"no privacy ledger at {path}") from None
+    except IsADirectoryError:
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable: it is a folder, not a ledger file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable or not JSON ({reason}). {_fix_hint(path)}") from None
+    if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+        raise LedgerCorrupt(f"{path} is not a MedAlloc privacy ledger. {_fix_hint(path)}")
+    if document.get("version") != _UNKEYED_VERSION:
+        raise LedgerError(f"privacy ledger {path} is version {document.get('version')!r}; only version 1 is upgraded")
+    if ledger_key_path(path).exists():
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is version 1 but a ledger key {ledger_key_path(path)} exists: a keyed "
+            f"ledger was replaced by an unkeyed one. {_fix_hint(path)}"
+        )
+    body = document.get("body")
+    try:
+        ok = isinstance(body, dict) and document.get("body_sha256") == _checksum(body)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} fails its version-1 checksum: it was edited or damaged. {_fix_hint(path)}"
+        )
+    try:
+        return _State.from_body(body)
+    except (ValueError, TypeError) as exc:
+        raise LedgerCorrupt(f"privacy ledger {path} is malformed ({exc}). {_fix_hint(path)}") from exc
 
 
 def _serialise(state: _State, key: bytes) -> bytes:
@@ -386,8 +397,12 @@ def _read_state(path: Path) -> _State:
                 f"(about a million spends). {_fix_hint(path)}"
             )
         raw = path.read_bytes()
+    except IsADirectoryError:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is unreadable: it is a folder, not a ledger file. {_fix_hint(path)}"
+        ) from None
     except OSError as exc:
-        raise LedgerCorrupt(f"privacy ledger {path} is unreadable ({exc}). {_fix_hint(path)}") from exc
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable ({exc.strerror or exc}). {_fix_hint(path)}") from None
     try:
         document = json.loads(raw.decode("utf-8"))
     except RecursionError:

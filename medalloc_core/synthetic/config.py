@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import numbers
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import date, timedelta
 
 from medalloc_core.contract import RecordShape
@@ -153,6 +155,7 @@ class RegionConfig:
             if not ok:
                 raise ValueError(message)
 
+        _check_types(self)
         need(1 <= self.hospitals <= MAX_HOSPITALS, f"hospitals must be from 1 to {MAX_HOSPITALS}, got {self.hospitals}")
         need(
             28 <= self.days <= MAX_DAYS, f"days must be from 28 (four weeks) to {MAX_DAYS} (50 years), got {self.days}"
@@ -205,3 +208,32 @@ class RegionConfig:
     def start_date(self) -> date:
         """``start`` as a date."""
         return date.fromisoformat(self.start)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _check_types(config: RegionConfig) -> None:
+    """Every field has its default's type (a scenario file can hold anything): ValueError naming the field."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        default: object = f.default if f.default_factory is MISSING else f.default_factory()
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, expected = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, expected = _is_number(value), "a finite number"
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "a string"
+        elif isinstance(default, tuple) and all(isinstance(d, str) for d in default):
+            ok = isinstance(value, tuple | list) and all(isinstance(v, str) for v in value)
+            expected = "a list of names"
+        elif isinstance(default, tuple):
+            ok = isinstance(value, tuple | list) and len(value) == len(default) and all(map(_is_number, value))
+            expected = f"a list of {len(default)} finite numbers"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {expected}, got {value!r:.60}")

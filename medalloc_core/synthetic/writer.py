@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from medalloc_core import contract as c
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import RecordShape
 from medalloc_core.synthetic.region import Hospital, Region
 
@@ -80,14 +82,18 @@ def write_region(
     for hospital in region.hospitals:
         path = out_dir / f"{hospital.hospital_id}.{fmt}"
         frame = _encounter_frame(hospital) if shape == "encounters" else _daily_frame(hospital)
+        # Each file appears whole or not at all (atomic rename), so a crash never leaves half a hospital.
         if fmt == "csv":
-            frame.to_csv(path, index=False, lineterminator="\n", date_format=_TIME_FORMAT)
+            data = frame.to_csv(index=False, lineterminator="\n", date_format=_TIME_FORMAT).encode("utf-8")
         else:
-            frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+            data = buffer.getvalue()
+        atomic_write_bytes(path, data)
         written.append(path)
     metadata = dict(region.metadata, files={"shape": shape, "format": fmt})
     meta_path = out_dir / METADATA_NAME
-    meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     written.append(meta_path)
     return written
 
