@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ class ResultsExist(FileExistsError):
     """The results folder exists; it is replaced only with ``force`` and only if it is a MedAlloc results folder."""
 
 
-class Progress:
-    """What the runner reports while it works; the CLI renders it with rich. The default does nothing."""
+class Progress(Protocol):
+    """What the runner reports while it works; the CLI renders it with rich (``NoProgress`` does nothing)."""
 
     def phase(self, name: str, total: int | None = None) -> None:
         """A new phase starts (``total`` steps when known)."""
@@ -56,6 +56,19 @@ class Progress:
 
     def round(self, record: RoundRecord) -> None:
         """A federated round finished (its metrics.jsonl record)."""
+
+
+class NoProgress:
+    """The silent ``Progress``: for callers without a display."""
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        """Nothing to show."""
+
+    def advance(self, description: str | None = None) -> None:
+        """Nothing to show."""
+
+    def round(self, record: RoundRecord) -> None:
+        """Nothing to show."""
 
 
 def prepare_out_dir(out: Path, *, force: bool) -> None:
@@ -117,7 +130,7 @@ def run_scenario(
 
     Raises ``ResultsExist`` when ``out`` holds anything and ``force`` is false.
     """
-    progress = progress or Progress()
+    progress = progress or NoProgress()
     prepare_out_dir(out, force=force)
     torch.set_num_threads(1)  # the comparisons' models are small; more threads only contend on a shared CPU
     timings: dict[str, float] = {}
@@ -164,7 +177,12 @@ def run_scenario(
         histories[hid], epsilons[hid] = _ledger_history(region_dir / "ledgers" / f"{hid}.json")
         progress.advance()
     epochs = config.num_server_rounds * config.local_epochs
-    train_kwargs = {"epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed}
+    train_kwargs: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+    }
 
     if scenario.local_only:
         progress.phase("local-only (no DP)", total=len(data))

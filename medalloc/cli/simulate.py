@@ -53,7 +53,7 @@ def _results_table(summary: dict[str, Any]) -> Table:
 
 
 class _RichProgress:
-    """Renders the runner's phases and the federation's rounds with a rich progress bar."""
+    """Renders the runner's phases and the federation's rounds with a rich progress bar (``runner.Progress``)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
