@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= results/default
 
-.PHONY: run test lint types install install-dev bench clean
+.PHONY: run test lint types install install-dev os-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ run: install
 	$(BIN)/medalloc simulate --out $(OUT)
 
 # lint and types first (seconds), then the suite on both cores
-test: install-dev lint
+test: install-dev os-deps lint
 	$(BIN)/python -m pytest -n 2
+
+# OS packages the suite runs for real, installed with apt-get when missing (as root, as in CI, or
+# through passwordless sudo) and skipped when already installed:
+#   nginx  the Fleet gateway (`medalloc gateway`; tests/test_gateway.py and tests/e2e/).
+APT_GET = DEBIAN_FRONTEND=noninteractive apt-get
+os-deps:
+	@if command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; then :; \
+	elif [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq nginx; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo -n $(APT_GET) update -qq && sudo -n $(APT_GET) install -y -qq nginx; \
+	else echo "nginx is missing and this account cannot install it: run 'apt-get install -y nginx' as root" >&2; \
+		exit 1; fi
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """The Fleet gateway: an nginx reverse proxy that lets hospitals reach only the Fleet API.
 
-Flower 1.41 serves its Fleet, Control and Runtime APIs on one HTTPS port, and in the
+Flower 1.42 serves its Fleet, Control and Runtime APIs on one HTTPS port, and in the
 open-source build the Control API has no authentication: whoever reaches that port can
 register a node key, start and stop runs, read logs and claim ServerApp tasks. So the
 SuperLink listens on loopback and nginx, from the operating system's packages, listens on
@@ -37,7 +37,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# The Fleet API calls a SuperNode with a registered key makes, read from flwr 1.41's
+# The Fleet API calls a SuperNode with a registered key makes, read from flwr 1.42's
 # supernode/fleet_http_client.py (FleetHttpClient) and supernode/fleet_http_connection.py:
 # every call is a protobuf-over-HTTP/1.1 POST to one of these paths. `register-node` and
 # `unregister-node` are left out on purpose: a node only calls them when it has no

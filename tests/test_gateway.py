@@ -479,6 +479,15 @@ def test_gateway_start_refuses_bad_arguments_with_exit_2(tmp_path: Path, args: l
     assert not (tmp_path / "gw" / "nginx.pid").exists()
 
 
+def test_the_allow_list_is_what_flowers_supernode_calls_minus_self_registration() -> None:
+    """Read from the installed flwr: an upgrade that adds or renames a Fleet call fails here, not in a hospital."""
+    import flwr.supernode.fleet_http_client as fleet_client
+
+    called = set(re.findall(r'path="(/v1/fleet/[a-z-]+)"', Path(fleet_client.__file__).read_text()))
+    assert set(FLEET_ROUTES) <= called
+    assert called - set(FLEET_ROUTES) == {"/v1/fleet/register-node", "/v1/fleet/unregister-node"}
+
+
 def test_render_config_allows_exactly_the_fleet_routes(tmp_path: Path) -> None:
     """The allow-list in the file is FLEET_ROUTES and nothing else (no prefix, no regex location)."""
     certs = write_certificates(tmp_path / "certs", hosts=["superlink.example.org", "127.0.0.1"])
