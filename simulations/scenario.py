@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         raise ScenarioError(
             f"{source}: [output] forecast-plots must be a whole number from 0 to 1000, got {plots!r:.60}"
         )
+    known_region = {f.name for f in fields(RegionConfig)}
+    unknown_region = sorted(k for k in region if str(k).replace("-", "_") not in known_region)
+    if unknown_region:
+        raise ScenarioError(f"{source}: unknown key(s) {unknown_region} in [region]; known: {sorted(known_region)}")
     try:
         scenario = Scenario(
             name=str(raw.get("name", Path(source).stem)),

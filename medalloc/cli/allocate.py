@@ -64,7 +64,7 @@ def _read_unit_config(path: Path) -> tuple[dict[str, UnitCosts], dict[str, float
     if len(cost_columns) == 1:
         (given,) = cost_columns
         other = ({"under_cost", "over_cost"} - cost_columns).pop()
-        raise _BadInput(f"{path}: has a '{given}' column but no '{other}'; give both costs of a unit, or neither")
+        raise _BadInput(f"{path}: has the column '{given}' but not '{other}'; give both costs of a unit, or neither")
     if frame.empty:
         raise _BadInput(f"{path}: unit config has a header but no rows")
     costs: dict[str, UnitCosts] = {}

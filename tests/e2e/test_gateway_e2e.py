@@ -85,7 +85,7 @@ def test_an_outsider_registers_no_node_and_sees_no_run(fed: Federation) -> None:
 
 @pytest.mark.slow
 def test_the_flwr_cli_pointed_at_the_gateway_is_refused(fed: Federation) -> None:
-    """`flwr ls` and `flwr supernode list` through the gateway fail; through loopback they work."""
+    """`flwr list` and `flwr supernode list` through the gateway fail; through loopback they work."""
     conf = fed.root / "coordinator-home" / ".flwr" / "config.toml"
     text = conf.read_text()
     if "[superlink.via-gateway]" not in text:
