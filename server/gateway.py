@@ -151,13 +151,15 @@ class GatewayConfig:
                 f"--superlink {self.superlink_host}:{self.superlink_port}: the SuperLink must listen on a "
                 "loopback address (127.0.0.1), or its Control API is open to everyone who can reach it"
             )
-        for option, path in (
-            ("--certfile", self.certfile),
-            ("--keyfile", self.keyfile),
-            ("--ca-certfile", self.ca_certfile),
+        for what, path in (
+            ("the SuperLink's certificate", self.certfile),
+            ("the SuperLink's private key", self.keyfile),
+            ("the federation's CA certificate", self.ca_certfile),
         ):
             if not Path(path).is_file():
-                raise GatewayError(f"{option} {path}: no such file")
+                raise GatewayError(
+                    f"{path}: no such file ({what}; --certs names the folder `python -m server.certs` wrote)"
+                )
         if self.listen_port == self.superlink_port and (
             self.listen_host in ("0.0.0.0", "::") or _is_loopback(self.listen_host)
         ):

@@ -459,7 +459,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         (["--listen", "9092"], "--listen '9092': expected HOST:PORT"),
         (["--listen", "0.0.0.0:70000"], "port from 1 to 65535"),
         (["--listen", "a;b:9092"], "character nginx would read as syntax"),
-        (["--certs", "/nonexistent"], "--certfile /nonexistent/server.pem: no such file"),
+        (["--certs", "/nonexistent"], "/nonexistent/server.pem: no such file (the SuperLink's certificate"),
         (["--nginx", "/nonexistent/nginx"], "nginx not found (/nonexistent/nginx)"),
     ],
 )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from medalloc.server.gateway import GatewayConfig
 
 _out = Console()
 _err = Console(stderr=True)
@@ -36,7 +40,7 @@ _DIR = typer.Option(
 _NGINX = typer.Option(None, "--nginx", help="The nginx binary (default: nginx on PATH, then /usr/sbin/nginx).")
 
 
-def _config(listen: str, superlink: str, certs: Path, directory: Path):  # type: ignore[no-untyped-def]
+def _config(listen: str, superlink: str, certs: Path, directory: Path) -> GatewayConfig:
     from medalloc.server.gateway import GatewayConfig, parse_host_port
 
     listen_host, listen_port = parse_host_port(listen, "--listen")
