@@ -126,6 +126,10 @@ def _fail(message: str) -> None:
 
 def _guard_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
     resolved_inputs = {p.resolve() for p in inputs}
+    for folder in {p.parent for p in outputs}:
+        taken = next((a for a in (folder, *folder.parents) if a.exists()), None)
+        if taken is not None and not taken.is_dir():
+            raise _BadInput(f"--out {folder}: {taken} is a file, not a folder; choose another --out")
     for path in outputs:
         if path.resolve() in resolved_inputs:
             raise _BadInput(f"{path} is one of the inputs; choose another --out")

@@ -71,6 +71,9 @@ def forecast(
     from medalloc_core.validation import load_unit_records
 
     csv_path, png_path = out / "forecast.csv", out / "forecast.png"
+    taken = next((a for a in (out, *out.parents) if a.exists()), None)
+    if taken is not None and not taken.is_dir():
+        _fail(f"--out {out}: {taken} is a file, not a folder; choose another --out")
     for path in (csv_path, png_path):
         if path.resolve() in {data.resolve(), model.resolve()}:
             _fail(f"{path} is one of the inputs; choose another --out")

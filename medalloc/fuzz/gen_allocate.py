@@ -186,10 +186,13 @@ def _allocate_options(rng: random.Random) -> Case:
 @generator("allocate", "outputs")
 def _allocate_outputs(rng: random.Random) -> Case:
     files = _allocate_files()
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
     if kind == 0:
         files["plan/plan.csv"] = b"old plan"
         return Case("allocate", argv(_ALLOCATE), files, ("plan.csv", "--force"), "plan exists")
+    if kind == 4:
+        files["plan"] = b"a file where the output folder goes"
+        return Case("allocate", argv(_ALLOCATE), files, ("--out plan", "is a file"), "--out is a file")
     if kind == 1:
         return Case("allocate", argv({**_ALLOCATE, "--capacity-from": "H000.csv"}), files, ("exactly one",), "both")
     if kind == 2:
@@ -238,6 +241,10 @@ def _region_sources(rng: random.Random) -> Case:
     if kind == 3:
         return Case("allocate-region", _region_args("H000.csv"), files, ("capacity.csv", "H001"),
                     "a forecast missing")  # fmt: skip
+    if rng.random() < 0.3:
+        files["region"] = b"a file where the output folder goes"
+        return Case("allocate-region", _region_args("H000.csv", "H001.csv"), files, ("--out region", "is a file"),
+                    "--out is a file")  # fmt: skip
     files["capacity.csv"] = b"hospital,beds,staffed\nH000,300,250\n"
     return Case("allocate-region", _region_args("H000.csv", "H001.csv"), files, ("capacity.csv", "H001"),
                 "capacity missing")  # fmt: skip

@@ -215,8 +215,11 @@ def _paths(rng: random.Random) -> Case:
     if kind == 5:
         return Case("forecast", argv({"--model": ARRAYS, "--data": "none.csv"}), files, ("none.csv",), "no data")
     if kind == 6:
-        files["fc/forecast.csv"] = b"old"
-        return Case("forecast", _ARGS, files, ("forecast.csv", "--force"), "output exists")
+        if rng.random() < 0.5:
+            files["fc/forecast.csv"] = b"old"
+            return Case("forecast", _ARGS, files, ("forecast.csv", "--force"), "output exists")
+        files["fc"] = b"a file where the output folder goes"
+        return Case("forecast", _ARGS, files, ("--out fc", "is a file"), "--out is a file")
     files[SIDECAR.replace(".json", ".x.safetensors")] = fixtures.model_files()[ARRAYS]
     return Case("forecast", argv({"--model": "final_model.x.safetensors", "--data": "H000.csv"}), files,
                 ("final_model.x.json",), "sidecar missing")  # fmt: skip
