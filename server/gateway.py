@@ -249,9 +249,12 @@ http {{
     ignore_invalid_headers on;
     underscores_in_headers off;
 
-    # Bodies stay in memory (the buffer is the body cap) and responses are not spooled to
-    # disk, so the gateway writes no temporary files; the paths only keep nginx's defaults
-    # (/var/lib/nginx) out of it.
+    # Bodies stay in memory and responses are not spooled to disk, so the gateway writes no
+    # temporary files: the body buffer is one MiB larger than the body cap, so a body within
+    # the cap always fits and a chunked body is refused (413) when it passes the cap, before
+    # nginx would spill to a file (as root, nginx's workers run as an unprivileged user that
+    # may not write the gateway's folder: a spill was a 500). The paths only keep nginx's
+    # defaults (/var/lib/nginx) out of it.
     client_body_temp_path {_quote(d / "tmp" / "body")};
     proxy_temp_path {_quote(d / "tmp" / "proxy")};
     fastcgi_temp_path {_quote(d / "tmp" / "fastcgi")};
@@ -264,7 +267,8 @@ http {{
     access_log {_quote(d / ACCESS_LOG)} fleet;
 
     client_max_body_size {lim.max_body_mib}m;
-    client_body_buffer_size {lim.max_body_mib}m;
+    client_body_buffer_size {lim.max_body_mib + 1}m;
+    client_body_in_single_buffer on;
     client_header_buffer_size 1k;
     large_client_header_buffers 4 8k;
     client_header_timeout {lim.header_timeout_s}s;

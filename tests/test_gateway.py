@@ -144,13 +144,23 @@ class Gateway:
         return (self.directory / "access.log").read_text().splitlines()
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+class PortTaken(Exception):
+    """The free port was taken by another process before nginx bound it."""
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, directory: Path, timeout: float = 60) -> None:
+    """Until nginx has bound ``port`` (its PID file exists: written after the listening sockets) and accepts."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"gateway exited {proc.returncode}:\n{log.read_text()}"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if proc.poll() is not None:
+            text = log.read_text()
+            if "Address already in use" in text:
+                raise PortTaken(text)
+            raise AssertionError(f"gateway exited {proc.returncode}:\n{text}")
+        if (directory / "nginx.pid").exists():
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
         time.sleep(0.1)
     raise AssertionError(f"gateway never listened on {port}:\n{log.read_text()}")
 
@@ -158,11 +168,28 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout
 def start_gateway(
     tmp: Path, certs, upstream_port: int, *, ca: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """`medalloc gateway start` as docs/deploy.md runs it, in a real process; returns (process, port, folder)."""
+    """`medalloc gateway start` as docs/deploy.md runs it, in a real process; returns (process, port, folder).
+
+    A port found free can be taken by a parallel test before nginx binds it: then it is tried
+    again on another port (three times at most).
+    """
+    for attempt in range(3):
+        try:
+            return _start_gateway(tmp, certs, upstream_port, ca=ca if attempt == 0 else None, reuse=attempt > 0)
+        except PortTaken:
+            continue
+    raise AssertionError("no free port for the gateway after three tries")
+
+
+def _start_gateway(
+    tmp: Path, certs, upstream_port: int, *, ca: Path | None, reuse: bool
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = _free_port()
     directory = tmp / "gateway"
     log = tmp / "gateway.log"
     cert_dir = certs.server_cert.parent
+    if reuse and (tmp / "certs-other-ca").is_dir():
+        cert_dir = tmp / "certs-other-ca"
     if ca is not None:  # a folder whose ca.crt is another CA: the upstream check must fail
         cert_dir = tmp / "certs-other-ca"
         cert_dir.mkdir()
@@ -192,7 +219,7 @@ def start_gateway(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    _wait_listening(port, proc, log)
+    _wait_listening(port, proc, log, directory)
     return proc, port, directory
 
 
