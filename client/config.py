@@ -46,9 +46,19 @@ class NodeConfig:
     ledger_path : Path
         The node's privacy ledger (JSON); created on first use.
     epsilon_budget : float
-        Lifetime epsilon budget of this node; the ledger refuses any round beyond it.
-    delta : float (default: 1e-5)
+        Lifetime epsilon budget of this node PER PATIENT (a stay of at most ``max_stay_days``
+        nights); the ledger refuses anything beyond it.
+    delta : float (default: 1e-6)
         Delta every epsilon is reported at.
+    max_stay_days : int (default: 14)
+        The stay length the patient-level epsilon covers (longer stays: docs/privacy.md).
+    release_path : Path (default: ``<ledger>.released.csv``)
+        Where the node keeps its source release (counts released once, with DP noise).
+    node_state_path : Path (default: ``medalloc-node-state.json`` in the ledger's folder)
+        The node state record that notices a deleted or replaced ledger; keep it outside the
+        ledger's folder (beside the node's keys) so that removing that folder is noticed too.
+    release_columns : tuple of str (default: admissions, census)
+        The count columns the node releases (each adds to the per-stay sensitivity).
     hospital_id : str
         Name used in logs and in the reply's node info (default: the data file's stem).
     max_local_epochs : int (default: 5)
@@ -70,7 +80,11 @@ class NodeConfig:
     data_path: Path
     ledger_path: Path
     epsilon_budget: float
-    delta: float = 1e-5
+    delta: float = 1e-6
+    max_stay_days: int = 14
+    release_path: Path | None = None
+    node_state_path: Path | None = None
+    release_columns: tuple[str, ...] = ("admissions", "census")
     hospital_id: str = ""
     max_local_epochs: int = 5
     min_noise_multiplier: float = 0.5
@@ -93,8 +107,16 @@ class NodeConfig:
         if self.threads < 1:
             raise NodeConfigError(f"torch-threads must be >= 1, got {self.threads}")
         _accountant(self.accountant)
+        if self.max_stay_days < 1:
+            raise NodeConfigError(f"max-stay-days must be >= 1, got {self.max_stay_days}")
         if not self.hospital_id:
             object.__setattr__(self, "hospital_id", self.data_path.stem)
+        if self.release_path is None:
+            object.__setattr__(
+                self, "release_path", self.ledger_path.with_name(self.ledger_path.name + ".released.csv")
+            )
+        if self.node_state_path is None:
+            object.__setattr__(self, "node_state_path", self.ledger_path.parent / "medalloc-node-state.json")
 
     @classmethod
     def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -124,7 +146,13 @@ class NodeConfig:
             data_path=Path(str(node["data-path"])),
             ledger_path=Path(str(node["ledger-path"])),
             epsilon_budget=_number(node, "privacy-epsilon-budget"),
-            delta=_number(node, "privacy-delta", 1e-5),
+            delta=_number(node, "privacy-delta", 1e-6),
+            max_stay_days=int(_number(node, "max-stay-days", 14)),
+            release_path=Path(str(node["release-path"])) if "release-path" in node else None,
+            node_state_path=Path(str(node["node-state-path"])) if "node-state-path" in node else None,
+            release_columns=tuple(
+                c.strip() for c in str(node.get("release-columns", "admissions,census")).split(",") if c.strip()
+            ),
             hospital_id=str(node.get("hospital-id", "")),
             max_local_epochs=int(_number(node, "max-local-epochs", 5)),
             min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
@@ -154,8 +182,9 @@ class NodeConfig:
         return cls(
             data_path=data_path,
             ledger_path=folder / "ledgers" / f"{data_path.stem}.json",
-            epsilon_budget=_number(run, "simulation-epsilon-budget", 10.0),
-            delta=_number(run, "simulation-delta", 1e-5),
+            epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
+            delta=_number(run, "simulation-delta", 1e-6),
+            max_stay_days=int(_number(run, "simulation-max-stay-days", 14)),
             hospital_id=data_path.stem,
             simulated=True,
         )

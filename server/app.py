@@ -64,6 +64,19 @@ def _metrics_dict(record: MetricRecord | None) -> dict[str, float]:
     return {} if record is None else {k: v for k, v in record.items() if not isinstance(v, list)}
 
 
+def _privacy_summary(outcomes: list[NodeOutcome]) -> dict[str, Any]:
+    """The round's headline: the largest patient-level epsilon over the nodes that trained, its delta and stay cap."""
+    metrics = [o.metrics for o in outcomes if protocol.EPSILON in o.metrics]
+    if not metrics:
+        return {}
+    return {
+        "unit": "patient",
+        "epsilon-max": max(m[protocol.EPSILON] for m in metrics),
+        "delta": max(m.get(protocol.DELTA, 0.0) for m in metrics),
+        "max-stay-days": int(min(m.get(protocol.STAY_CAP_DAYS, 0.0) for m in metrics)),
+    }
+
+
 def _outcome_json(outcome: NodeOutcome) -> dict[str, Any]:
     row: dict[str, Any] = {"node": str(outcome.node_id), "status": outcome.status}
     if outcome.hospital_id:
@@ -155,6 +168,19 @@ def run_federation(
     result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
+    privacy_fields: dict[str, Any] = {
+        "privacy_mechanism": config.privacy_mechanism,
+        "patient_epsilon": config.patient_epsilon,
+        "max_stay_days": config.max_stay_days,
+        "reproducible_noise": config.simulation_reproducible_noise,
+        "seed": config.seed,
+        "run_tag": f"run-{run_id}",
+    }
+    if config.simulation_reproducible_noise:
+        logger.warning(
+            "simulation-reproducible-noise = true: nodes' DP noise follows the run's seed. Research only: NOT "
+            "private against the coordinator, and a real node refuses it"
+        )
 
     def train_config(server_round: int) -> ConfigRecord:
         instruction = TrainInstruction(
@@ -168,15 +194,16 @@ def run_federation(
             dp_noise_multiplier=config.dp_noise_multiplier,
             dp_target_epsilon=config.dp_target_epsilon,
             dp_max_grad_norm=config.dp_max_grad_norm,
-            run_tag=f"run-{run_id}",
-            seed=config.seed,
+            **privacy_fields,
         )
         # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; our
         # dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
         return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]
 
     def eval_config(server_round: int) -> ConfigRecord:
-        instruction = EvaluateInstruction(server_round=server_round, model_config=mconfig, window_spec=spec)
+        instruction = EvaluateInstruction(
+            server_round=server_round, model_config=mconfig, window_spec=spec, **privacy_fields
+        )
         return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]  # as in train_config
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
@@ -236,6 +263,7 @@ def run_federation(
             )
             if built.dp is not None
             else None,
+            privacy=_privacy_summary(train_outcomes),
         )
         append_round(log_path, record)
         state_arrays_, state_scalars = strategy_state(built, releases)

@@ -34,8 +34,10 @@ class Scenario:
     name: str
     region: dict[str, Any]
     federation: dict[str, Any]
-    epsilon_budget: float = 10.0
-    delta: float = 1e-5
+    epsilon_budget: float = 1.0  # per patient: each node's budget and the run's patient-epsilon
+    delta: float = 1e-6
+    max_stay_days: int = 14
+    reproducible_noise: bool = False  # research only (logged): noise from the run's seed
     local_only: bool = True
     local_only_dp: bool = True
     centralized: bool = True
@@ -62,6 +64,10 @@ class Scenario:
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
             "simulation-delta": self.delta,
+            "simulation-max-stay-days": self.max_stay_days,
+            "simulation-reproducible-noise": self.reproducible_noise,
+            "patient-epsilon": self.epsilon_budget,
+            "max-stay-days": self.max_stay_days,
             "out-dir": str(out_dir),
         }
         return keys
@@ -126,7 +132,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
     for name, section, known in (
-        ("privacy", privacy, {"epsilon-budget", "delta"}),
+        ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
         ("comparisons", comparisons, _COMPARISON_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -149,13 +155,20 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         if key in comparisons and not isinstance(comparisons[key], bool):
             raise ScenarioError(f"{source}: [comparisons] {key} must be true or false, got {comparisons[key]!r:.60}")
     for section_name, table, key in (
-        ("privacy", privacy, "epsilon-budget"),
+        ("privacy", privacy, "epsilon"),
         ("privacy", privacy, "delta"),
         ("simulation", simulation, "client-cpus"),
     ):
         value = table.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ScenarioError(f"{source}: [{section_name}] {key} must be a number, got {value!r:.60}")
+    stay = privacy.get("max-stay-days", 14)
+    if isinstance(stay, bool) or not isinstance(stay, int) or not 1 <= stay <= 366:
+        raise ScenarioError(f"{source}: [privacy] max-stay-days must be a whole number from 1 to 366, got {stay!r:.60}")
+    if not isinstance(privacy.get("reproducible-noise", False), bool):
+        raise ScenarioError(
+            f"{source}: [privacy] reproducible-noise must be true or false, got {privacy['reproducible-noise']!r:.60}"
+        )
     plots = output.get("forecast-plots", 3)
     if isinstance(plots, bool) or not isinstance(plots, int) or not 0 <= plots <= 1000:
         raise ScenarioError(
@@ -170,8 +183,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             name=str(raw.get("name", Path(source).stem)),
             region=region,
             federation=federation,
-            epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
-            delta=float(privacy.get("delta", 1e-5)),
+            epsilon_budget=float(privacy.get("epsilon", 1.0)),
+            delta=float(privacy.get("delta", 1e-6)),
+            max_stay_days=int(privacy.get("max-stay-days", 14)),
+            reproducible_noise=bool(privacy.get("reproducible-noise", False)),
             local_only=bool(comparisons.get("local-only", True)),
             local_only_dp=bool(comparisons.get("local-only-dp", True)),
             centralized=bool(comparisons.get("centralized", True)),
@@ -188,8 +203,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     # `not 0 < x` also refuses NaN; a NaN budget let every node refuse and the run end "done".
     if not 0 < scenario.delta < 1 or not 0 < scenario.epsilon_budget < math.inf:
         raise ScenarioError(
-            f"{source}: [privacy] needs a finite epsilon-budget > 0 and 0 < delta < 1, "
-            f"got {scenario.epsilon_budget} and {scenario.delta}"
+            f"{source}: [privacy] needs a finite epsilon > 0 and 0 < delta < 1, "
+            f"got epsilon {scenario.epsilon_budget} and delta {scenario.delta}"
+        )
+    if privacy.get("mechanism", "source") != "source":
+        raise ScenarioError(
+            f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
+            "not offered)"
         )
     cpus = os.cpu_count() or 1
     if not 0 < scenario.client_cpus <= cpus:

@@ -19,7 +19,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ("validate", "generate", "privacy", "forecast", "share", "allocate", "simulate", "audit", "gateway")
+_COMMAND_MODULES = (
+    "validate",
+    "generate",
+    "privacy",
+    "forecast",
+    "explain",
+    "share",
+    "allocate",
+    "simulate",
+    "report",
+    "audit",
+    "gateway",
+)
 
 
 @app.callback()

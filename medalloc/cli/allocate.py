@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,10 @@ from medalloc_core.contract import DATE, UNIT, DataContractError
 if TYPE_CHECKING:  # imported where used, to keep the CLI's start fast
     from medalloc_core.allocation.newsvendor import UnitCosts
     from medalloc_core.allocation.quantiles import Tail
+    from medalloc_core.allocation.regional import RegionalPlan
 
 logger = logging.getLogger(__name__)
+PLAN_EXPLANATION = "plan_explanation.txt"
 _TAILS: tuple[Tail, ...] = ("normal", "clamp")
 _out = Console()
 _err = Console(stderr=True)
@@ -188,6 +191,7 @@ def allocate(
     force: bool = typer.Option(False, "--force", help="Replace an existing plan in --out."),
 ) -> None:
     """Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast."""
+    from medalloc_core.allocation.explain_plans import hospital_plan_reasons
     from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast
     from medalloc_core.allocation.newsvendor import (
         DEFAULT_NURSE_RATIOS,
@@ -213,9 +217,9 @@ def allocate(
         _check_range("--shifts", shifts, 1, 24)
         if not 0 < risk_threshold < 1:
             raise _BadInput(f"--risk-threshold must be in (0, 1), got {risk_threshold}")
-        plan_csv, plan_png = out / "plan.csv", out / "plan.png"
+        plan_csv, plan_png, plan_txt = out / "plan.csv", out / "plan.png", out / PLAN_EXPLANATION
         inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
-        _guard_outputs([plan_csv, plan_png], inputs, force)
+        _guard_outputs([plan_csv, plan_png, plan_txt], inputs, force)
         flags = _parse_mapping(nurse_ratio, "--nurse-ratio")
         for name, value in flags.items():
             _check_range(f"--nurse-ratio {name}", value, MIN_NURSE_RATIO, MAX_NURSE_RATIO)
@@ -247,15 +251,14 @@ def allocate(
     try:
         atomic_write_bytes(plan_csv, written.to_csv(index=False, float_format="%.4f").encode("utf-8"))
         plot_plan(plan, plan_png)
+        reasons = hospital_plan_reasons(plan, config)
+        atomic_write_bytes(plan_txt, ("\n\n".join(reasons) + "\n").encode("utf-8"))
     except OSError as exc:
         _fail(f"cannot write the plan to {out}: {exc}")
     _out.print(_summary_table(plan))
-    ratio = config.costs.critical_ratio
-    _out.print(
-        f"critical ratio c_u/(c_u+c_o) = {ratio:.3f}: staffed to the P{ratio * 100:.0f} of census demand.\n"
-        f"wrote {escape(str(plan_csv))} and {escape(str(plan_png))}",
-        highlight=False,
-    )
+    for line in reasons:
+        _out.print(escape(line), highlight=False)
+    _out.print(f"wrote {plan_csv}, {plan_png} and {plan_txt}", highlight=False, markup=False)
 
 
 def allocate_region(
@@ -272,6 +275,12 @@ def allocate_region(
     under_cost: float = typer.Option(10.0, "--under-cost"),
     surge_cost: float = typer.Option(1.0, "--surge-cost", help="Cost of a deployed surge bed-day."),
     transfer_cost: float = typer.Option(2.0, "--transfer-cost", help="Fixed cost per transferred patient-day."),
+    transfer_limit: float | None = typer.Option(
+        None,
+        "--transfer-limit",
+        help="Most patient-days one corridor (from, to) can take per day; default unlimited. "
+        "With a limit the plan prices one more transfer slot.",
+    ),
     neighbours: int = typer.Option(5, "--neighbours", help="Transfers only between each hospital's k nearest."),
     scenarios: int = typer.Option(20, "--scenarios"),
     correlation: float = typer.Option(
@@ -281,6 +290,11 @@ def allocate_region(
     force: bool = typer.Option(False, "--force", help="Replace an existing regional plan in --out."),
 ) -> None:
     """The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles."""
+    from medalloc_core.allocation.explain_plans import (
+        REGIONAL_EXPLANATION_FILES,
+        regional_reasons,
+        write_regional_explanation,
+    )
     from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, read_capacity, read_shared
     from medalloc_core.allocation.plots import plot_regional
     from medalloc_core.allocation.regional import (
@@ -294,7 +308,16 @@ def allocate_region(
     from medalloc_core.io import read_table
 
     try:
-        names = ("surge.csv", "transfers.csv", "hospital_days.csv", "costs.csv", "regional.png")
+        names = (
+            "surge.csv",
+            "transfers.csv",
+            "hospital_days.csv",
+            "costs.csv",
+            "regional.png",
+            *REGIONAL_EXPLANATION_FILES,
+        )
+        if transfer_limit is not None and not transfer_limit >= 0:
+            raise _BadInput(f"--transfer-limit must be a number of patient-days >= 0, got {transfer_limit}")
         _guard_outputs([out / n for n in names], [*forecast, capacity], force)
         _check_range("--pool", pool, 0, MAX_COST)
         _check_range("--under-cost", under_cost, 1e-6, MAX_COST)
@@ -344,6 +367,7 @@ def allocate_region(
             under_cost=under_cost,
             surge_cost=surge_cost,
             transfer_cost=transfer_cost,
+            transfer_limit=math.inf if transfer_limit is None else transfer_limit,
             neighbours=neighbours,
             scenarios=scenarios,
             correlation=correlation,
@@ -357,6 +381,7 @@ def allocate_region(
     try:
         write_regional_plan(plan, out, overwrite=force)
         plot_regional(plan, out / "regional.png")
+        write_regional_explanation(plan, out, overwrite=force)
     except OSError as exc:
         _fail(f"cannot write the regional plan to {out}: {exc}")
     table = Table(
@@ -367,7 +392,30 @@ def allocate_region(
     for part in ("surge", "unserved", "transfer", "total"):
         table.add_row(part, f"{plan.costs[part]:.1f}")
     _out.print(table)
-    _out.print(f"wrote {', '.join(str(out / n) for n in names)}", markup=False, highlight=False)
+    _out.print(_binding_table(plan))
+    for line in regional_reasons(plan):
+        _out.print(escape(line), highlight=False)
+    _out.print(f"wrote {', '.join(str(out / n) for n in names)}", highlight=False, markup=False)
+
+
+def _binding_table(plan: RegionalPlan, rows: int = 10) -> Table:
+    """The binding constraints with the largest shadow prices: what one more unit of each would save."""
+    binding = plan.shadow.binding() if plan.shadow is not None else pd.DataFrame()
+    table = Table(title=f"Binding constraints ({len(binding)}; largest shadow prices first)")
+    for name in ("constraint", "where", "date", "limit", "used", "saves per +1"):
+        table.add_column(name, justify="left" if name in ("constraint", "where") else "right")
+    for row in binding.head(rows).itertuples(index=False):
+        table.add_row(
+            escape(str(row.constraint)),
+            escape(str(row.where)),
+            str(pd.Timestamp(row.date).date()),
+            f"{row.limit:g}",
+            f"{row.used:.1f}",
+            f"{row.shadow_price:.2f}",
+        )
+    if len(binding) > rows:
+        table.caption = f"{len(binding) - rows} more in binding_constraints.csv"
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -77,7 +77,13 @@ def share(
         if ledger.exists() or epsilon_budget is None:
             node = PrivacyLedger.load(ledger)
         else:
-            node = PrivacyLedger.open(ledger, epsilon_budget=epsilon_budget, delta=1e-5 if delta is None else delta)
+            node = PrivacyLedger.open(
+                ledger,
+                epsilon_budget=epsilon_budget,
+                delta=1e-6 if delta is None else delta,
+                unit="patient",
+                max_stay_days=14,
+            )
         if delta is not None and delta != node.delta:
             raise ValueError(
                 f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; "
