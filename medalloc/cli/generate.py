@@ -88,7 +88,7 @@ def generate(
     if shape not in _SHAPES:
         _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
     formats = SHAPE_FORMATS[shape]
-    fmt = fmt or formats[0]
+    fmt = formats[0] if fmt is None else fmt  # an empty --format is refused below, not read as the default
     if fmt not in formats:
         _fail(console, f"--format must be one of {', '.join(formats)} for --shape {shape}, got {fmt!r}")
     if out.exists() and not out.is_dir():

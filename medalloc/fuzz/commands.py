@@ -32,7 +32,15 @@ from .registry import GENERATORS, Case, Outcome, cases, generator, run_case
 __all__ = ["GENERATORS", "GENERATOR_MODULES", "Case", "Outcome", "cases", "generator", "run_campaign", "run_case"]
 
 # Every module that registers generators; importing this module registers them all.
-GENERATOR_MODULES: tuple[str, ...] = ("gen_args", "gen_privacy", "gen_forecast", "gen_allocate", "gen_simulate")
+GENERATOR_MODULES: tuple[str, ...] = (
+    "gen_args",
+    "gen_privacy",
+    "gen_forecast",
+    "gen_allocate",
+    "gen_simulate",
+    "gen_explain",
+    "gen_node",
+)
 for _module in GENERATOR_MODULES:
     importlib.import_module(f"{__package__}.{_module}")
 

@@ -60,7 +60,9 @@ class TargetUnreachable(ValueError):
 # and any epsilon would be astronomically large: no DP run uses it.
 MIN_NOISE_MULTIPLIER = 0.01
 MAX_STEPS = 10**9  # a billion DP-SGD steps on one node: far past any budget; more is a corrupt record
-MAX_NOISE_MULTIPLIER = 1e4  # 1e308 overflowed the RDP accountant (OverflowError)
+# 1e308 overflowed the RDP accountant (OverflowError); both accountants are exact to 1e8 and more.
+# The same ceiling as the noise search below (_MAX_NOISE), so a search never steps past it.
+MAX_NOISE_MULTIPLIER = _MAX_NOISE
 
 
 def validate_history_item(noise_multiplier: float, sample_rate: float, steps: int) -> None:
