@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "report",
     "audit",
     "node",
+    "gateway",
 )
 
 

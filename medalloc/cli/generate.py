@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +19,7 @@ _SHAPES = SHAPES
 
 
 def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -87,7 +88,7 @@ def generate(
     if shape not in _SHAPES:
         _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
     formats = SHAPE_FORMATS[shape]
-    fmt = fmt or formats[0]
+    fmt = formats[0] if fmt is None else fmt  # an empty --format is refused below, not read as the default
     if fmt not in formats:
         _fail(console, f"--format must be one of {', '.join(formats)} for --shape {shape}, got {fmt!r}")
     if out.exists() and not out.is_dir():
@@ -126,7 +127,10 @@ def generate(
     Console().print(_summary_table(region))
     what = f"{shape} {fmt}" if shape != "mixed" else "mixed-format"
     console.print(
-        f"wrote {len(paths) - 1} {what} hospital sources and {paths[-1].name} to {out}", highlight=False, soft_wrap=True
+        f"wrote {len(paths) - 1} {what} hospital sources and {paths[-1].name} to {out}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
 
 

@@ -80,10 +80,10 @@ def _show_report(console: Console, report: ValidationReport) -> None:
     name = escape(str(report.path))
     errors, warnings = report.errors, report.warnings
     if report.ok:
-        console.print(f"[green]OK[/green] {name}")
+        console.print(f"[green]OK[/green] {escape(name)}")
         console.print(_summary_table(report.summary))
     else:
-        console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
+        console.print(f"[red]INVALID[/red] {escape(name)}: {len(errors)} error(s), {len(warnings)} warning(s)")
     ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
     shown = ordered[:SHOWN_PER_FILE]
     # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
@@ -93,7 +93,7 @@ def _show_report(console: Console, report: ValidationReport) -> None:
         console.print(f"[{style}]{escape(str(problem))}[/{style}]")
     hidden = len(ordered) - len(shown) - len(counts)
     if hidden:
-        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
+        console.print(f"... and {hidden} more problem(s) in {escape(name)} (fix the ones above and run again)")
 
 
 def _position(problem: Problem) -> tuple[int, int, str]:

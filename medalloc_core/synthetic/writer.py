@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ from typing import Literal
 import pandas as pd
 
 from medalloc_core import contract as c
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import RecordShape
 from medalloc_core.synthetic.region import Hospital, Region
 
@@ -130,7 +132,7 @@ def write_region(
         files["hospitals"] = kinds  # which hospital is which kind of source
     metadata = dict(region.metadata, files=files)
     meta_path = out_dir / METADATA_NAME
-    meta_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     written.append(meta_path)
     return written
 
@@ -147,10 +149,14 @@ def _write_hospital(hospital: Hospital, out_dir: Path, shape: str, fmt: str, see
         resources = exports.fhir_resources(hospital.encounters, hospital_id=hospital.hospital_id, seed=seed)
         return exports.write_fhir(resources, path, fmt)  # type: ignore[arg-type]
     frame = _encounter_frame(hospital) if shape == "encounters" else _daily_frame(hospital)
+    # Each file appears whole or not at all (atomic rename), so a crash never leaves half a hospital.
     if fmt == "csv":
-        frame.to_csv(path, index=False, lineterminator="\n", date_format=_TIME_FORMAT)
+        data = frame.to_csv(index=False, lineterminator="\n", date_format=_TIME_FORMAT).encode("utf-8")
     else:
-        frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
+        data = buffer.getvalue()
+    atomic_write_bytes(path, data)
     return path
 
 

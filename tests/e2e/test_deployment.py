@@ -278,7 +278,7 @@ def _deploy(
     assert listed == {ids[h]: "online" for h in members}
     fed.ok("list", fed.coord_block("list"), fed.coord_env(), cwd=fed.coord)
 
-    # Through the gateway the Control API is refused (so is registering a key there).
+    # Through the gateway the Control API is refused, 404 (so is registering a key there).
     conf = fed.root / "coordinator-home" / ".flwr" / "config.toml"
     with conf.open("a", encoding="utf-8") as f:
         f.write(
@@ -291,7 +291,7 @@ def _deploy(
     ):
         refused_cli = fed.sh("via-gateway", f"flwr {args}", fed.coord_env(), cwd=fed.coord)
         assert refused_cli.returncode != 0
-        assert "403" in refused_cli.stdout + refused_cli.stderr
+        assert "404" in refused_cli.stdout + refused_cli.stderr
     assert len(fed.node_ids()) == len(members)
     return ids, refused
 
