@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, UnitRecords
+from medalloc_core.contract import DataContractError, Frequency, UnitRecords
 from medalloc_core.features import WindowSpec, prepare_hospital
 from medalloc_core.models import ForecasterConfig, build_from_arrays
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
@@ -49,6 +49,7 @@ from medalloc_core.protocol import (
 from medalloc_core.training import TrainConfig, adaptive_batch_size, train_local
 
 from .config import NodeConfig, NodeConfigError
+from .hints import data_hint, ledger_hint, window_hint
 from .task import LocalData, evaluate_local, load_local_data
 
 logger = logging.getLogger(__name__)
@@ -103,14 +104,19 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
 
 def _data(node: NodeConfig, spec: WindowSpec) -> LocalData:
     try:
-        return load_local_data(node.data_path, spec)
+        return load_local_data(node.data_source, spec)
+    except NodeConfigError as exc:  # the site mapping file named by data-mapping
+        logger.error("node configuration: %s", exc)
+        raise _Refused(
+            Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log"
+        ) from exc
     except DataContractError as exc:
-        # The problems name rows and values of the hospital's file (and how many there are is a
+        # The problems name rows and values of the hospital's data (and how many there are is a
         # statistic of it too): they stay in the node's log.
-        logger.error("%s", exc)
+        logger.error("%s\n%s", exc, data_hint(node))
         raise _Refused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
-        logger.error("%s: %s", node.data_path, exc)
+        logger.error("%s: %s; %s", node.data_source_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise _Refused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
@@ -161,7 +167,7 @@ def _ledger(node: NodeConfig) -> PrivacyLedger:
         logger.error("%s: %s", node.hospital_id, exc)
         raise _Refused(Refusal.LEDGER_RESET_DETECTED, _reason(Refusal.LEDGER_RESET_DETECTED)) from exc
     except LedgerConfigMismatch as exc:
-        logger.error("%s: %s", node.hospital_id, exc)
+        logger.error("%s: %s %s", node.hospital_id, exc, ledger_hint(node))
         raise _Refused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
     except LedgerError as exc:
         logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)

@@ -20,8 +20,11 @@ from typing import Any
 from flwr.app import Context
 
 from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
+from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceMapping
 
-DATA_SUFFIXES = (".csv", ".parquet")
+# What a region folder may hold per hospital: contract files, OMOP SQLite databases, FHIR NDJSON
+# files and Bundles (.fhir.json), and export folders (OMOP tables, FHIR Bulk Data).
+DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
 
 
 class NodeConfigError(ValueError):
@@ -42,7 +45,10 @@ class NodeConfig:
     Parameters
     ----------
     data_path : Path
-        The hospital's unit-records file (CSV or Parquet).
+        The hospital's data (node-config ``data-path``): a unit-records or encounter file (CSV or
+        Parquet), an OMOP CDM (SQLite file, database URL or export folder) or a FHIR export
+        (Bulk Data folder, NDJSON or Bundle file). A database URL is kept verbatim in
+        ``data_location`` (a URL is not a path).
     ledger_path : Path
         The node's privacy ledger (JSON); created on first use.
     epsilon_budget : float
@@ -75,6 +81,15 @@ class NodeConfig:
         thread and 7 s on two on the 2-core development box).
     simulated : bool
         True when the values came from simulation run-config keys.
+    data_format : {"auto", "contract", "omop", "fhir"} (default: "auto")
+        Node-config ``data-format``: what ``data-path`` is (auto tells them apart).
+    data_mapping : Path or None (default: None)
+        Node-config ``data-mapping``: the site's mapping file (TOML; docs/data.md) for OMOP/FHIR.
+    data_location : str (default: ``str(data_path)``)
+        ``data-path`` exactly as given.
+    approved_apps : Path or None (default: None)
+        Node-config ``approved-apps``: the data owner's list of app hashes the node may run
+        (enforced by ``medalloc node exec``, checked by ``medalloc node check``; docs/hospital.md).
     """
 
     data_path: Path
@@ -92,6 +107,10 @@ class NodeConfig:
     accountant: AccountantName = "prv"
     threads: int = 1
     simulated: bool = False
+    data_format: str = "auto"
+    data_mapping: Path | None = None
+    data_location: str = ""
+    approved_apps: Path | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
@@ -109,14 +128,32 @@ class NodeConfig:
         _accountant(self.accountant)
         if self.max_stay_days < 1:
             raise NodeConfigError(f"max-stay-days must be >= 1, got {self.max_stay_days}")
-        if not self.hospital_id:
-            object.__setattr__(self, "hospital_id", self.data_path.stem)
         if self.release_path is None:
             object.__setattr__(
                 self, "release_path", self.ledger_path.with_name(self.ledger_path.name + ".released.csv")
             )
         if self.node_state_path is None:
             object.__setattr__(self, "node_state_path", self.ledger_path.parent / "medalloc-node-state.json")
+        if self.data_format not in FORMATS:
+            raise NodeConfigError(f"data-format must be one of {', '.join(FORMATS)}, got {self.data_format!r}")
+        if not self.data_location:
+            object.__setattr__(self, "data_location", str(self.data_path))
+        if not self.hospital_id:
+            object.__setattr__(self, "hospital_id", DataSource(self.data_location).name)
+
+    @property
+    def data_source_display(self) -> str:
+        """``data-path`` as it may be logged (a database URL's password hidden)."""
+        return DataSource(self.data_location).display
+
+    @property
+    def data_source(self) -> DataSource:
+        """The node's data with its site mapping; raises NodeConfigError naming ``data-mapping`` if that is bad."""
+        try:
+            mapping = SourceMapping.from_toml(self.data_mapping) if self.data_mapping else SourceMapping()
+        except MappingError as exc:
+            raise NodeConfigError(f"data-mapping: {exc}") from None
+        return DataSource(self.data_location, self.data_format, mapping)  # type: ignore[arg-type]
 
     @classmethod
     def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -138,12 +175,23 @@ class NodeConfig:
         )
 
     @classmethod
+    def from_node_config(cls, node: Mapping[str, Any]) -> NodeConfig:
+        """A real node's config from its ``--node-config`` keys (what ``medalloc node check`` reads too)."""
+        if "data-path" not in node:
+            raise NodeConfigError("the node config has no 'data-path'; set it to the node's data (file, folder or URL)")
+        return cls._from_node(node)
+
+    @classmethod
     def _from_node(cls, node: Mapping[str, Any]) -> NodeConfig:
         for key in ("ledger-path", "privacy-epsilon-budget"):
             if key not in node:
                 raise NodeConfigError(f"node config has 'data-path' but no '{key}'; a node must set its own {key}")
         return cls(
             data_path=Path(str(node["data-path"])),
+            data_location=str(node["data-path"]),
+            data_format=str(node.get("data-format", "auto")),
+            data_mapping=Path(str(node["data-mapping"])) if node.get("data-mapping") else None,
+            approved_apps=Path(str(node["approved-apps"])) if node.get("approved-apps") else None,
             ledger_path=Path(str(node["ledger-path"])),
             epsilon_budget=_number(node, "privacy-epsilon-budget"),
             delta=_number(node, "privacy-delta", 1e-6),
@@ -179,13 +227,14 @@ class NodeConfig:
                 "run as many virtual nodes as hospital files"
             )
         data_path = files[partition]
+        hospital = DataSource(str(data_path)).name
         return cls(
             data_path=data_path,
-            ledger_path=folder / "ledgers" / f"{data_path.stem}.json",
+            ledger_path=folder / "ledgers" / f"{hospital}.json",
             epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
             delta=_number(run, "simulation-delta", 1e-6),
             max_stay_days=int(_number(run, "simulation-max-stay-days", 14)),
-            hospital_id=data_path.stem,
+            hospital_id=hospital,
             simulated=True,
         )
 
@@ -219,10 +268,22 @@ def ensure_simulation_region(*, hospitals: int, days: int, seed: int) -> Path:
 
 
 def hospital_files(folder: Path) -> list[Path]:
-    """The hospital files of a region folder, sorted by name (``H000.csv``, ``H001.csv``, ...)."""
+    """The hospitals' data in a region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ``H002.fhir``, ...).
+
+    A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
+    FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals.
+    """
     if not folder.is_dir():
         raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+
+    def is_hospital(p: Path) -> bool:
+        if p.name.startswith("."):
+            return False
+        if p.is_file():
+            return p.suffix in DATA_SUFFIXES or p.name.endswith(".fhir.json")
+        return p.is_dir() and DataSource(str(p)).kind() != "contract"
+
+    return sorted(p for p in folder.iterdir() if is_hospital(p))
 
 
 def _number(values: Mapping[str, Any], key: str, default: float | None = None) -> float:

@@ -78,6 +78,7 @@ class Refusal(IntEnum):
     NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
     LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
+    APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
 
     @property
     def slug(self) -> str:

@@ -19,7 +19,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ("validate", "generate", "privacy", "forecast", "share", "allocate", "simulate", "audit")
+_COMMAND_MODULES = (
+    "validate",
+    "generate",
+    "privacy",
+    "forecast",
+    "explain",
+    "share",
+    "allocate",
+    "simulate",
+    "report",
+    "audit",
+    "node",
+    "gateway",
+)
 
 
 @app.callback()

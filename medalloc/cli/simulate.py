@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from medalloc_core.rounds import RoundRecord
 
 
 def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -128,6 +129,11 @@ def simulate(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing results folder of an earlier simulation."),
     show_default: bool = typer.Option(False, "--show-default", help="Print the embedded default scenario and exit."),
+    report: bool = typer.Option(
+        True,
+        "--report/--no-report",
+        help="After the run, plan beds and the region from the final model (allocation/) and write report.html.",
+    ),
 ) -> None:
     """Simulate a federation of synthetic hospitals and compare it with local-only, centralized and classical baselines.
 
@@ -157,9 +163,9 @@ def simulate(
     # them are for hospitals checking real data (`medalloc validate`), not for this display.
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     console.print(
-        f"[bold]MedAlloc simulation[/] '{scenario.name}' ({scenario.source}): {scenario.hospitals} hospitals, "
-        f"{scenario.federation.get('num-server-rounds', 5)} rounds of "
-        f"{scenario.federation.get('strategy', 'fedavg')} -> {out}",
+        f"[bold]MedAlloc simulation[/] '{escape(scenario.name)}' ({escape(scenario.source)}): "
+        f"{scenario.hospitals} hospitals, {scenario.federation.get('num-server-rounds', 5)} rounds of "
+        f"{escape(str(scenario.federation.get('strategy', 'fedavg')))} -> {escape(str(out))}",
         highlight=False,
     )
     began = time.perf_counter()
@@ -189,10 +195,19 @@ def simulate(
     line = verdict(summary)
     if line:
         console.print(line, highlight=False)
+    page = ""
+    if report:
+        from medalloc.simulations.plans import write_run_plans
+        from medalloc_core.report import write_report
+
+        with console.status("planning beds and the region from the final model; writing the report"):
+            write_run_plans(out, plots=scenario.forecast_plots)
+            page = f", the allocation plan in {out}/allocation and the one-page report {write_report(out)}"
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
-        f"{out}/final_model.safetensors, plots in {out}/plots",
+        f"{out}/final_model.safetensors, plots in {out}/plots{page}",
         highlight=False,
+        markup=False,
     )
 
 

@@ -1,4 +1,4 @@
-"""``medalloc validate PATH...``: check hospital files against the data contract, read-only."""
+"""``medalloc validate SOURCE...``: check hospital files, OMOP databases and FHIR exports, read-only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.contract import Problem
-from medalloc_core.validation import ValidationReport, validate_file
+from medalloc_core.sources import FORMATS, DataSource, MappingError, validate_source
+from medalloc_core.validation import ValidationReport
 
 # Lines of problems shown per file; the rest are counted, so a broken million-row file
 # does not flood the terminal.
@@ -27,28 +28,50 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    paths: list[Path] = typer.Argument(
-        ..., help="Daily/weekly unit-records or encounter files, CSV or Parquet.", show_default=False
+    sources: list[str] = typer.Argument(
+        ...,
+        help="Unit-records or encounter files (CSV/Parquet), OMOP CDM databases (sqlite:///FILE, "
+        "postgresql://USER@HOST/DB, an SQLite file) or export folders, FHIR Bulk Data folders, NDJSON or Bundle files.",
+        show_default=False,
+        metavar="SOURCE...",
+    ),
+    source_format: str = typer.Option(
+        "auto", "--format", help=f"What the sources are: {', '.join(FORMATS)} (auto tells them apart)."
+    ),
+    mapping: Path | None = typer.Option(
+        None,
+        "--mapping",
+        help="Site mapping file (TOML, sections [omop]/[fhir]): which visits are stays, which care sites are units.",
     ),
 ) -> None:
-    """Check hospital files against the data contract (docs/data.md); never modifies them.
+    """Check hospital data against its rules (docs/data.md); never modifies it (databases are opened read-only).
 
-    Exits 0 when every file is valid (warnings allowed) and 2 when any file has an error.
+    Exits 0 when every source is valid (warnings allowed) and 2 when any has an error.
     """
     console = Console(soft_wrap=True, highlight=False)
+    if source_format not in FORMATS:
+        console.print(
+            f"[red]error: --format must be one of {', '.join(FORMATS)}, got {escape(repr(source_format))}[/red]"
+        )
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        named = [DataSource.of(s, format=source_format, mapping=mapping) for s in sources]  # type: ignore[arg-type]
+    except MappingError as exc:
+        console.print(f"[red]error: {escape(str(exc))}[/red]")
+        raise typer.Exit(EXIT_INVALID) from None
     failed = 0
-    for path in paths:
+    for source in named:
         try:
-            report = validate_file(path)
+            report = validate_source(source)
         except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
-            logger.debug("validating %s failed", path, exc_info=True)
+            logger.debug("validating %s failed", source.display, exc_info=True)
             message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
-            report = ValidationReport(path, [Problem(str(path), message)])
+            report = ValidationReport(source.display, [Problem(source.display, message)])
         _show_report(console, report)
         failed += not report.ok
-    if len(paths) > 1:
+    if len(named) > 1:
         style = "red" if failed else "green"
-        console.print(f"[{style}]{len(paths) - failed} of {len(paths)} file(s) valid[/{style}]")
+        console.print(f"[{style}]{len(named) - failed} of {len(named)} file(s) valid[/{style}]")
     if failed:
         raise typer.Exit(EXIT_INVALID)
 
@@ -57,10 +80,10 @@ def _show_report(console: Console, report: ValidationReport) -> None:
     name = escape(str(report.path))
     errors, warnings = report.errors, report.warnings
     if report.ok:
-        console.print(f"[green]OK[/green] {name}")
+        console.print(f"[green]OK[/green] {escape(name)}")
         console.print(_summary_table(report.summary))
     else:
-        console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
+        console.print(f"[red]INVALID[/red] {escape(name)}: {len(errors)} error(s), {len(warnings)} warning(s)")
     ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
     shown = ordered[:SHOWN_PER_FILE]
     # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
@@ -70,7 +93,7 @@ def _show_report(console: Console, report: ValidationReport) -> None:
         console.print(f"[{style}]{escape(str(problem))}[/{style}]")
     hidden = len(ordered) - len(shown) - len(counts)
     if hidden:
-        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
+        console.print(f"... and {hidden} more problem(s) in {escape(name)} (fix the ones above and run again)")
 
 
 def _position(problem: Problem) -> tuple[int, int, str]:
@@ -96,6 +119,10 @@ def _summary_table(summary: dict[str, object]) -> Table:
         shown["stays (open)"] = f"{summary['encounters']} ({summary['open_stays']} open)"
     if summary.get("columns_ignored"):
         shown["ignored columns"] = ", ".join(map(str, summary["columns_ignored"]))  # type: ignore[call-overload]
+    details = summary.get("details")
+    if isinstance(details, list):  # OMOP and FHIR: what was read, what counts as a stay, what was left out
+        shown.update({str(label): text for label, text in details})
     for key, value in shown.items():
-        table.add_row(key, escape(str(value)))
+        if value is not None:
+            table.add_row(key, escape(str(value)))
     return table

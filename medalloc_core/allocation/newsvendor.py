@@ -8,7 +8,7 @@ critical ratio ``under_cost / (under_cost + over_cost)`` (see docs/allocation.md
 from __future__ import annotations
 
 import logging
-import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -56,7 +56,15 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "expected_cost",
     "baseline_staffed",
     "change_from_baseline",
+    "demand_at_critical_ratio",
+    "quantile_basis",
+    "reason",
 )
+
+
+# Bounds on the plan's parameters: any real cost ratio and staffing ratio fits well inside them.
+MIN_COST, MAX_COST = 1e-6, 1e6
+MIN_NURSE_RATIO, MAX_NURSE_RATIO = 0.01, 1000.0
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,16 @@ class UnitCosts:
     over_cost: float = 1.0  # one staffed bed-day nobody uses (the nurse time paid for it)
 
     def __post_init__(self) -> None:
-        if not (self.under_cost > 0 and self.over_cost > 0 and math.isfinite(self.under_cost + self.over_cost)):
-            raise ValueError(
-                f"costs must be positive and finite, got under_cost={self.under_cost}, over_cost={self.over_cost}"
-            )
+        # Bounded on both sides (NaN fails every comparison): a ratio of 1e300 puts the critical
+        # ratio at exactly 1, whose quantile is infinite and no whole number of beds.
+        for name in ("under_cost", "over_cost"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not MIN_COST <= float(value) <= MAX_COST
+            ):
+                raise ValueError(f"{name} must be a number from {MIN_COST:g} to {MAX_COST:g}, got {value!r}")
 
     @property
     def critical_ratio(self) -> float:
@@ -96,10 +110,12 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         ratios = [self.default_nurse_ratio, *self.nurse_ratios.values()]
-        if any(not (r > 0) for r in ratios):
-            raise ValueError(f"nurse ratios must be > 0 patients per nurse, got {ratios}")
-        if self.shifts_per_day < 1:
-            raise ValueError(f"shifts_per_day must be >= 1, got {self.shifts_per_day}")
+        if any(not MIN_NURSE_RATIO <= r <= MAX_NURSE_RATIO for r in ratios):
+            raise ValueError(
+                f"nurse ratios must be from {MIN_NURSE_RATIO:g} to {MAX_NURSE_RATIO:g} patients per nurse, got {ratios}"
+            )
+        if not 1 <= self.shifts_per_day <= 24:
+            raise ValueError(f"shifts_per_day must be from 1 to 24, got {self.shifts_per_day}")
         if not 0 < self.physical_risk_threshold < 1:
             raise ValueError(f"physical_risk_threshold must be in (0, 1), got {self.physical_risk_threshold}")
 
@@ -110,6 +126,27 @@ class PlanConfig:
     def nurse_ratio_for(self, unit: str) -> float:
         lowered = {k.lower(): v for k, v in self.nurse_ratios.items()}
         return float(lowered.get(unit.lower(), self.default_nurse_ratio))
+
+
+def quantile_basis(levels: np.ndarray, ratio: float, tail: Tail = "normal") -> str:
+    """Where the critical-ratio quantile comes from, in words: a forecast level, an interpolation, or a tail.
+
+    >>> quantile_basis(np.array([0.1, 0.5, 0.9]), 10 / 11)
+    'beyond the forecast P90: normal tail fitted to P10-P90'
+    """
+    names = [f"P{100 * q:.3g}" for q in levels]
+    close = np.flatnonzero(np.isclose(levels, ratio, rtol=0.0, atol=1e-9))
+    if close.size:
+        return f"the forecast {names[int(close[0])]}"
+    if levels.size == 1:
+        return f"the forecast's only level {names[0]} (demand treated as certain)"
+    if levels[0] < ratio < levels[-1]:
+        k = int(np.searchsorted(levels, ratio)) - 1
+        return f"interpolated between the forecast {names[k]} and {names[k + 1]}"
+    side, outer = ("beyond", names[-1]) if ratio > levels[-1] else ("below", names[0])
+    if tail == "clamp":
+        return f"{side} the forecast {outer}: clamped to it (--tail clamp)"
+    return f"{side} the forecast {outer}: normal tail fitted to {names[0]}-{names[-1]}"
 
 
 def quantile_matrix(forecast: pd.DataFrame, target: str = CENSUS) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -218,6 +255,15 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     plan["expected_cost"] = c_u * unserved + c_o * idle
     plan["baseline_staffed"] = baseline.astype("int64")
     plan["change_from_baseline"] = plan["staffed_beds"] - plan["baseline_staffed"]  # beds to open (+) or close (-)
+    # The plan explains itself: which quantile it read, from where, and why this many beds.
+    plan["demand_at_critical_ratio"] = demand_at_cr
+    plan["quantile_basis"] = [quantile_basis(levels, float(r), config.tail) for r in cr]
+    plan["reason"] = [
+        f"capped at {int(p)} physical beds (the P{100 * r:.3g} of demand, {q:.1f}, needs {int(n)})"
+        if n > p
+        else f"{int(n)} = P{100 * r:.3g} of demand ({q:.2f}) rounded up"
+        for r, q, n, p in zip(cr, demand_at_cr, newsvendor, physical)
+    ]
     if plan["capped"].any():
         logger.warning(
             "%d unit-days need more beds than physically exist; capped and flagged", int(plan["capped"].sum())
