@@ -29,7 +29,7 @@ from medalloc_core.allocation.newsvendor import PlanConfig, plan_hospital
 from medalloc_core.allocation.plots import plot_plan, plot_regional
 from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, write_regional_plan
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.contract import DATE
+from medalloc_core.contract import CENSUS, DATE
 from medalloc_core.forecasting import forecast_records
 from medalloc_core.model_io import load_model
 from medalloc_core.validation import load_unit_records
@@ -41,8 +41,11 @@ POOL_BEDS_PER_HOSPITAL = 2.0  # the regional surge pool: two staffed beds per ho
 TRANSFER_LIMIT = 5.0  # patient-days one corridor takes per day: a limit, so the plan can price a slot
 
 
-def write_run_plans(out: Path, *, plots: int = 3) -> Path:
+def write_run_plans(out: Path, *, plots: int = 3) -> Path | None:
     """Forecast, plan every hospital and the region from the run in ``out``; returns ``out/allocation``.
+
+    Beds are planned from census forecasts: a run whose model forecasts no census (an
+    admissions-only folder) gets no plan, and ``None`` is returned (the caller says so).
 
     Parameters
     ----------
@@ -54,6 +57,9 @@ def write_run_plans(out: Path, *, plots: int = 3) -> Path:
     out = Path(out)
     folder = out / ALLOCATION_DIR
     saved = load_model(out)
+    if CENSUS not in saved.spec.targets:
+        logger.info("no allocation plan: the model forecasts %s, and beds are planned from census", saved.spec.targets)
+        return None
     files = hospital_files(out / "region")
     # The generated region's overflow days and the default critical ratio beyond the forecast's P90
     # are by design here; their warnings are for a hospital planning on its own data.

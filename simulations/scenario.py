@@ -215,6 +215,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         raise ScenarioError(
             f"{source}: [output] forecast-plots must be a whole number from 0 to 1000, got {plots!r:.60}"
         )
+    for key in ("history", "horizon"):  # read by the evaluation and data-dir checks before the run config's own
+        value = federation.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ScenarioError(f"{source}: [federation] {key} must be a whole number >= 1, got {value!r:.60}")
     for key in sorted(_EVALUATION_KEYS):
         value = evaluation.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -154,6 +154,10 @@ def test_simulate_runs_on_an_admissions_only_folder(tmp_path, admissions_only):
     assert model["model-config"]["n_targets"] == 1
     federated = json.loads((out / "summary.json").read_text())["methods"]["federated"]["overall"]["volume_weighted"]
     assert 0 < federated["wape"] < 1
+    # beds are planned from census forecasts: no plan, said so, and the report is still written
+    assert not (out / "allocation").exists()
+    assert "no allocation plan" in " ".join(result.output.split())
+    assert (out / "report.html").is_file()
 
 
 @pytest.mark.slow

@@ -201,8 +201,13 @@ def simulate(
         from medalloc_core.report import write_report
 
         with console.status("planning beds and the region from the final model; writing the report"):
-            write_run_plans(out, plots=scenario.forecast_plots)
-            page = f", the allocation plan in {out}/allocation and the one-page report {write_report(out)}"
+            planned = write_run_plans(out, plots=scenario.forecast_plots)
+            plan = (
+                f", the allocation plan in {planned}"
+                if planned is not None
+                else " (no allocation plan: beds are planned from census forecasts, and this run forecasts none)"
+            )
+            page = f"{plan}, the one-page report {write_report(out)}"
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
         f"{out}/final_model.safetensors, plots in {out}/plots{page}",

@@ -63,12 +63,18 @@ _BAD_KEYS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("federation", "num-server-rounds", ("0", "1.5", "inf", "nan", '"5"'), "num-server-rounds"),
     ("federation", "hidden", ("0", "1.5", "inf", "-64"), "hidden"),
     ("federation", "history", ("0", "inf", "nan"), "history"),
+    ("federation", "horizon", ("0", "-7", "inf", "nan", "1.5", '"14"'), "horizon"),
     ("federation", "strategy", ('"fedsgd"', "7", '""'), "strategy"),
     ("federation", "no-such-key", ("1",), "no-such-key"),
     ("region", "hospitals", ("0", "100000000", "1.5", '"5"'), "hospitals"),
     ("region", "days", ("0", "27", "100000000"), "days"),
     ("region", "start", ('"9999-12-01"', '"0001-01-01"', '"2023-02-30"', "5"), "start"),
     ("region", "no_such_field", ("1",), "no_such_field"),
+    ("region", "data-dir", ("5", '"no-such-folder"', "[]"), "data-dir"),
+    ("evaluation", "weeks", ("0", "-1", "1.5", "nan", '"16"', "true", "100000"), "weeks"),
+    ("evaluation", "origins", ("0", "-1", "2.5", "inf", '"8"', "100000"), "origins"),
+    ("evaluation", "validation-days", ("0", "1", "nan", '"28"'), "validation-days"),
+    ("evaluation", "no-such-key", ("1",), "no-such-key"),
 )
 
 
@@ -86,7 +92,7 @@ def _bad_shape(rng: random.Random) -> Case:
     text = default_text()
     kind = rng.randrange(4)
     if kind == 0:
-        section = rng.choice(["region", "federation", "privacy", "comparisons", "output", "simulation"])
+        section = rng.choice(["region", "federation", "privacy", "comparisons", "evaluation", "output", "simulation"])
         value = rng.choice(["3", '"x"', "[1, 2]", "true"])
         # A top-level key must come before the first table header.
         edited = f"{section} = {value}\n" + drop_section(text, section)

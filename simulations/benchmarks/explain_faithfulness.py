@@ -125,6 +125,7 @@ def run(hospitals: int, windows: int, seed: int, epochs: int, console: Console) 
                 rows = np.flatnonzero(test.units == unit)
                 rows = rows[np.linspace(0, len(rows) - 1, min(windows, len(rows))).round().astype(int)]
                 baseline = dataset.train.X[dataset.train.units == unit].mean(dim=0).numpy()
+                assert dataset.scaler is not None, "mlp and tcn scale by series"
                 scaler = (float(dataset.scaler.mean[unit][t_index]), float(dataset.scaler.scale[unit][t_index]))
                 fn = ForecastFunction(
                     model, target_index=t_index, quantile_index=q_index, mean=scaler[0], scale=scaler[1]
