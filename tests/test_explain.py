@@ -238,3 +238,24 @@ def test_unit_names_become_safe_distinct_file_names() -> None:
     assert _png_name("ICU/step down", taken) == "explain_ICU_step_down.png"
     assert _png_name("ICU step:down", taken) == "explain_ICU_step_down_2.png"
     assert _png_name("../..", taken) == "explain_unit.png"
+
+
+def test_a_window_scaled_hybrid_is_explained_in_beds_as_medalloc_forecast_makes_it(
+    hospital: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The hybrid scales each window by its own loc/scale (no series scaler): the explained number is still the
+    forecast `medalloc forecast` writes, and the attributions add up."""
+    from medalloc_core.pretrained import load_pretrained
+
+    data, _ = hospital
+    spec = federation_window_spec(history=28, horizon=14, targets=("admissions", "census"), model="hybrid")
+    records = load_unit_records(data)
+    dataset = prepare_hospital(records, spec)
+    assert dataset.scaler is None  # window scaling: the case this test is about
+    model = load_pretrained(ForecasterConfig.for_spec(spec, model="hybrid", hidden=64))
+    saved = load_model(save_model(tmp_path / "final_model.safetensors", model, spec=dataset.spec))
+    explanations = explain_forecast(saved.model, saved.spec, records, hospital="H000")
+    forecast = forecast_records(saved.model, saved.spec, records, hospital="H000")
+    for ex in explanations:
+        assert ex.attribution.output == pytest.approx(_p90_mean(forecast, ex.unit), rel=1e-4, abs=1e-3)
+        assert ex.attribution.completeness_gap < 1e-2

@@ -200,13 +200,15 @@ def explain_forecast(
         x = inputs.X[row].numpy()
         train = dataset.train.X[dataset.train.units == unit]
         baseline = train.mean(dim=0).numpy() if len(train) else np.zeros_like(x)
-        function = ForecastFunction(
-            model,
-            target_index=t_index,
-            quantile_index=q_index,
-            mean=float(dataset.scaler.mean[unit][t_index]),
-            scale=float(dataset.scaler.scale[unit][t_index]),
-        )
+        if dataset.scaler is not None:  # series scaling: the unit's scaler
+            mean, scale = float(dataset.scaler.mean[unit][t_index]), float(dataset.scaler.scale[unit][t_index])
+        elif inputs.loc is not None and inputs.scale is not None:
+            # window scaling (the hybrid): the explained window's own loc/scale, held fixed, so the
+            # attributions are of the network's forecast for this window in beds/patients
+            mean, scale = float(inputs.loc[row, t_index]), float(inputs.scale[row, t_index])
+        else:
+            raise ExplainError(f"{records.source}: the window spec has neither a series scaler nor window statistics")
+        function = ForecastFunction(model, target_index=t_index, quantile_index=q_index, mean=mean, scale=scale)
         attribution = attribute(function, x, baseline, method=method, steps=steps)
         deletion = deletion_curve(function, x, baseline, attribution.values, random_orders=random_orders, seed=seed)
         groups = group_attributions(attribution.values, dataset.feature_names, records.frequency)
