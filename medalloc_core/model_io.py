@@ -40,6 +40,7 @@ FORMAT_VERSION = 2  # 2: one format for final models and checkpoints, with a dig
 FINAL_MODEL_NAME = "final_model.safetensors"  # what `medalloc simulate` and the ServerApp write
 _ROUND = re.compile(r"^round-(\d{4,})\.json$")
 _RESERVED = frozenset({"model-config", "window-spec", "sha256", "digest", "format-version"})
+TASK_KEY = "task"  # names the task of a non-forecasting model (medalloc_core.equipment: "equipment")
 
 
 class ModelFileError(ValueError):
@@ -75,16 +76,34 @@ def write_model_files(
     spec: WindowSpec,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """The one writer: ``path`` (safetensors) then its JSON sidecar, each atomically; returns the sidecar.
+    """The forecaster's writer: ``path`` (safetensors) then its JSON sidecar, each atomically; returns the sidecar.
 
     ``extra`` holds the writer's own JSON-able fields; it may not set the format's keys.
     """
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: a model file ends in .safetensors")
     spec_json = spec.to_dict()
     if (spec.history, spec.horizon, len(spec.targets)) != (config.history, config.horizon, config.n_targets):
         raise ValueError(f"window spec {spec_json} does not match the model config {config.to_dict()}")
-    clash = _RESERVED & set(extra or {})
+    return write_task_model_files(path, arrays, model_config=config.to_dict(), spec=spec_json, extra=extra)
+
+
+def write_task_model_files(
+    path: Path,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    model_config: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    task: str = "forecasting",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """The one writer, for any task's model: arrays, then the sidecar (the commit marker).
+
+    A forecasting model's sidecar has no ``task`` field (files written before tasks existed
+    read the same); any other task's model names its task, so that a forecaster is never
+    loaded from another task's weights.
+    """
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a model file ends in .safetensors")
+    clash = (_RESERVED | {TASK_KEY}) & set(extra or {})
     if clash:
         raise ValueError(f"extra metadata may not set {sorted(clash)}")
     data = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
@@ -93,14 +112,21 @@ def write_model_files(
     sha = hashlib.sha256(data).hexdigest()
     meta: dict[str, Any] = dict(extra or {}) | {
         "format-version": FORMAT_VERSION,
-        "model-config": config.to_dict(),
-        "window-spec": spec_json,
+        "model-config": dict(model_config),
+        "window-spec": dict(spec),
         "sha256": sha,
     }
+    if task != "forecasting":
+        meta[TASK_KEY] = task
     meta["digest"] = _digest(meta, sha)
     sidecar = sidecar_of(path)
     atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
     return sidecar
+
+
+def model_task(meta: Mapping[str, Any]) -> str:
+    """The task a sidecar's model belongs to (``"forecasting"`` when it names none)."""
+    return str(meta.get(TASK_KEY, "forecasting"))
 
 
 def read_model_files(sidecar: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -223,6 +249,11 @@ def load_model(path: Path) -> SavedModel:
     """
     sidecar = resolve_model_path(path)
     meta, arrays = read_model_files(sidecar)
+    if model_task(meta) != "forecasting":
+        raise ModelFileError(
+            f"{sidecar}: is a '{model_task(meta)}' model, not a demand forecaster (see docs/equipment.md for "
+            "the equipment task's commands)"
+        )
     try:
         config = ForecasterConfig.from_dict(meta["model-config"])
     except (TypeError, ValueError) as exc:

@@ -19,7 +19,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_COMMAND_MODULES = ("validate", "generate", "privacy", "forecast", "share", "allocate", "simulate", "audit")
+_COMMAND_MODULES = (
+    "validate",
+    "generate",
+    "privacy",
+    "forecast",
+    "share",
+    "allocate",
+    "maintenance_plan",
+    "simulate",
+    "audit",
+)
 
 
 @app.callback()

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.contract import Problem
+from medalloc_core.equipment.validation import equipment_reports
 from medalloc_core.validation import ValidationReport, validate_file
 
 # Lines of problems shown per file; the rest are counted, so a broken million-row file
@@ -28,27 +29,33 @@ def register(app: typer.Typer) -> None:
 
 def validate(
     paths: list[Path] = typer.Argument(
-        ..., help="Daily/weekly unit-records or encounter files, CSV or Parquet.", show_default=False
+        ...,
+        help="Daily/weekly unit-records or encounter files, equipment inventories or event logs (CSV or Parquet), "
+        "or fleet folders (devices + events).",
+        show_default=False,
     ),
 ) -> None:
-    """Check hospital files against the data contract (docs/data.md); never modifies them.
+    """Check hospital files against the data contract (docs/data.md, docs/equipment.md); never modifies them.
 
-    Exits 0 when every file is valid (warnings allowed) and 2 when any file has an error.
+    A fleet folder is checked file by file and the event log against the inventory. Exits 0 when
+    every file is valid (warnings allowed) and 2 when any file has an error.
     """
     console = Console(soft_wrap=True, highlight=False)
-    failed = 0
+    failed = checked = 0
     for path in paths:
         try:
-            report = validate_file(path)
+            reports = equipment_reports(path) or [validate_file(path)]
         except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
             logger.debug("validating %s failed", path, exc_info=True)
             message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
-            report = ValidationReport(path, [Problem(str(path), message)])
-        _show_report(console, report)
-        failed += not report.ok
-    if len(paths) > 1:
+            reports = [ValidationReport(path, [Problem(str(path), message)])]
+        for report in reports:
+            _show_report(console, report)
+            failed += not report.ok
+            checked += 1
+    if checked > 1:
         style = "red" if failed else "green"
-        console.print(f"[{style}]{len(paths) - failed} of {len(paths)} file(s) valid[/{style}]")
+        console.print(f"[{style}]{checked - failed} of {checked} file(s) valid[/{style}]")
     if failed:
         raise typer.Exit(EXIT_INVALID)
 
@@ -87,15 +94,23 @@ def _summary_table(summary: dict[str, object]) -> Table:
         "format": summary.get("format"),
         "shape": summary.get("shape"),
         "frequency": summary.get("frequency"),
-        "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) else units,
+        "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) and units else None,
         "date range": f"{summary.get('date_start')} .. {summary.get('date_end')}",
         "rows": summary.get("rows"),
         "gaps": summary.get("gaps"),
     }
+    if isinstance(summary.get("events"), dict):
+        shown["events"] = ", ".join(f"{k} {v}" for k, v in summary["events"].items())  # type: ignore[union-attr]
+    if isinstance(summary.get("device_types"), list):
+        shown["devices"] = f"{summary.get('devices')} of types {', '.join(summary['device_types'])}"  # type: ignore[arg-type]
+        shown["date range"] = f"installed {summary.get('date_start')} .. {summary.get('date_end')}"
+    elif "devices" in summary:
+        shown["devices"] = summary["devices"]
     if "encounters" in summary:
         shown["stays (open)"] = f"{summary['encounters']} ({summary['open_stays']} open)"
     if summary.get("columns_ignored"):
         shown["ignored columns"] = ", ".join(map(str, summary["columns_ignored"]))  # type: ignore[call-overload]
     for key, value in shown.items():
-        table.add_row(key, escape(str(value)))
+        if value is not None:  # an equipment file has no frequency or gaps
+            table.add_row(key, escape(str(value)))
     return table
