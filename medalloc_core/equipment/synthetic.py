@@ -463,10 +463,14 @@ def _hospital(
             service_hours.append(profile.service_hours)
             intervals.append(max(30, int(round(profile.pm_interval * interval_factor))))
 
+    # Rows in device_id order, as the loader sorts them: the hidden state lines up with a loaded fleet.
+    order = np.argsort([r[ec.DEVICE_ID] for r in rows], kind="stable")
     params = DeviceParams(
-        **{k: np.asarray(v, dtype=np.int64 if k == "install_day" else float) for k, v in columns.items()}
+        **{k: np.asarray(v, dtype=np.int64 if k == "install_day" else float)[order] for k, v in columns.items()}
     )
-    inventory = pd.DataFrame(rows)
+    inventory = pd.DataFrame(rows).iloc[order].reset_index(drop=True)
+    service_hours = list(np.asarray(service_hours)[order])
+    intervals = list(np.asarray(intervals)[order])
     events, states = _simulate(config, params, np.asarray(intervals), compliance, inventory, rng, keep_states)
     devices = inventory[list(ec.INVENTORY_COLUMNS)].copy()
     devices[ec.DEVICE_ID] = devices[ec.DEVICE_ID].astype(str)
