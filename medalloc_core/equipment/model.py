@@ -219,6 +219,27 @@ def _device_loss_fn(model: nn.Module, pos_weight: float):  # type: ignore[no-unt
     return loss
 
 
+@torch.no_grad()
+def privatise(
+    grads: Mapping[str, torch.Tensor], *, dp: DeviceDP, expected_batch: int, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """One DP-SGD step's gradient from per-device gradients ``{name: (b, *shape)}``.
+
+    Each device's whole gradient (all parameters together) is clipped to ``dp.max_grad_norm``,
+    the clipped gradients are summed, ``N(0, (sigma C)^2)`` is added to every coordinate and the
+    sum is divided by the *expected* batch size, as DP-SGD is accounted (an empty batch still
+    gets its noise).
+    """
+    norms = torch.sqrt(sum((g.flatten(1).pow(2).sum(1) for g in grads.values()), torch.zeros(1)))  # (b,)
+    coef = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    out = {}
+    for name, g in grads.items():
+        clipped = (g * coef.view(-1, *([1] * (g.dim() - 1)))).sum(0)
+        noise = torch.from_numpy(rng.standard_normal(tuple(g.shape[1:]))).to(clipped.dtype)
+        out[name] = (clipped + noise * (dp.noise_multiplier * dp.max_grad_norm)) / expected_batch
+    return out
+
+
 def train_risk(
     model: nn.Module,
     data: DeviceBatches,
@@ -281,16 +302,7 @@ def train_risk(
                 if dp is None:
                     total = {k: g.sum(0) / max(len(idx), 1) for k, g in grads.items()}
                 else:
-                    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))  # (b,)
-                    coef = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-                    total = {}
-                    for k, g in grads.items():
-                        noise = torch.from_numpy(rng.standard_normal(tuple(params[k].shape))).float()
-                        clipped = (g * coef.view(-1, *([1] * (g.dim() - 1)))).sum(0)
-                        # the mean over the *expected* batch, as DP-SGD accounts it
-                        total[k] = (
-                            clipped + noise * (dp.noise_multiplier * dp.max_grad_norm)
-                        ) / plan.expected_batch_size
+                    total = privatise(grads, dp=dp, expected_batch=plan.expected_batch_size, rng=rng)
                 for k, p in params.items():
                     p.grad = total[k]
                     if config.proximal_mu and global_params is not None:
