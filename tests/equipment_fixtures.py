@@ -32,3 +32,13 @@ def fleet_copy(tmp_path: Path, fmt: str = "csv") -> Path:
     target = tmp_path / f"fleets-{fmt}"
     shutil.copytree(_written(fmt), target)
     return target
+
+
+# One larger hospital (about 280 devices, 600 days): enough failures to learn from.
+MEDIUM = FleetConfig(hospitals=1, days=600, seed=11, min_beds=450, max_beds=450)
+
+
+@cache
+def medium_region() -> EquipmentRegion:
+    """The MEDIUM fleet in memory."""
+    return generate_fleets(MEDIUM)
