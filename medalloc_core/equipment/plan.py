@@ -104,12 +104,6 @@ def _group_limits(inputs: PlanInputs, share: float) -> tuple[sp.csr_matrix, np.n
     return matrix, np.maximum(1, np.floor(share * sizes))
 
 
-def _subset(inputs: PlanInputs, index: np.ndarray) -> PlanInputs:
-    return PlanInputs(
-        **{name: getattr(inputs, name)[index] for name in PlanInputs.__dataclass_fields__}  # type: ignore[arg-type]
-    )
-
-
 def plan_week(inputs: PlanInputs, *, hours: float, max_share_away: float = 0.5, method: str = "model") -> Plan:
     """Choose the devices to service this week (the integer programme above).
 
@@ -142,12 +136,12 @@ def plan_week(inputs: PlanInputs, *, hours: float, max_share_away: float = 0.5, 
         return Plan(np.zeros(n, dtype=bool), hours, 0.0, 0.0, without, method)
     # Only the candidates enter HiGHS: the rest are fixed at 0 anyway, and a small problem solves
     # in milliseconds (the oracle solves one per simulated world).
+    # The group limits count every device of the unit and type (in service or not).
     index = np.flatnonzero(candidate)
-    sub = _subset(inputs, index)
-    groups, limits = _group_limits(sub, max_share_away)
+    groups, limits = _group_limits(inputs, max_share_away)
     constraints = [
-        LinearConstraint(sp.csr_matrix(sub.service_hours.reshape(1, -1)), -np.inf, hours),
-        LinearConstraint(groups, -np.inf, limits),
+        LinearConstraint(sp.csr_matrix(inputs.service_hours[index].reshape(1, -1)), -np.inf, hours),
+        LinearConstraint(groups[:, index], -np.inf, limits),
     ]
     result = milp(
         c=-benefit[index],
