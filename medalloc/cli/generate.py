@@ -149,7 +149,7 @@ def generate(
     fmt: str = typer.Option("csv", "--format", "-f", help="'csv' or 'parquet'."),
     start: str = typer.Option("2023-01-01", "--start", help="First date, YYYY-MM-DD."),
     force: bool = typer.Option(False, "--force", help="Replace a region already in --out."),
-    task: str = typer.Option(
+    task_name: str = typer.Option(
         "forecasting", "--task", help="'forecasting' (unit records) or 'equipment' (device fleets and event logs)."
     ),
 ) -> None:
@@ -158,13 +158,13 @@ def generate(
     With --task equipment: one folder per hospital (devices and events files) plus fleet.json.
     """
     console = Console(stderr=True)
-    if task not in ("forecasting", "equipment"):
-        _fail(console, f"--task must be 'forecasting' or 'equipment', got {task!r}")
+    if task_name not in ("forecasting", "equipment"):
+        _fail(console, f"--task must be 'forecasting' or 'equipment', got {task_name!r}")
     if fmt not in _FORMATS:
         _fail(console, f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
     if out.exists() and not out.is_dir():
         _fail(console, f"--out {out} is a file; give a directory")
-    if task == "equipment":
+    if task_name == "equipment":
         _generate_fleets(console, hospitals=hospitals, days=days, seed=seed, out=out, fmt=fmt, start=start, force=force)
         return
     if shape not in _SHAPES:

@@ -37,7 +37,7 @@ def _parse_hours(text: str | None, file: Path | None) -> dict[str, float]:
                 f"{file}: needs the columns device_type and service_hours (found: {', '.join(frame.columns)})"
             )
         for label, row in frame.iterrows():
-            where = f"{file}, row {int(label) + 2}"  # type: ignore[call-overload]
+            where = f"{file}, row {int(label) + 2}"
             name = str(row[columns["device_type"]] or "").strip()
             value = row[columns["service_hours"]]
             try:

@@ -99,10 +99,11 @@ def _summary_table(summary: dict[str, object]) -> Table:
         "rows": summary.get("rows"),
         "gaps": summary.get("gaps"),
     }
-    if isinstance(summary.get("events"), dict):
-        shown["events"] = ", ".join(f"{k} {v}" for k, v in summary["events"].items())  # type: ignore[union-attr]
-    if isinstance(summary.get("device_types"), list):
-        shown["devices"] = f"{summary.get('devices')} of types {', '.join(summary['device_types'])}"  # type: ignore[arg-type]
+    events, types = summary.get("events"), summary.get("device_types")
+    if isinstance(events, dict):
+        shown["events"] = ", ".join(f"{k} {v}" for k, v in events.items())
+    if isinstance(types, list):
+        shown["devices"] = f"{summary.get('devices')} of types {', '.join(map(str, types))}"
         shown["date range"] = f"installed {summary.get('date_start')} .. {summary.get('date_end')}"
     elif "devices" in summary:
         shown["devices"] = summary["devices"]

@@ -604,7 +604,7 @@ def _simulate(
             ec.TIME: pd.to_datetime(times),
             ec.EVENT: np.asarray(ec.EVENT_KINDS, dtype=object)[kind],
             "hours": np.where(is_usage, value, np.nan).astype(float),
-            "code": np.where(is_error, value, None),
+            "code": pd.Series(value, dtype=object).where(is_error, None).to_numpy(),
         }
     )
     frame = frame.sort_values([ec.DEVICE_ID, ec.TIME, ec.EVENT], kind="stable").reset_index(drop=True)
