@@ -69,6 +69,7 @@ class Refusal(IntEnum):
     DATA_INVALID = 1003  # the node's records fail the data contract
     REQUEST_INVALID = 1004  # the coordinator's request cannot be honoured (wrong model, bad config)
     NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
+    TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
 
     @property
     def slug(self) -> str:
@@ -267,3 +268,11 @@ class EvaluateReply(_Reply):
 
 TRAIN_METRIC_KEYS: frozenset[str] = TrainReply.keys()
 EVAL_METRIC_KEYS: frozenset[str] = EvaluateReply.keys()
+
+
+# ------------------------------------------------------------------ for other tasks' messages
+# A task's own instructions and replies (medalloc_core.equipment.protocol) read their fields
+# with the same rules and the same ProtocolError messages.
+read_field = _field
+read_json_field = _json_field
+Reply = _Reply

@@ -22,11 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
-from medalloc_core.model_io import FINAL_MODEL_NAME, write_model_files
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
-from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
+from medalloc_core.model_io import FINAL_MODEL_NAME
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
+from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
@@ -43,7 +41,7 @@ class FederationResult:
     """What a finished run leaves behind (also written to the out dir)."""
 
     arrays: dict[str, np.ndarray]
-    model_config: ForecasterConfig
+    model_config: Any  # the task's model config (ForecasterConfig, RiskModelConfig, ...)
     rounds: list[RoundRecord] = field(default_factory=list)
     out_dir: Path = Path(".")
 
@@ -128,12 +126,15 @@ def run_federation(
     out = resolve_out_dir(config, run_id)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / METRICS_FILE
-    spec = federation_window_spec(history=config.history, horizon=config.horizon, targets=config.target_list)
-    mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
+    task: FederatedTask = get_task(config.task)
+    options = task.options(config.task_options)
+    model: TaskModel = task.model(config, options)
+    mconfig, spec = model.config, model.spec
     sampled = max(config.min_train_nodes, config.min_available_nodes)
-    built = build_strategy(config, num_sampled_nodes=sampled)
+    built = build_strategy(config, num_sampled_nodes=sampled, task=task)
+    evaluates = task.evaluates and config.fraction_evaluate > 0
 
-    arrays = state_arrays(build_model(mconfig, seed=config.seed))
+    arrays = model.arrays
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
     start, releases = 1, 0
     if config.resume:
@@ -141,6 +142,11 @@ def run_federation(
         if checkpoint is None:
             logger.warning("resume = true but no checkpoint in %s: starting from round 1", checkpoint_dir)
         else:
+            if checkpoint.task != task.name:
+                raise RunConfigError(
+                    f"the checkpoint of round {checkpoint.round} is of the '{checkpoint.task}' task; "
+                    f"this run is '{task.name}'"
+                )
             if checkpoint.strategy != config.strategy or checkpoint.model_config != mconfig:
                 raise RunConfigError(
                     f"the checkpoint of round {checkpoint.round} was made with strategy '{checkpoint.strategy}' and "
@@ -156,28 +162,15 @@ def run_federation(
     built.strategy.summary()
     record_arrays = _to_record(arrays)
 
+    # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; the
+    # tasks' dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
     def train_config(server_round: int) -> ConfigRecord:
-        instruction = TrainInstruction(
-            server_round=server_round,
-            model_config=mconfig,
-            window_spec=spec,
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            proximal_mu=config.proximal_mu if config.strategy == "fedprox" else 0.0,
-            dp_noise_multiplier=config.dp_noise_multiplier,
-            dp_target_epsilon=config.dp_target_epsilon,
-            dp_max_grad_norm=config.dp_max_grad_norm,
-            run_tag=f"run-{run_id}",
-            seed=config.seed,
+        return ConfigRecord(
+            task.train_instruction(config, options, model, server_round=server_round, run_tag=f"run-{run_id}")  # type: ignore[arg-type]
         )
-        # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; our
-        # dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
-        return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]
 
     def eval_config(server_round: int) -> ConfigRecord:
-        instruction = EvaluateInstruction(server_round=server_round, model_config=mconfig, window_spec=spec)
-        return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]  # as in train_config
+        return ConfigRecord(task.evaluate_instruction(config, options, model, server_round=server_round))  # type: ignore[arg-type]
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
         replies = grid.send_and_receive(
@@ -190,7 +183,7 @@ def run_federation(
             logger.exception("round %s: evaluation aggregation failed", server_round)
             return None
 
-    if start == 1 and config.fraction_evaluate > 0:
+    if start == 1 and evaluates:
         initial = evaluate_round(0)
         record = RoundRecord(round=0, time=datetime.now(UTC).isoformat(), evaluate=_metrics_dict(initial))
         append_round(log_path, record)
@@ -217,7 +210,7 @@ def run_federation(
             if built.dp is not None:
                 releases += 1
         train_outcomes = list(built.strategy.report.train)
-        eval_metrics = evaluate_round(server_round) if config.fraction_evaluate > 0 else None
+        eval_metrics = evaluate_round(server_round) if evaluates else None
         epsilons = [o.metrics[protocol.EPSILON] for o in train_outcomes if protocol.EPSILON in o.metrics]
         record = RoundRecord(
             round=server_round,
@@ -245,6 +238,7 @@ def run_federation(
                 round=server_round,
                 arrays=_to_arrays(record_arrays),
                 strategy=config.strategy,
+                task=task.name,
                 model_config=mconfig,
                 window_spec=spec,
                 run_config=config.to_dict(),
@@ -257,12 +251,11 @@ def run_federation(
             on_round(record)
 
     result.arrays = _to_arrays(record_arrays)
-    write_model_files(
+    task.write_model(
         out / FINAL_MODEL,
         result.arrays,
-        config=mconfig,
-        spec=spec,
-        extra={"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
+        model,
+        {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
     logger.info("final model written to %s", out / FINAL_MODEL)
     return result
@@ -278,7 +271,7 @@ def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: Ro
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = RunConfig.from_mapping({k: v for k, v in {**context.run_config, **extra}.items() if "." not in k})
+        config = RunConfig.from_mapping({**context.run_config, **extra})
         run_federation(grid, config, run_id=context.run_id, on_round=on_round)
 
     return app

@@ -24,12 +24,15 @@ from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
 from medalloc.client.task import LocalData, load_local_data, test_forecasts
 from medalloc.server.app import FINAL_MODEL, make_server_app
+from medalloc.server.config import RunConfig
 from medalloc_core.features import federation_window_spec
 from medalloc_core.model_io import read_model_files, sidecar_of
 from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
+from medalloc_core.tasks import DEFAULT_TASK, get_task
+from medalloc_core.tasks.base import SimulationRun
 
 from . import comparisons as cmp
 from . import plots
@@ -136,12 +139,16 @@ def run_scenario(
     timings: dict[str, float] = {}
     (out / SCENARIO_FILE).write_text(scenario.text or default_scenario_text(), encoding="utf-8")
 
-    # --- the region: one file per hospital --------------------------------------------
+    # --- the region: one file (or fleet folder) per hospital ------------------------------
     began = time.perf_counter()
     progress.phase(f"generating {scenario.hospitals} hospitals")
     region_dir = out / "region"
-    write_region(generate_region(scenario.region_config()), region_dir)
-    files = hospital_files(region_dir)
+    task = get_task(scenario.task)
+    if scenario.task == DEFAULT_TASK:
+        write_region(generate_region(scenario.region_config()), region_dir)
+        files = hospital_files(region_dir)
+    else:
+        files = task.generate(region_dir, scenario.region)
     timings["region"] = time.perf_counter() - began
 
     # --- the federation ---------------------------------------------------------------
@@ -152,6 +159,8 @@ def run_scenario(
     simulate_federation(run_config, len(files), client_cpus=scenario.client_cpus, on_round=progress.round)
     timings["federation"] = time.perf_counter() - began
     rounds = read_rounds(out / METRICS_FILE)
+    if scenario.task != DEFAULT_TASK:
+        return _task_report(scenario, out, region_dir, config, rounds, timings, progress)
     final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
     # --- the same test windows for every method ------------------------------------------
@@ -256,6 +265,58 @@ def run_scenario(
             name: {"overall": cmp.overall(per_h), "per_hospital": per_h} for name, per_h in methods.items() if per_h
         },
         "local_only_dp_epsilon": local_dp_eps,
+        "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    return summary
+
+
+def _task_report(
+    scenario: Scenario,
+    out: Path,
+    region_dir: Path,
+    config: RunConfig,
+    rounds: list[RoundRecord],
+    timings: dict[str, float],
+    progress: Progress,
+) -> dict[str, Any]:
+    """The comparisons, plots and summary of a task other than forecasting: the task's own report."""
+    task = get_task(scenario.task)
+    began = time.perf_counter()
+    options = task.options(config.task_options)
+    report = task.report(
+        SimulationRun(
+            out=out,
+            region_dir=region_dir,
+            region=scenario.region,
+            run=config,
+            options=options,
+            comparisons=scenario.comparisons,
+            epsilon_budget=scenario.epsilon_budget,
+            delta=scenario.delta,
+            phase=lambda name, total: progress.phase(name, total=total),
+            advance=progress.advance,
+        )
+    )
+    timings["comparisons"] = time.perf_counter() - began
+    plots.privacy_rounds_plot(out / "plots" / "metrics_per_round.png", rounds)
+    epsilons = report.pop("federation_epsilon_per_hospital", {})
+    summary = {
+        "scenario": scenario.name,
+        "task": scenario.task,
+        "source": scenario.source,
+        "hospitals": sorted(epsilons) or [p.name for p in task.node_data(region_dir)],
+        "federation": {
+            "strategy": config.strategy,
+            "rounds": config.num_server_rounds,
+            "local_epochs": config.local_epochs,
+            "last_round": rounds[-1].to_dict() if rounds else None,
+            "epsilon_budget": scenario.epsilon_budget,
+            "delta": scenario.delta,
+            "epsilon_per_hospital": epsilons,
+        },
+        **report,
         "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
     }

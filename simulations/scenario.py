@@ -10,8 +10,10 @@ from typing import Any
 
 from medalloc.server.config import RunConfig, RunConfigError
 from medalloc_core.synthetic import RegionConfig
+from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
-_SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "output", "simulation"}
+# A task's own run-config keys go in a section named after it ([equipment] -> "equipment.<key>").
+_SECTIONS = {"name", "task", "region", "federation", "privacy", "comparisons", "output", "simulation", *task_names()}
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
 _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
 
@@ -24,13 +26,19 @@ class ScenarioError(ValueError):
 class Scenario:
     """Everything one simulation run needs; built by ``load_scenario``.
 
-    ``region`` holds ``RegionConfig`` keyword arguments and ``federation`` run-config keys
-    (kebab-case, as in ``[tool.flwr.app.config]``); both are validated on load.
+    ``task`` is the federated task (``[task] name``, default forecasting); ``region`` holds the
+    task's generator keyword arguments (``RegionConfig`` for forecasting, ``FleetConfig`` for
+    equipment), ``federation`` run-config keys (kebab-case, as in ``[tool.flwr.app.config]``) and
+    ``task_options`` the task's own keys (the ``[<task>]`` section); all are validated on load.
+    ``comparisons`` is the raw ``[comparisons]`` section (a task other than forecasting reads it).
     """
 
     name: str
     region: dict[str, Any]
     federation: dict[str, Any]
+    task: str = DEFAULT_TASK
+    task_options: dict[str, Any] = field(default_factory=dict)
+    comparisons: dict[str, Any] = field(default_factory=dict)
     epsilon_budget: float = 10.0
     delta: float = 1e-5
     local_only: bool = True
@@ -45,6 +53,8 @@ class Scenario:
     @property
     def hospitals(self) -> int:
         """Number of hospitals (= virtual nodes)."""
+        if self.task != DEFAULT_TASK:
+            return int(self.region.get("hospitals", 10))
         return int(self.region_config().hospitals)
 
     def region_config(self) -> RegionConfig:
@@ -55,6 +65,8 @@ class Scenario:
         """Run-config keys for the ServerApp/ClientApp of this scenario."""
         keys: dict[str, Any] = {"min-available-nodes": self.hospitals, "min-train-nodes": self.hospitals}
         keys |= self.federation
+        keys |= {"task": self.task} if self.task != DEFAULT_TASK else {}
+        keys |= {f"{self.task}.{k}": v for k, v in self.task_options.items()}
         keys |= {
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
@@ -104,16 +116,30 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     comparisons = dict(raw.get("comparisons", {}))
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
+    task_section = dict(raw.get("task", {}))
+    extra = set(task_section) - {"name"}
+    if extra:
+        raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [task]; known: ['name']")
+    task = str(task_section.get("name", DEFAULT_TASK))
+    if task not in task_names():
+        raise ScenarioError(f"{source}: [task] name '{task}' is unknown; choose one of {', '.join(task_names())}")
+    for other in task_names():
+        if other != task and other in raw:
+            raise ScenarioError(
+                f"{source}: [{other}] holds the {other} task's keys, but this scenario's task is {task}"
+            )
+    task_options = dict(raw.get(task, {}))
+    forecasting = task == DEFAULT_TASK
     for name, section, known in (
         ("privacy", privacy, {"epsilon-budget", "delta"}),
-        ("comparisons", comparisons, _COMPARISON_KEYS),
+        ("comparisons", comparisons, _COMPARISON_KEYS if forecasting else set(comparisons)),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
     ):
         extra = set(section) - known
         if extra:
             raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [{name}]; known: {sorted(known)}")
-    baselines = tuple(comparisons.get("baselines", ("seasonal_naive", "holt_winters")))
+    baselines = tuple(comparisons.get("baselines", ("seasonal_naive", "holt_winters"))) if forecasting else ()
     bad = [b for b in baselines if b not in _BASELINES]
     if bad:
         raise ScenarioError(f"{source}: unknown baseline(s) {bad} in [comparisons]; choose from {list(_BASELINES)}")
@@ -122,6 +148,9 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             name=str(raw.get("name", Path(source).stem)),
             region=region,
             federation=federation,
+            task=task,
+            task_options=task_options,
+            comparisons=comparisons,
             epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
             delta=float(privacy.get("delta", 1e-5)),
             local_only=bool(comparisons.get("local-only", True)),
@@ -133,7 +162,11 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             source=source,
             text=text,
         )
-        scenario.region_config()
+        if forecasting:
+            scenario.region_config()
+        else:
+            get_task(task).check_region(region)
+            get_task(task).check_comparisons(comparisons)
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ class LocalFleet:
     dataset: FleetDataset
     batches: DeviceBatches
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Key of the data actually used, for the privacy ledger: both files' content fingerprints, combined."""
         both = fingerprint_frame(self.fleet.devices) + fingerprint_frame(self.fleet.events)
