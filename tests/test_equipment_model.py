@@ -193,3 +193,20 @@ def test_risk_model_files_round_trip_and_are_not_confused_with_forecasters(tmp_p
     )
     with pytest.raises(ModelFileError, match="not an equipment risk model"):
         load_risk_model(tmp_path / "fc.safetensors")
+
+
+def test_the_ledger_key_of_a_fleet_ignores_format_and_row_order_but_not_values(tmp_path: Path) -> None:
+    from medalloc_core.equipment.local import fleet_fingerprint
+    from medalloc_core.equipment.validation import load_fleet
+    from tests.equipment_fixtures import fleet_copy
+
+    csv = fleet_copy(tmp_path, "csv") / "H000"
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    pd.read_csv(csv / "devices.csv", dtype=str).iloc[::-1].to_parquet(shuffled / "devices.parquet")
+    events = pd.read_csv(csv / "events.csv", dtype=str, keep_default_na=False)
+    events.sample(frac=1.0, random_state=1).to_parquet(shuffled / "events.parquet")
+    assert fleet_fingerprint(load_fleet(csv)) == fleet_fingerprint(load_fleet(shuffled))
+    events.loc[5, "value"] = "23.5" if events.loc[5, "event"] == "usage" else events.loc[5, "value"] + "X"
+    events.to_csv(csv / "events.csv", index=False)
+    assert fleet_fingerprint(load_fleet(csv)) != fleet_fingerprint(load_fleet(shuffled))

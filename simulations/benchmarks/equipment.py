@@ -5,8 +5,8 @@ Run: ``python -m simulations.benchmarks.equipment [--hospitals 12 --rounds 20 --
 A synthetic region of fleets (``medalloc_core.equipment.synthetic``) is generated with its
 hidden state kept at the planning weeks. The risk model is trained
 
-- federated with device-level DP-SGD (FedAvg; every node's ledger-charged plan: ``--rounds``
-  rounds of ``--local-epochs`` epochs at noise ``--noise``),
+- federated with device-level DP-SGD: ``--rounds`` rounds of FedAvg, each node ``--local-epochs``
+  epochs at noise ``--noise``, charged to its own equipment ledger,
 - by each hospital alone with the same DP noise and steps (the same device epsilon) and
   without DP, and on all hospitals' snapshots pooled (no privacy),
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from medalloc.client.app import make_client_app
+from medalloc.server.app import run_federation
+from medalloc.server.config import RunConfig
 from medalloc_core.equipment.comparisons import (
     compare_plans,
     model_predictions,
@@ -46,48 +50,55 @@ from medalloc_core.equipment.comparisons import (
 )
 from medalloc_core.equipment.contract import Fleet
 from medalloc_core.equipment.features import SnapshotSpec
-from medalloc_core.equipment.local import LocalFleet, prepare_fleet
-from medalloc_core.equipment.model import (
-    DeviceDP,
-    RiskModelConfig,
-    RiskTrainConfig,
-    build_risk_model,
-    risk_plan,
-    train_risk,
-)
+from medalloc_core.equipment.local import prepare_fleet
+from medalloc_core.equipment.model import DeviceDP, RiskModelConfig, RiskTrainConfig, load_risk_model
 from medalloc_core.equipment.plots import reliability_plot
-from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets
-from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
+from medalloc_core.privacy.ledger import PrivacyLedger
+
+from ..local_grid import LocalGrid, task_identity
+from ..logs import quiet_flower
 
 logger = logging.getLogger(__name__)
 DELTA = 1e-5
 
 
-def federated_in_process(
-    config: RiskModelConfig,
-    locals_: dict[str, LocalFleet],
+def federated(
+    region_dir: Path,
+    out: Path,
     *,
+    hospitals: int,
     rounds: int,
-    train: RiskTrainConfig,
-    dp: DeviceDP,
-    rng: np.random.Generator,
-    seed: int = 0,
+    local_epochs: int,
+    options: dict[str, float | int | bool],
 ) -> tuple[nn.Module, dict[str, float]]:
-    """FedAvg over the hospitals (weights: devices), each round every node's DP-SGD call; returns model and epsilons."""
-    global_model = build_risk_model(config, seed=seed)
-    histories: dict[str, list[tuple[float, float, int]]] = {h: [] for h in locals_}
-    for _ in range(rounds):
-        states, weights = [], []
-        for hid, local in locals_.items():
-            model = build_risk_model(config, seed=seed)
-            model.load_state_dict(global_model.state_dict())
-            train_risk(model, local.batches, config=train, dp=dp, rng=rng)
-            states.append(model.state_dict())
-            weights.append(local.batches.n_devices)
-            histories[hid].append(risk_plan(local.batches.n_devices, train).history_item(dp.noise_multiplier))
-        w = np.asarray(weights, dtype=float) / sum(weights)
-        global_model.load_state_dict({k: sum(wi * s[k] for wi, s in zip(w, states)) for k in states[0]})
-    return global_model, {h: epsilon_for(v, delta=DELTA) for h, v in histories.items()}
+    """The federation: the project's ServerApp round loop and ClientApp (one virtual node per fleet) in-process.
+
+    The nodes are simulated ones (``partition-id``): each reads its own fleet folder and keeps
+    its own equipment ledger in ``region_dir/ledgers``; the run asks for reproducible noise so
+    that the printed figures repeat (a real node refuses that switch).
+    """
+    keys = {
+        "task": "equipment",
+        "num-server-rounds": rounds,
+        "local-epochs": local_epochs,
+        "min-available-nodes": hospitals,
+        "min-train-nodes": hospitals,
+        "out-dir": str(out),
+        "simulation-data-dir": str(region_dir),
+        "simulation-epsilon-budget": 1000.0,
+        "simulation-delta": DELTA,
+        "equipment.reproducible-noise": True,
+    } | {f"equipment.{k}": v for k, v in options.items()}
+    nodes = {i + 1: {"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)}
+    logging.getLogger("medalloc_core.equipment.task").setLevel(logging.ERROR)  # one reproducible-noise line per round
+    with task_identity():
+        run_federation(LocalGrid(make_client_app(keys), nodes), RunConfig.from_mapping(keys), run_id=1)
+    epsilons = {
+        p.name.removesuffix("-equipment.json"): PrivacyLedger.load(p).epsilon_spent()
+        for p in sorted((region_dir / "ledgers").glob("*-equipment.json"))
+    }
+    return load_risk_model(out).model, epsilons
 
 
 def main() -> None:
@@ -95,8 +106,8 @@ def main() -> None:
     parser.add_argument("--hospitals", type=int, default=12)
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=4)
     parser.add_argument("--noise", type=float, default=3.0, help="DP-SGD noise multiplier (device level)")
     parser.add_argument("--clip", type=float, default=0.2, help="per-device gradient clipping bound")
     parser.add_argument("--batch", type=int, default=64, help="expected devices per DP-SGD step")
@@ -108,6 +119,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=None, help="folder for the reliability diagram")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    quiet_flower()
     console = Console(width=140)
     began = time.perf_counter()
 
@@ -131,14 +143,22 @@ def main() -> None:
     config = RiskModelConfig(n_features=spec.n_features, hidden=args.hidden)
     rng = np.random.default_rng(args.seed)
     dp = DeviceDP(noise_multiplier=args.noise, max_grad_norm=args.clip)
-    per_round = RiskTrainConfig(epochs=args.local_epochs, batch_size=args.batch, lr=args.lr)
     alone = RiskTrainConfig(epochs=args.local_epochs * args.rounds, batch_size=args.batch, lr=args.lr)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    federated, epsilons = federated_in_process(
-        config, locals_, rounds=args.rounds, train=per_round, dp=dp, rng=rng, seed=args.seed
-    )
+    options = {"noise-multiplier": args.noise, "max-grad-norm": args.clip, "batch-size": args.batch, "lr": args.lr}
+    options |= {"hidden": args.hidden}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fleets(region, Path(tmp) / "region")
+        federated_model, epsilons = federated(
+            Path(tmp) / "region",
+            Path(tmp) / "out",
+            hospitals=args.hospitals,
+            rounds=args.rounds,
+            local_epochs=args.local_epochs,
+            options=options,
+        )
     timings["federated"] = time.perf_counter() - t
     t = time.perf_counter()
     local_dp = {
@@ -154,7 +174,7 @@ def main() -> None:
     timings["pooled"] = time.perf_counter() - t
 
     models: dict[str, Callable[[str], nn.Module]] = {
-        "federated DP": lambda h: federated,
+        "federated DP": lambda h: federated_model,
         "local only DP": lambda h: local_dp[h],
         "local only (no DP)": lambda h: local_plain[h],
         "pooled (no privacy)": lambda h: pooled,
@@ -197,7 +217,7 @@ def main() -> None:
     truth = {h.hospital_id: (locals_[h.hospital_id], h) for h in region.hospitals}
     comparison = compare_plans(
         truth,
-        {"federated DP model": lambda h: federated, "pooled model": lambda h: pooled},
+        {"federated DP model": lambda h: federated_model, "pooled model": lambda h: pooled},
         spec,
         days=plan_days,
         start=fleet_config.start,
