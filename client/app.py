@@ -33,8 +33,13 @@ logger = logging.getLogger(__name__)
 
 
 def refusal(message: Message, code: Refusal, detail: str) -> Message:
-    """The reply for a declined round: ``Error(code, "<slug>: <detail>")``. ``detail`` must hold no data."""
+    """The reply for a declined round: ``Error(code, "<slug>: <detail>")``; ``detail`` comes from ``_reason``."""
     return Message(error=Error(code=int(code), reason=f"{code.slug}: {detail}"), reply_to=message)
+
+
+def _reason(code: Refusal, **values: Any) -> str:
+    """A refusal's detail: the code's fixed text in ``protocol.REFUSAL_REASONS``, never data from the files."""
+    return protocol.REFUSAL_REASONS[code].format(**values)
 
 
 # ------------------------------------------------------------------ request parsing
@@ -43,7 +48,7 @@ def _request(message: Message) -> tuple[ArrayRecord, ConfigRecord]:
     try:
         return message.content.array_records[protocol.ARRAYS], message.content.config_records[protocol.CONFIG]
     except KeyError as exc:
-        raise TaskRefused(Refusal.REQUEST_INVALID, f"the request has no {exc} record") from exc
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=f"no {exc} record")) from exc
 
 
 def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
@@ -51,9 +56,7 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
         node = NodeConfig.from_context(context, run_config=run_config)
     except NodeConfigError as exc:
         logger.error("node configuration: %s", exc)
-        raise TaskRefused(
-            Refusal.NODE_MISCONFIGURED, "the node's own configuration is incomplete; see the node's log"
-        ) from exc
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
     torch.set_num_threads(node.threads)
     return node
 
@@ -79,9 +82,7 @@ def handle(
         node = _node(context, run_config)
         if task.name not in node.tasks:
             logger.warning("a %s request for task '%s', which this node does not serve", phase, task.name)
-            raise TaskRefused(
-                Refusal.TASK_NOT_SERVED, f"this node does not serve the '{task.name}' task (its own config decides)"
-            )
+            raise TaskRefused(Refusal.TASK_NOT_SERVED, _reason(Refusal.TASK_NOT_SERVED, task=task.name))
         arrays, config = _request(message)
         global_arrays = {k: v.numpy() for k, v in arrays.items()}
         settings = node.task(task.name)

@@ -24,6 +24,7 @@ from typing import Any
 
 from flwr.app import Context
 
+from medalloc_core.privacy.accounting import ACCOUNTANTS
 from medalloc_core.tasks import DEFAULT_TASK, NodeTask, get_task, task_names
 
 DATA_SUFFIXES = (".csv", ".parquet")
@@ -57,10 +58,16 @@ class NodeConfig:
     simulated : bool
         True when the values came from simulation run-config keys.
 
-    Every ``NodeTask`` carries the shared node keys too: ``privacy-delta`` (default 1e-5),
+    Every ``NodeTask`` carries the shared node keys too: ``privacy-delta`` (default 1e-6),
     ``privacy-accountant`` ("prv"), ``max-local-epochs`` (5: the most local epochs per round
     the node accepts), ``min-noise-multiplier`` (0.5: the least DP-SGD noise; a smaller
-    proposal is raised to it), ``max-grad-norm`` (1.0: the largest clipping bound).
+    proposal is raised to it), ``max-grad-norm`` (1.0: the largest clipping bound) and
+    ``node-state-path`` (default ``medalloc-node-state.json`` in the task's ledger folder: the
+    record that notices a deleted or replaced ledger; keep it outside the ledger's folder, beside
+    the node's keys, so that removing that folder is noticed too; every task's ledger has its
+    own entry in it). The forecasting task also reads ``max-stay-days`` (14: the stay length the
+    patient-level epsilon covers), ``release-path`` (``<ledger>.released.csv``: the node's source
+    release) and ``release-columns`` (admissions, census).
     """
 
     tasks: Mapping[str, NodeTask] = field(default_factory=dict)
@@ -97,6 +104,29 @@ class NodeConfig:
     @property
     def max_local_epochs(self) -> int:
         return next(iter(self.tasks.values())).max_local_epochs
+
+    @property
+    def accountant(self) -> str:
+        return next(iter(self.tasks.values())).accountant
+
+    @property
+    def node_state_path(self) -> Path:
+        return self.task(DEFAULT_TASK).node_state_path  # type: ignore[return-value]
+
+    @property
+    def max_stay_days(self) -> int:
+        return int(self.task(DEFAULT_TASK).extra.get("max-stay-days", 14))
+
+    @property
+    def release_path(self) -> Path:
+        settings = self.task(DEFAULT_TASK)
+        default = settings.ledger_path.with_name(settings.ledger_path.name + ".released.csv")
+        return Path(str(settings.extra.get("release-path", default)))
+
+    @property
+    def release_columns(self) -> tuple[str, ...]:
+        raw = str(self.task(DEFAULT_TASK).extra.get("release-columns", "admissions,census"))
+        return tuple(c.strip() for c in raw.split(",") if c.strip())
 
     @classmethod
     def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -168,11 +198,14 @@ class NodeConfig:
         data_path = paths[partition]
         ledger = f"{data_path.stem}.json" if name == DEFAULT_TASK else f"{data_path.stem}-{name}.json"
         settings = _node_task(
-            {"privacy-delta": run.get("simulation-delta", 1e-5)},
+            {
+                "privacy-delta": run.get("simulation-delta", 1e-6),
+                "max-stay-days": run.get("simulation-max-stay-days", 14),
+            },
             name,
             data_path=data_path,
             ledger_path=folder / "ledgers" / ledger,
-            epsilon_budget=_number(run, "simulation-epsilon-budget", 10.0),
+            epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
             hospital_id=data_path.stem,
             simulated=True,
         )
@@ -206,13 +239,14 @@ def _node_task(
             data_path=data_path,
             ledger_path=ledger_path,
             epsilon_budget=epsilon_budget,
-            delta=_number(node, "privacy-delta", 1e-5),
+            delta=_number(node, "privacy-delta", 1e-6),
             accountant=str(node.get("privacy-accountant", "prv")),
             max_local_epochs=int(_number(node, "max-local-epochs", 5)),
             min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
             max_grad_norm=_number(node, "max-grad-norm", 1.0),
             threads=_threads(node),
             simulated=simulated,
+            node_state_path=Path(str(node["node-state-path"])) if "node-state-path" in node else None,
             extra={k: v for k, v in node.items() if isinstance(v, int | float | str | bool)},
         )
     except ValueError as exc:
@@ -224,8 +258,10 @@ def _node_task(
         raise NodeConfigError("min-noise-multiplier must be > 0: a node never trains without DP noise")
     if settings.max_grad_norm <= 0:
         raise NodeConfigError(f"max-grad-norm must be > 0, got {settings.max_grad_norm}")
-    if settings.accountant not in ("prv", "rdp"):
+    if settings.accountant not in ACCOUNTANTS:
         raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {settings.accountant!r}")
+    if name == DEFAULT_TASK and int(_number(node, "max-stay-days", 14)) < 1:
+        raise NodeConfigError(f"max-stay-days must be >= 1, got {node.get('max-stay-days')}")
     return settings
 
 

@@ -374,7 +374,7 @@ def _concat(sets: list[WindowSet]) -> WindowSet:
     )
 
 
-def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
+def prepare_hospital(records: UnitRecords, spec: WindowSpec, *, scaler: SeriesScaler | None = None) -> HospitalDataset:
     """Turn one hospital's records into split, scaled, supervised windows.
 
     Parameters
@@ -398,7 +398,9 @@ def prepare_hospital(records: UnitRecords, spec: WindowSpec) -> HospitalDataset:
     """
     spec = spec.resolved(records.frequency)
     series = _complete_series(records, spec)
-    scaler = _fit_scaler(series, spec)
+    # A given scaler (e.g. fitted on the node's released counts, to score true counts with the
+    # scaling the model was trained with) is used as is.
+    scaler = scaler if scaler is not None else _fit_scaler(series, spec)
     parts: dict[str, list[WindowSet]] = {"train": [], "val": [], "test": []}
     for s in series:
         val_start, test_start = _boundaries(len(s.dates), spec, s.unit)

@@ -7,7 +7,8 @@ field raises :class:`ProtocolError` naming it; nothing falls back to a default, 
 sides cannot silently disagree on batch size, learning rate or epochs.
 
 Everything a node sends is listed here: the model arrays, the reply metrics below and its own
-hospital id.
+hospital id, each on ``REPLY_ALLOW_LIST`` with its privacy treatment, and refusals whose reason
+is one of ``REFUSAL_REASONS`` (``tests/test_privacy_patient.py`` enumerates every reply kind).
 """
 
 from __future__ import annotations
@@ -40,18 +41,24 @@ DP_TARGET_EPSILON = "dp-target-epsilon"  # per-round target; 0 = use the noise m
 MODEL_CONFIG = "model-config"  # JSON of the ForecasterConfig the global arrays belong to
 WINDOW_SPEC = "window-spec"  # JSON of the WindowSpec the model's inputs are built with
 RUN_TAG = "run-tag"  # names the federation run in the node's privacy ledger
-SEED = "seed"
+SEED = "seed"  # seeds plain training randomness only; a node's DP noise never comes from it (see below)
+PRIVACY_MECHANISM = "privacy-mechanism"  # "source": counts released once per stay (the one a node offers)
+PATIENT_EPSILON = "patient-epsilon"  # the most this run may spend per patient; the node caps it by its budget
+MAX_STAY_DAYS = "max-stay-days"  # proposal; a node protects stays of max(its own, proposed) nights
+REPRODUCIBLE_NOISE = "simulation-reproducible-noise"  # research only: DP noise from SEED; a real node refuses it
 
 # --- MetricRecord keys, node -> coordinator --------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the FedAvg weight; checked and capped by the coordinator
 TRAIN_LOSS = "train-loss"
-EPSILON = "epsilon"  # the node's cumulative epsilon on this data after this round
+EPSILON = "epsilon"  # the node's cumulative PATIENT-level epsilon after this round (stays <= stay-cap-days)
 EPSILON_BUDGET_LEFT = "epsilon-budget-left"
 NOISE_MULTIPLIER = "noise-multiplier"  # the noise the node actually used (0 = no DP)
 LOCAL_EPOCHS_USED = "local-epochs-used"
 EVAL_LOSS = "eval-loss"  # pinball loss in the model's scaled space on the test split
 EVAL_MAE = "eval-mae"  # median forecast, original units (patients / beds)
 EVAL_WAPE = "eval-wape"
+DELTA = "delta"  # the delta EPSILON is at (the node's ledger)
+STAY_CAP_DAYS = "stay-cap-days"  # the stay length the node's epsilon covers
 
 
 HOSPITAL_ID = "hospital-id"
@@ -69,6 +76,8 @@ class Refusal(IntEnum):
     DATA_INVALID = 1003  # the node's records fail the data contract
     REQUEST_INVALID = 1004  # the coordinator's request cannot be honoured (wrong model, bad config)
     NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
+    LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
+    LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
     TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
 
     @property
@@ -95,6 +104,10 @@ def _field(
     if kind is str:
         if not isinstance(value, str):
             raise ProtocolError(f"'{key}' must be a string, got {type(value).__name__}")
+        return value  # type: ignore[return-value]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"'{key}' must be true or false, got {value!r}")
         return value  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"'{key}' must be a number, got {value!r}")
@@ -139,11 +152,21 @@ def _window_spec(raw: Mapping[str, Any]) -> WindowSpec:
 # ------------------------------------------------------------------ coordinator -> node
 @dataclass(frozen=True, kw_only=True)
 class EvaluateInstruction:
-    """What an evaluate request carries besides the global arrays: the model and its windows."""
+    """What an evaluate request carries besides the global arrays: the model, its windows and the privacy proposal.
+
+    Evaluation reads the node's source release too (the first contact of a run releases it),
+    so both kinds carry the proposal.
+    """
 
     server_round: int
     model_config: ForecasterConfig
     window_spec: WindowSpec
+    privacy_mechanism: str  # "source"
+    patient_epsilon: float  # the most this run may spend per patient (a proposal the node caps)
+    max_stay_days: int  # a proposal: the node protects stays of max(its own, this) nights
+    reproducible_noise: bool  # research only; a real node refuses True
+    seed: int
+    run_tag: str  # names the federation run in the node's privacy ledger (its release may come first)
 
     def to_dict(self) -> dict[str, Scalar]:
         """The ``ConfigRecord`` values of the request."""
@@ -151,16 +174,18 @@ class EvaluateInstruction:
             SERVER_ROUND: self.server_round,
             MODEL_CONFIG: json.dumps(self.model_config.to_dict(), sort_keys=True),
             WINDOW_SPEC: json.dumps(self.window_spec.to_dict(), sort_keys=True),
+            PRIVACY_MECHANISM: self.privacy_mechanism,
+            PATIENT_EPSILON: self.patient_epsilon,
+            MAX_STAY_DAYS: self.max_stay_days,
+            REPRODUCIBLE_NOISE: self.reproducible_noise,
+            SEED: self.seed,
+            RUN_TAG: self.run_tag,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> EvaluateInstruction:
         """Read a request's config; raises ``ProtocolError`` naming the first bad field."""
-        return cls(
-            server_round=_field(raw, SERVER_ROUND, int, minimum=0),
-            model_config=_model_config(raw),
-            window_spec=_window_spec(raw),
-        )
+        return cls(**_evaluate_fields(raw))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,8 +199,6 @@ class TrainInstruction(EvaluateInstruction):
     dp_noise_multiplier: float  # a proposal: the node raises it to its own minimum
     dp_target_epsilon: float  # per round; 0 = use the noise multiplier
     dp_max_grad_norm: float
-    run_tag: str  # names the federation run in the node's privacy ledger
-    seed: int
 
     def to_dict(self) -> dict[str, Scalar]:
         """The ``ConfigRecord`` values of the request."""
@@ -187,18 +210,13 @@ class TrainInstruction(EvaluateInstruction):
             DP_NOISE_MULTIPLIER: self.dp_noise_multiplier,
             DP_TARGET_EPSILON: self.dp_target_epsilon,
             DP_MAX_GRAD_NORM: self.dp_max_grad_norm,
-            RUN_TAG: self.run_tag,
-            SEED: self.seed,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> TrainInstruction:
         """Read a request's config; raises ``ProtocolError`` naming the first bad field."""
-        base = EvaluateInstruction.from_dict(raw)
         return cls(
-            server_round=base.server_round,
-            model_config=base.model_config,
-            window_spec=base.window_spec,
+            **_evaluate_fields(raw),
             local_epochs=_field(raw, LOCAL_EPOCHS, int, minimum=1),
             batch_size=_field(raw, BATCH_SIZE, int, minimum=1),
             lr=_field(raw, LR, float, above=0),
@@ -206,9 +224,21 @@ class TrainInstruction(EvaluateInstruction):
             dp_noise_multiplier=_field(raw, DP_NOISE_MULTIPLIER, float, minimum=0),
             dp_target_epsilon=_field(raw, DP_TARGET_EPSILON, float, minimum=0),
             dp_max_grad_norm=_field(raw, DP_MAX_GRAD_NORM, float, above=0),
-            run_tag=_field(raw, RUN_TAG, str),
-            seed=_field(raw, SEED, int),
         )
+
+
+def _evaluate_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "server_round": _field(raw, SERVER_ROUND, int, minimum=0),
+        "model_config": _model_config(raw),
+        "window_spec": _window_spec(raw),
+        "privacy_mechanism": _field(raw, PRIVACY_MECHANISM, str),
+        "patient_epsilon": _field(raw, PATIENT_EPSILON, float, above=0),
+        "max_stay_days": _field(raw, MAX_STAY_DAYS, int, minimum=1),
+        "reproducible_noise": _field(raw, REPRODUCIBLE_NOISE, bool),
+        "seed": _field(raw, SEED, int),
+        "run_tag": _field(raw, RUN_TAG, str),
+    }
 
 
 # ------------------------------------------------------------------ node -> coordinator
@@ -250,24 +280,89 @@ class _Reply:
 class TrainReply(_Reply):
     """A node's metrics after a train round."""
 
-    train_loss: float
-    epsilon: float  # the node's cumulative epsilon on this data after this round
+    train_loss: float  # on the node's released counts: post-processing
+    epsilon: float  # the node's cumulative patient-level epsilon after this round
     epsilon_budget_left: float
-    noise_multiplier: float  # the noise the node actually used
+    noise_multiplier: float  # the per-stay noise multiplier of the node's source release
     local_epochs_used: float
+    delta: float  # the delta of ``epsilon``
+    stay_cap_days: float  # the stay length ``epsilon`` covers
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateReply(_Reply):
     """A node's metrics after evaluating the global model on its test split."""
 
-    eval_loss: float  # pinball loss in the model's scaled space
-    eval_mae: float  # median forecast, original units (patients / beds)
+    eval_loss: float  # pinball loss in the model's scaled space, on the node's RELEASED test counts
+    eval_mae: float  # median forecast vs released counts (patients / beds)
     eval_wape: float
 
 
 TRAIN_METRIC_KEYS: frozenset[str] = TrainReply.keys()
 EVAL_METRIC_KEYS: frozenset[str] = EvaluateReply.keys()
+
+
+# ------------------------------------------------------------------ what may leave a node, and why
+# "public": a function of configuration and the calendar only (which units and days exist),
+#           never of a count, so adding or removing a stay cannot change it.
+# "post-processing": computed only from the node's source release (each count released once
+#           through the Gaussian mechanism and charged to the ledger), so it costs nothing more.
+# The example count is public: windows follow from the units and dates, not from counts.
+PUBLIC, POST_PROCESSING = "public", "post-processing"
+REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
+    "train": {
+        ARRAYS: {"*": POST_PROCESSING},
+        METRICS: {
+            NUM_EXAMPLES: PUBLIC,
+            TRAIN_LOSS: POST_PROCESSING,
+            EPSILON: PUBLIC,
+            EPSILON_BUDGET_LEFT: PUBLIC,
+            NOISE_MULTIPLIER: PUBLIC,
+            LOCAL_EPOCHS_USED: PUBLIC,
+            DELTA: PUBLIC,
+            STAY_CAP_DAYS: PUBLIC,
+        },
+        NODE_INFO: {HOSPITAL_ID: PUBLIC},
+    },
+    "evaluate": {
+        METRICS: {
+            NUM_EXAMPLES: PUBLIC,
+            EVAL_LOSS: POST_PROCESSING,
+            EVAL_MAE: POST_PROCESSING,
+            EVAL_WAPE: POST_PROCESSING,
+        },
+        NODE_INFO: {HOSPITAL_ID: PUBLIC},
+    },
+    # Error(code, reason): the code is public; the reason is one of REFUSAL_REASONS, filled in
+    # with ledger numbers (budget, epsilon) or a description of the coordinator's own request.
+    "refusal": {"error": {"code": PUBLIC, "reason": PUBLIC}},
+    # `medalloc share`: the census quantiles a hospital sends for the regional plan.
+    "share": {"table": {"hospital": PUBLIC, "date": PUBLIC, "q": PUBLIC, "value": POST_PROCESSING}},
+}
+
+# The only reasons a refusal may carry: fixed text per code. Never a count, row, date or value
+# from the hospital's file (those stay in the node's log).
+REFUSAL_REASONS: dict[Refusal, str] = {
+    Refusal.PRIVACY_BUDGET_EXCEEDED: (
+        "this would take the node's patient-level epsilon to {projected:.3f}, above its budget {budget:g}"
+    ),
+    Refusal.LEDGER_CORRUPT: "the node's privacy ledger or release cannot be trusted; its operator must fix it",
+    Refusal.DATA_INVALID: "the node's file fails the data contract or cannot be windowed; see the node's log",
+    Refusal.REQUEST_INVALID: "the request cannot be honoured: {what}",
+    Refusal.NODE_MISCONFIGURED: "the node's own configuration is incomplete; see the node's log",
+    Refusal.LEDGER_CONFIG_MISMATCH: (
+        "the node's privacy settings differ from its ledger's; its operator must reconcile them"
+    ),
+    Refusal.LEDGER_RESET_DETECTED: (
+        "the node has had a privacy ledger and the configured one is missing or another; its operator must restore it"
+    ),
+    Refusal.TASK_NOT_SERVED: "this node does not serve the '{task}' task (its own config decides)",
+}
+
+
+def refusal_reason(code: Refusal, **values: Any) -> str:
+    """``"<slug>: <reason>"`` for a refusal, from ``REFUSAL_REASONS`` only."""
+    return f"{code.slug}: {REFUSAL_REASONS[code].format(**values)}"
 
 
 # ------------------------------------------------------------------ for other tasks' messages

@@ -41,7 +41,10 @@ class RoundRecord:
     nodes : dict
         ``{"sampled": n, "accepted": a, "dropped": d, "refused": r, "failed": f}`` (zeros omitted).
     epsilon_max, epsilon_mean : float or None
-        Over the nodes that trained this round, their cumulative epsilon.
+        Over the nodes that trained this round, their cumulative patient-level epsilon.
+    privacy : dict
+        The headline: ``{"unit": "patient", "epsilon-max": e, "delta": d, "max-stay-days": n}``,
+        epsilon per patient (a stay of at most n nights) at delta, the largest over the nodes.
     outcomes : list of dict
         One entry per node: ``node``, ``status``, optional ``hospital``, ``reason``, ``epsilon``,
         ``update-norm``.
@@ -61,6 +64,7 @@ class RoundRecord:
     epsilon_mean: float | None = None
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     client_dp_epsilon: float | None = None
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of one ``metrics.jsonl`` line (kebab-case keys; unset optional fields left out)."""
@@ -81,6 +85,8 @@ class RoundRecord:
         }
         if self.client_dp_epsilon is not None:
             out["client-dp-epsilon"] = self.client_dp_epsilon
+        if self.privacy:
+            out["privacy"] = self.privacy
         return out
 
     @classmethod
@@ -101,6 +107,7 @@ class RoundRecord:
             epsilon_mean=raw.get("epsilon-mean"),
             outcomes=list(raw.get("outcomes") or []),
             client_dp_epsilon=raw.get("client-dp-epsilon"),
+            privacy=dict(raw.get("privacy") or {}),
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,7 +66,10 @@ class TrainConfig:
     fedprox_mu
         FedProx proximal weight mu: adds mu/2 ||w - w_global||^2 (default 0 = off).
     seed
-        Seeds batch sampling and DP noise (default 0).
+        Seeds batch sampling and DP noise (default 0: research runs repeat). ``None``: every
+        generator is seeded per call from the OS CSPRNG (``secrets``), so nobody, the caller or a
+        coordinator included, can recompute the sampling or the noise. Anything private against
+        a party that knows the code and the seed must use ``None``.
     """
 
     epochs: int = 5
@@ -74,7 +78,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     fedprox_mu: float = 0.0
-    seed: int = 0
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -334,8 +338,8 @@ class _OpacusStepper:
     ) -> None:
         from opacus import PrivacyEngine
 
-        # secure_mode stays off: a seeded generator gives reproducible runs; Opacus warns about
-        # it and we let that warning through (see docs/forecasting.md).
+        # secure_mode stays off: our generator is seeded (research) or seeded from the OS CSPRNG
+        # per call (``TrainConfig(seed=None)``); Opacus warns about it and we let that through.
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         out = engine.make_private(
             module=model,
@@ -412,7 +416,11 @@ def train_local(
         global_params = [g.detach().clone() for g in global_params]
     quantiles: tuple[float, ...] = tuple(model.config.quantiles)
     plan = DPPlan(n_examples=len(train), batch_size=config.batch_size, epochs=config.epochs) if dp is not None else None
-    loader = _loader(train, config.batch_size, config.seed, plan=plan)
+    # None: three independent seeds from the OS CSPRNG, drawn per call (sampling, noise, global RNG).
+    seeds = (
+        [secrets.randbits(63) for _ in range(3)] if config.seed is None else [config.seed, config.seed + 1, config.seed]
+    )
+    loader = _loader(train, config.batch_size, seeds[0], plan=plan)
     optimizer = _optimizer(list(model.parameters()), config)
 
     sigma: float | None = None
@@ -453,7 +461,7 @@ def train_local(
         epsilon = (
             epsilon_for([plan.history_item(sigma)], delta=dp.delta, accountant=dp.accountant) if sigma > 0 else math.inf
         )
-        noise_gen = torch.Generator().manual_seed(config.seed + 1)
+        noise_gen = torch.Generator().manual_seed(seeds[1])
         mode = _resolve_mode(model, dp.grad_sample_mode)
         if mode == "linear":
             stepper = _LinearDPStepper(
@@ -484,7 +492,7 @@ def train_local(
         # The global RNG (dropout, if a config turns it on) is seeded inside a fork, so the
         # caller's random state is left as it was.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+            torch.manual_seed(seeds[2])
             for _ in range(config.epochs):
                 for x, y in loader:
                     stepper.zero_grad()

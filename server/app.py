@@ -62,6 +62,22 @@ def _metrics_dict(record: MetricRecord | None) -> dict[str, float]:
     return {} if record is None else {k: v for k, v in record.items() if not isinstance(v, list)}
 
 
+def _privacy_summary(outcomes: list[NodeOutcome], unit: str = "patient") -> dict[str, Any]:
+    """The round's headline: the largest epsilon over the nodes that trained, per the task's unit, its delta
+    (and, for patients, the stay cap)."""
+    metrics = [o.metrics for o in outcomes if protocol.EPSILON in o.metrics]
+    if not metrics:
+        return {}
+    summary: dict[str, Any] = {
+        "unit": unit,
+        "epsilon-max": max(m[protocol.EPSILON] for m in metrics),
+        "delta": max(m.get(protocol.DELTA, 0.0) for m in metrics),
+    }
+    if unit == "patient":
+        summary["max-stay-days"] = int(min(m.get(protocol.STAY_CAP_DAYS, 0.0) for m in metrics))
+    return summary
+
+
 def _outcome_json(outcome: NodeOutcome) -> dict[str, Any]:
     row: dict[str, Any] = {"node": str(outcome.node_id), "status": outcome.status}
     if outcome.hospital_id:
@@ -161,6 +177,11 @@ def run_federation(
     result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
+    if config.simulation_reproducible_noise:
+        logger.warning(
+            "simulation-reproducible-noise = true: nodes' DP noise follows the run's seed. Research only: NOT "
+            "private against the coordinator, and a real node refuses it"
+        )
 
     # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; the
     # tasks' dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
@@ -170,7 +191,9 @@ def run_federation(
         )
 
     def eval_config(server_round: int) -> ConfigRecord:
-        return ConfigRecord(task.evaluate_instruction(config, options, model, server_round=server_round))  # type: ignore[arg-type]
+        return ConfigRecord(
+            task.evaluate_instruction(config, options, model, server_round=server_round, run_tag=f"run-{run_id}")  # type: ignore[arg-type]
+        )
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
         replies = grid.send_and_receive(
@@ -229,6 +252,7 @@ def run_federation(
             )
             if built.dp is not None
             else None,
+            privacy=_privacy_summary(train_outcomes, task.privacy_unit),
         )
         append_round(log_path, record)
         state_arrays_, state_scalars = strategy_state(built, releases)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,7 +52,11 @@ class RunConfig:
     horizon: int = 14  # H: days forecast (2 weeks)
     hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
-    # --- DP-SGD on each node (per-example privacy; the node's ledger enforces the budget)
+    # --- patient-level privacy on each node (the node caps it by its own budget; its ledger has the last word)
+    privacy_mechanism: str = "source"  # each day's counts released once per node with Gaussian noise
+    patient_epsilon: float = 1.0  # the most this run may spend per patient (stay) on each node
+    max_stay_days: int = 14  # the stay length that epsilon covers; a node uses max(its own, this)
+    # --- window-level DP-SGD: proposals kept in the protocol for research; nodes no longer run it
     dp_noise_multiplier: float = 1.3
     dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
     dp_max_grad_norm: float = 1.0
@@ -80,8 +85,11 @@ class RunConfig:
     resume: bool = False
     # --- simulation only: ignored by any node whose node config names its own data-path
     simulation_data_dir: str = ""  # region folder with one H000.csv... per virtual node
-    simulation_epsilon_budget: float = 10.0
-    simulation_delta: float = 1e-5
+    simulation_epsilon_budget: float = 1.0  # per patient
+    simulation_delta: float = 1e-6
+    simulation_max_stay_days: int = 14
+    # Research only: nodes' DP noise follows `seed` (logged); NOT private against the coordinator, a real node refuses.
+    simulation_reproducible_noise: bool = False
     simulation_days: int = 730  # used by `flwr run .` to generate the region when absent
     simulation_region_seed: int = 0
 
@@ -92,6 +100,13 @@ class RunConfig:
             get_task(self.task).options(self.task_options)
         except TaskOptionsError as exc:
             raise RunConfigError(str(exc)) from exc
+        if self.privacy_mechanism != "source":
+            raise RunConfigError(
+                f"privacy-mechanism '{self.privacy_mechanism}' is not offered; use 'source' (docs/privacy.md compares "
+                "it with patient-level DP-SGD)"
+            )
+        if not (math.isfinite(self.patient_epsilon) and self.patient_epsilon > 0) or self.max_stay_days < 1:
+            raise RunConfigError("patient-epsilon must be a finite number > 0 and max-stay-days >= 1")
         if self.strategy not in _STRATEGY_NAMES:
             raise RunConfigError(f"strategy '{self.strategy}' is unknown; choose one of {', '.join(_STRATEGY_NAMES)}")
         positive_ints = (

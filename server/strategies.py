@@ -78,7 +78,7 @@ def aggregate_eval_metrics(records: list[RecordDict], weight_key: str) -> Metric
 
 
 def client_dp_epsilon(*, noise_multiplier: float, releases: int, delta: float) -> float:
-    """Client-level epsilon after ``releases`` noisy aggregates, by RDP, without sampling amplification.
+    """Client-level epsilon after ``releases`` noisy aggregates, exact for composed Gaussians, without amplification.
 
     Each round releases the mean of updates clipped to C plus N(0, (sigma C / n)^2) noise: a
     Gaussian mechanism of noise multiplier sigma for adding or removing one hospital. Rounds

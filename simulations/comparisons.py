@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,10 @@ import torch
 from medalloc.client.task import LocalData, test_forecasts
 from medalloc_core.baselines import make_baseline, rolling_origin_forecasts
 from medalloc_core.contract import DATE, UNIT
-from medalloc_core.features import WindowSet
+from medalloc_core.features import WindowSet, prepare_hospital
 from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.models import Forecaster, ForecasterConfig, build_model
-from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
 from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
@@ -85,38 +86,47 @@ def local_only(
     return test_forecasts(model, data.dataset)
 
 
-def local_only_dp(
-    config: ForecasterConfig,
-    data: LocalData,
-    *,
-    history: list[tuple[float, float, int]],
-    batch_size: int,
-    lr: float,
-    seed: int,
-    max_grad_norm: float,
-    delta: float,
-) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Each hospital alone with DP-SGD spending exactly what its federated participation spent.
+@dataclass(frozen=True)
+class ReleasedHospital:
+    """One hospital as a node sees it after its source release, and as the researcher scores it.
 
-    ``history`` is the node's ledger history for the federation run (``(sigma, q, steps)``
-    per round). Training replays it: the same noise, sampling rate and total steps, hence the
-    same epsilon. Returns ``None`` when the node spent nothing (it refused every round).
-    Not charged to the node's ledger: it is a counterfactual for the comparison.
+    ``released`` trains (its scaler fitted on released counts: post-processing); ``truth`` holds
+    the TRUE windows scaled with that same scaler, so a model trained on the release is scored on
+    what really happened, from true inputs (what a node feeds its model locally at forecast time).
     """
-    if not history:
-        return None
-    sigmas = {round(h[0], 12) for h in history}
-    rates = {round(h[1], 12) for h in history}
-    if len(sigmas) != 1 or len(rates) != 1:
-        logger.warning("local-only DP: the node's rounds used different noise or sampling; replaying the first")
-    sigma, rate = history[0][0], history[0][1]
-    steps = sum(int(h[2]) for h in history)
-    batches = max(1, round(1 / rate))
-    epochs = max(1, round(steps / batches))
-    dp = DPConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm, delta=delta, accountant="prv")
-    model = _train(config, data.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp=dp)
-    y, q = test_forecasts(model, data.dataset)
-    return y, q, float(epsilon_for([(sigma, rate, epochs * batches)], delta=delta))
+
+    released: LocalData
+    truth: LocalData
+    plan: ReleasePlan
+
+
+def released_hospital(true: LocalData, store: ReleaseStore) -> ReleasedHospital:
+    """Pair a hospital's true data with its node's stored release (``<ledger>.released.csv``)."""
+    if store.plan is None:
+        raise ValueError(f"nothing released at {store.path}: the node refused or never ran")
+    records = store.records()
+    released = LocalData(records, prepare_hospital(records, true.dataset.spec))
+    truth = LocalData(true.records, prepare_hospital(true.records, true.dataset.spec, scaler=released.dataset.scaler))
+    return ReleasedHospital(released, truth, store.plan)
+
+
+def score_on_truth(model: Forecaster, hospital: ReleasedHospital) -> tuple[np.ndarray, np.ndarray]:
+    """Test forecasts of a model trained on released counts, from true inputs, bands freed of the release noise."""
+    y, q = test_forecasts(model, hospital.truth.dataset)
+    sd = np.array([hospital.plan.noise_sd.get(t, 0.0) for t in hospital.truth.dataset.spec.targets])  # (T,)
+    return y, deflate_bands(q, sd, tuple(model.config.quantiles))
+
+
+def local_only_dp(
+    config: ForecasterConfig, hospital: ReleasedHospital, *, epochs: int, batch_size: int, lr: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each hospital alone at the same patient-level epsilon: trained on its own release (post-processing).
+
+    The release is the node's own, so federated and local-only spend the very same epsilon per
+    patient; nothing more is charged.
+    """
+    model = _train(config, hospital.released.dataset.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    return score_on_truth(model, hospital)
 
 
 def centralized(

@@ -29,6 +29,7 @@ from medalloc_core.features import federation_window_spec
 from medalloc_core.model_io import read_model_files, sidecar_of
 from medalloc_core.models import ForecasterConfig, build_from_arrays, build_model
 from medalloc_core.privacy.ledger import PrivacyLedger
+from medalloc_core.privacy.release import ReleaseStore
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
 from medalloc_core.tasks import DEFAULT_TASK, get_task
@@ -41,6 +42,11 @@ from .scenario import Scenario, default_scenario_text
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+# One sentence for every place that shows the headline epsilon (simulate table, summary, docs).
+PRIVACY_MEANING = (
+    "whether or not any one patient's stay of up to {n} nights is in a hospital's records changes the probability "
+    "of anything the hospital ever releases by at most a factor e^epsilon (except with probability delta)"
+)
 SCENARIO_FILE = "scenario.toml"
 
 
@@ -119,11 +125,11 @@ def simulate_federation(
     )
 
 
-def _ledger_history(path: Path) -> tuple[list[tuple[float, float, int]], float]:
+def _patient_epsilon(path: Path) -> float | None:
+    """A node's patient-level epsilon from its ledger; None when it never got one (refused everything)."""
     if not path.exists():
-        return [], 0.0
-    ledger = PrivacyLedger.load(path)
-    return [tuple(h) for h in ledger.history()], float(ledger.epsilon_spent())  # type: ignore[misc]
+        return None
+    return float(PrivacyLedger.load(path).epsilon_spent())
 
 
 def run_scenario(
@@ -172,18 +178,25 @@ def run_scenario(
     data: dict[str, LocalData] = {p.stem: load_local_data(p, spec) for p in files}
     methods: dict[str, dict[str, dict[str, Any]]] = {}
     forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    epsilons: dict[str, float] = {}
-    histories: dict[str, list[tuple[float, float, int]]] = {}
+    epsilons: dict[str, float | None] = {}
+    released: dict[str, cmp.ReleasedHospital] = {}
     federated = build_from_arrays(mconfig, final_arrays)
     initial = build_model(mconfig, seed=config.seed)
     methods["federated"], methods["initial model"] = {}, {}
     for hid, d in data.items():
-        y, q = test_forecasts(federated, d.dataset)
+        ledger_path = region_dir / "ledgers" / f"{hid}.json"
+        epsilons[hid] = _patient_epsilon(ledger_path)
+        store = ReleaseStore.open(ledger_path.with_name(ledger_path.name + ".released.csv"))
+        if store.plan is not None:
+            # The model learned from the node's release; scored on the truth, from true inputs.
+            released[hid] = cmp.released_hospital(d, store)
+            y, q = cmp.score_on_truth(federated, released[hid])
+        else:
+            y, q = test_forecasts(federated, d.dataset)
         forecasts[hid] = (y, q)
         methods["federated"][hid] = cmp.score(y, q, quantiles)
         y0, q0 = test_forecasts(initial, d.dataset)
         methods["initial model"][hid] = cmp.score(y0, q0, quantiles)
-        histories[hid], epsilons[hid] = _ledger_history(region_dir / "ledgers" / f"{hid}.json")
         progress.advance()
     epochs = config.num_server_rounds * config.local_epochs
     train_kwargs: dict[str, Any] = {
@@ -201,23 +214,13 @@ def run_scenario(
             progress.advance()
     local_dp_eps: dict[str, float] = {}
     if scenario.local_only_dp:
-        progress.phase("local-only (DP, same spend)", total=len(data))
+        progress.phase("local-only (its own release, same epsilon)", total=len(data))
         methods["local only DP"] = {}
-        for hid, d in data.items():
-            result = cmp.local_only_dp(
-                mconfig,
-                d,
-                history=histories[hid],
-                batch_size=config.batch_size,
-                lr=config.lr,
-                seed=config.seed,
-                max_grad_norm=config.dp_max_grad_norm,
-                delta=scenario.delta,
-            )
-            if result is not None:
-                y, q, eps = result
+        for hid in data:
+            if hid in released:  # the same release the node federated with: the same patient-level epsilon
+                y, q = cmp.local_only_dp(mconfig, released[hid], **train_kwargs)
                 methods["local only DP"][hid] = cmp.score(y, q, quantiles)
-                local_dp_eps[hid] = eps
+                local_dp_eps[hid] = float(epsilons[hid] or 0.0)
             progress.advance()
     if scenario.centralized:
         progress.phase("centralized (pooled, no privacy)", total=1)
@@ -260,6 +263,17 @@ def run_scenario(
             "epsilon_budget": scenario.epsilon_budget,
             "delta": scenario.delta,
             "epsilon_per_hospital": epsilons,
+        },
+        # The headline: epsilon per patient (a stay of up to max_stay_days nights) at delta, the
+        # largest over the nodes, lifetime; every private method spends exactly this.
+        "privacy": {
+            "unit": "patient",
+            "mechanism": "source",
+            "epsilon_max": max((e for e in epsilons.values() if e is not None), default=None),
+            "delta": scenario.delta,
+            "max_stay_days": scenario.max_stay_days,
+            "reproducible_noise": scenario.reproducible_noise,
+            "meaning": PRIVACY_MEANING.format(n=scenario.max_stay_days),
         },
         "methods": {
             name: {"overall": cmp.overall(per_h), "per_hospital": per_h} for name, per_h in methods.items() if per_h

@@ -14,6 +14,8 @@ from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
 # A task's own run-config keys go in a section named after it ([equipment] -> "equipment.<key>").
 _SECTIONS = {"name", "task", "region", "federation", "privacy", "comparisons", "output", "simulation", *task_names()}
+# A task other than forecasting protects another unit (a device): its default budget differs.
+DEVICE_EPSILON = 10.0
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
 _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
 
@@ -39,8 +41,10 @@ class Scenario:
     task: str = DEFAULT_TASK
     task_options: dict[str, Any] = field(default_factory=dict)
     comparisons: dict[str, Any] = field(default_factory=dict)
-    epsilon_budget: float = 10.0
-    delta: float = 1e-5
+    epsilon_budget: float = 1.0  # per privacy unit of the task (patient, device): each node's budget
+    delta: float = 1e-6
+    max_stay_days: int = 14
+    reproducible_noise: bool = False  # research only (logged): noise from the run's seed
     local_only: bool = True
     local_only_dp: bool = True
     centralized: bool = True
@@ -71,8 +75,12 @@ class Scenario:
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
             "simulation-delta": self.delta,
+            "simulation-max-stay-days": self.max_stay_days,
+            "simulation-reproducible-noise": self.reproducible_noise,
             "out-dir": str(out_dir),
         }
+        if self.task == DEFAULT_TASK:  # the patient-level proposal of the forecasting task
+            keys |= {"patient-epsilon": self.epsilon_budget, "max-stay-days": self.max_stay_days}
         return keys
 
     def federation_config(self, *, data_dir: Path, out_dir: Path) -> RunConfig:
@@ -131,7 +139,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     task_options = dict(raw.get(task, {}))
     forecasting = task == DEFAULT_TASK
     for name, section, known in (
-        ("privacy", privacy, {"epsilon-budget", "delta"}),
+        ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
         ("comparisons", comparisons, _COMPARISON_KEYS if forecasting else set(comparisons)),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -151,8 +159,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             task=task,
             task_options=task_options,
             comparisons=comparisons,
-            epsilon_budget=float(privacy.get("epsilon-budget", 10.0)),
-            delta=float(privacy.get("delta", 1e-5)),
+            epsilon_budget=float(privacy.get("epsilon", 1.0 if forecasting else DEVICE_EPSILON)),
+            delta=float(privacy.get("delta", 1e-6)),
+            max_stay_days=int(privacy.get("max-stay-days", 14)),
+            reproducible_noise=bool(privacy.get("reproducible-noise", False)),
             local_only=bool(comparisons.get("local-only", True)),
             local_only_dp=bool(comparisons.get("local-only-dp", True)),
             centralized=bool(comparisons.get("centralized", True)),
@@ -170,8 +180,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc
-    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0:
-        raise ScenarioError(f"{source}: [privacy] needs epsilon-budget > 0 and 0 < delta < 1")
+    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0 or scenario.max_stay_days < 1:
+        raise ScenarioError(f"{source}: [privacy] needs epsilon > 0, 0 < delta < 1 and max-stay-days >= 1")
+    if privacy.get("mechanism", "source") != "source":
+        raise ScenarioError(
+            f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
+            "not offered)"
+        )
     if scenario.client_cpus <= 0:
         raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
     return scenario

@@ -28,6 +28,8 @@ def train_metrics(num_examples: float = 100, **overrides: float) -> dict[str, fl
         protocol.EPSILON_BUDGET_LEFT: 9.0,
         protocol.NOISE_MULTIPLIER: 1.0,
         protocol.LOCAL_EPOCHS_USED: 1,
+        protocol.DELTA: 1e-6,
+        protocol.STAY_CAP_DAYS: 14,
     }
     values.update(overrides)
     return values

@@ -33,7 +33,8 @@ def test_table_shows_entries_spends_and_totals(ledger_path: Path) -> None:
     total = epsilon_for([(1.0, 0.01, 1000), (1.5, 0.02, 250)], delta=1e-5, accountant="rdp")
     assert "a1a1a1a1a1a1" in result.output and "b2b2b2b2b2b2" in result.output
     assert "run-2024-w01" in result.output and "run-2024-w02" in result.output
-    assert f"ε spent {total:.3f} of budget 5" in result.output
+    assert f"ε per training window {total:.3f} of budget 5" in result.output
+    assert "bounds no patient" in result.output  # a window-level ledger says so first
     assert f"{5.0 - total:.3f} left" in result.output
     assert "δ=1e-05" in result.output and "RDP" in result.output
 
@@ -75,4 +76,31 @@ def test_empty_ledger_reports_zero(tmp_path: Path) -> None:
     result = runner.invoke(app, ["privacy", "--ledger", str(path)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     assert "No spends recorded yet" in result.output
-    assert "ε spent 0.000 of budget 3" in result.output and "3.000 left" in result.output
+    assert "ε per training window 0.000 of budget 3" in result.output and "3.000 left" in result.output
+
+
+def test_a_patient_ledger_leads_with_epsilon_per_patient(tmp_path: Path) -> None:
+    from medalloc_core.privacy.release import ReleasePlan
+
+    plan = ReleasePlan.calibrate(epsilon=1.0, delta=1e-6, max_stay_days=14)
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger.open(path, epsilon_budget=2.0, delta=1e-6, unit="patient", max_stay_days=14)
+    detail = {f"sd-{c}": sd for c, sd in plan.noise_sd.items()} | {"max-stay-days": 14.0}
+    for days in (("2024-01-01", "2024-06-30"), ("2024-07-01", "2024-07-31")):  # a later month at the same noise
+        ledger.spend(
+            FP_A,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=1.0,
+            steps=1,
+            run_id="r",
+            mechanism="source-release",
+            days=days,
+            detail=detail,
+        )
+    result = CliRunner().invoke(app, ["privacy", "--ledger", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("ε per patient (stays up to 14 nights): 1.000 of budget 2, δ = 1e-06")
+    assert "changes the probability of anything the node has released" in " ".join(result.output.split())
+    flat = " ".join(result.output.split())
+    assert "28 nights → ε 1.305" in flat and "source-relea" in flat  # (the narrow test terminal cuts it)

@@ -48,6 +48,10 @@ def _config(**overrides) -> dict:
         protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
         protocol.RUN_TAG: "test",
         protocol.SEED: 0,
+        protocol.PRIVACY_MECHANISM: "source",
+        protocol.PATIENT_EPSILON: 1.0,
+        protocol.MAX_STAY_DAYS: 14,
+        protocol.REPRODUCIBLE_NOISE: False,
     }
     values.update(overrides)
     return values
@@ -138,26 +142,44 @@ def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, r
     assert dict(content[protocol.NODE_INFO]) == {protocol.HOSPITAL_ID: "H000"}
     metrics = content[protocol.METRICS]
     assert set(metrics) == protocol.TRAIN_METRIC_KEYS
-    # the node's caps win over the proposal
-    assert metrics[protocol.LOCAL_EPOCHS_USED] == 2 and metrics[protocol.NOISE_MULTIPLIER] == pytest.approx(0.8)
+    # the node's cap wins over the proposal; the noise is the release's (the DP-SGD proposals are moot)
+    assert metrics[protocol.LOCAL_EPOCHS_USED] == 2 and metrics[protocol.NOISE_MULTIPLIER] == pytest.approx(
+        4.2247, abs=1e-3
+    )
     arrays = {k: v.numpy() for k, v in content[protocol.ARRAYS].items()}
     assert set(arrays) == set(g) and any(not np.allclose(arrays[k], g[k]) for k in g)
-    # the epsilon it reports is the ledger's, cumulative and within the budget
+    # the epsilon it reports is the ledger's patient-level one: the release, charged once
     body = json.loads((tmp_path / "ledger.json").read_text())["body"]
     spends = [s for entry in body["entries"].values() for s in entry]
-    assert len(spends) == 1 and spends[0]["noise_multiplier"] == pytest.approx(0.8)
+    assert len(spends) == 1 and spends[0]["mechanism"] == "source-release"
+    assert spends[0]["noise_multiplier"] == pytest.approx(metrics[protocol.NOISE_MULTIPLIER])
     assert metrics[protocol.EPSILON] == pytest.approx(spends[0]["epsilon_node_after"])
-    assert 0 < metrics[protocol.EPSILON] <= 20.0
+    assert metrics[protocol.EPSILON] == pytest.approx(1.0, abs=1e-3)  # the proposed patient-epsilon
     assert metrics[protocol.EPSILON_BUDGET_LEFT] == pytest.approx(20.0 - metrics[protocol.EPSILON])
 
 
 def test_exhausted_budget_is_a_clean_refusal_and_nothing_is_trained(tmp_path: Path, region: Path):
+    from medalloc_core.privacy.gaussian import gaussian_noise_multiplier
+    from medalloc_core.privacy.node_state import open_node_ledger
+
+    ledger = open_node_ledger(
+        state_path=tmp_path / "medalloc-node-state.json",
+        hospital_id="H000",
+        ledger_path=tmp_path / "ledger.json",
+        epsilon_budget=0.05,
+        delta=1e-6,
+        accountant="prv",
+        max_stay_days=14,
+    )
+    z = gaussian_noise_multiplier(epsilon=0.05, delta=1e-6)  # a share that spent the whole budget
+    ledger.spend("share", noise_multiplier=z, sample_rate=1.0, steps=1, run_id="share", mechanism="share")
     ctx = _node(tmp_path, region / "H000.csv", **{"privacy-epsilon-budget": 0.05})
     reply = handle_train(request(5, record(_global()), _config()), ctx)
     assert reply.has_error() and reply.error.code == Refusal.PRIVACY_BUDGET_EXCEEDED
     assert reply.error.reason.startswith("privacy-budget-exceeded: ") and "above its budget 0.05" in reply.error.reason
     body = json.loads((tmp_path / "ledger.json").read_text())["body"]
-    assert body["entries"] == {}  # nothing recorded
+    assert len(body["entries"]["share"]) == 1  # nothing more recorded
+    assert not (tmp_path / "ledger.json.released.csv").exists()  # nothing released
 
 
 def test_corrupt_ledger_is_a_clean_refusal(tmp_path: Path, region: Path):
@@ -200,7 +222,17 @@ def test_evaluate_reports_test_metrics_in_original_units(tmp_path: Path, region:
     req = request(
         5,
         record(_global()),
-        EvaluateInstruction(server_round=1, model_config=MODEL, window_spec=SPEC).to_dict(),
+        EvaluateInstruction(
+            server_round=1,
+            model_config=MODEL,
+            window_spec=SPEC,
+            privacy_mechanism="source",
+            patient_epsilon=1.0,
+            max_stay_days=14,
+            reproducible_noise=False,
+            seed=0,
+            run_tag="test",
+        ).to_dict(),
         train=False,
     )
     reply = handle_evaluate(req, ctx)
@@ -208,5 +240,7 @@ def test_evaluate_reports_test_metrics_in_original_units(tmp_path: Path, region:
     metrics = reply.content[protocol.METRICS]
     assert set(metrics) == protocol.EVAL_METRIC_KEYS
     assert metrics[protocol.NUM_EXAMPLES] > 0 and metrics[protocol.EVAL_MAE] > 0 and 0 < metrics[protocol.EVAL_WAPE] < 5
-    assert not (tmp_path / "ledger.json").exists()  # evaluation spends no privacy budget and opens no ledger
+    # evaluation reads the node's release (made on first contact); a second evaluation spends nothing more
+    first = (tmp_path / "ledger.json").read_text()
+    assert not handle_evaluate(req, ctx).has_error() and (tmp_path / "ledger.json").read_text() == first
     assert ConfigRecord  # imported for the type of node info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,21 +68,22 @@ class Recorder:
 def federate(
     region: Path, out: Path, *, hospitals: Collection[int], mods: list[Any], rounds: int = 2, **keys: Any
 ) -> tuple[FederationResult, list[dict[str, Any]]]:
-    """One federation over the region's hospitals ``hospitals`` (RDP ledgers, no evaluation phase)."""
+    """One federation over the region's hospitals ``hospitals`` (no evaluation phase).
+
+    Simulated nodes with reproducible noise (the research switch): the comparisons below need two
+    federations over the same data to see the same release and batch order. Their source releases
+    are kept per ``out`` so every federation starts from its own.
+    """
     config = {"out-dir": str(out), "num-server-rounds": rounds, "min-available-nodes": len(hospitals),
-              "min-train-nodes": len(hospitals), "fraction-evaluate": 0.0, "local-epochs": 1} | TINY | keys  # fmt: skip
-    nodes = {
-        i + 1: {
-            "partition-id": i,
-            "data-path": str(region / f"H{i:03d}.csv"),
-            "ledger-path": str(out / "ledgers" / f"{i}.json"),
-            "privacy-epsilon-budget": 1000.0,
-            "privacy-accountant": "rdp",
-        }  # fmt: skip
-        for i in hospitals
-    }
-    (out / "ledgers").mkdir(parents=True)
-    grid = DirectGrid(make_client_app(mods=mods), nodes)
+              "min-train-nodes": len(hospitals), "fraction-evaluate": 0.0, "local-epochs": 1,
+              "simulation-reproducible-noise": True} | TINY | keys  # fmt: skip
+    data = out / "region"  # this federation's own copy: its own ledgers and releases
+    data.mkdir(parents=True)
+    for path in sorted(region.glob("H*.csv")):
+        shutil.copy(path, data / path.name)
+    nodes = {i + 1: {"partition-id": i, "num-partitions": HOSPITALS} for i in hospitals}
+    app_keys = {"simulation-data-dir": str(data), "simulation-epsilon-budget": 1000.0}
+    grid = DirectGrid(make_client_app(app_keys, mods=mods), nodes)
     with task_identity():
         result = run_federation(grid, RunConfig.from_mapping(config))
     log = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]

@@ -31,10 +31,25 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
         i + 1: {
             "data-path": str(region / f"H00{i}.csv"),
             "ledger-path": str(tmp_path / f"ledger{i}.json"),
-            "privacy-epsilon-budget": 0.05 if i == 2 else 20.0,  # node 3 cannot afford a round
+            "privacy-epsilon-budget": 0.05 if i == 2 else 20.0,
         }
         for i in range(3)
     }
+    # Node 3 has already spent its whole budget (a share): it cannot afford its release.
+    from medalloc_core.privacy.gaussian import gaussian_noise_multiplier
+    from medalloc_core.privacy.node_state import open_node_ledger
+
+    spent = open_node_ledger(
+        state_path=tmp_path / "medalloc-node-state.json",
+        hospital_id="H002",
+        ledger_path=tmp_path / "ledger2.json",
+        epsilon_budget=0.05,
+        delta=1e-6,
+        accountant="prv",
+        max_stay_days=14,
+    )
+    z = gaussian_noise_multiplier(epsilon=0.05, delta=1e-6)
+    spent.spend("share", noise_multiplier=z, sample_rate=1.0, steps=1, run_id="share", mechanism="share")
     keys = {
         "out-dir": str(tmp_path / "out"),
         "num-server-rounds": 1,
@@ -51,9 +66,10 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
     assert refused[0]["node"] == "3" and refused[0]["reason"].startswith("privacy-budget-exceeded")
     assert record["train"]["num-nodes"] == 2
     assert all(np.isfinite(v).all() for v in result.arrays.values())
-    # the refusing node evaluated fine: evaluation spends no budget
-    assert record["evaluate"]["num-nodes"] == 3
-    assert not json.loads((tmp_path / "ledger2.json").read_text())["body"]["entries"]
+    # evaluation reads the release, which node 3 could not afford: it refuses that too, and its
+    # ledger holds nothing but the earlier share
+    assert record["evaluate"]["num-nodes"] == 2
+    assert list(json.loads((tmp_path / "ledger2.json").read_text())["body"]["entries"]) == ["share"]
     assert Refusal.PRIVACY_BUDGET_EXCEEDED.slug == "privacy-budget-exceeded"
 
 

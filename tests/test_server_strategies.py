@@ -102,9 +102,9 @@ def test_client_dp_epsilon_reference_values():
     assert client_dp_epsilon(noise_multiplier=1.0, releases=0, delta=1e-5) == 0.0
     one = client_dp_epsilon(noise_multiplier=1.0, releases=1, delta=1e-5)
     five = client_dp_epsilon(noise_multiplier=1.0, releases=5, delta=1e-5)
-    # Gaussian mechanism, RDP: eps(alpha) = T alpha / (2 sigma^2); Opacus' conversion gives these.
-    assert five == pytest.approx(12.3017, abs=1e-3)
-    assert one < five < 5 * one  # composition grows sublinearly under RDP
+    # Five Gaussian releases are one Gaussian of noise 1/sqrt(5), composed exactly (RDP's bound was 12.3017).
+    assert five == pytest.approx(11.4800, abs=1e-3)
+    assert one < five < 5 * one  # composition grows sublinearly
     assert client_dp_epsilon(noise_multiplier=4.0, releases=5, delta=1e-5) < five
 
 

@@ -32,7 +32,8 @@ hidden = 16
 batch-size = 32
 lr = 0.01
 [privacy]
-epsilon-budget = 12.0
+epsilon = 4.0
+reproducible-noise = true
 [comparisons]
 baselines = ["seasonal_naive", "holt_winters"]
 [output]
@@ -73,13 +74,17 @@ def test_small_simulation_writes_every_result_and_learns(tmp_path: Path):
         fed["overall"]["volume_weighted"]["pinball"]
         < on_disk["methods"]["initial model"]["overall"]["volume_weighted"]["pinball"]
     )
-    # every node spent privacy, within its own budget, and the summary reports what the ledgers hold
+    # every node released once, at its budget per patient, and the summary reports what the ledgers hold
     for hid in ("H000", "H001", "H002"):
         ledger = PrivacyLedger.load(out / "region" / "ledgers" / f"{hid}.json")
-        assert 0 < ledger.epsilon_spent() <= 12.0
+        assert ledger.unit == "patient" and [s.mechanism for s in ledger.spends()] == ["source-release"]
+        assert ledger.epsilon_spent() == pytest.approx(4.0, abs=1e-3)
         assert summary["federation"]["epsilon_per_hospital"][hid] == pytest.approx(ledger.epsilon_spent())
-        # local-only DP replays exactly the federated spend
-        assert on_disk["local_only_dp_epsilon"][hid] == pytest.approx(ledger.epsilon_spent(), rel=0.02)
+        # local-only DP trains on the same release: the same patient-level epsilon, nothing more spent
+        assert on_disk["local_only_dp_epsilon"][hid] == pytest.approx(ledger.epsilon_spent())
+    assert on_disk["privacy"]["unit"] == "patient" and on_disk["privacy"]["max_stay_days"] == 14
+    assert on_disk["privacy"]["epsilon_max"] == pytest.approx(4.0, abs=1e-3) and on_disk["privacy"]["delta"] == 1e-6
+    assert rounds[-1]["privacy"]["epsilon-max"] == pytest.approx(4.0, abs=1e-3)
 
     with pytest.raises(ResultsExist, match="--force"):
         run_scenario(load_scenario(scenario_file), out)

@@ -128,7 +128,7 @@ def test_a_real_node_refuses_reproducible_noise(data: tuple[Path, Path], tmp_pat
     grid = LocalGrid(make_client_app(), node_configs(data, tmp_path))
     keys = {"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "min-available-nodes": 3, "min-train-nodes": 3}
     with task_identity():
-        run_federation(grid, RunConfig.from_mapping(keys | EQUIPMENT_KEYS | {"equipment.reproducible-noise": True}))
+        run_federation(grid, RunConfig.from_mapping(keys | EQUIPMENT_KEYS | {"simulation-reproducible-noise": True}))
     record = json.loads((tmp_path / "out" / METRICS_FILE).read_text().splitlines()[-1])
     assert record["nodes"] == {"sampled": 3, "refused": 3} and record["model-updated"] is False
 

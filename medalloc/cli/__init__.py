@@ -24,10 +24,12 @@ _COMMAND_MODULES = (
     "generate",
     "privacy",
     "forecast",
+    "explain",
     "share",
     "allocate",
     "maintenance_plan",
     "simulate",
+    "report",
     "audit",
 )
 

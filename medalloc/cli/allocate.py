@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.contract import DATE, UNIT, DataContractError
@@ -16,8 +18,10 @@ from medalloc_core.contract import DATE, UNIT, DataContractError
 if TYPE_CHECKING:  # imported where used, to keep the CLI's start fast
     from medalloc_core.allocation.newsvendor import UnitCosts
     from medalloc_core.allocation.quantiles import Tail
+    from medalloc_core.allocation.regional import RegionalPlan
 
 logger = logging.getLogger(__name__)
+PLAN_EXPLANATION = "plan_explanation.txt"
 _TAILS: tuple[Tail, ...] = ("normal", "clamp")
 _out = Console()
 _err = Console(stderr=True)
@@ -132,18 +136,20 @@ def allocate(
     force: bool = typer.Option(False, "--force", help="Replace an existing plan in --out."),
 ) -> None:
     """Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast."""
+    from medalloc_core.allocation.explain_plans import hospital_plan_reasons
     from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast
     from medalloc_core.allocation.newsvendor import DEFAULT_NURSE_RATIOS, PlanConfig, UnitCosts, plan_hospital
     from medalloc_core.allocation.plots import plot_plan
+    from medalloc_core.atomic import atomic_write_bytes
 
     try:
         if (capacity is None) == (capacity_from is None):
             raise _BadInput("give exactly one of --capacity CAP.csv or --capacity-from DATA.csv")
         if tail not in _TAILS:
             raise _BadInput(f"--tail must be 'normal' or 'clamp', got '{tail}'")
-        plan_csv, plan_png = out / "plan.csv", out / "plan.png"
+        plan_csv, plan_png, plan_txt = out / "plan.csv", out / "plan.png", out / PLAN_EXPLANATION
         inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
-        _guard_outputs([plan_csv, plan_png], inputs, force)
+        _guard_outputs([plan_csv, plan_png, plan_txt], inputs, force)
         ratios = {**DEFAULT_NURSE_RATIOS, **_parse_mapping(nurse_ratio, "--nurse-ratio")}
         unit_costs: dict[str, UnitCosts] = {}
         if unit_config is not None:
@@ -170,14 +176,14 @@ def allocate(
         out.mkdir(parents=True, exist_ok=True)
         written.to_csv(plan_csv, index=False, float_format="%.4f")
         plot_plan(plan, plan_png)
+        reasons = hospital_plan_reasons(plan, config)
+        atomic_write_bytes(plan_txt, ("\n\n".join(reasons) + "\n").encode("utf-8"))
     except OSError as exc:
         _fail(f"cannot write the plan to {out}: {exc}")
     _out.print(_summary_table(plan))
-    ratio = config.costs.critical_ratio
-    _out.print(
-        f"critical ratio c_u/(c_u+c_o) = {ratio:.3f}: staffed to the P{ratio * 100:.0f} of census demand.\n"
-        f"wrote {plan_csv} and {plan_png}"
-    )
+    for line in reasons:
+        _out.print(escape(line), highlight=False)
+    _out.print(f"wrote {plan_csv}, {plan_png} and {plan_txt}", highlight=False)
 
 
 def allocate_region(
@@ -194,6 +200,12 @@ def allocate_region(
     under_cost: float = typer.Option(10.0, "--under-cost"),
     surge_cost: float = typer.Option(1.0, "--surge-cost", help="Cost of a deployed surge bed-day."),
     transfer_cost: float = typer.Option(2.0, "--transfer-cost", help="Fixed cost per transferred patient-day."),
+    transfer_limit: float | None = typer.Option(
+        None,
+        "--transfer-limit",
+        help="Most patient-days one corridor (from, to) can take per day; default unlimited. "
+        "With a limit the plan prices one more transfer slot.",
+    ),
     neighbours: int = typer.Option(5, "--neighbours", help="Transfers only between each hospital's k nearest."),
     scenarios: int = typer.Option(20, "--scenarios"),
     correlation: float = typer.Option(
@@ -203,6 +215,11 @@ def allocate_region(
     force: bool = typer.Option(False, "--force", help="Replace an existing regional plan in --out."),
 ) -> None:
     """The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles."""
+    from medalloc_core.allocation.explain_plans import (
+        REGIONAL_EXPLANATION_FILES,
+        regional_reasons,
+        write_regional_explanation,
+    )
     from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, VALUE, Q, read_capacity
     from medalloc_core.allocation.plots import plot_regional
     from medalloc_core.allocation.regional import (
@@ -214,7 +231,16 @@ def allocate_region(
     )
 
     try:
-        names = ("surge.csv", "transfers.csv", "hospital_days.csv", "costs.csv", "regional.png")
+        names = (
+            "surge.csv",
+            "transfers.csv",
+            "hospital_days.csv",
+            "costs.csv",
+            "regional.png",
+            *REGIONAL_EXPLANATION_FILES,
+        )
+        if transfer_limit is not None and not transfer_limit >= 0:
+            raise _BadInput(f"--transfer-limit must be a number of patient-days >= 0, got {transfer_limit}")
         _guard_outputs([out / n for n in names], [*forecast, capacity], force)
         frames = []
         for path in forecast:
@@ -252,6 +278,7 @@ def allocate_region(
             under_cost=under_cost,
             surge_cost=surge_cost,
             transfer_cost=transfer_cost,
+            transfer_limit=math.inf if transfer_limit is None else transfer_limit,
             neighbours=neighbours,
             scenarios=scenarios,
             correlation=correlation,
@@ -265,6 +292,7 @@ def allocate_region(
     try:
         write_regional_plan(plan, out, overwrite=force)
         plot_regional(plan, out / "regional.png")
+        write_regional_explanation(plan, out, overwrite=force)
     except OSError as exc:
         _fail(f"cannot write the regional plan to {out}: {exc}")
     table = Table(
@@ -275,7 +303,30 @@ def allocate_region(
     for part in ("surge", "unserved", "transfer", "total"):
         table.add_row(part, f"{plan.costs[part]:.1f}")
     _out.print(table)
-    _out.print(f"wrote {', '.join(str(out / n) for n in names)}")
+    _out.print(_binding_table(plan))
+    for line in regional_reasons(plan):
+        _out.print(escape(line), highlight=False)
+    _out.print(f"wrote {', '.join(str(out / n) for n in names)}", highlight=False)
+
+
+def _binding_table(plan: RegionalPlan, rows: int = 10) -> Table:
+    """The binding constraints with the largest shadow prices: what one more unit of each would save."""
+    binding = plan.shadow.binding() if plan.shadow is not None else pd.DataFrame()
+    table = Table(title=f"Binding constraints ({len(binding)}; largest shadow prices first)")
+    for name in ("constraint", "where", "date", "limit", "used", "saves per +1"):
+        table.add_column(name, justify="left" if name in ("constraint", "where") else "right")
+    for row in binding.head(rows).itertuples(index=False):
+        table.add_row(
+            str(row.constraint),
+            escape(str(row.where)),
+            str(pd.Timestamp(row.date).date()),
+            f"{row.limit:g}",
+            f"{row.used:.1f}",
+            f"{row.shadow_price:.2f}",
+        )
+    if len(binding) > rows:
+        table.caption = f"{len(binding) - rows} more in binding_constraints.csv"
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 # (and `medalloc --help`) starts without them.
 
 REPORT_NAME = "audit.json"
+PATIENT_REPORT_NAME = "patient-audit.json"
 CANARIES_NAME = "canaries.csv"
 FIGURE_NAME = "canary-losses.png"
 LEDGER_NAME = "audit-ledger.json"  # = medalloc_core.privacy.audit.LEDGER_NAME (checked by the tests)
-_OUTPUTS = (REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER_NAME)
+_OUTPUTS = (REPORT_NAME, PATIENT_REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER_NAME)
 
 
 def _fail(console: Console, message: str) -> NoReturn:
@@ -70,6 +71,35 @@ def _table(report: AuditReport) -> Table:
         "AUC: loss-threshold membership inference (0.5 = chance) on canaries and on real windows"
     )
     return table
+
+
+def _patient_table(audit: Any, console: Console) -> None:
+    """The patient-level audit: what each attack found, against the node's ledger epsilon."""
+    table = Table(
+        title=f"Patient-level audit: ε per patient (stays up to {audit.max_stay_days} nights) {audit.epsilon:.3f}, "
+        f"δ {audit.delta:g}, the node's source release"
+    )
+    for column in ("attack", "measured", "without protection", "verdict"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    table.add_row(
+        "coordinator replays a round (max |diff| of arrays)",
+        f"{audit.replay_diff_secure:.3g}",
+        f"{audit.replay_diff_seeded:.3g} (seeds it knows)",
+        "PASS: replay fails" if audit.replay_fails else "FAIL",
+    )
+    table.add_row(
+        f"{audit.canaries} canary stays, ε lower bound (95%)",
+        f"{audit.canary_bound:.2f} (AUC {audit.canary_auc:.2f})",
+        f"{audit.canary_bound_power:.2f} (no noise)",
+        "PASS" if audit.sound and audit.powerful else "FAIL",
+    )
+    table.add_row(
+        f"membership via eval replies, {audit.eval_trials} nodes (AUC)",
+        f"{audit.eval_auc_released:.2f}",
+        f"{audit.eval_auc_true_counts:.2f} (true counts)",
+        "PASS" if audit.eval_auc_released < audit.eval_auc_true_counts else "FAIL",
+    )
+    console.print(table)
 
 
 def _verdict(report: AuditReport, console: Console) -> None:
@@ -137,12 +167,19 @@ def audit(
     # Defaults = medalloc_core.privacy.audit.DEFAULT_AUDIT_DP (checked by the tests).
     noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Clipping norm C of the DP run (default 1.0)."),
+    window: bool = typer.Option(
+        True, "--window/--no-window", help="Also run the window-level DP-SGD audit (research; nodes no longer use it)."
+    ),
 ) -> None:
     """Audit DP training empirically: train with and without DP on canaries, attack both, compare with the ledger.
 
-    Exit status 0 when the audit is sound (the DP run's lower bound is at most the ledger's
-    epsilon) and has power (the non-private run's bound is >= 1 and above the DP run's);
-    1 when either check fails; 2 on bad arguments.
+    First the node's patient-level guarantee (what a hospital relies on): the coordinator's
+    replay of a round must fail, canary stays through the node's source release must not prove
+    more than the ledger's epsilon, membership inference through evaluation replies must stay
+    near chance. Then, unless ``--no-window``, the window-level DP-SGD audit.
+
+    Exit status 0 when every check passes (sound: lower bounds at most the ledger's epsilon;
+    powerful: without noise the same attacks prove >= 1); 1 when one fails; 2 on bad arguments.
     """
     console = Console(stderr=True)
     if noise_multiplier <= 0:
@@ -172,6 +209,19 @@ def audit(
         accountant=DEFAULT_AUDIT_DP.accountant,
     )
 
+    from medalloc.simulations.patient_audit import run_patient_audit
+
+    with console.status("patient-level audit: replay, canary stays, evaluation replies"):
+        patient = run_patient_audit(quick=quick, seed=seed or 0)
+    _patient_table(patient, Console())
+    if not window:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / PATIENT_REPORT_NAME).write_text(json.dumps(patient.to_dict(), indent=2) + "\n")
+        if not patient.passed:
+            raise typer.Exit(code=1)
+        return
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -200,12 +250,13 @@ def audit(
         included = list(report.canary_included)
         with (out / REPORT_NAME).open("x") as handle:  # "x": never overwrite a saved result
             handle.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        (out / PATIENT_REPORT_NAME).write_text(json.dumps(patient.to_dict(), indent=2) + "\n")
         _write_canaries(out / CANARIES_NAME, report, included)
         _write_figure(out / FIGURE_NAME, report, included)
         console.print(
             f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}", highlight=False
         )
-    if not (report.sound and report.powerful):
+    if not (report.sound and report.powerful and patient.passed):
         raise typer.Exit(code=1)
 
 

@@ -1,4 +1,4 @@
-"""``medalloc privacy``: what a node's privacy ledger says has been spent, and what is left."""
+"""``medalloc privacy``: what a node's privacy ledger says has been spent per patient, and what is left."""
 
 from __future__ import annotations
 
@@ -12,12 +12,41 @@ from rich.table import Table
 
 from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
 
+MEANING = (
+    "Whether or not any one patient's stay of up to {n} nights is in this hospital's records changes the "
+    "probability of anything the node has released, in all its runs together, by at most a factor e^{eps:.3g} "
+    "(except with probability {delta:g})."
+)
+
+
+def _longer_stay(ledger: PrivacyLedger) -> dict[str, float] | None:
+    """Epsilon of a stay twice the cap, for the node's source release (if it has one and nothing else)."""
+    from medalloc_core.privacy.release import ReleasePlan
+
+    spends = ledger.spends()
+    if not spends or ledger.max_stay_days is None or any(s.mechanism != "source-release" for s in spends):
+        return None
+    detail = dict(spends[0].detail)
+    columns = tuple(c for c in ("admissions", "discharges", "census") if f"sd-{c}" in detail)
+    if not columns:
+        return None
+    plan = ReleasePlan.from_noise_multiplier(
+        spends[0].noise_multiplier,
+        delta=ledger.delta,
+        max_stay_days=int(detail.get("max-stay-days", 14)),
+        columns=columns,
+    )
+    return {"nights": 2 * plan.max_stay_days, "epsilon": plan.epsilon_for_stay(2 * plan.max_stay_days)}
+
 
 def _report(ledger: PrivacyLedger) -> dict[str, Any]:
     entries = ledger.entries()
     spent = ledger.epsilon_spent()
     return {
         "ledger": str(ledger.path),
+        "unit": ledger.unit,
+        "max_stay_days": ledger.max_stay_days,
+        "longer_stay": _longer_stay(ledger) if ledger.unit == "patient" else None,
         "accountant": ledger.accountant,
         "delta": ledger.delta,
         "epsilon_budget": ledger.epsilon_budget,
@@ -37,6 +66,8 @@ def _report(ledger: PrivacyLedger) -> dict[str, Any]:
                     {
                         "timestamp": s.timestamp,
                         "run_id": s.run_id,
+                        "mechanism": s.mechanism,
+                        "days": list(s.days) if s.days else None,
                         "noise_multiplier": s.noise_multiplier,
                         "sample_rate": s.sample_rate,
                         "steps": s.steps,
@@ -60,7 +91,39 @@ def _when(timestamp: str | None) -> str:
     return "—" if timestamp is None else timestamp[:16].replace("T", " ")  # minutes, UTC
 
 
+def _headline(report: dict[str, Any], console: Console) -> None:
+    spent, budget, left = report["epsilon_spent"], report["epsilon_budget"], report["epsilon_remaining"]
+    style = "red" if left <= 0 else ("yellow" if spent > 0.8 * budget else "green")
+    if report["unit"] == "patient":
+        n = report["max_stay_days"]
+        console.print(
+            f"[bold]ε per patient (stays up to {n} nights): [{style}]{spent:.3f}[/{style}][/bold] of budget "
+            f"{budget:g}, δ = {report['delta']:g}; [{style}]{left:.3f} left[/{style}]."
+        )
+        console.print(MEANING.format(n=n, eps=spent, delta=report["delta"]))
+        if report["longer_stay"]:
+            console.print(
+                f"A longer stay is protected less: {report['longer_stay']['nights']} nights → ε "
+                f"{report['longer_stay']['epsilon']:.3f} (docs/privacy.md, 'Longer stays')."
+            )
+    elif report["unit"] == "device":
+        console.print(
+            f"[bold]ε per device (a device's whole history, equipment task): [{style}]{spent:.3f}[/{style}][/bold] "
+            f"of budget {budget:g}, δ = {report['delta']:g}; [{style}]{left:.3f} left[/{style}]. "
+            "Whether or not any one device's inventory row and events are in this hospital's logs changes what "
+            f"left the node by at most a factor e^{spent:.3f}, except with probability {report['delta']:g} "
+            "(docs/privacy.md, 'The equipment task')."
+        )
+    else:
+        console.print(
+            f"[bold red]ε per training WINDOW: {spent:.3f}[/bold red] of {budget:g}, δ = {report['delta']:g}. "
+            "This ledger predates patient-level accounting: it bounds no patient (a stay enters ~80 windows). Start a "
+            "patient-level ledger at a new path and keep this one (docs/hospital.md)."
+        )
+
+
 def _print_report(report: dict[str, Any], console: Console) -> None:
+    _headline(report, console)
     entries_table = Table(title=f"Privacy ledger {report['ledger']}", title_justify="left")
     for column in ("dataset", "spends", "first spend (UTC)", "last spend (UTC)", "ε dataset"):
         entries_table.add_column(column, justify="right" if column in ("spends", "ε dataset") else "left", no_wrap=True)
@@ -78,6 +141,7 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
     spends_table.add_column("when (UTC)", no_wrap=True)
     spends_table.add_column("run", min_width=4, overflow="fold")
     spends_table.add_column("dataset", no_wrap=True)
+    spends_table.add_column("mechanism", no_wrap=True)
     for column in ("σ", "q", "steps", "ε data", "ε node"):
         spends_table.add_column(column, justify="right", no_wrap=True)
     rows = sorted(
@@ -89,6 +153,7 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
             _when(spend["timestamp"]),
             spend["run_id"],
             _short(fingerprint)[:8],
+            spend["mechanism"],
             f"{spend['noise_multiplier']:.4g}",
             f"{spend['sample_rate']:.4g}",
             str(spend["steps"]),
@@ -106,11 +171,11 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
             f"ε {change['previous']:g} → {change['new']:g}"
         )
     spent, budget, left = report["epsilon_spent"], report["epsilon_budget"], report["epsilon_remaining"]
-    style = "red" if left <= 0 else ("yellow" if spent > 0.8 * budget else "green")
+    unit = {"patient": "per patient", "device": "per device"}.get(report["unit"], "per training window")
     console.print(
-        f"[bold]Node total[/bold] (all datasets composed, {report['accountant'].upper()} accountant): "
-        f"ε spent [{style}]{spent:.3f}[/{style}] of budget {budget:g} at δ={report['delta']:g}; "
-        f"[{style}]{left:.3f} left[/{style}]."
+        f"[bold]Node total[/bold] (all datasets and mechanisms composed, {report['accountant'].upper()} accountant; "
+        f"Gaussian releases exactly): ε {unit} {spent:.3f} of budget {budget:g} at δ={report['delta']:g}; "
+        f"{left:.3f} left."
     )
 
 

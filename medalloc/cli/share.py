@@ -63,7 +63,9 @@ def share(
         if ledger.exists() or epsilon_budget is None:
             node = PrivacyLedger.load(ledger)
         else:
-            node = PrivacyLedger.open(ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-5)
+            node = PrivacyLedger.open(
+                ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-6, unit="patient", max_stay_days=14
+            )
         if delta is not None and delta != node.delta:
             raise ValueError(
                 f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; "

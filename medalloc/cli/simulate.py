@@ -26,11 +26,12 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 
 def _results_table(summary: dict[str, Any]) -> Table:
-    fed = summary["federation"]
+    fed, pv = summary["federation"], summary["privacy"]
+    header = f"epsilon per patient (stays <= {pv['max_stay_days']} d)"
     table = Table(title=f"Test-period accuracy, {len(summary['hospitals'])} hospitals (volume-weighted over hospitals)")
-    for name in ("method", "MAE", "WAPE", "pinball", "P10-P90 coverage", "epsilon (max node)"):
+    for name in ("method", "MAE", "WAPE", "pinball", "P10-P90 coverage", header):
         table.add_column(name, justify="left" if name == "method" else "right")
-    eps_fed = max(fed["epsilon_per_hospital"].values(), default=None)
+    eps_fed = max((e for e in fed["epsilon_per_hospital"].values() if e is not None), default=None)
     eps_local = max(summary["local_only_dp_epsilon"].values(), default=None)
     privacy = {"federated": eps_fed, "local only DP": eps_local, "initial model": 0.0}
     for method, result in summary["methods"].items():
@@ -45,8 +46,10 @@ def _results_table(summary: dict[str, Any]) -> Table:
             _fmt(eps, ".2f") if method in privacy else "no DP" if method in ("local only", "centralized") else "-",
         )
     table.caption = (
-        f"epsilon at delta={fed['delta']:g}; each node's budget {fed['epsilon_budget']:g}. "
-        "Lower MAE/WAPE/pinball is better."
+        f"epsilon per patient at delta={pv['delta']:g}, the largest over the nodes, for the node's whole life "
+        f"(each node's budget {fed['epsilon_budget']:g}): {pv['meaning']}. "
+        + ("Noise seeded for reproducibility: research only. " if pv["reproducible_noise"] else "")
+        + "Lower MAE/WAPE/pinball is better."
     )
     return table
 
@@ -145,6 +148,11 @@ def simulate(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing results folder of an earlier simulation."),
     show_default: bool = typer.Option(False, "--show-default", help="Print the embedded default scenario and exit."),
+    report: bool = typer.Option(
+        True,
+        "--report/--no-report",
+        help="After the run, plan beds and the region from the final model (allocation/) and write report.html.",
+    ),
 ) -> None:
     """Simulate a federation of synthetic hospitals and compare it with local-only, centralized and classical baselines.
 
@@ -193,13 +201,22 @@ def simulate(
             summary = run_scenario(scenario, out, force=force, progress=_RichProgress(progress))
     except ResultsExist as exc:
         _fail(console, str(exc))
-    for table in (
-        [_results_table(summary)] if summary.get("task", "forecasting") == "forecasting" else _task_tables(summary)
-    ):
-        console.print(table)
+    page = ""
+    if summary.get("task", "forecasting") != "forecasting":
+        for table in _task_tables(summary):
+            console.print(table)
+    else:
+        console.print(_results_table(summary))
+        if report:
+            from medalloc.simulations.plans import write_run_plans
+            from medalloc_core.report import write_report
+
+            with console.status("planning beds and the region from the final model; writing the report"):
+                write_run_plans(out, plots=scenario.forecast_plots)
+                page = f", the allocation plan in {out}/allocation and the one-page report {write_report(out)}"
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
-        f"{out}/final_model.safetensors, plots in {out}/plots",
+        f"{out}/final_model.safetensors, plots in {out}/plots{page}",
         highlight=False,
     )
 

@@ -285,16 +285,19 @@ class EpisodeResult:
     days: int
     daily_cost: tuple[float, ...]
     demand_days: float = 0.0  # patient-days of demand in the episode (served + unserved)
+    overflow_unit_days: int = 0  # unit-days on which at least one patient found no staffed bed
 
 
 def run_episode(env: HospitalBedEnv, policy: Policy, seed: int) -> EpisodeResult:
     """Run ``policy`` for one episode from ``env.reset(seed=seed)`` and add up the costs."""
     observation, _ = env.reset(seed=seed)
     unserved = idle = changes = demand = 0.0
+    overflowing = 0
     daily: list[float] = []
     while True:
         observation, reward, terminated, truncated, info = env.step(policy(observation))
         unserved += float(info["unserved"].sum())
+        overflowing += int((info["unserved"] > 1e-9).sum())
         idle += float(info["idle"].sum())
         changes += float(info["change"].sum())
         demand += float(info["demand"].sum())
@@ -309,4 +312,5 @@ def run_episode(env: HospitalBedEnv, policy: Policy, seed: int) -> EpisodeResult
         days=len(daily),
         daily_cost=tuple(daily),
         demand_days=demand,
+        overflow_unit_days=overflowing,
     )

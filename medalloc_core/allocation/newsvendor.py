@@ -56,6 +56,9 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "expected_cost",
     "baseline_staffed",
     "change_from_baseline",
+    "demand_at_critical_ratio",
+    "quantile_basis",
+    "reason",
 )
 
 
@@ -110,6 +113,27 @@ class PlanConfig:
     def nurse_ratio_for(self, unit: str) -> float:
         lowered = {k.lower(): v for k, v in self.nurse_ratios.items()}
         return float(lowered.get(unit.lower(), self.default_nurse_ratio))
+
+
+def quantile_basis(levels: np.ndarray, ratio: float, tail: Tail = "normal") -> str:
+    """Where the critical-ratio quantile comes from, in words: a forecast level, an interpolation, or a tail.
+
+    >>> quantile_basis(np.array([0.1, 0.5, 0.9]), 10 / 11)
+    'beyond the forecast P90: normal tail fitted to P10-P90'
+    """
+    names = [f"P{100 * q:.3g}" for q in levels]
+    close = np.flatnonzero(np.isclose(levels, ratio, rtol=0.0, atol=1e-9))
+    if close.size:
+        return f"the forecast {names[int(close[0])]}"
+    if levels.size == 1:
+        return f"the forecast's only level {names[0]} (demand treated as certain)"
+    if levels[0] < ratio < levels[-1]:
+        k = int(np.searchsorted(levels, ratio)) - 1
+        return f"interpolated between the forecast {names[k]} and {names[k + 1]}"
+    side, outer = ("beyond", names[-1]) if ratio > levels[-1] else ("below", names[0])
+    if tail == "clamp":
+        return f"{side} the forecast {outer}: clamped to it (--tail clamp)"
+    return f"{side} the forecast {outer}: normal tail fitted to {names[0]}-{names[-1]}"
 
 
 def quantile_matrix(forecast: pd.DataFrame, target: str = CENSUS) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -218,6 +242,15 @@ def plan_hospital(forecast: pd.DataFrame, capacity: pd.DataFrame, config: PlanCo
     plan["expected_cost"] = c_u * unserved + c_o * idle
     plan["baseline_staffed"] = baseline.astype("int64")
     plan["change_from_baseline"] = plan["staffed_beds"] - plan["baseline_staffed"]  # beds to open (+) or close (-)
+    # The plan explains itself: which quantile it read, from where, and why this many beds.
+    plan["demand_at_critical_ratio"] = demand_at_cr
+    plan["quantile_basis"] = [quantile_basis(levels, float(r), config.tail) for r in cr]
+    plan["reason"] = [
+        f"capped at {int(p)} physical beds (the P{100 * r:.3g} of demand, {q:.1f}, needs {int(n)})"
+        if n > p
+        else f"{int(n)} = P{100 * r:.3g} of demand ({q:.2f}) rounded up"
+        for r, q, n, p in zip(cr, demand_at_cr, newsvendor, physical)
+    ]
     if plan["capped"].any():
         logger.warning(
             "%d unit-days need more beds than physically exist; capped and flagged", int(plan["capped"].sum())

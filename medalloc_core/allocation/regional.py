@@ -28,6 +28,7 @@ from scipy.special import ndtr
 
 from medalloc_core.allocation.forecast_io import HOSPITAL, TARGET, VALUE, Q, write_dated_csv
 from medalloc_core.allocation.quantiles import Tail, quantile_at
+from medalloc_core.allocation.shadow import ShadowPrices
 from medalloc_core.contract import CENSUS, DATE
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class RegionalPlan:
     ``surge``: hospital, date, surge_beds (LP value), surge_beds_whole (rounded, Σ ≤ pool).
     ``transfers``: from_hospital, to_hospital, date, expected_patients (mean over scenarios), cost_per_patient.
     ``hospital_days``: hospital, date, capacity, surge_beds, expected_demand, expected_unserved,
-    expected_transfers_out, expected_transfers_in, expected_idle_surge.
+    expected_transfers_out, expected_transfers_in, expected_idle_surge, and from the shadow
+    prices value_of_one_more_bed, surge_at_cap, value_of_more_surge_room.
     ``costs``: surge, unserved, transfer, total (expected, per the objective).
     """
 
@@ -97,6 +99,7 @@ class RegionalPlan:
     solver_message: str
     load: np.ndarray = field(repr=False)  # (K, H, D) patients cared for in each scenario
     capacity_with_surge: np.ndarray = field(repr=False)  # (H, D)
+    shadow: ShadowPrices | None = field(default=None, repr=False)  # what one more unit of each resource saves
 
 
 class RegionalSolveError(RuntimeError):
@@ -457,6 +460,19 @@ def plan_region(
         )
 
     z = result.x
+    shadow = ShadowPrices.from_solution(
+        hospitals=hospitals,
+        dates=dates,
+        pairs=pairs,
+        pool_size=config.surge_pool,
+        surge_cost=config.surge_cost,
+        surge_limit=_max_surge(config, hospitals),
+        pair_limit=pair_limit,
+        x_opt=z,
+        ineq_marginals=result.ineqlin.marginals,
+        upper_marginals=result.upper.marginals,
+        scenarios=k,
+    )
     surge = z[:n_s].reshape(n_h, n_d)
     unserved = z[off_u:off_x].reshape(k, n_h, n_d)
     x = z[off_x:].reshape(k, n_p, n_d)
@@ -484,6 +500,10 @@ def plan_region(
             "expected_idle_surge": idle_surge.mean(0).ravel(),
         }
     )
+    # Why each hospital gets what it gets: the shadow prices (medalloc_core.allocation.shadow).
+    priced = shadow.hospital_day_columns()
+    for column in ("value_of_one_more_bed", "surge_at_cap", "value_of_more_surge_room"):
+        hd_frame[column] = priced[column].to_numpy()
     surge_frame = hd_frame[[HOSPITAL, DATE, "surge_beds"]].assign(
         surge_beds_whole=_whole_surge(surge, config.surge_pool).ravel().astype("int64")
     )
@@ -515,6 +535,7 @@ def plan_region(
         solver_message=str(result.message),
         load=load,
         capacity_with_surge=cap_with_surge,
+        shadow=shadow,
     )
 
 

@@ -99,7 +99,11 @@ def share_with_ledger(
     after: list[float] = []
 
     def charge(_epsilon: float) -> None:  # called by share_forecast before any noise is drawn
-        after.append(ledger.spend(fingerprint, noise_multiplier=z, sample_rate=1.0, steps=1, run_id=run_id))
+        # On a patient-level ledger the release composes with the node's source release (both Gaussian):
+        # the sensitivity per value is then the per-patient bound the caller states (docs/privacy.md §8).
+        after.append(
+            ledger.spend(fingerprint, noise_multiplier=z, sample_rate=1.0, steps=1, run_id=run_id, mechanism="share")
+        )
 
     shared = share_forecast(
         forecast,

@@ -17,9 +17,18 @@ from typing import Any
 from medalloc_core import protocol as p
 from medalloc_core.equipment.features import SnapshotSpec
 from medalloc_core.equipment.model import RiskModelConfig
-from medalloc_core.protocol import ProtocolError, Reply, Scalar, read_field, read_json_field
+from medalloc_core.protocol import (
+    REPRODUCIBLE_NOISE,
+    ProtocolError,
+    Refusal,
+    Reply,
+    Scalar,
+    read_field,
+    read_json_field,
+)
 
-REPRODUCIBLE_NOISE = "simulation-reproducible-noise"  # research only: DP noise from the run's seed; a real node refuses
+PRIVACY_UNIT = "device"  # what one epsilon of the equipment ledger protects: a device's whole history
+MECHANISM = "dp-sgd-device"  # the ledger's name for device-level DP-SGD
 
 
 def _model_config(raw: Mapping[str, Any]) -> RiskModelConfig:
@@ -84,9 +93,6 @@ class EquipmentInstruction:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> EquipmentInstruction:
         """Read a request's config; raises ``ProtocolError`` naming the first bad field."""
-        reproducible = raw.get(REPRODUCIBLE_NOISE)
-        if not isinstance(reproducible, bool):
-            raise ProtocolError(f"'{REPRODUCIBLE_NOISE}' must be true or false, got {reproducible!r}")
         return cls(
             server_round=read_field(raw, p.SERVER_ROUND, int, minimum=0),
             model_config=_model_config(raw),
@@ -99,7 +105,7 @@ class EquipmentInstruction:
             dp_max_grad_norm=read_field(raw, p.DP_MAX_GRAD_NORM, float, above=0),
             run_tag=read_field(raw, p.RUN_TAG, str),
             seed=read_field(raw, p.SEED, int),
-            reproducible_noise=reproducible,
+            reproducible_noise=read_field(raw, REPRODUCIBLE_NOISE, bool),
         )
 
 
@@ -115,3 +121,31 @@ class EquipmentTrainReply(Reply):
 
 
 TRAIN_KEYS: frozenset[str] = EquipmentTrainReply.keys()
+
+
+# ------------------------------------------------------------------ what may leave a node, and why
+# "public": configuration and the fleet's size only, never a device's events. "dp-sgd-device":
+# the arrays after device-level DP-SGD charged to the node's equipment ledger. No loss and no
+# score on the node's devices is sent (they would be releases the ledger did not charge).
+DP_SGD_DEVICE = "dp-sgd-device"
+REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
+    "train": {
+        p.ARRAYS: {"*": DP_SGD_DEVICE},
+        p.METRICS: {key: p.PUBLIC for key in sorted(TRAIN_KEYS)},
+        p.NODE_INFO: {p.HOSPITAL_ID: p.PUBLIC},
+    },
+    "refusal": {"error": {"code": p.PUBLIC, "reason": p.PUBLIC}},
+}
+
+# The refusal reasons of the equipment task: the protocol's, with the budget in device epsilon.
+REFUSAL_REASONS: dict[Refusal, str] = dict(p.REFUSAL_REASONS) | {
+    Refusal.PRIVACY_BUDGET_EXCEEDED: (
+        "this would take the node's device-level epsilon to {projected:.3f}, above its budget {budget:g}"
+    ),
+    Refusal.DATA_INVALID: "the node's fleet files fail the data contract or cannot be snapshotted; see the node's log",
+}
+
+
+def reason(code: Refusal, **values: Any) -> str:
+    """A refusal's detail: the code's fixed text, never data from the node's files."""
+    return REFUSAL_REASONS[code].format(**values)

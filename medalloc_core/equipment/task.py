@@ -11,7 +11,6 @@ No evaluate round: nothing a node could score on its devices may leave it unchar
 from __future__ import annotations
 
 import logging
-import secrets
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,12 +34,21 @@ from medalloc_core.equipment.model import (
     risk_plan,
     train_risk,
 )
-from medalloc_core.equipment.protocol import TRAIN_KEYS, EquipmentInstruction, EquipmentTrainReply
+from medalloc_core.equipment.protocol import (
+    MECHANISM,
+    PRIVACY_UNIT,
+    TRAIN_KEYS,
+    EquipmentInstruction,
+    EquipmentTrainReply,
+    reason,
+)
 from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
 from medalloc_core.equipment.validation import is_fleet_folder
 from medalloc_core.model_io import write_task_model_files
-from medalloc_core.privacy.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.protocol import ProtocolError, Refusal, Scalar
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.node_state import LedgerResetDetected, open_node_ledger
+from medalloc_core.privacy.release import secure_generator
+from medalloc_core.protocol import REPRODUCIBLE_NOISE, ProtocolError, Refusal, Scalar
 from medalloc_core.tasks.base import (
     FederatedTask,
     NodeReply,
@@ -71,7 +79,6 @@ class EquipmentOptions:
     horizon_days: int = 30  # P(failure within this many days)
     stride_days: int = 7  # a snapshot per device per week
     test_days: int = 182  # the last half year of labels: the test period (research comparisons)
-    reproducible_noise: bool = False  # research only: DP noise from the run's seed (a real node refuses)
 
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.layers < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -92,11 +99,17 @@ def node_rng(node: NodeTask, ask: EquipmentInstruction) -> np.random.Generator:
     and the coordinator chose it.
     """
     if not ask.reproducible_noise:
-        return np.random.default_rng(secrets.randbits(128))
+        return secure_generator()
     if not node.simulated:
+        logger.error(
+            "%s: the coordinator asked for reproducible (coordinator-known) DP noise; refused", node.hospital_id
+        )
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
-            "a real node never uses DP noise the coordinator can recompute (reproducible noise)",
+            reason(
+                Refusal.REQUEST_INVALID,
+                what=f"a real node never uses DP noise the coordinator can recompute ({REPRODUCIBLE_NOISE})",
+            ),
         )
     logger.warning(
         "%s: equipment DP noise from the run's seed: reproducible, NOT private (simulation only)", node.hospital_id
@@ -110,15 +123,10 @@ def _local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
     except DataContractError as exc:
         # The problems name devices and rows of the hospital's files: they stay in the node's log.
         logger.error("%s", exc)
-        errors = sum(1 for p in exc.problems if p.severity == "error")
-        raise TaskRefused(
-            Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's fleet files; see the node's log"
-        ) from exc
+        raise TaskRefused(Refusal.DATA_INVALID, reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
         logger.error("%s: %s", node.data_path, exc)
-        raise TaskRefused(
-            Refusal.DATA_INVALID, "the node's fleet cannot be snapshotted for this model; see its log"
-        ) from exc
+        raise TaskRefused(Refusal.DATA_INVALID, reason(Refusal.DATA_INVALID)) from exc
 
 
 class EquipmentTask(FederatedTask):
@@ -126,6 +134,7 @@ class EquipmentTask(FederatedTask):
 
     name = TASK_NAME
     action = TASK_NAME
+    privacy_unit = PRIVACY_UNIT
     evaluates = False
     train_keys = TRAIN_KEYS
     evaluate_keys = frozenset({"num-examples"})
@@ -155,7 +164,7 @@ class EquipmentTask(FederatedTask):
             dp_max_grad_norm=options.max_grad_norm,
             run_tag=run_tag,
             seed=run.seed,
-            reproducible_noise=options.reproducible_noise,
+            reproducible_noise=run.simulation_reproducible_noise,
         )
 
     def train_instruction(
@@ -164,9 +173,9 @@ class EquipmentTask(FederatedTask):
         return self._instruction(run, options, model, server_round, run_tag).to_dict()
 
     def evaluate_instruction(
-        self, run: Any, options: EquipmentOptions, model: TaskModel, *, server_round: int
+        self, run: Any, options: EquipmentOptions, model: TaskModel, *, server_round: int, run_tag: str
     ) -> dict[str, Scalar]:
-        return self._instruction(run, options, model, server_round, "evaluate").to_dict()
+        return self._instruction(run, options, model, server_round, run_tag).to_dict()
 
     def parse_model(self, config: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[RiskModelConfig, SnapshotSpec]:
         return RiskModelConfig.from_dict(dict(config)), SnapshotSpec.from_dict(dict(spec))
@@ -183,13 +192,15 @@ class EquipmentTask(FederatedTask):
         try:
             ask = EquipmentInstruction.from_dict(request)
         except ProtocolError as exc:
-            raise TaskRefused(Refusal.REQUEST_INVALID, f"cannot read the request: {exc}") from exc
+            raise TaskRefused(Refusal.REQUEST_INVALID, reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
         rng = node_rng(node, ask)
         local = _local(node, ask.spec)
         try:
             model = risk_model_from_arrays(ask.model_config, arrays)
         except ValueError as exc:
-            raise TaskRefused(Refusal.REQUEST_INVALID, f"global arrays do not fit the risk model ({exc})") from exc
+            raise TaskRefused(
+                Refusal.REQUEST_INVALID, reason(Refusal.REQUEST_INVALID, what=f"global arrays do not fit ({exc})")
+            ) from exc
         torch.set_num_threads(node.threads)
         epochs = min(ask.local_epochs, node.max_local_epochs)
         dp = DeviceDP(
@@ -226,15 +237,26 @@ class EquipmentTask(FederatedTask):
     def _charge(
         self, node: NodeTask, local: LocalFleet, ask: EquipmentInstruction, dp: DeviceDP, sample_rate: float, steps: int
     ) -> PrivacyLedger:
-        """Record the whole round's device-level spend before any training; a refusal trains nothing."""
+        """Record the whole round's device-level spend before any training; a refusal trains nothing.
+
+        The equipment ledger is the node's own, opened through its node state record (so a deleted
+        or replaced ledger is noticed), with ``unit = "device"``: it never shares a budget with
+        the node's patient-level ledger.
+        """
         if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
             node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        assert node.node_state_path is not None
         try:
-            ledger = PrivacyLedger.open(
-                node.ledger_path,
+            ledger = open_node_ledger(
+                state_path=node.node_state_path,
+                hospital_id=node.hospital_id,
+                ledger_path=node.ledger_path,
                 epsilon_budget=node.epsilon_budget,
                 delta=node.delta,
-                accountant=node.accountant,  # type: ignore[arg-type]
+                accountant=node.accountant,
+                max_stay_days=None,
+                unit=PRIVACY_UNIT,
+                task=self.name,
             )
             ledger.spend(
                 local.fingerprint,
@@ -242,26 +264,29 @@ class EquipmentTask(FederatedTask):
                 sample_rate=sample_rate,
                 steps=steps,
                 run_id=f"{ask.run_tag}/equipment/round-{ask.server_round}",
+                mechanism=MECHANISM,
+                detail={"max-grad-norm": dp.max_grad_norm, "devices": float(local.batches.n_devices)},
             )
         except PrivacyBudgetExceeded as exc:
             logger.warning("%s: %s", node.hospital_id, exc)
             raise TaskRefused(
                 Refusal.PRIVACY_BUDGET_EXCEEDED,
-                f"this round would take the node's device epsilon to {exc.projected_epsilon:.3f}, "
-                f"above its budget {exc.epsilon_budget:g}",
+                reason(Refusal.PRIVACY_BUDGET_EXCEEDED, projected=exc.projected_epsilon, budget=exc.epsilon_budget),
             ) from exc
+        except LedgerResetDetected as exc:
+            logger.error("%s: %s", node.hospital_id, exc)
+            raise TaskRefused(Refusal.LEDGER_RESET_DETECTED, reason(Refusal.LEDGER_RESET_DETECTED)) from exc
+        except LedgerConfigMismatch as exc:
+            logger.error("%s: %s", node.hospital_id, exc)
+            raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
         except LedgerError as exc:
             logger.error("%s: equipment ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-            raise TaskRefused(
-                Refusal.LEDGER_CORRUPT,
-                f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger",
-            ) from exc
+            raise TaskRefused(Refusal.LEDGER_CORRUPT, reason(Refusal.LEDGER_CORRUPT)) from exc
         return ledger
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            "the equipment task has no evaluate round: a node reports nothing scored on its devices",
+            Refusal.REQUEST_INVALID, reason(Refusal.REQUEST_INVALID, what="the equipment task has no evaluate round")
         )
 
     # ------------------------------------------------------------------ simulations

@@ -174,7 +174,9 @@ def epsilon_for(
     ----------
     history
         Items ``(noise_multiplier, sample_rate, steps)`` of the Poisson-subsampled Gaussian
-        mechanism (Opacus' accountant history). Order does not matter; empty gives 0.
+        mechanism (Opacus' accountant history). Order does not matter; empty gives 0. A
+        history of ``sample_rate == 1`` items only (plain Gaussian mechanisms) is composed
+        exactly (``medalloc_core.privacy.gaussian``), whatever ``accountant`` says.
     delta
         Target delta, in (0, 1).
     accountant
@@ -197,6 +199,13 @@ def epsilon_for(
     items = compact_history(history)
     if not items:
         return 0.0
+    if all(rate == 1.0 for _, rate, _ in items):
+        # Only unsubsampled Gaussians (source releases, shares, DP metrics): they compose to one
+        # Gaussian exactly, and its tight curve beats both accountants' bounds.
+        from medalloc_core.privacy.gaussian import gaussian_epsilon
+
+        z = 1.0 / math.sqrt(sum(steps / noise**2 for noise, _, steps in items))
+        return gaussian_epsilon(noise_multiplier=z, delta=delta)
     rdp_eps = _rdp_epsilon(items, delta)
     if accountant == "rdp":
         return rdp_eps

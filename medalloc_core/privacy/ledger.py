@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +30,7 @@ from medalloc_core.privacy.accounting import (
 
 __all__ = [
     "LEDGER_FORMAT",
+    "MECHANISMS",
     "LEDGER_VERSION",
     "BudgetChange",
     "LedgerConfigMismatch",
@@ -44,6 +47,26 @@ logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "medalloc-privacy-ledger"
 LEDGER_VERSION = 1
+# What a spend was, so the ledger composes it right (the item is what the accountant sees):
+# - "source-release": one Gaussian release of (unit, day) counts per patient stay, item (z, 1, 1);
+#   releases at one z over disjoint days compose to ONE Gaussian (a stay's days split over them);
+# - "dp-sgd-patient": DP-SGD with at most one window of a stay per unit and step, item
+#   (sigma / 4, 1 - (1 - p)^2, steps) (medalloc_core.privacy.patient);
+# - "share", "dp-metric": a Gaussian release of derived numbers, item (z, 1, 1);
+# - "dp-sgd-window": DP-SGD accounted per training window (ledgers before patient-level
+#   accounting): no patient-level guarantee.
+# - "dp-sgd-device": the equipment task's DP-SGD with one device's whole history as one example,
+#   item (sigma, q, steps) exactly as Opacus accounts it (medalloc_core.equipment.model), on a
+#   ledger whose unit is "device": device epsilon never composes with patient epsilon.
+MECHANISMS: tuple[str, ...] = (
+    "source-release",
+    "dp-sgd-patient",
+    "share",
+    "dp-metric",
+    "dp-sgd-window",
+    "dp-sgd-device",
+)
+UNITS: tuple[str, ...] = ("patient", "window", "device")
 
 
 class LedgerError(Exception):
@@ -85,6 +108,9 @@ class Spend:
     steps: int
     epsilon_entry_after: float  # this entry's own history composed, after this spend
     epsilon_node_after: float  # every entry on the node composed (what the budget enforces)
+    mechanism: str = "dp-sgd-window"  # one of MECHANISMS; ledgers written before it are window-level DP-SGD
+    days: tuple[str, str] | None = None  # source releases: first and last date released (ISO)
+    detail: tuple[tuple[str, float], ...] = ()  # reporting only, e.g. window-level sigma/q/steps, noise sd
 
     def history_item(self) -> HistoryItem:
         """The accountant history item ``(noise_multiplier, sample_rate, steps)``."""
@@ -161,6 +187,17 @@ def _spend_from_json(raw: Any, where: str) -> Spend:
         if isinstance(raw[key], bool) or not isinstance(raw[key], kind):
             raise ValueError(f"{where}: field {key!r} has the wrong type ({raw[key]!r})")
     validate_history_item(float(raw["noise_multiplier"]), float(raw["sample_rate"]), raw["steps"])
+    mechanism = raw.get("mechanism", "dp-sgd-window")
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"{where}: unknown mechanism {mechanism!r}")
+    days = raw.get("days")
+    if days is not None and (not isinstance(days, list) or len(days) != 2 or not all(isinstance(d, str) for d in days)):
+        raise ValueError(f"{where}: days must be [first, last] ISO dates")
+    detail = raw.get("detail", {})
+    if not isinstance(detail, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in detail.values()
+    ):
+        raise ValueError(f"{where}: detail must map names to numbers")
     return Spend(
         timestamp=raw["timestamp"],
         run_id=raw["run_id"],
@@ -169,11 +206,19 @@ def _spend_from_json(raw: Any, where: str) -> Spend:
         steps=int(raw["steps"]),
         epsilon_entry_after=float(raw["epsilon_entry_after"]),
         epsilon_node_after=float(raw["epsilon_node_after"]),
+        mechanism=mechanism,
+        days=(days[0], days[1]) if days else None,
+        detail=tuple(sorted((str(k), float(v)) for k, v in detail.items())),
     )
 
 
 def _spend_to_json(spend: Spend) -> dict[str, Any]:
-    return {
+    extra: dict[str, Any] = {"mechanism": spend.mechanism}
+    if spend.days is not None:
+        extra["days"] = list(spend.days)
+    if spend.detail:
+        extra["detail"] = dict(spend.detail)
+    return extra | {
         "timestamp": spend.timestamp,
         "run_id": spend.run_id,
         "noise_multiplier": spend.noise_multiplier,
@@ -194,10 +239,26 @@ class _State:
     epsilon_budget: float
     budget_changes: tuple[BudgetChange, ...]
     entries: dict[str, tuple[Spend, ...]]
+    # What one epsilon protects: "patient" (a stay of <= max_stay_days nights) or "window"
+    # (ledgers written before patient-level accounting: their spends bound no patient).
+    unit: str = "window"
+    max_stay_days: int | None = None
+    ledger_id: str = ""  # random, fixed at creation; the node state record remembers it
 
     @classmethod
-    def new(cls, *, epsilon_budget: float, delta: float, accountant: AccountantName) -> _State:
-        return cls(_now(), accountant, delta, epsilon_budget, (), {})
+    def new(
+        cls,
+        *,
+        epsilon_budget: float,
+        delta: float,
+        accountant: AccountantName,
+        unit: str = "patient",
+        max_stay_days: int | None = None,
+    ) -> _State:
+        return cls(_now(), accountant, delta, epsilon_budget, (), {}, unit, max_stay_days, secrets.token_hex(16))
+
+    def replace(self, **changes: Any) -> _State:
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_body(cls, body: Any) -> _State:
@@ -228,6 +289,12 @@ class _State:
             entries[fingerprint] = tuple(
                 _spend_from_json(raw, f"entry {fingerprint} spend {i}") for i, raw in enumerate(spends)
             )
+        unit = body.get("unit", "window")
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r}")
+        stay = body.get("max_stay_days")
+        if stay is not None and (isinstance(stay, bool) or not isinstance(stay, int) or stay < 1):
+            raise ValueError(f"max_stay_days {stay!r} is not a whole number >= 1")
         return cls(
             created=str(body["created"]),
             accountant=accountant,
@@ -235,6 +302,9 @@ class _State:
             epsilon_budget=float(budget),
             budget_changes=tuple(changes),
             entries=entries,
+            unit=unit,
+            max_stay_days=stay,
+            ledger_id=str(body.get("ledger_id") or f"created:{body['created']}"),
         )
 
     def to_body(self) -> dict[str, Any]:
@@ -247,12 +317,44 @@ class _State:
                 {"timestamp": c.timestamp, "previous": c.previous, "new": c.new} for c in self.budget_changes
             ],
             "entries": {fp: [_spend_to_json(s) for s in spends] for fp, spends in self.entries.items()},
+            "unit": self.unit,
+            "max_stay_days": self.max_stay_days,
+            "ledger_id": self.ledger_id,
         }
 
-    def history(self, fingerprint: str | None = None) -> list[HistoryItem]:
+    def spends(self, fingerprint: str | None = None) -> list[Spend]:
         if fingerprint is not None:
-            return [s.history_item() for s in self.entries.get(fingerprint, ())]
-        return [s.history_item() for spends in self.entries.values() for s in spends]
+            return list(self.entries.get(fingerprint, ()))
+        return [s for spends in self.entries.values() for s in spends]
+
+    def history(self, fingerprint: str | None = None, *, extra: Spend | None = None) -> list[HistoryItem]:
+        return composed_history([*self.spends(fingerprint), *([extra] if extra else [])])
+
+
+def composed_history(spends: list[Spend]) -> list[HistoryItem]:
+    """The accountant history of ``spends``: every spend's item, except that source releases merge.
+
+    Source releases at one noise multiplier whose day ranges are pairwise disjoint are ONE
+    Gaussian per stay: a stay's contribution splits over them and the parts compose in
+    quadrature to at most the whole (medalloc_core.privacy.release). Releases that overlap in
+    days, or lack day ranges, count separately (an upper bound).
+    """
+    items: list[HistoryItem] = []
+    layers: dict[float, list[list[tuple[str, str]]]] = {}
+    for spend in spends:
+        if spend.mechanism != "source-release" or spend.days is None or spend.sample_rate != 1.0:
+            items.append(spend.history_item())
+            continue
+        first, last = spend.days
+        groups = layers.setdefault(spend.noise_multiplier, [])
+        for group in groups:  # first layer whose ranges this one does not overlap
+            if all(last < a or first > b for a, b in group):
+                group.append((first, last))
+                break
+        else:
+            groups.append([(first, last)])
+            items.append((spend.noise_multiplier, 1.0, 1))
+    return items
 
 
 def _serialise(state: _State) -> bytes:
@@ -343,6 +445,9 @@ class PrivacyLedger:
         delta: float,
         accountant: AccountantName = DEFAULT_ACCOUNTANT,
         allow_budget_change: bool = False,
+        unit: str = "window",
+        max_stay_days: int | None = None,
+        create: bool = True,
     ) -> PrivacyLedger:
         """Open the ledger at ``path``, creating it if absent.
 
@@ -361,6 +466,17 @@ class PrivacyLedger:
             ``"prv"`` (default) or ``"rdp"``; must match an existing ledger's accountant.
         allow_budget_change
             Explicit operator consent to change an existing ledger's budget. Default False.
+        unit
+            What one epsilon protects: ``"patient"`` (a stay of at most ``max_stay_days``
+            nights; what a node opens) or ``"window"`` (default, for research on
+            window-level DP-SGD and the audit). Must
+            match an existing ledger (ledgers written before patient-level accounting are
+            ``"window"``).
+        max_stay_days
+            The stay cap of a patient ledger; must match an existing one (None: not checked).
+        create
+            False: an absent ledger raises ``LedgerMissing`` instead of being created (a node
+            whose state record says it has a ledger).
 
         Raises
         ------
@@ -384,7 +500,15 @@ class PrivacyLedger:
             try:
                 state = _read_state(path)
             except LedgerMissing:
-                state = _State.new(epsilon_budget=float(epsilon_budget), delta=float(delta), accountant=accountant)
+                if not create:
+                    raise
+                state = _State.new(
+                    epsilon_budget=float(epsilon_budget),
+                    delta=float(delta),
+                    accountant=accountant,
+                    unit=unit,
+                    max_stay_days=max_stay_days,
+                )
                 atomic_write_bytes(path, _serialise(state))
                 logger.info(
                     "created privacy ledger %s (budget epsilon=%g at delta=%g, %s accountant)",
@@ -407,6 +531,17 @@ class PrivacyLedger:
                     f"{accountant!r} was requested; configure the node with "
                     f"accountant={state.accountant!r}."
                 )
+            if state.unit != unit:
+                raise LedgerConfigMismatch(
+                    f"privacy ledger {path} counts {state.unit}-level epsilon, but a {unit}-level ledger was "
+                    "requested. Spends of a window-level ledger bound no patient: a node moving to patient-level "
+                    "privacy starts a new ledger at a new path, keeps the old one, and counts its data as spent."
+                )
+            if max_stay_days is not None and state.max_stay_days is not None and state.max_stay_days != max_stay_days:
+                raise LedgerConfigMismatch(
+                    f"privacy ledger {path} protects stays of up to {state.max_stay_days} nights, but "
+                    f"max-stay-days={max_stay_days} was requested; configure the node with the ledger's value."
+                )
             if state.epsilon_budget != float(epsilon_budget):
                 if not allow_budget_change:
                     raise LedgerConfigMismatch(
@@ -416,13 +551,8 @@ class PrivacyLedger:
                         "approved a change, pass allow_budget_change=True (it is recorded)."
                     )
                 change = BudgetChange(_now(), state.epsilon_budget, float(epsilon_budget))
-                state = _State(
-                    created=state.created,
-                    accountant=state.accountant,
-                    delta=state.delta,
-                    epsilon_budget=float(epsilon_budget),
-                    budget_changes=(*state.budget_changes, change),
-                    entries=state.entries,
+                state = state.replace(
+                    epsilon_budget=float(epsilon_budget), budget_changes=(*state.budget_changes, change)
                 )
                 _commit(path, state)
                 logger.warning(
@@ -464,6 +594,25 @@ class PrivacyLedger:
         return self._state.accountant
 
     @property
+    def unit(self) -> str:
+        """``"patient"``: each epsilon is per stay of <= ``max_stay_days`` nights; ``"window"``: per training window."""
+        return self._state.unit
+
+    @property
+    def max_stay_days(self) -> int | None:
+        """The stay cap of a patient-level ledger."""
+        return self._state.max_stay_days
+
+    @property
+    def ledger_id(self) -> str:
+        """Random id fixed at creation (the node state record keeps it to detect a replaced ledger)."""
+        return self._state.ledger_id
+
+    def spends(self) -> list[Spend]:
+        """Every spend on the node, oldest first."""
+        return sorted(self._refresh().spends(), key=lambda s: s.timestamp)
+
+    @property
     def created(self) -> str:
         """UTC ISO timestamp of the ledger's creation."""
         return self._state.created
@@ -499,7 +648,16 @@ class PrivacyLedger:
             for fp, spends in ordered
         ]
 
-    def projected_epsilon(self, fingerprint: str, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    def projected_epsilon(
+        self,
+        fingerprint: str,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        mechanism: str = "dp-sgd-window",
+        days: tuple[str, str] | None = None,
+    ) -> float:
         """The node's cumulative epsilon if this run were recorded (nothing is written).
 
         ``fingerprint`` names the data entry; the projection composes every entry on the
@@ -508,7 +666,10 @@ class PrivacyLedger:
         _check_fingerprint(fingerprint)
         validate_history_item(noise_multiplier, sample_rate, steps)
         state = self._refresh()
-        return self._epsilon([*state.history(), (float(noise_multiplier), float(sample_rate), int(steps))])
+        probe = Spend(
+            "", "projection", float(noise_multiplier), float(sample_rate), int(steps), 0.0, 0.0, mechanism, days
+        )
+        return self._epsilon(state.history(extra=probe))
 
     # ------------------------------------------------------------------ the one write
     def spend(
@@ -519,10 +680,16 @@ class PrivacyLedger:
         sample_rate: float,
         steps: int,
         run_id: str,
+        mechanism: str = "dp-sgd-window",
+        days: tuple[str, str] | None = None,
+        detail: dict[str, float] | None = None,
     ) -> float:
         """Check the node's budget, then record a DP run; return the new cumulative epsilon.
 
         Call this *before* training (it reserves the spend): if it raises, train nothing.
+        ``mechanism`` (one of ``MECHANISMS``) and ``days`` (source releases: first and last
+        ISO date released) decide how the spend composes (``composed_history``); ``detail``
+        holds numbers for reports only (e.g. the window-level sigma of a DP-SGD run).
 
         Raises
         ------
@@ -535,12 +702,21 @@ class PrivacyLedger:
         validate_history_item(noise_multiplier, sample_rate, steps)
         if not isinstance(run_id, str) or not run_id.strip():
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
         item = (float(noise_multiplier), float(sample_rate), int(steps))
         with _exclusive_lock(self.path):
             state = _read_state(self.path)  # fresh: another process may have spent
             self._state = state
+            if state.unit == "patient" and mechanism == "dp-sgd-window":
+                raise ValueError(
+                    f"privacy ledger {self.path} counts patient-level epsilon; a window-level DP-SGD spend bounds no "
+                    "patient (use mechanism='dp-sgd-patient' with medalloc_core.privacy.patient, "
+                    "or a window-level ledger)"
+                )
             spent = self._epsilon(state.history())
-            projected = self._epsilon([*state.history(), item])
+            draft = Spend(_now(), run_id, *item, 0.0, 0.0, mechanism, days, tuple(sorted((detail or {}).items())))
+            projected = self._epsilon(state.history(extra=draft))
             if projected > state.epsilon_budget:
                 raise PrivacyBudgetExceeded(
                     f"refused: run {run_id!r} (noise_multiplier={item[0]:g}, "
@@ -554,26 +730,11 @@ class PrivacyLedger:
                     projected_epsilon=projected,
                     epsilon_budget=state.epsilon_budget,
                 )
-            entry_after = self._epsilon([*state.history(fingerprint), item])
-            spend = Spend(
-                timestamp=_now(),
-                run_id=run_id,
-                noise_multiplier=item[0],
-                sample_rate=item[1],
-                steps=item[2],
-                epsilon_entry_after=entry_after,
-                epsilon_node_after=projected,
-            )
+            entry_after = self._epsilon(state.history(fingerprint, extra=draft))
+            spend = dataclasses.replace(draft, epsilon_entry_after=entry_after, epsilon_node_after=projected)
             entries = dict(state.entries)
             entries[fingerprint] = (*entries.get(fingerprint, ()), spend)
-            new_state = _State(
-                created=state.created,
-                accountant=state.accountant,
-                delta=state.delta,
-                epsilon_budget=state.epsilon_budget,
-                budget_changes=state.budget_changes,
-                entries=entries,
-            )
+            new_state = state.replace(entries=entries)
             _commit(self.path, new_state)
             self._state = new_state
         logger.info(

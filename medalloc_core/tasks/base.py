@@ -62,13 +62,14 @@ class NodeTask:
     data_path: Path
     ledger_path: Path
     epsilon_budget: float
-    delta: float = 1e-5
+    delta: float = 1e-6
     accountant: str = "prv"
     max_local_epochs: int = 5
     min_noise_multiplier: float = 0.5
     max_grad_norm: float = 1.0
     threads: int = 1
     simulated: bool = False
+    node_state_path: Path | None = None  # default: medalloc-node-state.json beside the ledger
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class NodeTask:
             raise ValueError(f"the {self.task} budget must be a finite number > 0, got {self.epsilon_budget}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.node_state_path is None:
+            object.__setattr__(self, "node_state_path", self.ledger_path.parent / "medalloc-node-state.json")
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class FederatedTask(ABC):
     ----------------
     name : str
         The run-config value ``task = "<name>"`` and the node-config prefix ``<name>-data-path``.
+    privacy_unit : str
+        What one epsilon of the task's ledger protects (``"patient"``, ``"device"``).
     action : str
         The Flower message action: requests are ``train.<action>`` / ``evaluate.<action>``;
         ``"default"`` keeps Flower's plain ``train`` / ``evaluate`` (the forecasting task's wire).
@@ -122,6 +127,7 @@ class FederatedTask(ABC):
 
     name: ClassVar[str]
     action: ClassVar[str]
+    privacy_unit: ClassVar[str]  # what one epsilon protects: "patient" (a stay), "device" (its history)
     evaluates: ClassVar[bool] = True
     train_keys: ClassVar[frozenset[str]]
     evaluate_keys: ClassVar[frozenset[str]]
@@ -144,7 +150,9 @@ class FederatedTask(ABC):
         """The ``ConfigRecord`` of a train request."""
 
     @abstractmethod
-    def evaluate_instruction(self, run: Any, options: Any, model: TaskModel, *, server_round: int) -> dict[str, Scalar]:
+    def evaluate_instruction(
+        self, run: Any, options: Any, model: TaskModel, *, server_round: int, run_tag: str
+    ) -> dict[str, Scalar]:
         """The ``ConfigRecord`` of an evaluate request."""
 
     @abstractmethod

@@ -1,11 +1,18 @@
-"""Demand forecasting as a federated task: the shared forecaster, each round's proposal, a node's DP-SGD round.
+"""Demand forecasting as a federated task: the shared forecaster, each round's proposal, a node's private round.
 
 The task MedAlloc began with, on the task interface. Its messages are the Flower defaults
 (``train`` / ``evaluate``) and :mod:`medalloc_core.protocol`'s instructions and replies,
 unchanged, so a forecasting federation speaks exactly the wire it spoke before tasks existed.
 Its run-config keys are the top-level ones (``history``, ``horizon``, ``targets``, ``model``,
-``hidden``, ``dp-*``); a node serves it with ``data-path``, ``ledger-path`` and
-``privacy-epsilon-budget``.
+``hidden``, ``patient-epsilon``, ...); a node serves it with ``data-path``, ``ledger-path`` and
+``privacy-epsilon-budget`` (per patient).
+
+A node's one privacy mechanism is the *source release*: each day's counts are released once
+through the Gaussian mechanism, calibrated per patient stay, charged to the node's
+patient-level ledger (opened through its node state record, so a deleted or replaced ledger is
+noticed) before any noise is drawn, with noise from the OS CSPRNG. Training and evaluation then
+read only the released counts: every round is post-processing and spends nothing. Replies carry
+only the fields of ``protocol.REPLY_ALLOW_LIST``; refusals one of ``protocol.REFUSAL_REASONS``.
 """
 
 from __future__ import annotations
@@ -13,20 +20,29 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from medalloc_core.contract import DataContractError
-from medalloc_core.features import WindowSpec, federation_window_spec
+from medalloc_core import protocol
+from medalloc_core.contract import DataContractError, UnitRecords
+from medalloc_core.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.model_io import write_model_files
 from medalloc_core.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
-from medalloc_core.privacy.accounting import noise_multiplier_for
+from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
 from medalloc_core.privacy.fingerprint import fingerprint_frame
-from medalloc_core.privacy.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.plan import DPPlan
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.node_state import LedgerResetDetected, open_node_ledger
+from medalloc_core.privacy.release import (
+    ReleasePlan,
+    ReleaseStore,
+    ReleaseStoreError,
+    release_records,
+    secure_generator,
+)
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -40,44 +56,259 @@ from medalloc_core.protocol import (
 )
 from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused
 from medalloc_core.tasks.forecasting_local import LocalData, evaluate_local, load_local_data
-from medalloc_core.training import DPConfig, TrainConfig, train_local
+from medalloc_core.training import TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 
 
-def _seed(base: int, server_round: int, hospital_id: str) -> int:
-    """Different per node and round, identical across reruns of the same run config."""
-    return (base * 1_000_003 + server_round * 10_007 + zlib.crc32(hospital_id.encode())) % (2**31)
+_I = TypeVar("_I", bound=EvaluateInstruction)
 
 
-def _data(node: NodeTask, spec: WindowSpec) -> LocalData:
+def _reason(code: Refusal, **values: Any) -> str:
+    """A refusal's detail: the code's fixed text in ``protocol.REFUSAL_REASONS``, never data from the file."""
+    return protocol.REFUSAL_REASONS[code].format(**values)
+
+
+@dataclass(frozen=True)
+class ForecastNode:
+    """A node's settings for the forecasting task: the common ones and its patient-level keys."""
+
+    hospital_id: str
+    data_path: Path
+    ledger_path: Path
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    max_local_epochs: int
+    threads: int
+    simulated: bool
+    node_state_path: Path
+    max_stay_days: int
+    release_path: Path
+    release_columns: tuple[str, ...]
+
+    @classmethod
+    def of(cls, node: NodeTask) -> ForecastNode:
+        """Read the forecasting keys (``max-stay-days``, ``release-path``, ``release-columns``) from ``node.extra``."""
+        extra = node.extra
+        release = extra.get("release-path", node.ledger_path.with_name(node.ledger_path.name + ".released.csv"))
+        columns = str(extra.get("release-columns", "admissions,census"))
+        assert node.node_state_path is not None
+        return cls(
+            hospital_id=node.hospital_id,
+            data_path=node.data_path,
+            ledger_path=node.ledger_path,
+            epsilon_budget=node.epsilon_budget,
+            delta=node.delta,
+            accountant=node.accountant,
+            max_local_epochs=node.max_local_epochs,
+            threads=node.threads,
+            simulated=node.simulated,
+            node_state_path=node.node_state_path,
+            max_stay_days=int(extra.get("max-stay-days", 14)),
+            release_path=Path(str(release)),
+            release_columns=tuple(c.strip() for c in columns.split(",") if c.strip()),
+        )
+
+
+def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
     try:
         return load_local_data(node.data_path, spec)
     except DataContractError as exc:
-        # The problems name rows and values of the hospital's file: they stay in the node's log.
+        # The problems name rows and values of the hospital's file (and how many there are is a
+        # statistic of it too): they stay in the node's log.
         logger.error("%s", exc)
-        errors = sum(1 for p in exc.problems if p.severity == "error")
-        raise TaskRefused(
-            Refusal.DATA_INVALID, f"{errors} data contract error(s) in the node's file; see the node's log"
-        ) from exc
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
         logger.error("%s: %s", node.data_path, exc)
-        raise TaskRefused(
-            Refusal.DATA_INVALID, "the node's file cannot be windowed for this model; see the node's log"
-        ) from exc
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
 def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> Forecaster:
     if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
-            f"model expects F={model_config.n_features}, T={model_config.n_targets}; "
-            f"the node's windows have F={data.dataset.n_features}, T={data.dataset.n_targets}",
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"the model expects F={model_config.n_features}, T={model_config.n_targets}; the window spec "
+                f"gives F={data.dataset.n_features}, T={data.dataset.n_targets}",
+            ),
         )
     try:
         return build_from_arrays(model_config, dict(arrays))
     except (ValueError, TypeError) as exc:
-        raise TaskRefused(Refusal.REQUEST_INVALID, f"global arrays do not fit the model ({exc})") from exc
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(Refusal.REQUEST_INVALID, what=f"global arrays do not fit the model ({exc})"),
+        ) from exc
+
+
+# ------------------------------------------------------------------ privacy: ledger, randomness, release
+def _ledger(node: ForecastNode) -> PrivacyLedger:
+    """The node's patient-level ledger, through its state record; each ledger problem is its own refusal."""
+    assert node.node_state_path is not None
+    try:
+        return open_node_ledger(
+            state_path=node.node_state_path,
+            hospital_id=node.hospital_id,
+            ledger_path=node.ledger_path,
+            epsilon_budget=node.epsilon_budget,
+            delta=node.delta,
+            accountant=node.accountant,
+            max_stay_days=node.max_stay_days,
+        )
+    except LedgerResetDetected as exc:
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.LEDGER_RESET_DETECTED, _reason(Refusal.LEDGER_RESET_DETECTED)) from exc
+    except LedgerConfigMismatch as exc:
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
+    except LedgerError as exc:
+        logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+
+
+def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Generator:
+    """The node's DP noise: the OS CSPRNG, unless a *simulated* node is told to be reproducible.
+
+    A real node refuses the switch: whoever knows the seed can subtract the noise, and the
+    coordinator chose it (docs/privacy.md, "Randomness").
+    """
+    if not ask.reproducible_noise:
+        return secure_generator()
+    if not node.simulated:
+        logger.error(
+            "%s: the coordinator asked for reproducible (coordinator-known) DP noise; refused", node.hospital_id
+        )
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"a real node never uses DP noise the coordinator can recompute ({protocol.REPRODUCIBLE_NOISE})",
+            ),
+        )
+    logger.warning(
+        "%s: DP noise from the run's seed: reproducible, NOT private against the coordinator (simulation only)",
+        node.hospital_id,
+    )
+    return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
+
+
+def _release_plan(node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger) -> ReleasePlan:
+    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
+    if ask.privacy_mechanism != "source":
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
+            ),
+        )
+    target = min(ask.patient_epsilon, ledger.epsilon_budget)
+    try:
+        # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
+        # release within the target (shares or metrics spent earlier are composed in).
+        z = noise_multiplier_for(
+            target_epsilon=target,
+            delta=ledger.delta,
+            sample_rate=1.0,
+            steps=1,
+            accountant=ledger.accountant,
+            history=ledger.history(),
+            epsilon_tolerance=1e-4,
+        )
+    except TargetUnreachable as exc:
+        spent = ledger.epsilon_spent()
+        raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
+    stay = max(node.max_stay_days, ask.max_stay_days)
+    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=node.release_columns)
+
+
+def _released(
+    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
+) -> LocalData:
+    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
+    assert node.release_path is not None
+    try:
+        store = ReleaseStore.open(node.release_path)
+        missing = store.missing_days(data.records)
+        if len(missing):
+            rng = _noise_rng(node, ask)
+            plan = store.plan or _release_plan(node, ask, ledger)  # the first release fixes the noise for life
+            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
+            days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
+            ledger.spend(
+                fingerprint_frame(frame),
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=1.0,
+                steps=1,
+                run_id=f"{run_tag}/source-release",
+                mechanism="source-release",
+                days=days,
+                detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
+                | {"max-stay-days": float(plan.max_stay_days)},
+            )
+            part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
+            store.add(release_records(part, plan, rng=rng), plan)
+            logger.info(
+                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                node.hospital_id,
+                len(frame),
+                days[0],
+                days[1],
+                plan.noise_multiplier,
+            )
+        records = store.records()
+    except PrivacyBudgetExceeded as exc:
+        logger.warning("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(
+            Refusal.PRIVACY_BUDGET_EXCEEDED,
+            _reason(Refusal.PRIVACY_BUDGET_EXCEEDED, projected=exc.projected_epsilon, budget=exc.epsilon_budget),
+        ) from exc
+    except ReleaseStoreError as exc:
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+    except LedgerError as exc:
+        logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+    try:
+        return LocalData(records, prepare_hospital(records, data.dataset.spec))
+    except ValueError as exc:
+        logger.error("%s: released counts cannot be windowed: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+
+
+def _prepare(
+    settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
+) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+    """What both handlers do first: request, data, model, ledger, release."""
+    node = ForecastNode.of(settings)
+    try:
+        ask = kind.from_dict(request)
+    except ProtocolError as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
+    if ask.reproducible_noise:
+        _noise_rng(node, ask)  # a real node refuses before touching anything
+    data = _data(node, ask.window_spec)
+    model = _model(ask.model_config, arrays, data)
+    if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
+        node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(node.threads)
+    ledger = _ledger(node)
+    released = _released(node, ask, ledger, data, ask.run_tag)  # type: ignore[attr-defined]
+    return node, ask, model, released, ledger
+
+
+def _privacy_fields(run: Any, run_tag: str) -> dict[str, Any]:
+    """The patient-level proposal every forecasting instruction carries."""
+    return {
+        "privacy_mechanism": run.privacy_mechanism,
+        "patient_epsilon": run.patient_epsilon,
+        "max_stay_days": run.max_stay_days,
+        "reproducible_noise": run.simulation_reproducible_noise,
+        "seed": run.seed,
+        "run_tag": run_tag,
+    }
 
 
 class ForecastingTask(FederatedTask):
@@ -85,6 +316,7 @@ class ForecastingTask(FederatedTask):
 
     name = "forecasting"
     action = "default"
+    privacy_unit = "patient"
     evaluates = True
     train_keys = TRAIN_METRIC_KEYS
     evaluate_keys = EVAL_METRIC_KEYS
@@ -110,14 +342,18 @@ class ForecastingTask(FederatedTask):
             dp_noise_multiplier=run.dp_noise_multiplier,
             dp_target_epsilon=run.dp_target_epsilon,
             dp_max_grad_norm=run.dp_max_grad_norm,
-            run_tag=run_tag,
-            seed=run.seed,
+            **_privacy_fields(run, run_tag),
         ).to_dict()
 
-    def evaluate_instruction(self, run: Any, options: Any, model: TaskModel, *, server_round: int) -> dict[str, Scalar]:
+    def evaluate_instruction(
+        self, run: Any, options: Any, model: TaskModel, *, server_round: int, run_tag: str
+    ) -> dict[str, Scalar]:
         assert isinstance(model.config, ForecasterConfig) and isinstance(model.spec, WindowSpec)
         return EvaluateInstruction(
-            server_round=server_round, model_config=model.config, window_spec=model.spec
+            server_round=server_round,
+            model_config=model.config,
+            window_spec=model.spec,
+            **_privacy_fields(run, run_tag),
         ).to_dict()
 
     def parse_model(self, config: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[ForecasterConfig, WindowSpec]:
@@ -131,72 +367,29 @@ class ForecastingTask(FederatedTask):
 
     # ------------------------------------------------------------------ node
     def train(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
-        try:
-            ask = TrainInstruction.from_dict(request)
-        except ProtocolError as exc:
-            raise TaskRefused(Refusal.REQUEST_INVALID, f"cannot read the request: {exc}") from exc
-        data = _data(node, ask.window_spec)
-        model = _model(ask.model_config, arrays, data)
-        torch.set_num_threads(node.threads)
-        epochs = min(ask.local_epochs, node.max_local_epochs)
-        noise = max(ask.dp_noise_multiplier, node.min_noise_multiplier)
-        clip = min(ask.dp_max_grad_norm, node.max_grad_norm)
-        train = data.dataset.train
-        plan = DPPlan(n_examples=len(train), batch_size=ask.batch_size, epochs=epochs)
-        if ask.dp_target_epsilon > 0:
-            noise = max(
-                noise,
-                noise_multiplier_for(
-                    target_epsilon=ask.dp_target_epsilon,
-                    delta=node.delta,
-                    sample_rate=plan.sample_rate,
-                    steps=plan.steps,
-                    accountant=node.accountant,  # type: ignore[arg-type]
-                ),
-            )
-        seed = _seed(ask.seed, ask.server_round, node.hospital_id)
-        if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
-            node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            ledger = PrivacyLedger.open(
-                node.ledger_path,
-                epsilon_budget=node.epsilon_budget,
-                delta=node.delta,
-                accountant=node.accountant,  # type: ignore[arg-type]
-            )
-            result = train_local(
-                model,
-                train,
-                config=TrainConfig(
-                    epochs=epochs, batch_size=ask.batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed
-                ),
-                dp=DPConfig(noise_multiplier=noise, max_grad_norm=clip, delta=node.delta, accountant=node.accountant),
-                ledger=ledger,
-                fingerprint=fingerprint_frame(data.records.frame),
-                global_params=[p.detach().clone() for p in model.parameters()] if ask.proximal_mu > 0 else None,
-                run_id=f"{ask.run_tag}/round-{ask.server_round}",
-            )
-        except PrivacyBudgetExceeded as exc:
-            logger.warning("%s: %s", node.hospital_id, exc)
-            raise TaskRefused(
-                Refusal.PRIVACY_BUDGET_EXCEEDED,
-                f"this round would take the node's epsilon to {exc.projected_epsilon:.3f}, "
-                f"above its budget {exc.epsilon_budget:g}",
-            ) from exc
-        except LedgerError as exc:
-            logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-            raise TaskRefused(
-                Refusal.LEDGER_CORRUPT,
-                f"{type(exc).__name__}: the node trains nothing until its operator fixes the ledger",
-            ) from exc
+        """Train the global model on this node's released counts: post-processing of its one source release."""
+        settings, ask, model, released, ledger = _prepare(node, request, arrays, TrainInstruction)
+        epochs = min(ask.local_epochs, settings.max_local_epochs)
+        # The batch order needs no secrecy (no noise is added here): a reproducible simulation
+        # repeats it, a real node draws it from its own generator.
+        order = np.random.default_rng([ask.seed, ask.server_round]) if ask.reproducible_noise else secure_generator()
+        seed = int(order.integers(2**31))
+        result = train_local(
+            model,
+            released.dataset.train,
+            config=TrainConfig(
+                epochs=epochs, batch_size=ask.batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed
+            ),
+            global_params=[p.detach().clone() for p in model.parameters()] if ask.proximal_mu > 0 else None,
+        )
+        plan = ReleaseStore.open(settings.release_path).plan
         epsilon, left = ledger.epsilon_spent(), ledger.remaining()
         logger.info(
-            "%s round %s: %s windows, loss %.4f, sigma %.3g, node epsilon %.3f (%.3f left)",
-            node.hospital_id,
+            "%s round %s: %s windows, loss %.4f on released counts, node patient epsilon %.3f (%.3f left)",
+            settings.hospital_id,
             ask.server_round,
             result.num_examples,
             result.loss,
-            noise,
             epsilon,
             left,
         )
@@ -205,20 +398,17 @@ class ForecastingTask(FederatedTask):
             train_loss=float(result.loss),
             epsilon=float(epsilon),
             epsilon_budget_left=float(left),
-            noise_multiplier=float(noise),
+            noise_multiplier=float(plan.noise_multiplier if plan else 0.0),
             local_epochs_used=float(epochs),
+            delta=float(ledger.delta),
+            stay_cap_days=float(plan.max_stay_days if plan else settings.max_stay_days),
         )
         return NodeReply(reply.metrics(), state_arrays(model))
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
-        try:
-            ask = EvaluateInstruction.from_dict(request)
-        except ProtocolError as exc:
-            raise TaskRefused(Refusal.REQUEST_INVALID, f"cannot read the request: {exc}") from exc
-        data = _data(node, ask.window_spec)
-        model = _model(ask.model_config, arrays, data)
-        torch.set_num_threads(node.threads)
-        scores = evaluate_local(model, data.dataset)
+        """Score the global model on this node's RELEASED test split: post-processing, nothing charged."""
+        _, _, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
+        scores = evaluate_local(model, released.dataset)
         reply = EvaluateReply(
             num_examples=int(scores["n"]), eval_loss=scores["loss"], eval_mae=scores["mae"], eval_wape=scores["wape"]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 import tempfile
 import time
@@ -13,7 +14,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from rich.console import Console
 from rich.table import Table
 
-from medalloc_core.privacy.accounting import AccountantName
+from medalloc_core.privacy.accounting import PRV_EPS_ERROR, AccountantName
 from medalloc_core.privacy.ledger import PrivacyLedger
 
 # Opacus' standard orders, written out so the reference does not go through our module.
@@ -116,6 +117,126 @@ def main() -> None:
             "dp_accounting is not installed here (it is on PyPI: dp-accounting 0.6.0); "
             "install it in a separate environment to fill the PLD column."
         )
+    patient_level(console)
+
+
+def _pld_gaussian(noise_multiplier: float, delta: float) -> float | None:
+    """dp_accounting's PLD epsilon of one Gaussian mechanism (sensitivity 1), if the package is installed."""
+    try:
+        import dp_accounting
+    except ImportError:
+        return None
+    accountant = dp_accounting.pld.PLDAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+    return float(accountant.get_epsilon(delta))
+
+
+def patient_level(console: Console) -> None:
+    """Patient-level epsilon of the default federation, per mechanism, against dp_accounting (within 1%)."""
+    from medalloc_core.contract import ADMISSIONS, CENSUS, Frequency, UnitRecords
+    from medalloc_core.features import federation_window_spec, prepare_hospital
+    from medalloc_core.privacy.accounting import noise_multiplier_for
+    from medalloc_core.privacy.patient import dp_sgd_patient_item, stride
+    from medalloc_core.privacy.plan import DPPlan
+    from medalloc_core.privacy.release import ReleasePlan
+    from medalloc_core.synthetic import RegionConfig, generate_region
+
+    delta, stay, rounds, epochs, batch = (
+        1e-6,
+        14,
+        5,
+        2,
+        256,
+    )  # the default scenario (simulations/scenarios/default.toml)
+    region = generate_region(RegionConfig(hospitals=5, days=730, seed=0, short_history_fraction=0.4))
+    spec = federation_window_spec(history=56, horizon=14, targets=(ADMISSIONS, CENSUS))
+    windows = max(
+        len(prepare_hospital(UnitRecords(h.daily, Frequency.DAILY, Path(h.hospital_id), "daily"), spec).train)
+        for h in region.hospitals
+    )
+    table = Table(
+        title="Patient-level epsilon of the default federation (5 hospitals x 730 days, L=56, H=14), per node"
+    )
+    for column in ("mechanism", "setting", "item (σ, q, steps)", "ε ledger", "ε dp_accounting", "ratio"):
+        table.add_column(column, justify="left" if column in ("mechanism", "setting") else "right")
+    worst: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def row(mechanism: str, setting: str, items: list[tuple[float, float, int]], kinds: list[str]) -> None:
+            path = Path(tmp) / f"{len(table.rows)}.json"
+            ledger = PrivacyLedger.open(path, epsilon_budget=1e9, delta=delta, unit="patient", max_stay_days=stay)
+            for i, ((z, q, n), kind) in enumerate(zip(items, kinds, strict=True)):
+                days = (f"2024-{i + 1:02d}-01", f"2024-{i + 1:02d}-28") if kind == "source-release" else None
+                ledger.spend(
+                    FINGERPRINT, noise_multiplier=z, sample_rate=q, steps=n, run_id="bench", mechanism=kind, days=days
+                )
+            eps = ledger.epsilon_spent()
+            composed = ledger.history()
+            if all(q == 1.0 for _, q, _ in composed):
+                total = sum(n / z**2 for z, _, n in composed) ** -0.5
+                reference = _pld_gaussian(total, delta)
+            else:
+                reference = google_pld(*composed[0], delta) if len(composed) == 1 else None
+            ratio = None if reference is None else eps / reference
+            if ratio is not None and math.isfinite(eps):
+                worst[mechanism] = max(worst.get(mechanism, 0.0), abs(ratio - 1))
+            shown = ", ".join(f"({z:.4g}, {q:.3g}, {n})" for z, q, n in composed)
+            table.add_row(
+                mechanism,
+                setting,
+                shown,
+                f"{eps:.4f}",
+                "—" if reference is None else f"{reference:.4f}",
+                "—" if ratio is None else f"{ratio:.4f}",
+            )
+
+        release = ReleasePlan.calibrate(epsilon=1.0, delta=delta, max_stay_days=stay)
+        z = release.noise_multiplier
+        row("source release", "ε 1 target; one release, any number of rounds", [(z, 1.0, 1)], ["source-release"])
+        row(
+            "source release",
+            "+ a month of new days released at the same noise",
+            [(z, 1.0, 1)] * 2,
+            ["source-release"] * 2,
+        )
+        row(
+            "source release",
+            "+ a share at ε 0.3 (Gaussian)",
+            [(z, 1.0, 1), (ReleasePlan.calibrate(epsilon=0.3, delta=delta).noise_multiplier, 1.0, 1)],
+            ["source-release", "share"],
+        )
+        plan = DPPlan(n_examples=windows, batch_size=batch, epochs=rounds * epochs)
+        s = stride(history=56, horizon=14, max_stay_days=stay)
+        keep = 0.5
+        steps = rounds * epochs * 10
+        row(
+            "DP-SGD, stride sampling",
+            f"σ 1.3 as today's default, keep 0.5, {steps} steps",
+            [dp_sgd_patient_item(noise_multiplier=1.3, keep_rate=keep, steps=steps)],
+            ["dp-sgd-patient"],
+        )
+        z_eff = noise_multiplier_for(target_epsilon=1.0, delta=delta, sample_rate=1 - (1 - keep) ** 2, steps=steps)
+        row(
+            "DP-SGD, stride sampling",
+            f"ε 1 target: σ = {4 * z_eff:.1f} (x C), keep 0.5, {steps} steps",
+            [dp_sgd_patient_item(noise_multiplier=4 * z_eff, keep_rate=keep, steps=steps)],
+            ["dp-sgd-patient"],
+        )
+    console.print(table)
+    console.print(
+        f"source release at ε 1: noise sd per count admissions {release.noise_sd[ADMISSIONS]:.2f}, census "
+        f"{release.noise_sd[CENSUS]:.2f} (stays <= {stay} nights; a {2 * stay}-night stay gets ε "
+        f"{release.epsilon_for_stay(2 * stay):.2f}). Today's window-level DP-SGD (σ 1.3, q {plan.sample_rate:.3f}, "
+        f"{plan.steps} steps on the largest node) gives no finite patient-level bound: a stay enters up to "
+        f"{2 * s} windows. S = L + H + N - 1 = {s}."
+    )
+    for mechanism, gap in worst.items():
+        console.print(f"{mechanism}: ledger vs dp_accounting, max |ratio - 1| = {gap:.2e}")
+    console.print(
+        "The source release is composed exactly (closed form), so it matches dp_accounting to rounding. DP-SGD goes "
+        f"through Opacus' PRV accountant, whose reported bound is its estimate + {PRV_EPS_ERROR} (a guarantee, not "
+        "an estimate): at ε ≈ 1 that additive margin is the whole ~1% gap, on the safe side."
+    )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def federated(
         "simulation-data-dir": str(region_dir),
         "simulation-epsilon-budget": 1000.0,
         "simulation-delta": DELTA,
-        "equipment.reproducible-noise": True,
+        "simulation-reproducible-noise": True,
     } | {f"equipment.{k}": v for k, v in options.items()}
     nodes = {i + 1: {"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)}
     logging.getLogger("medalloc_core.equipment.task").setLevel(logging.ERROR)  # one reproducible-noise line per round

@@ -5,14 +5,14 @@ gateway, set up by the commands of docs/deploy.md) and three hospitals, shared b
 this module to keep it within a few minutes on a small machine:
 
 - H000 is killed (its whole process group: SuperNode, SuperExec, ClientApp, as a crashed
-  machine would be) in the middle of round 2, right after its ledger recorded the round's
-  spend, and started again with the same key;
+  machine would be) as round 2 starts, and started again with the same key;
 - H001 stays up throughout;
 - H002's privacy ledger is torn (as a crash half-way through a non-atomic write would leave it)
   before its node starts: it must refuse every round and leave the file as it is.
 
-Every spend in a node's ledger is named ``run-<flower run id>/round-<r>``, so the ledgers can
-be matched round by round against the coordinator's ``metrics.jsonl``.
+A node's first round releases its counts once (one ledger spend, ``run-<id>/source-release``);
+every later round, run, crash and resume is post-processing, so each ledger must hold exactly that
+one spend, whatever happened around it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ pytestmark = pytest.mark.slow
 
 HOSPITALS = ("H000", "H001", "H002")
 KILLED, STEADY, TORN = HOSPITALS
-BUDGET, DELTA = 8.0, 1e-5  # as in docs/hospital.md's node config
+BUDGET, DELTA = 1.5, 1e-6  # as in docs/hospital.md's node config (per patient)
 # Tiny model, few windows: every round is a few seconds of DP-SGD per node. fraction-evaluate=0
 # keeps each round to one ClientApp launch per node. round-timeout bounds the wait for a node
 # that died holding the round's message.
@@ -113,8 +112,16 @@ class Region:
 
 def tear_ledger(path: Path) -> bytes:
     """A valid ledger with one spend, cut in the middle as a crash during a plain write would leave it."""
-    ledger = PrivacyLedger.open(path, epsilon_budget=BUDGET, delta=DELTA)
-    ledger.spend("ab" * 32, noise_multiplier=1.3, sample_rate=0.1, steps=10, run_id="before-the-crash")
+    ledger = PrivacyLedger.open(path, epsilon_budget=BUDGET, delta=DELTA, unit="patient", max_stay_days=14)
+    ledger.spend(
+        "ab" * 32,
+        noise_multiplier=4.5,
+        sample_rate=1.0,
+        steps=1,
+        run_id="before-the-crash",
+        mechanism="source-release",
+        days=("2024-01-01", "2024-06-30"),
+    )
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
     return path.read_bytes()
@@ -154,16 +161,6 @@ def statuses(rows: list[dict], node_id: str) -> dict[int, str]:
     return {r["round"]: o["status"] for r in rows if r["round"] > 0 for o in r["outcomes"] if o["node"] == node_id}
 
 
-def wait_for_spend(ledger: Path, tag: str, *, timeout: float) -> float:
-    """Poll the ledger file (atomically replaced, so always whole) until it names ``tag``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ledger.exists() and f'"{tag}"' in ledger.read_text():
-            return time.monotonic()
-        time.sleep(0.01)
-    raise AssertionError(f"{ledger} never recorded a spend for {tag}")
-
-
 def group_members(pgid: int, tag: str) -> list[str]:
     """Live harness processes in process group ``pgid``."""
     found = []
@@ -176,27 +173,21 @@ def group_members(pgid: int, tag: str) -> list[str]:
     return found
 
 
-def check_ledger_matches(
-    reg: Region, rows: list[dict], run_id: str, *, may_have_spent: set[int], who: tuple[str, ...] = (KILLED,)
-) -> dict[int, int]:
-    """The node ledgers against the coordinator's log, for one run; returns H000's spends per round.
+def check_one_release(reg: Region, rows: list[dict]) -> None:
+    """The node ledgers against the coordinator's log: each node that trained released once, ever.
 
-    A node that trained (its reply accepted, or dropped by the checks after training) has exactly
-    one spend for that round; a round in ``may_have_spent`` (the node died after its ledger
-    recorded the spend, before replying; or the ServerApp died before the reply came) may have
-    one for the nodes in ``who``, never two; no other round has any.
+    A node's first contact releases its counts (charged to its ledger before the noise is drawn);
+    every round after that, in this run or any other, and whatever crashed around it, is
+    post-processing and charges nothing. So a node that trained has exactly one spend in its
+    whole ledger, a ``source-release``, within its budget.
     """
-    counts = {}
     for hospital in (KILLED, STEADY):
         trained = {rnd for rnd, s in statuses(rows, reg.ids[hospital]).items() if s in ("accepted", "dropped")}
-        tags = [t for t in reg.spends(hospital) if t.startswith(f"run-{run_id}/")]
-        per_round = Counter(int(t.rsplit("round-", 1)[1]) for t in tags)
-        assert all(n == 1 for n in per_round.values()), (hospital, tags)  # never twice
-        assert trained <= set(per_round), (hospital, trained, tags)  # never lost
-        allowed = trained | (may_have_spent if hospital in who else set())
-        assert set(per_round) <= allowed, (hospital, trained, tags)
-        counts[hospital] = per_round
-    return counts[KILLED]
+        ledger = PrivacyLedger.load(reg.ledger(hospital))
+        spends = ledger.spends()
+        assert trained, (hospital, rows)
+        assert [s.mechanism for s in spends] == ["source-release"], (hospital, [s.run_id for s in spends])
+        assert ledger.unit == "patient" and 0 < ledger.epsilon_spent() <= BUDGET
 
 
 def run_status(fed: Federation, run_id: str) -> str:
@@ -222,7 +213,13 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
     run_id = region.submit(out, num_server_rounds=3, min_available_nodes=3, min_train_nodes=3, round_timeout=90)
 
     killed = region.nodes[KILLED]
-    spent_at = wait_for_spend(region.ledger(KILLED), f"run-{run_id}/round-2", timeout=90)
+    # Round 1 logged: the ServerApp is sending round 2's messages; a node needs seconds to pull
+    # one and start its training process, so this kill lands before it can answer.
+    deadline = time.monotonic() + 90
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert time.monotonic() < deadline, "round 1 never finished"
+        time.sleep(0.01)
+    spent_at = time.monotonic()
     os.killpg(killed.pid, signal.SIGKILL)
     killed.popen.wait(timeout=10)
     deadline = time.monotonic() + 10
@@ -273,11 +270,10 @@ def test_supernode_killed_mid_round_and_torn_ledger(region: Region) -> None:
     assert not list(fed.node_dir(TORN).glob(".privacy-ledger.json.*.tmp"))
     assert "privacy ledger" in region.nodes[TORN].read_log()
 
-    # The killed node spent for round 2 (the spend precedes training) and never again for it.
-    per_round = check_ledger_matches(region, rows, run_id, may_have_spent={2})
-    assert per_round == {1: 1, 2: 1, 3: 1}, per_round
+    # The killed node released once (round 1) and was charged nothing for rounds 2 and 3.
+    check_one_release(region, rows)
     print(
-        f"H000 back {back_after:.1f} s after its round-2 spend ({attempts} start(s)); "
+        f"H000 back {back_after:.1f} s after it was killed ({attempts} start(s)); "
         f"round 2 took {rows[1]['seconds']} s, round 3 {rows[2]['seconds']} s; H000 round 2: {killed_status.get(2)}"
     )
 
@@ -288,9 +284,9 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
     A reference run of 2 rounds goes through uninterrupted; a second one with the same config
     is killed right after its round-1 checkpoint, stopped with ``flwr stop`` and submitted
     again with the same out-dir and ``resume=true``. The resumed final model equals the
-    reference's (same seed: same initial model, same node seeds per round and hospital, same
-    DP noise), and every node's ledger holds exactly the spends of the rounds it trained
-    (the killed run's round 2 at most once: its messages may have reached the nodes).
+    reference's keys and shapes (not its values: each node's batch order is its own, from the
+    OS CSPRNG), and every node's ledger still holds its one source release: rounds, crashes and
+    resumes cost no privacy.
     """
     fed = region.fed
     for hospital in HOSPITALS:  # the previous test may have left a node down
@@ -327,22 +323,15 @@ def test_serverapp_killed_resumes_to_the_uninterrupted_model(region: Region) -> 
     final = load_file(out / "final_model.safetensors")
     assert reference.keys() == final.keys()
     worst = max(float(np.max(np.abs(final[k] - reference[k]))) for k in final)
-    # Identical, not merely close: same seeds, and with two accepted replies FedAvg's weighted
-    # sum does not depend on the order the replies arrived in.
-    for key in final:
-        np.testing.assert_array_equal(final[key], reference[key], err_msg=key)
-    assert rows[1]["train"]["train-loss"] == pytest.approx(ref_rows[1]["train"]["train-loss"], rel=1e-6)
+    # Not identical any more: a real node's batch order and noise are its own (OS CSPRNG), so no
+    # rerun of a round, the coordinator's included, reproduces it (docs/privacy.md, section 5).
+    # The resumed run started from the round-1 checkpoint and trained round 2 on it.
+    assert all(np.isfinite(final[k]).all() for k in final)
+    assert 0 < worst
 
-    # Ledgers: the reference run and the resumed round exactly once per trained round; the
-    # killed run's round 1 exactly once and its round 2 at most once (a node that got the
-    # message before the ServerApp died trained and spent, its reply went nowhere).
-    check_ledger_matches(region, ref_rows, ref_id, may_have_spent=set())
-    check_ledger_matches(region, rows[:1], crashed_id, may_have_spent={2}, who=(KILLED, STEADY))
-    check_ledger_matches(region, rows[1:], resumed_id, may_have_spent=set())
-    for hospital in (KILLED, STEADY):
-        tags = region.spends(hospital)
-        assert f"run-{crashed_id}/round-1" in tags and f"run-{resumed_id}/round-2" in tags, tags
-        assert not any(t.startswith(f"run-{resumed_id}/round-1") for t in tags), tags
+    # Ledgers: the crash, the stop and the resume cost no privacy: one release per node, ever.
+    check_one_release(region, rows)
+    check_one_release(region, ref_rows)
     assert region.ledger(TORN).read_bytes() == region.torn_bytes
     print(
         f"run {crashed_id}: '{status_after_kill}' right after the kill, '{stopped}' after flwr stop; "
@@ -396,11 +385,7 @@ def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
     assert [r["round"] for r in rows] == [1, 2]
     assert (out / "final_model.safetensors").is_file()
     assert all(r["nodes"]["accepted"] == 2 for r in rows), rows  # both healthy hospitals back
-    if resumed_id is None:
-        check_ledger_matches(region, rows, run_id, may_have_spent=set())
-    else:
-        check_ledger_matches(region, rows[:1], run_id, may_have_spent={2}, who=(KILLED, STEADY))
-        check_ledger_matches(region, rows[1:], resumed_id, may_have_spent=set())
+    check_one_release(region, rows)
     print(
         f"SuperLink restart: ServerApp survived: {serverapp_survived}; run {run_id} '{status_after_restart}' "
         f"60 s after the restart; resumed: {resumed_id is not None}; done {recovered:.1f} s after the stop"

@@ -1,0 +1,144 @@
+"""`medalloc explain`: why the shared model forecasts what it does for this hospital, computed on this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from medalloc_core.contract import CENSUS, DataContractError
+
+logger = logging.getLogger(__name__)
+_out = Console()
+_err = Console(stderr=True)
+EXPLANATION_FILE = "explanation.json"
+
+
+def _fail(message: str) -> None:
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _png_name(unit: str, taken: set[str]) -> str:
+    """explain_<unit>.png with anything but letters, digits, '.', '_' and '-' replaced (unit names are free text)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", unit).strip("._") or "unit"
+    name, k = f"explain_{stem}.png", 2
+    while name in taken:
+        name, k = f"explain_{stem}_{k}.png", k + 1
+    taken.add(name)
+    return name
+
+
+def explain(
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="The shared model: final_model.safetensors, a results folder or a checkpoint."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="This hospital's records (the file `medalloc forecast` reads)."
+    ),
+    unit: list[str] | None = typer.Option(
+        None, "--unit", "-u", help="Unit to explain (repeatable); default every unit."
+    ),
+    date: str | None = typer.Option(
+        None, "--date", help="Forecast origin YYYY-MM-DD: the last day the model reads (default: the file's last day)."
+    ),
+    target: str = typer.Option(CENSUS, "--target", help="What to explain: census (default) or admissions."),
+    level: float | None = typer.Option(
+        None, "--level", help="Quantile level to explain, e.g. 0.9 for the P90 (default: the model's highest)."
+    ),
+    method: str = typer.Option(
+        "integrated-gradients", "--method", help="integrated-gradients (default) or occlusion (blocks of 7 days)."
+    ),
+    out: Path = typer.Option(
+        Path("explain"), "--out", "-o", help="Folder for explanation.json and explain_<unit>.png."
+    ),
+    hospital: str | None = typer.Option(None, "--hospital", help="Name in the forecast (default: the file's name)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing explanation in --out."),
+) -> None:
+    """Attributions of a forecast to its input days and series (fan chart + heatmap PNG, JSON, plain words)."""
+    from medalloc_core.atomic import atomic_write_bytes
+    from medalloc_core.explain import METHODS, ExplainError, explain_forecast
+    from medalloc_core.explain.plot import plot_explanation
+    from medalloc_core.forecasting import ModelDataMismatch
+    from medalloc_core.model_io import ModelFileError, load_model
+    from medalloc_core.validation import load_unit_records
+
+    if method not in METHODS:
+        _fail(f"--method must be one of {list(METHODS)}, got '{method}'")
+    if level is not None and not 0 < level < 1:
+        _fail(f"--level must be a quantile level in (0, 1), e.g. 0.9; got {level}")
+    origin = None
+    if date is not None:
+        origin = pd.to_datetime(date, format="%Y-%m-%d", errors="coerce")
+        if pd.isna(origin):
+            _fail(f"--date '{date}' is not a date YYYY-MM-DD")
+    json_path = out / EXPLANATION_FILE
+    inputs = {p.resolve() for p in (data, model)}
+    if json_path.resolve() in inputs:
+        _fail(f"{json_path} is one of the inputs; choose another --out")
+    if json_path.exists() and not force:
+        _fail(f"{json_path} already exists; pass --force to replace it, or choose another --out")
+    try:
+        saved = load_model(model)
+        records = load_unit_records(data)
+        explanations = explain_forecast(
+            saved.model,
+            saved.spec,
+            records,
+            hospital=hospital or data.stem,
+            units=list(unit) if unit else None,
+            date=origin,
+            target=target,
+            level=level,
+            method=method,
+        )
+    except DataContractError as exc:
+        _fail(f"{data} does not meet the data contract (run `medalloc validate {data}` for the full report):\n{exc}")
+        return
+    except (ModelFileError, ModelDataMismatch, ExplainError) as exc:
+        _fail(str(exc))
+        return
+    taken: set[str] = set()
+    names = [_png_name(ex.unit, taken) for ex in explanations]
+    for name in names:
+        if (out / name).resolve() in inputs:
+            _fail(f"{out / name} is one of the inputs; choose another --out")
+        if (out / name).exists() and not force:
+            _fail(f"{out / name} already exists; pass --force to replace it, or choose another --out")
+    payload = {
+        "model": str(saved.path),
+        "data": str(data),
+        "computed": "on this machine; nothing was sent anywhere",
+        "explanations": [ex.to_dict() | {"png": name} for ex, name in zip(explanations, names)],
+    }
+    try:
+        for ex, name in zip(explanations, names):
+            plot_explanation(ex, out / name)
+        atomic_write_bytes(json_path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        _fail(f"cannot write the explanation to {out}: {exc}")
+    for ex, name in zip(explanations, names):
+        table = Table(
+            title=f"{ex.unit}: what drives the {ex.level_name} of {ex.target} (forecast from {ex.origin.date()})"
+        )
+        for column in ("inputs", "share", ex.unit_of_measure):
+            table.add_column(column, justify="left" if column == "inputs" else "right")
+        for g in ex.groups[:5]:
+            table.add_row(escape(g.phrase), f"{g.share:.0%}", f"{g.contribution:+.1f}")
+        _out.print(table)
+        for line in ex.words:
+            _out.print(escape(line), highlight=False)
+        _out.print(f"picture: {out / name}", highlight=False)
+    _out.print(f"wrote {json_path}; computed on this machine, nothing was sent anywhere", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `explain` to the medalloc app."""
+    app.command("explain")(explain)
