@@ -181,15 +181,15 @@ class NodeConfig:
             folder = Path(str(run["simulation-data-dir"]))
         else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
             folder = ensure_simulation_region(
-                hospitals=int(node.get("num-partitions", 1)),  # type: ignore[arg-type]
-                days=int(run.get("simulation-days", 730)),  # type: ignore[arg-type]
-                seed=int(run.get("simulation-region-seed", 0)),  # type: ignore[arg-type]
+                hospitals=int(node.get("num-partitions", 1)),
+                days=int(run.get("simulation-days", 730)),
+                seed=int(run.get("simulation-region-seed", 0)),
                 task=name,
             )
         if not folder.is_dir():
             raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
         paths = task.node_data(folder)
-        partition = int(node["partition-id"])  # type: ignore[arg-type]
+        partition = int(node["partition-id"])
         if not 0 <= partition < len(paths):
             raise NodeConfigError(
                 f"virtual node {partition} has no hospital file: {folder} holds {len(paths)}; "

@@ -86,13 +86,20 @@ def test_every_registered_task_runs_through_the_same_apps_and_keeps_its_own_ledg
     assert load_model(tmp_path / "forecasting").config.model == "mlp"
     risk = load_risk_model(tmp_path / "equipment")
     assert risk.metadata["task"] == "equipment" and risk.metadata["rounds"] == 2
-    # each task spent from its own ledger, with its own budget: two spends each, never mixed
+    # each task spent from its own ledger, in its own unit, with its own budget, never mixed: the
+    # patients' ledger holds the one source release, the devices' one DP-SGD spend per round
+    state = json.loads((ledgers / "medalloc-node-state.json").read_text())["nodes"]
     for i in range(3):
         patients = PrivacyLedger.load(ledgers / f"patients{i}.json")
         devices = PrivacyLedger.load(ledgers / f"devices{i}.json")
-        assert [s.run_id.split("/")[-1] for e in patients.entries() for s in e.spends] == ["round-1", "round-2"]
-        runs = [s.run_id for e in devices.entries() for s in e.spends]
-        assert [r.split("/", 1)[1] for r in runs] == ["equipment/round-1", "equipment/round-2"]
+        assert (patients.unit, devices.unit) == ("patient", "device")
+        assert [s.mechanism for s in patients.spends()] == ["source-release"]
+        assert [s.mechanism for s in devices.spends()] == ["dp-sgd-device", "dp-sgd-device"]
+        runs = [s.run_id.split("/", 1)[1] for s in devices.spends()]
+        assert runs == ["equipment/round-1", "equipment/round-2"]
+        hospital = f"H00{i}"  # each ledger has its own entry in the node state record (reset detection)
+        assert state[hospital]["ledger_id"] == patients.ledger_id
+        assert state[f"{hospital}/equipment"]["ledger_id"] == devices.ledger_id
     spent = max(PrivacyLedger.load(ledgers / f"devices{i}.json").epsilon_spent() for i in range(3))
     assert logs["equipment"][-1]["epsilon-max"] == pytest.approx(spent, rel=1e-9)
 
@@ -107,7 +114,7 @@ def test_the_equipment_nodes_caps_and_budget_hold_whatever_the_coordinator_asks(
     record = log[-1]
     assert record["nodes"] == {"sampled": 3, "accepted": 2, "refused": 1}
     refused = [o for o in record["outcomes"] if o["status"] == "refused"]
-    assert refused[0]["reason"].startswith("privacy-budget-exceeded") and "device epsilon" in refused[0]["reason"]
+    assert refused[0]["reason"].startswith("privacy-budget-exceeded") and "device-level epsilon" in refused[0]["reason"]
     assert not PrivacyLedger.load(tmp_path / "devices2.json").entries()  # refused before anything was recorded
     spend = PrivacyLedger.load(tmp_path / "devices0.json").entries()[0].spends[0]
     assert spend.noise_multiplier == 4.0  # the node's own minimum beat the proposal (2.0)

@@ -73,7 +73,7 @@ class EquipmentComparisons:
                 raise ComparisonOptionsError(
                     f"unknown key '{key}' in [comparisons] of an equipment scenario; known: {sorted(known)}"
                 )
-            default = known[key].default
+            default: Any = known[key].default
             if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default) | int):
                 raise ComparisonOptionsError(f"[comparisons] {key} must be like {default!r}, got {value!r}")
             values[known[key].name] = float(value) if isinstance(default, float) else value

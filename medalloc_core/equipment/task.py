@@ -141,7 +141,8 @@ class EquipmentTask(FederatedTask):
 
     # ------------------------------------------------------------------ coordinator
     def options(self, raw: Mapping[str, Any]) -> EquipmentOptions:
-        return options_from(EquipmentOptions, raw, task=self.name)  # type: ignore[no-any-return]
+        options: EquipmentOptions = options_from(EquipmentOptions, raw, task=self.name)
+        return options
 
     def model(self, run: Any, options: EquipmentOptions) -> TaskModel:
         spec = options.spec

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -284,7 +284,7 @@ def _prepare(
     """What both handlers do first: request, data, model, ledger, release."""
     node = ForecastNode.of(settings)
     try:
-        ask = kind.from_dict(request)
+        ask = cast(_I, kind.from_dict(request))
     except ProtocolError as exc:
         raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     if ask.reproducible_noise:
@@ -295,7 +295,7 @@ def _prepare(
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
-    released = _released(node, ask, ledger, data, ask.run_tag)  # type: ignore[attr-defined]
+    released = _released(node, ask, ledger, data, ask.run_tag)
     return node, ask, model, released, ledger
 
 
