@@ -13,6 +13,11 @@ Only in simulation, where Flower gives a virtual node nothing but
 simulation-only run-config keys (``simulation-data-dir``, ``simulation-epsilon-budget``,
 ``simulation-delta``): partition ``i`` is the ``i``-th hospital of that folder for the run's
 task, the node's *own* data, never a slice of a shared dataset.
+
+The forecasting task's ``data-path`` may be a contract file, an OMOP CDM (SQLite file,
+database URL or export folder) or a FHIR export, read with the site's ``data-mapping``
+(``data-format`` says which, ``auto`` tells them apart; docs/data.md). ``approved-apps`` is
+the node's, not a task's: the data owner's list of app hashes the node may run.
 """
 
 from __future__ import annotations
@@ -24,14 +29,23 @@ from typing import Any
 
 from flwr.app import Context
 
-from medalloc_core.privacy.accounting import ACCOUNTANTS
+from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
+from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceMapping
 from medalloc_core.tasks import DEFAULT_TASK, NodeTask, get_task, task_names
+from medalloc_core.tasks.forecasting import DATA_SUFFIXES
 
-DATA_SUFFIXES = (".csv", ".parquet")
+__all__ = ["DATA_SUFFIXES", "NodeConfig", "NodeConfigError", "ensure_simulation_region", "hospital_files", "task_keys"]
 
 
 class NodeConfigError(ValueError):
     """The node's configuration is incomplete or invalid; the message says which key to set."""
+
+
+def _accountant(value: object) -> AccountantName:
+    """``value`` as the ledger's accountant name, or a ``NodeConfigError`` naming the choices."""
+    if value not in ACCOUNTANTS:
+        raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {value!r}")
+    return value
 
 
 def task_keys(task: str) -> tuple[str, str, str]:
@@ -50,13 +64,17 @@ class NodeConfig:
     tasks : Mapping[str, NodeTask]
         The tasks the node serves, by name.
     hospital_id : str
-        Name used in logs and in the reply's node info (default: the first task's data file stem).
+        Name used in logs and in the reply's node info (default: the first task's data name: a
+        file's stem, an OMOP/FHIR export's or database's name).
     threads : int (default: 1)
         CPU threads torch may use while training. The models are small: one thread is fastest,
         and more oversubscribe a shared machine (one DP round took 0.2 s on one thread and 7 s
         on two on the 2-core development box).
     simulated : bool
         True when the values came from simulation run-config keys.
+    approved_apps : Path or None (default: None)
+        Node-config ``approved-apps``: the data owner's list of app hashes the node may run
+        (enforced by ``medalloc node exec``, checked by ``medalloc node check``; docs/hospital.md).
 
     Every ``NodeTask`` carries the shared node keys too: ``privacy-delta`` (default 1e-6),
     ``privacy-accountant`` ("prv"), ``max-local-epochs`` (5: the most local epochs per round
@@ -67,13 +85,17 @@ class NodeConfig:
     the node's keys, so that removing that folder is noticed too; every task's ledger has its
     own entry in it). The forecasting task also reads ``max-stay-days`` (14: the stay length the
     patient-level epsilon covers), ``release-path`` (``<ledger>.released.csv``: the node's source
-    release) and ``release-columns`` (admissions, census).
+    release), ``release-columns`` (admissions, census), ``data-format`` ("auto", "contract",
+    "omop" or "fhir": what ``data-path`` is) and ``data-mapping`` (the site's mapping file, TOML,
+    for OMOP/FHIR; docs/data.md). ``data-path`` is kept verbatim (``data_location``): a database
+    URL is not a path.
     """
 
     tasks: Mapping[str, NodeTask] = field(default_factory=dict)
     hospital_id: str = ""
     threads: int = 1
     simulated: bool = False
+    approved_apps: Path | None = None
 
     def task(self, name: str) -> NodeTask:
         """The node's settings for task ``name``; ``NodeConfigError`` when it does not serve it."""
@@ -110,6 +132,14 @@ class NodeConfig:
         return next(iter(self.tasks.values())).accountant
 
     @property
+    def min_noise_multiplier(self) -> float:
+        return next(iter(self.tasks.values())).min_noise_multiplier
+
+    @property
+    def max_grad_norm(self) -> float:
+        return next(iter(self.tasks.values())).max_grad_norm
+
+    @property
     def node_state_path(self) -> Path:
         return self.task(DEFAULT_TASK).node_state_path  # type: ignore[return-value]
 
@@ -127,6 +157,37 @@ class NodeConfig:
     def release_columns(self) -> tuple[str, ...]:
         raw = str(self.task(DEFAULT_TASK).extra.get("release-columns", "admissions,census"))
         return tuple(c.strip() for c in raw.split(",") if c.strip())
+
+    @property
+    def data_location(self) -> str:
+        """Node-config ``data-path`` exactly as given (a database URL is not a path)."""
+        settings = self.task(DEFAULT_TASK)
+        return str(settings.extra.get("data-location", settings.data_path))
+
+    @property
+    def data_format(self) -> str:
+        """Node-config ``data-format``: what ``data-path`` is (``auto`` tells contract, OMOP and FHIR apart)."""
+        return str(self.task(DEFAULT_TASK).extra.get("data-format", "auto"))
+
+    @property
+    def data_mapping(self) -> Path | None:
+        """Node-config ``data-mapping``: the site's mapping file (TOML; docs/data.md) for OMOP/FHIR, or None."""
+        raw = self.task(DEFAULT_TASK).extra.get("data-mapping")
+        return Path(str(raw)) if raw else None
+
+    @property
+    def data_source_display(self) -> str:
+        """``data-path`` as it may be logged (a database URL's password hidden)."""
+        return DataSource(self.data_location).display
+
+    @property
+    def data_source(self) -> DataSource:
+        """The node's data with its site mapping; raises NodeConfigError naming ``data-mapping`` if that is bad."""
+        try:
+            mapping = SourceMapping.from_toml(self.data_mapping) if self.data_mapping else SourceMapping()
+        except MappingError as exc:
+            raise NodeConfigError(f"data-mapping: {exc}") from None
+        return DataSource(self.data_location, self.data_format, mapping)  # type: ignore[arg-type]
 
     @classmethod
     def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -146,6 +207,17 @@ class NodeConfig:
             "flower-supernode --node-config \"data-path='/path/records.csv' ledger-path='/path/ledger.json' "
             'privacy-epsilon-budget=8.0" (or equipment-data-path=... for the equipment task, docs/equipment.md)'
         )
+
+    @classmethod
+    def from_node_config(cls, node: Mapping[str, Any]) -> NodeConfig:
+        """A real node's config from its ``--node-config`` keys (what ``medalloc node check`` reads too).
+
+        ``medalloc node check`` checks the forecasting task's data (contract, OMOP, FHIR), so
+        ``data-path`` is required here.
+        """
+        if "data-path" not in node:
+            raise NodeConfigError("the node config has no 'data-path'; set it to the node's data (file, folder or URL)")
+        return cls._from_node(node)
 
     @classmethod
     def _from_node(cls, node: Mapping[str, Any]) -> NodeConfig:
@@ -168,7 +240,13 @@ class NodeConfig:
                 simulated=False,
             )
         first = next(iter(tasks.values()))
-        return cls(tasks=tasks, hospital_id=first.hospital_id, threads=_threads(node), simulated=False)
+        return cls(
+            tasks=tasks,
+            hospital_id=first.hospital_id,
+            threads=_threads(node),
+            simulated=False,
+            approved_apps=Path(str(node["approved-apps"])) if node.get("approved-apps") else None,
+        )
 
     @classmethod
     def _from_simulation(cls, node: Mapping[str, Any], run: Mapping[str, Any]) -> NodeConfig:
@@ -196,7 +274,8 @@ class NodeConfig:
                 "run as many virtual nodes as hospital files"
             )
         data_path = paths[partition]
-        ledger = f"{data_path.stem}.json" if name == DEFAULT_TASK else f"{data_path.stem}-{name}.json"
+        hospital = DataSource(str(data_path)).name if name == DEFAULT_TASK else data_path.stem
+        ledger = f"{hospital}.json" if name == DEFAULT_TASK else f"{hospital}-{name}.json"
         settings = _node_task(
             {
                 "privacy-delta": run.get("simulation-delta", 1e-6),
@@ -206,10 +285,10 @@ class NodeConfig:
             data_path=data_path,
             ledger_path=folder / "ledgers" / ledger,
             epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
-            hospital_id=data_path.stem,
+            hospital_id=hospital,
             simulated=True,
         )
-        return cls(tasks={name: settings}, hospital_id=data_path.stem, threads=1, simulated=True)
+        return cls(tasks={name: settings}, hospital_id=hospital, threads=1, simulated=True)
 
 
 def _served(node: Mapping[str, Any]) -> list[str]:
@@ -232,6 +311,15 @@ def _node_task(
     hospital_id: str,
     simulated: bool,
 ) -> NodeTask:
+    extra: dict[str, Any] = {k: v for k, v in node.items() if isinstance(v, int | float | str | bool)}
+    if name == DEFAULT_TASK:
+        # The forecasting data may be a database URL (not a path) read with a site mapping.
+        extra["data-location"] = str(node.get("data-path", data_path))
+        data_format = str(node.get("data-format", "auto"))
+        if data_format not in FORMATS:
+            raise NodeConfigError(f"data-format must be one of {', '.join(FORMATS)}, got {data_format!r}")
+        if not hospital_id:
+            hospital_id = DataSource(extra["data-location"]).name
     try:
         settings = NodeTask(
             task=name,
@@ -247,7 +335,7 @@ def _node_task(
             threads=_threads(node),
             simulated=simulated,
             node_state_path=Path(str(node["node-state-path"])) if "node-state-path" in node else None,
-            extra={k: v for k, v in node.items() if isinstance(v, int | float | str | bool)},
+            extra=extra,
         )
     except ValueError as exc:
         key = task_keys(name)[2]
@@ -258,8 +346,7 @@ def _node_task(
         raise NodeConfigError("min-noise-multiplier must be > 0: a node never trains without DP noise")
     if settings.max_grad_norm <= 0:
         raise NodeConfigError(f"max-grad-norm must be > 0, got {settings.max_grad_norm}")
-    if settings.accountant not in ACCOUNTANTS:
-        raise NodeConfigError(f"privacy-accountant must be 'prv' or 'rdp', got {settings.accountant!r}")
+    _accountant(settings.accountant)
     if name == DEFAULT_TASK and int(_number(node, "max-stay-days", 14)) < 1:
         raise NodeConfigError(f"max-stay-days must be >= 1, got {node.get('max-stay-days')}")
     return settings
@@ -299,10 +386,15 @@ def ensure_simulation_region(*, hospitals: int, days: int, seed: int, task: str 
 
 
 def hospital_files(folder: Path) -> list[Path]:
-    """The hospital files of a forecasting region folder, sorted by name (``H000.csv``, ``H001.csv``, ...)."""
+    """The hospitals' data in a forecasting region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ...).
+
+    A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
+    FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals
+    (the forecasting task's ``node_data``).
+    """
     if not folder.is_dir():
         raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    return get_task(DEFAULT_TASK).node_data(folder)
 
 
 def _number(values: Mapping[str, Any], key: str, default: float | None = None) -> float:

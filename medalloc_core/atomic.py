@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -50,3 +51,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             os.unlink(tmp_name)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    """Save a matplotlib figure to ``path`` atomically (rendered in memory, then :func:`atomic_write_bytes`).
+
+    The format comes from ``path``'s suffix, as with ``Figure.savefig``.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(Path(path), buffer.getvalue())

@@ -52,6 +52,10 @@ class Problem:
 
     ``row`` is the 1-based data row as a spreadsheet shows it (header = row 1, first
     record = row 2); ``None`` when the problem concerns the whole file or a column.
+    Sources other than the contract's own files name their records in their own terms:
+    ``row_label`` is ``"line"`` for an NDJSON line or ``"entry"`` for a Bundle entry,
+    ``record`` says which record it is (``"Encounter/e17"``, ``"table visit_detail,
+    visit_detail_id 3001"``) and ``column_label`` is ``"field"`` for a FHIR element path.
     """
 
     file: str
@@ -59,13 +63,18 @@ class Problem:
     row: int | None = None
     column: str | None = None
     severity: Severity = "error"
+    record: str | None = None
+    row_label: str = "row"
+    column_label: str = "column"
 
     def __str__(self) -> str:
         where = self.file
         if self.row is not None:
-            where += f", row {self.row}"
+            where += f", {self.row_label} {self.row}"
+        if self.record is not None:
+            where += f", {self.record}"
         if self.column is not None:
-            where += f", column '{self.column}'"
+            where += f", {self.column_label} '{self.column}'"
         return f"{self.severity}: {where}: {self.message}"
 
 
@@ -91,7 +100,7 @@ class UnitRecords:
 
     frame: pd.DataFrame
     frequency: Frequency
-    source: Path
+    source: Path | str  # the file, or a database URL (password hidden) / export folder for OMOP and FHIR sources
     shape: RecordShape
 
     @property

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from medalloc_core.allocation.forecast_io import TARGET, VALUE, Q  # noqa: E402
+from medalloc_core.atomic import atomic_savefig  # noqa: E402
 from medalloc_core.contract import CENSUS, DATE, UNIT  # noqa: E402
 
 
@@ -58,6 +59,6 @@ def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, path: Path, *, 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

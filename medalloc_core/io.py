@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,12 @@ _KNOWN_BINARY_MAGIC: dict[bytes, str] = {
 }
 _BINARY_SNIFF_BYTES = 8192
 _RAGGED_SHOWN = 50  # rows with the wrong number of fields listed before giving up
+# Resource bounds on a file a node reads (docs/data.md, "Limits"). Reading takes about 11x
+# the file's size in memory, so 256 MiB is about 3 GB at the peak; ten years of encounters
+# of a large hospital (a million stays of ~100 bytes) is 100 MB.
+MAX_FILE_BYTES = 256 * 2**20
+MAX_COLUMNS = 1_000  # the contract has at most a dozen columns; exports with many extras still fit
+MAX_LINE_BYTES = 1 * 2**20  # one record; a longer line is not a record of this contract
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -72,6 +79,17 @@ def read_table(path: Path) -> pd.DataFrame:
             [Problem(name, "not a regular file (a directory?); give the path of a .csv or .parquet file")]
         )
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DataContractError(
+                [
+                    Problem(
+                        name,
+                        f"is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit for one file (MAX_FILE_BYTES); "
+                        "split it by year or aggregate encounters to daily unit records (docs/data.md, Limits)",
+                    )
+                ]
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
@@ -94,7 +112,10 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
         )
     try:
         # Repeated column names make pyarrow fail with an internal dump: name them as for CSV.
-        repeated = _repeated(pq.read_schema(io.BytesIO(data)).names)
+        schema_names = pq.read_schema(io.BytesIO(data)).names
+        if len(schema_names) > MAX_COLUMNS:
+            raise _too_many_columns(name, len(schema_names))
+        repeated = _repeated(schema_names)
         table = None if repeated else pq.read_table(io.BytesIO(data))
         if table is not None:
             # A damaged file can hold string columns that are not UTF-8; pyarrow reads them
@@ -175,13 +196,47 @@ def _read_csv(name: str, data: bytes) -> pd.DataFrame:
                 )
             ]
         ) from None
+    longest, row = _longest_line(data)
+    if longest > MAX_LINE_BYTES:
+        raise DataContractError(
+            [
+                Problem(
+                    name,
+                    f"has a line of {longest:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit for one record "
+                    "(MAX_LINE_BYTES); expected one record per line (docs/data.md, Limits)",
+                    row=row,
+                )
+            ]
+        )
     return _parse_csv(name, text, data.removeprefix(UTF8_BOM))
 
 
 def _repeated(names: list[str]) -> list[str]:
-    """Column names that occur more than once (after stripping whitespace)."""
-    stripped = [str(n).strip() for n in names]
-    return sorted({n for n in stripped if stripped.count(n) > 1})
+    """Column names that occur more than once (after stripping whitespace); one pass, linear."""
+    counts = Counter(str(n).strip() for n in names)
+    return sorted(n for n, k in counts.items() if k > 1)
+
+
+def _too_many_columns(name: str, count: int) -> DataContractError:
+    return DataContractError(
+        [
+            Problem(
+                name,
+                f"has {count:,} columns, over the limit of {MAX_COLUMNS:,} (MAX_COLUMNS); expected the contract's "
+                "columns and a few extra (docs/data.md, Limits)",
+                row=1,
+            )
+        ]
+    )
+
+
+def _longest_line(data: bytes) -> tuple[int, int]:
+    """(length, 1-based row) of the longest line of ``data``; numpy over the bytes, linear."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)
+    bounds = np.concatenate(([-1], ends, [len(data)]))
+    lengths = np.diff(bounds) - 1
+    row = int(np.argmax(lengths))
+    return int(lengths[row]), row + 1
 
 
 def _repeated_problems(name: str, repeated: list[str]) -> list[Problem]:
@@ -216,6 +271,8 @@ def _looks_utf16(head: bytes) -> bool:
 def _parse_csv(name: str, text: str, body: bytes) -> pd.DataFrame:
     """Parse CSV text with pyarrow (all columns as strings), keeping each record's row position."""
     header = next(csv.reader(io.StringIO(text)), [])
+    if len(header) > MAX_COLUMNS:
+        raise _too_many_columns(name, len(header))
     names = [column.strip() or f"unnamed_{i + 1}" for i, column in enumerate(header)]
     repeated = _repeated(names)
     if repeated:

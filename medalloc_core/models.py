@@ -7,6 +7,7 @@ dropout off by default) and is registered in ``MODELS`` so one contract test cov
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -18,6 +19,13 @@ from torch import nn
 
 from medalloc_core.contract import Frequency
 from medalloc_core.features import WindowSpec
+
+_INT_FIELDS = ("history", "horizon", "n_features", "n_targets", "hidden", "layers", "channels", "kernel_size", "levels")
+# Bounds that keep even *describing* a model cheap (building it on the meta device to count its
+# parameters makes one module per layer): far above any forecaster of hospital counts.
+_DEPTH_FIELDS = ("layers", "levels")
+_MAX_DEPTH = 64
+_MAX_WIDTH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -38,26 +46,30 @@ class ForecasterConfig:
     dropout: float = 0.0  # off: DP noise already regularises, and dropout makes DP steps noisier
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
+        # A config also comes from a model file's JSON sidecar: every field is checked for its
+        # type as well as its range, so a bad file is a ValueError here, never a crash (or a
+        # 14 GB allocation) inside torch. The parameter count is bounded by model_io.
+        if not isinstance(self.model, str) or self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         q = self.quantiles
-        if not q or any(not 0 < a < 1 for a in q) or any(b <= a for a, b in zip(q, q[1:])):
-            raise ValueError(f"quantiles {q} must be strictly increasing levels in (0, 1)")
-        for name in (
-            "history",
-            "horizon",
-            "n_features",
-            "n_targets",
-            "hidden",
-            "layers",
-            "channels",
-            "kernel_size",
-            "levels",
+        if (
+            not isinstance(q, tuple | list)
+            or not q
+            or any(isinstance(a, bool) or not isinstance(a, numbers.Real) or not 0 < a < 1 for a in q)
+            or any(b <= a for a, b in zip(q, q[1:]))
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ForecasterConfig.{name}={getattr(self, name)} must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"ForecasterConfig.dropout={self.dropout} must be in [0, 1)")
+            raise ValueError(f"quantiles {q!r} must be strictly increasing levels in (0, 1)")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"ForecasterConfig.{name}={value!r} must be a whole number")
+            limit = _MAX_DEPTH if name in _DEPTH_FIELDS else _MAX_WIDTH
+            if not 1 <= int(value) <= limit:
+                raise ValueError(f"ForecasterConfig.{name}={value} must be from 1 to {limit:,}")
+            object.__setattr__(self, name, int(value))
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"ForecasterConfig.dropout={dropout!r} must be in [0, 1)")
         object.__setattr__(self, "quantiles", tuple(float(a) for a in q))
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +102,7 @@ class ForecasterConfig:
         if unknown:
             raise ValueError(f"unknown ForecasterConfig keys {sorted(unknown)}")
         d = dict(d)
-        if "quantiles" in d:
+        if isinstance(d.get("quantiles"), list):  # anything else is refused by __post_init__
             d["quantiles"] = tuple(d["quantiles"])
         return cls(**d)
 

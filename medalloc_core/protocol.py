@@ -79,6 +79,7 @@ class Refusal(IntEnum):
     LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
     TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
+    APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
 
     @property
     def slug(self) -> str:

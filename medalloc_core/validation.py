@@ -68,7 +68,7 @@ class ValidationReport:
     ranges) and, for encounter files, ``encounters`` and ``open_stays``.
     """
 
-    path: Path
+    path: Path | str  # a file, or a database URL (password hidden) / export folder for OMOP and FHIR sources
     problems: list[Problem] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +104,11 @@ def validate_file(path: Path) -> ValidationReport:
     """
     report, _ = _inspect(Path(path))
     return report
+
+
+def inspect_file(path: Path) -> tuple[ValidationReport, UnitRecords | None]:
+    """Validate and, when valid, type a file in one pass: ``(report, records or None)``; never raises for bad input."""
+    return _inspect(Path(path))
 
 
 def load_unit_records(path: Path) -> UnitRecords:

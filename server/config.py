@@ -130,6 +130,8 @@ class RunConfig:
             raise RunConfigError("lr and dp-max-grad-norm must be > 0")
         if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
             raise RunConfigError("dp-noise-multiplier and dp-target-epsilon must be >= 0")
+        if self.simulation_epsilon_budget <= 0 or not 0 < self.simulation_delta < 1:
+            raise RunConfigError("simulation-epsilon-budget must be > 0 and simulation-delta in (0, 1)")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise RunConfigError(f"trimmed-beta must be in [0, 0.5), got {self.trimmed_beta}")
         if self.client_dp and (self.client_dp_noise_multiplier <= 0 or self.client_dp_clipping_norm <= 0):
@@ -211,12 +213,18 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return value.lower() == "true"
         raise RunConfigError(f"run-config '{key}' must be true or false, got {value!r}")
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or float(value) != int(value)
+        ):
             raise RunConfigError(f"run-config '{key}' must be a whole number, got {value!r}")
         return int(value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RunConfigError(f"run-config '{key}' must be a number, got {value!r}")
+        # NaN passes every `x <= 0` check below and infinity breaks the arithmetic: no key takes either.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise RunConfigError(f"run-config '{key}' must be a finite number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise RunConfigError(f"run-config '{key}' must be a string, got {value!r}")

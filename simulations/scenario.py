@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from medalloc.server.config import RunConfig, RunConfigError
 from medalloc_core.synthetic import RegionConfig
 from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
+MAX_SCENARIO_BYTES = 1 * 2**20
 # A task's own run-config keys go in a section named after it ([equipment] -> "equipment.<key>").
 _SECTIONS = {"name", "task", "region", "federation", "privacy", "comparisons", "output", "simulation", *task_names()}
 # A task other than forecasting protects another unit (a device): its default budget differs.
@@ -102,14 +105,25 @@ def load_scenario(path: Path | None = None) -> Scenario:
     if path is None:
         text, source = default_scenario_text(), "embedded default"
     else:
+        source = str(path)
         try:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+            if Path(path).stat().st_size > MAX_SCENARIO_BYTES:
+                raise ScenarioError(f"{path}: over {MAX_SCENARIO_BYTES:,} bytes; a scenario is a short TOML file")
+            data = Path(path).read_bytes()
         except OSError as exc:
-            raise ScenarioError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from exc
+            raise ScenarioError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScenarioError(
+                f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+            ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML ({exc})") from exc
+        raise ScenarioError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: not valid TOML (nested too deeply)") from None
     return parse_scenario(raw, source=source, text=text)
 
 
@@ -118,6 +132,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     unknown = set(raw) - _SECTIONS
     if unknown:
         raise ScenarioError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+    for heading in sorted(_SECTIONS - {"name"}):
+        if heading in raw and not isinstance(raw[heading], dict):
+            raise ScenarioError(
+                f"{source}: [{heading}] must be a table of keys, got {type(raw[heading]).__name__} {raw[heading]!r:.60}"
+            )
+    if "name" in raw and not isinstance(raw["name"], str):
+        raise ScenarioError(f"{source}: name must be a string, got {raw['name']!r:.60}")
     region = dict(raw.get("region", {}))
     federation = dict(raw.get("federation", {}))
     privacy = dict(raw.get("privacy", {}))
@@ -147,10 +168,49 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         extra = set(section) - known
         if extra:
             raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [{name}]; known: {sorted(known)}")
-    baselines = tuple(comparisons.get("baselines", ("seasonal_naive", "holt_winters"))) if forecasting else ()
+    if forecasting:
+        listed = comparisons.get("baselines", ["seasonal_naive", "holt_winters"])
+        if not isinstance(listed, list) or not all(isinstance(b, str) for b in listed):
+            raise ScenarioError(
+                f"{source}: [comparisons] baselines must be a list of names such as {list(_BASELINES)}, "
+                f"got {listed!r:.60}"
+            )
+        baselines: tuple[str, ...] = tuple(listed)
+    else:  # another task's [comparisons] are its own (FederatedTask.check_comparisons)
+        baselines = ()
     bad = [b for b in baselines if b not in _BASELINES]
     if bad:
-        raise ScenarioError(f"{source}: unknown baseline(s) {bad} in [comparisons]; choose from {list(_BASELINES)}")
+        raise ScenarioError(
+            f"{source}: [comparisons] baselines: unknown baseline(s) {bad}; choose from {list(_BASELINES)}"
+        )
+    for key in ("local-only", "local-only-dp", "centralized"):
+        if key in comparisons and not isinstance(comparisons[key], bool):
+            raise ScenarioError(f"{source}: [comparisons] {key} must be true or false, got {comparisons[key]!r:.60}")
+    for section_name, table, key in (
+        ("privacy", privacy, "epsilon"),
+        ("privacy", privacy, "delta"),
+        ("simulation", simulation, "client-cpus"),
+    ):
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ScenarioError(f"{source}: [{section_name}] {key} must be a number, got {value!r:.60}")
+    stay = privacy.get("max-stay-days", 14)
+    if isinstance(stay, bool) or not isinstance(stay, int) or not 1 <= stay <= 366:
+        raise ScenarioError(f"{source}: [privacy] max-stay-days must be a whole number from 1 to 366, got {stay!r:.60}")
+    if not isinstance(privacy.get("reproducible-noise", False), bool):
+        raise ScenarioError(
+            f"{source}: [privacy] reproducible-noise must be true or false, got {privacy['reproducible-noise']!r:.60}"
+        )
+    plots = output.get("forecast-plots", 3)
+    if isinstance(plots, bool) or not isinstance(plots, int) or not 0 <= plots <= 1000:
+        raise ScenarioError(
+            f"{source}: [output] forecast-plots must be a whole number from 0 to 1000, got {plots!r:.60}"
+        )
+    # Another task's [region] is its generator's keyword arguments, checked by the task below.
+    known_region = {f.name for f in fields(RegionConfig)}
+    unknown_region = sorted(k for k in region if str(k).replace("-", "_") not in known_region) if forecasting else []
+    if unknown_region:
+        raise ScenarioError(f"{source}: unknown key(s) {unknown_region} in [region]; known: {sorted(known_region)}")
     try:
         scenario = Scenario(
             name=str(raw.get("name", Path(source).stem)),
@@ -180,13 +240,22 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except (TypeError, ValueError, RunConfigError) as exc:
         raise ScenarioError(f"{source}: {exc}") from exc
-    if not 0 < scenario.delta < 1 or scenario.epsilon_budget <= 0 or scenario.max_stay_days < 1:
-        raise ScenarioError(f"{source}: [privacy] needs epsilon > 0, 0 < delta < 1 and max-stay-days >= 1")
+    # `not 0 < x` also refuses NaN; a NaN budget let every node refuse and the run end "done".
+    if not 0 < scenario.delta < 1 or not 0 < scenario.epsilon_budget < math.inf:
+        raise ScenarioError(
+            f"{source}: [privacy] needs a finite epsilon > 0 and 0 < delta < 1, "
+            f"got epsilon {scenario.epsilon_budget} and delta {scenario.delta}"
+        )
     if privacy.get("mechanism", "source") != "source":
         raise ScenarioError(
             f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
             "not offered)"
         )
-    if scenario.client_cpus <= 0:
-        raise ScenarioError(f"{source}: [simulation] client-cpus must be > 0")
+    cpus = os.cpu_count() or 1
+    if not 0 < scenario.client_cpus <= cpus:
+        # Ray waits forever for a node that needs more CPUs than it has (or NaN of them).
+        raise ScenarioError(
+            f"{source}: [simulation] client-cpus must be a number > 0 and at most this machine's {cpus} CPUs, "
+            f"got {scenario.client_cpus}"
+        )
     return scenario

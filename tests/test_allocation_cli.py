@@ -134,7 +134,7 @@ def test_allocate_happy_path_writes_plan_and_plot(tmp_path: Path) -> None:
             "row 3, column 'value'",
         ),
         (lambda f, c: c.write_text("unit,beds\nICU,13\n"), "no capacity for"),
-        (lambda f, c: f.unlink(), "file not found"),
+        (lambda f, c: f.unlink(), "no such file"),
     ],
 )
 def test_allocate_bad_input_exits_2_without_traceback(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]

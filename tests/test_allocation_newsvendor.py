@@ -153,10 +153,17 @@ def test_overflow_probability_matches_sampling_from_the_same_distribution() -> N
 
 
 def test_invalid_costs_and_ratios_are_refused() -> None:
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="under_cost must be a number from"):
         UnitCosts(0.0, 1.0)
+    # A cost ratio of 1e300 made the critical ratio exactly 1: an infinite quantile, no whole bed.
+    with pytest.raises(ValueError, match="under_cost must be a number from"):
+        UnitCosts(1e300, 1.0)
+    with pytest.raises(ValueError, match="over_cost must be a number from"):
+        UnitCosts(1.0, math.nan)
     with pytest.raises(ValueError, match="nurse ratios"):
         PlanConfig(nurse_ratios={"ICU": 0.0})
+    with pytest.raises(ValueError, match="nurse ratios"):
+        PlanConfig(default_nurse_ratio=1e-300)  # staffed / ratio overflowed the nurse count
     assert math.isclose(UnitCosts(3.0, 1.0).critical_ratio, 0.75)
 
 

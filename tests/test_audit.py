@@ -221,8 +221,8 @@ def test_settings_that_cannot_work_are_refused() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--noise-multiplier", "0"], "--noise-multiplier must be > 0"),
-        (["--max-grad-norm", "-1"], "--max-grad-norm must be > 0"),
+        (["--noise-multiplier", "0"], "--noise-multiplier must be a finite number > 0"),
+        (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number > 0"),
         (["--seed", "-3"], "--seed must be >= 0"),
     ],
 )

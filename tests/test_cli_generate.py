@@ -76,8 +76,8 @@ def test_generate_encounters_as_parquet(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--hospitals", "0"), "hospitals must be at least 1"),
-        (("--days", "3"), "days must be at least 28"),
+        (("--hospitals", "0"), "hospitals must be from 1 to 1000"),
+        (("--days", "3"), "days must be from 28"),
         (("--start", "01/02/2023"), "ISO date"),
         (("--shape", "weekly"), "--shape must be one of"),
         (("--format", "xlsx"), "--format must be one of"),

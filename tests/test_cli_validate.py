@@ -123,10 +123,10 @@ def test_real_subprocess_reports_errors_without_a_traceback(tmp_path: Path) -> N
 
 def test_an_unexpected_failure_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing real fails this way today; this pins the safety net a future bug would hit.
-    def broken(path: Path) -> None:
+    def broken(source: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("medalloc.cli.validate.validate_file", broken)
+    monkeypatch.setattr("medalloc.cli.validate.validate_source", broken)
     path = write(tmp_path, "good.csv", GOOD)
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2

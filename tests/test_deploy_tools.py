@@ -1,8 +1,7 @@
-"""The deployment helpers: SuperLink certificates, node key pairs and the Fleet-only gateway."""
+"""The deployment helpers: SuperLink certificates and node key pairs (the Fleet gateway: tests/test_gateway.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import shutil
@@ -14,7 +13,6 @@ import threading
 from base64 import b64decode, b64encode
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +23,6 @@ from medalloc.client.keys import KeyFileExistsError, fingerprint, generate_key_p
 from medalloc.client.keys import cli as keys_cli
 from medalloc.server.certs import CertificateError, write_certificates
 from medalloc.server.certs import cli as certs_cli
-from medalloc.server.fleet_gateway import GatewayConfig, create_app
 
 # --------------------------------------------------------------------------- certificates
 
@@ -153,68 +150,6 @@ def test_key_pair_is_never_overwritten(tmp_path: Path) -> None:
     assert (pair.private_key.read_bytes(), pair.public_key.read_bytes()) == before
     result = CliRunner().invoke(keys_cli, ["--out", str(tmp_path / "H000")])
     assert result.exit_code == 2 and "refusing to overwrite" in result.output
-
-
-# --------------------------------------------------------------------------- Fleet gateway
-
-
-def _through_gateway(requests: list[tuple[str, str, bytes, dict[str, str]]], upstream: httpx.MockTransport):
-    """Send requests through the gateway app (lifespan included) to a mock SuperLink."""
-    app = create_app(GatewayConfig(superlink="127.0.0.1:9091", ca_certfile=Path("unused")), transport=upstream)
-
-    async def go() -> list[httpx.Response]:
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://gw") as c:
-                return [await c.request(m, path, content=body, headers=h) for m, path, body, h in requests]
-
-    return asyncio.run(go())
-
-
-def test_gateway_forwards_fleet_calls_with_their_signature_headers() -> None:
-    seen: list[httpx.Request] = []
-
-    def superlink(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(401, content=b"\x08\x01", headers={"content-type": "application/protobuf"})
-
-    headers = {"flwr-public-key": "cHVi", "flwr-signature": "c2ln", "flwr-timestamp": "2026-01-01T00:00:00"}
-    (response,) = _through_gateway(
-        [("POST", "/v1/fleet/pull-messages", b"\x0a\x02ab", headers)], httpx.MockTransport(superlink)
-    )
-    assert (response.status_code, response.content) == (401, b"\x08\x01")
-    assert response.headers["content-type"] == "application/protobuf"
-    (forwarded,) = seen
-    assert str(forwarded.url) == "https://127.0.0.1:9091/v1/fleet/pull-messages"
-    assert forwarded.content == b"\x0a\x02ab"
-    assert {k: forwarded.headers[k] for k in headers} == headers
-    assert forwarded.headers["host"] == "127.0.0.1:9091"
-
-
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("POST", "/v1/control/register-node"),
-        ("POST", "/v1/control/start-run"),
-        ("POST", "/v1/runtime/acquire-task"),
-        ("GET", "/docs"),
-        ("GET", "/v1/fleet/pull-messages"),  # Fleet is POST only
-        ("POST", "/v1/fleetx/pull-messages"),
-    ],
-)
-def test_gateway_refuses_everything_but_fleet_posts(method: str, path: str) -> None:
-    calls: list[httpx.Request] = []
-    upstream = httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(200))
-    (response,) = _through_gateway([(method, path, b"", {})], upstream)
-    assert response.status_code in (403, 405)
-    assert calls == []
-
-
-def test_gateway_answers_502_when_the_superlink_is_down() -> None:
-    def down(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    (response,) = _through_gateway([("POST", "/v1/fleet/send-node-heartbeat", b"", {})], httpx.MockTransport(down))
-    assert response.status_code == 502  # the SuperNode's retry logic treats 502 as transient
 
 
 def test_renewal_with_an_existing_ca_keeps_hospitals_ca_crt(certs, tmp_path: Path) -> None:

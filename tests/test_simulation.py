@@ -134,7 +134,7 @@ def test_embedded_default_scenario_needs_no_file():
     [
         ("[federation]\nstrategy = 'fedsgd'\n", "strategy 'fedsgd' is unknown"),
         ("[federation]\nnum-rounds = 3\n", "unknown run-config key 'num-rounds'"),
-        ("[region]\nhospitals = 0\n", "hospitals must be at least 1"),
+        ("[region]\nhospitals = 0\n", "hospitals must be from 1 to 1000"),
         ("[comparisons]\nbaselines = ['arima']\n", "unknown baseline"),
         ("[extras]\nx = 1\n", "unknown section"),
     ],
@@ -160,7 +160,7 @@ def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nlr = 'fast'\n")
     result = CliRunner().invoke(cli, ["simulate", "--config", str(bad), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "run-config 'lr' must be a number" in result.output
+    assert result.exit_code == 2 and "run-config 'lr' must be a finite number" in result.output
     missing = CliRunner().invoke(
         cli, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
     )

@@ -361,8 +361,8 @@ def test_written_files_pass_validation(shape: str, fmt: str, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"hospitals": 0}, "hospitals must be at least 1"),
-        ({"days": 5}, "days must be at least 28"),
+        ({"hospitals": 0}, "hospitals must be from 1 to 1000"),
+        ({"days": 5}, "days must be from 28"),
         ({"start": "2023-02-30"}, "ISO date"),
         ({"min_beds": 500, "max_beds": 100}, "min_beds <= max_beds"),
         ({"shape": "weekly"}, "shape must be"),

@@ -187,7 +187,7 @@ def test_scenario_task_section_and_the_tasks_own_sections() -> None:
         ({"task": {"name": "weather"}}, "is unknown"),
         ({"equipment": {"hidden": 2}}, "this scenario's task is forecasting"),
         ({"task": {"name": "equipment"}, "comparisons": {"baselines": ["holt_winters"]}}, "unknown key 'baselines'"),
-        ({"task": {"name": "equipment"}, "region": {"days": 10}}, "days >= 60"),
+        ({"task": {"name": "equipment"}, "region": {"days": 10}}, "days from 60"),
         ({"task": {"name": "equipment"}, "equipment": {"lr": -1.0}}, "lr > 0"),
     ):
         with pytest.raises(ScenarioError, match=match):

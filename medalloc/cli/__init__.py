@@ -31,6 +31,8 @@ _COMMAND_MODULES = (
     "simulate",
     "report",
     "audit",
+    "node",
+    "gateway",
 )
 
 

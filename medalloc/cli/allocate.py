@@ -48,36 +48,91 @@ def _parse_mapping(text: str | None, option: str) -> dict[str, float]:
 
 
 def _read_unit_config(path: Path) -> tuple[dict[str, UnitCosts], dict[str, float]]:
-    """Per-unit costs and nurse ratios from a CSV: unit[, under_cost, over_cost, nurse_ratio]."""
-    from medalloc_core.allocation.newsvendor import UnitCosts
+    """Per-unit costs and nurse ratios from a CSV or Parquet table: unit[, under_cost, over_cost, nurse_ratio].
 
-    try:
-        frame = pd.read_csv(path, dtype=str)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise _BadInput(f"{path}: cannot read unit config: {exc}") from None
+    Costs come in pairs: a table (or a row) with one of under_cost/over_cost and not the other
+    is refused rather than half applied. Every problem names the file, row and column.
+    """
+    from medalloc_core.allocation.newsvendor import MAX_COST, MAX_NURSE_RATIO, MIN_COST, MIN_NURSE_RATIO, UnitCosts
+    from medalloc_core.io import read_table
+
+    frame = read_table(path)
+    known = {UNIT, "under_cost", "over_cost", "nurse_ratio"}
     if UNIT not in frame.columns:
         raise _BadInput(f"{path}: unit config needs a 'unit' column (plus under_cost, over_cost, nurse_ratio)")
+    unknown = [c for c in frame.columns if c not in known]
+    if unknown:
+        raise _BadInput(f"{path}: unknown column(s) {unknown}; a unit config has columns {sorted(known)}")
+    cost_columns = {"under_cost", "over_cost"} & set(frame.columns)
+    if len(cost_columns) == 1:
+        (given,) = cost_columns
+        other = ({"under_cost", "over_cost"} - cost_columns).pop()
+        raise _BadInput(f"{path}: has the column '{given}' but not '{other}'; give both costs of a unit, or neither")
+    if frame.empty:
+        raise _BadInput(f"{path}: unit config has a header but no rows")
     costs: dict[str, UnitCosts] = {}
     ratios: dict[str, float] = {}
-    for i, row in frame.iterrows():
-        where = f"{path}, row {int(i) + 2}"
-        try:
-            if "under_cost" in frame.columns and "over_cost" in frame.columns and pd.notna(row["under_cost"]):
-                costs[str(row[UNIT])] = UnitCosts(float(row["under_cost"]), float(row["over_cost"]))
-            if "nurse_ratio" in frame.columns and pd.notna(row["nurse_ratio"]):
-                ratios[str(row[UNIT])] = float(row["nurse_ratio"])
-        except (ValueError, TypeError) as exc:
-            raise _BadInput(f"{where}: {exc}") from None
+    seen: set[str] = set()
+    for index, row in frame.iterrows():
+        where = f"{path}, row {int(str(index)) + 2}"
+        unit = str(row[UNIT]).strip() if pd.notna(row[UNIT]) else ""
+        if not unit:
+            raise _BadInput(f"{where}, column 'unit': is empty; expected a unit name")
+        if unit.lower() in seen:
+            raise _BadInput(f"{where}, column 'unit': '{unit}' appears twice; one row per unit")
+        seen.add(unit.lower())
+        values = {}
+        for column, low, high in (
+            ("under_cost", MIN_COST, MAX_COST),
+            ("over_cost", MIN_COST, MAX_COST),
+            ("nurse_ratio", MIN_NURSE_RATIO, MAX_NURSE_RATIO),
+        ):
+            if column not in frame.columns or pd.isna(row[column]) or not str(row[column]).strip():
+                continue
+            try:
+                value = float(row[column])
+            except ValueError:
+                raise _BadInput(f"{where}, column '{column}': '{row[column]}' is not a number") from None
+            if not low <= value <= high:
+                raise _BadInput(f"{where}, column '{column}': {row[column]} must be a number from {low:g} to {high:g}")
+            values[column] = value
+        if ("under_cost" in values) != ("over_cost" in values):
+            missing = "over_cost" if "under_cost" in values else "under_cost"
+            raise _BadInput(
+                f"{where}, column '{missing}': is empty while the other cost is given; give both or neither"
+            )
+        if "under_cost" in values:
+            costs[unit] = UnitCosts(values["under_cost"], values["over_cost"])
+        if "nurse_ratio" in values:
+            ratios[unit] = values["nurse_ratio"]
     return costs, ratios
 
 
+def _check_range(option: str, value: float, low: float, high: float) -> None:
+    """Refuse a number option outside [low, high] (NaN included) naming the option."""
+    if not low <= value <= high:
+        raise _BadInput(f"{option} must be a number from {low:g} to {high:g}, got {value}")
+
+
+def _check_units(path: Path, named: set[str], forecast_units: set[str]) -> None:
+    """Every unit a table names must be in the forecast: a misspelt unit would be silently ignored."""
+    lowered = {u.lower() for u in forecast_units}
+    stray = sorted(u for u in named if u.lower() not in lowered)
+    if stray:
+        raise _BadInput(f"{path}: unit(s) {stray} are not in the forecast (its units: {sorted(forecast_units)})")
+
+
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 def _guard_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
     resolved_inputs = {p.resolve() for p in inputs}
+    for folder in {p.parent for p in outputs}:
+        taken = next((a for a in (folder, *folder.parents) if a.exists()), None)
+        if taken is not None and not taken.is_dir():
+            raise _BadInput(f"--out {folder}: {taken} is a file, not a folder; choose another --out")
     for path in outputs:
         if path.resolve() in resolved_inputs:
             raise _BadInput(f"{path} is one of the inputs; choose another --out")
@@ -93,8 +148,8 @@ def _summary_table(plan: pd.DataFrame) -> Table:
     for (hospital, unit), g in plan.groupby(["hospital", UNIT], sort=True):
         flagged = int(g["flag_physical"].sum())
         table.add_row(
-            str(hospital),
-            str(unit),
+            escape(str(hospital)),
+            escape(str(unit)),
             str(len(g)),
             f"{g['demand_p50'].mean():.1f}",
             f"{g['staffed_beds'].min()}–{g['staffed_beds'].max()}",
@@ -138,7 +193,16 @@ def allocate(
     """Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast."""
     from medalloc_core.allocation.explain_plans import hospital_plan_reasons
     from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast
-    from medalloc_core.allocation.newsvendor import DEFAULT_NURSE_RATIOS, PlanConfig, UnitCosts, plan_hospital
+    from medalloc_core.allocation.newsvendor import (
+        DEFAULT_NURSE_RATIOS,
+        MAX_COST,
+        MAX_NURSE_RATIO,
+        MIN_COST,
+        MIN_NURSE_RATIO,
+        PlanConfig,
+        UnitCosts,
+        plan_hospital,
+    )
     from medalloc_core.allocation.plots import plot_plan
     from medalloc_core.atomic import atomic_write_bytes
 
@@ -147,11 +211,21 @@ def allocate(
             raise _BadInput("give exactly one of --capacity CAP.csv or --capacity-from DATA.csv")
         if tail not in _TAILS:
             raise _BadInput(f"--tail must be 'normal' or 'clamp', got '{tail}'")
+        _check_range("--under-cost", under_cost, MIN_COST, MAX_COST)
+        _check_range("--over-cost", over_cost, MIN_COST, MAX_COST)
+        _check_range("--default-nurse-ratio", default_nurse_ratio, MIN_NURSE_RATIO, MAX_NURSE_RATIO)
+        _check_range("--shifts", shifts, 1, 24)
+        if not 0 < risk_threshold < 1:
+            raise _BadInput(f"--risk-threshold must be in (0, 1), got {risk_threshold}")
         plan_csv, plan_png, plan_txt = out / "plan.csv", out / "plan.png", out / PLAN_EXPLANATION
         inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
         _guard_outputs([plan_csv, plan_png, plan_txt], inputs, force)
-        ratios = {**DEFAULT_NURSE_RATIOS, **_parse_mapping(nurse_ratio, "--nurse-ratio")}
+        flags = _parse_mapping(nurse_ratio, "--nurse-ratio")
+        for name, value in flags.items():
+            _check_range(f"--nurse-ratio {name}", value, MIN_NURSE_RATIO, MAX_NURSE_RATIO)
+        ratios = {**DEFAULT_NURSE_RATIOS, **flags}
         unit_costs: dict[str, UnitCosts] = {}
+        unit_ratios: dict[str, float] = {}
         if unit_config is not None:
             unit_costs, unit_ratios = _read_unit_config(unit_config)
             ratios.update(unit_ratios)
@@ -165,6 +239,8 @@ def allocate(
             tail=tail,
         )
         frame = read_forecast(forecast)
+        if unit_config is not None:
+            _check_units(unit_config, set(unit_costs) | set(unit_ratios), set(frame[UNIT]))
         beds = read_capacity(capacity) if capacity is not None else capacity_from_records(capacity_from)  # type: ignore[arg-type]
         plan = plan_hospital(frame, beds, config)
     except (_BadInput, DataContractError, ValueError) as exc:
@@ -173,8 +249,7 @@ def allocate(
     written = plan.copy()
     written[DATE] = pd.to_datetime(written[DATE]).dt.strftime("%Y-%m-%d")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        written.to_csv(plan_csv, index=False, float_format="%.4f")
+        atomic_write_bytes(plan_csv, written.to_csv(index=False, float_format="%.4f").encode("utf-8"))
         plot_plan(plan, plan_png)
         reasons = hospital_plan_reasons(plan, config)
         atomic_write_bytes(plan_txt, ("\n\n".join(reasons) + "\n").encode("utf-8"))
@@ -183,7 +258,7 @@ def allocate(
     _out.print(_summary_table(plan))
     for line in reasons:
         _out.print(escape(line), highlight=False)
-    _out.print(f"wrote {plan_csv}, {plan_png} and {plan_txt}", highlight=False)
+    _out.print(f"wrote {plan_csv}, {plan_png} and {plan_txt}", highlight=False, markup=False)
 
 
 def allocate_region(
@@ -220,15 +295,17 @@ def allocate_region(
         regional_reasons,
         write_regional_explanation,
     )
-    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, VALUE, Q, read_capacity
+    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, read_capacity, read_shared
     from medalloc_core.allocation.plots import plot_regional
     from medalloc_core.allocation.regional import (
+        MAX_COST,
+        MAX_SCENARIOS,
         RegionalConfig,
         RegionalSolveError,
-        hospital_totals,
         plan_region,
         write_regional_plan,
     )
+    from medalloc_core.io import read_table
 
     try:
         names = (
@@ -242,33 +319,45 @@ def allocate_region(
         if transfer_limit is not None and not transfer_limit >= 0:
             raise _BadInput(f"--transfer-limit must be a number of patient-days >= 0, got {transfer_limit}")
         _guard_outputs([out / n for n in names], [*forecast, capacity], force)
-        frames = []
+        _check_range("--pool", pool, 0, MAX_COST)
+        _check_range("--under-cost", under_cost, 1e-6, MAX_COST)
+        _check_range("--surge-cost", surge_cost, 0, MAX_COST)
+        _check_range("--transfer-cost", transfer_cost, 0, MAX_COST)
+        _check_range("--neighbours", neighbours, 0, 1000)
+        _check_range("--scenarios", scenarios, 1, MAX_SCENARIOS)
+        _check_range("--correlation", correlation, 0, 1)
+        given: dict[Path, Path] = {}
         for path in forecast:
-            raw = pd.read_csv(path) if path.exists() else None
-            if raw is None:
-                raise _BadInput(f"{path}: file not found")
-            if "target" in raw.columns:
-                from medalloc_core.allocation.forecast_io import read_forecast
-
-                raw = hospital_totals(read_forecast(path))
-            missing = [c for c in (HOSPITAL, DATE, Q, VALUE) if c not in raw.columns]
-            if missing:
-                raise _BadInput(f"{path}: missing column(s) {missing}; expected hospital, date, q, value")
-            for column in (Q, VALUE):
-                parsed = pd.to_numeric(raw[column], errors="coerce")
-                if parsed.isna().any():
-                    i = int(parsed.isna().to_numpy().argmax())
-                    raise _BadInput(f"{path}, row {i + 2}, column '{column}': '{raw[column].iloc[i]}' is not a number")
-                raw[column] = parsed.astype(float)
-            raw[DATE] = pd.to_datetime(raw[DATE], errors="coerce")
-            if raw[DATE].isna().any():
-                raise _BadInput(f"{path}, row {int(raw[DATE].isna().to_numpy().argmax()) + 2}: unparsable date")
-            raw[HOSPITAL] = raw[HOSPITAL].astype(str)
-            frames.append(raw)
-        header = pd.read_csv(capacity, nrows=0).columns if capacity.exists() else []
+            if path.resolve() in given:
+                raise _BadInput(
+                    f"{path}: given twice with --forecast (as {given[path.resolve()]}); give each file once"
+                )
+            given[path.resolve()] = path
+        frames = []
+        source: dict[str, Path] = {}  # hospital -> the file that holds its forecast
+        for path in forecast:
+            frame = read_shared(path)
+            for hospital in sorted(frame[HOSPITAL].unique()):
+                if hospital in source:
+                    raise _BadInput(
+                        f"{path}: hospital '{hospital}' is also in {source[hospital]}; each hospital's forecast "
+                        "must come from one file"
+                    )
+                source[hospital] = path
+            frames.append(frame)
+        header = read_table(capacity).columns
         caps = read_capacity(capacity, key=UNIT if UNIT in header else HOSPITAL)
         if HOSPITAL not in caps.columns:
             raise _BadInput(f"{capacity}: the regional capacity table needs a 'hospital' column")
+        without_forecast = sorted(set(caps[HOSPITAL]) - set(source))
+        if without_forecast:
+            raise _BadInput(
+                f"{capacity}: hospital(s) {without_forecast} have capacity but no forecast in "
+                f"{', '.join(str(p) for p in forecast)}; add their shared forecasts or remove them from the table"
+            )
+        without_capacity = sorted(set(source) - set(caps[HOSPITAL]))
+        if without_capacity:
+            raise _BadInput(f"{capacity}: no capacity for hospital(s) {without_capacity}, which have a forecast")
         # Each hospital's own staffed beds are its base; surge can fill its empty physical beds.
         totals = caps.groupby(HOSPITAL)[[BEDS, STAFFED]].sum()
         cap_map = totals[STAFFED].astype(float).to_dict()
@@ -286,7 +375,7 @@ def allocate_region(
             max_surge=room if any(v > 0 for v in room.values()) else None,
         )
         plan = plan_region(pd.concat(frames, ignore_index=True), cap_map, config)
-    except (_BadInput, DataContractError, ValueError, RegionalSolveError, OSError, pd.errors.ParserError) as exc:
+    except (_BadInput, DataContractError, ValueError, RegionalSolveError) as exc:
         _fail(str(exc))
         return
     try:
@@ -306,7 +395,7 @@ def allocate_region(
     _out.print(_binding_table(plan))
     for line in regional_reasons(plan):
         _out.print(escape(line), highlight=False)
-    _out.print(f"wrote {', '.join(str(out / n) for n in names)}", highlight=False)
+    _out.print(f"wrote {', '.join(str(out / n) for n in names)}", highlight=False, markup=False)
 
 
 def _binding_table(plan: RegionalPlan, rows: int = 10) -> Table:
@@ -317,7 +406,7 @@ def _binding_table(plan: RegionalPlan, rows: int = 10) -> Table:
         table.add_column(name, justify="left" if name in ("constraint", "where") else "right")
     for row in binding.head(rows).itertuples(index=False):
         table.add_row(
-            str(row.constraint),
+            escape(str(row.constraint)),
             escape(str(row.where)),
             str(pd.Timestamp(row.date).date()),
             f"{row.limit:g}",

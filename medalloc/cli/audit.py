@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,7 +31,7 @@ _OUTPUTS = (REPORT_NAME, PATIENT_REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER
 
 
 def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -182,12 +184,15 @@ def audit(
     powerful: without noise the same attacks prove >= 1); 1 when one fails; 2 on bad arguments.
     """
     console = Console(stderr=True)
-    if noise_multiplier <= 0:
+    # `not 0 < x < inf` also refuses NaN, which every comparison fails.
+    if not 0 < noise_multiplier < math.inf:
         _fail(
-            console, f"--noise-multiplier must be > 0, got {noise_multiplier}; the non-private run is always included"
+            console,
+            f"--noise-multiplier must be a finite number > 0, got {noise_multiplier}; "
+            "the non-private run is always included",
         )
-    if max_grad_norm <= 0:
-        _fail(console, f"--max-grad-norm must be > 0, got {max_grad_norm}")
+    if not 0 < max_grad_norm < math.inf:
+        _fail(console, f"--max-grad-norm must be a finite number > 0, got {max_grad_norm}")
     if seed is not None and seed < 0:
         _fail(console, f"--seed must be >= 0, got {seed}")
     if out is not None:
@@ -254,7 +259,9 @@ def audit(
         _write_canaries(out / CANARIES_NAME, report, included)
         _write_figure(out / FIGURE_NAME, report, included)
         console.print(
-            f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}", highlight=False
+            f"wrote {REPORT_NAME}, {CANARIES_NAME}, {FIGURE_NAME} and {LEDGER_NAME} to {out}",
+            highlight=False,
+            markup=False,
         )
     if not (report.sound and report.powerful and patient.passed):
         raise typer.Exit(code=1)

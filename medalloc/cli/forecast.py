@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.contract import DATE, UNIT, DataContractError
@@ -18,7 +20,7 @@ _err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -33,8 +35,8 @@ def _summary(frame: pd.DataFrame, levels: tuple[float, ...]) -> Table:
     for (unit, target), g in frame.groupby([UNIT, TARGET], sort=True):
         means = g.groupby(Q)[VALUE].mean()
         table.add_row(
-            str(unit),
-            str(target),
+            escape(str(unit)),
+            escape(str(target)),
             str(g[DATE].min().date()),
             str(g[DATE].max().date()),
             f"{means[lo]:.1f}",
@@ -69,6 +71,9 @@ def forecast(
     from medalloc_core.validation import load_unit_records
 
     csv_path, png_path = out / "forecast.csv", out / "forecast.png"
+    taken = next((a for a in (out, *out.parents) if a.exists()), None)
+    if taken is not None and not taken.is_dir():
+        _fail(f"--out {out}: {taken} is a file, not a folder; choose another --out")
     for path in (csv_path, png_path):
         if path.resolve() in {data.resolve(), model.resolve()}:
             _fail(f"{path} is one of the inputs; choose another --out")
@@ -78,6 +83,11 @@ def forecast(
         saved = load_model(model)
         records = load_unit_records(data)
         frame = forecast_records(saved.model, saved.spec, records, hospital=hospital or data.stem)
+        if not np.isfinite(frame["value"].to_numpy(dtype=float)).all():
+            raise ModelDataMismatch(
+                f"{saved.path}: the model's forecast for {data} is not finite (NaN or infinite values); "
+                "its weights do not fit these records"
+            )
     except DataContractError as exc:
         _fail(f"{data} does not meet the data contract (run `medalloc validate {data}` for the full report):\n{exc}")
         return
@@ -94,6 +104,7 @@ def forecast(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
         f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
         highlight=False,
+        markup=False,
     )
 
 

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,13 +21,14 @@ from medalloc_core.equipment.synthetic import (
     write_fleets,
 )
 from medalloc_core.synthetic import Region, RegionConfig, existing_region_files, generate_region, write_region
+from medalloc_core.synthetic.writer import SHAPE_FORMATS, SHAPES
 
-_SHAPES = ("daily", "encounters")
-_FORMATS = ("csv", "parquet")
+_SHAPES = SHAPES
+_FLEET_FORMATS = ("csv", "parquet")  # --task equipment: devices.<fmt> and events.<fmt> per fleet folder
 
 
 def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -145,8 +147,20 @@ def generate(
     days: int = typer.Option(730, "--days", "-d", help="Days of records per full-history hospital."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed: same seed, same bytes."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for H000.csv, ... and region.json."),
-    shape: str = typer.Option("daily", "--shape", help="'daily' unit records or 'encounters' (patient stays)."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="'csv' or 'parquet'."),
+    shape: str = typer.Option(
+        "daily",
+        "--shape",
+        help="'daily' unit records, 'encounters' (patient stays), 'omop' (an OMOP CDM v5.4), 'fhir' (FHIR R4 "
+        "Encounters) or 'mixed' (hospitals cycle through all of them: nodes that read different formats).",
+    ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="daily/encounters: 'csv' (default) or 'parquet'; omop: 'sqlite' (default, H000.sqlite), 'csv' or "
+        "'parquet' (H000.omop/ export folder); fhir: 'ndjson' (default, H000.fhir/ Bulk Data export) or 'bundle' "
+        "(H000.fhir.json).",
+    ),
     start: str = typer.Option("2023-01-01", "--start", help="First date, YYYY-MM-DD."),
     force: bool = typer.Option(False, "--force", help="Replace a region already in --out."),
     task_name: str = typer.Option(
@@ -160,17 +174,22 @@ def generate(
     console = Console(stderr=True)
     if task_name not in ("forecasting", "equipment"):
         _fail(console, f"--task must be 'forecasting' or 'equipment', got {task_name!r}")
-    if fmt not in _FORMATS:
-        _fail(console, f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
-    if out.exists() and not out.is_dir():
-        _fail(console, f"--out {out} is a file; give a directory")
     if task_name == "equipment":
+        if shape != "daily":
+            _fail(console, f"--shape {shape!r} is for the forecasting task; --task equipment writes fleet folders")
+        fmt = _FLEET_FORMATS[0] if fmt is None else fmt  # an empty --format is refused, not read as the default
+        if fmt not in _FLEET_FORMATS:
+            _fail(console, f"--format must be one of {', '.join(_FLEET_FORMATS)} for --task equipment, got {fmt!r}")
+        if out.exists() and not out.is_dir():
+            _fail(console, f"--out {out} is a file; give a directory")
         _generate_fleets(console, hospitals=hospitals, days=days, seed=seed, out=out, fmt=fmt, start=start, force=force)
         return
     if shape not in _SHAPES:
         _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
-    if fmt not in _FORMATS:
-        _fail(console, f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+    formats = SHAPE_FORMATS[shape]
+    fmt = formats[0] if fmt is None else fmt  # an empty --format is refused below, not read as the default
+    if fmt not in formats:
+        _fail(console, f"--format must be one of {', '.join(formats)} for --shape {shape}, got {fmt!r}")
     if out.exists() and not out.is_dir():
         _fail(console, f"--out {out} is a file; give a directory")
     earlier = existing_region_files(out)
@@ -181,7 +200,10 @@ def generate(
             "choose another --out or pass --force to replace it",
         )
     try:
-        config = RegionConfig(hospitals=hospitals, days=days, seed=seed, start=start, shape=shape)  # type: ignore[arg-type]
+        # Every shape but daily is written from the patient stays behind the counts.
+        config = RegionConfig(
+            hospitals=hospitals, days=days, seed=seed, start=start, shape="daily" if shape == "daily" else "encounters"
+        )
     except ValueError as exc:
         _fail(console, str(exc))
 
@@ -197,13 +219,17 @@ def generate(
         region = generate_region(config, progress=lambda _hid: bar.advance(task))
         bar.update(task, description="writing files")
         try:
-            paths = write_region(region, out, shape=shape, fmt=fmt, overwrite=force)  # type: ignore[arg-type]
+            paths = write_region(region, out, shape=shape, fmt=fmt, overwrite=force, seed=seed)  # type: ignore[arg-type]
         except OSError as exc:
             _fail(console, f"cannot write the region to {out}: {exc}")
 
     Console().print(_summary_table(region))
+    what = f"{shape} {fmt}" if shape != "mixed" else "mixed-format"
     console.print(
-        f"wrote {len(paths) - 1} {shape} {fmt} files and {paths[-1].name} to {out}", highlight=False, soft_wrap=True
+        f"wrote {len(paths) - 1} {what} hospital sources and {paths[-1].name} to {out}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
 
 

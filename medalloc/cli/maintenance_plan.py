@@ -24,6 +24,8 @@ def _parse_hours(text: str | None, file: Path | None) -> dict[str, float]:
     """Per-type service hours from 'ventilator=3,infusion_pump=1' and/or a CSV ``device_type,service_hours``."""
     out: dict[str, float] = {}
     if file is not None:
+        import pandas as pd
+
         from medalloc_core.contract import DataContractError
         from medalloc_core.io import read_table
 
@@ -38,7 +40,8 @@ def _parse_hours(text: str | None, file: Path | None) -> dict[str, float]:
             )
         for label, row in frame.iterrows():
             where = f"{file}, row {int(label) + 2}"
-            name = str(row[columns["device_type"]] or "").strip()
+            raw_name = row[columns["device_type"]]
+            name = "" if pd.isna(raw_name) else str(raw_name).strip()  # an empty cell reads as NaN, not ""
             value = row[columns["service_hours"]]
             try:
                 hours = float(value)

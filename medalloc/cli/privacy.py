@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
@@ -124,7 +125,7 @@ def _headline(report: dict[str, Any], console: Console) -> None:
 
 def _print_report(report: dict[str, Any], console: Console) -> None:
     _headline(report, console)
-    entries_table = Table(title=f"Privacy ledger {report['ledger']}", title_justify="left")
+    entries_table = Table(title=f"Privacy ledger {escape(str(report['ledger']))}", title_justify="left")
     for column in ("dataset", "spends", "first spend (UTC)", "last spend (UTC)", "ε dataset"):
         entries_table.add_column(column, justify="right" if column in ("spends", "ε dataset") else "left", no_wrap=True)
     for entry in report["entries"]:
@@ -151,9 +152,9 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
     for spend, fingerprint in rows:
         spends_table.add_row(
             _when(spend["timestamp"]),
-            spend["run_id"],
+            escape(str(spend["run_id"])),
             _short(fingerprint)[:8],
-            spend["mechanism"],
+            escape(str(spend["mechanism"])),
             f"{spend['noise_multiplier']:.4g}",
             f"{spend['sample_rate']:.4g}",
             str(spend["steps"]),
@@ -182,12 +183,22 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
 def privacy(
     ledger: Path = typer.Option(..., "--ledger", help="Path of the node's privacy ledger (JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (for machines)."),
+    upgrade: bool = typer.Option(
+        False, "--upgrade", help="Rewrite a version-1 (unkeyed) ledger under a new ledger key, once."
+    ),
 ) -> None:
     """Show a node's privacy ledger: each dataset, each spend, and the budget left."""
+    from medalloc_core.privacy.ledger import upgrade_ledger
+
     try:
+        if upgrade:
+            key = upgrade_ledger(ledger)
+            Console(stderr=True).print(
+                f"upgraded {ledger}; its key is {key} (back it up with the ledger)", highlight=False, markup=False
+            )
         report = _report(PrivacyLedger.load(ledger))
     except LedgerError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medalloc_core.contract import DataContractError
 
+# One release at a larger epsilon gives no meaningful protection, and exp(epsilon) overflows
+# a float past 709: refuse rather than compute nonsense.
+MAX_SHARE_EPSILON = 100.0
 _out = Console()
 _err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -53,8 +58,17 @@ def share(
         _fail(f"{out} is one of the inputs; choose another --out")
     if out.exists() and not force:
         _fail(f"{out} already exists; pass --force to replace it (and spend epsilon again), or choose another --out")
-    if not epsilon > 0:
-        _fail(f"--epsilon must be > 0, got {epsilon}")
+    if not 0 < epsilon <= MAX_SHARE_EPSILON:
+        _fail(
+            f"--epsilon must be a number in (0, {MAX_SHARE_EPSILON:g}], got {epsilon}; "
+            "one release above that protects nothing"
+        )
+    if not 0 < sensitivity < math.inf:
+        _fail(f"--sensitivity must be a finite number > 0 (beds one patient moves), got {sensitivity}")
+    if delta is not None and not 0 < delta < 1:
+        _fail(f"--delta must be in (0, 1), got {delta}")
+    if epsilon_budget is not None and not 0 < epsilon_budget < math.inf:
+        _fail(f"--epsilon-budget must be a finite number > 0, got {epsilon_budget}")
     try:
         frame = read_forecast(forecast)
         if frame["hospital"].nunique() != 1:
@@ -64,7 +78,11 @@ def share(
             node = PrivacyLedger.load(ledger)
         else:
             node = PrivacyLedger.open(
-                ledger, epsilon_budget=epsilon_budget, delta=delta or 1e-6, unit="patient", max_stay_days=14
+                ledger,
+                epsilon_budget=epsilon_budget,
+                delta=1e-6 if delta is None else delta,
+                unit="patient",
+                max_stay_days=14,
             )
         if delta is not None and delta != node.delta:
             raise ValueError(
@@ -98,6 +116,7 @@ def share(
         f"node total now ε={result.epsilon_node_after:.3f} "
         f"of {node.epsilon_budget:g} (see `medalloc privacy --ledger {ledger}`).\nwrote {out}",
         highlight=False,
+        markup=False,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from medalloc_core.rounds import RoundRecord
 
 
 def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -182,10 +183,10 @@ def simulate(
     # them are for hospitals checking real data (`medalloc validate`), not for this display.
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     console.print(
-        f"[bold]MedAlloc simulation[/] '{scenario.name}' ({scenario.source}): {scenario.task} task, "
-        f"{scenario.hospitals} hospitals, "
+        f"[bold]MedAlloc simulation[/] '{escape(scenario.name)}' ({escape(scenario.source)}): "
+        f"{escape(scenario.task)} task, {scenario.hospitals} hospitals, "
         f"{scenario.federation.get('num-server-rounds', 5)} rounds of "
-        f"{scenario.federation.get('strategy', 'fedavg')} -> {out}",
+        f"{escape(str(scenario.federation.get('strategy', 'fedavg')))} -> {escape(str(out))}",
         highlight=False,
     )
     began = time.perf_counter()
@@ -218,6 +219,7 @@ def simulate(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
         f"{out}/final_model.safetensors, plots in {out}/plots{page}",
         highlight=False,
+        markup=False,
     )
 
 

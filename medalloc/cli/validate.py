@@ -1,4 +1,4 @@
-"""``medalloc validate PATH...``: check hospital files against the data contract, read-only."""
+"""``medalloc validate SOURCE...``: check hospital files, OMOP databases and FHIR exports, read-only."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rich.table import Table
 
 from medalloc_core.contract import Problem
 from medalloc_core.equipment.validation import equipment_reports
-from medalloc_core.validation import ValidationReport, validate_file
+from medalloc_core.sources import FORMATS, DataSource, MappingError, validate_source
+from medalloc_core.validation import ValidationReport
 
 # Lines of problems shown per file; the rest are counted, so a broken million-row file
 # does not flood the terminal.
@@ -28,27 +29,47 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    paths: list[Path] = typer.Argument(
+    sources: list[str] = typer.Argument(
         ...,
-        help="Daily/weekly unit-records or encounter files, equipment inventories or event logs (CSV or Parquet), "
-        "or fleet folders (devices + events).",
+        help="Unit-records or encounter files (CSV/Parquet), equipment inventories, event logs or fleet folders "
+        "(devices + events), OMOP CDM databases (sqlite:///FILE, "
+        "postgresql://USER@HOST/DB, an SQLite file) or export folders, FHIR Bulk Data folders, NDJSON or Bundle files.",
         show_default=False,
+        metavar="SOURCE...",
+    ),
+    source_format: str = typer.Option(
+        "auto", "--format", help=f"What the sources are: {', '.join(FORMATS)} (auto tells them apart)."
+    ),
+    mapping: Path | None = typer.Option(
+        None,
+        "--mapping",
+        help="Site mapping file (TOML, sections [omop]/[fhir]): which visits are stays, which care sites are units.",
     ),
 ) -> None:
-    """Check hospital files against the data contract (docs/data.md, docs/equipment.md); never modifies them.
+    """Check hospital data against its rules (docs/data.md, docs/equipment.md); never modifies it.
 
-    A fleet folder is checked file by file and the event log against the inventory. Exits 0 when
-    every file is valid (warnings allowed) and 2 when any file has an error.
+    Databases are opened read-only. A fleet folder is checked file by file and the event log
+    against the inventory. Exits 0 when every source is valid (warnings allowed) and 2 when any has an error.
     """
     console = Console(soft_wrap=True, highlight=False)
+    if source_format not in FORMATS:
+        console.print(
+            f"[red]error: --format must be one of {', '.join(FORMATS)}, got {escape(repr(source_format))}[/red]"
+        )
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        named = [DataSource.of(s, format=source_format, mapping=mapping) for s in sources]  # type: ignore[arg-type]
+    except MappingError as exc:
+        console.print(f"[red]error: {escape(str(exc))}[/red]")
+        raise typer.Exit(EXIT_INVALID) from None
     failed = checked = 0
-    for path in paths:
+    for source in named:
         try:
-            reports = equipment_reports(path) or [validate_file(path)]
+            reports = _equipment(source) or [validate_source(source)]
         except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
-            logger.debug("validating %s failed", path, exc_info=True)
+            logger.debug("validating %s failed", source.display, exc_info=True)
             message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
-            reports = [ValidationReport(path, [Problem(str(path), message)])]
+            reports = [ValidationReport(source.display, [Problem(source.display, message)])]
         for report in reports:
             _show_report(console, report)
             failed += not report.ok
@@ -60,14 +81,21 @@ def validate(
         raise typer.Exit(EXIT_INVALID)
 
 
+def _equipment(source: DataSource) -> list[ValidationReport] | None:
+    """Equipment data (a fleet folder, an inventory or an event log) by its own rules; None for anything else."""
+    if source.format not in ("auto", "contract") or source.is_url:
+        return None
+    return equipment_reports(Path(source.location))
+
+
 def _show_report(console: Console, report: ValidationReport) -> None:
     name = escape(str(report.path))
     errors, warnings = report.errors, report.warnings
     if report.ok:
-        console.print(f"[green]OK[/green] {name}")
+        console.print(f"[green]OK[/green] {escape(name)}")
         console.print(_summary_table(report.summary))
     else:
-        console.print(f"[red]INVALID[/red] {name}: {len(errors)} error(s), {len(warnings)} warning(s)")
+        console.print(f"[red]INVALID[/red] {escape(name)}: {len(errors)} error(s), {len(warnings)} warning(s)")
     ordered = sorted(errors, key=_position) + sorted(warnings, key=_position)
     shown = ordered[:SHOWN_PER_FILE]
     # The per-check "... and N more row(s)" counts say how big the damage is: always show them.
@@ -77,7 +105,7 @@ def _show_report(console: Console, report: ValidationReport) -> None:
         console.print(f"[{style}]{escape(str(problem))}[/{style}]")
     hidden = len(ordered) - len(shown) - len(counts)
     if hidden:
-        console.print(f"... and {hidden} more problem(s) in {name} (fix the ones above and run again)")
+        console.print(f"... and {hidden} more problem(s) in {escape(name)} (fix the ones above and run again)")
 
 
 def _position(problem: Problem) -> tuple[int, int, str]:
@@ -111,6 +139,9 @@ def _summary_table(summary: dict[str, object]) -> Table:
         shown["stays (open)"] = f"{summary['encounters']} ({summary['open_stays']} open)"
     if summary.get("columns_ignored"):
         shown["ignored columns"] = ", ".join(map(str, summary["columns_ignored"]))  # type: ignore[call-overload]
+    details = summary.get("details")
+    if isinstance(details, list):  # OMOP and FHIR: what was read, what counts as a stay, what was left out
+        shown.update({str(label): text for label, text in details})
     for key, value in shown.items():
         if value is not None:  # an equipment file has no frequency or gaps
             table.add_row(key, escape(str(value)))

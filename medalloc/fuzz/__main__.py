@@ -1,12 +1,15 @@
 """Fuzz campaign: thousands of malformed files through the loaders and ``medalloc validate``,
 a table per mutation class (unit records, and equipment inventories and event logs in their fleet folders).
 
-Run ``python -m medalloc.fuzz --files 1400 --seed 0``. Every file is a seeded
+Run ``python -m medalloc.fuzz --files 1400 --sources 460 --seed 0``. Every file is a seeded
 mutation of a valid generated daily or encounter file (CSV or Parquet); it passes when
 validate_file, load_unit_records and the CLI give a clear error naming the file (and the
 row/column the class has) with exit 2, or exit 0 where an oracle shows the mutation left
-the file valid, never a traceback, and the file is byte-identical afterwards. Exits 1 if
-any file failed.
+the file valid, never a traceback, and the file is byte-identical afterwards. Every source
+is a seeded malformed OMOP CDM (SQLite database, CSV export) or FHIR export (NDJSON folder,
+Bundle); it passes when validate_source, load_source and the CLI name the file, the
+row/line/entry, the record and the field, exit 2, and leave every file as it was. Exits 1
+if anything failed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from rich.table import Table
 from .checks import Outcome, check, check_fleet, write_mutant
 from .equipment import EQUIPMENT_MUTATIONS, mutate_equipment, write_fleet_mutant
 from .mutations import MUTATIONS, Mutant, mutate
+from .source_checks import SourceOutcome, check_source
+from .source_mutations import SOURCE_MUTATIONS, mutate_source, write_source
 
 #: Unit-record classes, then equipment classes (a fleet folder with one broken file).
 CLASSES = (*MUTATIONS, *EQUIPMENT_MUTATIONS)
@@ -71,6 +76,63 @@ def run_campaign(files: int, seed: int, progress: Progress | None = None) -> lis
             if progress and task is not None:
                 progress.advance(task)
     return results
+
+
+def run_source_campaign(
+    count: int, seed: int, progress: Progress | None = None
+) -> list[tuple[SourceOutcome, float, str]]:
+    """Mutate, write and check ``count`` OMOP/FHIR sources, classes in turn."""
+    classes = list(SOURCE_MUTATIONS)
+    results = []
+    task = progress.add_task("fuzzing sources", total=count) if progress else None
+    for k in range(count):
+        mutant = mutate_source(classes[k % len(classes)], random.Random(f"{seed}-source-{k}"))
+        with tempfile.TemporaryDirectory() as tmp:
+            location = write_source(mutant, Path(tmp))
+            start = time.perf_counter()
+            outcome = check_source(mutant, Path(tmp), location)
+            seconds = time.perf_counter() - start
+        results.append((outcome, seconds, outcome.first_error))
+        if progress and task is not None:
+            progress.advance(task)
+    return results
+
+
+def _source_table(results: list[tuple[SourceOutcome, float, str]]) -> Table:
+    by_class: dict[str, list[tuple[SourceOutcome, float, str]]] = defaultdict(list)
+    for result in results:
+        by_class[result[0].mutant.mutation].append(result)
+    table = Table(title="medalloc validate under malformed OMOP and FHIR records")
+    for name, justify in (
+        ("mutation class", "left"),
+        ("sources", "left"),
+        ("tried", "right"),
+        ("passed", "right"),
+        ("failed", "right"),
+        ("ms/source", "right"),
+        ("example error (or failure)", "left"),
+    ):
+        last = name.startswith("example")
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis" if last else "fold")  # type: ignore[arg-type]
+    for name in SOURCE_MUTATIONS:
+        rows = by_class.get(name, [])
+        failed = [o for o, _, _ in rows if not o.passed]
+        kinds = ", ".join(sorted({o.mutant.kind for o, _, _ in rows}))
+        example = failed[0].failures[0] if failed else next((e for _, _, e in rows if e), "")
+        table.add_row(
+            name,
+            kinds,
+            str(len(rows)),
+            str(len(rows) - len(failed)),
+            f"[red]{len(failed)}[/red]" if failed else "0",
+            f"{statistics.median(s for _, s, _ in rows) * 1000:.0f}" if rows else "-",
+            escape(example[:EXAMPLE_WIDTH]),
+        )
+    passed = sum(o.passed for o, _, _ in results)
+    table.add_section()
+    median = f"{statistics.median(s for _, s, _ in results) * 1000:.0f}" if results else "-"
+    table.add_row("all", "", str(len(results)), str(passed), str(len(results) - passed), median, "")
+    return table
 
 
 def _table(results: list[tuple[Outcome, float, str]]) -> Table:
@@ -141,19 +203,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--files", type=int, default=1400, help="files to generate and check (default 1400)")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed; same seed, same files (default 0)")
+    parser.add_argument(
+        "--sources", type=int, default=460, help="malformed OMOP/FHIR sources to generate and check (default 460)"
+    )
     args = parser.parse_args()
     if args.files < 1:
         parser.error("--files must be at least 1")
+    if args.sources < 0:
+        parser.error("--sources must be at least 0")
     # Accidentally valid files log their warnings on load; the table is the output here.
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     # Piped output (CI logs, reports) gets a wide table instead of one folded to 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 220)
     start = time.perf_counter()
+    logging.getLogger("medalloc_core.sources").setLevel(logging.ERROR)
     with Progress(console=console, transient=True) as progress:
         results = run_campaign(args.files, args.seed, progress)
+        source_results = run_source_campaign(args.sources, args.seed, progress)
     elapsed = time.perf_counter() - start
     console.print(_table(results))
     console.print(_base_table(results))
+    if source_results:
+        console.print(_source_table(source_results))
+    failed_sources = [o for o, _, _ in source_results if not o.passed]
+    for source_outcome in failed_sources[:30]:
+        sm = source_outcome.mutant
+        console.print(
+            f"[red]FAILED[/red] {sm.mutation} ({sm.kind}: {escape(sm.detail)}): "
+            f"{escape('; '.join(source_outcome.failures))}"
+        )
     failed = [o for o, _, _ in results if not o.passed]
     for outcome in failed[:30]:
         m = outcome.mutant
@@ -162,10 +240,11 @@ def main() -> None:
             f"{escape('; '.join(outcome.failures))}"
         )
     console.print(
-        f"tried {len(results)} files, passed {len(results) - len(failed)}, failed {len(failed)} "
-        f"(seed {args.seed}, {elapsed:.0f} s)"
+        f"tried {len(results)} files, passed {len(results) - len(failed)}, failed {len(failed)}; "
+        f"{len(source_results)} sources, passed {len(source_results) - len(failed_sources)}, "
+        f"failed {len(failed_sources)} (seed {args.seed}, {elapsed:.0f} s)"
     )
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or failed_sources else 0)
 
 
 if __name__ == "__main__":

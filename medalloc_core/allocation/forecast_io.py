@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT, DataContractError, Problem
+from medalloc_core.io import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -25,21 +27,23 @@ TARGETS: tuple[str, ...] = ("admissions", "census")
 BEDS = "beds"  # physical beds
 STAFFED = "staffed"  # optional staffed baseline
 
+# The largest number of patients or beds one forecast value or one capacity entry may hold: far
+# above any hospital (a unit's daily count is at most validation.MAX_COUNT = 100,000). Larger
+# values are refused instead of overflowing the plan's whole-bed integers.
+MAX_VALUE = 1_000_000
 
-def _row(index: int) -> int:
-    """Spreadsheet row of a 0-based data index (header is row 1)."""
-    return index + 2
+
+def _row(frame: pd.DataFrame, i: int) -> int:
+    """Spreadsheet row of the ``i``-th record of a table from :func:`_read_csv` (header is row 1).
+
+    The frame's index is each record's position in the file, blank lines included.
+    """
+    return int(frame.index[i]) + 2
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise DataContractError([Problem(str(path), "file not found")])
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataContractError([Problem(str(path), f"not a readable CSV file: {exc}")]) from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
+    """A CSV or Parquet table, every value a string, with the loader's bounds and file-naming errors."""
+    frame = read_table(Path(path))
     if frame.empty:
         raise DataContractError([Problem(str(path), "file has a header but no rows")])
     return frame
@@ -47,11 +51,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _numeric(frame: pd.DataFrame, column: str, file: str, problems: list[Problem]) -> pd.Series:
     """Parse a column as float; every unparsable or missing cell becomes a Problem."""
-    values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    values = pd.to_numeric(frame[column].str.strip(), errors="coerce").astype(float)
     for i in np.flatnonzero(values.isna().to_numpy()):
         raw = frame[column].iloc[i]
-        what = "is empty" if pd.isna(raw) else f"'{raw}' is not a number"
-        problems.append(Problem(file, f"{what}; expected a number", row=_row(int(i)), column=column))
+        what = "is empty" if pd.isna(raw) or not str(raw).strip() else f"'{raw}' is not a number"
+        problems.append(Problem(file, f"{what}; expected a number", row=_row(frame, int(i)), column=column))
     return values
 
 
@@ -85,36 +89,23 @@ def read_forecast(path: Path) -> pd.DataFrame:
         )
     problems: list[Problem] = []
     for column in (HOSPITAL, UNIT, TARGET):
-        for i in np.flatnonzero(raw[column].isna().to_numpy()):
-            problems.append(Problem(file, "is empty; expected a name", row=_row(int(i)), column=column))
-    dates = pd.to_datetime(raw[DATE], errors="coerce", format="mixed")
-    for i in np.flatnonzero(dates.isna().to_numpy()):
-        problems.append(
-            Problem(file, f"'{raw[DATE].iloc[i]}' is not a date; expected YYYY-MM-DD", row=_row(int(i)), column=DATE)
-        )
+        for i in np.flatnonzero((raw[column].isna() | raw[column].str.strip().eq("")).to_numpy()):
+            problems.append(Problem(file, "is empty; expected a name", row=_row(raw, int(i)), column=column))
+    dates = parse_dates(raw, file, problems)
     q = _numeric(raw, Q, file, problems)
     value = _numeric(raw, VALUE, file, problems)
     bad_q = q.notna() & ~((q > 0) & (q < 1))
     for i in np.flatnonzero(bad_q.to_numpy()):
-        problems.append(Problem(file, f"quantile level {q.iloc[i]} is outside (0, 1)", row=_row(int(i)), column=Q))
-    bad_v = value.notna() & (~np.isfinite(value) | (value < 0))
-    for i in np.flatnonzero(bad_v.to_numpy()):
-        problems.append(
-            Problem(
-                file,
-                f"value {value.iloc[i]} must be finite and >= 0 (patients or beds)",
-                row=_row(int(i)),
-                column=VALUE,
-            )
-        )
+        problems.append(Problem(file, f"quantile level {q.iloc[i]} is outside (0, 1)", row=_row(raw, int(i)), column=Q))
+    problems.extend(_value_problems(raw, value, file))
     target = raw[TARGET].str.strip().str.lower()
-    bad_t = target.notna() & ~target.isin(TARGETS)
+    bad_t = target.notna() & target.ne("") & ~target.isin(TARGETS)
     for i in np.flatnonzero(bad_t.to_numpy()):
         problems.append(
             Problem(
                 file,
                 f"unknown target '{raw[TARGET].iloc[i]}'; expected one of {list(TARGETS)}",
-                row=_row(int(i)),
+                row=_row(raw, int(i)),
                 column=TARGET,
             )
         )
@@ -135,7 +126,9 @@ def read_forecast(path: Path) -> pd.DataFrame:
     dup = frame.duplicated(keys, keep="first")
     for i in np.flatnonzero(dup.to_numpy()):
         problems.append(
-            Problem(file, "duplicate (hospital, unit, target, date, q); each quantile appears once", row=_row(int(i)))
+            Problem(
+                file, "duplicate (hospital, unit, target, date, q); each quantile appears once", row=_row(frame, int(i))
+            )
         )
     problems.extend(_crossing_problems(frame, file))
     if problems:
@@ -153,7 +146,7 @@ def _crossing_problems(frame: pd.DataFrame, file: str) -> list[Problem]:
             file,
             f"quantiles cross: q={order[Q].loc[i]} has value {order[VALUE].loc[i]} below a lower level's "
             f"{running_max.loc[i]}; quantile values must not decrease with q",
-            row=_row(int(order["index"].loc[i])),
+            row=int(order["index"].loc[i]) + 2,
             column=VALUE,
         )
         for i in order.index[crossing.to_numpy()]
@@ -187,8 +180,7 @@ def write_dated_csv(
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     out = frame.loc[:, list(columns)].copy()
     out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+    atomic_write_bytes(path, out.to_csv(index=False).encode("utf-8"))  # never half a table
     return path
 
 
@@ -214,15 +206,20 @@ def read_capacity(path: Path, *, key: str = UNIT) -> pd.DataFrame:
             ]
         )
     problems: list[Problem] = []
-    for i in np.flatnonzero(raw[key].isna().to_numpy()):
-        problems.append(Problem(file, f"is empty; expected a {key} name", row=_row(int(i)), column=key))
+    for i in np.flatnonzero((raw[key].isna() | raw[key].str.strip().eq("")).to_numpy()):
+        problems.append(Problem(file, f"is empty; expected a {key} name", row=_row(raw, int(i)), column=key))
     columns = [BEDS] + ([STAFFED] if STAFFED in raw.columns else [])
     parsed = {c: _numeric(raw, c, file, problems) for c in columns}
     for c, values in parsed.items():
-        bad = values.notna() & ((values < 0) | (values != np.floor(values)) | ~np.isfinite(values))
+        bad = values.notna() & ~((values >= 0) & (values <= MAX_VALUE) & (values == np.floor(values)))
         for i in np.flatnonzero(bad.to_numpy()):
             problems.append(
-                Problem(file, f"{values.iloc[i]} must be a whole number of beds >= 0", row=_row(int(i)), column=c)
+                Problem(
+                    file,
+                    f"{values.iloc[i]} must be a whole number of beds from 0 to {MAX_VALUE:,}",
+                    row=_row(raw, int(i)),
+                    column=c,
+                )
             )
     if problems:
         raise DataContractError(problems)
@@ -232,41 +229,112 @@ def read_capacity(path: Path, *, key: str = UNIT) -> pd.DataFrame:
     out[STAFFED] = parsed[STAFFED].astype("int64") if STAFFED in parsed else out[BEDS]
     keys = [c for c in (HOSPITAL, UNIT) if c in out.columns]
     for i in np.flatnonzero(out.duplicated(keys).to_numpy()):
-        problems.append(Problem(file, f"duplicate {'/'.join(keys)}; one row per {key}", row=_row(int(i)), column=key))
+        problems.append(
+            Problem(file, f"duplicate {'/'.join(keys)}; one row per {key}", row=_row(raw, int(i)), column=key)
+        )
     bad_staffed = out[STAFFED] > out[BEDS]
     for i in np.flatnonzero(bad_staffed.to_numpy()):
-        problems.append(Problem(file, "staffed beds exceed physical beds", row=_row(int(i)), column=STAFFED))
+        problems.append(Problem(file, "staffed beds exceed physical beds", row=_row(raw, int(i)), column=STAFFED))
     if problems:
         raise DataContractError(problems)
     return out
 
 
 def capacity_from_records(path: Path) -> pd.DataFrame:
-    """Derive physical beds per unit from a hospital's daily records.
+    """Derive physical beds per unit from a hospital's records (CSV or Parquet, daily or encounters).
 
-    Uses the largest ``capacity`` seen per unit when the column exists, else the largest
-    ``census`` (a lower bound on physical beds: logged as a warning, because a plan capped
-    at it can never staff above what was ever occupied).
+    The records are read and checked like every other input of a hospital
+    (``validation.load_unit_records``). Uses the largest ``capacity`` seen per unit when the
+    column exists, else the largest ``census`` (a lower bound on physical beds: logged as a
+    warning, because a plan capped at it can never staff above what was ever occupied).
     """
+    from medalloc_core.validation import load_unit_records
+
+    records = load_unit_records(Path(path)).frame
     file = str(path)
-    raw = _read_csv(Path(path))
-    if UNIT not in raw.columns or not ({CAPACITY, CENSUS} & set(raw.columns)):
+    column = CAPACITY if CAPACITY in records.columns else CENSUS
+    if column not in records.columns:
         raise DataContractError(
-            [Problem(file, f"need columns '{UNIT}' and '{CAPACITY}' (or '{CENSUS}') to derive capacity")]
+            [Problem(file, f"need a '{CAPACITY}' or '{CENSUS}' column to derive the capacity of each unit")]
         )
-    column = CAPACITY if CAPACITY in raw.columns else CENSUS
     if column == CENSUS:
         logger.warning("%s has no '%s' column; using the largest census per unit as physical beds", file, CAPACITY)
-    problems: list[Problem] = []
-    values = pd.to_numeric(raw[column], errors="coerce")
-    for i in np.flatnonzero((values.notna() & (values < 0)).to_numpy()):
-        problems.append(Problem(file, f"{values.iloc[i]} is negative", row=_row(int(i)), column=column))
-    if problems:
-        raise DataContractError(problems)
-    frame = pd.DataFrame({UNIT: raw[UNIT].astype(str).str.strip(), BEDS: values}).dropna()
+    frame = pd.DataFrame({UNIT: records[UNIT].astype(str), BEDS: records[column].astype(float)}).dropna()
     if frame.empty:
-        raise DataContractError([Problem(file, f"no numeric '{column}' values to derive capacity from", column=column)])
+        raise DataContractError([Problem(file, f"no '{column}' values to derive capacity from", column=column)])
     beds = frame.groupby(UNIT)[BEDS].max().apply(lambda v: int(math.ceil(v)))
     out = beds.rename(BEDS).reset_index()
     out[STAFFED] = out[BEDS]
     return out
+
+
+def parse_dates(raw: pd.DataFrame, file: str, problems: list[Problem]) -> pd.Series:
+    """The ``date`` column as midnight timestamps; every unparsable cell becomes a Problem."""
+    dates = pd.to_datetime(raw[DATE].str.strip(), errors="coerce", format="mixed")
+    for i in np.flatnonzero(dates.isna().to_numpy()):
+        problems.append(
+            Problem(
+                file, f"'{raw[DATE].iloc[i]}' is not a date; expected YYYY-MM-DD", row=_row(raw, int(i)), column=DATE
+            )
+        )
+    return dates
+
+
+def _value_problems(raw: pd.DataFrame, value: pd.Series, file: str) -> list[Problem]:
+    bad = value.notna() & ~((value >= 0) & (value <= MAX_VALUE))
+    return [
+        Problem(
+            file,
+            f"value {value.iloc[i]} must be a number from 0 to {MAX_VALUE:,} (patients or beds)",
+            row=_row(raw, int(i)),
+            column=VALUE,
+        )
+        for i in np.flatnonzero(bad.to_numpy())
+    ]
+
+
+def read_shared(path: Path) -> pd.DataFrame:
+    """Read one shared table (``hospital, date, q, value``, what `medalloc share` writes) or a forecast frame.
+
+    A full forecast frame (it has a ``target`` column) is read with :func:`read_forecast` and
+    summed to census totals per hospital-day. Returns ``hospital`` str, ``date`` midnight,
+    ``q`` in (0, 1), ``value`` in [0, MAX_VALUE], one row per (hospital, date, q), quantiles not
+    crossing; raises DataContractError naming file, row and column otherwise.
+    """
+    file = str(path)
+    raw = _read_csv(Path(path))
+    if TARGET in raw.columns:
+        forecast = read_forecast(path)
+        if not forecast[TARGET].eq(CENSUS).any():
+            raise DataContractError([Problem(file, "has no census rows; the regional plan reads census quantiles")])
+        census = forecast[forecast[TARGET] == CENSUS]
+        return census.groupby([HOSPITAL, DATE, Q], as_index=False)[VALUE].sum().loc[:, [HOSPITAL, DATE, Q, VALUE]]
+    columns = (HOSPITAL, DATE, Q, VALUE)
+    missing = [c for c in columns if c not in raw.columns]
+    if missing:
+        raise DataContractError(
+            [Problem(file, f"missing column(s) {missing}; a shared table has columns {list(columns)}")]
+        )
+    problems: list[Problem] = []
+    for i in np.flatnonzero((raw[HOSPITAL].isna() | raw[HOSPITAL].str.strip().eq("")).to_numpy()):
+        problems.append(Problem(file, "is empty; expected a hospital name", row=_row(raw, int(i)), column=HOSPITAL))
+    dates = parse_dates(raw, file, problems)
+    q = _numeric(raw, Q, file, problems)
+    value = _numeric(raw, VALUE, file, problems)
+    for i in np.flatnonzero((q.notna() & ~((q > 0) & (q < 1))).to_numpy()):
+        problems.append(Problem(file, f"quantile level {q.iloc[i]} is outside (0, 1)", row=_row(raw, int(i)), column=Q))
+    problems.extend(_value_problems(raw, value, file))
+    if problems:
+        raise DataContractError(problems)
+    frame = pd.DataFrame(
+        {HOSPITAL: raw[HOSPITAL].str.strip().astype(str), DATE: dates.dt.normalize(), Q: q.round(6), VALUE: value}
+    )
+    for i in np.flatnonzero(frame.duplicated([HOSPITAL, DATE, Q]).to_numpy()):
+        problems.append(
+            Problem(file, "duplicate (hospital, date, q); each quantile appears once", row=_row(frame, int(i)))
+        )
+    with_unit = frame.assign(**{UNIT: "", TARGET: CENSUS})
+    problems.extend(_crossing_problems(with_unit, file))
+    if problems:
+        raise DataContractError(problems)
+    return frame.sort_values([HOSPITAL, DATE, Q], kind="stable").reset_index(drop=True)

@@ -8,7 +8,7 @@ critical ratio ``under_cost / (under_cost + over_cost)`` (see docs/allocation.md
 from __future__ import annotations
 
 import logging
-import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,6 +62,11 @@ PLAN_COLUMNS: tuple[str, ...] = (
 )
 
 
+# Bounds on the plan's parameters: any real cost ratio and staffing ratio fits well inside them.
+MIN_COST, MAX_COST = 1e-6, 1e6
+MIN_NURSE_RATIO, MAX_NURSE_RATIO = 0.01, 1000.0
+
+
 @dataclass(frozen=True)
 class UnitCosts:
     """Cost of an unserved patient-day (overflow, diversion) and of an idle staffed bed-day."""
@@ -70,10 +75,16 @@ class UnitCosts:
     over_cost: float = 1.0  # one staffed bed-day nobody uses (the nurse time paid for it)
 
     def __post_init__(self) -> None:
-        if not (self.under_cost > 0 and self.over_cost > 0 and math.isfinite(self.under_cost + self.over_cost)):
-            raise ValueError(
-                f"costs must be positive and finite, got under_cost={self.under_cost}, over_cost={self.over_cost}"
-            )
+        # Bounded on both sides (NaN fails every comparison): a ratio of 1e300 puts the critical
+        # ratio at exactly 1, whose quantile is infinite and no whole number of beds.
+        for name in ("under_cost", "over_cost"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not MIN_COST <= float(value) <= MAX_COST
+            ):
+                raise ValueError(f"{name} must be a number from {MIN_COST:g} to {MAX_COST:g}, got {value!r}")
 
     @property
     def critical_ratio(self) -> float:
@@ -99,10 +110,12 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         ratios = [self.default_nurse_ratio, *self.nurse_ratios.values()]
-        if any(not (r > 0) for r in ratios):
-            raise ValueError(f"nurse ratios must be > 0 patients per nurse, got {ratios}")
-        if self.shifts_per_day < 1:
-            raise ValueError(f"shifts_per_day must be >= 1, got {self.shifts_per_day}")
+        if any(not MIN_NURSE_RATIO <= r <= MAX_NURSE_RATIO for r in ratios):
+            raise ValueError(
+                f"nurse ratios must be from {MIN_NURSE_RATIO:g} to {MAX_NURSE_RATIO:g} patients per nurse, got {ratios}"
+            )
+        if not 1 <= self.shifts_per_day <= 24:
+            raise ValueError(f"shifts_per_day must be from 1 to 24, got {self.shifts_per_day}")
         if not 0 < self.physical_risk_threshold < 1:
             raise ValueError(f"physical_risk_threshold must be in (0, 1), got {self.physical_risk_threshold}")
 

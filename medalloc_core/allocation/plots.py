@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from medalloc_core.allocation.forecast_io import HOSPITAL  # noqa: E402
 from medalloc_core.allocation.regional import RegionalPlan  # noqa: E402
+from medalloc_core.atomic import atomic_savefig  # noqa: E402
 from medalloc_core.contract import DATE, UNIT  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def plot_plan(plan: pd.DataFrame, path: Path) -> Path:
     fig.autofmt_xdate()
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -87,6 +88,6 @@ def plot_regional(plan: RegionalPlan, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -29,6 +29,7 @@ from scipy.special import ndtr
 from medalloc_core.allocation.forecast_io import HOSPITAL, TARGET, VALUE, Q, write_dated_csv
 from medalloc_core.allocation.quantiles import Tail, quantile_at
 from medalloc_core.allocation.shadow import ShadowPrices
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import CENSUS, DATE
 
 logger = logging.getLogger(__name__)
@@ -60,21 +61,19 @@ class RegionalConfig:
     tail: Tail = "normal"
 
     def __post_init__(self) -> None:
-        for name in (
-            "surge_pool",
-            "under_cost",
-            "surge_cost",
-            "transfer_cost",
-            "transfer_cost_per_km",
-            "transfer_limit",
-        ):
+        for name in ("surge_pool", "under_cost", "surge_cost", "transfer_cost", "transfer_cost_per_km"):
             value = getattr(self, name)
-            if not (value >= 0) or (math.isnan(value)):
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if not 0 <= value <= MAX_COST:  # also refuses NaN
+                raise ValueError(f"{name} must be a number from 0 to {MAX_COST:g}, got {value}")
+        if not self.transfer_limit >= 0:
+            raise ValueError(f"transfer_limit must be >= 0, got {self.transfer_limit}")
         if self.under_cost <= 0:
             raise ValueError("under_cost must be > 0: otherwise no plan is better than another")
-        if self.scenarios < 1 or self.neighbours < 0:
-            raise ValueError(f"scenarios must be >= 1 and neighbours >= 0, got {self.scenarios}, {self.neighbours}")
+        if not 1 <= self.scenarios <= MAX_SCENARIOS or self.neighbours < 0:
+            raise ValueError(
+                f"scenarios must be from 1 to {MAX_SCENARIOS} and neighbours >= 0, "
+                f"got {self.scenarios}, {self.neighbours}"
+            )
         if not 0.0 <= self.correlation <= 1.0:
             raise ValueError(f"correlation must be in [0, 1], got {self.correlation}")
 
@@ -100,6 +99,13 @@ class RegionalPlan:
     load: np.ndarray = field(repr=False)  # (K, H, D) patients cared for in each scenario
     capacity_with_surge: np.ndarray = field(repr=False)  # (H, D)
     shadow: ShadowPrices | None = field(default=None, repr=False)  # what one more unit of each resource saves
+
+
+# Bounds on the regional LP's inputs: costs, surge beds and the scenario grid. The LP has about
+# scenarios x hospitals x days variables; MAX_LP_CELLS keeps it to seconds and a few hundred MB.
+MAX_COST = 1e6
+MAX_SCENARIOS = 1_000
+MAX_LP_CELLS = 2_000_000
 
 
 class RegionalSolveError(RuntimeError):
@@ -383,6 +389,11 @@ def plan_region(
     """
     hospitals, dates, levels, values, cap = _validate_inputs(shared, capacity)
     n_h, n_d, k = len(hospitals), len(dates), config.scenarios
+    if n_h * n_d * k > MAX_LP_CELLS:
+        raise ValueError(
+            f"{n_h} hospitals x {n_d} days x {k} scenarios is over the {MAX_LP_CELLS:,} the regional LP is sized for "
+            "(MAX_LP_CELLS); plan fewer days at a time or use fewer scenarios"
+        )
     if distances is None:
         distances = synthetic_distances(hospitals, seed=config.seed)
     distances = np.asarray(distances, dtype=float)
@@ -551,12 +562,11 @@ def write_regional_plan(plan: RegionalPlan, out_dir: Path, *, overwrite: bool = 
     existing = [out_dir / n for n in names if (out_dir / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass overwrite=True to replace the regional plan")
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, frame in names.items():
         frame = frame.copy()
         if DATE in frame.columns:
             frame[DATE] = pd.to_datetime(frame[DATE]).dt.strftime("%Y-%m-%d")
-        frame.to_csv(out_dir / name, index=False)
+        atomic_write_bytes(out_dir / name, frame.to_csv(index=False).encode("utf-8"))  # each file whole or absent
         paths.append(out_dir / name)
     return paths

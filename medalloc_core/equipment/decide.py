@@ -60,6 +60,8 @@ def service_hours_for(fleet: Fleet, hours_by_type: Mapping[str, float], default:
     bad = {k: v for k, v in lookup.items() if not (np.isfinite(v) and v > 0)}
     if bad:
         raise PlanInputError(f"service hours must be numbers > 0; got {bad}")
+    if default is not None and not (np.isfinite(default) and default > 0):
+        raise PlanInputError(f"service hours must be numbers > 0; --default-service-hours is {default}")
     types = fleet.devices[ec.DEVICE_TYPE].to_numpy()
     missing = sorted({t for t in types if t.strip().lower() not in lookup})
     if missing and default is None:

@@ -53,6 +53,10 @@ def hashed_onehot(names: np.ndarray, buckets: int) -> np.ndarray:
     return out
 
 
+MAX_BUCKETS = 1_024  # hash buckets per block (type, manufacturer): far above any fleet's count of either
+MAX_SPEC_DAYS = 18_262  # fifty years, the longest log a generated region has (medalloc_core.synthetic.config)
+
+
 @dataclass(frozen=True)
 class SnapshotSpec:
     """How snapshots are taken and labelled; the federation agrees on it (it travels with the model).
@@ -76,10 +80,13 @@ class SnapshotSpec:
     test_days: int = 182
 
     def __post_init__(self) -> None:
+        # A spec also comes from a model file and from the coordinator's request: bounded, so that
+        # it can never ask a node for a feature matrix or a day range beyond any fleet's.
         for name in ("horizon_days", "stride_days", "type_buckets", "maker_buckets", "test_days"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SnapshotSpec.{name} must be a whole number >= 1, got {value!r}")
+            limit = MAX_BUCKETS if name.endswith("_buckets") else MAX_SPEC_DAYS
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"SnapshotSpec.{name} must be a whole number from 1 to {limit:,}, got {value!r}")
 
     @property
     def n_features(self) -> int:

@@ -25,10 +25,12 @@ from torch.func import functional_call, grad, vmap
 
 from medalloc_core.equipment.features import Snapshots, SnapshotSpec
 from medalloc_core.model_io import (
+    MAX_MODEL_PARAMETERS,
     ModelFileError,
     arrays_of,
     model_task,
     read_model_files,
+    read_sidecar,
     resolve_model_path,
     write_task_model_files,
 )
@@ -63,10 +65,25 @@ class RiskModelConfig:
     prior: float = 0.03
 
     def __post_init__(self) -> None:
+        # A config also comes from a model file's sidecar and from the coordinator's request:
+        # every field is type-checked and the parameter count bounded (model_io's
+        # MAX_MODEL_PARAMETERS) before anything of that size is allocated.
+        for name in ("n_features", "hidden", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"RiskModelConfig.{name}={value!r} must be a whole number")
         if self.n_features < 1 or self.hidden < 0 or self.layers < 0:
             raise ValueError(f"n_features >= 1, hidden >= 0 and layers >= 0 are required, got {self}")
-        if not 0 < self.prior < 1:
-            raise ValueError(f"prior must be in (0, 1), got {self.prior}")
+        if self.layers > _MAX_LAYERS:
+            raise ValueError(f"RiskModelConfig.layers={self.layers} must be at most {_MAX_LAYERS}")
+        if isinstance(self.prior, bool) or not isinstance(self.prior, int | float) or not 0 < self.prior < 1:
+            raise ValueError(f"prior must be in (0, 1), got {self.prior!r}")
+        count = sum(math.prod(shape) for shape in risk_parameter_shapes(self).values())
+        if count > MAX_MODEL_PARAMETERS:
+            raise ValueError(
+                f"a risk model of this config has {count:,} parameters, over the limit of {MAX_MODEL_PARAMETERS:,} "
+                "(MAX_MODEL_PARAMETERS)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -78,6 +95,22 @@ class RiskModelConfig:
         if not isinstance(raw, dict) or set(raw) != set(cls.__dataclass_fields__):
             raise ValueError(f"a risk model config has exactly the keys {sorted(cls.__dataclass_fields__)}")
         return cls(**raw)
+
+
+_MAX_LAYERS = 64
+
+
+def risk_parameter_shapes(config: RiskModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of ``RiskMLP(config)``, computed without building it (nothing allocated)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = config.n_features
+    for i in range(config.layers if config.hidden else 0):
+        shapes[f"body.{2 * i}.weight"] = (config.hidden, width)
+        shapes[f"body.{2 * i}.bias"] = (config.hidden,)
+        width = config.hidden
+    shapes["head.weight"] = (1, width)
+    shapes["head.bias"] = (1,)
+    return shapes
 
 
 class RiskMLP(nn.Module):
@@ -366,7 +399,7 @@ def load_risk_model(path: Path) -> SavedRiskModel:
     Raises ``ModelFileError`` for anything else (including a demand forecaster's files).
     """
     sidecar = resolve_model_path(Path(path))
-    meta, arrays = read_model_files(sidecar)
+    meta = read_sidecar(sidecar)  # size-bounded and digest-checked before any field is used
     if model_task(meta) != TASK_NAME:
         raise ModelFileError(
             f"{sidecar}: is a '{model_task(meta)}' model, not an equipment risk model; train one with an equipment "
@@ -375,10 +408,18 @@ def load_risk_model(path: Path) -> SavedRiskModel:
     try:
         config = RiskModelConfig.from_dict(meta["model-config"])
         spec = SnapshotSpec.from_dict(meta.get("window-spec"))
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{sidecar}: not a valid equipment risk model ({exc})") from None
+    if spec.n_features != config.n_features:
+        raise ModelFileError(f"{sidecar}: snapshot spec ({spec.n_features} features) contradicts the model config")
+    # The arrays' header is checked against the config's shapes before the arrays are read.
+    meta, arrays = read_model_files(sidecar, expect=risk_parameter_shapes(config))
+    bad = [name for name, values in arrays.items() if not np.isfinite(values).all()]
+    if bad:
+        raise ModelFileError(f"{arrays_of(sidecar)}: array(s) {bad[:3]} hold NaN or infinite weights")
+    try:
         model = risk_model_from_arrays(config, arrays)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{sidecar}: not a valid equipment risk model ({exc})") from exc
-    if spec.n_features != config.n_features:
-        raise ModelFileError(f"{sidecar}: snapshot spec ({spec.n_features} features) contradicts the model config")
     model.eval()
     return SavedRiskModel(model, config, spec, arrays_of(sidecar), meta)

@@ -24,6 +24,13 @@ import pandas as pd
 
 from medalloc_core.equipment import contract as ec
 from medalloc_core.equipment.fleet_sim import DayDraws, DeviceParams, DeviceState, advance, service
+from medalloc_core.synthetic.config import (
+    EARLIEST_START,
+    LATEST_END,
+    MAX_DAYS,
+    MAX_HOSPITALS,
+    check_field_types,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +248,9 @@ CHECK_PROB = 0.04  # daily chance an engineer checks a device with >= 3 errors i
 CHECK_FINDS = 0.7  # chance that check finds the latent fault
 
 
+MAX_DEVICE_SCALE = 100.0  # FleetConfig.device_scale: a hundred times the typical fleet per bed
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     """Everything that determines a synthetic set of fleets; same config, same bytes.
@@ -267,8 +277,21 @@ class FleetConfig:
     types: tuple[str, ...] = tuple(DEVICE_TYPES)  # device types to include
 
     def __post_init__(self) -> None:
-        if self.hospitals < 1 or self.days < 60:
-            raise ValueError(f"hospitals must be >= 1 and days >= 60 (got {self.hospitals}, {self.days})")
+        # A config also comes from a scenario file: types first, then the same resource bounds as
+        # the forecasting region's (medalloc_core.synthetic.config), so `generate` and `simulate`
+        # refuse a region that would take hours or exhaust memory instead of starting it.
+        check_field_types(self)
+        if not 1 <= self.hospitals <= MAX_HOSPITALS or not 60 <= self.days <= MAX_DAYS:
+            raise ValueError(
+                f"hospitals must be from 1 to {MAX_HOSPITALS} and days from 60 to {MAX_DAYS} "
+                f"(got {self.hospitals}, {self.days})"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 0 <= self.warmup_days <= MAX_DAYS:
+            raise ValueError(f"warmup_days must be from 0 to {MAX_DAYS}, got {self.warmup_days}")
+        if self.device_scale > MAX_DEVICE_SCALE:
+            raise ValueError(f"device_scale must be at most {MAX_DEVICE_SCALE:g}, got {self.device_scale}")
         if not 0 < self.min_beds <= self.max_beds:
             raise ValueError(f"need 0 < min_beds <= max_beds, got {self.min_beds}, {self.max_beds}")
         if not 0 < self.min_fleet_age <= self.max_fleet_age <= 15:
@@ -283,11 +306,16 @@ class FleetConfig:
             raise ValueError("device_scale must be > 0 and warmup_days >= 0")
         unknown = [t for t in self.types if t not in DEVICE_TYPES]
         if unknown or not self.types:
-            raise ValueError(f"unknown device type(s) {unknown}; choose from {list(DEVICE_TYPES)}")
+            raise ValueError(f"types: unknown device type(s) {unknown}; choose from {list(DEVICE_TYPES)}")
         try:
-            date.fromisoformat(self.start)
+            first = date.fromisoformat(self.start)
         except ValueError:
             raise ValueError(f"start must be an ISO date YYYY-MM-DD, got {self.start!r}") from None
+        if not EARLIEST_START + timedelta(days=self.warmup_days) <= first <= LATEST_END - timedelta(days=self.days):
+            raise ValueError(
+                f"start {self.start} with {self.warmup_days} warm-up and {self.days} logged days leaves the dates "
+                f"MedAlloc handles ({EARLIEST_START} to {LATEST_END})"
+            )
 
 
 @dataclass

@@ -56,6 +56,15 @@ class TargetUnreachable(ValueError):
     """No noise multiplier meets the target epsilon (e.g. the history already spends more)."""
 
 
+# Below this the accountants divide by ~sigma^2 into overflow (1e-300 raised ZeroDivisionError)
+# and any epsilon would be astronomically large: no DP run uses it.
+MIN_NOISE_MULTIPLIER = 0.01
+MAX_STEPS = 10**9  # a billion DP-SGD steps on one node: far past any budget; more is a corrupt record
+# 1e308 overflowed the RDP accountant (OverflowError); both accountants are exact to 1e8 and more.
+# The same ceiling as the noise search below (_MAX_NOISE), so a search never steps past it.
+MAX_NOISE_MULTIPLIER = _MAX_NOISE
+
+
 def validate_history_item(noise_multiplier: float, sample_rate: float, steps: int) -> None:
     """Check one ``(noise_multiplier, sample_rate, steps)`` item; raise ``ValueError`` if bad.
 
@@ -78,12 +87,22 @@ def validate_history_item(noise_multiplier: float, sample_rate: float, steps: in
             f"noise_multiplier must be > 0 (got {noise_multiplier}); zero noise gives no "
             "differential privacy. Use DP with a positive noise multiplier or train without DP."
         )
+    if noise_multiplier > MAX_NOISE_MULTIPLIER:
+        raise ValueError(
+            f"noise_multiplier {noise_multiplier:g} is above {MAX_NOISE_MULTIPLIER:g}: the accountants overflow; "
+            "such noise drowns any update, so no run uses it"
+        )
+    if noise_multiplier < MIN_NOISE_MULTIPLIER:
+        raise ValueError(
+            f"noise_multiplier {noise_multiplier:g} is below {MIN_NOISE_MULTIPLIER:g}: such noise gives no "
+            "meaningful privacy and overflows the accountants. Use a noise multiplier of 0.3 or more."
+        )
     if isinstance(sample_rate, bool) or not (isinstance(sample_rate, numbers.Real) and 0 < sample_rate <= 1):
         raise ValueError(
             f"sample_rate must be in (0, 1] (batch size / number of training windows), got {sample_rate!r}"
         )
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer from 0 to {MAX_STEPS:,}, got {steps!r}")
 
 
 def compact_history(history: Iterable[Sequence[float]]) -> list[HistoryItem]:

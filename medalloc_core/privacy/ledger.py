@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -46,7 +47,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "medalloc-privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+# Version 1 stored an unkeyed SHA-256 of the body: anyone who edited the file could recompute
+# it. Version 2 stores an HMAC-SHA256 under a node-local key (``<ledger>.key``).
+_UNKEYED_VERSION = 1
+# A spend is about 300 bytes of JSON: 64 MiB is some 200,000 spends, far past any budget.
+MAX_LEDGER_BYTES = 64 * 2**20
+_KEY_BYTES = 32
 # What a spend was, so the ledger composes it right (the item is what the accountant sees):
 # - "source-release": one Gaussian release of (unit, day) counts per patient stay, item (z, 1, 1);
 #   releases at one z over disjoint days compose to ONE Gaussian (a stay's days split over them);
@@ -155,6 +162,51 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def ledger_key_path(path: str | os.PathLike[str]) -> Path:
+    """The node-local key that authenticates the ledger at ``path``: ``<ledger>.key`` beside it.
+
+    The backup ``<ledger>.bak`` is checked with the ledger's own key.
+    """
+    path = Path(path)
+    name = path.name.removesuffix(".bak") if path.name.endswith(".bak") else path.name
+    return path.with_name(name + ".key")
+
+
+def _read_key(path: Path) -> bytes:
+    """The ledger's key; LedgerCorrupt when it is missing or malformed (a new key would bless an edited file)."""
+    key_path = ledger_key_path(path)
+    try:
+        text = key_path.read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} exists but its key {key_path} does not: the ledger cannot be "
+            f"verified. Restore the key from the node's backup. {_fix_hint(path)}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LedgerCorrupt(f"ledger key {key_path} is unreadable or malformed ({exc}). {_fix_hint(path)}") from None
+    if len(key) != _KEY_BYTES:
+        raise LedgerCorrupt(f"ledger key {key_path} holds {len(key)} bytes, expected {_KEY_BYTES}. {_fix_hint(path)}")
+    return key
+
+
+def _create_key(path: Path) -> bytes:
+    """A new random key at ``<ledger>.key``, mode 0600, never over an existing one."""
+    key = os.urandom(_KEY_BYTES)
+    key_path = ledger_key_path(path)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key.hex().encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+def _mac(key: bytes, body: dict[str, Any]) -> str:
+    return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
 
 
 def _fix_hint(path: Path) -> str:
@@ -267,6 +319,8 @@ class _State:
         for key in ("created", "accountant", "delta", "epsilon_budget", "budget_changes", "entries"):
             if key not in body:
                 raise ValueError(f"body lacks field {key!r}")
+        if not isinstance(body["created"], str):
+            raise ValueError(f"created {body['created']!r} is not a timestamp string")
         accountant = body["accountant"]
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"unknown accountant {accountant!r}")
@@ -357,12 +411,68 @@ def composed_history(spends: list[Spend]) -> list[HistoryItem]:
     return items
 
 
-def _serialise(state: _State) -> bytes:
+def upgrade_ledger(path: str | os.PathLike[str]) -> Path:
+    """Rewrite a version-1 ledger (unkeyed SHA-256) as version 2 under a new node key; returns the key's path.
+
+    The old checksum must hold, and no key may exist yet (an existing key with a version-1
+    file means someone replaced a keyed ledger by an unkeyed one: that is refused). The checks
+    run once before the lock is taken, so a refused upgrade leaves no file behind (not even the
+    lock file), and again under the lock before anything is written.
+    """
+    path = Path(path)
+    _upgradable_state(path)
+    with _exclusive_lock(path):
+        state = _upgradable_state(path)
+        key = _create_key(path)
+        atomic_write_bytes(path.with_name(path.name + ".v1"), path.read_bytes())
+        atomic_write_bytes(path, _serialise(state, key))
+    logger.info("upgraded privacy ledger %s to version %d (key %s)", path, LEDGER_VERSION, ledger_key_path(path))
+    return ledger_key_path(path)
+
+
+def _upgradable_state(path: Path) -> _State:
+    """The state of an intact, unkeyed version-1 ledger at ``path``; LedgerError saying why it is not one."""
+    try:
+        if path.stat().st_size > MAX_LEDGER_BYTES:
+            raise LedgerCorrupt(f"privacy ledger {path} is over {MAX_LEDGER_BYTES} bytes. {_fix_hint(path)}")
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise LedgerMissing(f"no privacy ledger at {path}") from None
+    except IsADirectoryError:
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable: it is a folder, not a ledger file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable or not JSON ({reason}). {_fix_hint(path)}") from None
+    if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
+        raise LedgerCorrupt(f"{path} is not a MedAlloc privacy ledger. {_fix_hint(path)}")
+    if document.get("version") != _UNKEYED_VERSION:
+        raise LedgerError(f"privacy ledger {path} is version {document.get('version')!r}; only version 1 is upgraded")
+    if ledger_key_path(path).exists():
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is version 1 but a ledger key {ledger_key_path(path)} exists: a keyed "
+            f"ledger was replaced by an unkeyed one. {_fix_hint(path)}"
+        )
+    body = document.get("body")
+    try:
+        ok = isinstance(body, dict) and document.get("body_sha256") == _checksum(body)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} fails its version-1 checksum: it was edited or damaged. {_fix_hint(path)}"
+        )
+    try:
+        return _State.from_body(body)
+    except (ValueError, TypeError) as exc:
+        raise LedgerCorrupt(f"privacy ledger {path} is malformed ({exc}). {_fix_hint(path)}") from exc
+
+
+def _serialise(state: _State, key: bytes) -> bytes:
     body = state.to_body()
     document = {
         "format": LEDGER_FORMAT,
         "version": LEDGER_VERSION,
-        "body_sha256": _checksum(body),
+        "body_hmac_sha256": _mac(key, body),
         "body": body,
     }
     return (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
@@ -382,32 +492,54 @@ def _read_state(path: Path) -> _State:
             "config); a ledger is created by the first DP training run on the node."
         )
     try:
+        size = path.stat().st_size
+        if size > MAX_LEDGER_BYTES:
+            raise LedgerCorrupt(
+                f"privacy ledger {path} is {size} bytes, over the {MAX_LEDGER_BYTES} a ledger can reach "
+                f"(about a million spends). {_fix_hint(path)}"
+            )
         raw = path.read_bytes()
+    except IsADirectoryError:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is unreadable: it is a folder, not a ledger file. {_fix_hint(path)}"
+        ) from None
     except OSError as exc:
-        raise LedgerCorrupt(f"privacy ledger {path} is unreadable ({exc}). {_fix_hint(path)}") from exc
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable ({exc.strerror or exc}). {_fix_hint(path)}") from None
     try:
         document = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} nests its JSON too deeply to be a ledger. {_fix_hint(path)}"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LedgerCorrupt(
             f"privacy ledger {path} is not valid JSON ({exc}); it may be truncated. {_fix_hint(path)}"
         ) from exc
     if not isinstance(document, dict) or document.get("format") != LEDGER_FORMAT:
         raise LedgerCorrupt(f"{path} is not a MedAlloc privacy ledger. {_fix_hint(path)}")
-    if document.get("version") != LEDGER_VERSION:
+    version = document.get("version")
+    if version == _UNKEYED_VERSION:
         raise LedgerCorrupt(
-            f"privacy ledger {path} has version {document.get('version')!r}; this MedAlloc "
+            f"privacy ledger {path} is version 1, protected by an unkeyed checksum that anyone "
+            f"can recompute. Upgrade it once with `medalloc privacy --ledger {path} --upgrade` "
+            "(it checks the old checksum, creates the node's ledger key and rewrites the ledger)."
+        )
+    if version != LEDGER_VERSION:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} has version {version!r}; this MedAlloc "
             f"reads version {LEDGER_VERSION}. Use the MedAlloc release that wrote it."
         )
     body = document.get("body")
-    stored = document.get("body_sha256")
+    stored = document.get("body_hmac_sha256")
+    key = _read_key(path)
     try:
-        actual = _checksum(body) if isinstance(body, dict) else None
+        actual = _mac(key, body) if isinstance(body, dict) else None
     except ValueError:  # NaN or infinity smuggled into the body
         actual = None
-    if actual is None or stored != actual:
+    if actual is None or not isinstance(stored, str) or not hmac.compare_digest(stored, actual):
         raise LedgerCorrupt(
-            f"privacy ledger {path} fails its checksum (stored {stored!r}, content hashes to "
-            f"{actual!r}): it was edited or damaged. {_fix_hint(path)}"
+            f"privacy ledger {path} fails its checksum (an HMAC-SHA256 keyed by {ledger_key_path(path)}): "
+            f"it was edited or damaged. {_fix_hint(path)}"
         )
     try:
         return _State.from_body(body)
@@ -502,6 +634,11 @@ class PrivacyLedger:
             except LedgerMissing:
                 if not create:
                     raise
+                if ledger_key_path(path).exists():
+                    raise LedgerCorrupt(
+                        f"privacy ledger {path} is missing but its key {ledger_key_path(path)} exists: the "
+                        f"ledger was deleted or moved. {_fix_hint(path)}"
+                    ) from None
                 state = _State.new(
                     epsilon_budget=float(epsilon_budget),
                     delta=float(delta),
@@ -509,7 +646,7 @@ class PrivacyLedger:
                     unit=unit,
                     max_stay_days=max_stay_days,
                 )
-                atomic_write_bytes(path, _serialise(state))
+                atomic_write_bytes(path, _serialise(state, _create_key(path)))
                 logger.info(
                     "created privacy ledger %s (budget epsilon=%g at delta=%g, %s accountant)",
                     path,
@@ -772,7 +909,7 @@ def _commit(path: Path, state: _State) -> None:
     backup = path.with_name(path.name + ".bak")
     if path.exists():
         atomic_write_bytes(backup, path.read_bytes())
-    atomic_write_bytes(path, _serialise(state))
+    atomic_write_bytes(path, _serialise(state, _read_key(path)))
 
 
 def _remove_stray_temp_files(path: Path) -> None:

@@ -58,6 +58,8 @@ def _read_summary(results: Path) -> dict[str, Any]:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path}: not readable JSON ({exc})") from exc
+    except RecursionError:
+        raise ReportError(f"{path}: not readable JSON (nested too deeply)") from None
     if not isinstance(summary, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(summary).__name__}")
     return summary
@@ -73,7 +75,7 @@ def _read_rounds(results: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             logger.warning("%s, line %d: not JSON, left out of the report", path, i)
             continue
         if isinstance(record, dict) and isinstance(record.get("round"), int):

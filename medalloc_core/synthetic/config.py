@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import date
+import math
+import numbers
+from dataclasses import MISSING, dataclass, field, fields
+from datetime import date, timedelta
+from typing import Any
 
 from medalloc_core.contract import RecordShape
+
+# Bounds on a generated region (`medalloc generate` refuses more with exit 2): a region is a
+# research fixture, and each hospital-day costs time and memory.
+MAX_HOSPITALS = 1_000
+MAX_DAYS = 18_262  # 50 years
+# The data contract's dates (nanosecond timestamps: 1678..2261), with a year of room for the
+# warm-up the simulator runs before the first recorded day.
+EARLIEST_START = date(1679, 1, 1)
+LATEST_END = date(2261, 12, 31)
 
 #: Bumped whenever the same config would produce different numbers; stored in region.json.
 GENERATOR_VERSION = "1.0.0"
@@ -144,13 +156,23 @@ class RegionConfig:
             if not ok:
                 raise ValueError(message)
 
-        need(self.hospitals >= 1, f"hospitals must be at least 1, got {self.hospitals}")
-        need(self.days >= 28, f"days must be at least 28 (four weeks), got {self.days}")
+        _check_types(self)
+        need(1 <= self.hospitals <= MAX_HOSPITALS, f"hospitals must be from 1 to {MAX_HOSPITALS}, got {self.hospitals}")
+        need(
+            28 <= self.days <= MAX_DAYS, f"days must be from 28 (four weeks) to {MAX_DAYS} (50 years), got {self.days}"
+        )
         need(self.seed >= 0, f"seed must be a non-negative integer, got {self.seed}")
         try:
-            date.fromisoformat(self.start)
+            first = date.fromisoformat(self.start)
         except (TypeError, ValueError):
             raise ValueError(f"start must be an ISO date YYYY-MM-DD, got {self.start!r}") from None
+        # The warm-up runs before start and the records after it; both must stay inside the
+        # dates the data contract handles (nanosecond timestamps).
+        need(
+            EARLIEST_START <= first <= LATEST_END - timedelta(days=self.days),
+            f"start {self.start} with {self.days} days leaves the dates MedAlloc handles: start from "
+            f"{EARLIEST_START} and end by {LATEST_END}",
+        )
         need(self.shape in ("daily", "encounters"), f"shape must be 'daily' or 'encounters', got {self.shape!r}")
         need(
             1 <= self.min_beds <= self.max_beds,
@@ -187,3 +209,35 @@ class RegionConfig:
     def start_date(self) -> date:
         """``start`` as a date."""
         return date.fromisoformat(self.start)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _check_types(config: Any) -> None:
+    """Every field of a config dataclass has its default's type (a scenario can hold anything): ValueError naming it."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        default: object = f.default if f.default_factory is MISSING else f.default_factory()
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, expected = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, expected = _is_number(value), "a finite number"
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "a string"
+        elif isinstance(default, tuple) and all(isinstance(d, str) for d in default):
+            ok = isinstance(value, tuple | list) and all(isinstance(v, str) for v in value)
+            expected = "a list of names"
+        elif isinstance(default, tuple):
+            ok = isinstance(value, tuple | list) and len(value) == len(default) and all(map(_is_number, value))
+            expected = f"a list of {len(default)} finite numbers"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {expected}, got {value!r:.60}")
+
+
+check_field_types = _check_types  # for other generators' configs (medalloc_core.equipment.synthetic.FleetConfig)

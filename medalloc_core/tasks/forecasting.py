@@ -5,7 +5,9 @@ The task MedAlloc began with, on the task interface. Its messages are the Flower
 unchanged, so a forecasting federation speaks exactly the wire it spoke before tasks existed.
 Its run-config keys are the top-level ones (``history``, ``horizon``, ``targets``, ``model``,
 ``hidden``, ``patient-epsilon``, ...); a node serves it with ``data-path``, ``ledger-path`` and
-``privacy-epsilon-budget`` (per patient).
+``privacy-epsilon-budget`` (per patient). Its ``data-path`` may be a contract file, an OMOP CDM
+(SQLite file, database URL or export folder) or a FHIR export, read with the site's
+``data-mapping`` (``data-format`` says which; docs/data.md).
 
 A node's one privacy mechanism is the *source release*: each day's counts are released once
 through the Gaussian mechanism, calibrated per patient stay, charged to the node's
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, UnitRecords
+from medalloc_core.contract import DataContractError, Frequency, UnitRecords
 from medalloc_core.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.model_io import write_model_files
 from medalloc_core.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
@@ -54,12 +56,17 @@ from medalloc_core.protocol import (
     TrainInstruction,
     TrainReply,
 )
+from medalloc_core.sources import DataSource, MappingError, SourceMapping
 from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused
+from medalloc_core.tasks.forecasting_hints import data_hint, ledger_hint, window_hint
 from medalloc_core.tasks.forecasting_local import LocalData, evaluate_local, load_local_data
 from medalloc_core.training import TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 
+# What a region folder may hold per hospital: contract files, OMOP SQLite databases, FHIR NDJSON
+# files and Bundles (.fhir.json), and export folders (OMOP tables, FHIR Bulk Data).
+DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
 
 _I = TypeVar("_I", bound=EvaluateInstruction)
 
@@ -86,6 +93,14 @@ class ForecastNode:
     max_stay_days: int
     release_path: Path
     release_columns: tuple[str, ...]
+    data_location: str  # node-config data-path verbatim (a database URL is not a path)
+    data_format: str
+    data_mapping: Path | None
+
+    @property
+    def data_display(self) -> str:
+        """``data-path`` as it may be logged (a database URL's password hidden)."""
+        return DataSource(self.data_location).display
 
     @classmethod
     def of(cls, node: NodeTask) -> ForecastNode:
@@ -93,6 +108,7 @@ class ForecastNode:
         extra = node.extra
         release = extra.get("release-path", node.ledger_path.with_name(node.ledger_path.name + ".released.csv"))
         columns = str(extra.get("release-columns", "admissions,census"))
+        mapping = extra.get("data-mapping")
         assert node.node_state_path is not None
         return cls(
             hospital_id=node.hospital_id,
@@ -108,19 +124,37 @@ class ForecastNode:
             max_stay_days=int(extra.get("max-stay-days", 14)),
             release_path=Path(str(release)),
             release_columns=tuple(c.strip() for c in columns.split(",") if c.strip()),
+            data_location=str(extra.get("data-location", node.data_path)),
+            data_format=str(extra.get("data-format", "auto")),
+            data_mapping=Path(str(mapping)) if mapping else None,
         )
 
 
-def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
+def _source(node: ForecastNode) -> DataSource:
+    """The node's data with its site mapping; a bad mapping file is the node's own misconfiguration."""
     try:
-        return load_local_data(node.data_path, spec)
+        mapping = SourceMapping.from_toml(node.data_mapping) if node.data_mapping else SourceMapping()
+    except MappingError as exc:
+        logger.error("node configuration: data-mapping: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+    try:
+        return DataSource(node.data_location, node.data_format, mapping)  # type: ignore[arg-type]
+    except ValueError as exc:  # a data-format the node config check let through (a node built in code)
+        logger.error("node configuration: data-format: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+
+
+def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
+    source = _source(node)
+    try:
+        return load_local_data(source, spec)
     except DataContractError as exc:
-        # The problems name rows and values of the hospital's file (and how many there are is a
+        # The problems name rows and values of the hospital's data (and how many there are is a
         # statistic of it too): they stay in the node's log.
-        logger.error("%s", exc)
+        logger.error("%s\n%s", exc, data_hint(node.data_display, node.data_format, node.data_mapping))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
-        logger.error("%s: %s", node.data_path, exc)
+        logger.error("%s: %s; %s", node.data_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
@@ -161,7 +195,10 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_RESET_DETECTED, _reason(Refusal.LEDGER_RESET_DETECTED)) from exc
     except LedgerConfigMismatch as exc:
-        logger.error("%s: %s", node.hospital_id, exc)
+        hint = ledger_hint(
+            node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
+        )
+        logger.error("%s: %s %s", node.hospital_id, exc, hint)
         raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
     except LedgerError as exc:
         logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
@@ -416,9 +453,22 @@ class ForecastingTask(FederatedTask):
 
     # ------------------------------------------------------------------ simulations
     def node_data(self, folder: Path) -> list[Path]:
+        """The hospitals' data in a region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ``H002.fhir``, ...).
+
+        A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
+        FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals.
+        """
         if not folder.is_dir():
             raise ValueError(f"{folder} is not a folder")
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".csv", ".parquet"))
+
+        def is_hospital(p: Path) -> bool:
+            if p.name.startswith("."):
+                return False
+            if p.is_file():
+                return p.suffix in DATA_SUFFIXES or p.name.endswith(".fhir.json")
+            return p.is_dir() and DataSource(str(p)).kind() != "contract"
+
+        return sorted(p for p in folder.iterdir() if is_hospital(p))
 
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
         pass  # the simulation scenario checks the forecasting comparisons itself (simulations/scenario.py)

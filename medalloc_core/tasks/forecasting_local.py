@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medalloc_core.contract import Frequency, UnitRecords
 from medalloc_core.features import HospitalDataset, WindowSpec, prepare_hospital
 from medalloc_core.metrics import mae, wape
 from medalloc_core.models import Forecaster
+from medalloc_core.sources import DataSource, load_source
 from medalloc_core.training import evaluate, predict
-from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)
 
@@ -27,32 +28,51 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------ data
 @dataclass(frozen=True)
 class LocalData:
-    """One hospital's validated records and windows. Stays on the node."""
+    """One hospital's validated records and windows. Stays on the node.
+
+    ``stays`` are the patient stays behind the records (contract encounter columns, with
+    patient ids: the privacy unit) for encounter files, OMOP and FHIR sources; None for
+    unit-record files. They never leave the node.
+    """
 
     records: UnitRecords
     dataset: HospitalDataset
+    stays: pd.DataFrame | None = None
 
 
-def load_local_data(path: Path, spec: WindowSpec) -> LocalData:
-    """Load, validate and window a hospital file (cached per process while the file is unchanged).
+def load_local_data(source: Path | DataSource, spec: WindowSpec) -> LocalData:
+    """Load, validate and window a hospital's data (cached per process while it is unchanged).
 
-    Raises ``DataContractError`` for a file that breaks the contract and ``ValueError`` when
-    its series are too short for the spec.
+    ``source`` is a contract file or any :class:`DataSource` (OMOP database or export, FHIR
+    export). Raises ``DataContractError`` for data that breaks its rules and ``ValueError``
+    when its series are too short for the spec.
     """
-    stat = path.stat()
-    return _load_cached(path.resolve(), stat.st_mtime_ns, stat.st_size, spec)
+    source = source if isinstance(source, DataSource) else DataSource(str(source))
+    key = source.fingerprint()
+    if key is None:  # a database server: nothing tells us cheaply whether it changed, so read it
+        return _load(source, spec)
+    # Keyed by the data's identity *and* its files' modification times and sizes, so an edited
+    # file is re-validated; one node reads one source, so a handful of entries covers a
+    # simulation actor serving several virtual nodes. Flower re-creates the ClientApp per
+    # message, so without this every round would re-read and re-validate everything.
+    cached = _CACHE.get((key, spec))
+    if cached is None:
+        cached = _CACHE[(key, spec)] = _load(source, spec)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return cached
 
 
-@lru_cache(maxsize=8)
-def _load_cached(path: Path, mtime_ns: int, size: int, spec: WindowSpec) -> LocalData:
-    # Keyed by the file's identity *and* its modification time and size, so an edited file is
-    # re-validated; one node reads one file, so a handful of entries covers a simulation actor
-    # serving several virtual nodes. Flower re-creates the ClientApp per message, so without
-    # this every round would re-read and re-validate the whole file.
-    records = load_unit_records(path)
+_CACHE: OrderedDict[tuple[object, WindowSpec], LocalData] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _load(source: DataSource, spec: WindowSpec) -> LocalData:
+    data = load_source(source)
+    records = data.records
     if records.frequency is not Frequency.DAILY:
-        raise ValueError(f"{path}: the federation's model is daily; this file is {records.frequency.value}")
-    return LocalData(records, prepare_hospital(records, spec))
+        raise ValueError(f"{source.display}: the federation's model is daily; this file is {records.frequency.value}")
+    return LocalData(records, prepare_hospital(records, spec), data.stays)
 
 
 # ------------------------------------------------------------------ evaluation

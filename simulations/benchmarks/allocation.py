@@ -145,8 +145,9 @@ def neural_forecasts(
     ``simulations.local_grid.LocalGrid`` (no Ray), DP-SGD on every node with its own ledger.
     The final model is read back with ``medalloc_core.model_io.load_model`` and applied to each
     hospital's records by ``medalloc_core.forecasting.forecast_records`` (what ``medalloc
-    forecast`` does). Local-only DP: each hospital alone, replaying its federated ledger
-    history (same noise, sampling rate and total steps, hence the same epsilon).
+    forecast`` does). Local-only DP: each hospital alone, trained on its node's own source
+    release (post-processing of the very release the federation used, hence the same
+    patient-level epsilon, read from the node's ledger for both methods).
 
     ``report``, when given, receives ``epsilon`` per method (max over hospitals) and timings.
     """
@@ -160,9 +161,9 @@ def neural_forecasts(
     from medalloc_core.forecasting import forecast_records
     from medalloc_core.model_io import load_model
     from medalloc_core.models import build_model
-    from medalloc_core.privacy.accounting import epsilon_for
     from medalloc_core.privacy.ledger import PrivacyLedger
-    from medalloc_core.training import DPConfig, TrainConfig, train_local
+    from medalloc_core.privacy.release import ReleaseStore
+    from medalloc_core.training import TrainConfig, train_local
     from medalloc_core.validation import load_unit_records
 
     from ..local_grid import LocalGrid, task_identity
@@ -194,6 +195,7 @@ def neural_forecasts(
             "seed": seed,
             "simulation-epsilon-budget": s.epsilon_budget,
             "simulation-delta": s.delta,
+            "simulation-reproducible-noise": True,  # research benchmark: same seed, same numbers
         }
         began = time.perf_counter()
         quiet_flower()  # Flower's own INFO lines would bury the display
@@ -214,20 +216,19 @@ def neural_forecasts(
         for hid in hospitals:
             records = load_unit_records(region / f"{hid}.csv")
             federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid))
-            ledger_history = PrivacyLedger.load(region / "ledgers" / f"{hid}.json").history()
-            eps_fed[hid] = epsilon_for(ledger_history, delta=s.delta)
-            sigma, rate = ledger_history[0][0], ledger_history[0][1]
-            steps = sum(int(h[2]) for h in ledger_history)
-            batches = max(1, round(1 / rate))
+            ledger = PrivacyLedger.load(region / "ledgers" / f"{hid}.json")
+            eps_fed[hid] = eps_local[hid] = ledger.epsilon_spent()  # one release serves both
+            store = ReleaseStore.open(ledger.path.with_name(ledger.path.name + ".released.csv"))
+            if store.plan is None:
+                raise ValueError(f"hospital {hid} released nothing: no local-only model at equal privacy")
+            released = prepare_hospital(store.records(), spec)
             model = build_model(saved.config, seed=seed)
-            dataset = prepare_hospital(records, spec)
-            result = train_local(
+            train_local(
                 model,
-                dataset.train,
-                config=TrainConfig(epochs=max(1, round(steps / batches)), batch_size=s.batch_size, lr=s.lr, seed=seed),
-                dp=DPConfig(noise_multiplier=sigma, delta=s.delta),
+                released.train,
+                config=TrainConfig(epochs=s.rounds * s.local_epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
             )
-            eps_local[hid] = epsilon_for([(sigma, result.sample_rate, result.steps)], delta=s.delta)  # type: ignore[list-item]
+            dataset = prepare_hospital(records, spec, scaler=released.scaler)
             local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset))
         report["local_s"] = time.perf_counter() - began
     report["epsilon"] = {"federated-dp": max(eps_fed.values()), "local-only-dp": max(eps_local.values())}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _TAG_VAR = "MEDALLOC_E2E_TAG"
-FLOWER_PROCESS = re.compile(r"flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp")
+FLOWER_PROCESS = re.compile(r"flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp|nginx")
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ and ``/opt/medalloc-node``), so the pages cannot drift from what works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -32,6 +33,9 @@ TOY_APP = Path(__file__).parent / "toy_app"
 BIN = Path(sys.executable).parent
 COORD_DOC_DIR = "/srv/medalloc"
 NODE_DOC_DIR = "/opt/medalloc-node"
+# docs/hospital.md's OMOP database and reviewed release, swapped for the test's data and app folder.
+DOC_DATA_URL = "postgresql://medalloc_reader@omop-db.hospital.local/omop"
+DOC_RELEASE = "/opt/medalloc-node/medalloc-0.1.0"
 # flwr.supercore.exit.ExitCode.SUPERNODE_CONNECTION_ERROR; Flower logs this code, but the
 # process exit status is 1 for every error code (flwr/supercore/exit/exit.py, flwr_exit).
 SUPERNODE_CONNECTION_ERROR = "Exit Code: 305"
@@ -162,16 +166,42 @@ class Federation:
         return {n["node-id"]: n["status"] for n in nodes}
 
     # ---------------------------------------------------------------- hospitals
-    def prepare_hospital(self, hospital: str, data: Path, *, validate: bool) -> None:
+    def prepare_hospital(
+        self, hospital: str, data: Path | str, *, validate: bool, app: Path, check: tuple[int, int] | None = None
+    ) -> None:
+        """The hospital page's steps 1-5: node config, data check, key pair, app approval, node check.
+
+        ``data`` is a hospital file (copied into the node's folder) or a database URL; either
+        takes the place of the page's OMOP database URL. ``app`` is the source folder the
+        coordinator will ``flwr run`` (the release the hospital reviewed). ``check``
+        (history, horizon) runs ``medalloc node check`` against the running coordinator.
+        """
         node = self.node_dir(hospital)
         (node / "data").mkdir(parents=True)
-        shutil.copy(data, node / "data" / f"{hospital}.csv")
+        location = data if isinstance(data, str) else str(shutil.copy(data, node / "data" / f"{hospital}.csv"))
         shutil.copy(self.coord / "certs" / "ca.crt", node / "ca.crt")
         env = self.node_env(hospital)
+        source = {DOC_DATA_URL: location}
+        self.ok(f"node-config-{hospital}", self.node_block("node-config", hospital, source), env, cwd=node)
         if validate:
-            self.ok(f"validate-{hospital}", self.node_block("validate", hospital), env, cwd=node)
+            self.ok(f"validate-{hospital}", self.node_block("validate", hospital, source), env, cwd=node)
         out = self.ok(f"keys-{hospital}", self.node_block("keys", hospital), env, cwd=node)
         assert "SHA256:" in out
+        out = self.ok(
+            f"approve-{hospital}", self.node_block("approve", hospital, {DOC_RELEASE: str(app)}), env, cwd=node
+        )
+        assert re.search(r"approved: sha256 [0-9a-f]{64} ", out), out
+        if check is not None:
+            block = self.node_block(
+                "check",
+                hospital,
+                {
+                    "superlink.example.org:9092": f"127.0.0.1:{self.gateway_port}",
+                    "--history 56 --horizon 14": f"--history {check[0]} --horizon {check[1]}",
+                },
+            )
+            out = self.ok(f"check-{hospital}", block, env, cwd=node, timeout=180)
+            assert "READY: the node can join" in out, out
 
     def start_supernode(self, hospital: str) -> Proc:
         block = self.node_block(
@@ -208,12 +238,25 @@ class Federation:
         raise AssertionError(f"run {run_id} did not finish in {timeout}s; ServerApp log:\n{log[-4000:]}")
 
 
-def _deploy(fed: Federation, data: dict[str, Path], *, validate: bool) -> tuple[dict[str, str], Proc]:
-    """Coordinator up, hospitals keyed, all but the last registered and started; returns node ids."""
+def _deploy(
+    fed: Federation,
+    data: dict[str, Path] | dict[str, str],
+    *,
+    validate: bool,
+    app: Path,
+    check: tuple[int, int] | None = None,
+) -> tuple[dict[str, str], Proc]:
+    """Coordinator up, hospitals keyed and their app approved, all but the last registered and started; node ids."""
     fed.start_coordinator()
     *members, intruder = data
     for hospital in data:
-        fed.prepare_hospital(hospital, data[hospital], validate=validate and hospital != intruder)
+        fed.prepare_hospital(
+            hospital,
+            data[hospital],
+            validate=validate and hospital != intruder,
+            app=app,
+            check=check if hospital == members[0] else None,
+        )
     ids = {hospital: fed.register(hospital) for hospital in members}
     nodes = {hospital: fed.start_supernode(hospital) for hospital in data}
     for hospital in members:
@@ -235,7 +278,7 @@ def _deploy(fed: Federation, data: dict[str, Path], *, validate: bool) -> tuple[
     assert listed == {ids[h]: "online" for h in members}
     fed.ok("list", fed.coord_block("list"), fed.coord_env(), cwd=fed.coord)
 
-    # Through the gateway the Control API is refused (so is registering a key there).
+    # Through the gateway the Control API is refused, 404 (so is registering a key there).
     conf = fed.root / "coordinator-home" / ".flwr" / "config.toml"
     with conf.open("a", encoding="utf-8") as f:
         f.write(
@@ -248,7 +291,7 @@ def _deploy(fed: Federation, data: dict[str, Path], *, validate: bool) -> tuple[
     ):
         refused_cli = fed.sh("via-gateway", f"flwr {args}", fed.coord_env(), cwd=fed.coord)
         assert refused_cli.returncode != 0
-        assert "403" in refused_cli.stdout + refused_cli.stderr
+        assert "404" in refused_cli.stdout + refused_cli.stderr
     assert len(fed.node_ids()) == len(members)
     return ids, refused
 
@@ -259,6 +302,44 @@ def _check_restart_keeps_registrations(fed: Federation, ids: dict[str, str]) -> 
     fed.superlink.popen.wait(timeout=30)
     fed.start_superlink()
     assert set(fed.node_ids()) == set(ids.values())
+
+
+def omop_databases(fed: Federation, hospitals: int, days: int, stack: contextlib.ExitStack) -> dict[str, str]:
+    """The generated hospitals' stays as OMOP CDMs in schema ``cdm`` (docs/hospital.md's mapping), one database each.
+
+    A throwaway PostgreSQL server (tests/pg_server.py) when one can start here, else SQLite
+    files; the URL takes the place of the page's database URL.
+    """
+    import psycopg
+    from sqlalchemy import create_engine
+
+    from medalloc_core.sources.synthetic import create_omop_database
+    from tests import pg_server
+
+    out = fed.root / "region-omop"
+    fed.ok(
+        "generate-omop",
+        f"medalloc generate --hospitals {hospitals} --days {days} --seed 0 --shape omop --out {out}",
+        fed.coord_env(),
+        cwd=fed.root,
+    )
+    server = None if pg_server.unavailable_reason() else stack.enter_context(pg_server.postgres_server(fed.root / "pg"))
+    urls = {}
+    for i in range(hospitals):
+        hospital = f"H{i:03d}"
+        cdm = out / f"{hospital}.sqlite"
+        if server is None:
+            urls[hospital] = f"sqlite:///{cdm}"  # SQLite has no schemas: the mapping's schema is ignored
+            continue
+        engine = create_engine(f"sqlite:///{cdm}")
+        tables = {t: pd.read_sql_table(t, engine) for t in ("care_site", "visit_occurrence", "visit_detail")}
+        engine.dispose()
+        url = pg_server.create_database(server, f"omop_{hospital.lower()}")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA cdm")
+        create_omop_database(tables, url, schema="cdm")
+        urls[hospital] = url
+    return urls
 
 
 def generate_region(fed: Federation, hospitals: int, days: int) -> dict[str, Path]:
@@ -286,7 +367,7 @@ def test_toy_app_through_documented_deployment(harness: ProcessHarness, tmp_path
     shutil.copytree(TOY_APP, app)
     fed = Federation(harness, tmp_path)
     data = generate_region(fed, hospitals=4, days=60)
-    ids, _ = _deploy(fed, data, validate=True)
+    ids, _ = _deploy(fed, data, validate=True, app=app)
 
     run_id = fed.run(app, "num-server-rounds=2 lr=0.5")
     run, seen = fed.wait_run(run_id, timeout=150)
@@ -320,6 +401,7 @@ COPY_IGNORE = (".git", ".venv", "results", "__pycache__", ".pytest_cache", ".hyp
 # Small and quick: the documented run is 20 rounds of the default model. Only the keys the
 # app's [tool.flwr.app.config] declares are passed (Flower refuses unknown keys), so a
 # renamed model-size key makes the run slower, not the test wrong.
+FAST_HISTORY, FAST_HORIZON = 14, 7
 REAL_APP_FAST_CONFIG = {
     # DP-SGD noise on a mean gradient is noise-multiplier x clip / batch: batches of 128 keep
     # it well under the signal, so two rounds reliably beat the initial model.
@@ -327,9 +409,9 @@ REAL_APP_FAST_CONFIG = {
     "local-epochs": 2,
     "batch-size": 128,
     "lr": 0.05,
-    "history": 14,
-    "lookback": 14,
-    "horizon": 7,
+    "history": FAST_HISTORY,
+    "lookback": FAST_HISTORY,
+    "horizon": FAST_HORIZON,
     "hidden": 16,
     "hidden-size": 16,
 }
@@ -352,15 +434,24 @@ def test_medalloc_through_documented_deployment(harness: ProcessHarness, tmp_pat
     reports it; otherwise the first round), and every registered hospital's privacy ledger
     must show the rounds it trained, within its budget; the refused hospital has no ledger.
     """
+    with contextlib.ExitStack() as stack:
+        _medalloc_through_documented_deployment(harness, tmp_path, stack)
+
+
+def _medalloc_through_documented_deployment(
+    harness: ProcessHarness, tmp_path: Path, stack: contextlib.ExitStack
+) -> None:
     fed = Federation(harness, tmp_path)
-    data = generate_region(fed, hospitals=4, days=365)
-    ids, _ = _deploy(fed, data, validate=True)
+    data = generate_region(fed, hospitals=4, days=365)  # daily CSVs: what the leak scan looks for
+    # The hospitals keep the same stays in OMOP CDM databases, as docs/hospital.md's hospital does.
+    databases = omop_databases(fed, hospitals=4, days=365, stack=stack)
 
     # `flwr run .` rewrites the app's pyproject.toml when it has an active
     # [tool.flwr.federations] table (flwr/cli/config_migration.py): it runs on a copy,
-    # never on the checkout.
+    # never on the checkout. The hospitals approve that copy (docs/hospital.md, step 4).
     app = tmp_path / "medalloc-src"
     shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+    ids, _ = _deploy(fed, databases, validate=True, app=app, check=(FAST_HISTORY, FAST_HORIZON))
     checkout_pyproject = (REPO / "pyproject.toml").read_bytes()
     run_id = fed.run(app, fast_run_config(app))
     assert (REPO / "pyproject.toml").read_bytes() == checkout_pyproject

@@ -135,12 +135,12 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         fed = Federation(harness, root)
         data = generate_region(fed, hospitals=len(HOSPITALS), days=180)
         fed.start_coordinator()
-        for hospital in HOSPITALS:
-            fed.prepare_hospital(hospital, data[hospital], validate=False)
-        ids = {hospital: fed.register(hospital) for hospital in HOSPITALS}
-        torn = tear_ledger(fed.node_dir(TORN) / "privacy-ledger.json")
         app = root / "medalloc-src"
         shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+        for hospital in HOSPITALS:
+            fed.prepare_hospital(hospital, data[hospital], validate=False, app=app)
+        ids = {hospital: fed.register(hospital) for hospital in HOSPITALS}
+        torn = tear_ledger(fed.node_dir(TORN) / "privacy-ledger.json")
         reg = Region(fed, {}, ids, app, torn)
         for hospital in HOSPITALS:
             reg.start_node(hospital, f"supernode-{hospital}")

@@ -1,0 +1,238 @@
+"""Where a hospital's data lives: the contract's own files, an OMOP CDM, or a FHIR export — one entry point.
+
+``DataSource("…")`` names the data (a CSV/Parquet file, a database URL, an OMOP export
+folder, a FHIR Bulk Data folder, NDJSON or Bundle file); :func:`validate_source` checks it
+without changing anything and :func:`load_source` turns it into the daily unit records the
+forecaster reads, plus the typed stays (with their patient ids, which never leave the node)
+for patient-level privacy. See docs/data.md for each source's rules and mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from medalloc_core.contract import DataContractError, Frequency, Problem, UnitRecords
+from medalloc_core.sources.mapping import MappingError, SourceMapping
+from medalloc_core.sources.stays import STAY_COLUMNS
+from medalloc_core.validation import ValidationReport, inspect_file
+
+logger = logging.getLogger(__name__)
+
+SourceFormat = Literal["auto", "contract", "omop", "fhir"]
+FORMATS: tuple[str, ...] = ("auto", "contract", "omop", "fhir")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+_OMOP_TABLE = re.compile(r"^(visit_occurrence|visit_detail|care_site)\.(csv|parquet)$", re.I)
+
+__all__ = [
+    "FORMATS",
+    "DataSource",
+    "MappingError",
+    "SourceData",
+    "SourceFormat",
+    "SourceMapping",
+    "load_source",
+    "validate_source",
+]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A hospital's data, wherever it lives, and how to map it.
+
+    Parameters
+    ----------
+    location : str
+        A contract file (``.csv``/``.parquet``), a SQLAlchemy database URL
+        (``sqlite:///omop.db``, ``postgresql://reader@host/omop``) or an SQLite file holding
+        an OMOP CDM, an OMOP export folder (``visit_occurrence.csv`` ...), a FHIR Bulk Data
+        export folder (``*.ndjson``), an NDJSON file or a FHIR Bundle (``.json``).
+    format : {"auto", "contract", "omop", "fhir"} (default: "auto")
+        ``auto`` tells them apart by scheme, folder contents and file bytes.
+    mapping : SourceMapping (default: the documented defaults)
+        Which records count as stays and which care sites/locations are units.
+    """
+
+    location: str
+    format: SourceFormat = "auto"
+    mapping: SourceMapping = field(default_factory=SourceMapping)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+    @classmethod
+    def of(cls, location: str | Path, *, format: SourceFormat = "auto", mapping: Path | None = None) -> DataSource:
+        """A source with its mapping read from ``mapping`` (a TOML file); raises MappingError."""
+        loaded = SourceMapping.from_toml(mapping) if mapping is not None else SourceMapping()
+        return cls(str(location), format, loaded)
+
+    @property
+    def is_url(self) -> bool:
+        return bool(_URL.match(self.location))
+
+    @property
+    def display(self) -> str:
+        """The location as it may be shown and logged: a database URL's password hidden."""
+        if not self.is_url:
+            return self.location
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.location).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - unparseable: show the scheme only, never a possible password
+            return self.location.split("://", 1)[0] + "://..."
+
+    @property
+    def name(self) -> str:
+        """A short name for logs and the node's default hospital id: the file or folder name up to its first dot."""
+        if self.is_url:
+            tail = self.display.rstrip("/").rsplit("/", 1)[-1]
+            return tail.split(".", 1)[0] or "database"
+        return Path(self.location).name.split(".", 1)[0] or Path(self.location).name
+
+    def kind(self) -> Literal["contract", "omop", "fhir"]:
+        """What the source is: the given format, or detected. Never raises; an unreadable path is 'contract'."""
+        if self.format != "auto":
+            return self.format
+        if self.is_url:
+            return "omop"
+        path = Path(self.location)
+        try:
+            if path.is_dir():
+                names = [p.name for p in path.iterdir()]
+                if any(_OMOP_TABLE.match(n) for n in names):
+                    return "omop"
+                if any(n.lower().endswith(".ndjson") for n in names):
+                    return "fhir"
+                return "contract"  # reported by the contract reader: a folder is not a file
+            if path.suffix.lower() == ".ndjson":
+                return "fhir"
+            if path.suffix.lower() in _SQLITE_SUFFIXES:  # named as a database: say so when it is not one
+                return "omop"
+            with path.open("rb") as handle:
+                head = handle.read(64)
+        except OSError:
+            return "contract"
+        if head.startswith(_SQLITE_MAGIC):
+            return "omop"
+        if head.lstrip().startswith(b"{"):
+            return "fhir"
+        return "contract"
+
+    def fingerprint(self) -> tuple[Any, ...] | None:
+        """Identity of the data for caching (paths with size and mtime); None when it cannot be known (a server)."""
+        if self.is_url and not self.location.startswith("sqlite"):
+            return None
+        path = Path(self._sqlite_path() if self.is_url else self.location)
+        try:
+            paths = sorted(path.iterdir()) if path.is_dir() else [path]
+            stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file())
+        except OSError:
+            return None
+        return (self.location, self.format, repr(self.mapping), stats)
+
+    def _sqlite_path(self) -> str:
+        return self.location.split(":///", 1)[-1] if self.location.startswith("sqlite:///") else self.location
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """A loaded source: the daily unit records, and the stays behind them (None for unit-record files).
+
+    ``stays`` has the contract's stay columns (``encounter_id``, ``patient_id``, ``unit``,
+    ``admit_time``, ``discharge_time``): the patient ids are the privacy unit, and stay on
+    the node.
+    """
+
+    records: UnitRecords
+    stays: pd.DataFrame | None
+    report: ValidationReport
+
+
+def validate_source(source: DataSource | str | Path) -> ValidationReport:
+    """Check a source against its rules without modifying it (databases are opened read-only).
+
+    Never raises for bad input: every problem is in the report, naming the file or database,
+    the row/line/entry, the record and the field. A missing optional dependency is reported
+    as a problem that says which extra to install.
+    """
+    report, _ = _inspect(_as_source(source))
+    return report
+
+
+def load_source(source: DataSource | str | Path) -> SourceData:
+    """Read, validate and derive daily unit records from any source.
+
+    Raises
+    ------
+    DataContractError
+        Carrying every problem when the source has at least one error. Warnings are logged.
+    """
+    source = _as_source(source)
+    report, data = _inspect(source)
+    for problem in report.warnings:
+        logger.warning("%s", problem)
+    if data is None:
+        raise DataContractError(report.problems)
+    return data
+
+
+def _as_source(source: DataSource | str | Path) -> DataSource:
+    return source if isinstance(source, DataSource) else DataSource(str(source))
+
+
+def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
+    kind = source.kind()
+    if kind == "contract":
+        path = Path(source.location)
+        report, records = inspect_file(path)
+        if records is None:
+            return report, None
+        return report, SourceData(records, _contract_stays(path, records), report)
+    try:
+        if kind == "omop":
+            from medalloc_core.sources.omop import read_omop
+
+            location, database, label = source.location, source.is_url, None
+            if not database and Path(location).is_file():  # an SQLite file given by its path: named by it
+                location, database, label = f"sqlite:///{Path(location).resolve()}", True, source.location
+            stays, problems, summary = read_omop(location, source.mapping.omop, database=database, label=label)
+        else:
+            from medalloc_core.sources.fhir import read_fhir
+
+            stays, problems, summary = read_fhir(Path(source.location), source.mapping.fhir)
+    except DataContractError as exc:
+        return ValidationReport(source.display, list(exc.problems), {"file": source.display}), None
+    except (ImportError, RuntimeError) as exc:  # an extra not installed: say which
+        return ValidationReport(source.display, [Problem(source.display, str(exc))], {"file": source.display}), None
+    summary["file"] = source.display
+    daily = summary.pop("daily", None)
+    report = ValidationReport(source.display, problems, summary)
+    if stays is None or daily is None or not report.ok:
+        return report, None
+    records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=source.display, shape="encounters")
+    return report, SourceData(records, stays[list(STAY_COLUMNS)].reset_index(drop=True), report)
+
+
+def _contract_stays(path: Path, records: UnitRecords) -> pd.DataFrame | None:
+    """The typed stays of a contract encounter file (None for unit-record files)."""
+    if records.shape != "encounters":
+        return None
+    from medalloc_core.io import read_table
+
+    raw = read_table(path)
+    raw.columns = [str(c).lower() for c in raw.columns]
+    stays = raw[list(STAY_COLUMNS)].copy()
+    for column in STAY_COLUMNS[:3]:
+        stays[column] = stays[column].str.strip()
+    for column in STAY_COLUMNS[3:]:
+        stays[column] = pd.to_datetime(stays[column].str.strip(), format="ISO8601").astype("datetime64[ns]")
+    return stays.reset_index(drop=True)

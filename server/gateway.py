@@ -1,0 +1,447 @@
+"""The Fleet gateway: an nginx reverse proxy that lets hospitals reach only the Fleet API.
+
+Flower 1.42 serves its Fleet, Control and Runtime APIs on one HTTPS port, and in the
+open-source build the Control API has no authentication: whoever reaches that port can
+register a node key, start and stop runs, read logs and claim ServerApp tasks. So the
+SuperLink listens on loopback and nginx, from the operating system's packages, listens on
+the address hospitals dial. This module writes its configuration and starts and stops it;
+nginx does the parsing, the limits and the logging (a hand-written proxy on a security
+boundary is what the project's style guide steers away from).
+
+What the generated configuration lets through, and nothing else:
+
+* ``POST`` with ``Content-Type: application/protobuf`` to exactly one of
+  :data:`FLEET_ROUTES`, the request target compared byte for byte before any decoding:
+  dot-segments (plain or percent-encoded), doubled or encoded slashes, a query string, an
+  absolute-form target all fail the comparison and get 404;
+* bodies up to ``client_max_body_size``, headers within ``client_header_timeout``, bodies
+  without a pause longer than ``client_body_timeout``;
+* at most ``conn_per_ip`` requests in progress per client address and ``conn_total`` in
+  all, at most ``rate_per_ip`` requests per second per address (bursts of ``burst_per_ip``).
+
+Every request, refused or forwarded, is one line of ``access.log`` in the gateway folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# The Fleet API calls a SuperNode with a registered key makes, read from flwr 1.42's
+# supernode/fleet_http_client.py (FleetHttpClient) and supernode/fleet_http_connection.py:
+# every call is a protobuf-over-HTTP/1.1 POST to one of these paths. `register-node` and
+# `unregister-node` are left out on purpose: a node only calls them when it has no
+# authentication keys (self-registration), which this deployment never allows
+# (--enable-supernode-auth; keys are registered by the coordinator over the Control API).
+FLEET_ROUTES: tuple[str, ...] = (
+    "/v1/fleet/activate-node",
+    "/v1/fleet/deactivate-node",
+    "/v1/fleet/send-node-heartbeat",
+    "/v1/fleet/pull-messages",
+    "/v1/fleet/push-messages",
+    "/v1/fleet/get-run",
+    "/v1/fleet/get-fab",
+    "/v1/fleet/push-object",
+    "/v1/fleet/pull-object",
+    "/v1/fleet/confirm-message-received",
+)
+PROTOBUF_MEDIA_TYPE = "application/protobuf"
+CONFIG_NAME = "nginx.conf"
+PID_NAME = "nginx.pid"
+ACCESS_LOG = "access.log"
+ERROR_LOG = "error.log"
+
+
+class GatewayError(ValueError):
+    """A gateway that cannot be configured, started or stopped as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """Resource bounds of the gateway, each an nginx directive (docs/deploy.md explains them).
+
+    Attributes
+    ----------
+    max_body_mib : int
+        ``client_max_body_size``. Flower splits arrays into chunks of 5 MiB
+        (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), the largest request body a SuperNode sends;
+        8 MiB leaves room for the protobuf envelope. Larger bodies get 413 before any byte
+        reaches the SuperLink.
+    header_timeout_s : int
+        ``client_header_timeout`` (also the TLS handshake): a connection that has not sent
+        a whole request header by then is closed. This is what bounds idle connections.
+    body_timeout_s : int
+        ``client_body_timeout``: the longest pause between two reads of a request body.
+    send_timeout_s : int
+        ``send_timeout``: the longest pause while a client reads a response.
+    keepalive_timeout_s : int
+        How long an idle kept-alive connection stays open between two requests.
+    conn_per_ip : int
+        ``limit_conn`` per client address: requests in progress at once. A SuperNode has
+        at most two (its heartbeat thread and its main loop).
+    conn_total : int
+        ``limit_conn`` over all clients; with ``max_body_mib`` it bounds the memory request
+        bodies can take (128 x 8 MiB = 1 GiB).
+    rate_per_ip : int
+        ``limit_req`` rate, requests per second per client address.
+    burst_per_ip : int
+        ``limit_req`` burst: requests above the rate that are served at once, not delayed.
+    worker_connections : int
+        nginx's cap on open connections of all kinds (clients and SuperLink).
+    upstream_timeout_s : int
+        How long the gateway waits for the SuperLink's answer.
+    """
+
+    max_body_mib: int = 8
+    header_timeout_s: int = 10
+    body_timeout_s: int = 30
+    send_timeout_s: int = 60
+    keepalive_timeout_s: int = 15
+    conn_per_ip: int = 16
+    conn_total: int = 128
+    rate_per_ip: int = 50
+    burst_per_ip: int = 500
+    worker_connections: int = 1024
+    upstream_timeout_s: int = 120
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Where the gateway listens, where the SuperLink is, and the TLS files.
+
+    Attributes
+    ----------
+    listen_host, listen_port
+        The address hospitals dial (``0.0.0.0`` for every interface).
+    superlink_host, superlink_port
+        The SuperLink's own listener; must be a loopback address.
+    certfile, keyfile
+        The server certificate and key hospitals check (``server.pem``, ``server.key``).
+    ca_certfile
+        The CA that signed the SuperLink's certificate: the gateway verifies the SuperLink.
+    directory
+        The folder the gateway owns: configuration, PID file, logs.
+    limits
+        Resource bounds (:class:`GatewayLimits`).
+    """
+
+    listen_host: str
+    listen_port: int
+    superlink_host: str
+    superlink_port: int
+    certfile: Path
+    keyfile: Path
+    ca_certfile: Path
+    directory: Path
+    limits: GatewayLimits = GatewayLimits()
+
+    def __post_init__(self) -> None:
+        if not _is_loopback(self.superlink_host):
+            raise GatewayError(
+                f"--superlink {self.superlink_host}:{self.superlink_port}: the SuperLink must listen on a "
+                "loopback address (127.0.0.1), or its Control API is open to everyone who can reach it"
+            )
+        for what, path in (
+            ("the SuperLink's certificate", self.certfile),
+            ("the SuperLink's private key", self.keyfile),
+            ("the federation's CA certificate", self.ca_certfile),
+        ):
+            if not Path(path).is_file():
+                raise GatewayError(
+                    f"{path}: no such file ({what}; --certs names the folder `python -m server.certs` wrote)"
+                )
+        if self.listen_port == self.superlink_port and (
+            self.listen_host in ("0.0.0.0", "::") or _is_loopback(self.listen_host)
+        ):
+            raise GatewayError(f"--listen and --superlink use the same port {self.listen_port}")
+
+
+def parse_host_port(value: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` to a pair; :class:`GatewayError` naming ``option`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise GatewayError(f"{option} {value!r}: expected HOST:PORT with a port from 1 to 65535")
+    if any(c.isspace() or c in ";{}'\"\\#$" for c in host):
+        raise GatewayError(f"{option} {value!r}: the host holds a character nginx would read as syntax")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _quote(path: Path) -> str:
+    """A path as an nginx string; refuses characters that would end the string."""
+    text = str(Path(path).resolve())
+    if any(c in text for c in '"\\$;{}\n\r'):
+        raise GatewayError(f"{text}: the path holds a character nginx cannot quote; use another folder")
+    return f'"{text}"'
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def upstream_tls_name(certfile: Path, fallback: str) -> str:
+    """The name nginx checks the SuperLink's certificate against: its first DNS name, else ``fallback``.
+
+    nginx (1.22) matches ``proxy_ssl_name`` against DNS names and, when the certificate has
+    none, its common name; it never matches IP address entries. ``server.certs`` puts the
+    SuperLink's DNS names and IPs in one certificate, so a DNS name from it is the one the
+    check can pass with; the CA vouches for every name in it alike.
+    """
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(certfile).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise GatewayError(f"{certfile}: not a PEM certificate ({exc})") from exc
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    except x509.ExtensionNotFound:
+        names = []
+    return names[0] if names else fallback
+
+
+def render_config(config: GatewayConfig) -> str:
+    """The complete nginx.conf for ``config``: self-contained, no file outside it is included."""
+    lim = config.limits
+    d = config.directory
+    routes = "\n".join(f"        {route} 1;" for route in FLEET_ROUTES)
+    locations = "\n".join(f"        location = {route} {{ proxy_pass https://superlink; }}" for route in FLEET_ROUTES)
+    upstream_name = config.superlink_host if config.superlink_host != "localhost" else "127.0.0.1"
+    return f"""\
+# Generated by `medalloc gateway start`; edits are overwritten on the next start.
+# Only the Fleet API routes below reach the SuperLink (docs/deploy.md, "The Fleet gateway").
+worker_processes 1;
+daemon off;
+pid {_quote(d / PID_NAME)};
+error_log {_quote(d / ERROR_LOG)} warn;
+
+events {{
+    worker_connections {lim.worker_connections};
+}}
+
+http {{
+    server_tokens off;
+    default_type text/plain;
+    charset utf-8;
+    # Nothing is rewritten before the checks below: // stays //, so it fails them.
+    merge_slashes off;
+    ignore_invalid_headers on;
+    underscores_in_headers off;
+
+    # Bodies stay in memory and responses are not spooled to disk, so the gateway writes no
+    # temporary files: the body buffer is one MiB larger than the body cap, so a body within
+    # the cap always fits and a chunked body is refused (413) when it passes the cap, before
+    # nginx would spill to a file (as root, nginx's workers run as an unprivileged user that
+    # may not write the gateway's folder: a spill was a 500). The paths only keep nginx's
+    # defaults (/var/lib/nginx) out of it.
+    client_body_temp_path {_quote(d / "tmp" / "body")};
+    proxy_temp_path {_quote(d / "tmp" / "proxy")};
+    fastcgi_temp_path {_quote(d / "tmp" / "fastcgi")};
+    uwsgi_temp_path {_quote(d / "tmp" / "uwsgi")};
+    scgi_temp_path {_quote(d / "tmp" / "scgi")};
+
+    log_format fleet '$remote_addr [$time_iso8601] "$request" $status '
+                     'body=$request_length sent=$bytes_sent time=$request_time '
+                     'upstream=$upstream_status';
+    access_log {_quote(d / ACCESS_LOG)} fleet;
+
+    client_max_body_size {lim.max_body_mib}m;
+    client_body_buffer_size {lim.max_body_mib + 1}m;
+    client_body_in_single_buffer on;
+    client_header_buffer_size 1k;
+    large_client_header_buffers 4 8k;
+    client_header_timeout {lim.header_timeout_s}s;
+    client_body_timeout {lim.body_timeout_s}s;
+    send_timeout {lim.send_timeout_s}s;
+    keepalive_timeout {lim.keepalive_timeout_s}s;
+    keepalive_requests 1000;
+    reset_timedout_connection on;
+
+    limit_conn_zone $binary_remote_addr zone=fleet_per_ip:10m;
+    limit_conn_zone $server_name zone=fleet_total:1m;
+    limit_req_zone $binary_remote_addr zone=fleet_rate:10m rate={lim.rate_per_ip}r/s;
+    limit_conn_status 429;
+    limit_req_status 429;
+
+    # The allow-list, on the request target exactly as received ($request_uri: not decoded,
+    # no dot-segments resolved, query string included).
+    map $request_uri $fleet_route {{
+        default 0;
+{routes}
+    }}
+
+    upstream superlink {{
+        server {_address(upstream_name, config.superlink_port)};
+        keepalive 8;
+    }}
+
+    server {{
+        listen {_address(config.listen_host, config.listen_port)} ssl default_server;
+        server_name _;
+
+        ssl_certificate {_quote(config.certfile)};
+        ssl_certificate_key {_quote(config.keyfile)};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+
+        limit_conn fleet_per_ip {lim.conn_per_ip};
+        limit_conn fleet_total {lim.conn_total};
+        limit_req zone=fleet_rate burst={lim.burst_per_ip} nodelay;
+
+        if ($fleet_route = 0) {{
+            return 404 "not a Fleet API route\\n";
+        }}
+        if ($request_method != POST) {{
+            return 405 "only POST\\n";
+        }}
+        if ($content_type != "{PROTOBUF_MEDIA_TYPE}") {{
+            return 415 "only {PROTOBUF_MEDIA_TYPE}\\n";
+        }}
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $proxy_host;
+        # The SuperLink (uvicorn) trusts X-Forwarded-For from 127.0.0.1: set it to the real
+        # client, so its log shows the hospital's address and no client can claim another.
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto https;
+        proxy_set_header Forwarded "";
+        proxy_ssl_verify on;
+        proxy_ssl_verify_depth 2;
+        proxy_ssl_trusted_certificate {_quote(config.ca_certfile)};
+        proxy_ssl_name {upstream_tls_name(config.certfile, upstream_name)};
+        proxy_ssl_session_reuse on;
+        proxy_connect_timeout 10s;
+        proxy_send_timeout {lim.upstream_timeout_s}s;
+        proxy_read_timeout {lim.upstream_timeout_s}s;
+        proxy_request_buffering on;
+        proxy_buffering on;
+        proxy_max_temp_file_size 0;
+        proxy_redirect off;
+        proxy_intercept_errors off;
+
+{locations}
+
+        location / {{
+            return 404 "not a Fleet API route\\n";
+        }}
+    }}
+}}
+"""
+
+
+def find_nginx(explicit: str | None = None) -> Path:
+    """The nginx binary: ``explicit``, else ``nginx`` on PATH, else /usr/sbin/nginx."""
+    candidates = [explicit] if explicit else [shutil.which("nginx"), "/usr/sbin/nginx"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise GatewayError(
+        f"nginx not found ({explicit or 'PATH and /usr/sbin'}): install it from your distribution "
+        "(Debian/Ubuntu: apt-get install nginx) or give --nginx PATH"
+    )
+
+
+def write_config(config: GatewayConfig) -> Path:
+    """Write ``nginx.conf`` into the gateway folder (atomically) and return its path."""
+    from medalloc_core.atomic import atomic_write_bytes
+
+    config.directory.mkdir(parents=True, exist_ok=True)
+    (config.directory / "tmp").mkdir(exist_ok=True)
+    path = config.directory / CONFIG_NAME
+    atomic_write_bytes(path, render_config(config).encode())
+    return path
+
+
+def nginx_argv(nginx: Path, directory: Path) -> list[str]:
+    """The nginx command line for the configuration in ``directory`` (``-e``: no stray /var/log write)."""
+    d = directory.resolve()
+    return [str(nginx), "-p", str(d), "-e", str(d / ERROR_LOG), "-c", str(d / CONFIG_NAME)]
+
+
+def check_config(nginx: Path, directory: Path) -> None:
+    """``nginx -t`` on the written configuration; :class:`GatewayError` with nginx's reason."""
+    result = subprocess.run([*nginx_argv(nginx, directory), "-t", "-q"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        reason = " ".join(line.strip() for line in result.stderr.splitlines() if "[emerg]" in line or "[crit]" in line)
+        raise GatewayError(
+            f"nginx refused the configuration {directory / CONFIG_NAME}: {reason or result.stderr.strip()}"
+        )
+
+
+def running_pid(directory: Path) -> int | None:
+    """The PID of the gateway running from ``directory``, or None (no PID file, or a stale one)."""
+    pid_file = directory / PID_NAME
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A stale PID file whose number now belongs to another process must not be signalled.
+    if b"nginx" not in cmdline:
+        return None
+    return pid
+
+
+def start(config: GatewayConfig, *, nginx: Path) -> list[str]:
+    """Write and check the configuration; return the argv that runs nginx in the foreground.
+
+    The caller ``exec``s it, so the gateway's PID is nginx's master process: a supervisor
+    (systemd, a terminal) stops it with SIGTERM or SIGQUIT like any other service.
+    """
+    if (pid := running_pid(config.directory)) is not None:
+        raise GatewayError(f"a gateway already runs from {config.directory} (pid {pid}); stop it first")
+    write_config(config)
+    check_config(nginx, config.directory)
+    return nginx_argv(nginx, config.directory)
+
+
+def stop(directory: Path, *, timeout: float = 30.0) -> int | None:
+    """Stop the gateway running from ``directory`` (graceful SIGQUIT, SIGTERM after ``timeout``).
+
+    Returns the stopped PID, or None when none was running.
+    """
+    pid = running_pid(directory)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGQUIT)  # finish requests in flight, then exit
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in ("Z", "X")
