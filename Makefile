@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= results/default
 
-.PHONY: run test lint types install install-dev browser os-packages nginx bench clean
+.PHONY: run test lint types install install-dev os-packages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,49 +25,30 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/medalloc simulate --out $(OUT)
 
-# The report's tests load the page in a real headless Chromium from Debian's packages (driven over
-# the DevTools pipe: no driver, nothing downloaded by the tests). Installed here when missing and
-# running as root (CI); elsewhere the browser tests skip and say why.
-browser:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else \
-			echo "chromium is not installed and this is not root: the browser tests will be skipped"; \
-		fi; \
-	fi
-
-# lint and types first (seconds), then the suite on both cores
-test: install-dev browser os-packages nginx lint
-	$(BIN)/python -m pytest -n 2
-
-# OS packages the tests start for real: PostgreSQL's server binaries (the OMOP reader's tests run a
-# throwaway cluster of their own). Installed with apt-get where missing and we are root (CI) or have
-# sudo; otherwise the tests that need them skip and say why. The drop-in stops Debian's package
-# from creating and starting a system-wide "main" cluster: the tests start and stop their own.
-OS_PACKAGES := postgresql
+# OS packages the tests start for real, each installed with apt-get only when missing and only as
+# root (CI) or through passwordless sudo; elsewhere the tests that need one skip and say why (the
+# gateway tests fail instead when CI is set):
+#   chromium    - tests/test_report.py loads the report in headless Chromium over the DevTools pipe
+#   postgresql  - the OMOP reader's tests run a throwaway cluster of their own; the drop-in stops
+#                 Debian's package from creating and starting a system-wide "main" cluster
+#   nginx       - the Fleet gateway (`medalloc gateway`; tests/test_gateway.py, tests/e2e/)
 PG_DROPIN := /etc/postgresql-common/createcluster.d/medalloc-no-main-cluster.conf
 os-packages:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
-	else \
-		if [ "$$(id -u)" = 0 ]; then SUDO=""; \
-		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
-		else echo "os-packages: $(OS_PACKAGES) not installed and no root: the PostgreSQL tests will skip"; exit 0; fi; \
-		$$SUDO mkdir -p $(dir $(PG_DROPIN)) && echo "create_main_cluster = false" | $$SUDO tee $(PG_DROPIN) >/dev/null; \
-		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(OS_PACKAGES); \
-	fi
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "os-packages:$$missing not installed and no root: the tests that need them will skip"; exit 0; fi; \
+	$$SUDO mkdir -p $(dir $(PG_DROPIN)) && echo "create_main_cluster = false" | $$SUDO tee $(PG_DROPIN) >/dev/null; \
+	$$SUDO apt-get update -qq && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
 
-# nginx, the Fleet gateway (`medalloc gateway`; tests/test_gateway.py and tests/e2e/): installed with
-# apt-get when missing (as root, as in CI, or through passwordless sudo), skipped when present. The
-# gateway tests need it: without it they fail in CI (CI set) and skip elsewhere, saying why.
-APT_GET = DEBIAN_FRONTEND=noninteractive apt-get
-nginx:
-	@if command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; then :; \
-	elif [ "$$(id -u)" = 0 ]; then $(APT_GET) update -qq && $(APT_GET) install -y -qq nginx; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo -n $(APT_GET) update -qq && sudo -n $(APT_GET) install -y -qq nginx; \
-	else echo "nginx: not installed and no root: the gateway tests will skip (fail under CI)"; fi
+# lint and types first (seconds), then the suite on both cores
+test: install-dev os-packages lint
+	$(BIN)/python -m pytest -n 2
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -2,18 +2,28 @@
 
 On a real node everything comes from ``flower-supernode --node-config "data-path='...'
 ledger-path='...' privacy-epsilon-budget=8.0"``; the coordinator's run config cannot change
-any of it. Only in simulation, where Flower gives a virtual node nothing but
-``partition-id``/``num-partitions``, are the data file, ledger and budget taken from the
+any of it. A node serves the tasks its config names (``tasks="forecasting,equipment"``, or by
+default every task whose data path it sets), each with its own data, ledger and budget:
+the forecasting task under ``data-path``, ``ledger-path``, ``privacy-epsilon-budget``, any
+other task ``T`` under ``T-data-path``, ``T-ledger-path``, ``T-epsilon-budget``. The
+delta, accountant and training caps are the node's, shared by its tasks.
+
+Only in simulation, where Flower gives a virtual node nothing but
+``partition-id``/``num-partitions``, are the data, ledger and budget taken from the
 simulation-only run-config keys (``simulation-data-dir``, ``simulation-epsilon-budget``,
-``simulation-delta``): partition ``i`` is the ``i``-th hospital file of that folder, the node's
-*own* file, never a slice of a shared dataset.
+``simulation-delta``): partition ``i`` is the ``i``-th hospital of that folder for the run's
+task, the node's *own* data, never a slice of a shared dataset.
+
+The forecasting task's ``data-path`` may be a contract file, an OMOP CDM (SQLite file,
+database URL or export folder) or a FHIR export, read with the site's ``data-mapping``
+(``data-format`` says which, ``auto`` tells them apart; docs/data.md). ``approved-apps`` is
+the node's, not a task's: the data owner's list of app hashes the node may run.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +31,10 @@ from flwr.app import Context
 
 from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
 from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceMapping
+from medalloc_core.tasks import DEFAULT_TASK, NodeTask, get_task, task_names
+from medalloc_core.tasks.forecasting import DATA_SUFFIXES
 
-# What a region folder may hold per hospital: contract files, OMOP SQLite databases, FHIR NDJSON
-# files and Bundles (.fhir.json), and export folders (OMOP tables, FHIR Bulk Data).
-DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
+__all__ = ["DATA_SUFFIXES", "NodeConfig", "NodeConfigError", "ensure_simulation_region", "hospital_files", "task_keys"]
 
 
 class NodeConfigError(ValueError):
@@ -38,108 +48,132 @@ def _accountant(value: object) -> AccountantName:
     return value
 
 
+def task_keys(task: str) -> tuple[str, str, str]:
+    """The node-config keys of a task's data path, ledger path and budget."""
+    if task == DEFAULT_TASK:
+        return "data-path", "ledger-path", "privacy-epsilon-budget"
+    return f"{task}-data-path", f"{task}-ledger-path", f"{task}-epsilon-budget"
+
+
 @dataclass(frozen=True)
 class NodeConfig:
-    """What a hospital node decides for itself.
+    """What a hospital node decides for itself: the tasks it serves, each with its own data, ledger and budget.
 
     Parameters
     ----------
-    data_path : Path
-        The hospital's data (node-config ``data-path``): a unit-records or encounter file (CSV or
-        Parquet), an OMOP CDM (SQLite file, database URL or export folder) or a FHIR export
-        (Bulk Data folder, NDJSON or Bundle file). A database URL is kept verbatim in
-        ``data_location`` (a URL is not a path).
-    ledger_path : Path
-        The node's privacy ledger (JSON); created on first use.
-    epsilon_budget : float
-        Lifetime epsilon budget of this node PER PATIENT (a stay of at most ``max_stay_days``
-        nights); the ledger refuses anything beyond it.
-    delta : float (default: 1e-6)
-        Delta every epsilon is reported at.
-    max_stay_days : int (default: 14)
-        The stay length the patient-level epsilon covers (longer stays: docs/privacy.md).
-    release_path : Path (default: ``<ledger>.released.csv``)
-        Where the node keeps its source release (counts released once, with DP noise).
-    node_state_path : Path (default: ``medalloc-node-state.json`` in the ledger's folder)
-        The node state record that notices a deleted or replaced ledger; keep it outside the
-        ledger's folder (beside the node's keys) so that removing that folder is noticed too.
-    release_columns : tuple of str (default: admissions, census)
-        The count columns the node releases (each adds to the per-stay sensitivity).
+    tasks : Mapping[str, NodeTask]
+        The tasks the node serves, by name.
     hospital_id : str
-        Name used in logs and in the reply's node info (default: the data file's stem).
-    max_local_epochs : int (default: 5)
-        The most local epochs per round the node accepts, whatever the coordinator proposes.
-    min_noise_multiplier : float (default: 0.5)
-        The least DP-SGD noise the node accepts; a smaller proposal is raised to it.
-    max_grad_norm : float (default: 1.0)
-        The largest per-example clipping bound the node accepts.
-    accountant : {"prv", "rdp"} (default: "prv")
-        Privacy accountant of the ledger ("prv" or "rdp").
+        Name used in logs and in the reply's node info (default: the first task's data name: a
+        file's stem, an OMOP/FHIR export's or database's name).
     threads : int (default: 1)
-        CPU threads torch may use while training. The forecaster is small: one thread is
-        fastest, and more oversubscribe a shared machine (one DP round took 0.2 s on one
-        thread and 7 s on two on the 2-core development box).
+        CPU threads torch may use while training. The models are small: one thread is fastest,
+        and more oversubscribe a shared machine (one DP round took 0.2 s on one thread and 7 s
+        on two on the 2-core development box).
     simulated : bool
         True when the values came from simulation run-config keys.
-    data_format : {"auto", "contract", "omop", "fhir"} (default: "auto")
-        Node-config ``data-format``: what ``data-path`` is (auto tells them apart).
-    data_mapping : Path or None (default: None)
-        Node-config ``data-mapping``: the site's mapping file (TOML; docs/data.md) for OMOP/FHIR.
-    data_location : str (default: ``str(data_path)``)
-        ``data-path`` exactly as given.
     approved_apps : Path or None (default: None)
         Node-config ``approved-apps``: the data owner's list of app hashes the node may run
         (enforced by ``medalloc node exec``, checked by ``medalloc node check``; docs/hospital.md).
+
+    Every ``NodeTask`` carries the shared node keys too: ``privacy-delta`` (default 1e-6),
+    ``privacy-accountant`` ("prv"), ``max-local-epochs`` (5: the most local epochs per round
+    the node accepts), ``min-noise-multiplier`` (0.5: the least DP-SGD noise; a smaller
+    proposal is raised to it), ``max-grad-norm`` (1.0: the largest clipping bound) and
+    ``node-state-path`` (default ``medalloc-node-state.json`` in the task's ledger folder: the
+    record that notices a deleted or replaced ledger; keep it outside the ledger's folder, beside
+    the node's keys, so that removing that folder is noticed too; every task's ledger has its
+    own entry in it). The forecasting task also reads ``max-stay-days`` (14: the stay length the
+    patient-level epsilon covers), ``release-path`` (``<ledger>.released.csv``: the node's source
+    release), ``release-columns`` (admissions, census), ``data-format`` ("auto", "contract",
+    "omop" or "fhir": what ``data-path`` is) and ``data-mapping`` (the site's mapping file, TOML,
+    for OMOP/FHIR; docs/data.md). ``data-path`` is kept verbatim (``data_location``): a database
+    URL is not a path.
     """
 
-    data_path: Path
-    ledger_path: Path
-    epsilon_budget: float
-    delta: float = 1e-6
-    max_stay_days: int = 14
-    release_path: Path | None = None
-    node_state_path: Path | None = None
-    release_columns: tuple[str, ...] = ("admissions", "census")
+    tasks: Mapping[str, NodeTask] = field(default_factory=dict)
     hospital_id: str = ""
-    max_local_epochs: int = 5
-    min_noise_multiplier: float = 0.5
-    max_grad_norm: float = 1.0
-    accountant: AccountantName = "prv"
     threads: int = 1
     simulated: bool = False
-    data_format: str = "auto"
-    data_mapping: Path | None = None
-    data_location: str = ""
     approved_apps: Path | None = None
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
-            raise NodeConfigError(f"privacy-epsilon-budget must be a finite number > 0, got {self.epsilon_budget}")
-        if not 0 < self.delta < 1:
-            raise NodeConfigError(f"privacy-delta must be in (0, 1), got {self.delta}")
-        if self.max_local_epochs < 1:
-            raise NodeConfigError(f"max-local-epochs must be >= 1, got {self.max_local_epochs}")
-        if self.min_noise_multiplier <= 0:
-            raise NodeConfigError("min-noise-multiplier must be > 0: a node never trains without DP noise")
-        if self.max_grad_norm <= 0:
-            raise NodeConfigError(f"max-grad-norm must be > 0, got {self.max_grad_norm}")
-        if self.threads < 1:
-            raise NodeConfigError(f"torch-threads must be >= 1, got {self.threads}")
-        _accountant(self.accountant)
-        if self.max_stay_days < 1:
-            raise NodeConfigError(f"max-stay-days must be >= 1, got {self.max_stay_days}")
-        if self.release_path is None:
-            object.__setattr__(
-                self, "release_path", self.ledger_path.with_name(self.ledger_path.name + ".released.csv")
+    def task(self, name: str) -> NodeTask:
+        """The node's settings for task ``name``; ``NodeConfigError`` when it does not serve it."""
+        if name not in self.tasks:
+            raise NodeConfigError(
+                f"this node does not serve the '{name}' task (it serves: {', '.join(self.tasks) or 'none'}); "
+                f"set {task_keys(name)[0]} (and list it in 'tasks') to serve it"
             )
-        if self.node_state_path is None:
-            object.__setattr__(self, "node_state_path", self.ledger_path.parent / "medalloc-node-state.json")
-        if self.data_format not in FORMATS:
-            raise NodeConfigError(f"data-format must be one of {', '.join(FORMATS)}, got {self.data_format!r}")
-        if not self.data_location:
-            object.__setattr__(self, "data_location", str(self.data_path))
-        if not self.hospital_id:
-            object.__setattr__(self, "hospital_id", DataSource(self.data_location).name)
+        return self.tasks[name]
+
+    # The forecasting task's settings, by their historical names.
+    @property
+    def data_path(self) -> Path:
+        return self.task(DEFAULT_TASK).data_path
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.task(DEFAULT_TASK).ledger_path
+
+    @property
+    def epsilon_budget(self) -> float:
+        return self.task(DEFAULT_TASK).epsilon_budget
+
+    @property
+    def delta(self) -> float:
+        return next(iter(self.tasks.values())).delta
+
+    @property
+    def max_local_epochs(self) -> int:
+        return next(iter(self.tasks.values())).max_local_epochs
+
+    @property
+    def accountant(self) -> str:
+        return next(iter(self.tasks.values())).accountant
+
+    @property
+    def min_noise_multiplier(self) -> float:
+        return next(iter(self.tasks.values())).min_noise_multiplier
+
+    @property
+    def max_grad_norm(self) -> float:
+        return next(iter(self.tasks.values())).max_grad_norm
+
+    @property
+    def node_state_path(self) -> Path:
+        return self.task(DEFAULT_TASK).node_state_path  # type: ignore[return-value]
+
+    @property
+    def max_stay_days(self) -> int:
+        return int(self.task(DEFAULT_TASK).extra.get("max-stay-days", 14))
+
+    @property
+    def release_path(self) -> Path:
+        settings = self.task(DEFAULT_TASK)
+        default = settings.ledger_path.with_name(settings.ledger_path.name + ".released.csv")
+        return Path(str(settings.extra.get("release-path", default)))
+
+    @property
+    def release_columns(self) -> tuple[str, ...]:
+        raw = str(self.task(DEFAULT_TASK).extra.get("release-columns", "admissions,census"))
+        return tuple(c.strip() for c in raw.split(",") if c.strip())
+
+    @property
+    def data_location(self) -> str:
+        """Node-config ``data-path`` exactly as given (a database URL is not a path)."""
+        settings = self.task(DEFAULT_TASK)
+        return str(settings.extra.get("data-location", settings.data_path))
+
+    @property
+    def data_format(self) -> str:
+        """Node-config ``data-format``: what ``data-path`` is (``auto`` tells contract, OMOP and FHIR apart)."""
+        return str(self.task(DEFAULT_TASK).extra.get("data-format", "auto"))
+
+    @property
+    def data_mapping(self) -> Path | None:
+        """Node-config ``data-mapping``: the site's mapping file (TOML; docs/data.md) for OMOP/FHIR, or None."""
+        raw = self.task(DEFAULT_TASK).extra.get("data-mapping")
+        return Path(str(raw)) if raw else None
 
     @property
     def data_source_display(self) -> str:
@@ -157,60 +191,70 @@ class NodeConfig:
 
     @classmethod
     def from_context(cls, context: Context, *, run_config: Mapping[str, Any] | None = None) -> NodeConfig:
-        """Read the node's config; fall back to the simulation run-config keys only when ``data-path`` is absent.
+        """Read the node's config; fall back to the simulation run-config keys only when it names no data path.
 
         ``run_config`` replaces ``context.run_config`` (Flower's Python simulation API leaves
         a virtual node's run config empty, so the simulation runner passes its own).
         """
         node = context.node_config
         run = context.run_config if run_config is None else run_config
-        if "data-path" in node:
+        if any(task_keys(t)[0] in node for t in task_names()):
             return cls._from_node(node)
         if "partition-id" in node:
             return cls._from_simulation(node, run)
         raise NodeConfigError(
             "this node has no 'data-path' in its node config; start it with "
             "flower-supernode --node-config \"data-path='/path/records.csv' ledger-path='/path/ledger.json' "
-            'privacy-epsilon-budget=8.0"'
+            'privacy-epsilon-budget=8.0" (or equipment-data-path=... for the equipment task, docs/equipment.md)'
         )
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any]) -> NodeConfig:
-        """A real node's config from its ``--node-config`` keys (what ``medalloc node check`` reads too)."""
+        """A real node's config from its ``--node-config`` keys (what ``medalloc node check`` reads too).
+
+        ``medalloc node check`` checks the forecasting task's data (contract, OMOP, FHIR), so
+        ``data-path`` is required here.
+        """
         if "data-path" not in node:
             raise NodeConfigError("the node config has no 'data-path'; set it to the node's data (file, folder or URL)")
         return cls._from_node(node)
 
     @classmethod
     def _from_node(cls, node: Mapping[str, Any]) -> NodeConfig:
-        for key in ("ledger-path", "privacy-epsilon-budget"):
-            if key not in node:
-                raise NodeConfigError(f"node config has 'data-path' but no '{key}'; a node must set its own {key}")
+        served = _served(node)
+        tasks = {}
+        for name in served:
+            data_key, ledger_key, budget_key = task_keys(name)
+            for key in (data_key, ledger_key, budget_key):
+                if key not in node:
+                    raise NodeConfigError(
+                        f"node config serves '{name}' but has no '{key}'; a node must set its own {key}"
+                    )
+            tasks[name] = _node_task(
+                node,
+                name,
+                data_path=Path(str(node[data_key])),
+                ledger_path=Path(str(node[ledger_key])),
+                epsilon_budget=_number(node, budget_key),
+                hospital_id=str(node.get("hospital-id", "")),
+                simulated=False,
+            )
+        first = next(iter(tasks.values()))
         return cls(
-            data_path=Path(str(node["data-path"])),
-            data_location=str(node["data-path"]),
-            data_format=str(node.get("data-format", "auto")),
-            data_mapping=Path(str(node["data-mapping"])) if node.get("data-mapping") else None,
+            tasks=tasks,
+            hospital_id=first.hospital_id,
+            threads=_threads(node),
+            simulated=False,
             approved_apps=Path(str(node["approved-apps"])) if node.get("approved-apps") else None,
-            ledger_path=Path(str(node["ledger-path"])),
-            epsilon_budget=_number(node, "privacy-epsilon-budget"),
-            delta=_number(node, "privacy-delta", 1e-6),
-            max_stay_days=int(_number(node, "max-stay-days", 14)),
-            release_path=Path(str(node["release-path"])) if "release-path" in node else None,
-            node_state_path=Path(str(node["node-state-path"])) if "node-state-path" in node else None,
-            release_columns=tuple(
-                c.strip() for c in str(node.get("release-columns", "admissions,census")).split(",") if c.strip()
-            ),
-            hospital_id=str(node.get("hospital-id", "")),
-            max_local_epochs=int(_number(node, "max-local-epochs", 5)),
-            min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
-            max_grad_norm=_number(node, "max-grad-norm", 1.0),
-            accountant=_accountant(str(node.get("privacy-accountant", "prv"))),
-            threads=int(_number(node, "torch-threads", 1)),
         )
 
     @classmethod
     def _from_simulation(cls, node: Mapping[str, Any], run: Mapping[str, Any]) -> NodeConfig:
+        name = str(run.get("task", DEFAULT_TASK))
+        try:
+            task = get_task(name)
+        except ValueError as exc:
+            raise NodeConfigError(str(exc)) from exc
         if run.get("simulation-data-dir"):
             folder = Path(str(run["simulation-data-dir"]))
         else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
@@ -218,72 +262,139 @@ class NodeConfig:
                 hospitals=int(node.get("num-partitions", 1)),
                 days=int(run.get("simulation-days", 730)),
                 seed=int(run.get("simulation-region-seed", 0)),
+                task=name,
             )
-        files = hospital_files(folder)
+        if not folder.is_dir():
+            raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
+        paths = task.node_data(folder)
         partition = int(node["partition-id"])
-        if not 0 <= partition < len(files):
+        if not 0 <= partition < len(paths):
             raise NodeConfigError(
-                f"virtual node {partition} has no hospital file: {folder} holds {len(files)}; "
+                f"virtual node {partition} has no hospital file: {folder} holds {len(paths)}; "
                 "run as many virtual nodes as hospital files"
             )
-        data_path = files[partition]
-        hospital = DataSource(str(data_path)).name
-        return cls(
+        data_path = paths[partition]
+        hospital = DataSource(str(data_path)).name if name == DEFAULT_TASK else data_path.stem
+        ledger = f"{hospital}.json" if name == DEFAULT_TASK else f"{hospital}-{name}.json"
+        settings = _node_task(
+            {
+                "privacy-delta": run.get("simulation-delta", 1e-6),
+                "max-stay-days": run.get("simulation-max-stay-days", 14),
+            },
+            name,
             data_path=data_path,
-            ledger_path=folder / "ledgers" / f"{hospital}.json",
+            ledger_path=folder / "ledgers" / ledger,
             epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
-            delta=_number(run, "simulation-delta", 1e-6),
-            max_stay_days=int(_number(run, "simulation-max-stay-days", 14)),
             hospital_id=hospital,
             simulated=True,
         )
+        return cls(tasks={name: settings}, hospital_id=hospital, threads=1, simulated=True)
 
 
-def ensure_simulation_region(*, hospitals: int, days: int, seed: int) -> Path:
+def _served(node: Mapping[str, Any]) -> list[str]:
+    if "tasks" in node:
+        names = [t.strip() for t in str(node["tasks"]).split(",") if t.strip()]
+        unknown = [t for t in names if t not in task_names()]
+        if unknown or not names:
+            raise NodeConfigError(f"'tasks' names unknown task(s) {unknown}; known: {', '.join(task_names())}")
+        return names
+    return [t for t in task_names() if task_keys(t)[0] in node]
+
+
+def _node_task(
+    node: Mapping[str, Any],
+    name: str,
+    *,
+    data_path: Path,
+    ledger_path: Path,
+    epsilon_budget: float,
+    hospital_id: str,
+    simulated: bool,
+) -> NodeTask:
+    extra: dict[str, Any] = {k: v for k, v in node.items() if isinstance(v, int | float | str | bool)}
+    if name == DEFAULT_TASK:
+        # The forecasting data may be a database URL (not a path) read with a site mapping.
+        extra["data-location"] = str(node.get("data-path", data_path))
+        data_format = str(node.get("data-format", "auto"))
+        if data_format not in FORMATS:
+            raise NodeConfigError(f"data-format must be one of {', '.join(FORMATS)}, got {data_format!r}")
+        if not hospital_id:
+            hospital_id = DataSource(extra["data-location"]).name
+    try:
+        settings = NodeTask(
+            task=name,
+            hospital_id=hospital_id or data_path.stem,
+            data_path=data_path,
+            ledger_path=ledger_path,
+            epsilon_budget=epsilon_budget,
+            delta=_number(node, "privacy-delta", 1e-6),
+            accountant=str(node.get("privacy-accountant", "prv")),
+            max_local_epochs=int(_number(node, "max-local-epochs", 5)),
+            min_noise_multiplier=_number(node, "min-noise-multiplier", 0.5),
+            max_grad_norm=_number(node, "max-grad-norm", 1.0),
+            threads=_threads(node),
+            simulated=simulated,
+            node_state_path=Path(str(node["node-state-path"])) if "node-state-path" in node else None,
+            extra=extra,
+        )
+    except ValueError as exc:
+        key = task_keys(name)[2]
+        raise NodeConfigError(f"{exc} ('{key}' or 'privacy-delta')") from exc
+    if settings.max_local_epochs < 1:
+        raise NodeConfigError(f"max-local-epochs must be >= 1, got {settings.max_local_epochs}")
+    if settings.min_noise_multiplier <= 0:
+        raise NodeConfigError("min-noise-multiplier must be > 0: a node never trains without DP noise")
+    if settings.max_grad_norm <= 0:
+        raise NodeConfigError(f"max-grad-norm must be > 0, got {settings.max_grad_norm}")
+    _accountant(settings.accountant)
+    if name == DEFAULT_TASK and int(_number(node, "max-stay-days", 14)) < 1:
+        raise NodeConfigError(f"max-stay-days must be >= 1, got {node.get('max-stay-days')}")
+    return settings
+
+
+def _threads(node: Mapping[str, Any]) -> int:
+    threads = int(_number(node, "torch-threads", 1))
+    if threads < 1:
+        raise NodeConfigError(f"torch-threads must be >= 1, got {threads}")
+    return threads
+
+
+def ensure_simulation_region(*, hospitals: int, days: int, seed: int, task: str = DEFAULT_TASK) -> Path:
     """The region folder for a simulation run without ``simulation-data-dir``; generated on first use.
 
-    Every virtual node computes the same path (temp dir, named by hospitals/days/seed); the
+    Every virtual node computes the same path (temp dir, named by task/hospitals/days/seed); the
     first to arrive generates the region into a private folder and renames it into place, so
     concurrent nodes never see a half-written region.
     """
     import os
+    import shutil
     import tempfile
 
-    folder = Path(tempfile.gettempdir()) / f"medalloc-simulation-region-h{hospitals}-d{days}-s{seed}"
-    if (folder / "region.json").is_file():
+    prefix = "medalloc-simulation-region" if task == DEFAULT_TASK else f"medalloc-simulation-{task}"
+    folder = Path(tempfile.gettempdir()) / f"{prefix}-h{hospitals}-d{days}-s{seed}"
+    if folder.is_dir() and get_task(task).node_data(folder):
         return folder
-    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
-
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    write_region(generate_region(RegionConfig(hospitals=hospitals, days=days, seed=seed)), staging / "region")
+    get_task(task).generate(staging / "region", {"hospitals": hospitals, "days": days, "seed": seed})
     try:
         os.rename(staging / "region", folder)
     except OSError:  # another node won the race; its region is identical (same config, same seed)
         pass
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
 def hospital_files(folder: Path) -> list[Path]:
-    """The hospitals' data in a region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ``H002.fhir``, ...).
+    """The hospitals' data in a forecasting region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ...).
 
     A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
-    FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals.
+    FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals
+    (the forecasting task's ``node_data``).
     """
     if not folder.is_dir():
         raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
-
-    def is_hospital(p: Path) -> bool:
-        if p.name.startswith("."):
-            return False
-        if p.is_file():
-            return p.suffix in DATA_SUFFIXES or p.name.endswith(".fhir.json")
-        return p.is_dir() and DataSource(str(p)).kind() != "contract"
-
-    return sorted(p for p in folder.iterdir() if is_hospital(p))
+    return get_task(DEFAULT_TASK).node_data(folder)
 
 
 def _number(values: Mapping[str, Any], key: str, default: float | None = None) -> float:

@@ -2,63 +2,29 @@
 
 Core errors speak the library's language (``WindowSpec``, ``epsilon_budget``); an operator
 can only change the SuperNode's ``--node-config`` keys or ask the coordinator to change a
-run-config key. These helpers turn the node's refusals into lines that name those keys.
+run-config key. The texts live with the forecasting task (``medalloc_core.tasks.forecasting_hints``),
+which logs them when it declines a round; these read them off a ``NodeConfig`` for
+``medalloc node check``.
 """
 
 from __future__ import annotations
 
-from medalloc_core.features import WindowSpec
+from medalloc_core.tasks.forecasting_hints import data_hint as _data_hint
+from medalloc_core.tasks.forecasting_hints import ledger_hint as _ledger_hint
+from medalloc_core.tasks.forecasting_hints import window_hint
 
 from .config import NodeConfig
+
+__all__ = ["data_hint", "ledger_hint", "window_hint"]
 
 
 def data_hint(node: NodeConfig) -> str:
     """How the operator checks and fixes the node's data: the command and the keys involved."""
-    mapping = f" --mapping {node.data_mapping}" if node.data_mapping else ""
-    fmt = f" --format {node.data_format}" if node.data_format != "auto" else ""
-    return (
-        f"check it with `medalloc validate{fmt}{mapping} {node.data_source_display}` and fix the data, or point "
-        "node-config 'data-path' (and 'data-format', 'data-mapping') at the right source"
-    )
-
-
-def window_hint(spec: WindowSpec) -> str:
-    """What the federation's windows need per unit, in run-config keys and days."""
-    history, horizon = spec.history or 0, spec.horizon or 0
-    held_out = (spec.val_periods or 0) + (spec.test_periods or 0)
-    need = history + horizon + held_out
-    return (
-        f"the federation's windows (run-config history={history}, horizon={horizon}, plus {held_out} held-out days) "
-        f"need at least {need} days per unit; ask the coordinator for a shorter 'history' or 'horizon', "
-        "or join when every unit has that much history (`medalloc node check` shows it before joining)"
-    )
+    return _data_hint(node.data_source_display, node.data_format, node.data_mapping)
 
 
 def ledger_hint(node: NodeConfig) -> str:
-    """For a ledger that disagrees with the node config: which node-config key to set to what.
-
-    The ledger's budget, delta and accountant are fixed when it is created; the node config
-    must repeat them. Reads the ledger (read-only) to name the differing key and its value.
-    """
-    from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
-
-    try:
-        ledger = PrivacyLedger.load(node.ledger_path)
-    except (LedgerError, OSError):
-        return (
-            f"the ledger named by node-config 'ledger-path' ({node.ledger_path}) cannot be read: restore it "
-            "(docs/privacy.md); never delete it"
-        )
-    fixes = []
-    if ledger.accountant != node.accountant:
-        fixes.append(f"privacy-accountant='{ledger.accountant}'")
-    if ledger.delta != node.delta:
-        fixes.append(f"privacy-delta={ledger.delta:g}")
-    if ledger.epsilon_budget != node.epsilon_budget:
-        fixes.append(f"privacy-epsilon-budget={ledger.epsilon_budget:g}")
-    if not fixes:
-        return "see `medalloc privacy --ledger " + str(node.ledger_path) + "`"
-    return (
-        "set node-config " + " ".join(fixes) + " (the values this ledger was created with; a different budget "
-        "is a governance decision, docs/privacy.md, never an edit of the ledger)"
+    """For a ledger that disagrees with the node config: which node-config key to set to what."""
+    return _ledger_hint(
+        node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
     )

@@ -117,6 +117,10 @@ def _read_parquet(name: str, data: bytes) -> pd.DataFrame:
             raise _too_many_columns(name, len(schema_names))
         repeated = _repeated(schema_names)
         table = None if repeated else pq.read_table(io.BytesIO(data))
+        if table is not None:
+            # A damaged file can hold string columns that are not UTF-8; pyarrow reads them
+            # unchecked and fails later, deep inside pandas. Check every value here instead.
+            table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataContractError([Problem(name, f"Parquet file could not be read ({exc}); re-export it")]) from None
     if table is None:

@@ -54,6 +54,7 @@ MAX_MODEL_PARAMETERS = 50_000_000
 MAX_SIDECAR_BYTES = 16 * 2**20  # a checkpoint's sidecar holds its run config and scalar strategy state
 MAX_HEADER_BYTES = 16 * 2**20  # the safetensors JSON header (safetensors itself allows 100 MB)
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+TASK_KEY = "task"  # names the task of a non-forecasting model (medalloc_core.equipment: "equipment")
 
 
 class ModelFileError(ValueError):
@@ -97,16 +98,34 @@ def write_model_files(
     spec: WindowSpec,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """The one writer: ``path`` (safetensors) then its JSON sidecar, each atomically; returns the sidecar.
+    """The forecaster's writer: ``path`` (safetensors) then its JSON sidecar, each atomically; returns the sidecar.
 
     ``extra`` holds the writer's own JSON-able fields; it may not set the format's keys.
     """
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: a model file ends in .safetensors")
     spec_json = spec.to_dict()
     if (spec.history, spec.horizon, len(spec.targets)) != (config.history, config.horizon, config.n_targets):
         raise ValueError(f"window spec {spec_json} does not match the model config {config.to_dict()}")
-    clash = _RESERVED & set(extra or {})
+    return write_task_model_files(path, arrays, model_config=config.to_dict(), spec=spec_json, extra=extra)
+
+
+def write_task_model_files(
+    path: Path,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    model_config: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    task: str = "forecasting",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """The one writer, for any task's model: arrays, then the sidecar (the commit marker).
+
+    A forecasting model's sidecar has no ``task`` field (files written before tasks existed
+    read the same); any other task's model names its task, so that a forecaster is never
+    loaded from another task's weights.
+    """
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a model file ends in .safetensors")
+    clash = (_RESERVED | {TASK_KEY}) & set(extra or {})
     if clash:
         raise ValueError(f"extra metadata may not set {sorted(clash)}")
     data = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
@@ -115,14 +134,21 @@ def write_model_files(
     sha = hashlib.sha256(data).hexdigest()
     meta: dict[str, Any] = dict(extra or {}) | {
         "format-version": FORMAT_VERSION,
-        "model-config": config.to_dict(),
-        "window-spec": spec_json,
+        "model-config": dict(model_config),
+        "window-spec": dict(spec),
         "sha256": sha,
     }
+    if task != "forecasting":
+        meta[TASK_KEY] = task
     meta["digest"] = sidecar_digest(meta, sha)
     sidecar = sidecar_of(path)
     atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
     return sidecar
+
+
+def model_task(meta: Mapping[str, Any]) -> str:
+    """The task a sidecar's model belongs to (``"forecasting"`` when it names none)."""
+    return str(meta.get(TASK_KEY, "forecasting"))
 
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
@@ -353,6 +379,11 @@ def load_model(path: Path) -> SavedModel:
     """
     sidecar = resolve_model_path(path)
     meta = read_sidecar(sidecar)
+    if model_task(meta) != "forecasting":
+        raise ModelFileError(
+            f"{sidecar}: is a '{model_task(meta)}' model, not a demand forecaster (see docs/equipment.md for "
+            "the equipment task's commands)"
+        )
     try:
         config = ForecasterConfig.from_dict(meta["model-config"])
         shapes = parameter_shapes(config)

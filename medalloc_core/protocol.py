@@ -78,6 +78,7 @@ class Refusal(IntEnum):
     NODE_MISCONFIGURED = 1005  # the node's own config is incomplete (its operator must fix it)
     LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
+    TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
     APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
 
     @property
@@ -356,9 +357,18 @@ REFUSAL_REASONS: dict[Refusal, str] = {
     Refusal.LEDGER_RESET_DETECTED: (
         "the node has had a privacy ledger and the configured one is missing or another; its operator must restore it"
     ),
+    Refusal.TASK_NOT_SERVED: "this node does not serve the '{task}' task (its own config decides)",
 }
 
 
 def refusal_reason(code: Refusal, **values: Any) -> str:
     """``"<slug>: <reason>"`` for a refusal, from ``REFUSAL_REASONS`` only."""
     return f"{code.slug}: {REFUSAL_REASONS[code].format(**values)}"
+
+
+# ------------------------------------------------------------------ for other tasks' messages
+# A task's own instructions and replies (medalloc_core.equipment.protocol) read their fields
+# with the same rules and the same ProtocolError messages.
+read_field = _field
+read_json_field = _json_field
+Reply = _Reply

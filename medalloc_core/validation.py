@@ -533,3 +533,16 @@ def _warn_overlapping_stays(stays: pd.DataFrame, findings: _Findings) -> None:
         column=ADMIT_TIME,
         severity="warning",
     )
+
+
+# ---------------------------------------------------------------------------- shared with other contracts
+# The equipment contract's validator (medalloc_core.equipment.validation) reports problems the
+# same way, with the same row numbers, caps, date rule and messages: these are its names for them.
+Findings = _Findings
+DATE_PATTERN = _DATE_PATTERN
+DATE_EXPECTED = _DATE_EXPECTED
+text_values = _text
+show_value = _show
+parse_dates = _parse_dates
+missing_columns = _missing_columns
+report_duplicates = _report_duplicates

@@ -22,11 +22,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
-from medalloc_core.features import WindowSpec, federation_window_spec
-from medalloc_core.model_io import FINAL_MODEL_NAME, write_model_files
-from medalloc_core.models import Forecaster, ForecasterConfig, build_model, state_arrays
-from medalloc_core.protocol import EvaluateInstruction, TrainInstruction
+from medalloc_core.features import WindowSpec
+from medalloc_core.model_io import FINAL_MODEL_NAME
+from medalloc_core.models import Forecaster, ForecasterConfig
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
+from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
@@ -43,7 +43,7 @@ class FederationResult:
     """What a finished run leaves behind (also written to the out dir)."""
 
     arrays: dict[str, np.ndarray]
-    model_config: ForecasterConfig
+    model_config: Any  # the task's model config (ForecasterConfig, RiskModelConfig, ...)
     rounds: list[RoundRecord] = field(default_factory=list)
     out_dir: Path = Path(".")
     final_model_written: bool = False  # False when no round aggregated anything (every node refused, ...)
@@ -65,17 +65,20 @@ def _metrics_dict(record: MetricRecord | None) -> dict[str, float]:
     return {} if record is None else {k: v for k, v in record.items() if not isinstance(v, list)}
 
 
-def _privacy_summary(outcomes: list[NodeOutcome]) -> dict[str, Any]:
-    """The round's headline: the largest patient-level epsilon over the nodes that trained, its delta and stay cap."""
+def _privacy_summary(outcomes: list[NodeOutcome], unit: str = "patient") -> dict[str, Any]:
+    """The round's headline: the largest epsilon over the nodes that trained, per the task's unit, its delta
+    (and, for patients, the stay cap)."""
     metrics = [o.metrics for o in outcomes if protocol.EPSILON in o.metrics]
     if not metrics:
         return {}
-    return {
-        "unit": "patient",
+    summary: dict[str, Any] = {
+        "unit": unit,
         "epsilon-max": max(m[protocol.EPSILON] for m in metrics),
         "delta": max(m.get(protocol.DELTA, 0.0) for m in metrics),
-        "max-stay-days": int(min(m.get(protocol.STAY_CAP_DAYS, 0.0) for m in metrics)),
     }
+    if unit == "patient":
+        summary["max-stay-days"] = int(min(m.get(protocol.STAY_CAP_DAYS, 0.0) for m in metrics))
+    return summary
 
 
 def _outcome_json(outcome: NodeOutcome) -> dict[str, Any]:
@@ -112,15 +115,14 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
 
 
 def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
-    """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``)."""
-    if config.init == "pretrained":
-        from medalloc_core.pretrained import PretrainedMismatch, load_pretrained
+    """The forecasting global model before round 1: seeded weights, or the public pretrained ones (``init``)."""
+    from medalloc_core.pretrained import PretrainedMismatch
+    from medalloc_core.tasks.forecasting import run_initial_model
 
-        try:
-            return load_pretrained(mconfig)
-        except PretrainedMismatch as exc:
-            raise RunConfigError(str(exc)) from exc
-    return build_model(mconfig, seed=config.seed)
+    try:
+        return run_initial_model(config, mconfig)
+    except PretrainedMismatch as exc:
+        raise RunConfigError(str(exc)) from exc
 
 
 def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
@@ -135,15 +137,10 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
 
 
 def window_spec(config: RunConfig) -> WindowSpec:
-    """The windows every node builds for this run (history, horizon, targets, held-out days, scaling)."""
-    return federation_window_spec(
-        history=config.history,
-        horizon=config.horizon,
-        targets=config.target_list,
-        model=config.model,
-        val_periods=config.validation_days or None,
-        test_periods=config.test_days or None,
-    )
+    """The windows every forecasting node builds for this run (history, horizon, targets, held-out days, scaling)."""
+    from medalloc_core.tasks.forecasting import run_window_spec
+
+    return run_window_spec(config)
 
 
 # ------------------------------------------------------------------ the run
@@ -166,12 +163,18 @@ def run_federation(
     out = resolve_out_dir(config, run_id)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / METRICS_FILE
-    spec = window_spec(config)
-    mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
+    task: FederatedTask = get_task(config.task)
+    options = task.options(config.task_options)
+    try:
+        model: TaskModel = task.model(config, options)
+    except ValueError as exc:  # e.g. a shape the public pretrained weights do not fit: the setting to change
+        raise RunConfigError(str(exc)) from exc
+    mconfig, spec = model.config, model.spec
     sampled = max(config.min_train_nodes, config.min_available_nodes)
-    built = build_strategy(config, num_sampled_nodes=sampled)
+    built = build_strategy(config, num_sampled_nodes=sampled, task=task)
+    evaluates = task.evaluates and config.fraction_evaluate > 0
 
-    arrays = state_arrays(initial_model(config, mconfig))
+    arrays = model.arrays
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
     start, releases = 1, 0
     if config.resume:
@@ -179,6 +182,11 @@ def run_federation(
         if checkpoint is None:
             logger.warning("resume = true but no checkpoint in %s: starting from round 1", checkpoint_dir)
         else:
+            if checkpoint.task != task.name:
+                raise RunConfigError(
+                    f"the checkpoint of round {checkpoint.round} is of the '{checkpoint.task}' task; "
+                    f"this run is '{task.name}'"
+                )
             if checkpoint.strategy != config.strategy or checkpoint.model_config != mconfig:
                 raise RunConfigError(
                     f"the checkpoint of round {checkpoint.round} was made with strategy '{checkpoint.strategy}' and "
@@ -193,43 +201,23 @@ def run_federation(
     result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
-    privacy_fields: dict[str, Any] = {
-        "privacy_mechanism": config.privacy_mechanism,
-        "patient_epsilon": config.patient_epsilon,
-        "max_stay_days": config.max_stay_days,
-        "reproducible_noise": config.simulation_reproducible_noise,
-        "seed": config.seed,
-        "run_tag": f"run-{run_id}",
-    }
     if config.simulation_reproducible_noise:
         logger.warning(
             "simulation-reproducible-noise = true: nodes' DP noise follows the run's seed. Research only: NOT "
             "private against the coordinator, and a real node refuses it"
         )
 
+    # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; the
+    # tasks' dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
     def train_config(server_round: int) -> ConfigRecord:
-        instruction = TrainInstruction(
-            server_round=server_round,
-            model_config=mconfig,
-            window_spec=spec,
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            proximal_mu=config.proximal_mu if config.strategy == "fedprox" else 0.0,
-            dp_noise_multiplier=config.dp_noise_multiplier,
-            dp_target_epsilon=config.dp_target_epsilon,
-            dp_max_grad_norm=config.dp_max_grad_norm,
-            **privacy_fields,
+        return ConfigRecord(
+            task.train_instruction(config, options, model, server_round=server_round, run_tag=f"run-{run_id}")  # type: ignore[arg-type]
         )
-        # Flower's stub types ConfigRecord's input as an invariant dict[str, ConfigRecordValues]; our
-        # dict[str, Scalar] holds a subset of those value types and is only read (keep_input=True).
-        return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]
 
     def eval_config(server_round: int) -> ConfigRecord:
-        instruction = EvaluateInstruction(
-            server_round=server_round, model_config=mconfig, window_spec=spec, **privacy_fields
+        return ConfigRecord(
+            task.evaluate_instruction(config, options, model, server_round=server_round, run_tag=f"run-{run_id}")  # type: ignore[arg-type]
         )
-        return ConfigRecord(instruction.to_dict())  # type: ignore[arg-type]  # as in train_config
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
         replies = grid.send_and_receive(
@@ -242,7 +230,7 @@ def run_federation(
             logger.exception("round %s: evaluation aggregation failed", server_round)
             return None
 
-    if start == 1 and config.fraction_evaluate > 0:
+    if start == 1 and evaluates:
         initial = evaluate_round(0)
         record = RoundRecord(round=0, time=datetime.now(UTC).isoformat(), evaluate=_metrics_dict(initial))
         append_round(log_path, record)
@@ -269,7 +257,7 @@ def run_federation(
             if built.dp is not None:
                 releases += 1
         train_outcomes = list(built.strategy.report.train)
-        eval_metrics = evaluate_round(server_round) if config.fraction_evaluate > 0 else None
+        eval_metrics = evaluate_round(server_round) if evaluates else None
         epsilons = [o.metrics[protocol.EPSILON] for o in train_outcomes if protocol.EPSILON in o.metrics]
         record = RoundRecord(
             round=server_round,
@@ -288,7 +276,7 @@ def run_federation(
             )
             if built.dp is not None
             else None,
-            privacy=_privacy_summary(train_outcomes),
+            privacy=_privacy_summary(train_outcomes, task.privacy_unit),
         )
         append_round(log_path, record)
         state_arrays_, state_scalars = strategy_state(built, releases)
@@ -298,6 +286,7 @@ def run_federation(
                 round=server_round,
                 arrays=_to_arrays(record_arrays),
                 strategy=config.strategy,
+                task=task.name,
                 model_config=mconfig,
                 window_spec=spec,
                 run_config=config.to_dict(),
@@ -319,12 +308,11 @@ def run_federation(
             refusal_summary(result.rounds) or "none",
         )
         return result
-    write_model_files(
+    task.write_model(
         out / FINAL_MODEL,
         result.arrays,
-        config=mconfig,
-        spec=spec,
-        extra={"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
+        model,
+        {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
     logger.info("final model written to %s", out / FINAL_MODEL)
     result.final_model_written = True
@@ -352,7 +340,7 @@ def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: Ro
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = RunConfig.from_mapping({k: v for k, v in {**context.run_config, **extra}.items() if "." not in k})
+        config = RunConfig.from_mapping({**context.run_config, **extra})
         run_federation(grid, config, run_id=context.run_id, on_round=on_round)
 
     return app

@@ -23,9 +23,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.features import WindowSpec
-from medalloc_core.model_io import ModelFileError, read_model_files, write_model_files
-from medalloc_core.models import ForecasterConfig
+from medalloc_core.model_io import ModelFileError, model_task, read_model_files, write_task_model_files
+from medalloc_core.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +42,9 @@ class Checkpoint:
     round: int
     arrays: dict[str, np.ndarray]
     strategy: str
-    model_config: ForecasterConfig
-    window_spec: WindowSpec
+    model_config: Any  # the task's model config (has to_dict)
+    window_spec: Any  # the task's example spec (has to_dict)
+    task: str = "forecasting"
     run_config: dict[str, Any] = field(default_factory=dict)
     strategy_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     strategy_state: dict[str, Any] = field(default_factory=dict)
@@ -58,11 +58,12 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
         state_bytes = st_save({k: np.ascontiguousarray(v) for k, v in checkpoint.strategy_arrays.items()})
         atomic_write_bytes(directory / f"{stem}.state.safetensors", state_bytes)
         state_hash = hashlib.sha256(state_bytes).hexdigest()
-    marker = write_model_files(
+    marker = write_task_model_files(
         directory / f"{stem}.safetensors",
         checkpoint.arrays,
-        config=checkpoint.model_config,
-        spec=checkpoint.window_spec,
+        model_config=checkpoint.model_config.to_dict(),
+        spec=checkpoint.window_spec.to_dict(),
+        task=checkpoint.task,
         extra={
             "round": checkpoint.round,
             "strategy": checkpoint.strategy,
@@ -79,8 +80,8 @@ def load_checkpoint(marker: Path) -> Checkpoint:
     """Read the checkpoint whose sidecar is ``marker``, verifying every file it names."""
     try:
         meta, arrays = read_model_files(marker)
-        model_config = ForecasterConfig.from_dict(meta["model-config"])
-        spec = WindowSpec.from_dict(meta["window-spec"])
+        task = model_task(meta)
+        model_config, spec = get_task(task).parse_model(meta["model-config"], meta["window-spec"])
         round_ = int(meta["round"])
         strategy = str(meta["strategy"])
     except (ModelFileError, KeyError, TypeError, ValueError) as exc:
@@ -92,6 +93,7 @@ def load_checkpoint(marker: Path) -> Checkpoint:
         round=round_,
         arrays=arrays,
         strategy=strategy,
+        task=task,
         model_config=model_config,
         window_spec=spec,
         run_config=dict(meta.get("run-config", {})),

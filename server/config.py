@@ -6,11 +6,13 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+
+from medalloc_core.tasks import TaskOptionsError, get_task, task_names
 
 _STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -28,6 +30,9 @@ class RunConfig:
     ``flwr run . --run-config "strategy='fedprox' num-server-rounds=10"``.
     """
 
+    # --- the federated task (medalloc_core.tasks); its own keys are "<task>.<key>" (task_options)
+    task: str = "forecasting"
+    task_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # --- rounds and sampling
     num_server_rounds: int = 5
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
@@ -94,6 +99,12 @@ class RunConfig:
     simulation_region_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.task not in task_names():
+            raise RunConfigError(f"task '{self.task}' is unknown; choose one of {', '.join(task_names())}")
+        try:
+            get_task(self.task).options(self.task_options)
+        except TaskOptionsError as exc:
+            raise RunConfigError(str(exc)) from exc
         if self.privacy_mechanism != "source":
             raise RunConfigError(
                 f"privacy-mechanism '{self.privacy_mechanism}' is not offered; use 'source' (docs/privacy.md compares "
@@ -152,10 +163,21 @@ class RunConfig:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Build from kebab-case keys (unknown keys are an error: a typo must not pass silently)."""
-        known = {f.name: f for f in fields(cls)}
+        """Build from kebab-case keys (unknown keys are an error: a typo must not pass silently).
+
+        Keys ``<task>.<key>`` of a registered task are that task's own options (checked by the
+        task when it is the run's task, ignored otherwise); other dotted keys belong to other
+        apps' namespaces and are ignored.
+        """
+        known = {f.name: f for f in fields(cls) if f.name != "task_options"}
         kwargs: dict[str, Any] = {}
+        task = str(values.get("task", "forecasting"))
+        options = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(f"{task}.")}
+        if options:
+            kwargs["task_options"] = options
         for key, value in values.items():
+            if "." in key:
+                continue
             name = key.replace("-", "_")
             if name not in known:
                 raise RunConfigError(
@@ -167,7 +189,7 @@ class RunConfig:
     @classmethod
     def from_context(cls, context: Context) -> RunConfig:
         """Read ``context.run_config`` once; keys that belong to other apps' namespaces are ignored."""
-        return cls.from_mapping({k: v for k, v in context.run_config.items() if "." not in k})
+        return cls.from_mapping(dict(context.run_config))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -182,7 +204,9 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Kebab-case mapping, the inverse of ``from_mapping`` (stored with checkpoints)."""
-        return {_kebab(k): v for k, v in dataclasses.asdict(self).items()}
+        out = {_kebab(k): v for k, v in dataclasses.asdict(self).items() if k != "task_options"}
+        out.update({f"{self.task}.{k}": v for k, v in self.task_options.items()})
+        return out
 
     def to_json(self) -> str:
         """``to_dict`` as JSON."""

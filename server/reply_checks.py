@@ -128,6 +128,29 @@ def clamp_weights(counts: list[int], *, max_ratio: float) -> list[int]:
 
 
 # ------------------------------------------------------------------- round bookkeeping
+@dataclass(frozen=True)
+class TaskReplies:
+    """The run's task as the reply checks see it: its Flower action and exactly its reply metric keys."""
+
+    action: str = "default"  # "default": Flower's plain train/evaluate messages (the forecasting task)
+    train_keys: frozenset[str] = protocol.TRAIN_METRIC_KEYS
+    evaluate_keys: frozenset[str] = protocol.EVAL_METRIC_KEYS
+
+    def addressed(self, messages: Iterable[Message]) -> list[Message]:
+        """The strategy's requests under the task's action (``train.<action>``); unchanged for the default."""
+        if self.action == "default":
+            return list(messages)
+        return [
+            Message(
+                content=m.content,
+                dst_node_id=m.metadata.dst_node_id,
+                message_type=f"{m.metadata.message_type.split('.')[0]}.{self.action}",
+                group_id=m.metadata.group_id,
+            )
+            for m in messages
+        ]
+
+
 @dataclass
 class NodeOutcome:
     """What happened to one node's reply in one round."""
@@ -190,13 +213,23 @@ class ReplyFilter(Strategy):
     uniform_weights : bool (default: False)
         Set every accepted example count to 1. Client-level DP noise is calibrated for an
         unweighted mean (sensitivity ``clip / n``), so the DP option turns this on.
+    task : TaskReplies (default: the forecasting task)
+        The run's task: its action addresses the requests, its keys are the only reply keys accepted.
     """
 
-    def __init__(self, strategy: Strategy, limits: ReplyLimits, *, uniform_weights: bool = False) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        limits: ReplyLimits,
+        *,
+        uniform_weights: bool = False,
+        task: TaskReplies | None = None,
+    ) -> None:
         super().__init__()
         self.strategy = strategy
         self.limits = limits
         self.uniform_weights = uniform_weights
+        self.task = task or TaskReplies()
         self.report = RoundReport()
         self._global: ArrayRecord | None = None
         self._sent: list[Message] = []
@@ -222,7 +255,7 @@ class ReplyFilter(Strategy):
         """Remember the global arrays each reply is checked against, then delegate."""
         self._global = arrays
         self.report = RoundReport()
-        self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._sent = self.task.addressed(self.strategy.configure_train(server_round, arrays, config, grid))
         return self._sent
 
     def aggregate_train(
@@ -242,7 +275,7 @@ class ReplyFilter(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate, remembering the messages (see ``_addressee``)."""
-        self._sent = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._sent = self.task.addressed(self.strategy.configure_evaluate(server_round, arrays, config, grid))
         return self._sent
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -312,7 +345,7 @@ class ReplyFilter(Strategy):
                 f"expected '{protocol.METRICS}'",
                 None,
             )
-        required = protocol.TRAIN_METRIC_KEYS if train else protocol.EVAL_METRIC_KEYS
+        required = self.task.train_keys if train else self.task.evaluate_keys
         reason = check_metrics(metrics, required=required, max_examples=self.limits.max_examples)
         if reason is not None or not train:
             return reason, None

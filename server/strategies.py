@@ -26,9 +26,10 @@ from flwr.serverapp.strategy import (
 
 from medalloc_core import protocol
 from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.tasks import FederatedTask, get_task
 
 from .config import RunConfig
-from .reply_checks import ReplyFilter, ReplyLimits
+from .reply_checks import ReplyFilter, ReplyLimits, TaskReplies
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,10 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     """
     metrics = [next(iter(r.metric_records.values())) for r in records]
     weights = np.array([float(m[weight_key]) for m in metrics])  # type: ignore[arg-type]
-    losses = np.array([float(m[protocol.TRAIN_LOSS]) for m in metrics])  # type: ignore[arg-type]
     epsilons = np.array([float(m[protocol.EPSILON]) for m in metrics])  # type: ignore[arg-type]
     left = np.array([float(m[protocol.EPSILON_BUDGET_LEFT]) for m in metrics])  # type: ignore[arg-type]
-    return MetricRecord(
+    out = MetricRecord(
         {
-            protocol.TRAIN_LOSS: float(np.average(losses, weights=weights)),
             "epsilon-max": float(epsilons.max()),
             "epsilon-mean": float(epsilons.mean()),
             "epsilon-budget-left-min": float(left.min()),
@@ -58,14 +57,22 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
             "num-examples-total": int(weights.sum()),
         }
     )
+    if all(protocol.TRAIN_LOSS in m for m in metrics):  # a task whose nodes report no loss has none to average
+        losses = np.array([float(m[protocol.TRAIN_LOSS]) for m in metrics])  # type: ignore[arg-type]
+        out[protocol.TRAIN_LOSS] = float(np.average(losses, weights=weights))
+    return out
 
 
 def aggregate_eval_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted mean of each evaluation metric across nodes."""
+    """Example-weighted mean of each evaluation metric (every key but the weight) across nodes.
+
+    The reply checks have already held each reply to exactly its task's evaluate keys.
+    """
     metrics = [next(iter(r.metric_records.values())) for r in records]
     weights = np.array([float(m[weight_key]) for m in metrics])  # type: ignore[arg-type]
     out = MetricRecord({"num-nodes": len(metrics)})
-    for key in (protocol.EVAL_LOSS, protocol.EVAL_MAE, protocol.EVAL_WAPE):
+    keys = sorted(set.intersection(*(set(m) for m in metrics)) - {weight_key}) if metrics else []
+    for key in keys:
         out[key] = float(np.average([float(m[key]) for m in metrics], weights=weights))  # type: ignore[arg-type]
     return out
 
@@ -119,7 +126,9 @@ class BuiltStrategy:
     dp: DifferentialPrivacyServerSideFixedClipping | None
 
 
-def build_strategy(config: RunConfig, *, num_sampled_nodes: int | None = None) -> BuiltStrategy:
+def build_strategy(
+    config: RunConfig, *, num_sampled_nodes: int | None = None, task: FederatedTask | None = None
+) -> BuiltStrategy:
     """Build the run's strategy from its config.
 
     Parameters
@@ -129,7 +138,11 @@ def build_strategy(config: RunConfig, *, num_sampled_nodes: int | None = None) -
     num_sampled_nodes : int, optional
         Nodes sampled per round; needed by client-level DP to calibrate the noise
         (``stdev = noise_multiplier * clip / n``). Defaults to ``min-available-nodes``.
+    task : FederatedTask, optional
+        The run's task (default: ``config.task``): its Flower action names the requests, its
+        reply keys are what the checks accept.
     """
+    task = task or get_task(config.task)
     base = STRATEGIES[config.strategy](config, _common(config))
     inner: Strategy = base
     dp = None
@@ -147,4 +160,5 @@ def build_strategy(config: RunConfig, *, num_sampled_nodes: int | None = None) -
         max_examples=config.max_examples_weight,
         max_weight_ratio=config.max_weight_ratio,
     )
-    return BuiltStrategy(ReplyFilter(inner, limits, uniform_weights=config.client_dp), base, dp)
+    replies = TaskReplies(task.action, task.train_keys, task.evaluate_keys)
+    return BuiltStrategy(ReplyFilter(inner, limits, uniform_weights=config.client_dp, task=replies), base, dp)

@@ -105,3 +105,33 @@ def comparison_plot(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def privacy_rounds_plot(path: Path, rounds: Sequence[RoundRecord]) -> None:
+    """Per round: the nodes' epsilon (max and mean) and the least budget left; the nodes accepted and refused."""
+    train = [r for r in rounds if r.round > 0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    xs = [r.round for r in train]
+    left.plot(xs, [r.epsilon_max if r.epsilon_max is not None else np.nan for r in train], marker="o", label="max")
+    left.plot(xs, [r.epsilon_mean if r.epsilon_mean is not None else np.nan for r in train], marker=".", label="mean")
+    left.plot(
+        xs, [r.train.get("epsilon-budget-left-min", np.nan) for r in train], linestyle=":", label="budget left (min)"
+    )
+    left.set_title("nodes' cumulative epsilon")
+    left.set_xlabel("round")
+    left.legend(fontsize=8)
+    right.bar(xs, [r.nodes.get("accepted", 0) for r in train], label="accepted")
+    right.bar(
+        xs,
+        [r.nodes.get("refused", 0) for r in train],
+        bottom=[r.nodes.get("accepted", 0) for r in train],
+        label="refused",
+        color="tab:red",
+    )
+    right.set_title("nodes per round")
+    right.set_xlabel("round")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -23,11 +23,14 @@ import torch
 from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
 from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary, window_spec
+from medalloc.server.config import RunConfig
 from medalloc_core.model_io import read_model_files, sidecar_of
 from medalloc_core.models import ForecasterConfig, state_arrays
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region
+from medalloc_core.tasks import DEFAULT_TASK, get_task
+from medalloc_core.tasks.base import SimulationRun
 
 from . import comparisons as cmp
 from . import plots
@@ -150,19 +153,24 @@ def run_scenario(
     timings: dict[str, float] = {}
     (out / SCENARIO_FILE).write_text(scenario.text or default_scenario_text(), encoding="utf-8")
 
-    # --- the region: one file per hospital --------------------------------------------
+    # --- the region: one file (or fleet folder) per hospital ------------------------------
     began = time.perf_counter()
     region_dir = out / "region"
-    if scenario.data is not None:
+    task = get_task(scenario.task)
+    if scenario.task != DEFAULT_TASK:
+        progress.phase(f"generating {scenario.hospitals} hospitals")
+        files = task.generate(region_dir, scenario.region)
+    elif scenario.data is not None:
         # Copies: the virtual nodes keep their ledgers beside their files, never in the researcher's folder.
         progress.phase(f"copying {scenario.hospitals} hospital files")
         region_dir.mkdir()
         for path in scenario.data.files:
             shutil.copy2(path, region_dir / path.name)
+        files = hospital_files(region_dir)
     else:
         progress.phase(f"generating {scenario.hospitals} hospitals")
         write_region(generate_region(scenario.region_config()), region_dir)
-    files = hospital_files(region_dir)
+        files = hospital_files(region_dir)
     timings["region"] = time.perf_counter() - began
 
     # --- the federation ---------------------------------------------------------------
@@ -180,6 +188,8 @@ def run_scenario(
             f"{FINAL_MODEL} was written); {out / METRICS_FILE} has every round's node outcomes",
             refusals,
         )
+    if scenario.task != DEFAULT_TASK:
+        return _task_report(scenario, out, region_dir, config, rounds, timings, progress)
     final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
     # --- rolling-origin evaluation: the same origins for every method -----------------------
@@ -290,6 +300,58 @@ def run_scenario(
         # Per private method and hospital: the patient-level epsilon of the release it trained on.
         "method_epsilon": method_epsilon,
         "local_only_dp_epsilon": method_epsilon.get("local only DP", {}),
+        "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    return summary
+
+
+def _task_report(
+    scenario: Scenario,
+    out: Path,
+    region_dir: Path,
+    config: RunConfig,
+    rounds: list[RoundRecord],
+    timings: dict[str, float],
+    progress: Progress,
+) -> dict[str, Any]:
+    """The comparisons, plots and summary of a task other than forecasting: the task's own report."""
+    task = get_task(scenario.task)
+    began = time.perf_counter()
+    options = task.options(config.task_options)
+    report = task.report(
+        SimulationRun(
+            out=out,
+            region_dir=region_dir,
+            region=scenario.region,
+            run=config,
+            options=options,
+            comparisons=scenario.comparisons,
+            epsilon_budget=scenario.epsilon_budget,
+            delta=scenario.delta,
+            phase=lambda name, total: progress.phase(name, total=total),
+            advance=progress.advance,
+        )
+    )
+    timings["comparisons"] = time.perf_counter() - began
+    plots.privacy_rounds_plot(out / "plots" / "metrics_per_round.png", rounds)
+    epsilons = report.pop("federation_epsilon_per_hospital", {})
+    summary = {
+        "scenario": scenario.name,
+        "task": scenario.task,
+        "source": scenario.source,
+        "hospitals": sorted(epsilons) or [p.name for p in task.node_data(region_dir)],
+        "federation": {
+            "strategy": config.strategy,
+            "rounds": config.num_server_rounds,
+            "local_epochs": config.local_epochs,
+            "last_round": rounds[-1].to_dict() if rounds else None,
+            "epsilon_budget": scenario.epsilon_budget,
+            "delta": scenario.delta,
+            "epsilon_per_hospital": epsilons,
+        },
+        **report,
         "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
     }

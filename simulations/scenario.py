@@ -12,12 +12,27 @@ from typing import Any
 
 from medalloc.server.config import RunConfig, RunConfigError
 from medalloc_core.synthetic import RegionConfig
+from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
 from .real_files import DataDirError, DataDirPlan, inspect_data_dir
 
 MAX_SCENARIO_BYTES = 1 * 2**20
-_SECTIONS = {"name", "region", "federation", "privacy", "comparisons", "evaluation", "output", "simulation"}
+# A task's own run-config keys go in a section named after it ([equipment] -> "equipment.<key>").
+_SECTIONS = {
+    "name",
+    "task",
+    "region",
+    "federation",
+    "privacy",
+    "comparisons",
+    "evaluation",
+    "output",
+    "simulation",
+    *task_names(),
+}
 _EVALUATION_KEYS = {"weeks", "origins", "validation-days"}
+# A task other than forecasting protects another unit (a device): its default budget differs.
+DEVICE_EPSILON = 10.0
 _COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
 _BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
 # [federation] keys the runner sets itself: a scenario that sets them would be silently overridden.
@@ -46,14 +61,20 @@ class ScenarioError(ValueError):
 class Scenario:
     """Everything one simulation run needs; built by ``load_scenario``.
 
-    ``region`` holds ``RegionConfig`` keyword arguments and ``federation`` run-config keys
-    (kebab-case, as in ``[tool.flwr.app.config]``); both are validated on load.
+    ``task`` is the federated task (``[task] name``, default forecasting); ``region`` holds the
+    task's generator keyword arguments (``RegionConfig`` for forecasting, ``FleetConfig`` for
+    equipment), ``federation`` run-config keys (kebab-case, as in ``[tool.flwr.app.config]``) and
+    ``task_options`` the task's own keys (the ``[<task>]`` section); all are validated on load.
+    ``comparisons`` is the raw ``[comparisons]`` section (a task other than forecasting reads it).
     """
 
     name: str
     region: dict[str, Any]
     federation: dict[str, Any]
-    epsilon_budget: float = 1.0  # per patient: each node's budget and the run's patient-epsilon
+    task: str = DEFAULT_TASK
+    task_options: dict[str, Any] = field(default_factory=dict)
+    comparisons: dict[str, Any] = field(default_factory=dict)
+    epsilon_budget: float = 1.0  # per privacy unit of the task (patient, device): each node's budget
     delta: float = 1e-6
     max_stay_days: int = 14
     reproducible_noise: bool = False  # research only (logged): noise from the run's seed
@@ -75,6 +96,8 @@ class Scenario:
     @property
     def hospitals(self) -> int:
         """Number of hospitals (= virtual nodes)."""
+        if self.task != DEFAULT_TASK:
+            return int(self.region.get("hospitals", 10))
         return len(self.data.files) if self.data is not None else int(self.region_config().hospitals)
 
     def region_config(self) -> RegionConfig:
@@ -87,18 +110,23 @@ class Scenario:
         """Run-config keys for the ServerApp/ClientApp of this scenario."""
         keys: dict[str, Any] = {"min-available-nodes": self.hospitals, "min-train-nodes": self.hospitals}
         keys |= self.federation
+        keys |= {"task": self.task} if self.task != DEFAULT_TASK else {}
+        keys |= {f"{self.task}.{k}": v for k, v in self.task_options.items()}
         keys |= {
             "simulation-data-dir": str(data_dir),
             "simulation-epsilon-budget": self.epsilon_budget,
             "simulation-delta": self.delta,
             "simulation-max-stay-days": self.max_stay_days,
             "simulation-reproducible-noise": self.reproducible_noise,
-            "patient-epsilon": self.epsilon_budget,
-            "max-stay-days": self.max_stay_days,
-            "test-days": 7 * self.eval_weeks,
-            "validation-days": self.validation_days,
             "out-dir": str(out_dir),
         }
+        if self.task == DEFAULT_TASK:  # the patient-level proposal and the held-out days of the forecasting task
+            keys |= {
+                "patient-epsilon": self.epsilon_budget,
+                "max-stay-days": self.max_stay_days,
+                "test-days": 7 * self.eval_weeks,
+                "validation-days": self.validation_days,
+            }
         return keys
 
     def days_needed(self) -> int:
@@ -167,9 +195,23 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     evaluation = dict(raw.get("evaluation", {}))
     output = dict(raw.get("output", {}))
     simulation = dict(raw.get("simulation", {}))
+    task_section = dict(raw.get("task", {}))
+    extra = set(task_section) - {"name"}
+    if extra:
+        raise ScenarioError(f"{source}: unknown key(s) {sorted(extra)} in [task]; known: ['name']")
+    task = str(task_section.get("name", DEFAULT_TASK))
+    if task not in task_names():
+        raise ScenarioError(f"{source}: [task] name '{task}' is unknown; choose one of {', '.join(task_names())}")
+    for other in task_names():
+        if other != task and other in raw:
+            raise ScenarioError(
+                f"{source}: [{other}] holds the {other} task's keys, but this scenario's task is {task}"
+            )
+    task_options = dict(raw.get(task, {}))
+    forecasting = task == DEFAULT_TASK
     for name, section, known in (
         ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
-        ("comparisons", comparisons, _COMPARISON_KEYS),
+        ("comparisons", comparisons, _COMPARISON_KEYS if forecasting else set(comparisons)),
         ("evaluation", evaluation, _EVALUATION_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -181,12 +223,16 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     if owned:
         fixes = "; ".join(f"'{k}': use {_RUNNER_KEYS[k]}" for k in owned)
         raise ScenarioError(f"{source}: [federation] must not set {owned}: the runner sets them ({fixes})")
-    listed = comparisons.get("baselines", ["seasonal_naive", "holt_winters"])
-    if not isinstance(listed, list) or not all(isinstance(b, str) for b in listed):
-        raise ScenarioError(
-            f"{source}: [comparisons] baselines must be a list of names such as {list(_BASELINES)}, got {listed!r:.60}"
-        )
-    baselines = tuple(listed)
+    if forecasting:
+        listed = comparisons.get("baselines", ["seasonal_naive", "holt_winters"])
+        if not isinstance(listed, list) or not all(isinstance(b, str) for b in listed):
+            raise ScenarioError(
+                f"{source}: [comparisons] baselines must be a list of names such as {list(_BASELINES)}, "
+                f"got {listed!r:.60}"
+            )
+        baselines: tuple[str, ...] = tuple(listed)
+    else:  # another task's [comparisons] are its own (FederatedTask.check_comparisons)
+        baselines = ()
     bad = [b for b in baselines if b not in _BASELINES]
     if bad:
         raise ScenarioError(
@@ -223,8 +269,18 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         value = evaluation.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ScenarioError(f"{source}: [evaluation] {key} must be a whole number, got {value!r:.60}")
+    if evaluation and not forecasting:
+        raise ScenarioError(
+            f"{source}: [evaluation] is the forecasting task's rolling-origin evaluation; the {task} task does not "
+            "use it: remove it"
+        )
+    # Another task's [region] is its generator's keyword arguments, checked by the task below.
     known_region = {f.name for f in fields(RegionConfig)}
-    unknown_region = sorted(k for k in region if k != "data-dir" and str(k).replace("-", "_") not in known_region)
+    unknown_region = (
+        sorted(k for k in region if k != "data-dir" and str(k).replace("-", "_") not in known_region)
+        if forecasting
+        else []
+    )
     if unknown_region:
         raise ScenarioError(
             f"{source}: unknown key(s) {unknown_region} in [region]; known: {sorted(known_region | {'data-dir'})}"
@@ -234,7 +290,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             f"{source}: [region] data-dir must be a folder path (a string), got {region['data-dir']!r:.60}"
         )
     data: DataDirPlan | None = None
-    if "data-dir" in region:
+    if "data-dir" in region and forecasting:
         unused = sorted(k for k in region if k != "data-dir")
         if unused:
             raise ScenarioError(
@@ -254,7 +310,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             name=str(raw.get("name", Path(source).stem)),
             region=region,
             federation=federation,
-            epsilon_budget=float(privacy.get("epsilon", 1.0)),
+            task=task,
+            task_options=task_options,
+            comparisons=comparisons,
+            epsilon_budget=float(privacy.get("epsilon", 1.0 if forecasting else DEVICE_EPSILON)),
             delta=float(privacy.get("delta", 1e-6)),
             max_stay_days=int(privacy.get("max-stay-days", 14)),
             reproducible_noise=bool(privacy.get("reproducible-noise", False)),
@@ -271,9 +330,13 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             text=text,
             data=data,
         )
-        if data is None:
-            scenario.region_config()
-        _check_evaluation(scenario)  # before the run config, whose test-days it sets
+        if forecasting:
+            if data is None:
+                scenario.region_config()
+            _check_evaluation(scenario)  # before the run config, whose test-days it sets
+        else:
+            get_task(task).check_region(region)
+            get_task(task).check_comparisons(comparisons)
         scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
     except ScenarioError:
         raise

@@ -169,3 +169,18 @@ def test_a_repeated_header_name_is_an_error(tmp_path: Path) -> None:
         f"error: {path}, row 1, column 'census': column 'census' appears more than once in the header; "
         "expected unique column names"
     ]
+
+
+def test_parquet_text_that_is_not_utf8_is_a_contract_error_not_a_crash(tmp_path: Path) -> None:
+    """Found by the equipment fuzz class eq_parquet_byte_flip: a flipped byte inside a string column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"device_id": ["IP-1", "IP-2"], "time": ["2024-01-01", "2024-01-02"]}), path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"IP-2")
+    data[at + 1] = 0xFF  # 'I\xff-2': no longer UTF-8, same length, the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataContractError, match="Parquet file could not be read"):
+        read_table(path)

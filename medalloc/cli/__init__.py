@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "explain",
     "share",
     "allocate",
+    "maintenance_plan",
     "simulate",
     "report",
     "audit",

@@ -12,10 +12,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medalloc_core import contract as c
+from medalloc_core.equipment import contract as ec
+from medalloc_core.equipment.synthetic import (
+    EquipmentRegion,
+    FleetConfig,
+    existing_fleet_files,
+    generate_fleets,
+    write_fleets,
+)
 from medalloc_core.synthetic import Region, RegionConfig, existing_region_files, generate_region, write_region
 from medalloc_core.synthetic.writer import SHAPE_FORMATS, SHAPES
 
 _SHAPES = SHAPES
+_FLEET_FORMATS = ("csv", "parquet")  # --task equipment: devices.<fmt> and events.<fmt> per fleet folder
 
 
 def _fail(console: Console, message: str) -> NoReturn:
@@ -61,6 +70,78 @@ def _summary_table(region: Region) -> Table:
     return table
 
 
+def _fleet_table(region: EquipmentRegion) -> Table:
+    """One row per hospital: fleet size, age, use and what its log holds."""
+    table = Table(title=f"Synthetic fleets: {len(region.hospitals)} hospitals (seed {region.config.seed})")
+    for name in (
+        "hospital",
+        "beds",
+        "devices",
+        "mean age (y)",
+        "use x",
+        "service done",
+        "failures",
+        "services",
+        "errors",
+    ):
+        table.add_column(name, justify="left" if name == "hospital" else "right", no_wrap=True)
+    for hospital in region.hospitals:
+        meta, events = hospital.meta, hospital.events[ec.EVENT]
+        table.add_row(
+            hospital.hospital_id,
+            str(meta["beds"]),
+            str(meta["devices"]),
+            f"{meta['mean_fleet_age_years']:.1f}",
+            f"{meta['usage_intensity']:.2f}",
+            f"{meta['service_compliance']:.0%}",
+            str(int((events == ec.EventKind.FAILURE).sum())),
+            str(int((events == ec.EventKind.PREVENTIVE).sum())),
+            str(int((events == ec.EventKind.ERROR).sum())),
+        )
+    table.caption = (
+        "mean age: devices' mean age at the start; use x: usage intensity; service done: share of due preventive "
+        "services carried out; failures/services/errors: events in the log. True parameters: fleet.json"
+    )
+    return table
+
+
+def _generate_fleets(
+    console: Console, *, hospitals: int, days: int, seed: int, out: Path, fmt: str, start: str, force: bool
+) -> None:
+    earlier = existing_fleet_files(out)
+    if earlier and not force:
+        _fail(
+            console,
+            f"{out} already holds fleets ({len(earlier)} entries, e.g. {earlier[0].name}); "
+            "choose another --out or pass --force to replace them",
+        )
+    try:
+        config = FleetConfig(hospitals=hospitals, days=days, seed=seed, start=start)
+    except ValueError as exc:
+        _fail(console, str(exc))
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("simulating fleets", total=hospitals)
+        region = generate_fleets(config, progress=lambda _hid: bar.advance(task))
+        bar.update(task, description="writing files")
+        try:
+            paths = write_fleets(region, out, fmt=fmt, overwrite=force)
+        except OSError as exc:
+            _fail(console, f"cannot write the fleets to {out}: {exc}")
+    Console().print(_fleet_table(region))
+    console.print(
+        f"wrote {len(paths) - 1} fleet folders (devices.{fmt}, events.{fmt}) and {paths[-1].name} to {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def generate(
     hospitals: int = typer.Option(10, "--hospitals", "-n", help="Number of hospitals in the region."),
     days: int = typer.Option(730, "--days", "-d", help="Days of records per full-history hospital."),
@@ -82,9 +163,27 @@ def generate(
     ),
     start: str = typer.Option("2023-01-01", "--start", help="First date, YYYY-MM-DD."),
     force: bool = typer.Option(False, "--force", help="Replace a region already in --out."),
+    task_name: str = typer.Option(
+        "forecasting", "--task", help="'forecasting' (unit records) or 'equipment' (device fleets and event logs)."
+    ),
 ) -> None:
-    """Generate a synthetic region (one file per hospital plus region.json with the true parameters)."""
+    """Generate a synthetic region: one file per hospital plus region.json with the true parameters.
+
+    With --task equipment: one folder per hospital (devices and events files) plus fleet.json.
+    """
     console = Console(stderr=True)
+    if task_name not in ("forecasting", "equipment"):
+        _fail(console, f"--task must be 'forecasting' or 'equipment', got {task_name!r}")
+    if task_name == "equipment":
+        if shape != "daily":
+            _fail(console, f"--shape {shape!r} is for the forecasting task; --task equipment writes fleet folders")
+        fmt = _FLEET_FORMATS[0] if fmt is None else fmt  # an empty --format is refused, not read as the default
+        if fmt not in _FLEET_FORMATS:
+            _fail(console, f"--format must be one of {', '.join(_FLEET_FORMATS)} for --task equipment, got {fmt!r}")
+        if out.exists() and not out.is_dir():
+            _fail(console, f"--out {out} is a file; give a directory")
+        _generate_fleets(console, hospitals=hospitals, days=days, seed=seed, out=out, fmt=fmt, start=start, force=force)
+        return
     if shape not in _SHAPES:
         _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
     formats = SHAPE_FORMATS[shape]

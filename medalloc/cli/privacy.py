@@ -107,6 +107,14 @@ def _headline(report: dict[str, Any], console: Console) -> None:
                 f"A longer stay is protected less: {report['longer_stay']['nights']} nights → ε "
                 f"{report['longer_stay']['epsilon']:.3f} (docs/privacy.md, 'Longer stays')."
             )
+    elif report["unit"] == "device":
+        console.print(
+            f"[bold]ε per device (a device's whole history, equipment task): [{style}]{spent:.3f}[/{style}][/bold] "
+            f"of budget {budget:g}, δ = {report['delta']:g}; [{style}]{left:.3f} left[/{style}]. "
+            "Whether or not any one device's inventory row and events are in this hospital's logs changes what "
+            f"left the node by at most a factor e^{spent:.3f}, except with probability {report['delta']:g} "
+            "(docs/privacy.md, 'The equipment task')."
+        )
     else:
         console.print(
             f"[bold red]ε per training WINDOW: {spent:.3f}[/bold red] of {budget:g}, δ = {report['delta']:g}. "
@@ -164,7 +172,7 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
             f"ε {change['previous']:g} → {change['new']:g}"
         )
     spent, budget, left = report["epsilon_spent"], report["epsilon_budget"], report["epsilon_remaining"]
-    unit = "per patient" if report["unit"] == "patient" else "per training window"
+    unit = {"patient": "per patient", "device": "per device"}.get(report["unit"], "per training window")
     console.print(
         f"[bold]Node total[/bold] (all datasets and mechanisms composed, {report['accountant'].upper()} accountant; "
         f"Gaussian releases exactly): ε {unit} {spent:.3f} of budget {budget:g} at δ={report['delta']:g}; "

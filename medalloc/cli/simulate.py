@@ -80,6 +80,51 @@ def verdict(summary: dict[str, Any]) -> str | None:
     return f"Federated at patient-level epsilon {eps:.2f} against Holt-Winters: " + "; ".join(parts) + "."
 
 
+def _task_tables(summary: dict[str, Any]) -> list[Table]:
+    """A non-forecasting task's tables: each method's scores, then (when judged) the service plans."""
+    fed = summary["federation"]
+    eps = max(fed["epsilon_per_hospital"].values(), default=None)
+    eps_local = max(summary.get("local_only_dp_epsilon", {}).values(), default=None)
+    privacy = {"federated DP": eps, "local only DP": eps_local}
+    table = Table(title=f"Failure within 30 days, {len(summary['hospitals'])} hospitals (all test device-days)")
+    for name in ("method", "AUROC", "Brier", "ECE", "log loss", "device epsilon"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for method, result in summary["methods"].items():
+        m = result["overall"]
+        table.add_row(
+            method,
+            _fmt(m["auroc"]),
+            _fmt(m["brier"], ".4f"),
+            _fmt(m["ece"], ".4f"),
+            _fmt(m["log_loss"], ".4f"),
+            _fmt(privacy[method], ".2f") if method in privacy else "none" if "no " in method else "-",
+        )
+    table.caption = (
+        f"epsilon per device at delta={fed['delta']:g} (max over nodes); each node's budget {fed['epsilon_budget']:g}. "
+        "Higher AUROC, lower Brier/ECE/log loss is better."
+    )
+    tables = [table]
+    plans = summary.get("plans") or {}
+    if plans.get("plans"):
+        plan_table = Table(
+            title=f"Service plans judged on the true futures ({plans['weeks_per_hospital']} week(s) per hospital, "
+            f"{plans['hours_share']:.0%} of a full fleet service per week)"
+        )
+        for name in ("plan", "failures prevented", "hours", "per hour", "/ oracle", "/ age rule"):
+            plan_table.add_column(name, justify="left" if name == "plan" else "right")
+        for name, p in plans["plans"].items():
+            plan_table.add_row(
+                name,
+                _fmt(p["failures_prevented"], ".1f"),
+                _fmt(p["hours_used"], ".0f"),
+                _fmt(p["per_hour"], ".4f"),
+                _fmt(p["ratio_to_oracle"]),
+                _fmt(p["ratio_to_age_rule"], ".2f"),
+            )
+        tables.append(plan_table)
+    return tables
+
+
 class _RichProgress:
     """Renders the runner's phases and the federation's rounds with a rich progress bar (``runner.Progress``)."""
 
@@ -164,7 +209,8 @@ def simulate(
     logging.getLogger("medalloc_core.validation").setLevel(logging.ERROR)
     console.print(
         f"[bold]MedAlloc simulation[/] '{escape(scenario.name)}' ({escape(scenario.source)}): "
-        f"{scenario.hospitals} hospitals, {scenario.federation.get('num-server-rounds', 5)} rounds of "
+        f"{escape(scenario.task)} task, {scenario.hospitals} hospitals, "
+        f"{scenario.federation.get('num-server-rounds', 5)} rounds of "
         f"{escape(str(scenario.federation.get('strategy', 'fedavg')))} -> {escape(str(out))}",
         highlight=False,
     )
@@ -191,23 +237,27 @@ def simulate(
         if exc.refusals:
             console.print(table)
         raise typer.Exit(code=1) from None
-    console.print(_results_table(summary))
-    line = verdict(summary)
-    if line:
-        console.print(line, highlight=False)
     page = ""
-    if report:
-        from medalloc.simulations.plans import write_run_plans
-        from medalloc_core.report import write_report
+    if summary.get("task", "forecasting") != "forecasting":
+        for table in _task_tables(summary):
+            console.print(table)
+    else:
+        console.print(_results_table(summary))
+        line = verdict(summary)
+        if line:
+            console.print(line, highlight=False)
+        if report:
+            from medalloc.simulations.plans import write_run_plans
+            from medalloc_core.report import write_report
 
-        with console.status("planning beds and the region from the final model; writing the report"):
-            planned = write_run_plans(out, plots=scenario.forecast_plots)
-            plan = (
-                f", the allocation plan in {planned}"
-                if planned is not None
-                else " (no allocation plan: beds are planned from census forecasts, and this run forecasts none)"
-            )
-            page = f"{plan}, the one-page report {write_report(out)}"
+            with console.status("planning beds and the region from the final model; writing the report"):
+                planned = write_run_plans(out, plots=scenario.forecast_plots)
+                plan = (
+                    f", the allocation plan in {planned}"
+                    if planned is not None
+                    else " (no allocation plan: beds are planned from census forecasts, and this run forecasts none)"
+                )
+                page = f"{plan}, the one-page report {write_report(out)}"
     console.print(
         f"done in {time.perf_counter() - began:.0f} s: {out}/summary.json, {out}/metrics.jsonl, "
         f"{out}/final_model.safetensors, plots in {out}/plots{page}",

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medalloc_core.contract import Problem
+from medalloc_core.equipment.validation import equipment_reports
 from medalloc_core.sources import FORMATS, DataSource, MappingError, validate_source
 from medalloc_core.validation import ValidationReport
 
@@ -30,7 +31,8 @@ def register(app: typer.Typer) -> None:
 def validate(
     sources: list[str] = typer.Argument(
         ...,
-        help="Unit-records or encounter files (CSV/Parquet), OMOP CDM databases (sqlite:///FILE, "
+        help="Unit-records or encounter files (CSV/Parquet), equipment inventories, event logs or fleet folders "
+        "(devices + events), OMOP CDM databases (sqlite:///FILE, "
         "postgresql://USER@HOST/DB, an SQLite file) or export folders, FHIR Bulk Data folders, NDJSON or Bundle files.",
         show_default=False,
         metavar="SOURCE...",
@@ -44,9 +46,10 @@ def validate(
         help="Site mapping file (TOML, sections [omop]/[fhir]): which visits are stays, which care sites are units.",
     ),
 ) -> None:
-    """Check hospital data against its rules (docs/data.md); never modifies it (databases are opened read-only).
+    """Check hospital data against its rules (docs/data.md, docs/equipment.md); never modifies it.
 
-    Exits 0 when every source is valid (warnings allowed) and 2 when any has an error.
+    Databases are opened read-only. A fleet folder is checked file by file and the event log
+    against the inventory. Exits 0 when every source is valid (warnings allowed) and 2 when any has an error.
     """
     console = Console(soft_wrap=True, highlight=False)
     if source_format not in FORMATS:
@@ -59,21 +62,30 @@ def validate(
     except MappingError as exc:
         console.print(f"[red]error: {escape(str(exc))}[/red]")
         raise typer.Exit(EXIT_INVALID) from None
-    failed = 0
+    failed = checked = 0
     for source in named:
         try:
-            report = validate_source(source)
+            reports = _equipment(source) or [validate_source(source)]
         except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
             logger.debug("validating %s failed", source.display, exc_info=True)
             message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
-            report = ValidationReport(source.display, [Problem(source.display, message)])
-        _show_report(console, report)
-        failed += not report.ok
-    if len(named) > 1:
+            reports = [ValidationReport(source.display, [Problem(source.display, message)])]
+        for report in reports:
+            _show_report(console, report)
+            failed += not report.ok
+            checked += 1
+    if checked > 1:
         style = "red" if failed else "green"
-        console.print(f"[{style}]{len(named) - failed} of {len(named)} file(s) valid[/{style}]")
+        console.print(f"[{style}]{checked - failed} of {checked} file(s) valid[/{style}]")
     if failed:
         raise typer.Exit(EXIT_INVALID)
+
+
+def _equipment(source: DataSource) -> list[ValidationReport] | None:
+    """Equipment data (a fleet folder, an inventory or an event log) by its own rules; None for anything else."""
+    if source.format not in ("auto", "contract") or source.is_url:
+        return None
+    return equipment_reports(Path(source.location))
 
 
 def _show_report(console: Console, report: ValidationReport) -> None:
@@ -110,11 +122,19 @@ def _summary_table(summary: dict[str, object]) -> Table:
         "format": summary.get("format"),
         "shape": summary.get("shape"),
         "frequency": summary.get("frequency"),
-        "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) else units,
+        "units": f"{len(units)}: {', '.join(map(str, units))}" if isinstance(units, list) and units else None,
         "date range": f"{summary.get('date_start')} .. {summary.get('date_end')}",
         "rows": summary.get("rows"),
         "gaps": summary.get("gaps"),
     }
+    events, types = summary.get("events"), summary.get("device_types")
+    if isinstance(events, dict):
+        shown["events"] = ", ".join(f"{k} {v}" for k, v in events.items())
+    if isinstance(types, list):
+        shown["devices"] = f"{summary.get('devices')} of types {', '.join(map(str, types))}"
+        shown["date range"] = f"installed {summary.get('date_start')} .. {summary.get('date_end')}"
+    elif "devices" in summary:
+        shown["devices"] = summary["devices"]
     if "encounters" in summary:
         shown["stays (open)"] = f"{summary['encounters']} ({summary['open_stays']} open)"
     if summary.get("columns_ignored"):
@@ -123,6 +143,6 @@ def _summary_table(summary: dict[str, object]) -> Table:
     if isinstance(details, list):  # OMOP and FHIR: what was read, what counts as a stay, what was left out
         shown.update({str(label): text for label, text in details})
     for key, value in shown.items():
-        if value is not None:
+        if value is not None:  # an equipment file has no frequency or gaps
             table.add_row(key, escape(str(value)))
     return table

@@ -1,5 +1,5 @@
 """Fuzz campaign: thousands of malformed files through the loaders and ``medalloc validate``,
-a table per mutation class.
+a table per mutation class (unit records, and equipment inventories and event logs in their fleet folders).
 
 Run ``python -m medalloc.fuzz --files 1400 --sources 460 --seed 0``. Every file is a seeded
 mutation of a valid generated daily or encounter file (CSV or Parquet); it passes when
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,28 +30,49 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from .checks import Outcome, check, write_mutant
-from .mutations import MUTATIONS, mutate
+from .checks import Outcome, check, check_fleet, write_mutant
+from .equipment import EQUIPMENT_MUTATIONS, mutate_equipment, write_fleet_mutant
+from .mutations import MUTATIONS, Mutant, mutate
 from .source_checks import SourceOutcome, check_source
 from .source_mutations import SOURCE_MUTATIONS, mutate_source, write_source
+
+#: Unit-record classes, then equipment classes (a fleet folder with one broken file).
+CLASSES = (*MUTATIONS, *EQUIPMENT_MUTATIONS)
+
+
+def mutate_any(mutation: str, rnd: random.Random) -> Mutant:
+    """A mutant of any class of the campaign."""
+    return mutate_equipment(mutation, rnd) if mutation in EQUIPMENT_MUTATIONS else mutate(mutation, rnd)
+
+
+def check_any(mutant: Mutant, directory: Path, stem: str) -> tuple[Outcome, Path]:
+    """Write and check one mutant (an equipment mutant inside its fleet folder); returns the outcome and its path."""
+    if mutant.mutation in EQUIPMENT_MUTATIONS:
+        folder, path = write_fleet_mutant(mutant, directory, stem)
+        return check_fleet(mutant, folder, path), path
+    path = write_mutant(mutant, directory, stem)
+    return check(mutant, path), path
+
 
 EXAMPLE_WIDTH = 100
 
 
 def run_campaign(files: int, seed: int, progress: Progress | None = None) -> list[tuple[Outcome, float, str]]:
     """Mutate, write and check ``files`` files, classes in turn; returns (outcome, seconds, first error) per file."""
-    classes = list(MUTATIONS)
+    classes = list(CLASSES)
     results = []
     task = progress.add_task("fuzzing", total=files) if progress else None
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(files):
-            mutant = mutate(classes[k % len(classes)], random.Random(f"{seed}-{k}"))
-            path = write_mutant(mutant, Path(tmp), f"file{k}")
+            mutant = mutate_any(classes[k % len(classes)], random.Random(f"{seed}-{k}"))
             start = time.perf_counter()
-            outcome = check(mutant, path)
+            outcome, path = check_any(mutant, Path(tmp), f"file{k}")
             seconds = time.perf_counter() - start
             results.append((outcome, seconds, outcome.first_error.replace(str(path), "FILE")))
-            path.unlink()
+            if path.parent.name == f"file{k}":
+                shutil.rmtree(path.parent)
+            else:
+                path.unlink()
             if progress and task is not None:
                 progress.advance(task)
     return results
@@ -130,7 +152,7 @@ def _table(results: list[tuple[Outcome, float, str]]) -> Table:
     ):
         last = name.startswith("example")
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis" if last else "fold")  # type: ignore[arg-type]
-    for name in MUTATIONS:
+    for name in CLASSES:
         rows = by_class.get(name, [])
         failed = [o for o, _, _ in rows if not o.passed]
         must_fail = sum(o.mutant.expect.valid is False for o, _, _ in rows)

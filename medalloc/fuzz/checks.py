@@ -159,3 +159,68 @@ def _fingerprint(path: Path) -> tuple[str, int, int, tuple[str, ...]]:
     stat = os.stat(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return digest, stat.st_mtime_ns, stat.st_size, tuple(sorted(os.listdir(path.parent)))
+
+
+def check_fleet(mutant: Mutant, folder: Path, path: Path) -> Outcome:
+    """An equipment mutant in its fleet folder: validate_fleet, load_fleet and ``medalloc validate FOLDER``.
+
+    The same promises as :func:`check`: the mutated file's errors name what the class must
+    name; loading fails exactly when a report has an error; the CLI exits 2 (0 when valid) with
+    an ``error:`` line for the mutated file and no traceback; the folder is left untouched.
+    """
+    from medalloc_core.equipment.validation import load_fleet, validate_fleet
+
+    before = _folder_fingerprint(folder)
+    failures: list[str] = []
+    report: ValidationReport | None = None
+    valid: bool | None = None
+    try:
+        reports = validate_fleet(folder)
+    except Exception as exc:  # noqa: BLE001 - any exception here is the bug being hunted
+        failures.append(f"validate_fleet raised {type(exc).__name__}: {exc}")
+    else:
+        valid = all(r.ok for r in reports)
+        report = next((r for r in reports if r.path == path), None)
+        own = report.errors if report is not None else []
+        expect = mutant.expect
+        if expect.valid is True and not valid:
+            failures.append(f"valid fleet reported invalid: {_first([p for r in reports for p in r.errors])}")
+        if expect.valid is False:
+            if report is None or report.ok:
+                failures.append("malformed file reported valid")
+            elif not any(_names(p, expect) for p in own):
+                failures.append(f"no error names {_wanted(expect)}; got {_first(own)}")
+        foreign = [p for r in reports for p in r.problems if p.file not in (str(r.path), str(folder))]
+        if foreign:
+            failures.append(f"a problem does not name its file: {foreign[0]}")
+        try:
+            load_fleet(folder)
+        except DataContractError as exc:
+            if valid:
+                failures.append(f"load_fleet refused a fleet validate_fleet passed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - only DataContractError is allowed out of the loader
+            failures.append(f"load_fleet raised {type(exc).__name__}: {exc}")
+        else:
+            if not valid:
+                failures.append("load_fleet accepted a fleet validate_fleet rejected")
+    result = _RUNNER.invoke(app, ["validate", str(folder)])
+    output = result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        failures.append(f"CLI raised {type(result.exception).__name__}: {result.exception}")
+    if "Traceback" in output or _CRASH_MARKER in output:
+        failures.append(f"CLI printed a traceback or its crash message: {output.strip()[:200]}")
+    expected_exit = EXIT_OK if valid else EXIT_INVALID
+    if result.exit_code != expected_exit:
+        failures.append(f"CLI exit {result.exit_code}, expected {expected_exit}: {output.strip()[:200]}")
+    if mutant.expect.valid is False and f"error: {path}" not in " ".join(output.split()):
+        failures.append("CLI output has no 'error: FILE' line for the mutated file")
+    if _folder_fingerprint(folder) != before:
+        failures.append("a file of the fleet folder or the folder itself changed")
+    first = str(report.errors[0]) if report is not None and report.errors else ""
+    return Outcome(mutant, valid, tuple(failures), first)
+
+
+def _folder_fingerprint(folder: Path) -> tuple[tuple[str, ...], ...]:
+    return tuple((p.name, *map(str, _fingerprint(p))) for p in sorted(folder.iterdir())) + (
+        (str(sorted(os.listdir(folder))),),
+    )

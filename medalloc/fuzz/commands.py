@@ -40,6 +40,7 @@ GENERATOR_MODULES: tuple[str, ...] = (
     "gen_simulate",
     "gen_explain",
     "gen_node",
+    "gen_equipment",
 )
 for _module in GENERATOR_MODULES:
     importlib.import_module(f"{__package__}.{_module}")

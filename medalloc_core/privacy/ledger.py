@@ -62,8 +62,18 @@ _KEY_BYTES = 32
 # - "share", "dp-metric": a Gaussian release of derived numbers, item (z, 1, 1);
 # - "dp-sgd-window": DP-SGD accounted per training window (ledgers before patient-level
 #   accounting): no patient-level guarantee.
-MECHANISMS: tuple[str, ...] = ("source-release", "dp-sgd-patient", "share", "dp-metric", "dp-sgd-window")
-UNITS: tuple[str, ...] = ("patient", "window")
+# - "dp-sgd-device": the equipment task's DP-SGD with one device's whole history as one example,
+#   item (sigma, q, steps) exactly as Opacus accounts it (medalloc_core.equipment.model), on a
+#   ledger whose unit is "device": device epsilon never composes with patient epsilon.
+MECHANISMS: tuple[str, ...] = (
+    "source-release",
+    "dp-sgd-patient",
+    "share",
+    "dp-metric",
+    "dp-sgd-window",
+    "dp-sgd-device",
+)
+UNITS: tuple[str, ...] = ("patient", "window", "device")
 
 
 class LedgerError(Exception):

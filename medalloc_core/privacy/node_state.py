@@ -76,9 +76,16 @@ def open_node_ledger(
     epsilon_budget: float,
     delta: float,
     accountant: str,
-    max_stay_days: int,
+    max_stay_days: int | None,
+    unit: str = "patient",
+    task: str = "forecasting",
 ) -> PrivacyLedger:
-    """Open the node's patient-level ledger, creating it (and its record) only on a node that never had one.
+    """Open the node's ledger of a task, creating it (and its record) only on a node that never had one.
+
+    The forecasting task's ledger counts epsilon per patient (``unit="patient"``, stays of at
+    most ``max_stay_days`` nights); another task's ledger has its own unit (the equipment task:
+    ``"device"``) and its own entry in the record, keyed ``<hospital_id>/<task>``, so each
+    ledger of a node gets the same reset detection and no two ledgers share a budget.
 
     Raises
     ------
@@ -89,10 +96,9 @@ def open_node_ledger(
     """
     state_path, ledger_path = Path(state_path), Path(ledger_path)
     document = _read(state_path)
-    raw = document["nodes"].get(hospital_id)
-    known = (
-        NodeStateRecord(hospital_id, str(raw["ledger_path"]), str(raw["ledger_id"])) if isinstance(raw, dict) else None
-    )
+    key = hospital_id if task == "forecasting" else f"{hospital_id}/{task}"
+    raw = document["nodes"].get(key)
+    known = NodeStateRecord(key, str(raw["ledger_path"]), str(raw["ledger_id"])) if isinstance(raw, dict) else None
     if known is not None and Path(known.ledger_path).resolve() != ledger_path.resolve():
         raise LedgerResetDetected(f"ledger-path is {ledger_path}, not the node's ledger. {_hint(known, state_path)}")
     try:
@@ -101,7 +107,7 @@ def open_node_ledger(
             epsilon_budget=epsilon_budget,
             delta=delta,
             accountant=accountant,  # type: ignore[arg-type]
-            unit="patient",
+            unit=unit,
             max_stay_days=max_stay_days,
             create=known is None,
         )
@@ -115,7 +121,7 @@ def open_node_ledger(
             f"the ledger at {ledger_path} has id {ledger.ledger_id[:12]}: it was replaced. {_hint(known, state_path)}"
         )
     if known is None:
-        document["nodes"][hospital_id] = {"ledger_path": str(ledger_path.resolve()), "ledger_id": ledger.ledger_id}
+        document["nodes"][key] = {"ledger_path": str(ledger_path.resolve()), "ledger_id": ledger.ledger_id}
         atomic_write_bytes(state_path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
         logger.info("node %s: recorded its privacy ledger %s in %s", hospital_id, ledger_path, state_path)
     return ledger

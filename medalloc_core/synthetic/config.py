@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import date, timedelta
+from typing import Any
 
 from medalloc_core.contract import RecordShape
 
@@ -214,8 +215,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _check_types(config: RegionConfig) -> None:
-    """Every field has its default's type (a scenario file can hold anything): ValueError naming the field."""
+def _check_types(config: Any) -> None:
+    """Every field of a config dataclass has its default's type (a scenario can hold anything): ValueError naming it."""
     for f in fields(config):
         value = getattr(config, f.name)
         default: object = f.default if f.default_factory is MISSING else f.default_factory()
@@ -237,3 +238,6 @@ def _check_types(config: RegionConfig) -> None:
             continue
         if not ok:
             raise ValueError(f"{f.name} must be {expected}, got {value!r:.60}")
+
+
+check_field_types = _check_types  # for other generators' configs (medalloc_core.equipment.synthetic.FleetConfig)
