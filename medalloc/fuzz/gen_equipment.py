@@ -211,7 +211,9 @@ def _generate_equipment(rng: random.Random) -> Case:
 
 def _equipment_text() -> str:
     """The default scenario turned into an equipment one ([task] name, a small region, no forecasting keys)."""
-    text = drop_section(drop_section(default_text(), "region"), "comparisons")
+    text = default_text()
+    for section in ("region", "comparisons", "evaluation"):
+        text = drop_section(text, section)
     text = set_key(text, "task", "name", '"equipment"')
     for key, value in (("hospitals", "2"), ("days", "400"), ("device-scale", "0.3")):
         text = set_key(text, "region", key, value)
