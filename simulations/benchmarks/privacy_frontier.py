@@ -18,7 +18,7 @@ on the hospitals' true counts:
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
-- ``holt_winters``, ``seasonal_naive``: refitted at every origin on the hospital's own data;
+- ``holt_winters``, ``seasonal_naive``, ``moving_average``: refitted at every origin on the hospital's own data;
 - ``fracast``: the zero-shot model from PyPI (optional: ``pip install 'medalloc[zeroshot]'``).
 
 Numbers are volume-weighted over hospitals (metrics.aggregate_over_hospitals) and printed as
@@ -56,6 +56,7 @@ from medalloc_core.forecasters import (
     HoltWintersForecaster,
     HospitalData,
     LocalOnly,
+    MovingAverageForecaster,
     NeuralForecaster,
     SeasonalNaiveForecaster,
 )
@@ -196,6 +197,7 @@ def run_family(
 
     score("holt_winters", HoltWintersForecaster())
     score("seasonal_naive", SeasonalNaiveForecaster())
+    score("moving_average", MovingAverageForecaster())
     if zero_shot and Fracast.available():
         score("fracast (zero-shot)", Fracast())
     score("pretrained (no training)", _hybrid(epochs=0))
