@@ -131,6 +131,7 @@ def digest(folder: Path) -> dict[str, str]:
     [
         (["--service-hours", "ventilator=3"], "no service hours for device type(s)"),
         (["--service-hours", HOURS, "--date", "2031-01-01"], "is outside the event log"),
+        (["--service-hours", HOURS, "--date", ""], "--date '' is not a date"),  # was an AttributeError on NaT
         (["--service-hours", "ventilator=three"], "is not TYPE=HOURS"),
         (["--service-hours", HOURS, "--hours", "-1"], "--hours must be a number >= 0"),
         (["--service-hours", HOURS, "--objective", "profit"], "objective must be one of failures, downtime"),

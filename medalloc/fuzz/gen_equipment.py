@@ -125,7 +125,8 @@ def _plan_model(rng: random.Random) -> Case:
         args = _plan_args({"--model": "final_model.safetensors"})
         return Case("maintenance-plan", args, files, ("final_model.json", "forecasting"), "a forecaster")
     if kind == 1:
-        meta["model-config"]["hidden"] = rng.choice([8, 0, 1])
+        current = meta["model-config"]["hidden"]  # an edit that changes nothing would be valid by accident
+        meta["model-config"]["hidden"] = rng.choice([v for v in (8, 16, 0, 1) if v != current])
         data = json.dumps(meta, indent=2, sort_keys=True).encode()
         return Case("maintenance-plan", _plan_args(), _files(risk_model__json=data), (SIDECAR, "digest"), "unsigned")
     if kind == 2:

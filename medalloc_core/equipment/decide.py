@@ -77,9 +77,12 @@ def planning_day(days: DeviceDays, date: str | pd.Timestamp | None) -> int:
     if date is None:
         return len(days.days) - 1
     try:
-        stamp = pd.Timestamp(date).normalize()
+        parsed = pd.Timestamp(date)
     except (ValueError, TypeError):
-        raise PlanInputError(f"--date {date!r} is not a date; expected YYYY-MM-DD") from None
+        parsed = pd.NaT
+    if pd.isna(parsed):  # unparseable, or '' and 'NaT', which parse to no day at all
+        raise PlanInputError(f"--date {date!r} is not a date; expected YYYY-MM-DD")
+    stamp = parsed.normalize()
     if stamp not in days.days:
         raise PlanInputError(
             f"--date {stamp:%Y-%m-%d} is outside the event log ({days.days[0]:%Y-%m-%d} .. {days.days[-1]:%Y-%m-%d}); "
