@@ -45,8 +45,8 @@ from medalloc_core.equipment.protocol import (
 from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
 from medalloc_core.equipment.validation import is_fleet_folder
 from medalloc_core.model_io import write_task_model_files
-from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.node_state import LedgerResetDetected, open_node_ledger
+from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import secure_generator
 from medalloc_core.protocol import REPRODUCIBLE_NOISE, ProtocolError, Refusal, Scalar
 from medalloc_core.tasks.base import (
@@ -56,6 +56,7 @@ from medalloc_core.tasks.base import (
     SimulationRun,
     TaskModel,
     TaskRefused,
+    ledger_refusal,
     options_from,
 )
 
@@ -268,21 +269,8 @@ class EquipmentTask(FederatedTask):
                 mechanism=MECHANISM,
                 detail={"max-grad-norm": dp.max_grad_norm, "devices": float(local.batches.n_devices)},
             )
-        except PrivacyBudgetExceeded as exc:
-            logger.warning("%s: %s", node.hospital_id, exc)
-            raise TaskRefused(
-                Refusal.PRIVACY_BUDGET_EXCEEDED,
-                reason(Refusal.PRIVACY_BUDGET_EXCEEDED, projected=exc.projected_epsilon, budget=exc.epsilon_budget),
-            ) from exc
-        except LedgerResetDetected as exc:
-            logger.error("%s: %s", node.hospital_id, exc)
-            raise TaskRefused(Refusal.LEDGER_RESET_DETECTED, reason(Refusal.LEDGER_RESET_DETECTED)) from exc
-        except LedgerConfigMismatch as exc:
-            logger.error("%s: %s", node.hospital_id, exc)
-            raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
         except LedgerError as exc:
-            logger.error("%s: equipment ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-            raise TaskRefused(Refusal.LEDGER_CORRUPT, reason(Refusal.LEDGER_CORRUPT)) from exc
+            raise ledger_refusal(exc, node.hospital_id, node.ledger_path, reason) from exc
         return ledger
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:

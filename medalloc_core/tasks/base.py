@@ -10,6 +10,7 @@ and one line in :data:`medalloc_core.tasks.TASKS`.
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -19,7 +20,11 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded
+from medalloc_core.privacy.node_state import LedgerResetDetected
 from medalloc_core.protocol import Refusal, Scalar
+
+logger = logging.getLogger(__name__)
 
 
 class TaskRefused(Exception):
@@ -29,6 +34,28 @@ class TaskRefused(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+def ledger_refusal(
+    exc: LedgerError, hospital_id: str, ledger_path: Path, reason: Callable[..., str], *, hint: str = ""
+) -> TaskRefused:
+    """The refusal for a ledger problem: one code per kind, the task's fixed text; the details go to the node's log.
+
+    ``reason`` is the task's refusal text (its budget may be per patient or per device); ``hint``
+    tells the node's operator which node-config key to look at when the ledger's settings differ.
+    """
+    if isinstance(exc, PrivacyBudgetExceeded):
+        logger.warning("%s: %s", hospital_id, exc)
+        code = Refusal.PRIVACY_BUDGET_EXCEEDED
+        return TaskRefused(code, reason(code, projected=exc.projected_epsilon, budget=exc.epsilon_budget))
+    if isinstance(exc, LedgerResetDetected):
+        logger.error("%s: %s", hospital_id, exc)
+        return TaskRefused(Refusal.LEDGER_RESET_DETECTED, reason(Refusal.LEDGER_RESET_DETECTED))
+    if isinstance(exc, LedgerConfigMismatch):
+        logger.error("%s: %s %s", hospital_id, exc, hint)
+        return TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, reason(Refusal.LEDGER_CONFIG_MISMATCH))
+    logger.error("%s: privacy ledger %s: %s", hospital_id, ledger_path, exc)
+    return TaskRefused(Refusal.LEDGER_CORRUPT, reason(Refusal.LEDGER_CORRUPT))
 
 
 class TaskOptionsError(ValueError):

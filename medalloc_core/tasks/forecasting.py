@@ -37,7 +37,7 @@ from medalloc_core.models import Forecaster, ForecasterConfig, build_from_arrays
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.node_state import LedgerResetDetected, open_node_ledger
+from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import (
     ReleasePlan,
     ReleaseStore,
@@ -57,7 +57,7 @@ from medalloc_core.protocol import (
     TrainReply,
 )
 from medalloc_core.sources import DataSource, MappingError, SourceMapping
-from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused
+from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused, ledger_refusal
 from medalloc_core.tasks.forecasting_hints import data_hint, ledger_hint, window_hint
 from medalloc_core.tasks.forecasting_local import LocalData, evaluate_local, load_local_data
 from medalloc_core.training import TrainConfig, adaptive_batch_size, train_local
@@ -191,18 +191,13 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
             accountant=node.accountant,
             max_stay_days=node.max_stay_days,
         )
-    except LedgerResetDetected as exc:
-        logger.error("%s: %s", node.hospital_id, exc)
-        raise TaskRefused(Refusal.LEDGER_RESET_DETECTED, _reason(Refusal.LEDGER_RESET_DETECTED)) from exc
-    except LedgerConfigMismatch as exc:
-        hint = ledger_hint(
-            node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
-        )
-        logger.error("%s: %s %s", node.hospital_id, exc, hint)
-        raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH)) from exc
     except LedgerError as exc:
-        logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+        hint = ""
+        if isinstance(exc, LedgerConfigMismatch):  # name the node-config key to fix (reads the ledger)
+            hint = ledger_hint(
+                node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
+            )
+        raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason, hint=hint) from exc
 
 
 def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Generator:
@@ -333,18 +328,11 @@ def _released(
                 plan.noise_multiplier,
             )
         records = store.records()
-    except PrivacyBudgetExceeded as exc:
-        logger.warning("%s: %s", node.hospital_id, exc)
-        raise TaskRefused(
-            Refusal.PRIVACY_BUDGET_EXCEEDED,
-            _reason(Refusal.PRIVACY_BUDGET_EXCEEDED, projected=exc.projected_epsilon, budget=exc.epsilon_budget),
-        ) from exc
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
     except LedgerError as exc:
-        logger.error("%s: privacy ledger %s: %s", node.hospital_id, node.ledger_path, exc)
-        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+        raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason) from exc
     try:
         return LocalData(records, prepare_hospital(records, data.dataset.spec))
     except ValueError as exc:
