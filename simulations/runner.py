@@ -256,19 +256,7 @@ def run_scenario(
     plots.comparison_plot(plot_dir / "comparison_wape.png", {m: v for m, v in methods.items() if m != "initial model"})
     progress.advance()
 
-    summary = {
-        "scenario": scenario.name,
-        "source": scenario.source,
-        "hospitals": hospitals,
-        "federation": {
-            "strategy": config.strategy,
-            "rounds": config.num_server_rounds,
-            "local_epochs": config.local_epochs,
-            "last_round": rounds[-1].to_dict() if rounds else None,
-            "epsilon_budget": scenario.epsilon_budget,
-            "delta": scenario.delta,
-            "epsilon_per_hospital": epsilons,
-        },
+    body = {
         # Rolling-origin evaluation: every unit's last `weeks` weeks held out from all training
         # (the nodes' included) and forecast from `origins` origins, the same for every method.
         "evaluation": {
@@ -300,11 +288,8 @@ def run_scenario(
         # Per private method and hospital: the patient-level epsilon of the release it trained on.
         "method_epsilon": method_epsilon,
         "local_only_dp_epsilon": method_epsilon.get("local only DP", {}),
-        "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
-        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
-    return summary
+    return _write_summary(scenario, out, config, rounds, hospitals, epsilons, body, timings)
 
 
 def _task_report(
@@ -337,11 +322,26 @@ def _task_report(
     timings["comparisons"] = time.perf_counter() - began
     plots.privacy_rounds_plot(out / "plots" / "metrics_per_round.png", rounds)
     epsilons = report.pop("federation_epsilon_per_hospital", {})
+    hospitals = sorted(epsilons) or [p.name for p in task.node_data(region_dir)]
+    return _write_summary(scenario, out, config, rounds, hospitals, epsilons, report, timings)
+
+
+def _write_summary(
+    scenario: Scenario,
+    out: Path,
+    config: RunConfig,
+    rounds: list[RoundRecord],
+    hospitals: list[str],
+    epsilons: dict[str, Any],
+    body: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Write ``summary.json``: what every run has (scenario, federation, timings, files) around its task's ``body``."""
     summary = {
         "scenario": scenario.name,
         "task": scenario.task,
         "source": scenario.source,
-        "hospitals": sorted(epsilons) or [p.name for p in task.node_data(region_dir)],
+        "hospitals": hospitals,
         "federation": {
             "strategy": config.strategy,
             "rounds": config.num_server_rounds,
@@ -351,7 +351,7 @@ def _task_report(
             "delta": scenario.delta,
             "epsilon_per_hospital": epsilons,
         },
-        **report,
+        **body,
         "timing_seconds": {k: round(v, 2) for k, v in timings.items()},
         "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "region" not in p.parts),
     }
