@@ -88,3 +88,28 @@ def test_bad_format_option_and_a_real_process(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert f"error: {export}: no visit_occurrence table" in done.stdout
+
+
+def test_daily_out_writes_the_records_the_node_derives_and_forecast_reads(tmp_path: Path) -> None:
+    from medalloc_core.sources import load_source
+    from medalloc_core.validation import load_unit_records
+
+    cdm = tmp_path / "cdm.sqlite"
+    create_omop_database(omop_tables(), f"sqlite:///{cdm}")
+    daily = tmp_path / "H000-daily.csv"
+    result = runner.invoke(app, ["validate", f"sqlite:///{cdm}", "--daily-out", str(daily)])
+    assert result.exit_code == 0, result.output
+    derived = load_source(f"sqlite:///{cdm}").records.frame.reset_index(drop=True)
+    written = load_unit_records(daily).frame.reset_index(drop=True)  # a contract file, as forecast reads it
+    assert written.equals(derived[written.columns]) and list(written.columns) == list(derived.columns)
+    # never over an existing file, and nothing from an invalid source
+    before = daily.read_bytes()
+    again = runner.invoke(app, ["validate", f"sqlite:///{cdm}", "--daily-out", str(daily)])
+    assert again.exit_code == 2 and "already exists" in again.output and daily.read_bytes() == before
+    resources = fhir_resources()
+    next(r for r in resources if r.get("id") == "e1")["location"][1]["period"]["end"] = "yesterday"
+    export = write_ndjson(resources, tmp_path / "fhir")
+    bad = runner.invoke(app, ["validate", str(export), "--daily-out", str(tmp_path / "x.csv")])
+    assert bad.exit_code == 2 and not (tmp_path / "x.csv").exists()
+    two = runner.invoke(app, ["validate", str(cdm), str(cdm), "--daily-out", str(tmp_path / "y.csv")])
+    assert two.exit_code == 2 and "give one SOURCE, not 2" in two.output and not (tmp_path / "y.csv").exists()

@@ -45,6 +45,12 @@ def validate(
         "--mapping",
         help="Site mapping file (TOML, sections [omop]/[fhir]): which visits are stays, which care sites are units.",
     ),
+    daily_out: Path | None = typer.Option(
+        None,
+        "--daily-out",
+        help="Also write the daily unit records derived from the one SOURCE to this new CSV file (what forecast, "
+        "allocate, share and explain read); only when SOURCE is valid, never over an existing file.",
+    ),
 ) -> None:
     """Check hospital data against its rules (docs/data.md, docs/equipment.md); never modifies it.
 
@@ -57,6 +63,8 @@ def validate(
             f"[red]error: --format must be one of {', '.join(FORMATS)}, got {escape(repr(source_format))}[/red]"
         )
         raise typer.Exit(EXIT_INVALID)
+    if daily_out is not None:
+        _check_daily_out(console, daily_out, sources)
     try:
         named = [DataSource.of(s, format=source_format, mapping=mapping) for s in sources]  # type: ignore[arg-type]
     except MappingError as exc:
@@ -79,6 +87,39 @@ def validate(
         console.print(f"[{style}]{checked - failed} of {checked} file(s) valid[/{style}]")
     if failed:
         raise typer.Exit(EXIT_INVALID)
+    if daily_out is not None:
+        _write_daily(console, named[0], daily_out)
+
+
+def _fail(console: Console, message: str) -> None:
+    console.print(f"[red]error: {escape(message)}[/red]")
+    raise typer.Exit(EXIT_INVALID)
+
+
+def _check_daily_out(console: Console, daily_out: Path, sources: list[str]) -> None:
+    """Refuse an output that cannot be written before any source is read."""
+    if len(sources) != 1:
+        _fail(console, f"--daily-out writes one source's records; give one SOURCE, not {len(sources)}")
+    if daily_out.exists() or daily_out.is_symlink():
+        _fail(console, f"--daily-out {daily_out} already exists; choose a new file (nothing is overwritten)")
+    parent = daily_out.parent
+    if not parent.is_dir():
+        _fail(console, f"--daily-out {daily_out}: folder {parent} does not exist; create it or choose another file")
+
+
+def _write_daily(console: Console, source: DataSource, daily_out: Path) -> None:
+    """The valid source's daily unit records as a contract CSV (the derivation the node itself uses)."""
+    from medalloc_core.allocation.forecast_io import write_dated_csv
+    from medalloc_core.sources import load_source
+
+    if _equipment(source):
+        _fail(console, f"--daily-out: {source.display} is equipment data; it has no daily unit records")
+    frame = load_source(source).records.frame
+    try:
+        write_dated_csv(frame, daily_out, columns=tuple(frame.columns), what="daily unit records")
+    except OSError as exc:
+        _fail(console, f"cannot write --daily-out {daily_out}: {exc}")
+    console.print(f"wrote {escape(str(daily_out))}: {len(frame)} daily unit records of {escape(source.display)}")
 
 
 def _equipment(source: DataSource) -> list[ValidationReport] | None:
