@@ -25,7 +25,7 @@ def test_neural_hook_forecasts_every_unit_day_at_equal_privacy_and_is_scored() -
     history = daily[daily[DATE] <= origin]
     truth = daily[daily[DATE] > origin][["hospital", UNIT, DATE, CENSUS]].reset_index(drop=True)
     report: dict[str, object] = {}
-    settings = NeuralSettings(rounds=1, history=14, hidden=8)
+    settings = NeuralSettings(rounds=1, model="mlp", init="none", history=14, hidden=8)
     frames = neural_forecasts(history, origin, horizon, seed=0, settings=settings, report=report)
     assert set(frames) == {"federated-dp", "local-only-dp"}
     keys = truth[["hospital", UNIT, DATE]].drop_duplicates()
