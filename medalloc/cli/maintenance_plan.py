@@ -91,6 +91,11 @@ def maintenance_plan(
     ),
     out: Path = typer.Option(Path("maintenance_plan.csv"), "--out", "-o", help="Plan table (CSV)."),
     plot: Path | None = typer.Option(None, "--plot", help="Plan figure (PNG; default: beside --out)."),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Also write each device's top risk factors (risk minus risk at the fleet average) beside --out.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace existing output files."),
 ) -> None:
     """Choose this week's preventive services: the devices whose service prevents the most expected failures.
@@ -111,12 +116,13 @@ def maintenance_plan(
     from medalloc_core.model_io import ModelFileError
 
     plot = plot or out.with_suffix(".png")
+    factors_out = out.with_name(f"{out.stem}_factors.csv")
     try:
         if not (np.isfinite(hours) and hours >= 0):
             raise _BadInput(f"--hours must be a number >= 0, got {hours}")
         if not 0 < max_share_away <= 1:
             raise _BadInput(f"--max-share-away must be in (0, 1], got {max_share_away}")
-        for path in (out, plot):
+        for path in (out, plot, *([factors_out] if explain else [])):
             if path.exists() and not force:
                 raise _BadInput(f"{path} exists; choose another path or pass --force to replace it")
         per_type = _parse_hours(service_hours, service_hours_file)
@@ -137,6 +143,13 @@ def maintenance_plan(
 
     frame = plan_frame(week.inputs, plan)
     atomic_write_bytes(out, frame.to_csv(index=False, float_format="%.6g").encode())
+    if explain:
+        from medalloc_core.equipment.explain import risk_attributions
+        from medalloc_core.equipment.features import feature_matrix
+
+        now = feature_matrix(week.days, loaded.devices, saved.spec)[:, week.day]
+        top = risk_attributions(saved.model, now, saved.spec).top(week.inputs.device_id)
+        atomic_write_bytes(factors_out, top.to_csv(index=False, float_format="%.6g").encode())
     plan_plot(
         plot,
         week.inputs,
@@ -154,7 +167,8 @@ def maintenance_plan(
         f"({rule.prevented_per_hour:.3f} per hour), by the same model.",
         highlight=False,
     )
-    _out.print(f"wrote {out} and {plot}", highlight=False)
+    written = f"{out}, {plot} and {factors_out}" if explain else f"{out} and {plot}"
+    _out.print(f"wrote {written}", highlight=False, markup=False)
 
 
 def _table(frame: object, rows: int = 20) -> Table:
