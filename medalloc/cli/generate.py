@@ -35,6 +35,18 @@ def _fail(console: Console, message: str) -> NoReturn:
 _UNIT_CODES = {"icu": "I", "medical": "M", "surgical": "S", "paediatric": "P"}
 
 
+def _progress(console: Console) -> Progress:
+    """The bar shown while hospitals (or fleets) are simulated and written."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 def _summary_table(region: Region) -> Table:
     """One row per hospital: size, units, days and what a planner looks at first."""
     table = Table(title=f"Synthetic region: {len(region.hospitals)} hospitals (seed {region.config.seed})")
@@ -119,14 +131,7 @@ def _generate_fleets(
         config = FleetConfig(hospitals=hospitals, days=days, seed=seed, start=start)
     except ValueError as exc:
         _fail(console, str(exc))
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("simulating fleets", total=hospitals)
         region = generate_fleets(config, progress=lambda _hid: bar.advance(task))
         bar.update(task, description="writing files")
@@ -207,14 +212,7 @@ def generate(
     except ValueError as exc:
         _fail(console, str(exc))
 
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("simulating hospitals", total=hospitals)
         region = generate_region(config, progress=lambda _hid: bar.advance(task))
         bar.update(task, description="writing files")
