@@ -126,7 +126,7 @@ def test_an_unexpected_failure_is_one_line_and_exit_2(tmp_path: Path, monkeypatc
     def broken(source: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr("medalloc.cli.validate.validate_source", broken)
+    monkeypatch.setattr("medalloc.cli.validate.inspect_source", broken)
     path = write(tmp_path, "good.csv", GOOD)
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from medalloc_core.contract import Problem
 from medalloc_core.equipment.validation import equipment_reports
-from medalloc_core.sources import FORMATS, DataSource, MappingError, validate_source
+from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceData, inspect_source
 from medalloc_core.validation import ValidationReport
 
 # Lines of problems shown per file; the rest are counted, so a broken million-row file
@@ -71,9 +72,14 @@ def validate(
         console.print(f"[red]error: {escape(str(exc))}[/red]")
         raise typer.Exit(EXIT_INVALID) from None
     failed = checked = 0
+    data: SourceData | None = None  # the last source's records, kept for --daily-out (one source)
     for source in named:
+        data = None
         try:
-            reports = _equipment(source) or [validate_source(source)]
+            reports = _equipment(source)
+            if not reports:
+                report, data = inspect_source(source)
+                reports = [report]
         except Exception as exc:  # noqa: BLE001 - a bug must still end as one line and exit 2, not a traceback
             logger.debug("validating %s failed", source.display, exc_info=True)
             message = f"could not be validated ({type(exc).__name__}: {exc}); run with --verbose for details"
@@ -88,10 +94,10 @@ def validate(
     if failed:
         raise typer.Exit(EXIT_INVALID)
     if daily_out is not None:
-        _write_daily(console, named[0], daily_out)
+        _write_daily(console, named[0], data, daily_out)
 
 
-def _fail(console: Console, message: str) -> None:
+def _fail(console: Console, message: str) -> NoReturn:
     console.print(f"[red]error: {escape(message)}[/red]")
     raise typer.Exit(EXIT_INVALID)
 
@@ -107,14 +113,13 @@ def _check_daily_out(console: Console, daily_out: Path, sources: list[str]) -> N
         _fail(console, f"--daily-out {daily_out}: folder {parent} does not exist; create it or choose another file")
 
 
-def _write_daily(console: Console, source: DataSource, daily_out: Path) -> None:
+def _write_daily(console: Console, source: DataSource, data: SourceData | None, daily_out: Path) -> None:
     """The valid source's daily unit records as a contract CSV (the derivation the node itself uses)."""
     from medalloc_core.allocation.forecast_io import write_dated_csv
-    from medalloc_core.sources import load_source
 
-    if _equipment(source):
+    if data is None:  # valid, yet no records read: equipment data
         _fail(console, f"--daily-out: {source.display} is equipment data; it has no daily unit records")
-    frame = load_source(source).records.frame
+    frame = data.records.frame
     try:
         write_dated_csv(frame, daily_out, columns=tuple(frame.columns), what="daily unit records")
     except OSError as exc:

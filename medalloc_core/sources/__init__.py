@@ -38,6 +38,7 @@ __all__ = [
     "SourceData",
     "SourceFormat",
     "SourceMapping",
+    "inspect_source",
     "load_source",
     "validate_source",
 ]
@@ -164,8 +165,16 @@ def validate_source(source: DataSource | str | Path) -> ValidationReport:
     the row/line/entry, the record and the field. A missing optional dependency is reported
     as a problem that says which extra to install.
     """
-    report, _ = _inspect(_as_source(source))
+    report, _ = inspect_source(source)
     return report
+
+
+def inspect_source(source: DataSource | str | Path) -> tuple[ValidationReport, SourceData | None]:
+    """:func:`validate_source`'s report and, when the source is valid, the data it read (None otherwise).
+
+    For a caller that reports on a source and then uses it: the source is read once.
+    """
+    return _inspect(_as_source(source))
 
 
 def load_source(source: DataSource | str | Path) -> SourceData:
