@@ -140,25 +140,6 @@ class NodeConfig:
         return next(iter(self.tasks.values())).max_grad_norm
 
     @property
-    def node_state_path(self) -> Path:
-        return self.task(DEFAULT_TASK).node_state_path  # type: ignore[return-value]
-
-    @property
-    def max_stay_days(self) -> int:
-        return int(self.task(DEFAULT_TASK).extra.get("max-stay-days", 14))
-
-    @property
-    def release_path(self) -> Path:
-        settings = self.task(DEFAULT_TASK)
-        default = settings.ledger_path.with_name(settings.ledger_path.name + ".released.csv")
-        return Path(str(settings.extra.get("release-path", default)))
-
-    @property
-    def release_columns(self) -> tuple[str, ...]:
-        raw = str(self.task(DEFAULT_TASK).extra.get("release-columns", "admissions,census"))
-        return tuple(c.strip() for c in raw.split(",") if c.strip())
-
-    @property
     def data_location(self) -> str:
         """Node-config ``data-path`` exactly as given (a database URL is not a path)."""
         settings = self.task(DEFAULT_TASK)

@@ -10,21 +10,13 @@ which logs them when it declines a round; these read them off a ``NodeConfig`` f
 from __future__ import annotations
 
 from medalloc_core.tasks.forecasting_hints import data_hint as _data_hint
-from medalloc_core.tasks.forecasting_hints import ledger_hint as _ledger_hint
 from medalloc_core.tasks.forecasting_hints import window_hint
 
 from .config import NodeConfig
 
-__all__ = ["data_hint", "ledger_hint", "window_hint"]
+__all__ = ["data_hint", "window_hint"]
 
 
 def data_hint(node: NodeConfig) -> str:
     """How the operator checks and fixes the node's data: the command and the keys involved."""
     return _data_hint(node.data_source_display, node.data_format, node.data_mapping)
-
-
-def ledger_hint(node: NodeConfig) -> str:
-    """For a ledger that disagrees with the node config: which node-config key to set to what."""
-    return _ledger_hint(
-        node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
-    )

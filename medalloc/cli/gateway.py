@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ gateway_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
@@ -73,7 +73,6 @@ def start(
         argv = gateway.start(config, nginx=gateway.find_nginx(nginx))
     except (gateway.GatewayError, OSError) as exc:
         _fail(str(exc))
-        return
     _out.print(
         f"gateway on https://{listen} -> https://{superlink} (Fleet API only); "
         f"log {config.directory / gateway.ACCESS_LOG}",
@@ -109,7 +108,6 @@ def config(
         gateway.check_config(gateway.find_nginx(nginx), cfg.directory)
     except (gateway.GatewayError, OSError) as exc:
         _fail(str(exc))
-        return
     _out.print(f"wrote {path}; nginx accepts it", highlight=False)
 
 
