@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 from medalloc_core.allocation.forecast_io import TARGET, VALUE, Q  # noqa: E402
-from medalloc_core.atomic import atomic_write_bytes  # noqa: E402
+from medalloc_core.atomic import atomic_savefig  # noqa: E402
 from medalloc_core.contract import DATE  # noqa: E402
 from medalloc_core.explain.forecast import ForecastExplanation, level_name  # noqa: E402
 from medalloc_core.explain.words import channel_group  # noqa: E402
@@ -124,8 +123,6 @@ def plot_explanation(ex: ForecastExplanation, path: Path, *, words: Sequence[str
     heat.xaxis.set_major_formatter(mdates.DateFormatter("%d %b"))
     fan.tick_params(axis="x", labelbottom=False)
     fig.subplots_adjust(left=0.11, right=0.98, top=0.95, bottom=0.03)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    atomic_savefig(fig, Path(path), dpi=110)  # a reader never sees half a picture
     plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())  # a reader never sees half a picture
     return Path(path)

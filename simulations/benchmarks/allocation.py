@@ -476,7 +476,7 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
             NewsvendorPolicy(LEVELS, capacity, costs.under_cost, costs.over_cost),
         ),
         "last week's census": (forecasts, LastWeekPolicy()),
-        "last week's census + 10%": (forecasts, _Buffered(1.10)),
+        "last week's census + 10%": (forecasts, Buffered(1.10)),
         "staff every bed": (forecasts, CapacityPolicy(capacity)),
     }
     table = Table(
@@ -512,7 +512,7 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
 
 
 @dataclass(frozen=True)
-class _Buffered:
+class Buffered:
     """Last week's census times a safety factor: the rule of thumb many wards use."""
 
     factor: float

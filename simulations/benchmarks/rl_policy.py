@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -58,23 +57,13 @@ from medalloc_core.allocation.learned import (
 from medalloc_core.allocation.quantiles import quantile_at
 from medalloc_core.synthetic import RegionConfig, generate_region
 
-from .allocation import LEVELS, rolling_seasonal_forecasts
+from .allocation import LEVELS, Buffered, rolling_seasonal_forecasts
 
 logger = logging.getLogger(__name__)
 EPISODE_DAYS = 28
 FIRST_DAY = 7 + 7 * 8  # the rolling forecast needs 8 weeks of errors
 TRAIN_SHARE = 0.6
 HELD_OUT_SEED = 10_000  # evaluation episodes use seeds from here on; training seeds are PPO's own
-
-
-@dataclass(frozen=True)
-class Buffered:
-    """Last week's census times a safety factor: the rule of thumb many wards use."""
-
-    factor: float
-
-    def __call__(self, observation: dict[str, Any]) -> np.ndarray:
-        return np.ceil(np.asarray(observation["recent_census"])[:, 0] * self.factor).astype(np.int64)
 
 
 @dataclass
