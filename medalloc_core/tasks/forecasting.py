@@ -294,8 +294,8 @@ def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
 
 def _released(
     node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
-) -> tuple[LocalData, ReleasePlan | None]:
-    """The node's released counts, extended to days not released yet (charged first, then drawn), and its plan."""
+) -> LocalData:
+    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
     assert node.release_path is not None
     try:
         store = ReleaseStore.open(node.release_path)
@@ -334,7 +334,7 @@ def _released(
     except LedgerError as exc:
         raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason) from exc
     try:
-        return LocalData(records, prepare_hospital(records, data.dataset.spec)), store.plan
+        return LocalData(records, prepare_hospital(records, data.dataset.spec))
     except ValueError as exc:
         logger.error("%s: released counts cannot be windowed: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
@@ -342,8 +342,8 @@ def _released(
 
 def _prepare(
     settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
-) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger, ReleasePlan | None]:
-    """What both handlers do first: request, data, model, ledger, release (the released data and its plan)."""
+) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+    """What both handlers do first: request, data, model, ledger, release."""
     node = ForecastNode.of(settings)
     try:
         ask = cast(_I, kind.from_dict(request))
@@ -357,8 +357,8 @@ def _prepare(
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
-    released, plan = _released(node, ask, ledger, data, ask.run_tag)
-    return node, ask, model, released, ledger, plan
+    released = _released(node, ask, ledger, data, ask.run_tag)
+    return node, ask, model, released, ledger
 
 
 def run_window_spec(run: Any) -> WindowSpec:
@@ -456,7 +456,7 @@ class ForecastingTask(FederatedTask):
     # ------------------------------------------------------------------ node
     def train(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         """Train the global model on this node's released counts: post-processing of its one source release."""
-        settings, ask, model, released, ledger, plan = _prepare(node, request, arrays, TrainInstruction)
+        settings, ask, model, released, ledger = _prepare(node, request, arrays, TrainInstruction)
         epochs = min(ask.local_epochs, settings.max_local_epochs)
         # The batch order needs no secrecy (no noise is added here): a reproducible simulation
         # repeats it, a real node draws it from its own generator.
@@ -472,6 +472,7 @@ class ForecastingTask(FederatedTask):
             config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed),
             global_params=[p.detach().clone() for p in model.parameters()] if ask.proximal_mu > 0 else None,
         )
+        plan = ReleaseStore.open(settings.release_path).plan
         epsilon, left = ledger.epsilon_spent(), ledger.remaining()
         logger.info(
             "%s round %s: %s windows, loss %.4f on released counts, node patient epsilon %.3f (%.3f left)",
@@ -496,7 +497,7 @@ class ForecastingTask(FederatedTask):
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         """Score the global model on this node's RELEASED test split: post-processing, nothing charged."""
-        _, _, model, released, _, _ = _prepare(node, request, arrays, EvaluateInstruction)
+        _, _, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
         scores = evaluate_local(model, released.dataset)
         reply = EvaluateReply(
             num_examples=int(scores["n"]), eval_loss=scores["loss"], eval_mae=scores["mae"], eval_wape=scores["wape"]
