@@ -24,6 +24,7 @@ from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.stays import (
     TIME_EXPECTED,
     Findings,
+    _int_or_none,
     empty_stays,
     finish,
     parse_ints,
@@ -452,7 +453,7 @@ class _Reader:
         for column in (date_col, time_col):  # the datetime, when present, wins
             if column not in table.frame:
                 continue
-            parsed, invalid = parse_times(table.frame[column])
+            parsed, invalid = parse_times(table.frame[column], self.mapping.timezone)
             values = table.frame[column]
             self.findings.records(
                 origin,
@@ -561,14 +562,32 @@ class _Reader:
         """Each stay's unit from its care site; stays outside the mapped units are left out."""
         column = self.mapping.unit_name
         no_site = stays["_site"].isna()
-        self.findings.records(
-            stays,
-            no_site,
-            "care_site_id",
-            lambda i: f"empty care_site_id; expected the care site (unit) of this stay in {stays.at[i, '_table']}",
-        )
-        if self.findings.has_errors:
-            return None
+        if self.mapping.missing_care_site == "refuse":
+            self.findings.records(
+                stays,
+                no_site,
+                "care_site_id",
+                lambda i: (
+                    f"empty care_site_id; expected the care site (unit) of this stay in {stays.at[i, '_table']} "
+                    "(or set [omop] missing-care-site = 'hospital' to count such stays in one hospital-wide unit)"
+                ),
+            )
+            if self.findings.has_errors:
+                return None
+        elif no_site.any():
+            hospital = self.mapping.hospital_unit
+            first = no_site.index[no_site.to_numpy()][0]
+            self.findings.add(
+                f"{int(no_site.sum()):,} of {len(stays):,} stay(s) have no care_site_id; they are counted in one "
+                f"hospital-wide unit {hospital!r} (first here; set [omop] missing-care-site = 'refuse' to refuse "
+                "them, or hospital-unit to name that unit)",
+                file=str(stays.at[first, "_file"]),
+                row=_int_or_none(stays.at[first, "_row"]),
+                record=str(stays.at[first, "_record"]),
+                column="care_site_id",
+                severity="warning",
+            )
+            self.details.append(("hospital-wide", f"{int(no_site.sum()):,} stays without a care site, in {hospital!r}"))
         if column == "care_site_id":
             names = stays["_site"].astype(str)
         else:
@@ -594,7 +613,7 @@ class _Reader:
                 return None
             label = sites.frame[column].map(lambda v: None if v is None else str(v).strip() or None)
             lookup = pd.Series(label.to_numpy(), index=site_id.to_numpy())
-            unknown = ~stays["_site"].isin(lookup.index).fillna(False).astype(bool)
+            unknown = ~no_site & ~stays["_site"].isin(lookup.index).fillna(False).astype(bool)
             self.findings.records(
                 stays,
                 unknown,
@@ -604,7 +623,7 @@ class _Reader:
                 ),
             )
             names = stays["_site"].map(lookup)
-            nameless = ~unknown & names.isna()
+            nameless = ~no_site & ~unknown & names.isna()
             self.findings.records(
                 stays,
                 nameless,
@@ -613,6 +632,7 @@ class _Reader:
             )
             if self.findings.has_errors:
                 return None
+        names = names.astype(object).where(~no_site, self.mapping.hospital_unit)
         if self.mapping.units:
             units = {str(k): v for k, v in self.mapping.units.items()}
             mapped = names.map(units)
