@@ -22,8 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medalloc_core.sources import DataSource, load_source, validate_source
-from medalloc_core.sources import encounter_scan
+from medalloc_core.sources import DataSource, encounter_scan, load_source, validate_source
 from medalloc_core.sources.fhir import EXPLAINED, MAX_LINE_BYTES
 from medalloc_core.sources.mapping import EngineSettings, MappingError, SourceMapping
 from medalloc_core.sources.omop import _sqlite_connection
