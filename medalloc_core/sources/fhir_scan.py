@@ -131,7 +131,11 @@ def scan_fhir(
     known = known_elements()
 
     def keys_ok(value: str, model: str) -> str:
-        return f"(json_type({value}) <> 'OBJECT' OR list_has_all({string_list(known[model])}, json_keys({value})))"
+        allowed = ", ".join(quote(k) for k in known[model])
+        return (
+            f"(json_type({value}) <> 'OBJECT' "
+            f"OR len(list_filter(json_keys({value}), lambda k: k NOT IN ({allowed}))) = 0)"
+        )
 
     if bundle:
         size = max(p.stat().st_size for p in files) + 1
@@ -150,26 +154,23 @@ def scan_fhir(
             FROM entries
         """
     else:
-        source = f"""
-            SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
-            FROM read_ndjson_objects({names}, filename = true, maximum_object_size = {max_line_bytes})
-                 WITH ORDINALITY
-        """
-    connection.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE res AS
-        WITH x AS (
+        source = ""
+
+    def extract(source: str) -> str:
+        return f"""
+        WITH e0 AS (
+            SELECT file, ord, entry_ok, j, json_extract(j, {ext}) AS e FROM ({source})
+        ), x AS (
             SELECT file, ord, entry_ok, json_type(j) AS jt,
-                   json_extract_string(j, {ext}) AS v, json_type(j, {ext}) AS t,
-                   CASE json_extract_string(j, '$.resourceType')
+                   list_transform(e, lambda y: y ->> '$') AS v, list_transform(e, lambda y: json_type(y)) AS t,
+                   CASE e[1] ->> '$'
                        WHEN 'Encounter' THEN {keys_ok("j", "Encounter")}
-                            AND (json_type(j, '$.period') IS DISTINCT FROM 'OBJECT'
-                                 OR {keys_ok("json_extract(j, '$.period')", "Period")})
+                            AND (json_type(e[10]) IS DISTINCT FROM 'OBJECT' OR {keys_ok("e[10]", "Period")})
                        WHEN 'Location' THEN {keys_ok("j", "Location")}
                        ELSE TRUE END AS keys_ok
-            FROM ({source})
+            FROM e0
         )
-        SELECT file, row_number() OVER (PARTITION BY file ORDER BY ord) AS ord, entry_ok, jt,
+        SELECT file, ord, entry_ok, jt,
                v[1] AS rt, t[1] AS rt_t, v[2] AS id, t[2] AS id_t, v[3] AS status, t[3] AS status_t,
                t[4] AS class_t, v[5] AS code, t[5] AS code_t, t[6] AS subject_t, v[7] AS subject, t[7] AS subject_ref_t,
                t[8] AS part_of_t, v[9] AS part_of, t[9] AS part_of_ref_t, t[10] AS period_t,
@@ -178,7 +179,18 @@ def scan_fhir(
                keys_ok
         FROM x
         """
-    )
+
+    if bundle:
+        connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {extract(source)}")
+    else:  # one scan per file: the engine's ordinality is then the file's own object number
+        for n, path in enumerate(files):
+            one = f"""
+                SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
+                FROM read_ndjson_objects({quote(str(path))}, filename = true,
+                                         maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+            """
+            verb = "CREATE OR REPLACE TEMP TABLE res AS" if n == 0 else "INSERT INTO res"
+            connection.execute(f"{verb} {extract(one)}")
     classes = string_list(mapping.encounter_classes)
     skip = string_list(mapping.skip_statuses)
     connection.execute(
