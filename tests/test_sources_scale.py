@@ -251,3 +251,43 @@ def test_an_sqlite_statement_past_the_time_limit_is_interrupted(tmp_path: Path) 
     with pytest.raises(sqlite3.OperationalError):  # and the connection writes nothing
         connection.execute("CREATE TABLE x (a)")
     connection.close()
+
+
+def test_the_engines_daily_counts_equal_the_reference_derivation() -> None:
+    import numpy as np
+
+    from medalloc_core.encounters import encounters_to_daily
+    from medalloc_core.sources.engine import connect, daily_counts
+
+    rng = np.random.default_rng(5)
+    admit = pd.Timestamp("2024-12-30") + pd.to_timedelta(rng.integers(0, 40 * 24 * 60, 3000), unit="min")
+    stay = pd.to_timedelta(rng.integers(0, 9 * 24 * 60, 3000), unit="min")
+    stays = pd.DataFrame(
+        {
+            "unit": rng.choice(["ICU", "MED-2", "Ward 3", "ÄRZTE"], 3000),
+            "admit": admit,
+            "discharge": (admit + stay).where(rng.random(3000) > 0.05),
+        }
+    )
+    with connect(EngineSettings()) as connection:
+        connection.register("s", stays)
+        counted = daily_counts(connection, "SELECT * FROM s")
+    expected = encounters_to_daily(
+        stays.rename(columns={"admit": "admit_time", "discharge": "discharge_time"})
+    ).reset_index(drop=True)
+    pd.testing.assert_frame_equal(counted, expected, check_dtype=False)
+
+
+def test_a_patient_in_two_units_at_once_is_warned_about_by_line_and_record(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    twin = json.loads(json.dumps(next(r for r in resources if r.get("id") == "e4")))
+    twin.update(id="e9", subject={"reference": "Patient/12"})  # patient 12 is still in Ward 3 (e3, open)
+    folder = write_ndjson(resources + [twin], tmp_path / "export")
+    report = validate_source(folder)
+    assert report.ok
+    (warning,) = [str(p) for p in report.warnings]
+    assert warning == (
+        f"warning: {folder / 'Encounter.ndjson'}, line 6, Encounter/e9, field 'period.start': 1 stay(s) begin "
+        "while the same patient's previous stay is still open; first here; both are counted in the census until "
+        "the first ends"
+    )

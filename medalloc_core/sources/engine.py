@@ -116,3 +116,66 @@ def _scan(block: bytes) -> Iterator[int]:
             return
         yield 10
         start = end + 1
+
+
+def daily_counts(connection: Any, stays: str) -> Any:
+    """Daily unit records of the stays in relation ``stays`` (columns unit, admit, discharge), counted in the engine.
+
+    The same records as :func:`medalloc_core.encounters.encounters_to_daily` (which stays the
+    reference, tested against this): admissions on the admit day, discharges on the discharge
+    day, census at the midnight closing the day, every day from a unit's first admission to the
+    last admission or discharge day, sorted by unit and date.
+    """
+    frame = connection.execute(
+        f"""
+        WITH s AS (
+            SELECT unit, CAST(admit AS DATE) AS a, CAST(discharge AS DATE) AS d FROM ({stays})
+        ), last AS (
+            SELECT greatest(max(a), coalesce(max(d), max(a))) AS l FROM s
+        ), units AS (
+            SELECT unit, min(a) AS f FROM s GROUP BY unit
+        ), grid AS (
+            SELECT unit, CAST(unnest(generate_series(f, (SELECT l FROM last), INTERVAL 1 DAY)) AS DATE) AS day
+            FROM units
+        ), adm AS (
+            SELECT unit, a AS day, count(*) AS n FROM s GROUP BY unit, a
+        ), dis AS (
+            SELECT unit, d AS day, count(*) AS n FROM s WHERE d IS NOT NULL GROUP BY unit, d
+        )
+        SELECT CAST(g.day AS TIMESTAMP) AS date, g.unit, coalesce(adm.n, 0) AS admissions,
+               coalesce(dis.n, 0) AS discharges,
+               sum(coalesce(adm.n, 0) - coalesce(dis.n, 0)) OVER (PARTITION BY g.unit ORDER BY g.day) AS census
+        FROM grid g LEFT JOIN adm USING (unit, day) LEFT JOIN dis USING (unit, day)
+        ORDER BY g.unit, g.day
+        """
+    ).df()
+    for column in ("admissions", "discharges", "census"):
+        frame[column] = frame[column].astype("int64")
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    frame["unit"] = frame["unit"].astype(object)
+    return frame
+
+
+def first_overlap(connection: Any, stays: str, order: str) -> tuple[int, Any]:
+    """How many stays begin while the same patient's previous stay is open, and ``order``'s value for the first.
+
+    ``stays`` has patient_id, admit, discharge and the columns of ``order`` (the stays' source
+    order, e.g. ``file, ord``); the first is the earliest in (patient, admit) order, as the
+    contract's warning names it.
+    """
+    row = connection.execute(
+        f"""
+        WITH o AS (
+            SELECT *, lag(discharge) OVER w AS prev_end, lag(patient_id) OVER w AS prev_patient,
+                   row_number() OVER w AS k
+            FROM ({stays})
+            WINDOW w AS (PARTITION BY patient_id ORDER BY admit, {order})
+        ), hit AS (
+            SELECT * FROM o WHERE k > 1 AND (prev_end IS NULL OR prev_end > admit)
+        )
+        SELECT (SELECT count(*) FROM hit), (SELECT row({order}) FROM hit ORDER BY patient_id, admit, {order}
+                                             LIMIT 1)
+        """
+    ).fetchone()
+    first = row[1]
+    return int(row[0]), (tuple(first.values()) if isinstance(first, dict) else first)

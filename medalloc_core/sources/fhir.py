@@ -258,19 +258,31 @@ def _from_scan(
             return None, findings.problems, summary
     else:
         details.append(("stays", f"{len(stays):,} location stays of inpatient encounters"))
-    daily = finish(
-        stays,
-        findings,
-        summary,
-        {
-            ADMIT_TIME: lambda i: str(stays.at[i, "_admit_field"]),
-            DISCHARGE_TIME: lambda i: str(stays.at[i, "_discharge_field"]),
-        },
-    )
+    summary["encounters"] = len(stays)
+    summary["open_stays"] = int(stays[DISCHARGE_TIME].isna().sum())
+    daily = scan.daily
+    if stays.empty or daily is None:
+        findings.add("no inpatient stay in any unit; expected at least one (check the mapping: docs/data.md)")
+        return None, findings.problems, summary
+    if scan.overlaps and scan.overlap_at is not None:  # as finish() words it, counted in the engine
+        file, ordinal, record, field_name = scan.overlap_at
+        findings.add(
+            f"{scan.overlaps} stay(s) begin while the same patient's previous stay is still open; first here; "
+            "both are counted in the census until the first ends",
+            file=str(file),
+            row=int(ordinal),
+            record=str(record),
+            column=str(field_name),
+            severity="warning",
+        )
+    summary.update(frequency="daily", gaps=0, daily_rows=len(daily))
+    summary["units"] = sorted(daily[UNIT].unique().tolist())
+    summary["date_start"] = f"{daily['date'].min():%Y-%m-%d}"
+    summary["date_end"] = f"{daily['date'].max():%Y-%m-%d}"
     if not bundle:  # the engine numbers objects; a problem names the line an editor shows
         findings.problems[:] = _lines_named(findings.problems)
     summary["daily"] = daily
-    return (None if daily is None else stays), findings.problems, summary
+    return stays, findings.problems, summary
 
 
 def _lines_named(problems: list[Problem]) -> list[Problem]:

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT
-from medalloc_core.sources.engine import quote, string_list
+from medalloc_core.sources.engine import daily_counts, first_overlap, quote, string_list
 from medalloc_core.sources.mapping import FhirMapping
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class ScanResult:
     skipped_class: list[tuple[str, int]] = field(default_factory=list)
     outside: list[tuple[str, int]] = field(default_factory=list)
     outside_total: int = 0
+    daily: pd.DataFrame | None = None
+    overlaps: int = 0
+    overlap_at: tuple[Any, ...] | None = None  # (file, ordinal, record, field) of the first
     stays: pd.DataFrame | None = None
 
 
@@ -419,6 +422,15 @@ def scan_fhir(
         ).fetchall()
     ]
     result.outside_total = int(connection.execute("SELECT count(*) FROM stays WHERE unit IS NULL").fetchone()[0])
+    kept = "SELECT *, subject AS patient_id FROM stays WHERE unit IS NOT NULL"
+    if connection.execute(f"SELECT count(*) FROM ({kept})").fetchone()[0]:
+        result.daily = daily_counts(connection, kept)
+        result.overlaps, first = first_overlap(connection, kept, "file, ord, i")
+        if result.overlaps:
+            result.overlap_at = connection.execute(
+                "SELECT file, ord, 'Encounter/' || id, admit_field FROM stays WHERE file = ? AND ord = ? AND i = ?",
+                [first[0], first[1], first[2]],
+            ).fetchone()
     table = connection.execute(
         """
         SELECT 'Encounter/' || id || '#' || i AS encounter_id, subject AS patient_id, unit,
