@@ -140,8 +140,9 @@ def _measured(args: list[str], timeout: float) -> dict[str, Any]:
     for line in lines:
         result.update(line)
     if result.get("rc") != 0 or "seconds" not in result:
-        tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
-        return {"error": tail[0][:160], "peak_mb": result.get("peak_mb")}
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip() and "Warning" not in line]
+        tail = lines[-1:] or ["no message"]
+        return {"error": f"exit status {result.get('rc')}: {tail[0][:160]}", "peak_mb": result.get("peak_mb")}
     return result
 
 
