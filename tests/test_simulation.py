@@ -120,10 +120,10 @@ def test_results_folder_is_never_replaced_without_force_nor_if_foreign(tmp_path:
 def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: Path):
     """Each name [comparisons] baselines accepts builds (moving_average takes ``window``, not
     ``season``) and forecasts every test window: finite, non-crossing, better than zeros."""
-    from medalloc.client.task import load_local_data
-    from medalloc.simulations import comparisons as cmp
     from medalloc.simulations.scenario import _BASELINES
     from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.tasks.forecasting import comparisons as cmp
+    from medalloc_core.tasks.forecasting.local import load_local_data
     from tests.fed_fixtures import small_region
 
     path = sorted(small_region(tmp_path / "region", hospitals=1, days=150).glob("*.csv"))[0]
