@@ -306,7 +306,8 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             kind.check_region(region)
         if rolling:
             _check_evaluation(scenario)  # before the run config, whose test-days it sets
-        scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+        run = scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+        kind.check_run(run, kind.options(run.task_options))  # e.g. a shape the pretrained weights do not fit
     except ScenarioError:
         raise
     except (TypeError, ValueError, RunConfigError) as exc:

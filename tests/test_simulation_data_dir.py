@@ -15,6 +15,8 @@ from medalloc.simulations.scenario import ScenarioError, load_scenario
 
 FEDERATION = """
 [federation]
+model = "mlp"  # a tiny seeded MLP: the default hybrid's pretrained weights need history 28
+init = "none"
 num-server-rounds = 2
 local-epochs = 1
 history = 14

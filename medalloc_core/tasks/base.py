@@ -215,6 +215,13 @@ class FederatedTask(ABC):
             raise TaskOptionsError(f"task '{self.name}' has no run-config keys of its own; got {sorted(raw)}")
         return None
 
+    def check_run(self, run: Any, options: Any) -> None:
+        """Refuse, before anything runs, a run config whose model this task cannot build (``ValueError``, the fix).
+
+        Cheap: no weights are built (``medalloc simulate`` checks a scenario with it before it starts Ray).
+        """
+        return None
+
     @abstractmethod
     def model(self, run: Any, options: Any) -> TaskModel:
         """The run's model: config and example spec from the run config, initial arrays from its seed."""

@@ -37,6 +37,18 @@ def pretrained_info(name: str = PRETRAINED_NAME) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
+def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
+    """Raise ``PretrainedMismatch`` naming the settings to change when ``config`` does not fit the weights ``name``."""
+    stored = pretrained_info(name)["config"]
+    wanted = config.to_dict()
+    diff = [f"{k}={wanted[k]!r} (weights: {stored[k]!r})" for k in _SHAPE_FIELDS if wanted[k] != stored[k]]
+    if diff:
+        raise PretrainedMismatch(
+            f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
+            "weights' values, or start from untrained weights (init = none)"
+        )
+
+
 def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Forecaster:
     """A hybrid network for ``config`` holding the shipped public weights.
 
@@ -48,15 +60,7 @@ def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Fo
     """
     from safetensors.torch import load
 
-    info = pretrained_info(name)
-    stored = info["config"]
-    wanted = config.to_dict()
-    diff = [f"{k}={wanted[k]!r} (weights: {stored[k]!r})" for k in _SHAPE_FIELDS if wanted[k] != stored[k]]
-    if diff:
-        raise PretrainedMismatch(
-            f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
-            "weights' values, or start from untrained weights (init = none)"
-        )
+    check_fits(config, name)
     model = build_model(replace(config))
     blob = resources.files(__package__).joinpath(f"{name}.safetensors").read_bytes()
     state = load(blob)

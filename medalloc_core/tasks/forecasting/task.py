@@ -446,6 +446,12 @@ class ForecastingTask(FederatedTask):
         return DataSource(str(data_path)).name  # an OMOP/FHIR export's or database's name, a file's stem
 
     # ------------------------------------------------------------------ coordinator
+    def check_run(self, run: Any, options: Any) -> None:
+        if run.init == "pretrained":
+            from medalloc_core.forecast.pretrained import check_fits
+
+            check_fits(ForecasterConfig.for_spec(run_window_spec(run), model=run.model, hidden=run.hidden))
+
     def model(self, run: Any, options: Any) -> TaskModel:
         spec = run_window_spec(run)
         config = ForecasterConfig.for_spec(spec, model=run.model, hidden=run.hidden)
