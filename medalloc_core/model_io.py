@@ -87,9 +87,6 @@ def sidecar_digest(meta: Mapping[str, Any], arrays_sha256: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_digest = sidecar_digest  # the name tests and older callers use
-
-
 def write_model_files(
     path: Path,
     arrays: Mapping[str, np.ndarray],

@@ -33,8 +33,6 @@ from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
 
-FINAL_MODEL = FINAL_MODEL_NAME
-
 
 @dataclass
 class FederationResult:
@@ -289,12 +287,12 @@ def run_federation(
         )
         return result
     task.write_model(
-        out / FINAL_MODEL,
+        out / FINAL_MODEL_NAME,
         result.arrays,
         model,
         {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
-    logger.info("final model written to %s", out / FINAL_MODEL)
+    logger.info("final model written to %s", out / FINAL_MODEL_NAME)
     result.final_model_written = True
     return result
 

@@ -24,7 +24,6 @@ from medalloc_core.synthetic import Region, RegionConfig, existing_region_files,
 from medalloc_core.synthetic.writer import SHAPE_FORMATS, SHAPES
 from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
-_SHAPES = SHAPES
 _FLEET_FORMATS = ("csv", "parquet")  # --task equipment: devices.<fmt> and events.<fmt> per fleet folder
 
 
@@ -197,8 +196,8 @@ def generate(
             _fail(console, f"--out {out} is a file; give a directory")
         _generate_fleets(console, hospitals=hospitals, days=days, seed=seed, out=out, fmt=fmt, start=start, force=force)
         return
-    if shape not in _SHAPES:
-        _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
+    if shape not in SHAPES:
+        _fail(console, f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     formats = SHAPE_FORMATS[shape]
     fmt = formats[0] if fmt is None else fmt  # an empty --format is refused below, not read as the default
     if fmt not in formats:
