@@ -149,11 +149,11 @@ def scan_encounter_file(
             }
             counts = connection.execute(
                 "SELECT " + ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values()) + " FROM t"
-            ).fetchone()
+            ).fetchall()[0]
             flagged = dict(zip(conditions, map(int, counts), strict=True))
             rows, open_stays = connection.execute(
                 "SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM t"
-            ).fetchone()
+            ).fetchall()[0]
             name = str(path)
             summary: dict[str, Any] = {
                 "file": name,

@@ -176,6 +176,6 @@ def first_overlap(connection: Any, stays: str, order: str) -> tuple[int, Any]:
         SELECT (SELECT count(*) FROM hit), (SELECT row({order}) FROM hit ORDER BY patient_id, admit, {order}
                                              LIMIT 1)
         """
-    ).fetchone()
+    ).fetchall()[0]
     first = row[1]
     return int(row[0]), (tuple(first.values()) if isinstance(first, dict) else first)

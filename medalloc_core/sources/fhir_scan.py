@@ -357,10 +357,10 @@ def scan_fhir(
     result.resources, result.locations = connection.execute(
         "SELECT count(*), count(DISTINCT CASE WHEN rt = 'Location' AND id_t = 'VARCHAR' AND id <> '' THEN id END) "
         "FROM res"
-    ).fetchone()
+    ).fetchall()[0]
     result.encounters = connection.execute(
         "SELECT count(*) FROM res WHERE jt = 'OBJECT' AND rt = 'Encounter' AND rt_t = 'VARCHAR'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     result.ignored = [
         (str(k), int(n))
         for k, n, _ in connection.execute(
@@ -369,7 +369,7 @@ def scan_fhir(
             "GROUP BY k ORDER BY n DESC, first LIMIT 6"
         ).fetchall()
     ]
-    result.flagged = connection.execute("SELECT count(DISTINCT (file, ord)) FROM flags").fetchone()[0]
+    result.flagged = connection.execute("SELECT count(DISTINCT (file, ord)) FROM flags").fetchall()[0][0]
     if result.flagged:
         result.flagged_reasons = [
             (str(r), int(n))
@@ -410,8 +410,8 @@ def scan_fhir(
     other = connection.execute(
         f"SELECT count(*) FROM res WHERE entry_ok AND jt = 'OBJECT' AND rt = 'Encounter' AND code_t = 'VARCHAR' "
         f"AND code NOT IN (SELECT unnest({classes}))"
-    ).fetchone()[0]
-    in_enc = connection.execute("SELECT count(*) FROM enc").fetchone()[0]
+    ).fetchall()[0][0]
+    in_enc = connection.execute("SELECT count(*) FROM enc").fetchall()[0][0]
     parents = sum(n for k, n in result.skipped_class if k == "parent of sub-encounters")
     result.total = int(in_enc + other)
     result.inpatient = int(result.total - sum(n for _, n in result.skipped_status) - other - parents)
@@ -421,16 +421,17 @@ def scan_fhir(
             "SELECT lname, count(*) AS n FROM stays WHERE unit IS NULL GROUP BY lname ORDER BY n DESC, lname LIMIT 6"
         ).fetchall()
     ]
-    result.outside_total = int(connection.execute("SELECT count(*) FROM stays WHERE unit IS NULL").fetchone()[0])
+    result.outside_total = int(connection.execute("SELECT count(*) FROM stays WHERE unit IS NULL").fetchall()[0][0])
     kept = "SELECT *, subject AS patient_id FROM stays WHERE unit IS NOT NULL"
-    if connection.execute(f"SELECT count(*) FROM ({kept})").fetchone()[0]:
+    if connection.execute(f"SELECT count(*) FROM ({kept})").fetchall()[0][0]:
         result.daily = daily_counts(connection, kept)
         result.overlaps, first = first_overlap(connection, kept, "file, ord, i")
         if result.overlaps:
-            result.overlap_at = connection.execute(
+            found = connection.execute(
                 "SELECT file, ord, 'Encounter/' || id, admit_field FROM stays WHERE file = ? AND ord = ? AND i = ?",
                 [first[0], first[1], first[2]],
-            ).fetchone()
+            ).fetchall()
+            result.overlap_at = found[0] if found else None
     table = connection.execute(
         """
         SELECT 'Encounter/' || id || '#' || i AS encounter_id, subject AS patient_id, unit,
