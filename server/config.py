@@ -12,6 +12,7 @@ from typing import Any
 
 from flwr.app import Context
 
+from medalloc_core.privacy.mechanisms import SHIPPED_MECHANISM, MechanismNotOffered, check_offered
 from medalloc_core.tasks import TaskOptionsError, get_task, task_names
 
 _STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -58,13 +59,9 @@ class RunConfig:
     validation_days: int = 0
     test_days: int = 0
     # --- patient-level privacy on each node (the node caps it by its own budget; its ledger has the last word)
-    privacy_mechanism: str = "source"  # each day's counts released once per node with Gaussian noise
+    privacy_mechanism: str = SHIPPED_MECHANISM  # each day's counts released once per node with Gaussian noise
     patient_epsilon: float = 1.0  # the most this run may spend per patient (stay) on each node
     max_stay_days: int = 14  # the stay length that epsilon covers; a node uses max(its own, this)
-    # --- window-level DP-SGD: proposals kept in the protocol for research; nodes no longer run it
-    dp_noise_multiplier: float = 1.3
-    dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
-    dp_max_grad_norm: float = 1.0
     # --- strategy parameters
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.1  # FedAdam eta
@@ -105,11 +102,10 @@ class RunConfig:
             get_task(self.task).options(self.task_options)
         except TaskOptionsError as exc:
             raise RunConfigError(str(exc)) from exc
-        if self.privacy_mechanism != "source":
-            raise RunConfigError(
-                f"privacy-mechanism '{self.privacy_mechanism}' is not offered; use 'source' (docs/privacy.md compares "
-                "it with patient-level DP-SGD)"
-            )
+        try:
+            check_offered(self.privacy_mechanism)
+        except MechanismNotOffered as exc:
+            raise RunConfigError(str(exc)) from None
         if not (math.isfinite(self.patient_epsilon) and self.patient_epsilon > 0) or self.max_stay_days < 1:
             raise RunConfigError("patient-epsilon must be a finite number > 0 and max-stay-days >= 1")
         if self.strategy not in _STRATEGY_NAMES:
@@ -135,10 +131,8 @@ class RunConfig:
         for name in ("fraction_train", "fraction_evaluate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RunConfigError(f"{_kebab(name)} must be in [0, 1], got {getattr(self, name)}")
-        if self.lr <= 0 or self.dp_max_grad_norm <= 0:
-            raise RunConfigError("lr and dp-max-grad-norm must be > 0")
-        if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
-            raise RunConfigError("dp-noise-multiplier and dp-target-epsilon must be >= 0")
+        if self.lr <= 0:
+            raise RunConfigError("lr must be > 0")
         if self.simulation_epsilon_budget <= 0 or not 0 < self.simulation_delta < 1:
             raise RunConfigError("simulation-epsilon-budget must be > 0 and simulation-delta in (0, 1)")
         if not 0.0 <= self.trimmed_beta < 0.5:

@@ -40,9 +40,6 @@ def _config(**overrides) -> dict:
         protocol.LOCAL_EPOCHS: 1,
         protocol.BATCH_SIZE: 32,
         protocol.LR: 0.01,
-        protocol.DP_NOISE_MULTIPLIER: 1.0,
-        protocol.DP_TARGET_EPSILON: 0.0,
-        protocol.DP_MAX_GRAD_NORM: 1.0,
         protocol.PROXIMAL_MU: 0.0,
         protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
         protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
@@ -128,9 +125,7 @@ def test_node_config_errors_name_the_key(node_config: dict, match: str):
 # ------------------------------------------------------------------ train
 def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, region: Path):
     g = _global()
-    proposal = _config(
-        **{protocol.LOCAL_EPOCHS: 50, protocol.DP_NOISE_MULTIPLIER: 0.1, protocol.DP_MAX_GRAD_NORM: 10.0}
-    )
+    proposal = _config(**{protocol.LOCAL_EPOCHS: 50})
     ctx = _node(
         tmp_path, region / "H000.csv", **{"max-local-epochs": 2, "min-noise-multiplier": 0.8, "max-grad-norm": 0.5}
     )
@@ -142,7 +137,7 @@ def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, r
     assert dict(content[protocol.NODE_INFO]) == {protocol.HOSPITAL_ID: "H000"}
     metrics = content[protocol.METRICS]
     assert set(metrics) == protocol.TRAIN_METRIC_KEYS
-    # the node's cap wins over the proposal; the noise is the release's (the DP-SGD proposals are moot)
+    # the node's cap wins over the proposal; the noise is the release's
     assert metrics[protocol.LOCAL_EPOCHS_USED] == 2 and metrics[protocol.NOISE_MULTIPLIER] == pytest.approx(
         4.2247, abs=1e-3
     )
