@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
 from medalloc_core.forecast.features import WindowSpec
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet
 from medalloc_core.model_io import FINAL_MODEL_NAME
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
 from medalloc_core.tasks import FederatedTask, TaskModel, get_task
@@ -114,7 +114,7 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
     return int(scalars.get("client-dp-releases", 0))
 
 
-def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
+def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> ForecasterNet:
     """The forecasting global model before round 1: seeded weights, or the public pretrained ones (``init``)."""
     from medalloc_core.forecast.pretrained import PretrainedMismatch
     from medalloc_core.tasks.forecasting.task import run_initial_model

@@ -285,12 +285,12 @@ class EquipmentTask(FederatedTask):
         return sorted(p for p in folder.iterdir() if is_fleet_folder(p))
 
     def report(self, sim: SimulationRun) -> dict[str, Any]:
-        from medalloc_core.equipment.research import equipment_report
+        from medalloc_core.tasks.equipment.research import equipment_report
 
         return equipment_report(sim)
 
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
-        from medalloc_core.equipment.research import EquipmentComparisons
+        from medalloc_core.tasks.equipment.research import EquipmentComparisons
 
         EquipmentComparisons.from_section(raw)
 
