@@ -279,3 +279,18 @@ def test_a_target_the_node_does_not_release_is_refused_before_anything_is_spent(
     assert not (tmp_path / "ledger.json.released.csv").exists()
     ledger = tmp_path / "ledger.json"
     assert not ledger.exists() or not json.loads(ledger.read_text())["body"]["entries"]
+
+
+def test_a_mechanism_the_node_does_not_offer_is_refused_before_anything_is_spent(tmp_path: Path, region: Path):
+    """The one 'source' check (privacy.mechanisms.check_offered) answers the node and the coordinator alike."""
+    from medalloc.server.config import RunConfig, RunConfigError
+
+    reply = handle_train(
+        request(5, record(_global()), _config(**{"privacy-mechanism": "dp-sgd-patient"})),
+        _node(tmp_path, region / "H000.csv"),
+    )
+    assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID
+    assert "privacy-mechanism 'dp-sgd-patient' is not offered; use 'source'" in reply.error.reason
+    assert not (tmp_path / "ledger.json.released.csv").exists()
+    with pytest.raises(RunConfigError, match="privacy-mechanism 'dp-sgd-patient' is not offered; use 'source'"):
+        RunConfig.from_mapping({"privacy-mechanism": "dp-sgd-patient"})
