@@ -86,3 +86,13 @@ def test_bad_settings_are_refused():
         DPSGDStep([p], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=1).from_clipped_sums(
             [torch.zeros(2), torch.zeros(2)]
         )
+
+
+def test_the_callers_gradients_can_be_privatised_again():
+    """Opacus marks what it processed; the step marks its own views, never the caller's tensors."""
+    p = torch.zeros(3, requires_grad=True)
+    step = DPSGDStep([p], noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=1)
+    grads = [torch.tensor([[0.1, 0.2, 0.2]])]
+    step.from_grad_samples(grads)
+    step.from_grad_samples(grads)
+    torch.testing.assert_close(p.grad, grads[0][0])

@@ -18,6 +18,12 @@ obtains its per-example gradients differs:
 The privacy accounting is not Opacus' accountant: a node's ``PrivacyLedger`` is its one
 accountant for the life of its data, charged with the plan (``DPPlan``) before the first step.
 
+Cost, measured against the hand-written steps it replaced (one run each on the shared 2-core
+machine, process CPU time): equipment's ``train_risk`` 3.53 -> 3.59 ms per step (logistic model,
+217 devices, 1.02x) and 4.50 -> 4.62 ms (hidden 8, 1.03x); ``dp_overhead --quick`` MLP
+``linear`` DP/plain 1.19x -> 1.33x (medians 1.27x -> 1.31x), ``hooks`` 7.19x -> 5.77x, ``ghost``
+2.16x -> 2.00x. No reason against Opacus.
+
 Randomness: on a real node the noise generator is seeded from the OS CSPRNG (``os_generator``,
 ``os.urandom``); a seeded generator is for research runs only (``TrainConfig.seed``,
 ``simulation-reproducible-noise``). ``secure_mode=True`` turns on Opacus' floating-point-attack
@@ -104,7 +110,7 @@ class DPSGDStep:
             if len(grad_samples) != len(self.params):
                 raise ValueError(f"{len(grad_samples)} per-example gradients for {len(self.params)} parameters")
             for p, g in zip(self.params, grad_samples):
-                p.grad_sample = g
+                p.grad_sample = g.detach()  # a new tensor object: Opacus marks it processed, not the caller's
         for p in self.params:
             p.summed_grad = None
         self._opacus.clip_and_accumulate()
