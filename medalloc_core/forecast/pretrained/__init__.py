@@ -97,6 +97,6 @@ def _weights(filename: str) -> bytes:
         if path.is_file():
             return path.read_bytes()
     raise FileNotFoundError(
-        f"the public pretrained weights {filename} are neither beside {here.parent} nor in the installed medalloc; "
+        f"the public pretrained weights {filename} are neither beside {here} nor in the installed medalloc; "
         "reinstall MedAlloc (pip install medalloc), or set init = 'none'"
     )
