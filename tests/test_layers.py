@@ -154,7 +154,9 @@ CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("domain", ("allocation", "forecast")),
     ("formats", ("model_io", "protocol")),
     ("equipment", ("equipment",)),
-    ("tasks", ("tasks",)),
+    # simulation.py (the simulation-* keys, typed once) and simulation_plots.py serve the tasks'
+    # simulated runs and reports; tasks/ reads them and simulation.py looks tasks up by name.
+    ("tasks", ("simulation", "simulation_plots", "tasks")),
     ("report", ("report",)),
 )
 _CORE_RANK = {name: rank for rank, (_, names) in enumerate(CORE_LAYERS) for name in names}
