@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -30,22 +30,21 @@ import numpy as np
 import torch
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, Frequency, UnitRecords
+from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
-from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
-from medalloc_core.privacy.fingerprint import fingerprint_frame
-from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.node_state import open_node_ledger
-from medalloc_core.privacy.release import (
-    ReleasePlan,
-    ReleaseStore,
-    ReleaseStoreError,
-    release_records,
-    secure_generator,
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyLedger
+from medalloc_core.privacy.mechanisms import (
+    MechanismNotOffered,
+    NodeRelease,
+    ReleaseColumnsMissing,
+    ReleaseTargetsNotReleased,
+    release_for_node,
 )
+from medalloc_core.privacy.node_state import open_node_ledger
+from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError, secure_generator
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -172,7 +171,7 @@ def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
-def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> Forecaster:
+def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> ForecasterNet:
     if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
@@ -241,108 +240,27 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
     return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
 
 
-def _release_plan(
-    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, columns: Sequence[str]
-) -> ReleasePlan:
-    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
-    if ask.privacy_mechanism != "source":
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
-            ),
-        )
-    target = min(ask.patient_epsilon, ledger.epsilon_budget)
-    try:
-        # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
-        # release within the target (shares or metrics spent earlier are composed in).
-        z = noise_multiplier_for(
-            target_epsilon=target,
-            delta=ledger.delta,
-            sample_rate=1.0,
-            steps=1,
-            accountant=ledger.accountant,
-            history=ledger.history(),
-            epsilon_tolerance=1e-4,
-        )
-    except TargetUnreachable as exc:
-        spent = ledger.epsilon_spent()
-        raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
-    stay = max(node.max_stay_days, ask.max_stay_days)
-    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=columns)
-
-
-def _release_columns(node: ForecastNode, ask: EvaluateInstruction, data: LocalData, store: ReleaseStore) -> None:
-    """Refuse, before anything is spent, a release or a request the node's columns cannot serve.
-
-    The release covers the node's ``release-columns`` that its file has (an admissions-only
-    clinic releases admissions alone; the per-stay sensitivity then counts admissions only); a
-    stored release keeps the columns it was made with. Targets outside them cannot be trained on.
-    """
-    present = set(data.records.count_columns)
-    columns = store.plan.columns if store.plan is not None else _columns_to_release(node, data)
-    lost = [c for c in columns if c not in present]
-    if not columns or lost:
-        logger.error(
-            "%s: the file (columns %s) cannot serve the release of %s",
-            node.hospital_id,
-            sorted(present),
-            list(columns or node.release_columns),
-        )
-        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID))
-    unreleased = [t for t in ask.window_spec.targets if t not in columns]
-    if unreleased:
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"target(s) {unreleased} are not among the columns this node releases ({', '.join(columns)})",
-            ),
-        )
-
-
-def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
-    """The node's ``release-columns`` that its file has, in the configured order."""
-    return tuple(c for c in node.release_columns if c in data.records.count_columns)
-
-
 def _released(
     node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
 ) -> LocalData:
-    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
+    """The node's released counts (``privacy.mechanisms.release_for_node``); each failure its own refusal."""
     assert node.release_path is not None
+    release = NodeRelease(
+        hospital_id=node.hospital_id,
+        release_path=node.release_path,
+        release_columns=node.release_columns,
+        targets=ask.window_spec.targets,
+        mechanism=ask.privacy_mechanism,
+        patient_epsilon=ask.patient_epsilon,
+        max_stay_days=max(node.max_stay_days, ask.max_stay_days),
+        run_tag=run_tag,
+    )
     try:
-        store = ReleaseStore.open(node.release_path)
-        _release_columns(node, ask, data, store)
-        missing = store.missing_days(data.records)
-        if len(missing):
-            rng = _noise_rng(node, ask)
-            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # fixed for life
-            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
-            days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
-            ledger.spend(
-                fingerprint_frame(frame),
-                noise_multiplier=plan.noise_multiplier,
-                sample_rate=1.0,
-                steps=1,
-                run_id=f"{run_tag}/source-release",
-                mechanism="source-release",
-                days=days,
-                detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
-                | {"max-stay-days": float(plan.max_stay_days)},
-            )
-            part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
-            store.add(release_records(part, plan, rng=rng), plan)
-            logger.info(
-                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
-                node.hospital_id,
-                len(frame),
-                days[0],
-                days[1],
-                plan.noise_multiplier,
-            )
-        records = store.records()
+        records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
+    except ReleaseColumnsMissing as exc:
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    except (ReleaseTargetsNotReleased, MechanismNotOffered) as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
@@ -357,7 +275,7 @@ def _released(
 
 def _prepare(
     settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
-) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+) -> tuple[ForecastNode, _I, ForecasterNet, LocalData, PrivacyLedger]:
     """What both handlers do first: request, data, model, ledger, release."""
     node = ForecastNode.of(settings)
     try:
@@ -389,7 +307,7 @@ def run_window_spec(run: Any) -> WindowSpec:
     )
 
 
-def run_initial_model(run: Any, config: ForecasterConfig) -> Forecaster:
+def run_initial_model(run: Any, config: ForecasterConfig) -> ForecasterNet:
     """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``).
 
     Raises ``PretrainedMismatch`` (a ``ValueError`` naming the setting to change) when the run's
@@ -469,9 +387,6 @@ class ForecastingTask(FederatedTask):
             batch_size=run.batch_size,
             lr=run.lr,
             proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
-            dp_noise_multiplier=run.dp_noise_multiplier,
-            dp_target_epsilon=run.dp_target_epsilon,
-            dp_max_grad_norm=run.dp_max_grad_norm,
             **_privacy_fields(run, run_tag),
         ).to_dict()
 
