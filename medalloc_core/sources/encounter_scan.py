@@ -29,9 +29,9 @@ from medalloc_core.contract import (
     Problem,
     UnitRecords,
 )
-from medalloc_core.encounters import DATE_DTYPE, encounters_to_daily
+from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES, MAX_LINE_BYTES, PARQUET_MAGIC
-from medalloc_core.sources.engine import connect, lines_of_ordinals, quote
+from medalloc_core.sources.engine import connect, daily_counts, first_overlap, lines_of_ordinals, quote
 from medalloc_core.sources.mapping import EngineSettings
 from medalloc_core.validation import (
     DATE_EXPECTED,
@@ -168,9 +168,16 @@ def scan_encounter_file(
                 problems = _explain(connection, path, fmt, conditions, flagged)
                 summary.update(encounters=int(rows), open_stays=int(open_stays))
                 return ValidationReport(path, problems, summary), None, None
+            daily = daily_counts(connection, "SELECT unit, admit, discharge FROM t")
+            overlaps, first = first_overlap(connection, "SELECT patient_id, admit, discharge, ord FROM t", "ord")
+            problems = []
+            if overlaps:
+                ordinal = int(first[0])
+                patient = connection.execute("SELECT patient_id FROM t WHERE ord = ?", [ordinal]).fetchall()[0][0]
+                problems.append(_overlap_warning(path, fmt, overlaps, ordinal, patient))
             stays = (
                 connection.execute(
-                    "SELECT encounter_id, patient_id, unit, admit AS admit_time, discharge AS discharge_time, ord "
+                    "SELECT encounter_id, patient_id, unit, admit AS admit_time, discharge AS discharge_time "
                     "FROM t ORDER BY ord"
                 )
                 .to_arrow_table()
@@ -181,8 +188,6 @@ def scan_encounter_file(
         return None
     for column in (ADMIT_TIME, DISCHARGE_TIME):
         stays[column] = stays[column].astype(DATE_DTYPE)
-    problems = _overlaps(stays, path, fmt)
-    daily = encounters_to_daily(stays)
     summary.update(encounters=int(rows), open_stays=int(open_stays))
     summary.update(frequency=Frequency.DAILY.value, gaps=0, daily_rows=len(daily))
     summary["units"] = sorted(daily[UNIT].unique().tolist())
@@ -190,7 +195,7 @@ def scan_encounter_file(
         summary["date_start"] = f"{daily['date'].min():%Y-%m-%d}"
         summary["date_end"] = f"{daily['date'].max():%Y-%m-%d}"
     records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=path, shape="encounters")
-    return ValidationReport(path, problems, summary), records, stays.drop(columns=["ord"])
+    return ValidationReport(path, problems, summary), records, stays
 
 
 def _ident(name: str) -> str:
@@ -205,27 +210,17 @@ def _rows(path: Path, fmt: str, ordinals: list[int]) -> dict[int, int]:
     return {o: lines.get(o + 1, o + 1) for o in ordinals}
 
 
-def _overlaps(stays: pd.DataFrame, path: Path, fmt: str) -> list[Problem]:
+def _overlap_warning(path: Path, fmt: str, count: int, ordinal: int, patient: Any) -> Problem:
     """The contract's warning: stays that start while the same patient's previous stay is open."""
-    ordered = stays.sort_values([PATIENT_ID, ADMIT_TIME], kind="stable")
-    previous = ordered.groupby(PATIENT_ID)[DISCHARGE_TIME].shift(1)
-    has_previous = ordered[PATIENT_ID].eq(ordered[PATIENT_ID].shift(1))
-    overlap = has_previous & (previous.isna() | (previous > ordered[ADMIT_TIME]))
-    if not overlap.any():
-        return []
-    label = overlap.index[overlap.to_numpy()][0]
-    ordinal = int(ordered.at[label, "ord"])
-    return [
-        Problem(
-            str(path),
-            f"{int(overlap.sum())} stay(s) start while the same patient's previous stay is still open; first here "
-            f"(patient {show_value(ordered.at[label, PATIENT_ID])}); "
-            "both are counted in the census until the first is discharged",
-            row=_rows(path, fmt, [ordinal])[ordinal],
-            column=ADMIT_TIME,
-            severity="warning",
-        )
-    ]
+    return Problem(
+        str(path),
+        f"{count} stay(s) start while the same patient's previous stay is still open; first here "
+        f"(patient {show_value(patient)}); "
+        "both are counted in the census until the first is discharged",
+        row=_rows(path, fmt, [ordinal])[ordinal],
+        column=ADMIT_TIME,
+        severity="warning",
+    )
 
 
 def _explain(
