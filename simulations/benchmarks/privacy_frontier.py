@@ -15,7 +15,7 @@ winter seasonality) every method forecasts the same rolling origins (8 per unit,
   the lowest pinball on the nodes' *released* validation days kept) on every node's counts
   released once at patient-level epsilon E (``medalloc_core.privacy.release``, the very
   mechanism a node runs, docs/privacy.md: training on the release is post-processing). It
-  reads the region (``medalloc_core.region``): the other hospitals' released daily totals up
+  reads the region (``medalloc_core.forecast.region``): the other hospitals' released daily totals up
   to the day before each origin, post-processing too. At forecast time the node reads its own
   true recent counts;
 - ``local only DP``: each hospital fine-tunes the same start alone on its release at E;
@@ -67,7 +67,7 @@ from medalloc_core.forecast.forecasters import (
     SeasonalNaiveForecaster,
 )
 from medalloc_core.privacy.release import ReleasePlan, release_records
-from medalloc_core.region import regional
+from medalloc_core.forecast.region import regional
 from medalloc_core.synthetic import RegionConfig, generate_region
 
 logger = logging.getLogger(__name__)

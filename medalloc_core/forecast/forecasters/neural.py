@@ -61,7 +61,7 @@ class NeuralForecaster(Forecaster):
     context : sequence of str, default ()
         Hybrid only: the context channels it reads (``WindowSpec.context``: ``"year_ago"``,
         ``"region"``; the region needs ``region_<target>`` columns in the records, see
-        ``medalloc_core.region``).
+        ``medalloc_core.forecast.region``).
 
     Attributes
     ----------

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from medalloc_core.contract import DATE, UNIT, UnitRecords
-from medalloc_core.features import REGION_PREFIX
+from medalloc_core.forecast.features import REGION_PREFIX
 
 __all__ = ["daily_totals", "region_totals", "regional", "with_region"]
 
