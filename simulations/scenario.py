@@ -131,8 +131,8 @@ class Scenario:
 
     def days_needed(self) -> int:
         """The fewest days a unit needs: one training window, then the validation days and the held-out weeks."""
-        history = int(self.federation.get("history", 56))
-        horizon = int(self.federation.get("horizon", 14))
+        history = int(self.federation.get("history", RunConfig().history))
+        horizon = int(self.federation.get("horizon", RunConfig().horizon))
         return history + horizon + self.validation_days + 7 * self.eval_weeks
 
     def federation_config(self, *, data_dir: Path, out_dir: Path) -> RunConfig:
@@ -365,7 +365,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
 
 def _check_evaluation(scenario: Scenario) -> None:
     """The rolling-origin evaluation fits the horizon and, for a generated region, its shortest hospital."""
-    source, horizon = scenario.source, int(scenario.federation.get("horizon", 14))
+    source, horizon = scenario.source, int(scenario.federation.get("horizon", RunConfig().horizon))
     weeks, origins, val = scenario.eval_weeks, scenario.eval_origins, scenario.validation_days
     if weeks < 1 or origins < 1 or val < horizon:
         raise ScenarioError(

@@ -309,6 +309,8 @@ max_beds = 300
 [federation]
 num-server-rounds = 2
 local-epochs = 1
+model = "mlp"
+init = "none"
 history = 14
 horizon = 7
 hidden = 16

@@ -47,6 +47,8 @@ def test_nodes_reading_omop_fhir_and_contract_files_train_together(tmp_path: Pat
         "min-available-nodes": 6,
         "min-train-nodes": 6,
         "local-epochs": 1,
+        "model": "mlp",
+        "init": "none",
         "history": 14,
         "horizon": 7,
         "hidden": 8,

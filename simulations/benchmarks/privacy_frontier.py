@@ -66,8 +66,8 @@ from medalloc_core.forecast.forecasters import (
     NeuralForecaster,
     SeasonalNaiveForecaster,
 )
-from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.forecast.region import regional
+from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
 
 logger = logging.getLogger(__name__)
@@ -447,6 +447,12 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _worker_init() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller regions (about half the hospitals)")
@@ -462,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated patient-level epsilons, 'inf' for no DP (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the (research) release noise")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="families run in parallel processes (same numbers; default 1)"
+    )
     args = parser.parse_args(argv)
     try:
         epsilons = tuple(float(e) for e in args.epsilons.split(","))
@@ -475,10 +484,20 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=200)
     chosen = [f for f in families(args.quick) if not args.families or f.name in args.families.split(",")]
     began = time.perf_counter()
-    results = []
-    for family in chosen:
-        result = run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
-        results.append(result)
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
+            futures = [
+                pool.submit(run_family, f, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
+                for f in chosen
+            ]
+            results = [f.result() for f in futures]
+    else:
+        results = [
+            run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed) for family in chosen
+        ]
+    for result in results:
         console.print(ratio_table(result))
         console.print(goal_table(result))
         console.print(f"  ({result['seconds']:.0f} s)")
