@@ -116,7 +116,7 @@ class NeuralSettings:
     history: int = 28  # the pretrained weights' shape
     hidden: int = 64
     batch_size: int = 256
-    lr: float = 0.0003
+    lr: float = 0.001  # the default scenario's
     noise_multiplier: float = 1.0  # unused by the source release (its noise follows epsilon_budget)
     epsilon_budget: float = 1.0  # per patient (stays up to 14 nights): each node's release and lifetime budget
     delta: float = 1e-6
