@@ -116,6 +116,8 @@ def _keys(region: Path, out: Path, hospitals: int, rounds: int) -> dict[str, Any
         "min-available-nodes": hospitals,
         "min-train-nodes": hospitals,
         "fraction-evaluate": 0.0,
+        "model": "mlp",
+        "init": "none",
         "history": 14,
         "horizon": 7,
         "hidden": 16,
