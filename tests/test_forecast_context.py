@@ -125,3 +125,17 @@ def test_region_join_keeps_rows_and_marks_unknown_days() -> None:
     joined = with_region(recs, region)
     assert len(joined.frame) == len(recs.frame)
     assert joined.frame[REGION_PREFIX + ADMISSIONS].isna().sum() == 40 * recs.frame[UNIT].nunique()
+
+
+def test_the_run_configs_context_reaches_the_federations_model_and_its_windows() -> None:
+    from medalloc.server.config import RunConfig, RunConfigError
+    from medalloc_core.tasks.forecasting.task import ForecastingTask
+
+    run = RunConfig.from_mapping({"context": "weeks"})
+    model = ForecastingTask().model(run, {})
+    assert model.config.context == 1 and model.spec.context == ("weeks",)
+    assert WindowSpec.from_dict(model.spec.to_dict()) == model.spec  # what nodes receive
+    assert ForecastingTask().model(RunConfig(), {}).spec.context == ()  # the default reads no context
+    for bad in ({"context": "region"}, {"context": "weeks", "model": "mlp", "init": "none"}):
+        with pytest.raises(RunConfigError, match="context"):
+            RunConfig.from_mapping(bad)

@@ -727,6 +727,7 @@ def federation_window_spec(
     model: str = "mlp",
     val_periods: int | None = None,
     test_periods: int | None = None,
+    context: tuple[str, ...] = (),
 ) -> WindowSpec:
     """The federation's input windows: daily data, the default calendar covariates, held-out
     periods, the scaling ``model`` needs.
@@ -746,4 +747,5 @@ def federation_window_spec(
         val_periods=val_periods or held_out,
         test_periods=test_periods or held_out,
         scaling=scaling,
+        context=context if scaling == "window" else (),
     )
