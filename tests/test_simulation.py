@@ -159,7 +159,7 @@ def test_embedded_default_scenario_needs_no_file():
         ("[federation]\ntest-days = 56\n", r"'test-days': use \[evaluation\] weeks"),
         (
             "[region]\ndays = 300\nshort_history_fraction = 0.4\n",
-            r"every unit needs 210 days .* as short as 120 days; raise \[region\] days, or set \[evaluation\] weeks",
+            r"every unit needs 182 days .* as short as 120 days; raise \[region\] days, or set \[evaluation\] weeks",
         ),
     ],
 )
