@@ -219,6 +219,7 @@ def run_scenario(
         centralized=scenario.centralized,
         baselines=scenario.baselines,
         quantiles=quantiles,
+        context=tuple(spec.context),
     )
     methods: dict[str, dict[str, dict[str, Any]]] = {}
     forecasts: dict[str, np.ndarray] = {}
