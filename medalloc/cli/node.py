@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from medalloc_core.paths import read_regular_bytes
+
 EXIT_INVALID = 2
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "red"}
@@ -31,6 +33,8 @@ node_app = typer.Typer(
     help="A hospital node its data owner controls: approved apps only, checked before joining (docs/hospital.md).",
     no_args_is_help=True,
 )
+
+_MAX_FAB_BYTES = 256 * 2**20  # far above any app bundle
 
 
 def _fail(message: str) -> NoReturn:
@@ -79,7 +83,7 @@ def approve(
         value = digest(data)
     elif fab is not None:
         try:
-            data = fab.read_bytes()
+            data = read_regular_bytes(fab, limit=_MAX_FAB_BYTES, what="a .fab file")
         except OSError as exc:
             _fail(f"--fab {fab}: cannot be read ({exc.strerror or exc})")
         value, name = digest(data), fab_name(data)

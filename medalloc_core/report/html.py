@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medalloc_core.paths import read_regular_bytes
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 STYLE = """
@@ -65,10 +67,13 @@ def number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+_MAX_IMAGE_BYTES = 64 * 2**20
+
+
 def image(path: Path, alt: str, caption: str = "") -> str:
     """A figure with the PNG at ``path`` inlined as base64; a note instead when it is missing or not a PNG."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_bytes(path, limit=_MAX_IMAGE_BYTES)  # a FIFO or a device is not a figure
     except OSError:
         return f'<p class="note">({esc(alt)}: {esc(Path(path).name)} is not in the results folder)</p>'
     if not data.startswith(PNG_MAGIC):

@@ -36,6 +36,8 @@ from medalloc_core.contract import (
     Problem,
 )
 from medalloc_core.encounters import DATE_DTYPE
+from medalloc_core.io import MAX_FILE_BYTES
+from medalloc_core.paths import open_regular, read_regular_bytes
 from medalloc_core.sources.mapping import FhirMapping
 from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, Findings, empty_stays, finish, show
 
@@ -171,15 +173,33 @@ def _ndjson_lines(path: Path, findings: Findings) -> list[tuple[int, Any]]:
     """(line number, JSON value) of every non-blank line; unreadable lines are reported."""
     out: list[tuple[int, Any]] = []
     try:
-        handle = path.open("rb")
+        handle = open_regular(path, what="a .ndjson file")  # a FIFO or a device is refused, never read
     except OSError as exc:
         findings.add(f"cannot be read: {exc.strerror or exc}", file=str(path))
         return out
+    total = 0
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if len(line) > MAX_LINE_BYTES:
+        # A line is read up to MAX_LINE_BYTES + 1 bytes, so one endless line costs no more memory.
+        for number, line in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            total += len(line)
+            if total > MAX_FILE_BYTES:
                 findings.add(
-                    f"line of {len(line):,} bytes; expected one resource of at most {MAX_LINE_BYTES:,} bytes per line",
+                    f"holds more than {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES); "
+                    "split the export (docs/data.md, Limits)",
+                    file=str(path),
+                    row=number,
+                )
+                break
+            if len(line) > MAX_LINE_BYTES:
+                if not line.endswith(b"\n"):  # skip the rest of the long line
+                    while True:
+                        rest = handle.readline(MAX_LINE_BYTES + 1)
+                        total += len(rest)
+                        if not rest or rest.endswith(b"\n") or total > MAX_FILE_BYTES:
+                            break
+                findings.add(
+                    f"line of more than {MAX_LINE_BYTES:,} bytes; expected one resource of at most {MAX_LINE_BYTES:,} "
+                    "bytes per line",
                     file=str(path),
                     row=number,
                 )
@@ -204,7 +224,9 @@ def _ndjson_lines(path: Path, findings: Findings) -> list[tuple[int, Any]]:
 def _bundle_entries(path: Path, findings: Findings) -> list[tuple[int, Any]]:
     """(entry number, resource) of a Bundle file; a file that is not a Bundle is reported."""
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(
+            read_regular_bytes(path, limit=MAX_FILE_BYTES, what="a FHIR Bundle (.fhir.json)").decode("utf-8")
+        )
     except OSError as exc:
         findings.add(f"cannot be read: {exc.strerror or exc}", file=str(path))
         return []
