@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.atomic import atomic_write_files
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, Frequency, UnitRecords
+from medalloc_core.paths import read_regular_bytes, read_regular_text
 from medalloc_core.privacy.gaussian import gaussian_epsilon, gaussian_noise_multiplier
 
 __all__ = [
@@ -63,6 +64,10 @@ RELEASABLE_COLUMNS: tuple[str, ...] = (ADMISSIONS, DISCHARGES, CENSUS)
 # (volume-weighted WAPE 0.1309, 0.1286, 0.1271, 0.1298, 0.1336).
 CENSUS_NOISE_RATIO = 2.0
 _NOISE_WEIGHT = {ADMISSIONS: 1.0, DISCHARGES: 1.0, CENSUS: CENSUS_NOISE_RATIO}
+# Bounds on what a node reads back: a plan is a dozen lines; released counts are ~40 bytes per
+# (unit, day), so 256 MiB is millions of unit-days (the input file's own limit, io.MAX_FILE_BYTES).
+_MAX_PLAN_BYTES = 1 * 2**20
+MAX_RELEASE_BYTES = 256 * 2**20
 
 
 def _stay_contribution(column: str, max_stay_days: int) -> int:
@@ -262,8 +267,11 @@ class ReleaseStore:
         if not path.exists() and not meta.exists():
             return cls(path, None, pd.DataFrame(columns=[DATE, UNIT]))
         try:
-            plan = ReleasePlan.from_dict(json.loads(meta.read_text(encoding="utf-8")))
-            frame = pd.read_csv(path, parse_dates=[DATE], dtype={UNIT: str})
+            plan = ReleasePlan.from_dict(
+                json.loads(read_regular_text(meta, limit=_MAX_PLAN_BYTES, what="a release plan (JSON)"))
+            )
+            data = read_regular_bytes(path, limit=MAX_RELEASE_BYTES, what="released counts (CSV)")
+            frame = pd.read_csv(io.BytesIO(data), parse_dates=[DATE], dtype={UNIT: str})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ReleaseStoreError(
                 f"released counts {path} (or {meta}) cannot be read ({exc}); the node releases and trains nothing "
@@ -303,8 +311,13 @@ class ReleaseStore:
         out = merged.copy()
         out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
         out.to_csv(buffer, index=False, float_format="%.6f")
-        atomic_write_bytes(self.meta_path, (json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        atomic_write_bytes(self.path, buffer.getvalue().encode())
+        # Both staged before either replaces its file: a full disk changes neither.
+        atomic_write_files(
+            {
+                self.meta_path: (json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n").encode(),
+                self.path: buffer.getvalue().encode(),
+            }
+        )
         self.plan, self.frame = plan, merged
 
     def records(self, source: Path | None = None) -> UnitRecords:
