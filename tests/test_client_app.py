@@ -13,8 +13,8 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from medalloc.client.app import handle_evaluate, handle_train, make_client_app
 from medalloc.client.config import NodeConfig, NodeConfigError
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import EvaluateInstruction, Refusal
 from tests.fed_fixtures import TINY, record, request, small_region, task_identity
 

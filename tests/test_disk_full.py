@@ -158,9 +158,9 @@ def test_the_release_store_on_a_full_disk_keeps_what_was_released(disk: Disk) ->
 
 
 def test_a_model_written_on_a_full_disk_leaves_the_previous_pair(disk: Disk) -> None:
-    from medalloc_core.features import federation_window_spec
+    from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
     from medalloc_core.model_io import read_model_files, write_model_files
-    from medalloc_core.models import ForecasterConfig, build_model, state_arrays
 
     spec = federation_window_spec(history=14, horizon=7, targets=["admissions"], model="mlp")
     config = ForecasterConfig.for_spec(spec, model="mlp", hidden=16)

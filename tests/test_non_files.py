@@ -3,7 +3,7 @@
 A FIFO blocks ``open()`` until a writer comes, ``/dev/zero`` and ``/dev/urandom`` never end and
 have ``st_size`` 0, a socket cannot be opened: ``medalloc_core.paths`` checks what a path is
 before it is read and counts size limits on the bytes read. The generators of every kind are in
-``medalloc/fuzz/gen_nonfiles.py``; here each command meets each kind at least once.
+``fuzz/gen_nonfiles.py``; here each command meets each kind at least once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from medalloc.fuzz.commands import GENERATORS
-from medalloc.fuzz.registry import SPECIAL_KINDS, Case, run_case
+from fuzz.commands import GENERATORS
+from fuzz.registry import SPECIAL_KINDS, Case, run_case
 from medalloc_core.contract import DataContractError
 from medalloc_core.io import read_table
 from medalloc_core.model_io import ModelFileError, read_sidecar
@@ -29,7 +29,7 @@ NON_FILE_GENERATORS = sorted(k for k in GENERATORS if k.endswith("/not-a-file"))
 
 
 def _make(path: Path, kind: str, keep: list[socket.socket]) -> None:
-    from medalloc.fuzz.registry import make_special
+    from fuzz.registry import make_special
 
     make_special(path, kind, keep)
 
