@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,17 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     atomic_write_files({Path(path): data}, mode=mode)
 
 
-def atomic_write_files(files: Mapping[Path, bytes], *, mode: int = 0o644) -> None:
+def atomic_write_files(
+    files: Mapping[Path, bytes], *, mode: int = 0o644, between: Callable[[], None] | None = None
+) -> None:
     """Write several files so that a full disk changes none of them: all are staged (written and
     synced to temp files) before the first is renamed into place.
 
     A failed write (``ENOSPC`` while staging) leaves every file as it was and raises
     :class:`WriteFailed`. Renames need no space, so once staging succeeded only a crash can
     separate the files; a caller that needs them together across a crash records its intent
-    first (``medalloc_core.privacy.transaction``).
+    first (``medalloc_core.privacy.transaction``). ``between`` runs after the first rename (tests
+    kill the process there).
     """
     staged: list[tuple[str, Path]] = []
     current = Path(".")
@@ -87,9 +90,11 @@ def atomic_write_files(files: Mapping[Path, bytes], *, mode: int = 0o644) -> Non
             current = Path(path)
             current.parent.mkdir(parents=True, exist_ok=True)
             staged.append((_stage(current, data, mode), current))
-        for tmp_name, path in staged:
+        for i, (tmp_name, path) in enumerate(staged):
             current = path
             os.replace(tmp_name, path)
+            if i == 0 and between is not None and len(staged) > 1:
+                between()
         for directory in {path.parent for _, path in staged}:
             _fsync_dir(directory)
     except OSError as exc:

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,13 @@ class ReleaseStoreError(ValueError):
     """The released-counts file is unreadable or does not match its plan; the node releases nothing more."""
 
 
+def _unreadable(path: Path, meta: Path, exc: BaseException) -> ReleaseStoreError:
+    return ReleaseStoreError(
+        f"released counts {path} (or {meta}) cannot be read ({exc}); the node releases and trains nothing "
+        "until its operator restores them. Never delete them to start again: the ledger already charged them."
+    )
+
+
 class ReleaseStore:
     """The node's released counts on disk: ``<path>`` (CSV: date, unit, columns) and ``<path>.json`` (the plan).
 
@@ -266,23 +273,33 @@ class ReleaseStore:
         meta = path.with_name(path.name + ".json")
         if not path.exists() and not meta.exists():
             return cls(path, None, pd.DataFrame(columns=[DATE, UNIT]))
+        plan = cls.open_plan(meta, counts=path)
+        return cls(path, plan, cls.read_counts(path, plan))
+
+    @staticmethod
+    def open_plan(meta: Path, *, counts: Path | None = None) -> ReleasePlan:
+        """The plan stored at ``meta``; ``ReleaseStoreError`` when it cannot be read."""
         try:
-            plan = ReleasePlan.from_dict(
+            return ReleasePlan.from_dict(
                 json.loads(read_regular_text(meta, limit=_MAX_PLAN_BYTES, what="a release plan (JSON)"))
             )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _unreadable(counts or meta, meta, exc) from exc
+
+    @staticmethod
+    def read_counts(path: Path, plan: ReleasePlan) -> pd.DataFrame:
+        """The released counts at ``path``, checked against ``plan``'s columns; ``ReleaseStoreError`` otherwise."""
+        try:
             data = read_regular_bytes(path, limit=MAX_RELEASE_BYTES, what="released counts (CSV)")
             frame = pd.read_csv(io.BytesIO(data), parse_dates=[DATE], dtype={UNIT: str})
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ReleaseStoreError(
-                f"released counts {path} (or {meta}) cannot be read ({exc}); the node releases and trains nothing "
-                "until its operator restores them. Never delete them to start again: the ledger already charged them."
-            ) from exc
+            raise _unreadable(path, path.with_name(path.name + ".json"), exc) from exc
         expected = [DATE, UNIT, *plan.columns]
         if list(frame.columns) != expected or frame.duplicated([DATE, UNIT]).any():
             raise ReleaseStoreError(
                 f"released counts {path} have columns {list(frame.columns)} or duplicate days; expected {expected}"
             )
-        return cls(path, plan, frame)
+        return frame
 
     def missing_days(self, records: UnitRecords) -> pd.DataFrame:
         """Rows of ``records`` (date, unit) not released yet."""
@@ -292,8 +309,11 @@ class ReleaseStore:
         released = pd.MultiIndex.from_frame(self.frame[[DATE, UNIT]])
         return records.frame[~pd.MultiIndex.from_frame(keys).isin(released)]
 
-    def add(self, released: UnitRecords, plan: ReleasePlan) -> None:
-        """Append newly released rows (never ones already there) and write the store atomically."""
+    def add(self, released: UnitRecords, plan: ReleasePlan, *, between: Callable[[], None] | None = None) -> None:
+        """Append newly released rows (never ones already there) and write the store atomically.
+
+        ``between`` runs after the plan's file is replaced and before the counts' (a test's fault point).
+        """
         if self.plan is not None and (
             self.plan.noise_multiplier != plan.noise_multiplier
             or self.plan.columns != plan.columns
@@ -316,7 +336,8 @@ class ReleaseStore:
             {
                 self.meta_path: (json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n").encode(),
                 self.path: buffer.getvalue().encode(),
-            }
+            },
+            between=between,
         )
         self.plan, self.frame = plan, merged
 

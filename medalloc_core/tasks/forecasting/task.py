@@ -30,22 +30,21 @@ import numpy as np
 import torch
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, Frequency, UnitRecords
+from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
-from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import (
     ReleasePlan,
     ReleaseStore,
     ReleaseStoreError,
-    release_records,
     secure_generator,
 )
+from medalloc_core.privacy.transaction import commit_release, finish_pending, release_lock
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -295,44 +294,38 @@ def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
 def _released(
     node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
 ) -> LocalData:
-    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
+    """The node's released counts, extended to days not released yet, as one transaction
+    (``medalloc_core.privacy.transaction``: intent, spend, counts, commit); an interrupted release is
+    finished first, never released again."""
     assert node.release_path is not None
     try:
-        store = ReleaseStore.open(node.release_path)
-        _release_columns(node, ask, data, store)
-        missing = store.missing_days(data.records)
-        if len(missing):
-            rng = _noise_rng(node, ask)
-            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # fixed for life
-            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
-            days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
-            ledger.spend(
-                fingerprint_frame(frame),
-                noise_multiplier=plan.noise_multiplier,
-                sample_rate=1.0,
-                steps=1,
-                run_id=f"{run_tag}/source-release",
-                mechanism="source-release",
-                days=days,
-                detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
-                | {"max-stay-days": float(plan.max_stay_days)},
-            )
-            part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
-            store.add(release_records(part, plan, rng=rng), plan)
-            logger.info(
-                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
-                node.hospital_id,
-                len(frame),
-                days[0],
-                days[1],
-                plan.noise_multiplier,
-            )
+        with release_lock(node.release_path):
+            finish_pending(node.release_path, ledger, data.records, lambda: _noise_rng(node, ask))
+            store = ReleaseStore.open(node.release_path)
+            _release_columns(node, ask, data, store)
+            missing = store.missing_days(data.records)
+            if len(missing):
+                rng = _noise_rng(node, ask)
+                plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # for life
+                frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
+                commit_release(store, ledger, frame, plan, rng=rng, run_tag=run_tag, records=data.records)
+                logger.info(
+                    "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                    node.hospital_id,
+                    len(frame),
+                    str(frame["date"].min().date()),
+                    str(frame["date"].max().date()),
+                    plan.noise_multiplier,
+                )
         records = store.records()
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
     except LedgerError as exc:
         raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason) from exc
+    except OSError as exc:  # a full or read-only disk: a spend already made is finished on the next start
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.NODE_STORAGE_FAILED, _reason(Refusal.NODE_STORAGE_FAILED)) from exc
     try:
         return LocalData(records, prepare_hospital(records, data.dataset.spec))
     except ValueError as exc:
