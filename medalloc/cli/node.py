@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from medalloc.cli.tables import Table
 from medalloc_core.paths import read_regular_bytes
 
 EXIT_INVALID = 2

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medalloc_core.display import clean_display
 from medalloc_core.paths import read_regular_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -54,8 +55,8 @@ ul.words li { margin-bottom: 4px; }
 
 
 def esc(value: object) -> str:
-    """HTML-escaped text of any value (quotes too: safe inside attributes)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text of any value (quotes too: safe inside attributes), bidirectional controls removed."""
+    return html.escape(clean_display(value), quote=True)
 
 
 def number(value: Any, digits: int = 3) -> str:
