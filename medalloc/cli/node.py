@@ -68,6 +68,7 @@ def approve(
     """Approve one app version: its FAB hash goes into the approved-apps file the node enforces."""
     from medalloc.node.approved import ApprovalError, ApprovedApp, add_approved, fab_name, fab_of_app, now
     from medalloc.node.approved import sha256 as digest
+    from medalloc.node.installed import save_manifest
 
     given = [x for x in (app, fab, sha256) if x is not None]
     if len(given) != 1:
@@ -94,7 +95,9 @@ def approve(
         value = sha256.lower()
     try:
         added = add_approved(approved_apps, ApprovedApp(value, name, by, now()))
-    except (ApprovalError, OSError) as exc:
+        if sha256 is None:  # the FAB's files, so the gate can check the installed copy before every run
+            save_manifest(approved_apps, value, data)
+    except (ApprovalError, OSError, ValueError) as exc:
         _fail(str(exc))
     console = Console(soft_wrap=True, highlight=False)
     verb = "approved" if added else "already approved"
