@@ -147,6 +147,7 @@ def _counts_path(store_path: Path) -> Path:
 def release_lock(store_path: Path) -> Iterator[None]:
     """Hold ``flock(LOCK_EX)`` on ``<release>.lock``: one process releases or recovers at a time."""
     lock_path = Path(store_path).with_name(Path(store_path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)  # as the store's own writes do
     with open(lock_path, "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
