@@ -89,11 +89,12 @@ class GatewayLimits:
         How long an idle kept-alive connection stays open between two requests.
     conn_per_ip : int
         ``limit_conn`` per client address: requests in progress at once. A SuperNode has
-        at most two (its heartbeat thread and its main loop); 4 leaves room for two nodes
-        behind one address. It is what a slow client can hold: nginx has no minimum upload
-        rate (``client_body_timeout`` is a pause between two reads, so a byte every 29 s
-        keeps a request alive), so it bounds how many places each address can hold instead:
-        ``conn_total / conn_per_ip`` = 32 addresses are needed to fill the uploads' places.
+        at most two (its heartbeat thread and its main loop); 8 leaves room for four nodes
+        behind one address (a hospital's NAT, or every node of a loopback test). It is what a
+        slow client can hold: nginx has no minimum upload rate (``client_body_timeout`` is a
+        pause between two reads, so a byte every 29 s keeps a request alive), so it bounds
+        how many places each address can hold instead: ``conn_total / conn_per_ip`` = 16
+        addresses are needed to fill the uploads' places.
     conn_total : int
         ``limit_conn`` over all clients; with ``max_body_mib`` it bounds the memory request
         bodies can take (128 x 8 MiB = 1 GiB). Heartbeats do not count here.
@@ -118,7 +119,7 @@ class GatewayLimits:
     body_timeout_s: int = 30
     send_timeout_s: int = 60
     keepalive_timeout_s: int = 15
-    conn_per_ip: int = 4
+    conn_per_ip: int = 8
     conn_total: int = 128
     heartbeat_conn_total: int = 512
     heartbeat_max_body_kib: int = 64
