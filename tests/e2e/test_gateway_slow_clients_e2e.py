@@ -18,9 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from medalloc.server.gateway import GatewayLimits
 from tests.e2e.harness import ProcessHarness
 from tests.e2e.test_deployment import TOY_APP, Federation, _deploy, generate_region
+
+pytestmark = pytest.mark.slow
 
 ATTACKERS = [f"127.0.0.{i}" for i in range(2, 10)]
 PER_ATTACKER = 16
