@@ -32,7 +32,6 @@ import pandas as pd
 from flwr.app import Context, RecordDict
 
 from medalloc.client.app import handle_evaluate, handle_train
-from medalloc.client.task import evaluate_local, load_local_data
 from medalloc_core import protocol
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.forecast.features import federation_window_spec
@@ -42,6 +41,7 @@ from medalloc_core.privacy.release import ReleasePlan
 from medalloc_core.privacy.stay_audit import canary_stay_audit
 from medalloc_core.protocol import EvaluateInstruction, EvaluateReply, TrainInstruction
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+from medalloc_core.tasks.forecasting.local import evaluate_local, load_local_data
 
 from .local_grid import task_identity
 
@@ -135,9 +135,6 @@ def _instruction(*, epsilon: float, reproducible: bool, seed: int) -> dict[str, 
         batch_size=32,
         lr=0.01,
         proximal_mu=0.0,
-        dp_noise_multiplier=1.0,
-        dp_target_epsilon=0.0,
-        dp_max_grad_norm=1.0,
         run_tag="audit",
     ).to_dict()
 

@@ -5,7 +5,8 @@ two Flower apps) import each other never and the simulations/CLI never; simulati
 above both apps; the CLI (medalloc/cli) is on top. Inside client/, server/ and simulations/
 their own modules are imported relatively, because Flower loads the apps from the FAB as
 top-level ``client.app`` / ``server.app`` while the installed package names them
-``medalloc.client`` / ``medalloc.server``.
+``medalloc.client`` / ``medalloc.server``. Inside medalloc_core the layers are ordered too
+(``CORE_LAYERS``: base < privacy < data < domain < formats < equipment < tasks < report).
 """
 
 from __future__ import annotations
@@ -76,6 +77,54 @@ def test_layer_imports_nothing_it_must_not(folder: str) -> None:
     assert _violations(folder) == []
 
 
+# What simulations/ may take from the two apps: only what it needs to RUN them (the ClientApp and
+# ServerApp, their handlers and round loop, the run config they read, the deployment pieces a
+# benchmark starts). Everything else a simulation uses (task code, region files, plots, reports)
+# comes from medalloc_core, which the apps import too: the apps are not facades for the simulations.
+SIMULATIONS_MAY_IMPORT_FROM_APPS = {
+    "medalloc.client.app": {"make_client_app", "handle_train", "handle_evaluate", "refusal"},
+    "medalloc.server.app": {"make_server_app", "run_federation"},
+    "medalloc.server.config": {"RunConfig", "RunConfigError"},
+    "medalloc.server.certs": {"write_certificates"},  # the boundary benchmark starts a real SuperLink and gateway
+    "medalloc.server.gateway": {"GatewayError", "find_nginx"},
+}
+
+
+def _app_imports_of_simulations() -> list[str]:
+    out = []
+    for path in _modules("simulations"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [(a.name, "") for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [(node.module, a.name) for a in node.names]
+            else:
+                continue
+            for module, name in names:
+                if module.split(".")[:2] in (["medalloc", "client"], ["medalloc", "server"]):
+                    if name not in SIMULATIONS_MAY_IMPORT_FROM_APPS.get(module, set()):
+                        out.append(
+                            f"{path.relative_to(REPO)}:{node.lineno} imports {module}{':' + name if name else ''}"
+                        )
+    return out
+
+
+def test_simulations_import_the_core_not_the_apps() -> None:
+    assert _app_imports_of_simulations() == []
+
+
+def test_the_app_import_check_sees_a_violation() -> None:
+    probe = REPO / "simulations" / "_layer_probe_tmp.py"
+    try:
+        probe.write_text("from medalloc.client.config import NodeConfig\nimport medalloc.server.app\n")
+        assert sorted(v.split(" imports ")[1] for v in _app_imports_of_simulations()) == [
+            "medalloc.client.config:NodeConfig",
+            "medalloc.server.app",
+        ]
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def test_the_check_sees_a_violation() -> None:
     # The checker itself must be able to fail: a core module importing flwr and a client module
     # importing the server are both reported.
@@ -89,6 +138,80 @@ def test_the_check_sees_a_violation() -> None:
     finally:
         bad_core.unlink(missing_ok=True)
         bad_client.unlink(missing_ok=True)
+
+
+# Inside the library, lowest first: a module imports its own layer and the layers below it,
+# never one above (checked on every import, function-local ones included). The privacy layer
+# sits under the data and the domain: it knows counts and ledgers, not forecasters (the
+# window-level DP-SGD audit, which trains one, is medalloc_core.forecast.audit). model_io and
+# protocol still carry forecasting's ForecasterConfig and WindowSpec (the forecaster's model
+# files and the forecasting instructions), so they sit above forecast, and equipment, which
+# stores its models through model_io, above them.
+CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", ("atomic", "contract", "encounters", "io", "rounds", "validation")),
+    ("privacy", ("privacy",)),
+    ("data", ("sources", "synthetic")),
+    ("domain", ("allocation", "forecast")),
+    ("formats", ("model_io", "protocol")),
+    ("equipment", ("equipment",)),
+    ("tasks", ("tasks",)),
+    ("report", ("report",)),
+)
+_CORE_RANK = {name: rank for rank, (_, names) in enumerate(CORE_LAYERS) for name in names}
+
+
+def _core_part(module: str) -> str | None:
+    """``medalloc_core.forecast.training`` -> ``forecast``; None outside the library or for its root."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "medalloc_core" and len(parts) > 1 else None
+
+
+def _core_order_violations() -> list[str]:
+    out = []
+    for path in _modules("medalloc_core"):
+        own = _core_part(_module_name(path))
+        if own is None:
+            continue
+        for line, name in imports_of(path):
+            target = _core_part(name)
+            if target is not None and target in _CORE_RANK and _CORE_RANK[target] > _CORE_RANK[own]:
+                out.append(f"{path.relative_to(REPO)}:{line} ({own}) imports {name} ({target}, a layer above)")
+    return out
+
+
+def test_every_part_of_the_library_has_a_layer() -> None:
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in (REPO / "medalloc_core").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
+    assert parts == set(_CORE_RANK)
+
+
+def test_the_library_layers_import_only_downwards() -> None:
+    assert _core_order_violations() == []
+
+
+def test_the_library_order_check_sees_a_violation() -> None:
+    # A privacy module importing training (what the audit once did) and a domain module importing
+    # a task are both reported; an import downwards is not.
+    probes = {
+        REPO / "medalloc_core" / "privacy" / "_layer_probe_tmp.py": "from medalloc_core.forecast.training import x\n",
+        REPO / "medalloc_core" / "forecast" / "_layer_probe_tmp.py": (
+            "from medalloc_core.privacy.ledger import x\nfrom ..tasks.base import y\n"
+        ),
+    }
+    try:
+        for path, text in probes.items():
+            path.write_text(text)
+        found = [v for v in _core_order_violations() if "_layer_probe_tmp" in v]
+        assert [v.split(" imports ")[1].split(" ")[0] for v in sorted(found)] == [
+            "medalloc_core.tasks.base",
+            "medalloc_core.forecast.training",
+        ]
+    finally:
+        for path in probes:
+            path.unlink(missing_ok=True)
 
 
 def test_relative_imports_resolve_inside_their_package() -> None:

@@ -48,9 +48,6 @@ def _config(**overrides) -> dict:
         protocol.LOCAL_EPOCHS: 1,
         protocol.BATCH_SIZE: 32,
         protocol.LR: 0.01,
-        protocol.DP_NOISE_MULTIPLIER: 1.0,
-        protocol.DP_TARGET_EPSILON: 0.0,
-        protocol.DP_MAX_GRAD_NORM: 1.0,
         protocol.PROXIMAL_MU: 0.0,
         protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
         protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
@@ -264,8 +261,8 @@ def test_the_release_is_sized_with_the_ledgers_history(tmp_path: Path, region: P
 
 def test_dp_sgd_without_a_seed_draws_from_the_os_and_never_repeats(region: Path):
     """train_local(seed=None): sampling and noise from the OS CSPRNG; a seed repeats (research only)."""
-    from medalloc.client.task import load_local_data
     from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
+    from medalloc_core.tasks.forecasting.local import load_local_data
 
     train = load_local_data(region / "H000.csv", SPEC).dataset.train
 

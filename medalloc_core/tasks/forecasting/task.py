@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -32,19 +32,19 @@ import torch
 from medalloc_core import protocol
 from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
-from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
-from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.node_state import open_node_ledger
-from medalloc_core.privacy.release import (
-    ReleasePlan,
-    ReleaseStore,
-    ReleaseStoreError,
-    secure_generator,
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyLedger
+from medalloc_core.privacy.mechanisms import (
+    MechanismNotOffered,
+    NodeRelease,
+    ReleaseColumnsMissing,
+    ReleaseTargetsNotReleased,
+    release_for_node,
 )
-from medalloc_core.privacy.transaction import commit_release, finish_pending, release_lock
+from medalloc_core.privacy.node_state import open_node_ledger
+from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError, secure_generator
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -56,8 +56,17 @@ from medalloc_core.protocol import (
     TrainInstruction,
     TrainReply,
 )
+from medalloc_core.simulation import PATIENT_EPSILON
 from medalloc_core.sources import DataSource, MappingError, SourceMapping
-from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused, ledger_refusal
+from medalloc_core.tasks.base import (
+    FederatedTask,
+    NodeReply,
+    NodeTask,
+    SimulationRun,
+    TaskModel,
+    TaskRefused,
+    ledger_refusal,
+)
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
 from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_local_data
 
@@ -68,6 +77,11 @@ logger = logging.getLogger(__name__)
 DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
 
 _I = TypeVar("_I", bound=EvaluateInstruction)
+
+
+def default_release_path(ledger_path: Path) -> Path:
+    """Where a node keeps its source release when ``release-path`` is not set: ``<ledger>.released.csv``."""
+    return ledger_path.with_name(ledger_path.name + ".released.csv")
 
 
 def _reason(code: Refusal, **values: Any) -> str:
@@ -105,7 +119,7 @@ class ForecastNode:
     def of(cls, node: NodeTask) -> ForecastNode:
         """Read the forecasting keys (``max-stay-days``, ``release-path``, ``release-columns``) from ``node.extra``."""
         extra = node.extra
-        release = extra.get("release-path", node.ledger_path.with_name(node.ledger_path.name + ".released.csv"))
+        release = extra.get("release-path", default_release_path(node.ledger_path))
         columns = str(extra.get("release-columns", "admissions,census"))
         mapping = extra.get("data-mapping")
         assert node.node_state_path is not None
@@ -157,7 +171,7 @@ def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
-def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> Forecaster:
+def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> ForecasterNet:
     if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
@@ -189,6 +203,7 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
             delta=node.delta,
             accountant=node.accountant,
             max_stay_days=node.max_stay_days,
+            entry=TASK.node_state_key(node.hospital_id),
         )
     except LedgerError as exc:
         hint = ""
@@ -225,99 +240,28 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
     return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
 
 
-def _release_plan(
-    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, columns: Sequence[str]
-) -> ReleasePlan:
-    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
-    if ask.privacy_mechanism != "source":
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
-            ),
-        )
-    target = min(ask.patient_epsilon, ledger.epsilon_budget)
-    try:
-        # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
-        # release within the target (shares or metrics spent earlier are composed in).
-        z = noise_multiplier_for(
-            target_epsilon=target,
-            delta=ledger.delta,
-            sample_rate=1.0,
-            steps=1,
-            accountant=ledger.accountant,
-            history=ledger.history(),
-            epsilon_tolerance=1e-4,
-        )
-    except TargetUnreachable as exc:
-        spent = ledger.epsilon_spent()
-        raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
-    stay = max(node.max_stay_days, ask.max_stay_days)
-    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=columns)
-
-
-def _release_columns(node: ForecastNode, ask: EvaluateInstruction, data: LocalData, store: ReleaseStore) -> None:
-    """Refuse, before anything is spent, a release or a request the node's columns cannot serve.
-
-    The release covers the node's ``release-columns`` that its file has (an admissions-only
-    clinic releases admissions alone; the per-stay sensitivity then counts admissions only); a
-    stored release keeps the columns it was made with. Targets outside them cannot be trained on.
-    """
-    present = set(data.records.count_columns)
-    columns = store.plan.columns if store.plan is not None else _columns_to_release(node, data)
-    lost = [c for c in columns if c not in present]
-    if not columns or lost:
-        logger.error(
-            "%s: the file (columns %s) cannot serve the release of %s",
-            node.hospital_id,
-            sorted(present),
-            list(columns or node.release_columns),
-        )
-        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID))
-    unreleased = [t for t in ask.window_spec.targets if t not in columns]
-    if unreleased:
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"target(s) {unreleased} are not among the columns this node releases ({', '.join(columns)})",
-            ),
-        )
-
-
-def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
-    """The node's ``release-columns`` that its file has, in the configured order."""
-    return tuple(c for c in node.release_columns if c in data.records.count_columns)
-
-
 def _released(
     node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
 ) -> LocalData:
-    """The node's released counts, extended to days not released yet, as one transaction
-    (``medalloc_core.privacy.transaction``: intent, spend, counts, commit); an interrupted release is
-    finished first, never released again."""
+    """The node's released counts (``privacy.mechanisms.release_for_node``, one transaction: an interrupted
+    release is finished first, never released again); each failure its own refusal."""
     assert node.release_path is not None
+    release = NodeRelease(
+        hospital_id=node.hospital_id,
+        release_path=node.release_path,
+        release_columns=node.release_columns,
+        targets=ask.window_spec.targets,
+        mechanism=ask.privacy_mechanism,
+        patient_epsilon=ask.patient_epsilon,
+        max_stay_days=max(node.max_stay_days, ask.max_stay_days),
+        run_tag=run_tag,
+    )
     try:
-        with release_lock(node.release_path):
-            finish_pending(node.release_path, ledger, data.records, lambda: _noise_rng(node, ask))
-            store = ReleaseStore.open(node.release_path)
-            _release_columns(node, ask, data, store)
-            missing = store.missing_days(data.records)
-            if len(missing):
-                rng = _noise_rng(node, ask)
-                plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # for life
-                frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
-                commit_release(store, ledger, frame, plan, rng=rng, run_tag=run_tag, records=data.records)
-                logger.info(
-                    "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
-                    node.hospital_id,
-                    len(frame),
-                    str(frame["date"].min().date()),
-                    str(frame["date"].max().date()),
-                    plan.noise_multiplier,
-                )
-        records = store.records()
+        records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
+    except ReleaseColumnsMissing as exc:
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    except (ReleaseTargetsNotReleased, MechanismNotOffered) as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
@@ -335,7 +279,7 @@ def _released(
 
 def _prepare(
     settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
-) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+) -> tuple[ForecastNode, _I, ForecasterNet, LocalData, PrivacyLedger]:
     """What both handlers do first: request, data, model, ledger, release."""
     node = ForecastNode.of(settings)
     try:
@@ -367,7 +311,7 @@ def run_window_spec(run: Any) -> WindowSpec:
     )
 
 
-def run_initial_model(run: Any, config: ForecasterConfig) -> Forecaster:
+def run_initial_model(run: Any, config: ForecasterConfig) -> ForecasterNet:
     """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``).
 
     Raises ``PretrainedMismatch`` (a ``ValueError`` naming the setting to change) when the run's
@@ -401,8 +345,35 @@ class ForecastingTask(FederatedTask):
     evaluates = True
     train_keys = TRAIN_METRIC_KEYS
     evaluate_keys = EVAL_METRIC_KEYS
+    default_epsilon = PATIENT_EPSILON
+    legacy_model_without_task_key = True  # forecasters' files predate tasks: they name none
+    reads_data_sources = True
+    rolling_origin_evaluation = True
+    data_kind = "unit-records"
+    report_layout = "forecast-accuracy"
+
+    # The forecasting task predates tasks: its node keys, ledger files and node-state entries carry no task name.
+    @property
+    def node_keys(self) -> tuple[str, str, str]:
+        return "data-path", "ledger-path", "privacy-epsilon-budget"
+
+    @property
+    def ledger_file_suffix(self) -> str:
+        return ""
+
+    def node_state_key(self, hospital_id: str) -> str:
+        return hospital_id
+
+    def hospital_id_of(self, data_path: Path) -> str:
+        return DataSource(str(data_path)).name  # an OMOP/FHIR export's or database's name, a file's stem
 
     # ------------------------------------------------------------------ coordinator
+    def check_run(self, run: Any, options: Any) -> None:
+        if run.init == "pretrained":
+            from medalloc_core.forecast.pretrained import check_fits
+
+            check_fits(ForecasterConfig.for_spec(run_window_spec(run), model=run.model, hidden=run.hidden))
+
     def model(self, run: Any, options: Any) -> TaskModel:
         spec = run_window_spec(run)
         config = ForecasterConfig.for_spec(spec, model=run.model, hidden=run.hidden)
@@ -420,9 +391,6 @@ class ForecastingTask(FederatedTask):
             batch_size=run.batch_size,
             lr=run.lr,
             proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
-            dp_noise_multiplier=run.dp_noise_multiplier,
-            dp_target_epsilon=run.dp_target_epsilon,
-            dp_max_grad_norm=run.dp_max_grad_norm,
             **_privacy_fields(run, run_tag),
         ).to_dict()
 
@@ -516,12 +484,25 @@ class ForecastingTask(FederatedTask):
 
         return sorted(p for p in folder.iterdir() if is_hospital(p))
 
+    def report(self, sim: SimulationRun) -> dict[str, Any]:
+        from medalloc_core.tasks.forecasting.report import forecast_report
+
+        return forecast_report(sim, task=self)
+
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
-        pass  # the simulation scenario checks the forecasting comparisons itself (simulations/scenario.py)
+        from medalloc_core.tasks.forecasting.report import ForecastComparisons
+
+        ForecastComparisons.from_section(raw)
 
     def check_region(self, raw: Mapping[str, Any]) -> None:
+        from dataclasses import fields
+
         from medalloc_core.synthetic import RegionConfig
 
+        known = {f.name for f in fields(RegionConfig)}
+        unknown = sorted(k for k in raw if str(k).replace("-", "_") not in known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in [region]; known: {sorted(known | {'data-dir'})}")
         RegionConfig(**{k.replace("-", "_"): v for k, v in raw.items()})
 
     def generate(self, folder: Path, region: Mapping[str, Any]) -> list[Path]:
