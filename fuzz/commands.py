@@ -41,6 +41,7 @@ GENERATOR_MODULES: tuple[str, ...] = (
     "gen_explain",
     "gen_node",
     "gen_equipment",
+    "gen_nonfiles",
 )
 for _module in GENERATOR_MODULES:
     importlib.import_module(f"{__package__}.{_module}")

@@ -18,6 +18,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class Case:
         Substrings the output must contain (whitespace-normalised): the file and the field.
     detail
         What was broken, for failure reports.
+    specials
+        Things that are not regular files, made in the folder before the command runs
+        (relative path -> one of :data:`SPECIAL_KINDS`: a FIFO, a link to a device, a socket,
+        a folder), for the promise that every path is checked before it is read.
     """
 
     command: str
@@ -55,9 +60,13 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     expect: tuple[str, ...] = ()
     detail: str = ""
+    specials: dict[str, str] = field(default_factory=dict)
 
 
 Generator = Callable[[random.Random], Case]
+# What a path may be instead of a regular file; /dev/zero and /dev/urandom never end, a FIFO
+# blocks open() until a writer comes, a socket cannot be opened, a folder cannot be read.
+SPECIAL_KINDS: tuple[str, ...] = ("fifo", "dev-zero", "dev-urandom", "dev-null", "socket", "folder")
 GENERATORS: dict[str, tuple[str, Generator]] = {}  # "command/name" -> (command, generator)
 
 
@@ -121,9 +130,30 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def make_special(path: Path, kind: str, keep: list[socket.socket]) -> None:
+    """Make ``path`` a thing of ``kind`` (:data:`SPECIAL_KINDS`); a socket stays bound in ``keep``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind.startswith("dev-"):
+        os.symlink(f"/dev/{kind.removeprefix('dev-')}", path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.listen(1)
+        keep.append(server)
+    elif kind == "folder":
+        path.mkdir()
+        (path / "inside.csv").write_bytes(b"date,unit,census\n")
+    else:
+        raise ValueError(f"unknown special kind {kind!r}; expected one of {SPECIAL_KINDS}")
+
+
 def _snapshot(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file() and not p.is_symlink()
+        else "other"
         for p in sorted(root.rglob("*"))
     }
 
@@ -133,11 +163,20 @@ def run_case(case: Case, *, timeout: float = CASE_TIMEOUT_S) -> Outcome:
     from medalloc.cli import app
 
     failures: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    sockets: list[socket.socket] = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+
+        def close_sockets() -> None:
+            for s in sockets:
+                s.close()
+
+        stack.callback(close_sockets)
         root = Path(tmp)
         for name, data in case.files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(data)
+        for name, kind in case.specials.items():
+            make_special(root / name, kind, sockets)
         before = _snapshot(root)
         with _cwd(root), _deadline(timeout):
             result = CliRunner().invoke(app, [*case.command.split(), *case.argv])

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medalloc_core.contract import DataContractError, Problem
+from medalloc_core.paths import FileTooLarge, NotRegularFile, read_regular_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +73,24 @@ def read_table(path: Path) -> pd.DataFrame:
     """
     name = str(path)
     path = Path(path)
-    if not path.exists():
-        raise DataContractError([Problem(name, "no such file")])
-    if not path.is_file():
-        raise DataContractError(
-            [Problem(name, "not a regular file (a directory?); give the path of a .csv or .parquet file")]
-        )
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise DataContractError(
-                [
-                    Problem(
-                        name,
-                        f"is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit for one file (MAX_FILE_BYTES); "
-                        "split it by year or aggregate encounters to daily unit records (docs/data.md, Limits)",
-                    )
-                ]
-            )
-        data = path.read_bytes()
+        # What the path is is checked before it is opened (a FIFO never blocks, a device never
+        # streams); the size limit counts the bytes actually read, not st_size (0 for a device).
+        data = read_regular_bytes(path, limit=MAX_FILE_BYTES, what="a .csv or .parquet file")
+    except FileNotFoundError:
+        raise DataContractError([Problem(name, "no such file")]) from None
+    except NotRegularFile as exc:
+        raise DataContractError([Problem(name, exc.strerror or str(exc))]) from None
+    except FileTooLarge:
+        raise DataContractError(
+            [
+                Problem(
+                    name,
+                    f"is over the {MAX_FILE_BYTES:,}-byte limit for one file (MAX_FILE_BYTES); "
+                    "split it by year or aggregate encounters to daily unit records (docs/data.md, Limits)",
+                )
+            ]
+        ) from None
     except OSError as exc:
         raise DataContractError([Problem(name, f"cannot be read: {exc.strerror or exc}")]) from None
     if not data.removeprefix(UTF8_BOM).strip():

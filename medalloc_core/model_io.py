@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.atomic import atomic_write_files
 from medalloc_core.forecast.features import WindowSpec
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_model, load_arrays, state_arrays
+from medalloc_core.paths import FileTooLarge, NotRegularFile, open_regular, read_regular_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,6 @@ def write_task_model_files(
         raise ValueError(f"extra metadata may not set {sorted(clash)}")
     data = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
     sha = hashlib.sha256(data).hexdigest()
     meta: dict[str, Any] = dict(extra or {}) | {
         "format-version": FORMAT_VERSION,
@@ -139,7 +140,9 @@ def write_task_model_files(
         meta[TASK_KEY] = task
     meta["digest"] = sidecar_digest(meta, sha)
     sidecar = sidecar_of(path)
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())  # last: the commit marker
+    # Both staged before either is renamed: a full disk leaves the previous pair as it was, never new
+    # arrays beside an old sidecar (the sidecar goes last: the commit marker).
+    atomic_write_files({path: data, sidecar: json.dumps(meta, indent=2, sort_keys=True).encode()})
     return sidecar
 
 
@@ -155,12 +158,14 @@ def read_sidecar(sidecar: Path) -> dict[str, Any]:
     config, targets or quantiles were edited is refused here, before the arrays are read.
     """
     try:
-        size = sidecar.stat().st_size
-        if size > MAX_SIDECAR_BYTES:
-            raise ModelFileError(
-                f"{sidecar}: {size:,} bytes, over the {MAX_SIDECAR_BYTES:,}-byte limit for a model's JSON sidecar"
-            )
-        meta = json.loads(sidecar.read_bytes().decode("utf-8"))
+        data = read_regular_bytes(sidecar, limit=MAX_SIDECAR_BYTES, what="a model's JSON sidecar")
+        meta = json.loads(data.decode("utf-8"))
+    except FileTooLarge:
+        raise ModelFileError(
+            f"{sidecar}: over the {MAX_SIDECAR_BYTES:,}-byte limit for a model's JSON sidecar (MAX_SIDECAR_BYTES)"
+        ) from None
+    except NotRegularFile as exc:
+        raise ModelFileError(f"{sidecar}: {exc.strerror}") from None
     except FileNotFoundError:
         raise ModelFileError(f"{sidecar}: missing; a model is NAME.safetensors plus NAME.json (its config)") from None
     except IsADirectoryError:
@@ -195,8 +200,8 @@ def arrays_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     that it holds at most :data:`MAX_MODEL_PARAMETERS` numbers, before any array is read.
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
+        with open_regular(path, what="a model's .safetensors file") as handle:
+            size = os.fstat(handle.fileno()).st_size  # a regular file's size: the header must account for it
             prefix = handle.read(8)
             length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
             if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
@@ -204,6 +209,8 @@ def arrays_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             header = json.loads(handle.read(length).decode("utf-8"))
     except FileNotFoundError:
         raise ModelFileError(f"{path}: missing; a model is NAME.safetensors plus NAME.json (its config)") from None
+    except NotRegularFile as exc:
+        raise ModelFileError(f"{path}: {exc.strerror}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{path}: not a safetensors file (unreadable header: {type(exc).__name__})") from None
     if not isinstance(header, dict):
@@ -264,7 +271,11 @@ def read_model_files(
                 f"{unexpected}, other shape {[(n, described[n], expect[n]) for n in wrong]})"
             )
     try:
-        data = arrays_path.read_bytes()
+        # At most what a valid header can describe: a device or a file grown since is not read on.
+        limit = 8 + MAX_HEADER_BYTES + MAX_MODEL_PARAMETERS * max(_DTYPE_BYTES.values())
+        data = read_regular_bytes(arrays_path, limit=limit, what="a model's .safetensors file")
+    except FileTooLarge:
+        raise ModelFileError(f"{arrays_path}: longer than any model file; the file was altered or torn") from None
     except OSError as exc:
         raise ModelFileError(f"{arrays_path}: cannot read the model's arrays ({exc.strerror or exc})") from None
     sha = hashlib.sha256(data).hexdigest()

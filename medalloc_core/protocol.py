@@ -77,6 +77,7 @@ class Refusal(IntEnum):
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
     TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
     APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
+    NODE_STORAGE_FAILED = 1011  # the node could not write its own files (a full disk): nothing was spent or released
 
     @property
     def slug(self) -> str:
@@ -346,6 +347,9 @@ REFUSAL_REASONS: dict[Refusal, str] = {
         "the node has had a privacy ledger and the configured one is missing or another; its operator must restore it"
     ),
     Refusal.TASK_NOT_SERVED: "this node does not serve the '{task}' task (its own config decides)",
+    Refusal.NODE_STORAGE_FAILED: (
+        "the node could not write its own files (a full or read-only disk); its operator must free space"
+    ),
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -121,11 +122,7 @@ def read_rounds(path: Path) -> list[RoundRecord]:
     """Every record of a ``metrics.jsonl`` file, in order; an absent file has none."""
     if not path.exists():
         return []
-    return [
-        RoundRecord.from_dict(json.loads(line))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    return [RoundRecord.from_dict(json.loads(line)) for line in read_regular_text(path).splitlines() if line.strip()]
 
 
 def truncate_rounds(path: Path, last_round: int) -> None:
@@ -137,7 +134,7 @@ def truncate_rounds(path: Path, last_round: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_regular_text(path).splitlines():
         try:
             number = json.loads(line).get("round")
         except (json.JSONDecodeError, AttributeError):

@@ -24,6 +24,7 @@ from safetensors.numpy import save as st_save
 
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.model_io import ModelFileError, read_model_files, write_task_model_files
+from medalloc_core.paths import read_regular_bytes
 from medalloc_core.tasks import DEFAULT_TASK, get_task, task_of_model
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def load_checkpoint(marker: Path) -> Checkpoint:
 
 def _load_verified(path: Path, expected: str) -> dict[str, np.ndarray]:
     try:
-        data = path.read_bytes()
+        data = read_regular_bytes(path, what="a checkpoint's .safetensors file")
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from exc
     if hashlib.sha256(data).hexdigest() != expected:

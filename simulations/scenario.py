@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc.server.config import RunConfig, RunConfigError
+from medalloc_core.paths import FileTooLarge, read_regular_bytes
 from medalloc_core.privacy.mechanisms import SHIPPED_MECHANISM, MechanismNotOffered, check_offered
 from medalloc_core.simulation import SimulationConfig
 from medalloc_core.synthetic import RegionConfig
@@ -149,9 +150,9 @@ def load_scenario(path: Path | None = None) -> Scenario:
     else:
         source = str(path)
         try:
-            if Path(path).stat().st_size > MAX_SCENARIO_BYTES:
-                raise ScenarioError(f"{path}: over {MAX_SCENARIO_BYTES:,} bytes; a scenario is a short TOML file")
-            data = Path(path).read_bytes()
+            data = read_regular_bytes(path, limit=MAX_SCENARIO_BYTES, what="a scenario (TOML file)")
+        except FileTooLarge:
+            raise ScenarioError(f"{path}: over {MAX_SCENARIO_BYTES:,} bytes; a scenario is a short TOML file") from None
         except OSError as exc:
             raise ScenarioError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from None
         try:

@@ -148,7 +148,7 @@ def test_the_check_sees_a_violation() -> None:
 # files and the forecasting instructions), so they sit above forecast, and equipment, which
 # stores its models through model_io, above them.
 CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("atomic", "contract", "encounters", "io", "rounds", "validation")),
+    ("base", ("atomic", "contract", "display", "encounters", "io", "paths", "rounds", "validation")),
     ("privacy", ("privacy",)),
     ("data", ("sources", "synthetic")),
     ("domain", ("allocation", "forecast")),

@@ -11,8 +11,8 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from medalloc.cli.tables import Table
 from medalloc_core.contract import DATE, UNIT, DataContractError
 
 if TYPE_CHECKING:  # imported where used, to keep the CLI's start fast

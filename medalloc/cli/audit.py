@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+from medalloc.cli.tables import Table
 
 if TYPE_CHECKING:
     from medalloc_core.forecast.audit import AuditReport

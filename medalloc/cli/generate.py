@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from medalloc.cli.tables import Table
 from medalloc_core import contract as c
 from medalloc_core.equipment import contract as ec
 from medalloc_core.equipment.synthetic import (

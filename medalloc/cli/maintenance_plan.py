@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from medalloc.cli.tables import Table
 
 logger = logging.getLogger(__name__)
 EXIT_INVALID = 2

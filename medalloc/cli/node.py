@@ -20,7 +20,9 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from medalloc.cli.tables import Table
+from medalloc_core.paths import read_regular_bytes
 
 EXIT_INVALID = 2
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -31,6 +33,8 @@ node_app = typer.Typer(
     help="A hospital node its data owner controls: approved apps only, checked before joining (docs/hospital.md).",
     no_args_is_help=True,
 )
+
+_MAX_FAB_BYTES = 256 * 2**20  # far above any app bundle
 
 
 def _fail(message: str) -> NoReturn:
@@ -64,6 +68,7 @@ def approve(
     """Approve one app version: its FAB hash goes into the approved-apps file the node enforces."""
     from medalloc.node.approved import ApprovalError, ApprovedApp, add_approved, fab_name, fab_of_app, now
     from medalloc.node.approved import sha256 as digest
+    from medalloc.node.installed import save_manifest
 
     given = [x for x in (app, fab, sha256) if x is not None]
     if len(given) != 1:
@@ -79,7 +84,7 @@ def approve(
         value = digest(data)
     elif fab is not None:
         try:
-            data = fab.read_bytes()
+            data = read_regular_bytes(fab, limit=_MAX_FAB_BYTES, what="a .fab file")
         except OSError as exc:
             _fail(f"--fab {fab}: cannot be read ({exc.strerror or exc})")
         value, name = digest(data), fab_name(data)
@@ -90,7 +95,9 @@ def approve(
         value = sha256.lower()
     try:
         added = add_approved(approved_apps, ApprovedApp(value, name, by, now()))
-    except (ApprovalError, OSError) as exc:
+        if sha256 is None:  # the FAB's files, so the gate can check the installed copy before every run
+            save_manifest(approved_apps, value, data)
+    except (ApprovalError, OSError, ValueError) as exc:
         _fail(str(exc))
     console = Console(soft_wrap=True, highlight=False)
     verb = "approved" if added else "already approved"

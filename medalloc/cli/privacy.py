@@ -9,8 +9,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from medalloc.cli.tables import Table
 from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
 
 MEANING = (

@@ -9,9 +9,10 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from medalloc.cli.tables import Table
 from medalloc_core.contract import Problem
+from medalloc_core.display import clean_display
 from medalloc_core.equipment.validation import equipment_reports
 from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceData, inspect_source
 from medalloc_core.validation import ValidationReport
@@ -148,7 +149,7 @@ def _show_report(console: Console, report: ValidationReport) -> None:
     counts = [p for p in ordered[SHOWN_PER_FILE:] if p.row is None and p.column is not None]
     for problem in shown + counts:
         style = "red" if problem.severity == "error" else "yellow"
-        console.print(f"[{style}]{escape(str(problem))}[/{style}]")
+        console.print(f"[{style}]{escape(clean_display(problem))}[/{style}]")
     hidden = len(ordered) - len(shown) - len(counts)
     if hidden:
         console.print(f"... and {hidden} more problem(s) in {escape(name)} (fix the ones above and run again)")

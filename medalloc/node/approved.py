@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_text
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEYS = ("sha256", "name", "approved-by", "approved-at")
@@ -63,7 +64,7 @@ def read_approved(path: Path) -> list[ApprovedApp]:
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_regular_text(path, limit=16 * 2**20, what="the approved-apps TOML file"))
     except FileNotFoundError:
         raise ApprovalError(f"{path}: no such file; create it with `medalloc node approve`") from None
     except OSError as exc:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from medalloc.client.config import NodeConfig, NodeConfigError
 from medalloc_core.contract import Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
+from medalloc_core.paths import read_regular_bytes
 from medalloc_core.sources import load_source
 from medalloc_core.tasks.forecasting.hints import data_hint as _data_hint
 from medalloc_core.tasks.forecasting.hints import window_hint
@@ -307,7 +308,7 @@ def _superlink(result: NodeCheck, address: str | None, ca: Path | None, connect:
     try:
         from cryptography import x509
 
-        certificate = x509.load_pem_x509_certificate(Path(ca).read_bytes())
+        certificate = x509.load_pem_x509_certificate(read_regular_bytes(ca, limit=2**20, what="a PEM certificate"))
     except OSError as exc:
         result.add(section, "certificate", "fail", f"{ca}: cannot be read ({exc.strerror or exc})", "check the path")
         return
@@ -374,7 +375,7 @@ def _key(result: NodeCheck, private_key: Path | None) -> None:
         return
     try:
         mode = stat.S_IMODE(os.stat(private_key).st_mode)
-        public = Path(str(private_key) + ".pub").read_bytes()
+        public = read_regular_bytes(str(private_key) + ".pub", limit=2**20, what="a public key")
     except OSError as exc:
         result.add(
             section,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .approved import ApprovalError, approved_hashes
+from .installed import check_installed
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +56,30 @@ def gated_plugin(approved_apps: Path) -> Any:
                 problem = "" if fab_hash in approved else "not in the approved list"
             except ApprovalError as exc:
                 problem = f"the approved list cannot be read ({exc})"
+            if not problem:  # the folder Flower would reuse must be the approved FAB, file by file
+                try:
+                    problem = check_installed(fab_hash, approved_apps) or ""
+                except OSError as exc:
+                    problem = f"its installed copy cannot be checked ({exc})"
             if not problem:
                 logger.info("run %s: app %s is approved; launching %s", task.run_id, fab_hash[:12], task.type)
                 return super().launch_task(token, task)
-            logger.error(
-                "run %s: refusing app sha256 %s: %s (node-config 'approved-apps' = %s). Nothing of it was "
-                "installed or run. If your data owner approves it after review: "
-                "medalloc node approve --sha256 %s --approved-apps %s",
-                task.run_id,
-                fab_hash or "(none)",
-                problem,
-                approved_apps,
-                fab_hash or "HASH",
-                approved_apps,
-            )
+            if problem.startswith(("its installed copy", "the manifest")):  # approved, but not as installed
+                logger.error(
+                    "run %s: refusing app sha256 %s: %s. Nothing of it was run.", task.run_id, fab_hash, problem
+                )
+            else:
+                logger.error(
+                    "run %s: refusing app sha256 %s: %s (node-config 'approved-apps' = %s). Nothing of it was "
+                    "installed or run. If your data owner approves it after review: "
+                    "medalloc node approve --sha256 %s --approved-apps %s",
+                    task.run_id,
+                    fab_hash or "(none)",
+                    problem,
+                    approved_apps,
+                    fab_hash or "HASH",
+                    approved_apps,
+                )
             if TaskType(task.type) is not TaskType.CLIENT_APP:
                 return LaunchResult.failed(f"app {fab_hash[:12]} not approved by this node's data owner")
             _answer_refused(self, token, fab_hash)

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.atomic import WriteFailed, atomic_write_bytes, create_exclusive
+from medalloc_core.paths import FileTooLarge, NotRegularFile, read_regular_bytes, read_regular_text
 from medalloc_core.privacy.accounting import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
@@ -39,6 +40,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerError",
     "LedgerMissing",
+    "LedgerWriteFailed",
     "PrivacyBudgetExceeded",
     "PrivacyLedger",
     "Spend",
@@ -54,6 +56,8 @@ _UNKEYED_VERSION = 1
 # A spend is about 300 bytes of JSON: 64 MiB is some 200,000 spends, far past any budget.
 MAX_LEDGER_BYTES = 64 * 2**20
 _KEY_BYTES = 32
+_MAX_KEY_FILE_BYTES = 4096  # a key file is 65 bytes of hex
+_LEDGER_FILE = "a privacy ledger file (JSON)"
 # What a spend was, so the ledger composes it right (the item is what the accountant sees):
 # - "source-release": one Gaussian release of (unit, day) counts per patient stay, item (z, 1, 1);
 #   releases at one z over disjoint days compose to ONE Gaussian (a stay's days split over them);
@@ -89,6 +93,10 @@ class LedgerCorrupt(LedgerError):
 
 class LedgerMissing(LedgerError):
     """No ledger exists at the path (and nothing suggests one was lost)."""
+
+
+class LedgerWriteFailed(LedgerError):
+    """The ledger (or its key) could not be written, e.g. the disk is full; the file on disk is unchanged."""
 
 
 class LedgerConfigMismatch(LedgerError):
@@ -178,7 +186,7 @@ def _read_key(path: Path) -> bytes:
     """The ledger's key; LedgerCorrupt when it is missing or malformed (a new key would bless an edited file)."""
     key_path = ledger_key_path(path)
     try:
-        text = key_path.read_text(encoding="ascii").strip()
+        text = read_regular_text(key_path, limit=_MAX_KEY_FILE_BYTES, encoding="ascii", what="a ledger key").strip()
         key = bytes.fromhex(text)
     except FileNotFoundError:
         raise LedgerCorrupt(
@@ -186,22 +194,25 @@ def _read_key(path: Path) -> bytes:
             f"verified. Restore the key from the node's backup. {_fix_hint(path)}"
         ) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LedgerCorrupt(f"ledger key {key_path} is unreadable or malformed ({exc}). {_fix_hint(path)}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise LedgerCorrupt(f"ledger key {key_path} is unreadable or malformed ({reason}). {_fix_hint(path)}") from None
     if len(key) != _KEY_BYTES:
         raise LedgerCorrupt(f"ledger key {key_path} holds {len(key)} bytes, expected {_KEY_BYTES}. {_fix_hint(path)}")
     return key
 
 
 def _create_key(path: Path) -> bytes:
-    """A new random key at ``<ledger>.key``, mode 0600, never over an existing one."""
+    """A new random key at ``<ledger>.key``, mode 0600, never over an existing one, never half-made.
+
+    A full disk leaves no key file at all (``create_exclusive`` stages it, then links it), so it
+    cannot later pass for the key of a ledger that was "deleted or moved".
+    """
     key = os.urandom(_KEY_BYTES)
     key_path = ledger_key_path(path)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, key.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        create_exclusive(key_path, key.hex().encode("ascii") + b"\n", mode=0o600)
+    except WriteFailed as exc:
+        raise LedgerWriteFailed(f"privacy ledger key {key_path}: {exc.strerror}. No ledger was created.") from exc
     return key
 
 
@@ -424,8 +435,17 @@ def upgrade_ledger(path: str | os.PathLike[str]) -> Path:
     with _exclusive_lock(path):
         state = _upgradable_state(path)
         key = _create_key(path)
-        atomic_write_bytes(path.with_name(path.name + ".v1"), path.read_bytes())
-        atomic_write_bytes(path, _serialise(state, key))
+        try:
+            atomic_write_bytes(path.with_name(path.name + ".v1"), read_regular_bytes(path, limit=MAX_LEDGER_BYTES))
+            atomic_write_bytes(path, _serialise(state, key))
+        except OSError as exc:
+            # The version-1 file is unchanged; a new key beside it would make it look replaced.
+            with contextlib.suppress(OSError):
+                ledger_key_path(path).unlink()
+            raise LedgerWriteFailed(
+                f"privacy ledger {path} could not be upgraded ({exc.strerror or exc}); it is unchanged. "
+                "Free space on its disk and run the upgrade again."
+            ) from exc
     logger.info("upgraded privacy ledger %s to version %d (key %s)", path, LEDGER_VERSION, ledger_key_path(path))
     return ledger_key_path(path)
 
@@ -433,9 +453,7 @@ def upgrade_ledger(path: str | os.PathLike[str]) -> Path:
 def _upgradable_state(path: Path) -> _State:
     """The state of an intact, unkeyed version-1 ledger at ``path``; LedgerError saying why it is not one."""
     try:
-        if path.stat().st_size > MAX_LEDGER_BYTES:
-            raise LedgerCorrupt(f"privacy ledger {path} is over {MAX_LEDGER_BYTES} bytes. {_fix_hint(path)}")
-        document = json.loads(path.read_bytes().decode("utf-8"))
+        document = json.loads(read_regular_bytes(path, limit=MAX_LEDGER_BYTES, what=_LEDGER_FILE).decode("utf-8"))
     except FileNotFoundError:
         raise LedgerMissing(f"no privacy ledger at {path}") from None
     except IsADirectoryError:
@@ -492,13 +510,14 @@ def _read_state(path: Path) -> _State:
             "config); a ledger is created by the first DP training run on the node."
         )
     try:
-        size = path.stat().st_size
-        if size > MAX_LEDGER_BYTES:
-            raise LedgerCorrupt(
-                f"privacy ledger {path} is {size} bytes, over the {MAX_LEDGER_BYTES} a ledger can reach "
-                f"(about a million spends). {_fix_hint(path)}"
-            )
-        raw = path.read_bytes()
+        raw = read_regular_bytes(path, limit=MAX_LEDGER_BYTES, what=_LEDGER_FILE)
+    except FileTooLarge:
+        raise LedgerCorrupt(
+            f"privacy ledger {path} is over the {MAX_LEDGER_BYTES} a ledger can reach "
+            f"(bytes, counted as read: about a million spends). {_fix_hint(path)}"
+        ) from None
+    except NotRegularFile as exc:
+        raise LedgerCorrupt(f"privacy ledger {path} is unreadable: it {exc.strerror}. {_fix_hint(path)}") from None
     except IsADirectoryError:
         raise LedgerCorrupt(
             f"privacy ledger {path} is unreadable: it is a folder, not a ledger file. {_fix_hint(path)}"
@@ -646,7 +665,18 @@ class PrivacyLedger:
                     unit=unit,
                     max_stay_days=max_stay_days,
                 )
-                atomic_write_bytes(path, _serialise(state, _create_key(path)))
+                key = _create_key(path)
+                try:
+                    atomic_write_bytes(path, _serialise(state, key))
+                except OSError as exc:
+                    # The key alone would make the next start report this ledger as "deleted or
+                    # moved": remove it (we created it a moment ago, under the lock; nothing uses it).
+                    with contextlib.suppress(OSError):
+                        ledger_key_path(path).unlink()
+                    raise LedgerWriteFailed(
+                        f"privacy ledger {path} could not be created ({exc.strerror or exc}); nothing was "
+                        "created or spent. Free space on its disk (or make its folder writable) and start again."
+                    ) from exc
                 logger.info(
                     "created privacy ledger %s (budget epsilon=%g at delta=%g, %s accountant)",
                     path,
@@ -907,9 +937,15 @@ def _check_fingerprint(fingerprint: str) -> None:
 def _commit(path: Path, state: _State) -> None:
     """Write ``state`` atomically, keeping the current (verified) file as ``<path>.bak``."""
     backup = path.with_name(path.name + ".bak")
-    if path.exists():
-        atomic_write_bytes(backup, path.read_bytes())
-    atomic_write_bytes(path, _serialise(state, _read_key(path)))
+    try:
+        if path.exists():
+            atomic_write_bytes(backup, read_regular_bytes(path, limit=MAX_LEDGER_BYTES, what=_LEDGER_FILE))
+        atomic_write_bytes(path, _serialise(state, _read_key(path)))
+    except WriteFailed as exc:
+        raise LedgerWriteFailed(
+            f"privacy ledger {path} could not be written ({exc.strerror}). Nothing was recorded: the ledger on "
+            "disk is unchanged and no noise was drawn or data released. Free space on its disk and retry."
+        ) from exc
 
 
 def _remove_stray_temp_files(path: Path) -> None:

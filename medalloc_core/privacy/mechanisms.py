@@ -34,11 +34,11 @@ import numpy as np
 from medalloc_core.contract import UnitRecords
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
 from medalloc_core.privacy.dpsgd import DPSGDStep
-from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.patient import dp_sgd_patient_item
 from medalloc_core.privacy.plan import DPPlan
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, release_records
+from medalloc_core.privacy.transaction import commit_release, finish_pending, release_lock
 
 __all__ = [
     "MECHANISMS",
@@ -284,42 +284,36 @@ def release_for_node(
     The one public entry to the shipped mechanism on a node: opens the node's ``ReleaseStore``,
     checks the columns, and when ``records`` hold days not released yet, plans the release (once,
     fixed for the life of the store), charges the ledger, then draws the noise from ``rng()`` (the
-    OS CSPRNG on a real node) and stores it. Raises ``ReleaseColumnsMissing``,
+    OS CSPRNG on a real node) and stores it, as one transaction (``privacy.transaction``: intent,
+    spend, counts, commit; an interrupted one is finished first). Raises ``ReleaseColumnsMissing``,
     ``ReleaseTargetsNotReleased``, ``MechanismNotOffered``, ``ReleaseStoreError`` or a
     ``LedgerError`` (budget exceeded included), each before any noise is drawn.
     """
-    store = ReleaseStore.open(node.release_path)
-    to_release = _check_release_columns(node.hospital_id, records, store, node.release_columns, node.targets)
-    missing = store.missing_days(records)
-    if len(missing):
-        generator = rng()
-        plan = store.plan or release_plan_for(  # fixed for life
-            ledger,
-            mechanism=node.mechanism,
-            patient_epsilon=node.patient_epsilon,
-            max_stay_days=node.max_stay_days,
-            columns=to_release,
-        )
-        frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
-        days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
-        ledger.spend(
-            fingerprint_frame(frame),
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=1.0,
-            steps=1,
-            run_id=f"{node.run_tag}/source-release",
-            mechanism="source-release",
-            days=days,
-            detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()} | {"max-stay-days": float(plan.max_stay_days)},
-        )
-        part = UnitRecords(frame, records.frequency, records.source, records.shape)
-        store.add(release_records(part, plan, rng=generator), plan)
-        logger.info(
-            "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
-            node.hospital_id,
-            len(frame),
-            days[0],
-            days[1],
-            plan.noise_multiplier,
-        )
-    return store.records()
+    with release_lock(node.release_path):
+        # A release a kill interrupted is finished (or refused, saying why) before anything else:
+        # never released a second time (medalloc_core.privacy.transaction).
+        finish_pending(node.release_path, ledger, records, rng)
+        store = ReleaseStore.open(node.release_path)
+        to_release = _check_release_columns(node.hospital_id, records, store, node.release_columns, node.targets)
+        missing = store.missing_days(records)
+        if len(missing):
+            generator = rng()
+            plan = store.plan or release_plan_for(  # fixed for life
+                ledger,
+                mechanism=node.mechanism,
+                patient_epsilon=node.patient_epsilon,
+                max_stay_days=node.max_stay_days,
+                columns=to_release,
+            )
+            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
+            # intent record, ledger spend, staged counts, commit: one transaction
+            commit_release(store, ledger, frame, plan, rng=generator, run_tag=node.run_tag, records=records)
+            logger.info(
+                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                node.hospital_id,
+                len(frame),
+                str(frame["date"].min().date()),
+                str(frame["date"].max().date()),
+                plan.noise_multiplier,
+            )
+        return store.records()

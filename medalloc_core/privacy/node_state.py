@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_text
 from medalloc_core.privacy.ledger import LedgerError, LedgerMissing, PrivacyLedger
 
 __all__ = ["NODE_STATE_FORMAT", "LedgerResetDetected", "NodeStateRecord", "open_node_ledger"]
@@ -27,6 +28,7 @@ __all__ = ["NODE_STATE_FORMAT", "LedgerResetDetected", "NodeStateRecord", "open_
 logger = logging.getLogger(__name__)
 
 NODE_STATE_FORMAT = "medalloc-node-state"
+_MAX_STATE_BYTES = 16 * 2**20  # one short entry per hospital id and task
 
 
 class LedgerResetDetected(LedgerError):
@@ -46,7 +48,7 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"format": NODE_STATE_FORMAT, "nodes": {}}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular_text(path, limit=_MAX_STATE_BYTES, what="a node state record (JSON)"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LedgerResetDetected(
             f"node state record {path} is unreadable ({exc}); the node refuses until its operator restores it"

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.atomic import atomic_write_files
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, Frequency, UnitRecords
+from medalloc_core.paths import read_regular_bytes, read_regular_text
 from medalloc_core.privacy.gaussian import gaussian_epsilon, gaussian_noise_multiplier
 
 __all__ = [
@@ -63,6 +64,10 @@ RELEASABLE_COLUMNS: tuple[str, ...] = (ADMISSIONS, DISCHARGES, CENSUS)
 # (volume-weighted WAPE 0.1309, 0.1286, 0.1271, 0.1298, 0.1336).
 CENSUS_NOISE_RATIO = 2.0
 _NOISE_WEIGHT = {ADMISSIONS: 1.0, DISCHARGES: 1.0, CENSUS: CENSUS_NOISE_RATIO}
+# Bounds on what a node reads back: a plan is a dozen lines; released counts are ~40 bytes per
+# (unit, day), so 256 MiB is millions of unit-days (the input file's own limit, io.MAX_FILE_BYTES).
+_MAX_PLAN_BYTES = 1 * 2**20
+MAX_RELEASE_BYTES = 256 * 2**20
 
 
 def _stay_contribution(column: str, max_stay_days: int) -> int:
@@ -237,6 +242,13 @@ class ReleaseStoreError(ValueError):
     """The released-counts file is unreadable or does not match its plan; the node releases nothing more."""
 
 
+def _unreadable(path: Path, meta: Path, exc: BaseException) -> ReleaseStoreError:
+    return ReleaseStoreError(
+        f"released counts {path} (or {meta}) cannot be read ({exc}); the node releases and trains nothing "
+        "until its operator restores them. Never delete them to start again: the ledger already charged them."
+    )
+
+
 class ReleaseStore:
     """The node's released counts on disk: ``<path>`` (CSV: date, unit, columns) and ``<path>.json`` (the plan).
 
@@ -261,20 +273,33 @@ class ReleaseStore:
         meta = path.with_name(path.name + ".json")
         if not path.exists() and not meta.exists():
             return cls(path, None, pd.DataFrame(columns=[DATE, UNIT]))
+        plan = cls.open_plan(meta, counts=path)
+        return cls(path, plan, cls.read_counts(path, plan))
+
+    @staticmethod
+    def open_plan(meta: Path, *, counts: Path | None = None) -> ReleasePlan:
+        """The plan stored at ``meta``; ``ReleaseStoreError`` when it cannot be read."""
         try:
-            plan = ReleasePlan.from_dict(json.loads(meta.read_text(encoding="utf-8")))
-            frame = pd.read_csv(path, parse_dates=[DATE], dtype={UNIT: str})
+            return ReleasePlan.from_dict(
+                json.loads(read_regular_text(meta, limit=_MAX_PLAN_BYTES, what="a release plan (JSON)"))
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ReleaseStoreError(
-                f"released counts {path} (or {meta}) cannot be read ({exc}); the node releases and trains nothing "
-                "until its operator restores them. Never delete them to start again: the ledger already charged them."
-            ) from exc
+            raise _unreadable(counts or meta, meta, exc) from exc
+
+    @staticmethod
+    def read_counts(path: Path, plan: ReleasePlan) -> pd.DataFrame:
+        """The released counts at ``path``, checked against ``plan``'s columns; ``ReleaseStoreError`` otherwise."""
+        try:
+            data = read_regular_bytes(path, limit=MAX_RELEASE_BYTES, what="released counts (CSV)")
+            frame = pd.read_csv(io.BytesIO(data), parse_dates=[DATE], dtype={UNIT: str})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _unreadable(path, path.with_name(path.name + ".json"), exc) from exc
         expected = [DATE, UNIT, *plan.columns]
         if list(frame.columns) != expected or frame.duplicated([DATE, UNIT]).any():
             raise ReleaseStoreError(
                 f"released counts {path} have columns {list(frame.columns)} or duplicate days; expected {expected}"
             )
-        return cls(path, plan, frame)
+        return frame
 
     def missing_days(self, records: UnitRecords) -> pd.DataFrame:
         """Rows of ``records`` (date, unit) not released yet."""
@@ -284,8 +309,11 @@ class ReleaseStore:
         released = pd.MultiIndex.from_frame(self.frame[[DATE, UNIT]])
         return records.frame[~pd.MultiIndex.from_frame(keys).isin(released)]
 
-    def add(self, released: UnitRecords, plan: ReleasePlan) -> None:
-        """Append newly released rows (never ones already there) and write the store atomically."""
+    def add(self, released: UnitRecords, plan: ReleasePlan, *, between: Callable[[], None] | None = None) -> None:
+        """Append newly released rows (never ones already there) and write the store atomically.
+
+        ``between`` runs after the plan's file is replaced and before the counts' (a test's fault point).
+        """
         if self.plan is not None and (
             self.plan.noise_multiplier != plan.noise_multiplier
             or self.plan.columns != plan.columns
@@ -303,8 +331,14 @@ class ReleaseStore:
         out = merged.copy()
         out[DATE] = pd.to_datetime(out[DATE]).dt.strftime("%Y-%m-%d")
         out.to_csv(buffer, index=False, float_format="%.6f")
-        atomic_write_bytes(self.meta_path, (json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        atomic_write_bytes(self.path, buffer.getvalue().encode())
+        # Both staged before either replaces its file: a full disk changes neither.
+        atomic_write_files(
+            {
+                self.meta_path: (json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n").encode(),
+                self.path: buffer.getvalue().encode(),
+            },
+            between=between,
+        )
         self.plan, self.frame = plan, merged
 
     def records(self, source: Path | None = None) -> UnitRecords:

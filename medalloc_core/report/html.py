@@ -14,6 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medalloc_core.display import clean_display
+from medalloc_core.paths import read_regular_bytes
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 STYLE = """
@@ -52,8 +55,8 @@ ul.words li { margin-bottom: 4px; }
 
 
 def esc(value: object) -> str:
-    """HTML-escaped text of any value (quotes too: safe inside attributes)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text of any value (quotes too: safe inside attributes), bidirectional controls removed."""
+    return html.escape(clean_display(value), quote=True)
 
 
 def number(value: Any, digits: int = 3) -> str:
@@ -65,10 +68,13 @@ def number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+_MAX_IMAGE_BYTES = 64 * 2**20
+
+
 def image(path: Path, alt: str, caption: str = "") -> str:
     """A figure with the PNG at ``path`` inlined as base64; a note instead when it is missing or not a PNG."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_bytes(path, limit=_MAX_IMAGE_BYTES)  # a FIFO or a device is not a figure
     except OSError:
         return f'<p class="note">({esc(alt)}: {esc(Path(path).name)} is not in the results folder)</p>'
     if not data.startswith(PNG_MAGIC):

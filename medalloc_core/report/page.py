@@ -12,6 +12,7 @@ branches add show up without a change here.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_bytes
 from medalloc_core.report.html import cell, esc, image, number, page, table
 
 logger = logging.getLogger(__name__)
@@ -83,9 +85,12 @@ def _read_rounds(results: Path) -> list[dict[str, Any]]:
     return rounds
 
 
+_MAX_TABLE_BYTES = 64 * 2**20  # a results table (a plan, costs) is a few KiB
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(io.BytesIO(read_regular_bytes(path, limit=_MAX_TABLE_BYTES)))
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
 

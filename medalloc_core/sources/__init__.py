@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from medalloc_core.contract import DataContractError, Frequency, Problem, UnitRecords
+from medalloc_core.paths import open_regular
 from medalloc_core.sources.mapping import MappingError, SourceMapping
 from medalloc_core.sources.stays import STAY_COLUMNS
 from medalloc_core.validation import ValidationReport, inspect_file
@@ -118,7 +119,7 @@ class DataSource:
                 return "fhir"
             if path.suffix.lower() in _SQLITE_SUFFIXES:  # named as a database: say so when it is not one
                 return "omop"
-            with path.open("rb") as handle:
+            with open_regular(path) as handle:  # a FIFO or device: the contract reader names it
                 head = handle.read(64)
         except OSError:
             return "contract"
@@ -217,7 +218,9 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
             from medalloc_core.sources.omop import read_omop
 
             location, database, label = source.location, source.is_url, None
-            if not database and Path(location).is_file():  # an SQLite file given by its path: named by it
+            # An SQLite file given by its path is named by it; anything there but a folder (an export)
+            # is opened as one, so a FIFO or a device is refused as "not a regular file".
+            if not database and Path(location).exists() and not Path(location).is_dir():
                 location, database, label = f"sqlite:///{Path(location).resolve()}", True, source.location
             stays, problems, summary = read_omop(
                 location,

@@ -38,6 +38,8 @@ from medalloc_core.contract import (
     Problem,
 )
 from medalloc_core.encounters import DATE_DTYPE
+from medalloc_core.io import MAX_FILE_BYTES
+from medalloc_core.paths import open_regular, read_regular_bytes
 from medalloc_core.sources.engine import connect, lines_of_ordinals, quote
 from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
@@ -399,7 +401,7 @@ def _ndjson_lines(path: Path, findings: Findings, *, only: set[int] | None = Non
     scan engine flagged; the others are counted, not parsed.
     """
     try:
-        handle = path.open("rb")
+        handle = open_regular(path, what="a .ndjson file")  # a FIFO or a device is refused, never read
     except OSError as exc:
         findings.add(f"cannot be read: {exc.strerror or exc}", file=str(path))
         return
@@ -478,7 +480,9 @@ def _scan_lines(path: Path, findings: Findings) -> None:
 def _bundle_entries(path: Path, findings: Findings) -> list[tuple[int, Any]]:
     """(entry number, resource) of a Bundle file; a file that is not a Bundle is reported."""
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(
+            read_regular_bytes(path, limit=MAX_FILE_BYTES, what="a FHIR Bundle (.fhir.json)").decode("utf-8")
+        )
     except OSError as exc:
         findings.add(f"cannot be read: {exc.strerror or exc}", file=str(path))
         return []

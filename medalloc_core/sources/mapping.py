@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from medalloc_core.paths import read_regular_text
+
+_MAX_MAPPING_BYTES = 1 * 2**20  # a site mapping is a few dozen lines
+
 # OMOP CDM v5.4 standard Visit concepts that are inpatient stays (Athena, domain Visit):
 # 9201 Inpatient Visit, 262 Emergency Room and Inpatient Visit, 8717 Inpatient Hospital,
 # 32037 Intensive Care. Outpatient (9202), emergency-only (9203) and home visits are not stays
@@ -204,7 +208,7 @@ class SourceMapping:
         """
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(read_regular_text(path, limit=_MAX_MAPPING_BYTES, what="a TOML mapping file"))
         except OSError as exc:
             raise MappingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT, DataContractError
 from medalloc_core.io import read_table
+from medalloc_core.paths import check_regular, open_regular
 from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.stays import (
     TIME_EXPECTED,
@@ -144,8 +145,12 @@ class _Database(_Source):
         if backend == "sqlite":
             path = Path(parsed.database or "")
             # sqlite3 would create a missing file; validation must never write anything.
-            if not parsed.database or not path.is_file():
+            if not parsed.database or not path.exists():
                 raise DataContractError([_problem(self.display, "no such SQLite database file")])
+            try:
+                check_regular(path, what="a SQLite database file")
+            except OSError as exc:
+                raise DataContractError([_problem(self.display, exc.strerror or str(exc))]) from None
             uri = f"file:{path.resolve()}?mode=ro"
             self.engine = create_engine("sqlite://", creator=lambda: _sqlite_connection(uri, timeout_s))
         else:
@@ -753,7 +758,7 @@ def _subset(table: _Table, rows: pd.Index) -> _Table:
 def _header_only(path: Path) -> list[str] | None:
     """The column names of a table file without records (an empty visit_detail is legitimate), else None."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:  # a FIFO never blocks: read_table names what it is
             head = handle.read(_HEADER_SNIFF + 1)
         if head[:4] == b"PAR1":
             meta = pq.read_metadata(path)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, LedgerWriteFailed, PrivacyBudgetExceeded
 from medalloc_core.privacy.node_state import LedgerResetDetected
 from medalloc_core.protocol import Refusal, Scalar
 
@@ -51,6 +51,9 @@ def ledger_refusal(
     if isinstance(exc, LedgerResetDetected):
         logger.error("%s: %s", hospital_id, exc)
         return TaskRefused(Refusal.LEDGER_RESET_DETECTED, reason(Refusal.LEDGER_RESET_DETECTED))
+    if isinstance(exc, LedgerWriteFailed):
+        logger.error("%s: %s", hospital_id, exc)
+        return TaskRefused(Refusal.NODE_STORAGE_FAILED, reason(Refusal.NODE_STORAGE_FAILED))
     if isinstance(exc, LedgerConfigMismatch):
         logger.error("%s: %s %s", hospital_id, exc, hint)
         return TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, reason(Refusal.LEDGER_CONFIG_MISMATCH))

@@ -13,7 +13,12 @@ table of peak memory and time, measured in this one run on this machine:
    20 MB line (``MAX_LINE_BYTES``);
 3. the nginx Fleet gateway (skipped without nginx): its memory at rest, and while one client
    streams a 300 MiB body at it (the Python gateway went from 44 MB to 968 MB), the time to the
-   413, and how long 20 connections that send half a header stay open.
+   413, and how long 20 connections that send half a header stay open;
+4. the gateway under load (skipped without nginx): 200 node sessions, each from its own loopback
+   address (127.1.0.1..127.1.0.200) on one kept-alive TLS connection, send a heartbeat every
+   2 s to a stand-in SuperLink that answers at once; heartbeat latency p50/p99 and the share
+   answered 200, without and then with the slow-client attack of issue 22 (16 uploads from each
+   of 8 addresses, stalled after one byte). ``--sessions`` and ``--seconds`` size it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -270,10 +276,194 @@ def bench_gateway(root: Path) -> list[tuple[str, str]]:
             proc.kill()
 
 
+# ---------------------------------------------------------------------------- 4. the gateway under load
+
+
+def _upstream(certs: Any) -> tuple[Any, int]:
+    """A stand-in SuperLink: HTTPS, HTTP/1.1 keep-alive, answers every POST with 200 at once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/protobuf")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple[list[float], list[float], int, int]:
+    """Each session on its own address and kept-alive connection.
+
+    Returns (latencies of heartbeats on an open connection, of those that opened one, in s;
+    answered 200; sent)."""
+    import threading
+
+    context = ssl.create_default_context(cafile=str(cafile))
+    request = (
+        b"POST /v1/fleet/send-node-heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/protobuf\r\nContent-Length: 2\r\n\r\nhb"
+    )
+    latencies: list[float] = []
+    handshakes: list[float] = []
+    counts = [0, 0]
+    lock = threading.Lock()
+
+    def session(i: int) -> None:
+        source = f"127.1.{i // 250}.{i % 250 + 1}"
+        end = time.monotonic() + seconds
+        time.sleep((i % 20) * 0.1)  # spread the sessions over the interval
+        sock = None
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            status = 0
+            fresh = sock is None  # this request pays the TCP and TLS handshake: reported apart
+            try:
+                if sock is None:
+                    raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+                sock.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    data += chunk
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = next(
+                    (int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")), 0
+                )
+                while len(body) < length:
+                    body += sock.recv(4096)
+                status = int(head.split(b" ", 2)[1])
+                if b"connection: close" in head.lower():
+                    sock.close()
+                    sock = None
+            except (OSError, ssl.SSLError, ValueError, IndexError):
+                if sock is not None:
+                    sock.close()
+                sock = None
+            elapsed = time.perf_counter() - start
+            with lock:
+                counts[1] += 1
+                if status == 200:
+                    counts[0] += 1
+                    (handshakes if fresh else latencies).append(elapsed)
+            time.sleep(max(0.0, 2.0 - elapsed))
+        if sock is not None:
+            sock.close()
+
+    threads = [threading.Thread(target=session, args=(i,), daemon=True) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return latencies, handshakes, counts[0], counts[1]
+
+
+def _slow_uploads(port: int, cafile: Path) -> list[ssl.SSLSocket]:
+    """The attack of issue 22: 16 uploads from each of 127.0.0.2..127.0.0.9, stalled after one byte."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    head = (
+        b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/protobuf\r\nContent-Length: 5000000\r\n\r\nx"
+    )
+    held = []
+    for address in (f"127.0.0.{i}" for i in range(2, 10)):
+        for _ in range(16):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(address, 0))
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(head)
+            held.append(sock)
+    return held
+
+
+def bench_gateway_load(root: Path, sessions: int, seconds: float) -> list[tuple[str, str]]:
+    from medalloc.server.certs import write_certificates
+    from medalloc.server.gateway import GatewayError, find_nginx
+
+    try:
+        find_nginx()
+    except GatewayError as exc:
+        return [("skipped", str(exc))]
+    certs = write_certificates(root / "certs-load", hosts=["127.0.0.1"])
+    upstream, upstream_port = _upstream(certs)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medalloc.cli", "gateway", "start", "--listen", f"127.0.0.1:{port}",
+         "--superlink", f"127.0.0.1:{upstream_port}", "--certs", str(certs.server_cert.parent),
+         "--dir", str(root / "gw-load")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    rows = []
+    try:
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.1)
+        time.sleep(0.5)
+        for label, attack in (("without attack", False), ("with 8 x 16 slow uploads", True)):
+            held = _slow_uploads(port, certs.ca_cert) if attack else []
+            try:
+                latencies, handshakes, ok, sent = _heartbeats(port, certs.ca_cert, sessions, seconds)
+            finally:
+                for sock in held:
+                    sock.close()
+            ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+            first = np.array(handshakes) * 1000 if handshakes else np.array([np.nan])
+            rows.append(
+                (
+                    f"{sessions} sessions, {label}",
+                    f"heartbeat p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms "
+                    f"(with the TLS handshake: p50 {np.percentile(first, 50):.0f} ms, p99 "
+                    f"{np.percentile(first, 99):.0f} ms); {ok} of {sent} answered 200",
+                )
+            )
+            time.sleep(1)
+        return rows
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        upstream.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--skip-gateway", action="store_true", help="leave out part 3 (nginx)")
+    parser.add_argument("--skip-gateway", action="store_true", help="leave out parts 3 and 4 (nginx)")
+    parser.add_argument("--only-load", action="store_true", help="run part 4 (the gateway under load) alone")
+    parser.add_argument("--sessions", type=int, default=200, help="concurrent node sessions in part 4 (<= 1000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long each phase of part 4 runs")
     args = parser.parse_args()
+    if not 1 <= args.sessions <= 1000:
+        parser.error("--sessions must be 1..1000 (each is a thread and a loopback address)")
+    if args.only_load:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\nnginx Fleet gateway under load")
+            for what, result in bench_gateway_load(Path(tmp), args.sessions, args.seconds):
+                print(f"  {what:<40} {result}")
+        return
     np.seterr(all="ignore")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -288,6 +478,9 @@ def main() -> None:
         if not args.skip_gateway:
             print("\nnginx Fleet gateway")
             for what, result in bench_gateway(root):
+                print(f"  {what:<40} {result}")
+            print("\nnginx Fleet gateway under load")
+            for what, result in bench_gateway_load(root, args.sessions, args.seconds):
                 print(f"  {what:<40} {result}")
     print(json.dumps({"python": sys.version.split()[0], "cpus": os.cpu_count()}))
 

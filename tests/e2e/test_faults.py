@@ -10,7 +10,7 @@ this module to keep it within a few minutes on a small machine:
 - H002's privacy ledger is torn (as a crash half-way through a non-atomic write would leave it)
   before its node starts: it must refuse every round and leave the file as it is.
 
-A node's first round releases its counts once (one ledger spend, ``run-<id>/source-release``);
+A node's first round releases its counts once (one ledger spend, ``run-<id>/source-release/<release id>``);
 every later round, run, crash and resume is post-processing, so each ledger must hold exactly that
 one spend, whatever happened around it.
 """

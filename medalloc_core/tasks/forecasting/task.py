@@ -243,7 +243,8 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
 def _released(
     node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
 ) -> LocalData:
-    """The node's released counts (``privacy.mechanisms.release_for_node``); each failure its own refusal."""
+    """The node's released counts (``privacy.mechanisms.release_for_node``, one transaction: an interrupted
+    release is finished first, never released again); each failure its own refusal."""
     assert node.release_path is not None
     release = NodeRelease(
         hospital_id=node.hospital_id,
@@ -266,6 +267,9 @@ def _released(
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
     except LedgerError as exc:
         raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason) from exc
+    except OSError as exc:  # a full or read-only disk: a spend already made is finished on the next start
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.NODE_STORAGE_FAILED, _reason(Refusal.NODE_STORAGE_FAILED)) from exc
     try:
         return LocalData(records, prepare_hospital(records, data.dataset.spec))
     except ValueError as exc:
