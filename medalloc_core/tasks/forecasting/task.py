@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -36,6 +36,7 @@ from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_fr
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
+from medalloc_core.privacy.contribution import PatientCaps, public_records
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.node_state import open_node_ledger
@@ -60,7 +61,7 @@ from medalloc_core.protocol import (
 from medalloc_core.sources import DataSource, MappingError, SourceMapping
 from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused, ledger_refusal
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
-from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_local_data
+from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_daily
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class ForecastNode:
     data_location: str  # node-config data-path verbatim (a database URL is not a path)
     data_format: str
     data_mapping: Path | None
+    # the calendar (calendar-units/-start/-end), per-patient caps (max-patient-*) and proposal bounds
+    # (max-proposed-stay-days, min-release-epsilon): medalloc_core.privacy.calendar / .contribution
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def data_display(self) -> str:
@@ -127,6 +131,7 @@ class ForecastNode:
             data_location=str(extra.get("data-location", node.data_path)),
             data_format=str(extra.get("data-format", "auto")),
             data_mapping=Path(str(mapping)) if mapping else None,
+            settings=dict(extra),
         )
 
 
@@ -144,16 +149,31 @@ def _source(node: ForecastNode) -> DataSource:
         raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
 
 
-def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
+def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps | None]:
+    """The node's counts on its public calendar, each patient bounded first (with the caps used; None per stay).
+
+    Whether this refuses, and how many windows it gives, depends on the calendar and the request
+    only: the raw file's own span and units never reach a reply (docs/privacy.md, "What is public").
+    """
     source = _source(node)
     try:
-        return load_local_data(source, spec)
+        records, stays = load_daily(source)
     except DataContractError as exc:
         # The problems name rows and values of the hospital's data (and how many there are is a
         # statistic of it too): they stay in the node's log.
         logger.error("%s\n%s", exc, data_hint(node.data_display, node.data_format, node.data_mapping))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
+        logger.error("%s: %s", node.data_display, exc)
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    try:
+        public, caps = public_records(records, stays, node.settings, default_nights=node.max_stay_days)
+    except ValueError as exc:  # a calendar or cap setting of the node's own config
+        logger.error("node configuration: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+    try:
+        return LocalData(public, prepare_hospital(public, spec)), caps
+    except ValueError as exc:
         logger.error("%s: %s; %s", node.data_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
@@ -227,7 +247,11 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
 
 
 def _release_plan(
-    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, columns: Sequence[str]
+    node: ForecastNode,
+    ask: EvaluateInstruction,
+    ledger: PrivacyLedger,
+    columns: Sequence[str],
+    caps: PatientCaps | None = None,
 ) -> ReleasePlan:
     """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
     if ask.privacy_mechanism != "source":
@@ -238,6 +262,7 @@ def _release_plan(
                 what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
             ),
         )
+    _check_proposal(node, ask, ledger)
     target = min(ask.patient_epsilon, ledger.epsilon_budget)
     try:
         # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
@@ -254,8 +279,42 @@ def _release_plan(
     except TargetUnreachable as exc:
         spent = ledger.epsilon_spent()
         raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
+    if caps is not None:  # per patient: the data was cut to the node's own caps, the noise covers exactly them
+        return ReleasePlan.from_noise_multiplier(
+            z, delta=ledger.delta, max_stay_days=caps.nights, columns=columns, max_admissions=caps.admissions
+        )
     stay = max(node.max_stay_days, ask.max_stay_days)
     return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=columns)
+
+
+MAX_PROPOSED_STAY_KEY, MIN_RELEASE_EPSILON_KEY = "max-proposed-stay-days", "min-release-epsilon"
+
+
+def _check_proposal(node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger) -> None:
+    """Refuse a proposal that would fix a useless plan for the node's life (issue 20), naming the node setting.
+
+    The first release's plan is kept forever: a stay cap of 100000 nights or a tiny epsilon would
+    spend the whole budget on noise nobody can learn from.
+    """
+    most_stay = int(node.settings.get(MAX_PROPOSED_STAY_KEY, 60))
+    least_epsilon = float(node.settings.get(MIN_RELEASE_EPSILON_KEY, 0.1))
+    if ask.max_stay_days > most_stay:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"max-stay-days {ask.max_stay_days} is above this node's {MAX_PROPOSED_STAY_KEY} ({most_stay})",
+            ),
+        )
+    if min(ask.patient_epsilon, ledger.epsilon_budget) < least_epsilon:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"a release at patient-epsilon {ask.patient_epsilon:g} is below this node's "
+                f"{MIN_RELEASE_EPSILON_KEY} ({least_epsilon:g}); its plan would be kept for the node's life",
+            ),
+        )
 
 
 def _release_columns(node: ForecastNode, ask: EvaluateInstruction, data: LocalData, store: ReleaseStore) -> None:
@@ -293,17 +352,37 @@ def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
 
 
 def _released(
-    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
+    node: ForecastNode,
+    ask: EvaluateInstruction,
+    ledger: PrivacyLedger,
+    data: LocalData,
+    run_tag: str,
+    caps: PatientCaps | None = None,
 ) -> LocalData:
     """The node's released counts, extended to days not released yet (charged first, then drawn)."""
     assert node.release_path is not None
     try:
         store = ReleaseStore.open(node.release_path)
         _release_columns(node, ask, data, store)
+        if (
+            caps is not None
+            and store.plan is not None
+            and ((store.plan.max_admissions, store.plan.max_stay_days) != (caps.admissions, caps.nights))
+        ):
+            logger.error(
+                "%s: the stored release covers %d admissions and %d nights per patient; max-patient-stays + "
+                "max-patient-transfers = %d and max-patient-nights = %d now: restore the settings it was made with",
+                node.hospital_id,
+                store.plan.max_admissions,
+                store.plan.max_stay_days,
+                caps.admissions,
+                caps.nights,
+            )
+            raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH))
         missing = store.missing_days(data.records)
         if len(missing):
             rng = _noise_rng(node, ask)
-            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # fixed for life
+            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data), caps)  # for life
             frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
             days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
             ledger.spend(
@@ -351,13 +430,13 @@ def _prepare(
         raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     if ask.reproducible_noise:
         _noise_rng(node, ask)  # a real node refuses before touching anything
-    data = _data(node, ask.window_spec)
+    data, caps = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
-    released = _released(node, ask, ledger, data, ask.run_tag)
+    released = _released(node, ask, ledger, data, ask.run_tag, caps)
     return node, ask, model, released, ledger
 
 
