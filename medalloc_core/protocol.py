@@ -79,6 +79,7 @@ class Refusal(IntEnum):
     LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
     TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
+    NODE_ERROR = 1009  # the node failed in a way it did not foresee: a fixed code, the details in its own log
     APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
 
     @property
@@ -358,6 +359,7 @@ REFUSAL_REASONS: dict[Refusal, str] = {
         "the node has had a privacy ledger and the configured one is missing or another; its operator must restore it"
     ),
     Refusal.TASK_NOT_SERVED: "this node does not serve the '{task}' task (its own config decides)",
+    Refusal.NODE_ERROR: "the node could not serve this round; its operator has the details in the node's log",
 }
 
 

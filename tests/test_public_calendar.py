@@ -41,7 +41,12 @@ CALENDAR = {
 
 
 @pytest.fixture(scope="module")
-def encounters(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+def encounters() -> pd.DataFrame:
+    return synthetic_encounters()
+
+
+def synthetic_encounters() -> pd.DataFrame:
+    """One small synthetic hospital's stays (units icu, medical, paediatric, surgical; 2023-01-01 + 200 days)."""
     from medalloc_core.synthetic import RegionConfig, generate_region
 
     region = generate_region(

@@ -306,7 +306,7 @@ def _check_proposal(node: ForecastNode, ask: EvaluateInstruction, ledger: Privac
                 what=f"max-stay-days {ask.max_stay_days} is above this node's {MAX_PROPOSED_STAY_KEY} ({most_stay})",
             ),
         )
-    if min(ask.patient_epsilon, ledger.epsilon_budget) < least_epsilon:
+    if ask.patient_epsilon < least_epsilon:  # the node's own smaller budget is its operator's choice
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
             _reason(
