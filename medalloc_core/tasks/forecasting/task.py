@@ -47,6 +47,7 @@ from medalloc_core.privacy.release import (
     release_records,
     secure_generator,
 )
+from medalloc_core.privacy.source_registry import check_source_ledger
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -202,7 +203,7 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
     """The node's patient-level ledger, through its state record; each ledger problem is its own refusal."""
     assert node.node_state_path is not None
     try:
-        return open_node_ledger(
+        ledger = open_node_ledger(
             state_path=node.node_state_path,
             hospital_id=node.hospital_id,
             ledger_path=node.ledger_path,
@@ -211,6 +212,12 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
             accountant=node.accountant,
             max_stay_days=node.max_stay_days,
         )
+        if not node.simulated:  # keyed on the data, in a fixed place: another ledger or hospital-id is noticed
+            record = node.settings.get("data-source-record")
+            check_source_ledger(
+                node.data_location, node.ledger_path, ledger.ledger_id, path=Path(str(record)) if record else None
+            )
+        return ledger
     except LedgerError as exc:
         hint = ""
         if isinstance(exc, LedgerConfigMismatch):  # name the node-config key to fix (reads the ledger)
@@ -379,6 +386,16 @@ def _released(
                 caps.nights,
             )
             raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH))
+        if store.plan is None and any(
+            s.mechanism == "source-release" for entry in ledger.entries() for s in entry.spends
+        ):
+            # The ledger charged a release the store no longer holds: never silently re-released.
+            logger.error(
+                "%s: the ledger records a source release but %s is gone; restore it (and its .json) from backup",
+                node.hospital_id,
+                node.release_path,
+            )
+            raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT))
         missing = store.missing_days(data.records)
         if len(missing):
             rng = _noise_rng(node, ask)
