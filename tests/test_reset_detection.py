@@ -68,3 +68,26 @@ def test_share_on_a_fresh_ledger_path_is_refused(tmp_path: Path, data: Path):
         check_source_ledger(str(data), tmp_path / "fresh.json", "id-2")
     check_source_ledger(str(data), tmp_path / "node.json", "id-1")
     assert registry_path().exists() and not str(registry_path()).startswith(str(Path.home()))
+
+
+def test_medalloc_privacy_says_per_stay_for_daily_counts_and_per_patient_for_stays(tmp_path: Path, data: Path):
+    from typer.testing import CliRunner
+
+    from medalloc.cli import app
+    from medalloc_core.encounters import encounters_to_daily
+    from tests.test_public_calendar import synthetic_encounters
+
+    daily = tmp_path / "daily.csv"
+    frame = encounters_to_daily(synthetic_encounters())
+    frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d")).to_csv(daily, index=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "p").mkdir()
+    assert not _evaluate(daily, tmp_path / "d" / "ledger.json").has_error()
+    assert not _evaluate(data, tmp_path / "p" / "ledger.json").has_error()
+    runner = CliRunner()
+    per_stay = runner.invoke(app, ["privacy", "--ledger", str(tmp_path / "d" / "ledger.json")], env={"COLUMNS": "200"})
+    assert per_stay.exit_code == 0 and "per STAY" in per_stay.output and "k=2: 1.18" in per_stay.output
+    per_patient = runner.invoke(
+        app, ["privacy", "--ledger", str(tmp_path / "p" / "ledger.json")], env={"COLUMNS": "200"}
+    )
+    assert per_patient.exit_code == 0 and "per STAY" not in per_patient.output

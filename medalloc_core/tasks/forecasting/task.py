@@ -36,7 +36,7 @@ from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_fr
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
-from medalloc_core.privacy.contribution import PatientCaps, public_records
+from medalloc_core.privacy.contribution import PatientCaps, group_epsilons, public_records
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.node_state import open_node_ledger
@@ -411,18 +411,28 @@ def _released(
                 mechanism="source-release",
                 days=days,
                 detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
-                | {"max-stay-days": float(plan.max_stay_days)},
+                | {"max-stay-days": float(plan.max_stay_days)}
+                # per patient (ids bounded before counting) or per stay (daily counts only): medalloc privacy says which
+                | ({"per-patient": 1.0, "max-admissions": float(plan.max_admissions)} if caps is not None else {}),
             )
             part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
             store.add(release_records(part, plan, rng=rng), plan)
             logger.info(
-                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s",
                 node.hospital_id,
                 len(frame),
                 days[0],
                 days[1],
                 plan.noise_multiplier,
+                "patient" if caps is not None else "STAY",
             )
+            if caps is None:
+                figures = group_epsilons(plan.noise_sd, plan.delta, nights=plan.max_stay_days)
+                logger.warning(
+                    "%s: daily counts without patient ids: epsilon is per STAY; a patient with k stays gets %s",
+                    node.hospital_id,
+                    ", ".join(f"k={k}: {e:.2f}" for k, e in figures.items()),
+                )
         records = store.records()
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
