@@ -164,11 +164,23 @@ def bound_contributions(
         {PATIENT_ID: stays[PATIENT_ID].astype(str), UNIT: unit, ADMIT_TIME: admit, DISCHARGE_TIME: discharge}
     )[~(outside_unit | outside_days)]
     frame = frame.sort_values([PATIENT_ID, ADMIT_TIME], kind="stable")
+    # Fast path: a patient with one segment within the nights cap is kept as it is (most patients).
+    single = ~frame[PATIENT_ID].duplicated(keep=False)
+    first_night = frame[ADMIT_TIME].dt.normalize().clip(lower=start)
+    last_night = (frame[DISCHARGE_TIME].dt.normalize() - pd.Timedelta(days=1)).fillna(end).clip(upper=end)
+    nights = ((last_night - first_night).dt.days + 1).clip(lower=0)
+    simple = single & (nights <= caps.nights)
     kept_rows: list[tuple[str, str, pd.Timestamp, pd.Timestamp | None]] = []
-    for patient, group in frame.groupby(PATIENT_ID, sort=False):
+    for patient, group in frame[~simple].groupby(PATIENT_ID, sort=False):
         for seg in _bound_patient(group, caps, start, end, cut):
             kept_rows.append((str(patient), seg.unit, seg.admit, seg.discharge))
-    out = pd.DataFrame(kept_rows, columns=[PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME])
+    out = pd.concat(
+        [
+            frame.loc[simple, [PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME]],
+            pd.DataFrame(kept_rows, columns=[PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME]),
+        ],
+        ignore_index=True,
+    )
     out[ADMIT_TIME] = pd.to_datetime(out[ADMIT_TIME]).astype("datetime64[ns]")
     out[DISCHARGE_TIME] = pd.to_datetime(out[DISCHARGE_TIME]).astype("datetime64[ns]")
     cut = Counter({k: v for k, v in cut.items() if v})
