@@ -33,7 +33,7 @@ from .config import NodeConfig, NodeConfigError
 logger = logging.getLogger(__name__)
 
 
-def refusal(message: Message, code: Refusal, detail: str, *, task: str = DEFAULT_TASK) -> Message:
+def refusal(message: Message, code: Refusal, detail: str, *, task: FederatedTask | str = DEFAULT_TASK) -> Message:
     """The reply for a declined round: ``Error(code, "<slug>: <detail>")``, checked (``medalloc_core.replies``):
     a detail that is not its code's fixed text goes out as ``node-error``."""
     return _error(message, check_refusal(task, int(code), detail))
@@ -67,7 +67,7 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
     return node
 
 
-def _reply(message: Message, answer: NodeReply, node: NodeConfig, *, task: str, train: bool) -> Message:
+def _reply(message: Message, answer: NodeReply, node: NodeConfig, *, task: FederatedTask, train: bool) -> Message:
     """The one place a node's answer becomes a message: checked against the task's allow-list first."""
     checked = check_reply(
         task, "train" if train else "evaluate", answer.metrics, answer.arrays, {protocol.HOSPITAL_ID: node.hospital_id}
@@ -101,10 +101,10 @@ def handle(
             if train
             else task.evaluate(settings, dict(config), global_arrays)
         )
-        return _reply(message, answer, node, task=task.name, train=train)
+        return _reply(message, answer, node, task=task, train=train)
     except TaskRefused as refused:
         logger.warning("declining %s %s round: %s", task.name, phase, refused.detail)
-        return refusal(message, refused.code, refused.detail, task=task.name)
+        return refusal(message, refused.code, refused.detail, task=task)
     except ReplyNotAllowed as exc:
         logger.error("%s %s reply not sent: %s", task.name, phase, exc)
         return _error(message, node_error())
@@ -113,14 +113,19 @@ def handle(
         return _error(message, node_error())
 
 
+def plain_task() -> FederatedTask:
+    """The task served under Flower's plain ``train`` / ``evaluate`` messages (its ``action`` is ``"default"``)."""
+    return next(get_task(name) for name in task_names() if get_task(name).action == "default")
+
+
 def handle_train(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
-    """A forecasting train request (Flower's plain ``train`` message): see :func:`handle`."""
-    return handle(message, context, task=get_task(DEFAULT_TASK), train=True, run_config=run_config)
+    """A plain ``train`` request (the :func:`plain_task`'s): see :func:`handle`."""
+    return handle(message, context, task=plain_task(), train=True, run_config=run_config)
 
 
 def handle_evaluate(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
-    """A forecasting evaluate request (Flower's plain ``evaluate`` message): see :func:`handle`."""
-    return handle(message, context, task=get_task(DEFAULT_TASK), train=False, run_config=run_config)
+    """A plain ``evaluate`` request (the :func:`plain_task`'s): see :func:`handle`."""
+    return handle(message, context, task=plain_task(), train=False, run_config=run_config)
 
 
 # ------------------------------------------------------------------ the app

@@ -48,27 +48,29 @@ class CheckedRefusal:
     reason: str
 
 
-def allow_list(task: str) -> Mapping[str, Mapping[str, Mapping[str, str]]]:
-    """The allow-list of ``task``'s replies; an unknown task has none (every reply of it is refused)."""
-    if task == "forecasting":
-        return protocol.REPLY_ALLOW_LIST
-    if task == "equipment":
-        from medalloc_core.tasks.equipment.protocol import REPLY_ALLOW_LIST
-
-        return REPLY_ALLOW_LIST
-    return {}
+def allow_list(task: Any) -> Mapping[str, Mapping[str, Mapping[str, str]]]:
+    """The allow-list of a task's replies (its ``reply_allow_list`` attribute); a task without one has none,
+    so every reply of it is refused. A task name is looked up in the task registry."""
+    return getattr(_task(task), "reply_allow_list", None) or {}
 
 
-def _refusal_texts(task: str) -> Mapping[Refusal, str]:
-    if task == "equipment":
-        from medalloc_core.tasks.equipment.protocol import REFUSAL_REASONS
+def _refusal_texts(task: Any) -> Mapping[Refusal, str]:
+    return getattr(_task(task), "refusal_reasons", None) or protocol.REFUSAL_REASONS
 
-        return REFUSAL_REASONS
-    return protocol.REFUSAL_REASONS
+
+def _task(task: Any) -> Any:
+    if isinstance(task, str):
+        from medalloc_core.tasks import get_task
+
+        try:
+            return get_task(task)
+        except Exception:  # an unknown name: no allow-list
+            return None
+    return task
 
 
 def check_reply(
-    task: str,
+    task: Any,
     kind: str,
     metrics: Mapping[str, Any],
     arrays: Mapping[str, Any] | None,
@@ -78,29 +80,30 @@ def check_reply(
 
     Raises ``ReplyNotAllowed`` (naming the key, never its value) for anything not on the list.
     """
+    name = getattr(_task(task), "name", str(task))
     allowed = allow_list(task).get(kind)
     if allowed is None:
-        raise ReplyNotAllowed(f"task '{task}' has no allow-listed {kind} reply")
+        raise ReplyNotAllowed(f"task '{name}' has no allow-listed {kind} reply")
     keys = allowed.get(protocol.METRICS, {})
     extra = sorted(set(metrics) - set(keys))
     if extra:
-        raise ReplyNotAllowed(f"{task} {kind} reply: metric key(s) {extra} are not on the allow-list")
+        raise ReplyNotAllowed(f"{name} {kind} reply: metric key(s) {extra} are not on the allow-list")
     missing = sorted(set(keys) - set(metrics))
     if missing:
-        raise ReplyNotAllowed(f"{task} {kind} reply: metric key(s) {missing} are missing")
+        raise ReplyNotAllowed(f"{name} {kind} reply: metric key(s) {missing} are missing")
     out: dict[str, int | float] = {}
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
-            raise ReplyNotAllowed(f"{task} {kind} reply: metric '{key}' is not a finite number")
+            raise ReplyNotAllowed(f"{name} {kind} reply: metric '{key}' is not a finite number")
         out[key] = value
     if arrays is not None and protocol.ARRAYS not in allowed:
-        raise ReplyNotAllowed(f"{task} {kind} reply: carries arrays, which this reply may not")
+        raise ReplyNotAllowed(f"{name} {kind} reply: carries arrays, which this reply may not")
     if arrays is None and protocol.ARRAYS in allowed:
-        raise ReplyNotAllowed(f"{task} {kind} reply: the arrays are missing")
+        raise ReplyNotAllowed(f"{name} {kind} reply: the arrays are missing")
     info_keys = allowed.get(protocol.NODE_INFO, {})
     bad = sorted(set(node_info) - set(info_keys))
     if bad or not all(isinstance(v, str) for v in node_info.values()):
-        raise ReplyNotAllowed(f"{task} {kind} reply: node-info key(s) {bad} not allowed or not text")
+        raise ReplyNotAllowed(f"{name} {kind} reply: node-info key(s) {bad} not allowed or not text")
     return CheckedReply(out, arrays, {str(k): str(v) for k, v in node_info.items()})
 
 
@@ -116,7 +119,7 @@ def _pattern(template: str) -> re.Pattern[str]:
 _PATH = re.compile(r"(?:^|[\s('\"=])(?:/[^\s/]+){2,}|[A-Za-z]:\\\\")
 
 
-def check_refusal(task: str, code: Any, detail: str) -> CheckedRefusal:
+def check_refusal(task: Any, code: Any, detail: str) -> CheckedRefusal:
     """A refusal as it may be sent: a known code with its task's fixed text, else ``node-error``.
 
     ``detail`` must be the code's ``REFUSAL_REASONS`` text with its placeholders filled (ledger

@@ -22,10 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
-from medalloc_core.forecast.features import WindowSpec
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig
 from medalloc_core.model_io import FINAL_MODEL_NAME
-from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
+from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, refusal_summary, truncate_rounds
 from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
@@ -34,8 +32,6 @@ from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
-
-FINAL_MODEL = FINAL_MODEL_NAME
 
 
 @dataclass
@@ -114,17 +110,6 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
     return int(scalars.get("client-dp-releases", 0))
 
 
-def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
-    """The forecasting global model before round 1: seeded weights, or the public pretrained ones (``init``)."""
-    from medalloc_core.forecast.pretrained import PretrainedMismatch
-    from medalloc_core.tasks.forecasting.task import run_initial_model
-
-    try:
-        return run_initial_model(config, mconfig)
-    except PretrainedMismatch as exc:
-        raise RunConfigError(str(exc)) from exc
-
-
 def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
     """The run's output folder; an existing one is only reused with ``resume = true``."""
     out = config.out_path if config.out_dir else Path("results") / f"run-{run_id}"
@@ -134,13 +119,6 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
             "or choose another out-dir (results are never overwritten)"
         )
     return out
-
-
-def window_spec(config: RunConfig) -> WindowSpec:
-    """The windows every forecasting node builds for this run (history, horizon, targets, held-out days, scaling)."""
-    from medalloc_core.tasks.forecasting.task import run_window_spec
-
-    return run_window_spec(config)
 
 
 # ------------------------------------------------------------------ the run
@@ -309,25 +287,14 @@ def run_federation(
         )
         return result
     task.write_model(
-        out / FINAL_MODEL,
+        out / FINAL_MODEL_NAME,
         result.arrays,
         model,
         {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
     )
-    logger.info("final model written to %s", out / FINAL_MODEL)
+    logger.info("final model written to %s", out / FINAL_MODEL_NAME)
     result.final_model_written = True
     return result
-
-
-def refusal_summary(rounds: list[RoundRecord]) -> dict[str, int]:
-    """How often each reason ended a node's round (``"refused: privacy-budget-exceeded: ..."``), over ``rounds``."""
-    counts: dict[str, int] = {}
-    for record in rounds:
-        for outcome in record.outcomes or []:
-            if outcome.get("status") != "accepted":
-                key = f"{outcome.get('status')}: {str(outcome.get('reason', '')).split(':')[0] or 'no reason given'}"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:
