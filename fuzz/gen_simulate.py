@@ -57,8 +57,6 @@ _BAD_KEYS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("comparisons", "local-only", ('"no"', "1", "nan"), "local-only"),
     ("comparisons", "centralized", ('"yes"', "0"), "centralized"),
     ("output", "forecast-plots", ("-1", "1.5", "nan", '"3"', "100000000"), "forecast-plots"),
-    ("federation", "dp-noise-multiplier", ("nan", "inf", "-1", '"1.3"'), "dp-noise-multiplier"),
-    ("federation", "dp-max-grad-norm", ("nan", "inf", "0", "-1"), "dp-max-grad-norm"),
     ("federation", "lr", ("nan", "inf", "0", '"fast"'), "lr"),
     ("federation", "num-server-rounds", ("0", "1.5", "inf", "nan", '"5"'), "num-server-rounds"),
     ("federation", "hidden", ("0", "1.5", "inf", "-64"), "hidden"),

@@ -39,7 +39,7 @@ from safetensors.numpy import save as st_save
 
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.forecast.features import WindowSpec
-from medalloc_core.forecast.models import MODELS, Forecaster, ForecasterConfig, build_model, load_arrays, state_arrays
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_model, load_arrays, state_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class SavedModel:
     expects and the held-out periods that fix which days its per-series scalers are fitted on.
     """
 
-    model: Forecaster
+    model: ForecasterNet
     config: ForecasterConfig
     spec: WindowSpec
     path: Path  # the safetensors file read
@@ -285,7 +285,7 @@ def parameter_shapes(config: ForecasterConfig) -> dict[str, tuple[int, ...]]:
     Raises ``ValueError`` when the model would hold more than :data:`MAX_MODEL_PARAMETERS`.
     """
     with torch.device("meta"):
-        model = MODELS[config.model](config)
+        model = build_model(config)
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     count = sum(math.prod(shape) for shape in shapes.values())
     if count > MAX_MODEL_PARAMETERS:
@@ -308,7 +308,7 @@ def arrays_of(sidecar: Path) -> Path:
 
 def save_model(
     path: Path,
-    model: Forecaster,
+    model: ForecasterNet,
     *,
     spec: WindowSpec,
     extra: Mapping[str, Any] | None = None,

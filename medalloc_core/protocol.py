@@ -35,9 +35,6 @@ LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LR = "lr"
 PROXIMAL_MU = "proximal-mu"  # injected by FedProx; 0 elsewhere
-DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  # a proposal: the node raises it to its own minimum
-DP_MAX_GRAD_NORM = "dp-max-grad-norm"
-DP_TARGET_EPSILON = "dp-target-epsilon"  # per-round target; 0 = use the noise multiplier
 MODEL_CONFIG = "model-config"  # JSON of the ForecasterConfig the global arrays belong to
 WINDOW_SPEC = "window-spec"  # JSON of the WindowSpec the model's inputs are built with
 RUN_TAG = "run-tag"  # names the federation run in the node's privacy ledger
@@ -192,15 +189,12 @@ class EvaluateInstruction:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainInstruction(EvaluateInstruction):
-    """A train request's proposals; the node caps epochs, noise and clipping with its own config."""
+    """A train request's proposals; the node caps them with its own config."""
 
     local_epochs: int
     batch_size: int
     lr: float
     proximal_mu: float  # FedProx; 0 for every other strategy
-    dp_noise_multiplier: float  # a proposal: the node raises it to its own minimum
-    dp_target_epsilon: float  # per round; 0 = use the noise multiplier
-    dp_max_grad_norm: float
 
     def to_dict(self) -> dict[str, Scalar]:
         """The ``ConfigRecord`` values of the request."""
@@ -209,9 +203,6 @@ class TrainInstruction(EvaluateInstruction):
             BATCH_SIZE: self.batch_size,
             LR: self.lr,
             PROXIMAL_MU: self.proximal_mu,
-            DP_NOISE_MULTIPLIER: self.dp_noise_multiplier,
-            DP_TARGET_EPSILON: self.dp_target_epsilon,
-            DP_MAX_GRAD_NORM: self.dp_max_grad_norm,
         }
 
     @classmethod
@@ -223,9 +214,6 @@ class TrainInstruction(EvaluateInstruction):
             batch_size=_field(raw, BATCH_SIZE, int, minimum=1),
             lr=_field(raw, LR, float, above=0),
             proximal_mu=_field(raw, PROXIMAL_MU, float, minimum=0),
-            dp_noise_multiplier=_field(raw, DP_NOISE_MULTIPLIER, float, minimum=0),
-            dp_target_epsilon=_field(raw, DP_TARGET_EPSILON, float, minimum=0),
-            dp_max_grad_norm=_field(raw, DP_MAX_GRAD_NORM, float, above=0),
         )
 
 

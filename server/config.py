@@ -12,6 +12,7 @@ from typing import Any
 
 from flwr.app import Context
 
+from medalloc_core.privacy.mechanisms import SHIPPED_MECHANISM, MechanismNotOffered, check_offered
 from medalloc_core.simulation import PATIENT_EPSILON, SimulationConfig, SimulationConfigError
 from medalloc_core.tasks import DEFAULT_TASK, TaskOptionsError, get_task, task_names
 
@@ -64,13 +65,9 @@ class RunConfig:
     validation_days: int = 0
     test_days: int = 0
     # --- patient-level privacy on each node (the node caps it by its own budget; its ledger has the last word)
-    privacy_mechanism: str = "source"  # each day's counts released once per node with Gaussian noise
+    privacy_mechanism: str = SHIPPED_MECHANISM  # each day's counts released once per node with Gaussian noise
     patient_epsilon: float = PATIENT_EPSILON  # the most this run may spend per patient (stay) on each node
     max_stay_days: int = _SIM.max_stay_days  # the stay length that epsilon covers; a node uses max(its own, this)
-    # --- window-level DP-SGD: proposals kept in the protocol for research; nodes no longer run it
-    dp_noise_multiplier: float = 1.3
-    dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
-    dp_max_grad_norm: float = 1.0
     # --- strategy parameters
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.1  # FedAdam eta
@@ -112,11 +109,10 @@ class RunConfig:
             get_task(self.task).options(self.task_options)
         except TaskOptionsError as exc:
             raise RunConfigError(str(exc)) from exc
-        if self.privacy_mechanism != "source":
-            raise RunConfigError(
-                f"privacy-mechanism '{self.privacy_mechanism}' is not offered; use 'source' (docs/privacy.md compares "
-                "it with patient-level DP-SGD)"
-            )
+        try:
+            check_offered(self.privacy_mechanism)
+        except MechanismNotOffered as exc:
+            raise RunConfigError(str(exc)) from None
         if not (math.isfinite(self.patient_epsilon) and self.patient_epsilon > 0) or self.max_stay_days < 1:
             raise RunConfigError("patient-epsilon must be a finite number > 0 and max-stay-days >= 1")
         if self.strategy not in _STRATEGY_NAMES:
@@ -142,10 +138,8 @@ class RunConfig:
         for name in ("fraction_train", "fraction_evaluate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RunConfigError(f"{_kebab(name)} must be in [0, 1], got {getattr(self, name)}")
-        if self.lr <= 0 or self.dp_max_grad_norm <= 0:
-            raise RunConfigError("lr and dp-max-grad-norm must be > 0")
-        if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
-            raise RunConfigError("dp-noise-multiplier and dp-target-epsilon must be >= 0")
+        if self.lr <= 0:
+            raise RunConfigError("lr must be > 0")
         try:
             self.simulation  # noqa: B018 -- the nodes' typed view of the simulation-* keys validates them
         except SimulationConfigError as exc:

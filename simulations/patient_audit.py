@@ -148,9 +148,6 @@ def _instruction(*, epsilon: float, reproducible: bool, seed: int) -> dict[str, 
         batch_size=32,
         lr=0.01,
         proximal_mu=0.0,
-        dp_noise_multiplier=1.0,
-        dp_target_epsilon=0.0,
-        dp_max_grad_norm=1.0,
         run_tag="audit",
     ).to_dict()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc.server.config import RunConfig, RunConfigError
+from medalloc_core.privacy.mechanisms import SHIPPED_MECHANISM, MechanismNotOffered, check_offered
 from medalloc_core.simulation import SimulationConfig
 from medalloc_core.synthetic import RegionConfig
 from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
@@ -318,11 +319,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             f"{source}: [privacy] needs a finite epsilon > 0 and 0 < delta < 1, "
             f"got epsilon {scenario.epsilon_budget} and delta {scenario.delta}"
         )
-    if privacy.get("mechanism", "source") != "source":
-        raise ScenarioError(
-            f"{source}: [privacy] mechanism must be 'source' (docs/privacy.md: patient-level DP-SGD is studied, "
-            "not offered)"
-        )
+    try:
+        check_offered(str(privacy.get("mechanism", SHIPPED_MECHANISM)))
+    except MechanismNotOffered as exc:
+        raise ScenarioError(f"{source}: [privacy] mechanism: {exc}") from None
     cpus = os.cpu_count() or 1
     if not 0 < scenario.client_cpus <= cpus:
         # Ray waits forever for a node that needs more CPUs than it has (or NaN of them).

@@ -14,10 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from medalloc.cli import app
-from medalloc_core.forecast.models import ForecasterConfig, build_model, pinball_loss_per_sample
-from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
-from medalloc_core.privacy.accounting import epsilon_for
-from medalloc_core.privacy.audit import (
+from medalloc_core.forecast.audit import (
     DEFAULT_AUDIT_DP,
     LEDGER_NAME,
     QUICK_SETTING,
@@ -27,6 +24,9 @@ from medalloc_core.privacy.audit import (
     build_audit_data,
     run_audit,
 )
+from medalloc_core.forecast.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
+from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.privacy.audit_stats import one_run_audit
 from medalloc_core.privacy.ledger import PrivacyLedger
 
@@ -166,7 +166,7 @@ def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(
 
 def test_the_command_and_the_library_agree_on_names_and_defaults() -> None:
     from medalloc.cli import audit as cli_audit
-    from medalloc_core.privacy import audit as library
+    from medalloc_core.forecast import audit as library
 
     assert cli_audit.LEDGER_NAME == library.LEDGER_NAME
     defaults = {p.name: p.default for p in inspect.signature(cli_audit.audit).parameters.values()}

@@ -209,11 +209,11 @@ ISSUE_CASES = {
         _scenario(set_key(default_text(), "privacy", "epsilon-budget", "nan")),
         ("epsilon-budget",),
     ),  # fmt: skip
-    "dp-noise-multiplier = nan": Case(
+    "lr = nan": Case(
         "simulate",
         SCENARIO,
-        _scenario(set_key(default_text(), "federation", "dp-noise-multiplier", "nan")),
-        ("dp-noise-multiplier",),
+        _scenario(set_key(default_text(), "federation", "lr", "nan")),
+        ("lr",),
     ),  # fmt: skip
 }
 

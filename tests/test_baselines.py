@@ -1,4 +1,7 @@
-"""Baselines: hand-computed forecasts, Holt-Winters quality, one contract suite over the registry, rolling origins."""
+"""The classical maths beneath the registry: hand-computed forecasts, Holt-Winters quality, series-level checks.
+
+The forecaster contract itself is tested once, over ``FORECASTERS``, in tests/test_forecasters.py.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,12 @@ from hypothesis import strategies as st
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from medalloc_core.forecast.baselines import (
-    BASELINES,
+    _SERIES_MODELS,
     HoltWinters,
     MovingAverage,
     SeasonalNaive,
+    _make_series_model,
     _quiet_convergence,
-    make_baseline,
     rolling_origin_forecasts,
 )
 from medalloc_core.forecast.metrics import mae
@@ -143,8 +146,8 @@ def test_holt_winters_without_trend() -> None:
     assert q.shape == (5, 3) and np.all(np.diff(q, axis=1) >= 0)
 
 
-# ----------------------------------------------------------------------------- contract suite over the registry
-REGISTRY = sorted(BASELINES)
+# ----------------------------------------------------------------------------- series checks of every private model
+REGISTRY = sorted(_SERIES_MODELS)
 
 
 @pytest.fixture(params=REGISTRY)
@@ -153,7 +156,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 def test_fit_returns_self_and_keeps_hyperparameters(name: str) -> None:
-    model = make_baseline(name)
+    model = _make_series_model(name)
     before = {k: v for k, v in vars(model).items()}
     assert model.fit(_seasonal_series(60)) is model
     assert {k: v for k, v in vars(model).items() if not k.endswith("_")} == before
@@ -166,7 +169,7 @@ def test_shape_nonnegative_noncrossing(name: str, levels: tuple[float, ...]) -> 
     rng = np.random.default_rng(2)
     sparse = rng.poisson(0.7, 70).astype(float)  # mostly zeros and ones: tempts negative quantiles
     for series in (sparse, _seasonal_series(70)):
-        q = make_baseline(name, quantiles=levels).fit(series).predict(10)
+        q = _make_series_model(name, quantiles=levels).fit(series).predict(10)
         assert q.shape == (10, len(levels))
         assert np.all(np.isfinite(q)) and q.min() >= 0
         assert np.all(np.diff(q, axis=1) >= 0)
@@ -174,20 +177,22 @@ def test_shape_nonnegative_noncrossing(name: str, levels: tuple[float, ...]) -> 
 
 def test_deterministic(name: str) -> None:
     x = _seasonal_series(80, seed=7, noise=3.0)
-    np.testing.assert_array_equal(make_baseline(name).fit(x).predict(12), make_baseline(name).fit(x).predict(12))
+    np.testing.assert_array_equal(
+        _make_series_model(name).fit(x).predict(12), _make_series_model(name).fit(x).predict(12)
+    )
 
 
 def test_too_short_history_says_how_long(name: str) -> None:
-    model = make_baseline(name)
+    model = _make_series_model(name)
     need = model.min_history()
     model.fit(_seasonal_series(need))  # exactly enough is accepted
     with pytest.raises(ValueError, match=f"at least {need} periods"):
-        make_baseline(name).fit(_seasonal_series(need - 1))
+        _make_series_model(name).fit(_seasonal_series(need - 1))
 
 
 def test_bad_input_is_refused(name: str) -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
-        make_baseline(name).predict(3)
+        _make_series_model(name).predict(3)
     x = _seasonal_series(40)
     for bad, match in (
         (np.where(np.arange(40) == 5, np.nan, x), "non-finite"),
@@ -195,36 +200,36 @@ def test_bad_input_is_refused(name: str) -> None:
         (x.reshape(20, 2), "shape"),
     ):
         with pytest.raises(ValueError, match=match):
-            make_baseline(name).fit(bad)
+            _make_series_model(name).fit(bad)
     with pytest.raises(ValueError, match="horizon"):
-        make_baseline(name).fit(x).predict(0)
+        _make_series_model(name).fit(x).predict(0)
     with pytest.raises(ValueError, match="quantiles"):
-        make_baseline(name, quantiles=(0.9, 0.1)).fit(x)
+        _make_series_model(name, quantiles=(0.9, 0.1)).fit(x)
 
 
 def test_rolling_origin_does_not_peek(name: str) -> None:
     x = _seasonal_series(100, seed=4, noise=2.0)
     origins = [60, 75, 90]
-    base = rolling_origin_forecasts(x, origins, 7, BASELINES[name])
+    base = rolling_origin_forecasts(x, origins, 7, _SERIES_MODELS[name])
     for i, t in enumerate(origins):
         tampered = x.copy()
         tampered[t + 1 :] = 1000.0  # everything after the origin changes wildly
-        again = rolling_origin_forecasts(tampered, [t], 7, BASELINES[name])
+        again = rolling_origin_forecasts(tampered, [t], 7, _SERIES_MODELS[name])
         np.testing.assert_array_equal(again[0], base[i])
     # ... and each origin equals a model fitted on series[: t + 1] by hand
     for i, t in enumerate(origins):
-        np.testing.assert_array_equal(base[i], make_baseline(name).fit(x[: t + 1]).predict(7))
+        np.testing.assert_array_equal(base[i], _make_series_model(name).fit(x[: t + 1]).predict(7))
 
 
 def test_rolling_origin_with_periodic_refit_does_not_peek(name: str) -> None:
     x = _seasonal_series(120, seed=6, noise=2.0)
     origins = [100, 60, 80, 70, 90]  # any order; refits follow time order
-    base = rolling_origin_forecasts(x, origins, 5, BASELINES[name], refit_every=3)
+    base = rolling_origin_forecasts(x, origins, 5, _SERIES_MODELS[name], refit_every=3)
     assert base.shape == (5, 5, 3)
     # origin 80 is the third in time order (60, 70, 80): updated from the fit at 60. Tamper after 80.
     tampered = x.copy()
     tampered[81:] = 0.0
-    again = rolling_origin_forecasts(tampered, origins, 5, BASELINES[name], refit_every=3)
+    again = rolling_origin_forecasts(tampered, origins, 5, _SERIES_MODELS[name], refit_every=3)
     for i, t in enumerate(origins):
         if t <= 80:
             np.testing.assert_array_equal(again[i], base[i])
@@ -237,7 +242,7 @@ def test_rolling_origin_with_periodic_refit_does_not_peek(name: str) -> None:
     horizon=st.integers(1, 20),
 )
 def test_any_count_series_gives_valid_quantiles(name: str, counts: list[int], horizon: int) -> None:
-    q = make_baseline(name).fit(np.array(counts, dtype=float)).predict(horizon)
+    q = _make_series_model(name).fit(np.array(counts, dtype=float)).predict(horizon)
     assert q.shape == (horizon, 3) and np.all(np.isfinite(q)) and q.min() >= 0
     assert np.all(np.diff(q, axis=1) >= 0)
 
@@ -254,6 +259,6 @@ def test_rolling_origin_rejects_bad_origins() -> None:
         rolling_origin_forecasts(x, [5], 3, SeasonalNaive)
 
 
-def test_make_baseline_unknown_name() -> None:
+def test_unknown_series_model_is_named() -> None:
     with pytest.raises(ValueError, match="holt_winters"):
-        make_baseline("prophet")
+        _make_series_model("prophet")

@@ -40,9 +40,6 @@ def _config(**overrides) -> dict:
         protocol.LOCAL_EPOCHS: 1,
         protocol.BATCH_SIZE: 32,
         protocol.LR: 0.01,
-        protocol.DP_NOISE_MULTIPLIER: 1.0,
-        protocol.DP_TARGET_EPSILON: 0.0,
-        protocol.DP_MAX_GRAD_NORM: 1.0,
         protocol.PROXIMAL_MU: 0.0,
         protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
         protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
@@ -128,9 +125,7 @@ def test_node_config_errors_name_the_key(node_config: dict, match: str):
 # ------------------------------------------------------------------ train
 def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, region: Path):
     g = _global()
-    proposal = _config(
-        **{protocol.LOCAL_EPOCHS: 50, protocol.DP_NOISE_MULTIPLIER: 0.1, protocol.DP_MAX_GRAD_NORM: 10.0}
-    )
+    proposal = _config(**{protocol.LOCAL_EPOCHS: 50})
     ctx = _node(
         tmp_path, region / "H000.csv", **{"max-local-epochs": 2, "min-noise-multiplier": 0.8, "max-grad-norm": 0.5}
     )
@@ -142,7 +137,7 @@ def test_train_reply_carries_arrays_and_aggregate_metrics_only(tmp_path: Path, r
     assert dict(content[protocol.NODE_INFO]) == {protocol.HOSPITAL_ID: "H000"}
     metrics = content[protocol.METRICS]
     assert set(metrics) == protocol.TRAIN_METRIC_KEYS
-    # the node's cap wins over the proposal; the noise is the release's (the DP-SGD proposals are moot)
+    # the node's cap wins over the proposal; the noise is the release's
     assert metrics[protocol.LOCAL_EPOCHS_USED] == 2 and metrics[protocol.NOISE_MULTIPLIER] == pytest.approx(
         4.2247, abs=1e-3
     )
@@ -284,3 +279,18 @@ def test_a_target_the_node_does_not_release_is_refused_before_anything_is_spent(
     assert not (tmp_path / "ledger.json.released.csv").exists()
     ledger = tmp_path / "ledger.json"
     assert not ledger.exists() or not json.loads(ledger.read_text())["body"]["entries"]
+
+
+def test_a_mechanism_the_node_does_not_offer_is_refused_before_anything_is_spent(tmp_path: Path, region: Path):
+    """The one 'source' check (privacy.mechanisms.check_offered) answers the node and the coordinator alike."""
+    from medalloc.server.config import RunConfig, RunConfigError
+
+    reply = handle_train(
+        request(5, record(_global()), _config(**{"privacy-mechanism": "dp-sgd-patient"})),
+        _node(tmp_path, region / "H000.csv"),
+    )
+    assert reply.has_error() and reply.error.code == Refusal.REQUEST_INVALID
+    assert "privacy-mechanism 'dp-sgd-patient' is not offered; use 'source'" in reply.error.reason
+    assert not (tmp_path / "ledger.json.released.csv").exists()
+    with pytest.raises(RunConfigError, match="privacy-mechanism 'dp-sgd-patient' is not offered; use 'source'"):
+        RunConfig.from_mapping({"privacy-mechanism": "dp-sgd-patient"})

@@ -247,8 +247,33 @@ def test_adaptive_batch_keeps_several_batches_per_epoch(caplog):
 
 
 def test_every_registered_forecaster_is_a_forecaster():
+    """One public registry, one class name: the network module is ForecasterNet, never a second Forecaster."""
+    from medalloc_core.forecast import models
+
+    assert not hasattr(models, "Forecaster") and not hasattr(models, "MODELS")
     assert all(issubclass(cls, Forecaster) for cls in FORECASTERS.values())
     assert math.isfinite(len(FORECASTERS))
+
+
+@pytest.mark.parametrize("model", ["mlp", "tcn"])  # "hybrid" is the registry's default "neural" entry above
+def test_every_network_is_reached_from_the_registry_by_name(model, hospitals):
+    """The networks are a private detail of models.py: the public registry reaches each by its config name."""
+    from medalloc_core.forecast.models import MODEL_NAMES
+
+    assert set(MODEL_NAMES) == {"mlp", "tcn", NeuralForecaster().model}
+    forecaster = make_forecaster("neural", model=model, hidden=8, epochs=1, batch_size=32).fit(hospitals)
+    assert forecaster.model_.config.model == model
+    hospital = next(iter(hospitals.values()))
+    assert forecaster.predict(hospital, rolling_origins(hospital)).shape[1:] == (HORIZON, 2, 3)
+
+
+def test_every_classical_method_is_reached_from_the_registry_by_name():
+    """The classical maths (forecast.baselines) sits privately beneath the registry: each model has an entry."""
+    from medalloc_core.forecast.baselines import _SERIES_MODELS
+    from medalloc_core.forecast.forecasters import Classical
+
+    methods = {name: cls().method for name, cls in FORECASTERS.items() if issubclass(cls, Classical)}
+    assert methods == {name: name for name in _SERIES_MODELS}
 
 
 def test_federated_dp_sgd_spends_at_most_the_target_per_hospital(hospitals):

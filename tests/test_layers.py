@@ -5,7 +5,8 @@ two Flower apps) import each other never and the simulations/CLI never; simulati
 above both apps; the CLI (medalloc/cli) is on top. Inside client/, server/ and simulations/
 their own modules are imported relatively, because Flower loads the apps from the FAB as
 top-level ``client.app`` / ``server.app`` while the installed package names them
-``medalloc.client`` / ``medalloc.server``.
+``medalloc.client`` / ``medalloc.server``. Inside medalloc_core the layers are ordered too
+(``CORE_LAYERS``: base < privacy < data < domain < formats < equipment < tasks < report).
 """
 
 from __future__ import annotations
@@ -137,6 +138,82 @@ def test_the_check_sees_a_violation() -> None:
     finally:
         bad_core.unlink(missing_ok=True)
         bad_client.unlink(missing_ok=True)
+
+
+# Inside the library, lowest first: a module imports its own layer and the layers below it,
+# never one above (checked on every import, function-local ones included). The privacy layer
+# sits under the data and the domain: it knows counts and ledgers, not forecasters (the
+# window-level DP-SGD audit, which trains one, is medalloc_core.forecast.audit). model_io and
+# protocol still carry forecasting's ForecasterConfig and WindowSpec (the forecaster's model
+# files and the forecasting instructions), so they sit above forecast, and equipment, which
+# stores its models through model_io, above them.
+CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", ("atomic", "contract", "encounters", "io", "rounds", "validation")),
+    ("privacy", ("privacy",)),
+    ("data", ("sources", "synthetic")),
+    ("domain", ("allocation", "forecast")),
+    ("formats", ("model_io", "protocol")),
+    ("equipment", ("equipment",)),
+    # simulation.py (the simulation-* keys, typed once) and simulation_plots.py serve the tasks'
+    # simulated runs and reports; tasks/ reads them and simulation.py looks tasks up by name.
+    ("tasks", ("simulation", "simulation_plots", "tasks")),
+    ("report", ("report",)),
+)
+_CORE_RANK = {name: rank for rank, (_, names) in enumerate(CORE_LAYERS) for name in names}
+
+
+def _core_part(module: str) -> str | None:
+    """``medalloc_core.forecast.training`` -> ``forecast``; None outside the library or for its root."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "medalloc_core" and len(parts) > 1 else None
+
+
+def _core_order_violations() -> list[str]:
+    out = []
+    for path in _modules("medalloc_core"):
+        own = _core_part(_module_name(path))
+        if own is None:
+            continue
+        for line, name in imports_of(path):
+            target = _core_part(name)
+            if target is not None and target in _CORE_RANK and _CORE_RANK[target] > _CORE_RANK[own]:
+                out.append(f"{path.relative_to(REPO)}:{line} ({own}) imports {name} ({target}, a layer above)")
+    return out
+
+
+def test_every_part_of_the_library_has_a_layer() -> None:
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in (REPO / "medalloc_core").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
+    assert parts == set(_CORE_RANK)
+
+
+def test_the_library_layers_import_only_downwards() -> None:
+    assert _core_order_violations() == []
+
+
+def test_the_library_order_check_sees_a_violation() -> None:
+    # A privacy module importing training (what the audit once did) and a domain module importing
+    # a task are both reported; an import downwards is not.
+    probes = {
+        REPO / "medalloc_core" / "privacy" / "_layer_probe_tmp.py": "from medalloc_core.forecast.training import x\n",
+        REPO / "medalloc_core" / "forecast" / "_layer_probe_tmp.py": (
+            "from medalloc_core.privacy.ledger import x\nfrom ..tasks.base import y\n"
+        ),
+    }
+    try:
+        for path, text in probes.items():
+            path.write_text(text)
+        found = [v for v in _core_order_violations() if "_layer_probe_tmp" in v]
+        assert [v.split(" imports ")[1].split(" ")[0] for v in sorted(found)] == [
+            "medalloc_core.tasks.base",
+            "medalloc_core.forecast.training",
+        ]
+    finally:
+        for path in probes:
+            path.unlink(missing_ok=True)
 
 
 def test_relative_imports_resolve_inside_their_package() -> None:

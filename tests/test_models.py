@@ -1,4 +1,7 @@
-"""One contract suite over every registered forecaster, plus the quantile head and the pinball loss."""
+"""The networks behind ``ForecasterConfig.model`` (their own properties), the quantile head, the pinball loss.
+
+The contract every forecaster meets is tested once, over the public registry, in tests/test_forecasters.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 from opacus.validators import ModuleValidator
 
 from medalloc_core.forecast.models import (
-    MODELS,
+    MODEL_NAMES,
     ForecasterConfig,
     PinballLoss,
     QuantileHead,
@@ -27,7 +30,7 @@ def tiny(model: str, **kw) -> ForecasterConfig:
     return ForecasterConfig(**base)
 
 
-@pytest.fixture(params=sorted(MODELS))
+@pytest.fixture(params=sorted(MODEL_NAMES))
 def name(request) -> str:
     return request.param
 
@@ -46,7 +49,7 @@ def test_output_shape(name):
     quantiles=st.sampled_from([(0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95), (0.5,), (0.5, 0.9), (0.02, 0.1)]),
 )
 def test_quantiles_never_cross(seed, scale, quantiles):
-    for name in MODELS:
+    for name in MODEL_NAMES:
         net = build_model(tiny(name, quantiles=quantiles), seed=seed % 97)
         x = torch.randn(8, 12, 7, generator=torch.Generator().manual_seed(seed)) * scale
         out = net(x)

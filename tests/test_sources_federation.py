@@ -47,6 +47,9 @@ def test_nodes_reading_omop_fhir_and_contract_files_train_together(tmp_path: Pat
         "min-available-nodes": 6,
         "min-train-nodes": 6,
         "local-epochs": 1,
+        "model": "mlp",  # a tiny seeded MLP (the default hybrid's public weights need history 28)
+        "init": "none",
+        "lr": 0.01,
         "history": 14,
         "horizon": 7,
         "hidden": 8,

@@ -17,7 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from medalloc_core.privacy.audit import AuditReport
+    from medalloc_core.forecast.audit import AuditReport
 
 # torch, Opacus and the training code load only when the command runs: every other command
 # (and `medalloc --help`) starts without them.
@@ -26,7 +26,7 @@ REPORT_NAME = "audit.json"
 PATIENT_REPORT_NAME = "patient-audit.json"
 CANARIES_NAME = "canaries.csv"
 FIGURE_NAME = "canary-losses.png"
-LEDGER_NAME = "audit-ledger.json"  # = medalloc_core.privacy.audit.LEDGER_NAME (checked by the tests)
+LEDGER_NAME = "audit-ledger.json"  # = medalloc_core.forecast.audit.LEDGER_NAME (checked by the tests)
 _OUTPUTS = (REPORT_NAME, PATIENT_REPORT_NAME, CANARIES_NAME, FIGURE_NAME, LEDGER_NAME)
 
 
@@ -188,7 +188,7 @@ def audit(
         None, "--out", "-o", help="Directory for audit.json, canaries.csv, canary-losses.png and the DP run's ledger."
     ),
     seed: int | None = typer.Option(None, "--seed", "-s", help="Seed for data, canaries and training (default 0)."),
-    # Defaults = medalloc_core.privacy.audit.DEFAULT_AUDIT_DP (checked by the tests).
+    # Defaults = medalloc_core.forecast.audit.DEFAULT_AUDIT_DP (checked by the tests).
     noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Clipping norm C of the DP run (default 1.0)."),
     window: bool = typer.Option(
@@ -228,8 +228,8 @@ def audit(
         earlier = [name for name in _OUTPUTS if (out / name).exists()]
         if earlier:
             _fail(console, f"{out} already holds audit results ({', '.join(earlier)}); choose another --out")
+    from medalloc_core.forecast.audit import DEFAULT_AUDIT_DP, FULL_SETTING, QUICK_SETTING, run_audit
     from medalloc_core.forecast.training import DPConfig
-    from medalloc_core.privacy.audit import DEFAULT_AUDIT_DP, FULL_SETTING, QUICK_SETTING, run_audit
 
     setting = QUICK_SETTING if quick else FULL_SETTING
     if seed is not None:

@@ -3,9 +3,10 @@
 One DP-SGD example is one device's whole history: each step Poisson-samples devices, takes
 the gradient of the mean loss over all of a sampled device's training snapshots, clips that
 per-device gradient to ``max_grad_norm``, sums, adds ``N(0, sigma^2 C^2)`` and divides by the
-expected number of devices. The accountant's item is therefore ``(sigma, q, steps)`` with
-``q`` the device sampling rate (``DPPlan`` over devices), and the guarantee covers a device's
-inventory row and every event it logged, however long its history is.
+expected number of devices: the project's one DP-SGD step (``medalloc_core.privacy.dpsgd``, on
+Opacus), its noise from a torch generator seeded from the caller's ``rng``. The accountant's
+item is therefore ``(sigma, q, steps)`` with ``q`` the device sampling rate (``DPPlan`` over devices), and
+the guarantee covers a device's inventory row and every event it logged, however long its history is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from medalloc_core.model_io import (
     resolve_model_path,
     write_task_model_files,
 )
+from medalloc_core.privacy.dpsgd import DPSGDStep
 from medalloc_core.privacy.plan import DPPlan
 
 logger = logging.getLogger(__name__)
@@ -252,25 +254,32 @@ def _device_loss_fn(model: nn.Module, pos_weight: float):  # type: ignore[no-unt
     return loss
 
 
-@torch.no_grad()
+def noise_generator(rng: np.random.Generator) -> torch.Generator:
+    """A torch generator for the DP noise, seeded from ``rng`` (the OS CSPRNG on a real node; seeded for research)."""
+    return torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+
+
 def privatise(
     grads: Mapping[str, torch.Tensor], *, dp: DeviceDP, expected_batch: int, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
-    """One DP-SGD step's gradient from per-device gradients ``{name: (b, *shape)}``.
+    """One DP-SGD step's gradient from per-device gradients ``{name: (b, *shape)}``, by the shared ``DPSGDStep``.
 
     Each device's whole gradient (all parameters together) is clipped to ``dp.max_grad_norm``,
     the clipped gradients are summed, ``N(0, (sigma C)^2)`` is added to every coordinate and the
     sum is divided by the *expected* batch size, as DP-SGD is accounted (an empty batch still
-    gets its noise).
+    gets its noise). ``train_risk`` keeps one step for the whole call; this is the one-off form.
     """
-    norms = torch.sqrt(sum((g.flatten(1).pow(2).sum(1) for g in grads.values()), torch.zeros(1)))  # (b,)
-    coef = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    out = {}
-    for name, g in grads.items():
-        clipped = (g * coef.view(-1, *([1] * (g.dim() - 1)))).sum(0)
-        noise = torch.from_numpy(rng.standard_normal(tuple(g.shape[1:]))).to(clipped.dtype)
-        out[name] = (clipped + noise * (dp.noise_multiplier * dp.max_grad_norm)) / expected_batch
-    return out
+    slots = {name: torch.zeros(tuple(g.shape[1:]), dtype=g.dtype, requires_grad=True) for name, g in grads.items()}
+    step = DPSGDStep(
+        slots.values(),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=expected_batch,
+        generator=noise_generator(rng),
+    )
+    step.from_grad_samples(list(grads.values()))
+    step.close()
+    return {name: t.grad for name, t in slots.items()}  # type: ignore[misc]
 
 
 def train_risk(
@@ -311,6 +320,17 @@ def train_risk(
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     per_device = vmap(grad(_device_loss_fn(model, config.pos_weight), has_aux=False), in_dims=(None, 0, 0, 0))
     device_loss = vmap(_device_loss_fn(model, config.pos_weight), in_dims=(None, 0, 0, 0))
+    step = (
+        DPSGDStep(
+            params.values(),
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            generator=noise_generator(rng),
+        )
+        if dp is not None
+        else None
+    )
     start = time.perf_counter()
     steps, loss_sum = 0, 0.0
     for _ in range(config.epochs):
@@ -332,17 +352,19 @@ def train_risk(
             else:  # an empty Poisson batch: DP-SGD still adds noise
                 grads = {k: torch.zeros((0, *v.shape)) for k, v in params.items()}
             with torch.no_grad():
-                if dp is None:
-                    total = {k: g.sum(0) / max(len(idx), 1) for k, g in grads.items()}
+                if step is None:
+                    for k, p in params.items():
+                        p.grad = grads[k].sum(0) / max(len(idx), 1)
                 else:
-                    total = privatise(grads, dp=dp, expected_batch=plan.expected_batch_size, rng=rng)
+                    step.from_grad_samples([grads[k] for k in params])  # clip per device, sum, noise, divide
                 for k, p in params.items():
-                    p.grad = total[k]
                     if config.proximal_mu and global_params is not None:
                         p.grad = p.grad + config.proximal_mu * (p.detach() - global_params[k])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+    if step is not None:
+        step.close()
     return RiskTrainResult(
         n, steps, loss_sum / max(steps, 1), plan if dp is not None else None, time.perf_counter() - start
     )

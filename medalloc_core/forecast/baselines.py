@@ -3,8 +3,14 @@
 Each is a small sklearn/sktime-style estimator: hyperparameters as keyword arguments (no logic
 in ``__init__``), ``fit(history) -> self``, learned state in attributes ending in ``_``, and
 ``predict(horizon) -> (H, Q)`` quantile forecasts at the levels given to ``__init__``. The public
-methods validate; the private ``_fit`` / ``_predict`` implement. Adding a baseline means adding
-a class to :data:`BASELINES`; the contract tests run over every entry.
+methods validate; the private ``_fit`` / ``_predict`` implement.
+
+This is the private maths beneath the one public forecaster registry
+(``medalloc_core.forecast.forecasters.FORECASTERS``): ``forecasters/classical.py`` reaches each
+model here by its name in ``_SERIES_MODELS`` (``seasonal_naive``, ``moving_average``,
+``holt_winters``). Adding a classical method: a ``SeriesModel`` subclass here, its name in
+``_SERIES_MODELS``, and a ``Classical`` subclass registered in ``FORECASTERS``; the one contract
+test (tests/test_forecasters.py) then covers it.
 
 :func:`rolling_origin_forecasts` evaluates any of them on the same forecast origins as the
 neural forecaster, so both are scored on identical test windows (see docs/metrics.md).
@@ -79,7 +85,7 @@ def _seasonal_naive_errors(history: np.ndarray, horizon: int, season: int) -> li
 
 
 # ----------------------------------------------------------------------------- base class
-class BaselineForecaster:
+class SeriesModel:
     """Shared validation for the per-series baselines.
 
     Subclasses set their hyperparameters in ``__init__`` (stored as given, checked in ``fit``),
@@ -181,7 +187,7 @@ class BaselineForecaster:
 
 
 # ----------------------------------------------------------------------------- seasonal naive
-class SeasonalNaive(BaselineForecaster):
+class SeasonalNaive(SeriesModel):
     """ "Same day last week": the forecast repeats the last observed season.
 
     Quantiles are the point forecast plus the empirical quantiles of this method's own
@@ -222,7 +228,7 @@ class SeasonalNaive(BaselineForecaster):
 
 
 # ----------------------------------------------------------------------------- moving average
-class MovingAverage(BaselineForecaster):
+class MovingAverage(SeriesModel):
     """Flat forecast at the mean of the last ``window`` periods.
 
     Quantiles from the empirical distribution of this method's in-sample h-step errors,
@@ -285,7 +291,7 @@ def _quiet_convergence() -> Iterator[None]:
         yield
 
 
-class HoltWinters(BaselineForecaster):
+class HoltWinters(SeriesModel):
     """Additive Holt-Winters exponential smoothing (statsmodels ``ExponentialSmoothing``).
 
     Level + optional (damped) additive trend + additive season, parameters by maximum
@@ -491,19 +497,19 @@ class HoltWinters(BaselineForecaster):
 
 
 # ----------------------------------------------------------------------------- registry and evaluation
-BASELINES: dict[str, type[BaselineForecaster]] = {
+_SERIES_MODELS: dict[str, type[SeriesModel]] = {
     "seasonal_naive": SeasonalNaive,
     "moving_average": MovingAverage,
     "holt_winters": HoltWinters,
 }
 
 
-def make_baseline(name: str, **params: Any) -> BaselineForecaster:
-    """Build a registered baseline by name, e.g. ``make_baseline("holt_winters", season=7)``."""
+def _make_series_model(name: str, **params: Any) -> SeriesModel:
+    """Build a registered baseline by name, e.g. ``_make_series_model("holt_winters", season=7)``."""
     try:
-        cls = BASELINES[name]
+        cls = _SERIES_MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}") from None
+        raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(_SERIES_MODELS)}") from None
     return cls(**params)
 
 
@@ -511,7 +517,7 @@ def rolling_origin_forecasts(
     series: np.ndarray,
     origins: Sequence[int],
     horizon: int,
-    estimator_factory: Callable[[], BaselineForecaster],
+    estimator_factory: Callable[[], SeriesModel],
     *,
     refit_every: int = 1,
 ) -> np.ndarray:
@@ -528,7 +534,7 @@ def rolling_origin_forecasts(
         Indices of the last observed period, each in ``[0, n-1]``; any order, duplicates allowed.
     horizon : int
     estimator_factory : callable returning an unfitted estimator
-        e.g. ``lambda: HoltWinters(season=7)`` or ``BASELINES["seasonal_naive"]``.
+        e.g. ``lambda: HoltWinters(season=7)`` or ``_SERIES_MODELS["seasonal_naive"]``.
     refit_every : int, default 1
         Re-estimate parameters at every ``refit_every``-th origin (in time order); in between,
         ``update()`` only conditions the already-fitted model on the newer data. Parameters
@@ -553,7 +559,7 @@ def rolling_origin_forecasts(
 
     order = np.argsort(origins_arr, kind="stable")
     out: np.ndarray | None = None
-    estimator: BaselineForecaster | None = None
+    estimator: SeriesModel | None = None
     for k, i in enumerate(order):
         t = int(origins_arr[i])
         history = series[: t + 1]

@@ -2,7 +2,10 @@
 
 Every model maps ``x: (B, L, F)`` to ``(B, H, T, Q)`` quantiles in the scaled space, uses only
 layers Opacus can compute per-sample gradients for (Linear, Conv1d, GroupNorm; no BatchNorm,
-dropout off by default) and is registered in ``MODELS`` so one contract test covers them all.
+dropout off by default) and is listed in ``_ARCHITECTURES``, a private detail selected by
+``ForecasterConfig.model`` (``MODEL_NAMES``). The one public forecaster registry is
+``medalloc_core.forecast.forecasters.FORECASTERS``: ``make_forecaster("neural", model="tcn")``
+reaches every architecture, and ``tests/test_forecasters.py`` is its contract test.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ _MAX_WIDTH = 1_000_000
 class ForecasterConfig:
     """Everything needed to rebuild a forecaster; stored with every checkpoint."""
 
-    model: str = "mlp"  # key in MODELS
+    model: str = "mlp"  # one of MODEL_NAMES
     history: int = 56  # L: input periods (8 weeks of days)
     horizon: int = 14  # H: forecast periods (2 weeks of days)
     n_features: int = 7  # F: 2 targets + dow sin/cos + year sin/cos + was_missing
@@ -49,8 +52,8 @@ class ForecasterConfig:
         # A config also comes from a model file's JSON sidecar: every field is checked for its
         # type as well as its range, so a bad file is a ValueError here, never a crash (or a
         # 14 GB allocation) inside torch. The parameter count is bounded by model_io.
-        if not isinstance(self.model, str) or self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        if not isinstance(self.model, str) or self.model not in _ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(_ARCHITECTURES)}")
         q = self.quantiles
         if (
             not isinstance(q, tuple | list)
@@ -135,7 +138,7 @@ class QuantileHead(nn.Module):
 # ----------------------------------------------------------------------------- forecasters
 
 
-class Forecaster(nn.Module):
+class ForecasterNet(nn.Module):
     """What every registered forecaster is: a module that keeps the ``ForecasterConfig`` it was built from.
 
     ``config`` is declared here so that code holding any forecaster reads it typed
@@ -148,7 +151,7 @@ class Forecaster(nn.Module):
 # ----------------------------------------------------------------------------- MLP
 
 
-class MLPForecaster(Forecaster):
+class MLPForecaster(ForecasterNet):
     """Flattened window -> ``layers`` x (Linear, GELU) -> quantile head.
 
     Only Linear layers carry parameters, which also lets training use the exact one-backward
@@ -198,7 +201,7 @@ class CausalBlock(nn.Module):
         return h + self.skip(x)
 
 
-class TCNForecaster(Forecaster):
+class TCNForecaster(ForecasterNet):
     """Causal temporal convolutions over the window; the last period's features feed the quantile head."""
 
     def __init__(self, config: ForecasterConfig) -> None:
@@ -228,7 +231,7 @@ def _inv_softplus(v: torch.Tensor) -> torch.Tensor:
     return v + torch.log(-torch.expm1(-v))  # log(exp(v) - 1), stable for large v
 
 
-class HybridForecaster(Forecaster):
+class HybridForecaster(ForecasterNet):
     """A classical forecast computed from the window itself, plus a learned correction.
 
     Expects window scaling (``WindowSpec(scaling="window")``): for each of the ``T`` targets
@@ -303,16 +306,23 @@ class HybridForecaster(Forecaster):
         return torch.cat([down, mid, up], dim=-1).transpose(1, 2)  # (B, H, T, Q)
 
 
-MODELS: dict[str, type[Forecaster]] = {"mlp": MLPForecaster, "tcn": TCNForecaster, "hybrid": HybridForecaster}
+# Private: the networks ForecasterConfig.model selects. Add an architecture here; it is then
+# reachable from the public registry as make_forecaster("neural", model=<name>).
+_ARCHITECTURES: dict[str, type[ForecasterNet]] = {
+    "mlp": MLPForecaster,
+    "tcn": TCNForecaster,
+    "hybrid": HybridForecaster,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
-def build_model(config: ForecasterConfig, *, seed: int | None = None) -> Forecaster:
+def build_model(config: ForecasterConfig, *, seed: int | None = None) -> ForecasterNet:
     """Instantiate ``config.model``; with ``seed`` the initial weights are reproducible."""
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return MODELS[config.model](config)
-    return MODELS[config.model](config)
+            return _ARCHITECTURES[config.model](config)
+    return _ARCHITECTURES[config.model](config)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -359,8 +369,8 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "ForecasterConfig",
-    "Forecaster",
-    "MODELS",
+    "ForecasterNet",
+    "MODEL_NAMES",
     "MLPForecaster",
     "TCNForecaster",
     "HybridForecaster",
@@ -395,7 +405,7 @@ def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()})
 
 
-def build_from_arrays(config: ForecasterConfig, arrays: Mapping[str, np.ndarray]) -> Forecaster:
+def build_from_arrays(config: ForecasterConfig, arrays: Mapping[str, np.ndarray]) -> ForecasterNet:
     """A forecaster of ``config`` holding ``arrays``."""
     model = build_model(config)
     load_arrays(model, arrays)

@@ -16,7 +16,7 @@ import pandas as pd
 from medalloc_core.allocation.forecast_io import FORECAST_COLUMNS, HOSPITAL, TARGET, TARGETS, VALUE, Q
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.forecast.features import HospitalDataset, WindowSet, WindowSpec, forecast_inputs, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet
 from medalloc_core.forecast.training import predict
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def windows_to_frame(
 
 
 def forecast_records(
-    model: Forecaster,
+    model: ForecasterNet,
     spec: WindowSpec,
     records: UnitRecords,
     *,
@@ -172,7 +172,7 @@ def forecast_records(
 
 
 def holdout_forecasts(
-    model: Forecaster, dataset: HospitalDataset, *, hospital: str
+    model: ForecasterNet, dataset: HospitalDataset, *, hospital: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The forecasts and actuals of every test window, in beds/patients, for evaluations.
 

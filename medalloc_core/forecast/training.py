@@ -34,8 +34,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medalloc_core.forecast.features import WindowSet
-from medalloc_core.forecast.models import Forecaster, PinballLoss, pinball_loss_per_sample
+from medalloc_core.forecast.models import ForecasterNet, pinball_loss_per_sample
 from medalloc_core.privacy.accounting import AccountantName, epsilon_for, noise_multiplier_for
+from medalloc_core.privacy.dpsgd import DPSGDStep
 from medalloc_core.privacy.plan import DPPlan
 
 logger = logging.getLogger(__name__)
@@ -308,95 +309,76 @@ class _PlainStepper:
 
 
 class _LinearDPStepper:
+    """The exact ``LinearClipper`` clipped sum, noised and divided by the shared ``DPSGDStep`` (Opacus)."""
+
     def __init__(
-        self,
-        model: nn.Module,
-        quantiles: tuple[float, ...],
-        *,
-        max_grad_norm: float,
-        noise_multiplier: float,
-        expected_batch_size: int,
-        noise_generator: torch.Generator,
+        self, model: nn.Module, quantiles: tuple[float, ...], *, max_grad_norm: float, step: DPSGDStep
     ) -> None:
         self.model, self.quantiles = model, quantiles
         self.clipper = LinearClipper(model)
-        self.C, self.sigma, self.B, self.gen = max_grad_norm, noise_multiplier, expected_batch_size, noise_generator
+        self.C, self.step = max_grad_norm, step
 
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
         sums, per_sample = self.clipper.clipped_sum(x, y, self.quantiles, self.C)
-        params = list(self.model.parameters())
-        if self.sigma:  # one draw for all parameters: N(0, sigma^2 C^2) per coordinate
-            noise = torch.randn(sum(p.numel() for p in params), generator=self.gen).mul_(self.sigma * self.C)
-            for s, n in zip(sums, noise.split([p.numel() for p in params])):
-                s.add_(n.view_as(s))
-        for p, s in zip(params, sums):
-            p.grad = s.div_(self.B)  # the mean over the *expected* batch, as DP-SGD accounts it
+        self.step.from_clipped_sums(sums)  # + N(0, sigma^2 C^2), / the *expected* batch, as DP-SGD accounts it
         return float(per_sample.mean()) if len(per_sample) else 0.0
 
     def close(self) -> None:
         self.clipper.close()
+        self.step.close()
 
 
 class _OpacusStepper:
-    """Opacus GradSampleModule + DPOptimizer; clip and noise in ``pre_step``, the update is ours."""
+    """Per-sample gradients from an Opacus ``GradSampleModule``; clip and noise by the shared ``DPSGDStep``.
+
+    ``"ghost"``: Opacus' ghost clipping (two backward passes) leaves the clipped sum in ``p.grad``.
+    """
 
     def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loader: DataLoader,
-        quantiles: tuple[float, ...],
-        *,
-        mode: str,
-        max_grad_norm: float,
-        noise_multiplier: float,
-        noise_generator: torch.Generator,
+        self, model: nn.Module, quantiles: tuple[float, ...], *, mode: str, max_grad_norm: float, step: DPSGDStep
     ) -> None:
-        from opacus import PrivacyEngine
+        from opacus.grad_sample.utils import wrap_model
 
-        # secure_mode stays off: our generator is seeded (research) or seeded from the OS CSPRNG
-        # per call (``TrainConfig(seed=None)``); Opacus warns about it and we let that through.
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        out = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=PinballLoss(quantiles),
-            data_loader=loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=False,  # the loader is already a DPDataLoader (Poisson)
-            noise_generator=noise_generator,
-            grad_sample_mode=mode,
-        )
+        kwargs: dict[str, object] = {"batch_first": True, "loss_reduction": "mean"}
         if mode == "ghost":
-            self.gsm, self.dp_optimizer, self.criterion, _ = out
-        else:
-            self.gsm, self.dp_optimizer, _ = out
-            self.criterion = PinballLoss(quantiles)
-        self.quantiles = quantiles
+            kwargs["max_grad_norm"] = max_grad_norm
+        self.gsm = wrap_model(model, grad_sample_mode=mode, **kwargs)
+        self.mode, self.quantiles, self.step = mode, quantiles, step
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = self.criterion(self.gsm(x), y)
-        loss.backward()
-        value = float(loss.detach()) if x.shape[0] else 0.0
-        self.dp_optimizer.pre_step()  # clip, sum, add noise, divide by the expected batch size -> p.grad
+        per_sample = pinball_loss_per_sample(self.gsm(x), y, self.quantiles)
+        value = float(per_sample.detach().mean()) if x.shape[0] else 0.0
+        if self.mode == "ghost":
+            per_sample.mean().backward(retain_graph=True)  # first pass: per-sample norms only
+            self.gsm.zero_grad(set_to_none=True)
+            coeff = self.gsm.get_clipping_coef()
+            self.gsm.disable_hooks()
+            (coeff * per_sample).sum().backward()  # second pass: the clipped sum, in p.grad
+            self.gsm.enable_hooks()
+            self.step.from_clipped_sums([p.grad for p in self.step.params])
+        else:
+            per_sample.mean().backward()
+            self.step.from_grad_samples()  # clip, sum, add noise, divide by the expected batch size -> p.grad
         return value
 
     def zero_grad(self) -> None:
-        self.dp_optimizer.zero_grad(set_to_none=True)
+        self.gsm.zero_grad(set_to_none=True)
+        for p in self.step.params:
+            p.grad_sample = None
 
     def close(self) -> None:
         # Public GradSampleModule API: drop the hooks and the grad_sample attributes; the
         # caller keeps its own reference to the unwrapped model, whose parameters were trained.
         self.gsm.remove_hooks()
         self.gsm.cleanup()
+        self.step.close()
 
 
 def train_local(
-    model: Forecaster,
+    model: ForecasterNet,
     train: WindowSet,
     *,
     config: TrainConfig,
@@ -480,28 +462,19 @@ def train_local(
         epsilon = (
             epsilon_for([plan.history_item(sigma)], delta=dp.delta, accountant=dp.accountant) if sigma > 0 else math.inf
         )
-        noise_gen = torch.Generator().manual_seed(seeds[1])
+        noise_gen = torch.Generator().manual_seed(seeds[1])  # seeds[1] is from os.urandom when config.seed is None
+        step = DPSGDStep(
+            list(model.parameters()),
+            noise_multiplier=sigma,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            generator=noise_gen,
+        )
         mode = _resolve_mode(model, dp.grad_sample_mode)
         if mode == "linear":
-            stepper = _LinearDPStepper(
-                model,
-                quantiles,
-                max_grad_norm=dp.max_grad_norm,
-                noise_multiplier=sigma,
-                expected_batch_size=expected_batch_size,
-                noise_generator=noise_gen,
-            )
+            stepper = _LinearDPStepper(model, quantiles, max_grad_norm=dp.max_grad_norm, step=step)
         else:
-            stepper = _OpacusStepper(
-                model,
-                optimizer,
-                loader,
-                quantiles,
-                mode=mode,
-                max_grad_norm=dp.max_grad_norm,
-                noise_multiplier=sigma,
-                noise_generator=noise_gen,
-            )
+            stepper = _OpacusStepper(model, quantiles, mode=mode, max_grad_norm=dp.max_grad_norm, step=step)
         logger.debug("DP training: mode=%s sigma=%.4g q=%.4g steps=%d", mode, sigma, sample_rate, steps_planned)
 
     steps, loss_sum = 0, 0.0
@@ -517,7 +490,7 @@ def train_local(
                     stepper.zero_grad()
                     loss_sum += stepper.grads(x, y)
                     _add_proximal_grad(model, global_params, config.fedprox_mu)
-                    optimizer.step()  # the plain optimizer: Opacus' DPOptimizer has already privatised p.grad
+                    optimizer.step()  # the plain optimizer: DPSGDStep has already privatised p.grad
                     steps += 1
     finally:
         stepper.close()
@@ -552,7 +525,7 @@ def adaptive_batch_size(n_windows: int, batch_size: int, *, min_batches: int = 4
 
 
 @torch.no_grad()
-def predict(model: Forecaster, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+def predict(model: ForecasterNet, X: torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
     """Quantile forecasts ``(N, H, T, Q)`` in the scaled space (``scaler.inverse_transform`` for beds)."""
     was_training = model.training
     model.eval()
@@ -565,7 +538,7 @@ def predict(model: Forecaster, X: torch.Tensor, *, batch_size: int = 1024) -> np
 
 
 @torch.no_grad()
-def evaluate(model: Forecaster, data: WindowSet) -> dict[str, float]:
+def evaluate(model: ForecasterNet, data: WindowSet) -> dict[str, float]:
     """Scaled pinball loss (and per-target pinball) of ``model`` on ``data``; NaN when empty."""
     quantiles = tuple(model.config.quantiles)
     if len(data) == 0:

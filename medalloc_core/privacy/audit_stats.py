@@ -3,7 +3,7 @@
 Functions of attack scores only (no training): ROC AUC by the Mann-Whitney statistic, TPR at
 a low FPR, and the epsilon lower bound of Steinke, Nasr and Jagielski (2023), "Privacy
 Auditing with One (1) Training Run" (NeurIPS 2023, arXiv:2305.08846). The procedure that
-trains models and feeds them these scores is ``medalloc_core.privacy.audit``; docs/audit.md
+trains models and feeds them these scores is ``medalloc_core.forecast.audit``; docs/audit.md
 says what the numbers mean.
 """
 

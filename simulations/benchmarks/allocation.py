@@ -117,7 +117,6 @@ class NeuralSettings:
     hidden: int = 64
     batch_size: int = 256
     lr: float = 0.0003
-    noise_multiplier: float = 1.0  # unused by the source release (its noise follows epsilon_budget)
     epsilon_budget: float = 1.0  # per patient (stays up to 14 nights): each node's release and lifetime budget
     delta: float = 1e-6
 
@@ -198,7 +197,6 @@ def neural_forecasts(
             "batch-size": s.batch_size,
             "local-epochs": s.local_epochs,
             "lr": s.lr,
-            "dp-noise-multiplier": s.noise_multiplier,
             "seed": seed,
             "simulation-epsilon-budget": s.epsilon_budget,
             "simulation-delta": s.delta,

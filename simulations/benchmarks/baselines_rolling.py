@@ -15,10 +15,10 @@ from collections.abc import Callable
 import numpy as np
 
 from medalloc_core.forecast.baselines import (
-    BaselineForecaster,
     HoltWinters,
     MovingAverage,
     SeasonalNaive,
+    SeriesModel,
     rolling_origin_forecasts,
 )
 from medalloc_core.forecast.metrics import forecast_metrics
@@ -59,7 +59,7 @@ def main() -> None:
     origins = [last - 7 * k for k in range(args.origins)][::-1]
     y = np.stack([np.stack([s[t + 1 : t + 1 + args.horizon] for t in origins]) for s in region])  # (S, N, H)
 
-    candidates: list[tuple[str, Callable[[], BaselineForecaster], int]] = [
+    candidates: list[tuple[str, Callable[[], SeriesModel], int]] = [
         ("seasonal naive", SeasonalNaive, 1),
         ("moving average", MovingAverage, 1),
         ("Holt-Winters, refit every origin", HoltWinters, 1),

@@ -29,9 +29,10 @@ from rich.table import Table
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, Frequency, UnitRecords
 from medalloc_core.forecast.features import HospitalDataset, federation_window_spec, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_model
 from medalloc_core.forecast.training import LinearClipper, TrainConfig, train_local
 from medalloc_core.privacy.accounting import noise_multiplier_for
+from medalloc_core.privacy.dpsgd import DPSGDStep
 from medalloc_core.privacy.patient import as_tensor_batches, expected_batch, stride, stride_batches
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
@@ -45,7 +46,7 @@ L, H = 56, 14
 DP_SGD_STEPS, DP_SGD_KEEP = 100, 0.5  # per node over the whole run (20 per round)
 
 
-def _fedavg(config: ForecasterConfig, local: list[WindowSetTrainer]) -> Forecaster:
+def _fedavg(config: ForecasterConfig, local: list[WindowSetTrainer]) -> ForecasterNet:
     model = build_model(config, seed=SEED)
     for r in range(ROUNDS):
         states, weights = [], []
@@ -64,7 +65,7 @@ class WindowSetTrainer:
     def __init__(self, dataset: HospitalDataset, *, sigma: float | None = None) -> None:
         self.dataset, self.sigma = dataset, sigma
 
-    def __call__(self, model: Forecaster, round_: int, node: int) -> int:
+    def __call__(self, model: ForecasterNet, round_: int, node: int) -> int:
         train = self.dataset.train
         if self.sigma is None:
             config = TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=LR, seed=SEED * 1000 + round_ * 10 + node)
@@ -80,14 +81,22 @@ class WindowSetTrainer:
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
         clipper = LinearClipper(model)
         noise = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        # The project's one DP-SGD step (Opacus' noise), on the exact clipped sums of the MLP.
+        step = DPSGDStep(
+            list(model.parameters()),
+            noise_multiplier=self.sigma,
+            max_grad_norm=1.0,
+            expected_batch_size=divisor,
+            generator=noise,
+        )
         try:
             for x, y in as_tensor_batches(train.X, train.y, batches):
                 sums, _ = clipper.clipped_sum(x, y, tuple(model.config.quantiles), 1.0)
-                for p, g in zip(model.parameters(), sums, strict=True):
-                    p.grad = (g + torch.randn(g.shape, generator=noise) * self.sigma) / divisor
+                step.from_clipped_sums(sums)
                 optimizer.step()
         finally:
             clipper.close()
+            step.close()
         return len(train)
 
 

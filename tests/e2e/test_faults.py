@@ -50,10 +50,7 @@ BUDGET, DELTA = 1.5, 1e-6  # as in docs/hospital.md's node config (per patient)
 # keeps each round to one ClientApp launch per node. round-timeout bounds the wait for a node
 # that died holding the round's message.
 ROUND_TIMEOUT = 60
-# Noise 4 keeps a round's epsilon small enough for the ~8 rounds each node trains here within
-# the documented budget of 8 (a node refuses a round above its budget).
 FAST = {
-    "dp-noise-multiplier": 4.0,
     "local-epochs": 1,
     "batch-size": 16,
     "lr": 0.05,

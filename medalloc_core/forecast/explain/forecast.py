@@ -19,7 +19,7 @@ from medalloc_core.forecast.explain.attribution import Attribution, ForecastFunc
 from medalloc_core.forecast.explain.faithfulness import DeletionCurve, deletion_curve
 from medalloc_core.forecast.explain.words import ChannelGroup, describe, group_attributions
 from medalloc_core.forecast.features import WindowSpec, forecast_inputs, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet
 from medalloc_core.forecast.predict import ModelDataMismatch, check_compatible, forecast_records
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _truncate(records: UnitRecords, date: pd.Timestamp | None) -> tuple[UnitReco
 
 
 def explain_forecast(
-    model: Forecaster,
+    model: ForecasterNet,
     spec: WindowSpec,
     records: UnitRecords,
     *,

@@ -11,13 +11,17 @@ the comparisons and benchmarks call every method through this one interface.
 - *Local* forecasters (seasonal naive, moving average, Holt-Winters, the zero-shot
   ``fracast``) learn nothing in ``fit``: at each origin they fit the hospital's own series up
   to that origin.
-- *Global* forecasters train one network (``models.MODELS``: ``hybrid``, ``mlp``, ``tcn``)
+- *Global* forecasters train one network (``ForecasterConfig.model``: ``hybrid``, ``mlp``, ``tcn``)
   on the training windows of every hospital given to ``fit``: pooled (:class:`NeuralForecaster`,
   the "centralized" comparison), each hospital alone (:class:`LocalOnly`) or by federated
   averaging (:class:`Federated`, the federation's maths without Flower).
 - :class:`Ensemble` averages its members' quantiles.
 
-(``models.Forecaster`` is the network module itself; these are the estimators around it.)
+This is the one public forecaster registry: every network (``make_forecaster("neural", model="tcn")``)
+and every classical method (``make_forecaster("holt_winters")``) is reached from it by name; the
+networks (``models._ARCHITECTURES``) and the classical maths (``baselines._SERIES_MODELS``) are
+private details beneath it. (``models.ForecasterNet`` is the network module itself; these are
+the estimators around it.)
 """
 
 from __future__ import annotations

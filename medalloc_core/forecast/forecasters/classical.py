@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medalloc_core.forecast.baselines import BASELINES, rolling_origin_forecasts
+from medalloc_core.forecast.baselines import _SERIES_MODELS, rolling_origin_forecasts
 from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Origins, unit_series
 from medalloc_core.forecast.metrics import DEFAULT_QUANTILES
 
@@ -16,12 +16,12 @@ __all__ = ["Classical", "HoltWintersForecaster", "MovingAverageForecaster", "Sea
 
 
 class Classical(Forecaster):
-    """A registered per-series baseline (``baselines.BASELINES``) fitted at every origin.
+    """A registered per-series baseline (the private maths of ``forecast.baselines``) fitted at every origin.
 
     Parameters
     ----------
     method : str, default "holt_winters"
-        Key in ``BASELINES``: ``seasonal_naive``, ``moving_average``, ``holt_winters``.
+        Key in ``_SERIES_MODELS``: ``seasonal_naive``, ``moving_average``, ``holt_winters``.
     season : int, default 7
     refit_every : int, default 1
         Re-estimate parameters every ``refit_every`` origins of a series (in time order); in
@@ -43,8 +43,8 @@ class Classical(Forecaster):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.method not in BASELINES:
-            raise ValueError(f"unknown baseline {self.method!r}; choose one of {sorted(BASELINES)}")
+        if self.method not in _SERIES_MODELS:
+            raise ValueError(f"unknown baseline {self.method!r}; choose one of {sorted(_SERIES_MODELS)}")
 
     def _fit(self, hospitals: Mapping[str, HospitalData]) -> None:
         pass  # nothing global to learn: each series is fitted at each origin
@@ -53,7 +53,7 @@ class Classical(Forecaster):
         spec = hospital.spec.resolved(hospital.records.frequency)
         assert spec.horizon is not None
         out = np.empty((len(origins), spec.horizon, len(spec.targets), len(self.quantiles)))
-        cls, quantiles, season = BASELINES[self.method], self.quantiles, self.season
+        cls, quantiles, season = _SERIES_MODELS[self.method], self.quantiles, self.season
         # MovingAverage calls its season-long window ``window``.
         params: dict[str, Any] = {
             "window" if self.method == "moving_average" else "season": season,

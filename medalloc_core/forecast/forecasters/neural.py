@@ -12,8 +12,8 @@ import numpy as np
 from medalloc_core.forecast.features import SeriesScaler, WindowSet, WindowSpec, prepare_hospital
 from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Origins, pooled_windows
 from medalloc_core.forecast.metrics import DEFAULT_QUANTILES
-from medalloc_core.forecast.models import Forecaster as Network
 from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays, build_model
+from medalloc_core.forecast.models import ForecasterNet as Network
 from medalloc_core.forecast.training import (
     DPConfig,
     TrainConfig,
@@ -30,7 +30,7 @@ __all__ = ["LocalOnly", "NeuralForecaster", "predict_origins"]
 
 
 class NeuralForecaster(Forecaster):
-    """A network from ``models.MODELS`` trained on the pooled training windows of every hospital.
+    """A network (``ForecasterConfig.model``) trained on the pooled training windows of every hospital.
 
     Parameters
     ----------

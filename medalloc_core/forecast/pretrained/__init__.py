@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_model
 
 __all__ = ["PRETRAINED_NAME", "PretrainedMismatch", "load_pretrained", "pretrained_info"]
 
@@ -49,7 +49,7 @@ def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
         )
 
 
-def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Forecaster:
+def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> ForecasterNet:
     """A hybrid network for ``config`` holding the shipped public weights.
 
     Raises
@@ -97,6 +97,6 @@ def _weights(filename: str) -> bytes:
         if path.is_file():
             return path.read_bytes()
     raise FileNotFoundError(
-        f"the public pretrained weights {filename} are neither beside {here.parent} nor in the installed medalloc; "
+        f"the public pretrained weights {filename} are neither beside {here} nor in the installed medalloc; "
         "reinstall MedAlloc (pip install medalloc), or set init = 'none'"
     )

@@ -27,6 +27,12 @@ from medalloc_core.protocol import (
     read_json_field,
 )
 
+# Device-level DP-SGD proposals (ConfigRecord keys): the node raises the noise to its own minimum
+# and lowers the clipping bound to its own maximum. Equipment's own: the forecasting task trains
+# on the source release and sends no DP-SGD settings.
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_MAX_GRAD_NORM = "dp-max-grad-norm"
+
 PRIVACY_UNIT = "device"  # what one epsilon of the equipment ledger protects: a device's whole history
 MECHANISM = "dp-sgd-device"  # the ledger's name for device-level DP-SGD
 
@@ -83,8 +89,8 @@ class EquipmentInstruction:
             p.BATCH_SIZE: self.batch_size,
             p.LR: self.lr,
             p.PROXIMAL_MU: self.proximal_mu,
-            p.DP_NOISE_MULTIPLIER: self.dp_noise_multiplier,
-            p.DP_MAX_GRAD_NORM: self.dp_max_grad_norm,
+            DP_NOISE_MULTIPLIER: self.dp_noise_multiplier,
+            DP_MAX_GRAD_NORM: self.dp_max_grad_norm,
             p.RUN_TAG: self.run_tag,
             p.SEED: self.seed,
             REPRODUCIBLE_NOISE: self.reproducible_noise,
@@ -101,8 +107,8 @@ class EquipmentInstruction:
             batch_size=read_field(raw, p.BATCH_SIZE, int, minimum=1),
             lr=read_field(raw, p.LR, float, above=0),
             proximal_mu=read_field(raw, p.PROXIMAL_MU, float, minimum=0),
-            dp_noise_multiplier=read_field(raw, p.DP_NOISE_MULTIPLIER, float, above=0),
-            dp_max_grad_norm=read_field(raw, p.DP_MAX_GRAD_NORM, float, above=0),
+            dp_noise_multiplier=read_field(raw, DP_NOISE_MULTIPLIER, float, above=0),
+            dp_max_grad_norm=read_field(raw, DP_MAX_GRAD_NORM, float, above=0),
             run_tag=read_field(raw, p.RUN_TAG, str),
             seed=read_field(raw, p.SEED, int),
             reproducible_noise=read_field(raw, REPRODUCIBLE_NOISE, bool),

@@ -318,15 +318,15 @@ class EquipmentTask(FederatedTask):
         return sorted(p for p in folder.iterdir() if is_fleet_folder(p))
 
     def report(self, sim: SimulationRun) -> dict[str, Any]:
-        from medalloc_core.equipment.research import equipment_report
         from medalloc_core.simulation_plots import privacy_rounds_plot
+        from medalloc_core.tasks.equipment.research import equipment_report
 
         report = equipment_report(sim)
         privacy_rounds_plot(sim.out / "plots" / "metrics_per_round.png", sim.rounds)
         return report
 
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
-        from medalloc_core.equipment.research import EquipmentComparisons
+        from medalloc_core.tasks.equipment.research import EquipmentComparisons
 
         EquipmentComparisons.from_section(raw)
 

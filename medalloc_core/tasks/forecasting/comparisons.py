@@ -25,7 +25,7 @@ from medalloc_core.forecast.evaluation import rolling_origins
 from medalloc_core.forecast.features import WindowSpec, prepare_hospital
 from medalloc_core.forecast.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
 from medalloc_core.forecast.metrics import aggregate_over_hospitals, forecast_metrics
-from medalloc_core.forecast.models import Forecaster as Network
+from medalloc_core.forecast.models import ForecasterNet as Network
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
 from medalloc_core.tasks.forecasting.local import LocalData, test_forecasts
 from medalloc_core.tasks.forecasting.task import default_release_path

@@ -18,7 +18,7 @@ import pandas as pd
 from medalloc_core.contract import Frequency, UnitRecords
 from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare_hospital
 from medalloc_core.forecast.metrics import mae, wape
-from medalloc_core.forecast.models import Forecaster
+from medalloc_core.forecast.models import ForecasterNet
 from medalloc_core.forecast.training import evaluate, predict
 from medalloc_core.sources import DataSource, load_source
 
@@ -98,7 +98,7 @@ _DAILY: OrderedDict[object, tuple[UnitRecords, pd.DataFrame | None]] = OrderedDi
 
 
 # ------------------------------------------------------------------ evaluation
-def test_forecasts(model: Forecaster, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
+def test_forecasts(model: ForecasterNet, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
     """Actuals ``(N, H, T)`` and quantile forecasts ``(N, H, T, Q)`` on the test split, in patients/beds."""
     test = dataset.test
     pred = predict(model, test.X)  # (N, H, T, Q) scaled
@@ -107,7 +107,7 @@ def test_forecasts(model: Forecaster, dataset: HospitalDataset) -> tuple[np.ndar
     return y, q
 
 
-def evaluate_local(model: Forecaster, dataset: HospitalDataset) -> dict[str, float]:
+def evaluate_local(model: ForecasterNet, dataset: HospitalDataset) -> dict[str, float]:
     """Test-split metrics a node may share: scaled pinball loss, and MAE and WAPE of the median in original units."""
     if len(dataset.test) == 0:
         raise ValueError("the test split has no windows")
@@ -123,6 +123,6 @@ def evaluate_local(model: Forecaster, dataset: HospitalDataset) -> dict[str, flo
     }
 
 
-def _median_index(model: Forecaster) -> int:
+def _median_index(model: ForecasterNet) -> int:
     levels: tuple[float, ...] = tuple(model.config.quantiles)
     return min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))

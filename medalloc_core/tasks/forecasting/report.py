@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medalloc_core import simulation_plots as plots
+from medalloc_core.forecast.forecasters import FORECASTERS, Classical
 from medalloc_core.forecast.models import ForecasterConfig, state_arrays
 from medalloc_core.model_io import FINAL_MODEL_NAME, read_model_files, sidecar_of
 from medalloc_core.privacy.ledger import PrivacyLedger
@@ -28,7 +29,8 @@ PRIVACY_MEANING = (
     "whether or not any one patient's stay of up to {n} nights is in a hospital's records changes the probability "
     "of anything the hospital ever releases by at most a factor e^epsilon (except with probability delta)"
 )
-BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
+# The classical forecasters of the one registry (seasonal_naive, moving_average, holt_winters).
+BASELINES = tuple(name for name, cls in FORECASTERS.items() if issubclass(cls, Classical))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -30,23 +30,22 @@ import numpy as np
 import torch
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, Frequency, UnitRecords
+from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
-from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
-from medalloc_core.privacy.contribution import PatientCaps, group_epsilons, public_records
-from medalloc_core.privacy.fingerprint import fingerprint_frame
-from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.node_state import open_node_ledger
-from medalloc_core.privacy.release import (
-    ReleasePlan,
-    ReleaseStore,
-    ReleaseStoreError,
-    release_records,
-    secure_generator,
+from medalloc_core.privacy.contribution import PatientCaps, public_records
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyLedger
+from medalloc_core.privacy.mechanisms import (
+    MechanismNotOffered,
+    NodeRelease,
+    ReleaseColumnsMissing,
+    ReleaseTargetsNotReleased,
+    release_for_node,
 )
+from medalloc_core.privacy.node_state import open_node_ledger
+from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError, secure_generator
 from medalloc_core.privacy.source_registry import check_source_ledger
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
@@ -193,7 +192,7 @@ def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps 
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
 
-def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> Forecaster:
+def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> ForecasterNet:
     if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
         raise TaskRefused(
             Refusal.REQUEST_INVALID,
@@ -268,51 +267,10 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
     return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
 
 
-def _release_plan(
-    node: ForecastNode,
-    ask: EvaluateInstruction,
-    ledger: PrivacyLedger,
-    columns: Sequence[str],
-    caps: PatientCaps | None = None,
-) -> ReleasePlan:
-    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
-    if ask.privacy_mechanism != "source":
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
-            ),
-        )
-    _check_proposal(node, ask, ledger)
-    target = min(ask.patient_epsilon, ledger.epsilon_budget)
-    try:
-        # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
-        # release within the target (shares or metrics spent earlier are composed in).
-        z = noise_multiplier_for(
-            target_epsilon=target,
-            delta=ledger.delta,
-            sample_rate=1.0,
-            steps=1,
-            accountant=ledger.accountant,
-            history=ledger.history(),
-            epsilon_tolerance=1e-4,
-        )
-    except TargetUnreachable as exc:
-        spent = ledger.epsilon_spent()
-        raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
-    if caps is not None:  # per patient: the data was cut to the node's own caps, the noise covers exactly them
-        return ReleasePlan.from_noise_multiplier(
-            z, delta=ledger.delta, max_stay_days=caps.nights, columns=columns, max_admissions=caps.admissions
-        )
-    stay = max(node.max_stay_days, ask.max_stay_days)
-    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=columns)
-
-
 MAX_PROPOSED_STAY_KEY, MIN_RELEASE_EPSILON_KEY = "max-proposed-stay-days", "min-release-epsilon"
 
 
-def _check_proposal(node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger) -> None:
+def _check_proposal(node: ForecastNode, ask: EvaluateInstruction) -> None:
     """Refuse a proposal that would fix a useless plan for the node's life (issue 20), naming the node setting.
 
     The first release's plan is kept forever: a stay cap of 100000 nights or a tiny epsilon would
@@ -339,38 +297,34 @@ def _check_proposal(node: ForecastNode, ask: EvaluateInstruction, ledger: Privac
         )
 
 
-def _release_columns(node: ForecastNode, ask: EvaluateInstruction, data: LocalData, store: ReleaseStore) -> None:
-    """Refuse, before anything is spent, a release or a request the node's columns cannot serve.
-
-    The release covers the node's ``release-columns`` that its file has (an admissions-only
-    clinic releases admissions alone; the per-stay sensitivity then counts admissions only); a
-    stored release keeps the columns it was made with. Targets outside them cannot be trained on.
-    """
-    present = set(data.records.count_columns)
-    columns = store.plan.columns if store.plan is not None else _columns_to_release(node, data)
-    lost = [c for c in columns if c not in present]
-    if not columns or lost:
+def _check_store(node: ForecastNode, ledger: PrivacyLedger, caps: PatientCaps | None) -> ReleaseStore:
+    """Refuse a store whose plan covers other caps, and a release the ledger charged but the store lost."""
+    assert node.release_path is not None
+    store = ReleaseStore.open(node.release_path)
+    if (
+        caps is not None
+        and store.plan is not None
+        and ((store.plan.max_admissions, store.plan.max_stay_days) != (caps.admissions, caps.nights))
+    ):
         logger.error(
-            "%s: the file (columns %s) cannot serve the release of %s",
+            "%s: the stored release covers %d admissions and %d nights per patient; max-patient-stays + "
+            "max-patient-transfers = %d and max-patient-nights = %d now: restore the settings it was made with",
             node.hospital_id,
-            sorted(present),
-            list(columns or node.release_columns),
+            store.plan.max_admissions,
+            store.plan.max_stay_days,
+            caps.admissions,
+            caps.nights,
         )
-        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID))
-    unreleased = [t for t in ask.window_spec.targets if t not in columns]
-    if unreleased:
-        raise TaskRefused(
-            Refusal.REQUEST_INVALID,
-            _reason(
-                Refusal.REQUEST_INVALID,
-                what=f"target(s) {unreleased} are not among the columns this node releases ({', '.join(columns)})",
-            ),
+        raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH))
+    if store.plan is None and any(s.mechanism == "source-release" for entry in ledger.entries() for s in entry.spends):
+        # The ledger charged a release the store no longer holds: never silently re-released.
+        logger.error(
+            "%s: the ledger records a source release but %s is gone; restore it (and its .json) from backup",
+            node.hospital_id,
+            node.release_path,
         )
-
-
-def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
-    """The node's ``release-columns`` that its file has, in the configured order."""
-    return tuple(c for c in node.release_columns if c in data.records.count_columns)
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT))
+    return store
 
 
 def _released(
@@ -381,74 +335,31 @@ def _released(
     run_tag: str,
     caps: PatientCaps | None = None,
 ) -> LocalData:
-    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
+    """The node's released counts (``privacy.mechanisms.release_for_node``); each failure its own refusal.
+
+    Under per-patient bounding (``caps``) the release covers the node's own caps, not the request's stay cap.
+    """
     assert node.release_path is not None
+    release = NodeRelease(
+        hospital_id=node.hospital_id,
+        release_path=node.release_path,
+        release_columns=node.release_columns,
+        targets=ask.window_spec.targets,
+        mechanism=ask.privacy_mechanism,
+        patient_epsilon=ask.patient_epsilon,
+        max_stay_days=caps.nights if caps is not None else max(node.max_stay_days, ask.max_stay_days),
+        run_tag=run_tag,
+        max_admissions=caps.admissions if caps is not None else 2,
+        per_patient=caps is not None,
+    )
     try:
-        store = ReleaseStore.open(node.release_path)
-        _release_columns(node, ask, data, store)
-        if (
-            caps is not None
-            and store.plan is not None
-            and ((store.plan.max_admissions, store.plan.max_stay_days) != (caps.admissions, caps.nights))
-        ):
-            logger.error(
-                "%s: the stored release covers %d admissions and %d nights per patient; max-patient-stays + "
-                "max-patient-transfers = %d and max-patient-nights = %d now: restore the settings it was made with",
-                node.hospital_id,
-                store.plan.max_admissions,
-                store.plan.max_stay_days,
-                caps.admissions,
-                caps.nights,
-            )
-            raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH))
-        if store.plan is None and any(
-            s.mechanism == "source-release" for entry in ledger.entries() for s in entry.spends
-        ):
-            # The ledger charged a release the store no longer holds: never silently re-released.
-            logger.error(
-                "%s: the ledger records a source release but %s is gone; restore it (and its .json) from backup",
-                node.hospital_id,
-                node.release_path,
-            )
-            raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT))
-        missing = store.missing_days(data.records)
-        if len(missing):
-            rng = _noise_rng(node, ask)
-            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data), caps)  # for life
-            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
-            days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
-            ledger.spend(
-                fingerprint_frame(frame),
-                noise_multiplier=plan.noise_multiplier,
-                sample_rate=1.0,
-                steps=1,
-                run_id=f"{run_tag}/source-release",
-                mechanism="source-release",
-                days=days,
-                detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
-                | {"max-stay-days": float(plan.max_stay_days)}
-                # per patient (ids bounded before counting) or per stay (daily counts only): medalloc privacy says which
-                | ({"per-patient": 1.0, "max-admissions": float(plan.max_admissions)} if caps is not None else {}),
-            )
-            part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
-            store.add(release_records(part, plan, rng=rng), plan)
-            logger.info(
-                "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s",
-                node.hospital_id,
-                len(frame),
-                days[0],
-                days[1],
-                plan.noise_multiplier,
-                "patient" if caps is not None else "STAY",
-            )
-            if caps is None:
-                figures = group_epsilons(plan.noise_sd, plan.delta, nights=plan.max_stay_days)
-                logger.warning(
-                    "%s: daily counts without patient ids: epsilon is per STAY; a patient with k stays gets %s",
-                    node.hospital_id,
-                    ", ".join(f"k={k}: {e:.2f}" for k, e in figures.items()),
-                )
-        records = store.records()
+        if _check_store(node, ledger, caps).plan is None:
+            _check_proposal(node, ask)  # only a first release fixes a plan
+        records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
+    except ReleaseColumnsMissing as exc:
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    except (ReleaseTargetsNotReleased, MechanismNotOffered) as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     except ReleaseStoreError as exc:
         logger.error("%s: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
@@ -463,7 +374,7 @@ def _released(
 
 def _prepare(
     settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
-) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+) -> tuple[ForecastNode, _I, ForecasterNet, LocalData, PrivacyLedger]:
     """What both handlers do first: request, data, model, ledger, release."""
     node = ForecastNode.of(settings)
     try:
@@ -495,7 +406,7 @@ def run_window_spec(run: Any) -> WindowSpec:
     )
 
 
-def run_initial_model(run: Any, config: ForecasterConfig) -> Forecaster:
+def run_initial_model(run: Any, config: ForecasterConfig) -> ForecasterNet:
     """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``).
 
     Raises ``PretrainedMismatch`` (a ``ValueError`` naming the setting to change) when the run's
@@ -577,9 +488,6 @@ class ForecastingTask(FederatedTask):
             batch_size=run.batch_size,
             lr=run.lr,
             proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
-            dp_noise_multiplier=run.dp_noise_multiplier,
-            dp_target_epsilon=run.dp_target_epsilon,
-            dp_max_grad_norm=run.dp_max_grad_norm,
             **_privacy_fields(run, run_tag),
         ).to_dict()
 

@@ -26,7 +26,7 @@ import torch
 
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.forecast.features import WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_model, pinball_loss_per_sample
 from medalloc_core.forecast.training import DPConfig, TrainConfig, predict, train_local
 from medalloc_core.privacy.audit_stats import OneRunAudit, mia_auc, one_run_audit, tpr_at_fpr
 from medalloc_core.privacy.ledger import PrivacyLedger
@@ -48,9 +48,8 @@ __all__ = [
     "run_audit",
 ]
 
-# The project's default DP setting: noise multiplier 1.0 is the federation's default
-# dp-noise-multiplier (server/config.py); clipping norm, delta and accountant are DPConfig's
-# defaults (1.0, 1e-5, PRV).
+# The audited DP setting: noise multiplier 1.0; clipping norm, delta and accountant are
+# DPConfig's defaults (1.0, 1e-5, PRV).
 DEFAULT_AUDIT_DP = DPConfig(noise_multiplier=1.0)
 
 # The ledger only measures here: the audit trains on synthetic data, once, and reads back the
@@ -266,7 +265,7 @@ class AuditReport:
 
 
 @torch.no_grad()
-def _losses(model: Forecaster, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+def _losses(model: ForecasterNet, X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     quantiles = tuple(model.config.quantiles)
     pred = torch.from_numpy(predict(model, X))
     return pinball_loss_per_sample(pred, y, quantiles).numpy().astype(np.float64)
