@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
+from medalloc_core.forecast.release_audit import run_release_checks
 from medalloc_core.privacy.release import release_records
-from medalloc_core.privacy.release_audit import run_release_checks
 
 
 def _scaled(factor: float):
@@ -56,7 +56,7 @@ def test_the_exit_status_covers_the_release_checks(monkeypatch: pytest.MonkeyPat
     """`medalloc audit` exits 1 when only a release check fails (the other rows pass)."""
     from typer.testing import CliRunner
 
-    import medalloc_core.privacy.release_audit as release_audit
+    import medalloc_core.forecast.release_audit as release_audit
     from medalloc.cli import app
 
     real = release_audit.run_release_checks

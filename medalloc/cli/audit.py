@@ -105,7 +105,7 @@ def _patient_table(audit: Any, console: Console) -> None:
 
 
 def _release_table(checks: Any, console: Console) -> None:
-    """The release's own checks (medalloc_core.privacy.release_audit): noise calibration and the public calendar."""
+    """The release's own checks (medalloc_core.forecast.release_audit): noise calibration and the public calendar."""
     table = Table(title="Release checks: the node's noise and calendar code on a synthetic encounter hospital")
     for column in ("check", "measured", "claimed", "verdict"):
         table.add_column(column, justify="left" if column == "check" else "right")
@@ -242,7 +242,7 @@ def audit(
     )
 
     from medalloc.simulations.patient_audit import run_patient_audit
-    from medalloc_core.privacy.release_audit import run_release_checks
+    from medalloc_core.forecast.release_audit import run_release_checks
 
     with console.status("patient-level audit: replay, canary stays, evaluation replies"):
         patient = run_patient_audit(quick=quick, seed=seed or 0)

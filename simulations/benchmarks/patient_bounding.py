@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medalloc_core.encounters import encounters_to_daily
+from medalloc_core.forecast.release_audit import run_release_checks
 from medalloc_core.privacy.contribution import PatientCaps, bound_contributions, contribution_epsilon
 from medalloc_core.privacy.release import ReleasePlan, release_records
-from medalloc_core.privacy.release_audit import run_release_checks
 
 PATIENTS = {
     "one stay, 14 nights, a transfer": (2, 14),
