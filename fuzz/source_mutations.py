@@ -237,7 +237,7 @@ def _omop(mutation: str, kind: str, rnd: random.Random) -> SourceMutant:
         if pd.isna(details.at[row, column]):
             column = "visit_detail_start_datetime"
         value = rnd.choice(
-            ["2024-02-30 10:00:00", "05/01/2024 10:00", "2024-01-01T10:00:00+01:00", "tomorrow", "9999-99-99"]
+            ["2024-02-30 10:00:00", "05/01/2024 10:00", "2024-01-01T10:00:00+25:00", "tomorrow", "9999-99-99"]
         )
         details.at[row, column] = value
         summary, names = f"{column} = {value!r}", (f"{file}, {where_row}, column '{column}'", "is not a valid date")

@@ -51,7 +51,7 @@ class RunConfig:
     # --- local training, proposed to nodes (each node caps these with its own config)
     local_epochs: int = 2
     batch_size: int = 256  # DP-SGD noise per step shrinks as 1 / batch size
-    lr: float = 3e-4  # small steps from the public pretrained weights
+    lr: float = 1e-3  # steps from the public pretrained weights (docs/forecasting.md: 3e-4 did not move them)
     seed: int = 0
     # --- the shared model and its input windows
     model: str = "hybrid"  # hybrid (classical forecast + learned correction) | mlp | tcn
@@ -59,6 +59,9 @@ class RunConfig:
     horizon: int = 14  # H: days forecast (2 weeks)
     hidden: int = 64  # network width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
+    # Hybrid only: extra input channels, comma-separated: "weeks" (weekly means of the 28 weeks before the
+    # origin), "year_ago"; "" none. The region channel needs the coordinator to share region totals: not yet.
+    context: str = ""
     init: str = "pretrained"  # the hybrid starts from the shipped public weights (no privacy cost); "none": seeded
     # Days each node holds out at the end of every unit: never trained on. 0 = max(horizon, 28).
     # `medalloc simulate` sets test-days to its rolling-origin evaluation weeks ([evaluation]).
@@ -158,6 +161,12 @@ class RunConfig:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:
             raise RunConfigError("targets must name at least one column, e.g. 'admissions,census'")
+        unknown = [c for c in self.context_list if c not in ("weeks", "year_ago")]
+        if unknown or (self.context_list and self.model != "hybrid"):
+            raise RunConfigError(
+                f"context {self.context!r}: the hybrid model's channels 'weeks' and 'year_ago', comma-separated "
+                "(the region channel needs region totals no federation shares yet)"
+            )
         if self.init not in ("none", "pretrained"):
             raise RunConfigError(f"init must be 'none' or 'pretrained', got {self.init!r}")
         if self.init == "pretrained" and self.model != "hybrid":
@@ -199,6 +208,11 @@ class RunConfig:
     def target_list(self) -> tuple[str, ...]:
         """The target columns as a tuple."""
         return tuple(t.strip() for t in self.targets.split(",") if t.strip())
+
+    @property
+    def context_list(self) -> tuple[str, ...]:
+        """The hybrid's context channels as a tuple."""
+        return tuple(c.strip() for c in self.context.split(",") if c.strip())
 
     @property
     def simulation(self) -> SimulationConfig:

@@ -8,6 +8,10 @@ double seasonality, no to strong epidemics, 200-800 days, smooth to overdisperse
 generic count processes unlike the generator (random weekly profiles, trends, AR noise, level
 shifts, a length-of-stay convolution for census-like series), so the network does not learn
 one generator's habits. About a minute on one CPU thread.
+
+The privacy_frontier family "regional waves (unseen)" is built outside these ranges (epidemic
+amplitude 1.5, waves every 45-90 days, R0 2.6-3.2, lags up to 28 days): keep it outside when
+widening them (tests/test_privacy_frontier_benchmark.py checks it).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medalloc.server.config import RunConfig
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, DataContractError, Frequency
 from medalloc_core.tasks.forecasting.task import DATA_SUFFIXES
 from medalloc_core.validation import load_unit_records
@@ -66,8 +67,15 @@ def inspect_data_dir(
     files = tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES))
     if not files:
         raise DataDirError(f"[region] data-dir {folder} holds no hospital files ({', '.join(DATA_SUFFIXES)})")
-    history = int(federation.get("history", 56))
-    horizon = int(federation.get("horizon", 14))
+    history = int(federation.get("history", RunConfig().history))
+    horizon = int(federation.get("horizon", RunConfig().horizon))
+    if len(files) == 1:
+        logger.warning(
+            "[region] data-dir %s holds one hospital file (%s): it runs, but it is not a federation; "
+            "the federated model is that hospital training alone",
+            folder,
+            files[0].name,
+        )
     records = {}
     for path in files:
         try:
@@ -106,9 +114,11 @@ def inspect_data_dir(
             if days < need:
                 fits = (days - history - horizon - val) // 7
                 origins = int(evaluation.get("origins", 8))
+                apart = max(1, 7 * fits // horizon)  # forecasts that do not overlap
                 hint = (
-                    f"set [evaluation] weeks = {fits} (and origins <= {7 * fits - horizon + 1} to fit) to hold out "
-                    f"less, or lower [federation] history"
+                    f"set [evaluation] weeks = {fits} and origins = {apart} ({horizon}-day forecasts that do not "
+                    f"overlap; fewer than 4 origins are too few to rank methods) to hold out less, or lower "
+                    f"[federation] history"
                     if fits >= 1 and 7 * fits >= horizon
                     else "it is too short for the evaluation: remove the unit or the file from the folder"
                 )

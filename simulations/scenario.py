@@ -335,7 +335,7 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
 
 def _check_evaluation(scenario: Scenario) -> None:
     """The rolling-origin evaluation fits the horizon and, for a generated region, its shortest hospital."""
-    source, horizon = scenario.source, int(scenario.federation.get("horizon", 14))
+    source, horizon = scenario.source, int(scenario.federation.get("horizon", RunConfig().horizon))
     weeks, origins, val = scenario.eval_weeks, scenario.eval_origins, scenario.validation_days
     if weeks < 1 or origins < 1 or val < horizon:
         raise ScenarioError(

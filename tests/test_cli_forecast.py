@@ -129,3 +129,49 @@ def test_model_that_does_not_fit_the_data_is_refused(hospital: tuple[Path, Path]
     )
     assert result.exit_code == 2 and "model-config" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_release_narrows_the_bands_by_the_nodes_noise(hospital: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--release` gives the bands the evaluation scores: the learned ones freed of the release noise."""
+    import numpy as np
+
+    from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands, release_records
+
+    data, model = hospital
+    records = load_unit_records(data)
+    plan = ReleasePlan.calibrate(epsilon=1.0, delta=1e-6, max_stay_days=14, columns=("admissions", "census"))
+    store = ReleaseStore.open(tmp_path / "ledger.json.released.csv")
+    store.add(release_records(records, plan, rng=np.random.default_rng(0)), plan)
+
+    def run(*extra: str) -> pd.DataFrame:
+        out = tmp_path / f"fc{len(extra)}"
+        args = ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(out / "forecast.csv").set_index(["unit", "target", "date", "q"])["value"].unstack("q")
+
+    wide, narrow = run(), run("--release", str(store.path))
+    expected = deflate_bands(
+        wide.to_numpy()[None, None],
+        np.array([plan.noise_sd[t] for t in wide.index.get_level_values("target")])[None, None],
+        (0.1, 0.5, 0.9),
+    )[0, 0]
+    unclipped = (wide[0.1] > 0).to_numpy()  # the frame floors values at 0; compare where nothing was floored
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(narrow.to_numpy()[unclipped], np.maximum(expected, 0.0)[unclipped], rtol=1e-5, atol=1e-4)
+    assert ((narrow[0.9] - narrow[0.1]) < (wide[0.9] - wide[0.1])).mean() > 0.9
+    result = runner.invoke(
+        app,
+        [
+            "forecast",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--release",
+            str(tmp_path / "missing.csv"),
+        ],
+    )
+    assert result.exit_code == 2 and "--release" in result.output

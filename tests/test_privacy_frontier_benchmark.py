@@ -57,3 +57,38 @@ def test_bad_epsilons_exit_2_naming_the_option(value: str, capsys: pytest.Captur
         main(["--epsilons", value])
     assert exit_info.value.code == 2
     assert "--epsilons" in capsys.readouterr().err
+
+
+def test_the_unseen_family_lies_outside_the_pretraining_corpus() -> None:
+    """Its generator settings are outside every range simulations/pretrain.py draws from (documented there)."""
+    family = next(f for f in families(quick=False) if f.name == "regional waves (unseen)")
+    c = family.config
+    assert c.epidemic_amplitude > 0.8  # corpus: uniform(0, 0.8)
+    assert c.wave_gap_days[1] < 150  # corpus: the generator's default (150, 330)
+    assert c.wave_r0[0] > 2.2  # corpus: default (1.5, 2.2)
+    assert c.max_lag_days > 14  # corpus: default 14
+
+
+def test_goals_table_marks_a_missed_goal_with_its_margin() -> None:
+    from rich.console import Console
+
+    from medalloc.simulations.benchmarks.privacy_frontier import goal_ratios, summary_table
+
+    def m(p: float, cov: float = 0.8) -> dict[str, float]:
+        return {"pinball": p, "wape": p, "coverage": cov}
+
+    methods = {
+        "holt_winters": m(1.0),
+        "pretrained (no training)": m(0.9),
+        "centralized": m(0.8),
+        "fracast (zero-shot)": m(0.85),
+        "federated @ 1": m(0.855),
+        "local only DP @ 1": m(0.9),
+    }
+    result = {"family": "toy", "methods": methods, "methods_shortest": methods}
+    ratios = goal_ratios(result, 1.0)
+    assert ratios["fed / initial"] == pytest.approx(0.95) and ratios["fed / zero-shot"] == pytest.approx(0.855 / 0.85)
+    console = Console(width=250, record=True)
+    console.print(summary_table([result], 1.0))
+    text = console.export_text()
+    assert "0.950 " in text and "1.006 ! +0.056" in text and "1 of 1" in text

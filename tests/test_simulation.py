@@ -146,7 +146,7 @@ def test_embedded_default_scenario_needs_no_file():
     # it states nothing the run config's defaults already say: its model is the product default
     assert scenario.federation == {}
     run = scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
-    assert (run.strategy, run.model, run.init, run.lr, run.history) == ("fedavg", "hybrid", "pretrained", 3e-4, 28)
+    assert (run.strategy, run.model, run.init, run.lr, run.history) == ("fedavg", "hybrid", "pretrained", 1e-3, 28)
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,17 @@ def test_a_generated_folder_gives_one_node_per_file_and_both_targets(tmp_path, g
     assert [p.name for p in scenario.data.files] == ["H000.csv", "H001.csv", "H002.csv"]
 
 
+def test_a_minimal_scenario_trains_the_default_scenarios_model(tmp_path, generated):
+    """Only `[region] data-dir`: the same model, start, windows and optimiser as the default scenario."""
+    minimal = load_scenario(_scenario(tmp_path, f'data-dir = "{generated}"', federation=""))
+    default = load_scenario(None)
+    keys = ("model", "init", "history", "horizon", "hidden", "lr", "num_server_rounds", "local_epochs", "batch_size")
+    mine = minimal.federation_config(data_dir=generated, out_dir=tmp_path / "a")
+    theirs = default.federation_config(data_dir=generated, out_dir=tmp_path / "b")
+    assert {k: getattr(mine, k) for k in keys} == {k: getattr(theirs, k) for k in keys}
+    assert mine.model == "hybrid" and mine.init == "pretrained"
+
+
 def test_targets_follow_the_columns_present(tmp_path, admissions_only):
     scenario = load_scenario(_scenario(tmp_path, f'data-dir = "{admissions_only}"'))
     assert scenario.federation["targets"] == "admissions"
@@ -114,7 +125,7 @@ def test_files_too_short_for_sixteen_held_out_weeks_name_the_weeks_that_fit(tmp_
         frame[frame["date"] >= sorted(frame["date"].unique())[-120]].to_csv(short / path.name, index=False)
     with pytest.raises(
         ScenarioError,
-        match=r"H000.csv, unit '\w+': 120 days; .* set \[evaluation\] weeks = 10 \(and origins <= 64 to fit\)",
+        match=r"H000.csv, unit '\w+': 120 days; .* set \[evaluation\] weeks = 10 and origins = 10 \(7-day forecasts",
     ):
         load_scenario(_scenario(tmp_path, f'data-dir = "{short}"'))
     fewer = FEDERATION + "[evaluation]\nweeks = 10\norigins = 8\n"
@@ -201,3 +212,13 @@ def test_the_hybrid_model_federates_from_the_public_weights(tmp_path, generated)
     initial = methods["initial model"]["overall"]["volume_weighted"]
     naive = methods["seasonal_naive"]["overall"]["volume_weighted"]
     assert initial["pinball"] < naive["pinball"]
+
+
+def test_a_folder_with_one_hospital_loads_with_a_warning(tmp_path, generated, caplog):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "H000.csv").write_bytes((generated / "H000.csv").read_bytes())
+    with caplog.at_level("WARNING"):
+        scenario = load_scenario(_scenario(tmp_path, f'data-dir = "{one}"'))
+    assert scenario.hospitals == 1
+    assert "not a federation" in caplog.text

@@ -61,6 +61,12 @@ def forecast(
         None, "--hospital", help="Name in the hospital column (default: the data file's name without extension)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing forecast.csv / forecast.png in --out."),
+    release: Path | None = typer.Option(
+        None,
+        "--release",
+        help="This node's released-counts file (<ledger>.released.csv): the bands, learned on released counts, "
+        "are narrowed by its noise, as the evaluation scores them. Without it the bands are as learned (too wide).",
+    ),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends
     (forecast.csv + forecast.png)."""
@@ -79,10 +85,25 @@ def forecast(
             _fail(f"{path} is one of the inputs; choose another --out")
         if path.exists() and not force:
             _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
+    noise_sd = None
+    if release is not None:
+        from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
+
+        if not release.is_file():
+            _fail(f"--release {release}: no such file; give the node's <ledger>.released.csv")
+        try:
+            plan = ReleaseStore.open(release).plan
+        except (ReleaseStoreError, ValueError, OSError) as exc:
+            _fail(f"--release {release}: {exc}")
+            return
+        if plan is None:
+            _fail(f"--release {release}: no release plan beside it ({release}.json); the node has released nothing")
+            return
+        noise_sd = dict(plan.noise_sd)
     try:
         saved = load_model(model)
         records = load_unit_records(data)
-        frame = forecast_records(saved.model, saved.spec, records, hospital=hospital or data.stem)
+        frame = forecast_records(saved.model, saved.spec, records, hospital=hospital or data.stem, noise_sd=noise_sd)
         if not np.isfinite(frame["value"].to_numpy(dtype=float)).all():
             raise ModelDataMismatch(
                 f"{saved.path}: the model's forecast for {data} is not finite (NaN or infinite values); "
@@ -102,7 +123,8 @@ def forecast(
     _out.print(_summary(frame, saved.config.quantiles))
     _out.print(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
-        f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
+        + (f"bands narrowed by the release noise of {release}; " if release is not None else "")
+        + f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
         highlight=False,
         markup=False,
     )

@@ -202,7 +202,7 @@ def check(
     private_key: Path | None = typer.Option(
         None, "--auth-supernode-private-key", help="The node's private key (keys/H000)."
     ),
-    history: int = typer.Option(56, "--history", help="The federation's run-config 'history' (days of input)."),
+    history: int = typer.Option(28, "--history", help="The federation's run-config 'history' (days of input)."),
     horizon: int = typer.Option(14, "--horizon", help="The federation's run-config 'horizon' (days forecast)."),
     targets: str = typer.Option("admissions,census", "--targets", help="The federation's run-config 'targets'."),
     offline: bool = typer.Option(False, "--offline", help="Do not dial the SuperLink."),

@@ -358,7 +358,7 @@ def train_risk(
                 else:
                     step.from_grad_samples([grads[k] for k in params])  # clip per device, sum, noise, divide
                 for k, p in params.items():
-                    if config.proximal_mu and global_params is not None:
+                    if config.proximal_mu and global_params is not None and p.grad is not None:
                         p.grad = p.grad + config.proximal_mu * (p.detach() - global_params[k])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,14 @@ _DAYS_PER_YEAR = 365.25
 SCALINGS = ("series", "window")
 SEASON = 7  # the weekly cycle the window scaling measures its spread over (daily data)
 PROFILE_WEEKS = 26  # the weekly profile channel averages up to half a year before the origin
+YEAR = 364  # the year-ago channel looks 52 weeks back (same weekday)
+# Context channels a window-scaled spec may add, one per target each (WindowSpec.context):
+# "year_ago": the series 52 weeks earlier around the forecast days, relative to its level then;
+# "region": the region's released total (other hospitals; REGION_PREFIX + target columns of the
+# records) over the window, scaled by its own window statistics; "weeks": the weekly means of the
+# L weeks before the origin (a multi-scale view: about half a year for L = 28) in window units.
+CONTEXTS = ("year_ago", "region", "weeks")
+REGION_PREFIX = "region_"
 # The WindowSpec fields a federation varies: sent to nodes each round and stored in model files.
 WIRE_KEYS = ("history", "horizon", "targets", "val_periods", "test_periods")
 
@@ -88,6 +96,7 @@ class WindowSpec:
     test_periods: int | None = None
     scale_floor: float = 1.0
     scaling: str = "series"
+    context: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -103,6 +112,13 @@ class WindowSpec:
         if self.scale_floor <= 0:
             raise ValueError(f"WindowSpec.scale_floor={self.scale_floor}; it must be > 0")
         object.__setattr__(self, "holidays", tuple(pd.Timestamp(d).normalize() for d in self.holidays))
+        context = tuple(self.context)
+        unknown = [c for c in context if c not in CONTEXTS]
+        if unknown or len(set(context)) != len(context):
+            raise ValueError(f"WindowSpec.context={context!r}; use distinct names from {CONTEXTS}")
+        if context and self.scaling != "window":
+            raise ValueError("WindowSpec.context needs scaling='window' (the hybrid model's channels)")
+        object.__setattr__(self, "context", context)
 
     def resolved(self, frequency: Frequency) -> WindowSpec:
         """Return a copy with every ``None`` replaced by the default for ``frequency``."""
@@ -123,6 +139,8 @@ class WindowSpec:
         out = {k: list(self.targets) if k == "targets" else getattr(self, k) for k in WIRE_KEYS}
         if self.scaling != "series":  # only when set, so files and messages of series-scaled models are unchanged
             out["scaling"] = self.scaling
+        if self.context:  # likewise only when set
+            out["context"] = list(self.context)
         return out
 
     @classmethod
@@ -133,7 +151,7 @@ class WindowSpec:
 
         Raises ``ValueError`` naming the offending key; calendar options take their defaults.
         """
-        if not isinstance(raw, Mapping) or not set(WIRE_KEYS) <= set(raw) <= {*WIRE_KEYS, "scaling"}:
+        if not isinstance(raw, Mapping) or not set(WIRE_KEYS) <= set(raw) <= {*WIRE_KEYS, "scaling", "context"}:
             got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
             raise ValueError(
                 f"a window spec has exactly the keys {list(WIRE_KEYS)} (and optionally 'scaling'); got {got}"
@@ -153,6 +171,11 @@ class WindowSpec:
             if raw["scaling"] not in SCALINGS:
                 raise ValueError(f"window spec 'scaling' must be one of {SCALINGS}, got {raw['scaling']!r}")
             values["scaling"] = raw["scaling"]
+        if "context" in raw:
+            context = raw["context"]
+            if not isinstance(context, list | tuple) or not all(isinstance(c, str) and c in CONTEXTS for c in context):
+                raise ValueError(f"window spec 'context' must be a list of names from {CONTEXTS}, got {context!r}")
+            values["context"] = tuple(context)
         return cls(**values)
 
     def covariate_names(self, frequency: Frequency) -> tuple[str, ...]:
@@ -181,6 +204,8 @@ class WindowSpec:
         names = tuple(f"{t}_scaled" for t in self.targets)
         if self.scaling == "window":
             names += tuple(f"{t}_profile" for t in self.targets) + tuple(f"{t}_log_level" for t in self.targets)
+            for c in self.context:
+                names += tuple(f"{t}_{c}" for t in self.targets)
         return names + self.covariate_names(frequency)
 
 
@@ -299,6 +324,7 @@ class _Series:
     values: np.ndarray  # (n, T) float64, gaps interpolated
     missing: np.ndarray  # (n,) bool
     covariates: np.ndarray  # (n, C) float32
+    region: np.ndarray | None = None  # (n, T) the region's released totals per day (NaN: not known)
 
 
 def calendar_covariates(dates: pd.DatetimeIndex, spec: WindowSpec, frequency: Frequency) -> np.ndarray:
@@ -373,7 +399,12 @@ def _complete_series(records: UnitRecords, spec: WindowSpec, *, split: bool = Tr
         cov = calendar_covariates(dates, spec, records.frequency)
         if spec.missing_flag:
             cov = np.concatenate([cov, missing[:, None].astype(np.float32)], axis=1)
-        series.append(_Series(str(unit), dates, filled, missing, cov))
+        region = None
+        if "region" in spec.context:
+            columns = [REGION_PREFIX + t for t in spec.targets]
+            if all(c in frame.columns for c in columns):
+                region = frame[columns].astype("float64").reindex(dates).to_numpy()
+        series.append(_Series(str(unit), dates, filled, missing, cov, region))
     return series
 
 
@@ -426,8 +457,84 @@ def window_stats(history: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndar
     return loc, np.maximum(spread, floor)
 
 
+def year_ago_channel(
+    values: np.ndarray,
+    starts: Sequence[int],
+    history: int,
+    horizon: int,
+    floor: float,
+    loc: np.ndarray,
+    scale: np.ndarray,
+) -> np.ndarray:
+    """``(N, L, T)``: the series 52 weeks before, relative to its level then, in this window's units.
+
+    Position ``j`` holds day ``t - L + j + H - 364``, so the last ``H`` positions are the year-ago
+    days of the forecast days and the first ones lead up to them; every day read is before the
+    origin ``t`` (364 > H). The year-ago values are taken relative to the mean of the year-ago
+    week before the origin (``x / level - 1``) and multiplied by ``loc / scale``: last year's
+    seasonal movement, in this window's units. Zeros when the series is not that long.
+    """
+    L, H, T = history, horizon, values.shape[1]
+    out = np.zeros((len(starts), L, T))
+    for i, t in enumerate(starts):
+        first = t - L + H - YEAR
+        if first < 0 or t - YEAR - SEASON < 0:
+            continue
+        level = np.maximum(values[t - YEAR - SEASON : t - YEAR].mean(axis=0), floor)  # (T,)
+        out[i] = (values[first : first + L] / level - 1.0) * (loc[i] / scale[i])
+    return out
+
+
+def weeks_channel(
+    values: np.ndarray, starts: Sequence[int], history: int, loc: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """``(N, L, T)``: position ``L - 1 - k`` holds the mean of the ``k``-th whole week before the origin.
+
+    ``(mean - loc) / scale``: a long, coarse view (``L`` weeks) beside the window's ``L`` days. Weeks
+    before the start of the series are zeros (the window's own level). Only days before the origin are read.
+    """
+    L, T = history, values.shape[1]
+    out = np.zeros((len(starts), L, T))
+    for i, t in enumerate(starts):
+        weeks = min(L, t // SEASON)
+        if weeks == 0:
+            continue
+        past = values[t - SEASON * weeks : t].reshape(weeks, SEASON, T).mean(axis=1)  # (weeks, T), oldest first
+        out[i, L - weeks :] = (past - loc[i]) / scale[i]
+    return out
+
+
+def region_channel(region: np.ndarray | None, starts: Sequence[int], history: int, floor: float, T: int) -> np.ndarray:
+    """``(N, L, T)``: the region's released totals over each window, scaled by their own window statistics.
+
+    Reads only days before each origin (the region's release up to the day before the first
+    forecast day); days not known (NaN) are carried from the nearest known earlier day, and a
+    window with none known is zeros.
+    """
+    out = np.zeros((len(starts), history, T))
+    if region is None:
+        return out
+    filled = pd.DataFrame(region).ffill().to_numpy()
+    for i, t in enumerate(starts):
+        if t - history < 0:
+            continue
+        raw = filled[t - history : t]
+        if np.isnan(raw).any():
+            continue
+        rloc, rscale = window_stats(raw[None], max(floor, 1.0))
+        out[i] = (raw - rloc[0]) / rscale[0]
+    return out
+
+
 def window_channels(
-    values: np.ndarray, starts: Sequence[int], history: int, floor: float
+    values: np.ndarray,
+    starts: Sequence[int],
+    history: int,
+    floor: float,
+    *,
+    context: Sequence[str] = (),
+    horizon: int = 0,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The window-scaled target channels of windows whose first target period is ``starts[i]``.
 
@@ -448,7 +555,15 @@ def window_channels(
         weekly = (past - past.mean(axis=1, keepdims=True)).mean(axis=0)  # (7, T): week position 0 = day t - 7*weeks
         profile[i] = weekly[(positions - L) % SEASON] / scale[i]  # window day j is day t - L + j
     log_level = np.broadcast_to((np.log1p(np.maximum(loc, 0.0)) / 5.0)[:, None, :], (N, L, T))
-    return np.concatenate([scaled, profile, log_level], axis=2), loc, scale
+    parts = [scaled, profile, log_level]
+    for c in context:
+        if c == "year_ago":
+            parts.append(year_ago_channel(values, starts, L, horizon, floor, loc, scale))
+        elif c == "weeks":
+            parts.append(weeks_channel(values, starts, L, loc, scale))
+        else:
+            parts.append(region_channel(region, starts, L, floor, T))
+    return np.concatenate(parts, axis=2), loc, scale
 
 
 def _windows(s: _Series, scaler: SeriesScaler | None, spec: WindowSpec, lo: int, hi: int) -> WindowSet:
@@ -461,7 +576,9 @@ def _windows(s: _Series, scaler: SeriesScaler | None, spec: WindowSpec, lo: int,
     cov = s.covariates.astype(np.float32)
     loc = scale = None
     if scaler is None:  # window scaling: each window normalised by its own inputs
-        channels, loc, scale = window_channels(s.values, starts, L, spec.scale_floor)
+        channels, loc, scale = window_channels(
+            s.values, starts, L, spec.scale_floor, context=spec.context, horizon=H, region=s.region
+        )
         covariates = (
             np.stack([cov[t - L : t] for t in starts]) if starts else np.zeros((0, L, cov.shape[1]), np.float32)
         )
@@ -568,7 +685,15 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
         if len(s.dates) < spec.history:
             raise ValueError(f"unit {s.unit!r} has {len(s.dates)} periods; forecasting needs the last {spec.history}")
         if dataset.scaler is None:
-            channels, unit_loc, unit_scale = window_channels(s.values, [len(s.dates)], spec.history, spec.scale_floor)
+            channels, unit_loc, unit_scale = window_channels(
+                s.values,
+                [len(s.dates)],
+                spec.history,
+                spec.scale_floor,
+                context=spec.context,
+                horizon=spec.horizon,
+                region=s.region,
+            )
             X.append(np.concatenate([channels[0], s.covariates[-spec.history :]], axis=1))
             locs.append(unit_loc[0])
             scales.append(unit_scale[0])
@@ -602,6 +727,7 @@ def federation_window_spec(
     model: str = "mlp",
     val_periods: int | None = None,
     test_periods: int | None = None,
+    context: tuple[str, ...] = (),
 ) -> WindowSpec:
     """The federation's input windows: daily data, the default calendar covariates, held-out
     periods, the scaling ``model`` needs.
@@ -621,4 +747,5 @@ def federation_window_spec(
         val_periods=val_periods or held_out,
         test_periods=test_periods or held_out,
         scaling=scaling,
+        context=context if scaling == "window" else (),
     )

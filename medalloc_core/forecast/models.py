@@ -47,6 +47,7 @@ class ForecasterConfig:
     kernel_size: int = 3  # TCN kernel; 2 convs per block, dilations 1,2,4,8: receptive field 1+2*2*15 = 61 >= L
     levels: int = 4  # TCN residual blocks, dilation 2**i
     dropout: float = 0.0  # off: DP noise already regularises, and dropout makes DP steps noisier
+    context: int = 0  # hybrid: context channel groups after the level (WindowSpec.context: year-ago, region)
 
     def __post_init__(self) -> None:
         # A config also comes from a model file's JSON sidecar: every field is checked for its
@@ -70,6 +71,13 @@ class ForecasterConfig:
             if not 1 <= int(value) <= limit:
                 raise ValueError(f"ForecasterConfig.{name}={value} must be from 1 to {limit:,}")
             object.__setattr__(self, name, int(value))
+        if (
+            isinstance(self.context, bool)
+            or not isinstance(self.context, numbers.Integral)
+            or not 0 <= self.context <= 8
+        ):
+            raise ValueError(f"ForecasterConfig.context={self.context!r} must be a whole number from 0 to 8")
+        object.__setattr__(self, "context", int(self.context))
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"ForecasterConfig.dropout={dropout!r} must be in [0, 1)")
@@ -95,6 +103,7 @@ class ForecasterConfig:
             n_features=len(resolved.feature_names(frequency)),
             n_targets=len(resolved.targets),
             hidden=hidden,
+            context=len(resolved.context),
         )
 
     @classmethod
@@ -259,12 +268,12 @@ class HybridForecaster(ForecasterNet):
     def __init__(self, config: ForecasterConfig) -> None:
         super().__init__()
         assert config.history >= 7, f"the hybrid model needs L >= 7 (a week); got {config.history}"
-        assert config.n_features >= 3 * config.n_targets, (
-            "the hybrid model needs window scaling (3 channels per target)"
+        assert config.n_features >= (3 + config.context) * config.n_targets, (
+            "the hybrid model needs window scaling (3 channels per target, plus its context channels)"
         )
         self.config = config
         blocks: list[nn.Module] = []
-        width = config.history + 7 + 1  # window, weekly profile, log level
+        width = config.history * (1 + config.context) + 7 + 1  # window, context channels, weekly profile, log level
         for _ in range(config.layers):
             blocks += [nn.Linear(width, config.hidden), nn.GELU()]
             width = config.hidden
@@ -288,15 +297,17 @@ class HybridForecaster(ForecasterNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         T = c.n_targets
-        assert x.ndim == 3 and x.shape[1] == c.history and x.shape[2] >= 3 * T, (
-            f"expected (B, {c.history}, >={3 * T}), got {tuple(x.shape)}"
+        K = c.context
+        assert x.ndim == 3 and x.shape[1] == c.history and x.shape[2] >= (3 + K) * T, (
+            f"expected (B, {c.history}, >={(3 + K) * T}), got {tuple(x.shape)}"
         )
         u = x[:, :, :T].transpose(1, 2)  # (B, T, L)
         profile = x[:, -7:, T : 2 * T].transpose(1, 2)  # (B, T, 7)
         log_level = x[:, -1:, 2 * T : 3 * T].transpose(1, 2)  # (B, T, 1)
         base = self.classical(u, profile)  # (B, T, H)
+        extra = [x[:, :, (3 + k) * T : (4 + k) * T].transpose(1, 2).clamp(-20.0, 20.0) for k in range(K)]
         inputs = torch.cat(
-            [u.clamp(-20.0, 20.0), profile.clamp(-20.0, 20.0), log_level], dim=-1
+            [u.clamp(-20.0, 20.0), *extra, profile.clamp(-20.0, 20.0), log_level], dim=-1
         )  # the clamp bounds a freak window
         raw = self.out(self.body(inputs)).view(u.shape[0], T, c.horizon, len(c.quantiles))  # (B, T, H, Q)
         a = self.anchor

@@ -9,6 +9,7 @@ the hospital: the forecast is computed where the records are.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -113,6 +114,7 @@ def forecast_records(
     *,
     hospital: str,
     dataset: HospitalDataset | None = None,
+    noise_sd: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Forecast the ``H`` periods after the end of every unit's records, for every target and quantile.
 
@@ -128,6 +130,11 @@ def forecast_records(
         Name written in the ``hospital`` column.
     dataset
         The windows of these records under ``spec`` when the caller already has them.
+    noise_sd
+        Per target, the sd of the node's source-release noise (``ReleasePlan.noise_sd``): a
+        model trained on released counts learned bands of ``y + noise``; they are narrowed to
+        bands of ``y`` (``privacy.release.deflate_bands``), exactly as the evaluation scores them.
+        ``None``: the bands as learned.
 
     Returns
     -------
@@ -154,6 +161,11 @@ def forecast_records(
             f"scalers are fitted on all but the last {resolved.val_periods}+{resolved.test_periods})"
         ) from exc
     values = dataset.to_original(predict(model, inputs.X), inputs)  # (U, H, T, Q)
+    if noise_sd:
+        from medalloc_core.privacy.release import deflate_bands
+
+        sd = np.array([float(noise_sd.get(t, 0.0)) for t in resolved.targets])  # (T,)
+        values = deflate_bands(values, sd, tuple(config.quantiles))
     frame = windows_to_frame(
         values,
         inputs,

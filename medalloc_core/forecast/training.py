@@ -358,7 +358,7 @@ class _OpacusStepper:
             self.gsm.disable_hooks()
             (coeff * per_sample).sum().backward()  # second pass: the clipped sum, in p.grad
             self.gsm.enable_hooks()
-            self.step.from_clipped_sums([p.grad for p in self.step.params])
+            self.step.from_clipped_sums([p.grad for p in self.step.params if p.grad is not None])
         else:
             per_sample.mean().backward()
             self.step.from_grad_samples()  # clip, sum, add noise, divide by the expected batch size -> p.grad
@@ -367,7 +367,7 @@ class _OpacusStepper:
     def zero_grad(self) -> None:
         self.gsm.zero_grad(set_to_none=True)
         for p in self.step.params:
-            p.grad_sample = None
+            p.grad_sample = None  # type: ignore[attr-defined]
 
     def close(self) -> None:
         # Public GradSampleModule API: drop the hooks and the grad_sample attributes; the

@@ -113,9 +113,9 @@ class DPSGDStep:
             if len(grad_samples) != len(self.params):
                 raise ValueError(f"{len(grad_samples)} per-example gradients for {len(self.params)} parameters")
             for p, g in zip(self.params, grad_samples):
-                p.grad_sample = g.detach()  # a new tensor object: Opacus marks it processed, not the caller's
+                p.grad_sample = g.detach()  # type: ignore[attr-defined]  # a new tensor object: Opacus marks it processed, not the caller's
         for p in self.params:
-            p.summed_grad = None
+            p.summed_grad = None  # type: ignore[attr-defined]
         self._opacus.clip_and_accumulate()
         self._noise_and_divide()
 
@@ -125,15 +125,16 @@ class DPSGDStep:
         if len(sums) != len(self.params):
             raise ValueError(f"{len(sums)} clipped sums for {len(self.params)} parameters")
         for p, s in zip(self.params, sums):
-            p.summed_grad = s.detach().reshape(p.shape)
+            p.summed_grad = s.detach().reshape(p.shape)  # type: ignore[attr-defined]
         self._noise_and_divide()
 
     def _noise_and_divide(self) -> None:
         self._opacus.add_noise()  # p.grad = summed + N(0, sigma^2 C^2), Opacus' draw
         for p in self.params:
+            assert p.grad is not None  # Opacus' add_noise sets it
             p.grad.div_(self.expected_batch_size)
-            p.grad_sample = None
-            p.summed_grad = None
+            p.grad_sample = None  # type: ignore[attr-defined]
+            p.summed_grad = None  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Remove Opacus' bookkeeping attributes from the parameters (they are left as they were given)."""

@@ -126,7 +126,7 @@ class PatientDPSGD(_DPSGD):
     unit = "patient stay of at most max-stay-days nights"
     charge = "(sigma / 4, 1 - (1 - p)^2, steps) per call, before the first step"
 
-    def calibrate(self, *, target_epsilon: float, delta: float, keep_rate: float, steps: int) -> float:
+    def calibrate(self, *, target_epsilon: float, delta: float, keep_rate: float, steps: int) -> float:  # type: ignore[override]
         """The DP-SGD noise multiplier sigma whose item stays within ``target_epsilon``."""
         z = noise_multiplier_for(
             target_epsilon=target_epsilon,

@@ -202,6 +202,12 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
     kind = source.kind()
     if kind == "contract":
         path = Path(source.location)
+        from medalloc_core.sources.encounter_scan import scan_encounter_file
+
+        scanned = scan_encounter_file(path, source.mapping.engine)
+        if scanned is not None:  # an encounter file, read by the engine in bounded memory
+            report, records, stays = scanned
+            return report, (None if records is None else SourceData(records, stays, report))
         report, records = inspect_file(path)
         if records is None:
             return report, None
@@ -213,11 +219,17 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
             location, database, label = source.location, source.is_url, None
             if not database and Path(location).is_file():  # an SQLite file given by its path: named by it
                 location, database, label = f"sqlite:///{Path(location).resolve()}", True, source.location
-            stays, problems, summary = read_omop(location, source.mapping.omop, database=database, label=label)
+            stays, problems, summary = read_omop(
+                location,
+                source.mapping.omop,
+                database=database,
+                label=label,
+                timeout_s=source.mapping.engine.statement_timeout_s,
+            )
         else:
             from medalloc_core.sources.fhir import read_fhir
 
-            stays, problems, summary = read_fhir(Path(source.location), source.mapping.fhir)
+            stays, problems, summary = read_fhir(Path(source.location), source.mapping.fhir, source.mapping.engine)
     except DataContractError as exc:
         return ValidationReport(source.display, list(exc.problems), {"file": source.display}), None
     except (ImportError, RuntimeError) as exc:  # an extra not installed: say which

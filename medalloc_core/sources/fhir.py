@@ -14,11 +14,13 @@ needs it on the node; it is never logged nor sent anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,10 @@ from medalloc_core.contract import (
     Problem,
 )
 from medalloc_core.encounters import DATE_DTYPE
-from medalloc_core.sources.mapping import FhirMapping
-from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, Findings, empty_stays, finish, show
+from medalloc_core.sources.engine import connect, lines_of_ordinals, quote
+from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
+from medalloc_core.sources.mapping import EngineSettings, FhirMapping
+from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, PROBLEMS_PER_CHECK, Findings, empty_stays, finish, show
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +91,9 @@ def fhir_files(location: Path) -> list[Path]:
     return [location]
 
 
-def read_fhir(location: Path, mapping: FhirMapping) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
+def read_fhir(
+    location: Path, mapping: FhirMapping, settings: EngineSettings | None = None
+) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
     """Read Encounters (and Location names) into typed stays, checked resource by resource.
 
     Parameters
@@ -97,6 +103,12 @@ def read_fhir(location: Path, mapping: FhirMapping) -> tuple[pd.DataFrame | None
         (JSON) file.
     mapping
         Which encounters are inpatient stays, which locations are units, the time zone.
+    settings
+        The scan engine's memory and threads (default: :class:`EngineSettings` defaults).
+
+    The export is scanned by DuckDB in bounded memory (:mod:`medalloc_core.sources.fhir_scan`);
+    only the records it flags are parsed by ``fhir.resources`` to say what is wrong with them,
+    the first :data:`EXPLAINED` of them, with a count of the rest by reason.
 
     Returns
     -------
@@ -134,6 +146,197 @@ def read_fhir(location: Path, mapping: FhirMapping) -> tuple[pd.DataFrame | None
         "source": "fhir",
         "details": details,
     }
+    settings = settings or EngineSettings()
+    if bundle and not _bundle_shape_ok(files[0], settings):
+        return _read_by_record(files, bundle, mapping, findings, summary)
+    try:
+        import duckdb
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise FhirUnavailable("reading FHIR needs DuckDB: pip install duckdb") from exc
+    try:
+        with connect(settings) as connection:
+            scan = scan_fhir(
+                connection, files, bundle=bundle, mapping=mapping, max_line_bytes=MAX_LINE_BYTES, examples=EXPLAINED
+            )
+    except _SOURCE_ERRORS(duckdb) as exc:
+        # Not JSON at all somewhere (or a line over the limit): found line by line, in bounded memory.
+        if bundle:
+            return _read_by_record(files, bundle, mapping, findings, summary)
+        for path in files:
+            _scan_lines(path, findings)
+        if not findings.has_errors:
+            findings.add(f"cannot be scanned ({_engine_error(exc)})")
+        return None, findings.problems, summary
+    if scan.flagged:
+        _explain(scan, bundle, mapping, findings)
+        if not findings.has_errors:  # flagged by the engine, valid for fhir.resources: the exact reader decides
+            logger.info(
+                "the scan flagged %d record(s) the record-by-record reader accepts; reading record by record",
+                scan.flagged,
+            )
+            return _read_by_record(
+                files, bundle, mapping, Findings(findings.file, findings.row_label, findings.column_label), summary
+            )
+        return None, findings.problems, summary
+    return _from_scan(scan, files, bundle, mapping, findings, summary)
+
+
+EXPLAINED = 200
+
+
+def _SOURCE_ERRORS(duckdb: Any) -> tuple[type[BaseException], ...]:  # noqa: N802 - a tuple of exception types
+    """What a file (not the query) makes the engine raise: unreadable, not JSON, over a size limit, out of memory."""
+    return (
+        duckdb.IOException,
+        duckdb.InvalidInputException,
+        duckdb.ConversionException,
+        duckdb.OutOfMemoryException,
+    )
+
+
+"""How many flagged records the reader explains one by one; the rest are counted by reason."""
+
+
+def _bundle_shape_ok(path: Path, settings: EngineSettings) -> bool:
+    """Whether the file is a JSON Bundle whose entries the engine can scan (else the exact reader says why)."""
+    import duckdb
+
+    try:
+        with connect(settings) as connection:
+            row = connection.execute(
+                "SELECT json_extract_string(json, '$.resourceType'), json_type(json, '$.entry'), "
+                "json_array_length(json, '$.entry') "
+                f"FROM read_json_objects({quote(str(path))}, format = 'unstructured', "
+                f"maximum_object_size = {path.stat().st_size + 1})"
+            ).fetchall()
+    except (duckdb.Error, OSError):
+        return False
+    return len(row) == 1 and row[0][0] == "Bundle" and row[0][1] == "ARRAY" and bool(row[0][2])
+
+
+def _engine_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _from_scan(
+    scan: ScanResult,
+    files: list[Path],
+    bundle: bool,
+    mapping: FhirMapping,
+    findings: Findings,
+    summary: dict[str, Any],
+) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
+    """The summary, stays and daily records of a clean scan, in the words of the record-by-record reader."""
+    details: list[tuple[str, str]] = summary["details"]
+    kinds = ", ".join(f"{k} {v:,}" for k, v in scan.ignored)
+    details.append(
+        (
+            "resources",
+            f"{scan.resources:,} in {len(files)} file(s): Encounter {scan.encounters:,}, "
+            f"Location {scan.locations:,}" + (f", ignored {kinds}" if kinds else ""),
+        )
+    )
+    classes = ", ".join(mapping.encounter_classes)
+    details.append(("inpatient encounters", f"{scan.inpatient:,} of {scan.total:,} (class in {classes})"))
+    left = [f"status {k}: {v:,}" for k, v in scan.skipped_status]
+    left += [f"class {k}: {v:,}" for k, v in scan.skipped_class]
+    if left:
+        details.append(("left out", ", ".join(left)))
+    if scan.outside_total:
+        shown = ", ".join(f"{k}: {v:,}" for k, v in scan.outside)
+        details.append(("not a unit", f"{scan.outside_total:,} stays at locations not in [fhir] units ({shown})"))
+    stays = scan.stays if scan.stays is not None else empty_stays()
+    if stays.empty:
+        if not scan.inpatient:
+            found = ", ".join(f"{k} ({v:,})" for k, v in scan.skipped_class) or "none"
+            findings.add(
+                f"no Encounter has an inpatient class ({classes}); found classes {found}; "
+                "set [fhir] encounter-classes in the mapping file if your server codes stays differently",
+                column="class",
+            )
+            return None, findings.problems, summary
+    else:
+        details.append(("stays", f"{len(stays):,} location stays of inpatient encounters"))
+    summary["encounters"] = len(stays)
+    summary["open_stays"] = int(stays[DISCHARGE_TIME].isna().sum())
+    daily = scan.daily
+    if stays.empty or daily is None:
+        findings.add("no inpatient stay in any unit; expected at least one (check the mapping: docs/data.md)")
+        return None, findings.problems, summary
+    if scan.overlaps and scan.overlap_at is not None:  # as finish() words it, counted in the engine
+        file, ordinal, record, field_name = scan.overlap_at
+        findings.add(
+            f"{scan.overlaps} stay(s) begin while the same patient's previous stay is still open; first here; "
+            "both are counted in the census until the first ends",
+            file=str(file),
+            row=int(ordinal),
+            record=str(record),
+            column=str(field_name),
+            severity="warning",
+        )
+    summary.update(frequency="daily", gaps=0, daily_rows=len(daily))
+    summary["units"] = sorted(daily[UNIT].unique().tolist())
+    summary["date_start"] = f"{daily['date'].min():%Y-%m-%d}"
+    summary["date_end"] = f"{daily['date'].max():%Y-%m-%d}"
+    if not bundle:  # the engine numbers objects; a problem names the line an editor shows
+        findings.problems[:] = _lines_named(findings.problems)
+    summary["daily"] = daily
+    return stays, findings.problems, summary
+
+
+def _lines_named(problems: list[Problem]) -> list[Problem]:
+    wanted: dict[str, set[int]] = {}
+    for problem in problems:
+        if problem.row is not None:
+            wanted.setdefault(problem.file, set()).add(problem.row)
+    lines = {file: lines_of_ordinals(Path(file), ordinals) for file, ordinals in wanted.items()}
+    return [dataclasses.replace(p, row=lines[p.file].get(p.row, p.row)) if p.row is not None else p for p in problems]
+
+
+def _explain(scan: ScanResult, bundle: bool, mapping: FhirMapping, findings: Findings) -> None:
+    """The first flagged records, parsed and checked by the record-by-record reader; the rest counted."""
+    collected = _Collected()
+    before = len(findings.problems)
+    by_file: dict[str, list[int]] = {}
+    for file, ordinal in scan.examples:
+        by_file.setdefault(file, []).append(ordinal)
+    for file, ordinals in by_file.items():
+        if bundle:
+            records = [(n, raw) for n, raw in _bundle_entries(Path(file), Findings(file)) if n in set(ordinals)]
+            for n in set(ordinals) - {n for n, _ in records}:
+                findings.add("entry without a resource; expected entry.resource", file=file, row=n, column="resource")
+        else:
+            records = list(_ndjson_lines(Path(file), findings, only=set(ordinals)))
+        for row, raw in records:
+            _parse(raw, file, row, "entry" if bundle else "line", mapping, collected, findings)
+    stays = _Stays(mapping, collected, findings, []).build()
+    if stays is not None and not stays.empty:
+        finish(
+            stays,
+            findings,
+            {},
+            {
+                ADMIT_TIME: lambda i: str(stays.at[i, "_admit_field"]),
+                DISCHARGE_TIME: lambda i: str(stays.at[i, "_discharge_field"]),
+            },
+        )
+    # Problems about the set explained rather than a record ("no inpatient stay") say nothing here.
+    findings.problems[before:] = [p for p in findings.problems[before:] if p.row is not None and p.severity == "error"]
+    if findings.has_errors and scan.flagged > len(scan.examples):
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in scan.flagged_reasons)
+        findings.add(
+            f"... and {scan.flagged - len(scan.examples):,} more record(s) with problems, not listed "
+            f"({scan.flagged:,} in all: {reasons}); fix these and validate again"
+        )
+
+
+def _read_by_record(
+    files: list[Path], bundle: bool, mapping: FhirMapping, findings: Findings, summary: dict[str, Any]
+) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
+    """The record-by-record reader: every resource parsed by ``fhir.resources`` (exact, slow; for odd sources)."""
+    details: list[tuple[str, str]] = summary["details"]
+    details.clear()
     collected = _Collected()
     for path in files:
         records = _bundle_entries(path, findings) if bundle else _ndjson_lines(path, findings)
@@ -167,38 +370,109 @@ def read_fhir(location: Path, mapping: FhirMapping) -> tuple[pd.DataFrame | None
 
 
 # ---------------------------------------------------------------------- reading resources
-def _ndjson_lines(path: Path, findings: Findings) -> list[tuple[int, Any]]:
-    """(line number, JSON value) of every non-blank line; unreadable lines are reported."""
-    out: list[tuple[int, Any]] = []
+class _Capped:
+    """Line-level problems of one kind, the first few listed and the rest counted (a file of a million bad lines)."""
+
+    def __init__(self, findings: Findings, path: Path) -> None:
+        self.findings = findings
+        self.path = path
+        self.counts: Counter[str] = Counter()
+
+    def add(self, kind: str, message: str, row: int, column: str | None = None) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= PROBLEMS_PER_CHECK:
+            self.findings.add(message, file=str(self.path), row=row, column=column)
+
+    def close(self) -> None:
+        for kind, count in self.counts.items():
+            if count > PROBLEMS_PER_CHECK:
+                self.findings.add(
+                    f"... and {count - PROBLEMS_PER_CHECK:,} more line(s) {kind} (not listed)", file=str(self.path)
+                )
+
+
+def _ndjson_lines(path: Path, findings: Findings, *, only: set[int] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of every non-blank line, streamed; unreadable lines are reported.
+
+    Memory is bounded by :data:`MAX_LINE_BYTES` whatever the file: a longer line is measured
+    while it is skipped, never held. ``only``: just the n-th non-blank lines (1-based) the
+    scan engine flagged; the others are counted, not parsed.
+    """
     try:
         handle = path.open("rb")
     except OSError as exc:
         findings.add(f"cannot be read: {exc.strerror or exc}", file=str(path))
-        return out
+        return
+    capped = _Capped(findings, path)
+    last = max(only) if only else None
+    ordinal = 0
+    found = False
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if len(line) > MAX_LINE_BYTES:
-                findings.add(
-                    f"line of {len(line):,} bytes; expected one resource of at most {MAX_LINE_BYTES:,} bytes per line",
-                    file=str(path),
-                    row=number,
+        number = 0
+        while True:
+            line = handle.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                break
+            number += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                size = len(line)
+                while True:  # the rest of the line, measured in fixed-size pieces
+                    piece = handle.readline(1 << 20)
+                    size += len(piece)
+                    if not piece or piece.endswith(b"\n"):
+                        break
+                ordinal += 1
+                capped.add(
+                    "longer than the limit",
+                    f"line of {size:,} bytes; expected one resource of at most {MAX_LINE_BYTES:,} bytes per line",
+                    number,
                 )
                 continue
             if not line.strip():
                 continue
+            ordinal += 1
+            if only is not None:
+                if ordinal not in only:
+                    if last is not None and ordinal > last:
+                        break
+                    continue
             try:
-                out.append((number, json.loads(line.decode("utf-8"))))
+                value = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                findings.add(
-                    f"not UTF-8 (byte 0x{line[exc.start]:02x}); expected UTF-8 JSON", file=str(path), row=number
+                capped.add(
+                    "that are not UTF-8", f"not UTF-8 (byte 0x{line[exc.start]:02x}); expected UTF-8 JSON", number
                 )
+                continue
             except (ValueError, RecursionError) as exc:
-                findings.add(
-                    f"not JSON ({_short(exc)}); expected one JSON resource per line", file=str(path), row=number
+                capped.add(
+                    "that are not JSON", f"not JSON ({_short(exc)}); expected one JSON resource per line", number
                 )
-    if not out and not findings.has_errors:
+                continue
+            found = True
+            yield number, value
+    capped.close()
+    if only is None and not found and not findings.has_errors:
         findings.add("holds no resource; expected one JSON resource per line", file=str(path))
-    return out
+
+
+def _scan_lines(path: Path, findings: Findings) -> None:
+    """Every line checked as JSON and as a resource (an object with a resourceType), nothing more: bounded, fast."""
+    capped = _Capped(findings, path)
+    for number, value in _ndjson_lines(path, findings):
+        if not isinstance(value, dict):
+            capped.add(
+                "that are not objects",
+                f"is a JSON {type(value).__name__}; expected a FHIR resource (an object)",
+                number,
+            )
+        elif not isinstance(value.get("resourceType"), str):
+            capped.add(
+                "without a resourceType",
+                "has no resourceType; expected a FHIR resource",
+                number,
+                column="resourceType",
+            )
+    capped.close()
 
 
 def _bundle_entries(path: Path, findings: Findings) -> list[tuple[int, Any]]:

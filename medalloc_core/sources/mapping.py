@@ -30,6 +30,7 @@ DEFAULT_SKIPPED_STATUSES: tuple[str, ...] = ("planned", "cancelled", "entered-in
 
 OmopLevel = Literal["auto", "visit_detail", "visit_occurrence"]
 CareSiteName = Literal["care_site_name", "care_site_source_value", "care_site_id"]
+MissingCareSite = Literal["hospital", "refuse"]
 LocationName = Literal["name", "reference"]
 
 
@@ -60,6 +61,18 @@ class OmopMapping:
         Care site (by its ``unit_name`` value) -> unit name. Empty: every care site of an
         inpatient stay is a unit. Otherwise only the listed care sites are units (several may
         map to one unit); stays elsewhere are left out and counted in the summary.
+    timezone : str (default: "")
+        IANA time zone of the hospital (e.g. ``"Europe/London"``). A date-time written with
+        ``Z`` or a UTC offset (``1996-08-21T00:00:00Z``, as the OMOP community's export tools
+        write them; a PostgreSQL ``timestamptz``) is converted to it before its calendar day is
+        taken. Empty: the wall clock as written, offset dropped. Times without an offset (the
+        CDM's convention) are local times and kept as they are.
+    missing_care_site : {"hospital", "refuse"} (default: "hospital")
+        What a stay without a care site is (many CDMs, claims-derived ones especially, have no
+        visit-level care site). ``hospital``: counted in one hospital-wide unit named
+        ``hospital_unit``, with a warning that says how many; ``refuse``: an error per stay.
+    hospital_unit : str (default: "Hospital")
+        The name of that hospital-wide unit.
     """
 
     schema: str = ""
@@ -67,6 +80,9 @@ class OmopMapping:
     level: OmopLevel = "auto"
     unit_name: CareSiteName = "care_site_name"
     units: Mapping[str, str] = field(default_factory=dict)
+    timezone: str = ""
+    missing_care_site: MissingCareSite = "hospital"
+    hospital_unit: str = "Hospital"
 
     def __post_init__(self) -> None:
         if not self.inpatient_visit_concepts:
@@ -78,6 +94,13 @@ class OmopMapping:
                 "[omop] unit-name must be 'care_site_name', 'care_site_source_value' or 'care_site_id', "
                 f"got {self.unit_name!r}"
             )
+        if self.missing_care_site not in ("hospital", "refuse"):
+            raise MappingError(
+                f"[omop] missing-care-site must be 'hospital' or 'refuse', got {self.missing_care_site!r}"
+            )
+        if not self.hospital_unit.strip():
+            raise MappingError("[omop] hospital-unit is empty; expected a unit name such as 'Hospital'")
+        _check_timezone("omop", self.timezone)
         _check_units("omop", self.units)
 
 
@@ -115,23 +138,59 @@ class FhirMapping:
             raise MappingError("[fhir] encounter-classes is empty; expected at least one class code such as 'IMP'")
         if self.unit_name not in ("name", "reference"):
             raise MappingError(f"[fhir] unit-name must be 'name' or 'reference', got {self.unit_name!r}")
-        if self.timezone:
-            try:
-                ZoneInfo(self.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise MappingError(
-                    f"[fhir] timezone {self.timezone!r} is not a known IANA time zone; expected e.g. 'Europe/London'"
-                ) from None
+        _check_timezone("fhir", self.timezone)
         _check_units("fhir", self.units)
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """How much of the machine reading a source may use: the scan engine's memory and threads.
+
+    Sources are scanned by DuckDB (NDJSON, Bundles, encounter CSV/Parquet) or counted inside
+    their own database (OMOP); these settings bound what that costs the node, whatever the size
+    of the export: past ``memory_limit`` the engine spills to a temporary folder instead of
+    growing. The stays kept for patient-level privacy are held in memory besides (about 60
+    bytes a stay).
+
+    Parameters
+    ----------
+    memory_limit : str (default: "512MB")
+        DuckDB's ``memory_limit`` (``"256MB"``, ``"2GB"``).
+    threads : int (default: 2)
+        DuckDB's worker threads.
+    statement_timeout_s : int (default: 300)
+        The longest one query of an OMOP database may run, and how long a connection may take
+        to answer, before the read is refused with a message that says so.
+    """
+
+    memory_limit: str = "512MB"
+    threads: int = 2
+    statement_timeout_s: int = 300
+
+    def __post_init__(self) -> None:
+        import re
+
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", self.memory_limit):
+            raise MappingError(
+                f"[engine] memory-limit must be a size such as '512MB' or '2GB', got {self.memory_limit!r}"
+            )
+        if not 1 <= self.threads <= 256:
+            raise MappingError(f"[engine] threads must be a whole number from 1 to 256, got {self.threads!r}")
+        if not 1 <= self.statement_timeout_s <= 86400:
+            raise MappingError(
+                f"[engine] statement-timeout-s must be a whole number of seconds from 1 to 86400, "
+                f"got {self.statement_timeout_s!r}"
+            )
+
+
+@dataclass(frozen=True)
 class SourceMapping:
-    """The mapping of one site: its OMOP and FHIR sections (only the one its source uses matters)."""
+    """The mapping of one site: its OMOP and FHIR sections (only the one its source uses matters), and engine limits."""
 
     omop: OmopMapping = field(default_factory=OmopMapping)
     fhir: FhirMapping = field(default_factory=FhirMapping)
     path: Path | None = None  # the file it was read from, for messages
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     @classmethod
     def from_toml(cls, path: Path) -> SourceMapping:
@@ -150,14 +209,18 @@ class SourceMapping:
             raise MappingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise MappingError(f"{path}: not valid TOML ({exc})") from None
-        unknown = sorted(set(raw) - {"omop", "fhir"})
+        unknown = sorted(set(raw) - {"omop", "fhir", "engine"})
         if unknown:
-            raise MappingError(f"{path}: unknown section(s) {unknown}; expected [omop] and/or [fhir]")
+            raise MappingError(
+                f"{path}: unknown section(s) {unknown}; "
+                "expected [omop] and/or [fhir] (and [engine] for the scan limits)"
+            )
         try:
             return cls(
                 omop=_section(OmopMapping, raw.get("omop", {}), "omop"),
                 fhir=_section(FhirMapping, raw.get("fhir", {}), "fhir"),
                 path=path,
+                engine=_section(EngineSettings, raw.get("engine", {}), "engine"),
             )
         except MappingError as exc:
             raise MappingError(f"{path}: {exc}") from None
@@ -181,6 +244,10 @@ def _section(kind: type, raw: Any, name: str) -> Any:
 
 def _typed(where: str, value: Any, default: Any) -> Any:
     """``value`` checked against the type of the field's default (str, tuple of int/str, table of str)."""
+    if isinstance(default, int) and not isinstance(default, bool):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MappingError(f"{where} must be a whole number, got {value!r}")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str):
             raise MappingError(f"{where} must be a string, got {value!r}")
@@ -201,3 +268,13 @@ def _check_units(section: str, units: Mapping[str, str]) -> None:
     for key, unit in units.items():
         if not str(unit).strip():
             raise MappingError(f"[{section}] units maps {key!r} to an empty unit name; expected a name such as 'ICU'")
+
+
+def _check_timezone(section: str, zone: str) -> None:
+    if zone:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise MappingError(
+                f"[{section}] timezone {zone!r} is not a known IANA time zone; expected e.g. 'Europe/London'"
+            ) from None

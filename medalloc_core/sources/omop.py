@@ -10,7 +10,10 @@ needs them), and nothing here logs or returns them except in the stays frame its
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.stays import (
     TIME_EXPECTED,
     Findings,
+    _int_or_none,
     empty_stays,
     finish,
     parse_ints,
@@ -109,7 +113,7 @@ class _Source:
 class _Database(_Source):
     """A CDM in a SQL database, opened read-only: SQLite file or PostgreSQL server."""
 
-    def __init__(self, url: str, schema: str, label: str | None = None) -> None:
+    def __init__(self, url: str, schema: str, label: str | None = None, timeout_s: int = 300) -> None:
         try:
             from sqlalchemy import create_engine, inspect
             from sqlalchemy.engine import make_url
@@ -143,23 +147,45 @@ class _Database(_Source):
             if not parsed.database or not path.is_file():
                 raise DataContractError([_problem(self.display, "no such SQLite database file")])
             uri = f"file:{path.resolve()}?mode=ro"
-            import sqlite3
-
-            self.engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
+            self.engine = create_engine("sqlite://", creator=lambda: _sqlite_connection(uri, timeout_s))
         else:
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")
             self.engine = create_engine(
                 parsed,
                 connect_args={
-                    "connect_timeout": _CONNECT_TIMEOUT_S,
-                    # Every transaction read-only: validating or training never writes to the CDM.
-                    "options": "-c default_transaction_read_only=on",
+                    "connect_timeout": min(_CONNECT_TIMEOUT_S, timeout_s),
+                    # Every transaction read-only: validating or training never writes to the CDM; no
+                    # query or lock wait runs past the node's limit (a server that stops answering
+                    # mid-query is caught by the TCP keepalives and the client-side deadline below).
+                    "options": (
+                        "-c default_transaction_read_only=on "
+                        f"-c statement_timeout={timeout_s * 1000} -c lock_timeout={timeout_s * 1000} "
+                        f"-c idle_in_transaction_session_timeout={timeout_s * 1000}"
+                    ),
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": timeout_s * 1000,
                 },
             )
+        self.timeout_s = timeout_s
         try:
-            self._inspector = inspect(self.engine)
-            self._names = {n.lower(): n for n in self._inspector.get_table_names(schema=self.schema or None)}
+            with _deadline(min(_CONNECT_TIMEOUT_S, timeout_s) + 5 if backend == "postgresql" else None):
+                self._inspector = inspect(self.engine)
+                self._names = {n.lower(): n for n in self._inspector.get_table_names(schema=self.schema or None)}
+        except _NoAnswer:
+            self.engine.dispose()
+            raise DataContractError(
+                [
+                    _problem(
+                        self.display,
+                        f"the database did not answer within {min(_CONNECT_TIMEOUT_S, timeout_s) + 5} s; "
+                        "expected a PostgreSQL server at that address (check the host, port and firewall)",
+                    )
+                ]
+            ) from None
         except Exception as exc:  # noqa: BLE001 - any driver error is one clear line, never a traceback
             self.engine.dispose()
             raise DataContractError([_problem(self.display, _db_error(exc))]) from None
@@ -249,7 +275,7 @@ class _Export(_Source):
 
 
 def read_omop(
-    location: str, mapping: OmopMapping, *, database: bool, label: str | None = None
+    location: str, mapping: OmopMapping, *, database: bool, label: str | None = None, timeout_s: int = 300
 ) -> tuple[pd.DataFrame | None, list, dict[str, Any]]:
     """Read a CDM into typed stays, checked record by record.
 
@@ -264,6 +290,9 @@ def read_omop(
     label
         How problems name the database (default: the URL, password hidden); an SQLite file
         given by its path is named by that path.
+    timeout_s
+        The longest a query may run (PostgreSQL ``statement_timeout``; SQLite interrupted by a
+        progress handler), and the bound on connecting to a server that does not answer.
 
     Returns
     -------
@@ -280,7 +309,7 @@ def read_omop(
     OmopUnavailable
         When a database is given but the ``omop`` extra is not installed.
     """
-    source: _Source = _Database(location, mapping.schema, label) if database else _Export(Path(location))
+    source: _Source = _Database(location, mapping.schema, label, timeout_s) if database else _Export(Path(location))
     try:
         return _Reader(source, mapping).run()
     finally:
@@ -452,7 +481,7 @@ class _Reader:
         for column in (date_col, time_col):  # the datetime, when present, wins
             if column not in table.frame:
                 continue
-            parsed, invalid = parse_times(table.frame[column])
+            parsed, invalid = parse_times(table.frame[column], self.mapping.timezone)
             values = table.frame[column]
             self.findings.records(
                 origin,
@@ -561,14 +590,32 @@ class _Reader:
         """Each stay's unit from its care site; stays outside the mapped units are left out."""
         column = self.mapping.unit_name
         no_site = stays["_site"].isna()
-        self.findings.records(
-            stays,
-            no_site,
-            "care_site_id",
-            lambda i: f"empty care_site_id; expected the care site (unit) of this stay in {stays.at[i, '_table']}",
-        )
-        if self.findings.has_errors:
-            return None
+        if self.mapping.missing_care_site == "refuse":
+            self.findings.records(
+                stays,
+                no_site,
+                "care_site_id",
+                lambda i: (
+                    f"empty care_site_id; expected the care site (unit) of this stay in {stays.at[i, '_table']} "
+                    "(or set [omop] missing-care-site = 'hospital' to count such stays in one hospital-wide unit)"
+                ),
+            )
+            if self.findings.has_errors:
+                return None
+        elif no_site.any():
+            hospital = self.mapping.hospital_unit
+            first = no_site.index[no_site.to_numpy()][0]
+            self.findings.add(
+                f"{int(no_site.sum()):,} of {len(stays):,} stay(s) have no care_site_id; they are counted in one "
+                f"hospital-wide unit {hospital!r} (first here; set [omop] missing-care-site = 'refuse' to refuse "
+                "them, or hospital-unit to name that unit)",
+                file=str(stays.at[first, "_file"]),
+                row=_int_or_none(stays.at[first, "_row"]),
+                record=str(stays.at[first, "_record"]),
+                column="care_site_id",
+                severity="warning",
+            )
+            self.details.append(("hospital-wide", f"{int(no_site.sum()):,} stays without a care site, in {hospital!r}"))
         if column == "care_site_id":
             names = stays["_site"].astype(str)
         else:
@@ -594,7 +641,7 @@ class _Reader:
                 return None
             label = sites.frame[column].map(lambda v: None if v is None else str(v).strip() or None)
             lookup = pd.Series(label.to_numpy(), index=site_id.to_numpy())
-            unknown = ~stays["_site"].isin(lookup.index).fillna(False).astype(bool)
+            unknown = ~no_site & ~stays["_site"].isin(lookup.index).fillna(False).astype(bool)
             self.findings.records(
                 stays,
                 unknown,
@@ -604,7 +651,7 @@ class _Reader:
                 ),
             )
             names = stays["_site"].map(lookup)
-            nameless = ~unknown & names.isna()
+            nameless = ~no_site & ~unknown & names.isna()
             self.findings.records(
                 stays,
                 nameless,
@@ -613,6 +660,7 @@ class _Reader:
             )
             if self.findings.has_errors:
                 return None
+        names = names.astype(object).where(~no_site, self.mapping.hospital_unit)
         if self.mapping.units:
             units = {str(k): v for k, v in self.mapping.units.items()}
             mapped = names.map(units)
@@ -628,6 +676,74 @@ class _Reader:
         else:
             stays = stays.assign(**{UNIT: names})
         return stays.drop(columns=["_site"])
+
+
+# SQLite guards: a value longer than this (a generated zeroblob column) is an error, not gigabytes.
+SQLITE_MAX_VALUE_BYTES = 1 << 20
+_SQLITE_LIMIT_LENGTH = 0  # sqlite3.SQLITE_LIMIT_LENGTH
+
+
+def _sqlite_connection(uri: str, timeout_s: int) -> Any:
+    """A read-only SQLite connection bounded in value size and time (a recursive view or trigger cannot hang it)."""
+    import sqlite3
+    import time
+
+    connection = sqlite3.connect(uri, uri=True, factory=_TimedConnection)
+    connection.setlimit(getattr(sqlite3, "SQLITE_LIMIT_LENGTH", _SQLITE_LIMIT_LENGTH), SQLITE_MAX_VALUE_BYTES)
+    connection.timeout_s = timeout_s
+
+    def over_time() -> int:  # a non-zero answer interrupts the statement ("interrupted")
+        return 1 if time.monotonic() > connection.deadline else 0
+
+    connection.set_progress_handler(over_time, 100_000)
+    connection.execute("PRAGMA query_only = 1")
+    connection.execute("PRAGMA trusted_schema = 0")  # views and triggers may not call unsafe functions
+    return connection
+
+
+class _TimedConnection(sqlite3.Connection):
+    """An SQLite connection whose every statement (and the fetching of its rows) has ``timeout_s`` to finish."""
+
+    timeout_s: float = 300.0
+    deadline: float = float("inf")
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        import time
+
+        self.deadline = time.monotonic() + self.timeout_s
+        return super().cursor(*args, **kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        import time
+
+        self.deadline = time.monotonic() + self.timeout_s
+        return super().execute(*args, **kwargs)
+
+
+class _NoAnswer(Exception):
+    """The server did not answer before the deadline."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Raise _NoAnswer if the block runs past ``seconds`` (main thread only; elsewhere the driver's timeouts apply)."""
+    import signal
+    import threading
+
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _NoAnswer
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _subset(table: _Table, rows: pd.Index) -> _Table:

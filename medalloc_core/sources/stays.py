@@ -36,8 +36,13 @@ from medalloc_core.encounters import DATE_DTYPE, encounters_to_daily
 PROBLEMS_PER_CHECK = 50
 FIRST_DATE = pd.Timestamp("1678-01-01")
 LAST_DATE = pd.Timestamp("2261-12-31 23:59:59")
-_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?")
-TIME_EXPECTED = "expected an ISO date YYYY-MM-DD or date-time YYYY-MM-DD HH:MM[:SS] (no UTC offset)"
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-](?:0\d|1[0-4])(?::?[0-5]\d)?)?)?")
+_OFFSET = re.compile(r"(?:Z|[+-](?:0\d|1[0-4])(?::?[0-5]\d)?)$")
+_TIMED_OFFSET = re.compile(r"[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-](?:0\d|1[0-4])(?::?[0-5]\d)?)$")
+TIME_EXPECTED = (
+    "expected an ISO date YYYY-MM-DD or date-time YYYY-MM-DD HH:MM[:SS] "
+    "(T instead of the space, and Z or a UTC offset such as +01:00, allowed)"
+)
 
 ORIGIN_COLUMNS: tuple[str, ...] = ("_file", "_row", "_record")
 STAY_COLUMNS: tuple[str, ...] = (ENCOUNTER_ID, PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME)
@@ -119,12 +124,18 @@ def show(value: Any) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def parse_times(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Database or text date/date-time values as naive ``datetime64[ns]``, and a mask of invalid ones.
+def parse_times(values: pd.Series, zone: str = "") -> tuple[pd.Series, pd.Series]:
+    """Database or text date/date-time values as naive local ``datetime64[ns]``, and a mask of invalid ones.
 
-    Accepts ``datetime``/``date`` objects (from a database driver) and ISO text without an
-    offset (from exported files and SQLite); missing values are NaT and not invalid. Values
-    outside 1678-01-01 .. 2261-12-31 (what nanosecond timestamps hold) are invalid.
+    Accepts ``datetime``/``date`` objects (from a database driver) and ISO 8601 text (from
+    exported files and SQLite) as real exports write it: a space or ``T`` between date and
+    time, optional fractional seconds, and optionally ``Z`` or a UTC offset (``+01:00``,
+    ``-0500``). A time that carries an offset (text, or a driver's aware ``datetime``) is
+    converted to ``zone`` (the site's IANA time zone) before its wall clock is kept, so a
+    stay is counted on the hospital's local calendar day; with no ``zone`` the offset is
+    dropped and the wall clock kept as written (as the FHIR reader does). Missing values are
+    NaT and not invalid. Values outside 1678-01-01 .. 2261-12-31 (what nanosecond timestamps
+    hold) are invalid.
     """
     out = pd.Series(pd.NaT, index=values.index, dtype=DATE_DTYPE)
     invalid = pd.Series(False, index=values.index)
@@ -137,20 +148,50 @@ def parse_times(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     invalid.loc[objects.index[~(objects | texts)]] = True
     held = values[present][objects]
     if len(held):
-        # A driver's timestamps: keep the wall clock (OMOP datetimes are local and carry no zone).
-        naive = [v.replace(tzinfo=None) if isinstance(v, dt.datetime) else v for v in held]
+        # A driver's timestamps: aware ones converted to the site's zone, naive ones (OMOP's usual) kept.
+        naive = [_local(v, zone) if isinstance(v, dt.datetime) else v for v in held]
         stamps = pd.to_datetime(pd.Series(naive, index=held.index, dtype=object), errors="coerce")
         fits = stamps.notna() & stamps.between(FIRST_DATE, LAST_DATE)
         out.loc[fits.index[fits]] = stamps[fits].astype(DATE_DTYPE)
         invalid.loc[fits.index[~fits]] = True
     text = values[present][texts].astype(str).str.strip()
     well_formed = text.str.fullmatch(_ISO.pattern).fillna(False).astype(bool)
-    parsed = pd.to_datetime(text.where(well_formed), format="ISO8601", errors="coerce")
+    candidate = text.where(well_formed)
+    has_offset = candidate.str.contains(_TIMED_OFFSET.pattern, regex=True).fillna(False).astype(bool) & well_formed
+    parsed = pd.Series(pd.NaT, index=text.index, dtype=DATE_DTYPE)
+    plain = well_formed & ~has_offset
+    if plain.any():
+        parsed.loc[plain[plain].index] = pd.to_datetime(candidate[plain], format="ISO8601", errors="coerce").astype(
+            DATE_DTYPE
+        )
+    if has_offset.any():
+        parsed.loc[has_offset[has_offset].index] = _offset_times(candidate[has_offset], zone)
     in_range = parsed.notna() & parsed.between(FIRST_DATE, LAST_DATE)
     out.loc[in_range.index[in_range]] = parsed[in_range].astype(DATE_DTYPE)
     empty_text = text.eq("")
     invalid.loc[text.index[~in_range & ~empty_text]] = True
     return out, invalid
+
+
+def _local(value: dt.datetime, zone: str) -> dt.datetime:
+    """An aware datetime as the site's wall clock (naive); a naive one as it is."""
+    if value.tzinfo is not None and zone:
+        from zoneinfo import ZoneInfo
+
+        try:
+            value = value.astimezone(ZoneInfo(zone))
+        except (OverflowError, ValueError):  # out of range after conversion: reported as invalid
+            return value.replace(tzinfo=None)
+    return value.replace(tzinfo=None)
+
+
+def _offset_times(text: pd.Series, zone: str) -> pd.Series:
+    """ISO text with ``Z`` or an offset as naive local times: converted to ``zone``, or the offset dropped."""
+    if not zone:
+        wall = text.str.replace(_OFFSET.pattern, "", regex=True)
+        return pd.to_datetime(wall, format="ISO8601", errors="coerce").astype(DATE_DTYPE)
+    aware = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    return aware.dt.tz_convert(zone).dt.tz_localize(None).astype(DATE_DTYPE)
 
 
 def parse_ints(values: pd.Series) -> tuple[pd.Series, pd.Series]:

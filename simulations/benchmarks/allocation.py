@@ -116,7 +116,7 @@ class NeuralSettings:
     history: int = 28  # the pretrained weights' shape
     hidden: int = 64
     batch_size: int = 256
-    lr: float = 0.0003
+    lr: float = 0.001  # the default scenario's
     epsilon_budget: float = 1.0  # per patient (stays up to 14 nights): each node's release and lifetime budget
     delta: float = 1e-6
 
@@ -221,12 +221,14 @@ def neural_forecasts(
         spec = saved.spec  # the window the federation trained on (the hybrid adds its own channels)
         for hid in hospitals:
             records = load_unit_records(region / f"{hid}.csv")
-            federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid))
             ledger = PrivacyLedger.load(simulated_ledger_path(region, config.task, hid))
             eps_fed[hid] = eps_local[hid] = ledger.epsilon_spent()  # one release serves both
             store = ReleaseStore.open(default_release_path(ledger.path))
             if store.plan is None:
                 raise ValueError(f"hospital {hid} released nothing: no local-only model at equal privacy")
+            # the bands the node gets from `medalloc forecast --release`: freed of the release noise
+            noise_sd = dict(store.plan.noise_sd)
+            federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid, noise_sd=noise_sd))
             released = prepare_hospital(store.records(), spec)
             # local-only starts where the federation started: the public weights, or a seeded init
             model = load_pretrained(saved.config) if s.init == "pretrained" else build_model(saved.config, seed=seed)
@@ -236,7 +238,7 @@ def neural_forecasts(
                 config=TrainConfig(epochs=s.rounds * s.local_epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
             )
             dataset = prepare_hospital(records, spec, scaler=released.scaler)
-            local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset))
+            local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset, noise_sd=noise_sd))
         report["local_s"] = time.perf_counter() - began
     report["epsilon"] = {"federated-dp": max(eps_fed.values()), "local-only-dp": max(eps_local.values())}
     return {

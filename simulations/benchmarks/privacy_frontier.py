@@ -3,20 +3,26 @@
     python -m simulations.benchmarks.privacy_frontier [--quick] [--families NAMES] [--epsilons LIST] [--out DIR]
 
 For each scenario family (the default region; many small hospitals; short histories of
-100-200 days; an epidemic shock; an admissions-only region) every method forecasts the same
-rolling origins (8 per unit, one every 14 days over each unit's last 16 weeks) and is scored
-on the hospitals' true counts:
+100-200 days; an epidemic shock; an admissions-only region; and ``regional waves (unseen)``,
+whose generator settings lie outside every range the public pretraining corpus drew from:
+epidemic amplitude 1.5 (corpus 0-0.8), waves every 45-90 days (corpus default 150-330),
+R0 2.6-3.2 (corpus 1.5-2.2), hospitals 0-28 days behind the regional curve (corpus 0-14), no
+winter seasonality) every method forecasts the same rolling origins (8 per unit, one every
+14 days over each unit's last 16 weeks) and is scored on the hospitals' true counts:
 
 - ``federated``: the hybrid model, starting from the public pretrained weights, fine-tuned by
-  federated averaging (5 rounds x 1 local epoch) on every node's counts released once at
-  patient-level epsilon E (``medalloc_core.privacy.release``, the very mechanism a node runs,
-  docs/privacy.md: training on the release is post-processing); at forecast time the node
-  reads its own true recent counts;
+  federated averaging (``ROUNDS`` rounds x 1 local epoch, lr ``FINE_TUNE_LR``, the round with
+  the lowest pinball on the nodes' *released* validation days kept) on every node's counts
+  released once at patient-level epsilon E (``medalloc_core.privacy.release``, the very
+  mechanism a node runs, docs/privacy.md: training on the release is post-processing). It
+  reads the region (``medalloc_core.forecast.region``): the other hospitals' released daily totals up
+  to the day before each origin, post-processing too. At forecast time the node reads its own
+  true recent counts;
 - ``local only DP``: each hospital fine-tunes the same start alone on its release at E;
 - ``local only DP (scratch)``: each hospital alone on its release at E, from the hybrid's own
   initial weights (the classical forecast, no public pretraining; lr 1e-3);
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
-- ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, no privacy;
+- ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, region of true counts, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
 - ``holt_winters``, ``seasonal_naive``, ``moving_average``: refitted at every origin on the hospital's own data;
 - ``fracast``: the zero-shot model from PyPI (optional: ``pip install 'medalloc[zeroshot]'``).
@@ -60,6 +66,7 @@ from medalloc_core.forecast.forecasters import (
     NeuralForecaster,
     SeasonalNaiveForecaster,
 )
+from medalloc_core.forecast.region import regional
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
 
@@ -69,10 +76,14 @@ EPSILONS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, math.inf)
 DELTA = 1e-6
 MAX_STAY_DAYS = 14
 HISTORY, HORIZON = 28, 14  # the pretrained weights' shape
-ROUNDS, LOCAL_EPOCHS = 5, 1
-FINE_TUNE_LR = 3e-4  # small steps from the pretrained start (1e-3 was worse on 4 of 5 families)
+ROUNDS, LOCAL_EPOCHS = 20, 1  # training is free after the release: as many rounds as help, the best kept
+FINE_TUNE_LR = 1e-3  # 3e-4 (the old setting) barely moved the weights in 5 rounds; 3e-3 overfit short histories
 SCRATCH_LR = 1e-3  # from the classical-forecast init there is no pretrained start to stay near
 BATCH = 256
+CONTEXT = (
+    "region",
+    "weeks",
+)  # what the hybrid reads beyond its own window (year-ago did not help: docs/forecasting.md)
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,21 @@ def families(quick: bool) -> list[Family]:
             RegionConfig(hospitals=n(8), days=500, seed=14, short_history_fraction=0.3),
             targets=(ADMISSIONS,),
         ),
+        Family(
+            "regional waves (unseen)",
+            RegionConfig(
+                hospitals=n(8),
+                days=420,
+                seed=15,
+                seasonality_scale=0.0,
+                epidemic_amplitude=1.5,
+                wave_gap_days=(45, 90),
+                wave_r0=(2.6, 3.2),
+                wave_intensity=(0.8, 1.0),
+                max_lag_days=28,
+                short_history_fraction=0.25,
+            ),
+        ),
     ]
 
 
@@ -159,9 +185,23 @@ def release(
 
 
 def _hybrid(*, epochs: int, pretrained: bool = True) -> NeuralForecaster:
-    if pretrained:
-        return NeuralForecaster(model="hybrid", init="pretrained", epochs=epochs, batch_size=BATCH, lr=FINE_TUNE_LR)
-    return NeuralForecaster(model="hybrid", init=None, epochs=epochs, batch_size=BATCH, lr=SCRATCH_LR)
+    init, lr = ("pretrained", FINE_TUNE_LR) if pretrained else (None, SCRATCH_LR)
+    return NeuralForecaster(
+        model="hybrid", init=init, epochs=epochs, batch_size=BATCH, lr=lr, context=CONTEXT, select=True
+    )
+
+
+def with_region(
+    hospitals: dict[str, HospitalData], released: dict[str, HospitalData]
+) -> tuple[dict[str, HospitalData], dict[str, HospitalData]]:
+    """The hospitals' true and released data, each with the region of the others' *released* totals."""
+    rel = {n: h.records for n, h in released.items()}
+    own = regional(rel, {n: h.records for n, h in hospitals.items()})
+    out_released = regional(rel)
+    return (
+        {n: HospitalData(n, own[n], h.spec) for n, h in hospitals.items()},
+        {n: HospitalData(n, out_released[n], h.spec) for n, h in released.items()},
+    )
 
 
 def shortest_hospitals(hospitals: dict[str, HospitalData]) -> list[str]:
@@ -190,31 +230,41 @@ def run_family(
         scored[label] = overall(per)["volume_weighted"] | {"seconds": round(seconds, 1)}
         scored_shortest[label] = overall({n: per[n] for n in shortest})["volume_weighted"]
 
-    def score(label: str, forecaster: Forecaster, train: dict[str, HospitalData] | None = None) -> None:
+    def score(
+        label: str,
+        forecaster: Forecaster,
+        train: dict[str, HospitalData] | None = None,
+        inputs: dict[str, HospitalData] | None = None,
+    ) -> None:
         t0 = time.perf_counter()
         forecaster.fit(train or hospitals)
-        record(label, {n: forecaster.predict(h, origins[n]) for n, h in hospitals.items()}, time.perf_counter() - t0)
+        seen = inputs or hospitals
+        record(label, {n: forecaster.predict(h, origins[n]) for n, h in seen.items()}, time.perf_counter() - t0)
 
     score("holt_winters", HoltWintersForecaster())
     score("seasonal_naive", SeasonalNaiveForecaster())
     score("moving_average", MovingAverageForecaster())
     if zero_shot and Fracast.available():
         score("fracast (zero-shot)", Fracast())
-    score("pretrained (no training)", _hybrid(epochs=0))
-    score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS))
+    true_region, _ = with_region(hospitals, hospitals)
+    score("pretrained (no training)", _hybrid(epochs=0), true_region, true_region)
+    score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS), true_region, true_region)
     for eps in epsilons:
         tag = f"@ {eps:g}"
         released = hospitals if math.isinf(eps) else release(hospitals, epsilon=eps, seed=seed)[0]
+        seen, released = with_region(hospitals, released)
         score(
             f"federated {tag}",
             Federated(_hybrid(epochs=LOCAL_EPOCHS), rounds=ROUNDS, local_epochs=LOCAL_EPOCHS),
             released,
+            seen,
         )
-        score(f"local only DP {tag}", LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS)), released)
+        score(f"local only DP {tag}", LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS)), released, seen)
         score(
             f"local only DP (scratch) {tag}",
             LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS, pretrained=False)),
             released,
+            seen,
         )
         mixed = {n: 0.5 * forecasts[f"federated {tag}"][n] + 0.5 * forecasts["holt_winters"][n] for n in hospitals}
         record(f"federated + HW {tag}", mixed, 0.0)
@@ -280,12 +330,68 @@ def goal_table(result: dict[str, Any]) -> Table:
     def ratio(a: dict[str, float], b: dict[str, float]) -> str:
         return f"{a['pinball'] / b['pinball']:.3f} / {a['wape'] / b['wape']:.3f}"
 
-    table.add_row("centralized (goal <= 1.05)", *[ratio(m[f"federated @ {e:g}"], m["centralized"]) for e in epsilons])
+    table.add_row("centralized", *[ratio(m[f"federated @ {e:g}"], m["centralized"]) for e in epsilons])
     for other in ("local only DP", "local only DP (scratch)"):
         table.add_row(
-            f"{other}, shortest (goal <= 0.8)",
+            f"{other}, shortest (goal <= 0.85)",
             *[ratio(s[f"federated @ {e:g}"], s[f"{other} @ {e:g}"]) for e in epsilons],
         )
+    return table
+
+
+GOALS = (
+    ("fed / initial", 0.96),
+    ("central / initial", 0.93),
+    ("fed / zero-shot", 0.95),
+    ("fed / HW", 0.90),
+    ("shortest fed / local", 0.85),
+)
+
+
+def goal_ratios(result: dict[str, Any], eps: float) -> dict[str, float]:
+    """The issue's goals as pinball ratios at ``eps`` (NaN where a method is absent), plus P10-P90 coverage."""
+    m, s = result["methods"], result["methods_shortest"]
+    fed = m[f"federated @ {eps:g}"]["pinball"]
+
+    def r(a: float, key: str, src: dict[str, Any] = m) -> float:
+        return a / src[key]["pinball"] if key in src else float("nan")
+
+    return {
+        "fed / initial": r(fed, "pretrained (no training)"),
+        "central / initial": r(m["centralized"]["pinball"], "pretrained (no training)"),
+        "fed / zero-shot": r(fed, "fracast (zero-shot)"),
+        "fed / HW": r(fed, "holt_winters"),
+        "shortest fed / local": r(s[f"federated @ {eps:g}"]["pinball"], f"local only DP @ {eps:g}", s),
+        "coverage": m[f"federated @ {eps:g}"]["coverage"],
+    }
+
+
+def summary_table(results: list[dict[str, Any]], eps: float) -> Table:
+    """One row per family: the goals as pinball ratios at ``eps``; a missed goal shows by how much."""
+    table = Table(
+        title=f"goals at patient-level epsilon {_eps_label(eps)} (pinball ratios; '!' = missed, +x = by how much)"
+    )
+    table.add_column("family")
+    for name, goal in GOALS:
+        table.add_column(f"{name} (<= {goal:g})", justify="right")
+    table.add_column("P10-P90 cov. (0.75-0.85)", justify="right")
+    met = {name: 0 for name, _ in GOALS}
+    for result in results:
+        ratios = goal_ratios(result, eps)
+        cells = []
+        for name, goal in GOALS:
+            v = ratios[name]
+            if math.isnan(v):
+                cells.append("n/a")
+            elif v <= goal:
+                met[name] += 1
+                cells.append(f"{v:.3f}")
+            else:
+                cells.append(f"{v:.3f} ! +{v - goal:.3f}")
+        cov = ratios["coverage"]
+        cells.append(f"{cov:.2f}" + ("" if 0.75 <= cov <= 0.85 else " !"))
+        table.add_row(result["family"], *cells)
+    table.add_row("met on", *[f"{met[name]} of {len(results)}" for name, _ in GOALS], "")
     return table
 
 
@@ -341,6 +447,12 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _worker_init() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller regions (about half the hospitals)")
@@ -356,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated patient-level epsilons, 'inf' for no DP (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the (research) release noise")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="families run in parallel processes (same numbers; default 1)"
+    )
     args = parser.parse_args(argv)
     try:
         epsilons = tuple(float(e) for e in args.epsilons.split(","))
@@ -369,13 +484,25 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=200)
     chosen = [f for f in families(args.quick) if not args.families or f.name in args.families.split(",")]
     began = time.perf_counter()
-    results = []
-    for family in chosen:
-        result = run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
-        results.append(result)
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
+            futures = [
+                pool.submit(run_family, f, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
+                for f in chosen
+            ]
+            results = [f.result() for f in futures]
+    else:
+        results = [
+            run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed) for family in chosen
+        ]
+    for result in results:
         console.print(ratio_table(result))
         console.print(goal_table(result))
         console.print(f"  ({result['seconds']:.0f} s)")
+    goal_eps = 1.0 if 1.0 in epsilons else epsilons[0]
+    console.print(summary_table(results, goal_eps))
     if not (Fracast.available() or args.no_zero_shot):
         console.print("fracast not installed: pip install 'medalloc[zeroshot]' to add the zero-shot comparison")
     args.out.mkdir(parents=True, exist_ok=True)

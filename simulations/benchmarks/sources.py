@@ -1,93 +1,353 @@
-"""Benchmark: the same hospital's stays read from every source, side by side with the contract's encounter CSV.
+"""Benchmark: a node reading its own source at hospital scale, beside DuckDB doing the same aggregation.
 
-One generated hospital (``--days`` of records, encounters) is written as an encounter CSV,
-an OMOP CDM (SQLite; CSV and Parquet exports) and a FHIR R4 export (Bulk Data NDJSON and a
-Bundle), with the non-inpatient records real exports hold around the stays. Each is loaded
-with ``medalloc_core.sources.load_source`` (validation and daily records included); the table
-gives the best of ``--repeats`` times, stays per second, and the ratio to the encounter CSV.
-Every source must give the same daily records (checked, or the benchmark fails).
+``python -m simulations.benchmarks.sources [--sizes 0.1,1,10] [--sources csv,parquet,...]``
+
+One small hospital is generated once (the synthetic generator, a year of encounters); each
+size is that hospital copied with new encounter and patient ids until it holds the number of
+encounters asked for, written by DuckDB or plain string copies in seconds (never by the slow
+generator). For every source kind, MedAlloc's reader (``load_source``: validate, stays with
+their patient ids, daily unit records) runs in a child process, and so does a reference:
+DuckDB (or, for SQLite, the database itself) counting the same admissions and discharges per
+unit and day from the same file. Seconds are wall clock; peak memory is the child's maximum
+resident set (``os.wait4``'s ``ru_maxrss``). Goal (issue 23): 10 million encounters from any
+source in <= 2 minutes and <= 1 GB, within 3x the reference.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
-from rich.console import Console
-from rich.table import Table
+SOURCES = ("csv", "parquet", "fhir-ndjson", "fhir-bundle", "omop-sqlite")
+BASE_DAYS = 365
 
+_READ = """
+import sys, time, json
 from medalloc_core.sources import DataSource, load_source
-from medalloc_core.sources.synthetic import fhir_resources, omop_tables, write_fhir, write_omop
-from medalloc_core.synthetic import RegionConfig, generate_region
+from medalloc_core.sources.mapping import EngineSettings, SourceMapping
+start = time.perf_counter()
+mapping = SourceMapping(engine=EngineSettings(memory_limit=sys.argv[2], threads=int(sys.argv[3])))
+data = load_source(DataSource(sys.argv[1], mapping=mapping))
+print(json.dumps({"seconds": time.perf_counter() - start, "stays": len(data.stays), "rows": len(data.records.frame)}))
+"""
 
-
-def _best(repeats: int, source: DataSource) -> tuple[float, pd.DataFrame]:
-    times, frame = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        frame = load_source(source).records.frame
-        times.append(time.perf_counter() - start)
-    assert frame is not None
-    return min(times), frame.reset_index(drop=True)
-
-
-def main() -> None:
-    """Write one hospital in every format, load each, print times and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=365, help="days of records (default 365)")
-    parser.add_argument("--beds", type=int, default=300, help="the hospital's size in beds (default 300)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    logging.getLogger("medalloc_core").setLevel(logging.ERROR)
-    config = RegionConfig(
-        hospitals=1, days=args.days, seed=args.seed, shape="encounters", min_beds=args.beds, max_beds=args.beds
-    )
-    hospital = generate_region(config).hospitals[0]
-    assert hospital.encounters is not None
-    stays = len(hospital.encounters)
-    console = Console(width=140)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        csv = out / "H000.csv"
-        hospital.encounters.to_csv(csv, index=False, date_format="%Y-%m-%d %H:%M:%S")
-        tables = omop_tables(hospital.encounters, hospital_id="H000", seed=args.seed)
-        resources = fhir_resources(hospital.encounters, hospital_id="H000", seed=args.seed)
-        sources = {
-            "encounter CSV (contract)": DataSource(str(csv)),
-            "OMOP SQLite": DataSource(str(write_omop(tables, out / "H000.sqlite", "sqlite"))),
-            "OMOP CSV export": DataSource(str(write_omop(tables, out / "csv.omop", "csv"))),
-            "OMOP Parquet export": DataSource(str(write_omop(tables, out / "parquet.omop", "parquet"))),
-            "FHIR Bulk NDJSON": DataSource(str(write_fhir(resources, out / "H000.fhir", "ndjson"))),
-            "FHIR Bundle": DataSource(str(write_fhir(resources, out / "H000.fhir.json", "bundle"))),
-        }
-        records = {
-            "encounter CSV (contract)": stays,
-            "OMOP SQLite": sum(len(t) for t in tables.values()),
-            "OMOP CSV export": sum(len(t) for t in tables.values()),
-            "OMOP Parquet export": sum(len(t) for t in tables.values()),
-            "FHIR Bulk NDJSON": sum(len(r) for r in resources.values()),
-            "FHIR Bundle": sum(len(r) for r in resources.values()),
-        }
-        results = {name: _best(args.repeats, source) for name, source in sources.items()}
-    baseline, expected = results["encounter CSV (contract)"]
-    for name, (_, frame) in results.items():
-        pd.testing.assert_frame_equal(frame, expected, check_dtype=False, obj=name)
-    table = Table(
-        title=f"load_source on one {args.beds}-bed hospital, {args.days} days: {stays:,} stays "
-        f"(best of {args.repeats}; every source gave the same {len(expected):,} daily rows)"
-    )
-    for column in ("source", "records read", "seconds", "stays/s", "x encounter CSV"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for name, (seconds, _) in results.items():
-        table.add_row(
-            name, f"{records[name]:,}", f"{seconds:.2f}", f"{stays / seconds:,.0f}", f"{seconds / baseline:.1f}"
+_REFERENCE = """
+import sys, time, json
+start = time.perf_counter()
+kind, path, memory, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if kind == "omop-sqlite":
+    import sqlite3
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    sql = '''
+        WITH s AS (
+            SELECT coalesce(d.care_site_id, v.care_site_id) AS unit,
+                   date(coalesce(d.visit_detail_start_datetime, v.visit_start_datetime)) AS a,
+                   date(coalesce(d.visit_detail_end_datetime, v.visit_end_datetime)) AS e
+            FROM visit_occurrence v LEFT JOIN visit_detail d USING (visit_occurrence_id)
+            WHERE v.visit_concept_id IN (9201, 262, 8717, 32037)
         )
-    console.print(table)
+        SELECT unit, day, sum(adm), sum(dis) FROM (
+            SELECT unit, a AS day, 1 AS adm, 0 AS dis FROM s UNION ALL
+            SELECT unit, e, 0, 1 FROM s WHERE e IS NOT NULL
+        ) GROUP BY unit, day
+    '''
+    rows = connection.execute(sql).fetchall()
+else:
+    import duckdb
+    connection = duckdb.connect(config={"memory_limit": memory, "threads": threads})
+    if kind in ("csv", "parquet"):
+        source = (f"read_csv('{path}', header=true, all_varchar=true)" if kind == "csv"
+                  else f"read_parquet('{path}')")
+        stays = f"SELECT unit, CAST(admit_time AS TIMESTAMP) AS a, CAST(discharge_time AS TIMESTAMP) AS e FROM {source}"
+    else:
+        if kind == "fhir-ndjson":
+            objects = f"SELECT json AS j FROM read_ndjson_objects('{path}/*.ndjson')"
+        else:
+            objects = (f"SELECT unnest(CAST(json_extract(json, '$.entry[*].resource') AS JSON[])) AS j "
+                       f"FROM read_json_objects('{path}', format='unstructured', maximum_object_size=4000000000)")
+        stays = f'''
+            SELECT json_extract_string(l, '$.location.reference') AS unit,
+                   CAST(json_extract_string(l, '$.period.start') AS TIMESTAMPTZ) AS a,
+                   CAST(json_extract_string(l, '$.period.end') AS TIMESTAMPTZ) AS e
+            FROM (SELECT unnest(CAST(json_extract(j, '$.location[*]') AS JSON[])) AS l FROM ({objects})
+                  WHERE json_extract_string(j, '$.resourceType') = 'Encounter'
+                    AND json_extract_string(j, '$.class.code') IN ('IMP', 'ACUTE', 'NONAC'))
+        '''
+    sql = f'''
+        WITH s AS ({stays})
+        SELECT unit, day, sum(adm), sum(dis) FROM (
+            SELECT unit, CAST(a AS DATE) AS day, 1 AS adm, 0 AS dis FROM s UNION ALL
+            SELECT unit, CAST(e AS DATE), 0, 1 FROM s WHERE e IS NOT NULL
+        ) GROUP BY unit, day
+    '''
+    rows = connection.execute(sql).fetchall()
+print(json.dumps({"seconds": time.perf_counter() - start, "rows": len(rows)}))
+"""
+
+
+def _child(args: list[str], timeout: float) -> dict[str, Any]:
+    """Run a Python child; its JSON line, its peak resident memory (MB) and whether it failed."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    process = subprocess.Popen(
+        [sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return {"error": f"over {timeout:.0f} s"}
+    # communicate() reaped the child; its rusage is what RUSAGE_CHILDREN gained, measured per child below
+    result: dict[str, Any] = {}
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if process.returncode != 0 or not lines:
+        tail = (err or out).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0][:120]}
+    result.update(json.loads(lines[-1]))
+    return result
+
+
+def _measured(args: list[str], timeout: float) -> dict[str, Any]:
+    """:func:`_child` in a fresh intermediate process, so RUSAGE_CHILDREN's ru_maxrss is this child's alone."""
+    wrapper = (
+        "import json, resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-c', *sys.argv[1:]], capture_output=True, text=True, "
+        f"timeout={timeout})\n"
+        "print(p.stderr[-2000:], file=sys.stderr)\n"
+        "print(p.stdout, end='')\n"
+        "print(json.dumps({'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
+        "'rc': p.returncode}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", wrapper, *args], capture_output=True, text=True, env=env, timeout=timeout + 30
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f} s"}
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    result: dict[str, Any] = {}
+    for line in lines:
+        result.update(line)
+    if result.get("rc") != 0 or "seconds" not in result:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip() and "Warning" not in line]
+        tail = lines[-1:] or ["no message"]
+        return {"error": f"exit status {result.get('rc')}: {tail[0][:160]}", "peak_mb": result.get("peak_mb")}
+    return result
+
+
+# ---------------------------------------------------------------------- building the files
+def _base(seed: int) -> Any:
+    from medalloc_core.synthetic import RegionConfig, generate_region
+
+    region = generate_region(
+        RegionConfig(hospitals=1, days=BASE_DAYS, seed=seed, shape="encounters", min_beds=400, max_beds=400)
+    )
+    return region.hospitals[0]
+
+
+def _write_encounters(stays: Any, copies: int, limit: int, out: Path, fmt: str) -> Path:
+    import duckdb
+
+    frame = stays[["encounter_id", "patient_id", "unit", "admit_time", "discharge_time"]].copy()
+    for column in ("admit_time", "discharge_time"):
+        frame[column] = frame[column].dt.strftime("%Y-%m-%d %H:%M:%S")
+    connection = duckdb.connect()
+    connection.register("base", frame)
+    path = out / f"stays.{fmt}"
+    options = "(HEADER, DELIMITER ',')" if fmt == "csv" else "(FORMAT parquet)"
+    connection.execute(
+        f"""
+        COPY (SELECT 'c' || c.range || '-' || encounter_id AS encounter_id, 'c' || c.range || '-' || patient_id
+                     AS patient_id, unit, admit_time, discharge_time
+              FROM range({copies}) c, base ORDER BY c.range LIMIT {limit}) TO '{path}' {options}
+        """
+    )
+    return path
+
+
+def _copy(text: str, c: int) -> str:
+    return (
+        text.replace('"id": "', f'"id": "c{c}-')
+        .replace('"reference": "Patient/', f'"reference": "Patient/c{c}-')
+        .replace('"reference": "Encounter/', f'"reference": "Encounter/c{c}-')
+    )
+
+
+def _write_fhir(resources: dict[str, list[dict[str, Any]]], copies: int, limit: int, out: Path, bundle: bool) -> Path:
+    encounters = [json.dumps(r) for r in resources["Encounter"]]
+    locations = [json.dumps(r) for r in resources.get("Location", [])]
+    written = 0
+    if bundle:
+        path = out / "encounters.json"
+        with path.open("w") as handle:
+            handle.write('{"resourceType": "Bundle", "type": "collection", "entry": [\n')
+            handle.write(",\n".join('{"resource": ' + r + "}" for r in locations))
+            for c in range(copies):
+                take = encounters[: max(0, limit - written)]
+                if not take:
+                    break
+                handle.write(",\n" + _copy(",\n".join('{"resource": ' + r + "}" for r in take), c))
+                written += len(take)
+            handle.write("\n]}\n")
+        return path
+    folder = out / "fhir"
+    folder.mkdir()
+    (folder / "Location.ndjson").write_text("\n".join(locations) + "\n")
+    with (folder / "Encounter.ndjson").open("w") as handle:
+        full = "\n".join(encounters) + "\n"
+        for c in range(copies):
+            n = min(len(encounters), limit - written)
+            if n <= 0:
+                break
+            handle.write(_copy(full if n == len(encounters) else "\n".join(encounters[:n]) + "\n", c))
+            written += n
+    return folder
+
+
+def _write_sqlite(tables: dict[str, Any], copies: int, limit: int, out: Path) -> Path:
+    from medalloc_core.sources.synthetic import create_omop_database
+
+    path = out / "cdm.sqlite"
+    create_omop_database(tables, f"sqlite:///{path}")
+    visits = len(tables["visit_occurrence"])
+    step = 10 ** (len(str(int(tables["visit_occurrence"]["visit_occurrence_id"].max()))) + 1)
+    detail_step = 10 ** (len(str(int(tables["visit_detail"]["visit_detail_id"].max()))) + 1)
+    person_step = 10 ** (len(str(int(tables["visit_occurrence"]["person_id"].max()))) + 1)
+    with sqlite3.connect(path) as connection:
+        for table in ("visit_occurrence", "visit_detail"):
+            connection.execute(f"ALTER TABLE {table} RENAME TO base_{table}")
+            connection.execute(f"CREATE TABLE {table} AS SELECT * FROM base_{table} WHERE 0")
+        columns = {
+            t: [r[1] for r in connection.execute(f"PRAGMA table_info(base_{t})")]
+            for t in ("visit_occurrence", "visit_detail")
+        }
+
+        def shifted(table: str) -> str:
+            out = []
+            for column in columns[table]:
+                if column == "visit_occurrence_id":
+                    out.append(f"visit_occurrence_id + c.n * {step}")
+                elif column == "visit_detail_id":
+                    out.append(f"visit_detail_id + c.n * {detail_step}")
+                elif column == "person_id":
+                    out.append(f"person_id + c.n * {person_step}")
+                else:
+                    out.append(column)
+            return ", ".join(out)
+
+        wanted = math.ceil(limit / visits)
+        series = f"WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n + 1 < {wanted})"
+        connection.execute(
+            f"INSERT INTO visit_occurrence {series} SELECT {shifted('visit_occurrence')} FROM c, base_visit_occurrence "
+            f"ORDER BY c.n LIMIT {limit}"
+        )
+        connection.execute(
+            f"INSERT INTO visit_detail {series} SELECT {shifted('visit_detail')} FROM c, base_visit_detail "
+            f"WHERE visit_occurrence_id + c.n * {step} IN (SELECT visit_occurrence_id FROM visit_occurrence)"
+        )
+        for table in ("visit_occurrence", "visit_detail"):
+            connection.execute(f"DROP TABLE base_{table}")
+        connection.commit()
+    with sqlite3.connect(path) as connection:
+        connection.execute("VACUUM")
+    return path
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir()) / 2**20
+    return path.stat().st_size / 2**20
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="0.1,1", help="millions of encounters, comma-separated (e.g. 0.1,1,10)")
+    parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated: {', '.join(SOURCES)}")
+    parser.add_argument("--memory-limit", default="512MB", help="the scan engine's memory limit ([engine])")
+    parser.add_argument("--threads", type=int, default=2, help="the scan engine's threads")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one read")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the generated files (default: temporary)")
+    args = parser.parse_args(argv)
+    sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+    kinds = [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = sorted(set(kinds) - set(SOURCES))
+    if unknown:
+        parser.error(f"unknown source(s) {unknown}; expected {', '.join(SOURCES)}")
+
+    from medalloc_core.sources.synthetic import fhir_resources, omop_tables
+
+    start = time.perf_counter()
+    hospital = _base(args.seed)
+    stays = hospital.encounters
+    resources = fhir_resources(stays, hospital_id=hospital.hospital_id, seed=args.seed)
+    tables = omop_tables(stays, hospital_id=hospital.hospital_id, seed=args.seed)
+    print(
+        f"base hospital: {len(stays):,} stays, {len(resources['Encounter']):,} FHIR Encounters, "
+        f"{len(tables['visit_occurrence']):,} OMOP visits over {BASE_DAYS} days "
+        f"(generated in {time.perf_counter() - start:.0f} s); engine memory_limit {args.memory_limit}, "
+        f"threads {args.threads}; {os.cpu_count()} CPU(s)"
+    )
+    work = Path(tempfile.mkdtemp(prefix="medalloc-bench-sources-")) if args.work is None else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"{'source':<12} {'encounters':>11} {'file MB':>8} {'MedAlloc s':>10} {'peak MB':>8} "
+        f"{'reference':<9} {'ref s':>7} {'ref MB':>7} {'x ref':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    try:
+        for size in sizes:
+            limit = int(round(size * 1_000_000))
+            for kind in kinds:
+                out = work / f"{kind}-{size:g}"
+                if out.exists():
+                    shutil.rmtree(out)
+                out.mkdir()
+                if kind in ("csv", "parquet"):
+                    base_count = len(stays)
+                    path = _write_encounters(stays, math.ceil(limit / base_count), limit, out, kind)
+                    count = limit
+                elif kind.startswith("fhir"):
+                    base_count = len(resources["Encounter"])
+                    path = _write_fhir(resources, math.ceil(limit / base_count), limit, out, kind == "fhir-bundle")
+                    count = limit
+                else:
+                    base_count = len(tables["visit_occurrence"])
+                    path = _write_sqlite(tables, math.ceil(limit / base_count), limit, out)
+                    count = limit
+                ours = _measured([_READ, str(path), args.memory_limit, str(args.threads)], args.timeout)
+                ref = _measured([_REFERENCE, kind, str(path), args.memory_limit, str(args.threads)], args.timeout)
+                reference = "SQLite" if kind == "omop-sqlite" else "DuckDB"
+                ratio = f"{ours['seconds'] / ref['seconds']:.1f}" if "seconds" in ours and "seconds" in ref else "-"
+
+                def cell(result: dict[str, Any], key: str, fmt: str, width: int) -> str:
+                    value = result.get(key)
+                    return f"{value:{width}{fmt}}" if value is not None else f"{'-':>{width}}"
+
+                line = (
+                    f"{kind:<12} {count:>11,} {_size_mb(path):>8.0f} {cell(ours, 'seconds', '.1f', 10)} "
+                    f"{cell(ours, 'peak_mb', '.0f', 8)} {reference:<9} {cell(ref, 'seconds', '.1f', 7)} "
+                    f"{cell(ref, 'peak_mb', '.0f', 7)} {ratio:>6}"
+                )
+                print(line + (f"   MedAlloc: {ours['error']}" if "error" in ours else ""), flush=True)
+                if "error" in ref:
+                    print(f"{'':<12} reference: {ref['error']}", flush=True)
+                shutil.rmtree(out)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

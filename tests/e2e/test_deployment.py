@@ -409,6 +409,8 @@ REAL_APP_FAST_CONFIG = {
     "local-epochs": 2,
     "batch-size": 128,
     "lr": 0.05,
+    "model": "mlp",
+    "init": "none",
     "history": FAST_HISTORY,
     "lookback": FAST_HISTORY,
     "horizon": FAST_HORIZON,

@@ -58,6 +58,10 @@ class NeuralForecaster(Forecaster):
         (docs/forecasting.md).
     seed : int, default 0
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
+    context : sequence of str, default ()
+        Hybrid only: the context channels it reads (``WindowSpec.context``: ``"year_ago"``,
+        ``"region"``; the region needs ``region_<target>`` columns in the records, see
+        ``medalloc_core.forecast.region``).
 
     Attributes
     ----------
@@ -82,6 +86,7 @@ class NeuralForecaster(Forecaster):
         select: bool = False,
         seed: int = 0,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        context: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.hidden = hidden
@@ -94,6 +99,7 @@ class NeuralForecaster(Forecaster):
         self.select = select
         self.seed = seed
         self.quantiles = tuple(quantiles)
+        self.context = tuple(context)
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -107,7 +113,9 @@ class NeuralForecaster(Forecaster):
     # -- helpers shared with LocalOnly and the federated fit
     def model_spec(self, spec: WindowSpec) -> WindowSpec:
         """The task's spec with the scaling this model needs."""
-        return replace(spec, scaling="window" if self.model == "hybrid" else "series")
+        if self.model == "hybrid":
+            return replace(spec, scaling="window", context=self.context)
+        return replace(spec, scaling="series", context=())
 
     def model_config(self, hospital: HospitalData) -> ForecasterConfig:
         """``ForecasterConfig`` for the task of ``hospital``."""
@@ -122,6 +130,7 @@ class NeuralForecaster(Forecaster):
             quantiles=self.quantiles,
             hidden=self.hidden,
             layers=self.layers,
+            context=len(ds.spec.context),
         )
 
     def initial_model(self, config: ForecasterConfig) -> Network:

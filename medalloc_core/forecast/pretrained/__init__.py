@@ -24,7 +24,7 @@ __all__ = ["PRETRAINED_NAME", "PretrainedMismatch", "load_pretrained", "pretrain
 PRETRAINED_NAME = "hybrid-v1"
 # The fields that shape the parameters; n_features and n_targets do not (the hybrid is
 # channel-independent and reads only target channels), so one file serves every target set.
-_SHAPE_FIELDS = ("model", "history", "horizon", "quantiles", "hidden", "layers")
+_SHAPE_FIELDS = ("model", "history", "horizon", "quantiles", "hidden", "layers", "context")
 
 
 class PretrainedMismatch(ValueError):
@@ -37,11 +37,22 @@ def pretrained_info(name: str = PRETRAINED_NAME) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
+def _grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Context channels the weights were not trained with start with zero weight: the model then
+    forecasts exactly as the weights do until training teaches it to read them."""
+    return bool(stored.get("context", 0) == 0 and wanted["context"] > 0 and wanted["model"] == "hybrid")
+
+
 def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
     """Raise ``PretrainedMismatch`` naming the settings to change when ``config`` does not fit the weights ``name``."""
     stored = pretrained_info(name)["config"]
     wanted = config.to_dict()
-    diff = [f"{k}={wanted[k]!r} (weights: {stored[k]!r})" for k in _SHAPE_FIELDS if wanted[k] != stored[k]]
+    grow = _grows(stored, wanted)
+    diff = [
+        f"{k}={wanted[k]!r} (weights: {stored.get(k, 0)!r})"
+        for k in _SHAPE_FIELDS
+        if wanted[k] != stored.get(k, 0) and not (k == "context" and grow)
+    ]
     if diff:
         raise PretrainedMismatch(
             f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
@@ -64,7 +75,13 @@ def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Fo
     model = build_model(replace(config))
     blob = _weights(f"{name}.safetensors")
     state = load(blob)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    state = {k: v.to(torch.float32) for k, v in state.items()}
+    if _grows(pretrained_info(name)["config"], config.to_dict()):
+        first = state["body.0.weight"]  # (hidden, L + 7 + 1): window, profile, level
+        L = config.history
+        zeros = torch.zeros(first.shape[0], L * config.context)
+        state["body.0.weight"] = torch.cat([first[:, :L], zeros, first[:, L:]], dim=1)
+    model.load_state_dict(state, strict=True)
     return model
 
 

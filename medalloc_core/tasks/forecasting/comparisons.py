@@ -174,6 +174,7 @@ def methods(
     centralized: bool,
     baselines: tuple[str, ...],
     quantiles: tuple[float, ...],
+    context: tuple[str, ...] = (),
 ) -> dict[str, Method]:
     """The compared methods, in table order; ``final`` / ``initial`` are the federation's last and first weights.
 
@@ -193,6 +194,7 @@ def methods(
             lr=lr,
             seed=seed,
             quantiles=quantiles,
+            context=context,
         )
 
     start = "pretrained" if init == "pretrained" else None

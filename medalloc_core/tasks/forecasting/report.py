@@ -111,6 +111,7 @@ def forecast_report(sim: SimulationRun, *, task: Any) -> dict[str, Any]:
         centralized=compare.centralized,
         baselines=compare.baselines,
         quantiles=quantiles,
+        context=tuple(spec.context),
     )
     methods: dict[str, dict[str, dict[str, Any]]] = {}
     forecasts: dict[str, np.ndarray] = {}

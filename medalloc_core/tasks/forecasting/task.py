@@ -403,6 +403,7 @@ def run_window_spec(run: Any) -> WindowSpec:
         model=run.model,
         val_periods=run.validation_days or None,
         test_periods=run.test_days or None,
+        context=tuple(getattr(run, "context_list", ())),
     )
 
 
