@@ -25,16 +25,22 @@ from flwr.clientapp.typing import Mod
 
 from medalloc_core import protocol
 from medalloc_core.protocol import Refusal
-from medalloc_core.tasks import FederatedTask, NodeReply, TaskRefused, get_task, task_names
+from medalloc_core.replies import CheckedRefusal, ReplyNotAllowed, check_refusal, check_reply, node_error
+from medalloc_core.tasks import DEFAULT_TASK, FederatedTask, NodeReply, TaskRefused, get_task, task_names
 
 from .config import NodeConfig, NodeConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def refusal(message: Message, code: Refusal, detail: str) -> Message:
-    """The reply for a declined round: ``Error(code, "<slug>: <detail>")``; ``detail`` comes from ``_reason``."""
-    return Message(error=Error(code=int(code), reason=f"{code.slug}: {detail}"), reply_to=message)
+def refusal(message: Message, code: Refusal, detail: str, *, task: FederatedTask | str = DEFAULT_TASK) -> Message:
+    """The reply for a declined round: ``Error(code, "<slug>: <detail>")``, checked (``medalloc_core.replies``):
+    a detail that is not its code's fixed text goes out as ``node-error``."""
+    return _error(message, check_refusal(task, int(code), detail))
+
+
+def _error(message: Message, checked: CheckedRefusal) -> Message:
+    return Message(error=Error(code=checked.code, reason=checked.reason), reply_to=message)
 
 
 def _reason(code: Refusal, **values: Any) -> str:
@@ -61,11 +67,15 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
     return node
 
 
-def _reply(message: Message, answer: NodeReply, node: NodeConfig) -> Message:
-    records: dict[str, Any] = {protocol.METRICS: MetricRecord(dict(answer.metrics))}
-    if answer.arrays is not None:
-        records[protocol.ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in answer.arrays.items()})
-    records[protocol.NODE_INFO] = ConfigRecord({protocol.HOSPITAL_ID: node.hospital_id})
+def _reply(message: Message, answer: NodeReply, node: NodeConfig, *, task: FederatedTask, train: bool) -> Message:
+    """The one place a node's answer becomes a message: checked against the task's allow-list first."""
+    checked = check_reply(
+        task, "train" if train else "evaluate", answer.metrics, answer.arrays, {protocol.HOSPITAL_ID: node.hospital_id}
+    )
+    records: dict[str, Any] = {protocol.METRICS: MetricRecord(dict(checked.metrics))}
+    if checked.arrays is not None:
+        records[protocol.ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in checked.arrays.items()})
+    records[protocol.NODE_INFO] = ConfigRecord(dict(checked.node_info))
     return Message(content=RecordDict(records), reply_to=message)
 
 
@@ -91,10 +101,16 @@ def handle(
             if train
             else task.evaluate(settings, dict(config), global_arrays)
         )
+        return _reply(message, answer, node, task=task, train=train)
     except TaskRefused as refused:
         logger.warning("declining %s %s round: %s", task.name, phase, refused.detail)
-        return refusal(message, refused.code, refused.detail)
-    return _reply(message, answer, node)
+        return refusal(message, refused.code, refused.detail, task=task)
+    except ReplyNotAllowed as exc:
+        logger.error("%s %s reply not sent: %s", task.name, phase, exc)
+        return _error(message, node_error())
+    except Exception:  # anything unforeseen: a fixed code out, the traceback (paths, values) in the node's log only
+        logger.exception("%s %s round failed on the node", task.name, phase)
+        return _error(message, node_error())
 
 
 def plain_task() -> FederatedTask:

@@ -76,6 +76,7 @@ class Refusal(IntEnum):
     LEDGER_CONFIG_MISMATCH = 1006  # the node's budget, delta, accountant or stay cap differ from its ledger's
     LEDGER_RESET_DETECTED = 1007  # the node has had a ledger and the configured one is missing or another one
     TASK_NOT_SERVED = 1008  # the request's task is not one the node's own config names
+    NODE_ERROR = 1009  # the node failed in a way it did not foresee: a fixed code, the details in its own log
     APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
     NODE_STORAGE_FAILED = 1011  # the node could not write its own files (a full disk): nothing was spent or released
 
@@ -350,6 +351,7 @@ REFUSAL_REASONS: dict[Refusal, str] = {
     Refusal.NODE_STORAGE_FAILED: (
         "the node could not write its own files (a full or read-only disk); its operator must free space"
     ),
+    Refusal.NODE_ERROR: "the node could not serve this round; its operator has the details in the node's log",
 }
 
 

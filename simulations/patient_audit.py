@@ -84,13 +84,23 @@ class PatientAudit:
         return self.canary_bound_power >= 1.0 and self.canary_bound_power > self.canary_bound
 
     @property
+    def eval_near_chance(self) -> bool:
+        """Membership through evaluation replies stays near chance (|AUC - 0.5| <= 0.2: > 3 sd at 100 trials)."""
+        return abs(self.eval_auc_released - 0.5) <= 0.2
+
+    @property
     def passed(self) -> bool:
-        """All three checks."""
-        return self.replay_fails and self.sound and self.powerful
+        """All checks, the evaluation-membership row included."""
+        return self.replay_fails and self.sound and self.powerful and self.eval_near_chance
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, with the verdicts."""
-        return asdict(self) | {"replay_fails": self.replay_fails, "sound": self.sound, "powerful": self.powerful}
+        return asdict(self) | {
+            "replay_fails": self.replay_fails,
+            "sound": self.sound,
+            "powerful": self.powerful,
+            "eval_near_chance": self.eval_near_chance,
+        }
 
 
 def _region(folder: Path, *, hospitals: int, days: int, seed: int) -> Path:
@@ -117,6 +127,9 @@ def _context(folder: Path, data: Path, *, epsilon: float, simulated: bool) -> Co
         "data-path": str(data),
         "ledger-path": str(folder / "ledger.json"),
         "privacy-epsilon-budget": epsilon,
+        # The audit's nodes (and the coordinator's replay) are separate parties on one file: each keeps
+        # its own data-source record, so the machine's record is neither consulted nor written.
+        "data-source-record": str(folder / "data-sources.json"),
     }
     return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
 

@@ -139,7 +139,7 @@ def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(
 ) -> None:
     report, _ = quick
     out = tmp_path / "audit"
-    result = runner.invoke(app, ["audit", "--quick", "--out", str(out)])
+    result = runner.invoke(app, ["audit", "--quick", "--window", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "soundness PASS" in result.output and "power     PASS" in result.output
     assert "no DP" in result.output and "DP σ=1 C=1" in result.output
@@ -155,7 +155,7 @@ def test_medalloc_audit_writes_the_same_numbers_and_never_overwrites(
     assert (out / "canary-losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = runner.invoke(app, ["audit", "--quick", "--out", str(out)])
+    again = runner.invoke(app, ["audit", "--quick", "--window", "--out", str(out)])
     assert again.exit_code == 2 and "already holds audit results" in again.output
     assert "Traceback" not in again.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

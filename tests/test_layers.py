@@ -156,7 +156,8 @@ CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("equipment", ("equipment",)),
     # simulation.py (the simulation-* keys, typed once) and simulation_plots.py serve the tasks'
     # simulated runs and reports; tasks/ reads them and simulation.py looks tasks up by name.
-    ("tasks", ("simulation", "simulation_plots", "tasks")),
+    # replies.py checks every node reply against its task's allow-list (issue 20): it looks tasks up.
+    ("tasks", ("replies", "simulation", "simulation_plots", "tasks")),
     ("report", ("report",)),
 )
 _CORE_RANK = {name: rank for rank, (_, names) in enumerate(CORE_LAYERS) for name in names}

@@ -92,7 +92,8 @@ def test_a_coordinator_replay_of_a_round_cannot_match_the_reply(tmp_path: Path, 
     """The coordinator knows the code, the data shape and everything it sent: the same request on the same
     data (its best replay) gives another reply, because the node's noise comes from the OS CSPRNG."""
     node = _train(_node(tmp_path / "node", region / "H000.csv"))
-    replay = _train(_node(tmp_path / "replay", region / "H000.csv"))
+    # The coordinator's replay is another party on its own machine: its own data-source record.
+    replay = _train(_node(tmp_path / "replay", region / "H000.csv", **{"data-source-record": str(tmp_path / "c.json")}))
     assert not node.has_error() and not replay.has_error()
     a, b = node.content[protocol.ARRAYS], replay.content[protocol.ARRAYS]
     diff = max(float(np.abs(a[k].numpy() - b[k].numpy()).max()) for k in a)

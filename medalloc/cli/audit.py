@@ -100,8 +100,30 @@ def _patient_table(audit: Any, console: Console) -> None:
         f"membership via eval replies, {audit.eval_trials} nodes (AUC)",
         f"{audit.eval_auc_released:.2f}",
         f"{audit.eval_auc_true_counts:.2f} (true counts)",
-        "PASS" if audit.eval_auc_released < audit.eval_auc_true_counts else "FAIL",
+        "PASS" if audit.eval_near_chance else "FAIL",
     )
+    console.print(table)
+
+
+def _release_table(checks: Any, console: Console) -> None:
+    """The release's own checks (medalloc_core.forecast.release_audit): noise calibration and the public calendar."""
+    table = Table(title="Release checks: the node's noise and calendar code on a synthetic encounter hospital")
+    for column in ("check", "measured", "claimed", "verdict"):
+        table.add_column(column, justify="left" if column == "check" else "right")
+    noise = checks.noise
+    table.add_row(
+        "noise sd per column (upper 1-1e-6 limit / claimed)",
+        ", ".join(f"{c} {v:.2f}" for c, v in noise.measured_sd.items()) + f" (ratio {noise.lowest_ratio:.3f})",
+        ", ".join(f"{c} {v:.2f}" for c, v in noise.claimed_sd.items()),
+        "PASS" if noise.passed else f"FAIL: the measured noise gives ε {noise.measured_epsilon:.2f}",
+    )
+    for case, same in checks.calendar.cases.items():
+        table.add_row(
+            f"calendar, one extra stay {case}",
+            "same grid" if same else "grid changed",
+            "same grid",
+            "PASS" if same else "FAIL",
+        )
     console.print(table)
 
 
@@ -171,7 +193,7 @@ def audit(
     noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="σ of the DP run (project default 1.0)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Clipping norm C of the DP run (default 1.0)."),
     window: bool = typer.Option(
-        True, "--window/--no-window", help="Also run the window-level DP-SGD audit (research; nodes no longer use it)."
+        False, "--window/--no-window", help="Also run the window-level DP-SGD audit (research; nodes do not use it)."
     ),
 ) -> None:
     """Audit DP training empirically: train with and without DP on canaries, attack both, compare with the ledger.
@@ -181,8 +203,13 @@ def audit(
     more than the ledger's epsilon, membership inference through evaluation replies must stay
     near chance. Then, unless ``--no-window``, the window-level DP-SGD audit.
 
+    Then the release's own checks: its measured noise against the plan (fails at noise 10 % too
+    small) and its calendar with and without one extra stay. The window-level DP-SGD audit runs
+    only with ``--window`` (research: nodes do not ship it).
+
     Exit status 0 when every check passes (sound: lower bounds at most the ledger's epsilon;
-    powerful: without noise the same attacks prove >= 1); 1 when one fails; 2 on bad arguments.
+    powerful: without noise the same attacks prove >= 1; evaluation replies near chance; noise
+    and calendar checks); 1 when any one fails; 2 on bad arguments.
     """
     console = Console(stderr=True)
     # `not 0 < x < inf` also refuses NaN, which every comparison fails.
@@ -216,15 +243,22 @@ def audit(
     )
 
     from medalloc.simulations.patient_audit import run_patient_audit
+    from medalloc_core.forecast.release_audit import run_release_checks
 
     with console.status("patient-level audit: replay, canary stays, evaluation replies"):
         patient = run_patient_audit(quick=quick, seed=seed or 0)
     _patient_table(patient, Console())
+    with console.status("release checks: noise calibration, public calendar"):
+        release = run_release_checks(seed=seed or 0)
+    _release_table(release, Console())
+    node_passed = patient.passed and release.passed
     if not window:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / PATIENT_REPORT_NAME).write_text(json.dumps(patient.to_dict(), indent=2) + "\n")
-        if not patient.passed:
+            (out / PATIENT_REPORT_NAME).write_text(
+                json.dumps(patient.to_dict() | {"release_checks": release.to_dict()}, indent=2) + "\n"
+            )
+        if not node_passed:
             raise typer.Exit(code=1)
         return
 
@@ -256,7 +290,9 @@ def audit(
         included = list(report.canary_included)
         with (out / REPORT_NAME).open("x") as handle:  # "x": never overwrite a saved result
             handle.write(json.dumps(report.to_dict(), indent=2) + "\n")
-        (out / PATIENT_REPORT_NAME).write_text(json.dumps(patient.to_dict(), indent=2) + "\n")
+        (out / PATIENT_REPORT_NAME).write_text(
+            json.dumps(patient.to_dict() | {"release_checks": release.to_dict()}, indent=2) + "\n"
+        )
         _write_canaries(out / CANARIES_NAME, report, included)
         _write_figure(out / FIGURE_NAME, report, included)
         console.print(
@@ -264,7 +300,7 @@ def audit(
             highlight=False,
             markup=False,
         )
-    if not (report.sound and report.powerful and patient.passed):
+    if not (report.sound and report.powerful and node_passed):
         raise typer.Exit(code=1)
 
 

@@ -40,6 +40,21 @@ def _longer_stay(ledger: PrivacyLedger) -> dict[str, float] | None:
     return {"nights": 2 * plan.max_stay_days, "epsilon": plan.epsilon_for_stay(2 * plan.max_stay_days)}
 
 
+def _per_stay(ledger: PrivacyLedger) -> dict[str, float] | None:
+    """Readmission figures when the node's source release is per stay (daily counts, no patient ids); else None."""
+    from medalloc_core.privacy.contribution import group_epsilons
+
+    releases = [s for s in ledger.spends() if s.mechanism == "source-release"]
+    if not releases or any(dict(s.detail).get("per-patient") for s in releases):
+        return None
+    detail = dict(releases[0].detail)
+    sd = {c: float(detail[f"sd-{c}"]) for c in ("admissions", "discharges", "census") if f"sd-{c}" in detail}
+    if not sd:
+        return None
+    figures = group_epsilons(sd, ledger.delta, nights=int(detail.get("max-stay-days", 14)))
+    return {str(k): v for k, v in figures.items()}
+
+
 def _report(ledger: PrivacyLedger) -> dict[str, Any]:
     entries = ledger.entries()
     spent = ledger.epsilon_spent()
@@ -48,6 +63,7 @@ def _report(ledger: PrivacyLedger) -> dict[str, Any]:
         "unit": ledger.unit,
         "max_stay_days": ledger.max_stay_days,
         "longer_stay": _longer_stay(ledger) if ledger.unit == "patient" else None,
+        "per_stay_readmissions": _per_stay(ledger) if ledger.unit == "patient" else None,
         "accountant": ledger.accountant,
         "delta": ledger.delta,
         "epsilon_budget": ledger.epsilon_budget,
@@ -102,6 +118,13 @@ def _headline(report: dict[str, Any], console: Console) -> None:
             f"{budget:g}, δ = {report['delta']:g}; [{style}]{left:.3f} left[/{style}]."
         )
         console.print(MEANING.format(n=n, eps=spent, delta=report["delta"]))
+        if report.get("per_stay_readmissions"):
+            figures = report["per_stay_readmissions"]
+            console.print(
+                "[bold yellow]This node's release is per STAY[/bold yellow] (its file has daily counts, no patient "
+                "ids, so no patient could be bounded). A patient with k stays (a transfer in each, "
+                f"{n} nights in all) gets ε: " + ", ".join(f"k={k}: {e:.2f}" for k, e in figures.items()) + "."
+            )
         if report["longer_stay"]:
             console.print(
                 f"A longer stay is protected less: {report['longer_stay']['nights']} nights → ε "

@@ -52,6 +52,7 @@ def share(
     from medalloc_core.privacy.accounting import TargetUnreachable
     from medalloc_core.privacy.fingerprint import fingerprint_frame
     from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+    from medalloc_core.privacy.source_registry import check_source_ledger
     from medalloc_core.validation import load_unit_records
 
     if out.resolve() in {forecast.resolve(), data.resolve(), ledger.resolve()}:
@@ -84,6 +85,7 @@ def share(
                 unit="patient",
                 max_stay_days=14,
             )
+        check_source_ledger(str(data), ledger, node.ledger_id)  # a fresh --ledger on a node's data is refused
         if delta is not None and delta != node.delta:
             raise ValueError(
                 f"--delta {delta:g} differs from the ledger's delta {node.delta:g}; "

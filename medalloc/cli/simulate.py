@@ -36,7 +36,9 @@ def _title(summary: dict[str, Any]) -> str:
 
 def _results_table(summary: dict[str, Any]) -> Table:
     fed, pv = summary["federation"], summary["privacy"]
-    header = f"epsilon per patient (stays <= {pv['max_stay_days']} d)"
+    # Per patient where the hospitals' files carry patient ids (bounded before counting); per STAY for
+    # daily-count files (docs/privacy.md gives the readmission figures).
+    header = f"epsilon per patient (ids) / per stay (daily counts), stays <= {pv['max_stay_days']} d"
     table = Table(title=_title(summary))
     for name in ("method", "MAE", "WAPE", "pinball", "P10-P90 coverage", header):
         table.add_column(name, justify="left" if name == "method" else "right")
@@ -57,7 +59,9 @@ def _results_table(summary: dict[str, Any]) -> Table:
             _fmt(eps, ".2f") if method in privacy else "no DP" if method in ("local only", "centralized") else "-",
         )
     table.caption = (
-        f"epsilon per patient at delta={pv['delta']:g}, the largest over the nodes, for the node's whole life "
+        f"epsilon per patient (per STAY for daily-count files: a patient with k stays is covered less, "
+        f"docs/privacy.md has the readmission figures) at delta={pv['delta']:g}, the largest over the nodes, "
+        f"for the node's whole life "
         f"(each node's budget {fed['epsilon_budget']:g}): {pv['meaning']}. "
         + ("Noise seeded for reproducibility: research only. " if pv["reproducible_noise"] else "")
         + "Lower MAE/WAPE/pinball is better."

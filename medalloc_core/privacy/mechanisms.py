@@ -202,8 +202,13 @@ def release_plan_for(
     patient_epsilon: float,
     max_stay_days: int,
     columns: Sequence[str],
+    max_admissions: int = 2,
 ) -> ReleasePlan:
-    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
+    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history.
+
+    ``max_admissions`` 2: one stay (a transfer); under per-patient bounding the node's stays + transfers cap
+    (``medalloc_core.privacy.contribution``), with ``max_stay_days`` its nights cap.
+    """
     check_offered(mechanism)
     target = min(patient_epsilon, ledger.epsilon_budget)
     try:
@@ -221,7 +226,9 @@ def release_plan_for(
     except TargetUnreachable as exc:
         spent = ledger.epsilon_spent()
         raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
-    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=max_stay_days, columns=columns)
+    return ReleasePlan.from_noise_multiplier(
+        z, delta=ledger.delta, max_stay_days=max_stay_days, columns=columns, max_admissions=max_admissions
+    )
 
 
 def _check_release_columns(
@@ -268,8 +275,10 @@ class NodeRelease:
     targets: Sequence[str]  # the request's targets: each must be released
     mechanism: str  # the request's privacy-mechanism
     patient_epsilon: float  # the request's proposal; capped by the ledger's budget
-    max_stay_days: int  # max(the node's, the request's)
+    max_stay_days: int  # max(the node's, the request's); per patient: the node's max-patient-nights
     run_tag: str
+    max_admissions: int = 2  # per stay: 2 (a transfer); per patient: max-patient-stays + max-patient-transfers
+    per_patient: bool = False  # the counts were bounded per patient before counting (issue 20)
 
 
 def release_for_node(
@@ -304,16 +313,36 @@ def release_for_node(
                 patient_epsilon=node.patient_epsilon,
                 max_stay_days=node.max_stay_days,
                 columns=to_release,
+                max_admissions=node.max_admissions,
             )
             frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
             # intent record, ledger spend, staged counts, commit: one transaction
-            commit_release(store, ledger, frame, plan, rng=generator, run_tag=node.run_tag, records=records)
+            commit_release(
+                store,
+                ledger,
+                frame,
+                plan,
+                rng=generator,
+                run_tag=node.run_tag,
+                records=records,
+                per_patient=node.per_patient,
+            )
             logger.info(
-                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s",
                 node.hospital_id,
                 len(frame),
                 str(frame["date"].min().date()),
                 str(frame["date"].max().date()),
                 plan.noise_multiplier,
+                "patient" if node.per_patient else "STAY",
             )
+            if not node.per_patient:
+                from medalloc_core.privacy.contribution import group_epsilons
+
+                figures = group_epsilons(plan.noise_sd, plan.delta, nights=plan.max_stay_days)
+                logger.warning(
+                    "%s: daily counts without patient ids: epsilon is per STAY; a patient with k stays gets %s",
+                    node.hospital_id,
+                    ", ".join(f"k={k}: {e:.2f}" for k, e in figures.items()),
+                )
         return store.records()

@@ -70,9 +70,10 @@ _MAX_PLAN_BYTES = 1 * 2**20
 MAX_RELEASE_BYTES = 256 * 2**20
 
 
-def _stay_contribution(column: str, max_stay_days: int) -> int:
-    """How many counts of ``column`` one stay can raise by 1 (two units: a transfer)."""
-    return max_stay_days if column == CENSUS else 2
+def _stay_contribution(column: str, max_stay_days: int, max_admissions: int = 2) -> int:
+    """How many counts of ``column`` one privacy unit can raise by 1: a stay (two units: a transfer) or, under
+    per-patient bounding (``medalloc_core.privacy.contribution``), a patient's capped stays plus transfers."""
+    return max_stay_days if column == CENSUS else max_admissions
 
 
 def secure_generator() -> np.random.Generator:
@@ -97,6 +98,9 @@ class ReleasePlan:
     columns: tuple[str, ...]
     noise_multiplier: float  # z
     noise_sd: Mapping[str, float]  # sd per released count, patients (beds for census)
+    max_admissions: int = (
+        2  # admission (and discharge) counts one unit raises: 2 per stay; stays + transfers per patient
+    )
 
     @classmethod
     def calibrate(
@@ -120,6 +124,7 @@ class ReleasePlan:
         max_stay_days: int,
         columns: Sequence[str],
         epsilon: float | None = None,
+        max_admissions: int = 2,
     ) -> ReleasePlan:
         """The plan of a given per-stay noise multiplier (e.g. the one a node's first release fixed)."""
         columns = tuple(columns)
@@ -136,7 +141,7 @@ class ReleasePlan:
             raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier!r}")
         # sum_c k_c / (w_c s)^2 = 1 / z^2  =>  s = z * sqrt(sum_c k_c / w_c^2)
         base = noise_multiplier * math.sqrt(
-            sum(_stay_contribution(c, max_stay_days) / _NOISE_WEIGHT[c] ** 2 for c in columns)
+            sum(_stay_contribution(c, max_stay_days, max_admissions) / _NOISE_WEIGHT[c] ** 2 for c in columns)
         )
         sd = {c: base * _NOISE_WEIGHT[c] for c in columns}
         eps = gaussian_epsilon(noise_multiplier=noise_multiplier, delta=delta) if epsilon is None else float(epsilon)
@@ -147,13 +152,14 @@ class ReleasePlan:
             columns=columns,
             noise_multiplier=float(noise_multiplier),
             noise_sd=sd,
+            max_admissions=int(max_admissions),
         )
 
     def epsilon_for_stay(self, nights: int) -> float:
         """Epsilon (at ``delta``) this release gives a stay of ``nights`` nights; longer than the cap -> weaker."""
         if nights <= self.max_stay_days:
             return gaussian_epsilon(noise_multiplier=self.noise_multiplier, delta=self.delta)
-        sq = sum(_stay_contribution(c, nights) / self.noise_sd[c] ** 2 for c in self.columns)
+        sq = sum(_stay_contribution(c, nights, self.max_admissions) / self.noise_sd[c] ** 2 for c in self.columns)
         return gaussian_epsilon(noise_multiplier=1 / math.sqrt(sq), delta=self.delta)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +171,7 @@ class ReleasePlan:
             "columns": list(self.columns),
             "noise_multiplier": self.noise_multiplier,
             "noise_sd": dict(self.noise_sd),
-        }
+        } | ({"max_admissions": self.max_admissions} if self.max_admissions != 2 else {})
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ReleasePlan:
@@ -176,6 +182,7 @@ class ReleasePlan:
             max_stay_days=int(raw["max_stay_days"]),
             columns=tuple(str(c) for c in raw["columns"]),
             epsilon=float(raw["epsilon"]),
+            max_admissions=int(raw.get("max_admissions", 2)),
         )
 
 
@@ -291,7 +298,10 @@ class ReleaseStore:
         """The released counts at ``path``, checked against ``plan``'s columns; ``ReleaseStoreError`` otherwise."""
         try:
             data = read_regular_bytes(path, limit=MAX_RELEASE_BYTES, what="released counts (CSV)")
-            frame = pd.read_csv(io.BytesIO(data), parse_dates=[DATE], dtype={UNIT: str})
+            # Unit names as written: "NA", "null" or "1.0" are names, never missing values or numbers.
+            frame = pd.read_csv(
+                io.BytesIO(data), parse_dates=[DATE], dtype={UNIT: str}, keep_default_na=False, na_values=[]
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise _unreadable(path, path.with_name(path.name + ".json"), exc) from exc
         expected = [DATE, UNIT, *plan.columns]
@@ -318,6 +328,7 @@ class ReleaseStore:
             self.plan.noise_multiplier != plan.noise_multiplier
             or self.plan.columns != plan.columns
             or self.plan.max_stay_days != plan.max_stay_days
+            or self.plan.max_admissions != plan.max_admissions
         ):
             raise ReleaseStoreError("a store holds one release plan; new days are released with the stored plan")
         frame = released.frame[[DATE, UNIT, *plan.columns]]

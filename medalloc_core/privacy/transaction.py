@@ -178,6 +178,7 @@ def commit_release(
     rng: np.random.Generator,
     run_tag: str,
     records: UnitRecords,
+    per_patient: bool = False,
 ) -> UnitRecords:
     """Release the true counts ``frame`` (rows not released yet) as one transaction; returns the released rows.
 
@@ -207,7 +208,10 @@ def commit_release(
             run_id=pending.run_id,
             mechanism="source-release",
             days=days,
-            detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()} | {"max-stay-days": float(plan.max_stay_days)},
+            detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
+            | {"max-stay-days": float(plan.max_stay_days)}
+            # per patient (ids bounded before counting) or per stay (daily counts only): medalloc privacy says which
+            | ({"per-patient": 1.0, "max-admissions": float(plan.max_admissions)} if per_patient else {}),
         )
     except BaseException:
         try:

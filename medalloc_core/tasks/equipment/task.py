@@ -51,6 +51,7 @@ from medalloc_core.tasks.base import (
     ledger_refusal,
     options_from,
 )
+from medalloc_core.tasks.equipment import protocol as _protocol
 from medalloc_core.tasks.equipment.protocol import (
     MECHANISM,
     PRIVACY_UNIT,
@@ -120,6 +121,8 @@ def node_rng(node: NodeTask, ask: EquipmentInstruction) -> np.random.Generator:
 
 def _local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
     try:
+        if any(k in node.extra for k in ("fleet-devices", "fleet-start", "fleet-end")):
+            return _declared_local(node, spec)
         return load_local_fleet(node.data_path, spec)
     except DataContractError as exc:
         # The problems name devices and rows of the hospital's files: they stay in the node's log.
@@ -128,6 +131,25 @@ def _local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
     except (OSError, ValueError) as exc:
         logger.error("%s: %s", node.data_path, exc)
         raise TaskRefused(Refusal.DATA_INVALID, reason(Refusal.DATA_INVALID)) from exc
+
+
+def _declared_local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
+    """The fleet on the node's declared devices and days (``fleet_calendar``): nothing one device adds moves it."""
+    from medalloc_core.equipment.local import prepare_fleet
+    from medalloc_core.equipment.validation import load_fleet
+    from medalloc_core.privacy.calendar import CalendarError
+    from medalloc_core.tasks.equipment.fleet_calendar import declared_fleet
+
+    try:
+        fleet = declared_fleet(load_fleet(node.data_path), node.extra)
+    except CalendarError as exc:
+        logger.error("node configuration: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, reason(Refusal.NODE_MISCONFIGURED)) from exc
+    assert fleet is not None
+    local = prepare_fleet(fleet, spec)
+    if len(local.dataset.train) == 0 or len(local.dataset.test) == 0:
+        raise ValueError(f"{node.data_path}: the declared fleet calendar is too short for a training and a test period")
+    return local
 
 
 class EquipmentTask(FederatedTask):
@@ -139,6 +161,8 @@ class EquipmentTask(FederatedTask):
     evaluates = False
     train_keys = TRAIN_KEYS
     evaluate_keys = frozenset({"num-examples"})
+    reply_allow_list = _protocol.REPLY_ALLOW_LIST  # checked on the node before every reply (medalloc_core.replies)
+    refusal_reasons = _protocol.REFUSAL_REASONS
     default_epsilon = 10.0  # per device (its whole history): a device's data is far less sensitive than a patient's
     data_kind = "device-fleets"
     report_layout = "risk-calibration"
@@ -235,7 +259,8 @@ class EquipmentTask(FederatedTask):
             left,
         )
         reply = EquipmentTrainReply(
-            num_examples=int(result.n_devices),
+            # declared fleet: the declared device count (public); otherwise the devices trained on
+            num_examples=int(getattr(local.fleet, "declared_devices", 0) or result.n_devices),
             epsilon=float(epsilon),
             epsilon_budget_left=float(left),
             delta=float(node.delta),

@@ -68,11 +68,33 @@ _CACHE_SIZE = 8
 
 
 def _load(source: DataSource, spec: WindowSpec) -> LocalData:
-    data = load_source(source)
-    records = data.records
-    if records.frequency is not Frequency.DAILY:
-        raise ValueError(f"{source.display}: the federation's model is daily; this file is {records.frequency.value}")
-    return LocalData(records, prepare_hospital(records, spec), data.stays)
+    records, stays = load_daily(source)
+    return LocalData(records, prepare_hospital(records, spec), stays)
+
+
+def load_daily(source: DataSource) -> tuple[UnitRecords, pd.DataFrame | None]:
+    """A source's validated daily records and its stays (None without patient ids), not windowed yet.
+
+    Cached like :func:`load_local_data` (on the source's identity and modification times): a node
+    puts these on its public calendar and bounds each patient before anything is windowed.
+    """
+    key = source.fingerprint()
+    cached = _DAILY.get(key) if key is not None else None
+    if cached is None:
+        data = load_source(source)
+        if data.records.frequency is not Frequency.DAILY:
+            raise ValueError(
+                f"{source.display}: the federation's model is daily; this file is {data.records.frequency.value}"
+            )
+        cached = (data.records, data.stays)
+        if key is not None:
+            _DAILY[key] = cached
+            while len(_DAILY) > _CACHE_SIZE:
+                _DAILY.popitem(last=False)
+    return cached
+
+
+_DAILY: OrderedDict[object, tuple[UnitRecords, pd.DataFrame | None]] = OrderedDict()
 
 
 # ------------------------------------------------------------------ evaluation

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -35,6 +35,7 @@ from medalloc_core.forecast.features import WindowSpec, federation_window_spec, 
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
+from medalloc_core.privacy.contribution import PatientCaps, public_records
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyLedger
 from medalloc_core.privacy.mechanisms import (
     MechanismNotOffered,
@@ -45,6 +46,7 @@ from medalloc_core.privacy.mechanisms import (
 )
 from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError, secure_generator
+from medalloc_core.privacy.source_registry import check_source_ledger
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -68,7 +70,7 @@ from medalloc_core.tasks.base import (
     ledger_refusal,
 )
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
-from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_local_data
+from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_daily
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ class ForecastNode:
     data_location: str  # node-config data-path verbatim (a database URL is not a path)
     data_format: str
     data_mapping: Path | None
+    # the calendar (calendar-units/-start/-end), per-patient caps (max-patient-*) and proposal bounds
+    # (max-proposed-stay-days, min-release-epsilon): medalloc_core.privacy.calendar / .contribution
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def data_display(self) -> str:
@@ -140,6 +145,7 @@ class ForecastNode:
             data_location=str(extra.get("data-location", node.data_path)),
             data_format=str(extra.get("data-format", "auto")),
             data_mapping=Path(str(mapping)) if mapping else None,
+            settings=dict(extra),
         )
 
 
@@ -157,16 +163,31 @@ def _source(node: ForecastNode) -> DataSource:
         raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
 
 
-def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
+def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps | None]:
+    """The node's counts on its public calendar, each patient bounded first (with the caps used; None per stay).
+
+    Whether this refuses, and how many windows it gives, depends on the calendar and the request
+    only: the raw file's own span and units never reach a reply (docs/privacy.md, "What is public").
+    """
     source = _source(node)
     try:
-        return load_local_data(source, spec)
+        records, stays = load_daily(source)
     except DataContractError as exc:
         # The problems name rows and values of the hospital's data (and how many there are is a
         # statistic of it too): they stay in the node's log.
         logger.error("%s\n%s", exc, data_hint(node.data_display, node.data_format, node.data_mapping))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (OSError, ValueError) as exc:
+        logger.error("%s: %s", node.data_display, exc)
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    try:
+        public, caps = public_records(records, stays, node.settings, default_nights=node.max_stay_days)
+    except ValueError as exc:  # a calendar or cap setting of the node's own config
+        logger.error("node configuration: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+    try:
+        return LocalData(public, prepare_hospital(public, spec)), caps
+    except ValueError as exc:
         logger.error("%s: %s; %s", node.data_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
 
@@ -195,7 +216,7 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
     """The node's patient-level ledger, through its state record; each ledger problem is its own refusal."""
     assert node.node_state_path is not None
     try:
-        return open_node_ledger(
+        ledger = open_node_ledger(
             state_path=node.node_state_path,
             hospital_id=node.hospital_id,
             ledger_path=node.ledger_path,
@@ -205,6 +226,12 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
             max_stay_days=node.max_stay_days,
             entry=TASK.node_state_key(node.hospital_id),
         )
+        if not node.simulated:  # keyed on the data, in a fixed place: another ledger or hospital-id is noticed
+            record = node.settings.get("data-source-record")
+            check_source_ledger(
+                node.data_location, node.ledger_path, ledger.ledger_id, path=Path(str(record)) if record else None
+            )
+        return ledger
     except LedgerError as exc:
         hint = ""
         if isinstance(exc, LedgerConfigMismatch):  # name the node-config key to fix (reads the ledger)
@@ -240,11 +267,79 @@ def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Genera
     return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
 
 
+MAX_PROPOSED_STAY_KEY, MIN_RELEASE_EPSILON_KEY = "max-proposed-stay-days", "min-release-epsilon"
+
+
+def _check_proposal(node: ForecastNode, ask: EvaluateInstruction) -> None:
+    """Refuse a proposal that would fix a useless plan for the node's life (issue 20), naming the node setting.
+
+    The first release's plan is kept forever: a stay cap of 100000 nights or a tiny epsilon would
+    spend the whole budget on noise nobody can learn from.
+    """
+    most_stay = int(node.settings.get(MAX_PROPOSED_STAY_KEY, 60))
+    least_epsilon = float(node.settings.get(MIN_RELEASE_EPSILON_KEY, 0.1))
+    if ask.max_stay_days > most_stay:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"max-stay-days {ask.max_stay_days} is above this node's {MAX_PROPOSED_STAY_KEY} ({most_stay})",
+            ),
+        )
+    if ask.patient_epsilon < least_epsilon:  # the node's own smaller budget is its operator's choice
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"a release at patient-epsilon {ask.patient_epsilon:g} is below this node's "
+                f"{MIN_RELEASE_EPSILON_KEY} ({least_epsilon:g}); its plan would be kept for the node's life",
+            ),
+        )
+
+
+def _check_store(node: ForecastNode, ledger: PrivacyLedger, caps: PatientCaps | None) -> ReleaseStore:
+    """Refuse a store whose plan covers other caps, and a release the ledger charged but the store lost."""
+    assert node.release_path is not None
+    store = ReleaseStore.open(node.release_path)
+    if (
+        caps is not None
+        and store.plan is not None
+        and ((store.plan.max_admissions, store.plan.max_stay_days) != (caps.admissions, caps.nights))
+    ):
+        logger.error(
+            "%s: the stored release covers %d admissions and %d nights per patient; max-patient-stays + "
+            "max-patient-transfers = %d and max-patient-nights = %d now: restore the settings it was made with",
+            node.hospital_id,
+            store.plan.max_admissions,
+            store.plan.max_stay_days,
+            caps.admissions,
+            caps.nights,
+        )
+        raise TaskRefused(Refusal.LEDGER_CONFIG_MISMATCH, _reason(Refusal.LEDGER_CONFIG_MISMATCH))
+    if store.plan is None and any(s.mechanism == "source-release" for entry in ledger.entries() for s in entry.spends):
+        # The ledger charged a release the store no longer holds: never silently re-released.
+        logger.error(
+            "%s: the ledger records a source release but %s is gone; restore it (and its .json) from backup",
+            node.hospital_id,
+            node.release_path,
+        )
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT))
+    return store
+
+
 def _released(
-    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
+    node: ForecastNode,
+    ask: EvaluateInstruction,
+    ledger: PrivacyLedger,
+    data: LocalData,
+    run_tag: str,
+    caps: PatientCaps | None = None,
 ) -> LocalData:
     """The node's released counts (``privacy.mechanisms.release_for_node``, one transaction: an interrupted
-    release is finished first, never released again); each failure its own refusal."""
+    release is finished first, never released again); each failure its own refusal.
+
+    Under per-patient bounding (``caps``) the release covers the node's own caps, not the request's stay cap.
+    """
     assert node.release_path is not None
     release = NodeRelease(
         hospital_id=node.hospital_id,
@@ -253,10 +348,14 @@ def _released(
         targets=ask.window_spec.targets,
         mechanism=ask.privacy_mechanism,
         patient_epsilon=ask.patient_epsilon,
-        max_stay_days=max(node.max_stay_days, ask.max_stay_days),
+        max_stay_days=caps.nights if caps is not None else max(node.max_stay_days, ask.max_stay_days),
         run_tag=run_tag,
+        max_admissions=caps.admissions if caps is not None else 2,
+        per_patient=caps is not None,
     )
     try:
+        if _check_store(node, ledger, caps).plan is None:
+            _check_proposal(node, ask)  # only a first release fixes a plan
         records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
     except ReleaseColumnsMissing as exc:
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
@@ -288,13 +387,13 @@ def _prepare(
         raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     if ask.reproducible_noise:
         _noise_rng(node, ask)  # a real node refuses before touching anything
-    data = _data(node, ask.window_spec)
+    data, caps = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
-    released = _released(node, ask, ledger, data, ask.run_tag)
+    released = _released(node, ask, ledger, data, ask.run_tag, caps)
     return node, ask, model, released, ledger
 
 
@@ -346,6 +445,8 @@ class ForecastingTask(FederatedTask):
     evaluates = True
     train_keys = TRAIN_METRIC_KEYS
     evaluate_keys = EVAL_METRIC_KEYS
+    reply_allow_list = protocol.REPLY_ALLOW_LIST  # checked on the node before every reply (medalloc_core.replies)
+    refusal_reasons = protocol.REFUSAL_REASONS
     default_epsilon = PATIENT_EPSILON
     legacy_model_without_task_key = True  # forecasters' files predate tasks: they name none
     reads_data_sources = True

@@ -1,0 +1,143 @@
+"""A node's public calendar: which units and which days its replies and its release cover.
+
+Everything a node sends that is not a released count (the number of examples, whether it
+replies or refuses, the days and units it trains on) must not move when one patient's stays are
+added or removed. Deriving the units and days from the records does exactly that: one stay in a
+new unit creates a unit, one early stay moves a unit's first day, one late stay extends every
+unit's last day (issue 20). So the calendar is fixed before anything is read from patients:
+
+* **declared** in node config (the strong form; a node operator's choice, public by construction)::
+
+      calendar-units = "ICU,ward,surgery"      # exactly these units; stays elsewhere are dropped
+      calendar-start = "2024-01-01"            # first day
+      calendar-end   = "2024-12-31"            # last day
+
+* or, for any part not declared, **rounded to whole calendar months**: the first whole month
+  starting on or after the first admission to the last whole month ending on or before the last
+  event. One stay then moves the calendar only by crossing a month boundary beyond the others,
+  not by a day; the node logs a warning that names the keys to declare. Undeclared units are the
+  units of the file (a stay in a new unit still creates one): declare ``calendar-units``.
+
+Every unit runs over the same days: a unit with no stay on a day has zero admissions that day,
+which is the truth for an encounter source. Stays outside the calendar are dropped before
+counting (how many is logged, as a count only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from medalloc_core.contract import DATE, UNIT, UnitRecords
+
+__all__ = ["CalendarError", "NodeCalendar", "apply_calendar", "node_calendar"]
+
+logger = logging.getLogger(__name__)
+
+UNITS_KEY, START_KEY, END_KEY = "calendar-units", "calendar-start", "calendar-end"
+
+
+class CalendarError(ValueError):
+    """The node's declared calendar is malformed (names the node-config key) or covers no day."""
+
+
+@dataclass(frozen=True)
+class NodeCalendar:
+    """The units and days a node covers; ``declared`` says whether every part came from node config."""
+
+    units: tuple[str, ...]
+    start: pd.Timestamp
+    end: pd.Timestamp
+    declared: bool
+
+    @property
+    def days(self) -> pd.DatetimeIndex:
+        """Every day of the calendar, midnight timestamps."""
+        return pd.date_range(self.start, self.end, freq="D")
+
+    def grid(self) -> pd.MultiIndex:
+        """(unit, date) for every unit and day, in (unit, date) order."""
+        return pd.MultiIndex.from_product([list(self.units), self.days], names=[UNIT, DATE])
+
+
+def declared_parts(extra: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, pd.Timestamp | None, pd.Timestamp | None]:
+    """The calendar keys of a node's config: units, first day, last day (None where not declared)."""
+    units: tuple[str, ...] | None = None
+    raw_units = extra.get(UNITS_KEY)
+    if raw_units is not None and str(raw_units).strip():
+        names = [u.strip() for u in str(raw_units).split(",")]
+        if any(not u for u in names) or len(set(names)) != len(names):
+            raise CalendarError(f"{UNITS_KEY}: expected distinct, non-empty unit names separated by commas")
+        units = tuple(sorted(names))
+    start, end = _day(extra, START_KEY), _day(extra, END_KEY)
+    if start is not None and end is not None and end < start:
+        raise CalendarError(f"{END_KEY} {end:%Y-%m-%d} is before {START_KEY} {start:%Y-%m-%d}")
+    return units, start, end
+
+
+def _day(extra: Mapping[str, Any], key: str) -> pd.Timestamp | None:
+    raw = extra.get(key)
+    if raw is None or not str(raw).strip():
+        return None
+    try:
+        return pd.Timestamp(str(raw).strip()).normalize()
+    except (ValueError, TypeError):
+        raise CalendarError(f"{key}: expected a date YYYY-MM-DD, got {raw!r}") from None
+
+
+def node_calendar(
+    extra: Mapping[str, Any], *, first_event: pd.Timestamp, last_event: pd.Timestamp, data_units: Sequence[str]
+) -> NodeCalendar:
+    """The node's calendar: its declared parts, the rest rounded to whole months (logged as a warning).
+
+    ``first_event`` / ``last_event`` / ``data_units`` are used only where the node config declares
+    nothing; the result then depends on the data only through whole-month boundaries (and, for
+    undeclared units, through the unit names).
+    """
+    units, start, end = declared_parts(extra)
+    undeclared = [k for k, v in ((UNITS_KEY, units), (START_KEY, start), (END_KEY, end)) if v is None]
+    if start is None:
+        first = pd.Timestamp(first_event).normalize()
+        start = first if first.day == 1 else (first + pd.offsets.MonthBegin(1)).normalize()
+    if end is None:
+        last = pd.Timestamp(last_event).normalize()
+        end = last if last.is_month_end else (last - pd.offsets.MonthEnd(1)).normalize()
+    if units is None:
+        units = tuple(sorted(str(u) for u in data_units))
+    if undeclared:
+        logger.warning(
+            "the node's calendar is not fully declared (%s): the rest is taken from the data, rounded to whole "
+            "months; one patient can still move it by a month (or add a unit). Declare %s in the node config "
+            "(docs/privacy.md, 'What is public')",
+            ", ".join(undeclared),
+            ", ".join(undeclared),
+        )
+    # Data shorter than a whole month gives an empty calendar: the windowing then refuses it as too
+    # short for the request (data-invalid, naming the run-config keys), like any short series.
+    return NodeCalendar(units, start, end, declared=not undeclared)
+
+
+def apply_calendar(records: UnitRecords, calendar: NodeCalendar) -> UnitRecords:
+    """``records`` on exactly the calendar's (unit, day) grid: rows outside dropped, days without a row zero.
+
+    The dropped and filled rows are logged as counts only.
+    """
+    frame = records.frame
+    counts = records.count_columns
+    indexed = frame.set_index([UNIT, DATE])[counts]
+    grid = calendar.grid()
+    inside = indexed.index.isin(grid)
+    dropped = int((~inside).sum())
+    filled = int((~grid.isin(indexed.index)).sum())
+    out = indexed[inside].reindex(grid, fill_value=0).astype("int64").reset_index()
+    out = out[[DATE, UNIT, *counts]].sort_values([UNIT, DATE]).reset_index(drop=True)
+    out[UNIT] = out[UNIT].astype(str)
+    if dropped or filled:
+        logger.info(
+            "calendar: %d unit-day row(s) outside it left out, %d day(s) without a row set to 0", dropped, filled
+        )
+    return UnitRecords(out, records.frequency, records.source, records.shape)

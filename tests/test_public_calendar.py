@@ -1,0 +1,277 @@
+"""Issue 20: everything a node sends is a function of its public calendar, released counts or the request.
+
+Black-box: the same federation (the real ClientApp handlers, in process) over an encounter file
+with and without one extra stay gives the coordinator identical replies, apart from the values
+released through the DP mechanism (losses, errors). Every stay the issue names: in a unit nobody
+else used, before a unit's first day, after the file's last event.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Context, RecordDict
+
+from medalloc.client.app import handle_evaluate, handle_train
+from medalloc_core import protocol
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.privacy.calendar import NodeCalendar, node_calendar
+from medalloc_core.privacy.contribution import PatientCaps, bound_contributions
+from tests.fed_fixtures import TINY, record, request, task_identity
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    with task_identity():
+        yield
+
+
+SPEC = federation_window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
+MODEL = ForecasterConfig.for_spec(SPEC, model="mlp", hidden=TINY["hidden"])
+CALENDAR = {
+    "calendar-units": "icu,medical,paediatric,surgical",
+    "calendar-start": "2023-02-01",
+    "calendar-end": "2023-06-30",
+}
+
+
+@pytest.fixture(scope="module")
+def encounters() -> pd.DataFrame:
+    return synthetic_encounters()
+
+
+def synthetic_encounters() -> pd.DataFrame:
+    """One small synthetic hospital's stays (units icu, medical, paediatric, surgical; 2023-01-01 + 200 days)."""
+    from medalloc_core.synthetic import RegionConfig, generate_region
+
+    region = generate_region(
+        RegionConfig(
+            hospitals=1, days=200, seed=3, shape="encounters", short_history_fraction=0.0, min_beds=40, max_beds=60
+        )
+    )
+    frame = region.hospitals[0].encounters
+    assert frame is not None
+    return frame
+
+
+def _config(server_round: int) -> dict:
+    return {
+        protocol.SERVER_ROUND: server_round,
+        protocol.LOCAL_EPOCHS: 1,
+        protocol.BATCH_SIZE: 32,
+        protocol.LR: 0.01,
+        protocol.PROXIMAL_MU: 0.0,
+        protocol.MODEL_CONFIG: json.dumps(MODEL.to_dict()),
+        protocol.WINDOW_SPEC: json.dumps(SPEC.to_dict()),
+        protocol.RUN_TAG: "t",
+        protocol.SEED: 0,
+        protocol.PRIVACY_MECHANISM: "source",
+        protocol.PATIENT_EPSILON: 1.0,
+        protocol.MAX_STAY_DAYS: 14,
+        protocol.REPRODUCIBLE_NOISE: False,
+    }
+
+
+def _public_view(reply) -> dict:
+    """What the coordinator sees of a reply, with every released-noise value blanked."""
+    if reply.has_error():
+        return {"error": reply.error.code, "reason": reply.error.reason}
+    kind = "train" if protocol.ARRAYS in reply.content.array_records else "evaluate"
+    allow = protocol.REPLY_ALLOW_LIST[kind]
+    view: dict = {"records": sorted(list(reply.content.keys()))}
+    metrics = dict(reply.content.metric_records[protocol.METRICS])
+    view["metric-keys"] = sorted(metrics)
+    view["public"] = {k: v for k, v in metrics.items() if allow[protocol.METRICS][k] == protocol.PUBLIC}
+    view["node-info"] = dict(reply.content.config_records[protocol.NODE_INFO])
+    if kind == "train":
+        arrays = reply.content.array_records[protocol.ARRAYS]
+        view["arrays"] = {k: tuple(a.shape) for k, a in arrays.items()}
+    return view
+
+
+def _federation(tmp: Path, stays: pd.DataFrame, node_extra: dict) -> list[dict]:
+    """Evaluate, train, evaluate, train: what one node answers a coordinator over two rounds."""
+    tmp.mkdir(parents=True)
+    data = tmp / "H.csv"
+    stays.to_csv(data, index=False)
+    node = {"data-path": str(data), "ledger-path": str(tmp / "ledger.json"), "privacy-epsilon-budget": 4.0}
+    ctx = Context(run_id=1, node_id=5, node_config=node | node_extra, state=RecordDict(), run_config={})
+    arrays = record(state_arrays(build_model(MODEL, seed=0)))
+    # Round 1 makes the release (evaluate first, as the ServerApp's first contact may be); round 2 reads it.
+    return [
+        _public_view(handle_evaluate(request(5, arrays, _config(1), train=False), ctx)),
+        _public_view(handle_train(request(5, arrays, _config(1)), ctx)),
+        _public_view(handle_evaluate(request(5, arrays, _config(2), train=False), ctx)),
+    ]
+
+
+def _stay(frame: pd.DataFrame, unit: str, admit: pd.Timestamp, nights: int, patient: str = "P-extra") -> pd.DataFrame:
+    row = {c: None for c in frame.columns}
+    row.update(
+        encounter_id="E-extra",
+        patient_id=patient,
+        unit=unit,
+        admit_time=admit.isoformat(),
+        discharge_time=(admit + pd.Timedelta(days=nights, hours=2)).isoformat(),
+    )
+    return pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+
+
+def _extra_stays(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    times = pd.to_datetime(frame["admit_time"])
+    last = max(times.max(), pd.to_datetime(frame["discharge_time"]).max())
+    icu_first = times[frame["unit"] == "icu"].min()
+    return {
+        "a unit nobody else used": _stay(frame, "NA", times.min() + pd.Timedelta(days=40), 3),
+        "before a unit's first day": _stay(frame, "icu", icu_first - pd.Timedelta(days=5), 2),
+        "after the file's last event": _stay(frame, "medical", last + pd.Timedelta(days=3), 1),
+    }
+
+
+def test_units_of_the_synthetic_file_are_the_declared_ones(encounters: pd.DataFrame):
+    assert set(encounters["unit"].unique()) == set(CALENDAR["calendar-units"].split(","))
+
+
+@pytest.fixture(scope="module")
+def base_replies(encounters: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    with task_identity():
+        replies = _federation(tmp_path_factory.mktemp("fed") / "without", encounters, CALENDAR)
+    assert all("error" not in v for v in replies), replies  # the federation really trains and evaluates
+    return replies
+
+
+@pytest.mark.parametrize(
+    "where", ["a unit nobody else used", "before a unit's first day", "after the file's last event"]
+)
+def test_one_extra_stay_changes_no_public_field_of_any_reply(
+    tmp_path: Path, encounters: pd.DataFrame, base_replies: list[dict], where: str
+):
+    other = _federation(tmp_path / "with", _extra_stays(encounters)[where], CALENDAR)
+    assert other == base_replies
+
+
+def test_without_a_declared_calendar_a_late_stay_inside_the_month_changes_nothing(
+    tmp_path: Path, encounters: pd.DataFrame
+):
+    """Undeclared: the days are whole months of data, so a stay after the last event within its month moves nothing."""
+    base = _federation(tmp_path / "without", encounters, {"calendar-units": CALENDAR["calendar-units"]})
+    assert all("error" not in v for v in base)
+    other = _federation(
+        tmp_path / "with",
+        _extra_stays(encounters)["after the file's last event"],
+        {"calendar-units": "icu,medical,paediatric,surgical"},
+    )
+    assert other == base
+
+
+def test_the_old_calendar_leaked_num_examples(tmp_path: Path, encounters: pd.DataFrame):
+    """The leak this fixes, measured on the file of the test above: without the calendar, one stay moved the count."""
+    from medalloc_core.encounters import encounters_to_daily
+
+    before = encounters_to_daily(encounters)
+    after = encounters_to_daily(_extra_stays(encounters)["a unit nobody else used"])
+    assert len(after) > len(before)
+
+
+def test_month_rounding_is_inward_and_declared_parts_win():
+    cal = node_calendar(
+        {"calendar-units": "b,a"},
+        first_event=pd.Timestamp("2023-01-17 10:00"),
+        last_event=pd.Timestamp("2023-06-03"),
+        data_units=["x"],
+    )
+    assert cal == NodeCalendar(("a", "b"), pd.Timestamp("2023-02-01"), pd.Timestamp("2023-05-31"), declared=False)
+    cal = node_calendar(
+        CALENDAR, first_event=pd.Timestamp("2020-01-01"), last_event=pd.Timestamp("2030-01-01"), data_units=["x"]
+    )
+    assert cal.declared and cal.start == pd.Timestamp("2023-02-01")
+    assert cal.units == ("icu", "medical", "paediatric", "surgical")
+
+
+# ------------------------------------------------------------------ per-patient bounding
+def _frame(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["patient_id", "unit", "admit_time", "discharge_time"]).assign(
+        admit_time=lambda f: pd.to_datetime(f["admit_time"]),
+        discharge_time=lambda f: pd.to_datetime(f["discharge_time"]),
+    )
+
+
+START, END = pd.Timestamp("2023-01-01"), pd.Timestamp("2023-12-31")
+
+
+def test_bounding_cuts_stays_transfers_and_nights_and_logs_counts_only(caplog: pytest.LogCaptureFixture):
+    stays = _frame(
+        [
+            ("p1", "A", "2023-01-02 08:00", "2023-01-05 10:00"),  # stay 1
+            ("p1", "B", "2023-01-05 10:00", "2023-01-09 10:00"),  # transfer 1
+            ("p1", "A", "2023-01-09 12:00", "2023-01-10 10:00"),  # transfer 2: over the cap
+            ("p1", "A", "2023-02-01 08:00", "2023-03-30 10:00"),  # stay 2: nights cut to 14 - 7 = 7
+            ("p1", "A", "2023-05-01 08:00", "2023-05-02 10:00"),  # stay 3: over the cap
+            ("p2", "A", "2023-01-02 08:00", None),  # open: 14 nights
+        ]
+    )
+    with caplog.at_level("INFO"):
+        kept, cut = bound_contributions(
+            stays, PatientCaps(stays=2, transfers=1, nights=14), units=["A", "B"], start=START, end=END
+        )
+    assert cut["transfers over max-patient-transfers"] == 1 and cut["stays over max-patient-stays"] == 1
+    p1 = kept[kept["patient_id"] == "p1"].reset_index(drop=True)
+    assert len(p1) == 3 and p1.loc[2, "discharge_time"] == pd.Timestamp("2023-02-08")
+    p2 = kept[kept["patient_id"] == "p2"].iloc[0]
+    assert p2["discharge_time"] == pd.Timestamp("2023-01-16")
+    assert "p1" not in caplog.text and "2023" not in caplog.text
+
+
+def test_every_patient_after_bounding_fits_the_sensitivity_bound():
+    """Random patients: after the cut, each changes <= stays+transfers admission/discharge counts and <= nights census
+    counts, each by at most 1 (the L2 bound the noise is calibrated to)."""
+    from medalloc_core.encounters import encounters_to_daily
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(40):
+        t = pd.Timestamp("2023-01-01") + pd.Timedelta(hours=int(rng.integers(0, 24 * 300)))
+        for _ in range(int(rng.integers(1, 8))):
+            end = t + pd.Timedelta(hours=int(rng.integers(0, 24 * 20)))
+            rows.append((f"p{p}", str(rng.choice(["A", "B"])), t.isoformat(), end.isoformat()))
+            t = end if rng.random() < 0.5 else end + pd.Timedelta(hours=int(rng.integers(-30, 24 * 30)))
+    stays = _frame(rows)
+    caps = PatientCaps(stays=2, transfers=1, nights=10)
+    kept, _ = bound_contributions(stays, caps, units=["A", "B"], start=START, end=END)
+    for patient, own in kept.groupby("patient_id"):
+        daily = encounters_to_daily(own.assign(discharge_time=own["discharge_time"]), end=END)
+        daily = daily[(daily["date"] >= START) & (daily["date"] <= END)]
+        assert daily[["admissions", "discharges", "census"]].max().max() <= 1, patient
+        assert daily["admissions"].sum() <= caps.admissions and daily["discharges"].sum() <= caps.admissions
+        assert daily["census"].sum() <= caps.nights, patient
+
+
+def test_issue_figures_under_the_old_per_stay_rule_and_the_new_per_patient_plan():
+    from medalloc_core.privacy.contribution import contribution_epsilon, group_epsilons
+    from medalloc_core.privacy.release import ReleasePlan
+
+    old = ReleasePlan.calibrate(epsilon=1.0, delta=1e-6, max_stay_days=14, columns=("admissions", "census"))
+    eps = lambda a, n: contribution_epsilon(old.noise_sd, 1e-6, admissions=a, nights=n)  # noqa: E731
+    assert eps(2, 14) == pytest.approx(1.0, abs=1e-3)  # one stay: the headline
+    assert eps(4, 14) == pytest.approx(1.18, abs=0.005)  # 2 stays x 7 nights, a transfer each
+    assert eps(10, 5) == pytest.approx(1.47, abs=0.005)  # 5 one-night stays
+    assert eps(12, 0) == pytest.approx(1.53, abs=0.005)  # 12 zero-night visits
+    assert eps(3, 14) == pytest.approx(1.09, abs=0.005)  # ED -> ICU -> ward
+    assert eps(5, 14) == pytest.approx(1.27, abs=0.01)  # four transfers (1.265)
+    clinic = ReleasePlan.calibrate(epsilon=1.0, delta=1e-6, max_stay_days=14, columns=("admissions",))
+    assert [round(v, 2) for v in group_epsilons(clinic.noise_sd, 1e-6, stays=(2, 5, 10)).values()] == [1.45, 2.40, 3.52]
+    # Per patient: calibrated to the caps, the worst patient the caps allow is at the headline exactly.
+    caps = PatientCaps()
+    z = old.noise_multiplier
+    new = ReleasePlan.from_noise_multiplier(
+        z, delta=1e-6, max_stay_days=caps.nights, columns=("admissions", "census"), max_admissions=caps.admissions
+    )
+    assert contribution_epsilon(new.noise_sd, 1e-6, admissions=caps.admissions, nights=caps.nights) == pytest.approx(
+        1.0, abs=1e-3
+    )
+    assert contribution_epsilon(new.noise_sd, 1e-6, admissions=4, nights=14) > 1.0  # beyond the caps: not covered
