@@ -459,7 +459,7 @@ def _policy_comparison(daily: pd.DataFrame, costs: BenchmarkCosts, seed: int, co
         )
     except ModuleNotFoundError:
         console.print(
-            "[yellow]gymnasium not installed: skipping the environment comparison (pip install 'medalloc[rl]')"
+            "[yellow]gymnasium not installed: skipping the environment comparison (python -m pip install -e '.[rl]')"
         )
         return
     hospital = sorted(daily[HOSPITAL].unique())[0]
