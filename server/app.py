@@ -34,6 +34,10 @@ from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
+# The coordinator's one line per round goes to Flower's own logger: its single console handler is
+# what `flwr log` shows (the ServerApp process mirrors its stdout to the SuperLink); a child logger
+# adds no handler of its own, so each line is written once.
+progress = logging.getLogger("flwr.medalloc")
 
 FINAL_MODEL = FINAL_MODEL_NAME
 
@@ -240,7 +244,6 @@ def run_federation(
 
     for server_round in range(start, config.num_server_rounds + 1):
         began = time.perf_counter()
-        logger.info("[ROUND %s/%s]", server_round, config.num_server_rounds)
         replies = list(
             grid.send_and_receive(
                 messages=built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
@@ -295,6 +298,7 @@ def run_federation(
             ),
         )
         result.rounds.append(record)
+        progress.info("%s", round_line(record, config.num_server_rounds))
         if on_round:
             on_round(record)
 
@@ -317,6 +321,46 @@ def run_federation(
     logger.info("final model written to %s", out / FINAL_MODEL)
     result.final_model_written = True
     return result
+
+
+# What each evaluation metric is, for the coordinator's one line per round.
+_SCORED = {
+    protocol.EVAL_LOSS: "pinball loss, scaled, on the nodes' held-out days of their released counts",
+    protocol.EVAL_WAPE: "WAPE of the median",
+    protocol.EVAL_MAE: "MAE of the median",
+}
+
+
+def round_line(record: RoundRecord, total: int) -> str:
+    """One line a coordinator can follow a run by: round, nodes sampled/accepted/refused (with
+    reasons), the evaluation metric and what it is scored on, and the largest epsilon spent."""
+    nodes = dict(record.nodes or {})
+    sampled = nodes.pop("sampled", 0)
+    accepted = nodes.pop("accepted", 0)
+    parts = [f"round {record.round}/{total}: {sampled} node(s) sampled, {accepted} accepted"]
+    reasons: dict[str, int] = {}
+    for outcome in record.outcomes or []:
+        if outcome.get("status") != "accepted":
+            who = outcome.get("hospital") or f"node {outcome.get('node')}"
+            why = str(outcome.get("reason", "") or "no reason given").split(":")[0]
+            key = f"{outcome.get('status')} {who} ({why})"
+            reasons[key] = reasons.get(key, 0) + 1
+    parts.append(", ".join(reasons) if reasons else "none refused")
+    if not record.model_updated and record.round > 0:
+        parts.append("global model kept")
+    scored = [(k, v) for k, v in (record.evaluate or {}).items() if k in _SCORED]
+    if scored:
+        parts.append("; ".join(f"{k} {v:.4g} ({_SCORED[k]})" for k, v in scored))
+    privacy = record.privacy or {}
+    if record.epsilon_max is not None:
+        unit = privacy.get("unit", "record")
+        stay = f", stays <= {privacy['max-stay-days']} nights" if privacy.get("max-stay-days") else ""
+        parts.append(
+            f"largest epsilon spent {record.epsilon_max:.3g} per {unit} (delta {privacy.get('delta', 0):g}{stay})"
+        )
+    if record.seconds is not None:
+        parts.append(f"{record.seconds:.1f} s")
+    return " | ".join(parts)
 
 
 def refusal_summary(rounds: list[RoundRecord]) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -57,8 +58,26 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
         "min-train-nodes": 3,
     } | TINY
     grid = DirectGrid(make_client_app(), nodes)
-    with task_identity():
-        result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
+    lines: list[str] = []
+    catcher = logging.Handler()
+    catcher.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addHandler(catcher)
+    try:
+        with task_identity():
+            result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
+    finally:
+        flwr_logger.removeHandler(catcher)
+    # the coordinator's one line for the round, written once, through Flower's logger (what `flwr log` shows)
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 1, lines
+    line = rounds[0]
+    assert (
+        line.startswith("round 1/1: 3 node(s) sampled, 2 accepted")
+        and "refused node 3 (privacy-budget-exceeded)" in line
+    )
+    assert "eval-loss" in line and "held-out days of their released counts" in line
+    assert "largest epsilon spent" in line and "per patient" in line
     record = _log(tmp_path / "out")[-1]
     assert record["round"] == 1 and record["model-updated"] is True
     assert record["nodes"] == {"sampled": 3, "accepted": 2, "refused": 1}
