@@ -32,6 +32,31 @@ from .config import NodeConfig, NodeConfigError
 logger = logging.getLogger(__name__)
 
 
+def show_node_log_in_flower_log() -> None:
+    """Route the library's INFO lines (the release: when, what it spent, what is left; each round's
+    epsilon) to Flower's console handler, the one log a SuperNode's operator reads.
+
+    Only in a real ClientApp process (``flwr-clientapp``), where nothing else configures logging:
+    the root logger has no handler there, so the library's lines would be dropped below WARNING.
+    The library logger does not propagate then, so each line is written once.
+    """
+    import sys
+    from pathlib import Path
+
+    if Path(sys.argv[0]).name != "flwr-clientapp":
+        return
+    from flwr.common.logger import console_handler
+
+    core = logging.getLogger("medalloc_core")
+    if console_handler not in core.handlers:
+        core.setLevel(logging.INFO)
+        core.addHandler(console_handler)
+        core.propagate = False
+
+
+show_node_log_in_flower_log()
+
+
 def refusal(message: Message, code: Refusal, detail: str) -> Message:
     """The reply for a declined round: ``Error(code, "<slug>: <detail>")``; ``detail`` comes from ``_reason``."""
     return Message(error=Error(code=int(code), reason=f"{code.slug}: {detail}"), reply_to=message)
