@@ -64,8 +64,9 @@ types: install-dev
 	for f in medalloc/*; do ln -s $(CURDIR)/$$f $(TYPES_TREE)/medalloc/; done
 	for d in client server simulations; do ln -s $(CURDIR)/$$d $(TYPES_TREE)/medalloc/$$d; done
 	ln -s $(CURDIR)/medalloc_core $(TYPES_TREE)/medalloc_core
+	ln -s $(CURDIR)/fuzz $(TYPES_TREE)/fuzz
 	cd $(TYPES_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir .mypy_cache \
-		-p medalloc -p medalloc_core
+		-p medalloc -p medalloc_core -p fuzz
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

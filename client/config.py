@@ -32,7 +32,7 @@ from flwr.app import Context
 from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
 from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceMapping
 from medalloc_core.tasks import DEFAULT_TASK, NodeTask, get_task, task_names
-from medalloc_core.tasks.forecasting import DATA_SUFFIXES
+from medalloc_core.tasks.forecasting.task import DATA_SUFFIXES
 
 __all__ = ["DATA_SUFFIXES", "NodeConfig", "NodeConfigError", "ensure_simulation_region", "hospital_files", "task_keys"]
 

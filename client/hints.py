@@ -2,15 +2,15 @@
 
 Core errors speak the library's language (``WindowSpec``, ``epsilon_budget``); an operator
 can only change the SuperNode's ``--node-config`` keys or ask the coordinator to change a
-run-config key. The texts live with the forecasting task (``medalloc_core.tasks.forecasting_hints``),
+run-config key. The texts live with the forecasting task (``medalloc_core.tasks.forecasting.hints``),
 which logs them when it declines a round; these read them off a ``NodeConfig`` for
 ``medalloc node check``.
 """
 
 from __future__ import annotations
 
-from medalloc_core.tasks.forecasting_hints import data_hint as _data_hint
-from medalloc_core.tasks.forecasting_hints import window_hint
+from medalloc_core.tasks.forecasting.hints import data_hint as _data_hint
+from medalloc_core.tasks.forecasting.hints import window_hint
 
 from .config import NodeConfig
 

@@ -38,8 +38,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.features import WindowSpec
-from medalloc_core.models import MODELS, Forecaster, ForecasterConfig, build_model, load_arrays, state_arrays
+from medalloc_core.forecast.features import WindowSpec
+from medalloc_core.forecast.models import MODELS, Forecaster, ForecasterConfig, build_model, load_arrays, state_arrays
 
 logger = logging.getLogger(__name__)
 

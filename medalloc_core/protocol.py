@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from medalloc_core.features import WindowSpec
-from medalloc_core.models import ForecasterConfig
+from medalloc_core.forecast.features import WindowSpec
+from medalloc_core.forecast.models import ForecasterConfig
 
 # --- records inside a Message's RecordDict -------------------------------------------
 ARRAYS = "arrays"  # ArrayRecord: model parameters (global in a request, local in a reply)
@@ -367,7 +367,7 @@ def refusal_reason(code: Refusal, **values: Any) -> str:
 
 
 # ------------------------------------------------------------------ for other tasks' messages
-# A task's own instructions and replies (medalloc_core.equipment.protocol) read their fields
+# A task's own instructions and replies (medalloc_core.tasks.equipment.protocol) read their fields
 # with the same rules and the same ProtocolError messages.
 read_field = _field
 read_json_field = _json_field

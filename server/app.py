@@ -22,9 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
-from medalloc_core.features import WindowSpec
+from medalloc_core.forecast.features import WindowSpec
+from medalloc_core.forecast.models import Forecaster, ForecasterConfig
 from medalloc_core.model_io import FINAL_MODEL_NAME
-from medalloc_core.models import Forecaster, ForecasterConfig
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, truncate_rounds
 from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
@@ -120,8 +120,8 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
 
 def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
     """The forecasting global model before round 1: seeded weights, or the public pretrained ones (``init``)."""
-    from medalloc_core.pretrained import PretrainedMismatch
-    from medalloc_core.tasks.forecasting import run_initial_model
+    from medalloc_core.forecast.pretrained import PretrainedMismatch
+    from medalloc_core.tasks.forecasting.task import run_initial_model
 
     try:
         return run_initial_model(config, mconfig)
@@ -142,7 +142,7 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
 
 def window_spec(config: RunConfig) -> WindowSpec:
     """The windows every forecasting node builds for this run (history, horizon, targets, held-out days, scaling)."""
-    from medalloc_core.tasks.forecasting import run_window_spec
+    from medalloc_core.tasks.forecasting.task import run_window_spec
 
     return run_window_spec(config)
 

@@ -235,8 +235,8 @@ def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], confi
     in the attackers' own test splits.
     """
     from medalloc.client.task import load_local_data, test_forecasts
-    from medalloc_core.features import federation_window_spec
-    from medalloc_core.models import ForecasterConfig, build_from_arrays
+    from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays
 
     spec = federation_window_spec(
         history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model

@@ -1,7 +1,7 @@
 """The methods a federation is compared with, all scored at the same rolling origins of every hospital.
 
 ``medalloc simulate`` scores every method through the one forecaster interface
-(``medalloc_core.forecasters``) at the same origins (``medalloc_core.evaluation``): the
+(``medalloc_core.forecast.forecasters``) at the same origins (``medalloc_core.forecast.evaluation``): the
 federated model as the federation left it, the model it started from, each hospital alone
 (on its true counts; on its own source release, from the run's start and from scratch),
 centralized training on pooled true counts (the no-privacy upper bound) and the classical
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from medalloc.client.task import LocalData, test_forecasts
-from medalloc_core.evaluation import rolling_origins
-from medalloc_core.features import WindowSpec, prepare_hospital
-from medalloc_core.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
-from medalloc_core.metrics import aggregate_over_hospitals, forecast_metrics
-from medalloc_core.models import Forecaster as Network
+from medalloc_core.forecast.evaluation import rolling_origins
+from medalloc_core.forecast.features import WindowSpec, prepare_hospital
+from medalloc_core.forecast.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
+from medalloc_core.forecast.metrics import aggregate_over_hospitals, forecast_metrics
+from medalloc_core.forecast.models import Forecaster as Network
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
 from medalloc_core.validation import load_unit_records
 
@@ -94,7 +94,7 @@ def score_on_truth(model: Network, hospital: ReleasedHospital) -> tuple[np.ndarr
 def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...]) -> np.ndarray:
     """A classical baseline's forecasts for exactly the test windows of ``data`` (same origins, same horizon).
 
-    Through the one forecaster interface (``medalloc_core.forecasters.Classical``): each
+    Through the one forecaster interface (``medalloc_core.forecast.forecasters.Classical``): each
     (unit, target) series on a complete daily calendar (gaps interpolated, as the features do),
     fitted once on the data up to the first test origin and conditioned on newer data at later
     origins (``refit_every`` = all origins).

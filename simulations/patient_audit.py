@@ -35,8 +35,8 @@ from medalloc.client.app import handle_evaluate, handle_train
 from medalloc.client.task import evaluate_local, load_local_data
 from medalloc_core import protocol
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.features import federation_window_spec
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.privacy.audit_stats import mia_auc
 from medalloc_core.privacy.release import ReleasePlan
 from medalloc_core.privacy.stay_audit import canary_stay_audit

@@ -30,7 +30,7 @@ from medalloc_core.allocation.plots import plot_plan, plot_regional
 from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, write_regional_plan
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import CENSUS, DATE
-from medalloc_core.forecasting import forecast_records
+from medalloc_core.forecast.predict import forecast_records
 from medalloc_core.model_io import load_model
 from medalloc_core.validation import load_unit_records
 

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medalloc_core.forecasters import Origins
+from medalloc_core.forecast.forecasters import Origins
 from medalloc_core.rounds import RoundRecord
 
 

@@ -1,4 +1,4 @@
-"""Reproduce the shipped public weights of the hybrid forecaster (medalloc_core/pretrained/hybrid-v1.*).
+"""Reproduce the shipped public weights of the hybrid forecaster (medalloc_core/forecast/pretrained/hybrid-v1.*).
 
     python -m simulations.pretrain [--out DIR] [--quick]
 
@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, Frequency, UnitRecords
-from medalloc_core.features import WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.forecasters import pooled_windows
-from medalloc_core.models import ForecasterConfig, build_model
-from medalloc_core.pretrained import PRETRAINED_NAME
+from medalloc_core.forecast.features import WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.forecasters import pooled_windows
+from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.pretrained import PRETRAINED_NAME
+from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.synthetic import RegionConfig, generate_region
-from medalloc_core.training import TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,10 @@ def pretrain(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", type=Path, default=Path("medalloc_core/pretrained"), help="folder for the .safetensors and .json"
+        "--out",
+        type=Path,
+        default=Path("medalloc_core/forecast/pretrained"),
+        help="folder for the .safetensors and .json",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small corpus and one epoch (a smoke run; not the shipped weights)"

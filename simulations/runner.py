@@ -24,8 +24,8 @@ from medalloc.client.app import make_client_app
 from medalloc.client.config import hospital_files
 from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary, window_spec
 from medalloc.server.config import RunConfig
+from medalloc_core.forecast.models import ForecasterConfig, state_arrays
 from medalloc_core.model_io import read_model_files, sidecar_of
-from medalloc_core.models import ForecasterConfig, state_arrays
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
 from medalloc_core.synthetic import generate_region, write_region

@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from medalloc.cli import app
-from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
 from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.privacy.audit import (
     DEFAULT_AUDIT_DP,
@@ -28,7 +29,6 @@ from medalloc_core.privacy.audit import (
 )
 from medalloc_core.privacy.audit_stats import one_run_audit
 from medalloc_core.privacy.ledger import PrivacyLedger
-from medalloc_core.training import DPConfig, TrainConfig, train_local
 
 runner = CliRunner()
 # A few seconds of training: for plumbing, not for conclusions.

@@ -1,7 +1,7 @@
 """Each traceback or silent acceptance of issue 12, as a named case: exit 2, a message naming file and field,
-no traceback, inputs byte-identical, nothing written (``medalloc.fuzz.registry.run_case`` checks all five).
+no traceback, inputs byte-identical, nothing written (``fuzz.registry.run_case`` checks all five).
 
-The fuzz campaign (tests/test_fuzz_commands.py, ``python -m medalloc.fuzz.commands``) draws thousands
+The fuzz campaign (tests/test_fuzz_commands.py, ``python -m fuzz.commands``) draws thousands
 of such inputs; these are the ones the issue reported, kept by name so a regression says which.
 """
 
@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from fuzz import fixtures
+from fuzz.gen_forecast import resign
+from fuzz.gen_simulate import default_text, drop_section, set_key
+from fuzz.registry import Case, run_case
 from medalloc.cli import app
-from medalloc.fuzz import fixtures
-from medalloc.fuzz.gen_forecast import resign
-from medalloc.fuzz.gen_simulate import default_text, drop_section, set_key
-from medalloc.fuzz.registry import Case, run_case
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ("--model", "final_model.safetensors", "--data", "H000.csv", "--out", "fc")

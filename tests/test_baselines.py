@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from medalloc_core.baselines import (
+from medalloc_core.forecast.baselines import (
     BASELINES,
     HoltWinters,
     MovingAverage,
@@ -20,7 +20,7 @@ from medalloc_core.baselines import (
     make_baseline,
     rolling_origin_forecasts,
 )
-from medalloc_core.metrics import mae
+from medalloc_core.forecast.metrics import mae
 
 
 def _seasonal_series(n: int, *, seed: int = 0, noise: float = 1.0, level: float = 40.0) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_holt_winters_beats_moving_average_on_seasonal_series() -> None:
 def test_holt_winters_falls_back_to_seasonal_naive(
     series: np.ndarray, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="medalloc_core.baselines"):
+    with caplog.at_level(logging.WARNING, logger="medalloc_core.forecast.baselines"):
         model = HoltWinters(season=7).fit(series)
     assert model.fallback_
     assert any("falls back to seasonal naive" in r.getMessage() and reason in r.getMessage() for r in caplog.records)

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from medalloc.cli import app
-from medalloc_core.features import WindowSpec, prepare_hospital
+from medalloc_core.forecast.features import WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.model_io import save_model
-from medalloc_core.models import ForecasterConfig, build_model
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region
-from medalloc_core.training import TrainConfig, train_local
 from medalloc_core.validation import load_unit_records
 
 runner = CliRunner()

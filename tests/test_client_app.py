@@ -13,8 +13,8 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from medalloc.client.app import handle_evaluate, handle_train, make_client_app
 from medalloc.client.config import NodeConfig, NodeConfigError
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import EvaluateInstruction, Refusal
 from tests.fed_fixtures import TINY, record, request, small_region, task_identity
 
@@ -294,7 +294,7 @@ def test_in_a_clientapp_process_the_library_log_reaches_flowers_console_once() -
     code = (
         "import sys, logging; sys.argv[0] = '/venv/bin/flwr-clientapp'; logging.basicConfig(level=logging.INFO)\n"
         "import medalloc.client.app\n"
-        "logging.getLogger('medalloc_core.tasks.forecasting').info('H000: released 10 unit-days, epsilon 0.5 left')\n"
+        "logging.getLogger('medalloc_core.tasks.forecasting.task').info('H000: released 10 unit-days, epsilon 0.5 left')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

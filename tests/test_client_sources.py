@@ -17,7 +17,7 @@ from flwr.app import Context, RecordDict
 
 from medalloc.client.app import handle_train
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
+from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.protocol import Refusal
 from medalloc_core.sources.synthetic import create_omop_database

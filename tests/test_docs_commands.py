@@ -136,10 +136,10 @@ def _model(cwd: Path, venv: Path, target: Path, data: str = "data/H000.csv") -> 
     code = f"""
 import sys
 from pathlib import Path
-from medalloc_core.features import WindowSpec, prepare_hospital
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.forecast.features import WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model
 from medalloc_core.model_io import save_model
-from medalloc_core.training import TrainConfig, train_local
+from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.validation import load_unit_records
 records = load_unit_records(Path({str(cwd / data)!r}))
 spec = WindowSpec(history=14, horizon=7, val_periods=14, test_periods=14)

@@ -35,9 +35,9 @@ from medalloc_core.equipment.model import (
     save_risk_model,
     train_risk,
 )
-from medalloc_core.features import federation_window_spec
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model
 from medalloc_core.model_io import ModelFileError, load_model, save_model
-from medalloc_core.models import ForecasterConfig, build_model
 from tests.equipment_fixtures import medium_region, small_region
 
 SPEC = SnapshotSpec()

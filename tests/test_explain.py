@@ -17,19 +17,19 @@ pytest.importorskip("captum")
 from medalloc.cli import app  # noqa: E402
 from medalloc.cli.explain import _png_name  # noqa: E402
 from medalloc_core.contract import Frequency  # noqa: E402
-from medalloc_core.explain import (  # noqa: E402
+from medalloc_core.forecast.explain import (  # noqa: E402
     ForecastFunction,
     attribute,
     deletion_curve,
     explain_forecast,
     group_attributions,
 )
-from medalloc_core.features import federation_window_spec, prepare_hospital  # noqa: E402
-from medalloc_core.forecasting import forecast_records  # noqa: E402
+from medalloc_core.forecast.features import federation_window_spec, prepare_hospital  # noqa: E402
+from medalloc_core.forecast.models import ForecasterConfig, MLPForecaster, build_model  # noqa: E402
+from medalloc_core.forecast.predict import forecast_records  # noqa: E402
+from medalloc_core.forecast.training import TrainConfig, train_local  # noqa: E402
 from medalloc_core.model_io import load_model, save_model  # noqa: E402
-from medalloc_core.models import ForecasterConfig, MLPForecaster, build_model  # noqa: E402
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region  # noqa: E402
-from medalloc_core.training import TrainConfig, train_local  # noqa: E402
 from medalloc_core.validation import load_unit_records  # noqa: E402
 
 runner = CliRunner()
@@ -245,7 +245,7 @@ def test_a_window_scaled_hybrid_is_explained_in_beds_as_medalloc_forecast_makes_
 ) -> None:
     """The hybrid scales each window by its own loc/scale (no series scaler): the explained number is still the
     forecast `medalloc forecast` writes, and the attributions add up."""
-    from medalloc_core.pretrained import load_pretrained
+    from medalloc_core.forecast.pretrained import load_pretrained
 
     data, _ = hospital
     spec = federation_window_spec(history=28, horizon=14, targets=("admissions", "census"), model="hybrid")

@@ -1,4 +1,4 @@
-"""Windows, split, scaling and covariates of medalloc_core.features."""
+"""Windows, split, scaling and covariates of medalloc_core.forecast.features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.features import WindowSpec, calendar_covariates, forecast_inputs, prepare_hospital
+from medalloc_core.forecast.features import WindowSpec, calendar_covariates, forecast_inputs, prepare_hospital
 from tests.forecast_fixtures import records
 
 DAYS = 400

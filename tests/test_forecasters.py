@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.evaluation import evaluate_forecaster, evaluation_spec, overall, rolling_origins
-from medalloc_core.forecasters import (
+from medalloc_core.forecast.evaluation import evaluate_forecaster, evaluation_spec, overall, rolling_origins
+from medalloc_core.forecast.forecasters import (
     FORECASTERS,
     Forecaster,
     Fracast,
@@ -139,8 +139,8 @@ def test_fit_never_reads_the_held_out_weeks(name, hospitals):
 
 def test_a_network_scores_with_the_scaler_of_the_counts_it_learned_from(hospitals):
     """Series scaling: weights given as they are (a federation's), inputs scaled as in training (the release's)."""
-    from medalloc_core.forecasters import predict_origins
-    from medalloc_core.models import state_arrays
+    from medalloc_core.forecast.forecasters import predict_origins
+    from medalloc_core.forecast.models import state_arrays
 
     hospital = next(iter(hospitals.values()))
     frame = hospital.records.frame.copy()
@@ -253,8 +253,8 @@ def test_every_registered_forecaster_is_a_forecaster():
 
 def test_federated_dp_sgd_spends_at_most_the_target_per_hospital(hospitals):
     """Per-window DP-SGD through the hybrid's exact (B, T, d) clipping: each node's rounds compose to <= target."""
-    from medalloc_core.forecasters import Federated
-    from medalloc_core.training import DPConfig
+    from medalloc_core.forecast.forecasters import Federated
+    from medalloc_core.forecast.training import DPConfig
 
     dp = DPConfig(target_epsilon=2.0, planned_rounds=2, delta=1e-6, accountant="rdp")
     fed = Federated(NeuralForecaster(hidden=8, batch_size=32, dp=dp), rounds=2).fit(hospitals)

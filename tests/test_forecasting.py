@@ -14,11 +14,11 @@ import torch
 from medalloc_core import model_io
 from medalloc_core.allocation.forecast_io import read_forecast, write_forecast
 from medalloc_core.contract import CENSUS, DATE, UNIT, UnitRecords
-from medalloc_core.features import WindowSpec, prepare_hospital
-from medalloc_core.forecasting import ModelDataMismatch, forecast_records, holdout_forecasts
+from medalloc_core.forecast.features import WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.predict import ModelDataMismatch, forecast_records, holdout_forecasts
+from medalloc_core.forecast.training import predict
 from medalloc_core.model_io import ModelFileError, load_model, save_model
-from medalloc_core.models import ForecasterConfig, build_model
-from medalloc_core.training import predict
 from tests.forecast_fixtures import records
 
 SPEC = WindowSpec(history=14, horizon=7, val_periods=14, test_periods=14)
@@ -78,8 +78,8 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path) -> None:
 def test_checkpoint_folder_loads_latest_round_with_its_window_spec(tmp_path: Path) -> None:
     from medalloc.server.checkpoint import Checkpoint, save_checkpoint
     from medalloc.server.config import RunConfig
-    from medalloc_core.features import federation_window_spec
-    from medalloc_core.models import state_arrays
+    from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.forecast.models import state_arrays
 
     run = RunConfig.from_mapping({"history": 14, "horizon": 7, "targets": "census", "hidden": 8})
     config = ForecasterConfig(history=14, horizon=7, n_features=7, n_targets=1, hidden=8)
@@ -118,7 +118,7 @@ def test_forecast_covers_every_unit_target_day_and_level_after_the_data_end() ->
     train = ward.iloc[: len(ward) - 28]
     mean, std = train[CENSUS].mean(), max(train[CENSUS].std(ddof=0), 1.0)
     assert ds.scaler.mean["ward"][1] == pytest.approx(mean)
-    from medalloc_core.features import forecast_inputs
+    from medalloc_core.forecast.features import forecast_inputs
 
     x = forecast_inputs(recs, ds).X[[1]]  # units sorted: icu, ward
     scaled = predict(model, x)[0, 2, 1, 1]  # third day, census, median

@@ -1,4 +1,4 @@
-"""The command fuzz campaign (medalloc/fuzz/commands.py) as a test: every generator, fixed seeds, no broken promise."""
+"""The command fuzz campaign (fuzz/commands.py) as a test: every generator, fixed seeds, no broken promise."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import random
 import pytest
 import typer.main
 
+from fuzz.commands import GENERATORS, Case, run_case
+from fuzz.gen_simulate import default_text, drop_section, set_key
+from fuzz.registry import run_case as registry_run_case
 from medalloc.cli import app
-from medalloc.fuzz.commands import GENERATORS, Case, run_case
-from medalloc.fuzz.gen_simulate import default_text, drop_section, set_key
-from medalloc.fuzz.registry import run_case as registry_run_case
 
-# x generators; `python -m medalloc.fuzz.commands --cases 3000` is the full campaign (docs/reliability.md).
+# x generators; `python -m fuzz.commands --cases 3000` is the full campaign (docs/reliability.md).
 PER_GENERATOR = 12
 
 # Commands whose bad input is proven elsewhere, with where.
 COVERED_ELSEWHERE = {
-    "validate": "medalloc/fuzz/__main__.py, tests/test_fuzz_validate.py and tests/test_fuzz_sources.py "
+    "validate": "fuzz/__main__.py, tests/test_fuzz_validate.py and tests/test_fuzz_sources.py "
     "(the malformed-file campaign, OMOP and FHIR sources included)",
     "gateway start": "tests/test_gateway.py (runs nginx); its arguments are the generator 'gateway config/args'",
     "gateway stop": "takes only --dir; tests/test_gateway.py::test_gateway_stop_stops_the_one_it_started",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from medalloc.fuzz.__main__ import CLASSES, check_any, mutate_any, run_campaign
-from medalloc.fuzz.checks import _folder_fingerprint
-from medalloc.fuzz.equipment import EQUIPMENT_MUTATIONS, mutate_equipment, write_fleet_mutant
+from fuzz.__main__ import CLASSES, check_any, mutate_any, run_campaign
+from fuzz.checks import _folder_fingerprint
+from fuzz.equipment import EQUIPMENT_MUTATIONS, mutate_equipment, write_fleet_mutant
 
 PER_CLASS = 10  # 17 classes x 10 = 170 broken fleets, about 20 s of CPU on the shared 2-core machine
 REPO_ROOT = Path(__file__).resolve().parents[1]

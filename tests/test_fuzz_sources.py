@@ -1,6 +1,6 @@
 """The malformed-resource suite: seeded broken OMOP CDMs and FHIR exports through the loaders and the CLI.
 
-Every class of the campaign (``python -m medalloc.fuzz``) runs on every kind of source it
+Every class of the campaign (``python -m fuzz``) runs on every kind of source it
 applies to: each must be refused with an error naming the file, the row/line/entry, the
 record and the field, exit 2, no traceback, and every file left as it was.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from medalloc.fuzz.source_checks import check_source
-from medalloc.fuzz.source_mutations import (
+from fuzz.source_checks import check_source
+from fuzz.source_mutations import (
     SOURCE_MUTATIONS,
     SourceMutant,
     _bases,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medalloc.fuzz.checks import check, check_subprocess, write_mutant
-from medalloc.fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
+from fuzz.checks import check, check_subprocess, write_mutant
+from fuzz.mutations import FORMATS, MUTATIONS, Base, Expect, Mutant, bases, mutate, truncation_oracle
 from medalloc_core.contract import DataContractError
 from medalloc_core.io import read_table
 from medalloc_core.validation import load_unit_records, validate_file

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from medalloc_core.metrics import (
+from medalloc_core.forecast.metrics import (
     aggregate_over_hospitals,
     forecast_metrics,
     interval_coverage,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.validators import ModuleValidator
 
-from medalloc_core.models import (
+from medalloc_core.forecast.models import (
     MODELS,
     ForecasterConfig,
     PinballLoss,

@@ -228,8 +228,8 @@ def test_a_caught_attacker_leaves_the_same_model_as_a_silent_one(region: Path, t
 
 def test_when_every_node_attacks_the_round_is_skipped_and_the_model_kept(region: Path, tmp_path: Path):
     """All five nodes send NaN: nothing is aggregated, the run ends normally with the initial model."""
-    from medalloc_core.features import federation_window_spec
-    from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+    from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 
     result, log = federate(
         region,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from medalloc.simulations import pretrain
-from medalloc_core.models import ForecasterConfig, build_model
-from medalloc_core.pretrained import PRETRAINED_NAME, PretrainedMismatch, load_pretrained, pretrained_info
+from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.pretrained import PRETRAINED_NAME, PretrainedMismatch, load_pretrained, pretrained_info
 
 
 def _config(**kw) -> ForecasterConfig:
@@ -18,7 +18,7 @@ def _config(**kw) -> ForecasterConfig:
 
 
 def test_shipped_weights_are_small_versioned_and_load_for_any_target_set():
-    files = resources.files("medalloc_core.pretrained")
+    files = resources.files("medalloc_core.forecast.pretrained")
     assert len(files.joinpath(f"{PRETRAINED_NAME}.safetensors").read_bytes()) < 400_000
     info = pretrained_info()
     assert info["version"] and info["reproduce"] == "python -m simulations.pretrain"

@@ -21,8 +21,8 @@ from flwr.app import Context, RecordDict
 
 from medalloc.client.app import handle_evaluate, handle_train
 from medalloc_core import protocol
-from medalloc_core.features import federation_window_spec
-from medalloc_core.models import ForecasterConfig, build_model, state_arrays
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import Refusal
 from tests.fed_fixtures import TINY, record, request, small_region, task_identity
 
@@ -265,7 +265,7 @@ def test_the_release_is_sized_with_the_ledgers_history(tmp_path: Path, region: P
 def test_dp_sgd_without_a_seed_draws_from_the_os_and_never_repeats(region: Path):
     """train_local(seed=None): sampling and noise from the OS CSPRNG; a seed repeats (research only)."""
     from medalloc.client.task import load_local_data
-    from medalloc_core.training import DPConfig, TrainConfig, train_local
+    from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
 
     train = load_local_data(region / "H000.csv", SPEC).dataset.train
 

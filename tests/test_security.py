@@ -19,9 +19,9 @@ from medalloc.server.app import METRICS_FILE, run_federation
 from medalloc.server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from medalloc.server.config import RunConfig
 from medalloc_core import model_io
-from medalloc_core.features import WindowSpec, federation_window_spec
+from medalloc_core.forecast.features import WindowSpec, federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig, build_model
 from medalloc_core.model_io import ModelFileError, load_model, save_model
-from medalloc_core.models import ForecasterConfig, build_model
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 REPO = Path(__file__).resolve().parents[1]

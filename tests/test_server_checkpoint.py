@@ -13,8 +13,8 @@ from medalloc.server.app import METRICS_FILE, restore_strategy_state, run_federa
 from medalloc.server.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from medalloc.server.config import RunConfig, RunConfigError
 from medalloc.server.strategies import build_strategy
-from medalloc_core.features import federation_window_spec
-from medalloc_core.models import ForecasterConfig
+from medalloc_core.forecast.features import federation_window_spec
+from medalloc_core.forecast.models import ForecasterConfig
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
 

@@ -123,7 +123,7 @@ def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: 
     from medalloc.client.task import load_local_data
     from medalloc.simulations import comparisons as cmp
     from medalloc.simulations.scenario import _BASELINES
-    from medalloc_core.features import federation_window_spec
+    from medalloc_core.forecast.features import federation_window_spec
     from tests.fed_fixtures import small_region
 
     path = sorted(small_region(tmp_path / "region", hospitals=1, days=150).glob("*.csv"))[0]

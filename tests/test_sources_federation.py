@@ -17,7 +17,7 @@ from medalloc.cli import app
 from medalloc.client.config import hospital_files
 from medalloc.client.task import load_local_data
 from medalloc.simulations.runner import simulate_federation
-from medalloc_core.features import federation_window_spec
+from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.sources import DataSource
 

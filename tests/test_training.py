@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medalloc_core.features import WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
-from medalloc_core.privacy.accounting import epsilon_for
-from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
-from medalloc_core.privacy.plan import DPPlan
-from medalloc_core.training import (
+from medalloc_core.forecast.features import WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.training import (
     DPConfig,
     LinearClipper,
     TrainConfig,
@@ -20,6 +17,9 @@ from medalloc_core.training import (
     predict,
     train_local,
 )
+from medalloc_core.privacy.accounting import epsilon_for
+from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.plan import DPPlan
 from tests.forecast_fixtures import records
 
 L, H = 14, 4

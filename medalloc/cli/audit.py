@@ -201,8 +201,8 @@ def audit(
         earlier = [name for name in _OUTPUTS if (out / name).exists()]
         if earlier:
             _fail(console, f"{out} already holds audit results ({', '.join(earlier)}); choose another --out")
+    from medalloc_core.forecast.training import DPConfig
     from medalloc_core.privacy.audit import DEFAULT_AUDIT_DP, FULL_SETTING, QUICK_SETTING, run_audit
-    from medalloc_core.training import DPConfig
 
     setting = QUICK_SETTING if quick else FULL_SETTING
     if seed is not None:

@@ -64,9 +64,9 @@ def explain(
 ) -> None:
     """Attributions of a forecast to its input days and series (fan chart + heatmap PNG, JSON, plain words)."""
     from medalloc_core.atomic import atomic_write_bytes
-    from medalloc_core.explain import METHODS, ExplainError, explain_forecast
-    from medalloc_core.explain.plot import plot_explanation
-    from medalloc_core.forecasting import ModelDataMismatch
+    from medalloc_core.forecast.explain import METHODS, ExplainError, explain_forecast
+    from medalloc_core.forecast.explain.plot import plot_explanation
+    from medalloc_core.forecast.predict import ModelDataMismatch
     from medalloc_core.model_io import ModelFileError, load_model
     from medalloc_core.validation import load_unit_records
 

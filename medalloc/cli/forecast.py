@@ -65,8 +65,8 @@ def forecast(
     """Quantile forecasts per unit, day and target for the periods after your data ends
     (forecast.csv + forecast.png)."""
     from medalloc_core.allocation.forecast_io import write_forecast
-    from medalloc_core.forecast_plot import plot_forecast
-    from medalloc_core.forecasting import ModelDataMismatch, forecast_records
+    from medalloc_core.forecast.plot import plot_forecast
+    from medalloc_core.forecast.predict import ModelDataMismatch, forecast_records
     from medalloc_core.model_io import ModelFileError, load_model
     from medalloc_core.validation import load_unit_records
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from medalloc.client.config import NodeConfig, NodeConfigError
 from medalloc.client.hints import data_hint, window_hint
 from medalloc_core.contract import Frequency
-from medalloc_core.features import WindowSpec, federation_window_spec, prepare_hospital
+from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.sources import load_source
 
 from .approved import ApprovalError, read_approved

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.features import WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.models import Forecaster, ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.features import WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.training import DPConfig, TrainConfig, predict, train_local
 from medalloc_core.privacy.audit_stats import OneRunAudit, mia_auc, one_run_audit, tpr_at_fpr
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.synthetic import RegionConfig, generate_region
-from medalloc_core.training import DPConfig, TrainConfig, predict, train_local
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskMod
 
 #: Task name -> ``module:attribute`` of its FederatedTask (imported when first asked for).
 TASKS: dict[str, str] = {
-    "forecasting": "medalloc_core.tasks.forecasting:TASK",
-    "equipment": "medalloc_core.equipment.task:TASK",
+    "forecasting": "medalloc_core.tasks.forecasting.task:TASK",
+    "equipment": "medalloc_core.tasks.equipment.task:TASK",
 }
 DEFAULT_TASK = "forecasting"
 

@@ -134,7 +134,7 @@ def _pld_gaussian(noise_multiplier: float, delta: float) -> float | None:
 def patient_level(console: Console) -> None:
     """Patient-level epsilon of the default federation, per mechanism, against dp_accounting (within 1%)."""
     from medalloc_core.contract import ADMISSIONS, CENSUS, Frequency, UnitRecords
-    from medalloc_core.features import federation_window_spec, prepare_hospital
+    from medalloc_core.forecast.features import federation_window_spec, prepare_hospital
     from medalloc_core.privacy.accounting import noise_multiplier_for
     from medalloc_core.privacy.patient import dp_sgd_patient_item, stride
     from medalloc_core.privacy.plan import DPPlan

@@ -32,8 +32,8 @@ from rich.table import Table
 from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, TARGET, VALUE, Q
 from medalloc_core.allocation.newsvendor import PlanConfig, UnitCosts, plan_hospital
 from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, plan_region, synthetic_distances
-from medalloc_core.baselines import SeasonalNaive
 from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
+from medalloc_core.forecast.baselines import SeasonalNaive
 
 from ..logs import quiet_flower
 
@@ -86,7 +86,7 @@ def _from_point_and_spread(keys: pd.DataFrame, median: np.ndarray, sd: np.ndarra
 def seasonal_naive_forecast(
     history: pd.DataFrame, origin: pd.Timestamp, horizon: int, *, window_days: int = 365
 ) -> pd.DataFrame:
-    """Same weekday last week (``medalloc_core.baselines.SeasonalNaive``) per hospital unit, as a forecast frame.
+    """Same weekday last week (``forecast.baselines.SeasonalNaive``) per hospital unit, as a forecast frame.
 
     Fitted on the last ``window_days`` of census up to ``origin``; its quantiles come from the
     rule's own in-sample h-step errors, as everywhere else in the project.
@@ -146,7 +146,7 @@ def neural_forecasts(
     (``server.app.run_federation``) and ClientApp, delivered in-process by
     ``simulations.local_grid.LocalGrid`` (no Ray), DP-SGD on every node with its own ledger.
     The final model is read back with ``medalloc_core.model_io.load_model`` and applied to each
-    hospital's records by ``medalloc_core.forecasting.forecast_records`` (what ``medalloc
+    hospital's records by ``medalloc_core.forecast.predict.forecast_records`` (what ``medalloc
     forecast`` does). Local-only DP: each hospital alone, trained on its node's own source
     release (post-processing of the very release the federation used, hence the same
     patient-level epsilon, read from the node's ledger for both methods).
@@ -159,14 +159,14 @@ def neural_forecasts(
     from medalloc.client.app import make_client_app
     from medalloc.server.app import run_federation
     from medalloc.server.config import RunConfig
-    from medalloc_core.features import prepare_hospital
-    from medalloc_core.forecasting import forecast_records
+    from medalloc_core.forecast.features import prepare_hospital
+    from medalloc_core.forecast.models import build_model
+    from medalloc_core.forecast.predict import forecast_records
+    from medalloc_core.forecast.pretrained import load_pretrained
+    from medalloc_core.forecast.training import TrainConfig, train_local
     from medalloc_core.model_io import load_model
-    from medalloc_core.models import build_model
-    from medalloc_core.pretrained import load_pretrained
     from medalloc_core.privacy.ledger import PrivacyLedger
     from medalloc_core.privacy.release import ReleaseStore
-    from medalloc_core.training import TrainConfig, train_local
     from medalloc_core.validation import load_unit_records
 
     from ..local_grid import LocalGrid, task_identity

@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medalloc_core.baselines import (
+from medalloc_core.forecast.baselines import (
     BaselineForecaster,
     HoltWinters,
     MovingAverage,
     SeasonalNaive,
     rolling_origin_forecasts,
 )
-from medalloc_core.metrics import forecast_metrics
+from medalloc_core.forecast.metrics import forecast_metrics
 
 
 def _region(hospitals: int, units: int, days: int, seed: int) -> np.ndarray:

@@ -58,9 +58,9 @@ def _peak(script: str, *, cwd: Path) -> tuple[float, float, str]:
 _MODEL_SETUP = """
 import hashlib, json, struct
 from pathlib import Path
-from medalloc_core.features import WindowSpec
+from medalloc_core.forecast.features import WindowSpec
 from medalloc_core.model_io import save_model, sidecar_digest
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.forecast.models import ForecasterConfig, build_model
 spec = WindowSpec(history=56, horizon=14, val_periods=56, test_periods=56)
 model = build_model(ForecasterConfig.for_spec(spec, model="mlp", hidden=64), seed=0)
 path = save_model(Path("default.safetensors"), model, spec=spec, overwrite=True)

@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, Frequency, UnitRecords
-from medalloc_core.features import HospitalDataset, WindowSet, WindowSpec, prepare_hospital
-from medalloc_core.models import ForecasterConfig, build_model, pinball_loss_per_sample
-from medalloc_core.training import DPConfig, TrainConfig, evaluate, train_local
+from medalloc_core.forecast.features import HospitalDataset, WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model, pinball_loss_per_sample
+from medalloc_core.forecast.training import DPConfig, TrainConfig, evaluate, train_local
 
 MODES = {"mlp": ["linear", "hooks", "ghost", "ew", "functorch"], "tcn": ["hooks", "ghost", "ew", "functorch"]}
 QUICK_MODES = {"mlp": ["linear", "hooks", "ghost"]}

@@ -91,7 +91,9 @@ def federated(
         "simulation-reproducible-noise": True,
     } | {f"equipment.{k}": v for k, v in options.items()}
     nodes = {i + 1: {"partition-id": i, "num-partitions": hospitals} for i in range(hospitals)}
-    logging.getLogger("medalloc_core.equipment.task").setLevel(logging.ERROR)  # one reproducible-noise line per round
+    logging.getLogger("medalloc_core.tasks.equipment.task").setLevel(
+        logging.ERROR
+    )  # one reproducible-noise line per round
     with task_identity():
         run_federation(LocalGrid(make_client_app(keys), nodes), RunConfig.from_mapping(keys), run_id=1)
     epsilons = {

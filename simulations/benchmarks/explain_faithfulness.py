@@ -36,12 +36,12 @@ from rich.console import Console
 from rich.table import Table
 
 from medalloc_core.contract import CENSUS, Frequency, UnitRecords
-from medalloc_core.explain.attribution import ForecastFunction, attribute
-from medalloc_core.explain.faithfulness import deletion_curve
-from medalloc_core.features import HospitalDataset, federation_window_spec, prepare_hospital
-from medalloc_core.models import ForecasterConfig, build_model
+from medalloc_core.forecast.explain.attribution import ForecastFunction, attribute
+from medalloc_core.forecast.explain.faithfulness import deletion_curve
+from medalloc_core.forecast.features import HospitalDataset, federation_window_spec, prepare_hospital
+from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.synthetic import RegionConfig, generate_region
-from medalloc_core.training import TrainConfig, train_local
 
 logger = logging.getLogger(__name__)
 SOURCES = (
@@ -77,7 +77,7 @@ def _region(hospitals: int, days: int, seed: int) -> list[tuple[str, UnitRecords
 
 
 def _train(config: ForecasterConfig, datasets: list[HospitalDataset], seed: int, epochs: int) -> torch.nn.Module:
-    from medalloc_core.features import WindowSet
+    from medalloc_core.forecast.features import WindowSet
 
     pooled = WindowSet(
         torch.cat([d.train.X for d in datasets]),

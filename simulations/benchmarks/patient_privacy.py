@@ -29,13 +29,13 @@ from rich.table import Table
 
 from medalloc.client.task import LocalData, test_forecasts
 from medalloc_core.contract import ADMISSIONS, CENSUS, Frequency, UnitRecords
-from medalloc_core.features import HospitalDataset, federation_window_spec, prepare_hospital
-from medalloc_core.models import Forecaster, ForecasterConfig, build_model
+from medalloc_core.forecast.features import HospitalDataset, federation_window_spec, prepare_hospital
+from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model
+from medalloc_core.forecast.training import LinearClipper, TrainConfig, train_local
 from medalloc_core.privacy.accounting import noise_multiplier_for
 from medalloc_core.privacy.patient import as_tensor_batches, expected_batch, stride, stride_batches
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
-from medalloc_core.training import LinearClipper, TrainConfig, train_local
 
 from .. import comparisons as cmp
 

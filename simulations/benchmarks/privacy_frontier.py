@@ -25,7 +25,7 @@ Numbers are volume-weighted over hospitals (metrics.aggregate_over_hospitals) an
 ratios to Holt-Winters (below 1 = better); a second table per family gives the federated model
 against centralized training and, for the family's shortest-history hospitals (the shortest
 third, at least one), against each hospital training alone at the same epsilon. Training runs
-in one process (the federation's maths without Flower, ``medalloc_core.forecasters.Federated``)
+in one process (the federation's maths without Flower, ``medalloc_core.forecast.forecasters.Federated``)
 on one torch thread; release noise is seeded (research), a real node draws it from the OS.
 """
 
@@ -48,8 +48,8 @@ from rich.console import Console
 from rich.table import Table
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.evaluation import evaluation_spec, overall, rolling_origins, score_forecasts
-from medalloc_core.forecasters import (
+from medalloc_core.forecast.evaluation import evaluation_spec, overall, rolling_origins, score_forecasts
+from medalloc_core.forecast.forecasters import (
     Federated,
     Forecaster,
     Fracast,

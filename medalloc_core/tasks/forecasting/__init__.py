@@ -1,0 +1,1 @@
+"""The forecasting task: demand forecasting on the federated task interface (source release + training)."""

@@ -1,0 +1,106 @@
+"""The hospital-side work of a round, free of Flower: load and window the data, train, evaluate in original units.
+
+The ClientApp calls these; the simulation runner calls the same functions for its local-only
+and centralized comparisons, so every method is scored by one piece of code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalloc_core.contract import Frequency, UnitRecords
+from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare_hospital
+from medalloc_core.forecast.metrics import mae, wape
+from medalloc_core.forecast.models import Forecaster
+from medalloc_core.forecast.training import evaluate, predict
+from medalloc_core.sources import DataSource, load_source
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class LocalData:
+    """One hospital's validated records and windows. Stays on the node.
+
+    ``stays`` are the patient stays behind the records (contract encounter columns, with
+    patient ids: the privacy unit) for encounter files, OMOP and FHIR sources; None for
+    unit-record files. They never leave the node.
+    """
+
+    records: UnitRecords
+    dataset: HospitalDataset
+    stays: pd.DataFrame | None = None
+
+
+def load_local_data(source: Path | DataSource, spec: WindowSpec) -> LocalData:
+    """Load, validate and window a hospital's data (cached per process while it is unchanged).
+
+    ``source`` is a contract file or any :class:`DataSource` (OMOP database or export, FHIR
+    export). Raises ``DataContractError`` for data that breaks its rules and ``ValueError``
+    when its series are too short for the spec.
+    """
+    source = source if isinstance(source, DataSource) else DataSource(str(source))
+    key = source.fingerprint()
+    if key is None:  # a database server: nothing tells us cheaply whether it changed, so read it
+        return _load(source, spec)
+    # Keyed by the data's identity *and* its files' modification times and sizes, so an edited
+    # file is re-validated; one node reads one source, so a handful of entries covers a
+    # simulation actor serving several virtual nodes. Flower re-creates the ClientApp per
+    # message, so without this every round would re-read and re-validate everything.
+    cached = _CACHE.get((key, spec))
+    if cached is None:
+        cached = _CACHE[(key, spec)] = _load(source, spec)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return cached
+
+
+_CACHE: OrderedDict[tuple[object, WindowSpec], LocalData] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _load(source: DataSource, spec: WindowSpec) -> LocalData:
+    data = load_source(source)
+    records = data.records
+    if records.frequency is not Frequency.DAILY:
+        raise ValueError(f"{source.display}: the federation's model is daily; this file is {records.frequency.value}")
+    return LocalData(records, prepare_hospital(records, spec), data.stays)
+
+
+# ------------------------------------------------------------------ evaluation
+def test_forecasts(model: Forecaster, dataset: HospitalDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Actuals ``(N, H, T)`` and quantile forecasts ``(N, H, T, Q)`` on the test split, in patients/beds."""
+    test = dataset.test
+    pred = predict(model, test.X)  # (N, H, T, Q) scaled
+    y = dataset.to_original(test.y.numpy(), test)
+    q = dataset.to_original(pred, test)
+    return y, q
+
+
+def evaluate_local(model: Forecaster, dataset: HospitalDataset) -> dict[str, float]:
+    """Test-split metrics a node may share: scaled pinball loss, and MAE and WAPE of the median in original units."""
+    if len(dataset.test) == 0:
+        raise ValueError("the test split has no windows")
+    loss = evaluate(model, dataset.test)["pinball"]
+    y, q = test_forecasts(model, dataset)
+    median = q[..., _median_index(model)]
+    w = float(wape(y, median))
+    return {
+        "loss": float(loss),
+        "mae": float(mae(y, median)),
+        "wape": w if math.isfinite(w) else 0.0,
+        "n": float(len(dataset.test)),
+    }
+
+
+def _median_index(model: Forecaster) -> int:
+    levels: tuple[float, ...] = tuple(model.config.quantiles)
+    return min(range(len(levels)), key=lambda i: abs(levels[i] - 0.5))

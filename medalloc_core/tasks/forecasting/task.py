@@ -1,0 +1,541 @@
+"""Demand forecasting as a federated task: the shared forecaster, each round's proposal, a node's private round.
+
+The task MedAlloc began with, on the task interface. Its messages are the Flower defaults
+(``train`` / ``evaluate``) and :mod:`medalloc_core.protocol`'s instructions and replies,
+unchanged, so a forecasting federation speaks exactly the wire it spoke before tasks existed.
+Its run-config keys are the top-level ones (``history``, ``horizon``, ``targets``, ``model``,
+``hidden``, ``patient-epsilon``, ...); a node serves it with ``data-path``, ``ledger-path`` and
+``privacy-epsilon-budget`` (per patient). Its ``data-path`` may be a contract file, an OMOP CDM
+(SQLite file, database URL or export folder) or a FHIR export, read with the site's
+``data-mapping`` (``data-format`` says which; docs/data.md).
+
+A node's one privacy mechanism is the *source release*: each day's counts are released once
+through the Gaussian mechanism, calibrated per patient stay, charged to the node's
+patient-level ledger (opened through its node state record, so a deleted or replaced ledger is
+noticed) before any noise is drawn, with noise from the OS CSPRNG. Training and evaluation then
+read only the released counts: every round is post-processing and spends nothing. Replies carry
+only the fields of ``protocol.REPLY_ALLOW_LIST``; refusals one of ``protocol.REFUSAL_REASONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import torch
+
+from medalloc_core import protocol
+from medalloc_core.contract import DataContractError, Frequency, UnitRecords
+from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
+from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_from_arrays, build_model, state_arrays
+from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
+from medalloc_core.model_io import write_model_files
+from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
+from medalloc_core.privacy.fingerprint import fingerprint_frame
+from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+from medalloc_core.privacy.node_state import open_node_ledger
+from medalloc_core.privacy.release import (
+    ReleasePlan,
+    ReleaseStore,
+    ReleaseStoreError,
+    release_records,
+    secure_generator,
+)
+from medalloc_core.protocol import (
+    EVAL_METRIC_KEYS,
+    TRAIN_METRIC_KEYS,
+    EvaluateInstruction,
+    EvaluateReply,
+    ProtocolError,
+    Refusal,
+    Scalar,
+    TrainInstruction,
+    TrainReply,
+)
+from medalloc_core.sources import DataSource, MappingError, SourceMapping
+from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused, ledger_refusal
+from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
+from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_local_data
+
+logger = logging.getLogger(__name__)
+
+# What a region folder may hold per hospital: contract files, OMOP SQLite databases, FHIR NDJSON
+# files and Bundles (.fhir.json), and export folders (OMOP tables, FHIR Bulk Data).
+DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
+
+_I = TypeVar("_I", bound=EvaluateInstruction)
+
+
+def _reason(code: Refusal, **values: Any) -> str:
+    """A refusal's detail: the code's fixed text in ``protocol.REFUSAL_REASONS``, never data from the file."""
+    return protocol.REFUSAL_REASONS[code].format(**values)
+
+
+@dataclass(frozen=True)
+class ForecastNode:
+    """A node's settings for the forecasting task: the common ones and its patient-level keys."""
+
+    hospital_id: str
+    data_path: Path
+    ledger_path: Path
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    max_local_epochs: int
+    threads: int
+    simulated: bool
+    node_state_path: Path
+    max_stay_days: int
+    release_path: Path
+    release_columns: tuple[str, ...]
+    data_location: str  # node-config data-path verbatim (a database URL is not a path)
+    data_format: str
+    data_mapping: Path | None
+
+    @property
+    def data_display(self) -> str:
+        """``data-path`` as it may be logged (a database URL's password hidden)."""
+        return DataSource(self.data_location).display
+
+    @classmethod
+    def of(cls, node: NodeTask) -> ForecastNode:
+        """Read the forecasting keys (``max-stay-days``, ``release-path``, ``release-columns``) from ``node.extra``."""
+        extra = node.extra
+        release = extra.get("release-path", node.ledger_path.with_name(node.ledger_path.name + ".released.csv"))
+        columns = str(extra.get("release-columns", "admissions,census"))
+        mapping = extra.get("data-mapping")
+        assert node.node_state_path is not None
+        return cls(
+            hospital_id=node.hospital_id,
+            data_path=node.data_path,
+            ledger_path=node.ledger_path,
+            epsilon_budget=node.epsilon_budget,
+            delta=node.delta,
+            accountant=node.accountant,
+            max_local_epochs=node.max_local_epochs,
+            threads=node.threads,
+            simulated=node.simulated,
+            node_state_path=node.node_state_path,
+            max_stay_days=int(extra.get("max-stay-days", 14)),
+            release_path=Path(str(release)),
+            release_columns=tuple(c.strip() for c in columns.split(",") if c.strip()),
+            data_location=str(extra.get("data-location", node.data_path)),
+            data_format=str(extra.get("data-format", "auto")),
+            data_mapping=Path(str(mapping)) if mapping else None,
+        )
+
+
+def _source(node: ForecastNode) -> DataSource:
+    """The node's data with its site mapping; a bad mapping file is the node's own misconfiguration."""
+    try:
+        mapping = SourceMapping.from_toml(node.data_mapping) if node.data_mapping else SourceMapping()
+    except MappingError as exc:
+        logger.error("node configuration: data-mapping: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+    try:
+        return DataSource(node.data_location, node.data_format, mapping)  # type: ignore[arg-type]
+    except ValueError as exc:  # a data-format the node config check let through (a node built in code)
+        logger.error("node configuration: data-format: %s", exc)
+        raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
+
+
+def _data(node: ForecastNode, spec: WindowSpec) -> LocalData:
+    source = _source(node)
+    try:
+        return load_local_data(source, spec)
+    except DataContractError as exc:
+        # The problems name rows and values of the hospital's data (and how many there are is a
+        # statistic of it too): they stay in the node's log.
+        logger.error("%s\n%s", exc, data_hint(node.data_display, node.data_format, node.data_mapping))
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+    except (OSError, ValueError) as exc:
+        logger.error("%s: %s; %s", node.data_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+
+
+def _model(model_config: ForecasterConfig, arrays: Mapping[str, np.ndarray], data: LocalData) -> Forecaster:
+    if data.dataset.n_features != model_config.n_features or data.dataset.n_targets != model_config.n_targets:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"the model expects F={model_config.n_features}, T={model_config.n_targets}; the window spec "
+                f"gives F={data.dataset.n_features}, T={data.dataset.n_targets}",
+            ),
+        )
+    try:
+        return build_from_arrays(model_config, dict(arrays))
+    except (ValueError, TypeError) as exc:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(Refusal.REQUEST_INVALID, what=f"global arrays do not fit the model ({exc})"),
+        ) from exc
+
+
+# ------------------------------------------------------------------ privacy: ledger, randomness, release
+def _ledger(node: ForecastNode) -> PrivacyLedger:
+    """The node's patient-level ledger, through its state record; each ledger problem is its own refusal."""
+    assert node.node_state_path is not None
+    try:
+        return open_node_ledger(
+            state_path=node.node_state_path,
+            hospital_id=node.hospital_id,
+            ledger_path=node.ledger_path,
+            epsilon_budget=node.epsilon_budget,
+            delta=node.delta,
+            accountant=node.accountant,
+            max_stay_days=node.max_stay_days,
+        )
+    except LedgerError as exc:
+        hint = ""
+        if isinstance(exc, LedgerConfigMismatch):  # name the node-config key to fix (reads the ledger)
+            hint = ledger_hint(
+                node.ledger_path, accountant=node.accountant, delta=node.delta, epsilon_budget=node.epsilon_budget
+            )
+        raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason, hint=hint) from exc
+
+
+def _noise_rng(node: ForecastNode, ask: EvaluateInstruction) -> np.random.Generator:
+    """The node's DP noise: the OS CSPRNG, unless a *simulated* node is told to be reproducible.
+
+    A real node refuses the switch: whoever knows the seed can subtract the noise, and the
+    coordinator chose it (docs/privacy.md, "Randomness").
+    """
+    if not ask.reproducible_noise:
+        return secure_generator()
+    if not node.simulated:
+        logger.error(
+            "%s: the coordinator asked for reproducible (coordinator-known) DP noise; refused", node.hospital_id
+        )
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"a real node never uses DP noise the coordinator can recompute ({protocol.REPRODUCIBLE_NOISE})",
+            ),
+        )
+    logger.warning(
+        "%s: DP noise from the run's seed: reproducible, NOT private against the coordinator (simulation only)",
+        node.hospital_id,
+    )
+    return np.random.default_rng([ask.seed, zlib.crc32(node.hospital_id.encode())])
+
+
+def _release_plan(
+    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, columns: Sequence[str]
+) -> ReleasePlan:
+    """The plan of a node's first release: the proposal capped by the budget, sized with the ledger's history."""
+    if ask.privacy_mechanism != "source":
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"privacy-mechanism '{ask.privacy_mechanism}' is not offered; use 'source'",
+            ),
+        )
+    target = min(ask.patient_epsilon, ledger.epsilon_budget)
+    try:
+        # docs/privacy.md: the noise is the least that keeps everything spent so far plus this
+        # release within the target (shares or metrics spent earlier are composed in).
+        z = noise_multiplier_for(
+            target_epsilon=target,
+            delta=ledger.delta,
+            sample_rate=1.0,
+            steps=1,
+            accountant=ledger.accountant,
+            history=ledger.history(),
+            epsilon_tolerance=1e-4,
+        )
+    except TargetUnreachable as exc:
+        spent = ledger.epsilon_spent()
+        raise PrivacyBudgetExceeded(str(exc), projected_epsilon=spent, epsilon_budget=ledger.epsilon_budget) from exc
+    stay = max(node.max_stay_days, ask.max_stay_days)
+    return ReleasePlan.from_noise_multiplier(z, delta=ledger.delta, max_stay_days=stay, columns=columns)
+
+
+def _release_columns(node: ForecastNode, ask: EvaluateInstruction, data: LocalData, store: ReleaseStore) -> None:
+    """Refuse, before anything is spent, a release or a request the node's columns cannot serve.
+
+    The release covers the node's ``release-columns`` that its file has (an admissions-only
+    clinic releases admissions alone; the per-stay sensitivity then counts admissions only); a
+    stored release keeps the columns it was made with. Targets outside them cannot be trained on.
+    """
+    present = set(data.records.count_columns)
+    columns = store.plan.columns if store.plan is not None else _columns_to_release(node, data)
+    lost = [c for c in columns if c not in present]
+    if not columns or lost:
+        logger.error(
+            "%s: the file (columns %s) cannot serve the release of %s",
+            node.hospital_id,
+            sorted(present),
+            list(columns or node.release_columns),
+        )
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID))
+    unreleased = [t for t in ask.window_spec.targets if t not in columns]
+    if unreleased:
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID,
+            _reason(
+                Refusal.REQUEST_INVALID,
+                what=f"target(s) {unreleased} are not among the columns this node releases ({', '.join(columns)})",
+            ),
+        )
+
+
+def _columns_to_release(node: ForecastNode, data: LocalData) -> tuple[str, ...]:
+    """The node's ``release-columns`` that its file has, in the configured order."""
+    return tuple(c for c in node.release_columns if c in data.records.count_columns)
+
+
+def _released(
+    node: ForecastNode, ask: EvaluateInstruction, ledger: PrivacyLedger, data: LocalData, run_tag: str
+) -> LocalData:
+    """The node's released counts, extended to days not released yet (charged first, then drawn)."""
+    assert node.release_path is not None
+    try:
+        store = ReleaseStore.open(node.release_path)
+        _release_columns(node, ask, data, store)
+        missing = store.missing_days(data.records)
+        if len(missing):
+            rng = _noise_rng(node, ask)
+            plan = store.plan or _release_plan(node, ask, ledger, _columns_to_release(node, data))  # fixed for life
+            frame = missing.sort_values(["unit", "date"]).reset_index(drop=True)
+            days = (str(frame["date"].min().date()), str(frame["date"].max().date()))
+            ledger.spend(
+                fingerprint_frame(frame),
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=1.0,
+                steps=1,
+                run_id=f"{run_tag}/source-release",
+                mechanism="source-release",
+                days=days,
+                detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
+                | {"max-stay-days": float(plan.max_stay_days)},
+            )
+            part = UnitRecords(frame, data.records.frequency, data.records.source, data.records.shape)
+            store.add(release_records(part, plan, rng=rng), plan)
+            logger.info(
+                "%s: released %d unit-days (%s..%s), per-stay noise multiplier %.4g",
+                node.hospital_id,
+                len(frame),
+                days[0],
+                days[1],
+                plan.noise_multiplier,
+            )
+        records = store.records()
+    except ReleaseStoreError as exc:
+        logger.error("%s: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.LEDGER_CORRUPT, _reason(Refusal.LEDGER_CORRUPT)) from exc
+    except LedgerError as exc:
+        raise ledger_refusal(exc, node.hospital_id, node.ledger_path, _reason) from exc
+    try:
+        return LocalData(records, prepare_hospital(records, data.dataset.spec))
+    except ValueError as exc:
+        logger.error("%s: released counts cannot be windowed: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+
+
+def _prepare(
+    settings: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], kind: type[_I]
+) -> tuple[ForecastNode, _I, Forecaster, LocalData, PrivacyLedger]:
+    """What both handlers do first: request, data, model, ledger, release."""
+    node = ForecastNode.of(settings)
+    try:
+        ask = cast(_I, kind.from_dict(request))
+    except ProtocolError as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
+    if ask.reproducible_noise:
+        _noise_rng(node, ask)  # a real node refuses before touching anything
+    data = _data(node, ask.window_spec)
+    model = _model(ask.model_config, arrays, data)
+    if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
+        node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(node.threads)
+    ledger = _ledger(node)
+    released = _released(node, ask, ledger, data, ask.run_tag)
+    return node, ask, model, released, ledger
+
+
+def run_window_spec(run: Any) -> WindowSpec:
+    """The windows every node builds for a run: history, horizon, targets, the held-out validation and test
+    days (the rolling-origin evaluation's weeks) and the scaling the model needs (window scaling for the hybrid)."""
+    return federation_window_spec(
+        history=run.history,
+        horizon=run.horizon,
+        targets=run.target_list,
+        model=run.model,
+        val_periods=run.validation_days or None,
+        test_periods=run.test_days or None,
+    )
+
+
+def run_initial_model(run: Any, config: ForecasterConfig) -> Forecaster:
+    """The global model before round 1: seeded weights, or the public pretrained ones (``init = 'pretrained'``).
+
+    Raises ``PretrainedMismatch`` (a ``ValueError`` naming the setting to change) when the run's
+    shape does not fit the public weights.
+    """
+    if run.init == "pretrained":
+        from medalloc_core.forecast.pretrained import load_pretrained
+
+        return load_pretrained(config)
+    return build_model(config, seed=run.seed)
+
+
+def _privacy_fields(run: Any, run_tag: str) -> dict[str, Any]:
+    """The patient-level proposal every forecasting instruction carries."""
+    return {
+        "privacy_mechanism": run.privacy_mechanism,
+        "patient_epsilon": run.patient_epsilon,
+        "max_stay_days": run.max_stay_days,
+        "reproducible_noise": run.simulation_reproducible_noise,
+        "seed": run.seed,
+        "run_tag": run_tag,
+    }
+
+
+class ForecastingTask(FederatedTask):
+    """P10/P50/P90 admissions and census per unit for the next days, trained with DP-SGD (docs/forecasting.md)."""
+
+    name = "forecasting"
+    action = "default"
+    privacy_unit = "patient"
+    evaluates = True
+    train_keys = TRAIN_METRIC_KEYS
+    evaluate_keys = EVAL_METRIC_KEYS
+
+    # ------------------------------------------------------------------ coordinator
+    def model(self, run: Any, options: Any) -> TaskModel:
+        spec = run_window_spec(run)
+        config = ForecasterConfig.for_spec(spec, model=run.model, hidden=run.hidden)
+        return TaskModel(config, spec, state_arrays(run_initial_model(run, config)))
+
+    def train_instruction(
+        self, run: Any, options: Any, model: TaskModel, *, server_round: int, run_tag: str
+    ) -> dict[str, Scalar]:
+        assert isinstance(model.config, ForecasterConfig) and isinstance(model.spec, WindowSpec)
+        return TrainInstruction(
+            server_round=server_round,
+            model_config=model.config,
+            window_spec=model.spec,
+            local_epochs=run.local_epochs,
+            batch_size=run.batch_size,
+            lr=run.lr,
+            proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
+            dp_noise_multiplier=run.dp_noise_multiplier,
+            dp_target_epsilon=run.dp_target_epsilon,
+            dp_max_grad_norm=run.dp_max_grad_norm,
+            **_privacy_fields(run, run_tag),
+        ).to_dict()
+
+    def evaluate_instruction(
+        self, run: Any, options: Any, model: TaskModel, *, server_round: int, run_tag: str
+    ) -> dict[str, Scalar]:
+        assert isinstance(model.config, ForecasterConfig) and isinstance(model.spec, WindowSpec)
+        return EvaluateInstruction(
+            server_round=server_round,
+            model_config=model.config,
+            window_spec=model.spec,
+            **_privacy_fields(run, run_tag),
+        ).to_dict()
+
+    def parse_model(self, config: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[ForecasterConfig, WindowSpec]:
+        return ForecasterConfig.from_dict(dict(config)), WindowSpec.from_dict(dict(spec))
+
+    def write_model(
+        self, path: Path, arrays: Mapping[str, np.ndarray], model: TaskModel, extra: Mapping[str, Any]
+    ) -> Path:
+        assert isinstance(model.config, ForecasterConfig) and isinstance(model.spec, WindowSpec)
+        return write_model_files(path, arrays, config=model.config, spec=model.spec, extra=extra)
+
+    # ------------------------------------------------------------------ node
+    def train(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
+        """Train the global model on this node's released counts: post-processing of its one source release."""
+        settings, ask, model, released, ledger = _prepare(node, request, arrays, TrainInstruction)
+        epochs = min(ask.local_epochs, settings.max_local_epochs)
+        # The batch order needs no secrecy (no noise is added here): a reproducible simulation
+        # repeats it, a real node draws it from its own generator.
+        order = np.random.default_rng([ask.seed, ask.server_round]) if ask.reproducible_noise else secure_generator()
+        seed = int(order.integers(2**31))
+        train = released.dataset.train
+        # A few windows in one batch would give one step per epoch; the batch size costs no
+        # privacy under the source release, so it adapts (logged).
+        batch_size = adaptive_batch_size(len(train), ask.batch_size)
+        result = train_local(
+            model,
+            train,
+            config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=ask.lr, fedprox_mu=ask.proximal_mu, seed=seed),
+            global_params=[p.detach().clone() for p in model.parameters()] if ask.proximal_mu > 0 else None,
+        )
+        plan = ReleaseStore.open(settings.release_path).plan
+        epsilon, left = ledger.epsilon_spent(), ledger.remaining()
+        logger.info(
+            "%s round %s: %s windows, loss %.4f on released counts, node patient epsilon %.3f (%.3f left)",
+            settings.hospital_id,
+            ask.server_round,
+            result.num_examples,
+            result.loss,
+            epsilon,
+            left,
+        )
+        reply = TrainReply(
+            num_examples=int(result.num_examples),
+            train_loss=float(result.loss),
+            epsilon=float(epsilon),
+            epsilon_budget_left=float(left),
+            noise_multiplier=float(plan.noise_multiplier if plan else 0.0),
+            local_epochs_used=float(epochs),
+            delta=float(ledger.delta),
+            stay_cap_days=float(plan.max_stay_days if plan else settings.max_stay_days),
+        )
+        return NodeReply(reply.metrics(), state_arrays(model))
+
+    def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
+        """Score the global model on this node's RELEASED test split: post-processing, nothing charged."""
+        _, _, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
+        scores = evaluate_local(model, released.dataset)
+        reply = EvaluateReply(
+            num_examples=int(scores["n"]), eval_loss=scores["loss"], eval_mae=scores["mae"], eval_wape=scores["wape"]
+        )
+        return NodeReply(reply.metrics())
+
+    # ------------------------------------------------------------------ simulations
+    def node_data(self, folder: Path) -> list[Path]:
+        """The hospitals' data in a region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ``H002.fhir``, ...).
+
+        A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
+        FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals.
+        """
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder")
+
+        def is_hospital(p: Path) -> bool:
+            if p.name.startswith("."):
+                return False
+            if p.is_file():
+                return p.suffix in DATA_SUFFIXES or p.name.endswith(".fhir.json")
+            return p.is_dir() and DataSource(str(p)).kind() != "contract"
+
+        return sorted(p for p in folder.iterdir() if is_hospital(p))
+
+    def check_comparisons(self, raw: Mapping[str, Any]) -> None:
+        pass  # the simulation scenario checks the forecasting comparisons itself (simulations/scenario.py)
+
+    def check_region(self, raw: Mapping[str, Any]) -> None:
+        from medalloc_core.synthetic import RegionConfig
+
+        RegionConfig(**{k.replace("-", "_"): v for k, v in raw.items()})
+
+    def generate(self, folder: Path, region: Mapping[str, Any]) -> list[Path]:
+        from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+        write_region(generate_region(RegionConfig(**{k.replace("-", "_"): v for k, v in region.items()})), folder)
+        return self.node_data(folder)
+
+
+TASK = ForecastingTask()
