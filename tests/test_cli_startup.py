@@ -110,8 +110,8 @@ def _medalloc(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Com
 @pytest.fixture(scope="module")
 def hospital_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from medalloc_core.forecast.features import WindowSpec, prepare_hospital
-    from medalloc_core.model_io import save_model
     from medalloc_core.forecast.models import ForecasterConfig, build_model
+    from medalloc_core.model_io import save_model
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
     from medalloc_core.validation import load_unit_records
 

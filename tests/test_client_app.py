@@ -294,7 +294,7 @@ def test_in_a_clientapp_process_the_library_log_reaches_flowers_console_once() -
     code = (
         "import sys, logging; sys.argv[0] = '/venv/bin/flwr-clientapp'; logging.basicConfig(level=logging.INFO)\n"
         "import medalloc.client.app\n"
-        "logging.getLogger('medalloc_core.tasks.forecasting.task').info('H000: released 10 unit-days, epsilon 0.5 left')\n"
+        "logging.getLogger('medalloc_core.tasks.forecasting.task').info('H000: released 10 unit-days')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -63,11 +63,14 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
     catcher.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addHandler(catcher)
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.INFO)  # as in a ServerApp process (an earlier test may have quietened Flower)
     try:
         with task_identity():
             result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
     finally:
         flwr_logger.removeHandler(catcher)
+        flwr_logger.setLevel(level)
     # the coordinator's one line for the round, written once, through Flower's logger (what `flwr log` shows)
     rounds = [line for line in lines if line.startswith("round ")]
     assert len(rounds) == 1, lines
