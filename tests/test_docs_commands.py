@@ -163,10 +163,20 @@ def _ledger(venv: Path, path: Path) -> None:
     subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, timeout=120)
 
 
+def _node_toml(cwd: Path, data: str) -> None:
+    """The node's node.toml as hospital.md writes it (its own paths, the hospital's one id)."""
+    (cwd / "node" / "node.toml").write_text(
+        f'hospital-id = "H000"\ndata-path = "{cwd / data}"\nledger-path = "{cwd / "node" / "privacy-ledger.json"}"\n'
+        "privacy-epsilon-budget = 1.5\nprivacy-delta = 1e-6\nmax-stay-days = 14\n",
+        encoding="utf-8",
+    )
+
+
 def setup_allocation(cwd: Path, venv: Path) -> None:
     _generate(cwd, venv, "--hospitals 2 --days 200 --seed 3 --out data")
     _model(cwd, venv, cwd / "results" / "default" / "final_model.safetensors")
     _ledger(venv, cwd / "node" / "privacy-ledger.json")
+    _node_toml(cwd, "data/H000.csv")
 
 
 def setup_explain(cwd: Path, venv: Path) -> None:
@@ -179,6 +189,7 @@ def setup_hospital(cwd: Path, venv: Path) -> None:
     _generate(cwd, venv, "--hospitals 1 --days 200 --seed 3 --out daily")
     (cwd / "mapping.toml").write_text("[omop]\ninpatient-visit-concepts = [9201, 262]\n", encoding="utf-8")
     _ledger(venv, cwd / "node" / "privacy-ledger.json")
+    _node_toml(cwd, "omop/H000.sqlite")
     _model(cwd, venv, cwd / "final_model.safetensors", data="daily/H000.csv")
 
 
