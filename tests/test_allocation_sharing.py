@@ -124,7 +124,8 @@ def test_cli_share_records_the_release_and_writes_the_table(node: tuple[Path, Pa
     )
     assert result.exit_code == 0, result.output
     shared = pd.read_csv(out)
-    assert list(shared.columns) == ["hospital", "date", "q", "value"] and len(shared) == 21
+    assert list(shared.columns) == ["hospital", "date", "q", "value", "noise_sd"] and len(shared) == 21
+    assert shared["noise_sd"].nunique() == 1 and shared["noise_sd"].iloc[0] > 0  # public: the plan accounts for it
     assert (shared.groupby("date")["value"].apply(lambda v: v.is_monotonic_increasing)).all()
     z = noise_multiplier_for(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=1)
     assert PrivacyLedger.load(path).epsilon_spent() == pytest.approx(

@@ -145,7 +145,8 @@ def share(
         _fail(f"{exc}\nNothing was shared.")
         return
     try:
-        write_shared(result.shared, out, overwrite=force)
+        # the noise sd is public (epsilon, delta, sensitivity, count): the coordinator plans knowing it
+        write_shared(result.shared.assign(noise_sd=round(float(result.sigma), 6)), out, overwrite=force)
     except OSError as exc:
         _fail(f"cannot write {out}: {exc} (the epsilon is already recorded in {ledger})")
     _out.print(
