@@ -47,6 +47,9 @@ def show_node_log_in_flower_log() -> None:
         return
     from flwr.common.logger import console_handler
 
+    # Opacus's import-time logging.basicConfig gives the root logger a handler too: Flower's lines
+    # would be written twice (its console handler, then the root's); see server.app.one_line_each
+    logging.getLogger("flwr").propagate = False
     core = logging.getLogger("medalloc_core")
     if console_handler not in core.handlers:
         core.setLevel(logging.INFO)

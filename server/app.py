@@ -42,6 +42,24 @@ logger = logging.getLogger(__name__)
 # adds no handler of its own, so each line is written once.
 progress = logging.getLogger("flwr.medalloc")
 
+
+def one_line_each() -> None:
+    """In a real ServerApp process, stop Flower's logger from also propagating to the root logger.
+
+    Opacus calls ``logging.basicConfig`` when it is imported (opacus/utils/module_utils.py), which
+    gives the root logger a stderr handler; Flower's own console handler already writes every
+    ``flwr`` line to stdout, and the ServerApp process mirrors both streams to the SuperLink, so
+    `flwr log` showed every line twice. Only in ``flwr-serverapp``: in-process callers (the
+    simulation runner, tests) keep their own logging set-up.
+    """
+    import sys
+
+    if Path(sys.argv[0]).name == "flwr-serverapp":
+        logging.getLogger("flwr").propagate = False
+
+
+one_line_each()
+
 FINAL_MODEL = FINAL_MODEL_NAME
 
 

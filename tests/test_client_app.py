@@ -299,3 +299,6 @@ def test_in_a_clientapp_process_the_library_log_reaches_flowers_console_once() -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (out.stdout + out.stderr).count("released 10 unit-days") == 1, out.stderr
+    flower = code.replace("medalloc_core.tasks.forecasting.task", "flwr")
+    out = subprocess.run([sys.executable, "-c", flower], capture_output=True, text=True, timeout=120)
+    assert (out.stdout + out.stderr).count("released 10 unit-days") == 1, out.stderr  # Flower's lines once too

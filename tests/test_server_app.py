@@ -120,3 +120,22 @@ def test_client_level_dp_option_runs_and_reports_its_epsilon(region: Path, tmp_p
     assert eps[1] == pytest.approx(client_dp_epsilon(noise_multiplier=1.0, releases=2, delta=1e-5))
     assert latest_checkpoint(tmp_path / "out" / "checkpoints").strategy_state == {"client-dp-releases": 2}
     assert all(np.isfinite(v).all() for v in result.arrays.values())
+
+
+def test_in_a_serverapp_process_each_flower_line_is_written_once() -> None:
+    """Opacus's import-time basicConfig gave the root logger a handler: every line of `flwr log` came twice."""
+    import subprocess
+    import sys
+
+    def copies(argv0: str) -> int:
+        code = (
+            f"import sys, logging; sys.argv[0] = {argv0!r}\n"
+            "import medalloc.server.app\n"
+            "logging.getLogger('flwr').info('round 1/1: one line')\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return (out.stdout + out.stderr).count("round 1/1: one line")
+
+    assert copies("/venv/bin/flwr-serverapp") == 1
+    assert copies("/venv/bin/python") == 2  # what the fix is for: elsewhere both handlers still write it
