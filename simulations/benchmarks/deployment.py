@@ -128,6 +128,7 @@ def in_process(files: list[Path], rounds: int, root: Path) -> float:
     from medalloc.server.config import RunConfig
 
     from ..local_grid import LocalGrid, task_identity
+    from ..logs import quiet_flower
 
     nodes = {
         i + 1: _node_config(f, root / f"inproc-ledger-{i}.json", f.stem)
@@ -135,6 +136,7 @@ def in_process(files: list[Path], rounds: int, root: Path) -> float:
         for i, f in enumerate(files)
     }
     config = RunConfig.from_mapping(_run_config(len(files), rounds, root / "inproc-out"))
+    quiet_flower()  # the deployed run's log is the nodes' and the SuperLink's; this one would only repeat it
     with task_identity():
         result = run_federation(LocalGrid(make_client_app(), nodes), config, run_id=1)
     seconds = [r.seconds for r in result.rounds if r.round > 0 and r.seconds is not None]
@@ -152,7 +154,7 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
     (root / "home").mkdir(parents=True, exist_ok=True)
-    fleet, control, runtime = _free_port(), _free_port(), _free_port()
+    link = _free_port()  # Flower 1.42: the Fleet, Control and Runtime APIs share one HTTP port
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -166,8 +168,7 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
     try:
         start(
             "superlink",
-            ["flower-superlink", "--insecure", "--fleet-api-address", f"127.0.0.1:{fleet}",
-             "--control-api-address", f"127.0.0.1:{control}", "--port", str(runtime),
+            ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
              "--disable-runtime-dependency-installation", "--database", str(root / "superlink.db")],
         )  # fmt: skip
         nodes = []
@@ -181,7 +182,7 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
                         "flower-supernode",
                         "--insecure",
                         "--superlink",
-                        f"127.0.0.1:{fleet}",
+                        f"127.0.0.1:{link}",
                         "--port",
                         str(_free_port()),
                         "--node-config",
@@ -193,7 +194,7 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
         idle = [_rss_mb(n.pid) for n in nodes]
         (root / "home" / ".flwr").mkdir(parents=True, exist_ok=True)
         (root / "home" / ".flwr" / "config.toml").write_text(
-            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{control}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
         )
         project = _copy_project(root / "project")
         out = root / "deployed-out"
