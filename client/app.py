@@ -25,7 +25,7 @@ from flwr.clientapp.typing import Mod
 
 from medalloc_core import protocol
 from medalloc_core.protocol import Refusal
-from medalloc_core.tasks import DEFAULT_TASK, FederatedTask, NodeReply, TaskRefused, get_task, task_names
+from medalloc_core.tasks import FederatedTask, NodeReply, TaskRefused, get_task, task_names
 
 from .config import NodeConfig, NodeConfigError
 
@@ -125,14 +125,19 @@ def handle(
     return _reply(message, answer, node)
 
 
+def plain_task() -> FederatedTask:
+    """The task served under Flower's plain ``train`` / ``evaluate`` messages (its ``action`` is ``"default"``)."""
+    return next(get_task(name) for name in task_names() if get_task(name).action == "default")
+
+
 def handle_train(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
-    """A forecasting train request (Flower's plain ``train`` message): see :func:`handle`."""
-    return handle(message, context, task=get_task(DEFAULT_TASK), train=True, run_config=run_config)
+    """A plain ``train`` request (the :func:`plain_task`'s): see :func:`handle`."""
+    return handle(message, context, task=plain_task(), train=True, run_config=run_config)
 
 
 def handle_evaluate(message: Message, context: Context, *, run_config: Mapping[str, Any] | None = None) -> Message:
-    """A forecasting evaluate request (Flower's plain ``evaluate`` message): see :func:`handle`."""
-    return handle(message, context, task=get_task(DEFAULT_TASK), train=False, run_config=run_config)
+    """A plain ``evaluate`` request (the :func:`plain_task`'s): see :func:`handle`."""
+    return handle(message, context, task=plain_task(), train=False, run_config=run_config)
 
 
 # ------------------------------------------------------------------ the app

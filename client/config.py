@@ -30,11 +30,16 @@ from typing import Any
 from flwr.app import Context
 
 from medalloc_core.privacy.accounting import ACCOUNTANTS, AccountantName
+from medalloc_core.simulation import (
+    SimulationConfig,
+    SimulationConfigError,
+    ensure_simulation_region,
+    simulated_ledger_path,
+)
 from medalloc_core.sources import FORMATS, DataSource, MappingError, SourceMapping
 from medalloc_core.tasks import DEFAULT_TASK, NodeTask, get_task, task_names
-from medalloc_core.tasks.forecasting.task import DATA_SUFFIXES
 
-__all__ = ["DATA_SUFFIXES", "NodeConfig", "NodeConfigError", "ensure_simulation_region", "hospital_files", "task_keys"]
+__all__ = ["NodeConfig", "NodeConfigError", "task_keys"]
 
 
 class NodeConfigError(ValueError):
@@ -49,10 +54,13 @@ def _accountant(value: object) -> AccountantName:
 
 
 def task_keys(task: str) -> tuple[str, str, str]:
-    """The node-config keys of a task's data path, ledger path and budget."""
-    if task == DEFAULT_TASK:
-        return "data-path", "ledger-path", "privacy-epsilon-budget"
-    return f"{task}-data-path", f"{task}-ledger-path", f"{task}-epsilon-budget"
+    """The node-config keys of a task's data path, ledger path and budget (the task's ``node_keys``)."""
+    return get_task(task).node_keys
+
+
+def _source_task() -> str:
+    """The registered task whose ``data-path`` may be any data source (contract, OMOP, FHIR, a database URL)."""
+    return next(name for name in task_names() if get_task(name).reads_data_sources)
 
 
 @dataclass(frozen=True)
@@ -106,18 +114,18 @@ class NodeConfig:
             )
         return self.tasks[name]
 
-    # The forecasting task's settings, by their historical names.
+    # The settings of the task that reads data-path (contract, OMOP, FHIR), by their historical names.
     @property
     def data_path(self) -> Path:
-        return self.task(DEFAULT_TASK).data_path
+        return self.task(_source_task()).data_path
 
     @property
     def ledger_path(self) -> Path:
-        return self.task(DEFAULT_TASK).ledger_path
+        return self.task(_source_task()).ledger_path
 
     @property
     def epsilon_budget(self) -> float:
-        return self.task(DEFAULT_TASK).epsilon_budget
+        return self.task(_source_task()).epsilon_budget
 
     @property
     def delta(self) -> float:
@@ -142,18 +150,18 @@ class NodeConfig:
     @property
     def data_location(self) -> str:
         """Node-config ``data-path`` exactly as given (a database URL is not a path)."""
-        settings = self.task(DEFAULT_TASK)
+        settings = self.task(_source_task())
         return str(settings.extra.get("data-location", settings.data_path))
 
     @property
     def data_format(self) -> str:
         """Node-config ``data-format``: what ``data-path`` is (``auto`` tells contract, OMOP and FHIR apart)."""
-        return str(self.task(DEFAULT_TASK).extra.get("data-format", "auto"))
+        return str(self.task(_source_task()).extra.get("data-format", "auto"))
 
     @property
     def data_mapping(self) -> Path | None:
         """Node-config ``data-mapping``: the site's mapping file (TOML; docs/data.md) for OMOP/FHIR, or None."""
-        raw = self.task(DEFAULT_TASK).extra.get("data-mapping")
+        raw = self.task(_source_task()).extra.get("data-mapping")
         return Path(str(raw)) if raw else None
 
     @property
@@ -234,16 +242,14 @@ class NodeConfig:
         name = str(run.get("task", DEFAULT_TASK))
         try:
             task = get_task(name)
-        except ValueError as exc:
+            sim = SimulationConfig.from_run_config(run)  # the simulation-* keys, read once, typed
+        except (ValueError, SimulationConfigError) as exc:
             raise NodeConfigError(str(exc)) from exc
-        if run.get("simulation-data-dir"):
-            folder = Path(str(run["simulation-data-dir"]))
+        if sim.data_dir:
+            folder = Path(sim.data_dir)
         else:  # `flwr run .` with the pyproject defaults: a region generated once, shared by the virtual nodes
             folder = ensure_simulation_region(
-                hospitals=int(node.get("num-partitions", 1)),
-                days=int(run.get("simulation-days", 730)),
-                seed=int(run.get("simulation-region-seed", 0)),
-                task=name,
+                hospitals=int(node.get("num-partitions", 1)), days=sim.days, seed=sim.region_seed, task=name
             )
         if not folder.is_dir():
             raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
@@ -255,17 +261,13 @@ class NodeConfig:
                 "run as many virtual nodes as hospital files"
             )
         data_path = paths[partition]
-        hospital = DataSource(str(data_path)).name if name == DEFAULT_TASK else data_path.stem
-        ledger = f"{hospital}.json" if name == DEFAULT_TASK else f"{hospital}-{name}.json"
+        hospital = task.hospital_id_of(data_path)
         settings = _node_task(
-            {
-                "privacy-delta": run.get("simulation-delta", 1e-6),
-                "max-stay-days": run.get("simulation-max-stay-days", 14),
-            },
+            {"privacy-delta": sim.delta, "max-stay-days": sim.max_stay_days},
             name,
             data_path=data_path,
-            ledger_path=folder / "ledgers" / ledger,
-            epsilon_budget=_number(run, "simulation-epsilon-budget", 1.0),
+            ledger_path=simulated_ledger_path(folder, name, hospital),
+            epsilon_budget=sim.epsilon_budget,
             hospital_id=hospital,
             simulated=True,
         )
@@ -293,8 +295,8 @@ def _node_task(
     simulated: bool,
 ) -> NodeTask:
     extra: dict[str, Any] = {k: v for k, v in node.items() if isinstance(v, int | float | str | bool)}
-    if name == DEFAULT_TASK:
-        # The forecasting data may be a database URL (not a path) read with a site mapping.
+    if get_task(name).reads_data_sources:
+        # The data may be a database URL (not a path) read with a site mapping.
         extra["data-location"] = str(node.get("data-path", data_path))
         data_format = str(node.get("data-format", "auto"))
         if data_format not in FORMATS:
@@ -328,7 +330,7 @@ def _node_task(
     if settings.max_grad_norm <= 0:
         raise NodeConfigError(f"max-grad-norm must be > 0, got {settings.max_grad_norm}")
     _accountant(settings.accountant)
-    if name == DEFAULT_TASK and int(_number(node, "max-stay-days", 14)) < 1:
+    if get_task(name).privacy_unit == "patient" and int(_number(node, "max-stay-days", 14)) < 1:
         raise NodeConfigError(f"max-stay-days must be >= 1, got {node.get('max-stay-days')}")
     return settings
 
@@ -338,44 +340,6 @@ def _threads(node: Mapping[str, Any]) -> int:
     if threads < 1:
         raise NodeConfigError(f"torch-threads must be >= 1, got {threads}")
     return threads
-
-
-def ensure_simulation_region(*, hospitals: int, days: int, seed: int, task: str = DEFAULT_TASK) -> Path:
-    """The region folder for a simulation run without ``simulation-data-dir``; generated on first use.
-
-    Every virtual node computes the same path (temp dir, named by task/hospitals/days/seed); the
-    first to arrive generates the region into a private folder and renames it into place, so
-    concurrent nodes never see a half-written region.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    prefix = "medalloc-simulation-region" if task == DEFAULT_TASK else f"medalloc-simulation-{task}"
-    folder = Path(tempfile.gettempdir()) / f"{prefix}-h{hospitals}-d{days}-s{seed}"
-    if folder.is_dir() and get_task(task).node_data(folder):
-        return folder
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    get_task(task).generate(staging / "region", {"hospitals": hospitals, "days": days, "seed": seed})
-    try:
-        os.rename(staging / "region", folder)
-    except OSError:  # another node won the race; its region is identical (same config, same seed)
-        pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def hospital_files(folder: Path) -> list[Path]:
-    """The hospitals' data in a forecasting region folder, sorted by name (``H000.csv``, ``H001.sqlite``, ...).
-
-    A file with a data suffix or a FHIR Bundle (``.fhir.json``), or a folder that is an OMOP or
-    FHIR export; hidden entries and anything else (``region.json``, ``ledgers/``) are not hospitals
-    (the forecasting task's ``node_data``).
-    """
-    if not folder.is_dir():
-        raise NodeConfigError(f"simulation-data-dir {folder} is not a folder")
-    return get_task(DEFAULT_TASK).node_data(folder)
 
 
 def _number(values: Mapping[str, Any], key: str, default: float | None = None) -> float:

@@ -54,7 +54,7 @@ MAX_MODEL_PARAMETERS = 50_000_000
 MAX_SIDECAR_BYTES = 16 * 2**20  # a checkpoint's sidecar holds its run config and scalar strategy state
 MAX_HEADER_BYTES = 16 * 2**20  # the safetensors JSON header (safetensors itself allows 100 MB)
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-TASK_KEY = "task"  # names the task of a non-forecasting model (medalloc_core.equipment: "equipment")
+TASK_KEY = "task"  # names a model file's task; a forecaster's file names none (files written before tasks existed)
 
 
 class ModelFileError(ValueError):
@@ -87,9 +87,6 @@ def sidecar_digest(meta: Mapping[str, Any], arrays_sha256: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_digest = sidecar_digest  # the name tests and older callers use
-
-
 def write_model_files(
     path: Path,
     arrays: Mapping[str, np.ndarray],
@@ -114,14 +111,14 @@ def write_task_model_files(
     *,
     model_config: Mapping[str, Any],
     spec: Mapping[str, Any],
-    task: str = "forecasting",
+    task: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """The one writer, for any task's model: arrays, then the sidecar (the commit marker).
 
-    A forecasting model's sidecar has no ``task`` field (files written before tasks existed
-    read the same); any other task's model names its task, so that a forecaster is never
-    loaded from another task's weights.
+    ``task`` is the task's ``model_file_task()``: ``None`` for a forecaster (its sidecar has no
+    ``task`` field, as files written before tasks existed), any other task's model names its
+    task, so that a forecaster is never loaded from another task's weights.
     """
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a model file ends in .safetensors")
@@ -138,7 +135,7 @@ def write_task_model_files(
         "window-spec": dict(spec),
         "sha256": sha,
     }
-    if task != "forecasting":
+    if task is not None:
         meta[TASK_KEY] = task
     meta["digest"] = sidecar_digest(meta, sha)
     sidecar = sidecar_of(path)
@@ -146,9 +143,9 @@ def write_task_model_files(
     return sidecar
 
 
-def model_task(meta: Mapping[str, Any]) -> str:
-    """The task a sidecar's model belongs to (``"forecasting"`` when it names none)."""
-    return str(meta.get(TASK_KEY, "forecasting"))
+def model_task(meta: Mapping[str, Any]) -> str | None:
+    """The task a sidecar's model names (``None``: a forecaster's file; ``medalloc_core.tasks.task_of_model``)."""
+    return None if meta.get(TASK_KEY) is None else str(meta[TASK_KEY])
 
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
@@ -379,7 +376,7 @@ def load_model(path: Path) -> SavedModel:
     """
     sidecar = resolve_model_path(path)
     meta = read_sidecar(sidecar)
-    if model_task(meta) != "forecasting":
+    if model_task(meta) is not None:
         raise ModelFileError(
             f"{sidecar}: is a '{model_task(meta)}' model, not a demand forecaster (see docs/equipment.md for "
             "the equipment task's commands)"

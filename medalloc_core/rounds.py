@@ -145,3 +145,14 @@ def truncate_rounds(path: Path, last_round: int) -> None:
         if isinstance(number, int) and number <= last_round:
             kept.append(line + "\n")
     atomic_write_bytes(path, "".join(kept).encode())
+
+
+def refusal_summary(rounds: list[RoundRecord]) -> dict[str, int]:
+    """How often each reason ended a node's round (``"refused: privacy-budget-exceeded: ..."``), over ``rounds``."""
+    counts: dict[str, int] = {}
+    for record in rounds:
+        for outcome in record.outcomes or []:
+            if outcome.get("status") != "accepted":
+                key = f"{outcome.get('status')}: {str(outcome.get('reason', '')).split(':')[0] or 'no reason given'}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -25,10 +25,15 @@ from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.forecast.features import WindowSpec
-from medalloc_core.forecast.models import Forecaster, ForecasterConfig
 from medalloc_core.model_io import FINAL_MODEL_NAME
-from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, read_rounds, truncate_rounds
+from medalloc_core.rounds import (
+    METRICS_FILE,
+    RoundRecord,
+    append_round,
+    read_rounds,
+    refusal_summary,
+    truncate_rounds,
+)
 from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -59,8 +64,6 @@ def one_line_each() -> None:
 
 
 one_line_each()
-
-FINAL_MODEL = FINAL_MODEL_NAME
 
 
 @dataclass
@@ -140,17 +143,6 @@ def restore_strategy_state(built: BuiltStrategy, arrays: Mapping[str, np.ndarray
     return int(scalars.get("client-dp-releases", 0))
 
 
-def initial_model(config: RunConfig, mconfig: ForecasterConfig) -> Forecaster:
-    """The forecasting global model before round 1: seeded weights, or the public pretrained ones (``init``)."""
-    from medalloc_core.forecast.pretrained import PretrainedMismatch
-    from medalloc_core.tasks.forecasting.task import run_initial_model
-
-    try:
-        return run_initial_model(config, mconfig)
-    except PretrainedMismatch as exc:
-        raise RunConfigError(str(exc)) from exc
-
-
 def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
     """The run's output folder; an existing one is only reused with ``resume = true``."""
     out = config.out_path if config.out_dir else Path("results") / f"run-{run_id}"
@@ -160,13 +152,6 @@ def resolve_out_dir(config: RunConfig, run_id: int) -> Path:
             "or choose another out-dir (results are never overwritten)"
         )
     return out
-
-
-def window_spec(config: RunConfig) -> WindowSpec:
-    """The windows every forecasting node builds for this run (history, horizon, targets, held-out days, scaling)."""
-    from medalloc_core.tasks.forecasting.task import run_window_spec
-
-    return run_window_spec(config)
 
 
 # ------------------------------------------------------------------ the run
@@ -349,13 +334,13 @@ def run_federation(
         # round's; every round's own model stays in the checkpoints.
         result.arrays = best[2]
         kept |= {"best-round": best[1], "best-round-val-loss": best[0], "selected-by": VAL_LOSS_MEANING}
-    task.write_model(out / FINAL_MODEL, result.arrays, model, kept)
+    task.write_model(out / FINAL_MODEL_NAME, result.arrays, model, kept)
     result.final_model_written = True
     result.best_round = best[1] if best else None
     write_run_summary(out, result, config, task.privacy_unit, best_round=result.best_round)
     progress.info(
         "final model written to %s (%s)",
-        out / FINAL_MODEL,
+        out / FINAL_MODEL_NAME,
         f"round {best[1]}, the best on the nodes' released validation windows, val-loss {best[0]:.4g}"
         if best
         else "the last round's",
@@ -466,7 +451,7 @@ def run_summary(
             "model_kept": {
                 "round": best_round if best_round is not None else (rounds[-1].round if rounds else None),
                 "selected_by": VAL_LOSS_MEANING if best_round is not None else "the last round (no validation loss)",
-                "file": FINAL_MODEL,
+                "file": FINAL_MODEL_NAME,
             },
         },
         "privacy": privacy,
@@ -481,17 +466,6 @@ def write_run_summary(
     """Write run-summary.json after every round (a run that stops early still leaves a readable folder)."""
     text = json.dumps(run_summary(result, config, unit, best_round=best_round), indent=2, default=str) + "\n"
     atomic_write_bytes(out / SUMMARY_FILE, text.encode("utf-8"))
-
-
-def refusal_summary(rounds: list[RoundRecord]) -> dict[str, int]:
-    """How often each reason ended a node's round (``"refused: privacy-budget-exceeded: ..."``), over ``rounds``."""
-    counts: dict[str, int] = {}
-    for record in rounds:
-        for outcome in record.outcomes or []:
-            if outcome.get("status") != "accepted":
-                key = f"{outcome.get('status')}: {str(outcome.get('reason', '')).split(':')[0] or 'no reason given'}"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:

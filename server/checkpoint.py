@@ -23,8 +23,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from medalloc_core.atomic import atomic_write_bytes
-from medalloc_core.model_io import ModelFileError, model_task, read_model_files, write_task_model_files
-from medalloc_core.tasks import get_task
+from medalloc_core.model_io import ModelFileError, read_model_files, write_task_model_files
+from medalloc_core.tasks import DEFAULT_TASK, get_task, task_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Checkpoint:
     strategy: str
     model_config: Any  # the task's model config (has to_dict)
     window_spec: Any  # the task's example spec (has to_dict)
-    task: str = "forecasting"
+    task: str = DEFAULT_TASK
     run_config: dict[str, Any] = field(default_factory=dict)
     strategy_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     strategy_state: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +63,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
         checkpoint.arrays,
         model_config=checkpoint.model_config.to_dict(),
         spec=checkpoint.window_spec.to_dict(),
-        task=checkpoint.task,
+        task=get_task(checkpoint.task).model_file_task(),
         extra={
             "round": checkpoint.round,
             "strategy": checkpoint.strategy,
@@ -80,7 +80,7 @@ def load_checkpoint(marker: Path) -> Checkpoint:
     """Read the checkpoint whose sidecar is ``marker``, verifying every file it names."""
     try:
         meta, arrays = read_model_files(marker)
-        task = model_task(meta)
+        task = task_of_model(meta)
         model_config, spec = get_task(task).parse_model(meta["model-config"], meta["window-spec"])
         round_ = int(meta["round"])
         strategy = str(meta["strategy"])

@@ -12,9 +12,11 @@ from typing import Any
 
 from flwr.app import Context
 
-from medalloc_core.tasks import TaskOptionsError, get_task, task_names
+from medalloc_core.simulation import PATIENT_EPSILON, SimulationConfig, SimulationConfigError
+from medalloc_core.tasks import DEFAULT_TASK, TaskOptionsError, get_task, task_names
 
 _STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+_SIM = SimulationConfig()  # the simulation-* keys' defaults live there, read by the nodes too
 
 
 class RunConfigError(ValueError):
@@ -23,15 +25,19 @@ class RunConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything the ServerApp needs to run a federation; defaults match ``pyproject.toml``.
+    """Everything the ServerApp needs to run a federation: THE defaults of the product.
 
-    Each field is the snake_case form of a kebab-case key in ``[tool.flwr.app.config]``
+    ``pyproject.toml``'s ``[tool.flwr.app.config]``, the embedded default scenario and any
+    scenario that leaves a key unset get exactly these (tests/test_run_config_defaults.py holds
+    ``pyproject.toml`` equal to them). The default run fine-tunes the hybrid forecaster from its
+    public pretrained weights (no privacy cost) with small steps. Each field is the snake_case form of
+    a kebab-case key in ``[tool.flwr.app.config]``
     (``num_server_rounds`` <- ``num-server-rounds``). Override any of them with
     ``flwr run . --run-config "strategy='fedprox' num-server-rounds=10"``.
     """
 
     # --- the federated task (medalloc_core.tasks); its own keys are "<task>.<key>" (task_options)
-    task: str = "forecasting"
+    task: str = DEFAULT_TASK
     task_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # --- rounds and sampling
     num_server_rounds: int = 5
@@ -44,23 +50,23 @@ class RunConfig:
     # --- local training, proposed to nodes (each node caps these with its own config)
     local_epochs: int = 2
     batch_size: int = 256  # DP-SGD noise per step shrinks as 1 / batch size
-    lr: float = 0.01
+    lr: float = 3e-4  # small steps from the public pretrained weights
     seed: int = 0
     # --- the shared model and its input windows
-    model: str = "mlp"
-    history: int = 56  # L: days of history per input window (8 weeks)
+    model: str = "hybrid"  # hybrid (classical forecast + learned correction) | mlp | tcn
+    history: int = 28  # L: days of history per input window (4 weeks: the pretrained weights' shape)
     horizon: int = 14  # H: days forecast (2 weeks)
-    hidden: int = 64  # MLP width; a few thousand windows per hospital need no more
+    hidden: int = 64  # network width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
-    init: str = "none"  # "pretrained": the hybrid starts from the shipped public weights (no privacy cost)
+    init: str = "pretrained"  # the hybrid starts from the shipped public weights (no privacy cost); "none": seeded
     # Days each node holds out at the end of every unit: never trained on. 0 = max(horizon, 28).
     # `medalloc simulate` sets test-days to its rolling-origin evaluation weeks ([evaluation]).
     validation_days: int = 0
     test_days: int = 0
     # --- patient-level privacy on each node (the node caps it by its own budget; its ledger has the last word)
     privacy_mechanism: str = "source"  # each day's counts released once per node with Gaussian noise
-    patient_epsilon: float = 1.0  # the most this run may spend per patient (stay) on each node
-    max_stay_days: int = 14  # the stay length that epsilon covers; a node uses max(its own, this)
+    patient_epsilon: float = PATIENT_EPSILON  # the most this run may spend per patient (stay) on each node
+    max_stay_days: int = _SIM.max_stay_days  # the stay length that epsilon covers; a node uses max(its own, this)
     # --- window-level DP-SGD: proposals kept in the protocol for research; nodes no longer run it
     dp_noise_multiplier: float = 1.3
     dp_target_epsilon: float = 0.0  # per round; > 0 overrides dp-noise-multiplier
@@ -88,15 +94,16 @@ class RunConfig:
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
     resume: bool = False
-    # --- simulation only: ignored by any node whose node config names its own data-path
-    simulation_data_dir: str = ""  # region folder with one H000.csv... per virtual node
-    simulation_epsilon_budget: float = 1.0  # per patient
-    simulation_delta: float = 1e-6
-    simulation_max_stay_days: int = 14
+    # --- simulation only: ignored by any node whose node config names its own data-path. The nodes
+    # read these through medalloc_core.simulation.SimulationConfig, whose defaults these are.
+    simulation_data_dir: str = _SIM.data_dir  # region folder with one H000.csv... per virtual node
+    simulation_epsilon_budget: float = _SIM.epsilon_budget  # per privacy unit
+    simulation_delta: float = _SIM.delta
+    simulation_max_stay_days: int = _SIM.max_stay_days
     # Research only: nodes' DP noise follows `seed` (logged); NOT private against the coordinator, a real node refuses.
-    simulation_reproducible_noise: bool = False
-    simulation_days: int = 730  # used by `flwr run .` to generate the region when absent
-    simulation_region_seed: int = 0
+    simulation_reproducible_noise: bool = _SIM.reproducible_noise
+    simulation_days: int = _SIM.days  # used by `flwr run .` to generate the region when absent
+    simulation_region_seed: int = _SIM.region_seed
 
     def __post_init__(self) -> None:
         if self.task not in task_names():
@@ -139,8 +146,10 @@ class RunConfig:
             raise RunConfigError("lr and dp-max-grad-norm must be > 0")
         if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
             raise RunConfigError("dp-noise-multiplier and dp-target-epsilon must be >= 0")
-        if self.simulation_epsilon_budget <= 0 or not 0 < self.simulation_delta < 1:
-            raise RunConfigError("simulation-epsilon-budget must be > 0 and simulation-delta in (0, 1)")
+        try:
+            self.simulation  # noqa: B018 -- the nodes' typed view of the simulation-* keys validates them
+        except SimulationConfigError as exc:
+            raise RunConfigError(str(exc)) from exc
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise RunConfigError(f"trimmed-beta must be in [0, 0.5), got {self.trimmed_beta}")
         if self.client_dp and (self.client_dp_noise_multiplier <= 0 or self.client_dp_clipping_norm <= 0):
@@ -171,7 +180,7 @@ class RunConfig:
         """
         known = {f.name: f for f in fields(cls) if f.name != "task_options"}
         kwargs: dict[str, Any] = {}
-        task = str(values.get("task", "forecasting"))
+        task = str(values.get("task", DEFAULT_TASK))
         options = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(f"{task}.")}
         if options:
             kwargs["task_options"] = options
@@ -196,6 +205,11 @@ class RunConfig:
     def target_list(self) -> tuple[str, ...]:
         """The target columns as a tuple."""
         return tuple(t.strip() for t in self.targets.split(",") if t.strip())
+
+    @property
+    def simulation(self) -> SimulationConfig:
+        """The ``simulation-*`` keys as the virtual nodes read them (``SimulationConfig.from_run_config``)."""
+        return SimulationConfig.from_run_config(self.to_dict())
 
     @property
     def out_path(self) -> Path:

@@ -234,9 +234,9 @@ def honest_wape(arrays: Mapping[str, np.ndarray], files: Collection[Path], confi
     from the hospitals' files, because in an attacked run the federated evaluation would mix
     in the attackers' own test splits.
     """
-    from medalloc.client.task import load_local_data, test_forecasts
     from medalloc_core.forecast.features import federation_window_spec
     from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays
+    from medalloc_core.tasks.forecasting.local import load_local_data, test_forecasts
 
     spec = federation_window_spec(
         history=config.history, horizon=config.horizon, targets=config.target_list, model=config.model

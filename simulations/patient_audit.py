@@ -32,7 +32,6 @@ import pandas as pd
 from flwr.app import Context, RecordDict
 
 from medalloc.client.app import handle_evaluate, handle_train
-from medalloc.client.task import evaluate_local, load_local_data
 from medalloc_core import protocol
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.forecast.features import federation_window_spec
@@ -42,6 +41,7 @@ from medalloc_core.privacy.release import ReleasePlan
 from medalloc_core.privacy.stay_audit import canary_stay_audit
 from medalloc_core.protocol import EvaluateInstruction, EvaluateReply, TrainInstruction
 from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+from medalloc_core.tasks.forecasting.local import evaluate_local, load_local_data
 
 from .local_grid import task_identity
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import pandas as pd
 
-from medalloc.client.config import hospital_files
 from medalloc_core.allocation.explain_plans import hospital_plan_reasons, write_regional_explanation
 from medalloc_core.allocation.forecast_io import HOSPITAL, capacity_from_records, write_forecast
 from medalloc_core.allocation.newsvendor import PlanConfig, plan_hospital
@@ -32,6 +31,7 @@ from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import CENSUS, DATE
 from medalloc_core.forecast.predict import forecast_records
 from medalloc_core.model_io import load_model
+from medalloc_core.tasks import get_task, task_of_model
 from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def write_run_plans(out: Path, *, plots: int = 3) -> Path | None:
     if CENSUS not in saved.spec.targets:
         logger.info("no allocation plan: the model forecasts %s, and beds are planned from census", saved.spec.targets)
         return None
-    files = hospital_files(out / "region")
+    files = get_task(task_of_model(saved.metadata)).node_data(out / "region")
     # The generated region's overflow days and the default critical ratio beyond the forecast's P90
     # are by design here; their warnings are for a hospital planning on its own data.
     quiet = [logging.getLogger(name) for name in ("medalloc_core.validation", "medalloc_core.allocation.newsvendor")]

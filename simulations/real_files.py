@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medalloc.client.config import DATA_SUFFIXES
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, DataContractError, Frequency
+from medalloc_core.tasks.forecasting.task import DATA_SUFFIXES
 from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)

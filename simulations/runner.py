@@ -17,33 +17,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from medalloc.client.app import make_client_app
-from medalloc.client.config import hospital_files
-from medalloc.server.app import FINAL_MODEL, initial_model, make_server_app, refusal_summary, window_spec
+from medalloc.server.app import make_server_app
 from medalloc.server.config import RunConfig
-from medalloc_core.forecast.models import ForecasterConfig, state_arrays
-from medalloc_core.model_io import read_model_files, sidecar_of
-from medalloc_core.privacy.ledger import PrivacyLedger
-from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds
-from medalloc_core.synthetic import generate_region, write_region
-from medalloc_core.tasks import DEFAULT_TASK, get_task
+from medalloc_core.model_io import FINAL_MODEL_NAME
+from medalloc_core.rounds import METRICS_FILE, RoundRecord, read_rounds, refusal_summary
+from medalloc_core.tasks import get_task
 from medalloc_core.tasks.base import SimulationRun
 
-from . import comparisons as cmp
-from . import plots
 from .scenario import Scenario, default_scenario_text
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-# One sentence for every place that shows the headline epsilon (simulate table, summary, docs).
-PRIVACY_MEANING = (
-    "whether or not any one patient's stay of up to {n} nights is in a hospital's records changes the probability "
-    "of anything the hospital ever releases by at most a factor e^epsilon (except with probability delta)"
-)
 SCENARIO_FILE = "scenario.toml"
 
 
@@ -133,19 +121,15 @@ def simulate_federation(
     )
 
 
-def _patient_epsilon(path: Path) -> float | None:
-    """A node's patient-level epsilon from its ledger; None when it never got one (refused everything)."""
-    if not path.exists():
-        return None
-    return float(PrivacyLedger.load(path).epsilon_spent())
-
-
 def run_scenario(
     scenario: Scenario, out: Path, *, force: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run ``scenario`` and write its results folder; returns the summary (also in ``summary.json``).
 
-    Raises ``ResultsExist`` when ``out`` holds anything and ``force`` is false.
+    Every task goes the same way: its region (generated, or the researcher's files copied),
+    the federation, then the task's own research report (``FederatedTask.report``: comparisons,
+    plots, the summary's task part). Raises ``ResultsExist`` when ``out`` holds anything and
+    ``force`` is false.
     """
     progress = progress or NoProgress()
     prepare_out_dir(out, force=force)
@@ -157,20 +141,16 @@ def run_scenario(
     began = time.perf_counter()
     region_dir = out / "region"
     task = get_task(scenario.task)
-    if scenario.task != DEFAULT_TASK:
-        progress.phase(f"generating {scenario.hospitals} hospitals")
-        files = task.generate(region_dir, scenario.region)
-    elif scenario.data is not None:
+    if scenario.data is not None:
         # Copies: the virtual nodes keep their ledgers beside their files, never in the researcher's folder.
         progress.phase(f"copying {scenario.hospitals} hospital files")
         region_dir.mkdir()
         for path in scenario.data.files:
             shutil.copy2(path, region_dir / path.name)
-        files = hospital_files(region_dir)
+        files = task.node_data(region_dir)
     else:
         progress.phase(f"generating {scenario.hospitals} hospitals")
-        write_region(generate_region(scenario.region_config()), region_dir)
-        files = hospital_files(region_dir)
+        files = task.generate(region_dir, scenario.region)
     timings["region"] = time.perf_counter() - began
 
     # --- the federation ---------------------------------------------------------------
@@ -181,148 +161,43 @@ def run_scenario(
     simulate_federation(run_config, len(files), client_cpus=scenario.client_cpus, on_round=progress.round)
     timings["federation"] = time.perf_counter() - began
     rounds = read_rounds(out / METRICS_FILE)
-    if not (out / FINAL_MODEL).exists():
+    if not (out / FINAL_MODEL_NAME).exists():
         refusals = refusal_summary(rounds)
         raise FederationFailed(
             f"no round of the federation aggregated any update, so there is no trained model (and no "
-            f"{FINAL_MODEL} was written); {out / METRICS_FILE} has every round's node outcomes",
+            f"{FINAL_MODEL_NAME} was written); {out / METRICS_FILE} has every round's node outcomes",
             refusals,
         )
-    if scenario.task != DEFAULT_TASK:
-        return _task_report(scenario, out, region_dir, config, rounds, timings, progress)
-    final_arrays = read_model_files(sidecar_of(out / FINAL_MODEL))[1]
 
-    # --- rolling-origin evaluation: the same origins for every method -----------------------
-    # The nodes' own window spec: its held-out weeks ([evaluation] weeks) are days no node
-    # trained on, and every other method trains on the same days before them.
+    # --- the task's report: comparisons, plots, its part of the summary ---------------------
     began = time.perf_counter()
-    spec = window_spec(config)
-    mconfig = ForecasterConfig.for_spec(spec, model=config.model, hidden=config.hidden)
-    quantiles = tuple(mconfig.quantiles)
-    progress.phase("rolling-origin evaluation: loading files and releases", total=1)
-    ledgers = region_dir / "ledgers"
-    evaluation = cmp.evaluation_data({p.stem: p for p in files}, ledgers, spec, n_origins=scenario.eval_origins)
-    epsilons = {hid: _patient_epsilon(ledgers / f"{hid}.json") for hid in evaluation.truth}
-    progress.advance()
-    compared = cmp.methods(
-        model=config.model,
-        hidden=config.hidden,
-        init=config.init,
-        epochs=config.num_server_rounds * config.local_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        final=final_arrays,
-        initial=state_arrays(initial_model(config, mconfig)),
-        local_only=scenario.local_only,
-        local_only_dp=scenario.local_only_dp,
-        centralized=scenario.centralized,
-        baselines=scenario.baselines,
-        quantiles=quantiles,
-    )
-    methods: dict[str, dict[str, dict[str, Any]]] = {}
-    forecasts: dict[str, np.ndarray] = {}
-    method_epsilon: dict[str, dict[str, float]] = {}
-    for name, method in compared.items():
-        learns = "each node's release" if method.trains_on == "released" else "true counts"
-        progress.phase(f"{name} (from {learns})", total=1)
-        predicted = cmp.run_method(method, evaluation)
-        methods[name] = {hid: cmp.score(evaluation.actuals[hid], q, quantiles) for hid, q in predicted.items()}
-        if method.trains_on == "released":  # the node's own release: its patient-level epsilon, nothing more
-            method_epsilon[name] = {hid: float(epsilons[hid] or 0.0) for hid in predicted if hid in evaluation.released}
-        if name == "federated":
-            forecasts = predicted
-        progress.advance()
-    timings["comparisons"] = time.perf_counter() - began
-
-    # --- plots -------------------------------------------------------------------------
-    hospitals = list(evaluation.truth)
-    progress.phase("plots", total=2 + min(scenario.forecast_plots, len(hospitals)))
-    plot_dir = out / "plots"
-    plot_dir.mkdir()
-    for hid in hospitals[: scenario.forecast_plots]:
-        plots.forecast_plot(
-            plot_dir / f"forecast_{hid}.png",
-            hid,
-            evaluation.origins[hid],
-            evaluation.actuals[hid],
-            forecasts[hid],
-            quantiles,
-            spec.targets,
-        )
-        progress.advance()
-    plots.rounds_plot(plot_dir / "metrics_per_round.png", rounds)
-    progress.advance()
-    plots.comparison_plot(plot_dir / "comparison_wape.png", {m: v for m, v in methods.items() if m != "initial model"})
-    progress.advance()
-
-    body = {
-        # Rolling-origin evaluation: every unit's last `weeks` weeks held out from all training
-        # (the nodes' included) and forecast from `origins` origins, the same for every method.
-        "evaluation": {
-            "weeks": scenario.eval_weeks,
-            "validation_days": scenario.validation_days,
-            "origins_per_unit": scenario.eval_origins,
-            "origins_per_hospital": {hid: len(o) for hid, o in evaluation.origins.items()},
-            "first_origin": {
-                hid: str(np.min(o.target_start).astype("datetime64[D]"))
-                for hid, o in evaluation.origins.items()
-                if len(o)
-            },
-            "horizon": config.horizon,
-        },
-        # The headline: epsilon per patient (a stay of up to max_stay_days nights) at delta, the
-        # largest over the nodes, lifetime; every private method spends exactly this.
-        "privacy": {
-            "unit": "patient",
-            "mechanism": "source",
-            "epsilon_max": max((e for e in epsilons.values() if e is not None), default=None),
-            "delta": scenario.delta,
-            "max_stay_days": scenario.max_stay_days,
-            "reproducible_noise": scenario.reproducible_noise,
-            "meaning": PRIVACY_MEANING.format(n=scenario.max_stay_days),
-        },
-        "methods": {
-            name: {"overall": cmp.overall(per_h), "per_hospital": per_h} for name, per_h in methods.items() if per_h
-        },
-        # Per private method and hospital: the patient-level epsilon of the release it trained on.
-        "method_epsilon": method_epsilon,
-        "local_only_dp_epsilon": method_epsilon.get("local only DP", {}),
-    }
-    return _write_summary(scenario, out, config, rounds, hospitals, epsilons, body, timings)
-
-
-def _task_report(
-    scenario: Scenario,
-    out: Path,
-    region_dir: Path,
-    config: RunConfig,
-    rounds: list[RoundRecord],
-    timings: dict[str, float],
-    progress: Progress,
-) -> dict[str, Any]:
-    """The comparisons, plots and summary of a task other than forecasting: the task's own report."""
-    task = get_task(scenario.task)
-    began = time.perf_counter()
-    options = task.options(config.task_options)
+    (out / "plots").mkdir(exist_ok=True)
     report = task.report(
         SimulationRun(
             out=out,
             region_dir=region_dir,
             region=scenario.region,
             run=config,
-            options=options,
+            options=task.options(config.task_options),
             comparisons=scenario.comparisons,
             epsilon_budget=scenario.epsilon_budget,
             delta=scenario.delta,
+            max_stay_days=scenario.max_stay_days,
+            reproducible_noise=scenario.reproducible_noise,
+            evaluation={
+                "weeks": scenario.eval_weeks,
+                "origins": scenario.eval_origins,
+                "validation-days": scenario.validation_days,
+            },
+            forecast_plots=scenario.forecast_plots,
+            rounds=rounds,
             phase=lambda name, total: progress.phase(name, total=total),
             advance=progress.advance,
         )
     )
     timings["comparisons"] = time.perf_counter() - began
-    plots.privacy_rounds_plot(out / "plots" / "metrics_per_round.png", rounds)
     epsilons = report.pop("federation_epsilon_per_hospital", {})
-    hospitals = sorted(epsilons) or [p.name for p in task.node_data(region_dir)]
+    hospitals = report.pop("hospitals", None) or sorted(epsilons) or [p.name for p in files]
     return _write_summary(scenario, out, config, rounds, hospitals, epsilons, report, timings)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc.server.config import RunConfig, RunConfigError
+from medalloc_core.simulation import SimulationConfig
 from medalloc_core.synthetic import RegionConfig
 from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
@@ -31,10 +32,7 @@ _SECTIONS = {
     *task_names(),
 }
 _EVALUATION_KEYS = {"weeks", "origins", "validation-days"}
-# A task other than forecasting protects another unit (a device): its default budget differs.
-DEVICE_EPSILON = 10.0
-_COMPARISON_KEYS = {"local-only", "local-only-dp", "centralized", "baselines"}
-_BASELINES = ("seasonal_naive", "moving_average", "holt_winters")
+_SIM = SimulationConfig()  # the simulation-* defaults: [privacy] delta, max-stay-days, reproducible-noise
 # [federation] keys the runner sets itself: a scenario that sets them would be silently overridden.
 _RUNNER_KEYS = {
     "simulation-data-dir": "[region] data-dir",
@@ -61,11 +59,11 @@ class ScenarioError(ValueError):
 class Scenario:
     """Everything one simulation run needs; built by ``load_scenario``.
 
-    ``task`` is the federated task (``[task] name``, default forecasting); ``region`` holds the
-    task's generator keyword arguments (``RegionConfig`` for forecasting, ``FleetConfig`` for
-    equipment), ``federation`` run-config keys (kebab-case, as in ``[tool.flwr.app.config]``) and
+    ``task`` is the federated task (``[task] name``, default: the run config's); ``region`` holds
+    the task's generator keyword arguments (checked by the task), ``federation`` run-config keys
+    (kebab-case, as in ``[tool.flwr.app.config]``; unset keys take ``RunConfig``'s defaults) and
     ``task_options`` the task's own keys (the ``[<task>]`` section); all are validated on load.
-    ``comparisons`` is the raw ``[comparisons]`` section (a task other than forecasting reads it).
+    ``comparisons`` is the raw ``[comparisons]`` section, the task's own (``check_comparisons``).
     """
 
     name: str
@@ -74,14 +72,10 @@ class Scenario:
     task: str = DEFAULT_TASK
     task_options: dict[str, Any] = field(default_factory=dict)
     comparisons: dict[str, Any] = field(default_factory=dict)
-    epsilon_budget: float = 1.0  # per privacy unit of the task (patient, device): each node's budget
-    delta: float = 1e-6
-    max_stay_days: int = 14
-    reproducible_noise: bool = False  # research only (logged): noise from the run's seed
-    local_only: bool = True
-    local_only_dp: bool = True
-    centralized: bool = True
-    baselines: tuple[str, ...] = ("seasonal_naive", "holt_winters")
+    epsilon_budget: float = _SIM.epsilon_budget  # per privacy unit of the task (patient, device): each node's budget
+    delta: float = _SIM.delta
+    max_stay_days: int = _SIM.max_stay_days
+    reproducible_noise: bool = _SIM.reproducible_noise  # research only (logged): noise from the run's seed
     # Rolling-origin evaluation: every unit's last `eval_weeks` weeks are held out from training
     # (nodes included) and scored from `eval_origins` origins; `validation_days` before them too.
     eval_weeks: int = 16
@@ -96,9 +90,9 @@ class Scenario:
     @property
     def hospitals(self) -> int:
         """Number of hospitals (= virtual nodes)."""
-        if self.task != DEFAULT_TASK:
-            return int(self.region.get("hospitals", 10))
-        return len(self.data.files) if self.data is not None else int(self.region_config().hospitals)
+        if self.data is not None:
+            return len(self.data.files)
+        return int(self.region.get("hospitals", RegionConfig.hospitals))  # every generator's default: 10
 
     def region_config(self) -> RegionConfig:
         """The region to generate (not for a scenario with ``[region] data-dir``)."""
@@ -110,7 +104,7 @@ class Scenario:
         """Run-config keys for the ServerApp/ClientApp of this scenario."""
         keys: dict[str, Any] = {"min-available-nodes": self.hospitals, "min-train-nodes": self.hospitals}
         keys |= self.federation
-        keys |= {"task": self.task} if self.task != DEFAULT_TASK else {}
+        keys |= {"task": self.task}
         keys |= {f"{self.task}.{k}": v for k, v in self.task_options.items()}
         keys |= {
             "simulation-data-dir": str(data_dir),
@@ -120,19 +114,17 @@ class Scenario:
             "simulation-reproducible-noise": self.reproducible_noise,
             "out-dir": str(out_dir),
         }
-        if self.task == DEFAULT_TASK:  # the patient-level proposal and the held-out days of the forecasting task
-            keys |= {
-                "patient-epsilon": self.epsilon_budget,
-                "max-stay-days": self.max_stay_days,
-                "test-days": 7 * self.eval_weeks,
-                "validation-days": self.validation_days,
-            }
+        task = get_task(self.task)
+        if task.privacy_unit == "patient":  # the run's patient-level proposal
+            keys |= {"patient-epsilon": self.epsilon_budget, "max-stay-days": self.max_stay_days}
+        if task.rolling_origin_evaluation:  # the held-out days of the rolling-origin evaluation
+            keys |= {"test-days": 7 * self.eval_weeks, "validation-days": self.validation_days}
         return keys
 
     def days_needed(self) -> int:
         """The fewest days a unit needs: one training window, then the validation days and the held-out weeks."""
-        history = int(self.federation.get("history", 56))
-        horizon = int(self.federation.get("horizon", 14))
+        history = int(self.federation.get("history", RunConfig.history))
+        horizon = int(self.federation.get("horizon", RunConfig.horizon))
         return history + horizon + self.validation_days + 7 * self.eval_weeks
 
     def federation_config(self, *, data_dir: Path, out_dir: Path) -> RunConfig:
@@ -208,10 +200,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
                 f"{source}: [{other}] holds the {other} task's keys, but this scenario's task is {task}"
             )
     task_options = dict(raw.get(task, {}))
-    forecasting = task == DEFAULT_TASK
+    kind = get_task(task)
+    rolling = kind.rolling_origin_evaluation  # [evaluation]: rolling origins over held-out weeks
     for name, section, known in (
         ("privacy", privacy, {"mechanism", "epsilon", "delta", "max-stay-days", "reproducible-noise"}),
-        ("comparisons", comparisons, _COMPARISON_KEYS if forecasting else set(comparisons)),
         ("evaluation", evaluation, _EVALUATION_KEYS),
         ("output", output, {"forecast-plots"}),
         ("simulation", simulation, {"client-cpus"}),
@@ -223,24 +215,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
     if owned:
         fixes = "; ".join(f"'{k}': use {_RUNNER_KEYS[k]}" for k in owned)
         raise ScenarioError(f"{source}: [federation] must not set {owned}: the runner sets them ({fixes})")
-    if forecasting:
-        listed = comparisons.get("baselines", ["seasonal_naive", "holt_winters"])
-        if not isinstance(listed, list) or not all(isinstance(b, str) for b in listed):
-            raise ScenarioError(
-                f"{source}: [comparisons] baselines must be a list of names such as {list(_BASELINES)}, "
-                f"got {listed!r:.60}"
-            )
-        baselines: tuple[str, ...] = tuple(listed)
-    else:  # another task's [comparisons] are its own (FederatedTask.check_comparisons)
-        baselines = ()
-    bad = [b for b in baselines if b not in _BASELINES]
-    if bad:
-        raise ScenarioError(
-            f"{source}: [comparisons] baselines: unknown baseline(s) {bad}; choose from {list(_BASELINES)}"
-        )
-    for key in ("local-only", "local-only-dp", "centralized"):
-        if key in comparisons and not isinstance(comparisons[key], bool):
-            raise ScenarioError(f"{source}: [comparisons] {key} must be true or false, got {comparisons[key]!r:.60}")
+    try:  # [comparisons] are the task's own
+        kind.check_comparisons(comparisons)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     for section_name, table, key in (
         ("privacy", privacy, "epsilon"),
         ("privacy", privacy, "delta"),
@@ -249,10 +227,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         value = table.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ScenarioError(f"{source}: [{section_name}] {key} must be a number, got {value!r:.60}")
-    stay = privacy.get("max-stay-days", 14)
+    stay = privacy.get("max-stay-days", _SIM.max_stay_days)
     if isinstance(stay, bool) or not isinstance(stay, int) or not 1 <= stay <= 366:
         raise ScenarioError(f"{source}: [privacy] max-stay-days must be a whole number from 1 to 366, got {stay!r:.60}")
-    if not isinstance(privacy.get("reproducible-noise", False), bool):
+    if not isinstance(privacy.get("reproducible-noise", _SIM.reproducible_noise), bool):
         raise ScenarioError(
             f"{source}: [privacy] reproducible-noise must be true or false, got {privacy['reproducible-noise']!r:.60}"
         )
@@ -269,28 +247,26 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
         value = evaluation.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ScenarioError(f"{source}: [evaluation] {key} must be a whole number, got {value!r:.60}")
-    if evaluation and not forecasting:
+    if evaluation and not rolling:
         raise ScenarioError(
-            f"{source}: [evaluation] is the forecasting task's rolling-origin evaluation; the {task} task does not "
-            "use it: remove it"
+            f"{source}: [evaluation] is the rolling-origin evaluation; the {task} task does not use it: remove it"
         )
-    # Another task's [region] is its generator's keyword arguments, checked by the task below.
-    known_region = {f.name for f in fields(RegionConfig)}
-    unknown_region = (
-        sorted(k for k in region if k != "data-dir" and str(k).replace("-", "_") not in known_region)
-        if forecasting
-        else []
-    )
-    if unknown_region:
-        raise ScenarioError(
-            f"{source}: unknown key(s) {unknown_region} in [region]; known: {sorted(known_region | {'data-dir'})}"
-        )
+    # [region] is the task's generator's keyword arguments (checked by the task below), or, for a
+    # task that reads data sources, data-dir: the researcher's own files.
+    from_files = kind.reads_data_sources
+    if from_files and "data-dir" in region:
+        known_region = {f.name for f in fields(RegionConfig)}
+        unknown_region = sorted(k for k in region if k != "data-dir" and str(k).replace("-", "_") not in known_region)
+        if unknown_region:
+            raise ScenarioError(
+                f"{source}: unknown key(s) {unknown_region} in [region]; known: {sorted(known_region | {'data-dir'})}"
+            )
     if "data-dir" in region and not isinstance(region["data-dir"], str):
         raise ScenarioError(
             f"{source}: [region] data-dir must be a folder path (a string), got {region['data-dir']!r:.60}"
         )
     data: DataDirPlan | None = None
-    if "data-dir" in region and forecasting:
+    if "data-dir" in region and from_files:
         unused = sorted(k for k in region if k != "data-dir")
         if unused:
             raise ScenarioError(
@@ -313,14 +289,10 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             task=task,
             task_options=task_options,
             comparisons=comparisons,
-            epsilon_budget=float(privacy.get("epsilon", 1.0 if forecasting else DEVICE_EPSILON)),
-            delta=float(privacy.get("delta", 1e-6)),
-            max_stay_days=int(privacy.get("max-stay-days", 14)),
-            reproducible_noise=bool(privacy.get("reproducible-noise", False)),
-            local_only=bool(comparisons.get("local-only", True)),
-            local_only_dp=bool(comparisons.get("local-only-dp", True)),
-            centralized=bool(comparisons.get("centralized", True)),
-            baselines=baselines,
+            epsilon_budget=float(privacy.get("epsilon", kind.default_epsilon)),
+            delta=float(privacy.get("delta", _SIM.delta)),
+            max_stay_days=int(privacy.get("max-stay-days", _SIM.max_stay_days)),
+            reproducible_noise=bool(privacy.get("reproducible-noise", _SIM.reproducible_noise)),
             eval_weeks=int(evaluation.get("weeks", 16)),
             eval_origins=int(evaluation.get("origins", 8)),
             validation_days=int(evaluation.get("validation-days", 28)),
@@ -330,14 +302,12 @@ def parse_scenario(raw: dict[str, Any], *, source: str = "scenario", text: str =
             text=text,
             data=data,
         )
-        if forecasting:
-            if data is None:
-                scenario.region_config()
+        if data is None:
+            kind.check_region(region)
+        if rolling:
             _check_evaluation(scenario)  # before the run config, whose test-days it sets
-        else:
-            get_task(task).check_region(region)
-            get_task(task).check_comparisons(comparisons)
-        scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+        run = scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+        kind.check_run(run, kind.options(run.task_options))  # e.g. a shape the pretrained weights do not fit
     except ScenarioError:
         raise
     except (TypeError, ValueError, RunConfigError) as exc:

@@ -65,4 +65,4 @@ def small_region(folder: Path, *, hospitals: int = 3, days: int = 200, seed: int
 
 
 #: Run-config keys for a tiny, fast model used by the federation tests.
-TINY = {"history": 14, "horizon": 7, "hidden": 8, "batch-size": 32, "lr": 0.01}
+TINY = {"model": "mlp", "init": "none", "history": 14, "horizon": 7, "hidden": 8, "batch-size": 32, "lr": 0.01}

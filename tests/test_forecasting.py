@@ -65,7 +65,7 @@ def test_a_tampered_or_foreign_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="format-version"):  # a sidecar of no known format
         load_model(junk)
     meta |= {"format-version": model_io.FORMAT_VERSION, "sha256": hashlib.sha256(b"hello").hexdigest()}
-    meta["digest"] = model_io._digest(meta, meta["sha256"])  # consistent hashes over bytes that are no model
+    meta["digest"] = model_io.sidecar_digest(meta, meta["sha256"])  # consistent hashes over bytes that are no model
     junk.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="not a safetensors file"):
         load_model(junk)

@@ -76,6 +76,54 @@ def test_layer_imports_nothing_it_must_not(folder: str) -> None:
     assert _violations(folder) == []
 
 
+# What simulations/ may take from the two apps: only what it needs to RUN them (the ClientApp and
+# ServerApp, their handlers and round loop, the run config they read, the deployment pieces a
+# benchmark starts). Everything else a simulation uses (task code, region files, plots, reports)
+# comes from medalloc_core, which the apps import too: the apps are not facades for the simulations.
+SIMULATIONS_MAY_IMPORT_FROM_APPS = {
+    "medalloc.client.app": {"make_client_app", "handle_train", "handle_evaluate", "refusal"},
+    "medalloc.server.app": {"make_server_app", "run_federation"},
+    "medalloc.server.config": {"RunConfig", "RunConfigError"},
+    "medalloc.server.certs": {"write_certificates"},  # the boundary benchmark starts a real SuperLink and gateway
+    "medalloc.server.gateway": {"GatewayError", "find_nginx"},
+}
+
+
+def _app_imports_of_simulations() -> list[str]:
+    out = []
+    for path in _modules("simulations"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [(a.name, "") for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [(node.module, a.name) for a in node.names]
+            else:
+                continue
+            for module, name in names:
+                if module.split(".")[:2] in (["medalloc", "client"], ["medalloc", "server"]):
+                    if name not in SIMULATIONS_MAY_IMPORT_FROM_APPS.get(module, set()):
+                        out.append(
+                            f"{path.relative_to(REPO)}:{node.lineno} imports {module}{':' + name if name else ''}"
+                        )
+    return out
+
+
+def test_simulations_import_the_core_not_the_apps() -> None:
+    assert _app_imports_of_simulations() == []
+
+
+def test_the_app_import_check_sees_a_violation() -> None:
+    probe = REPO / "simulations" / "_layer_probe_tmp.py"
+    try:
+        probe.write_text("from medalloc.client.config import NodeConfig\nimport medalloc.server.app\n")
+        assert sorted(v.split(" imports ")[1] for v in _app_imports_of_simulations()) == [
+            "medalloc.client.config:NodeConfig",
+            "medalloc.server.app",
+        ]
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def test_the_check_sees_a_violation() -> None:
     # The checker itself must be able to fail: a core module importing flwr and a client module
     # importing the server are both reported.

@@ -264,8 +264,8 @@ def test_the_release_is_sized_with_the_ledgers_history(tmp_path: Path, region: P
 
 def test_dp_sgd_without_a_seed_draws_from_the_os_and_never_repeats(region: Path):
     """train_local(seed=None): sampling and noise from the OS CSPRNG; a seed repeats (research only)."""
-    from medalloc.client.task import load_local_data
     from medalloc_core.forecast.training import DPConfig, TrainConfig, train_local
+    from medalloc_core.tasks.forecasting.local import load_local_data
 
     train = load_local_data(region / "H000.csv", SPEC).dataset.train
 

@@ -307,6 +307,8 @@ short_history_fraction = 0.0
 min_beds = 60
 max_beds = 300
 [federation]
+model = "mlp"  # a tiny seeded MLP: the default hybrid's pretrained weights need history 28
+init = "none"
 num-server-rounds = 2
 local-epochs = 1
 history = 14

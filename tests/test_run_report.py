@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from medalloc.cli import app as cli
 from medalloc.client.app import make_client_app
-from medalloc.server.app import FINAL_MODEL, SUMMARY_FILE, run_federation
+from medalloc.server.app import SUMMARY_FILE, run_federation
 from medalloc.server.checkpoint import load_checkpoint
 from medalloc.server.config import RunConfig
 from medalloc_core import protocol
-from medalloc_core.model_io import read_model_files
+from medalloc_core.model_io import FINAL_MODEL_NAME, read_model_files
 from tests.browser import Chromium, chromium_binary
 from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
 
@@ -83,7 +83,7 @@ def test_the_run_folder_holds_what_the_report_needs(run_folder: Path) -> None:
     scored = {r["round"]: r["evaluate"][protocol.VAL_LOSS] for r in rounds if r["round"] > 0}
     best = min(scored, key=scored.__getitem__)
     assert fed["model_kept"]["round"] == best and "validation" in fed["model_kept"]["selected_by"]
-    meta, kept = read_model_files(run_folder / FINAL_MODEL.replace(".safetensors", ".json"))
+    meta, kept = read_model_files(run_folder / FINAL_MODEL_NAME.replace(".safetensors", ".json"))
     assert meta["best-round"] == best
     checkpoint = load_checkpoint(run_folder / "checkpoints" / f"round-{best:04d}.json")
     for name, value in checkpoint.arrays.items():

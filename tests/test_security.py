@@ -51,7 +51,7 @@ def _swap_arrays(safetensors_path: Path, sidecar: Path, data: bytes) -> None:
     safetensors_path.write_bytes(data)
     meta = json.loads(sidecar.read_text())
     meta["sha256"] = hashlib.sha256(data).hexdigest()
-    meta["digest"] = model_io._digest(meta, meta["sha256"])
+    meta["digest"] = model_io.sidecar_digest(meta, meta["sha256"])
     sidecar.write_text(json.dumps(meta))
 
 

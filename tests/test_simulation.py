@@ -25,6 +25,8 @@ short_history_fraction = 0.0
 min_beds = 60
 max_beds = 300
 [federation]
+model = "mlp"  # a tiny seeded MLP: the default hybrid's pretrained weights need history 28
+init = "none"
 num-server-rounds = 2
 local-epochs = 2
 history = 14
@@ -120,10 +122,10 @@ def test_results_folder_is_never_replaced_without_force_nor_if_foreign(tmp_path:
 def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: Path):
     """Each name [comparisons] baselines accepts builds (moving_average takes ``window``, not
     ``season``) and forecasts every test window: finite, non-crossing, better than zeros."""
-    from medalloc.client.task import load_local_data
-    from medalloc.simulations import comparisons as cmp
-    from medalloc.simulations.scenario import _BASELINES
     from medalloc_core.forecast.features import federation_window_spec
+    from medalloc_core.tasks.forecasting import comparisons as cmp
+    from medalloc_core.tasks.forecasting.local import load_local_data
+    from medalloc_core.tasks.forecasting.report import BASELINES
     from tests.fed_fixtures import small_region
 
     path = sorted(small_region(tmp_path / "region", hospitals=1, days=150).glob("*.csv"))[0]
@@ -131,7 +133,7 @@ def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: 
     test = data.dataset.test
     y = data.dataset.to_original(test.y.numpy(), test)  # (N, H, T)
     quantiles = (0.1, 0.5, 0.9)
-    for name in _BASELINES:
+    for name in BASELINES:
         q = cmp.baseline_forecasts(name, data, quantiles)
         assert q.shape == (*y.shape, len(quantiles)), name
         assert np.isfinite(q).all() and (np.diff(q, axis=-1) >= 0).all(), name
@@ -141,7 +143,10 @@ def test_every_baseline_a_scenario_accepts_forecasts_its_test_windows(tmp_path: 
 def test_embedded_default_scenario_needs_no_file():
     scenario = load_scenario()
     assert scenario.source == "embedded default" and scenario.hospitals == 5
-    assert scenario.federation["strategy"] == "fedavg"
+    # it states nothing the run config's defaults already say: its model is the product default
+    assert scenario.federation == {}
+    run = scenario.federation_config(data_dir=Path("."), out_dir=Path("."))
+    assert (run.strategy, run.model, run.init, run.lr, run.history) == ("fedavg", "hybrid", "pretrained", 3e-4, 28)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +162,7 @@ def test_embedded_default_scenario_needs_no_file():
         ("[federation]\ntest-days = 56\n", r"'test-days': use \[evaluation\] weeks"),
         (
             "[region]\ndays = 300\nshort_history_fraction = 0.4\n",
-            r"every unit needs 210 days .* as short as 120 days; raise \[region\] days, or set \[evaluation\] weeks",
+            r"every unit needs 182 days .* as short as 120 days; raise \[region\] days, or set \[evaluation\] weeks",
         ),
     ],
 )
@@ -175,7 +180,7 @@ def test_show_default_prints_the_embedded_scenario_verbatim():
 
     result = CliRunner().invoke(cli, ["simulate", "--show-default"])
     assert result.exit_code == 0 and result.output == default_scenario_text()
-    assert tomllib.loads(result.output)["federation"]["strategy"] == "fedavg"
+    assert tomllib.loads(result.output)["federation"] == {}  # the run config's defaults: nothing to repeat
 
 
 def test_cli_exits_2_with_a_message_for_a_bad_scenario_or_an_existing_folder(tmp_path: Path):

@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from medalloc.cli import app
-from medalloc.client.config import hospital_files
-from medalloc.client.task import load_local_data
 from medalloc.simulations.runner import simulate_federation
 from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.sources import DataSource
+from medalloc_core.tasks.forecasting.local import load_local_data
+from medalloc_core.tasks.forecasting.task import TASK as FORECASTING
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_nodes_reading_omop_fhir_and_contract_files_train_together(tmp_path: Pat
         app, ["generate", "-n", "6", "-d", "200", "--seed", "4", "--shape", "mixed", "--out", str(region)]
     )
     assert result.exit_code == 0, result.output
-    sources = hospital_files(region)
+    sources = FORECASTING.node_data(region)
     assert [p.name for p in sources] == [
         "H000.sqlite",
         "H001.fhir",

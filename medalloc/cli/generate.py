@@ -22,8 +22,8 @@ from medalloc_core.equipment.synthetic import (
 )
 from medalloc_core.synthetic import Region, RegionConfig, existing_region_files, generate_region, write_region
 from medalloc_core.synthetic.writer import SHAPE_FORMATS, SHAPES
+from medalloc_core.tasks import DEFAULT_TASK, get_task, task_names
 
-_SHAPES = SHAPES
 _FLEET_FORMATS = ("csv", "parquet")  # --task equipment: devices.<fmt> and events.<fmt> per fleet folder
 
 
@@ -169,7 +169,10 @@ def generate(
     start: str = typer.Option("2023-01-01", "--start", help="First date, YYYY-MM-DD."),
     force: bool = typer.Option(False, "--force", help="Replace a region already in --out."),
     task_name: str = typer.Option(
-        "forecasting", "--task", help="'forecasting' (unit records) or 'equipment' (device fleets and event logs)."
+        DEFAULT_TASK,
+        "--task",
+        help=f"One of {', '.join(task_names())}: what the task's nodes read (unit records, device fleets and "
+        "event logs).",
     ),
 ) -> None:
     """Generate a synthetic region: one file per hospital plus region.json with the true parameters.
@@ -177,20 +180,24 @@ def generate(
     With --task equipment: one folder per hospital (devices and events files) plus fleet.json.
     """
     console = Console(stderr=True)
-    if task_name not in ("forecasting", "equipment"):
-        _fail(console, f"--task must be 'forecasting' or 'equipment', got {task_name!r}")
-    if task_name == "equipment":
+    if task_name not in task_names():
+        _fail(console, f"--task must be one of {', '.join(repr(t) for t in task_names())}, got {task_name!r}")
+    # What is written follows the task's kind of data (FederatedTask.data_kind), never its name.
+    kind = get_task(task_name).data_kind
+    if kind not in ("unit-records", "device-fleets"):
+        _fail(console, f"medalloc generate cannot write the {task_name} task's data ({kind})")
+    if kind == "device-fleets":
         if shape != "daily":
-            _fail(console, f"--shape {shape!r} is for the forecasting task; --task equipment writes fleet folders")
+            _fail(console, f"--shape {shape!r} is for unit records; --task {task_name} writes fleet folders")
         fmt = _FLEET_FORMATS[0] if fmt is None else fmt  # an empty --format is refused, not read as the default
         if fmt not in _FLEET_FORMATS:
-            _fail(console, f"--format must be one of {', '.join(_FLEET_FORMATS)} for --task equipment, got {fmt!r}")
+            _fail(console, f"--format must be one of {', '.join(_FLEET_FORMATS)} for --task {task_name}, got {fmt!r}")
         if out.exists() and not out.is_dir():
             _fail(console, f"--out {out} is a file; give a directory")
         _generate_fleets(console, hospitals=hospitals, days=days, seed=seed, out=out, fmt=fmt, start=start, force=force)
         return
-    if shape not in _SHAPES:
-        _fail(console, f"--shape must be one of {', '.join(_SHAPES)}, got {shape!r}")
+    if shape not in SHAPES:
+        _fail(console, f"--shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     formats = SHAPE_FORMATS[shape]
     fmt = formats[0] if fmt is None else fmt  # an empty --format is refused below, not read as the default
     if fmt not in formats:

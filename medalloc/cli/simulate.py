@@ -81,7 +81,7 @@ def verdict(summary: dict[str, Any]) -> str | None:
 
 
 def _task_tables(summary: dict[str, Any]) -> list[Table]:
-    """A non-forecasting task's tables: each method's scores, then (when judged) the service plans."""
+    """The "risk-calibration" report layout's tables: each method's scores, then (when judged) the service plans."""
     fed = summary["federation"]
     eps = max(fed["epsilon_per_hospital"].values(), default=None)
     eps_local = max(summary.get("local_only_dp_epsilon", {}).values(), default=None)
@@ -238,10 +238,13 @@ def simulate(
             console.print(table)
         raise typer.Exit(code=1) from None
     page = ""
-    if summary.get("task", "forecasting") != "forecasting":
+    from medalloc_core.tasks import get_task
+
+    # The tables follow the task's report layout (FederatedTask.report_layout), never its name.
+    if get_task(summary["task"]).report_layout == "risk-calibration":
         for table in _task_tables(summary):
             console.print(table)
-    else:
+    else:  # "forecast-accuracy"
         console.print(_results_table(summary))
         line = verdict(summary)
         if line:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medalloc.client.config import NodeConfig, NodeConfigError
-from medalloc.client.hints import data_hint, window_hint
 from medalloc_core.contract import Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.sources import load_source
+from medalloc_core.tasks.forecasting.hints import data_hint as _data_hint
+from medalloc_core.tasks.forecasting.hints import window_hint
 
 from .approved import ApprovalError, read_approved
 
@@ -123,9 +124,21 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
             errors = [p for p in problems if p.severity == "error"]
             shown = "; ".join(str(p) for p in errors[:3])
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            result.add(section, "validation", "fail", f"{len(errors)} error(s): {shown}{more}", data_hint(node))
+            result.add(
+                section,
+                "validation",
+                "fail",
+                f"{len(errors)} error(s): {shown}{more}",
+                _data_hint(node.data_source_display, node.data_format, node.data_mapping),
+            )
         else:
-            result.add(section, "validation", "fail", f"{type(exc).__name__}: {exc}", data_hint(node))
+            result.add(
+                section,
+                "validation",
+                "fail",
+                f"{type(exc).__name__}: {exc}",
+                _data_hint(node.data_source_display, node.data_format, node.data_mapping),
+            )
         return
     summary = data.report.summary
     units = summary.get("units", [])
@@ -147,7 +160,11 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
         result.add(section, str(label), "ok", str(detail))
     if data.records.frequency is not Frequency.DAILY:
         result.add(
-            section, "windows", "fail", "the records are weekly; the federation's model is daily", data_hint(node)
+            section,
+            "windows",
+            "fail",
+            "the records are weekly; the federation's model is daily",
+            _data_hint(node.data_source_display, node.data_format, node.data_mapping),
         )
         return
     resolved = spec.resolved(Frequency.DAILY)

@@ -402,7 +402,8 @@ def load_risk_model(path: Path) -> SavedRiskModel:
     meta = read_sidecar(sidecar)  # size-bounded and digest-checked before any field is used
     if model_task(meta) != TASK_NAME:
         raise ModelFileError(
-            f"{sidecar}: is a '{model_task(meta)}' model, not an equipment risk model; train one with an equipment "
+            f"{sidecar}: is a '{model_task(meta) or 'demand forecasting'}' model, not an equipment risk model; train "
+            "one with an equipment "
             "federation (docs/equipment.md)"
         )
     try:

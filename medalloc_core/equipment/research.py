@@ -41,6 +41,7 @@ from medalloc_core.equipment.plots import plan_plot, reliability_plot
 from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets
 from medalloc_core.privacy.accounting import epsilon_for
 from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
+from medalloc_core.simulation import simulated_ledger_path
 from medalloc_core.tasks.base import SimulationRun
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def equipment_report(sim: SimulationRun) -> dict[str, Any]:
     saved = load_risk_model(sim.out)
     config: RiskModelConfig = saved.config
     federated = saved.model
-    histories = {h: _ledger(sim.region_dir / "ledgers" / f"{h}-equipment.json") for h in locals_}
+    histories = {h: _ledger(simulated_ledger_path(sim.region_dir, sim.run.task, h)) for h in locals_}
     epsilons = {h: eps for h, (_, eps) in histories.items()}
     rng = np.random.default_rng(sim.run.seed)
     epochs = sim.run.num_server_rounds * sim.run.local_epochs

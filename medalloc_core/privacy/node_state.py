@@ -78,14 +78,15 @@ def open_node_ledger(
     accountant: str,
     max_stay_days: int | None,
     unit: str = "patient",
-    task: str = "forecasting",
+    entry: str | None = None,
 ) -> PrivacyLedger:
     """Open the node's ledger of a task, creating it (and its record) only on a node that never had one.
 
     The forecasting task's ledger counts epsilon per patient (``unit="patient"``, stays of at
     most ``max_stay_days`` nights); another task's ledger has its own unit (the equipment task:
-    ``"device"``) and its own entry in the record, keyed ``<hospital_id>/<task>``, so each
-    ledger of a node gets the same reset detection and no two ledgers share a budget.
+    ``"device"``) and its own ``entry`` in the record (the task's ``node_state_key``, e.g.
+    ``<hospital_id>/<task>``; default ``hospital_id``), so each ledger of a node gets the same
+    reset detection and no two ledgers share a budget.
 
     Raises
     ------
@@ -96,7 +97,7 @@ def open_node_ledger(
     """
     state_path, ledger_path = Path(state_path), Path(ledger_path)
     document = _read(state_path)
-    key = hospital_id if task == "forecasting" else f"{hospital_id}/{task}"
+    key = entry or hospital_id
     raw = document["nodes"].get(key)
     known = NodeStateRecord(key, str(raw["ledger_path"]), str(raw["ledger_id"])) if isinstance(raw, dict) else None
     if known is not None and Path(known.ledger_path).resolve() != ledger_path.resolve():

@@ -7,7 +7,9 @@ instance, and one line here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskOptionsError, TaskRefused
 
@@ -16,6 +18,7 @@ TASKS: dict[str, str] = {
     "forecasting": "medalloc_core.tasks.forecasting.task:TASK",
     "equipment": "medalloc_core.tasks.equipment.task:TASK",
 }
+#: The run-config default (``task``): the ONE place that names it; nothing compares against it.
 DEFAULT_TASK = "forecasting"
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "TaskRefused",
     "get_task",
     "task_names",
+    "task_of_model",
 ]
 
 
@@ -51,3 +55,14 @@ def get_task(name: str) -> FederatedTask:
     if not isinstance(task, FederatedTask) or task.name != name:
         raise TypeError(f"{TASKS[name]} is not the FederatedTask '{name}'")
     return task
+
+
+def task_of_model(meta: Mapping[str, Any]) -> str:
+    """The task a model file's sidecar belongs to: the one it names, or the task whose files name none."""
+    named = meta.get("task")
+    if named is not None:
+        return str(named)
+    legacy = [name for name in TASKS if get_task(name).legacy_model_without_task_key]
+    if len(legacy) != 1:
+        raise ValueError("the model file names no task, and no single registered task writes such files")
+    return legacy[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -120,6 +120,11 @@ class SimulationRun:
     comparisons: Mapping[str, Any]  # the scenario's [comparisons]
     epsilon_budget: float
     delta: float
+    max_stay_days: int = 14
+    reproducible_noise: bool = False
+    evaluation: Mapping[str, int] = field(default_factory=dict)  # the scenario's [evaluation]: weeks, origins, ...
+    forecast_plots: int = 3  # the scenario's [output] forecast-plots
+    rounds: Sequence[Any] = ()  # the federation's RoundRecords (metrics.jsonl)
     phase: Callable[[str, int | None], None] = lambda name, total: None
     advance: Callable[[], None] = lambda: None
 
@@ -150,6 +155,21 @@ class FederatedTask(ABC):
     train_keys, evaluate_keys : frozenset[str]
         Exactly the metric keys of a node's train and evaluate replies (the reply checks drop
         any other reply).
+    default_epsilon : float
+        A simulated node's budget per privacy unit when the scenario names none.
+    legacy_model_without_task_key : bool
+        True for the one task whose model files predate tasks and name none (``model_io``):
+        its files are written without a ``task`` field and a file without one is its.
+    reads_data_sources : bool
+        True when the task's ``data-path`` may be any ``medalloc_core.sources`` source (contract
+        file, OMOP, FHIR, a database URL) read with ``data-format``/``data-mapping``; a scenario's
+        ``[region] data-dir`` (the researcher's own files) is offered for it.
+    rolling_origin_evaluation : bool
+        True when a simulation scores the task from rolling origins over held-out weeks (the
+        scenario's ``[evaluation]``, run-config ``test-days``/``validation-days``).
+    data_kind, report_layout : str
+        How ``medalloc generate`` writes the task's synthetic data and how ``medalloc simulate``
+        lays out its report's tables (the CLI's renderers are keyed by these, never by task name).
     """
 
     name: ClassVar[str]
@@ -158,12 +178,48 @@ class FederatedTask(ABC):
     evaluates: ClassVar[bool] = True
     train_keys: ClassVar[frozenset[str]]
     evaluate_keys: ClassVar[frozenset[str]]
+    default_epsilon: ClassVar[float]
+    legacy_model_without_task_key: ClassVar[bool] = False
+    reads_data_sources: ClassVar[bool] = False
+    rolling_origin_evaluation: ClassVar[bool] = False
+    data_kind: ClassVar[str]
+    report_layout: ClassVar[str]
+
+    # ------------------------------------------------------------------ names derived from the task's
+    @property
+    def node_keys(self) -> tuple[str, str, str]:
+        """The node-config keys of the task's data path, ledger path and budget (``<name>-data-path``, ...)."""
+        return f"{self.name}-data-path", f"{self.name}-ledger-path", f"{self.name}-epsilon-budget"
+
+    @property
+    def ledger_file_suffix(self) -> str:
+        """What a simulated node's ledger file name adds after the hospital id (``H000-equipment.json``)."""
+        return f"-{self.name}"
+
+    def node_state_key(self, hospital_id: str) -> str:
+        """The task's ledger entry in the node-state record (``<hospital>/<task>``): one entry per ledger."""
+        return f"{hospital_id}/{self.name}"
+
+    def hospital_id_of(self, data_path: Path) -> str:
+        """The hospital id a simulated node of this task takes from its data path (default: the file's stem)."""
+        return data_path.stem
+
+    def model_file_task(self) -> str | None:
+        """The ``task`` field of the task's model files (``None``: the field is left out, see above)."""
+        return None if self.legacy_model_without_task_key else self.name
 
     # ------------------------------------------------------------------ the coordinator's side
     def options(self, raw: Mapping[str, Any]) -> Any:
         """The task's own run-config keys (``<name>.<key>``, prefix removed) read into a typed object."""
         if raw:
             raise TaskOptionsError(f"task '{self.name}' has no run-config keys of its own; got {sorted(raw)}")
+        return None
+
+    def check_run(self, run: Any, options: Any) -> None:
+        """Refuse, before anything runs, a run config whose model this task cannot build (``ValueError``, the fix).
+
+        Cheap: no weights are built (``medalloc simulate`` checks a scenario with it before it starts Ray).
+        """
         return None
 
     @abstractmethod
@@ -206,13 +262,15 @@ class FederatedTask(ABC):
     def node_data(self, folder: Path) -> list[Path]:
         """The per-hospital data paths of a region folder, in partition order (what virtual node ``i`` reads)."""
 
+    @abstractmethod
     def report(self, sim: SimulationRun) -> dict[str, Any]:
         """A simulation's comparisons, plots and summary part (``medalloc simulate``); JSON-ready.
 
-        The forecasting task's comparisons predate this interface and live in the simulation
-        runner (``simulations/comparisons.py``); every other task provides its own here.
+        Every task reports through this one hook. Besides its own keys the returned mapping
+        holds ``federation_epsilon_per_hospital`` (each node's spent epsilon, from its ledger)
+        and may hold ``hospitals`` (their order); the runner moves both into the summary's
+        shared part.
         """
-        raise NotImplementedError(f"task '{self.name}' has no simulation report")
 
     @abstractmethod
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:

@@ -167,6 +167,8 @@ def neural_forecasts(
     from medalloc_core.model_io import load_model
     from medalloc_core.privacy.ledger import PrivacyLedger
     from medalloc_core.privacy.release import ReleaseStore
+    from medalloc_core.simulation import simulated_ledger_path
+    from medalloc_core.tasks.forecasting.task import default_release_path
     from medalloc_core.validation import load_unit_records
 
     from ..local_grid import LocalGrid, task_identity
@@ -208,8 +210,9 @@ def neural_forecasts(
             make_client_app(keys),
             {i + 1: {"partition-id": i, "num-partitions": len(hospitals)} for i in range(len(hospitals))},
         )
+        config = RunConfig.from_mapping(keys)
         with task_identity():
-            run_federation(grid, RunConfig.from_mapping(keys))
+            run_federation(grid, config)
         report["federation_s"] = time.perf_counter() - began
         saved = load_model(
             out
@@ -221,9 +224,9 @@ def neural_forecasts(
         for hid in hospitals:
             records = load_unit_records(region / f"{hid}.csv")
             federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid))
-            ledger = PrivacyLedger.load(region / "ledgers" / f"{hid}.json")
+            ledger = PrivacyLedger.load(simulated_ledger_path(region, config.task, hid))
             eps_fed[hid] = eps_local[hid] = ledger.epsilon_spent()  # one release serves both
-            store = ReleaseStore.open(ledger.path.with_name(ledger.path.name + ".released.csv"))
+            store = ReleaseStore.open(default_release_path(ledger.path))
             if store.plan is None:
                 raise ValueError(f"hospital {hid} released nothing: no local-only model at equal privacy")
             released = prepare_hospital(store.records(), spec)

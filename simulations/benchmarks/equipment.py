@@ -55,6 +55,8 @@ from medalloc_core.equipment.model import DeviceDP, RiskModelConfig, RiskTrainCo
 from medalloc_core.equipment.plots import reliability_plot
 from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
 from medalloc_core.privacy.ledger import PrivacyLedger
+from medalloc_core.simulation import simulated_ledger_path
+from medalloc_core.tasks import get_task
 
 from ..local_grid import LocalGrid, task_identity
 from ..logs import quiet_flower
@@ -96,10 +98,11 @@ def federated(
     )  # one reproducible-noise line per round
     with task_identity():
         run_federation(LocalGrid(make_client_app(keys), nodes), RunConfig.from_mapping(keys), run_id=1)
-    epsilons = {
-        p.name.removesuffix("-equipment.json"): PrivacyLedger.load(p).epsilon_spent()
-        for p in sorted((region_dir / "ledgers").glob("*-equipment.json"))
+    task = get_task(keys["task"])
+    ledgers = {
+        h: simulated_ledger_path(region_dir, task.name, h) for h in map(task.hospital_id_of, task.node_data(region_dir))
     }
+    epsilons = {h: PrivacyLedger.load(p).epsilon_spent() for h, p in ledgers.items() if p.exists()}
     return load_risk_model(out).model, epsilons
 
 

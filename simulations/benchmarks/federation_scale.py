@@ -116,6 +116,9 @@ def _keys(region: Path, out: Path, hospitals: int, rounds: int) -> dict[str, Any
         "min-available-nodes": hospitals,
         "min-train-nodes": hospitals,
         "fraction-evaluate": 0.0,
+        "model": "mlp",  # a small MLP from seeded weights at lr 0.01: what this benchmark has always timed
+        "init": "none",
+        "lr": 0.01,
         "history": 14,
         "horizon": 7,
         "hidden": 16,

@@ -27,7 +27,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from medalloc.client.task import LocalData, test_forecasts
 from medalloc_core.contract import ADMISSIONS, CENSUS, Frequency, UnitRecords
 from medalloc_core.forecast.features import HospitalDataset, federation_window_spec, prepare_hospital
 from medalloc_core.forecast.models import Forecaster, ForecasterConfig, build_model
@@ -36,8 +35,8 @@ from medalloc_core.privacy.accounting import noise_multiplier_for
 from medalloc_core.privacy.patient import as_tensor_batches, expected_batch, stride, stride_batches
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import RegionConfig, generate_region
-
-from .. import comparisons as cmp
+from medalloc_core.tasks.forecasting import comparisons as cmp
+from medalloc_core.tasks.forecasting.local import LocalData, test_forecasts
 
 logger = logging.getLogger(__name__)
 

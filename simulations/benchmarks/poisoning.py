@@ -96,7 +96,8 @@ def bench(args: argparse.Namespace, work: Path, console: Console) -> list[dict[s
     strategies = args.strategies.split(",")
     base = {
         "num-server-rounds": args.rounds, "min-available-nodes": args.hospitals, "min-train-nodes": args.hospitals,
-        "fraction-evaluate": 0.0, "local-epochs": 1, "history": 14, "horizon": 7, "hidden": 16, "batch-size": 64,
+        "fraction-evaluate": 0.0, "local-epochs": 1, "model": "mlp", "init": "none",
+        "history": 14, "horizon": 7, "hidden": 16, "batch-size": 64,
         "lr": 0.05, "seed": args.seed, "trimmed-beta": 0.2, "krum-malicious-nodes": max(counts.values()),
         "simulation-reproducible-noise": True,  # research: the same seed gives the same releases, hence numbers
     }  # fmt: skip

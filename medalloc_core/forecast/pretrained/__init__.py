@@ -37,6 +37,18 @@ def pretrained_info(name: str = PRETRAINED_NAME) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
+def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
+    """Raise ``PretrainedMismatch`` naming the settings to change when ``config`` does not fit the weights ``name``."""
+    stored = pretrained_info(name)["config"]
+    wanted = config.to_dict()
+    diff = [f"{k}={wanted[k]!r} (weights: {stored[k]!r})" for k in _SHAPE_FIELDS if wanted[k] != stored[k]]
+    if diff:
+        raise PretrainedMismatch(
+            f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
+            "weights' values, or start from untrained weights (init = none)"
+        )
+
+
 def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Forecaster:
     """A hybrid network for ``config`` holding the shipped public weights.
 
@@ -48,17 +60,43 @@ def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Fo
     """
     from safetensors.torch import load
 
-    info = pretrained_info(name)
-    stored = info["config"]
-    wanted = config.to_dict()
-    diff = [f"{k}={wanted[k]!r} (weights: {stored[k]!r})" for k in _SHAPE_FIELDS if wanted[k] != stored[k]]
-    if diff:
-        raise PretrainedMismatch(
-            f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
-            "weights' values, or start from untrained weights (init = none)"
-        )
+    check_fits(config, name)
     model = build_model(replace(config))
-    blob = resources.files(__package__).joinpath(f"{name}.safetensors").read_bytes()
+    blob = _weights(f"{name}.safetensors")
     state = load(blob)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return model
+
+
+def _weights(filename: str) -> bytes:
+    """The weights file's bytes: beside this module, or else the installed ``medalloc``'s copy.
+
+    A Flower App Bundle (``flwr run .``) carries only Flower's built-in file types (``*.py``,
+    ``*.json``, ...; no ``.safetensors``, and ``fab-include`` cannot add one), and it comes first
+    on ``sys.path``: there the same public file is read from the installed project (a regular
+    install's package data, or an editable install's source tree).
+    """
+    here = resources.files(__package__).joinpath(filename)
+    if here.is_file():
+        return here.read_bytes()
+    from importlib import metadata
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    relative = Path(*__package__.split(".")) / filename
+    candidates = []
+    try:
+        dist = metadata.distribution("medalloc")
+        candidates.append(Path(str(dist.locate_file(relative))))
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        if str(direct.get("url", "")).startswith("file://"):
+            candidates.append(Path(unquote(urlparse(direct["url"]).path)) / relative)
+    except metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path.read_bytes()
+    raise FileNotFoundError(
+        f"the public pretrained weights {filename} are neither beside {here.parent} nor in the installed medalloc; "
+        "reinstall MedAlloc (pip install medalloc), or set init = 'none'"
+    )

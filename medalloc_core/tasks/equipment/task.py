@@ -139,6 +139,9 @@ class EquipmentTask(FederatedTask):
     evaluates = False
     train_keys = TRAIN_KEYS
     evaluate_keys = frozenset({"num-examples"})
+    default_epsilon = 10.0  # per device (its whole history): a device's data is far less sensitive than a patient's
+    data_kind = "device-fleets"
+    report_layout = "risk-calibration"
 
     # ------------------------------------------------------------------ coordinator
     def options(self, raw: Mapping[str, Any]) -> EquipmentOptions:
@@ -186,7 +189,12 @@ class EquipmentTask(FederatedTask):
         self, path: Path, arrays: Mapping[str, np.ndarray], model: TaskModel, extra: Mapping[str, Any]
     ) -> Path:
         return write_task_model_files(
-            path, arrays, model_config=model.config.to_dict(), spec=model.spec.to_dict(), task=self.name, extra=extra
+            path,
+            arrays,
+            model_config=model.config.to_dict(),
+            spec=model.spec.to_dict(),
+            task=self.model_file_task(),
+            extra=extra,
         )
 
     # ------------------------------------------------------------------ node
@@ -258,7 +266,7 @@ class EquipmentTask(FederatedTask):
                 accountant=node.accountant,
                 max_stay_days=None,
                 unit=PRIVACY_UNIT,
-                task=self.name,
+                entry=self.node_state_key(node.hospital_id),
             )
             ledger.spend(
                 local.fingerprint,
@@ -286,8 +294,11 @@ class EquipmentTask(FederatedTask):
 
     def report(self, sim: SimulationRun) -> dict[str, Any]:
         from medalloc_core.equipment.research import equipment_report
+        from medalloc_core.simulation_plots import privacy_rounds_plot
 
-        return equipment_report(sim)
+        report = equipment_report(sim)
+        privacy_rounds_plot(sim.out / "plots" / "metrics_per_round.png", sim.rounds)
+        return report
 
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
         from medalloc_core.equipment.research import EquipmentComparisons

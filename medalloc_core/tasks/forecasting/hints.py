@@ -4,7 +4,7 @@ Core errors speak the library's language (``WindowSpec``, ``epsilon_budget``); a
 can only change the SuperNode's ``--node-config`` keys or ask the coordinator to change a
 run-config key. These helpers turn the node's refusals into lines that name those keys. The
 forecasting task logs them when it declines a round; ``medalloc node check`` prints them
-(through ``medalloc.client.hints``) before the node joins.
+before the node joins.
 """
 
 from __future__ import annotations

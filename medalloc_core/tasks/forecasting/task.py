@@ -57,8 +57,17 @@ from medalloc_core.protocol import (
     TrainInstruction,
     TrainReply,
 )
+from medalloc_core.simulation import PATIENT_EPSILON
 from medalloc_core.sources import DataSource, MappingError, SourceMapping
-from medalloc_core.tasks.base import FederatedTask, NodeReply, NodeTask, TaskModel, TaskRefused, ledger_refusal
+from medalloc_core.tasks.base import (
+    FederatedTask,
+    NodeReply,
+    NodeTask,
+    SimulationRun,
+    TaskModel,
+    TaskRefused,
+    ledger_refusal,
+)
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
 from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_local_data
 
@@ -69,6 +78,11 @@ logger = logging.getLogger(__name__)
 DATA_SUFFIXES = (".csv", ".parquet", ".sqlite", ".ndjson")
 
 _I = TypeVar("_I", bound=EvaluateInstruction)
+
+
+def default_release_path(ledger_path: Path) -> Path:
+    """Where a node keeps its source release when ``release-path`` is not set: ``<ledger>.released.csv``."""
+    return ledger_path.with_name(ledger_path.name + ".released.csv")
 
 
 def _reason(code: Refusal, **values: Any) -> str:
@@ -106,7 +120,7 @@ class ForecastNode:
     def of(cls, node: NodeTask) -> ForecastNode:
         """Read the forecasting keys (``max-stay-days``, ``release-path``, ``release-columns``) from ``node.extra``."""
         extra = node.extra
-        release = extra.get("release-path", node.ledger_path.with_name(node.ledger_path.name + ".released.csv"))
+        release = extra.get("release-path", default_release_path(node.ledger_path))
         columns = str(extra.get("release-columns", "admissions,census"))
         mapping = extra.get("data-mapping")
         assert node.node_state_path is not None
@@ -190,6 +204,7 @@ def _ledger(node: ForecastNode) -> PrivacyLedger:
             delta=node.delta,
             accountant=node.accountant,
             max_stay_days=node.max_stay_days,
+            entry=TASK.node_state_key(node.hospital_id),
         )
     except LedgerError as exc:
         hint = ""
@@ -408,8 +423,35 @@ class ForecastingTask(FederatedTask):
     evaluates = True
     train_keys = TRAIN_METRIC_KEYS
     evaluate_keys = EVAL_METRIC_KEYS
+    default_epsilon = PATIENT_EPSILON
+    legacy_model_without_task_key = True  # forecasters' files predate tasks: they name none
+    reads_data_sources = True
+    rolling_origin_evaluation = True
+    data_kind = "unit-records"
+    report_layout = "forecast-accuracy"
+
+    # The forecasting task predates tasks: its node keys, ledger files and node-state entries carry no task name.
+    @property
+    def node_keys(self) -> tuple[str, str, str]:
+        return "data-path", "ledger-path", "privacy-epsilon-budget"
+
+    @property
+    def ledger_file_suffix(self) -> str:
+        return ""
+
+    def node_state_key(self, hospital_id: str) -> str:
+        return hospital_id
+
+    def hospital_id_of(self, data_path: Path) -> str:
+        return DataSource(str(data_path)).name  # an OMOP/FHIR export's or database's name, a file's stem
 
     # ------------------------------------------------------------------ coordinator
+    def check_run(self, run: Any, options: Any) -> None:
+        if run.init == "pretrained":
+            from medalloc_core.forecast.pretrained import check_fits
+
+            check_fits(ForecasterConfig.for_spec(run_window_spec(run), model=run.model, hidden=run.hidden))
+
     def model(self, run: Any, options: Any) -> TaskModel:
         spec = run_window_spec(run)
         config = ForecasterConfig.for_spec(spec, model=run.model, hidden=run.hidden)
@@ -527,12 +569,25 @@ class ForecastingTask(FederatedTask):
 
         return sorted(p for p in folder.iterdir() if is_hospital(p))
 
+    def report(self, sim: SimulationRun) -> dict[str, Any]:
+        from medalloc_core.tasks.forecasting.report import forecast_report
+
+        return forecast_report(sim, task=self)
+
     def check_comparisons(self, raw: Mapping[str, Any]) -> None:
-        pass  # the simulation scenario checks the forecasting comparisons itself (simulations/scenario.py)
+        from medalloc_core.tasks.forecasting.report import ForecastComparisons
+
+        ForecastComparisons.from_section(raw)
 
     def check_region(self, raw: Mapping[str, Any]) -> None:
+        from dataclasses import fields
+
         from medalloc_core.synthetic import RegionConfig
 
+        known = {f.name for f in fields(RegionConfig)}
+        unknown = sorted(k for k in raw if str(k).replace("-", "_") not in known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in [region]; known: {sorted(known | {'data-dir'})}")
         RegionConfig(**{k.replace("-", "_"): v for k, v in raw.items()})
 
     def generate(self, folder: Path, region: Mapping[str, Any]) -> list[Path]:

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from medalloc.client.task import LocalData, test_forecasts
 from medalloc_core.forecast.evaluation import rolling_origins
 from medalloc_core.forecast.features import WindowSpec, prepare_hospital
 from medalloc_core.forecast.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
 from medalloc_core.forecast.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.forecast.models import Forecaster as Network
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
+from medalloc_core.tasks.forecasting.local import LocalData, test_forecasts
+from medalloc_core.tasks.forecasting.task import default_release_path
 from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)
@@ -124,8 +125,10 @@ class Evaluation:
     actuals: dict[str, np.ndarray]
 
 
-def evaluation_data(files: Mapping[str, Path], ledgers: Path, spec: WindowSpec, *, n_origins: int) -> Evaluation:
-    """Load each hospital's file and its node's release (``<ledgers>/<id>.json.released.csv``), pick the origins.
+def evaluation_data(
+    files: Mapping[str, Path], ledgers: Mapping[str, Path], spec: WindowSpec, *, n_origins: int
+) -> Evaluation:
+    """Load each hospital's file and its node's release (beside its ledger, ``ledgers[id]``), pick the origins.
 
     ``spec`` is the nodes' own window spec, so the held-out weeks are exactly the days no node
     trained on.
@@ -133,7 +136,7 @@ def evaluation_data(files: Mapping[str, Path], ledgers: Path, spec: WindowSpec, 
     truth = {hid: HospitalData(hid, load_unit_records(path), spec) for hid, path in files.items()}
     released, plans = {}, {}
     for hid in truth:
-        store = ReleaseStore.open(ledgers / f"{hid}.json.released.csv")
+        store = ReleaseStore.open(default_release_path(ledgers[hid]))
         if store.plan is not None:
             released[hid] = HospitalData(hid, store.records(), spec)
             plans[hid] = store.plan
