@@ -44,7 +44,16 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-TINY = {"history": 14, "horizon": 7, "hidden": 16, "batch-size": 64, "lr": 0.01, "local-epochs": 1}
+TINY = {
+    "model": "mlp",
+    "init": "none",
+    "history": 14,
+    "horizon": 7,
+    "hidden": 16,
+    "batch-size": 64,
+    "lr": 0.01,
+    "local-epochs": 1,
+}
 
 
 def _free_port() -> int:
