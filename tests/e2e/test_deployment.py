@@ -406,6 +406,9 @@ REAL_APP_FAST_CONFIG = {
     # DP-SGD noise on a mean gradient is noise-multiplier x clip / batch: batches of 128 keep
     # it well under the signal, so two rounds reliably beat the initial model.
     "num-server-rounds": 2,
+    # the small model from scratch: main's defaults (the pretrained hybrid) need history 28, horizon 14
+    "model": "mlp",
+    "init": "none",
     "local-epochs": 2,
     "batch-size": 128,
     "lr": 0.05,
