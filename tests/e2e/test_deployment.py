@@ -425,7 +425,9 @@ def fast_run_config(app_dir: Path) -> str:
 
     declared = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert "num-server-rounds" in declared
-    return " ".join(f"{k}={v}" for k, v in REAL_APP_FAST_CONFIG.items() if k in declared)
+    return " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in REAL_APP_FAST_CONFIG.items() if k in declared
+    )
 
 
 @pytest.mark.slow
