@@ -33,6 +33,34 @@ from .config import NodeConfig, NodeConfigError
 logger = logging.getLogger(__name__)
 
 
+def show_node_log_in_flower_log() -> None:
+    """Route the library's INFO lines (the release: when, what it spent, what is left; each round's
+    epsilon) to Flower's console handler, the one log a SuperNode's operator reads.
+
+    Only in a real ClientApp process (``flwr-clientapp``), where nothing else configures logging:
+    the root logger has no handler there, so the library's lines would be dropped below WARNING.
+    The library logger does not propagate then, so each line is written once.
+    """
+    import sys
+    from pathlib import Path
+
+    if Path(sys.argv[0]).name != "flwr-clientapp":
+        return
+    from flwr.common.logger import console_handler
+
+    # Opacus's import-time logging.basicConfig gives the root logger a handler too: Flower's lines
+    # would be written twice (its console handler, then the root's); see server.app.one_line_each
+    logging.getLogger("flwr").propagate = False
+    core = logging.getLogger("medalloc_core")
+    if console_handler not in core.handlers:
+        core.setLevel(logging.INFO)
+        core.addHandler(console_handler)
+        core.propagate = False
+
+
+show_node_log_in_flower_log()
+
+
 def refusal(message: Message, code: Refusal, detail: str, *, task: FederatedTask | str = DEFAULT_TASK) -> Message:
     """The reply for a declined round: ``Error(code, "<slug>: <detail>")``, checked (``medalloc_core.replies``):
     a detail that is not its code's fixed text goes out as ``node-error``."""

@@ -1,6 +1,6 @@
 """A hospital node's authentication key pair, in the format Flower 1.42 expects.
 
-Run as ``python -m client.keys --out keys/H000``. It writes ``keys/H000`` (the private key,
+Run as ``python -m medalloc.client.keys --out keys/H000``. It writes ``keys/H000`` (the private key,
 OpenSSH format, owner-only) and ``keys/H000.pub`` (``ecdsa-sha2-nistp384 ...``, one line).
 The hospital starts ``flower-supernode --auth-supernode-private-key keys/H000``; the
 coordinator registers the ``.pub`` file with ``flwr supernode register keys/H000.pub``.

@@ -54,6 +54,7 @@ LOCAL_EPOCHS_USED = "local-epochs-used"
 EVAL_LOSS = "eval-loss"  # pinball loss in the model's scaled space on the test split
 EVAL_MAE = "eval-mae"  # median forecast, original units (patients / beds)
 EVAL_WAPE = "eval-wape"
+VAL_LOSS = "val-loss"  # pinball loss on the released validation windows: the coordinator keeps the best round by it
 DELTA = "delta"  # the delta EPSILON is at (the node's ledger)
 STAY_CAP_DAYS = "stay-cap-days"  # the stay length the node's epsilon covers
 
@@ -287,6 +288,9 @@ class EvaluateReply(_Reply):
     eval_loss: float  # pinball loss in the model's scaled space, on the node's RELEASED test counts
     eval_mae: float  # median forecast vs released counts (patients / beds)
     eval_wape: float
+    # pinball loss, scaled, on the node's RELEASED validation windows (before the test days): what the
+    # coordinator picks the model it keeps by, so the test split stays unseen by that choice
+    val_loss: float
 
 
 TRAIN_METRIC_KEYS: frozenset[str] = TrainReply.keys()

@@ -8,7 +8,9 @@ aggregation fails (the global model is then kept, the failure logged).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,16 +24,46 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
+from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.model_io import FINAL_MODEL_NAME
-from medalloc_core.rounds import METRICS_FILE, RoundRecord, append_round, refusal_summary, truncate_rounds
+from medalloc_core.rounds import (
+    METRICS_FILE,
+    RoundRecord,
+    append_round,
+    read_rounds,
+    refusal_summary,
+    truncate_rounds,
+)
 from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
-from .checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
 from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
+# The coordinator's one line per round goes to Flower's own logger: its single console handler is
+# what `flwr log` shows (the ServerApp process mirrors its stdout to the SuperLink); a child logger
+# adds no handler of its own, so each line is written once.
+progress = logging.getLogger("flwr.medalloc")
+
+
+def one_line_each() -> None:
+    """In a real ServerApp process, stop Flower's logger from also propagating to the root logger.
+
+    Opacus calls ``logging.basicConfig`` when it is imported (opacus/utils/module_utils.py), which
+    gives the root logger a stderr handler; Flower's own console handler already writes every
+    ``flwr`` line to stdout, and the ServerApp process mirrors both streams to the SuperLink, so
+    `flwr log` showed every line twice. Only in ``flwr-serverapp``: in-process callers (the
+    simulation runner, tests) keep their own logging set-up.
+    """
+    import sys
+
+    if Path(sys.argv[0]).name == "flwr-serverapp":
+        logging.getLogger("flwr").propagate = False
+
+
+one_line_each()
 
 
 @dataclass
@@ -43,6 +75,7 @@ class FederationResult:
     rounds: list[RoundRecord] = field(default_factory=list)
     out_dir: Path = Path(".")
     final_model_written: bool = False  # False when no round aggregated anything (every node refused, ...)
+    best_round: int | None = None  # the round whose model was kept (None: the last round's, no validation loss)
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -155,6 +188,7 @@ def run_federation(
     arrays = model.arrays
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
     start, releases = 1, 0
+    resumed_best: tuple[float, int, dict[str, np.ndarray]] | None = None
     if config.resume:
         checkpoint = latest_checkpoint(checkpoint_dir)
         if checkpoint is None:
@@ -176,6 +210,7 @@ def run_federation(
             releases = restore_strategy_state(built, checkpoint.strategy_arrays, checkpoint.strategy_state)
             truncate_rounds(log_path, checkpoint.round)
             logger.info("resuming after round %s from its checkpoint", checkpoint.round)
+            resumed_best = _best_before(log_path, checkpoint_dir)
     result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
@@ -216,9 +251,10 @@ def run_federation(
         if on_round:
             on_round(record)
 
+    # (validation loss, round, arrays) of the best round so far: the model the run keeps
+    best = resumed_best
     for server_round in range(start, config.num_server_rounds + 1):
         began = time.perf_counter()
-        logger.info("[ROUND %s/%s]", server_round, config.num_server_rounds)
         replies = list(
             grid.send_and_receive(
                 messages=built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
@@ -273,6 +309,12 @@ def run_federation(
             ),
         )
         result.rounds.append(record)
+        chosen = (record.evaluate or {}).get(protocol.VAL_LOSS)
+        if record.model_updated and chosen is not None and math.isfinite(chosen):
+            if best is None or chosen < best[0]:
+                best = (float(chosen), server_round, _to_arrays(record_arrays))
+        write_run_summary(out, result, config, task.privacy_unit, best_round=best[1] if best else None)
+        progress.info("%s", round_line(record, config.num_server_rounds))
         if on_round:
             on_round(record)
 
@@ -286,15 +328,144 @@ def run_federation(
             refusal_summary(result.rounds) or "none",
         )
         return result
-    task.write_model(
-        out / FINAL_MODEL_NAME,
-        result.arrays,
-        model,
-        {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()},
-    )
-    logger.info("final model written to %s", out / FINAL_MODEL_NAME)
+    kept = {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()}
+    if best is not None:
+        # The model kept is the best round's on the nodes' released validation windows, not the last
+        # round's; every round's own model stays in the checkpoints.
+        result.arrays = best[2]
+        kept |= {"best-round": best[1], "best-round-val-loss": best[0], "selected-by": VAL_LOSS_MEANING}
+    task.write_model(out / FINAL_MODEL_NAME, result.arrays, model, kept)
     result.final_model_written = True
+    result.best_round = best[1] if best else None
+    write_run_summary(out, result, config, task.privacy_unit, best_round=result.best_round)
+    progress.info(
+        "final model written to %s (%s)",
+        out / FINAL_MODEL_NAME,
+        f"round {best[1]}, the best on the nodes' released validation windows, val-loss {best[0]:.4g}"
+        if best
+        else "the last round's",
+    )
     return result
+
+
+# What each evaluation metric is, for the coordinator's one line per round.
+_SCORED = {
+    protocol.EVAL_LOSS: "pinball loss, scaled, on the nodes' held-out days of their released counts",
+    protocol.EVAL_WAPE: "WAPE of the median",
+    protocol.EVAL_MAE: "MAE of the median",
+}
+
+
+def round_line(record: RoundRecord, total: int) -> str:
+    """One line a coordinator can follow a run by: round, nodes sampled/accepted/refused (with
+    reasons), the evaluation metric and what it is scored on, and the largest epsilon spent."""
+    nodes = dict(record.nodes or {})
+    sampled = nodes.pop("sampled", 0)
+    accepted = nodes.pop("accepted", 0)
+    parts = [f"round {record.round}/{total}: {sampled} node(s) sampled, {accepted} accepted"]
+    reasons: dict[str, int] = {}
+    for outcome in record.outcomes or []:
+        if outcome.get("status") != "accepted":
+            who = outcome.get("hospital") or f"node {outcome.get('node')}"
+            why = str(outcome.get("reason", "") or "no reason given").split(":")[0]
+            key = f"{outcome.get('status')} {who} ({why})"
+            reasons[key] = reasons.get(key, 0) + 1
+    parts.append(", ".join(reasons) if reasons else "none refused")
+    if not record.model_updated and record.round > 0:
+        parts.append("global model kept")
+    scored = [(k, v) for k, v in (record.evaluate or {}).items() if k in _SCORED]
+    if scored:
+        parts.append("; ".join(f"{k} {v:.4g} ({_SCORED[k]})" for k, v in scored))
+    privacy = record.privacy or {}
+    if record.epsilon_max is not None:
+        unit = privacy.get("unit", "record")
+        stay = f", stays <= {privacy['max-stay-days']} nights" if privacy.get("max-stay-days") else ""
+        parts.append(
+            f"largest epsilon spent {record.epsilon_max:.3g} per {unit} (delta {privacy.get('delta', 0):g}{stay})"
+        )
+    if record.seconds is not None:
+        parts.append(f"{record.seconds:.1f} s")
+    return " | ".join(parts)
+
+
+VAL_LOSS_MEANING = "val-loss: pinball loss, scaled, on the nodes' released validation windows (before the test days)"
+# A real run's summary for `medalloc report`: its own name, so a simulation's summary.json (written by the
+# runner around the same folder) is never overwritten by it.
+SUMMARY_FILE = "run-summary.json"
+
+
+def _best_before(log_path: Path, checkpoint_dir: Path) -> tuple[float, int, dict[str, np.ndarray]] | None:
+    """After a resume: the best round so far by validation loss (metrics.jsonl) and its checkpointed model."""
+    scored = [
+        (float(r.evaluate[protocol.VAL_LOSS]), r.round)
+        for r in read_rounds(log_path)
+        if r.round > 0 and r.model_updated and math.isfinite(float((r.evaluate or {}).get(protocol.VAL_LOSS, math.nan)))
+    ]
+    for loss, server_round in sorted(scored):
+        marker = checkpoint_dir / f"round-{server_round:04d}.json"
+        try:
+            return loss, server_round, load_checkpoint(marker).arrays
+        except (CheckpointError, OSError) as exc:  # that round's checkpoint is gone: the next best
+            logger.warning("the best round so far (%s) has no usable checkpoint (%s)", server_round, exc)
+    return None
+
+
+def _who(outcome: Mapping[str, Any]) -> str:
+    return str(outcome.get("hospital") or f"node {outcome.get('node')}")
+
+
+def run_summary(
+    result: FederationResult, config: RunConfig, unit: str, *, best_round: int | None = None
+) -> dict[str, Any]:
+    """What `medalloc report` reads from a real run's folder (run-summary.json), from the rounds' own records:
+    who took part, who refused and why, the privacy each node reports having spent, the model kept."""
+    every = read_rounds(result.out_dir / METRICS_FILE) or result.rounds  # after a resume: the earlier rounds too
+    rounds = [r for r in every if r.round > 0]
+    names: list[str] = []
+    accepted: dict[str, int] = {}
+    epsilon: dict[str, float] = {}
+    for record in rounds:
+        for outcome in record.outcomes or []:
+            who = _who(outcome)
+            if who not in names:
+                names.append(who)
+            accepted[who] = accepted.get(who, 0) + int(outcome.get("status") == "accepted")
+            if isinstance(outcome.get("epsilon"), int | float):
+                epsilon[who] = max(epsilon.get(who, 0.0), float(outcome["epsilon"]))
+    privacy: dict[str, Any] = {"unit": unit}
+    for record in rounds:
+        for key, value in (record.privacy or {}).items():
+            if key in ("delta", "max-stay-days"):
+                privacy[key] = value
+    summary: dict[str, Any] = {
+        "scenario": f"federation run {config.out_dir or result.out_dir.name}",
+        "kind": "deployment",
+        "task": config.task,
+        "hospitals": names,
+        "federation": {
+            "rounds": len(rounds),
+            "strategy": config.strategy,
+            "epsilon_per_hospital": {h: epsilon.get(h) for h in names},
+            "rounds_accepted": {h: accepted.get(h, 0) for h in names},
+            "refusals": refusal_summary(every),
+            "model_kept": {
+                "round": best_round if best_round is not None else (rounds[-1].round if rounds else None),
+                "selected_by": VAL_LOSS_MEANING if best_round is not None else "the last round (no validation loss)",
+                "file": FINAL_MODEL_NAME,
+            },
+        },
+        "privacy": privacy,
+        "run_config": config.to_dict(),
+    }
+    return summary
+
+
+def write_run_summary(
+    out: Path, result: FederationResult, config: RunConfig, unit: str, *, best_round: int | None = None
+) -> None:
+    """Write run-summary.json after every round (a run that stops early still leaves a readable folder)."""
+    text = json.dumps(run_summary(result, config, unit, best_round=best_round), indent=2, default=str) + "\n"
+    atomic_write_bytes(out / SUMMARY_FILE, text.encode("utf-8"))
 
 
 def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:

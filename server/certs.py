@@ -1,6 +1,6 @@
 """TLS certificates for a SuperLink: a private CA and a server certificate signed by it.
 
-Run as ``python -m server.certs --host superlink.example.org --host 10.0.0.5 --out certs``.
+Run as ``python -m medalloc.server.certs --host superlink.example.org --host 10.0.0.5 --out certs``.
 The SuperLink serves its Fleet, Control and Runtime APIs on one HTTPS port with
 ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key``; hospitals and
 the ``flwr`` CLI verify it with ``ca.crt`` only. ``ca.key`` signs certificates: keep it off

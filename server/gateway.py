@@ -172,7 +172,7 @@ class GatewayConfig:
         ):
             if not Path(path).is_file():
                 raise GatewayError(
-                    f"{path}: no such file ({what}; --certs names the folder `python -m server.certs` wrote)"
+                    f"{path}: no such file ({what}; --certs names the folder `python -m medalloc.server.certs` wrote)"
                 )
         if self.listen_port == self.superlink_port and (
             self.listen_host in ("0.0.0.0", "::") or _is_loopback(self.listen_host)

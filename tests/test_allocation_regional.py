@@ -250,3 +250,50 @@ def test_unseeded_release_differs_each_time() -> None:
     a = share_forecast(frame, epsilon=1.0, seed=None)
     b = share_forecast(frame, epsilon=1.0, seed=None)
     assert not np.allclose(a["value"], b["value"])
+
+
+def _smooth_shared(hospital: str, base: float, days: int = 14) -> pd.DataFrame:
+    rows = []
+    for d in range(days):
+        median = base + 5 * np.sin(d / 2)
+        for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28)):
+            rows.append({"hospital": hospital, "date": pd.Timestamp("2026-03-02") + pd.Timedelta(days=d), "q": q,
+                         "value": median + 8 * z})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_denoising_the_shares_brings_them_closer_to_the_truth_and_widens_the_band() -> None:
+    from medalloc_core.allocation.regional import denoise_shared
+
+    truth = _smooth_shared("H003", 150.0)
+    rng = np.random.default_rng(7)
+    noisy = truth.assign(value=truth["value"] + rng.normal(0, 40.0, len(truth)))
+    adjusted, info = denoise_shared(noisy, {"H003": 40.0})
+    key = ["hospital", "date", "q"]
+    t = truth.sort_values(key)["value"].to_numpy()
+    n = noisy.sort_values(key)["value"].to_numpy()
+    a = adjusted.sort_values(key)
+    medians = a[a["q"] == 0.5]["value"].to_numpy()
+    true_medians = truth.sort_values(key)[truth.sort_values(key)["q"] == 0.5]["value"].to_numpy()
+    noisy_medians = n[1::3]
+    assert np.abs(medians - true_medians).mean() < 0.5 * np.abs(noisy_medians - true_medians).mean()
+    width = a[a["q"] == 0.9]["value"].to_numpy() - a[a["q"] == 0.1]["value"].to_numpy()
+    assert (width >= 2 * 1.28 * info["H003"]["sd_left"] - 1e-9).all()  # the noise left is in the band
+    assert info["H003"]["shrink_weight"] < 0.1  # sd 40 against a day-to-day signal of about 4
+    assert len(t) == len(a)
+    # a hospital without noise is untouched
+    same, _ = denoise_shared(truth, {"H999": 40.0})
+    pd.testing.assert_frame_equal(
+        same.sort_values(key).reset_index(drop=True), truth.sort_values(key).reset_index(drop=True)
+    )
+
+
+def test_the_plan_warns_when_the_noise_is_larger_than_a_hospitals_margin() -> None:
+    shared = pd.concat([_smooth_shared("A", 150.0), _smooth_shared("B", 60.0)], ignore_index=True)
+    capacity = {"A": 160.0, "B": 120.0}  # A's margin ~10 beds, B's ~60
+    config = RegionalConfig(surge_pool=10, scenarios=5, noise_sd={"A": 30.0, "B": 30.0})
+    plan = plan_region(shared, capacity, config)
+    assert len(plan.warnings) == 1 and plan.warnings[0].startswith("A:") and "noise sd 30" in plan.warnings[0]
+    quiet = plan_region(shared, capacity, RegionalConfig(surge_pool=10, scenarios=5, noise_sd={"A": 2.0, "B": 2.0}))
+    assert quiet.warnings == ()
+    assert plan_region(shared, capacity, RegionalConfig(surge_pool=10, scenarios=5)).warnings == ()

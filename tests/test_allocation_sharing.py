@@ -124,7 +124,8 @@ def test_cli_share_records_the_release_and_writes_the_table(node: tuple[Path, Pa
     )
     assert result.exit_code == 0, result.output
     shared = pd.read_csv(out)
-    assert list(shared.columns) == ["hospital", "date", "q", "value"] and len(shared) == 21
+    assert list(shared.columns) == ["hospital", "date", "q", "value", "noise_sd"] and len(shared) == 21
+    assert shared["noise_sd"].nunique() == 1 and shared["noise_sd"].iloc[0] > 0  # public: the plan accounts for it
     assert (shared.groupby("date")["value"].apply(lambda v: v.is_monotonic_increasing)).all()
     z = noise_multiplier_for(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=1)
     assert PrivacyLedger.load(path).epsilon_spent() == pytest.approx(
@@ -202,3 +203,36 @@ def test_refusal_releases_nothing_and_leaves_the_ledger_unchanged(node: tuple[Pa
         ],
     )
     assert result.exit_code == 2 and "delta" in result.output and not out.exists() and path.read_bytes() == before
+
+
+def test_share_labels_the_table_with_the_nodes_hospital_id_which_allocate_region_accepts(
+    node: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """One identity from the node to the regional plan: the forecast says H1 (a file name), the
+    node's node.toml says hospital-id = "H003"; the shared table and the capacity table agree on H003."""
+    data, path, _ = node
+    fc = tmp_path / "forecast.csv"
+    _forecast().assign(date=lambda f: f["date"].dt.strftime("%Y-%m-%d")).to_csv(fc, index=False)
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'hospital-id = "H003"\ndata-path = "{data}"\nledger-path = "{path}"\nprivacy-epsilon-budget = 20.0\n'
+    )
+    out = tmp_path / "shared.csv"
+    result = runner.invoke(
+        app,
+        ["share", "--forecast", str(fc), "--data", str(data), "--node-config", str(toml), "--epsilon", "1",
+         "--out", str(out), "--seed", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(out)["hospital"]) == {"H003"}
+    assert PrivacyLedger.load(path).entries()[0].spends[-1].run_id.startswith("share:H003:")
+    (tmp_path / "cap.csv").write_text("hospital,beds\nH003,60\n")
+    region = runner.invoke(
+        app,
+        ["allocate-region", "--forecast", str(out), "--capacity", str(tmp_path / "cap.csv"), "--out",
+         str(tmp_path / "r")],
+    )  # fmt: skip
+    assert region.exit_code == 0, region.output
+    # neither a ledger nor a node config: refused before anything is read or spent
+    bad = runner.invoke(app, ["share", "--forecast", str(fc), "--data", str(data), "--epsilon", "1", "--out", "x.csv"])
+    assert bad.exit_code == 2 and "--node-config" in bad.output

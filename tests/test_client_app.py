@@ -294,3 +294,21 @@ def test_a_mechanism_the_node_does_not_offer_is_refused_before_anything_is_spent
     assert not (tmp_path / "ledger.json.released.csv").exists()
     with pytest.raises(RunConfigError, match="privacy-mechanism 'dp-sgd-patient' is not offered; use 'source'"):
         RunConfig.from_mapping({"privacy-mechanism": "dp-sgd-patient"})
+
+
+def test_in_a_clientapp_process_the_library_log_reaches_flowers_console_once() -> None:
+    """The node's release and epsilon lines (medalloc_core INFO) show in the SuperNode's log, once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, logging; sys.argv[0] = '/venv/bin/flwr-clientapp'; logging.basicConfig(level=logging.INFO)\n"
+        "import medalloc.client.app\n"
+        "logging.getLogger('medalloc_core.tasks.forecasting.task').info('H000: released 10 unit-days')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (out.stdout + out.stderr).count("released 10 unit-days") == 1, out.stderr
+    flower = code.replace("medalloc_core.tasks.forecasting.task", "flwr")
+    out = subprocess.run([sys.executable, "-c", flower], capture_output=True, text=True, timeout=120)
+    assert (out.stdout + out.stderr).count("released 10 unit-days") == 1, out.stderr  # Flower's lines once too

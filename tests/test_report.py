@@ -190,10 +190,10 @@ def test_refusals_and_dropped_replies_are_listed(results: Path) -> None:
 
 
 def test_a_folder_without_a_summary_is_refused_by_the_command(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match="holds no summary.json"):
+    with pytest.raises(ReportError, match="holds neither summary.json nor run-summary.json"):
         build_report(tmp_path)
     result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not a `medalloc simulate` results folder" in result.output
+    assert result.exit_code == 2 and "not the results folder of `medalloc simulate`" in " ".join(result.output.split())
     assert not (tmp_path / "report.html").exists()
     (tmp_path / "summary.json").write_text("{not json")
     result = runner.invoke(app, ["report", str(tmp_path)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -57,8 +58,29 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
         "min-train-nodes": 3,
     } | TINY
     grid = DirectGrid(make_client_app(), nodes)
-    with task_identity():
-        result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
+    lines: list[str] = []
+    catcher = logging.Handler()
+    catcher.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addHandler(catcher)
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.INFO)  # as in a ServerApp process (an earlier test may have quietened Flower)
+    try:
+        with task_identity():
+            result = run_federation(grid, RunConfig.from_mapping(keys), run_id=3)
+    finally:
+        flwr_logger.removeHandler(catcher)
+        flwr_logger.setLevel(level)
+    # the coordinator's one line for the round, written once, through Flower's logger (what `flwr log` shows)
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 1, lines
+    line = rounds[0]
+    assert (
+        line.startswith("round 1/1: 3 node(s) sampled, 2 accepted")
+        and "refused node 3 (privacy-budget-exceeded)" in line
+    )
+    assert "eval-loss" in line and "held-out days of their released counts" in line
+    assert "largest epsilon spent" in line and "per patient" in line
     record = _log(tmp_path / "out")[-1]
     assert record["round"] == 1 and record["model-updated"] is True
     assert record["nodes"] == {"sampled": 3, "accepted": 2, "refused": 1}
@@ -98,3 +120,22 @@ def test_client_level_dp_option_runs_and_reports_its_epsilon(region: Path, tmp_p
     assert eps[1] == pytest.approx(client_dp_epsilon(noise_multiplier=1.0, releases=2, delta=1e-5))
     assert latest_checkpoint(tmp_path / "out" / "checkpoints").strategy_state == {"client-dp-releases": 2}
     assert all(np.isfinite(v).all() for v in result.arrays.values())
+
+
+def test_in_a_serverapp_process_each_flower_line_is_written_once() -> None:
+    """Opacus's import-time basicConfig gave the root logger a handler: every line of `flwr log` came twice."""
+    import subprocess
+    import sys
+
+    def copies(argv0: str) -> int:
+        code = (
+            f"import sys, logging; sys.argv[0] = {argv0!r}\n"
+            "import medalloc.server.app\n"
+            "logging.getLogger('flwr').info('round 1/1: one line')\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return (out.stdout + out.stderr).count("round 1/1: one line")
+
+    assert copies("/venv/bin/flwr-serverapp") == 1
+    assert copies("/venv/bin/python") == 2  # what the fix is for: elsewhere both handlers still write it

@@ -178,7 +178,13 @@ def test_inflated_but_plausible_count_is_clamped_to_ratio_times_median():
 def test_eval_replies_with_bad_metrics_are_dropped():
     g = record(GLOBAL)
     f = _filtered(fedavg())
-    ok = {protocol.NUM_EXAMPLES: 10, protocol.EVAL_LOSS: 0.2, protocol.EVAL_MAE: 3.0, protocol.EVAL_WAPE: 0.1}
+    ok = {
+        protocol.NUM_EXAMPLES: 10,
+        protocol.EVAL_LOSS: 0.2,
+        protocol.EVAL_MAE: 3.0,
+        protocol.EVAL_WAPE: 0.1,
+        protocol.VAL_LOSS: 0.2,
+    }
     bad = ok | {protocol.EVAL_MAE: float("inf")}
     from flwr.app import Message, RecordDict
 
@@ -218,7 +224,13 @@ def test_update_norm_is_the_l2_norm_of_the_difference():
 
 def test_check_metrics_rejects_fractional_and_boolean_counts():
     required = protocol.EVAL_METRIC_KEYS
-    base = {protocol.NUM_EXAMPLES: 10, protocol.EVAL_LOSS: 0.2, protocol.EVAL_MAE: 3.0, protocol.EVAL_WAPE: 0.1}
+    base = {
+        protocol.NUM_EXAMPLES: 10,
+        protocol.EVAL_LOSS: 0.2,
+        protocol.EVAL_MAE: 3.0,
+        protocol.EVAL_WAPE: 0.1,
+        protocol.VAL_LOSS: 0.2,
+    }
     assert check_metrics(MetricRecord(base), required=required, max_examples=100) is None
     assert "whole number" in check_metrics(
         MetricRecord(base | {protocol.NUM_EXAMPLES: 10.5}), required=required, max_examples=100

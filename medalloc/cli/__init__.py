@@ -9,30 +9,119 @@ from __future__ import annotations
 import importlib
 import logging
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+# Every command: its module (which registers it with ``register(app)``) and its one-line help.
+# The module is imported only when the command runs (or its own --help is asked), so that
+# `medalloc --help` and every command start without importing torch, Flower or pandas for the
+# others; tests/test_cli_startup.py checks these lines against each command's own docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": (
+        "validate",
+        "Check hospital data against its rules (docs/data.md, docs/equipment.md); never modifies it.",
+    ),
+    "generate": (
+        "generate",
+        "Generate a synthetic region: one file per hospital plus region.json with the true parameters.",
+    ),
+    "privacy": ("privacy", "Show a node's privacy ledger: each dataset, each spend, and the budget left."),
+    "forecast": (
+        "forecast",
+        "Quantile forecasts per unit, day and target for the periods after your data ends (forecast.csv + "
+        "forecast.png).",
+    ),
+    "explain": (
+        "explain",
+        "Attributions of a forecast to its input days and series (fan chart + heatmap PNG, JSON, plain words).",
+    ),
+    "share": (
+        "share",
+        "Add Gaussian DP noise to your census quantiles for the regional plan and record the epsilon in your ledger.",
+    ),
+    "allocate": (
+        "allocate",
+        "Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast.",
+    ),
+    "allocate-region": (
+        "allocate",
+        "The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles.",
+    ),
+    "maintenance-plan": (
+        "maintenance_plan",
+        "Choose this week's preventive services: the devices whose service prevents the most expected failures.",
+    ),
+    "simulate": (
+        "simulate",
+        "Simulate a federation of synthetic hospitals and compare it with local-only, centralized and classical "
+        "baselines.",
+    ),
+    "report": (
+        "report",
+        "Write one HTML page (images inlined, no network needed) with the run's scenario, accuracy, privacy spent per "
+        "node, round curves, refusals, forecast fan charts and allocation plan.",
+    ),
+    "audit": (
+        "audit",
+        "Audit DP training empirically: train with and without DP on canaries, attack both, compare with the ledger.",
+    ),
+    "node": (
+        "node",
+        "A hospital node its data owner controls: approved apps only, checked before joining (docs/hospital.md).",
+    ),
+    "gateway": (
+        "gateway",
+        "The Fleet gateway (nginx): the only thing hospitals reach; it forwards the Fleet API and refuses the rest.",
+    ),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The click command ``name``, importing only its own module."""
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    module.register(holder)
+    # a second, hidden command keeps typer from collapsing the holder into its single command
+    holder.command("zz-placeholder", hidden=True)(lambda: None)
+    group = typer.main.get_command(holder)
+    assert isinstance(group, click.Group)
+    command = group.get_command(click.Context(group), name)
+    if command is None:  # pragma: no cover - COMMANDS names a command its module does not register
+        raise LookupError(f"medalloc.cli.{COMMANDS[name][0]} does not register {name!r}")
+    return command
+
+
+class _LazyGroup(TyperGroup):
+    """The ``medalloc`` group: lists COMMANDS, imports a command's module only to run it."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:  # the group's own --help: the one-line help, nothing imported
+            return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1], callback=None)
+        return load_command(cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="medalloc",
+    cls=_LazyGroup,
     help="MedAlloc: federated, differentially private hospital demand forecasting and allocation.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-)
-
-_COMMAND_MODULES = (
-    "validate",
-    "generate",
-    "privacy",
-    "forecast",
-    "explain",
-    "share",
-    "allocate",
-    "maintenance_plan",
-    "simulate",
-    "report",
-    "audit",
-    "node",
-    "gateway",
 )
 
 
@@ -44,10 +133,48 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
     )
 
 
-for _name in _COMMAND_MODULES:
-    importlib.import_module(f"{__name__}.{_name}").register(app)
+# The optional extras (pyproject.toml) by the top-level module each brings: a command that reaches
+# one that is not installed says which extra to install, in one line, and exits 2.
+EXTRA_OF_MODULE = {
+    "captum": "explain",
+    "fhir": "fhir",
+    "sqlalchemy": "omop",
+    "psycopg": "omop",
+    "gymnasium": "rl",
+    "stable_baselines3": "rl",
+    "fracast": "zeroshot",
+}
+
+
+def missing_extra(exc: BaseException) -> tuple[str, str] | None:
+    """(extra, module) when ``exc`` (or what caused it) is the import of an optional extra's module."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError) and current.name:
+            top = current.name.split(".")[0]
+            if top in EXTRA_OF_MODULE:
+                return EXTRA_OF_MODULE[top], top
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    import sys
+
+    try:
+        app()
+    except Exception as exc:
+        found = missing_extra(exc)
+        if found is None:
+            raise
+        extra, module = found
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        print(
+            f"error: medalloc {command} needs the '{extra}' extra (Python module '{module}' is not installed):"
+            f" in the MedAlloc source folder, python -m pip install -e '.[{extra}]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None

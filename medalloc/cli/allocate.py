@@ -295,7 +295,7 @@ def allocate_region(
         regional_reasons,
         write_regional_explanation,
     )
-    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, read_capacity, read_shared
+    from medalloc_core.allocation.forecast_io import BEDS, HOSPITAL, STAFFED, read_capacity, read_noise_sd, read_shared
     from medalloc_core.allocation.plots import plot_regional
     from medalloc_core.allocation.regional import (
         MAX_COST,
@@ -335,8 +335,10 @@ def allocate_region(
             given[path.resolve()] = path
         frames = []
         source: dict[str, Path] = {}  # hospital -> the file that holds its forecast
+        noise_sd: dict[str, float] = {}  # the sd each hospital's share was released with (its noise_sd column)
         for path in forecast:
             frame = read_shared(path)
+            noise_sd |= read_noise_sd(path)
             for hospital in sorted(frame[HOSPITAL].unique()):
                 if hospital in source:
                     raise _BadInput(
@@ -373,6 +375,7 @@ def allocate_region(
             correlation=correlation,
             seed=seed,
             max_surge=room if any(v > 0 for v in room.values()) else None,
+            noise_sd=noise_sd or None,
         )
         plan = plan_region(pd.concat(frames, ignore_index=True), cap_map, config)
     except (_BadInput, DataContractError, ValueError, RegionalSolveError) as exc:
@@ -395,6 +398,15 @@ def allocate_region(
     _out.print(_binding_table(plan))
     for line in regional_reasons(plan):
         _out.print(escape(line), highlight=False)
+    if noise_sd:
+        _out.print(
+            "planned knowing the sharing noise (sd per hospital, beds): "
+            + ", ".join(f"{h} {s:.1f}" for h, s in sorted(noise_sd.items())),
+            highlight=False,
+            markup=False,
+        )
+    for line in plan.warnings:
+        _out.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     _out.print(f"wrote {', '.join(str(out / n) for n in names)}", highlight=False, markup=False)
 
 

@@ -32,7 +32,9 @@ _SUPERLINK = typer.Option(
     "127.0.0.1:9091", "--superlink", help="HOST:PORT of the SuperLink; must be a loopback address."
 )
 _CERTS = typer.Option(
-    Path("certs"), "--certs", help="Folder holding server.pem, server.key and ca.crt (from `python -m server.certs`)."
+    Path("certs"),
+    "--certs",
+    help="Folder holding server.pem, server.key and ca.crt (from `python -m medalloc.server.certs`).",
 )
 _DIR = typer.Option(
     Path("state/gateway"), "--dir", help="Folder the gateway owns: nginx.conf, nginx.pid, access.log, error.log."

@@ -146,6 +146,10 @@ def _headline(report: dict[str, Any], console: Console) -> None:
         )
 
 
+# Below this many columns the spends table would cut its cells; they are printed as blocks instead.
+WIDE_SPENDS = 120
+
+
 def _print_report(report: dict[str, Any], console: Console) -> None:
     _headline(report, console)
     entries_table = Table(title=f"Privacy ledger {escape(str(report['ledger']))}", title_justify="left")
@@ -184,10 +188,21 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
             f"{spend['epsilon_entry_after']:.3f}",
             f"{spend['epsilon_node_after']:.3f}",
         )
-    if rows:
-        console.print(spends_table)
-    else:
+    if not rows:
         console.print("No spends recorded yet.")
+    elif console.width >= WIDE_SPENDS:
+        console.print(spends_table)
+    else:  # a narrow terminal: one short block per spend, every value whole (a table would cut them)
+        console.print("[italic]Spends (σ noise multiplier, q sample rate)[/italic]")
+        for spend, fingerprint in rows:
+            console.print(
+                f"{_when(spend['timestamp'])}  run {escape(str(spend['run_id']))}\n"
+                f"  dataset {_short(fingerprint)[:8]}  mechanism {escape(str(spend['mechanism']))}\n"
+                f"  σ {spend['noise_multiplier']:.4g}  q {spend['sample_rate']:.4g}  steps {spend['steps']}  "
+                f"ε data {spend['epsilon_entry_after']:.3f}  ε node {spend['epsilon_node_after']:.3f}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     for change in report["budget_changes"]:
         console.print(

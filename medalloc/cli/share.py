@@ -23,13 +23,49 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _identity(node_config: Path | None, hospital: str | None, ledger: Path | None) -> tuple[str | None, Path]:
+    """The label of the shared table and the ledger: --hospital / --ledger, else the node config's
+    hospital-id / ledger-path (the same id the node trains and refuses under)."""
+    node_id, node_ledger = None, None
+    if node_config is not None:
+        import tomllib
+
+        try:
+            raw = tomllib.loads(node_config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            _fail(f"--node-config {node_config}: cannot be read ({exc})")
+        from medalloc.client.config import NodeConfig, NodeConfigError
+
+        try:
+            config = NodeConfig.from_node_config(raw)
+        except (NodeConfigError, ValueError) as exc:
+            _fail(f"--node-config {node_config}: {exc}")
+        node_id, node_ledger = config.hospital_id, config.ledger_path
+    if hospital is not None and not hospital.strip():
+        _fail("--hospital must not be empty")
+    resolved = ledger or node_ledger
+    if resolved is None:
+        _fail("give --ledger (the node's privacy ledger) or --node-config (its ledger-path)")
+    assert resolved is not None
+    return (hospital or node_id), resolved
+
+
 def share(
     forecast: Path = typer.Option(..., "--forecast", help="This hospital's forecast.csv (from `medalloc forecast`)."),
     data: Path = typer.Option(
         ..., "--data", help="The records the forecast was made from; their fingerprint keys the ledger entry."
     ),
-    ledger: Path = typer.Option(
-        ..., "--ledger", help="This node's privacy ledger (the one DP-SGD training spends from)."
+    ledger: Path | None = typer.Option(
+        None, "--ledger", help="This node's privacy ledger (default: the node config's ledger-path)."
+    ),
+    node_config: Path | None = typer.Option(
+        None,
+        "--node-config",
+        help="The node's node.toml: the shared table is labelled with its hospital-id (the name the "
+        "coordinator's capacity table uses), and its ledger-path is the default --ledger.",
+    ),
+    hospital: str | None = typer.Option(
+        None, "--hospital", help="The hospital's id in the shared table (default: the node config's hospital-id)."
     ),
     epsilon: float = typer.Option(..., "--epsilon", help="Epsilon of this release alone."),
     delta: float | None = typer.Option(None, "--delta", help="Delta; must equal the ledger's (default: the ledger's)."),
@@ -55,6 +91,7 @@ def share(
     from medalloc_core.privacy.source_registry import check_source_ledger
     from medalloc_core.validation import load_unit_records
 
+    label, ledger = _identity(node_config, hospital, ledger)
     if out.resolve() in {forecast.resolve(), data.resolve(), ledger.resolve()}:
         _fail(f"{out} is one of the inputs; choose another --out")
     if out.exists() and not force:
@@ -74,6 +111,8 @@ def share(
         frame = read_forecast(forecast)
         if frame["hospital"].nunique() != 1:
             raise ValueError(f"{forecast} holds {frame['hospital'].nunique()} hospitals; share one hospital's forecast")
+        if label:  # one identity from the node to the regional plan: the node's hospital-id
+            frame = frame.assign(hospital=label)
         fingerprint = fingerprint_frame(load_unit_records(data).frame)
         if ledger.exists() or epsilon_budget is None:
             node = PrivacyLedger.load(ledger)
@@ -108,7 +147,8 @@ def share(
         _fail(f"{exc}\nNothing was shared.")
         return
     try:
-        write_shared(result.shared, out, overwrite=force)
+        # the noise sd is public (epsilon, delta, sensitivity, count): the coordinator plans knowing it
+        write_shared(result.shared.assign(noise_sd=round(float(result.sigma), 6)), out, overwrite=force)
     except OSError as exc:
         _fail(f"cannot write {out}: {exc} (the epsilon is already recorded in {ledger})")
     _out.print(

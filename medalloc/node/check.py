@@ -382,7 +382,7 @@ def _key(result: NodeCheck, private_key: Path | None) -> None:
             "private key",
             "fail",
             f"{private_key} or its .pub: {exc.strerror or exc}",
-            "make the pair with `python -m client.keys --out KEYPATH`",
+            "make the pair with `python -m medalloc.client.keys --out KEYPATH`",
         )
         return
     from medalloc.client.keys import fingerprint

@@ -25,7 +25,7 @@ try:
     from gymnasium import spaces
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without the extra
     raise ModuleNotFoundError(
-        "medalloc_core.allocation.env needs gymnasium: install the 'rl' extra (pip install 'medalloc[rl]')",
+        "medalloc_core.allocation.env needs gymnasium: install the 'rl' extra (python -m pip install -e '.[rl]')",
         name=exc.name,
     ) from exc
 

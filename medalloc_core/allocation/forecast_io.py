@@ -293,6 +293,40 @@ def _value_problems(raw: pd.DataFrame, value: pd.Series, file: str) -> list[Prob
     ]
 
 
+def read_noise_sd(path: Path) -> dict[str, float]:
+    """The ``noise_sd`` column of a shared table, per hospital (``{}`` without one): the sd in beds of
+    the DP noise `medalloc share` put on each number, so the regional plan can account for it.
+
+    Raises DataContractError when it is not one finite number >= 0 per hospital.
+    """
+    file = str(path)
+    raw = _read_csv(Path(path))
+    if "noise_sd" not in raw.columns or HOSPITAL not in raw.columns:
+        return {}
+    problems: list[Problem] = []
+    sd = _numeric(raw, "noise_sd", file, problems)
+    for i in np.flatnonzero((sd.notna() & ~((sd >= 0) & np.isfinite(sd))).to_numpy()):
+        problems.append(
+            Problem(
+                file, f"noise sd {sd.iloc[i]} is not a finite number >= 0", row=_row(raw, int(i)), column="noise_sd"
+            )
+        )
+    if problems:
+        raise DataContractError(problems)
+    out: dict[str, float] = {}
+    for hospital, values in sd.groupby(raw[HOSPITAL].astype(str).str.strip()):
+        if values.nunique() != 1:
+            raise DataContractError(
+                [
+                    Problem(
+                        file, f"hospital '{hospital}' has several noise_sd values; a share has one", column="noise_sd"
+                    )
+                ]
+            )
+        out[str(hospital)] = float(values.iloc[0])
+    return out
+
+
 def read_shared(path: Path) -> pd.DataFrame:
     """Read one shared table (``hospital, date, q, value``, what `medalloc share` writes) or a forecast frame.
 

@@ -42,7 +42,7 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without the extra
     raise ModuleNotFoundError(
         "medalloc_core.allocation.learned needs gymnasium and stable-baselines3: install the 'rl' extra "
-        "(pip install 'medalloc[rl]')",
+        "(python -m pip install -e '.[rl]')",
         name=exc.name,
     ) from exc
 

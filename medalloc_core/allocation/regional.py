@@ -35,6 +35,10 @@ from medalloc_core.contract import CENSUS, DATE
 logger = logging.getLogger(__name__)
 
 SHARED_COLUMNS: tuple[str, ...] = (HOSPITAL, DATE, Q, VALUE)
+# The per-value noise sd (beds) a shared table was released with; public (a function of epsilon,
+# delta, the sensitivity and the number of values), written beside the values by `medalloc share`.
+NOISE_SD = "noise_sd"
+_Z90 = 1.2815515655446004  # the standard normal's 0.9 quantile
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class RegionalConfig:
     correlation: float = 0.5  # Gaussian-copula correlation of demand across hospitals on a day
     seed: int = 0
     tail: Tail = "normal"
+    # per hospital, the sd (beds) of the DP noise on each shared number: the plan shrinks the noisy
+    # quantiles towards the hospital's own mean over the horizon and widens their band by what
+    # the noise leaves unknown, instead of planning on the noise (None: the numbers are exact)
+    noise_sd: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("surge_pool", "under_cost", "surge_cost", "transfer_cost", "transfer_cost_per_km"):
@@ -99,6 +107,7 @@ class RegionalPlan:
     load: np.ndarray = field(repr=False)  # (K, H, D) patients cared for in each scenario
     capacity_with_surge: np.ndarray = field(repr=False)  # (H, D)
     shadow: ShadowPrices | None = field(default=None, repr=False)  # what one more unit of each resource saves
+    warnings: tuple[str, ...] = ()  # e.g. a hospital whose sharing noise is larger than its margin
 
 
 # Bounds on the regional LP's inputs: costs, surge beds and the scenario grid. The LP has about
@@ -228,7 +237,8 @@ def share_forecast(
 
 def write_shared(shared: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
     """Write a shared table (``hospital, date, q, value``) as the CSV `medalloc allocate-region` reads."""
-    return write_dated_csv(shared, path, columns=SHARED_COLUMNS, what="shared table", overwrite=overwrite)
+    columns = (*SHARED_COLUMNS, NOISE_SD) if NOISE_SD in shared.columns else SHARED_COLUMNS
+    return write_dated_csv(shared, path, columns=columns, what="shared table", overwrite=overwrite)
 
 
 # ------------------------------------------------------------------ inputs to the LP
@@ -350,6 +360,91 @@ def _whole_surge(surge: np.ndarray, pool: float) -> np.ndarray:
     return out
 
 
+PRIOR_SD_FRACTION = 0.25  # the public prior's sd: a hospital's census is its staffed beds give or take a quarter
+
+
+def denoise_shared(
+    shared: pd.DataFrame, noise_sd: Mapping[str, float], prior: Mapping[str, float] | None = None
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Plan on what the noisy numbers say, not on the noise: per hospital and quantile level, shrink
+    the days' values towards their mean over the horizon, then widen the band by the sd left.
+
+    Each shared number is ``true + N(0, s²)``, independent across days and levels, with ``s``
+    public. The days of one level vary by ``var_signal + s²``; the estimate of a day is
+    ``m + w·(v − m)`` with ``w = var_signal / (var_signal + s²)`` (``var_signal`` = the days'
+    variance less ``s²``, at least 0): with noise far above the day-to-day signal every day gets
+    the horizon's mean, whose own noise is ``s/√D``. What remains unknown, ``sd_left =
+    s·√(w + 1/D)``, widens the band: each level moves away from the median by ``z_q·sd_left``
+    (normal quantiles), so the plan sees a wider, not a shifted, distribution. Post-processing of
+    the release: no privacy cost.
+
+    ``prior`` (per hospital, public: its staffed beds) is where the horizon's median is pulled when
+    the noise swamps even the mean over the horizon: the median's mean ``m`` (noise ``s²/D``)
+    and the prior (sd ``PRIOR_SD_FRACTION`` of it) are combined by their precisions, and every
+    level moves by the same amount.
+
+    Returns the adjusted table and, per hospital, ``{"noise_sd", "shrink_weight", "sd_left"}``.
+    """
+    from scipy.stats import norm
+
+    out = shared.copy()
+    info: dict[str, dict[str, float]] = {}
+    for hospital, s in noise_sd.items():
+        s = float(s)
+        rows = out[HOSPITAL] == hospital
+        if not s > 0 or not rows.any():
+            continue
+        block = out.loc[rows]
+        n_days = block[DATE].nunique()
+        weights = []
+        for _q, level in block.groupby(Q):
+            v = level[VALUE].to_numpy(dtype=float)
+            m = float(v.mean())
+            var_signal = max(float(v.var()) - s * s, 0.0) if len(v) > 1 else 0.0
+            w = var_signal / (var_signal + s * s)
+            weights.append(w)
+            out.loc[level.index, VALUE] = m + w * (v - m)
+        w_mean = float(np.mean(weights)) if weights else 0.0
+        mean_var = s * s / max(n_days, 1)  # the noise left on the horizon's mean
+        if prior is not None and hospital in prior and prior[hospital] > 0:
+            tau2 = (PRIOR_SD_FRACTION * float(prior[hospital])) ** 2
+            block = out.loc[rows]
+            m50 = float(block.loc[np.isclose(block[Q].to_numpy(dtype=float), 0.5), VALUE].mean())
+            if math.isfinite(m50):
+                pull = mean_var / (mean_var + tau2)
+                out.loc[rows, VALUE] = block[VALUE].to_numpy(dtype=float) + pull * (float(prior[hospital]) - m50)
+                mean_var = mean_var * tau2 / (mean_var + tau2)
+        sd_left = math.sqrt(s * s * w_mean + mean_var)
+        widen = norm.ppf(out.loc[rows, Q].to_numpy(dtype=float)) * sd_left
+        out.loc[rows, VALUE] = out.loc[rows, VALUE].to_numpy(dtype=float) + widen
+        info[str(hospital)] = {"noise_sd": s, "shrink_weight": w_mean, "sd_left": sd_left}
+    # quantiles stay ordered and non-negative (post-processing)
+    out = out.sort_values([HOSPITAL, DATE, Q]).reset_index(drop=True)
+    out[VALUE] = np.maximum(out.groupby([HOSPITAL, DATE])[VALUE].cummax().to_numpy(), 0.0)
+    return out, info
+
+
+def noise_warnings(
+    shared: pd.DataFrame, capacity: np.ndarray, hospitals: list[str], noise_sd: Mapping[str, float]
+) -> list[str]:
+    """One line per hospital whose sharing noise is at least its margin, the distance between its
+    (noisy) median census and its staffed beds: the plan cannot tell if it needs surge or has room."""
+    lines = []
+    medians = shared[np.isclose(shared[Q].to_numpy(dtype=float), 0.5)].groupby(HOSPITAL)[VALUE].mean()
+    for i, hospital in enumerate(hospitals):
+        s = float(noise_sd.get(hospital, 0.0))
+        if not s > 0 or hospital not in medians.index:
+            continue
+        margin = abs(float(capacity[i].mean()) - float(medians[hospital]))
+        if s >= margin:
+            lines.append(
+                f"{hospital}: the shared numbers carry noise sd {s:.0f} beds, at least its margin of {margin:.0f} "
+                f"beds between median census and staffed beds: the plan cannot tell whether {hospital} needs surge; "
+                "ask for a share at a higher epsilon or plan it from its own capacity"
+            )
+    return lines
+
+
 # ------------------------------------------------------------------ the LP
 def plan_region(
     shared: pd.DataFrame,
@@ -387,6 +482,18 @@ def plan_region(
     RegionalSolveError
         When HiGHS does not report an optimum (its status and message are included).
     """
+    warnings: list[str] = []
+    if config.noise_sd:
+        _validate_inputs(shared, capacity)  # refuse bad input before adjusting it
+        noisy = shared
+        hospitals_, _, _, _, cap_ = _validate_inputs(noisy, capacity)
+        staffed = {h: float(cap_[i].mean()) for i, h in enumerate(hospitals_)}  # public: the prior
+        shared, adjusted = denoise_shared(shared, config.noise_sd, prior=staffed)
+        warnings = noise_warnings(noisy, cap_, hospitals_, config.noise_sd)
+        for line in warnings:
+            logger.warning("%s", line)
+        for hospital, row in adjusted.items():
+            logger.info("%s: noise sd %.3g beds; shrink weight %.2f, sd left %.3g", hospital, *row.values())
     hospitals, dates, levels, values, cap = _validate_inputs(shared, capacity)
     n_h, n_d, k = len(hospitals), len(dates), config.scenarios
     if n_h * n_d * k > MAX_LP_CELLS:
@@ -547,6 +654,7 @@ def plan_region(
         load=load,
         capacity_with_surge=cap_with_surge,
         shadow=shadow,
+        warnings=tuple(warnings),
     )
 
 

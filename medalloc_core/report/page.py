@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
+RUN_SUMMARY_FILE = "run-summary.json"  # written by the ServerApp of a real run (server/app.py)
 SCENARIO_FILE = "scenario.toml"
 METRICS_FILE = "metrics.jsonl"
 ALLOCATION_DIR = "allocation"
@@ -55,7 +56,12 @@ class ReportError(ValueError):
 def _read_summary(results: Path) -> dict[str, Any]:
     path = results / SUMMARY_FILE
     if not path.is_file():
-        raise ReportError(f"{results} holds no {SUMMARY_FILE}: not a `medalloc simulate` results folder")
+        path = results / RUN_SUMMARY_FILE  # a real run's folder: the ServerApp writes this one
+    if not path.is_file():
+        raise ReportError(
+            f"{results} holds neither {SUMMARY_FILE} nor {RUN_SUMMARY_FILE}: not the results folder of "
+            "`medalloc simulate` or of a federation run (the ServerApp's out-dir)"
+        )
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -324,6 +330,33 @@ def _rounds_section(results: Path, rounds: list[dict[str, Any]]) -> str:
     return _section("rounds", "Round by round", body)
 
 
+def _participation_section(summary: Mapping[str, Any]) -> str:
+    """A real run's participation: rounds each node's reply was aggregated in, and the model kept."""
+    fed = _mapping(summary.get("federation"))
+    accepted = _mapping(fed.get("rounds_accepted"))
+    if not accepted:
+        return ""
+    total = fed.get("rounds", "?")
+    rows = [
+        [cell(str(h), numeric=False), cell(str(n), data={"field": "rounds_accepted", "hospital": str(h), "value": n})]
+        for h, n in accepted.items()
+    ]
+    body = f"<p>Rounds in which each node's reply was aggregated, of {esc(total)}.</p>"
+    body += table(["hospital", "rounds aggregated"], rows, numeric=[False, True], table_id="participation")
+    kept = _mapping(fed.get("model_kept"))
+    if kept:
+        body += (
+            f'<p id="model-kept">The model kept ({esc(kept.get("file", ""))}) is round '
+            f"<b>{esc(kept.get('round', '?'))}</b>'s: {esc(kept.get('selected_by', ''))}.</p>"
+        )
+    refusals = _mapping(fed.get("refusals"))
+    if refusals:
+        body += (
+            "<p>Why replies were not aggregated: " + esc(", ".join(f"{k} ×{v}" for k, v in refusals.items())) + "</p>"
+        )
+    return _section("participation", "Participation", body)
+
+
 def _refusals_section(rounds: list[dict[str, Any]]) -> str:
     rows = []
     for r in rounds:
@@ -487,6 +520,7 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
         outcomes = r.get("outcomes")
         for o in outcomes if isinstance(outcomes, list) else []:
             not_accepted += int(isinstance(o, Mapping) and o.get("status") != "accepted")
+    kept = _mapping(fed.get("model_kept"))
     cards = [
         (str(len(_hospitals(summary))), "hospitals"),
         (str(fed.get("rounds", "–")), f"rounds of {fed.get('strategy', '?')}"),
@@ -494,6 +528,15 @@ def _cards(summary: Mapping[str, Any], rounds: list[dict[str, Any]]) -> str:
         (number(max(eps), 2) if eps else "–", f"largest ε{unit} spent by a node"),
         (str(not_accepted), "replies not aggregated"),
     ]
+    if _is_number(kept.get("round")):
+        cards.append(
+            (
+                f"round {kept['round']}",
+                "model kept (best on released validation data)"
+                if "validation" in str(kept.get("selected_by", ""))
+                else "model kept (the last round)",
+            )
+        )
     return (
         '<div class="cards">'
         + "".join(f'<div class="card"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for v, k in cards)
@@ -518,6 +561,7 @@ NAV = (
     ("comparison", "Accuracy"),
     ("privacy", "Privacy"),
     ("rounds", "Rounds"),
+    ("participation", "Participation"),
     ("refusals", "Refusals"),
     ("forecasts", "Forecasts"),
     ("allocation", "Allocation"),
@@ -538,6 +582,7 @@ def build_report(results: Path) -> str:
         _comparison_section(results, summary),
         _privacy_section(summary),
         _rounds_section(results, rounds),
+        _participation_section(summary),
         _refusals_section(rounds),
         _forecast_section(results),
         _safely(_allocation_section, results),
@@ -545,7 +590,8 @@ def build_report(results: Path) -> str:
     ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"{results.resolve().name} · {len(_hospitals(summary))} hospitals · report made {stamp}"
-    return page(f"MedAlloc run: {summary.get('scenario', results.name)}", subtitle, NAV, sections)
+    nav = [(anchor, label) for anchor, label in NAV if any(f'id="{anchor}"' in s for s in sections)]
+    return page(f"MedAlloc run: {summary.get('scenario', results.name)}", subtitle, nav, sections)
 
 
 def write_report(results: Path, out: Path | None = None, *, force: bool = False) -> Path:

@@ -63,7 +63,7 @@ def _models() -> tuple[Any, Any]:
         from fhir.resources.R4B.encounter import Encounter
         from fhir.resources.R4B.location import Location
     except ImportError as exc:  # pragma: no cover - the fhir extra is part of dev
-        raise FhirUnavailable("reading FHIR needs the 'fhir' extra: pip install 'medalloc[fhir]'") from exc
+        raise FhirUnavailable("reading FHIR needs the 'fhir' extra: python -m pip install -e '.[fhir]'") from exc
     return Encounter, Location
 
 

@@ -121,7 +121,7 @@ class _Database(_Source):
             from sqlalchemy.exc import ArgumentError
         except ImportError as exc:  # pragma: no cover - the omop extra is part of dev
             raise OmopUnavailable(
-                "reading an OMOP database needs the 'omop' extra: pip install 'medalloc[omop]'"
+                "reading an OMOP database needs the 'omop' extra: python -m pip install -e '.[omop]'"
             ) from exc
         try:
             parsed = make_url(url)

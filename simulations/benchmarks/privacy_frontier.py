@@ -25,7 +25,7 @@ winter seasonality) every method forecasts the same rolling origins (8 per unit,
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, region of true counts, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
 - ``holt_winters``, ``seasonal_naive``, ``moving_average``: refitted at every origin on the hospital's own data;
-- ``fracast``: the zero-shot model from PyPI (optional: ``pip install 'medalloc[zeroshot]'``).
+- ``fracast``: the zero-shot model from PyPI (optional: ``python -m pip install -e '.[zeroshot]'``).
 
 Numbers are volume-weighted over hospitals (metrics.aggregate_over_hospitals) and printed as
 ratios to Holt-Winters (below 1 = better); a second table per family gives the federated model
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     goal_eps = 1.0 if 1.0 in epsilons else epsilons[0]
     console.print(summary_table(results, goal_eps))
     if not (Fracast.available() or args.no_zero_shot):
-        console.print("fracast not installed: pip install 'medalloc[zeroshot]' to add the zero-shot comparison")
+        console.print("fracast not installed: python -m pip install -e '.[zeroshot]' to add the zero-shot comparison")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
     figure = args.figure or args.out / "privacy_frontier.png"

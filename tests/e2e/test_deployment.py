@@ -406,11 +406,12 @@ REAL_APP_FAST_CONFIG = {
     # DP-SGD noise on a mean gradient is noise-multiplier x clip / batch: batches of 128 keep
     # it well under the signal, so two rounds reliably beat the initial model.
     "num-server-rounds": 2,
+    # the small model from scratch: main's defaults (the pretrained hybrid) need history 28, horizon 14
+    "model": "mlp",
+    "init": "none",
     "local-epochs": 2,
     "batch-size": 128,
     "lr": 0.05,
-    "model": "mlp",
-    "init": "none",
     "history": FAST_HISTORY,
     "lookback": FAST_HISTORY,
     "horizon": FAST_HORIZON,
@@ -424,7 +425,9 @@ def fast_run_config(app_dir: Path) -> str:
 
     declared = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert "num-server-rounds" in declared
-    return " ".join(f"{k}={v}" for k, v in REAL_APP_FAST_CONFIG.items() if k in declared)
+    return " ".join(
+        f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in REAL_APP_FAST_CONFIG.items() if k in declared
+    )
 
 
 @pytest.mark.slow

@@ -112,7 +112,8 @@ def attribute(
         from captum.attr import IntegratedGradients, Occlusion
     except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without the extra
         raise ModuleNotFoundError(
-            "attributions need Captum: install the 'explain' extra (pip install 'medalloc[explain]')", name=exc.name
+            "attributions need Captum: install the 'explain' extra (python -m pip install -e '.[explain]')",
+            name=exc.name,
         ) from exc
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)}")

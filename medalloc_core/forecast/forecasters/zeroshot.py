@@ -19,7 +19,7 @@ class Fracast(Forecaster):
     """The zero-shot pretrained ``fracast`` model (PyPI ``fracast``, Apache-2.0, weights in its wheel).
 
     "What a user would pick instead": no training on anyone's data. Optional: install with
-    ``pip install 'medalloc[zeroshot]'``; ``fit`` raises ``ImportError`` without it.
+    ``python -m pip install -e '.[zeroshot]'``; ``fit`` raises ``ImportError`` without it.
 
     Parameters
     ----------
@@ -43,7 +43,9 @@ class Fracast(Forecaster):
 
     def _fit(self, hospitals: Mapping[str, HospitalData]) -> None:
         if not self.available():
-            raise ImportError("the zero-shot comparison needs the optional package: pip install 'medalloc[zeroshot]'")
+            raise ImportError(
+                "the zero-shot comparison needs the optional package: python -m pip install -e '.[zeroshot]'"
+            )
         from fracast import FracastModel
 
         self.model_ = FracastModel.from_pretrained(weights=self.weights, device="cpu")

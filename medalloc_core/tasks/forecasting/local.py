@@ -115,8 +115,13 @@ def evaluate_local(model: ForecasterNet, dataset: HospitalDataset) -> dict[str, 
     y, q = test_forecasts(model, dataset)
     median = q[..., _median_index(model)]
     w = float(wape(y, median))
+    # the validation windows choose the model the coordinator keeps; a dataset without any (a short
+    # series) scores the choice on its training windows, never on the test days
+    choose = dataset.val if len(dataset.val) else dataset.train
+    val_loss = float(evaluate(model, choose)["pinball"]) if len(choose) else float(loss)
     return {
         "loss": float(loss),
+        "val_loss": val_loss if math.isfinite(val_loss) else float(loss),
         "mae": float(mae(y, median)),
         "wape": w if math.isfinite(w) else 0.0,
         "n": float(len(dataset.test)),

@@ -563,7 +563,11 @@ class ForecastingTask(FederatedTask):
         _, _, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
         scores = evaluate_local(model, released.dataset)
         reply = EvaluateReply(
-            num_examples=int(scores["n"]), eval_loss=scores["loss"], eval_mae=scores["mae"], eval_wape=scores["wape"]
+            num_examples=int(scores["n"]),
+            eval_loss=scores["loss"],
+            eval_mae=scores["mae"],
+            eval_wape=scores["wape"],
+            val_loss=scores["val_loss"],
         )
         return NodeReply(reply.metrics())
 

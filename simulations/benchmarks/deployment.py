@@ -1,0 +1,306 @@
+"""Round overhead of a real deployment: a SuperLink and N SuperNodes on loopback against the same rounds in process.
+
+For each N (default 2 and 5; ``--nodes 2,5,10``) it generates N small synthetic hospitals, starts
+``flower-superlink`` and N ``flower-supernode`` processes (insecure, loopback: TLS and the gateway
+add a handshake per connection, not per round), records each node's memory while idle, submits
+the project with ``flwr run`` and waits for ``metrics.jsonl``; meanwhile it samples each node's
+peak memory (the SuperNode, its SuperExec and the ClientApp processes it starts, summed). Then it
+runs the same rounds on the same data with the ServerApp's round loop in process
+(``simulations.local_grid.LocalGrid``: the nodes' work, no transport, no processes).
+
+It prints, side by side: seconds per round deployed and in process, their difference (the
+overhead) and ratio, and node memory idle and peak; and how long ``medalloc --help`` and an
+import of the ClientApp (what every ``flwr-clientapp`` process does before its one message) take.
+
+Where the overhead comes from (Flower 1.42, read from the installed source): with
+``--isolation subprocess`` (the default, and what ``medalloc node start``'s gate uses) the
+SuperExec launches a fresh ``flwr-clientapp`` process for every message — one per train and one
+per evaluate step per node — which imports torch, Flower and medalloc before it handles its one
+message and exits (``flwr/supernode/runtime/run_clientapp.py``); the SuperExec polls for tasks
+every second (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``) and the SuperNode sleeps 3 s whenever a pull
+finds no message (``flwr/supernode/start_client_internal.py``). Flower's warm executors, which
+keep processes ready, exist only for Kubernetes and not for ClientApps.
+
+Run: ``python -m simulations.benchmarks.deployment [--nodes 2,5,10] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TINY = {
+    "model": "mlp",
+    "init": "none",
+    "history": 14,
+    "horizon": 7,
+    "hidden": 16,
+    "batch-size": 64,
+    "lr": 0.01,
+    "local-epochs": 1,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _copy_project(dest: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = REPO / name.decode()
+        if source.is_file() and not name.startswith((b"tests/", b"docs/")):
+            target = dest / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return dest
+
+
+def _region(folder: Path, hospitals: int) -> list[Path]:
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    config = RegionConfig(hospitals=hospitals, days=200, seed=0, short_history_fraction=0.0, specialty_centres=0)
+    return sorted(p for p in write_region(generate_region(config), folder) if p.suffix == ".csv")
+
+
+def _node_config(data: Path, ledger: Path, hospital: str) -> dict[str, Any]:
+    return {"data-path": str(data), "ledger-path": str(ledger), "privacy-epsilon-budget": 10.0, "hospital-id": hospital}
+
+
+def _run_config(nodes: int, rounds: int, out: Path) -> dict[str, Any]:
+    return {
+        "num-server-rounds": rounds,
+        "min-available-nodes": nodes,
+        "min-train-nodes": nodes,
+        "out-dir": str(out),
+        "simulation-days": 200,
+    } | TINY
+
+
+def in_process(files: list[Path], rounds: int, root: Path) -> float:
+    """Seconds per round of the same rounds through the ServerApp's loop, every node in this process."""
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import run_federation
+    from medalloc.server.config import RunConfig
+
+    from ..local_grid import LocalGrid, task_identity
+    from ..logs import quiet_flower
+
+    nodes = {
+        i + 1: _node_config(f, root / f"inproc-ledger-{i}.json", f.stem)
+        | {"node-state-path": str(root / f"st{i}.json")}
+        for i, f in enumerate(files)
+    }
+    config = RunConfig.from_mapping(_run_config(len(files), rounds, root / "inproc-out"))
+    quiet_flower()  # the deployed run's log is the nodes' and the SuperLink's; this one would only repeat it
+    with task_identity():
+        result = run_federation(LocalGrid(make_client_app(), nodes), config, run_id=1)
+    seconds = [r.seconds for r in result.rounds if r.round > 0 and r.seconds is not None]
+    return sum(seconds) / len(seconds)
+
+
+def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict[str, float]:
+    """Seconds per round and node memory of a real SuperLink and len(files) SuperNodes on loopback."""
+    env = dict(os.environ)
+    env |= {
+        "HOME": str(root / "home"),
+        "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    link = _free_port()  # Flower 1.42: the Fleet, Control and Runtime APIs share one HTTP port
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        start(
+            "superlink",
+            ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
+             "--disable-runtime-dependency-installation", "--database", str(root / "superlink.db")],
+        )  # fmt: skip
+        nodes = []
+        for i, data in enumerate(files):
+            config = _node_config(data, root / f"ledger-{i}.json", data.stem)
+            pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+            nodes.append(
+                start(
+                    f"node-{i}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{link}",
+                        "--port",
+                        str(_free_port()),
+                        "--node-config",
+                        pairs,
+                    ],
+                )  # fmt: skip
+            )
+        time.sleep(20)  # started and registered: what an idle node holds
+        idle = [_rss_mb(n.pid) for n in nodes]
+        (root / "home" / ".flwr").mkdir(parents=True, exist_ok=True)
+        (root / "home" / ".flwr" / "config.toml").write_text(
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+        )
+        project = _copy_project(root / "project")
+        out = root / "deployed-out"
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in _run_config(len(files), rounds, out).items())
+        submitted = subprocess.run(
+            ["flwr", "run", str(project), "bench", "--run-config", overrides],
+            env=env, cwd=root, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if submitted.returncode != 0:
+            raise RuntimeError(f"flwr run failed: {submitted.stdout[-2000:]}{submitted.stderr[-2000:]}")
+        peak = list(idle)
+        deadline = time.monotonic() + timeout
+        metrics = out / "metrics.jsonl"
+        while time.monotonic() < deadline:
+            peak = [max(p, _rss_mb(n.pid)) for p, n in zip(peak, nodes)]
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if len(lines) >= rounds + 1 and (out / "final_model.json").is_file():
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"{len(files)} nodes: the run did not finish in {timeout:.0f} s (logs in {logs})")
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        seconds = [r["seconds"] for r in records if r["round"] > 0]
+        return {
+            "seconds": sum(seconds) / len(seconds),
+            "idle_mb": max(idle),
+            "peak_mb": max(peak),
+        }
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def startup_seconds() -> dict[str, float]:
+    """`medalloc --help` and one ClientApp import in fresh interpreters (what each message's process pays first)."""
+
+    def timed(argv: list[str]) -> float:
+        began = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=True, timeout=300, cwd=REPO)
+        return time.perf_counter() - began
+
+    return {
+        "medalloc --help": timed([str(BIN / "medalloc"), "--help"]),
+        "python -c pass": timed([sys.executable, "-c", "pass"]),
+        "import the ClientApp": timed([sys.executable, "-c", "import medalloc.client.app"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="2,5", help="comma-separated node counts (e.g. 2,5,10)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one deployed run")
+    args = parser.parse_args(argv)
+    console = Console(width=120)
+    import torch
+
+    torch.set_num_threads(1)
+    starts = startup_seconds()
+    table = Table(title=f"Real SuperLink + SuperNodes on loopback against the same {args.rounds} rounds in process")
+    for column in ("nodes", "s/round deployed", "s/round in process", "overhead s/round", "ratio", "node MB idle",
+                   "node MB peak"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for n in (int(x) for x in args.nodes.split(",")):
+        root = Path(tempfile.mkdtemp(prefix=f"medalloc-deploy-{n}-"))
+        try:
+            files = _region(root / "region", n)
+            with console.status(f"{n} nodes: in process"):
+                local = in_process(files, args.rounds, root)
+            with console.status(f"{n} nodes: SuperLink + {n} SuperNodes, flwr run"):
+                real = deployed(files, args.rounds, root, args.timeout)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        table.add_row(
+            str(n), f"{real['seconds']:.1f}", f"{local:.2f}", f"{real['seconds'] - local:.1f}",
+            f"{real['seconds'] / local:.0f}x", f"{real['idle_mb']:.0f}", f"{real['peak_mb']:.0f}",
+        )  # fmt: skip
+        console.print(table)
+    for what, seconds in starts.items():
+        console.print(f"{what}: {seconds:.2f} s (fresh interpreter)", highlight=False)
+    console.print(
+        "node MB: the SuperNode, its SuperExec and any ClientApp process at that moment, summed (RSS); "
+        "a ClientApp process is started for every train and evaluate message (Flower 1.42 subprocess isolation)",
+        highlight=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
