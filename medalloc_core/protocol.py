@@ -325,6 +325,7 @@ REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
             EVAL_LOSS: POST_PROCESSING,
             EVAL_MAE: POST_PROCESSING,
             EVAL_WAPE: POST_PROCESSING,
+            VAL_LOSS: POST_PROCESSING,
         },
         NODE_INFO: {HOSPITAL_ID: PUBLIC},
     },

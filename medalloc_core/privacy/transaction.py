@@ -135,6 +135,11 @@ class PendingRelease:
         )
 
 
+def release_pending(store_path: Path) -> bool:
+    """Whether an interrupted release of ``store_path`` waits to be finished (its intent record exists)."""
+    return _intent_path(store_path).exists()
+
+
 def _intent_path(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".pending.json")
 

@@ -199,13 +199,27 @@ def _as_source(source: DataSource | str | Path) -> DataSource:
     return source if isinstance(source, DataSource) else DataSource(str(source))
 
 
+#: Encounter files larger than this are scanned by the DuckDB engine (bounded memory); smaller ones by the
+#: full validator, whose checks the engine path does not all repeat (empty files, column types, corrupt Parquet).
+ENGINE_MIN_BYTES = 32 * 2**20
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
+
+
 def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
     kind = source.kind()
     if kind == "contract":
         path = Path(source.location)
         from medalloc_core.sources.encounter_scan import scan_encounter_file
 
-        scanned = scan_encounter_file(path, source.mapping.engine)
+        # Below ENGINE_MIN_BYTES the full validator reads the file (every check it has, seconds at that
+        # size); a hospital-scale export goes through the engine in bounded memory.
+        scanned = scan_encounter_file(path, source.mapping.engine) if _file_bytes(path) > ENGINE_MIN_BYTES else None
         if scanned is not None:  # an encounter file, read by the engine in bounded memory
             report, records, stays = scanned
             return report, (None if records is None else SourceData(records, stays, report))

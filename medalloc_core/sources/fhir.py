@@ -39,7 +39,7 @@ from medalloc_core.contract import (
 )
 from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES
-from medalloc_core.paths import open_regular, read_regular_bytes
+from medalloc_core.paths import check_regular, open_regular, read_regular_bytes
 from medalloc_core.sources.engine import connect, lines_of_ordinals, quote
 from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
@@ -89,7 +89,8 @@ class _Collected:
 def fhir_files(location: Path) -> list[Path]:
     """The files of a FHIR source: the NDJSON files of a Bulk Data export folder, or the one file given."""
     if location.is_dir():
-        return sorted(p for p in location.iterdir() if p.is_file() and p.suffix.lower() in NDJSON_SUFFIXES)
+        # every .ndjson entry but a folder: a link to a device or a FIFO is refused by read_fhir, not skipped
+        return sorted(p for p in location.iterdir() if not p.is_dir() and p.suffix.lower() in NDJSON_SUFFIXES)
     return [location]
 
 
@@ -138,6 +139,14 @@ def read_fhir(
                 )
             ]
         )
+    refused = []
+    for file in files:  # what each file is, before any engine opens it (a FIFO never blocks, a device never streams)
+        try:
+            check_regular(file, what="a .ndjson file" if file.suffix.lower() in NDJSON_SUFFIXES else "a FHIR file")
+        except OSError as exc:
+            refused.append(Problem(str(file), exc.strerror or str(exc)))
+    if refused:
+        raise DataContractError(refused)
     bundle = len(files) == 1 and files[0].suffix.lower() not in NDJSON_SUFFIXES
     findings = Findings(str(location), row_label="entry" if bundle else "line", column_label="field")
     details: list[tuple[str, str]] = []

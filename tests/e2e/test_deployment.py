@@ -197,7 +197,7 @@ class Federation:
                 hospital,
                 {
                     "superlink.example.org:9092": f"127.0.0.1:{self.gateway_port}",
-                    "--history 56 --horizon 14": f"--history {check[0]} --horizon {check[1]}",
+                    "--history 28 --horizon 14": f"--history {check[0]} --horizon {check[1]}",
                 },
             )
             out = self.ok(f"check-{hospital}", block, env, cwd=node, timeout=180)

@@ -54,8 +54,8 @@ FAST = {
     "local-epochs": 1,
     "batch-size": 16,
     "lr": 0.05,
-    "model": "mlp",
-    "init": "none",
+    "model": '"mlp"',  # strings quoted: the run-config syntax
+    "init": '"none"',
     "history": 14,
     "horizon": 7,
     "hidden": 16,

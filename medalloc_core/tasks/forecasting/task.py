@@ -47,6 +47,7 @@ from medalloc_core.privacy.mechanisms import (
 from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError, secure_generator
 from medalloc_core.privacy.source_registry import check_source_ledger
+from medalloc_core.privacy.transaction import release_pending
 from medalloc_core.protocol import (
     EVAL_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -354,7 +355,9 @@ def _released(
         per_patient=caps is not None,
     )
     try:
-        if _check_store(node, ledger, caps).plan is None:
+        # A release a kill interrupted is finished by release_for_node under the plan its intent
+        # record fixed (medalloc_core.privacy.transaction); the store is checked once it is whole.
+        if not release_pending(node.release_path) and _check_store(node, ledger, caps).plan is None:
             _check_proposal(node, ask)  # only a first release fixes a plan
         records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
     except ReleaseColumnsMissing as exc:
