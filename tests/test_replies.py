@@ -37,7 +37,13 @@ def test_a_reply_off_the_allow_list_is_never_built():
         check_reply("forecasting", "train", train_metrics(**{"n-units": 3}), {"w": np.zeros(2)}, {})
     with pytest.raises(ReplyNotAllowed, match="not a finite number"):
         check_reply("forecasting", "train", train_metrics(**{protocol.TRAIN_LOSS: float("nan")}), {"w": 1}, {})
-    evaluate = {protocol.NUM_EXAMPLES: 3, protocol.EVAL_LOSS: 1.0, protocol.EVAL_MAE: 1.0, protocol.EVAL_WAPE: 0.1}
+    evaluate = {
+        protocol.NUM_EXAMPLES: 3,
+        protocol.EVAL_LOSS: 1.0,
+        protocol.EVAL_MAE: 1.0,
+        protocol.EVAL_WAPE: 0.1,
+        protocol.VAL_LOSS: 1.0,
+    }
     with pytest.raises(ReplyNotAllowed, match="arrays"):
         check_reply("forecasting", "evaluate", evaluate, {"w": np.zeros(2)}, {})
     with pytest.raises(ReplyNotAllowed, match="node-info"):
