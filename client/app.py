@@ -98,12 +98,19 @@ def _node(context: Context, run_config: Mapping[str, Any] | None) -> NodeConfig:
 def _reply(message: Message, answer: NodeReply, node: NodeConfig, *, task: FederatedTask, train: bool) -> Message:
     """The one place a node's answer becomes a message: checked against the task's allow-list first."""
     checked = check_reply(
-        task, "train" if train else "evaluate", answer.metrics, answer.arrays, {protocol.HOSPITAL_ID: node.hospital_id}
+        task,
+        "train" if train else "evaluate",
+        answer.metrics,
+        answer.arrays,
+        {protocol.HOSPITAL_ID: node.hospital_id},
+        answer.records,
     )
     records: dict[str, Any] = {protocol.METRICS: MetricRecord(dict(checked.metrics))}
     if checked.arrays is not None:
         records[protocol.ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in checked.arrays.items()})
     records[protocol.NODE_INFO] = ConfigRecord(dict(checked.node_info))
+    for name, values in checked.records.items():  # optional allow-listed records (the released totals)
+        records[name] = ConfigRecord(dict(values))
     return Message(content=RecordDict(records), reply_to=message)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, TypeVar
 
+from medalloc_core.contract import COUNT_COLUMNS
 from medalloc_core.forecast.features import WindowSpec
 from medalloc_core.forecast.models import ForecasterConfig
 
@@ -28,6 +29,10 @@ ARRAYS = "arrays"  # ArrayRecord: model parameters (global in a request, local i
 CONFIG = "config"  # ConfigRecord: what the coordinator proposes for this round
 METRICS = "metrics"  # MetricRecord: the node's aggregate metrics
 NODE_INFO = "node-info"  # ConfigRecord in replies: {"hospital-id": str}; nothing derived from data
+# ConfigRecord in replies of a run whose window spec reads the region (context "region"), unless the node's
+# own `share-released-totals = false`: the node's RELEASED daily totals, {"dates": [ISO], column: [float]}
+# (medalloc_core.forecast.region.totals_record). Post-processing of its one source release: no new epsilon.
+RELEASED_TOTALS = "released-totals"
 
 # --- ConfigRecord keys, coordinator -> node --------------------------------------------
 SERVER_ROUND = "server-round"  # injected by every Flower strategy
@@ -43,6 +48,9 @@ PRIVACY_MECHANISM = "privacy-mechanism"  # "source": counts released once per st
 PATIENT_EPSILON = "patient-epsilon"  # the most this run may spend per patient; the node caps it by its budget
 MAX_STAY_DAYS = "max-stay-days"  # proposal; a node protects stays of max(its own, proposed) nights
 REPRODUCIBLE_NOISE = "simulation-reproducible-noise"  # research only: DP noise from SEED; a real node refuses it
+# JSON of the region this node is sent: the other nodes' released daily totals summed per day
+# (medalloc_core.forecast.region.region_to_text); only in runs whose window spec reads the region.
+REGION = "region"
 
 # --- MetricRecord keys, node -> coordinator --------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the FedAvg weight; checked and capped by the coordinator
@@ -304,6 +312,11 @@ EVAL_METRIC_KEYS: frozenset[str] = EvaluateReply.keys()
 #           through the Gaussian mechanism and charged to the ledger), so it costs nothing more.
 # The example count is public: windows follow from the units and dates, not from counts.
 PUBLIC, POST_PROCESSING = "public", "post-processing"
+# The released daily totals (optional in a reply; the node's `share-released-totals` decides): the days are
+# the node's declared public calendar, each value a sum of its released counts of that day.
+_RELEASED_TOTALS: dict[str, str] = {"dates": PUBLIC} | {c: POST_PROCESSING for c in COUNT_COLUMNS}
+# Records a reply MAY carry (all others it must carry).
+OPTIONAL_REPLY_RECORDS = frozenset({RELEASED_TOTALS})
 REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
     "train": {
         ARRAYS: {"*": POST_PROCESSING},
@@ -318,6 +331,7 @@ REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
             STAY_CAP_DAYS: PUBLIC,
         },
         NODE_INFO: {HOSPITAL_ID: PUBLIC},
+        RELEASED_TOTALS: _RELEASED_TOTALS,
     },
     "evaluate": {
         METRICS: {
@@ -328,6 +342,7 @@ REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
             VAL_LOSS: POST_PROCESSING,
         },
         NODE_INFO: {HOSPITAL_ID: PUBLIC},
+        RELEASED_TOTALS: _RELEASED_TOTALS,
     },
     # Error(code, reason): the code is public; the reason is one of REFUSAL_REASONS, filled in
     # with ledger numbers (budget, epsilon) or a description of the coordinator's own request.

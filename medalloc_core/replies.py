@@ -16,7 +16,7 @@ import math
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medalloc_core import protocol
@@ -38,6 +38,7 @@ class CheckedReply:
     metrics: dict[str, int | float]
     arrays: Mapping[str, Any] | None
     node_info: dict[str, str]
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # optional ConfigRecords (allow-listed)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,14 @@ def check_reply(
     metrics: Mapping[str, Any],
     arrays: Mapping[str, Any] | None,
     node_info: Mapping[str, Any],
+    records: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CheckedReply:
-    """``metrics``, ``arrays`` and ``node_info`` of a ``kind`` (``"train"``/``"evaluate"``) reply, checked.
+    """``metrics``, ``arrays``, ``node_info`` and optional ``records`` of a ``kind`` (``"train"``/``"evaluate"``)
+    reply, checked.
+
+    ``records`` are further ConfigRecords, each named on the allow-list among
+    ``protocol.OPTIONAL_REPLY_RECORDS``, with only its listed keys; a key listed ``public`` holds text
+    or a list of text, a ``post-processing`` key a list of finite numbers.
 
     Raises ``ReplyNotAllowed`` (naming the key, never its value) for anything not on the list.
     """
@@ -104,7 +111,34 @@ def check_reply(
     bad = sorted(set(node_info) - set(info_keys))
     if bad or not all(isinstance(v, str) for v in node_info.values()):
         raise ReplyNotAllowed(f"{name} {kind} reply: node-info key(s) {bad} not allowed or not text")
-    return CheckedReply(out, arrays, {str(k): str(v) for k, v in node_info.items()})
+    return CheckedReply(
+        out, arrays, {str(k): str(v) for k, v in node_info.items()}, _check_records(name, kind, allowed, records or {})
+    )
+
+
+def _check_records(
+    name: str, kind: str, allowed: Mapping[str, Mapping[str, str]], records: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for record, values in records.items():
+        keys = allowed.get(record)
+        if record not in protocol.OPTIONAL_REPLY_RECORDS or keys is None:
+            raise ReplyNotAllowed(f"{name} {kind} reply: record '{record}' is not on the allow-list")
+        bad = sorted(set(values) - set(keys))
+        if bad:
+            raise ReplyNotAllowed(f"{name} {kind} reply: {record} key(s) {bad} are not on the allow-list")
+        for key, value in values.items():
+            items = value if isinstance(value, list) else [value]
+            if keys[key] == protocol.PUBLIC:
+                ok = all(isinstance(v, str) for v in items)
+            else:
+                ok = isinstance(value, list) and all(
+                    isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(float(v)) for v in items
+                )
+            if not ok:
+                raise ReplyNotAllowed(f"{name} {kind} reply: {record} '{key}' is not of its allowed kind")
+        out[str(record)] = dict(values)
+    return out
 
 
 def _pattern(template: str) -> re.Pattern[str]:

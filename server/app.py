@@ -38,6 +38,7 @@ from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
+from .region import RegionCollector
 from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
@@ -232,11 +233,23 @@ def run_federation(
             task.evaluate_instruction(config, options, model, server_round=server_round, run_tag=f"run-{run_id}")  # type: ignore[arg-type]
         )
 
+    # The region (context "region"): the nodes' released daily totals, each node sent the others' sum.
+    region = RegionCollector() if "region" in config.context_list else None
+
+    def with_region(messages: Any) -> Any:
+        return region.stamp(messages) if region is not None else messages
+
     def evaluate_round(server_round: int) -> MetricRecord | None:
-        replies = grid.send_and_receive(
-            messages=built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid),
-            timeout=config.round_timeout,
+        replies = list(
+            grid.send_and_receive(
+                messages=with_region(
+                    built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid)
+                ),
+                timeout=config.round_timeout,
+            )
         )
+        if region is not None:
+            region.collect(replies)
         try:
             return built.strategy.aggregate_evaluate(server_round, replies)
         except Exception:  # a broken aggregation must not end the federation
@@ -251,16 +264,31 @@ def run_federation(
         if on_round:
             on_round(record)
 
+    if region is not None and start > 1 and evaluates:
+        # After a resume the coordinator holds no totals yet: one evaluate exchange collects them (its
+        # metrics are not a round of the log), so the next round's nodes read the region as before.
+        evaluate_round(start - 1)
+    if region is not None and not region.totals:
+        logger.warning(
+            "context 'region': no node has shared its released totals yet (no evaluation before round %s); "
+            "that round trains without the region, later rounds with it",
+            start,
+        )
+
     # (validation loss, round, arrays) of the best round so far: the model the run keeps
     best = resumed_best
     for server_round in range(start, config.num_server_rounds + 1):
         began = time.perf_counter()
         replies = list(
             grid.send_and_receive(
-                messages=built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
+                messages=with_region(
+                    built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid)
+                ),
                 timeout=config.round_timeout,
             )
         )
+        if region is not None:
+            region.collect(replies)
         try:
             new_arrays, train_metrics = built.strategy.aggregate_train(server_round, replies)
         except Exception:  # never crash the coordinator on one round's aggregation

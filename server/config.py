@@ -161,11 +161,11 @@ class RunConfig:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:
             raise RunConfigError("targets must name at least one column, e.g. 'admissions,census'")
-        unknown = [c for c in self.context_list if c not in ("weeks", "year_ago")]
+        unknown = [c for c in self.context_list if c not in ("weeks", "year_ago", "region")]
         if unknown or (self.context_list and self.model != "hybrid"):
             raise RunConfigError(
-                f"context {self.context!r}: the hybrid model's channels 'weeks' and 'year_ago', comma-separated "
-                "(the region channel needs region totals no federation shares yet)"
+                f"context {self.context!r}: the hybrid model's channels 'weeks', 'year_ago' and 'region' (the other "
+                "nodes' released daily totals, docs/coordinator.md), comma-separated"
             )
         if self.init not in ("none", "pretrained"):
             raise RunConfigError(f"init must be 'none' or 'pretrained', got {self.init!r}")

@@ -65,8 +65,24 @@ def _results_table(summary: dict[str, Any]) -> Table:
         f"(each node's budget {fed['epsilon_budget']:g}): {pv['meaning']}. "
         + ("Noise seeded for reproducibility: research only. " if pv["reproducible_noise"] else "")
         + "Lower MAE/WAPE/pinball is better."
+        + (f" {few}" if (few := too_few_origins(summary)) else "")
     )
     return table
+
+
+MIN_RANKING_ORIGINS = 4  # fewer forecast origins per unit than this cannot rank methods (docs/simulate.md)
+
+
+def too_few_origins(summary: dict[str, Any]) -> str | None:
+    """The table's warning when a unit has fewer origins than ``MIN_RANKING_ORIGINS``: too few to rank methods."""
+    ev = summary.get("evaluation", {})
+    origins = int(ev.get("origins_per_unit", MIN_RANKING_ORIGINS))
+    if origins >= MIN_RANKING_ORIGINS:
+        return None
+    return (
+        f"ONLY {origins} ORIGIN(S) PER UNIT: too few to rank methods (at least {MIN_RANKING_ORIGINS} are needed); "
+        "the rows are not evidence that one method is better. Longer files, or more [evaluation] weeks, give more."
+    )
 
 
 def verdict(summary: dict[str, Any]) -> str | None:
@@ -81,7 +97,8 @@ def verdict(summary: dict[str, Any]) -> str | None:
         ratio = fed[key] / hw[key]
         how = f"{100 * (1 - ratio):.1f} % below" if ratio <= 1 else f"MISSES by {100 * (ratio - 1):.1f} %"
         parts.append(f"{label} {fed[key]:.3f} vs {hw[key]:.3f} ({ratio:.3f}x, {how})")
-    return f"Federated at patient-level epsilon {eps:.2f} against Holt-Winters: " + "; ".join(parts) + "."
+    few = " (too few origins to rank methods: see the table's note)" if too_few_origins(summary) else ""
+    return f"Federated at patient-level epsilon {eps:.2f} against Holt-Winters{few}: " + "; ".join(parts) + "."
 
 
 def _task_tables(summary: dict[str, Any]) -> list[Table]:

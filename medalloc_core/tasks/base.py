@@ -134,10 +134,15 @@ class SimulationRun:
 
 @dataclass(frozen=True)
 class NodeReply:
-    """A node's answer to one request: its metrics (exactly the task's reply keys) and, after training, its arrays."""
+    """A node's answer to one request: its metrics (exactly the task's reply keys) and, after training, its arrays.
+
+    ``records``: further ``ConfigRecord``s its task's allow-list offers (e.g. forecasting's released
+    daily totals, ``protocol.RELEASED_TOTALS``), checked like the rest before they leave the node.
+    """
 
     metrics: dict[str, int | float]
     arrays: dict[str, np.ndarray] | None = None
+    records: dict[str, dict[str, Any]] | None = None
 
 
 class FederatedTask(ABC):

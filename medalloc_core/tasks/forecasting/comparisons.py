@@ -26,6 +26,7 @@ from medalloc_core.forecast.features import WindowSpec, prepare_hospital
 from medalloc_core.forecast.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
 from medalloc_core.forecast.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.forecast.models import ForecasterNet as Network
+from medalloc_core.forecast.region import daily_totals, region_totals, with_region
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
 from medalloc_core.tasks.forecasting.local import LocalData, test_forecasts
 from medalloc_core.tasks.forecasting.task import default_release_path
@@ -140,6 +141,13 @@ def evaluation_data(
         if store.plan is not None:
             released[hid] = HospitalData(hid, store.records(), spec)
             plans[hid] = store.plan
+    if "region" in spec.context:
+        # What each node was sent: the others' released daily totals, summed per day (its truth and its
+        # release both read that region, as a node's model does at forecast time).
+        totals = {hid: daily_totals(h.records) for hid, h in released.items()}
+        for group in (truth, released):
+            for hid, h in group.items():
+                group[hid] = HospitalData(hid, with_region(h.records, region_totals(totals, exclude=hid)), spec)
     origins = {hid: rolling_origins(h, n_origins=n_origins) for hid, h in truth.items()}
     actuals = {hid: h.actuals(origins[hid]) for hid, h in truth.items()}
     return Evaluation(truth, released, plans, origins, actuals)

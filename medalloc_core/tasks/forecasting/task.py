@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import pandas as pd
 import torch
 
 from medalloc_core import protocol
 from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
+from medalloc_core.forecast.region import region_from_text, totals_record, with_region
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
 from medalloc_core.privacy.contribution import PatientCaps, public_records
@@ -390,6 +392,7 @@ def _prepare(
         raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     if ask.reproducible_noise:
         _noise_rng(node, ask)  # a real node refuses before touching anything
+    region = _region(request) if REGION_CONTEXT in ask.window_spec.context else None
     data, caps = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
@@ -397,7 +400,60 @@ def _prepare(
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
     released = _released(node, ask, ledger, data, ask.run_tag, caps)
+    if region is not None:
+        released = _with_region(node, released, region)
     return node, ask, model, released, ledger
+
+
+# ------------------------------------------------------------------ the region (docs/coordinator.md, "The region")
+REGION_CONTEXT = "region"
+SHARE_TOTALS_KEY = "share-released-totals"  # node config; default true: a node may refuse to send its totals
+
+
+def _region(request: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The region the coordinator sent (the other nodes' released daily totals); None before it has any.
+
+    A region that is not what ``region_to_text`` writes is the coordinator's malformed request.
+    """
+    text = request.get(protocol.REGION)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TaskRefused(
+            Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=f"'{protocol.REGION}' must be a string")
+        )
+    try:
+        return region_from_text(text, what=f"'{protocol.REGION}'")
+    except ValueError as exc:
+        raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
+
+
+def _with_region(node: ForecastNode, released: LocalData, region: pd.DataFrame) -> LocalData:
+    """The released counts with the region's columns joined by date, windowed again (the region channel reads
+    each window's region only before its origin: ``features.region_channel``)."""
+    records = with_region(released.records, region)
+    try:
+        return LocalData(records, prepare_hospital(records, released.dataset.spec))
+    except ValueError as exc:
+        logger.error("%s: released counts with the region cannot be windowed: %s", node.hospital_id, exc)
+        raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+
+
+def shares_totals(node: ForecastNode) -> bool:
+    """The node's ``share-released-totals`` setting (default true; "false", false or 0 refuse)."""
+    value = node.settings.get(SHARE_TOTALS_KEY, True)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "off")
+    return bool(value)
+
+
+def _totals(node: ForecastNode, ask: EvaluateInstruction, released: LocalData) -> dict[str, dict[str, Any]] | None:
+    """The reply's released daily totals (``protocol.RELEASED_TOTALS``) when the run reads the region and the
+    node shares them: a sum of its released counts per day, post-processing of the one release (no new epsilon)."""
+    if REGION_CONTEXT not in ask.window_spec.context or not shares_totals(node):
+        return None
+    columns = tuple(c for c in node.release_columns if c in released.records.count_columns)
+    return {protocol.RELEASED_TOTALS: totals_record(released.records, columns)}
 
 
 def run_window_spec(run: Any) -> WindowSpec:
@@ -559,11 +615,11 @@ class ForecastingTask(FederatedTask):
             delta=float(ledger.delta),
             stay_cap_days=float(plan.max_stay_days if plan else settings.max_stay_days),
         )
-        return NodeReply(reply.metrics(), state_arrays(model))
+        return NodeReply(reply.metrics(), state_arrays(model), _totals(settings, ask, released))
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         """Score the global model on this node's RELEASED test split: post-processing, nothing charged."""
-        _, _, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
+        settings, ask, model, released, _ = _prepare(node, request, arrays, EvaluateInstruction)
         scores = evaluate_local(model, released.dataset)
         reply = EvaluateReply(
             num_examples=int(scores["n"]),
@@ -572,7 +628,7 @@ class ForecastingTask(FederatedTask):
             eval_wape=scores["wape"],
             val_loss=scores["val_loss"],
         )
-        return NodeReply(reply.metrics())
+        return NodeReply(reply.metrics(), records=_totals(settings, ask, released))
 
     # ------------------------------------------------------------------ simulations
     def node_data(self, folder: Path) -> list[Path]:
