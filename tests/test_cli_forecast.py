@@ -131,11 +131,14 @@ def test_model_that_does_not_fit_the_data_is_refused(hospital: tuple[Path, Path]
     assert not (tmp_path / "o").exists()
 
 
-def test_release_narrows_the_bands_by_the_nodes_noise(hospital: tuple[Path, Path], tmp_path: Path) -> None:
-    """`--release` gives the bands the evaluation scores: the learned ones freed of the release noise."""
+def test_release_calibrates_the_bands_on_the_nodes_validation_days(hospital: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--release` gives the bands the evaluation scores: each target's learned band scaled by the factor measured
+    on the validation days against the released targets (``forecast.calibration``), the median kept."""
     import numpy as np
 
-    from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands, release_records
+    from medalloc_core.forecast.calibration import node_band_factors, scale_bands
+    from medalloc_core.model_io import load_model
+    from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, release_records
 
     data, model = hospital
     records = load_unit_records(data)
@@ -150,16 +153,21 @@ def test_release_narrows_the_bands_by_the_nodes_noise(hospital: tuple[Path, Path
         assert result.exit_code == 0, result.output
         return pd.read_csv(out / "forecast.csv").set_index(["unit", "target", "date", "q"])["value"].unstack("q")
 
-    wide, narrow = run(), run("--release", str(store.path))
-    expected = deflate_bands(
-        wide.to_numpy()[None, None],
-        np.array([plan.noise_sd[t] for t in wide.index.get_level_values("target")])[None, None],
-        (0.1, 0.5, 0.9),
-    )[0, 0]
-    unclipped = (wide[0.1] > 0).to_numpy()  # the frame floors values at 0; compare where nothing was floored
+    learned, given = run(), run("--release", str(store.path))
+    saved = load_model(model)
+    factors = node_band_factors(saved.model, saved.spec, records, store.records(), plan.noise_sd)
+    k = np.array([factors[list(saved.spec.targets).index(t)] for t in learned.index.get_level_values("target")])
+    # (rows, 1 horizon, 1 target, Q): each row scaled by its own target's factor
+    expected = np.stack(
+        [
+            scale_bands(learned.to_numpy()[i][None, None, None], k[i : i + 1], (0.1, 0.5, 0.9))[0, 0, 0]
+            for i in range(len(learned))
+        ]
+    )
+    unclipped = (learned[0.1] > 0).to_numpy()  # the frame floors values at 0; compare where nothing was floored
     assert unclipped.mean() > 0.5
-    np.testing.assert_allclose(narrow.to_numpy()[unclipped], np.maximum(expected, 0.0)[unclipped], rtol=1e-5, atol=1e-4)
-    assert ((narrow[0.9] - narrow[0.1]) < (wide[0.9] - wide[0.1])).mean() > 0.9
+    np.testing.assert_allclose(given.to_numpy()[unclipped], np.maximum(expected, 0.0)[unclipped], rtol=1e-5, atol=1e-4)
+    assert not np.allclose(factors, 1.0)
     result = runner.invoke(
         app,
         [

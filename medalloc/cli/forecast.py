@@ -65,7 +65,8 @@ def forecast(
         None,
         "--release",
         help="This node's released-counts file (<ledger>.released.csv): the bands, learned on released counts, "
-        "are narrowed by its noise, as the evaluation scores them. Without it the bands are as learned (too wide).",
+        "are scaled to the true counts' as measured on the validation days, as the evaluation scores them. "
+        "Without it the bands are as learned.",
     ),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends
@@ -85,7 +86,7 @@ def forecast(
             _fail(f"{path} is one of the inputs; choose another --out")
         if path.exists() and not force:
             _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
-    noise_sd = None
+    noise_sd = released = None
     if release is not None:
         from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
 
@@ -100,10 +101,17 @@ def forecast(
             _fail(f"--release {release}: no release plan beside it ({release}.json); the node has released nothing")
             return
         noise_sd = dict(plan.noise_sd)
+        try:
+            released = ReleaseStore.open(release).records()
+        except (ReleaseStoreError, ValueError, OSError) as exc:
+            _fail(f"--release {release}: {exc}")
+            return
     try:
         saved = load_model(model)
         records = load_unit_records(data)
-        frame = forecast_records(saved.model, saved.spec, records, hospital=hospital or data.stem, noise_sd=noise_sd)
+        frame = forecast_records(
+            saved.model, saved.spec, records, hospital=hospital or data.stem, noise_sd=noise_sd, released=released
+        )
         if not np.isfinite(frame["value"].to_numpy(dtype=float)).all():
             raise ModelDataMismatch(
                 f"{saved.path}: the model's forecast for {data} is not finite (NaN or infinite values); "
@@ -123,7 +131,7 @@ def forecast(
     _out.print(_summary(frame, saved.config.quantiles))
     _out.print(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
-        + (f"bands narrowed by the release noise of {release}; " if release is not None else "")
+        + (f"bands calibrated with the release {release}; " if release is not None else "")
         + f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
         highlight=False,
         markup=False,

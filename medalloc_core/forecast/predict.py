@@ -115,6 +115,7 @@ def forecast_records(
     hospital: str,
     dataset: HospitalDataset | None = None,
     noise_sd: Mapping[str, float] | None = None,
+    released: UnitRecords | None = None,
 ) -> pd.DataFrame:
     """Forecast the ``H`` periods after the end of every unit's records, for every target and quantile.
 
@@ -130,11 +131,12 @@ def forecast_records(
         Name written in the ``hospital`` column.
     dataset
         The windows of these records under ``spec`` when the caller already has them.
-    noise_sd
-        Per target, the sd of the node's source-release noise (``ReleasePlan.noise_sd``): a
-        model trained on released counts learned bands of ``y + noise``; they are narrowed to
-        bands of ``y`` (``privacy.release.deflate_bands``), exactly as the evaluation scores them.
-        ``None``: the bands as learned.
+    noise_sd, released
+        Per target, the sd of the node's source-release noise (``ReleasePlan.noise_sd``) and the
+        node's released counts (``ReleaseStore.records()``): a model trained on released counts may
+        have learned bands of ``y + noise``; each target's band is scaled to the true counts' as
+        measured on the node's validation days (``forecast.calibration``), exactly as ``medalloc
+        simulate`` scores them. ``None``: the bands as learned.
 
     Returns
     -------
@@ -161,11 +163,17 @@ def forecast_records(
             f"scalers are fitted on all but the last {resolved.val_periods}+{resolved.test_periods})"
         ) from exc
     values = dataset.to_original(predict(model, inputs.X), inputs)  # (U, H, T, Q)
-    if noise_sd:
-        from medalloc_core.privacy.release import deflate_bands
+    if noise_sd is not None or released is not None:
+        if noise_sd is None or released is None:
+            raise ValueError("calibrating the bands needs both noise_sd and the released counts")
+        from medalloc_core.forecast.calibration import node_band_factors, scale_bands
 
-        sd = np.array([float(noise_sd.get(t, 0.0)) for t in resolved.targets])  # (T,)
-        values = deflate_bands(values, sd, tuple(config.quantiles))
+        try:
+            factors = node_band_factors(model, resolved, records, released, noise_sd)
+        except ValueError as exc:
+            raise ModelDataMismatch(f"{records.source}: the released counts cannot be windowed: {exc}") from exc
+        logger.info("bands scaled per target by %s (measured on the validation days)", np.round(factors, 3).tolist())
+        values = scale_bands(values, factors, tuple(config.quantiles))
     frame = windows_to_frame(
         values,
         inputs,

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from medalloc_core.forecast.calibration import node_band_factors, release_band_factors, scale_bands
 from medalloc_core.forecast.evaluation import rolling_origins
 from medalloc_core.forecast.features import WindowSpec, prepare_hospital
 from medalloc_core.forecast.forecasters import Classical, Forecaster, HospitalData, LocalOnly, NeuralForecaster, Origins
 from medalloc_core.forecast.metrics import aggregate_over_hospitals, forecast_metrics
 from medalloc_core.forecast.models import ForecasterNet as Network
 from medalloc_core.forecast.region import daily_totals, region_totals, with_region
-from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, deflate_bands
+from medalloc_core.privacy.release import ReleasePlan, ReleaseStore
 from medalloc_core.tasks.forecasting.local import LocalData, test_forecasts
 from medalloc_core.tasks.forecasting.task import default_release_path
 from medalloc_core.validation import load_unit_records
@@ -87,10 +88,11 @@ def released_hospital(true: LocalData, store: ReleaseStore) -> ReleasedHospital:
 
 
 def score_on_truth(model: Network, hospital: ReleasedHospital) -> tuple[np.ndarray, np.ndarray]:
-    """Test forecasts of a model trained on released counts, from true inputs, bands freed of the release noise."""
+    """Test forecasts of a model trained on released counts, from true inputs, bands calibrated as a node's
+    (``forecast.calibration``: measured on its validation days against its released targets)."""
     y, q = test_forecasts(model, hospital.truth.dataset)
-    sd = np.array([hospital.plan.noise_sd.get(t, 0.0) for t in hospital.truth.dataset.spec.targets])  # (T,)
-    return y, deflate_bands(q, sd, tuple(model.config.quantiles))
+    factors = release_band_factors(model, hospital.truth.dataset, hospital.released.dataset, hospital.plan.noise_sd)
+    return y, scale_bands(q, factors, tuple(model.config.quantiles))
 
 
 def baseline_forecasts(name: str, data: LocalData, quantiles: tuple[float, ...]) -> np.ndarray:
@@ -242,4 +244,29 @@ def run_method(method: Method, evaluation: Evaluation) -> dict[str, np.ndarray]:
     if not fit_on:
         return {}
     forecaster = method.forecaster.fit(fit_on)
-    return {hid: forecaster.predict(evaluation.truth[hid], evaluation.origins[hid]) for hid in fit_on}
+    out = {hid: forecaster.predict(evaluation.truth[hid], evaluation.origins[hid]) for hid in fit_on}
+    if method.trains_on == "released":
+        # A model trained on a release: its bands as the node's `medalloc forecast --release` gives them.
+        for hid in out:
+            network = _network(forecaster, hid)
+            if network is not None and hid in evaluation.plans:
+                neural = forecaster.base if isinstance(forecaster, LocalOnly) else forecaster
+                assert isinstance(neural, NeuralForecaster)
+                spec = neural.model_spec(evaluation.truth[hid].spec)
+                factors = node_band_factors(
+                    network,
+                    spec,
+                    evaluation.truth[hid].records,
+                    evaluation.released[hid].records,
+                    evaluation.plans[hid].noise_sd,
+                )
+                out[hid] = scale_bands(out[hid], factors, tuple(network.config.quantiles))
+    return out
+
+
+def _network(forecaster: Forecaster, hospital: str) -> Network | None:
+    """The network a fitted neural forecaster uses for ``hospital`` (its own under LocalOnly)."""
+    if isinstance(forecaster, LocalOnly):
+        alone = forecaster.models_.get(hospital)
+        return alone.model_ if alone is not None else None
+    return getattr(forecaster, "model_", None)
