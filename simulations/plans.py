@@ -30,8 +30,12 @@ from medalloc_core.allocation.regional import RegionalConfig, hospital_totals, p
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import CENSUS, DATE
 from medalloc_core.forecast.predict import forecast_records
+from medalloc_core.forecast.region import daily_totals, region_totals, with_region
 from medalloc_core.model_io import load_model
+from medalloc_core.privacy.release import ReleaseStore
+from medalloc_core.simulation import simulated_ledger_path
 from medalloc_core.tasks import get_task, task_of_model
+from medalloc_core.tasks.forecasting.task import default_release_path
 from medalloc_core.validation import load_unit_records
 
 logger = logging.getLogger(__name__)
@@ -69,9 +73,23 @@ def write_run_plans(out: Path, *, plots: int = 3) -> Path | None:
         log.setLevel(logging.ERROR)
     try:
         forecasts, capacities = [], []
+        task = get_task(task_of_model(saved.metadata))
+        stores = {
+            p.stem: ReleaseStore.open(default_release_path(simulated_ledger_path(out / "region", task.name, p.stem)))
+            for p in files
+        }
+        totals = {h: daily_totals(st.records()) for h, st in stores.items() if st.plan is not None}
         for path in files:
             records = load_unit_records(path)
-            forecasts.append(forecast_records(saved.model, saved.spec, records, hospital=path.stem))
+            store = stores[path.stem]
+            released = store.records() if store.plan is not None else None
+            if "region" in saved.spec.context:  # what the node was sent: the others' released totals
+                region = region_totals(totals, exclude=path.stem)
+                records = with_region(records, region)
+                released = with_region(released, region) if released is not None else None
+            # the bands the node's `medalloc forecast --release` gives (forecast.calibration), as simulate scores them
+            calibration = {"noise_sd": dict(store.plan.noise_sd), "released": released} if store.plan else {}
+            forecasts.append(forecast_records(saved.model, saved.spec, records, hospital=path.stem, **calibration))
             capacities.append(capacity_from_records(path).assign(**{HOSPITAL: path.stem}))
         forecast = pd.concat(forecasts, ignore_index=True)
         capacity = pd.concat(capacities, ignore_index=True)

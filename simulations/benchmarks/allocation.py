@@ -226,9 +226,13 @@ def neural_forecasts(
             store = ReleaseStore.open(default_release_path(ledger.path))
             if store.plan is None:
                 raise ValueError(f"hospital {hid} released nothing: no local-only model at equal privacy")
-            # the bands the node gets from `medalloc forecast --release`: freed of the release noise
-            noise_sd = dict(store.plan.noise_sd)
-            federated.append(forecast_records(saved.model, saved.spec, records, hospital=hid, noise_sd=noise_sd))
+            # the bands the node gets from `medalloc forecast --release` (forecast.calibration), as simulate scores them
+            noise_sd, own_release = dict(store.plan.noise_sd), store.records()
+            federated.append(
+                forecast_records(
+                    saved.model, saved.spec, records, hospital=hid, noise_sd=noise_sd, released=own_release
+                )
+            )
             released = prepare_hospital(store.records(), spec)
             # local-only starts where the federation started: the public weights, or a seeded init
             model = load_pretrained(saved.config) if s.init == "pretrained" else build_model(saved.config, seed=seed)
@@ -238,7 +242,11 @@ def neural_forecasts(
                 config=TrainConfig(epochs=s.rounds * s.local_epochs, batch_size=s.batch_size, lr=s.lr, seed=seed),
             )
             dataset = prepare_hospital(records, spec, scaler=released.scaler)
-            local.append(forecast_records(model, spec, records, hospital=hid, dataset=dataset, noise_sd=noise_sd))
+            local.append(
+                forecast_records(
+                    model, spec, records, hospital=hid, dataset=dataset, noise_sd=noise_sd, released=own_release
+                )
+            )
         report["local_s"] = time.perf_counter() - began
     report["epsilon"] = {"federated-dp": max(eps_fed.values()), "local-only-dp": max(eps_local.values())}
     return {
