@@ -42,6 +42,7 @@ __all__ = [
 
 K_MIN, K_MAX = 0.3, 3.0  # a band is narrowed at most to 0.3x (as deflate_bands) and widened at most 3x
 MIN_VALIDATION_WINDOWS = 4  # fewer validation windows than this: the bands are left as learned (factor 1)
+CONFIDENCE = 2.0  # standard errors: a band moves only when the validation days show it is off by more than this
 
 
 def _spread(q: np.ndarray, quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,13 +107,22 @@ def release_band_factors(
     targets_rel = released.val.select(rows_r)
     y = released.to_original(targets_rel.y.numpy(), targets_rel)  # (N, H, T) released validation targets
     median, spread = _spread(pred, quantiles)
+    horizon = pred.shape[1]
+    independent = max(1.0, len(rows_t) / horizon)  # windows overlap by H - 1 days: about N / H independent ones
     for t, name in enumerate(targets):
         s2 = float(noise_sd.get(name, 0.0)) ** 2
-        r2 = float(np.nanmean((y[..., t] - median[..., t]) ** 2))
+        per_window = np.nanmean((y[..., t] - median[..., t]) ** 2, axis=1)  # (N,) squared error, released targets
         t2 = float(np.mean(spread[..., t] ** 2))
-        if not (np.isfinite(r2) and t2 > 0):
+        if not (np.isfinite(per_window).all() and t2 > 0):
             continue
-        factors[t] = float(np.clip(np.sqrt(max(r2 - s2, 0.0) / t2), K_MIN, K_MAX))
+        r2 = float(per_window.mean())
+        margin = CONFIDENCE * float(per_window.std()) / np.sqrt(independent)
+        # the band's true-count spread lies in [low, high] (about 95 %); within it the bands stay as learned,
+        # outside it they move only to the nearest end (the release noise often dominates: then nothing moves)
+        low = np.sqrt(max(r2 - margin - s2, 0.0) / t2)
+        high = np.sqrt(max(r2 + margin - s2, 0.0) / t2)
+        k = 1.0 if low <= 1.0 <= high else (high if high < 1.0 else low)
+        factors[t] = float(np.clip(k, K_MIN, K_MAX))
     return factors
 
 
