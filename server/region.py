@@ -25,7 +25,8 @@ from medalloc_core import protocol
 from medalloc_core.contract import COUNT_COLUMNS
 from medalloc_core.forecast.region import parse_totals, region_to_text, region_totals
 
-logger = logging.getLogger(__name__)
+# Under Flower's logger, like the coordinator's round lines: who shares shows in `flwr log`.
+logger = logging.getLogger("flwr.medalloc.region")
 
 __all__ = ["RegionCollector"]
 

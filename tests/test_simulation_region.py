@@ -58,7 +58,7 @@ def test_simulate_with_the_region_on_files_of_different_lengths(tmp_path: Path, 
     h2[h2["date"] >= h2["date"].min() + pd.Timedelta(days=60)].to_csv(folder / "H002.csv", index=False)
     scenario_file = tmp_path / "scenario.toml"
     scenario_file.write_text(SCENARIO.format(folder=folder))
-    with caplog.at_level(logging.INFO, logger="medalloc.server.region"):
+    with caplog.at_level(logging.INFO, logger="flwr.medalloc.region"):
         summary = run_scenario(load_scenario(scenario_file), tmp_path / "out")
     out = tmp_path / "out"
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

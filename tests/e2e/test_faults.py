@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -389,3 +390,25 @@ def test_superlink_restarted_with_database_mid_run(region: Region) -> None:
         f"SuperLink restart: ServerApp survived: {serverapp_survived}; run {run_id} '{status_after_restart}' "
         f"60 s after the restart; resumed: {resumed_id is not None}; done {recovered:.1f} s after the stop"
     )
+
+
+def test_the_region_reaches_real_supernodes(region: Region) -> None:
+    """``context = "region"`` on real SuperLink/SuperNode processes: each healthy node shares its released daily
+    totals, the coordinator sends each the other's, the run completes with a region-reading model, and the totals
+    cost nothing (each ledger still holds its one release). The torn-ledger node refuses and shares nothing."""
+    fed = region.fed
+    out = fed.coord / "results" / "region"
+    run_id = region.submit(
+        out, num_server_rounds=2, model='"hybrid"', history=28, context='"region"', fraction_evaluate=1
+    )
+    run, _ = fed.wait_run(run_id, timeout=300)
+    log = fed.sh("log", f"flwr log {run_id} medalloc --show", fed.coord_env(), cwd=fed.coord).stdout
+    assert run["status"] == "finished:completed", f"{run}\n{log[-4000:]}"
+    rows = metrics(out)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["nodes"]["accepted"] == 2 for r in rows if r["round"] > 0), rows
+    assert json.loads((out / "final_model.json").read_text())["window-spec"]["context"] == ["region"]
+    sharing = set(re.findall(r"region: node (\d+) shares its released totals", log))
+    assert sharing == {region.ids[KILLED], region.ids[STEADY]}, log[-4000:]
+    check_one_release(region, rows)
+    assert region.ledger(TORN).read_bytes() == region.torn_bytes

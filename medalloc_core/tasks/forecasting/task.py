@@ -401,6 +401,13 @@ def _prepare(
     ledger = _ledger(node)
     released = _released(node, ask, ledger, data, ask.run_tag, caps)
     if region is not None:
+        logger.info(
+            "%s: the region from the coordinator (other nodes' released totals): %d days, %s to %s",
+            node.hospital_id,
+            len(region),
+            region.index.min().date() if len(region) else "-",
+            region.index.max().date() if len(region) else "-",
+        )
         released = _with_region(node, released, region)
     return node, ask, model, released, ledger
 
