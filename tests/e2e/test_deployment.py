@@ -61,7 +61,11 @@ def adapt(block: str, substitutions: dict[str, str]) -> str:
     return block
 
 
-DOC_CALENDAR = ('calendar-units = "icu,medical,surgical"', 'calendar-start = "2023-01-01"', 'calendar-end = "2023-12-31"')
+DOC_CALENDAR = (
+    'calendar-units = "icu,medical,surgical"',
+    'calendar-start = "2023-01-01"',
+    'calendar-end = "2023-12-31"',
+)
 
 
 def own_calendar(node_toml: Path, location: str, mapping: Path) -> None:
