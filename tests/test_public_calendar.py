@@ -321,3 +321,69 @@ def test_issue_figures_under_the_old_per_stay_rule_and_the_new_per_patient_plan(
         1.0, abs=1e-3
     )
     assert contribution_epsilon(new.noise_sd, 1e-6, admissions=4, nights=14) > 1.0  # beyond the caps: not covered
+
+
+# ------------------------------------------------------------------ the coordinator's round log
+def _round_log(tmp: Path, files: dict[str, pd.DataFrame]) -> list[dict]:
+    """A two-round federation (the real ServerApp loop, the real ClientApp) over these hospitals' encounter files;
+    the coordinator's metrics.jsonl with every released-noise value (losses, errors, update norms) blanked."""
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import METRICS_FILE, run_federation
+    from medalloc.server.config import RunConfig
+    from medalloc.simulations.local_grid import LocalGrid
+    from tests.fed_fixtures import TINY
+
+    tmp.mkdir(parents=True)
+    configs = {}
+    for i, (hospital, frame) in enumerate(files.items(), start=1):
+        data = tmp / f"{hospital}.csv"
+        frame.to_csv(data, index=False)
+        configs[i] = {
+            "data-path": str(data),
+            "ledger-path": str(tmp / f"{hospital}-ledger.json"),
+            "privacy-epsilon-budget": 4.0,
+        } | CALENDAR
+    keys = {
+        "out-dir": str(tmp / "out"),
+        "num-server-rounds": 2,
+        "min-available-nodes": len(files),
+        "min-train-nodes": len(files),
+        "task": "forecasting",
+        "targets": "admissions,census",
+    } | TINY
+    with task_identity():
+        run_federation(LocalGrid(make_client_app(), configs), RunConfig.from_mapping(keys), run_id=7)
+    rows = [json.loads(line) for line in (tmp / "out" / METRICS_FILE).read_text().splitlines()]
+
+    def public(metrics: dict) -> dict:
+        # num-examples(-total), num-nodes, epsilon*: public; losses and errors: released noise
+        return {k: (v if k.startswith("num-") or "epsilon" in k else "noise") for k, v in metrics.items()}
+
+    for row in rows:
+        row.pop("time", None)
+        row.pop("seconds", None)
+        row["train"] = public(row.get("train") or {})
+        row["evaluate"] = public(row.get("evaluate") or {})
+        for outcome in row.get("outcomes") or []:
+            if "update-norm" in outcome:
+                outcome["update-norm"] = "noise"
+        row["outcomes"] = sorted(row.get("outcomes") or [], key=lambda o: str(o.get("node")))  # arrival order
+    return rows
+
+
+@pytest.fixture(scope="module")
+def base_round_log(encounters: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    log = _round_log(tmp_path_factory.mktemp("rounds") / "without", {"H0": encounters, "H1": encounters})
+    trained = [r for r in log if r["round"] > 0]
+    assert [r["round"] for r in trained] == [1, 2] and all(r["nodes"].get("accepted") == 2 for r in trained), log
+    return log
+
+
+@pytest.mark.parametrize("where", ["a unit nobody else used", "after the file's last event"])
+def test_one_extra_stay_changes_nothing_in_the_coordinators_round_log(
+    tmp_path: Path, encounters: pd.DataFrame, base_round_log: list[dict], where: str
+):
+    """The coordinator's own record of the run (round outcomes, node counts, num-examples, epsilon, metric keys) is
+    the same with and without one patient's stay at one hospital."""
+    other = _round_log(tmp_path / "with", {"H0": encounters, "H1": _extra_stays(encounters)[where]})
+    assert other == base_round_log
