@@ -49,9 +49,17 @@ def _train(tmp_path: Path, data: str, **extra: object):  # type: ignore[no-untyp
     return handle_train(request(5, record(_global()), _config()), context)
 
 
+# The region's public calendar, as its operator declares it (issue 20: a deployed node reading stays needs one).
+REGION_CALENDAR = {
+    "calendar-units": "icu,medical,paediatric,surgical",
+    "calendar-start": "2023-02-01",
+    "calendar-end": "2023-04-30",
+}
+
+
 @pytest.mark.parametrize("source", ["H000.sqlite", "H001.fhir"])
 def test_a_node_trains_on_omop_and_fhir(tmp_path: Path, region: Path, source: str) -> None:
-    reply = _train(tmp_path, str(region / source))
+    reply = _train(tmp_path, str(region / source), **REGION_CALENDAR)
     assert not reply.has_error(), reply.error
     metrics = reply.content.metric_records[protocol.METRICS]
     assert metrics[protocol.NUM_EXAMPLES] > 0
@@ -79,8 +87,13 @@ def test_bad_data_names_the_source_keys(tmp_path: Path, caplog: pytest.LogCaptur
 def test_short_history_names_the_run_config_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cdm = tmp_path / "cdm.sqlite"
     create_omop_database(omop_tables(), f"sqlite:///{cdm}")  # four days of stays
+    calendar = {
+        "calendar-units": "Emergency department,ICU,Ward 3",
+        "calendar-start": "2025-01-01",
+        "calendar-end": "2025-01-04",
+    }
     with caplog.at_level(logging.ERROR, logger="medalloc.client.app"):
-        reply = _train(tmp_path, str(cdm))
+        reply = _train(tmp_path, str(cdm), **calendar)
     assert reply.error.code == Refusal.DATA_INVALID
     log = _logged(caplog)
     spec = federation_window_spec(history=14, horizon=7, targets=("admissions",))
@@ -94,7 +107,7 @@ def test_ledger_mismatch_names_the_node_config_key(
 ) -> None:
     PrivacyLedger.open(tmp_path / "ledger.json", epsilon_budget=4.0, delta=1e-6, unit="patient", max_stay_days=14)
     with caplog.at_level(logging.ERROR, logger="medalloc.client.app"):
-        reply = _train(tmp_path, str(region / "H000.sqlite"))
+        reply = _train(tmp_path, str(region / "H000.sqlite"), **REGION_CALENDAR)
     assert reply.error.code == Refusal.LEDGER_CONFIG_MISMATCH
     log = _logged(caplog)
     assert "set node-config privacy-epsilon-budget=4 " in log, log

@@ -13,7 +13,7 @@ from medalloc_core.tasks.equipment.task import _local
 from tests.equipment_fixtures import fleet_copy
 
 
-def _node(folder: Path, extra: dict) -> NodeTask:
+def _node(folder: Path, extra: dict, *, simulated: bool = False) -> NodeTask:
     return NodeTask(
         task="equipment",
         hospital_id="H000",
@@ -21,6 +21,7 @@ def _node(folder: Path, extra: dict) -> NodeTask:
         ledger_path=folder / "l.json",
         epsilon_budget=5.0,
         extra=extra,
+        simulated=simulated,
     )
 
 
@@ -79,9 +80,9 @@ def test_declared_fleet_calendar_is_unmoved_by_one_device(tmp_path: Path):
     assert base.fleet.declared_devices == len(declared["fleet-devices"].split(","))
     for name, folder in variants.items():
         assert _public(_local(_node(folder, declared), spec)) == _public(base), name
-    # Without the declaration one device moves the fleet's end and everyone's snapshots: the leak.
-    undeclared = _local(_node(variants["base"], {}), spec)
-    moved = _local(_node(variants["one extra device with a late event"], {}), spec)
+    # Without the declaration (a simulated node only) one device moves the fleet's end and everyone's snapshots.
+    undeclared = _local(_node(variants["base"], {}, simulated=True), spec)
+    moved = _local(_node(variants["one extra device with a late event"], {}, simulated=True), spec)
     assert moved.fleet.end > undeclared.fleet.end and len(moved.dataset.train) != len(undeclared.dataset.train)
 
 
@@ -93,3 +94,102 @@ def test_a_partial_fleet_calendar_is_the_nodes_misconfiguration(tmp_path: Path):
     with pytest.raises(TaskRefused) as refused:
         _local(_node(folder, {"fleet-start": "2023-01-01"}), SnapshotSpec())
     assert refused.value.code == Refusal.NODE_MISCONFIGURED
+
+
+# ------------------------------------------------------------------ black box: what the coordinator sees
+def _train_views(tmp: Path, folder: Path, extra: dict, rounds: int = 2) -> list[dict]:
+    """What one equipment node answers a coordinator over ``rounds`` train rounds (arrays by shape only)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from medalloc.client.app import handle
+    from medalloc_core import protocol
+    from medalloc_core.equipment.model import RiskModelConfig, build_risk_model, risk_arrays
+    from medalloc_core.tasks import get_task
+    from medalloc_core.tasks.equipment.protocol import EquipmentInstruction
+    from tests.fed_fixtures import record, task_identity
+
+    tmp.mkdir(parents=True)
+    node = {
+        "tasks": "equipment",
+        "hospital-id": "H000",
+        "equipment-data-path": str(folder),
+        "equipment-ledger-path": str(tmp / "devices.json"),
+        "equipment-epsilon-budget": 50.0,
+    } | extra
+    ctx = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={})
+    spec = SnapshotSpec()
+    config = RiskModelConfig(n_features=spec.n_features, hidden=0, layers=1)
+    arrays = record(risk_arrays(build_risk_model(config, seed=0)))
+    views = []
+    for server_round in range(1, rounds + 1):
+        ask = EquipmentInstruction(
+            server_round=server_round,
+            model_config=config,
+            spec=spec,
+            local_epochs=1,
+            batch_size=16,
+            lr=0.05,
+            proximal_mu=0.0,
+            dp_noise_multiplier=3.0,
+            dp_max_grad_norm=0.2,
+            run_tag="t",
+            seed=0,
+            reproducible_noise=False,
+        )
+        content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: ConfigRecord(ask.to_dict())})
+        with task_identity():
+            message = Message(content, dst_node_id=5, message_type="train.equipment")
+            reply = handle(message, ctx, task=get_task("equipment"), train=True)
+        if reply.has_error():
+            views.append({"error": reply.error.code, "reason": reply.error.reason})
+            continue
+        views.append(
+            {
+                "records": sorted(reply.content.keys()),
+                "metrics": dict(reply.content.metric_records[protocol.METRICS]),  # every key is public
+                "node-info": dict(reply.content.config_records[protocol.NODE_INFO]),
+                "arrays": {k: tuple(a.shape) for k, a in reply.content.array_records[protocol.ARRAYS].items()},
+            }
+        )
+    return views
+
+
+def test_one_extra_device_changes_no_field_of_any_equipment_reply(tmp_path: Path):
+    """Same node, same coordinator, fleets with and without one extra device (with a late event) or one late event:
+    every metric (num-examples, epsilon, budget left, noise), every key and every refusal are identical; only the
+    DP-trained arrays' values differ."""
+    variants = _variants(tmp_path / "data")
+    declared = _declared(variants["base"])
+    base = _train_views(tmp_path / "base", variants["base"], declared)
+    assert all("error" not in v for v in base), base
+    assert base[0]["metrics"]["num-examples"] == len(declared["fleet-devices"].split(","))
+    for name, folder in variants.items():
+        assert _train_views(tmp_path / ("run-" + name.replace(" ", "-")), folder, declared) == base, name
+
+
+def test_the_sampling_rate_follows_the_declared_devices_not_those_with_data(tmp_path: Path):
+    """A declared device missing from the files (its owner removed it) moves neither epsilon nor num-examples."""
+    variants = _variants(tmp_path / "data")
+    declared = _declared(variants["base"])
+    fewer = tmp_path / "one-device-fewer"
+    fewer.mkdir()
+    devices = pd.read_csv(variants["base"] / "devices.csv", dtype=str, keep_default_na=False)
+    events = pd.read_csv(variants["base"] / "events.csv", dtype=str, keep_default_na=False)
+    gone = devices["device_id"].iloc[2]
+    devices[devices["device_id"] != gone].to_csv(fewer / "devices.csv", index=False)
+    events[events["device_id"] != gone].to_csv(fewer / "events.csv", index=False)
+    base = _train_views(tmp_path / "base", variants["base"], declared, rounds=1)
+    other = _train_views(tmp_path / "fewer", fewer, declared, rounds=1)
+    assert "error" not in base[0] and other == base
+
+
+def test_a_deployed_equipment_node_without_a_fleet_calendar_refuses_naming_the_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    variants = _variants(tmp_path / "data")
+    with caplog.at_level("ERROR"):
+        base = _train_views(tmp_path / "base", variants["base"], {}, rounds=1)
+    assert base[0]["error"] == 1005 and base[0]["reason"].startswith("node-misconfigured")
+    assert 'fleet-devices="' in caplog.text and 'fleet-start="' in caplog.text and 'fleet-end="' in caplog.text
+    for name, folder in variants.items():
+        assert _train_views(tmp_path / ("run-" + name.replace(" ", "-")), folder, {}, rounds=1) == base, name

@@ -99,6 +99,9 @@ def ready_node(tmp_path: Path, region: Path) -> dict[str, Path]:
         f'ledger-path = "{node / "privacy-ledger.json"}"\n'
         "privacy-epsilon-budget = 8.0\n"
         f'approved-apps = "{approved}"\n'
+        'calendar-units = "icu,medical,paediatric,surgical"\n'
+        'calendar-start = "2023-01-01"\n'
+        'calendar-end = "2023-04-30"\n'
     )
     return {"node": node, "config": config, "approved": approved, "key": node / "keys" / "H000"}
 
@@ -140,6 +143,7 @@ def test_a_ready_node_passes_and_shows_what_it_will_use(
         "data/validation": "valid: omop (sqlite), 4 unit(s) (icu, medical, paediatric, surgical)",
         "data/inpatient visits": "(visit_concept_id in 9201, 262, 8717, 32037)",
         "data/history": "needed (history 14, horizon 7, 28 + 28 held out); windows train",
+        "data/calendar": "declared: 4 unit(s) (icu, medical, paediatric, surgical), 2023-01-01 .. 2023-04-30",
         "privacy/budget": "privacy-epsilon-budget 8 at privacy-delta 1e-06",
         "privacy/ledger": "none yet; the first round creates it (nothing spent)",
         "apps/approved": "(node-config 'approved-apps'): 1 app(s)",
@@ -166,6 +170,12 @@ def test_a_ready_node_passes_and_shows_what_it_will_use(
         ("key-mode", "node key/private key", "(mode 644)", "chmod 600"),
         ("bad-data", "data/validation", "1 error(s):", "medalloc validate"),
         ("mapping-key", "data/mapping", "data-mapping:", "node-config 'data-mapping'"),
+        (
+            "no-calendar",
+            "data/calendar",
+            "not declared (calendar-units, calendar-start, calendar-end missing)",
+            'set node-config calendar-units="icu,medical,paediatric,surgical" calendar-start="2023-01-01"',
+        ),
     ],
 )
 def test_each_problem_fails_and_names_what_to_set(
@@ -194,6 +204,8 @@ def test_each_problem_fails_and_names_what_to_set(
         tables["visit_detail"] = tables["visit_detail"].assign(care_site_id=[1, 99, 3])
         create_omop_database(tables, f"sqlite:///{cdm}")
         config.write_text(text.replace(text.splitlines()[0], f'data-path = "{cdm}"'))
+    elif breakage == "no-calendar":
+        config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("calendar-")))
     elif breakage == "mapping-key":
         mapping = tmp_path / "mapping.toml"
         mapping.write_text("[omop]\nunit = 'x'\n")

@@ -20,7 +20,7 @@ from medalloc.client.app import handle_evaluate, handle_train
 from medalloc_core import protocol
 from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
-from medalloc_core.privacy.calendar import NodeCalendar, node_calendar
+from medalloc_core.privacy.calendar import CalendarNotDeclared, NodeCalendar, node_calendar
 from medalloc_core.privacy.contribution import PatientCaps, bound_contributions
 from tests.fed_fixtures import TINY, record, request, task_identity
 
@@ -155,18 +155,56 @@ def test_one_extra_stay_changes_no_public_field_of_any_reply(
     assert other == base_replies
 
 
-def test_without_a_declared_calendar_a_late_stay_inside_the_month_changes_nothing(
-    tmp_path: Path, encounters: pd.DataFrame
+UNDECLARED = {
+    "nothing declared": {},
+    "units only": {"calendar-units": CALENDAR["calendar-units"]},
+    "no end": {k: v for k, v in CALENDAR.items() if k != "calendar-end"},
+}
+
+
+@pytest.mark.parametrize("which", list(UNDECLARED))
+def test_a_deployed_node_without_a_declared_calendar_refuses_the_same_whatever_the_stays(
+    tmp_path: Path, encounters: pd.DataFrame, caplog: pytest.LogCaptureFixture, which: str
 ):
-    """Undeclared: the days are whole months of data, so a stay after the last event within its month moves nothing."""
-    base = _federation(tmp_path / "without", encounters, {"calendar-units": CALENDAR["calendar-units"]})
-    assert all("error" not in v for v in base)
-    other = _federation(
-        tmp_path / "with",
-        _extra_stays(encounters)["after the file's last event"],
-        {"calendar-units": "icu,medical,paediatric,surgical"},
+    """No part of a deployed node's calendar comes from its stays: undeclared, it refuses (node-misconfigured),
+    identically with and without each extra stay, and its own log names the missing keys with values to check."""
+    declared = UNDECLARED[which]
+    with caplog.at_level("ERROR"):
+        base = _federation(tmp_path / "without", encounters, declared)
+    assert base == [{"error": int(protocol.Refusal.NODE_MISCONFIGURED), "reason": base[0]["reason"]}] * 3
+    assert base[0]["reason"].startswith("node-misconfigured")
+    missing = [k for k in CALENDAR if k not in declared]
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"({', '.join(missing)} missing)" in log, log
+    assert all(f'{k}="' in log for k in missing)  # a value to check and copy, in the node's own log only
+    assert "calendar" not in base[0]["reason"]  # the reply carries the fixed text, never the data's months
+    for where, frame in _extra_stays(encounters).items():
+        assert _federation(tmp_path / where.replace(" ", "-"), frame, declared) == base, where
+
+
+def test_a_simulated_nodes_calendar_is_whole_months_of_its_data_and_says_it_is_not_public(
+    tmp_path: Path, encounters: pd.DataFrame, caplog: pytest.LogCaptureFixture
+):
+    """Research keeps the derived calendar (inward whole months) and logs that it is NOT public."""
+    from medalloc_core.contract import Frequency, UnitRecords
+    from medalloc_core.encounters import encounters_to_daily
+    from medalloc_core.privacy.contribution import public_records
+
+    frame = encounters.assign(
+        admit_time=pd.to_datetime(encounters["admit_time"]), discharge_time=pd.to_datetime(encounters["discharge_time"])
     )
-    assert other == base
+    records = UnitRecords(encounters_to_daily(frame), Frequency.DAILY, "t", "encounters")
+    with caplog.at_level("WARNING"):
+        public, caps = public_records(records, frame, {}, default_nights=14, research=True)
+    assert caps == PatientCaps()
+    days = public.frame["date"]
+    assert days.min().day == 1 and days.max().is_month_end
+    assert days.min() >= frame["admit_time"].min() and sorted(public.frame["unit"].unique()) == sorted(
+        frame["unit"].unique()
+    )
+    assert "NOT public" in caplog.text
+    with pytest.raises(CalendarNotDeclared, match="calendar-units, calendar-start, calendar-end"):
+        public_records(records, frame, {}, default_nights=14)  # the default is a deployed node
 
 
 def test_the_old_calendar_leaked_num_examples(tmp_path: Path, encounters: pd.DataFrame):
@@ -184,6 +222,7 @@ def test_month_rounding_is_inward_and_declared_parts_win():
         first_event=pd.Timestamp("2023-01-17 10:00"),
         last_event=pd.Timestamp("2023-06-03"),
         data_units=["x"],
+        research=True,
     )
     assert cal == NodeCalendar(("a", "b"), pd.Timestamp("2023-02-01"), pd.Timestamp("2023-05-31"), declared=False)
     cal = node_calendar(
@@ -191,6 +230,13 @@ def test_month_rounding_is_inward_and_declared_parts_win():
     )
     assert cal.declared and cal.start == pd.Timestamp("2023-02-01")
     assert cal.units == ("icu", "medical", "paediatric", "surgical")
+    with pytest.raises(CalendarNotDeclared, match=r'calendar-start="2023-02-01" calendar-end="2023-05-31"'):
+        node_calendar(
+            {"calendar-units": "b,a"},
+            first_event=pd.Timestamp("2023-01-17 10:00"),
+            last_event=pd.Timestamp("2023-06-03"),
+            data_units=["x"],
+        )
 
 
 # ------------------------------------------------------------------ per-patient bounding
@@ -275,3 +321,69 @@ def test_issue_figures_under_the_old_per_stay_rule_and_the_new_per_patient_plan(
         1.0, abs=1e-3
     )
     assert contribution_epsilon(new.noise_sd, 1e-6, admissions=4, nights=14) > 1.0  # beyond the caps: not covered
+
+
+# ------------------------------------------------------------------ the coordinator's round log
+def _round_log(tmp: Path, files: dict[str, pd.DataFrame]) -> list[dict]:
+    """A two-round federation (the real ServerApp loop, the real ClientApp) over these hospitals' encounter files;
+    the coordinator's metrics.jsonl with every released-noise value (losses, errors, update norms) blanked."""
+    from medalloc.client.app import make_client_app
+    from medalloc.server.app import METRICS_FILE, run_federation
+    from medalloc.server.config import RunConfig
+    from medalloc.simulations.local_grid import LocalGrid
+    from tests.fed_fixtures import TINY
+
+    tmp.mkdir(parents=True)
+    configs = {}
+    for i, (hospital, frame) in enumerate(files.items(), start=1):
+        data = tmp / f"{hospital}.csv"
+        frame.to_csv(data, index=False)
+        configs[i] = {
+            "data-path": str(data),
+            "ledger-path": str(tmp / f"{hospital}-ledger.json"),
+            "privacy-epsilon-budget": 4.0,
+        } | CALENDAR
+    keys = {
+        "out-dir": str(tmp / "out"),
+        "num-server-rounds": 2,
+        "min-available-nodes": len(files),
+        "min-train-nodes": len(files),
+        "task": "forecasting",
+        "targets": "admissions,census",
+    } | TINY
+    with task_identity():
+        run_federation(LocalGrid(make_client_app(), configs), RunConfig.from_mapping(keys), run_id=7)
+    rows = [json.loads(line) for line in (tmp / "out" / METRICS_FILE).read_text().splitlines()]
+
+    def public(metrics: dict) -> dict:
+        # num-examples(-total), num-nodes, epsilon*: public; losses and errors: released noise
+        return {k: (v if k.startswith("num-") or "epsilon" in k else "noise") for k, v in metrics.items()}
+
+    for row in rows:
+        row.pop("time", None)
+        row.pop("seconds", None)
+        row["train"] = public(row.get("train") or {})
+        row["evaluate"] = public(row.get("evaluate") or {})
+        for outcome in row.get("outcomes") or []:
+            if "update-norm" in outcome:
+                outcome["update-norm"] = "noise"
+        row["outcomes"] = sorted(row.get("outcomes") or [], key=lambda o: str(o.get("node")))  # arrival order
+    return rows
+
+
+@pytest.fixture(scope="module")
+def base_round_log(encounters: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    log = _round_log(tmp_path_factory.mktemp("rounds") / "without", {"H0": encounters, "H1": encounters})
+    trained = [r for r in log if r["round"] > 0]
+    assert [r["round"] for r in trained] == [1, 2] and all(r["nodes"].get("accepted") == 2 for r in trained), log
+    return log
+
+
+@pytest.mark.parametrize("where", ["a unit nobody else used", "after the file's last event"])
+def test_one_extra_stay_changes_nothing_in_the_coordinators_round_log(
+    tmp_path: Path, encounters: pd.DataFrame, base_round_log: list[dict], where: str
+):
+    """The coordinator's own record of the run (round outcomes, node counts, num-examples, epsilon, metric keys) is
+    the same with and without one patient's stay at one hospital."""
+    other = _round_log(tmp_path / "with", {"H0": encounters, "H1": _extra_stays(encounters)[where]})
+    assert other == base_round_log

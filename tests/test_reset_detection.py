@@ -91,3 +91,36 @@ def test_medalloc_privacy_says_per_stay_for_daily_counts_and_per_patient_for_sta
         app, ["privacy", "--ledger", str(tmp_path / "p" / "ledger.json")], env={"COLUMNS": "200"}
     )
     assert per_patient.exit_code == 0 and "per STAY" not in per_patient.output
+
+
+def test_share_on_the_daily_file_validate_writes_spends_from_the_nodes_ledger(tmp_path: Path, data: Path):
+    """hospital.md's flow: the node spends on its source; `medalloc validate --daily-out` writes the daily file that
+    `medalloc share --data` reads. A fresh --ledger on that file is the same patients' second budget: refused."""
+    from typer.testing import CliRunner
+
+    from medalloc.cli import app
+    from medalloc_core.privacy.ledger import PrivacyLedger
+
+    (tmp_path / "node").mkdir()
+    node_ledger = tmp_path / "node" / "ledger.json"
+    assert not _evaluate(data, node_ledger).has_error()
+    runner = CliRunner()
+    daily = tmp_path / "daily.csv"
+    written = runner.invoke(app, ["validate", str(data), "--daily-out", str(daily)], env={"COLUMNS": "200"})
+    assert written.exit_code == 0, written.output
+    forecast = tmp_path / "forecast.csv"
+    forecast.write_text(
+        "hospital,unit,date,target,q,value\n"
+        + "".join(f"H,icu,2023-07-0{d},census,{q},{v}\n" for d in (1, 2) for q, v in ((0.1, 3), (0.5, 5), (0.9, 8)))
+    )
+    args = ["share", "--forecast", str(forecast), "--data", str(daily), "--epsilon", "0.3"]
+    fresh = runner.invoke(
+        app,
+        [*args, "--ledger", str(tmp_path / "fresh.json"), "--epsilon-budget", "4", "--out", str(tmp_path / "a.csv")],
+        env={"COLUMNS": "200"},
+    )
+    assert fresh.exit_code == 2 and "already spends from" in fresh.output, fresh.output
+    assert not (tmp_path / "a.csv").exists()
+    own = runner.invoke(app, [*args, "--ledger", str(node_ledger), "--out", str(tmp_path / "b.csv")])
+    assert own.exit_code == 0, own.output
+    assert [s.mechanism for s in PrivacyLedger.load(node_ledger).spends()] == ["source-release", "share"]

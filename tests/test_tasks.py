@@ -62,11 +62,12 @@ def node_configs(data: dict[str, Path], ledgers: Path, **budgets: float) -> dict
             task = get_task(name)
             data_key, ledger_key, budget_key = task.node_keys
             budget = budgets.get("node3", 20.0) if i == 2 and name == "equipment" else budgets.get(name, 20.0)
+            path = task.node_data(data[name])[i]
             config |= {
-                data_key: str(task.node_data(data[name])[i]),
+                data_key: str(path),
                 ledger_key: str(ledgers / f"{name}{i}.json"),
                 budget_key: budget,
-            }
+            } | task.public_calendar(path)  # a deployed node declares its calendar (issue 20)
         configs[i + 1] = config
     return configs
 

@@ -159,6 +159,7 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
     )
     for label, detail in summary.get("details", []):
         result.add(section, str(label), "ok", str(detail))
+    _calendar(result, node, data.stays)
     if data.records.frequency is not Frequency.DAILY:
         result.add(
             section,
@@ -192,6 +193,49 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
         f"long enough: {shortest}, {need} needed (history {resolved.history}, horizon {resolved.horizon}, "
         f"{resolved.val_periods} + {resolved.test_periods} held out); windows train {len(dataset.train):,}, "
         f"validation {len(dataset.val):,}, test {len(dataset.test):,}",
+    )
+
+
+def _calendar(result: NodeCheck, node: NodeConfig, stays: Any) -> None:
+    """The node's public calendar (issue 20): with stays, a deployed node refuses every round without one."""
+    from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, UNIT
+    from medalloc_core.privacy.calendar import CalendarError, declared_parts, suggested_calendar
+    from medalloc_core.tasks import get_task
+
+    extra = next(s.extra for name, s in node.tasks.items() if get_task(name).reads_data_sources)
+    keys = ("calendar-units", "calendar-start", "calendar-end")
+    try:
+        units, start, end = declared_parts(extra)
+    except CalendarError as exc:
+        result.add("data", "calendar", "fail", str(exc), "fix the node-config key it names")
+        return
+    if units is not None and start is not None and end is not None:
+        result.add(
+            "data",
+            "calendar",
+            "ok",
+            f"declared: {len(units)} unit(s) ({', '.join(units)}), {start:%Y-%m-%d} .. {end:%Y-%m-%d}; stays "
+            "outside it are left out",
+        )
+        return
+    if stays is None:
+        result.add("data", "calendar", "ok", "daily counts: the file's own rows (declare calendar-* to fix them)")
+        return
+    import pandas as pd
+
+    events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
+    suggested = suggested_calendar(
+        first_event=events.min(), last_event=events.max(), data_units=stays[UNIT].astype(str).unique()
+    )
+    missing = [k for k, v in zip(keys, (units, start, end), strict=True) if v is None]
+    result.add(
+        "data",
+        "calendar",
+        "fail",
+        f"not declared ({', '.join(missing)} missing): a node reading stays refuses every round without its "
+        "calendar, so that no one patient can change what it reports (docs/privacy.md, 'What is public')",
+        "set node-config " + " ".join(f'{k}="{suggested[k]}"' for k in missing) + " (what the data spans, in "
+        "whole months: check it against what your hospital may publish)",
     )
 
 

@@ -290,10 +290,11 @@ def train_risk(
     dp: DeviceDP | None,
     rng: np.random.Generator,
     global_params: dict[str, torch.Tensor] | None = None,
+    population: int | None = None,
 ) -> RiskTrainResult:
     """Train ``model`` in place; privately (device-level DP-SGD) when ``dp`` is given.
 
-    The caller charges the privacy ledger for ``risk_plan(data.n_devices, config)`` at
+    The caller charges the privacy ledger for ``risk_plan(population or data.n_devices, config)`` at
     ``dp.noise_multiplier`` BEFORE calling this (and trains nothing when the ledger refuses).
 
     Parameters
@@ -311,11 +312,17 @@ def train_risk(
         CSPRNG (never from anything the coordinator knows); a research run passes a seeded one.
     global_params
         The round's global parameters, for FedProx.
+    population
+        The sampling population of the plan (default: the devices in ``data``): a node's declared
+        device count, public, at least ``data.n_devices``; each device with data is sampled at
+        ``expected batch / population`` (a declared device without data is never drawn).
     """
     n = data.n_devices
     if n == 0:
         raise ValueError("no device has a training snapshot: the event log is shorter than the horizon needs")
-    plan = risk_plan(n, config)
+    if population is not None and population < n:
+        raise ValueError(f"population {population} is below the {n} devices trained on")
+    plan = risk_plan(population or n, config)
     params = {k: v for k, v in model.named_parameters()}
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     per_device = vmap(grad(_device_loss_fn(model, config.pos_weight), has_aux=False), in_dims=(None, 0, 0, 0))

@@ -125,17 +125,21 @@ def _stay(frame: pd.DataFrame, unit: str, admit: pd.Timestamp, nights: int) -> p
 
 
 def calendar_check(
-    stays: pd.DataFrame, node_settings: Mapping[str, Any], *, public: PublicFn | None = None
+    stays: pd.DataFrame, node_settings: Mapping[str, Any], *, public: PublicFn | None = None, research: bool = False
 ) -> CalendarCheck:
     """``public`` (default: the node's ``public_records``) over ``stays`` with and without one extra stay.
 
     ``stays`` has the contract's stay columns (times as datetimes); ``node_settings`` the node's
-    calendar keys. Each case passes when the released (unit, day) grid is the same.
+    calendar keys; ``research`` audits a simulated node's calendar (whole months of the data where
+    undeclared; a deployed node refuses instead). Each case passes when the released (unit, day)
+    grid is the same.
     """
+    from functools import partial
+
     from medalloc_core.encounters import encounters_to_daily
     from medalloc_core.privacy.contribution import public_records
 
-    fn = public or public_records
+    fn = public or partial(public_records, research=research)
     admit = pd.to_datetime(stays["admit_time"])
     last = max(admit.max(), pd.to_datetime(stays["discharge_time"]).max())
     first_unit = str(stays["unit"].iloc[0])
@@ -183,7 +187,8 @@ def run_release_checks(
 ) -> ReleaseChecks:
     """Both checks on a synthetic encounter hospital (400 days) at the node's default plan (per patient caps).
 
-    ``declared`` False audits a node without a declared calendar (whole months from the data).
+    ``declared`` False audits a simulated node without a declared calendar (whole months from the
+    data: not public, and the check says so; a deployed node refuses to run without one).
     """
     from medalloc_core.encounters import encounters_to_daily
     from medalloc_core.privacy.contribution import PatientCaps
@@ -220,4 +225,4 @@ def run_release_checks(
             "calendar-start": f"{first:%Y-%m-%d}",
             "calendar-end": f"{first + pd.Timedelta(days=300):%Y-%m-%d}",
         }
-    return ReleaseChecks(noise, calendar_check(stays, settings, public=public))
+    return ReleaseChecks(noise, calendar_check(stays, settings, public=public, research=not declared))

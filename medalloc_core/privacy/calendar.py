@@ -12,11 +12,17 @@ unit's last day (issue 20). So the calendar is fixed before anything is read fro
       calendar-start = "2024-01-01"            # first day
       calendar-end   = "2024-12-31"            # last day
 
-* or, for any part not declared, **rounded to whole calendar months**: the first whole month
-  starting on or after the first admission to the last whole month ending on or before the last
-  event. One stay then moves the calendar only by crossing a month boundary beyond the others,
-  not by a day; the node logs a warning that names the keys to declare. Undeclared units are the
-  units of the file (a stay in a new unit still creates one): declare ``calendar-units``.
+* A **deployed node** whose records carry stays (encounter files, OMOP, FHIR) must declare all
+  three: anything taken from the stays is a function of them, however it is rounded (rounded
+  inward to whole months, one stay still adds a unit or crosses a month boundary; rounded
+  outward, one stay in a new month adds a month). Without them the node refuses with
+  ``node-misconfigured`` and its log names the missing keys, with the values its data would
+  suggest (the whole months of the file and its units) for the operator to check and copy.
+* A **simulated or research** node may leave parts undeclared: they are then taken from the
+  data, rounded inward to whole calendar months (the first whole month starting on or after the
+  first admission to the last whole month ending on or before the last event; the units of the
+  file), and the node logs that this calendar is NOT public. Simulations use it; no deployed
+  node does.
 
 Every unit runs over the same days: a unit with no stay on a day has zero admissions that day,
 which is the truth for an encounter source. Stays outside the calendar are dropped before
@@ -34,7 +40,14 @@ import pandas as pd
 
 from medalloc_core.contract import DATE, UNIT, UnitRecords
 
-__all__ = ["CalendarError", "NodeCalendar", "apply_calendar", "node_calendar"]
+__all__ = [
+    "CalendarError",
+    "CalendarNotDeclared",
+    "NodeCalendar",
+    "apply_calendar",
+    "node_calendar",
+    "suggested_calendar",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +56,10 @@ UNITS_KEY, START_KEY, END_KEY = "calendar-units", "calendar-start", "calendar-en
 
 class CalendarError(ValueError):
     """The node's declared calendar is malformed (names the node-config key) or covers no day."""
+
+
+class CalendarNotDeclared(CalendarError):
+    """A deployed node reads patient stays without a declared calendar (names the missing node-config keys)."""
 
 
 @dataclass(frozen=True)
@@ -90,35 +107,67 @@ def _day(extra: Mapping[str, Any], key: str) -> pd.Timestamp | None:
 
 
 def node_calendar(
-    extra: Mapping[str, Any], *, first_event: pd.Timestamp, last_event: pd.Timestamp, data_units: Sequence[str]
+    extra: Mapping[str, Any],
+    *,
+    first_event: pd.Timestamp,
+    last_event: pd.Timestamp,
+    data_units: Sequence[str],
+    research: bool = False,
 ) -> NodeCalendar:
-    """The node's calendar: its declared parts, the rest rounded to whole months (logged as a warning).
+    """The node's calendar: the declared one; for a ``research`` (simulated) node the rest from whole months.
 
-    ``first_event`` / ``last_event`` / ``data_units`` are used only where the node config declares
-    nothing; the result then depends on the data only through whole-month boundaries (and, for
-    undeclared units, through the unit names).
+    A deployed node (``research`` False, the default) with any part undeclared raises
+    ``CalendarNotDeclared`` naming the missing keys: no part of a deployed node's calendar is ever
+    taken from its stays. Its message suggests values from the data (``first_event``,
+    ``last_event``, ``data_units``); it goes to the node's own log, never into a reply. For a
+    research node the undeclared parts are taken from the data, rounded inward to whole months,
+    with a warning that they are not public.
     """
     units, start, end = declared_parts(extra)
     undeclared = [k for k, v in ((UNITS_KEY, units), (START_KEY, start), (END_KEY, end)) if v is None]
-    if start is None:
-        first = pd.Timestamp(first_event).normalize()
-        start = first if first.day == 1 else (first + pd.offsets.MonthBegin(1)).normalize()
-    if end is None:
-        last = pd.Timestamp(last_event).normalize()
-        end = last if last.is_month_end else (last - pd.offsets.MonthEnd(1)).normalize()
-    if units is None:
-        units = tuple(sorted(str(u) for u in data_units))
+    suggested = suggested_calendar(first_event=first_event, last_event=last_event, data_units=data_units)
+    if undeclared and not research:
+        raise CalendarNotDeclared(
+            f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node reading patient "
+            "stays covers only declared units and days, so that no one patient can change how many examples it "
+            "reports or whether it refuses. Set in the node config "
+            + " ".join(f'{k}="{suggested[k]}"' for k in undeclared)
+            + " (what this data spans, in whole months: check it against what your hospital may publish; "
+            "docs/privacy.md, 'What is public')"
+        )
+    start = pd.Timestamp(suggested[START_KEY]) if start is None else start
+    end = pd.Timestamp(suggested[END_KEY]) if end is None else end
+    units = tuple(sorted(str(u) for u in data_units)) if units is None else units
     if undeclared:
         logger.warning(
-            "the node's calendar is not fully declared (%s): the rest is taken from the data, rounded to whole "
-            "months; one patient can still move it by a month (or add a unit). Declare %s in the node config "
-            "(docs/privacy.md, 'What is public')",
+            "simulated node: its calendar (%s) is taken from the data, rounded to whole months: NOT public (one "
+            "patient can move it by a month or add a unit); a deployed node refuses without %s",
             ", ".join(undeclared),
             ", ".join(undeclared),
         )
     # Data shorter than a whole month gives an empty calendar: the windowing then refuses it as too
     # short for the request (data-invalid, naming the run-config keys), like any short series.
     return NodeCalendar(units, start, end, declared=not undeclared)
+
+
+def suggested_calendar(
+    *, first_event: pd.Timestamp, last_event: pd.Timestamp, data_units: Sequence[str]
+) -> dict[str, str]:
+    """The calendar keys the data spans: its units, and whole months rounded inward (first whole month starting
+    on or after ``first_event``, last ending on or before ``last_event``).
+
+    A function of the stays: what an operator is shown to check and declare, and what a simulated
+    node uses; never a deployed node's calendar by itself.
+    """
+    first = pd.Timestamp(first_event).normalize()
+    last = pd.Timestamp(last_event).normalize()
+    start = first if first.day == 1 else (first + pd.offsets.MonthBegin(1)).normalize()
+    end = last if last.is_month_end else (last - pd.offsets.MonthEnd(1)).normalize()
+    return {
+        UNITS_KEY: ",".join(sorted(str(u) for u in data_units)),
+        START_KEY: f"{start:%Y-%m-%d}",
+        END_KEY: f"{end:%Y-%m-%d}",
+    }
 
 
 def apply_calendar(records: UnitRecords, calendar: NodeCalendar) -> UnitRecords:

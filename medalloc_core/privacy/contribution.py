@@ -255,14 +255,21 @@ def _bound_patient(
 
 
 def public_records(
-    records: UnitRecords, stays: pd.DataFrame | None, extra: Mapping[str, Any], *, default_nights: int
+    records: UnitRecords,
+    stays: pd.DataFrame | None,
+    extra: Mapping[str, Any],
+    *,
+    default_nights: int,
+    research: bool = False,
 ) -> tuple[UnitRecords, PatientCaps | None]:
     """A node's counts on its public calendar, each patient's contribution cut to the node's caps first.
 
     ``records`` are the source's daily counts; ``stays`` its patient stays (None for a file of
     daily counts, which is then only put on the declared calendar, if any, and stays per stay).
     Returns the counts to release and the caps they were bounded with (None without patient ids).
-    Raises ``CalendarError`` / ``ValueError`` naming the node-config key for a bad setting.
+    Raises ``CalendarError`` / ``ValueError`` naming the node-config key for a bad setting, and
+    ``CalendarNotDeclared`` when stays are given without a declared calendar unless ``research``
+    (a simulated node: its calendar is then whole months of the data, not public).
     """
     from medalloc_core.encounters import encounters_to_daily
 
@@ -281,7 +288,11 @@ def public_records(
     caps = PatientCaps.of(extra, default_nights=default_nights)
     events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
     calendar = node_calendar(
-        extra, first_event=events.min(), last_event=events.max(), data_units=stays[UNIT].astype(str).unique()
+        extra,
+        first_event=events.min(),
+        last_event=events.max(),
+        data_units=stays[UNIT].astype(str).unique(),
+        research=research,
     )
     kept, _ = bound_contributions(stays, caps, units=calendar.units, start=calendar.start, end=calendar.end)
     daily = encounters_to_daily(kept, end=calendar.end)

@@ -29,7 +29,7 @@ from typing import Any
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.privacy.node_state import LedgerResetDetected
 
-__all__ = ["STATE_DIR_ENV", "check_source_ledger", "registry_path", "source_identity"]
+__all__ = ["STATE_DIR_ENV", "check_source_ledger", "record_derived", "registry_path", "source_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,41 @@ def _read(path: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LedgerResetDetected(f"the data-source record {path} is unreadable ({exc}); restore it") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("sources"), dict):
+    if (
+        not isinstance(raw, dict)
+        or raw.get("format") != FORMAT
+        or not isinstance(raw.get("sources"), dict)
+        or not isinstance(raw.get("derived", {}), dict)
+    ):
         raise LedgerResetDetected(f"{path} is not a MedAlloc data-source record; restore it")
     return raw
+
+
+def _write(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def record_derived(derived: str | Path, source: str, *, path: Path | None = None) -> None:
+    """Record that the file ``derived`` holds ``source``'s patients (``medalloc validate --daily-out``).
+
+    ``medalloc share --data`` then takes the file for its source: a daily file written from the
+    node's database spends from the node's ledger, not from a fresh one (the documented flow
+    would otherwise start a second budget on the same patients by accident).
+    """
+    path = Path(path) if path is not None else registry_path()
+    document = _read(path)
+    root = _key(document, source)
+    document.setdefault("derived", {})[source_identity(str(derived))] = root
+    _write(path, document)
+    logger.info("recorded %s as derived from the node's data source in %s", derived, path)
+
+
+def _key(document: dict[str, Any], location: str) -> str:
+    """``location``'s key, or the key of the source it was derived from."""
+    key = source_identity(location)
+    derived = document.get("derived", {}).get(key)
+    return derived if isinstance(derived, str) else key
 
 
 def check_source_ledger(location: str, ledger_path: Path, ledger_id: str, *, path: Path | None = None) -> None:
@@ -79,7 +111,7 @@ def check_source_ledger(location: str, ledger_path: Path, ledger_id: str, *, pat
     """
     path = Path(path) if path is not None else registry_path()
     document = _read(path)
-    key = source_identity(location)
+    key = _key(document, location)
     known = document["sources"].get(key)
     here = str(Path(ledger_path).expanduser().resolve())
     if isinstance(known, dict):
@@ -97,6 +129,5 @@ def check_source_ledger(location: str, ledger_path: Path, ledger_id: str, *, pat
         "ledger_id": ledger_id,
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    _write(path, document)
     logger.info("recorded the data source's privacy ledger %s in %s", here, path)

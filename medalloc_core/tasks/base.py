@@ -270,6 +270,11 @@ class FederatedTask(ABC):
     def node_data(self, folder: Path) -> list[Path]:
         """The per-hospital data paths of a region folder, in partition order (what virtual node ``i`` reads)."""
 
+    def public_calendar(self, data_path: Path) -> dict[str, str]:
+        """The node-config calendar keys an operator would declare for ``data_path`` (what the node's log
+        suggests when a deployed node has none); empty for a task or data that needs none."""
+        return {}
+
     @abstractmethod
     def report(self, sim: SimulationRun) -> dict[str, Any]:
         """A simulation's comparisons, plots and summary part (``medalloc simulate``); JSON-ready.

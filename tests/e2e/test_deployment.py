@@ -61,6 +61,36 @@ def adapt(block: str, substitutions: dict[str, str]) -> str:
     return block
 
 
+DOC_CALENDAR = (
+    'calendar-units = "icu,medical,surgical"',
+    'calendar-start = "2023-01-01"',
+    'calendar-end = "2023-12-31"',
+)
+
+
+def own_calendar(node_toml: Path, location: str, mapping: Path) -> None:
+    """The hospital's own calendar in place of the page's H000 one, as its operator declares it from what
+    ``medalloc node check`` shows (issue 20: a deployed node reading stays needs one); a daily-count file
+    keeps its own rows."""
+    from medalloc_core.privacy.calendar import suggested_calendar
+    from medalloc_core.sources import DataSource, SourceMapping, load_source
+
+    text = node_toml.read_text()
+    assert all(line in text for line in DOC_CALENDAR), f"the page's node.toml no longer declares {DOC_CALENDAR}"
+    stays = load_source(DataSource(location, "auto", SourceMapping.from_toml(mapping))).stays
+    if stays is None:
+        own = ["", "", ""]
+    else:
+        events = pd.concat([pd.to_datetime(stays["admit_time"]), pd.to_datetime(stays["discharge_time"])]).dropna()
+        values = suggested_calendar(
+            first_event=events.min(), last_event=events.max(), data_units=stays["unit"].astype(str).unique()
+        )
+        own = [f'{k} = "{v}"' for k, v in values.items()]
+    for doc, line in zip(DOC_CALENDAR, own, strict=True):
+        text = text.replace(doc, line)
+    node_toml.write_text(text)
+
+
 def exec_last(block: str) -> str:
     """Make bash ``exec`` the block's last command, so the started PID is that process."""
     commands = re.split(r"(?<!\\)\n", block.strip())
@@ -183,6 +213,7 @@ class Federation:
         env = self.node_env(hospital)
         source = {DOC_DATA_URL: location}
         self.ok(f"node-config-{hospital}", self.node_block("node-config", hospital, source), env, cwd=node)
+        own_calendar(node / "node.toml", location, node / "mapping.toml")
         if validate:
             self.ok(f"validate-{hospital}", self.node_block("validate", hospital, source), env, cwd=node)
         out = self.ok(f"keys-{hospital}", self.node_block("keys", hospital), env, cwd=node)

@@ -8,9 +8,12 @@ single late event moved the end (issue 20: by 40 days; every device's training s
     fleet-start   = "2023-01-01"
     fleet-end     = "2023-12-31"        # events outside [start, end] are left out
 
-gets snapshots, a training split and a ``num-examples`` (the number of declared devices) that no
-one device outside the list, and no event outside the days, can move. Without the keys the fleet
-is as before (and the docs say its ``num-examples`` is not public).
+gets snapshots, a training split, a ``num-examples`` (the number of declared devices) and a
+DP-SGD sampling rate (expected batch / declared devices, so the epsilon it reports too) that no
+one device outside the list, and no event outside the days, can move. A deployed node refuses
+without all three keys (``node-misconfigured``; its log names them, with the values its fleet
+would suggest); only a simulated node takes the fleet's devices and days from its files, which
+is then not public.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from medalloc_core.equipment import contract as ec
 from medalloc_core.equipment.contract import Fleet
 from medalloc_core.privacy.calendar import CalendarError
 
-__all__ = ["DeclaredFleet", "declared_fleet"]
+__all__ = ["DeclaredFleet", "declared_fleet", "suggested_calendar", "undeclared_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,30 @@ class DeclaredFleet(Fleet):
     def end(self) -> pd.Timestamp:
         assert self.last_day is not None
         return self.last_day
+
+
+def suggested_calendar(fleet: Fleet) -> dict[str, str]:
+    """The fleet calendar these files hold (every inventoried device, first to last event): a suggestion for the
+    operator to check, never used undeclared by a deployed node."""
+    return {
+        DEVICES_KEY: ",".join(sorted(fleet.devices[ec.DEVICE_ID].astype(str))),
+        START_KEY: f"{fleet.start:%Y-%m-%d}",
+        END_KEY: f"{fleet.end:%Y-%m-%d}",
+    }
+
+
+def undeclared_message(fleet: Fleet) -> str:
+    """What a deployed node without a fleet calendar logs: the keys to set, with the values its files suggest.
+
+    The values are the node's own data: they go to its log for the operator, never into a reply.
+    """
+    keys = " ".join(f'{k}="{v}"' for k, v in suggested_calendar(fleet).items())
+    return (
+        "the fleet's calendar is not declared: a deployed node trains only on declared devices and days, so that "
+        "no one device can change how many examples it reports or the sampling rate its epsilon follows. Set in "
+        f"the node config {keys} (what these files hold: check it against the inventory you may publish; "
+        "docs/privacy.md, 'Equipment')"
+    )
 
 
 def declared_fleet(fleet: Fleet, extra: Mapping[str, Any]) -> DeclaredFleet | None:

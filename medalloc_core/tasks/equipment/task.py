@@ -123,6 +123,13 @@ def _local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
     try:
         if any(k in node.extra for k in ("fleet-devices", "fleet-start", "fleet-end")):
             return _declared_local(node, spec)
+        if not node.simulated:
+            _refuse_undeclared(node)
+        logger.warning(
+            "%s: simulated node: the fleet's devices and days are taken from its files: NOT public (one device can "
+            "move every snapshot); a deployed node refuses without fleet-devices, fleet-start and fleet-end",
+            node.hospital_id,
+        )
         return load_local_fleet(node.data_path, spec)
     except DataContractError as exc:
         # The problems name devices and rows of the hospital's files: they stay in the node's log.
@@ -131,6 +138,20 @@ def _local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
     except (OSError, ValueError) as exc:
         logger.error("%s: %s", node.data_path, exc)
         raise TaskRefused(Refusal.DATA_INVALID, reason(Refusal.DATA_INVALID)) from exc
+
+
+def _refuse_undeclared(node: NodeTask) -> None:
+    """A deployed node without a fleet calendar: refused, the log naming the keys (and what its files suggest)."""
+    from medalloc_core.equipment.validation import load_fleet
+    from medalloc_core.tasks.equipment.fleet_calendar import undeclared_message
+
+    logger.error("node configuration: %s", undeclared_message(load_fleet(node.data_path)))
+    raise TaskRefused(Refusal.NODE_MISCONFIGURED, reason(Refusal.NODE_MISCONFIGURED))
+
+
+def _population(local: LocalFleet) -> int:
+    """The DP-SGD sampling population: the declared device count (public), else the devices trained on."""
+    return int(getattr(local.fleet, "declared_devices", 0) or local.batches.n_devices)
 
 
 def _declared_local(node: NodeTask, spec: SnapshotSpec) -> LocalFleet:
@@ -242,10 +263,15 @@ class EquipmentTask(FederatedTask):
             max_grad_norm=min(ask.dp_max_grad_norm, node.max_grad_norm),
         )
         config = RiskTrainConfig(epochs=epochs, batch_size=ask.batch_size, lr=ask.lr, proximal_mu=ask.proximal_mu)
-        plan = risk_plan(local.batches.n_devices, config)
+        # Sampled over the declared devices (public): the rate, the steps and so the epsilon the reply
+        # carries are moved by no one device; a declared device without data is simply never sampled.
+        population = _population(local)
+        plan = risk_plan(population, config)
         ledger = self._charge(node, local, ask, dp, plan.sample_rate, plan.steps)
         global_params = {k: v.detach().clone() for k, v in model.named_parameters()} if ask.proximal_mu else None
-        result = train_risk(model, local.batches, config=config, dp=dp, rng=rng, global_params=global_params)
+        result = train_risk(
+            model, local.batches, config=config, dp=dp, rng=rng, global_params=global_params, population=population
+        )
         epsilon, left = ledger.epsilon_spent(), ledger.remaining()
         logger.info(
             "%s equipment round %s: %s devices, %s steps, sigma %.3g, C %.3g, device epsilon %.3f (%.3f left)",
@@ -260,7 +286,7 @@ class EquipmentTask(FederatedTask):
         )
         reply = EquipmentTrainReply(
             # declared fleet: the declared device count (public); otherwise the devices trained on
-            num_examples=int(getattr(local.fleet, "declared_devices", 0) or result.n_devices),
+            num_examples=population,
             epsilon=float(epsilon),
             epsilon_budget_left=float(left),
             delta=float(node.delta),
@@ -316,6 +342,12 @@ class EquipmentTask(FederatedTask):
         if not folder.is_dir():
             raise ValueError(f"{folder} is not a folder")
         return sorted(p for p in folder.iterdir() if is_fleet_folder(p))
+
+    def public_calendar(self, data_path: Path) -> dict[str, str]:
+        from medalloc_core.equipment.validation import load_fleet
+        from medalloc_core.tasks.equipment.fleet_calendar import suggested_calendar
+
+        return suggested_calendar(load_fleet(data_path))
 
     def report(self, sim: SimulationRun) -> dict[str, Any]:
         from medalloc_core.simulation_plots import privacy_rounds_plot

@@ -184,7 +184,9 @@ def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps 
         logger.error("%s: %s", node.data_display, exc)
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     try:
-        public, caps = public_records(records, stays, node.settings, default_nights=node.max_stay_days)
+        public, caps = public_records(
+            records, stays, node.settings, default_nights=node.max_stay_days, research=node.simulated
+        )
     except ValueError as exc:  # a calendar or cap setting of the node's own config
         logger.error("node configuration: %s", exc)
         raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
