@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medalloc.cli.data_option import MAPPING_HELP, is_path_input, one_line, read_records
 from medalloc.cli.tables import Table
 from medalloc_core.contract import DATE, UNIT, DataContractError
 
@@ -167,9 +168,13 @@ def allocate(
     ),
     out: Path = typer.Option(..., "--out", help="Directory for plan.csv and plan.png."),
     capacity: Path | None = typer.Option(None, "--capacity", help="Capacity CSV: unit, beds[, staffed, hospital]."),
-    capacity_from: Path | None = typer.Option(
-        None, "--capacity-from", help="Daily records CSV; physical beds = largest capacity (or census) per unit."
+    capacity_from: str | None = typer.Option(
+        None,
+        "--capacity-from",
+        help="The hospital's records (a daily records or encounter file, an OMOP CDM or a FHIR export, read as the "
+        "node reads it); physical beds = largest capacity (or census) per unit.",
     ),
+    mapping: Path | None = typer.Option(None, "--mapping", help=MAPPING_HELP),
     under_cost: float = typer.Option(
         10.0, "--under-cost", help="Cost of an unserved patient-day (overflow, diversion)."
     ),
@@ -192,7 +197,7 @@ def allocate(
 ) -> None:
     """Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast."""
     from medalloc_core.allocation.explain_plans import hospital_plan_reasons
-    from medalloc_core.allocation.forecast_io import capacity_from_records, read_capacity, read_forecast
+    from medalloc_core.allocation.forecast_io import capacity_from_frame, read_capacity, read_forecast
     from medalloc_core.allocation.newsvendor import (
         DEFAULT_NURSE_RATIOS,
         MAX_COST,
@@ -218,7 +223,8 @@ def allocate(
         if not 0 < risk_threshold < 1:
             raise _BadInput(f"--risk-threshold must be in (0, 1), got {risk_threshold}")
         plan_csv, plan_png, plan_txt = out / "plan.csv", out / "plan.png", out / PLAN_EXPLANATION
-        inputs = [p for p in (forecast, capacity, capacity_from, unit_config) if p is not None]
+        from_path = is_path_input(capacity_from) if capacity_from is not None else None
+        inputs = [p for p in (forecast, capacity, from_path, unit_config) if p is not None]
         _guard_outputs([plan_csv, plan_png, plan_txt], inputs, force)
         flags = _parse_mapping(nurse_ratio, "--nurse-ratio")
         for name, value in flags.items():
@@ -241,7 +247,15 @@ def allocate(
         frame = read_forecast(forecast)
         if unit_config is not None:
             _check_units(unit_config, set(unit_costs) | set(unit_ratios), set(frame[UNIT]))
-        beds = read_capacity(capacity) if capacity is not None else capacity_from_records(capacity_from)  # type: ignore[arg-type]
+        if capacity is not None:
+            beds = read_capacity(capacity)
+        else:
+            assert capacity_from is not None
+            try:
+                read = read_records(capacity_from, mapping)
+            except DataContractError as exc:
+                raise _BadInput(f"--capacity-from {one_line(capacity_from, exc)}") from None
+            beds = capacity_from_frame(read.records.frame, read.source.display)
         plan = plan_hospital(frame, beds, config)
     except (_BadInput, DataContractError, ValueError) as exc:
         _fail(str(exc))

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medalloc.cli.data_option import DATA_HELP, MAPPING_HELP, is_path_input, one_line, read_records
 from medalloc.cli.tables import Table
 from medalloc_core.contract import CENSUS, DataContractError
 
@@ -40,9 +41,8 @@ def explain(
     model: Path = typer.Option(
         ..., "--model", "-m", help="The shared model: final_model.safetensors, a results folder or a checkpoint."
     ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", help="This hospital's records (the file `medalloc forecast` reads)."
-    ),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP, show_default=False),
+    mapping: Path | None = typer.Option(None, "--mapping", help=MAPPING_HELP),
     unit: list[str] | None = typer.Option(
         None, "--unit", "-u", help="Unit to explain (repeatable); default every unit."
     ),
@@ -68,7 +68,6 @@ def explain(
     from medalloc_core.forecast.explain.plot import plot_explanation
     from medalloc_core.forecast.predict import ModelDataMismatch
     from medalloc_core.model_io import ModelFileError, load_model
-    from medalloc_core.validation import load_unit_records
 
     if method not in METHODS:
         _fail(f"--method must be one of {list(METHODS)}, got '{method}'")
@@ -80,19 +79,19 @@ def explain(
         if pd.isna(origin):
             _fail(f"--date '{date}' is not a date YYYY-MM-DD")
     json_path = out / EXPLANATION_FILE
-    inputs = {p.resolve() for p in (data, model)}
+    inputs = {p.resolve() for p in (is_path_input(data), model) if p is not None}
     if json_path.resolve() in inputs:
         _fail(f"{json_path} is one of the inputs; choose another --out")
     if json_path.exists() and not force:
         _fail(f"{json_path} already exists; pass --force to replace it, or choose another --out")
     try:
         saved = load_model(model)
-        records = load_unit_records(data)
+        read = read_records(data, mapping)
         explanations = explain_forecast(
             saved.model,
             saved.spec,
-            records,
-            hospital=hospital or data.stem,
+            read.records,
+            hospital=hospital or read.name,
             units=list(unit) if unit else None,
             date=origin,
             target=target,
@@ -100,7 +99,7 @@ def explain(
             method=method,
         )
     except DataContractError as exc:
-        _fail(f"{data} does not meet the data contract (run `medalloc validate {data}` for the full report):\n{exc}")
+        _fail(one_line(data, exc))
         return
     except (ModelFileError, ModelDataMismatch, ExplainError) as exc:
         _fail(str(exc))
@@ -114,7 +113,7 @@ def explain(
             _fail(f"{out / name} already exists; pass --force to replace it, or choose another --out")
     payload = {
         "model": str(saved.path),
-        "data": str(data),
+        "data": read.source.display,
         "computed": "on this machine; nothing was sent anywhere",
         "explanations": [ex.to_dict() | {"png": name} for ex, name in zip(explanations, names)],
     }

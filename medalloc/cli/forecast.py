@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medalloc.cli.data_option import DATA_HELP, MAPPING_HELP, is_path_input, one_line, read_records
 from medalloc.cli.tables import Table
 from medalloc_core.contract import DATE, UNIT, DataContractError
 
@@ -53,9 +54,8 @@ def forecast(
         "-m",
         help="The shared model: final_model.safetensors, a results folder or a checkpoint (file or folder).",
     ),
-    data: Path = typer.Option(
-        ..., "--data", "-d", help="This hospital's records (daily/weekly unit records or encounters; CSV or Parquet)."
-    ),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP, show_default=False),
+    mapping: Path | None = typer.Option(None, "--mapping", help=MAPPING_HELP),
     out: Path = typer.Option(Path("forecast"), "--out", "-o", help="Folder for forecast.csv and forecast.png."),
     hospital: str | None = typer.Option(
         None, "--hospital", help="Name in the hospital column (default: the data file's name without extension)."
@@ -75,14 +75,13 @@ def forecast(
     from medalloc_core.forecast.plot import plot_forecast
     from medalloc_core.forecast.predict import ModelDataMismatch, forecast_records
     from medalloc_core.model_io import ModelFileError, load_model
-    from medalloc_core.validation import load_unit_records
 
     csv_path, png_path = out / "forecast.csv", out / "forecast.png"
     taken = next((a for a in (out, *out.parents) if a.exists()), None)
     if taken is not None and not taken.is_dir():
         _fail(f"--out {out}: {taken} is a file, not a folder; choose another --out")
     for path in (csv_path, png_path):
-        if path.resolve() in {data.resolve(), model.resolve()}:
+        if path.resolve() in {p.resolve() for p in (is_path_input(data), model) if p is not None}:
             _fail(f"{path} is one of the inputs; choose another --out")
         if path.exists() and not force:
             _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
@@ -108,17 +107,18 @@ def forecast(
             return
     try:
         saved = load_model(model)
-        records = load_unit_records(data)
+        read = read_records(data, mapping)
+        records = read.records
         frame = forecast_records(
-            saved.model, saved.spec, records, hospital=hospital or data.stem, noise_sd=noise_sd, released=released
+            saved.model, saved.spec, records, hospital=hospital or read.name, noise_sd=noise_sd, released=released
         )
         if not np.isfinite(frame["value"].to_numpy(dtype=float)).all():
             raise ModelDataMismatch(
-                f"{saved.path}: the model's forecast for {data} is not finite (NaN or infinite values); "
+                f"{saved.path}: the model's forecast for {read.source.display} is not finite (NaN or infinite values); "
                 "its weights do not fit these records"
             )
     except DataContractError as exc:
-        _fail(f"{data} does not meet the data contract (run `medalloc validate {data}` for the full report):\n{exc}")
+        _fail(one_line(data, exc))
         return
     except (ModelFileError, ModelDataMismatch) as exc:
         _fail(str(exc))

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medalloc.cli.data_option import MAPPING_HELP, is_path_input, one_line, read_records
 from medalloc_core.contract import DataContractError
 
 # One release at a larger epsilon gives no meaningful protection, and exp(epsilon) overflows
@@ -23,10 +24,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _identity(node_config: Path | None, hospital: str | None, ledger: Path | None) -> tuple[str | None, Path]:
-    """The label of the shared table and the ledger: --hospital / --ledger, else the node config's
-    hospital-id / ledger-path (the same id the node trains and refuses under)."""
-    node_id, node_ledger = None, None
+def _identity(
+    node_config: Path | None, hospital: str | None, ledger: Path | None
+) -> tuple[str | None, Path, Path | None]:
+    """The label of the shared table, the ledger and the site mapping: --hospital / --ledger, else the node
+    config's hospital-id / ledger-path (the same id the node trains and refuses under) and its data-mapping."""
+    node_id, node_ledger, node_mapping = None, None, None
     if node_config is not None:
         import tomllib
 
@@ -40,20 +43,27 @@ def _identity(node_config: Path | None, hospital: str | None, ledger: Path | Non
             config = NodeConfig.from_node_config(raw)
         except (NodeConfigError, ValueError) as exc:
             _fail(f"--node-config {node_config}: {exc}")
-        node_id, node_ledger = config.hospital_id, config.ledger_path
+        node_id, node_ledger, node_mapping = config.hospital_id, config.ledger_path, config.data_mapping
     if hospital is not None and not hospital.strip():
         _fail("--hospital must not be empty")
     resolved = ledger or node_ledger
     if resolved is None:
         _fail("give --ledger (the node's privacy ledger) or --node-config (its ledger-path)")
     assert resolved is not None
-    return (hospital or node_id), resolved
+    return (hospital or node_id), resolved, node_mapping
 
 
 def share(
     forecast: Path = typer.Option(..., "--forecast", help="This hospital's forecast.csv (from `medalloc forecast`)."),
-    data: Path = typer.Option(
-        ..., "--data", help="The records the forecast was made from; their fingerprint keys the ledger entry."
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="The records the forecast was made from (a file, OMOP database or FHIR export, read as the node "
+        "reads it); their fingerprint keys the ledger entry.",
+        show_default=False,
+    ),
+    mapping: Path | None = typer.Option(
+        None, "--mapping", help=MAPPING_HELP + " Default: the --node-config's data-mapping."
     ),
     ledger: Path | None = typer.Option(
         None, "--ledger", help="This node's privacy ledger (default: the node config's ledger-path)."
@@ -89,10 +99,9 @@ def share(
     from medalloc_core.privacy.fingerprint import fingerprint_frame
     from medalloc_core.privacy.ledger import LedgerError, PrivacyLedger
     from medalloc_core.privacy.source_registry import check_source_ledger
-    from medalloc_core.validation import load_unit_records
 
-    label, ledger = _identity(node_config, hospital, ledger)
-    if out.resolve() in {forecast.resolve(), data.resolve(), ledger.resolve()}:
+    label, ledger, node_mapping = _identity(node_config, hospital, ledger)
+    if out.resolve() in {p.resolve() for p in (forecast, is_path_input(data), ledger) if p is not None}:
         _fail(f"{out} is one of the inputs; choose another --out")
     if out.exists() and not force:
         _fail(f"{out} already exists; pass --force to replace it (and spend epsilon again), or choose another --out")
@@ -113,7 +122,7 @@ def share(
             raise ValueError(f"{forecast} holds {frame['hospital'].nunique()} hospitals; share one hospital's forecast")
         if label:  # one identity from the node to the regional plan: the node's hospital-id
             frame = frame.assign(hospital=label)
-        fingerprint = fingerprint_frame(load_unit_records(data).frame)
+        fingerprint = fingerprint_frame(read_records(data, mapping or node_mapping).records.frame)
         if ledger.exists() or epsilon_budget is None:
             node = PrivacyLedger.load(ledger)
         else:
@@ -143,7 +152,10 @@ def share(
     except LedgerError as exc:
         _fail(f"{exc}\nNothing was shared.")
         return
-    except (DataContractError, ValueError, TargetUnreachable) as exc:
+    except DataContractError as exc:
+        _fail(f"{one_line(data, exc)}; nothing was shared")
+        return
+    except (ValueError, TargetUnreachable) as exc:
         _fail(f"{exc}\nNothing was shared.")
         return
     try:

@@ -250,8 +250,11 @@ def capacity_from_records(path: Path) -> pd.DataFrame:
     """
     from medalloc_core.validation import load_unit_records
 
-    records = load_unit_records(Path(path)).frame
-    file = str(path)
+    return capacity_from_frame(load_unit_records(Path(path)).frame, str(path))
+
+
+def capacity_from_frame(records: pd.DataFrame, file: str) -> pd.DataFrame:
+    """:func:`capacity_from_records` on records already read (a node's source: OMOP, FHIR); ``file`` names them."""
     column = CAPACITY if CAPACITY in records.columns else CENSUS
     if column not in records.columns:
         raise DataContractError(

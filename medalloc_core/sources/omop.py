@@ -316,6 +316,13 @@ def read_omop(
     """
     source: _Source = _Database(location, mapping.schema, label, timeout_s) if database else _Export(Path(location))
     try:
+        if isinstance(source, _Database):
+            # counted in the database (SQL checks and aggregation); None: the row reader explains or types it
+            from medalloc_core.sources.omop_sql import read_omop_sql
+
+            counted = read_omop_sql(source, mapping)
+            if counted is not None:
+                return counted
         return _Reader(source, mapping).run()
     finally:
         source.close()
