@@ -170,16 +170,23 @@ def start(
     ctx: typer.Context,
     node_config: str = typer.Option(..., "--node-config", help="The node's config (TOML file or key=value pairs)."),
     port: int = typer.Option(9094, "--port", help="The SuperNode's Runtime API port on 127.0.0.1."),
+    retries: int = typer.Option(
+        0, "--retries", help="Restarts after the SuperNode could not connect or was killed (0: no limit)."
+    ),
+    max_backoff: float = typer.Option(60.0, "--max-backoff", help="Longest wait between restarts, seconds."),
 ) -> None:
     """Start the SuperNode with the approved-apps gate: flower-supernode --isolation process + medalloc node exec.
 
     Every other option goes to flower-supernode as given (--superlink, --root-certificates,
-    --auth-supernode-private-key, ...). Exits with the SuperNode's status; stops both together.
+    --auth-supernode-private-key, ...). A SuperNode that could not connect (Exit Code 305: the
+    SuperLink is down, or still counts this node online for up to 2 x 30 s after a kill) or was
+    killed is started again after a backoff (5 s, doubling, at most --max-backoff), saying what
+    it waits for. Other exits end both, with the SuperNode's status.
     """
     import os
 
     from medalloc.node.approved import ApprovalError, read_approved
-    from medalloc.node.supervisor import gate_argv, supernode_argv, supervise
+    from medalloc.node.supervisor import RetryPolicy, gate_argv, supernode_argv, supervise
 
     keys = _node_config(node_config)
     if not keys.get("approved-apps"):
@@ -194,9 +201,58 @@ def start(
         supernode = supernode_argv(ctx.args, node_config=node_config, port=port)
     except ValueError as exc:
         _fail(str(exc))
+    try:
+        retry = RetryPolicy(retries=retries, max_backoff_s=max_backoff)
+    except ValueError as exc:
+        _fail(f"--retries/--max-backoff: {exc}")
+    superlink = next((a.split("=", 1)[1] for a in ctx.args if a.startswith("--superlink=")), None)
+    if superlink is None and "--superlink" in ctx.args and ctx.args.index("--superlink") + 1 < len(ctx.args):
+        superlink = ctx.args[ctx.args.index("--superlink") + 1]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    status = supervise(supernode, gate_argv(node_config=node_config, port=port, parent_pid=os.getpid()))
+    status = supervise(
+        supernode,
+        gate_argv(node_config=node_config, port=port, parent_pid=os.getpid()),
+        retry=retry,
+        superlink=superlink or "the SuperLink",
+    )
     raise typer.Exit(status)
+
+
+# ---------------------------------------------------------------------- adopt
+@node_app.command("adopt")
+def adopt(
+    node_config: str = typer.Option(..., "--node-config", help="The node's config (TOML file or key=value pairs)."),
+    model: Path = typer.Option(..., "--model", help="The new shared model (final_model.safetensors or its folder)."),
+) -> None:
+    """Score a new shared model against the one this node uses, on its most recent released days; adopt it only
+    if better (node setting adopt = "if-better", the default) or always (adopt = "always")."""
+    from medalloc_core.model_io import ModelFileError
+    from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
+    from medalloc_core.tasks.forecasting.adoption import AdoptionError, policy_of
+    from medalloc_core.tasks.forecasting.adoption import adopt as adopt_model
+
+    keys = _node_config(node_config)
+    if not keys.get("ledger-path"):
+        _fail("the node config has no 'ledger-path': the released days and the adoption state live beside it")
+    ledger = Path(str(keys["ledger-path"]))
+    release = Path(str(keys.get("release-path") or ledger.with_name(ledger.name + ".released.csv")))
+    try:
+        policy = policy_of(keys)
+        released = ReleaseStore.open(release).records()
+        decision = adopt_model(model, released=released, ledger_path=ledger, policy=policy)
+    except (AdoptionError, ModelFileError, ReleaseStoreError, OSError) as exc:
+        _fail(str(exc))
+        return
+    table = Table(title="Adopt or keep (WAPE on this node's most recent released days)", title_justify="left")
+    for column in ("model", "version", "WAPE", "windows"):
+        table.add_column(column, justify="right" if column in ("WAPE", "windows") else "left", no_wrap=True)
+    if decision.current is not None:
+        table.add_row("in use", decision.current.version, f"{decision.current.wape:.4f}", str(decision.current.windows))
+    table.add_row("new", decision.candidate.version, f"{decision.candidate.wape:.4f}", str(decision.candidate.windows))
+    out = Console(highlight=False)
+    out.print(table)
+    verdict = "adopted" if decision.adopted else "kept the model in use"
+    out.print(f"{verdict}: {decision.reason} (adopt = {decision.policy}); version in use {decision.version_in_use}")
 
 
 # ---------------------------------------------------------------------- check

@@ -55,10 +55,23 @@ def _per_stay(ledger: PrivacyLedger) -> dict[str, float] | None:
     return {str(k): v for k, v in figures.items()}
 
 
-def _report(ledger: PrivacyLedger) -> dict[str, Any]:
+def _release_events(release: Path) -> list[dict[str, Any]]:
+    """What happened to the node's data since its first release (``privacy.continuity``): corrections, a file that
+    shrank, gaps, per-patient cuts; empty when the release has none or is elsewhere."""
+    from medalloc_core.privacy.continuity import read_events
+
+    try:
+        return read_events(release)
+    except (OSError, ValueError):
+        return [{"time": None, "event": "unreadable", "message": f"the events beside {release} cannot be read"}]
+
+
+def _report(ledger: PrivacyLedger, release: Path | None = None) -> dict[str, Any]:
     entries = ledger.entries()
     spent = ledger.epsilon_spent()
+    release = release or ledger.path.with_name(ledger.path.name + ".released.csv")
     return {
+        "release_events": _release_events(release),
         "ledger": str(ledger.path),
         "unit": ledger.unit,
         "max_stay_days": ledger.max_stay_days,
@@ -209,6 +222,11 @@ def _print_report(report: dict[str, Any], console: Console) -> None:
             f"[yellow]Budget changed[/yellow] {_when(change['timestamp'])}: "
             f"ε {change['previous']:g} → {change['new']:g}"
         )
+    events = report.get("release_events") or []
+    if events:
+        console.print("[bold]The node's data over time[/bold] (its release; newest last):")
+        for event in events[-10:]:
+            console.print(f"  {_when(event.get('time'))}  {escape(str(event['message']))}", soft_wrap=True)
     spent, budget, left = report["epsilon_spent"], report["epsilon_budget"], report["epsilon_remaining"]
     unit = {"patient": "per patient", "device": "per device"}.get(report["unit"], "per training window")
     console.print(
@@ -224,6 +242,9 @@ def privacy(
     upgrade: bool = typer.Option(
         False, "--upgrade", help="Rewrite a version-1 (unkeyed) ledger under a new ledger key, once."
     ),
+    release: Path | None = typer.Option(
+        None, "--release", help="The node's release-path, when not the default <ledger>.released.csv."
+    ),
 ) -> None:
     """Show a node's privacy ledger: each dataset, each spend, and the budget left."""
     from medalloc_core.privacy.ledger import upgrade_ledger
@@ -234,7 +255,7 @@ def privacy(
             Console(stderr=True).print(
                 f"upgraded {ledger}; its key is {key} (back it up with the ledger)", highlight=False, markup=False
             )
-        report = _report(PrivacyLedger.load(ledger))
+        report = _report(PrivacyLedger.load(ledger), release)
     except LedgerError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

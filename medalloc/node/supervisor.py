@@ -1,12 +1,19 @@
-"""``medalloc node start``: Flower's SuperNode and the approved-apps gate, started and stopped as one.
+"""``medalloc node start``: Flower's SuperNode and the approved-apps gate, started and stopped as one, kept up.
 
 ``flower-supernode --isolation process`` runs no app by itself; it waits for a SuperExec to
 take its tasks. This supervisor starts the SuperNode with that option and ``medalloc node
-exec`` (the gate) on its Runtime API, in one session, with their output on its own. It exits
-with the SuperNode's exit status when the SuperNode stops (e.g. ``Exit Code: 305`` when the
-coordinator does not know the node's key), stops the gate with it, and on SIGTERM/SIGINT stops
-both. If the gate dies the SuperNode is stopped too: a node never keeps taking tasks that no
-one checks.
+exec`` (the gate) on its Runtime API, in one session, with their output on its own. On
+SIGTERM/SIGINT it stops both. If the gate dies the SuperNode is stopped too: a node never keeps
+taking tasks that no one checks.
+
+A node runs for months, so the supervisor also brings it back. When the SuperNode exits with
+``Exit Code: 305`` (it could not connect: the SuperLink is down or restarting, or it still
+counts this node as online — Flower 1.42 marks a node offline only after 2 missed heartbeats of
+30 s, so a node restarted 15 s after a kill is refused — or it does not know this node's key) or
+is killed by a signal, both processes are started again after a backoff (5 s, doubling, at most
+``max_backoff_s``), and the supervisor logs what it waits for. Configuration errors (other exit
+codes) end it with the SuperNode's status: retrying would not fix them. ``retries`` bounds the
+restarts (0: no limit); a SuperNode that stayed up ``STABLE_S`` resets the backoff.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -59,13 +67,53 @@ def gate_argv(*, node_config: str, port: int, parent_pid: int) -> list[str]:
     ]
 
 
-def supervise(supernode: list[str], gate: list[str]) -> int:
-    """Run both processes until the SuperNode exits (its status is returned) or a signal stops us."""
-    import os
+# Flower's SuperNode exit codes (flwr.supercore.exit.ExitCode): 305 = could not connect or was refused.
+CONNECTION_ERROR = 305
+FIRST_BACKOFF_S = 5.0
+STABLE_S = 120.0  # a SuperNode up this long was connected: the next failure starts the backoff again
 
-    node = subprocess.Popen(supernode, stdin=subprocess.DEVNULL)
-    # The gate asks the SuperNode's Runtime API for tasks; it retries until the API is up.
-    checker = subprocess.Popen(gate, stdin=subprocess.DEVNULL)
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When ``supervise`` starts the SuperNode again: ``retries`` restarts at most (0: no limit), backoff capped."""
+
+    retries: int = 0
+    max_backoff_s: float = 60.0
+    first_backoff_s: float = FIRST_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0 (0: no limit), got {self.retries}")
+        if not 0 < self.first_backoff_s <= self.max_backoff_s:
+            raise ValueError(
+                f"the backoff must be > 0 and at most max-backoff ({self.max_backoff_s:g} s), got "
+                f"{self.first_backoff_s:g} s"
+            )
+
+
+def retryable(status: int) -> bool:
+    """Whether a SuperNode that exited with ``status`` may succeed when started again (see the module doc)."""
+    return status == CONNECTION_ERROR or status < 0
+
+
+def _waiting_for(status: int, superlink: str) -> str:
+    if status == CONNECTION_ERROR:
+        return (
+            f"the SuperLink {superlink} refused this node or could not be reached (Exit Code: 305): it is down or "
+            "restarting, still counts this node online (a stopped node is marked offline after 2 missed "
+            "heartbeats of 30 s), or does not know this node's public key"
+        )
+    return f"the SuperNode was killed by signal {-status}"
+
+
+def supervise(
+    supernode: list[str], gate: list[str], *, retry: RetryPolicy | None = None, superlink: str = "the SuperLink"
+) -> int:
+    """Run both processes until a signal stops us, the gate dies, or the SuperNode ends for good; returns the status.
+
+    With ``retry`` (what ``medalloc node start`` passes) a SuperNode that could not connect or was
+    killed is started again, with the gate, after a backoff; without it the first exit ends both.
+    """
     stopping = {"signal": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -73,30 +121,65 @@ def supervise(supernode: list[str], gate: list[str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    restarts, backoff = 0, (retry.first_backoff_s if retry else 0.0)
+    while True:
+        started = time.monotonic()
+        status, node_ended = _run_once(supernode, gate, stopping)
+        if not node_ended or retry is None or not retryable(status):
+            return status
+        if retry.retries and restarts >= retry.retries:
+            logger.error(
+                "the SuperNode exited (status %s) %d time(s); giving up (--retries %d)",
+                status,
+                restarts + 1,
+                retry.retries,
+            )
+            return status
+        if time.monotonic() - started >= STABLE_S:
+            backoff = retry.first_backoff_s
+        restarts += 1
+        logger.warning(
+            "waiting %.0f s before starting the SuperNode again (restart %d%s): %s",
+            backoff,
+            restarts,
+            f" of {retry.retries}" if retry.retries else "",
+            _waiting_for(status, superlink),
+        )
+        deadline = time.monotonic() + backoff
+        while time.monotonic() < deadline:
+            if stopping["signal"]:
+                return 128 + stopping["signal"]
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        backoff = min(backoff * 2, retry.max_backoff_s)
+
+
+def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -> tuple[int, bool]:
+    """One life of the SuperNode and its gate: (status, whether it ended because the SuperNode exited)."""
+    import os
+
+    node = subprocess.Popen(supernode, stdin=subprocess.DEVNULL)
+    # The gate asks the SuperNode's Runtime API for tasks; it retries until the API is up.
+    checker = subprocess.Popen(gate, stdin=subprocess.DEVNULL)
     logger.info("SuperNode pid %s, approved-apps gate pid %s (supervisor pid %s)", node.pid, checker.pid, os.getpid())
-    status = 0
     try:
         while True:
             if stopping["signal"]:
-                status = 128 + stopping["signal"]
-                break
+                return 128 + stopping["signal"], False
             code = node.poll()
             if code is not None:
-                status = code
-                break
+                logger.warning("the SuperNode (pid %s) exited with status %s", node.pid, code)
+                return code, True
             if checker.poll() is not None:
                 logger.error(
                     "the approved-apps gate exited (status %s): stopping the SuperNode, which must not take "
                     "tasks no one checks; see the lines above",
                     checker.returncode,
                 )
-                status = checker.returncode or 1
-                break
+                return checker.returncode or 1, False
             time.sleep(POLL_S)
     finally:
         _stop(node)
         _stop(checker)
-    return status
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

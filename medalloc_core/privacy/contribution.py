@@ -45,9 +45,17 @@ from medalloc_core.contract import (
     UnitRecords,
 )
 from medalloc_core.privacy.calendar import NodeCalendar, apply_calendar, declared_parts, node_calendar
+from medalloc_core.privacy.continuity import PatientContributions
 from medalloc_core.privacy.gaussian import gaussian_epsilon
 
-__all__ = ["PatientCaps", "bound_contributions", "contribution_epsilon", "group_epsilons", "public_records"]
+__all__ = [
+    "PatientCaps",
+    "bound_contributions",
+    "contribution_epsilon",
+    "group_epsilons",
+    "public_counts",
+    "public_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +270,25 @@ def public_records(
     default_nights: int,
     research: bool = False,
 ) -> tuple[UnitRecords, PatientCaps | None]:
+    """A node's counts on its public calendar, each patient's contribution cut to the node's caps first
+    (:func:`public_counts` without the per-patient rows)."""
+    counts, caps, _ = public_counts(records, stays, extra, default_nights=default_nights, research=research)
+    return counts, caps
+
+
+def public_counts(
+    records: UnitRecords,
+    stays: pd.DataFrame | None,
+    extra: Mapping[str, Any],
+    *,
+    default_nights: int,
+    research: bool = False,
+) -> tuple[UnitRecords, PatientCaps | None, PatientContributions | None]:
     """A node's counts on its public calendar, each patient's contribution cut to the node's caps first.
+
+    Also returns every count each patient adds after the cut (``continuity.PatientContributions``;
+    None without patient ids): a node that keeps going cuts a patient's new days to what its
+    earlier releases left of the caps.
 
     ``records`` are the source's daily counts; ``stays`` its patient stays (None for a file of
     daily counts, which is then only put on the declared calendar, if any, and stays per stay).
@@ -276,7 +302,7 @@ def public_records(
     if stays is None:
         units, start, end = declared_parts(extra)
         if units is None and start is None and end is None:
-            return records, None
+            return records, None, None
         frame = records.frame
         calendar = NodeCalendar(
             units or tuple(records.units),
@@ -284,7 +310,7 @@ def public_records(
             end or frame[DATE].max(),
             declared=units is not None and start is not None and end is not None,
         )
-        return apply_calendar(records, calendar), None
+        return apply_calendar(records, calendar), None, None
     caps = PatientCaps.of(extra, default_nights=default_nights)
     events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
     calendar = node_calendar(
@@ -297,4 +323,7 @@ def public_records(
     kept, _ = bound_contributions(stays, caps, units=calendar.units, start=calendar.start, end=calendar.end)
     daily = encounters_to_daily(kept, end=calendar.end)
     counted = UnitRecords(daily, records.frequency, records.source, records.shape)
-    return apply_calendar(counted, calendar), caps
+    rows = PatientContributions.of_stays(
+        kept, start=calendar.start, end=calendar.end, admissions_cap=caps.admissions, nights_cap=caps.nights
+    )
+    return apply_calendar(counted, calendar), caps, rows

@@ -125,7 +125,8 @@ class Spend:
     epsilon_node_after: float  # every entry on the node composed (what the budget enforces)
     mechanism: str = "dp-sgd-window"  # one of MECHANISMS; ledgers written before it are window-level DP-SGD
     days: tuple[str, str] | None = None  # source releases: first and last date released (ISO)
-    detail: tuple[tuple[str, float], ...] = ()  # reporting only, e.g. window-level sigma/q/steps, noise sd
+    # reporting, e.g. window-level sigma/q/steps, noise sd; "epoch" also decides how source releases compose
+    detail: tuple[tuple[str, float], ...] = ()
 
     def history_item(self) -> HistoryItem:
         """The accountant history item ``(noise_multiplier, sample_rate, steps)``."""
@@ -399,19 +400,22 @@ class _State:
 def composed_history(spends: list[Spend]) -> list[HistoryItem]:
     """The accountant history of ``spends``: every spend's item, except that source releases merge.
 
-    Source releases at one noise multiplier whose day ranges are pairwise disjoint are ONE
-    Gaussian per stay: a stay's contribution splits over them and the parts compose in
-    quadrature to at most the whole (medalloc_core.privacy.release). Releases that overlap in
-    days, or lack day ranges, count separately (an upper bound).
+    Source releases at one noise multiplier and of one *epoch* whose day ranges are pairwise
+    disjoint are ONE Gaussian per patient: a patient's contribution splits over them and the
+    parts compose in quadrature to at most the whole (medalloc_core.privacy.release), because the
+    node checked that the patient's contributions to all of them together stay within the caps
+    (medalloc_core.privacy.continuity). A release whose days could not join (``epoch`` in its
+    detail, 0 when absent) counts separately, as do releases that overlap in days or lack day
+    ranges (an upper bound).
     """
     items: list[HistoryItem] = []
-    layers: dict[float, list[list[tuple[str, str]]]] = {}
+    layers: dict[tuple[float, int], list[list[tuple[str, str]]]] = {}
     for spend in spends:
         if spend.mechanism != "source-release" or spend.days is None or spend.sample_rate != 1.0:
             items.append(spend.history_item())
             continue
         first, last = spend.days
-        groups = layers.setdefault(spend.noise_multiplier, [])
+        groups = layers.setdefault((spend.noise_multiplier, int(dict(spend.detail).get("epoch", 0))), [])
         for group in groups:  # first layer whose ranges this one does not overlap
             if all(last < a or first > b for a, b in group):
                 group.append((first, last))

@@ -33,6 +33,7 @@ import numpy as np
 
 from medalloc_core.contract import UnitRecords
 from medalloc_core.privacy.accounting import TargetUnreachable, noise_multiplier_for
+from medalloc_core.privacy.continuity import PatientContributions, continuation, record_events
 from medalloc_core.privacy.dpsgd import DPSGDStep
 from medalloc_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 from medalloc_core.privacy.patient import dp_sgd_patient_item
@@ -287,6 +288,7 @@ def release_for_node(
     node: NodeRelease,
     *,
     rng: Callable[[], np.random.Generator],
+    contributions: PatientContributions | None = None,
 ) -> UnitRecords:
     """The node's released counts, extended to days not released yet (charged first, then drawn).
 
@@ -305,7 +307,20 @@ def release_for_node(
         store = ReleaseStore.open(node.release_path)
         to_release = _check_release_columns(node.hospital_id, records, store, node.release_columns, node.targets)
         missing = store.missing_days(records)
+        # A node that keeps going (privacy.continuity): corrections, shrinking data and gaps are told; under
+        # per-patient bounding each patient's new counts are cut to what the earlier releases left of the caps.
+        found = continuation(
+            node.release_path,
+            released=store.frame,
+            records=records.frame,
+            missing=missing,
+            columns=store.plan.columns if store.plan is not None else to_release,
+            ledger_spends=ledger.spends(),
+            contributions=contributions,
+        )
+        record_events(node.release_path, node.hospital_id, found.events)
         if len(missing):
+            missing = found.missing if found.missing is not None else missing
             generator = rng()
             plan = store.plan or release_plan_for(  # fixed for life
                 ledger,
@@ -326,6 +341,8 @@ def release_for_node(
                 run_tag=node.run_tag,
                 records=records,
                 per_patient=node.per_patient,
+                epoch=found.epoch,
+                staged=found.staged,
             )
             logger.info(
                 "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s",

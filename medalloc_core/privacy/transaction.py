@@ -36,7 +36,7 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medalloc_core.atomic import atomic_write_bytes, atomic_write_files
+from medalloc_core.atomic import atomic_write_files
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.paths import read_regular_bytes
+from medalloc_core.privacy import continuity
 from medalloc_core.privacy.fingerprint import fingerprint_frame
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.privacy.release import (
@@ -184,12 +185,18 @@ def commit_release(
     run_tag: str,
     records: UnitRecords,
     per_patient: bool = False,
+    epoch: int = 0,
+    staged: Mapping[Path, bytes] | None = None,
 ) -> UnitRecords:
     """Release the true counts ``frame`` (rows not released yet) as one transaction; returns the released rows.
 
     Raises what ``ledger.spend`` raises (nothing written but the intent, which is then removed),
     and ``OSError`` (``WriteFailed``) when a file cannot be written; after the spend, the intent
     stays and :func:`finish_pending` completes the same release on the next start.
+
+    ``epoch`` (``privacy.continuity``): releases of one epoch over disjoint days compose as one
+    Gaussian in the ledger; ``staged`` files (the pending patient tally and day digests) are
+    written with the intent and become current when the release joins the store.
     """
     intent_path = _intent_path(store.path)
     release_id = secrets.token_hex(8)
@@ -202,7 +209,7 @@ def commit_release(
         keys=_keys(frame),
         days=days,
     )
-    atomic_write_bytes(intent_path, pending.to_json())
+    atomic_write_files({intent_path: pending.to_json(), **dict(staged or {})})
     fault_point("release:intent")
     try:
         ledger.spend(
@@ -216,7 +223,9 @@ def commit_release(
             detail={f"sd-{c}": sd for c, sd in plan.noise_sd.items()}
             | {"max-stay-days": float(plan.max_stay_days)}
             # per patient (ids bounded before counting) or per stay (daily counts only): medalloc privacy says which
-            | ({"per-patient": 1.0, "max-admissions": float(plan.max_admissions)} if per_patient else {}),
+            | ({"per-patient": 1.0, "max-admissions": float(plan.max_admissions)} if per_patient else {})
+            # a release that could not join the earlier ones at no cost (privacy.continuity) composes apart
+            | ({"epoch": float(epoch)} if epoch else {}),
         )
     except BaseException:
         try:
@@ -226,6 +235,7 @@ def commit_release(
         if not charged:  # refused (budget, corrupt ledger, full disk): nothing was charged
             with contextlib.suppress(OSError):
                 intent_path.unlink()
+                continuity.drop_pending(store.path)
         raise
     fault_point("release:spent")
     part = UnitRecords(frame.reset_index(drop=True), records.frequency, records.source, records.shape)
@@ -242,6 +252,7 @@ def _store(store: ReleaseStore, pending: PendingRelease, released: UnitRecords) 
     fault_point("release:counts")
     store.add(released, pending.plan, between=lambda: fault_point("release:store-half"))
     fault_point("release:stored")
+    continuity.commit_pending(store.path)  # the tally and digests of the days now released
     for path in (counts_path, intent_path):  # counts first: an intent without counts redraws nothing stored
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -314,6 +325,7 @@ def finish_pending(
             "source-release spend (`medalloc privacy --ledger ...`) with the released counts before deciding.",
         ) from exc
     if not _spent(ledger, pending):
+        continuity.drop_pending(store_path)
         for path in (counts_path, intent_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -333,6 +345,7 @@ def finish_pending(
     stored_keys = set(_keys(store.frame)) if not store.frame.empty else set()
     wanted = set(pending.keys)
     if wanted <= stored_keys:  # the commit finished; only the pending files were left
+        continuity.commit_pending(store_path)
         for path in (counts_path, intent_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -363,6 +376,7 @@ def finish_pending(
             )
         mask = pd.Series(_keys(true), index=true.index).isin(wanted)
         frame = true[mask].sort_values([UNIT, DATE]).reset_index(drop=True)
+        frame = continuity.apply_pending_cuts(store_path, frame)  # the tally's cut, as first computed
         part = UnitRecords(frame, records.frequency, records.source, records.shape)
         released = release_records(part, pending.plan, rng=rng())
     _store(store, pending, released)

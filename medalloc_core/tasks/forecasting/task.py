@@ -37,7 +37,8 @@ from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build
 from medalloc_core.forecast.region import region_from_text, totals_record, with_region
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
-from medalloc_core.privacy.contribution import PatientCaps, public_records
+from medalloc_core.privacy.continuity import PatientContributions
+from medalloc_core.privacy.contribution import PatientCaps, public_counts
 from medalloc_core.privacy.ledger import LedgerConfigMismatch, LedgerError, PrivacyLedger
 from medalloc_core.privacy.mechanisms import (
     MechanismNotOffered,
@@ -166,8 +167,9 @@ def _source(node: ForecastNode) -> DataSource:
         raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
 
 
-def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps | None]:
-    """The node's counts on its public calendar, each patient bounded first (with the caps used; None per stay).
+def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps | None, PatientContributions | None]:
+    """The node's counts on its public calendar, each patient bounded first (with the caps used and each
+    patient's counts; None per stay).
 
     Whether this refuses, and how many windows it gives, depends on the calendar and the request
     only: the raw file's own span and units never reach a reply (docs/privacy.md, "What is public").
@@ -184,14 +186,14 @@ def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps 
         logger.error("%s: %s", node.data_display, exc)
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     try:
-        public, caps = public_records(
+        public, caps, contributions = public_counts(
             records, stays, node.settings, default_nights=node.max_stay_days, research=node.simulated
         )
     except ValueError as exc:  # a calendar or cap setting of the node's own config
         logger.error("node configuration: %s", exc)
         raise TaskRefused(Refusal.NODE_MISCONFIGURED, _reason(Refusal.NODE_MISCONFIGURED)) from exc
     try:
-        return LocalData(public, prepare_hospital(public, spec)), caps
+        return LocalData(public, prepare_hospital(public, spec)), caps, contributions
     except ValueError as exc:
         logger.error("%s: %s; %s", node.data_display, exc, window_hint(spec.resolved(Frequency.DAILY)))
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
@@ -339,6 +341,7 @@ def _released(
     data: LocalData,
     run_tag: str,
     caps: PatientCaps | None = None,
+    contributions: PatientContributions | None = None,
 ) -> LocalData:
     """The node's released counts (``privacy.mechanisms.release_for_node``, one transaction: an interrupted
     release is finished first, never released again); each failure its own refusal.
@@ -363,7 +366,9 @@ def _released(
         # record fixed (medalloc_core.privacy.transaction); the store is checked once it is whole.
         if not release_pending(node.release_path) and _check_store(node, ledger, caps).plan is None:
             _check_proposal(node, ask)  # only a first release fixes a plan
-        records = release_for_node(data.records, ledger, release, rng=lambda: _noise_rng(node, ask))
+        records = release_for_node(
+            data.records, ledger, release, rng=lambda: _noise_rng(node, ask), contributions=contributions
+        )
     except ReleaseColumnsMissing as exc:
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
     except (ReleaseTargetsNotReleased, MechanismNotOffered) as exc:
@@ -395,13 +400,13 @@ def _prepare(
     if ask.reproducible_noise:
         _noise_rng(node, ask)  # a real node refuses before touching anything
     region = _region(request) if REGION_CONTEXT in ask.window_spec.context else None
-    data, caps = _data(node, ask.window_spec)
+    data, caps, contributions = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
         node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
-    released = _released(node, ask, ledger, data, ask.run_tag, caps)
+    released = _released(node, ask, ledger, data, ask.run_tag, caps, contributions)
     if region is not None:
         logger.info(
             "%s: the region from the coordinator (other nodes' released totals): %d days, %s to %s",
