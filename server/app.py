@@ -38,6 +38,7 @@ from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
+from .grid_io import send_and_receive
 from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
@@ -233,8 +234,9 @@ def run_federation(
         )
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
-        replies = grid.send_and_receive(
-            messages=built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid),
+        replies = send_and_receive(
+            grid,
+            built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid),
             timeout=config.round_timeout,
         )
         try:
@@ -255,11 +257,10 @@ def run_federation(
     best = resumed_best
     for server_round in range(start, config.num_server_rounds + 1):
         began = time.perf_counter()
-        replies = list(
-            grid.send_and_receive(
-                messages=built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
-                timeout=config.round_timeout,
-            )
+        replies = send_and_receive(
+            grid,
+            built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid),
+            timeout=config.round_timeout,
         )
         try:
             new_arrays, train_metrics = built.strategy.aggregate_train(server_round, replies)
