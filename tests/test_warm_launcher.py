@@ -30,7 +30,7 @@ class _Spec:
     runtime_dependency_install = False
 
 
-def test_the_launcher_starts_beside_the_first_task_and_holds_the_libraries_but_none_of_the_app(
+def test_the_launcher_starts_with_the_first_task_and_holds_the_libraries_but_none_of_the_app(
     tmp_path: Path, monkeypatch
 ) -> None:
     # App packages in the launcher's working folder that would leave a mark if anything imported them:
@@ -40,10 +40,11 @@ def test_the_launcher_starts_beside_the_first_task_and_holds_the_libraries_but_n
         mark = f"open({str(tmp_path / 'IMPORTED')!r}, 'a').write('{package}')\n"
         (tmp_path / package / "__init__.py").write_text(mark)
     monkeypatch.chdir(tmp_path)
-    launcher = warm.WarmLauncher(start_timeout_s=600)
+    launcher = warm.WarmLauncher(start_timeout_s=600, first_wait_s=0)
     try:
         began = time.monotonic()
-        assert launcher.launch(_Spec()) is None  # not running yet: the gate launches Flower's way, at once
+        with pytest.raises(warm.LauncherStarting):  # not ready yet: the gate declines, Flower offers the task again
+            launcher.launch(_Spec())
         assert time.monotonic() - began < 5
         deadline = time.monotonic() + 600
         while launcher.pid is None and time.monotonic() < deadline:  # started meanwhile, for the next message

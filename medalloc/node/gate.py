@@ -31,7 +31,7 @@ from typing import Any
 
 from .approved import ApprovalError, approved_hashes
 from .installed import check_installed
-from .warm import WarmLauncher
+from .warm import LauncherStarting, WarmLauncher
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,11 @@ def gated_plugin(approved_apps: Path, warm: WarmLauncher | None = None) -> Any:
                     spec = self._build_execution_spec(
                         token=token, task_type=TaskType.CLIENT_APP, task_id=task.task_id, fab_hash=fab_hash
                     )
-                    pid = warm.launch(spec)
+                    try:
+                        pid = warm.launch(spec)
+                    except LauncherStarting as exc:
+                        logger.info("run %s: %s; the task is taken again shortly", task.run_id, exc)
+                        return LaunchResult.capacity_rejected(str(exc))
                     if pid is not None:
                         logger.info("run %s: app %s is approved; %s in process %s (warm)", task.run_id,
                                     fab_hash[:12], task.type, pid)  # fmt: skip

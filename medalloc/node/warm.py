@@ -73,6 +73,13 @@ PRELOAD = (
 APP_PACKAGES = ("client", "server", "medalloc_core")
 IDLE_S = 300.0
 START_TIMEOUT_S = 300.0  # the launcher's imports, on a busy machine
+FIRST_WAIT_S = 20.0  # how long a task waits for a starting launcher (Flower takes a token back after 30 s)
+
+
+class LauncherStarting(RuntimeError):
+    """The launcher is still starting: decline this launch; Flower offers the task again shortly."""
+
+
 ACK_TIMEOUT_S = 10.0  # a fork and a line on a pipe
 
 
@@ -154,8 +161,14 @@ class WarmLauncher:
     """The gate's handle on its launcher process: started on first use, stopped after ``idle_s`` without one."""
 
     def __init__(
-        self, *, idle_s: float = IDLE_S, ack_timeout_s: float = ACK_TIMEOUT_S, start_timeout_s: float = START_TIMEOUT_S
+        self,
+        *,
+        idle_s: float = IDLE_S,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        start_timeout_s: float = START_TIMEOUT_S,
+        first_wait_s: float = FIRST_WAIT_S,
     ) -> None:
+        self.first_wait_s = first_wait_s
         self.idle_s = idle_s
         self.ack_timeout_s = ack_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -165,15 +178,19 @@ class WarmLauncher:
         self._lock = threading.Lock()
         self._starting = False
         self._retry_at = 0.0
+        self._ready = threading.Event()
         threading.Thread(target=self._stop_when_idle, name="warm-launcher-idle", daemon=True).start()
 
     def launch(self, spec: Any) -> int | None:
         """Hand one ClientApp task (Flower's ``ExecutionSpec``) to the launcher; the child's pid, or None if it
         cannot take it now (the caller then launches the task Flower's own way).
 
-        A launcher that is not running is started in the background and this task is not waited on:
-        the SuperNode gives up a task whose process has not called in within seconds, and the
-        launcher's imports take longer than that on a busy machine.
+        A launcher that is not running is started, and waited for up to ``first_wait_s``: the
+        SuperNode takes a task back when its process has not called in within 30 s. If it is not
+        ready by then this raises ``LauncherStarting``: the gate declines the launch and Flower
+        offers the task again once that token has expired, by when the launcher is usually ready.
+        (Launching the message Flower's way meanwhile would import the same libraries a second
+        time, on the same cores, and on a busy machine miss those 30 s as well.)
         """
         line = json.dumps(
             {
@@ -189,9 +206,16 @@ class WarmLauncher:
             self._last = time.monotonic()
             if self._proc is None or self._proc.poll() is not None:
                 self._close()
-                if not self._starting and time.monotonic() >= self._retry_at:
+                if time.monotonic() < self._retry_at:  # it failed to start lately: Flower's way
+                    return None
+                if not self._starting:
                     self._starting = True
+                    self._ready.clear()
                     threading.Thread(target=self._start, name="warm-launcher-start", daemon=True).start()
+        if not self._ready.wait(self.first_wait_s):
+            raise LauncherStarting("the node's warm launcher is still importing its libraries")
+        with self._lock:
+            if self._proc is None:  # it failed to start
                 return None
             proc = self._proc
             try:
@@ -234,6 +258,7 @@ class WarmLauncher:
             with self._lock:
                 self._starting = False
                 self._retry_at = time.monotonic() + self.idle_s
+            self._ready.set()
             return
         finally:
             os.close(write_fd)
@@ -252,8 +277,10 @@ class WarmLauncher:
                     proc.stdin.close()
                 proc.kill()
                 proc.wait()
+                self._ready.set()
                 return
             self._proc, self._ack_fd, self._last = proc, read_fd, time.monotonic()
+        self._ready.set()
         logger.info("warm ClientApp launcher ready (pid %s): PyTorch, pandas and Flower imported once", proc.pid)
 
     def _read_ack(self) -> str:
