@@ -38,6 +38,7 @@ from medalloc_core.tasks import FederatedTask, TaskModel, get_task
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, RunConfigError
+from .grid_io import send_and_receive
 from .region import RegionCollector
 from .reply_checks import NodeOutcome, outcomes_by_status
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
@@ -240,13 +241,10 @@ def run_federation(
         return region.stamp(messages) if region is not None else messages
 
     def evaluate_round(server_round: int) -> MetricRecord | None:
-        replies = list(
-            grid.send_and_receive(
-                messages=with_region(
-                    built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid)
-                ),
-                timeout=config.round_timeout,
-            )
+        replies = send_and_receive(
+            grid,
+            with_region(built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid)),
+            timeout=config.round_timeout,
         )
         if region is not None:
             region.collect(replies)
@@ -279,13 +277,10 @@ def run_federation(
     best = resumed_best
     for server_round in range(start, config.num_server_rounds + 1):
         began = time.perf_counter()
-        replies = list(
-            grid.send_and_receive(
-                messages=with_region(
-                    built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid)
-                ),
-                timeout=config.round_timeout,
-            )
+        replies = send_and_receive(
+            grid,
+            with_region(built.strategy.configure_train(server_round, record_arrays, train_config(server_round), grid)),
+            timeout=config.round_timeout,
         )
         if region is not None:
             region.collect(replies)

@@ -130,11 +130,16 @@ def node_exec(
         None, "--root-certificates", help="CA of the Runtime API when the SuperNode serves it with TLS."
     ),
     parent_pid: int | None = typer.Option(None, "--parent-pid", help="Exit when this process (the SuperNode) exits."),
+    warm: bool = typer.Option(
+        True, "--warm/--no-warm", help="Fork each approved message's process from a warm launcher (default)."
+    ),
 ) -> None:
     """Run approved apps only: the SuperExec for `flower-supernode --isolation process`.
 
     Every round's app is checked against node-config 'approved-apps' before anything of it is
-    installed; an app not on the list is answered with 'app-not-approved' and never runs.
+    installed; an app not on the list is answered with 'app-not-approved' and never runs. An
+    approved message runs in a fresh process forked from a launcher that has imported PyTorch,
+    pandas and Flower once (--no-warm: a fresh flwr-clientapp, as Flower starts it).
     """
     from medalloc.node.approved import ApprovalError, read_approved
     from medalloc.node.gate import run_gated_superexec
@@ -149,6 +154,7 @@ def node_exec(
         _fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    logging.getLogger("flwr").propagate = False  # Flower's own handler writes its lines (INFO and up) once
     logging.getLogger("medalloc.node.gate").info(
         "running only the %d app(s) approved in %s (node-config 'approved-apps'): %s",
         len(apps),
@@ -161,6 +167,7 @@ def node_exec(
         insecure=root_certificates is None,
         root_certificates=str(root_certificates) if root_certificates else None,
         parent_pid=parent_pid,
+        warm=warm,
     )
 
 
@@ -174,6 +181,12 @@ def start(
         0, "--retries", help="Restarts after the SuperNode could not connect or was killed (0: no limit)."
     ),
     max_backoff: float = typer.Option(60.0, "--max-backoff", help="Longest wait between restarts, seconds."),
+    poll_interval: float = typer.Option(
+        0.5, "--poll-interval", help="Seconds the SuperNode waits between pulls for messages (Flower: 3)."
+    ),
+    warm: bool = typer.Option(
+        True, "--warm/--no-warm", help="Fork each approved message's process from a warm launcher (default)."
+    ),
 ) -> None:
     """Start the SuperNode with the approved-apps gate: flower-supernode --isolation process + medalloc node exec.
 
@@ -197,8 +210,10 @@ def start(
         _fail(str(exc))
     if not 0 < port < 65536:
         _fail(f"--port must be a TCP port, got {port}")
+    if not 0 < poll_interval <= 60:
+        _fail(f"--poll-interval must be between 0 and 60 seconds, got {poll_interval}")
     try:
-        supernode = supernode_argv(ctx.args, node_config=node_config, port=port)
+        supernode = supernode_argv(ctx.args, node_config=node_config, port=port, poll_interval=poll_interval)
     except ValueError as exc:
         _fail(str(exc))
     try:
@@ -211,7 +226,7 @@ def start(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     status = supervise(
         supernode,
-        gate_argv(node_config=node_config, port=port, parent_pid=os.getpid()),
+        gate_argv(node_config=node_config, port=port, parent_pid=os.getpid(), warm=warm),
         retry=retry,
         superlink=superlink or "the SuperLink",
     )

@@ -23,6 +23,7 @@ SuperNode stores FABs by their computed SHA-256 and refuses a mismatch
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +31,23 @@ from typing import Any
 
 from .approved import ApprovalError, approved_hashes
 from .installed import check_installed
+from .warm import LauncherStarting, WarmLauncher
 
 logger = logging.getLogger(__name__)
 
 REFUSE_MODULE = "medalloc.node.refuse"
+# flwr/supercore/superexec/run_superexec.py reads it once at start (default 1 s, at least 0.01 s)
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_S = 0.5
 
 
-def gated_plugin(approved_apps: Path) -> Any:
+def gated_plugin(approved_apps: Path, warm: WarmLauncher | None = None) -> Any:
     """A Flower SuperExec plugin class that launches only tasks whose FAB hash is in ``approved_apps``.
 
     The file is read again for every task, so an approval takes effect without a restart and a
-    file that becomes unreadable refuses everything (never allows everything).
+    file that becomes unreadable refuses everything (never allows everything). With ``warm`` an
+    approved ClientApp task runs in a process forked from the node's warm launcher
+    (``medalloc.node.warm``) instead of a fresh ``flwr-clientapp``; every check above comes first.
     """
     from flwr.supercore.constant import TaskType
     from flwr.supercore.superexec.executor import LaunchResult
@@ -62,6 +69,19 @@ def gated_plugin(approved_apps: Path) -> Any:
                 except OSError as exc:
                     problem = f"its installed copy cannot be checked ({exc})"
             if not problem:
+                if warm is not None and TaskType(task.type) is TaskType.CLIENT_APP:
+                    spec = self._build_execution_spec(
+                        token=token, task_type=TaskType.CLIENT_APP, task_id=task.task_id, fab_hash=fab_hash
+                    )
+                    try:
+                        pid = warm.launch(spec)
+                    except LauncherStarting as exc:
+                        logger.info("run %s: %s; the task is taken again shortly", task.run_id, exc)
+                        return LaunchResult.capacity_rejected(str(exc))
+                    if pid is not None:
+                        logger.info("run %s: app %s is approved; %s in process %s (warm)", task.run_id,
+                                    fab_hash[:12], task.type, pid)  # fmt: skip
+                        return LaunchResult.accepted()
                 logger.info("run %s: app %s is approved; launching %s", task.run_id, fab_hash[:12], task.type)
                 return super().launch_task(token, task)
             if problem.startswith(("its installed copy", "the manifest")):  # approved, but not as installed
@@ -107,15 +127,22 @@ def run_gated_superexec(
     root_certificates: str | None = None,
     parent_pid: int | None = None,
     health_server_address: str | None = None,
+    warm: bool = True,
 ) -> None:
-    """Run Flower's SuperExec loop for this node's SuperNode with the approved-apps gate (never returns)."""
+    """Run Flower's SuperExec loop for this node's SuperNode with the approved-apps gate (never returns).
+
+    ``warm``: approved ClientApp messages run in processes forked from a warm launcher
+    (``medalloc.node.warm``); False: a fresh ``flwr-clientapp`` each, as Flower does.
+    """
     from flwr.supercore.superexec import run_superexec as superexec
 
     # Flower builds its plugin by name inside run_superexec and offers no option for another:
     # the gate takes that name's place for this process only. Fail loudly if Flower moved it.
     if not hasattr(superexec, "AutoExecPlugin"):
         raise RuntimeError("flwr.supercore.superexec.run_superexec has no AutoExecPlugin: unsupported Flower version")
-    setattr(superexec, "AutoExecPlugin", gated_plugin(approved_apps))  # noqa: B010 - see the comment above
+    setattr(superexec, "AutoExecPlugin", gated_plugin(approved_apps, WarmLauncher() if warm else None))  # noqa: B010
+    # Flower polls its SuperNode for tasks every second by default; a message waits for that poll.
+    os.environ.setdefault(TASK_POLL_ENV, str(TASK_POLL_S))
     superexec.run_superexec(
         runtime_api_address=runtime_api_address,
         insecure=insecure,

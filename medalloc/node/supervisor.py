@@ -31,16 +31,27 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 15.0
 POLL_S = 0.5
+POLL_INTERVAL_S = 0.5  # the SuperNode's wait between pulls for messages (Flower's: 3 s); medalloc.node.supernode
 
 
-def supernode_argv(flower_args: Sequence[str], *, node_config: str, port: int) -> list[str]:
-    """The flower-supernode command line: the operator's options plus process isolation, the port and node config."""
+def supernode_argv(
+    flower_args: Sequence[str], *, node_config: str, port: int, poll_interval: float = POLL_INTERVAL_S
+) -> list[str]:
+    """The flower-supernode command line: the operator's options plus process isolation, the port and node config.
+
+    Flower's own SuperNode, started through ``medalloc.node.supernode``, which only caps its wait
+    between pulls for messages at ``poll_interval`` seconds (Flower waits 3 s).
+    """
     args = list(flower_args)
     for option in ("--isolation", "--port", "--node-config"):
         if option in args or any(a.startswith(option + "=") for a in args):
             raise ValueError(f"{option} is set by medalloc node start itself; leave it out of the SuperNode options")
     return [
-        "flower-supernode",
+        sys.executable,
+        "-m",
+        "medalloc.node.supernode",
+        "--poll-interval",
+        str(poll_interval),
         *args,
         "--isolation",
         "process",
@@ -51,7 +62,7 @@ def supernode_argv(flower_args: Sequence[str], *, node_config: str, port: int) -
     ]
 
 
-def gate_argv(*, node_config: str, port: int, parent_pid: int) -> list[str]:
+def gate_argv(*, node_config: str, port: int, parent_pid: int, warm: bool = True) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -64,6 +75,7 @@ def gate_argv(*, node_config: str, port: int, parent_pid: int) -> list[str]:
         f"127.0.0.1:{port}",
         "--parent-pid",
         str(parent_pid),
+        "--warm" if warm else "--no-warm",
     ]
 
 

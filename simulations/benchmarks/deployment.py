@@ -81,13 +81,16 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _rss_mb(pid: int) -> float:
+def _pss_mb(pid: int) -> float:
+    """Memory of ``pid`` and its descendants (PSS: a page shared by k of them counts 1/k to each, so pages
+    that forked processes share with their parent are counted once, not once per process)."""
     total = 0
     for p in _tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
+                    break
         except OSError:
             continue
     return total / 1024
@@ -152,8 +155,23 @@ def in_process(files: list[Path], rounds: int, root: Path) -> float:
     return sum(seconds) / len(seconds)
 
 
-def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict[str, float]:
-    """Seconds per round and node memory of a real SuperLink and len(files) SuperNodes on loopback."""
+def _node_argv(mode: str, link: int, pairs: str, approved: Path) -> list[str]:
+    """One hospital's node: Flower's own SuperNode (``flower``), or what hospital.md runs (``medalloc``)."""
+    port = str(_free_port())
+    if mode == "flower":
+        return ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", port,
+                "--node-config", pairs]  # fmt: skip
+    return [str(BIN / "medalloc"), "node", "start", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", port,
+            "--node-config", f"{pairs} approved-apps={json.dumps(str(approved))}"]  # fmt: skip
+
+
+def deployed(files: list[Path], rounds: int, root: Path, timeout: float, mode: str = "medalloc") -> dict[str, float]:
+    """Seconds per round and node memory of a real SuperLink and len(files) SuperNodes on loopback.
+
+    ``mode``: ``flower`` starts ``flower-supernode`` (subprocess isolation: a fresh ``flwr-clientapp``
+    per message, no approved-apps gate); ``medalloc`` starts ``medalloc node start`` (the approved-apps
+    gate, its warm launcher and the shorter pull interval), each node with the project approved.
+    """
     env = dict(os.environ)
     env |= {
         "HOME": str(root / "home"),
@@ -163,14 +181,23 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
     (root / "home").mkdir(parents=True, exist_ok=True)
+    project = _copy_project(root / "project")
+    approved = root / "approved-apps.toml"
+    if mode == "medalloc":
+        subprocess.run(
+            [str(BIN / "medalloc"), "node", "approve", "--app", str(project), "--approved-apps", str(approved)],
+            env=env, cwd=root, capture_output=True, check=True, timeout=300,
+        )  # fmt: skip
     link = _free_port()  # Flower 1.42: the Fleet, Control and Runtime APIs share one HTTP port
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(name: str, argv: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
         log = (logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env | extra_env, cwd=root, start_new_session=True
+        )
         procs.append(proc)
         return proc
 
@@ -184,28 +211,14 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
         for i, data in enumerate(files):
             config = _node_config(data, root / f"ledger-{i}.json", data.stem)
             pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
-            nodes.append(
-                start(
-                    f"node-{i}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{link}",
-                        "--port",
-                        str(_free_port()),
-                        "--node-config",
-                        pairs,
-                    ],
-                )  # fmt: skip
-            )
+            home = root / f"flwr-home-{i}"  # each hospital installs the app on its own machine
+            nodes.append(start(f"node-{i}", _node_argv(mode, link, pairs, approved), FLWR_HOME=str(home)))
         time.sleep(20)  # started and registered: what an idle node holds
-        idle = [_rss_mb(n.pid) for n in nodes]
+        idle = [_pss_mb(n.pid) for n in nodes]
         (root / "home" / ".flwr").mkdir(parents=True, exist_ok=True)
         (root / "home" / ".flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
         )
-        project = _copy_project(root / "project")
         out = root / "deployed-out"
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in _run_config(len(files), rounds, out).items())
         submitted = subprocess.run(
@@ -218,7 +231,7 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float) -> dict
         deadline = time.monotonic() + timeout
         metrics = out / "metrics.jsonl"
         while time.monotonic() < deadline:
-            peak = [max(p, _rss_mb(n.pid)) for p, n in zip(peak, nodes)]
+            peak = [max(p, _pss_mb(n.pid)) for p, n in zip(peak, nodes)]
             lines = metrics.read_text().splitlines() if metrics.is_file() else []
             if len(lines) >= rounds + 1 and (out / "final_model.json").is_file():
                 break
@@ -262,20 +275,31 @@ def startup_seconds() -> dict[str, float]:
     }
 
 
+MODES = ("flower", "medalloc")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="2,5", help="comma-separated node counts (e.g. 2,5,10)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--node", default="flower,medalloc", help="which nodes, comma-separated: flower (flower-supernode), "
+        "medalloc (medalloc node start: the approved-apps gate, warm launcher, 0.5 s pulls)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one deployed run")
+    parser.add_argument("--keep", action="store_true", help="keep each run's folder (logs, results) and print it")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.node.split(",")]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--node takes {' and/or '.join(MODES)}, comma-separated; got {args.node!r}")
     console = Console(width=120)
     import torch
 
     torch.set_num_threads(1)
     starts = startup_seconds()
     table = Table(title=f"Real SuperLink + SuperNodes on loopback against the same {args.rounds} rounds in process")
-    for column in ("nodes", "s/round deployed", "s/round in process", "overhead s/round", "ratio", "node MB idle",
-                   "node MB peak"):  # fmt: skip
+    for column in ("nodes", "node", "s/round deployed", "s/round in process", "overhead s/round", "ratio",
+                   "node MB idle", "node MB peak"):  # fmt: skip
         table.add_column(column, justify="right")
     for n in (int(x) for x in args.nodes.split(",")):
         root = Path(tempfile.mkdtemp(prefix=f"medalloc-deploy-{n}-"))
@@ -283,20 +307,26 @@ def main(argv: list[str] | None = None) -> int:
             files = _region(root / "region", n)
             with console.status(f"{n} nodes: in process"):
                 local = in_process(files, args.rounds, root)
-            with console.status(f"{n} nodes: SuperLink + {n} SuperNodes, flwr run"):
-                real = deployed(files, args.rounds, root, args.timeout)
+            for mode in modes:
+                with console.status(f"{n} nodes: SuperLink + {n} {mode} nodes, flwr run"):
+                    real = deployed(files, args.rounds, root / mode, args.timeout, mode)
+                table.add_row(
+                    str(n), mode, f"{real['seconds']:.1f}", f"{local:.2f}", f"{real['seconds'] - local:.1f}",
+                    f"{real['seconds'] / local:.1f}x", f"{real['idle_mb']:.0f}", f"{real['peak_mb']:.0f}",
+                )  # fmt: skip
+                console.print(table)
         finally:
-            shutil.rmtree(root, ignore_errors=True)
-        table.add_row(
-            str(n), f"{real['seconds']:.1f}", f"{local:.2f}", f"{real['seconds'] - local:.1f}",
-            f"{real['seconds'] / local:.0f}x", f"{real['idle_mb']:.0f}", f"{real['peak_mb']:.0f}",
-        )  # fmt: skip
-        console.print(table)
+            if args.keep:
+                console.print(f"{n} nodes: kept {root}", highlight=False)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
     for what, seconds in starts.items():
         console.print(f"{what}: {seconds:.2f} s (fresh interpreter)", highlight=False)
     console.print(
-        "node MB: the SuperNode, its SuperExec and any ClientApp process at that moment, summed (RSS); "
-        "a ClientApp process is started for every train and evaluate message (Flower 1.42 subprocess isolation)",
+        "node MB: the node's processes at that moment (SuperNode, SuperExec or medalloc's gate and its warm "
+        "launcher, ClientApp processes), PSS summed: a page shared by forked processes counts once. flower: a "
+        "fresh flwr-clientapp per train and evaluate message (Flower 1.42 subprocess isolation); medalloc: a "
+        "process forked per message from a launcher that imported the libraries once",
         highlight=False,
     )
     return 0
