@@ -29,6 +29,7 @@ from medalloc_core.replies import CheckedRefusal, ReplyNotAllowed, check_refusal
 from medalloc_core.tasks import DEFAULT_TASK, FederatedTask, NodeReply, TaskRefused, get_task, task_names
 
 from .config import NodeConfig, NodeConfigError
+from .secure import secure_aggregation_mod
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +177,14 @@ def make_client_app(run_config: Mapping[str, Any] | None = None, *, mods: Sequen
     SuperNodes ``run_config`` is ``None`` and Flower's own run config is used unchanged.
     """
     extra = dict(run_config or {})
-    app = ClientApp(mods=list(mods))
 
     def fused(context: Context) -> Mapping[str, Any] | None:
         # Flower forbids changing context.run_config, so the fused mapping is passed along instead.
         return {**context.run_config, **extra} if extra else None
+
+    # Innermost: Flower's SecAgg+ messages (plain `train` with a secaggplus record) go to the task
+    # that supports secure aggregation; every other message passes through (client/secure.py).
+    app = ClientApp(mods=[*mods, secure_aggregation_mod(fused)])
 
     for name in task_names():
         _register(app, get_task(name), fused)

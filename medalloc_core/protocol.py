@@ -88,6 +88,7 @@ class Refusal(IntEnum):
     NODE_ERROR = 1009  # the node failed in a way it did not foresee: a fixed code, the details in its own log
     APP_NOT_APPROVED = 1010  # the app (FAB hash) is not on the node data owner's approved list: nothing of it ran
     NODE_STORAGE_FAILED = 1011  # the node could not write its own files (a full disk): nothing was spent or released
+    SECURE_AGGREGATION_NOT_AGREED = 1012  # secure aggregation was asked for and the node's own config does not agree
 
     @property
     def slug(self) -> str:
@@ -372,6 +373,9 @@ REFUSAL_REASONS: dict[Refusal, str] = {
         "the node could not write its own files (a full or read-only disk); its operator must free space"
     ),
     Refusal.NODE_ERROR: "the node could not serve this round; its operator has the details in the node's log",
+    Refusal.SECURE_AGGREGATION_NOT_AGREED: (
+        "the coordinator asked for secure aggregation with distributed DP; this node's own config does not agree to it"
+    ),
 }
 
 

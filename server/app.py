@@ -41,6 +41,7 @@ from .config import RunConfig, RunConfigError
 from .grid_io import send_and_receive
 from .region import RegionCollector
 from .reply_checks import NodeOutcome, outcomes_by_status
+from .secure import run_secure_federation
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
@@ -502,6 +503,10 @@ def make_server_app(run_config: Mapping[str, Any] | None = None, *, on_round: Ro
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_mapping({**context.run_config, **extra})
+        if config.secure_aggregation:  # Flower's SecAgg+ in its legacy workflow, distributed DP (server/secure.py)
+            out = resolve_out_dir(config, context.run_id)
+            run_secure_federation(grid, config, out=out, context=context, run_id=context.run_id)
+            return
         run_federation(grid, config, run_id=context.run_id, on_round=on_round)
 
     return app

@@ -88,7 +88,7 @@ class RunConfig:
     client_dp_noise_multiplier: float = 1.0
     client_dp_clipping_norm: float = 1.0
     client_dp_delta: float = 1e-5
-    # --- secure aggregation: not available (see docs/coordinator.md#secure-aggregation)
+    # --- secure aggregation (Flower's SecAgg+) with distributed DP: the tasks that support it (docs/privacy.md)
     secure_aggregation: bool = False
     # --- outputs
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
@@ -151,12 +151,14 @@ class RunConfig:
             raise RunConfigError(f"trimmed-beta must be in [0, 0.5), got {self.trimmed_beta}")
         if self.client_dp and (self.client_dp_noise_multiplier <= 0 or self.client_dp_clipping_norm <= 0):
             raise RunConfigError("client-dp needs client-dp-noise-multiplier > 0 and client-dp-clipping-norm > 0")
-        if self.secure_aggregation:
+        if self.secure_aggregation and not get_task(self.task).secure_aggregation:
             raise RunConfigError(
-                "secure-aggregation = true is not supported: Flower 1.42 offers SecAgg+ only through its legacy "
-                "workflow API, and it would hide each update from the reply checks; updates are protected by TLS, "
-                "each node's DP-SGD and optionally client-dp (see docs/coordinator.md, 'Secure aggregation')"
+                f"secure-aggregation = true: the '{self.task}' task has no secure-aggregation round (only the "
+                "equipment task's DP updates run under Flower's SecAgg+ so far; see docs/privacy.md, "
+                "'Secure aggregation')"
             )
+        if self.secure_aggregation and self.resume:
+            raise RunConfigError("resume = true is not available with secure-aggregation = true")
         if self.resume and not self.out_dir:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -48,8 +49,9 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     @property
-    def run(self) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    def run(self) -> Any:
+        """Only the run id: Flower's legacy workflow (SecAgg+, server.secure) reads it to register the nodes."""
+        return SimpleNamespace(run_id=1)
 
     def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
         raise NotImplementedError

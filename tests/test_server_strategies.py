@@ -130,7 +130,7 @@ def test_run_config_reads_kebab_keys_and_coerces_toml_ints():
         ({"num-server-round": 3}, "unknown run-config key 'num-server-round'"),
         ({"fraction-train": 1.5}, r"fraction-train must be in \[0, 1\]"),
         ({"local-epochs": 2.5}, "whole number"),
-        ({"secure-aggregation": True}, "not supported: Flower 1.42 offers SecAgg"),
+        ({"secure-aggregation": True}, "the .forecasting. task has no secure-aggregation round"),
         ({"client-dp": "yes"}, "true or false"),
         ({"resume": True}, "resume = true needs out-dir"),
     ],

@@ -29,6 +29,8 @@ from medalloc_core.privacy.accounting import (
     epsilon_for,
     validate_history_item,
 )
+from medalloc_core.privacy.distributed import MECHANISM as SKELLAM_MECHANISM
+from medalloc_core.privacy.distributed import SkellamItem, epsilon_with_skellam
 
 __all__ = [
     "LEDGER_FORMAT",
@@ -69,6 +71,10 @@ _LEDGER_FILE = "a privacy ledger file (JSON)"
 # - "dp-sgd-device": the equipment task's DP-SGD with one device's whole history as one example,
 #   item (sigma, q, steps) exactly as Opacus accounts it (medalloc_core.equipment.model), on a
 #   ledger whose unit is "device": device epsilon never composes with patient epsilon.
+# - "skellam-device": the equipment task's distributed-DP rounds under secure aggregation, the
+#   noise the Skellam sum of the minimum number of surviving nodes carries: detail holds its
+#   "skellam-mu", "l2-sensitivity" and "l1-sensitivity" (medalloc_core.privacy.distributed);
+#   not a Gaussian item, it composes with the others by Renyi DP.
 MECHANISMS: tuple[str, ...] = (
     "source-release",
     "dp-sgd-patient",
@@ -76,7 +82,9 @@ MECHANISMS: tuple[str, ...] = (
     "dp-metric",
     "dp-sgd-window",
     "dp-sgd-device",
+    SKELLAM_MECHANISM,
 )
+_SKELLAM_DETAIL = ("skellam-mu", "l2-sensitivity", "l1-sensitivity")
 UNITS: tuple[str, ...] = ("patient", "window", "device")
 
 
@@ -396,6 +404,27 @@ class _State:
     def history(self, fingerprint: str | None = None, *, extra: Spend | None = None) -> list[HistoryItem]:
         return composed_history([*self.spends(fingerprint), *([extra] if extra else [])])
 
+    def skellam(self, fingerprint: str | None = None, *, extra: Spend | None = None) -> tuple[SkellamItem, ...]:
+        """The Skellam releases (distributed DP) among the spends: they compose by RDP, outside ``history``."""
+        return tuple(
+            skellam_item(s)
+            for s in [*self.spends(fingerprint), *([extra] if extra else [])]
+            if s.mechanism == SKELLAM_MECHANISM
+        )
+
+
+def skellam_item(spend: Spend) -> SkellamItem:
+    """A ``skellam-device`` spend's accountant item, from its detail; a spend without it is a corrupt record."""
+    detail = dict(spend.detail)
+    try:
+        return SkellamItem(
+            mu=detail["skellam-mu"], l2=detail["l2-sensitivity"], l1=detail["l1-sensitivity"], steps=spend.steps
+        )
+    except (KeyError, ValueError) as exc:
+        raise LedgerCorrupt(
+            f"spend {spend.run_id!r} is a {SKELLAM_MECHANISM} release without valid {', '.join(_SKELLAM_DETAIL)} ({exc})"
+        ) from exc
+
 
 def composed_history(spends: list[Spend]) -> list[HistoryItem]:
     """The accountant history of ``spends``: every spend's item, except that source releases merge.
@@ -411,6 +440,8 @@ def composed_history(spends: list[Spend]) -> list[HistoryItem]:
     items: list[HistoryItem] = []
     layers: dict[tuple[float, int], list[list[tuple[str, str]]]] = {}
     for spend in spends:
+        if spend.mechanism == SKELLAM_MECHANISM:
+            continue  # not a Gaussian: _State.skellam
         if spend.mechanism != "source-release" or spend.days is None or spend.sample_rate != 1.0:
             items.append(spend.history_item())
             continue
@@ -589,6 +620,7 @@ class PrivacyLedger:
         self.path = path
         self._state = state
         self._epsilon_cache: dict[tuple[HistoryItem, ...], float] = {}
+        self._skellam_cache: dict[tuple[tuple[HistoryItem, ...], tuple[SkellamItem, ...]], float] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -803,20 +835,19 @@ class PrivacyLedger:
 
     def epsilon_spent(self, fingerprint: str | None = None) -> float:
         """Cumulative epsilon at the ledger's delta: the node's (default) or one entry's."""
-        return self._epsilon(self._refresh().history(fingerprint))
+        return self._epsilon_of(self._refresh(), fingerprint)
 
     def remaining(self) -> float:
         """Budget minus the node's cumulative epsilon, floored at 0."""
         state = self._refresh()
-        return max(0.0, state.epsilon_budget - self._epsilon(state.history()))
+        return max(0.0, state.epsilon_budget - self._epsilon_of(state))
 
     def entries(self) -> list[LedgerEntry]:
         """Dataset entries in order of first spend, each with its spends and own epsilon."""
         state = self._refresh()
         ordered = sorted(state.entries.items(), key=lambda kv: (kv[1][0].timestamp if kv[1] else "", kv[0]))
         return [
-            LedgerEntry(fingerprint=fp, spends=spends, epsilon=self._epsilon(state.history(fp)))
-            for fp, spends in ordered
+            LedgerEntry(fingerprint=fp, spends=spends, epsilon=self._epsilon_of(state, fp)) for fp, spends in ordered
         ]
 
     def projected_epsilon(
@@ -828,6 +859,7 @@ class PrivacyLedger:
         steps: int,
         mechanism: str = "dp-sgd-window",
         days: tuple[str, str] | None = None,
+        detail: dict[str, float] | None = None,
     ) -> float:
         """The node's cumulative epsilon if this run were recorded (nothing is written).
 
@@ -838,9 +870,18 @@ class PrivacyLedger:
         validate_history_item(noise_multiplier, sample_rate, steps)
         state = self._refresh()
         probe = Spend(
-            "", "projection", float(noise_multiplier), float(sample_rate), int(steps), 0.0, 0.0, mechanism, days
+            "",
+            "projection",
+            float(noise_multiplier),
+            float(sample_rate),
+            int(steps),
+            0.0,
+            0.0,
+            mechanism,
+            days,
+            tuple(sorted((detail or {}).items())),
         )
-        return self._epsilon(state.history(extra=probe))
+        return self._epsilon_of(state, extra=probe)
 
     # ------------------------------------------------------------------ the one write
     def spend(
@@ -885,9 +926,11 @@ class PrivacyLedger:
                     "patient (use mechanism='dp-sgd-patient' with medalloc_core.privacy.patient, "
                     "or a window-level ledger)"
                 )
-            spent = self._epsilon(state.history())
+            spent = self._epsilon_of(state)
             draft = Spend(_now(), run_id, *item, 0.0, 0.0, mechanism, days, tuple(sorted((detail or {}).items())))
-            projected = self._epsilon(state.history(extra=draft))
+            if mechanism == SKELLAM_MECHANISM:
+                skellam_item(draft)  # its detail is its accounting: refuse a release that lacks it
+            projected = self._epsilon_of(state, extra=draft)
             if projected > state.epsilon_budget:
                 raise PrivacyBudgetExceeded(
                     f"refused: run {run_id!r} (noise_multiplier={item[0]:g}, "
@@ -901,7 +944,7 @@ class PrivacyLedger:
                     projected_epsilon=projected,
                     epsilon_budget=state.epsilon_budget,
                 )
-            entry_after = self._epsilon(state.history(fingerprint, extra=draft))
+            entry_after = self._epsilon_of(state, fingerprint, extra=draft)
             spend = dataclasses.replace(draft, epsilon_entry_after=entry_after, epsilon_node_after=projected)
             entries = dict(state.entries)
             entries[fingerprint] = (*entries.get(fingerprint, ()), spend)
@@ -923,11 +966,19 @@ class PrivacyLedger:
         self._state = _read_state(self.path)
         return self._state
 
-    def _epsilon(self, history: list[HistoryItem]) -> float:
+    def _epsilon(self, history: list[HistoryItem], skellam: tuple[SkellamItem, ...] = ()) -> float:
         key = tuple(compact_history(history))
+        if skellam:  # distributed-DP releases: everything composes by Renyi DP (an upper bound)
+            both = (key, skellam)
+            if both not in self._skellam_cache:
+                self._skellam_cache[both] = epsilon_with_skellam(skellam, key, delta=self._state.delta)
+            return self._skellam_cache[both]
         if key not in self._epsilon_cache:
             self._epsilon_cache[key] = epsilon_for(key, delta=self._state.delta, accountant=self._state.accountant)
         return self._epsilon_cache[key]
+
+    def _epsilon_of(self, state: _State, fingerprint: str | None = None, *, extra: Spend | None = None) -> float:
+        return self._epsilon(state.history(fingerprint, extra=extra), state.skellam(fingerprint, extra=extra))
 
     def __repr__(self) -> str:
         return f"PrivacyLedger({str(self.path)!r}, accountant={self._state.accountant!r})"

@@ -189,6 +189,9 @@ class FederatedTask(ABC):
     default_epsilon: ClassVar[float]
     legacy_model_without_task_key: ClassVar[bool] = False
     reads_data_sources: ClassVar[bool] = False
+    # True when the task's rounds can run under Flower's SecAgg+ with distributed DP: it then has
+    # secure_instruction(...) and train_secure(...) (docs/privacy.md, "Secure aggregation")
+    secure_aggregation: ClassVar[bool] = False
     rolling_origin_evaluation: ClassVar[bool] = False
     data_kind: ClassVar[str]
     report_layout: ClassVar[str]

@@ -134,9 +134,18 @@ TRAIN_KEYS: frozenset[str] = EquipmentTrainReply.keys()
 # the arrays after device-level DP-SGD charged to the node's equipment ledger. No loss and no
 # score on the node's devices is sent (they would be releases the ledger did not charge).
 DP_SGD_DEVICE = "dp-sgd-device"
+SKELLAM_DEVICE = "skellam-device"
 REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
     "train": {
         p.ARRAYS: {"*": DP_SGD_DEVICE},
+        p.METRICS: {key: p.PUBLIC for key in sorted(TRAIN_KEYS)},
+        p.NODE_INFO: {p.HOSPITAL_ID: p.PUBLIC},
+    },
+    # Under secure aggregation (medalloc_core.tasks.equipment.secure): one integer vector, the node's
+    # clipped gradient sum plus its Skellam noise share, charged to the ledger as "skellam-device"
+    # and only ever sent masked by Flower's SecAgg+.
+    "train-secure": {
+        p.ARRAYS: {"share": SKELLAM_DEVICE},
         p.METRICS: {key: p.PUBLIC for key in sorted(TRAIN_KEYS)},
         p.NODE_INFO: {p.HOSPITAL_ID: p.PUBLIC},
     },

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,12 +81,21 @@ class EquipmentOptions:
     horizon_days: int = 30  # P(failure within this many days)
     stride_days: int = 7  # a snapshot per device per week
     test_days: int = 182  # the last half year of labels: the test period (research comparisons)
+    # Under secure aggregation (run config secure-aggregation = true; docs/privacy.md): distributed DP
+    sa_noise_multiplier: float = 20.0  # noise sd on the sum of sa-min-survivors shares / L2 sensitivity
+    sa_min_survivors: int = 3  # the noise holds while at least this many nodes' shares are summed
+    sa_resolution: int = 4096  # integer units per max-grad-norm
+    sa_lr: float = 0.02  # the coordinator's Adam step on the noisy mean gradient, one per round
 
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.layers < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("hidden and layers must be >= 0, batch-size >= 1 and lr > 0")
         if not (self.noise_multiplier > 0 and self.max_grad_norm > 0):
             raise ValueError("noise-multiplier and max-grad-norm must be > 0: a node never trains without DP noise")
+        if not (
+            self.sa_noise_multiplier > 0 and self.sa_min_survivors >= 2 and self.sa_resolution >= 1 and self.sa_lr > 0
+        ):
+            raise ValueError("sa-noise-multiplier and sa-lr must be > 0, sa-min-survivors >= 2, sa-resolution >= 1")
 
     @property
     def spec(self) -> SnapshotSpec:
@@ -186,6 +195,9 @@ class EquipmentTask(FederatedTask):
     refusal_reasons = _protocol.REFUSAL_REASONS
     default_epsilon = 10.0  # per device (its whole history): a device's data is far less sensitive than a patient's
     data_kind = "device-fleets"
+    secure_aggregation: ClassVar[bool] = (
+        True  # its rounds can run as distributed DP under Flower's SecAgg+ (tasks/equipment/secure.py)
+    )
     report_layout = "risk-calibration"
 
     # ------------------------------------------------------------------ coordinator
@@ -331,6 +343,35 @@ class EquipmentTask(FederatedTask):
         except LedgerError as exc:
             raise ledger_refusal(exc, node.hospital_id, node.ledger_path, reason) from exc
         return ledger
+
+    def secure_instruction(
+        self, run: Any, options: EquipmentOptions, model: TaskModel, *, server_round: int, run_tag: str
+    ) -> dict[str, Scalar]:
+        """A distributed-DP round's proposal (secure aggregation on)."""
+        from medalloc_core.tasks.equipment.secure import DistributedInstruction
+
+        assert isinstance(model.config, RiskModelConfig) and isinstance(model.spec, SnapshotSpec)
+        return DistributedInstruction(
+            server_round=server_round,
+            model_config=model.config,
+            spec=model.spec,
+            max_grad_norm=options.max_grad_norm,
+            noise_multiplier=options.sa_noise_multiplier,
+            min_survivors=options.sa_min_survivors,
+            resolution=options.sa_resolution,
+            modulus_bits=31,
+            run_tag=run_tag,
+            seed=run.seed,
+            reproducible_noise=run.simulation_reproducible_noise,
+        ).to_dict()
+
+    def train_secure(
+        self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, secure: bool = True
+    ) -> NodeReply:
+        """A distributed-DP round (``medalloc_core.tasks.equipment.secure``); ``secure=False``: the whole noise here."""
+        from medalloc_core.tasks.equipment.secure import distributed_round
+
+        return distributed_round(node, request, arrays, secure=secure, local=_local)
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         raise TaskRefused(
