@@ -88,8 +88,17 @@ def write_run_plans(out: Path, *, plots: int = 3) -> Path | None:
                 records = with_region(records, region)
                 released = with_region(released, region) if released is not None else None
             # the bands the node's `medalloc forecast --release` gives (forecast.calibration), as simulate scores them
-            calibration = {"noise_sd": dict(store.plan.noise_sd), "released": released} if store.plan else {}
-            forecasts.append(forecast_records(saved.model, saved.spec, records, hospital=path.stem, **calibration))
+            noise_sd = dict(store.plan.noise_sd) if store.plan is not None else None
+            forecasts.append(
+                forecast_records(
+                    saved.model,
+                    saved.spec,
+                    records,
+                    hospital=path.stem,
+                    noise_sd=noise_sd,
+                    released=released if noise_sd is not None else None,
+                )
+            )
             capacities.append(capacity_from_records(path).assign(**{HOSPITAL: path.stem}))
         forecast = pd.concat(forecasts, ignore_index=True)
         capacity = pd.concat(capacities, ignore_index=True)
