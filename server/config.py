@@ -94,6 +94,9 @@ class RunConfig:
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
     resume: bool = False
+    # A model to start from instead of `init`: last week's out-dir (its final_model) or model file; the weekly cycle
+    # (docs/coordinator.md, "Every week") carries each week's model into the next run. Empty: `init`.
+    init_from: str = ""
     # --- simulation only: ignored by any node whose node config names its own data-path. The nodes
     # read these through medalloc_core.simulation.SimulationConfig, whose defaults these are.
     simulation_data_dir: str = _SIM.data_dir  # region folder with one H000.csv... per virtual node
@@ -156,6 +159,11 @@ class RunConfig:
                 "secure-aggregation = true is not supported: Flower 1.42 offers SecAgg+ only through its legacy "
                 "workflow API, and it would hide each update from the reply checks; updates are protected by TLS, "
                 "each node's DP-SGD and optionally client-dp (see docs/coordinator.md, 'Secure aggregation')"
+            )
+        if self.resume and self.init_from:
+            raise RunConfigError(
+                "resume = true continues a run from its own checkpoint; init-from starts a new run from another "
+                "run's model: set one of them"
             )
         if self.resume and not self.out_dir:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
