@@ -214,6 +214,9 @@ def run_federation(
             truncate_rounds(log_path, checkpoint.round)
             logger.info("resuming after round %s from its checkpoint", checkpoint.round)
             resumed_best = _best_before(log_path, checkpoint_dir)
+    elif config.init_from:
+        arrays = initial_arrays(Path(config.init_from), model)
+        logger.info("starting from the model in %s (init-from)", config.init_from)
     result = FederationResult(arrays=arrays, model_config=mconfig, out_dir=out)
     built.strategy.summary()
     record_arrays = _to_record(arrays)
@@ -416,6 +419,28 @@ VAL_LOSS_MEANING = "val-loss: pinball loss, scaled, on the nodes' released valid
 # A real run's summary for `medalloc report`: its own name, so a simulation's summary.json (written by the
 # runner around the same folder) is never overwritten by it.
 SUMMARY_FILE = "run-summary.json"
+
+
+def initial_arrays(path: Path, model: TaskModel) -> dict[str, np.ndarray]:
+    """The arrays of the model ``path`` names (a run's out-dir, a final model or a checkpoint) for a run of ``model``.
+
+    Its model config must be this run's (a new week keeps the shape; a changed one starts from ``init``).
+    """
+    from medalloc_core.model_io import ModelFileError, read_model_files, read_sidecar, resolve_model_path
+
+    try:
+        sidecar = resolve_model_path(path)
+        theirs = read_sidecar(sidecar).get("model-config")
+        ours = model.config.to_dict() if hasattr(model.config, "to_dict") else None
+        if ours is not None and theirs != ours:
+            raise RunConfigError(
+                f"init-from {path}: the model was made with {theirs}; this run asks for {ours}. Start from init "
+                "(leave init-from empty) or run with the same model settings"
+            )
+        _, arrays = read_model_files(sidecar, expect={name: tuple(a.shape) for name, a in model.arrays.items()})
+    except ModelFileError as exc:
+        raise RunConfigError(f"init-from {path}: {exc}") from exc
+    return {name: np.asarray(a) for name, a in arrays.items()}
 
 
 def _best_before(log_path: Path, checkpoint_dir: Path) -> tuple[float, int, dict[str, np.ndarray]] | None:

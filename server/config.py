@@ -94,6 +94,9 @@ class RunConfig:
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
     resume: bool = False
+    # A model to start from instead of `init`: last week's out-dir (its final_model) or model file; the weekly cycle
+    # (docs/coordinator.md, "Every week") carries each week's model into the next run. Empty: `init`.
+    init_from: str = ""
     # --- simulation only: ignored by any node whose node config names its own data-path. The nodes
     # read these through medalloc_core.simulation.SimulationConfig, whose defaults these are.
     simulation_data_dir: str = _SIM.data_dir  # region folder with one H000.csv... per virtual node
@@ -159,6 +162,11 @@ class RunConfig:
             )
         if self.secure_aggregation and self.resume:
             raise RunConfigError("resume = true is not available with secure-aggregation = true")
+        if self.resume and self.init_from:
+            raise RunConfigError(
+                "resume = true continues a run from its own checkpoint; init-from starts a new run from another "
+                "run's model: set one of them"
+            )
         if self.resume and not self.out_dir:
             raise RunConfigError("resume = true needs out-dir naming the folder of the run to continue")
         if not self.target_list:

@@ -70,6 +70,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "node",
         "A hospital node its data owner controls: approved apps only, checked before joining (docs/hospital.md).",
     ),
+    "weekly": (
+        "weekly",
+        "Run this week's federation from last week's model (flwr run with out-dir and init-from); once a week.",
+    ),
     "gateway": (
         "gateway",
         "The Fleet gateway (nginx): the only thing hospitals reach; it forwards the Fleet API and refuses the rest.",

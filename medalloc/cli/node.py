@@ -217,7 +217,7 @@ def start(
     except ValueError as exc:
         _fail(str(exc))
     try:
-        retry = RetryPolicy(retries=retries, max_backoff_s=max_backoff)
+        retry = RetryPolicy(retries=retries, max_backoff_s=max_backoff, first_backoff_s=min(5.0, max_backoff))
     except ValueError as exc:
         _fail(f"--retries/--max-backoff: {exc}")
     superlink = next((a.split("=", 1)[1] for a in ctx.args if a.startswith("--superlink=")), None)

@@ -19,13 +19,16 @@ restarts (0: no limit); a SuperNode that stayed up ``STABLE_S`` resets the backo
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +107,34 @@ class RetryPolicy:
 
 
 def retryable(status: int) -> bool:
-    """Whether a SuperNode that exited with ``status`` may succeed when started again (see the module doc)."""
+    """Whether a SuperNode that ended with ``status`` may succeed when started again (see the module doc).
+
+    ``status`` is Flower's exit code (the ``Exit Code: N`` line the SuperNode prints; its process
+    status is 1 for every error) or, killed by a signal, the negative signal number.
+    """
     return status == CONNECTION_ERROR or status < 0
+
+
+_EXIT_CODE = re.compile(r"Exit Code: (\d+)")
+
+
+class _Echo:
+    """Copy a child's output to ours line by line, remembering the last ``Exit Code: N`` Flower printed."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.code: int | None = None
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: IO[str]) -> None:
+        for line in stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if match := _EXIT_CODE.search(line):
+                self.code = int(match[1])
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
 
 
 def _waiting_for(status: int, superlink: str) -> str:
@@ -138,7 +167,7 @@ def supervise(
         started = time.monotonic()
         status, node_ended = _run_once(supernode, gate, stopping)
         if not node_ended or retry is None or not retryable(status):
-            return status
+            return _exit_status(status)
         if retry.retries and restarts >= retry.retries:
             logger.error(
                 "the SuperNode exited (status %s) %d time(s); giving up (--retries %d)",
@@ -146,7 +175,7 @@ def supervise(
                 restarts + 1,
                 retry.retries,
             )
-            return status
+            return _exit_status(status)
         if time.monotonic() - started >= STABLE_S:
             backoff = retry.first_backoff_s
         restarts += 1
@@ -165,11 +194,22 @@ def supervise(
         backoff = min(backoff * 2, retry.max_backoff_s)
 
 
+def _exit_status(status: int) -> int:
+    """A process exit status for ``status``: a signal as 128 + N, Flower's codes (>= 256) as 1, as the SuperNode."""
+    if status < 0:
+        return 128 - status
+    return status if status <= 255 else 1
+
+
 def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -> tuple[int, bool]:
     """One life of the SuperNode and its gate: (status, whether it ended because the SuperNode exited)."""
     import os
 
-    node = subprocess.Popen(supernode, stdin=subprocess.DEVNULL)
+    node = subprocess.Popen(
+        supernode, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    assert node.stdout is not None
+    echo = _Echo(node.stdout)
     # The gate asks the SuperNode's Runtime API for tasks; it retries until the API is up.
     checker = subprocess.Popen(gate, stdin=subprocess.DEVNULL)
     logger.info("SuperNode pid %s, approved-apps gate pid %s (supervisor pid %s)", node.pid, checker.pid, os.getpid())
@@ -179,8 +219,15 @@ def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -
                 return 128 + stopping["signal"], False
             code = node.poll()
             if code is not None:
-                logger.warning("the SuperNode (pid %s) exited with status %s", node.pid, code)
-                return code, True
+                echo.join()
+                flower = echo.code if code > 0 and echo.code is not None else code
+                logger.warning(
+                    "the SuperNode (pid %s) exited with status %s%s",
+                    node.pid,
+                    code,
+                    f" (Flower exit code {flower})" if flower != code else "",
+                )
+                return flower, True
             if checker.poll() is not None:
                 logger.error(
                     "the approved-apps gate exited (status %s): stopping the SuperNode, which must not take "
