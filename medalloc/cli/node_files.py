@@ -6,6 +6,10 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medalloc_core.paths import read_regular_text
+
+MAX_NODE_CONFIG_BYTES = 1 << 20  # a node.toml is a few hundred bytes
+
 if TYPE_CHECKING:
     from medalloc.client.config import NodeConfig
 
@@ -13,7 +17,7 @@ if TYPE_CHECKING:
 def read_node_config(path: Path) -> NodeConfig:
     """The node's config from its node.toml; ``ValueError`` naming the file and what is wrong."""
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_regular_text(path, limit=MAX_NODE_CONFIG_BYTES, what="a node config (node.toml)"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"--node-config {path}: cannot be read ({exc})") from None
     from medalloc.client.config import NodeConfig, NodeConfigError
