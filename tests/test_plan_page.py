@@ -165,7 +165,19 @@ def test_last_weeks_accountability_is_on_the_page(monday: dict[str, Path]) -> No
     states = {d.state for d in acc.drift}
     assert states <= {"within", "better", "alarm"}  # five earlier weeks: the alarm has its history
     assert ("Drift alarm" in html) == any(d.alarm for d in acc.drift)
+    if "Drift alarm" in html:  # above the table, on the first screen
+        assert html.index('id="drift-alarm"') < html.index('id="plan-table"')
     assert runs[-2].model_version in section
+
+
+def test_days_that_may_exceed_the_physical_beds_are_marked_full() -> None:
+    days = [(8, 10, 14)] * 5 + [(10, 13, 19)] * 9  # the last nine days may need more than 16 beds
+    plan = plan_hospital(forecast_frame({("H000", "ward"): days}), pd.DataFrame({"unit": ["ward"], "beds": [16]}))
+    html = build_plan_page(PlanPage(hospital="H000", plan=plan))
+    full = re.findall(r'<td class="full" data-unit="ward" data-date="([^"]*)"', html)
+    flagged = plan.loc[plan["flag_physical"], "date"].dt.strftime("%Y-%m-%d").tolist()
+    assert full == flagged and len(flagged) == 9
+    assert html.count(" · full ") == 9
 
 
 def test_every_name_on_the_page_is_escaped(tmp_path: Path) -> None:
