@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from medalloc_core.allocation.forecast_io import capacity_from_records, read_for
 from medalloc_core.allocation.newsvendor import plan_hospital
 from medalloc_core.forecast.accountability import account
 from medalloc_core.forecast.features import WindowSpec, prepare_hospital
-from medalloc_core.forecast.history import log_path_for_ledger, read_log
+from medalloc_core.forecast.history import ForecastRun, log_path_for_ledger, read_log
 from medalloc_core.forecast.models import ForecasterConfig, build_model
 from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.model_io import save_model
@@ -184,7 +185,30 @@ def test_every_name_on_the_page_is_escaped(tmp_path: Path) -> None:
     forecast = forecast_frame({(HOSTILE, HOSTILE): [(8, 10, 14)] * 14, (HOSTILE, "ICU"): [(3, 4, 6)] * 14})
     capacity = pd.DataFrame({"unit": [HOSTILE, "ICU"], "beds": [20, 8]})
     plan = plan_hospital(forecast, capacity)
-    html = build_plan_page(PlanPage(hospital=HOSTILE, plan=plan, fan_charts={HOSTILE: b"\x89PNG"}))
+    # last week's accountability for the same hostile unit, with an alarm: the names go into the table, the
+    # banner and the sentences
+    last = pd.Timestamp("2026-03-01").date()  # the forecast frame starts the day after
+    base = ForecastRun.from_frame(forecast, origin=last, model_version=HOSTILE)
+    runs = []
+    for k in range(6, -1, -1):  # the forecast made before each of the last seven weeks; the last one tripled
+        shift = timedelta(days=7 * (k + 1))
+        dates = tuple(d - shift for d in base.dates)
+        values = base.values * (3.0 if k == 0 else 1.0)
+        runs.append(replace(base, origin=base.origin - shift, dates=dates, values=values))
+    actuals = pd.DataFrame(
+        [
+            {"date": pd.Timestamp(last) - pd.Timedelta(days=d), "unit": u, "census": 10 if u == HOSTILE else 4}
+            for d in range(60)
+            for u in (HOSTILE, "ICU")
+        ]
+    )
+    acc = account(runs, actuals)
+    assert acc.alarms and {d.unit for d in acc.alarms} == {HOSTILE, "ICU"}
+    html = build_plan_page(PlanPage(hospital=HOSTILE, plan=plan, fan_charts={HOSTILE: b"\x89PNG"}, accountability=acc))
+    assert 'id="drift-alarm"' in html and 'data-state="alarm"' in html
+    escaped = "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;"
+    banner = html[html.index('id="drift-alarm"') : html.index('id="plan-table"')]
+    assert escaped in banner and f'<tr data-unit="{escaped}"' in html[html.index('id="accountability-table"') :]
     assert HOSTILE not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
     assert "<img src=x" not in html
