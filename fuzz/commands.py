@@ -42,6 +42,7 @@ GENERATOR_MODULES: tuple[str, ...] = (
     "gen_node",
     "gen_equipment",
     "gen_nonfiles",
+    "gen_plan_page",
 )
 for _module in GENERATOR_MODULES:
     importlib.import_module(f"{__package__}.{_module}")

@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "allocate",
         "Staffed beds, nurses per shift and overflow risk per unit and day from a census forecast.",
     ),
+    "plan-page": (
+        "plan_page",
+        "The bed manager's page: staffed beds, nurses and run-out risk per unit for the next 14 days, the fan chart, "
+        "the plan's reasons and last week's forecast accountability (one HTML file, offline, phone-sized).",
+    ),
     "allocate-region": (
         "allocate",
         "The coordinator's surge-pool and transfer plan from hospitals' shared census quantiles.",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ _out = Console()
 _err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
@@ -68,6 +70,17 @@ def forecast(
         "are scaled to the true counts' as measured on the validation days, as the evaluation scores them. "
         "Without it the bands are as learned.",
     ),
+    node_config: Path | None = typer.Option(
+        None,
+        "--node-config",
+        help="The node's node.toml: the run is added to the node's forecast log (<ledger-path>.forecasts.json, "
+        "local, never sent) with the model version, and its hospital-id names the hospital.",
+    ),
+    forecast_log: Path | None = typer.Option(
+        None,
+        "--forecast-log",
+        help="Add the run to this forecast log instead (default with --node-config: beside the ledger).",
+    ),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends
     (forecast.csv + forecast.png)."""
@@ -85,6 +98,15 @@ def forecast(
             _fail(f"{path} is one of the inputs; choose another --out")
         if path.exists() and not force:
             _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
+    log_path, node_hospital = _forecast_log(node_config, forecast_log)
+    if log_path is not None:
+        from medalloc_core.forecast.history import ForecastLogError, read_log
+
+        try:
+            read_log(log_path)  # a damaged log stops the run before anything is written
+        except ForecastLogError as exc:
+            _fail(str(exc))
+    hospital = hospital or node_hospital
     noise_sd = released = None
     if release is not None:
         from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
@@ -128,14 +150,44 @@ def forecast(
         plot_forecast(records.frame, frame, png_path, history_periods=2 * saved.config.history)
     except OSError as exc:
         _fail(f"cannot write the forecast to {out}: {exc}")
+    logged = ""
+    if log_path is not None:
+        logged = _log_run(log_path, frame, records.frame[DATE].max().date(), str(saved.metadata.get("sha256", "")))
     _out.print(_summary(frame, saved.config.quantiles))
     _out.print(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
         + (f"bands calibrated with the release {release}; " if release is not None else "")
-        + f"wrote {csv_path} ({len(frame)} rows) and {png_path}",
+        + f"wrote {csv_path} ({len(frame)} rows) and {png_path}"
+        + logged,
         highlight=False,
         markup=False,
     )
+
+
+def _forecast_log(node_config: Path | None, forecast_log: Path | None) -> tuple[Path | None, str | None]:
+    """The forecast log to add the run to (--forecast-log, else beside the node's ledger) and the node's hospital-id."""
+    if node_config is None:
+        return forecast_log, None
+    from medalloc.cli.node_files import read_node_config
+    from medalloc_core.forecast.history import log_path_for_ledger
+
+    try:
+        config = read_node_config(node_config)
+    except ValueError as exc:
+        _fail(str(exc))
+    return forecast_log or log_path_for_ledger(config.ledger_path), config.hospital_id
+
+
+def _log_run(path: Path, frame: pd.DataFrame, origin: date, arrays_sha256: str) -> str:
+    """Append the run to the forecast log; the words the summary line ends with."""
+    from medalloc_core.forecast.history import ForecastLogError, ForecastRun, append_run, model_version
+
+    try:
+        run = ForecastRun.from_frame(frame, origin=origin, model_version=model_version(arrays_sha256))
+        runs = append_run(path, run)
+    except (ForecastLogError, ValueError, OSError) as exc:
+        _fail(f"the forecast was written, but not added to the forecast log: {exc}")
+    return f"; logged as model {run.model_version}, origin {origin} in {path} ({len(runs)} runs)"
 
 
 def register(app: typer.Typer) -> None:
