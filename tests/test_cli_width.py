@@ -73,3 +73,35 @@ def test_validate_and_generate_read_whole_at_80_columns(tmp_path: Path) -> None:
     _readable(text)
     (tmp_path / "bad.csv").write_text("date,unit,admissions,census,capacity\n2024-01-01,ICU,-1,3,10\n")
     _readable(_medalloc(["validate", "bad.csv"], tmp_path))
+
+
+def test_allocate_and_allocate_region_read_whole_at_80_columns(tmp_path: Path) -> None:
+    from medalloc_core.allocation.forecast_io import write_forecast
+    from tests.allocation_fixtures import forecast_frame
+
+    units = {("H000", "ICU"): [(8.0, 10.0, 14.0), (9.0, 11.0, 13.0)], ("H000", "medical"): [(30.0, 35.0, 42.0)] * 2}
+    write_forecast(forecast_frame(units), tmp_path / "forecast.csv")
+    (tmp_path / "capacity.csv").write_text("unit,beds,staffed\nICU,13,10\nmedical,60,40\n")
+    args = ["allocate", "--forecast", "forecast.csv", "--capacity", "capacity.csv", "--out", "plan"]
+    text = _medalloc(args, tmp_path)
+    _readable(text)
+    assert "Bed and staff plan" in text and "medical" in text, text
+
+    for hospital, quantiles in (("A", (11.0, 12.0, 13.0)), ("B", (4.0, 5.0, 6.0))):
+        write_forecast(forecast_frame({(hospital, "ward"): [quantiles]}), tmp_path / f"{hospital}.csv")
+    (tmp_path / "cap.csv").write_text("hospital,unit,beds\nA,ward,10\nB,ward,10\n")
+    args = ["allocate-region", "--capacity", "cap.csv", "--out", "r", "--pool", "1", "--scenarios", "5"]
+    text = _medalloc([*args, "--forecast", "A.csv", "--forecast", "B.csv"], tmp_path)
+    _readable(text)
+    assert "Binding constraints" in text and "surge pool" in text, text
+
+
+def test_node_check_reads_whole_at_80_columns(tmp_path: Path) -> None:
+    _medalloc(["generate", "--hospitals", "1", "--days", "60", "--out", "region"], tmp_path)
+    (tmp_path / "node.toml").write_text(
+        'data-path = "region/H000.csv"\nledger-path = "ledger.json"\napproved-apps = "approved.toml"\n'
+    )
+    args = ["node", "check", "--node-config", "node.toml", "--superlink", "127.0.0.1:9", "--insecure"]
+    text = _medalloc(args, tmp_path)
+    _readable(text)
+    assert "privacy-epsilon-budget" in text and "NOT READY" in text, text
