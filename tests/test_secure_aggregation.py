@@ -167,3 +167,27 @@ def test_the_forecasting_task_is_refused_under_secure_aggregation() -> None:
 
     with pytest.raises(RunConfigError, match="has no secure-aggregation round"):
         RunConfig.from_mapping({"secure-aggregation": True})
+
+
+# ------------------------------------------------------------------ Flower's Simulation Engine
+def test_secure_aggregation_on_the_simulation_engine(tmp_path: Path) -> None:
+    """The same ServerApp and ClientApp on ``run_simulation`` (Ray), three virtual nodes, two rounds."""
+    from medalloc.simulations.runner import simulate_federation
+    from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
+    from medalloc_core.simulation import simulated_ledger_path
+
+    region = tmp_path / "region"
+    write_fleets(
+        generate_fleets(FleetConfig(hospitals=3, days=400, seed=5, device_scale=0.3, min_beds=200, max_beds=300)),
+        region,
+    )
+    keys = _run_keys(tmp_path / "out", region, **{"simulation-epsilon-budget": 50.0, "simulation-delta": DELTA})
+    keys["equipment.sa-min-survivors"] = 3  # a virtual node keeps the default floor of 3
+    simulate_federation(keys, 3)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["model-updated"] for x in lines] == [True, True]
+    assert all(x["nodes"]["accepted"] == 3 and x["strategy"] == "distributed-dp-secagg+" for x in lines)
+    for hospital in ("H000", "H001", "H002"):
+        ledger = PrivacyLedger.load(simulated_ledger_path(region, "equipment", hospital))
+        assert [s.mechanism for s in ledger.spends()] == [MECHANISM, MECHANISM]
+    assert (tmp_path / "out" / "final_model.safetensors").exists()
