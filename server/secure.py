@@ -1,4 +1,4 @@
-"""The coordinator under secure aggregation: Flower's SecAgg+ inside the legacy workflow, one distributed-DP step a round.
+"""The coordinator under secure aggregation: Flower's SecAgg+ in the legacy workflow, one distributed-DP step a round.
 
 Flower 1.42's ``SecAggPlusWorkflow`` runs only inside the legacy ``DefaultWorkflow``; as Flower's
 own secure-aggregation example does, the ``@app.main()`` function builds a ``LegacyContext``
@@ -119,7 +119,7 @@ class DistributedDPStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         wanted = max(self.config.min_available_nodes, int(self.options.sa_min_survivors))
         client_manager.num_available()  # Flower's legacy manager registers the connected nodes on this call
-        if not client_manager.wait_for(wanted, timeout=self.config.round_timeout):
+        if not client_manager.wait_for(wanted, timeout=int(self.config.round_timeout)):
             logger.error("round %s: fewer than %s nodes connected; no round", server_round, wanted)
             return []
         self._started = time.perf_counter()

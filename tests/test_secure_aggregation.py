@@ -40,7 +40,7 @@ def test_flower_quantisation_carries_a_share_exactly_and_decode_inverts_the_unma
     assert all(np.array_equal(q, s) for q, s in zip(quantised, shares, strict=True))
     n = len(shares)
     masked_sum = np.mod(sum(q.astype(np.int64) for q in quantised), m)
-    # flwr secaggplus_workflow.unmask_stage: dequantize, offset, times T / q_total (weights 1 -> q_total = n (M-1) mod M)
+    # flwr secaggplus_workflow.unmask_stage: dequantize, offset, times T / q_total (weight 1: q_total = n (M-1) mod M)
     flower = (masked_sum.astype(float) - r - (n - 1) * r) * ((m - 1) / ((n * (m - 1)) % m))
     assert np.array_equal(decode_sum(flower, survivors=n), np.mod(sum(shares), m))
 
