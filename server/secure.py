@@ -1,4 +1,4 @@
-"""The coordinator under secure aggregation: Flower's SecAgg+ inside the legacy workflow, one distributed-DP step a round.
+"""The coordinator under secure aggregation: Flower's SecAgg+ in the legacy workflow, one distributed-DP step a round.
 
 Flower 1.42's ``SecAggPlusWorkflow`` runs only inside the legacy ``DefaultWorkflow``; as Flower's
 own secure-aggregation example does, the ``@app.main()`` function builds a ``LegacyContext``
@@ -119,7 +119,7 @@ class DistributedDPStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         wanted = max(self.config.min_available_nodes, int(self.options.sa_min_survivors))
         client_manager.num_available()  # Flower's legacy manager registers the connected nodes on this call
-        if not client_manager.wait_for(wanted, timeout=self.config.round_timeout):
+        if not client_manager.wait_for(wanted, timeout=int(self.config.round_timeout)):
             logger.error("round %s: fewer than %s nodes connected; no round", server_round, wanted)
             return []
         self._started = time.perf_counter()
@@ -183,6 +183,25 @@ class DistributedDPStrategy(Strategy):
             return None, {}
         return ndarrays_to_parameters(list(self.arrays.values())), {"devices": devices}
 
+    def halted(self, server_round: int) -> None:
+        """Record a round that Flower's SecAgg+ halted (too few nodes at some stage): nothing summed, model kept."""
+        record = RoundRecord(
+            round=server_round,
+            time=datetime.now(UTC).isoformat(),
+            seconds=round(time.perf_counter() - self._started, 3) if self._started else None,
+            strategy="distributed-dp-secagg+",
+            model_updated=False,
+            nodes={"accepted": 0},
+        )
+        append_round(self.out / METRICS_FILE, record)
+        self.records.append(record)
+        progress.info(
+            "round %s/%s: secure aggregation halted (fewer than sa-min-survivors %s nodes at a stage); model kept",
+            server_round,
+            self.config.num_server_rounds,
+            self.options.sa_min_survivors,
+        )
+
     def _plan(self) -> Any:
         from medalloc_core.tasks.equipment.secure import DistributedInstruction
 
@@ -206,6 +225,18 @@ class DistributedDPStrategy(Strategy):
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return None
+
+
+def _recorded(fit: Any, strategy: DistributedDPStrategy) -> Any:
+    """The fit workflow, plus a ``metrics.jsonl`` line for a round SecAgg+ halted (``aggregate_fit`` never ran)."""
+
+    def workflow(grid: Grid, context: Context) -> None:
+        before = len(strategy.records)
+        fit(grid, context)
+        if len(strategy.records) == before:
+            strategy.halted(int(context.state.config_records["config"]["current_round"]))  # type: ignore[arg-type]
+
+    return workflow
 
 
 def run_secure_federation(
@@ -237,7 +268,7 @@ def run_secure_federation(
         if secure
         else default_fit_workflow
     )
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+    DefaultWorkflow(fit_workflow=_recorded(fit, strategy))(grid, legacy)
     if any(r.model_updated for r in strategy.records):
         kept = {"rounds": config.num_server_rounds, "strategy": "distributed-dp", "run-config": config.to_dict()}
         task.write_model(out / FINAL_MODEL_NAME, strategy.arrays, model, kept)

@@ -1,4 +1,4 @@
-"""An in-process Grid whose messages cross Flower's wire format: each one serialised to protobuf and back, bytes counted.
+"""An in-process Grid whose messages cross Flower's wire format: serialised to protobuf and back, bytes counted.
 
 ``LocalGrid`` hands a node the coordinator's very Message object; Flower's SecAgg+ workflow
 sends one shared RecordDict to every node and ``secaggplus_mod`` edits what it receives, so a

@@ -40,7 +40,7 @@ def test_flower_quantisation_carries_a_share_exactly_and_decode_inverts_the_unma
     assert all(np.array_equal(q, s) for q, s in zip(quantised, shares, strict=True))
     n = len(shares)
     masked_sum = np.mod(sum(q.astype(np.int64) for q in quantised), m)
-    # flwr secaggplus_workflow.unmask_stage: dequantize, offset, times T / q_total (weights 1 -> q_total = n (M-1) mod M)
+    # flwr secaggplus_workflow.unmask_stage: dequantize, offset, times T / q_total (weight 1: q_total = n (M-1) mod M)
     flower = (masked_sum.astype(float) - r - (n - 1) * r) * ((m - 1) / ((n * (m - 1)) % m))
     assert np.array_equal(decode_sum(flower, survivors=n), np.mod(sum(shares), m))
 
@@ -167,3 +167,27 @@ def test_the_forecasting_task_is_refused_under_secure_aggregation() -> None:
 
     with pytest.raises(RunConfigError, match="has no secure-aggregation round"):
         RunConfig.from_mapping({"secure-aggregation": True})
+
+
+# ------------------------------------------------------------------ Flower's Simulation Engine
+def test_secure_aggregation_on_the_simulation_engine(tmp_path: Path) -> None:
+    """The same ServerApp and ClientApp on ``run_simulation`` (Ray), three virtual nodes, two rounds."""
+    from medalloc.simulations.runner import simulate_federation
+    from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
+    from medalloc_core.simulation import simulated_ledger_path
+
+    region = tmp_path / "region"
+    write_fleets(
+        generate_fleets(FleetConfig(hospitals=3, days=400, seed=5, device_scale=0.3, min_beds=200, max_beds=300)),
+        region,
+    )
+    keys = _run_keys(tmp_path / "out", region, **{"simulation-epsilon-budget": 50.0, "simulation-delta": DELTA})
+    keys["equipment.sa-min-survivors"] = 3  # a virtual node keeps the default floor of 3
+    simulate_federation(keys, 3)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["model-updated"] for x in lines] == [True, True]
+    assert all(x["nodes"]["accepted"] == 3 and x["strategy"] == "distributed-dp-secagg+" for x in lines)
+    for hospital in ("H000", "H001", "H002"):
+        ledger = PrivacyLedger.load(simulated_ledger_path(region, "equipment", hospital))
+        assert [s.mechanism for s in ledger.spends()] == [MECHANISM, MECHANISM]
+    assert (tmp_path / "out" / "final_model.safetensors").exists()

@@ -1,4 +1,4 @@
-"""The risk model under distributed DP: per round, every node sends its noisy integer gradient sum, the coordinator one step.
+"""The risk model under distributed DP: each node sends its noisy integer gradient sum, the coordinator steps once.
 
 A round (``docs/privacy.md``, "Secure aggregation with distributed DP"): each node takes, at the
 global model, the gradient of every device's mean loss (all its devices: no sampling),
@@ -56,7 +56,9 @@ def per_device_gradients(model: nn.Module, data: DeviceBatches, *, pos_weight: f
 
 
 def node_sum(model: nn.Module, data: DeviceBatches, plan: SkellamPlan, rng: np.random.Generator) -> np.ndarray:
-    """A node's contribution to a round: its devices' clipped, rounded gradient sum plus its Skellam share (int64 ``(d,)``).
+    """A node's contribution to a round: its devices' clipped, rounded gradient sum plus its Skellam share.
+
+    Returns int64 ``(d,)``.
 
     ``rng`` is the node's OS-seeded generator (``secure_generator``): it draws both the
     rounding and the noise, and nobody else can know it.

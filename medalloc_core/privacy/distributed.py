@@ -109,7 +109,8 @@ class SkellamPlan:
             raise ValueError(f"dimension must be >= 1, got {self.dimension}")
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
             raise ValueError(
-                f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}: no node sends a sum without noise"
+                f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}: "
+                "no node sends a sum without noise"
             )
         if self.min_survivors < 1:
             raise ValueError(f"min_survivors must be >= 1, got {self.min_survivors}")
@@ -125,7 +126,7 @@ class SkellamPlan:
 
     @property
     def l2_sensitivity(self) -> float:
-        """One device's largest L2 move of a node's integer sum: ``resolution`` plus at most 1 per coordinate in rounding."""
+        """One device's largest L2 move of a node's integer sum: ``resolution``, plus < 1 per coordinate in rounding."""
         return self.resolution + math.sqrt(self.dimension)
 
     @property
@@ -222,7 +223,7 @@ def noise_multiplier_for_epsilon(
 
 # ------------------------------------------------------------------ a node's share
 def sum_rounded(per_device: np.ndarray, plan: SkellamPlan, rng: np.random.Generator) -> np.ndarray:
-    """Clip each row (one device's gradient, shape ``(n, d)``) to ``plan.clip``, scale, round at random, sum: int64 ``(d,)``.
+    """Clip each row (one device's gradient, ``(n, d)``) to ``plan.clip``, scale, round at random, sum: int64 ``(d,)``.
 
     ``rng`` must be the node's OS-seeded generator: whoever knows the rounding draws learns more about the rows.
     """
@@ -240,7 +241,7 @@ def sum_rounded(per_device: np.ndarray, plan: SkellamPlan, rng: np.random.Genera
 
 
 def skellam_share(plan: SkellamPlan, rng: np.random.Generator) -> np.ndarray:
-    """One node's noise share: ``Sk(mu/m, mu/m)`` per coordinate, int64 ``(d,)``, from ``rng`` (the OS CSPRNG on a node)."""
+    """One node's noise share: ``Sk(mu/m, mu/m)`` per coordinate, int64 ``(d,)``, from ``rng`` (OS CSPRNG on a node)."""
     lam = plan.share_mu
     share: np.ndarray = rng.poisson(lam, plan.dimension).astype(np.int64) - rng.poisson(lam, plan.dimension).astype(
         np.int64

@@ -422,7 +422,8 @@ def skellam_item(spend: Spend) -> SkellamItem:
         )
     except (KeyError, ValueError) as exc:
         raise LedgerCorrupt(
-            f"spend {spend.run_id!r} is a {SKELLAM_MECHANISM} release without valid {', '.join(_SKELLAM_DETAIL)} ({exc})"
+            f"spend {spend.run_id!r} is a {SKELLAM_MECHANISM} release without a valid "
+            f"{', '.join(_SKELLAM_DETAIL)} ({exc})"
         ) from exc
 
 
