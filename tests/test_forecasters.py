@@ -17,6 +17,7 @@ from medalloc_core.forecast.forecasters import (
     FORECASTERS,
     Forecaster,
     Fracast,
+    FracastBackbone,
     HospitalData,
     NeuralForecaster,
     Origins,
@@ -37,6 +38,7 @@ def _tiny_params(name: str) -> dict:
         "local_only": {"base": NeuralForecaster(**neural)},
         "federated": {"base": NeuralForecaster(**neural), "rounds": 2},
         "fracast": {"context": 64},
+        "fracast_head": {"context": (), "rounds": 2, "hidden": 4, "backbone": FracastBackbone(context=64)},
         "ensemble": {"members": (NeuralForecaster(**neural), SeasonalNaiveForecaster())},
     }.get(name, {})
 
@@ -63,7 +65,7 @@ def hospitals() -> dict[str, HospitalData]:
 
 @pytest.fixture(params=sorted(FORECASTERS))
 def name(request) -> str:
-    if request.param == "fracast" and not Fracast.available():
+    if request.param in ("fracast", "fracast_head") and not Fracast.available():
         pytest.skip("optional zero-shot package not installed (pip install 'medalloc[zeroshot]')")
     return request.param
 

@@ -25,7 +25,14 @@ winter seasonality) every method forecasts the same rolling origins (8 per unit,
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, region of true counts, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
 - ``holt_winters``, ``seasonal_naive``, ``moving_average``: refitted at every origin on the hospital's own data;
-- ``fracast``: the zero-shot model from PyPI (optional: ``python -m pip install -e '.[zeroshot]'``).
+- ``fracast``: the zero-shot model from PyPI (optional: ``python -m pip install -e '.[zeroshot]'``);
+- ``fracast + head (federated)``: fracast frozen plus a small head trained by FedAvg on the
+  releases at E (``medalloc_core.forecast.forecasters.FracastHead``): it reads the window's
+  features, the weekday and the region beside fracast's quantiles and starts as fracast
+  exactly; the best round on the released validation days is kept, and fracast itself unless
+  that round beats it by more than the validation noise. ``(local)``: each hospital's own head
+  on its own release; ``(centralized)``: one head on every hospital's true counts pooled.
+  Its goals (a second goals table) take fracast zero-shot as the initial model: it is the head's start.
 
 Numbers are volume-weighted over hospitals (metrics.aggregate_over_hospitals) and printed as
 ratios to Holt-Winters (below 1 = better); a second table per family gives the federated model
@@ -59,6 +66,8 @@ from medalloc_core.forecast.forecasters import (
     Federated,
     Forecaster,
     Fracast,
+    FracastBackbone,
+    FracastHead,
     HoltWintersForecaster,
     HospitalData,
     LocalOnly,
@@ -80,6 +89,7 @@ ROUNDS, LOCAL_EPOCHS = 20, 1  # training is free after the release: as many roun
 FINE_TUNE_LR = 1e-3  # 3e-4 (the old setting) barely moved the weights in 5 rounds; 3e-3 overfit short histories
 SCRATCH_LR = 1e-3  # from the classical-forecast init there is no pretrained start to stay near
 BATCH = 256
+LEARNED = ("hybrid", "head")  # the trained models a run may include (--learned)
 CONTEXT = (
     "region",
     "weeks",
@@ -211,9 +221,18 @@ def shortest_hospitals(hospitals: dict[str, HospitalData]) -> list[str]:
 
 
 def run_family(
-    family: Family, *, zero_shot: bool, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0
+    family: Family,
+    *,
+    zero_shot: bool,
+    epsilons: tuple[float, ...] = EPSILONS,
+    seed: int = 0,
+    learned: tuple[str, ...] = LEARNED,
 ) -> dict[str, Any]:
-    """Every method on one family; returns overall metrics per method (private ones per epsilon)."""
+    """Every method on one family; returns overall metrics per method (private ones per epsilon).
+
+    ``learned``: which trained models run beside the baselines: ``"hybrid"`` (the federated
+    hybrid and its comparisons), ``"head"`` (fracast + head, needs fracast and ``zero_shot``).
+    """
     began = time.perf_counter()
     hospitals = build_hospitals(family)
     shortest = shortest_hospitals(hospitals)
@@ -244,30 +263,43 @@ def run_family(
     score("holt_winters", HoltWintersForecaster())
     score("seasonal_naive", SeasonalNaiveForecaster())
     score("moving_average", MovingAverageForecaster())
-    if zero_shot and Fracast.available():
+    zero_shot = zero_shot and Fracast.available()
+    head = zero_shot and "head" in learned
+    hybrid = "hybrid" in learned
+    backbone = FracastBackbone() if head else None  # one cache of fracast's forecasts for every head
+    if zero_shot:
         score("fracast (zero-shot)", Fracast())
     true_region, _ = with_region(hospitals, hospitals)
-    score("pretrained (no training)", _hybrid(epochs=0), true_region, true_region)
-    score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS), true_region, true_region)
+    if hybrid:
+        score("pretrained (no training)", _hybrid(epochs=0), true_region, true_region)
+        score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS), true_region, true_region)
+    if head:
+        score(
+            HEAD["central"], FracastHead(mode="centralized", rounds=ROUNDS, backbone=backbone), true_region, true_region
+        )
     for eps in epsilons:
         tag = f"@ {eps:g}"
         released = hospitals if math.isinf(eps) else release(hospitals, epsilon=eps, seed=seed)[0]
         seen, released = with_region(hospitals, released)
-        score(
-            f"federated {tag}",
-            Federated(_hybrid(epochs=LOCAL_EPOCHS), rounds=ROUNDS, local_epochs=LOCAL_EPOCHS),
-            released,
-            seen,
-        )
-        score(f"local only DP {tag}", LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS)), released, seen)
-        score(
-            f"local only DP (scratch) {tag}",
-            LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS, pretrained=False)),
-            released,
-            seen,
-        )
-        mixed = {n: 0.5 * forecasts[f"federated {tag}"][n] + 0.5 * forecasts["holt_winters"][n] for n in hospitals}
-        record(f"federated + HW {tag}", mixed, 0.0)
+        if hybrid:
+            score(
+                f"federated {tag}",
+                Federated(_hybrid(epochs=LOCAL_EPOCHS), rounds=ROUNDS, local_epochs=LOCAL_EPOCHS),
+                released,
+                seen,
+            )
+            score(f"local only DP {tag}", LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS)), released, seen)
+            score(
+                f"local only DP (scratch) {tag}",
+                LocalOnly(_hybrid(epochs=ROUNDS * LOCAL_EPOCHS, pretrained=False)),
+                released,
+                seen,
+            )
+            mixed = {n: 0.5 * forecasts[f"federated {tag}"][n] + 0.5 * forecasts["holt_winters"][n] for n in hospitals}
+            record(f"federated + HW {tag}", mixed, 0.0)
+        if head:
+            score(f"{HEAD['federated']} {tag}", FracastHead(rounds=ROUNDS, backbone=backbone), released, seen)
+            score(f"{HEAD['local']} {tag}", FracastHead(mode="local", rounds=ROUNDS, backbone=backbone), released, seen)
     days = [int(h.records.frame[DATE].nunique()) for h in hospitals.values()]
     return {
         "family": family.name,
@@ -286,6 +318,11 @@ def run_family(
 
 # ----------------------------------------------------------------------------- output
 PRIVATE = ("federated", "local only DP", "local only DP (scratch)", "federated + HW")
+HEAD = {
+    "federated": "fracast + head (federated)",
+    "local": "fracast + head (local)",
+    "central": "fracast + head (centralized)",
+}
 
 
 def _eps_label(e: float) -> str:
@@ -310,8 +347,9 @@ def ratio_table(result: dict[str, Any]) -> Table:
     def cell(v: dict[str, float]) -> str:
         return f"{v['pinball'] / hw['pinball']:.3f} / {v['wape'] / hw['wape']:.3f} [{v['coverage']:.2f}]"
 
-    for name in PRIVATE:
-        table.add_row(name, *[cell(m[f"{name} @ {e:g}"]) for e in epsilons])
+    for name in (*PRIVATE, HEAD["federated"], HEAD["local"]):
+        if f"{name} @ {epsilons[0]:g}" in m:  # only the models that ran
+            table.add_row(name, *[cell(m[f"{name} @ {e:g}"]) for e in epsilons])
     for name in [k for k in m if "@" not in k]:
         table.add_row(name, *[cell(m[name])] * len(epsilons))
     return table
@@ -330,11 +368,19 @@ def goal_table(result: dict[str, Any]) -> Table:
     def ratio(a: dict[str, float], b: dict[str, float]) -> str:
         return f"{a['pinball'] / b['pinball']:.3f} / {a['wape'] / b['wape']:.3f}"
 
-    table.add_row("centralized", *[ratio(m[f"federated @ {e:g}"], m["centralized"]) for e in epsilons])
-    for other in ("local only DP", "local only DP (scratch)"):
+    if f"federated @ {epsilons[0]:g}" in m:
+        table.add_row("centralized", *[ratio(m[f"federated @ {e:g}"], m["centralized"]) for e in epsilons])
+        for other in ("local only DP", "local only DP (scratch)"):
+            table.add_row(
+                f"{other}, shortest (goal <= 0.85)",
+                *[ratio(s[f"federated @ {e:g}"], s[f"{other} @ {e:g}"]) for e in epsilons],
+            )
+    fed, local = HEAD["federated"], HEAD["local"]
+    if f"{fed} @ {epsilons[0]:g}" in m:
+        table.add_row(f"{fed}: / fracast", *[ratio(m[f"{fed} @ {e:g}"], m["fracast (zero-shot)"]) for e in epsilons])
+        table.add_row(f"{fed}: / centralized", *[ratio(m[f"{fed} @ {e:g}"], m[HEAD["central"]]) for e in epsilons])
         table.add_row(
-            f"{other}, shortest (goal <= 0.85)",
-            *[ratio(s[f"federated @ {e:g}"], s[f"{other} @ {e:g}"]) for e in epsilons],
+            f"{fed}: / local, shortest", *[ratio(s[f"{fed} @ {e:g}"], s[f"{local} @ {e:g}"]) for e in epsilons]
         )
     return table
 
@@ -348,28 +394,53 @@ GOALS = (
 )
 
 
-def goal_ratios(result: dict[str, Any], eps: float) -> dict[str, float]:
-    """The issue's goals as pinball ratios at ``eps`` (NaN where a method is absent), plus P10-P90 coverage."""
+def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> dict[str, float]:
+    """The issue's goals as pinball ratios at ``eps`` (NaN where a method is absent), plus P10-P90 coverage.
+
+    ``model``: ``"hybrid"`` (the federated hybrid; initial = its public pretrained weights) or
+    ``"head"`` (fracast + federated head; initial = fracast zero-shot, the head's exact start).
+    """
     m, s = result["methods"], result["methods_shortest"]
-    fed = m[f"federated @ {eps:g}"]["pinball"]
+    if model == "head":
+        fed_key, local_key, central, initial = (
+            f"{HEAD['federated']} @ {eps:g}",
+            f"{HEAD['local']} @ {eps:g}",
+            HEAD["central"],
+            "fracast (zero-shot)",
+        )
+    else:
+        fed_key, local_key, central, initial = (
+            f"federated @ {eps:g}",
+            f"local only DP @ {eps:g}",
+            "centralized",
+            "pretrained (no training)",
+        )
+    nan = float("nan")
+    fed = m[fed_key]["pinball"] if fed_key in m else nan
 
     def r(a: float, key: str, src: dict[str, Any] = m) -> float:
-        return a / src[key]["pinball"] if key in src else float("nan")
+        return a / src[key]["pinball"] if key in src else nan
 
     return {
-        "fed / initial": r(fed, "pretrained (no training)"),
-        "central / initial": r(m["centralized"]["pinball"], "pretrained (no training)"),
+        "fed / initial": r(fed, initial),
+        "central / initial": r(m[central]["pinball"] if central in m else nan, initial),
         "fed / zero-shot": r(fed, "fracast (zero-shot)"),
         "fed / HW": r(fed, "holt_winters"),
-        "shortest fed / local": r(s[f"federated @ {eps:g}"]["pinball"], f"local only DP @ {eps:g}", s),
-        "coverage": m[f"federated @ {eps:g}"]["coverage"],
+        "shortest fed / local": r(s[fed_key]["pinball"] if fed_key in s else nan, local_key, s),
+        "coverage": m[fed_key]["coverage"] if fed_key in m else nan,
     }
 
 
-def summary_table(results: list[dict[str, Any]], eps: float) -> Table:
+def summary_table(results: list[dict[str, Any]], eps: float, model: str = "hybrid") -> Table:
     """One row per family: the goals as pinball ratios at ``eps``; a missed goal shows by how much."""
+    what = (
+        "federated hybrid; initial = its pretrained weights"
+        if model == "hybrid"
+        else ("fracast + federated head; initial = fracast zero-shot, the head's start")
+    )
     table = Table(
-        title=f"goals at patient-level epsilon {_eps_label(eps)} (pinball ratios; '!' = missed, +x = by how much)"
+        title=f"goals at patient-level epsilon {_eps_label(eps)}, {what} "
+        "(pinball ratios; '!' = missed, +x = by how much)"
     )
     table.add_column("family")
     for name, goal in GOALS:
@@ -377,7 +448,7 @@ def summary_table(results: list[dict[str, Any]], eps: float) -> Table:
     table.add_column("P10-P90 cov. (0.75-0.85)", justify="right")
     met = {name: 0 for name, _ in GOALS}
     for result in results:
-        ratios = goal_ratios(result, eps)
+        ratios = goal_ratios(result, eps, model)
         cells = []
         for name, goal in GOALS:
             v = ratios[name]
@@ -389,7 +460,7 @@ def summary_table(results: list[dict[str, Any]], eps: float) -> Table:
             else:
                 cells.append(f"{v:.3f} ! +{v - goal:.3f}")
         cov = ratios["coverage"]
-        cells.append(f"{cov:.2f}" + ("" if 0.75 <= cov <= 0.85 else " !"))
+        cells.append("n/a" if math.isnan(cov) else f"{cov:.2f}" + ("" if 0.75 <= cov <= 0.85 else " !"))
         table.add_row(result["family"], *cells)
     table.add_row("met on", *[f"{met[name]} of {len(results)}" for name, _ in GOALS], "")
     return table
@@ -415,8 +486,11 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
             ("local only DP", "s--"),
             ("local only DP (scratch)", "x--"),
             ("federated + HW", "^:"),
+            (HEAD["federated"], "D-"),
         )
         for name, style in styles:
+            if f"{name} @ {epsilons[0]:g}" not in m:
+                continue
             ax.plot(xs, [m[f"{name} @ {e:g}"]["pinball"] / hw for e in epsilons], style, label=name)
         lines: tuple[tuple[str, Any], ...] = (
             ("centralized", ":"),
@@ -463,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the fracast comparison")
     parser.add_argument(
+        "--learned",
+        default=",".join(LEARNED),
+        help="trained models beside the baselines: hybrid (the federated hybrid and its comparisons), "
+        "head (fracast + head; needs fracast); default: %(default)s",
+    )
+    parser.add_argument(
         "--epsilons",
         default=",".join(_eps_label(e).replace("no DP", "inf") for e in EPSILONS),
         help="comma-separated patient-level epsilons, 'inf' for no DP (default: %(default)s)",
@@ -478,6 +558,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--epsilons {args.epsilons!r}: expected numbers separated by commas, e.g. 0.5,1,inf")
     if any(not e > 0 for e in epsilons):
         parser.error(f"--epsilons {args.epsilons!r}: every epsilon must be > 0")
+    learned = tuple(x for x in args.learned.split(",") if x)
+    if not learned or any(x not in LEARNED for x in learned):
+        parser.error(f"--learned {args.learned!r}: expected names from {','.join(LEARNED)}, separated by commas")
+    known = [f.name for f in families(args.quick)]
+    unknown = [n for n in args.families.split(",") if n and n not in known]
+    if unknown:
+        parser.error(f"--families: unknown {unknown}; choose from {known}")
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas/statsmodels deprecations, not ours to fix here
     torch.set_num_threads(1)
@@ -489,20 +576,26 @@ def main(argv: list[str] | None = None) -> int:
 
         with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
             futures = [
-                pool.submit(run_family, f, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed)
+                pool.submit(
+                    run_family, f, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed, learned=learned
+                )
                 for f in chosen
             ]
             results = [f.result() for f in futures]
     else:
         results = [
-            run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed) for family in chosen
+            run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed, learned=learned)
+            for family in chosen
         ]
     for result in results:
         console.print(ratio_table(result))
         console.print(goal_table(result))
         console.print(f"  ({result['seconds']:.0f} s)")
     goal_eps = 1.0 if 1.0 in epsilons else epsilons[0]
-    console.print(summary_table(results, goal_eps))
+    if any(f"federated @ {goal_eps:g}" in r["methods"] for r in results):
+        console.print(summary_table(results, goal_eps))
+    if any(f"{HEAD['federated']} @ {goal_eps:g}" in r["methods"] for r in results):
+        console.print(summary_table(results, goal_eps, model="head"))
     if not (Fracast.available() or args.no_zero_shot):
         console.print("fracast not installed: python -m pip install -e '.[zeroshot]' to add the zero-shot comparison")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ the comparisons and benchmarks call every method through this one interface.
   on the training windows of every hospital given to ``fit``: pooled (:class:`NeuralForecaster`,
   the "centralized" comparison), each hospital alone (:class:`LocalOnly`) or by federated
   averaging (:class:`Federated`, the federation's maths without Flower).
+- :class:`FracastHead` keeps ``fracast`` frozen and trains a small head on what it does not
+  read (the other target, the weekday, the long view, the region), federatedly by default;
+  untrained it is ``fracast`` exactly.
 - :class:`Ensemble` averages its members' quantiles.
 
 This is the one public forecaster registry: every network (``make_forecaster("neural", model="tcn")``)
@@ -37,6 +40,7 @@ from medalloc_core.forecast.forecasters.classical import (
 )
 from medalloc_core.forecast.forecasters.ensemble import Ensemble
 from medalloc_core.forecast.forecasters.federated import Federated, fedavg
+from medalloc_core.forecast.forecasters.fracast_head import FracastBackbone, FracastHead
 from medalloc_core.forecast.forecasters.neural import LocalOnly, NeuralForecaster, predict_origins
 from medalloc_core.forecast.forecasters.zeroshot import Fracast
 from medalloc_core.forecast.training import adaptive_batch_size
@@ -48,6 +52,8 @@ __all__ = [
     "Federated",
     "Forecaster",
     "Fracast",
+    "FracastBackbone",
+    "FracastHead",
     "HoltWintersForecaster",
     "HospitalData",
     "LocalOnly",
@@ -67,6 +73,7 @@ FORECASTERS: dict[str, type[Forecaster]] = {
     "moving_average": MovingAverageForecaster,
     "holt_winters": HoltWintersForecaster,
     "fracast": Fracast,
+    "fracast_head": FracastHead,
     "neural": NeuralForecaster,
     "local_only": LocalOnly,
     "federated": Federated,
