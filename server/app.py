@@ -247,7 +247,9 @@ def run_federation(
     def evaluate_round(server_round: int) -> MetricRecord | None:
         replies = send_and_receive(
             grid,
-            with_region(built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid)),
+            with_region(
+                built.strategy.configure_evaluate(server_round, record_arrays, eval_config(server_round), grid)
+            ),
             timeout=config.round_timeout,
         )
         if region is not None:
