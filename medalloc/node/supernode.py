@@ -57,7 +57,7 @@ def shorten_poll(poll_s: float) -> bool:
             _FLOWER_WAIT,
         )
         return False
-    node.time = CappedClock(poll_s)  # type: ignore[attr-defined]
+    node.time = CappedClock(poll_s)  # type: ignore[assignment]
     return True
 
 

@@ -1,27 +1,30 @@
-"""Round overhead of a real deployment: a SuperLink and N SuperNodes on loopback against the same rounds in process.
+"""Round overhead of a real deployment: a SuperLink and N nodes on loopback against the same rounds in process.
 
 For each N (default 2 and 5; ``--nodes 2,5,10``) it generates N small synthetic hospitals, starts
-``flower-superlink`` and N ``flower-supernode`` processes (insecure, loopback: TLS and the gateway
-add a handshake per connection, not per round), records each node's memory while idle, submits
-the project with ``flwr run`` and waits for ``metrics.jsonl``; meanwhile it samples each node's
-peak memory (the SuperNode, its SuperExec and the ClientApp processes it starts, summed). Then it
-runs the same rounds on the same data with the ServerApp's round loop in process
-(``simulations.local_grid.LocalGrid``: the nodes' work, no transport, no processes).
+``flower-superlink`` and N nodes (insecure, loopback: TLS and the gateway add a handshake per
+connection, not per round), records each node's memory while idle, submits the project with
+``flwr run`` and waits for ``metrics.jsonl``; meanwhile it samples each node's peak memory (the
+node's processes summed, PSS). Then it runs the same rounds on the same data with the
+ServerApp's round loop in process (``simulations.local_grid.LocalGrid``: the nodes' work, no
+transport, no processes). ``--node`` picks the nodes, side by side in one run:
 
-It prints, side by side: seconds per round deployed and in process, their difference (the
-overhead) and ratio, and node memory idle and peak; and how long ``medalloc --help`` and an
-import of the ClientApp (what every ``flwr-clientapp`` process does before its one message) take.
+- ``flower``: Flower's ``flower-supernode`` (``--isolation subprocess``): a fresh
+  ``flwr-clientapp`` process per train and per evaluate message, which imports PyTorch, pandas,
+  SciPy, Opacus and Flower before its one message (``flwr/supernode/runtime/run_clientapp.py``);
+  the SuperNode sleeps 3 s whenever a pull finds no message
+  (``flwr/supernode/start_client_internal.py``), its SuperExec polls every second;
+- ``medalloc``: ``medalloc node start`` with the project approved, what hospital.md runs: the
+  approved-apps gate forks each message's process from a warm launcher that imported those
+  libraries once (``medalloc.node.warm``), the SuperNode pulls every 0.5 s
+  (``medalloc.node.supernode``), the SuperExec polls every 0.5 s.
 
-Where the overhead comes from (Flower 1.42, read from the installed source): with
-``--isolation subprocess`` (the default, and what ``medalloc node start``'s gate uses) the
-SuperExec launches a fresh ``flwr-clientapp`` process for every message — one per train and one
-per evaluate step per node — which imports torch, Flower and medalloc before it handles its one
-message and exits (``flwr/supernode/runtime/run_clientapp.py``); the SuperExec polls for tasks
-every second (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``) and the SuperNode sleeps 3 s whenever a pull
-finds no message (``flwr/supernode/start_client_internal.py``). Flower's warm executors, which
-keep processes ready, exist only for Kubernetes and not for ClientApps.
+In both the ServerApp collects replies every 0.2 s (``server.grid_io``; Flower's grid waits 3 s).
 
-Run: ``python -m simulations.benchmarks.deployment [--nodes 2,5,10] [--rounds 3]``.
+It prints seconds per round deployed and in process, their difference (the overhead) and ratio,
+and node memory idle and peak; and how long ``medalloc --help`` and an import of the ClientApp
+(what every fresh ``flwr-clientapp`` process does before its one message) take.
+
+Run: ``python -m simulations.benchmarks.deployment [--nodes 2,5,10] [--rounds 3] [--node flower,medalloc]``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Two hospitals run ``flower-supernode --isolation process`` with the approved-apps gate as
 their SuperExec (H000 as the two processes, H001 through ``medalloc node start``, which runs
 both), each having approved the toy app (``medalloc node approve --app``). The
-approved app trains on both. An altered copy (one extra line that would copy the hospital's
+approved app trains on both, each message in a process forked from the gate's warm
+launcher. An altered copy (one extra line that would copy the hospital's
 records out) is refused by both: never unpacked, never imported, never trained, and each
 node's log names the hash and the file to approve it in. A third SuperNode uses Flower's own
 ``--trusted-entities``: it refuses even the approved app, because Flower 1.42 verifies only
@@ -194,6 +195,8 @@ def test_only_the_approved_app_runs_on_a_gated_node(harness: ProcessHarness, tmp
         assert [json.loads(line)["run"] for line in lines] == [int(good)], hospital
         assert [p.name.rsplit(".", 1)[0] for p in (home / "apps").iterdir()] == ["medalloc-tests.toyapp.0.1.0"]
     assert "App verification is not supported by the connected SuperLink" in flower_signed_only.read_log()
+    for gate in gates.values():  # the approved messages ran in processes forked from the node's warm launcher
+        assert re.search(r"app \w+ is approved; flwr-clientapp in process \d+ \(warm\)", gate.read_log())
     assert not (trusting / "ledger.jsonl").exists()
 
     # 2. The altered app: refused on both gated nodes before any of it is unpacked or run.
