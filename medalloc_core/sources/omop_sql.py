@@ -143,12 +143,12 @@ class _SQLite(_Dialect):
         return f"CASE WHEN v{n} = 1 THEN {cut} END"
 
     def valid(self, n: str) -> str:
-        # date() refuses 2025-02-30 by normalising it: the date it gives must be the date written; datetime()
+        # date(.., "+0 days") normalises 2025-02-30 to 03-02: the date it gives must be the date written; datetime()
         # parses the rest (seconds, fraction, Z or +HH:MM)
         t = f"t{n}"
         return (
             f"coalesce(substr({t}, 1, 10) GLOB {self._DATE} AND substr({t}, 1, 4) BETWEEN '1678' AND '2261' "
-            f"AND date(substr({t}, 1, 10)) = substr({t}, 1, 10) "
+            f"AND date(substr({t}, 1, 10), '+0 days') = substr({t}, 1, 10) "
             f"AND (length({t}) = 10 OR (substr({t}, 11, 1) IN (' ', 'T') AND substr({t}, 12, 2) < '24' "
             f"AND substr({t}, 12, 5) GLOB '[0-2][0-9]:[0-5][0-9]' AND datetime({t}) IS NOT NULL)), 0)"
         )
