@@ -196,6 +196,28 @@ def test_many_bad_records_list_the_first_and_count_the_rest(tmp_path: Path, monk
     assert any(f"... and {inpatient - omop_sql.PROBLEMS_PER_CHECK:,} more record(s)" in p for p in problems)
 
 
+def test_a_hospital_scale_cdm_is_routed_to_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medalloc_core.sources import load_source
+    from tests.source_fixtures import expected_daily
+
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(fixture_tables(), f"sqlite:///{path}")
+    calls: list[int] = []
+    counting = omop_sql.read_omop_sql
+
+    def recorded(database: Any, mapping: OmopMapping) -> Any:
+        calls.append(omop_sql.visit_rows(database))
+        return counting(database, mapping)
+
+    monkeypatch.setattr(omop_sql, "read_omop_sql", recorded)
+    load_source(path)
+    assert calls == []  # 4 visits: the row reader
+    monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 4)
+    data = load_source(path)
+    assert calls == [4]
+    pd.testing.assert_frame_equal(data.records.frame.reset_index(drop=True), expected_daily(), check_dtype=False)
+
+
 def test_daily_from_event_counts_equals_the_reference_derivation(hospital: dict[str, pd.DataFrame]) -> None:
     from medalloc_core.encounters import encounters_to_daily
 
