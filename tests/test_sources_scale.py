@@ -214,7 +214,8 @@ def test_an_sqlite_value_that_explodes_is_refused(tmp_path: Path) -> None:
         connection.execute("INSERT INTO care_site SELECT care_site_id, care_site_source_value FROM care_site_old")
         connection.execute("DROP TABLE care_site_old")
     (error,) = [str(p) for p in validate_source(path).errors]
-    assert error.startswith(f"error: {path}: table care_site: cannot read the database (")
+    # counted in the database, the query that meets the value is refused (no table of it is ever held)
+    assert error.startswith(f"error: {path}: ") and "cannot read the database (" in error
     assert "too big" in error
 
 

@@ -317,12 +317,14 @@ def read_omop(
     source: _Source = _Database(location, mapping.schema, label, timeout_s) if database else _Export(Path(location))
     try:
         if isinstance(source, _Database):
-            # counted in the database (SQL checks and aggregation); None: the row reader explains or types it
-            from medalloc_core.sources.omop_sql import read_omop_sql
+            # A hospital-scale CDM is checked and counted in the database (omop_sql.py: memory bounded by the
+            # stays, not the tables); a smaller one by the row reader, faster at that size (docs/data.md)
+            from medalloc_core.sources.omop_sql import SQL_MIN_VISITS, read_omop_sql, visit_rows
 
-            counted = read_omop_sql(source, mapping)
-            if counted is not None:
-                return counted
+            if visit_rows(source) >= SQL_MIN_VISITS:
+                counted = read_omop_sql(source, mapping)
+                if counted is not None:
+                    return counted
         return _Reader(source, mapping).run()
     finally:
         source.close()

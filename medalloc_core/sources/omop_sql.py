@@ -9,7 +9,8 @@ discharges per care site and day (``GROUP BY``). Python receives the counts, a f
 records per failed check, the (small) daily table, and the stays themselves, fetched in
 batches as typed columns (the node keeps them for patient-level privacy).
 
-A CDM with any problem is explained by the row reader when it is small enough to hold
+It reads a CDM of :data:`SQL_MIN_VISITS` visits or more (below that the row reader is faster
+and its memory small). A CDM with any problem is explained by the row reader when it is small enough to hold
 (:data:`ROW_READER_MAX_VISITS`), in its words; a bigger one is explained here in the same
 words, the first examples of each problem with their table, record id and field, the rest
 counted.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 VISIT, DETAIL, CARE_SITE = "visit_occurrence", "visit_detail", "care_site"
 #: A CDM with a problem and at most this many visits is explained by the row reader (every check, its words).
 ROW_READER_MAX_VISITS = 250_000
+#: A CDM with at least this many visits is read here; below, the row reader is faster (pandas parses a
+#: column of times in one vectorised call where SQLite evaluates an expression per row) and its memory small.
+SQL_MIN_VISITS = 1_000_000
 #: Stays fetched per batch from the database cursor.
 FETCH_ROWS = 200_000
 _STEM = {VISIT: "visit", DETAIL: "visit_detail"}
@@ -57,13 +61,34 @@ class _Dialect:
     def as_int(self, x: str) -> str:
         raise NotImplementedError
 
-    def time_bad(self, x: str) -> str:
-        """Non-empty and not a valid date/date-time in range."""
+    def prepare(self, x: str, n: str) -> list[str]:
+        """Select-list items computed once per row for time column ``x``: ``r{n}`` (raw), ``w{n}`` (parsed), ..."""
         raise NotImplementedError
 
-    def wall(self, x: str) -> str:
-        """The valid local wall-clock time of ``x`` (NULL when empty or invalid), comparable and sortable."""
+    def valid(self, n: str) -> str:
+        """Over :meth:`prepare`'s columns: a valid date/date-time in range."""
         raise NotImplementedError
+
+    def bad(self, n: str) -> str:
+        """Over :meth:`prepare`'s columns: present, not empty text, and not valid."""
+        raise NotImplementedError
+
+    def wall_of(self, n: str) -> str:
+        """Over :meth:`prepare`'s columns and ``v{n}`` (:meth:`valid` as 1/0): the local wall clock (NULL when
+        empty or invalid), sortable."""
+        return f"CASE WHEN v{n} = 1 THEN w{n} END"
+
+    def _one(self, x: str) -> str:
+        prepared = f"SELECT {', '.join(self.prepare(x, '0'))}"
+        return f"(SELECT *, CASE WHEN {self.valid('0')} THEN 1 ELSE 0 END AS v0 FROM ({prepared}) p0) p"
+
+    def time_bad(self, x: str) -> str:
+        """:meth:`bad` of one column, as one expression (for the few rows a problem is explained with)."""
+        return f"(SELECT {self.bad('0')} FROM {self._one(x)})"
+
+    def wall(self, x: str) -> str:
+        """:meth:`wall_of` of one column, as one expression."""
+        return f"(SELECT {self.wall_of('0')} FROM {self._one(x)})"
 
     def day(self, x: str) -> str:
         raise NotImplementedError
@@ -74,6 +99,10 @@ class _Dialect:
     def absent(self, x: str, table: str, column: str) -> str:
         """``x`` (qualified by its table's alias) is not among ``table``'s (non-NULL) ``column`` values (as ints)."""
         raise NotImplementedError
+
+    def held(self, subquery: str) -> str:
+        """A subquery the planner must compute once (and may index) rather than merge into a join on expressions."""
+        return subquery
 
 
 class _SQLite(_Dialect):
@@ -102,30 +131,49 @@ class _SQLite(_Dialect):
             f"THEN substr({t}, 1, length({t}) - 6) ELSE {t} END)"
         )
 
-    def _valid(self, x: str) -> str:
-        t = self._trim(x)
-        return (
-            f"(typeof({x}) = 'text' AND substr({t}, 1, 10) GLOB {self._DATE} "
-            f"AND date(substr({t}, 1, 10)) = substr({t}, 1, 10) AND substr({t}, 1, 4) BETWEEN '1678' AND '2261' "
-            f"AND (length({t}) = 10 OR (substr({t}, 11, 1) IN (' ', 'T') AND substr({t}, 12, 2) < '24' "
-            f"AND substr({t}, 12, 5) GLOB '[0-2][0-9]:[0-5][0-9]' AND datetime({t}) IS NOT NULL)))"
+    def prepare(self, x: str, n: str) -> list[str]:
+        # t: the trimmed text; w: its wall clock 'YYYY-MM-DD HH:MM:SS' cut from the text (no offset, whole
+        # seconds), by string operations only: a parse per use would dominate the whole read
+        text = f"CASE WHEN typeof({x}) = 'text' THEN trim({x}) END"
+        return [f"{x} AS r{n}", f"{text} AS t{n}"]
+
+    def wall_of(self, n: str) -> str:
+        t = f"t{n}"
+        cut = (
+            f"CASE WHEN length({t}) = 10 THEN {t} || ' 00:00:00' "
+            f"WHEN substr({t}, 17, 1) = ':' THEN replace(substr({t}, 1, 19), 'T', ' ') "
+            f"ELSE replace(substr({t}, 1, 16), 'T', ' ') || ':00' END"
         )
+        return f"CASE WHEN v{n} = 1 THEN {cut} END"
+
+    def valid(self, n: str) -> str:
+        # date(.., "+0 days") normalises 2025-02-30 to 03-02: the date it gives must be the date written; datetime()
+        # parses the rest (seconds, fraction, Z or +HH:MM)
+        t = f"t{n}"
+        return (
+            f"coalesce(substr({t}, 1, 10) GLOB {self._DATE} AND substr({t}, 1, 4) BETWEEN '1678' AND '2261' "
+            f"AND date(substr({t}, 1, 10), '+0 days') = substr({t}, 1, 10) "
+            f"AND (length({t}) = 10 OR (substr({t}, 11, 1) IN (' ', 'T') AND substr({t}, 12, 2) < '24' "
+            f"AND substr({t}, 12, 5) GLOB '[0-2][0-9]:[0-5][0-9]' AND datetime({t}) IS NOT NULL)), 0)"
+        )
+
+    def bad(self, n: str) -> str:
+        return f"(r{n} IS NOT NULL AND coalesce(t{n}, 'x') <> '' AND v{n} = 0)"
 
     def has_offset(self, x: str) -> str:
         t = self._trim(x)
         return f"(typeof({x}) = 'text' AND {self._strip(t)} <> {t})"
-
-    def time_bad(self, x: str) -> str:
-        return f"({x} IS NOT NULL AND NOT (typeof({x}) = 'text' AND trim({x}) = '') AND NOT {self._valid(x)})"
-
-    def wall(self, x: str) -> str:
-        return f"CASE WHEN {self._valid(x)} THEN strftime('%Y-%m-%d %H:%M:%f', {self._strip(self._trim(x))}) END"
 
     def day(self, x: str) -> str:
         return f"substr({x}, 1, 10)"
 
     def text(self, x: str) -> str:
         return f"CAST({x} AS TEXT)"
+
+    def held(self, subquery: str) -> str:
+        # SQLite does not flatten a subquery with a LIMIT into its join: it materialises it and builds an
+        # automatic index on the join column (a join on computed ids would otherwise be a nested loop)
+        return f"{subquery} LIMIT -1"
 
     def absent(self, x: str, table: str, column: str) -> str:
         # SQLite builds a transient index for IN (subquery); NULLs are filtered so NOT IN means "not among"
@@ -151,13 +199,14 @@ class _Postgres(_Dialect):
             return f"({x} AT TIME ZONE '{self.zone}')"
         return f"CAST({x} AS timestamp)"
 
-    def time_bad(self, x: str) -> str:
-        local = self._local(x)
-        return f"({x} IS NOT NULL AND NOT {local} BETWEEN '1678-01-01' AND '2261-12-31 23:59:59')"
+    def prepare(self, x: str, n: str) -> list[str]:
+        return [f"{x} AS r{n}", f"{self._local(x)} AS w{n}"]
 
-    def wall(self, x: str) -> str:
-        local = self._local(x)
-        return f"CASE WHEN {local} BETWEEN '1678-01-01' AND '2261-12-31 23:59:59' THEN {local} END"
+    def valid(self, n: str) -> str:
+        return f"coalesce(w{n} BETWEEN '1678-01-01' AND '2261-12-31 23:59:59', false)"
+
+    def bad(self, n: str) -> str:
+        return f"(r{n} IS NOT NULL AND v{n} = 0)"
 
     def day(self, x: str) -> str:
         return f"CAST({x} AS date)"
@@ -181,10 +230,26 @@ class _Check:
     values: str  # SQL expressions: record id first, then what the message shows
     message: Callable[[tuple[Any, ...]], str]
     order: str = "1"
+    flag: str = ""  # its counter in the one pass over the stays (empty: counted on its own table)
 
 
 class _Unsupported(Exception):
     """This database is read by the row reader (column types the SQL path does not type exactly)."""
+
+
+def visit_rows(database: Any) -> int:
+    """How many visit_occurrence rows the database holds (0 without that table, or when it cannot say)."""
+    if VISIT not in database.names():
+        return 0
+    from sqlalchemy import func, select
+    from sqlalchemy import table as sql_table
+
+    query = select(func.count()).select_from(sql_table(database._names[VISIT], schema=database.schema or None))
+    try:
+        with database.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+    except Exception:  # noqa: BLE001 - the reader that follows names the problem
+        return 0
 
 
 def read_omop_sql(
@@ -372,43 +437,68 @@ class _SqlReader:
         return ", ".join(str(int(c)) for c in self.mapping.inpatient_visit_concepts)
 
     def _normal(self, table: str) -> str:
-        """The table with typed ids (NULL when invalid) and each stay time's local wall clock (NULL when invalid)."""
+        """The table with typed ids (NULL when invalid), each stay time's local wall clock (NULL when empty or
+        invalid) and flags: ``sdt``/``edt`` the time came from the ``*_datetime`` column, ``bsd``/``bst``/``bed``/
+        ``bet`` the start/end date/datetime is invalid, ``nos`` no start at all."""
         d = self.dialect
         stem = _STEM[table]
-        parts = [
+        inner = [
             f"{d.as_int(self._col(table, _ID[table]))} AS id",
             f"{d.as_int(self._col(table, 'person_id'))} AS person",
         ]
         if table == VISIT:
-            parts.append(f"{d.as_int(self._col(table, 'visit_concept_id'))} AS concept")
+            inner.append(f"{d.as_int(self._col(table, 'visit_concept_id'))} AS concept")
+            outer = ["id", "person", "concept"]
         else:
-            parts.append(f"{d.as_int(self._col(table, 'visit_occurrence_id'))} AS parent")
+            inner.append(f"{d.as_int(self._col(table, 'visit_occurrence_id'))} AS parent")
+            outer = ["id", "person", "parent"]
         site = self._col(table, "care_site_id") if "care_site_id" in self.cols[table] else None
-        parts.append(f"{d.as_int(site)} AS site" if site else "NULL AS site")
+        inner.append(f"{d.as_int(site)} AS site" if site else "NULL AS site")
+        outer.append("site")
+        slots: dict[str, str] = {}
         for which in ("start", "end"):
-            date_col, time_col = f"{stem}_{which}_date", f"{stem}_{which}_datetime"
-            walls = [d.wall(self._col(table, c)) for c in (time_col, date_col) if c in self.cols[table]]
-            parts.append(f"coalesce({', '.join(walls)}) AS {which[0]}" if walls else f"NULL AS {which[0]}")
-            flag = (
-                f"CASE WHEN {d.wall(self._col(table, time_col))} IS NOT NULL THEN 1 ELSE 0 END"
-                if time_col in self.cols[table]
-                else "0"
-            )
-            parts.append(f"{flag} AS {which[0]}dt")
-        return f"SELECT {', '.join(parts)} FROM {self._table(table)}"
+            for kind in ("date", "datetime"):
+                column = f"{stem}_{which}_{kind}"
+                if column in self.cols[table]:
+                    slots[column] = _slot(column)[1:]
+                    inner += d.prepare(self._col(table, column), slots[column])
+        for which in ("start", "end"):
+            time_col, date_col = f"{stem}_{which}_datetime", f"{stem}_{which}_date"
+            walls = [d.wall_of(slots[c]) for c in (time_col, date_col) if c in slots]
+            value = "NULL" if not walls else walls[0] if len(walls) == 1 else f"coalesce({', '.join(walls)})"
+            outer.append(f"{value} AS {which[0]}")
+            flag = f"CASE WHEN {walls[0]} IS NOT NULL THEN 1 ELSE 0 END" if time_col in slots else "0"
+            outer.append(f"{flag} AS {which[0]}dt")
+        for column in (f"{stem}_start_date", f"{stem}_start_datetime", f"{stem}_end_date", f"{stem}_end_datetime"):
+            bad = f"CASE WHEN {d.bad(slots[column])} THEN 1 ELSE 0 END" if column in slots else "0"
+            outer.append(f"{bad} AS {_slot(column)}")
+        starts = [slots[c] for c in (f"{stem}_start_date", f"{stem}_start_datetime") if c in slots]
+        empty = " AND ".join(f"{d.wall_of(n)} IS NULL" for n in starts) or "1 = 1"
+        any_bad = " OR ".join(d.bad(n) for n in starts) or "1 = 0"
+        outer.append(f"CASE WHEN ({empty}) AND NOT ({any_bad}) THEN 1 ELSE 0 END AS nos")
+        # held: each row's times parsed once, not once per use in the outer expressions
+        # held, twice: each time parsed and checked once per row, not once per use in the expressions above
+        held = d.held(f"SELECT {', '.join(inner)} FROM {self._table(table)}")
+        checked = ", ".join(f"CASE WHEN {d.valid(n)} THEN 1 ELSE 0 END AS v{n}" for n in slots.values())
+        middle = d.held(f"SELECT x.*{', ' + checked if checked else ''} FROM ({held}) x")
+        return f"SELECT {', '.join(outer)} FROM ({middle}) y"
 
     def _stays_sql(self) -> str:
         """One row per stay: tbl (0 visit_detail, 1 visit), id, person, site, a, e (local wall clocks), adt, edt."""
         visits = f"SELECT * FROM ({self._normal(VISIT)}) v WHERE concept IN ({self._concept_list()})"
         if self.level == "visit_detail":
             return (
-                f"WITH ip AS ({visits}), d AS ({self._normal(DETAIL)}) "
-                "SELECT 0 AS tbl, d.id, d.person, d.site, d.s AS a, d.e AS e, d.sdt AS adt, d.edt AS edt "
-                "FROM d JOIN ip ON d.parent = ip.id "
-                "UNION ALL SELECT 1, ip.id, ip.person, ip.site, ip.s, ip.e, ip.sdt, ip.edt FROM ip "
+                f"WITH ip AS MATERIALIZED ({visits}), d AS MATERIALIZED ({self._normal(DETAIL)}) "
+                "SELECT 0 AS tbl, d.id, d.person, d.site, d.s AS a, d.e AS e, d.sdt AS adt, d.edt AS edt, "
+                "d.bsd, d.bst, d.bed, d.bet, d.nos FROM d JOIN ip ON d.parent = ip.id "
+                "UNION ALL SELECT 1, ip.id, ip.person, ip.site, ip.s, ip.e, ip.sdt, ip.edt, "
+                "ip.bsd, ip.bst, ip.bed, ip.bet, ip.nos FROM ip "
                 f"WHERE {self.dialect.absent('ip.id', 'd', 'parent')}"
             )
-        return f"WITH ip AS ({visits}) SELECT 1 AS tbl, id, person, site, s AS a, e, sdt AS adt, edt FROM ip"
+        return (
+            f"WITH ip AS ({visits}) SELECT 1 AS tbl, id, person, site, s AS a, e, sdt AS adt, edt, "
+            "bsd, bst, bed, bet, nos FROM ip"
+        )
 
     def _units_sql(self) -> str:
         """The stays with ``name`` (their unit before [omop] units) and ``known`` (their care site exists)."""
@@ -421,7 +511,7 @@ class _SqlReader:
             )
         name = f"nullif(trim({d.text(self._col(CARE_SITE, self.mapping.unit_name))}), '')"
         site_id = d.as_int(self._col(CARE_SITE, "care_site_id"))
-        sites = f"SELECT {site_id} AS id, {name} AS name FROM {self._table(CARE_SITE)}"
+        sites = self.dialect.held(f"SELECT {site_id} AS id, {name} AS name FROM {self._table(CARE_SITE)}")
         return (
             f"SELECT s.*, CASE WHEN s.site IS NULL THEN '{hospital}' ELSE c.name END AS name, "
             f"CASE WHEN c.id IS NULL THEN 0 ELSE 1 END AS known FROM stays s LEFT JOIN ({sites}) c ON c.id = s.site"
@@ -497,6 +587,7 @@ class _SqlReader:
                         d.time_bad(x),
                         f"{key}, {x}",
                         lambda r: f"{show(r[1])} is not a valid date or date-time; {TIME_EXPECTED}",
+                        flag=_slot(column),
                     )
                 )
             if which == "start":
@@ -514,6 +605,7 @@ class _SqlReader:
                         lambda r, t=time_col, dc=date_col: (
                             f"empty {t} and {dc}; expected when the stay began ({TIME_EXPECTED})"
                         ),
+                        flag="nos",
                     )
                 )
         return checks
@@ -548,7 +640,7 @@ class _SqlReader:
             )
             v_id = d.as_int(self._col(VISIT, "visit_occurrence_id", "o"))
             v_person = d.as_int(self._col(VISIT, "person_id", "o"))
-            ip = f"SELECT {v_id} AS id, {v_person} AS person FROM {visits} o WHERE {inpatient}"
+            ip = d.held(f"SELECT {v_id} AS id, {v_person} AS person FROM {visits} o WHERE {inpatient}")
             person = d.as_int(self._col(DETAIL, "person_id", "t"))
             checks.append(
                 _Check(
@@ -560,27 +652,25 @@ class _SqlReader:
                     lambda r: f"person_id {r[1]} differs from its visit's ({r[2]}); expected the same person",
                 )
             )
-            o_parent = d.as_int(self._col(DETAIL, "visit_occurrence_id", "o"))
-            w_id = d.as_int(self._col(VISIT, "visit_occurrence_id", "w"))
-            w_inpatient = f"{d.as_int(self._col(VISIT, 'visit_concept_id', 'w'))} IN ({self._concept_list()})"
-            used = f"{o_parent} IN (SELECT {w_id} FROM {visits} w WHERE {w_inpatient})"
-            checks += self._time_checks(DETAIL, used)
-            alone = f"{inpatient} AND {d.absent(v_id, self._table(DETAIL), self._col(DETAIL, 'visit_occurrence_id'))}"
-        else:
-            alone = inpatient
         if "care_site_id" in self.cols[VISIT]:  # as the row reader: every visit's (stricter than needed: safe)
             checks += self._id_checks(VISIT, "care_site_id", required=False)
-        checks += self._time_checks(VISIT, alone)
+        if self.mapping.unit_name != "care_site_id":
+            checks += self._id_checks(CARE_SITE, "care_site_id", required=True, unique=True)
         return checks
+
+    def _alone(self) -> str:
+        """Over alias ``o`` of visit_occurrence: the inpatient visits that are stays themselves (no visit_detail)."""
+        d = self.dialect
+        inpatient = f"{d.as_int(self._col(VISIT, 'visit_concept_id', 'o'))} IN ({self._concept_list()})"
+        if self.level != "visit_detail":
+            return inpatient
+        v_id = d.as_int(self._col(VISIT, "visit_occurrence_id", "o"))
+        return f"{inpatient} AND {d.absent(v_id, self._table(DETAIL), self._col(DETAIL, 'visit_occurrence_id'))}"
 
     def _unit_checks(self) -> list[_Check]:
         """Checks on the stays' care sites (the stays relation must be valid: run after the others pass)."""
         stays = f"(WITH stays AS ({self._stays_sql()}) {self._units_sql()}) u"
         table_of = {0: DETAIL, 1: VISIT}
-
-        def record(r: tuple[Any, ...]) -> str:
-            return f"table {table_of[r[1]]}, {_ID[table_of[r[1]]]} {r[0]}"
-
         checks = []
         if self.mapping.missing_care_site == "refuse":
             checks.append(
@@ -595,10 +685,10 @@ class _SqlReader:
                         "(or set [omop] missing-care-site = 'hospital' to count such stays in one hospital-wide unit)"
                     ),
                     order="2, 1",
+                    flag="refuse",
                 )
             )
         if self.mapping.unit_name != "care_site_id":
-            checks += self._id_checks(CARE_SITE, "care_site_id", required=True, unique=True)
             checks.append(
                 _Check(
                     "",
@@ -608,6 +698,7 @@ class _SqlReader:
                     "id, tbl, site",
                     lambda r: f"care_site_id {r[2]} is not in {CARE_SITE}; expected a care_site_id of that table",
                     order="2, 1",
+                    flag="unknown",
                 )
             )
             column = self.mapping.unit_name
@@ -620,6 +711,7 @@ class _SqlReader:
                     "id, tbl, site",
                     lambda r, c=column: f"care site {r[2]} has an empty {c}; expected a name for the unit",
                     order="2, 1",
+                    flag="nameless",
                 )
             )
         checks.append(
@@ -634,6 +726,7 @@ class _SqlReader:
                     "expected the end at or after the start"
                 ),
                 order="2, 1",
+                flag="back",
             )
         )
         for check in checks:
@@ -656,18 +749,71 @@ class _SqlReader:
 
     def _run_checks(self, visits: int) -> bool | None:
         """Count every check in the database; explain the flagged ones. None: the row reader should explain."""
-        for stage in (self._checks, self._unit_checks):
-            checks = stage()
-            counts = self._count(checks)
-            if any(counts):
-                if visits <= ROW_READER_MAX_VISITS:
-                    return None
-                for check, count in zip(checks, counts, strict=True):
-                    if count:
-                        self._explain(check, count)
-                return False
-        self._missing_sites()
+        checks = self._checks()
+        counts = self._count(checks)
+        if not any(counts):  # the stays are well formed: one pass counts everything about them
+            checks = self._stay_checks()
+            counts = self._stay_pass(checks)
+        if any(counts):
+            if visits <= ROW_READER_MAX_VISITS:
+                return None
+            for check, count in zip(checks, counts, strict=True):
+                if count:
+                    self._explain(check, count)
+            return False
+        self._stay_summary()
         return True
+
+    def _stay_checks(self) -> list[_Check]:
+        """The checks counted in the one pass over the stays: their times, then their care sites."""
+        checks: list[_Check] = []
+        if self.level == "visit_detail":
+            d = self.dialect
+            w_id = d.as_int(self._col(VISIT, "visit_occurrence_id", "w"))
+            w_inpatient = f"{d.as_int(self._col(VISIT, 'visit_concept_id', 'w'))} IN ({self._concept_list()})"
+            o_parent = d.as_int(self._col(DETAIL, "visit_occurrence_id", "o"))
+            used = f"{o_parent} IN (SELECT {w_id} FROM {self._table(VISIT)} w WHERE {w_inpatient})"
+            checks += [replace(c, flag=f"0{c.flag}") for c in self._time_checks(DETAIL, used)]
+        checks += [replace(c, flag=f"1{c.flag}") for c in self._time_checks(VISIT, self._alone())]
+        return checks + self._unit_checks()
+
+    def _stay_pass(self, checks: list[_Check]) -> list[int]:
+        """Every stay check, the stays per table and those without a care site, in one query over the stays."""
+        conditions = {
+            "back": "e < a",
+            "refuse": "site IS NULL",
+            "unknown": "site IS NOT NULL AND known = 0",
+            "nameless": "site IS NOT NULL AND known = 1 AND name IS NULL",
+        }
+        for table in ("0", "1"):
+            for flag in ("bsd", "bst", "bed", "bet", "nos"):
+                conditions[table + flag] = f"tbl = {table} AND {flag} = 1"
+        extra = {
+            "tbl0": "tbl = 0",
+            "tbl1": "tbl = 1",
+            "nosite0": "tbl = 0 AND site IS NULL",
+            "nosite1": "tbl = 1 AND site IS NULL",
+        }
+        wanted = [c.flag for c in checks] + list(extra)
+        sums = ", ".join(
+            f"coalesce(sum(CASE WHEN {conditions.get(f) or extra[f]} THEN 1 ELSE 0 END), 0)" for f in wanted
+        )
+        zeros = ", ".join("0" for _ in wanted)
+        # the checks' counters and the unit-day counts in one pass: admissions grouped by care site and day
+        # carry the counters (each stay is admitted once), discharges are a second grouping of the same rows
+        d = self.dialect
+        by_site = "CASE WHEN site IS NULL THEN '<NA>' ELSE " + d.text("site") + " END" if self.mapping.units else "''"
+        rows = self._rows(
+            f"WITH stays AS ({self._stays_sql()}), u AS MATERIALIZED ({self._units_sql()}) "
+            f"SELECT name, {by_site}, 0, {d.day('a')}, count(*), {sums} FROM u GROUP BY 1, 2, 4 "
+            f"UNION ALL SELECT name, {by_site}, 1, {d.day('e')}, count(*), {zeros} FROM u "
+            "WHERE e IS NOT NULL GROUP BY 1, 2, 4"
+        )
+        frame = pd.DataFrame(rows, columns=["name", "site", "kind", "day", "n", *wanted])
+        totals = [int(frame[f].sum()) for f in wanted]
+        self.stay_counts = dict(zip(list(extra), totals[len(checks) :], strict=True))
+        self.events = frame[["name", "site", "kind", "day", "n"]]
+        return totals[: len(checks)]
 
     def _explain(self, check: _Check, count: int) -> None:
         rows = self._rows(
@@ -690,13 +836,10 @@ class _SqlReader:
                 column=column if isinstance(column, str) else None,
             )
 
-    def _missing_sites(self) -> None:
+    def _stay_summary(self) -> None:
         """The stays' origin (the summary's lines) and the warning about stays without a care site."""
-        counts = self._rows(
-            f"WITH stays AS ({self._stays_sql()}) SELECT tbl, count(*), "
-            "coalesce(sum(CASE WHEN site IS NULL THEN 1 ELSE 0 END), 0) FROM stays GROUP BY tbl"
-        )
-        by_table = {int(t): (int(n), int(m)) for t, n, m in counts}
+        c = self.stay_counts
+        by_table = {0: (c["tbl0"], c["nosite0"]), 1: (c["tbl1"], c["nosite1"])}
         if self.level == "visit_detail":
             self.details.append(("stays", f"{by_table.get(0, (0, 0))[0]:,} visit_detail rows of inpatient visits"))
             if by_table.get(1, (0, 0))[0]:
@@ -732,15 +875,8 @@ class _SqlReader:
         return mapped.where(mapped.notna(), sites.map(units))
 
     def _daily(self) -> pd.DataFrame:
-        """Admissions and discharges per care site and day, counted by the database; census and the grid here."""
-        d = self.dialect
-        by_site = "CASE WHEN site IS NULL THEN '<NA>' ELSE " + d.text("site") + " END" if self.mapping.units else "''"
-        base = f"WITH stays AS ({self._stays_sql()}), u AS ({self._units_sql()}) "
-        rows = self._rows(
-            base + f"SELECT name, {by_site}, 0, {d.day('a')}, count(*) FROM u GROUP BY 1, 2, 4 "
-            f"UNION ALL SELECT name, {by_site}, 1, {d.day('e')}, count(*) FROM u WHERE e IS NOT NULL GROUP BY 1, 2, 4"
-        )
-        events = pd.DataFrame(rows, columns=["name", "site", "kind", "day", "n"])
+        """Admissions and discharges per care site and day (counted by the database); census and the grid here."""
+        events = self.events.copy()  # counted by the database in the checks' pass
         events["unit"] = self._unit_of(events["name"], events["site"])
         outside = events[events["unit"].isna() & events["kind"].eq(0)]
         if len(outside):
@@ -759,7 +895,7 @@ class _SqlReader:
         by_site = "CASE WHEN site IS NULL THEN '<NA>' ELSE " + d.text("site") + " END"
         sql = (
             f"WITH stays AS ({self._stays_sql()}), u AS ({self._units_sql()}) "
-            f"SELECT tbl, id, person, name, {by_site}, a, e FROM u ORDER BY tbl, id"
+            f"SELECT tbl, id, person, name, {by_site}, a, e, adt FROM u ORDER BY tbl, id"
         )
         from medalloc_core.contract import DataContractError
         from medalloc_core.sources.omop import _db_error, _problem
@@ -769,13 +905,14 @@ class _SqlReader:
             with self.db.engine.connect() as connection:
                 result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).exec_driver_sql(sql)
                 for batch in result.partitions(FETCH_ROWS):
-                    frame = pd.DataFrame(batch, columns=["tbl", "id", "person", "name", "site", "a", "e"])
+                    frame = pd.DataFrame(batch, columns=["tbl", "id", "person", "name", "site", "a", "e", "adt"])
                     frame["unit"] = self._unit_of(frame["name"].astype(object), frame["site"])
                     frame = frame[frame["unit"].notna()]
                     parts.append(
                         pd.DataFrame(
                             {
                                 "tbl": frame["tbl"].to_numpy(dtype="int8"),
+                                "adt": frame["adt"].to_numpy(dtype="int8"),
                                 "id": frame["id"].to_numpy(dtype="int64"),
                                 PATIENT_ID: frame["person"].to_numpy(dtype="int64"),
                                 UNIT: frame["unit"].astype("category"),
@@ -792,6 +929,7 @@ class _SqlReader:
             )
         stays = pd.concat(parts, ignore_index=True)
         prefix = np.where(stays["tbl"].to_numpy() == 0, "visit_detail ", "visit_occurrence ")
+        self.admit_from_datetime = stays["adt"].to_numpy()  # which field a warning about the admission names
         out = pd.DataFrame(
             {
                 ENCOUNTER_ID: pd.Series(prefix).astype(str) + stays["id"].astype(str),
@@ -814,9 +952,7 @@ class _SqlReader:
         label = overlap.index[overlap.to_numpy()][0]
         kind, _, ident = str(stays.at[label, ENCOUNTER_ID]).partition(" ")
         stem = _STEM[kind]
-        tbl = 0 if kind == DETAIL else 1
-        flag = self._rows(f"WITH s AS ({self._stays_sql()}) SELECT adt FROM s WHERE tbl = {tbl} AND id = {int(ident)}")
-        has_time = f"{stem}_start_datetime" in self.cols[kind] and bool(flag and flag[0][0])
+        has_time = bool(self.admit_from_datetime[stays.index.get_loc(label)])
         self._add(
             f"{int(overlap.sum())} stay(s) begin while the same patient's previous stay is still open; first here; "
             "both are counted in the census until the first ends",
@@ -826,12 +962,18 @@ class _SqlReader:
         )
 
 
+def _slot(column: str) -> str:
+    """The stays' flag of a time column: ``bsd``/``bst``/``bed``/``bet`` (start/end, date/datetime)."""
+    which = "s" if "_start_" in column else "e"
+    return f"b{which}{'t' if column.endswith('_datetime') else 'd'}"
+
+
 def _times(values: pd.Series) -> np.ndarray:
     """Database times (SQLite text 'YYYY-MM-DD HH:MM:SS.SSS', PostgreSQL datetime) as datetime64[ns]."""
     if values.empty:
         return np.array([], dtype=DATE_DTYPE)
     if values.map(lambda v: isinstance(v, str)).any():
-        return pd.to_datetime(values, format="%Y-%m-%d %H:%M:%S.%f").astype(DATE_DTYPE).to_numpy()
+        return pd.to_datetime(values, format="%Y-%m-%d %H:%M:%S").astype(DATE_DTYPE).to_numpy()
     return pd.to_datetime(values).astype(DATE_DTYPE).to_numpy()
 
 

@@ -1,6 +1,7 @@
 """Benchmark: a node reading its own source at hospital scale, beside DuckDB doing the same aggregation.
 
-``python -m simulations.benchmarks.sources [--sizes 0.1,1,10] [--sources csv,parquet,...]``
+``python -m simulations.benchmarks.sources [--sizes 0.1,1,10] [--sources csv,parquet,...]
+[--postgres-url postgresql://USER@HOST/DB]``
 
 One small hospital is generated once (the synthetic generator, a year of encounters); each
 size is that hospital copied with new encounter and patient ids until it holds the number of
@@ -8,7 +9,9 @@ encounters asked for, written by DuckDB or plain string copies in seconds (never
 generator). For every source kind, MedAlloc's reader (``load_source``: validate, stays with
 their patient ids, daily unit records) runs in a child process, and so does a reference:
 DuckDB (or, for SQLite, the database itself) counting the same admissions and discharges per
-unit and day from the same file. Seconds are wall clock; peak memory is the child's maximum
+unit and day from the same file (for PostgreSQL, the server itself: the CDM is written into a
+fresh schema of the database ``--postgres-url`` names, dropped afterwards; without that
+option the ``omop-postgres`` tier is skipped). Seconds are wall clock; peak memory is the child's maximum
 resident set (``os.wait4``'s ``ru_maxrss``). Goal (issue 23): 10 million encounters from any
 source in <= 2 minutes and <= 1 GB, within 3x the reference.
 """
@@ -28,15 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-SOURCES = ("csv", "parquet", "fhir-ndjson", "fhir-bundle", "omop-sqlite")
+SOURCES = ("csv", "parquet", "fhir-ndjson", "fhir-bundle", "omop-sqlite", "omop-postgres")
 BASE_DAYS = 365
 
 _READ = """
 import sys, time, json
 from medalloc_core.sources import DataSource, load_source
-from medalloc_core.sources.mapping import EngineSettings, SourceMapping
+from medalloc_core.sources.mapping import EngineSettings, OmopMapping, SourceMapping
 start = time.perf_counter()
-mapping = SourceMapping(engine=EngineSettings(memory_limit=sys.argv[2], threads=int(sys.argv[3])))
+omop = OmopMapping(schema=sys.argv[4]) if len(sys.argv) > 4 else OmopMapping()
+mapping = SourceMapping(omop=omop, engine=EngineSettings(memory_limit=sys.argv[2], threads=int(sys.argv[3])))
 data = load_source(DataSource(sys.argv[1], mapping=mapping))
 print(json.dumps({"seconds": time.perf_counter() - start, "stays": len(data.stays), "rows": len(data.records.frame)}))
 """
@@ -45,23 +49,30 @@ _REFERENCE = """
 import sys, time, json
 start = time.perf_counter()
 kind, path, memory, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if kind == "omop-sqlite":
-    import sqlite3
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    sql = '''
+if kind.startswith("omop"):
+    cast = (lambda x: f"date({x})") if kind == "omop-sqlite" else (lambda x: f"CAST({x} AS date)")
+    prefix = "" if kind == "omop-sqlite" else f"{sys.argv[5]}."
+    sql = f'''
         WITH s AS (
             SELECT coalesce(d.care_site_id, v.care_site_id) AS unit,
-                   date(coalesce(d.visit_detail_start_datetime, v.visit_start_datetime)) AS a,
-                   date(coalesce(d.visit_detail_end_datetime, v.visit_end_datetime)) AS e
-            FROM visit_occurrence v LEFT JOIN visit_detail d USING (visit_occurrence_id)
+                   {cast("coalesce(d.visit_detail_start_datetime, v.visit_start_datetime)")} AS a,
+                   {cast("coalesce(d.visit_detail_end_datetime, v.visit_end_datetime)")} AS e
+            FROM {prefix}visit_occurrence v LEFT JOIN {prefix}visit_detail d USING (visit_occurrence_id)
             WHERE v.visit_concept_id IN (9201, 262, 8717, 32037)
         )
         SELECT unit, day, sum(adm), sum(dis) FROM (
             SELECT unit, a AS day, 1 AS adm, 0 AS dis FROM s UNION ALL
             SELECT unit, e, 0, 1 FROM s WHERE e IS NOT NULL
-        ) GROUP BY unit, day
+        ) x GROUP BY unit, day
     '''
-    rows = connection.execute(sql).fetchall()
+    if kind == "omop-sqlite":
+        import sqlite3
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = connection.execute(sql).fetchall()
+    else:
+        import psycopg
+        with psycopg.connect(path) as connection:
+            rows = connection.execute(sql).fetchall()
 else:
     import duckdb
     connection = duckdb.connect(config={"memory_limit": memory, "threads": threads})
@@ -264,6 +275,56 @@ def _write_sqlite(tables: dict[str, Any], copies: int, limit: int, out: Path) ->
     return path
 
 
+def _write_postgres(tables: dict[str, Any], copies: int, limit: int, url: str, schema: str) -> None:
+    """The CDM in a fresh ``schema`` of the database at ``url``: the base tables copied with shifted ids, in SQL."""
+    import psycopg
+
+    from medalloc_core.sources.synthetic import create_omop_database
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        connection.execute(f"CREATE SCHEMA {schema}")
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema}_base CASCADE")
+        connection.execute(f"CREATE SCHEMA {schema}_base")
+    create_omop_database(tables, url, schema=f"{schema}_base")
+    step = 10 ** (len(str(int(tables["visit_occurrence"]["visit_occurrence_id"].max()))) + 1)
+    detail_step = 10 ** (len(str(int(tables["visit_detail"]["visit_detail_id"].max()))) + 1)
+    person_step = 10 ** (len(str(int(tables["visit_occurrence"]["person_id"].max()))) + 1)
+    shift = {"visit_occurrence_id": step, "visit_detail_id": detail_step, "person_id": person_step}
+    with psycopg.connect(url, autocommit=True) as connection:
+        for table in ("visit_occurrence", "visit_detail", "care_site"):
+            columns = [
+                r[0]
+                for r in connection.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "ORDER BY ordinal_position",
+                    (f"{schema}_base", table),
+                ).fetchall()
+            ]
+            connection.execute(f"CREATE TABLE {schema}.{table} (LIKE {schema}_base.{table} INCLUDING ALL)")
+            if table == "care_site":
+                connection.execute(f"INSERT INTO {schema}.care_site SELECT * FROM {schema}_base.care_site")
+                continue
+            moved = ", ".join(f"{c} + c.n * {shift[c]}" if c in shift else c for c in columns)
+            source = f"generate_series(0, {copies - 1}) c(n), {schema}_base.{table}"
+            if table == "visit_occurrence":
+                tail = f"ORDER BY c.n LIMIT {limit}"
+            else:
+                kept = f"(SELECT visit_occurrence_id FROM {schema}.visit_occurrence)"
+                tail = f"WHERE visit_occurrence_id + c.n * {step} IN {kept}"
+            connection.execute(f"INSERT INTO {schema}.{table} SELECT {moved} FROM {source} {tail}")
+        connection.execute(f"DROP SCHEMA {schema}_base CASCADE")
+        connection.execute(f"ANALYZE {schema}.visit_occurrence")
+        connection.execute(f"ANALYZE {schema}.visit_detail")
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def _size_mb(path: Path) -> float:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.iterdir()) / 2**20
@@ -279,12 +340,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one read")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated files (default: temporary)")
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="a PostgreSQL database the omop-postgres tier may write a schema into (skipped without it)",
+    )
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     kinds = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = sorted(set(kinds) - set(SOURCES))
     if unknown:
         parser.error(f"unknown source(s) {unknown}; expected {', '.join(SOURCES)}")
+    if "omop-postgres" in kinds and args.postgres_url is None:
+        print("omop-postgres skipped: give --postgres-url (a database the benchmark may write a schema into)")
+        kinds.remove("omop-postgres")
 
     from medalloc_core.sources.synthetic import fhir_resources, omop_tables
 
@@ -323,13 +392,25 @@ def main(argv: list[str] | None = None) -> None:
                     base_count = len(resources["Encounter"])
                     path = _write_fhir(resources, math.ceil(limit / base_count), limit, out, kind == "fhir-bundle")
                     count = limit
-                else:
+                elif kind == "omop-sqlite":
                     base_count = len(tables["visit_occurrence"])
                     path = _write_sqlite(tables, math.ceil(limit / base_count), limit, out)
                     count = limit
-                ours = _measured([_READ, str(path), args.memory_limit, str(args.threads)], args.timeout)
-                ref = _measured([_REFERENCE, kind, str(path), args.memory_limit, str(args.threads)], args.timeout)
-                reference = "SQLite" if kind == "omop-sqlite" else "DuckDB"
+                else:
+                    base_count = len(tables["visit_occurrence"])
+                    schema = f"bench_{limit}"
+                    _write_postgres(tables, math.ceil(limit / base_count), limit, args.postgres_url, schema)
+                    count = limit
+                if kind == "omop-postgres":
+                    url = args.postgres_url
+                    ours = _measured([_READ, url, args.memory_limit, str(args.threads), schema], args.timeout)
+                    ref = _measured([_REFERENCE, kind, url, args.memory_limit, str(args.threads), schema], args.timeout)
+                    _drop_schema(url, schema)
+                    path = out  # nothing on disk here: the size column shows 0
+                else:
+                    ours = _measured([_READ, str(path), args.memory_limit, str(args.threads)], args.timeout)
+                    ref = _measured([_REFERENCE, kind, str(path), args.memory_limit, str(args.threads)], args.timeout)
+                reference = {"omop-sqlite": "SQLite", "omop-postgres": "Postgres"}.get(kind, "DuckDB")
                 ratio = f"{ours['seconds'] / ref['seconds']:.1f}" if "seconds" in ours and "seconds" in ref else "-"
 
                 def cell(result: dict[str, Any], key: str, fmt: str, width: int) -> str:
