@@ -241,7 +241,7 @@ def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -
         _stop(checker)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

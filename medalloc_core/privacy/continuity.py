@@ -41,6 +41,7 @@ are staged beside its intent record and committed with it (``privacy.transaction
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -94,33 +95,44 @@ def _pending(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- contributions
-@dataclass(frozen=True)
 class PatientContributions:
     """Every count one patient adds to the node's counts after the per-patient cut: one row per (patient, unit,
-    day, column). Built from the kept stays (``contribution.bound_contributions``) on the node's calendar."""
+    day, column) in :attr:`frame`. Built from the kept stays (``contribution.bound_contributions``) on the node's
+    calendar, and only when new days are released (a round with nothing new never builds it)."""
 
-    frame: pd.DataFrame  # columns patient_id, unit, date (midnight), column
-    admissions_cap: int  # A = max-patient-stays + max-patient-transfers
-    nights_cap: int  # N = max-patient-nights
+    def __init__(
+        self, kept: pd.DataFrame, *, start: pd.Timestamp, end: pd.Timestamp, admissions_cap: int, nights_cap: int
+    ) -> None:
+        self._kept, self._start, self._end = kept, start, end
+        self.admissions_cap = admissions_cap  # A = max-patient-stays + max-patient-transfers
+        self.nights_cap = nights_cap  # N = max-patient-nights
 
     @classmethod
     def of_stays(
         cls, kept: pd.DataFrame, *, start: pd.Timestamp, end: pd.Timestamp, admissions_cap: int, nights_cap: int
     ) -> PatientContributions:
-        """The rows of ``kept`` stays (``patient_id``, ``unit``, ``admit_time``, ``discharge_time``) in [start, end].
+        """The contributions of ``kept`` stays (``patient_id``, ``unit``, ``admit_time``, ``discharge_time``)."""
+        return cls(kept, start=start, end=end, admissions_cap=admissions_cap, nights_cap=nights_cap)
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        """Columns patient_id, unit, date (midnight), column; days in [start, end].
 
         Census: the nights d with admit day <= d < discharge day (open stays: through ``end``), as
         ``encounters_to_daily`` counts them.
         """
+        kept, start, end = self._kept, self._start, self._end
         pid = kept[PATIENT_ID].astype(str).to_numpy()
         unit = kept[UNIT].astype(str).to_numpy()
         admit = pd.to_datetime(kept[ADMIT_TIME]).dt.normalize()
         discharge = pd.to_datetime(kept[DISCHARGE_TIME]).dt.normalize()
         parts = []
         for column, day in ((ADMISSIONS, admit), (DISCHARGES, discharge)):
-            inside = (day >= start) & (day <= end) & day.notna()
+            inside = ((day >= start) & (day <= end) & day.notna()).to_numpy()
             parts.append(
-                pd.DataFrame({PATIENT_ID: pid[inside], UNIT: unit[inside], DATE: day[inside], "column": column})
+                pd.DataFrame(
+                    {PATIENT_ID: pid[inside], UNIT: unit[inside], DATE: day.to_numpy()[inside], "column": column}
+                )
             )
         first = admit.clip(lower=start)
         last = (discharge - pd.Timedelta(days=1)).fillna(end).clip(upper=end)
@@ -139,22 +151,13 @@ class PatientContributions:
         )
         frame = pd.concat(parts, ignore_index=True)
         frame[DATE] = pd.to_datetime(frame[DATE]).astype("datetime64[ns]")
-        return cls(frame, admissions_cap, nights_cap)
+        return frame
 
     def on(self, keys: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         """The rows on the (date, unit) ``keys`` and in the released ``columns``."""
         wanted = pd.MultiIndex.from_frame(keys[[UNIT, DATE]].assign(**{DATE: pd.to_datetime(keys[DATE])}))
         frame = self.frame[self.frame["column"].isin(columns)]
         return frame[pd.MultiIndex.from_frame(frame[[UNIT, DATE]]).isin(wanted)]
-
-
-def _per_patient(rows: pd.DataFrame, pseudonym: pd.Series) -> pd.DataFrame:
-    """Counts per pseudonym: columns admissions, discharges, census (missing ones 0)."""
-    table = rows.assign(p=pseudonym.loc[rows.index]).groupby(["p", "column"]).size().unstack(fill_value=0)
-    for column in (ADMISSIONS, DISCHARGES, CENSUS):
-        if column not in table.columns:
-            table[column] = 0
-    return table[[ADMISSIONS, DISCHARGES, CENSUS]].astype("int64")
 
 
 def _pseudonyms(ids: pd.Series, salt: str) -> pd.Series:
