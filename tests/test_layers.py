@@ -84,6 +84,7 @@ def test_layer_imports_nothing_it_must_not(folder: str) -> None:
 SIMULATIONS_MAY_IMPORT_FROM_APPS = {
     "medalloc.client.app": {"make_client_app", "handle_train", "handle_evaluate", "refusal"},
     "medalloc.server.app": {"make_server_app", "run_federation"},
+    "medalloc.server.secure": {"run_secure_federation"},  # the round loop of a secure-aggregation run
     "medalloc.server.config": {"RunConfig", "RunConfigError"},
     "medalloc.server.certs": {"write_certificates"},  # the boundary benchmark starts a real SuperLink and gateway
     "medalloc.server.gateway": {"GatewayError", "find_nginx"},

@@ -61,7 +61,7 @@ def overhead(n: int, rounds: int, fleets: list[Path], root: Path, *, secure: boo
     nodes = {}
     for i in range(n):
         own = root / f"{'s' if secure else 'p'}{n}-node{i}"
-        own.mkdir(parents=True)
+        own.mkdir(parents=True, exist_ok=True)
         nodes[i + 1] = {
             "tasks": "equipment",
             "hospital-id": f"N{i:03d}",
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         table = Table(title=f"Distributed-DP rounds with and without SecAgg+ ({args.rounds} rounds, in process)")
         for name in ("nodes", "s/round plain", "s/round SecAgg+", "ratio", "kB/node plain", "kB/node SecAgg+", "ratio"):
             table.add_column(name, justify="right")
+        with console.status("warm-up (fleets loaded and snapshotted once per process, as a running node has them)"):
+            for secure in (False, True):
+                overhead(3, 1, fleets, root / "warm-up", secure=secure)
         for n in (int(x) for x in args.nodes.split(",")):
             with console.status(f"{n} nodes"):
                 plain = overhead(n, args.rounds, fleets, root, secure=False)

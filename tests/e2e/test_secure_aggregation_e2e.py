@@ -87,7 +87,7 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
         "secure-aggregation": True,
         "num-server-rounds": ROUNDS,
         "min-available-nodes": NODES - 1,
-        "round-timeout": 45.0,
+        "round-timeout": 90.0,
         "out-dir": str(out),
         # equipment.sa-min-survivors keeps its default, MIN_SURVIVORS: `flwr run --run-config` overrides
         # only the keys pyproject.toml declares, and the tasks' own keys are not among them
@@ -100,7 +100,7 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
     assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
 
     metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1200  # each SecAgg+ stage starts a ClientApp process per node
     while time.monotonic() < deadline and len(_lines(metrics)) < 1:
         time.sleep(0.2)
     assert _lines(metrics), f"round 1 never finished; superlink log:\n{harness.procs[0].read_log()[-3000:]}"
@@ -112,7 +112,8 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1)), rounds
 
     # Round 1: all four summed. Every round: summed by >= MIN_SURVIVORS nodes, or refused as a whole.
-    assert rounds[0]["model-updated"] and rounds[0]["nodes"]["accepted"] == NODES
+    logs = "\n".join(f"--- {p.name}\n{p.read_log()[-1500:]}" for p in harness.procs)
+    assert rounds[0]["model-updated"] and rounds[0]["nodes"]["accepted"] == NODES, f"{rounds}\n{logs}"
     for r in rounds:
         assert (r["model-updated"] and r["nodes"]["accepted"] >= MIN_SURVIVORS) or (
             not r["model-updated"] and r.get("nodes", {}).get("accepted", 0) in (0, *range(MIN_SURVIVORS))
