@@ -53,7 +53,16 @@ def hospitals() -> dict[str, HospitalData]:
 
 
 def _head(backbone: FracastBackbone, **kw: object) -> FracastHead:
-    params: dict[str, object] = dict(context=("region",), rounds=15, lr=3e-3, stride=2, val_stride=1, backbone=backbone)
+    params: dict[str, object] = dict(
+        context=("region",),
+        rounds=10,
+        local_epochs=5,
+        lr=3e-3,
+        batch_size=32,
+        stride=2,
+        val_stride=1,
+        backbone=backbone,
+    )
     return FracastHead(**(params | kw))  # type: ignore[arg-type]
 
 

@@ -92,3 +92,34 @@ def test_goals_table_marks_a_missed_goal_with_its_margin() -> None:
     console.print(summary_table([result], 1.0))
     text = console.export_text()
     assert "0.950 " in text and "1.006 ! +0.056" in text and "1 of 1" in text
+
+
+@pytest.mark.parametrize(("option", "value"), [("--learned", "hybrid,transformer"), ("--families", "default,nope")])
+def test_bad_learned_or_family_names_exit_2_naming_the_option(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([option, value])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_goals_of_the_head_take_fracast_as_its_initial_model() -> None:
+    """fracast + head starts as fracast: its fed / initial is against fracast zero-shot, its local is its own."""
+    from medalloc.simulations.benchmarks.privacy_frontier import HEAD, goal_ratios
+
+    def m(p: float) -> dict[str, float]:
+        return {"pinball": p, "wape": p, "coverage": 0.8}
+
+    methods = {
+        "holt_winters": m(1.0),
+        "fracast (zero-shot)": m(0.8),
+        HEAD["central"]: m(0.72),
+        f"{HEAD['federated']} @ 1": m(0.76),
+        f"{HEAD['local']} @ 1": m(0.8),
+    }
+    ratios = goal_ratios({"family": "toy", "methods": methods, "methods_shortest": methods}, 1.0, model="head")
+    assert ratios["fed / initial"] == pytest.approx(0.95) == ratios["fed / zero-shot"]
+    assert ratios["central / initial"] == pytest.approx(0.9) and ratios["shortest fed / local"] == pytest.approx(0.95)
+    hybrid = goal_ratios({"family": "toy", "methods": methods, "methods_shortest": methods}, 1.0)
+    assert all(np.isnan(v) for v in hybrid.values())  # a run without the hybrid: its goals are n/a

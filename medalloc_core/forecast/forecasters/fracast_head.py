@@ -228,7 +228,7 @@ class FracastHead(Forecaster):
         Epochs per node and round (federated).
     lr : float, default 1e-3
         Adam's learning rate.
-    hidden : int, default 32
+    hidden : int, default 8
         Width of the head's one hidden layer.
     context : sequence of str, default ("region", "weeks")
         The window's context channels the head reads (``WindowSpec.context``; ``"region"`` needs
@@ -245,7 +245,7 @@ class FracastHead(Forecaster):
         ``margin`` standard errors of the paired difference.
     personal_epochs : int, default 0
         Federated only: then fine-tune a personal copy per hospital for up to this many epochs.
-    batch_size : int, default 128
+    batch_size : int, default 32
     seed : int, default 0
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
         Among fracast's levels 0.1, ..., 0.9; 0.5 must be one of them.
@@ -265,14 +265,14 @@ class FracastHead(Forecaster):
         rounds: int = 20,
         local_epochs: int = 1,
         lr: float = 1e-3,
-        hidden: int = 32,
+        hidden: int = 8,
         context: Sequence[str] = ("region", "weeks"),
         learn_spread: bool = True,
         stride: int = 7,
         val_stride: int = 2,
         margin: float = 2.0,
         personal_epochs: int = 0,
-        batch_size: int = 128,
+        batch_size: int = 32,
         seed: int = 0,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         backbone: FracastBackbone | None = None,
