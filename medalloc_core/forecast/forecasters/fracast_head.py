@@ -164,6 +164,7 @@ class HeadNet(nn.Module):
     ) -> None:
         super().__init__()
         self.horizon, self.n_targets = horizon, n_targets
+        self.level_index: torch.Tensor
         self.register_buffer("level_index", torch.tensor(list(level_index), dtype=torch.long), persistent=False)
         self.median_position = median_position
         self.learn_spread = learn_spread
