@@ -131,3 +131,13 @@ def test_personal_heads_are_kept_only_where_they_beat_the_federated_head(hospita
     assert set(model.heads_) <= set(hospitals)
     for h in hospitals.values():
         assert np.isfinite(model.predict(h, rolling_origins(h))).all()
+
+
+def test_saved_forecasts_are_read_back_without_running_fracast(backbone, tmp_path) -> None:
+    series = 20 + 5 * np.sin(np.arange(80) / 3)
+    first = backbone.forecast(series, [40, 80], HORIZON)
+    backbone.save(tmp_path / "cache.npz")
+    other = FracastBackbone(context=64)
+    other.load(tmp_path / "cache.npz")
+    np.testing.assert_array_equal(other.forecast(series, [40, 80], HORIZON), first)
+    assert other._model is None  # every context was a hit: fracast was never loaded
