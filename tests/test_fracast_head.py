@@ -26,14 +26,13 @@ HISTORY, HORIZON, WEEKS = 14, 7, 4
 def _leading_region(name: str, seed: int, days: int = 240) -> HospitalData:
     """A hospital whose admissions repeat the region's released total of ``HORIZON`` days before.
 
-    The region is a smooth random process: nothing in the hospital's own past tells where it goes
-    next, while the region channel (days before the origin only) shows it a week ahead. fracast
-    reads the hospital's series alone; a head reading the region can learn the rest.
+    The region is a random walk: nothing in the hospital's own past tells where it goes next,
+    while the region channel (days before the origin only) shows it a week ahead. fracast reads
+    the hospital's series alone; a head reading the region can learn the rest.
     """
     rng = np.random.default_rng(seed)
-    steps = rng.normal(0, 1, days + HORIZON)
-    region = 200 + 60 * np.tanh(np.convolve(np.cumsum(steps), np.ones(5) / 5, mode="same") / 8)
-    admissions = np.round(region[:days] / 10)  # day t: the region at t - HORIZON
+    region = np.clip(150 + np.cumsum(rng.normal(0, 6, days + HORIZON)), 20, None)
+    admissions = np.round(region[:days])  # day t: the region at t - HORIZON
     dates = pd.date_range("2024-01-01", periods=days, freq="D")
     frame = pd.DataFrame(
         {DATE: dates, UNIT: "ward", ADMISSIONS: admissions, f"{REGION_PREFIX}{ADMISSIONS}": region[HORIZON:]}
@@ -122,3 +121,23 @@ def test_bad_settings_are_refused(hospitals, backbone) -> None:
         _head(backbone, mode="pooled").fit(hospitals)
     with pytest.raises(ValueError, match="median"):
         _head(backbone, quantiles=(0.1, 0.9)).fit(hospitals)
+
+
+def test_personal_heads_are_kept_only_where_they_beat_the_federated_head(hospitals, backbone) -> None:
+    """A personal copy per hospital: kept when it beats the federated head beyond the noise, else the shared one."""
+    never = _head(backbone, rounds=2, personal_epochs=3, margin=1e9).fit(hospitals)
+    assert never.heads_ == {}  # no personal head can clear an infinite margin
+    model = _head(backbone, rounds=2, personal_epochs=3).fit(hospitals)
+    assert set(model.heads_) <= set(hospitals)
+    for h in hospitals.values():
+        assert np.isfinite(model.predict(h, rolling_origins(h))).all()
+
+
+def test_saved_forecasts_are_read_back_without_running_fracast(backbone, tmp_path) -> None:
+    series = 20 + 5 * np.sin(np.arange(80) / 3)
+    first = backbone.forecast(series, [40, 80], HORIZON)
+    backbone.save(tmp_path / "cache.npz")
+    other = FracastBackbone(context=64)
+    other.load(tmp_path / "cache.npz")
+    np.testing.assert_array_equal(other.forecast(series, [40, 80], HORIZON), first)
+    assert other._model is None  # every context was a hit: fracast was never loaded

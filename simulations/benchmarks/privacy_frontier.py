@@ -227,6 +227,7 @@ def run_family(
     epsilons: tuple[float, ...] = EPSILONS,
     seed: int = 0,
     learned: tuple[str, ...] = LEARNED,
+    fracast_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Every method on one family; returns overall metrics per method (private ones per epsilon).
 
@@ -267,6 +268,9 @@ def run_family(
     head = zero_shot and "head" in learned
     hybrid = "hybrid" in learned
     backbone = FracastBackbone() if head else None  # one cache of fracast's forecasts for every head
+    cache_file = None if fracast_cache is None else fracast_cache / f"{family.name.split(' ')[0]}-{seed}.npz"
+    if backbone is not None and cache_file is not None and cache_file.is_file():
+        backbone.load(cache_file)
     if zero_shot:
         score("fracast (zero-shot)", Fracast())
     true_region, _ = with_region(hospitals, hospitals)
@@ -300,6 +304,9 @@ def run_family(
         if head:
             score(f"{HEAD['federated']} {tag}", FracastHead(rounds=ROUNDS, backbone=backbone), released, seen)
             score(f"{HEAD['local']} {tag}", FracastHead(mode="local", rounds=ROUNDS, backbone=backbone), released, seen)
+    if backbone is not None and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        backbone.save(cache_file)
     days = [int(h.records.frame[DATE].nunique()) for h in hospitals.values()]
     return {
         "family": family.name,
@@ -549,6 +556,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the (research) release noise")
     parser.add_argument(
+        "--fracast-cache",
+        type=Path,
+        default=None,
+        help="folder that keeps fracast's forecasts between runs (a run with the same contexts reads them back)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="families run in parallel processes (same numbers; default 1)"
     )
     args = parser.parse_args(argv)
@@ -577,14 +590,27 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=args.jobs, initializer=_worker_init) as pool:
             futures = [
                 pool.submit(
-                    run_family, f, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed, learned=learned
+                    run_family,
+                    f,
+                    zero_shot=not args.no_zero_shot,
+                    epsilons=epsilons,
+                    seed=args.seed,
+                    learned=learned,
+                    fracast_cache=args.fracast_cache,
                 )
                 for f in chosen
             ]
             results = [f.result() for f in futures]
     else:
         results = [
-            run_family(family, zero_shot=not args.no_zero_shot, epsilons=epsilons, seed=args.seed, learned=learned)
+            run_family(
+                family,
+                zero_shot=not args.no_zero_shot,
+                epsilons=epsilons,
+                seed=args.seed,
+                learned=learned,
+                fracast_cache=args.fracast_cache,
+            )
             for family in chosen
         ]
     for result in results:

@@ -33,6 +33,7 @@ import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,9 +95,25 @@ class FracastBackbone:
             self._model = FracastModel.from_pretrained(weights=self.weights, device="cpu")
         return self._model
 
+    def save(self, path: Path) -> None:
+        """Write the cached forecasts to ``path`` (``.npz``: context digests and forecasts), for a later run."""
+        keys = sorted(self._cache)
+        np.savez(
+            path,
+            horizon=np.array([h for h, _ in keys], dtype=np.int64),
+            digest=np.array([d.hex() for _, d in keys], dtype=str),
+            **{f"f{i}": self._cache[k] for i, k in enumerate(keys)},
+        )
+
+    def load(self, path: Path) -> None:
+        """Add the forecasts a ``save`` wrote (same weights and context length: the caller's to ensure)."""
+        with np.load(path, allow_pickle=False) as data:
+            for i, (h, d) in enumerate(zip(data["horizon"], data["digest"])):
+                self._cache[(int(h), bytes.fromhex(str(d)))] = data[f"f{i}"]
+
     def forecast(self, series: np.ndarray, ends: Sequence[int], horizon: int) -> np.ndarray:
         """``(N, H, 9)`` fracast quantiles of ``series[:end]`` for every ``end`` in ``ends`` (1-D ``series``)."""
-        out = np.empty((len(ends), horizon, len(self.levels)), dtype=np.float64)
+        out: list[np.ndarray | None] = [None] * len(ends)
         todo: list[tuple[int, tuple[int, bytes], np.ndarray]] = []
         for k, end in enumerate(ends):
             ctx = np.asarray(series[max(0, end - self.context) : end], dtype=np.float32)
@@ -115,7 +132,9 @@ class FracastBackbone:
                 pred = np.asarray(self.model.forecast_batch(batch, horizon=horizon), dtype=np.float64)
             for row, (k, key, _) in enumerate(chunk):
                 out[k] = self._cache[key] = pred[row]
-        return out
+        if not out:
+            return np.empty((0, horizon, len(self.levels)))
+        return np.stack([o for o in out if o is not None])
 
     def windows(self, hospital: HospitalData, windows: WindowSet) -> np.ndarray:
         """``(N, H, T, 9)`` fracast quantiles for ``windows`` of ``hospital``, in each window's units.
@@ -164,6 +183,7 @@ class HeadNet(nn.Module):
     ) -> None:
         super().__init__()
         self.horizon, self.n_targets = horizon, n_targets
+        self.level_index: torch.Tensor
         self.register_buffer("level_index", torch.tensor(list(level_index), dtype=torch.long), persistent=False)
         self.median_position = median_position
         self.learn_spread = learn_spread
