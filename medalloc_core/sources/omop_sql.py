@@ -544,9 +544,7 @@ class _SqlReader:
         ]
         if required:
             checks.append(
-                _Check(
-                    table, column, source, f"{x} IS NULL", key, lambda r, c=column: f"empty {c}; expected an integer id"
-                )
+                _Check(table, column, source, f"{x} IS NULL", key, _fixed(f"empty {column}; expected an integer id"))
             )
         if unique:
             inner = d.as_int(self._col(table, column, "o"))
@@ -561,8 +559,8 @@ class _SqlReader:
                     f"{source} JOIN {repeated} r ON r.v = {d.as_int(x)}",
                     "1=1",
                     key,
-                    lambda r, c=column, t=table: (
-                        f"{c} {r[0]} appears more than once (first at table {t}, {_ID[t]} {r[0]}); "
+                    lambda r: (
+                        f"{column} {r[0]} appears more than once (first at table {table}, {_ID[table]} {r[0]}); "
                         "expected one row per id"
                     ),
                 )
@@ -602,9 +600,7 @@ class _SqlReader:
                         source,
                         f"({empty}) AND NOT ({bad})",
                         key,
-                        lambda r, t=time_col, dc=date_col: (
-                            f"empty {t} and {dc}; expected when the stay began ({TIME_EXPECTED})"
-                        ),
+                        _fixed(f"empty {time_col} and {date_col}; expected when the stay began ({TIME_EXPECTED})"),
                         flag="nos",
                     )
                 )
@@ -709,7 +705,7 @@ class _SqlReader:
                     stays,
                     "site IS NOT NULL AND known = 1 AND name IS NULL",
                     "id, tbl, site",
-                    lambda r, c=column: f"care site {r[2]} has an empty {c}; expected a name for the unit",
+                    lambda r: f"care site {r[2]} has an empty {column}; expected a name for the unit",
                     order="2, 1",
                     flag="nameless",
                 )
@@ -826,14 +822,14 @@ class _SqlReader:
                 record = f"table {table_of[row[1]]}, {_ID[table_of[row[1]]]} {row[0]}"
             else:
                 record = self._record(check.table)(row[0])
-            column = check.column(row) if callable(check.column) else check.column
-            self._add(check.message(row), record=record, column=column)
+            field = check.column(row) if callable(check.column) else check.column
+            self._add(check.message(row), record=record, column=field)
         if count > len(rows):
             first = rows[0] if rows else ()
-            column = check.column(first) if callable(check.column) and first else check.column
+            named = check.column(first) if callable(check.column) and first else check.column
             self._add(
                 f"... and {count - len(rows):,} more record(s) with the same problem (not listed)",
-                column=column if isinstance(column, str) else None,
+                column=named if isinstance(named, str) else None,
             )
 
     def _stay_summary(self) -> None:
@@ -960,6 +956,11 @@ class _SqlReader:
             column=f"{stem}_start_{'datetime' if has_time else 'date'}",
             severity="warning",
         )
+
+
+def _fixed(text: str) -> Callable[[tuple[Any, ...]], str]:
+    """A message that names no value of the record."""
+    return lambda row: text
 
 
 def _slot(column: str) -> str:
