@@ -151,6 +151,19 @@ def weekly(
         time.sleep(10)
     _out.print(f"week {plan.week}: run {run_id} {status}")
     if status != "finished:completed":
+        # What the ServerApp said last (flwr log), so that the timer's log tells why the week failed.
+        try:
+            log = subprocess.run(
+                [flwr, "log", run_id, federation, "--show"],
+                cwd=app,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            _out.print("\n".join((log.stdout + log.stderr).splitlines()[-40:]), markup=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
         raise typer.Exit(1)
 
 

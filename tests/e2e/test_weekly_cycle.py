@@ -55,6 +55,14 @@ def _start_node(nodes: Nodes, harness: ProcessHarness, home: Path, name: str) ->
     return proc
 
 
+def _tails(root: Path) -> str:
+    """The last lines of every process's log (what a failed week needs to be understood)."""
+    return "".join(
+        f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        for log in sorted((root / "logs").glob("*.log"))
+    )
+
+
 def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_path: Path) -> None:
     app = tmp_path / "medalloc-app"
     shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(*COPY_IGNORE))
@@ -107,7 +115,7 @@ def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_
             env=nodes.env(nodes.coord_home),
             timeout=1000,
         )
-        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.returncode == 0, out.stdout + out.stderr + _tails(tmp_path)
         seconds.append(time.monotonic() - began)
         expected = f"from {results / f'week-2026-W{19 + week:02d}'}" if week > 1 else "from the run config's init"
         assert expected in " ".join(out.stdout.split()), out.stdout
