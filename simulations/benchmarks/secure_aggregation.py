@@ -174,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.nodes.split(",")):
             with console.status(f"{n} nodes"):
                 plain = overhead(n, args.rounds, fleets, root, secure=False)
-                secure = overhead(n, args.rounds, fleets, root, secure=True)
+                secagg = overhead(n, args.rounds, fleets, root, secure=True)
             table.add_row(
                 str(n),
                 f"{plain['seconds']:.2f}",
-                f"{secure['seconds']:.2f}",
-                f"{secure['seconds'] / plain['seconds']:.2f}",
+                f"{secagg['seconds']:.2f}",
+                f"{secagg['seconds'] / plain['seconds']:.2f}",
                 f"{plain['bytes'] / 1e3:.1f}",
-                f"{secure['bytes'] / 1e3:.1f}",
-                f"{secure['bytes'] / plain['bytes']:.2f}",
+                f"{secagg['bytes'] / 1e3:.1f}",
+                f"{secagg['bytes'] / plain['bytes']:.2f}",
             )
         table.caption = (
             "bytes per node per round: every message to and from the node, serialised as Flower sends it; "
