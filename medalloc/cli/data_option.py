@@ -4,7 +4,8 @@
 node does: :func:`medalloc_core.sources.load_source` with the site's mapping (``--mapping``,
 or the node config's ``data-mapping``), so an OMOP database, a FHIR export or a
 hospital-scale encounter file is used where it lives, with no intermediate CSV to keep in
-step with it. A contract file is read exactly as before.
+step with it. A contract file goes through the same reader: the contract's validator, or the
+scan engine for an encounter file past ``ENGINE_MIN_BYTES``.
 """
 
 from __future__ import annotations
