@@ -98,12 +98,13 @@ class FracastBackbone:
     def save(self, path: Path) -> None:
         """Write the cached forecasts to ``path`` (``.npz``: context digests and forecasts), for a later run."""
         keys = sorted(self._cache)
-        np.savez(
-            path,
-            horizon=np.array([h for h, _ in keys], dtype=np.int64),
-            digest=np.array([d.hex() for _, d in keys], dtype=str),
-            **{f"f{i}": self._cache[k] for i, k in enumerate(keys)},
-        )
+        arrays: dict[str, np.ndarray] = {
+            "horizon": np.array([h for h, _ in keys], dtype=np.int64),
+            "digest": np.array([d.hex() for _, d in keys], dtype=str),
+        }
+        arrays |= {f"f{i}": self._cache[k] for i, k in enumerate(keys)}
+        savez: Any = np.savez  # numpy's stubs type **kwds as its own keyword options
+        savez(path, **arrays)
 
     def load(self, path: Path) -> None:
         """Add the forecasts a ``save`` wrote (same weights and context length: the caller's to ensure)."""
