@@ -72,7 +72,15 @@ def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_
     nodes.medalloc("generate", "generate", "-n", "2", "-d", str(total), "--out", str(region), home=tmp_path)
     full = {h: pd.read_csv(region / f"{h}.csv") for h in (STEADY, RESTARTED)}
     days = sorted(full[STEADY]["date"].unique())
-    nodes.start_superlink()
+    # The project's own environment for the ServerApp (test_flwr_run.py says why): Flower would otherwise
+    # `uv sync` the app's dependencies, a multi-GB CUDA torch included, into a per-run environment.
+    link = harness.start(
+        "superlink",
+        [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(nodes.link_port)],
+        cwd=tmp_path,
+        env=nodes.env(nodes.coord_home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1"),
+    )
+    link.wait_for_log(r"Uvicorn running on http://", timeout=60)
     procs, homes = {}, {}
     for hospital in (STEADY, RESTARTED):
         home = homes[hospital] = tmp_path / f"node-{hospital}"
@@ -112,7 +120,7 @@ def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_
             + ["--results", str(results), "--week", tag, "--run-config", FAST, "--wait", "900"]
             + ["--flwr", str(BIN / "flwr")],
             cwd=tmp_path,
-            env=nodes.env(nodes.coord_home),
+            env=nodes.env(nodes.coord_home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1"),
             timeout=1000,
         )
         assert out.returncode == 0, out.stdout + out.stderr + _tails(tmp_path)
