@@ -136,6 +136,6 @@ def test_the_run_configs_context_reaches_the_federations_model_and_its_windows()
     assert model.config.context == 1 and model.spec.context == ("weeks",)
     assert WindowSpec.from_dict(model.spec.to_dict()) == model.spec  # what nodes receive
     assert ForecastingTask().model(RunConfig(), {}).spec.context == ()  # the default reads no context
-    for bad in ({"context": "region"}, {"context": "weeks", "model": "mlp", "init": "none"}):
+    for bad in ({"context": "tomorrow"}, {"context": "weeks", "model": "mlp", "init": "none"}):
         with pytest.raises(RunConfigError, match="context"):
             RunConfig.from_mapping(bad)

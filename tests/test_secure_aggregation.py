@@ -25,6 +25,7 @@ from medalloc.simulations.wire_grid import WireGrid as LocalGrid
 from medalloc_core.privacy.distributed import MECHANISM, SkellamPlan, epsilon_with_skellam
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.protocol import Refusal
+from medalloc_core.tasks import get_task
 from tests.equipment_fixtures import SMALL, fleet_copy
 
 DELTA = 1e-6
@@ -77,7 +78,7 @@ def _real_nodes(tmp_path: Path, fleets: Path, agree: dict[int, bool]) -> dict[in
             "max-grad-norm": 1.0,
             "equipment-secure-aggregation": consent,
             "equipment-min-survivors": 2,
-        }
+        } | get_task("equipment").public_calendar(folder)  # a deployed node declares its fleet (issue 20)
     return nodes
 
 
