@@ -58,8 +58,12 @@ def model_version(arrays_sha256: str) -> str:
 
 
 def model_version_of_file(path: Path) -> str:
-    """:func:`model_version` of a model file read from disk."""
-    return model_version(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    """:func:`model_version` of a model file read from disk (streamed: a model file can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return model_version(digest.hexdigest())
 
 
 def log_path_for_ledger(ledger_path: Path) -> Path:

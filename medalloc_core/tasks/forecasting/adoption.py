@@ -15,7 +15,6 @@ the same definition). ``<ledger>.adopted.json`` records the version in use and e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -45,7 +44,6 @@ __all__ = [
 
 ADOPT_KEY = "adopt"  # node config: "if-better" (default) or "always"
 ADOPT_POLICIES = ("if-better", "always")
-VERSION_CHARS = 12
 _MAX_STATE_BYTES = 16 * 2**20
 
 
@@ -56,12 +54,9 @@ class AdoptionError(ValueError):
 def model_version(path: str | Path) -> str:
     """A model's version: the first 12 hex digits of the SHA-256 of its ``.safetensors`` file (a results folder or
     a sidecar is resolved to that file first)."""
-    arrays = load_model(Path(path)).path
-    digest = hashlib.sha256()
-    with open(arrays, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:VERSION_CHARS]
+    from medalloc_core.forecast.history import model_version_of_file
+
+    return model_version_of_file(load_model(Path(path)).path)
 
 
 @dataclass(frozen=True)
