@@ -14,6 +14,11 @@ is killed by a signal, both processes are started again after a backoff (5 s, do
 ``max_backoff_s``), and the supervisor logs what it waits for. Configuration errors (other exit
 codes) end it with the SuperNode's status: retrying would not fix them. ``retries`` bounds the
 restarts (0: no limit); a SuperNode that stayed up ``STABLE_S`` resets the backoff.
+
+A SuperLink that answers but refuses to activate the node ("Failed to activate SuperNode") either
+still counts it online (over within two heartbeats, 60 s) or does not know its public key, which
+waiting never fixes. Such refusals are retried at most every ``REFUSED_BACKOFF_S`` for
+``ACTIVATION_PATIENCE_S`` after the first; then the supervisor stops and says to register the key.
 """
 
 from __future__ import annotations
@@ -86,6 +91,10 @@ def gate_argv(*, node_config: str, port: int, parent_pid: int, warm: bool = True
 CONNECTION_ERROR = 305
 FIRST_BACKOFF_S = 5.0
 STABLE_S = 120.0  # a SuperNode up this long was connected: the next failure starts the backoff again
+# Flower forgets a stopped node after 2 missed heartbeats of 30 s: a refusal that lasts longer is an unknown key.
+ACTIVATION_PATIENCE_S = 90.0
+REFUSED_BACKOFF_S = 15.0
+_REFUSED = "Failed to activate SuperNode"
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class _Echo:
 
     def __init__(self, stream: IO[str]) -> None:
         self.code: int | None = None
+        self.refused = False  # the SuperLink answered and refused to activate this node
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -132,6 +142,8 @@ class _Echo:
             sys.stdout.flush()
             if match := _EXIT_CODE.search(line):
                 self.code = int(match[1])
+            if _REFUSED in line:
+                self.refused = True
 
     def join(self) -> None:
         self._thread.join(timeout=5)
@@ -163,11 +175,27 @@ def supervise(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     restarts, backoff = 0, (retry.first_backoff_s if retry else 0.0)
+    refused_since: float | None = None
     while True:
         started = time.monotonic()
-        status, node_ended = _run_once(supernode, gate, stopping)
+        status, node_ended, refused = _run_once(supernode, gate, stopping)
         if not node_ended or retry is None or not retryable(status):
             return _exit_status(status)
+        wait = backoff
+        if refused:
+            refused_since = refused_since if refused_since is not None else time.monotonic()
+            wait = min(backoff, REFUSED_BACKOFF_S)
+            if time.monotonic() + wait - refused_since > ACTIVATION_PATIENCE_S:
+                logger.error(
+                    "the SuperLink %s has refused to activate this node for %.0f s: it does not know this node's "
+                    "public key (a stopped node is forgotten after 2 missed heartbeats of 30 s). Register the key "
+                    "with the coordinator (docs/hospital.md, '3. Make the node's key pair'), then start the node again",
+                    superlink,
+                    time.monotonic() - refused_since,
+                )
+                return _exit_status(status)
+        else:
+            refused_since = None
         if retry.retries and restarts >= retry.retries:
             logger.error(
                 "the SuperNode exited (status %s) %d time(s); giving up (--retries %d)",
@@ -181,12 +209,12 @@ def supervise(
         restarts += 1
         logger.warning(
             "waiting %.0f s before starting the SuperNode again (restart %d%s): %s",
-            backoff,
+            wait,
             restarts,
             f" of {retry.retries}" if retry.retries else "",
             _waiting_for(status, superlink),
         )
-        deadline = time.monotonic() + backoff
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if stopping["signal"]:
                 return 128 + stopping["signal"]
@@ -201,8 +229,9 @@ def _exit_status(status: int) -> int:
     return status if status <= 255 else 1
 
 
-def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -> tuple[int, bool]:
-    """One life of the SuperNode and its gate: (status, whether it ended because the SuperNode exited)."""
+def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -> tuple[int, bool, bool]:
+    """One life of the SuperNode and its gate: (status, whether it ended because the SuperNode exited, whether
+    the SuperLink refused to activate it)."""
     import os
 
     node = subprocess.Popen(
@@ -216,7 +245,7 @@ def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -
     try:
         while True:
             if stopping["signal"]:
-                return 128 + stopping["signal"], False
+                return 128 + stopping["signal"], False, False
             code = node.poll()
             if code is not None:
                 echo.join()
@@ -227,14 +256,14 @@ def _run_once(supernode: list[str], gate: list[str], stopping: dict[str, int]) -
                     code,
                     f" (Flower exit code {flower})" if flower != code else "",
                 )
-                return flower, True
+                return flower, True, echo.refused
             if checker.poll() is not None:
                 logger.error(
                     "the approved-apps gate exited (status %s): stopping the SuperNode, which must not take "
                     "tasks no one checks; see the lines above",
                     checker.returncode,
                 )
-                return checker.returncode or 1, False
+                return checker.returncode or 1, False, False
             time.sleep(POLL_S)
     finally:
         _stop(node)

@@ -296,7 +296,7 @@ def _deploy(
 
     # The unregistered hospital is refused at activation and exits by itself.
     refused = nodes[intruder]
-    refused.popen.wait(timeout=90)
+    refused.popen.wait(timeout=180)  # medalloc node start retries a refusal for up to 90 s, then stops
     assert refused.popen.returncode == 1, refused.read_log()[-2000:]
     assert SUPERNODE_CONNECTION_ERROR in refused.read_log()
     assert "Failed to activate SuperNode" in refused.read_log()

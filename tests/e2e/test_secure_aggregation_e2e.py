@@ -21,6 +21,7 @@ import pytest
 
 from medalloc_core.privacy.distributed import MECHANISM, SkellamItem, epsilon_with_skellam
 from medalloc_core.privacy.ledger import PrivacyLedger
+from medalloc_core.tasks import get_task
 from tests.e2e.harness import ProcessHarness, free_port
 from tests.e2e.test_deployment import wait_port
 from tests.e2e.test_flwr_run import BIN, _copy_project
@@ -69,7 +70,7 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
             "node-state-path": str(own / "node-state.json"),
             "equipment-secure-aggregation": True,
             "equipment-min-survivors": MIN_SURVIVORS,
-        }
+        } | get_task("equipment").public_calendar(fleet)  # a deployed node declares its fleet (issue 20)
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
         nodes[fleet.name] = harness.start(
             f"node-{fleet.name}",
