@@ -17,7 +17,10 @@ import pytest
 from medalloc.node import supervisor
 from medalloc.node.supervisor import RetryPolicy, supervise
 
-REFUSAL = "Exit Code: 305\\nFailed to initialize the connection to the SuperLink.\\n[code: 2004] Failed to activate SuperNode."
+REFUSAL = (
+    "Exit Code: 305\\nFailed to initialize the connection to the SuperLink.\\n"
+    "[code: 2004] Failed to activate SuperNode."
+)
 
 
 def _supernode(tmp_path: Path, *, refusals: int | None) -> list[str]:
