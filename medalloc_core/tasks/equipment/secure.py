@@ -27,11 +27,10 @@ from medalloc_core.equipment.features import SnapshotSpec
 from medalloc_core.equipment.model import RiskModelConfig, risk_model_from_arrays
 from medalloc_core.privacy.distributed import MECHANISM, SkellamPlan
 from medalloc_core.privacy.ledger import LedgerError
-from medalloc_core.privacy.node_state import open_node_ledger
 from medalloc_core.privacy.release import secure_generator
 from medalloc_core.protocol import REPRODUCIBLE_NOISE, ProtocolError, Refusal, read_field, read_json_field
 from medalloc_core.tasks.base import NodeReply, NodeTask, TaskRefused, ledger_refusal
-from medalloc_core.tasks.equipment.protocol import PRIVACY_UNIT, EquipmentTrainReply, reason
+from medalloc_core.tasks.equipment.protocol import EquipmentTrainReply, reason
 
 logger = logging.getLogger(__name__)
 
@@ -234,21 +233,10 @@ def distributed_round(
 
 def _charge(node: NodeTask, fingerprint: str, ask: DistributedInstruction, plan: SkellamPlan) -> Any:
     """Record the round's release before computing it; a refusal computes nothing."""
-    if node.simulated:
-        node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    assert node.node_state_path is not None
+    from medalloc_core.tasks.equipment.task import open_equipment_ledger
+
     try:
-        ledger = open_node_ledger(
-            state_path=node.node_state_path,
-            hospital_id=node.hospital_id,
-            ledger_path=node.ledger_path,
-            epsilon_budget=node.epsilon_budget,
-            delta=node.delta,
-            accountant=node.accountant,
-            max_stay_days=None,
-            unit=PRIVACY_UNIT,
-            entry=f"{node.hospital_id}/equipment",
-        )
+        ledger = open_equipment_ledger(node, entry=f"{node.hospital_id}/equipment")
         ledger.spend(
             fingerprint,
             noise_multiplier=plan.noise_multiplier,

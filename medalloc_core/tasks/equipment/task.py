@@ -316,21 +316,8 @@ class EquipmentTask(FederatedTask):
         or replaced ledger is noticed), with ``unit = "device"``: it never shares a budget with
         the node's patient-level ledger.
         """
-        if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
-            node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        assert node.node_state_path is not None
         try:
-            ledger = open_node_ledger(
-                state_path=node.node_state_path,
-                hospital_id=node.hospital_id,
-                ledger_path=node.ledger_path,
-                epsilon_budget=node.epsilon_budget,
-                delta=node.delta,
-                accountant=node.accountant,
-                max_stay_days=None,
-                unit=PRIVACY_UNIT,
-                entry=self.node_state_key(node.hospital_id),
-            )
+            ledger = open_equipment_ledger(node, entry=self.node_state_key(node.hospital_id))
             ledger.spend(
                 local.fingerprint,
                 noise_multiplier=dp.noise_multiplier,
@@ -413,3 +400,25 @@ class EquipmentTask(FederatedTask):
 
 
 TASK = EquipmentTask()
+
+
+def open_equipment_ledger(node: NodeTask, *, entry: str) -> PrivacyLedger:
+    """The node's device-level equipment ledger (``unit = "device"``), opened through its node state record.
+
+    Raises ``LedgerError`` for the caller to turn into its refusal. A virtual node's ledger folder
+    belongs to the simulation and is made here; a real node's operator makes it.
+    """
+    if node.simulated:
+        node.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    assert node.node_state_path is not None
+    return open_node_ledger(
+        state_path=node.node_state_path,
+        hospital_id=node.hospital_id,
+        ledger_path=node.ledger_path,
+        epsilon_budget=node.epsilon_budget,
+        delta=node.delta,
+        accountant=node.accountant,
+        max_stay_days=None,
+        unit=PRIVACY_UNIT,
+        entry=entry,
+    )
