@@ -114,19 +114,16 @@ def forecast(
         if not release.is_file():
             _fail(f"--release {release}: no such file; give the node's <ledger>.released.csv")
         try:
-            plan = ReleaseStore.open(release).plan
+            store = ReleaseStore.open(release)
+            plan = store.plan
+            if plan is None:
+                _fail(f"--release {release}: no release plan beside it ({release}.json); the node has released nothing")
+                return
+            released = store.records()
         except (ReleaseStoreError, ValueError, OSError) as exc:
             _fail(f"--release {release}: {exc}")
-            return
-        if plan is None:
-            _fail(f"--release {release}: no release plan beside it ({release}.json); the node has released nothing")
             return
         noise_sd = dict(plan.noise_sd)
-        try:
-            released = ReleaseStore.open(release).records()
-        except (ReleaseStoreError, ValueError, OSError) as exc:
-            _fail(f"--release {release}: {exc}")
-            return
     try:
         saved = load_model(model)
         read = read_records(data, mapping)
