@@ -7,7 +7,7 @@ effects; ``write_region`` writes one file per hospital plus region.json. See doc
 
 from medalloc_core.synthetic.calendar import public_holidays
 from medalloc_core.synthetic.config import GENERATOR_VERSION, UNIT_PROFILES, UNITS, RegionConfig, UnitProfile
-from medalloc_core.synthetic.region import Hospital, Region, generate_region
+from medalloc_core.synthetic.region import Hospital, Region, UnitTruth, generate_region
 from medalloc_core.synthetic.writer import METADATA_NAME, existing_region_files, write_region
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Region",
     "RegionConfig",
     "UnitProfile",
+    "UnitTruth",
     "existing_region_files",
     "generate_region",
     "public_holidays",

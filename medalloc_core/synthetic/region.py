@@ -40,6 +40,30 @@ class Hospital:
     beds: int
     daily: pd.DataFrame
     encounters: pd.DataFrame | None = None
+    # What no forecaster may see: each unit's expected admissions and its stays, for the noise
+    # floor (simulations.benchmarks.noise_floor), the best any forecaster could score.
+    truth: dict[str, UnitTruth] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class UnitTruth:
+    """One unit's hidden process: expected admissions per grid day, the count dispersion and every stay.
+
+    Grid day ``k`` (``rate[k + warmup]``, ``weekday[k + warmup]``) is the region's day ``k``
+    (``config.start + k`` days); warm-up days are negative. ``simulate_stays`` with these
+    settings draws what the unit does next.
+    """
+
+    rate: np.ndarray  # (W + D,) expected admissions per grid day
+    weekday: np.ndarray  # (W + D,) 0 = Monday
+    warmup: int  # W
+    dispersion: float
+    los_mean: float
+    los_sigma: float
+    admit_hour: float
+    admit_hour_sd: float
+    weekend_discharge_delay: float
+    stays: UnitStays
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,7 @@ def _simulate_hospital(
     shares = _unit_shares(plan, config, rng)
     frames: list[pd.DataFrame] = []
     stays_by_unit: dict[str, UnitStays] = {}
+    truth: dict[str, UnitTruth] = {}
     units_meta: dict[str, Any] = {}
     out_days = config.days - plan.first_day
     dates = pd.date_range(config.start, periods=config.days, freq="D")[plan.first_day :]
@@ -198,6 +223,18 @@ def _simulate_hospital(
             )
         )
         stays_by_unit[unit] = stays
+        truth[unit] = UnitTruth(
+            rate=rate,
+            weekday=weekday,
+            warmup=config.warmup_days,
+            dispersion=dispersion,
+            los_mean=los_mean,
+            los_sigma=profile.los_sigma,
+            admit_hour=profile.admit_hour,
+            admit_hour_sd=profile.admit_hour_sd,
+            weekend_discharge_delay=config.weekend_discharge_delay,
+            stays=stays,
+        )
         units_meta[unit] = {
             "bed_share": round(share, 6),
             "nominal_beds": unit_beds,
@@ -236,7 +273,7 @@ def _simulate_hospital(
         "overflow_target": round(overflow, 6),
         "unit_parameters": units_meta,
     }
-    return Hospital(hospital_id, plan.beds, daily, encounters), meta
+    return Hospital(hospital_id, plan.beds, daily, encounters, truth), meta
 
 
 def _encounters(

@@ -77,7 +77,7 @@ from medalloc_core.forecast.forecasters import (
 )
 from medalloc_core.forecast.region import regional
 from medalloc_core.privacy.release import ReleasePlan, release_records
-from medalloc_core.synthetic import RegionConfig, generate_region
+from medalloc_core.synthetic import Region, RegionConfig, generate_region
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +159,12 @@ def families(quick: bool) -> list[Family]:
     ]
 
 
-def build_hospitals(family: Family) -> dict[str, HospitalData]:
-    """Generate the family's region and wrap each hospital as the evaluation task sees it."""
+def build_hospitals(family: Family, region: Region | None = None) -> dict[str, HospitalData]:
+    """Wrap each hospital of the family's region (generated unless given) as the evaluation task sees it."""
     spec = evaluation_spec(history=HISTORY, horizon=HORIZON, targets=family.targets)
     rng = np.random.default_rng(family.config.seed)
     out = {}
-    for h in generate_region(family.config).hospitals:
+    for h in (region or generate_region(family.config)).hospitals:
         frame = h.daily[[DATE, UNIT, *family.targets]]
         if family.pre_eval_days is not None:
             keep = int(rng.integers(*family.pre_eval_days)) + 7 * 16
