@@ -1,4 +1,4 @@
-"""The noise floor's oracle (simulations.benchmarks.noise_floor): it draws as the generator does; nothing beats it."""
+"""The noise floor's oracle (simulations/oracle.py): it draws as the generator does; nothing beats it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from medalloc.simulations.oracle import QUANTILES, Oracle, oracle_forecast, remaining_discharges
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, UNIT, Frequency, UnitRecords
 from medalloc_core.forecast.evaluation import evaluation_spec, rolling_origins, score_forecasts
 from medalloc_core.forecast.forecasters import HoltWintersForecaster, HospitalData
 from medalloc_core.synthetic import RegionConfig, generate_region
-from simulations.benchmarks.noise_floor import QUANTILES, Oracle, oracle_forecast, remaining_discharges
 
 
 @pytest.fixture(scope="module")

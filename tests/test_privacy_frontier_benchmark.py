@@ -123,3 +123,35 @@ def test_goals_of_the_head_take_fracast_as_its_initial_model() -> None:
     assert ratios["central / initial"] == pytest.approx(0.9) and ratios["shortest fed / local"] == pytest.approx(0.95)
     hybrid = goal_ratios({"family": "toy", "methods": methods, "methods_shortest": methods}, 1.0)
     assert all(np.isnan(v) for v in hybrid.values())  # a run without the hybrid: its goals are n/a
+
+
+def test_goals_table_says_when_the_floor_itself_misses_a_goal() -> None:
+    """A goal below the oracle's floor is marked unreachable: no forecaster can meet it on that family."""
+    from rich.console import Console
+
+    from medalloc.simulations.benchmarks.privacy_frontier import ORACLE, goal_ratios, summary_table
+
+    def m(p: float) -> dict[str, float]:
+        return {"pinball": p, "wape": p, "coverage": 0.8}
+
+    methods = {
+        ORACLE: m(0.93),  # the floor is 0.93x Holt-Winters: fed / HW <= 0.90 cannot be met
+        "holt_winters": m(1.0),
+        "pretrained (no training)": m(1.0),
+        "centralized": m(0.98),
+        "fracast (zero-shot)": m(0.95),
+        "federated @ 1": m(0.97),
+        "local only DP @ 1": m(0.98),
+    }
+    result = {"family": "toy", "methods": methods, "methods_shortest": methods}
+    ratios = goal_ratios(result, 1.0)
+    assert ratios["floor / HW"] == pytest.approx(0.93) and ratios["floor / zero-shot"] == pytest.approx(0.93 / 0.95)
+    console = Console(width=300, record=True)
+    console.print(summary_table([result], 1.0))
+    text = console.export_text()
+    assert "0.930 unreachable" in text and "0.979 unreachable" in text
+    methods[ORACLE] = m(0.7)  # a floor well below both goals: reachable, not marked
+    console = Console(width=300, record=True)
+    console.print(summary_table([result], 1.0))
+    text = console.export_text()
+    assert "unreachable" not in text and "0.700" in text

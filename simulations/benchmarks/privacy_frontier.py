@@ -24,6 +24,9 @@ winter seasonality) every method forecasts the same rolling origins (8 per unit,
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, region of true counts, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
+- ``oracle (the floor)``: reads the generator's hidden truth (``simulations/oracle.py``), so no
+  forecaster can score below it; the goals table shows the lowest ``fed / HW`` and
+  ``fed / zero-shot`` any model could reach, and marks a goal below that floor unreachable;
 - ``holt_winters``, ``seasonal_naive``, ``moving_average``: refitted at every origin on the hospital's own data;
 - ``fracast``: the zero-shot model from PyPI (optional: ``python -m pip install -e '.[zeroshot]'``);
 - ``fracast + head (federated)``: fracast frozen plus a small head trained by FedAvg on the
@@ -78,6 +81,8 @@ from medalloc_core.forecast.forecasters import (
 from medalloc_core.forecast.region import regional
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import Region, RegionConfig, generate_region
+
+from ..oracle import Oracle
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +240,8 @@ def run_family(
     hybrid and its comparisons), ``"head"`` (fracast + head, needs fracast and ``zero_shot``).
     """
     began = time.perf_counter()
-    hospitals = build_hospitals(family)
+    region = generate_region(family.config)
+    hospitals = build_hospitals(family, region)
     shortest = shortest_hospitals(hospitals)
     origins = {n: rolling_origins(h) for n, h in hospitals.items()}
     actuals = {n: h.actuals(origins[n]) for n, h in hospitals.items()}
@@ -261,6 +267,7 @@ def run_family(
         seen = inputs or hospitals
         record(label, {n: forecaster.predict(h, origins[n]) for n, h in seen.items()}, time.perf_counter() - t0)
 
+    score(ORACLE, Oracle(region, seed=seed))  # the floor: no forecaster can beat it (simulations/oracle.py)
     score("holt_winters", HoltWintersForecaster())
     score("seasonal_naive", SeasonalNaiveForecaster())
     score("moving_average", MovingAverageForecaster())
@@ -401,6 +408,10 @@ GOALS = (
 )
 
 
+ORACLE = "oracle (the floor)"
+FLOORS = tuple((name, goal) for name, goal in GOALS if name in ("fed / HW", "fed / zero-shot"))
+
+
 def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> dict[str, float]:
     """The issue's goals as pinball ratios at ``eps`` (NaN where a method is absent), plus P10-P90 coverage.
 
@@ -435,6 +446,8 @@ def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> di
         "fed / HW": r(fed, "holt_winters"),
         "shortest fed / local": r(s[fed_key]["pinball"] if fed_key in s else nan, local_key, s),
         "coverage": m[fed_key]["coverage"] if fed_key in m else nan,
+        "floor / HW": r(m[ORACLE]["pinball"], "holt_winters") if ORACLE in m else nan,
+        "floor / zero-shot": r(m[ORACLE]["pinball"], "fracast (zero-shot)") if ORACLE in m else nan,
     }
 
 
@@ -453,6 +466,8 @@ def summary_table(results: list[dict[str, Any]], eps: float, model: str = "hybri
     for name, goal in GOALS:
         table.add_column(f"{name} (<= {goal:g})", justify="right")
     table.add_column("P10-P90 cov. (0.75-0.85)", justify="right")
+    for name, _goal in FLOORS:
+        table.add_column(f"floor / {name.split(' / ')[1]} (lowest reachable)", justify="right")
     met = {name: 0 for name, _ in GOALS}
     for result in results:
         ratios = goal_ratios(result, eps, model)
@@ -468,8 +483,11 @@ def summary_table(results: list[dict[str, Any]], eps: float, model: str = "hybri
                 cells.append(f"{v:.3f} ! +{v - goal:.3f}")
         cov = ratios["coverage"]
         cells.append("n/a" if math.isnan(cov) else f"{cov:.2f}" + ("" if 0.75 <= cov <= 0.85 else " !"))
+        for name, goal in FLOORS:  # a floor above its goal: no forecaster can meet that goal here
+            v = ratios[f"floor / {name.split(' / ')[1]}"]
+            cells.append("n/a" if math.isnan(v) else f"{v:.3f}" + (" unreachable" if v > goal else ""))
         table.add_row(result["family"], *cells)
-    table.add_row("met on", *[f"{met[name]} of {len(results)}" for name, _ in GOALS], "")
+    table.add_row("met on", *[f"{met[name]} of {len(results)}" for name, _ in GOALS], "", *[""] * len(FLOORS))
     return table
 
 
