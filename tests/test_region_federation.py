@@ -281,3 +281,17 @@ def check_forecasts_read_the_stored_region(
     assert not (tmp_path / "fc-none" / "forecast.csv").exists()
     missing = runner.invoke(app, [*base, "--region", str(tmp_path / "nowhere.json"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "no stored region" in " ".join(missing.output.split())
+    # explain and adopt predict on the node too: with the stored region, or not at all
+    explain = ["explain", "--model", str(tmp_path / "out"), "--data", nodes[node]["data-path"], "--unit", "icu"]
+    refused = runner.invoke(app, [*explain, "--out", str(tmp_path / "ex-none")])
+    assert refused.exit_code == 2 and "reads the region" in " ".join(refused.output.split())
+    stored_file = str(region_path(release))
+    explained = runner.invoke(
+        app, [*explain, "--region", stored_file, "--method", "occlusion", "--out", str(tmp_path / "ex")]
+    )
+    assert explained.exit_code == 0, explained.output
+    from medalloc_core.tasks.forecasting.adoption import AdoptionError, score_model
+
+    with pytest.raises(AdoptionError, match="reads the region"):
+        score_model(tmp_path / "out" / "final_model.safetensors", bare)
+    assert score_model(tmp_path / "out" / "final_model.safetensors", ev.released[hid].records).windows > 0
