@@ -9,7 +9,9 @@ import pytest
 from medalloc.simulations.benchmarks.allocation import (
     BenchmarkCosts,
     evaluate_plans,
+    forecast_diagnostics,
     oracle_forecast,
+    pooled_plans,
     seasonal_naive_forecast,
 )
 
@@ -63,3 +65,43 @@ def test_seasonal_naive_is_exact_on_a_weekly_periodic_history() -> None:
     medians = forecast[forecast["q"] == 0.5].sort_values("date")["value"].to_numpy()
     np.testing.assert_allclose(medians, future)
     assert (forecast.groupby("date")["value"].agg(lambda v: v.max() - v.min()) == 0).all()  # no error, no spread
+
+
+def test_origins_pool_as_sums_and_the_ratio_is_of_the_sums() -> None:
+    """Several origins make one table: costs summed per method, cost / oracle the ratio of the summed running costs
+    (an origin with more patient-days weighs more), not the mean of the per-origin ratios."""
+    small, large = _truth(), _truth(days=3)
+    large["census"] = large["census"] * 3
+    tables = []
+    for truth in (small, large):
+        buffered = oracle_forecast(truth.assign(census=truth["census"] + 2))
+        tables.append(evaluate_plans(truth, {"oracle": oracle_forecast(truth), "buffer": buffered}, CAPACITY, COSTS))
+    pooled = pooled_plans(tables).set_index("method")
+    assert pooled.loc["buffer", "idle_bd"] == sum(float(t.set_index("method").loc["buffer", "idle_bd"]) for t in tables)
+    running = {
+        m: sum(float(t.set_index("method").loc[m, "running_cost"]) for t in tables) for m in ("oracle", "buffer")
+    }
+    assert pooled.loc["buffer", "cost_ratio"] == pytest.approx(running["buffer"] / running["oracle"])
+    assert pooled.loc["oracle", "cost_ratio"] == pytest.approx(1.0)
+    mean_of_ratios = np.mean([float(t.set_index("method").loc["buffer", "cost_ratio"]) for t in tables])
+    assert pooled.loc["buffer", "cost_ratio"] != pytest.approx(mean_of_ratios)
+
+
+def test_diagnostics_tell_a_biased_median_from_a_wide_band() -> None:
+    truth = _truth()
+    y = truth["census"].to_numpy(dtype=float)
+    keys = truth[["hospital", "unit", "date"]]
+
+    def frame(median: np.ndarray, half_width: float) -> pd.DataFrame:
+        return pd.concat(
+            [
+                keys.assign(target="census", q=q, value=median + z * half_width)
+                for q, z in ((0.1, -1), (0.5, 0), (0.9, 1))
+            ]
+        )
+
+    table = forecast_diagnostics(truth, {"biased": frame(y + 3, 1.0), "wide": frame(y, 5.0)}).set_index("method")
+    assert table.loc["biased", "bias"] == pytest.approx(3.0) and table.loc["wide", "bias"] == pytest.approx(0.0)
+    assert table.loc["biased", "width"] == pytest.approx(2.0) and table.loc["wide", "width"] == pytest.approx(10.0)
+    assert table.loc["biased", "coverage"] == 0.0 and table.loc["wide", "coverage"] == 1.0
+    assert table.loc["biased", "above_p90"] == 0.0

@@ -212,3 +212,86 @@ def test_a_region_run_sends_each_node_the_others_released_totals(region: Path, t
     for cfg in nodes.values():
         spends = json.loads(Path(cfg["ledger-path"]).read_text())["body"]["entries"]
         assert len(spends) == 1
+    # each node kept the last region it was sent; a hospital's forecast reads it, as the evaluation scored
+    check_forecasts_read_the_stored_region(region, nodes, released, tmp_path)
+
+
+def check_forecasts_read_the_stored_region(
+    region: Path, nodes: dict[int, dict], released: dict[int, pd.DataFrame], tmp_path: Path
+) -> None:
+    """What a hospital gets is what was scored: the node keeps the last region it was sent (beside its release,
+    local), `medalloc forecast --release` reads it for the region model, and the forecast equals the in-process
+    evaluation's (``comparisons.evaluation_data``: the others' released totals joined to truth and release, the
+    bands calibrated on both) and differs from the forecast that reads no region (zeros). Without a stored region
+    a region model is refused, never forecast from zeros."""
+    from typer.testing import CliRunner
+
+    from medalloc.cli import app
+    from medalloc_core.forecast.predict import ModelDataMismatch, forecast_records
+    from medalloc_core.forecast.region import region_totals, with_region
+    from medalloc_core.forecast.region_store import read_region, region_path
+    from medalloc_core.model_io import load_model
+    from medalloc_core.tasks.forecasting.comparisons import evaluation_data
+
+    saved = load_model(tmp_path / "out")
+    for node, cfg in nodes.items():
+        stored = read_region(region_path(Path(cfg["ledger-path"] + ".released.csv")))
+        others = region_totals({str(n): released[n] for n in (1, 2) if n != node})  # node 3 shares nothing
+        np.testing.assert_allclose(stored.region.to_numpy(), others[stored.region.columns].to_numpy(), atol=1e-5)
+        assert stored.run_tag and stored.received
+    # node 3 (H002) was sent the sum of the two others, which is also what the in-process evaluation gives it
+    node, hid = 3, "H002"
+    release = Path(nodes[node]["ledger-path"] + ".released.csv")
+    files = {f"H00{n - 1}": Path(c["data-path"]) for n, c in nodes.items()}
+    ledgers = {f"H00{n - 1}": Path(c["ledger-path"]) for n, c in nodes.items()}
+    ev = evaluation_data(files, ledgers, saved.spec, n_origins=2)
+    plan = ReleaseStore.open(release).plan
+    assert plan is not None
+    expected = forecast_records(
+        saved.model,
+        saved.spec,
+        ev.truth[hid].records,
+        hospital=hid,
+        noise_sd=dict(plan.noise_sd),
+        released=ev.released[hid].records,
+    ).set_index(["unit", "target", "date", "q"])["value"]
+
+    runner = CliRunner()
+    base = ["forecast", "--model", str(tmp_path / "out"), "--data", nodes[node]["data-path"], "--hospital", hid]
+    result = runner.invoke(app, [*base, "--release", str(release), "--out", str(tmp_path / "fc")])
+    assert result.exit_code == 0, result.output
+    assert "region from" in " ".join(result.output.split())
+    got = pd.read_csv(tmp_path / "fc" / "forecast.csv", parse_dates=["date"]).set_index(
+        ["unit", "target", "date", "q"]
+    )["value"]
+    assert list(got.index) == list(expected.index)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4, atol=1e-3)
+    # the same model reading no region (the channel all zeros) gives another forecast
+    records = ev.truth[hid].records
+    blank = with_region(records, pd.DataFrame(np.nan, index=others.index, columns=others.columns))
+    zeros = forecast_records(saved.model, saved.spec, blank, hospital=hid)["value"].to_numpy()
+    as_learned = forecast_records(saved.model, saved.spec, records, hospital=hid)["value"].to_numpy()
+    assert np.abs(as_learned - zeros).max() > 0.05, "the region channel changes nothing: the test cannot tell"
+    # never silently zeros: no region columns is a clear error, and the CLI refuses without a stored region
+    bare = ReleaseStore.open(release).records()
+    with pytest.raises(ModelDataMismatch, match="reads the region"):
+        forecast_records(saved.model, saved.spec, bare, hospital=hid)
+    refused = runner.invoke(app, [*base, "--out", str(tmp_path / "fc-none")])
+    assert refused.exit_code == 2 and "reads the region" in " ".join(refused.output.split())
+    assert not (tmp_path / "fc-none" / "forecast.csv").exists()
+    missing = runner.invoke(app, [*base, "--region", str(tmp_path / "nowhere.json"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no stored region" in " ".join(missing.output.split())
+    # explain and adopt predict on the node too: with the stored region, or not at all
+    explain = ["explain", "--model", str(tmp_path / "out"), "--data", nodes[node]["data-path"], "--unit", "icu"]
+    refused = runner.invoke(app, [*explain, "--out", str(tmp_path / "ex-none")])
+    assert refused.exit_code == 2 and "reads the region" in " ".join(refused.output.split())
+    stored_file = str(region_path(release))
+    explained = runner.invoke(
+        app, [*explain, "--region", stored_file, "--method", "occlusion", "--out", str(tmp_path / "ex")]
+    )
+    assert explained.exit_code == 0, explained.output
+    from medalloc_core.tasks.forecasting.adoption import AdoptionError, score_model
+
+    with pytest.raises(AdoptionError, match="reads the region"):
+        score_model(tmp_path / "out" / "final_model.safetensors", bare)
+    assert score_model(tmp_path / "out" / "final_model.safetensors", ev.released[hid].records).windows > 0

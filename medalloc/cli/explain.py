@@ -61,12 +61,19 @@ def explain(
     ),
     hospital: str | None = typer.Option(None, "--hospital", help="Name in the forecast (default: the file's name)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing explanation in --out."),
+    region: Path | None = typer.Option(
+        None,
+        "--region",
+        help="For a model trained with the region (context 'region'): the node's stored region, "
+        "<ledger>.released.csv.region.json (the other hospitals' released totals its coordinator last sent).",
+    ),
 ) -> None:
     """Attributions of a forecast to its input days and series (fan chart + heatmap PNG, JSON, plain words)."""
     from medalloc_core.atomic import atomic_write_bytes
     from medalloc_core.forecast.explain import METHODS, ExplainError, explain_forecast
     from medalloc_core.forecast.explain.plot import plot_explanation
     from medalloc_core.forecast.predict import ModelDataMismatch
+    from medalloc_core.forecast.region_store import RegionStoreError, join_stored_region, read_region, reads_region
     from medalloc_core.model_io import ModelFileError, load_model
 
     if method not in METHODS:
@@ -87,10 +94,19 @@ def explain(
     try:
         saved = load_model(model)
         read = read_records(data, mapping)
+        records = read.records
+        if reads_region(saved.spec):  # the region the node's rounds read, kept beside its release
+            if region is None:
+                _fail(
+                    "the model reads the region (context 'region'); give --region, the node's stored region "
+                    "(<ledger>.released.csv.region.json): without it the explanation would be of another forecast"
+                )
+                return
+            records = join_stored_region(records, saved.spec, read_region(region))
         explanations = explain_forecast(
             saved.model,
             saved.spec,
-            read.records,
+            records,
             hospital=hospital or read.name,
             units=list(unit) if unit else None,
             date=origin,
@@ -101,7 +117,7 @@ def explain(
     except DataContractError as exc:
         _fail(one_line(data, exc))
         return
-    except (ModelFileError, ModelDataMismatch, ExplainError) as exc:
+    except (ModelFileError, ModelDataMismatch, ExplainError, RegionStoreError) as exc:
         _fail(str(exc))
         return
     taken: set[str] = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from rich.markup import escape
 from medalloc.cli.data_option import DATA_HELP, MAPPING_HELP, is_path_input, one_line, read_records
 from medalloc.cli.tables import Table
 from medalloc_core.contract import DATE, UNIT, DataContractError
+
+if TYPE_CHECKING:
+    from medalloc_core.forecast.region_store import StoredRegion
 
 logger = logging.getLogger(__name__)
 _out = Console()
@@ -81,12 +84,20 @@ def forecast(
         "--forecast-log",
         help="Add the run to this forecast log instead (default with --node-config: beside the ledger).",
     ),
+    region: Path | None = typer.Option(
+        None,
+        "--region",
+        help="For a model trained with the region (context 'region'): the node's stored region, the other "
+        "hospitals' released totals its coordinator last sent (default: <release>.region.json beside --release, "
+        "or beside the release of --node-config).",
+    ),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends
     (forecast.csv + forecast.png)."""
     from medalloc_core.allocation.forecast_io import write_forecast
     from medalloc_core.forecast.plot import plot_forecast
     from medalloc_core.forecast.predict import ModelDataMismatch, forecast_records
+    from medalloc_core.forecast.region_store import RegionStoreError, join_stored_region, reads_region
     from medalloc_core.model_io import ModelFileError, load_model
 
     csv_path, png_path = out / "forecast.csv", out / "forecast.png"
@@ -98,7 +109,7 @@ def forecast(
             _fail(f"{path} is one of the inputs; choose another --out")
         if path.exists() and not force:
             _fail(f"{path} already exists; pass --force to replace it, or choose another --out")
-    log_path, node_hospital = _forecast_log(node_config, forecast_log)
+    log_path, node_hospital, node_release = _forecast_log(node_config, forecast_log)
     if log_path is not None:
         from medalloc_core.forecast.history import ForecastLogError, read_log
 
@@ -124,10 +135,16 @@ def forecast(
             _fail(f"--release {release}: {exc}")
             return
         noise_sd = dict(plan.noise_sd)
+    stored = None
     try:
         saved = load_model(model)
         read = read_records(data, mapping)
         records = read.records
+        if reads_region(saved.spec):
+            # what the node's rounds read: the region its coordinator last sent, kept beside its release
+            stored = _stored_region(region, release or node_release)
+            records = join_stored_region(records, saved.spec, stored)
+            released = join_stored_region(released, saved.spec, stored) if released is not None else None
         frame = forecast_records(
             saved.model, saved.spec, records, hospital=hospital or read.name, noise_sd=noise_sd, released=released
         )
@@ -139,7 +156,7 @@ def forecast(
     except DataContractError as exc:
         _fail(one_line(data, exc))
         return
-    except (ModelFileError, ModelDataMismatch) as exc:
+    except (ModelFileError, ModelDataMismatch, RegionStoreError) as exc:
         _fail(str(exc))
         return
     try:
@@ -154,6 +171,11 @@ def forecast(
     _out.print(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
         + (f"bands calibrated with the release {release}; " if release is not None else "")
+        + (
+            f"region from {stored.path} (received {stored.received}, to {stored.last_day.date()}); "
+            if stored is not None and stored.last_day is not None
+            else ""
+        )
         + f"wrote {csv_path} ({len(frame)} rows) and {png_path}"
         + logged,
         highlight=False,
@@ -161,18 +183,37 @@ def forecast(
     )
 
 
-def _forecast_log(node_config: Path | None, forecast_log: Path | None) -> tuple[Path | None, str | None]:
-    """The forecast log to add the run to (--forecast-log, else beside the node's ledger) and the node's hospital-id."""
+def _forecast_log(node_config: Path | None, forecast_log: Path | None) -> tuple[Path | None, str | None, Path | None]:
+    """The forecast log to add the run to (--forecast-log, else beside the node's ledger), the node's hospital-id
+    and its release path (where its stored region lies beside)."""
     if node_config is None:
-        return forecast_log, None
-    from medalloc.cli.node_files import read_node_config
+        return forecast_log, None, None
+    from medalloc.cli.node_files import read_node_config, release_path_of
     from medalloc_core.forecast.history import log_path_for_ledger
 
     try:
         config = read_node_config(node_config)
     except ValueError as exc:
         _fail(str(exc))
-    return forecast_log or log_path_for_ledger(config.ledger_path), config.hospital_id
+    return forecast_log or log_path_for_ledger(config.ledger_path), config.hospital_id, release_path_of(config)
+
+
+def _stored_region(region: Path | None, release: Path | None) -> StoredRegion:
+    """The region a region model reads: --region, else the one kept beside the node's release; else exit 2."""
+    from medalloc_core.forecast.region_store import RegionStoreError, read_region, region_path
+
+    if region is None and release is None:
+        _fail(
+            "the model reads the region (context 'region': the other hospitals' released daily totals), which a "
+            "node keeps from the federation's last round beside its release; give --release (the node's "
+            "<ledger>.released.csv), --node-config or --region <release>.region.json. Without it the forecast "
+            "would read no region, which is not the model that was scored"
+        )
+    path = region if region is not None else region_path(release)  # type: ignore[arg-type]
+    try:
+        return read_region(path)
+    except RegionStoreError as exc:
+        _fail(f"{'--region ' if region is not None else ''}{exc}")
 
 
 def _log_run(path: Path, frame: pd.DataFrame, origin: date, arrays_sha256: str) -> str:

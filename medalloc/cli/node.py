@@ -241,6 +241,8 @@ def adopt(
 ) -> None:
     """Score a new shared model against the one this node uses, on its most recent released days; adopt it only
     if better (node setting adopt = "if-better", the default) or always (adopt = "always")."""
+    from medalloc_core.forecast.region import with_region
+    from medalloc_core.forecast.region_store import RegionStoreError, read_region, region_path
     from medalloc_core.model_io import ModelFileError
     from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
     from medalloc_core.tasks.forecasting.adoption import AdoptionError, policy_of
@@ -254,8 +256,10 @@ def adopt(
     try:
         policy = policy_of(keys)
         released = ReleaseStore.open(release).records()
+        if region_path(release).exists():  # a region model is scored on the region the node's rounds read
+            released = with_region(released, read_region(region_path(release)).region)
         decision = adopt_model(model, released=released, ledger_path=ledger, policy=policy)
-    except (AdoptionError, ModelFileError, ReleaseStoreError, OSError) as exc:
+    except (AdoptionError, ModelFileError, ReleaseStoreError, RegionStoreError, OSError) as exc:
         _fail(str(exc))
         return
     table = Table(title="Adopt or keep (WAPE on this node's most recent released days)", title_justify="left")

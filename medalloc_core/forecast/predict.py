@@ -16,8 +16,16 @@ import pandas as pd
 
 from medalloc_core.allocation.forecast_io import FORECAST_COLUMNS, HOSPITAL, TARGET, TARGETS, VALUE, Q
 from medalloc_core.contract import DATE, UNIT, Frequency, UnitRecords
-from medalloc_core.forecast.features import HospitalDataset, WindowSet, WindowSpec, forecast_inputs, prepare_hospital
+from medalloc_core.forecast.features import (
+    REGION_PREFIX,
+    HospitalDataset,
+    WindowSet,
+    WindowSpec,
+    forecast_inputs,
+    prepare_hospital,
+)
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet
+from medalloc_core.forecast.region_store import reads_region
 from medalloc_core.forecast.training import predict
 
 logger = logging.getLogger(__name__)
@@ -69,6 +77,23 @@ def check_compatible(config: ForecasterConfig, spec: WindowSpec, records: UnitRe
             f"does not match the model (L={config.history}, H={config.horizon}, T={config.n_targets})"
         )
     return resolved
+
+
+def _check_region(spec: WindowSpec, records: UnitRecords) -> None:
+    """A model that reads the region needs its columns: without them its region channel would be zeros.
+
+    Never silently: zeros are not what the model was trained and scored on (``forecast.region_store``).
+    """
+    if not reads_region(spec):
+        return
+    missing = [REGION_PREFIX + t for t in spec.targets if REGION_PREFIX + t not in records.frame.columns]
+    if missing:
+        raise ModelDataMismatch(
+            f"{records.source}: the model reads the region (context 'region': the other hospitals' released daily "
+            f"totals) and these records carry none ({missing}); on a node, give its stored region "
+            "(<release-path>.region.json, kept from the federation's last round): `medalloc forecast --release` "
+            "or `--region`"
+        )
 
 
 def windows_to_frame(
@@ -153,6 +178,7 @@ def forecast_records(
     """
     config = model.config
     resolved = check_compatible(config, spec, records)
+    _check_region(resolved, records)
     try:
         if dataset is None:
             dataset = prepare_hospital(records, resolved)

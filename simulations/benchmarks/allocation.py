@@ -372,6 +372,82 @@ def evaluate_plans(
     return table
 
 
+def pooled_plans(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The plan tables of several origins as one: every cost and count summed per method, the ratios recomputed.
+
+    ``cost_ratio`` is the summed running cost over the oracle's summed running cost (a ratio of sums: each
+    origin weighs by its patient-days, as a hospital's bill does).
+    """
+    frame = pd.concat(tables, ignore_index=True)
+    sums = ["overflow_pd", "idle_bd", "surge_bd", "transfers_pd", "unserved_pd", "idle_after_bd", "total_cost"]
+    sums.append("running_cost")
+    methods = list(dict.fromkeys(frame["method"]))
+    table = frame.groupby("method", sort=False)[sums].sum().reindex(methods).reset_index()
+    if "oracle" in methods:
+        oracle = table.loc[table["method"] == "oracle"].iloc[0]
+        table["excess_cost"] = table["total_cost"] - float(oracle["total_cost"])
+        table["cost_ratio"] = table["running_cost"] / float(oracle["running_cost"])
+    return table
+
+
+def _per_origin_table(tables: list[pd.DataFrame]) -> Table:
+    """cost / oracle of each method at each origin: how much one origin's ranking can move."""
+    out = Table(title="cost / oracle per origin (first day planned)")
+    out.add_column("method", no_wrap=True)
+    for t in tables:
+        out.add_column(str((t["origin"].iloc[0] + pd.Timedelta(days=1)).date()), justify="right")
+    for method in tables[0]["method"]:
+        out.add_row(method, *(f"{float(t.loc[t['method'] == method, 'cost_ratio'].iloc[0]):.3f}" for t in tables))
+    return out
+
+
+def _diagnostics_table(diagnostics: list[pd.DataFrame]) -> Table:
+    """The census forecasts behind the plans, per unit-day over every origin (``forecast_diagnostics``)."""
+    frame = pd.concat(diagnostics).groupby("method", sort=False).mean().reset_index()  # equal unit-days per origin
+    out = Table(title="Census forecasts behind the plans (per unit-day, all origins)")
+    for c in ("method", "P50 bias", "P50 MAE", "P90-P10", "in P10..P90", "above P90"):
+        out.add_column(c, justify="left" if c == "method" else "right", no_wrap=c == "method")
+    for _, r in frame.iterrows():
+        out.add_row(
+            r["method"],
+            f"{r['bias']:+.1f}",
+            f"{r['mae']:.1f}",
+            f"{r['width']:.1f}",
+            f"{r['coverage']:.2f}",
+            f"{r['above_p90']:.2f}",
+        )
+    return out
+
+
+def forecast_diagnostics(truth: pd.DataFrame, forecasts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Why a plan costs what it costs: each method's census forecast against the truth, per unit-day.
+
+    ``bias`` (P50 - truth, beds) and ``mae`` of the median; ``width`` P90 - P10 (beds, the band the plan's
+    high quantile sits on); ``coverage`` the share of unit-days within P10..P90 (0.8 when calibrated);
+    ``above_p90`` the share above the P90 (0.1 when calibrated). Levels a forecast lacks are interpolated.
+    """
+    from medalloc_core.allocation.newsvendor import quantile_matrix
+    from medalloc_core.allocation.quantiles import quantile_at
+
+    y_by_key = truth.set_index([HOSPITAL, UNIT, DATE])[CENSUS]
+    rows = []
+    for name, forecast in forecasts.items():
+        keys, levels, values = quantile_matrix(forecast)
+        y = y_by_key.reindex(pd.MultiIndex.from_frame(keys[[HOSPITAL, UNIT, DATE]])).to_numpy(dtype=float)
+        p10, p50, p90 = (quantile_at(levels, values, q).ravel() for q in (0.1, 0.5, 0.9))
+        rows.append(
+            {
+                "method": name,
+                "bias": float(np.mean(p50 - y)),
+                "mae": float(np.mean(np.abs(p50 - y))),
+                "width": float(np.mean(p90 - p10)),
+                "coverage": float(np.mean((y >= p10) & (y <= p90))),
+                "above_p90": float(np.mean(y > p90)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 SHARE_EPSILONS = (0.1, 0.3, 1.0, 3.0)
 
 
@@ -676,6 +752,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--toy-region", action="store_true", help="seasonal-Poisson region instead of medalloc_core.synthetic"
     )
+    parser.add_argument(
+        "--origins",
+        type=int,
+        default=4,
+        help="rolling forecast origins one horizon apart, the last a horizon before the data ends; every method "
+        "plans from each (a federation per origin) and the table sums them (one origin is one draw of the weather)",
+    )
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument(
         "--skip-neural", action="store_true", help="no federated / local-only models (seconds instead of minutes)"
@@ -695,32 +778,45 @@ def main(argv: list[str] | None = None) -> int:
 
     daily = (_toy_region if args.toy_region else _synthetic_region)(args.hospitals, args.days + args.horizon, args.seed)
     daily[DATE] = pd.to_datetime(daily[DATE])
-    origin = daily[DATE].max() - pd.Timedelta(days=args.horizon)
-    history = daily[daily[DATE] <= origin]
-    truth = daily[daily[DATE] > origin][[HOSPITAL, UNIT, DATE, CENSUS]].reset_index(drop=True)
     capacity = daily.groupby([HOSPITAL, UNIT], as_index=False)[CAPACITY].max().rename(columns={CAPACITY: BEDS})
-    forecasts = {
-        "oracle": oracle_forecast(truth),
-        "noisy-oracle": noisy_oracle_forecast(truth, seed=args.seed),
-        "seasonal-naive": seasonal_naive_forecast(history, origin, args.horizon),
-    }
-    neural: NeuralReport = {}
-    if not args.skip_neural:
-        with console.status(f"training the federated DP and local-only DP models ({args.rounds} rounds)"):
-            forecasts |= neural_forecasts(
-                history,
-                origin,
-                args.horizon,
-                seed=args.seed,
-                settings=NeuralSettings(rounds=args.rounds),
-                report=neural,
-            )
     costs = BenchmarkCosts(surge_pool=2.0 * args.hospitals, seed=args.seed)
-    with console.status("planning and scoring each forecast"):
-        table = evaluate_plans(truth, forecasts, capacity, costs)
+    # Rolling origins one horizon apart, the last one the horizon before the data ends: each method plans from
+    # each origin with only the days before it (a federation trained per origin), scored on the days after it.
+    last = daily[DATE].max()
+    tables, diagnostics, reports = [], [], []
+    for i in reversed(range(args.origins)):
+        end = last - pd.Timedelta(days=i * args.horizon)
+        origin = end - pd.Timedelta(days=args.horizon)
+        history = daily[daily[DATE] <= origin]
+        truth = daily[(daily[DATE] > origin) & (daily[DATE] <= end)][[HOSPITAL, UNIT, DATE, CENSUS]]
+        truth = truth.reset_index(drop=True)
+        forecasts = {
+            "oracle": oracle_forecast(truth),
+            "noisy-oracle": noisy_oracle_forecast(truth, seed=args.seed),
+            "seasonal-naive": seasonal_naive_forecast(history, origin, args.horizon),
+        }
+        if not args.skip_neural:
+            neural: NeuralReport = {}
+            with console.status(f"origin {origin.date()}: training the federated DP and local-only DP models"):
+                forecasts |= neural_forecasts(
+                    history,
+                    origin,
+                    args.horizon,
+                    seed=args.seed,
+                    settings=NeuralSettings(rounds=args.rounds),
+                    report=neural,
+                )
+            reports.append(neural)
+        with console.status(f"origin {origin.date()}: planning and scoring each forecast"):
+            tables.append(evaluate_plans(truth, forecasts, capacity, costs).assign(origin=origin))
+            diagnostics.append(forecast_diagnostics(truth, forecasts))
+    table = pooled_plans(tables)
     source = "toy seasonal-Poisson region" if args.toy_region else "medalloc_core.synthetic region"
+    origins = sorted({t["origin"].iloc[0] for t in tables})
+    span = f"{len(origins)} origin(s) {origins[0].date()}..{origins[-1].date()}" if len(origins) > 1 else "1 origin"
     out = Table(
-        title=f"Plans vs the true future: {args.hospitals} hospitals, {args.horizon} days, {source}, seed {args.seed}"
+        title=f"Plans vs the true future: {args.hospitals} hospitals, {span} x {args.horizon} days, {source}, "
+        f"seed {args.seed}"
     )
     labels = {
         "method": "method",
@@ -740,15 +836,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(out)
     console.print(
         "pd = patient-days, bd = bed-days; decision cost = c_u·unserved + c_o·idle + transfers; "
-        "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's"
+        "cost / oracle = (decision cost + c_o·true patient-days) / the oracle's, summed over the origins"
     )
-    if neural:
-        eps = neural["epsilon"]
+    if len(tables) > 1:
+        console.print(_per_origin_table(tables))
+    console.print(_diagnostics_table(diagnostics))
+    if reports:
+        eps = {m: max(r["epsilon"][m] for r in reports) for m in ("federated-dp", "local-only-dp")}
         console.print(
             f"privacy per patient (stays <= 14 nights) at delta={NeuralSettings.delta:g}, max over hospitals: "
             f"federated-dp epsilon {eps['federated-dp']:.2f}, "
-            f"local-only-dp epsilon {eps['local-only-dp']:.2f}; training took {neural['federation_s']:.0f} s "
-            f"(federation) + {neural['local_s']:.0f} s (local-only and forecasts)"
+            f"local-only-dp epsilon {eps['local-only-dp']:.2f} (one federation per origin); training took "
+            f"{sum(r['federation_s'] for r in reports):.0f} s (federations) + "
+            f"{sum(r['local_s'] for r in reports):.0f} s (local-only and forecasts)"
         )
     console.print(
         f"costs: unserved {costs.under_cost}/patient-day, idle {costs.over_cost}/bed-day, "

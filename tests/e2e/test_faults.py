@@ -409,3 +409,46 @@ def test_the_region_reaches_real_supernodes(region: Region) -> None:
     assert sharing == {region.ids[KILLED], region.ids[STEADY]}, log[-4000:]
     check_one_release(region, rows)
     assert region.ledger(TORN).read_bytes() == region.torn_bytes
+    check_the_node_forecast_reads_its_stored_region(region, out)
+
+
+def check_the_node_forecast_reads_its_stored_region(reg: Region, out: Path) -> None:
+    """What a hospital gets is what was scored: each sharing node kept the last region its coordinator sent (the
+    other node's released totals; the torn node keeps none), and the node's own `medalloc forecast --release`, a
+    separate process, gives the forecast the in-process evaluation computes from that region; without the region
+    it refuses instead of forecasting from zeros."""
+    import pandas as pd
+
+    from medalloc_core.forecast.predict import forecast_records
+    from medalloc_core.forecast.region import daily_totals, with_region
+    from medalloc_core.forecast.region_store import read_region, region_path
+    from medalloc_core.model_io import load_model
+    from medalloc_core.privacy.release import ReleaseStore
+    from medalloc_core.validation import load_unit_records
+
+    def release(hospital: str) -> Path:
+        return reg.ledger(hospital).with_name(reg.ledger(hospital).name + ".released.csv")
+
+    totals = {h: daily_totals(ReleaseStore.open(release(h)).records()) for h in (KILLED, STEADY)}
+    stored = read_region(region_path(release(STEADY))).region
+    np.testing.assert_allclose(stored.to_numpy(), totals[KILLED][stored.columns].to_numpy(), atol=1e-5)
+    assert not region_path(release(TORN)).exists()
+    node, fed = reg.fed.node_dir(STEADY), reg.fed
+    data = node / "data" / f"{STEADY}.csv"
+    cmd = f"medalloc forecast --model {out / 'final_model.safetensors'} --data {data} --hospital {STEADY}"
+    fed.ok("forecast-region", f"{cmd} --release {release(STEADY)} --out fc-region", fed.node_env(STEADY), cwd=node)
+    got = pd.read_csv(node / "fc-region" / "forecast.csv")["value"].to_numpy()
+    saved = load_model(out)
+    store = ReleaseStore.open(release(STEADY))
+    assert store.plan is not None
+    expected = forecast_records(
+        saved.model,
+        saved.spec,
+        with_region(load_unit_records(data), totals[KILLED]),
+        hospital=STEADY,
+        noise_sd=dict(store.plan.noise_sd),
+        released=with_region(store.records(), totals[KILLED]),
+    )["value"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    refused = fed.sh("forecast-no-region", f"{cmd} --out fc-none", fed.node_env(STEADY), cwd=node)
+    assert refused.returncode == 2 and "reads the region" in " ".join(refused.stdout.split() + refused.stderr.split())

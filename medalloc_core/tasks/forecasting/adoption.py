@@ -26,7 +26,8 @@ from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
 from medalloc_core.contract import UnitRecords
-from medalloc_core.forecast.features import prepare_hospital
+from medalloc_core.forecast.features import REGION_PREFIX, prepare_hospital
+from medalloc_core.forecast.region_store import reads_region
 from medalloc_core.model_io import load_model, read_sidecar, sidecar_of
 from medalloc_core.paths import read_regular_bytes
 from medalloc_core.tasks.forecasting.local import evaluate_local
@@ -84,6 +85,11 @@ class Decision:
 def score_model(path: Path, released: UnitRecords) -> Score:
     """Score the model at ``path`` on the test days of ``released`` (its own window spec; post-processing)."""
     saved = load_model(path)
+    if reads_region(saved.spec) and not any(c.startswith(REGION_PREFIX) for c in released.frame.columns):
+        raise AdoptionError(
+            f"{saved.path} reads the region (context 'region') and the node keeps no region beside its release "
+            "(<release-path>.region.json, written by every round of a region run): it cannot be scored as trained"
+        )
     try:
         dataset = prepare_hospital(released, saved.spec)
         scores = evaluate_local(saved.model, dataset)

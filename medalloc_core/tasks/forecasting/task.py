@@ -35,6 +35,7 @@ from medalloc_core.contract import DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.region import region_from_text, totals_record, with_region
+from medalloc_core.forecast.region_store import REGION_CONTEXT, region_path, store_region
 from medalloc_core.forecast.training import TrainConfig, adaptive_batch_size, train_local
 from medalloc_core.model_io import write_model_files
 from medalloc_core.privacy.continuity import PatientContributions
@@ -416,11 +417,11 @@ def _prepare(
             region.index.max().date() if len(region) else "-",
         )
         released = _with_region(node, released, region)
+        _keep_region(node, region, ask.run_tag)
     return node, ask, model, released, ledger
 
 
 # ------------------------------------------------------------------ the region (docs/coordinator.md, "The region")
-REGION_CONTEXT = "region"
 SHARE_TOTALS_KEY = "share-released-totals"  # node config; default true: a node may refuse to send its totals
 
 
@@ -451,6 +452,22 @@ def _with_region(node: ForecastNode, released: LocalData, region: pd.DataFrame) 
     except ValueError as exc:
         logger.error("%s: released counts with the region cannot be windowed: %s", node.hospital_id, exc)
         raise TaskRefused(Refusal.DATA_INVALID, _reason(Refusal.DATA_INVALID)) from exc
+
+
+def _keep_region(node: ForecastNode, region: pd.DataFrame, run_tag: str) -> None:
+    """Keep the region beside the release (``<release-path>.region.json``, local): ``medalloc forecast`` reads it
+    for a region model, so the hospital's forecast reads the region its rounds read (``forecast.region_store``).
+
+    A failed write is logged, not refused: the round itself does not need the file, and a forecast from a
+    stale region says how old it is.
+    """
+    path = region_path(node.release_path)
+    try:
+        store_region(path, region, run_tag=run_tag)
+    except OSError as exc:
+        logger.error(
+            "%s: the region could not be kept in %s (%s); forecasts read the one before", node.hospital_id, path, exc
+        )
 
 
 def shares_totals(node: ForecastNode) -> bool:
