@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -72,9 +73,11 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
             "equipment-min-survivors": MIN_SURVIVORS,
         } | get_task("equipment").public_calendar(fleet)  # a deployed node declares its fleet (issue 20)
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+        # Flower's own SuperNode as `medalloc node start` runs it (medalloc.node.supernode: its wait between pulls
+        # capped at 0.5 s instead of 3 s; each SecAgg+ stage is one more message per node, so one more such wait)
         nodes[fleet.name] = harness.start(
             f"node-{fleet.name}",
-            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
+            [sys.executable, "-m", "medalloc.node.supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
              "--port", str(free_port()), "--node-config", pairs],
             cwd=tmp_path, env=env,
         )  # fmt: skip
@@ -94,7 +97,8 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
         # only the keys pyproject.toml declares, and the tasks' own keys are not among them
     }
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-    time.sleep(15)  # the nodes register
+    for node in nodes.values():  # every node registered before the run: round 1 must sum all four
+        node.wait_for_log(r"SuperNode ID: \d+", timeout=180)
     submitted = harness.run(
         "flwr-run", ["flwr", "run", str(project), "e2e", "--run-config", overrides], cwd=tmp_path, env=env, timeout=300
     )
