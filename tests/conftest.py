@@ -29,9 +29,10 @@ def _own_data_source_record(tmp_path_factory: pytest.TempPathFactory, monkeypatc
 # and the rest seconds, so the longest modules go first, where only one worker reaches them while the other
 # works through the short ones and then takes what remains: the run does not end with one worker alone in a
 # long test (with xdist's default `load`, the first worker got all of tests/e2e/ in its first chunk and ran
-# them one after another: most of the suite's wall time). Longest first, from `--durations` of a full run
-# (seconds under load, module total); a module keeps its tests together, in pytest's order, so a
-# module-scoped fixture is set up once. Then every other module with a slow test, then the rest as collected.
+# them one after another: most of the suite's wall time). Longest first, by the `--durations` of a `-m slow` run
+# (seconds, module totals, before the SecAgg+ and weekly e2e got faster); a module keeps its tests together, in
+# pytest's order, so a module-scoped fixture is set up once. Then every other module with a slow test, then the
+# rest as collected. A module missing from the list only runs later: slower, never wrong.
 LONGEST_MODULES = (
     "tests/e2e/test_faults.py",  # 360: four tests on one module-scoped federation
     "tests/e2e/test_deployment.py",  # 281
