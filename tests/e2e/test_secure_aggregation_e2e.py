@@ -1,8 +1,9 @@
 """Secure aggregation with distributed DP on real Flower processes: a SuperLink, four SuperNodes, one killed mid-run.
 
 The equipment task with ``secure-aggregation = true`` (Flower's SecAgg+ in its legacy workflow,
-server/secure.py; each node's consent in its own node config, client/secure.py). After round 1
-one SuperNode's whole process group is killed (as a crashed machine) while round 2 starts.
+server/secure.py; each node's consent in its own node config, client/secure.py), each node started as
+docs/equipment.md starts it: ``medalloc node start`` with the app approved. After round 1 one node's whole
+process group is killed (as a crashed machine) while round 2 starts.
 Whatever stage of SecAgg+ it dies in, every round must either sum at least ``sa-min-survivors``
 nodes' vectors or be refused as a whole (the model kept), and every ledger must stay consistent:
 at most one spend per round, the epsilon it reports is the Skellam composition of its spends,
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -56,10 +59,20 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
         cwd=tmp_path, env=env,
     )  # fmt: skip
     wait_port(link, superlink, timeout=120)
+    project = _copy_project(tmp_path / "project")
+    approved = tmp_path / "approved-apps.toml"  # the hospitals approve the app they will run (docs/hospital.md)
+    approval = harness.run(
+        "approve",
+        [sys.executable, "-m", "medalloc.cli", "node", "approve", "--app", str(project), "--approved-apps",
+         str(approved)],
+        cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert approval.returncode == 0, approval.stdout + approval.stderr
     nodes = {}
     for i, fleet in enumerate(fleets):
         own = tmp_path / f"node{i}"
         own.mkdir()
+        shutil.copyfile(approved, own / "approved-apps.toml")  # the same approval, in each node's own folder
         config = {
             "tasks": "equipment",
             "hospital-id": fleet.name,
@@ -70,18 +83,22 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
             "node-state-path": str(own / "node-state.json"),
             "equipment-secure-aggregation": True,
             "equipment-min-survivors": MIN_SURVIVORS,
+            "approved-apps": str(own / "approved-apps.toml"),
         } | get_task("equipment").public_calendar(fleet)  # a deployed node declares its fleet (issue 20)
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+        # The node as docs/equipment.md starts it: `medalloc node start` (Flower's SuperNode, its wait between pulls
+        # 0.5 s, and the approved-apps gate, whose warm launcher forks each message's ClientApp process: SecAgg+ sends
+        # every node one message per stage, and a cold `flwr-clientapp` imports PyTorch and Opacus for each).
+        # Killing its process group kills all of it, as a crashed machine.
         nodes[fleet.name] = harness.start(
             f"node-{fleet.name}",
-            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-             "--port", str(free_port()), "--node-config", pairs],
+            [sys.executable, "-m", "medalloc.cli", "node", "start", "--insecure", "--superlink", f"127.0.0.1:{link}",
+             "--node-config", pairs, "--port", str(free_port())],
             cwd=tmp_path, env=env,
         )  # fmt: skip
     (home / ".flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
     )
-    project = _copy_project(tmp_path / "project")
     out = tmp_path / "out"
     run_config = {
         "task": "equipment",
@@ -94,7 +111,8 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
         # only the keys pyproject.toml declares, and the tasks' own keys are not among them
     }
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-    time.sleep(15)  # the nodes register
+    for node in nodes.values():  # every node registered before the run: round 1 must sum all four
+        node.wait_for_log(r"SuperNode ID: \d+", timeout=180)
     submitted = harness.run(
         "flwr-run", ["flwr", "run", str(project), "e2e", "--run-config", overrides], cwd=tmp_path, env=env, timeout=300
     )
