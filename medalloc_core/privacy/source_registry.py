@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_bytes
 from medalloc_core.privacy.node_state import LedgerResetDetected
 
 __all__ = ["STATE_DIR_ENV", "check_source_ledger", "record_derived", "registry_path", "source_identity"]
@@ -60,11 +61,15 @@ def source_identity(location: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_MAX_RECORD_BYTES = 16 * 2**20  # one entry per data source: a few hundred bytes each
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"format": FORMAT, "sources": {}}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        # a regular file only, bounded: a FIFO here would block every node and `share` on this machine
+        raw = json.loads(read_regular_bytes(path, limit=_MAX_RECORD_BYTES, what="the data-source record (JSON)"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LedgerResetDetected(f"the data-source record {path} is unreadable ({exc}); restore it") from exc
     if (
