@@ -39,6 +39,6 @@ class CleanStream:
 def clean_standard_streams() -> None:
     """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`CleanStream` (once; a second call changes nothing)."""
     if not isinstance(sys.stdout, CleanStream):
-        sys.stdout = CleanStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = CleanStream(sys.stdout)
     if not isinstance(sys.stderr, CleanStream):
-        sys.stderr = CleanStream(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = CleanStream(sys.stderr)
