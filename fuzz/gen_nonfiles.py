@@ -55,12 +55,43 @@ def _privacy(rng: random.Random) -> Case:
 @generator("forecast", "not-a-file")
 def _forecast(rng: random.Random) -> Case:
     kind = _kind(rng)
-    path = rng.choice([SIDECAR, ARRAYS, "H000.csv"])
-    files = {**fixtures.model_files(), "H000.csv": fixtures.hospital_csv()}
+    path = rng.choice([SIDECAR, ARRAYS, "H000.csv", "node.toml", "released.csv", "log.json"])
+    files = {**fixtures.model_files(), "H000.csv": fixtures.hospital_csv(), **fixtures.ledger_files()}
     options = dict(_FORECAST)
     if path == ARRAYS and kind == "folder":
         options["--model"] = SIDECAR  # a folder given as --model is read as a results folder
+    if path == "node.toml":
+        options["--node-config"] = path
+    elif path == "released.csv":
+        options["--release"] = path  # the node's release store, for the forecast's noise band
+    elif path == "log.json":
+        options["--forecast-log"] = path
     return _case("forecast", options, files, path, kind)
+
+
+@generator("explain", "not-a-file")
+def _explain(rng: random.Random) -> Case:
+    kind = _kind(rng)
+    path = rng.choice([SIDECAR, ARRAYS, "H000.csv"])
+    files = {**fixtures.model_files(), "H000.csv": fixtures.hospital_csv()}
+    options = {"--model": SIDECAR if path == ARRAYS and kind == "folder" else ARRAYS, "--data": "H000.csv"}
+    return _case("explain", options | {"--out": "ex"}, files, path, kind)
+
+
+@generator("node check", "not-a-file")
+def _node_check(rng: random.Random) -> Case:
+    """``node check`` on a node.toml that is not a file (its data and ledger are checks, reported in the table)."""
+    kind = _kind(rng)
+    return _case("node check", {"--node-config": "node.toml"}, {"H000.csv": fixtures.hospital_csv()}, "node.toml", kind)
+
+
+@generator("node approve", "not-a-file")
+def _node_approve(rng: random.Random) -> Case:
+    kind = _kind(rng)
+    if rng.random() < 0.5:
+        return _case("node approve", {"--fab": "app.fab", "--approved-apps": "approved.toml"}, {}, "app.fab", kind)
+    options = {"--sha256": "ab" * 32, "--approved-apps": "approved.toml"}  # the node's approved-apps file itself
+    return _case("node approve", options, {}, "approved.toml", kind)
 
 
 @generator("allocate", "not-a-file")
@@ -84,6 +115,9 @@ def _allocate(rng: random.Random) -> Case:
 @generator("share", "not-a-file")
 def _share(rng: random.Random) -> Case:
     kind = _kind(rng)
-    path = rng.choice(["forecast.csv", "H000.csv", "ledger.json", "ledger.json.key"])
+    path = rng.choice(["forecast.csv", "H000.csv", "ledger.json", "ledger.json.key", "node.toml"])
     files = {"forecast.csv": fixtures.forecast_csv(), "H000.csv": fixtures.hospital_csv(), **fixtures.ledger_files()}
-    return _case("share", dict(_SHARE), files, path, kind)
+    options = dict(_SHARE)
+    if path == "node.toml":  # the ledger from the node's config (a FIFO here used to block `share` for ever)
+        options = {k: v for k, v in options.items() if k != "--ledger"} | {"--node-config": path}
+    return _case("share", options, files, path, kind)

@@ -31,6 +31,7 @@ __all__ = [
     "open_regular",
     "read_regular_bytes",
     "read_regular_text",
+    "why_not_a_file",
 ]
 
 
@@ -57,6 +58,19 @@ def describe_mode(mode: int) -> str:
     if stat.S_ISREG(mode):
         return "a regular file"
     return "not a regular file"
+
+
+def why_not_a_file(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` is no regular file, in words: "no such file", or what it is ("is a FIFO (named pipe), ...").
+
+    For the message of a caller that found ``Path.is_file()`` false: a FIFO or a device exists, and
+    "no such file" would send the operator looking for a file that is there.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "no such file"
+    return f"is {describe_mode(mode)}, not a regular file"
 
 
 def _refuse(path: Path, mode: int, what: str) -> NotRegularFile:

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medalloc_core.paths import read_regular_bytes
+
 logger = logging.getLogger(__name__)
 
 # P-384: the curve Flower itself uses for node keys; accepted by every TLS stack we meet.
@@ -179,11 +181,16 @@ def _write_new(path: Path, data: bytes, *, secret: bool) -> None:
         handle.write(data)
 
 
+_MAX_PEM_BYTES = 1 << 20  # a PEM certificate or key is a few KiB
+
+
 def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Read an existing CA (``ca.key`` + ``ca.crt``) made by :func:`write_certificates`."""
     try:
-        cert = x509.load_pem_x509_certificate((ca_dir / CA_CERT).read_bytes())
-        key = serialization.load_pem_private_key((ca_dir / CA_KEY).read_bytes(), password=None)
+        # read as regular files only (a FIFO named ca.key would block for ever), at most 1 MiB each
+        cert = x509.load_pem_x509_certificate(read_regular_bytes(ca_dir / CA_CERT, limit=_MAX_PEM_BYTES))
+        pem = read_regular_bytes(ca_dir / CA_KEY, limit=_MAX_PEM_BYTES)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (OSError, ValueError) as exc:
         raise CertificateError(f"cannot read the CA in {ca_dir} ({CA_CERT} and {CA_KEY}): {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medalloc_core.paths import read_regular_bytes, why_not_a_file
+
 logger = logging.getLogger(__name__)
 
 # The Fleet API calls a SuperNode with a registered key makes, read from flwr 1.42's
@@ -172,7 +174,8 @@ class GatewayConfig:
         ):
             if not Path(path).is_file():
                 raise GatewayError(
-                    f"{path}: no such file ({what}; --certs names the folder `python -m medalloc.server.certs` wrote)"
+                    f"{path}: {why_not_a_file(path)} "
+                    f"({what}; --certs names the folder `python -m medalloc.server.certs` wrote)"
                 )
         if self.listen_port == self.superlink_port and (
             self.listen_host in ("0.0.0.0", "::") or _is_loopback(self.listen_host)
@@ -223,7 +226,7 @@ def upstream_tls_name(certfile: Path, fallback: str) -> str:
     from cryptography import x509
 
     try:
-        cert = x509.load_pem_x509_certificate(Path(certfile).read_bytes())
+        cert = x509.load_pem_x509_certificate(read_regular_bytes(certfile, limit=1 << 20, what="a PEM certificate"))
     except (OSError, ValueError) as exc:
         raise GatewayError(f"{certfile}: not a PEM certificate ({exc})") from exc
     try:

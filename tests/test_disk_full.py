@@ -185,3 +185,38 @@ def test_results_on_a_full_disk_are_refused_with_the_file_named(disk: Disk) -> N
         atomic_write_bytes(target, b"x" * 100_000)
     assert str(target) in str(raised.value) and "the previous forecast.csv, if any, is intact" in str(raised.value)
     assert target.read_bytes() == b"old,results\n"
+
+
+def test_the_machines_data_source_record_on_a_full_disk_is_a_clear_refusal(disk: Disk, tmp_path: Path) -> None:
+    """``$MEDALLOC_STATE_DIR/data-sources.json`` on a full disk: `share` ended in a traceback (a bare WriteFailed)
+    and a node saw an error that was no ledger refusal.
+    Now: exit 2, the file named, nothing spent; with space, it works.
+    """
+    import sys
+
+    from fuzz import fixtures
+    from medalloc_core.privacy.source_registry import check_source_ledger
+
+    work = tmp_path / "node"
+    work.mkdir()
+    files = {"forecast.csv": fixtures.forecast_csv(), "H000.csv": fixtures.hospital_csv(), **fixtures.ledger_files()}
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    state = disk.root / "state"
+    disk.fill()
+    with pytest.raises(LedgerWriteFailed, match="data-sources.json could not be written"):  # the node's refusal
+        check_source_ledger(str(work / "H000.csv"), work / "ledger.json", "id", path=state / "data-sources.json")
+    argv = [sys.executable, "-m", "medalloc", "share", "--forecast", "forecast.csv", "--data", "H000.csv"]
+    argv += ["--ledger", "ledger.json", "--epsilon", "1"]
+    env = {**os.environ, "MEDALLOC_STATE_DIR": str(state)}
+    result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "data-sources.json could not be written" in said and "No space left on device" in said, said
+    assert "Nothing was spent" in said
+    assert all((work / name).read_bytes() == data for name, data in files.items())  # the ledger did not move
+    assert not (work / "shared.csv").exists() and disk.names(state) == []
+    disk.free()
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (state / "data-sources.json").is_file() and (work / "shared.csv").is_file()

@@ -50,3 +50,43 @@ def test_validate_never_prints_the_override(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert "medlacid" in result.output and RLO not in result.output
     assert RLO in path.read_text(encoding="utf-8")  # the file (the data) is untouched
+
+
+def test_no_command_prints_a_bidi_control_anywhere(tmp_path: Path) -> None:
+    """Beyond tables: a plan's reasons (allocate) and a loader warning logged by forecast carried the raw name.
+
+    Real processes, whose stdout and stderr are read whole; the files they write keep the name as it is.
+    """
+    import os
+    import subprocess
+    import sys
+
+    name = f"med{RLO}ical\u2067x"
+    files = {
+        "H000.csv": fixtures.hospital_csv(),
+        "forecast.csv": fixtures.forecast_csv(),
+        "capacity.csv": fixtures.capacity_csv(),
+        **fixtures.model_files(),
+    }
+    for file, data in files.items():
+        (tmp_path / file).write_bytes(data.replace(b"medical", name.encode()) if file.endswith(".csv") else data)
+    commands = {
+        "allocate": ["--forecast", "forecast.csv", "--capacity", "capacity.csv", "--out", "plan"],
+        "forecast": ["--model", "final_model.safetensors", "--data", "H000.csv", "--out", "fc"],
+    }
+    for command, argv in commands.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "medalloc", command, *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        shown = done.stdout + done.stderr
+        assert "medicalx" in shown, f"{command} did not show the unit at all: {shown[-400:]}"
+        assert not [c for c in BIDI_CONTROLS if c in shown], f"{command} printed a bidi control"
+    assert name in (tmp_path / "plan" / "plan_explanation.txt").read_text(encoding="utf-8")  # the data is kept
+    assert name in (tmp_path / "fc" / "forecast.csv").read_text(encoding="utf-8")

@@ -109,3 +109,23 @@ def test_eight_addresses_of_slow_uploads_do_not_lock_out_a_hospital(gateway: Gat
 def test_a_heartbeat_body_over_its_cap_is_refused(gateway: Gateway) -> None:
     status = _call(gateway, "127.0.0.1", HEARTBEAT, b"h" * (LIMITS.heartbeat_max_body_kib * 1024 + 1))
     assert status == 413
+
+
+def test_idle_connections_beyond_the_gateways_connections_do_not_lock_out_a_hospital(gateway: Gateway) -> None:
+    """Connections per address: nginx 1.22 counts requests, not connections, so 8 addresses open 160 idle TCP
+    connections each (1,280, over ``worker_connections``); nginx closes idle ones to accept new ones (they are
+    "reusable" until a request arrives), so hospitals' heartbeats and a pull still get 200."""
+    gw = gateway
+    per_address = (LIMITS.worker_connections + 256) // len(ATTACKERS)
+    idle: list[socket.socket] = []
+    try:
+        for address in ATTACKERS:
+            for _ in range(per_address):
+                idle.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(address, 0)))
+        assert len(idle) > LIMITS.worker_connections
+        heartbeats = [_call(gw, "127.0.0.1", HEARTBEAT, b"hb") for _ in range(5)]
+        pull = _call(gw, "127.0.0.10", "/v1/fleet/pull-messages", b"pull")
+    finally:
+        for sock in idle:
+            sock.close()
+    assert heartbeats == [200] * 5 and pull == 200, (heartbeats, pull)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def sockets() -> list[socket.socket]:
 
 def test_every_command_that_reads_files_has_a_non_file_generator() -> None:
     commands = {k.split("/")[0] for k in NON_FILE_GENERATORS}
-    assert {"validate", "privacy", "forecast", "allocate", "share"} <= commands
+    assert {"validate", "privacy", "forecast", "allocate", "share", "explain", "node check", "node approve"} <= commands
 
 
 @pytest.mark.parametrize("key", NON_FILE_GENERATORS)
@@ -52,12 +54,12 @@ def test_every_command_that_reads_files_has_a_non_file_generator() -> None:
 def test_each_command_refuses_each_kind_with_exit_2(key: str, kind: str) -> None:
     """The generator's case with its special path forced to ``kind``: exit 2, the path named, no hang."""
     make = GENERATORS[key][1]
-    for i in range(40):  # the first case whose path is of this kind
+    for i in range(200):  # the first case whose path is of this kind
         case = make(random.Random(f"kind-{key}-{kind}-{i}"))
         if kind in case.specials.values():
             break
     else:
-        pytest.skip(f"{key} drew no {kind} in 40 cases")
+        pytest.skip(f"{key} drew no {kind} in 200 cases")
     outcome = run_case(case, timeout=30)
     assert outcome.passed, f"{case.detail}: {outcome.failures} | {outcome.message}"
     assert "regular file" in outcome.message or "Not a directory" not in outcome.message
@@ -124,3 +126,60 @@ def test_an_ndjson_link_to_urandom_ends(tmp_path: Path) -> None:
     link.symlink_to("/dev/urandom")
     outcome = run_case(Case("validate", (str(link),), expect=("enc.ndjson", "character device")), timeout=30)
     assert outcome.passed, outcome.failures
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A real process, bounded: a reader that blocks on a FIFO shows as a timeout, not a hung test."""
+    return subprocess.run(
+        argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_a_fifo_as_the_machines_data_source_record_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """``$MEDALLOC_STATE_DIR/data-sources.json`` is read by every node and ``share``: a FIFO there blocked both."""
+    from fuzz import fixtures
+
+    for name, data in {"forecast.csv": fixtures.forecast_csv(), "H000.csv": fixtures.hospital_csv()}.items():
+        (tmp_path / name).write_bytes(data)
+    for name, data in fixtures.ledger_files().items():
+        (tmp_path / name).write_bytes(data)
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "data-sources.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    argv = [sys.executable, "-m", "medalloc", "share", "--forecast", "forecast.csv", "--data", "H000.csv"]
+    result = _run([*argv, "--ledger", "ledger.json", "--epsilon", "1"], tmp_path, {"MEDALLOC_STATE_DIR": str(state)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "data-sources.json" in result.stderr and "FIFO" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing spent
+    assert not (tmp_path / "shared.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["ca.key", "ca.crt"])
+def test_renewing_certificates_with_a_fifo_in_the_ca_folder_ends(tmp_path: Path, name: str) -> None:
+    """``python -m medalloc.server.certs --ca`` read ca.key with ``read_bytes``: a FIFO there blocked it."""
+    made = _run([sys.executable, "-m", "medalloc.server.certs", "--host", "localhost", "--out", "ca"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "ca" / name).unlink()
+    os.mkfifo(tmp_path / "ca" / name)
+    result = _run(
+        [sys.executable, "-m", "medalloc.server.certs", "--host", "localhost", "--out", "new", "--ca", "ca"], tmp_path
+    )
+    assert result.returncode != 0 and "FIFO" in result.stderr and name in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "new" / "server.pem").exists()
+
+
+def test_the_gateway_says_what_a_certificate_path_is(tmp_path: Path) -> None:
+    """A certificate linked to /dev/zero is "a character device", not "no such file"."""
+    made = _run([sys.executable, "-m", "medalloc.server.certs", "--host", "localhost", "--out", "certs"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "certs" / "server.pem").unlink()
+    (tmp_path / "certs" / "server.pem").symlink_to("/dev/zero")
+    result = _run(
+        [sys.executable, "-m", "medalloc", "gateway", "config", "--listen", "127.0.0.1:19092", "--certs", "certs"],
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "server.pem: is a character device, not a regular file" in " ".join(result.stderr.split())

@@ -136,6 +136,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
+    from medalloc.cli.terminal import clean_standard_streams
+
+    clean_standard_streams()  # before logging binds stderr: names from files print without bidi controls
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

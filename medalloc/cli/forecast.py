@@ -123,7 +123,9 @@ def forecast(
         from medalloc_core.privacy.release import ReleaseStore, ReleaseStoreError
 
         if not release.is_file():
-            _fail(f"--release {release}: no such file; give the node's <ledger>.released.csv")
+            from medalloc_core.paths import why_not_a_file
+
+            _fail(f"--release {release}: {why_not_a_file(release)}; give the node's <ledger>.released.csv")
         try:
             store = ReleaseStore.open(release)
             plan = store.plan

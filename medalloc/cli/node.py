@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medalloc.cli.tables import Table
-from medalloc_core.paths import read_regular_bytes
+from medalloc_core.paths import read_regular_bytes, why_not_a_file
 
 EXIT_INVALID = 2
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -47,7 +47,7 @@ def _node_config(value: str) -> dict[str, Any]:
     from flwr.common.config import parse_config_args
 
     if value.endswith(".toml") and not Path(value).expanduser().is_file():
-        _fail(f"--node-config {value}: no such file")
+        _fail(f"--node-config {value}: {why_not_a_file(Path(value).expanduser())}")
     try:
         return dict(parse_config_args([value]))
     except Exception as exc:  # noqa: BLE001 - TOML or key=value syntax errors: one line, exit 2

@@ -31,18 +31,12 @@ def _identity(
     config's hospital-id / ledger-path (the same id the node trains and refuses under) and its data-mapping."""
     node_id, node_ledger, node_mapping = None, None, None
     if node_config is not None:
-        import tomllib
+        from medalloc.cli.node_files import read_node_config
 
-        try:
-            raw = tomllib.loads(node_config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            _fail(f"--node-config {node_config}: cannot be read ({exc})")
-        from medalloc.client.config import NodeConfig, NodeConfigError
-
-        try:
-            config = NodeConfig.from_node_config(raw)
-        except (NodeConfigError, ValueError) as exc:
-            _fail(f"--node-config {node_config}: {exc}")
+        try:  # read as a regular file only: a FIFO given as node.toml would block read_text for ever
+            config = read_node_config(node_config)
+        except ValueError as exc:
+            _fail(str(exc))
         node_id, node_ledger, node_mapping = config.hospital_id, config.ledger_path, config.data_mapping
     if hospital is not None and not hospital.strip():
         _fail("--hospital must not be empty")

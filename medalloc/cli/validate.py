@@ -126,12 +126,12 @@ def _write_daily(console: Console, source: DataSource, data: SourceData | None, 
     except OSError as exc:
         _fail(console, f"cannot write --daily-out {daily_out}: {exc}")
     console.print(f"wrote {escape(str(daily_out))}: {len(frame)} daily unit records of {escape(source.display)}")
-    from medalloc_core.privacy.node_state import LedgerResetDetected
+    from medalloc_core.privacy.ledger import LedgerError
     from medalloc_core.privacy.source_registry import record_derived
 
     try:  # `medalloc share --data` on this file then spends from the source's ledger (issue 20)
         record_derived(daily_out, source.location)
-    except (LedgerResetDetected, OSError) as exc:
+    except (LedgerError, OSError) as exc:  # reset detected, or the record not written (a full disk)
         _fail(console, f"wrote {daily_out} but could not record where it comes from: {exc}")
 
 

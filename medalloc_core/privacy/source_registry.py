@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.paths import read_regular_bytes
+from medalloc_core.privacy.ledger import LedgerWriteFailed
 from medalloc_core.privacy.node_state import LedgerResetDetected
 
 __all__ = ["STATE_DIR_ENV", "check_source_ledger", "record_derived", "registry_path", "source_identity"]
@@ -60,11 +62,15 @@ def source_identity(location: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_MAX_RECORD_BYTES = 16 * 2**20  # one entry per data source: a few hundred bytes each
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"format": FORMAT, "sources": {}}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        # a regular file only, bounded: a FIFO here would block every node and `share` on this machine
+        raw = json.loads(read_regular_bytes(path, limit=_MAX_RECORD_BYTES, what="the data-source record (JSON)"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LedgerResetDetected(f"the data-source record {path} is unreadable ({exc}); restore it") from exc
     if (
@@ -78,8 +84,15 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    """Write the record atomically; a failure (a full disk) is a ``LedgerWriteFailed`` before anything is spent."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:  # the callers record before they spend: nothing was spent or released yet
+        raise LedgerWriteFailed(
+            f"the data-source record {path} could not be written: {exc.strerror or exc}. Nothing was spent or "
+            "released; free space on the disk holding it and run again"
+        ) from exc
 
 
 def record_derived(derived: str | Path, source: str, *, path: Path | None = None) -> None:
