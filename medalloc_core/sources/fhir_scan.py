@@ -121,6 +121,58 @@ def known_elements() -> dict[str, list[str]]:
     }
 
 
+#: The top-level elements a stay uses, read by the engine's JSON reader as JSON values (types kept).
+_TOP = ("resourceType", "id", "status", "class", "subject", "partOf", "period", "location", "name")
+
+
+def _typed_ndjson(path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad_entries: str = "") -> str:
+    """The scan's resource rows of one NDJSON file, read by ``read_ndjson`` with explicit columns.
+
+    The engine's typed reader materialises only the elements a stay uses (each as a JSON value,
+    so its JSON type is still checked here), several times faster than extracting them from
+    whole-object text. Element names outside the FHIR model are found by a second, key-only
+    pass (``json_keys``) that keeps just the ordinals of records with one. A line that is not a
+    JSON object makes the reader fail, and the caller explains line by line. ``bad_entries``
+    (a relation of ordinals) marks Bundle entries without a resource.
+    """
+    name = quote(str(path))
+    columns = "{" + ", ".join(f"{quote(c)}: 'JSON'" for c in _TOP) + "}"
+    unknown = f"""
+        SELECT ordinality AS ord FROM read_ndjson_objects({name}, maximum_object_size = {max_line_bytes})
+             WITH ORDINALITY
+        WHERE CASE json_extract_string(json, '$.resourceType')
+                  WHEN 'Encounter' THEN NOT {keys_ok("json", "Encounter")}
+                  WHEN 'Location' THEN NOT {keys_ok("json", "Location")}
+                  ELSE FALSE END
+    """
+    entry_ok = f"ord NOT IN ({bad_entries})" if bad_entries else "TRUE"
+    return f"""
+        WITH r AS (
+            SELECT ordinality AS ord, * FROM read_ndjson({name}, columns = {columns}, records = true,
+                                                      format = 'newline_delimited',
+                                                      maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+        )
+        SELECT {quote(label)} AS file, ord, {entry_ok} AS entry_ok, 'OBJECT' AS jt,
+               "resourceType" ->> '$' AS rt, json_type("resourceType") AS rt_t, id ->> '$' AS id,
+               json_type(id) AS id_t, status ->> '$' AS status, json_type(status) AS status_t,
+               json_type(class) AS class_t, json_extract_string(class, '$.code') AS code,
+               json_type(class, '$.code') AS code_t, json_type(subject) AS subject_t,
+               json_extract_string(subject, '$.reference') AS subject,
+               json_type(subject, '$.reference') AS subject_ref_t,
+               json_type("partOf") AS part_of_t, json_extract_string("partOf", '$.reference') AS part_of,
+               json_type("partOf", '$.reference') AS part_of_ref_t, json_type(period) AS period_t,
+               json_extract_string(period, '$.start') AS p_start, json_type(period, '$.start') AS p_start_t,
+               json_extract_string(period, '$.end') AS p_end, json_type(period, '$.end') AS p_end_t,
+               CASE WHEN json_type(location) = 'ARRAY' THEN location END AS locs, json_type(location) AS locs_t,
+               name ->> '$' AS name, json_type(name) AS name_t,
+               ord NOT IN ({unknown})
+                   AND CASE "resourceType" ->> '$' WHEN 'Encounter'
+                       THEN json_type(period) IS DISTINCT FROM 'OBJECT' OR {keys_ok("period", "Period")}
+                       ELSE TRUE END AS keys_ok
+        FROM r
+    """
+
+
 def scan_fhir(
     connection: Any, files: list[Path], *, bundle: bool, mapping: FhirMapping, max_line_bytes: int, examples: int
 ) -> ScanResult:
@@ -129,6 +181,8 @@ def scan_fhir(
     Raises ``duckdb.Error`` when the engine cannot read a file as JSON at all (a line that is
     not JSON, a line over ``max_line_bytes``): the caller then explains line by line.
     """
+    import duckdb
+
     names = string_list(str(p) for p in files)
     ext = string_list(_PATHS)
     known = known_elements()
@@ -187,13 +241,18 @@ def scan_fhir(
         connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {extract(source)}")
     else:  # one scan per file: the engine's ordinality is then the file's own object number
         for n, path in enumerate(files):
-            one = f"""
-                SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
-                FROM read_ndjson_objects({quote(str(path))}, filename = true,
-                                         maximum_object_size = {max_line_bytes}) WITH ORDINALITY
-            """
             verb = "CREATE OR REPLACE TEMP TABLE res AS" if n == 0 else "INSERT INTO res"
-            connection.execute(f"{verb} {extract(one)}")
+            try:
+                connection.execute(f"{verb} {_typed_ndjson(path, str(path), max_line_bytes, keys_ok)}")
+            except duckdb.InvalidInputException:
+                # A line that is a JSON value but not an object: the whole-object scan flags each one
+                # (and a line that is not JSON at all fails there too: the caller explains line by line).
+                one = f"""
+                    SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
+                    FROM read_ndjson_objects({quote(str(path))}, filename = true,
+                                             maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+                """
+                connection.execute(f"{verb} {extract(one)}")
     classes = string_list(mapping.encounter_classes)
     skip = string_list(mapping.skip_statuses)
     connection.execute(
@@ -432,7 +491,7 @@ def scan_fhir(
                 [first[0], first[1], first[2]],
             ).fetchall()
             result.overlap_at = found[0] if found else None
-    table = connection.execute(
+    table = connection.sql(
         """
         SELECT 'Encounter/' || id || '#' || i AS encounter_id, subject AS patient_id, unit,
                admit AS admit_time, discharge AS discharge_time, admit_field AS _admit_field,
