@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT
+from medalloc_core.sources.bundle_stream import SplitBundle
 from medalloc_core.sources.engine import daily_counts, first_overlap, quote, string_list
 from medalloc_core.sources.mapping import FhirMapping
 
@@ -125,7 +126,9 @@ def known_elements() -> dict[str, list[str]]:
 _TOP = ("resourceType", "id", "status", "class", "subject", "partOf", "period", "location", "name")
 
 
-def _typed_ndjson(path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad_entries: str = "") -> str:
+def _typed_ndjson(
+    path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad_entries: str = "", *, wrapped: bool = False
+) -> str:
     """The scan's resource rows of one NDJSON file, read by ``read_ndjson`` with explicit columns.
 
     The engine's typed reader materialises only the elements a stay uses (each as a JSON value,
@@ -133,22 +136,28 @@ def _typed_ndjson(path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad
     whole-object text. Element names outside the FHIR model are found by a second, key-only
     pass (``json_keys``) that keeps just the ordinals of records with one. A line that is not a
     JSON object makes the reader fail, and the caller explains line by line. ``bad_entries``
-    (a relation of ordinals) marks Bundle entries without a resource.
+    (a relation of ordinals) marks Bundle entries without a resource; ``wrapped``: each line is
+    a Bundle entry (``{"resource": {...}, ...}``), the resource read from it.
     """
     name = quote(str(path))
-    columns = "{" + ", ".join(f"{quote(c)}: 'JSON'" for c in _TOP) + "}"
+    fields = ", ".join(f"{quote(c)}: 'JSON'" for c in _TOP)
+    if wrapped:
+        struct = ", ".join(f'"{c}" JSON' for c in _TOP)
+        columns, expand, obj = f"{{'resource': 'STRUCT({struct})'}}", "unnest(resource)", "(json -> '$.resource')"
+    else:
+        columns, expand, obj = "{" + fields + "}", "*", "json"
     unknown = f"""
         SELECT ordinality AS ord FROM read_ndjson_objects({name}, maximum_object_size = {max_line_bytes})
              WITH ORDINALITY
-        WHERE CASE json_extract_string(json, '$.resourceType')
-                  WHEN 'Encounter' THEN NOT {keys_ok("json", "Encounter")}
-                  WHEN 'Location' THEN NOT {keys_ok("json", "Location")}
+        WHERE CASE json_extract_string({obj}, '$.resourceType')
+                  WHEN 'Encounter' THEN NOT {keys_ok(obj, "Encounter")}
+                  WHEN 'Location' THEN NOT {keys_ok(obj, "Location")}
                   ELSE FALSE END
     """
     entry_ok = f"ord NOT IN ({bad_entries})" if bad_entries else "TRUE"
     return f"""
         WITH r AS (
-            SELECT ordinality AS ord, * FROM read_ndjson({name}, columns = {columns}, records = true,
+            SELECT ordinality AS ord, {expand} FROM read_ndjson({name}, columns = {columns}, records = true,
                                                       format = 'newline_delimited',
                                                       maximum_object_size = {max_line_bytes}) WITH ORDINALITY
         )
@@ -174,7 +183,14 @@ def _typed_ndjson(path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad
 
 
 def scan_fhir(
-    connection: Any, files: list[Path], *, bundle: bool, mapping: FhirMapping, max_line_bytes: int, examples: int
+    connection: Any,
+    files: list[Path],
+    *,
+    bundle: bool,
+    mapping: FhirMapping,
+    max_line_bytes: int,
+    examples: int,
+    split: SplitBundle | None = None,
 ) -> ScanResult:
     """Scan the files with ``connection`` (see :func:`medalloc_core.sources.engine.connect`).
 
@@ -183,7 +199,6 @@ def scan_fhir(
     """
     import duckdb
 
-    names = string_list(str(p) for p in files)
     ext = string_list(_PATHS)
     known = known_elements()
 
@@ -193,25 +208,6 @@ def scan_fhir(
             f"(json_type({value}) <> 'OBJECT' "
             f"OR len(list_filter(json_keys({value}), lambda k: k NOT IN ({allowed}))) = 0)"
         )
-
-    if bundle:
-        size = max(p.stat().st_size for p in files) + 1
-        source = f"""
-            WITH b AS (
-                SELECT filename AS file, json_extract(json, '$.entry') AS e
-                FROM read_json_objects({names}, format = 'unstructured', filename = true,
-                                       maximum_object_size = {size})
-            ), entries AS (
-                SELECT file, unnest(range(1, CAST(json_array_length(e) AS BIGINT) + 1)) AS ord,
-                       unnest(CAST(json_extract(e, '$[*]') AS JSON[])) AS entry
-                FROM b
-            )
-            SELECT file, ord, json_type(entry) = 'OBJECT' AND json_type(entry, '$.resource') = 'OBJECT' AS entry_ok,
-                   json_extract(entry, '$.resource') AS j
-            FROM entries
-        """
-    else:
-        source = ""
 
     def extract(source: str) -> str:
         return f"""
@@ -237,8 +233,16 @@ def scan_fhir(
         FROM x
         """
 
-    if bundle:
-        connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {extract(source)}")
+    if bundle:  # the Bundle split into NDJSON (bundle_stream): line n is entry n
+        if split is None:
+            raise ValueError("a Bundle is scanned from its split NDJSON (bundle_stream.split_bundle)")
+        import pyarrow as pa
+
+        connection.register("bad_entries", pa.table({"ord": pa.array(split.bad_entries, type=pa.int64())}))
+        typed = _typed_ndjson(
+            split.ndjson, str(files[0]), max_line_bytes, keys_ok, "SELECT ord FROM bad_entries", wrapped=True
+        )
+        connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {typed}")
     else:  # one scan per file: the engine's ordinality is then the file's own object number
         for n, path in enumerate(files):
             verb = "CREATE OR REPLACE TEMP TABLE res AS" if n == 0 else "INSERT INTO res"
