@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from medalloc_core.sources import DataSource, encounter_scan, load_source, validate_source
+from medalloc_core.sources.bundle_stream import split_bundle
 from medalloc_core.sources.fhir import EXPLAINED, MAX_LINE_BYTES
 from medalloc_core.sources.mapping import EngineSettings, MappingError, SourceMapping
 from medalloc_core.sources.omop import _sqlite_connection
@@ -147,6 +148,52 @@ def test_many_bad_records_explain_the_first_and_count_the_rest(tmp_path: Path) -
         "... and 40 more record(s) with problems, not listed (240 in all: "
         "no subject.reference: 240); fix these and validate again"
     )
+
+
+# ---------------------------------------------------------------------- FHIR Bundles, streamed
+def _bundle_text(resources: list[dict[str, object]], entries_first: bool, bad_at: int | None = None) -> str:
+    entries = [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]
+    if bad_at is not None:
+        entries.insert(bad_at, {"fullUrl": "urn:uuid:no-resource"})
+    parts = [("entry", entries), ("type", "collection"), ("resourceType", "Bundle")]
+    return json.dumps(dict(parts if entries_first else parts[::-1]), indent=2)
+
+
+def test_a_bundle_is_split_entry_by_entry_in_a_bounded_buffer(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=True, bad_at=2))  # resourceType after the entries
+    split = split_bundle(path, tmp_path / "entries.ndjson", max_entry_bytes=10_000)
+    assert split is not None and split.entries == len(resources) + 1 and split.bad_entries == [3]
+    lines = (tmp_path / "entries.ndjson").read_text().splitlines()
+    assert [json.loads(line).get("resource") for line in lines] == resources[:2] + [{}] + resources[2:]
+    # one entry bigger than the buffer may grow to: refused (the exact reader then says what the file is)
+    assert split_bundle(path, tmp_path / "small.ndjson", max_entry_bytes=100) is None
+    not_bundle = tmp_path / "n.json"
+    not_bundle.write_text(json.dumps({"resourceType": "Patient", "entry": [{"resource": resources[0]}]}))
+    assert split_bundle(not_bundle, tmp_path / "n.ndjson", max_entry_bytes=10_000) is None
+    cut = tmp_path / "cut.json"
+    cut.write_text(path.read_text()[:-40])
+    assert split_bundle(cut, tmp_path / "cut.ndjson", max_entry_bytes=10_000) is None
+
+
+def test_a_streamed_bundle_reads_as_its_ndjson_export_and_names_entries(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=False))
+    expected = load_source(write_ndjson(resources, tmp_path / "export")).records.frame.reset_index(drop=True)
+    pd.testing.assert_frame_equal(load_source(path).records.frame.reset_index(drop=True), expected)
+    bad = tmp_path / "bad.json"
+    broken = json.loads(json.dumps(resources))
+    e3 = next(r for r in broken if r.get("id") == "e3")
+    e3.pop("subject")
+    bad.write_text(_bundle_text(broken, entries_first=True))
+    line = next(i for i, r in enumerate(broken, start=1) if r is e3)
+    (error,) = [str(p) for p in validate_source(bad).errors]
+    assert error.startswith(f"error: {bad}, entry {line}, Encounter/e3, field 'subject.reference': Encounter has no")
+    bad.write_text(_bundle_text(resources, entries_first=True, bad_at=1))
+    (error,) = [str(p) for p in validate_source(bad).errors]
+    assert error == f"error: {bad}, entry 2, field 'resource': entry without a resource; expected entry.resource"
 
 
 def test_engine_limits_come_from_the_mapping_file(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ class _Text:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
             except ValueError:
                 obj, end = None, -1
+            if end - self.pos > self.limit:
+                raise _NotABundle(f"a value over {self.limit:,} characters")
             if end >= 0 and (end < len(self.buf) or self.eof):  # a number at the buffer's end may go on
                 start, self.pos = self.pos, end
                 return obj, start, end
