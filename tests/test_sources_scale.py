@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from medalloc_core.sources import DataSource, encounter_scan, load_source, validate_source
-from medalloc_core.sources.bundle_stream import split_bundle
+from medalloc_core.sources.bundle_stream import entry_array, split_bundle
 from medalloc_core.sources.fhir import EXPLAINED, MAX_LINE_BYTES
 from medalloc_core.sources.mapping import EngineSettings, MappingError, SourceMapping
 from medalloc_core.sources.omop import _sqlite_connection
@@ -151,10 +151,12 @@ def test_many_bad_records_explain_the_first_and_count_the_rest(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------- FHIR Bundles, streamed
-def _bundle_text(resources: list[dict[str, object]], entries_first: bool, bad_at: int | None = None) -> str:
-    entries = [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]
+def _bundle_text(
+    resources: list[dict[str, object]], entries_first: bool, bad_at: int | None = None, bad: object = None
+) -> str:
+    entries: list[object] = [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]
     if bad_at is not None:
-        entries.insert(bad_at, {"fullUrl": "urn:uuid:no-resource"})
+        entries.insert(bad_at, {"fullUrl": "urn:uuid:no-resource"} if bad is None else bad)
     parts = [("entry", entries), ("type", "collection"), ("resourceType", "Bundle")]
     return json.dumps(dict(parts if entries_first else parts[::-1]), indent=2)
 
@@ -191,9 +193,23 @@ def test_a_streamed_bundle_reads_as_its_ndjson_export_and_names_entries(tmp_path
     line = next(i for i, r in enumerate(broken, start=1) if r is e3)
     (error,) = [str(p) for p in validate_source(bad).errors]
     assert error.startswith(f"error: {bad}, entry {line}, Encounter/e3, field 'subject.reference': Encounter has no")
-    bad.write_text(_bundle_text(resources, entries_first=True, bad_at=1))
-    (error,) = [str(p) for p in validate_source(bad).errors]
-    assert error == f"error: {bad}, entry 2, field 'resource': entry without a resource; expected entry.resource"
+    # entries first (walked entry by entry) or last (the entry array streamed by the engine), an entry
+    # without a resource, or one the engine cannot type (then walked): named by entry in the same words
+    for entries_first, odd in ((True, None), (False, None), (False, 5), (False, {"resource": "x"})):
+        bad.write_text(_bundle_text(resources, entries_first=entries_first, bad_at=1, bad=odd))
+        (error,) = [str(p) for p in validate_source(bad).errors]
+        assert error == f"error: {bad}, entry 2, field 'resource': entry without a resource; expected entry.resource"
+
+
+def test_a_bundle_ending_with_its_entries_is_streamed_as_a_json_array(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=False))
+    array = entry_array(path, tmp_path / "entries.json", max_entry_bytes=10_000)
+    assert array is not None and array.array
+    assert [e["resource"] for e in json.loads((tmp_path / "entries.json").read_text())] == resources
+    path.write_text(_bundle_text(resources, entries_first=True))  # resourceType after the entries
+    assert entry_array(path, tmp_path / "other.json", max_entry_bytes=10_000) is None
 
 
 def test_engine_limits_come_from_the_mapping_file(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ class SplitBundle:
     ndjson: Path
     entries: int
     bad_entries: list[int] = field(default_factory=list)  # 1-based entry numbers
+    array: bool = False  # ``ndjson`` is the Bundle's entry array itself (a JSON array), not NDJSON
 
 
 class _Text:
@@ -61,12 +62,18 @@ class _Text:
         self.buf = ""
         self.pos = 0
         self.eof = False
+        self.base = 0  # bytes of the file before ``buf``
+
+    def offset(self) -> int:
+        """The byte offset in the file of the buffer position."""
+        return self.base + len(self.buf[: self.pos].encode("utf-8"))
 
     def more(self) -> None:
         if self.eof:
             raise _NotABundle("ends inside a value")
         block = self.handle.read(_CHUNK)
         self.eof = not block
+        self.base = self.offset()
         self.buf = self.buf[self.pos :] + self.decoder.decode(block, final=self.eof)
         self.pos = 0
 
@@ -110,6 +117,58 @@ def _ijson() -> Any:
     except ImportError as exc:  # pragma: no cover - part of the fhir extra
         raise BundleUnavailable("reading FHIR Bundles needs ijson: pip install 'medalloc[fhir]'") from exc
     return ijson
+
+
+#: How a Bundle whose entry array comes last ends: the array's ``]``, the Bundle's ``}``.
+_TAIL = re.compile(rb"\][ \t\n\r]*\}[ \t\n\r]*\Z")
+
+
+def entry_array(path: Path, out: Path, *, max_entry_bytes: int) -> SplitBundle | None:
+    """Copy the Bundle's ``entry`` array, byte for byte, to ``out`` (a JSON array the engine streams).
+
+    The fast path, taken when the Bundle says ``"resourceType": "Bundle"`` before its
+    ``entry`` array and ends with it (as exporters write it): only the few keys before the
+    array are decoded here; the copy costs a file read, nothing per entry. Element n of the
+    array is entry n. None otherwise (:func:`split_bundle` then walks the whole Bundle).
+    """
+    size = path.stat().st_size
+    with open_regular(path, what="a FHIR Bundle (.json)") as handle:
+        try:
+            text = _Text(handle, max_entry_bytes)
+            text.expect("{")
+            kind: Any = None
+            while text.peek() not in ("}", ""):
+                key, _, _ = text.value()
+                text.expect(":")
+                if key == "entry":
+                    if kind != "Bundle" or text.peek() != "[":
+                        return None
+                    start = text.offset()
+                    break
+                value, _, _ = text.value()
+                if key == "resourceType":
+                    kind = value
+                text.expect(",")
+            else:
+                return None
+        except (_NotABundle, UnicodeDecodeError):
+            return None
+        handle.seek(max(start, size - 4096))
+        tail = handle.read()
+        found = _TAIL.search(tail)
+        if found is None:
+            return None
+        end = size - len(tail) + found.start() + 1  # through the array's "]"
+        handle.seek(start)
+        left = end - start
+        with out.open("wb") as sink:
+            while left > 0:
+                block = handle.read(min(left, _CHUNK))
+                if not block:
+                    return None
+                sink.write(block)
+                left -= len(block)
+    return SplitBundle(out, 0, array=True)
 
 
 def split_bundle(path: Path, out: Path, *, max_entry_bytes: int) -> SplitBundle | None:

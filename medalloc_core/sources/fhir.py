@@ -41,7 +41,7 @@ from medalloc_core.contract import (
 from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES
 from medalloc_core.paths import check_regular, open_regular, read_regular_bytes
-from medalloc_core.sources.bundle_stream import SplitBundle, bundle_entries, split_bundle
+from medalloc_core.sources.bundle_stream import SplitBundle, bundle_entries, entry_array, split_bundle
 from medalloc_core.sources.engine import connect, lines_of_ordinals
 from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
@@ -162,11 +162,21 @@ def read_fhir(
     settings = settings or EngineSettings()
     with tempfile.TemporaryDirectory(prefix="medalloc-bundle-") as folder:
         split = None
-        if bundle:  # streamed entry by entry into NDJSON the engine scans (never the whole Bundle in memory)
+        if bundle:  # never the whole Bundle in memory: its entry array streamed by the engine, or split
+            split = entry_array(files[0], Path(folder) / "entries.json", max_entry_bytes=MAX_LINE_BYTES)
+            if split is not None:
+                try:
+                    return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+                except _ArrayRefused:  # an entry the typed reader cannot take: walk the Bundle entry by entry
+                    logger.debug("%s: the entry array has an entry of another shape; splitting it", files[0])
             split = split_bundle(files[0], Path(folder) / "entries.ndjson", max_entry_bytes=MAX_LINE_BYTES)
             if split is None:  # not a Bundle of entries, or not JSON somewhere: the exact reader says what
                 return _read_by_record(files, bundle, mapping, findings, summary)
         return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+
+
+class _ArrayRefused(Exception):
+    """The engine could not type a Bundle's entry array (an entry or resource that is not an object)."""
 
 
 def _read_scanned(
@@ -195,6 +205,8 @@ def _read_scanned(
                 split=split,
             )
     except _SOURCE_ERRORS(duckdb) as exc:
+        if split is not None and split.array:
+            raise _ArrayRefused from exc
         # Not JSON at all somewhere (or a line over the limit): found line by line, in bounded memory.
         if bundle:
             return _read_by_record(files, bundle, mapping, findings, summary)

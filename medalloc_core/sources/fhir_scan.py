@@ -127,7 +127,14 @@ _TOP = ("resourceType", "id", "status", "class", "subject", "partOf", "period", 
 
 
 def _typed_ndjson(
-    path: Path, label: str, max_line_bytes: int, keys_ok: Any, bad_entries: str = "", *, wrapped: bool = False
+    path: Path,
+    label: str,
+    max_line_bytes: int,
+    keys_ok: Any,
+    bad_entries: str = "",
+    *,
+    wrapped: bool = False,
+    array: bool = False,
 ) -> str:
     """The scan's resource rows of one NDJSON file, read by ``read_ndjson`` with explicit columns.
 
@@ -137,28 +144,31 @@ def _typed_ndjson(
     pass (``json_keys``) that keeps just the ordinals of records with one. A line that is not a
     JSON object makes the reader fail, and the caller explains line by line. ``bad_entries``
     (a relation of ordinals) marks Bundle entries without a resource; ``wrapped``: each line is
-    a Bundle entry (``{"resource": {...}, ...}``), the resource read from it.
+    a Bundle entry (``{"resource": {...}, ...}``), the resource read from it; ``array``: the
+    file is one JSON array of entries (a Bundle's ``entry``), element n entry n.
     """
     name = quote(str(path))
+    fmt = "array" if array else "newline_delimited"
     fields = ", ".join(f"{quote(c)}: 'JSON'" for c in _TOP)
     if wrapped:
         struct = ", ".join(f'"{c}" JSON' for c in _TOP)
-        columns, expand, obj = f"{{'resource': 'STRUCT({struct})'}}", "unnest(resource)", "(json -> '$.resource')"
+        columns, obj = f"{{'resource': 'STRUCT({struct})'}}", "(json -> '$.resource')"
+        expand = "resource IS NOT NULL AS has_resource, unnest(resource)"
     else:
-        columns, expand, obj = "{" + fields + "}", "*", "json"
+        columns, expand, obj = "{" + fields + "}", "TRUE AS has_resource, *", "json"
     unknown = f"""
-        SELECT ordinality AS ord FROM read_ndjson_objects({name}, maximum_object_size = {max_line_bytes})
-             WITH ORDINALITY
+        SELECT ordinality AS ord FROM read_json_objects({name}, format = '{fmt}',
+                                                        maximum_object_size = {max_line_bytes}) WITH ORDINALITY
         WHERE CASE json_extract_string({obj}, '$.resourceType')
                   WHEN 'Encounter' THEN NOT {keys_ok(obj, "Encounter")}
                   WHEN 'Location' THEN NOT {keys_ok(obj, "Location")}
                   ELSE FALSE END
     """
-    entry_ok = f"ord NOT IN ({bad_entries})" if bad_entries else "TRUE"
+    entry_ok = f"has_resource AND ord NOT IN ({bad_entries})" if bad_entries else "has_resource"
     return f"""
         WITH r AS (
-            SELECT ordinality AS ord, {expand} FROM read_ndjson({name}, columns = {columns}, records = true,
-                                                      format = 'newline_delimited',
+            SELECT ordinality AS ord, {expand} FROM read_json({name}, columns = {columns}, records = true,
+                                                      format = '{fmt}',
                                                       maximum_object_size = {max_line_bytes}) WITH ORDINALITY
         )
         SELECT {quote(label)} AS file, ord, {entry_ok} AS entry_ok, 'OBJECT' AS jt,
@@ -240,7 +250,13 @@ def scan_fhir(
 
         connection.register("bad_entries", pa.table({"ord": pa.array(split.bad_entries, type=pa.int64())}))
         typed = _typed_ndjson(
-            split.ndjson, str(files[0]), max_line_bytes, keys_ok, "SELECT ord FROM bad_entries", wrapped=True
+            split.ndjson,
+            str(files[0]),
+            max_line_bytes,
+            keys_ok,
+            "SELECT ord FROM bad_entries",
+            wrapped=True,
+            array=split.array,
         )
         connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {typed}")
     else:  # one scan per file: the engine's ordinality is then the file's own object number
