@@ -43,6 +43,8 @@ def connect(settings: EngineSettings) -> Iterator[Any]:
                 # Nothing outside the files named: no extension downloads, no other files.
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": True,
+                # A long scan draws no progress bar on the node's standard output.
+                "enable_progress_bar": False,
             },
         )
         try:
