@@ -43,12 +43,11 @@ def connect(settings: EngineSettings) -> Iterator[Any]:
                 # Nothing outside the files named: no extension downloads, no other files.
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": True,
-                # A long scan draws no progress bar on the node's standard output.
-                "enable_progress_bar": False,
             },
         )
         try:
             connection.execute("SET TimeZone = 'UTC'")
+            connection.execute("SET enable_progress_bar = false")  # a long scan draws nothing on stdout
             yield connection
         finally:
             connection.close()

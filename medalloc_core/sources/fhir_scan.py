@@ -149,9 +149,12 @@ def _typed_ndjson(
     """
     name = quote(str(path))
     fmt = "array" if array else "newline_delimited"
-    fields = ", ".join(f"{quote(c)}: 'JSON'" for c in _TOP)
+    # location as a list of JSON values: its entries unnested without parsing the array again (a location
+    # that is not an array makes the reader fail, and the whole-object scan flags it)
+    types = {c: "JSON[]" if c == "location" else "JSON" for c in _TOP}
+    fields = ", ".join(f"{quote(c)}: '{t}'" for c, t in types.items())
     if wrapped:
-        struct = ", ".join(f'"{c}" JSON' for c in _TOP)
+        struct = ", ".join(f'"{c}" {t}' for c, t in types.items())
         columns, obj = f"{{'resource': 'STRUCT({struct})'}}", "(json -> '$.resource')"
         expand = "resource IS NOT NULL AS has_resource, unnest(resource)"
     else:
@@ -182,7 +185,7 @@ def _typed_ndjson(
                json_type("partOf", '$.reference') AS part_of_ref_t, json_type(period) AS period_t,
                json_extract_string(period, '$.start') AS p_start, json_type(period, '$.start') AS p_start_t,
                json_extract_string(period, '$.end') AS p_end, json_type(period, '$.end') AS p_end_t,
-               CASE WHEN json_type(location) = 'ARRAY' THEN location END AS locs, json_type(location) AS locs_t,
+               location AS locs, CASE WHEN location IS NOT NULL THEN 'ARRAY' END AS locs_t,
                name ->> '$' AS name, json_type(name) AS name_t,
                ord NOT IN ({unknown})
                    AND CASE "resourceType" ->> '$' WHEN 'Encounter'
@@ -224,7 +227,7 @@ def scan_fhir(
         WITH e0 AS (
             SELECT file, ord, entry_ok, j, json_extract(j, {ext}) AS e FROM ({source})
         ), x AS (
-            SELECT file, ord, entry_ok, json_type(j) AS jt,
+            SELECT file, ord, entry_ok, e, json_type(j) AS jt,
                    list_transform(e, lambda y: y ->> '$') AS v, list_transform(e, lambda y: json_type(y)) AS t,
                    CASE e[1] ->> '$'
                        WHEN 'Encounter' THEN {keys_ok("j", "Encounter")}
@@ -238,7 +241,8 @@ def scan_fhir(
                t[4] AS class_t, v[5] AS code, t[5] AS code_t, t[6] AS subject_t, v[7] AS subject, t[7] AS subject_ref_t,
                t[8] AS part_of_t, v[9] AS part_of, t[9] AS part_of_ref_t, t[10] AS period_t,
                v[11] AS p_start, t[11] AS p_start_t, v[12] AS p_end, t[12] AS p_end_t,
-               CASE WHEN t[13] = 'ARRAY' THEN v[13] END AS locs, t[13] AS locs_t, v[14] AS name, t[14] AS name_t,
+               CASE WHEN t[13] = 'ARRAY' THEN CAST(json_extract(e[13], '$[*]') AS JSON[]) END AS locs, t[13] AS locs_t,
+               v[14] AS name, t[14] AS name_t,
                keys_ok
         FROM x
         """
@@ -345,8 +349,7 @@ def scan_fhir(
                              WHERE part_of LIKE 'Encounter/%' AND substr(part_of, 11) IN (SELECT id FROM enc))
         ), items AS (
             SELECT file, ord, id, status, subject, p_start, p_end,
-                   unnest(range(0, CAST(json_array_length(locs) AS BIGINT))) AS i,
-                   unnest(CAST(json_extract(locs, '$[*]') AS JSON[])) AS loc
+                   unnest(range(0, len(locs))) AS i, unnest(locs) AS loc
             FROM used
         ), typed AS (
             SELECT *, json_type(loc) AS loc_t, json_extract_string(loc, {loc_ext}) AS lv,

@@ -75,7 +75,8 @@ if kind.startswith("omop"):
             rows = connection.execute(sql).fetchall()
 else:
     import duckdb
-    connection = duckdb.connect(config={"memory_limit": memory, "threads": threads, "enable_progress_bar": False})
+    connection = duckdb.connect(config={"memory_limit": memory, "threads": threads})
+    connection.execute("SET enable_progress_bar = false")
     if kind in ("csv", "parquet"):
         source = (f"read_csv('{path}', header=true, all_varchar=true)" if kind == "csv"
                   else f"read_parquet('{path}')")
