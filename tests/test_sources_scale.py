@@ -66,6 +66,32 @@ def test_the_engine_loads_an_encounter_file_as_the_contract_reader_does(tmp_path
     assert data.stays is not None and len(data.stays) == 4
 
 
+def test_a_parquet_file_goes_to_the_engine_by_its_rows_not_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medalloc_core.sources as sources
+
+    csv = tmp_path / "stays.csv"
+    csv.write_text(STAYS)
+    path = tmp_path / "stays.parquet"
+    pd.read_csv(csv, dtype=str, keep_default_na=False).to_parquet(path, index=False)
+    calls: list[Path] = []
+    real = encounter_scan.scan_encounter_file
+
+    def recorded(p: Path, settings: EngineSettings) -> object:
+        calls.append(p)
+        return real(p, settings)
+
+    monkeypatch.setattr(encounter_scan, "scan_encounter_file", recorded)
+    load_source(path)
+    assert calls == []  # 4 rows, a few hundred bytes: the contract's reader
+    monkeypatch.setattr(sources, "ENGINE_MIN_PARQUET_ROWS", 3)  # (compressed: a million stays is 19 MB)
+    data = load_source(path)
+    assert calls == [path] and data.stays is not None and len(data.stays) == 4
+    load_source(csv)  # a CSV is judged by its bytes
+    assert calls == [path]
+
+
 def test_a_flagged_file_is_explained_in_the_contract_readers_words(tmp_path: Path) -> None:
     path = tmp_path / "stays.csv"
     path.write_text(STAYS.replace("E1003,P-51877", "E1002,P-51877").replace("2025-01-02T09:00:00", "02/01/2025"))
