@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from medalloc_core.sources import DataSource, encounter_scan, load_source, validate_source
+from medalloc_core.sources.bundle_stream import entry_array, split_bundle
 from medalloc_core.sources.fhir import EXPLAINED, MAX_LINE_BYTES
 from medalloc_core.sources.mapping import EngineSettings, MappingError, SourceMapping
 from medalloc_core.sources.omop import _sqlite_connection
@@ -63,6 +64,32 @@ def test_the_engine_loads_an_encounter_file_as_the_contract_reader_does(tmp_path
     assert stays is not None and list(stays["patient_id"]) == ["P-83121", "P-83121", "P-51877", "P-51877"]
     data = load_source(path)
     assert data.stays is not None and len(data.stays) == 4
+
+
+def test_a_parquet_file_goes_to_the_engine_by_its_rows_not_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medalloc_core.sources as sources
+
+    csv = tmp_path / "stays.csv"
+    csv.write_text(STAYS)
+    path = tmp_path / "stays.parquet"
+    pd.read_csv(csv, dtype=str, keep_default_na=False).to_parquet(path, index=False)
+    calls: list[Path] = []
+    real = encounter_scan.scan_encounter_file
+
+    def recorded(p: Path, settings: EngineSettings) -> object:
+        calls.append(p)
+        return real(p, settings)
+
+    monkeypatch.setattr(encounter_scan, "scan_encounter_file", recorded)
+    load_source(path)
+    assert calls == []  # 4 rows, a few hundred bytes: the contract's reader
+    monkeypatch.setattr(sources, "ENGINE_MIN_PARQUET_ROWS", 3)  # (compressed: a million stays is 19 MB)
+    data = load_source(path)
+    assert calls == [path] and data.stays is not None and len(data.stays) == 4
+    load_source(csv)  # a CSV is judged by its bytes
+    assert calls == [path]
 
 
 def test_a_flagged_file_is_explained_in_the_contract_readers_words(tmp_path: Path) -> None:
@@ -147,6 +174,68 @@ def test_many_bad_records_explain_the_first_and_count_the_rest(tmp_path: Path) -
         "... and 40 more record(s) with problems, not listed (240 in all: "
         "no subject.reference: 240); fix these and validate again"
     )
+
+
+# ---------------------------------------------------------------------- FHIR Bundles, streamed
+def _bundle_text(
+    resources: list[dict[str, object]], entries_first: bool, bad_at: int | None = None, bad: object = None
+) -> str:
+    entries: list[object] = [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]
+    if bad_at is not None:
+        entries.insert(bad_at, {"fullUrl": "urn:uuid:no-resource"} if bad is None else bad)
+    parts = [("entry", entries), ("type", "collection"), ("resourceType", "Bundle")]
+    return json.dumps(dict(parts if entries_first else parts[::-1]), indent=2)
+
+
+def test_a_bundle_is_split_entry_by_entry_in_a_bounded_buffer(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=True, bad_at=2))  # resourceType after the entries
+    split = split_bundle(path, tmp_path / "entries.ndjson", max_entry_bytes=10_000)
+    assert split is not None and split.entries == len(resources) + 1 and split.bad_entries == [3]
+    lines = (tmp_path / "entries.ndjson").read_text().splitlines()
+    assert [json.loads(line).get("resource") for line in lines] == resources[:2] + [{}] + resources[2:]
+    # one entry bigger than the buffer may grow to: refused (the exact reader then says what the file is)
+    assert split_bundle(path, tmp_path / "small.ndjson", max_entry_bytes=100) is None
+    not_bundle = tmp_path / "n.json"
+    not_bundle.write_text(json.dumps({"resourceType": "Patient", "entry": [{"resource": resources[0]}]}))
+    assert split_bundle(not_bundle, tmp_path / "n.ndjson", max_entry_bytes=10_000) is None
+    cut = tmp_path / "cut.json"
+    cut.write_text(path.read_text()[:-40])
+    assert split_bundle(cut, tmp_path / "cut.ndjson", max_entry_bytes=10_000) is None
+
+
+def test_a_streamed_bundle_reads_as_its_ndjson_export_and_names_entries(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=False))
+    expected = load_source(write_ndjson(resources, tmp_path / "export")).records.frame.reset_index(drop=True)
+    pd.testing.assert_frame_equal(load_source(path).records.frame.reset_index(drop=True), expected)
+    bad = tmp_path / "bad.json"
+    broken = json.loads(json.dumps(resources))
+    e3 = next(r for r in broken if r.get("id") == "e3")
+    e3.pop("subject")
+    bad.write_text(_bundle_text(broken, entries_first=True))
+    line = next(i for i, r in enumerate(broken, start=1) if r is e3)
+    (error,) = [str(p) for p in validate_source(bad).errors]
+    assert error.startswith(f"error: {bad}, entry {line}, Encounter/e3, field 'subject.reference': Encounter has no")
+    # entries first (walked entry by entry) or last (the entry array streamed by the engine), an entry
+    # without a resource, or one the engine cannot type (then walked): named by entry in the same words
+    for entries_first, odd in ((True, None), (False, None), (False, 5), (False, {"resource": "x"})):
+        bad.write_text(_bundle_text(resources, entries_first=entries_first, bad_at=1, bad=odd))
+        (error,) = [str(p) for p in validate_source(bad).errors]
+        assert error == f"error: {bad}, entry 2, field 'resource': entry without a resource; expected entry.resource"
+
+
+def test_a_bundle_ending_with_its_entries_is_streamed_as_a_json_array(tmp_path: Path) -> None:
+    resources = fhir_resources()
+    path = tmp_path / "b.json"
+    path.write_text(_bundle_text(resources, entries_first=False))
+    array = entry_array(path, tmp_path / "entries.json", max_entry_bytes=10_000)
+    assert array is not None and array.array
+    assert [e["resource"] for e in json.loads((tmp_path / "entries.json").read_text())] == resources
+    path.write_text(_bundle_text(resources, entries_first=True))  # resourceType after the entries
+    assert entry_array(path, tmp_path / "other.json", max_entry_bytes=10_000) is None
 
 
 def test_engine_limits_come_from_the_mapping_file(tmp_path: Path) -> None:

@@ -204,11 +204,35 @@ def _as_source(source: DataSource | str | Path) -> DataSource:
 ENGINE_MIN_BYTES = 32 * 2**20
 
 
+#: Parquet is compressed (a million stays in 19 MB): past this many rows the engine reads it whatever its size.
+ENGINE_MIN_PARQUET_ROWS = 400_000
+
+
 def _file_bytes(path: Path) -> int:
     try:
         return path.stat().st_size if path.is_file() else 0
     except OSError:
         return 0
+
+
+def _for_engine(path: Path) -> bool:
+    """Whether an encounter file is big enough for the engine: its bytes, or a Parquet file's row count."""
+    size = _file_bytes(path)
+    if size > ENGINE_MIN_BYTES:
+        return True
+    if size < 12:
+        return False
+    try:
+        from medalloc_core.io import PARQUET_MAGIC
+
+        with path.open("rb") as handle:
+            if handle.read(4) != PARQUET_MAGIC:
+                return False
+        import pyarrow.parquet as pq
+
+        return bool(pq.ParquetFile(path).metadata.num_rows > ENGINE_MIN_PARQUET_ROWS)
+    except Exception:  # noqa: BLE001 - unreadable or corrupt: the contract's reader names the problem
+        return False
 
 
 def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
@@ -217,9 +241,10 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
         path = Path(source.location)
         from medalloc_core.sources.encounter_scan import scan_encounter_file
 
-        # Below ENGINE_MIN_BYTES the full validator reads the file (every check it has, seconds at that
-        # size); a hospital-scale export goes through the engine in bounded memory.
-        scanned = scan_encounter_file(path, source.mapping.engine) if _file_bytes(path) > ENGINE_MIN_BYTES else None
+        # Below ENGINE_MIN_BYTES (ENGINE_MIN_PARQUET_ROWS for Parquet) the full validator reads the file
+        # (every check it has, seconds at that size); a hospital-scale export goes through the engine in
+        # bounded memory.
+        scanned = scan_encounter_file(path, source.mapping.engine) if _for_engine(path) else None
         if scanned is not None:  # an encounter file, read by the engine in bounded memory
             report, records, stays = scanned
             return report, (None if records is None else SourceData(records, stays, report))

@@ -130,10 +130,7 @@ def scan_encounter_file(
                             AS discharge
                     FROM raw
                 )
-                SELECT *,
-                    count(*) OVER (PARTITION BY encounter_id) > 1 AND encounter_id IS NOT NULL AS repeated,
-                    min(ord) OVER (PARTITION BY encounter_id) AS first_ord
-                FROM parsed
+                SELECT * FROM parsed
                 """
             )
             in_range = f"BETWEEN TIMESTAMP '{FIRST_DATE}' AND TIMESTAMP '{LAST_DATE}'"
@@ -145,10 +142,14 @@ def scan_encounter_file(
                 "bad_admit": f"a_text IS NOT NULL AND (admit IS NULL OR NOT admit {in_range})",
                 "bad_discharge": f"d_text IS NOT NULL AND (discharge IS NULL OR NOT discharge {in_range})",
                 "backwards": "discharge < admit",
-                "duplicate": "repeated AND ord > first_ord",
+                # A later row of an id seen before (the first row of each id is never flagged).
+                "duplicate": "ord > (SELECT min(ord) FROM t AS f WHERE f.encounter_id = t.encounter_id)",
             }
+            # One pass for the row checks; duplicates counted by a hash of the ids (no window over the file).
             counts = connection.execute(
-                "SELECT " + ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values()) + " FROM t"
+                "SELECT "
+                + ", ".join(f"count(*) FILTER (WHERE {c})" for k, c in conditions.items() if k != "duplicate")
+                + ", count(encounter_id) - count(DISTINCT encounter_id) FROM t"
             ).fetchall()[0]
             flagged = dict(zip(conditions, map(int, counts), strict=True))
             rows, open_stays = connection.execute(
@@ -176,7 +177,7 @@ def scan_encounter_file(
                 patient = connection.execute("SELECT patient_id FROM t WHERE ord = ?", [ordinal]).fetchall()[0][0]
                 problems.append(_overlap_warning(path, fmt, overlaps, ordinal, patient))
             stays = (
-                connection.execute(
+                connection.sql(
                     "SELECT encounter_id, patient_id, unit, admit AS admit_time, discharge AS discharge_time "
                     "FROM t ORDER BY ord"
                 )
@@ -231,8 +232,9 @@ def _explain(
     for kind, condition in conditions.items():
         if flagged[kind]:
             examples[kind] = connection.execute(
-                f"SELECT ord, encounter_id, a_text, d_text, admit, discharge, first_ord FROM t WHERE {condition} "
-                f"ORDER BY ord LIMIT {PROBLEMS_PER_CHECK}"
+                "SELECT ord, encounter_id, a_text, d_text, admit, discharge, "
+                "(SELECT min(ord) FROM t AS f WHERE f.encounter_id = t.encounter_id) AS first_ord "
+                f"FROM t WHERE {condition} ORDER BY ord LIMIT {PROBLEMS_PER_CHECK}"
             ).fetchall()
     ordinals = sorted(
         {r[0] for rows in examples.values() for r in rows} | {r[6] for r in examples.get("duplicate", [])}

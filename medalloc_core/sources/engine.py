@@ -47,6 +47,7 @@ def connect(settings: EngineSettings) -> Iterator[Any]:
         )
         try:
             connection.execute("SET TimeZone = 'UTC'")
+            connection.execute("SET enable_progress_bar = false")  # a long scan draws nothing on stdout
             yield connection
         finally:
             connection.close()

@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ from medalloc_core.contract import (
 from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES
 from medalloc_core.paths import check_regular, open_regular, read_regular_bytes
-from medalloc_core.sources.engine import connect, lines_of_ordinals, quote
+from medalloc_core.sources.bundle_stream import SplitBundle, bundle_entries, entry_array, split_bundle
+from medalloc_core.sources.engine import connect, lines_of_ordinals
 from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
 from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, PROBLEMS_PER_CHECK, Findings, empty_stays, finish, show
@@ -158,8 +160,35 @@ def read_fhir(
         "details": details,
     }
     settings = settings or EngineSettings()
-    if bundle and not _bundle_shape_ok(files[0], settings):
-        return _read_by_record(files, bundle, mapping, findings, summary)
+    with tempfile.TemporaryDirectory(prefix="medalloc-bundle-") as folder:
+        split = None
+        if bundle:  # never the whole Bundle in memory: its entry array streamed by the engine, or split
+            split = entry_array(files[0], Path(folder) / "entries.json", max_entry_bytes=MAX_LINE_BYTES)
+            if split is not None:
+                try:
+                    return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+                except _ArrayRefused:  # an entry the typed reader cannot take: walk the Bundle entry by entry
+                    logger.debug("%s: the entry array has an entry of another shape; splitting it", files[0])
+            split = split_bundle(files[0], Path(folder) / "entries.ndjson", max_entry_bytes=MAX_LINE_BYTES)
+            if split is None:  # not a Bundle of entries, or not JSON somewhere: the exact reader says what
+                return _read_by_record(files, bundle, mapping, findings, summary)
+        return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+
+
+class _ArrayRefused(Exception):
+    """The engine could not type a Bundle's entry array (an entry or resource that is not an object)."""
+
+
+def _read_scanned(
+    files: list[Path],
+    bundle: bool,
+    mapping: FhirMapping,
+    settings: EngineSettings,
+    findings: Findings,
+    summary: dict[str, Any],
+    split: SplitBundle | None,
+) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
+    """The engine's scan of the files (or of the split Bundle), then the flagged records explained."""
     try:
         import duckdb
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -167,9 +196,17 @@ def read_fhir(
     try:
         with connect(settings) as connection:
             scan = scan_fhir(
-                connection, files, bundle=bundle, mapping=mapping, max_line_bytes=MAX_LINE_BYTES, examples=EXPLAINED
+                connection,
+                files,
+                bundle=bundle,
+                mapping=mapping,
+                max_line_bytes=MAX_LINE_BYTES,
+                examples=EXPLAINED,
+                split=split,
             )
     except _SOURCE_ERRORS(duckdb) as exc:
+        if split is not None and split.array:
+            raise _ArrayRefused from exc
         # Not JSON at all somewhere (or a line over the limit): found line by line, in bounded memory.
         if bundle:
             return _read_by_record(files, bundle, mapping, findings, summary)
@@ -206,23 +243,6 @@ def _SOURCE_ERRORS(duckdb: Any) -> tuple[type[BaseException], ...]:  # noqa: N80
 
 
 """How many flagged records the reader explains one by one; the rest are counted by reason."""
-
-
-def _bundle_shape_ok(path: Path, settings: EngineSettings) -> bool:
-    """Whether the file is a JSON Bundle whose entries the engine can scan (else the exact reader says why)."""
-    import duckdb
-
-    try:
-        with connect(settings) as connection:
-            row = connection.execute(
-                "SELECT json_extract_string(json, '$.resourceType'), json_type(json, '$.entry'), "
-                "json_array_length(json, '$.entry') "
-                f"FROM read_json_objects({quote(str(path))}, format = 'unstructured', "
-                f"maximum_object_size = {path.stat().st_size + 1})"
-            ).fetchall()
-    except (duckdb.Error, OSError):
-        return False
-    return len(row) == 1 and row[0][0] == "Bundle" and row[0][1] == "ARRAY" and bool(row[0][2])
 
 
 def _engine_error(exc: BaseException) -> str:
@@ -313,9 +333,13 @@ def _explain(scan: ScanResult, bundle: bool, mapping: FhirMapping, findings: Fin
     for file, ordinal in scan.examples:
         by_file.setdefault(file, []).append(ordinal)
     for file, ordinals in by_file.items():
-        if bundle:
-            records = [(n, raw) for n, raw in _bundle_entries(Path(file), Findings(file)) if n in set(ordinals)]
-            for n in set(ordinals) - {n for n, _ in records}:
+        if bundle:  # streamed: only the wanted entries are held
+            records = [
+                (n, entry["resource"])
+                for n, entry in bundle_entries(Path(file), set(ordinals))
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+            ]
+            for n in sorted(set(ordinals) - {n for n, _ in records}):
                 findings.add("entry without a resource; expected entry.resource", file=file, row=n, column="resource")
         else:
             records = list(_ndjson_lines(Path(file), findings, only=set(ordinals)))

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT
+from medalloc_core.sources.bundle_stream import SplitBundle
 from medalloc_core.sources.engine import daily_counts, first_overlap, quote, string_list
 from medalloc_core.sources.mapping import FhirMapping
 
@@ -121,15 +122,96 @@ def known_elements() -> dict[str, list[str]]:
     }
 
 
+#: The top-level elements a stay uses, read by the engine's JSON reader as JSON values (types kept).
+_TOP = ("resourceType", "id", "status", "class", "subject", "partOf", "period", "location", "name")
+
+
+def _typed_ndjson(
+    path: Path,
+    label: str,
+    max_line_bytes: int,
+    keys_ok: Any,
+    bad_entries: str = "",
+    *,
+    wrapped: bool = False,
+    array: bool = False,
+) -> str:
+    """The scan's resource rows of one NDJSON file, read by ``read_ndjson`` with explicit columns.
+
+    The engine's typed reader materialises only the elements a stay uses (each as a JSON value,
+    so its JSON type is still checked here), several times faster than extracting them from
+    whole-object text. Element names outside the FHIR model are found by a second, key-only
+    pass (``json_keys``) that keeps just the ordinals of records with one. A line that is not a
+    JSON object makes the reader fail, and the caller explains line by line. ``bad_entries``
+    (a relation of ordinals) marks Bundle entries without a resource; ``wrapped``: each line is
+    a Bundle entry (``{"resource": {...}, ...}``), the resource read from it; ``array``: the
+    file is one JSON array of entries (a Bundle's ``entry``), element n entry n.
+    """
+    name = quote(str(path))
+    fmt = "array" if array else "newline_delimited"
+    # location as a list of JSON values: its entries unnested without parsing the array again (a location
+    # that is not an array makes the reader fail, and the whole-object scan flags it)
+    types = {c: "JSON[]" if c == "location" else "JSON" for c in _TOP}
+    fields = ", ".join(f"{quote(c)}: '{t}'" for c, t in types.items())
+    if wrapped:
+        struct = ", ".join(f'"{c}" {t}' for c, t in types.items())
+        columns, obj = f"{{'resource': 'STRUCT({struct})'}}", "(json -> '$.resource')"
+        expand = "resource IS NOT NULL AS has_resource, unnest(resource)"
+    else:
+        columns, expand, obj = "{" + fields + "}", "TRUE AS has_resource, *", "json"
+    unknown = f"""
+        SELECT ordinality AS ord FROM read_json_objects({name}, format = '{fmt}',
+                                                        maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+        WHERE CASE json_extract_string({obj}, '$.resourceType')
+                  WHEN 'Encounter' THEN NOT {keys_ok(obj, "Encounter")}
+                  WHEN 'Location' THEN NOT {keys_ok(obj, "Location")}
+                  ELSE FALSE END
+    """
+    entry_ok = f"has_resource AND ord NOT IN ({bad_entries})" if bad_entries else "has_resource"
+    return f"""
+        WITH r AS (
+            SELECT ordinality AS ord, {expand} FROM read_json({name}, columns = {columns}, records = true,
+                                                      format = '{fmt}',
+                                                      maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+        )
+        SELECT {quote(label)} AS file, ord, {entry_ok} AS entry_ok, 'OBJECT' AS jt,
+               "resourceType" ->> '$' AS rt, json_type("resourceType") AS rt_t, id ->> '$' AS id,
+               json_type(id) AS id_t, status ->> '$' AS status, json_type(status) AS status_t,
+               json_type(class) AS class_t, json_extract_string(class, '$.code') AS code,
+               json_type(class, '$.code') AS code_t, json_type(subject) AS subject_t,
+               json_extract_string(subject, '$.reference') AS subject,
+               json_type(subject, '$.reference') AS subject_ref_t,
+               json_type("partOf") AS part_of_t, json_extract_string("partOf", '$.reference') AS part_of,
+               json_type("partOf", '$.reference') AS part_of_ref_t, json_type(period) AS period_t,
+               json_extract_string(period, '$.start') AS p_start, json_type(period, '$.start') AS p_start_t,
+               json_extract_string(period, '$.end') AS p_end, json_type(period, '$.end') AS p_end_t,
+               location AS locs, CASE WHEN location IS NOT NULL THEN 'ARRAY' END AS locs_t,
+               name ->> '$' AS name, json_type(name) AS name_t,
+               ord NOT IN ({unknown})
+                   AND CASE "resourceType" ->> '$' WHEN 'Encounter'
+                       THEN json_type(period) IS DISTINCT FROM 'OBJECT' OR {keys_ok("period", "Period")}
+                       ELSE TRUE END AS keys_ok
+        FROM r
+    """
+
+
 def scan_fhir(
-    connection: Any, files: list[Path], *, bundle: bool, mapping: FhirMapping, max_line_bytes: int, examples: int
+    connection: Any,
+    files: list[Path],
+    *,
+    bundle: bool,
+    mapping: FhirMapping,
+    max_line_bytes: int,
+    examples: int,
+    split: SplitBundle | None = None,
 ) -> ScanResult:
     """Scan the files with ``connection`` (see :func:`medalloc_core.sources.engine.connect`).
 
     Raises ``duckdb.Error`` when the engine cannot read a file as JSON at all (a line that is
     not JSON, a line over ``max_line_bytes``): the caller then explains line by line.
     """
-    names = string_list(str(p) for p in files)
+    import duckdb
+
     ext = string_list(_PATHS)
     known = known_elements()
 
@@ -140,31 +222,12 @@ def scan_fhir(
             f"OR len(list_filter(json_keys({value}), lambda k: k NOT IN ({allowed}))) = 0)"
         )
 
-    if bundle:
-        size = max(p.stat().st_size for p in files) + 1
-        source = f"""
-            WITH b AS (
-                SELECT filename AS file, json_extract(json, '$.entry') AS e
-                FROM read_json_objects({names}, format = 'unstructured', filename = true,
-                                       maximum_object_size = {size})
-            ), entries AS (
-                SELECT file, unnest(range(1, CAST(json_array_length(e) AS BIGINT) + 1)) AS ord,
-                       unnest(CAST(json_extract(e, '$[*]') AS JSON[])) AS entry
-                FROM b
-            )
-            SELECT file, ord, json_type(entry) = 'OBJECT' AND json_type(entry, '$.resource') = 'OBJECT' AS entry_ok,
-                   json_extract(entry, '$.resource') AS j
-            FROM entries
-        """
-    else:
-        source = ""
-
     def extract(source: str) -> str:
         return f"""
         WITH e0 AS (
             SELECT file, ord, entry_ok, j, json_extract(j, {ext}) AS e FROM ({source})
         ), x AS (
-            SELECT file, ord, entry_ok, json_type(j) AS jt,
+            SELECT file, ord, entry_ok, e, json_type(j) AS jt,
                    list_transform(e, lambda y: y ->> '$') AS v, list_transform(e, lambda y: json_type(y)) AS t,
                    CASE e[1] ->> '$'
                        WHEN 'Encounter' THEN {keys_ok("j", "Encounter")}
@@ -178,22 +241,42 @@ def scan_fhir(
                t[4] AS class_t, v[5] AS code, t[5] AS code_t, t[6] AS subject_t, v[7] AS subject, t[7] AS subject_ref_t,
                t[8] AS part_of_t, v[9] AS part_of, t[9] AS part_of_ref_t, t[10] AS period_t,
                v[11] AS p_start, t[11] AS p_start_t, v[12] AS p_end, t[12] AS p_end_t,
-               CASE WHEN t[13] = 'ARRAY' THEN v[13] END AS locs, t[13] AS locs_t, v[14] AS name, t[14] AS name_t,
+               CASE WHEN t[13] = 'ARRAY' THEN CAST(json_extract(e[13], '$[*]') AS JSON[]) END AS locs, t[13] AS locs_t,
+               v[14] AS name, t[14] AS name_t,
                keys_ok
         FROM x
         """
 
-    if bundle:
-        connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {extract(source)}")
+    if bundle:  # the Bundle split into NDJSON (bundle_stream): line n is entry n
+        if split is None:
+            raise ValueError("a Bundle is scanned from its split NDJSON (bundle_stream.split_bundle)")
+        import pyarrow as pa
+
+        connection.register("bad_entries", pa.table({"ord": pa.array(split.bad_entries, type=pa.int64())}))
+        typed = _typed_ndjson(
+            split.ndjson,
+            str(files[0]),
+            max_line_bytes,
+            keys_ok,
+            "SELECT ord FROM bad_entries",
+            wrapped=True,
+            array=split.array,
+        )
+        connection.execute(f"CREATE OR REPLACE TEMP TABLE res AS {typed}")
     else:  # one scan per file: the engine's ordinality is then the file's own object number
         for n, path in enumerate(files):
-            one = f"""
-                SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
-                FROM read_ndjson_objects({quote(str(path))}, filename = true,
-                                         maximum_object_size = {max_line_bytes}) WITH ORDINALITY
-            """
             verb = "CREATE OR REPLACE TEMP TABLE res AS" if n == 0 else "INSERT INTO res"
-            connection.execute(f"{verb} {extract(one)}")
+            try:
+                connection.execute(f"{verb} {_typed_ndjson(path, str(path), max_line_bytes, keys_ok)}")
+            except duckdb.InvalidInputException:
+                # A line that is a JSON value but not an object: the whole-object scan flags each one
+                # (and a line that is not JSON at all fails there too: the caller explains line by line).
+                one = f"""
+                    SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
+                    FROM read_ndjson_objects({quote(str(path))}, filename = true,
+                                             maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+                """
+                connection.execute(f"{verb} {extract(one)}")
     classes = string_list(mapping.encounter_classes)
     skip = string_list(mapping.skip_statuses)
     connection.execute(
@@ -266,8 +349,7 @@ def scan_fhir(
                              WHERE part_of LIKE 'Encounter/%' AND substr(part_of, 11) IN (SELECT id FROM enc))
         ), items AS (
             SELECT file, ord, id, status, subject, p_start, p_end,
-                   unnest(range(0, CAST(json_array_length(locs) AS BIGINT))) AS i,
-                   unnest(CAST(json_extract(locs, '$[*]') AS JSON[])) AS loc
+                   unnest(range(0, len(locs))) AS i, unnest(locs) AS loc
             FROM used
         ), typed AS (
             SELECT *, json_type(loc) AS loc_t, json_extract_string(loc, {loc_ext}) AS lv,
@@ -432,7 +514,7 @@ def scan_fhir(
                 [first[0], first[1], first[2]],
             ).fetchall()
             result.overlap_at = found[0] if found else None
-    table = connection.execute(
+    table = connection.sql(
         """
         SELECT 'Encounter/' || id || '#' || i AS encounter_id, subject AS patient_id, unit,
                admit AS admit_time, discharge AS discharge_time, admit_field AS _admit_field,

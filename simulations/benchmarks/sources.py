@@ -76,6 +76,7 @@ if kind.startswith("omop"):
 else:
     import duckdb
     connection = duckdb.connect(config={"memory_limit": memory, "threads": threads})
+    connection.execute("SET enable_progress_bar = false")
     if kind in ("csv", "parquet"):
         source = (f"read_csv('{path}', header=true, all_varchar=true)" if kind == "csv"
                   else f"read_parquet('{path}')")
@@ -146,7 +147,8 @@ def _measured(args: list[str], timeout: float) -> dict[str, Any]:
         )
     except subprocess.TimeoutExpired:
         return {"error": f"over {timeout:.0f} s"}
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # a line may begin with what a progress bar left (no newline after it): the JSON is from its first '{"'
+    lines = [json.loads(line[line.index('{"') :]) for line in done.stdout.splitlines() if '{"' in line]
     result: dict[str, Any] = {}
     for line in lines:
         result.update(line)
