@@ -201,7 +201,7 @@ def audit(
     First the node's patient-level guarantee (what a hospital relies on): the coordinator's
     replay of a round must fail, canary stays through the node's source release must not prove
     more than the ledger's epsilon, membership inference through evaluation replies must stay
-    near chance. Then, unless ``--no-window``, the window-level DP-SGD audit.
+    near chance.
 
     Then the release's own checks: its measured noise against the plan (fails at noise 10 % too
     small) and its calendar with and without one extra stay. The window-level DP-SGD audit runs
