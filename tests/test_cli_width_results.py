@@ -188,3 +188,14 @@ def test_the_ragged_check_sees_a_docstrings_line_breaks() -> None:
     console.print(reflow(doc))
     text = console.export_text()
     assert not _ragged(text) and "\n- another one that stays on its own line" in text, text
+
+
+@pytest.mark.slow
+def test_audit_reads_whole_at_80_columns_without_its_own_hospitals_warnings(tmp_path: Path) -> None:
+    """`medalloc audit --quick`: its two tables whole at 80 columns, not buried under ~70 warnings about the
+    synthetic hospitals it generates for itself (census over capacity on some day, the seeded replay)."""
+    text = _medalloc(["audit", "--quick"], tmp_path, ok=False)
+    _readable(text)
+    assert "Patient-level audit" in text and "Release checks" in text, text
+    assert "WARNING" not in text, text
+    assert "warnings about the audit's own synthetic hospitals hidden" in text, text
