@@ -199,3 +199,16 @@ def test_audit_reads_whole_at_80_columns_without_its_own_hospitals_warnings(tmp_
     assert "Patient-level audit" in text and "Release checks" in text, text
     assert "WARNING" not in text, text
     assert "warnings about the audit's own synthetic hospitals hidden" in text, text
+
+
+@pytest.mark.slow
+def test_simulate_reads_whole_at_80_columns(tmp_path: Path) -> None:
+    """`medalloc simulate`: its progress lines keep their bar, count and time (a long step wraps), and its
+    results table wraps its long privacy header rather than cutting a number."""
+    from tests.test_report import SMALL
+
+    (tmp_path / "small.toml").write_text(SMALL)
+    text = _medalloc(["simulate", "--config", "small.toml", "--out", "results"], tmp_path)
+    _readable(text)
+    assert "…" not in text, text
+    assert "2/2" in text and "Rolling-origin accuracy" in text and "seasonal_naive" in text, text
