@@ -15,12 +15,10 @@ transport, no processes). ``--node`` picks the nodes, side by side in one run:
   (``flwr/supernode/start_client_internal.py``), its SuperExec polls every second;
 - ``medalloc``: ``medalloc node start`` with the project approved, what hospital.md runs: the
   approved-apps gate forks each message's process from a warm launcher that imported those
-  libraries once (``medalloc.node.warm``), the SuperNode pulls every 0.5 s after a message and
-  less often while none comes (``medalloc.node.supernode.BackoffClock``, at most every 2 s), the
-  SuperExec polls every 0.5 s.
+  libraries once (``medalloc.node.warm``), the SuperNode pulls every 0.5 s
+  (``medalloc.node.supernode``), the SuperExec polls every 0.5 s.
 
-In both the ServerApp collects replies every 0.2 s, less often while none comes (at most every
-1 s; ``server.grid_io``; Flower's grid waits 3 s).
+In both the ServerApp collects replies every 0.2 s (``server.grid_io``; Flower's grid waits 3 s).
 
 It prints seconds per round deployed and in process, their difference (the overhead) and ratio,
 and node memory idle and peak; then where the CPU goes: CPU seconds per round of one node (its
