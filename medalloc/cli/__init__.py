@@ -7,7 +7,9 @@ the core commands work where only ``medalloc_core`` is needed.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import re
 
 import click
 import typer
@@ -98,7 +100,33 @@ def load_command(name: str) -> click.Command:
     command = group.get_command(click.Context(group), name)
     if command is None:  # pragma: no cover - COMMANDS names a command its module does not register
         raise LookupError(f"medalloc.cli.{COMMANDS[name][0]} does not register {name!r}")
+    for each in (command, *(command.commands.values() if isinstance(command, click.Group) else ())):
+        if each.help:
+            each.help = reflow(each.help)
     return command
+
+
+_LIST_ITEM = re.compile(r"([-*•]|\d+[.)])\s")
+
+
+def reflow(text: str) -> str:
+    """A docstring as help text: each paragraph's source line breaks joined, so that the terminal, not the
+    docstring's 100-column wrap, decides where lines end (typer keeps single newlines: at 80 columns a
+    paragraph otherwise reads as alternating long and short lines). List items keep their own lines."""
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", inspect.cleandoc(text)):
+        if paragraph.startswith("\b"):  # click's "do not rewrap" marker
+            paragraphs.append(paragraph)
+            continue
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            stripped = line.strip()
+            if lines and not _LIST_ITEM.match(stripped):
+                lines[-1] += " " + stripped
+            else:
+                lines.append(stripped)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
 
 
 class _LazyGroup(TyperGroup):

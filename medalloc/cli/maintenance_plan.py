@@ -178,12 +178,20 @@ def _table(frame: object, rows: int = 20) -> Table:
     assert isinstance(frame, pd.DataFrame)
     chosen = frame[frame["selected"]].head(rows)
     table = Table(title=f"Service this week ({int(frame['selected'].sum())} devices; first {len(chosen)} shown)")
-    for name in ("device", "type", "unit", "hours", "risk now", "if serviced", "prevented"):
-        table.add_column(name, justify="left" if name in ("device", "type", "unit") else "right")
+    # Readable at 80 columns: a device type is shown with spaces (`anaesthesia machine`; the CSV keeps
+    # `anaesthesia_machine`) so that it wraps between words; the number columns' headers wrap to
+    # their numbers' width, which leaves the type column its longest word (`defibrillator`); a
+    # device id longer than 10 characters (a hospital's own asset number) folds onto a second line.
+    # Rich would otherwise shrink the widest column first and cut it to "…".
+    table.add_column("device", overflow="fold", max_width=10)
+    table.add_column("type", overflow="fold")
+    table.add_column("unit", overflow="fold")
+    for name, width in (("hours", 5), ("risk now", 5), ("if serviced", 8), ("prevented", 9)):
+        table.add_column(name, justify="right", max_width=width)
     for _, r in chosen.iterrows():
         table.add_row(
             escape(str(r["device_id"])),
-            escape(str(r["device_type"])),
+            escape(str(r["device_type"]).replace("_", " ")),
             escape(str(r["unit"])),
             f"{r['service_hours']:g}",
             f"{r['risk_now']:.3f}",

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from medalloc.cli.tables import Table
 from medalloc_core.rounds import RoundRecord
@@ -236,10 +237,12 @@ def simulate(
         highlight=False,
     )
     began = time.perf_counter()
+    # At 80 columns a long step ("federation round 2: 3/3 nodes, loss ..., epsilon max ...") wraps onto a
+    # second line; without the fold it took the whole width and cut the bar, the count and the time to "…".
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
+        TextColumn("{task.description}", table_column=Column(overflow="fold")),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )

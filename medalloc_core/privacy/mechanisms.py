@@ -344,14 +344,21 @@ def release_for_node(
                 epoch=found.epoch,
                 staged=found.staged,
             )
+            # The node's log at a release says what was released, what the ledger charged and what is
+            # left, in one line: the data owner reads it without opening the ledger.
             logger.info(
-                "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s",
+                "%s: released %d unit-days (%s..%s), noise multiplier %.4g per %s; ledger: epsilon %.3f spent "
+                "of %g, %.3f left (delta %g)",
                 node.hospital_id,
                 len(frame),
                 str(frame["date"].min().date()),
                 str(frame["date"].max().date()),
                 plan.noise_multiplier,
                 "patient" if node.per_patient else "STAY",
+                ledger.epsilon_spent(),
+                ledger.epsilon_budget,
+                ledger.remaining(),
+                ledger.delta,
             )
             if not node.per_patient:
                 from medalloc_core.privacy.contribution import group_epsilons

@@ -21,7 +21,12 @@ transport, no processes). ``--node`` picks the nodes, side by side in one run:
 In both the ServerApp collects replies every 0.2 s (``server.grid_io``; Flower's grid waits 3 s).
 
 It prints seconds per round deployed and in process, their difference (the overhead) and ratio,
-and node memory idle and peak; and how long ``medalloc --help`` and an import of the ClientApp
+and node memory idle and peak; then where the CPU goes: CPU seconds per round of one node (its
+SuperNode, gate, launcher and ClientApp processes) against the same node's work in process, of
+the SuperLink with its SuperExec and the ServerApp, and what an idle node and the SuperLink use
+while waiting (their pulls; measured 10 s after the nodes started, so a slow start still counts).
+CPU seconds are what the processes used whatever else the machine ran, which wall-clock seconds
+on a shared machine are not. Last, how long ``medalloc --help`` and an import of the ClientApp
 (what every fresh ``flwr-clientapp`` process does before its one message) take.
 
 Run: ``python -m simulations.benchmarks.deployment [--nodes 2,5,10] [--rounds 3] [--node flower,medalloc]``.
@@ -99,6 +104,26 @@ def _pss_mb(pid: int) -> float:
     return total / 1024
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its descendants, those alive and those already reaped.
+
+    A process's own time plus its waited-for children's (``/proc/PID/stat`` fields 14-17): a ClientApp
+    process that has ended counts in the launcher or SuperExec that reaped it. On a machine shared
+    with other work, CPU seconds are what a process used, whatever the wall clock did meanwhile.
+    """
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / _TICK
+
+
 def _copy_project(dest: Path) -> Path:
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -136,8 +161,9 @@ def _run_config(nodes: int, rounds: int, out: Path) -> dict[str, Any]:
     } | TINY
 
 
-def in_process(files: list[Path], rounds: int, root: Path) -> float:
-    """Seconds per round of the same rounds through the ServerApp's loop, every node in this process."""
+def in_process(files: list[Path], rounds: int, root: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds per round of the same rounds through the ServerApp's loop, every node in this
+    process (CPU from the end of round 0's evaluation to the end of the last round)."""
     from medalloc.client.app import make_client_app
     from medalloc.server.app import run_federation
     from medalloc.server.config import RunConfig
@@ -152,10 +178,14 @@ def in_process(files: list[Path], rounds: int, root: Path) -> float:
     }
     config = RunConfig.from_mapping(_run_config(len(files), rounds, root / "inproc-out"))
     quiet_flower()  # the deployed run's log is the nodes' and the SuperLink's; this one would only repeat it
+    cpu: dict[int, float] = {}
     with task_identity():
-        result = run_federation(LocalGrid(make_client_app(), nodes), config, run_id=1)
+        result = run_federation(
+            LocalGrid(make_client_app(), nodes), config, run_id=1,
+            on_round=lambda record: cpu.__setitem__(record.round, time.process_time()),
+        )  # fmt: skip
     seconds = [r.seconds for r in result.rounds if r.round > 0 and r.seconds is not None]
-    return sum(seconds) / len(seconds)
+    return sum(seconds) / len(seconds), (cpu[rounds] - cpu[0]) / rounds
 
 
 def _node_argv(mode: str, link: int, pairs: str, approved: Path) -> list[str]:
@@ -216,7 +246,12 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float, mode: s
             pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
             home = root / f"flwr-home-{i}"  # each hospital installs the app on its own machine
             nodes.append(start(f"node-{i}", _node_argv(mode, link, pairs, approved), FLWR_HOME=str(home)))
-        time.sleep(20)  # started and registered: what an idle node holds
+        time.sleep(10)  # started and registered
+        superlink = procs[0]  # and, once a run starts, its SuperExec and ServerApp processes
+        idle_began, idle_cpu = time.monotonic(), [_cpu_s(p.pid) for p in [*nodes, superlink]]
+        time.sleep(10)  # idle: what a waiting node holds, and what its polling costs
+        idle_s = time.monotonic() - idle_began
+        idle_cpu = [(_cpu_s(p.pid) - c) / idle_s for p, c in zip([*nodes, superlink], idle_cpu)]
         idle = [_pss_mb(n.pid) for n in nodes]
         (root / "home" / ".flwr").mkdir(parents=True, exist_ok=True)
         (root / "home" / ".flwr" / "config.toml").write_text(
@@ -233,20 +268,30 @@ def deployed(files: list[Path], rounds: int, root: Path, timeout: float, mode: s
         peak = list(idle)
         deadline = time.monotonic() + timeout
         metrics = out / "metrics.jsonl"
+        cpu_from: list[float] | None = None  # at the end of round 0 (the initial model's evaluation)
         while time.monotonic() < deadline:
             peak = [max(p, _pss_mb(n.pid)) for p, n in zip(peak, nodes)]
             lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if cpu_from is None and lines:
+                cpu_from = [_cpu_s(p.pid) for p in [*nodes, superlink]]
             if len(lines) >= rounds + 1 and (out / "final_model.json").is_file():
+                cpu_to = [_cpu_s(p.pid) for p in [*nodes, superlink]]
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
         else:
             raise RuntimeError(f"{len(files)} nodes: the run did not finish in {timeout:.0f} s (logs in {logs})")
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
         seconds = [r["seconds"] for r in records if r["round"] > 0]
+        assert cpu_from is not None
+        used = [(b - a) / rounds for a, b in zip(cpu_from, cpu_to)]
         return {
             "seconds": sum(seconds) / len(seconds),
             "idle_mb": max(idle),
             "peak_mb": max(peak),
+            "node_cpu": sum(used[:-1]) / len(nodes),  # CPU s per round, one node (mean over nodes)
+            "link_cpu": used[-1],  # CPU s per round: SuperLink, its SuperExec and the ServerApp
+            "idle_node_cpu": sum(idle_cpu[:-1]) / len(nodes),  # CPU s per s of one idle node (its polling)
+            "idle_link_cpu": idle_cpu[-1],
         }
     finally:
         for proc in reversed(procs):
@@ -304,12 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("nodes", "node", "s/round deployed", "s/round in process", "overhead s/round", "ratio",
                    "node MB idle", "node MB peak"):  # fmt: skip
         table.add_column(column, justify="right")
+    cpu_table = Table(title="Where the CPU goes (CPU seconds: what the processes used, whatever else the machine ran)")
+    for column in ("nodes", "node", "node CPU s/round", "in-process CPU s/round per node",
+                   "SuperLink+ServerApp CPU s/round", "idle node CPU %", "idle SuperLink CPU %"):  # fmt: skip
+        cpu_table.add_column(column, justify="right")
     for n in (int(x) for x in args.nodes.split(",")):
         root = Path(tempfile.mkdtemp(prefix=f"medalloc-deploy-{n}-"))
         try:
             files = _region(root / "region", n)
             with console.status(f"{n} nodes: in process"):
-                local = in_process(files, args.rounds, root)
+                local, local_cpu = in_process(files, args.rounds, root)
             for mode in modes:
                 with console.status(f"{n} nodes: SuperLink + {n} {mode} nodes, flwr run"):
                     real = deployed(files, args.rounds, root / mode, args.timeout, mode)
@@ -317,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
                     str(n), mode, f"{real['seconds']:.1f}", f"{local:.2f}", f"{real['seconds'] - local:.1f}",
                     f"{real['seconds'] / local:.1f}x", f"{real['idle_mb']:.0f}", f"{real['peak_mb']:.0f}",
                 )  # fmt: skip
+                cpu_table.add_row(
+                    str(n), mode, f"{real['node_cpu']:.2f}", f"{local_cpu / n:.2f}", f"{real['link_cpu']:.2f}",
+                    f"{100 * real['idle_node_cpu']:.1f}", f"{100 * real['idle_link_cpu']:.1f}",
+                )  # fmt: skip
                 console.print(table)
+                console.print(cpu_table)
         finally:
             if args.keep:
                 console.print(f"{n} nodes: kept {root}", highlight=False)
