@@ -45,6 +45,7 @@ from medalloc_core.equipment.local import LocalFleet, prepare_fleet
 from medalloc_core.equipment.model import RiskModelConfig, build_risk_model, risk_arrays, risk_model_from_arrays
 from medalloc_core.equipment.synthetic import FleetConfig, generate_fleets, write_fleets
 from medalloc_core.privacy.distributed import SkellamPlan, epsilon_with_skellam, noise_multiplier_for_epsilon
+from medalloc_core.tasks import get_task
 
 from ..local_grid import task_identity
 from ..logs import quiet_flower
@@ -71,7 +72,7 @@ def overhead(n: int, rounds: int, fleets: list[Path], root: Path, *, secure: boo
             "equipment-epsilon-budget": 1000.0,
             "privacy-delta": DELTA,
             "equipment-secure-aggregation": True,
-        }
+        } | get_task("equipment").public_calendar(fleets[i % len(fleets)])  # a deployed node declares its fleet
     keys: dict[str, Any] = {
         "task": "equipment",
         "secure-aggregation": True,
