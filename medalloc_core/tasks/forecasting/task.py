@@ -74,8 +74,8 @@ from medalloc_core.tasks.base import (
     ledger_refusal,
 )
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
-from medalloc_core.tasks.forecasting.secure_region import region_from_total, region_share, secure_totals
 from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_daily
+from medalloc_core.tasks.forecasting.secure_region import region_from_total, region_share, secure_totals
 
 logger = logging.getLogger(__name__)
 
