@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["FITINS_CONFIG", "offset", "secure_aggregation_mod"]
 
 FITINS_CONFIG = "fitins.config"  # the legacy FitIns config record (flwr.compat)
-REGION_TASK = "forecasting"  # the task whose region is summed under SecAgg+ (run config region-secure-aggregation)
 
 
 def offset(modulus_bits: int) -> float:
@@ -61,6 +60,11 @@ def offset(modulus_bits: int) -> float:
 
 def _secure_task() -> FederatedTask:
     return next(get_task(n) for n in task_names() if get_task(n).secure_aggregation)
+
+
+def _region_task() -> FederatedTask:
+    """The task whose region is summed under SecAgg+ (``region-secure-aggregation``): the one with ``region_share``."""
+    return next(get_task(n) for n in task_names() if callable(getattr(get_task(n), "region_share", None)))
 
 
 def _refusal(message: Message, task: FederatedTask, code: Refusal, detail: str) -> Message:
@@ -123,7 +127,7 @@ def _region_answer(message: Message, context: Context, run_config: Mapping[str, 
     The forecasting node's side (``medalloc_core.tasks.forecasting.secure_region``); checked against the
     ``region-sum`` allow-list before Flower's mod masks it.
     """
-    task = get_task(REGION_TASK)
+    task = _region_task()
     try:
         node, settings = _settings(context, run_config, task)
         fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
