@@ -192,3 +192,31 @@ def test_a_region_run_under_secagg_sends_the_total_and_never_a_nodes_series(
     for cfg in nodes.values():
         spends = json.loads(Path(str(cfg["ledger-path"])).read_text())["body"]["entries"]
         assert len(spends) == 1
+
+
+# ------------------------------------------------------------------ Flower's Simulation Engine
+@pytest.mark.slow
+def test_the_regions_secure_sum_on_the_simulation_engine(region: Path, tmp_path: Path, caplog):
+    """The same ServerApp and ClientApp on ``run_simulation`` (Ray): virtual nodes agree by the run's word."""
+    from medalloc.simulations.runner import simulate_federation
+
+    keys = {
+        "out-dir": str(tmp_path / "out"),
+        "num-server-rounds": 1,
+        "min-available-nodes": 4,
+        "min-train-nodes": 4,
+        "context": "region",
+        "region-secure-aggregation": True,
+        "patient-epsilon": 4.0,
+        "test-days": 28,
+        "validation-days": 28,
+        "simulation-data-dir": str(region),
+        "simulation-epsilon-budget": 4.0,
+    } | HYBRID
+    with caplog.at_level(logging.INFO, logger="flwr.medalloc.region"):
+        simulate_federation(keys, 4)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["model-updated"] for x in lines if x["round"] > 0] == [True]
+    summed = [r.getMessage() for r in caplog.records if "summed under SecAgg+" in r.getMessage()]
+    assert summed and summed[0].startswith("region: 4 nodes' released totals"), caplog.text
+    assert "shares its released totals" not in caplog.text  # no node's series reached the coordinator

@@ -291,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         "Today's local DP-SGD federation: AUROC 0.692 at device epsilon 7.37 (simulations.benchmarks.equipment)"
     )
     console.print(accuracy)
-    region = Table(title=f"The regional daily total, {args.hospitals} hospitals, {args.days} days: error per epsilon")
+    region_table = Table(
+        title=f"The regional daily total, {args.hospitals} hospitals, {args.days} days: error per epsilon"
+    )
     for name in ("patient eps", "admissions MAE", "rel.", "census MAE", "rel.", "SecAgg+ vs clear"):
-        region.add_column(name, justify="right")
+        region_table.add_column(name, justify="right")
     for row in region_error(args.hospitals, args.days, [float(x) for x in args.region_epsilons.split(",")], args.seed):
-        region.add_row(
+        region_table.add_row(
             f"{row['epsilon']:g}",
             f"{row['admissions-mae']:.2f}",
             f"{row['admissions-rel']:.1%}",
@@ -303,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['census-rel']:.1%}",
             f"{row['secure-vs-clear']:.3f}",
         )
-    region.caption = (
+    region_table.caption = (
         "MAE: mean absolute error per day of the sum of the hospitals' released daily totals against the true sum "
         "(patients; census in occupied beds); rel.: MAE / mean true total. Each hospital's release is its one "
         "(epsilon, delta=1e-6) Gaussian release per stay of <= 14 nights; the sum adds no privacy cost. SecAgg+ vs "
         "clear: largest difference between the total the coordinator decodes under region-secure-aggregation and "
         "the sum in the clear (rounding to 1/100 of a patient per hospital)"
     )
-    console.print(region)
+    console.print(region_table)
     console.print(f"{time.perf_counter() - began:.0f} s", highlight=False)
     return 0
 

@@ -21,7 +21,7 @@ from tests.e2e.test_deployment import wait_port
 from tests.e2e.test_flwr_run import BIN, _copy_project
 from tests.fed_fixtures import small_region
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # its own deadline is 1200 s
 
 NODES = 3
 
