@@ -33,6 +33,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from medalloc_core import protocol
+from medalloc_core.forecast.secure_region import MODULUS_KEY, REGION_SUM
 from medalloc_core.protocol import Refusal
 from medalloc_core.replies import ReplyNotAllowed, check_refusal, check_reply, node_error
 from medalloc_core.tasks import FederatedTask, TaskRefused, get_task, task_names
@@ -59,6 +60,11 @@ def offset(modulus_bits: int) -> float:
 
 def _secure_task() -> FederatedTask:
     return next(get_task(n) for n in task_names() if get_task(n).secure_aggregation)
+
+
+def _region_task() -> FederatedTask:
+    """The task whose region is summed under SecAgg+ (``region-secure-aggregation``): the one with ``region_share``."""
+    return next(get_task(n) for n in task_names() if callable(getattr(get_task(n), "region_share", None)))
 
 
 def _refusal(message: Message, task: FederatedTask, code: Refusal, detail: str) -> Message:
@@ -115,6 +121,39 @@ def _answer(
         return Message(error=Error(code=checked_error.code, reason=checked_error.reason), reply_to=message)
 
 
+def _region_answer(message: Message, context: Context, run_config: Mapping[str, Any] | None) -> Message:
+    """The node's released daily totals over the coordinator's window, as ``secaggplus_mod`` reads them, or a refusal.
+
+    The forecasting node's side (``medalloc_core.tasks.forecasting.secure_region``); checked against the
+    ``region-sum`` allow-list before Flower's mod masks it.
+    """
+    task = _region_task()
+    try:
+        node, settings = _settings(context, run_config, task)
+        fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+        request = dict(fitins.config)
+        answer = task.region_share(settings, request)  # type: ignore[attr-defined]
+        checked = check_reply(
+            task, "region-sum", answer.metrics, answer.arrays, {protocol.HOSPITAL_ID: node.hospital_id}
+        )
+        assert checked.arrays is not None
+        share = np.asarray(checked.arrays["share"], dtype=np.float64)
+        fitres = FitRes(
+            status=Status(Code.OK, ""),
+            parameters=ndarrays_to_parameters([share - offset(int(request[MODULUS_KEY]))]),
+            num_examples=1,  # Flower's SecAgg+ weight: 1 keeps the sum a plain sum (server.secure)
+            metrics={},
+        )
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
+    except TaskRefused as refused:
+        logger.warning("declining the region's secure sum: %s", refused.detail)
+        return _refusal(message, task, refused.code, refused.detail)
+    except (ReplyNotAllowed, Exception) as exc:  # a fixed code out, the details in the node's log only
+        logger.exception("the region's secure sum failed on the node (%s)", type(exc).__name__)
+        checked_error = node_error()
+        return Message(error=Error(code=checked_error.code, reason=checked_error.reason), reply_to=message)
+
+
 def _names(ask: Any, count: int) -> list[str]:
     from medalloc_core.equipment.model import risk_parameter_shapes
 
@@ -146,7 +185,11 @@ def secure_aggregation_mod(run_config: Callable[[Context], Mapping[str, Any] | N
             return call_next(message, context)
         stage = records[RECORD_KEY_CONFIGS].get(Key.STAGE)
         if stage == Stage.COLLECT_MASKED_VECTORS:
-            answer = _answer(message, context, run_config(context), task, secure=True)
+            fitins = records.get(FITINS_CONFIG)
+            if fitins is not None and fitins.get(REGION_SUM) is True:
+                answer = _region_answer(message, context, run_config(context))
+            else:
+                answer = _answer(message, context, run_config(context), task, secure=True)
             if answer.has_error():
                 return answer  # refused or failed: nothing is masked or sent
 

@@ -51,6 +51,12 @@ REPRODUCIBLE_NOISE = "simulation-reproducible-noise"  # research only: DP noise 
 # JSON of the region this node is sent: the other nodes' released daily totals summed per day
 # (medalloc_core.forecast.region.region_to_text); only in runs whose window spec reads the region.
 REGION = "region"
+# Under secure sums of the region (run config region-secure-aggregation = true; medalloc_core.forecast.secure_region):
+# the flag on every request (a node then sends its totals' days only), the regional total (JSON, every node
+# the same) and whether this node's vector was in it (the node subtracts its own and has the others' sum).
+REGION_SECURE = "region-secure-aggregation"
+REGION_TOTAL = "region-total"
+REGION_INCLUDED = "region-summed-you"
 
 # --- MetricRecord keys, node -> coordinator --------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the FedAvg weight; checked and capped by the coordinator
@@ -345,6 +351,10 @@ REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
         NODE_INFO: {HOSPITAL_ID: PUBLIC},
         RELEASED_TOTALS: _RELEASED_TOTALS,
     },
+    # Under secure sums of the region: one integer vector, the node's released daily totals (post-processing of its
+    # one release) and a "reported" flag per day of the coordinator's window (public: the node's calendar),
+    # only ever sent masked by Flower's SecAgg+ (client.secure).
+    "region-sum": {ARRAYS: {"share": POST_PROCESSING}, NODE_INFO: {HOSPITAL_ID: PUBLIC}},
     # Error(code, reason): the code is public; the reason is one of REFUSAL_REASONS, filled in
     # with ledger numbers (budget, epsilon) or a description of the coordinator's own request.
     "refusal": {"error": {"code": PUBLIC, "reason": PUBLIC}},

@@ -42,6 +42,7 @@ from .grid_io import send_and_receive
 from .region import RegionCollector
 from .reply_checks import NodeOutcome, outcomes_by_status
 from .secure import run_secure_federation
+from .secure_region import SecureRegion
 from .strategies import BuiltStrategy, build_strategy, client_dp_epsilon
 
 logger = logging.getLogger(__name__)
@@ -239,9 +240,18 @@ def run_federation(
         )
 
     # The region (context "region"): the nodes' released daily totals, each node sent the others' sum.
-    region = RegionCollector() if "region" in config.context_list else None
+    region: RegionCollector | SecureRegion | None = None
+    if "region" in config.context_list:
+        region = (
+            SecureRegion(columns=config.target_list, run_tag=f"run-{run_id}", wait=config.round_timeout)
+            if config.region_secure_aggregation  # summed under SecAgg+: the coordinator learns the total only
+            else RegionCollector()
+        )
 
     def with_region(messages: Any) -> Any:
+        if isinstance(region, SecureRegion):
+            messages = list(messages)  # the requests first, then the SecAgg+ sum (when the calendars changed)
+            region.refresh(grid, run_id=run_id)
         return region.stamp(messages) if region is not None else messages
 
     def evaluate_round(server_round: int) -> MetricRecord | None:

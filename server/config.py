@@ -90,6 +90,9 @@ class RunConfig:
     client_dp_delta: float = 1e-5
     # --- secure aggregation (Flower's SecAgg+) with distributed DP: the tasks that support it (docs/privacy.md)
     secure_aggregation: bool = False
+    # context "region": the nodes' released daily totals summed under Flower's SecAgg+, so the coordinator learns only
+    # the regional total; every node must agree in its own config (docs/coordinator.md, "The region", secure sums)
+    region_secure_aggregation: bool = False
     # --- outputs
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
@@ -159,6 +162,11 @@ class RunConfig:
                 f"secure-aggregation = true: the '{self.task}' task has no secure-aggregation round (only the "
                 "equipment task's DP updates run under Flower's SecAgg+ so far; see docs/privacy.md, "
                 "'Secure aggregation')"
+            )
+        if self.region_secure_aggregation and "region" not in self.context_list:
+            raise RunConfigError(
+                "region-secure-aggregation = true sums the nodes' released totals for the region: it needs "
+                "context with 'region' (the forecasting task's hybrid model)"
             )
         if self.secure_aggregation and self.resume:
             raise RunConfigError("resume = true is not available with secure-aggregation = true")

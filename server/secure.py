@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 progress = logging.getLogger("flwr.medalloc")
 
 MODULUS_BITS = 31  # the nodes' shares live modulo 2**31 (Flower quantises into int32)
+MAJORITY = 0.51  # of a neighbourhood of k (odd, < 50): Flower's round(0.51 k) is k // 2 + 1
 
 
 def decode_sum(aggregate: np.ndarray, *, survivors: int, modulus_bits: int = MODULUS_BITS) -> np.ndarray:
@@ -73,12 +74,27 @@ def decode_sum(aggregate: np.ndarray, *, survivors: int, modulus_bits: int = MOD
     return out
 
 
-def secagg_workflow(*, min_survivors: int, timeout: float | None) -> SecAggPlusWorkflow:
-    """Flower's SecAgg+ with every sampled node sharing keys with all others and ``min_survivors`` needed to unmask."""
+def secagg_workflow(
+    *, min_survivors: int, timeout: float | None, num_shares: int = 0, nodes: int = 0
+) -> SecAggPlusWorkflow:
+    """Flower's SecAgg+ on ranges that make its masked sum the exact modular sum of the nodes' vectors.
+
+    ``num_shares = 0`` (or not fewer than ``nodes``, the fewest nodes a round samples): every node's
+    secrets are shared with every other node and ``min_survivors`` shares unmask it. Else SecAgg+'s
+    neighbourhood: Flower puts the sampled nodes on a ring in random order and shares each node's
+    secrets with the ``num_shares`` nearest (itself included), a majority of which unmask it (the
+    threshold SecAgg+ needs against a coordinator that lies about who dropped). The key agreements
+    and Shamir shares then grow as nodes x ``num_shares`` instead of nodes^2. Whether a round is
+    summed at all is still decided by ``min_survivors`` (``DistributedDPStrategy.aggregate_fit``).
+    """
     m = 2**MODULUS_BITS
+    neighbourhood = 0 < num_shares < nodes
     return SecAggPlusWorkflow(
-        num_shares=1.0,  # every node's secrets are shared with every other node
-        reconstruction_threshold=min_survivors,
+        # As fractions of the sampled nodes (Flower rounds them, odd): num_shares of `nodes`, a majority of those.
+        # An integer num_shares would draw Flower's overflow warning (modulus / quantisation range is ~1 here),
+        # which does not apply: the sum is modular by design (decode_sum).
+        num_shares=num_shares / nodes if neighbourhood else 1.0,  # 1.0: every node's secrets go to every other
+        reconstruction_threshold=MAJORITY if neighbourhood else min_survivors,
         max_weight=1.0,  # each node sends weight 1: the sum stays a plain sum
         clipping_range=(m - 1) / 2.0,
         quantization_range=m - 1,
@@ -264,7 +280,12 @@ def run_secure_federation(
     base = context or Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     legacy = LegacyContext(base, config=ServerConfig(num_rounds=config.num_server_rounds), strategy=strategy)
     fit = (
-        secagg_workflow(min_survivors=int(options.sa_min_survivors), timeout=config.round_timeout)
+        secagg_workflow(
+            min_survivors=int(options.sa_min_survivors),
+            timeout=config.round_timeout,
+            num_shares=int(options.sa_num_shares),
+            nodes=max(config.min_available_nodes, int(options.sa_min_survivors)),
+        )
         if secure
         else default_fit_workflow
     )

@@ -18,7 +18,7 @@ from flwr.common.secure_aggregation.quantization import quantize
 
 from medalloc.client.app import make_client_app
 from medalloc.client.secure import offset
-from medalloc.server.config import RunConfig
+from medalloc.server.config import RunConfig, RunConfigError
 from medalloc.server.secure import decode_sum, run_secure_federation
 from medalloc.simulations.local_grid import task_identity
 from medalloc.simulations.wire_grid import WireGrid as LocalGrid
@@ -192,3 +192,55 @@ def test_secure_aggregation_on_the_simulation_engine(tmp_path: Path) -> None:
         ledger = PrivacyLedger.load(simulated_ledger_path(region, "equipment", hospital))
         assert [s.mechanism for s in ledger.spends()] == [MECHANISM, MECHANISM]
     assert (tmp_path / "out" / "final_model.safetensors").exists()
+
+
+def test_a_neighbourhood_of_shares_sums_every_node(tmp_path: Path, fleets: Path, monkeypatch) -> None:
+    """``equipment.sa-num-shares = 3`` at 6 nodes: Flower's SecAgg+ shares each node's keys with 3 nodes, 2 unmask,
+    and the decoded sum is still exactly the sum of all 6 vectors (the masks cancel only in the whole sum)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    import medalloc.server.secure as server_secure
+    import medalloc_core.tasks.equipment.secure as secure_task
+
+    sent: list[np.ndarray] = []
+    decoded: list[np.ndarray] = []
+    real_node_sum, real_mean = secure_task.node_sum, server_secure.mean_gradient
+
+    def spy_node_sum(*args: Any, **kwargs: Any) -> np.ndarray:
+        out = real_node_sum(*args, **kwargs)
+        sent.append(np.mod(out, 2**31))
+        return out
+
+    def spy_mean(total: np.ndarray, plan: Any, devices: int) -> np.ndarray:
+        decoded.append(np.asarray(total).copy())
+        return real_mean(total, plan, devices)
+
+    monkeypatch.setattr(secure_task, "node_sum", spy_node_sum)
+    monkeypatch.setattr(server_secure, "mean_gradient", spy_mean)
+
+    keys = _run_keys(
+        tmp_path / "out",
+        fleets,
+        **{"num-server-rounds": 1, "min-available-nodes": 6, "equipment.sa-num-shares": 3},
+    )
+    nodes = _real_nodes(tmp_path, fleets, dict.fromkeys(range(1, 7), True))
+    grid = LocalGrid(make_client_app(), nodes)
+    setups: list[dict[str, Any]] = []
+    original = grid.send_and_receive
+
+    def spy(messages: Any, *, timeout: float | None = None) -> Any:
+        messages = list(messages)
+        for m in messages:
+            configs = m.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and configs.get(Key.STAGE) == Stage.SETUP:
+                setups.append(dict(configs))
+        return original(messages, timeout=timeout)
+
+    grid.send_and_receive = spy  # type: ignore[method-assign]
+    with task_identity():
+        strategy = run_secure_federation(grid, RunConfig.from_mapping(keys), out=tmp_path / "out")
+    assert len(setups) == 6 and {(s[Key.SHARE_NUMBER], s[Key.THRESHOLD]) for s in setups} == {(3, 2)}
+    assert strategy.records[0].model_updated and strategy.records[0].nodes["accepted"] == 6
+    assert len(sent) == 6 and np.array_equal(decoded[0], np.mod(sum(sent), 2**31))
+    with pytest.raises(RunConfigError, match="sa-num-shares must be 0"):
+        RunConfig.from_mapping(_run_keys(tmp_path / "o2", fleets, **{"equipment.sa-num-shares": 4}))

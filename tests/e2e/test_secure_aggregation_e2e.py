@@ -29,7 +29,7 @@ from tests.e2e.harness import ProcessHarness, free_port
 from tests.e2e.test_deployment import wait_port
 from tests.e2e.test_flwr_run import BIN, _copy_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # its own deadline is 1200 s
 
 NODES, MIN_SURVIVORS, ROUNDS, DELTA = 4, 3, 3, 1e-6
 

@@ -86,6 +86,10 @@ class EquipmentOptions:
     sa_min_survivors: int = 3  # the noise holds while at least this many nodes' shares are summed
     sa_resolution: int = 4096  # integer units per max-grad-norm
     sa_lr: float = 0.02  # the coordinator's Adam step on the noisy mean gradient, one per round
+    # SecAgg+'s neighbourhood: each node's key shares go to this many nodes (itself included, a ring Flower draws
+    # at random each round) and a majority of them unmask it; 0: every node (SecAgg). Its cost grows as nodes x
+    # neighbours instead of nodes^2 (simulations.benchmarks.secure_aggregation); the noise's minimum is unchanged.
+    sa_num_shares: int = 0
 
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.layers < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -96,6 +100,8 @@ class EquipmentOptions:
             self.sa_noise_multiplier > 0 and self.sa_min_survivors >= 2 and self.sa_resolution >= 1 and self.sa_lr > 0
         ):
             raise ValueError("sa-noise-multiplier and sa-lr must be > 0, sa-min-survivors >= 2, sa-resolution >= 1")
+        if self.sa_num_shares != 0 and (self.sa_num_shares < 3 or self.sa_num_shares % 2 == 0):
+            raise ValueError("sa-num-shares must be 0 (every node) or an odd number >= 3 (SecAgg+'s neighbourhood)")
 
     @property
     def spec(self) -> SnapshotSpec:

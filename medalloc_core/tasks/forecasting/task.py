@@ -76,6 +76,7 @@ from medalloc_core.tasks.base import (
 )
 from medalloc_core.tasks.forecasting.hints import data_hint, ledger_hint, window_hint
 from medalloc_core.tasks.forecasting.local import LocalData, evaluate_local, load_daily
+from medalloc_core.tasks.forecasting.secure_region import region_from_total, region_share, secure_totals
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +401,8 @@ def _prepare(
         raise TaskRefused(Refusal.REQUEST_INVALID, _reason(Refusal.REQUEST_INVALID, what=str(exc))) from exc
     if ask.reproducible_noise:
         _noise_rng(node, ask)  # a real node refuses before touching anything
-    region = _region(request) if REGION_CONTEXT in ask.window_spec.context else None
+    reads_region = REGION_CONTEXT in ask.window_spec.context
+    region = _region(request) if reads_region else None
     data, caps, contributions = _data(node, ask.window_spec)
     model = _model(ask.model_config, arrays, data)
     if node.simulated:  # a virtual node's ledger folder belongs to the simulation; a real node's operator makes it
@@ -408,6 +410,10 @@ def _prepare(
     torch.set_num_threads(node.threads)
     ledger = _ledger(node)
     released = _released(node, ask, ledger, data, ask.run_tag, caps, contributions)
+    if reads_region and region is None:
+        # Under secure sums of the region the coordinator sends the total; the node takes its own share off
+        # (medalloc_core.tasks.forecasting.secure_region), read from the release it has just made or reused.
+        region = region_from_total(node, request)
     if region is not None:
         logger.info(
             "%s: the region from the coordinator (other nodes' released totals): %d days, %s to %s",
@@ -478,13 +484,17 @@ def shares_totals(node: ForecastNode) -> bool:
     return bool(value)
 
 
-def _totals(node: ForecastNode, ask: EvaluateInstruction, released: LocalData) -> dict[str, dict[str, Any]] | None:
+def _totals(
+    node: ForecastNode, ask: EvaluateInstruction, released: LocalData, request: Mapping[str, Any]
+) -> dict[str, dict[str, Any]] | None:
     """The reply's released daily totals (``protocol.RELEASED_TOTALS``) when the run reads the region and the
-    node shares them: a sum of its released counts per day, post-processing of the one release (no new epsilon)."""
+    node shares them: a sum of its released counts per day, post-processing of the one release (no new epsilon).
+    Under secure sums of the region, the days only (``secure_region.secure_totals``)."""
     if REGION_CONTEXT not in ask.window_spec.context or not shares_totals(node):
         return None
     columns = tuple(c for c in node.release_columns if c in released.records.count_columns)
-    return {protocol.RELEASED_TOTALS: totals_record(released.records, columns)}
+    record = totals_record(released.records, columns)
+    return {protocol.RELEASED_TOTALS: secure_totals(request, node.settings, record)}
 
 
 def run_window_spec(run: Any) -> WindowSpec:
@@ -646,7 +656,11 @@ class ForecastingTask(FederatedTask):
             delta=float(ledger.delta),
             stay_cap_days=float(plan.max_stay_days if plan else settings.max_stay_days),
         )
-        return NodeReply(reply.metrics(), state_arrays(model), _totals(settings, ask, released))
+        return NodeReply(reply.metrics(), state_arrays(model), _totals(settings, ask, released, request))
+
+    def region_share(self, node: NodeTask, request: Mapping[str, Any]) -> NodeReply:
+        """The node's vector for the SecAgg+ sum of the region (``secure_region.region_share``): no epsilon."""
+        return region_share(ForecastNode.of(node), node, request)
 
     def evaluate(self, node: NodeTask, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NodeReply:
         """Score the global model on this node's RELEASED test split: post-processing, nothing charged."""
@@ -659,7 +673,7 @@ class ForecastingTask(FederatedTask):
             eval_wape=scores["wape"],
             val_loss=scores["val_loss"],
         )
-        return NodeReply(reply.metrics(), records=_totals(settings, ask, released))
+        return NodeReply(reply.metrics(), records=_totals(settings, ask, released, request))
 
     # ------------------------------------------------------------------ simulations
     def node_data(self, folder: Path) -> list[Path]:
