@@ -88,13 +88,15 @@ def test_secagg_rounds_on_real_processes_survive_a_killed_node(harness: ProcessH
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
         # The node as docs/equipment.md starts it: `medalloc node start` (Flower's SuperNode, its wait between pulls
         # 0.5 s, and the approved-apps gate, whose warm launcher forks each message's ClientApp process: SecAgg+ sends
-        # every node one message per stage, and a cold `flwr-clientapp` imports PyTorch and Opacus for each).
-        # Killing its process group kills all of it, as a crashed machine.
+        # every node one message per stage, and a cold `flwr-clientapp` imports PyTorch and Opacus for each). Each
+        # node has its own home (the Flower folder its apps are installed in), as on a hospital's own machine: the
+        # gates of nodes sharing one would replace each other's installed copy. Killing its process group kills all
+        # of it, as a crashed machine.
         nodes[fleet.name] = harness.start(
             f"node-{fleet.name}",
             [sys.executable, "-m", "medalloc.cli", "node", "start", "--insecure", "--superlink", f"127.0.0.1:{link}",
              "--node-config", pairs, "--port", str(free_port())],
-            cwd=tmp_path, env=env,
+            cwd=own, env={**env, "HOME": str(own), "FLWR_HOME": str(own / ".flwr")},
         )  # fmt: skip
     (home / ".flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
