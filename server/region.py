@@ -9,8 +9,8 @@ each message with the region of the *other* nodes (``protocol.REGION``): the sum
 count column over the nodes that reported that day (docs/coordinator.md, "The region").
 
 What the coordinator sees: each sharing node's released totals per day, which it could not
-compute before (docs/privacy.md, "The region"). Secure aggregation would later let it see only
-the sum.
+compute before (docs/privacy.md, "The region"). With ``region-secure-aggregation = true`` it
+sees only the sum instead (``server.secure_region``).
 """
 
 from __future__ import annotations
