@@ -37,6 +37,7 @@ LONGEST_MODULES = (
     "tests/e2e/test_faults.py",  # 360: four tests on one module-scoped federation
     "tests/e2e/test_deployment.py",  # 281
     "tests/e2e/test_secure_aggregation_e2e.py",  # 232
+    "tests/e2e/test_secure_region_e2e.py",  # new: three SuperNodes, one SecAgg+ round
     "tests/test_docs_commands.py",  # 110
     "tests/e2e/test_gateway_slow_clients_e2e.py",  # 108
     "tests/e2e/test_weekly_cycle.py",  # 128 for 3 weeks, 2 weeks now

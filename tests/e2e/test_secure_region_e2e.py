@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -43,28 +45,40 @@ def test_the_region_is_summed_under_secagg_on_real_processes(harness: ProcessHar
         cwd=tmp_path, env=env,
     )  # fmt: skip
     wait_port(link, superlink, timeout=120)
+    project = _copy_project(tmp_path / "project")
+    approved = tmp_path / "approved-apps.toml"  # the hospitals approve the app they will run (docs/hospital.md)
+    approval = harness.run(
+        "approve",
+        [sys.executable, "-m", "medalloc.cli", "node", "approve", "--app", str(project), "--approved-apps",
+         str(approved)],
+        cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert approval.returncode == 0, approval.stdout + approval.stderr
     nodes = {}
     for i in range(NODES):
         own = tmp_path / f"node{i}"
         own.mkdir()
+        shutil.copyfile(approved, own / "approved-apps.toml")
         config = {
             "data-path": str(region / f"H00{i}.csv"),
             "ledger-path": str(own / "ledger.json"),
             "privacy-epsilon-budget": 4.0,
             "node-state-path": str(own / "node-state.json"),
             "region-secure-aggregation": True,  # the node's own consent
+            "approved-apps": str(own / "approved-apps.toml"),
         }
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+        # As a hospital starts it (`medalloc node start`: the approved-apps gate's warm launcher forks each SecAgg+
+        # stage's ClientApp instead of a cold process per message), in its own home, as in the SecAgg+ e2e.
         nodes[i] = harness.start(
             f"node-{i}",
-            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-             "--port", str(free_port()), "--node-config", pairs],
-            cwd=tmp_path, env=env,
+            [sys.executable, "-m", "medalloc.cli", "node", "start", "--insecure", "--superlink", f"127.0.0.1:{link}",
+             "--node-config", pairs, "--port", str(free_port())],
+            cwd=own, env={**env, "HOME": str(own), "FLWR_HOME": str(own / ".flwr")},
         )  # fmt: skip
     (home / ".flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
     )
-    project = _copy_project(tmp_path / "project")
     out = tmp_path / "out"
     run_config = {
         "num-server-rounds": 1,
@@ -85,7 +99,8 @@ def test_the_region_is_summed_under_secagg_on_real_processes(harness: ProcessHar
         "validation-days": 28,
     }
     overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-    time.sleep(15)  # the nodes register
+    for node in nodes.values():  # every node registered before the run
+        node.wait_for_log(r"SuperNode ID: \d+", timeout=180)
     submitted = harness.run(
         "flwr-run", ["flwr", "run", str(project), "e2e", "--run-config", overrides], cwd=tmp_path, env=env, timeout=300
     )
