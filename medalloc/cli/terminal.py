@@ -25,6 +25,8 @@ class CleanStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # bytes: the stream's own answer (click probes with write(b""))
+            return self._stream.write(text)
         self._stream.write(clean_display(text))
         return len(text)  # what the caller handed over, as TextIO.write promises
 

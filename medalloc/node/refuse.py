@@ -28,7 +28,10 @@ def refuse(
     from flwr.supercore.runtime import RuntimeHttpClient
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-    certificates = open(root_certificates, "rb").read() if root_certificates else None  # noqa: SIM115
+    from medalloc_core.paths import read_regular_bytes
+
+    # a regular file only (a FIFO would block the refusal for ever), at most 1 MiB of PEM
+    certificates = read_regular_bytes(root_certificates, limit=1 << 20) if root_certificates else None
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=insecure,
