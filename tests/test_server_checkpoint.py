@@ -105,15 +105,17 @@ def test_resume_continues_at_the_next_round_from_the_saved_arrays(region: Path, 
     with pytest.raises(RunConfigError, match="resume=true"):
         _run(region, out, rounds=3)  # never silently overwrite a run
 
-    grid, resumed = _run(region, out, rounds=3, resume=True)
+    grid, _ = _run(region, out, rounds=3, resume=True)
     trained = [node for node, kind in grid.calls if kind == "train"]
     assert len(trained) == 3  # exactly one round (round 3) of training, on each node
     rounds = [json.loads(line)["round"] for line in (out / METRICS_FILE).read_text().splitlines()]
     assert rounds == [0, 1, 2, 3]
-    assert latest_checkpoint(out / "checkpoints").round == 3
+    third = latest_checkpoint(out / "checkpoints")
+    assert third.round == 3
 
-    # Round 3 started from round 2's arrays: re-running round 3 from the checkpoint by hand gives the same model.
-    assert not np.allclose(resumed.arrays["head.proj.weight"], saved.arrays["head.proj.weight"])
+    # Round 3 trained on from round 2's arrays. Its own checkpoint, not the run's final model: that is the
+    # round best on the released validation days, round 2 whenever round 3 scores worse (the noise is the OS's).
+    assert not np.allclose(third.arrays["head.proj.weight"], saved.arrays["head.proj.weight"])
     # Each node's ledger holds its one source release: rounds, and the resume, charge nothing more.
     for ledger in (region / "ledgers").glob("H???.json"):
         body = json.loads(ledger.read_text())["body"]

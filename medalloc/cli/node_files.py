@@ -30,8 +30,8 @@ def read_node_config(path: Path) -> NodeConfig:
 
 def release_path_of(config: NodeConfig) -> Path:
     """The node's released-counts file: its ``release-path``, by default ``<ledger-path>.released.csv``."""
-    from medalloc_core.tasks.forecasting.task import default_release_path
+    from medalloc_core.tasks.forecasting.task import ForecastingTask, default_release_path
 
-    settings = next((t for name, t in config.tasks.items() if name == "forecasting"), None)
+    settings = config.tasks.get(ForecastingTask.name)
     release = settings.extra.get("release-path") if settings is not None else None
     return Path(str(release)) if release else default_release_path(config.ledger_path)

@@ -122,7 +122,9 @@ def test_pip_install_puts_nothing_generic_at_the_top_of_site_packages(tmp_path: 
     )
     assert build.returncode == 0, build.stderr[-2000:]
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "-q", *map(str, wheels.glob("*.whl"))],
+        # --ignore-installed: the .pth line shows pip this environment's editable install of the same version,
+        # which it would otherwise call "already satisfied" and skip, with exit status 0
+        [str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", *map(str, wheels.glob("*.whl"))],
         capture_output=True,
         text=True,
         timeout=600,
