@@ -24,43 +24,56 @@ def _own_data_source_record(tmp_path_factory: pytest.TempPathFactory, monkeypatc
     monkeypatch.setenv("MEDALLOC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
-# `make test` runs `pytest -n 2 --dist worksteal`: each worker starts on one half of the collection and an idle
-# one takes the other's not-yet-started tests from the end of its queue. The real-process tests take minutes each
-# and the rest seconds, so the longest modules go first, where only one worker reaches them while the other
-# works through the short ones and then takes what remains: the run does not end with one worker alone in a
-# long test (with xdist's default `load`, the first worker got all of tests/e2e/ in its first chunk and ran
-# them one after another: most of the suite's wall time). Longest first, by the `--durations` of a `-m slow` run
-# (seconds, module totals, before the SecAgg+ and weekly e2e got faster); a module keeps its tests together, in
-# pytest's order, so a module-scoped fixture is set up once. Then every other module with a slow test, then the
-# rest as collected. A module missing from the list only runs later: slower, never wrong.
-LONGEST_MODULES = (
-    "tests/e2e/test_faults.py",  # 360: four tests on one module-scoped federation
-    "tests/e2e/test_deployment.py",  # 281
-    "tests/e2e/test_secure_aggregation_e2e.py",  # 232
-    "tests/e2e/test_secure_region_e2e.py",  # new: three SuperNodes, one SecAgg+ round
-    "tests/test_docs_commands.py",  # 110
-    "tests/e2e/test_gateway_slow_clients_e2e.py",  # 108
-    "tests/e2e/test_weekly_cycle.py",  # 128 for 3 weeks, 2 weeks now
-    "tests/e2e/test_node_rejoin.py",  # 92
-    "tests/e2e/test_approved_apps.py",  # 81
-    "tests/test_equipment_docs.py",  # 65
-    "tests/e2e/test_flwr_run.py",  # 65
-    "tests/test_simulation_data_dir.py",  # 60
-)
+# `make test` runs `pytest -n 2 --dist worksteal`: xdist's worksteal gives each worker one contiguous half of the
+# collection (xdist/scheduler/worksteal.py: the pending list split evenly, in order) and an idle worker takes the
+# other's not-yet-started tests from the *end* of its queue. The real-process tests take minutes each and the rest
+# seconds, so where they sit decides the wall time: all at the front (the first half) had one worker run every
+# one of them in a row while the other ran out of short tests (1486 s of a 1486 s run). So the long modules are
+# split into two sets of about equal time, and each half of the collection starts with one set: both workers start
+# on minutes-long tests, and the short ones, at the end of each half, are what stealing balances. Seconds are
+# module totals from a fresh-clone `make test --durations` (2 cores); a module keeps its tests together, in
+# pytest's order, so a module-scoped fixture is set up once. A module missing from the list runs among the short
+# ones: slower, never wrong.
+LONGEST_MODULES: dict[str, float] = {
+    "tests/e2e/test_deployment.py": 427,
+    "tests/e2e/test_faults.py": 305,
+    "tests/test_docs_commands.py": 150,
+    "tests/e2e/test_secure_aggregation_e2e.py": 147,
+    "tests/e2e/test_gateway_slow_clients_e2e.py": 139,
+    "tests/e2e/test_weekly_cycle.py": 116,
+    "tests/e2e/test_node_rejoin.py": 88,
+    "tests/test_sources_federation.py": 60,
+    "tests/e2e/test_secure_region_e2e.py": 55,
+    "tests/test_equipment_docs.py": 55,
+    "tests/e2e/test_approved_apps.py": 50,
+    "tests/test_tasks.py": 50,
+    "tests/e2e/test_flwr_run.py": 50,
+    "tests/test_simulation_data_dir.py": 60,
+    "tests/test_report.py": 40,
+}
 
 
-def _module_rank(path: str, has_slow: bool) -> int:
-    if path in LONGEST_MODULES:
-        return LONGEST_MODULES.index(path)
-    return len(LONGEST_MODULES) + (0 if has_slow else 1)
+def two_halves(modules: dict[str, list], seconds: dict[str, float]) -> list:
+    """The items ordered so that each contiguous half starts with long modules of about equal total time."""
+    long = sorted((m for m in modules if m in seconds), key=lambda m: -seconds[m])
+    sets: tuple[list[str], list[str]] = ([], [])
+    for module in long:  # greedy: the next longest to the lighter set
+        lighter = min(sets, key=lambda chosen: sum(seconds[m] for m in chosen))
+        lighter.append(module)
+    first = [item for m in sets[0] for item in modules[m]]
+    second = [item for m in sets[1] for item in modules[m]]
+    rest = [item for m, group in modules.items() if m not in seconds for item in group]
+    total = len(first) + len(second) + len(rest)
+    fill = total // 2 - len(first)  # worksteal sends the first worker pending[: total // 2]
+    if fill < 0 or fill > len(rest):
+        return first + second + rest
+    return first + rest[:fill] + second + rest[fill:]
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest modules first (see LONGEST_MODULES), each module's tests kept together and in their order."""
+    """Each half of the collection starts with long modules of about equal time (see LONGEST_MODULES)."""
     modules: dict[str, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    slow = {path for path, group in modules.items() if any(i.get_closest_marker("slow") for i in group)}
-    order = sorted(modules, key=lambda path: _module_rank(path, path in slow))  # stable: collection order otherwise
-    items[:] = [item for path in order for item in modules[path]]
+    items[:] = two_halves(modules, LONGEST_MODULES)
