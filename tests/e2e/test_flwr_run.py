@@ -86,10 +86,16 @@ def _flwr_run(harness: ProcessHarness, tmp_path: Path, short_tmp: str) -> None:
     assert "uv sync" not in (result.stdout + result.stderr)
 
 
-def test_pip_install_puts_nothing_generic_at_the_top_of_site_packages(tmp_path: Path) -> None:
+def test_pip_install_puts_nothing_generic_at_the_top_of_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A non-editable install into a fresh, empty venv; the dependencies (torch, flwr, ...) come
     # from this environment through a .pth line, read after the venv's own site-packages, so
     # nothing is downloaded and this environment's editable install of the project is not seen.
+    # Not the source folder either: a PYTHONPATH naming it (one leaked into the worker's environment
+    # in a full run) makes pip call the wheel already installed and the probe import the source's
+    # medalloc/, which holds no client/.
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
