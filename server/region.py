@@ -16,7 +16,7 @@ sees only the sum instead (``server.secure_region``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import pandas as pd
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -29,6 +29,22 @@ from medalloc_core.forecast.region import parse_totals, region_to_text, region_t
 logger = logging.getLogger("flwr.medalloc.region")
 
 __all__ = ["RegionCollector"]
+
+
+def released_totals(replies: Iterable[Message], *, what: str) -> Iterator[tuple[int, pd.DataFrame]]:
+    """``(node id, its released daily totals)`` of every reply that carries them; a malformed record is logged
+    and skipped (the reply's other content is judged by the reply checks as before)."""
+    for message in replies:
+        if message.has_error():
+            continue
+        record = message.content.config_records.get(protocol.RELEASED_TOTALS)
+        if record is None:
+            continue
+        node = int(message.metadata.src_node_id)
+        try:
+            yield node, parse_totals(dict(record), COUNT_COLUMNS, what=f"node {node}'s {what}")
+        except ValueError as exc:
+            logger.warning("%s; ignored", exc)
 
 
 class RegionCollector:
@@ -47,18 +63,7 @@ class RegionCollector:
         checks as before); a node's newer totals replace its older ones.
         """
         read = 0
-        for message in replies:
-            if message.has_error():
-                continue
-            record = message.content.config_records.get(protocol.RELEASED_TOTALS)
-            if record is None:
-                continue
-            node = int(message.metadata.src_node_id)
-            try:
-                frame = parse_totals(dict(record), COUNT_COLUMNS, what=f"node {node}'s released totals")
-            except ValueError as exc:
-                logger.warning("%s; ignored", exc)
-                continue
+        for node, frame in released_totals(replies, what="released totals"):
             if node not in self.totals:
                 logger.info("region: node %s shares its released totals (%d days)", node, len(frame))
             self.totals[node] = frame

@@ -44,9 +44,9 @@ from flwr.serverapp import Grid
 
 from medalloc_core import protocol
 from medalloc_core.contract import COUNT_COLUMNS
-from medalloc_core.forecast.region import parse_totals
 from medalloc_core.forecast.secure_region import RegionTotal, RegionWindow, decode, total_to_text
 
+from .region import released_totals
 from .secure import decode_sum, secagg_workflow
 
 logger = logging.getLogger("flwr.medalloc.region")
@@ -146,18 +146,7 @@ class SecureRegion:
     def collect(self, replies: Iterable[Message]) -> int:
         """Read the days each reply's released totals cover (values, should a node send any, are dropped)."""
         read = 0
-        for message in replies:
-            if message.has_error():
-                continue
-            record = message.content.config_records.get(protocol.RELEASED_TOTALS)
-            if record is None:
-                continue
-            node = int(message.metadata.src_node_id)
-            try:
-                frame = parse_totals(dict(record), COUNT_COLUMNS, what=f"node {node}'s released days")
-            except ValueError as exc:
-                logger.warning("%s; ignored", exc)
-                continue
+        for node, frame in released_totals(replies, what="released days"):
             if len(frame.columns):
                 logger.warning(
                     "region: node %s sent its totals' values under secure sums; only its days are kept", node
