@@ -6,17 +6,61 @@ messages (train, evaluate) then waits up to 6 s after the last node has answered
 same loop, push then pull until every reply is in or ``timeout`` passes, with a short wait. A
 pull is one small request to the SuperLink's own process. Other grids (the Simulation Engine's,
 the in-process ``LocalGrid``) keep their own ``send_and_receive``.
+
+A reply is listed as soon as its node has pushed the message, before its arrays are uploaded;
+Flower then waits 1 s, 2 s, 4 s ... between tries for each object not yet there
+(``PULL_INITIAL_BACKOFF = 1``, ``PULL_BACKOFF_CAP = 10``, ``flwr/supercore/constant.py`` lines 48-49;
+no option sets them), and a round's replies arrived up to 1 s after their upload had ended. On
+the HttpGrid this process tries again after 0.1 s, doubling to at most 0.5 s, as the node does
+(``medalloc.node.supernode.shorten_pull_backoff``, which the node's installed package holds; the
+ServerApp runs from the FAB and cannot import it).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+logger = logging.getLogger(__name__)
+
 POLL_S = 0.2
+# Wait before the 2nd try for a reply's object not yet uploaded, and the longest wait between tries (Flower: 1 s, 10 s).
+PULL_BACKOFF_S = (0.1, 0.5)
+_BACKOFF_KEYS = frozenset({"initial_backoff", "backoff_cap", "max_tries_per_object"})
+
+
+def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PULL_BACKOFF_S[1]) -> bool:
+    """Retry a reply's objects after ``initial_s`` (doubling, at most ``cap_s``) instead of Flower's 1 s (at most 10 s).
+
+    Sets the keyword defaults of Flower's ``pull_objects`` (what ``HttpGrid.pull_messages`` calls)
+    for this process; the tries per object grow so that a missing object is waited for as long as
+    before (Flower's ``PULL_MAX_TIME`` still bounds it). False (and a warning) if the function does
+    not take these keywords.
+    """
+    from flwr.supercore.inflatable import inflatable_utils as objects
+
+    defaults = objects.pull_objects.__kwdefaults__
+    if defaults is None or not _BACKOFF_KEYS <= defaults.keys():
+        logger.warning(
+            "flwr.supercore.inflatable.inflatable_utils.pull_objects does not take %s as Flower 1.42's does: "
+            "replies are collected with Flower's own wait between tries for their objects",
+            ", ".join(sorted(_BACKOFF_KEYS)),
+        )
+        return False
+    if not 0 < initial_s <= cap_s:
+        raise ValueError(f"pull backoff: need 0 < initial <= cap seconds, got {initial_s!r}, {cap_s!r}")
+    patience = defaults["max_tries_per_object"] * defaults["backoff_cap"]  # about Flower's time per object
+    defaults |= {
+        "initial_backoff": initial_s,
+        "backoff_cap": cap_s,
+        "max_tries_per_object": max(defaults["max_tries_per_object"], math.ceil(patience / cap_s)),
+    }
+    return True
 
 
 def send_and_receive(
@@ -27,6 +71,7 @@ def send_and_receive(
 
     if not isinstance(grid, HttpGrid):
         return list(grid.send_and_receive(messages, timeout=timeout))
+    shorten_pull_backoff()
     waiting = set(grid.push_messages(messages))
     end = time.monotonic() + (timeout if timeout is not None else 0.0)
     replies: list[Message] = []
