@@ -35,7 +35,7 @@ _BACKOFF_KEYS = frozenset({"initial_backoff", "backoff_cap", "max_tries_per_obje
 
 
 def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PULL_BACKOFF_S[1]) -> bool:
-    """Retry a reply's objects after ``initial_s`` (doubling, at most ``cap_s``) instead of Flower's 1 s (at most 10 s).
+    """Retry a reply's objects after ``initial_s`` (doubling, at most ``cap_s``), not Flower's 1 s (at most 10 s).
 
     Sets the keyword defaults of Flower's ``pull_objects`` (what ``HttpGrid.pull_messages`` calls)
     for this process; the tries per object grow so that a missing object is waited for as long as

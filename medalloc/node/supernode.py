@@ -74,7 +74,7 @@ def shorten_poll(poll_s: float) -> bool:
 
 
 def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PULL_BACKOFF_S[1]) -> bool:
-    """Retry a message's objects after ``initial_s`` (doubling, at most ``cap_s``) instead of Flower's 1 s (at most 10 s).
+    """Retry a message's objects after ``initial_s`` (doubling, at most ``cap_s``), not Flower's 1 s (at most 10 s).
 
     Sets the keyword defaults of Flower's two pull functions (``pull_objects``, and
     ``pull_and_inflate_object_from_tree``, which passes its own on) for this process: the
