@@ -14,6 +14,13 @@ no option sets them), and a round's replies arrived up to 1 s after their upload
 the HttpGrid this process tries again after 0.1 s, doubling to at most 0.5 s, as the node does
 (``medalloc.node.supernode.shorten_pull_backoff``, which the node's installed package holds; the
 ServerApp runs from the FAB and cannot import it).
+
+Each message's model goes out as one array (``medalloc_core.wire``): Flower moves every array
+as objects of its own, one request each at every hop, and a four-array model's train message
+was 13 objects. ``pack_messages`` packs what this process sends (the nodes' ``client.wire``
+mod unpacks it and packs the reply); ``unpack_replies`` restores the replies' named arrays
+before the strategy or the reply checks see them. Only on the HttpGrid: simulations and the
+in-process grid move no objects.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ import math
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, Message
+from flwr.common.constant import SType
 from flwr.serverapp import Grid
+
+from medalloc_core.wire import PACKED_NAME, WireError, pack_arrays, unpack_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +73,55 @@ def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PU
     return True
 
 
+def pack_record(record: ArrayRecord) -> ArrayRecord | None:
+    """``record``'s arrays as one packed array; None when there is nothing to gain (one array) or it is not numpy."""
+    if len(record) < 2 or any(a.stype != SType.NUMPY for a in record.values()):
+        return None
+    return ArrayRecord({PACKED_NAME: Array(pack_arrays({k: a.numpy() for k, a in record.items()}))})
+
+
+def unpack_record(record: ArrayRecord) -> ArrayRecord | None:
+    """The named arrays of a packed ``record``; None if it is not packed. Raises ``WireError`` if it does not unpack."""
+    if list(record.keys()) != [PACKED_NAME]:
+        return None
+    return ArrayRecord({k: Array(v) for k, v in unpack_arrays(record[PACKED_NAME].numpy()).items()})
+
+
+def pack_messages(messages: Iterable[Message]) -> list[Message]:
+    """``messages`` with each ArrayRecord of two or more arrays packed into one (each distinct record packed once)."""
+    done: list[tuple[ArrayRecord, ArrayRecord | None]] = []  # a round's messages share the global model's record
+    out = list(messages)
+    for message in out:
+        if not message.has_content():
+            continue
+        for key, record in list(message.content.array_records.items()):
+            packed = next((p for r, p in done if r is record), record)
+            if packed is record:
+                packed = pack_record(record)
+                done.append((record, packed))
+            if packed is not None:
+                message.content[key] = packed
+    return out
+
+
+def unpack_replies(replies: Iterable[Message]) -> list[Message]:
+    """``replies`` with their packed ArrayRecords unpacked. One that does not unpack is left packed (and logged):
+    the reply checks then refuse it for its arrays, as any malformed update."""
+    out = list(replies)
+    for reply in out:
+        if not reply.has_content():
+            continue
+        for key, record in list(reply.content.array_records.items()):
+            try:
+                unpacked = unpack_record(record)
+            except WireError as exc:
+                logger.warning("reply from node %s: record %r: %s", reply.metadata.src_node_id, key, exc)
+                continue
+            if unpacked is not None:
+                reply.content[key] = unpacked
+    return out
+
+
 def send_and_receive(
     grid: Grid, messages: Iterable[Message], *, timeout: float | None, poll_s: float = POLL_S
 ) -> list[Message]:
@@ -72,11 +131,11 @@ def send_and_receive(
     if not isinstance(grid, HttpGrid):
         return list(grid.send_and_receive(messages, timeout=timeout))
     shorten_pull_backoff()
-    waiting = set(grid.push_messages(messages))
+    waiting = set(grid.push_messages(pack_messages(messages)))
     end = time.monotonic() + (timeout if timeout is not None else 0.0)
     replies: list[Message] = []
     while waiting and (timeout is None or time.monotonic() < end):
-        pulled = list(grid.pull_messages(waiting))
+        pulled = unpack_replies(grid.pull_messages(waiting))
         replies.extend(pulled)
         waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
         if waiting:
