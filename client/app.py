@@ -30,6 +30,7 @@ from medalloc_core.tasks import DEFAULT_TASK, FederatedTask, NodeReply, TaskRefu
 
 from .config import NodeConfig, NodeConfigError
 from .secure import secure_aggregation_mod
+from .wire import wire_mod
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +183,11 @@ def make_client_app(run_config: Mapping[str, Any] | None = None, *, mods: Sequen
         # Flower forbids changing context.run_config, so the fused mapping is passed along instead.
         return {**context.run_config, **extra} if extra else None
 
-    # Innermost: Flower's SecAgg+ messages (plain `train` with a secaggplus record) go to the task
-    # that supports secure aggregation; every other message passes through (client/secure.py).
-    app = ClientApp(mods=[*mods, secure_aggregation_mod(fused)])
+    # Outermost: a deployed ServerApp's model packed into one array is unpacked before anything else
+    # runs, and the reply packed again (client/wire.py). Innermost: Flower's SecAgg+ messages (plain
+    # `train` with a secaggplus record) go to the task that supports secure aggregation; every other
+    # message passes through (client/secure.py).
+    app = ClientApp(mods=[wire_mod, *mods, secure_aggregation_mod(fused)])
 
     for name in task_names():
         _register(app, get_task(name), fused)

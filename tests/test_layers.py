@@ -153,7 +153,7 @@ CORE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("privacy", ("privacy",)),
     ("data", ("sources", "synthetic")),
     ("domain", ("allocation", "forecast")),
-    ("formats", ("model_io", "protocol")),
+    ("formats", ("model_io", "protocol", "wire")),
     ("equipment", ("equipment",)),
     # simulation.py (the simulation-* keys, typed once) and simulation_plots.py serve the tasks'
     # simulated runs and reports; tasks/ reads them and simulation.py looks tasks up by name.

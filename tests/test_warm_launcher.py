@@ -105,3 +105,36 @@ def test_node_start_runs_flowers_supernode_through_the_patch_and_the_gate_warm()
     assert gate_argv(node_config="n.toml", port=9094, parent_pid=1, warm=False)[-1] == "--no-warm"
     with pytest.raises(ValueError, match="--isolation is set by medalloc node start"):
         supernode_argv(["--isolation", "subprocess"], node_config="n.toml", port=9094)
+
+
+@pytest.mark.parametrize("module", ["medalloc.node.supernode", "medalloc.server.grid_io"])
+def test_an_object_uploaded_late_is_pulled_within_half_a_second_not_flowers_backoff(module: str) -> None:
+    # Flower's own pull: an object not yet uploaded is tried again after 1 s, 2 s, 4 s ... (capped at 10 s).
+    # After the patch (the node's processes, the ServerApp's) after 0.1 s doubling to 0.5 s, as patient in total.
+    code = (
+        "import time\n"
+        "from flwr.supercore.inflatable import inflatable_utils as u\n"
+        "tries = u.pull_objects.__kwdefaults__['max_tries_per_object']\n"
+        "def pull_after(ready_s):\n"
+        "    began, calls = time.monotonic(), []\n"
+        "    def pull(object_id):\n"
+        "        calls.append(time.monotonic() - began)\n"
+        "        if calls[-1] < ready_s:\n"
+        "            raise u.ObjectUnavailableError(object_id)\n"
+        "        return b'content'\n"
+        "    assert u.pull_objects(['a'], pull) == {'a': b'content'}\n"
+        "    return calls\n"
+        "before = pull_after(0.3)\n"
+        "assert before[-1] >= 0.8, before  # Flower's first wait: 1 s (+-20 %)\n"
+        f"from {module} import shorten_pull_backoff\n"
+        "assert shorten_pull_backoff()\n"
+        "after = pull_after(1.5)\n"
+        "assert after[1] < 0.3 and after[-1] - 1.5 < 0.65, after  # at most 0.5 s (+20 %) after it was there\n"
+        "d = u.pull_objects.__kwdefaults__\n"
+        "assert (d['initial_backoff'], d['backoff_cap']) == (0.1, 0.5)\n"
+        "assert d['max_tries_per_object'] * 0.5 >= tries * 10  # as patient as Flower in total\n"
+    )
+    if module.endswith("supernode"):  # the ClientApp's pull from its SuperNode goes through this one
+        code += "assert u.pull_and_inflate_object_from_tree.__kwdefaults__['backoff_cap'] == 0.5\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr

@@ -47,6 +47,8 @@ import threading
 import time
 from typing import Any
 
+from .supernode import shorten_pull_backoff
+
 logger = logging.getLogger(__name__)
 
 # The node's installed libraries every ClientApp message imports (`python -X importtime -c "import
@@ -100,6 +102,9 @@ def serve(ack_fd: int) -> int:
             importlib.import_module(name)
         except ImportError:  # an optional library this node does not have: its children import what they need
             logger.debug("warm launcher: %s is not installed", name)
+    # A child's pull of its message from the SuperNode waits 0.1-0.5 s between tries, not Flower's 1-10 s
+    # (the SuperNode may still be receiving that message's arrays when the child asks).
+    shorten_pull_backoff()
     loaded = app_modules_loaded()
     if loaded:  # never fork children that would run something other than the approved FAB
         logger.error("warm launcher: app modules imported in the launcher (%s); not starting", ", ".join(loaded))

@@ -18,7 +18,10 @@ transport, no processes). ``--node`` picks the nodes, side by side in one run:
   libraries once (``medalloc.node.warm``), the SuperNode pulls every 0.5 s
   (``medalloc.node.supernode``), the SuperExec polls every 0.5 s.
 
-In both the ServerApp collects replies every 0.2 s (``server.grid_io``; Flower's grid waits 3 s).
+In both the ServerApp collects replies every 0.2 s (``server.grid_io``; Flower's grid waits 3 s) and
+sends each message's model as one packed array (``medalloc_core.wire``; Flower moves every array as
+objects of its own, a request each at every hop); ``medalloc`` nodes also try a message's objects
+again after 0.1-0.5 s, not Flower's 1-10 s (``medalloc.node.supernode.shorten_pull_backoff``).
 
 It prints seconds per round deployed and in process, their difference (the overhead) and ratio,
 and node memory idle and peak; then where the CPU goes: CPU seconds per round of one node (its
