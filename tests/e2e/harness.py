@@ -225,8 +225,8 @@ def wait_for_run(
         ended = serverapp_up and "flwr-serverapp" not in names
         serverapp_up = "flwr-serverapp" in names
         if ended or time.monotonic() - asked >= every:
-            asked = time.monotonic()
             run = status()
+            asked = time.monotonic()  # from its answer: on a loaded machine one takes 5-10 s
             if run["status"].startswith("finished"):
                 return run
             if ended:  # the ServerApp is gone; the SuperLink records the end a moment later
