@@ -348,6 +348,7 @@ def omop_databases(fed: Federation, hospitals: int, days: int, stack: contextlib
         f"medalloc generate --hospitals {hospitals} --days {days} --seed 0 --shape omop --out {out}",
         fed.coord_env(),
         cwd=fed.root,
+        timeout=240,  # 45 s alone at load 12 and over 60 s at load 22 on the shared 2-core machine
     )
     server = None if pg_server.unavailable_reason() else stack.enter_context(pg_server.postgres_server(fed.root / "pg"))
     urls = {}
