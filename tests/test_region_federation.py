@@ -26,16 +26,14 @@ from medalloc_core.forecast.region import (
 )
 from medalloc_core.privacy.release import ReleaseStore
 from medalloc_core.replies import ReplyNotAllowed, check_reply
-from tests.fed_fixtures import DirectGrid, record, request, small_region, task_identity, train_metrics
+from tests.fed_fixtures import record, request, small_region, task_identity, train_metrics
+from tests.region_fixtures import HYBRID, RecordingGrid, region_nodes, region_run
 
 
 @pytest.fixture(autouse=True)
 def _identity():
     with task_identity():
         yield
-
-
-HYBRID = {"model": "hybrid", "init": "none", "history": 28, "horizon": 7, "hidden": 8, "batch-size": 64, "lr": 0.01}
 
 
 def _records(days: int, start: str = "2024-01-01", level: float = 10.0) -> UnitRecords:
@@ -137,49 +135,14 @@ def test_the_run_config_key_turns_the_region_on_for_the_hybrid_only():
 
 
 # ------------------------------------------------------------------ the round loop with real ClientApps
-class RecordingGrid(DirectGrid):
-    """The in-process grid, keeping every request and reply."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: list[Message] = []
-        self.replies: list[Message] = []
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.sent += messages
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += replies
-        return replies
-
-
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_region(tmp_path_factory.mktemp("region") / "r", days=240)
 
 
 def test_a_region_run_sends_each_node_the_others_released_totals(region: Path, tmp_path: Path):
-    nodes = {
-        i + 1: {
-            "data-path": str(region / f"H00{i}.csv"),
-            "ledger-path": str(tmp_path / f"n{i}" / "ledger.json"),
-            "privacy-epsilon-budget": 4.0,
-        }
-        | ({"share-released-totals": False} if i == 2 else {})
-        for i in range(3)
-    }
-    for cfg in nodes.values():
-        Path(cfg["ledger-path"]).parent.mkdir()
-    keys = {
-        "out-dir": str(tmp_path / "out"),
-        "num-server-rounds": 2,
-        "min-available-nodes": 3,
-        "min-train-nodes": 3,
-        "context": "region",
-        "patient-epsilon": 4.0,
-        "test-days": 28,
-        "validation-days": 28,
-    } | HYBRID
+    nodes = region_nodes(region, tmp_path, 3, lambda i: {"share-released-totals": False} if i == 2 else {})
+    keys = region_run(tmp_path / "out", 3)
     grid = RecordingGrid(make_client_app(), nodes)
     result = run_federation(grid, RunConfig.from_mapping(keys), run_id=7)
     assert result.final_model_written and all(r.model_updated for r in result.rounds if r.round > 0)
@@ -198,8 +161,8 @@ def test_a_region_run_sends_each_node_the_others_released_totals(region: Path, t
             frame = parse_totals(dict(totals), ("admissions", "census"))
             np.testing.assert_allclose(frame.to_numpy(), released[node][frame.columns].to_numpy(), rtol=1e-9)
     # round 0's evaluation goes out before anyone shared; every later request carries the others' sum
-    first = [m for m in grid.sent if m.content.config_records[protocol.CONFIG][protocol.SERVER_ROUND] == 0]
-    later = [m for m in grid.sent if m.content.config_records[protocol.CONFIG][protocol.SERVER_ROUND] >= 1]
+    first = [m for m in grid.requests if m.content.config_records[protocol.CONFIG][protocol.SERVER_ROUND] == 0]
+    later = [m for m in grid.requests if m.content.config_records[protocol.CONFIG][protocol.SERVER_ROUND] >= 1]
     assert first and all(protocol.REGION not in m.content.config_records[protocol.CONFIG] for m in first)
     assert len(later) == 12  # 2 rounds x (train + evaluate) x 3 nodes
     for message in later:

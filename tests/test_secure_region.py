@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from medalloc.client.app import make_client_app
 from medalloc.server.app import run_federation
 from medalloc.server.config import RunConfig, RunConfigError
-from medalloc.simulations.wire_grid import WireGrid
 from medalloc_core import protocol
 from medalloc_core.forecast.region import region_totals
 from medalloc_core.forecast.secure_region import (
@@ -34,15 +32,13 @@ from medalloc_core.forecast.secure_region import (
 from medalloc_core.protocol import Refusal
 from medalloc_core.tasks.forecasting.secure_region import own_totals
 from tests.fed_fixtures import small_region, task_identity
+from tests.region_fixtures import HYBRID, RecordingWireGrid, region_nodes, region_run
 
 
 @pytest.fixture(autouse=True)
 def _identity():
     with task_identity():
         yield
-
-
-HYBRID = {"model": "hybrid", "init": "none", "history": 28, "horizon": 7, "hidden": 8, "batch-size": 64, "lr": 0.01}
 
 
 def _totals(start: str, days: int, level: float, seed: int) -> pd.DataFrame:
@@ -95,22 +91,6 @@ def test_the_option_needs_the_region_context():
 
 
 # ------------------------------------------------------------------ a federation, real ClientApps, Flower's SecAgg+
-class RecordingWireGrid(WireGrid):
-    """The wire-format grid, keeping every request and reply (as the nodes and the coordinator see them)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.requests: list[Message] = []
-        self.replies: list[Message] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-        messages = list(messages)
-        self.requests += messages
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += replies
-        return replies
-
-
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_region(tmp_path_factory.mktemp("region") / "r", hospitals=4, days=240)
@@ -120,28 +100,9 @@ def test_a_region_run_under_secagg_sends_the_total_and_never_a_nodes_series(
     region: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.INFO, logger="medalloc_core")
-    nodes = {
-        i + 1: {
-            "data-path": str(region / f"H00{i}.csv"),
-            "ledger-path": str(tmp_path / f"n{i}" / "ledger.json"),
-            "privacy-epsilon-budget": 4.0,
-            "region-secure-aggregation": i != 3,  # node 4 does not agree: it refuses the sum
-        }
-        for i in range(4)
-    }
-    for cfg in nodes.values():
-        Path(str(cfg["ledger-path"])).parent.mkdir()
-    keys = {
-        "out-dir": str(tmp_path / "out"),
-        "num-server-rounds": 2,
-        "min-available-nodes": 4,
-        "min-train-nodes": 4,
-        "context": "region",
-        "region-secure-aggregation": True,
-        "patient-epsilon": 4.0,
-        "test-days": 28,
-        "validation-days": 28,
-    } | HYBRID
+    # node 4 does not agree: it refuses the sum
+    nodes = region_nodes(region, tmp_path, 4, lambda i: {"region-secure-aggregation": i != 3})
+    keys = region_run(tmp_path / "out", 4, region_secure_aggregation=True)
     grid = RecordingWireGrid(make_client_app(), nodes)
     result = run_federation(grid, RunConfig.from_mapping(keys), run_id=7)
     assert result.final_model_written and all(r.model_updated for r in result.rounds if r.round > 0)
@@ -200,19 +161,14 @@ def test_the_regions_secure_sum_on_the_simulation_engine(region: Path, tmp_path:
     """The same ServerApp and ClientApp on ``run_simulation`` (Ray): virtual nodes agree by the run's word."""
     from medalloc.simulations.runner import simulate_federation
 
-    keys = {
-        "out-dir": str(tmp_path / "out"),
-        "num-server-rounds": 1,
-        "min-available-nodes": 4,
-        "min-train-nodes": 4,
-        "context": "region",
-        "region-secure-aggregation": True,
-        "patient-epsilon": 4.0,
-        "test-days": 28,
-        "validation-days": 28,
-        "simulation-data-dir": str(region),
-        "simulation-epsilon-budget": 4.0,
-    } | HYBRID
+    keys = region_run(
+        tmp_path / "out",
+        4,
+        num_server_rounds=1,
+        region_secure_aggregation=True,
+        simulation_data_dir=str(region),
+        simulation_epsilon_budget=4.0,
+    )
     with caplog.at_level(logging.INFO, logger="flwr.medalloc.region"):
         simulate_federation(keys, 4)
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -10,13 +10,17 @@ test fails if any Flower process carrying the tag is still running.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,3 +198,135 @@ def _stop_pids(pids: list[int], *, grace: float) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
+
+
+# Flower's per-run processes; the ServerApp's is there for as long as its run goes on.
+RUN_PROCESS = re.compile(r"flwr-serverapp|flwr-clientapp|flower-superexec")
+
+
+def wait_for_run(
+    status: Callable[[], dict], tag: str, *, timeout: float, seen: set[str] | None = None, every: float = 15.0
+) -> dict | None:
+    """Wait until ``status()`` (a run's row from ``flwr list``) says finished; that row, or None at the timeout.
+
+    Each ``flwr`` command costs about 1.5 s of CPU (it imports Flower and gRPC): asked every 2 s it takes most of a
+    core from the run it waits for, on a 2-core machine. So it is asked when the run may have ended: the run's
+    ServerApp process (carrying ``tag``) was seen and is gone, and every ``every`` seconds in case it was never
+    seen; between these, a scan of /proc every 0.25 s, which also notes in ``seen`` the Flower run processes
+    (ServerApp, ClientApp, SuperExec) that carried the tag.
+    """
+    seen = set() if seen is None else seen
+    deadline = time.monotonic() + timeout
+    asked = time.monotonic()
+    serverapp_up = False
+    while time.monotonic() < deadline:
+        names = {m[0] for pid in tagged_pids(tag) if (m := RUN_PROCESS.search(cmdline(pid)))}
+        seen |= names
+        ended = serverapp_up and "flwr-serverapp" not in names
+        serverapp_up = "flwr-serverapp" in names
+        if ended or time.monotonic() - asked >= every:
+            run = status()
+            asked = time.monotonic()  # from its answer: on a loaded machine one takes 5-10 s
+            if run["status"].startswith("finished"):
+                return run
+            if ended:  # the ServerApp is gone; the SuperLink records the end a moment later
+                every = min(every, 2.0)
+        time.sleep(0.25)
+    return None
+
+
+def wait_port(port: int, proc: Proc, *, timeout: float) -> None:
+    """Poll until something listens on ``port`` of 127.0.0.1; fail with the log tail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.popen.poll() is None, f"{proc.name} exited early:\n{proc.read_log()[-3000:]}"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{proc.name} never listened on {port}:\n{proc.read_log()[-3000:]}")
+
+
+def jsonl(path: Path) -> list[dict]:
+    """The JSON lines of a file, or none while it does not exist yet."""
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@dataclass
+class GatedNodes:
+    """An insecure SuperLink on loopback and SuperNodes started as a hospital starts them, with the app approved.
+
+    The set-up of the SecAgg+ e2e tests (tests/e2e/test_secure_aggregation_e2e.py, test_secure_region_e2e.py):
+    ``flower-superlink --insecure --database``; the project's tracked files (the app ``flwr run`` sends), approved
+    by the hospitals as docs/hospital.md says; each node ``medalloc node start`` (Flower's SuperNode, its wait
+    between pulls 0.5 s, and the approved-apps gate, whose warm launcher forks each message's ClientApp process:
+    SecAgg+ sends every node one message per stage, and a cold ``flwr-clientapp`` imports PyTorch for each), in a
+    folder and home of its own, as on a hospital's own machine (the gates of nodes sharing one would replace each
+    other's installed copy). Killing a node's process group kills all of it, as a crashed machine.
+    """
+
+    harness: ProcessHarness
+    root: Path
+    env: dict[str, str] = field(init=False)
+    link: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        from tests.e2e.test_flwr_run import _copy_project
+
+        home = self.root / "home"
+        (home / ".flwr").mkdir(parents=True)
+        (home / ".flwr" / "config.toml").write_text(
+            f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{self.link}"\ninsecure = true\n'
+        )
+        self.env = self.harness.env(
+            HOME=str(home),
+            PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        )
+        self.superlink = self.harness.start(
+            "superlink",
+            ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.link),
+             "--disable-runtime-dependency-installation", "--database", str(self.root / "superlink.db")],
+            cwd=self.root, env=self.env,
+        )  # fmt: skip
+        wait_port(self.link, self.superlink, timeout=120)
+        self.project = _copy_project(self.root / "project")
+        self.approved = self.root / "approved-apps.toml"  # the hospitals approve the app they will run
+        approval = self.harness.run(
+            "approve",
+            [sys.executable, "-m", "medalloc.cli", "node", "approve", "--app", str(self.project), "--approved-apps",
+             str(self.approved)],
+            cwd=self.root, env=self.env, timeout=120,
+        )  # fmt: skip
+        assert approval.returncode == 0, approval.stdout + approval.stderr
+        self.nodes: dict[str, Proc] = {}
+
+    def start_node(self, name: str, own: Path, config: dict[str, object]) -> Proc:
+        """``medalloc node start`` in ``own`` (made here, with its copy of the approval) with ``config`` as its
+        ``--node-config`` (``approved-apps`` added)."""
+        own.mkdir()
+        shutil.copyfile(self.approved, own / "approved-apps.toml")
+        pairs = " ".join(
+            f"{k}={json.dumps(v)}" for k, v in {**config, "approved-apps": str(own / "approved-apps.toml")}.items()
+        )
+        self.nodes[name] = self.harness.start(
+            f"node-{name}",
+            [sys.executable, "-m", "medalloc.cli", "node", "start", "--insecure", "--superlink",
+             f"127.0.0.1:{self.link}", "--node-config", pairs, "--port", str(free_port())],
+            cwd=own, env={**self.env, "HOME": str(own), "FLWR_HOME": str(own / ".flwr")},
+        )  # fmt: skip
+        return self.nodes[name]
+
+    def run(self, run_config: dict[str, object]) -> None:
+        """``flwr run`` of the project once every node has connected (registered before the run)."""
+        for node in self.nodes.values():
+            node.wait_for_log(r"SuperNode ID: \d+", timeout=180)
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        submitted = self.harness.run(
+            "flwr-run",
+            ["flwr", "run", str(self.project), "e2e", "--run-config", overrides],
+            cwd=self.root, env=self.env, timeout=300,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]

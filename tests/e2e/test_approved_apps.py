@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Proc, ProcessHarness, free_port
+from tests.e2e.harness import Proc, ProcessHarness, free_port, wait_for_run
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_APP = Path(__file__).parent / "toy_app"
@@ -118,8 +118,7 @@ class Nodes:
         return re.search(r"Successfully started run (\d+)", result.stdout)[1]  # type: ignore[index]
 
     def wait_finished(self, run_id: str, timeout: float = 150) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def status() -> dict:
             result = self.harness.run(
                 "flwr-list",
                 [str(BIN / "flwr"), "list", "local", "--run-id", run_id, "--format", "json"],
@@ -127,11 +126,11 @@ class Nodes:
                 env=self.env(self.coord_home),
             )
             text = result.stdout
-            run = json.loads(text[text.index("{") :])["runs"][0]
-            if run["status"].startswith("finished"):
-                return run
-            time.sleep(2)
-        raise AssertionError(f"run {run_id} did not finish in {timeout}s")
+            return json.loads(text[text.index("{") :])["runs"][0]
+
+        if (run := wait_for_run(status, self.harness.tag, timeout=timeout)) is None:
+            raise AssertionError(f"run {run_id} did not finish in {timeout}s")
+        return run
 
 
 def test_only_the_approved_app_runs_on_a_gated_node(harness: ProcessHarness, tmp_path: Path) -> None:
