@@ -389,8 +389,14 @@ def test_a_slow_header_is_cut_off_at_the_header_timeout(gw: Gateway) -> None:
 
 @pytest.mark.slow
 def test_many_idle_connections_are_closed_and_do_not_block_a_hospital(gw: Gateway) -> None:
-    """200 connections that never send a byte: a real request still passes; all 200 close at the header timeout."""
-    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(200)]
+    """200 connections that never send a byte: a real request still passes; all 200 close at the header timeout.
+
+    From 8 other addresses, 25 each: one address may hold ``tcp_conn_per_ip`` (32) connections at once
+    (tests/test_gateway_slow_clients.py tries more)."""
+    idle = [
+        socket.create_connection(("127.0.0.1", gw.port), timeout=5, source_address=(f"127.0.0.{2 + i % 8}", 0))
+        for i in range(200)
+    ]
     try:
         response = gw.send(request_bytes("POST", "/v1/fleet/send-node-heartbeat", b"hb"))
         assert status_of(response) == 200

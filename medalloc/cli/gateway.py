@@ -106,8 +106,9 @@ def config(
 
     try:
         cfg = _config(listen, superlink, certs, directory)
-        path = gateway.write_config(cfg)
-        gateway.check_config(gateway.find_nginx(nginx), cfg.directory)
+        binary = gateway.find_nginx(nginx)
+        path = gateway.write_config(cfg, modules=gateway.nginx_modules(binary))
+        gateway.check_config(binary, cfg.directory)
     except (gateway.GatewayError, OSError) as exc:
         _fail(str(exc))
     _out.print(f"wrote {path}; nginx accepts it", highlight=False)
