@@ -33,8 +33,8 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import socket
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace

@@ -43,8 +43,12 @@ LIMITS = GatewayLimits()
 
 
 def _nginx_or_skip() -> Path:
+    from medalloc.server.gateway import nginx_modules
+
     try:
-        return find_nginx()
+        nginx = find_nginx()
+        nginx_modules(nginx)  # the TCP front's stream and njs modules
+        return nginx
     except GatewayError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must have nginx (the Makefile's test set-up installs it): {exc}")

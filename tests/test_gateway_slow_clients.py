@@ -178,10 +178,14 @@ def test_an_upload_above_the_minimum_rate_is_forwarded_and_one_below_it_is_close
     before = _below_the_rate(gw)
     size = 200 * 1024
     results: dict[str, tuple[int, float, int]] = {}
+
+    def upload(name: str, source: str, rate: float) -> None:
+        results[name] = _paced_upload(gw, source, size, rate)
+
     threads = [
-        threading.Thread(target=lambda: results.__setitem__("fast", _paced_upload(gw, "127.0.0.80", size, MIN_RATE * 1.5))),
-        threading.Thread(target=lambda: results.__setitem__("slow", _paced_upload(gw, "127.0.0.81", size, MIN_RATE * 0.5))),
-    ]  # fmt: skip
+        threading.Thread(target=upload, args=("fast", "127.0.0.80", MIN_RATE * 1.5)),
+        threading.Thread(target=upload, args=("slow", "127.0.0.81", MIN_RATE * 0.5)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
