@@ -90,7 +90,7 @@ function filter(s) {{
                 req = null;
             }}
         }}
-        if (req !== null) {{
+        if (req !== null && data.length > 0) {{
             var late = now - req.start - GRACE_MS;
             if (late > 0 && req.got * 1000 < RATE * late) {{
                 s.error('gateway: upload below ' + RATE + ' bytes/s: ' + req.got + ' bytes in '

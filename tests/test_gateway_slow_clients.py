@@ -235,3 +235,22 @@ def test_tcp_connections_per_address_are_capped_and_idle_ones_do_not_lock_out_a_
                 sock.close()
     assert heartbeats == [200] * 5 and pull == 200, (heartbeats, pull)
     assert set(still_open.values()) == {LIMITS.tcp_conn_per_ip}, still_open
+
+
+def test_requests_split_into_small_writes_and_pipelined_pass_the_filter(gateway: Gateway) -> None:
+    """The filter follows request boundaries across writes: a header cut into 7-byte writes, then two
+    requests pipelined in one write, all within the rate, reach the SuperLink whole."""
+    gw = gateway
+    gw.upstream.taken()
+    first = request_bytes("POST", "/v1/fleet/pull-messages", b"a" * 3000, close=False)
+    second = request_bytes("POST", "/v1/fleet/push-messages", b"b" * 5000, close=False)
+    third = request_bytes("POST", "/v1/fleet/pull-object", b"c" * 10, close=True)
+    with _connect(gw, "127.0.0.90") as sock:
+        for at in range(0, len(first), 7):
+            sock.sendall(first[at : at + 7])
+            time.sleep(0.002)
+        sock.sendall(second + third)
+        answer = read_response(sock, timeout=20)
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer[:300]
+    bodies = [r.split(b"\r\n\r\n", 1)[1] for r in gw.upstream.taken()]
+    assert bodies == [b"a" * 3000, b"b" * 5000, b"c" * 10]
