@@ -16,8 +16,9 @@ What the generated configuration lets through, and nothing else:
   absolute-form target all fail the comparison and get 404;
 * bodies up to ``client_max_body_size``, headers within ``client_header_timeout``, bodies
   without a pause longer than ``client_body_timeout``;
-* every request's bytes at ``min_upload_kib_s`` on average or faster once ``min_rate_grace_s``
-  have passed (:mod:`server.gateway_stream`, the TCP front that terminates TLS);
+* with ``min_upload_kib_s`` set (off by default), every request's bytes at that rate on average
+  or faster once ``min_rate_grace_s`` have passed (:mod:`server.gateway_stream`, the TCP front
+  that terminates TLS);
 * at most ``tcp_conn_per_ip`` TCP connections and ``conn_per_ip`` requests in progress per
   client address, ``conn_total`` requests in progress in all (heartbeats apart), at most
   ``rate_per_ip`` requests per second per address (bursts of ``burst_per_ip``).
@@ -102,8 +103,8 @@ class GatewayLimits:
         behind one address (a hospital's NAT, or every node of a loopback test).
     conn_total : int
         ``limit_conn`` over all clients, heartbeats apart: ``conn_total / conn_per_ip`` = 128
-        addresses are needed to fill it, each sending ``conn_per_ip x min_upload_kib_s``
-        (64 KiB/s) for as long as it holds its places. With ``max_body_mib`` it bounds the
+        addresses are needed to fill it (a byte every 29 s keeps a place without a minimum
+        upload rate; with one, each place costs that rate). With ``max_body_mib`` it bounds the
         memory request bodies can take: 1024 x 8 MiB = 8 GiB, reached only by clients that
         send those 8 GiB (nginx takes a body's buffer from the system as its bytes arrive).
     heartbeat_conn_total : int
@@ -123,10 +124,14 @@ class GatewayLimits:
         ``limit_conn`` of the TCP front per client address: connections open at once, idle
         or not. Beyond it a new connection is closed at once.
     min_upload_kib_s : int
-        The minimum upload rate (KiB/s): from a request's first byte to its last, its bytes
-        must average this once ``min_rate_grace_s`` have passed, or the connection is closed
-        at the next byte that arrives late (one that stops sending is closed after
-        ``body_timeout_s``). 8 KiB/s is 64 kbit/s: a 5 MiB array chunk may take 650 s.
+        The minimum upload rate (KiB/s), 0 for none (the default): from a request's first
+        byte to its last, its bytes must average this once ``min_rate_grace_s`` have passed,
+        or the connection is closed at the next byte that arrives late (one that stops
+        sending is closed after ``body_timeout_s``). Off by default because njs 0.7 (Debian
+        12's) keeps every byte its filter passes until the connection closes: measured,
+        nginx grew 1.07 MiB per MiB sent through one kept-alive connection, so the filter
+        turns any client's upload volume into gateway memory (``--min-upload-rate 8``: 64
+        kbit/s, a 5 MiB array chunk may take 650 s).
     min_rate_grace_s : int
         The first seconds of every request, free of the minimum rate.
     upstream_timeout_s : int
@@ -147,7 +152,7 @@ class GatewayLimits:
     worker_connections: int = 8192
     upstream_timeout_s: int = 120
     tcp_conn_per_ip: int = 32
-    min_upload_kib_s: int = 8
+    min_upload_kib_s: int = 0
     min_rate_grace_s: int = 10
 
 
@@ -262,18 +267,16 @@ def upstream_tls_name(certfile: Path, fallback: str) -> str:
     return names[0] if names else fallback
 
 
-DEFAULT_MODULES = (
-    gateway_stream.DEBIAN_MODULES_DIR / gateway_stream.STREAM_MODULE,
-    gateway_stream.DEBIAN_MODULES_DIR / gateway_stream.STREAM_JS_MODULE,
-)
+DEFAULT_MODULES = (gateway_stream.DEBIAN_MODULES_DIR / gateway_stream.STREAM_MODULE,)
 
 
 def render_config(config: GatewayConfig, *, modules: Sequence[Path] = DEFAULT_MODULES) -> str:
     """The complete nginx.conf for ``config``: self-contained, no file outside it is included.
 
-    ``modules`` are the stream and njs modules to load (:func:`server.gateway_stream.nginx_modules`
-    finds them for an nginx binary; Debian's paths by default). The njs script it names,
-    ``minrate.js`` in the gateway folder, is written beside it by :func:`write_config`.
+    ``modules`` are the stream (and njs) modules to load (:func:`server.gateway_stream.nginx_modules`
+    finds them for an nginx binary; Debian's stream module by default). With a minimum upload
+    rate, the njs script it names, ``minrate.js`` in the gateway folder, is written beside it by
+    :func:`write_config`.
     """
     lim = config.limits
     d = config.directory
@@ -283,7 +286,7 @@ def render_config(config: GatewayConfig, *, modules: Sequence[Path] = DEFAULT_MO
         inner=inner,
         certfile=_quote(config.certfile),
         keyfile=_quote(config.keyfile),
-        script=_quote(d / gateway_stream.MINRATE_NAME),
+        script=_quote(d / gateway_stream.MINRATE_NAME) if lim.min_upload_kib_s else None,
         handshake_timeout_s=lim.header_timeout_s,
         tcp_conn_per_ip=lim.tcp_conn_per_ip,
         idle_timeout_s=lim.upstream_timeout_s + lim.send_timeout_s,
@@ -466,17 +469,20 @@ def write_config(config: GatewayConfig, *, modules: Sequence[Path] = DEFAULT_MOD
         grace_s=lim.min_rate_grace_s,
         max_head_bytes=64 * 1024,
         header_bytes=1024 + 4 * 8 * 1024,
+        max_body_bytes=lim.max_body_mib * 1024 * 1024,
     )
-    atomic_write_bytes(config.directory / gateway_stream.MINRATE_NAME, script.encode())
+    if lim.min_upload_kib_s:
+        atomic_write_bytes(config.directory / gateway_stream.MINRATE_NAME, script.encode())
     path = config.directory / CONFIG_NAME
     atomic_write_bytes(path, render_config(config, modules=modules).encode())
     return path
 
 
-def nginx_modules(nginx: Path) -> tuple[Path, ...]:
-    """The stream and njs modules for ``nginx``; :class:`GatewayError` naming the packages when missing."""
+def nginx_modules(nginx: Path, limits: GatewayLimits | None = None) -> tuple[Path, ...]:
+    """The stream (and, with a minimum upload rate, njs) modules for ``nginx``; :class:`GatewayError`
+    naming the packages when one is missing."""
     try:
-        return gateway_stream.nginx_modules(nginx)
+        return gateway_stream.nginx_modules(nginx, js=bool((limits or GatewayLimits()).min_upload_kib_s))
     except (OSError, subprocess.SubprocessError) as exc:
         raise GatewayError(str(exc)) from exc
 
@@ -522,7 +528,7 @@ def start(config: GatewayConfig, *, nginx: Path) -> list[str]:
     """
     if (pid := running_pid(config.directory)) is not None:
         raise GatewayError(f"a gateway already runs from {config.directory} (pid {pid}); stop it first")
-    write_config(config, modules=nginx_modules(nginx))
+    write_config(config, modules=nginx_modules(nginx, config.limits))
     check_config(nginx, config.directory)
     return nginx_argv(nginx, config.directory)
 

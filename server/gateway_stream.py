@@ -41,12 +41,22 @@ MINRATE_JS = """\
 var RATE = {rate};          // bytes per second a request must average once GRACE_MS have passed
 var GRACE_MS = {grace_ms};  // the first milliseconds of a request are free (TLS, a slow first write)
 var MAX_HEAD = {max_head};  // a header longer than this is refused here (nginx allows {header_bytes})
+var MAX_AHEAD = {max_ahead};  // bytes a client may send without waiting for an answer
 
 function filter(s) {{
     var req = null;
+    var ahead = 0;  // bytes sent since the last final response began
     s.on('upstream', function (data, flags) {{
         var now = Date.now();
         var at = 0;
+        // njs 0.7 queues what s.send() forwards without back-pressure: what the HTTP server has
+        // not read (a body past its cap after a 413, requests pipelined behind a slow one) would
+        // pile up here. One request with its largest body is what a client may send unanswered.
+        ahead += data.length;
+        if (ahead > MAX_AHEAD) {{
+            s.error('gateway: ' + ahead + ' bytes sent without waiting for an answer');
+            throw new Error('too much unanswered');
+        }}
         while (at < data.length) {{
             if (req === null) {{
                 req = {{start: now, got: 0, head: null, left: 0}};
@@ -101,10 +111,12 @@ function filter(s) {{
         s.send(data, flags);
     }});
     s.on('downstream', function (data, flags) {{
-        // A chunked body has no length to count: it ends when the final response begins.
-        if (req !== null && req.left < 0 && data.length > 12
-                && data.slice(0, 9).toString() === 'HTTP/1.1 ' && data[9] !== 0x31) {{
-            req = null;
+        if (data.length > 12 && data.slice(0, 9).toString() === 'HTTP/1.1 ' && data[9] !== 0x31) {{
+            ahead = 0;
+            // A chunked body has no length to count: it ends when the final response begins.
+            if (req !== null && req.left < 0) {{
+                req = null;
+            }}
         }}
         s.send(data, flags);
     }});
@@ -114,14 +126,26 @@ export default {{filter}};
 """
 
 
-def render_minrate_js(*, rate_bytes_s: int, grace_s: int, max_head_bytes: int, header_bytes: int) -> str:
-    """The njs filter with its numbers filled in (all integers: nothing from outside reaches the script)."""
+def render_minrate_js(
+    *, rate_bytes_s: int, grace_s: int, max_head_bytes: int, header_bytes: int, max_body_bytes: int
+) -> str:
+    """The njs filter with its numbers filled in (all integers: nothing from outside reaches the script).
+
+    A client may send a header and twice the largest body, plus 64 KiB, before an answer begins
+    (twice: the HTTP server reads a body past its cap before it answers 413, and the filter
+    counts what it has not read yet); more closes the connection (what njs would otherwise
+    queue in memory).
+    """
     return MINRATE_JS.format(
-        rate=int(rate_bytes_s), grace_ms=int(grace_s) * 1000, max_head=int(max_head_bytes), header_bytes=header_bytes
+        rate=int(rate_bytes_s),
+        grace_ms=int(grace_s) * 1000,
+        max_head=int(max_head_bytes),
+        header_bytes=int(header_bytes),
+        max_ahead=int(max_head_bytes) + 2 * int(max_body_bytes) + 64 * 1024,
     )
 
 
-def nginx_modules(nginx: Path) -> tuple[Path, ...]:
+def nginx_modules(nginx: Path, *, js: bool = True) -> tuple[Path, ...]:
     """The ``load_module`` paths the front needs for this nginx binary (read from ``nginx -V``).
 
     Debian's nginx builds ``stream`` as a dynamic module (``--with-stream=dynamic``) under
@@ -133,7 +157,7 @@ def nginx_modules(nginx: Path) -> tuple[Path, ...]:
     found = re.search(r"--modules-path=(\S+)", flags)
     directory = Path(found.group(1)) if found else DEBIAN_MODULES_DIR
     static_stream = re.search(r"--with-stream(\s|$)", flags) is not None
-    needed = [STREAM_JS_MODULE] if static_stream else [STREAM_MODULE, STREAM_JS_MODULE]
+    needed = ([] if static_stream else [STREAM_MODULE]) + ([STREAM_JS_MODULE] if js else [])
     paths = tuple(directory / name for name in needed)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -151,16 +175,17 @@ def render_stream(
     inner: str,
     certfile: str,
     keyfile: str,
-    script: str,
+    script: str | None,
     handshake_timeout_s: int,
     tcp_conn_per_ip: int,
     idle_timeout_s: int,
 ) -> str:
-    """The ``stream {}`` block: TLS on ``listen``, the filter, PROXY protocol to the HTTP server on ``inner``."""
+    """The ``stream {}`` block: TLS on ``listen``, the filter (``script``; None: none), PROXY protocol to ``inner``."""
+    js_import = f"    js_import minrate from {script};\n" if script else ""
+    js_filter = "        js_filter minrate.filter;\n" if script else ""
     return f"""\
 stream {{
-    js_import minrate from {script};
-    limit_conn_zone $binary_remote_addr zone=tcp_per_ip:10m;
+{js_import}    limit_conn_zone $binary_remote_addr zone=tcp_per_ip:10m;
 
     server {{
         listen {listen} ssl;
@@ -173,8 +198,7 @@ stream {{
         # TCP connections per client address (a SuperNode keeps one or two open); over it the
         # connection is closed at once.
         limit_conn tcp_per_ip {tcp_conn_per_ip};
-        js_filter minrate.filter;
-        proxy_protocol on;
+{js_filter}        proxy_protocol on;
         proxy_connect_timeout 5s;
         # A pause in either direction; the HTTP server's own timeouts are shorter and act first.
         proxy_timeout {idle_timeout_s}s;

@@ -47,7 +47,7 @@ def _nginx_or_skip() -> Path:
 
     try:
         nginx = find_nginx()
-        nginx_modules(nginx)  # the TCP front's stream and njs modules
+        nginx_modules(nginx, GatewayLimits(min_upload_kib_s=8))  # the TCP front's stream and njs modules
         return nginx
     except GatewayError as exc:
         if os.environ.get("CI"):
@@ -170,7 +170,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, directo
 
 
 def start_gateway(
-    tmp: Path, certs, upstream_port: int, *, ca: Path | None = None
+    tmp: Path, certs, upstream_port: int, *, ca: Path | None = None, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """`medalloc gateway start` as docs/deploy.md runs it, in a real process; returns (process, port, folder).
 
@@ -179,14 +179,16 @@ def start_gateway(
     """
     for attempt in range(3):
         try:
-            return _start_gateway(tmp, certs, upstream_port, ca=ca if attempt == 0 else None, reuse=attempt > 0)
+            return _start_gateway(
+                tmp, certs, upstream_port, ca=ca if attempt == 0 else None, reuse=attempt > 0, extra=extra
+            )
         except PortTaken:
             continue
     raise AssertionError("no free port for the gateway after three tries")
 
 
 def _start_gateway(
-    tmp: Path, certs, upstream_port: int, *, ca: Path | None, reuse: bool
+    tmp: Path, certs, upstream_port: int, *, ca: Path | None, reuse: bool, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = _free_port()
     directory = tmp / "gateway"
@@ -216,6 +218,7 @@ def _start_gateway(
                 str(cert_dir),
                 "--dir",
                 str(directory),
+                *extra,
             ],
             cwd=REPO,
             stdout=handle,

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from medalloc.server.gateway import GatewayLimits, render_config
 from tests.gateway_raw import client_context, closed_by_peer, read_response, request_bytes, status_of
 from tests.test_gateway import Gateway, RecordingUpstream, _available, _nginx_or_skip, start_gateway, stop_process
 
-LIMITS = GatewayLimits()
+LIMITS = GatewayLimits(min_upload_kib_s=8)  # the gateway below runs with --min-upload-rate 8
 ATTACKERS = [f"127.0.0.{i}" for i in range(2, 66)]  # 64 addresses
 PER_ATTACKER = 16
 HEARTBEAT = "/v1/fleet/send-node-heartbeat"
@@ -42,7 +43,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     certs = write_certificates(tmp / "certs", hosts=["superlink.example.org", "127.0.0.1"])
     upstream = RecordingUpstream(certs.server_cert, certs.server_key)
     upstream.start()
-    proc, port, directory = start_gateway(tmp, certs, upstream.port)
+    proc, port, directory = start_gateway(tmp, certs, upstream.port, extra=("--min-upload-rate", "8"))
     try:
         yield Gateway(port, certs.ca_cert, directory, upstream, proc)
     finally:
@@ -74,6 +75,8 @@ def test_the_config_sizes_the_places_for_far_more_than_a_handful_of_addresses(tm
     certs = write_certificates(tmp_path / "certs", hosts=["127.0.0.1"])
     config = GatewayConfig("127.0.0.1", 9443, "127.0.0.1", 9092, certs.server_cert, certs.server_key, certs.ca_cert,
                            tmp_path / "gw", inner_port=9444)  # fmt: skip
+    assert "js_filter" not in render_config(config) and "load_module" in render_config(config)  # off by default
+    config = replace(config, limits=LIMITS)
     text = render_config(config)
     block = text.split(f"location = {HEARTBEAT}", 1)[1].split("}", 1)[0]
     assert "limit_conn fleet_heartbeat_total" in block and "limit_conn fleet_total" not in block

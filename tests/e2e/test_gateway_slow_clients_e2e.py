@@ -5,10 +5,10 @@ with TLS and node authentication behind the nginx gateway, registered SuperNodes
 app; before the run starts, 16 uploads from each of 127.0.0.2..127.0.0.65 are opened against
 the gateway, and for the whole run each gets a byte every 5 s (under ``client_body_timeout``)
 and is opened again whenever the gateway closes it: a persistent attacker. On main 8 such
-addresses took every place the gateway had and each hospital's heartbeat got 429. Here each
-address holds at most ``conn_per_ip`` places, the minimum upload rate closes every held upload
-once its grace has passed (the attacker reopens it and holds it for one more grace), the run
-finishes, every registered node stays online, and no call from the hospitals gets 429.
+addresses took every place the gateway had and each hospital's heartbeat got 429. Here, with
+the gateway as docs/deploy.md starts it (no minimum upload rate: that is opt-in), each address
+holds at most ``conn_per_ip`` places of the 1,024, the run finishes, every registered node stays
+online, and no call from the hospitals gets 429.
 """
 
 from __future__ import annotations
@@ -124,4 +124,3 @@ def test_a_round_finishes_through_the_gateway_under_slow_uploads(harness: Proces
         f"held at the start {alive}; closed below the minimum rate {closed}, opened again {reopened[0]}; "
         f"the hospitals' calls by status {dict(Counter(hospitals))}, heartbeats {len(statuses)}"
     )
-    assert closed >= len(ATTACKERS) * GatewayLimits().conn_per_ip, reopened
