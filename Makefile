@@ -33,7 +33,7 @@ run: install
 #                 Debian's package from creating and starting a system-wide "main" cluster
 #   nginx       - the Fleet gateway (`medalloc gateway`; tests/test_gateway.py, tests/e2e/), with its
 #                 stream and njs modules (libnginx-mod-stream, libnginx-mod-stream-js: the TCP front's
-#                 connections per address and minimum upload rate, server/gateway_stream.py)
+#                 connections per address and its opt-in minimum upload rate, server/gateway_stream.py)
 PG_DROPIN := /etc/postgresql-common/createcluster.d/medalloc-no-main-cluster.conf
 os-packages:
 	@missing=""; \
