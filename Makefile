@@ -31,13 +31,16 @@ run: install
 #   chromium    - tests/test_report.py loads the report in headless Chromium over the DevTools pipe
 #   postgresql  - the OMOP reader's tests run a throwaway cluster of their own; the drop-in stops
 #                 Debian's package from creating and starting a system-wide "main" cluster
-#   nginx       - the Fleet gateway (`medalloc gateway`; tests/test_gateway.py, tests/e2e/)
+#   nginx       - the Fleet gateway (`medalloc gateway`; tests/test_gateway.py, tests/e2e/), with its
+#                 stream and njs modules (libnginx-mod-stream, libnginx-mod-stream-js: the TCP front's
+#                 connections per address and its opt-in minimum upload rate, server/gateway_stream.py)
 PG_DROPIN := /etc/postgresql-common/createcluster.d/medalloc-no-main-cluster.conf
 os-packages:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	test -f /usr/lib/nginx/modules/ngx_stream_js_module.so || missing="$$missing libnginx-mod-stream libnginx-mod-stream-js"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \

@@ -16,8 +16,12 @@ What the generated configuration lets through, and nothing else:
   absolute-form target all fail the comparison and get 404;
 * bodies up to ``client_max_body_size``, headers within ``client_header_timeout``, bodies
   without a pause longer than ``client_body_timeout``;
-* at most ``conn_per_ip`` requests in progress per client address and ``conn_total`` in
-  all, at most ``rate_per_ip`` requests per second per address (bursts of ``burst_per_ip``).
+* with ``min_upload_kib_s`` set (off by default), every request's bytes at that rate on average
+  or faster once ``min_rate_grace_s`` have passed (:mod:`server.gateway_stream`, the TCP front
+  that terminates TLS);
+* at most ``tcp_conn_per_ip`` TCP connections and ``conn_per_ip`` requests in progress per
+  client address, ``conn_total`` requests in progress in all (heartbeats apart), at most
+  ``rate_per_ip`` requests per second per address (bursts of ``burst_per_ip``).
 
 Every request, refused or forwarded, is one line of ``access.log`` in the gateway folder.
 """
@@ -30,12 +34,16 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medalloc_core.paths import read_regular_bytes, why_not_a_file
+
+from . import gateway_stream
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +100,13 @@ class GatewayLimits:
     conn_per_ip : int
         ``limit_conn`` per client address: requests in progress at once. A SuperNode has
         at most two (its heartbeat thread and its main loop); 8 leaves room for four nodes
-        behind one address (a hospital's NAT, or every node of a loopback test). It is what a
-        slow client can hold: nginx has no minimum upload rate (``client_body_timeout`` is a
-        pause between two reads, so a byte every 29 s keeps a request alive), so it bounds
-        how many places each address can hold instead: ``conn_total / conn_per_ip`` = 16
-        addresses are needed to fill the uploads' places.
+        behind one address (a hospital's NAT, or every node of a loopback test).
     conn_total : int
-        ``limit_conn`` over all clients; with ``max_body_mib`` it bounds the memory request
-        bodies can take (128 x 8 MiB = 1 GiB). Heartbeats do not count here.
+        ``limit_conn`` over all clients, heartbeats apart: ``conn_total / conn_per_ip`` = 128
+        addresses are needed to fill it (a byte every 29 s keeps a place without a minimum
+        upload rate; with one, each place costs that rate). With ``max_body_mib`` it bounds the
+        memory request bodies can take: 1024 x 8 MiB = 8 GiB, reached only by clients that
+        send those 8 GiB (nginx takes a body's buffer from the system as its bytes arrive).
     heartbeat_conn_total : int
         Heartbeats have places of their own (``limit_conn`` over all clients on
         ``send-node-heartbeat`` only, bodies of at most ``heartbeat_max_body_kib``), so uploads
@@ -111,7 +118,22 @@ class GatewayLimits:
     burst_per_ip : int
         ``limit_req`` burst: requests above the rate that are served at once, not delayed.
     worker_connections : int
-        nginx's cap on open connections of all kinds (clients and SuperLink).
+        nginx's cap on open connections of all kinds: a client costs three (the TCP front's,
+        the front's to the HTTP server, the HTTP server's) and a forwarded request one more.
+    tcp_conn_per_ip : int
+        ``limit_conn`` of the TCP front per client address: connections open at once, idle
+        or not. Beyond it a new connection is closed at once.
+    min_upload_kib_s : int
+        The minimum upload rate (KiB/s), 0 for none (the default): from a request's first
+        byte to its last, its bytes must average this once ``min_rate_grace_s`` have passed,
+        or the connection is closed at the next byte that arrives late (one that stops
+        sending is closed after ``body_timeout_s``). Off by default because njs 0.7 (Debian
+        12's) keeps every byte its filter passes until the connection closes: measured,
+        nginx grew 1.07 MiB per MiB sent through one kept-alive connection, so the filter
+        turns any client's upload volume into gateway memory (``--min-upload-rate 8``: 64
+        kbit/s, a 5 MiB array chunk may take 650 s).
+    min_rate_grace_s : int
+        The first seconds of every request, free of the minimum rate.
     upstream_timeout_s : int
         How long the gateway waits for the SuperLink's answer.
     """
@@ -122,13 +144,16 @@ class GatewayLimits:
     send_timeout_s: int = 60
     keepalive_timeout_s: int = 15
     conn_per_ip: int = 8
-    conn_total: int = 128
-    heartbeat_conn_total: int = 512
+    conn_total: int = 1024
+    heartbeat_conn_total: int = 1024
     heartbeat_max_body_kib: int = 64
     rate_per_ip: int = 50
     burst_per_ip: int = 500
-    worker_connections: int = 1024
+    worker_connections: int = 8192
     upstream_timeout_s: int = 120
+    tcp_conn_per_ip: int = 32
+    min_upload_kib_s: int = 0
+    min_rate_grace_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,9 @@ class GatewayConfig:
         The folder the gateway owns: configuration, PID file, logs.
     limits
         Resource bounds (:class:`GatewayLimits`).
+    inner_port
+        The loopback port of the HTTP server behind the TCP front (PROXY protocol only); 0:
+        a free one is taken when the configuration is written.
     """
 
     listen_host: str
@@ -160,6 +188,7 @@ class GatewayConfig:
     ca_certfile: Path
     directory: Path
     limits: GatewayLimits = GatewayLimits()
+    inner_port: int = 0
 
     def __post_init__(self) -> None:
         if not _is_loopback(self.superlink_host):
@@ -238,10 +267,30 @@ def upstream_tls_name(certfile: Path, fallback: str) -> str:
     return names[0] if names else fallback
 
 
-def render_config(config: GatewayConfig) -> str:
-    """The complete nginx.conf for ``config``: self-contained, no file outside it is included."""
+DEFAULT_MODULES = (gateway_stream.DEBIAN_MODULES_DIR / gateway_stream.STREAM_MODULE,)
+
+
+def render_config(config: GatewayConfig, *, modules: Sequence[Path] = DEFAULT_MODULES) -> str:
+    """The complete nginx.conf for ``config``: self-contained, no file outside it is included.
+
+    ``modules`` are the stream (and njs) modules to load (:func:`server.gateway_stream.nginx_modules`
+    finds them for an nginx binary; Debian's stream module by default). With a minimum upload
+    rate, the njs script it names, ``minrate.js`` in the gateway folder, is written beside it by
+    :func:`write_config`.
+    """
     lim = config.limits
     d = config.directory
+    inner = _address("127.0.0.1", config.inner_port)
+    front = gateway_stream.render_stream(
+        listen=_address(config.listen_host, config.listen_port),
+        inner=inner,
+        certfile=_quote(config.certfile),
+        keyfile=_quote(config.keyfile),
+        script=_quote(d / gateway_stream.MINRATE_NAME) if lim.min_upload_kib_s else None,
+        handshake_timeout_s=lim.header_timeout_s,
+        tcp_conn_per_ip=lim.tcp_conn_per_ip,
+        idle_timeout_s=lim.upstream_timeout_s + lim.send_timeout_s,
+    )
     routes = "\n".join(f"        {route} 1;" for route in FLEET_ROUTES)
     locations = "\n".join(
         f"        location = {route} {{ proxy_pass https://superlink; }}"
@@ -261,7 +310,8 @@ def render_config(config: GatewayConfig) -> str:
     return f"""\
 # Generated by `medalloc gateway start`; edits are overwritten on the next start.
 # Only the Fleet API routes below reach the SuperLink (docs/deploy.md, "The Fleet gateway").
-worker_processes 1;
+{gateway_stream.load_module_lines(modules)}worker_processes 1;
+worker_rlimit_nofile {2 * lim.worker_connections + 64};
 daemon off;
 pid {_quote(d / PID_NAME)};
 error_log {_quote(d / ERROR_LOG)} warn;
@@ -270,6 +320,8 @@ events {{
     worker_connections {lim.worker_connections};
 }}
 
+# Hospitals dial the TCP front: TLS, connections per address, the minimum upload rate.
+{front}
 http {{
     server_tokens off;
     default_type text/plain;
@@ -328,13 +380,12 @@ http {{
     }}
 
     server {{
-        listen {_address(config.listen_host, config.listen_port)} ssl default_server;
+        # Only the TCP front connects here; it names the client in a PROXY protocol header,
+        # and that address is the one every limit and log line below uses.
+        listen {inner} proxy_protocol default_server;
         server_name _;
-
-        ssl_certificate {_quote(config.certfile)};
-        ssl_certificate_key {_quote(config.keyfile)};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_tickets off;
+        set_real_ip_from 127.0.0.1;
+        real_ip_header proxy_protocol;
 
         limit_conn fleet_per_ip {lim.conn_per_ip};
         limit_conn fleet_total {lim.conn_total};
@@ -394,15 +445,46 @@ def find_nginx(explicit: str | None = None) -> Path:
     )
 
 
-def write_config(config: GatewayConfig) -> Path:
-    """Write ``nginx.conf`` into the gateway folder (atomically) and return its path."""
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the HTTP server behind the front binds it moments later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(config: GatewayConfig, *, modules: Sequence[Path] = DEFAULT_MODULES) -> Path:
+    """Write ``nginx.conf`` and the front's ``minrate.js`` into the gateway folder (atomically).
+
+    Returns the configuration's path. An ``inner_port`` of 0 is replaced by a free loopback port.
+    """
     from medalloc_core.atomic import atomic_write_bytes
 
+    if config.inner_port == 0:
+        config = replace(config, inner_port=free_loopback_port())
+    lim = config.limits
     config.directory.mkdir(parents=True, exist_ok=True)
     (config.directory / "tmp").mkdir(exist_ok=True)
+    script = gateway_stream.render_minrate_js(
+        rate_bytes_s=lim.min_upload_kib_s * 1024,
+        grace_s=lim.min_rate_grace_s,
+        max_head_bytes=64 * 1024,
+        header_bytes=1024 + 4 * 8 * 1024,
+        max_body_bytes=lim.max_body_mib * 1024 * 1024,
+    )
+    if lim.min_upload_kib_s:
+        atomic_write_bytes(config.directory / gateway_stream.MINRATE_NAME, script.encode())
     path = config.directory / CONFIG_NAME
-    atomic_write_bytes(path, render_config(config).encode())
+    atomic_write_bytes(path, render_config(config, modules=modules).encode())
     return path
+
+
+def nginx_modules(nginx: Path, limits: GatewayLimits | None = None) -> tuple[Path, ...]:
+    """The stream (and, with a minimum upload rate, njs) modules for ``nginx``; :class:`GatewayError`
+    naming the packages when one is missing."""
+    try:
+        return gateway_stream.nginx_modules(nginx, js=bool((limits or GatewayLimits()).min_upload_kib_s))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GatewayError(str(exc)) from exc
 
 
 def nginx_argv(nginx: Path, directory: Path) -> list[str]:
@@ -446,7 +528,7 @@ def start(config: GatewayConfig, *, nginx: Path) -> list[str]:
     """
     if (pid := running_pid(config.directory)) is not None:
         raise GatewayError(f"a gateway already runs from {config.directory} (pid {pid}); stop it first")
-    write_config(config)
+    write_config(config, modules=nginx_modules(nginx, config.limits))
     check_config(nginx, config.directory)
     return nginx_argv(nginx, config.directory)
 

@@ -43,8 +43,12 @@ LIMITS = GatewayLimits()
 
 
 def _nginx_or_skip() -> Path:
+    from medalloc.server.gateway import nginx_modules
+
     try:
-        return find_nginx()
+        nginx = find_nginx()
+        nginx_modules(nginx, GatewayLimits(min_upload_kib_s=8))  # the TCP front's stream and njs modules
+        return nginx
     except GatewayError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must have nginx (the Makefile's test set-up installs it): {exc}")
@@ -166,7 +170,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, directo
 
 
 def start_gateway(
-    tmp: Path, certs, upstream_port: int, *, ca: Path | None = None
+    tmp: Path, certs, upstream_port: int, *, ca: Path | None = None, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """`medalloc gateway start` as docs/deploy.md runs it, in a real process; returns (process, port, folder).
 
@@ -175,14 +179,16 @@ def start_gateway(
     """
     for attempt in range(3):
         try:
-            return _start_gateway(tmp, certs, upstream_port, ca=ca if attempt == 0 else None, reuse=attempt > 0)
+            return _start_gateway(
+                tmp, certs, upstream_port, ca=ca if attempt == 0 else None, reuse=attempt > 0, extra=extra
+            )
         except PortTaken:
             continue
     raise AssertionError("no free port for the gateway after three tries")
 
 
 def _start_gateway(
-    tmp: Path, certs, upstream_port: int, *, ca: Path | None, reuse: bool
+    tmp: Path, certs, upstream_port: int, *, ca: Path | None, reuse: bool, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = _free_port()
     directory = tmp / "gateway"
@@ -212,6 +218,7 @@ def _start_gateway(
                 str(cert_dir),
                 "--dir",
                 str(directory),
+                *extra,
             ],
             cwd=REPO,
             stdout=handle,
@@ -389,8 +396,14 @@ def test_a_slow_header_is_cut_off_at_the_header_timeout(gw: Gateway) -> None:
 
 @pytest.mark.slow
 def test_many_idle_connections_are_closed_and_do_not_block_a_hospital(gw: Gateway) -> None:
-    """200 connections that never send a byte: a real request still passes; all 200 close at the header timeout."""
-    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(200)]
+    """200 connections that never send a byte: a real request still passes; all 200 close at the header timeout.
+
+    From 8 other addresses, 25 each: one address may hold ``tcp_conn_per_ip`` (32) connections at once
+    (tests/test_gateway_slow_clients.py tries more)."""
+    idle = [
+        socket.create_connection(("127.0.0.1", gw.port), timeout=5, source_address=(f"127.0.0.{2 + i % 8}", 0))
+        for i in range(200)
+    ]
     try:
         response = gw.send(request_bytes("POST", "/v1/fleet/send-node-heartbeat", b"hb"))
         assert status_of(response) == 200

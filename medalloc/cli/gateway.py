@@ -40,10 +40,17 @@ _DIR = typer.Option(
     Path("state/gateway"), "--dir", help="Folder the gateway owns: nginx.conf, nginx.pid, access.log, error.log."
 )
 _NGINX = typer.Option(None, "--nginx", help="The nginx binary (default: nginx on PATH, then /usr/sbin/nginx).")
+_MIN_RATE = typer.Option(
+    0,
+    "--min-upload-rate",
+    min=0,
+    help="KiB/s a request's bytes must average after its first 10 s (njs; 0: off). Costs gateway memory: "
+    "docs/deploy.md, 'Slow clients'.",
+)
 
 
-def _config(listen: str, superlink: str, certs: Path, directory: Path) -> GatewayConfig:
-    from medalloc.server.gateway import GatewayConfig, parse_host_port
+def _config(listen: str, superlink: str, certs: Path, directory: Path, min_rate: int = 0) -> GatewayConfig:
+    from medalloc.server.gateway import GatewayConfig, GatewayLimits, parse_host_port
 
     listen_host, listen_port = parse_host_port(listen, "--listen")
     link_host, link_port = parse_host_port(superlink, "--superlink")
@@ -56,6 +63,7 @@ def _config(listen: str, superlink: str, certs: Path, directory: Path) -> Gatewa
         keyfile=certs / "server.key",
         ca_certfile=certs / "ca.crt",
         directory=directory.resolve(),
+        limits=GatewayLimits(min_upload_kib_s=min_rate),
     )
 
 
@@ -66,12 +74,13 @@ def start(
     certs: Path = _CERTS,
     directory: Path = _DIR,
     nginx: str | None = _NGINX,
+    min_rate: int = _MIN_RATE,
 ) -> None:
     """Write DIR/nginx.conf, check it, and run nginx in the foreground (stop: Ctrl-C, SIGTERM or `gateway stop`)."""
     from medalloc.server import gateway
 
     try:
-        config = _config(listen, superlink, certs, directory)
+        config = _config(listen, superlink, certs, directory, min_rate)
         argv = gateway.start(config, nginx=gateway.find_nginx(nginx))
     except (gateway.GatewayError, OSError) as exc:
         _fail(str(exc))
@@ -100,14 +109,16 @@ def config(
     certs: Path = _CERTS,
     directory: Path = _DIR,
     nginx: str | None = _NGINX,
+    min_rate: int = _MIN_RATE,
 ) -> None:
     """Write and check DIR/nginx.conf without starting anything (to read it, or to run it under your own nginx)."""
     from medalloc.server import gateway
 
     try:
-        cfg = _config(listen, superlink, certs, directory)
-        path = gateway.write_config(cfg)
-        gateway.check_config(gateway.find_nginx(nginx), cfg.directory)
+        cfg = _config(listen, superlink, certs, directory, min_rate)
+        binary = gateway.find_nginx(nginx)
+        path = gateway.write_config(cfg, modules=gateway.nginx_modules(binary, cfg.limits))
+        gateway.check_config(binary, cfg.directory)
     except (gateway.GatewayError, OSError) as exc:
         _fail(str(exc))
     _out.print(f"wrote {path}; nginx accepts it", highlight=False)

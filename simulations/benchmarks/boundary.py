@@ -17,8 +17,10 @@ table of peak memory and time, measured in this one run on this machine:
 4. the gateway under load (skipped without nginx): 200 node sessions, each from its own loopback
    address (127.1.0.1..127.1.0.200) on one kept-alive TLS connection, send a heartbeat every
    2 s to a stand-in SuperLink that answers at once; heartbeat latency p50/p99 and the share
-   answered 200, without and then with the slow-client attack of issue 22 (16 uploads from each
-   of 8 addresses, stalled after one byte). ``--sessions`` and ``--seconds`` size it.
+   answered 200 (every 5th call a pull-messages, which counts against the uploads' places),
+   without the attack, then with the slow-client attack of issue 22 from 8 and from 64 addresses
+   (16 uploads from each, stalled after one byte, then a byte every 5 s, each one the gateway
+   closes opened again). ``--sessions`` and ``--seconds`` size it.
 """
 
 from __future__ import annotations
@@ -307,11 +309,13 @@ def _upstream(certs: Any) -> tuple[Any, int]:
     return server, server.server_address[1]
 
 
-def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple[list[float], list[float], int, int]:
-    """Each session on its own address and kept-alive connection.
+def _heartbeats(
+    port: int, cafile: Path, sessions: int, seconds: float
+) -> tuple[list[float], list[float], int, int, list[int]]:
+    """Each session on its own address and kept-alive connection; every 5th call a pull-messages.
 
     Returns (latencies of heartbeats on an open connection, of those that opened one, in s;
-    answered 200; sent)."""
+    heartbeats answered 200; heartbeats sent; [pulls answered 200, pulls sent])."""
     import threading
 
     context = ssl.create_default_context(cafile=str(cafile))
@@ -319,9 +323,11 @@ def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple
         b"POST /v1/fleet/send-node-heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/protobuf\r\nContent-Length: 2\r\n\r\nhb"
     )
+    pull = request.replace(b"send-node-heartbeat", b"pull-messages")
     latencies: list[float] = []
     handshakes: list[float] = []
     counts = [0, 0]
+    pulls = [0, 0]
     lock = threading.Lock()
 
     def session(i: int) -> None:
@@ -329,7 +335,10 @@ def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple
         end = time.monotonic() + seconds
         time.sleep((i % 20) * 0.1)  # spread the sessions over the interval
         sock = None
+        calls = 0
         while time.monotonic() < end:
+            calls += 1
+            is_pull = calls % 5 == 0
             start = time.perf_counter()
             status = 0
             fresh = sock is None  # this request pays the TCP and TLS handshake: reported apart
@@ -337,7 +346,7 @@ def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple
                 if sock is None:
                     raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
                     sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-                sock.sendall(request)
+                sock.sendall(pull if is_pull else request)
                 data = b""
                 while b"\r\n\r\n" not in data:
                     chunk = sock.recv(4096)
@@ -360,10 +369,14 @@ def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple
                 sock = None
             elapsed = time.perf_counter() - start
             with lock:
-                counts[1] += 1
-                if status == 200:
-                    counts[0] += 1
-                    (handshakes if fresh else latencies).append(elapsed)
+                if is_pull:
+                    pulls[0] += status == 200
+                    pulls[1] += 1
+                else:
+                    counts[1] += 1
+                    if status == 200:
+                        counts[0] += 1
+                        (handshakes if fresh else latencies).append(elapsed)
             time.sleep(max(0.0, 2.0 - elapsed))
         if sock is not None:
             sock.close()
@@ -373,24 +386,65 @@ def _heartbeats(port: int, cafile: Path, sessions: int, seconds: float) -> tuple
         t.start()
     for t in threads:
         t.join(seconds + 60)
-    return latencies, handshakes, counts[0], counts[1]
+    return latencies, handshakes, counts[0], counts[1], pulls
 
 
-def _slow_uploads(port: int, cafile: Path) -> list[ssl.SSLSocket]:
-    """The attack of issue 22: 16 uploads from each of 127.0.0.2..127.0.0.9, stalled after one byte."""
-    context = ssl.create_default_context(cafile=str(cafile))
-    head = (
-        b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/protobuf\r\nContent-Length: 5000000\r\n\r\nx"
-    )
-    held = []
-    for address in (f"127.0.0.{i}" for i in range(2, 10)):
-        for _ in range(16):
-            raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(address, 0))
-            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-            sock.sendall(head)
-            held.append(sock)
-    return held
+SLOW_HEAD = (
+    b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/protobuf\r\nContent-Length: 5000000\r\n\r\nx"
+)
+
+
+class _SlowUploads:
+    """The attack of issue 22, persistent: 16 uploads from each of ``addresses`` (127.0.0.2...),
+    stalled after one byte, then a byte every 5 s each, and each one the gateway closes (or
+    refuses) opened again, for as long as the attack lasts."""
+
+    def __init__(self, port: int, cafile: Path, addresses: int) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.port = port
+        self.context = ssl.create_default_context(cafile=str(cafile))
+        self.reopened = 0
+        names = [f"127.0.{2 + i // 250}.{2 + i % 250}" for i in range(addresses)]
+        with ThreadPoolExecutor(8) as pool:
+            opened = list(pool.map(lambda a: [self._open(a) for _ in range(16)], names))
+        self.held = [(a, sock) for a, socks in zip(names, opened, strict=True) for sock in socks]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._persist, daemon=True)
+        self._thread.start()
+
+    def _open(self, address: str) -> ssl.SSLSocket | None:
+        try:
+            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10, source_address=(address, 0))
+            sock = self.context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(SLOW_HEAD)
+        except OSError:
+            return None
+        return sock
+
+    def _persist(self) -> None:
+        while not self._stop.wait(5):
+            for i, (address, sock) in enumerate(self.held):
+                if self._stop.is_set():
+                    return
+                try:
+                    if sock is None:
+                        raise OSError("closed")
+                    sock.sendall(b"y")
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    self.held[i] = (address, self._open(address))
+                    self.reopened += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        for _, sock in self.held:
+            if sock is not None:
+                sock.close()
 
 
 def bench_gateway_load(root: Path, sessions: int, seconds: float) -> list[tuple[str, str]]:
@@ -421,13 +475,16 @@ def bench_gateway_load(root: Path, sessions: int, seconds: float) -> list[tuple[
                 raise RuntimeError("the gateway did not start")
             time.sleep(0.1)
         time.sleep(0.5)
-        for label, attack in (("without attack", False), ("with 8 x 16 slow uploads", True)):
-            held = _slow_uploads(port, certs.ca_cert) if attack else []
+        error_log = root / "gw-load" / "error.log"
+        for attackers in (0, 8, 64):
+            label = f"with {attackers} x 16 slow uploads" if attackers else "without attack"
+            closed_before = error_log.read_text().count("js: gateway: upload below")
+            attack = _SlowUploads(port, certs.ca_cert, attackers) if attackers else None
             try:
-                latencies, handshakes, ok, sent = _heartbeats(port, certs.ca_cert, sessions, seconds)
+                latencies, handshakes, ok, sent, pulls = _heartbeats(port, certs.ca_cert, sessions, seconds)
             finally:
-                for sock in held:
-                    sock.close()
+                if attack is not None:
+                    attack.close()
             ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
             first = np.array(handshakes) * 1000 if handshakes else np.array([np.nan])
             rows.append(
@@ -435,9 +492,18 @@ def bench_gateway_load(root: Path, sessions: int, seconds: float) -> list[tuple[
                     f"{sessions} sessions, {label}",
                     f"heartbeat p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms "
                     f"(with the TLS handshake: p50 {np.percentile(first, 50):.0f} ms, p99 "
-                    f"{np.percentile(first, 99):.0f} ms); {ok} of {sent} answered 200",
+                    f"{np.percentile(first, 99):.0f} ms); {ok} of {sent} answered 200; "
+                    f"pull-messages {pulls[0]} of {pulls[1]} answered 200",
                 )
             )
+            if attack is not None:
+                closed = error_log.read_text().count("js: gateway: upload below") - closed_before
+                rows.append(
+                    (
+                        "",
+                        f"the attack: {closed} uploads closed below the minimum rate, {attack.reopened} opened again",
+                    )
+                )
             time.sleep(1)
         return rows
     finally:
