@@ -23,7 +23,7 @@ from medalloc_core.privacy import continuity
 from medalloc_core.privacy.contribution import PatientCaps, public_counts
 from medalloc_core.privacy.ledger import PrivacyLedger
 from medalloc_core.privacy.release import ReleaseStore
-from tests.fed_fixtures import record, request, small_region, task_identity
+from tests.fed_fixtures import file_calendar, record, request, small_region, task_identity
 from tests.release_node import MODEL, config
 from tests.test_public_calendar import synthetic_encounters
 
@@ -45,7 +45,9 @@ def _round(folder: Path, data: Path, extra: dict | None = None, server_round: in
     """One evaluate round of the real ClientApp over ``data``; the reply's error or metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     node = {"data-path": str(data), "ledger-path": str(folder / "ledger.json"), "privacy-epsilon-budget": 4.0}
-    ctx = Context(run_id=1, node_id=5, node_config=node | (extra or {}), state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=1, node_id=5, node_config=node | file_calendar(data) | (extra or {}), state=RecordDict(), run_config={}
+    )
     arrays = record(state_arrays(build_model(MODEL, seed=0)))
     reply = handle_evaluate(request(5, arrays, config(server_round), train=False), ctx)
     if reply.has_error():

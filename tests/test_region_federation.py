@@ -26,7 +26,7 @@ from medalloc_core.forecast.region import (
 )
 from medalloc_core.privacy.release import ReleaseStore
 from medalloc_core.replies import ReplyNotAllowed, check_reply
-from tests.fed_fixtures import DirectGrid, record, request, small_region, task_identity, train_metrics
+from tests.fed_fixtures import DirectGrid, file_calendar, record, request, small_region, task_identity, train_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -166,6 +166,7 @@ def test_a_region_run_sends_each_node_the_others_released_totals(region: Path, t
             "privacy-epsilon-budget": 4.0,
         }
         | ({"share-released-totals": False} if i == 2 else {})
+        | file_calendar(region / f"H00{i}.csv")
         for i in range(3)
     }
     for cfg in nodes.values():

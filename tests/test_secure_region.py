@@ -33,7 +33,7 @@ from medalloc_core.forecast.secure_region import (
 )
 from medalloc_core.protocol import Refusal
 from medalloc_core.tasks.forecasting.secure_region import own_totals
-from tests.fed_fixtures import small_region, task_identity
+from tests.fed_fixtures import file_calendar, small_region, task_identity
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +127,7 @@ def test_a_region_run_under_secagg_sends_the_total_and_never_a_nodes_series(
             "privacy-epsilon-budget": 4.0,
             "region-secure-aggregation": i != 3,  # node 4 does not agree: it refuses the sum
         }
+        | file_calendar(region / f"H00{i}.csv")
         for i in range(4)
     }
     for cfg in nodes.values():

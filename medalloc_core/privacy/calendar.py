@@ -12,17 +12,19 @@ unit's last day (issue 20). So the calendar is fixed before anything is read fro
       calendar-start = "2024-01-01"            # first day
       calendar-end   = "2024-12-31"            # last day
 
-* A **deployed node** whose records carry stays (encounter files, OMOP, FHIR) must declare all
-  three: anything taken from the stays is a function of them, however it is rounded (rounded
-  inward to whole months, one stay still adds a unit or crosses a month boundary; rounded
-  outward, one stay in a new month adds a month). Without them the node refuses with
-  ``node-misconfigured`` and its log names the missing keys, with the values its data would
-  suggest (the whole months of the file and its units) for the operator to check and copy.
-* A **simulated or research** node may leave parts undeclared: they are then taken from the
-  data, rounded inward to whole calendar months (the first whole month starting on or after the
-  first admission to the last whole month ending on or before the last event; the units of the
-  file), and the node logs that this calendar is NOT public. Simulations use it; no deployed
-  node does.
+* A **deployed node** must declare all three, whatever its data: anything taken from the data
+  is a function of it, however it is rounded (rounded inward to whole months, one stay still
+  adds a unit or crosses a month boundary; rounded outward, one stay in a new month adds a
+  month). That holds for a file of daily counts too: which (unit, day) rows an export writes
+  can depend on the counts (a unit or a day with no patient left out), so its own rows are no
+  more public than a stay file's. Without the keys the node refuses with ``node-misconfigured``
+  and its log names the missing keys, with the values its data would suggest (the whole months
+  of the file and its units) for the operator to check and copy.
+* A **simulated or research** node may leave parts undeclared: with stays they are then taken
+  from the data, rounded inward to whole calendar months (the first whole month starting on or
+  after the first admission to the last whole month ending on or before the last event; the
+  units of the file); a file of daily counts keeps its own rows (the generator's calendar). The
+  node logs that this calendar is NOT public. Simulations use it; no deployed node does.
 
 Every unit runs over the same days: a unit with no stay on a day has zero admissions that day,
 which is the truth for an encounter source. Stays outside the calendar are dropped before
@@ -59,7 +61,7 @@ class CalendarError(ValueError):
 
 
 class CalendarNotDeclared(CalendarError):
-    """A deployed node reads patient stays without a declared calendar (names the missing node-config keys)."""
+    """A deployed node has no declared calendar (names the missing node-config keys)."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,9 @@ def node_calendar(
     suggested = suggested_calendar(first_event=first_event, last_event=last_event, data_units=data_units)
     if undeclared and not research:
         raise CalendarNotDeclared(
-            f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node reading patient "
-            "stays covers only declared units and days, so that no one patient can change how many examples it "
-            "reports or whether it refuses. Set in the node config "
+            f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node covers only "
+            "declared units and days, whatever its data (stays or daily counts), so that no one patient can change "
+            "how many examples it reports or whether it refuses. Set in the node config "
             + " ".join(f'{k}="{suggested[k]}"' for k in undeclared)
             + " (what this data spans, in whole months: check it against what your hospital may publish; "
             "docs/privacy.md, 'What is public')"

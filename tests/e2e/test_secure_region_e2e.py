@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.harness import ProcessHarness, free_port
 from tests.e2e.test_deployment import wait_port
 from tests.e2e.test_flwr_run import BIN, _copy_project
-from tests.fed_fixtures import small_region
+from tests.fed_fixtures import file_calendar, small_region
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # its own deadline is 1200 s
 
@@ -66,7 +66,7 @@ def test_the_region_is_summed_under_secagg_on_real_processes(harness: ProcessHar
             "node-state-path": str(own / "node-state.json"),
             "region-secure-aggregation": True,  # the node's own consent
             "approved-apps": str(own / "approved-apps.toml"),
-        }
+        } | file_calendar(region / f"H00{i}.csv")
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
         # As a hospital starts it (`medalloc node start`: the approved-apps gate's warm launcher forks each SecAgg+
         # stage's ClientApp instead of a cold process per message), in its own home, as in the SecAgg+ e2e.
