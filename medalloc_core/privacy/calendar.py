@@ -127,8 +127,16 @@ def node_calendar(
     """
     units, start, end = declared_parts(extra)
     undeclared = [k for k, v in ((UNITS_KEY, units), (START_KEY, start), (END_KEY, end)) if v is None]
+    if not undeclared:  # the declared calendar alone: nothing of the data is read (it may hold no stay at all)
+        assert units is not None and start is not None and end is not None
+        return NodeCalendar(units, start, end, declared=True)
+    if pd.isna(first_event) or pd.isna(last_event):
+        raise CalendarNotDeclared(
+            f"the node's calendar is not declared ({', '.join(undeclared)} missing) and its data has no event to "
+            "suggest one from; set them in the node config (docs/privacy.md, 'What is public')"
+        )
     suggested = suggested_calendar(first_event=first_event, last_event=last_event, data_units=data_units)
-    if undeclared and not research:
+    if not research:
         raise CalendarNotDeclared(
             f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node covers only "
             "declared units and days, whatever its data (stays or daily counts), so that no one patient can change "
@@ -140,16 +148,15 @@ def node_calendar(
     start = pd.Timestamp(suggested[START_KEY]) if start is None else start
     end = pd.Timestamp(suggested[END_KEY]) if end is None else end
     units = tuple(sorted(str(u) for u in data_units)) if units is None else units
-    if undeclared:
-        logger.warning(
-            "simulated node: its calendar (%s) is taken from the data, rounded to whole months: NOT public (one "
-            "patient can move it by a month or add a unit); a deployed node refuses without %s",
-            ", ".join(undeclared),
-            ", ".join(undeclared),
-        )
+    logger.warning(
+        "simulated node: its calendar (%s) is taken from the data, rounded to whole months: NOT public (one "
+        "patient can move it by a month or add a unit); a deployed node refuses without %s",
+        ", ".join(undeclared),
+        ", ".join(undeclared),
+    )
     # Data shorter than a whole month gives an empty calendar: the windowing then refuses it as too
     # short for the request (data-invalid, naming the run-config keys), like any short series.
-    return NodeCalendar(units, start, end, declared=not undeclared)
+    return NodeCalendar(units, start, end, declared=False)
 
 
 def suggested_calendar(

@@ -21,7 +21,7 @@ from medalloc_core.contract import DataContractError, Frequency, Problem, UnitRe
 from medalloc_core.paths import open_regular
 from medalloc_core.sources.mapping import MappingError, SourceMapping
 from medalloc_core.sources.stays import STAY_COLUMNS
-from medalloc_core.validation import ValidationReport, inspect_file
+from medalloc_core.validation import ValidationReport, inspect_file, load_node_records
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ __all__ = [
     "SourceFormat",
     "SourceMapping",
     "inspect_source",
+    "load_node_source",
     "load_source",
     "validate_source",
 ]
@@ -193,6 +194,28 @@ def load_source(source: DataSource | str | Path) -> SourceData:
     if data is None:
         raise DataContractError(report.problems)
     return data
+
+
+def load_node_source(source: DataSource | str | Path) -> tuple[UnitRecords, pd.DataFrame | None, dict[str, int]]:
+    """A source as a node counts it: ``(records, stays or None, stays left out by reason)`` (issue 20).
+
+    A contract encounter file read by the full validator drops each malformed stay before counting
+    (``validation.load_node_records``): whether the node answers must not depend on one stay.
+    Every other source (OMOP, FHIR, a hospital-scale encounter file read by the engine) is read as
+    :func:`load_source` reads it: any error refuses (docs/privacy.md says what that leaves).
+
+    Raises
+    ------
+    DataContractError
+        The structural problems (unreadable, wrong columns, no records), or every problem of a
+        source read strictly.
+    """
+    source = _as_source(source)
+    if source.kind() == "contract" and not _for_engine(Path(source.location)):
+        loaded = load_node_records(Path(source.location))
+        return loaded.records, loaded.stays, loaded.left_out
+    data = load_source(source)
+    return data.records, data.stays, {}
 
 
 def _as_source(source: DataSource | str | Path) -> DataSource:
