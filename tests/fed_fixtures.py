@@ -78,6 +78,8 @@ def file_calendar(path: Path | str) -> dict[str, str]:
     days (a deployed node refuses without one, daily counts too: issue 20). Encounter files: their events' days."""
     import pandas as pd
 
+    if not Path(path).is_file():  # a test of a node whose data is missing: nothing to declare from
+        return {}
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "date" in frame.columns:
         days = pd.to_datetime(frame["date"])

@@ -194,7 +194,17 @@ def apply_calendar(records: UnitRecords, calendar: NodeCalendar) -> UnitRecords:
     out = indexed[inside].reindex(grid, fill_value=0).astype("int64").reset_index()
     out = out[[DATE, UNIT, *counts]].sort_values([UNIT, DATE]).reset_index(drop=True)
     out[UNIT] = out[UNIT].astype(str)
-    if dropped or filled:
+    if filled and records.shape != "encounters":
+        # A file of daily counts without a row for a declared day: released as 0 (the days are the calendar's,
+        # never the file's rows); if the export is only late, calendar-end should not run past it.
+        logger.warning(
+            "calendar: %d declared unit-day(s) have no row in the daily-count file and count as 0 (released once, "
+            "as 0); if the export is late, set calendar-end to its last complete day (%d row(s) outside the "
+            "calendar left out)",
+            filled,
+            dropped,
+        )
+    elif dropped or filled:
         logger.info(
             "calendar: %d unit-day row(s) outside it left out, %d day(s) without a row set to 0", dropped, filled
         )
