@@ -170,7 +170,8 @@ def load_node_records(path: Path) -> NodeRecords:
         With the structural problems (or every problem of a daily-count file).
     """
     findings = _Findings(str(path))
-    frame = _canonical_columns(read_table(path))
+    # A header without stays is zero stays, not a refusal: with one stay or none the node answers alike.
+    frame = _canonical_columns(read_table(path, allow_empty=True))
     if detect_shape(list(frame.columns)) != "encounters":
         report, records = _inspect(path)
         for problem in report.warnings:

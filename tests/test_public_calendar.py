@@ -224,6 +224,15 @@ def test_validate_still_names_each_malformed_stay(tmp_path: Path, encounters: pd
         assert any(p.row == row and p.column for p in report.errors), (where, report.errors)
 
 
+def test_a_file_with_one_stay_or_none_answers_alike(tmp_path: Path, encounters: pd.DataFrame):
+    """A header without stays is zero stays, not a refusal: the only stay decides nothing the coordinator sees."""
+    empty = encounters.iloc[:0]
+    none = _federation(tmp_path / "none", empty, CALENDAR)
+    assert all("error" not in r for r in none), none
+    one = _federation(tmp_path / "one", _stay(empty, "medical", pd.Timestamp("2023-03-10 10:00"), 2), CALENDAR)
+    assert one == none
+
+
 def _daily_variants(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """A daily-count file and the same file with one more stay's counts where its own rows end or in a new unit."""
     last = pd.to_datetime(frame["date"]).max()
