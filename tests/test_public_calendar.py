@@ -266,7 +266,8 @@ def test_a_daily_count_file_is_on_its_declared_calendar_too(
         base = _federation(tmp_path / "undeclared", daily, {})
     assert base == [{"error": int(protocol.Refusal.NODE_MISCONFIGURED), "reason": base[0]["reason"]}] * 3
     log = "\n".join(r.getMessage() for r in caplog.records)
-    assert "(calendar-units, calendar-start, calendar-end missing)" in log and 'calendar-start="2023-02-01"' in log
+    assert "(calendar-units, calendar-start, calendar-end missing)" in log
+    assert 'calendar-start="2023-01-01" calendar-end="2023-04-30"' in log  # the file's whole months, to check
     for where, frame in _daily_variants(daily).items():
         assert _federation(tmp_path / f"undeclared-{where[:6]}", frame, {}) == base, where
     declared = {
