@@ -156,7 +156,7 @@ def calendar_check(
     }
     malformed = _stay(stays, first_unit, admit.min() + pd.Timedelta(days=45), 1)
     malformed.loc[len(malformed) - 1, "discharge_time"] = admit.min() + pd.Timedelta(days=40)
-    cases["a malformed stay (discharged before admission)"] = malformed
+    cases["that is malformed (discharged before admission)"] = malformed
 
     def grid(frame: pd.DataFrame) -> list[tuple[str, str]] | None:
         with tempfile.TemporaryDirectory(prefix="medalloc-calendar-audit-") as folder:
