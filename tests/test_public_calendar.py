@@ -94,11 +94,15 @@ def _public_view(reply) -> dict:
     return view
 
 
-def _federation(tmp: Path, stays: pd.DataFrame, node_extra: dict) -> list[dict]:
-    """Evaluate, train, evaluate, train: what one node answers a coordinator over two rounds."""
+def _federation(tmp: Path, stays: pd.DataFrame | Path, node_extra: dict) -> list[dict]:
+    """Evaluate, train, evaluate: what one node answers a coordinator over two rounds (``stays``: a frame written
+    as the node's CSV, or the path of its data)."""
     tmp.mkdir(parents=True)
-    data = tmp / "H.csv"
-    stays.to_csv(data, index=False)
+    if isinstance(stays, Path):
+        data = stays
+    else:
+        data = tmp / "H.csv"
+        stays.to_csv(data, index=False)
     node = {"data-path": str(data), "ledger-path": str(tmp / "ledger.json"), "privacy-epsilon-budget": 4.0}
     ctx = Context(run_id=1, node_id=5, node_config=node | node_extra, state=RecordDict(), run_config={})
     arrays = record(state_arrays(build_model(MODEL, seed=0)))
@@ -231,6 +235,40 @@ def test_a_file_with_one_stay_or_none_answers_alike(tmp_path: Path, encounters: 
     assert all("error" not in r for r in none), none
     one = _federation(tmp_path / "one", _stay(empty, "medical", pd.Timestamp("2023-03-10 10:00"), 2), CALENDAR)
     assert one == none
+
+
+def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
+    """OMOP read by the row reader: one visit that ends before it begins, or names a care site that does not exist,
+    is left out before counting (replies identical); `medalloc validate` still names it by table, record, field."""
+    import shutil
+    import sqlite3
+
+    from medalloc_core.sources import validate_source
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    folder = tmp_path / "omop"
+    region = generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80))
+    write_region(region, folder, shape="omop")
+    cdm = folder / "H000.sqlite"
+    calendar = {"calendar-units": "icu,medical,paediatric,surgical", "calendar-start": "2023-01-01"}
+    calendar["calendar-end"] = "2023-04-30"
+    base = _federation(tmp_path / "base", cdm, calendar)
+    assert all("error" not in r for r in base), base
+    visit = "INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+    visit += "visit_start_datetime, visit_end_date, visit_end_datetime, visit_type_concept_id, care_site_id) VALUES "
+    for name, values in {
+        "ends before it begins": "(99000001, 99000001, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-01', "
+        "'2023-03-01 10:00:00', 32817, 1)",
+        "an unknown care site": "(99000002, 99000002, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
+        "'2023-03-12 10:00:00', 32817, 4242)",
+    }.items():
+        bad = tmp_path / name.replace(" ", "-") / "H000.sqlite"
+        bad.parent.mkdir()
+        shutil.copy(cdm, bad)
+        with sqlite3.connect(bad) as connection:
+            connection.execute(visit + values)
+        assert not validate_source(bad).ok, name  # the operator's check stays strict
+        assert _federation(tmp_path / f"{name[:8]}-fed", bad, calendar) == base, name
 
 
 def _daily_variants(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
