@@ -42,7 +42,7 @@ MAX_COLUMNS = 1_000  # the contract has at most a dozen columns; exports with ma
 MAX_LINE_BYTES = 1 * 2**20  # one record; a longer line is not a record of this contract
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, *, allow_empty: bool = False) -> pd.DataFrame:
     """Read a CSV or Parquet table with every column as string.
 
     The format is decided from the file's bytes (Parquet starts and ends with ``PAR1``),
@@ -53,6 +53,9 @@ def read_table(path: Path) -> pd.DataFrame:
     ----------
     path
         The file to read.
+    allow_empty : bool (default: False)
+        Return a header without records as an empty table instead of refusing it (a node's
+        encounter file with no stay is zero stays).
 
     Returns
     -------
@@ -66,7 +69,8 @@ def read_table(path: Path) -> pd.DataFrame:
     Raises
     ------
     DataContractError
-        If the path does not exist or is not a file, the file is empty, is not UTF-8 text
+        If the path does not exist or is not a file, the file is empty (or, unless
+        ``allow_empty``, has a header without records), is not UTF-8 text
         (the byte offset and row are named; UTF-16 is named with or without a BOM), holds
         a NUL byte anywhere, is some other binary format, repeats a column name, or cannot
         be parsed as CSV/Parquet.
@@ -99,7 +103,7 @@ def read_table(path: Path) -> pd.DataFrame:
     frame = _read_parquet(name, data) if file_format == "parquet" else _read_csv(name, data)
     frame.attrs["format"] = file_format
     frame.columns = [str(c).strip() for c in frame.columns]
-    if frame.empty:
+    if frame.empty and not allow_empty:  # a node's encounter file may hold no stay (allow_empty): zero counts
         raise DataContractError([Problem(name, "file has a header but no records; expected at least one record")])
     logger.debug("read %s: %d rows, columns %s", name, len(frame), list(frame.columns))
     return frame

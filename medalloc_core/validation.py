@@ -139,6 +139,103 @@ def load_unit_records(path: Path) -> UnitRecords:
     return records
 
 
+@dataclass(frozen=True)
+class NodeRecords:
+    """What a node counts from a contract file: its records, its stays (None for daily counts), what it left out.
+
+    ``left_out`` counts the stays dropped before counting, by reason (counts only: what a node may log).
+    """
+
+    records: UnitRecords
+    stays: pd.DataFrame | None
+    left_out: dict[str, int]
+
+
+def load_node_records(path: Path) -> NodeRecords:
+    """A contract file as a node counts it: a malformed stay is left out, never a reason to refuse (issue 20).
+
+    ``medalloc validate`` stays strict and names every problem (file, row, column); a node must not:
+    whether it answers or refuses would then be a function of one stay (an adjacent file without
+    that stay answers normally). So for an encounter file each stay that breaks a per-record rule
+    (no ``patient_id``, no unit, an empty or invalid ``admit_time``, an invalid ``discharge_time``,
+    a discharge before its admission) is dropped before counting and counted by reason; the
+    ``encounter_id`` is not used for counting, so an empty or repeated one drops nothing. What is
+    refused is structural, not a function of one stay: a file that cannot be read, missing
+    columns, a header without records; and a file of daily counts with any error (a count row is
+    an aggregate of the unit's day, which one stay cannot make malformed).
+
+    Raises
+    ------
+    DataContractError
+        With the structural problems (or every problem of a daily-count file).
+    """
+    findings = _Findings(str(path))
+    # A header without stays is zero stays, not a refusal: with one stay or none the node answers alike.
+    frame = _canonical_columns(read_table(path, allow_empty=True))
+    if detect_shape(list(frame.columns)) != "encounters":
+        report, records = _inspect(path)
+        for problem in report.warnings:
+            logger.warning("%s", problem)
+        if records is None:
+            raise DataContractError(report.problems)
+        return NodeRecords(records, None, {})
+    if _missing_columns(frame, ENCOUNTER_COLUMNS, findings, "an encounter file needs " + ", ".join(ENCOUNTER_COLUMNS)):
+        raise DataContractError(findings.problems)
+    patient_id = _text(frame, PATIENT_ID)
+    units = _text(frame, UNIT)
+    admit = _parse_dates(frame, ADMIT_TIME, findings, required=True)
+    discharge = _parse_dates(frame, DISCHARGE_TIME, findings, required=False)
+    bad_discharge = _text(frame, DISCHARGE_TIME).notna() & discharge.isna()
+    reasons = {
+        "without patient_id": patient_id.isna(),
+        "without unit": units.isna(),
+        "with an empty or invalid admit_time": admit.isna(),
+        "with an invalid discharge_time": bad_discharge,
+        "discharged before admission": (discharge < admit).fillna(False),
+    }
+    bad = pd.Series(False, index=frame.index)
+    left_out: dict[str, int] = {}
+    for reason, mask in reasons.items():
+        mask = mask.astype(bool) & ~bad  # each stay counted once, under its first reason
+        if mask.any():
+            left_out[reason] = int(mask.sum())
+        bad |= mask
+    kept = ~bad
+    stays = pd.DataFrame(
+        {
+            ENCOUNTER_ID: _text(frame, ENCOUNTER_ID)[kept],
+            PATIENT_ID: patient_id[kept],
+            UNIT: units[kept],
+            ADMIT_TIME: admit[kept],
+            DISCHARGE_TIME: discharge[kept],
+        }
+    ).reset_index(drop=True)
+    daily = encounters_to_daily(stays) if len(stays) else _empty_daily()
+    records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=path, shape="encounters")
+    if left_out:
+        logger.warning(
+            "%s: %d malformed stay(s) left out before counting (%s); `medalloc validate %s` names each by row and "
+            "column",
+            path,
+            sum(left_out.values()),
+            ", ".join(f"{v} {k}" for k, v in left_out.items()),
+            path,
+        )
+    return NodeRecords(records, stays, left_out)
+
+
+def _empty_daily() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            DATE: pd.Series(dtype=DATE_DTYPE),
+            UNIT: pd.Series(dtype=object),
+            ADMISSIONS: pd.Series(dtype="int64"),
+            DISCHARGES: pd.Series(dtype="int64"),
+            CENSUS: pd.Series(dtype="int64"),
+        }
+    )
+
+
 def detect_shape(columns: list[str]) -> RecordShape:
     """Which of the two record shapes a header describes.
 

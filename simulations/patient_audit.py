@@ -131,6 +131,12 @@ def _context(folder: Path, data: Path, *, epsilon: float, simulated: bool) -> Co
         # its own data-source record, so the machine's record is neither consulted nor written.
         "data-source-record": str(folder / "data-sources.json"),
     }
+    rows = pd.read_csv(data, usecols=["date", "unit"], dtype=str)  # a deployed node declares its calendar
+    node |= {
+        "calendar-units": ",".join(sorted(rows["unit"].unique())),
+        "calendar-start": rows["date"].min(),
+        "calendar-end": rows["date"].max(),
+    }
     return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
 
 

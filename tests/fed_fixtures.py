@@ -66,3 +66,28 @@ def small_region(folder: Path, *, hospitals: int = 3, days: int = 200, seed: int
 
 #: Run-config keys for a tiny, fast model used by the federation tests.
 TINY = {"model": "mlp", "init": "none", "history": 14, "horizon": 7, "hidden": 8, "batch-size": 32, "lr": 0.01}
+
+
+def calendar_toml(path: Path | str) -> str:
+    """:func:`file_calendar` as node.toml lines."""
+    return "".join(f'{k} = "{v}"\n' for k, v in file_calendar(path).items())
+
+
+def file_calendar(path: Path | str) -> dict[str, str]:
+    """The node-config calendar a deployed node over a test's generated file declares: exactly the file's units and
+    days (a deployed node refuses without one, daily counts too: issue 20). Encounter files: their events' days."""
+    import pandas as pd
+
+    if not Path(path).is_file():  # a test of a node whose data is missing: nothing to declare from
+        return {}
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "date" in frame.columns:
+        days = pd.to_datetime(frame["date"])
+    else:
+        events = pd.concat([frame["admit_time"], frame["discharge_time"]]).str.strip()
+        days = pd.to_datetime(events[events != ""], format="ISO8601")
+    return {
+        "calendar-units": ",".join(sorted(frame["unit"].astype(str).str.strip().unique())),
+        "calendar-start": f"{days.min():%Y-%m-%d}",
+        "calendar-end": f"{days.max():%Y-%m-%d}",
+    }

@@ -15,6 +15,7 @@ from flwr.app import Message
 
 from medalloc.simulations.local_grid import LocalGrid
 from medalloc.simulations.wire_grid import WireGrid
+from tests.fed_fixtures import file_calendar
 
 #: The smallest hybrid model (the region channel is the hybrid's): a few seconds a round.
 HYBRID = {"model": "hybrid", "init": "none", "history": 28, "horizon": 7, "hidden": 8, "batch-size": 64, "lr": 0.01}
@@ -48,13 +49,14 @@ def region_nodes(
     region: Path, folder: Path, count: int, extra: Callable[[int], dict[str, Any]] = lambda i: {}
 ) -> dict[int, dict[str, Any]]:
     """Node id (1, 2, ...) -> node config: hospital ``H00<i>``'s file of ``region``, its own ledger under ``folder``
-    (the ledger's folder made), a budget of 4, and ``extra(i)``."""
+    (the ledger's folder made), a budget of 4, the file's calendar (a deployed node declares one), and ``extra(i)``."""
     nodes = {
         i + 1: {
             "data-path": str(region / f"H00{i}.csv"),
             "ledger-path": str(folder / f"n{i}" / "ledger.json"),
             "privacy-epsilon-budget": 4.0,
         }
+        | file_calendar(region / f"H00{i}.csv")
         | extra(i)
         for i in range(count)
     }

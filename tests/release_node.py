@@ -19,7 +19,7 @@ from flwr.app import Context, RecordDict
 from medalloc_core import protocol
 from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
-from tests.fed_fixtures import TINY, record, request, task_identity
+from tests.fed_fixtures import TINY, file_calendar, record, request, task_identity
 
 SPEC = federation_window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
 MODEL = ForecasterConfig.for_spec(SPEC, model="mlp", hidden=TINY["hidden"])
@@ -47,7 +47,11 @@ def config(server_round: int = 1) -> dict[str, Any]:
 def context(folder: Path, data: Path) -> Context:
     """The node's own config: its data, ledger, state record (defaults beside the ledger) and budget."""
     folder.mkdir(parents=True, exist_ok=True)
-    node_config = {"data-path": str(data), "ledger-path": str(folder / "ledger.json"), "privacy-epsilon-budget": 4.0}
+    node_config = {
+        "data-path": str(data),
+        "ledger-path": str(folder / "ledger.json"),
+        "privacy-epsilon-budget": 4.0,
+    } | file_calendar(data)
     return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
 
 

@@ -16,7 +16,7 @@ from medalloc_core import protocol
 from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import EvaluateInstruction, Refusal
-from tests.fed_fixtures import TINY, record, request, small_region, task_identity
+from tests.fed_fixtures import TINY, file_calendar, record, request, small_region, task_identity
 
 
 @pytest.fixture(autouse=True)
@@ -55,11 +55,15 @@ def _config(**overrides) -> dict:
 
 
 def _node(tmp_path: Path, data: Path, **extra) -> Context:
-    config = {
-        "data-path": str(data),
-        "ledger-path": str(tmp_path / "ledger.json"),
-        "privacy-epsilon-budget": 20.0,
-    } | extra
+    config = (
+        {
+            "data-path": str(data),
+            "ledger-path": str(tmp_path / "ledger.json"),
+            "privacy-epsilon-budget": 20.0,
+        }
+        | file_calendar(data)
+        | extra
+    )
     return Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
 
 

@@ -71,15 +71,17 @@ def _logged(caplog: pytest.LogCaptureFixture) -> str:
 
 
 def test_bad_data_names_the_source_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A structural problem (a table without a required column) refuses; a malformed record would be left out
+    # (issue 20: test_public_calendar.py::test_a_malformed_omop_record_is_left_out_not_a_refusal).
     tables = omop_tables()
-    tables["visit_detail"] = tables["visit_detail"].assign(care_site_id=[1, 99, 3])
+    tables["visit_detail"] = tables["visit_detail"].drop(columns=["person_id"])
     cdm = tmp_path / "cdm.sqlite"
     create_omop_database(tables, f"sqlite:///{cdm}")
     with caplog.at_level(logging.ERROR, logger="medalloc.client.app"):
         reply = _train(tmp_path, str(cdm))
     assert reply.error.code == Refusal.DATA_INVALID
     log = _logged(caplog)
-    assert "care_site_id 99 is not in care_site" in log
+    assert "visit_detail has no column 'person_id'" in log
     assert f"medalloc validate {cdm}" in log and "node-config 'data-path'" in log
     assert not any(name in log for name in PYTHON_NAMES), log
 

@@ -176,6 +176,12 @@ def test_a_ready_node_passes_and_shows_what_it_will_use(
             "not declared (calendar-units, calendar-start, calendar-end missing)",
             'set node-config calendar-units="icu,medical,paediatric,surgical" calendar-start="2023-01-01"',
         ),
+        (  # a file of daily counts declares its calendar too (issue 20): its rows can depend on the counts
+            "no-calendar-daily",
+            "data/calendar",
+            "not declared (calendar-units, calendar-start, calendar-end missing): a deployed node refuses",
+            'set node-config calendar-units="icu,medical,paediatric,surgical" calendar-start="2023-01-01"',
+        ),
     ],
 )
 def test_each_problem_fails_and_names_what_to_set(
@@ -206,6 +212,14 @@ def test_each_problem_fails_and_names_what_to_set(
         config.write_text(text.replace(text.splitlines()[0], f'data-path = "{cdm}"'))
     elif breakage == "no-calendar":
         config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("calendar-")))
+    elif breakage == "no-calendar-daily":
+        daily = write_region(
+            generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80)),
+            tmp_path / "daily",
+            shape="daily",
+        )
+        kept = [line for line in text.splitlines() if not line.startswith(("calendar-", "data-path"))]
+        config.write_text("\n".join([f'data-path = "{next(p for p in daily if p.suffix == ".csv")}"', *kept]))
     elif breakage == "mapping-key":
         mapping = tmp_path / "mapping.toml"
         mapping.write_text("[omop]\nunit = 'x'\n")

@@ -24,7 +24,7 @@ from medalloc_core import protocol
 from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import Refusal
-from tests.fed_fixtures import TINY, record, request, small_region, task_identity
+from tests.fed_fixtures import TINY, file_calendar, record, request, small_region, task_identity
 
 SPEC = federation_window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
 MODEL = ForecasterConfig.for_spec(SPEC, model="mlp", hidden=TINY["hidden"])
@@ -63,11 +63,15 @@ def _config(**overrides) -> dict:
 
 def _node(folder: Path, data: Path, **extra) -> Context:
     folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "data-path": str(data),
-        "ledger-path": str(folder / "ledger.json"),
-        "privacy-epsilon-budget": 20.0,
-    } | extra
+    config = (
+        {
+            "data-path": str(data),
+            "ledger-path": str(folder / "ledger.json"),
+            "privacy-epsilon-budget": 20.0,
+        }
+        | file_calendar(data)
+        | extra
+    )
     return Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
 
 

@@ -94,11 +94,15 @@ def _public_view(reply) -> dict:
     return view
 
 
-def _federation(tmp: Path, stays: pd.DataFrame, node_extra: dict) -> list[dict]:
-    """Evaluate, train, evaluate, train: what one node answers a coordinator over two rounds."""
+def _federation(tmp: Path, stays: pd.DataFrame | Path, node_extra: dict) -> list[dict]:
+    """Evaluate, train, evaluate: what one node answers a coordinator over two rounds (``stays``: a frame written
+    as the node's CSV, or the path of its data)."""
     tmp.mkdir(parents=True)
-    data = tmp / "H.csv"
-    stays.to_csv(data, index=False)
+    if isinstance(stays, Path):
+        data = stays
+    else:
+        data = tmp / "H.csv"
+        stays.to_csv(data, index=False)
     node = {"data-path": str(data), "ledger-path": str(tmp / "ledger.json"), "privacy-epsilon-budget": 4.0}
     ctx = Context(run_id=1, node_id=5, node_config=node | node_extra, state=RecordDict(), run_config={})
     arrays = record(state_arrays(build_model(MODEL, seed=0)))
@@ -122,6 +126,14 @@ def _stay(frame: pd.DataFrame, unit: str, admit: pd.Timestamp, nights: int, pati
     return pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
 
 
+def _malformed(frame: pd.DataFrame, **fields: str) -> pd.DataFrame:
+    """``frame`` with one extra stay whose ``fields`` break a per-record rule of the contract."""
+    extra = _stay(frame, "medical", pd.to_datetime(frame["admit_time"]).min() + pd.Timedelta(days=60), 2)
+    for key, value in fields.items():
+        extra.loc[len(extra) - 1, key] = value
+    return extra
+
+
 def _extra_stays(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     times = pd.to_datetime(frame["admit_time"])
     last = max(times.max(), pd.to_datetime(frame["discharge_time"]).max())
@@ -130,6 +142,14 @@ def _extra_stays(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "a unit nobody else used": _stay(frame, "NA", times.min() + pd.Timedelta(days=40), 3),
         "before a unit's first day": _stay(frame, "icu", icu_first - pd.Timedelta(days=5), 2),
         "after the file's last event": _stay(frame, "medical", last + pd.Timedelta(days=3), 1),
+        # malformed stays: left out before counting, never a refusal (one stay must not decide whether the node
+        # answers); `medalloc validate` still names them (test_validate_still_names_each_malformed_stay)
+        "a malformed stay: discharged before admission": _malformed(
+            frame, discharge_time=(times.min() + pd.Timedelta(days=50)).isoformat()
+        ),
+        "a malformed stay: no patient_id": _malformed(frame, patient_id=""),
+        "a malformed stay: an unreadable admit_time": _malformed(frame, admit_time="the 3rd of May"),
+        "a malformed stay: a date out of range": _malformed(frame, discharge_time="9999-12-31"),
     }
 
 
@@ -145,9 +165,22 @@ def base_replies(encounters: pd.DataFrame, tmp_path_factory: pytest.TempPathFact
     return replies
 
 
-@pytest.mark.parametrize(
-    "where", ["a unit nobody else used", "before a unit's first day", "after the file's last event"]
-)
+EXTRA = [
+    "a unit nobody else used",
+    "before a unit's first day",
+    "after the file's last event",
+    "a malformed stay: discharged before admission",
+    "a malformed stay: no patient_id",
+    "a malformed stay: an unreadable admit_time",
+    "a malformed stay: a date out of range",
+]
+
+
+def test_every_extra_stay_is_tested(encounters: pd.DataFrame):
+    assert list(_extra_stays(encounters)) == EXTRA
+
+
+@pytest.mark.parametrize("where", EXTRA)
 def test_one_extra_stay_changes_no_public_field_of_any_reply(
     tmp_path: Path, encounters: pd.DataFrame, base_replies: list[dict], where: str
 ):
@@ -180,6 +213,110 @@ def test_a_deployed_node_without_a_declared_calendar_refuses_the_same_whatever_t
     assert "calendar" not in base[0]["reason"]  # the reply carries the fixed text, never the data's months
     for where, frame in _extra_stays(encounters).items():
         assert _federation(tmp_path / where.replace(" ", "-"), frame, declared) == base, where
+
+
+def test_validate_still_names_each_malformed_stay(tmp_path: Path, encounters: pd.DataFrame):
+    """The node leaves a malformed stay out; the operator's `medalloc validate` still refuses it, by row and column."""
+    from medalloc_core.validation import validate_file
+
+    for where in [w for w in EXTRA if w.startswith("a malformed stay")]:
+        path = tmp_path / "H.csv"
+        _extra_stays(encounters)[where].to_csv(path, index=False)
+        report = validate_file(path)
+        assert not report.ok, where
+        row = len(encounters) + 2  # the extra stay is the last record; the header is row 1
+        assert any(p.row == row and p.column for p in report.errors), (where, report.errors)
+
+
+def test_a_file_with_one_stay_or_none_answers_alike(tmp_path: Path, encounters: pd.DataFrame):
+    """A header without stays is zero stays, not a refusal: the only stay decides nothing the coordinator sees."""
+    empty = encounters.iloc[:0]
+    none = _federation(tmp_path / "none", empty, CALENDAR)
+    assert all("error" not in r for r in none), none
+    one = _federation(tmp_path / "one", _stay(empty, "medical", pd.Timestamp("2023-03-10 10:00"), 2), CALENDAR)
+    assert one == none
+
+
+def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
+    """OMOP read by the row reader: one visit that ends before it begins, or names a care site that does not exist,
+    is left out before counting (replies identical); `medalloc validate` still names it by table, record, field."""
+    import shutil
+    import sqlite3
+
+    from medalloc_core.sources import validate_source
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    folder = tmp_path / "omop"
+    region = generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80))
+    write_region(region, folder, shape="omop")
+    cdm = folder / "H000.sqlite"
+    calendar = {"calendar-units": "icu,medical,paediatric,surgical", "calendar-start": "2023-01-01"}
+    calendar["calendar-end"] = "2023-04-30"
+    base = _federation(tmp_path / "base", cdm, calendar)
+    assert all("error" not in r for r in base), base
+    visit = "INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+    visit += "visit_start_datetime, visit_end_date, visit_end_datetime, visit_type_concept_id, care_site_id) VALUES "
+    for name, values in {
+        "ends before it begins": "(99000001, 99000001, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-01', "
+        "'2023-03-01 10:00:00', 32817, 1)",
+        "an unknown care site": "(99000002, 99000002, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
+        "'2023-03-12 10:00:00', 32817, 4242)",
+    }.items():
+        bad = tmp_path / name.replace(" ", "-") / "H000.sqlite"
+        bad.parent.mkdir()
+        shutil.copy(cdm, bad)
+        with sqlite3.connect(bad) as connection:
+            connection.execute(visit + values)
+        assert not validate_source(bad).ok, name  # the operator's check stays strict
+        assert _federation(tmp_path / f"{name[:8]}-fed", bad, calendar) == base, name
+
+
+def _daily_variants(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A daily-count file and the same file with one more stay's counts where its own rows end or in a new unit."""
+    last = pd.to_datetime(frame["date"]).max()
+    row = {"admissions": 1, "discharges": 0, "census": 1, "capacity": 10}
+    return {
+        "a unit nobody else used": pd.concat(
+            [frame, pd.DataFrame([{"date": frame["date"].iloc[40], "unit": "NA"} | row])], ignore_index=True
+        ),
+        "after the file's last day": pd.concat(
+            [frame, pd.DataFrame([{"date": f"{last + pd.Timedelta(days=1):%Y-%m-%d}", "unit": "medical"} | row])],
+            ignore_index=True,
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def daily(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    from tests.fed_fixtures import small_region
+
+    region = small_region(tmp_path_factory.mktemp("daily") / "r", hospitals=1, days=150)
+    return pd.read_csv(region / "H000.csv", keep_default_na=False)
+
+
+def test_a_daily_count_file_is_on_its_declared_calendar_too(
+    tmp_path: Path, daily: pd.DataFrame, caplog: pytest.LogCaptureFixture
+):
+    """Its own rows are no more public than a stay file's (an export may skip a unit's empty days): undeclared, a
+    deployed node refuses the same with or without an extra row and names the keys; declared, one more row where
+    the file ends or in a new unit changes no public field of any reply."""
+    with caplog.at_level("ERROR"):
+        base = _federation(tmp_path / "undeclared", daily, {})
+    assert base == [{"error": int(protocol.Refusal.NODE_MISCONFIGURED), "reason": base[0]["reason"]}] * 3
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "(calendar-units, calendar-start, calendar-end missing)" in log
+    assert 'calendar-start="2023-01-01" calendar-end="2023-04-30"' in log  # the file's whole months, to check
+    for where, frame in _daily_variants(daily).items():
+        assert _federation(tmp_path / f"undeclared-{where[:6]}", frame, {}) == base, where
+    declared = {
+        "calendar-units": ",".join(sorted(daily["unit"].unique())),
+        "calendar-start": str(daily["date"].min()),
+        "calendar-end": str(daily["date"].max()),
+    }
+    replies = _federation(tmp_path / "declared", daily, declared)
+    assert all("error" not in r for r in replies), replies
+    for where, frame in _daily_variants(daily).items():
+        assert _federation(tmp_path / f"declared-{where[:6]}", frame, declared) == replies, where
 
 
 def test_a_simulated_nodes_calendar_is_whole_months_of_its_data_and_says_it_is_not_public(
@@ -379,7 +516,9 @@ def base_round_log(encounters: pd.DataFrame, tmp_path_factory: pytest.TempPathFa
     return log
 
 
-@pytest.mark.parametrize("where", ["a unit nobody else used", "after the file's last event"])
+@pytest.mark.parametrize(
+    "where", ["a unit nobody else used", "after the file's last event", "a malformed stay: no patient_id"]
+)
 def test_one_extra_stay_changes_nothing_in_the_coordinators_round_log(
     tmp_path: Path, encounters: pd.DataFrame, base_round_log: list[dict], where: str
 ):

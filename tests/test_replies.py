@@ -15,7 +15,7 @@ from medalloc_core.contract import Frequency, UnitRecords
 from medalloc_core.privacy.release import ReleasePlan, ReleaseStore, release_records
 from medalloc_core.protocol import Refusal
 from medalloc_core.replies import ReplyNotAllowed, check_refusal, check_reply
-from tests.fed_fixtures import record, request, task_identity, train_metrics
+from tests.fed_fixtures import file_calendar, record, request, task_identity, train_metrics
 from tests.test_public_calendar import CALENDAR, MODEL, _config, synthetic_encounters
 
 
@@ -68,7 +68,9 @@ def test_a_refusal_carries_only_its_code_and_fixed_text():
 
 def _node(tmp: Path, data: Path, **extra) -> Context:
     node = {"data-path": str(data), "ledger-path": str(tmp / "ledger.json"), "privacy-epsilon-budget": 4.0}
-    return Context(run_id=1, node_id=5, node_config=node | extra, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1, node_id=5, node_config=node | file_calendar(data) | extra, state=RecordDict(), run_config={}
+    )
 
 
 def _arrays():

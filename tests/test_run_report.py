@@ -23,7 +23,7 @@ from medalloc.server.config import RunConfig
 from medalloc_core import protocol
 from medalloc_core.model_io import FINAL_MODEL_NAME, read_model_files
 from tests.browser import Chromium, chromium_binary
-from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
+from tests.fed_fixtures import TINY, DirectGrid, file_calendar, small_region, task_identity
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "ledger-path": str(root / f"ledger{i}.json"),
             "privacy-epsilon-budget": 0.05 if i == 2 else 20.0,
         }
+        | file_calendar(region / f"H00{i}.csv")
         for i in range(3)
     }
     # the third hospital has already spent its whole budget on a share: it cannot afford its release

@@ -22,7 +22,7 @@ from medalloc_core import model_io
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model
 from medalloc_core.model_io import ModelFileError, load_model, save_model
-from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
+from tests.fed_fixtures import TINY, DirectGrid, file_calendar, small_region, task_identity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,6 +168,7 @@ def test_no_record_reaches_a_log_or_the_coordinators_files(tmp_path: Path, caplo
             "privacy-epsilon-budget": 100.0,
             "privacy-accountant": "rdp",
         }
+        | file_calendar(region / f"H{i:03d}.csv")
         for i in range(3)
     }
     config = {

@@ -15,7 +15,7 @@ from medalloc.server.app import METRICS_FILE, run_federation
 from medalloc.server.checkpoint import latest_checkpoint
 from medalloc.server.config import RunConfig
 from medalloc_core.protocol import Refusal
-from tests.fed_fixtures import TINY, DirectGrid, small_region, task_identity
+from tests.fed_fixtures import TINY, DirectGrid, file_calendar, small_region, task_identity
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,7 @@ def test_a_node_whose_ledger_refuses_is_seen_by_the_server_as_a_refusal(region: 
             "ledger-path": str(tmp_path / f"ledger{i}.json"),
             "privacy-epsilon-budget": 0.05 if i == 2 else 20.0,
         }
+        | file_calendar(region / f"H00{i}.csv")
         for i in range(3)
     }
     # Node 3 has already spent its whole budget (a share): it cannot afford its release.

@@ -19,7 +19,7 @@ from medalloc_core.forecast.features import federation_window_spec
 from medalloc_core.forecast.models import ForecasterConfig, build_model, state_arrays
 from medalloc_core.protocol import Refusal
 from medalloc_core.wire import PACKED_NAME, WireError, pack_arrays, unpack_arrays
-from tests.fed_fixtures import TINY, record, request, small_region, task_identity
+from tests.fed_fixtures import TINY, file_calendar, record, request, small_region, task_identity
 
 SPEC = federation_window_spec(history=TINY["history"], horizon=TINY["horizon"], targets=("admissions", "census"))
 MODEL = ForecasterConfig.for_spec(SPEC, model="mlp", hidden=TINY["hidden"])
@@ -146,6 +146,7 @@ def _train_config() -> dict:
 
 def _context(tmp_path: Path, data: Path) -> Context:
     config = {"data-path": str(data), "ledger-path": str(tmp_path / "ledger.json"), "privacy-epsilon-budget": 20.0}
+    config |= file_calendar(data)  # a deployed node declares its calendar (issue 20)
     return Context(run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={})
 
 

@@ -159,7 +159,7 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
     )
     for label, detail in summary.get("details", []):
         result.add(section, str(label), "ok", str(detail))
-    _calendar(result, node, data.stays)
+    _calendar(result, node, data.stays, data.records)
     if data.records.frequency is not Frequency.DAILY:
         result.add(
             section,
@@ -196,8 +196,8 @@ def _data(result: NodeCheck, node: NodeConfig, spec: WindowSpec) -> None:
     )
 
 
-def _calendar(result: NodeCheck, node: NodeConfig, stays: Any) -> None:
-    """The node's public calendar (issue 20): with stays, a deployed node refuses every round without one."""
+def _calendar(result: NodeCheck, node: NodeConfig, stays: Any, records: Any) -> None:
+    """The node's public calendar (issue 20): a deployed node refuses every round without one, stays or counts."""
     from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, UNIT
     from medalloc_core.privacy.calendar import CalendarError, declared_parts, suggested_calendar
     from medalloc_core.tasks import get_task
@@ -218,21 +218,22 @@ def _calendar(result: NodeCheck, node: NodeConfig, stays: Any) -> None:
             "outside it are left out",
         )
         return
-    if stays is None:
-        result.add("data", "calendar", "ok", "daily counts: the file's own rows (declare calendar-* to fix them)")
-        return
     import pandas as pd
 
-    events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
-    suggested = suggested_calendar(
-        first_event=events.min(), last_event=events.max(), data_units=stays[UNIT].astype(str).unique()
-    )
+    if stays is None:  # daily counts: which rows the export wrote can depend on the counts
+        days = records.frame["date"]
+        suggested = suggested_calendar(first_event=days.min(), last_event=days.max(), data_units=records.units)
+    else:
+        events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
+        suggested = suggested_calendar(
+            first_event=events.min(), last_event=events.max(), data_units=stays[UNIT].astype(str).unique()
+        )
     missing = [k for k, v in zip(keys, (units, start, end), strict=True) if v is None]
     result.add(
         "data",
         "calendar",
         "fail",
-        f"not declared ({', '.join(missing)} missing): a node reading stays refuses every round without its "
+        f"not declared ({', '.join(missing)} missing): a deployed node refuses every round without its "
         "calendar, so that no one patient can change what it reports (docs/privacy.md, 'What is public')",
         "set node-config " + " ".join(f'{k}="{suggested[k]}"' for k in missing) + " (what the data spans, in "
         "whole months: check it against what your hospital may publish)",

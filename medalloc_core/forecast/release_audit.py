@@ -131,13 +131,17 @@ def calendar_check(
 
     ``stays`` has the contract's stay columns (times as datetimes); ``node_settings`` the node's
     calendar keys; ``research`` audits a simulated node's calendar (whole months of the data where
-    undeclared; a deployed node refuses instead). Each case passes when the released (unit, day)
-    grid is the same.
+    undeclared; a deployed node refuses instead). Each version is written as an encounter file and
+    read as a node reads it (``sources.load_node_source``), so a malformed stay is audited too.
+    Each case passes when the released (unit, day) grid is the same (and the file is read at all).
     """
+    import tempfile
     from functools import partial
+    from pathlib import Path
 
-    from medalloc_core.encounters import encounters_to_daily
+    from medalloc_core.contract import DataContractError
     from medalloc_core.privacy.contribution import public_records
+    from medalloc_core.sources import load_node_source
 
     fn = public or partial(public_records, research=research)
     admit = pd.to_datetime(stays["admit_time"])
@@ -150,16 +154,24 @@ def calendar_check(
         ),
         "after the file's last event": _stay(stays, first_unit, last + pd.Timedelta(days=2), 1),
     }
+    malformed = _stay(stays, first_unit, admit.min() + pd.Timedelta(days=45), 1)
+    malformed.loc[len(malformed) - 1, "discharge_time"] = admit.min() + pd.Timedelta(days=40)
+    cases["that is malformed (discharged before admission)"] = malformed
 
-    def grid(frame: pd.DataFrame) -> list[tuple[str, str]]:
-        daily = encounters_to_daily(frame)
-        records = UnitRecords(daily, Frequency.DAILY, "calendar-audit", "encounters")
-        public_counts, _ = fn(records, frame, node_settings, default_nights=14)
+    def grid(frame: pd.DataFrame) -> list[tuple[str, str]] | None:
+        with tempfile.TemporaryDirectory(prefix="medalloc-calendar-audit-") as folder:
+            path = Path(folder) / "stays.csv"
+            frame.to_csv(path, index=False)
+            try:
+                records, read, _ = load_node_source(path)
+            except DataContractError:
+                return None  # the node would refuse this file: a case whose base answers fails
+        public_counts, _ = fn(records, read, node_settings, default_nights=14)
         keys = public_counts.frame[[UNIT, DATE]]
         return list(zip(keys[UNIT].astype(str), keys[DATE].astype(str), strict=True))
 
     base = grid(stays)
-    return CalendarCheck({name: grid(frame) == base for name, frame in cases.items()})
+    return CalendarCheck({name: base is not None and grid(frame) == base for name, frame in cases.items()})
 
 
 @dataclass(frozen=True)

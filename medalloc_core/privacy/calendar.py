@@ -12,17 +12,19 @@ unit's last day (issue 20). So the calendar is fixed before anything is read fro
       calendar-start = "2024-01-01"            # first day
       calendar-end   = "2024-12-31"            # last day
 
-* A **deployed node** whose records carry stays (encounter files, OMOP, FHIR) must declare all
-  three: anything taken from the stays is a function of them, however it is rounded (rounded
-  inward to whole months, one stay still adds a unit or crosses a month boundary; rounded
-  outward, one stay in a new month adds a month). Without them the node refuses with
-  ``node-misconfigured`` and its log names the missing keys, with the values its data would
-  suggest (the whole months of the file and its units) for the operator to check and copy.
-* A **simulated or research** node may leave parts undeclared: they are then taken from the
-  data, rounded inward to whole calendar months (the first whole month starting on or after the
-  first admission to the last whole month ending on or before the last event; the units of the
-  file), and the node logs that this calendar is NOT public. Simulations use it; no deployed
-  node does.
+* A **deployed node** must declare all three, whatever its data: anything taken from the data
+  is a function of it, however it is rounded (rounded inward to whole months, one stay still
+  adds a unit or crosses a month boundary; rounded outward, one stay in a new month adds a
+  month). That holds for a file of daily counts too: which (unit, day) rows an export writes
+  can depend on the counts (a unit or a day with no patient left out), so its own rows are no
+  more public than a stay file's. Without the keys the node refuses with ``node-misconfigured``
+  and its log names the missing keys, with the values its data would suggest (the whole months
+  of the file and its units) for the operator to check and copy.
+* A **simulated or research** node may leave parts undeclared: with stays they are then taken
+  from the data, rounded inward to whole calendar months (the first whole month starting on or
+  after the first admission to the last whole month ending on or before the last event; the
+  units of the file); a file of daily counts keeps its own rows (the generator's calendar). The
+  node logs that this calendar is NOT public. Simulations use it; no deployed node does.
 
 Every unit runs over the same days: a unit with no stay on a day has zero admissions that day,
 which is the truth for an encounter source. Stays outside the calendar are dropped before
@@ -59,7 +61,7 @@ class CalendarError(ValueError):
 
 
 class CalendarNotDeclared(CalendarError):
-    """A deployed node reads patient stays without a declared calendar (names the missing node-config keys)."""
+    """A deployed node has no declared calendar (names the missing node-config keys)."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +127,20 @@ def node_calendar(
     """
     units, start, end = declared_parts(extra)
     undeclared = [k for k, v in ((UNITS_KEY, units), (START_KEY, start), (END_KEY, end)) if v is None]
-    suggested = suggested_calendar(first_event=first_event, last_event=last_event, data_units=data_units)
-    if undeclared and not research:
+    if not undeclared:  # the declared calendar alone: nothing of the data is read (it may hold no stay at all)
+        assert units is not None and start is not None and end is not None
+        return NodeCalendar(units, start, end, declared=True)
+    if pd.isna(first_event) or pd.isna(last_event):
         raise CalendarNotDeclared(
-            f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node reading patient "
-            "stays covers only declared units and days, so that no one patient can change how many examples it "
-            "reports or whether it refuses. Set in the node config "
+            f"the node's calendar is not declared ({', '.join(undeclared)} missing) and its data has no event to "
+            "suggest one from; set them in the node config (docs/privacy.md, 'What is public')"
+        )
+    suggested = suggested_calendar(first_event=first_event, last_event=last_event, data_units=data_units)
+    if not research:
+        raise CalendarNotDeclared(
+            f"the node's calendar is not declared ({', '.join(undeclared)} missing): a deployed node covers only "
+            "declared units and days, whatever its data (stays or daily counts), so that no one patient can change "
+            "how many examples it reports or whether it refuses. Set in the node config "
             + " ".join(f'{k}="{suggested[k]}"' for k in undeclared)
             + " (what this data spans, in whole months: check it against what your hospital may publish; "
             "docs/privacy.md, 'What is public')"
@@ -138,16 +148,15 @@ def node_calendar(
     start = pd.Timestamp(suggested[START_KEY]) if start is None else start
     end = pd.Timestamp(suggested[END_KEY]) if end is None else end
     units = tuple(sorted(str(u) for u in data_units)) if units is None else units
-    if undeclared:
-        logger.warning(
-            "simulated node: its calendar (%s) is taken from the data, rounded to whole months: NOT public (one "
-            "patient can move it by a month or add a unit); a deployed node refuses without %s",
-            ", ".join(undeclared),
-            ", ".join(undeclared),
-        )
+    logger.warning(
+        "simulated node: its calendar (%s) is taken from the data, rounded to whole months: NOT public (one "
+        "patient can move it by a month or add a unit); a deployed node refuses without %s",
+        ", ".join(undeclared),
+        ", ".join(undeclared),
+    )
     # Data shorter than a whole month gives an empty calendar: the windowing then refuses it as too
     # short for the request (data-invalid, naming the run-config keys), like any short series.
-    return NodeCalendar(units, start, end, declared=not undeclared)
+    return NodeCalendar(units, start, end, declared=False)
 
 
 def suggested_calendar(
@@ -185,7 +194,17 @@ def apply_calendar(records: UnitRecords, calendar: NodeCalendar) -> UnitRecords:
     out = indexed[inside].reindex(grid, fill_value=0).astype("int64").reset_index()
     out = out[[DATE, UNIT, *counts]].sort_values([UNIT, DATE]).reset_index(drop=True)
     out[UNIT] = out[UNIT].astype(str)
-    if dropped or filled:
+    if filled and records.shape != "encounters":
+        # A file of daily counts without a row for a declared day: released as 0 (the days are the calendar's,
+        # never the file's rows); if the export is only late, calendar-end should not run past it.
+        logger.warning(
+            "calendar: %d declared unit-day(s) have no row in the daily-count file and count as 0 (released once, "
+            "as 0); if the export is late, set calendar-end to its last complete day (%d row(s) outside the "
+            "calendar left out)",
+            filled,
+            dropped,
+        )
+    elif dropped or filled:
         logger.info(
             "calendar: %d unit-day row(s) outside it left out, %d day(s) without a row set to 0", dropped, filled
         )

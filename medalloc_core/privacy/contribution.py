@@ -291,19 +291,24 @@ def public_counts(
     earlier releases left of the caps.
 
     ``records`` are the source's daily counts; ``stays`` its patient stays (None for a file of
-    daily counts, which is then only put on the declared calendar, if any, and stays per stay).
+    daily counts, which is then only put on the declared calendar and stays per stay).
     Returns the counts to release and the caps they were bounded with (None without patient ids).
     Raises ``CalendarError`` / ``ValueError`` naming the node-config key for a bad setting, and
-    ``CalendarNotDeclared`` when stays are given without a declared calendar unless ``research``
-    (a simulated node: its calendar is then whole months of the data, not public).
+    ``CalendarNotDeclared`` without a declared calendar unless ``research`` (a simulated node: its
+    calendar is then whole months of the stays, or a daily-count file's own rows; not public).
     """
     from medalloc_core.encounters import encounters_to_daily
 
     if stays is None:
-        units, start, end = declared_parts(extra)
-        if units is None and start is None and end is None:
-            return records, None, None
         frame = records.frame
+        units, start, end = declared_parts(extra)
+        if not research:  # a deployed node: its calendar is declared, whatever rows its file has (issue 20)
+            calendar = node_calendar(
+                extra, first_event=frame[DATE].min(), last_event=frame[DATE].max(), data_units=records.units
+            )
+            return apply_calendar(records, calendar), None, None
+        if units is None and start is None and end is None:
+            return records, None, None  # a simulated node's file: the generator's own calendar
         calendar = NodeCalendar(
             units or tuple(records.units),
             start or frame[DATE].min(),

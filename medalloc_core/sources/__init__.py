@@ -21,7 +21,7 @@ from medalloc_core.contract import DataContractError, Frequency, Problem, UnitRe
 from medalloc_core.paths import open_regular
 from medalloc_core.sources.mapping import MappingError, SourceMapping
 from medalloc_core.sources.stays import STAY_COLUMNS
-from medalloc_core.validation import ValidationReport, inspect_file
+from medalloc_core.validation import ValidationReport, inspect_file, load_node_records
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ __all__ = [
     "SourceFormat",
     "SourceMapping",
     "inspect_source",
+    "load_node_source",
     "load_source",
     "validate_source",
 ]
@@ -195,6 +196,42 @@ def load_source(source: DataSource | str | Path) -> SourceData:
     return data
 
 
+def load_node_source(source: DataSource | str | Path) -> tuple[UnitRecords, pd.DataFrame | None, dict[str, int]]:
+    """A source as a node counts it: ``(records, stays or None, stays left out by reason)`` (issue 20).
+
+    A contract encounter file read by the full validator drops each malformed stay before counting
+    (``validation.load_node_records``): whether the node answers must not depend on one stay.
+    Every other source (OMOP, FHIR, a hospital-scale encounter file read by the engine) is read as
+    :func:`load_source` reads it: any error refuses (docs/privacy.md says what that leaves).
+
+    Raises
+    ------
+    DataContractError
+        The structural problems (unreadable, wrong columns, no records), or every problem of a
+        source read strictly.
+    """
+    source = _as_source(source)
+    kind = source.kind()
+    if kind == "contract" and not _for_engine(Path(source.location)):
+        loaded = load_node_records(Path(source.location))
+        return loaded.records, loaded.stays, loaded.left_out
+    if kind == "omop":  # the row reader leaves a malformed record out (a CDM read in SQL is strict)
+        report, data = _inspect(source, node=True)
+        if data is None:
+            raise DataContractError(report.problems)
+        left = int(report.summary.get("left_out", 0))
+        if left:
+            logger.warning(
+                "%s: %d malformed record(s) left out before counting; `medalloc validate` names each by table, "
+                "record and field",
+                source.display,
+                left,
+            )
+        return data.records, data.stays, ({"malformed OMOP records": left} if left else {})
+    data = load_source(source)
+    return data.records, data.stays, {}
+
+
 def _as_source(source: DataSource | str | Path) -> DataSource:
     return source if isinstance(source, DataSource) else DataSource(str(source))
 
@@ -235,7 +272,7 @@ def _for_engine(path: Path) -> bool:
         return False
 
 
-def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
+def _inspect(source: DataSource, *, node: bool = False) -> tuple[ValidationReport, SourceData | None]:
     kind = source.kind()
     if kind == "contract":
         path = Path(source.location)
@@ -267,6 +304,7 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
                 database=database,
                 label=label,
                 timeout_s=source.mapping.engine.statement_timeout_s,
+                lenient=node,
             )
         else:
             from medalloc_core.sources.fhir import read_fhir
@@ -279,7 +317,7 @@ def _inspect(source: DataSource) -> tuple[ValidationReport, SourceData | None]:
     summary["file"] = source.display
     daily = summary.pop("daily", None)
     report = ValidationReport(source.display, problems, summary)
-    if stays is None or daily is None or not report.ok:
+    if stays is None or daily is None or (not report.ok and not node):  # a node's reader left flagged records out
         return report, None
     records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=source.display, shape="encounters")
     return report, SourceData(records, stays[list(STAY_COLUMNS)].reset_index(drop=True), report)

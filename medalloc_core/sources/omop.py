@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -28,6 +29,7 @@ from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.stays import (
     TIME_EXPECTED,
     Findings,
+    NodeFindings,
     _int_or_none,
     empty_stays,
     finish,
@@ -280,7 +282,13 @@ class _Export(_Source):
 
 
 def read_omop(
-    location: str, mapping: OmopMapping, *, database: bool, label: str | None = None, timeout_s: int = 300
+    location: str,
+    mapping: OmopMapping,
+    *,
+    database: bool,
+    label: str | None = None,
+    timeout_s: int = 300,
+    lenient: bool = False,
 ) -> tuple[pd.DataFrame | None, list, dict[str, Any]]:
     """Read a CDM into typed stays, checked record by record.
 
@@ -298,6 +306,10 @@ def read_omop(
     timeout_s
         The longest a query may run (PostgreSQL ``statement_timeout``; SQLite interrupted by a
         progress handler), and the bound on connecting to a server that does not answer.
+    lenient
+        A node's reading (issue 20): a record that breaks a per-record rule is left out (and
+        listed), only a structural problem stops. The row reader only: a CDM read in SQL (of
+        ``SQL_MIN_VISITS`` visits or more) is read strictly.
 
     Returns
     -------
@@ -325,16 +337,18 @@ def read_omop(
                 counted = read_omop_sql(source, mapping)
                 if counted is not None:
                     return counted
-        return _Reader(source, mapping).run()
+        return _Reader(source, mapping, lenient=lenient).run()
     finally:
         source.close()
 
 
 class _Reader:
-    def __init__(self, source: _Source, mapping: OmopMapping) -> None:
+    def __init__(self, source: _Source, mapping: OmopMapping, *, lenient: bool = False) -> None:
         self.source = source
         self.mapping = mapping
-        self.findings = Findings(source.display)
+        # lenient (a node's reading): a record flagged by a per-record check is dropped, not a reason to stop
+        self.lenient = lenient
+        self.findings: Findings = NodeFindings(source.display) if lenient else Findings(source.display)
         self.details: list[tuple[str, str]] = []
         self.summary: dict[str, Any] = {
             "file": source.display,
@@ -386,6 +400,9 @@ class _Reader:
         stays = self._units(stays, sites)
         if stays is None:
             return None, self.findings.problems, self.summary
+        if self.lenient:  # finish() lists a stay that ends before it begins; a node leaves it out
+            backwards = stays[DISCHARGE_TIME].notna() & (stays[DISCHARGE_TIME] < stays[ADMIT_TIME])
+            stays = self._drop(stays, backwards.to_numpy(dtype=bool))
         daily = finish(
             stays,
             self.findings,
@@ -482,10 +499,17 @@ class _Reader:
                 column="visit_concept_id",
             )
             return None
-        return pd.DataFrame({"id": ident, "person": person, "inpatient": inpatient}, index=visits.frame.index)
+        visit = pd.DataFrame({"id": ident, "person": person, "inpatient": inpatient}, index=visits.frame.index)
+        if self.lenient:  # a visit without a usable id or person is left out (a repeated id: every row of it)
+            bad = ident.isna() | ident.duplicated(keep=False) | person.isna()
+            visit = self._drop(visit, bad.to_numpy(dtype=bool))
+        return visit
 
-    def _times(self, table: _Table, ids: pd.Series, which: str, *, required: bool) -> tuple[pd.Series, pd.Series]:
-        """The start or end of each row: ``*_datetime`` when set, else ``*_date``; returns (time, source field)."""
+    def _times(
+        self, table: _Table, ids: pd.Series, which: str, *, required: bool
+    ) -> tuple[pd.Series, pd.Series, pd.Series]:
+        """The start or end of each row: ``*_datetime`` when set, else ``*_date``; returns (time, source field,
+        invalid: a value that could not be read, or an empty required one)."""
         prefix = _TIME_PREFIX[table.name]
         date_col, time_col = f"{prefix}_{which}_date", f"{prefix}_{which}_datetime"
         origin = table.origin(ids)
@@ -513,7 +537,9 @@ class _Reader:
                 time_col if time_col in table.frame else date_col,
                 lambda i: f"empty {time_col} and {date_col}; expected when the stay began ({TIME_EXPECTED})",
             )
-        return result, field
+        if required:
+            bad = bad | result.isna()
+        return result, field, bad
 
     def _stays(self, visits: _Table, visit: pd.DataFrame, details: _Table | None) -> pd.DataFrame | None:
         """Stays of inpatient visits: their visit_detail rows, or the visit itself when it has none."""
@@ -551,9 +577,13 @@ class _Reader:
             )
             if self.findings.has_errors:
                 return None
+            if self.lenient:  # a detail without a usable id, person or visit, or another person's, is left out
+                ok = detail_id.notna() & ~detail_id.duplicated(keep=False) & person.notna() & ~mismatch
+                self._count_left_out(int((used & ~ok).sum()))
+                used = used & ok.fillna(False).astype(bool)
             rows = details.frame.index[used]
-            start, start_field = self._times(_subset(details, rows), detail_id[rows], "start", required=True)
-            end, end_field = self._times(_subset(details, rows), detail_id[rows], "end", required=False)
+            start, start_field, bad_start = self._times(_subset(details, rows), detail_id[rows], "start", required=True)
+            end, end_field, bad_end = self._times(_subset(details, rows), detail_id[rows], "end", required=False)
             parts.append(
                 pd.DataFrame(
                     {
@@ -568,6 +598,8 @@ class _Reader:
                     }
                 ).join(origin.loc[rows])
             )
+            if self.lenient:
+                parts[-1] = self._drop(parts[-1], (bad_start | bad_end).reindex(parts[-1].index).to_numpy(dtype=bool))
             with_detail = visit["id"].isin(parent[used].dropna().unique())
             self.details.append(("stays", f"{len(rows):,} visit_detail rows of inpatient visits"))
         alone = visit.index[inpatient & ~with_detail]
@@ -575,8 +607,10 @@ class _Reader:
             site = self._ids(visits, "care_site_id", required=False) if "care_site_id" in visits.frame else None
             if self.findings.has_errors:
                 return None
-            start, start_field = self._times(_subset(visits, alone), visit.loc[alone, "id"], "start", required=True)
-            end, end_field = self._times(_subset(visits, alone), visit.loc[alone, "id"], "end", required=False)
+            start, start_field, bad_start = self._times(
+                _subset(visits, alone), visit.loc[alone, "id"], "start", required=True
+            )
+            end, end_field, bad_end = self._times(_subset(visits, alone), visit.loc[alone, "id"], "end", required=False)
             origin = visits.origin(visit["id"]).loc[alone]
             parts.append(
                 pd.DataFrame(
@@ -592,6 +626,8 @@ class _Reader:
                     }
                 ).join(origin)
             )
+            if self.lenient:
+                parts[-1] = self._drop(parts[-1], (bad_start | bad_end).reindex(parts[-1].index).to_numpy(dtype=bool))
             what = "inpatient visits without visit_detail" if details is not None else "inpatient visits"
             self.details.append(("stays" if details is None else "stays (also)", f"{len(alone):,} {what}"))
         if self.findings.has_errors:
@@ -599,6 +635,15 @@ class _Reader:
         if not parts:
             return empty_stays()
         return pd.concat(parts, ignore_index=True)
+
+    def _count_left_out(self, n: int) -> None:
+        if n:
+            self.summary["left_out"] = int(self.summary.get("left_out", 0)) + n
+
+    def _drop(self, frame: pd.DataFrame, bad: np.ndarray) -> pd.DataFrame:
+        """``frame`` without the rows ``bad`` flags (a node's lenient reading), counted in summary['left_out']."""
+        self._count_left_out(int(bad.sum()))
+        return frame[~bad]
 
     def _units(self, stays: pd.DataFrame, sites: _Table | None) -> pd.DataFrame | None:
         """Each stay's unit from its care site; stays outside the mapped units are left out."""
@@ -616,6 +661,9 @@ class _Reader:
             )
             if self.findings.has_errors:
                 return None
+            if self.lenient:
+                stays = self._drop(stays, no_site.to_numpy(dtype=bool))
+                no_site = no_site[~no_site]
         elif no_site.any():
             hospital = self.mapping.hospital_unit
             first = no_site.index[no_site.to_numpy()][0]
@@ -674,6 +722,10 @@ class _Reader:
             )
             if self.findings.has_errors:
                 return None
+            if self.lenient:  # a care site that is not in care_site, or has no name: its stays are left out
+                keep = ~(unknown | nameless).to_numpy(dtype=bool)
+                self._count_left_out(int((~keep).sum()))
+                stays, names, no_site = stays[keep], names[keep], no_site[keep]
         names = names.astype(object).where(~no_site, self.mapping.hospital_unit)
         if self.mapping.units:
             units = {str(k): v for k, v in self.mapping.units.items()}

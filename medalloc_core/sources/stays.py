@@ -118,6 +118,36 @@ class Findings:
         return any(p.severity == "error" for p in self.problems)
 
 
+@dataclass
+class NodeFindings(Findings):
+    """A node's reading (issue 20): a per-record error leaves its record out, only a structural one stops.
+
+    Problems found record by record (:meth:`Findings.records`) are still listed, for the node's own
+    log to count; :attr:`has_errors` counts the others only (a missing table or column, a source
+    that cannot be read), so a reader goes on without the records it flagged. The reader drops
+    them itself (``omop._Reader`` in ``lenient`` mode).
+    """
+
+    per_record: set[int] = field(default_factory=set)
+
+    def records(
+        self,
+        frame: pd.DataFrame,
+        mask: pd.Series | np.ndarray,
+        column: str | Callable[[Any], str] | None,
+        describe: Callable[[Any], str],
+        *,
+        severity: Severity = "error",
+    ) -> None:
+        before = len(self.problems)
+        super().records(frame, mask, column, describe, severity=severity)
+        self.per_record.update(id(p) for p in self.problems[before:])
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" and id(p) not in self.per_record for p in self.problems)
+
+
 def show(value: Any) -> str:
     """A value quoted for a message, cut at 40 characters (it may come from a hostile file)."""
     text = str(value)
@@ -277,6 +307,8 @@ def finish(
     if findings.has_errors:
         return None
     if stays.empty:
+        if isinstance(findings, NodeFindings):  # a node: no stay is zero stays on its declared calendar
+            return _no_daily()
         findings.add("no inpatient stay in any unit; expected at least one (check the mapping: docs/data.md)")
         return None
     _warn_overlaps(stays, findings, fields[ADMIT_TIME])
@@ -305,6 +337,18 @@ def _warn_overlaps(stays: pd.DataFrame, findings: Findings, admit_field: Callabl
         record=_str_or_none(stays.at[label, "_record"]),
         column=admit_field(label),
         severity="warning",
+    )
+
+
+def _no_daily() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "date": pd.Series(dtype=DATE_DTYPE),
+            UNIT: pd.Series(dtype=object),
+            "admissions": pd.Series(dtype="int64"),
+            "discharges": pd.Series(dtype="int64"),
+            "census": pd.Series(dtype="int64"),
+        }
     )
 
 

@@ -151,7 +151,18 @@ def _region(folder: Path, hospitals: int) -> list[Path]:
 
 
 def _node_config(data: Path, ledger: Path, hospital: str) -> dict[str, Any]:
-    return {"data-path": str(data), "ledger-path": str(ledger), "privacy-epsilon-budget": 10.0, "hospital-id": hospital}
+    import pandas as pd
+
+    rows = pd.read_csv(data, usecols=["date", "unit"], dtype=str)  # the node's declared calendar: its file's span
+    return {
+        "data-path": str(data),
+        "ledger-path": str(ledger),
+        "privacy-epsilon-budget": 10.0,
+        "hospital-id": hospital,
+        "calendar-units": ",".join(sorted(rows["unit"].unique())),
+        "calendar-start": rows["date"].min(),
+        "calendar-end": rows["date"].max(),
+    }
 
 
 def _run_config(nodes: int, rounds: int, out: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Proc, ProcessHarness, free_port, wait_for_run
+from tests.fed_fixtures import calendar_toml
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_APP = Path(__file__).parent / "toy_app"
@@ -86,6 +87,7 @@ class Nodes:
         node_toml = home / "node.toml"
         node_toml.write_text(
             f'data-path = "{data}"\nledger-path = "{home / "ledger.jsonl"}"\napproved-apps = "{approved}"\n'
+            + calendar_toml(data)
         )
         port = free_port()
         env = self.env(home, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.harness import ProcessHarness, free_port
 from tests.e2e.test_approved_apps import TOY_APP, Nodes
+from tests.fed_fixtures import calendar_toml
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def test_a_supernode_that_cannot_connect_or_is_killed_is_started_again(harness: 
         node_toml = home / "node.toml"
         node_toml.write_text(
             f'data-path = "{region / f"H00{k}.csv"}"\nledger-path = "{home / "ledger.jsonl"}"\n'
-            f'approved-apps = "{approved}"\n'
+            f'approved-apps = "{approved}"\n' + calendar_toml(region / f"H00{k}.csv")
         )
         env = nodes.env(home, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
         argv = [sys.executable, "-m", "medalloc.cli", "node", "start", "--insecure"]

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.harness import GatedNodes, ProcessHarness
 from tests.e2e.harness import jsonl as _lines
-from tests.fed_fixtures import small_region
+from tests.fed_fixtures import file_calendar, small_region
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # its own deadline is 1200 s
 
@@ -35,7 +35,7 @@ def test_the_region_is_summed_under_secagg_on_real_processes(harness: ProcessHar
             "privacy-epsilon-budget": 4.0,
             "node-state-path": str(own / "node-state.json"),
             "region-secure-aggregation": True,  # the node's own consent
-        }
+        } | file_calendar(region / f"H00{i}.csv")
         federation.start_node(str(i), own, config)
     nodes = {int(name): proc for name, proc in federation.nodes.items()}
     superlink = federation.superlink

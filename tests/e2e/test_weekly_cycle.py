@@ -56,6 +56,16 @@ def _start_node(nodes: Nodes, harness: ProcessHarness, home: Path, name: str) ->
     return proc
 
 
+def _node_toml(home: Path, approved: Path, full: pd.DataFrame, last_day: str) -> None:
+    """The node's config: its data, ledger, approvals, budget and declared calendar (its units, up to ``last_day``)."""
+    units = ",".join(sorted(full["unit"].astype(str).unique()))
+    (home / "node.toml").write_text(
+        f'data-path = "{home / "data.csv"}"\nledger-path = "{home / "ledger.json"}"\n'
+        f'approved-apps = "{approved}"\nprivacy-epsilon-budget = 1.0\n'
+        f'calendar-units = "{units}"\ncalendar-start = "{full["date"].min()}"\ncalendar-end = "{last_day}"\n'
+    )
+
+
 def _tails(root: Path) -> str:
     """The last lines of every process's log (what a failed week needs to be understood)."""
     return "".join(
@@ -91,10 +101,7 @@ def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_
             f"approve-{hospital}", "node", "approve", "--app", str(app), "--approved-apps", str(approved), home=home
         )
         full[hospital][full[hospital]["date"] <= days[FIRST_DAYS - 1]].to_csv(home / "data.csv", index=False)
-        (home / "node.toml").write_text(
-            f'data-path = "{home / "data.csv"}"\nledger-path = "{home / "ledger.json"}"\n'
-            f'approved-apps = "{approved}"\nprivacy-epsilon-budget = 1.0\n'
-        )
+        _node_toml(home, approved, full[hospital], days[FIRST_DAYS - 1])
         procs[hospital] = _start_node(nodes, harness, home, f"node-{hospital}")
 
     results = tmp_path / "results"
@@ -109,10 +116,20 @@ def test_weeks_of_appended_data_one_node_restarted(harness: ProcessHarness, tmp_
                     )
                 with (home / "data.csv").open("a") as handle:
                     handle.write(new.to_csv(index=False, header=False))
+                # the operator moves the node's declared calendar to the new week's last day (issue 20: a
+                # deployed node covers only declared days); the SuperNode reads node.toml when it starts
+                _node_toml(home, home / "approved-apps.toml", full[hospital], days[FIRST_DAYS + 7 * (week - 2) + 6])
+            os.killpg(procs[STEADY].pid, signal.SIGTERM)
+            procs[STEADY].popen.wait(timeout=60)
+            procs[STEADY] = _start_node(nodes, harness, homes[STEADY], f"node-{STEADY}-week{week}")
         if week == WEEKS // 2 + 1:  # the restarted node: killed between two weeks, started again
             os.killpg(procs[RESTARTED].pid, signal.SIGKILL)
             procs[RESTARTED].popen.wait(timeout=30)
             procs[RESTARTED] = _start_node(nodes, harness, homes[RESTARTED], f"node-{RESTARTED}-restarted")
+        elif week > 1:
+            os.killpg(procs[RESTARTED].pid, signal.SIGTERM)
+            procs[RESTARTED].popen.wait(timeout=60)
+            procs[RESTARTED] = _start_node(nodes, harness, homes[RESTARTED], f"node-{RESTARTED}-week{week}")
         began = time.monotonic()
         tag = f"2026-W{20 + week:02d}"
         out = harness.run(

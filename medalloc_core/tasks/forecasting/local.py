@@ -20,7 +20,7 @@ from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare
 from medalloc_core.forecast.metrics import mae, wape
 from medalloc_core.forecast.models import ForecasterNet
 from medalloc_core.forecast.training import evaluate, predict
-from medalloc_core.sources import DataSource, load_source
+from medalloc_core.sources import DataSource, load_node_source
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +73,22 @@ def _load(source: DataSource, spec: WindowSpec) -> LocalData:
 
 
 def load_daily(source: DataSource) -> tuple[UnitRecords, pd.DataFrame | None]:
-    """A source's validated daily records and its stays (None without patient ids), not windowed yet.
+    """A source's daily records and its stays (None without patient ids) as a node counts them, not windowed yet.
 
-    Cached like :func:`load_local_data` (on the source's identity and modification times): a node
-    puts these on its public calendar and bounds each patient before anything is windowed.
+    A malformed stay of a contract encounter file is left out and counted in the log
+    (``sources.load_node_source``), never a refusal. Cached like :func:`load_local_data` (on the
+    source's identity and modification times): a node puts these on its public calendar and bounds
+    each patient before anything is windowed.
     """
     key = source.fingerprint()
     cached = _DAILY.get(key) if key is not None else None
     if cached is None:
-        data = load_source(source)
-        if data.records.frequency is not Frequency.DAILY:
+        records, stays, _ = load_node_source(source)
+        if records.frequency is not Frequency.DAILY:
             raise ValueError(
-                f"{source.display}: the federation's model is daily; this file is {data.records.frequency.value}"
+                f"{source.display}: the federation's model is daily; this file is {records.frequency.value}"
             )
-        cached = (data.records, data.stays)
+        cached = (records, stays)
         if key is not None:
             _DAILY[key] = cached
             while len(_DAILY) > _CACHE_SIZE:
