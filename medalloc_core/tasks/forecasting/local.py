@@ -72,16 +72,26 @@ def _load(source: DataSource, spec: WindowSpec) -> LocalData:
     return LocalData(records, prepare_hospital(records, spec), stays)
 
 
-def load_daily(source: DataSource) -> tuple[UnitRecords, pd.DataFrame | None]:
+def load_daily(source: DataSource, *, counts: Path | None = None) -> tuple[UnitRecords, pd.DataFrame | None]:
     """A source's validated daily records and its stays (None without patient ids), not windowed yet.
 
     Cached like :func:`load_local_data` (on the source's identity and modification times): a node
     puts these on its public calendar and bounds each patient before anything is windowed.
+    ``counts`` is the node's count cache folder (``sources.incremental``): the counts persist there
+    between runs, and an encounter file that grew has only its appended rows read.
     """
     key = source.fingerprint()
     cached = _DAILY.get(key) if key is not None else None
     if cached is None:
-        data = load_source(source)
+        if counts is not None:
+            from medalloc_core.sources.incremental import CountCache
+
+            counted = CountCache(counts).read(source)
+            for problem in counted.report.warnings:
+                logger.warning("%s", problem)
+            data = counted.loaded()
+        else:
+            data = load_source(source)
         if data.records.frequency is not Frequency.DAILY:
             raise ValueError(
                 f"{source.display}: the federation's model is daily; this file is {data.records.frequency.value}"
