@@ -98,6 +98,9 @@ def test_appended_stays_are_the_only_rows_read_and_the_counts_equal_a_full_recou
         assert counted.report.ok
         _same_as_full_recount(path, counted)
         written = pd.concat([written, week])
+    # the cache holds patient ids: the node's account alone may read it
+    assert all(f.stat().st_mode & 0o077 == 0 for f in (tmp_path / "counts").iterdir())
+    assert (tmp_path / "counts").stat().st_mode & 0o077 == 0
     # a fresh process (a node restarted) reads the cache from its folder, not the file
     restarted = CountCache(tmp_path / "counts").read(DataSource(str(path)))
     assert restarted.refresh.mode == "unchanged" and restarted.refresh.records_read == 0

@@ -168,7 +168,7 @@ class CountCache:
                 kind="append",
                 offset=size,
                 lines=lines,
-                sha256=digest,
+                sha256=digest.hexdigest(),
                 ends_with_newline=last_byte == b"\n",
                 stat=list(before),
                 last_day=f"{data.records.frame[DATE].max():%Y-%m-%d}",
@@ -197,7 +197,7 @@ class CountCache:
         if now[0] < offset:
             return self._full(source, identity, f"the file shrank ({now[0]:,} bytes, {offset:,} counted)")
         digest, lines, _ = _prefix(path, offset)
-        if digest != state["sha256"]:
+        if digest.hexdigest() != state["sha256"]:
             return self._full(source, identity, "records already counted changed (the file was edited or replaced)")
         if now[0] == offset:  # touched, not grown
             state["stat"] = list(now)
@@ -205,12 +205,19 @@ class CountCache:
             return self._cached(state, Refresh("unchanged", 0, "the file's records are unchanged"))
         if not state["ends_with_newline"]:
             return self._full(source, identity, "the last record counted had no line end and the file grew after it")
-        return self._read_tail(source, identity, state, now, lines)
+        return self._read_tail(source, identity, state, now, lines, digest)
 
     # ------------------------------------------------------------------ appended records
     def _read_tail(
-        self, source: DataSource, identity: dict[str, Any], state: dict[str, Any], now: tuple[int, int], lines: int
+        self,
+        source: DataSource,
+        identity: dict[str, Any],
+        state: dict[str, Any],
+        now: tuple[int, int],
+        lines: int,
+        digest: Any,
     ) -> CountedSource:
+        """Read the bytes after the watermark (hashing them on the way: the new watermark needs no second pass)."""
         path = Path(source.location)
         offset, size = int(state["offset"]), now[0]
         self._ensure_folder()
@@ -221,11 +228,14 @@ class CountCache:
             with _private_file(tail) as out:
                 out.write(header)
                 remaining = size - offset
+                lines_now = lines
                 while remaining > 0:
                     block = handle.read(min(_BLOCK, remaining))
                     if not block:
                         break
                     out.write(block)
+                    digest.update(block)
+                    lines_now += block.count(b"\n")
                     remaining -= len(block)
             handle.seek(max(0, size - 1))
             last_byte = handle.read(1)
@@ -299,12 +309,11 @@ class CountCache:
         report = ValidationReport(str(path), _load(state["warnings"]) + warnings, summary)
         records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=str(path), shape="encounters")
         out = SourceData(records, stays, report)
-        digest, lines_now, _ = _prefix(path, size)
         if _stat(path) == now:  # not grown again while read: record the new watermark
             state.update(
                 offset=size,
                 lines=lines_now,
-                sha256=digest,
+                sha256=digest.hexdigest(),
                 ends_with_newline=last_byte == b"\n",
                 stat=list(now),
                 last_day=f"{daily[DATE].max():%Y-%m-%d}",
@@ -401,8 +410,8 @@ def _appendable(source: DataSource, data: SourceData) -> bool:
         return False
 
 
-def _prefix(path: Path, size: int) -> tuple[str, int, bytes]:
-    """SHA-256 of the file's first ``size`` bytes, the line ends among them, and the last of them."""
+def _prefix(path: Path, size: int) -> tuple[Any, int, bytes]:
+    """SHA-256 (a hashlib object, to go on with) of the file's first ``size`` bytes, their line ends, the last byte."""
     digest = hashlib.sha256()
     lines = 0
     last = b""
@@ -416,7 +425,7 @@ def _prefix(path: Path, size: int) -> tuple[str, int, bytes]:
             lines += block.count(b"\n")
             last = block[-1:]
             remaining -= len(block)
-    return digest.hexdigest(), lines, last
+    return digest, lines, last
 
 
 @contextlib.contextmanager
