@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 #: Bumped whenever the counting rules change: a cache written under another version is recounted.
 COUNTS_VERSION = 1
 _STATE = "state.json"
+#: Stays appended are kept as Parquet parts; past this many they are written again as one.
+_MAX_PARTS = 32
 _BLOCK = 1 << 20
 _ROW_IN_TEXT = re.compile(r"(?<=\brow )(\d+)")
 
@@ -320,7 +322,7 @@ class CountCache:
                 summary=summary,
                 warnings=_dump(report.warnings),
             )
-            self._save(state, out)
+            self._save(state, out, appended=new_stays)
         logger.info("%s: %s", path, refresh.reason)
         return CountedSource(out, report, refresh)
 
@@ -335,30 +337,41 @@ class CountCache:
             return None
         if not isinstance(state, dict) or state.get("version") != COUNTS_VERSION:
             return None
-        names = [state.get("stays"), state.get("daily")]
+        parts = state.get("stays")
+        names = [*(parts if isinstance(parts, list) else [None]), state.get("daily")]
         if not all(isinstance(n, str) and (self.folder / n).is_file() for n in names):
             return None
         return state
 
     def _frames(self, state: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        stays = _typed(pd.read_parquet(self.folder / state["stays"]), state.get("stays_dtypes", {}))
+        parts = [pd.read_parquet(self.folder / name) for name in state["stays"]]
+        stays = _typed(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], state["stays_dtypes"])
         daily = _typed(pd.read_parquet(self.folder / state["daily"]), state.get("daily_dtypes", {}))
         return stays, daily
 
-    def _save(self, state: dict[str, Any], data: SourceData) -> None:
-        """New files under a new generation, then the state record naming them, then the old files removed."""
+    def _save(self, state: dict[str, Any], data: SourceData, appended: pd.DataFrame | None = None) -> None:
+        """New files under a new generation, then the state record naming them, then the old files removed.
+
+        With ``appended`` (the stays an append added) only those are written, as one more part beside
+        the parts already kept (up to :data:`_MAX_PARTS`, then all are written again as one).
+        """
         self._ensure_folder()
         generation = int(state.get("generation", 0)) + 1
         stays = data.stays if data.stays is not None else pd.DataFrame(columns=list(STAY_COLUMNS))
-        names = {"stays": f"stays-{generation}.parquet", "daily": f"daily-{generation}.parquet"}
-        for key, frame in (("stays", stays), ("daily", data.records.frame)):
-            target = self.folder / names[key]
+        kept = list(state.get("stays") or [])
+        if appended is None or not kept or len(kept) >= _MAX_PARTS:
+            kept, appended = [], stays
+        parts = [*kept, f"stays-{generation}.parquet"]
+        daily = f"daily-{generation}.parquet"
+        for name, frame in ((parts[-1], appended), (daily, data.records.frame)):
+            target = self.folder / name
             staged = target.with_name(target.name + ".tmp")
             with _private_file(staged):
                 pass
             frame.to_parquet(staged, index=False)
             os.replace(staged, target)
-        old = {state.get("stays"), state.get("daily")} - {None}
+        old = set(state.get("stays") or []) - set(parts) | ({state["daily"]} if state.get("daily") else set())
+        names = {"stays": parts, "daily": daily}
         state.update(
             version=COUNTS_VERSION,
             generation=generation,
