@@ -10,6 +10,7 @@ Each check runs twice: through the contract's validator (small files) and throug
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -242,3 +243,39 @@ def test_a_node_reads_only_what_its_source_appended_and_releases_only_the_new_da
     store = ReleaseStore.open(folder / "ledger.json.released.csv").frame
     new_days = sorted(set(pd.to_datetime(store["date"])) - set(pd.to_datetime(released["date"])))
     assert new_days[0] == pd.Timestamp("2023-06-30") and new_days[-1] == pd.Timestamp("2023-07-10")
+
+
+def test_a_cache_that_cannot_be_written_costs_the_shortcut_never_the_counts(
+    tmp_path: Path, stays: pd.DataFrame, caplog: pytest.LogCaptureFixture
+):
+    """The cache on a full disk (a real 320 KiB tmpfs): the read still returns the counts, says why it kept none,
+    and the next read, with nothing cached, reads the file in full."""
+    from tests.test_disk_full import DISK_BYTES, Disk
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        disk = Disk(mount)
+        path = tmp_path / "stays.csv"
+        _write(path, stays)
+        (mount / "counts").mkdir()
+        disk.fill()
+        cache = CountCache(mount / "counts")
+        counted = cache.read(DataSource(str(path)))
+        assert counted.refresh.mode == "full"
+        _same_as_full_recount(path, counted)
+        assert "could not be written" in caplog.text
+        assert not (mount / "counts" / "state.json").exists()
+        assert not list((mount / "counts").glob("*.tmp"))
+        again = cache.read(DataSource(str(path)))
+        assert again.refresh.mode == "full" and again.refresh.reason == "no count cache yet"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -177,7 +177,7 @@ class CountCache:
             )
         else:
             state.update(kind="fingerprint", fingerprint=_json(source.fingerprint()))
-        self._save(state, data)
+        self._keep(state, data)
         return CountedSource(data, report, refresh)
 
     def _cached(self, state: dict[str, Any], refresh: Refresh) -> CountedSource:
@@ -203,7 +203,7 @@ class CountCache:
             return self._full(source, identity, "records already counted changed (the file was edited or replaced)")
         if now[0] == offset:  # touched, not grown
             state["stat"] = list(now)
-            self._write_state(state)
+            self._keep(state, None)
             return self._cached(state, Refresh("unchanged", 0, "the file's records are unchanged"))
         if not state["ends_with_newline"]:
             return self._full(source, identity, "the last record counted had no line end and the file grew after it")
@@ -322,7 +322,7 @@ class CountCache:
                 summary=summary,
                 warnings=_dump(report.warnings),
             )
-            self._save(state, out, appended=new_stays)
+            self._keep(state, out, appended=new_stays)
         logger.info("%s: %s", path, refresh.reason)
         return CountedSource(out, report, refresh)
 
@@ -348,6 +348,26 @@ class CountCache:
         stays = _typed(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], state["stays_dtypes"])
         daily = _typed(pd.read_parquet(self.folder / state["daily"]), state.get("daily_dtypes", {}))
         return stays, daily
+
+    def _keep(self, state: dict[str, Any], data: SourceData | None, appended: pd.DataFrame | None = None) -> None:
+        """Save the cache; a write that fails (a full disk) costs the next read its shortcut, never this read."""
+        try:
+            if data is None:
+                self._write_state(state)
+            else:
+                self._save(state, data, appended)
+        except OSError as exc:
+            logger.warning(
+                "the count cache %s could not be written (%s): the counts are right, the next read reads the source "
+                "in full",
+                self.folder,
+                exc,
+            )
+            with contextlib.suppress(OSError):
+                (self.folder / _STATE).unlink()  # a state naming files that were never written is never used
+            for staged in self.folder.glob("*.tmp"):
+                with contextlib.suppress(OSError):
+                    staged.unlink()
 
     def _save(self, state: dict[str, Any], data: SourceData, appended: pd.DataFrame | None = None) -> None:
         """New files under a new generation, then the state record naming them, then the old files removed.
