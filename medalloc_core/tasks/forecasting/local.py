@@ -98,6 +98,8 @@ def load_daily(source: DataSource, *, counts: Path | None = None) -> tuple[UnitR
             )
         cached = (data.records, data.stays)
         if key is not None:
+            for stale in [k for k in _DAILY if isinstance(k, tuple) and k[:3] == key[:3]]:
+                del _DAILY[stale]  # the same source before it changed: its stays are not held twice
             _DAILY[key] = cached
             while len(_DAILY) > _CACHE_SIZE:
                 _DAILY.popitem(last=False)
