@@ -40,6 +40,7 @@ __all__ = [
     "SourceFormat",
     "SourceMapping",
     "inspect_source",
+    "lenient_source",
     "load_node_source",
     "load_source",
     "validate_source",
@@ -230,6 +231,16 @@ def load_node_source(source: DataSource | str | Path) -> tuple[UnitRecords, pd.D
         return data.records, data.stays, ({"malformed OMOP records": left} if left else {})
     data = load_source(source)
     return data.records, data.stays, {}
+
+
+def lenient_source(source: DataSource | str | Path) -> bool:
+    """Whether a node reads ``source`` with :func:`load_node_source` (which leaves a malformed record out of
+    a contract file or an OMOP CDM read row by row) rather than through the strict count cache."""
+    source = _as_source(source)
+    kind = source.kind()
+    if kind == "contract":
+        return not _for_engine(Path(source.location))
+    return kind == "omop"  # load_node_source's own reader: row by row leaves out, a CDM read in SQL refuses
 
 
 def _as_source(source: DataSource | str | Path) -> DataSource:

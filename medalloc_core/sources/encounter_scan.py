@@ -31,7 +31,16 @@ from medalloc_core.contract import (
 )
 from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES, MAX_LINE_BYTES, PARQUET_MAGIC
-from medalloc_core.sources.engine import connect, daily_counts, first_overlap, lines_of_ordinals, quote
+from medalloc_core.sources.engine import (
+    connect,
+    daily_counts,
+    first_overlap,
+    hand_over,
+    handoff,
+    lines_of_ordinals,
+    quote,
+    take_over,
+)
 from medalloc_core.sources.mapping import EngineSettings
 from medalloc_core.validation import (
     DATE_EXPECTED,
@@ -110,83 +119,86 @@ def scan_encounter_file(
     def text(column: str) -> str:
         return f"nullif(trim(CAST({_ident(actual[column])} AS VARCHAR)), '')"
 
-    try:
-        with connect(settings) as connection:
-            names = [r[0] for r in connection.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
-            if [n.lower() for n in names] != lowered:
-                return None
-            connection.execute(
-                f"""
-                CREATE TEMP TABLE t AS
-                WITH raw AS (
-                    SELECT ordinality AS ord, {text(ENCOUNTER_ID)} AS encounter_id, {text(PATIENT_ID)} AS patient_id,
-                           {text(UNIT)} AS unit, {text(ADMIT_TIME)} AS a_text, {text(DISCHARGE_TIME)} AS d_text
-                    FROM {reader} WITH ORDINALITY
-                ), parsed AS (
-                    SELECT *,
-                        CASE WHEN regexp_full_match(a_text, '{DATE_PATTERN}') THEN TRY_CAST(a_text AS TIMESTAMP) END
-                            AS admit,
-                        CASE WHEN regexp_full_match(d_text, '{DATE_PATTERN}') THEN TRY_CAST(d_text AS TIMESTAMP) END
-                            AS discharge
-                    FROM raw
+    with handoff() as handed:  # the stays are read after the engine is closed: its memory, then theirs
+        try:
+            with connect(settings) as connection:
+                names = [r[0] for r in connection.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
+                if [n.lower() for n in names] != lowered:
+                    return None
+                connection.execute(
+                    f"""
+                    CREATE TEMP TABLE t AS
+                    WITH raw AS (
+                        SELECT ordinality AS ord, {text(ENCOUNTER_ID)} AS encounter_id,
+                               {text(PATIENT_ID)} AS patient_id, {text(UNIT)} AS unit,
+                               {text(ADMIT_TIME)} AS a_text, {text(DISCHARGE_TIME)} AS d_text
+                        FROM {reader} WITH ORDINALITY
+                    ), parsed AS (
+                        SELECT *,
+                            CASE WHEN regexp_full_match(a_text, '{DATE_PATTERN}') THEN TRY_CAST(a_text AS TIMESTAMP) END
+                                AS admit,
+                            CASE WHEN regexp_full_match(d_text, '{DATE_PATTERN}') THEN TRY_CAST(d_text AS TIMESTAMP) END
+                                AS discharge
+                        FROM raw
+                    )
+                    SELECT * FROM parsed
+                    """
                 )
-                SELECT * FROM parsed
-                """
-            )
-            in_range = f"BETWEEN TIMESTAMP '{FIRST_DATE}' AND TIMESTAMP '{LAST_DATE}'"
-            conditions = {
-                "no_id": "encounter_id IS NULL",
-                "no_patient": "patient_id IS NULL",
-                "no_unit": "unit IS NULL",
-                "no_admit": "a_text IS NULL",
-                "bad_admit": f"a_text IS NOT NULL AND (admit IS NULL OR NOT admit {in_range})",
-                "bad_discharge": f"d_text IS NOT NULL AND (discharge IS NULL OR NOT discharge {in_range})",
-                "backwards": "discharge < admit",
-                # A later row of an id seen before (the first row of each id is never flagged).
-                "duplicate": "ord > (SELECT min(ord) FROM t AS f WHERE f.encounter_id = t.encounter_id)",
-            }
-            # One pass for the row checks; duplicates counted by a hash of the ids (no window over the file).
-            counts = connection.execute(
-                "SELECT "
-                + ", ".join(f"count(*) FILTER (WHERE {c})" for k, c in conditions.items() if k != "duplicate")
-                + ", count(encounter_id) - count(DISTINCT encounter_id) FROM t"
-            ).fetchall()[0]
-            flagged = dict(zip(conditions, map(int, counts), strict=True))
-            rows, open_stays = connection.execute(
-                "SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM t"
-            ).fetchall()[0]
-            name = str(path)
-            summary: dict[str, Any] = {
-                "file": name,
-                "format": fmt,
-                "shape": "encounters",
-                "rows": int(rows),
-                "columns_ignored": [c for c, low in zip(columns, lowered, strict=True) if low not in ENCOUNTER_COLUMNS],
-            }
-            if any(flagged.values()):
-                if path.stat().st_size <= MAX_FILE_BYTES:
-                    return None  # the contract's reader explains it, in its words
-                problems = _explain(connection, path, fmt, conditions, flagged)
-                summary.update(encounters=int(rows), open_stays=int(open_stays))
-                return ValidationReport(path, problems, summary), None, None
-            daily = daily_counts(connection, "SELECT unit, admit, discharge FROM t")
-            overlaps, first = first_overlap(connection, "SELECT patient_id, admit, discharge, ord FROM t", "ord")
-            problems = []
-            if overlaps:
-                ordinal = int(first[0])
-                patient = connection.execute("SELECT patient_id FROM t WHERE ord = ?", [ordinal]).fetchall()[0][0]
-                problems.append(_overlap_warning(path, fmt, overlaps, ordinal, patient))
-            stays = (
-                connection.sql(
+                in_range = f"BETWEEN TIMESTAMP '{FIRST_DATE}' AND TIMESTAMP '{LAST_DATE}'"
+                conditions = {
+                    "no_id": "encounter_id IS NULL",
+                    "no_patient": "patient_id IS NULL",
+                    "no_unit": "unit IS NULL",
+                    "no_admit": "a_text IS NULL",
+                    "bad_admit": f"a_text IS NOT NULL AND (admit IS NULL OR NOT admit {in_range})",
+                    "bad_discharge": f"d_text IS NOT NULL AND (discharge IS NULL OR NOT discharge {in_range})",
+                    "backwards": "discharge < admit",
+                    # A later row of an id seen before (the first row of each id is never flagged).
+                    "duplicate": "ord > (SELECT min(ord) FROM t AS f WHERE f.encounter_id = t.encounter_id)",
+                }
+                # One pass for the row checks; duplicates counted by a hash of the ids (no window over the file).
+                counts = connection.execute(
+                    "SELECT "
+                    + ", ".join(f"count(*) FILTER (WHERE {c})" for k, c in conditions.items() if k != "duplicate")
+                    + ", count(encounter_id) - count(DISTINCT encounter_id) FROM t"
+                ).fetchall()[0]
+                flagged = dict(zip(conditions, map(int, counts), strict=True))
+                rows, open_stays = connection.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM t"
+                ).fetchall()[0]
+                name = str(path)
+                summary: dict[str, Any] = {
+                    "file": name,
+                    "format": fmt,
+                    "shape": "encounters",
+                    "rows": int(rows),
+                    "columns_ignored": [
+                        c for c, low in zip(columns, lowered, strict=True) if low not in ENCOUNTER_COLUMNS
+                    ],
+                }
+                if any(flagged.values()):
+                    if path.stat().st_size <= MAX_FILE_BYTES:
+                        return None  # the contract's reader explains it, in its words
+                    problems = _explain(connection, path, fmt, conditions, flagged)
+                    summary.update(encounters=int(rows), open_stays=int(open_stays))
+                    return ValidationReport(path, problems, summary), None, None
+                daily = daily_counts(connection, "SELECT unit, admit, discharge FROM t")
+                overlaps, first = first_overlap(connection, "SELECT patient_id, admit, discharge, ord FROM t", "ord")
+                problems = []
+                if overlaps:
+                    ordinal = int(first[0])
+                    patient = connection.execute("SELECT patient_id FROM t WHERE ord = ?", [ordinal]).fetchall()[0][0]
+                    problems.append(_overlap_warning(path, fmt, overlaps, ordinal, patient))
+                hand_over(
+                    connection,
                     "SELECT encounter_id, patient_id, unit, admit AS admit_time, discharge AS discharge_time "
-                    "FROM t ORDER BY ord"
+                    "FROM t ORDER BY ord",
+                    handed,
                 )
-                .to_arrow_table()
-                .to_pandas()
-            )
-    except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        logger.debug("the engine cannot read %s (%s); the contract's reader explains", path, exc)
-        return None
+        except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+            logger.debug("the engine cannot read %s (%s); the contract's reader explains", path, exc)
+            return None
+        stays = take_over(handed)
     for column in (ADMIT_TIME, DISCHARGE_TIME):
         stays[column] = stays[column].astype(DATE_DTYPE)
     summary.update(encounters=int(rows), open_stays=int(open_stays))

@@ -53,6 +53,31 @@ def connect(settings: EngineSettings) -> Iterator[Any]:
             connection.close()
 
 
+@contextlib.contextmanager
+def handoff() -> Iterator[Path]:
+    """A private file that outlives the engine's connection, for the stays it hands to Python.
+
+    The engine writes the stays there as Parquet (:func:`hand_over`) and they are read once the
+    connection is closed (:func:`take_over`): the engine's memory (up to its ``memory_limit``) and
+    the stays' are then held one after the other, never together.
+    """
+    with tempfile.TemporaryDirectory(prefix="medalloc-stays-") as folder:
+        yield Path(folder) / "stays.parquet"
+
+
+def hand_over(connection: Any, sql: str, path: Path) -> None:
+    """Write the rows of ``sql`` to ``path`` (Parquet, in their order)."""
+    connection.execute(f"COPY ({sql}) TO {quote(str(path))} (FORMAT parquet, PRESERVE_ORDER true)")
+
+
+def take_over(path: Path) -> Any:
+    """The rows :func:`hand_over` wrote, as a pandas frame (Arrow buffers released as each column converts)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
 def quote(text: str) -> str:
     """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"

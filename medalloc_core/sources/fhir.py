@@ -42,8 +42,8 @@ from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.io import MAX_FILE_BYTES
 from medalloc_core.paths import check_regular, open_regular, read_regular_bytes
 from medalloc_core.sources.bundle_stream import SplitBundle, bundle_entries, entry_array, split_bundle
-from medalloc_core.sources.engine import connect, lines_of_ordinals
-from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir
+from medalloc_core.sources.engine import connect, handoff, lines_of_ordinals, take_over
+from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir, stays_frame
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
 from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, PROBLEMS_PER_CHECK, Findings, empty_stays, finish, show
 
@@ -194,16 +194,20 @@ def _read_scanned(
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise FhirUnavailable("reading FHIR needs DuckDB: pip install duckdb") from exc
     try:
-        with connect(settings) as connection:
-            scan = scan_fhir(
-                connection,
-                files,
-                bundle=bundle,
-                mapping=mapping,
-                max_line_bytes=MAX_LINE_BYTES,
-                examples=EXPLAINED,
-                split=split,
-            )
+        with handoff() as handed:  # the stays are read once the engine is closed: its memory, then theirs
+            with connect(settings) as connection:
+                scan = scan_fhir(
+                    connection,
+                    files,
+                    bundle=bundle,
+                    mapping=mapping,
+                    max_line_bytes=MAX_LINE_BYTES,
+                    examples=EXPLAINED,
+                    split=split,
+                    handed=handed,
+                )
+            if handed.exists():
+                scan.stays = stays_frame(take_over(handed))
     except _SOURCE_ERRORS(duckdb) as exc:
         if split is not None and split.array:
             raise _ArrayRefused from exc

@@ -27,7 +27,7 @@ import pandas as pd
 
 from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT
 from medalloc_core.sources.bundle_stream import SplitBundle
-from medalloc_core.sources.engine import daily_counts, first_overlap, quote, string_list
+from medalloc_core.sources.engine import daily_counts, first_overlap, hand_over, quote, string_list
 from medalloc_core.sources.mapping import FhirMapping
 
 logger = logging.getLogger(__name__)
@@ -204,8 +204,13 @@ def scan_fhir(
     max_line_bytes: int,
     examples: int,
     split: SplitBundle | None = None,
+    handed: Path | None = None,
 ) -> ScanResult:
     """Scan the files with ``connection`` (see :func:`medalloc_core.sources.engine.connect`).
+
+    With ``handed`` (:func:`medalloc_core.sources.engine.handoff`) the stays are written there
+    and ``result.stays`` is left unset: the caller reads them (:func:`stays_frame` of
+    ``take_over``) after closing the engine, so the two never hold memory together.
 
     Raises ``duckdb.Error`` when the engine cannot read a file as JSON at all (a line that is
     not JSON, a line over ``max_line_bytes``): the caller then explains line by line.
@@ -514,19 +519,23 @@ def scan_fhir(
                 [first[0], first[1], first[2]],
             ).fetchall()
             result.overlap_at = found[0] if found else None
-    table = connection.sql(
-        """
+    stays_sql = """
         SELECT 'Encounter/' || id || '#' || i AS encounter_id, subject AS patient_id, unit,
                admit AS admit_time, discharge AS discharge_time, admit_field AS _admit_field,
                discharge_field AS _discharge_field, file AS _file, ord AS _row, 'Encounter/' || id AS _record
         FROM stays WHERE unit IS NOT NULL ORDER BY file, ord, i
         """
-    ).to_arrow_table()
-    frame = table.to_pandas()
+    if handed is not None:  # read by the caller once the engine is closed (engine.handoff)
+        hand_over(connection, stays_sql, handed)
+        return result
+    result.stays = stays_frame(connection.sql(stays_sql).to_arrow_table().to_pandas())
+    return result
+
+
+def stays_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The scan's stays as the reader keeps them: times typed, the repeated origin texts as categories."""
     for column in ("_admit_field", "_discharge_field", "_file"):
         frame[column] = frame[column].astype("category")
     for column in (ADMIT_TIME, DISCHARGE_TIME):
         frame[column] = frame[column].astype("datetime64[ns]")
-    frame = frame[[ENCOUNTER_ID, PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME, *frame.columns[5:]]]
-    result.stays = frame
-    return result
+    return frame[[ENCOUNTER_ID, PATIENT_ID, UNIT, ADMIT_TIME, DISCHARGE_TIME, *frame.columns[5:]]]

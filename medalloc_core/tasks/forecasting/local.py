@@ -20,7 +20,7 @@ from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare
 from medalloc_core.forecast.metrics import mae, wape
 from medalloc_core.forecast.models import ForecasterNet
 from medalloc_core.forecast.training import evaluate, predict
-from medalloc_core.sources import DataSource, load_node_source
+from medalloc_core.sources import DataSource, lenient_source, load_node_source
 
 logger = logging.getLogger(__name__)
 
@@ -72,24 +72,39 @@ def _load(source: DataSource, spec: WindowSpec) -> LocalData:
     return LocalData(records, prepare_hospital(records, spec), stays)
 
 
-def load_daily(source: DataSource) -> tuple[UnitRecords, pd.DataFrame | None]:
+def load_daily(source: DataSource, *, counts: Path | None = None) -> tuple[UnitRecords, pd.DataFrame | None]:
     """A source's daily records and its stays (None without patient ids) as a node counts them, not windowed yet.
 
-    A malformed stay of a contract encounter file is left out and counted in the log
-    (``sources.load_node_source``), never a refusal. Cached like :func:`load_local_data` (on the
-    source's identity and modification times): a node puts these on its public calendar and bounds
-    each patient before anything is windowed.
+    Cached like :func:`load_local_data` (on the source's identity and modification times): a node
+    puts these on its public calendar and bounds each patient before anything is windowed.
+    ``counts`` is the node's count cache folder (``sources.incremental``): a source read strictly
+    (a hospital-scale encounter file read by the engine, FHIR, an OMOP CDM read in SQL) keeps its
+    counts there between runs, and an encounter file that grew has only its appended rows read. A
+    source the node reads leniently (a contract encounter file small enough for the validator, an
+    OMOP CDM read row by row) is read in full each time, and a malformed stay in it is left out and
+    counted in the log (``sources.load_node_source``), never a refusal (issue 20).
     """
     key = source.fingerprint()
     cached = _DAILY.get(key) if key is not None else None
     if cached is None:
-        records, stays, _ = load_node_source(source)
+        if counts is not None and not lenient_source(source):
+            from medalloc_core.sources.incremental import CountCache
+
+            counted = CountCache(counts).read(source)
+            for problem in counted.report.warnings:
+                logger.warning("%s", problem)
+            data = counted.loaded()
+            records, stays = data.records, data.stays
+        else:
+            records, stays, _ = load_node_source(source)
         if records.frequency is not Frequency.DAILY:
             raise ValueError(
                 f"{source.display}: the federation's model is daily; this file is {records.frequency.value}"
             )
         cached = (records, stays)
         if key is not None:
+            for stale in [k for k in _DAILY if isinstance(k, tuple) and k[:3] == key[:3]]:
+                del _DAILY[stale]  # the same source before it changed: its stays are not held twice
             _DAILY[key] = cached
             while len(_DAILY) > _CACHE_SIZE:
                 _DAILY.popitem(last=False)

@@ -65,6 +65,7 @@ from medalloc_core.protocol import (
 )
 from medalloc_core.simulation import PATIENT_EPSILON
 from medalloc_core.sources import DataSource, MappingError, SourceMapping
+from medalloc_core.sources.incremental import count_cache_folder
 from medalloc_core.tasks.base import (
     FederatedTask,
     NodeReply,
@@ -178,7 +179,9 @@ def _data(node: ForecastNode, spec: WindowSpec) -> tuple[LocalData, PatientCaps 
     """
     source = _source(node)
     try:
-        records, stays = load_daily(source)
+        # a real node keeps its counts beside its ledger and reads only what its source appended since
+        counts = None if node.simulated else count_cache_folder(node.ledger_path)
+        records, stays = load_daily(source, counts=counts)
     except DataContractError as exc:
         # The problems name rows and values of the hospital's data (and how many there are is a
         # statistic of it too): they stay in the node's log.
