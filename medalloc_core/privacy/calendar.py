@@ -12,6 +12,16 @@ unit's last day (issue 20). So the calendar is fixed before anything is read fro
       calendar-start = "2024-01-01"            # first day
       calendar-end   = "2024-12-31"            # last day
 
+  A node that runs for months declares an end that moves instead of a date, read again at
+  every round (the node's config is read once, when the SuperNode starts; these are not):
+
+      calendar-end      = "today-2"            # the node's UTC date minus 2 days, at each round
+      calendar-end-file = "/data/complete-through.txt"  # one date, written by the export job
+
+  Both are public by construction (the node's clock; a date its operator's export job writes
+  after each load), never a function of the stays; days past a moving end join the release
+  as they come in (``continuity``), each released once.
+
 * A **deployed node** must declare all three, whatever its data: anything taken from the data
   is a function of it, however it is rounded (rounded inward to whole months, one stay still
   adds a unit or crosses a month boundary; rounded outward, one stay in a new month adds a
@@ -34,13 +44,16 @@ counting (how many is logged, as a count only).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from medalloc_core.contract import DATE, UNIT, UnitRecords
+from medalloc_core.paths import read_regular_bytes
 
 __all__ = [
     "CalendarError",
@@ -54,6 +67,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UNITS_KEY, START_KEY, END_KEY = "calendar-units", "calendar-start", "calendar-end"
+END_FILE_KEY = "calendar-end-file"
+_TODAY = re.compile(r"today(?:\s*-\s*(\d{1,4}))?")
+MAX_END_FILE_BYTES = 1024  # one date and a newline; anything bigger is not what the export job writes
 
 
 class CalendarError(ValueError):
@@ -83,8 +99,15 @@ class NodeCalendar:
         return pd.MultiIndex.from_product([list(self.units), self.days], names=[UNIT, DATE])
 
 
-def declared_parts(extra: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, pd.Timestamp | None, pd.Timestamp | None]:
-    """The calendar keys of a node's config: units, first day, last day (None where not declared)."""
+def declared_parts(
+    extra: Mapping[str, Any], *, today: pd.Timestamp | None = None
+) -> tuple[tuple[str, ...] | None, pd.Timestamp | None, pd.Timestamp | None]:
+    """The calendar keys of a node's config: units, first day, last day (None where not declared).
+
+    The last day is ``calendar-end`` (a date, or ``today`` / ``today-N``: ``today`` is the node's
+    UTC date now unless given) or the date held by ``calendar-end-file``, read now: called at every
+    round, a long-running node's calendar grows with its clock or its export job.
+    """
     units: tuple[str, ...] | None = None
     raw_units = extra.get(UNITS_KEY)
     if raw_units is not None and str(raw_units).strip():
@@ -92,7 +115,7 @@ def declared_parts(extra: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, pd
         if any(not u for u in names) or len(set(names)) != len(names):
             raise CalendarError(f"{UNITS_KEY}: expected distinct, non-empty unit names separated by commas")
         units = tuple(sorted(names))
-    start, end = _day(extra, START_KEY), _day(extra, END_KEY)
+    start, end = _day(extra, START_KEY), _end(extra, today)
     if start is not None and end is not None and end < start:
         raise CalendarError(f"{END_KEY} {end:%Y-%m-%d} is before {START_KEY} {start:%Y-%m-%d}")
     return units, start, end
@@ -106,6 +129,36 @@ def _day(extra: Mapping[str, Any], key: str) -> pd.Timestamp | None:
         return pd.Timestamp(str(raw).strip()).normalize()
     except (ValueError, TypeError):
         raise CalendarError(f"{key}: expected a date YYYY-MM-DD, got {raw!r}") from None
+
+
+def _end(extra: Mapping[str, Any], today: pd.Timestamp | None) -> pd.Timestamp | None:
+    """The declared last day: a date, ``today-N`` on the node's clock, or the date in ``calendar-end-file``."""
+    raw, file = extra.get(END_KEY), extra.get(END_FILE_KEY)
+    has_raw, has_file = raw is not None and bool(str(raw).strip()), file is not None and bool(str(file).strip())
+    if has_raw and has_file:
+        raise CalendarError(f"declare {END_KEY} or {END_FILE_KEY}, not both")
+    if has_file:
+        return _end_from_file(Path(str(file).strip()).expanduser())
+    if has_raw and (match := _TODAY.fullmatch(str(raw).strip().lower())):
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None) if today is None else pd.Timestamp(today)
+        return now.normalize() - pd.Timedelta(days=int(match[1] or 0))
+    return _day(extra, END_KEY)
+
+
+def _end_from_file(path: Path) -> pd.Timestamp:
+    """The one date ``calendar-end-file`` holds (``YYYY-MM-DD``); any other content names the file and says why."""
+    where = f"{END_FILE_KEY} {path}"
+    try:  # a regular file only, read bounded: a FIFO or a device named here must not hang the round
+        content = read_regular_bytes(path, limit=MAX_END_FILE_BYTES, what="one date YYYY-MM-DD")
+    except OSError as exc:
+        raise CalendarError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    text = content.decode("utf-8", errors="replace").strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise CalendarError(f"{where}: expected one date YYYY-MM-DD, got {text[:40]!r}")
+    try:
+        return pd.Timestamp(text).normalize()
+    except (ValueError, TypeError):
+        raise CalendarError(f"{where}: expected one date YYYY-MM-DD, got {text!r}") from None
 
 
 def node_calendar(
