@@ -45,9 +45,10 @@ def _round(folder: Path, data: Path, extra: dict | None = None, server_round: in
     """One evaluate round of the real ClientApp over ``data``; the reply's error or metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     node = {"data-path": str(data), "ledger-path": str(folder / "ledger.json"), "privacy-epsilon-budget": 4.0}
-    ctx = Context(
-        run_id=1, node_id=5, node_config=node | file_calendar(data) | (extra or {}), state=RecordDict(), run_config={}
-    )
+    declared = file_calendar(data) | (extra or {})  # the file's calendar unless the test declares its own
+    if "calendar-end-file" in declared:
+        declared.pop("calendar-end", None)
+    ctx = Context(run_id=1, node_id=5, node_config=node | declared, state=RecordDict(), run_config={})
     arrays = record(state_arrays(build_model(MODEL, seed=0)))
     reply = handle_evaluate(request(5, arrays, config(server_round), train=False), ctx)
     if reply.has_error():
