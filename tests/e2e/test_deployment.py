@@ -71,16 +71,24 @@ DOC_CALENDAR = (
 
 def own_calendar(node_toml: Path, location: str, mapping: Path) -> None:
     """The hospital's own calendar in place of the page's H000 one, as its operator declares it from what
-    ``medalloc node check`` shows (issue 20: a deployed node reading stays needs one); a daily-count file
-    keeps its own rows."""
+    ``medalloc node check`` shows (issue 20: every deployed node declares one). Stays: their whole months;
+    a daily-count file: exactly its units and days."""
     from medalloc_core.privacy.calendar import suggested_calendar
     from medalloc_core.sources import DataSource, SourceMapping, load_source
 
     text = node_toml.read_text()
     assert all(line in text for line in DOC_CALENDAR), f"the page's node.toml no longer declares {DOC_CALENDAR}"
-    stays = load_source(DataSource(location, "auto", SourceMapping.from_toml(mapping))).stays
+    data = load_source(DataSource(location, "auto", SourceMapping.from_toml(mapping)))
+    stays = data.stays
     if stays is None:
-        own = ["", "", ""]
+        frame = data.records.frame
+        units = ",".join(sorted(frame["unit"].astype(str).unique()))
+        days = pd.to_datetime(frame["date"])
+        own = [
+            f'calendar-units = "{units}"',
+            f'calendar-start = "{days.min():%Y-%m-%d}"',
+            f'calendar-end = "{days.max():%Y-%m-%d}"',
+        ]
     else:
         events = pd.concat([pd.to_datetime(stays["admit_time"]), pd.to_datetime(stays["discharge_time"])]).dropna()
         values = suggested_calendar(
