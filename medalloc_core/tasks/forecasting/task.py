@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from medalloc_core import protocol
-from medalloc_core.contract import DataContractError, Frequency
+from medalloc_core.contract import ADMIT_TIME, DATE, DISCHARGE_TIME, UNIT, DataContractError, Frequency
 from medalloc_core.forecast.features import WindowSpec, federation_window_spec, prepare_hospital
 from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build_from_arrays, build_model, state_arrays
 from medalloc_core.forecast.region import region_from_text, totals_record, with_region
@@ -696,6 +696,20 @@ class ForecastingTask(FederatedTask):
             return p.is_dir() and DataSource(str(p)).kind() != "contract"
 
         return sorted(p for p in folder.iterdir() if is_hospital(p))
+
+    def public_calendar(self, data_path: Path) -> dict[str, str]:
+        """The calendar a node's log suggests for ``data_path`` (its units and whole months), for its operator."""
+        from medalloc_core.privacy.calendar import suggested_calendar
+        from medalloc_core.sources import load_node_source
+
+        records, stays, _ = load_node_source(DataSource(str(data_path)))
+        if stays is not None and len(stays):
+            events = pd.concat([pd.to_datetime(stays[ADMIT_TIME]), pd.to_datetime(stays[DISCHARGE_TIME])]).dropna()
+            first, last, units = events.min(), events.max(), stays[UNIT].astype(str).unique()
+        else:
+            days = pd.to_datetime(records.frame[DATE])
+            first, last, units = days.min(), days.max(), records.frame[UNIT].astype(str).unique()
+        return suggested_calendar(first_event=first, last_event=last, data_units=list(units))
 
     def report(self, sim: SimulationRun) -> dict[str, Any]:
         from medalloc_core.tasks.forecasting.report import forecast_report
