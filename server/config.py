@@ -59,8 +59,9 @@ class RunConfig:
     horizon: int = 14  # H: days forecast (2 weeks)
     hidden: int = 64  # network width; a few thousand windows per hospital need no more
     targets: str = "admissions,census"  # comma-separated target columns
-    # Hybrid only: extra input channels, comma-separated: "weeks" (weekly means of the 28 weeks before the
-    # origin), "year_ago"; "" none. The region channel needs the coordinator to share region totals: not yet.
+    # Hybrid only: input channels beside the weekly means of the 28 weeks before the origin, which it always
+    # reads (its level is smoothed from them), comma-separated: "region" (the other nodes' released totals),
+    # "year_ago"; "" none ("weeks" is accepted and changes nothing).
     context: str = ""
     init: str = "pretrained"  # the hybrid starts from the shipped public weights (no privacy cost); "none": seeded
     # Days each node holds out at the end of every unit: never trained on. 0 = max(horizon, 28).

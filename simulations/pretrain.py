@@ -1,4 +1,4 @@
-"""Reproduce the shipped public weights of the hybrid forecaster (medalloc_core/forecast/pretrained/hybrid-v1.*).
+"""Reproduce the shipped public weights of the hybrid forecaster (medalloc_core/forecast/pretrained/hybrid-v2.*).
 
     python -m simulations.pretrain [--out DIR] [--quick]
 
@@ -7,7 +7,9 @@ from the project's generator with settings drawn from wide ranges (sizes 10-1,50
 double seasonality, no to strong epidemics, 200-800 days, smooth to overdispersed counts), plus
 generic count processes unlike the generator (random weekly profiles, trends, AR noise, level
 shifts, a length-of-stay convolution for census-like series), so the network does not learn
-one generator's habits. About a minute on one CPU thread.
+one generator's habits. Every window carries the weekly means of the 28 weeks before it (the
+hybrid's level is smoothed from them: ``ForecasterConfig.level = "weeks"``). A few minutes on
+one CPU thread.
 
 The privacy_frontier family "regional waves (unseen)" is built outside these ranges (epidemic
 amplitude 1.5, waves every 45-90 days, R0 2.6-3.2, lags up to 28 days): keep it outside when
@@ -28,16 +30,16 @@ import pandas as pd
 import torch
 
 from medalloc_core.contract import ADMISSIONS, CENSUS, DATE, DISCHARGES, UNIT, Frequency, UnitRecords
-from medalloc_core.forecast.features import WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.features import WindowSet, WindowSpec, hybrid_context, prepare_hospital
 from medalloc_core.forecast.forecasters import pooled_windows
-from medalloc_core.forecast.models import ForecasterConfig, build_model
+from medalloc_core.forecast.models import ForecasterConfig, build_model, level_for
 from medalloc_core.forecast.pretrained import PRETRAINED_NAME
 from medalloc_core.forecast.training import TrainConfig, train_local
 from medalloc_core.synthetic import RegionConfig, generate_region
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1"
+VERSION = "2"  # 2: the level smoothed from the weekly means (1: the last week's mean)
 HISTORY, HORIZON = 28, 14  # four weeks in, two weeks out: fits a 100-day clinic and the federation's default
 HIDDEN, LAYERS = 64, 1  # ~4.6k parameters: small enough that DP fine-tuning adds little noise per coordinate
 SEED = 20240601  # the corpus and training seed; benchmark regions use other seeds
@@ -117,6 +119,7 @@ def corpus_windows(hospitals: list[UnitRecords], *, stride: int = STRIDE) -> Win
                 val_periods=HORIZON,
                 test_periods=HORIZON,
                 scaling="window",
+                context=hybrid_context(),
             )
             try:
                 ds = prepare_hospital(records, spec)
@@ -138,7 +141,15 @@ def pretrain(
     windows = corpus_windows(hospitals)
     logger.info("corpus: %d hospitals, %d windows (%.0f s)", len(hospitals), len(windows), time.perf_counter() - began)
     config = ForecasterConfig(
-        model="hybrid", history=HISTORY, horizon=HORIZON, n_features=3, n_targets=1, hidden=HIDDEN, layers=LAYERS
+        model="hybrid",
+        history=HISTORY,
+        horizon=HORIZON,
+        n_features=3 + len(hybrid_context()),
+        n_targets=1,
+        hidden=HIDDEN,
+        layers=LAYERS,
+        context=len(hybrid_context()),
+        level=level_for("hybrid", hybrid_context()),
     )
     model = build_model(config, seed=seed)
     result = train_local(model, windows, config=TrainConfig(epochs=epochs, batch_size=512, lr=2e-3, seed=seed))

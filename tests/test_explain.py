@@ -258,4 +258,5 @@ def test_a_window_scaled_hybrid_is_explained_in_beds_as_medalloc_forecast_makes_
     forecast = forecast_records(saved.model, saved.spec, records, hospital="H000")
     for ex in explanations:
         assert ex.attribution.output == pytest.approx(_p90_mean(forecast, ex.unit), rel=1e-4, abs=1e-3)
-        assert ex.attribution.completeness_gap < 1e-2
+        # within 0.1 % of the forecast number: the smoothed level's softmin curves the path (64 Gauss-Legendre steps)
+        assert ex.attribution.completeness_gap < 1e-3 * abs(ex.attribution.output) + 1e-3

@@ -87,7 +87,9 @@ def test_context_channels_are_named_and_the_spec_travels(region_records: dict[st
     ds = prepare_hospital(region_records["H2"], SPEC)
     names = ds.feature_names
     assert ds.train.X.shape[2] == len(names)
-    assert names[6:12] == tuple(f"{t}_{c}" for c in CONTEXT for t in (ADMISSIONS, CENSUS))
+    in_order = ("weeks", "year_ago", "region")  # whatever order the spec was given: weeks first (the hybrid's level)
+    assert SPEC.context == in_order and sorted(CONTEXT) == sorted(in_order)
+    assert names[6:12] == tuple(f"{t}_{c}" for c in in_order for t in (ADMISSIONS, CENSUS))
     assert WindowSpec.from_dict(SPEC.to_dict()) == SPEC
     with pytest.raises(ValueError, match="context"):
         WindowSpec(scaling="window", context=("tomorrow",))
@@ -131,11 +133,13 @@ def test_the_run_configs_context_reaches_the_federations_model_and_its_windows()
     from medalloc.server.config import RunConfig, RunConfigError
     from medalloc_core.tasks.forecasting.task import ForecastingTask
 
-    run = RunConfig.from_mapping({"context": "weeks"})
+    run = RunConfig.from_mapping({"context": "region"})
     model = ForecastingTask().model(run, {})
-    assert model.config.context == 1 and model.spec.context == ("weeks",)
+    assert model.config.context == 2 and model.spec.context == ("weeks", "region")
     assert WindowSpec.from_dict(model.spec.to_dict()) == model.spec  # what nodes receive
-    assert ForecastingTask().model(RunConfig(), {}).spec.context == ()  # the default reads no context
+    default = ForecastingTask().model(RunConfig(), {})  # the hybrid always reads the weekly means: its level
+    assert default.spec.context == ("weeks",) and default.config.level == "weeks"
+    assert ForecastingTask().model(RunConfig.from_mapping({"context": "weeks"}), {}).spec == default.spec
     for bad in ({"context": "tomorrow"}, {"context": "weeks", "model": "mlp", "init": "none"}):
         with pytest.raises(RunConfigError, match="context"):
             RunConfig.from_mapping(bad)

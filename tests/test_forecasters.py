@@ -25,6 +25,7 @@ from medalloc_core.forecast.forecasters import (
     adaptive_batch_size,
     make_forecaster,
 )
+from medalloc_core.forecast.models import SES_ALPHAS, SES_SHARPNESS, smoothed_level
 from medalloc_core.synthetic import RegionConfig, generate_region
 
 HISTORY, HORIZON, WEEKS = 14, 7, 4  # tiny: 4 held-out weeks, 4 origins a week apart
@@ -212,7 +213,7 @@ def test_unknown_forecaster_is_named():
 
 
 def test_untrained_hybrid_equals_its_classical_forecast(hospitals):
-    """Zero-initialised correction: the untrained network is last week's level plus the weekly profile."""
+    """Zero-initialised correction: the untrained network is the smoothed weekly level plus the weekly profile."""
     hospital = next(iter(hospitals.values()))
     origins = rolling_origins(hospital)
     forecaster = NeuralForecaster(model="hybrid", epochs=1).fit({hospital.name: hospital})
@@ -223,8 +224,9 @@ def test_untrained_hybrid_equals_its_classical_forecast(hospitals):
         for p in untrained.model_.out.parameters():
             p.zero_()
     q = untrained.predict(hospital, origins)
-    # The classical median by hand from the raw series: last 7 days' mean + the weekday's deviation
-    # over up to 26 whole weeks before the origin.
+    # The classical median by hand from the raw series: the weekly means of up to L whole weeks before
+    # the origin, exponentially smoothed with the weight of the smallest one-week-ahead error, + the
+    # weekday's deviation over up to 26 whole weeks.
     series = (
         hospital.records.frame[hospital.records.frame[UNIT] == origins.units[0]]
         .set_index(DATE)[ADMISSIONS]
@@ -235,9 +237,33 @@ def test_untrained_hybrid_equals_its_classical_forecast(hospitals):
     weeks = min(26, t // 7)
     block = past[t - 7 * weeks :].reshape(weeks, 7)
     profile = (block - block.mean(1, keepdims=True)).mean(0)
-    expected = past[-7:].mean() + profile[np.arange(HORIZON) % 7]
+    k = min(HISTORY, t // 7)  # the weeks channel holds as many weeks as the window has days
+    means = past[t - 7 * k :].reshape(k, 7).mean(1)
+    levels, errors = [], []
+    for alpha in SES_ALPHAS:
+        level, error = means[0], 0.0
+        for mean in means[1:]:
+            error += abs(mean - level)
+            level += alpha * (mean - level)
+        levels.append(level)
+        errors.append(error)
+    weights = np.exp(-SES_SHARPNESS * np.array(errors) / np.mean(errors))  # softmin of the relative errors
+    level = float(np.dot(weights / weights.sum(), levels))
+    assert untrained.model_.config.level == "weeks"
+    expected = level + profile[np.arange(HORIZON) % 7]
     np.testing.assert_allclose(q[0, :, 0, 1], np.clip(expected, 0, None), rtol=1e-4, atol=1e-4)
     assert forecaster.train_result_ is not None and forecaster.train_result_.steps > 0
+
+
+def test_the_weekly_level_is_smooth_when_weeks_are_noisy_and_follows_a_shift():
+    """One noisy week does not move the level; a lasting shift does; weeks before the series are skipped."""
+    noisy = torch.tensor([[[1.0, -1.0] * 14]])  # (B=1, T=1, L=28): stable around 0, last week -1
+    assert abs(float(smoothed_level(noisy))) < 0.3
+    shifted = torch.tensor([[[0.5] * 20 + [5.0] * 8]])
+    assert float(smoothed_level(shifted)) == pytest.approx(5.0, abs=0.05)
+    seen = torch.tensor([[3.0, 1.0, 2.0, 4.0, 3.0, 2.5]])
+    late = torch.cat([torch.zeros(1, 22), seen], dim=-1)  # a series that began 6 weeks before the origin
+    assert float(smoothed_level(late[None])) == pytest.approx(float(smoothed_level(seen[None])))
 
 
 def test_adaptive_batch_keeps_several_batches_per_epoch(caplog):

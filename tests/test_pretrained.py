@@ -13,7 +13,7 @@ from medalloc_core.forecast.pretrained import PRETRAINED_NAME, PretrainedMismatc
 
 
 def _config(**kw) -> ForecasterConfig:
-    base = dict(model="hybrid", history=28, horizon=14, n_features=7, n_targets=2, hidden=64)
+    base = dict(model="hybrid", history=28, horizon=14, n_features=9, n_targets=2, hidden=64, context=1, level="weeks")
     return ForecasterConfig(**(base | kw))
 
 
@@ -24,6 +24,7 @@ def test_shipped_weights_are_small_versioned_and_load_for_any_target_set():
     assert info["version"] and info["reproduce"] == "python -m simulations.pretrain"
     two = load_pretrained(_config())
     one = load_pretrained(_config(n_features=5, n_targets=1))  # admissions only: same weights
+    assert info["config"]["level"] == "weeks" and info["config"]["context"] == 1  # the level smoothed from weeks
     for a, b in zip(two.state_dict().values(), one.state_dict().values()):
         assert torch.equal(a, b)
     assert any(p.abs().sum() > 0 for p in two.out.parameters())  # trained, not the zero initialisation
@@ -35,6 +36,8 @@ def test_shipped_weights_are_small_versioned_and_load_for_any_target_set():
 def test_a_model_of_another_shape_is_refused_with_the_setting_to_change():
     with pytest.raises(PretrainedMismatch, match=r"history=56 \(weights: 28\)"):
         load_pretrained(_config(history=56))
+    with pytest.raises(PretrainedMismatch, match=r"level='week' \(weights: 'weeks'\).*context 'weeks'"):
+        load_pretrained(_config(context=0, level="week", n_features=7))  # a hybrid without the weekly means
 
 
 @pytest.mark.slow

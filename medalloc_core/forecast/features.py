@@ -40,7 +40,9 @@ YEAR = 364  # the year-ago channel looks 52 weeks back (same weekday)
 # "region": the region's released total (other hospitals; REGION_PREFIX + target columns of the
 # records) over the window, scaled by its own window statistics; "weeks": the weekly means of the
 # L weeks before the origin (a multi-scale view: about half a year for L = 28) in window units.
-CONTEXTS = ("year_ago", "region", "weeks")
+# A spec keeps them in this order whatever order it is given, so "weeks" is always the first group
+# (the hybrid's level is smoothed from it: ForecasterConfig.level).
+CONTEXTS = ("weeks", "year_ago", "region")
 REGION_PREFIX = "region_"
 # The WindowSpec fields a federation varies: sent to nodes each round and stored in model files.
 WIRE_KEYS = ("history", "horizon", "targets", "val_periods", "test_periods")
@@ -118,7 +120,7 @@ class WindowSpec:
             raise ValueError(f"WindowSpec.context={context!r}; use distinct names from {CONTEXTS}")
         if context and self.scaling != "window":
             raise ValueError("WindowSpec.context needs scaling='window' (the hybrid model's channels)")
-        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "context", tuple(sorted(context, key=CONTEXTS.index)))
 
     def resolved(self, frequency: Frequency) -> WindowSpec:
         """Return a copy with every ``None`` replaced by the default for ``frequency``."""
@@ -719,6 +721,16 @@ def forecast_inputs(records: UnitRecords, dataset: HospitalDataset) -> WindowSet
 WINDOW_SCALED_MODELS = frozenset({"hybrid"})
 
 
+def hybrid_context(context: Sequence[str] = ()) -> tuple[str, ...]:
+    """The context channels a hybrid model reads: the weekly means always, plus ``context``.
+
+    The hybrid's level is exponentially smoothed from the weekly means of the half year before the
+    origin (``ForecasterConfig.level = "weeks"``), and its public weights were trained so: a hybrid
+    without them would forecast from one noisy week. ``WindowSpec`` checks the names and orders them.
+    """
+    return ("weeks", *(c for c in context if c != "weeks"))
+
+
 def federation_window_spec(
     *,
     history: int,
@@ -747,5 +759,5 @@ def federation_window_spec(
         val_periods=val_periods or held_out,
         test_periods=test_periods or held_out,
         scaling=scaling,
-        context=context if scaling == "window" else (),
+        context=hybrid_context(context) if scaling == "window" else (),
     )

@@ -23,12 +23,19 @@ from torch import nn
 from medalloc_core.contract import Frequency
 from medalloc_core.forecast.features import WindowSpec
 
+LEVELS = ("week", "weeks")  # ForecasterConfig.level
 _INT_FIELDS = ("history", "horizon", "n_features", "n_targets", "hidden", "layers", "channels", "kernel_size", "levels")
 # Bounds that keep even *describing* a model cheap (building it on the meta device to count its
 # parameters makes one module per layer): far above any forecaster of hospital counts.
 _DEPTH_FIELDS = ("layers", "levels")
 _MAX_DEPTH = 64
 _MAX_WIDTH = 1_000_000
+
+
+def level_for(model: str, context: tuple[str, ...]) -> str:
+    """``ForecasterConfig.level`` for a model reading ``context`` (a ``WindowSpec.context``): a hybrid
+    whose first context group is the weekly means smooths its level from them."""
+    return "weeks" if model == "hybrid" and context[:1] == ("weeks",) else "week"
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,10 @@ class ForecasterConfig:
     kernel_size: int = 3  # TCN kernel; 2 convs per block, dilations 1,2,4,8: receptive field 1+2*2*15 = 61 >= L
     levels: int = 4  # TCN residual blocks, dilation 2**i
     dropout: float = 0.0  # off: DP noise already regularises, and dropout makes DP steps noisier
-    context: int = 0  # hybrid: context channel groups after the level (WindowSpec.context: year-ago, region)
+    context: int = 0  # hybrid: context channel groups after the level (WindowSpec.context: weeks, year-ago, region)
+    # hybrid: where the classical level comes from. "week": the last week's mean (the window's loc);
+    # "weeks": exponential smoothing of the weekly means in context group 0 (WindowSpec.context "weeks").
+    level: str = "week"
 
     def __post_init__(self) -> None:
         # A config also comes from a model file's JSON sidecar: every field is checked for its
@@ -78,6 +88,11 @@ class ForecasterConfig:
         ):
             raise ValueError(f"ForecasterConfig.context={self.context!r} must be a whole number from 0 to 8")
         object.__setattr__(self, "context", int(self.context))
+        if self.level not in LEVELS or (self.level == "weeks" and (self.model != "hybrid" or self.context < 1)):
+            raise ValueError(
+                f"ForecasterConfig.level={self.level!r}: one of {LEVELS}; 'weeks' needs the hybrid model with the "
+                "weekly means as its first context group (WindowSpec.context 'weeks')"
+            )
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"ForecasterConfig.dropout={dropout!r} must be in [0, 1)")
@@ -104,6 +119,7 @@ class ForecasterConfig:
             n_targets=len(resolved.targets),
             hidden=hidden,
             context=len(resolved.context),
+            level=level_for(model, resolved.context),
         )
 
     @classmethod
@@ -251,12 +267,17 @@ class HybridForecaster(ForecasterNet):
     with shared weights (channel-independent), so one set of weights serves admissions-only
     hospitals and ones with admissions and census; covariate channels are ignored.
 
-    The classical part (no parameters): the last week's level plus the long weekly profile —
-    "last week's level, this weekday's usual deviation", an additive Holt-Winters with fixed
-    smoothing — and a P10/P90 band of the standard-normal quantiles in units of the window's
-    spread. The network (``layers`` x (Linear, GELU), then a zero-initialised Linear) reads
-    the window, the profile and the level and adds a correction to the median and log-scale
-    corrections to the gaps between quantiles. Untrained, the model *is* the classical
+    The classical part (no parameters): a level plus the long weekly profile — "the usual level,
+    this weekday's usual deviation", an additive Holt-Winters — and a P10/P90 band of the
+    standard-normal quantiles in units of the window's spread. The level is the last week's
+    mean (``level = "week"``) or, with ``level = "weeks"``, simple exponential smoothing of the
+    weekly means of the half year before the origin (context group 0), its smoothing weight
+    chosen per window and target from ``SES_ALPHAS`` by (a softmin of) the one-week-ahead errors
+    over those weeks: one week of admissions is a noisy level, and the weight that suits a stable
+    clinic (small) is wrong after a shift (large). The network (``layers`` x (Linear, GELU),
+    then a zero-initialised Linear) reads the window, its context channels, the profile and the
+    level and adds a correction to the median and log-scale corrections to the gaps between
+    quantiles. Untrained, the model *is* the classical
     forecast; a hospital unlike anything in training still gets at least the classical
     forecast's shape. Quantiles cannot cross (cumulative softplus gaps).
     """
@@ -289,9 +310,9 @@ class HybridForecaster(ForecasterNet):
         self.register_buffer("gap_bias", _inv_softplus(z[1:] - z[:-1]), persistent=False)
         self.register_buffer("season_index", torch.arange(config.horizon) % 7, persistent=False)
 
-    def classical(self, u: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
-        """``(B, T, L)`` window and ``(B, T, 7)`` profile of its last week -> ``(B, T, H)``."""
-        level = u[..., -7:].mean(-1, keepdim=True)  # (B, T, 1)
+    def classical(self, u: torch.Tensor, profile: torch.Tensor, weeks: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, L)`` window, ``(B, T, 7)`` profile of its last week, ``(B, T, L)`` weekly means -> ``(B, T, H)``."""
+        level = u[..., -7:].mean(-1, keepdim=True) if weeks is None else smoothed_level(weeks)  # (B, T, 1)
         return level + profile[..., self.season_index]  # forecast day h has the weekday of input L-7+(h%7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,8 +325,9 @@ class HybridForecaster(ForecasterNet):
         u = x[:, :, :T].transpose(1, 2)  # (B, T, L)
         profile = x[:, -7:, T : 2 * T].transpose(1, 2)  # (B, T, 7)
         log_level = x[:, -1:, 2 * T : 3 * T].transpose(1, 2)  # (B, T, 1)
-        base = self.classical(u, profile)  # (B, T, H)
-        extra = [x[:, :, (3 + k) * T : (4 + k) * T].transpose(1, 2).clamp(-20.0, 20.0) for k in range(K)]
+        context = [x[:, :, (3 + k) * T : (4 + k) * T].transpose(1, 2) for k in range(K)]  # K x (B, T, L)
+        base = self.classical(u, profile, context[0] if c.level == "weeks" else None)  # (B, T, H)
+        extra = [channel.clamp(-20.0, 20.0) for channel in context]
         inputs = torch.cat(
             [u.clamp(-20.0, 20.0), *extra, profile.clamp(-20.0, 20.0), log_level], dim=-1
         )  # the clamp bounds a freak window
@@ -315,6 +337,33 @@ class HybridForecaster(ForecasterNet):
         up = mid + torch.cumsum(F.softplus(raw[..., a + 1 :] + self.gap_bias[a:]), dim=-1)
         down = mid - torch.cumsum(F.softplus(raw[..., :a] + self.gap_bias[:a]).flip(-1), dim=-1).flip(-1)
         return torch.cat([down, mid, up], dim=-1).transpose(1, 2)  # (B, H, T, Q)
+
+
+SES_ALPHAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # the smoothing weights the hybrid's "weeks" level chooses from
+SES_SHARPNESS = 10.0  # softmin over their relative errors: 10 % more error than average weighs e^-1 as much
+
+
+def smoothed_level(weeks: torch.Tensor, alphas: tuple[float, ...] = SES_ALPHAS) -> torch.Tensor:
+    """``(B, T, L)`` weekly means, oldest first -> ``(B, T, 1)``: their exponentially smoothed level.
+
+    Weeks before the series began are zeros before the first non-zero week (``weeks_channel``) and
+    are skipped. Each row mixes the levels of the weights in ``alphas`` (``1.0`` is the last week
+    itself) by a softmin of their sums of one-week-ahead absolute errors, relative to the mean sum
+    (``SES_SHARPNESS``): in effect the best weight, but continuous in the input, so gradient-based
+    explanations of the forecast still add up. Parameter-free and deterministic.
+    """
+    a = torch.tensor(alphas, dtype=weeks.dtype, device=weeks.device)  # (A,)
+    seen = torch.cumsum((weeks != 0).to(weeks.dtype), dim=-1) > 0  # (B, T, L): from the first known week on
+    level = torch.zeros(*weeks.shape[:-1], len(alphas), dtype=weeks.dtype, device=weeks.device)
+    error = torch.zeros_like(level)
+    started = torch.zeros(*weeks.shape[:-1], 1, dtype=torch.bool, device=weeks.device)
+    for i in range(weeks.shape[-1]):
+        w, known = weeks[..., i : i + 1], seen[..., i : i + 1]  # (B, T, 1)
+        error = error + torch.where(known & started, (w - level).abs(), torch.zeros_like(level))
+        level = torch.where(known, torch.where(started, level + a * (w - level), w.expand_as(level)), level)
+        started = started | known
+    relative = error / (error.mean(-1, keepdim=True) + 1e-6)  # scale-free: 1 = the average weight's error
+    return (level * torch.softmax(-SES_SHARPNESS * relative, dim=-1)).sum(-1, keepdim=True)
 
 
 # Private: the networks ForecasterConfig.model selects. Add an architecture here; it is then

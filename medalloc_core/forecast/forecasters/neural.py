@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from medalloc_core.forecast.features import SeriesScaler, WindowSet, WindowSpec, prepare_hospital
+from medalloc_core.forecast.features import SeriesScaler, WindowSet, WindowSpec, hybrid_context, prepare_hospital
 from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Origins, pooled_windows
 from medalloc_core.forecast.metrics import DEFAULT_QUANTILES
-from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays, build_model
+from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays, build_model, level_for
 from medalloc_core.forecast.models import ForecasterNet as Network
 from medalloc_core.forecast.training import (
     DPConfig,
@@ -59,9 +59,9 @@ class NeuralForecaster(Forecaster):
     seed : int, default 0
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
     context : sequence of str, default ()
-        Hybrid only: the context channels it reads (``WindowSpec.context``: ``"year_ago"``,
-        ``"region"``; the region needs ``region_<target>`` columns in the records, see
-        ``medalloc_core.forecast.region``).
+        Hybrid only: the context channels it reads beside the weekly means it always reads
+        (``features.hybrid_context``): ``"year_ago"``, ``"region"``; the region needs
+        ``region_<target>`` columns in the records, see ``medalloc_core.forecast.region``.
 
     Attributes
     ----------
@@ -114,7 +114,7 @@ class NeuralForecaster(Forecaster):
     def model_spec(self, spec: WindowSpec) -> WindowSpec:
         """The task's spec with the scaling this model needs."""
         if self.model == "hybrid":
-            return replace(spec, scaling="window", context=self.context)
+            return replace(spec, scaling="window", context=hybrid_context(self.context))
         return replace(spec, scaling="series", context=())
 
     def model_config(self, hospital: HospitalData) -> ForecasterConfig:
@@ -131,6 +131,7 @@ class NeuralForecaster(Forecaster):
             hidden=self.hidden,
             layers=self.layers,
             context=len(ds.spec.context),
+            level=level_for(self.model, ds.spec.context),
         )
 
     def initial_model(self, config: ForecasterConfig) -> Network:

@@ -1,6 +1,6 @@
 """Public pretrained weights of the hybrid forecaster: trained on synthetic regions only, so free of privacy cost.
 
-``hybrid-v1.safetensors`` holds the network's parameters and ``hybrid-v1.json`` the
+``hybrid-v2.safetensors`` holds the network's parameters and ``hybrid-v2.json`` the
 ``ForecasterConfig`` fields they fit, the version and how they were made. They are reproduced,
 bit for bit on the same machine and library versions, by ``python -m simulations.pretrain``
 (docs/forecasting.md). No hospital's record was used: every training series comes from
@@ -21,10 +21,14 @@ from medalloc_core.forecast.models import ForecasterConfig, ForecasterNet, build
 
 __all__ = ["PRETRAINED_NAME", "PretrainedMismatch", "load_pretrained", "pretrained_info"]
 
-PRETRAINED_NAME = "hybrid-v1"
-# The fields that shape the parameters; n_features and n_targets do not (the hybrid is
-# channel-independent and reads only target channels), so one file serves every target set.
-_SHAPE_FIELDS = ("model", "history", "horizon", "quantiles", "hidden", "layers", "context")
+PRETRAINED_NAME = "hybrid-v2"
+# The fields that shape the parameters (or, for the level, what they mean); n_features and n_targets
+# do not (the hybrid is channel-independent and reads only target channels), so one file serves
+# every target set.
+_SHAPE_FIELDS = ("model", "history", "horizon", "quantiles", "hidden", "layers", "context", "level")
+
+
+_UNSET = {"level": "week"}  # a field's value in weights stored before it existed
 
 
 class PretrainedMismatch(ValueError):
@@ -39,8 +43,9 @@ def pretrained_info(name: str = PRETRAINED_NAME) -> dict[str, Any]:
 
 def _grows(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Context channels the weights were not trained with start with zero weight: the model then
-    forecasts exactly as the weights do until training teaches it to read them."""
-    return bool(stored.get("context", 0) == 0 and wanted["context"] > 0 and wanted["model"] == "hybrid")
+    forecasts exactly as the weights do until training teaches it to read them. The weights' own
+    groups come first in ``wanted`` (canonical order: the weekly means, then the others)."""
+    return bool(wanted["model"] == "hybrid" and wanted["context"] > stored.get("context", 0))
 
 
 def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
@@ -51,12 +56,13 @@ def check_fits(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> None:
     diff = [
         f"{k}={wanted[k]!r} (weights: {stored.get(k, 0)!r})"
         for k in _SHAPE_FIELDS
-        if wanted[k] != stored.get(k, 0) and not (k == "context" and grow)
+        if wanted[k] != stored.get(k, _UNSET.get(k, 0)) and not (k == "context" and grow)
     ]
     if diff:
         raise PretrainedMismatch(
             f"the pretrained weights {name} do not fit: {', '.join(diff)}; set history/horizon/hidden to the "
-            "weights' values, or start from untrained weights (init = none)"
+            "weights' values (the hybrid reads the weekly means: context 'weeks'), or start from untrained "
+            "weights (init = none)"
         )
 
 
@@ -77,10 +83,11 @@ def load_pretrained(config: ForecasterConfig, name: str = PRETRAINED_NAME) -> Fo
     state = load(blob)
     state = {k: v.to(torch.float32) for k, v in state.items()}
     if _grows(pretrained_info(name)["config"], config.to_dict()):
-        first = state["body.0.weight"]  # (hidden, L + 7 + 1): window, profile, level
+        first = state["body.0.weight"]  # (hidden, L * (1 + stored) + 7 + 1): window, context, profile, level
         L = config.history
-        zeros = torch.zeros(first.shape[0], L * config.context)
-        state["body.0.weight"] = torch.cat([first[:, :L], zeros, first[:, L:]], dim=1)
+        have = L * (1 + int(pretrained_info(name)["config"].get("context", 0)))
+        zeros = torch.zeros(first.shape[0], L * (1 + config.context) - have)
+        state["body.0.weight"] = torch.cat([first[:, :have], zeros, first[:, have:]], dim=1)
     model.load_state_dict(state, strict=True)
     return model
 
