@@ -63,7 +63,7 @@ def test_simulate_with_the_region_on_files_of_different_lengths(tmp_path: Path, 
     out = tmp_path / "out"
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["nodes"] == {"sampled": 3, "accepted": 3} for r in rounds if r["round"] > 0)
-    assert json.loads((out / "final_model.json").read_text())["window-spec"]["context"] == ["region"]
+    assert json.loads((out / "final_model.json").read_text())["window-spec"]["context"] == ["weeks", "region"]
     # every node shared its released totals with the coordinator (round 0's evaluation collects them)
     shared = [r.getMessage() for r in caplog.records if "shares its released totals" in r.getMessage()]
     assert len(shared) == 3, caplog.text
