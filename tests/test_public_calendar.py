@@ -237,14 +237,30 @@ def test_a_file_with_one_stay_or_none_answers_alike(tmp_path: Path, encounters: 
     assert one == none
 
 
-def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
-    """OMOP read by the row reader: one visit that ends before it begins, or names a care site that does not exist,
-    is left out before counting (replies identical); `medalloc validate` still names it by table, record, field."""
+@pytest.mark.parametrize("size", ["row reader", "hospital scale (SQL)"])
+def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str):
+    """OMOP: one visit that ends before it begins, or names a care site that does not exist, is left out before
+    counting (replies identical); `medalloc validate` still names it by table, record, field. At hospital scale
+    (SQL_MIN_VISITS, here lowered to 0) a clean CDM is counted in SQL, and one with a flagged record is read by the
+    row reader, leniently, on a node (strictly, in SQL, by `medalloc validate`)."""
     import shutil
     import sqlite3
 
-    from medalloc_core.sources import validate_source
+    from medalloc_core.sources import omop_sql, validate_source
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    sql_reads: list[bool] = []
+    if size != "row reader":
+        monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 0)
+        monkeypatch.setattr(omop_sql, "ROW_READER_MAX_VISITS", 0)  # validate explains in SQL, as at that size
+        real = omop_sql.read_omop_sql
+
+        def recorded(database, mapping, **kwargs):
+            counted = real(database, mapping, **kwargs)
+            sql_reads.append(counted is not None)
+            return counted
+
+        monkeypatch.setattr(omop_sql, "read_omop_sql", recorded)
 
     folder = tmp_path / "omop"
     region = generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80))
@@ -254,6 +270,7 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
     calendar["calendar-end"] = "2023-04-30"
     base = _federation(tmp_path / "base", cdm, calendar)
     assert all("error" not in r for r in base), base
+    assert sql_reads == ([] if size == "row reader" else [True])  # the clean CDM: counted in SQL at that size
     visit = "INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
     visit += "visit_start_datetime, visit_end_date, visit_end_datetime, visit_type_concept_id, care_site_id) VALUES "
     for name, values in {
