@@ -186,10 +186,10 @@ def scan_encounter_file(
                     + ", count(encounter_id) - count(DISTINCT encounter_id) FROM t"
                 ).fetchall()[0]
                 flagged = dict(zip(conditions, map(int, counts), strict=True))
-                kept, left_out = "t", {}
+                kept, left_out = "t", dict[str, int]()
                 if lenient:  # a node: the stays that break a per-record rule are left out, counted by reason
-                    flagged = dict.fromkeys(flagged, 0)
-                    kept, left_out = _leave_out(connection, conditions, counts=dict(zip(conditions, counts)))
+                    kept, left_out = _leave_out(connection, conditions, flagged)
+                    flagged = dict.fromkeys(flagged, 0)  # nothing is explained: nothing refuses
                 rows = connection.execute("SELECT count(*) FROM t").fetchall()[0][0]
                 encounters, open_stays = connection.execute(
                     f"SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM {kept}"
