@@ -246,7 +246,7 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path, monke
     import shutil
     import sqlite3
 
-    from medalloc_core.sources import omop_sql, validate_source
+    from medalloc_core.sources import load_node_source, omop_sql, validate_source
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
 
     sql_reads: list[bool] = []
@@ -278,6 +278,8 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path, monke
         "'2023-03-01 10:00:00', 32817, 1)",
         "an unknown care site": "(99000002, 99000002, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
         "'2023-03-12 10:00:00', 32817, 4242)",
+        "no person": "(99000003, NULL, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
+        "'2023-03-12 10:00:00', 32817, 1)",
     }.items():
         bad = tmp_path / name.replace(" ", "-") / "H000.sqlite"
         bad.parent.mkdir()
@@ -285,7 +287,17 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path, monke
         with sqlite3.connect(bad) as connection:
             connection.execute(visit + values)
         assert not validate_source(bad).ok, name  # the operator's check stays strict
+        del sql_reads[:]
         assert _federation(tmp_path / f"{name[:8]}-fed", bad, calendar) == base, name
+        if size != "row reader":
+            # a stay's own problem is left out in SQL; a record without a person goes to the row reader, leniently
+            assert sql_reads == [name != "no person"], (name, sql_reads)
+            records, _, left_out = load_node_source(bad)
+            monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 10**9)
+            by_rows, _, by_rows_left_out = load_node_source(bad)
+            monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 0)
+            assert left_out == by_rows_left_out == {"of visit_occurrence or visit_detail": 1}, name
+            pd.testing.assert_frame_equal(records.frame, by_rows.frame, check_dtype=False)
 
 
 MALFORMED = [w for w in EXTRA if w.startswith("a malformed stay")]
