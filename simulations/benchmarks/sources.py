@@ -1,7 +1,7 @@
 """Benchmark: a node reading its own source at hospital scale, beside DuckDB doing the same aggregation.
 
 ``python -m simulations.benchmarks.sources [--sizes 0.1,1,10] [--sources csv,parquet,...]
-[--postgres-url postgresql://USER@HOST/DB] [--readings validate,node]``
+[--postgres-url postgresql://USER@HOST/DB] [--readings validate,node,malformed]``
 
 One small hospital is generated once (the synthetic generator, a year of encounters); each
 size is that hospital copied with new encounter and patient ids until it holds the number of
@@ -19,7 +19,10 @@ day's rows (1/365 of them) are appended: seconds of that refresh alone (the firs
 not timed, but is in the peak memory), beside DuckDB aggregating the whole file. ``--readings
 validate,node`` times each source both ways, in a row each: ``validate`` as ``load_source`` reads it
 (strict: what `medalloc validate` checks), ``node`` as a node counts it (issue 20:
-``inspect_node_source``, a count cache with ``lenient=True``; a malformed record left out in the engine).
+``inspect_node_source``, a count cache with ``lenient=True``; a malformed record left out in the engine),
+``malformed`` as a node counts a copy of the file with one malformed record added (a stay without its
+patient, an Encounter without its subject, a visit that ends before it begins; not for csv-append
+and omop-postgres): what leaving it out costs.
 """
 
 from __future__ import annotations
@@ -379,6 +382,56 @@ def _drop_schema(url: str, schema: str) -> None:
         connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def _with_malformed(kind: str, path: Path, out: Path) -> Path | None:
+    """A copy of the source with one malformed record added (None for a kind that has none here)."""
+    bad = out / ("malformed-" + path.name)
+    if kind == "csv":
+        shutil.copy(path, bad)
+        with bad.open("a") as handle:
+            handle.write("E-malformed,,icu,2023-03-10 10:00:00,2023-03-12 10:00:00\n")  # no patient_id
+    elif kind == "parquet":
+        import duckdb
+
+        duckdb.connect().execute(
+            f"COPY (SELECT * FROM read_parquet('{path}') UNION ALL SELECT 'E-malformed', NULL, 'icu', "
+            f"'2023-03-10 10:00:00', '2023-03-12 10:00:00') TO '{bad}' (FORMAT parquet)"
+        )
+    elif kind == "fhir-ndjson":
+        shutil.copytree(path, bad)
+        with (bad / "Encounter.ndjson").open("a") as handle:
+            handle.write(json.dumps(_MALFORMED_ENCOUNTER) + "\n")
+    elif kind == "fhir-bundle":  # written by _write_fhir: it ends with "\n]}\n"
+        with path.open("rb") as source, bad.open("wb") as handle:
+            shutil.copyfileobj(source, handle)
+            handle.seek(-4, os.SEEK_END)
+            handle.truncate()
+            handle.write(b',\n{"resource": ' + json.dumps(_MALFORMED_ENCOUNTER).encode() + b"}\n]}\n")
+    elif kind == "omop-sqlite":
+        shutil.copy(path, bad)
+        with sqlite3.connect(bad) as connection:
+            columns = [r[1] for r in connection.execute("PRAGMA table_info(visit_occurrence)")]
+            row = list(connection.execute("SELECT * FROM visit_occurrence LIMIT 1").fetchone())
+            row[columns.index("visit_occurrence_id")] = 10**15
+            for column, value in (("visit_end_date", "1999-01-01"), ("visit_end_datetime", "1999-01-01 00:00:00")):
+                if column in columns:
+                    row[columns.index(column)] = value
+            connection.execute(f"INSERT INTO visit_occurrence VALUES ({', '.join('?' * len(row))})", row)
+    else:
+        return None
+    return bad
+
+
+#: An inpatient Encounter without its subject: a malformed record the scan flags.
+_MALFORMED_ENCOUNTER = {
+    "resourceType": "Encounter",
+    "id": "malformed-1",
+    "status": "finished",
+    "class": {"code": "IMP"},
+    "period": {"start": "2023-03-10T10:00:00+00:00", "end": "2023-03-12T10:00:00+00:00"},
+    "location": [{"location": {"reference": "Location/x", "display": "icu"}}],
+}
+
+
 def _size_mb(path: Path) -> float:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.iterdir()) / 2**20
@@ -402,12 +455,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--readings",
         default="validate",
-        help="comma-separated: validate (load_source, strict), node (as a node counts it, issue 20)",
+        help="comma-separated: validate (load_source, strict), node (as a node counts it, issue 20), "
+        "malformed (as a node, one malformed record added)",
     )
     args = parser.parse_args(argv)
     readings = [r.strip() for r in args.readings.split(",") if r.strip()]
-    if not readings or set(readings) - {"validate", "node"}:
-        parser.error(f"--readings takes validate and/or node, got {args.readings!r}")
+    if not readings or set(readings) - {"validate", "node", "malformed"}:
+        parser.error(f"--readings takes validate, node and/or malformed, got {args.readings!r}")
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     kinds = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = sorted(set(kinds) - set(SOURCES))
@@ -478,6 +532,12 @@ def main(argv: list[str] | None = None) -> None:
                             path = _write_encounters(stays, math.ceil(limit / len(stays)), limit, out, "csv")
                             tail = _split_last_day(path, max(1, limit // BASE_DAYS))
                         ours = _measured([_APPEND, str(path), *settings, str(tail), reading], args.timeout)
+                    elif reading == "malformed":
+                        bad = _with_malformed(kind, path, out)
+                        if bad is None:
+                            continue
+                        ours = _measured([_READ, str(bad), *settings, "node"], args.timeout)
+                        shutil.rmtree(bad) if bad.is_dir() else bad.unlink()
                     else:
                         ours = _measured([_READ, str(path), *settings, reading], args.timeout)
                     results.append((reading, ours))
