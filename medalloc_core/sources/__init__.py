@@ -210,7 +210,8 @@ def inspect_node_source(source: DataSource | str | Path) -> tuple[ValidationRepo
     ``summary["left_out"]`` counts what was left out, by reason (:func:`left_out_of`); its problems are the
     structural ones (unreadable, no such columns or tables) that still refuse, and data is None then.
     `medalloc validate` reads with :func:`inspect_source`: strict, every record named. An OMOP CDM large
-    enough to be read in SQL (``omop_sql.SQL_MIN_VISITS`` visits) is still read strictly (docs/privacy.md).
+    enough to be read in SQL (``omop_sql.SQL_MIN_VISITS`` visits) leaves a flagged stay out in SQL, and goes
+    to the lenient row reader when its ids are flagged (docs/privacy.md).
     """
     return _inspect(_as_source(source), node=True)
 
@@ -231,8 +232,7 @@ def load_node_source(source: DataSource | str | Path) -> tuple[UnitRecords, pd.D
     Raises
     ------
     DataContractError
-        The structural problems (unreadable, wrong columns, no records), or every problem of a
-        source still read strictly (an OMOP CDM read in SQL).
+        The structural problems (unreadable, wrong columns, no tables or records).
     """
     source = _as_source(source)
     report, data = inspect_node_source(source)

@@ -308,9 +308,9 @@ def read_omop(
         progress handler), and the bound on connecting to a server that does not answer.
     lenient
         A node's reading (issue 20): a record that breaks a per-record rule is left out (and
-        listed), only a structural problem stops. The row reader does it: a CDM of ``SQL_MIN_VISITS``
-        visits or more is counted in SQL when nothing is flagged, and read by the row reader,
-        leniently, when something is (``omop_sql.read_omop_sql``).
+        listed), only a structural problem stops. A CDM of ``SQL_MIN_VISITS`` visits or more is
+        counted in SQL, a flagged stay left out there; flagged ids send it to this row reader,
+        leniently (``omop_sql.read_omop_sql``).
 
     Returns
     -------

@@ -82,7 +82,7 @@ def load_daily(source: DataSource, *, counts: Path | None = None) -> tuple[UnitR
     file that grew has only its appended rows read; any other source (a contract file small enough for
     the validator, OMOP) is read in full at each change. Either way a malformed record is left out
     before counting and counted by reason in the log, never a refusal (issue 20:
-    ``sources.inspect_node_source``); only an OMOP CDM read in SQL is still read strictly.
+    ``sources.inspect_node_source``).
     """
     key = source.fingerprint()
     cached = _DAILY.get(key) if key is not None else None
