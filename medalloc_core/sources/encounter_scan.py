@@ -190,10 +190,10 @@ def scan_encounter_file(
                 if lenient:  # a node: the stays that break a per-record rule are left out, counted by reason
                     kept, left_out = _leave_out(connection, conditions, flagged)
                     flagged = dict.fromkeys(flagged, 0)  # nothing is explained: nothing refuses
-                rows = connection.execute("SELECT count(*) FROM t").fetchall()[0][0]
                 encounters, open_stays = connection.execute(
                     f"SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM {kept}"
                 ).fetchall()[0]
+                rows = encounters + sum(left_out.values())  # every record read, those left out too
                 name = str(path)
                 summary: dict[str, Any] = {
                     "file": name,

@@ -525,19 +525,19 @@ def main(argv: list[str] | None = None) -> None:
                 settings = [args.memory_limit, str(args.threads)]
                 results: list[tuple[str, dict[str, Any]]] = []
                 for n, reading in enumerate(readings):
-                    if kind == "omop-postgres":
+                    if reading == "malformed":  # a copy with one malformed record, read as a node reads
+                        bad = _with_malformed(kind, path, out)
+                        if bad is None:  # csv-append, omop-postgres: not measured this way
+                            continue
+                        ours = _measured([_READ, str(bad), *settings, "node"], args.timeout)
+                        shutil.rmtree(bad) if bad.is_dir() else bad.unlink()
+                    elif kind == "omop-postgres":
                         ours = _measured([_READ, args.postgres_url, *settings, reading, schema], args.timeout)
                     elif kind == "csv-append":
                         if n:  # the cache's first refresh appended the tail: cut it off again for this reading
                             path = _write_encounters(stays, math.ceil(limit / len(stays)), limit, out, "csv")
                             tail = _split_last_day(path, max(1, limit // BASE_DAYS))
                         ours = _measured([_APPEND, str(path), *settings, str(tail), reading], args.timeout)
-                    elif reading == "malformed":
-                        bad = _with_malformed(kind, path, out)
-                        if bad is None:
-                            continue
-                        ours = _measured([_READ, str(bad), *settings, "node"], args.timeout)
-                        shutil.rmtree(bad) if bad.is_dir() else bad.unlink()
                     else:
                         ours = _measured([_READ, str(path), *settings, reading], args.timeout)
                     results.append((reading, ours))
