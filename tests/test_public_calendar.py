@@ -331,6 +331,11 @@ def test_an_encounter_file_read_by_the_engine_leaves_a_malformed_stay_out_too(
     assert calls and all(c == {"lenient": True} for c in calls), calls
     assert (tmp_path / "with" / "ledger.json.counts" / "state.json").is_file()
     assert other == base_replies
+    if where in MALFORMED:  # `medalloc validate` reads the same file strictly and names the stay's row
+        from medalloc_core.sources import validate_source
+
+        report = validate_source(tmp_path / "with" / "H.csv")
+        assert not report.ok and any(p.row == len(encounters) + 2 and p.column for p in report.errors), where
 
 
 def _fhir_encounter(**changes) -> dict:
