@@ -162,7 +162,8 @@ def load_node_records(path: Path) -> NodeRecords:
     ``encounter_id`` is not used for counting, so an empty or repeated one drops nothing. What is
     refused is structural, not a function of one stay: a file that cannot be read, missing
     columns, a header without records; and a file of daily counts with any error (a count row is
-    an aggregate of the unit's day, which one stay cannot make malformed).
+    an aggregate of the unit's day, which one stay cannot make malformed). The reasons are
+    :data:`LEFT_OUT_REASONS`; the caller logs the counts (:func:`log_left_out`).
 
     Raises
     ------
@@ -186,17 +187,17 @@ def load_node_records(path: Path) -> NodeRecords:
     admit = _parse_dates(frame, ADMIT_TIME, findings, required=True)
     discharge = _parse_dates(frame, DISCHARGE_TIME, findings, required=False)
     bad_discharge = _text(frame, DISCHARGE_TIME).notna() & discharge.isna()
-    reasons = {
-        "without patient_id": patient_id.isna(),
-        "without unit": units.isna(),
-        "with an empty or invalid admit_time": admit.isna(),
-        "with an invalid discharge_time": bad_discharge,
-        "discharged before admission": (discharge < admit).fillna(False),
+    masks = {
+        NO_PATIENT: patient_id.isna(),
+        NO_UNIT: units.isna(),
+        BAD_ADMIT: admit.isna(),
+        BAD_DISCHARGE: bad_discharge,
+        BACKWARDS: (discharge < admit).fillna(False),
     }
     bad = pd.Series(False, index=frame.index)
     left_out: dict[str, int] = {}
-    for reason, mask in reasons.items():
-        mask = mask.astype(bool) & ~bad  # each stay counted once, under its first reason
+    for reason in LEFT_OUT_REASONS:
+        mask = masks[reason].astype(bool) & ~bad  # each stay counted once, under its first reason
         if mask.any():
             left_out[reason] = int(mask.sum())
         bad |= mask
@@ -212,16 +213,36 @@ def load_node_records(path: Path) -> NodeRecords:
     ).reset_index(drop=True)
     daily = encounters_to_daily(stays) if len(stays) else _empty_daily()
     records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=path, shape="encounters")
-    if left_out:
-        logger.warning(
-            "%s: %d malformed stay(s) left out before counting (%s); `medalloc validate %s` names each by row and "
-            "column",
-            path,
-            sum(left_out.values()),
-            ", ".join(f"{v} {k}" for k, v in left_out.items()),
-            path,
-        )
     return NodeRecords(records, stays, left_out)
+
+
+# Why a node leaves a stay of an encounter file out before counting (issue 20), in the order a stay is counted
+# under the first that applies. The validator's reading (load_node_records) and the engine's
+# (sources.encounter_scan, lenient) count by these names, so a node's log reads alike whatever its file's size.
+NO_PATIENT = "without patient_id"
+NO_UNIT = "without unit"
+BAD_ADMIT = "with an empty or invalid admit_time"
+BAD_DISCHARGE = "with an invalid discharge_time"
+BACKWARDS = "discharged before admission"
+LEFT_OUT_REASONS: tuple[str, ...] = (NO_PATIENT, NO_UNIT, BAD_ADMIT, BAD_DISCHARGE, BACKWARDS)
+
+
+def log_left_out(where: str | Path, left_out: dict[str, int], *, named_by: str = "row and column") -> None:
+    """The node's own log line for what its reading left out: how many, by reason, never which (issue 20).
+
+    Every lenient reader (contract files, the engine's encounter and FHIR scans, OMOP) logs through
+    here; ``medalloc validate`` names each record (``named_by``: how it names them).
+    """
+    if not left_out:
+        return
+    logger.warning(
+        "%s: %d malformed record(s) left out before counting (%s); `medalloc validate %s` names each by %s",
+        where,
+        sum(left_out.values()),
+        ", ".join(f"{n} {reason}" for reason, n in left_out.items()),
+        where,
+        named_by,
+    )
 
 
 def _empty_daily() -> pd.DataFrame:

@@ -197,6 +197,44 @@ def test_problems_in_appended_rows_name_the_files_own_rows_and_nothing_is_cached
     _same_as_full_recount(path, counted)
 
 
+def test_a_nodes_cache_leaves_malformed_stays_out_of_the_file_and_of_what_is_appended(
+    tmp_path: Path, stays: pd.DataFrame, reader: str
+):
+    """Issue 20 on a node (``lenient=True``): a malformed stay, counted in full or appended, is left out and
+    counted by reason (the validator's reasons, whichever reader), never a refusal; an appended stay that repeats a
+    counted ``encounter_id`` is no error (a node does not count by it). The counts are a full recount's as a node
+    reads the file (``load_node_source``); the same file read strictly refuses."""
+    from medalloc_core.sources import load_node_source
+
+    path, cache = tmp_path / "stays.csv", CountCache(tmp_path / "counts", lenient=True)
+    _write(path, stays.iloc[:200])
+    with path.open("a") as handle:
+        handle.write("E-bad-1,,icu,2023-02-01 10:00,2023-02-03 10:00\n")  # no patient_id
+    first = cache.read(DataSource(str(path)))
+    assert first.refresh.mode == "full" and first.left_out == {"without patient_id": 1}
+    _append(path, stays.iloc[200:210])
+    with path.open("a") as handle:
+        handle.write("E-bad-2,P-x,icu,02/01/2025 10:00,\n")  # not an ISO time
+        handle.write("E-bad-3,P-y,icu,2023-03-05 10:00,2023-03-01 10:00\n")  # discharged before admission
+        handle.write(_text(stays.iloc[[5]].assign(patient_id="P-z"), header=False))  # a counted encounter_id again
+    counted = cache.read(DataSource(str(path)))
+    assert counted.refresh.mode == "appended" and counted.refresh.records_read == 13, counted.refresh
+    assert counted.left_out == {
+        "without patient_id": 1,
+        "with an empty or invalid admit_time": 1,
+        "discharged before admission": 1,
+    }
+    records, kept, left_out = load_node_source(DataSource(str(path)))
+    assert left_out == counted.left_out
+    assert counted.data is not None and kept is not None
+    pd.testing.assert_frame_equal(counted.data.records.frame, records.frame)
+    pd.testing.assert_frame_equal(counted.data.stays[COLUMNS].reset_index(drop=True), kept[COLUMNS])
+    again = CountCache(tmp_path / "counts", lenient=True).read(DataSource(str(path)))
+    assert again.refresh.mode == "unchanged" and again.left_out == counted.left_out  # kept with the counts
+    strict = CountCache(tmp_path / "strict").read(DataSource(str(path)))
+    assert strict.data is None and not strict.report.ok  # what `medalloc validate` and a strict read say
+
+
 def test_sources_that_are_not_appended_to_are_read_again_only_when_they_change(tmp_path: Path, stays: pd.DataFrame):
     path, cache = tmp_path / "stays.parquet", CountCache(tmp_path / "counts")
     stays.iloc[:500].to_parquet(path, index=False)

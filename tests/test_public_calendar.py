@@ -237,14 +237,30 @@ def test_a_file_with_one_stay_or_none_answers_alike(tmp_path: Path, encounters: 
     assert one == none
 
 
-def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
-    """OMOP read by the row reader: one visit that ends before it begins, or names a care site that does not exist,
-    is left out before counting (replies identical); `medalloc validate` still names it by table, record, field."""
+@pytest.mark.parametrize("size", ["row reader", "hospital scale (SQL)"])
+def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str):
+    """OMOP: one visit that ends before it begins, or names a care site that does not exist, is left out before
+    counting (replies identical); `medalloc validate` still names it by table, record, field. At hospital scale
+    (SQL_MIN_VISITS, here lowered to 0) a clean CDM is counted in SQL, and one with a flagged record is read by the
+    row reader, leniently, on a node (strictly, in SQL, by `medalloc validate`)."""
     import shutil
     import sqlite3
 
-    from medalloc_core.sources import validate_source
+    from medalloc_core.sources import load_node_source, omop_sql, validate_source
     from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    sql_reads: list[bool] = []
+    if size != "row reader":
+        monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 0)
+        monkeypatch.setattr(omop_sql, "ROW_READER_MAX_VISITS", 0)  # validate explains in SQL, as at that size
+        real = omop_sql.read_omop_sql
+
+        def recorded(database, mapping, **kwargs):
+            counted = real(database, mapping, **kwargs)
+            sql_reads.append(counted is not None)
+            return counted
+
+        monkeypatch.setattr(omop_sql, "read_omop_sql", recorded)
 
     folder = tmp_path / "omop"
     region = generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80))
@@ -254,6 +270,7 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
     calendar["calendar-end"] = "2023-04-30"
     base = _federation(tmp_path / "base", cdm, calendar)
     assert all("error" not in r for r in base), base
+    assert sql_reads == ([] if size == "row reader" else [True])  # the clean CDM: counted in SQL at that size
     visit = "INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
     visit += "visit_start_datetime, visit_end_date, visit_end_datetime, visit_type_concept_id, care_site_id) VALUES "
     for name, values in {
@@ -261,6 +278,8 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
         "'2023-03-01 10:00:00', 32817, 1)",
         "an unknown care site": "(99000002, 99000002, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
         "'2023-03-12 10:00:00', 32817, 4242)",
+        "no person": "(99000003, NULL, 9201, '2023-03-10', '2023-03-10 10:00:00', '2023-03-12', "
+        "'2023-03-12 10:00:00', 32817, 1)",
     }.items():
         bad = tmp_path / name.replace(" ", "-") / "H000.sqlite"
         bad.parent.mkdir()
@@ -268,7 +287,154 @@ def test_a_malformed_omop_record_is_left_out_not_a_refusal(tmp_path: Path):
         with sqlite3.connect(bad) as connection:
             connection.execute(visit + values)
         assert not validate_source(bad).ok, name  # the operator's check stays strict
+        del sql_reads[:]
         assert _federation(tmp_path / f"{name[:8]}-fed", bad, calendar) == base, name
+        if size != "row reader":
+            # a stay's own problem is left out in SQL; a record without a person goes to the row reader, leniently
+            assert sql_reads == [name != "no person"], (name, sql_reads)
+            records, _, left_out = load_node_source(bad)
+            monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 10**9)
+            by_rows, _, by_rows_left_out = load_node_source(bad)
+            monkeypatch.setattr(omop_sql, "SQL_MIN_VISITS", 0)
+            assert left_out == by_rows_left_out == {"of visit_occurrence or visit_detail": 1}, name
+            pd.testing.assert_frame_equal(records.frame, by_rows.frame, check_dtype=False)
+
+
+MALFORMED = [w for w in EXTRA if w.startswith("a malformed stay")]
+
+
+@pytest.mark.parametrize("where", [*MALFORMED, "after the file's last event"])
+def test_an_encounter_file_read_by_the_engine_leaves_a_malformed_stay_out_too(
+    tmp_path: Path,
+    encounters: pd.DataFrame,
+    base_replies: list[dict],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+):
+    """A hospital-scale encounter file (over ENGINE_MIN_BYTES, here lowered to 0) is read by the DuckDB engine into
+    the node's count cache: a malformed stay is left out there too (in the engine), so the replies are the ones the
+    validator's reading of the file without it gives; the production path is the one taken (engine, lenient, the
+    count cache beside the ledger)."""
+    import medalloc_core.sources as sources
+    from medalloc_core.sources import encounter_scan
+
+    monkeypatch.setattr(sources, "ENGINE_MIN_BYTES", 0)
+    calls: list[dict] = []
+    real = encounter_scan.scan_encounter_file
+
+    def recorded(path: Path, settings, **kwargs):
+        calls.append(kwargs)
+        return real(path, settings, **kwargs)
+
+    monkeypatch.setattr(encounter_scan, "scan_encounter_file", recorded)
+    other = _federation(tmp_path / "with", _extra_stays(encounters)[where], CALENDAR)
+    assert calls and all(c == {"lenient": True} for c in calls), calls
+    assert (tmp_path / "with" / "ledger.json.counts" / "state.json").is_file()
+    assert other == base_replies
+    if where in MALFORMED:  # `medalloc validate` reads the same file strictly and names the stay's row
+        from medalloc_core.sources import validate_source
+
+        report = validate_source(tmp_path / "with" / "H.csv")
+        assert not report.ok and any(p.row == len(encounters) + 2 and p.column for p in report.errors), where
+
+
+def _fhir_encounter(**changes) -> dict:
+    """One inpatient Encounter of the synthetic FHIR hospital's shape (medical, 2023-03-07 .. 03-12), changed."""
+    period = {"start": "2023-03-07T14:02:00+00:00", "end": "2023-03-12T15:17:00+00:00"}
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "extra-1",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/X-extra"},
+        "period": dict(period),
+        "location": [
+            {
+                "location": {"reference": "Location/h000-unit-1", "display": "medical"},
+                "status": "completed",
+                "period": dict(period),
+            }
+        ],
+    }
+    for key, value in changes.items():
+        if value is None:
+            del encounter[key]
+        else:
+            encounter[key] = value
+    return encounter
+
+
+#: Malformed FHIR records (an NDJSON line each): the scan flags them, a node leaves them out.
+FHIR_MALFORMED = {
+    "ends before it begins": json.dumps(
+        _fhir_encounter(
+            period={"start": "2023-03-07T14:02:00+00:00", "end": "2023-03-01T10:00:00+00:00"},
+            location=[
+                {
+                    "location": {"reference": "Location/h000-unit-1", "display": "medical"},
+                    "period": {"start": "2023-03-07T14:02:00+00:00", "end": "2023-03-01T10:00:00+00:00"},
+                }
+            ],
+        )
+    ),
+    "no subject": json.dumps(_fhir_encounter(subject=None)),
+    "an unreadable start": json.dumps(_fhir_encounter(period={"start": "the 3rd of May"})),
+    "an element FHIR does not have": json.dumps(_fhir_encounter(colour="blue")),
+    "a line that is not JSON": '{"resourceType": "Encounter", "id": "extra-1", "period": {"start": ',
+}
+
+
+def test_a_malformed_fhir_record_is_left_out_not_a_refusal(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A FHIR export (Bulk NDJSON and a Bundle) read by the engine into the node's count cache: one malformed
+    Encounter (or a line that is not JSON) is left out before counting, in the engine, and counted by reason in the
+    node's log, never named; the replies are those without it. A well-formed extra stay does change the counts (the
+    check can fail), and `medalloc validate` still refuses the malformed record, naming its line."""
+    import shutil
+
+    from medalloc_core.sources import DataSource, load_node_source, validate_source
+    from medalloc_core.synthetic import RegionConfig, generate_region, write_region
+
+    region = generate_region(RegionConfig(hospitals=1, days=120, seed=7, shape="encounters", max_beds=80))
+    write_region(region, tmp_path / "ndjson", shape="fhir")
+    write_region(region, tmp_path / "bundle", shape="fhir", fmt="bundle")
+    export, bundle = tmp_path / "ndjson" / "H000.fhir", tmp_path / "bundle" / "H000.fhir.json"
+    assert (export / "Encounter.ndjson").is_file() and bundle.is_file()
+    calendar = {"calendar-units": "icu,medical,paediatric,surgical", "calendar-start": "2023-01-01"}
+    calendar["calendar-end"] = "2023-04-30"
+    base = _federation(tmp_path / "base", export, calendar)
+    assert all("error" not in r for r in base), base
+    counts = load_node_source(DataSource(str(export)))[0].frame
+
+    def with_line(name: str, line: str) -> Path:
+        folder = tmp_path / name.replace(" ", "-") / export.name  # the node's hospital id is the export's name
+        shutil.copytree(export, folder)
+        with (folder / "Encounter.ndjson").open("a") as handle:
+            handle.write(line + "\n")
+        return folder
+
+    well_formed = load_node_source(DataSource(str(with_line("well formed", json.dumps(_fhir_encounter())))))[0]
+    assert not well_formed.frame.equals(counts)  # the extra Encounter is a stay the node would count
+    for name, line in FHIR_MALFORMED.items():
+        bad = with_line(name, line)
+        report = validate_source(bad)  # the operator's check stays strict and names the line
+        last_line = len((bad / "Encounter.ndjson").read_text().splitlines())
+        assert not report.ok and any(p.row == last_line for p in report.errors), (name, report.errors[:3])
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert _federation(tmp_path / f"{name[:10]}-fed", bad, calendar) == base, name
+        logged = [r.getMessage() for r in caplog.records if "left out before counting" in r.getMessage()]
+        assert logged and logged[0].split(": ", 1)[1].startswith("1 malformed record(s) left out"), (name, logged)
+        assert "extra-1" not in "\n".join(r.getMessage() for r in caplog.records)  # counted, never named
+    # a Bundle: one more entry whose Encounter has no subject
+    document = json.loads(bundle.read_text())
+    document["entry"].append({"fullUrl": "urn:uuid:extra", "resource": _fhir_encounter(subject=None)})
+    bad_bundle = tmp_path / "bad-bundle" / "H000.fhir.json"
+    bad_bundle.parent.mkdir()
+    bad_bundle.write_text(json.dumps(document))
+    assert not validate_source(bad_bundle).ok
+    assert _federation(tmp_path / "bundle-fed", bad_bundle, calendar) == _federation(
+        tmp_path / "bundle-base", bundle, calendar
+    )
 
 
 def _daily_variants(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -205,9 +205,9 @@ def test_a_hospital_scale_cdm_is_routed_to_the_database(tmp_path: Path, monkeypa
     calls: list[int] = []
     counting = omop_sql.read_omop_sql
 
-    def recorded(database: Any, mapping: OmopMapping) -> Any:
+    def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
         calls.append(omop_sql.visit_rows(database))
-        return counting(database, mapping)
+        return counting(database, mapping, **kwargs)
 
     monkeypatch.setattr(omop_sql, "read_omop_sql", recorded)
     load_source(path)

@@ -78,9 +78,9 @@ def test_a_parquet_file_goes_to_the_engine_by_its_rows_not_its_bytes(
     calls: list[Path] = []
     real = encounter_scan.scan_encounter_file
 
-    def recorded(p: Path, settings: EngineSettings) -> object:
+    def recorded(p: Path, settings: EngineSettings, **kwargs: bool) -> object:
         calls.append(p)
-        return real(p, settings)
+        return real(p, settings, **kwargs)
 
     monkeypatch.setattr(encounter_scan, "scan_encounter_file", recorded)
     load_source(path)

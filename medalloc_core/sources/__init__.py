@@ -21,7 +21,7 @@ from medalloc_core.contract import DataContractError, Frequency, Problem, UnitRe
 from medalloc_core.paths import open_regular
 from medalloc_core.sources.mapping import MappingError, SourceMapping
 from medalloc_core.sources.stays import STAY_COLUMNS
-from medalloc_core.validation import ValidationReport, inspect_file, load_node_records
+from medalloc_core.validation import ValidationReport, inspect_file, load_node_records, log_left_out
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,12 @@ __all__ = [
     "SourceData",
     "SourceFormat",
     "SourceMapping",
+    "cached_source",
+    "inspect_node_source",
     "inspect_source",
-    "lenient_source",
+    "left_out_of",
     "load_node_source",
+    "log_node_left_out",
     "load_source",
     "validate_source",
 ]
@@ -197,50 +200,73 @@ def load_source(source: DataSource | str | Path) -> SourceData:
     return data
 
 
+def inspect_node_source(source: DataSource | str | Path) -> tuple[ValidationReport, SourceData | None]:
+    """A source as a node reads it (issue 20): a malformed record is left out before counting, never a refusal.
+
+    Whether a node answers, and what it counts, must not depend on one stay: the file without that stay
+    answers normally. Every reader has this reading: a contract encounter file read by the validator
+    (``validation.load_node_records``) or by the engine (``encounter_scan``, ``lenient``), an OMOP CDM read
+    row by row (``omop._Reader``, ``lenient``), a FHIR export (``fhir_scan``, ``lenient``). The report's
+    ``summary["left_out"]`` counts what was left out, by reason (:func:`left_out_of`); its problems are the
+    structural ones (unreadable, no such columns or tables) that still refuse, and data is None then.
+    `medalloc validate` reads with :func:`inspect_source`: strict, every record named. An OMOP CDM large
+    enough to be read in SQL (``omop_sql.SQL_MIN_VISITS`` visits) leaves a flagged stay out in SQL, and goes
+    to the lenient row reader when its ids are flagged (docs/privacy.md).
+    """
+    return _inspect(_as_source(source), node=True)
+
+
+def left_out_of(report: ValidationReport) -> dict[str, int]:
+    """What a node's reading left out, by reason (counts only: what its log may say); empty for a strict read."""
+    left = report.summary.get("left_out")
+    return {str(k): int(v) for k, v in left.items()} if isinstance(left, dict) else {}
+
+
 def load_node_source(source: DataSource | str | Path) -> tuple[UnitRecords, pd.DataFrame | None, dict[str, int]]:
     """A source as a node counts it: ``(records, stays or None, stays left out by reason)`` (issue 20).
 
-    A contract encounter file read by the full validator drops each malformed stay before counting
-    (``validation.load_node_records``): whether the node answers must not depend on one stay.
-    Every other source (OMOP, FHIR, a hospital-scale encounter file read by the engine) is read as
-    :func:`load_source` reads it: any error refuses (docs/privacy.md says what that leaves).
+    :func:`inspect_node_source`, read in full; what it left out is logged by reason
+    (``validation.log_left_out``), never which record. A node keeps the counts of a source big enough
+    for the engine in its count cache instead (:func:`cached_source`), read the same way.
 
     Raises
     ------
     DataContractError
-        The structural problems (unreadable, wrong columns, no records), or every problem of a
-        source read strictly.
+        The structural problems (unreadable, wrong columns, no tables or records).
     """
     source = _as_source(source)
-    kind = source.kind()
-    if kind == "contract" and not _for_engine(Path(source.location)):
-        loaded = load_node_records(Path(source.location))
-        return loaded.records, loaded.stays, loaded.left_out
-    if kind == "omop":  # the row reader leaves a malformed record out (a CDM read in SQL is strict)
-        report, data = _inspect(source, node=True)
-        if data is None:
-            raise DataContractError(report.problems)
-        left = int(report.summary.get("left_out", 0))
-        if left:
-            logger.warning(
-                "%s: %d malformed record(s) left out before counting; `medalloc validate` names each by table, "
-                "record and field",
-                source.display,
-                left,
-            )
-        return data.records, data.stays, ({"malformed OMOP records": left} if left else {})
-    data = load_source(source)
-    return data.records, data.stays, {}
+    report, data = inspect_node_source(source)
+    for problem in report.warnings:
+        logger.warning("%s", problem)
+    if data is None:
+        raise DataContractError(report.problems)
+    left_out = left_out_of(report)
+    log_node_left_out(source, left_out)
+    return data.records, data.stays, left_out
 
 
-def lenient_source(source: DataSource | str | Path) -> bool:
-    """Whether a node reads ``source`` with :func:`load_node_source` (which leaves a malformed record out of
-    a contract file or an OMOP CDM read row by row) rather than through the strict count cache."""
+def log_node_left_out(source: DataSource, left_out: dict[str, int]) -> None:
+    """A node's log line for what its reading of ``source`` left out: how many by reason, never which record."""
+    log_left_out(source.display, left_out, named_by=_NAMED_BY[source.kind()])
+
+
+#: How `medalloc validate` names a record of each kind of source (the node's log line points there).
+_NAMED_BY = {
+    "contract": "row and column",
+    "omop": "table, record and field",
+    "fhir": "file, line or entry, resource and element",
+}
+
+
+def cached_source(source: DataSource | str | Path) -> bool:
+    """Whether a node keeps ``source``'s counts in its count cache (``sources.incremental``): an encounter file
+    big enough for the engine, or a FHIR export. Either way it is read as :func:`inspect_node_source` reads it;
+    a contract file small enough for the validator, and OMOP, are read in full at each change."""
     source = _as_source(source)
     kind = source.kind()
     if kind == "contract":
-        return not _for_engine(Path(source.location))
-    return kind == "omop"  # load_node_source's own reader: row by row leaves out, a CDM read in SQL refuses
+        return _for_engine(Path(source.location))
+    return kind == "fhir"
 
 
 def _as_source(source: DataSource | str | Path) -> DataSource:
@@ -292,10 +318,12 @@ def _inspect(source: DataSource, *, node: bool = False) -> tuple[ValidationRepor
         # Below ENGINE_MIN_BYTES (ENGINE_MIN_PARQUET_ROWS for Parquet) the full validator reads the file
         # (every check it has, seconds at that size); a hospital-scale export goes through the engine in
         # bounded memory.
-        scanned = scan_encounter_file(path, source.mapping.engine) if _for_engine(path) else None
+        scanned = scan_encounter_file(path, source.mapping.engine, lenient=node) if _for_engine(path) else None
         if scanned is not None:  # an encounter file, read by the engine in bounded memory
             report, records, stays = scanned
             return report, (None if records is None else SourceData(records, stays, report))
+        if node:
+            return _node_contract(path)
         report, records = inspect_file(path)
         if records is None:
             return report, None
@@ -320,18 +348,40 @@ def _inspect(source: DataSource, *, node: bool = False) -> tuple[ValidationRepor
         else:
             from medalloc_core.sources.fhir import read_fhir
 
-            stays, problems, summary = read_fhir(Path(source.location), source.mapping.fhir, source.mapping.engine)
+            stays, problems, summary = read_fhir(
+                Path(source.location), source.mapping.fhir, source.mapping.engine, lenient=node
+            )
     except DataContractError as exc:
         return ValidationReport(source.display, list(exc.problems), {"file": source.display}), None
     except (ImportError, RuntimeError) as exc:  # an extra not installed: say which
         return ValidationReport(source.display, [Problem(source.display, str(exc))], {"file": source.display}), None
     summary["file"] = source.display
+    if isinstance(summary.get("left_out"), int):  # the OMOP row reader counts its records in one number
+        summary["left_out"] = {_OMOP_RECORDS: summary["left_out"]} if summary["left_out"] else {}
     daily = summary.pop("daily", None)
     report = ValidationReport(source.display, problems, summary)
     if stays is None or daily is None or (not report.ok and not node):  # a node's reader left flagged records out
         return report, None
     records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=source.display, shape="encounters")
     return report, SourceData(records, stays[list(STAY_COLUMNS)].reset_index(drop=True), report)
+
+
+_OMOP_RECORDS = "of visit_occurrence or visit_detail"
+
+
+def _node_contract(path: Path) -> tuple[ValidationReport, SourceData | None]:
+    """A contract file read by the validator as a node reads it (``validation.load_node_records``)."""
+    try:
+        loaded = load_node_records(path)
+    except DataContractError as exc:
+        return ValidationReport(path, list(exc.problems), {"file": str(path)}), None
+    stays = loaded.stays
+    summary: dict[str, Any] = {"file": str(path), "shape": loaded.records.shape, "left_out": loaded.left_out}
+    if stays is not None:
+        summary.update(rows=len(stays) + sum(loaded.left_out.values()), encounters=len(stays))
+        summary["open_stays"] = int(stays["discharge_time"].isna().sum())
+    report = ValidationReport(path, [], summary)
+    return report, SourceData(loaded.records, stays, report)
 
 
 def _contract_stays(path: Path, records: UnitRecords) -> pd.DataFrame | None:

@@ -43,10 +43,16 @@ from medalloc_core.sources.engine import (
 )
 from medalloc_core.sources.mapping import EngineSettings
 from medalloc_core.validation import (
+    BACKWARDS,
+    BAD_ADMIT,
+    BAD_DISCHARGE,
     DATE_EXPECTED,
     DATE_PATTERN,
     FIRST_DATE,
     LAST_DATE,
+    LEFT_OUT_REASONS,
+    NO_PATIENT,
+    NO_UNIT,
     PROBLEMS_PER_CHECK,
     ValidationReport,
     detect_shape,
@@ -65,6 +71,18 @@ _CHECKS: tuple[tuple[str, str], ...] = (
     ("backwards", DISCHARGE_TIME),
     ("duplicate", ENCOUNTER_ID),
 )
+
+#: A node's reading (issue 20): the engine's checks that leave a stay out, under the validator's reasons
+#: (``validation.LEFT_OUT_REASONS``, in their order). An empty or repeated ``encounter_id`` leaves nothing out:
+#: a node does not count by it.
+_LEFT_OUT_CHECKS: dict[str, tuple[str, ...]] = {
+    NO_PATIENT: ("no_patient",),
+    NO_UNIT: ("no_unit",),
+    BAD_ADMIT: ("no_admit", "bad_admit"),
+    BAD_DISCHARGE: ("bad_discharge",),
+    BACKWARDS: ("backwards",),
+}
+assert tuple(_LEFT_OUT_CHECKS) == LEFT_OUT_REASONS
 
 
 def _header(path: Path) -> tuple[str, list[str]] | None:
@@ -88,7 +106,7 @@ def _header(path: Path) -> tuple[str, list[str]] | None:
 
 
 def scan_encounter_file(
-    path: Path, settings: EngineSettings
+    path: Path, settings: EngineSettings, *, lenient: bool = False
 ) -> tuple[ValidationReport, UnitRecords | None, pd.DataFrame | None] | None:
     """Validate and load an encounter file with the engine.
 
@@ -96,6 +114,11 @@ def scan_encounter_file(
     file is not an encounter file the engine should read (unit records, a header the
     contract's reader must explain) or when the contract's reader should explain its
     problems (the file is small enough for it).
+
+    ``lenient`` is a node's reading (issue 20), as ``validation.load_node_records`` reads a
+    smaller file: a stay that breaks a per-record rule is left out before counting, in the
+    engine (a ``WHERE`` on the scanned table, its reasons counted by one ``GROUP BY``), never
+    a reason to refuse; ``report.summary["left_out"]`` counts them by reason.
     """
     found = _header(path)
     if found is None:
@@ -163,9 +186,14 @@ def scan_encounter_file(
                     + ", count(encounter_id) - count(DISTINCT encounter_id) FROM t"
                 ).fetchall()[0]
                 flagged = dict(zip(conditions, map(int, counts), strict=True))
-                rows, open_stays = connection.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM t"
+                kept, left_out = "t", dict[str, int]()
+                if lenient:  # a node: the stays that break a per-record rule are left out, counted by reason
+                    kept, left_out = _leave_out(connection, conditions, flagged)
+                    flagged = dict.fromkeys(flagged, 0)  # nothing is explained: nothing refuses
+                encounters, open_stays = connection.execute(
+                    f"SELECT count(*), count(*) FILTER (WHERE d_text IS NULL) FROM {kept}"
                 ).fetchall()[0]
+                rows = encounters + sum(left_out.values())  # every record read, those left out too
                 name = str(path)
                 summary: dict[str, Any] = {
                     "file": name,
@@ -176,14 +204,18 @@ def scan_encounter_file(
                         c for c, low in zip(columns, lowered, strict=True) if low not in ENCOUNTER_COLUMNS
                     ],
                 }
+                if lenient:
+                    summary["left_out"] = left_out
                 if any(flagged.values()):
                     if path.stat().st_size <= MAX_FILE_BYTES:
                         return None  # the contract's reader explains it, in its words
                     problems = _explain(connection, path, fmt, conditions, flagged)
                     summary.update(encounters=int(rows), open_stays=int(open_stays))
                     return ValidationReport(path, problems, summary), None, None
-                daily = daily_counts(connection, "SELECT unit, admit, discharge FROM t")
-                overlaps, first = first_overlap(connection, "SELECT patient_id, admit, discharge, ord FROM t", "ord")
+                daily = daily_counts(connection, f"SELECT unit, admit, discharge FROM {kept}")
+                overlaps, first = first_overlap(
+                    connection, f"SELECT patient_id, admit, discharge, ord FROM {kept}", "ord"
+                )
                 problems = []
                 if overlaps:
                     ordinal = int(first[0])
@@ -192,7 +224,7 @@ def scan_encounter_file(
                 hand_over(
                     connection,
                     "SELECT encounter_id, patient_id, unit, admit AS admit_time, discharge AS discharge_time "
-                    "FROM t ORDER BY ord",
+                    f"FROM {kept} ORDER BY ord",
                     handed,
                 )
         except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
@@ -201,7 +233,7 @@ def scan_encounter_file(
         stays = take_over(handed)
     for column in (ADMIT_TIME, DISCHARGE_TIME):
         stays[column] = stays[column].astype(DATE_DTYPE)
-    summary.update(encounters=int(rows), open_stays=int(open_stays))
+    summary.update(encounters=int(encounters), open_stays=int(open_stays))
     summary.update(frequency=Frequency.DAILY.value, gaps=0, daily_rows=len(daily))
     summary["units"] = sorted(daily[UNIT].unique().tolist())
     if len(daily):
@@ -209,6 +241,31 @@ def scan_encounter_file(
         summary["date_end"] = f"{daily['date'].max():%Y-%m-%d}"
     records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=path, shape="encounters")
     return ValidationReport(path, problems, summary), records, stays
+
+
+def _leave_out(connection: Any, conditions: dict[str, str], counts: dict[str, int]) -> tuple[str, dict[str, int]]:
+    """The relation of the stays a node counts, and how many it left out by reason (each under its first).
+
+    Nothing to leave out (the usual case) costs nothing more than the strict path's one counting pass;
+    otherwise one more pass counts the reasons, and the kept stays are ``t`` filtered in the engine.
+    """
+    if not any(counts[check] for checks in _LEFT_OUT_CHECKS.values() for check in checks):
+        return "t", {}
+    reason = (
+        "CASE "
+        + " ".join(
+            f"WHEN {' OR '.join(f'({conditions[c]})' for c in checks)} THEN {quote(name)}"
+            for name, checks in _LEFT_OUT_CHECKS.items()
+        )
+        + " END"
+    )
+    found = dict(
+        connection.execute(
+            f"SELECT r, count(*) FROM (SELECT {reason} AS r FROM t) WHERE r IS NOT NULL GROUP BY r"
+        ).fetchall()
+    )
+    left_out = {name: int(found[name]) for name in LEFT_OUT_REASONS if found.get(name)}
+    return f"(SELECT * FROM t WHERE ({reason}) IS NULL)", left_out
 
 
 def _ident(name: str) -> str:

@@ -45,7 +45,16 @@ from medalloc_core.sources.bundle_stream import SplitBundle, bundle_entries, ent
 from medalloc_core.sources.engine import connect, handoff, lines_of_ordinals, take_over
 from medalloc_core.sources.fhir_scan import ScanResult, scan_fhir, stays_frame
 from medalloc_core.sources.mapping import EngineSettings, FhirMapping
-from medalloc_core.sources.stays import FIRST_DATE, LAST_DATE, PROBLEMS_PER_CHECK, Findings, empty_stays, finish, show
+from medalloc_core.sources.stays import (
+    FIRST_DATE,
+    LAST_DATE,
+    PROBLEMS_PER_CHECK,
+    Findings,
+    empty_stays,
+    finish,
+    no_daily,
+    show,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +106,7 @@ def fhir_files(location: Path) -> list[Path]:
 
 
 def read_fhir(
-    location: Path, mapping: FhirMapping, settings: EngineSettings | None = None
+    location: Path, mapping: FhirMapping, settings: EngineSettings | None = None, *, lenient: bool = False
 ) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
     """Read Encounters (and Location names) into typed stays, checked resource by resource.
 
@@ -110,6 +119,12 @@ def read_fhir(
         Which encounters are inpatient stays, which locations are units, the time zone.
     settings
         The scan engine's memory and threads (default: :class:`EngineSettings` defaults).
+    lenient
+        A node's reading (issue 20): a record the scan flags is left out before counting, in the
+        engine, and counted by reason in ``summary["left_out"]`` (never named: nothing is parsed
+        record by record); an NDJSON line that is not a JSON object is such a record. What still
+        stops is structural: a file that cannot be read or scanned, a Bundle that is not JSON.
+        No stay left is zero stays, not an error. ``medalloc validate`` reads strictly.
 
     The export is scanned by DuckDB in bounded memory (:mod:`medalloc_core.sources.fhir_scan`);
     only the records it flags are parsed by ``fhir.resources`` to say what is wrong with them,
@@ -166,13 +181,13 @@ def read_fhir(
             split = entry_array(files[0], Path(folder) / "entries.json", max_entry_bytes=MAX_LINE_BYTES)
             if split is not None:
                 try:
-                    return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+                    return _read_scanned(files, bundle, mapping, settings, findings, summary, split, lenient)
                 except _ArrayRefused:  # an entry the typed reader cannot take: walk the Bundle entry by entry
                     logger.debug("%s: the entry array has an entry of another shape; splitting it", files[0])
             split = split_bundle(files[0], Path(folder) / "entries.ndjson", max_entry_bytes=MAX_LINE_BYTES)
             if split is None:  # not a Bundle of entries, or not JSON somewhere: the exact reader says what
                 return _read_by_record(files, bundle, mapping, findings, summary)
-        return _read_scanned(files, bundle, mapping, settings, findings, summary, split)
+        return _read_scanned(files, bundle, mapping, settings, findings, summary, split, lenient)
 
 
 class _ArrayRefused(Exception):
@@ -187,8 +202,10 @@ def _read_scanned(
     findings: Findings,
     summary: dict[str, Any],
     split: SplitBundle | None,
+    lenient: bool = False,
 ) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
-    """The engine's scan of the files (or of the split Bundle), then the flagged records explained."""
+    """The engine's scan of the files (or of the split Bundle), then the flagged records explained (or, on a
+    node, left out)."""
     try:
         import duckdb
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -205,6 +222,7 @@ def _read_scanned(
                     examples=EXPLAINED,
                     split=split,
                     handed=handed,
+                    lenient=lenient,
                 )
             if handed.exists():
                 scan.stays = stays_frame(take_over(handed))
@@ -230,7 +248,9 @@ def _read_scanned(
                 files, bundle, mapping, Findings(findings.file, findings.row_label, findings.column_label), summary
             )
         return None, findings.problems, summary
-    return _from_scan(scan, files, bundle, mapping, findings, summary)
+    if lenient:
+        summary["left_out"] = scan.left_out
+    return _from_scan(scan, files, bundle, mapping, findings, summary, lenient)
 
 
 EXPLAINED = 200
@@ -261,8 +281,11 @@ def _from_scan(
     mapping: FhirMapping,
     findings: Findings,
     summary: dict[str, Any],
+    lenient: bool = False,
 ) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]]:
-    """The summary, stays and daily records of a clean scan, in the words of the record-by-record reader."""
+    """The summary, stays and daily records of a clean scan, in the words of the record-by-record reader.
+
+    ``lenient`` (a node): no stay is zero stays on the node's declared calendar, said as a warning."""
     details: list[tuple[str, str]] = summary["details"]
     kinds = ", ".join(f"{k} {v:,}" for k, v in scan.ignored)
     details.append(
@@ -282,6 +305,14 @@ def _from_scan(
         shown = ", ".join(f"{k}: {v:,}" for k, v in scan.outside)
         details.append(("not a unit", f"{scan.outside_total:,} stays at locations not in [fhir] units ({shown})"))
     stays = scan.stays if scan.stays is not None else empty_stays()
+    if stays.empty and lenient:
+        findings.add(
+            "no inpatient stay in any unit: the node counts zero stays (check the mapping: docs/data.md)",
+            severity="warning",
+        )
+        summary.update(encounters=0, open_stays=0, frequency="daily", gaps=0, daily_rows=0, units=[])
+        summary["daily"] = no_daily()
+        return stays, findings.problems, summary
     if stays.empty:
         if not scan.inpatient:
             found = ", ".join(f"{k} ({v:,})" for k, v in scan.skipped_class) or "none"

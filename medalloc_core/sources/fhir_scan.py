@@ -87,6 +87,7 @@ class ScanResult:
     overlaps: int = 0
     overlap_at: tuple[Any, ...] | None = None  # (file, ordinal, record, field) of the first
     stays: pd.DataFrame | None = None
+    left_out: dict[str, int] = field(default_factory=dict)  # a node's reading: records left out, by reason
 
 
 def _ok_time(column: str) -> str:
@@ -135,6 +136,7 @@ def _typed_ndjson(
     *,
     wrapped: bool = False,
     array: bool = False,
+    ignore_errors: bool = False,
 ) -> str:
     """The scan's resource rows of one NDJSON file, read by ``read_ndjson`` with explicit columns.
 
@@ -145,10 +147,13 @@ def _typed_ndjson(
     JSON object makes the reader fail, and the caller explains line by line. ``bad_entries``
     (a relation of ordinals) marks Bundle entries without a resource; ``wrapped``: each line is
     a Bundle entry (``{"resource": {...}, ...}``), the resource read from it; ``array``: the
-    file is one JSON array of entries (a Bundle's ``entry``), element n entry n.
+    file is one JSON array of entries (a Bundle's ``entry``), element n entry n. ``ignore_errors``
+    (a node's reading of NDJSON): a line that is not a JSON object is read as a record of nulls, which
+    the checks flag (no ``resourceType``) and a node leaves out, instead of failing the whole read.
     """
     name = quote(str(path))
     fmt = "array" if array else "newline_delimited"
+    lax = ", ignore_errors = true" if ignore_errors and not array else ""
     # location as a list of JSON values: its entries unnested without parsing the array again (a location
     # that is not an array makes the reader fail, and the whole-object scan flags it)
     types = {c: "JSON[]" if c == "location" else "JSON" for c in _TOP}
@@ -161,7 +166,8 @@ def _typed_ndjson(
         columns, expand, obj = "{" + fields + "}", "TRUE AS has_resource, *", "json"
     unknown = f"""
         SELECT ordinality AS ord FROM read_json_objects({name}, format = '{fmt}',
-                                                        maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+                                                        maximum_object_size = {max_line_bytes}{lax})
+                                                        WITH ORDINALITY
         WHERE CASE json_extract_string({obj}, '$.resourceType')
                   WHEN 'Encounter' THEN NOT {keys_ok(obj, "Encounter")}
                   WHEN 'Location' THEN NOT {keys_ok(obj, "Location")}
@@ -172,7 +178,7 @@ def _typed_ndjson(
         WITH r AS (
             SELECT ordinality AS ord, {expand} FROM read_json({name}, columns = {columns}, records = true,
                                                       format = '{fmt}',
-                                                      maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+                                                      maximum_object_size = {max_line_bytes}{lax}) WITH ORDINALITY
         )
         SELECT {quote(label)} AS file, ord, {entry_ok} AS entry_ok, 'OBJECT' AS jt,
                "resourceType" ->> '$' AS rt, json_type("resourceType") AS rt_t, id ->> '$' AS id,
@@ -205,8 +211,14 @@ def scan_fhir(
     examples: int,
     split: SplitBundle | None = None,
     handed: Path | None = None,
+    lenient: bool = False,
 ) -> ScanResult:
     """Scan the files with ``connection`` (see :func:`medalloc_core.sources.engine.connect`).
+
+    ``lenient`` is a node's reading (issue 20): a record the checks flag is left out in the engine
+    (deleted from the scanned tables before its stays are built, and a stay whose location history is
+    flagged is deleted with its encounter), each counted once by reason in ``result.left_out``;
+    ``result.flagged`` stays 0 and the stays are what is left. A Location left out no longer names a unit.
 
     With ``handed`` (:func:`medalloc_core.sources.engine.handoff`) the stays are written there
     and ``result.stays`` is left unset: the caller reads them (:func:`stays_frame` of
@@ -272,14 +284,16 @@ def scan_fhir(
         for n, path in enumerate(files):
             verb = "CREATE OR REPLACE TEMP TABLE res AS" if n == 0 else "INSERT INTO res"
             try:
-                connection.execute(f"{verb} {_typed_ndjson(path, str(path), max_line_bytes, keys_ok)}")
+                typed = _typed_ndjson(path, str(path), max_line_bytes, keys_ok, ignore_errors=lenient)
+                connection.execute(f"{verb} {typed}")
             except duckdb.InvalidInputException:
+                lax = ", ignore_errors = true" if lenient else ""
                 # A line that is a JSON value but not an object: the whole-object scan flags each one
                 # (and a line that is not JSON at all fails there too: the caller explains line by line).
                 one = f"""
                     SELECT filename AS file, ordinality AS ord, TRUE AS entry_ok, json AS j
                     FROM read_ndjson_objects({quote(str(path))}, filename = true,
-                                             maximum_object_size = {max_line_bytes}) WITH ORDINALITY
+                                             maximum_object_size = {max_line_bytes}{lax}) WITH ORDINALITY
                 """
                 connection.execute(f"{verb} {extract(one)}")
     classes = string_list(mapping.encounter_classes)
@@ -336,6 +350,8 @@ def scan_fhir(
         ) WHERE n > 1
         """
     )
+    if lenient:  # a node: what is flagged so far is left out before any stay is built from it
+        _leave_out(connection, "res", "enc")
     # Location history of the encounters that are stays: one row per entry.
     name_by = "reference" if mapping.unit_name == "reference" else "name"
     connection.execute("CREATE OR REPLACE TEMP TABLE unit_map (key VARCHAR, unit VARCHAR)")
@@ -441,6 +457,16 @@ def scan_fhir(
         """
     )
     result = ScanResult()
+    if lenient:  # a stay whose encounter has a flagged location entry or stay goes with its encounter
+        _leave_out(connection, "stays")
+        result.left_out = {
+            str(reason): int(n)
+            for reason, n in connection.execute(
+                "SELECT reason, count(*) AS n FROM (SELECT min(reason) AS reason FROM flags GROUP BY file, ord) "
+                "GROUP BY reason ORDER BY n DESC, reason"
+            ).fetchall()
+        }
+        connection.execute("DELETE FROM flags")
     result.resources, result.locations = connection.execute(
         "SELECT count(*), count(DISTINCT CASE WHEN rt = 'Location' AND id_t = 'VARCHAR' AND id <> '' THEN id END) "
         "FROM res"
@@ -530,6 +556,14 @@ def scan_fhir(
         return result
     result.stays = stays_frame(connection.sql(stays_sql).to_arrow_table().to_pandas())
     return result
+
+
+def _leave_out(connection: Any, *tables: str) -> None:
+    """Delete the records ``flags`` names from ``tables`` (a node's reading); nothing flagged costs one count."""
+    if not connection.execute("SELECT count(*) FROM flags").fetchall()[0][0]:
+        return
+    for table in tables:
+        connection.execute(f"DELETE FROM {table} USING flags f WHERE {table}.file = f.file AND {table}.ord = f.ord")
 
 
 def stays_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -65,7 +65,7 @@ from medalloc_core.contract import (
 )
 from medalloc_core.encounters import DATE_DTYPE, encounters_to_daily
 from medalloc_core.io import PARQUET_MAGIC
-from medalloc_core.sources import DataSource, SourceData, inspect_source
+from medalloc_core.sources import DataSource, SourceData, inspect_node_source, inspect_source, left_out_of
 from medalloc_core.sources.stays import STAY_COLUMNS
 from medalloc_core.validation import ValidationReport, show_value
 
@@ -114,6 +114,11 @@ class CountedSource:
             raise DataContractError(self.report.problems)
         return self.data
 
+    @property
+    def left_out(self) -> dict[str, int]:
+        """A node's reading (``CountCache(lenient=True)``): the malformed records left out, by reason, in all."""
+        return left_out_of(self.report)
+
 
 def count_cache_folder(ledger_path: Path) -> Path:
     """Where a node keeps its count cache: ``<ledger>.counts/`` beside its ledger and release."""
@@ -127,15 +132,22 @@ class CountCache:
     ----------
     folder : Path
         A folder of the node's own (created 0700): it holds the stays with their patient ids.
+    lenient : bool (default: False)
+        A node's reading (issue 20, ``sources.inspect_node_source``): a malformed record, in the
+        source or in an appended tail, is left out before counting and counted by reason
+        (:attr:`CountedSource.left_out`, kept with the counts), never a reason to refuse; an
+        appended ``encounter_id`` seen before is then no error either (a node does not count by it).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, lenient: bool = False) -> None:
         self.folder = Path(folder)
+        self.lenient = lenient
+        self._inspect = inspect_node_source if lenient else inspect_source
 
     # ------------------------------------------------------------------ public
     def read(self, source: DataSource) -> CountedSource:
         """The source's validated daily records and stays, reading only what changed since the last read."""
-        identity = _identity(source)
+        identity = _identity(source, self.lenient)
         state = self._state()
         if identity is None:  # a database server
             return self._full(source, None, "a database server: nothing cheap says whether it changed")
@@ -153,7 +165,7 @@ class CountCache:
     def _full(self, source: DataSource, identity: dict[str, Any] | None, reason: str) -> CountedSource:
         path = Path(source.location)
         before = _stat(path) if identity is not None else None
-        report, data = inspect_source(source)
+        report, data = self._inspect(source)
         records = len(data.stays) if data is not None and data.stays is not None else int(report.summary.get("rows", 0))
         refresh = Refresh("full", records, reason)
         logger.info("%s: counted in full (%s): %s record(s)", source.display, reason, f"{records:,}")
@@ -242,7 +254,7 @@ class CountCache:
             handle.seek(max(0, size - 1))
             last_byte = handle.read(1)
         try:
-            report, data = inspect_source(DataSource(str(tail), "contract", source.mapping))
+            report, data = self._inspect(DataSource(str(tail), "contract", source.mapping))
         finally:
             tail.unlink(missing_ok=True)
         shift = lines - 1  # the tail's row 2 is the file's row lines + 1
@@ -258,7 +270,7 @@ class CountCache:
         new_stays = data.stays[list(STAY_COLUMNS)].reset_index(drop=True)
         # ---- checks across the watermark: one row per stay, and a patient's overlapping stays
         repeated = old_stays[ENCOUNTER_ID].isin(set(new_stays[ENCOUNTER_ID]))
-        if repeated.any():
+        if repeated.any() and not self.lenient:
             first_old = dict(zip(old_stays.loc[repeated, ENCOUNTER_ID], old_stays.index[repeated], strict=True))
             hits = new_stays.index[new_stays[ENCOUNTER_ID].isin(first_old)]
             errors = [
@@ -288,8 +300,8 @@ class CountCache:
         late = admit_day <= old_last
         refresh = Refresh(
             "appended",
-            len(new_stays),
-            f"{len(new_stays):,} appended record(s) read ({size - offset:,} bytes)",
+            new_rows,
+            f"{new_rows:,} appended record(s) read ({size - offset:,} bytes)",
             late_stays=int(late.sum()),
             first_late_day=f"{admit_day[late].min():%Y-%m-%d}" if late.any() else None,
         )
@@ -308,6 +320,11 @@ class CountCache:
             )
         stays = pd.concat([old_stays, new_stays], ignore_index=True)
         summary = _summary(dict(state["summary"]), stays, daily, new_rows)
+        if self.lenient:  # what the whole file left out: the counted part's and the tail's
+            left_out = left_out_of(ValidationReport(str(path), [], dict(state["summary"])))
+            for reason, n in left_out_of(report).items():
+                left_out[reason] = left_out.get(reason, 0) + n
+            summary["left_out"] = left_out
         report = ValidationReport(str(path), _load(state["warnings"]) + warnings, summary)
         records = UnitRecords(frame=daily, frequency=Frequency.DAILY, source=str(path), shape="encounters")
         out = SourceData(records, stays, report)
@@ -413,11 +430,19 @@ class CountCache:
 
 
 # ---------------------------------------------------------------------- helpers
-def _identity(source: DataSource) -> dict[str, Any] | None:
+def _identity(source: DataSource, lenient: bool = False) -> dict[str, Any] | None:
     if source.fingerprint() is None:
         return None
     location = source.location if source.is_url else str(Path(source.location).resolve())
-    return {"location": location, "format": source.format, "mapping": repr(source.mapping), "version": COUNTS_VERSION}
+    identity = {
+        "location": location,
+        "format": source.format,
+        "mapping": repr(source.mapping),
+        "version": COUNTS_VERSION,
+    }
+    if lenient:  # counts read leniently are never served to a strict read, nor the other way round
+        identity["lenient"] = True
+    return identity
 
 
 def _json(value: Any) -> Any:

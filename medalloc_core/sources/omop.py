@@ -308,8 +308,9 @@ def read_omop(
         progress handler), and the bound on connecting to a server that does not answer.
     lenient
         A node's reading (issue 20): a record that breaks a per-record rule is left out (and
-        listed), only a structural problem stops. The row reader only: a CDM read in SQL (of
-        ``SQL_MIN_VISITS`` visits or more) is read strictly.
+        listed), only a structural problem stops. A CDM of ``SQL_MIN_VISITS`` visits or more is
+        counted in SQL, a flagged stay left out there; flagged ids send it to this row reader,
+        leniently (``omop_sql.read_omop_sql``).
 
     Returns
     -------
@@ -334,7 +335,7 @@ def read_omop(
             from medalloc_core.sources.omop_sql import SQL_MIN_VISITS, read_omop_sql, visit_rows
 
             if visit_rows(source) >= SQL_MIN_VISITS:
-                counted = read_omop_sql(source, mapping)
+                counted = read_omop_sql(source, mapping, lenient=lenient)
                 if counted is not None:
                     return counted
         return _Reader(source, mapping, lenient=lenient).run()

@@ -253,25 +253,33 @@ def visit_rows(database: Any) -> int:
 
 
 def read_omop_sql(
-    database: Any, mapping: OmopMapping
+    database: Any, mapping: OmopMapping, *, lenient: bool = False
 ) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]] | None:
     """Read a CDM database in SQL; None when the row reader should (see the module docstring).
 
     ``database`` is the opened :class:`medalloc_core.sources.omop._Database`. Returns
     (stays, problems, summary) like ``read_omop``; ``summary["daily"]`` holds the daily
-    records counted in the database.
+    records counted in the database. ``lenient`` (a node's reading, issue 20): a stay flagged by a
+    check on the stays themselves (an unreadable or missing start, an unreadable end, an end before
+    its start, a missing, unknown or nameless care site) is left out in the database (a ``WHERE`` on
+    the stays, counted in ``summary["left_out"]``), as the row reader's lenient reading leaves it
+    out; a CDM whose ids are flagged (an empty, invalid or repeated id or person, a detail of another
+    person's or of no visit) is left to that reader, whatever its size (its time and memory, not this
+    path's, for that read; docs/privacy.md).
     """
     try:
-        return _SqlReader(database, mapping).run()
+        return _SqlReader(database, mapping, lenient=lenient).run()
     except _Unsupported as exc:
         logger.debug("OMOP %s read by the row reader: %s", database.display, exc)
         return None
 
 
 class _SqlReader:
-    def __init__(self, database: Any, mapping: OmopMapping) -> None:
+    def __init__(self, database: Any, mapping: OmopMapping, *, lenient: bool = False) -> None:
         self.db = database
         self.mapping = mapping
+        self.lenient = lenient
+        self.keep = ""  # a node's reading: the condition of the stays it leaves out (empty: none)
         self.problems: list[Problem] = []
         self.details: list[tuple[str, str]] = []
         self.summary: dict[str, Any] = {
@@ -358,6 +366,13 @@ class _SqlReader:
         stays = self._fetch_stays()
         self.summary["encounters"] = len(stays)
         self.summary["open_stays"] = int(stays[DISCHARGE_TIME].isna().sum())
+        if stays.empty and self.lenient:  # a node: no stay left is zero stays on its declared calendar
+            self._add(
+                "no inpatient stay in any unit: the node counts zero stays (check the mapping: docs/data.md)",
+                severity="warning",
+            )
+            self.summary.update(frequency=Frequency.DAILY.value, gaps=0, daily_rows=0, units=[], daily=daily)
+            return stays, self.problems, self.summary
         if stays.empty:
             self._add("no inpatient stay in any unit; expected at least one (check the mapping: docs/data.md)")
             return None, self.problems, self.summary
@@ -750,8 +765,10 @@ class _SqlReader:
         if not any(counts):  # the stays are well formed: one pass counts everything about them
             checks = self._stay_checks()
             counts = self._stay_pass(checks)
+            if any(counts) and self.lenient:  # a node: the flagged stays left out here, in the database
+                counts = self._leave_out(checks, counts)
         if any(counts):
-            if visits <= ROW_READER_MAX_VISITS:
+            if visits <= ROW_READER_MAX_VISITS or self.lenient:  # a node: the row reader leaves ids' records out
                 return None
             for check, count in zip(checks, counts, strict=True):
                 if count:
@@ -773,17 +790,26 @@ class _SqlReader:
         checks += [replace(c, flag=f"1{c.flag}") for c in self._time_checks(VISIT, self._alone())]
         return checks + self._unit_checks()
 
+    def _leave_out(self, checks: list[_Check], counts: list[int]) -> list[int]:
+        """A node's reading: the stays the flagged checks name are left out (``self.keep``), the stays counted
+        again without them, and how many went into ``summary["left_out"]`` (the row reader's one number)."""
+        conditions = _stay_conditions()
+        flagged = [c.flag for c, n in zip(checks, counts, strict=True) if n]
+        before = self.stay_counts["tbl0"] + self.stay_counts["tbl1"]
+        self.keep = " OR ".join(f"({conditions[f]})" for f in flagged)
+        again = self._stay_pass(checks)
+        self.summary["left_out"] = before - (self.stay_counts["tbl0"] + self.stay_counts["tbl1"])
+        return again
+
+    def _kept_sql(self) -> str:
+        """The stays with their units (``_units_sql``) a node counts: without those ``self.keep`` names."""
+        units = self._units_sql()
+        # CASE, not NOT: a condition that is NULL (an open stay's end) leaves nothing out
+        return f"SELECT * FROM ({units}) k WHERE CASE WHEN {self.keep} THEN 0 ELSE 1 END = 1" if self.keep else units
+
     def _stay_pass(self, checks: list[_Check]) -> list[int]:
         """Every stay check, the stays per table and those without a care site, in one query over the stays."""
-        conditions = {
-            "back": "e < a",
-            "refuse": "site IS NULL",
-            "unknown": "site IS NOT NULL AND known = 0",
-            "nameless": "site IS NOT NULL AND known = 1 AND name IS NULL",
-        }
-        for table in ("0", "1"):
-            for flag in ("bsd", "bst", "bed", "bet", "nos"):
-                conditions[table + flag] = f"tbl = {table} AND {flag} = 1"
+        conditions = _stay_conditions()
         extra = {
             "tbl0": "tbl = 0",
             "tbl1": "tbl = 1",
@@ -800,7 +826,7 @@ class _SqlReader:
         d = self.dialect
         by_site = "CASE WHEN site IS NULL THEN '<NA>' ELSE " + d.text("site") + " END" if self.mapping.units else "''"
         rows = self._rows(
-            f"WITH stays AS ({self._stays_sql()}), u AS MATERIALIZED ({self._units_sql()}) "
+            f"WITH stays AS ({self._stays_sql()}), u AS MATERIALIZED ({self._kept_sql()}) "
             f"SELECT name, {by_site}, 0, {d.day('a')}, count(*), {sums} FROM u GROUP BY 1, 2, 4 "
             f"UNION ALL SELECT name, {by_site}, 1, {d.day('e')}, count(*), {zeros} FROM u "
             "WHERE e IS NOT NULL GROUP BY 1, 2, 4"
@@ -890,7 +916,7 @@ class _SqlReader:
         d = self.dialect
         by_site = "CASE WHEN site IS NULL THEN '<NA>' ELSE " + d.text("site") + " END"
         sql = (
-            f"WITH stays AS ({self._stays_sql()}), u AS ({self._units_sql()}) "
+            f"WITH stays AS ({self._stays_sql()}), u AS ({self._kept_sql()}) "
             f"SELECT tbl, id, person, name, {by_site}, a, e, adt FROM u ORDER BY tbl, id"
         )
         from medalloc_core.contract import DataContractError
@@ -956,6 +982,20 @@ class _SqlReader:
             column=f"{stem}_start_{'datetime' if has_time else 'date'}",
             severity="warning",
         )
+
+
+def _stay_conditions() -> dict[str, str]:
+    """Each stay check's condition over the stays with their units (by the check's flag)."""
+    conditions = {
+        "back": "e < a",
+        "refuse": "site IS NULL",
+        "unknown": "site IS NOT NULL AND known = 0",
+        "nameless": "site IS NOT NULL AND known = 1 AND name IS NULL",
+    }
+    for table in ("0", "1"):
+        for flag in ("bsd", "bst", "bed", "bet", "nos"):
+            conditions[table + flag] = f"tbl = {table} AND {flag} = 1"
+    return conditions
 
 
 def _fixed(text: str) -> Callable[[tuple[Any, ...]], str]:

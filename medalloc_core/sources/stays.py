@@ -308,7 +308,7 @@ def finish(
         return None
     if stays.empty:
         if isinstance(findings, NodeFindings):  # a node: no stay is zero stays on its declared calendar
-            return _no_daily()
+            return no_daily()
         findings.add("no inpatient stay in any unit; expected at least one (check the mapping: docs/data.md)")
         return None
     _warn_overlaps(stays, findings, fields[ADMIT_TIME])
@@ -340,7 +340,8 @@ def _warn_overlaps(stays: pd.DataFrame, findings: Findings, admit_field: Callabl
     )
 
 
-def _no_daily() -> pd.DataFrame:
+def no_daily() -> pd.DataFrame:
+    """Daily unit records of no stay (the columns, typed, no row)."""
     return pd.DataFrame(
         {
             "date": pd.Series(dtype=DATE_DTYPE),

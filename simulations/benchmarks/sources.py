@@ -1,7 +1,7 @@
 """Benchmark: a node reading its own source at hospital scale, beside DuckDB doing the same aggregation.
 
 ``python -m simulations.benchmarks.sources [--sizes 0.1,1,10] [--sources csv,parquet,...]
-[--postgres-url postgresql://USER@HOST/DB]``
+[--postgres-url postgresql://USER@HOST/DB] [--readings validate,node,malformed]``
 
 One small hospital is generated once (the synthetic generator, a year of encounters); each
 size is that hospital copied with new encounter and patient ids until it holds the number of
@@ -16,7 +16,13 @@ resident set (``os.wait4``'s ``ru_maxrss``). Goal (issue 23): 10 million encount
 source in <= 2 minutes and <= 1 GB, within 3x the reference. ``csv-append`` times the node's
 count cache (``sources.incremental``) bringing the counts of the CSV up to date after its last
 day's rows (1/365 of them) are appended: seconds of that refresh alone (the first, full read is
-not timed, but is in the peak memory), beside DuckDB aggregating the whole file.
+not timed, but is in the peak memory), beside DuckDB aggregating the whole file. ``--readings
+validate,node`` times each source both ways, in a row each: ``validate`` as ``load_source`` reads it
+(strict: what `medalloc validate` checks), ``node`` as a node counts it (issue 20:
+``inspect_node_source``, a count cache with ``lenient=True``; a malformed record left out in the engine),
+``malformed`` as a node counts a copy of the file with one malformed record added (a stay without its
+patient, an Encounter without its subject, a visit that ends before it begins; not for csv-append
+and omop-postgres): what leaving it out costs.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ BASE_DAYS = 365
 
 _READ = """
 import sys, time, json
-from medalloc_core.sources import DataSource, load_source
+from medalloc_core.sources import DataSource, inspect_node_source, load_source
 from medalloc_core.sources.mapping import EngineSettings, OmopMapping, SourceMapping
 start = time.perf_counter()
-omop = OmopMapping(schema=sys.argv[4]) if len(sys.argv) > 4 else OmopMapping()
+omop = OmopMapping(schema=sys.argv[5]) if len(sys.argv) > 5 else OmopMapping()
 mapping = SourceMapping(omop=omop, engine=EngineSettings(memory_limit=sys.argv[2], threads=int(sys.argv[3])))
-data = load_source(DataSource(sys.argv[1], mapping=mapping))
+if sys.argv[4] == "node":
+    report, data = inspect_node_source(DataSource(sys.argv[1], mapping=mapping))
+    assert data is not None, report.problems[:3]
+else:
+    data = load_source(DataSource(sys.argv[1], mapping=mapping))
 print(json.dumps({"seconds": time.perf_counter() - start, "stays": len(data.stays), "rows": len(data.records.frame)}))
 """
 
@@ -59,7 +69,7 @@ from medalloc_core.sources.mapping import EngineSettings, SourceMapping
 mapping = SourceMapping(engine=EngineSettings(memory_limit=sys.argv[2], threads=int(sys.argv[3])))
 path, tail = Path(sys.argv[1]), Path(sys.argv[4])
 with tempfile.TemporaryDirectory() as folder:
-    cache = CountCache(Path(folder))
+    cache = CountCache(Path(folder), lenient=sys.argv[5] == "node")
     first = cache.read(DataSource(str(path), mapping=mapping))
     assert first.data is not None, first.report.problems[:3]
     del first  # as a node started again: only the cache on disk is left (the peak is then the refresh's)
@@ -372,6 +382,56 @@ def _drop_schema(url: str, schema: str) -> None:
         connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def _with_malformed(kind: str, path: Path, out: Path) -> Path | None:
+    """A copy of the source with one malformed record added (None for a kind that has none here)."""
+    bad = out / ("malformed-" + path.name)
+    if kind == "csv":
+        shutil.copy(path, bad)
+        with bad.open("a") as handle:
+            handle.write("E-malformed,,icu,2023-03-10 10:00:00,2023-03-12 10:00:00\n")  # no patient_id
+    elif kind == "parquet":
+        import duckdb
+
+        duckdb.connect().execute(
+            f"COPY (SELECT * FROM read_parquet('{path}') UNION ALL SELECT 'E-malformed', NULL, 'icu', "
+            f"'2023-03-10 10:00:00', '2023-03-12 10:00:00') TO '{bad}' (FORMAT parquet)"
+        )
+    elif kind == "fhir-ndjson":
+        shutil.copytree(path, bad)
+        with (bad / "Encounter.ndjson").open("a") as handle:
+            handle.write(json.dumps(_MALFORMED_ENCOUNTER) + "\n")
+    elif kind == "fhir-bundle":  # written by _write_fhir: it ends with "\n]}\n"
+        with path.open("rb") as source, bad.open("wb") as handle:
+            shutil.copyfileobj(source, handle)
+            handle.seek(-4, os.SEEK_END)
+            handle.truncate()
+            handle.write(b',\n{"resource": ' + json.dumps(_MALFORMED_ENCOUNTER).encode() + b"}\n]}\n")
+    elif kind == "omop-sqlite":
+        shutil.copy(path, bad)
+        with sqlite3.connect(bad) as connection:
+            columns = [r[1] for r in connection.execute("PRAGMA table_info(visit_occurrence)")]
+            row = list(connection.execute("SELECT * FROM visit_occurrence LIMIT 1").fetchone())
+            row[columns.index("visit_occurrence_id")] = 10**15
+            for column, value in (("visit_end_date", "1999-01-01"), ("visit_end_datetime", "1999-01-01 00:00:00")):
+                if column in columns:
+                    row[columns.index(column)] = value
+            connection.execute(f"INSERT INTO visit_occurrence VALUES ({', '.join('?' * len(row))})", row)
+    else:
+        return None
+    return bad
+
+
+#: An inpatient Encounter without its subject: a malformed record the scan flags.
+_MALFORMED_ENCOUNTER = {
+    "resourceType": "Encounter",
+    "id": "malformed-1",
+    "status": "finished",
+    "class": {"code": "IMP"},
+    "period": {"start": "2023-03-10T10:00:00+00:00", "end": "2023-03-12T10:00:00+00:00"},
+    "location": [{"location": {"reference": "Location/x", "display": "icu"}}],
+}
+
+
 def _size_mb(path: Path) -> float:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.iterdir()) / 2**20
@@ -392,7 +452,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a PostgreSQL database the omop-postgres tier may write a schema into (skipped without it)",
     )
+    parser.add_argument(
+        "--readings",
+        default="validate",
+        help="comma-separated: validate (load_source, strict), node (as a node counts it, issue 20), "
+        "malformed (as a node, one malformed record added)",
+    )
     args = parser.parse_args(argv)
+    readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    if not readings or set(readings) - {"validate", "node", "malformed"}:
+        parser.error(f"--readings takes validate, node and/or malformed, got {args.readings!r}")
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     kinds = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = sorted(set(kinds) - set(SOURCES))
@@ -453,34 +522,49 @@ def main(argv: list[str] | None = None) -> None:
                     schema = f"bench_{limit}"
                     _write_postgres(tables, math.ceil(limit / base_count), limit, args.postgres_url, schema)
                     count = limit
+                settings = [args.memory_limit, str(args.threads)]
+                results: list[tuple[str, dict[str, Any]]] = []
+                for n, reading in enumerate(readings):
+                    if reading == "malformed":  # a copy with one malformed record, read as a node reads
+                        bad = _with_malformed(kind, path, out)
+                        if bad is None:  # csv-append, omop-postgres: not measured this way
+                            continue
+                        ours = _measured([_READ, str(bad), *settings, "node"], args.timeout)
+                        shutil.rmtree(bad) if bad.is_dir() else bad.unlink()
+                    elif kind == "omop-postgres":
+                        ours = _measured([_READ, args.postgres_url, *settings, reading, schema], args.timeout)
+                    elif kind == "csv-append":
+                        if n:  # the cache's first refresh appended the tail: cut it off again for this reading
+                            path = _write_encounters(stays, math.ceil(limit / len(stays)), limit, out, "csv")
+                            tail = _split_last_day(path, max(1, limit // BASE_DAYS))
+                        ours = _measured([_APPEND, str(path), *settings, str(tail), reading], args.timeout)
+                    else:
+                        ours = _measured([_READ, str(path), *settings, reading], args.timeout)
+                    results.append((reading, ours))
                 if kind == "omop-postgres":
                     url = args.postgres_url
-                    ours = _measured([_READ, url, args.memory_limit, str(args.threads), schema], args.timeout)
-                    ref = _measured([_REFERENCE, kind, url, args.memory_limit, str(args.threads), schema], args.timeout)
+                    ref = _measured([_REFERENCE, kind, url, *settings, schema], args.timeout)
                     _drop_schema(url, schema)
                     path = out  # nothing on disk here: the size column shows 0
-                elif kind == "csv-append":
-                    append = [_APPEND, str(path), args.memory_limit, str(args.threads), str(tail)]
-                    ours = _measured(append, args.timeout)
-                    ref = _measured([_REFERENCE, kind, str(path), args.memory_limit, str(args.threads)], args.timeout)
                 else:
-                    ours = _measured([_READ, str(path), args.memory_limit, str(args.threads)], args.timeout)
-                    ref = _measured([_REFERENCE, kind, str(path), args.memory_limit, str(args.threads)], args.timeout)
+                    ref = _measured([_REFERENCE, kind, str(path), *settings], args.timeout)
                 reference = {"omop-sqlite": "SQLite", "omop-postgres": "Postgres"}.get(kind, "DuckDB")
-                ratio = f"{ours['seconds'] / ref['seconds']:.1f}" if "seconds" in ours and "seconds" in ref else "-"
 
                 def cell(result: dict[str, Any], key: str, fmt: str, width: int) -> str:
                     value = result.get(key)
                     return f"{value:{width}{fmt}}" if value is not None else f"{'-':>{width}}"
 
-                line = (
-                    f"{kind:<12} {count:>11,} {_size_mb(path):>8.0f} {cell(ours, 'seconds', '.1f', 10)} "
-                    f"{cell(ours, 'peak_mb', '.0f', 8)} {reference:<9} {cell(ref, 'seconds', '.1f', 7)} "
-                    f"{cell(ref, 'peak_mb', '.0f', 7)} {ratio:>6}"
-                )
-                if "read" in ours:
-                    line += f"   {ours['read']:,} appended rows read"
-                print(line + (f"   MedAlloc: {ours['error']}" if "error" in ours else ""), flush=True)
+                for reading, ours in results:
+                    ratio = f"{ours['seconds'] / ref['seconds']:.1f}" if "seconds" in ours and "seconds" in ref else "-"
+                    label = kind if len(readings) == 1 else f"{kind[:7]} {reading[:4]}"
+                    line = (
+                        f"{label:<12} {count:>11,} {_size_mb(path):>8.0f} {cell(ours, 'seconds', '.1f', 10)} "
+                        f"{cell(ours, 'peak_mb', '.0f', 8)} {reference:<9} {cell(ref, 'seconds', '.1f', 7)} "
+                        f"{cell(ref, 'peak_mb', '.0f', 7)} {ratio:>6}"
+                    )
+                    if "read" in ours:
+                        line += f"   {ours['read']:,} appended rows read"
+                    print(line + (f"   MedAlloc: {ours['error']}" if "error" in ours else ""), flush=True)
                 if "error" in ref:
                     print(f"{'':<12} reference: {ref['error']}", flush=True)
                 shutil.rmtree(out)

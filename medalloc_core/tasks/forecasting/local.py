@@ -20,7 +20,7 @@ from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare
 from medalloc_core.forecast.metrics import mae, wape
 from medalloc_core.forecast.models import ForecasterNet
 from medalloc_core.forecast.training import evaluate, predict
-from medalloc_core.sources import DataSource, lenient_source, load_node_source
+from medalloc_core.sources import DataSource, cached_source, load_node_source, log_node_left_out
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +77,24 @@ def load_daily(source: DataSource, *, counts: Path | None = None) -> tuple[UnitR
 
     Cached like :func:`load_local_data` (on the source's identity and modification times): a node
     puts these on its public calendar and bounds each patient before anything is windowed.
-    ``counts`` is the node's count cache folder (``sources.incremental``): a source read strictly
-    (a hospital-scale encounter file read by the engine, FHIR, an OMOP CDM read in SQL) keeps its
-    counts there between runs, and an encounter file that grew has only its appended rows read. A
-    source the node reads leniently (a contract encounter file small enough for the validator, an
-    OMOP CDM read row by row) is read in full each time, and a malformed stay in it is left out and
-    counted in the log (``sources.load_node_source``), never a refusal (issue 20).
+    ``counts`` is the node's count cache folder (``sources.incremental``): a hospital-scale encounter
+    file read by the engine, or a FHIR export, keeps its counts there between runs, and an encounter
+    file that grew has only its appended rows read; any other source (a contract file small enough for
+    the validator, OMOP) is read in full at each change. Either way a malformed record is left out
+    before counting and counted by reason in the log, never a refusal (issue 20:
+    ``sources.inspect_node_source``).
     """
     key = source.fingerprint()
     cached = _DAILY.get(key) if key is not None else None
     if cached is None:
-        if counts is not None and not lenient_source(source):
+        if counts is not None and cached_source(source):
             from medalloc_core.sources.incremental import CountCache
 
-            counted = CountCache(counts).read(source)
+            counted = CountCache(counts, lenient=True).read(source)
             for problem in counted.report.warnings:
                 logger.warning("%s", problem)
             data = counted.loaded()
+            log_node_left_out(source, counted.left_out)
             records, stays = data.records, data.stays
         else:
             records, stays, _ = load_node_source(source)
