@@ -269,10 +269,15 @@ def _deploy(
     app: Path,
     check: tuple[int, int] | None = None,
 ) -> tuple[dict[str, str], Proc]:
-    """Coordinator up, hospitals keyed and their app approved, all but the last registered and started; node ids."""
+    """Coordinator up, hospitals keyed and their app approved, all but the last registered and started; node ids.
+
+    The last (unregistered) hospital's node is started first, as soon as it is set up: ``medalloc node start``
+    retries its refusal for 90 s before it stops (assert_refused_node_gone), and these pass while the others are set
+    up instead of after."""
     fed.start_coordinator()
     *members, intruder = data
-    for hospital in data:
+    nodes = {}
+    for hospital in (intruder, *members):
         fed.prepare_hospital(
             hospital,
             data[hospital],
@@ -280,8 +285,10 @@ def _deploy(
             app=app,
             check=check if hospital == members[0] else None,
         )
+        if hospital == intruder:
+            nodes[intruder] = fed.start_supernode(intruder)
     ids = {hospital: fed.register(hospital) for hospital in members}
-    nodes = {hospital: fed.start_supernode(hospital) for hospital in data}
+    nodes |= {hospital: fed.start_supernode(hospital) for hospital in members}
     for hospital in members:
         logged = nodes[hospital].wait_for_log(r"SuperNode ID: (\d+)", timeout=90)[1]
         assert logged == ids[hospital]
