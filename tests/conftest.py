@@ -24,7 +24,7 @@ def _own_data_source_record(tmp_path_factory: pytest.TempPathFactory, monkeypatc
     monkeypatch.setenv("MEDALLOC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
-# `make test` runs `pytest -n 3 --dist worksteal`: xdist's worksteal gives each of the N workers one contiguous part
+# `make test` runs `pytest -n 4 --dist worksteal`: xdist's worksteal gives each of the N workers one contiguous part
 # of the collection (xdist/scheduler/worksteal.py, check_schedule: each idle worker in turn gets len(pending) // the
 # workers left, in order) and an idle worker takes a busy one's not-yet-started tests from the *end* of its queue.
 # The real-process tests take minutes each and the rest seconds, so where they sit decides the wall time: all at the
@@ -32,28 +32,28 @@ def _own_data_source_record(tmp_path_factory: pytest.TempPathFactory, monkeypatc
 # of a 1486 s run). So the long modules are split into N sets of about equal time, and each part of the collection
 # starts with one set: every worker starts on minutes-long tests, and the short ones, at the end of each part, are
 # what stealing balances. More workers than the 2 cores: the real-process tests mostly wait (process starts, Flower's
-# pulls, heartbeats, round timeouts), and at -n 2 the cores were 60 % busy. Seconds are module totals from a
-# fresh-clone `make test --durations` (2 cores); a module keeps its tests together, in pytest's order, so a
-# module-scoped fixture is set up once. A module missing from the list runs among the short ones: slower, never
-# wrong. The two deployment modules' figures are the last run's, scaled by each test's time alone after / before
-# the shared toy deployment (tests/e2e/test_toy_deployment.py now holds the toy test and the slow-uploads test of
-# tests/e2e/test_gateway_slow_clients_e2e.py on one deployment): toy + gateway (244 + 139) x 387 / 654 s,
-# MedAlloc's own (427 - 244) x 778 / 919 s.
+# pulls, heartbeats, round timeouts), and at -n 2 the cores were 60 % busy. Seconds are module totals (setup
+# included) from a fresh-clone `make test --durations=30` at -n 2 (2 cores, pytest 1390 s), less what a test lost
+# since, measured side by side with the test before: the toy deployment 33 s (its refused node starts first: 232 ->
+# 199 s), the weekly cycle 38 s (its restarted node comes back during the hospitals' Monday, 38 s alone). A module
+# whose other tests were not among that run's 30 slowest (their time unknown) keeps its earlier figure where that is
+# larger. A module keeps its tests together, in pytest's order, so a module-scoped fixture is set up once. A module
+# missing from the list runs among the short ones: slower, never wrong.
 LONGEST_MODULES: dict[str, float] = {
-    "tests/e2e/test_toy_deployment.py": 227,
-    "tests/e2e/test_deployment.py": 155,
+    "tests/e2e/test_weekly_cycle.py": 250,  # through the gateway since stop 28 (912 s alone at load 11-16)
     "tests/e2e/test_faults.py": 305,
+    "tests/e2e/test_deployment.py": 187,
+    "tests/e2e/test_toy_deployment.py": 127,
     "tests/test_docs_commands.py": 150,
-    "tests/e2e/test_secure_aggregation_e2e.py": 147,
-    "tests/e2e/test_weekly_cycle.py": 350,  # through the gateway since stop 28 (912 s alone at load 11-16)
-    "tests/e2e/test_node_rejoin.py": 88,
-    "tests/test_sources_federation.py": 60,
-    "tests/e2e/test_secure_region_e2e.py": 55,
-    "tests/test_equipment_docs.py": 55,
-    "tests/e2e/test_approved_apps.py": 50,
+    "tests/e2e/test_secure_aggregation_e2e.py": 125,
+    "tests/e2e/test_node_rejoin.py": 91,
+    "tests/e2e/test_approved_apps.py": 67,
+    "tests/test_equipment_docs.py": 60,
+    "tests/test_simulation_data_dir.py": 60,
+    "tests/e2e/test_secure_region_e2e.py": 54,
     "tests/test_tasks.py": 50,
     "tests/e2e/test_flwr_run.py": 50,
-    "tests/test_simulation_data_dir.py": 60,
+    "tests/test_sources_federation.py": 43,
     "tests/test_report.py": 40,
 }
 
