@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medalloc.cli import app as medalloc_app
-from tests.e2e.harness import Proc, ProcessHarness, free_port, wait_for_run, wait_port
+from tests.e2e.harness import ONE_SHOT_TIMEOUT_S, Proc, ProcessHarness, free_port, wait_for_run, wait_port
 from tests.test_security import leak_patterns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,11 +146,11 @@ class Federation:
         return block.replace(NODE_DOC_DIR, str(self.node_dir(hospital))).replace("H000", hospital)
 
     def sh(
-        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60
+        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = ONE_SHOT_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
         return self.harness.run(name, ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
 
-    def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60) -> str:
+    def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = ONE_SHOT_TIMEOUT_S) -> str:
         result = self.sh(name, script, env, cwd=cwd, timeout=timeout)
         assert result.returncode == 0, f"{name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         return result.stdout
