@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _TAG_VAR = "MEDALLOC_E2E_TAG"
+# How long a one-shot command (a `medalloc` or `flwr` command) may take before the test fails: a guard against a hang,
+# never a measure. A `medalloc forecast` that takes 10 s alone took over 60 s with 4 xdist workers on 2 loaded cores.
+ONE_SHOT_TIMEOUT_S = 300.0
 FLOWER_PROCESS = re.compile(r"flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp|nginx")
 
 
@@ -144,7 +147,7 @@ class ProcessHarness:
         return proc
 
     def run(
-        self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 60
+        self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = ONE_SHOT_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
         """Run a one-shot command to completion; its output is also kept in the log dir."""
         result = subprocess.run(

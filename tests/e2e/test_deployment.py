@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medalloc.cli import app as medalloc_app
-from tests.e2e.harness import Proc, ProcessHarness, free_port, wait_for_run, wait_port
+from tests.e2e.harness import ONE_SHOT_TIMEOUT_S, Proc, ProcessHarness, free_port, wait_for_run, wait_port
 from tests.test_security import leak_patterns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,11 +146,11 @@ class Federation:
         return block.replace(NODE_DOC_DIR, str(self.node_dir(hospital))).replace("H000", hospital)
 
     def sh(
-        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60
+        self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = ONE_SHOT_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
         return self.harness.run(name, ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, timeout=timeout)
 
-    def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = 60) -> str:
+    def ok(self, name: str, script: str, env: dict[str, str], *, cwd: Path, timeout: float = ONE_SHOT_TIMEOUT_S) -> str:
         result = self.sh(name, script, env, cwd=cwd, timeout=timeout)
         assert result.returncode == 0, f"{name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         return result.stdout
@@ -269,10 +269,15 @@ def _deploy(
     app: Path,
     check: tuple[int, int] | None = None,
 ) -> tuple[dict[str, str], Proc]:
-    """Coordinator up, hospitals keyed and their app approved, all but the last registered and started; node ids."""
+    """Coordinator up, hospitals keyed and their app approved, all but the last registered and started; node ids.
+
+    The last (unregistered) hospital's node is started first, as soon as it is set up: ``medalloc node start``
+    retries its refusal for 90 s before it stops (assert_refused_node_gone), and these pass while the others are set
+    up instead of after."""
     fed.start_coordinator()
     *members, intruder = data
-    for hospital in data:
+    nodes = {}
+    for hospital in (intruder, *members):
         fed.prepare_hospital(
             hospital,
             data[hospital],
@@ -280,8 +285,10 @@ def _deploy(
             app=app,
             check=check if hospital == members[0] else None,
         )
+        if hospital == intruder:
+            nodes[intruder] = fed.start_supernode(intruder)
     ids = {hospital: fed.register(hospital) for hospital in members}
-    nodes = {hospital: fed.start_supernode(hospital) for hospital in data}
+    nodes |= {hospital: fed.start_supernode(hospital) for hospital in members}
     for hospital in members:
         logged = nodes[hospital].wait_for_log(r"SuperNode ID: (\d+)", timeout=90)[1]
         assert logged == ids[hospital]

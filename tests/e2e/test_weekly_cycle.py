@@ -187,11 +187,7 @@ def test_weeks_of_new_days_through_the_gateway_one_node_restarted_one_killed_mid
             for hospital in HOSPITALS:
                 data = fed.node_dir(hospital) / "data"
                 _export(stays[hospital], ends[week - 1], data / f"{hospital}.csv", data / "complete-through.txt")
-        if week == RESTART_WEEK:  # the whole node stopped (power, reboot) and started again by its operator
-            os.killpg(procs[RESTARTED].pid, signal.SIGKILL)
-            procs[RESTARTED].popen.wait(timeout=30)
-            procs[RESTARTED].log.replace(procs[RESTARTED].log.with_name(f"supernode-{RESTARTED}-before-restart.log"))
-            procs[RESTARTED] = fed.start_supernode(RESTARTED)
+        if week == RESTART_WEEK:  # restarted after last week's run (below): back before this week's
             procs[RESTARTED].wait_for_log(r"SuperNode ID: \d+", timeout=240)
         began = time.monotonic()
         tag = f"2026-W{20 + week:02d}"
@@ -225,6 +221,13 @@ def test_weeks_of_new_days_through_the_gateway_one_node_restarted_one_killed_mid
         for hospital in HOSPITALS:
             ledger = PrivacyLedger.load(fed.node_dir(hospital) / "privacy-ledger.json")
             epsilons[hospital].append(ledger.epsilon_spent())
+        if week + 1 == RESTART_WEEK:  # the whole node stopped (power, reboot) and started again by its operator
+            # now, between two weeks: the SuperLink refuses it (305) until it has missed 2 heartbeats of 30 s, and
+            # `medalloc node start` retries meanwhile, while the hospitals have their Monday
+            os.killpg(procs[RESTARTED].pid, signal.SIGKILL)
+            procs[RESTARTED].popen.wait(timeout=30)
+            procs[RESTARTED].log.replace(procs[RESTARTED].log.with_name(f"supernode-{RESTARTED}-before-restart.log"))
+            procs[RESTARTED] = fed.start_supernode(RESTARTED)
         # Each hospital's Monday on its own machine: the two at once here (each is four short commands).
         with ThreadPoolExecutor(len(HOSPITALS)) as pool:
             mondays = {h: pool.submit(_monday, fed, h, week, folder / "final_model.safetensors") for h in HOSPITALS}
