@@ -404,7 +404,7 @@ def test_the_region_reaches_real_supernodes(region: Region) -> None:
     rows = metrics(out)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["nodes"]["accepted"] == 2 for r in rows if r["round"] > 0), rows
-    assert json.loads((out / "final_model.json").read_text())["window-spec"]["context"] == ["weeks", "region"]  # the hybrid always reads the weekly means
+    assert json.loads((out / "final_model.json").read_text())["window-spec"]["context"] == ["weeks", "region"]
     sharing = set(re.findall(r"region: node (\d+) shares its released totals", log))
     assert sharing == {region.ids[KILLED], region.ids[STEADY]}, log[-4000:]
     check_one_release(region, rows)
