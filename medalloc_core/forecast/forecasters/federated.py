@@ -18,10 +18,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from medalloc_core.forecast.features import WindowSet
-from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Origins
+from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Origins, pooled_windows
 from medalloc_core.forecast.forecasters.neural import NeuralForecaster, predict_origins
-from medalloc_core.forecast.training import TrainConfig, TrainResult, evaluate, train_local
+from medalloc_core.forecast.selection import BestOrStart, pooled_blocks
+from medalloc_core.forecast.training import TrainConfig, TrainResult, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +73,18 @@ class Federated(Forecaster):
         self.config_ = base.model_config(first)
         self.model_ = base.initial_model(self.config_)
         self.scalers_ = base.scalers(hospitals)
-        windows = {n: h.dataset(base.model_spec(h.spec)).train for n, h in hospitals.items()}
+        sets = {n: h.dataset(base.model_spec(h.spec)) for n, h in hospitals.items()}
+        windows = {n: d.train for n, d in sets.items()}
         empty = [n for n, w in windows.items() if len(w) == 0]
         if empty:
             logger.warning("hospitals %s have no training windows and sit the federation out", empty)
-        val = {n: h.dataset(base.model_spec(h.spec)).val for n, h in hospitals.items()}
+        val = {n: d.val for n, d in sets.items()}
         select = base.select and base.dp is None and any(len(v) for v in val.values())
         self.results_: dict[str, list[TrainResult]] = {n: [] for n in hospitals}
-        best, best_loss, self.best_round_ = copy.deepcopy(self.model_.state_dict()), self._val_loss(val), 0
+        if select:
+            horizon = next(iter(sets.values())).spec.horizon or 1
+            pooled = pooled_windows(list(val.values()))
+            keeper = BestOrStart(self.model_, pooled, pooled_blocks(val, horizon), base.quantiles, base.margin)
         for r in range(self.rounds):
             states, weights = [], []
             for name, train in windows.items():
@@ -99,21 +103,8 @@ class Federated(Forecaster):
             self.model_.load_state_dict(fedavg(states, weights))
             logger.debug("round %d: %d nodes", r + 1, len(states))
             if select:
-                loss = self._val_loss(val)
-                if loss < best_loss:
-                    best, best_loss, self.best_round_ = copy.deepcopy(self.model_.state_dict()), loss, r + 1
-        if select:
-            self.model_.load_state_dict(best)
-        else:
-            self.best_round_ = self.rounds
-
-    def _val_loss(self, val: Mapping[str, WindowSet]) -> float:
-        """The global model's validation pinball loss, averaged over nodes weighted by their windows.
-
-        What each node would report from its own validation period (aggregate metrics only).
-        """
-        losses = [(evaluate(self.model_, v)["pinball"], len(v)) for v in val.values() if len(v)]
-        return float(sum(v * n for v, n in losses) / sum(n for _, n in losses)) if losses else float("inf")
+                keeper.offer(self.model_, r + 1)
+        self.best_round_ = keeper.finish(self.model_) if select else self.rounds
 
     def epsilon_spent(self, delta: float) -> dict[str, float]:
         """Per hospital, the epsilon of all its rounds composed (PRV accountant); inf without DP."""

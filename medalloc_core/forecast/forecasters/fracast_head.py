@@ -46,6 +46,7 @@ from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Or
 from medalloc_core.forecast.forecasters.federated import fedavg
 from medalloc_core.forecast.metrics import DEFAULT_QUANTILES
 from medalloc_core.forecast.models import pinball_loss_per_sample
+from medalloc_core.forecast.selection import KEEP_START_MARGIN, beats, block_losses, origin_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class FracastHead(Forecaster):
         learn_spread: bool = True,
         stride: int = 7,
         val_stride: int = 2,
-        margin: float = 2.0,
+        margin: float = KEEP_START_MARGIN,
         personal_epochs: int = 0,
         batch_size: int = 32,
         seed: int = 0,
@@ -334,8 +335,7 @@ class FracastHead(Forecaster):
         spec = hospital.spec.resolved(hospital.records.frequency)
         assert spec.horizon is not None
         f = self.backbone_.windows(hospital, windows)
-        days = windows.target_start.astype("datetime64[D]").astype(np.int64) // spec.horizon
-        block = np.array([f"{hospital.name}|{u}|{d}" for u, d in zip(windows.units, days)], dtype=object)
+        block = origin_blocks(hospital.name, windows, spec.horizon)
         return _Windows(windows.X, torch.from_numpy(f.astype(np.float32)), windows.y, block)
 
     def _new_head(self, hospital: HospitalData) -> HeadNet:
@@ -371,11 +371,7 @@ class FracastHead(Forecaster):
 
     def _better(self, candidate: torch.Tensor, start: torch.Tensor, blocks: np.ndarray) -> bool:
         """Candidate validation losses beat the start's by more than ``margin`` block standard errors."""
-        diff = pd.Series((candidate - start).numpy()).groupby(blocks).mean()
-        if len(diff) < 2:
-            return False
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-        return float(diff.mean()) < -self.margin * se
+        return beats(block_losses(candidate.numpy(), blocks), block_losses(start.numpy(), blocks), self.margin)
 
     def _train(self, head: HeadNet, train: Mapping[str, _Windows], val: _Windows, epochs: int) -> int:
         """FedAvg of one head over ``train`` (one group: plain training); returns the round kept (0: the start)."""

@@ -14,12 +14,12 @@ from medalloc_core.forecast.forecasters.base import Forecaster, HospitalData, Or
 from medalloc_core.forecast.metrics import DEFAULT_QUANTILES
 from medalloc_core.forecast.models import ForecasterConfig, build_from_arrays, build_model, level_for
 from medalloc_core.forecast.models import ForecasterNet as Network
+from medalloc_core.forecast.selection import KEEP_START_MARGIN, BestOrStart, pooled_blocks
 from medalloc_core.forecast.training import (
     DPConfig,
     TrainConfig,
     TrainResult,
     adaptive_batch_size,
-    evaluate,
     predict,
     train_local,
 )
@@ -55,7 +55,10 @@ class NeuralForecaster(Forecaster):
         choice would read the data outside DP-SGD's accounting). Off by default: measured on
         the benchmark families it never helped and, after an epidemic, it kept the starting
         weights because the validation weeks did not look like the weeks that followed
-        (docs/forecasting.md).
+        (docs/forecasting.md). The best epoch is kept only where it beats the start by more
+        than ``margin`` standard errors of the validation noise (``selection.BestOrStart``).
+    margin : float, default 2.0
+        See ``select``.
     seed : int, default 0
     quantiles : sequence of float, default (0.1, 0.5, 0.9)
     context : sequence of str, default ()
@@ -84,6 +87,7 @@ class NeuralForecaster(Forecaster):
         lr: float = 1e-3,
         dp: DPConfig | None = None,
         select: bool = False,
+        margin: float = KEEP_START_MARGIN,
         seed: int = 0,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         context: Sequence[str] = (),
@@ -97,6 +101,7 @@ class NeuralForecaster(Forecaster):
         self.lr = lr
         self.dp = dp
         self.select = select
+        self.margin = margin
         self.seed = seed
         self.quantiles = tuple(quantiles)
         self.context = tuple(context)
@@ -182,16 +187,15 @@ class NeuralForecaster(Forecaster):
             self.train_result_ = self._train(self.model_, train)
             self.best_epoch_ = self.epochs
             return
-        best, best_loss = copy.deepcopy(self.model_.state_dict()), evaluate(self.model_, val)["pinball"]
+        blocks = pooled_blocks({n: d.val for n, d in zip(hospitals, sets)}, sets[0].spec.horizon or 1)
+        keeper = BestOrStart(self.model_, val, blocks, self.quantiles, self.margin)
         config = self.train_config(len(train))
         for epoch in range(1, self.epochs + 1):
             self.train_result_ = train_local(
                 self.model_, train, config=replace(config, epochs=1, seed=self.seed + epoch)
             )
-            loss = evaluate(self.model_, val)["pinball"]
-            if loss < best_loss:
-                best, best_loss, self.best_epoch_ = copy.deepcopy(self.model_.state_dict()), loss, epoch
-        self.model_.load_state_dict(best)
+            keeper.offer(self.model_, epoch)
+        self.best_epoch_ = keeper.finish(self.model_)
 
     def _predict(self, hospital: HospitalData, origins: Origins) -> np.ndarray:
         spec = self.model_spec(hospital.spec)
