@@ -109,7 +109,7 @@ def _answer(
             status=Status(Code.OK, ""),
             parameters=ndarrays_to_parameters([vector]),
             num_examples=1,  # Flower's SecAgg+ weight: 1 keeps the sum a plain sum (server.secure)
-            metrics=dict(checked.metrics),
+            metrics={k: v for k, v in checked.metrics.items() if not isinstance(v, list)},
         )
         return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
     except TaskRefused as refused:

@@ -69,6 +69,11 @@ EVAL_LOSS = "eval-loss"  # pinball loss in the model's scaled space on the test 
 EVAL_MAE = "eval-mae"  # median forecast, original units (patients / beds)
 EVAL_WAPE = "eval-wape"
 VAL_LOSS = "val-loss"  # pinball loss on the released validation windows: the coordinator keeps the best round by it
+# the same loss per block of validation origins (unit and horizon-long block, sorted): the coordinator keeps the
+# start unless a round beats it by more than their paired noise (medalloc_core.forecast.selection)
+VAL_BLOCK_LOSSES = "val-block-losses"
+#: The most validation blocks one reply may carry.
+MAX_VAL_BLOCKS = 10_000
 DELTA = "delta"  # the delta EPSILON is at (the node's ledger)
 STAY_CAP_DAYS = "stay-cap-days"  # the stay length the node's epsilon covers
 
@@ -108,6 +113,18 @@ class ProtocolError(ValueError):
 
 Scalar = int | float | str | bool
 _T = TypeVar("_T")
+
+
+def _float_list(raw: Mapping[str, Any], key: str, *, limit: int) -> list[float]:
+    """``raw[key]`` checked to be a list of at most ``limit`` finite numbers."""
+    if key not in raw:
+        raise ProtocolError(f"'{key}' is missing")
+    value = raw[key]
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProtocolError(f"'{key}' must be a list of at most {limit} numbers")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in value):
+        raise ProtocolError(f"'{key}' must hold finite numbers only")
+    return [float(v) for v in value]
 
 
 def _field(
@@ -263,7 +280,7 @@ class _Reply:
         """The metric keys of this reply, exactly."""
         return frozenset(f.name.replace("_", "-") for f in fields(cls))
 
-    def metrics(self) -> dict[str, int | float]:
+    def metrics(self) -> dict[str, int | float | list[float]]:
         """The ``MetricRecord`` values of the reply."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
@@ -278,6 +295,8 @@ class _Reply:
             key = f.name.replace("_", "-")
             if f.name == "num_examples":
                 values[f.name] = _field(raw, key, int, minimum=1)
+            elif key == VAL_BLOCK_LOSSES:
+                values[f.name] = _float_list(raw, key, limit=MAX_VAL_BLOCKS)
             else:
                 values[f.name] = _field(raw, key, float)
         return cls(**values)
@@ -306,6 +325,8 @@ class EvaluateReply(_Reply):
     # pinball loss, scaled, on the node's RELEASED validation windows (before the test days): what the
     # coordinator picks the model it keeps by, so the test split stays unseen by that choice
     val_loss: float
+    # the same per block of validation origins, in a fixed order: how the coordinator tells a gain from noise
+    val_block_losses: list[float]
 
 
 TRAIN_METRIC_KEYS: frozenset[str] = TrainReply.keys()
@@ -347,6 +368,7 @@ REPLY_ALLOW_LIST: dict[str, dict[str, dict[str, str]]] = {
             EVAL_MAE: POST_PROCESSING,
             EVAL_WAPE: POST_PROCESSING,
             VAL_LOSS: POST_PROCESSING,
+            VAL_BLOCK_LOSSES: POST_PROCESSING,
         },
         NODE_INFO: {HOSPITAL_ID: PUBLIC},
         RELEASED_TOTALS: _RELEASED_TOTALS,

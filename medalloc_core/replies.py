@@ -35,7 +35,7 @@ class ReplyNotAllowed(ValueError):
 class CheckedReply:
     """A reply that passed the allow-list: exactly what goes into the Flower message."""
 
-    metrics: dict[str, int | float]
+    metrics: dict[str, int | float | list[float]]
     arrays: Mapping[str, Any] | None
     node_info: dict[str, str]
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # optional ConfigRecords (allow-listed)
@@ -70,6 +70,10 @@ def _task(task: Any) -> Any:
     return task
 
 
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(float(value))
+
+
 def check_reply(
     task: Any,
     kind: str,
@@ -98,9 +102,17 @@ def check_reply(
     missing = sorted(set(keys) - set(metrics))
     if missing:
         raise ReplyNotAllowed(f"{name} {kind} reply: metric key(s) {missing} are missing")
-    out: dict[str, int | float] = {}
+    out: dict[str, int | float | list[float]] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        if isinstance(value, list) and keys[key] == protocol.POST_PROCESSING:
+            # a list of post-processed numbers (the validation loss per block), never a public value
+            if len(value) > protocol.MAX_VAL_BLOCKS or not all(_finite(v) for v in value):
+                raise ReplyNotAllowed(
+                    f"{name} {kind} reply: metric '{key}' is not a list of at most {protocol.MAX_VAL_BLOCKS} numbers"
+                )
+            out[key] = [float(v) for v in value]
+            continue
+        if not _finite(value):
             raise ReplyNotAllowed(f"{name} {kind} reply: metric '{key}' is not a finite number")
         out[key] = value
     if arrays is not None and protocol.ARRAYS not in allowed:

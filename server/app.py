@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAdam
 
 from medalloc_core import protocol
 from medalloc_core.atomic import atomic_write_bytes
+from medalloc_core.forecast.selection import beats
 from medalloc_core.model_io import FINAL_MODEL_NAME
 from medalloc_core.rounds import (
     METRICS_FILE,
@@ -269,6 +270,12 @@ def run_federation(
         except Exception:  # a broken aggregation must not end the federation
             logger.exception("round %s: evaluation aggregation failed", server_round)
             return None
+        finally:
+            val_blocks[server_round] = dict(built.strategy.val_blocks)
+
+    # per round, each node's validation losses per block: round 0's are the start's (see _beats_start)
+    val_blocks: dict[int, dict[str, list[float]]] = {}
+    start_arrays = _to_arrays(record_arrays) if start == 1 else None
 
     if start == 1 and evaluates:
         initial = evaluate_round(0)
@@ -368,6 +375,17 @@ def run_federation(
         )
         return result
     kept = {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()}
+    if best is not None and start_arrays is not None and not _beats_start(val_blocks, best[1]):
+        at_start = next(r for r in result.rounds if r.round == 0)
+        initial_loss = (at_start.evaluate or {}).get(protocol.VAL_LOSS, math.nan)
+        progress.info(
+            "round %s (val-loss %.4g) does not beat the start (val-loss %.4g) by more than the validation noise: "
+            "the start is kept",
+            best[1],
+            best[0],
+            initial_loss,
+        )
+        best = (float(initial_loss), 0, start_arrays)
     if best is not None:
         # The model kept is the best round's on the nodes' released validation windows, not the last
         # round's; every round's own model stays in the checkpoints.
@@ -380,9 +398,11 @@ def run_federation(
     progress.info(
         "final model written to %s (%s)",
         out / FINAL_MODEL_NAME,
-        f"round {best[1]}, the best on the nodes' released validation windows, val-loss {best[0]:.4g}"
-        if best
-        else "the last round's",
+        "the last round's"
+        if best is None
+        else f"the start (round 0), val-loss {best[0]:.4g}: no round beat it beyond the validation noise"
+        if best[1] == 0
+        else f"round {best[1]}, the best on the nodes' released validation windows, val-loss {best[0]:.4g}",
     )
     return result
 
@@ -453,6 +473,22 @@ def initial_arrays(path: Path, model: TaskModel) -> dict[str, np.ndarray]:
     except ModelFileError as exc:
         raise RunConfigError(f"init-from {path}: {exc}") from exc
     return {name: np.asarray(a) for name, a in arrays.items()}
+
+
+def _beats_start(val_blocks: Mapping[int, Mapping[str, list[float]]], best_round: int) -> bool:
+    """Whether ``best_round``'s model beats round 0's (the start) beyond the noise of the validation blocks.
+
+    The blocks of the nodes that reported in both evaluations, each node's own blocks paired
+    (``selection.beats``); where none did, the best round stands (nothing to compare it with).
+    """
+    start, best = val_blocks.get(0, {}), val_blocks.get(best_round, {})
+    nodes = [n for n in best if n in start and len(best[n]) == len(start[n]) and best[n]]
+    if not nodes:
+        logger.info(
+            "no node reported validation blocks for both the start and round %s: round %s kept", best_round, best_round
+        )
+        return True
+    return beats(np.concatenate([best[n] for n in nodes]), np.concatenate([start[n] for n in nodes]))
 
 
 def _best_before(log_path: Path, checkpoint_dir: Path) -> tuple[float, int, dict[str, np.ndarray]] | None:

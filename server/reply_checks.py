@@ -105,6 +105,8 @@ def check_metrics(metrics: MetricRecord, *, required: frozenset[str], max_exampl
         return f"metric keys {sorted(keys)} differ from the expected {sorted(required)}"
     for key, value in metrics.items():
         values = value if isinstance(value, list) else [value]
+        if len(values) > protocol.MAX_VAL_BLOCKS:
+            return f"metric '{key}' holds {len(values)} values; at most {protocol.MAX_VAL_BLOCKS}"
         if any(isinstance(v, bool) or not math.isfinite(float(v)) for v in values):
             return f"metric '{key}' is not a finite number"
     count = metrics[protocol.NUM_EXAMPLES]
@@ -233,6 +235,9 @@ class ReplyFilter(Strategy):
         self.report = RoundReport()
         self._global: ArrayRecord | None = None
         self._sent: list[Message] = []
+        # the last evaluation's per-node validation losses per block (protocol.VAL_BLOCK_LOSSES), by hospital
+        # id (node id where a node names none): taken out of the metrics before Flower averages them
+        self.val_blocks: dict[str, list[float]] = {}
 
     def __repr__(self) -> str:
         return f"ReplyFilter({self.strategy!r})"
@@ -275,6 +280,7 @@ class ReplyFilter(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate, remembering the messages (see ``_addressee``)."""
+        self.val_blocks = {}
         self._sent = self.task.addressed(self.strategy.configure_evaluate(server_round, arrays, config, grid))
         return self._sent
 
@@ -321,6 +327,9 @@ class ReplyFilter(Strategy):
                 continue
             metrics = _only_metric_record(message)
             assert metrics is not None  # _check guarantees it
+            if protocol.VAL_BLOCK_LOSSES in metrics:
+                # one list per node, of the node's own length: Flower would average them element by element
+                self.val_blocks[hospital or str(node)] = [float(v) for v in metrics.pop(protocol.VAL_BLOCK_LOSSES)]  # type: ignore[union-attr]
             outcomes.append(
                 NodeOutcome(node, "accepted", "", hospital, {k: float(v) for k, v in metrics.items()}, norm)  # type: ignore[arg-type]
             )

@@ -43,7 +43,13 @@ def test_a_reply_off_the_allow_list_is_never_built():
         protocol.EVAL_MAE: 1.0,
         protocol.EVAL_WAPE: 0.1,
         protocol.VAL_LOSS: 1.0,
+        protocol.VAL_BLOCK_LOSSES: [1.0, 0.5],
     }
+    assert check_reply("forecasting", "evaluate", evaluate, None, {}).metrics[protocol.VAL_BLOCK_LOSSES] == [1.0, 0.5]
+    with pytest.raises(ReplyNotAllowed, match="not a list of at most"):
+        check_reply("forecasting", "evaluate", evaluate | {protocol.VAL_BLOCK_LOSSES: [1.0, float("inf")]}, None, {})
+    with pytest.raises(ReplyNotAllowed, match="not a finite number"):  # a public value is never a list
+        check_reply("forecasting", "evaluate", evaluate | {protocol.NUM_EXAMPLES: [3]}, None, {})
     with pytest.raises(ReplyNotAllowed, match="arrays"):
         check_reply("forecasting", "evaluate", evaluate, {"w": np.zeros(2)}, {})
     with pytest.raises(ReplyNotAllowed, match="node-info"):

@@ -22,6 +22,7 @@ from medalloc.server.checkpoint import load_checkpoint
 from medalloc.server.config import RunConfig
 from medalloc_core import protocol
 from medalloc_core.model_io import FINAL_MODEL_NAME, read_model_files
+from medalloc_core.tasks import get_task
 from tests.browser import Chromium, chromium_binary
 from tests.fed_fixtures import TINY, DirectGrid, file_calendar, small_region, task_identity
 
@@ -139,3 +140,41 @@ def test_the_coordinator_reads_participation_privacy_and_the_kept_round_in_chrom
     assert f"round {fed['model_kept']['round']}" in " ".join(kept.split()) and "validation" in kept
     assert refusals == 3  # the third hospital, in each of the three rounds
     assert rounds == 4  # round 0 (the initial model) and three rounds
+
+
+def test_a_run_whose_rounds_do_not_beat_the_start_keeps_the_start(tmp_path: Path) -> None:
+    """A learning rate that makes every round overshoot: no round beats the start, whose weights are kept."""
+    region = small_region(tmp_path / "region", hospitals=2)
+    nodes = {
+        i + 1: {"data-path": str(region / f"H00{i}.csv"), "ledger-path": str(tmp_path / f"ledger{i}.json")}
+        | {"privacy-epsilon-budget": 20.0}
+        | file_calendar(region / f"H00{i}.csv")
+        for i in range(2)
+    }
+    out = tmp_path / "run"
+    keys = {"out-dir": str(out), "num-server-rounds": 2, "min-available-nodes": 2, "lr": 50.0, "max-update-norm": 0}
+    keys |= {k: v for k, v in TINY.items() if k != "lr"}
+    config = RunConfig.from_mapping(keys)
+    with task_identity():
+        result = run_federation(DirectGrid(make_client_app(), nodes), config, run_id=1)
+    assert result.final_model_written and result.best_round == 0
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["federation"]["model_kept"]["round"] == 0
+    meta, kept = read_model_files(out / FINAL_MODEL_NAME.replace(".safetensors", ".json"))
+    assert meta["best-round"] == 0
+    task = get_task(config.task)
+    start = task.model(config, task.options(config.task_options)).arrays
+    assert set(kept) == set(start)
+    for name, value in start.items():
+        np.testing.assert_array_equal(kept[name], value)
+
+
+def test_the_start_is_compared_on_the_blocks_of_the_nodes_that_scored_both() -> None:
+    from medalloc.server.app import _beats_start
+
+    start = {"H1": [1.0, 1.0, 1.0], "H2": [2.0, 2.0]}
+    assert _beats_start({0: start, 3: {"H1": [0.9, 0.8, 0.9], "H2": [1.9, 1.8]}}, 3)
+    assert not _beats_start({0: start, 3: {"H1": [0.9, 1.1, 0.9], "H2": [2.1, 1.9]}}, 3)  # mean gain within noise
+    # H3 scored no start and H2 another number of blocks: only H1's blocks are paired
+    assert _beats_start({0: start, 3: {"H1": [0.9, 0.8, 0.9], "H2": [9.0], "H3": [9.0, 9.0]}}, 3)
+    assert _beats_start({0: {}, 3: {"H1": [5.0, 5.0]}}, 3)  # nothing to compare with: the round stands

@@ -184,8 +184,11 @@ def test_eval_replies_with_bad_metrics_are_dropped():
         protocol.EVAL_MAE: 3.0,
         protocol.EVAL_WAPE: 0.1,
         protocol.VAL_LOSS: 0.2,
+        protocol.VAL_BLOCK_LOSSES: [0.1, 0.3],
     }
     bad = ok | {protocol.EVAL_MAE: float("inf")}
+    bad_blocks = ok | {protocol.VAL_BLOCK_LOSSES: [0.1, float("nan")]}
+    longer = ok | {protocol.VAL_BLOCK_LOSSES: [0.2, 0.2, 0.2]}  # another node's own number of blocks
     from flwr.app import Message, RecordDict
 
     from tests.fed_fixtures import request
@@ -193,10 +196,15 @@ def test_eval_replies_with_bad_metrics_are_dropped():
     replies = [
         Message(RecordDict({protocol.METRICS: MetricRecord(ok)}), reply_to=request(1, g, train=False)),
         Message(RecordDict({protocol.METRICS: MetricRecord(bad)}), reply_to=request(2, g, train=False)),
+        Message(RecordDict({protocol.METRICS: MetricRecord(bad_blocks)}), reply_to=request(3, g, train=False)),
+        Message(RecordDict({protocol.METRICS: MetricRecord(longer)}), reply_to=request(4, g, train=False)),
     ]
     metrics = f.aggregate_evaluate(1, replies)
     assert metrics is not None and metrics[protocol.EVAL_MAE] == pytest.approx(3.0)
-    assert [o.status for o in f.report.evaluate] == ["accepted", "dropped"]
+    assert [o.status for o in f.report.evaluate] == ["accepted", "dropped", "dropped", "accepted"]
+    # the per-block losses are kept per node, out of Flower's element-wise average (lengths differ)
+    assert f.val_blocks == {"1": [0.1, 0.3], "4": [0.2, 0.2, 0.2]}
+    assert protocol.VAL_BLOCK_LOSSES not in metrics
 
 
 def test_robust_strategy_also_only_sees_checked_replies():
@@ -230,8 +238,13 @@ def test_check_metrics_rejects_fractional_and_boolean_counts():
         protocol.EVAL_MAE: 3.0,
         protocol.EVAL_WAPE: 0.1,
         protocol.VAL_LOSS: 0.2,
+        protocol.VAL_BLOCK_LOSSES: [0.2],
     }
     assert check_metrics(MetricRecord(base), required=required, max_examples=100) is None
+    too_long = [0.2] * (protocol.MAX_VAL_BLOCKS + 1)
+    assert "at most" in check_metrics(
+        MetricRecord(base | {protocol.VAL_BLOCK_LOSSES: too_long}), required=required, max_examples=100
+    )
     assert "whole number" in check_metrics(
         MetricRecord(base | {protocol.NUM_EXAMPLES: 10.5}), required=required, max_examples=100
     )

@@ -140,7 +140,7 @@ class NodeReply:
     daily totals, ``protocol.RELEASED_TOTALS``), checked like the rest before they leave the node.
     """
 
-    metrics: dict[str, int | float]
+    metrics: dict[str, int | float | list[float]]
     arrays: dict[str, np.ndarray] | None = None
     records: dict[str, dict[str, Any]] | None = None
 

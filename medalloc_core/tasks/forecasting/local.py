@@ -11,6 +11,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from medalloc_core.contract import Frequency, UnitRecords
 from medalloc_core.forecast.features import HospitalDataset, WindowSpec, prepare_hospital
 from medalloc_core.forecast.metrics import mae, wape
 from medalloc_core.forecast.models import ForecasterNet
+from medalloc_core.forecast.selection import block_losses, origin_blocks, window_losses
 from medalloc_core.forecast.training import evaluate, predict
 from medalloc_core.sources import DataSource, cached_source, load_node_source, log_node_left_out
 
@@ -125,8 +127,12 @@ def test_forecasts(model: ForecasterNet, dataset: HospitalDataset) -> tuple[np.n
     return y, q
 
 
-def evaluate_local(model: ForecasterNet, dataset: HospitalDataset) -> dict[str, float]:
-    """Test-split metrics a node may share: scaled pinball loss, and MAE and WAPE of the median in original units."""
+def evaluate_local(model: ForecasterNet, dataset: HospitalDataset) -> dict[str, Any]:
+    """Test-split metrics a node may share: scaled pinball loss, and MAE and WAPE of the median in original units.
+
+    Beside them the validation loss, whole (``val_loss``) and per block of origins (``val_blocks``,
+    ``selection.block_losses``): what the coordinator keeps a round or the start by.
+    """
     if len(dataset.test) == 0:
         raise ValueError("the test split has no windows")
     loss = evaluate(model, dataset.test)["pinball"]
@@ -136,10 +142,13 @@ def evaluate_local(model: ForecasterNet, dataset: HospitalDataset) -> dict[str, 
     # the validation windows choose the model the coordinator keeps; a dataset without any (a short
     # series) scores the choice on its training windows, never on the test days
     choose = dataset.val if len(dataset.val) else dataset.train
-    val_loss = float(evaluate(model, choose)["pinball"]) if len(choose) else float(loss)
+    losses = window_losses(model, choose, model.config.quantiles)
+    val_loss = float(losses.mean()) if len(choose) else float(loss)
+    horizon = dataset.spec.horizon or 1
     return {
         "loss": float(loss),
         "val_loss": val_loss if math.isfinite(val_loss) else float(loss),
+        "val_blocks": [float(v) for v in block_losses(losses, origin_blocks("", choose, horizon))],
         "mae": float(mae(y, median)),
         "wape": w if math.isfinite(w) else 0.0,
         "n": float(len(dataset.test)),

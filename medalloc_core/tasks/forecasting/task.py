@@ -675,6 +675,7 @@ class ForecastingTask(FederatedTask):
             eval_mae=scores["mae"],
             eval_wape=scores["wape"],
             val_loss=scores["val_loss"],
+            val_block_losses=scores["val_blocks"],
         )
         return NodeReply(reply.metrics(), records=_totals(settings, ask, released, request))
 
