@@ -82,6 +82,9 @@ def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PU
     pulls from its SuperNode. The tries per object grow so that a missing object is waited for as
     long as before (Flower's ``PULL_MAX_TIME`` still bounds it). False (and a warning) if Flower's
     functions do not take these keywords.
+
+    ``server.grid_io`` holds the ServerApp's copy: the ServerApp runs from the FAB, which does not
+    hold this package, and the warm launcher may import no app module (``server``, ``medalloc_core``).
     """
     from flwr.supercore.inflatable import inflatable_utils as objects
 
