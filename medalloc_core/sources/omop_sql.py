@@ -253,7 +253,7 @@ def visit_rows(database: Any) -> int:
 
 
 def read_omop_sql(
-    database: Any, mapping: OmopMapping, *, lenient: bool = False
+    database: Any, mapping: OmopMapping, *, lenient: bool = False, scan: bool = True, sql: bool = True
 ) -> tuple[pd.DataFrame | None, list[Problem], dict[str, Any]] | None:
     """Read a CDM database in SQL; None when the row reader should (see the module docstring).
 
@@ -266,7 +266,17 @@ def read_omop_sql(
     out; a CDM whose ids are flagged (an empty, invalid or repeated id or person, a detail of another
     person's or of no visit) is left to that reader, whatever its size (its time and memory, not this
     path's, for that read; docs/privacy.md).
+
+    A clean SQLite CDM is first read by one streamed scan (``scan``, :mod:`medalloc_core.sources.omop_scan`:
+    the same result, a fraction of the time); what the scan hands back is read here (``sql``; False: None, for
+    the row reader).
     """
+    if scan and database.kind == "sqlite":
+        from medalloc_core.sources.omop_scan import scan_omop_sqlite
+
+        scanned = scan_omop_sqlite(database, mapping, lenient=lenient)
+        if scanned is not None or not sql:
+            return scanned
     try:
         return _SqlReader(database, mapping, lenient=lenient).run()
     except _Unsupported as exc:
@@ -872,9 +882,7 @@ class _SqlReader:
         total = sum(n for n, _ in by_table.values())
         if self.mapping.missing_care_site != "hospital" or not missing:
             return
-        first = self._rows(
-            f"WITH stays AS ({self._stays_sql()}) SELECT id, tbl FROM stays WHERE site IS NULL ORDER BY tbl, id LIMIT 1"
-        )[0]
+        first = self._first_without_site()
         table = {0: DETAIL, 1: VISIT}[first[1]]
         hospital = self.mapping.hospital_unit
         self._add(
@@ -886,6 +894,13 @@ class _SqlReader:
             severity="warning",
         )
         self.details.append(("hospital-wide", f"{int(missing):,} stays without a care site, in {hospital!r}"))
+
+    def _first_without_site(self) -> tuple[Any, int]:
+        """(id, tbl) of the first stay without a care site, in (tbl, id) order."""
+        row = self._rows(
+            f"WITH stays AS ({self._stays_sql()}) SELECT id, tbl FROM stays WHERE site IS NULL ORDER BY tbl, id LIMIT 1"
+        )[0]
+        return row[0], int(row[1])
 
     # ------------------------------------------------------------------ counting
     def _unit_of(self, names: pd.Series, sites: pd.Series) -> pd.Series:
