@@ -103,20 +103,26 @@ def _walls(values: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray, np
     if not kinds <= {str, _NONE}:
         raise _HandBack(f"{what}: a value stored as {sorted(k.__name__ for k in kinds - {str, _NONE})}")
     text = pc.utf8_trim(pa.array(values, type=pa.string()), " ")
-    length = pc.utf8_length(text)
+    length = pc.binary_length(text)
     empty = pc.fill_null(pc.equal(length, 0), True)
-    suffix = pc.if_else(pc.equal(length, 10), " 00:00:00", pc.if_else(pc.equal(length, 16), ":00", ""))
-    wall = pc.utf8_slice_codeunits(pc.binary_join_element_wise(text, suffix, ""), 0, 19)
-    wall = pc.replace_substring(wall, "T", " ", max_replacements=1)
-    parsed = pc.strptime(wall, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
-    year = pc.utf8_slice_codeunits(text, 0, 4)
-    ok = pc.and_kleene(pc.match_substring_regex(text, _TIME), pc.is_valid(parsed))
-    ok = pc.and_kleene(ok, pc.and_kleene(pc.greater_equal(year, "1678"), pc.less_equal(year, "2261")))
-    # strptime rolls 2025-02-30 over to 03-02: the date read must be the date written
-    for start, part in ((5, pc.month), (8, pc.day)):
-        written = pc.cast(pc.if_else(ok, pc.utf8_slice_codeunits(text, start, start + 2), "0"), pa.int64())
-        ok = pc.and_kleene(ok, pc.equal(part(pc.if_else(ok, parsed, pa.scalar(0, pa.timestamp("s")))), written))
-    valid = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.match_substring_regex(text, _TIME), False)  # ASCII where it matches: a byte is a character
+    raw = text.view(pa.binary())
+    wall = pc.binary_slice(raw, 0, 19)  # the whole seconds: the fraction dropped
+    if pc.any(pc.and_(ok, pc.less(length, 19))).as_py():  # a date alone at midnight, minutes without seconds
+        suffix = pc.if_else(pc.equal(length, 10), b" 00:00:00", pc.if_else(pc.equal(length, 16), b":00", b""))
+        wall = pc.binary_join_element_wise(wall, suffix, b"")
+    if pc.any(pc.equal(pc.binary_slice(raw, 10, 11), b"T")).as_py():
+        wall = pc.replace_substring(wall, "T", " ", max_replacements=1)
+    parsed = pc.strptime(wall.view(pa.string()), format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    ok = pc.and_(ok, pc.is_valid(parsed))
+    # strptime rolls 2025-02-30 over to 03-02: the month and day read must be those written (then so is the year)
+    safe = pc.if_else(ok, parsed, pa.scalar(0, pa.timestamp("s")))
+    for begin, part in ((5, pc.month), (8, pc.day)):
+        written = pc.cast(pc.if_else(ok, pc.binary_slice(raw, begin, begin + 2), b"0").view(pa.string()), pa.int64())
+        ok = pc.and_(ok, pc.equal(part(safe), written))
+    year = pc.year(safe)
+    ok = pc.and_(ok, pc.and_(pc.greater_equal(year, 1678), pc.less_equal(year, 2261)))
+    valid = ok.to_numpy(zero_copy_only=False)
     seconds = parsed.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     bad = ~valid & ~empty.to_numpy(zero_copy_only=False)
     return np.where(valid, seconds, 0) * 10**9, valid, bad  # 1678-2261 fits int64 nanoseconds
@@ -208,7 +214,8 @@ class _ScanReader(_SqlReader):
         wanted = np.sort(np.array(self.mapping.inpatient_visit_concepts, dtype=np.int64))
         keep: dict[str, list[np.ndarray]] = {}
         ids: list[np.ndarray] = []
-        links: list[np.ndarray] = []  # visits: their concept; details: their visit
+        links: list[np.ndarray] = []  # details: their visit
+        concepts: list[pd.Series] = []  # visits: how many of each concept
 
         def add(name: str, values: np.ndarray) -> None:
             keep.setdefault(name, []).append(values)
@@ -223,7 +230,10 @@ class _ScanReader(_SqlReader):
             else:
                 site, no_site = np.zeros(rows, dtype=np.int64), np.ones(rows, dtype=bool)
             ids.append(key)
-            links.append(link)
+            if table == VISIT:
+                concepts.append(pd.Series(link).value_counts())
+            else:
+                links.append(link)
             # the rows that may be stays: inpatient visits; for details, those of an inpatient visit
             if table == VISIT:
                 maybe = _member(link, wanted)
@@ -235,14 +245,17 @@ class _ScanReader(_SqlReader):
                 if (person[maybe] != self.inpatient_persons[position[maybe]]).any():
                     raise _HandBack("a visit_detail of another person's visit")
             timed = times.read({c: batch[c] for c in times.columns}, rows)
-            for name, values in (("id", key), ("person", person), ("link", link), ("site", site), ("nosite", no_site)):
+            for name, values in (("id", key), ("person", person), ("site", site), ("nosite", no_site)):
                 add(name, values[maybe])
             for name, values in timed.items():
                 add(name, values[maybe])
         out = {name: np.concatenate(parts) for name, parts in keep.items()} if keep else {}
         out["all_ids"] = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         out["all_links"] = np.concatenate(links) if links else np.zeros(0, dtype=np.int64)
-        if _sorted_unique(out["all_ids"])[1]:
+        if table == VISIT:
+            self.concept_counts = pd.concat(concepts).groupby(level=0).sum().to_dict() if concepts else {}
+        out["all_ids"], repeated = _sorted_unique(out["all_ids"])  # sorted from here on
+        if repeated:
             raise _HandBack(f"a repeated {_ID[table]}")
         return out
 
@@ -250,12 +263,12 @@ class _ScanReader(_SqlReader):
         if self.mapping.unit_name != "care_site_id":  # checked as the SQL path does, whether or not a stay names it
             self.known_sites, self.site_labels = self._care_sites()
         visits = self._read(VISIT)
-        self.concept_counts = pd.Series(visits.pop("all_links")).value_counts().to_dict()
         order = np.argsort(visits["id"], kind="stable") if "id" in visits else np.zeros(0, dtype=np.int64)
         self.inpatient_ids = visits["id"][order] if "id" in visits else np.zeros(0, dtype=np.int64)
         self.inpatient_persons = visits["person"][order] if "id" in visits else np.zeros(0, dtype=np.int64)
         counts = {VISIT: len(visits["all_ids"])}
-        all_visits = np.sort(visits.pop("all_ids"))
+        all_visits = visits.pop("all_ids")
+        visits.pop("all_links")
         parts = []
         if self.level == "visit_detail":
             details = self._read(DETAIL)
