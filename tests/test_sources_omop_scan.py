@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from medalloc_core.contract import DataContractError
 from medalloc_core.sources import omop_scan
 from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.omop import _Database, _Reader
@@ -101,7 +102,7 @@ def test_missing_care_sites_overlaps_and_open_stays_as_the_sql_path(tmp_path: Pa
 
 
 def test_the_time_forms_it_reads_equal_the_sql_path(tmp_path: Path) -> None:
-    """Dates alone, ``T``, minutes without seconds, fractions and surrounding spaces: read, as the SQL path reads them."""
+    """Dates alone, ``T``, minutes without seconds, fractions, surrounding spaces: read as the SQL path reads them."""
     path = tmp_path / "cdm.sqlite"
     create_omop_database(fixture_tables(), f"sqlite:///{path}")
     with sqlite3.connect(path) as connection:
@@ -114,8 +115,8 @@ def test_the_time_forms_it_reads_equal_the_sql_path(tmp_path: Path) -> None:
             "WHERE visit_detail_id = 101"
         )
         connection.execute(
-            "UPDATE visit_detail SET visit_detail_start_datetime = '  ' || substr(visit_detail_start_datetime, 1, 19) || '.123456 ' "
-            "WHERE visit_detail_id = 102"
+            "UPDATE visit_detail SET visit_detail_start_datetime = "
+            "'  ' || substr(visit_detail_start_datetime, 1, 19) || '.123456 ' WHERE visit_detail_id = 102"
         )
         connection.execute("UPDATE visit_occurrence SET visit_end_date = '  ' WHERE visit_occurrence_id = 4")
     scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
@@ -143,7 +144,8 @@ def test_the_time_forms_it_reads_equal_the_sql_path(tmp_path: Path) -> None:
         "UPDATE care_site SET care_site_name = ' ' WHERE care_site_id = 2",
         "UPDATE visit_detail SET visit_detail_end_datetime = '2024-12-01 00:00:00', "
         "visit_detail_end_date = '2024-12-01' WHERE visit_detail_id = 100",
-        "UPDATE visit_occurrence SET visit_start_date = NULL, visit_start_datetime = NULL WHERE visit_occurrence_id = 4",
+        "UPDATE visit_occurrence SET visit_start_date = NULL, visit_start_datetime = NULL "
+        "WHERE visit_occurrence_id = 4",
     ],
 )
 def test_what_it_does_not_read_exactly_is_handed_to_the_sql_path(tmp_path: Path, update: str) -> None:
@@ -176,9 +178,7 @@ def test_the_scan_equals_the_row_reader_on_the_hand_worked_hospital(tmp_path: Pa
     create_omop_database(fixture_tables(), f"sqlite:///{path}")
     scanned = _read(f"sqlite:///{path}", OmopMapping(), scan=True, sql=False)
     assert scanned is not None
-    pd.testing.assert_frame_equal(
-        scanned[2]["daily"].reset_index(drop=True), expected_daily(), check_dtype=False
-    )
+    pd.testing.assert_frame_equal(scanned[2]["daily"].reset_index(drop=True), expected_daily(), check_dtype=False)
     database = _Database(f"sqlite:///{path}", "")
     try:
         reference = _Reader(database, OmopMapping()).run()
@@ -195,3 +195,32 @@ def test_small_batches_read_the_same(tmp_path: Path, hospital: dict[str, pd.Data
     monkeypatch.setattr(omop_scan, "SCAN_ROWS", 7)
     batched = _read(f"sqlite:///{path}", OmopMapping(), scan=True, sql=False)
     _same(batched, whole)
+
+
+def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path, monkeypatch: Any) -> None:
+    """From SCAN_MIN_VISITS visits the scan reads a clean CDM; what it hands back below SQL_MIN_VISITS goes to the
+    row reader, as before."""
+    from medalloc_core.sources import load_source, omop_sql
+    from tests.source_fixtures import expected_daily
+
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(fixture_tables(), f"sqlite:///{path}")
+    calls: list[Any] = []
+    scan = omop_scan.scan_omop_sqlite
+
+    def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
+        calls.append(scan(database, mapping, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(omop_scan, "scan_omop_sqlite", recorded)
+    load_source(path)
+    assert calls == []  # 4 visits: the row reader
+    monkeypatch.setattr(omop_sql, "SCAN_MIN_VISITS", 4)
+    data = load_source(path)
+    assert len(calls) == 1 and calls[0] is not None
+    pd.testing.assert_frame_equal(data.records.frame.reset_index(drop=True), expected_daily(), check_dtype=False)
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE visit_detail SET visit_detail_start_datetime = 'soon' WHERE visit_detail_id = 101")
+    with pytest.raises(DataContractError, match="'soon' is not a valid date"):
+        load_source(path)
+    assert len(calls) == 2 and calls[1] is None

@@ -239,9 +239,7 @@ class _ScanReader(_SqlReader):
                 maybe = _member(link, wanted)
             else:
                 position = np.searchsorted(self.inpatient_ids, link).clip(0, max(len(self.inpatient_ids) - 1, 0))
-                maybe = (
-                    self.inpatient_ids[position] == link if len(self.inpatient_ids) else np.zeros(rows, dtype=bool)
-                )
+                maybe = self.inpatient_ids[position] == link if len(self.inpatient_ids) else np.zeros(rows, dtype=bool)
                 if (person[maybe] != self.inpatient_persons[position[maybe]]).any():
                     raise _HandBack("a visit_detail of another person's visit")
             timed = times.read({c: batch[c] for c in times.columns}, rows)
