@@ -224,3 +224,20 @@ def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path
     with pytest.raises(DataContractError, match="'soon' is not a valid date"):
         load_source(path)
     assert len(calls) == 2 and calls[1] is None
+
+
+def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
+    tmp_path: Path, hospital: dict[str, pd.DataFrame]
+) -> None:
+    """Many overlaps over patients whose ids sort differently as numbers and as text: the same count, the same first."""
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(hospital, f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE visit_occurrence SET person_id = visit_occurrence_id % 37 + 5")
+        connection.execute(
+            "UPDATE visit_detail SET person_id = (SELECT v.person_id FROM visit_occurrence v "
+            "WHERE v.visit_occurrence_id = visit_detail.visit_occurrence_id)"
+        )
+    scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
+    _same(scanned, sql)
+    assert any("begin while the same patient's previous stay is still open" in str(p) for p in scanned[1])

@@ -405,6 +405,8 @@ class _ScanReader(_SqlReader):
         ids = s["id"][in_unit]
         prefix = np.where(s["tbl"][in_unit] == 0, "visit_detail ", "visit_occurrence ")
         self.admit_from_datetime = s["sdt"][in_unit].astype("int8")
+        self.kept = {"person": s["person"][in_unit], "s": s["s"][in_unit], "e": s["e"][in_unit]}
+        self.kept["e_has"] = s["e_has"][in_unit]
         end = s["e"][in_unit].astype(DATE_DTYPE)
         end[~s["e_has"][in_unit]] = np.datetime64("NaT")
         return pd.DataFrame(
@@ -416,3 +418,22 @@ class _ScanReader(_SqlReader):
                 DISCHARGE_TIME: end,
             }
         )
+
+    def _overlaps(self, stays: pd.DataFrame) -> tuple[int, int] | None:
+        """The SQL path's count and first overlap, on the int64 columns kept (no sort of the string frame).
+
+        Within a patient the order is (admission, position), as the stable sort by (patient, admission) gives;
+        the first is then the one whose patient id sorts first as text, as the frame's patient ids do.
+        """
+        k = self.kept
+        n = len(k["person"])
+        order = np.lexsort((np.arange(n), k["s"], k["person"]))
+        person, start, end, has_end = k["person"][order], k["s"][order], k["e"][order], k["e_has"][order]
+        overlap = np.zeros(n, dtype=bool)
+        overlap[1:] = (person[1:] == person[:-1]) & (~has_end[:-1] | (end[:-1] > start[1:]))
+        if not overlap.any():
+            return None
+        hits = order[overlap]  # positions in the frame, in (patient as int, admission, position) order
+        patients = k["person"][hits]
+        first_patient = min(np.unique(patients).tolist(), key=str)
+        return int(overlap.sum()), int(hits[patients == first_patient][0])

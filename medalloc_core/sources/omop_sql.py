@@ -985,23 +985,32 @@ class _SqlReader:
 
     def _warn_overlaps(self, stays: pd.DataFrame) -> None:
         """A patient in two units at once (the row reader's warning, same words)."""
-        ordered = stays.sort_values([PATIENT_ID, ADMIT_TIME], kind="stable")
-        previous_end = ordered.groupby(PATIENT_ID)[DISCHARGE_TIME].shift(1)
-        same = ordered[PATIENT_ID].eq(ordered[PATIENT_ID].shift(1))
-        overlap = same & (previous_end.isna() | (previous_end > ordered[ADMIT_TIME]))
-        if not overlap.any():
+        found = self._overlaps(stays)
+        if found is None:
             return
-        label = overlap.index[overlap.to_numpy()][0]
-        kind, _, ident = str(stays.at[label, ENCOUNTER_ID]).partition(" ")
+        count, position = found
+        kind, _, ident = str(stays[ENCOUNTER_ID].iat[position]).partition(" ")
         stem = _STEM[kind]
-        has_time = bool(self.admit_from_datetime[stays.index.get_loc(label)])
+        has_time = bool(self.admit_from_datetime[position])
         self._add(
-            f"{int(overlap.sum())} stay(s) begin while the same patient's previous stay is still open; first here; "
+            f"{count} stay(s) begin while the same patient's previous stay is still open; first here; "
             "both are counted in the census until the first ends",
             record=f"table {kind}, {_ID[kind]} {ident}",
             column=f"{stem}_start_{'datetime' if has_time else 'date'}",
             severity="warning",
         )
+
+    def _overlaps(self, stays: pd.DataFrame) -> tuple[int, int] | None:
+        """How many stays begin while the same patient's previous one is open, and the position of the first in
+        (patient, admission) order; None when none does."""
+        ordered = stays.sort_values([PATIENT_ID, ADMIT_TIME], kind="stable")
+        previous_end = ordered.groupby(PATIENT_ID)[DISCHARGE_TIME].shift(1)
+        same = ordered[PATIENT_ID].eq(ordered[PATIENT_ID].shift(1))
+        overlap = same & (previous_end.isna() | (previous_end > ordered[ADMIT_TIME]))
+        if not overlap.any():
+            return None
+        label = overlap.index[overlap.to_numpy()][0]
+        return int(overlap.sum()), int(stays.index.get_loc(label))
 
 
 def _stay_conditions() -> dict[str, str]:
