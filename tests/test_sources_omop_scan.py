@@ -241,3 +241,33 @@ def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
     scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
     _same(scanned, sql)
     assert any("begin while the same patient's previous stay is still open" in str(p) for p in scanned[1])
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        "UPDATE visit_detail SET visit_detail_start_datetime = 'soon' WHERE visit_detail_id = 101",
+        "UPDATE visit_detail SET visit_detail_end_date = '2025-02-30' WHERE visit_detail_id = 102",
+        "UPDATE visit_detail SET visit_detail_end_datetime = '2024-12-01 00:00:00', "
+        "visit_detail_end_date = '2024-12-01' WHERE visit_detail_id = 100",
+        "UPDATE visit_occurrence SET care_site_id = 9 WHERE visit_occurrence_id = 3",
+        "UPDATE care_site SET care_site_name = ' ' WHERE care_site_id = 2",
+        "UPDATE visit_occurrence SET visit_start_date = NULL, visit_start_datetime = NULL "
+        "WHERE visit_occurrence_id = 4",
+        "UPDATE visit_occurrence SET care_site_id = NULL WHERE visit_occurrence_id = 3",
+    ],
+)
+def test_a_node_leaves_a_flagged_stay_out_as_the_sql_path(tmp_path: Path, update: str) -> None:
+    """A node's reading (lenient): a stay flagged by a check on the stays is left out and counted, not handed back."""
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(fixture_tables(), f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute(update)
+    url = f"sqlite:///{path}"
+    for mapping in (OmopMapping(), OmopMapping(missing_care_site="refuse")):
+        scanned = _read(url, mapping, lenient=True, scan=True, sql=False)
+        assert scanned is not None, "the scan handed a node's reading back"
+        sql = _read(url, mapping, lenient=True, scan=False)
+        _same(scanned, sql)
+        assert scanned[2].get("left_out") == sql[2].get("left_out")
+    assert scanned[2].get("left_out")

@@ -17,7 +17,8 @@ warnings and summary; tested against it): when any check would flag a record, or
 is of a form it does not read (a storage class other than integer or text, a time with a
 ``Z``, an offset or spaces inside), it hands the CDM back (None) and the SQL path reads it
 again and explains it in its words (or the row reader, for a small CDM). A hospital's
-clean CDM is then one read; a broken one costs that read more than today.
+clean CDM is then one read; a broken one costs that read more than today. A node's reading
+(``lenient``) leaves a stay flagged by a check on the stays out here, as the SQL path does.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def scan_omop_sqlite(
     """Read a clean SQLite CDM in one streamed pass; None when the SQL path should read it (module docstring).
 
     Returns (stays, problems, summary) as :func:`medalloc_core.sources.omop_sql.read_omop_sql`
-    does. ``lenient`` changes nothing here: a CDM read by this path has no record to leave out.
+    does. ``lenient`` (a node's reading): a stay flagged by a check on the stays themselves (an
+    unreadable or missing start, an unreadable end, an end before its start, a missing, unknown
+    or nameless care site) is left out and counted in ``summary["left_out"]``, as the SQL path
+    does; a flagged id still hands the CDM back.
     """
     if database.kind != "sqlite":
         return None
@@ -308,39 +312,50 @@ class _ScanReader(_SqlReader):
             empty = np.zeros(0, dtype=np.int64)
             stays = {n: empty for n in ("tbl", "id", "person", "site", "s", "e", "code")}
             stays.update({n: empty.astype(bool) for n in ("nosite", "e_has", "sdt")})
-            self.unit_names, self.unit_sites = [], []
+            self.unit_names, self.unit_sites, self.first_nosite = [], [], None
             return stays
         stays = {name: np.concatenate(parts) for name, parts in columns.items()}
-        if stays["bad"].any():
-            raise _HandBack("a time that is not read here")
-        if not stays["s_has"].all():
-            raise _HandBack("a stay without a start")
-        if (stays["e_has"] & (stays["e"] < stays["s"])).any():
-            raise _HandBack("a stay that ends before it begins")
-        if self.mapping.missing_care_site == "refuse" and stays["nosite"].any():
-            raise _HandBack("a stay without a care site")
-        # the stays' care sites coded once: code -1 is no care site (the hospital-wide unit)
-        codes, uniques = pd.factorize(np.where(stays["nosite"], np.iinfo(np.int64).min, stays["site"]))
+        # the stays' care sites coded once (the minimum: no care site, the hospital-wide unit)
+        none = np.iinfo(np.int64).min
+        codes, uniques = pd.factorize(np.where(stays["nosite"], none, stays["site"]))
         sites = [int(s) for s in uniques]
-        hospital = self.mapping.hospital_unit
-        if self.mapping.unit_name == "care_site_id":
-            names: list[Any] = [hospital if s == np.iinfo(np.int64).min else str(s) for s in sites]
-        else:
-            known, labels = self.known_sites, self.site_labels
-            names = []
-            for s in sites:
-                if s == np.iinfo(np.int64).min:
-                    names.append(hospital)
-                    continue
-                at = int(np.searchsorted(known, s))
-                if at >= len(known) or known[at] != s:
-                    raise _HandBack("a care site not in care_site")
-                if labels[at] is None:
-                    raise _HandBack("a care site without a name")
-                names.append(labels[at])
+        unknown = np.zeros(len(sites), dtype=bool)
+        nameless = np.zeros(len(sites), dtype=bool)
+        names: list[Any] = []
+        for i, site in enumerate(sites):
+            if site == none:
+                names.append(self.mapping.hospital_unit)
+            elif self.mapping.unit_name == "care_site_id":
+                names.append(str(site))
+            else:
+                at = int(np.searchsorted(self.known_sites, site))
+                unknown[i] = at >= len(self.known_sites) or self.known_sites[at] != site
+                names.append(None if unknown[i] else self.site_labels[at])
+                nameless[i] = not unknown[i] and names[-1] is None
         self.unit_names = names
-        self.unit_sites = ["<NA>" if s == np.iinfo(np.int64).min else str(s) for s in sites]
+        self.unit_sites = ["<NA>" if site == none else str(site) for site in sites]
         stays["code"] = codes
+        # the checks on the stays themselves: strict, any flag hands the CDM back (the SQL path explains it); a
+        # node's reading leaves the flagged stays out, as the SQL path's WHERE does, and counts them
+        refuse = self.mapping.missing_care_site == "refuse"
+        flagged = {
+            "a time that is not read here": stays["bad"],
+            "a stay without a start": ~stays["s_has"],
+            "a stay that ends before it begins": stays["e_has"] & (stays["e"] < stays["s"]),
+            "a stay without a care site": stays["nosite"] & refuse,
+            "a care site not in care_site": unknown[codes],
+            "a care site without a name": nameless[codes],
+        }
+        out = np.zeros(len(codes), dtype=bool)
+        for reason, mask in flagged.items():
+            if mask.any() and not self.lenient:
+                raise _HandBack(reason)
+            out |= mask
+        nosite = np.flatnonzero(stays["nosite"])  # the warning names the first of all the stays, as the SQL path's
+        self.first_nosite = (int(stays["id"][nosite[0]]), int(stays["tbl"][nosite[0]])) if len(nosite) else None
+        if out.any():
+            self.summary["left_out"] = int(out.sum())
+            stays = {name: values[~out] for name, values in stays.items()}
         return stays
 
     def _concepts(self) -> list[tuple[int | None, int]]:
@@ -360,8 +375,8 @@ class _ScanReader(_SqlReader):
         return True
 
     def _first_without_site(self) -> tuple[Any, int]:
-        at = int(np.flatnonzero(self.scan["nosite"])[0])
-        return int(self.scan["id"][at]), int(self.scan["tbl"][at])
+        assert self.first_nosite is not None, "asked only when a stay has no care site"
+        return self.first_nosite
 
     def _events(self) -> pd.DataFrame:
         """Admissions and discharges per care site and day (the SQL path's ``events``), counted by ``groupby``."""
