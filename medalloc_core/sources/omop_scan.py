@@ -218,7 +218,7 @@ class _ScanReader(_SqlReader):
         wanted = np.sort(np.array(self.mapping.inpatient_visit_concepts, dtype=np.int64))
         keep: dict[str, list[np.ndarray]] = {}
         ids: list[np.ndarray] = []
-        links: list[np.ndarray] = []  # details: their visit
+        inpatient: list[tuple[np.ndarray, np.ndarray]] = []  # visits: (id, person) of the inpatient ones
         concepts: list[pd.Series] = []  # visits: how many of each concept
 
         def add(name: str, values: np.ndarray) -> None:
@@ -236,11 +236,12 @@ class _ScanReader(_SqlReader):
             ids.append(key)
             if table == VISIT:
                 concepts.append(pd.Series(link).value_counts())
-            else:
-                links.append(link)
             # the rows that may be stays: inpatient visits; for details, those of an inpatient visit
             if table == VISIT:
                 maybe = _member(link, wanted)
+                inpatient.append((key[maybe], person[maybe]))
+                if self.parents is not None:  # a visit with visit_detail rows is not a stay itself
+                    maybe &= ~_member(key, self.parents)
             else:
                 position = np.searchsorted(self.inpatient_ids, link).clip(0, max(len(self.inpatient_ids) - 1, 0))
                 maybe = self.inpatient_ids[position] == link if len(self.inpatient_ids) else np.zeros(rows, dtype=bool)
@@ -253,36 +254,41 @@ class _ScanReader(_SqlReader):
                 add(name, values[maybe])
         out = {name: np.concatenate(parts) for name, parts in keep.items()} if keep else {}
         out["all_ids"] = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-        out["all_links"] = np.concatenate(links) if links else np.zeros(0, dtype=np.int64)
         if table == VISIT:
             self.concept_counts = pd.concat(concepts).groupby(level=0).sum().to_dict() if concepts else {}
+            ip_ids = np.concatenate([i for i, _ in inpatient]) if inpatient else np.zeros(0, dtype=np.int64)
+            ip_persons = np.concatenate([p for _, p in inpatient]) if inpatient else np.zeros(0, dtype=np.int64)
+            order = np.argsort(ip_ids, kind="stable")
+            self.inpatient_ids, self.inpatient_persons = ip_ids[order], ip_persons[order]
         out["all_ids"], repeated = _sorted_unique(out["all_ids"])  # sorted from here on
         if repeated:
             raise _HandBack(f"a repeated {_ID[table]}")
         return out
 
+    def _parents(self) -> np.ndarray:
+        """The visits that have visit_detail rows (sorted): read first, so that only the visits without any are
+        kept as stays (the others' times are never held)."""
+        parents: list[np.ndarray] = []
+        for batch in self._batches(DETAIL, ["visit_occurrence_id"]):
+            parents.append(_sorted_unique(_ints(batch["visit_occurrence_id"], "visit_detail", nullable=False)[0])[0])
+        return _sorted_unique(np.concatenate(parents))[0] if parents else np.zeros(0, dtype=np.int64)
+
     def _table_counts(self) -> dict[str, int]:
         if self.mapping.unit_name != "care_site_id":  # checked as the SQL path does, whether or not a stay names it
             self.known_sites, self.site_labels = self._care_sites()
+        self.parents = self._parents() if self.level == "visit_detail" else None
         visits = self._read(VISIT)
-        order = np.argsort(visits["id"], kind="stable") if "id" in visits else np.zeros(0, dtype=np.int64)
-        self.inpatient_ids = visits["id"][order] if "id" in visits else np.zeros(0, dtype=np.int64)
-        self.inpatient_persons = visits["person"][order] if "id" in visits else np.zeros(0, dtype=np.int64)
         counts = {VISIT: len(visits["all_ids"])}
         all_visits = visits.pop("all_ids")
-        visits.pop("all_links")
         parts = []
-        if self.level == "visit_detail":
-            details = self._read(DETAIL)
-            counts[DETAIL] = len(details["all_ids"])
-            parents = _sorted_unique(details.pop("all_links"))[0]
-            if not _member(parents, all_visits).all():
+        if self.parents is not None:
+            if not _member(self.parents, all_visits).all():
                 raise _HandBack("a visit_detail of no visit")
+            del all_visits
+            details = self._read(DETAIL)
+            counts[DETAIL] = len(details.pop("all_ids"))
             parts.append((0, details))
-            alone = ~_member(visits["id"], parents) if "id" in visits else np.zeros(0, dtype=bool)
-            visits = {k: v[alone] for k, v in visits.items()}
         parts.append((1, visits))
-        del all_visits
         self.scan = self._stays(parts)
         if CARE_SITE in self.tables:
             counts[CARE_SITE] = int(self._rows(f"SELECT count(*) FROM {self._table(CARE_SITE)}")[0][0])
@@ -417,22 +423,26 @@ class _ScanReader(_SqlReader):
             )
         in_unit = pd.notna(units)[s["code"]]
         unit = np.array([str(u) for u in units], dtype=object)[s["code"][in_unit]]  # one str per unit, shared
-        ids = s["id"][in_unit]
-        prefix = np.where(s["tbl"][in_unit] == 0, "visit_detail ", "visit_occurrence ")
+        detail = pa.array(s["tbl"][in_unit] == 0)
+        ids = pa.array(s["id"][in_unit]).cast(pa.string())
+        encounter = pc.binary_join_element_wise(pc.if_else(detail, "visit_detail ", "visit_occurrence "), ids, "")
+        del detail, ids
         self.admit_from_datetime = s["sdt"][in_unit].astype("int8")
         self.kept = {"person": s["person"][in_unit], "s": s["s"][in_unit], "e": s["e"][in_unit]}
         self.kept["e_has"] = s["e_has"][in_unit]
         end = s["e"][in_unit].astype(DATE_DTYPE)
         end[~s["e_has"][in_unit]] = np.datetime64("NaT")
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
-                ENCOUNTER_ID: pd.Series(prefix, dtype=object) + pd.Series(ids).astype(str),
-                PATIENT_ID: pd.Series(s["person"][in_unit]).astype(str),
+                ENCOUNTER_ID: encounter.to_pandas(),  # Arrow strings, as pandas' own str columns
+                PATIENT_ID: pa.array(self.kept["person"]).cast(pa.string()).to_pandas(),
                 UNIT: unit,
                 ADMIT_TIME: s["s"][in_unit].astype(DATE_DTYPE),
                 DISCHARGE_TIME: end,
             }
         )
+        self.scan = {}  # the arrays read are released: the frame (and the overlap check's columns) remain
+        return frame
 
     def _overlaps(self, stays: pd.DataFrame) -> tuple[int, int] | None:
         """The SQL path's count and first overlap, on the int64 columns kept (no sort of the string frame).
