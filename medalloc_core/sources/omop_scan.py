@@ -184,6 +184,11 @@ class _Times:
 class _ScanReader(_SqlReader):
     """:class:`_SqlReader` with its queries replaced by one streamed read of each table (the same steps and words)."""
 
+    inpatient_ids: np.ndarray  # the inpatient visits' ids (sorted) and their persons, for the visit_detail checks
+    inpatient_persons: np.ndarray
+    parents: np.ndarray | None  # the visits with visit_detail rows (sorted); None at the visit level
+    first_nosite: tuple[int, int] | None  # (id, tbl) of the first stay without a care site
+
     def _dialect(self, tables: list[str]) -> _Dialect:
         # no offset scan here: a time with an offset or Z is not read by this path at all (it hands back)
         return _SQLite()
