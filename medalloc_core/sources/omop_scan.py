@@ -137,7 +137,9 @@ def _sorted_unique(values: np.ndarray) -> tuple[np.ndarray, bool]:
     on millions of ids)."""
     ordered = np.sort(values)
     same = ordered[1:] == ordered[:-1]
-    return ordered[np.concatenate(([True], ~same))] if len(ordered) else ordered, bool(same.any())
+    if not same.any():
+        return ordered, False
+    return ordered[np.concatenate(([True], ~same))], True
 
 
 def _member(values: np.ndarray, among: np.ndarray) -> np.ndarray:
@@ -257,8 +259,11 @@ class _ScanReader(_SqlReader):
                 add(name, values[maybe])
             for name, values in timed.items():
                 add(name, values[maybe])
-        out = {name: np.concatenate(parts) for name, parts in keep.items()} if keep else {}
+        out = {}
+        for name in list(keep):  # one column at a time, its batches released as it is joined
+            out[name] = np.concatenate(keep.pop(name))
         out["all_ids"] = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        del ids
         if table == VISIT:
             self.concept_counts = pd.concat(concepts).groupby(level=0).sum().to_dict() if concepts else {}
             ip_ids = np.concatenate([i for i, _ in inpatient]) if inpatient else np.zeros(0, dtype=np.int64)
@@ -312,20 +317,24 @@ class _ScanReader(_SqlReader):
     def _stays(self, parts: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
         """The stays in (tbl, id) order, each check on them run (a flagged one hands back), their unit names coded."""
         columns: dict[str, list[np.ndarray]] = {}
+        fields = ("id", "person", "site", "nosite", "s", "s_has", "sdt", "e", "e_has", "edt", "bad")
         for tbl, part in parts:
             if "id" not in part:
                 continue
             order = np.argsort(part["id"], kind="stable")
             columns.setdefault("tbl", []).append(np.full(len(order), tbl, dtype=np.int8))
-            for name in ("id", "person", "site", "nosite", "s", "s_has", "sdt", "e", "e_has", "edt", "bad"):
-                columns.setdefault(name, []).append(part[name][order])
+            for name in fields:  # sorted one column at a time, the unsorted one released at once
+                columns.setdefault(name, []).append(part.pop(name)[order])
         if not columns:
             empty = np.zeros(0, dtype=np.int64)
             stays = {n: empty for n in ("tbl", "id", "person", "site", "s", "e", "code")}
             stays.update({n: empty.astype(bool) for n in ("nosite", "e_has", "sdt")})
             self.unit_names, self.unit_sites, self.first_nosite = [], [], None
             return stays
-        stays = {name: np.concatenate(parts) for name, parts in columns.items()}
+        stays = {}
+        for name in list(columns):
+            joined = columns.pop(name)
+            stays[name] = joined[0] if len(joined) == 1 else np.concatenate(joined)
         # the stays' care sites coded once (the minimum: no care site, the hospital-wide unit)
         none = np.iinfo(np.int64).min
         codes, uniques = pd.factorize(np.where(stays["nosite"], none, stays["site"]))
@@ -427,27 +436,33 @@ class _ScanReader(_SqlReader):
                 **{ADMIT_TIME: pd.Series(dtype=DATE_DTYPE), DISCHARGE_TIME: pd.Series(dtype=DATE_DTYPE)}
             )
         in_unit = pd.notna(units)[s["code"]]
-        unit = np.array([str(u) for u in units], dtype=object)[s["code"][in_unit]]  # one str per unit, shared
-        detail = pa.array(s["tbl"][in_unit] == 0)
-        ids = pa.array(s["id"][in_unit]).cast(pa.string())
-        encounter = pc.binary_join_element_wise(pc.if_else(detail, "visit_detail ", "visit_occurrence "), ids, "")
-        del detail, ids
-        self.admit_from_datetime = s["sdt"][in_unit].astype("int8")
-        self.kept = {"person": s["person"][in_unit], "s": s["s"][in_unit], "e": s["e"][in_unit]}
-        self.kept["e_has"] = s["e_has"][in_unit]
-        end = s["e"][in_unit].astype(DATE_DTYPE)
-        end[~s["e_has"][in_unit]] = np.datetime64("NaT")
-        frame = pd.DataFrame(
+        every = bool(in_unit.all())
+
+        def take(name: str) -> np.ndarray:
+            """The column for the stays in units, released from the arrays read (no copy when every stay is)."""
+            values = s.pop(name)
+            return values if every else values[in_unit]
+
+        unit = np.array([str(u) for u in units], dtype=object)[take("code")]  # one str per unit, shared
+        detail = pa.array(take("tbl") == 0)
+        encounter = pc.binary_join_element_wise(
+            pc.if_else(detail, "visit_detail ", "visit_occurrence "), pa.array(take("id")).cast(pa.string()), ""
+        )
+        del detail
+        self.admit_from_datetime = take("sdt").astype("int8")
+        self.kept = {name: take(name) for name in ("person", "s", "e", "e_has")}  # for the overlap check
+        self.scan = {}  # the rest of the arrays read are released
+        end = self.kept["e"].astype(DATE_DTYPE)
+        end[~self.kept["e_has"]] = np.datetime64("NaT")
+        return pd.DataFrame(
             {
                 ENCOUNTER_ID: encounter.to_pandas(),  # Arrow strings, as pandas' own str columns
                 PATIENT_ID: pa.array(self.kept["person"]).cast(pa.string()).to_pandas(),
                 UNIT: unit,
-                ADMIT_TIME: s["s"][in_unit].astype(DATE_DTYPE),
+                ADMIT_TIME: self.kept["s"].astype(DATE_DTYPE),
                 DISCHARGE_TIME: end,
             }
         )
-        self.scan = {}  # the arrays read are released: the frame (and the overlap check's columns) remain
-        return frame
 
     def _overlaps(self, stays: pd.DataFrame) -> tuple[int, int] | None:
         """The SQL path's count and first overlap, on the int64 columns kept (no sort of the string frame).
