@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,10 @@ from medalloc.cli import app as cli
 from medalloc.simulations.runner import run_scenario
 from medalloc.simulations.scenario import ScenarioError, load_scenario
 
-FEDERATION = """
+# One Ray actor whatever the CPU count (all CPUs for one virtual node at a time): a second only imports the apps again.
+SIMULATION = f"[simulation]\nclient-cpus = {os.cpu_count() or 1}\n"
+FEDERATION = (
+    """
 [federation]
 model = "mlp"  # a tiny seeded MLP: the default hybrid's pretrained weights need history 28
 init = "none"
@@ -33,6 +37,8 @@ baselines = ["seasonal_naive"]
 [output]
 forecast-plots = 1
 """
+    + SIMULATION
+)
 
 
 @pytest.fixture(scope="module")
