@@ -126,41 +126,45 @@ def run_block(body: str, cwd: Path, venv: Path, home: Path) -> str:
 # ---------------------------------------------------------------- per page: what the page assumes exists
 
 
-def _generate(cwd: Path, venv: Path, *args: str) -> None:
-    run_block(f"medalloc generate {' '.join(args)}", cwd, venv, cwd)
+# What a page assumes exists is made in the test's own process (it is not what a page tests, and each `python` started
+# for it imported torch again), and what two pages assume alike is made once per session and copied.
 
 
-def _model(cwd: Path, venv: Path, target: Path, data: str = "data/H000.csv") -> None:
+def _generate(out: Path, *args: str) -> None:
+    """``medalloc generate ARGS --out OUT`` in this process (what the page's folder starts with, not a page command)."""
+    from typer.testing import CliRunner
+
+    from medalloc.cli import app
+
+    result = CliRunner().invoke(app, ["generate", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+
+def _model(cwd: Path, target: Path, data: str = "data/H000.csv") -> None:
     """A small shared model where the pages say ``results/default/final_model.safetensors``:
     one hospital trained locally (what ``medalloc simulate`` writes, in seconds)."""
-    code = f"""
-import sys
-from pathlib import Path
-from medalloc_core.forecast.features import WindowSpec, prepare_hospital
-from medalloc_core.forecast.models import ForecasterConfig, build_model
-from medalloc_core.model_io import save_model
-from medalloc_core.forecast.training import TrainConfig, train_local
-from medalloc_core.validation import load_unit_records
-records = load_unit_records(Path({str(cwd / data)!r}))
-spec = WindowSpec(history=14, horizon=7, val_periods=14, test_periods=14)
-dataset = prepare_hospital(records, spec)
-config = ForecasterConfig(history=14, horizon=7, n_features=dataset.n_features, n_targets=2, hidden=16)
-model = build_model(config, seed=0)
-train_local(model, dataset.train, config=TrainConfig(epochs=1, batch_size=64, lr=0.01))
-save_model(Path({str(target)!r}), model, spec=dataset.spec)
-"""
+    from medalloc_core.forecast.features import WindowSpec, prepare_hospital
+    from medalloc_core.forecast.models import ForecasterConfig, build_model
+    from medalloc_core.forecast.training import TrainConfig, train_local
+    from medalloc_core.model_io import save_model
+    from medalloc_core.validation import load_unit_records
+
+    records = load_unit_records(cwd / data)
+    spec = WindowSpec(history=14, horizon=7, val_periods=14, test_periods=14)
+    dataset = prepare_hospital(records, spec)
+    config = ForecasterConfig(history=14, horizon=7, n_features=dataset.n_features, n_targets=2, hidden=16)
+    model = build_model(config, seed=0)
+    train_local(model, dataset.train, config=TrainConfig(epochs=1, batch_size=64, lr=0.01))
     target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, timeout=300, cwd=cwd)
+    save_model(target, model, spec=dataset.spec)
 
 
-def _ledger(venv: Path, path: Path) -> None:
+def _ledger(path: Path) -> None:
     """The node's privacy ledger, as its first run leaves it (budget 1.5 per patient, stays up to 14 nights)."""
+    from medalloc_core.privacy.ledger import PrivacyLedger
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    code = (
-        "from medalloc_core.privacy.ledger import PrivacyLedger\n"
-        f"PrivacyLedger.open({str(path)!r}, epsilon_budget=1.5, delta=1e-6, unit='patient', max_stay_days=14)\n"
-    )
-    subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, timeout=120)
+    PrivacyLedger.open(path, epsilon_budget=1.5, delta=1e-6, unit="patient", max_stay_days=14)
 
 
 def _node_toml(cwd: Path, data: str) -> None:
@@ -172,10 +176,23 @@ def _node_toml(cwd: Path, data: str) -> None:
     )
 
 
+def _region_and_model(cwd: Path, venv: Path) -> None:
+    """data/ (two hospitals, 200 days, seed 3) and results/default/final_model.*: made once a session (beside the
+    session's doc venv), copied into ``cwd``."""
+    shared = venv.parent / "allocation"
+    if not shared.is_dir():
+        making = venv.parent / "allocation.making"
+        shutil.rmtree(making, ignore_errors=True)
+        _generate(making / "data", "--hospitals", "2", "--days", "200", "--seed", "3")
+        _model(making, making / "results" / "default" / "final_model.safetensors")
+        making.rename(shared)
+    for folder in ("data", "results"):
+        shutil.copytree(shared / folder, cwd / folder)
+
+
 def setup_allocation(cwd: Path, venv: Path) -> None:
-    _generate(cwd, venv, "--hospitals 2 --days 200 --seed 3 --out data")
-    _model(cwd, venv, cwd / "results" / "default" / "final_model.safetensors")
-    _ledger(venv, cwd / "node" / "privacy-ledger.json")
+    _region_and_model(cwd, venv)
+    _ledger(cwd / "node" / "privacy-ledger.json")
     _node_toml(cwd, "data/H000.csv")
 
 
@@ -185,12 +202,12 @@ def setup_explain(cwd: Path, venv: Path) -> None:
 
 def setup_hospital(cwd: Path, venv: Path) -> None:
     """The node's OMOP database (SQLite here, PostgreSQL on the page), its mapping, the federation's model."""
-    _generate(cwd, venv, "--hospitals 1 --days 200 --seed 3 --shape omop --out omop")
-    _generate(cwd, venv, "--hospitals 1 --days 200 --seed 3 --out daily")
+    _generate(cwd / "omop", "--hospitals", "1", "--days", "200", "--seed", "3", "--shape", "omop")
+    _generate(cwd / "daily", "--hospitals", "1", "--days", "200", "--seed", "3")
     (cwd / "mapping.toml").write_text("[omop]\ninpatient-visit-concepts = [9201, 262]\n", encoding="utf-8")
-    _ledger(venv, cwd / "node" / "privacy-ledger.json")
+    _ledger(cwd / "node" / "privacy-ledger.json")
     _node_toml(cwd, "omop/H000.sqlite")
-    _model(cwd, venv, cwd / "final_model.safetensors", data="daily/H000.csv")
+    _model(cwd, cwd / "final_model.safetensors", data="daily/H000.csv")
 
 
 PageSetup = Callable[[Path, Path], None]

@@ -297,7 +297,10 @@ def test_the_browser_check_fails_on_a_broken_image(results: Path, tmp_path: Path
         check_in_browser(page, json.loads((results / "summary.json").read_text()), tmp_path / "b.png")
 
 
-SMALL = """
+# One Ray actor whatever the CPU count (all CPUs for one virtual node at a time): a second only imports the apps again.
+SIMULATION = f"[simulation]\nclient-cpus = {os.cpu_count() or 1}\n"
+SMALL = (
+    """
 name = "report-e2e"
 [region]
 hospitals = 3
@@ -325,6 +328,8 @@ baselines = ["seasonal_naive"]
 [output]
 forecast-plots = 2
 """
+    + SIMULATION
+)
 
 
 @pytest.mark.slow

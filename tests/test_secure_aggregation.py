@@ -9,6 +9,7 @@ ledger is charged once per round for the release that holds with the minimum of 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,8 @@ def test_secure_aggregation_on_the_simulation_engine(tmp_path: Path) -> None:
     )
     keys = _run_keys(tmp_path / "out", region, **{"simulation-epsilon-budget": 50.0, "simulation-delta": DELTA})
     keys["equipment.sa-min-survivors"] = 3  # a virtual node keeps the default floor of 3
-    simulate_federation(keys, 3)
+    # one Ray actor (all the CPUs for one virtual node at a time): a second only imports the apps again
+    simulate_federation(keys, 3, client_cpus=float(os.cpu_count() or 1))
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [x["model-updated"] for x in lines] == [True, True]
     assert all(x["nodes"]["accepted"] == 3 and x["strategy"] == "distributed-dp-secagg+" for x in lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,8 @@ def test_the_regions_secure_sum_on_the_simulation_engine(region: Path, tmp_path:
         simulation_epsilon_budget=4.0,
     )
     with caplog.at_level(logging.INFO, logger="flwr.medalloc.region"):
-        simulate_federation(keys, 4)
+        # one Ray actor (all the CPUs for one virtual node at a time): a second only imports the apps again
+        simulate_federation(keys, 4, client_cpus=float(os.cpu_count() or 1))
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [x["model-updated"] for x in lines if x["round"] > 0] == [True]
     summed = [r.getMessage() for r in caplog.records if "summed under SecAgg+" in r.getMessage()]

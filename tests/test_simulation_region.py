@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -57,7 +58,8 @@ def test_simulate_with_the_region_on_files_of_different_lengths(tmp_path: Path, 
     h2 = pd.read_csv(folder / "H002.csv", parse_dates=["date"])
     h2[h2["date"] >= h2["date"].min() + pd.Timedelta(days=60)].to_csv(folder / "H002.csv", index=False)
     scenario_file = tmp_path / "scenario.toml"
-    scenario_file.write_text(SCENARIO.format(folder=folder))
+    # one Ray actor (all the CPUs for one virtual node at a time): a second only imports the apps again
+    scenario_file.write_text(SCENARIO.format(folder=folder) + f"[simulation]\nclient-cpus = {os.cpu_count() or 1}\n")
     with caplog.at_level(logging.INFO, logger="flwr.medalloc.region"):
         summary = run_scenario(load_scenario(scenario_file), tmp_path / "out")
     out = tmp_path / "out"

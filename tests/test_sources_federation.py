@@ -8,6 +8,7 @@ sources API a real node uses, trains, and spends from its own ledger.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def test_nodes_reading_omop_fhir_and_contract_files_train_together(tmp_path: Pat
         "simulation-epsilon-budget": 50.0,
         "out-dir": str(out),
     }
-    simulate_federation(run_config, len(sources))
+    # one Ray actor (all the CPUs for one virtual node at a time): a second only imports the apps again
+    simulate_federation(run_config, len(sources), client_cpus=float(os.cpu_count() or 1))
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds[-1]["round"] == 1
     assert rounds[-1]["nodes"] == {"sampled": 6, "accepted": 6}, rounds[-1]

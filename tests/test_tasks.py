@@ -8,6 +8,7 @@ in-process (``LocalGrid``) for the contract, on Flower's Simulation Engine for t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,8 @@ def test_every_task_on_flowers_simulation_engine_with_the_same_apps(tmp_path: Pa
             "simulation-data-dir": str(region),
             "simulation-epsilon-budget": 50.0,
         } | RUN_KEYS[task]
-        simulate_federation(keys, len(files))
+        # one Ray actor (all the CPUs for one virtual node at a time): a second only imports the apps again
+        simulate_federation(keys, len(files), client_cpus=float(os.cpu_count() or 1))
         log = [json.loads(line) for line in (tmp_path / task / "out" / METRICS_FILE).read_text().splitlines()]
         assert log[-1]["nodes"] == {"sampled": 2, "accepted": 2}, log[-1]
         hospitals = [get_task(task).hospital_id_of(p) for p in files]

@@ -29,7 +29,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -256,6 +255,8 @@ def _loader(data: WindowSet, batch_size: int, seed: int, *, plan: DPPlan | None)
     dataset = TensorDataset(data.X, data.y)
     if plan is None:
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    from opacus.data_loader import DPDataLoader  # Opacus imports torch.distributed: only for a DP run
+
     # Poisson sampling at the plan's rate, drawn from the seeded generator.
     return DPDataLoader(dataset, sample_rate=plan.sample_rate, generator=generator)
 

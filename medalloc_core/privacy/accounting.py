@@ -10,9 +10,6 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
-from opacus.accountants import PRVAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 __all__ = [
     "ACCOUNTANTS",
@@ -137,6 +134,8 @@ def _check_delta(delta: float) -> None:
 
 
 def _rdp_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
+    from opacus.accountants.analysis import rdp as rdp_analysis  # Opacus imports torch.distributed: only when used
+
     rdp = np.zeros(len(RDP_ORDERS))
     for noise, rate, steps in history:
         rdp = rdp + np.asarray(
@@ -154,6 +153,8 @@ def _rdp_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
 
 def _prv_grid_points(history: Sequence[HistoryItem], delta_error: float) -> float:
     """Size of the grid PRVAccountant would discretise on (its own formula, evaluated first)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
     prvs = [PoissonSubsampledGaussianPRV(rate, noise) for noise, rate, _ in history]
     steps = [s for _, _, s in history]
     half_width = compute_safe_domain_size(
@@ -164,6 +165,8 @@ def _prv_grid_points(history: Sequence[HistoryItem], delta_error: float) -> floa
 
 
 def _prv_epsilon(history: Sequence[HistoryItem], delta: float) -> float:
+    from opacus.accountants import PRVAccountant
+
     accountant = PRVAccountant()
     accountant.history = list(history)
     # PRVAccountant.get_epsilon returns eps_upper = estimate + eps_error at delta - delta_error:

@@ -34,7 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from medalloc_core.privacy.accounting import RDP_ORDERS, HistoryItem, compact_history
 
@@ -180,6 +179,8 @@ def epsilon_with_skellam(
     ``gaussian`` holds Opacus history items ``(noise_multiplier, sample_rate, steps)`` (the
     node's DP-SGD and Gaussian releases on the same ledger); their RDP curves are Opacus' own.
     """
+    from opacus.accountants.analysis import rdp as rdp_analysis  # Opacus imports torch.distributed: only when used
+
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
     rdp = np.zeros(len(orders))

@@ -39,7 +39,6 @@ import os
 from collections.abc import Iterable, Sequence
 
 import torch
-from opacus.optimizers import DPOptimizer
 
 __all__ = ["DPSGDStep", "os_generator"]
 
@@ -86,6 +85,8 @@ class DPSGDStep:
             )
         self.params = [p for p in params if p.requires_grad]
         self.expected_batch_size = expected_batch_size
+        from opacus.optimizers import DPOptimizer  # Opacus imports torch.distributed: only when a node trains with DP
+
         # Opacus' optimizer over a no-op SGD: its clipping and noise, never its update (the
         # caller's own optimizer steps, after e.g. FedProx's data-free proximal term is added).
         self._opacus = DPOptimizer(
