@@ -375,7 +375,7 @@ def run_federation(
         )
         return result
     kept = {"rounds": config.num_server_rounds, "strategy": config.strategy, "run-config": config.to_dict()}
-    if best is not None and start_arrays is not None and not _beats_start(val_blocks, best[1]):
+    if best is not None and start_arrays is not None and config.keep_start and not _beats_start(val_blocks, best[1]):
         at_start = next(r for r in result.rounds if r.round == 0)
         initial_loss = (at_start.evaluate or {}).get(protocol.VAL_LOSS, math.nan)
         progress.info(

@@ -98,6 +98,9 @@ class RunConfig:
     out_dir: str = ""  # metrics.jsonl, checkpoints, final model; empty: results/run-<run id>
     checkpoint_dir: str = ""  # empty: <out-dir>/checkpoints
     resume: bool = False
+    # Keep the start (round 0) unless the best round beats it beyond the validation noise (docs/coordinator.md,
+    # "Checkpoints and resume"); false: the best round is kept even where it scores worse than the start.
+    keep_start: bool = True
     # A model to start from instead of `init`: last week's out-dir (its final_model) or model file; the weekly cycle
     # (docs/coordinator.md, "Every week") carries each week's model into the next run. Empty: `init`.
     init_from: str = ""

@@ -131,6 +131,7 @@ def test_in_a_serverapp_process_each_flower_line_is_written_once() -> None:
     def copies(argv0: str) -> int:
         code = (
             f"import sys, logging; sys.argv[0] = {argv0!r}\n"
+            "import opacus\n"  # as a DP run's accounting does (it is imported where it is used)
             "import medalloc.server.app\n"
             "logging.getLogger('flwr').info('round 1/1: one line')\n"
         )
