@@ -177,3 +177,26 @@ def write_ndjson(resources: list[dict[str, Any]], folder: Path) -> Path:
         lines = [json.dumps(r) for r in resources if r["resourceType"] == kind]
         (folder / f"{kind}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def generated_omop_hospital() -> dict[str, pd.DataFrame]:
+    """The OMOP tables of one generated 60-day hospital (the SQL path's and the scan's larger CDM)."""
+    from medalloc_core.sources.synthetic import omop_tables as tables_of
+    from medalloc_core.synthetic import RegionConfig, generate_region
+
+    region = generate_region(RegionConfig(hospitals=1, days=60, seed=8, shape="encounters", max_beds=60))
+    encounters = region.hospitals[0].encounters
+    assert encounters is not None
+    return tables_of(encounters, hospital_id="H000", seed=2)
+
+
+def omop_mappings() -> dict[str, Any]:
+    """Mapping variants every OMOP reader must read alike, by test id."""
+    from medalloc_core.sources.mapping import OmopMapping
+
+    return {
+        "detail": OmopMapping(),
+        "visit": OmopMapping(level="visit_occurrence"),
+        "by-id": OmopMapping(unit_name="care_site_id"),
+        "by-code": OmopMapping(unit_name="care_site_source_value"),
+    }

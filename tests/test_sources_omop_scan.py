@@ -20,8 +20,8 @@ from medalloc_core.sources import omop_scan
 from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.omop import _Database, _Reader
 from medalloc_core.sources.omop_sql import read_omop_sql
-from medalloc_core.sources.synthetic import create_omop_database, omop_tables
-from medalloc_core.synthetic import RegionConfig, generate_region
+from medalloc_core.sources.synthetic import create_omop_database
+from tests.source_fixtures import generated_omop_hospital, omop_mappings
 from tests.source_fixtures import omop_tables as fixture_tables
 
 STAYS = ["encounter_id", "patient_id", "unit", "admit_time", "discharge_time"]
@@ -42,6 +42,15 @@ def _scanned_and_sql(url: str, mapping: OmopMapping) -> tuple[Any, Any]:
     return scanned, _read(url, mapping, scan=False)
 
 
+def _fixture_cdm_with(tmp_path: Path, update: str) -> str:
+    """The URL of the small fixture CDM in SQLite with ``update`` applied."""
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(fixture_tables(), f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute(update)
+    return f"sqlite:///{path}"
+
+
 def _same(counted: Any, reference: Any) -> None:
     stays, problems, summary = counted
     ref_stays, ref_problems, ref_summary = reference
@@ -58,22 +67,13 @@ def _same(counted: Any, reference: Any) -> None:
 
 @pytest.fixture(scope="module")
 def hospital() -> dict[str, pd.DataFrame]:
-    region = generate_region(RegionConfig(hospitals=1, days=60, seed=8, shape="encounters", max_beds=60))
-    encounters = region.hospitals[0].encounters
-    assert encounters is not None
-    return omop_tables(encounters, hospital_id="H000", seed=2)
+    return generated_omop_hospital()
 
 
 @pytest.mark.parametrize(
     "mapping",
-    [
-        OmopMapping(),
-        OmopMapping(level="visit_occurrence"),
-        OmopMapping(unit_name="care_site_id"),
-        OmopMapping(unit_name="care_site_source_value"),
-        OmopMapping(units={"icu": "ICU", "medical": "MED"}),
-    ],
-    ids=["detail", "visit", "by-id", "by-code", "units"],
+    [*omop_mappings().values(), OmopMapping(units={"icu": "ICU", "medical": "MED"})],
+    ids=[*omop_mappings(), "units"],
 )
 def test_a_clean_cdm_is_scanned_to_the_sql_paths_result(
     tmp_path: Path, hospital: dict[str, pd.DataFrame], mapping: OmopMapping
@@ -149,11 +149,7 @@ def test_the_time_forms_it_reads_equal_the_sql_path(tmp_path: Path) -> None:
     ],
 )
 def test_what_it_does_not_read_exactly_is_handed_to_the_sql_path(tmp_path: Path, update: str) -> None:
-    path = tmp_path / "cdm.sqlite"
-    create_omop_database(fixture_tables(), f"sqlite:///{path}")
-    with sqlite3.connect(path) as connection:
-        connection.execute(update)
-    url = f"sqlite:///{path}"
+    url = _fixture_cdm_with(tmp_path, update)
     assert _read(url, OmopMapping(), scan=True, sql=False) is None
     # and the routed read is the SQL path's (or the row reader's, when the SQL path hands a small CDM on)
     routed, sql = _read(url, OmopMapping()), _read(url, OmopMapping(), scan=False)
@@ -259,11 +255,7 @@ def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
 )
 def test_a_node_leaves_a_flagged_stay_out_as_the_sql_path(tmp_path: Path, update: str) -> None:
     """A node's reading (lenient): a stay flagged by a check on the stays is left out and counted, not handed back."""
-    path = tmp_path / "cdm.sqlite"
-    create_omop_database(fixture_tables(), f"sqlite:///{path}")
-    with sqlite3.connect(path) as connection:
-        connection.execute(update)
-    url = f"sqlite:///{path}"
+    url = _fixture_cdm_with(tmp_path, update)
     for mapping in (OmopMapping(), OmopMapping(missing_care_site="refuse")):
         scanned = _read(url, mapping, lenient=True, scan=True, sql=False)
         assert scanned is not None, "the scan handed a node's reading back"

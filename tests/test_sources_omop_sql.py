@@ -20,9 +20,10 @@ from medalloc_core.sources import omop_sql
 from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.omop import _Database, _Reader
 from medalloc_core.sources.omop_sql import read_omop_sql
-from medalloc_core.sources.synthetic import create_omop_database, omop_tables
+from medalloc_core.sources.synthetic import create_omop_database
 from medalloc_core.synthetic import RegionConfig, generate_region
 from tests import pg_server
+from tests.source_fixtures import generated_omop_hospital, omop_mappings
 from tests.source_fixtures import omop_tables as fixture_tables
 
 STAYS = ["encounter_id", "patient_id", "unit", "admit_time", "discharge_time"]
@@ -62,21 +63,13 @@ def _same(counted: Any, reference: Any) -> None:
 
 @pytest.fixture(scope="module")
 def hospital() -> dict[str, pd.DataFrame]:
-    region = generate_region(RegionConfig(hospitals=1, days=60, seed=8, shape="encounters", max_beds=60))
-    encounters = region.hospitals[0].encounters
-    assert encounters is not None
-    return omop_tables(encounters, hospital_id="H000", seed=2)
+    return generated_omop_hospital()
 
 
 @pytest.mark.parametrize(
     "mapping",
-    [
-        OmopMapping(),
-        OmopMapping(level="visit_occurrence"),
-        OmopMapping(unit_name="care_site_id"),
-        OmopMapping(unit_name="care_site_source_value"),
-    ],
-    ids=["detail", "visit", "by-id", "by-code"],
+    list(omop_mappings().values()),
+    ids=list(omop_mappings()),
 )
 def test_sqlite_counted_in_the_database_equals_the_row_reader(
     tmp_path: Path, hospital: dict[str, pd.DataFrame], mapping: OmopMapping
