@@ -111,14 +111,13 @@ class BestOrStart:
         self.best_state, self.best_loss, self.best_step = self.start_state, float(losses.mean()), 0
         self.best_blocks = self.start_blocks
 
-    def offer(self, model: torch.nn.Module, step: int) -> float:
+    def offer(self, model: torch.nn.Module, step: int) -> None:
         """Score ``model`` (after ``step``) on the validation windows; remember it if it is the best so far."""
         losses = window_losses(model, self.val, self.quantiles)
         loss = float(losses.mean())
         if loss < self.best_loss:
             self.best_state, self.best_loss, self.best_step = copy.deepcopy(model.state_dict()), loss, step
             self.best_blocks = block_losses(losses, self.blocks)
-        return loss
 
     def finish(self, model: torch.nn.Module) -> int:
         """Load the weights to keep into ``model``; the step they come from (0 = the start)."""
