@@ -183,3 +183,69 @@ def test_release_calibrates_the_bands_on_the_nodes_validation_days(hospital: tup
         ],
     )
     assert result.exit_code == 2 and "--release" in result.output
+
+
+def test_zero_shot_weight_mixes_fracasts_quantiles_from_the_same_records(
+    hospital: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`--zero-shot-weight w`: (1 - w) x the model + w x fracast, level by level, where fracast reads each unit's
+    records up to its last day (checked against fracast's own model on the last 512 days), nothing else."""
+    import numpy as np
+
+    fracast = pytest.importorskip("fracast")
+    data, model = hospital
+
+    def run(weight: float) -> pd.DataFrame:
+        out = tmp_path / f"w{weight:g}"
+        args = ["forecast", "--model", str(model), "--data", str(data), "--out", str(out)]
+        result = runner.invoke(app, [*args, "--zero-shot-weight", f"{weight:g}"])
+        assert result.exit_code == 0, result.output
+        assert ("fracast" in result.output) == (weight > 0)
+        return pd.read_csv(out / "forecast.csv").set_index(["unit", "target", "date", "q"])["value"]
+
+    alone, zero_shot, mixed = run(0), run(1), run(0.5)
+    assert not np.allclose(alone.to_numpy(), zero_shot.to_numpy())  # two different models
+    np.testing.assert_allclose(mixed.to_numpy(), 0.5 * alone.to_numpy() + 0.5 * zero_shot.to_numpy(), atol=1e-4)
+
+    source = pd.read_csv(data, parse_dates=["date"]).sort_values(["unit", "date"])
+    unit = sorted(source["unit"].unique())[0]
+    series = source.loc[source["unit"] == unit, "census"].to_numpy(dtype=np.float32)[-512:]
+    own = fracast.FracastModel.from_pretrained(weights="w8", device="cpu")
+    levels = np.round(np.asarray(own.quantiles), 6)
+    expected = own.forecast_batch(series[None, :], horizon=7)[0][
+        :, [int(np.argmin(abs(levels - q))) for q in (0.1, 0.5, 0.9)]
+    ]
+    got = zero_shot.xs((unit, "census"), level=("unit", "target")).unstack("q").to_numpy()
+    np.testing.assert_allclose(
+        got, np.maximum.accumulate(np.clip(np.sort(expected, axis=-1), 0, None), axis=-1), rtol=1e-4, atol=1e-3
+    )
+
+    result = runner.invoke(
+        app,
+        [
+            "forecast",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--zero-shot-weight",
+            "1.5",
+        ],
+    )
+    assert result.exit_code == 2 and "zero-shot-weight" in result.output and not (tmp_path / "x").exists()
+
+
+def test_zero_shot_weight_without_fracast_names_the_extra(
+    hospital: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medalloc_core.forecast.forecasters.zeroshot import Fracast
+
+    monkeypatch.setattr(Fracast, "available", staticmethod(lambda: False))  # nothing real can uninstall it here
+    data, model = hospital
+    out = tmp_path / "o"
+    args = ["forecast", "--model", str(model), "--data", str(data), "--out", str(out), "--zero-shot-weight", "0.5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "-e '.[zeroshot]'" in result.output and "Traceback" not in result.output
+    assert not (out / "forecast.csv").exists()

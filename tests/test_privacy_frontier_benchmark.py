@@ -125,6 +125,32 @@ def test_goals_of_the_head_take_fracast_as_its_initial_model() -> None:
     assert all(np.isnan(v) for v in hybrid.values())  # a run without the hybrid: its goals are n/a
 
 
+def test_goals_of_the_mix_take_the_pretrained_mix_as_initial_and_fracast_as_zero_shot() -> None:
+    """federated + fracast: fed / initial against the public mix (no hospital data), local against the local mix."""
+    from medalloc.simulations.benchmarks.privacy_frontier import MIX, goal_ratios
+
+    def m(p: float) -> dict[str, float]:
+        return {"pinball": p, "wape": p, "coverage": 0.8}
+
+    methods = {
+        "holt_winters": m(1.0),
+        "fracast (zero-shot)": m(0.9),
+        "pretrained (no training)": m(0.95),
+        "federated @ 1": m(0.85),
+        MIX["initial"]: m(0.88),
+        MIX["central"]: m(0.8),
+        f"{MIX['federated']} @ 1": m(0.836),
+        f"{MIX['local']} @ 1": m(0.88),
+    }
+    ratios = goal_ratios({"family": "toy", "methods": methods, "methods_shortest": methods}, 1.0, model="mix")
+    assert ratios["fed / initial"] == pytest.approx(0.95) and ratios["fed / zero-shot"] == pytest.approx(0.836 / 0.9)
+    assert ratios["central / initial"] == pytest.approx(0.8 / 0.88) and ratios["fed / HW"] == pytest.approx(0.836)
+    assert ratios["shortest fed / local"] == pytest.approx(0.95)
+    assert goal_ratios({"family": "toy", "methods": methods, "methods_shortest": methods}, 1.0)[
+        "fed / initial"
+    ] == pytest.approx(0.85 / 0.95)  # the hybrid's own goals are unchanged by the mix rows
+
+
 def test_goals_table_says_when_the_floor_itself_misses_a_goal() -> None:
     """A goal below the oracle's floor is marked unreachable: no forecaster can meet it on that family."""
     from rich.console import Console

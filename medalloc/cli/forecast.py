@@ -91,6 +91,15 @@ def forecast(
         "hospitals' released totals its coordinator last sent (default: <release>.region.json beside --release, "
         "or beside the release of --node-config).",
     ),
+    zero_shot_weight: float = typer.Option(
+        0.0,
+        "--zero-shot-weight",
+        min=0.0,
+        max=1.0,
+        help="Mix the model's quantiles with the free zero-shot model fracast's, computed here from the same "
+        "records: fracast's share, 0 to 1 (the benchmarks score 0.5; needs the zeroshot extra: "
+        "python -m pip install -e '.[zeroshot]'). 0: the model alone.",
+    ),
 ) -> None:
     """Quantile forecasts per unit, day and target for the periods after your data ends
     (forecast.csv + forecast.png)."""
@@ -148,7 +157,13 @@ def forecast(
             records = join_stored_region(records, saved.spec, stored)
             released = join_stored_region(released, saved.spec, stored) if released is not None else None
         frame = forecast_records(
-            saved.model, saved.spec, records, hospital=hospital or read.name, noise_sd=noise_sd, released=released
+            saved.model,
+            saved.spec,
+            records,
+            hospital=hospital or read.name,
+            noise_sd=noise_sd,
+            released=released,
+            zero_shot_weight=zero_shot_weight,
         )
         if not np.isfinite(frame["value"].to_numpy(dtype=float)).all():
             raise ModelDataMismatch(
@@ -158,7 +173,7 @@ def forecast(
     except DataContractError as exc:
         _fail(one_line(data, exc))
         return
-    except (ModelFileError, ModelDataMismatch, RegionStoreError) as exc:
+    except (ModelFileError, ModelDataMismatch, RegionStoreError, ImportError) as exc:
         _fail(str(exc))
         return
     try:
@@ -173,6 +188,7 @@ def forecast(
     _out.print(
         f"model {saved.path} ({saved.config.model}, L={saved.config.history}, H={saved.config.horizon}); "
         + (f"bands calibrated with the release {release}; " if release is not None else "")
+        + (f"mixed with fracast (zero-shot) at weight {zero_shot_weight:g}; " if zero_shot_weight else "")
         + (
             f"region from {stored.path} (received {stored.received}, to {stored.last_day.date()}); "
             if stored is not None and stored.last_day is not None

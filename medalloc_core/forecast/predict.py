@@ -141,6 +141,7 @@ def forecast_records(
     dataset: HospitalDataset | None = None,
     noise_sd: Mapping[str, float] | None = None,
     released: UnitRecords | None = None,
+    zero_shot_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Forecast the ``H`` periods after the end of every unit's records, for every target and quantile.
 
@@ -162,6 +163,10 @@ def forecast_records(
         have learned bands of ``y + noise``; each target's band is scaled to the true counts' as
         measured on the node's validation days (``forecast.calibration``), exactly as ``medalloc
         simulate`` scores them. ``None``: the bands as learned.
+    zero_shot_weight
+        fracast's share of a level-by-level mix with the zero-shot model, computed here from the same
+        records (``forecast.zero_shot_mix``; the benchmarks' ``federated + fracast`` is 0.5). 0: the
+        model alone.
 
     Returns
     -------
@@ -200,6 +205,12 @@ def forecast_records(
             raise ModelDataMismatch(f"{records.source}: the released counts cannot be windowed: {exc}") from exc
         logger.info("bands scaled per target by %s (measured on the validation days)", np.round(factors, 3).tolist())
         values = scale_bands(values, factors, tuple(config.quantiles))
+    if zero_shot_weight:
+        from medalloc_core.forecast.zero_shot_mix import mix_zero_shot
+
+        values = mix_zero_shot(
+            values, records, resolved, inputs.units, inputs.target_start, tuple(config.quantiles), zero_shot_weight
+        )
     frame = windows_to_frame(
         values,
         inputs,

@@ -22,6 +22,11 @@ winter seasonality) every method forecasts the same rolling origins (8 per unit,
 - ``local only DP (scratch)``: each hospital alone on its release at E, from the hybrid's own
   initial weights (the classical forecast, no public pretraining; lr 1e-3);
 - ``federated + HW``: the mean of the federated quantiles and the hospital's own Holt-Winters;
+- ``federated + fracast``: the mean of the federated and the zero-shot quantiles, level by level
+  (``medalloc_core.forecast.zero_shot_mix``, what ``medalloc forecast --zero-shot-weight 0.5``
+  gives a node); ``local only DP + fracast``, ``pretrained + fracast`` and ``centralized +
+  fracast`` mix the same way. Its goals (a third goals table) take ``pretrained + fracast`` as
+  the initial model: the mix before any hospital's data;
 - ``centralized``: the same start fine-tuned on all hospitals' true windows pooled, region of true counts, no privacy;
 - ``pretrained``: the public weights alone (no hospital data, no privacy cost);
 - ``oracle (the floor)``: reads the generator's hidden truth (``simulations/oracle.py``), so no
@@ -79,6 +84,7 @@ from medalloc_core.forecast.forecasters import (
     SeasonalNaiveForecaster,
 )
 from medalloc_core.forecast.region import regional
+from medalloc_core.forecast.zero_shot_mix import ZERO_SHOT_WEIGHT
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import Region, RegionConfig, generate_region
 
@@ -284,6 +290,16 @@ def run_family(
     if hybrid:
         score("pretrained (no training)", _hybrid(epochs=0), true_region, true_region)
         score("centralized", _hybrid(epochs=ROUNDS * LOCAL_EPOCHS), true_region, true_region)
+    mix = hybrid and zero_shot
+
+    def with_fracast(model: str, mixed: str) -> None:  # level by level, as zero_shot_mix does on a node
+        zs = forecasts["fracast (zero-shot)"]
+        w = ZERO_SHOT_WEIGHT
+        record(mixed, {n: (1 - w) * forecasts[model][n] + w * zs[n] for n in hospitals}, 0.0)
+
+    if mix:
+        with_fracast("pretrained (no training)", MIX["initial"])
+        with_fracast("centralized", MIX["central"])
     if head:
         score(
             HEAD["central"], FracastHead(mode="centralized", rounds=ROUNDS, backbone=backbone), true_region, true_region
@@ -308,6 +324,9 @@ def run_family(
             )
             mixed = {n: 0.5 * forecasts[f"federated {tag}"][n] + 0.5 * forecasts["holt_winters"][n] for n in hospitals}
             record(f"federated + HW {tag}", mixed, 0.0)
+            if mix:
+                with_fracast(f"federated {tag}", f"{MIX['federated']} {tag}")
+                with_fracast(f"local only DP {tag}", f"{MIX['local']} {tag}")
         if head:
             score(f"{HEAD['federated']} {tag}", FracastHead(rounds=ROUNDS, backbone=backbone), released, seen)
             score(f"{HEAD['local']} {tag}", FracastHead(mode="local", rounds=ROUNDS, backbone=backbone), released, seen)
@@ -332,6 +351,12 @@ def run_family(
 
 # ----------------------------------------------------------------------------- output
 PRIVATE = ("federated", "local only DP", "local only DP (scratch)", "federated + HW")
+MIX = {  # the hybrid's quantiles mixed with fracast's (medalloc_core.forecast.zero_shot_mix)
+    "federated": "federated + fracast",
+    "local": "local only DP + fracast",
+    "central": "centralized + fracast",
+    "initial": "pretrained + fracast",
+}
 HEAD = {
     "federated": "fracast + head (federated)",
     "local": "fracast + head (local)",
@@ -361,7 +386,7 @@ def ratio_table(result: dict[str, Any]) -> Table:
     def cell(v: dict[str, float]) -> str:
         return f"{v['pinball'] / hw['pinball']:.3f} / {v['wape'] / hw['wape']:.3f} [{v['coverage']:.2f}]"
 
-    for name in (*PRIVATE, HEAD["federated"], HEAD["local"]):
+    for name in (*PRIVATE, MIX["federated"], MIX["local"], HEAD["federated"], HEAD["local"]):
         if f"{name} @ {epsilons[0]:g}" in m:  # only the models that ran
             table.add_row(name, *[cell(m[f"{name} @ {e:g}"]) for e in epsilons])
     for name in [k for k in m if "@" not in k]:
@@ -416,7 +441,8 @@ def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> di
     """The issue's goals as pinball ratios at ``eps`` (NaN where a method is absent), plus P10-P90 coverage.
 
     ``model``: ``"hybrid"`` (the federated hybrid; initial = its public pretrained weights) or
-    ``"head"`` (fracast + federated head; initial = fracast zero-shot, the head's exact start).
+    ``"head"`` (fracast + federated head; initial = fracast zero-shot, the head's exact start) or
+    ``"mix"`` (the federated hybrid and fracast, level by level; initial = the pretrained hybrid and fracast).
     """
     m, s = result["methods"], result["methods_shortest"]
     if model == "head":
@@ -425,6 +451,13 @@ def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> di
             f"{HEAD['local']} @ {eps:g}",
             HEAD["central"],
             "fracast (zero-shot)",
+        )
+    elif model == "mix":
+        fed_key, local_key, central, initial = (
+            f"{MIX['federated']} @ {eps:g}",
+            f"{MIX['local']} @ {eps:g}",
+            MIX["central"],
+            MIX["initial"],
         )
     else:
         fed_key, local_key, central, initial = (
@@ -453,11 +486,11 @@ def goal_ratios(result: dict[str, Any], eps: float, model: str = "hybrid") -> di
 
 def summary_table(results: list[dict[str, Any]], eps: float, model: str = "hybrid") -> Table:
     """One row per family: the goals as pinball ratios at ``eps``; a missed goal shows by how much."""
-    what = (
-        "federated hybrid; initial = its pretrained weights"
-        if model == "hybrid"
-        else ("fracast + federated head; initial = fracast zero-shot, the head's start")
-    )
+    what = {
+        "hybrid": "federated hybrid; initial = its pretrained weights",
+        "head": "fracast + federated head; initial = fracast zero-shot, the head's start",
+        "mix": "federated hybrid + fracast, level by level; initial = pretrained hybrid + fracast",
+    }[model]
     table = Table(
         title=f"goals at patient-level epsilon {_eps_label(eps)}, {what} "
         "(pinball ratios; '!' = missed, +x = by how much)"
@@ -511,6 +544,7 @@ def frontier_plot(results: list[dict[str, Any]], path: Path) -> None:
             ("local only DP", "s--"),
             ("local only DP (scratch)", "x--"),
             ("federated + HW", "^:"),
+            (MIX["federated"], "v-"),
             (HEAD["federated"], "D-"),
         )
         for name, style in styles:
@@ -638,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     goal_eps = 1.0 if 1.0 in epsilons else epsilons[0]
     if any(f"federated @ {goal_eps:g}" in r["methods"] for r in results):
         console.print(summary_table(results, goal_eps))
+    if any(f"{MIX['federated']} @ {goal_eps:g}" in r["methods"] for r in results):
+        console.print(summary_table(results, goal_eps, model="mix"))
     if any(f"{HEAD['federated']} @ {goal_eps:g}" in r["methods"] for r in results):
         console.print(summary_table(results, goal_eps, model="head"))
     if not (Fracast.available() or args.no_zero_shot):

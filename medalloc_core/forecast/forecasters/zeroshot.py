@@ -60,7 +60,8 @@ class Fracast(Forecaster):
         assert spec.horizon is not None
         out = np.empty((len(origins), spec.horizon, len(spec.targets), len(self.quantiles)))
         for _, rows, series, dates in unit_series(hospital.records, spec.targets, origins):
-            last = dates.get_indexer(pd.DatetimeIndex(origins.target_start[rows]))
+            # the origin's position: in the calendar, or one period past its end (a forecast after the data)
+            last = dates.searchsorted(pd.DatetimeIndex(origins.target_start[rows]))
             for t in range(series.shape[1]):
                 contexts = [series[max(0, i - self.context) : i, t] for i in last]
                 width = max(len(c) for c in contexts)
