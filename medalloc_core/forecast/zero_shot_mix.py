@@ -28,7 +28,7 @@ def mix_zero_shot(
     values: np.ndarray,
     records: UnitRecords,
     spec: WindowSpec,
-    units: Sequence[str],
+    units: Sequence[str] | np.ndarray,
     target_start: np.ndarray,
     levels: Sequence[float],
     weight: float,
