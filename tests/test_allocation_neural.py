@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from medalloc.simulations.benchmarks.allocation import (
+    FEDERATED_MIX,
+    ZERO_SHOT,
     BenchmarkCosts,
     NeuralSettings,
     _synthetic_region,
@@ -14,6 +16,7 @@ from medalloc.simulations.benchmarks.allocation import (
     oracle_forecast,
 )
 from medalloc_core.contract import CAPACITY, CENSUS, DATE, UNIT
+from medalloc_core.forecast.forecasters.zeroshot import Fracast
 
 
 @pytest.mark.slow
@@ -27,7 +30,13 @@ def test_neural_hook_forecasts_every_unit_day_at_equal_privacy_and_is_scored() -
     report: dict[str, object] = {}
     settings = NeuralSettings(rounds=1, model="mlp", init="none", history=14, hidden=8)
     frames = neural_forecasts(history, origin, horizon, seed=0, settings=settings, report=report)
-    assert set(frames) == {"federated-dp", "local-only-dp"}
+    zero_shot = {ZERO_SHOT, FEDERATED_MIX} if Fracast.available() else set()
+    assert set(frames) == {"federated-dp", "local-only-dp"} | zero_shot
+    if zero_shot:  # the node's mix lies between the federated model's and fracast's quantiles, level by level
+        key = ["hospital", UNIT, DATE, "target", "q"]
+        fed, zs, mix = (frames[n].set_index(key)["value"] for n in ("federated-dp", ZERO_SHOT, FEDERATED_MIX))
+        low, high = pd.concat([fed, zs], axis=1).min(axis=1), pd.concat([fed, zs], axis=1).max(axis=1)
+        assert ((mix >= low - 1e-6) & (mix <= high + 1e-6)).all() and (fed - zs).abs().max() > 0.1
     keys = truth[["hospital", UNIT, DATE]].drop_duplicates()
     for name, frame in frames.items():
         census = frame[frame["target"] == CENSUS]

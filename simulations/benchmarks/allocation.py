@@ -105,6 +105,10 @@ def seasonal_naive_forecast(
     return pd.DataFrame(rows)
 
 
+ZERO_SHOT = "fracast (zero-shot)"  # with the zeroshot extra only: the plan a hospital would get without a federation
+FEDERATED_MIX = "federated-dp + fracast"  # `medalloc forecast --zero-shot-weight 0.5` on each node
+
+
 @dataclass(frozen=True)
 class NeuralSettings:
     """The federation trained inside the benchmark: small enough for a few minutes on 2 cores."""
@@ -159,10 +163,12 @@ def neural_forecasts(
     from medalloc.server.app import run_federation
     from medalloc.server.config import RunConfig
     from medalloc_core.forecast.features import prepare_hospital
+    from medalloc_core.forecast.forecasters.zeroshot import Fracast
     from medalloc_core.forecast.models import build_model
     from medalloc_core.forecast.predict import forecast_records
     from medalloc_core.forecast.pretrained import load_pretrained
     from medalloc_core.forecast.training import TrainConfig, train_local
+    from medalloc_core.forecast.zero_shot_mix import ZERO_SHOT_WEIGHT
     from medalloc_core.model_io import load_model
     from medalloc_core.privacy.ledger import PrivacyLedger
     from medalloc_core.privacy.release import ReleaseStore
@@ -218,6 +224,9 @@ def neural_forecasts(
 
         began = time.perf_counter()
         federated, local, eps_fed, eps_local = [], [], {}, {}
+        # with the zeroshot extra: fracast alone (what a hospital would pick instead) and the federated model mixed
+        # with it on the node (`medalloc forecast --zero-shot-weight`), from the same records
+        zero_shot: dict[str, list[pd.DataFrame]] = {ZERO_SHOT: [], FEDERATED_MIX: []} if Fracast.available() else {}
         spec = saved.spec  # the window the federation trained on (the hybrid adds its own channels)
         for hid in hospitals:
             records = load_unit_records(region / f"{hid}.csv")
@@ -233,6 +242,19 @@ def neural_forecasts(
                     saved.model, saved.spec, records, hospital=hid, noise_sd=noise_sd, released=own_release
                 )
             )
+            for name, weight in ((ZERO_SHOT, 1.0), (FEDERATED_MIX, ZERO_SHOT_WEIGHT)):
+                if name in zero_shot:
+                    zero_shot[name].append(
+                        forecast_records(
+                            saved.model,
+                            saved.spec,
+                            records,
+                            hospital=hid,
+                            noise_sd=noise_sd,
+                            released=own_release,
+                            zero_shot_weight=weight,
+                        )
+                    )
             released = prepare_hospital(store.records(), spec)
             # local-only starts where the federation started: the public weights, or a seeded init
             model = load_pretrained(saved.config) if s.init == "pretrained" else build_model(saved.config, seed=seed)
@@ -252,7 +274,7 @@ def neural_forecasts(
     return {
         "federated-dp": pd.concat(federated, ignore_index=True),
         "local-only-dp": pd.concat(local, ignore_index=True),
-    }
+    } | {name: pd.concat(frames, ignore_index=True) for name, frames in zero_shot.items()}
 
 
 # ------------------------------------------------------------------ scoring
