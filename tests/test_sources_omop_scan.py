@@ -272,3 +272,33 @@ def test_a_node_leaves_a_flagged_stay_out_as_the_sql_path(tmp_path: Path, update
         _same(scanned, sql)
         assert scanned[2].get("left_out") == sql[2].get("left_out")
     assert scanned[2].get("left_out")
+
+
+def test_the_per_patient_cut_of_the_scans_stays_is_the_sql_paths(
+    tmp_path: Path, hospital: dict[str, pd.DataFrame]
+) -> None:
+    """What the release computes from the stays is unchanged by their compact form (unit a categorical, times views
+    of the int64 columns read): the per-patient cut keeps the same segments and cuts the same, with overlapping
+    stays of many patients (transfers, caps reached)."""
+    from medalloc_core.privacy.contribution import PatientCaps, bound_contributions
+
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(hospital, f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE visit_occurrence SET person_id = visit_occurrence_id % 37 + 5")
+        connection.execute(
+            "UPDATE visit_detail SET person_id = (SELECT v.person_id FROM visit_occurrence v "
+            "WHERE v.visit_occurrence_id = visit_detail.visit_occurrence_id)"
+        )
+    scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
+    stays, ref_stays = scanned[0], sql[0]
+    assert isinstance(stays["unit"].dtype, pd.CategoricalDtype) and not isinstance(
+        ref_stays["unit"].dtype, pd.CategoricalDtype
+    )
+    start, end = ref_stays["admit_time"].min().normalize(), ref_stays["admit_time"].max().normalize()
+    units = sorted(ref_stays["unit"].astype(str).unique())[:-1]  # one unit outside the calendar: cut too
+    caps = PatientCaps(stays=2, transfers=1, nights=10)
+    kept, cut = bound_contributions(stays, caps, units=units, start=start, end=end)
+    ref_kept, ref_cut = bound_contributions(ref_stays, caps, units=units, start=start, end=end)
+    assert cut == ref_cut and cut["stays over max-patient-stays"] > 0
+    pd.testing.assert_frame_equal(kept, ref_kept)
