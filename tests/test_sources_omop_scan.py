@@ -56,9 +56,13 @@ def _same(counted: Any, reference: Any) -> None:
     ref_stays, ref_problems, ref_summary = reference
     assert [str(p) for p in problems] == [str(p) for p in ref_problems]
     pd.testing.assert_frame_equal(summary["daily"], ref_summary["daily"])
-    # the same stays in the same order (tbl, id): the overlap warning names the first by position
+    # the same stays in the same order (tbl, id): the overlap warning names the first by position; the scan's
+    # unit is a categorical (a code per stay: ten million in bounded memory), the same names
+    assert isinstance(stays["unit"].dtype, pd.CategoricalDtype)
     pd.testing.assert_frame_equal(
-        stays[STAYS].reset_index(drop=True), ref_stays[STAYS].reset_index(drop=True), check_dtype=False
+        stays[STAYS].astype({"unit": str}).reset_index(drop=True),
+        ref_stays[STAYS].astype({"unit": str}).reset_index(drop=True),
+        check_dtype=False,
     )
     assert summary["details"] == ref_summary["details"]
     for key in ("encounters", "open_stays", "units", "date_start", "date_end", "level", "format", "frequency"):
@@ -184,11 +188,13 @@ def test_the_scan_equals_the_row_reader_on_the_hand_worked_hospital(tmp_path: Pa
 
 
 def test_small_batches_read_the_same(tmp_path: Path, hospital: dict[str, pd.DataFrame], monkeypatch: Any) -> None:
-    """A batch boundary changes nothing (each batch is checked and typed on its own)."""
+    """A batch boundary changes nothing (each batch is checked and typed on its own), nor does a chunk boundary of
+    the kept frame's id columns and of the overlap check."""
     path = tmp_path / "cdm.sqlite"
     create_omop_database(hospital, f"sqlite:///{path}")
     whole = _read(f"sqlite:///{path}", OmopMapping(), scan=True, sql=False)
     monkeypatch.setattr(omop_scan, "SCAN_ROWS", 7)
+    monkeypatch.setattr(omop_scan, "BUILD_ROWS", 5)
     batched = _read(f"sqlite:///{path}", OmopMapping(), scan=True, sql=False)
     _same(batched, whole)
 
@@ -222,10 +228,13 @@ def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path
     assert len(calls) == 2 and calls[1] is None
 
 
+@pytest.mark.parametrize("build_rows", [omop_scan.BUILD_ROWS, 3])
 def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
-    tmp_path: Path, hospital: dict[str, pd.DataFrame]
+    tmp_path: Path, hospital: dict[str, pd.DataFrame], monkeypatch: Any, build_rows: int
 ) -> None:
-    """Many overlaps over patients whose ids sort differently as numbers and as text: the same count, the same first."""
+    """Many overlaps over patients whose ids sort differently as numbers and as text: the same count, the same first
+    (also when the check compares neighbours a few at a time, as it does a million at a time at hospital scale)."""
+    monkeypatch.setattr(omop_scan, "BUILD_ROWS", build_rows)
     path = tmp_path / "cdm.sqlite"
     create_omop_database(hospital, f"sqlite:///{path}")
     with sqlite3.connect(path) as connection:
@@ -263,3 +272,33 @@ def test_a_node_leaves_a_flagged_stay_out_as_the_sql_path(tmp_path: Path, update
         _same(scanned, sql)
         assert scanned[2].get("left_out") == sql[2].get("left_out")
     assert scanned[2].get("left_out")
+
+
+def test_the_per_patient_cut_of_the_scans_stays_is_the_sql_paths(
+    tmp_path: Path, hospital: dict[str, pd.DataFrame]
+) -> None:
+    """What the release computes from the stays is unchanged by their compact form (unit a categorical, times views
+    of the int64 columns read): the per-patient cut keeps the same segments and cuts the same, with overlapping
+    stays of many patients (transfers, caps reached)."""
+    from medalloc_core.privacy.contribution import PatientCaps, bound_contributions
+
+    path = tmp_path / "cdm.sqlite"
+    create_omop_database(hospital, f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE visit_occurrence SET person_id = visit_occurrence_id % 37 + 5")
+        connection.execute(
+            "UPDATE visit_detail SET person_id = (SELECT v.person_id FROM visit_occurrence v "
+            "WHERE v.visit_occurrence_id = visit_detail.visit_occurrence_id)"
+        )
+    scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
+    stays, ref_stays = scanned[0], sql[0]
+    assert isinstance(stays["unit"].dtype, pd.CategoricalDtype) and not isinstance(
+        ref_stays["unit"].dtype, pd.CategoricalDtype
+    )
+    start, end = ref_stays["admit_time"].min().normalize(), ref_stays["admit_time"].max().normalize()
+    units = sorted(ref_stays["unit"].astype(str).unique())[:-1]  # one unit outside the calendar: cut too
+    caps = PatientCaps(stays=2, transfers=1, nights=10)
+    kept, cut = bound_contributions(stays, caps, units=units, start=start, end=end)
+    ref_kept, ref_cut = bound_contributions(ref_stays, caps, units=units, start=start, end=end)
+    assert cut == ref_cut and cut["stays over max-patient-stays"] > 0
+    pd.testing.assert_frame_equal(kept, ref_kept)
