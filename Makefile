@@ -49,11 +49,15 @@ os-packages:
 	$$SUDO apt-get update -qq && \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
 
-# lint and types first (seconds), then the suite in 2 workers (measured on a fresh clone: -n 4 took as long, 1401 s
-# against 1390 s, with more CPU spent on contention): --dist worksteal with each worker's longest modules first
-# (tests/conftest.py says why); --durations=30 puts the slowest tests in the log
+# lint and types first (seconds), then the suite in 4 workers on the 2 cores: the real-process tests mostly wait
+# (process starts, Flower's pulls, heartbeats, round timeouts), and the short tests fill those waits. Measured one
+# after the other in one worktree on the shared machine: -n 2 1851 s (0.83 of a core busy on average, load 2-9),
+# -n 4 1493 s (1.10, load 2-14, more than -n 2 had), every test passing in both; again at -n 4, load 1-7: 1036 s
+# (1.43; one failure there, test_run_report keeping the start on the release noise, fixed since). --dist worksteal
+# with each worker's longest modules first (tests/conftest.py says why); --durations=30
+# puts the slowest tests in the log
 test: install-dev os-packages lint
-	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=30
+	$(BIN)/python -m pytest -n 4 --dist worksteal --durations=30
 
 lint: install-dev
 	$(BIN)/ruff check .

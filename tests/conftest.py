@@ -24,7 +24,7 @@ def _own_data_source_record(tmp_path_factory: pytest.TempPathFactory, monkeypatc
     monkeypatch.setenv("MEDALLOC_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
-# `make test` runs `pytest -n 2 --dist worksteal`: xdist's worksteal gives each of the N workers one contiguous part
+# `make test` runs `pytest -n 4 --dist worksteal`: xdist's worksteal gives each of the N workers one contiguous part
 # of the collection (xdist/scheduler/worksteal.py, check_schedule: each idle worker in turn gets len(pending) // the
 # workers left, in order) and an idle worker takes a busy one's not-yet-started tests from the *end* of its queue.
 # The real-process tests take minutes each and the rest seconds, so where they sit decides the wall time: all at the
