@@ -7,6 +7,9 @@ looking inside; here the app is installed with Flower's own installer, then chan
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,8 +51,12 @@ def test_an_intact_install_passes_and_a_changed_one_is_refused(tmp_path: Path, f
     folder = _install(fab, home)
     assert installed_folders(digest, home) == [folder]
     (folder / "client" / "__pycache__").mkdir(exist_ok=True)
-    (folder / "client" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"cache")  # Python's own: ignored
+    (folder / "client" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"cache")  # Python's own cache
+    (folder / "server" / "strategies.pyc").write_bytes(b"cache")
     assert check_installed(digest, approved, home) is None
+    # ... removed before the run: Python would run a planted cache instead of the checked source
+    assert not (folder / "client" / "__pycache__").exists() and not (folder / "server" / "strategies.pyc").exists()
+    assert (folder / "client" / "app.py").is_file()
 
     target = folder / "client" / "app.py"
     original = target.read_bytes()
@@ -82,3 +89,30 @@ def test_an_app_approved_by_hash_alone_is_reinstalled_fresh(tmp_path: Path, fab:
     (folder / "client" / "app.py").write_text("# edited\n")
     assert check_installed(sha256(fab), approved, home) is None
     assert not folder.exists()  # removed: Flower installs the verified FAB again
+
+
+def test_a_planted_byte_code_cache_never_runs_in_place_of_the_checked_source(tmp_path: Path, fab: bytes) -> None:
+    """A ``.pyc`` whose header names the source's time and size is what Python runs, whatever the source says."""
+    import importlib.util
+    import py_compile
+
+    approved, home = _approve(tmp_path, fab), tmp_path / "flwr"
+    folder = _install(fab, home)
+    source = folder / "client" / "config.py"
+    fake = tmp_path / "fake" / "config.py"
+    fake.parent.mkdir()
+    fake.write_text("PLANTED = True\n" + "#" * (source.stat().st_size - len("PLANTED = True\n") - 1) + "\n")
+    assert fake.stat().st_size == source.stat().st_size
+    os.utime(fake, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns))
+    cached = importlib.util.cache_from_source(str(source))
+    py_compile.compile(str(fake), cfile=cached, doraise=True)  # what Python would run for client/config.py
+
+    probe = f"import sys; sys.path.insert(0, {str(folder)!r}); import client.config as c; print(hasattr(c, 'PLANTED'))"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert ran.stdout.strip() == "True"  # the hole: the planted cache ran, the checked source did not
+
+    assert check_installed(sha256(fab), approved, home) is None
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert ran.stdout.strip() == "False"

@@ -138,3 +138,31 @@ def test_an_object_uploaded_late_is_pulled_within_half_a_second_not_flowers_back
         code += "assert u.pull_and_inflate_object_from_tree.__kwdefaults__['backoff_cap'] == 0.5\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_child_keeps_the_apps_byte_code_in_the_nodes_private_folder_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    warm._cache_byte_code()
+    folder = tmp_path / "flwr" / warm.BYTE_CODE_DIR
+    assert sys.pycache_prefix == str(folder) and not sys.dont_write_bytecode
+    assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+
+    # an app module imported now is cached there, never beside its source
+    app = tmp_path / "app"
+    (app / "probe_pkg").mkdir(parents=True)
+    (app / "probe_pkg" / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(app))
+    import probe_pkg  # noqa: F401
+
+    monkeypatch.delitem(sys.modules, "probe_pkg")
+
+    assert not (app / "probe_pkg" / "__pycache__").exists()
+    assert list(folder.rglob("__init__*.pyc"))
+
+    folder.chmod(0o777)  # a folder others may write: not trusted, nothing cached, nothing read beside the sources
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    warm._cache_byte_code()
+    assert sys.dont_write_bytecode and sys.pycache_prefix != str(folder)
+    assert not (app / "probe_pkg" / "__pycache__").exists()

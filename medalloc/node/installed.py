@@ -14,6 +14,7 @@ SHA-256 the SuperNode verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -86,6 +87,28 @@ def _files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _drop_byte_code(folder: Path) -> None:
+    """Remove Python's byte-code caches from an installed app: a planted ``.pyc`` would run instead of its checked
+    source (Python trusts a cache whose header names the source's time and size). The warm launcher's processes
+    keep theirs in the node's own folder (``medalloc.node.warm``); a process Flower starts compiles afresh."""
+    for root, dirs, files in os.walk(folder, topdown=False):  # never into a linked folder
+        inside_cache = "__pycache__" in Path(root).relative_to(folder).parts
+        for name in files:
+            if inside_cache or name.endswith(".pyc"):
+                with contextlib.suppress(FileNotFoundError):  # another process's cache, gone meanwhile
+                    os.unlink(os.path.join(root, name))
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not (inside_cache or name == "__pycache__"):
+                continue
+            with contextlib.suppress(FileNotFoundError, OSError):  # OSError: a file written into it meanwhile
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)
+                logger.debug("removed the byte-code cache %s from the installed app", path)
+
+
 def _differences(folder: Path, expected: dict[str, str]) -> list[str]:
     if folder.is_symlink():
         return ["the folder is a symbolic link"]
@@ -131,6 +154,8 @@ def check_installed(fab_hash: str, approved_apps: Path, home: Path | None = None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"the manifest {path} of the approved app cannot be read ({exc}); approve the app again"
     for folder in folders:
+        if not folder.is_symlink():
+            _drop_byte_code(folder)
         problems = _differences(folder, expected)
         if problems:
             shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
