@@ -60,6 +60,10 @@ PRELOAD = (
     "numpy",
     "pandas",
     "pyarrow.parquet",
+    "pyarrow.csv",
+    "tomllib",
+    "httpx",  # Flower's REST transport, which a child's connection to its SuperNode imports
+    "httpcore",
     "torch",
     # What torch.optim's first optimizer imports (its constructor is wrapped to keep TorchDynamo out): 0.4 s of CPU
     # here, and over half of a train message's process in a profile of the deployed round (issue 25).
