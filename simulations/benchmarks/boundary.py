@@ -47,7 +47,10 @@ MiB = 2**20
 
 def _peak(script: str, *, cwd: Path) -> tuple[float, float, str]:
     """(peak MiB, seconds, last output line) of ``script`` in a fresh interpreter."""
-    code = script + "\nimport resource\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    # The interpreter's own peak (VmHWM, kB): getrusage's ru_maxrss keeps the forking parent's peak across exec.
+    code = script + (
+        "\nprint('PEAK', next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))\n"
+    )
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600,

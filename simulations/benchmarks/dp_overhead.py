@@ -2,7 +2,8 @@
 
 Run ``python -m simulations.benchmarks.dp_overhead`` (about 2 minutes) or add ``--quick``
 (a few seconds: MLP only, fewer steps). Each (model, mode) pair runs in its own subprocess so
-that its peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the
+that its peak resident memory (``VmHWM``; ``getrusage``'s ``ru_maxrss`` would keep the parent's peak across
+``exec``) is its own: the
 plain run goes first, and the DP column is how much *higher* the peak went during the DP run.
 Plain and DP runs alternate inside the subprocess, single-threaded (stable ratios on a shared
 machine), and the ratio compares medians taken side by side.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import statistics
 import subprocess
 import sys
@@ -81,7 +81,9 @@ def _subset(w: WindowSet, n: int) -> WindowSet:
 
 
 def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This interpreter's peak resident memory (MiB) since its exec, not its parent's before it."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
 
 
 def _exactness(model: str, mode: str, ds: HospitalDataset) -> float:
