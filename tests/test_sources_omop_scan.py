@@ -208,13 +208,13 @@ def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path
     path = tmp_path / "cdm.sqlite"
     create_omop_database(fixture_tables(), f"sqlite:///{path}")
     calls: list[Any] = []
-    scan = omop_scan.scan_omop_sqlite
+    scan = omop_scan.scan_omop
 
     def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
         calls.append(scan(database, mapping, **kwargs))
         return calls[-1]
 
-    monkeypatch.setattr(omop_scan, "scan_omop_sqlite", recorded)
+    monkeypatch.setattr(omop_scan, "scan_omop", recorded)
     load_source(path)
     assert calls == []  # 4 visits: the row reader
     monkeypatch.setattr(omop_sql, "SCAN_MIN_VISITS", 4)

@@ -29,11 +29,12 @@ from tests.source_fixtures import omop_tables as fixture_tables
 STAYS = ["encounter_id", "patient_id", "unit", "admit_time", "discharge_time"]
 
 
-def _both(url: str, mapping: OmopMapping) -> tuple[Any, Any]:
-    """(SQL path, row reader) on the same database; the SQL path must have run (not handed over)."""
+def _both(url: str, mapping: OmopMapping, *, scan: bool = True) -> tuple[Any, Any]:
+    """(SQL path, row reader) on the same database; the SQL path must have run (not handed over). ``scan``: a clean
+    CDM read first by the streamed scan (omop_scan.py), as the SQL path reads it by default."""
     database = _Database(url, mapping.schema)
     try:
-        counted = read_omop_sql(database, mapping)
+        counted = read_omop_sql(database, mapping, scan=scan)
     finally:
         database.close()
     assert counted is not None, "the SQL path handed the database to the row reader"
@@ -242,7 +243,8 @@ def test_postgresql_counted_in_the_database_equals_the_row_reader(
     url = pg_server.create_database(postgres, "omop_sql")
     create_omop_database(hospital, url)
     for mapping in (OmopMapping(), OmopMapping(level="visit_occurrence"), OmopMapping(unit_name="care_site_id")):
-        _same(*_both(url, mapping))
+        for scan in (False, True):  # the SQL path itself, and the scan that reads a clean CDM first
+            _same(*_both(url, mapping, scan=scan))
 
 
 def test_postgresql_problems_of_a_big_cdm_in_the_row_readers_words(

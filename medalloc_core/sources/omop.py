@@ -332,11 +332,12 @@ def read_omop(
         if isinstance(source, _Database):
             # A hospital-scale CDM is checked and counted in the database (omop_sql.py: memory bounded by the
             # stays, not the tables); a smaller one by the row reader, faster at that size (docs/data.md). A clean
-            # SQLite CDM of SCAN_MIN_VISITS or more is read by one streamed scan (omop_scan.py), faster than both.
+            # CDM (SQLite or PostgreSQL) of SCAN_MIN_VISITS or more is read by one streamed scan (omop_scan.py),
+            # faster than both.
             from medalloc_core.sources.omop_sql import SCAN_MIN_VISITS, SQL_MIN_VISITS, read_omop_sql, visit_rows
 
             visits = visit_rows(source)
-            if visits >= SQL_MIN_VISITS or (source.kind == "sqlite" and visits >= SCAN_MIN_VISITS):
+            if visits >= min(SCAN_MIN_VISITS, SQL_MIN_VISITS):
                 counted = read_omop_sql(source, mapping, lenient=lenient, sql=visits >= SQL_MIN_VISITS)
                 if counted is not None:
                     return counted

@@ -50,6 +50,7 @@ from medalloc_core.sources.omop_sql import (
     DETAIL,
     VISIT,
     _Dialect,
+    _Postgres,
     _SQLite,
     _SqlReader,
     _Unsupported,
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 #: Rows per ``fetchmany`` (one batch's Python objects are the only ones alive at a time).
 SCAN_ROWS = 25_000
+#: Rows per block of PostgreSQL's CSV copy parsed at once (a block's bytes and arrays are alive at a time).
+COPY_ROWS = 100_000
 #: Stays per Arrow chunk when the kept frame's id columns are built, and per step of the overlap check.
 BUILD_ROWS = 1_000_000
 #: The times this path reads (a subset of what SQLite's ``datetime()`` and the SQL path accept): an ISO date, or date,
@@ -66,16 +69,20 @@ BUILD_ROWS = 1_000_000
 _TIME = r"^\d{4}-\d{2}-\d{2}(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?)?$"
 _NONE = type(None)
 _NS_PER_DAY = 86_400 * 10**9
+#: 2261-12-31 23:59:59 in seconds since the epoch: PostgreSQL's SQL path reads times up to it, the fraction included.
+_LAST_SECOND = int(np.datetime64("2261-12-31T23:59:59", "s").astype(np.int64))
+_FIRST_US = int(np.datetime64("1678-01-01T00:00:00", "us").astype(np.int64))
 
 
 class _HandBack(Exception):
     """A record a check flags, or a value this path does not read exactly: the SQL path reads the CDM."""
 
 
-def scan_omop_sqlite(
+def scan_omop(
     database: Any, mapping: OmopMapping, *, lenient: bool = False
 ) -> tuple[pd.DataFrame | None, list[Any], dict[str, Any]] | None:
-    """Read a clean SQLite CDM in one streamed pass; None when the SQL path should read it (module docstring).
+    """Read a clean SQLite or PostgreSQL CDM in one streamed pass; None when the SQL path should read it (module
+    docstring).
 
     Returns (stays, problems, summary) as :func:`medalloc_core.sources.omop_sql.read_omop_sql`
     does. ``lenient`` (a node's reading): a stay flagged by a check on the stays themselves (an
@@ -83,18 +90,27 @@ def scan_omop_sqlite(
     or nameless care site) is left out and counted in ``summary["left_out"]``, as the SQL path
     does; a flagged id still hands the CDM back.
     """
-    if database.kind != "sqlite":
+    reader = {"sqlite": _ScanReader, "postgresql": _PostgresScanReader}.get(database.kind)
+    if reader is None:
         return None
     try:
-        return _ScanReader(database, mapping, lenient=lenient).run()
+        return reader(database, mapping, lenient=lenient).run()
     except (_HandBack, _Unsupported) as exc:
         logger.debug("OMOP %s handed to the SQL path: %s", database.display, exc)
         return None
 
 
 # ---------------------------------------------------------------------- typed columns from one batch
-def _ints(values: Sequence[Any], what: str, *, nullable: bool) -> tuple[np.ndarray, np.ndarray]:
-    """An id column as int64 and its NULL mask; hands back on another storage class or an empty required id."""
+def _ints(values: Sequence[Any] | pa.Array, what: str, *, nullable: bool) -> tuple[np.ndarray, np.ndarray]:
+    """An id column as int64 and its NULL mask; hands back on another storage class or an empty required id.
+
+    ``values``: Python values as SQLite stores them (their storage class checked here), or an Arrow int64 array
+    (PostgreSQL's integer columns, typed as read)."""
+    if isinstance(values, pa.Array):
+        if values.null_count and not nullable:
+            raise _HandBack(f"{what}: an empty id")
+        nulls = values.is_null().to_numpy(zero_copy_only=False)
+        return values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False), nulls
     kinds = set(map(type, values))
     if not kinds <= {int, _NONE}:
         raise _HandBack(f"{what}: a value stored as {sorted(k.__name__ for k in kinds - {int, _NONE})}")
@@ -106,16 +122,25 @@ def _ints(values: Sequence[Any], what: str, *, nullable: bool) -> tuple[np.ndarr
     return array.fill_null(0).to_numpy(), array.is_null().to_numpy(zero_copy_only=False)
 
 
-def _walls(values: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _walls(
+    values: Sequence[Any] | pa.Array, what: str, *, fraction: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A time column as (wall clock in ns since the epoch, has a valid time, is present but not read).
 
-    The wall clock is the SQL path's: the text cut to ``YYYY-MM-DD HH:MM:SS`` (fraction
-    dropped, a date alone at midnight); empty text (after SQLite's ``trim``: spaces) is no time.
+    The wall clock is the SQL path's: the text cut to ``YYYY-MM-DD HH:MM:SS`` (a date alone at
+    midnight); empty text (after SQLite's ``trim``: spaces) is no time. ``values``: Python values as
+    SQLite stores them (their storage class checked here), or an Arrow string array (PostgreSQL's
+    ``date``/``timestamp`` output in ISO style). The fraction of a second is dropped, as SQLite's
+    SQL path drops it, unless ``fraction`` (PostgreSQL's SQL path keeps its microseconds: so does
+    this, and a time past 2261-12-31 23:59:59 is out of range there).
     """
-    kinds = set(map(type, values))
-    if not kinds <= {str, _NONE}:
-        raise _HandBack(f"{what}: a value stored as {sorted(k.__name__ for k in kinds - {str, _NONE})}")
-    text = pc.utf8_trim(pa.array(values, type=pa.string()), " ")
+    if isinstance(values, pa.Array):
+        text = values
+    else:
+        kinds = set(map(type, values))
+        if not kinds <= {str, _NONE}:
+            raise _HandBack(f"{what}: a value stored as {sorted(k.__name__ for k in kinds - {str, _NONE})}")
+        text = pc.utf8_trim(pa.array(values, type=pa.string()), " ")
     length = pc.binary_length(text)
     empty = pc.fill_null(pc.equal(length, 0), True)
     ok = pc.fill_null(pc.match_substring_regex(text, _TIME), False)  # ASCII where it matches: a byte is a character
@@ -138,7 +163,25 @@ def _walls(values: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray, np
     valid = ok.to_numpy(zero_copy_only=False)
     seconds = parsed.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     bad = ~valid & ~empty.to_numpy(zero_copy_only=False)
-    return np.where(valid, seconds, 0) * 10**9, valid, bad  # 1678-2261 fits int64 nanoseconds
+    ns = np.where(valid, seconds, 0) * 10**9  # 1678-2261 fits int64 nanoseconds
+    if fraction and pc.any(pc.greater(length, 20)).as_py():  # 'YYYY-MM-DD HH:MM:SS.f...': the digits after the dot
+        digits = pc.utf8_rpad(pc.binary_slice(raw, 20, 29).view(pa.string()), 9, "0")
+        part = pc.cast(pc.if_else(ok, digits, "0" * 9), pa.int64()).to_numpy(zero_copy_only=False)
+        past = valid & (seconds == _LAST_SECOND) & (part > 0)  # past the SQL path's upper bound
+        valid &= ~past
+        bad |= past
+        ns = np.where(valid, ns + part, 0)
+    return ns, valid, bad
+
+
+def _stamps(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_walls` of a time column PostgreSQL's copy gave as timestamps (microseconds, as the SQL path keeps
+    them): valid from 1678-01-01 to 2261-12-31 23:59:59, as the SQL path's range."""
+    us = pc.cast(values, pa.timestamp("us")).cast(pa.int64())
+    present = us.is_valid().to_numpy(zero_copy_only=False)
+    raw = us.fill_null(0).to_numpy(zero_copy_only=False)
+    valid = present & (raw >= _FIRST_US) & (raw <= _LAST_SECOND * 10**6)
+    return np.where(valid, raw, 0) * 1000, valid, present & ~valid
 
 
 def _sorted_unique(values: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, bool]:
@@ -167,8 +210,9 @@ def _member(values: np.ndarray, among: np.ndarray) -> np.ndarray:
 class _Times:
     """One table's start and end (wall clock, present, from the ``*_datetime`` column) and its flags, per row."""
 
-    def __init__(self, table: str, present: set[str]) -> None:
+    def __init__(self, table: str, present: set[str], *, fraction: bool = False) -> None:
         stem = _STEM[table]
+        self.fraction = fraction  # the fraction of a second kept (PostgreSQL) or dropped (SQLite): see _walls
         self.columns = [
             f"{stem}_{which}_{kind}"
             for which in ("start", "end")
@@ -176,14 +220,18 @@ class _Times:
             if f"{stem}_{which}_{kind}" in present
         ]
 
-    def read(self, batch: dict[str, Sequence[Any]], rows: int) -> dict[str, np.ndarray]:
+    def read(self, batch: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"bad": np.zeros(rows, dtype=bool)}
         for which in ("start", "end"):
             wall = np.zeros(rows, dtype=np.int64)
             has = np.zeros(rows, dtype=bool)
             from_time = np.zeros(rows, dtype=bool)
             for column in [c for c in self.columns if f"_{which}_" in c]:  # datetime first: coalesce(datetime, date)
-                ns, valid, bad = _walls(batch[column], column)
+                values = batch[column]
+                if isinstance(values, pa.Array) and pa.types.is_timestamp(values.type):
+                    ns, valid, bad = _stamps(values)
+                else:
+                    ns, valid, bad = _walls(values, column, fraction=self.fraction)
                 out["bad"] |= bad
                 take = valid & ~has
                 wall[take] = ns[take]
@@ -206,13 +254,14 @@ class _ScanReader(_SqlReader):
     parents: np.ndarray | None  # the visits with visit_detail rows (sorted); None at the visit level
     first_nosite: tuple[int, int] | None  # (id, tbl) of the first stay without a care site
     overlaps_found: tuple[int, int] | None = None  # (how many, position of the first): found in _fetch_stays
+    fraction = False  # a time's fraction of a second dropped, as SQLite's SQL path drops it (_walls)
 
     def _dialect(self, tables: list[str]) -> _Dialect:
         # no offset scan here: a time with an offset or Z is not read by this path at all (it hands back)
         return _SQLite()
 
     # ------------------------------------------------------------------ reading
-    def _batches(self, table: str, columns: list[str]) -> Iterator[dict[str, Sequence[Any]]]:
+    def _batches(self, table: str, columns: list[str]) -> Iterator[dict[str, Any]]:
         """The table's ``columns`` (lower-case names), a batch of :data:`SCAN_ROWS` rows at a time, column by column."""
         from medalloc_core.sources.omop import _db_error, _problem
 
@@ -236,7 +285,7 @@ class _ScanReader(_SqlReader):
         parent = "visit_occurrence_id" if table == DETAIL else "visit_concept_id"
         columns = [_ID[table], "person_id", parent]
         has_site = "care_site_id" in self.cols[table]
-        times = _Times(table, set(self.cols[table]))
+        times = _Times(table, set(self.cols[table]), fraction=self.fraction)
         columns += (["care_site_id"] if has_site else []) + times.columns
         wanted = np.sort(np.array(self.mapping.inpatient_visit_concepts, dtype=np.int64))
         keep: dict[str, list[np.ndarray]] = {}
@@ -531,6 +580,135 @@ class _ScanReader(_SqlReader):
     def _overlaps(self, stays: pd.DataFrame) -> tuple[int, int] | None:
         """The SQL path's count and first overlap: found on the int64 columns as the frame was built."""
         return self.overlaps_found
+
+
+class _PostgresScanReader(_ScanReader):
+    """The scan of a PostgreSQL CDM: each table's raw columns copied out as CSV (``COPY ... TO STDOUT``), typed by
+    pyarrow's CSV reader in blocks of :data:`COPY_ROWS` rows, then checked and counted as the SQLite scan does.
+
+    Where PostgreSQL types the columns the SQL path reads exactly (integer ids, ``date``/``timestamp``/
+    ``timestamptz`` times; the SQL path's own test of the column types), the copy needs no check of a
+    storage class: ids arrive as int64 (NULL: empty), times as timestamps the CSV reader parses from
+    PostgreSQL's ISO text (microseconds kept, as the SQL path keeps them), a ``timestamptz`` converted to
+    the site's wall clock in the ``SELECT`` exactly as the SQL path converts it. A block with a time the
+    CSV reader does not parse (``infinity``, a BC date, a year past 9999: out of range for the SQL path
+    too) is typed again with its times as text, which :func:`_walls` reads and flags. Another column type
+    is the SQL path's (and then the row reader's) to read, as before.
+    """
+
+    fraction = True  # PostgreSQL's SQL path keeps the microseconds of a timestamp
+
+    def _dialect(self, tables: list[str]) -> _Dialect:
+        return _SqlReader._dialect(self, tables)  # raises _Unsupported on a column type it does not read exactly
+
+    def _select(self, table: str, column: str) -> str:
+        """The ``SELECT`` item of one column: a timestamp as the SQL path's wall clock; an id or date as stored."""
+        from sqlalchemy import types
+
+        quoted = self._col(table, column)
+        if isinstance(self.cols[table][column]["type"], types.DateTime):
+            assert isinstance(self.dialect, _Postgres), "set by _dialect"
+            return f"{self.dialect._local(quoted)} AS {quoted}"
+        return quoted
+
+    def _batches(self, table: str, columns: list[str]) -> Iterator[dict[str, Any]]:
+        """The table's ``columns`` copied out as CSV, :data:`COPY_ROWS` rows at a time, as Arrow arrays (ids int64,
+        times timestamps, or text in a block the CSV reader cannot type); in the read-only session the engine
+        opened (its statement and lock timeouts)."""
+        import psycopg
+        from pyarrow import csv
+
+        from medalloc_core.sources.omop import _db_error, _problem
+
+        time = {c for c in columns if c.endswith("_date") or c.endswith("_datetime")}
+        ids = {c: pa.int64() for c in columns if c not in time}
+        typings = [  # times parsed by the CSV reader itself; a block it cannot parse ('infinity', BC) read as text
+            csv.ConvertOptions(
+                column_types=ids | {c: kind for c in time},
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            )
+            for kind in (pa.timestamp("us"), pa.string())
+        ]
+        options = csv.ReadOptions(column_names=columns, use_threads=False)
+        select = ", ".join(self._select(table, c) for c in columns)
+        sql = f"COPY (SELECT {select} FROM {self._table(table)}) TO STDOUT (FORMAT csv)"
+
+        def typed(block: bytearray) -> dict[str, Any]:
+            for convert in typings:
+                try:
+                    read = csv.read_csv(
+                        pa.BufferReader(pa.py_buffer(block)), read_options=options, convert_options=convert
+                    )
+                except pa.ArrowInvalid as exc:
+                    failed = exc
+                    continue
+                return {c: read.column(c).combine_chunks() for c in columns}
+            raise _HandBack(f"{table}: {failed}")  # an id the copy's int64 does not hold: not read here
+
+        connection = self.db.engine.raw_connection()
+        done = False
+        try:
+            driver = connection.driver_connection
+            assert isinstance(driver, psycopg.Connection), "the engine's driver is psycopg"
+            driver.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the ISO text _walls reads, whatever the server's
+            for block in _copy_out(driver, sql):
+                yield typed(block)
+            done = True
+        except psycopg.Error as exc:  # any driver error is one clear line, never a traceback
+            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
+        finally:
+            if done:
+                connection.close()  # back to the pool, its transaction rolled back
+            else:
+                connection.invalidate()  # left in the middle of a copy (handed back, or an error): closed
+
+
+def _copy_out(driver: Any, sql: str) -> Iterator[bytearray]:
+    """The rows of ``COPY ... TO STDOUT`` by libpq's own calls, in blocks of :data:`COPY_ROWS` rows.
+
+    psycopg's ``cursor.copy`` iterates in Python over one message per row (its generator and wait
+    layers): most of the time a million visits took to read (profiled: 5 of 9 s). Here
+    ``PQgetCopyData`` is called in a tight loop (blocking: the session's statement timeout and TCP
+    keepalives bound the wait), which copies a million visits out in under a second. Errors are
+    raised as psycopg raises them (the caller turns them into one line).
+    """
+    import psycopg
+    from psycopg import pq
+
+    pgconn = driver.pgconn
+    encoding = driver.info.encoding
+    blocking = pgconn.nonblocking
+    pgconn.nonblocking = 0  # send the query whole; every call below waits for the server
+    try:
+        pgconn.send_query(sql.encode())
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            while pgconn.get_result() is not None:
+                pass
+            if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=encoding)
+            raise psycopg.OperationalError(f"expected a copy of the rows; the server answered {result!r}")
+        block, rows = bytearray(), 0
+        while True:
+            size, data = pgconn.get_copy_data(0)
+            if size <= 0:  # -1: the copy is complete; -2: it failed; its closing result says how
+                break
+            block += data
+            rows += 1
+            if rows == COPY_ROWS:
+                yield block
+                block, rows = bytearray(), 0
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=encoding)
+        if size != -1:
+            raise psycopg.OperationalError(pgconn.get_error_message(encoding) or "the copy of the rows failed")
+        if rows:
+            yield block
+    finally:
+        pgconn.nonblocking = blocking
 
 
 def _first_overlap(
