@@ -195,18 +195,15 @@ def _cache_byte_code() -> None:
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         info = os.lstat(folder)
+        private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+        if not private:
+            logger.warning("warm launcher: %s is not this user's own private folder: no byte-code cache", folder)
     except OSError as exc:
         logger.debug("warm launcher: no byte-code cache (%s)", exc)
-        sys.dont_write_bytecode = True
-        sys.pycache_prefix = os.path.join(os.sep, "nonexistent-medalloc-bytecode")  # read none beside the sources
-        return
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        logger.warning("warm launcher: %s is not this user's own private folder: no byte-code cache", folder)
-        sys.dont_write_bytecode = True
-        sys.pycache_prefix = os.path.join(os.sep, "nonexistent-medalloc-bytecode")
-        return
-    sys.pycache_prefix = folder
-    sys.dont_write_bytecode = False
+        private = False
+    # Without a private folder: write no byte code, and read none beside the sources (a prefix that holds none).
+    sys.pycache_prefix = folder if private else os.path.join(os.sep, "nonexistent-medalloc-bytecode")
+    sys.dont_write_bytecode = not private
 
 
 # ------------------------------------------------------------------ the gate's side
