@@ -13,10 +13,23 @@ torch.set_num_threads(1)
 # real one in a test. A session folder for processes started by module fixtures, one per test otherwise.
 import os  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests import pg_server  # noqa: E402
+
 os.environ["MEDALLOC_STATE_DIR"] = tempfile.mkdtemp(prefix="medalloc-state-")
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg_server.PostgresServer]:
+    """A throwaway PostgreSQL cluster for a module's tests (skipped where no PostgreSQL is installed)."""
+    reason = pg_server.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pg_server.postgres_server(tmp_path_factory.mktemp("pg")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

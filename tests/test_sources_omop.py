@@ -8,7 +8,6 @@ refuses writes); the mapping decides which visits and care sites count.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -240,15 +239,6 @@ def _write_text_tables(tables: dict[str, pd.DataFrame], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- a real PostgreSQL server
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg_server.PostgresServer]:
-    reason = pg_server.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with pg_server.postgres_server(tmp_path_factory.mktemp("pg")) as server:
-        yield server
-
-
 def test_postgresql_by_url_with_a_schema(postgres: pg_server.PostgresServer) -> None:
     url = pg_server.create_database(postgres, "omop_schema")
     import psycopg

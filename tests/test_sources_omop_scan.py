@@ -207,14 +207,7 @@ def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path
 
     path = tmp_path / "cdm.sqlite"
     create_omop_database(fixture_tables(), f"sqlite:///{path}")
-    calls: list[Any] = []
-    scan = omop_scan.scan_omop
-
-    def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
-        calls.append(scan(database, mapping, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(omop_scan, "scan_omop", recorded)
+    calls = record_scans(monkeypatch)
     load_source(path)
     assert calls == []  # 4 visits: the row reader
     monkeypatch.setattr(omop_sql, "SCAN_MIN_VISITS", 4)
@@ -228,13 +221,21 @@ def test_load_source_routes_a_sqlite_cdm_of_scan_size_to_the_scan(tmp_path: Path
     assert len(calls) == 2 and calls[1] is None
 
 
-@pytest.mark.parametrize("build_rows", [omop_scan.BUILD_ROWS, 3])
-def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
-    tmp_path: Path, hospital: dict[str, pd.DataFrame], monkeypatch: Any, build_rows: int
-) -> None:
-    """Many overlaps over patients whose ids sort differently as numbers and as text: the same count, the same first
-    (also when the check compares neighbours a few at a time, as it does a million at a time at hospital scale)."""
-    monkeypatch.setattr(omop_scan, "BUILD_ROWS", build_rows)
+def record_scans(monkeypatch: Any) -> list[Any]:
+    """Every result of ``omop_scan.scan_omop`` from now on (None: handed back), in the order of the calls."""
+    calls: list[Any] = []
+    scan = omop_scan.scan_omop
+
+    def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
+        calls.append(scan(database, mapping, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(omop_scan, "scan_omop", recorded)
+    return calls
+
+
+def _overlapping_patients_cdm(tmp_path: Path, hospital: dict[str, pd.DataFrame]) -> str:
+    """The generated hospital with its visits spread over 37 patients (many overlapping stays), as an SQLite URL."""
     path = tmp_path / "cdm.sqlite"
     create_omop_database(hospital, f"sqlite:///{path}")
     with sqlite3.connect(path) as connection:
@@ -243,7 +244,17 @@ def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
             "UPDATE visit_detail SET person_id = (SELECT v.person_id FROM visit_occurrence v "
             "WHERE v.visit_occurrence_id = visit_detail.visit_occurrence_id)"
         )
-    scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("build_rows", [omop_scan.BUILD_ROWS, 3])
+def test_overlapping_stays_of_many_patients_are_warned_about_as_the_sql_path(
+    tmp_path: Path, hospital: dict[str, pd.DataFrame], monkeypatch: Any, build_rows: int
+) -> None:
+    """Many overlaps over patients whose ids sort differently as numbers and as text: the same count, the same first
+    (also when the check compares neighbours a few at a time, as it does a million at a time at hospital scale)."""
+    monkeypatch.setattr(omop_scan, "BUILD_ROWS", build_rows)
+    scanned, sql = _scanned_and_sql(_overlapping_patients_cdm(tmp_path, hospital), OmopMapping())
     _same(scanned, sql)
     assert any("begin while the same patient's previous stay is still open" in str(p) for p in scanned[1])
 
@@ -282,15 +293,7 @@ def test_the_per_patient_cut_of_the_scans_stays_is_the_sql_paths(
     stays of many patients (transfers, caps reached)."""
     from medalloc_core.privacy.contribution import PatientCaps, bound_contributions
 
-    path = tmp_path / "cdm.sqlite"
-    create_omop_database(hospital, f"sqlite:///{path}")
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE visit_occurrence SET person_id = visit_occurrence_id % 37 + 5")
-        connection.execute(
-            "UPDATE visit_detail SET person_id = (SELECT v.person_id FROM visit_occurrence v "
-            "WHERE v.visit_occurrence_id = visit_detail.visit_occurrence_id)"
-        )
-    scanned, sql = _scanned_and_sql(f"sqlite:///{path}", OmopMapping())
+    scanned, sql = _scanned_and_sql(_overlapping_patients_cdm(tmp_path, hospital), OmopMapping())
     stays, ref_stays = scanned[0], sql[0]
     assert isinstance(stays["unit"].dtype, pd.CategoricalDtype) and not isinstance(
         ref_stays["unit"].dtype, pd.CategoricalDtype

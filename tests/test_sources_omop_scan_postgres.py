@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -27,18 +26,9 @@ from medalloc_core.sources.synthetic import create_omop_database
 from tests import pg_server
 from tests.source_fixtures import generated_omop_hospital, omop_mappings
 from tests.source_fixtures import omop_tables as fixture_tables
-from tests.test_sources_omop_scan import _same
+from tests.test_sources_omop_scan import _same, record_scans
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg_server.PostgresServer]:
-    reason = pg_server.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with pg_server.postgres_server(tmp_path_factory.mktemp("pg")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -243,14 +233,7 @@ def test_load_source_routes_a_postgresql_cdm_of_scan_size_to_the_scan(
     from tests.source_fixtures import expected_daily
 
     url = _copy_with(postgres, fixture_template)
-    calls: list[Any] = []
-    scan = omop_scan.scan_omop
-
-    def recorded(database: Any, mapping: OmopMapping, **kwargs: bool) -> Any:
-        calls.append(scan(database, mapping, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(omop_scan, "scan_omop", recorded)
+    calls = record_scans(monkeypatch)
     load_source(url)
     assert calls == []  # 4 visits: the row reader
     monkeypatch.setattr(omop_sql, "SCAN_MIN_VISITS", 4)

@@ -9,7 +9,6 @@ the record's id and the field, the first examples listed and the rest counted.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,15 +227,6 @@ def test_daily_from_event_counts_equals_the_reference_derivation(hospital: dict[
 
 
 # ---------------------------------------------------------------------- a real PostgreSQL server
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg_server.PostgresServer]:
-    reason = pg_server.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with pg_server.postgres_server(tmp_path_factory.mktemp("pg")) as server:
-        yield server
-
-
 def test_postgresql_counted_in_the_database_equals_the_row_reader(
     postgres: pg_server.PostgresServer, hospital: dict[str, pd.DataFrame]
 ) -> None:
