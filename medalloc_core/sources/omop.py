@@ -844,6 +844,18 @@ def _problem(file: str, message: str) -> Any:
     return Problem(file, message)
 
 
+@contextlib.contextmanager
+def _db_errors_in_one_line(
+    display: str, kinds: type[BaseException] | tuple[type[BaseException], ...] = Exception
+) -> Iterator[None]:
+    """A driver error (``kinds``) raised inside becomes one clear line naming the database (:func:`_db_error`: no SQL,
+    no password), a :class:`DataContractError`, never a traceback."""
+    try:
+        yield
+    except kinds as exc:
+        raise DataContractError([_problem(display, _db_error(exc))]) from None
+
+
 def _db_error(exc: BaseException) -> str:
     """A driver error as one line, without the SQL or the URL's password."""
     original = getattr(exc, "orig", None) or exc

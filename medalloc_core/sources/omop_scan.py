@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT, DataContractError
+from medalloc_core.contract import ADMIT_TIME, DISCHARGE_TIME, ENCOUNTER_ID, PATIENT_ID, UNIT
 from medalloc_core.encounters import DATE_DTYPE
 from medalloc_core.sources.mapping import OmopMapping
 from medalloc_core.sources.omop_sql import (
@@ -263,20 +263,19 @@ class _ScanReader(_SqlReader):
     # ------------------------------------------------------------------ reading
     def _batches(self, table: str, columns: list[str]) -> Iterator[dict[str, Any]]:
         """The table's ``columns`` (lower-case names), a batch of :data:`SCAN_ROWS` rows at a time, column by column."""
-        from medalloc_core.sources.omop import _db_error, _problem
+        from medalloc_core.sources.omop import _db_errors_in_one_line
 
         sql = f"SELECT {', '.join(self._col(table, c) for c in columns)} FROM {self._table(table)}"
         connection = self.db.engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            cursor.execute(sql)
-            while True:
-                rows = cursor.fetchmany(SCAN_ROWS)
-                if not rows:
-                    return
-                yield dict(zip(columns, zip(*rows), strict=True))
-        except sqlite3.Error as exc:  # any driver error is one clear line, never a traceback
-            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
+            with _db_errors_in_one_line(self.db.display, sqlite3.Error):
+                cursor = connection.cursor()
+                cursor.execute(sql)
+                while True:
+                    rows = cursor.fetchmany(SCAN_ROWS)
+                    if not rows:
+                        return
+                    yield dict(zip(columns, zip(*rows), strict=True))
         finally:
             connection.close()
 
@@ -618,7 +617,7 @@ class _PostgresScanReader(_ScanReader):
         import psycopg
         from pyarrow import csv
 
-        from medalloc_core.sources.omop import _db_error, _problem
+        from medalloc_core.sources.omop import _db_errors_in_one_line
 
         time = {c for c in columns if c.endswith("_date") or c.endswith("_datetime")}
         ids = {c: pa.int64() for c in columns if c not in time}
@@ -650,14 +649,13 @@ class _PostgresScanReader(_ScanReader):
         connection = self.db.engine.raw_connection()
         done = False
         try:
-            driver = connection.driver_connection
-            assert isinstance(driver, psycopg.Connection), "the engine's driver is psycopg"
-            driver.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the ISO text _walls reads, whatever the server's
-            for block in _copy_out(driver, sql):
-                yield typed(block)
-            done = True
-        except psycopg.Error as exc:  # any driver error is one clear line, never a traceback
-            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
+            with _db_errors_in_one_line(self.db.display, psycopg.Error):
+                driver = connection.driver_connection
+                assert isinstance(driver, psycopg.Connection), "the engine's driver is psycopg"
+                driver.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the ISO text _walls reads, whatever the server's
+                for block in _copy_out(driver, sql):
+                    yield typed(block)
+                done = True
         finally:
             if done:
                 connection.close()  # back to the pool, its transaction rolled back

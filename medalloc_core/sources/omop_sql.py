@@ -308,14 +308,10 @@ class _SqlReader:
 
     # ------------------------------------------------------------------ plumbing
     def _rows(self, sql: str) -> list[tuple[Any, ...]]:
-        from medalloc_core.contract import DataContractError
-        from medalloc_core.sources.omop import _db_error, _problem
+        from medalloc_core.sources.omop import _db_errors_in_one_line
 
-        try:
-            with self.db.engine.connect() as connection:
-                return [tuple(r) for r in connection.exec_driver_sql(sql)]
-        except Exception as exc:  # noqa: BLE001 - any driver error is one clear line, never a traceback
-            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
+        with _db_errors_in_one_line(self.db.display), self.db.engine.connect() as connection:
+            return [tuple(r) for r in connection.exec_driver_sql(sql)]
 
     def _table(self, name: str) -> str:
         actual = self.db._names[name]
@@ -323,13 +319,10 @@ class _SqlReader:
         return f"{self.quote(schema)}.{self.quote(actual)}" if schema else self.quote(actual)
 
     def _columns(self, name: str) -> dict[str, Any]:
-        from medalloc_core.contract import DataContractError
-        from medalloc_core.sources.omop import _db_error, _problem
+        from medalloc_core.sources.omop import _db_errors_in_one_line
 
-        try:
+        with _db_errors_in_one_line(self.db.display):  # a lock or statement timeout here too
             columns = self.db._inspector.get_columns(self.db._names[name], schema=self.db.schema or None)
-        except Exception as exc:  # noqa: BLE001 - a lock or statement timeout here too is one line, not a traceback
-            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
         return {str(c["name"]).lower(): c for c in columns}
 
     def _col(self, table: str, column: str, alias: str = "") -> str:
@@ -943,32 +936,28 @@ class _SqlReader:
             f"WITH stays AS ({self._stays_sql()}), u AS ({self._kept_sql()}) "
             f"SELECT tbl, id, person, name, {by_site}, a, e, adt FROM u ORDER BY tbl, id"
         )
-        from medalloc_core.contract import DataContractError
-        from medalloc_core.sources.omop import _db_error, _problem
+        from medalloc_core.sources.omop import _db_errors_in_one_line
 
         parts: list[pd.DataFrame] = []
-        try:
-            with self.db.engine.connect() as connection:
-                result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).exec_driver_sql(sql)
-                for batch in result.partitions(FETCH_ROWS):
-                    frame = pd.DataFrame(batch, columns=["tbl", "id", "person", "name", "site", "a", "e", "adt"])
-                    frame["unit"] = self._unit_of(frame["name"].astype(object), frame["site"])
-                    frame = frame[frame["unit"].notna()]
-                    parts.append(
-                        pd.DataFrame(
-                            {
-                                "tbl": frame["tbl"].to_numpy(dtype="int8"),
-                                "adt": frame["adt"].to_numpy(dtype="int8"),
-                                "id": frame["id"].to_numpy(dtype="int64"),
-                                PATIENT_ID: frame["person"].to_numpy(dtype="int64"),
-                                UNIT: frame["unit"].astype("category"),
-                                ADMIT_TIME: _times(frame["a"]),
-                                DISCHARGE_TIME: _times(frame["e"]),
-                            }
-                        )
+        with _db_errors_in_one_line(self.db.display), self.db.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=FETCH_ROWS).exec_driver_sql(sql)
+            for batch in result.partitions(FETCH_ROWS):
+                frame = pd.DataFrame(batch, columns=["tbl", "id", "person", "name", "site", "a", "e", "adt"])
+                frame["unit"] = self._unit_of(frame["name"].astype(object), frame["site"])
+                frame = frame[frame["unit"].notna()]
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "tbl": frame["tbl"].to_numpy(dtype="int8"),
+                            "adt": frame["adt"].to_numpy(dtype="int8"),
+                            "id": frame["id"].to_numpy(dtype="int64"),
+                            PATIENT_ID: frame["person"].to_numpy(dtype="int64"),
+                            UNIT: frame["unit"].astype("category"),
+                            ADMIT_TIME: _times(frame["a"]),
+                            DISCHARGE_TIME: _times(frame["e"]),
+                        }
                     )
-        except Exception as exc:  # noqa: BLE001 - any driver error is one clear line
-            raise DataContractError([_problem(self.db.display, _db_error(exc))]) from None
+                )
         if not parts:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in (ENCOUNTER_ID, PATIENT_ID, UNIT)}).assign(
                 **{ADMIT_TIME: pd.Series(dtype=DATE_DTYPE), DISCHARGE_TIME: pd.Series(dtype=DATE_DTYPE)}
