@@ -17,11 +17,17 @@ import numpy as np
 from medalloc_core.contract import UnitRecords
 from medalloc_core.forecast.features import WindowSpec
 
-__all__ = ["ZERO_SHOT_WEIGHT", "mix_zero_shot"]
+__all__ = ["ZERO_SHOT_WEIGHT", "blend", "mix_zero_shot"]
 
 #: fracast's share of the mix the benchmarks score (``federated + fracast``); ``medalloc forecast
 #: --zero-shot-weight`` takes it or any other share in [0, 1].
 ZERO_SHOT_WEIGHT = 0.5
+
+
+def blend(values: np.ndarray, zero_shot: np.ndarray, weight: float) -> np.ndarray:
+    """The mix itself, on forecasts of the same targets: ``(1 - weight) * values + weight * zero_shot``, level by
+    level (the benchmarks mix forecasts they already hold with it, exactly as a node does)."""
+    return (1.0 - weight) * values + weight * zero_shot
 
 
 def mix_zero_shot(
@@ -66,4 +72,4 @@ def mix_zero_shot(
         zero_shot = Fracast(quantiles=tuple(levels)).fit({hospital.name: hospital}).predict(hospital, origins)
     except ValueError as exc:  # a level fracast does not forecast
         raise ModelDataMismatch(f"{records.source}: cannot mix with the zero-shot model: {exc}") from exc
-    return (1.0 - weight) * values + weight * zero_shot
+    return blend(values, zero_shot, weight)

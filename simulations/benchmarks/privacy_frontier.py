@@ -84,7 +84,7 @@ from medalloc_core.forecast.forecasters import (
     SeasonalNaiveForecaster,
 )
 from medalloc_core.forecast.region import regional
-from medalloc_core.forecast.zero_shot_mix import ZERO_SHOT_WEIGHT
+from medalloc_core.forecast.zero_shot_mix import ZERO_SHOT_WEIGHT, blend
 from medalloc_core.privacy.release import ReleasePlan, release_records
 from medalloc_core.synthetic import Region, RegionConfig, generate_region
 
@@ -294,8 +294,7 @@ def run_family(
 
     def with_fracast(model: str, mixed: str) -> None:  # level by level, as zero_shot_mix does on a node
         zs = forecasts["fracast (zero-shot)"]
-        w = ZERO_SHOT_WEIGHT
-        record(mixed, {n: (1 - w) * forecasts[model][n] + w * zs[n] for n in hospitals}, 0.0)
+        record(mixed, {n: blend(forecasts[model][n], zs[n], ZERO_SHOT_WEIGHT) for n in hospitals}, 0.0)
 
     if mix:
         with_fracast("pretrained (no training)", MIX["initial"])
